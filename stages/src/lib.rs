@@ -1,0 +1,30 @@
+//! What each rmdistill stage computes. Every stage is pure computation behind the port in [`port`]: read input
+//! artifacts, write output artifacts, report progress. Storage, caching and scheduling belong to the engine.
+
+pub mod port;
+pub mod table;
+pub mod import;
+pub mod subsample;
+
+pub use port::{ArtifactKind, Ctx, Device, InputArtifact, InputSpec, OutputSpec, Stage, StageError, StageResult};
+
+/// Every stage kind a manifest may name.
+pub fn registry() -> Vec<&'static dyn Stage> {
+    vec![&import::Import, &subsample::Subsample]
+}
+
+/// The stage of a given kind, if there is one.
+pub fn stage(kind: &str) -> Option<&'static dyn Stage> {
+    registry().into_iter().find(|s| s.kind() == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_stage_declares_real_source_files() {
+        for s in super::registry() {
+            let id = super::port::code_identity(s);
+            assert_eq!(id.len(), 32, "{}", s.kind());
+        }
+    }
+}

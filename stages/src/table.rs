@@ -1,0 +1,1 @@
+//! Parquet helpers shared by the table stages.
