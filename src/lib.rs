@@ -1,1 +1,15 @@
-//! rmdistill's engine.
+//! rmdistill's engine: manifests, the DAG of nodes, content-addressed cache keys, the artifact store, the local
+//! executor and the command line. What each stage computes lives in the `rmdistill-stages` crate.
+
+pub mod cli;
+pub mod error;
+pub mod exec;
+pub mod gc;
+pub mod key;
+pub mod manifest;
+pub mod plan;
+pub mod progress;
+pub mod remote;
+pub mod render;
+pub mod show;
+pub mod store;

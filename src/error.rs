@@ -1,0 +1,80 @@
+//! Errors a user can act on, and the exit codes that tell a script what kind of failure happened.
+
+use std::path::{Path, PathBuf};
+
+/// Exit codes: 0 success; 1 a node failed; 2 the manifest or the command line is invalid; 3 the store failed
+/// (unreachable, permission, corruption that could not be repaired); 4 a node's upstream is not in the store yet.
+pub mod exit {
+    pub const NODE_FAILED: i32 = 1;
+    pub const INVALID: i32 = 2;
+    pub const STORE: i32 = 3;
+    pub const NOT_READY: i32 = 4;
+}
+
+/// A problem in a manifest, located at file:line:column.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{}:{}: {message}", file.display(), line, col)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl ManifestError {
+    /// Builds an error at a byte offset of `source` (the text of `file`).
+    pub fn at(file: &Path, source: &str, offset: usize, message: impl Into<String>) -> Self {
+        let (line, col) = line_col(source, offset);
+        ManifestError { file: file.to_path_buf(), line, col, message: message.into() }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let before = &source[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The store failed in a way a retry of the command will not fix by itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// A node needed upstream results that are not stored yet (`node run` under a scheduler that ran it too early).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReady(pub String);
+
+/// One or more nodes failed; their messages were already reported.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunFailed(pub String);
+
+/// Maps an error to its exit code.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<ManifestError>().is_some() || e.downcast_ref::<clap::Error>().is_some() {
+        exit::INVALID
+    } else if e.downcast_ref::<RunFailed>().is_some() {
+        exit::NODE_FAILED
+    } else if e.downcast_ref::<NotReady>().is_some() {
+        exit::NOT_READY
+    } else if e.downcast_ref::<StoreError>().is_some() {
+        exit::STORE
+    } else {
+        exit::INVALID
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn line_col_counts_from_one() {
+        let s = "a = 1\nbb = 2\n";
+        assert_eq!(super::line_col(s, 0), (1, 1));
+        assert_eq!(super::line_col(s, 6), (2, 1));
+        assert_eq!(super::line_col(s, 9), (2, 4));
+    }
+}

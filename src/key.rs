@@ -1,0 +1,229 @@
+//! Content addresses and cache keys.
+//!
+//! An artifact's address is the BLAKE3 of its bytes; a directory artifact's address is the BLAKE3 of a canonical
+//! listing of `(path, size, hash)`. A node's cache key is the BLAKE3 of a canonical, versioned record of the stage,
+//! its code identity, its parameters and the content hashes of its inputs — never paths or times — so identical
+//! upstream bytes keep everything below them cached.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+/// Version of the key record layout; bumping it invalidates every cache entry.
+pub const KEY_VERSION: u32 = 1;
+
+/// JSON with object keys sorted at every level, no whitespace: the bytes that get hashed.
+pub fn canonical(v: &Value) -> String {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(o) => {
+                let sorted: BTreeMap<&String, Value> = o.iter().map(|(k, v)| (k, sort(v))).collect();
+                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_string(&sort(v)).expect("JSON values serialise")
+}
+
+/// One input artifact as recorded in a key: its content hash and the producing node's sweep coordinates (which a
+/// fan-in stage may use, e.g. to label a plot by ρ).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InputRef {
+    pub hash: String,
+    pub coords: BTreeMap<String, Value>,
+}
+
+/// Everything a node's output depends on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KeyRecord {
+    pub v: u32,
+    pub stage_kind: String,
+    /// Hash of the stage's source files and of the libraries that shape its artifact bytes.
+    pub code: String,
+    pub params: Map<String, Value>,
+    pub inputs: BTreeMap<String, Vec<InputRef>>,
+    /// Path parameter → content hash of the file it names.
+    pub externals: BTreeMap<String, String>,
+}
+
+impl KeyRecord {
+    pub fn key(&self) -> String {
+        let v = serde_json::to_value(self).expect("record serialises");
+        blake3::hash(canonical(&v).as_bytes()).to_hex().to_string()
+    }
+
+    /// Field-by-field differences against an older record, as human-readable lines.
+    pub fn diff(&self, old: &KeyRecord) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.v != old.v {
+            out.push(format!("key format changed: v{} -> v{}", old.v, self.v));
+        }
+        if self.stage_kind != old.stage_kind {
+            out.push(format!("stage kind changed: {} -> {}", old.stage_kind, self.stage_kind));
+        }
+        if self.code != old.code {
+            out.push(format!("code of stage kind `{}` changed: {} -> {}", self.stage_kind, old.code, self.code));
+        }
+        let keys: std::collections::BTreeSet<&String> = self.params.keys().chain(old.params.keys()).collect();
+        for k in keys {
+            match (old.params.get(k), self.params.get(k)) {
+                (Some(a), Some(b)) if a != b => out.push(format!("params.{k} changed: {} -> {}", canonical(a), canonical(b))),
+                (None, Some(b)) => out.push(format!("params.{k} added: {}", canonical(b))),
+                (Some(a), None) => out.push(format!("params.{k} removed (was {})", canonical(a))),
+                _ => {}
+            }
+        }
+        let slots: std::collections::BTreeSet<&String> = self.inputs.keys().chain(old.inputs.keys()).collect();
+        for s in slots {
+            let (a, b) = (old.inputs.get(s), self.inputs.get(s));
+            if a != b {
+                let show = |x: Option<&Vec<InputRef>>| {
+                    x.map_or("none".to_string(), |v| v.iter().map(|r| short(&r.hash)).collect::<Vec<_>>().join(","))
+                };
+                out.push(format!("inputs.{s} changed: {} -> {}", show(a), show(b)));
+            }
+        }
+        let ext: std::collections::BTreeSet<&String> = self.externals.keys().chain(old.externals.keys()).collect();
+        for e in ext {
+            let (a, b) = (old.externals.get(e), self.externals.get(e));
+            if a != b {
+                out.push(format!(
+                    "content of the file named by params.{e} changed: {} -> {}",
+                    a.map_or("none".into(), |h| short(h)),
+                    b.map_or("none".into(), |h| short(h))
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// First 12 hex digits, for display.
+pub fn short(h: &str) -> String {
+    h.chars().take(12).collect()
+}
+
+/// BLAKE3 of a file, streamed (memory-mapped and multi-threaded for large files).
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let size = std::fs::metadata(path)?.len();
+    if size > 1 << 20 {
+        hasher.update_mmap_rayon(path)?;
+    } else {
+        let mut f = std::fs::File::open(path)?;
+        let mut buf = Vec::with_capacity(size as usize);
+        f.read_to_end(&mut buf)?;
+        hasher.update(&buf);
+    }
+    Ok((hasher.finalize().to_hex().to_string(), size))
+}
+
+/// One file of a directory artifact.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TreeFile {
+    pub path: String,
+    pub size: u64,
+    pub hash: String,
+}
+
+/// The canonical listing of a directory artifact; its bytes' hash is the artifact's address.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Tree {
+    pub rmdistill_tree: u32,
+    pub files: Vec<TreeFile>,
+}
+
+impl Tree {
+    pub fn bytes(&self) -> Vec<u8> {
+        canonical(&serde_json::to_value(self).expect("tree serialises")).into_bytes()
+    }
+}
+
+/// Lists and hashes every file under `dir` (sorted by relative path; symlinks and empty directories are rejected
+/// rather than silently dropped).
+pub fn hash_tree(dir: &Path) -> std::io::Result<Tree> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<TreeFile>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let ft = e.file_type()?;
+            let p = e.path();
+            if ft.is_dir() {
+                walk(root, &p, out)?;
+            } else if ft.is_file() {
+                let rel = p.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+                let (hash, size) = hash_file(&p)?;
+                out.push(TreeFile { path: rel, size, hash });
+            } else {
+                return Err(std::io::Error::other(format!("{}: only regular files may be in an artifact directory", p.display())));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Tree { rmdistill_tree: 1, files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_sorts_nested_keys() {
+        let a = json!({"b": 1, "a": {"y": [1, {"d": 2, "c": 3}], "x": 0.5}});
+        assert_eq!(canonical(&a), r#"{"a":{"x":0.5,"y":[1,{"c":3,"d":2}]},"b":1}"#);
+    }
+
+    fn rec() -> KeyRecord {
+        KeyRecord {
+            v: KEY_VERSION,
+            stage_kind: "subsample".into(),
+            code: "abc".into(),
+            params: json!({"rho": 0.2, "size": 10}).as_object().unwrap().clone(),
+            inputs: BTreeMap::from([("pairs".into(), vec![InputRef { hash: "h1".into(), coords: BTreeMap::new() }])]),
+            externals: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn key_ignores_param_order_but_not_values() {
+        let a = rec();
+        let mut b = rec();
+        b.params = json!({"size": 10, "rho": 0.2}).as_object().unwrap().clone();
+        assert_eq!(a.key(), b.key());
+        b.params.insert("rho".into(), json!(0.3));
+        assert_ne!(a.key(), b.key());
+        assert_eq!(b.diff(&a), vec!["params.rho changed: 0.2 -> 0.3".to_string()]);
+    }
+
+    #[test]
+    fn key_changes_with_code_and_inputs() {
+        let a = rec();
+        let mut b = rec();
+        b.code = "def".into();
+        assert_ne!(a.key(), b.key());
+        let mut c = rec();
+        c.inputs.get_mut("pairs").unwrap()[0].hash = "h2".into();
+        assert_ne!(a.key(), c.key());
+        assert!(c.diff(&a)[0].starts_with("inputs.pairs changed"));
+    }
+
+    #[test]
+    fn tree_hash_depends_on_names_and_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.txt"), b"1").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/b.txt"), b"2").unwrap();
+        let t1 = hash_tree(d.path()).unwrap();
+        assert_eq!(t1.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), vec!["a.txt", "sub/b.txt"]);
+        std::fs::write(d.path().join("a.txt"), b"3").unwrap();
+        let t2 = hash_tree(d.path()).unwrap();
+        assert_ne!(blake3::hash(&t1.bytes()), blake3::hash(&t2.bytes()));
+    }
+}

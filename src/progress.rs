@@ -1,0 +1,96 @@
+//! What a run shows while it works: one `indicatif` bar per running node on a terminal, plain timestamped lines
+//! otherwise (logs, CI, schedulers), nothing with `--quiet`.
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Instant;
+
+pub enum Mode {
+    Bars,
+    Lines,
+    Quiet,
+}
+
+pub struct Progress {
+    mode: Mode,
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+    start: Instant,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Progress {
+        let mode = if quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Mode::Bars
+        } else {
+            Mode::Lines
+        };
+        let multi = MultiProgress::with_draw_target(match mode {
+            Mode::Bars => ProgressDrawTarget::stderr(),
+            _ => ProgressDrawTarget::hidden(),
+        });
+        Progress { mode, multi, bars: Mutex::new(HashMap::new()), start: Instant::now() }
+    }
+
+    fn line(&self, msg: &str) {
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::Lines => eprintln!("[{:>7.2}s] {msg}", self.start.elapsed().as_secs_f64()),
+            Mode::Bars => {
+                let _ = self.multi.println(msg);
+            }
+        }
+    }
+
+    pub fn started(&self, node: &str) {
+        match self.mode {
+            Mode::Bars => {
+                let pb = self.multi.add(ProgressBar::new(0));
+                pb.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix:40!} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+                        .expect("valid template"),
+                );
+                pb.set_prefix(node.to_string());
+                pb.enable_steady_tick(std::time::Duration::from_millis(200));
+                self.bars.lock().unwrap().insert(node.to_string(), pb);
+            }
+            _ => self.line(&format!("run     {node}")),
+        }
+    }
+
+    pub fn progress(&self, node: &str, done: u64, total: u64) {
+        if let Some(pb) = self.bars.lock().unwrap().get(node) {
+            pb.set_length(total);
+            pb.set_position(done);
+        }
+    }
+
+    pub fn log(&self, node: &str, msg: &str) {
+        if let Some(pb) = self.bars.lock().unwrap().get(node) {
+            pb.set_message(msg.to_string());
+        }
+        if !matches!(self.mode, Mode::Bars) {
+            self.line(&format!("        {node}: {msg}"));
+        }
+    }
+
+    /// A node's end: `what` is "done", "cached", "failed", "skipped".
+    pub fn finished(&self, node: &str, what: &str, detail: &str) {
+        if let Some(pb) = self.bars.lock().unwrap().remove(node) {
+            pb.finish_and_clear();
+            self.multi.remove(&pb);
+        }
+        if what == "cached" && matches!(self.mode, Mode::Bars) {
+            return; // a screen full of cache hits hides the work; the summary counts them
+        }
+        self.line(&format!("{what:<7} {node}{}{detail}", if detail.is_empty() { "" } else { "  " }));
+    }
+
+    pub fn message(&self, msg: &str) {
+        self.line(msg);
+    }
+}

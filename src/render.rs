@@ -1,0 +1,63 @@
+//! `dag`: the graph as indented text, Graphviz DOT or Mermaid.
+
+use crate::cli::DagFormat;
+use crate::plan::Plan;
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+/// Edges as (from, to, label) over node or stage names.
+fn edges(plan: &Plan, stages: bool) -> (Vec<String>, BTreeSet<(String, String, String)>) {
+    let mut vertices = Vec::new();
+    let mut es = BTreeSet::new();
+    for n in &plan.nodes {
+        let v = if stages { n.stage.clone() } else { n.name.clone() };
+        if !vertices.contains(&v) {
+            vertices.push(v.clone());
+        }
+        for (slot, ups) in &n.inputs {
+            for u in ups {
+                let from = if stages { plan.nodes[u.node].stage.clone() } else { plan.nodes[u.node].name.clone() };
+                es.insert((from, v.clone(), format!("{}→{slot}", u.output)));
+            }
+        }
+    }
+    (vertices, es)
+}
+
+pub fn dag(plan: &Plan, format: DagFormat, stages: bool) -> String {
+    let (vs, es) = edges(plan, stages);
+    let mut s = String::new();
+    match format {
+        DagFormat::Text => {
+            for v in &vs {
+                let kind = plan.nodes.iter().find(|n| if stages { n.stage == *v } else { n.name == *v }).map(|n| n.kind.kind()).unwrap_or("");
+                let count = if stages { format!(" ({} nodes)", plan.by_stage[v].len()) } else { String::new() };
+                let _ = writeln!(s, "{v} [{kind}]{count}");
+                for (from, _, label) in es.iter().filter(|e| e.1 == *v) {
+                    let _ = writeln!(s, "    <- {from} ({label})");
+                }
+            }
+        }
+        DagFormat::Dot => {
+            let _ = writeln!(s, "digraph rmdistill {{\n  rankdir=LR;\n  node [shape=box];");
+            for v in &vs {
+                let _ = writeln!(s, "  {v:?};");
+            }
+            for (a, b, l) in &es {
+                let _ = writeln!(s, "  {a:?} -> {b:?} [label={l:?}];");
+            }
+            s.push_str("}\n");
+        }
+        DagFormat::Mermaid => {
+            s.push_str("flowchart LR\n");
+            let id = |v: &str| format!("n{}", vs.iter().position(|x| x == v).unwrap_or(0));
+            for v in &vs {
+                let _ = writeln!(s, "  {}[\"{}\"]", id(v), v.replace('"', "'"));
+            }
+            for (a, b, l) in &es {
+                let _ = writeln!(s, "  {} -->|\"{}\"| {}", id(a), l.replace('"', "'"), id(b));
+            }
+        }
+    }
+    s
+}

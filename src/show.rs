@@ -1,0 +1,134 @@
+//! `show`: previews a node's output — a Parquet table (schema, row count, first rows), a JSON document, or a
+//! directory artifact's listing — by node name or by hash.
+
+use crate::exec;
+use crate::plan::Plan;
+use crate::store::{OutputRef, Store};
+use arrow::util::pretty::pretty_format_batches;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rmdistill_stages::ArtifactKind;
+
+fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, OutputRef)> {
+    let (node, output) = match plan.find(what) {
+        Some(_) => (what, None),
+        None => match what.rsplit_once('.') {
+            Some((n, o)) if plan.find(n).is_some() => (n, Some(o)),
+            _ => {
+                // A hash (or its prefix) of a blob.
+                if what.len() >= 8 && what.chars().all(|c| c.is_ascii_hexdigit()) {
+                    let blobs = store.list(&format!("blobs/{}", &what[..2]))?;
+                    let hits: Vec<_> = blobs.iter().filter(|(p, _, _)| p.rsplit('/').next().unwrap_or("").starts_with(what)).collect();
+                    if let [(p, size, _)] = hits.as_slice() {
+                        let hash = p.rsplit('/').next().unwrap().to_string();
+                        let kind = if store.tree(&hash).is_ok() { ArtifactKind::Dir } else { ArtifactKind::File };
+                        return Ok((hash.clone(), OutputRef { hash, kind, size: *size }));
+                    }
+                    anyhow::bail!("{} blobs match `{what}`", hits.len());
+                }
+                anyhow::bail!("`{what}` is neither a node, NODE.OUTPUT, nor a blob hash of this store");
+            }
+        },
+    };
+    let i = plan.find(node).expect("checked");
+    let st = exec::status(plan, store)?;
+    let Some(key) = st[i].key.clone().filter(|_| st[i].state == "cached") else {
+        anyhow::bail!("{node} has no stored result for its current key; run it first (`rmdistill status` says why)");
+    };
+    let entry = store.get_entry(&key)?.expect("cached entry exists");
+    let name = match output {
+        Some(o) => o.to_string(),
+        None if entry.outputs.len() == 1 => entry.outputs.keys().next().unwrap().clone(),
+        None => anyhow::bail!("{node} has several outputs ({}); name one as {node}.OUTPUT", entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ")),
+    };
+    let out = entry.outputs.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("{node} has no output `{name}`"))?;
+    Ok((format!("{node}.{name}"), out))
+}
+
+pub fn show(plan: &Plan, store: &Store, what: &str, rows: usize, json: bool) -> anyhow::Result<()> {
+    let (label, out) = resolve(plan, store, what)?;
+    let path = store.materialize(&out)?;
+    if out.kind == ArtifactKind::Dir {
+        let tree = store.tree(&out.hash)?;
+        println!("{label}: directory {} ({} files, {} bytes)", out.hash, tree.files.len(), out.size);
+        for f in tree.files {
+            println!("  {:>12}  {}  {}", f.size, crate::key::short(&f.hash), f.path);
+        }
+        return Ok(());
+    }
+    let mut magic = [0u8; 4];
+    use std::io::Read;
+    std::fs::File::open(&path)?.read_exact(&mut magic).ok();
+    if &magic == b"PAR1" {
+        let b = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path)?)?;
+        let total = b.metadata().file_metadata().num_rows();
+        let kv: Vec<(String, String)> = b
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .map(|kv| kv.iter().filter(|k| k.key != "ARROW:schema").map(|k| (k.key.clone(), k.value.clone().unwrap_or_default())).collect())
+            .unwrap_or_default();
+        let schema = b.schema().clone();
+        let reader = b.with_batch_size(rows.max(1)).with_limit(rows).build()?;
+        let batches: Vec<_> = reader.collect::<Result<_, _>>()?;
+        if json {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::json::ArrayWriter::new(&mut buf);
+                for batch in &batches {
+                    w.write(batch)?;
+                }
+                w.finish()?;
+            }
+            let rows: serde_json::Value = serde_json::from_slice(&buf).unwrap_or(serde_json::json!([]));
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"artifact": label, "hash": out.hash, "rows": total, "metadata": kv.into_iter().collect::<std::collections::BTreeMap<_,_>>(), "preview": rows}))?);
+            return Ok(());
+        }
+        println!("{label}: table {} ({total} rows, {} bytes)", out.hash, out.size);
+        for f in schema.fields() {
+            println!("  {:<16} {}{}", f.name(), f.data_type(), if f.is_nullable() { " (nullable)" } else { "" });
+        }
+        for (k, v) in kv {
+            println!("  meta {k} = {v}");
+        }
+        // Long strings are cut so a preview stays a preview.
+        let cut: Vec<_> = batches.iter().map(truncate_strings).collect::<Result<_, _>>()?;
+        println!("{}", pretty_format_batches(&cut)?);
+    } else {
+        let data = std::fs::read(&path)?;
+        match std::str::from_utf8(&data) {
+            Ok(text) => {
+                println!("{label}: file {} ({} bytes)", out.hash, out.size);
+                for line in text.lines().take(rows.max(1) * 5) {
+                    println!("{line}");
+                }
+            }
+            Err(_) => println!("{label}: binary file {} ({} bytes)", out.hash, out.size),
+        }
+    }
+    Ok(())
+}
+
+fn truncate_strings(b: &arrow::record_batch::RecordBatch) -> anyhow::Result<arrow::record_batch::RecordBatch> {
+    use arrow::array::{Array, ArrayRef, StringArray};
+    use std::sync::Arc;
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    let mut fields = Vec::new();
+    for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+        if let Some(s) = c.as_any().downcast_ref::<StringArray>() {
+            let t: StringArray = s
+                .iter()
+                .map(|v| v.map(|v| {
+                    let one_line = v.replace('\n', " ");
+                    if one_line.chars().count() > 60 { format!("{}…", one_line.chars().take(59).collect::<String>()) } else { one_line }
+                }))
+                .collect();
+            cols.push(Arc::new(t));
+            fields.push(arrow::datatypes::Field::new(f.name(), arrow::datatypes::DataType::Utf8, true));
+        } else {
+            cols.push(c.clone());
+            fields.push(f.as_ref().clone());
+        }
+        let _ = c.len();
+    }
+    Ok(arrow::record_batch::RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols)?)
+}
