@@ -1,0 +1,169 @@
+//! Helpers for tests that drive the `rmdistill` binary as a user does: a private working directory, manifests
+//! written into it, runs whose `--json` summaries are parsed.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/data` beside the repository (or RMDISTILL_SHARED_DATA).
+pub fn shared_data() -> PathBuf {
+    std::env::var_os("RMDISTILL_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/data"))
+}
+
+pub struct Work {
+    pub dir: tempfile::TempDir,
+}
+
+impl Work {
+    pub fn new() -> Work {
+        Work { dir: tempfile::tempdir().expect("tempdir") }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rmdistill"));
+        c.args(args).current_dir(self.path()).env_remove("RMDISTILL_STORE").env_remove("RMDISTILL_LOCAL_DIR");
+        c
+    }
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("binary runs")
+    }
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "rmdistill {args:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}", o.status.code(), s(&o.stdout), s(&o.stderr));
+        s(&o.stdout)
+    }
+    /// `run --json` summary.
+    pub fn run_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["run"];
+        a.extend_from_slice(args);
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).expect("summary is JSON")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.path().join(".rmdistill/store")
+    }
+}
+
+pub fn s(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// Node names with a given outcome in a run summary.
+pub fn nodes_with(summary: &Value, outcome: &str) -> Vec<String> {
+    let mut v: Vec<String> = summary["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["outcome"] == outcome)
+        .map(|n| n["node"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// node → {output → hash} of a run summary.
+pub fn output_hashes(summary: &Value) -> BTreeMap<String, BTreeMap<String, String>> {
+    summary["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let outs = n["outputs"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v["hash"].as_str().unwrap().to_string())).collect();
+            (n["node"].as_str().unwrap().to_string(), outs)
+        })
+        .collect()
+}
+
+/// Every blob file in a `file://` store, with its path.
+pub fn blob_files(store: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(store.join("blobs")) else { return out };
+    for d in rd.flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            out.push((name, f.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asserts the store invariants: every blob's bytes hash to its name, and every entry's outputs exist.
+pub fn assert_store_consistent(store: &Path) {
+    let blobs = blob_files(store);
+    for (name, path) in &blobs {
+        // object_store stages uploads as NAME#N and renames them into place; those are not blobs.
+        if name.contains('#') {
+            continue;
+        }
+        let got = blake3::hash(&std::fs::read(path).unwrap()).to_hex().to_string();
+        assert_eq!(&got, name, "blob {} holds other bytes", path.display());
+    }
+    let names: std::collections::HashSet<&String> = blobs.iter().map(|(n, _)| n).collect();
+    for e in entries(store) {
+        for o in e["outputs"].as_object().unwrap().values() {
+            assert!(names.contains(&o["hash"].as_str().unwrap().to_string()), "entry {} names a missing blob", e["key"]);
+        }
+    }
+}
+
+/// Every cache entry in a `file://` store.
+pub fn entries(store: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(store.join("cache")) else { return out };
+    for d in rd.flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            if f.file_name().to_string_lossy().ends_with(".json") {
+                out.push(serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A manifest over generated pairs: one `gen` node, `sub` swept over ρ × seed, `member` (ensemble subsets) swept
+/// over ρ × seed × member ρ′. 1 + 6 + 18 = 25 nodes with the defaults.
+pub fn gen_manifest(n: u64) -> String {
+    format!(
+        r#"description = "generated pairs, D_rho and ensemble subsets"
+
+[vars]
+n = {n}
+size = 1000
+rhos = [0.2, 0.5, 0.8]
+seeds = [0, 1]
+members = [0.2, 0.5, 0.8]
+
+[stages.gen]
+kind = "generate"
+params = {{ n = "${{n}}", seed = 7 }}
+
+[stages.sub]
+kind = "subsample"
+inputs = {{ pairs = "gen.pairs" }}
+sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
+params = {{ rho = "${{rho}}", size = "${{size}}", seed = "${{seed}}" }}
+
+[stages.member]
+kind = "subsample"
+inputs = {{ pairs = "sub.dataset" }}
+sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}", member = "${{members}}" }}
+params = {{ rho = "${{member}}", size = 100, seed = "${{seed}}" }}
+"#
+    )
+}

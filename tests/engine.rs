@@ -1,0 +1,260 @@
+//! The engine as a user meets it: run, re-run, change one value, kill and resume, two runners at once, a corrupted
+//! blob, and the inspection commands.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn run_rerun_and_change_one_sweep_value() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(5000));
+    let first = w.run_json(&["m.toml"]);
+    assert_eq!(first["ran"], 25, "{first}");
+    assert_eq!(first["failed"], 0);
+
+    // A second run does nothing, says so, and is quick.
+    let t = Instant::now();
+    let out = w.ok(&["run", "m.toml"]);
+    assert!(out.contains("nothing to do: all 25 nodes cached"), "{out}");
+    assert!(t.elapsed() < Duration::from_secs(2), "no-op run took {:?}", t.elapsed());
+
+    // One sweep value changes: exactly the nodes at that value run, nothing else.
+    let changed = w.run_json(&["m.toml", "--set", "rhos=[0.2, 0.5, 0.7]"]);
+    let ran = nodes_with(&changed, "ran");
+    let mut expected = vec![];
+    for seed in [0, 1] {
+        expected.push(format!("sub@rho=0.7,seed={seed}"));
+        for m in ["0.2", "0.5", "0.8"] {
+            expected.push(format!("member@member={m},rho=0.7,seed={seed}"));
+        }
+    }
+    expected.sort();
+    assert_eq!(ran, expected);
+    assert_eq!(changed["cached"], 1 + 4 + 12);
+
+    // One parameter changes: its nodes and their descendants run.
+    let sized = w.run_json(&["m.toml", "--set", "size=900"]);
+    assert_eq!(sized["ran"], 24);
+    assert_eq!(nodes_with(&sized, "cached"), vec!["gen".to_string()]);
+    assert_store_consistent(&w.store());
+}
+
+#[test]
+fn an_identical_rerun_output_keeps_descendants_cached() {
+    // Reformatting the data file changes its bytes (import re-runs) but not the pairs (its output is identical),
+    // so everything below import stays cached: early cutoff.
+    let w = Work::new();
+    let src = std::fs::read_to_string(shared_data().join("tldr-2k/train.jsonl")).unwrap();
+    let lines: Vec<&str> = src.lines().take(400).collect();
+    w.write("data.jsonl", &(lines.join("\n") + "\n"));
+    w.write(
+        "m.toml",
+        r#"
+[stages.import]
+kind = "import"
+params = { path = "data.jsonl" }
+
+[stages.sub]
+kind = "subsample"
+inputs = { pairs = "import.pairs" }
+sweep = { rho = [0.3, 0.5] }
+params = { rho = "${rho}", size = 60, length = "words" }
+"#,
+    );
+    assert_eq!(w.run_json(&["m.toml"])["ran"], 3);
+    let reformatted: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            // Keys in another order, pretty spacing: other bytes, same records.
+            format!("{{ \"rejected\": {}, \"chosen\": {}, \"prompt\": {} }}", v["rejected"], v["chosen"], v["prompt"])
+        })
+        .collect();
+    w.write("data.jsonl", &(reformatted.join("\n") + "\n"));
+    let st = w.ok(&["status", "m.toml"]);
+    assert!(st.contains("content of the file named by params.path changed"), "{st}");
+    let again = w.run_json(&["m.toml"]);
+    assert_eq!(nodes_with(&again, "ran"), vec!["import".to_string()]);
+    assert_eq!(nodes_with(&again, "cached"), vec!["sub@rho=0.3".to_string(), "sub@rho=0.5".to_string()]);
+}
+
+#[test]
+fn kill_9_at_random_points_then_resume_gives_identical_artifacts() {
+    let manifest = gen_manifest(120_000);
+    let reference = Work::new();
+    reference.write("m.toml", &manifest);
+    let t = Instant::now();
+    let full = reference.run_json(&["m.toml", "--jobs", "2"]);
+    let full_time = t.elapsed();
+    let expected = output_hashes(&full);
+
+    let w = Work::new();
+    w.write("m.toml", &manifest);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let mut rng = seed;
+    let mut kills = 0;
+    for _ in 0..5 {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let frac = (rng >> 33) as f64 / (1u64 << 31) as f64;
+        let delay = full_time.mul_f64(0.05 + 0.8 * frac);
+        let mut child = w.cmd(&["run", "m.toml", "--jobs", "2", "--quiet"]).spawn().unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        // Whatever the moment, the store never shows an entry without its blobs, nor a blob with wrong bytes.
+        assert_store_consistent(&w.store());
+    }
+    eprintln!("killed {kills} runs (seed {seed}, uninterrupted run {full_time:?})");
+    let resumed = w.run_json(&["m.toml", "--jobs", "2"]);
+    assert_eq!(output_hashes(&resumed), expected, "artifacts after kills differ from an uninterrupted run");
+    assert_eq!(w.run_json(&["m.toml"])["ran"], 0);
+    assert_store_consistent(&w.store());
+}
+
+#[test]
+fn two_runners_at_once_both_succeed_and_write_each_entry_once() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(60_000));
+    let a = w.cmd(&["run", "m.toml", "--json", "--jobs", "2"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let b = w.cmd(&["run", "m.toml", "--json", "--jobs", "2"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(oa.status.success() && ob.status.success(), "{}\n{}", s(&oa.stderr), s(&ob.stderr));
+    let (sa, sb): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&oa.stdout).unwrap(), serde_json::from_slice(&ob.stdout).unwrap());
+    assert_eq!(output_hashes(&sa), output_hashes(&sb));
+    // One entry per distinct key, each naming the outputs both runners report.
+    let keys: std::collections::BTreeSet<String> =
+        sa["nodes"].as_array().unwrap().iter().map(|n| n["key"].as_str().unwrap().to_string()).collect();
+    let es = entries(&w.store());
+    assert_eq!(es.len(), keys.len());
+    assert_store_consistent(&w.store());
+    assert_eq!(w.run_json(&["m.toml"])["ran"], 0);
+}
+
+#[test]
+fn a_corrupted_blob_is_detected_and_recomputed() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(3000));
+    let first = w.run_json(&["m.toml"]);
+    let hashes = output_hashes(&first);
+    let gen_hash = hashes["gen"]["pairs"].clone();
+    let blob = w.store().join("blobs").join(&gen_hash[..2]).join(&gen_hash);
+
+    // A bit flip in gen's output: the next node that reads it notices, gen runs again, the run succeeds.
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&blob, &bytes).unwrap();
+    let o = w.run(&["run", "m.toml", "--json", "--set", "size=800"]);
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains(&format!("corrupt blob {gen_hash}")), "{}", s(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(nodes_with(&summary, "ran").contains(&"gen".to_string()), "{summary}");
+    assert_eq!(blake3::hash(&std::fs::read(&blob).unwrap()).to_hex().to_string(), gen_hash);
+
+    // A truncated D_rho read by its ensemble subsets.
+    let sub_hash = output_hashes(&summary)["sub@rho=0.2,seed=0"]["dataset"].clone();
+    let blob = w.store().join("blobs").join(&sub_hash[..2]).join(&sub_hash);
+    let len = std::fs::metadata(&blob).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&blob).unwrap().set_len(len / 3).unwrap();
+    let o = w.run(&["run", "m.toml", "--json", "--set", "size=800", "--set", "members=[0.2, 0.6]"]);
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains(&format!("corrupt blob {sub_hash}")), "{}", s(&o.stderr));
+    assert_store_consistent(&w.store());
+}
+
+#[test]
+fn status_explain_dag_show_and_gc() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(2000));
+    let st = w.ok(&["status", "m.toml"]);
+    assert!(st.contains("run      gen") && st.contains("never run with this store"), "{st}");
+    assert!(st.contains("blocked  sub@rho=0.2,seed=0"), "{st}");
+    w.ok(&["run", "m.toml", "--quiet"]);
+    assert!(w.ok(&["status", "m.toml"]).contains("25 cached, 0 would run"));
+
+    // explain names the field that differs from the last cached entry.
+    let ex = w.ok(&["explain", "m.toml", "sub@rho=0.5,seed=1", "--set", "size=900"]);
+    assert!(ex.contains("state    would run"), "{ex}");
+    assert!(ex.contains("why      params.size changed: 1000 -> 900"), "{ex}");
+    assert!(ex.contains("\"stage_kind\": \"subsample\""), "{ex}");
+    let exj: serde_json::Value = serde_json::from_str(&w.ok(&["explain", "m.toml", "gen", "--json"])).unwrap();
+    assert_eq!(exj["cached"], true);
+    assert_eq!(exj["record"]["params"]["n"], 2000);
+
+    let st = w.ok(&["status", "m.toml", "--set", "size=900"]);
+    assert!(st.contains("params.size changed: 1000 -> 900"), "{st}");
+
+    let text = w.ok(&["dag", "m.toml"]);
+    assert!(text.contains("member@member=0.2,rho=0.2,seed=0 [subsample]\n    <- sub@rho=0.2,seed=0 (dataset→pairs)"), "{text}");
+    let dot = w.ok(&["dag", "m.toml", "--format", "dot", "--stages"]);
+    assert!(dot.contains("\"gen\" -> \"sub\"") && dot.contains("\"sub\" -> \"member\""), "{dot}");
+    let mermaid = w.ok(&["dag", "m.toml", "--format", "mermaid"]);
+    assert!(mermaid.starts_with("flowchart LR") && mermaid.matches("-->").count() == 24, "{mermaid}");
+
+    let shown = w.ok(&["show", "m.toml", "sub@rho=0.2,seed=0", "--rows", "3"]);
+    assert!(shown.contains("(1000 rows"), "{shown}");
+    assert!(shown.contains("longer_preferred"), "{shown}");
+    let shown: serde_json::Value = serde_json::from_str(&w.ok(&["show", "m.toml", "sub@rho=0.2,seed=0.dataset", "--json", "--rows", "2"])).unwrap();
+    assert_eq!(shown["rows"], 1000);
+    assert_eq!(shown["preview"].as_array().unwrap().len(), 2);
+
+    // gc keeps every referenced blob, removes an orphan only once it is older than the grace period.
+    let orphan = blake3::hash(b"orphan").to_hex().to_string();
+    w.write(&format!(".rmdistill/store/blobs/{}/{orphan}", &orphan[..2]), "orphan");
+    let before = blob_files(&w.store()).len();
+    assert!(w.ok(&["gc", "m.toml"]).contains("removed 0 blob(s)"));
+    let g = w.ok(&["gc", "m.toml", "--grace", "0s"]);
+    assert!(g.contains("removed 1 blob(s) (6 bytes)"), "{g}");
+    assert_eq!(blob_files(&w.store()).len(), before - 1);
+    assert_eq!(w.run_json(&["m.toml"])["ran"], 0);
+}
+
+#[test]
+fn node_run_is_the_unit_a_scheduler_executes() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(2000));
+    let o = w.run(&["node", "run", "m.toml", "sub@rho=0.2,seed=0"]);
+    assert_eq!(o.status.code(), Some(4), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("upstream node gen is not in the store yet"), "{}", s(&o.stderr));
+    let a = serde_json::from_str::<serde_json::Value>(&w.ok(&["node", "run", "m.toml", "gen", "--json"])).unwrap();
+    assert_eq!(a["ran"], 1);
+    let b = serde_json::from_str::<serde_json::Value>(&w.ok(&["node", "run", "m.toml", "sub@rho=0.2,seed=0", "--json"])).unwrap();
+    assert_eq!(nodes_with(&b, "ran"), vec!["sub@rho=0.2,seed=0".to_string()]);
+    // Retried by a scheduler: a cache hit, nothing runs.
+    let c = serde_json::from_str::<serde_json::Value>(&w.ok(&["node", "run", "m.toml", "sub@rho=0.2,seed=0", "--json"])).unwrap();
+    assert_eq!(c["ran"], 0);
+    let list = w.ok(&["node", "list", "m.toml"]);
+    assert_eq!(list.lines().count(), 25);
+    assert_eq!(list.lines().next(), Some("gen"));
+    let o = w.run(&["node", "run", "m.toml", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn memory_store_runs_within_one_process() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(1000));
+    let s = w.run_json(&["m.toml", "--store", "memory://"]);
+    assert_eq!(s["ran"], 25);
+    assert!(!w.store().exists());
+}
+
+#[test]
+fn a_failing_node_stops_its_dependents_and_the_run_exits_1() {
+    let w = Work::new();
+    // rho = 0 of 1000 needs more shorter-preferred pairs than 2000 generated pairs hold.
+    w.write("m.toml", &gen_manifest(2000).replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.5, 0.0]"));
+    let o = w.run(&["run", "m.toml", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(nodes_with(&summary, "failed"), vec!["sub@rho=0.0,seed=0".to_string(), "sub@rho=0.0,seed=1".to_string()]);
+    assert_eq!(summary["skipped"], 6);
+    let err = summary["nodes"].as_array().unwrap().iter().find(|n| n["outcome"] == "failed").unwrap()["error"].as_str().unwrap().to_string();
+    assert!(err.contains("longer-preferred") && err.contains("available"), "{err}");
+    // Nothing partial was published for the failed nodes.
+    assert_eq!(entries(&w.store()).len(), 1 + 2 + 6);
+}
