@@ -1,22 +1,961 @@
-//! `import`: a user's preference dataset (placeholder until the real importer lands).
+//! `import`: a user's preference dataset → the normalised pairs table (see [`crate::table`]).
+//!
+//! # Input files
+//! JSONL (one object per line; blank lines are skipped), a JSON array of objects, or Parquet (one row per record),
+//! recognised by the first bytes (`PAR1`, `[`, `{`) and, for Parquet, the extension `.parquet`/`.pq`.
+//!
+//! # Formats (`format`, default `"auto"`: detected from the first record's keys)
+//! - `trl`: `prompt`, `chosen`, `rejected`. Each is a string, or (TRL's conversational form) a list of messages
+//!   `[{role, content}]`, rendered with the template below.
+//! - `unlabeled`: `prompt`, `response_a`, `response_b` (strings or message lists); `label` is null and the order kept.
+//! - `hh`: `chosen`, `rejected` full dialogues `"\n\nHuman: …\n\nAssistant: …"`. The prompt is the text up to and
+//!   including the last `"\n\nAssistant:"`, which both must share; the responses are what follows it. Message lists
+//!   (TRL's implicit-prompt form) work the same way: the shared leading messages are the prompt.
+//! - `sharegpt` (LLaMA-Factory): `conversations` `[{from, value}]`, `chosen`/`rejected` message objects
+//!   `{from, value}` (or strings), optional `system` string.
+//!
+//! # Message template
+//! A role is shown as `Human` (`user`, `human`), `Assistant` (`assistant`, `gpt`, `model`, `bot`), `System`
+//! (`system`), or else the role with its first letter capitalised. A prompt of messages renders as
+//! `"\n\n{Role}: {content}"` per message followed by `"\n\nAssistant:"`; a response of messages as `" {content}"` of
+//! its first message followed by `"\n\n{Role}: {content}"` for any further ones. This is the Anthropic HH layout, so
+//! message data and HH strings import to the same text.
+//!
+//! # Output
+//! Responses in the normalised table are oriented by one bit of the pair's hash: chosen becomes `response_a`
+//! (label 0) or `response_b` (label 1), deterministically and independently of row order. Exact duplicate pairs
+//! (same prompt, same two responses in any order) keep their first occurrence. Word counts are whitespace-separated
+//! words; token counts (with `tokenizer`) are the tokens of the response text alone, without special tokens.
+//!
+//! Every bad record is an [`StageError::Invalid`] naming the field, with a message naming the file, the place
+//! (JSONL `line N`, 1-based; JSON array `index N` and Parquet `row N`, 0-based) and what was expected.
 use crate::port::*;
+use crate::table::{self, PairRow, PairsBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rayon::prelude::*;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{BufRead, Read};
+use std::path::Path;
 
 pub struct Import;
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    #[default]
+    Auto,
+    Trl,
+    #[serde(alias = "unlabelled")]
+    Unlabeled,
+    Hh,
+    Sharegpt,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Trl => "trl",
+            Format::Unlabeled => "unlabeled",
+            Format::Hh => "hh",
+            Format::Sharegpt => "sharegpt",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    path: String,
+    #[serde(default)]
+    format: Format,
+    #[serde(default)]
+    tokenizer: Option<String>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+fn parse(params: &Map<String, Value>) -> StageResult<Params> {
+    let p: Params = parse_params(params)?;
+    if p.path.is_empty() {
+        return Err(StageError::invalid("path", "must name a dataset file"));
+    }
+    if p.limit == Some(0) {
+        return Err(StageError::invalid("limit", "must be at least 1 when given"));
+    }
+    Ok(p)
+}
+
+/// Where a record is in its file.
+#[derive(Clone, Copy, Debug)]
+enum Loc {
+    Line(usize),
+    Index(usize),
+    Row(usize),
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Loc::Line(n) => write!(f, "line {n}"),
+            Loc::Index(n) => write!(f, "index {n}"),
+            Loc::Row(n) => write!(f, "row {n}"),
+        }
+    }
+}
+
+/// The error for one record: names the field; the message names the file, the place and the problem.
+struct Where<'a> {
+    file: &'a str,
+    loc: Loc,
+}
+
+impl Where<'_> {
+    fn err(&self, field: &str, msg: impl fmt::Display) -> StageError {
+        StageError::invalid(field, format!("{} {}: `{field}` {msg}", self.file, self.loc))
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn nonempty(w: &Where, field: &str, s: &str) -> StageResult<()> {
+    if s.trim().is_empty() {
+        Err(w.err(field, "is an empty string; expected non-empty text"))
+    } else {
+        Ok(())
+    }
+}
+
+fn field<'v>(w: &Where, rec: &'v Map<String, Value>, name: &str, expected: &str) -> StageResult<&'v Value> {
+    match rec.get(name) {
+        None => Err(w.err(name, format!("is missing; expected {expected} (the record has: {})", keys(rec)))),
+        Some(Value::Null) => Err(w.err(name, format!("is null; expected {expected}"))),
+        Some(v) => Ok(v),
+    }
+}
+
+fn keys(rec: &Map<String, Value>) -> String {
+    rec.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn role_name(role: &str) -> String {
+    match role.to_ascii_lowercase().as_str() {
+        "user" | "human" => "Human".into(),
+        "assistant" | "gpt" | "model" | "bot" => "Assistant".into(),
+        "system" => "System".into(),
+        _ => {
+            let mut c = role.chars();
+            match c.next() {
+                Some(f) => f.to_uppercase().chain(c).collect(),
+                None => "Unknown".into(),
+            }
+        }
+    }
+}
+
+/// A message: `{role, content}` (TRL/OpenAI) or `{from, value}` (ShareGPT). Returns (role, content).
+fn message(w: &Where, path: &str, v: &Value) -> StageResult<(String, String)> {
+    let Value::Object(m) = v else {
+        return Err(w.err(path, format!("is {}; expected a message object {{role, content}} or {{from, value}}", type_name(v))));
+    };
+    let (rk, ck) = if m.contains_key("from") || m.contains_key("value") { ("from", "value") } else { ("role", "content") };
+    let role = match m.get(rk) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(other) => return Err(w.err(&format!("{path}.{rk}"), format!("is {}; expected a role string", type_name(other)))),
+        None => return Err(w.err(&format!("{path}.{rk}"), format!("is missing; expected a role string (the message has: {})", keys(m)))),
+    };
+    let content = match m.get(ck) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => return Err(w.err(&format!("{path}.{ck}"), format!("is {}; expected a string", type_name(other)))),
+        None => return Err(w.err(&format!("{path}.{ck}"), format!("is missing; expected a string (the message has: {})", keys(m)))),
+    };
+    nonempty(w, &format!("{path}.{ck}"), &content)?;
+    Ok((role, content))
+}
+
+fn messages(w: &Where, path: &str, list: &[Value]) -> StageResult<Vec<(String, String)>> {
+    if list.is_empty() {
+        return Err(w.err(path, "is an empty list; expected at least one message"));
+    }
+    list.iter().enumerate().map(|(i, m)| message(w, &format!("{path}[{i}]"), m)).collect()
+}
+
+fn render_prompt(msgs: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (role, content) in msgs {
+        s.push_str("\n\n");
+        s.push_str(&role_name(role));
+        s.push_str(": ");
+        s.push_str(content);
+    }
+    s.push_str("\n\nAssistant:");
+    s
+}
+
+fn render_response(msgs: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (i, (role, content)) in msgs.iter().enumerate() {
+        if i == 0 {
+            s.push(' ');
+        } else {
+            s.push_str("\n\n");
+            s.push_str(&role_name(role));
+            s.push_str(": ");
+        }
+        s.push_str(content);
+    }
+    s
+}
+
+/// A prompt or response: a string, or a list of messages rendered with the template.
+fn text(w: &Where, rec: &Map<String, Value>, name: &str, is_prompt: bool) -> StageResult<String> {
+    match field(w, rec, name, "a non-empty string or a list of messages")? {
+        Value::String(s) => {
+            nonempty(w, name, s)?;
+            Ok(s.clone())
+        }
+        Value::Array(list) => {
+            let msgs = messages(w, name, list)?;
+            Ok(if is_prompt { render_prompt(&msgs) } else { render_response(&msgs) })
+        }
+        other => Err(w.err(name, format!("is {}; expected a non-empty string or a list of messages", type_name(other)))),
+    }
+}
+
+const HH_TAG: &str = "\n\nAssistant:";
+
+/// (prompt, chosen response, rejected response) from HH dialogue strings.
+fn split_hh(w: &Where, chosen: &str, rejected: &str) -> StageResult<(String, String, String)> {
+    let ic = chosen.rfind(HH_TAG).ok_or_else(|| w.err("chosen", "has no \"\\n\\nAssistant:\"; expected an HH dialogue"))?;
+    let ir = rejected.rfind(HH_TAG).ok_or_else(|| w.err("rejected", "has no \"\\n\\nAssistant:\"; expected an HH dialogue"))?;
+    let (pc, pr) = (&chosen[..ic + HH_TAG.len()], &rejected[..ir + HH_TAG.len()]);
+    if pc != pr {
+        let common = pc.chars().zip(pr.chars()).take_while(|(a, b)| a == b).count();
+        return Err(w.err(
+            "rejected",
+            format!(
+                "does not share the dialogue of `chosen` up to the last \"\\n\\nAssistant:\" (they differ from character {common}); expected the same prompt"
+            ),
+        ));
+    }
+    let (rc, rr) = (&chosen[ic + HH_TAG.len()..], &rejected[ir + HH_TAG.len()..]);
+    nonempty(w, "chosen", rc).map_err(|_| w.err("chosen", "has an empty response after the last \"\\n\\nAssistant:\""))?;
+    nonempty(w, "rejected", rr).map_err(|_| w.err("rejected", "has an empty response after the last \"\\n\\nAssistant:\""))?;
+    Ok((pc.to_string(), rc.to_string(), rr.to_string()))
+}
+
+/// (prompt, chosen, rejected) from two full conversations given as message lists: the shared leading messages are
+/// the prompt.
+fn split_messages(w: &Where, chosen: &[(String, String)], rejected: &[(String, String)]) -> StageResult<(String, String, String)> {
+    let shared = chosen.iter().zip(rejected).take_while(|(a, b)| a == b).count();
+    if shared == 0 {
+        return Err(w.err("rejected", "shares no leading message with `chosen`; expected the same prompt messages"));
+    }
+    if shared == chosen.len() {
+        return Err(w.err("chosen", "has no message after the prompt it shares with `rejected`"));
+    }
+    if shared == rejected.len() {
+        return Err(w.err("rejected", "has no message after the prompt it shares with `chosen`"));
+    }
+    Ok((render_prompt(&chosen[..shared]), render_response(&chosen[shared..]), render_response(&rejected[shared..])))
+}
+
+/// One record, before orientation: (prompt, first, second, labelled). When labelled, `first` is chosen.
+struct Extracted {
+    prompt: String,
+    first: String,
+    second: String,
+    labelled: bool,
+}
+
+fn detect(rec: &Map<String, Value>, w: &Where) -> StageResult<Format> {
+    let has = |k: &str| rec.contains_key(k);
+    Ok(if has("conversations") && has("chosen") && has("rejected") {
+        Format::Sharegpt
+    } else if has("prompt") && has("chosen") && has("rejected") {
+        Format::Trl
+    } else if has("prompt") && has("response_a") && has("response_b") {
+        Format::Unlabeled
+    } else if has("chosen") && has("rejected") {
+        Format::Hh
+    } else {
+        return Err(StageError::invalid(
+            "format",
+            format!(
+                "{} {}: cannot detect the format from the record's keys ({}); expected prompt/chosen/rejected (trl), prompt/response_a/response_b (unlabeled), chosen/rejected (hh) or conversations/chosen/rejected (sharegpt), or set `format`",
+                w.file,
+                w.loc,
+                keys(rec)
+            ),
+        ));
+    })
+}
+
+fn extract(format: Format, w: &Where, rec: &Map<String, Value>) -> StageResult<Extracted> {
+    match format {
+        Format::Trl => Ok(Extracted {
+            prompt: text(w, rec, "prompt", true)?,
+            first: text(w, rec, "chosen", false)?,
+            second: text(w, rec, "rejected", false)?,
+            labelled: true,
+        }),
+        Format::Unlabeled => Ok(Extracted {
+            prompt: text(w, rec, "prompt", true)?,
+            first: text(w, rec, "response_a", false)?,
+            second: text(w, rec, "response_b", false)?,
+            labelled: false,
+        }),
+        Format::Hh => {
+            let c = field(w, rec, "chosen", "an HH dialogue string or a list of messages")?;
+            let r = field(w, rec, "rejected", "an HH dialogue string or a list of messages")?;
+            let (prompt, first, second) = match (c, r) {
+                (Value::String(c), Value::String(r)) => split_hh(w, c, r)?,
+                (Value::Array(c), Value::Array(r)) => split_messages(w, &messages(w, "chosen", c)?, &messages(w, "rejected", r)?)?,
+                (Value::String(_) | Value::Array(_), other) => {
+                    return Err(w.err("rejected", format!("is {}; expected the same kind as `chosen` ({})", type_name(other), type_name(c))))
+                }
+                (other, _) => {
+                    return Err(w.err("chosen", format!("is {}; expected an HH dialogue string or a list of messages", type_name(other))))
+                }
+            };
+            Ok(Extracted { prompt, first, second, labelled: true })
+        }
+        Format::Sharegpt => {
+            let conv = match field(w, rec, "conversations", "a list of {from, value} messages")? {
+                Value::Array(list) => messages(w, "conversations", list)?,
+                other => return Err(w.err("conversations", format!("is {}; expected a list of {{from, value}} messages", type_name(other)))),
+            };
+            let mut msgs = Vec::with_capacity(conv.len() + 1);
+            match rec.get("system") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s.trim().is_empty() => {}
+                Some(Value::String(s)) => msgs.push(("system".to_string(), s.clone())),
+                Some(other) => return Err(w.err("system", format!("is {}; expected a string", type_name(other)))),
+            }
+            msgs.extend(conv);
+            let resp = |name: &str| -> StageResult<String> {
+                match field(w, rec, name, "a message object {from, value}")? {
+                    v @ Value::Object(_) => Ok(render_response(&[message(w, name, v)?])),
+                    Value::String(s) => {
+                        nonempty(w, name, s)?;
+                        Ok(format!(" {s}"))
+                    }
+                    other => Err(w.err(name, format!("is {}; expected a message object {{from, value}}", type_name(other)))),
+                }
+            };
+            Ok(Extracted { prompt: render_prompt(&msgs), first: resp("chosen")?, second: resp("rejected")?, labelled: true })
+        }
+        Format::Auto => unreachable!("format is detected before extraction"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileKind {
+    Jsonl,
+    JsonArray,
+    Parquet,
+}
+
+impl FileKind {
+    fn name(self) -> &'static str {
+        match self {
+            FileKind::Jsonl => "jsonl",
+            FileKind::JsonArray => "json",
+            FileKind::Parquet => "parquet",
+        }
+    }
+}
+
+fn file_kind(path: &Path, shown: &str) -> StageResult<FileKind> {
+    let mut head = vec![0u8; 4096];
+    let mut f = std::fs::File::open(path).map_err(|e| StageError::invalid("path", format!("{shown}: cannot open: {e}")))?;
+    let n = f.read(&mut head).map_err(|e| StageError::invalid("path", format!("{shown}: cannot read: {e}")))?;
+    head.truncate(n);
+    if head.starts_with(b"PAR1") {
+        return Ok(FileKind::Parquet);
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if ext == "parquet" || ext == "pq" {
+        return Err(StageError::invalid("path", format!("{shown}: not a Parquet file (no PAR1 magic)")));
+    }
+    let body = head.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(&head);
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => Ok(FileKind::JsonArray),
+        Some(b'{') => Ok(FileKind::Jsonl),
+        None => Err(StageError::invalid("path", format!("{shown}: empty dataset (no records)"))),
+        Some(_) => Err(StageError::invalid(
+            "path",
+            format!("{shown}: not JSONL, a JSON array or Parquet (the file starts with neither `{{`, `[` nor PAR1)"),
+        )),
+    }
+}
+
+/// Calls `f` with every record of the file, in order, up to `limit`. Returns the file kind.
+fn for_each_record(
+    path: &Path,
+    shown: &str,
+    limit: u64,
+    mut f: impl FnMut(Loc, Option<u64>, &Map<String, Value>) -> StageResult<()>,
+) -> StageResult<FileKind> {
+    let kind = file_kind(path, shown)?;
+    let open = || std::fs::File::open(path).map_err(|e| StageError::invalid("path", format!("{shown}: cannot open: {e}")));
+    let as_object = |loc: Loc, v: Value| -> StageResult<Map<String, Value>> {
+        match v {
+            Value::Object(m) => Ok(m),
+            other => Err(StageError::invalid("path", format!("{shown} {loc}: expected a JSON object, found {}", type_name(&other)))),
+        }
+    };
+    let mut seen = 0u64;
+    match kind {
+        FileKind::Jsonl => {
+            let reader = std::io::BufReader::with_capacity(1 << 20, open()?);
+            for (i, line) in reader.lines().enumerate() {
+                if seen >= limit {
+                    break;
+                }
+                let loc = Loc::Line(i + 1);
+                let line = line.map_err(|e| StageError::invalid("path", format!("{shown} {loc}: cannot read: {e}")))?;
+                let line = if i == 0 { line.trim_start_matches('\u{feff}') } else { &line };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(line)
+                    .map_err(|e| StageError::invalid("path", format!("{shown} {loc}: malformed JSON: {e}")))?;
+                f(loc, None, &as_object(loc, v)?)?;
+                seen += 1;
+            }
+        }
+        FileKind::JsonArray => {
+            let mut s = String::new();
+            open()?.read_to_string(&mut s).map_err(|e| StageError::invalid("path", format!("{shown}: cannot read: {e}")))?;
+            let v: Value = serde_json::from_str(s.trim_start_matches('\u{feff}'))
+                .map_err(|e| StageError::invalid("path", format!("{shown}: malformed JSON: {e}")))?;
+            let Value::Array(items) = v else {
+                return Err(StageError::invalid("path", format!("{shown}: expected a JSON array of records")));
+            };
+            let total = (items.len() as u64).min(limit);
+            for (i, item) in items.into_iter().take(total as usize).enumerate() {
+                let loc = Loc::Index(i);
+                f(loc, Some(total), &as_object(loc, item)?)?;
+            }
+        }
+        FileKind::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open()?)
+                .map_err(|e| StageError::invalid("path", format!("{shown}: not a readable Parquet file: {e}")))?;
+            let total = (builder.metadata().file_metadata().num_rows() as u64).min(limit);
+            let reader = builder
+                .with_batch_size(4096)
+                .with_limit(total as usize)
+                .build()
+                .map_err(|e| StageError::invalid("path", format!("{shown}: {e}")))?;
+            let mut row = 0usize;
+            for batch in reader {
+                let batch = batch.map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: cannot decode: {e}")))?;
+                let mut buf = Vec::new();
+                {
+                    let mut wr = arrow::json::WriterBuilder::new()
+                        .with_explicit_nulls(true)
+                        .build::<_, arrow::json::writer::JsonArray>(&mut buf);
+                    wr.write(&batch).map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: {e}")))?;
+                    wr.finish().map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: {e}")))?;
+                }
+                let recs: Vec<Map<String, Value>> = if batch.num_rows() == 0 {
+                    Vec::new()
+                } else {
+                    serde_json::from_slice(&buf).map_err(|e| StageError::failed(format!("{shown} near row {row}: {e}")))?
+                };
+                for rec in recs {
+                    f(Loc::Row(row), Some(total), &rec)?;
+                    row += 1;
+                }
+            }
+        }
+    }
+    Ok(kind)
+}
+
+struct Row {
+    hash: blake3::Hash,
+    prompt: String,
+    a: String,
+    b: String,
+    label: Option<i8>,
+    source_row: u32,
+}
+
+/// Counts, for labelled rows, how often the longer response (≥ 10% longer) is preferred.
+fn length_bias(rows: &[Row], lens: &[(u32, u32)], length: &str) -> Value {
+    let (mut longer, mut shorter, mut within) = (0u64, 0u64, 0u64);
+    for (r, &(a, b)) in rows.iter().zip(lens) {
+        let Some(l) = r.label else { continue };
+        let a_longer = a > b && a as f64 >= 1.1 * b as f64;
+        let b_longer = b > a && b as f64 >= 1.1 * a as f64;
+        if a_longer || b_longer {
+            if (l == 1) == b_longer { longer += 1 } else { shorter += 1 }
+        } else {
+            within += 1;
+        }
+    }
+    json!({
+        "length": length,
+        "margin": 0.1,
+        "longer_preferred": longer,
+        "shorter_preferred": shorter,
+        "within_margin": within,
+        "longer_preferred_share": if longer + shorter > 0 { longer as f64 / (longer + shorter) as f64 } else { 0.0 },
+    })
+}
+
 impl Stage for Import {
-    fn kind(&self) -> &'static str { "import" }
-    fn doc(&self) -> &'static str { "normalise a preference dataset into a pairs table" }
-    fn inputs(&self) -> &'static [InputSpec] { &[] }
+    fn kind(&self) -> &'static str {
+        "import"
+    }
+    fn doc(&self) -> &'static str {
+        "normalise a preference dataset (JSONL, JSON or Parquet; TRL, unlabelled, HH or ShareGPT) into a pairs table"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        &[]
+    }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[OutputSpec { name: "pairs", kind: ArtifactKind::File, doc: "normalised pairs (Parquet)" }]
     }
-    fn path_params(&self) -> &'static [&'static str] { &["path"] }
-    fn code_files(&self) -> &'static [&'static str] { &["import.rs", "table.rs"] }
-    fn validate(&self, _params: &Map<String, Value>) -> StageResult<()> { Ok(()) }
+    fn path_params(&self) -> &'static [&'static str] {
+        &["path", "tokenizer"]
+    }
+    fn code_files(&self) -> &'static [&'static str] {
+        &["import.rs", "table.rs"]
+    }
+    fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
+        parse(params).map(|_| ())
+    }
     fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
-        let src = ctx.external("path").ok_or_else(|| StageError::invalid("path", "missing"))?;
-        std::fs::copy(src, ctx.output_path("pairs"))?;
-        Ok(json!({}))
+        let p = parse(ctx.params())?;
+        let shown = p.path.as_str();
+        let path = ctx
+            .external("path")
+            .ok_or_else(|| StageError::invalid("path", format!("{shown}: the runner did not resolve this file")))?;
+        let tokenizer = match &p.tokenizer {
+            None => None,
+            Some(t) => {
+                let tp = ctx
+                    .external("tokenizer")
+                    .ok_or_else(|| StageError::invalid("tokenizer", format!("{t}: the runner did not resolve this file")))?;
+                Some(
+                    tokenizers::Tokenizer::from_file(tp)
+                        .map_err(|e| StageError::invalid("tokenizer", format!("{t}: not a readable tokenizer.json: {e}")))?,
+                )
+            }
+        };
+
+        let mut format = p.format;
+        let mut rows: Vec<Row> = Vec::new();
+        let mut first_seen: HashMap<[u8; 32], usize> = HashMap::new();
+        let (mut records, mut duplicates, mut conflicting) = (0u64, 0u64, 0u64);
+        let kind = for_each_record(path, shown, p.limit.unwrap_or(u64::MAX), |loc, total, rec| {
+            let w = Where { file: shown, loc };
+            if format == Format::Auto {
+                format = detect(rec, &w)?;
+                ctx.log(&format!("{shown}: detected format `{}`", format.name()));
+            }
+            let e = extract(format, &w, rec)?;
+            let source_row = u32::try_from(records).map_err(|_| StageError::invalid("path", format!("{shown}: more than 2^32 records")))?;
+            records += 1;
+            if records % 10_000 == 0 {
+                ctx.progress(records, total.unwrap_or(0));
+            }
+            let hash = table::pair_hash(&e.prompt, &e.first, &e.second);
+            let (a, b, label) = if !e.labelled {
+                (e.first, e.second, None)
+            } else if hash.as_bytes()[31] & 1 == 0 {
+                (e.first, e.second, Some(0i8))
+            } else {
+                (e.second, e.first, Some(1i8))
+            };
+            match first_seen.entry(*hash.as_bytes()) {
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    duplicates += 1;
+                    let kept = &rows[*o.get()];
+                    let preferred = |a: &str, b: &str, l: Option<i8>| l.map(|l| if l == 0 { a.to_string() } else { b.to_string() });
+                    if preferred(&kept.a, &kept.b, kept.label) != preferred(&a, &b, label) {
+                        conflicting += 1;
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(rows.len());
+                    rows.push(Row { hash, prompt: e.prompt, a, b, label, source_row });
+                }
+            }
+            Ok(())
+        })?;
+        if records == 0 {
+            return Err(StageError::invalid("path", format!("{shown}: empty dataset (no records)")));
+        }
+        ctx.progress(records, records);
+
+        let words: Vec<(u32, u32)> = rows.par_iter().map(|r| (table::word_count(&r.a), table::word_count(&r.b))).collect();
+        let tokens: Option<Vec<(u32, u32)>> = match &tokenizer {
+            None => None,
+            Some(tok) => Some(
+                rows.par_iter()
+                    .map(|r| {
+                        let n = |s: &str| {
+                            tok.encode_fast(s, false)
+                                .map(|e| e.len() as u32)
+                                .map_err(|e| StageError::failed(format!("tokenizer failed on source row {}: {e}", r.source_row)))
+                        };
+                        Ok((n(&r.a)?, n(&r.b)?))
+                    })
+                    .collect::<StageResult<_>>()?,
+            ),
+        };
+
+        let text_bytes: usize = rows.iter().map(|r| r.prompt.len() + r.a.len() + r.b.len()).sum();
+        let mut builder = PairsBuilder::with_capacity(rows.len(), text_bytes);
+        for (i, r) in rows.iter().enumerate() {
+            let id = table::pair_id(&r.hash);
+            builder.push(PairRow {
+                pair_id: &id,
+                prompt: &r.prompt,
+                a: &r.a,
+                b: &r.b,
+                label: r.label,
+                words: words[i],
+                tokens: tokens.as_ref().map(|t| t[i]),
+                source_row: r.source_row,
+            });
+        }
+        let batch = builder.finish();
+
+        let labelled = rows.iter().filter(|r| r.label.is_some()).count() as u64;
+        let mut summary = json!({
+            "format": format.name(),
+            "file_kind": kind.name(),
+            "records": records,
+            "pairs": rows.len(),
+            "duplicates": duplicates,
+            "conflicting_duplicates": conflicting,
+            "labelled": labelled,
+            "unlabelled": rows.len() as u64 - labelled,
+            "label_b_preferred": rows.iter().filter(|r| r.label == Some(1)).count(),
+            "identical_responses": rows.iter().filter(|r| r.a == r.b).count(),
+            "tokenizer": tokenizer.is_some(),
+            "mean_words_response": if rows.is_empty() { 0.0 } else {
+                words.iter().map(|w| (w.0 + w.1) as f64).sum::<f64>() / (2 * rows.len()) as f64
+            },
+            "length_bias_words": length_bias(&rows, &words, "words"),
+        });
+        if let Some(t) = &tokens {
+            summary["length_bias_tokens"] = length_bias(&rows, t, "tokens");
+        }
+        table::write_table(&ctx.output_path("pairs"), &batch, &table::summary_kv("import", &summary))?;
+        ctx.log(&format!("{shown}: {records} records → {} pairs ({duplicates} duplicates dropped)", rows.len()));
+        Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::local_ctx::{shared_data, LocalCtx};
+    use arrow::array::{Array, Int8Array, StringArray, UInt32Array};
+    use std::path::PathBuf;
+
+    fn tldr() -> PathBuf {
+        shared_data().join("tldr-2k/train.jsonl")
+    }
+
+    /// Runs `import` on `file` with extra params; returns (summary, output path, ctx) or the error text.
+    fn import(dir: &Path, file: &Path, extra: Value) -> Result<(Value, PathBuf), String> {
+        let mut params = json!({"path": file.to_string_lossy()});
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        let tok = params.get("tokenizer").and_then(|t| t.as_str()).map(PathBuf::from);
+        let mut ctx = LocalCtx::new(dir, params).external("path", file);
+        if let Some(t) = tok {
+            ctx = ctx.external("tokenizer", t);
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        Import.validate(ctx.params()).map_err(|e| e.to_string())?;
+        let summary = Import.run(&ctx).map_err(|e| e.to_string())?;
+        Ok((summary, ctx.out("pairs")))
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn strings(b: &arrow::array::RecordBatch, col: &str) -> Vec<String> {
+        let a = b.column_by_name(col).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        a.iter().map(|s| s.unwrap().to_string()).collect()
+    }
+    fn labels(b: &arrow::array::RecordBatch) -> Vec<Option<i8>> {
+        b.column_by_name("label").unwrap().as_any().downcast_ref::<Int8Array>().unwrap().iter().collect()
+    }
+
+    #[test]
+    fn imports_tldr() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, out) = import(dir.path(), &tldr(), json!({})).unwrap();
+        assert_eq!(s["format"], "trl");
+        assert_eq!(s["records"], 2000);
+        assert_eq!(s["pairs"].as_u64().unwrap() + s["duplicates"].as_u64().unwrap(), 2000);
+        let t = table::read_table(&out, None).unwrap();
+        assert_eq!(t.schema(), table::pairs_schema());
+        assert_eq!(t.num_rows() as u64, s["pairs"].as_u64().unwrap());
+        let l = labels(&t);
+        let ones = l.iter().filter(|x| **x == Some(1)).count();
+        assert!(l.iter().all(|x| x.is_some()));
+        assert!((800..1200).contains(&ones), "label should follow the hash bit, not be constant: {ones}");
+        let tok = t.column_by_name("tokens_a").unwrap();
+        assert_eq!(tok.null_count(), t.num_rows(), "no tokenizer, no token counts");
+        let share = s["length_bias_words"]["longer_preferred_share"].as_f64().unwrap();
+        eprintln!("tldr: {s}");
+        assert!((0.5..0.66).contains(&share), "README says about 58%: {share}");
+        // the chosen summary of the first record is the preferred response of row 0
+        let first: Value = serde_json::from_str(std::fs::read_to_string(tldr()).unwrap().lines().next().unwrap()).unwrap();
+        let (a, b) = (strings(&t, "response_a"), strings(&t, "response_b"));
+        let preferred = if l[0] == Some(0) { &a[0] } else { &b[0] };
+        assert_eq!(preferred, first["chosen"].as_str().unwrap());
+        let src = t.column_by_name("source_row").unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+        assert_eq!(src.value(0), 0);
+        let kv = table::read_kv(&out).unwrap();
+        assert!(kv.contains(&("rmdistill.records".into(), "2000".into())), "{kv:?}");
+        assert!(kv.contains(&("rmdistill.stage".into(), "import".into())));
+    }
+
+    #[test]
+    fn import_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, o1) = import(&dir.path().join("1"), &tldr(), json!({})).unwrap();
+        let (_, o2) = import(&dir.path().join("2"), &tldr(), json!({})).unwrap();
+        assert_eq!(std::fs::read(o1).unwrap(), std::fs::read(o2).unwrap());
+    }
+
+    #[test]
+    fn pair_ids_are_stable_under_row_shuffling_and_ab_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(tldr()).unwrap();
+        let lines: Vec<&str> = text.lines().take(400).collect();
+        // unlabelled copies with a/b swapped on odd rows, then the rows reversed and interleaved
+        let unl = |swap: bool, l: &str| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let (a, b) = if swap { (&v["rejected"], &v["chosen"]) } else { (&v["chosen"], &v["rejected"]) };
+            json!({"prompt": v["prompt"], "response_a": a, "response_b": b}).to_string()
+        };
+        let mut shuffled: Vec<String> = lines.iter().enumerate().map(|(i, l)| unl(i % 2 == 1, l)).collect();
+        shuffled.reverse();
+        shuffled.rotate_left(123);
+        let straight: Vec<String> = lines.iter().map(|l| unl(false, l)).collect();
+        let f1 = write(dir.path(), "a.jsonl", &straight.join("\n"));
+        let f2 = write(dir.path(), "b.jsonl", &shuffled.join("\n"));
+        let f3 = write(dir.path(), "c.jsonl", &lines.iter().rev().copied().collect::<Vec<_>>().join("\n"));
+        let f4 = write(dir.path(), "d.jsonl", &lines.join("\n"));
+        let ids = |f: &Path, sub: &str, fmt: &str| {
+            let (_, out) = import(&dir.path().join(sub), f, json!({"format": fmt})).unwrap();
+            let t = table::read_table(&out, None).unwrap();
+            let mut pairs: Vec<(String, Option<String>)> = strings(&t, "pair_id")
+                .into_iter()
+                .zip(labels(&t))
+                .zip(strings(&t, "response_a").into_iter().zip(strings(&t, "response_b")))
+                .map(|((id, l), (a, b))| (id, l.map(|l| if l == 0 { a } else { b })))
+                .collect();
+            pairs.sort();
+            pairs
+        };
+        let (i1, i2) = (ids(&f1, "1", "unlabeled"), ids(&f2, "2", "unlabelled"));
+        assert_eq!(i1, i2);
+        // labelled: the same ids, and the same preferred response whatever the row order
+        let (i3, i4) = (ids(&f3, "3", "trl"), ids(&f4, "4", "auto"));
+        assert_eq!(i3, i4);
+        let strip = |v: &Vec<(String, Option<String>)>| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+        assert_eq!(strip(&i1), strip(&i3));
+    }
+
+    #[test]
+    fn imports_llama_factory_sharegpt() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = shared_data().join("preference-formats/llama-factory-dpo_en_demo.json");
+        let (s, out) = import(dir.path(), &f, json!({})).unwrap();
+        assert_eq!(s["format"], "sharegpt");
+        assert_eq!(s["file_kind"], "json");
+        assert_eq!(s["records"], 300);
+        let t = table::read_table(&out, None).unwrap();
+        let prompts = strings(&t, "prompt");
+        assert!(prompts.iter().all(|p| p.starts_with("\n\n") && p.ends_with("\n\nAssistant:")));
+        assert!(prompts[0].starts_with("\n\nHuman: Hi! I'd like to create a new language game"), "{:?}", &prompts[0][..60]);
+        assert!(prompts.iter().any(|p| p.contains("\n\nSystem: ")), "system turns rendered");
+        let a = strings(&t, "response_a");
+        assert!(a.iter().all(|r| r.starts_with(' ')));
+        assert!(labels(&t).iter().all(|l| l.is_some()));
+    }
+
+    #[test]
+    fn imports_hh_strings_and_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = [
+            json!({"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name a fruit\n\nAssistant: An apple.",
+                   "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name a fruit\n\nAssistant: No."}),
+            json!({"chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+                   "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}]}),
+        ];
+        let f = write(dir.path(), "hh.jsonl", &recs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n"));
+        let (s, out) = import(&dir.path().join("o"), &f, json!({})).unwrap();
+        assert_eq!(s["format"], "hh");
+        let t = table::read_table(&out, None).unwrap();
+        let p = strings(&t, "prompt");
+        assert_eq!(p[0], "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name a fruit\n\nAssistant:");
+        assert_eq!(p[1], "\n\nHuman: 2+2?\n\nAssistant:");
+        let (a, b, l) = (strings(&t, "response_a"), strings(&t, "response_b"), labels(&t));
+        let pref = |i: usize| if l[i] == Some(0) { a[i].clone() } else { b[i].clone() };
+        assert_eq!(pref(0), " An apple.");
+        assert_eq!(pref(1), " 4");
+        let words = t.column_by_name("words_a").unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+        assert_eq!(words.value(0), if l[0] == Some(0) { 2 } else { 1 });
+
+        // prompts that differ, and a dialogue without an assistant turn
+        let bad = write(dir.path(), "bad.jsonl", &json!({"chosen": "\n\nHuman: A\n\nAssistant: x", "rejected": "\n\nHuman: B\n\nAssistant: y"}).to_string());
+        let e = import(&dir.path().join("b"), &bad, json!({})).unwrap_err();
+        assert!(e.starts_with("rejected:") && e.contains("line 1") && e.contains("bad.jsonl") && e.contains("differ from character 9"), "{e}");
+        let bad = write(dir.path(), "bad2.jsonl", &json!({"chosen": "just text", "rejected": "\n\nAssistant: y"}).to_string());
+        let e = import(&dir.path().join("c"), &bad, json!({"format": "hh"})).unwrap_err();
+        assert!(e.starts_with("chosen:") && e.contains("line 1") && e.contains("Assistant"), "{e}");
+    }
+
+    #[test]
+    fn imports_unlabelled_and_trl_messages_and_dedups() {
+        let dir = tempfile::tempdir().unwrap();
+        let msgs = |c: &str| json!([{"role": "assistant", "content": c}]);
+        let recs = [
+            json!({"prompt": "P1", "response_a": "first", "response_b": "second answer"}),
+            json!({"prompt": "P2", "response_a": "x", "response_b": "y", "extra": 5}),
+            json!({"prompt": "P1", "response_a": "second answer", "response_b": "first"}),
+        ];
+        let f = write(dir.path(), "u.jsonl", &format!("{}\n\n{}\n{}\n", recs[0], recs[1], recs[2]));
+        let (s, out) = import(&dir.path().join("o"), &f, json!({})).unwrap();
+        assert_eq!((s["format"].as_str(), s["pairs"].as_u64(), s["duplicates"].as_u64()), (Some("unlabeled"), Some(2), Some(1)));
+        let t = table::read_table(&out, None).unwrap();
+        assert_eq!(labels(&t), vec![None, None]);
+        assert_eq!(strings(&t, "response_a"), vec!["first", "x"], "unlabelled pairs keep their order");
+        let src = t.column_by_name("source_row").unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+        assert_eq!(src.values().to_vec(), vec![0, 1], "records, not lines");
+
+        let trl = [
+            json!({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
+                   "chosen": msgs("Paris."), "rejected": msgs("Lyon, I think.")}),
+            json!({"prompt": "Q", "chosen": "yes", "rejected": "no"}),
+            json!({"prompt": "Q", "chosen": "no", "rejected": "yes"}),
+            json!({"prompt": "Q", "chosen": "yes", "rejected": "no"}),
+        ];
+        let f = write(dir.path(), "t.json", &serde_json::to_string_pretty(&trl).unwrap());
+        let (s, out) = import(&dir.path().join("t"), &f, json!({})).unwrap();
+        assert_eq!((s["pairs"].as_u64(), s["duplicates"].as_u64(), s["conflicting_duplicates"].as_u64()), (Some(2), Some(2), Some(1)));
+        let t = table::read_table(&out, None).unwrap();
+        assert_eq!(strings(&t, "prompt")[0], "\n\nSystem: Be brief.\n\nHuman: Capital of France?\n\nAssistant:");
+        let (a, b) = (strings(&t, "response_a"), strings(&t, "response_b"));
+        let mut r = vec![a[0].clone(), b[0].clone()];
+        r.sort();
+        assert_eq!(r, vec![" Lyon, I think.", " Paris."]);
+
+        let (s, _) = import(&dir.path().join("l"), &f, json!({"limit": 2})).unwrap();
+        assert_eq!(s["records"], 2);
+    }
+
+    #[test]
+    fn imports_parquet_like_jsonl() {
+        use arrow::array::{ArrayRef, RecordBatch};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(tldr()).unwrap();
+        let recs: Vec<Value> = text.lines().take(50).map(|l| serde_json::from_str(l).unwrap()).collect();
+        let col = |k: &str| -> ArrayRef { Arc::new(StringArray::from(recs.iter().map(|r| r[k].as_str().unwrap().to_string()).collect::<Vec<_>>())) };
+        let batch = RecordBatch::try_from_iter([("prompt", col("prompt")), ("chosen", col("chosen")), ("rejected", col("rejected"))]).unwrap();
+        let pq = dir.path().join("in.parquet");
+        table::write_table(&pq, &batch, &[]).unwrap();
+        let jl = write(dir.path(), "in.jsonl", &text.lines().take(50).collect::<Vec<_>>().join("\n"));
+        let (s1, o1) = import(&dir.path().join("1"), &pq, json!({})).unwrap();
+        let (_, o2) = import(&dir.path().join("2"), &jl, json!({})).unwrap();
+        assert_eq!(s1["file_kind"], "parquet");
+        assert_eq!(table::read_table(&o1, None).unwrap(), table::read_table(&o2, None).unwrap(), "same data, same table");
+
+        // a missing column in Parquet names the row and the field
+        let batch = RecordBatch::try_from_iter([("prompt", col("prompt")), ("chosen", col("chosen"))]).unwrap();
+        let pq = dir.path().join("bad.parquet");
+        table::write_table(&pq, &batch, &[]).unwrap();
+        let e = import(&dir.path().join("3"), &pq, json!({"format": "trl"})).unwrap_err();
+        assert!(e.starts_with("rejected:") && e.contains("bad.parquet row 0") && e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn counts_tokens_with_a_tokenizer() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1}, "unk_token": "[UNK]"}});
+        let tp = write(dir.path(), "tokenizer.json", &tok.to_string());
+        let f = write(dir.path(), "u.jsonl", &json!({"prompt": "p", "response_a": "a b, c", "response_b": "a"}).to_string());
+        let (s, out) = import(&dir.path().join("o"), &f, json!({"tokenizer": tp.to_string_lossy()})).unwrap();
+        assert_eq!(s["tokenizer"], true);
+        let t = table::read_table(&out, None).unwrap();
+        let ta = t.column_by_name("tokens_a").unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+        let tb = t.column_by_name("tokens_b").unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+        assert_eq!((ta.value(0), tb.value(0)), (4, 1), "`a`, `b`, `,`, `c`");
+        let e = import(&dir.path().join("x"), &f, json!({"tokenizer": f.to_string_lossy()})).unwrap_err();
+        assert!(e.starts_with("tokenizer:"), "{e}");
+    }
+
+    #[test]
+    fn bad_inputs_name_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = json!({"prompt": "p", "chosen": "c", "rejected": "r"}).to_string();
+        let cases: Vec<(&str, String, Value, &str, Vec<&str>)> = vec![
+            ("malformed.jsonl", format!("{good}\n{good}\n{{\"prompt\": \"p\", \"chosen\": \n"), json!({}), "path", vec!["line 3", "malformed JSON"]),
+            ("missing.jsonl", format!("{good}\n{}", json!({"prompt": "p", "chosen": "c"})), json!({}), "rejected", vec!["line 2", "`rejected` is missing"]),
+            ("null.jsonl", format!("{}", json!({"prompt": null, "chosen": "c", "rejected": "r"})), json!({}), "prompt", vec!["line 1", "is null"]),
+            ("empty_str.jsonl", format!("{good}\n\n{}", json!({"prompt": "p", "chosen": "", "rejected": "r"})), json!({}), "chosen", vec!["line 3", "empty string"]),
+            ("wrong_type.jsonl", format!("{}", json!({"prompt": "p", "chosen": 3, "rejected": "r"})), json!({}), "chosen", vec!["line 1", "is a number"]),
+            ("not_object.jsonl", format!("{good}\n[1, 2]"), json!({}), "path", vec!["line 2", "expected a JSON object"]),
+            ("empty.jsonl", "\n  \n".to_string(), json!({}), "path", vec!["empty dataset"]),
+            ("forced_format.jsonl", format!("{good}"), json!({"format": "unlabeled"}), "response_a", vec!["line 1", "missing"]),
+            ("unknown_keys.jsonl", format!("{}", json!({"question": "q", "answer": "a"})), json!({}), "format", vec!["line 1", "cannot detect", "question, answer"]),
+            ("array.json", format!("[{good}, {}]", json!({"prompt": "p", "chosen": "c", "rejected": ["x"]})), json!({}), "rejected[0]", vec!["index 1", "expected a message object"]),
+            ("array_empty.json", "[]".to_string(), json!({}), "path", vec!["empty dataset"]),
+            ("msg.jsonl", format!("{}", json!({"prompt": [{"role": "user"}], "chosen": "c", "rejected": "r"})), json!({}), "prompt[0].content", vec!["line 1", "missing"]),
+            ("sharegpt.jsonl", format!("{}", json!({"conversations": [{"from": "human", "value": "hi"}], "chosen": {"from": "gpt", "value": ""}, "rejected": {"from": "gpt", "value": "x"}})), json!({}), "chosen.value", vec!["line 1", "empty"]),
+            ("garbage.txt", "hello".to_string(), json!({}), "path", vec!["not JSONL"]),
+            ("fake.parquet", "hello".to_string(), json!({}), "path", vec!["not a Parquet file"]),
+        ];
+        for (name, text, extra, field, needles) in cases {
+            let f = write(dir.path(), name, &text);
+            let e = import(&dir.path().join(format!("o-{name}")), &f, extra).unwrap_err();
+            assert!(e.starts_with(&format!("{field}: ")), "{name}: field {field}: {e}");
+            for n in needles {
+                assert!(e.contains(n), "{name}: expected `{n}` in: {e}");
+            }
+            if field != "format" && !name.contains("parquet") {
+                assert!(e.contains(name), "{name}: the file is named: {e}");
+            }
+        }
+        // unknown format and unknown params are parameter errors
+        let f = write(dir.path(), "ok.jsonl", &good);
+        let e = import(&dir.path().join("p1"), &f, json!({"format": "csv"})).unwrap_err();
+        assert!(e.starts_with("format:") && e.contains("unknown variant"), "{e}");
+        let e = import(&dir.path().join("p2"), &f, json!({"lmit": 3})).unwrap_err();
+        assert!(e.contains("unknown field `lmit`"), "{e}");
     }
 }

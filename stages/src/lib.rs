@@ -5,12 +5,13 @@ pub mod port;
 pub mod table;
 pub mod import;
 pub mod subsample;
+pub mod generate;
 
 pub use port::{ArtifactKind, Ctx, Device, InputArtifact, InputSpec, OutputSpec, Stage, StageError, StageResult};
 
 /// Every stage kind a manifest may name.
 pub fn registry() -> Vec<&'static dyn Stage> {
-    vec![&import::Import, &subsample::Subsample]
+    vec![&import::Import, &subsample::Subsample, &generate::Generate]
 }
 
 /// The stage of a given kind, if there is one.

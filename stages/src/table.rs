@@ -1,1 +1,470 @@
-//! Parquet helpers shared by the table stages.
+//! Parquet helpers shared by the table stages, and the normalised pairs table they exchange.
+//!
+//! # The normalised pairs table
+//! One row per preference pair (see [`pairs_schema`]):
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `pair_id` | Utf8 | first 16 hex chars of BLAKE3(prompt ␀ min(a,b) ␀ max(a,b)): stable under row and a/b order |
+//! | `prompt`, `response_a`, `response_b` | Utf8 | non-null, non-empty |
+//! | `label` | Int8, nullable | 0: `response_a` preferred, 1: `response_b` preferred, null: unlabelled |
+//! | `words_a`, `words_b` | UInt32 | whitespace-separated word counts |
+//! | `tokens_a`, `tokens_b` | UInt32, nullable | token counts under the import's tokenizer, null without one |
+//! | `source_row` | UInt32 | 0-based record index in the input file |
+//!
+//! Later stages may add columns (e.g. `subsample` adds `longer_preferred` Boolean) and must keep the others.
+//!
+//! # Helpers
+//! - [`write_table`]`(path, &batch, kv)`: deterministic Parquet (fixed writer properties, zstd, no timestamps; the same
+//!   batch and key-value metadata give byte-identical files). The stage's counts go in `kv` (see [`summary_kv`]).
+//! - [`read_table`]`(path, Some(&["label", "words_a"]))`: the whole file or a projection of its columns, as one batch;
+//!   row groups are decoded in parallel. A missing column is an error naming the file and the column.
+//! - [`read_rows`]`(path, &sorted_rows)`: only the given rows (all columns), skipping pages that hold none of them.
+//! - [`read_kv`]: a file's key-value metadata.
+//! - [`pair_hash`], [`pair_id`], [`word_count`], [`PairsBuilder`]: building the normalised table.
+
+use crate::port::{StageError, StageResult};
+use arrow::array::{
+    Array, ArrayRef, Int8Builder, RecordBatch, StringBuilder, UInt32Builder,
+};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, PageIndexPolicy};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use rayon::prelude::*;
+use serde_json::Value;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+#[allow(unused_imports)]
+use crate::port;
+
+pub const PAIR_ID: &str = "pair_id";
+pub const PROMPT: &str = "prompt";
+pub const RESPONSE_A: &str = "response_a";
+pub const RESPONSE_B: &str = "response_b";
+pub const LABEL: &str = "label";
+pub const WORDS_A: &str = "words_a";
+pub const WORDS_B: &str = "words_b";
+pub const TOKENS_A: &str = "tokens_a";
+pub const TOKENS_B: &str = "tokens_b";
+pub const SOURCE_ROW: &str = "source_row";
+pub const LONGER_PREFERRED: &str = "longer_preferred";
+
+/// Rows per row group: large enough for fast scans, small enough that several row groups decode in parallel.
+pub const ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// The schema of the normalised pairs table (see the module docs).
+pub fn pairs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(PAIR_ID, DataType::Utf8, false),
+        Field::new(PROMPT, DataType::Utf8, false),
+        Field::new(RESPONSE_A, DataType::Utf8, false),
+        Field::new(RESPONSE_B, DataType::Utf8, false),
+        Field::new(LABEL, DataType::Int8, true),
+        Field::new(WORDS_A, DataType::UInt32, false),
+        Field::new(WORDS_B, DataType::UInt32, false),
+        Field::new(TOKENS_A, DataType::UInt32, true),
+        Field::new(TOKENS_B, DataType::UInt32, true),
+        Field::new(SOURCE_ROW, DataType::UInt32, false),
+    ]))
+}
+
+/// BLAKE3 over `prompt ␀ lo ␀ hi`, where (lo, hi) are the two responses in byte order: the same pair hashes the same
+/// whatever the order of its responses or of the rows.
+pub fn pair_hash(prompt: &str, a: &str, b: &str) -> blake3::Hash {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut h = blake3::Hasher::new();
+    h.update(prompt.as_bytes());
+    h.update(&[0]);
+    h.update(lo.as_bytes());
+    h.update(&[0]);
+    h.update(hi.as_bytes());
+    h.finalize()
+}
+
+/// The `pair_id` of a pair hash: its first 16 hex characters.
+pub fn pair_id(hash: &blake3::Hash) -> String {
+    hash.to_hex()[..16].to_string()
+}
+
+/// Whitespace-separated words.
+pub fn word_count(s: &str) -> u32 {
+    s.split_whitespace().count() as u32
+}
+
+/// Appends rows of the normalised pairs table.
+pub struct PairsBuilder {
+    pair_id: StringBuilder,
+    prompt: StringBuilder,
+    a: StringBuilder,
+    b: StringBuilder,
+    label: Int8Builder,
+    words_a: UInt32Builder,
+    words_b: UInt32Builder,
+    tokens_a: UInt32Builder,
+    tokens_b: UInt32Builder,
+    source_row: UInt32Builder,
+}
+
+/// One row of the normalised pairs table, borrowed.
+pub struct PairRow<'a> {
+    pub pair_id: &'a str,
+    pub prompt: &'a str,
+    pub a: &'a str,
+    pub b: &'a str,
+    pub label: Option<i8>,
+    pub words: (u32, u32),
+    pub tokens: Option<(u32, u32)>,
+    pub source_row: u32,
+}
+
+impl PairsBuilder {
+    pub fn with_capacity(rows: usize, text_bytes: usize) -> Self {
+        let s = |bytes| StringBuilder::with_capacity(rows, bytes);
+        PairsBuilder {
+            pair_id: s(rows * 16),
+            prompt: s(text_bytes / 2),
+            a: s(text_bytes / 4),
+            b: s(text_bytes / 4),
+            label: Int8Builder::with_capacity(rows),
+            words_a: UInt32Builder::with_capacity(rows),
+            words_b: UInt32Builder::with_capacity(rows),
+            tokens_a: UInt32Builder::with_capacity(rows),
+            tokens_b: UInt32Builder::with_capacity(rows),
+            source_row: UInt32Builder::with_capacity(rows),
+        }
+    }
+
+    pub fn push(&mut self, r: PairRow<'_>) {
+        self.pair_id.append_value(r.pair_id);
+        self.prompt.append_value(r.prompt);
+        self.a.append_value(r.a);
+        self.b.append_value(r.b);
+        self.label.append_option(r.label);
+        self.words_a.append_value(r.words.0);
+        self.words_b.append_value(r.words.1);
+        self.tokens_a.append_option(r.tokens.map(|t| t.0));
+        self.tokens_b.append_option(r.tokens.map(|t| t.1));
+        self.source_row.append_value(r.source_row);
+    }
+
+    pub fn finish(mut self) -> RecordBatch {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.pair_id.finish()),
+            Arc::new(self.prompt.finish()),
+            Arc::new(self.a.finish()),
+            Arc::new(self.b.finish()),
+            Arc::new(self.label.finish()),
+            Arc::new(self.words_a.finish()),
+            Arc::new(self.words_b.finish()),
+            Arc::new(self.tokens_a.finish()),
+            Arc::new(self.tokens_b.finish()),
+            Arc::new(self.source_row.finish()),
+        ];
+        RecordBatch::try_new(pairs_schema(), cols).expect("pairs columns match the pairs schema")
+    }
+}
+
+/// Key-value metadata from a stage's JSON summary: `rmdistill.stage` = the stage, and `rmdistill.<key>` for each
+/// top-level field (strings as they are, everything else as compact JSON), in the summary's order.
+pub fn summary_kv(stage: &str, summary: &Value) -> Vec<(String, String)> {
+    let mut kv = vec![("rmdistill.stage".to_string(), stage.to_string())];
+    if let Value::Object(m) = summary {
+        for (k, v) in m {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            kv.push((format!("rmdistill.{k}"), s));
+        }
+    }
+    kv
+}
+
+/// The fixed writer properties of every table this crate writes: the bytes depend only on the data and `kv`.
+pub fn writer_properties(kv: &[(String, String)]) -> WriterProperties {
+    WriterProperties::builder()
+        .set_writer_version(WriterVersion::PARQUET_1_0)
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
+        .set_created_by("rmdistill-stages".to_string())
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_key_value_metadata(Some(
+            kv.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect(),
+        ))
+        .build()
+}
+
+/// Writes `batch` to `path` as Parquet with [`writer_properties`]. Deterministic: same batch and `kv`, same bytes.
+pub fn write_table(path: &Path, batch: &RecordBatch, kv: &[(String, String)]) -> StageResult<()> {
+    let file = File::create(path).map_err(|e| io_err(path, e))?;
+    let mut w = ArrowWriter::try_new(std::io::BufWriter::with_capacity(1 << 20, file), batch.schema(), Some(writer_properties(kv)))?;
+    w.write(batch)?;
+    let inner = w.into_inner()?;
+    inner.into_inner().map_err(|e| io_err(path, e.into_error()))?.sync_all().map_err(|e| io_err(path, e))?;
+    Ok(())
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> StageError {
+    StageError::failed(format!("{}: {e}", path.display()))
+}
+
+fn open(path: &Path) -> StageResult<File> {
+    File::open(path).map_err(|e| io_err(path, e))
+}
+
+fn load_meta(path: &Path, page_index: bool) -> StageResult<ArrowReaderMetadata> {
+    let file = open(path)?;
+    let opts = ArrowReaderOptions::new().with_page_index_policy(if page_index {
+        PageIndexPolicy::Optional
+    } else {
+        PageIndexPolicy::Skip
+    });
+    ArrowReaderMetadata::load(&file, opts)
+        .map_err(|e| StageError::failed(format!("{}: not a readable Parquet file: {e}", path.display())))
+}
+
+/// The file's Arrow schema (from its footer only), without key-value metadata (see [`read_kv`]).
+pub fn read_schema(path: &Path) -> StageResult<SchemaRef> {
+    Ok(plain(load_meta(path, false)?.schema()))
+}
+
+/// The file's key-value metadata, in file order.
+pub fn read_kv(path: &Path) -> StageResult<Vec<(String, String)>> {
+    let meta = load_meta(path, false)?;
+    Ok(meta
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| kv.iter().map(|k| (k.key.clone(), k.value.clone().unwrap_or_default())).collect())
+        .unwrap_or_default())
+}
+
+/// The projection mask for `columns` and the Arrow schema it yields (file order, without the file's key-value
+/// metadata, which [`read_kv`] returns).
+fn projection(path: &Path, meta: &ArrowReaderMetadata, columns: Option<&[&str]>) -> StageResult<(ProjectionMask, SchemaRef)> {
+    let schema = meta.schema();
+    let Some(cols) = columns else { return Ok((ProjectionMask::all(), plain(schema))) };
+    let mut idx = Vec::with_capacity(cols.len());
+    for c in cols {
+        match schema.index_of(c) {
+            Ok(i) => idx.push(i),
+            Err(_) => {
+                let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(StageError::invalid(
+                    *c,
+                    format!("{}: missing column `{c}` (the table has: {})", path.display(), have.join(", ")),
+                ));
+            }
+        }
+    }
+    idx.sort_unstable();
+    idx.dedup();
+    let projected = schema.project(&idx)?;
+    Ok((ProjectionMask::roots(meta.parquet_schema(), idx), plain(&Arc::new(projected))))
+}
+
+/// The schema without its metadata.
+fn plain(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(schema.fields().clone()))
+}
+
+/// Decodes one reader's batches into a single batch of `schema`.
+fn collect(reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader, schema: &SchemaRef) -> StageResult<RecordBatch> {
+    let batches = reader
+        .map(|b| b.and_then(|b| b.with_schema(schema.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(concat_batches(schema, &batches)?)
+}
+
+/// Reads the whole table at `path`, or only `columns` (in file order), as one batch. Row groups decode in parallel.
+pub fn read_table(path: &Path, columns: Option<&[&str]>) -> StageResult<RecordBatch> {
+    let meta = load_meta(path, false)?;
+    let (mask, schema) = projection(path, &meta, columns)?;
+    let n_rg = meta.metadata().num_row_groups();
+    let parts: Vec<RecordBatch> = (0..n_rg)
+        .into_par_iter()
+        .map(|rg| {
+            let rows = meta.metadata().row_group(rg).num_rows() as usize;
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(open(path)?, meta.clone())
+                .with_projection(mask.clone())
+                .with_row_groups(vec![rg])
+                .with_batch_size(rows.max(1))
+                .build()?;
+            collect(reader, &schema)
+        })
+        .collect::<StageResult<_>>()?;
+    Ok(concat_batches(&schema, &parts)?)
+}
+
+/// Reads the rows at the given 0-based positions (sorted ascending, no repeats), all columns, in that order. Only
+/// the row groups that hold them are read, and within those, pages that hold none of them are skipped.
+pub fn read_rows(path: &Path, rows: &[u32]) -> StageResult<RecordBatch> {
+    debug_assert!(rows.windows(2).all(|w| w[0] < w[1]));
+    let meta = load_meta(path, true)?;
+    let schema = plain(meta.schema());
+    // (row group, first row of the group, the selected rows local to it)
+    let mut groups: Vec<(usize, Vec<std::ops::Range<usize>>, usize)> = Vec::new();
+    let mut start = 0u64;
+    let mut i = 0usize;
+    for rg in 0..meta.metadata().num_row_groups() {
+        let n = meta.metadata().row_group(rg).num_rows() as u64;
+        let end = start + n;
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        while i < rows.len() && (rows[i] as u64) < end {
+            let local = (rows[i] as u64 - start) as usize;
+            match ranges.last_mut() {
+                Some(r) if r.end == local => r.end += 1,
+                _ => ranges.push(local..local + 1),
+            }
+            i += 1;
+        }
+        if !ranges.is_empty() {
+            groups.push((rg, ranges, n as usize));
+        }
+        start = end;
+    }
+    if i < rows.len() {
+        return Err(StageError::failed(format!(
+            "{}: row {} requested but the table has {start} rows",
+            path.display(),
+            rows[i]
+        )));
+    }
+    let parts: Vec<RecordBatch> = groups
+        .into_par_iter()
+        .map(|(rg, ranges, n)| {
+            let selected: usize = ranges.iter().map(|r| r.len()).sum();
+            let sel = RowSelection::from_consecutive_ranges(ranges.into_iter(), n);
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(open(path)?, meta.clone())
+                .with_row_groups(vec![rg])
+                .with_row_selection(sel)
+                .with_batch_size(selected.max(1))
+                .build()?;
+            collect(reader, &schema)
+        })
+        .collect::<StageResult<_>>()?;
+    Ok(concat_batches(&schema, &parts)?)
+}
+
+/// The values of a UInt32 column with no nulls (after `read_table`), or an error naming the column.
+pub fn u32_values<'a>(batch: &'a RecordBatch, col: &str) -> StageResult<&'a arrow::array::UInt32Array> {
+    let a = batch
+        .column_by_name(col)
+        .ok_or_else(|| StageError::invalid(col, format!("missing column `{col}`")))?;
+    a.as_any()
+        .downcast_ref::<arrow::array::UInt32Array>()
+        .ok_or_else(|| StageError::invalid(col, format!("column `{col}` must be UInt32, found {}", a.data_type())))
+}
+
+// ---- Deterministic randomness, fixed here rather than borrowed from `rand`'s distributions (whose algorithms may
+// change between versions): the same seed must select the same rows on every machine and toolchain.
+
+/// A uniform integer in `0..n` (`n > 0`) by Lemire's multiply-and-reject method: unbiased, one draw almost always.
+pub fn uniform_below(rng: &mut impl rand::RngCore, n: u64) -> u64 {
+    assert!(n > 0, "uniform_below(0)");
+    let mut m = (rng.next_u64() as u128) * (n as u128);
+    if (m as u64) < n {
+        let threshold = n.wrapping_neg() % n;
+        while (m as u64) < threshold {
+            m = (rng.next_u64() as u128) * (n as u128);
+        }
+    }
+    (m >> 64) as u64
+}
+
+/// A uniform f64 in `[0, 1)` with 53 random bits.
+pub fn uniform_f64(rng: &mut impl rand::RngCore) -> f64 {
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// Moves a uniform random sample of `k` of `v`'s elements, without replacement, to `v[..k]` (a partial
+/// Fisher–Yates shuffle: O(k) draws, and `v[..k]` is itself in uniformly random order).
+pub fn partial_shuffle<T>(rng: &mut impl rand::RngCore, v: &mut [T], k: usize) {
+    let n = v.len();
+    assert!(k <= n);
+    for i in 0..k.min(n.saturating_sub(1)) {
+        let j = i + uniform_below(rng, (n - i) as u64) as usize;
+        v.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+#[path = "../tests/support/local_ctx.rs"]
+pub(crate) mod local_ctx;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_below_is_in_range_and_roughly_uniform() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut counts = [0u32; 7];
+        for _ in 0..70_000 {
+            counts[uniform_below(&mut rng, 7) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (9_000..11_000).contains(&c)), "{counts:?}");
+        let mut v: Vec<u32> = (0..100).collect();
+        partial_shuffle(&mut rng, &mut v, 100);
+        let mut s = v.clone();
+        s.sort();
+        assert_eq!(s, (0..100).collect::<Vec<_>>());
+        assert_ne!(v, s);
+    }
+
+    #[test]
+    fn pair_hash_ignores_response_order() {
+        assert_eq!(pair_hash("p", "x", "y"), pair_hash("p", "y", "x"));
+        assert_ne!(pair_hash("p", "x", "y"), pair_hash("p", "x", "z"));
+        // the separator keeps field boundaries: ("ab","c") and ("a","bc") differ
+        assert_ne!(pair_hash("p", "ab", "c"), pair_hash("p", "a", "bc"));
+        assert_eq!(pair_id(&pair_hash("p", "x", "y")).len(), 16);
+    }
+
+    #[test]
+    fn write_read_roundtrip_projection_and_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PairsBuilder::with_capacity(10, 100);
+        for i in 0..10u32 {
+            let (p, a, bb) = (format!("p{i}"), format!("a {i}"), format!("b b {i}"));
+            let id = pair_id(&pair_hash(&p, &a, &bb));
+            b.push(PairRow {
+                pair_id: &id,
+                prompt: &p,
+                a: &a,
+                b: &bb,
+                label: if i % 3 == 0 { None } else { Some((i % 2) as i8) },
+                words: (word_count(&a), word_count(&bb)),
+                tokens: None,
+                source_row: i,
+            });
+        }
+        let batch = b.finish();
+        let path = dir.path().join("t.parquet");
+        write_table(&path, &batch, &[("k".into(), "v".into())]).unwrap();
+        assert_eq!(read_table(&path, None).unwrap(), batch);
+        let proj = read_table(&path, Some(&[WORDS_B, LABEL])).unwrap();
+        assert_eq!(proj.num_columns(), 2);
+        assert_eq!(proj.schema().field(0).name(), LABEL, "projection keeps file order");
+        let rows = read_rows(&path, &[1, 2, 7]).unwrap();
+        assert_eq!(rows.num_rows(), 3);
+        let src = u32_values(&rows, SOURCE_ROW).unwrap();
+        assert_eq!(src.values().to_vec(), vec![1, 2, 7]);
+        assert!(read_kv(&path).unwrap().contains(&("k".to_string(), "v".to_string())));
+        let err = read_table(&path, Some(&["nope"])).unwrap_err().to_string();
+        assert!(err.contains("missing column `nope`"), "{err}");
+        // deterministic bytes
+        let path2 = dir.path().join("t2.parquet");
+        write_table(&path2, &batch, &[("k".into(), "v".into())]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&path2).unwrap());
+    }
+}
