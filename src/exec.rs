@@ -346,6 +346,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
     let mut records: Vec<Option<KeyRecord>> = vec![None; n];
     let mut replace = vec![false; n];
     let mut attempts = vec![0u32; n];
+    let mut recomputing: std::collections::HashSet<String> = Default::default();
     let mut queue: std::collections::VecDeque<usize> = Default::default();
     let mut running = 0usize;
     let journal = |status: &str, reports: &[NodeReport]| {
@@ -474,27 +475,29 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                     attempts[i] += 1;
                     progress.message(&format!("warning: {c}; discarding it and recomputing what produced it"));
                     store.discard_blob(&c.hash)?;
-                    // Every finished node that produced this blob runs again; the reader waits for it.
+                    // Every finished node that produced this blob runs again; the reader waits for it. A reader
+                    // that hits a blob already being recomputed just waits too.
                     let producers: Vec<usize> = (0..n)
                         .filter(|&p| outputs[p].as_ref().is_some_and(|o| o.values().any(|r| r.hash == c.hash)))
                         .collect();
-                    if producers.is_empty() || attempts[i] > 3 {
+                    if (producers.is_empty() && !recomputing.contains(&c.hash)) || attempts[i] > 3 {
                         state[i] = State::Failed;
                         reports[i].outcome = Outcome::Failed;
                         reports[i].error = Some(c.to_string());
                         progress.finished(&plan.nodes[i].name, "failed", &c.to_string());
                     } else {
+                        recomputing.insert(c.hash.clone());
                         for p in producers {
                             outputs[p] = None;
                             force[p] = true;
                             replace[p] = true;
                             state[p] = State::Waiting;
                             reports[p].outcome = Outcome::Pending;
-                            // Anything downstream that already resolved against the bad blob is re-resolved too.
+                            // Queued readers of the discarded blob wait for the producer again.
                             for &d in &dependents[p] {
-                                if matches!(state[d], State::Done) && d != i {
+                                if matches!(state[d], State::Queued) {
+                                    queue.retain(|&q| q != d);
                                     state[d] = State::Waiting;
-                                    outputs[d] = None;
                                 }
                             }
                         }

@@ -90,7 +90,11 @@ impl Progress {
         self.line(&format!("{what:<7} {node}{}{detail}", if detail.is_empty() { "" } else { "  " }));
     }
 
+    /// A warning: shown in every mode, `--quiet` and `--json` included.
     pub fn message(&self, msg: &str) {
-        self.line(msg);
+        match self.mode {
+            Mode::Quiet => eprintln!("{msg}"),
+            _ => self.line(msg),
+        }
     }
 }

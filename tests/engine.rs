@@ -34,7 +34,7 @@ fn run_rerun_and_change_one_sweep_value() {
     assert_eq!(changed["cached"], 1 + 4 + 12);
 
     // One parameter changes: its nodes and their descendants run.
-    let sized = w.run_json(&["m.toml", "--set", "size=900"]);
+    let sized = w.run_json(&["m.toml", "--set", "size=250"]);
     assert_eq!(sized["ran"], 24);
     assert_eq!(nodes_with(&sized, "cached"), vec!["gen".to_string()]);
     assert_store_consistent(&w.store());
@@ -148,7 +148,7 @@ fn a_corrupted_blob_is_detected_and_recomputed() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     std::fs::write(&blob, &bytes).unwrap();
-    let o = w.run(&["run", "m.toml", "--json", "--set", "size=800"]);
+    let o = w.run(&["run", "m.toml", "--json", "--set", "size=250"]);
     assert!(o.status.success(), "{}", s(&o.stderr));
     assert!(s(&o.stderr).contains(&format!("corrupt blob {gen_hash}")), "{}", s(&o.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -160,7 +160,7 @@ fn a_corrupted_blob_is_detected_and_recomputed() {
     let blob = w.store().join("blobs").join(&sub_hash[..2]).join(&sub_hash);
     let len = std::fs::metadata(&blob).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&blob).unwrap().set_len(len / 3).unwrap();
-    let o = w.run(&["run", "m.toml", "--json", "--set", "size=800", "--set", "members=[0.2, 0.6]"]);
+    let o = w.run(&["run", "m.toml", "--json", "--set", "size=250", "--set", "members=[0.2, 0.6]"]);
     assert!(o.status.success(), "{}", s(&o.stderr));
     assert!(s(&o.stderr).contains(&format!("corrupt blob {sub_hash}")), "{}", s(&o.stderr));
     assert_store_consistent(&w.store());
@@ -177,16 +177,16 @@ fn status_explain_dag_show_and_gc() {
     assert!(w.ok(&["status", "m.toml"]).contains("25 cached, 0 would run"));
 
     // explain names the field that differs from the last cached entry.
-    let ex = w.ok(&["explain", "m.toml", "sub@rho=0.5,seed=1", "--set", "size=900"]);
+    let ex = w.ok(&["explain", "m.toml", "sub@rho=0.5,seed=1", "--set", "size=250"]);
     assert!(ex.contains("state    would run"), "{ex}");
-    assert!(ex.contains("why      params.size changed: 1000 -> 900"), "{ex}");
+    assert!(ex.contains("why      params.size changed: 300 -> 250"), "{ex}");
     assert!(ex.contains("\"stage_kind\": \"subsample\""), "{ex}");
     let exj: serde_json::Value = serde_json::from_str(&w.ok(&["explain", "m.toml", "gen", "--json"])).unwrap();
     assert_eq!(exj["cached"], true);
     assert_eq!(exj["record"]["params"]["n"], 2000);
 
-    let st = w.ok(&["status", "m.toml", "--set", "size=900"]);
-    assert!(st.contains("params.size changed: 1000 -> 900"), "{st}");
+    let st = w.ok(&["status", "m.toml", "--set", "size=250"]);
+    assert!(st.contains("params.size changed: 300 -> 250"), "{st}");
 
     let text = w.ok(&["dag", "m.toml"]);
     assert!(text.contains("member@member=0.2,rho=0.2,seed=0 [subsample]\n    <- sub@rho=0.2,seed=0 (dataset→pairs)"), "{text}");
@@ -196,10 +196,10 @@ fn status_explain_dag_show_and_gc() {
     assert!(mermaid.starts_with("flowchart LR") && mermaid.matches("-->").count() == 24, "{mermaid}");
 
     let shown = w.ok(&["show", "m.toml", "sub@rho=0.2,seed=0", "--rows", "3"]);
-    assert!(shown.contains("(1000 rows"), "{shown}");
+    assert!(shown.contains("(300 rows"), "{shown}");
     assert!(shown.contains("longer_preferred"), "{shown}");
     let shown: serde_json::Value = serde_json::from_str(&w.ok(&["show", "m.toml", "sub@rho=0.2,seed=0.dataset", "--json", "--rows", "2"])).unwrap();
-    assert_eq!(shown["rows"], 1000);
+    assert_eq!(shown["rows"], 300);
     assert_eq!(shown["preview"].as_array().unwrap().len(), 2);
 
     // gc keeps every referenced blob, removes an orphan only once it is older than the grace period.
@@ -246,9 +246,9 @@ fn memory_store_runs_within_one_process() {
 #[test]
 fn a_failing_node_stops_its_dependents_and_the_run_exits_1() {
     let w = Work::new();
-    // rho = 0 of 1000 needs more shorter-preferred pairs than 2000 generated pairs hold.
+    // rho = 0 of 1200 needs more shorter-preferred pairs than 2000 generated pairs hold.
     w.write("m.toml", &gen_manifest(2000).replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.5, 0.0]"));
-    let o = w.run(&["run", "m.toml", "--json"]);
+    let o = w.run(&["run", "m.toml", "--json", "--set", "size=1200"]);
     assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(nodes_with(&summary, "failed"), vec!["sub@rho=0.0,seed=0".to_string(), "sub@rho=0.0,seed=1".to_string()]);

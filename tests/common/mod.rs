@@ -144,7 +144,7 @@ pub fn gen_manifest(n: u64) -> String {
 
 [vars]
 n = {n}
-size = 1000
+size = 300
 rhos = [0.2, 0.5, 0.8]
 seeds = [0, 1]
 members = [0.2, 0.5, 0.8]
@@ -163,7 +163,7 @@ params = {{ rho = "${{rho}}", size = "${{size}}", seed = "${{seed}}" }}
 kind = "subsample"
 inputs = {{ pairs = "sub.dataset" }}
 sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}", member = "${{members}}" }}
-params = {{ rho = "${{member}}", size = 100, seed = "${{seed}}" }}
+params = {{ rho = "${{member}}", size = 60, seed = "${{seed}}" }}
 "#
     )
 }
