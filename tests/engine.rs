@@ -89,30 +89,43 @@ fn kill_9_at_random_points_then_resume_gives_identical_artifacts() {
     let full_time = t.elapsed();
     let expected = output_hashes(&full);
 
-    let w = Work::new();
-    w.write("m.toml", &manifest);
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
     let mut rng = seed;
-    let mut kills = 0;
-    for _ in 0..5 {
+    let mut fraction = move || {
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let frac = (rng >> 33) as f64 / (1u64 << 31) as f64;
-        let delay = full_time.mul_f64(0.05 + 0.8 * frac);
-        let mut child = w.cmd(&["run", "m.toml", "--jobs", "2", "--quiet"]).spawn().unwrap();
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
+        (rng >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let mut kills = 0;
+    for _trial in 0..4 {
+        let w = Work::new();
+        w.write("m.toml", &manifest);
+        // Kill a run at a random moment, then kill its resumption at another.
+        for _ in 0..2 {
+            let mut child = w.cmd(&["run", "m.toml", "--jobs", "2", "--quiet"]).spawn().unwrap();
+            std::thread::sleep(full_time.mul_f64(0.05 + 0.7 * fraction()));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+            child.wait().unwrap();
+            // Whatever the moment, no entry without its blobs, no blob with wrong bytes.
+            assert_store_consistent(&w.store());
         }
-        child.wait().unwrap();
-        // Whatever the moment, the store never shows an entry without its blobs, nor a blob with wrong bytes.
+        let done_before: std::collections::HashSet<String> = entries(&w.store()).iter().map(|e| e["key"].as_str().unwrap().to_string()).collect();
+        let resumed = w.run_json(&["m.toml", "--jobs", "2"]);
+        assert_eq!(output_hashes(&resumed), expected, "artifacts after kills differ from an uninterrupted run (seed {seed})");
+        // Finished nodes were not redone.
+        for n in resumed["nodes"].as_array().unwrap() {
+            if n["outcome"] == "ran" {
+                assert!(!done_before.contains(n["key"].as_str().unwrap()), "{} ran again although it had finished", n["node"]);
+            }
+        }
+        assert_eq!(resumed["ran"].as_u64().unwrap() as usize + done_before.len(), 25);
+        assert_eq!(w.run_json(&["m.toml"])["ran"], 0);
         assert_store_consistent(&w.store());
     }
-    eprintln!("killed {kills} runs (seed {seed}, uninterrupted run {full_time:?})");
-    let resumed = w.run_json(&["m.toml", "--jobs", "2"]);
-    assert_eq!(output_hashes(&resumed), expected, "artifacts after kills differ from an uninterrupted run");
-    assert_eq!(w.run_json(&["m.toml"])["ran"], 0);
-    assert_store_consistent(&w.store());
+    eprintln!("killed {kills} of 8 runs (seed {seed}, uninterrupted run {full_time:?})");
+    assert!(kills >= 4, "too few runs were killed mid-way to test anything");
 }
 
 #[test]
