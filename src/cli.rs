@@ -97,6 +97,13 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Turn the manifest's DAG into a batch scheduler's jobs (each job is `rmdistill node run`).
+    Export {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        target: crate::export::Target,
+    },
     /// List the stage kinds, their inputs, outputs and documentation.
     Stages,
 }
@@ -287,6 +294,11 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", n.name);
                 }
             }
+        }
+        Command::Export { common, target } => {
+            let plan = load(&common)?;
+            let store = open_store(&plan, &common)?;
+            crate::export::export(&plan, &store, &common, target)?;
         }
         Command::Stages => {
             for s in rmdistill_stages::registry() {

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod error;
 pub mod exec;
+pub mod export;
 pub mod gc;
 pub mod key;
 pub mod manifest;
