@@ -473,8 +473,13 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                 }
                 Err(ExecError::Corrupt(c)) => {
                     attempts[i] += 1;
+                    if !store.discard_if_corrupt(&c.hash)? {
+                        // Already replaced by a recomputation: read it again.
+                        state[i] = State::Waiting;
+                        reports[i].outcome = Outcome::Pending;
+                        continue;
+                    }
                     progress.message(&format!("warning: {c}; discarding it and recomputing what produced it"));
-                    store.discard_blob(&c.hash)?;
                     // Every finished node that produced this blob runs again; the reader waits for it. A reader
                     // that hits a blob already being recomputed just waits too.
                     let producers: Vec<usize> = (0..n)

@@ -17,7 +17,13 @@ pub fn open(url: &url::Url) -> anyhow::Result<(Arc<dyn ObjectStore>, ObjPath)> {
         retry_timeout: env_secs("RMDISTILL_STORE_RETRY_TIMEOUT", 120),
         ..Default::default()
     };
+    // Client options replace what `from_env` read, so the one client setting users commonly set (plain HTTP for a
+    // local S3-compatible server) is carried over explicitly.
+    let allow_http = ["AWS_ALLOW_HTTP", "GOOGLE_ALLOW_HTTP", "AZURE_ALLOW_HTTP", "ALLOW_HTTP"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1"));
     let client = ClientOptions::new()
+        .with_allow_http(allow_http)
         .with_timeout(env_secs("RMDISTILL_STORE_TIMEOUT", 60))
         .with_connect_timeout(env_secs("RMDISTILL_STORE_CONNECT_TIMEOUT", 10));
     let fail = |e: object_store::Error| StoreError(format!("cannot open store {url}: {e}"));

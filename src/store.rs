@@ -68,7 +68,17 @@ pub struct Store {
 }
 
 fn store_err(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
-    StoreError(format!("{what}: {e}")).into()
+    let detail = e.to_string();
+    // Object stores answer with long XML bodies; the code inside is what a user can act on.
+    let hint = if detail.contains("NoSuchBucket") {
+        "the bucket does not exist (create it, or fix the store url)"
+    } else if detail.contains("AccessDenied") || detail.contains("403 Forbidden") || detail.contains("InvalidAccessKeyId") || detail.contains("SignatureDoesNotMatch") {
+        "permission denied (check the credentials in the environment and the bucket policy)"
+    } else {
+        ""
+    };
+    let short: String = detail.split("<?xml").next().unwrap_or(&detail).trim_end_matches([':', ' ']).to_string();
+    if hint.is_empty() { StoreError(format!("{what}: {short}")).into() } else { StoreError(format!("{what}: {hint}; {short}")).into() }
 }
 
 impl Store {
@@ -333,12 +343,19 @@ impl Store {
         }
     }
 
-    /// Removes a blob found corrupt, so that the node producing it stores it afresh.
-    pub fn discard_blob(&self, hash: &str) -> anyhow::Result<()> {
+    /// Re-checks a blob reported corrupt and removes it if it still is (missing counts as bad), so that the node
+    /// producing it stores it afresh. Returns false when the blob is intact now, e.g. because a concurrent
+    /// recomputation has already replaced it.
+    pub fn discard_if_corrupt(&self, hash: &str) -> anyhow::Result<bool> {
         self.verified.lock().unwrap().remove(hash);
         let _ = std::fs::remove_file(self.local_dir.join("blobs").join(hash));
+        match self.get_bytes(hash) {
+            Ok(_) => return Ok(false),
+            Err(e) if e.downcast_ref::<Corrupt>().is_some() => {}
+            Err(e) => return Err(e),
+        }
         match self.block_on(self.os.delete(&self.blob_path(hash))) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
             Err(e) => Err(store_err(&format!("cannot remove corrupt blob {hash}"), e)),
         }
     }

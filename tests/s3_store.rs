@@ -1,0 +1,127 @@
+//! The store on S3, against a real S3 API server on loopback (moto's server mode, installed by scripts/setup.sh).
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One raw HTTP/1.1 request (moto accepts unsigned requests); returns the status code.
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    s.write_all(body)?;
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    Ok(resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
+}
+
+fn start_moto() -> Option<Moto> {
+    let bin = repo().join(".venv/bin/moto_server");
+    if !bin.exists() {
+        assert!(std::env::var_os("CI").is_none(), "{} is missing: scripts/setup.sh installs it", bin.display());
+        eprintln!("skipping: {} is missing (run scripts/setup.sh)", bin.display());
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let moto = Moto { child, port };
+    let t = Instant::now();
+    while http(port, "GET", "/", b"").is_err() {
+        assert!(t.elapsed() < Duration::from_secs(30), "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(moto)
+}
+
+fn s3_cmd(w: &Work, port: u16, args: &[&str]) -> Command {
+    let mut c = w.cmd(args);
+    c.env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("RMDISTILL_STORE_RETRIES", "2");
+    c
+}
+
+fn json_ok(mut c: Command) -> serde_json::Value {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}\n{}", s(&o.stdout), s(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn a_pipeline_on_s3_caches_resumes_and_detects_corruption() {
+    let Some(moto) = start_moto() else { return };
+    let port = moto.port;
+    assert_eq!(http(port, "PUT", "/rmd-test", b"").unwrap(), 200);
+    let url = "s3://rmd-test/team/exp1";
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(3000));
+
+    let first = json_ok(s3_cmd(&w, port, &["run", "m.toml", "--store", url, "--json"]));
+    assert_eq!(first["ran"], 25);
+    assert!(!w.store().exists(), "nothing may be written to the local default store");
+    // Content addressing: the same bytes as a local run.
+    let local = Work::new();
+    local.write("m.toml", &gen_manifest(3000));
+    assert_eq!(output_hashes(&local.run_json(&["m.toml"])), output_hashes(&first));
+
+    // A second machine (a fresh working directory, empty read cache) sees everything cached.
+    let other = Work::new();
+    other.write("m.toml", &gen_manifest(3000));
+    let again = json_ok(s3_cmd(&other, port, &["run", "m.toml", "--store", url, "--json"]));
+    assert_eq!(again["ran"], 0);
+    assert_eq!(again["cached"], 25);
+
+    // Two runners at once on S3 for a changed sweep value: both succeed with the same results.
+    let spawn = |wd: &Work| {
+        s3_cmd(wd, port, &["run", "m.toml", "--store", url, "--json", "--set", "rhos=[0.3]"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let (a, b) = (spawn(&w), spawn(&other));
+    let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(oa.status.success() && ob.status.success(), "{}\n{}", s(&oa.stderr), s(&ob.stderr));
+    let (sa, sb): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&oa.stdout).unwrap(), serde_json::from_slice(&ob.stdout).unwrap());
+    assert_eq!(output_hashes(&sa), output_hashes(&sb));
+
+    // Overwrite gen's output blob in the bucket with other bytes: the next reader notices and gen runs again.
+    let gen_hash = output_hashes(&first)["gen"]["pairs"].clone();
+    let key = format!("team/exp1/blobs/{}/{gen_hash}", &gen_hash[..2]);
+    let put = Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", &format!(
+            "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').put_object(Bucket='rmd-test', Key='{key}', Body=b'not the bytes you are looking for')"
+        )])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", s(&put.stderr));
+    let fresh = Work::new();
+    fresh.write("m.toml", &gen_manifest(3000));
+    let o = s3_cmd(&fresh, port, &["run", "m.toml", "--store", url, "--json", "--set", "size=250"]).output().unwrap();
+    assert!(o.status.success(), "{}\n{}", s(&o.stdout), s(&o.stderr));
+    assert!(s(&o.stderr).contains(&format!("corrupt blob {gen_hash}")), "{}", s(&o.stderr));
+    let fixed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(nodes_with(&fixed, "ran").contains(&"gen".to_string()));
+    let st = s3_cmd(&fresh, port, &["status", "m.toml", "--store", url, "--set", "size=250"]).output().unwrap();
+    assert!(s(&st.stdout).contains("25 cached, 0 would run"), "{}", s(&st.stdout));
+
+    // A bucket that does not exist is a clear store error (exit 3), not a panic.
+    let o = s3_cmd(&fresh, port, &["run", "m.toml", "--store", "s3://no-such-bucket/x"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("no-such-bucket"), "{}", s(&o.stderr));
+    assert!(!s(&o.stderr).contains("testing"), "credentials must never be printed: {}", s(&o.stderr));
+}
