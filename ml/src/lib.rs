@@ -9,10 +9,16 @@ pub mod gpt2;
 pub mod llama;
 pub mod logprobs;
 pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+pub mod train;
 
 pub use checkpoint::{LanguageModel, RewardModel};
 pub use config::{Gpt2Config, Head, LlamaConfig, ModelConfig};
 pub use device::{DeviceChoice, seed_everything, with_autocast};
 pub use logprobs::{PairBatch, Reduction, sequence_logprobs};
 pub use model::{Backbone, CausalLm, KvCache};
+pub use sampling::{SampleConfig, Samples, generate};
+pub use tokenizer::{Tokenizer, TokenizerSpec};
+pub use train::{OptimConfig, Schedule, StepMetrics, Trainer};
 pub use tch;
