@@ -5,7 +5,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use tch::Tensor;
 
+/// One intra-op torch thread: tests run in parallel on a 2-core machine, where more threads only contend.
+pub fn one_thread() {
+    tch::set_num_threads(1);
+}
+
 pub fn fixtures() -> PathBuf {
+    one_thread();
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
 }
 
