@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod gguf;
 pub mod gpt2;
 pub mod llama;
 pub mod logprobs;
