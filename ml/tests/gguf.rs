@@ -130,6 +130,27 @@ fn smollm2_imports_generates_and_has_low_perplexity() {
     let t0 = std::time::Instant::now();
     let real = ppl(&m);
     println!("perplexity on {} TL;DR summaries ({} tokens): SmolLM2 {real:.1} ({:.1}s)", rows.len(), i64::try_from(mask.sum(Kind::Int64)).unwrap(), t0.elapsed().as_secs_f64());
+
+    // The imported directory is a transformers checkpoint: same logits there, same token ids from AutoTokenizer.
+    let ids = Tensor::from_slice(&rows[0][..rows[0].len().min(24)]).unsqueeze(0);
+    let mask = ids.ones_like();
+    let ours = tch::no_grad(|| m.forward(&ids, Some(&mask), None));
+    let py = python().unwrap();
+    let inp = serde_json::json!({"input_ids": to_vec2(&ids), "attention_mask": to_vec2(&mask)});
+    let out = std::process::Command::new(&py).arg(repo_root().join("scripts/ml/hf_forward.py")).arg(inp.to_string()).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs: Vec<Vec<Vec<f64>>> = serde_json::from_value(v[dir.path().to_str().unwrap()]["logits"].clone()).unwrap();
+    let theirs = Tensor::from_slice(&theirs.concat().concat()).view(ours.size().as_slice());
+    let d = max_abs_diff(&ours, &theirs);
+    println!("imported SmolLM2 in transformers: logits max |Δ| = {d:e} (max |logit| {:.1})", f64::try_from(ours.abs().max()).unwrap());
+    assert!(d < 1e-3, "{d}");
+    let code = "import sys, json\nfrom transformers import AutoTokenizer\nt = AutoTokenizer.from_pretrained(sys.argv[1])\nprint(json.dumps(t(sys.argv[2], add_special_tokens=False)['input_ids']))";
+    let out = std::process::Command::new(&py).args(["-c", code]).arg(dir.path()).arg(prompt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hf_ids: Vec<i64> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hf_ids, tok.encode(prompt).unwrap());
+
     tch::manual_seed(0);
     let random = ppl(&LanguageModel::new(m.config.clone(), Device::Cpu));
     println!("perplexity, random model of the same shape: {random:.1}");
