@@ -140,6 +140,14 @@ impl RewardModel {
     pub fn device(&self) -> Device {
         self.vs.device()
     }
+    pub fn freeze(&mut self) {
+        self.vs.freeze();
+    }
+    pub fn try_clone(&self) -> Result<Self> {
+        let mut m = Self::new(self.config.clone(), self.device());
+        m.vs.copy(&self.vs)?;
+        Ok(m)
+    }
 }
 
 fn st_kind(d: Dtype) -> Result<Kind> {

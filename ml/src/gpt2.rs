@@ -3,7 +3,7 @@
 //! LM head tied to the token embeddings.
 
 use crate::config::Gpt2Config;
-use crate::model::{Backbone, CausalLm, KvCache, LayerNorm, activation, attention, attention_mask_4d, position_ids};
+use crate::model::{Backbone, CausalLm, KvCache, fp32_logits, LayerNorm, activation, attention, attention_mask_4d, position_ids};
 use tch::{Tensor, nn};
 
 /// transformers' `Conv1D`: a linear layer whose weight is stored transposed (`[in, out]`).
@@ -129,7 +129,7 @@ impl Backbone for Gpt2 {
 
 impl CausalLm for Gpt2 {
     fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        hidden.matmul(&self.lm_head.as_ref().unwrap_or(&self.wte).tr())
+        fp32_logits(hidden, self.lm_head.as_ref().unwrap_or(&self.wte))
     }
     fn vocab_size(&self) -> i64 {
         self.config.vocab_size

@@ -3,7 +3,7 @@
 //! optionally tied embeddings (SmolLM2 ties them).
 
 use crate::config::LlamaConfig;
-use crate::model::{Backbone, CausalLm, KvCache, Linear, RmsNorm, attention, attention_mask_4d, position_ids};
+use crate::model::{Backbone, CausalLm, KvCache, fp32_logits, Linear, RmsNorm, attention, attention_mask_4d, position_ids};
 use tch::{Kind, Tensor, nn};
 
 /// `x·cos + rotate_half(x)·sin`, where `rotate_half` swaps the two halves of the head dimension (negating one).
@@ -134,7 +134,7 @@ impl Backbone for Llama {
 
 impl CausalLm for Llama {
     fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        hidden.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tr())
+        fp32_logits(hidden, self.lm_head.as_ref().unwrap_or(&self.embed_tokens))
     }
     fn vocab_size(&self) -> i64 {
         self.config.vocab_size

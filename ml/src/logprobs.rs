@@ -115,15 +115,20 @@ pub fn sequence_logprobs_from_logits(logits: &Tensor, batch: &PairBatch, reducti
 
 /// Per-sequence log-probs `[batch]` of each response given its prompt under `model` (differentiable; wrap in
 /// `tch::no_grad` for frozen reference models).
+///
+/// The batch is right-padded, so plain causal attention is exact for every real token (no real token ever sees a
+/// later pad) and positions are 0.. anyway: no padding mask is passed, which lets SDPA take its fused causal path
+/// (flash attention on GPU).
 pub fn sequence_logprobs(model: &dyn CausalLm, batch: &PairBatch, reduction: Reduction) -> Tensor {
-    let logits = model.forward(&batch.input_ids, Some(&batch.attention_mask), None);
+    let logits = model.forward(&batch.input_ids, None, None);
     sequence_logprobs_from_logits(&logits, batch, reduction)
 }
 
-/// Sum of token log-probs and token count over a batch of plain sequences (no prompt): for language-model loss and
-/// perplexity. Every real token after the first is scored.
+/// Summed negative log-likelihood and token count over a batch of right-padded plain sequences: for language-model
+/// loss and perplexity. Every real token after the first is scored. (Right padding: no mask needed in attention,
+/// as in [`sequence_logprobs`].)
 pub fn lm_loss(model: &dyn CausalLm, input_ids: &Tensor, attention_mask: &Tensor) -> (Tensor, Tensor) {
-    let logits = model.forward(input_ids, Some(attention_mask), None);
+    let logits = model.forward(input_ids, None, None);
     let lp = token_logprobs(&logits, input_ids);
     let t = attention_mask.size()[1];
     let mask = attention_mask.narrow(1, 1, t - 1).to_kind(Kind::Float);

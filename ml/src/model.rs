@@ -167,6 +167,13 @@ impl RmsNorm {
     }
 }
 
+/// `hidden · Wᵀ` in fp32 even under bf16 autocast: policy/reference log-ratios are small differences of large
+/// log-probs, and bf16 logits (≈3 significant digits) would drown them.
+pub fn fp32_logits(hidden: &Tensor, weight: &Tensor) -> Tensor {
+    let f = || hidden.to_kind(Kind::Float).matmul(&weight.to_kind(Kind::Float).tr());
+    if hidden.device().is_cuda() { tch::autocast(false, f) } else { f() }
+}
+
 /// Activation by transformers' name.
 pub fn activation(name: &str, x: &Tensor) -> Tensor {
     match name {

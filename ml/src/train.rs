@@ -162,6 +162,14 @@ impl Trainer {
         Ok(Some(self.optimizer_step()?))
     }
 
+    /// Attaches validation metrics (e.g. `val_loss`, `val_accuracy`) to the latest step's row: periodic
+    /// validation is the caller's loop, its results live in the same table.
+    pub fn log_eval(&mut self, metrics: &[(&str, f64)]) {
+        if let Some(row) = self.history.last_mut() {
+            row.extra.extend(metrics.iter().map(|(k, v)| ((*k).to_string(), *v)));
+        }
+    }
+
     fn optimizer_step(&mut self) -> Result<StepMetrics> {
         let lr = self.cfg.lr_at(self.step);
         let grad_norm = tch::no_grad(|| -> Result<f64> {

@@ -172,7 +172,8 @@ if __name__ == "__main__":
         ("gpt2-tiny-rm", GPT2ForSequenceClassification, gpt2_config(), 3, "rm"),
         ("llama-tiny-rm", LlamaForSequenceClassification, llama_config(), 4, "rm"),
     ]:
-        cfg.num_labels = 1
+        if head == "rm":
+            cfg.num_labels = 1  # one scalar: a reward model
         cfg._attn_implementation = "eager"
         make(n, cls, cfg, seed, head)
     make_gguf_fixtures()
