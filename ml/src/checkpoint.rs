@@ -228,6 +228,12 @@ pub fn save_safetensors(vs: &nn::VarStore, path: &Path) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(meta), path).with_context(|| format!("writing {}", path.display()))?;
+    // serialize_to_file creates the file owner-only; a checkpoint is meant to be shared like its config.json.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    }
     Ok(())
 }
 

@@ -116,12 +116,29 @@ pub fn sequence_logprobs_from_logits(logits: &Tensor, batch: &PairBatch, reducti
 /// Per-sequence log-probs `[batch]` of each response given its prompt under `model` (differentiable; wrap in
 /// `tch::no_grad` for frozen reference models).
 ///
-/// The batch is right-padded, so plain causal attention is exact for every real token (no real token ever sees a
-/// later pad) and positions are 0.. anyway: no padding mask is passed, which lets SDPA take its fused causal path
-/// (flash attention on GPU).
+/// Two savings over "logits → log-softmax → gather": the LM head and its log-sum-exp run only on the positions that
+/// predict a response token (prompts are usually much longer than responses, and the head is the widest layer), and
+/// no padding mask is passed: the batch is right-padded, so plain causal attention is exact for every real token and
+/// SDPA can take its fused causal path (flash attention on GPU).
 pub fn sequence_logprobs(model: &dyn CausalLm, batch: &PairBatch, reduction: Reduction) -> Tensor {
-    let logits = model.forward(&batch.input_ids, None, None);
-    sequence_logprobs_from_logits(&logits, batch, reduction)
+    let hidden = model.forward_hidden(&batch.input_ids, None, None);
+    let (b, t, h) = hidden.size3().unwrap();
+    // Position i predicts token i+1: keep positions whose next token is a response token.
+    let pred = batch.response_mask.narrow(1, 1, t - 1).reshape([-1]);
+    let flat = pred.nonzero().squeeze_dim(-1);
+    let hs = hidden.narrow(1, 0, t - 1).reshape([-1, h]).index_select(0, &flat);
+    let targets = batch.input_ids.narrow(1, 1, t - 1).reshape([-1]).index_select(0, &flat);
+    let logits = model.lm_head(&hs).to_kind(Kind::Float); // [n, vocab]
+    let lp = logits.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1) - logits.logsumexp([-1], false);
+    let rows = flat.divide_scalar_mode(t - 1, "floor");
+    let sum = Tensor::zeros([b], (Kind::Float, hidden.device())).index_add(0, &rows, &lp);
+    match reduction {
+        Reduction::Sum => sum,
+        Reduction::Mean => {
+            let n = Tensor::from_slice(&batch.response_lens.iter().map(|&n| n as f32).collect::<Vec<_>>()).to_device(hidden.device());
+            sum / n
+        }
+    }
 }
 
 /// Summed negative log-likelihood and token count over a batch of right-padded plain sequences: for language-model

@@ -91,3 +91,26 @@ fn metrics_rows_serialise_flat() {
     assert_eq!(v["val_loss"], 1.25);
     assert_eq!(row.lr, tr.config().lr_at(0));
 }
+
+#[test]
+fn response_only_head_gives_the_same_gradients() {
+    let m = LanguageModel::load(&fixtures().join("gpt2-tiny"), Device::Cpu).unwrap();
+    let b = PairBatch::new(&[&[3, 4, 5], &[6]], &[&[7, 8], &[9, 10, 11, 12]], 0, None, Device::Cpu).unwrap();
+    let grad = |fast: bool| {
+        for t in m.vs.trainable_variables() {
+            if t.grad().defined() {
+                let _ = t.grad().zero_();
+            }
+        }
+        let lp = if fast {
+            sequence_logprobs(m.net(), &b, Reduction::Mean)
+        } else {
+            sequence_logprobs_from_logits(&m.forward(&b.input_ids, Some(&b.attention_mask), None), &b, Reduction::Mean)
+        };
+        (lp * Tensor::from_slice(&[1.0f32, -2.0])).sum(Kind::Float).backward();
+        m.vs.variables()["transformer.h.0.attn.c_attn.weight"].grad().copy()
+    };
+    let (a, b) = (grad(true), grad(false));
+    assert!(f64::try_from(a.abs().max()).unwrap() > 1e-4);
+    assert!(max_abs_diff(&a, &b) < 1e-5, "{}", max_abs_diff(&a, &b));
+}
