@@ -1,0 +1,55 @@
+//! Device selection (`--device auto|cpu|cuda`) and the precision policy: fp32 on CPU, bf16 autocast on GPU.
+
+use anyhow::{Result, bail};
+use std::str::FromStr;
+use tch::Device;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA device 0 when one is usable, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => DeviceChoice::Auto,
+            "cpu" => DeviceChoice::Cpu,
+            "cuda" | "gpu" => DeviceChoice::Cuda,
+            other => bail!("unknown device {other:?} (expected auto, cpu or cuda)"),
+        })
+    }
+}
+
+impl DeviceChoice {
+    /// The device to use; asking for `cuda` where none is usable is an error, not a silent CPU run.
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Cuda => bail!(
+                "--device cuda was requested but libtorch sees no CUDA device (is the crate built with the `cuda` feature?)"
+            ),
+        }
+    }
+}
+
+/// Runs `f` under bf16 autocast on a GPU and plainly (fp32) on CPU: CPU bf16 is slow and hurts parity.
+pub fn with_autocast<T>(device: Device, f: impl FnOnce() -> T) -> T {
+    if device.is_cuda() { tch::autocast(true, f) } else { f() }
+}
+
+/// Fixes every seed libtorch uses, so CPU runs are bit-for-bit repeatable for a given thread count.
+pub fn seed_everything(seed: u64) {
+    tch::manual_seed(seed as i64);
+    if tch::Cuda::is_available() {
+        tch::Cuda::manual_seed_all(seed);
+    }
+}

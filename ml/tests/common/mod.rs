@@ -1,0 +1,50 @@
+//! Helpers shared by the integration tests: fixture paths, the Python interpreter, tensor comparisons.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tch::Tensor;
+
+/// One intra-op torch thread: tests run in parallel on a 2-core machine, where more threads only contend.
+pub fn one_thread() {
+    tch::set_num_threads(1);
+}
+
+pub fn fixtures() -> PathBuf {
+    one_thread();
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// `RMDISTILL_PYTHON`, else `<repo>/.venv/bin/python`; `None` (the test then skips, saying why) if absent.
+pub fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RMDISTILL_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let p = repo_root().join(".venv/bin/python");
+    p.exists().then_some(p)
+}
+
+pub fn shared_data() -> PathBuf {
+    std::env::var_os("RMDISTILL_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")))
+}
+
+pub fn read_tensors(path: &std::path::Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path).unwrap().into_iter().collect()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_kind(tch::Kind::Double);
+    let b = b.to_kind(tch::Kind::Double);
+    assert_eq!(a.size(), b.size(), "shape mismatch");
+    f64::try_from((a - b).abs().max()).unwrap()
+}
+
+pub fn to_vec2(t: &Tensor) -> Vec<Vec<i64>> {
+    Vec::<Vec<i64>>::try_from(t).unwrap()
+}
