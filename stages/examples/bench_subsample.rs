@@ -67,6 +67,15 @@ fn main() {
         );
     }
 
+    let sel: Vec<u32> = (0..30_000u32).map(|i| (i as u64 * 333 % n) as u32).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let t = Instant::now();
+    let b = table::read_rows(&pairs, &sel).unwrap();
+    println!("read_rows {} spread rows: {:.3} s", b.num_rows(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let b = table::read_table(&pairs, None).unwrap();
+    println!("read_table all {} rows: {:.3} s", b.num_rows(), t.elapsed().as_secs_f64());
+    drop(b);
+
     // The stage end to end.
     for (k, params) in [
         json!({"rho": 0.5, "size": 30_000, "seed": 1}),
@@ -88,6 +97,9 @@ fn main() {
             s["rho_achieved"],
             std::fs::metadata(ctx.out("dataset")).unwrap().len() as f64 / 1e6
         );
+        for l in ctx.logs.lock().unwrap().iter() {
+            println!("  log: {l}");
+        }
         cleanup(&out);
     }
 }

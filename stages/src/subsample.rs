@@ -319,12 +319,19 @@ fn take_selected(path: &std::path::Path, order: &[(u32, bool)]) -> StageResult<R
     let mut by_row: Vec<u32> = (0..order.len() as u32).collect();
     by_row.sort_unstable_by_key(|&j| order[j as usize].0);
     let sorted_rows: Vec<u32> = by_row.iter().map(|&j| order[j as usize].0).collect();
-    let batch = table::read_rows(path, &sorted_rows)?;
-    let mut take = vec![0u32; order.len()];
-    for (k, &j) in by_row.iter().enumerate() {
-        take[j as usize] = k as u32;
+    let parts = table::read_rows_parts(path, &sorted_rows)?;
+    // where each output row is: (part, row within the part)
+    let mut at = vec![(0usize, 0usize); order.len()];
+    let mut k = 0usize;
+    for (p, part) in parts.iter().enumerate() {
+        for r in 0..part.num_rows() {
+            at[by_row[k] as usize] = (p, r);
+            k += 1;
+        }
     }
-    let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(take))?;
+    assert_eq!(k, order.len());
+    let refs: Vec<&RecordBatch> = parts.iter().collect();
+    let batch = arrow::compute::interleave_record_batch(&refs, &at)?;
     let lp: ArrayRef = Arc::new(BooleanArray::from(order.iter().map(|x| x.1).collect::<Vec<bool>>()));
     let schema = batch.schema();
     let lp_field = Arc::new(Field::new(table::LONGER_PREFERRED, DataType::Boolean, false));
@@ -374,9 +381,11 @@ impl Stage for Subsample {
             .build()
             .map_err(|e| StageError::failed(e.to_string()))?;
         let path = input.path.as_path();
+        let t0 = std::time::Instant::now();
         ctx.progress(0, 3);
         let sel = pool.install(|| read_selection_input(path, &p))?;
         let rows_in = sel.label.len() as u64;
+        let t_read = t0.elapsed().as_secs_f64();
         let classes = classify(sel.len_a.values(), sel.len_b.values(), &sel.label, p.margin, &p.label_column)?;
         let (size, n_long, n_short) = plan(&classes, p.rho, p.size, p.margin, sel.length)?;
         let (l, s) = (classes.longer.len() as u64, classes.shorter.len() as u64);
@@ -399,13 +408,20 @@ impl Stage for Subsample {
         });
         ctx.progress(1, 3);
         let order = draw(classes, n_long, n_short, p.seed);
+        let t_select = t0.elapsed().as_secs_f64();
         let out = pool.install(|| take_selected(path, &order))?;
+        let t_take = t0.elapsed().as_secs_f64();
         ctx.progress(2, 3);
         table::write_table(&ctx.output_path("dataset"), &out, &table::summary_kv("subsample", &summary))?;
         ctx.progress(3, 3);
+        let t_write = t0.elapsed().as_secs_f64();
         ctx.log(&format!(
-            "selected {size} pairs: {n_long} longer-preferred, {n_short} shorter-preferred (rho {})",
-            n_long as f64 / size as f64
+            "selected {size} pairs: {n_long} longer-preferred, {n_short} shorter-preferred (rho {}); \
+             read columns {t_read:.2} s, select {:.2} s, read selected rows {:.2} s, write {:.2} s",
+            n_long as f64 / size as f64,
+            t_select - t_read,
+            t_take - t_select,
+            t_write - t_take
         ));
         Ok(summary)
     }
