@@ -16,7 +16,7 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
-fn build_lm(root: &nn::Path, config: &ModelConfig, with_lm_head: bool) -> Box<dyn CausalLm> {
+fn build_lm(root: &nn::Path, config: &ModelConfig, with_lm_head: bool) -> Box<dyn CausalLm + Send> {
     match config {
         ModelConfig::Gpt2(c) => Box::new(Gpt2::new(root, c, with_lm_head)),
         ModelConfig::Llama(c) => Box::new(Llama::new(root, c, with_lm_head)),
@@ -27,7 +27,7 @@ fn build_lm(root: &nn::Path, config: &ModelConfig, with_lm_head: bool) -> Box<dy
 pub struct LanguageModel {
     pub vs: nn::VarStore,
     pub config: ModelConfig,
-    net: Box<dyn CausalLm>,
+    net: Box<dyn CausalLm + Send>,
 }
 
 impl std::fmt::Debug for LanguageModel {
@@ -90,7 +90,7 @@ impl LanguageModel {
 pub struct RewardModel {
     pub vs: nn::VarStore,
     pub config: ModelConfig,
-    backbone: Box<dyn CausalLm>,
+    backbone: Box<dyn CausalLm + Send>,
     score: Tensor,
 }
 
