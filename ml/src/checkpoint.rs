@@ -135,7 +135,8 @@ impl RewardModel {
             None => Tensor::full([b], t - 1, (Kind::Int64, h.device())),
         };
         let sel = h.gather(1, &last.view([b, 1, 1]).expand([b, 1, d], true), false).squeeze_dim(1);
-        sel.matmul(&self.score.tr()).squeeze_dim(-1)
+        // fp32 even under autocast: distillation regresses onto reward *differences*.
+        crate::model::fp32_logits(&sel, &self.score).squeeze_dim(-1)
     }
     pub fn device(&self) -> Device {
         self.vs.device()
