@@ -16,7 +16,7 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
-fn build_lm(root: &nn::Path, config: &ModelConfig, with_lm_head: bool) -> Box<dyn CausalLm> {
+fn build_lm(root: &nn::Path, config: &ModelConfig, with_lm_head: bool) -> Box<dyn CausalLm + Send> {
     match config {
         ModelConfig::Gpt2(c) => Box::new(Gpt2::new(root, c, with_lm_head)),
         ModelConfig::Llama(c) => Box::new(Llama::new(root, c, with_lm_head)),
@@ -27,7 +27,7 @@ fn build_lm(root: &nn::Path, config: &ModelConfig, with_lm_head: bool) -> Box<dy
 pub struct LanguageModel {
     pub vs: nn::VarStore,
     pub config: ModelConfig,
-    net: Box<dyn CausalLm>,
+    net: Box<dyn CausalLm + Send>,
 }
 
 impl std::fmt::Debug for LanguageModel {
@@ -90,7 +90,7 @@ impl LanguageModel {
 pub struct RewardModel {
     pub vs: nn::VarStore,
     pub config: ModelConfig,
-    backbone: Box<dyn CausalLm>,
+    backbone: Box<dyn CausalLm + Send>,
     score: Tensor,
 }
 
@@ -135,7 +135,18 @@ impl RewardModel {
             None => Tensor::full([b], t - 1, (Kind::Int64, h.device())),
         };
         let sel = h.gather(1, &last.view([b, 1, 1]).expand([b, 1, d], true), false).squeeze_dim(1);
-        sel.matmul(&self.score.tr()).squeeze_dim(-1)
+        // fp32 even under autocast: distillation regresses onto reward *differences*.
+        crate::model::fp32_logits(&sel, &self.score).squeeze_dim(-1)
+    }
+    /// Rewards `[batch]` of each `prompt ++ response` row of a right-padded [`PairBatch`]: the Bradley–Terry
+    /// trainer's and the offline precompute's call. No attention mask is needed: right padding is invisible to
+    /// every real token under causal attention.
+    pub fn rewards(&self, batch: &crate::logprobs::PairBatch) -> Tensor {
+        let h = self.backbone.forward_hidden(&batch.input_ids, None, None);
+        let (b, _, d) = h.size3().unwrap();
+        let last = batch.attention_mask.sum_dim_intlist(-1, false, Kind::Int64) - 1;
+        let sel = h.gather(1, &last.view([b, 1, 1]).expand([b, 1, d], true), false).squeeze_dim(1);
+        crate::model::fp32_logits(&sel, &self.score).squeeze_dim(-1)
     }
     pub fn device(&self) -> Device {
         self.vs.device()

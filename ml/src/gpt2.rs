@@ -110,6 +110,13 @@ impl Backbone for Gpt2 {
     fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Tensor {
         let (b, t) = input_ids.size2().unwrap();
         let past = cache.as_ref().map_or(0, |c| c.seq_len());
+        // Learned positions are a hard limit; say so instead of failing inside an embedding lookup.
+        assert!(
+            past + t <= self.config.n_positions,
+            "GPT-2 sequence of {} tokens exceeds n_positions = {} (truncate, e.g. PairBatch max_len)",
+            past + t,
+            self.config.n_positions
+        );
         let dev = input_ids.device();
         let pos = position_ids(attention_mask, b, t, past, dev);
         let mask = attention_mask_4d(attention_mask, t, past, dev);

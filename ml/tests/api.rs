@@ -63,6 +63,12 @@ fn reward_is_read_at_last_real_token_with_either_padding() {
     let a = tch::no_grad(|| rm.forward(&plain, None));
     assert!(max_abs_diff(&a, &tch::no_grad(|| rm.forward(&right, Some(&rmask)))) < 1e-5);
     assert!(max_abs_diff(&a, &tch::no_grad(|| rm.forward(&left, Some(&lmask)))) < 1e-5);
+    // The PairBatch path agrees with the masked forward.
+    let b = PairBatch::new(&[&[7, 8], &[5]], &[&[9], &[6, 4, 3]], 0, None, Device::Cpu).unwrap();
+    let r = tch::no_grad(|| rm.rewards(&b));
+    let f = tch::no_grad(|| rm.forward(&b.input_ids, Some(&b.attention_mask)));
+    assert!(max_abs_diff(&r, &f) < 1e-5);
+    assert!(max_abs_diff(&r.narrow(0, 0, 1), &a) < 1e-5);
 }
 
 #[test]

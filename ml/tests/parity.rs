@@ -192,3 +192,27 @@ fn saved_checkpoints_load_in_transformers() {
         assert!(diff < TOL);
     }
 }
+
+/// On a GPU (skipped elsewhere): fp32 parity holds there too, and bf16 autocast stays close.
+#[test]
+fn cuda_parity_if_available() {
+    if !tch::Cuda::is_available() {
+        println!("SKIPPED: no CUDA device (build with --features cuda on a GPU machine)");
+        return;
+    }
+    let dev = Device::Cuda(0);
+    for name in ["gpt2-tiny", "llama-tiny"] {
+        let dir = fixtures().join(name);
+        let m = LanguageModel::load(&dir, dev).unwrap();
+        let e = read_tensors(&dir.join("expected.safetensors"));
+        let (ids, mask) = (e["input_ids"].to_device(dev), e["attention_mask"].to_device(dev));
+        let keep = mask.to_kind(Kind::Bool).unsqueeze(-1).logical_not();
+        let want = e["logits"].to_device(dev).masked_fill(&keep, 0.0);
+        let fp32 = tch::no_grad(|| m.forward(&ids, Some(&mask), None)).masked_fill(&keep, 0.0);
+        let bf16 = tch::no_grad(|| rmdistill_ml::with_autocast(dev, || m.forward(&ids, Some(&mask), None))).masked_fill(&keep, 0.0);
+        let (d32, d16) = (max_abs_diff(&fp32, &want), max_abs_diff(&bf16, &want));
+        println!("{name} on CUDA: logits max |Δ| fp32 {d32:.3e}, bf16 autocast {d16:.3e}");
+        assert!(d32 < TOL, "{d32}");
+        assert!(d16 < 0.25, "{d16}");
+    }
+}
