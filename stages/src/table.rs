@@ -19,9 +19,14 @@
 //!   batch and key-value metadata give byte-identical files). The stage's counts go in `kv` (see [`summary_kv`]).
 //! - [`read_table`]`(path, Some(&["label", "words_a"]))`: the whole file or a projection of its columns, as one batch;
 //!   row groups are decoded in parallel. A missing column is an error naming the file and the column.
-//! - [`read_rows`]`(path, &sorted_rows)`: only the given rows (all columns), skipping pages that hold none of them.
+//! - [`read_rows`]`(path, &sorted_rows)`: only the given rows (all columns); [`read_rows_parts`] leaves them per row
+//!   group for one final gather. Untouched row groups are not read; sparse selections skip values and pages.
 //! - [`read_kv`]: a file's key-value metadata.
 //! - [`pair_hash`], [`pair_id`], [`word_count`], [`PairsBuilder`]: building the normalised table.
+//! - [`uniform_below`], [`uniform_f64`], [`partial_shuffle`]: seeded sampling with fixed algorithms (ChaCha8 streams).
+//!
+//! Unit tests and examples drive stages through `tests/support/local_ctx.rs` (a `Ctx` on local files), included here
+//! as `table::local_ctx` under `cfg(test)`.
 
 use crate::port::{StageError, StageResult};
 use arrow::array::{
