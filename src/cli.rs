@@ -194,6 +194,10 @@ fn device(arg: Option<&str>, plan: &Plan) -> anyhow::Result<Device> {
     })
 }
 
+fn gpu_count() -> usize {
+    if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 }
+}
+
 fn print_summary(s: &exec::Summary, json: bool) {
     if json {
         println!("{}", serde_json::to_string_pretty(s).expect("summary serialises"));
@@ -221,6 +225,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 targets: select(&plan, &targets)?,
                 upstream_must_be_cached: false,
                 device: device(dev.as_deref(), &plan)?,
+                gpus: gpu_count(),
             };
             let progress = Progress::new(quiet || common.json);
             let s = exec::run(&plan, &store, &opts, &progress)?;
@@ -284,7 +289,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let Some(i) = plan.find(&node) else {
                 anyhow::bail!("{}: no node named `{node}` (see `rmdistill node list {}`)", common.manifest.display(), common.manifest.display());
             };
-            let opts = RunOptions { jobs: 1, force: vec![], targets: vec![i], upstream_must_be_cached: !with_deps, device: device(dev.as_deref(), &plan)? };
+            let opts = RunOptions { jobs: 1, force: vec![], targets: vec![i], upstream_must_be_cached: !with_deps, device: device(dev.as_deref(), &plan)?, gpus: gpu_count() };
             let progress = Progress::new(common.json);
             let s = exec::run(&plan, &store, &opts, &progress)?;
             print_summary(&s, common.json);
