@@ -121,8 +121,9 @@ pub struct Group {
 /// Groups the graph's nodes into jobs: the nodes of one stage that need the same upstream nodes form one array (split
 /// into arrays of at most `max_array`); with `elementwise`, a stage whose node i needs exactly node i of one upstream
 /// array (and otherwise the same nodes) forms an array that depends on it element-wise. Groups are in topological
-/// order.
-pub fn group(g: &Graph, max_array: usize, elementwise: bool) -> Vec<Group> {
+/// order. Without `task_deps` (schedulers that cannot wait for one task of an array), a dependency on part of an
+/// array counts as one on the whole array, and nodes are grouped by the arrays they wait for.
+pub fn group(g: &Graph, max_array: usize, elementwise: bool, task_deps: bool) -> Vec<Group> {
     let max_array = max_array.max(1);
     let mut groups: Vec<Group> = Vec::new();
     let mut at: Vec<(usize, usize)> = vec![(usize::MAX, 0); g.nodes.len()]; // node → (group, index)
@@ -147,14 +148,18 @@ pub fn group(g: &Graph, max_array: usize, elementwise: bool) -> Vec<Group> {
         let mut order: Vec<Vec<usize>> = Vec::new();
         let mut members: HashMap<Vec<usize>, Vec<usize>> = HashMap::new();
         for &i in &rest {
-            let key = g.nodes[i].deps.clone();
+            let key: Vec<usize> = if task_deps {
+                g.nodes[i].deps.clone()
+            } else {
+                g.nodes[i].deps.iter().map(|&d| at[d].0).collect::<BTreeSet<_>>().into_iter().collect()
+            };
             if !members.contains_key(&key) {
                 order.push(key.clone());
             }
             members.entry(key).or_default().push(i);
         }
         for key in order {
-            let refs = dep_refs(&key, &groups, &at);
+            let refs = if task_deps { dep_refs(&key, &groups, &at) } else { key.iter().map(|&u| DepRef::Whole(u)).collect() };
             for chunk in members[&key].chunks(max_array) {
                 new.push((chunk.to_vec(), refs.clone()));
             }
@@ -534,7 +539,8 @@ mod tests {
             nodes.push(node(&format!("c@i={i}"), "c", &[1 + i / 2]));
         }
         let g = Graph { total: nodes.len(), cached: 0, nodes };
-        let gs = group(&g, 1000, true);
+        let gs = group(&g, 1000, true, true);
+        assert_eq!(group(&g, 1000, true, false).len(), 4, "c as one array waiting for all of a");
         let shape: Vec<(usize, Vec<DepRef>)> = gs.iter().map(|x| (x.nodes.len(), x.deps.clone())).collect();
         assert_eq!(
             shape,
@@ -546,7 +552,7 @@ mod tests {
                 (2, vec![DepRef::Task(1, 1)]),
             ]
         );
-        let gs = group(&g, 3, false);
+        let gs = group(&g, 3, false, true);
         assert_eq!(gs.iter().filter(|x| x.stage == "a").map(|x| x.nodes.len()).collect::<Vec<_>>(), vec![3, 1]);
         assert_eq!(gs.iter().filter(|x| x.stage == "b").count(), 4);
         assert_eq!(gs[1].name, "a");

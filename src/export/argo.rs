@@ -117,8 +117,9 @@ fn labels(stage: Option<&str>) -> Value {
 
 /// The Workflow.
 pub fn workflow(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
-    // Argo tasks depend on whole tasks: no element-wise links, and no size limit on a fan-out.
-    let groups = super::group(g, usize::MAX, false);
+    // Argo tasks depend on whole tasks, so a fan-out waits for all of its upstream tasks (a superset of what each
+    // item needs): about one task per stage instead of one per node keeps large sweeps within Argo's limits.
+    let groups = super::group(g, usize::MAX, true, false);
     let mut templates: Vec<Value> = Vec::new();
     let mut stage_template: Vec<(String, String)> = Vec::new(); // stage → template name
     let mut tasks: Vec<Value> = Vec::new();

@@ -96,7 +96,7 @@ fn requirements(r: &Req) -> Value {
 pub fn document(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
     let longest = g.nodes.iter().map(|n| n.name.len() + 3).max().unwrap_or(1);
     let max_array = o.max_array.min(MAX_ARRAY).min((NAMES_BUDGET / longest).max(2));
-    let groups = super::group(g, max_array, true);
+    let groups = super::group(g, max_array, true, false);
     let sh = script(run);
     let default_req = Req::of(&Default::default())?;
     let definition = json!({
@@ -130,7 +130,7 @@ pub fn document(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
             let parent = &groups[d.group()];
             match d {
                 DepRef::Corr(_) => n_to_n.push(parent.name.clone()),
-                // AWS Batch cannot name one child of an array as a parent: wait for the whole array.
+                // Grouped without task dependencies: a parent is a whole job (AWS Batch waits for all of an array).
                 DepRef::Whole(_) | DepRef::Task(..) => seq.push(parent.name.clone()),
             }
         }

@@ -49,7 +49,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("--array-limit 0: at least one task must be allowed to run");
     }
     let ctx = Ctx::load(&a.common, a.bin.as_deref(), None, false)?;
-    let groups = super::group(&ctx.graph, a.max_array, true);
+    let groups = super::group(&ctx.graph, a.max_array, true, true);
     let script = render(&ctx, &groups, &a)?;
     if !a.submit {
         if let Some(p) = &a.output {
