@@ -70,6 +70,13 @@ fn slurm_script_maps_the_dag_to_sbatch_arrays_and_dependencies() {
     assert!(script.contains(&format!("exec {} node run {} \"${{nodes[$SLURM_ARRAY_TASK_ID]}}\" --store file://", bin.display(), manifest.display())), "{script}");
     assert!(script.contains(&format!("exec {} node run {} gen --store file://{}", bin.display(), manifest.display(), w.store().canonicalize().unwrap().display())));
 
+    // A stage whose node i reads node i of an array waits element-wise: aftercorr.
+    let pick = "\n[stages.pick]\nkind = \"subsample\"\ninputs = { pairs = \"sub.dataset\" }\nsweep = { rho = \"${rhos}\", seed = \"${seeds}\" }\nparams = { rho = 0.5, size = 40, seed = \"${seed}\" }\n";
+    w.write("p.toml", &(resources_manifest() + pick));
+    let script = w.ok(&["export", "slurm", "p.toml"]);
+    let line = script.lines().find(|l| l.starts_with("submit pick ")).expect("pick job");
+    assert!(line.contains("--array=0-5 ") && line.contains("--dependency=\"aftercorr:$J1\""), "{line}");
+
     // --max-array splits; cached nodes are not submitted and dependencies on them are dropped.
     w.ok(&["run", "m.toml", "gen", "-q"]);
     let script = w.ok(&["export", "slurm", "m.toml", "--max-array", "4"]);
@@ -213,6 +220,13 @@ inputs = { pairs = "sub.dataset" }
 sweep = { rho = "${rhos}", size = "${sizes}", member = "${members}" }
 params = { rho = "${member}", size = 60, seed = 1 }
 resources = { memory = "512M", time = "10m" }
+
+[stages.pick]
+kind = "subsample"
+inputs = { pairs = "sub.dataset" }
+sweep = { rho = "${rhos}", size = "${sizes}" }
+params = { rho = 0.5, size = 40, seed = 2 }
+resources = { memory = "512M", time = "10m" }
 "#;
 
 /// (job or task id, state, reason) of the given jobs, finished ones included.
@@ -242,8 +256,26 @@ fn wait_settled(cl: &Cluster, ids: &[String], limit: Duration) -> Vec<(String, S
     }
 }
 
+/// The ids a squeue line stands for: `12`, `12_3`, or pending tasks folded as `12_[1,3-5%4]`.
+fn expand(id: &str) -> Vec<String> {
+    let Some((job, rest)) = id.split_once("_[") else { return vec![id.to_string()] };
+    let list = rest.trim_end_matches(']').split('%').next().unwrap();
+    let mut out = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        for k in a.parse::<u32>().unwrap()..=b.parse::<u32>().unwrap() {
+            out.push(format!("{job}_{k}"));
+        }
+    }
+    out
+}
+
+fn entry_of<'a>(q: &'a [(String, String, String)], id: &str) -> &'a (String, String, String) {
+    q.iter().find(|(i, _, _)| expand(i).iter().any(|x| x == id)).unwrap_or_else(|| panic!("no job {id} in {q:?}"))
+}
+
 fn state_of<'a>(q: &'a [(String, String, String)], id: &str) -> &'a str {
-    q.iter().find(|(i, _, _)| i == id).map(|(_, st, _)| st.as_str()).unwrap_or_else(|| panic!("no job {id} in {q:?}"))
+    &entry_of(q, id).1
 }
 
 fn submit(w: &Work, cl: &Cluster, store: &str, sets: &[&str]) -> Value {
@@ -291,43 +323,41 @@ fn real_slurm_runs_the_manifest_like_a_local_run() {
     std::fs::create_dir_all(&store).unwrap();
     let url = format!("file://{}", store.display());
 
-    // 1. size 100000 cannot be met: those two sub tasks fail, their members never run, everything else completes.
+    // 1. size 100000 cannot be met: those two sub tasks fail, the nodes below them never run (members wait on one
+    //    sub task each with afterok; pick is element-wise over sub with aftercorr), everything else completes.
     let first = submit(&w, &cl, &url, &[]);
-    assert_eq!(first["submitted"], 13, "{first}");
+    assert_eq!(first["submitted"], 17, "{first}");
     let jobs = first["jobs"].as_array().unwrap();
-    assert_eq!(jobs.len(), 1 + 1 + 4, "gen, one sub array, one member array per sub node: {first}");
+    let names: Vec<&str> = jobs.iter().map(|j| j["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["gen", "sub", "member-0", "member-1", "member-2", "member-3", "pick"], "{first}");
     let ids: Vec<String> = jobs.iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
     let tasks = task_ids(&first);
     let q = wait_settled(&cl, &ids, Duration::from_secs(90));
     let t1 = t0.elapsed();
     for (node, tid) in &tasks {
-        let bad_sub = node.starts_with("sub@") && node.contains("size=100000");
-        let blocked = node.starts_with("member@") && node.contains("size=100000");
-        if bad_sub {
-            assert_eq!(state_of(&q, tid), "FAILED", "{node}: {q:?}");
-        } else if !blocked {
-            assert_eq!(state_of(&q, tid), "COMPLETED", "{node}: {q:?}");
+        let (st, why) = (state_of(&q, tid), &entry_of(&q, tid).2);
+        if node.starts_with("sub@") && node.contains("size=100000") {
+            assert_eq!(st, "FAILED", "{node}: {q:?}");
+        } else if node.contains("size=100000") {
+            assert_eq!((st, why.as_str()), ("PENDING", "DependencyNeverSatisfied"), "{node}: {q:?}");
+        } else {
+            assert_eq!(st, "COMPLETED", "{node}: {q:?}");
         }
     }
-    // The members of the failed nodes wait forever: DependencyNeverSatisfied. Cancel them.
+    // Cancel what can never run.
     let never: BTreeSet<String> = q.iter().filter(|(_, st, why)| st == "PENDING" && why == "DependencyNeverSatisfied").map(|(i, _, _)| i.split('_').next().unwrap().to_string()).collect();
-    let blocked_jobs: BTreeSet<String> = jobs
-        .iter()
-        .filter(|j| j["nodes"].as_array().unwrap().iter().all(|n| n.as_str().unwrap().starts_with("member@") && n.as_str().unwrap().contains("size=100000")))
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(blocked_jobs.len(), 2);
-    assert_eq!(never, blocked_jobs, "{q:?}");
+    let expected: BTreeSet<String> = jobs.iter().filter(|j| ["member-1", "member-3", "pick"].contains(&j["name"].as_str().unwrap())).map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(never, expected, "{q:?}");
     let o = cl.cmd("scancel").args(never.iter()).output().unwrap();
     assert!(o.status.success(), "scancel: {}", s(&o.stderr));
-    assert_eq!(entries(&store).len(), 1 + 2 + 4, "gen, the two feasible subs and their four members are stored");
+    assert_eq!(entries(&store).len(), 1 + 2 + 4 + 2, "gen, the two feasible subs, their four members and two picks are stored");
 
     // 2. Fixed (a size that can be met): the re-submission submits only what is left, and finishes it.
     let fixed = ["sizes=[300, 400]"];
     let script = w.ok(&["export", "slurm", "m.toml", "--store", &url, "--set", fixed[0]]);
-    assert!(script.contains("# 13 node(s): 7 cached"), "{script}");
+    assert!(script.contains("# 17 node(s): 9 cached"), "{script}");
     let second = submit(&w, &cl, &url, &fixed);
-    assert_eq!(second["submitted"], 6, "{second}");
+    assert_eq!(second["submitted"], 8, "{second}");
     let submitted: BTreeSet<String> = task_ids(&second).into_keys().collect();
     assert!(submitted.iter().all(|n| n.contains("size=400")), "{submitted:?}");
     let ids: Vec<String> = second["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
@@ -340,9 +370,9 @@ fn real_slurm_runs_the_manifest_like_a_local_run() {
     let local = Work::new();
     local.write("m.toml", MANIFEST);
     let summary = local.run_json(&["m.toml", "--set", fixed[0], "-q"]);
-    assert_eq!(summary["ran"], 13, "{summary}");
+    assert_eq!(summary["ran"], 17, "{summary}");
     let ours = entry_map(&store);
-    assert_eq!(ours.len(), 13);
+    assert_eq!(ours.len(), 17);
     assert_eq!(ours, entry_map(&local.store()), "cache entries (keys and output hashes) differ from a local run's");
     let blobs = |p: &Path| blob_files(p).into_iter().map(|(n, _)| n).filter(|n| !n.contains('#')).collect::<BTreeSet<_>>();
     assert_eq!(blobs(&store), blobs(&local.store()));
