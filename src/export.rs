@@ -138,7 +138,7 @@ pub fn group(g: &Graph, max_array: usize, elementwise: bool, task_deps: bool) ->
     for stage in stages {
         let nodes = &by_stage[stage];
         let mut rest: Vec<usize> = nodes.clone();
-        let mut new: Vec<(Vec<usize>, Vec<DepRef>)> = Vec::new();
+        let mut new: Vec<Proto> = Vec::new();
         if elementwise {
             let (corr, left) = elementwise_groups(g, nodes, &groups, &at);
             new.extend(corr);
@@ -178,7 +178,10 @@ pub fn group(g: &Graph, max_array: usize, elementwise: bool, task_deps: bool) ->
 }
 
 /// Element-wise arrays of one stage's nodes over the arrays of one upstream stage; returns them and the nodes left.
-fn elementwise_groups(g: &Graph, nodes: &[usize], groups: &[Group], at: &[(usize, usize)]) -> (Vec<(Vec<usize>, Vec<DepRef>)>, Vec<usize>) {
+/// Nodes of a would-be group, and its dependencies.
+type Proto = (Vec<usize>, Vec<DepRef>);
+
+fn elementwise_groups(g: &Graph, nodes: &[usize], groups: &[Group], at: &[(usize, usize)]) -> (Vec<Proto>, Vec<usize>) {
     let mut out = Vec::new();
     let Some(&first_dep) = nodes.first().and_then(|&n| g.nodes[n].deps.first()) else { return (out, nodes.to_vec()) };
     let up_stage = &g.nodes[first_dep].stage;
@@ -344,7 +347,7 @@ pub fn memory_mib(s: &str) -> anyhow::Result<u64> {
         _ => return Err(bad()),
     };
     let mib = (n * factor).ceil();
-    if !(mib >= 1.0) {
+    if mib.is_nan() || mib < 1.0 {
         anyhow::bail!("resources.memory = \"{s}\": must be at least 1M");
     }
     Ok(mib as u64)

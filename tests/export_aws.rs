@@ -10,17 +10,20 @@ use rmdistill::manifest::Resources;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// ref → (nodes, parent refs, N_TO_N parent refs).
+type Jobs = BTreeMap<String, (Vec<String>, Vec<String>, Vec<String>)>;
+
 fn aws_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.starts_with(|c: char| c.is_ascii_alphanumeric()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Checks the document against AWS Batch's rules; returns ref → (nodes, parent refs, N_TO_N parent refs).
-fn validate(doc: &Value) -> BTreeMap<String, (Vec<String>, Vec<String>, Vec<String>)> {
+fn validate(doc: &Value) -> Jobs {
     let def = &doc["jobDefinition"];
     assert!(aws_name(def["jobDefinitionName"].as_str().unwrap()));
     assert_eq!(def["type"], "container");
     assert!(def["containerProperties"]["image"].as_str().is_some_and(|s| !s.is_empty()));
-    let mut out: BTreeMap<String, (Vec<String>, Vec<String>, Vec<String>)> = BTreeMap::new();
+    let mut out: Jobs = BTreeMap::new();
     let mut sizes: HashMap<String, usize> = HashMap::new();
     for j in doc["jobs"].as_array().unwrap() {
         let r = j["ref"].as_str().unwrap().to_string();
@@ -68,9 +71,9 @@ fn validate(doc: &Value) -> BTreeMap<String, (Vec<String>, Vec<String>, Vec<Stri
 
 /// Every node's dependencies are honoured: each upstream node is run by a job the node's job waits on (through
 /// barriers), and an N_TO_N link pairs task i with task i of an element-wise upstream.
-fn assert_covers(jobs: &BTreeMap<String, (Vec<String>, Vec<String>, Vec<String>)>, deps: &BTreeMap<String, Vec<String>>) {
+fn assert_covers(jobs: &Jobs, deps: &BTreeMap<String, Vec<String>>) {
     let owner: HashMap<&str, (&str, usize)> = jobs.iter().flat_map(|(r, (n, _, _))| n.iter().enumerate().map(move |(i, x)| (x.as_str(), (r.as_str(), i)))).collect();
-    fn reach<'a>(jobs: &'a BTreeMap<String, (Vec<String>, Vec<String>, Vec<String>)>, r: &'a str, acc: &mut BTreeSet<&'a str>) {
+    fn reach<'a>(jobs: &'a Jobs, r: &'a str, acc: &mut BTreeSet<&'a str>) {
         for p in &jobs[r].1 {
             if acc.insert(p) {
                 reach(jobs, p, acc);
