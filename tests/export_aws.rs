@@ -195,3 +195,78 @@ fn aws_batch_large_sweep_splits_arrays_to_fit_requests() {
         }
     }
 }
+
+/// Registers the job definition and submits every job, in order, to moto's AWS Batch (in-process, no Docker), replacing
+/// `${REF}` with the returned job ids; botocore checks each request against the Batch API model on the way.
+const MOTO_SUBMIT: &str = r#"
+import json, os, sys
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+import boto3
+from moto import mock_aws
+
+doc = json.load(open(sys.argv[1]))
+with mock_aws(config={"batch": {"use_docker": False}}):
+    iam = boto3.client("iam")
+    batch = boto3.client("batch")
+    role = iam.create_role(RoleName="batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    ce = batch.create_compute_environment(computeEnvironmentName="rmd-ce", type="UNMANAGED", state="ENABLED", serviceRole=role)["computeEnvironmentArn"]
+    for q in {j["submitJob"]["jobQueue"] for j in doc["jobs"]}:
+        batch.create_job_queue(jobQueueName=q, state="ENABLED", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}])
+    batch.register_job_definition(**doc["jobDefinition"])
+    ids = {}
+    for j in doc["jobs"]:
+        req = json.loads(json.dumps(j["submitJob"]))
+        for d in req.get("dependsOn", []):
+            d["jobId"] = ids[d["jobId"][2:-1]]
+        ids[j["ref"]] = batch.submit_job(**req)["jobId"]
+    out = {}
+    allids = list(ids.values())
+    for k in range(0, len(allids), 100):
+        for job in batch.describe_jobs(jobs=allids[k:k + 100])["jobs"]:
+            out[job["jobName"]] = {"dependsOn": len(job.get("dependsOn", [])), "array": job.get("arrayProperties", {}).get("size")}
+    print(json.dumps(out))
+"#;
+
+fn moto_python() -> Option<std::path::PathBuf> {
+    let py = repo().join(".venv/bin/python");
+    let ok = std::process::Command::new(&py).args(["-c", "import boto3, moto"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "{} with boto3 and moto is missing: scripts/setup.sh installs it", py.display());
+        eprintln!("SKIPPED: moto AWS Batch test: {} with boto3 and moto is missing (run scripts/setup.sh)", py.display());
+        return None;
+    }
+    Some(py)
+}
+
+fn submit_to_moto(py: &std::path::Path, w: &Work, doc: &Value) {
+    let path = w.write("doc.json", &serde_json::to_string(doc).unwrap());
+    let script = w.write("submit.py", MOTO_SUBMIT);
+    let o = std::process::Command::new(py).arg(&script).arg(&path).output().unwrap();
+    assert!(o.status.success(), "moto refused the document:\n{}", s(&o.stderr));
+    let got: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let jobs = doc["jobs"].as_array().unwrap();
+    assert_eq!(got.as_object().unwrap().len(), jobs.len());
+    for j in jobs {
+        let sj = &j["submitJob"];
+        let g = &got[sj["jobName"].as_str().unwrap()];
+        assert_eq!(g["dependsOn"], sj["dependsOn"].as_array().map_or(0, |d| d.len()), "{}", sj["jobName"]);
+        assert_eq!(g["array"], sj["arrayProperties"]["size"], "{}", sj["jobName"]);
+    }
+}
+
+#[test]
+fn aws_batch_document_is_accepted_by_moto() {
+    let Some(py) = moto_python() else { return };
+    let w = Work::new();
+    let m = gen_manifest(5000)
+        + "\n[stages.pick]\nkind = \"subsample\"\ninputs = { pairs = \"sub.dataset\" }\nsweep = { rho = \"${rhos}\", seed = \"${seeds}\" }\nparams = { rho = 0.5, size = 40, seed = \"${seed}\" }\nresources = { cpus = 4, memory = \"8G\", gpus = 1, time = \"2h\" }\n";
+    w.write("m.toml", &m);
+    let doc: Value = serde_json::from_str(&w.ok(&["export", "aws-batch", "m.toml", "--image", "img", "--job-queue", "rmd-queue"])).unwrap();
+    submit_to_moto(&py, &w, &doc);
+    // A fan-in through two levels of barriers.
+    let doc = aws::document(&graph(401), &spec(), &aws::Opts { job_queue: "rmd-queue".into(), ..opts() }).unwrap();
+    assert_eq!(doc["barriers"], 23);
+    submit_to_moto(&py, &w, &doc);
+}
