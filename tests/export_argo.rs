@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A DNS-1123 label: what Kubernetes requires of names, and what we promise for task names.
@@ -151,7 +151,7 @@ fn argo_workflow_follows_the_dag_with_per_stage_resources() {
     assert_eq!(sub_t["container"]["image"], "ghcr.io/x/rmdistill:1");
     assert_eq!(sub_t["container"]["resources"]["limits"]["nvidia.com/gpu"], "1");
     assert_eq!(sub_t["container"]["resources"]["requests"]["memory"], "2048Mi");
-    assert_eq!(sub_t["activeDeadlineSeconds"], 5400);
+    assert_eq!(sub_t["activeDeadlineSeconds"], "5400");
     let args: Vec<&str> = sub_t["container"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert_eq!(&args[..2], &["node", "run"]);
     assert_eq!(args[3], "{{inputs.parameters.node}}");
@@ -215,4 +215,67 @@ fn k8s_jobs_one_per_node_in_topological_order() {
         assert!(cmd[2].contains("-ne 4"), "waits while upstream is missing: {}", cmd[2]);
         assert_eq!(&cmd[4..9], &["rmdistill", "node", "run", w.path().join("m.toml").canonicalize().unwrap().to_str().unwrap(), node]);
     }
+}
+
+/// Checks a document against a definition of Argo's published JSON schema (api/jsonschema/schema.json of
+/// argoproj/argo-workflows), strictly: every field must be one the schema names, required fields present, and
+/// scalar types right. Returns the problems.
+fn check_schema(v: &Value, s: &Value, defs: &serde_json::Map<String, Value>, path: &str, errs: &mut Vec<String>) {
+    let mut s = s;
+    while let Some(r) = s.get("$ref").and_then(|r| r.as_str()) {
+        s = &defs[r.rsplit('/').next().unwrap()];
+    }
+    match s.get("type").and_then(|t| t.as_str()) {
+        Some("string") if !v.is_string() => errs.push(format!("{path}: expected a string, got {v}")),
+        Some("integer") if !(v.is_i64() || v.is_u64()) => errs.push(format!("{path}: expected an integer, got {v}")),
+        Some("boolean") if !v.is_boolean() => errs.push(format!("{path}: expected a boolean, got {v}")),
+        Some("array") if !v.is_array() => errs.push(format!("{path}: expected an array, got {v}")),
+        Some("object") if !v.is_object() => errs.push(format!("{path}: expected an object, got {v}")),
+        _ => {}
+    }
+    if let (Some(o), Some(props)) = (v.as_object(), s.get("properties").and_then(|p| p.as_object())) {
+        for (k, x) in o {
+            match props.get(k) {
+                Some(ps) => check_schema(x, ps, defs, &format!("{path}.{k}"), errs),
+                None => errs.push(format!("{path}.{k}: no such field")),
+            }
+        }
+        for r in s.get("required").and_then(|r| r.as_array()).into_iter().flatten() {
+            if !o.contains_key(r.as_str().unwrap()) {
+                errs.push(format!("{path}: missing required field {r}"));
+            }
+        }
+    } else if let (Some(o), Some(ap)) = (v.as_object(), s.get("additionalProperties").filter(|a| a.is_object())) {
+        for (k, x) in o {
+            check_schema(x, ap, defs, &format!("{path}.{k}"), errs);
+        }
+    } else if let (Some(a), Some(items)) = (v.as_array(), s.get("items")) {
+        for (i, x) in a.iter().enumerate() {
+            check_schema(x, items, defs, &format!("{path}[{i}]"), errs);
+        }
+    }
+}
+
+#[test]
+fn argo_workflow_matches_the_published_schema_when_given() {
+    // The schema is not vendored; point ARGO_WORKFLOW_SCHEMA at api/jsonschema/schema.json of argo-workflows.
+    let Some(path) = std::env::var_os("ARGO_WORKFLOW_SCHEMA") else {
+        eprintln!("SKIPPED: set ARGO_WORKFLOW_SCHEMA to argo-workflows' api/jsonschema/schema.json to check against it");
+        return;
+    };
+    let schema: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let defs = schema["definitions"].as_object().unwrap();
+    let w = Work::new();
+    w.write("m.toml", &with_pick(&gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { gpus = 1 }\n")));
+    let v: Value = serde_json::from_str(&w.ok(&["export", "argo", "m.toml", "--image", "img", "--parallelism", "4", "--service-account", "sa", "--namespace", "ns"])).unwrap();
+    let mut errs = Vec::new();
+    check_schema(&v, &json!({"$ref": "#/definitions/io.argoproj.workflow.v1alpha1.Workflow"}), defs, "$", &mut errs);
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+    // The check has teeth: a misspelt field and an integer deadline are caught.
+    let mut bad = v.clone();
+    bad["spec"]["templates"][1]["retrystrategy"] = json!({});
+    bad["spec"]["templates"][1]["activeDeadlineSeconds"] = json!(60);
+    let mut errs = Vec::new();
+    check_schema(&bad, &json!({"$ref": "#/definitions/io.argoproj.workflow.v1alpha1.Workflow"}), defs, "$", &mut errs);
+    assert_eq!(errs.len(), 2, "{errs:?}");
 }

@@ -137,7 +137,8 @@ pub fn workflow(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
                 "name": t,
                 "inputs": {"parameters": [{"name": "node"}]},
                 "metadata": {"labels": labels(Some(gr.stage.as_str()))},
-                "activeDeadlineSeconds": req.seconds,
+                // IntOrString; the published schema types it as a string.
+                "activeDeadlineSeconds": req.seconds.to_string(),
                 "retryStrategy": {"limit": o.retries.to_string(), "retryPolicy": "OnFailure"},
                 "container": {"image": o.image, "command": command, "args": args, "resources": resources(&req)},
             }));
