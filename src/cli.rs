@@ -293,7 +293,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Export { target } => crate::export::export(target)?,
+        Command::Export { target } => {
+            crate::export::export(target)?;
+        }
         Command::Stages => {
             for s in rmdistill_stages::registry() {
                 println!("{}: {}", s.kind(), s.doc());
