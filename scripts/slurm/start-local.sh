@@ -2,7 +2,8 @@
 # Starts a one-node Slurm cluster on this machine (loopback) for tests and trials: munged, slurmctld and slurmd, each
 # with its own socket, ports, state and logs under one directory, so nothing in /etc or /var is used or changed.
 #
-#   scripts/slurm/start-local.sh DIR     # as root; installs slurm-wlm and munge with apt-get when missing
+#   scripts/slurm/start-local.sh [DIR]   # as root; installs slurm-wlm and munge with apt-get when missing;
+#                                        # DIR defaults to a new temporary directory
 #   export SLURM_CONF=DIR/slurm.conf     # then sbatch, squeue, sinfo, scancel talk to this cluster
 #   scripts/slurm/stop-local.sh DIR      # stops what this script started
 #
@@ -10,11 +11,11 @@
 # Exit codes: 0 up; 2 usage; 3 not root or no apt-get where slurm-wlm is missing (the caller may skip); 1 any other failure.
 set -euo pipefail
 
-dir=${1:-}
-if [[ -z $dir ]]; then
-    echo "usage: $0 DIR   (a directory for the cluster's config, state and logs)" >&2
+if [[ $# -gt 1 || ${1:-} == -* ]]; then
+    echo "usage: $0 [DIR]   (a directory for the cluster's config, state and logs)" >&2
     exit 2
 fi
+dir=${1:-$(mktemp -d -t rmdistill-slurm-XXXXXX)}
 if [[ $(id -u) != 0 ]]; then
     echo "start-local.sh: must run as root (it installs packages and runs slurmd, which launches jobs)" >&2
     exit 3
@@ -38,6 +39,12 @@ PATH=$PATH:/usr/sbin:/sbin
 
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
+for d in munged slurmctld slurmd; do
+    if [[ -f $dir/run/$d.pid ]] && kill -0 "$(cat "$dir/run/$d.pid")" 2>/dev/null; then
+        echo "start-local.sh: $d from $dir is still running; stop it first: $(dirname "$0")/stop-local.sh $dir" >&2
+        exit 1
+    fi
+done
 chmod 0755 "$dir"
 mkdir -p "$dir/munge" "$dir/state" "$dir/spool" "$dir/log" "$dir/run"
 chmod 0700 "$dir/munge"
