@@ -99,8 +99,6 @@ pub enum Command {
     },
     /// Turn the manifest's DAG into a batch scheduler's jobs (each job is `rmdistill node run`).
     Export {
-        #[command(flatten)]
-        common: Common,
         #[command(subcommand)]
         target: crate::export::Target,
     },
@@ -316,10 +314,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Export { common, target } => {
-            let plan = load(&common)?;
-            let store = open_store(&plan, &common)?;
-            crate::export::export(&plan, &store, &common, target)?;
+        Command::Export { target } => {
+            crate::export::export(target)?;
         }
         Command::ImportModel { gguf, out, smollm2, python } => {
             let src = match (gguf, smollm2) {

@@ -1,18 +1,564 @@
 //! Exporters: a manifest's DAG as a real batch scheduler's jobs. Every job runs `rmdistill node run` against the
-//! shared store, which checks the cache first, so any scheduler may retry any job.
+//! shared store, which checks the cache first, so any scheduler may retry any job, and a job that a scheduler starts
+//! too early exits with code 4 (upstream not stored yet) without doing anything.
+//!
+//! The shared part lives here: the graph of nodes still to run (cached nodes are resolved against the store before
+//! anything is emitted, and dependencies on them are dropped), grouping of a stage's nodes into array jobs, names that
+//! schedulers accept, and resource parsing. Each scheduler's rendering lives in its own file under `export/`.
+
+pub mod argo;
+pub mod aws;
+pub mod slurm;
 
 use crate::cli::Common;
+use crate::manifest::Resources;
 use crate::plan::Plan;
 use crate::store::Store;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Subcommand, Clone)]
 pub enum Target {
-    /// Slurm: sbatch jobs chained with --dependency=afterok.
-    Slurm,
+    /// Slurm: a bash script of `sbatch --parsable` jobs chained with --dependency=afterok, sweeps as job arrays.
+    Slurm(slurm::Args),
+    /// Argo Workflows: a Workflow (JSON) with one DAG template; fan-out groups as `withItems` tasks.
+    Argo(argo::ArgoArgs),
+    /// Kubernetes without Argo: a List of batch/v1 Jobs (JSON), one per node, in topological order.
+    K8s(argo::K8sArgs),
+    /// AWS Batch: a job definition and the job submissions (JSON), dependsOn ≤ 20 parents, array jobs for fan-out.
+    AwsBatch(aws::Args),
 }
 
-pub fn export(_plan: &Plan, _store: &Store, _common: &Common, target: Target) -> anyhow::Result<()> {
+pub fn export(target: Target) -> anyhow::Result<()> {
     match target {
-        Target::Slurm => anyhow::bail!("export slurm is not implemented yet"),
+        Target::Slurm(a) => slurm::run(a),
+        Target::Argo(a) => argo::run_argo(a),
+        Target::K8s(a) => argo::run_k8s(a),
+        Target::AwsBatch(a) => aws::run(a),
+    }
+}
+
+/// One node still to run.
+#[derive(Debug, Clone)]
+pub struct GNode {
+    /// The node's name in the plan (`stage@axis=value,…`): what `node run` takes.
+    pub name: String,
+    pub stage: String,
+    pub resources: Resources,
+    /// Indices (into `Graph::nodes`) of the nodes still to run that this one reads from; cached upstream is dropped.
+    pub deps: Vec<usize>,
+}
+
+/// The nodes of a plan that are not cached in the store, in topological order.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    pub nodes: Vec<GNode>,
+    /// Nodes in the plan, and how many of them are cached (not exported).
+    pub total: usize,
+    pub cached: usize,
+}
+
+impl Graph {
+    /// Resolves cache hits against the store: cached nodes are left out, and so are dependencies on them.
+    pub fn from_plan(plan: &Plan, store: &Store) -> anyhow::Result<Graph> {
+        let status = crate::exec::status(plan, store)?;
+        let mut index = vec![None; plan.nodes.len()];
+        let mut nodes = Vec::new();
+        for (i, (n, st)) in plan.nodes.iter().zip(&status).enumerate() {
+            if st.state == "cached" {
+                continue;
+            }
+            check_name(&n.name)?;
+            let deps: BTreeSet<usize> = n.deps().filter_map(|d| index[d]).collect();
+            index[i] = Some(nodes.len());
+            nodes.push(GNode { name: n.name.clone(), stage: n.stage.clone(), resources: n.resources.clone(), deps: deps.into_iter().collect() });
+        }
+        let g = Graph { cached: plan.nodes.len() - nodes.len(), total: plan.nodes.len(), nodes };
+        for n in &g.nodes {
+            Req::of(&n.resources).map_err(|e| anyhow::anyhow!("{}: stage `{}`: {e}", plan.manifest.path().display(), n.stage))?;
+        }
+        Ok(g)
+    }
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.chars().any(|c| c.is_control()) {
+        anyhow::bail!("node `{}` has a control character in its name (from a sweep value); schedulers cannot carry it", name.escape_debug());
+    }
+    Ok(())
+}
+
+/// A dependency of a group on (part of) another group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DepRef {
+    /// Every node of that group.
+    Whole(usize),
+    /// One node of that group, by its index in the group (an array task).
+    Task(usize, usize),
+    /// Element-wise: node i of this group needs node i of that group, and nothing else of it.
+    Corr(usize),
+}
+
+impl DepRef {
+    pub fn group(&self) -> usize {
+        match *self {
+            DepRef::Whole(g) | DepRef::Task(g, _) | DepRef::Corr(g) => g,
+        }
+    }
+}
+
+/// Nodes of one stage submitted as one job (an array job when there is more than one).
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub stage: String,
+    /// Indices into `Graph::nodes`; the array task `i` runs `nodes[i]`.
+    pub nodes: Vec<usize>,
+    pub deps: Vec<DepRef>,
+    /// A scheduler-safe name (DNS-1123 label), unique among the groups.
+    pub name: String,
+}
+
+/// Groups the graph's nodes into jobs: the nodes of one stage that need the same upstream nodes form one array (split
+/// into arrays of at most `max_array`); with `elementwise`, a stage whose node i needs exactly node i of one upstream
+/// array (and otherwise the same nodes) forms an array that depends on it element-wise. Groups are in topological
+/// order. Without `task_deps` (schedulers that cannot wait for one task of an array), a dependency on part of an
+/// array counts as one on the whole array, and nodes are grouped by the arrays they wait for.
+pub fn group(g: &Graph, max_array: usize, elementwise: bool, task_deps: bool) -> Vec<Group> {
+    let max_array = max_array.max(1);
+    let mut groups: Vec<Group> = Vec::new();
+    let mut at: Vec<(usize, usize)> = vec![(usize::MAX, 0); g.nodes.len()]; // node → (group, index)
+    let mut stages: Vec<&str> = Vec::new();
+    let mut by_stage: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        if !by_stage.contains_key(n.stage.as_str()) {
+            stages.push(&n.stage);
+        }
+        by_stage.entry(&n.stage).or_default().push(i);
+    }
+    for stage in stages {
+        let nodes = &by_stage[stage];
+        let mut rest: Vec<usize> = nodes.clone();
+        let mut new: Vec<Proto> = Vec::new();
+        if elementwise {
+            let (corr, left) = elementwise_groups(g, nodes, &groups, &at);
+            new.extend(corr);
+            rest = left;
+        }
+        // By identical upstream sets, in order of first appearance.
+        let mut order: Vec<Vec<usize>> = Vec::new();
+        let mut members: HashMap<Vec<usize>, Vec<usize>> = HashMap::new();
+        for &i in &rest {
+            let key: Vec<usize> = if task_deps {
+                g.nodes[i].deps.clone()
+            } else {
+                g.nodes[i].deps.iter().map(|&d| at[d].0).collect::<BTreeSet<_>>().into_iter().collect()
+            };
+            if !members.contains_key(&key) {
+                order.push(key.clone());
+            }
+            members.entry(key).or_default().push(i);
+        }
+        for key in order {
+            let refs = if task_deps { dep_refs(&key, &groups, &at) } else { key.iter().map(|&u| DepRef::Whole(u)).collect() };
+            for chunk in members[&key].chunks(max_array) {
+                new.push((chunk.to_vec(), refs.clone()));
+            }
+        }
+        new.sort_by_key(|(n, _)| n[0]);
+        for (nodes, deps) in new {
+            let gi = groups.len();
+            for (k, &n) in nodes.iter().enumerate() {
+                at[n] = (gi, k);
+            }
+            groups.push(Group { stage: stage.to_string(), nodes, deps, name: String::new() });
+        }
+    }
+    name_groups(g, &mut groups);
+    groups
+}
+
+/// Element-wise arrays of one stage's nodes over the arrays of one upstream stage; returns them and the nodes left.
+/// Nodes of a would-be group, and its dependencies.
+type Proto = (Vec<usize>, Vec<DepRef>);
+
+fn elementwise_groups(g: &Graph, nodes: &[usize], groups: &[Group], at: &[(usize, usize)]) -> (Vec<Proto>, Vec<usize>) {
+    let mut out = Vec::new();
+    let Some(&first_dep) = nodes.first().and_then(|&n| g.nodes[n].deps.first()) else { return (out, nodes.to_vec()) };
+    let up_stage = &g.nodes[first_dep].stage;
+    // Each node's single dependency in the upstream stage, and the others.
+    let mut parts: BTreeMap<usize, Vec<(usize, usize, Vec<usize>)>> = BTreeMap::new(); // upstream group → (index, node, other deps)
+    let mut left = Vec::new();
+    for &n in nodes {
+        let (up, other): (Vec<usize>, Vec<usize>) = g.nodes[n].deps.iter().partition(|&&d| &g.nodes[d].stage == up_stage);
+        if up.len() != 1 {
+            left.push(n);
+            continue;
+        }
+        let (grp, k) = at[up[0]];
+        parts.entry(grp).or_default().push((k, n, other));
+    }
+    for (grp, mut part) in parts {
+        part.sort();
+        let size = groups[grp].nodes.len();
+        let bijective = size > 1 && part.len() == size && part.iter().enumerate().all(|(i, (k, _, _))| *k == i);
+        let same_rest = part.windows(2).all(|w| w[0].2 == w[1].2);
+        if bijective && same_rest {
+            let mut deps = vec![DepRef::Corr(grp)];
+            deps.extend(dep_refs(&part[0].2, groups, at));
+            out.push((part.into_iter().map(|(_, n, _)| n).collect(), deps));
+        } else {
+            left.extend(part.into_iter().map(|(_, n, _)| n));
+        }
+    }
+    left.sort();
+    (out, left)
+}
+
+/// References to the groups holding a set of nodes: the whole group where all its nodes are in the set.
+fn dep_refs(deps: &[usize], groups: &[Group], at: &[(usize, usize)]) -> Vec<DepRef> {
+    let mut per: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &d in deps {
+        let (grp, k) = at[d];
+        per.entry(grp).or_default().push(k);
+    }
+    let mut out = Vec::new();
+    for (grp, ks) in per {
+        if ks.len() == groups[grp].nodes.len() {
+            out.push(DepRef::Whole(grp));
+        } else {
+            out.extend(ks.into_iter().map(|k| DepRef::Task(grp, k)));
+        }
+    }
+    out
+}
+
+/// Names: a single node keeps its own (sanitized) name; arrays are named after their stage, numbered where a stage has
+/// several.
+fn name_groups(g: &Graph, groups: &mut [Group]) {
+    let mut per_stage: HashMap<&str, usize> = HashMap::new();
+    for gr in groups.iter() {
+        if gr.nodes.len() > 1 {
+            *per_stage.entry(gr.stage.as_str()).or_default() += 1;
+        }
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut raw = Vec::new();
+    for gr in groups.iter() {
+        let base = if gr.nodes.len() == 1 {
+            g.nodes[gr.nodes[0]].name.clone()
+        } else if per_stage[gr.stage.as_str()] > 1 {
+            let k = seen.entry(gr.stage.clone()).or_default();
+            *k += 1;
+            format!("{}-{}", gr.stage, *k - 1)
+        } else {
+            gr.stage.clone()
+        };
+        raw.push(base);
+    }
+    let names = unique_names(&raw, 52);
+    for (gr, n) in groups.iter_mut().zip(names) {
+        gr.name = n;
+    }
+}
+
+/// A DNS-1123 label (lower-case letters, digits and `-`, starting and ending alphanumeric) of at most `max` characters.
+pub fn sanitize(name: &str, max: usize) -> String {
+    let mut s = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('-') {
+            s.push('-');
+        }
+    }
+    let mut s: String = s.trim_matches('-').chars().take(max.max(1)).collect();
+    while s.ends_with('-') {
+        s.pop();
+    }
+    if s.is_empty() {
+        s.push('n');
+    }
+    if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        s.insert(0, 'n');
+        s.truncate(max.max(1));
+    }
+    s
+}
+
+/// Sanitizes names so that they are unique: a name that lost information (truncated) or collides with another gets a
+/// short hash of the original appended. Deterministic; at most `max` + 7 characters.
+pub fn unique_names(raw: &[String], max: usize) -> Vec<String> {
+    let base: Vec<String> = raw.iter().map(|r| sanitize(r, max)).collect();
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for b in &base {
+        *count.entry(b.as_str()).or_default() += 1;
+    }
+    let mut out: Vec<String> = raw
+        .iter()
+        .zip(&base)
+        .map(|(r, b)| if count[b.as_str()] > 1 || sanitize(r, usize::MAX).len() > max { with_hash(b, r) } else { b.clone() })
+        .collect();
+    // Hash suffixes of distinct originals collide with negligible probability; make it impossible.
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    for (o, r) in out.iter_mut().zip(raw) {
+        let mut k = 0;
+        while !used.insert(o.clone()) {
+            k += 1;
+            *o = with_hash(&sanitize(r, max), &format!("{r}#{k}"));
+        }
+    }
+    out
+}
+
+fn with_hash(base: &str, original: &str) -> String {
+    format!("{base}-{}", &blake3::hash(original.as_bytes()).to_hex()[..6])
+}
+
+/// What one node asks of a machine, in the units schedulers take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Req {
+    pub cpus: u32,
+    pub mem_mib: u64,
+    pub gpus: u32,
+    pub seconds: u64,
+}
+
+impl Req {
+    pub fn of(r: &Resources) -> anyhow::Result<Req> {
+        if r.cpus == 0 {
+            anyhow::bail!("resources.cpus = 0: a node needs at least one CPU");
+        }
+        Ok(Req { cpus: r.cpus, mem_mib: memory_mib(&r.memory)?, gpus: r.gpus, seconds: duration_seconds(&r.time)? })
+    }
+}
+
+/// "4G", "512M", "4Gi", "2GB", "1T", "1024" (MiB) → MiB, rounded up.
+pub fn memory_mib(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || anyhow::anyhow!("resources.memory = \"{s}\": expected a size such as 512M, 4G or 1T");
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let factor = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" | "M" => 1.0,
+        "K" => 1.0 / 1024.0,
+        "G" => 1024.0,
+        "T" => 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let mib = (n * factor).ceil();
+    if mib.is_nan() || mib < 1.0 {
+        anyhow::bail!("resources.memory = \"{s}\": must be at least 1M");
+    }
+    Ok(mib as u64)
+}
+
+/// "2h", "30m", "1h30m", "90s", "1d", "45" (minutes) → seconds.
+pub fn duration_seconds(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let bad = || anyhow::anyhow!("resources.time = \"{s}\": expected a duration such as 30m, 2h, 1h30m or 1d");
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return Ok(t.parse::<u64>().map_err(|_| bad())? * 60);
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        total += n * match c {
+            'd' => 86400,
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+    }
+    if !num.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// How a job calls `node run`, the same way this command sees the manifest.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The binary as jobs call it.
+    pub bin: String,
+    /// The manifest as jobs see it.
+    pub manifest: String,
+    /// The store URL as jobs see it (a relative `file://` made absolute).
+    pub store: String,
+    /// `--set` overrides, passed on to every job.
+    pub sets: Vec<String>,
+    /// The working directory jobs run in (their `.rmdistill/local` lives there).
+    pub workdir: PathBuf,
+}
+
+impl RunSpec {
+    /// The `node run` arguments after the node name.
+    pub fn tail_args(&self) -> Vec<String> {
+        let mut v = vec!["--store".to_string(), self.store.clone()];
+        for s in &self.sets {
+            v.push("--set".into());
+            v.push(s.clone());
+        }
+        v
+    }
+    /// The full command for one node.
+    pub fn argv(&self, node: &str) -> Vec<String> {
+        let mut v = vec![self.bin.clone(), "node".into(), "run".into(), self.manifest.clone(), node.to_string()];
+        v.extend(self.tail_args());
+        v
+    }
+}
+
+/// The plan, what of it is still to run, and how jobs run it.
+pub struct Ctx {
+    pub plan: Plan,
+    pub graph: Graph,
+    pub run: RunSpec,
+}
+
+impl Ctx {
+    /// Loads the plan, resolves cache hits and the paths jobs will use. `container`: the jobs run in images, where
+    /// the binary is `rmdistill` on the PATH unless told, and a `file://` store is shared only through a volume.
+    pub fn load(common: &Common, bin: Option<&str>, manifest_path: Option<&str>, container: bool) -> anyhow::Result<Ctx> {
+        let plan = crate::plan::load(&common.manifest, &common.set)?;
+        let store = crate::cli::open_store(&plan, common)?;
+        let url = common
+            .store
+            .clone()
+            .or_else(|| std::env::var("RMDISTILL_STORE").ok())
+            .or_else(|| plan.manifest.store_url.clone())
+            .unwrap_or_else(|| "file://.rmdistill/store".to_string());
+        let store_url = shared_store_url(&url, container)?;
+        let graph = Graph::from_plan(&plan, &store)?;
+        let bin = match bin {
+            Some(b) => b.to_string(),
+            None if container => "rmdistill".to_string(),
+            None => std::env::current_exe()
+                .and_then(|p| p.canonicalize())
+                .map_err(|e| anyhow::anyhow!("cannot find this rmdistill binary's path ({e}); give it with --bin"))?
+                .display()
+                .to_string(),
+        };
+        let manifest = match manifest_path {
+            Some(m) => m.to_string(),
+            None => common
+                .manifest
+                .canonicalize()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", common.manifest.display()))?
+                .display()
+                .to_string(),
+        };
+        let workdir = std::env::current_dir()?;
+        Ok(Ctx { plan, graph, run: RunSpec { bin, manifest, store: store_url, sets: common.set.clone(), workdir } })
+    }
+
+    pub fn manifest_file(&self) -> &Path {
+        self.plan.manifest.path()
+    }
+}
+
+fn shared_store_url(url: &str, container: bool) -> anyhow::Result<String> {
+    if url.starts_with("memory://") {
+        anyhow::bail!("store `{url}` lives in one process's memory, so scheduler jobs cannot share it; pass --store with a file:// path on a shared file system, or s3://, gs://, az://");
+    }
+    if let Some(rest) = url.strip_prefix("file://").or_else(|| (!url.contains("://")).then_some(url)) {
+        let p = Path::new(rest).canonicalize().map_err(|e| anyhow::anyhow!("store `{url}`: {e}"))?;
+        if container {
+            eprintln!(
+                "warning: store {} is a local directory: every pod or container must mount it at that same path (or pass --store s3://…)",
+                p.display()
+            );
+        }
+        return Ok(format!("file://{}", p.display()));
+    }
+    Ok(url.to_string())
+}
+
+/// Writes `text` to `-o PATH` (or stdout).
+pub fn emit(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
+    match out {
+        Some(p) => std::fs::write(p, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display())),
+        None => {
+            use std::io::Write;
+            let mut so = std::io::stdout().lock();
+            so.write_all(text.as_bytes())?;
+            so.flush()?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, stage: &str, deps: &[usize]) -> GNode {
+        GNode { name: name.into(), stage: stage.into(), resources: Resources::default(), deps: deps.to_vec() }
+    }
+
+    #[test]
+    fn names_are_dns_labels_and_unique() {
+        let raw: Vec<String> = ["sub@rho=0.2,seed=1", "sub@rho=0-2,seed=1", "Gen", "9lives", &"x".repeat(80)].iter().map(|s| s.to_string()).collect();
+        let n = unique_names(&raw, 52);
+        assert_eq!(n.len(), 5);
+        assert!(n[0].starts_with("sub-rho-0-2-seed-1-") && n[1].starts_with("sub-rho-0-2-seed-1-") && n[0] != n[1], "{n:?}");
+        assert_eq!(n[2], "gen");
+        assert_eq!(n[3], "n9lives");
+        assert!(n[4].len() <= 59, "{}", n[4]);
+        for s in &n {
+            assert!(s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') && !s.ends_with('-'), "{s}");
+        }
+    }
+
+    #[test]
+    fn parses_resources() {
+        assert_eq!(memory_mib("4G").unwrap(), 4096);
+        assert_eq!(memory_mib("512Mi").unwrap(), 512);
+        assert_eq!(memory_mib("1.5GB").unwrap(), 1536);
+        assert!(memory_mib("lots").is_err());
+        assert_eq!(duration_seconds("1h30m").unwrap(), 5400);
+        assert_eq!(duration_seconds("45").unwrap(), 2700);
+        assert!(duration_seconds("2 weeks").is_err());
+    }
+
+    #[test]
+    fn groups_arrays_by_shared_upstream_and_elementwise() {
+        // gen; a[0..4] all on gen; b[i] on a[i] (element-wise); c[i] on a[i/2] (not element-wise).
+        let mut nodes = vec![node("gen", "gen", &[])];
+        for i in 0..4 {
+            nodes.push(node(&format!("a@i={i}"), "a", &[0]));
+        }
+        for i in 0..4 {
+            nodes.push(node(&format!("b@i={i}"), "b", &[1 + i]));
+        }
+        for i in 0..4 {
+            nodes.push(node(&format!("c@i={i}"), "c", &[1 + i / 2]));
+        }
+        let g = Graph { total: nodes.len(), cached: 0, nodes };
+        let gs = group(&g, 1000, true, true);
+        assert_eq!(group(&g, 1000, true, false).len(), 4, "c as one array waiting for all of a");
+        let shape: Vec<(usize, Vec<DepRef>)> = gs.iter().map(|x| (x.nodes.len(), x.deps.clone())).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (1, vec![]),
+                (4, vec![DepRef::Whole(0)]),
+                (4, vec![DepRef::Corr(1)]),
+                (2, vec![DepRef::Task(1, 0)]),
+                (2, vec![DepRef::Task(1, 1)]),
+            ]
+        );
+        let gs = group(&g, 3, false, true);
+        assert_eq!(gs.iter().filter(|x| x.stage == "a").map(|x| x.nodes.len()).collect::<Vec<_>>(), vec![3, 1]);
+        assert_eq!(gs.iter().filter(|x| x.stage == "b").count(), 4);
+        assert_eq!(gs[1].name, "a");
+        assert_eq!(gs[2].name, "a-i-3");
     }
 }

@@ -1,0 +1,227 @@
+//! `export argo`: an Argo Workflows `Workflow` (JSON, which Argo and kubectl accept as they accept YAML) with one DAG
+//! template. Each stage gets one container template parametrised by the node name, carrying the stage's resources;
+//! a stage's nodes that need the same upstream form one DAG task fanned out with `withItems`, which keeps a large sweep
+//! to a few tasks and the object far under Kubernetes' size limit. Our cache check (`node run`) replaces Argo's
+//! memoisation.
+//!
+//! `export k8s`: where Argo is absent, a `List` of plain `batch/v1` Jobs, one per node, in topological order. Kubernetes
+//! does not order Jobs; each pod runs `node run` in a loop that waits while it exits 4 (upstream not stored yet), so
+//! creating them all at once is safe, and `backoffLimit` covers real failures.
+
+use super::{Ctx, Graph, Req, RunSpec};
+use crate::cli::Common;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Clone)]
+pub struct ContainerArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The container image with rmdistill in it.
+    #[arg(long)]
+    pub image: String,
+    /// The rmdistill binary inside the image.
+    #[arg(long)]
+    pub bin: Option<String>,
+    /// The manifest's path inside the container (default: its absolute path here; mount or bake it there).
+    #[arg(long)]
+    pub manifest_path: Option<String>,
+    /// Kubernetes namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Prefix of the generated names (default: the manifest's file stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub service_account: Option<String>,
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ArgoArgs {
+    #[command(flatten)]
+    pub c: ContainerArgs,
+    /// Pods of this workflow running at once (spec.parallelism).
+    #[arg(long)]
+    pub parallelism: Option<u32>,
+    /// Retries of a failed node (node run checks the cache first, so a retry redoes only what is missing).
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct K8sArgs {
+    #[command(flatten)]
+    pub c: ContainerArgs,
+    /// Failed pods before a Job gives up (waiting for upstream does not count).
+    #[arg(long, default_value_t = 2)]
+    pub backoff_limit: u32,
+    /// Seconds between checks while a node waits for its upstream.
+    #[arg(long, default_value_t = 30)]
+    pub poll: u32,
+}
+
+/// Options for the Kubernetes-side objects.
+#[derive(Debug, Clone, Default)]
+pub struct Opts {
+    pub image: String,
+    pub prefix: String,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub parallelism: Option<u32>,
+    pub retries: u32,
+    pub backoff_limit: u32,
+    pub poll: u32,
+}
+
+fn opts(c: &ContainerArgs, ctx: &Ctx) -> Opts {
+    let stem = ctx.manifest_file().file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "rmdistill".into());
+    let prefix = super::sanitize(c.name.as_deref().unwrap_or(&stem), 20);
+    Opts { image: c.image.clone(), prefix, namespace: c.namespace.clone(), service_account: c.service_account.clone(), ..Default::default() }
+}
+
+pub fn run_argo(a: ArgoArgs) -> anyhow::Result<()> {
+    let ctx = Ctx::load(&a.c.common, a.c.bin.as_deref(), a.c.manifest_path.as_deref(), true)?;
+    let o = Opts { parallelism: a.parallelism, retries: a.retries, ..opts(&a.c, &ctx) };
+    let doc = workflow(&ctx.graph, &ctx.run, &o)?;
+    super::emit(&(serde_json::to_string_pretty(&doc)? + "\n"), a.c.output.as_deref())
+}
+
+pub fn run_k8s(a: K8sArgs) -> anyhow::Result<()> {
+    if a.poll == 0 {
+        anyhow::bail!("--poll 0: give the seconds between checks for upstream results");
+    }
+    let ctx = Ctx::load(&a.c.common, a.c.bin.as_deref(), a.c.manifest_path.as_deref(), true)?;
+    let o = Opts { backoff_limit: a.backoff_limit, poll: a.poll, ..opts(&a.c, &ctx) };
+    let doc = jobs(&ctx.graph, &ctx.run, &o)?;
+    super::emit(&(serde_json::to_string_pretty(&doc)? + "\n"), a.c.output.as_deref())
+}
+
+fn resources(r: &Req) -> Value {
+    let mut limits = json!({"memory": format!("{}Mi", r.mem_mib)});
+    if r.gpus > 0 {
+        limits["nvidia.com/gpu"] = json!(r.gpus.to_string());
+    }
+    json!({"requests": {"cpu": r.cpus.to_string(), "memory": format!("{}Mi", r.mem_mib)}, "limits": limits})
+}
+
+fn labels(stage: Option<&str>) -> Value {
+    let mut l = json!({"app.kubernetes.io/managed-by": "rmdistill"});
+    if let Some(s) = stage {
+        l["rmdistill.dev/stage"] = json!(super::sanitize(s, 63));
+    }
+    l
+}
+
+/// The Workflow.
+pub fn workflow(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
+    // Argo tasks depend on whole tasks, so a fan-out waits for all of its upstream tasks (a superset of what each
+    // item needs): about one task per stage instead of one per node keeps large sweeps within Argo's limits.
+    let groups = super::group(g, usize::MAX, true, false);
+    let mut templates: Vec<Value> = Vec::new();
+    let mut stage_template: Vec<(String, String)> = Vec::new(); // stage → template name
+    let mut tasks: Vec<Value> = Vec::new();
+    let stage_names = super::unique_names(&groups.iter().map(|gr| gr.stage.clone()).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>(), 50);
+    let stages: Vec<String> = groups.iter().map(|gr| gr.stage.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    for gr in &groups {
+        let tname = if let Some((_, t)) = stage_template.iter().find(|(s, _)| *s == gr.stage) {
+            t.clone()
+        } else {
+            let t = format!("node-{}", stage_names[stages.iter().position(|s| *s == gr.stage).unwrap()]);
+            let req = Req::of(&g.nodes[gr.nodes[0]].resources)?;
+            let mut args = run.argv("{{inputs.parameters.node}}");
+            let command = vec![args.remove(0)];
+            templates.push(json!({
+                "name": t,
+                "inputs": {"parameters": [{"name": "node"}]},
+                "metadata": {"labels": labels(Some(gr.stage.as_str()))},
+                // IntOrString; the published schema types it as a string.
+                "activeDeadlineSeconds": req.seconds.to_string(),
+                "retryStrategy": {"limit": o.retries.to_string(), "retryPolicy": "OnFailure"},
+                "container": {"image": o.image, "command": command, "args": args, "resources": resources(&req)},
+            }));
+            stage_template.push((gr.stage.clone(), t.clone()));
+            t
+        };
+        let deps: BTreeSet<String> = gr.deps.iter().map(|d| groups[d.group()].name.clone()).collect();
+        let mut task = json!({"name": gr.name, "template": tname});
+        if gr.nodes.len() == 1 {
+            task["arguments"] = json!({"parameters": [{"name": "node", "value": g.nodes[gr.nodes[0]].name}]});
+        } else {
+            task["arguments"] = json!({"parameters": [{"name": "node", "value": "{{item}}"}]});
+            task["withItems"] = json!(gr.nodes.iter().map(|&n| g.nodes[n].name.clone()).collect::<Vec<_>>());
+        }
+        if !deps.is_empty() {
+            task["dependencies"] = json!(deps);
+        }
+        tasks.push(task);
+    }
+    let mut all = vec![json!({"name": "pipeline", "dag": {"tasks": tasks}})];
+    all.extend(templates);
+    let mut spec = json!({
+        "entrypoint": "pipeline",
+        "templates": all,
+        "podGC": {"strategy": "OnPodSuccess"},
+    });
+    if let Some(p) = o.parallelism {
+        spec["parallelism"] = json!(p);
+    }
+    if let Some(sa) = &o.service_account {
+        spec["serviceAccountName"] = json!(sa);
+    }
+    let mut metadata = json!({
+        "generateName": format!("{}-", o.prefix),
+        "labels": labels(None),
+        "annotations": {"rmdistill.dev/nodes": format!("{} total, {} cached, {} to run", g.total, g.cached, g.nodes.len())},
+    });
+    if let Some(ns) = &o.namespace {
+        metadata["namespace"] = json!(ns);
+    }
+    Ok(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": metadata, "spec": spec}))
+}
+
+/// The shell loop a Kubernetes Job runs: `node run` until it stops answering 4 (upstream not stored yet).
+fn wait_loop(poll: u32) -> String {
+    format!(
+        "while :; do \"$@\"; rc=$?; if [ \"$rc\" -ne 4 ]; then exit \"$rc\"; fi; echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll}; done"
+    )
+}
+
+/// A `List` of batch/v1 Jobs, one per node, in topological order.
+pub fn jobs(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
+    let raw: Vec<String> = g.nodes.iter().map(|n| n.name.clone()).collect();
+    let names = super::unique_names(&raw, 62 - o.prefix.len() - 7);
+    let mut items = Vec::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let req = Req::of(&n.resources)?;
+        let name = format!("{}-{}", o.prefix, names[i]);
+        let deps: Vec<&str> = n.deps.iter().map(|&d| g.nodes[d].name.as_str()).collect();
+        let mut command = vec!["sh".to_string(), "-c".into(), wait_loop(o.poll), "rmdistill-node".into()];
+        command.extend(run.argv(&n.name));
+        let mut pod = json!({
+            "restartPolicy": "Never",
+            "containers": [{"name": "node", "image": o.image, "command": command, "resources": resources(&req)}],
+        });
+        if let Some(sa) = &o.service_account {
+            pod["serviceAccountName"] = json!(sa);
+        }
+        let mut metadata = json!({
+            "name": name,
+            "labels": labels(Some(n.stage.as_str())),
+            "annotations": {"rmdistill.dev/node": n.name, "rmdistill.dev/depends-on": deps.join(" "),
+                "rmdistill.dev/time-limit-seconds": req.seconds.to_string()},
+        });
+        if let Some(ns) = &o.namespace {
+            metadata["namespace"] = json!(ns);
+        }
+        items.push(json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": metadata,
+            "spec": {"backoffLimit": o.backoff_limit, "template": {"metadata": {"labels": labels(Some(n.stage.as_str()))}, "spec": pod}},
+        }));
+    }
+    Ok(json!({"apiVersion": "v1", "kind": "List", "items": items}))
+}

@@ -1,0 +1,193 @@
+//! `export aws-batch`: a JSON document with a RegisterJobDefinition request and, in submission order, the SubmitJob
+//! requests. A stage's nodes that need the same upstream become one array job (`arrayProperties.size`; task i picks its
+//! node from the command's arguments by `AWS_BATCH_JOB_ARRAY_INDEX`); an array whose task i needs exactly task i of
+//! another array of the same size depends on it `N_TO_N`. AWS Batch takes at most 20 `dependsOn` entries per job, so
+//! beyond that barrier jobs (which run `true`) collect up to 20 parents each, in a tree as deep as needed.
+//!
+//! Job ids exist only once submitted: `dependsOn[].jobId` holds `${REF}`, where REF is an earlier job's `ref`;
+//! a submitter replaces it with the jobId that SubmitJob returned for REF.
+
+use super::slurm::q;
+use super::{Ctx, DepRef, Graph, Req, RunSpec};
+use crate::cli::Common;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// AWS Batch's limit on `dependsOn` entries per job.
+pub const MAX_PARENTS: usize = 20;
+/// AWS Batch's largest array job.
+pub const MAX_ARRAY: usize = 10_000;
+/// Bytes of node names one SubmitJob request may carry (AWS caps a request's payload at 30 KiB).
+const NAMES_BUDGET: usize = 20 * 1024;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// The container image with rmdistill in it.
+    #[arg(long)]
+    pub image: String,
+    /// The job queue to submit to.
+    #[arg(long, default_value = "rmdistill")]
+    pub job_queue: String,
+    /// The job definition's name.
+    #[arg(long, default_value = "rmdistill")]
+    pub job_definition: String,
+    /// The rmdistill binary inside the image.
+    #[arg(long)]
+    pub bin: Option<String>,
+    /// The manifest's path inside the container (default: its absolute path here).
+    #[arg(long)]
+    pub manifest_path: Option<String>,
+    /// Attempts per job (a job that AWS stops, e.g. on a Spot reclaim, is retried; node run checks the cache first).
+    #[arg(long, default_value_t = 2)]
+    pub attempts: u32,
+    /// Largest array job (AWS allows up to 10000).
+    #[arg(long, default_value_t = MAX_ARRAY, value_name = "N")]
+    pub max_array: usize,
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
+/// What the document needs beyond the graph.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub image: String,
+    pub job_queue: String,
+    pub job_definition: String,
+    pub attempts: u32,
+    pub max_array: usize,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.max_array < 2 || a.max_array > MAX_ARRAY {
+        anyhow::bail!("--max-array {}: AWS Batch arrays hold 2 to {MAX_ARRAY} child jobs", a.max_array);
+    }
+    if a.attempts == 0 || a.attempts > 10 {
+        anyhow::bail!("--attempts {}: AWS Batch allows 1 to 10", a.attempts);
+    }
+    let ctx = Ctx::load(&a.common, a.bin.as_deref(), a.manifest_path.as_deref(), true)?;
+    let opts = Opts { image: a.image, job_queue: a.job_queue, job_definition: a.job_definition, attempts: a.attempts, max_array: a.max_array };
+    let doc = document(&ctx.graph, &ctx.run, &opts)?;
+    super::emit(&(serde_json::to_string_pretty(&doc)? + "\n"), a.output.as_deref())
+}
+
+/// The shell line every job runs: task i of an array runs the i-th node argument; a single job its only one.
+fn script(run: &RunSpec) -> String {
+    let tail: Vec<String> = run.tail_args().iter().map(|x| q(x)).collect();
+    format!(
+        "shift \"${{AWS_BATCH_JOB_ARRAY_INDEX:-0}}\"; exec {} node run {} \"$1\" {}",
+        q(&run.bin),
+        q(&run.manifest),
+        tail.join(" ")
+    )
+}
+
+fn requirements(r: &Req) -> Value {
+    let mut v = vec![json!({"type": "VCPU", "value": r.cpus.to_string()}), json!({"type": "MEMORY", "value": r.mem_mib.to_string()})];
+    if r.gpus > 0 {
+        v.push(json!({"type": "GPU", "value": r.gpus.to_string()}));
+    }
+    Value::Array(v)
+}
+
+/// The document: `jobDefinition` (a RegisterJobDefinition request) and `jobs` in submission order, each with its
+/// `ref`, the nodes it runs, and its SubmitJob request.
+pub fn document(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
+    let longest = g.nodes.iter().map(|n| n.name.len() + 3).max().unwrap_or(1);
+    let max_array = o.max_array.min(MAX_ARRAY).min((NAMES_BUDGET / longest).max(2));
+    let groups = super::group(g, max_array, true, false);
+    let sh = script(run);
+    let default_req = Req::of(&Default::default())?;
+    let definition = json!({
+        "jobDefinitionName": o.job_definition,
+        "type": "container",
+        "parameters": {"node": ""},
+        "containerProperties": {
+            "image": o.image,
+            "command": ["sh", "-c", sh, "rmdistill", "Ref::node"],
+            "resourceRequirements": requirements(&default_req),
+        },
+        "retryStrategy": {"attempts": o.attempts, "evaluateOnExit": [
+            {"onExitCode": "1", "action": "EXIT"},
+            {"onExitCode": "2", "action": "EXIT"},
+            {"onReason": "*", "action": "RETRY"}
+        ]},
+        "propagateTags": true,
+        "tags": {"managed-by": "rmdistill"}
+    });
+
+    let mut jobs: Vec<Value> = Vec::new();
+    let mut barriers = 0usize;
+    for gr in &groups {
+        let node0 = &g.nodes[gr.nodes[0]];
+        let req = Req::of(&node0.resources)?;
+        let array = gr.nodes.len() > 1;
+        // Parents: element-wise ones must stay direct; the rest may be gathered by barriers.
+        let mut n_to_n: Vec<String> = Vec::new();
+        let mut seq: Vec<String> = Vec::new();
+        for d in &gr.deps {
+            let parent = &groups[d.group()];
+            match d {
+                DepRef::Corr(_) => n_to_n.push(parent.name.clone()),
+                // Grouped without task dependencies: a parent is a whole job (AWS Batch waits for all of an array).
+                DepRef::Whole(_) | DepRef::Task(..) => seq.push(parent.name.clone()),
+            }
+        }
+        seq.sort();
+        seq.dedup();
+        let room = MAX_PARENTS.saturating_sub(n_to_n.len()).max(1);
+        let mut level = 0;
+        while seq.len() > room {
+            let mut next = Vec::new();
+            for (k, chunk) in seq.chunks(MAX_PARENTS).enumerate() {
+                let name = format!("{}-barrier-{level}-{k}", gr.name);
+                jobs.push(json!({
+                    "ref": name,
+                    "barrier": true,
+                    "nodes": [],
+                    "submitJob": {
+                        "jobName": name,
+                        "jobQueue": o.job_queue,
+                        "jobDefinition": o.job_definition,
+                        "dependsOn": chunk.iter().map(|p| json!({"jobId": format!("${{{p}}}")})).collect::<Vec<_>>(),
+                        "containerOverrides": {"command": ["true"], "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "256"}]},
+                        "tags": {"rmdistill-barrier-for": gr.name},
+                    }
+                }));
+                next.push(name);
+                barriers += 1;
+            }
+            seq = next;
+            level += 1;
+        }
+        let mut depends: Vec<Value> = seq.iter().map(|p| json!({"jobId": format!("${{{p}}}")})).collect();
+        depends.extend(n_to_n.iter().map(|p| json!({"jobId": format!("${{{p}}}"), "type": "N_TO_N"})));
+        let names: Vec<String> = gr.nodes.iter().map(|&n| g.nodes[n].name.clone()).collect();
+        let mut command = vec!["sh".to_string(), "-c".into(), sh.clone(), "rmdistill".into()];
+        command.extend(names.iter().cloned());
+        let mut submit = json!({
+            "jobName": gr.name,
+            "jobQueue": o.job_queue,
+            "jobDefinition": o.job_definition,
+            "parameters": {"node": names[0]},
+            "containerOverrides": {"command": command, "resourceRequirements": requirements(&req)},
+            "timeout": {"attemptDurationSeconds": req.seconds.max(60)},
+            "tags": {"rmdistill-stage": gr.stage},
+        });
+        if !depends.is_empty() {
+            submit["dependsOn"] = Value::Array(depends);
+        }
+        if array {
+            submit["arrayProperties"] = json!({"size": gr.nodes.len()});
+        }
+        jobs.push(json!({"ref": gr.name, "stage": gr.stage, "nodes": names, "submitJob": submit}));
+    }
+    Ok(json!({
+        "note": "Register jobDefinition, then submit jobs in order; in dependsOn, replace ${REF} with the jobId that SubmitJob returned for the job whose ref is REF. Each job runs `rmdistill node run`, which checks the store's cache first, so any job may be retried or resubmitted.",
+        "nodes": {"total": g.total, "cached": g.cached, "submitted": g.nodes.len()},
+        "barriers": barriers,
+        "jobDefinition": definition,
+        "jobs": jobs,
+    }))
+}

@@ -1,0 +1,281 @@
+//! `export argo` and `export k8s`: the documents are checked against the required fields and name rules of the Argo
+//! Workflow and batch/v1 Job specs, cover exactly the nodes still to run, respect the DAG, and stay small for a
+//! sweep of thousands of nodes.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A DNS-1123 label: what Kubernetes requires of names, and what we promise for task names.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A Kubernetes resource quantity (the forms we emit: integers with an optional binary suffix).
+fn quantity(v: &Value) -> bool {
+    let s = v.as_str().unwrap_or("");
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) && ["", "Mi", "Gi", "Ki"].contains(&&s[digits.len()..])
+}
+
+/// Checks a Workflow against the Argo spec's required fields and rules; returns node name → task name.
+fn validate_workflow(v: &Value) -> BTreeMap<String, String> {
+    assert_eq!(v["apiVersion"], "argoproj.io/v1alpha1");
+    assert_eq!(v["kind"], "Workflow");
+    let gen_name = v["metadata"]["generateName"].as_str().or(v["metadata"]["name"].as_str()).expect("metadata.name or generateName");
+    assert!(dns_label(gen_name.trim_end_matches('-')), "{gen_name}");
+    let spec = &v["spec"];
+    let templates = spec["templates"].as_array().expect("spec.templates");
+    assert!(!templates.is_empty());
+    let mut by_name: HashMap<&str, &Value> = HashMap::new();
+    for t in templates {
+        let name = t["name"].as_str().expect("template name");
+        assert!(dns_label(name), "template name {name}");
+        assert!(by_name.insert(name, t).is_none(), "template {name} twice");
+        let kinds = ["container", "script", "dag", "steps", "resource", "suspend", "data", "http", "plugin", "containerSet"];
+        assert_eq!(kinds.iter().filter(|k| t.get(**k).is_some()).count(), 1, "template {name} must have exactly one kind");
+        if let Some(c) = t.get("container") {
+            assert!(c["image"].as_str().is_some_and(|i| !i.is_empty()), "{name}: container.image");
+            for section in ["requests", "limits"] {
+                for (k, q) in c["resources"][section].as_object().into_iter().flatten() {
+                    assert!(quantity(q), "{name}: resources.{section}.{k} = {q}");
+                }
+            }
+        }
+    }
+    let entry = spec["entrypoint"].as_str().expect("spec.entrypoint");
+    let dag = &by_name.get(entry).unwrap_or_else(|| panic!("entrypoint {entry} names no template"))["dag"];
+    let tasks = dag["tasks"].as_array().expect("dag.tasks");
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut nodes = BTreeMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let name = t["name"].as_str().expect("task name");
+        assert!(dns_label(name), "task name {name} is not DNS-1123");
+        assert!(seen.insert(name, i).is_none(), "task {name} twice");
+        let tpl = by_name.get(t["template"].as_str().expect("task.template")).unwrap_or_else(|| panic!("{name}: unknown template"));
+        for d in t["dependencies"].as_array().into_iter().flatten() {
+            let d = d.as_str().unwrap();
+            let j = *seen.get(d).unwrap_or_else(|| panic!("{name} depends on {d}, which is no earlier task"));
+            assert!(j < i);
+        }
+        // Every input parameter without a default is given.
+        let given: BTreeMap<&str, &str> =
+            t["arguments"]["parameters"].as_array().into_iter().flatten().map(|p| (p["name"].as_str().unwrap(), p["value"].as_str().unwrap())).collect();
+        for p in tpl["inputs"]["parameters"].as_array().into_iter().flatten() {
+            let pn = p["name"].as_str().unwrap();
+            assert!(p.get("default").is_some() || p.get("value").is_some() || given.contains_key(pn), "{name}: parameter {pn} not given");
+        }
+        let node = given["node"];
+        if node == "{{item}}" {
+            let items = t["withItems"].as_array().expect("{{item}} needs withItems");
+            assert!(!items.is_empty());
+            for it in items {
+                assert!(nodes.insert(it.as_str().unwrap().to_string(), name.to_string()).is_none());
+            }
+        } else {
+            assert!(t.get("withItems").is_none());
+            assert!(nodes.insert(node.to_string(), name.to_string()).is_none());
+        }
+    }
+    nodes
+}
+
+/// name → deps, from `node list --json`.
+fn node_deps(w: &Work, manifest: &str) -> BTreeMap<String, Vec<String>> {
+    let v: Value = serde_json::from_str(&w.ok(&["node", "list", manifest, "--json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap().to_string(), n["deps"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect()))
+        .collect()
+}
+
+/// gen, sub over 2 ρ × 1000 seeds, and pick element-wise over sub: 4001 nodes.
+pub fn big_manifest() -> String {
+    let seeds: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    format!(
+        r#"[vars]
+rhos = [0.2, 0.8]
+seeds = [{}]
+
+[stages.gen]
+kind = "generate"
+params = {{ n = 5000, seed = 7 }}
+
+[stages.sub]
+kind = "subsample"
+inputs = {{ pairs = "gen.pairs" }}
+sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
+params = {{ rho = "${{rho}}", size = 300, seed = "${{seed}}" }}
+"#,
+        seeds.join(", ")
+    ) + &with_pick("")
+}
+
+fn with_pick(m: &str) -> String {
+    // A stage element-wise over `sub`: pick@rho,seed reads sub@rho,seed.
+    format!(
+        "{m}\n[stages.pick]\nkind = \"subsample\"\ninputs = {{ pairs = \"sub.dataset\" }}\nsweep = {{ rho = \"${{rhos}}\", seed = \"${{seeds}}\" }}\nparams = {{ rho = 0.5, size = 40, seed = \"${{seed}}\" }}\n"
+    )
+}
+
+#[test]
+fn argo_workflow_follows_the_dag_with_per_stage_resources() {
+    let w = Work::new();
+    w.write(
+        "m.toml",
+        &gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { cpus = 2, memory = \"2G\", gpus = 1, time = \"1h30m\" }\n"),
+    );
+    let out = w.ok(&["export", "argo", "m.toml", "--image", "ghcr.io/x/rmdistill:1", "--parallelism", "8"]);
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    let nodes = validate_workflow(&v);
+    let all = node_deps(&w, "m.toml");
+    assert_eq!(nodes.keys().collect::<Vec<_>>(), all.keys().collect::<Vec<_>>());
+    // Every dependency of a node is a dependency of its task.
+    let tasks = v["spec"]["templates"][0]["dag"]["tasks"].as_array().unwrap();
+    let task_deps: HashMap<&str, BTreeSet<&str>> =
+        tasks.iter().map(|t| (t["name"].as_str().unwrap(), t["dependencies"].as_array().into_iter().flatten().map(|d| d.as_str().unwrap()).collect())).collect();
+    for (n, deps) in &all {
+        for d in deps {
+            assert!(task_deps[nodes[n].as_str()].contains(nodes[d].as_str()), "{n} needs {d}");
+        }
+    }
+    assert_eq!(tasks.len(), 3, "gen, sub fanned out, member fanned out after sub");
+    assert_eq!(v["spec"]["parallelism"], 8);
+    let sub_t = v["spec"]["templates"].as_array().unwrap().iter().find(|t| t["name"] == "node-sub").unwrap();
+    assert_eq!(sub_t["container"]["image"], "ghcr.io/x/rmdistill:1");
+    assert_eq!(sub_t["container"]["resources"]["limits"]["nvidia.com/gpu"], "1");
+    assert_eq!(sub_t["container"]["resources"]["requests"]["memory"], "2048Mi");
+    assert_eq!(sub_t["activeDeadlineSeconds"], "5400");
+    let args: Vec<&str> = sub_t["container"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(&args[..2], &["node", "run"]);
+    assert_eq!(args[3], "{{inputs.parameters.node}}");
+    assert_eq!(sub_t["container"]["command"][0], "rmdistill");
+
+    // Cached nodes are left out, and so are dependencies on them.
+    w.ok(&["run", "m.toml", "gen", "-q"]);
+    let v: Value = serde_json::from_str(&w.ok(&["export", "argo", "m.toml", "--image", "img"])).unwrap();
+    let nodes = validate_workflow(&v);
+    assert!(!nodes.contains_key("gen") && nodes.len() == 24);
+    let sub = v["spec"]["templates"][0]["dag"]["tasks"].as_array().unwrap().iter().find(|t| t["name"] == "sub").unwrap();
+    assert!(sub.get("dependencies").is_none(), "{sub}");
+}
+
+#[test]
+fn argo_workflow_for_a_4000_node_sweep_stays_small() {
+    let w = Work::new();
+    w.write("big.toml", &big_manifest());
+    let t = std::time::Instant::now();
+    let out = w.ok(&["export", "argo", "big.toml", "--image", "img"]);
+    let took = t.elapsed();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let nodes = validate_workflow(&v);
+    assert_eq!(nodes.len(), 4001);
+    let tasks = v["spec"]["templates"][0]["dag"]["tasks"].as_array().unwrap();
+    assert!(tasks.len() <= 10, "{} tasks", tasks.len());
+    let compact = serde_json::to_string(&v).unwrap().len();
+    assert!(compact < 1_000_000, "{compact} bytes: over Kubernetes' object size limit");
+    eprintln!("argo: 4001 nodes -> {} tasks, {compact} bytes, exported in {took:?}", tasks.len());
+}
+
+#[test]
+fn k8s_jobs_one_per_node_in_topological_order() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(5000));
+    let v: Value = serde_json::from_str(&w.ok(&["export", "k8s", "m.toml", "--image", "img", "--namespace", "ml", "--name", "Sweep_1"])).unwrap();
+    assert_eq!(v["apiVersion"], "v1");
+    assert_eq!(v["kind"], "List");
+    let items = v["items"].as_array().unwrap();
+    let all = node_deps(&w, "m.toml");
+    assert_eq!(items.len(), all.len());
+    let mut names = BTreeSet::new();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    for j in items {
+        assert_eq!(j["apiVersion"], "batch/v1");
+        assert_eq!(j["kind"], "Job");
+        let name = j["metadata"]["name"].as_str().unwrap();
+        assert!(dns_label(name) && name.starts_with("sweep-1-"), "{name}");
+        assert!(names.insert(name.to_string()), "{name} twice");
+        assert_eq!(j["metadata"]["namespace"], "ml");
+        let node = j["metadata"]["annotations"]["rmdistill.dev/node"].as_str().unwrap();
+        for d in &all[node] {
+            assert!(done.contains(d), "{node} before its upstream {d}");
+        }
+        done.insert(node.to_string());
+        let pod = &j["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never");
+        assert!(j["spec"]["backoffLimit"].as_u64().is_some());
+        let cmd: Vec<&str> = pod["containers"][0]["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert_eq!(&cmd[..2], &["sh", "-c"]);
+        assert!(cmd[2].contains("-ne 4"), "waits while upstream is missing: {}", cmd[2]);
+        assert_eq!(&cmd[4..9], &["rmdistill", "node", "run", w.path().join("m.toml").canonicalize().unwrap().to_str().unwrap(), node]);
+    }
+}
+
+/// Checks a document against a definition of Argo's published JSON schema (api/jsonschema/schema.json of
+/// argoproj/argo-workflows), strictly: every field must be one the schema names, required fields present, and
+/// scalar types right. Returns the problems.
+fn check_schema(v: &Value, s: &Value, defs: &serde_json::Map<String, Value>, path: &str, errs: &mut Vec<String>) {
+    let mut s = s;
+    while let Some(r) = s.get("$ref").and_then(|r| r.as_str()) {
+        s = &defs[r.rsplit('/').next().unwrap()];
+    }
+    match s.get("type").and_then(|t| t.as_str()) {
+        Some("string") if !v.is_string() => errs.push(format!("{path}: expected a string, got {v}")),
+        Some("integer") if !(v.is_i64() || v.is_u64()) => errs.push(format!("{path}: expected an integer, got {v}")),
+        Some("boolean") if !v.is_boolean() => errs.push(format!("{path}: expected a boolean, got {v}")),
+        Some("array") if !v.is_array() => errs.push(format!("{path}: expected an array, got {v}")),
+        Some("object") if !v.is_object() => errs.push(format!("{path}: expected an object, got {v}")),
+        _ => {}
+    }
+    if let (Some(o), Some(props)) = (v.as_object(), s.get("properties").and_then(|p| p.as_object())) {
+        for (k, x) in o {
+            match props.get(k) {
+                Some(ps) => check_schema(x, ps, defs, &format!("{path}.{k}"), errs),
+                None => errs.push(format!("{path}.{k}: no such field")),
+            }
+        }
+        for r in s.get("required").and_then(|r| r.as_array()).into_iter().flatten() {
+            if !o.contains_key(r.as_str().unwrap()) {
+                errs.push(format!("{path}: missing required field {r}"));
+            }
+        }
+    } else if let (Some(o), Some(ap)) = (v.as_object(), s.get("additionalProperties").filter(|a| a.is_object())) {
+        for (k, x) in o {
+            check_schema(x, ap, defs, &format!("{path}.{k}"), errs);
+        }
+    } else if let (Some(a), Some(items)) = (v.as_array(), s.get("items")) {
+        for (i, x) in a.iter().enumerate() {
+            check_schema(x, items, defs, &format!("{path}[{i}]"), errs);
+        }
+    }
+}
+
+#[test]
+fn argo_workflow_matches_the_published_schema_when_given() {
+    // The schema is not vendored; point ARGO_WORKFLOW_SCHEMA at api/jsonschema/schema.json of argo-workflows.
+    let Some(path) = std::env::var_os("ARGO_WORKFLOW_SCHEMA") else {
+        eprintln!("SKIPPED: set ARGO_WORKFLOW_SCHEMA to argo-workflows' api/jsonschema/schema.json to check against it");
+        return;
+    };
+    let schema: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let defs = schema["definitions"].as_object().unwrap();
+    let w = Work::new();
+    w.write("m.toml", &with_pick(&gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { gpus = 1 }\n")));
+    let v: Value = serde_json::from_str(&w.ok(&["export", "argo", "m.toml", "--image", "img", "--parallelism", "4", "--service-account", "sa", "--namespace", "ns"])).unwrap();
+    let mut errs = Vec::new();
+    check_schema(&v, &json!({"$ref": "#/definitions/io.argoproj.workflow.v1alpha1.Workflow"}), defs, "$", &mut errs);
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+    // The check has teeth: a misspelt field and an integer deadline are caught.
+    let mut bad = v.clone();
+    bad["spec"]["templates"][1]["retrystrategy"] = json!({});
+    bad["spec"]["templates"][1]["activeDeadlineSeconds"] = json!(60);
+    let mut errs = Vec::new();
+    check_schema(&bad, &json!({"$ref": "#/definitions/io.argoproj.workflow.v1alpha1.Workflow"}), defs, "$", &mut errs);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+}

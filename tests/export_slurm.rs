@@ -1,0 +1,390 @@
+//! `export slurm`: the script's shape (with a stand-in sbatch), and a real one-node Slurm cluster (Debian's slurm-wlm,
+//! started by scripts/slurm/start-local.sh) running a manifest to the same store contents as a local run, a failing
+//! node stopping its dependents, and a re-submission finishing only what is left.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn resources_manifest() -> String {
+    gen_manifest(5000).replace(
+        "[stages.sub]\n",
+        "[stages.sub]\nresources = { cpus = 2, memory = \"2G\", gpus = 1, time = \"1h30m\" }\n",
+    )
+}
+
+/// A stand-in `sbatch` that records each submission and answers with increasing job ids.
+fn fake_sbatch(dir: &Path) -> PathBuf {
+    let bin = dir.join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = dir.join("sbatch-log");
+    std::fs::create_dir_all(&log).unwrap();
+    let script = format!(
+        r#"#!/bin/bash
+n=$(( $(ls {log} | wc -l) / 2 + 100 ))
+printf '%s\n' "$@" > {log}/$n.args
+cat > {log}/$n.script
+echo "$n;cluster"
+"#,
+        log = log.display()
+    );
+    let p = bin.join("sbatch");
+    std::fs::write(&p, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[test]
+fn slurm_script_maps_the_dag_to_sbatch_arrays_and_dependencies() {
+    let w = Work::new();
+    w.write("m.toml", &resources_manifest());
+    let script = w.ok(&["export", "slurm", "m.toml", "--array-limit", "3", "--partition", "gpu", "--account", "lab"]);
+    // bash accepts it.
+    let path = w.write("submit.sh", &script);
+    let o = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(o.status.success(), "bash -n: {}", s(&o.stderr));
+
+    let submits: Vec<&str> = script.lines().filter(|l| l.starts_with("submit ")).collect();
+    // gen; sub as one array of 6; member as 6 arrays of 3, each after its own sub task.
+    assert_eq!(submits.len(), 8, "{script}");
+    assert!(submits[0].starts_with("submit gen ") && !submits[0].contains("--array") && !submits[0].contains("--dependency"), "{}", submits[0]);
+    assert!(submits[0].contains("--cpus-per-task=1 --mem=4096M --time=0-01:00:00"), "{}", submits[0]);
+    let sub = submits[1];
+    for want in ["submit sub ", "--cpus-per-task=2", "--mem=2048M", "--gres=gpu:1", "--time=0-01:30:00", "--array=0-5%3", "--dependency=\"afterok:$J0\""] {
+        assert!(sub.contains(want), "{want} not in {sub}");
+    }
+    for (k, line) in submits[2..].iter().enumerate() {
+        assert!(line.starts_with(&format!("submit member-{k} ")), "{line}");
+        assert!(line.contains("--array=0-2%3") && line.contains(&format!("--dependency=\"afterok:${{J1}}_{k}\"")), "{line}");
+    }
+    assert!(script.contains("COMMON=(--chdir=") && script.contains("--partition=gpu --account=lab)"), "{script}");
+    // Array tasks pick their node by index from the generated list; names are quoted for bash.
+    let bin = Path::new(env!("CARGO_BIN_EXE_rmdistill")).canonicalize().unwrap();
+    let manifest = w.path().join("m.toml").canonicalize().unwrap();
+    assert!(script.contains("  sub@rho=0.2,seed=0\n  sub@rho=0.2,seed=1\n"), "{script}");
+    assert!(script.contains(&format!("exec {} node run {} \"${{nodes[$SLURM_ARRAY_TASK_ID]}}\" --store file://", bin.display(), manifest.display())), "{script}");
+    assert!(script.contains(&format!("exec {} node run {} gen --store file://{}", bin.display(), manifest.display(), w.store().canonicalize().unwrap().display())));
+
+    // A stage whose node i reads node i of an array waits element-wise: aftercorr.
+    let pick = "\n[stages.pick]\nkind = \"subsample\"\ninputs = { pairs = \"sub.dataset\" }\nsweep = { rho = \"${rhos}\", seed = \"${seeds}\" }\nparams = { rho = 0.5, size = 40, seed = \"${seed}\" }\n";
+    w.write("p.toml", &(resources_manifest() + pick));
+    let script = w.ok(&["export", "slurm", "p.toml"]);
+    let line = script.lines().find(|l| l.starts_with("submit pick ")).expect("pick job");
+    assert!(line.contains("--array=0-5 ") && line.contains("--dependency=\"aftercorr:$J1\""), "{line}");
+
+    // --max-array splits; cached nodes are not submitted and dependencies on them are dropped.
+    w.ok(&["run", "m.toml", "gen", "-q"]);
+    let script = w.ok(&["export", "slurm", "m.toml", "--max-array", "4"]);
+    let submits: Vec<&str> = script.lines().filter(|l| l.starts_with("submit ")).collect();
+    assert!(!script.contains(" gen --store"), "gen is cached:\n{script}");
+    assert!(submits[0].contains("--array=0-3 ") && !submits[0].contains("--dependency"), "{}", submits[0]);
+    assert!(submits[1].contains("--array=0-1 ") && !submits[1].contains("--dependency"), "{}", submits[1]);
+    assert!(script.contains("# 25 node(s): 1 cached"), "{script}");
+    w.ok(&["run", "m.toml", "-q"]);
+    let script = w.ok(&["export", "slurm", "m.toml"]);
+    assert!(!script.contains("\nsubmit ") && script.contains("nothing to submit: all 25 node(s) are cached"), "{script}");
+}
+
+#[test]
+fn slurm_submit_runs_the_script_and_reports_job_ids() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(5000));
+    let fake = fake_sbatch(w.path());
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let o = w.cmd(&["export", "slurm", "m.toml", "--submit", "--json"]).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["submitted"], 25);
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 8);
+    assert_eq!(jobs[0]["id"], "100");
+    assert_eq!(jobs[1]["nodes"].as_array().unwrap().len(), 6);
+    // The ids sbatch answered are what dependents wait on.
+    let args = std::fs::read_to_string(w.path().join("sbatch-log/102.args")).unwrap();
+    assert!(args.lines().any(|l| l == "--dependency=afterok:101_0"), "{args}");
+    let job = std::fs::read_to_string(w.path().join("sbatch-log/102.script")).unwrap();
+    assert!(job.starts_with("#!/bin/bash\n") && job.contains("nodes=(\n  member@member=0.2,rho=0.2,seed=0\n"), "{job}");
+
+    // No sbatch: a clear error.
+    let nobin = w.path().join("nobin");
+    std::fs::create_dir_all(&nobin).unwrap();
+    std::os::unix::fs::symlink("/bin/bash", nobin.join("bash")).unwrap();
+    let o = w.cmd(&["export", "slurm", "m.toml", "--submit"]).env("PATH", &nobin).output().unwrap();
+    assert!(!o.status.success());
+    assert!(s(&o.stderr).contains("sbatch is not on PATH"), "{}", s(&o.stderr));
+}
+
+#[test]
+fn slurm_export_rejects_what_it_cannot_honour() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { memory = \"lots\" }\n"));
+    let o = w.run(&["export", "slurm", "m.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(s(&o.stderr).contains("stage `sub`: resources.memory = \"lots\""), "{}", s(&o.stderr));
+    w.write("n.toml", &gen_manifest(5000));
+    let o = w.run(&["export", "slurm", "n.toml", "--store", "memory://"]);
+    assert!(!o.status.success() && s(&o.stderr).contains("cannot share it"), "{}", s(&o.stderr));
+    let o = w.run(&["export", "slurm", "n.toml", "--max-array", "0"]);
+    assert!(!o.status.success() && s(&o.stderr).contains("--max-array 0"), "{}", s(&o.stderr));
+}
+
+// ---- a real Slurm ----
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(repo().join("scripts/slurm/stop-local.sh")).arg(self.dir.path()).status();
+    }
+}
+
+impl Cluster {
+    fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for f in ["slurmctld.log", "slurmd.log"] {
+            let t = std::fs::read_to_string(self.dir.path().join("log").join(f)).unwrap_or_default();
+            let lines: Vec<&str> = t.lines().collect();
+            out += &format!("--- {f}\n{}\n", lines[lines.len().saturating_sub(15)..].join("\n"));
+        }
+        out
+    }
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(prog);
+        c.env("SLURM_CONF", &self.conf);
+        c
+    }
+}
+
+fn have(prog: &str) -> bool {
+    Command::new("bash").arg("-c").arg(format!("command -v {prog} || test -x /usr/sbin/{prog}")).output().is_ok_and(|o| o.status.success())
+}
+
+/// Starts the one-node cluster, or says why not and returns None (only where CI is unset).
+fn start_cluster() -> Option<Cluster> {
+    let ci = std::env::var_os("CI").is_some();
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| s(&o.stdout).trim() == "0");
+    let installed = ["sbatch", "slurmctld", "slurmd", "munged"].iter().all(|p| have(p));
+    let why = if !root {
+        Some("not root (start-local.sh installs slurm-wlm and runs slurmd)")
+    } else if !installed && !have("apt-get") {
+        Some("slurm-wlm is not installed and apt-get is unavailable")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        if !ci {
+            eprintln!("SKIPPED: real Slurm test: {why}");
+            return None;
+        }
+        panic!("CI is set, so the real Slurm test must run, but: {why}");
+    }
+    let dir = tempfile::Builder::new().prefix("rmdistill-slurm-").tempdir().unwrap();
+    let o = Command::new("bash").arg(repo().join("scripts/slurm/start-local.sh")).arg(dir.path()).output().unwrap();
+    let conf = dir.path().join("slurm.conf");
+    let cl = Cluster { dir, conf };
+    assert!(o.status.success(), "start-local.sh failed ({:?}):\n{}\n{}", o.status.code(), s(&o.stderr), cl.log_tail());
+    Some(cl)
+}
+
+const MANIFEST: &str = r#"description = "generated pairs, D_rho at two sizes, and ensemble subsets: one size cannot be met"
+
+[vars]
+n = 3000
+rhos = [0.2, 0.5]
+sizes = [300, 100000]
+members = [0.2, 0.8]
+
+[stages.gen]
+kind = "generate"
+params = { n = "${n}", seed = 7 }
+resources = { memory = "512M", time = "10m" }
+
+[stages.sub]
+kind = "subsample"
+inputs = { pairs = "gen.pairs" }
+sweep = { rho = "${rhos}", size = "${sizes}" }
+params = { rho = "${rho}", size = "${size}", seed = 0 }
+resources = { memory = "512M", time = "10m" }
+
+[stages.member]
+kind = "subsample"
+inputs = { pairs = "sub.dataset" }
+sweep = { rho = "${rhos}", size = "${sizes}", member = "${members}" }
+params = { rho = "${member}", size = 60, seed = 1 }
+resources = { memory = "512M", time = "10m" }
+
+[stages.pick]
+kind = "subsample"
+inputs = { pairs = "sub.dataset" }
+sweep = { rho = "${rhos}", size = "${sizes}" }
+params = { rho = 0.5, size = 40, seed = 2 }
+resources = { memory = "512M", time = "10m" }
+"#;
+
+/// (job or task id, state, reason) of the given jobs, finished ones included.
+fn squeue(cl: &Cluster, ids: &[String]) -> Vec<(String, String, String)> {
+    let o = cl.cmd("squeue").args(["-h", "-t", "all", "-o", "%i|%T|%r", "-j", &ids.join(",")]).output().unwrap();
+    assert!(o.status.success(), "squeue: {}", s(&o.stderr));
+    s(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let p: Vec<&str> = l.trim().split('|').collect();
+            (p.len() == 3).then(|| (p[0].to_string(), p[1].to_string(), p[2].to_string()))
+        })
+        .collect()
+}
+
+/// Waits until nothing of these jobs is running or can still start; returns the final table.
+fn wait_settled(cl: &Cluster, ids: &[String], limit: Duration) -> Vec<(String, String, String)> {
+    let t = Instant::now();
+    loop {
+        let q = squeue(cl, ids);
+        let busy = q.iter().any(|(_, st, why)| !(matches!(st.as_str(), "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "OUT_OF_MEMORY" | "NODE_FAIL") || (st == "PENDING" && why == "DependencyNeverSatisfied")));
+        if !busy && !q.is_empty() {
+            return q;
+        }
+        assert!(t.elapsed() < limit, "jobs not settled after {limit:?}: {q:?}\n{}", cl.log_tail());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The ids a squeue line stands for: `12`, `12_3`, or pending tasks folded as `12_[1,3-5%4]`.
+fn expand(id: &str) -> Vec<String> {
+    let Some((job, rest)) = id.split_once("_[") else { return vec![id.to_string()] };
+    let list = rest.trim_end_matches(']').split('%').next().unwrap();
+    let mut out = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        for k in a.parse::<u32>().unwrap()..=b.parse::<u32>().unwrap() {
+            out.push(format!("{job}_{k}"));
+        }
+    }
+    out
+}
+
+fn entry_of<'a>(q: &'a [(String, String, String)], id: &str) -> &'a (String, String, String) {
+    q.iter().find(|(i, _, _)| expand(i).iter().any(|x| x == id)).unwrap_or_else(|| panic!("no job {id} in {q:?}"))
+}
+
+fn state_of<'a>(q: &'a [(String, String, String)], id: &str) -> &'a str {
+    &entry_of(q, id).1
+}
+
+fn submit(w: &Work, cl: &Cluster, store: &str, sets: &[&str]) -> Value {
+    let mut args = vec!["export", "slurm", "m.toml", "--store", store, "--submit", "--json", "--array-limit", "4"];
+    for x in sets {
+        args.extend(["--set", x]);
+    }
+    let o = w.cmd(&args).env("SLURM_CONF", &cl.conf).output().unwrap();
+    assert!(o.status.success(), "export --submit failed: {}\n{}", s(&o.stderr), cl.log_tail());
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// node → (job or task id as squeue shows it).
+fn task_ids(sub: &Value) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for j in sub["jobs"].as_array().unwrap() {
+        let id = j["id"].as_str().unwrap();
+        for (k, n) in j["nodes"].as_array().unwrap().iter().enumerate() {
+            let tid = if j["array"] == true { format!("{id}_{k}") } else { id.to_string() };
+            m.insert(n.as_str().unwrap().to_string(), tid);
+        }
+    }
+    m
+}
+
+/// key → {output → hash} of every cache entry in a file:// store.
+fn entry_map(store: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    entries(store)
+        .into_iter()
+        .map(|e| {
+            let outs = e["outputs"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v["hash"].as_str().unwrap().to_string())).collect();
+            (e["key"].as_str().unwrap().to_string(), outs)
+        })
+        .collect()
+}
+
+#[test]
+fn real_slurm_runs_the_manifest_like_a_local_run() {
+    let t0 = Instant::now();
+    let Some(cl) = start_cluster() else { return };
+    let started = t0.elapsed();
+    let w = Work::new();
+    w.write("m.toml", MANIFEST);
+    let store = w.path().join("slurm-store");
+    std::fs::create_dir_all(&store).unwrap();
+    let url = format!("file://{}", store.display());
+
+    // 1. size 100000 cannot be met: those two sub tasks fail, the nodes below them never run (members wait on one
+    //    sub task each with afterok; pick is element-wise over sub with aftercorr), everything else completes.
+    let first = submit(&w, &cl, &url, &[]);
+    assert_eq!(first["submitted"], 17, "{first}");
+    let jobs = first["jobs"].as_array().unwrap();
+    let names: Vec<&str> = jobs.iter().map(|j| j["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["gen", "sub", "member-0", "member-1", "member-2", "member-3", "pick"], "{first}");
+    let ids: Vec<String> = jobs.iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    let tasks = task_ids(&first);
+    let q = wait_settled(&cl, &ids, Duration::from_secs(90));
+    let t1 = t0.elapsed();
+    for (node, tid) in &tasks {
+        let (st, why) = (state_of(&q, tid), &entry_of(&q, tid).2);
+        if node.starts_with("sub@") && node.contains("size=100000") {
+            assert_eq!(st, "FAILED", "{node}: {q:?}");
+        } else if node.contains("size=100000") {
+            assert_eq!((st, why.as_str()), ("PENDING", "DependencyNeverSatisfied"), "{node}: {q:?}");
+        } else {
+            assert_eq!(st, "COMPLETED", "{node}: {q:?}");
+        }
+    }
+    // Cancel what can never run.
+    let never: BTreeSet<String> = q.iter().filter(|(_, st, why)| st == "PENDING" && why == "DependencyNeverSatisfied").map(|(i, _, _)| i.split('_').next().unwrap().to_string()).collect();
+    let expected: BTreeSet<String> = jobs.iter().filter(|j| ["member-1", "member-3", "pick"].contains(&j["name"].as_str().unwrap())).map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(never, expected, "{q:?}");
+    let o = cl.cmd("scancel").args(never.iter()).output().unwrap();
+    assert!(o.status.success(), "scancel: {}", s(&o.stderr));
+    assert_eq!(entries(&store).len(), 1 + 2 + 4 + 2, "gen, the two feasible subs, their four members and two picks are stored");
+
+    // 2. Fixed (a size that can be met): the re-submission submits only what is left, and finishes it.
+    let fixed = ["sizes=[300, 400]"];
+    let script = w.ok(&["export", "slurm", "m.toml", "--store", &url, "--set", fixed[0]]);
+    assert!(script.contains("# 17 node(s): 9 cached"), "{script}");
+    let second = submit(&w, &cl, &url, &fixed);
+    assert_eq!(second["submitted"], 8, "{second}");
+    let submitted: BTreeSet<String> = task_ids(&second).into_keys().collect();
+    assert!(submitted.iter().all(|n| n.contains("size=400")), "{submitted:?}");
+    let ids: Vec<String> = second["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    let q = wait_settled(&cl, &ids, Duration::from_secs(90));
+    assert!(q.iter().all(|(_, st, _)| st == "COMPLETED"), "{q:?}");
+    let t2 = t0.elapsed();
+    assert_store_consistent(&store);
+
+    // 3. The same store contents as a local run of the fixed manifest.
+    let local = Work::new();
+    local.write("m.toml", MANIFEST);
+    let summary = local.run_json(&["m.toml", "--set", fixed[0], "-q"]);
+    assert_eq!(summary["ran"], 17, "{summary}");
+    let ours = entry_map(&store);
+    assert_eq!(ours.len(), 17);
+    assert_eq!(ours, entry_map(&local.store()), "cache entries (keys and output hashes) differ from a local run's");
+    let blobs = |p: &Path| blob_files(p).into_iter().map(|(n, _)| n).filter(|n| !n.contains('#')).collect::<BTreeSet<_>>();
+    assert_eq!(blobs(&store), blobs(&local.store()));
+    // Nothing is left to submit.
+    let again = submit(&w, &cl, &url, &fixed);
+    assert_eq!(again["submitted"], 0);
+    drop(cl);
+    eprintln!(
+        "real Slurm: cluster up in {:.1}s, first submission settled at {:.1}s, re-submission done at {:.1}s, total {:.1}s",
+        started.as_secs_f64(),
+        t1.as_secs_f64(),
+        t2.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
