@@ -145,7 +145,7 @@ pub fn ensemble_distill(pi_1: &Tensor, pi_2: &Tensor, ref_1: &Tensor, ref_2: &Te
 }
 
 /// The pessimism weight over training.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum GammaSchedule {
     Constant(f64),
     /// Linear from `start` at the first optimizer step to `end` at the last.
@@ -167,6 +167,22 @@ impl GammaSchedule {
         match *self {
             GammaSchedule::Constant(g) => vec![g],
             GammaSchedule::Linear { start, end } => vec![start, end],
+        }
+    }
+}
+
+/// Serialised as written in manifests: a number, or `{ "start": .., "end": .. }`.
+impl serde::Serialize for GammaSchedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match *self {
+            GammaSchedule::Constant(g) => s.serialize_f64(g),
+            GammaSchedule::Linear { start, end } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("start", &start)?;
+                m.serialize_entry("end", &end)?;
+                m.end()
+            }
         }
     }
 }
@@ -465,6 +481,8 @@ mod tests {
         assert!((l.at(5, 11) - 0.5).abs() < 1e-12);
         assert_eq!(l.at(10, 11), 0.0);
         assert_eq!(l.at(0, 1), 1.0);
+        assert_eq!(serde_json::to_value(l).unwrap(), serde_json::json!({"start": 1.0, "end": 0.0}));
+        assert_eq!(serde_json::to_value(c).unwrap(), serde_json::json!(0.3));
         let l2: GammaSchedule = serde_json::from_value(serde_json::json!({"schedule": "linear", "start": 0.0, "end": 2.0})).unwrap();
         assert_eq!(l2.at(3, 4), 2.0);
         let c2: GammaSchedule = serde_json::from_value(serde_json::json!({"schedule": "constant", "value": 0.5})).unwrap();

@@ -295,7 +295,8 @@ fn scalar(t: &Tensor) -> f64 {
 
 /// Writes per-step metrics: `step` then every other column (Float64, null where a step lacks it), sorted by name.
 pub fn write_metrics(path: &Path, history: &[rmdistill_ml::StepMetrics], kv: &[(String, String)]) -> StageResult<()> {
-    let mut keys: Vec<String> = vec!["lr".into(), "loss".into(), "grad_norm".into(), "seconds".into()];
+    // no wall-clock column: the same run must give the same bytes
+    let mut keys: Vec<String> = vec!["lr".into(), "loss".into(), "grad_norm".into()];
     let mut extra: Vec<String> = history.iter().flat_map(|h| h.extra.keys().cloned()).collect();
     extra.sort();
     extra.dedup();
@@ -309,7 +310,6 @@ pub fn write_metrics(path: &Path, history: &[rmdistill_ml::StepMetrics], kv: &[(
                 "lr" => Some(h.lr),
                 "loss" => Some(h.loss),
                 "grad_norm" => Some(h.grad_norm),
-                "seconds" => Some(h.seconds),
                 other => h.extra.get(other).copied(),
             })
             .collect();
@@ -593,7 +593,7 @@ impl Stage for Policy {
             "method": method.name(),
             "beta": p.beta,
             "tau": p.tau,
-            "gamma": gamma,
+            "gamma": if method.pessimistic() { json!(gamma) } else { Value::Null },
             "kl_source": p.kl_source,
             "reduction": p.reduction,
             "steps": total,
@@ -610,7 +610,7 @@ impl Stage for Policy {
             "method": method.name(),
             "beta": p.beta,
             "tau": p.tau,
-            "gamma": gamma,
+            "gamma": if method.pessimistic() { json!(gamma) } else { Value::Null },
             "pairs": n,
             "steps": total,
             "final_loss": last.loss,
@@ -619,7 +619,6 @@ impl Stage for Policy {
             "logp_chosen_end": get(last, "logp_chosen"),
             "logp_rejected_start": get(first_row, "logp_rejected"),
             "logp_rejected_end": get(last, "logp_rejected"),
-            "seconds": t0.elapsed().as_secs_f64(),
         });
         if !member_chosen.is_empty() && method == Method::EDpo {
             let names = &rewards.as_ref().unwrap().member_names;
@@ -629,6 +628,7 @@ impl Stage for Policy {
                 json!(names.iter().cloned().zip(member_best.iter().map(|&c| c as f64 / total_best.max(1) as f64)).collect::<BTreeMap<String, f64>>());
         }
         write_metrics(&ctx.output_path("metrics"), h, &table::summary_kv("policy", &summary))?;
+        summary["seconds"] = json!(t0.elapsed().as_secs_f64());
         ctx.log(&format!("{method}: {total} steps in {:.2} s, final loss {:.4}", t0.elapsed().as_secs_f64(), last.loss));
         Ok(summary)
     }

@@ -16,7 +16,6 @@
 //! (Fig. B.3: share of e-DPO steps choosing each ensemble member, vs ρ) and `results.json` (the aggregated numbers).
 //! Text in the PNGs uses DejaVu Sans embedded from the `dejavu` crate: no system fonts are needed.
 
-use crate::lm_io;
 use crate::port::*;
 use crate::stats::{self, Estimate};
 use crate::table;
@@ -481,7 +480,7 @@ impl Stage for Report {
         &[OutputSpec { name: "report", kind: ArtifactKind::Dir, doc: "report.md, results.json and PNG figures" }]
     }
     fn code_files(&self) -> &'static [&'static str] {
-        &["report.rs", "stats.rs", "lm_io.rs", "table.rs"]
+        &["report.rs", "stats.rs", "losses.rs", "table.rs"]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
@@ -611,8 +610,9 @@ impl Stage for Report {
             let _ = writeln!(
                 md,
                 "\n## Likelihood of the training responses (Fig. B.1)\n\nMean log π_θ of the chosen (y_w) and rejected (y_l) responses \
-                 of each training mini-batch, at ρ = {}, averaged over seeds. DPO's optimum drives both down (likelihood collapse); \
-                 distillation and pessimism keep them near π_ref.\n\n![log-prob trajectories](logp_trajectories.png)\n",
+                 of each training mini-batch, at ρ = {}, averaged over seeds (each point is one mini-batch, so the curves are \
+                 noisy). The paper reports that DPO pushes both down (likelihood collapse) while distillation and pessimism keep \
+                 them near π_ref: compare with the curves measured here.\n\n![log-prob trajectories](logp_trajectories.png)\n",
                 fmt_rho(traj_rho)
             );
         }
@@ -645,7 +645,6 @@ impl Stage for Report {
             "training": trajs.iter().map(|t| json!({"method": t.method, "rho": t.rho, "final_kl": t.final_kl})).collect::<Vec<_>>(),
         });
         std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results).map_err(anyhow::Error::from)? + "\n")?;
-        let _ = lm_io::f64_column; // (shared helpers)
         ctx.log(&format!("report: {} evaluations, {} cells, figures written to {}", rows.len(), cells.len(), out.display()));
         Ok(json!({"evaluations": rows.len(), "cells": cells.len(), "best": best_json}))
     }

@@ -300,7 +300,7 @@ fn dpo_moves_the_margin_and_is_deterministic() {
     let (_, a) = train("det-a", p.clone(), None).unwrap();
     let (_, b) = train("det-b", p, None).unwrap();
     assert_eq!(std::fs::read(a.join("model/model.safetensors")).unwrap(), std::fs::read(b.join("model/model.safetensors")).unwrap());
-    assert_eq!(std::fs::read(a.join("metrics.parquet")).unwrap().len(), std::fs::read(b.join("metrics.parquet")).unwrap().len());
+    assert_eq!(std::fs::read(a.join("metrics.parquet")).unwrap(), std::fs::read(b.join("metrics.parquet")).unwrap());
     let t = metrics(&a);
     let (l, m) = (col(&t, "loss"), col(&t, "margin"));
     let k = l.len();
@@ -402,6 +402,7 @@ fn evaluate_reference_against_itself_and_a_trained_policy() {
     let (s1, o1) = evaluate("pol", &pol.join("model"), p.clone(), false).unwrap();
     let (s2, o2) = evaluate("pol2", &pol.join("model"), p, false).unwrap();
     assert_eq!(std::fs::read(o1.join("samples.parquet")).unwrap(), std::fs::read(o2.join("samples.parquet")).unwrap(), "seeded");
+    assert_eq!(std::fs::read(o1.join("summary.parquet")).unwrap(), std::fs::read(o2.join("summary.parquet")).unwrap());
     assert_eq!(s1["advantage"], s2["advantage"]);
     assert_eq!(s1["method"], "dpo");
     let (lo, hi, a) = (s1["ci_low"].as_f64().unwrap(), s1["ci_high"].as_f64().unwrap(), s1["advantage"].as_f64().unwrap());
@@ -471,6 +472,13 @@ fn report_and_select_from_a_small_sweep() {
         assert!(b.len() > 5000, "{png} has content");
     }
     assert_eq!(s["cells"], 6);
+    if let Some(keep) = std::env::var_os("RMDISTILL_KEEP_REPORT") {
+        let keep = PathBuf::from(keep);
+        std::fs::create_dir_all(&keep).unwrap();
+        for e in std::fs::read_dir(out.join("report")).unwrap().flatten() {
+            std::fs::copy(e.path(), keep.join(e.file_name())).unwrap();
+        }
+    }
     // select over a β sweep (coords carry beta)
     let mut sctx = TestCtx::new(&f.root.join("select"), json!({}), &[]);
     for (i, (p, c)) in evals.iter().enumerate() {
