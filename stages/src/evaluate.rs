@@ -421,7 +421,7 @@ impl Stage for Evaluate {
             }
             _ => None,
         };
-        let info: Value = std::fs::read_to_string(pol_in.path.join(crate::policy::POLICY_INFO_FILE))
+        let info: Value = std::fs::read_to_string(pol_in.path.join(lm_io::POLICY_INFO_FILE))
             .ok()
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or(Value::Null);

@@ -13,6 +13,10 @@ use rmdistill_ml::{PairBatch, Reduction, Tokenizer, sequence_logprobs};
 use std::path::Path;
 use tch::Tensor;
 
+/// File the `policy` stage writes into its checkpoint (method, β, τ, γ, ρ, seed); `evaluate` copies it into its
+/// summary.
+pub const POLICY_INFO_FILE: &str = "rmdistill_policy.json";
+
 /// The tch device a stage should use.
 pub fn tch_device(ctx: &dyn Ctx) -> tch::Device {
     match ctx.device() {

@@ -38,8 +38,7 @@ use tch::{Kind, Tensor};
 
 pub struct Policy;
 
-/// File written into the policy checkpoint: what trained it.
-pub const POLICY_INFO_FILE: &str = "rmdistill_policy.json";
+pub use crate::lm_io::POLICY_INFO_FILE;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
