@@ -491,3 +491,18 @@ fn report_and_select_from_a_small_sweep() {
     let t = table::read_table(&f.root.join("select/selection.parquet"), None).unwrap();
     assert_eq!(t.num_rows(), 6);
 }
+
+#[test]
+fn kl_from_pairs_linear_gamma_and_mean_reduction() {
+    let f = fixture();
+    let p = json!({"method": "p-dpo", "kl_source": "pairs", "gamma": {"start": 1.0, "end": 0.0}, "steps": 5, "batch_size": 8, "lr": 1e-3});
+    let (_, out) = train("klpairs", p, Some(&f.rewards1)).unwrap();
+    let t = metrics(&out);
+    assert_eq!(col(&t, "gamma"), vec![1.0, 0.75, 0.5, 0.25, 0.0]);
+    assert!(col(&t, "kl")[0].abs() < 1e-3);
+    let e = train("klpairs-bad", json!({"method": "p-dpo", "kl_source": "pairs", "gamma": 0.1}), None).unwrap_err();
+    assert!(e.contains("kl_source = \"pairs\" needs"), "{e}");
+    // per-token mean log-probs (TRL's IPO): the reference's are computed here, the loss at the reference is (1/(2τ))²
+    let (_, out) = train("ipo-mean", json!({"method": "ipo", "tau": 0.25, "reduction": "mean", "steps": 2, "batch_size": 8}), Some(&f.rewards1)).unwrap();
+    assert!((col(&metrics(&out), "loss")[0] - 4.0).abs() < 1e-3);
+}
