@@ -6,12 +6,27 @@ pub mod table;
 pub mod import;
 pub mod subsample;
 pub mod generate;
+pub mod losses;
+pub mod lm_io;
+pub mod stats;
+pub mod policy;
+pub mod evaluate;
+pub mod report;
+pub mod select;
 
 pub use port::{ArtifactKind, Ctx, Device, InputArtifact, InputSpec, OutputSpec, Stage, StageError, StageResult};
 
 /// Every stage kind a manifest may name.
 pub fn registry() -> Vec<&'static dyn Stage> {
-    vec![&import::Import, &subsample::Subsample, &generate::Generate]
+    vec![
+        &import::Import,
+        &subsample::Subsample,
+        &generate::Generate,
+        &policy::Policy,
+        &evaluate::Evaluate,
+        &report::Report,
+        &select::Select,
+    ]
 }
 
 /// The stage of a given kind, if there is one.
@@ -29,3 +44,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "../tests/support/policy_e2e.rs"]
+mod policy_e2e;
