@@ -57,7 +57,9 @@ fi
 export DVC_NO_ANALYTICS=1
 
 log "building release"
-cargo build --release -p rmdistill
+# One build for the binary and the stages' examples: building the example on its own (-p rmdistill-stages) unifies
+# features differently and recompiles most dependencies.
+cargo build --release -p rmdistill -p rmdistill-stages --bins --examples
 BIN=$CARGO_TARGET_DIR/release/rmdistill
 
 {
@@ -178,10 +180,9 @@ fi
 # ---------------------------------------------------------------------------------------------- 3. subsample
 if want subsample; then
     log "3. subsample over $SUB_PAIRS generated pairs"
-    cargo build --release -p rmdistill-stages --example bench_subsample
     load "before bench_subsample example"
     mkdir -p "$BENCH_DIR/sub-example"
-    cargo run -q --release -p rmdistill-stages --example bench_subsample -- "$SUB_PAIRS" "$BENCH_DIR/sub-example" | tee "$RES/bench_subsample.txt" >&2
+    "$CARGO_TARGET_DIR/release/examples/bench_subsample" "$SUB_PAIRS" "$BENCH_DIR/sub-example" | tee "$RES/bench_subsample.txt" >&2
     load "after bench_subsample example"
     while read -r line; do
         params=$(echo "$line" | sed -n 's/.*end to end \({.*}\): .*/\1/p')
