@@ -44,9 +44,9 @@ struct FileDoc {
 pub struct StageDecl {
     pub kind: Spanned<String>,
     pub description: Option<String>,
-    /// Input slot → `"stage.output"`.
+    /// Input slot → `"stage.output"`, or a list of them for slots that take many artifacts.
     #[serde(default)]
-    pub inputs: BTreeMap<Spanned<String>, Spanned<String>>,
+    pub inputs: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     /// Sweep axis → list of values (or `"${var}"` naming a list).
     #[serde(default)]
     pub sweep: BTreeMap<Spanned<String>, Spanned<toml::Value>>,

@@ -177,18 +177,30 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                 let known: Vec<_> = kind.inputs().iter().map(|i| i.name).collect();
                 err(s, slot.span(), format!("stage kind `{}` has no input `{}` (its inputs: {})", kind.kind(), slot.get_ref(), if known.is_empty() { "none".into() } else { known.join(", ") }))
             })?;
-            let (up, out) = r.get_ref().rsplit_once('.').ok_or_else(|| {
-                err(s, r.span(), format!("input `{}` = \"{}\": expected \"STAGE.OUTPUT\"", slot.get_ref(), r.get_ref()))
-            })?;
-            let up_kind = *kinds.get(up).ok_or_else(|| {
-                err(s, r.span(), format!("input `{}` names stage `{up}`, which is not declared (stages: {})", slot.get_ref(), m.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")))
-            })?;
-            let out_spec = up_kind.outputs().iter().find(|o| o.name == out).ok_or_else(|| {
-                let known: Vec<_> = up_kind.outputs().iter().map(|o| o.name).collect();
-                err(s, r.span(), format!("stage `{up}` (kind `{}`) has no output `{out}` (its outputs: {})", up_kind.kind(), known.join(", ")))
-            })?;
-            let _ = spec;
-            es.push((slot.get_ref().clone(), up, out_spec.name));
+            let refs: Vec<&str> = match r.get_ref() {
+                toml::Value::String(one) => vec![one.as_str()],
+                toml::Value::Array(list) if !list.is_empty() && list.iter().all(|v| v.is_str()) => list.iter().filter_map(|v| v.as_str()).collect(),
+                other => {
+                    return Err(err(s, r.span(), format!("input `{}`: expected \"STAGE.OUTPUT\" or a non-empty list of them, got {other}", slot.get_ref())));
+                }
+            };
+            if refs.len() > 1 && !spec.many {
+                return Err(err(s, r.span(), format!("input `{}` of stage kind `{}` takes one artifact, not a list", slot.get_ref(), kind.kind())));
+            }
+            for one in refs {
+                let (up, out) = one.rsplit_once('.').ok_or_else(|| {
+                    err(s, r.span(), format!("input `{}` = \"{one}\": expected \"STAGE.OUTPUT\"", slot.get_ref()))
+                })?;
+                let up_kind = *kinds.get(up).ok_or_else(|| {
+                    err(s, r.span(), format!("input `{}` names stage `{up}`, which is not declared (stages: {})", slot.get_ref(), m.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")))
+                })?;
+                let out_spec = up_kind.outputs().iter().find(|o| o.name == out).ok_or_else(|| {
+                    let known: Vec<_> = up_kind.outputs().iter().map(|o| o.name).collect();
+                    err(s, r.span(), format!("stage `{up}` (kind `{}`) has no output `{out}` (its outputs: {})", up_kind.kind(), known.join(", ")))
+                })?;
+                let up: &str = m.stages.iter().find(|x| x.name == up).map(|x| x.name.as_str()).expect("declared");
+                es.push((slot.get_ref().clone(), up, out_spec.name));
+            }
         }
         for spec in kind.inputs() {
             if spec.required && !s.decl.inputs.keys().any(|k| k.get_ref() == spec.name) {

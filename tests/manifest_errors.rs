@@ -60,6 +60,10 @@ fn dangling_inputs() {
     expect_error(&m, "stage `gen` (kind `generate`) has no output `pears` (its outputs: pairs)");
     let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\nparams = {{ rho = 0.5, size = 10 }}\n");
     expect_error(&m, "stage `sub` (kind `subsample`) needs input `pairs`");
+    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = [\"gen.pairs\", \"gen.pairs\"] }}\nparams = {{ rho = 0.5, size = 10 }}\n");
+    expect_error(&m, "m.toml:7:20: input `pairs` of stage kind `subsample` takes one artifact, not a list");
+    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = 3 }}\nparams = {{ rho = 0.5, size = 10 }}\n");
+    expect_error(&m, "input `pairs`: expected \"STAGE.OUTPUT\" or a non-empty list of them, got 3");
     let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\", extra = \"gen.pairs\" }}\nparams = {{ rho = 0.5, size = 10 }}\n");
     expect_error(&m, "stage kind `subsample` has no input `extra` (its inputs: pairs)");
 }
