@@ -6,12 +6,29 @@ pub mod table;
 pub mod import;
 pub mod subsample;
 pub mod generate;
+pub mod data_io;
+pub mod synth;
+pub mod sft;
+pub mod sample_pairs;
+pub mod label;
+pub mod merge;
+#[cfg(test)]
+mod data_chain_tests;
 
 pub use port::{ArtifactKind, Ctx, Device, InputArtifact, InputSpec, OutputSpec, Stage, StageError, StageResult};
 
 /// Every stage kind a manifest may name.
 pub fn registry() -> Vec<&'static dyn Stage> {
-    vec![&import::Import, &subsample::Subsample, &generate::Generate]
+    vec![
+        &import::Import,
+        &subsample::Subsample,
+        &generate::Generate,
+        &synth::Synth,
+        &sft::Sft,
+        &sample_pairs::SamplePairs,
+        &label::Label,
+        &merge::Merge,
+    ]
 }
 
 /// The stage of a given kind, if there is one.
