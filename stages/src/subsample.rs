@@ -323,14 +323,14 @@ fn take_selected(path: &std::path::Path, order: &[(u32, bool)]) -> StageResult<R
     // where each output row is: (part, row within the part)
     let mut at = vec![(0usize, 0usize); order.len()];
     let mut k = 0usize;
-    for (p, part) in parts.iter().enumerate() {
-        for r in 0..part.num_rows() {
-            at[by_row[k] as usize] = (p, r);
+    for (p, (_, positions)) in parts.iter().enumerate() {
+        for &r in positions {
+            at[by_row[k] as usize] = (p, r as usize);
             k += 1;
         }
     }
     assert_eq!(k, order.len());
-    let refs: Vec<&RecordBatch> = parts.iter().collect();
+    let refs: Vec<&RecordBatch> = parts.iter().map(|(b, _)| b).collect();
     let batch = arrow::compute::interleave_record_batch(&refs, &at)?;
     let lp: ArrayRef = Arc::new(BooleanArray::from(order.iter().map(|x| x.1).collect::<Vec<bool>>()));
     let schema = batch.schema();

@@ -19,9 +19,14 @@
 //!   batch and key-value metadata give byte-identical files). The stage's counts go in `kv` (see [`summary_kv`]).
 //! - [`read_table`]`(path, Some(&["label", "words_a"]))`: the whole file or a projection of its columns, as one batch;
 //!   row groups are decoded in parallel. A missing column is an error naming the file and the column.
-//! - [`read_rows`]`(path, &sorted_rows)`: only the given rows (all columns), skipping pages that hold none of them.
+//! - [`read_rows`]`(path, &sorted_rows)`: only the given rows (all columns); [`read_rows_parts`] leaves them per row
+//!   group for one final gather. Untouched row groups are not read; sparse selections skip values and pages.
 //! - [`read_kv`]: a file's key-value metadata.
 //! - [`pair_hash`], [`pair_id`], [`word_count`], [`PairsBuilder`]: building the normalised table.
+//! - [`uniform_below`], [`uniform_f64`], [`partial_shuffle`]: seeded sampling with fixed algorithms (ChaCha8 streams).
+//!
+//! Unit tests and examples drive stages through `tests/support/local_ctx.rs` (a `Ctx` on local files), included here
+//! as `table::local_ctx` under `cfg(test)`.
 
 use crate::port::{StageError, StageResult};
 use arrow::array::{
@@ -342,32 +347,29 @@ pub fn read_table(path: &Path, columns: Option<&[&str]>) -> StageResult<RecordBa
     Ok(concat_batches(&schema, &parts)?)
 }
 
-/// Reads the rows at the given 0-based positions (sorted ascending, no repeats), all columns, in that order, as one
-/// batch per row group that holds any of them. Only those row groups are read; where the selection is sparse, pages
-/// that hold none of the rows are skipped and the others are decoded only at the selected rows.
-pub fn read_rows_parts(path: &Path, rows: &[u32]) -> StageResult<Vec<RecordBatch>> {
+/// Reads the rows at the given 0-based positions (sorted ascending, no repeats), all columns: one part per row group
+/// that holds any of them, as (batch, the positions in that batch of the requested rows, in order). Row groups
+/// without requested rows are not read. Where few of a group's rows are requested, pages without any are skipped and
+/// the batch holds only the requested rows; where many are, the whole group is decoded (cheaper than filtering) and
+/// the positions point into it, for a single gather by the caller (e.g. `interleave_record_batch`).
+pub fn read_rows_parts(path: &Path, rows: &[u32]) -> StageResult<Vec<(RecordBatch, Vec<u32>)>> {
     use parquet::arrow::arrow_reader::RowSelectionPolicy;
     assert!(rows.windows(2).all(|w| w[0] < w[1]), "read_rows needs sorted, distinct rows");
     let meta = load_meta(path, true)?;
     let schema = plain(meta.schema());
-    // (row group, the selected rows local to it as ranges, rows in the group)
-    let mut groups: Vec<(usize, Vec<std::ops::Range<usize>>, usize)> = Vec::new();
+    // (row group, the requested rows local to it, rows in the group)
+    let mut groups: Vec<(usize, Vec<u32>, usize)> = Vec::new();
     let mut start = 0u64;
     let mut i = 0usize;
     for rg in 0..meta.metadata().num_row_groups() {
         let n = meta.metadata().row_group(rg).num_rows() as u64;
         let end = start + n;
-        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        let first = i;
         while i < rows.len() && (rows[i] as u64) < end {
-            let local = (rows[i] as u64 - start) as usize;
-            match ranges.last_mut() {
-                Some(r) if r.end == local => r.end += 1,
-                _ => ranges.push(local..local + 1),
-            }
             i += 1;
         }
-        if !ranges.is_empty() {
-            groups.push((rg, ranges, n as usize));
+        if i > first {
+            groups.push((rg, rows[first..i].iter().map(|&r| (r as u64 - start) as u32).collect(), n as usize));
         }
         start = end;
     }
@@ -380,31 +382,42 @@ pub fn read_rows_parts(path: &Path, rows: &[u32]) -> StageResult<Vec<RecordBatch
     }
     groups
         .into_par_iter()
-        .map(|(rg, ranges, n)| {
-            let selected: usize = ranges.iter().map(|r| r.len()).sum();
-            // Skipping (selectors) avoids decoding unselected values; decoding all and filtering (mask) wins when
-            // most rows are selected. Measured on 10M short-text pairs: selectors faster below about a quarter.
-            let policy = if selected * 4 < n { RowSelectionPolicy::Selectors } else { RowSelectionPolicy::Mask };
-            let sel = RowSelection::from_consecutive_ranges(ranges.into_iter(), n);
-            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(open(path)?, meta.clone())
-                .with_row_groups(vec![rg])
-                .with_row_selection(sel)
-                .with_row_selection_policy(policy)
-                .with_batch_size(selected.max(1))
-                .build()?;
-            collect(reader, &schema)
+        .map(|(rg, local, n)| {
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(open(path)?, meta.clone()).with_row_groups(vec![rg]);
+            // Measured on 10M short-text pairs: skipping wins below about a quarter of the rows.
+            if local.len() * 4 < n {
+                let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+                for &r in &local {
+                    let r = r as usize;
+                    match ranges.last_mut() {
+                        Some(x) if x.end == r => x.end += 1,
+                        _ => ranges.push(r..r + 1),
+                    }
+                }
+                let reader = builder
+                    .with_row_selection(RowSelection::from_consecutive_ranges(ranges.into_iter(), n))
+                    .with_row_selection_policy(RowSelectionPolicy::Selectors)
+                    .with_batch_size(local.len())
+                    .build()?;
+                Ok((collect(reader, &schema)?, (0..local.len() as u32).collect()))
+            } else {
+                let reader = builder.with_batch_size(n.max(1)).build()?;
+                Ok((collect(reader, &schema)?, local))
+            }
         })
         .collect()
 }
 
-/// [`read_rows_parts`] as one batch.
+/// The rows at the given 0-based positions (sorted ascending, no repeats), all columns, in that order.
 pub fn read_rows(path: &Path, rows: &[u32]) -> StageResult<RecordBatch> {
     let parts = read_rows_parts(path, rows)?;
-    let schema = match parts.first() {
-        Some(b) => b.schema(),
-        None => plain(load_meta(path, false)?.schema()),
-    };
-    Ok(concat_batches(&schema, &parts)?)
+    if parts.is_empty() {
+        return Ok(RecordBatch::new_empty(plain(load_meta(path, false)?.schema())));
+    }
+    let at: Vec<(usize, usize)> =
+        parts.iter().enumerate().flat_map(|(p, (_, pos))| pos.iter().map(move |&r| (p, r as usize))).collect();
+    let refs: Vec<&RecordBatch> = parts.iter().map(|(b, _)| b).collect();
+    Ok(arrow::compute::interleave_record_batch(&refs, &at)?)
 }
 
 /// The values of a UInt32 column with no nulls (after `read_table`), or an error naming the column.
