@@ -16,6 +16,10 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
 }
 
 fn main() {
+    // libtorch's directory as an rpath of this crate's tests and examples (no LD_LIBRARY_PATH needed).
+    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     println!("cargo:rerun-if-changed=src");
     let mut files = Vec::new();

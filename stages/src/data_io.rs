@@ -208,3 +208,9 @@ pub fn check_shards(shard: usize, shards: usize) -> StageResult<()> {
     }
     Ok(())
 }
+
+/// A Float64 column's values (tests).
+#[cfg(test)]
+pub fn f64s_for_test(batch: &RecordBatch, col: &str) -> Vec<f64> {
+    batch.column_by_name(col).unwrap().as_primitive::<arrow::datatypes::Float64Type>().values().to_vec()
+}

@@ -12,6 +12,8 @@ pub mod sft;
 pub mod sample_pairs;
 pub mod label;
 pub mod merge;
+pub mod train_rm;
+pub mod precompute;
 #[cfg(test)]
 mod data_chain_tests;
 
@@ -28,6 +30,8 @@ pub fn registry() -> Vec<&'static dyn Stage> {
         &sample_pairs::SamplePairs,
         &label::Label,
         &merge::Merge,
+        &train_rm::TrainRm,
+        &precompute::Precompute,
     ]
 }
 

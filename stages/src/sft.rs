@@ -25,6 +25,7 @@ use rmdistill_ml::{
     Gpt2Config, LanguageModel, LlamaConfig, ModelConfig, OptimConfig, Reduction, Schedule, Tokenizer, TokenizerSpec, Trainer,
     sequence_logprobs,
 };
+use rmdistill_ml::logprobs::lm_loss;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -113,6 +114,20 @@ struct Params {
     tokenizer_kind: TokKind,
     #[serde(default = "d_tok_vocab")]
     tokenizer_vocab: usize,
+    /// Which tokens the loss scores: the response only (the usual SFT loss), or every token of prompt and response
+    /// (language modelling of the prompts too, which teaches a tiny model from scratch to read its context).
+    #[serde(default = "d_train_on")]
+    train_on: TrainOn,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum TrainOn {
+    Response,
+    All,
+}
+fn d_train_on() -> TrainOn {
+    TrainOn::Response
 }
 fn d_steps() -> usize {
     300
@@ -373,9 +388,17 @@ impl Stage for Sft {
             let ps: Vec<&[i64]> = idx.iter().map(|&i| train_ids[i].0.as_slice()).collect();
             let rs: Vec<&[i64]> = idx.iter().map(|&i| train_ids[i].1.as_slice()).collect();
             let b = codec.batch(&ps, &rs, device)?;
-            let n_tok: usize = b.response_lens.iter().sum();
-            let lp = rmdistill_ml::with_autocast(device, || sequence_logprobs(model.net(), &b, Reduction::Sum));
-            let loss = -lp.sum(tch::Kind::Float) / n_tok as f64;
+            let loss = match p.train_on {
+                TrainOn::Response => {
+                    let n_tok: usize = b.response_lens.iter().sum();
+                    let lp = rmdistill_ml::with_autocast(device, || sequence_logprobs(model.net(), &b, Reduction::Sum));
+                    -lp.sum(tch::Kind::Float) / n_tok as f64
+                }
+                TrainOn::All => {
+                    let (nll, n) = rmdistill_ml::with_autocast(device, || lm_loss(model.net(), &b.input_ids, &b.attention_mask));
+                    nll / n
+                }
+            };
             trainer.backward(&loss, &[])?;
             let last = step + 1 == p.steps;
             if !eval_ids.is_empty() && ((step + 1) % p.eval_every == 0 || last) {
