@@ -73,7 +73,7 @@ pub struct OracleParams {
 
 impl Default for OracleParams {
     fn default() -> Self {
-        OracleParams { coverage_weight: 1.0, invent_penalty: 0.25, repeat_penalty: 0.25, length_bonus: 0.04, length_cap: 12 }
+        OracleParams { coverage_weight: 1.0, invent_penalty: 0.1, repeat_penalty: 0.25, length_bonus: 0.1, length_cap: 10 }
     }
 }
 
