@@ -23,6 +23,11 @@
 //! Document `i` is generated from ChaCha8(`seed`, stream `i`), so the corpus does not depend on threads and its
 //! first documents do not depend on `n_docs`.
 //!
+//! Defaults, and why: documents of 12–20 words with 2–4 salient words (DESIGN.md's starting point was 20–40 words;
+//! measured: the default tiny GPT-2 (128k parameters) trained for 1,000 steps on 20–40-word documents did not learn to
+//! copy from its context at all — held-out loss 4.2 nats/token, no better than the topic's word frequencies — while on
+//! 12–20-word documents it starts to copy salient words, 3.4 nats/token).
+//!
 //! # The oracle ([`oracle_score`], knobs [`OracleParams`])
 //! For a prompt (document words; `tldr` ignored) and a response (whitespace-separated words):
 //!
@@ -190,10 +195,10 @@ fn d_background() -> f64 {
     0.15
 }
 fn d_doc_len() -> [u32; 2] {
-    [20, 40]
+    [12, 20]
 }
 fn d_salient() -> [u32; 2] {
-    [3, 6]
+    [2, 4]
 }
 fn d_repeats() -> [u32; 2] {
     [2, 3]
@@ -590,7 +595,7 @@ mod tests {
         for ((p, s), su) in prompts.iter().zip(&sal).zip(&sums) {
             let words: Vec<&str> = p.split_whitespace().collect();
             assert_eq!(*words.last().unwrap(), SEP);
-            assert!((21..=41).contains(&words.len()), "{p}");
+            assert!((13..=21).contains(&words.len()), "{p}");
             let mut c: HashMap<&str, usize> = HashMap::new();
             for w in &words[..words.len() - 1] {
                 *c.entry(w).or_default() += 1;
@@ -600,7 +605,7 @@ mod tests {
             rep.sort();
             listed.sort();
             assert_eq!(rep, listed);
-            assert!((3..=6).contains(&listed.len()));
+            assert!((2..=4).contains(&listed.len()));
             assert!(!su.is_empty());
         }
         assert!(s1["mean_summary_oracle"].as_f64().unwrap() > 0.5, "{s1}");
@@ -620,6 +625,7 @@ mod tests {
             (json!({"vocab_size": 10}), "vocab_size"),
             (json!({"doc_len": [30, 20]}), "doc_len"),
             (json!({"salient": [3, 9], "repeats": [2, 3]}), "salient"),
+            (json!({"doc_len": [1, 3]}), "doc_len"),
             (json!({"demo_keep": 1.5}), "demo_keep"),
             (json!({"oracle_params": {"length_bonus": -1.0}}), "oracle_params.length_bonus"),
             (json!({"oracle_params": {"lenght_bonus": 1.0}}), "oracle_params"),
