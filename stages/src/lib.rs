@@ -13,6 +13,16 @@ pub mod policy;
 pub mod evaluate;
 pub mod report;
 pub mod select;
+pub mod data_io;
+pub mod synth;
+pub mod sft;
+pub mod sample_pairs;
+pub mod label;
+pub mod merge;
+pub mod train_rm;
+pub mod precompute;
+#[cfg(test)]
+mod data_chain_tests;
 
 pub use port::{ArtifactKind, Ctx, Device, InputArtifact, InputSpec, OutputSpec, Stage, StageError, StageResult};
 
@@ -26,6 +36,13 @@ pub fn registry() -> Vec<&'static dyn Stage> {
         &evaluate::Evaluate,
         &report::Report,
         &select::Select,
+        &synth::Synth,
+        &sft::Sft,
+        &sample_pairs::SamplePairs,
+        &label::Label,
+        &merge::Merge,
+        &train_rm::TrainRm,
+        &precompute::Precompute,
     ]
 }
 

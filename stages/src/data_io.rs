@@ -1,0 +1,216 @@
+//! What the data/reward-side stages (`synth`, `sft`, `sample_pairs`, `label`, `merge`, `train_rm`, `precompute`)
+//! share: the device, input-slot lookups, typed column reads with errors that name the column, and how a prompt and
+//! a response become token ids.
+//!
+//! **Encoding convention** (identical to the policy side's `lm_io`; every stage that scores `log π(y|x)` must use
+//! it, or log-probs computed in different stages do not agree): prompt ids = `[BOS] ++ encode(prompt)`; response ids
+//! = `encode(response) ++ [EOS]`, so `log π(y|x)` includes the probability of stopping. BOS is the tokenizer's BOS
+//! (its EOS when it has none, as GPT-2 does). Sampled responses are decoded without their EOS, so re-encoding a
+//! finished sample gives back the sampled ids. A reward model reads `prompt ++ response` (with the EOS) at its last
+//! token.
+
+use rmdistill_ml::tch;
+use crate::port::{Ctx, Device, InputArtifact, StageError, StageResult};
+use arrow::array::{Array, AsArray, RecordBatch};
+use rmdistill_ml::{PairBatch, Tokenizer};
+use std::path::Path;
+
+/// The tch device a stage should use.
+pub fn tch_device(ctx: &dyn Ctx) -> tch::Device {
+    match ctx.device() {
+        Device::Cpu => tch::Device::Cpu,
+        Device::Cuda(i) => tch::Device::Cuda(i),
+    }
+}
+
+/// Deterministic libtorch settings for a stage: its thread budget and a seed.
+pub fn torch_setup(ctx: &dyn Ctx, seed: u64) {
+    rmdistill_ml::train::deterministic_cpu(seed, ctx.threads().max(1) as i32);
+}
+
+/// A tokenizer with the encoding convention of this module.
+#[derive(Clone, Debug)]
+pub struct Codec {
+    pub tok: Tokenizer,
+    pub bos: i64,
+    pub eos: i64,
+    pub pad: i64,
+    /// Truncation of `prompt ++ response` (see [`PairBatch::new`]).
+    pub max_len: Option<usize>,
+}
+
+impl Codec {
+    pub fn new(tok: Tokenizer, field: &str) -> StageResult<Codec> {
+        let eos = tok.eos_id.ok_or_else(|| StageError::invalid(field, "tokenizer has no EOS token"))?;
+        let bos = tok.bos_id.unwrap_or(eos);
+        let pad = tok.pad_id.unwrap_or(eos);
+        Ok(Codec { tok, bos, eos, pad, max_len: None })
+    }
+    /// The tokenizer of a directory (`tokenizer.json`), or an error naming the input slot.
+    pub fn load(dir: &Path, slot: &str) -> StageResult<Codec> {
+        if !dir.join("tokenizer.json").exists() {
+            return Err(StageError::invalid(slot, format!("{}: no tokenizer.json in this directory", dir.display())));
+        }
+        let tok = Tokenizer::load(dir).map_err(|e| StageError::invalid(slot, format!("{e:#}")))?;
+        Codec::new(tok, slot)
+    }
+    pub fn prompt(&self, text: &str) -> StageResult<Vec<i64>> {
+        let mut ids = vec![self.bos];
+        ids.extend(self.tok.encode(text)?);
+        Ok(ids)
+    }
+    pub fn response(&self, text: &str) -> StageResult<Vec<i64>> {
+        let mut ids = self.tok.encode(text)?;
+        ids.push(self.eos);
+        Ok(ids)
+    }
+    /// Tokens of a text without BOS/EOS (the `tokens_a/b` length of a response).
+    pub fn count(&self, text: &str) -> StageResult<u32> {
+        Ok(self.tok.encode(text)?.len() as u32)
+    }
+    /// A sampled response (without its EOS) as text.
+    pub fn decode_sample(&self, ids: &[i64]) -> StageResult<String> {
+        let ids: Vec<i64> = ids.iter().copied().filter(|&i| i != self.eos).collect();
+        Ok(self.tok.decode(&ids, true)?)
+    }
+    pub fn batch(&self, prompts: &[&[i64]], responses: &[&[i64]], device: tch::Device) -> StageResult<PairBatch> {
+        Ok(PairBatch::new(prompts, responses, self.pad, self.max_len, device)?)
+    }
+    /// The model's vocabulary must cover the tokenizer's ids.
+    pub fn check_vocab(&self, model_vocab: i64, slot: &str) -> StageResult<()> {
+        let v = self.tok.vocab_size() as i64;
+        if v > model_vocab {
+            return Err(StageError::invalid(
+                slot,
+                format!("tokenizer has {v} tokens but the model's vocabulary has {model_vocab}: model/tokenizer mismatch"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The single artifact bound to a slot, or an error naming the slot.
+pub fn one_input<'a>(ctx: &'a dyn Ctx, slot: &str) -> StageResult<&'a InputArtifact> {
+    match ctx.inputs(slot) {
+        [one] => Ok(one),
+        [] => Err(StageError::invalid(slot, format!("no input is bound to slot `{slot}`"))),
+        many => Err(StageError::invalid(slot, format!("expects one input, got {}", many.len()))),
+    }
+}
+
+/// The artifact bound to an optional slot.
+pub fn opt_input<'a>(ctx: &'a dyn Ctx, slot: &str) -> StageResult<Option<&'a InputArtifact>> {
+    match ctx.inputs(slot) {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        many => Err(StageError::invalid(slot, format!("expects at most one input, got {}", many.len()))),
+    }
+}
+
+/// A checkpoint directory input must hold `config.json`; an error names the slot.
+pub fn check_checkpoint(dir: &Path, slot: &str) -> StageResult<()> {
+    if !dir.is_dir() || !dir.join("config.json").exists() {
+        return Err(StageError::invalid(slot, format!("{}: not a checkpoint directory (no config.json)", dir.display())));
+    }
+    Ok(())
+}
+
+/// A Utf8 column as strings; nulls (and, with `non_empty`, empty strings) are errors naming the column and row.
+pub fn strings(batch: &RecordBatch, col: &str, file: &Path, non_empty: bool) -> StageResult<Vec<String>> {
+    let a = batch
+        .column_by_name(col)
+        .ok_or_else(|| StageError::invalid(col, format!("{}: missing column `{col}`", file.display())))?;
+    let cast = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8)
+        .map_err(|e| StageError::invalid(col, format!("{}: column `{col}` is not text: {e}", file.display())))?;
+    let s = cast.as_string::<i32>();
+    (0..s.len())
+        .map(|i| {
+            if s.is_null(i) {
+                Err(StageError::invalid(col, format!("{}: column `{col}` is null at row {i}", file.display())))
+            } else if non_empty && s.value(i).trim().is_empty() {
+                Err(StageError::invalid(col, format!("{}: column `{col}` is empty at row {i}", file.display())))
+            } else {
+                Ok(s.value(i).to_string())
+            }
+        })
+        .collect()
+}
+
+/// An integer column (any integer type) as optional i64s.
+pub fn opt_i64s(batch: &RecordBatch, col: &str, file: &Path) -> StageResult<Vec<Option<i64>>> {
+    let a = batch
+        .column_by_name(col)
+        .ok_or_else(|| StageError::invalid(col, format!("{}: missing column `{col}`", file.display())))?;
+    if !a.data_type().is_integer() {
+        return Err(StageError::invalid(col, format!("{}: column `{col}` must be an integer column, found {}", file.display(), a.data_type())));
+    }
+    let cast = arrow::compute::cast(a, &arrow::datatypes::DataType::Int64)?;
+    let v = cast.as_primitive::<arrow::datatypes::Int64Type>();
+    Ok((0..v.len()).map(|i| if v.is_null(i) { None } else { Some(v.value(i)) }).collect())
+}
+
+/// Labels (0 = a preferred, 1 = b preferred) of a column; every row must be labelled.
+pub fn labels(batch: &RecordBatch, col: &str, file: &Path) -> StageResult<Vec<u8>> {
+    opt_i64s(batch, col, file)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Some(0) => Ok(0),
+            Some(1) => Ok(1),
+            None => Err(StageError::invalid(col, format!("{}: row {i} is unlabelled (null `{col}`)", file.display()))),
+            Some(x) => Err(StageError::invalid(col, format!("{}: row {i} has `{col}` = {x}, expected 0 or 1", file.display()))),
+        })
+        .collect()
+}
+
+/// A table read for a stage: errors name the input slot when it is empty.
+pub fn read_nonempty(path: &Path, slot: &str, columns: Option<&[&str]>) -> StageResult<RecordBatch> {
+    let t = crate::table::read_table(path, columns)?;
+    if t.num_rows() == 0 {
+        return Err(StageError::invalid(slot, format!("{}: the table is empty", path.display())));
+    }
+    Ok(t)
+}
+
+/// Runs `f` over `0..n` in chunks of `size`, reporting progress.
+pub fn chunks(n: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let size = size.max(1);
+    (0..n.div_ceil(size)).map(move |c| c * size..((c + 1) * size).min(n))
+}
+
+/// f64 values of a tensor.
+pub fn to_f64s(t: &tch::Tensor) -> StageResult<Vec<f64>> {
+    Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu)).map_err(|e| StageError::failed(e.to_string()))
+}
+
+/// Writes a small JSON-lines-free metrics table: rows of named f64 columns (NaN for missing → null).
+pub fn write_metrics(path: &Path, columns: &[(&str, Vec<Option<f64>>)], kv: &[(String, String)]) -> StageResult<()> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let fields: Vec<Field> = columns.iter().map(|(n, _)| Field::new(*n, DataType::Float64, true)).collect();
+    let arrays: Vec<arrow::array::ArrayRef> =
+        columns.iter().map(|(_, v)| std::sync::Arc::new(arrow::array::Float64Array::from(v.clone())) as arrow::array::ArrayRef).collect();
+    let batch = RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), arrays)?;
+    crate::table::write_table(path, &batch, kv)
+}
+
+/// Splits rows into shard `shard` of `shards` (contiguous, in order; the concatenation of all shards is the whole).
+pub fn shard_range(n: usize, shard: usize, shards: usize) -> std::ops::Range<usize> {
+    (n * shard / shards)..(n * (shard + 1) / shards)
+}
+
+/// Validates shard/shards parameters.
+pub fn check_shards(shard: usize, shards: usize) -> StageResult<()> {
+    if shards == 0 {
+        return Err(StageError::invalid("shards", "must be at least 1"));
+    }
+    if shard >= shards {
+        return Err(StageError::invalid("shard", format!("must be below shards ({shards}), got {shard}")));
+    }
+    Ok(())
+}
+
+/// A Float64 column's values (tests).
+#[cfg(test)]
+pub fn f64s_for_test(batch: &RecordBatch, col: &str) -> Vec<f64> {
+    batch.column_by_name(col).unwrap().as_primitive::<arrow::datatypes::Float64Type>().values().to_vec()
+}
