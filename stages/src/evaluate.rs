@@ -128,12 +128,11 @@ pub fn synthetic_oracle(prompt: &str, response: &str, knobs: &Map<String, Value>
     if let Some(f) = test_oracle::get() {
         return Ok(f(prompt, response, knobs));
     }
-    // Once `stages::synth` lands (contract: `oracle_score(prompt, response, &OracleParams) -> f64`, OracleParams
-    // serde), this becomes:
-    //   let p: crate::synth::OracleParams = parse_params(knobs).map_err(|e| ...oracle_params...)?;
-    //   Ok(crate::synth::oracle_score(prompt, response, &p))
-    let _ = (prompt, response, knobs);
-    Err(StageError::invalid("oracle", "the synthetic oracle (stages::synth) is not part of this build yet; use oracle = \"reward_model\""))
+    let p: crate::synth::OracleParams = crate::port::parse_params(knobs).map_err(|e| match e {
+        StageError::Invalid { field, message } => StageError::invalid(format!("oracle_params.{field}"), message),
+        other => other,
+    })?;
+    Ok(crate::synth::oracle_score(prompt, response, &p))
 }
 
 #[cfg(test)]
