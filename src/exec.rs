@@ -33,6 +33,11 @@ impl ExternalHashes {
     }
 
     pub fn hash(&self, path: &Path) -> anyhow::Result<String> {
+        if path.is_dir() {
+            // A directory (e.g. a checkpoint) is addressed like a directory artifact: by its canonical listing.
+            let tree = key::hash_tree(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            return Ok(blake3::hash(&tree.bytes()).to_hex().to_string());
+        }
         let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         let abs = path.canonicalize().unwrap_or(path.to_path_buf());

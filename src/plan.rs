@@ -320,8 +320,8 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                         return Err(err(s, param_span(p), format!("{name}: param `{p}` must be a file path (a string), got {v}")));
                     };
                     let path = base.join(rel);
-                    if !path.is_file() {
-                        return Err(err(s, param_span(p), format!("{name}: param `{p}`: no such file {} (paths are relative to the manifest's directory)", path.display())));
+                    if !path.is_file() && !path.is_dir() {
+                        return Err(err(s, param_span(p), format!("{name}: param `{p}`: no such file or directory {} (paths are relative to the manifest's directory)", path.display())));
                     }
                     externals.insert(p.to_string(), path);
                 }

@@ -64,7 +64,14 @@ pub struct Store {
     local_dir: PathBuf,
     rt: tokio::runtime::Runtime,
     verified: Mutex<HashSet<String>>,
+    /// One lock per directory artifact being assembled in this process.
+    dir_locks: Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
     pub url: String,
+}
+
+/// Whether a local directory holds exactly the files of `tree` with their bytes.
+fn tree_intact(dir: &Path, tree: &Tree) -> bool {
+    key::hash_tree(dir).map(|t| t == *tree).unwrap_or(false)
 }
 
 fn store_err(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
@@ -106,7 +113,7 @@ impl Store {
                 let (os, prefix) = crate::remote::open(&parsed)?;
                 (os, prefix, None)
             };
-        Ok(Store { os, prefix, local_root, local_dir, rt, verified: Mutex::new(HashSet::new()), url: url.to_string() })
+        Ok(Store { os, prefix, local_root, local_dir, rt, verified: Mutex::new(HashSet::new()), dir_locks: Mutex::new(Default::default()), url: url.to_string() })
     }
 
     fn p(&self, rel: &str) -> ObjPath {
@@ -310,16 +317,29 @@ impl Store {
         serde_json::from_slice(&data).map_err(|e| Corrupt { hash: hash.into(), detail: format!("not a directory listing: {e}") }.into())
     }
 
-    /// A local directory holding a verified copy of a directory artifact.
+    /// A local directory holding a verified copy of a directory artifact. Assembled in a private temporary
+    /// directory and renamed into place, so a reader never sees a partial tree; a tree already in place is verified
+    /// and reused, never removed while another node (or process) may be reading it.
     pub fn materialize_dir(&self, hash: &str) -> anyhow::Result<PathBuf> {
-        let dest = self.local_dir.join("trees").join(hash);
-        let done = self.local_dir.join("trees").join(format!("{hash}.ok"));
-        if done.is_file() && dest.is_dir() && self.verified.lock().unwrap().contains(hash) {
+        let lock = self.dir_locks.lock().unwrap().entry(hash.to_string()).or_default().clone();
+        let _held = lock.lock().unwrap();
+        let trees = self.local_dir.join("trees");
+        let dest = trees.join(hash);
+        if dest.is_dir() && self.verified.lock().unwrap().contains(hash) {
             return Ok(dest);
         }
         let tree = self.tree(hash)?;
-        std::fs::create_dir_all(self.local_dir.join("trees"))?;
-        let tmp = tempfile::TempDir::new_in(self.local_dir.join("trees"))?;
+        if dest.is_dir() {
+            if tree_intact(&dest, &tree) {
+                self.verified.lock().unwrap().insert(hash.to_string());
+                return Ok(dest);
+            }
+            // Damaged locally (not in the store): move it aside rather than delete it under a reader's feet.
+            let aside = trees.join(format!("{hash}.damaged.{}.{}", std::process::id(), chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)));
+            let _ = std::fs::rename(&dest, &aside);
+        }
+        std::fs::create_dir_all(&trees)?;
+        let tmp = tempfile::TempDir::new_in(&trees)?;
         for f in &tree.files {
             let src = self.materialize_file(&f.hash)?;
             let to = tmp.path().join(&f.path);
@@ -328,10 +348,14 @@ impl Store {
                 std::fs::copy(&src, &to)?;
             }
         }
-        let _ = std::fs::remove_dir_all(&dest);
-        let _ = std::fs::remove_file(&done);
-        std::fs::rename(tmp.keep(), &dest)?;
-        std::fs::write(&done, b"")?;
+        match std::fs::rename(tmp.path(), &dest) {
+            Ok(()) => {
+                let _ = tmp.keep();
+            }
+            // Another process put the same tree in place first: use theirs once it checks out.
+            Err(_) if dest.is_dir() && tree_intact(&dest, &tree) => {}
+            Err(e) => return Err(anyhow::anyhow!("cannot place {}: {e}", dest.display())),
+        }
         self.verified.lock().unwrap().insert(hash.to_string());
         Ok(dest)
     }
