@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The README's main command: installs what rmdistill needs, builds it, and runs the main manifest.
+# The README's main command: installs what rmdistill needs, builds it, runs the embedded default experiment
+# (manifests/synthetic-default.toml: 7 rho × 6 methods × 3 seeds on the synthetic task) and writes its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo build --bin rmdistill
-manifest=${1:-manifests/tldr-length-bias.toml}
+manifest=${1:-manifests/synthetic-default.toml}
 ./target/debug/rmdistill run "$manifest"
-./target/debug/rmdistill status "$manifest"
-echo "results are in .rmdistill/store; preview one with: ./target/debug/rmdistill show $manifest 'd_rho@rho=0.2,seed=0'"
+if ./target/debug/rmdistill node list "$manifest" --json | grep -q '"kind": "report"'; then
+  report=$(./target/debug/rmdistill report "$manifest" -o rmdistill-report)
+  echo "report: $report (figures beside it)"
+fi

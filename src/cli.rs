@@ -82,6 +82,17 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         rows: usize,
     },
+    /// Copy a report node's output (report.md and its figures) out of the store into a directory.
+    Report {
+        #[command(flatten)]
+        common: Common,
+        /// The report node (default: the only node of kind `report`).
+        #[arg(long)]
+        node: Option<String>,
+        /// Where to put it.
+        #[arg(long, short, default_value = "rmdistill-report")]
+        out: PathBuf,
+    },
     /// Remove blobs that no cache entry and no recent run references.
     Gc {
         #[command(flatten)]
@@ -262,6 +273,37 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let plan = load(&common)?;
             let store = open_store(&plan, &common)?;
             show::show(&plan, &store, &what, rows, common.json)?;
+        }
+        Command::Report { common, node, out } => {
+            let plan = load(&common)?;
+            let store = open_store(&plan, &common)?;
+            let name = match node {
+                Some(n) => n,
+                None => {
+                    let reports: Vec<&str> = plan.nodes.iter().filter(|n| n.kind.kind() == "report").map(|n| n.name.as_str()).collect();
+                    match reports.as_slice() {
+                        [one] => one.to_string(),
+                        [] => anyhow::bail!("{}: no node of kind `report`", common.manifest.display()),
+                        many => anyhow::bail!("{}: several report nodes ({}); pick one with --node", common.manifest.display(), many.join(", ")),
+                    }
+                }
+            };
+            let i = plan.find(&name).ok_or_else(|| anyhow::anyhow!("no node named `{name}`"))?;
+            let st = exec::status(&plan, &store)?;
+            let Some(key) = st[i].key.clone().filter(|_| st[i].state == "cached") else {
+                anyhow::bail!("{name} is not in the store for the current manifest; run `rmdistill run {}` first", common.manifest.display());
+            };
+            let entry = store.get_entry(&key)?.expect("cached entry");
+            let art = entry.outputs.values().next().ok_or_else(|| anyhow::anyhow!("{name} has no output"))?;
+            let dir = store.materialize(art)?;
+            std::fs::create_dir_all(&out)?;
+            for f in store.tree(&art.hash)?.files {
+                let to = out.join(&f.path);
+                std::fs::create_dir_all(to.parent().unwrap())?;
+                let _ = std::fs::remove_file(&to);
+                std::fs::copy(dir.join(&f.path), &to)?;
+            }
+            println!("{}", out.join("report.md").display());
         }
         Command::Gc { common, grace, dry_run } => {
             let plan = load(&common)?;
