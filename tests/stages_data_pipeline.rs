@@ -34,9 +34,9 @@ fn data_half_runs_caches_and_reproduces() {
     let m = small_manifest(&w);
     let m = m.to_str().unwrap();
     let t0 = std::time::Instant::now();
-    // -j 1: with 2 jobs, two nodes that read the same directory artifact (sft.model) at once can race in the engine's
-    // Store::materialize_dir (the second call removes the tree the first is reading), reported to the engine side.
-    let s = w.run_json(&[m, "-j", "1"]);
+    // Two jobs: nodes that read the same directory artifact (sft.model) at once share one verified copy.
+    // Only the data half: the reward-side targets and what they need.
+    let s = w.run_json(&[m, "precompute", "precompute_rm", "-j", "2"]);
     let secs = t0.elapsed().as_secs_f64();
     let ran = nodes_with(&s, "ran");
     eprintln!("first run: {} nodes in {secs:.1}s", ran.len());
@@ -55,12 +55,12 @@ fn data_half_runs_caches_and_reproduces() {
     let (a, b) = members_at(&text).expect("members named in the metadata");
     assert!(a < b, "members in rho' order");
     // everything cached the second time
-    let again = w.run_json(&[m]);
+    let again = w.run_json(&[m, "precompute", "precompute_rm"]);
     assert!(nodes_with(&again, "ran").is_empty(), "{:?}", nodes_with(&again, "ran"));
     // a fresh store reproduces every artifact byte for byte (CPU determinism)
     let w2 = Work::new();
     let m2 = small_manifest(&w2);
-    let s2 = w2.run_json(&[m2.to_str().unwrap(), "-j", "1"]);
+    let s2 = w2.run_json(&[m2.to_str().unwrap(), "precompute", "precompute_rm", "-j", "2"]);
     assert_eq!(output_hashes(&s), output_hashes(&s2));
 }
 
