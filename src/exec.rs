@@ -243,7 +243,9 @@ fn execute(
     }
     let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / opts.jobs.max(1)).max(1);
     let ctx = NodeCtx { node: n, params: &n.params, inputs, outputs: out_paths.clone(), progress, device, threads, empty: Vec::new() };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| n.kind.run(&ctx)));
+    // Grad mode is thread-local in libtorch and `tch::no_grad` does not restore it when its closure panics, so a
+    // stage that panicked could leave it off for the next stage on this worker: every stage starts with it on.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tch::with_grad(|| n.kind.run(&ctx))));
     let summary = match result {
         Ok(Ok(s)) => s,
         Ok(Err(StageError::Invalid { field, message })) => {

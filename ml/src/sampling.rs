@@ -69,12 +69,21 @@ pub fn generate(model: &LanguageModel, prompts: &[&[i64]], pad_id: i64, cfg: &Sa
     if prompts.iter().any(|p| p.is_empty()) {
         bail!("empty prompt: prepend a BOS token");
     }
-    let plen = prompts.iter().map(|p| p.len()).max().unwrap();
-    if let Some(maxp) = model.config.max_positions() {
-        if (plen + cfg.max_new_tokens) as i64 > maxp {
-            bail!("prompt ({plen}) + max_new_tokens ({}) exceeds the model's {maxp} positions", cfg.max_new_tokens);
+    // A prompt longer than the model can hold with the new tokens keeps its end (the same left truncation as
+    // `PairBatch`, so a sample's log-prob is later computed in the context it was sampled in).
+    let truncated: Vec<&[i64]>;
+    let prompts: &[&[i64]] = match model.config.max_positions() {
+        Some(maxp) if maxp as usize <= cfg.max_new_tokens => {
+            bail!("max_new_tokens ({}) leaves no room for a prompt in the model's {maxp} positions", cfg.max_new_tokens)
         }
-    }
+        Some(maxp) => {
+            let room = maxp as usize - cfg.max_new_tokens;
+            truncated = prompts.iter().map(|p| if p.len() > room { &p[p.len() - room..] } else { *p }).collect();
+            &truncated
+        }
+        None => prompts,
+    };
+    let plen = prompts.iter().map(|p| p.len()).max().unwrap();
     let dev = model.device();
     let mut rngs: Vec<ChaCha12Rng> = (0..n).map(|i| ChaCha12Rng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
     let mut ids = vec![pad_id; n * plen];

@@ -4,6 +4,7 @@
 pub mod port;
 pub mod table;
 pub mod import;
+pub mod import_model;
 pub mod subsample;
 pub mod generate;
 pub mod losses;
@@ -30,6 +31,7 @@ pub use port::{ArtifactKind, Ctx, Device, InputArtifact, InputSpec, OutputSpec, 
 pub fn registry() -> Vec<&'static dyn Stage> {
     vec![
         &import::Import,
+        &import_model::ImportModel,
         &subsample::Subsample,
         &generate::Generate,
         &policy::Policy,

