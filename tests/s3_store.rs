@@ -30,6 +30,10 @@ fn http(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16
     Ok(resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
 }
 
+/// The S3 tests run one at a time: each starts its own server on a port picked just before, and two servers racing
+/// for one port would make a test talk to the other's server.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn start_moto() -> Option<Moto> {
     let bin = repo().join(".venv/bin/moto_server");
     if !bin.exists() {
@@ -41,7 +45,7 @@ fn start_moto() -> Option<Moto> {
     let child = Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let moto = Moto { child, port };
     let t = Instant::now();
-    while http(port, "GET", "/", b"").is_err() {
+    while !matches!(http(port, "GET", "/", b""), Ok(200..=499)) {
         assert!(t.elapsed() < Duration::from_secs(30), "moto_server did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -67,6 +71,7 @@ fn json_ok(mut c: Command) -> serde_json::Value {
 
 #[test]
 fn a_pipeline_on_s3_caches_resumes_and_detects_corruption() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(moto) = start_moto() else { return };
     let port = moto.port;
     assert_eq!(http(port, "PUT", "/rmd-test", b"").unwrap(), 200);
@@ -162,6 +167,7 @@ fn flaky_proxy(upstream: u16, fail_every: usize) -> (u16, std::sync::Arc<std::sy
 
 #[test]
 fn a_flaky_server_is_retried_and_large_artifacts_go_up_in_parts() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(moto) = start_moto() else { return };
     let (port, failed) = flaky_proxy(moto.port, 3);
     let mk = Command::new(repo().join(".venv/bin/python"))
