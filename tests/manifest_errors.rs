@@ -95,7 +95,7 @@ fn empty_and_bad_sweeps() {
 
 #[test]
 fn unknown_stage_kinds_and_bad_values() {
-    expect_error("[stages.x]\nkind = \"trian\"\n", "m.toml:2:8: unknown stage kind `trian` (known: import, subsample, generate");
+    expect_error("[stages.x]\nkind = \"trian\"\n", "m.toml:2:8: unknown stage kind `trian` (known: import, import_model, subsample, generate");
     let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nparams = {{ rho = 1.5, size = 10 }}\n");
     expect_error(&m, "m.toml:8:18: sub: param `rho`:");
     expect_error("[stages.i]\nkind = \"import\"\nparams = { path = \"missing.jsonl\" }\n", "m.toml:3:19: i: param `path`: no such file or directory");

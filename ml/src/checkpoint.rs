@@ -105,7 +105,19 @@ impl RewardModel {
         let vs = nn::VarStore::new(device);
         let backbone = build_lm(&vs.root(), &config, false);
         let h = config.hidden_size();
-        let score = (vs.root() / "score").var("weight", &[1, h], nn::Init::Randn { mean: 0.0, stdev: 1.0 / (h as f64).sqrt() });
+        // A fixed pseudo-random head (uniform, variance 1/h) rather than libtorch's global generator: that generator
+        // is shared by every thread of the process, so reward models initialised concurrently would differ run to run.
+        let vals: Vec<f32> = (0..h as u64)
+            .map(|i| {
+                let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 31)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 29;
+                let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+                ((2.0 * u - 1.0) * (3.0 / h as f64).sqrt()) as f32
+            })
+            .collect();
+        let init = Tensor::from_slice(&vals).view([1, h]).to_device(device);
+        let score = (vs.root() / "score").var_copy("weight", &init);
         RewardModel { vs, config, backbone, score }
     }
 
