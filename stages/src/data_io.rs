@@ -46,13 +46,26 @@ impl Codec {
         let pad = tok.pad_id.unwrap_or(eos);
         Ok(Codec { tok, bos, eos, pad, max_len: None })
     }
-    /// The tokenizer of a directory (`tokenizer.json`), or an error naming the input slot.
+    /// The tokenizer of a directory (`tokenizer.json`), or an error naming the input slot. When the directory is a
+    /// checkpoint, sequences are truncated to the positions its model can place (`n_positions` /
+    /// `max_position_embeddings`).
     pub fn load(dir: &Path, slot: &str) -> StageResult<Codec> {
         if !dir.join("tokenizer.json").exists() {
             return Err(StageError::invalid(slot, format!("{}: no tokenizer.json in this directory", dir.display())));
         }
         let tok = Tokenizer::load(dir).map_err(|e| StageError::invalid(slot, format!("{e:#}")))?;
-        Codec::new(tok, slot)
+        let mut codec = Codec::new(tok, slot)?;
+        codec.max_len = std::fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| c.get("n_positions").or_else(|| c.get("max_position_embeddings")).and_then(|v| v.as_u64()))
+            .map(|n| n as usize);
+        Ok(codec)
+    }
+    /// Truncates sequences to `max_len` tokens, never beyond what the model can place.
+    pub fn with_max_len(mut self, max_len: usize) -> Codec {
+        self.max_len = Some(self.max_len.map_or(max_len, |m| m.min(max_len)));
+        self
     }
     pub fn prompt(&self, text: &str) -> StageResult<Vec<i64>> {
         let mut ids = vec![self.bos];

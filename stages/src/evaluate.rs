@@ -374,7 +374,7 @@ impl Stage for Evaluate {
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
-        &["evaluate.rs", "lm_io.rs", "stats.rs", "table.rs"]
+        &["evaluate.rs", "lm_io.rs", "data_io.rs", "synth.rs", "stats.rs", "table.rs"]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
@@ -400,8 +400,8 @@ impl Stage for Evaluate {
         let device = lm_io::tch_device(ctx);
         tch::set_num_threads(ctx.threads().max(1) as i32);
         rmdistill_ml::seed_everything(p.seed);
-        let codec = Codec::load(&ref_in.path, "reference", Some(p.max_len))?;
-        let pcodec = Codec::load(&pol_in.path, "policy", Some(p.max_len))?;
+        let codec = Codec::load(&ref_in.path, "reference")?.with_max_len(p.max_len);
+        let pcodec = Codec::load(&pol_in.path, "policy")?.with_max_len(p.max_len);
         if pcodec.tok.vocab_size() != codec.tok.vocab_size() || pcodec.eos != codec.eos {
             return Err(StageError::invalid("policy", "the policy's tokenizer differs from the reference's"));
         }
@@ -414,7 +414,7 @@ impl Stage for Evaluate {
             (OracleKind::RewardModel, Some(o)) => {
                 let mut model = RewardModel::load(&o.path, device, false).map_err(|e| StageError::invalid("oracle", format!("{e:#}")))?;
                 model.freeze();
-                let c = Codec::load(&o.path, "oracle", Some(p.max_len))?;
+                let c = Codec::load(&o.path, "oracle")?.with_max_len(p.max_len);
                 c.check_vocab(model.config.vocab_size(), "oracle")?;
                 Some(RmOracle { model, codec: c })
             }

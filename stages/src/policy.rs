@@ -341,7 +341,7 @@ impl Stage for Policy {
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
-        &["policy.rs", "losses.rs", "lm_io.rs", "table.rs"]
+        &["policy.rs", "losses.rs", "lm_io.rs", "data_io.rs", "table.rs"]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
@@ -399,7 +399,7 @@ impl Stage for Policy {
         let device = lm_io::tch_device(ctx);
         tch::set_num_threads(ctx.threads().max(1) as i32);
         rmdistill_ml::train::deterministic_cpu(p.seed, ctx.threads().max(1) as i32);
-        let codec = Codec::load(&ref_in.path, "reference", Some(p.max_len))?;
+        let codec = Codec::load(&ref_in.path, "reference")?.with_max_len(p.max_len);
         let mut reference = LanguageModel::load(&ref_in.path, device).map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
         codec.check_vocab(reference.net().vocab_size(), "reference")?;
         reference.freeze();

@@ -171,7 +171,7 @@ fn fixture() -> &'static Fixture {
         let pairs = root.join("pairs.parquet");
         table::write_table(&pairs, &b.finish(), &[("rmdistill.rho".into(), "0.6".into())]).unwrap();
         // precompute.rewards: reference log-probs under the encoding convention, members that disagree on length
-        let codec = Codec::load(&reference, "reference", Some(512)).unwrap();
+        let codec = Codec::load(&reference, "reference").unwrap().with_max_len(512);
         let enc = |v: &[String], f: &dyn Fn(&str) -> Vec<i64>| v.iter().map(|s| f(s)).collect::<Vec<_>>();
         let prom = enc(&pp, &|s| codec.prompt(s).unwrap());
         let ra_ids = enc(&pa, &|s| codec.response(s).unwrap());
