@@ -164,14 +164,18 @@ pub fn local_dir() -> PathBuf {
     std::env::var_os("RMDISTILL_LOCAL_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".rmdistill/local"))
 }
 
-pub fn open_store(plan: &Plan, common: &Common) -> anyhow::Result<Store> {
-    let url = common
+/// The store URL in force: `--store`, else RMDISTILL_STORE, else the manifest's [store] url, else the default.
+pub fn store_url(plan: &Plan, common: &Common) -> String {
+    common
         .store
         .clone()
         .or_else(|| std::env::var("RMDISTILL_STORE").ok())
         .or_else(|| plan.manifest.store_url.clone())
-        .unwrap_or_else(|| "file://.rmdistill/store".to_string());
-    Store::open(&url, &local_dir())
+        .unwrap_or_else(|| "file://.rmdistill/store".to_string())
+}
+
+pub fn open_store(plan: &Plan, common: &Common) -> anyhow::Result<Store> {
+    Store::open(&store_url(plan, common), &local_dir())
 }
 
 fn load(common: &Common) -> anyhow::Result<Plan> {

@@ -429,13 +429,7 @@ impl Ctx {
     pub fn load(common: &Common, bin: Option<&str>, manifest_path: Option<&str>, container: bool) -> anyhow::Result<Ctx> {
         let plan = crate::plan::load(&common.manifest, &common.set)?;
         let store = crate::cli::open_store(&plan, common)?;
-        let url = common
-            .store
-            .clone()
-            .or_else(|| std::env::var("RMDISTILL_STORE").ok())
-            .or_else(|| plan.manifest.store_url.clone())
-            .unwrap_or_else(|| "file://.rmdistill/store".to_string());
-        let store_url = shared_store_url(&url, container)?;
+        let store_url = shared_store_url(&crate::cli::store_url(&plan, common), container)?;
         let graph = Graph::from_plan(&plan, &store)?;
         let bin = match bin {
             Some(b) => b.to_string(),
