@@ -293,11 +293,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let i = plan.find(&name).ok_or_else(|| anyhow::anyhow!("no node named `{name}`"))?;
-            let st = exec::status(&plan, &store)?;
-            let Some(key) = st[i].key.clone().filter(|_| st[i].state == "cached") else {
-                anyhow::bail!("{name} is not in the store for the current manifest; run `rmdistill run {}` first", common.manifest.display());
-            };
-            let entry = store.get_entry(&key)?.expect("cached entry");
+            let entry = exec::stored_entry(&plan, &store, i)?;
             let art = entry.outputs.values().next().ok_or_else(|| anyhow::anyhow!("{name} has no output"))?;
             let dir = store.materialize(art)?;
             std::fs::create_dir_all(&out)?;
@@ -408,48 +404,35 @@ fn explain(common: &Common, name: &str) -> anyhow::Result<()> {
     let Some(target) = plan.find(name) else {
         anyhow::bail!("{}: no node named `{name}` (see `rmdistill node list {}`)", common.manifest.display(), common.manifest.display());
     };
-    let ext = exec::ExternalHashes::open(store.local_dir());
-    // Upstream outputs come from the store; an upstream that is not stored leaves this key undetermined.
-    let mut outputs = vec![None; plan.nodes.len()];
-    for i in plan.ancestors_and_self(target) {
-        if plan.nodes[i].deps().any(|d| outputs[d].is_none()) {
-            let missing: Vec<&str> = plan.nodes[i].deps().filter(|&d| outputs[d].is_none()).map(|d| plan.nodes[d].name.as_str()).collect();
-            if i == target {
-                println!("{name}: its key is not determined yet: upstream {} not in the store", missing.join(", "));
-                return Ok(());
-            }
-            continue;
-        }
-        let rec = exec::record(&plan, i, &outputs, &ext)?;
-        let key = rec.key();
-        let hit = exec::lookup(&store, &key)?;
-        if i == target {
-            let scope = exec::scope(&plan);
-            let last = store.last_key(&scope, name)?;
-            let reasons = if hit.is_some() { vec![] } else { exec::why_run(&store, &scope, name, &rec, &key)? };
-            if common.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({"node": name, "key": key, "cached": hit.is_some(), "record": rec, "last_key": last, "reasons": reasons, "entry": hit}))?
-                );
-            } else {
-                println!("node     {name}");
-                println!("key      {key}");
-                println!("state    {}", if hit.is_some() { "cached" } else { "would run" });
-                println!("record   {}", serde_json::to_string_pretty(&rec)?.replace('\n', "\n         "));
-                if let Some(e) = &hit {
-                    for (o, r) in &e.outputs {
-                        println!("output   {o} = {} ({:?}, {} bytes)", r.hash, r.kind, r.size);
-                    }
-                    println!("summary  {}", serde_json::to_string(&e.summary)?);
-                }
-                for r in &reasons {
-                    println!("why      {r}");
-                }
-            }
+    let (rec, key, hit) = match exec::resolve_node(&plan, &store, target)? {
+        exec::Resolved::Undetermined { missing } => {
+            println!("{name}: its key is not determined yet: upstream {} not in the store", missing.join(", "));
             return Ok(());
         }
-        outputs[i] = hit.map(|e| e.outputs);
+        exec::Resolved::Known { record, key, hit } => (record, key, hit),
+    };
+    let scope = exec::scope(&plan);
+    let last = store.last_key(&scope, name)?;
+    let reasons = if hit.is_some() { vec![] } else { exec::why_run(&store, &scope, name, &rec, &key)? };
+    if common.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"node": name, "key": key, "cached": hit.is_some(), "record": rec, "last_key": last, "reasons": reasons, "entry": hit}))?
+        );
+    } else {
+        println!("node     {name}");
+        println!("key      {key}");
+        println!("state    {}", if hit.is_some() { "cached" } else { "would run" });
+        println!("record   {}", serde_json::to_string_pretty(&rec)?.replace('\n', "\n         "));
+        if let Some(e) = &hit {
+            for (o, r) in &e.outputs {
+                println!("output   {o} = {} ({:?}, {} bytes)", r.hash, r.kind, r.size);
+            }
+            println!("summary  {}", serde_json::to_string(&e.summary)?);
+        }
+        for r in &reasons {
+            println!("why      {r}");
+        }
     }
     Ok(())
 }

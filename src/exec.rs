@@ -580,6 +580,51 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
     Ok(summary)
 }
 
+/// One node's key as the store determines it now.
+pub enum Resolved {
+    /// The key record, the key, and the cache hit if there is one.
+    Known { record: KeyRecord, key: String, hit: Option<Entry> },
+    /// Upstream nodes whose outputs are not stored yet, so this node's key is not determined.
+    Undetermined { missing: Vec<String> },
+}
+
+/// Resolves one node's key against the store, reading only the nodes it depends on (not the whole plan).
+pub fn resolve_node(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<Resolved> {
+    let ext = ExternalHashes::open(store.local_dir());
+    let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; plan.nodes.len()];
+    for i in plan.ancestors_and_self(target) {
+        let missing: Vec<String> = plan.nodes[i].deps().filter(|&d| outputs[d].is_none()).map(|d| plan.nodes[d].name.clone()).collect();
+        if !missing.is_empty() {
+            if i == target {
+                ext.save();
+                return Ok(Resolved::Undetermined { missing });
+            }
+            continue;
+        }
+        let record = record(plan, i, &outputs, &ext)?;
+        let key = record.key();
+        let hit = lookup(store, &key)?;
+        if i == target {
+            ext.save();
+            return Ok(Resolved::Known { record, key, hit });
+        }
+        outputs[i] = hit.map(|e| e.outputs);
+    }
+    unreachable!("a node is among its own ancestors")
+}
+
+/// The stored entry of a node for the current manifest, or an error saying to run it first.
+pub fn stored_entry(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<Entry> {
+    match resolve_node(plan, store, target)? {
+        Resolved::Known { hit: Some(e), .. } => Ok(e),
+        _ => anyhow::bail!(
+            "{} has no stored result for the current manifest; run it first (`rmdistill status {}` says why)",
+            plan.nodes[target].name,
+            plan.manifest.path().display()
+        ),
+    }
+}
+
 /// What `status` says of one node.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStatus {

@@ -30,11 +30,7 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
         },
     };
     let i = plan.find(node).expect("checked");
-    let st = exec::status(plan, store)?;
-    let Some(key) = st[i].key.clone().filter(|_| st[i].state == "cached") else {
-        anyhow::bail!("{node} has no stored result for its current key; run it first (`rmdistill status` says why)");
-    };
-    let entry = store.get_entry(&key)?.expect("cached entry exists");
+    let entry = exec::stored_entry(plan, store, i)?;
     let name = match output {
         Some(o) => o.to_string(),
         None if entry.outputs.len() == 1 => entry.outputs.keys().next().unwrap().clone(),

@@ -40,21 +40,7 @@ pub fn logprobs_nograd(
 
 /// A Utf8 column as strings (nulls are an error naming the column and row).
 pub fn strings(batch: &arrow::array::RecordBatch, col: &str, file: &Path) -> StageResult<Vec<String>> {
-    use arrow::array::{Array, AsArray};
-    let a = batch
-        .column_by_name(col)
-        .ok_or_else(|| StageError::invalid(col, format!("{}: missing column `{col}`", file.display())))?;
-    let cast = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8)?;
-    let s = cast.as_string::<i32>();
-    (0..s.len())
-        .map(|i| {
-            if s.is_null(i) {
-                Err(StageError::invalid(col, format!("{}: column `{col}` is null at row {i}", file.display())))
-            } else {
-                Ok(s.value(i).to_string())
-            }
-        })
-        .collect()
+    crate::data_io::strings(batch, col, file, false)
 }
 
 /// A numeric column as f64 (nulls are an error naming the column and row).
