@@ -1,6 +1,11 @@
 use clap::Parser;
 
 fn main() {
+    // Piped into `head` and the like, a command line tool ends quietly when the reader goes away (Rust ignores
+    // SIGPIPE by default, which turns it into a panic on the next print).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match rmdistill::cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
