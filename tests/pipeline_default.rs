@@ -1,5 +1,6 @@
 //! The paper's experiment end to end through the binary, on the embedded synthetic task at a small size: every
-//! stage from synth to the report, a cached re-run, and one method's β changed.
+//! stage from synth to the report (DPO's β and IPO's τ chosen by validation), a cached re-run, one method's β
+//! changed, the DPO candidates changed, and a sharded evaluation merged back equal to the unsharded one.
 
 mod common;
 use common::*;
@@ -7,7 +8,7 @@ use common::*;
 const SMALL: &[&str] = &[
     "--set", "n_docs=1500", "--set", "sft_steps=150", "--set", "rhos=[0.2, 0.8]", "--set", "seeds=[0]",
     "--set", "members=[0.2, 0.8]", "--set", "size=240", "--set", "member_size=60", "--set", "rm_epochs=1.0",
-    "--set", "policy_epochs=1", "--set", "eval_prompts=40",
+    "--set", "policy_epochs=1", "--set", "eval_prompts=40", "--set", "val_prompts=40",
 ];
 
 fn args<'a>(head: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
@@ -31,8 +32,24 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     let out = w.ok(&args(&["report", m, "-o", "rep"], &[]));
     assert!(out.trim().ends_with("rep/report.md"), "{out}");
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
-    for needle in ["Advantage over π_ref", "| 0.2 |", "| 0.8 |", "e-dpo", "d-dpo", "p-dpo", "dp-dpo", "ipo", "dpo"] {
+    for needle in ["Advantage over π_ref", "| 0.2 |", "| 0.8 |", "e-dpo", "d-dpo", "p-dpo", "dp-dpo", "ipo", "dpo", "β/τ chosen by validation"] {
         assert!(md.contains(needle), "report lacks {needle}:\n{md}");
+    }
+    // Selection: 3 β (τ) candidates per ρ were trained and validated; the report lists DPO and IPO once each
+    // (the chosen value), and the test evaluation read the chosen candidate.
+    let ran = nodes_with(&first, "ran");
+    assert_eq!(ran.iter().filter(|n| n.starts_with("dpo@")).count(), 6);
+    assert_eq!(ran.iter().filter(|n| n.starts_with("val_ipo@")).count(), 6);
+    assert!(!md.contains("dpo β="), "a chosen β must not split DPO into several columns:\n{md}");
+    let sel: serde_json::Value = serde_json::from_str(&w.ok(&args(&["show", m, "select_dpo", "--json"], &[]))).unwrap();
+    let rows = sel["preview"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{sel}");
+    for r in rows {
+        let rho = r["rho"].as_f64().unwrap();
+        let chosen = r["value"].as_f64().unwrap();
+        let eval: serde_json::Value = serde_json::from_str(&w.ok(&args(&["show", m, &format!("eval_dpo@rho={rho},seed=0.summary"), "--json"], &[]))).unwrap();
+        assert_eq!(eval["preview"][0]["beta"].as_f64(), Some(chosen), "{eval}");
+        assert_eq!(eval["preview"][0]["split"], "test");
     }
     for png in ["advantage_vs_rho.png", "logp_trajectories.png", "member_usage.png"] {
         let bytes = std::fs::read(w.path().join("rep").join(png)).unwrap();
@@ -51,4 +68,57 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     }
     expected.sort();
     assert_eq!(ran, expected);
+
+    // Dropping one DPO candidate: every policy is cached; the selection, DPO's test evaluations and the report re-run.
+    let fewer = w.run_json(&args(&[m], &["--set", "beta_e_dpo=0.3", "--set", "betas_dpo=[0.1, 1.0]"]));
+    assert_eq!(
+        nodes_with(&fewer, "ran"),
+        vec!["eval_dpo@rho=0.2,seed=0", "eval_dpo@rho=0.8,seed=0", "report", "select_dpo"],
+        "{fewer}"
+    );
+
+    // A sharded evaluation (3 shards + merge_eval) equals the unsharded one with the same batches, row for row.
+    let pipeline = repo().join("pipelines/robust-distill.toml");
+    let sharded = w.write(
+        "sharded.toml",
+        &format!(
+            r#"pipeline = {:?}
+
+[stages.whole]
+kind = "evaluate"
+inputs = {{ policy = "e_dpo.model", reference = "sft.model", prompts = "synth.corpus" }}
+sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
+params = {{ oracle = "synthetic", split = "test", n_prompts = 37, batch_size = 8, seed = "${{seed}}" }}
+
+[stages.part]
+kind = "evaluate"
+inputs = {{ policy = "e_dpo.model", reference = "sft.model", prompts = "synth.corpus" }}
+sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}", shard = [0, 1, 2] }}
+params = {{ oracle = "synthetic", split = "test", n_prompts = 37, batch_size = 8, seed = "${{seed}}", shard = "${{shard}}", shards = 3 }}
+
+[stages.merged]
+kind = "merge_eval"
+inputs = {{ parts = "part.samples" }}
+sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
+"#,
+            pipeline.to_str().unwrap()
+        ),
+    );
+    let sm = sharded.to_str().unwrap();
+    let run = w.run_json(&args(&[sm, "whole", "merged"], &[]));
+    assert_eq!(run["failed"], 0, "{run}");
+    for rho in ["0.2", "0.8"] {
+        let get = |what: &str| -> serde_json::Value {
+            let v: serde_json::Value = serde_json::from_str(&w.ok(&args(&["show", sm, what, "--json", "--rows", "100"], &[]))).unwrap();
+            v["preview"].clone()
+        };
+        let (whole, merged) = (get(&format!("whole@rho={rho},seed=0.samples")), get(&format!("merged@rho={rho},seed=0.samples")));
+        assert_eq!(whole.as_array().unwrap().len(), 37);
+        assert_eq!(whole, merged, "sharded samples differ at rho {rho}");
+        let (ws, ms) = (get(&format!("whole@rho={rho},seed=0.summary")), get(&format!("merged@rho={rho},seed=0.summary")));
+        assert_eq!(ws, ms, "sharded summary differs at rho {rho}");
+        // each shard evaluated only its own block of batches
+        let part0 = get(&format!("part@rho={rho},seed=0,shard=0.samples"));
+        assert!(part0.as_array().unwrap().len() < 37);
+    }
 }

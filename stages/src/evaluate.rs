@@ -2,8 +2,8 @@
 //!
 //! Samples `samples_per_prompt` responses from the policy and from π_ref for each held-out prompt of `prompts`
 //! (rows whose `split` equals the `split` param when the table has that column; distinct prompts in table order;
-//! `n_prompts` caps them; `shard`/`shards` keep prompts whose index ≡ shard mod shards). Both models sample with the
-//! same per-row seeds (common random numbers). Each response is scored by the oracle:
+//! `n_prompts` caps them). Both models sample with the same per-batch seeds (common random numbers). Each response
+//! is scored by the oracle:
 //! - `oracle = "synthetic"`: the embedded task's programmatic oracle (`stages::synth::oracle_score`) with the
 //!   knobs in `oracle_params`;
 //! - `oracle = "reward_model"`: a reward-model checkpoint bound to the `oracle` input (scored with its own
@@ -19,7 +19,14 @@
 //! - `policy_mean`, `ref_mean`, and what trained the policy (`method`, `beta`, `tau`, `rho` from the checkpoint's
 //!   `rmdistill_policy.json`, when present).
 //!
-//! Run on a validation split (`split = "eval"`) this is what β/τ selection reads (see [`crate::select`]).
+//! Run on a validation split (`split = "eval"`) this is what β/τ selection reads (see [`crate::select`]). With a
+//! `selection` bound, `policy` may bind every candidate of a β/τ sweep (one per value, for this node's ρ and seed):
+//! the one the selection chose for its method and ρ is evaluated, the others only enter the cache key.
+//!
+//! Sharding (`shard`/`shards`): the (prompt, sample) rows are cut into batches of `batch_size` exactly as unsharded,
+//! and shard k of N evaluates the k-th contiguous block of batches with the same per-batch seeds, so [`MergeEval`]
+//! (`merge_eval`) concatenating the shards' `samples` gives back the unsharded table row for row, and its summary the
+//! unsharded summary.
 
 use rmdistill_ml::tch;
 use crate::lm_io::{self, Codec};
@@ -177,7 +184,6 @@ fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
     if let Some(n) = p.n_prompts {
         out.truncate(n);
     }
-    let out: Vec<String> = out.into_iter().enumerate().filter(|(i, _)| i % p.shards == p.shard).map(|(_, s)| s).collect();
     if out.is_empty() {
         return Err(StageError::invalid(
             "split",
@@ -352,6 +358,96 @@ fn summary_table(s: &Summary, info: &Value, split: Option<&str>) -> StageResult<
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
 }
 
+/// What both tables' metadata and the node's summary record (the shard numbers and the policy's info let
+/// `merge_eval` rebuild the unsharded summary).
+fn summary_json(sum: &Summary, samples: usize, split: Option<&str>, info: &Value, shard: usize, shards: usize) -> Value {
+    json!({
+        "advantage": sum.advantage.mean,
+        "ci_low": sum.advantage.ci_low,
+        "ci_high": sum.advantage.ci_high,
+        "se": sum.advantage.se,
+        "n_prompts": sum.advantage.n,
+        "samples": samples,
+        "win_rate": sum.win_rate,
+        "mean_len": sum.mean_len,
+        "ref_mean_len": sum.ref_mean_len,
+        "kl": sum.kl,
+        "policy_mean": sum.policy_mean,
+        "ref_mean": sum.ref_mean,
+        "split": split,
+        "method": info.get("method"),
+        "shard": shard,
+        "shards": shards,
+        "policy_info": info.to_string(),
+    })
+}
+
+fn read_info(dir: &Path) -> Value {
+    std::fs::read_to_string(dir.join(lm_io::POLICY_INFO_FILE)).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null)
+}
+
+/// The policy to evaluate: the one bound, or, with a `selection`, the candidate it chose for this method and ρ.
+fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
+    let cands: Vec<(&InputArtifact, Value)> = ctx.inputs("policy").iter().map(|a| (a, read_info(&a.path))).collect();
+    let names = |c: &[(&InputArtifact, Value)]| c.iter().map(|(a, _)| a.node.as_str()).collect::<Vec<_>>().join(", ");
+    let sel = lm_io::opt_input(ctx, "selection")?;
+    let Some(sel) = sel else {
+        return match cands.len() {
+            0 => Err(StageError::invalid("policy", "no policy checkpoint is bound")),
+            1 => Ok(cands.into_iter().next().unwrap()),
+            n => Err(StageError::invalid(
+                "policy",
+                format!("{n} policies are bound ({}); bind `selection` (a select stage's output) to choose one, or sweep this stage over their axes", names(&cands)),
+            )),
+        };
+    };
+    let choices = crate::select::read_selection(&sel.path)?;
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+    let num = |a: &InputArtifact, info: &Value, k: &str| {
+        info.get(k).and_then(Value::as_f64).or_else(|| a.coords.get(k).and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))))
+    };
+    let mut chosen = vec![];
+    let mut wanted = None;
+    for (a, info) in &cands {
+        let method = info.get("method").and_then(Value::as_str).map(str::to_string).or_else(|| a.coords.get("method").and_then(Value::as_str).map(str::to_string));
+        let Some(method) = method else {
+            return Err(StageError::invalid("policy", format!("{}: no `method` in its {}: not a policy checkpoint", a.node, lm_io::POLICY_INFO_FILE)));
+        };
+        let rho = num(a, info, "rho");
+        let c = choices.iter().find(|c| {
+            c.method == method
+                && match (c.rho, rho) {
+                    (None, _) => true,
+                    (Some(x), Some(y)) => close(x, y),
+                    (Some(_), None) => false,
+                }
+        });
+        let Some(c) = c else {
+            let have: Vec<String> = choices.iter().map(|c| format!("{} at ρ = {:?}", c.method, c.rho)).collect();
+            return Err(StageError::invalid(
+                "selection",
+                format!("{} ({}): the selection ({}) has no choice for {method} at ρ = {rho:?}; it covers {}", a.node, method, sel.node, have.join(", ")),
+            ));
+        };
+        if num(a, info, &c.param).is_some_and(|v| close(v, c.value)) {
+            chosen.push((*a, info.clone()));
+        }
+        wanted = Some(c.clone());
+    }
+    let w = wanted.ok_or_else(|| StageError::invalid("policy", "no policy checkpoint is bound"))?;
+    match chosen.len() {
+        1 => Ok(chosen.pop().unwrap()),
+        0 => Err(StageError::invalid(
+            "policy",
+            format!("the selection chose {} = {} for {} at ρ = {:?}, but no bound policy was trained with it (bound: {})", w.param, w.value, w.method, w.rho, names(&cands)),
+        )),
+        n => Err(StageError::invalid(
+            "policy",
+            format!("{n} bound policies match the selection's {} = {} ({}); sweep this stage over the axes that tell them apart", w.param, w.value, names(&chosen)),
+        )),
+    }
+}
+
 impl Stage for Evaluate {
     fn kind(&self) -> &'static str {
         "evaluate"
@@ -361,7 +457,8 @@ impl Stage for Evaluate {
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[
-            InputSpec { name: "policy", required: true, many: false, doc: "policy checkpoint (Dir)" },
+            InputSpec { name: "policy", required: true, many: true, doc: "policy checkpoint (Dir); the candidates of a β/τ sweep with `selection`" },
+            InputSpec { name: "selection", required: false, many: false, doc: "select.selection: which candidate policy to evaluate" },
             InputSpec { name: "reference", required: true, many: false, doc: "reference policy checkpoint (Dir)" },
             InputSpec { name: "prompts", required: true, many: false, doc: "table with `prompt` (and optional `split`)" },
             InputSpec { name: "oracle", required: false, many: false, doc: "reward-model oracle checkpoint (oracle = \"reward_model\")" },
@@ -385,7 +482,7 @@ impl Stage for Evaluate {
     fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
         let p = parse(ctx.params())?;
         let t0 = std::time::Instant::now();
-        let pol_in = lm_io::one_input(ctx, "policy")?;
+        let (pol_in, info) = pick_policy(ctx)?;
         let ref_in = lm_io::one_input(ctx, "reference")?;
         let prompts_in = lm_io::one_input(ctx, "prompts")?;
         let oracle_in = lm_io::opt_input(ctx, "oracle")?;
@@ -420,21 +517,26 @@ impl Stage for Evaluate {
             }
             _ => None,
         };
-        let info: Value = std::fs::read_to_string(pol_in.path.join(lm_io::POLICY_INFO_FILE))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(Value::Null);
-        // ---- sample: rows are (prompt, sample index), batched
+        // ---- sample: rows are (prompt, sample index), batched; a shard takes a contiguous block of batches
         let mut rows: Vec<(u32, u32)> = vec![];
         for i in 0..prompts.len() as u32 {
             for k in 0..p.samples_per_prompt as u32 {
                 rows.push((i, k));
             }
         }
+        let n_batches = rows.len().div_ceil(p.batch_size);
+        let mine = crate::data_io::shard_range(n_batches, p.shard, p.shards);
+        if mine.is_empty() {
+            return Err(StageError::invalid(
+                "shards",
+                format!("shard {} of {} has no work: {} rows make only {n_batches} batches of {}; use fewer shards or a smaller batch_size", p.shard, p.shards, rows.len(), p.batch_size),
+            ));
+        }
         let prompt_ids: Vec<Vec<i64>> = prompts.iter().map(|s| codec.prompt(s)).collect::<StageResult<_>>()?;
         let mut s = SampleRows::default();
-        let total = rows.len().div_ceil(p.batch_size) as u64;
-        for (bi, chunk) in rows.chunks(p.batch_size).enumerate() {
+        let total = mine.len() as u64;
+        let batches: Vec<(usize, &[(u32, u32)])> = rows.chunks(p.batch_size).enumerate().filter(|(bi, _)| mine.contains(bi)).collect();
+        for (done, (bi, chunk)) in batches.into_iter().enumerate() {
             let ps: Vec<&[i64]> = chunk.iter().map(|(i, _)| prompt_ids[*i as usize].as_slice()).collect();
             let cfg = SampleConfig {
                 max_new_tokens: p.max_new_tokens,
@@ -464,7 +566,7 @@ impl Stage for Evaluate {
                 s.policy_logp.push(lp_pol[j]);
                 s.policy_logp_ref.push(lp_ref[j]);
             }
-            ctx.progress(bi as u64 + 1, total + 1);
+            ctx.progress(done as u64 + 1, total + 1);
         }
         // ---- oracle
         match &rm {
@@ -480,22 +582,7 @@ impl Stage for Evaluate {
             }
         }
         let sum = summarize(&s);
-        let summary = json!({
-            "advantage": sum.advantage.mean,
-            "ci_low": sum.advantage.ci_low,
-            "ci_high": sum.advantage.ci_high,
-            "se": sum.advantage.se,
-            "n_prompts": sum.advantage.n,
-            "samples": s.prompt.len(),
-            "win_rate": sum.win_rate,
-            "mean_len": sum.mean_len,
-            "ref_mean_len": sum.ref_mean_len,
-            "kl": sum.kl,
-            "policy_mean": sum.policy_mean,
-            "ref_mean": sum.ref_mean,
-            "split": p.split,
-            "method": info.get("method"),
-        });
+        let summary = summary_json(&sum, s.prompt.len(), p.split.as_deref(), &info, p.shard, p.shards);
         // artifact bytes are deterministic: wall time goes only into the returned summary
         let kv = table::summary_kv("evaluate", &summary);
         let mut summary = summary;
@@ -504,7 +591,8 @@ impl Stage for Evaluate {
         table::write_table(&ctx.output_path("summary"), &summary_table(&sum, &info, p.split.as_deref())?, &kv)?;
         ctx.progress(total + 1, total + 1);
         ctx.log(&format!(
-            "{} prompts × {}: advantage {:+.4} [{:+.4}, {:+.4}], win rate {:.3}, length {:.1} vs {:.1}, KL {:.3} ({:.1} s)",
+            "{} rows of {} prompts × {}: advantage {:+.4} [{:+.4}, {:+.4}], win rate {:.3}, length {:.1} vs {:.1}, KL {:.3} ({:.1} s)",
+            s.prompt.len(),
             prompts.len(),
             p.samples_per_prompt,
             sum.advantage.mean,
@@ -520,9 +608,107 @@ impl Stage for Evaluate {
     }
 }
 
+/// `merge_eval`: an evaluation's shards back into one: the `samples` tables concatenated in shard order (the
+/// unsharded table, row for row) and the summary recomputed from them.
+pub struct MergeEval;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeParams {}
+
+impl Stage for MergeEval {
+    fn kind(&self) -> &'static str {
+        "merge_eval"
+    }
+    fn doc(&self) -> &'static str {
+        "joins a sharded evaluate's samples in shard order and recomputes its summary (= the unsharded evaluation)"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        &[InputSpec { name: "parts", required: true, many: true, doc: "evaluate.samples of every shard" }]
+    }
+    fn outputs(&self) -> &'static [OutputSpec] {
+        &[
+            OutputSpec { name: "samples", kind: ArtifactKind::File, doc: "the shards' samples in shard order" },
+            OutputSpec { name: "summary", kind: ArtifactKind::File, doc: "one row, as evaluate's summary" },
+        ]
+    }
+    fn code_files(&self) -> &'static [&'static str] {
+        &["evaluate.rs", "lm_io.rs", "data_io.rs", "stats.rs", "table.rs"]
+    }
+    fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
+        parse_params::<MergeParams>(params).map(|_| ())
+    }
+    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
+        let parts = ctx.inputs("parts");
+        if parts.is_empty() {
+            return Err(StageError::invalid("parts", "no evaluate.samples is bound"));
+        }
+        let mut by_shard: std::collections::BTreeMap<usize, usize> = Default::default();
+        let mut shards_seen: Option<usize> = None;
+        let mut common: Option<(String, String)> = None; // (policy_info, split)
+        for (k, part) in parts.iter().enumerate() {
+            let kv = table::read_kv(&part.path)?;
+            let get = |key: &str| {
+                kv.iter().find(|(k, _)| k == &format!("rmdistill.{key}")).map(|(_, v)| v.clone()).ok_or_else(|| {
+                    StageError::invalid("parts", format!("{} ({}): no `rmdistill.{key}` metadata: not an evaluate.samples table", part.node, part.path.display()))
+                })
+            };
+            let num = |key: &str| -> StageResult<usize> {
+                get(key)?.parse().map_err(|_| StageError::invalid("parts", format!("{}: `rmdistill.{key}` is not a number", part.node)))
+            };
+            let (shard, shards) = (num("shard")?, num("shards")?);
+            if *shards_seen.get_or_insert(shards) != shards {
+                return Err(StageError::invalid("parts", format!("{} says shards = {shards}, another part says {}", part.node, shards_seen.unwrap())));
+            }
+            if shard >= shards || by_shard.insert(shard, k).is_some() {
+                return Err(StageError::invalid("parts", format!("{}: shard {shard} of {shards} is out of range or bound twice", part.node)));
+            }
+            let this = (get("policy_info")?, get("split")?);
+            match &common {
+                None => common = Some(this),
+                Some(c) if *c != this => {
+                    return Err(StageError::invalid("parts", format!("{} evaluated another policy or split than {}", part.node, parts[0].node)));
+                }
+                _ => {}
+            }
+        }
+        let shards = shards_seen.unwrap();
+        let missing: Vec<String> = (0..shards).filter(|s| !by_shard.contains_key(s)).map(|s| s.to_string()).collect();
+        if !missing.is_empty() {
+            return Err(StageError::invalid("parts", format!("shards {} of {shards} are missing", missing.join(", "))));
+        }
+        let mut batches = vec![];
+        for (shard, k) in &by_shard {
+            let t = table::read_table(&parts[*k].path, None)?;
+            if let Some(first) = batches.first().map(|b: &RecordBatch| b.schema())
+                && first != t.schema()
+            {
+                return Err(StageError::invalid("parts", format!("shard {shard} ({}) has a different schema from shard 0", parts[*k].node)));
+            }
+            batches.push(t);
+        }
+        let merged = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
+        let s = samples_from(&merged, &parts[0].path)?;
+        let sum = summarize(&s);
+        let (info, split) = common.unwrap();
+        let info: Value = serde_json::from_str(&info).unwrap_or(Value::Null);
+        let split = (split != "null").then_some(split);
+        let summary = summary_json(&sum, s.prompt.len(), split.as_deref(), &info, 0, 1);
+        let kv = table::summary_kv("merge_eval", &summary);
+        table::write_table(&ctx.output_path("samples"), &merged, &kv)?;
+        table::write_table(&ctx.output_path("summary"), &summary_table(&sum, &info, split.as_deref())?, &kv)?;
+        ctx.log(&format!("merged {shards} shards: {} rows, advantage {:+.4} [{:+.4}, {:+.4}]", s.prompt.len(), sum.advantage.mean, sum.advantage.ci_low, sum.advantage.ci_high));
+        Ok(summary)
+    }
+}
+
 /// Reads an evaluate `samples` table back (for the report's paired comparisons).
 pub fn read_samples(path: &Path) -> StageResult<SampleRows> {
-    let t = table::read_table(path, None)?;
+    samples_from(&table::read_table(path, None)?, path)
+}
+
+fn samples_from(t: &RecordBatch, path: &Path) -> StageResult<SampleRows> {
+    let t = t.clone();
     let u = |c: &str| -> StageResult<Vec<u32>> { Ok(table::u32_values(&t, c)?.values().to_vec()) };
     Ok(SampleRows {
         prompt_idx: u("prompt_idx")?,

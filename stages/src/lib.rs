@@ -36,6 +36,7 @@ pub fn registry() -> Vec<&'static dyn Stage> {
         &generate::Generate,
         &policy::Policy,
         &evaluate::Evaluate,
+        &evaluate::MergeEval,
         &report::Report,
         &select::Select,
         &synth::Synth,

@@ -126,21 +126,28 @@ pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
     })
 }
 
-/// Distinguishes a method's β/τ values in labels when several were evaluated (a sweep without selection).
+/// Distinguishes a method's β/τ values in labels when several were evaluated for the same ρ and seed (a sweep
+/// without selection). Values chosen per ρ by validation differ across ρ but stay one method.
 fn label_rows(rows: &mut [EvalRow]) {
-    let mut values: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    let mut values: BTreeMap<(String, i64, Option<i64>), (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
     for r in rows.iter() {
-        let e = values.entry(r.method.clone()).or_default();
+        let e = values.entry((r.method.clone(), rho_key(r.rho), r.seed)).or_default();
         e.0.insert(format!("{:?}", r.beta));
         e.1.insert(format!("{:?}", r.tau));
     }
+    let mut swept: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+    for ((m, _, _), (b, t)) in &values {
+        let e = swept.entry(m.clone()).or_default();
+        e.0 |= b.len() > 1;
+        e.1 |= t.len() > 1;
+    }
     for r in rows.iter_mut() {
-        let (b, t) = &values[&r.method];
+        let (b, t) = swept[&r.method];
         let mut l = r.method.clone();
-        if b.len() > 1 {
+        if b {
             l.push_str(&format!(" β={}", r.beta.map_or("-".into(), |v| v.to_string())));
         }
-        if t.len() > 1 {
+        if t {
             l.push_str(&format!(" τ={}", r.tau.map_or("-".into(), |v| v.to_string())));
         }
         r.label = l;
@@ -149,6 +156,19 @@ fn label_rows(rows: &mut [EvalRow]) {
 
 fn rho_key(r: Option<f64>) -> i64 {
     r.map_or(i64::MIN, |v| (v * 1e6).round() as i64)
+}
+
+/// Whether a training run used the value the selection chose for its method and ρ (true when nothing was chosen
+/// for it).
+fn is_chosen(chosen: &[crate::select::Choice], t: &Trajectory) -> bool {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+    match chosen.iter().find(|c| c.method == t.method && (c.rho.is_none() || rho_key(c.rho) == rho_key(t.rho))) {
+        None => true,
+        Some(c) => {
+            let v = if c.param == "tau" { t.tau } else { t.beta };
+            v.is_some_and(|v| close(v, c.value))
+        }
+    }
 }
 
 /// Aggregates seeds per (label, ρ).
@@ -186,6 +206,8 @@ pub struct Trajectory {
     pub logp_rejected: Vec<Option<f64>>,
     pub chosen_member: Vec<Option<f64>>,
     pub final_kl: Option<f64>,
+    pub beta: Option<f64>,
+    pub tau: Option<f64>,
 }
 
 fn col_opt(t: &arrow::array::RecordBatch, c: &str) -> Vec<Option<f64>> {
@@ -206,7 +228,10 @@ fn read_metrics(a: &InputArtifact) -> StageResult<Trajectory> {
         .or_else(|| kv.iter().find(|(k, _)| k == "rmdistill.method").map(|(_, v)| v.trim_matches('"').to_string()))
         .unwrap_or_else(|| a.node.clone());
     let kl = col_opt(&t, "kl");
+    let num = |k: &str| coord_f64(&a.coords, k).or_else(|| kv.iter().find(|(x, _)| x == &format!("rmdistill.{k}")).and_then(|(_, v)| v.parse().ok()));
     Ok(Trajectory {
+        beta: num("beta"),
+        tau: num("tau"),
         method,
         rho: coord_f64(&a.coords, "rho"),
         step: col_opt(&t, "step").into_iter().map(|v| v.unwrap_or(0.0)).collect(),
@@ -474,6 +499,7 @@ impl Stage for Report {
             InputSpec { name: "evals", required: true, many: true, doc: "evaluate.summary of every policy (coords rho, method, seed)" },
             InputSpec { name: "metrics", required: false, many: true, doc: "policy.metrics of every policy (coords rho, method, seed)" },
             InputSpec { name: "rm_metrics", required: false, many: true, doc: "reward-model training metrics" },
+            InputSpec { name: "selection", required: false, many: true, doc: "select.selection: β/τ chosen by validation (tabulated; trajectories of other values dropped)" },
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
@@ -494,7 +520,12 @@ impl Stage for Report {
         }
         let mut rows: Vec<EvalRow> = evals.iter().map(read_eval).collect::<StageResult<_>>()?;
         label_rows(&mut rows);
-        let trajs: Vec<Trajectory> = ctx.inputs("metrics").iter().map(read_metrics).collect::<StageResult<_>>()?;
+        let mut trajs: Vec<Trajectory> = ctx.inputs("metrics").iter().map(read_metrics).collect::<StageResult<_>>()?;
+        let mut chosen: Vec<crate::select::Choice> = vec![];
+        for a in ctx.inputs("selection") {
+            chosen.extend(crate::select::read_selection(&a.path)?);
+        }
+        trajs.retain(|t| is_chosen(&chosen, t));
         let cells = aggregate(&rows);
         // method order: as METHOD.md lists them, then any others
         let mut labels: Vec<String> = cells.iter().map(|c| c.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
@@ -623,6 +654,17 @@ impl Stage for Report {
                 let _ = writeln!(md, "| {} | {} |", fmt_rho(*rho), s.join(", "));
             }
             let _ = writeln!(md, "\n![member usage](member_usage.png)\n");
+        }
+        if !chosen.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## β/τ chosen by validation\n\nPer method and ρ, the value with the highest mean oracle advantage over π_ref on the \
+                 validation prompts (mean over seeds); the tables above evaluate that policy on the test prompts.\n\n\
+                 | method | ρ | parameter | chosen | validation advantage | candidates |\n|---|---|---|---|---|---|"
+            );
+            for c in &chosen {
+                let _ = writeln!(md, "| {} | {} | {} | {} | {:+.4} | {} |", c.method, fmt_rho(c.rho), c.param, c.value, c.advantage, c.candidates);
+            }
         }
         let rm = ctx.inputs("rm_metrics");
         if !rm.is_empty() {

@@ -65,6 +65,34 @@ pub fn choose(rows: &[(String, Option<f64>, String, f64, f64)]) -> Vec<Choice> {
         .collect()
 }
 
+/// Reads a `selection` table back (what `evaluate` uses to pick the chosen candidate policy).
+pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
+    use arrow::array::{Array, AsArray};
+    let t = table::read_table(path, None)?;
+    let methods = crate::data_io::strings(&t, "method", path, true)?;
+    let params = crate::data_io::strings(&t, "param", path, true)?;
+    let f = |c: &str| -> StageResult<Vec<Option<f64>>> {
+        let a = t.column_by_name(c).ok_or_else(|| StageError::invalid("selection", format!("{}: missing column `{c}`", path.display())))?;
+        let a = arrow::compute::cast(a, &DataType::Float64)?;
+        let a = a.as_primitive::<arrow::datatypes::Float64Type>();
+        Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect())
+    };
+    let (rho, value, adv, seeds, cands) = (f("rho")?, f("value")?, f("advantage")?, f("seeds")?, f("candidates")?);
+    (0..t.num_rows())
+        .map(|i| {
+            Ok(Choice {
+                method: methods[i].clone(),
+                rho: rho[i],
+                param: params[i].clone(),
+                value: value[i].ok_or_else(|| StageError::invalid("selection", format!("{}: row {i}: null `value`", path.display())))?,
+                advantage: adv[i].unwrap_or(f64::NAN),
+                seeds: seeds[i].unwrap_or(0.0) as usize,
+                candidates: cands[i].unwrap_or(0.0) as usize,
+            })
+        })
+        .collect()
+}
+
 impl Stage for Select {
     fn kind(&self) -> &'static str {
         "select"
