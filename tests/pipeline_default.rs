@@ -121,4 +121,23 @@ sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
         let part0 = get(&format!("part@rho={rho},seed=0,shard=0.samples"));
         assert!(part0.as_array().unwrap().len() < 37);
     }
+    // Several candidate policies and no selection: the node fails naming them, and publishes nothing.
+    let bad = w.write(
+        "bad.toml",
+        &format!(
+            r#"pipeline = {:?}
+
+[stages.unselected]
+kind = "evaluate"
+inputs = {{ policy = "dpo.model", reference = "sft.model", prompts = "synth.corpus" }}
+sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
+params = {{ oracle = "synthetic", seed = "${{seed}}" }}
+"#,
+            pipeline.to_str().unwrap()
+        ),
+    );
+    let o = w.run(&args(&["run", bad.to_str().unwrap(), "unselected@rho=0.2,seed=0"], &[]));
+    assert_eq!(o.status.code(), Some(1));
+    let err = s(&o.stdout) + &s(&o.stderr);
+    assert!(err.contains("3 policies are bound") && err.contains("selection"), "{err}");
 }
