@@ -1,0 +1,31 @@
+//! Bad experiment settings on the embedded default are refused before any work starts: exit 2, the pipeline file,
+//! line and column of the offending value, the node and the field, what was expected — and nothing in the store.
+
+mod common;
+use common::*;
+
+fn refused(set: &str, needles: &[&str]) {
+    let w = Work::new();
+    let manifest = repo().join("manifests/synthetic-default.toml");
+    let o = w.run(&["run", manifest.to_str().unwrap(), "-S", set]);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{set}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{set}: expected `{n}` in:\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!w.path().join(".rmdistill/store/blobs").exists() || blob_files(&w.store()).is_empty(), "{set}: something was stored");
+}
+
+#[test]
+fn out_of_range_settings_are_refused_before_work_starts() {
+    refused("rhos=[0.2, 1.5]", &["robust-distill.toml:", "d_rho@rho=1.5,seed=0: param `rho`: must be in [0, 1], got 1.5"]);
+    refused("beta_e_dpo=0", &["e_dpo@rho=0.2,seed=0: param `beta`: must be a finite number > 0, got 0"]);
+    refused("betas_dpo=[0.1, -1]", &["param `beta`: must be a finite number > 0, got -1"]);
+    refused("taus_ipo=[0]", &["param `tau`: must be a finite number > 0, got 0"]);
+    refused("members=[]", &["sweep `member` is empty"]);
+    refused("size=0", &["param `size`"]);
+    refused("gamma=-1", &["param `gamma`: must be finite and >= 0, got -1"]);
+    refused("val_prompts=0", &["val_dpo@", "param `n_prompts`: must be >= 1"]);
+    refused("no_such_var=1", &["declares no variable `no_such_var`"]);
+}
