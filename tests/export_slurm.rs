@@ -388,3 +388,69 @@ fn real_slurm_runs_the_manifest_like_a_local_run() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// Distinct job ids (array jobs once) the cluster knows, finished ones included.
+fn all_jobs(cl: &Cluster) -> BTreeSet<String> {
+    let o = cl.cmd("squeue").args(["-h", "-t", "all", "-o", "%F"]).output().unwrap();
+    assert!(o.status.success(), "squeue: {}", s(&o.stderr));
+    s(&o.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+}
+
+#[test]
+fn real_slurm_resubmission_while_queued_reuses_the_live_jobs() {
+    let t0 = Instant::now();
+    let Some(cl) = start_cluster() else { return };
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(3000));
+    let store = w.path().join("slurm-store");
+    std::fs::create_dir_all(&store).unwrap();
+    let url = format!("file://{}", store.display());
+
+    // 1. The script, submitted held (so that everything stays queued), then run again: every job is found queued by
+    //    its identity and reused, nothing is submitted twice.
+    let script = w.ok(&["export", "slurm", "m.toml", "--store", &url, "--sbatch-arg=--hold", "-o", "submit.sh"]);
+    assert!(script.is_empty());
+    let run_script = || {
+        let o = cl.cmd("bash").arg(w.path().join("submit.sh")).current_dir(w.path()).output().unwrap();
+        assert!(o.status.success(), "submit.sh: {}\n{}", s(&o.stderr), cl.log_tail());
+        s(&o.stdout)
+    };
+    let out1 = run_script();
+    assert_eq!(out1.lines().filter(|l| l.starts_with("job ")).count(), 8, "{out1}");
+    let jobs1 = all_jobs(&cl);
+    assert_eq!(jobs1.len(), 8, "{jobs1:?}");
+    let out2 = run_script();
+    assert_eq!(out2.lines().filter(|l| l.starts_with("reuse ")).count(), 8, "{out2}");
+    assert!(!out2.lines().any(|l| l.starts_with("job ")), "{out2}");
+    // The same ids, in the same order.
+    let ids = |out: &str| out.lines().filter_map(|l| l.split(' ').nth(1).map(str::to_string)).collect::<Vec<_>>();
+    assert_eq!(ids(&out1), ids(&out2));
+    assert_eq!(all_jobs(&cl), jobs1, "the second run of the script submitted jobs");
+
+    // 2. `--submit` while they are still queued: all 25 nodes are in flight, nothing is submitted, and the output
+    //    says which jobs were reused.
+    let again = submit(&w, &cl, &url, &[]);
+    assert_eq!((again["submitted"].as_u64(), again["in_flight"].as_u64()), (Some(0), Some(25)), "{again}");
+    let reused: BTreeSet<String> = again["reused"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(reused, jobs1, "{again}");
+    assert_eq!(all_jobs(&cl), jobs1, "--submit submitted jobs that were queued already");
+    let text = w.cmd(&["export", "slurm", "m.toml", "--store", &url, "--submit"]).env("SLURM_CONF", &cl.conf).output().unwrap();
+    assert!(text.status.success() && s(&text.stdout).lines().filter(|l| l.contains("\treused: ")).count() == 8, "{}\n{}", s(&text.stdout), s(&text.stderr));
+
+    // 3. Released, they run once, to the same store contents as a local run.
+    let list: Vec<String> = jobs1.iter().cloned().collect();
+    let o = cl.cmd("scontrol").arg("release").arg(list.join(",")).output().unwrap();
+    assert!(o.status.success(), "scontrol release: {}", s(&o.stderr));
+    let q = wait_settled(&cl, &list, Duration::from_secs(90));
+    assert!(q.iter().all(|(_, st, _)| st == "COMPLETED"), "{q:?}");
+    assert_eq!(all_jobs(&cl), jobs1);
+    assert_store_consistent(&store);
+    let local = Work::new();
+    local.write("m.toml", &gen_manifest(3000));
+    assert_eq!(local.run_json(&["m.toml", "-q"])["ran"], 25);
+    assert_eq!(entry_map(&store), entry_map(&local.store()), "cache entries differ from a local run's");
+    let after = submit(&w, &cl, &url, &[]);
+    assert_eq!((after["submitted"].as_u64(), after["in_flight"].as_u64()), (Some(0), Some(0)), "{after}");
+    drop(cl);
+    eprintln!("real Slurm re-submission test: {:.1}s", t0.elapsed().as_secs_f64());
+}
