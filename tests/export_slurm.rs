@@ -32,11 +32,51 @@ echo "$n;cluster"
 "#,
         log = log.display()
     );
-    let p = bin.join("sbatch");
-    std::fs::write(&p, script).unwrap();
+    // squeue answers with the rows in DIR/squeue-rows (`%F|%K|%T|%r|%j|%k`), cut to the fields asked for when the
+    // script asks for `%F|%r|%k`; scontrol prints a recorded job script.
+    let squeue = format!(
+        r#"#!/bin/bash
+fmt=""; while [[ $# -gt 0 ]]; do [[ $1 == -o ]] && fmt=$2; shift; done
+touch {dir}/squeue-rows
+if [[ $fmt == '%F|%r|%k' ]]; then awk -F'|' -v OFS='|' '{{ print $1, $4, $6 }}' {dir}/squeue-rows; else cat {dir}/squeue-rows; fi
+"#,
+        dir = dir.display()
+    );
+    let scontrol = format!("#!/bin/bash\n[[ $1 == write && $2 == batch_script ]] || exit 1\ncat {}/${{3%%_*}}.script\n", log.display());
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, text) in [("sbatch", script), ("squeue", squeue), ("scontrol", scontrol)] {
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     bin
+}
+
+/// squeue rows for every job the stand-in sbatch recorded, all pending (one row per array task); `skip` drops
+/// (job, task) rows, `never` marks them DependencyNeverSatisfied.
+fn queued_rows(dir: &Path, skip: &[(u32, Option<u32>)], never: &[(u32, Option<u32>)]) -> String {
+    let mut out = String::new();
+    let log = dir.join("sbatch-log");
+    let mut ids: Vec<u32> = std::fs::read_dir(&log).unwrap().flatten().filter_map(|f| f.file_name().to_str()?.strip_suffix(".args")?.parse().ok()).collect();
+    ids.sort();
+    for id in ids {
+        let args = std::fs::read_to_string(log.join(format!("{id}.args"))).unwrap();
+        let get = |k: &str| args.lines().find_map(|l| l.strip_prefix(k)).map(str::to_string);
+        let (name, comment) = (get("--job-name=").unwrap(), get("--comment=").unwrap());
+        let tasks: Vec<Option<u32>> = match get("--array=0-") {
+            Some(n) => (0..=n.split('%').next().unwrap().parse::<u32>().unwrap()).map(Some).collect(),
+            None => vec![None],
+        };
+        for t in tasks {
+            if skip.contains(&(id, t)) {
+                continue;
+            }
+            let reason = if never.contains(&(id, t)) { "DependencyNeverSatisfied" } else { "Dependency" };
+            let k = t.map_or("N/A".to_string(), |t| t.to_string());
+            out += &format!("{id}|{k}|PENDING|{reason}|{name}|{comment}\n");
+        }
+    }
+    out
 }
 
 #[test]
@@ -109,6 +149,36 @@ fn slurm_submit_runs_the_script_and_reports_job_ids() {
     assert!(args.lines().any(|l| l == "--dependency=afterok:101_0"), "{args}");
     let job = std::fs::read_to_string(w.path().join("sbatch-log/102.script")).unwrap();
     assert!(job.starts_with("#!/bin/bash\n") && job.contains("nodes=(\n  member@member=0.2,rho=0.2,seed=0\n"), "{job}");
+
+    // Submitted again while all of it is queued: nothing new, every job reused.
+    let sbatch_calls = || std::fs::read_dir(w.path().join("sbatch-log")).unwrap().count() / 2;
+    w.write("squeue-rows", &queued_rows(w.path(), &[], &[]));
+    let o = w.cmd(&["export", "slurm", "m.toml", "--submit", "--json"]).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["submitted"].as_u64(), v["in_flight"].as_u64(), v["reused"].as_array().unwrap().len()), (Some(0), Some(25), 8), "{v}");
+    assert_eq!(sbatch_calls(), 8);
+    // So does the script, run again: each job finds its own identity queued.
+    let script = w.path().join("submit.sh");
+    w.ok(&["export", "slurm", "m.toml", "-o", script.to_str().unwrap()]);
+    let o = Command::new("bash").arg(&script).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert_eq!(s(&o.stdout).lines().filter(|l| l.starts_with("reuse ")).count(), 8, "{}", s(&o.stdout));
+    assert_eq!(sbatch_calls(), 8);
+    // A sub task that can never run (its node and the three members below it are submitted again, waiting on gen's
+    // live job), and one that is gone (not cached, not queued: the same).
+    w.write("squeue-rows", &queued_rows(w.path(), &[(101, Some(4))], &[(101, Some(1))]));
+    let o = w.cmd(&["export", "slurm", "m.toml", "--submit", "--json"]).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["submitted"].as_u64(), v["in_flight"].as_u64()), (Some(8), Some(17)), "{v}");
+    let again: BTreeSet<String> = task_ids(&v).into_keys().collect();
+    let sub_nodes: Vec<String> = jobs[1]["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+    for k in [1, 4] {
+        assert!(again.contains(&sub_nodes[k]), "{} not submitted again: {again:?}", sub_nodes[k]);
+    }
+    let first_new = std::fs::read_to_string(w.path().join("sbatch-log/108.args")).unwrap();
+    assert!(first_new.lines().any(|l| l == "--dependency=afterok:100"), "{first_new}");
 
     // No sbatch: a clear error.
     let nobin = w.path().join("nobin");

@@ -293,12 +293,14 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
     writeln!(s, "    q=$(squeue -h -u \"$(id -un)\" -t {LIVE_STATES} -o '%F|%r|%k' 2>/dev/null) || return 0")?;
     writeln!(s, "    awk -F'|' -v c=\"$1\" '$3 == c && $2 != \"DependencyNeverSatisfied\" {{ print $1; exit }}' <<<\"$q\"")?;
     writeln!(s, "}}")?;
-    writeln!(s, "# submit NAME IDENTITY SBATCH-OPTION... <<SCRIPT : submits (or finds the live job with that identity),")?;
-    writeln!(s, "# prints `job ID NAME` (or `reuse ID NAME`), sets JOB")?;
+    writeln!(s, "# submit NAME IDENTITY MAY-REUSE SBATCH-OPTION... <<SCRIPT : submits, or where MAY-REUSE is 1 (every job it")?;
+    writeln!(s, "# waits on was reused too) finds the live job with that identity; prints `job ID NAME` (or `reuse ID NAME`),")?;
+    writeln!(s, "# sets JOB and REUSED")?;
     writeln!(s, "submit() {{")?;
-    writeln!(s, "    local name=$1 ident=$2; shift 2")?;
-    writeln!(s, "    JOB=$(live_job \"$ident\")")?;
-    writeln!(s, "    if [[ -n $JOB ]]; then echo \"reuse $JOB $name\"; return; fi")?;
+    writeln!(s, "    local name=$1 ident=$2 may=$3; shift 3")?;
+    writeln!(s, "    REUSED=0")?;
+    writeln!(s, "    if (( may )); then JOB=$(live_job \"$ident\"); else JOB=; fi")?;
+    writeln!(s, "    if [[ -n $JOB ]]; then REUSED=1; echo \"reuse $JOB $name\"; return; fi")?;
     writeln!(s, "    JOB=$(sbatch --parsable --job-name=\"$name\" --comment=\"$ident\" \"${{COMMON[@]}}\" \"$@\")")?;
     writeln!(s, "    JOB=${{JOB%%;*}}")?;
     writeln!(s, "    SUBMITTED+=(\"$JOB\")")?;
@@ -342,7 +344,19 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
         }
         writeln!(s)?;
         let names: Vec<&str> = gr.nodes.iter().map(|&n| g.nodes[n].name.as_str()).collect();
-        writeln!(s, "submit {} {} {} <<'{EOF_MARK}'", q(&gr.name), job_comment(ident, &names), opts.join(" "))?;
+        // A live job with the same nodes waits on the jobs it was submitted after: reuse it only where those were
+        // reused too (and where it waits on no job found queued before rendering).
+        let mut ups: Vec<usize> = gr.deps.iter().map(|d| d.group()).collect();
+        ups.sort();
+        ups.dedup();
+        let may = if !gr.after.is_empty() {
+            "0".to_string()
+        } else if ups.is_empty() {
+            "1".to_string()
+        } else {
+            format!("\"$(( {} ))\"", ups.iter().map(|u| format!("R{u}")).collect::<Vec<_>>().join(" * "))
+        };
+        writeln!(s, "submit {} {} {may} {} <<'{EOF_MARK}'", q(&gr.name), job_comment(ident, &names), opts.join(" "))?;
         writeln!(s, "#!/bin/bash")?;
         writeln!(s, "{TASKS_MARK}{}", serde_json::to_string(&names)?)?;
         writeln!(s, "set -eu")?;
@@ -358,7 +372,7 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
         };
         writeln!(s, "exec {} node run {} {node_arg} {}", q(&ctx.run.bin), q(&ctx.run.manifest), tail.join(" "))?;
         writeln!(s, "{EOF_MARK}")?;
-        writeln!(s, "J{gi}=$JOB")?;
+        writeln!(s, "J{gi}=$JOB R{gi}=$REUSED")?;
     }
     Ok(s)
 }
@@ -404,7 +418,9 @@ fn submit(ctx: &Ctx, groups: &[Group], a: &Args, script: &str, live: &Live) -> a
     let mut reused: Vec<(String, String, Vec<String>)> = Vec::new();
     for (job, (name, _)) in &live.jobs {
         let nodes: Vec<String> = ctx.graph.in_flight.iter().filter(|(_, id)| id == job || id.starts_with(&format!("{job}_"))).map(|(n, _)| n.clone()).collect();
-        reused.push((job.clone(), name.clone(), nodes));
+        if !nodes.is_empty() {
+            reused.push((job.clone(), name.clone(), nodes));
+        }
     }
     for ((id, name, _), gr) in ids.iter().zip(groups).filter(|((_, _, r), _)| *r) {
         reused.push((id.clone(), name.clone(), names(gr)));
