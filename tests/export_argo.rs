@@ -279,3 +279,68 @@ fn argo_workflow_matches_the_published_schema_when_given() {
     check_schema(&bad, &json!({"$ref": "#/definitions/io.argoproj.workflow.v1alpha1.Workflow"}), defs, "$", &mut errs);
     assert_eq!(errs.len(), 2, "{errs:?}");
 }
+
+/// `.venv/bin/python` with Hera and kubernetes-validate (scripts/setup.sh installs them); None (skipped) without, unless
+/// CI is set.
+fn schema_python() -> Option<std::path::PathBuf> {
+    let py = repo().join(".venv/bin/python");
+    let ok = std::process::Command::new(&py).args(["-c", "import hera.workflows, kubernetes_validate"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "{} with hera and kubernetes-validate is missing: scripts/setup.sh installs them", py.display());
+        eprintln!("SKIPPED: upstream schema test: {} with hera and kubernetes-validate is missing (run scripts/setup.sh)", py.display());
+        return None;
+    }
+    Some(py)
+}
+
+/// scripts/validate_k8s.py on a document: Ok, or the violations it printed.
+fn upstream_check(py: &std::path::Path, w: &Work, what: &str, doc: &Value) -> Result<(), String> {
+    let path = w.write(&format!("{what}-check.json"), &serde_json::to_string_pretty(doc).unwrap());
+    let o = std::process::Command::new(py).arg(repo().join("scripts/validate_k8s.py")).arg(what).arg(&path).output().unwrap();
+    match o.status.code() {
+        Some(0) => Ok(()),
+        Some(1) => Err(s(&o.stderr)),
+        _ => panic!("validate_k8s.py {what} did not run ({:?}):\n{}\n{}", o.status.code(), s(&o.stdout), s(&o.stderr)),
+    }
+}
+
+#[test]
+fn argo_and_k8s_documents_pass_the_upstream_schemas_strictly() {
+    let Some(py) = schema_python() else { return };
+    let w = Work::new();
+    // A sweep with an element-wise stage, GPUs, and every option that adds fields.
+    w.write("m.toml", &with_pick(&gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { cpus = 2, memory = \"2G\", gpus = 1, time = \"1h30m\" }\n")));
+    let opts = ["--image", "ghcr.io/x/rmdistill:1", "--service-account", "sa", "--namespace", "ns", "--name", "Sweep_1", "--manifest-path", "/m/m.toml", "--bin", "/usr/bin/rmdistill"];
+    let mut args = vec!["export", "argo", "m.toml", "--parallelism", "4", "--retries", "3"];
+    args.extend(opts);
+    let argo: Value = serde_json::from_str(&w.ok(&args)).unwrap();
+    let mut args = vec!["export", "k8s", "m.toml", "--backoff-limit", "3"];
+    args.extend(opts);
+    let k8s: Value = serde_json::from_str(&w.ok(&args)).unwrap();
+    assert_eq!(k8s["items"].as_array().unwrap().len(), 31);
+    if let Err(e) = upstream_check(&py, &w, "argo", &argo) {
+        panic!("the Workflow violates Argo's schema:\n{e}");
+    }
+    if let Err(e) = upstream_check(&py, &w, "k8s", &k8s) {
+        panic!("the Jobs violate Kubernetes' batch/v1 schema:\n{e}");
+    }
+
+    // The validators have teeth: a misspelt field, a wrong type and a missing required field are each caught.
+    let tpl = argo["spec"]["templates"].as_array().unwrap().iter().position(|t| t.get("container").is_some()).unwrap();
+    let dag = argo["spec"]["templates"].as_array().unwrap().iter().position(|t| t.get("dag").is_some()).unwrap();
+    let breaks: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        ("argo", Box::new(move |v: &mut Value| v["spec"]["templates"][tpl]["retrystrategy"] = json!({})), "retrystrategy"),
+        ("argo", Box::new(|v: &mut Value| v["spec"]["parallelism"] = json!("4")), "parallelism"),
+        ("argo", Box::new(move |v: &mut Value| v["spec"]["templates"][tpl]["container"]["resources"]["limit"] = json!({})), "limit"),
+        ("argo", Box::new(move |v: &mut Value| { v["spec"]["templates"][dag]["dag"]["tasks"][1].as_object_mut().unwrap().remove("name"); }), "tasks.1.name"),
+        ("k8s", Box::new(|v: &mut Value| v["items"][3]["spec"]["backofflimit"] = json!(2)), "backofflimit"),
+        ("k8s", Box::new(|v: &mut Value| v["items"][3]["spec"]["backoffLimit"] = json!("2")), "backoffLimit"),
+        ("k8s", Box::new(|v: &mut Value| { v["items"][3]["spec"]["template"]["spec"]["containers"][0].as_object_mut().unwrap().remove("name"); }), "name"),
+    ];
+    for (what, f, field) in breaks {
+        let mut bad = if what == "argo" { argo.clone() } else { k8s.clone() };
+        f(&mut bad);
+        let e = upstream_check(&py, &w, what, &bad).expect_err(&format!("{what}: breaking `{field}` was not caught"));
+        assert!(e.contains(field), "{what}: the violation names no `{field}`:\n{e}");
+    }
+}

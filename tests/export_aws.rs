@@ -143,10 +143,10 @@ fn aws_batch_arrays_and_element_wise_links() {
 fn graph(n_parents: usize) -> Graph {
     // n_parents independent stages of one node each, and one node that reads them all.
     let mut nodes: Vec<GNode> = (0..n_parents)
-        .map(|i| GNode { name: format!("s{i}"), stage: format!("s{i}"), resources: Resources::default(), deps: vec![] })
+        .map(|i| GNode { name: format!("s{i}"), stage: format!("s{i}"), resources: Resources::default(), deps: vec![], after: vec![] })
         .collect();
-    nodes.push(GNode { name: "merge".into(), stage: "merge".into(), resources: Resources::default(), deps: (0..n_parents).collect() });
-    Graph { total: nodes.len(), cached: 0, nodes }
+    nodes.push(GNode { name: "merge".into(), stage: "merge".into(), resources: Resources::default(), deps: (0..n_parents).collect(), after: vec![] });
+    Graph { total: nodes.len(), cached: 0, nodes, in_flight: vec![] }
 }
 
 fn spec() -> RunSpec {

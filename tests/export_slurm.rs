@@ -32,11 +32,51 @@ echo "$n;cluster"
 "#,
         log = log.display()
     );
-    let p = bin.join("sbatch");
-    std::fs::write(&p, script).unwrap();
+    // squeue answers with the rows in DIR/squeue-rows (`%F|%K|%T|%r|%j|%k`), cut to the fields asked for when the
+    // script asks for `%F|%r|%k`; scontrol prints a recorded job script.
+    let squeue = format!(
+        r#"#!/bin/bash
+fmt=""; while [[ $# -gt 0 ]]; do [[ $1 == -o ]] && fmt=$2; shift; done
+touch {dir}/squeue-rows
+if [[ $fmt == '%F|%r|%k' ]]; then awk -F'|' -v OFS='|' '{{ print $1, $4, $6 }}' {dir}/squeue-rows; else cat {dir}/squeue-rows; fi
+"#,
+        dir = dir.display()
+    );
+    let scontrol = format!("#!/bin/bash\n[[ $1 == write && $2 == batch_script ]] || exit 1\ncat {}/${{3%%_*}}.script\n", log.display());
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, text) in [("sbatch", script), ("squeue", squeue), ("scontrol", scontrol)] {
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     bin
+}
+
+/// squeue rows for every job the stand-in sbatch recorded, all pending (one row per array task); `skip` drops
+/// (job, task) rows, `never` marks them DependencyNeverSatisfied.
+fn queued_rows(dir: &Path, skip: &[(u32, Option<u32>)], never: &[(u32, Option<u32>)]) -> String {
+    let mut out = String::new();
+    let log = dir.join("sbatch-log");
+    let mut ids: Vec<u32> = std::fs::read_dir(&log).unwrap().flatten().filter_map(|f| f.file_name().to_str()?.strip_suffix(".args")?.parse().ok()).collect();
+    ids.sort();
+    for id in ids {
+        let args = std::fs::read_to_string(log.join(format!("{id}.args"))).unwrap();
+        let get = |k: &str| args.lines().find_map(|l| l.strip_prefix(k)).map(str::to_string);
+        let (name, comment) = (get("--job-name=").unwrap(), get("--comment=").unwrap());
+        let tasks: Vec<Option<u32>> = match get("--array=0-") {
+            Some(n) => (0..=n.split('%').next().unwrap().parse::<u32>().unwrap()).map(Some).collect(),
+            None => vec![None],
+        };
+        for t in tasks {
+            if skip.contains(&(id, t)) {
+                continue;
+            }
+            let reason = if never.contains(&(id, t)) { "DependencyNeverSatisfied" } else { "Dependency" };
+            let k = t.map_or("N/A".to_string(), |t| t.to_string());
+            out += &format!("{id}|{k}|PENDING|{reason}|{name}|{comment}\n");
+        }
+    }
+    out
 }
 
 #[test]
@@ -109,6 +149,36 @@ fn slurm_submit_runs_the_script_and_reports_job_ids() {
     assert!(args.lines().any(|l| l == "--dependency=afterok:101_0"), "{args}");
     let job = std::fs::read_to_string(w.path().join("sbatch-log/102.script")).unwrap();
     assert!(job.starts_with("#!/bin/bash\n") && job.contains("nodes=(\n  member@member=0.2,rho=0.2,seed=0\n"), "{job}");
+
+    // Submitted again while all of it is queued: nothing new, every job reused.
+    let sbatch_calls = || std::fs::read_dir(w.path().join("sbatch-log")).unwrap().count() / 2;
+    w.write("squeue-rows", &queued_rows(w.path(), &[], &[]));
+    let o = w.cmd(&["export", "slurm", "m.toml", "--submit", "--json"]).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["submitted"].as_u64(), v["in_flight"].as_u64(), v["reused"].as_array().unwrap().len()), (Some(0), Some(25), 8), "{v}");
+    assert_eq!(sbatch_calls(), 8);
+    // So does the script, run again: each job finds its own identity queued.
+    let script = w.path().join("submit.sh");
+    w.ok(&["export", "slurm", "m.toml", "-o", script.to_str().unwrap()]);
+    let o = Command::new("bash").arg(&script).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert_eq!(s(&o.stdout).lines().filter(|l| l.starts_with("reuse ")).count(), 8, "{}", s(&o.stdout));
+    assert_eq!(sbatch_calls(), 8);
+    // A sub task that can never run (its node and the three members below it are submitted again, waiting on gen's
+    // live job), and one that is gone (not cached, not queued: the same).
+    w.write("squeue-rows", &queued_rows(w.path(), &[(101, Some(4))], &[(101, Some(1))]));
+    let o = w.cmd(&["export", "slurm", "m.toml", "--submit", "--json"]).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["submitted"].as_u64(), v["in_flight"].as_u64()), (Some(8), Some(17)), "{v}");
+    let again: BTreeSet<String> = task_ids(&v).into_keys().collect();
+    let sub_nodes: Vec<String> = jobs[1]["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+    for k in [1, 4] {
+        assert!(again.contains(&sub_nodes[k]), "{} not submitted again: {again:?}", sub_nodes[k]);
+    }
+    let first_new = std::fs::read_to_string(w.path().join("sbatch-log/108.args")).unwrap();
+    assert!(first_new.lines().any(|l| l == "--dependency=afterok:100"), "{first_new}");
 
     // No sbatch: a clear error.
     let nobin = w.path().join("nobin");
@@ -385,6 +455,86 @@ fn real_slurm_runs_the_manifest_like_a_local_run() {
         started.as_secs_f64(),
         t1.as_secs_f64(),
         t2.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Distinct job ids (array jobs once) the cluster knows, finished ones included.
+fn all_jobs(cl: &Cluster) -> BTreeSet<String> {
+    let o = cl.cmd("squeue").args(["-h", "-t", "all", "-o", "%F"]).output().unwrap();
+    assert!(o.status.success(), "squeue: {}", s(&o.stderr));
+    s(&o.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+}
+
+/// gen, sub over two ρ, member over two ρ′ each: 7 nodes as 4 jobs (gen, the sub array, a member array per sub task).
+fn small() -> String {
+    gen_manifest(3000).replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.2, 0.5]").replace("seeds = [0, 1]", "seeds = [0]").replace("members = [0.2, 0.5, 0.8]", "members = [0.2, 0.8]")
+}
+
+#[test]
+fn real_slurm_resubmission_while_queued_reuses_the_live_jobs() {
+    let t0 = Instant::now();
+    let Some(cl) = start_cluster() else { return };
+    let up = t0.elapsed();
+    let w = Work::new();
+    w.write("m.toml", &small());
+    let store = w.path().join("slurm-store");
+    std::fs::create_dir_all(&store).unwrap();
+    let url = format!("file://{}", store.display());
+
+    // 1. The script, submitted held (so that everything stays queued), then run again: every job is found queued by
+    //    its identity and reused, nothing is submitted twice.
+    let script = w.ok(&["export", "slurm", "m.toml", "--store", &url, "--sbatch-arg=--hold", "-o", "submit.sh"]);
+    assert!(script.is_empty());
+    let run_script = || {
+        let o = cl.cmd("bash").arg(w.path().join("submit.sh")).current_dir(w.path()).output().unwrap();
+        assert!(o.status.success(), "submit.sh: {}\n{}", s(&o.stderr), cl.log_tail());
+        s(&o.stdout)
+    };
+    let out1 = run_script();
+    assert_eq!(out1.lines().filter(|l| l.starts_with("job ")).count(), 4, "{out1}");
+    let jobs1 = all_jobs(&cl);
+    assert_eq!(jobs1.len(), 4, "{jobs1:?}");
+    let out2 = run_script();
+    assert_eq!(out2.lines().filter(|l| l.starts_with("reuse ")).count(), 4, "{out2}");
+    assert!(!out2.lines().any(|l| l.starts_with("job ")), "{out2}");
+    // The same ids, in the same order.
+    let ids = |out: &str| out.lines().filter_map(|l| l.split(' ').nth(1).map(str::to_string)).collect::<Vec<_>>();
+    assert_eq!(ids(&out1), ids(&out2));
+    assert_eq!(all_jobs(&cl), jobs1, "the second run of the script submitted jobs");
+
+    // 2. `--submit` while they are still queued: all 7 nodes are in flight, nothing is submitted, and the output
+    //    says which jobs were reused.
+    let again = submit(&w, &cl, &url, &[]);
+    assert_eq!((again["submitted"].as_u64(), again["in_flight"].as_u64()), (Some(0), Some(7)), "{again}");
+    let reused: BTreeSet<String> = again["reused"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(reused, jobs1, "{again}");
+    assert_eq!(all_jobs(&cl), jobs1, "--submit submitted jobs that were queued already");
+    let text = w.cmd(&["export", "slurm", "m.toml", "--store", &url, "--submit"]).env("SLURM_CONF", &cl.conf).output().unwrap();
+    assert!(text.status.success() && s(&text.stdout).lines().filter(|l| l.contains("\treused: ")).count() == 4, "{}\n{}", s(&text.stdout), s(&text.stderr));
+
+    let queued = t0.elapsed();
+    // 3. Released, they run once, to the same store contents as a local run.
+    let list: Vec<String> = jobs1.iter().cloned().collect();
+    let o = cl.cmd("scontrol").arg("release").arg(list.join(",")).output().unwrap();
+    assert!(o.status.success(), "scontrol release: {}", s(&o.stderr));
+    let q = wait_settled(&cl, &list, Duration::from_secs(90));
+    assert!(q.iter().all(|(_, st, _)| st == "COMPLETED"), "{q:?}");
+    let ran = t0.elapsed();
+    assert_eq!(all_jobs(&cl), jobs1);
+    assert_store_consistent(&store);
+    let local = Work::new();
+    local.write("m.toml", &small());
+    assert_eq!(local.run_json(&["m.toml", "-q"])["ran"], 7);
+    assert_eq!(entry_map(&store), entry_map(&local.store()), "cache entries differ from a local run's");
+    let after = submit(&w, &cl, &url, &[]);
+    assert_eq!((after["submitted"].as_u64(), after["in_flight"].as_u64()), (Some(0), Some(0)), "{after}");
+    drop(cl);
+    eprintln!(
+        "real Slurm re-submission test: cluster up at {:.1}s, submitted twice by {:.1}s, jobs done at {:.1}s, total {:.1}s",
+        up.as_secs_f64(),
+        queued.as_secs_f64(),
+        ran.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
 }

@@ -1,9 +1,18 @@
 //! `export slurm`: a bash script that submits the nodes still to run as `sbatch --parsable` jobs, chained with
 //! `--dependency=afterok` (or `aftercorr` for element-wise arrays), a stage's nodes that need the same upstream as
 //! one job array whose tasks pick their node from a generated list.
+//!
+//! Re-submission while earlier jobs are still queued does not duplicate them. Every job carries an identity in its
+//! `--comment`: `rmdistill:C:G`, C a hash of what its nodes mean (binary, manifest path and contents, `--set`, store),
+//! G a hash of its node list, which the job script also lists (`# rmdistill-tasks: [...]`). `--submit` asks `squeue`
+//! for this user's pending/running jobs with the same C, reads their node lists (`scontrol write batch_script`), and
+//! leaves out every node that a live job will run, waiting on that job (or array task) instead; the script itself
+//! (`export slurm` without `--submit`, run later, maybe twice) checks `squeue` per job before each `sbatch` and reuses a
+//! live job with the same identity.
 
 use super::{Ctx, DepRef, Group, Req};
 use crate::cli::Common;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -48,9 +57,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.array_limit == Some(0) {
         anyhow::bail!("--array-limit 0: at least one task must be allowed to run");
     }
-    let ctx = Ctx::load(&a.common, a.bin.as_deref(), None, false)?;
+    // Ask Slurm what is queued before looking at the store: a job that finishes in between is then seen as cached
+    // rather than as neither queued nor cached (which would submit it again).
+    let rows = if a.submit { queued_rows() } else { Vec::new() };
+    let mut ctx = Ctx::load(&a.common, a.bin.as_deref(), None, false)?;
+    let ident = identity(&ctx)?;
+    let live = live_nodes(&rows, &ident);
+    if !live.nodes.is_empty() {
+        ctx.graph = ctx.graph.without_in_flight(&live.nodes);
+    }
     let groups = super::group(&ctx.graph, a.max_array, true, true);
-    let script = render(&ctx, &groups, &a)?;
+    let script = render(&ctx, &groups, &a, &ident)?;
     if !a.submit {
         if let Some(p) = &a.output {
             super::emit(&script, Some(p))?;
@@ -61,8 +78,124 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    submit(&ctx, &groups, &a, &script)
+    submit(&ctx, &groups, &a, &script, &live)
 }
+
+/// The identity of what this export's jobs compute: the binary, the manifest (path and contents), `--set` and the
+/// store. Jobs of another manifest, version of it, or store are never reused.
+fn identity(ctx: &Ctx) -> anyhow::Result<String> {
+    let text = std::fs::read(ctx.manifest_file()).map_err(|e| anyhow::anyhow!("{}: {e}", ctx.manifest_file().display()))?;
+    let mut h = blake3::Hasher::new();
+    h.update(b"rmdistill-slurm-v1\0");
+    for part in [ctx.run.bin.as_bytes(), ctx.run.manifest.as_bytes(), &text, ctx.run.store.as_bytes()] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    for x in &ctx.run.sets {
+        h.update(&(x.len() as u64).to_le_bytes());
+        h.update(x.as_bytes());
+    }
+    Ok(h.finalize().to_hex()[..12].to_string())
+}
+
+/// A job's `--comment`: the export's identity and a hash of the job's node list (in task order).
+fn job_comment(ident: &str, nodes: &[&str]) -> String {
+    let g = blake3::hash(serde_json::to_string(nodes).unwrap_or_default().as_bytes()).to_hex();
+    format!("rmdistill:{ident}:{}", &g[..10])
+}
+
+/// States in which a job will still run (or is running): its nodes need not be submitted again.
+const LIVE_STATES: &str = "PENDING,RUNNING,CONFIGURING,SUSPENDED";
+
+/// One line of `squeue -r`: (array job id or job id, array task id, state, reason, name, comment).
+type Row = (String, Option<u32>, String, String, String, String);
+
+/// This user's live rmdistill jobs, one row per (array) task; empty, with a warning, where squeue is absent or fails.
+fn queued_rows() -> Vec<Row> {
+    let user = std::process::Command::new("id").arg("-un").output().ok().filter(|o| o.status.success());
+    let user = user.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).or_else(|| std::env::var("USER").ok()).unwrap_or_default();
+    let mut c = std::process::Command::new("squeue");
+    c.args(["-h", "-r", "-t", LIVE_STATES, "-o", "%F|%K|%T|%r|%j|%k"]);
+    if !user.is_empty() {
+        c.args(["-u", &user]);
+    }
+    let out = match c.stdin(std::process::Stdio::null()).output() {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!("warning: squeue failed ({}); jobs still queued from an earlier submission are not detected and may be submitted again", String::from_utf8_lossy(&o.stderr).trim());
+            return Vec::new();
+        }
+        Err(e) => {
+            eprintln!("warning: cannot run squeue ({e}); jobs still queued from an earlier submission are not detected and may be submitted again");
+            return Vec::new();
+        }
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let p: Vec<&str> = l.trim().splitn(6, '|').collect();
+            if p.len() != 6 || !p[5].starts_with("rmdistill:") {
+                return None;
+            }
+            Some((p[0].to_string(), p[1].parse().ok(), p[2].to_string(), p[3].to_string(), p[4].to_string(), p[5].to_string()))
+        })
+        .collect()
+}
+
+/// Nodes that live jobs of this identity will run.
+#[derive(Default)]
+pub struct Live {
+    /// node name → the job (or array task) id that runs it.
+    pub nodes: HashMap<String, String>,
+    /// job id → (job name, its nodes' names in task order).
+    pub jobs: BTreeMap<String, (String, Vec<String>)>,
+}
+
+fn live_nodes(rows: &[Row], ident: &str) -> Live {
+    let mut live = Live::default();
+    let prefix = format!("rmdistill:{ident}:");
+    // A task pending because an upstream failed will never run: its node is not in flight.
+    let mut rows: Vec<&Row> = rows.iter().filter(|r| r.5.starts_with(&prefix) && r.3 != "DependencyNeverSatisfied").collect();
+    rows.sort_by_key(|r| (r.0.parse::<u64>().unwrap_or(u64::MAX), r.0.clone(), r.1));
+    let mut tasks_of: HashMap<String, Option<Vec<String>>> = HashMap::new();
+    for (job, task, _, _, name, _) in rows {
+        let tasks = tasks_of.entry(job.clone()).or_insert_with(|| job_tasks(job, *task));
+        let Some(tasks) = tasks else { continue };
+        let Some(node) = tasks.get(task.unwrap_or(0) as usize) else { continue };
+        let id = match task {
+            Some(k) => format!("{job}_{k}"),
+            None => job.clone(),
+        };
+        if !live.nodes.contains_key(node) {
+            live.nodes.insert(node.clone(), id);
+            live.jobs.entry(job.clone()).or_insert_with(|| (name.clone(), tasks.clone()));
+        }
+    }
+    live
+}
+
+/// The node list of a live job, from its batch script (`# rmdistill-tasks: [...]`).
+fn job_tasks(job: &str, task: Option<u32>) -> Option<Vec<String>> {
+    let mut ids = vec![job.to_string()];
+    if let Some(k) = task {
+        ids.push(format!("{job}_{k}"));
+    }
+    for id in ids {
+        let Ok(o) = std::process::Command::new("scontrol").args(["write", "batch_script", &id, "-"]).stdin(std::process::Stdio::null()).output() else {
+            continue;
+        };
+        if !o.status.success() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&o.stdout);
+        if let Some(l) = text.lines().find_map(|l| l.strip_prefix(TASKS_MARK)) {
+            return serde_json::from_str(l.trim()).ok();
+        }
+    }
+    None
+}
+
+const TASKS_MARK: &str = "# rmdistill-tasks: ";
 
 fn make_executable(p: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -88,7 +221,7 @@ fn slurm_time(secs: u64) -> String {
 
 const EOF_MARK: &str = "RMDISTILL_JOB_SCRIPT";
 
-fn render(ctx: &Ctx, groups: &[Group], a: &Args) -> anyhow::Result<String> {
+fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<String> {
     let g = &ctx.graph;
     let mut s = String::new();
     let manifest = ctx.manifest_file().display().to_string();
@@ -105,6 +238,13 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args) -> anyhow::Result<String> {
     )?;
     writeln!(s, "# Every job runs `rmdistill node run`, which checks the store's cache first: re-running this script")?;
     writeln!(s, "# (or `rmdistill export slurm --submit` again) submits only what is still missing.")?;
+    if !g.in_flight.is_empty() {
+        let mut jobs: Vec<&str> = g.in_flight.iter().map(|(_, id)| id.split('_').next().unwrap_or(id)).collect();
+        jobs.dedup();
+        writeln!(s, "# {} more node(s) are already queued or running in live job(s) {} (reused, not submitted again).", g.in_flight.len(), jobs.join(", "))?;
+    }
+    writeln!(s, "# A job whose identity (--comment) matches one of this user's pending or running jobs is not submitted again:")?;
+    writeln!(s, "# the live job's id stands in for it.")?;
     writeln!(s, "#")?;
     writeln!(s, "# job name -> node(s) (array task i runs the i-th):")?;
     for gr in groups {
@@ -117,7 +257,11 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args) -> anyhow::Result<String> {
     }
     writeln!(s, "set -euo pipefail")?;
     if groups.is_empty() {
-        writeln!(s, "echo \"nothing to submit: all {} node(s) are cached\"", g.total)?;
+        if g.in_flight.is_empty() {
+            writeln!(s, "echo \"nothing to submit: all {} node(s) are cached\"", g.total)?;
+        } else {
+            writeln!(s, "echo \"nothing to submit: {} node(s) cached, {} already queued\"", g.cached, g.in_flight.len())?;
+        }
         return Ok(s);
     }
     writeln!(s, "command -v sbatch >/dev/null || {{ echo 'error: sbatch is not on PATH (run this on a Slurm login node)' >&2; exit 3; }}")?;
@@ -142,10 +286,22 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args) -> anyhow::Result<String> {
         s,
         "trap 'echo \"error: submission stopped; submitted so far: ${{SUBMITTED[*]:-none}} (scancel them, fix the cause, and submit again)\" >&2' ERR"
     )?;
-    writeln!(s, "# submit NAME SBATCH-OPTION... <<SCRIPT : submits, prints `job ID NAME`, sets JOB")?;
+    writeln!(s, "# live_job IDENTITY: the id of this user's pending or running job with that --comment, if any")?;
+    writeln!(s, "live_job() {{")?;
+    writeln!(s, "    command -v squeue >/dev/null || return 0")?;
+    writeln!(s, "    local q")?;
+    writeln!(s, "    q=$(squeue -h -u \"$(id -un)\" -t {LIVE_STATES} -o '%F|%r|%k' 2>/dev/null) || return 0")?;
+    writeln!(s, "    awk -F'|' -v c=\"$1\" '$3 == c && $2 != \"DependencyNeverSatisfied\" {{ print $1; exit }}' <<<\"$q\"")?;
+    writeln!(s, "}}")?;
+    writeln!(s, "# submit NAME IDENTITY MAY-REUSE SBATCH-OPTION... <<SCRIPT : submits, or where MAY-REUSE is 1 (every job it")?;
+    writeln!(s, "# waits on was reused too) finds the live job with that identity; prints `job ID NAME` (or `reuse ID NAME`),")?;
+    writeln!(s, "# sets JOB and REUSED")?;
     writeln!(s, "submit() {{")?;
-    writeln!(s, "    local name=$1; shift")?;
-    writeln!(s, "    JOB=$(sbatch --parsable --job-name=\"$name\" \"${{COMMON[@]}}\" \"$@\")")?;
+    writeln!(s, "    local name=$1 ident=$2 may=$3; shift 3")?;
+    writeln!(s, "    REUSED=0")?;
+    writeln!(s, "    if (( may )); then JOB=$(live_job \"$ident\"); else JOB=; fi")?;
+    writeln!(s, "    if [[ -n $JOB ]]; then REUSED=1; echo \"reuse $JOB $name\"; return; fi")?;
+    writeln!(s, "    JOB=$(sbatch --parsable --job-name=\"$name\" --comment=\"$ident\" \"${{COMMON[@]}}\" \"$@\")")?;
     writeln!(s, "    JOB=${{JOB%%;*}}")?;
     writeln!(s, "    SUBMITTED+=(\"$JOB\")")?;
     writeln!(s, "    echo \"job $JOB $name\"")?;
@@ -166,7 +322,7 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args) -> anyhow::Result<String> {
         } else {
             opts.push("--output=\"$LOGS/%x-%j.out\"".into());
         }
-        let mut after: Vec<String> = Vec::new();
+        let mut after: Vec<String> = gr.after.clone();
         let mut corr: Vec<String> = Vec::new();
         for d in &gr.deps {
             match *d {
@@ -187,8 +343,22 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args) -> anyhow::Result<String> {
             opts.push(format!("--dependency=\"{}\"", dep.join(",")));
         }
         writeln!(s)?;
-        writeln!(s, "submit {} {} <<'{EOF_MARK}'", q(&gr.name), opts.join(" "))?;
+        let names: Vec<&str> = gr.nodes.iter().map(|&n| g.nodes[n].name.as_str()).collect();
+        // A live job with the same nodes waits on the jobs it was submitted after: reuse it only where those were
+        // reused too (and where it waits on no job found queued before rendering).
+        let mut ups: Vec<usize> = gr.deps.iter().map(|d| d.group()).collect();
+        ups.sort();
+        ups.dedup();
+        let may = if !gr.after.is_empty() {
+            "0".to_string()
+        } else if ups.is_empty() {
+            "1".to_string()
+        } else {
+            format!("\"$(( {} ))\"", ups.iter().map(|u| format!("R{u}")).collect::<Vec<_>>().join(" * "))
+        };
+        writeln!(s, "submit {} {} {may} {} <<'{EOF_MARK}'", q(&gr.name), job_comment(ident, &names), opts.join(" "))?;
         writeln!(s, "#!/bin/bash")?;
+        writeln!(s, "{TASKS_MARK}{}", serde_json::to_string(&names)?)?;
         writeln!(s, "set -eu")?;
         let node_arg = if array {
             writeln!(s, "nodes=(")?;
@@ -202,12 +372,12 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args) -> anyhow::Result<String> {
         };
         writeln!(s, "exec {} node run {} {node_arg} {}", q(&ctx.run.bin), q(&ctx.run.manifest), tail.join(" "))?;
         writeln!(s, "{EOF_MARK}")?;
-        writeln!(s, "J{gi}=$JOB")?;
+        writeln!(s, "J{gi}=$JOB R{gi}=$REUSED")?;
     }
     Ok(s)
 }
 
-fn submit(ctx: &Ctx, groups: &[Group], a: &Args, script: &str) -> anyhow::Result<()> {
+fn submit(ctx: &Ctx, groups: &[Group], a: &Args, script: &str, live: &Live) -> anyhow::Result<()> {
     let (path, _keep) = match &a.output {
         Some(p) => {
             super::emit(script, Some(p))?;
@@ -227,11 +397,11 @@ fn submit(ctx: &Ctx, groups: &[Group], a: &Args, script: &str) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("cannot run bash for {}: {e}", path.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let ids: Vec<(String, String)> = stdout
+    // (id, name, reused) per group, in order: `job ID NAME` submitted, `reuse ID NAME` a live job with its identity.
+    let ids: Vec<(String, String, bool)> = stdout
         .lines()
-        .filter_map(|l| l.strip_prefix("job "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(id, name)| (id.to_string(), name.to_string()))
+        .filter_map(|l| l.strip_prefix("job ").map(|r| (r, false)).or_else(|| l.strip_prefix("reuse ").map(|r| (r, true))))
+        .filter_map(|(l, reused)| l.split_once(' ').map(|(id, name)| (id.to_string(), name.to_string(), reused)))
         .collect();
     if !out.status.success() {
         anyhow::bail!(
@@ -242,26 +412,52 @@ fn submit(ctx: &Ctx, groups: &[Group], a: &Args, script: &str) -> anyhow::Result
             stderr.trim()
         );
     }
+    let names = |gr: &Group| gr.nodes.iter().map(|&n| ctx.graph.nodes[n].name.clone()).collect::<Vec<_>>();
+    // Live jobs relied on: those found before rendering (their nodes were left out), then whole groups the script
+    // found queued.
+    let mut reused: Vec<(String, String, Vec<String>)> = Vec::new();
+    for (job, (name, _)) in &live.jobs {
+        let nodes: Vec<String> = ctx.graph.in_flight.iter().filter(|(_, id)| id == job || id.starts_with(&format!("{job}_"))).map(|(n, _)| n.clone()).collect();
+        if !nodes.is_empty() {
+            reused.push((job.clone(), name.clone(), nodes));
+        }
+    }
+    for ((id, name, _), gr) in ids.iter().zip(groups).filter(|((_, _, r), _)| *r) {
+        reused.push((id.clone(), name.clone(), names(gr)));
+    }
+    let submitted: usize = ids.iter().zip(groups).filter(|((_, _, r), _)| !r).map(|(_, gr)| gr.nodes.len()).sum();
+    let in_flight: usize = reused.iter().map(|r| r.2.len()).sum();
     if a.common.json {
         let jobs: Vec<serde_json::Value> = groups
             .iter()
             .zip(&ids)
-            .map(|(gr, (id, name))| {
-                serde_json::json!({"id": id, "name": name, "stage": gr.stage, "array": gr.nodes.len() > 1,
-                    "nodes": gr.nodes.iter().map(|&n| ctx.graph.nodes[n].name.clone()).collect::<Vec<_>>()})
+            .map(|(gr, (id, name, r))| {
+                serde_json::json!({"id": id, "name": name, "stage": gr.stage, "array": gr.nodes.len() > 1, "reused": r, "nodes": names(gr)})
             })
             .collect();
+        let reused: Vec<serde_json::Value> = reused.iter().map(|(id, name, nodes)| serde_json::json!({"id": id, "name": name, "nodes": nodes})).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"total": ctx.graph.total, "cached": ctx.graph.cached, "submitted": ctx.graph.nodes.len(), "jobs": jobs}))?
+            serde_json::to_string_pretty(&serde_json::json!({"total": ctx.graph.total, "cached": ctx.graph.cached, "submitted": submitted,
+                "in_flight": in_flight, "jobs": jobs, "reused": reused}))?
         );
-    } else if groups.is_empty() {
-        println!("nothing to submit: all {} node(s) are cached", ctx.graph.total);
     } else {
-        for ((id, name), gr) in ids.iter().zip(groups) {
+        for (id, name, nodes) in &reused {
+            println!("{id}\t{name}\treused: {} node(s) already queued or running", nodes.len());
+        }
+        for ((id, name, _), gr) in ids.iter().zip(groups).filter(|((_, _, r), _)| !r) {
             println!("{id}\t{name}\t{} node(s)", gr.nodes.len());
         }
-        eprintln!("submitted {} job(s) for {} node(s); {} cached", ids.len(), ctx.graph.nodes.len(), ctx.graph.cached);
+        if submitted == 0 && in_flight == 0 {
+            println!("nothing to submit: all {} node(s) are cached", ctx.graph.total);
+        } else {
+            eprintln!(
+                "submitted {} job(s) for {submitted} node(s); reused {} live job(s) for {in_flight} node(s); {} cached",
+                ids.iter().filter(|x| !x.2).count(),
+                reused.len(),
+                ctx.graph.cached
+            );
+        }
     }
     Ok(())
 }

@@ -19,8 +19,10 @@
 //! precompute node supplies the samples). Prompts are sampled in fixed blocks of `sample_batch` (block `k` with seed
 //! `seed + k`), so the samples do not depend on sharding.
 //!
-//! Sharding: shard k of N covers the k-th contiguous block of pairs and the k-th contiguous run of prompt blocks; `merge`
-//! concatenates each output's shards back into the unsharded table.
+//! Sharding: shard k of N covers the k-th contiguous run of whole `batch_size` batches of pairs and the k-th
+//! contiguous run of prompt blocks (each block's samples scored on their own); `merge` concatenates each output's
+//! shards back into the unsharded table, bit for bit: every batch, hence its padding and the kernels' rounding on
+//! that shape, is the one the unsharded stage runs. A shard may be empty (more shards than batches).
 use rmdistill_ml::tch;
 use crate::data_io::{self, Codec};
 use crate::port::*;
@@ -190,7 +192,9 @@ impl Stage for Precompute {
         let path = &pairs.path;
         let all = data_io::read_nonempty(path, "pairs", Some(&[table::PAIR_ID, table::PROMPT, table::RESPONSE_A, table::RESPONSE_B]))?;
         let all_prompts = data_io::strings(&all, table::PROMPT, path, true)?;
-        let range = data_io::shard_range(all.num_rows(), p.shard, p.shards);
+        // Whole batches, so that the shards' batches are the unsharded stage's (see the module doc).
+        let batches = data_io::shard_range(all.num_rows().div_ceil(p.batch_size), p.shard, p.shards);
+        let range = (batches.start * p.batch_size).min(all.num_rows())..(batches.end * p.batch_size).min(all.num_rows());
         let t = all.slice(range.start, range.len());
         let n = t.num_rows();
         let ids = data_io::strings(&t, table::PAIR_ID, path, true)?;
@@ -278,15 +282,17 @@ impl Stage for Precompute {
                     use_cache: true,
                 };
                 let s = rmdistill_ml::with_autocast(device, || rmdistill_ml::generate(&model, &rows, codec.pad, &cfg))?;
+                let first = s_prompt.len();
                 for (j, toks) in s.tokens.iter().enumerate() {
                     s_prompt.push(block[j / p.samples_per_prompt].clone());
                     s_resp.push(codec.decode_sample(toks)?);
                     s_fin.push(s.finished[j]);
                 }
+                // scored block by block, so that the batches do not depend on sharding
+                let pe: Vec<Vec<i64>> = s_prompt[first..].iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
+                let re: Vec<Vec<i64>> = s_resp[first..].iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
+                s_lp.extend(ref_logprobs(&model, &codec, &pe, &re, p.batch_size)?);
             }
-            let pe: Vec<Vec<i64>> = s_prompt.iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
-            let re: Vec<Vec<i64>> = s_resp.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
-            s_lp = ref_logprobs(&model, &codec, &pe, &re, p.batch_size)?;
         }
         let samples = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
