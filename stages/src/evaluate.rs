@@ -537,7 +537,16 @@ impl Stage for Evaluate {
         let total = mine.len() as u64;
         let batches: Vec<(usize, &[(u32, u32)])> = rows.chunks(p.batch_size).enumerate().filter(|(bi, _)| mine.contains(bi)).collect();
         for (done, (bi, chunk)) in batches.into_iter().enumerate() {
-            let ps: Vec<&[i64]> = chunk.iter().map(|(i, _)| prompt_ids[*i as usize].as_slice()).collect();
+            // sample from the context the samples' log-probs are scored with (`Codec::batch` truncates on the left
+            // to max_len): a prompt keeps its last max_len − max_new_tokens tokens, at least one
+            let room = p.max_len.saturating_sub(p.max_new_tokens).max(1);
+            let ps: Vec<&[i64]> = chunk
+                .iter()
+                .map(|(i, _)| {
+                    let e = prompt_ids[*i as usize].as_slice();
+                    &e[e.len().saturating_sub(room)..]
+                })
+                .collect();
             let cfg = SampleConfig {
                 max_new_tokens: p.max_new_tokens,
                 temperature: p.temperature,

@@ -57,6 +57,10 @@ struct Params {
     margin: f64,
     #[serde(default = "d_bs")]
     batch_size: usize,
+    /// Truncation of `prompt ++ response` when a reward model labels (as `train_rm`'s `max_len`); default: the
+    /// positions the model can place.
+    #[serde(default)]
+    max_len: Option<usize>,
 }
 fn d_shards() -> usize {
     1
@@ -76,6 +80,9 @@ fn parse(params: &Map<String, Value>) -> StageResult<(Params, OracleParams)> {
     }
     if p.batch_size == 0 {
         return Err(StageError::invalid("batch_size", "must be at least 1"));
+    }
+    if p.max_len.is_some_and(|m| m < 2) {
+        return Err(StageError::invalid("max_len", "must be at least 2"));
     }
     let o = OracleParams::from_map(&p.oracle_params, "oracle_params")?;
     match p.oracle {
@@ -211,6 +218,9 @@ impl Stage for Label {
             Some((model, codec)) => {
                 let mut codec = codec.clone();
                 codec.max_len = model.config.max_positions().map(|m| m as usize);
+                if let Some(m) = p.max_len {
+                    codec = codec.with_max_len(m);
+                }
                 let pe: Vec<Vec<i64>> = prompts.iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
                 let ae: Vec<Vec<i64>> = ra.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
                 let be: Vec<Vec<i64>> = rb.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;

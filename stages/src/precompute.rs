@@ -19,6 +19,10 @@
 //! precompute node supplies the samples). Prompts are sampled in fixed blocks of `sample_batch` (block `k` with seed
 //! `seed + k`), so the samples do not depend on sharding.
 //!
+//! Sequences are truncated to `max_len` tokens (default 512, as `policy`'s: the two must agree, or the precomputed
+//! reference log-probs of long pairs differ from the policy stage's and its first-batch check fails). `π_ref` samples
+//! are drawn from the last `max_len − max_new_tokens` prompt tokens, the context their log-probs are scored with.
+//!
 //! Sharding: shard k of N covers the k-th contiguous run of whole `batch_size` batches of pairs and the k-th
 //! contiguous run of prompt blocks (each block's samples scored on their own); `merge` concatenates each output's
 //! shards back into the unsharded table, bit for bit: every batch, hence its padding and the kernels' rounding on
@@ -57,6 +61,13 @@ struct Params {
     batch_size: usize,
     #[serde(default = "d_sample_batch")]
     sample_batch: usize,
+    /// Truncation of `prompt ++ response` (never beyond the model's positions). Must equal the `policy` stage's
+    /// `max_len` (same default), or the precomputed reference log-probs of long pairs do not match the policy's.
+    #[serde(default = "d_max_len")]
+    max_len: usize,
+}
+fn d_max_len() -> usize {
+    512
 }
 fn d_shards() -> usize {
     1
@@ -85,6 +96,9 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     }
     if p.max_new_tokens == 0 {
         return Err(StageError::invalid("max_new_tokens", "must be at least 1"));
+    }
+    if p.max_len < 2 {
+        return Err(StageError::invalid("max_len", "must be at least 2"));
     }
     if p.batch_size == 0 || p.sample_batch == 0 {
         return Err(StageError::invalid(if p.batch_size == 0 { "batch_size" } else { "sample_batch" }, "must be at least 1"));
@@ -174,6 +188,7 @@ impl Stage for Precompute {
         let model = LanguageModel::load(&reference.path, device).map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
         codec.check_vocab(model.config.vocab_size(), "reference")?;
         codec.max_len = model.config.max_positions().map(|m| m as usize);
+        let codec = codec.with_max_len(p.max_len);
         let members_in = ctx.inputs("reward_models");
         if members_in.is_empty() {
             return Err(StageError::invalid("reward_models", "an ensemble of zero members: bind at least one reward model"));
@@ -184,7 +199,7 @@ impl Stage for Precompute {
             let (m, mut c) = crate::label::load_rm(&members_in[i].path, "reward_models", device)
                 .map_err(|e| StageError::invalid("reward_models", format!("{} ({}): {e}", members_in[i].node, members_in[i].path.display())))?;
             c.max_len = m.config.max_positions().map(|x| x as usize);
-            members.push((m, c));
+            members.push((m, c.with_max_len(p.max_len)));
         }
         let names: Vec<String> = order.iter().map(|&i| members_in[i].node.clone()).collect();
         let coords: Vec<BTreeMap<String, Value>> = order.iter().map(|&i| members_in[i].coords.clone()).collect();
@@ -272,7 +287,14 @@ impl Stage for Precompute {
             for k in my_blocks.clone() {
                 let block = &distinct[k * p.sample_batch..((k + 1) * p.sample_batch).min(distinct.len())];
                 let enc: Vec<Vec<i64>> = block.iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
-                let rows: Vec<&[i64]> = enc.iter().flat_map(|e| std::iter::repeat_n(e.as_slice(), p.samples_per_prompt)).collect();
+                // sample from the context the log-probs are scored with: a prompt keeps its last
+                // max_len − max_new_tokens tokens (at least one), the left truncation of `Codec::batch`
+                let room = p.max_len.saturating_sub(p.max_new_tokens).max(1);
+                let rows: Vec<&[i64]> = enc
+                    .iter()
+                    .map(|e| &e[e.len().saturating_sub(room)..])
+                    .flat_map(|e| std::iter::repeat_n(e, p.samples_per_prompt))
+                    .collect();
                 let cfg = SampleConfig {
                     max_new_tokens: p.max_new_tokens,
                     temperature: p.temperature,
