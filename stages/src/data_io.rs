@@ -120,6 +120,30 @@ pub fn opt_input<'a>(ctx: &'a dyn Ctx, slot: &str) -> StageResult<Option<&'a Inp
     }
 }
 
+/// A numeric sweep coordinate of an input (a number, or a string holding one).
+pub fn coord_f64(coords: &std::collections::BTreeMap<String, serde_json::Value>, k: &str) -> Option<f64> {
+    coords.get(k).and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+}
+
+/// A numeric column as f64 per row (null → None; a missing column → all None).
+pub fn opt_f64s(t: &RecordBatch, col: &str) -> Vec<Option<f64>> {
+    match t.column_by_name(col).and_then(|a| arrow::compute::cast(a, &arrow::datatypes::DataType::Float64).ok()) {
+        Some(a) => {
+            let a = a.as_primitive::<arrow::datatypes::Float64Type>();
+            (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect()
+        }
+        None => vec![None; t.num_rows()],
+    }
+}
+
+/// The prompt tokens a sample continues: the last `max_len − max_new_tokens` (at least one), so that the prompt and
+/// the sample together fit the `max_len` context their log-probs are scored with (`Codec::batch` truncates on the
+/// left).
+pub fn sampling_context(prompt: &[i64], max_len: usize, max_new_tokens: usize) -> &[i64] {
+    let room = max_len.saturating_sub(max_new_tokens).max(1);
+    &prompt[prompt.len().saturating_sub(room)..]
+}
+
 /// A checkpoint directory input must hold `config.json`; an error names the slot.
 pub fn check_checkpoint(dir: &Path, slot: &str) -> StageResult<()> {
     if !dir.is_dir() || !dir.join("config.json").exists() {

@@ -402,10 +402,7 @@ fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
         };
     };
     let choices = crate::select::read_selection(&sel.path)?;
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
-    let num = |a: &InputArtifact, info: &Value, k: &str| {
-        info.get(k).and_then(Value::as_f64).or_else(|| a.coords.get(k).and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))))
-    };
+    let num = |a: &InputArtifact, info: &Value, k: &str| info.get(k).and_then(Value::as_f64).or_else(|| crate::data_io::coord_f64(&a.coords, k));
     let mut chosen = vec![];
     let mut wanted = None;
     for (a, info) in &cands {
@@ -414,22 +411,14 @@ fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
             return Err(StageError::invalid("policy", format!("{}: no `method` in its {}: not a policy checkpoint", a.node, lm_io::POLICY_INFO_FILE)));
         };
         let rho = num(a, info, "rho");
-        let c = choices.iter().find(|c| {
-            c.method == method
-                && match (c.rho, rho) {
-                    (None, _) => true,
-                    (Some(x), Some(y)) => close(x, y),
-                    (Some(_), None) => false,
-                }
-        });
-        let Some(c) = c else {
+        let Some(c) = crate::select::choice_for(&choices, &method, rho) else {
             let have: Vec<String> = choices.iter().map(|c| format!("{} at ρ = {:?}", c.method, c.rho)).collect();
             return Err(StageError::invalid(
                 "selection",
                 format!("{} ({}): the selection ({}) has no choice for {method} at ρ = {rho:?}; it covers {}", a.node, method, sel.node, have.join(", ")),
             ));
         };
-        if num(a, info, &c.param).is_some_and(|v| close(v, c.value)) {
+        if c.is_value(num(a, info, &c.param)) {
             chosen.push((*a, info.clone()));
         }
         wanted = Some(c.clone());
@@ -471,7 +460,7 @@ impl Stage for Evaluate {
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
-        &["evaluate.rs", "lm_io.rs", "data_io.rs", "synth.rs", "stats.rs", "table.rs"]
+        &["evaluate.rs", "select.rs", "lm_io.rs", "data_io.rs", "synth.rs", "stats.rs", "table.rs"]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
@@ -537,16 +526,8 @@ impl Stage for Evaluate {
         let total = mine.len() as u64;
         let batches: Vec<(usize, &[(u32, u32)])> = rows.chunks(p.batch_size).enumerate().filter(|(bi, _)| mine.contains(bi)).collect();
         for (done, (bi, chunk)) in batches.into_iter().enumerate() {
-            // sample from the context the samples' log-probs are scored with (`Codec::batch` truncates on the left
-            // to max_len): a prompt keeps its last max_len − max_new_tokens tokens, at least one
-            let room = p.max_len.saturating_sub(p.max_new_tokens).max(1);
-            let ps: Vec<&[i64]> = chunk
-                .iter()
-                .map(|(i, _)| {
-                    let e = prompt_ids[*i as usize].as_slice();
-                    &e[e.len().saturating_sub(room)..]
-                })
-                .collect();
+            let ps: Vec<&[i64]> =
+                chunk.iter().map(|(i, _)| crate::data_io::sampling_context(&prompt_ids[*i as usize], p.max_len, p.max_new_tokens)).collect();
             let cfg = SampleConfig {
                 max_new_tokens: p.max_new_tokens,
                 temperature: p.temperature,
@@ -642,64 +623,29 @@ impl Stage for MergeEval {
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
-        &["evaluate.rs", "lm_io.rs", "data_io.rs", "stats.rs", "table.rs"]
+        &["evaluate.rs", "merge.rs", "lm_io.rs", "data_io.rs", "stats.rs", "table.rs"]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse_params::<MergeParams>(params).map(|_| ())
     }
     fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
         let parts = ctx.inputs("parts");
-        if parts.is_empty() {
-            return Err(StageError::invalid("parts", "no evaluate.samples is bound"));
-        }
-        let mut by_shard: std::collections::BTreeMap<usize, usize> = Default::default();
-        let mut shards_seen: Option<usize> = None;
-        let mut common: Option<(String, String)> = None; // (policy_info, split)
-        for (k, part) in parts.iter().enumerate() {
-            let kv = table::read_kv(&part.path)?;
-            let get = |key: &str| {
-                kv.iter().find(|(k, _)| k == &format!("rmdistill.{key}")).map(|(_, v)| v.clone()).ok_or_else(|| {
-                    StageError::invalid("parts", format!("{} ({}): no `rmdistill.{key}` metadata: not an evaluate.samples table", part.node, part.path.display()))
-                })
-            };
-            let num = |key: &str| -> StageResult<usize> {
-                get(key)?.parse().map_err(|_| StageError::invalid("parts", format!("{}: `rmdistill.{key}` is not a number", part.node)))
-            };
-            let (shard, shards) = (num("shard")?, num("shards")?);
-            if *shards_seen.get_or_insert(shards) != shards {
-                return Err(StageError::invalid("parts", format!("{} says shards = {shards}, another part says {}", part.node, shards_seen.unwrap())));
-            }
-            if shard >= shards || by_shard.insert(shard, k).is_some() {
-                return Err(StageError::invalid("parts", format!("{}: shard {shard} of {shards} is out of range or bound twice", part.node)));
-            }
-            let this = (get("policy_info")?, get("split")?);
-            match &common {
-                None => common = Some(this),
-                Some(c) if *c != this => {
-                    return Err(StageError::invalid("parts", format!("{} evaluated another policy or split than {}", part.node, parts[0].node)));
-                }
-                _ => {}
+        let crate::merge::Shards { shards, by_shard, merged } = crate::merge::concat_shards(ctx, parts)?;
+        // every shard evaluated the same policy on the same split
+        let meta = |(k, kv): &(usize, Vec<(String, String)>), key: &str| {
+            kv.iter().find(|(x, _)| x == &format!("rmdistill.{key}")).map(|(_, v)| v.clone()).ok_or_else(|| {
+                StageError::invalid("parts", format!("{} ({}): no `rmdistill.{key}` metadata: not an evaluate.samples table", parts[*k].node, parts[*k].path.display()))
+            })
+        };
+        let first = &by_shard[&0];
+        let (info, split) = (meta(first, "policy_info")?, meta(first, "split")?);
+        for part in by_shard.values() {
+            if meta(part, "policy_info")? != info || meta(part, "split")? != split {
+                return Err(StageError::invalid("parts", format!("{} evaluated another policy or split than {}", parts[part.0].node, parts[first.0].node)));
             }
         }
-        let shards = shards_seen.unwrap();
-        let missing: Vec<String> = (0..shards).filter(|s| !by_shard.contains_key(s)).map(|s| s.to_string()).collect();
-        if !missing.is_empty() {
-            return Err(StageError::invalid("parts", format!("shards {} of {shards} are missing", missing.join(", "))));
-        }
-        let mut batches = vec![];
-        for (shard, k) in &by_shard {
-            let t = table::read_table(&parts[*k].path, None)?;
-            if let Some(first) = batches.first().map(|b: &RecordBatch| b.schema())
-                && first != t.schema()
-            {
-                return Err(StageError::invalid("parts", format!("shard {shard} ({}) has a different schema from shard 0", parts[*k].node)));
-            }
-            batches.push(t);
-        }
-        let merged = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
         let s = samples_from(&merged, &parts[0].path)?;
         let sum = summarize(&s);
-        let (info, split) = common.unwrap();
         let info: Value = serde_json::from_str(&info).unwrap_or(Value::Null);
         let split = (split != "null").then_some(split);
         let summary = summary_json(&sum, s.prompt.len(), split.as_deref(), &info, 0, 1);

@@ -287,12 +287,9 @@ impl Stage for Precompute {
             for k in my_blocks.clone() {
                 let block = &distinct[k * p.sample_batch..((k + 1) * p.sample_batch).min(distinct.len())];
                 let enc: Vec<Vec<i64>> = block.iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
-                // sample from the context the log-probs are scored with: a prompt keeps its last
-                // max_len − max_new_tokens tokens (at least one), the left truncation of `Codec::batch`
-                let room = p.max_len.saturating_sub(p.max_new_tokens).max(1);
                 let rows: Vec<&[i64]> = enc
                     .iter()
-                    .map(|e| &e[e.len().saturating_sub(room)..])
+                    .map(|e| data_io::sampling_context(e, p.max_len, p.max_new_tokens))
                     .flat_map(|e| std::iter::repeat_n(e, p.samples_per_prompt))
                     .collect();
                 let cfg = SampleConfig {

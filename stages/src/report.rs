@@ -16,7 +16,9 @@
 //! (Fig. B.3: share of e-DPO steps choosing each ensemble member, vs ρ) and `results.json` (the aggregated numbers).
 //! Text in the PNGs uses DejaVu Sans embedded from the `dejavu` crate: no system fonts are needed.
 
+use crate::data_io;
 use crate::port::*;
+use crate::select::rho_key;
 use crate::stats::{self, Estimate};
 use crate::table;
 use plotters::prelude::*;
@@ -81,9 +83,6 @@ pub struct Cell {
     pub kl: f64,
 }
 
-fn coord_f64(c: &BTreeMap<String, Value>, k: &str) -> Option<f64> {
-    c.get(k).and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
-}
 fn coord_str(c: &BTreeMap<String, Value>, k: &str) -> Option<String> {
     c.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
 }
@@ -114,15 +113,15 @@ pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
     Ok(EvalRow {
         label: method.clone(),
         method,
-        rho: coord_f64(&a.coords, "rho").or_else(|| opt_f64(&t, "rho")),
-        seed: coord_f64(&a.coords, "seed").map(|s| s as i64),
+        rho: data_io::coord_f64(&a.coords, "rho").or_else(|| opt_f64(&t, "rho")),
+        seed: data_io::coord_f64(&a.coords, "seed").map(|s| s as i64),
         advantage: Estimate { mean: need("advantage")?, se, n: need("n_prompts")? as usize, ci_low: need("ci_low")?, ci_high: need("ci_high")? },
         win_rate: need("win_rate")?,
         mean_len: need("mean_len")?,
         ref_mean_len: need("ref_mean_len")?,
         kl: need("kl")?,
-        beta: coord_f64(&a.coords, "beta").or_else(|| opt_f64(&t, "beta")),
-        tau: coord_f64(&a.coords, "tau").or_else(|| opt_f64(&t, "tau")),
+        beta: data_io::coord_f64(&a.coords, "beta").or_else(|| opt_f64(&t, "beta")),
+        tau: data_io::coord_f64(&a.coords, "tau").or_else(|| opt_f64(&t, "tau")),
     })
 }
 
@@ -154,21 +153,10 @@ fn label_rows(rows: &mut [EvalRow]) {
     }
 }
 
-fn rho_key(r: Option<f64>) -> i64 {
-    r.map_or(i64::MIN, |v| (v * 1e6).round() as i64)
-}
-
 /// Whether a training run used the value the selection chose for its method and ρ (true when nothing was chosen
 /// for it).
 fn is_chosen(chosen: &[crate::select::Choice], t: &Trajectory) -> bool {
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
-    match chosen.iter().find(|c| c.method == t.method && (c.rho.is_none() || rho_key(c.rho) == rho_key(t.rho))) {
-        None => true,
-        Some(c) => {
-            let v = if c.param == "tau" { t.tau } else { t.beta };
-            v.is_some_and(|v| close(v, c.value))
-        }
-    }
+    crate::select::choice_for(chosen, &t.method, t.rho).is_none_or(|c| c.is_value(if c.param == "tau" { t.tau } else { t.beta }))
 }
 
 /// Aggregates seeds per (label, ρ).
@@ -210,34 +198,23 @@ pub struct Trajectory {
     pub tau: Option<f64>,
 }
 
-fn col_opt(t: &arrow::array::RecordBatch, c: &str) -> Vec<Option<f64>> {
-    use arrow::array::{Array, AsArray};
-    match t.column_by_name(c).and_then(|a| arrow::compute::cast(a, &arrow::datatypes::DataType::Float64).ok()) {
-        Some(a) => {
-            let a = a.as_primitive::<arrow::datatypes::Float64Type>();
-            (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect()
-        }
-        None => vec![None; t.num_rows()],
-    }
-}
-
 fn read_metrics(a: &InputArtifact) -> StageResult<Trajectory> {
     let t = table::read_table(&a.path, None)?;
     let kv = table::read_kv(&a.path)?;
     let method = coord_str(&a.coords, "method")
         .or_else(|| kv.iter().find(|(k, _)| k == "rmdistill.method").map(|(_, v)| v.trim_matches('"').to_string()))
         .unwrap_or_else(|| a.node.clone());
-    let kl = col_opt(&t, "kl");
-    let num = |k: &str| coord_f64(&a.coords, k).or_else(|| kv.iter().find(|(x, _)| x == &format!("rmdistill.{k}")).and_then(|(_, v)| v.parse().ok()));
+    let kl = data_io::opt_f64s(&t, "kl");
+    let num = |k: &str| data_io::coord_f64(&a.coords, k).or_else(|| kv.iter().find(|(x, _)| x == &format!("rmdistill.{k}")).and_then(|(_, v)| v.parse().ok()));
     Ok(Trajectory {
         beta: num("beta"),
         tau: num("tau"),
         method,
-        rho: coord_f64(&a.coords, "rho"),
-        step: col_opt(&t, "step").into_iter().map(|v| v.unwrap_or(0.0)).collect(),
-        logp_chosen: col_opt(&t, "logp_chosen"),
-        logp_rejected: col_opt(&t, "logp_rejected"),
-        chosen_member: col_opt(&t, "chosen_member"),
+        rho: data_io::coord_f64(&a.coords, "rho"),
+        step: data_io::opt_f64s(&t, "step").into_iter().map(|v| v.unwrap_or(0.0)).collect(),
+        logp_chosen: data_io::opt_f64s(&t, "logp_chosen"),
+        logp_rejected: data_io::opt_f64s(&t, "logp_rejected"),
+        chosen_member: data_io::opt_f64s(&t, "chosen_member"),
         final_kl: kl.iter().rev().flatten().next().copied(),
     })
 }
@@ -506,7 +483,7 @@ impl Stage for Report {
         &[OutputSpec { name: "report", kind: ArtifactKind::Dir, doc: "report.md, results.json and PNG figures" }]
     }
     fn code_files(&self) -> &'static [&'static str] {
-        &["report.rs", "stats.rs", "losses.rs", "table.rs"]
+        &["report.rs", "select.rs", "data_io.rs", "stats.rs", "losses.rs", "table.rs"]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())

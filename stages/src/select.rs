@@ -40,12 +40,30 @@ pub struct Choice {
     pub candidates: usize,
 }
 
+/// ρ as a grouping key (values equal to 6 decimals are one ρ; none is its own key).
+pub fn rho_key(rho: Option<f64>) -> i64 {
+    rho.map_or(i64::MIN, |r| (r * 1e6).round() as i64)
+}
+
+impl Choice {
+    /// Whether a run trained with `value` of this choice's parameter used the chosen value.
+    pub fn is_value(&self, value: Option<f64>) -> bool {
+        value.is_some_and(|v| (v - self.value).abs() <= 1e-9 * v.abs().max(self.value.abs()).max(1.0))
+    }
+}
+
+/// The choice made for `method` at `rho` (a choice made without ρ covers every ρ); ρ values match as [`choose`]
+/// groups them.
+pub fn choice_for<'a>(chosen: &'a [Choice], method: &str, rho: Option<f64>) -> Option<&'a Choice> {
+    chosen.iter().find(|c| c.method == method && (c.rho.is_none() || rho_key(c.rho) == rho_key(rho)))
+}
+
 /// (method, ρ, param, value, advantage) rows → the best value per (method, ρ).
 pub fn choose(rows: &[(String, Option<f64>, String, f64, f64)]) -> Vec<Choice> {
     // (method, rho key) → value bits → advantages
     let mut g: BTreeMap<(String, i64), (Option<f64>, String, BTreeMap<i64, (f64, Vec<f64>)>)> = BTreeMap::new();
     for (m, rho, param, v, adv) in rows {
-        let key = (m.clone(), rho.map_or(i64::MIN, |r| (r * 1e6).round() as i64));
+        let key = (m.clone(), rho_key(*rho));
         let e = g.entry(key).or_insert((*rho, param.clone(), BTreeMap::new()));
         e.2.entry((v * 1e9).round() as i64).or_insert((*v, vec![])).1.push(*adv);
     }
@@ -67,15 +85,14 @@ pub fn choose(rows: &[(String, Option<f64>, String, f64, f64)]) -> Vec<Choice> {
 
 /// Reads a `selection` table back (what `evaluate` uses to pick the chosen candidate policy).
 pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
-    use arrow::array::{Array, AsArray};
     let t = table::read_table(path, None)?;
     let methods = crate::data_io::strings(&t, "method", path, true)?;
     let params = crate::data_io::strings(&t, "param", path, true)?;
     let f = |c: &str| -> StageResult<Vec<Option<f64>>> {
-        let a = t.column_by_name(c).ok_or_else(|| StageError::invalid("selection", format!("{}: missing column `{c}`", path.display())))?;
-        let a = arrow::compute::cast(a, &DataType::Float64)?;
-        let a = a.as_primitive::<arrow::datatypes::Float64Type>();
-        Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect())
+        if t.column_by_name(c).is_none() {
+            return Err(StageError::invalid("selection", format!("{}: missing column `{c}`", path.display())));
+        }
+        Ok(crate::data_io::opt_f64s(&t, c))
     };
     let (rho, value, adv, seeds, cands) = (f("rho")?, f("value")?, f("advantage")?, f("seeds")?, f("candidates")?);
     (0..t.num_rows())
@@ -107,7 +124,7 @@ impl Stage for Select {
         &[OutputSpec { name: "selection", kind: ArtifactKind::File, doc: "chosen value per method and rho (Parquet)" }]
     }
     fn code_files(&self) -> &'static [&'static str] {
-        &["select.rs", "report.rs", "stats.rs", "table.rs"]
+        &["select.rs", "report.rs", "data_io.rs", "stats.rs", "table.rs"]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse_params::<Params>(params).map(|_| ())
