@@ -41,7 +41,12 @@ fn main() {
         }
         f.sync_all().ok();
     }
-    println!("file: {} ({mib} MiB = {:.3} GB), written in {:.2} s; cores: {cores}", path.display(), bytes as f64 / 1e9, t.elapsed().as_secs_f64());
+    println!(
+        "file: {} ({mib} MiB = {:.3} GB), written in {:.2} s; cores: {cores}",
+        path.display(),
+        bytes as f64 / 1e9,
+        t.elapsed().as_secs_f64()
+    );
 
     // Warm the page cache (and check the engine agrees with blake3 on the bytes).
     let expect = blake3::hash(&buf).to_hex().to_string();

@@ -11,7 +11,11 @@ use rmdistill_stages::Device;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "rmdistill", version, about = "Robust preference optimization through reward-model distillation, as a cached pipeline of batch stages")]
+#[command(
+    name = "rmdistill",
+    version,
+    about = "Robust preference optimization through reward-model distillation, as a cached pipeline of batch stages"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -191,7 +195,11 @@ fn select(plan: &Plan, names: &[String]) -> anyhow::Result<Vec<usize>> {
         } else if let Some(ix) = plan.by_stage.get(name) {
             out.extend(ix);
         } else {
-            anyhow::bail!("{}: no node or stage named `{name}` (try `rmdistill dag {}`)", plan.manifest.path().display(), plan.manifest.path().display());
+            anyhow::bail!(
+                "{}: no node or stage named `{name}` (try `rmdistill dag {}`)",
+                plan.manifest.path().display(),
+                plan.manifest.path().display()
+            );
         }
     }
     Ok(out)
@@ -200,7 +208,8 @@ fn select(plan: &Plan, names: &[String]) -> anyhow::Result<Vec<usize>> {
 /// `--device` (else the manifest's [execution] device, else auto): CUDA device 0 when usable, else CPU; asking for
 /// cuda where none is usable is an error rather than a silent CPU run.
 fn device(arg: Option<&str>, plan: &Plan) -> anyhow::Result<Device> {
-    let choice: rmdistill_ml::device::DeviceChoice = arg.or(plan.manifest.execution.device.as_deref()).unwrap_or("auto").parse()?;
+    let choice: rmdistill_ml::device::DeviceChoice =
+        arg.or(plan.manifest.execution.device.as_deref()).unwrap_or("auto").parse()?;
     Ok(match choice.resolve()? {
         tch::Device::Cuda(i) => Device::Cuda(i),
         _ => Device::Cpu,
@@ -231,7 +240,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Run { common, targets, jobs, force, quiet, device: dev } => {
             let plan = load(&common)?;
             let store = open_store(&plan, &common)?;
-            let jobs = jobs.or(plan.manifest.execution.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let jobs = jobs
+                .or(plan.manifest.execution.jobs)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let opts = RunOptions {
                 jobs,
                 force: select(&plan, &force)?,
@@ -284,11 +295,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let name = match node {
                 Some(n) => n,
                 None => {
-                    let reports: Vec<&str> = plan.nodes.iter().filter(|n| n.kind.kind() == "report").map(|n| n.name.as_str()).collect();
+                    let reports: Vec<&str> =
+                        plan.nodes.iter().filter(|n| n.kind.kind() == "report").map(|n| n.name.as_str()).collect();
                     match reports.as_slice() {
                         [one] => one.to_string(),
                         [] => anyhow::bail!("{}: no node of kind `report`", common.manifest.display()),
-                        many => anyhow::bail!("{}: several report nodes ({}); pick one with --node", common.manifest.display(), many.join(", ")),
+                        many => anyhow::bail!(
+                            "{}: several report nodes ({}); pick one with --node",
+                            common.manifest.display(),
+                            many.join(", ")
+                        ),
                     }
                 }
             };
@@ -327,9 +343,20 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let plan = load(&common)?;
             let store = open_store(&plan, &common)?;
             let Some(i) = plan.find(&node) else {
-                anyhow::bail!("{}: no node named `{node}` (see `rmdistill node list {}`)", common.manifest.display(), common.manifest.display());
+                anyhow::bail!(
+                    "{}: no node named `{node}` (see `rmdistill node list {}`)",
+                    common.manifest.display(),
+                    common.manifest.display()
+                );
             };
-            let opts = RunOptions { jobs: 1, force: vec![], targets: vec![i], upstream_must_be_cached: !with_deps, device: device(dev.as_deref(), &plan)?, gpus: gpu_count() };
+            let opts = RunOptions {
+                jobs: 1,
+                force: vec![],
+                targets: vec![i],
+                upstream_must_be_cached: !with_deps,
+                device: device(dev.as_deref(), &plan)?,
+                gpus: gpu_count(),
+            };
             let progress = Progress::new(common.json);
             let s = exec::run(&plan, &store, &opts, &progress)?;
             print_summary(&s, common.json);
@@ -378,7 +405,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             std::fs::create_dir_all(parent)?;
             let tmp = tempfile::TempDir::new_in(parent)?;
-            rmdistill_ml::gguf::import_gguf(&src, tmp.path()).map_err(|e| anyhow::anyhow!("import-model {}: {e:#}", src.display()))?;
+            rmdistill_ml::gguf::import_gguf(&src, tmp.path())
+                .map_err(|e| anyhow::anyhow!("import-model {}: {e:#}", src.display()))?;
             let _ = std::fs::remove_dir(&out);
             std::fs::rename(tmp.keep(), &out)?;
             println!("imported {} -> {}", src.display(), out.display());
@@ -402,7 +430,11 @@ fn explain(common: &Common, name: &str) -> anyhow::Result<()> {
     let plan = load(common)?;
     let store = open_store(&plan, common)?;
     let Some(target) = plan.find(name) else {
-        anyhow::bail!("{}: no node named `{name}` (see `rmdistill node list {}`)", common.manifest.display(), common.manifest.display());
+        anyhow::bail!(
+            "{}: no node named `{name}` (see `rmdistill node list {}`)",
+            common.manifest.display(),
+            common.manifest.display()
+        );
     };
     let (rec, key, hit) = match exec::resolve_node(&plan, &store, target)? {
         exec::Resolved::Undetermined { missing } => {
@@ -417,7 +449,9 @@ fn explain(common: &Common, name: &str) -> anyhow::Result<()> {
     if common.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"node": name, "key": key, "cached": hit.is_some(), "record": rec, "last_key": last, "reasons": reasons, "entry": hit}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"node": name, "key": key, "cached": hit.is_some(), "record": rec, "last_key": last, "reasons": reasons, "entry": hit})
+            )?
         );
     } else {
         println!("node     {name}");

@@ -6,13 +6,13 @@
 //! directory, outputs are stored as blobs, and only then is the entry written create-only. A crash at any point
 //! leaves no entry without its blobs, so the next run redoes exactly the unfinished nodes.
 
-use crate::key::{self, InputRef, KeyRecord, KEY_VERSION};
+use crate::key::{self, InputRef, KEY_VERSION, KeyRecord};
 use crate::plan::{Node, Plan};
 use crate::progress::Progress;
 use crate::store::{Corrupt, Entry, OutputRef, Store};
 use rmdistill_stages::{ArtifactKind, Ctx, Device, InputArtifact, StageError};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,7 +39,8 @@ impl ExternalHashes {
             return Ok(blake3::hash(&tree.bytes()).to_hex().to_string());
         }
         let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        let mtime =
+            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         let abs = path.canonicalize().unwrap_or(path.to_path_buf());
         let id = format!("{}\0{}\0{mtime}", abs.display(), meta.len());
         if let Some(h) = self.map.lock().unwrap().0.get(&id) {
@@ -64,7 +65,12 @@ impl ExternalHashes {
 }
 
 /// Builds a node's key record from its upstream outputs (all of which must be known).
-pub fn record(plan: &Plan, i: usize, outputs: &[Option<BTreeMap<String, OutputRef>>], ext: &ExternalHashes) -> anyhow::Result<KeyRecord> {
+pub fn record(
+    plan: &Plan,
+    i: usize,
+    outputs: &[Option<BTreeMap<String, OutputRef>>],
+    ext: &ExternalHashes,
+) -> anyhow::Result<KeyRecord> {
     let n = &plan.nodes[i];
     let mut inputs = BTreeMap::new();
     for (slot, ups) in &n.inputs {
@@ -173,7 +179,10 @@ impl Ctx for NodeCtx<'_> {
         self.node.externals.get(param).map(PathBuf::as_path)
     }
     fn output_path(&self, name: &str) -> PathBuf {
-        self.outputs.get(name).cloned().unwrap_or_else(|| panic!("stage {} has no output {name}", self.node.kind.kind()))
+        self.outputs
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("stage {} has no output {name}", self.node.kind.kind()))
     }
     fn progress(&self, done: u64, total: u64) {
         self.progress.progress(&self.node.name, done, total);
@@ -242,7 +251,16 @@ fn execute(
         out_paths.insert(spec.name.to_string(), p);
     }
     let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / opts.jobs.max(1)).max(1);
-    let ctx = NodeCtx { node: n, params: &n.params, inputs, outputs: out_paths.clone(), progress, device, threads, empty: Vec::new() };
+    let ctx = NodeCtx {
+        node: n,
+        params: &n.params,
+        inputs,
+        outputs: out_paths.clone(),
+        progress,
+        device,
+        threads,
+        empty: Vec::new(),
+    };
     // Grad mode is thread-local in libtorch and `tch::no_grad` does not restore it when its closure panics, so a
     // stage that panicked could leave it off for the next stage on this worker: every stage starts with it on.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tch::with_grad(|| n.kind.run(&ctx))));
@@ -250,7 +268,11 @@ fn execute(
         Ok(Ok(s)) => s,
         Ok(Err(StageError::Invalid { field, message })) => {
             let _ = std::fs::remove_dir_all(&scratch);
-            return Err(ExecError::Failed(if field.is_empty() { message } else { format!("param `{field}`: {message}") }));
+            return Err(ExecError::Failed(if field.is_empty() {
+                message
+            } else {
+                format!("param `{field}`: {message}")
+            }));
         }
         Ok(Err(StageError::Failed(m))) => {
             let _ = std::fs::remove_dir_all(&scratch);
@@ -258,7 +280,11 @@ fn execute(
         }
         Err(panic) => {
             let _ = std::fs::remove_dir_all(&scratch);
-            let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
             return Err(ExecError::Failed(format!("stage `{}` panicked (a bug in rmdistill): {msg}", n.kind.kind())));
         }
     };
@@ -271,7 +297,11 @@ fn execute(
         };
         if !ok {
             let _ = std::fs::remove_dir_all(&scratch);
-            return Err(ExecError::Failed(format!("stage `{}` did not write its output `{}`", n.kind.kind(), spec.name)));
+            return Err(ExecError::Failed(format!(
+                "stage `{}` did not write its output `{}`",
+                n.kind.kind(),
+                spec.name
+            )));
         }
         outs.insert(spec.name.to_string(), store.put_output(p, spec.kind).map_err(fail)?);
     }
@@ -352,7 +382,14 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
     let mut reports: Vec<NodeReport> = plan
         .nodes
         .iter()
-        .map(|nd| NodeReport { node: nd.name.clone(), outcome: Outcome::Pending, key: None, seconds: 0.0, outputs: BTreeMap::new(), error: None })
+        .map(|nd| NodeReport {
+            node: nd.name.clone(),
+            outcome: Outcome::Pending,
+            key: None,
+            seconds: 0.0,
+            outputs: BTreeMap::new(),
+            error: None,
+        })
         .collect();
     let mut records: Vec<Option<KeyRecord>> = vec![None; n];
     let mut replace = vec![false; n];
@@ -593,7 +630,8 @@ pub fn resolve_node(plan: &Plan, store: &Store, target: usize) -> anyhow::Result
     let ext = ExternalHashes::open(store.local_dir());
     let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; plan.nodes.len()];
     for i in plan.ancestors_and_self(target) {
-        let missing: Vec<String> = plan.nodes[i].deps().filter(|&d| outputs[d].is_none()).map(|d| plan.nodes[d].name.clone()).collect();
+        let missing: Vec<String> =
+            plan.nodes[i].deps().filter(|&d| outputs[d].is_none()).map(|d| plan.nodes[d].name.clone()).collect();
         if !missing.is_empty() {
             if i == target {
                 ext.save();
@@ -642,13 +680,22 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
     let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; plan.nodes.len()];
     let mut out = Vec::new();
     for (i, n) in plan.nodes.iter().enumerate() {
-        let pending: Vec<&str> = n.deps().filter(|&d| outputs[d].is_none()).map(|d| plan.nodes[d].name.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let pending: Vec<&str> = n
+            .deps()
+            .filter(|&d| outputs[d].is_none())
+            .map(|d| plan.nodes[d].name.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         if !pending.is_empty() {
             out.push(NodeStatus {
                 node: n.name.clone(),
                 state: "blocked".into(),
                 key: None,
-                reasons: vec![format!("waits on upstream {} (runs again only if their outputs change)", pending.join(", "))],
+                reasons: vec![format!(
+                    "waits on upstream {} (runs again only if their outputs change)",
+                    pending.join(", ")
+                )],
             });
             continue;
         }

@@ -76,11 +76,18 @@ impl Graph {
             check_name(&n.name)?;
             let deps: BTreeSet<usize> = n.deps().filter_map(|d| index[d]).collect();
             index[i] = Some(nodes.len());
-            nodes.push(GNode { name: n.name.clone(), stage: n.stage.clone(), resources: n.resources.clone(), deps: deps.into_iter().collect(), after: vec![] });
+            nodes.push(GNode {
+                name: n.name.clone(),
+                stage: n.stage.clone(),
+                resources: n.resources.clone(),
+                deps: deps.into_iter().collect(),
+                after: vec![],
+            });
         }
         let g = Graph { cached: plan.nodes.len() - nodes.len(), total: plan.nodes.len(), nodes, in_flight: vec![] };
         for n in &g.nodes {
-            Req::of(&n.resources).map_err(|e| anyhow::anyhow!("{}: stage `{}`: {e}", plan.manifest.path().display(), n.stage))?;
+            Req::of(&n.resources)
+                .map_err(|e| anyhow::anyhow!("{}: stage `{}`: {e}", plan.manifest.path().display(), n.stage))?;
         }
         Ok(g)
     }
@@ -122,7 +129,10 @@ impl Graph {
 
 fn check_name(name: &str) -> anyhow::Result<()> {
     if name.chars().any(|c| c.is_control()) {
-        anyhow::bail!("node `{}` has a control character in its name (from a sweep value); schedulers cannot carry it", name.escape_debug());
+        anyhow::bail!(
+            "node `{}` has a control character in its name (from a sweep value); schedulers cannot carry it",
+            name.escape_debug()
+        );
     }
     Ok(())
 }
@@ -201,7 +211,11 @@ pub fn group(g: &Graph, max_array: usize, elementwise: bool, task_deps: bool) ->
             members.entry(key).or_default().push(i);
         }
         for key in order {
-            let refs = if task_deps { dep_refs(&key.0, &groups, &at) } else { key.0.iter().map(|&u| DepRef::Whole(u)).collect() };
+            let refs = if task_deps {
+                dep_refs(&key.0, &groups, &at)
+            } else {
+                key.0.iter().map(|&u| DepRef::Whole(u)).collect()
+            };
             for chunk in members[&key].chunks(max_array) {
                 new.push((chunk.to_vec(), refs.clone()));
             }
@@ -232,7 +246,8 @@ fn elementwise_groups(g: &Graph, nodes: &[usize], groups: &[Group], at: &[(usize
     let mut parts: BTreeMap<usize, Vec<(usize, usize, Vec<usize>)>> = BTreeMap::new(); // upstream group → (index, node, other deps)
     let mut left = Vec::new();
     for &n in nodes {
-        let (up, other): (Vec<usize>, Vec<usize>) = g.nodes[n].deps.iter().partition(|&&d| &g.nodes[d].stage == up_stage);
+        let (up, other): (Vec<usize>, Vec<usize>) =
+            g.nodes[n].deps.iter().partition(|&&d| &g.nodes[d].stage == up_stage);
         if up.len() != 1 {
             left.push(n);
             continue;
@@ -339,7 +354,11 @@ pub fn unique_names(raw: &[String], max: usize) -> Vec<String> {
     let mut out: Vec<String> = raw
         .iter()
         .zip(&base)
-        .map(|(r, b)| if count[b.as_str()] > 1 || sanitize(r, usize::MAX).len() > max { with_hash(b, r) } else { b.clone() })
+        .map(
+            |(r, b)| {
+                if count[b.as_str()] > 1 || sanitize(r, usize::MAX).len() > max { with_hash(b, r) } else { b.clone() }
+            },
+        )
         .collect();
     // Hash suffixes of distinct originals collide with negligible probability; make it impossible.
     let mut used: BTreeSet<String> = BTreeSet::new();
@@ -469,7 +488,12 @@ pub struct Ctx {
 impl Ctx {
     /// Loads the plan, resolves cache hits and the paths jobs will use. `container`: the jobs run in images, where
     /// the binary is `rmdistill` on the PATH unless told, and a `file://` store is shared only through a volume.
-    pub fn load(common: &Common, bin: Option<&str>, manifest_path: Option<&str>, container: bool) -> anyhow::Result<Ctx> {
+    pub fn load(
+        common: &Common,
+        bin: Option<&str>,
+        manifest_path: Option<&str>,
+        container: bool,
+    ) -> anyhow::Result<Ctx> {
         let plan = crate::plan::load(&common.manifest, &common.set)?;
         let store = crate::cli::open_store(&plan, common)?;
         let store_url = shared_store_url(&crate::cli::store_url(&plan, common), container)?;
@@ -503,7 +527,9 @@ impl Ctx {
 
 fn shared_store_url(url: &str, container: bool) -> anyhow::Result<String> {
     if url.starts_with("memory://") {
-        anyhow::bail!("store `{url}` lives in one process's memory, so scheduler jobs cannot share it; pass --store with a file:// path on a shared file system, or s3://, gs://, az://");
+        anyhow::bail!(
+            "store `{url}` lives in one process's memory, so scheduler jobs cannot share it; pass --store with a file:// path on a shared file system, or s3://, gs://, az://"
+        );
     }
     if let Some(rest) = url.strip_prefix("file://").or_else(|| (!url.contains("://")).then_some(url)) {
         let p = Path::new(rest).canonicalize().map_err(|e| anyhow::anyhow!("store `{url}`: {e}"))?;
@@ -537,20 +563,35 @@ mod tests {
     use super::*;
 
     fn node(name: &str, stage: &str, deps: &[usize]) -> GNode {
-        GNode { name: name.into(), stage: stage.into(), resources: Resources::default(), deps: deps.to_vec(), after: vec![] }
+        GNode {
+            name: name.into(),
+            stage: stage.into(),
+            resources: Resources::default(),
+            deps: deps.to_vec(),
+            after: vec![],
+        }
     }
 
     #[test]
     fn names_are_dns_labels_and_unique() {
-        let raw: Vec<String> = ["sub@rho=0.2,seed=1", "sub@rho=0-2,seed=1", "Gen", "9lives", &"x".repeat(80)].iter().map(|s| s.to_string()).collect();
+        let raw: Vec<String> = ["sub@rho=0.2,seed=1", "sub@rho=0-2,seed=1", "Gen", "9lives", &"x".repeat(80)]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let n = unique_names(&raw, 52);
         assert_eq!(n.len(), 5);
-        assert!(n[0].starts_with("sub-rho-0-2-seed-1-") && n[1].starts_with("sub-rho-0-2-seed-1-") && n[0] != n[1], "{n:?}");
+        assert!(
+            n[0].starts_with("sub-rho-0-2-seed-1-") && n[1].starts_with("sub-rho-0-2-seed-1-") && n[0] != n[1],
+            "{n:?}"
+        );
         assert_eq!(n[2], "gen");
         assert_eq!(n[3], "n9lives");
         assert!(n[4].len() <= 59, "{}", n[4]);
         for s in &n {
-            assert!(s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') && !s.ends_with('-'), "{s}");
+            assert!(
+                s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') && !s.ends_with('-'),
+                "{s}"
+            );
         }
     }
 
@@ -612,21 +653,26 @@ mod tests {
         }
         let g = Graph { total: nodes.len(), cached: 0, nodes, in_flight: vec![] };
         let live: HashMap<String, String> =
-            [("gen", "7"), ("a@i=0", "8_0"), ("a@i=1", "8_1"), ("b@i=0", "9_0"), ("b@i=2", "9_2")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            [("gen", "7"), ("a@i=0", "8_0"), ("a@i=1", "8_1"), ("b@i=0", "9_0"), ("b@i=2", "9_2")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
         let h = g.without_in_flight(&live);
         let names: Vec<&str> = h.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["a@i=2", "b@i=1", "b@i=2"]);
-        assert_eq!(h.in_flight.iter().map(|(n, id)| format!("{n}={id}")).collect::<Vec<_>>(), ["gen=7", "a@i=0=8_0", "a@i=1=8_1", "b@i=0=9_0"]);
+        assert_eq!(
+            h.in_flight.iter().map(|(n, id)| format!("{n}={id}")).collect::<Vec<_>>(),
+            ["gen=7", "a@i=0=8_0", "a@i=1=8_1", "b@i=0=9_0"]
+        );
         assert_eq!((h.nodes[0].after.clone(), h.nodes[0].deps.clone()), (vec!["7".to_string()], vec![]));
         assert_eq!((h.nodes[1].after.clone(), h.nodes[1].deps.clone()), (vec!["8_1".to_string()], vec![]));
         assert_eq!((h.nodes[2].after.clone(), h.nodes[2].deps.clone()), (vec![], vec![0]));
         // Nodes waiting on different live jobs are not one array.
         let gs = group(&h, 1000, true, true);
-        assert_eq!(gs.iter().map(|x| (x.nodes.clone(), x.after.clone())).collect::<Vec<_>>(), vec![
-            (vec![0], vec!["7".to_string()]),
-            (vec![1], vec!["8_1".to_string()]),
-            (vec![2], vec![]),
-        ]);
+        assert_eq!(
+            gs.iter().map(|x| (x.nodes.clone(), x.after.clone())).collect::<Vec<_>>(),
+            vec![(vec![0], vec!["7".to_string()]), (vec![1], vec!["8_1".to_string()]), (vec![2], vec![]),]
+        );
         assert_eq!(g.without_in_flight(&HashMap::new()).nodes.len(), 7);
     }
 }

@@ -71,7 +71,9 @@ impl KeyRecord {
         let keys: std::collections::BTreeSet<&String> = self.params.keys().chain(old.params.keys()).collect();
         for k in keys {
             match (old.params.get(k), self.params.get(k)) {
-                (Some(a), Some(b)) if a != b => out.push(format!("params.{k} changed: {} -> {}", canonical(a), canonical(b))),
+                (Some(a), Some(b)) if a != b => {
+                    out.push(format!("params.{k} changed: {} -> {}", canonical(a), canonical(b)))
+                }
                 (None, Some(b)) => out.push(format!("params.{k} added: {}", canonical(b))),
                 (Some(a), None) => out.push(format!("params.{k} removed (was {})", canonical(a))),
                 _ => {}
@@ -158,7 +160,10 @@ pub fn hash_tree(dir: &Path) -> std::io::Result<Tree> {
                 let (hash, size) = hash_file(&p)?;
                 out.push(TreeFile { path: rel, size, hash });
             } else {
-                return Err(std::io::Error::other(format!("{}: only regular files may be in an artifact directory", p.display())));
+                return Err(std::io::Error::other(format!(
+                    "{}: only regular files may be in an artifact directory",
+                    p.display()
+                )));
             }
         }
         Ok(())

@@ -133,7 +133,8 @@ impl Manifest {
 }
 
 fn read_source(path: &Path) -> anyhow::Result<Source> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
     Ok(Source { path: path.to_path_buf(), text })
 }
 
@@ -157,20 +158,27 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
     let mut stages = Vec::new();
 
     let add_stages = |stages: &mut Vec<DeclaredStage>,
-                          sources: &[Source],
-                          decls: BTreeMap<Spanned<String>, Spanned<StageDecl>>,
-                          source: usize|
+                      sources: &[Source],
+                      decls: BTreeMap<Spanned<String>, Spanned<StageDecl>>,
+                      source: usize|
      -> Result<(), ManifestError> {
         for (name, decl) in decls {
             let src = &sources[source];
             if !valid_name(name.get_ref()) {
-                return Err(src.error(name.span(), format!("stage name `{}` may use only letters, digits, `_` and `-`", name.get_ref())));
+                return Err(src.error(
+                    name.span(),
+                    format!("stage name `{}` may use only letters, digits, `_` and `-`", name.get_ref()),
+                ));
             }
             if let Some(prev) = stages.iter().find(|s: &&DeclaredStage| s.name == *name.get_ref()) {
                 let (l, c) = crate::error::line_col(&sources[prev.source].text, prev.name_span.start);
                 return Err(src.error(
                     name.span(),
-                    format!("duplicate stage `{}` (already declared at {}:{l}:{c})", name.get_ref(), sources[prev.source].path.display()),
+                    format!(
+                        "duplicate stage `{}` (already declared at {}:{l}:{c})",
+                        name.get_ref(),
+                        sources[prev.source].path.display()
+                    ),
                 ));
             }
             stages.push(DeclaredStage {
@@ -203,7 +211,14 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
             if !vars.contains_key(&k) {
                 let known: Vec<_> = vars.keys().cloned().collect();
                 return Err(sources[0]
-                    .error(v.span(), format!("pipeline {} declares no variable `{k}` (it declares: {})", sources[1].path.display(), known.join(", ")))
+                    .error(
+                        v.span(),
+                        format!(
+                            "pipeline {} declares no variable `{k}` (it declares: {})",
+                            sources[1].path.display(),
+                            known.join(", ")
+                        ),
+                    )
                     .into());
             }
             vars.insert(k, Var { span: v.span(), value: v.into_inner(), source: 0 });
@@ -215,15 +230,18 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
     }
     add_stages(&mut stages, &sources, doc.stages, 0)?;
     if stages.is_empty() {
-        return Err(sources[0].error(0..0, "the manifest declares no stages (add [stages.NAME] or a `pipeline = \"…\"`)").into());
+        return Err(sources[0]
+            .error(0..0, "the manifest declares no stages (add [stages.NAME] or a `pipeline = \"…\"`)")
+            .into());
     }
 
     for set in sets {
-        let (k, v) = set
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--set {set}: expected NAME=VALUE"))?;
+        let (k, v) = set.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {set}: expected NAME=VALUE"))?;
         let Some(var) = vars.get_mut(k) else {
-            anyhow::bail!("--set {set}: the manifest declares no variable `{k}` (known: {})", vars.keys().cloned().collect::<Vec<_>>().join(", "));
+            anyhow::bail!(
+                "--set {set}: the manifest declares no variable `{k}` (known: {})",
+                vars.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
         };
         // A value is read as TOML (numbers, lists, booleans), falling back to a plain string.
         var.value = toml::from_str::<toml::Table>(&format!("v = {v}"))

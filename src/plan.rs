@@ -120,7 +120,9 @@ impl Scope<'_> {
 fn resolve(v: &Value, scope: &Scope, err: &dyn Fn(String) -> ManifestError) -> Result<Value, ManifestError> {
     Ok(match v {
         Value::String(s) => {
-            if let Some(name) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')).filter(|n| !n.contains("${") && !n.contains('}')) {
+            if let Some(name) =
+                s.strip_prefix("${").and_then(|r| r.strip_suffix('}')).filter(|n| !n.contains("${") && !n.contains('}'))
+            {
                 scope.lookup(name).ok_or_else(|| err(unknown_ref(name, scope)))?
             } else if s.contains("${") {
                 let mut out = String::new();
@@ -141,9 +143,9 @@ fn resolve(v: &Value, scope: &Scope, err: &dyn Fn(String) -> ManifestError) -> R
             }
         }
         Value::Array(a) => Value::Array(a.iter().map(|x| resolve(x, scope, err)).collect::<Result<_, _>>()?),
-        Value::Object(o) => {
-            Value::Object(o.iter().map(|(k, x)| Ok((k.clone(), resolve(x, scope, err)?))).collect::<Result<_, ManifestError>>()?)
-        }
+        Value::Object(o) => Value::Object(
+            o.iter().map(|(k, x)| Ok((k.clone(), resolve(x, scope, err)?))).collect::<Result<_, ManifestError>>()?,
+        ),
         other => other.clone(),
     })
 }
@@ -151,7 +153,10 @@ fn resolve(v: &Value, scope: &Scope, err: &dyn Fn(String) -> ManifestError) -> R
 fn unknown_ref(name: &str, scope: &Scope) -> String {
     let mut known: Vec<String> = scope.coords.keys().cloned().collect();
     known.extend(scope.manifest.vars.keys().cloned());
-    format!("`${{{name}}}` names no variable or sweep axis (known: {})", if known.is_empty() { "none".into() } else { known.join(", ") })
+    format!(
+        "`${{{name}}}` names no variable or sweep axis (known: {})",
+        if known.is_empty() { "none".into() } else { known.join(", ") }
+    )
 }
 
 /// Expands a loaded manifest into its plan.
@@ -165,7 +170,11 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
     for s in &m.stages {
         let kind = rmdistill_stages::stage(s.decl.kind.get_ref()).ok_or_else(|| {
             let known: Vec<_> = rmdistill_stages::registry().iter().map(|k| k.kind()).collect();
-            err(s, s.decl.kind.span(), format!("unknown stage kind `{}` (known: {})", s.decl.kind.get_ref(), known.join(", ")))
+            err(
+                s,
+                s.decl.kind.span(),
+                format!("unknown stage kind `{}` (known: {})", s.decl.kind.get_ref(), known.join(", ")),
+            )
         })?;
         kinds.insert(&s.name, kind);
     }
@@ -175,28 +184,70 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
         for (slot, r) in &s.decl.inputs {
             let spec = kind.inputs().iter().find(|i| i.name == slot.get_ref()).ok_or_else(|| {
                 let known: Vec<_> = kind.inputs().iter().map(|i| i.name).collect();
-                err(s, slot.span(), format!("stage kind `{}` has no input `{}` (its inputs: {})", kind.kind(), slot.get_ref(), if known.is_empty() { "none".into() } else { known.join(", ") }))
+                err(
+                    s,
+                    slot.span(),
+                    format!(
+                        "stage kind `{}` has no input `{}` (its inputs: {})",
+                        kind.kind(),
+                        slot.get_ref(),
+                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                    ),
+                )
             })?;
             let refs: Vec<&str> = match r.get_ref() {
                 toml::Value::String(one) => vec![one.as_str()],
-                toml::Value::Array(list) if !list.is_empty() && list.iter().all(|v| v.is_str()) => list.iter().filter_map(|v| v.as_str()).collect(),
+                toml::Value::Array(list) if !list.is_empty() && list.iter().all(|v| v.is_str()) => {
+                    list.iter().filter_map(|v| v.as_str()).collect()
+                }
                 other => {
-                    return Err(err(s, r.span(), format!("input `{}`: expected \"STAGE.OUTPUT\" or a non-empty list of them, got {other}", slot.get_ref())));
+                    return Err(err(
+                        s,
+                        r.span(),
+                        format!(
+                            "input `{}`: expected \"STAGE.OUTPUT\" or a non-empty list of them, got {other}",
+                            slot.get_ref()
+                        ),
+                    ));
                 }
             };
             if refs.len() > 1 && !spec.many {
-                return Err(err(s, r.span(), format!("input `{}` of stage kind `{}` takes one artifact, not a list", slot.get_ref(), kind.kind())));
+                return Err(err(
+                    s,
+                    r.span(),
+                    format!(
+                        "input `{}` of stage kind `{}` takes one artifact, not a list",
+                        slot.get_ref(),
+                        kind.kind()
+                    ),
+                ));
             }
             for one in refs {
                 let (up, out) = one.rsplit_once('.').ok_or_else(|| {
                     err(s, r.span(), format!("input `{}` = \"{one}\": expected \"STAGE.OUTPUT\"", slot.get_ref()))
                 })?;
                 let up_kind = *kinds.get(up).ok_or_else(|| {
-                    err(s, r.span(), format!("input `{}` names stage `{up}`, which is not declared (stages: {})", slot.get_ref(), m.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")))
+                    err(
+                        s,
+                        r.span(),
+                        format!(
+                            "input `{}` names stage `{up}`, which is not declared (stages: {})",
+                            slot.get_ref(),
+                            m.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    )
                 })?;
                 let out_spec = up_kind.outputs().iter().find(|o| o.name == out).ok_or_else(|| {
                     let known: Vec<_> = up_kind.outputs().iter().map(|o| o.name).collect();
-                    err(s, r.span(), format!("stage `{up}` (kind `{}`) has no output `{out}` (its outputs: {})", up_kind.kind(), known.join(", ")))
+                    err(
+                        s,
+                        r.span(),
+                        format!(
+                            "stage `{up}` (kind `{}`) has no output `{out}` (its outputs: {})",
+                            up_kind.kind(),
+                            known.join(", ")
+                        ),
+                    )
                 })?;
                 let up: &str = m.stages.iter().find(|x| x.name == up).map(|x| x.name.as_str()).expect("declared");
                 es.push((slot.get_ref().clone(), up, out_spec.name));
@@ -204,7 +255,11 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
         }
         for spec in kind.inputs() {
             if spec.required && !s.decl.inputs.keys().any(|k| k.get_ref() == spec.name) {
-                return Err(err(s, s.span.clone(), format!("stage `{}` (kind `{}`) needs input `{}` ({})", s.name, kind.kind(), spec.name, spec.doc)));
+                return Err(err(
+                    s,
+                    s.span.clone(),
+                    format!("stage `{}` (kind `{}`) needs input `{}` ({})", s.name, kind.kind(), spec.name, spec.doc),
+                ));
             }
         }
         edges.insert(&s.name, es);
@@ -228,7 +283,8 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                 let mut names: Vec<&str> = stack[start..].iter().map(|&j| m.stages[j].name.as_str()).collect();
                 names.push(&m.stages[i].name);
                 let s = &m.stages[i];
-                return Err(m.sources[s.source].error(s.name_span.clone(), format!("cycle between stages: {}", names.join(" -> "))));
+                return Err(m.sources[s.source]
+                    .error(s.name_span.clone(), format!("cycle between stages: {}", names.join(" -> "))));
             }
             _ => {}
         }
@@ -260,7 +316,11 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
         let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
         for (axis, vals) in &s.decl.sweep {
             if !valid_name(axis.get_ref()) {
-                return Err(err(s, axis.span(), format!("sweep axis `{}` may use only letters, digits and `_`", axis.get_ref())));
+                return Err(err(
+                    s,
+                    axis.span(),
+                    format!("sweep axis `{}` may use only letters, digits and `_`", axis.get_ref()),
+                ));
             }
             let e = |msg: String| err(s, vals.span(), msg);
             let v = resolve(&manifest::to_json(vals.get_ref()), &scope0, &e)?;
@@ -273,7 +333,10 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
             let mut seen = Vec::new();
             for x in &list {
                 if matches!(x, Value::Array(_) | Value::Object(_)) {
-                    return Err(e(format!("sweep `{}` values must be strings, numbers or booleans, got {x}", axis.get_ref())));
+                    return Err(e(format!(
+                        "sweep `{}` values must be strings, numbers or booleans, got {x}",
+                        axis.get_ref()
+                    )));
                 }
                 if seen.contains(x) {
                     return Err(e(format!("sweep `{}` lists {x} twice", axis.get_ref())));
@@ -286,11 +349,13 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
         for (axis, vals) in &axes {
             points = points
                 .into_iter()
-                .flat_map(|p| vals.iter().map(move |v| {
-                    let mut q = p.clone();
-                    q.insert(axis.clone(), v.clone());
-                    q
-                }))
+                .flat_map(|p| {
+                    vals.iter().map(move |v| {
+                        let mut q = p.clone();
+                        q.insert(axis.clone(), v.clone());
+                        q
+                    })
+                })
                 .collect();
         }
         for coords in points {
@@ -307,9 +372,15 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
             };
             if let Err(e) = kind.validate(&params) {
                 return Err(match e {
-                    StageError::Invalid { field, message } => {
-                        err(s, param_span(&field), if field.is_empty() { format!("{name}: {message}") } else { format!("{name}: param `{field}`: {message}") })
-                    }
+                    StageError::Invalid { field, message } => err(
+                        s,
+                        param_span(&field),
+                        if field.is_empty() {
+                            format!("{name}: {message}")
+                        } else {
+                            format!("{name}: param `{field}`: {message}")
+                        },
+                    ),
                     StageError::Failed(message) => err(s, s.span.clone(), format!("{name}: {message}")),
                 });
             }
@@ -317,11 +388,22 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
             for &p in kind.path_params() {
                 if let Some(v) = params.get(p) {
                     let Value::String(rel) = v else {
-                        return Err(err(s, param_span(p), format!("{name}: param `{p}` must be a file path (a string), got {v}")));
+                        return Err(err(
+                            s,
+                            param_span(p),
+                            format!("{name}: param `{p}` must be a file path (a string), got {v}"),
+                        ));
                     };
                     let path = base.join(rel);
                     if !path.is_file() && !path.is_dir() {
-                        return Err(err(s, param_span(p), format!("{name}: param `{p}`: no such file or directory {} (paths are relative to the manifest's directory)", path.display())));
+                        return Err(err(
+                            s,
+                            param_span(p),
+                            format!(
+                                "{name}: param `{p}`: no such file or directory {} (paths are relative to the manifest's directory)",
+                                path.display()
+                            ),
+                        ));
                     }
                     externals.insert(p.to_string(), path);
                 }
@@ -334,17 +416,40 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                     .copied()
                     .filter(|&j| nodes[j].coords.iter().all(|(a, v)| coords.get(a).is_none_or(|w| w == v)))
                     .collect();
-                let span = s.decl.inputs.iter().find(|(k, _)| k.get_ref() == slot).map(|(_, v)| v.span()).unwrap_or(s.span.clone());
+                let span = s
+                    .decl
+                    .inputs
+                    .iter()
+                    .find(|(k, _)| k.get_ref() == slot)
+                    .map(|(_, v)| v.span())
+                    .unwrap_or(s.span.clone());
                 if matches.is_empty() {
-                    return Err(err(s, span, format!("{name}: input `{slot}` matches no node of stage `{up}` (no node agrees on the shared sweep axes)")));
+                    return Err(err(
+                        s,
+                        span,
+                        format!(
+                            "{name}: input `{slot}` matches no node of stage `{up}` (no node agrees on the shared sweep axes)"
+                        ),
+                    ));
                 }
                 if !spec.many && matches.len() > 1 {
-                    let extra: Vec<&String> = nodes[matches[0]].coords.keys().filter(|a| !coords.contains_key(*a)).collect();
-                    return Err(err(s, span, format!(
-                        "{name}: input `{slot}` takes one artifact but matches {} nodes of stage `{up}`; sweep `{}` over {} too, so that each node reads one",
-                        matches.len(), s.name, extra.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", "))));
+                    let extra: Vec<&String> =
+                        nodes[matches[0]].coords.keys().filter(|a| !coords.contains_key(*a)).collect();
+                    return Err(err(
+                        s,
+                        span,
+                        format!(
+                            "{name}: input `{slot}` takes one artifact but matches {} nodes of stage `{up}`; sweep `{}` over {} too, so that each node reads one",
+                            matches.len(),
+                            s.name,
+                            extra.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
                 }
-                inputs.entry(slot.clone()).or_default().extend(matches.into_iter().map(|node| Upstream { node, output: out }));
+                inputs
+                    .entry(slot.clone())
+                    .or_default()
+                    .extend(matches.into_iter().map(|node| Upstream { node, output: out }));
             }
             by_stage.entry(s.name.clone()).or_default().push(nodes.len());
             nodes.push(Node {

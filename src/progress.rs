@@ -51,8 +51,10 @@ impl Progress {
             Mode::Bars => {
                 let pb = self.multi.add(ProgressBar::new(0));
                 pb.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix:40!} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
-                        .expect("valid template"),
+                    ProgressStyle::with_template(
+                        "{spinner} {prefix:40!} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+                    )
+                    .expect("valid template"),
                 );
                 pb.set_prefix(node.to_string());
                 pb.enable_steady_tick(std::time::Duration::from_millis(200));

@@ -30,7 +30,12 @@ pub fn dag(plan: &Plan, format: DagFormat, stages: bool) -> String {
     match format {
         DagFormat::Text => {
             for v in &vs {
-                let kind = plan.nodes.iter().find(|n| if stages { n.stage == *v } else { n.name == *v }).map(|n| n.kind.kind()).unwrap_or("");
+                let kind = plan
+                    .nodes
+                    .iter()
+                    .find(|n| if stages { n.stage == *v } else { n.name == *v })
+                    .map(|n| n.kind.kind())
+                    .unwrap_or("");
                 let count = if stages { format!(" ({} nodes)", plan.by_stage[v].len()) } else { String::new() };
                 let _ = writeln!(s, "{v} [{kind}]{count}");
                 for (from, _, label) in es.iter().filter(|e| e.1 == *v) {

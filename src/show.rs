@@ -17,7 +17,8 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
                 // A hash (or its prefix) of a blob.
                 if what.len() >= 8 && what.chars().all(|c| c.is_ascii_hexdigit()) {
                     let blobs = store.list(&format!("blobs/{}", &what[..2]))?;
-                    let hits: Vec<_> = blobs.iter().filter(|(p, _, _)| p.rsplit('/').next().unwrap_or("").starts_with(what)).collect();
+                    let hits: Vec<_> =
+                        blobs.iter().filter(|(p, _, _)| p.rsplit('/').next().unwrap_or("").starts_with(what)).collect();
                     if let [(p, size, _)] = hits.as_slice() {
                         let hash = p.rsplit('/').next().unwrap().to_string();
                         let kind = if store.tree(&hash).is_ok() { ArtifactKind::Dir } else { ArtifactKind::File };
@@ -34,7 +35,10 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
     let name = match output {
         Some(o) => o.to_string(),
         None if entry.outputs.len() == 1 => entry.outputs.keys().next().unwrap().clone(),
-        None => anyhow::bail!("{node} has several outputs ({}); name one as {node}.OUTPUT", entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ")),
+        None => anyhow::bail!(
+            "{node} has several outputs ({}); name one as {node}.OUTPUT",
+            entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
     };
     let out = entry.outputs.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("{node} has no output `{name}`"))?;
     Ok((format!("{node}.{name}"), out))
@@ -61,7 +65,12 @@ pub fn show(plan: &Plan, store: &Store, what: &str, rows: usize, json: bool) -> 
             .metadata()
             .file_metadata()
             .key_value_metadata()
-            .map(|kv| kv.iter().filter(|k| k.key != "ARROW:schema").map(|k| (k.key.clone(), k.value.clone().unwrap_or_default())).collect())
+            .map(|kv| {
+                kv.iter()
+                    .filter(|k| k.key != "ARROW:schema")
+                    .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+                    .collect()
+            })
             .unwrap_or_default();
         let schema = b.schema().clone();
         let reader = b.with_batch_size(rows.max(1)).with_limit(rows).build()?;
@@ -76,7 +85,12 @@ pub fn show(plan: &Plan, store: &Store, what: &str, rows: usize, json: bool) -> 
                 w.finish()?;
             }
             let rows: serde_json::Value = serde_json::from_slice(&buf).unwrap_or(serde_json::json!([]));
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"artifact": label, "hash": out.hash, "rows": total, "metadata": kv.into_iter().collect::<std::collections::BTreeMap<_,_>>(), "preview": rows}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"artifact": label, "hash": out.hash, "rows": total, "metadata": kv.into_iter().collect::<std::collections::BTreeMap<_,_>>(), "preview": rows})
+                )?
+            );
             return Ok(());
         }
         println!("{label}: table {} ({total} rows, {} bytes)", out.hash, out.size);
@@ -113,10 +127,16 @@ fn truncate_strings(b: &arrow::record_batch::RecordBatch) -> anyhow::Result<arro
         if let Some(s) = c.as_any().downcast_ref::<StringArray>() {
             let t: StringArray = s
                 .iter()
-                .map(|v| v.map(|v| {
-                    let one_line = v.replace('\n', " ");
-                    if one_line.chars().count() > 60 { format!("{}…", one_line.chars().take(59).collect::<String>()) } else { one_line }
-                }))
+                .map(|v| {
+                    v.map(|v| {
+                        let one_line = v.replace('\n', " ");
+                        if one_line.chars().count() > 60 {
+                            format!("{}…", one_line.chars().take(59).collect::<String>())
+                        } else {
+                            one_line
+                        }
+                    })
+                })
                 .collect();
             cols.push(Arc::new(t));
             fields.push(arrow::datatypes::Field::new(f.name(), arrow::datatypes::DataType::Utf8, true));

@@ -79,13 +79,21 @@ fn store_err(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
     // Object stores answer with long XML bodies; the code inside is what a user can act on.
     let hint = if detail.contains("NoSuchBucket") {
         "the bucket does not exist (create it, or fix the store url)"
-    } else if detail.contains("AccessDenied") || detail.contains("403 Forbidden") || detail.contains("InvalidAccessKeyId") || detail.contains("SignatureDoesNotMatch") {
+    } else if detail.contains("AccessDenied")
+        || detail.contains("403 Forbidden")
+        || detail.contains("InvalidAccessKeyId")
+        || detail.contains("SignatureDoesNotMatch")
+    {
         "permission denied (check the credentials in the environment and the bucket policy)"
     } else {
         ""
     };
     let short: String = detail.split("<?xml").next().unwrap_or(&detail).trim_end_matches([':', ' ']).to_string();
-    if hint.is_empty() { StoreError(format!("{what}: {short}")).into() } else { StoreError(format!("{what}: {hint}; {short}")).into() }
+    if hint.is_empty() {
+        StoreError(format!("{what}: {short}")).into()
+    } else {
+        StoreError(format!("{what}: {hint}; {short}")).into()
+    }
 }
 
 impl Store {
@@ -97,12 +105,14 @@ impl Store {
             .enable_all()
             .build()
             .map_err(|e| store_err("cannot start the I/O runtime", e))?;
-        std::fs::create_dir_all(local_dir).map_err(|e| store_err(&format!("cannot create {}", local_dir.display()), e))?;
+        std::fs::create_dir_all(local_dir)
+            .map_err(|e| store_err(&format!("cannot create {}", local_dir.display()), e))?;
         let local_dir = local_dir.canonicalize()?;
         let (os, prefix, local_root): (Arc<dyn ObjectStore>, ObjPath, Option<PathBuf>) =
             if let Some(rest) = url.strip_prefix("file://").or_else(|| (!url.contains("://")).then_some(url)) {
                 let dir = PathBuf::from(rest);
-                std::fs::create_dir_all(&dir).map_err(|e| store_err(&format!("cannot create store directory {}", dir.display()), e))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| store_err(&format!("cannot create store directory {}", dir.display()), e))?;
                 let dir = dir.canonicalize()?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| store_err(url, e))?;
                 (Arc::new(fs), ObjPath::default(), Some(dir))
@@ -113,7 +123,16 @@ impl Store {
                 let (os, prefix) = crate::remote::open(&parsed)?;
                 (os, prefix, None)
             };
-        Ok(Store { os, prefix, local_root, local_dir, rt, verified: Mutex::new(HashSet::new()), dir_locks: Mutex::new(Default::default()), url: url.to_string() })
+        Ok(Store {
+            os,
+            prefix,
+            local_root,
+            local_dir,
+            rt,
+            verified: Mutex::new(HashSet::new()),
+            dir_locks: Mutex::new(Default::default()),
+            url: url.to_string(),
+        })
     }
 
     fn p(&self, rel: &str) -> ObjPath {
@@ -168,9 +187,13 @@ impl Store {
         self.block_on(async {
             if size <= PART as u64 {
                 let data = tokio::fs::read(path).await?;
-                self.os.put(dest, PutPayload::from(data)).await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
+                self.os
+                    .put(dest, PutPayload::from(data))
+                    .await
+                    .map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
             } else {
-                let mut up = self.os.put_multipart(dest).await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
+                let mut up =
+                    self.os.put_multipart(dest).await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
                 let mut f = tokio::fs::File::open(path).await?;
                 use tokio::io::AsyncReadExt;
                 let mut pending = Vec::new();
@@ -214,7 +237,8 @@ impl Store {
         let hash = blake3::hash(&data).to_hex().to_string();
         if !self.has_blob(&hash)? {
             let dest = self.blob_path(&hash);
-            self.block_on(self.os.put(&dest, PutPayload::from(data))).map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
+            self.block_on(self.os.put(&dest, PutPayload::from(data)))
+                .map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
         }
         Ok(hash)
     }
@@ -244,12 +268,18 @@ impl Store {
     pub fn get_bytes(&self, hash: &str) -> anyhow::Result<Bytes> {
         let p = self.blob_path(hash);
         let data = self.block_on(async { self.os.get(&p).await?.bytes().await }).map_err(|e| match e {
-            object_store::Error::NotFound { .. } => anyhow::Error::new(Corrupt { hash: hash.into(), detail: "missing from the store".into() }),
+            object_store::Error::NotFound { .. } => {
+                anyhow::Error::new(Corrupt { hash: hash.into(), detail: "missing from the store".into() })
+            }
             e => store_err(&format!("cannot read {p}"), e),
         })?;
         let got = blake3::hash(&data).to_hex().to_string();
         if got != hash {
-            return Err(Corrupt { hash: hash.into(), detail: format!("its bytes hash to {got} ({} bytes)", data.len()) }.into());
+            return Err(Corrupt {
+                hash: hash.into(),
+                detail: format!("its bytes hash to {got} ({} bytes)", data.len()),
+            }
+            .into());
         }
         Ok(data)
     }
@@ -267,7 +297,11 @@ impl Store {
                     Err(e) => return Err(store_err(&format!("cannot read {}", path.display()), e)),
                 };
                 if got != hash {
-                    return Err(Corrupt { hash: hash.into(), detail: format!("its bytes hash to {got} ({size} bytes)") }.into());
+                    return Err(Corrupt {
+                        hash: hash.into(),
+                        detail: format!("its bytes hash to {got} ({size} bytes)"),
+                    }
+                    .into());
                 }
                 self.verified.lock().unwrap().insert(hash.to_string());
             }
@@ -275,7 +309,9 @@ impl Store {
         }
         let cached = self.local_dir.join("blobs").join(hash);
         if cached.is_file() {
-            if self.verified.lock().unwrap().contains(hash) || key::hash_file(&cached).map(|(h, _)| h == hash).unwrap_or(false) {
+            if self.verified.lock().unwrap().contains(hash)
+                || key::hash_file(&cached).map(|(h, _)| h == hash).unwrap_or(false)
+            {
                 self.verified.lock().unwrap().insert(hash.to_string());
                 return Ok(cached);
             }
@@ -291,7 +327,8 @@ impl Store {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 hasher.update(&chunk);
-                f.write_all(&chunk).map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })?;
+                f.write_all(&chunk)
+                    .map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })?;
             }
             f.flush().map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })?;
             Ok::<_, object_store::Error>(hasher.finalize().to_hex().to_string())
@@ -314,7 +351,8 @@ impl Store {
     /// Reads and parses a directory artifact's listing.
     pub fn tree(&self, hash: &str) -> anyhow::Result<Tree> {
         let data = self.get_bytes(hash)?;
-        serde_json::from_slice(&data).map_err(|e| Corrupt { hash: hash.into(), detail: format!("not a directory listing: {e}") }.into())
+        serde_json::from_slice(&data)
+            .map_err(|e| Corrupt { hash: hash.into(), detail: format!("not a directory listing: {e}") }.into())
     }
 
     /// A local directory holding a verified copy of a directory artifact. Assembled in a private temporary
@@ -335,7 +373,11 @@ impl Store {
                 return Ok(dest);
             }
             // Damaged locally (not in the store): move it aside rather than delete it under a reader's feet.
-            let aside = trees.join(format!("{hash}.damaged.{}.{}", std::process::id(), chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)));
+            let aside = trees.join(format!(
+                "{hash}.damaged.{}.{}",
+                std::process::id(),
+                chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+            ));
             let _ = std::fs::rename(&dest, &aside);
         }
         std::fs::create_dir_all(&trees)?;
@@ -424,7 +466,11 @@ impl Store {
         let p = self.entry_path(&e.key);
         let data = serde_json::to_vec_pretty(e)?;
         let mode = if replace { PutMode::Overwrite } else { PutMode::Create };
-        let res = self.block_on(self.os.put_opts(&p, PutPayload::from(data.clone()), PutOptions { mode, ..Default::default() }));
+        let res = self.block_on(self.os.put_opts(
+            &p,
+            PutPayload::from(data.clone()),
+            PutOptions { mode, ..Default::default() },
+        ));
         match res {
             Ok(_) => Ok(e.clone()),
             Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
@@ -436,7 +482,8 @@ impl Store {
                 if let Some(old) = self.get_entry(&e.key)?.filter(|_| !replace) {
                     return Ok(old);
                 }
-                self.block_on(self.os.put(&p, PutPayload::from(data))).map_err(|err| store_err(&format!("cannot write {p}"), err))?;
+                self.block_on(self.os.put(&p, PutPayload::from(data)))
+                    .map_err(|err| store_err(&format!("cannot write {p}"), err))?;
                 Ok(e.clone())
             }
             Err(err) => Err(store_err(&format!("cannot write {p}"), err)),
@@ -452,7 +499,8 @@ impl Store {
     pub fn set_last_key(&self, scope: &str, node: &str, key: &str) -> anyhow::Result<()> {
         let p = self.node_pointer(scope, node);
         let v = serde_json::json!({"node": node, "key": key});
-        self.block_on(self.os.put(&p, PutPayload::from(serde_json::to_vec(&v)?))).map_err(|e| store_err(&format!("cannot write {p}"), e))?;
+        self.block_on(self.os.put(&p, PutPayload::from(serde_json::to_vec(&v)?)))
+            .map_err(|e| store_err(&format!("cannot write {p}"), e))?;
         Ok(())
     }
 
@@ -463,7 +511,8 @@ impl Store {
 
     pub fn put_journal(&self, run_id: &str, journal: &serde_json::Value) -> anyhow::Result<()> {
         let p = self.p(&format!("runs/{run_id}.json"));
-        self.block_on(self.os.put(&p, PutPayload::from(serde_json::to_vec_pretty(journal)?))).map_err(|e| store_err(&format!("cannot write {p}"), e))?;
+        self.block_on(self.os.put(&p, PutPayload::from(serde_json::to_vec_pretty(journal)?)))
+            .map_err(|e| store_err(&format!("cannot write {p}"), e))?;
         Ok(())
     }
 

@@ -42,11 +42,15 @@ fn main() {
             }
         }
     }
-    let mut src = String::from("/// (path under src/, BLAKE3 of its bytes) for every source file, sorted.\npub const SOURCE_FILES: &[(&str, &str)] = &[\n");
+    let mut src = String::from(
+        "/// (path under src/, BLAKE3 of its bytes) for every source file, sorted.\npub const SOURCE_FILES: &[(&str, &str)] = &[\n",
+    );
     for (p, h) in &files {
         src.push_str(&format!("    ({p:?}, {h:?}),\n"));
     }
     src.push_str("];\n");
-    src.push_str(&format!("/// Versions of the libraries that shape artifact bytes.\npub const ARTIFACT_LIBS: &str = {libs:?};\n"));
+    src.push_str(&format!(
+        "/// Versions of the libraries that shape artifact bytes.\npub const ARTIFACT_LIBS: &str = {libs:?};\n"
+    ));
     fs::write(Path::new(&std::env::var("OUT_DIR").unwrap()).join("code_hashes.rs"), src).unwrap();
 }

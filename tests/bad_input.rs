@@ -14,12 +14,18 @@ fn refused(set: &str, needles: &[&str]) {
         assert!(err.contains(n), "{set}: expected `{n}` in:\n{err}");
     }
     assert!(!err.contains("panicked"), "{err}");
-    assert!(!w.path().join(".rmdistill/store/blobs").exists() || blob_files(&w.store()).is_empty(), "{set}: something was stored");
+    assert!(
+        !w.path().join(".rmdistill/store/blobs").exists() || blob_files(&w.store()).is_empty(),
+        "{set}: something was stored"
+    );
 }
 
 #[test]
 fn out_of_range_settings_are_refused_before_work_starts() {
-    refused("rhos=[0.2, 1.5]", &["robust-distill.toml:", "d_rho@rho=1.5,seed=0: param `rho`: must be in [0, 1], got 1.5"]);
+    refused(
+        "rhos=[0.2, 1.5]",
+        &["robust-distill.toml:", "d_rho@rho=1.5,seed=0: param `rho`: must be in [0, 1], got 1.5"],
+    );
     refused("beta_e_dpo=0", &["e_dpo@rho=0.2,seed=0: param `beta`: must be a finite number > 0, got 0"]);
     refused("betas_dpo=[0.1, -1]", &["param `beta`: must be a finite number > 0, got -1"]);
     refused("taus_ipo=[0]", &["param `tau`: must be a finite number > 0, got 0"]);

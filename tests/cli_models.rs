@@ -13,7 +13,8 @@ fn import_model_writes_a_checkpoint_and_refuses_to_clobber() {
     for f in ["config.json", "model.safetensors"] {
         assert!(w.path().join("ckpt").join(f).is_file(), "{f} missing");
     }
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(w.path().join("ckpt/config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path().join("ckpt/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["model_type"], "llama");
     let o = w.run(&["import-model", gguf.to_str().unwrap(), "-o", "ckpt"]);
     assert_eq!(o.status.code(), Some(2));
@@ -24,6 +25,10 @@ fn import_model_writes_a_checkpoint_and_refuses_to_clobber() {
     assert!(!o.status.success());
     assert!(s(&o.stderr).contains("bad.gguf"), "{}", s(&o.stderr));
     assert!(!w.path().join("bad").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(w.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(w.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty());
 }

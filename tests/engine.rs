@@ -119,13 +119,22 @@ fn kill_9_at_random_points_then_resume_gives_identical_artifacts() {
             // Whatever the moment, no entry without its blobs, no blob with wrong bytes.
             assert_store_consistent(&w.store());
         }
-        let done_before: std::collections::HashSet<String> = entries(&w.store()).iter().map(|e| e["key"].as_str().unwrap().to_string()).collect();
+        let done_before: std::collections::HashSet<String> =
+            entries(&w.store()).iter().map(|e| e["key"].as_str().unwrap().to_string()).collect();
         let resumed = w.run_json(&["m.toml", "--jobs", "2"]);
-        assert_eq!(output_hashes(&resumed), expected, "artifacts after kills differ from an uninterrupted run (seed {seed})");
+        assert_eq!(
+            output_hashes(&resumed),
+            expected,
+            "artifacts after kills differ from an uninterrupted run (seed {seed})"
+        );
         // Finished nodes were not redone.
         for n in resumed["nodes"].as_array().unwrap() {
             if n["outcome"] == "ran" {
-                assert!(!done_before.contains(n["key"].as_str().unwrap()), "{} ran again although it had finished", n["node"]);
+                assert!(
+                    !done_before.contains(n["key"].as_str().unwrap()),
+                    "{} ran again although it had finished",
+                    n["node"]
+                );
             }
         }
         assert_eq!(resumed["ran"].as_u64().unwrap() as usize + done_before.len(), 25);
@@ -144,7 +153,8 @@ fn two_runners_at_once_both_succeed_and_write_each_entry_once() {
     let b = w.cmd(&["run", "m.toml", "--json", "--jobs", "2"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(oa.status.success() && ob.status.success(), "{}\n{}", s(&oa.stderr), s(&ob.stderr));
-    let (sa, sb): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&oa.stdout).unwrap(), serde_json::from_slice(&ob.stdout).unwrap());
+    let (sa, sb): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_slice(&oa.stdout).unwrap(), serde_json::from_slice(&ob.stdout).unwrap());
     assert_eq!(output_hashes(&sa), output_hashes(&sb));
     // One entry per distinct key, each naming the outputs both runners report.
     let keys: std::collections::BTreeSet<String> =
@@ -210,7 +220,10 @@ fn status_explain_dag_show_and_gc() {
     assert!(st.contains("params.size changed: 300 -> 250"), "{st}");
 
     let text = w.ok(&["dag", "m.toml"]);
-    assert!(text.contains("member@member=0.2,rho=0.2,seed=0 [subsample]\n    <- sub@rho=0.2,seed=0 (dataset→pairs)"), "{text}");
+    assert!(
+        text.contains("member@member=0.2,rho=0.2,seed=0 [subsample]\n    <- sub@rho=0.2,seed=0 (dataset→pairs)"),
+        "{text}"
+    );
     let dot = w.ok(&["dag", "m.toml", "--format", "dot", "--stages"]);
     assert!(dot.contains("\"gen\" -> \"sub\"") && dot.contains("\"sub\" -> \"member\""), "{dot}");
     let mermaid = w.ok(&["dag", "m.toml", "--format", "mermaid"]);
@@ -219,7 +232,9 @@ fn status_explain_dag_show_and_gc() {
     let shown = w.ok(&["show", "m.toml", "sub@rho=0.2,seed=0", "--rows", "3"]);
     assert!(shown.contains("(300 rows"), "{shown}");
     assert!(shown.contains("longer_preferred"), "{shown}");
-    let shown: serde_json::Value = serde_json::from_str(&w.ok(&["show", "m.toml", "sub@rho=0.2,seed=0.dataset", "--json", "--rows", "2"])).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&w.ok(&["show", "m.toml", "sub@rho=0.2,seed=0.dataset", "--json", "--rows", "2"]))
+            .unwrap();
     assert_eq!(shown["rows"], 300);
     assert_eq!(shown["preview"].as_array().unwrap().len(), 2);
 
@@ -243,10 +258,14 @@ fn node_run_is_the_unit_a_scheduler_executes() {
     assert!(s(&o.stderr).contains("upstream node gen is not in the store yet"), "{}", s(&o.stderr));
     let a = serde_json::from_str::<serde_json::Value>(&w.ok(&["node", "run", "m.toml", "gen", "--json"])).unwrap();
     assert_eq!(a["ran"], 1);
-    let b = serde_json::from_str::<serde_json::Value>(&w.ok(&["node", "run", "m.toml", "sub@rho=0.2,seed=0", "--json"])).unwrap();
+    let b =
+        serde_json::from_str::<serde_json::Value>(&w.ok(&["node", "run", "m.toml", "sub@rho=0.2,seed=0", "--json"]))
+            .unwrap();
     assert_eq!(nodes_with(&b, "ran"), vec!["sub@rho=0.2,seed=0".to_string()]);
     // Retried by a scheduler: a cache hit, nothing runs.
-    let c = serde_json::from_str::<serde_json::Value>(&w.ok(&["node", "run", "m.toml", "sub@rho=0.2,seed=0", "--json"])).unwrap();
+    let c =
+        serde_json::from_str::<serde_json::Value>(&w.ok(&["node", "run", "m.toml", "sub@rho=0.2,seed=0", "--json"]))
+            .unwrap();
     assert_eq!(c["ran"], 0);
     let list = w.ok(&["node", "list", "m.toml"]);
     assert_eq!(list.lines().count(), 25);
@@ -272,9 +291,15 @@ fn a_failing_node_stops_its_dependents_and_the_run_exits_1() {
     let o = w.run(&["run", "m.toml", "--json", "--set", "size=1200"]);
     assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(nodes_with(&summary, "failed"), vec!["sub@rho=0.0,seed=0".to_string(), "sub@rho=0.0,seed=1".to_string()]);
+    assert_eq!(
+        nodes_with(&summary, "failed"),
+        vec!["sub@rho=0.0,seed=0".to_string(), "sub@rho=0.0,seed=1".to_string()]
+    );
     assert_eq!(summary["skipped"], 6);
-    let err = summary["nodes"].as_array().unwrap().iter().find(|n| n["outcome"] == "failed").unwrap()["error"].as_str().unwrap().to_string();
+    let err = summary["nodes"].as_array().unwrap().iter().find(|n| n["outcome"] == "failed").unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(err.contains("longer-preferred") && err.contains("available"), "{err}");
     // Nothing partial was published for the failed nodes.
     assert_eq!(entries(&w.store()).len(), 1 + 2 + 6);

@@ -20,14 +20,19 @@ fn dns_label(s: &str) -> bool {
 fn quantity(v: &Value) -> bool {
     let s = v.as_str().unwrap_or("");
     let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) && ["", "Mi", "Gi", "Ki"].contains(&&s[digits.len()..])
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && ["", "Mi", "Gi", "Ki"].contains(&&s[digits.len()..])
 }
 
 /// Checks a Workflow against the Argo spec's required fields and rules; returns node name → task name.
 fn validate_workflow(v: &Value) -> BTreeMap<String, String> {
     assert_eq!(v["apiVersion"], "argoproj.io/v1alpha1");
     assert_eq!(v["kind"], "Workflow");
-    let gen_name = v["metadata"]["generateName"].as_str().or(v["metadata"]["name"].as_str()).expect("metadata.name or generateName");
+    let gen_name = v["metadata"]["generateName"]
+        .as_str()
+        .or(v["metadata"]["name"].as_str())
+        .expect("metadata.name or generateName");
     assert!(dns_label(gen_name.trim_end_matches('-')), "{gen_name}");
     let spec = &v["spec"];
     let templates = spec["templates"].as_array().expect("spec.templates");
@@ -37,8 +42,13 @@ fn validate_workflow(v: &Value) -> BTreeMap<String, String> {
         let name = t["name"].as_str().expect("template name");
         assert!(dns_label(name), "template name {name}");
         assert!(by_name.insert(name, t).is_none(), "template {name} twice");
-        let kinds = ["container", "script", "dag", "steps", "resource", "suspend", "data", "http", "plugin", "containerSet"];
-        assert_eq!(kinds.iter().filter(|k| t.get(**k).is_some()).count(), 1, "template {name} must have exactly one kind");
+        let kinds =
+            ["container", "script", "dag", "steps", "resource", "suspend", "data", "http", "plugin", "containerSet"];
+        assert_eq!(
+            kinds.iter().filter(|k| t.get(**k).is_some()).count(),
+            1,
+            "template {name} must have exactly one kind"
+        );
         if let Some(c) = t.get("container") {
             assert!(c["image"].as_str().is_some_and(|i| !i.is_empty()), "{name}: container.image");
             for section in ["requests", "limits"] {
@@ -57,18 +67,27 @@ fn validate_workflow(v: &Value) -> BTreeMap<String, String> {
         let name = t["name"].as_str().expect("task name");
         assert!(dns_label(name), "task name {name} is not DNS-1123");
         assert!(seen.insert(name, i).is_none(), "task {name} twice");
-        let tpl = by_name.get(t["template"].as_str().expect("task.template")).unwrap_or_else(|| panic!("{name}: unknown template"));
+        let tpl = by_name
+            .get(t["template"].as_str().expect("task.template"))
+            .unwrap_or_else(|| panic!("{name}: unknown template"));
         for d in t["dependencies"].as_array().into_iter().flatten() {
             let d = d.as_str().unwrap();
             let j = *seen.get(d).unwrap_or_else(|| panic!("{name} depends on {d}, which is no earlier task"));
             assert!(j < i);
         }
         // Every input parameter without a default is given.
-        let given: BTreeMap<&str, &str> =
-            t["arguments"]["parameters"].as_array().into_iter().flatten().map(|p| (p["name"].as_str().unwrap(), p["value"].as_str().unwrap())).collect();
+        let given: BTreeMap<&str, &str> = t["arguments"]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| (p["name"].as_str().unwrap(), p["value"].as_str().unwrap()))
+            .collect();
         for p in tpl["inputs"]["parameters"].as_array().into_iter().flatten() {
             let pn = p["name"].as_str().unwrap();
-            assert!(p.get("default").is_some() || p.get("value").is_some() || given.contains_key(pn), "{name}: parameter {pn} not given");
+            assert!(
+                p.get("default").is_some() || p.get("value").is_some() || given.contains_key(pn),
+                "{name}: parameter {pn} not given"
+            );
         }
         let node = given["node"];
         if node == "{{item}}" {
@@ -91,7 +110,12 @@ fn node_deps(w: &Work, manifest: &str) -> BTreeMap<String, Vec<String>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|n| (n["node"].as_str().unwrap().to_string(), n["deps"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect()))
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_string(),
+                n["deps"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect(),
+            )
+        })
         .collect()
 }
 
@@ -129,7 +153,10 @@ fn argo_workflow_follows_the_dag_with_per_stage_resources() {
     let w = Work::new();
     w.write(
         "m.toml",
-        &gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { cpus = 2, memory = \"2G\", gpus = 1, time = \"1h30m\" }\n"),
+        &gen_manifest(5000).replace(
+            "[stages.sub]\n",
+            "[stages.sub]\nresources = { cpus = 2, memory = \"2G\", gpus = 1, time = \"1h30m\" }\n",
+        ),
     );
     let out = w.ok(&["export", "argo", "m.toml", "--image", "ghcr.io/x/rmdistill:1", "--parallelism", "8"]);
     let v: Value = serde_json::from_str(&out).expect("JSON");
@@ -138,8 +165,15 @@ fn argo_workflow_follows_the_dag_with_per_stage_resources() {
     assert_eq!(nodes.keys().collect::<Vec<_>>(), all.keys().collect::<Vec<_>>());
     // Every dependency of a node is a dependency of its task.
     let tasks = v["spec"]["templates"][0]["dag"]["tasks"].as_array().unwrap();
-    let task_deps: HashMap<&str, BTreeSet<&str>> =
-        tasks.iter().map(|t| (t["name"].as_str().unwrap(), t["dependencies"].as_array().into_iter().flatten().map(|d| d.as_str().unwrap()).collect())).collect();
+    let task_deps: HashMap<&str, BTreeSet<&str>> = tasks
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap(),
+                t["dependencies"].as_array().into_iter().flatten().map(|d| d.as_str().unwrap()).collect(),
+            )
+        })
+        .collect();
     for (n, deps) in &all {
         for d in deps {
             assert!(task_deps[nodes[n].as_str()].contains(nodes[d].as_str()), "{n} needs {d}");
@@ -162,7 +196,8 @@ fn argo_workflow_follows_the_dag_with_per_stage_resources() {
     let v: Value = serde_json::from_str(&w.ok(&["export", "argo", "m.toml", "--image", "img"])).unwrap();
     let nodes = validate_workflow(&v);
     assert!(!nodes.contains_key("gen") && nodes.len() == 24);
-    let sub = v["spec"]["templates"][0]["dag"]["tasks"].as_array().unwrap().iter().find(|t| t["name"] == "sub").unwrap();
+    let sub =
+        v["spec"]["templates"][0]["dag"]["tasks"].as_array().unwrap().iter().find(|t| t["name"] == "sub").unwrap();
     assert!(sub.get("dependencies").is_none(), "{sub}");
 }
 
@@ -187,7 +222,18 @@ fn argo_workflow_for_a_4000_node_sweep_stays_small() {
 fn k8s_jobs_one_per_node_in_topological_order() {
     let w = Work::new();
     w.write("m.toml", &gen_manifest(5000));
-    let v: Value = serde_json::from_str(&w.ok(&["export", "k8s", "m.toml", "--image", "img", "--namespace", "ml", "--name", "Sweep_1"])).unwrap();
+    let v: Value = serde_json::from_str(&w.ok(&[
+        "export",
+        "k8s",
+        "m.toml",
+        "--image",
+        "img",
+        "--namespace",
+        "ml",
+        "--name",
+        "Sweep_1",
+    ]))
+    .unwrap();
     assert_eq!(v["apiVersion"], "v1");
     assert_eq!(v["kind"], "List");
     let items = v["items"].as_array().unwrap();
@@ -210,10 +256,14 @@ fn k8s_jobs_one_per_node_in_topological_order() {
         let pod = &j["spec"]["template"]["spec"];
         assert_eq!(pod["restartPolicy"], "Never");
         assert!(j["spec"]["backoffLimit"].as_u64().is_some());
-        let cmd: Vec<&str> = pod["containers"][0]["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let cmd: Vec<&str> =
+            pod["containers"][0]["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         assert_eq!(&cmd[..2], &["sh", "-c"]);
         assert!(cmd[2].contains("-ne 4"), "waits while upstream is missing: {}", cmd[2]);
-        assert_eq!(&cmd[4..9], &["rmdistill", "node", "run", w.path().join("m.toml").canonicalize().unwrap().to_str().unwrap(), node]);
+        assert_eq!(
+            &cmd[4..9],
+            &["rmdistill", "node", "run", w.path().join("m.toml").canonicalize().unwrap().to_str().unwrap(), node]
+        );
     }
 }
 
@@ -260,14 +310,32 @@ fn check_schema(v: &Value, s: &Value, defs: &serde_json::Map<String, Value>, pat
 fn argo_workflow_matches_the_published_schema_when_given() {
     // The schema is not vendored; point ARGO_WORKFLOW_SCHEMA at api/jsonschema/schema.json of argo-workflows.
     let Some(path) = std::env::var_os("ARGO_WORKFLOW_SCHEMA") else {
-        eprintln!("SKIPPED: set ARGO_WORKFLOW_SCHEMA to argo-workflows' api/jsonschema/schema.json to check against it");
+        eprintln!(
+            "SKIPPED: set ARGO_WORKFLOW_SCHEMA to argo-workflows' api/jsonschema/schema.json to check against it"
+        );
         return;
     };
     let schema: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let defs = schema["definitions"].as_object().unwrap();
     let w = Work::new();
-    w.write("m.toml", &with_pick(&gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { gpus = 1 }\n")));
-    let v: Value = serde_json::from_str(&w.ok(&["export", "argo", "m.toml", "--image", "img", "--parallelism", "4", "--service-account", "sa", "--namespace", "ns"])).unwrap();
+    w.write(
+        "m.toml",
+        &with_pick(&gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { gpus = 1 }\n")),
+    );
+    let v: Value = serde_json::from_str(&w.ok(&[
+        "export",
+        "argo",
+        "m.toml",
+        "--image",
+        "img",
+        "--parallelism",
+        "4",
+        "--service-account",
+        "sa",
+        "--namespace",
+        "ns",
+    ]))
+    .unwrap();
     let mut errs = Vec::new();
     check_schema(&v, &json!({"$ref": "#/definitions/io.argoproj.workflow.v1alpha1.Workflow"}), defs, "$", &mut errs);
     assert!(errs.is_empty(), "{}", errs.join("\n"));
@@ -284,10 +352,20 @@ fn argo_workflow_matches_the_published_schema_when_given() {
 /// CI is set.
 fn schema_python() -> Option<std::path::PathBuf> {
     let py = repo().join(".venv/bin/python");
-    let ok = std::process::Command::new(&py).args(["-c", "import hera.workflows, kubernetes_validate"]).output().is_ok_and(|o| o.status.success());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import hera.workflows, kubernetes_validate"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "{} with hera and kubernetes-validate is missing: scripts/setup.sh installs them", py.display());
-        eprintln!("SKIPPED: upstream schema test: {} with hera and kubernetes-validate is missing (run scripts/setup.sh)", py.display());
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} with hera and kubernetes-validate is missing: scripts/setup.sh installs them",
+            py.display()
+        );
+        eprintln!(
+            "SKIPPED: upstream schema test: {} with hera and kubernetes-validate is missing (run scripts/setup.sh)",
+            py.display()
+        );
         return None;
     }
     Some(py)
@@ -296,7 +374,12 @@ fn schema_python() -> Option<std::path::PathBuf> {
 /// scripts/validate_k8s.py on a document: Ok, or the violations it printed.
 fn upstream_check(py: &std::path::Path, w: &Work, what: &str, doc: &Value) -> Result<(), String> {
     let path = w.write(&format!("{what}-check.json"), &serde_json::to_string_pretty(doc).unwrap());
-    let o = std::process::Command::new(py).arg(repo().join("scripts/validate_k8s.py")).arg(what).arg(&path).output().unwrap();
+    let o = std::process::Command::new(py)
+        .arg(repo().join("scripts/validate_k8s.py"))
+        .arg(what)
+        .arg(&path)
+        .output()
+        .unwrap();
     match o.status.code() {
         Some(0) => Ok(()),
         Some(1) => Err(s(&o.stderr)),
@@ -309,8 +392,27 @@ fn argo_and_k8s_documents_pass_the_upstream_schemas_strictly() {
     let Some(py) = schema_python() else { return };
     let w = Work::new();
     // A sweep with an element-wise stage, GPUs, and every option that adds fields.
-    w.write("m.toml", &with_pick(&gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { cpus = 2, memory = \"2G\", gpus = 1, time = \"1h30m\" }\n")));
-    let opts = ["--image", "ghcr.io/x/rmdistill:1", "--service-account", "sa", "--namespace", "ns", "--name", "Sweep_1", "--manifest-path", "/m/m.toml", "--bin", "/usr/bin/rmdistill"];
+    w.write(
+        "m.toml",
+        &with_pick(&gen_manifest(5000).replace(
+            "[stages.sub]\n",
+            "[stages.sub]\nresources = { cpus = 2, memory = \"2G\", gpus = 1, time = \"1h30m\" }\n",
+        )),
+    );
+    let opts = [
+        "--image",
+        "ghcr.io/x/rmdistill:1",
+        "--service-account",
+        "sa",
+        "--namespace",
+        "ns",
+        "--name",
+        "Sweep_1",
+        "--manifest-path",
+        "/m/m.toml",
+        "--bin",
+        "/usr/bin/rmdistill",
+    ];
     let mut args = vec!["export", "argo", "m.toml", "--parallelism", "4", "--retries", "3"];
     args.extend(opts);
     let argo: Value = serde_json::from_str(&w.ok(&args)).unwrap();
@@ -329,13 +431,33 @@ fn argo_and_k8s_documents_pass_the_upstream_schemas_strictly() {
     let tpl = argo["spec"]["templates"].as_array().unwrap().iter().position(|t| t.get("container").is_some()).unwrap();
     let dag = argo["spec"]["templates"].as_array().unwrap().iter().position(|t| t.get("dag").is_some()).unwrap();
     let breaks: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
-        ("argo", Box::new(move |v: &mut Value| v["spec"]["templates"][tpl]["retrystrategy"] = json!({})), "retrystrategy"),
+        (
+            "argo",
+            Box::new(move |v: &mut Value| v["spec"]["templates"][tpl]["retrystrategy"] = json!({})),
+            "retrystrategy",
+        ),
         ("argo", Box::new(|v: &mut Value| v["spec"]["parallelism"] = json!("4")), "parallelism"),
-        ("argo", Box::new(move |v: &mut Value| v["spec"]["templates"][tpl]["container"]["resources"]["limit"] = json!({})), "limit"),
-        ("argo", Box::new(move |v: &mut Value| { v["spec"]["templates"][dag]["dag"]["tasks"][1].as_object_mut().unwrap().remove("name"); }), "tasks.1.name"),
+        (
+            "argo",
+            Box::new(move |v: &mut Value| v["spec"]["templates"][tpl]["container"]["resources"]["limit"] = json!({})),
+            "limit",
+        ),
+        (
+            "argo",
+            Box::new(move |v: &mut Value| {
+                v["spec"]["templates"][dag]["dag"]["tasks"][1].as_object_mut().unwrap().remove("name");
+            }),
+            "tasks.1.name",
+        ),
         ("k8s", Box::new(|v: &mut Value| v["items"][3]["spec"]["backofflimit"] = json!(2)), "backofflimit"),
         ("k8s", Box::new(|v: &mut Value| v["items"][3]["spec"]["backoffLimit"] = json!("2")), "backoffLimit"),
-        ("k8s", Box::new(|v: &mut Value| { v["items"][3]["spec"]["template"]["spec"]["containers"][0].as_object_mut().unwrap().remove("name"); }), "name"),
+        (
+            "k8s",
+            Box::new(|v: &mut Value| {
+                v["items"][3]["spec"]["template"]["spec"]["containers"][0].as_object_mut().unwrap().remove("name");
+            }),
+            "name",
+        ),
     ];
     for (what, f, field) in breaks {
         let mut bad = if what == "argo" { argo.clone() } else { k8s.clone() };

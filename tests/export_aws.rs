@@ -14,7 +14,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 type Jobs = BTreeMap<String, (Vec<String>, Vec<String>, Vec<String>)>;
 
 fn aws_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.starts_with(|c: char| c.is_ascii_alphanumeric()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !s.is_empty()
+        && s.len() <= 128
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Checks the document against AWS Batch's rules; returns ref → (nodes, parent refs, N_TO_N parent refs).
@@ -37,7 +40,8 @@ fn validate(doc: &Value) -> Jobs {
         let (mut seq, mut n2n) = (vec![], vec![]);
         for d in &deps {
             let id = d["jobId"].as_str().unwrap();
-            let p = id.strip_prefix("${").and_then(|x| x.strip_suffix('}')).unwrap_or_else(|| panic!("{r}: jobId {id}"));
+            let p =
+                id.strip_prefix("${").and_then(|x| x.strip_suffix('}')).unwrap_or_else(|| panic!("{r}: jobId {id}"));
             assert!(out.contains_key(p), "{r} depends on {p}, which is not an earlier job");
             if d["type"] == "N_TO_N" {
                 n2n.push(p.to_string());
@@ -46,17 +50,23 @@ fn validate(doc: &Value) -> Jobs {
                 seq.push(p.to_string());
             }
         }
-        let nodes: Vec<String> = j["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+        let nodes: Vec<String> =
+            j["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
         let size = sj["arrayProperties"]["size"].as_u64().map(|s| s as usize);
         if j["barrier"] == true {
             assert!(nodes.is_empty() && size.is_none());
         } else {
-            let cmd: Vec<&str> = sj["containerOverrides"]["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+            let cmd: Vec<&str> =
+                sj["containerOverrides"]["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
             assert_eq!(&cmd[..2], &["sh", "-c"]);
             assert!(cmd[2].contains("AWS_BATCH_JOB_ARRAY_INDEX") && cmd[2].contains(" node run "), "{}", cmd[2]);
             assert_eq!(cmd[4..].iter().map(|s| s.to_string()).collect::<Vec<_>>(), nodes, "{r}: array index → node");
             match size {
-                Some(s) => assert!((2..=10_000).contains(&s) && s == nodes.len(), "{r}: array size {s} for {} nodes", nodes.len()),
+                Some(s) => assert!(
+                    (2..=10_000).contains(&s) && s == nodes.len(),
+                    "{r}: array size {s} for {} nodes",
+                    nodes.len()
+                ),
                 None => assert_eq!(nodes.len(), 1, "{r}"),
             }
         }
@@ -72,7 +82,10 @@ fn validate(doc: &Value) -> Jobs {
 /// Every node's dependencies are honoured: each upstream node is run by a job the node's job waits on (through
 /// barriers), and an N_TO_N link pairs task i with task i of an element-wise upstream.
 fn assert_covers(jobs: &Jobs, deps: &BTreeMap<String, Vec<String>>) {
-    let owner: HashMap<&str, (&str, usize)> = jobs.iter().flat_map(|(r, (n, _, _))| n.iter().enumerate().map(move |(i, x)| (x.as_str(), (r.as_str(), i)))).collect();
+    let owner: HashMap<&str, (&str, usize)> = jobs
+        .iter()
+        .flat_map(|(r, (n, _, _))| n.iter().enumerate().map(move |(i, x)| (x.as_str(), (r.as_str(), i))))
+        .collect();
     fn reach<'a>(jobs: &'a Jobs, r: &'a str, acc: &mut BTreeSet<&'a str>) {
         for p in &jobs[r].1 {
             if acc.insert(p) {
@@ -89,7 +102,10 @@ fn assert_covers(jobs: &Jobs, deps: &BTreeMap<String, Vec<String>>) {
             if seq.contains(ur) {
                 continue;
             }
-            assert!(jobs[r].2.iter().any(|p| p == ur) && ui == i, "{node} (task {i} of {r}) does not wait for {u} (task {ui} of {ur})");
+            assert!(
+                jobs[r].2.iter().any(|p| p == ur) && ui == i,
+                "{node} (task {i} of {r}) does not wait for {u} (task {ui} of {ur})"
+            );
         }
     }
 }
@@ -99,7 +115,12 @@ fn node_deps(w: &Work, manifest: &str) -> BTreeMap<String, Vec<String>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|n| (n["node"].as_str().unwrap().to_string(), n["deps"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect()))
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_string(),
+                n["deps"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect(),
+            )
+        })
         .collect()
 }
 
@@ -110,7 +131,16 @@ fn aws_batch_arrays_and_element_wise_links() {
     let m = gen_manifest(5000)
         + "\n[stages.pick]\nkind = \"subsample\"\ninputs = { pairs = \"sub.dataset\" }\nsweep = { rho = \"${rhos}\", seed = \"${seeds}\" }\nparams = { rho = 0.5, size = 40, seed = \"${seed}\" }\nresources = { cpus = 4, memory = \"8G\", gpus = 1, time = \"2h\" }\n";
     w.write("m.toml", &m);
-    let doc: Value = serde_json::from_str(&w.ok(&["export", "aws-batch", "m.toml", "--image", "123.dkr.ecr/rmd:1", "--job-queue", "q1"])).unwrap();
+    let doc: Value = serde_json::from_str(&w.ok(&[
+        "export",
+        "aws-batch",
+        "m.toml",
+        "--image",
+        "123.dkr.ecr/rmd:1",
+        "--job-queue",
+        "q1",
+    ]))
+    .unwrap();
     let jobs = validate(&doc);
     let deps = node_deps(&w, "m.toml");
     let covered: BTreeSet<&String> = jobs.values().flat_map(|(n, _, _)| n).collect();
@@ -143,31 +173,66 @@ fn aws_batch_arrays_and_element_wise_links() {
 fn graph(n_parents: usize) -> Graph {
     // n_parents independent stages of one node each, and one node that reads them all.
     let mut nodes: Vec<GNode> = (0..n_parents)
-        .map(|i| GNode { name: format!("s{i}"), stage: format!("s{i}"), resources: Resources::default(), deps: vec![], after: vec![] })
+        .map(|i| GNode {
+            name: format!("s{i}"),
+            stage: format!("s{i}"),
+            resources: Resources::default(),
+            deps: vec![],
+            after: vec![],
+        })
         .collect();
-    nodes.push(GNode { name: "merge".into(), stage: "merge".into(), resources: Resources::default(), deps: (0..n_parents).collect(), after: vec![] });
+    nodes.push(GNode {
+        name: "merge".into(),
+        stage: "merge".into(),
+        resources: Resources::default(),
+        deps: (0..n_parents).collect(),
+        after: vec![],
+    });
     Graph { total: nodes.len(), cached: 0, nodes, in_flight: vec![] }
 }
 
 fn spec() -> RunSpec {
-    RunSpec { bin: "rmdistill".into(), manifest: "/m.toml".into(), store: "s3://b/p".into(), sets: vec![], workdir: "/".into() }
+    RunSpec {
+        bin: "rmdistill".into(),
+        manifest: "/m.toml".into(),
+        store: "s3://b/p".into(),
+        sets: vec![],
+        workdir: "/".into(),
+    }
 }
 
 fn opts() -> aws::Opts {
-    aws::Opts { image: "img".into(), job_queue: "q".into(), job_definition: "rmdistill".into(), attempts: 2, max_array: 10_000 }
+    aws::Opts {
+        image: "img".into(),
+        job_queue: "q".into(),
+        job_definition: "rmdistill".into(),
+        attempts: 2,
+        max_array: 10_000,
+    }
 }
 
 #[test]
 fn aws_batch_fan_in_beyond_20_parents_goes_through_barriers() {
-    for (parents, barriers, levels) in [(20, 0, 0), (21, 2, 1), (45, 3, 1), (400, 20, 1), (401, 21 + 2, 2), (1000, 50 + 3, 2)] {
+    for (parents, barriers, levels) in
+        [(20, 0, 0), (21, 2, 1), (45, 3, 1), (400, 20, 1), (401, 21 + 2, 2), (1000, 50 + 3, 2)]
+    {
         let g = graph(parents);
         let doc = aws::document(&g, &spec(), &opts()).unwrap();
         let jobs = validate(&doc);
         assert_eq!(doc["barriers"], barriers, "{parents} parents");
         assert_eq!(jobs.len(), parents + 1 + barriers);
-        let deps: BTreeMap<String, Vec<String>> = g.nodes.iter().map(|n| (n.name.clone(), n.deps.iter().map(|&d| g.nodes[d].name.clone()).collect())).collect();
+        let deps: BTreeMap<String, Vec<String>> = g
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.deps.iter().map(|&d| g.nodes[d].name.clone()).collect()))
+            .collect();
         assert_covers(&jobs, &deps);
-        let depth = jobs.keys().filter(|r| r.starts_with("merge-barrier-")).map(|r| r.split('-').nth(2).unwrap().parse::<usize>().unwrap() + 1).max().unwrap_or(0);
+        let depth = jobs
+            .keys()
+            .filter(|r| r.starts_with("merge-barrier-"))
+            .map(|r| r.split('-').nth(2).unwrap().parse::<usize>().unwrap() + 1)
+            .max()
+            .unwrap_or(0);
         assert_eq!(depth, levels, "{parents} parents");
         // Barriers run nothing.
         for j in doc["jobs"].as_array().unwrap().iter().filter(|j| j["barrier"] == true) {
@@ -180,7 +245,12 @@ fn aws_batch_fan_in_beyond_20_parents_goes_through_barriers() {
 fn aws_batch_large_sweep_splits_arrays_to_fit_requests() {
     let w = Work::new();
     let seeds: Vec<String> = (0..700).map(|i| i.to_string()).collect();
-    w.write("m.toml", &gen_manifest(5000).replace("seeds = [0, 1]", &format!("seeds = [{}]", seeds.join(", "))).replace("members = [0.2, 0.5, 0.8]", "members = [0.5]"));
+    w.write(
+        "m.toml",
+        &gen_manifest(5000)
+            .replace("seeds = [0, 1]", &format!("seeds = [{}]", seeds.join(", ")))
+            .replace("members = [0.2, 0.5, 0.8]", "members = [0.5]"),
+    );
     let doc: Value = serde_json::from_str(&w.ok(&["export", "aws-batch", "m.toml", "--image", "img"])).unwrap();
     let jobs = validate(&doc);
     let deps = node_deps(&w, "m.toml");
@@ -231,10 +301,18 @@ with mock_aws(config={"batch": {"use_docker": False}}):
 
 fn moto_python() -> Option<std::path::PathBuf> {
     let py = repo().join(".venv/bin/python");
-    let ok = std::process::Command::new(&py).args(["-c", "import boto3, moto"]).output().is_ok_and(|o| o.status.success());
+    let ok =
+        std::process::Command::new(&py).args(["-c", "import boto3, moto"]).output().is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "{} with boto3 and moto is missing: scripts/setup.sh installs it", py.display());
-        eprintln!("SKIPPED: moto AWS Batch test: {} with boto3 and moto is missing (run scripts/setup.sh)", py.display());
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} with boto3 and moto is missing: scripts/setup.sh installs it",
+            py.display()
+        );
+        eprintln!(
+            "SKIPPED: moto AWS Batch test: {} with boto3 and moto is missing (run scripts/setup.sh)",
+            py.display()
+        );
         return None;
     }
     Some(py)
@@ -263,7 +341,9 @@ fn aws_batch_document_is_accepted_by_moto() {
     let m = gen_manifest(5000)
         + "\n[stages.pick]\nkind = \"subsample\"\ninputs = { pairs = \"sub.dataset\" }\nsweep = { rho = \"${rhos}\", seed = \"${seeds}\" }\nparams = { rho = 0.5, size = 40, seed = \"${seed}\" }\nresources = { cpus = 4, memory = \"8G\", gpus = 1, time = \"2h\" }\n";
     w.write("m.toml", &m);
-    let doc: Value = serde_json::from_str(&w.ok(&["export", "aws-batch", "m.toml", "--image", "img", "--job-queue", "rmd-queue"])).unwrap();
+    let doc: Value =
+        serde_json::from_str(&w.ok(&["export", "aws-batch", "m.toml", "--image", "img", "--job-queue", "rmd-queue"]))
+            .unwrap();
     submit_to_moto(&py, &w, &doc);
     // A fan-in through two levels of barriers.
     let doc = aws::document(&graph(401), &spec(), &aws::Opts { job_queue: "rmd-queue".into(), ..opts() }).unwrap();

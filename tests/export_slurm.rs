@@ -42,7 +42,10 @@ if [[ $fmt == '%F|%r|%k' ]]; then awk -F'|' -v OFS='|' '{{ print $1, $4, $6 }}' 
 "#,
         dir = dir.display()
     );
-    let scontrol = format!("#!/bin/bash\n[[ $1 == write && $2 == batch_script ]] || exit 1\ncat {}/${{3%%_*}}.script\n", log.display());
+    let scontrol = format!(
+        "#!/bin/bash\n[[ $1 == write && $2 == batch_script ]] || exit 1\ncat {}/${{3%%_*}}.script\n",
+        log.display()
+    );
     use std::os::unix::fs::PermissionsExt;
     for (name, text) in [("sbatch", script), ("squeue", squeue), ("scontrol", scontrol)] {
         let p = bin.join(name);
@@ -57,7 +60,11 @@ if [[ $fmt == '%F|%r|%k' ]]; then awk -F'|' -v OFS='|' '{{ print $1, $4, $6 }}' 
 fn queued_rows(dir: &Path, skip: &[(u32, Option<u32>)], never: &[(u32, Option<u32>)]) -> String {
     let mut out = String::new();
     let log = dir.join("sbatch-log");
-    let mut ids: Vec<u32> = std::fs::read_dir(&log).unwrap().flatten().filter_map(|f| f.file_name().to_str()?.strip_suffix(".args")?.parse().ok()).collect();
+    let mut ids: Vec<u32> = std::fs::read_dir(&log)
+        .unwrap()
+        .flatten()
+        .filter_map(|f| f.file_name().to_str()?.strip_suffix(".args")?.parse().ok())
+        .collect();
     ids.sort();
     for id in ids {
         let args = std::fs::read_to_string(log.join(format!("{id}.args"))).unwrap();
@@ -92,23 +99,52 @@ fn slurm_script_maps_the_dag_to_sbatch_arrays_and_dependencies() {
     let submits: Vec<&str> = script.lines().filter(|l| l.starts_with("submit ")).collect();
     // gen; sub as one array of 6; member as 6 arrays of 3, each after its own sub task.
     assert_eq!(submits.len(), 8, "{script}");
-    assert!(submits[0].starts_with("submit gen ") && !submits[0].contains("--array") && !submits[0].contains("--dependency"), "{}", submits[0]);
+    assert!(
+        submits[0].starts_with("submit gen ")
+            && !submits[0].contains("--array")
+            && !submits[0].contains("--dependency"),
+        "{}",
+        submits[0]
+    );
     assert!(submits[0].contains("--cpus-per-task=1 --mem=4096M --time=0-01:00:00"), "{}", submits[0]);
     let sub = submits[1];
-    for want in ["submit sub ", "--cpus-per-task=2", "--mem=2048M", "--gres=gpu:1", "--time=0-01:30:00", "--array=0-5%3", "--dependency=\"afterok:$J0\""] {
+    for want in [
+        "submit sub ",
+        "--cpus-per-task=2",
+        "--mem=2048M",
+        "--gres=gpu:1",
+        "--time=0-01:30:00",
+        "--array=0-5%3",
+        "--dependency=\"afterok:$J0\"",
+    ] {
         assert!(sub.contains(want), "{want} not in {sub}");
     }
     for (k, line) in submits[2..].iter().enumerate() {
         assert!(line.starts_with(&format!("submit member-{k} ")), "{line}");
-        assert!(line.contains("--array=0-2%3") && line.contains(&format!("--dependency=\"afterok:${{J1}}_{k}\"")), "{line}");
+        assert!(
+            line.contains("--array=0-2%3") && line.contains(&format!("--dependency=\"afterok:${{J1}}_{k}\"")),
+            "{line}"
+        );
     }
     assert!(script.contains("COMMON=(--chdir=") && script.contains("--partition=gpu --account=lab)"), "{script}");
     // Array tasks pick their node by index from the generated list; names are quoted for bash.
     let bin = Path::new(env!("CARGO_BIN_EXE_rmdistill")).canonicalize().unwrap();
     let manifest = w.path().join("m.toml").canonicalize().unwrap();
     assert!(script.contains("  sub@rho=0.2,seed=0\n  sub@rho=0.2,seed=1\n"), "{script}");
-    assert!(script.contains(&format!("exec {} node run {} \"${{nodes[$SLURM_ARRAY_TASK_ID]}}\" --store file://", bin.display(), manifest.display())), "{script}");
-    assert!(script.contains(&format!("exec {} node run {} gen --store file://{}", bin.display(), manifest.display(), w.store().canonicalize().unwrap().display())));
+    assert!(
+        script.contains(&format!(
+            "exec {} node run {} \"${{nodes[$SLURM_ARRAY_TASK_ID]}}\" --store file://",
+            bin.display(),
+            manifest.display()
+        )),
+        "{script}"
+    );
+    assert!(script.contains(&format!(
+        "exec {} node run {} gen --store file://{}",
+        bin.display(),
+        manifest.display(),
+        w.store().canonicalize().unwrap().display()
+    )));
 
     // A stage whose node i reads node i of an array waits element-wise: aftercorr.
     let pick = "\n[stages.pick]\nkind = \"subsample\"\ninputs = { pairs = \"sub.dataset\" }\nsweep = { rho = \"${rhos}\", seed = \"${seeds}\" }\nparams = { rho = 0.5, size = 40, seed = \"${seed}\" }\n";
@@ -127,7 +163,10 @@ fn slurm_script_maps_the_dag_to_sbatch_arrays_and_dependencies() {
     assert!(script.contains("# 25 node(s): 1 cached"), "{script}");
     w.ok(&["run", "m.toml", "-q"]);
     let script = w.ok(&["export", "slurm", "m.toml"]);
-    assert!(!script.contains("\nsubmit ") && script.contains("nothing to submit: all 25 node(s) are cached"), "{script}");
+    assert!(
+        !script.contains("\nsubmit ") && script.contains("nothing to submit: all 25 node(s) are cached"),
+        "{script}"
+    );
 }
 
 #[test]
@@ -156,7 +195,11 @@ fn slurm_submit_runs_the_script_and_reports_job_ids() {
     let o = w.cmd(&["export", "slurm", "m.toml", "--submit", "--json"]).env("PATH", &path).output().unwrap();
     assert!(o.status.success(), "{}", s(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((v["submitted"].as_u64(), v["in_flight"].as_u64(), v["reused"].as_array().unwrap().len()), (Some(0), Some(25), 8), "{v}");
+    assert_eq!(
+        (v["submitted"].as_u64(), v["in_flight"].as_u64(), v["reused"].as_array().unwrap().len()),
+        (Some(0), Some(25), 8),
+        "{v}"
+    );
     assert_eq!(sbatch_calls(), 8);
     // So does the script, run again: each job finds its own identity queued.
     let script = w.path().join("submit.sh");
@@ -173,7 +216,8 @@ fn slurm_submit_runs_the_script_and_reports_job_ids() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((v["submitted"].as_u64(), v["in_flight"].as_u64()), (Some(8), Some(17)), "{v}");
     let again: BTreeSet<String> = task_ids(&v).into_keys().collect();
-    let sub_nodes: Vec<String> = jobs[1]["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+    let sub_nodes: Vec<String> =
+        jobs[1]["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
     for k in [1, 4] {
         assert!(again.contains(&sub_nodes[k]), "{} not submitted again: {again:?}", sub_nodes[k]);
     }
@@ -192,7 +236,10 @@ fn slurm_submit_runs_the_script_and_reports_job_ids() {
 #[test]
 fn slurm_export_rejects_what_it_cannot_honour() {
     let w = Work::new();
-    w.write("m.toml", &gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { memory = \"lots\" }\n"));
+    w.write(
+        "m.toml",
+        &gen_manifest(5000).replace("[stages.sub]\n", "[stages.sub]\nresources = { memory = \"lots\" }\n"),
+    );
     let o = w.run(&["export", "slurm", "m.toml"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(s(&o.stderr).contains("stage `sub`: resources.memory = \"lots\""), "{}", s(&o.stderr));
@@ -234,7 +281,11 @@ impl Cluster {
 }
 
 fn have(prog: &str) -> bool {
-    Command::new("bash").arg("-c").arg(format!("command -v {prog} || test -x /usr/sbin/{prog}")).output().is_ok_and(|o| o.status.success())
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!("command -v {prog} || test -x /usr/sbin/{prog}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Starts the one-node cluster, or says why not and returns None (only where CI is unset).
@@ -317,7 +368,10 @@ fn wait_settled(cl: &Cluster, ids: &[String], limit: Duration) -> Vec<(String, S
     let t = Instant::now();
     loop {
         let q = squeue(cl, ids);
-        let busy = q.iter().any(|(_, st, why)| !(matches!(st.as_str(), "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "OUT_OF_MEMORY" | "NODE_FAIL") || (st == "PENDING" && why == "DependencyNeverSatisfied")));
+        let busy = q.iter().any(|(_, st, why)| {
+            !(matches!(st.as_str(), "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "OUT_OF_MEMORY" | "NODE_FAIL")
+                || (st == "PENDING" && why == "DependencyNeverSatisfied"))
+        });
         if !busy && !q.is_empty() {
             return q;
         }
@@ -376,7 +430,12 @@ fn entry_map(store: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
     entries(store)
         .into_iter()
         .map(|e| {
-            let outs = e["outputs"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v["hash"].as_str().unwrap().to_string())).collect();
+            let outs = e["outputs"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v["hash"].as_str().unwrap().to_string()))
+                .collect();
             (e["key"].as_str().unwrap().to_string(), outs)
         })
         .collect()
@@ -415,12 +474,24 @@ fn real_slurm_runs_the_manifest_like_a_local_run() {
         }
     }
     // Cancel what can never run.
-    let never: BTreeSet<String> = q.iter().filter(|(_, st, why)| st == "PENDING" && why == "DependencyNeverSatisfied").map(|(i, _, _)| i.split('_').next().unwrap().to_string()).collect();
-    let expected: BTreeSet<String> = jobs.iter().filter(|j| ["member-1", "member-3", "pick"].contains(&j["name"].as_str().unwrap())).map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    let never: BTreeSet<String> = q
+        .iter()
+        .filter(|(_, st, why)| st == "PENDING" && why == "DependencyNeverSatisfied")
+        .map(|(i, _, _)| i.split('_').next().unwrap().to_string())
+        .collect();
+    let expected: BTreeSet<String> = jobs
+        .iter()
+        .filter(|j| ["member-1", "member-3", "pick"].contains(&j["name"].as_str().unwrap()))
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(never, expected, "{q:?}");
     let o = cl.cmd("scancel").args(never.iter()).output().unwrap();
     assert!(o.status.success(), "scancel: {}", s(&o.stderr));
-    assert_eq!(entries(&store).len(), 1 + 2 + 4 + 2, "gen, the two feasible subs, their four members and two picks are stored");
+    assert_eq!(
+        entries(&store).len(),
+        1 + 2 + 4 + 2,
+        "gen, the two feasible subs, their four members and two picks are stored"
+    );
 
     // 2. Fixed (a size that can be met): the re-submission submits only what is left, and finishes it.
     let fixed = ["sizes=[300, 400]"];
@@ -430,7 +501,8 @@ fn real_slurm_runs_the_manifest_like_a_local_run() {
     assert_eq!(second["submitted"], 8, "{second}");
     let submitted: BTreeSet<String> = task_ids(&second).into_keys().collect();
     assert!(submitted.iter().all(|n| n.contains("size=400")), "{submitted:?}");
-    let ids: Vec<String> = second["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> =
+        second["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
     let q = wait_settled(&cl, &ids, Duration::from_secs(90));
     assert!(q.iter().all(|(_, st, _)| st == "COMPLETED"), "{q:?}");
     let t2 = t0.elapsed();
@@ -444,7 +516,8 @@ fn real_slurm_runs_the_manifest_like_a_local_run() {
     let ours = entry_map(&store);
     assert_eq!(ours.len(), 17);
     assert_eq!(ours, entry_map(&local.store()), "cache entries (keys and output hashes) differ from a local run's");
-    let blobs = |p: &Path| blob_files(p).into_iter().map(|(n, _)| n).filter(|n| !n.contains('#')).collect::<BTreeSet<_>>();
+    let blobs =
+        |p: &Path| blob_files(p).into_iter().map(|(n, _)| n).filter(|n| !n.contains('#')).collect::<BTreeSet<_>>();
     assert_eq!(blobs(&store), blobs(&local.store()));
     // Nothing is left to submit.
     let again = submit(&w, &cl, &url, &fixed);
@@ -468,7 +541,10 @@ fn all_jobs(cl: &Cluster) -> BTreeSet<String> {
 
 /// gen, sub over two ρ, member over two ρ′ each: 7 nodes as 4 jobs (gen, the sub array, a member array per sub task).
 fn small() -> String {
-    gen_manifest(3000).replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.2, 0.5]").replace("seeds = [0, 1]", "seeds = [0]").replace("members = [0.2, 0.5, 0.8]", "members = [0.2, 0.8]")
+    gen_manifest(3000)
+        .replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.2, 0.5]")
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        .replace("members = [0.2, 0.5, 0.8]", "members = [0.2, 0.8]")
 }
 
 #[test]
@@ -507,11 +583,21 @@ fn real_slurm_resubmission_while_queued_reuses_the_live_jobs() {
     //    says which jobs were reused.
     let again = submit(&w, &cl, &url, &[]);
     assert_eq!((again["submitted"].as_u64(), again["in_flight"].as_u64()), (Some(0), Some(7)), "{again}");
-    let reused: BTreeSet<String> = again["reused"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    let reused: BTreeSet<String> =
+        again["reused"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(reused, jobs1, "{again}");
     assert_eq!(all_jobs(&cl), jobs1, "--submit submitted jobs that were queued already");
-    let text = w.cmd(&["export", "slurm", "m.toml", "--store", &url, "--submit"]).env("SLURM_CONF", &cl.conf).output().unwrap();
-    assert!(text.status.success() && s(&text.stdout).lines().filter(|l| l.contains("\treused: ")).count() == 4, "{}\n{}", s(&text.stdout), s(&text.stderr));
+    let text = w
+        .cmd(&["export", "slurm", "m.toml", "--store", &url, "--submit"])
+        .env("SLURM_CONF", &cl.conf)
+        .output()
+        .unwrap();
+    assert!(
+        text.status.success() && s(&text.stdout).lines().filter(|l| l.contains("\treused: ")).count() == 4,
+        "{}\n{}",
+        s(&text.stdout),
+        s(&text.stderr)
+    );
 
     let queued = t0.elapsed();
     // 3. Released, they run once, to the same store contents as a local run.

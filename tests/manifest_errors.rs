@@ -19,7 +19,10 @@ const GEN: &str = "[stages.gen]\nkind = \"generate\"\nparams = { n = 100 }\n";
 #[test]
 fn unknown_keys() {
     expect_error(&format!("colour = \"blue\"\n{GEN}"), "m.toml:1:1: unknown field `colour`");
-    expect_error("[stages.gen]\nkind = \"generate\"\nparms = { n = 100 }\n", "m.toml:3:1: unknown field `parms`, expected one of");
+    expect_error(
+        "[stages.gen]\nkind = \"generate\"\nparms = { n = 100 }\n",
+        "m.toml:3:1: unknown field `parms`, expected one of",
+    );
     expect_error(&format!("{GEN}[execution]\njob = 2\n"), "m.toml:5:1: unknown field `job`");
     // A stage rejects parameters it does not know, at the parameter's position.
     expect_error("[stages.gen]\nkind = \"generate\"\nparams = { n = 100, sed = 3 }\n", "m.toml:3:");
@@ -28,7 +31,10 @@ fn unknown_keys() {
 
 #[test]
 fn type_errors() {
-    expect_error(&format!("{GEN}[execution]\njobs = \"two\"\n"), "m.toml:5:8: invalid type: string \"two\", expected usize");
+    expect_error(
+        &format!("{GEN}[execution]\njobs = \"two\"\n"),
+        "m.toml:5:8: invalid type: string \"two\", expected usize",
+    );
     expect_error("[stages.gen]\nkind = \"generate\"\nparams = { n = \"many\" }\n", "m.toml:3:16: gen: param `n`:");
     expect_error("[stages.gen]\nkind = 3\n", "m.toml:2:8: invalid type: integer `3`, expected a string");
     // Syntax errors are located too.
@@ -54,17 +60,27 @@ params = { rho = 0.5, size = 10 }
 
 #[test]
 fn dangling_inputs() {
-    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gne.pairs\" }}\nparams = {{ rho = 0.5, size = 10 }}\n");
+    let m = format!(
+        "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gne.pairs\" }}\nparams = {{ rho = 0.5, size = 10 }}\n"
+    );
     expect_error(&m, "m.toml:7:20: input `pairs` names stage `gne`, which is not declared (stages: gen, sub)");
-    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pears\" }}\nparams = {{ rho = 0.5, size = 10 }}\n");
+    let m = format!(
+        "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pears\" }}\nparams = {{ rho = 0.5, size = 10 }}\n"
+    );
     expect_error(&m, "stage `gen` (kind `generate`) has no output `pears` (its outputs: pairs)");
     let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\nparams = {{ rho = 0.5, size = 10 }}\n");
     expect_error(&m, "stage `sub` (kind `subsample`) needs input `pairs`");
-    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = [\"gen.pairs\", \"gen.pairs\"] }}\nparams = {{ rho = 0.5, size = 10 }}\n");
+    let m = format!(
+        "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = [\"gen.pairs\", \"gen.pairs\"] }}\nparams = {{ rho = 0.5, size = 10 }}\n"
+    );
     expect_error(&m, "m.toml:7:20: input `pairs` of stage kind `subsample` takes one artifact, not a list");
-    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = 3 }}\nparams = {{ rho = 0.5, size = 10 }}\n");
+    let m = format!(
+        "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = 3 }}\nparams = {{ rho = 0.5, size = 10 }}\n"
+    );
     expect_error(&m, "input `pairs`: expected \"STAGE.OUTPUT\" or a non-empty list of them, got 3");
-    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\", extra = \"gen.pairs\" }}\nparams = {{ rho = 0.5, size = 10 }}\n");
+    let m = format!(
+        "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\", extra = \"gen.pairs\" }}\nparams = {{ rho = 0.5, size = 10 }}\n"
+    );
     expect_error(&m, "stage kind `subsample` has no input `extra` (its inputs: pairs)");
 }
 
@@ -83,22 +99,38 @@ fn duplicate_names() {
 
 #[test]
 fn empty_and_bad_sweeps() {
-    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nsweep = {{ rho = [] }}\nparams = {{ rho = \"${{rho}}\", size = 10 }}\n");
+    let m = format!(
+        "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nsweep = {{ rho = [] }}\nparams = {{ rho = \"${{rho}}\", size = 10 }}\n"
+    );
     expect_error(&m, "m.toml:8:17: sweep `rho` is empty");
-    let m = format!("[vars]\nrhos = []\n{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nsweep = {{ rho = \"${{rhos}}\" }}\nparams = {{ rho = \"${{rho}}\", size = 10 }}\n");
+    let m = format!(
+        "[vars]\nrhos = []\n{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nsweep = {{ rho = \"${{rhos}}\" }}\nparams = {{ rho = \"${{rho}}\", size = 10 }}\n"
+    );
     expect_error(&m, "sweep `rho` is empty: a sweep needs at least one value");
-    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nsweep = {{ rho = 0.5 }}\nparams = {{ rho = \"${{rho}}\", size = 10 }}\n");
+    let m = format!(
+        "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nsweep = {{ rho = 0.5 }}\nparams = {{ rho = \"${{rho}}\", size = 10 }}\n"
+    );
     expect_error(&m, "sweep `rho` must be a list of values");
-    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nparams = {{ rho = \"${{rh}}\", size = 10 }}\n");
+    let m = format!(
+        "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nparams = {{ rho = \"${{rh}}\", size = 10 }}\n"
+    );
     expect_error(&m, "m.toml:8:18: sub: param `rho`: `${rh}` names no variable or sweep axis");
 }
 
 #[test]
 fn unknown_stage_kinds_and_bad_values() {
-    expect_error("[stages.x]\nkind = \"trian\"\n", "m.toml:2:8: unknown stage kind `trian` (known: import, import_model, subsample, generate");
-    let m = format!("{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nparams = {{ rho = 1.5, size = 10 }}\n");
+    expect_error(
+        "[stages.x]\nkind = \"trian\"\n",
+        "m.toml:2:8: unknown stage kind `trian` (known: import, import_model, subsample, generate",
+    );
+    let m = format!(
+        "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nparams = {{ rho = 1.5, size = 10 }}\n"
+    );
     expect_error(&m, "m.toml:8:18: sub: param `rho`:");
-    expect_error("[stages.i]\nkind = \"import\"\nparams = { path = \"missing.jsonl\" }\n", "m.toml:3:19: i: param `path`: no such file or directory");
+    expect_error(
+        "[stages.i]\nkind = \"import\"\nparams = { path = \"missing.jsonl\" }\n",
+        "m.toml:3:19: i: param `path`: no such file or directory",
+    );
     expect_error("description = \"nothing\"\n", "declares no stages");
 }
 
@@ -109,7 +141,12 @@ fn unknown_variables_in_a_manifest_over_a_pipeline() {
     w.write("m.toml", "pipeline = \"p.toml\"\n[vars]\nm = 5\n");
     let o = w.run(&["status", "m.toml"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(s(&o.stderr).contains("m.toml:3:5: pipeline") && s(&o.stderr).contains("declares no variable `m` (it declares: n)"), "{}", s(&o.stderr));
+    assert!(
+        s(&o.stderr).contains("m.toml:3:5: pipeline")
+            && s(&o.stderr).contains("declares no variable `m` (it declares: n)"),
+        "{}",
+        s(&o.stderr)
+    );
     let o = w.run(&["status", "p.toml", "--set", "q=1"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(s(&o.stderr).contains("declares no variable `q`"), "{}", s(&o.stderr));

@@ -6,9 +6,28 @@ mod common;
 use common::*;
 
 const SMALL: &[&str] = &[
-    "--set", "n_docs=1500", "--set", "sft_steps=150", "--set", "rhos=[0.2, 0.8]", "--set", "seeds=[0]",
-    "--set", "members=[0.2, 0.8]", "--set", "size=240", "--set", "member_size=60", "--set", "rm_epochs=1.0",
-    "--set", "policy_epochs=1", "--set", "eval_prompts=40", "--set", "val_prompts=40",
+    "--set",
+    "n_docs=1500",
+    "--set",
+    "sft_steps=150",
+    "--set",
+    "rhos=[0.2, 0.8]",
+    "--set",
+    "seeds=[0]",
+    "--set",
+    "members=[0.2, 0.8]",
+    "--set",
+    "size=240",
+    "--set",
+    "member_size=60",
+    "--set",
+    "rm_epochs=1.0",
+    "--set",
+    "policy_epochs=1",
+    "--set",
+    "eval_prompts=40",
+    "--set",
+    "val_prompts=40",
 ];
 
 fn args<'a>(head: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
@@ -32,7 +51,18 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     let out = w.ok(&args(&["report", m, "-o", "rep"], &[]));
     assert!(out.trim().ends_with("rep/report.md"), "{out}");
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
-    for needle in ["Advantage over π_ref", "| 0.2 |", "| 0.8 |", "e-dpo", "d-dpo", "p-dpo", "dp-dpo", "ipo", "dpo", "β/τ chosen by validation"] {
+    for needle in [
+        "Advantage over π_ref",
+        "| 0.2 |",
+        "| 0.8 |",
+        "e-dpo",
+        "d-dpo",
+        "p-dpo",
+        "dp-dpo",
+        "ipo",
+        "dpo",
+        "β/τ chosen by validation",
+    ] {
         assert!(md.contains(needle), "report lacks {needle}:\n{md}");
     }
     // Selection: 3 β (τ) candidates per ρ were trained and validated; the report lists DPO and IPO once each
@@ -47,7 +77,10 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     for r in rows {
         let rho = r["rho"].as_f64().unwrap();
         let chosen = r["value"].as_f64().unwrap();
-        let eval: serde_json::Value = serde_json::from_str(&w.ok(&args(&["show", m, &format!("eval_dpo@rho={rho},seed=0.summary"), "--json"], &[]))).unwrap();
+        let eval: serde_json::Value = serde_json::from_str(
+            &w.ok(&args(&["show", m, &format!("eval_dpo@rho={rho},seed=0.summary"), "--json"], &[])),
+        )
+        .unwrap();
         assert_eq!(eval["preview"][0]["beta"].as_f64(), Some(chosen), "{eval}");
         assert_eq!(eval["preview"][0]["split"], "test");
     }
@@ -109,13 +142,16 @@ sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
     assert_eq!(run["failed"], 0, "{run}");
     for rho in ["0.2", "0.8"] {
         let get = |what: &str| -> serde_json::Value {
-            let v: serde_json::Value = serde_json::from_str(&w.ok(&args(&["show", sm, what, "--json", "--rows", "100"], &[]))).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&w.ok(&args(&["show", sm, what, "--json", "--rows", "100"], &[]))).unwrap();
             v["preview"].clone()
         };
-        let (whole, merged) = (get(&format!("whole@rho={rho},seed=0.samples")), get(&format!("merged@rho={rho},seed=0.samples")));
+        let (whole, merged) =
+            (get(&format!("whole@rho={rho},seed=0.samples")), get(&format!("merged@rho={rho},seed=0.samples")));
         assert_eq!(whole.as_array().unwrap().len(), 37);
         assert_eq!(whole, merged, "sharded samples differ at rho {rho}");
-        let (ws, ms) = (get(&format!("whole@rho={rho},seed=0.summary")), get(&format!("merged@rho={rho},seed=0.summary")));
+        let (ws, ms) =
+            (get(&format!("whole@rho={rho},seed=0.summary")), get(&format!("merged@rho={rho},seed=0.summary")));
         assert_eq!(ws, ms, "sharded summary differs at rho {rho}");
         // each shard evaluated only its own block of batches
         let part0 = get(&format!("part@rho={rho},seed=0,shard=0.samples"));

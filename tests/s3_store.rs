@@ -23,7 +23,11 @@ impl Drop for Moto {
 fn http(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
     s.write_all(body)?;
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
@@ -42,7 +46,12 @@ fn start_moto() -> Option<Moto> {
         return None;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let moto = Moto { child, port };
     let t = Instant::now();
     while !matches!(http(port, "GET", "/", b""), Ok(200..=499)) {
@@ -96,12 +105,17 @@ fn a_pipeline_on_s3_caches_resumes_and_detects_corruption() {
 
     // Two runners at once on S3 for a changed sweep value: both succeed with the same results.
     let spawn = |wd: &Work| {
-        s3_cmd(wd, port, &["run", "m.toml", "--store", url, "--json", "--set", "rhos=[0.3]"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        s3_cmd(wd, port, &["run", "m.toml", "--store", url, "--json", "--set", "rhos=[0.3]"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     };
     let (a, b) = (spawn(&w), spawn(&other));
     let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(oa.status.success() && ob.status.success(), "{}\n{}", s(&oa.stderr), s(&ob.stderr));
-    let (sa, sb): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&oa.stdout).unwrap(), serde_json::from_slice(&ob.stdout).unwrap());
+    let (sa, sb): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_slice(&oa.stdout).unwrap(), serde_json::from_slice(&ob.stdout).unwrap());
     assert_eq!(output_hashes(&sa), output_hashes(&sb));
 
     // Overwrite gen's output blob in the bucket with other bytes: the next reader notices and gen runs again.
@@ -146,7 +160,8 @@ fn flaky_proxy(upstream: u16, fail_every: usize) -> (u16, std::sync::Arc<std::sy
                 let mut buf = [0u8; 4096];
                 let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
                 let _ = client.read(&mut buf);
-                let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = client
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                 continue;
             }
             let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
@@ -177,7 +192,12 @@ fn a_flaky_server_is_retried_and_large_artifacts_go_up_in_parts() {
     assert!(mk.status.success(), "{}", s(&mk.stderr));
     let w = Work::new();
     // 300k generated pairs make a Parquet artifact above the 16 MiB multipart threshold.
-    w.write("m.toml", &gen_manifest(300_000).replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.5]").replace("members = [0.2, 0.5, 0.8]", "members = [0.5]"));
+    w.write(
+        "m.toml",
+        &gen_manifest(300_000)
+            .replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.5]")
+            .replace("members = [0.2, 0.5, 0.8]", "members = [0.5]"),
+    );
     let mut c = s3_cmd(&w, port, &["run", "m.toml", "--store", "s3://rmd-flaky/p", "--json"]);
     c.env("RMDISTILL_STORE_RETRIES", "10");
     let first = json_ok(c);
@@ -187,7 +207,12 @@ fn a_flaky_server_is_retried_and_large_artifacts_go_up_in_parts() {
     assert!(failed.load(std::sync::atomic::Ordering::SeqCst) > 0, "the proxy failed no request");
     // Read back through the flaky proxy from a fresh working directory (no local read cache).
     let other = Work::new();
-    other.write("m.toml", &gen_manifest(300_000).replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.5]").replace("members = [0.2, 0.5, 0.8]", "members = [0.5]"));
+    other.write(
+        "m.toml",
+        &gen_manifest(300_000)
+            .replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.5]")
+            .replace("members = [0.2, 0.5, 0.8]", "members = [0.5]"),
+    );
     let mut c = s3_cmd(&other, port, &["run", "m.toml", "--store", "s3://rmd-flaky/p", "--json", "--set", "size=250"]);
     c.env("RMDISTILL_STORE_RETRIES", "10");
     let second = json_ok(c);

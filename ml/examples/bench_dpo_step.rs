@@ -21,7 +21,15 @@ fn main() -> anyhow::Result<()> {
     let rr: Vec<&[i64]> = responses.iter().map(|x| x.as_slice()).collect();
     let batch = PairBatch::new(&pr, &rr, 0, None, Device::Cpu)?; // rows 0..b chosen, b..2b rejected
     let reference = tch::no_grad(|| sequence_logprobs(m.net(), &batch, Reduction::Sum));
-    let mut tr = Trainer::new(&m.vs, OptimConfig { lr: 1e-4, total_steps: iters + 1, schedule: rmdistill_ml::Schedule::Constant, ..Default::default() })?;
+    let mut tr = Trainer::new(
+        &m.vs,
+        OptimConfig {
+            lr: 1e-4,
+            total_steps: iters + 1,
+            schedule: rmdistill_ml::Schedule::Constant,
+            ..Default::default()
+        },
+    )?;
     let beta = 0.1;
     let mut step = || -> anyhow::Result<f64> {
         let lr = sequence_logprobs(m.net(), &batch, Reduction::Sum) - &reference;
@@ -36,6 +44,9 @@ fn main() -> anyhow::Result<()> {
         last = step()?;
     }
     let s = t.elapsed().as_secs_f64() / iters as f64;
-    println!("{{\"impl\": \"rmdistill\", \"pairs_per_s\": {:.2}, \"sec_per_step\": {s:.4}, \"last_loss\": {last:.5}}}", b as f64 / s);
+    println!(
+        "{{\"impl\": \"rmdistill\", \"pairs_per_s\": {:.2}, \"sec_per_step\": {s:.4}, \"last_loss\": {last:.5}}}",
+        b as f64 / s
+    );
     Ok(())
 }

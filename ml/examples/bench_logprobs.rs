@@ -14,8 +14,10 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(threads as i32);
     let m = LanguageModel::load(dir, Device::Cpu)?;
     let v = m.config.vocab_size();
-    let prompts: Vec<Vec<i64>> = (0..b).map(|i| (0..p).map(|j| ((i * 131 + j * 17) as i64 % (v - 3)) + 3).collect()).collect();
-    let responses: Vec<Vec<i64>> = (0..b).map(|i| (0..r).map(|j| ((i * 71 + j * 29) as i64 % (v - 3)) + 3).collect()).collect();
+    let prompts: Vec<Vec<i64>> =
+        (0..b).map(|i| (0..p).map(|j| ((i * 131 + j * 17) as i64 % (v - 3)) + 3).collect()).collect();
+    let responses: Vec<Vec<i64>> =
+        (0..b).map(|i| (0..r).map(|j| ((i * 71 + j * 29) as i64 % (v - 3)) + 3).collect()).collect();
     let pr: Vec<&[i64]> = prompts.iter().map(|x| x.as_slice()).collect();
     let rr: Vec<&[i64]> = responses.iter().map(|x| x.as_slice()).collect();
     let batch = PairBatch::new(&pr, &rr, 0, None, Device::Cpu)?;

@@ -32,7 +32,13 @@ pub struct LanguageModel {
 
 impl std::fmt::Debug for LanguageModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LanguageModel({}, {} layers, d={})", self.config.model_type(), self.net.num_layers(), self.net.hidden_size())
+        write!(
+            f,
+            "LanguageModel({}, {} layers, d={})",
+            self.config.model_type(),
+            self.net.num_layers(),
+            self.net.hidden_size()
+        )
     }
 }
 
@@ -208,7 +214,8 @@ pub fn load_safetensors(vs: &mut nn::VarStore, path: &Path, optional: &[&str]) -
     let mut missing = vec![];
     tch::no_grad(|| -> Result<()> {
         for (name, var) in vars.iter() {
-            let found = st.tensor(name).ok().or_else(|| name.strip_prefix("transformer.").and_then(|n| st.tensor(n).ok()));
+            let found =
+                st.tensor(name).ok().or_else(|| name.strip_prefix("transformer.").and_then(|n| st.tensor(n).ok()));
             let Some(view) = found else {
                 if !optional.contains(&name.as_str()) {
                     missing.push(name.clone());
@@ -260,7 +267,13 @@ pub fn save_safetensors(vs: &nn::VarStore, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn save_checkpoint(vs: &nn::VarStore, config: &ModelConfig, head: Head, dir: &Path, tokenizer_dir: Option<&Path>) -> Result<()> {
+fn save_checkpoint(
+    vs: &nn::VarStore,
+    config: &ModelConfig,
+    head: Head,
+    dir: &Path,
+    tokenizer_dir: Option<&Path>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let cfg = serde_json::to_string_pretty(&config.to_json(head))?;
     std::fs::write(dir.join(CONFIG_FILE), cfg + "\n")?;

@@ -342,7 +342,8 @@ impl ModelConfig {
                 let d = c.hidden_size;
                 let kv = c.kv_heads() * c.head_dim();
                 let emb = c.vocab_size * d * if c.tie_word_embeddings { 1 } else { 2 };
-                emb + c.num_hidden_layers * (2 * d * c.num_attention_heads * c.head_dim() + 2 * d * kv + 3 * d * c.intermediate_size)
+                emb + c.num_hidden_layers
+                    * (2 * d * c.num_attention_heads * c.head_dim() + 2 * d * kv + 3 * d * c.intermediate_size)
             }
         }
     }

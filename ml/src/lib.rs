@@ -35,6 +35,6 @@ pub use device::{DeviceChoice, seed_everything, with_autocast};
 pub use logprobs::{PairBatch, Reduction, sequence_logprobs};
 pub use model::{Backbone, CausalLm, KvCache};
 pub use sampling::{SampleConfig, Samples, generate};
+pub use tch;
 pub use tokenizer::{Tokenizer, TokenizerSpec};
 pub use train::{OptimConfig, Schedule, StepMetrics, Trainer};
-pub use tch;

@@ -3,7 +3,9 @@
 //! optionally tied embeddings (SmolLM2 ties them).
 
 use crate::config::LlamaConfig;
-use crate::model::{Backbone, CausalLm, KvCache, fp32_logits, Linear, RmsNorm, attention, attention_mask_4d, position_ids};
+use crate::model::{
+    Backbone, CausalLm, KvCache, Linear, RmsNorm, attention, attention_mask_4d, fp32_logits, position_ids,
+};
 use tch::{Kind, Tensor, nn};
 
 /// `x·cos + rotate_half(x)·sin`, where `rotate_half` swaps the two halves of the head dimension (negating one).
@@ -52,7 +54,14 @@ impl Layer {
         }
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
         let (b, t, _) = x.size3().unwrap();
         let h = self.input_layernorm.forward(x);
         let q = self.q_proj.forward(&h).view([b, t, self.n_head, self.head_dim]).transpose(1, 2);
@@ -92,11 +101,13 @@ impl Llama {
         let embed_tokens = (&p / "embed_tokens").var("weight", &[c.vocab_size, c.hidden_size], init);
         let layers = (0..c.num_hidden_layers).map(|i| Layer::new(&(&p / "layers" / i), c)).collect();
         let norm = RmsNorm::new(&(&p / "norm"), c.hidden_size, c.rms_norm_eps);
-        let lm_head = (with_lm_head && !c.tie_word_embeddings).then(|| (root / "lm_head").var("weight", &[c.vocab_size, c.hidden_size], init));
+        let lm_head = (with_lm_head && !c.tie_word_embeddings)
+            .then(|| (root / "lm_head").var("weight", &[c.vocab_size, c.hidden_size], init));
         // Same recipe and precision as transformers' default rotary embedding (fp32).
         let hd = c.head_dim();
         let exps = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, root.device())).to_kind(Kind::Float) / hd as f64;
-        let inv_freq = Tensor::from(c.rope_theta()).to_kind(Kind::Float).to_device(root.device()).pow(&exps).reciprocal();
+        let inv_freq =
+            Tensor::from(c.rope_theta()).to_kind(Kind::Float).to_device(root.device()).pow(&exps).reciprocal();
         Llama { embed_tokens, layers, norm, lm_head, inv_freq, config: c.clone() }
     }
     pub fn config(&self) -> &LlamaConfig {
@@ -111,7 +122,12 @@ impl Llama {
 }
 
 impl Backbone for Llama {
-    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Tensor {
+    fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
         let (b, t) = input_ids.size2().unwrap();
         let past = cache.as_ref().map_or(0, |c| c.seq_len());
         let dev = input_ids.device();

@@ -35,7 +35,13 @@ impl PairBatch {
     /// Concatenates each prompt with its response and right-pads to the longest. When `max_len` is set and a
     /// sequence is longer, the prompt loses tokens from its start first (keeping at least one, which the first response
     /// token is conditioned on), then the response loses tokens from its end.
-    pub fn new(prompts: &[&[i64]], responses: &[&[i64]], pad_id: i64, max_len: Option<usize>, device: Device) -> Result<Self> {
+    pub fn new(
+        prompts: &[&[i64]],
+        responses: &[&[i64]],
+        pad_id: i64,
+        max_len: Option<usize>,
+        device: Device,
+    ) -> Result<Self> {
         if prompts.len() != responses.len() || prompts.is_empty() {
             bail!("need as many prompts as responses, and at least one ({} vs {})", prompts.len(), responses.len());
         }
@@ -76,7 +82,13 @@ impl PairBatch {
             }
         }
         let mk = |v: Vec<i64>| Tensor::from_slice(&v).view([b as i64, t as i64]).to_device(device);
-        Ok(PairBatch { input_ids: mk(ids), attention_mask: mk(att), response_mask: mk(resp), prompt_lens: plens, response_lens: rlens })
+        Ok(PairBatch {
+            input_ids: mk(ids),
+            attention_mask: mk(att),
+            response_mask: mk(resp),
+            prompt_lens: plens,
+            response_lens: rlens,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -135,7 +147,8 @@ pub fn sequence_logprobs(model: &dyn CausalLm, batch: &PairBatch, reduction: Red
     match reduction {
         Reduction::Sum => sum,
         Reduction::Mean => {
-            let n = Tensor::from_slice(&batch.response_lens.iter().map(|&n| n as f32).collect::<Vec<_>>()).to_device(hidden.device());
+            let n = Tensor::from_slice(&batch.response_lens.iter().map(|&n| n as f32).collect::<Vec<_>>())
+                .to_device(hidden.device());
             sum / n
         }
     }

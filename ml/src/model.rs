@@ -44,7 +44,12 @@ impl KvCache {
 /// cached positions too; `None` means no padding. Positions are counted over real tokens only, so a left-padded
 /// prompt sees the same positions as an unpadded one.
 pub trait Backbone {
-    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Tensor;
+    fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor;
     fn num_layers(&self) -> usize;
     fn hidden_size(&self) -> i64;
 }
@@ -140,7 +145,11 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn new(p: &nn::Path, dim: i64, eps: f64) -> Self {
         let p = p.set_group(NO_DECAY_GROUP);
-        LayerNorm { weight: p.var("weight", &[dim], nn::Init::Const(1.0)), bias: p.var("bias", &[dim], nn::Init::Const(0.0)), eps }
+        LayerNorm {
+            weight: p.var("weight", &[dim], nn::Init::Const(1.0)),
+            bias: p.var("bias", &[dim], nn::Init::Const(0.0)),
+            eps,
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.layer_norm([self.weight.size()[0]], Some(&self.weight), Some(&self.bias), self.eps, true)

@@ -85,7 +85,8 @@ pub fn generate(model: &LanguageModel, prompts: &[&[i64]], pad_id: i64, cfg: &Sa
     };
     let plen = prompts.iter().map(|p| p.len()).max().unwrap();
     let dev = model.device();
-    let mut rngs: Vec<ChaCha12Rng> = (0..n).map(|i| ChaCha12Rng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
+    let mut rngs: Vec<ChaCha12Rng> =
+        (0..n).map(|i| ChaCha12Rng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
     let mut ids = vec![pad_id; n * plen];
     let mut mask = vec![0i64; n * plen];
     for (i, p) in prompts.iter().enumerate() {

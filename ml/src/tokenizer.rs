@@ -6,9 +6,9 @@
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 use std::path::Path;
+use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
-use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 use tokenizers::{AddedToken, decoders::DecoderWrapper};
@@ -41,7 +41,14 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokenizer(vocab {}, bos {:?}, eos {:?}, pad {:?})", self.vocab_size(), self.bos_id, self.eos_id, self.pad_id)
+        write!(
+            f,
+            "Tokenizer(vocab {}, bos {:?}, eos {:?}, pad {:?})",
+            self.vocab_size(),
+            self.bos_id,
+            self.eos_id,
+            self.pad_id
+        )
     }
 }
 
@@ -66,11 +73,13 @@ impl Tokenizer {
     /// Loads `tokenizer.json` from a file or a checkpoint directory; special tokens come from the directory's
     /// `tokenizer_config.json` when present.
     pub fn load(path: &Path) -> Result<Self> {
-        let (file, dir) = if path.is_dir() { (path.join("tokenizer.json"), Some(path)) } else { (path.to_path_buf(), path.parent()) };
+        let (file, dir) =
+            if path.is_dir() { (path.join("tokenizer.json"), Some(path)) } else { (path.to_path_buf(), path.parent()) };
         let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| anyhow!("loading {}: {e}", file.display()))?;
         let mut t = Self::from_inner(inner);
         if let Some(cfg) = dir.map(|d| d.join("tokenizer_config.json")).filter(|p| p.exists()) {
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg)?).with_context(|| format!("parsing {}", cfg.display()))?;
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg)?)
+                .with_context(|| format!("parsing {}", cfg.display()))?;
             let lookup = |k: &str| token_str(v.get(k)).and_then(|s| t.id(&s));
             let (b, e, p) = (lookup("bos_token"), lookup("eos_token"), lookup("pad_token"));
             t.bos_id = b.or(t.bos_id);
@@ -137,7 +146,10 @@ impl Tokenizer {
                 let model = WordLevel::builder().unk_token(UNK_TOKEN.into()).build().map_err(|e| anyhow!("{e}"))?;
                 let mut tok = tokenizers::Tokenizer::new(model);
                 tok.with_pre_tokenizer(Some(WhitespaceSplit));
-                tok.with_decoder(Some(DecoderWrapper::WordPiece(tokenizers::decoders::wordpiece::WordPiece::new("##".into(), false))));
+                tok.with_decoder(Some(DecoderWrapper::WordPiece(tokenizers::decoders::wordpiece::WordPiece::new(
+                    "##".into(),
+                    false,
+                ))));
                 let mut trainer: TrainerWrapper = WordLevelTrainer::builder()
                     .vocab_size(vocab_size)
                     .min_frequency(min_frequency)

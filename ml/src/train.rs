@@ -108,7 +108,9 @@ impl Trainer {
         if cfg.grad_accum == 0 || cfg.total_steps == 0 {
             bail!("grad_accum and total_steps must be positive");
         }
-        let mut opt = nn::AdamW { beta1: cfg.beta1, beta2: cfg.beta2, wd: cfg.weight_decay, eps: cfg.eps, amsgrad: false }.build(vs, cfg.lr)?;
+        let mut opt =
+            nn::AdamW { beta1: cfg.beta1, beta2: cfg.beta2, wd: cfg.weight_decay, eps: cfg.eps, amsgrad: false }
+                .build(vs, cfg.lr)?;
         opt.zero_grad(); // registers the parameters and so creates their groups
         let has_no_decay = vs.variables_.lock().unwrap().trainable_variables.iter().any(|v| v.group == NO_DECAY_GROUP);
         if has_no_decay {
@@ -177,7 +179,8 @@ impl Trainer {
             if grads.is_empty() {
                 bail!("no gradients at step {}: is the loss connected to the parameters?", self.step + 1);
             }
-            let sq: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).pow_tensor_scalar(2).sum(Kind::Float)).collect();
+            let sq: Vec<Tensor> =
+                grads.iter().map(|g| g.to_kind(Kind::Float).pow_tensor_scalar(2).sum(Kind::Float)).collect();
             let norm = f64::try_from(Tensor::stack(&sq, 0).sum(Kind::Float).sqrt())?;
             if !norm.is_finite() {
                 let bad: Vec<&str> = self
@@ -187,7 +190,11 @@ impl Trainer {
                     .map(|(n, _)| n.as_str())
                     .take(5)
                     .collect();
-                bail!("non-finite gradient norm at optimizer step {} (first parameters affected: {})", self.step + 1, bad.join(", "));
+                bail!(
+                    "non-finite gradient norm at optimizer step {} (first parameters affected: {})",
+                    self.step + 1,
+                    bad.join(", ")
+                );
             }
             if let Some(max) = self.cfg.grad_clip {
                 if norm > max {

@@ -31,7 +31,8 @@ fn pair_batch_pads_right_masks_prompt_and_truncates() {
     let b = PairBatch::new(&[&[1, 2, 3], &[4]], &[&[5], &[6, 7, 8]], 0, None, Device::Cpu).unwrap();
     assert_eq!(to_vec2(&b.input_ids), vec![vec![1, 2, 3, 5], vec![4, 6, 7, 8]]);
     assert_eq!(to_vec2(&b.response_mask), vec![vec![0, 0, 0, 1], vec![0, 1, 1, 1]]);
-    let b = PairBatch::new(&[&[1, 2, 3, 4, 5], &[9]], &[&[6, 7], &[1, 2, 3, 4, 5, 6]], 0, Some(4), Device::Cpu).unwrap();
+    let b =
+        PairBatch::new(&[&[1, 2, 3, 4, 5], &[9]], &[&[6, 7], &[1, 2, 3, 4, 5, 6]], 0, Some(4), Device::Cpu).unwrap();
     // Prompt keeps its end; the response keeps its start; a prompt keeps at least one token.
     assert_eq!(to_vec2(&b.input_ids), vec![vec![4, 5, 6, 7], vec![9, 1, 2, 3]]);
     assert_eq!(to_vec2(&b.attention_mask), vec![vec![1, 1, 1, 1], vec![1, 1, 1, 1]]);
@@ -43,11 +44,19 @@ fn pair_batch_pads_right_masks_prompt_and_truncates() {
 fn padding_does_not_change_logprobs_and_mask_path_agrees() {
     let m = LanguageModel::load(&fixtures().join("llama-tiny"), Device::Cpu).unwrap();
     let alone = PairBatch::new(&[&[3, 4]], &[&[5, 6, 7]], 0, None, Device::Cpu).unwrap();
-    let padded = PairBatch::new(&[&[3, 4], &[1, 1, 1, 1, 1, 1]], &[&[5, 6, 7], &[2, 2, 2, 2]], 0, None, Device::Cpu).unwrap();
+    let padded =
+        PairBatch::new(&[&[3, 4], &[1, 1, 1, 1, 1, 1]], &[&[5, 6, 7], &[2, 2, 2, 2]], 0, None, Device::Cpu).unwrap();
     for red in [Reduction::Sum, Reduction::Mean] {
         let a = tch::no_grad(|| sequence_logprobs(m.net(), &alone, red));
         let b = tch::no_grad(|| sequence_logprobs(m.net(), &padded, red)).narrow(0, 0, 1);
-        let c = tch::no_grad(|| sequence_logprobs_from_logits(&m.forward(&padded.input_ids, Some(&padded.attention_mask), None), &padded, red)).narrow(0, 0, 1);
+        let c = tch::no_grad(|| {
+            sequence_logprobs_from_logits(
+                &m.forward(&padded.input_ids, Some(&padded.attention_mask), None),
+                &padded,
+                red,
+            )
+        })
+        .narrow(0, 0, 1);
         assert!(max_abs_diff(&a, &b) < 1e-5 && max_abs_diff(&a, &c) < 1e-5);
     }
 }

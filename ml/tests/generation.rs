@@ -10,7 +10,10 @@ use tch::Device;
 const PROMPTS: [&[i64]; 3] = [&[5, 17, 33], &[9], &[40, 41, 42, 43, 44, 45, 46]];
 
 fn models() -> Vec<(&'static str, LanguageModel)> {
-    ["gpt2-tiny", "llama-tiny"].into_iter().map(|n| (n, LanguageModel::load(&fixtures().join(n), Device::Cpu).unwrap())).collect()
+    ["gpt2-tiny", "llama-tiny"]
+        .into_iter()
+        .map(|n| (n, LanguageModel::load(&fixtures().join(n), Device::Cpu).unwrap()))
+        .collect()
 }
 
 #[test]
@@ -23,7 +26,9 @@ fn greedy_with_cache_equals_without() {
         assert!(with.tokens.iter().all(|t| t.len() == 20));
         // Batched equals one prompt at a time (left padding is invisible).
         for (i, p) in PROMPTS.iter().enumerate() {
-            let alone = generate(&m, &[p], 0, &SampleConfig { max_new_tokens: 20, temperature: 0.0, ..Default::default() }).unwrap();
+            let alone =
+                generate(&m, &[p], 0, &SampleConfig { max_new_tokens: 20, temperature: 0.0, ..Default::default() })
+                    .unwrap();
             assert_eq!(alone.tokens[0], with.tokens[i], "{name} row {i}");
         }
     }
@@ -51,7 +56,9 @@ fn sampling_is_seeded_and_row_independent() {
 #[test]
 fn stops_at_eos_per_row() {
     let (_, m) = models().remove(1);
-    let greedy = generate(&m, &PROMPTS, 0, &SampleConfig { max_new_tokens: 12, temperature: 0.0, ..Default::default() }).unwrap();
+    let greedy =
+        generate(&m, &PROMPTS, 0, &SampleConfig { max_new_tokens: 12, temperature: 0.0, ..Default::default() })
+            .unwrap();
     // Make row 0's third greedy token the EOS: row 0 must stop there (keeping it), other rows are unaffected
     // unless they emit it too.
     let eos = greedy.tokens[0][2];
@@ -70,7 +77,13 @@ fn stops_at_eos_per_row() {
 #[test]
 fn sample_logprobs_are_sequence_logprobs() {
     for (name, m) in models() {
-        let s = generate(&m, &PROMPTS, 0, &SampleConfig { max_new_tokens: 10, temperature: 1.3, seed: 3, ..Default::default() }).unwrap();
+        let s = generate(
+            &m,
+            &PROMPTS,
+            0,
+            &SampleConfig { max_new_tokens: 10, temperature: 1.3, seed: 3, ..Default::default() },
+        )
+        .unwrap();
         let r: Vec<&[i64]> = s.tokens.iter().map(|t| t.as_slice()).collect();
         let batch = PairBatch::new(&PROMPTS, &r, 0, None, Device::Cpu).unwrap();
         let lp = tch::no_grad(|| sequence_logprobs(m.net(), &batch, Reduction::Sum));

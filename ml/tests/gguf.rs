@@ -65,7 +65,13 @@ fn smollm2_gguf_dequantises_like_gguf_py() {
     let out = tmp.path().join("ref.safetensors");
     // gguf-py's dequantisation; first 512 rows only (the embedding is 49152 × 576).
     let code = "import sys, numpy as np, gguf\nfrom safetensors.numpy import save_file\nr = gguf.GGUFReader(sys.argv[1])\nwant = sys.argv[3:]\nout = {}\nfor t in r.tensors:\n    if t.name in want:\n        x = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)\n        out[t.name] = np.ascontiguousarray(x.reshape(-1, x.shape[-1])[:512])\nsave_file(out, sys.argv[2])";
-    let st = std::process::Command::new(python().unwrap()).args(["-c", code]).arg(&path).arg(&out).args(names).status().unwrap();
+    let st = std::process::Command::new(python().unwrap())
+        .args(["-c", code])
+        .arg(&path)
+        .arg(&out)
+        .args(names)
+        .status()
+        .unwrap();
     assert!(st.success());
     let exp = read_tensors(&out);
     for name in names {
@@ -103,17 +109,23 @@ fn smollm2_imports_generates_and_has_low_perplexity() {
     println!("imported {} parameters in {:.1}s", m.num_parameters(), t0.elapsed().as_secs_f64());
     let m = LanguageModel::load(dir.path(), Device::Cpu).unwrap();
     let tok = Tokenizer::load(dir.path()).unwrap();
-    let prompt = "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n";
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n";
     let ids = tok.encode(prompt).unwrap();
     let t0 = std::time::Instant::now();
-    let cfg = SampleConfig { max_new_tokens: 40, temperature: 0.0, eos_ids: vec![tok.eos_id.unwrap()], ..Default::default() };
+    let cfg =
+        SampleConfig { max_new_tokens: 40, temperature: 0.0, eos_ids: vec![tok.eos_id.unwrap()], ..Default::default() };
     let s = generate(&m, &[&ids], tok.pad_id.unwrap(), &cfg).unwrap();
     let text = tok.decode(&s.tokens[0], true).unwrap();
     println!("greedy ({} tokens, {:.1}s): {text:?}", s.tokens[0].len(), t0.elapsed().as_secs_f64());
     assert!(text.contains("Paris"), "{text}");
 
     let data = std::fs::read_to_string(shared_data().join("tldr-2k/train.jsonl")).unwrap();
-    let texts: Vec<String> = data.lines().take(16).map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["chosen"].as_str().unwrap().trim().to_string()).collect();
+    let texts: Vec<String> = data
+        .lines()
+        .take(16)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["chosen"].as_str().unwrap().trim().to_string())
+        .collect();
     let rows: Vec<Vec<i64>> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
     let len = rows.iter().map(|r| r.len()).max().unwrap();
     let mut ids = vec![tok.pad_id.unwrap(); rows.len() * len];
@@ -122,14 +134,22 @@ fn smollm2_imports_generates_and_has_low_perplexity() {
         ids[i * len..i * len + r.len()].copy_from_slice(r);
         mask[i * len..i * len + r.len()].fill(1);
     }
-    let (ids, mask) = (Tensor::from_slice(&ids).view([rows.len() as i64, len as i64]), Tensor::from_slice(&mask).view([rows.len() as i64, len as i64]));
+    let (ids, mask) = (
+        Tensor::from_slice(&ids).view([rows.len() as i64, len as i64]),
+        Tensor::from_slice(&mask).view([rows.len() as i64, len as i64]),
+    );
     let ppl = |m: &LanguageModel| {
         let (s, n) = tch::no_grad(|| lm_loss(m.net(), &ids, &mask));
         f64::try_from(s / n).unwrap().exp()
     };
     let t0 = std::time::Instant::now();
     let real = ppl(&m);
-    println!("perplexity on {} TL;DR summaries ({} tokens): SmolLM2 {real:.1} ({:.1}s)", rows.len(), i64::try_from(mask.sum(Kind::Int64)).unwrap(), t0.elapsed().as_secs_f64());
+    println!(
+        "perplexity on {} TL;DR summaries ({} tokens): SmolLM2 {real:.1} ({:.1}s)",
+        rows.len(),
+        i64::try_from(mask.sum(Kind::Int64)).unwrap(),
+        t0.elapsed().as_secs_f64()
+    );
 
     // The imported directory is a transformers checkpoint: same logits there, same token ids from AutoTokenizer.
     let ids = Tensor::from_slice(&rows[0][..rows[0].len().min(24)]).unsqueeze(0);
@@ -137,13 +157,21 @@ fn smollm2_imports_generates_and_has_low_perplexity() {
     let ours = tch::no_grad(|| m.forward(&ids, Some(&mask), None));
     let py = python().unwrap();
     let inp = serde_json::json!({"input_ids": to_vec2(&ids), "attention_mask": to_vec2(&mask)});
-    let out = std::process::Command::new(&py).arg(repo_root().join("scripts/ml/hf_forward.py")).arg(inp.to_string()).arg(dir.path()).output().unwrap();
+    let out = std::process::Command::new(&py)
+        .arg(repo_root().join("scripts/ml/hf_forward.py"))
+        .arg(inp.to_string())
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let theirs: Vec<Vec<Vec<f64>>> = serde_json::from_value(v[dir.path().to_str().unwrap()]["logits"].clone()).unwrap();
     let theirs = Tensor::from_slice(&theirs.concat().concat()).view(ours.size().as_slice());
     let d = max_abs_diff(&ours, &theirs);
-    println!("imported SmolLM2 in transformers: logits max |Δ| = {d:e} (max |logit| {:.1})", f64::try_from(ours.abs().max()).unwrap());
+    println!(
+        "imported SmolLM2 in transformers: logits max |Δ| = {d:e} (max |logit| {:.1})",
+        f64::try_from(ours.abs().max()).unwrap()
+    );
     assert!(d < 1e-3, "{d}");
     let code = "import sys, json\nfrom transformers import AutoTokenizer\nt = AutoTokenizer.from_pretrained(sys.argv[1])\nprint(json.dumps(t(sys.argv[2], add_special_tokens=False)['input_ids']))";
     let out = std::process::Command::new(&py).args(["-c", code]).arg(dir.path()).arg(prompt).output().unwrap();

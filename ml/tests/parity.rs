@@ -18,17 +18,24 @@ fn check_logits(name: &str) {
     let logits = tch::no_grad(|| m.forward(ids, Some(mask), None));
     // Padding positions are garbage in both implementations; compare real tokens only.
     let keep = mask.to_kind(Kind::Bool).unsqueeze(-1);
-    let diff = max_abs_diff(&logits.masked_fill(&keep.logical_not(), 0.0), &e["logits"].masked_fill(&keep.logical_not(), 0.0));
-    println!("{name}: logits max |Δ| = {diff:.3e} (max |logit| {:.2})", f64::try_from(e["logits"].abs().max()).unwrap());
+    let diff =
+        max_abs_diff(&logits.masked_fill(&keep.logical_not(), 0.0), &e["logits"].masked_fill(&keep.logical_not(), 0.0));
+    println!(
+        "{name}: logits max |Δ| = {diff:.3e} (max |logit| {:.2})",
+        f64::try_from(e["logits"].abs().max()).unwrap()
+    );
     assert!(diff < TOL, "{name}: logits differ by {diff}");
 }
 
 fn check_logprobs(name: &str) {
     let dir = fixtures().join(name);
     let m = LanguageModel::load(&dir, Device::Cpu).unwrap();
-    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let pairs = exp["pairs"].as_array().unwrap();
-    let ids = |k: &str| -> Vec<Vec<i64>> { pairs.iter().map(|p| p[k].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).collect() };
+    let ids = |k: &str| -> Vec<Vec<i64>> {
+        pairs.iter().map(|p| p[k].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).collect()
+    };
     let (prompts, responses) = (ids("prompt"), ids("response"));
     let p: Vec<&[i64]> = prompts.iter().map(|v| v.as_slice()).collect();
     let r: Vec<&[i64]> = responses.iter().map(|v| v.as_slice()).collect();
@@ -37,7 +44,10 @@ fn check_logprobs(name: &str) {
         let got = tch::no_grad(|| sequence_logprobs(m.net(), &batch, red));
         let want = Tensor::from_slice(&pairs.iter().map(|p| p[key].as_f64().unwrap()).collect::<Vec<_>>());
         let diff = max_abs_diff(&got, &want);
-        println!("{name}: sequence log-probs ({key}) max |Δ| = {diff:.3e}, values {:?}", Vec::<f64>::try_from(&want).unwrap());
+        println!(
+            "{name}: sequence log-probs ({key}) max |Δ| = {diff:.3e}, values {:?}",
+            Vec::<f64>::try_from(&want).unwrap()
+        );
         assert!(diff < TOL, "{name} {key}: {diff}");
     }
 }
@@ -108,7 +118,9 @@ fn reward_model_initialises_from_causal_lm() {
 /// Runs scripts/ml/hf_forward.py on several checkpoint directories at once; `None` when there is no venv.
 fn hf_forward(dirs: &[std::path::PathBuf], ids: &Tensor, mask: &Tensor) -> Option<serde_json::Value> {
     let Some(py) = python() else {
-        println!("SKIPPED: no Python venv (set RMDISTILL_PYTHON or create <repo>/.venv): transformers round-trip not checked");
+        println!(
+            "SKIPPED: no Python venv (set RMDISTILL_PYTHON or create <repo>/.venv): transformers round-trip not checked"
+        );
         return None;
     };
     let inp = serde_json::json!({"input_ids": to_vec2(ids), "attention_mask": to_vec2(mask)});
@@ -126,7 +138,11 @@ fn hf_forward(dirs: &[std::path::PathBuf], ids: &Tensor, mask: &Tensor) -> Optio
 fn randomise(vs: &tch::nn::VarStore) {
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {
-            let r = if name.contains("norm") || name.contains("ln_") { t.randn_like() * 0.1 + 1.0 } else { t.randn_like() * 0.3 };
+            let r = if name.contains("norm") || name.contains("ln_") {
+                t.randn_like() * 0.1 + 1.0
+            } else {
+                t.randn_like() * 0.3
+            };
             t.copy_(&r);
         }
     });
@@ -171,7 +187,10 @@ fn saved_checkpoints_load_in_transformers() {
         lm.save(&d, None).unwrap();
         let ours = tch::no_grad(|| lm.forward(&ids, Some(&mask), None)).masked_fill(&keep, 0.0);
         let back = LanguageModel::load(&d, Device::Cpu).unwrap();
-        assert_eq!(max_abs_diff(&tch::no_grad(|| back.forward(&ids, Some(&mask), None)).masked_fill(&keep, 0.0), &ours), 0.0);
+        assert_eq!(
+            max_abs_diff(&tch::no_grad(|| back.forward(&ids, Some(&mask), None)).masked_fill(&keep, 0.0), &ours),
+            0.0
+        );
         expected.push((d, "logits", ours));
 
         let rm = RewardModel::new(cfg, Device::Cpu);
@@ -188,7 +207,11 @@ fn saved_checkpoints_load_in_transformers() {
             theirs = theirs.masked_fill(&keep, 0.0);
         }
         let diff = max_abs_diff(&ours, &theirs);
-        println!("{}: transformers {key} max |Δ| = {diff:.3e} (max |value| {:.2})", d.file_name().unwrap().to_str().unwrap(), f64::try_from(ours.abs().max()).unwrap());
+        println!(
+            "{}: transformers {key} max |Δ| = {diff:.3e} (max |value| {:.2})",
+            d.file_name().unwrap().to_str().unwrap(),
+            f64::try_from(ours.abs().max()).unwrap()
+        );
         assert!(diff < TOL);
     }
 }
@@ -209,7 +232,8 @@ fn cuda_parity_if_available() {
         let keep = mask.to_kind(Kind::Bool).unsqueeze(-1).logical_not();
         let want = e["logits"].to_device(dev).masked_fill(&keep, 0.0);
         let fp32 = tch::no_grad(|| m.forward(&ids, Some(&mask), None)).masked_fill(&keep, 0.0);
-        let bf16 = tch::no_grad(|| rmdistill_ml::with_autocast(dev, || m.forward(&ids, Some(&mask), None))).masked_fill(&keep, 0.0);
+        let bf16 = tch::no_grad(|| rmdistill_ml::with_autocast(dev, || m.forward(&ids, Some(&mask), None)))
+            .masked_fill(&keep, 0.0);
         let (d32, d16) = (max_abs_diff(&fp32, &want), max_abs_diff(&bf16, &want));
         println!("{name} on CUDA: logits max |Δ| fp32 {d32:.3e}, bf16 autocast {d16:.3e}");
         assert!(d32 < TOL, "{d32}");

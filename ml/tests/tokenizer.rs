@@ -6,8 +6,12 @@ use common::*;
 use rmdistill_ml::{Tokenizer, TokenizerSpec};
 
 fn tldr_summaries(n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(shared_data().join("tldr-2k/train.jsonl")).expect("shared data (set RMDISTILL_SHARED_DATA)");
-    text.lines().take(n).map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["chosen"].as_str().unwrap().to_string()).collect()
+    let text = std::fs::read_to_string(shared_data().join("tldr-2k/train.jsonl"))
+        .expect("shared data (set RMDISTILL_SHARED_DATA)");
+    text.lines()
+        .take(n)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["chosen"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -20,7 +24,8 @@ fn byte_bpe_trains_round_trips_and_saves() {
     let sample = "TL;DR: my roommate ate 3 of my pizzas — ünïcode & emoji 🍕 too";
     let ids = tok.encode(sample).unwrap();
     assert_eq!(tok.decode(&ids, false).unwrap(), sample, "byte-level BPE must round-trip any text");
-    let avg: f64 = texts[..100].iter().map(|t| tok.encode(t).unwrap().len() as f64 / t.len() as f64).sum::<f64>() / 100.0;
+    let avg: f64 =
+        texts[..100].iter().map(|t| tok.encode(t).unwrap().len() as f64 / t.len() as f64).sum::<f64>() / 100.0;
     assert!(avg < 0.45, "merges should compress English: {avg:.2} tokens/byte");
     let with_eos = [ids.clone(), vec![eos]].concat();
     assert_eq!(tok.decode(&with_eos, true).unwrap(), sample);

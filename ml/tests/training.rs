@@ -9,8 +9,11 @@ use rmdistill_ml::{Gpt2Config, LanguageModel, ModelConfig, OptimConfig, Schedule
 use tch::{Device, Tensor};
 
 fn summaries() -> Vec<String> {
-    let text = std::fs::read_to_string(shared_data().join("tldr-2k/train.jsonl")).expect("shared data (set RMDISTILL_SHARED_DATA)");
-    text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["chosen"].as_str().unwrap().trim().to_string()).collect()
+    let text = std::fs::read_to_string(shared_data().join("tldr-2k/train.jsonl"))
+        .expect("shared data (set RMDISTILL_SHARED_DATA)");
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["chosen"].as_str().unwrap().trim().to_string())
+        .collect()
 }
 
 /// Right-padded `[eos] ++ text ++ [eos]` rows, truncated to `len`.
@@ -51,7 +54,14 @@ fn sft_on_tldr_summaries_lowers_heldout_loss() {
     let (hid, hmask) = batch(&tok, &held[..128], 48);
     let before = mean_loss(&m, &hid, &hmask);
     let steps = 150;
-    let cfg = OptimConfig { lr: 5e-3, warmup_steps: 10, total_steps: steps, schedule: Schedule::Cosine, weight_decay: 0.01, ..Default::default() };
+    let cfg = OptimConfig {
+        lr: 5e-3,
+        warmup_steps: 10,
+        total_steps: steps,
+        schedule: Schedule::Cosine,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
     let mut tr = Trainer::new(&m.vs, cfg).unwrap();
     let bs = 32;
     let t0 = std::time::Instant::now();
@@ -115,7 +125,8 @@ fn training_is_deterministic_and_accumulation_matches_big_batch() {
 
 #[test]
 fn schedule_shapes() {
-    let c = OptimConfig { lr: 1.0, warmup_steps: 10, total_steps: 110, schedule: Schedule::Linear, ..Default::default() };
+    let c =
+        OptimConfig { lr: 1.0, warmup_steps: 10, total_steps: 110, schedule: Schedule::Linear, ..Default::default() };
     assert_eq!(c.lr_at(0), 0.1);
     assert_eq!(c.lr_at(9), 1.0);
     assert_eq!(c.lr_at(10), 1.0);
@@ -137,5 +148,8 @@ fn non_finite_loss_or_gradient_fails_loudly() {
     assert!(err.to_string().contains("non-finite loss"), "{err}");
     // Finite loss, NaN gradient: d/dw sqrt(0·w) at 0.
     let err = tr.backward(&(&w * 0.0).sqrt().sum(tch::Kind::Float), &[]).unwrap_err();
-    assert!(err.to_string().contains("non-finite gradient") && err.to_string().contains("transformer.ln_f.weight"), "{err}");
+    assert!(
+        err.to_string().contains("non-finite gradient") && err.to_string().contains("transformer.ln_f.weight"),
+        "{err}"
+    );
 }

@@ -77,9 +77,16 @@ pub struct Opts {
 }
 
 fn opts(c: &ContainerArgs, ctx: &Ctx) -> Opts {
-    let stem = ctx.manifest_file().file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "rmdistill".into());
+    let stem =
+        ctx.manifest_file().file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "rmdistill".into());
     let prefix = super::sanitize(c.name.as_deref().unwrap_or(&stem), 20);
-    Opts { image: c.image.clone(), prefix, namespace: c.namespace.clone(), service_account: c.service_account.clone(), ..Default::default() }
+    Opts {
+        image: c.image.clone(),
+        prefix,
+        namespace: c.namespace.clone(),
+        service_account: c.service_account.clone(),
+        ..Default::default()
+    }
 }
 
 pub fn run_argo(a: ArgoArgs) -> anyhow::Result<()> {
@@ -123,7 +130,10 @@ pub fn workflow(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
     let mut templates: Vec<Value> = Vec::new();
     let mut stage_template: Vec<(String, String)> = Vec::new(); // stage → template name
     let mut tasks: Vec<Value> = Vec::new();
-    let stage_names = super::unique_names(&groups.iter().map(|gr| gr.stage.clone()).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>(), 50);
+    let stage_names = super::unique_names(
+        &groups.iter().map(|gr| gr.stage.clone()).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>(),
+        50,
+    );
     let stages: Vec<String> = groups.iter().map(|gr| gr.stage.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     for gr in &groups {
         let tname = if let Some((_, t)) = stage_template.iter().find(|(s, _)| *s == gr.stage) {

@@ -67,7 +67,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("--attempts {}: AWS Batch allows 1 to 10", a.attempts);
     }
     let ctx = Ctx::load(&a.common, a.bin.as_deref(), a.manifest_path.as_deref(), true)?;
-    let opts = Opts { image: a.image, job_queue: a.job_queue, job_definition: a.job_definition, attempts: a.attempts, max_array: a.max_array };
+    let opts = Opts {
+        image: a.image,
+        job_queue: a.job_queue,
+        job_definition: a.job_definition,
+        attempts: a.attempts,
+        max_array: a.max_array,
+    };
     let doc = document(&ctx.graph, &ctx.run, &opts)?;
     super::emit(&(serde_json::to_string_pretty(&doc)? + "\n"), a.output.as_deref())
 }
@@ -84,7 +90,10 @@ fn script(run: &RunSpec) -> String {
 }
 
 fn requirements(r: &Req) -> Value {
-    let mut v = vec![json!({"type": "VCPU", "value": r.cpus.to_string()}), json!({"type": "MEMORY", "value": r.mem_mib.to_string()})];
+    let mut v = vec![
+        json!({"type": "VCPU", "value": r.cpus.to_string()}),
+        json!({"type": "MEMORY", "value": r.mem_mib.to_string()}),
+    ];
     if r.gpus > 0 {
         v.push(json!({"type": "GPU", "value": r.gpus.to_string()}));
     }

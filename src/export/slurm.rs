@@ -72,7 +72,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if let Some(p) = &a.output {
             super::emit(&script, Some(p))?;
             make_executable(p)?;
-            eprintln!("wrote {} ({} job(s) for {} node(s); {} cached)", p.display(), groups.len(), ctx.graph.nodes.len(), ctx.graph.cached);
+            eprintln!(
+                "wrote {} ({} job(s) for {} node(s); {} cached)",
+                p.display(),
+                groups.len(),
+                ctx.graph.nodes.len(),
+                ctx.graph.cached
+            );
         } else {
             super::emit(&script, None)?;
         }
@@ -84,7 +90,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 /// The identity of what this export's jobs compute: the binary, the manifest (path and contents), `--set` and the
 /// store. Jobs of another manifest, version of it, or store are never reused.
 fn identity(ctx: &Ctx) -> anyhow::Result<String> {
-    let text = std::fs::read(ctx.manifest_file()).map_err(|e| anyhow::anyhow!("{}: {e}", ctx.manifest_file().display()))?;
+    let text =
+        std::fs::read(ctx.manifest_file()).map_err(|e| anyhow::anyhow!("{}: {e}", ctx.manifest_file().display()))?;
     let mut h = blake3::Hasher::new();
     h.update(b"rmdistill-slurm-v1\0");
     for part in [ctx.run.bin.as_bytes(), ctx.run.manifest.as_bytes(), &text, ctx.run.store.as_bytes()] {
@@ -113,7 +120,10 @@ type Row = (String, Option<u32>, String, String, String, String);
 /// This user's live rmdistill jobs, one row per (array) task; empty, with a warning, where squeue is absent or fails.
 fn queued_rows() -> Vec<Row> {
     let user = std::process::Command::new("id").arg("-un").output().ok().filter(|o| o.status.success());
-    let user = user.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).or_else(|| std::env::var("USER").ok()).unwrap_or_default();
+    let user = user
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_default();
     let mut c = std::process::Command::new("squeue");
     c.args(["-h", "-r", "-t", LIVE_STATES, "-o", "%F|%K|%T|%r|%j|%k"]);
     if !user.is_empty() {
@@ -122,11 +132,16 @@ fn queued_rows() -> Vec<Row> {
     let out = match c.stdin(std::process::Stdio::null()).output() {
         Ok(o) if o.status.success() => o,
         Ok(o) => {
-            eprintln!("warning: squeue failed ({}); jobs still queued from an earlier submission are not detected and may be submitted again", String::from_utf8_lossy(&o.stderr).trim());
+            eprintln!(
+                "warning: squeue failed ({}); jobs still queued from an earlier submission are not detected and may be submitted again",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
             return Vec::new();
         }
         Err(e) => {
-            eprintln!("warning: cannot run squeue ({e}); jobs still queued from an earlier submission are not detected and may be submitted again");
+            eprintln!(
+                "warning: cannot run squeue ({e}); jobs still queued from an earlier submission are not detected and may be submitted again"
+            );
             return Vec::new();
         }
     };
@@ -137,7 +152,14 @@ fn queued_rows() -> Vec<Row> {
             if p.len() != 6 || !p[5].starts_with("rmdistill:") {
                 return None;
             }
-            Some((p[0].to_string(), p[1].parse().ok(), p[2].to_string(), p[3].to_string(), p[4].to_string(), p[5].to_string()))
+            Some((
+                p[0].to_string(),
+                p[1].parse().ok(),
+                p[2].to_string(),
+                p[3].to_string(),
+                p[4].to_string(),
+                p[5].to_string(),
+            ))
         })
         .collect()
 }
@@ -155,7 +177,8 @@ fn live_nodes(rows: &[Row], ident: &str) -> Live {
     let mut live = Live::default();
     let prefix = format!("rmdistill:{ident}:");
     // A task pending because an upstream failed will never run: its node is not in flight.
-    let mut rows: Vec<&Row> = rows.iter().filter(|r| r.5.starts_with(&prefix) && r.3 != "DependencyNeverSatisfied").collect();
+    let mut rows: Vec<&Row> =
+        rows.iter().filter(|r| r.5.starts_with(&prefix) && r.3 != "DependencyNeverSatisfied").collect();
     rows.sort_by_key(|r| (r.0.parse::<u64>().unwrap_or(u64::MAX), r.0.clone(), r.1));
     let mut tasks_of: HashMap<String, Option<Vec<String>>> = HashMap::new();
     for (job, task, _, _, name, _) in rows {
@@ -181,7 +204,11 @@ fn job_tasks(job: &str, task: Option<u32>) -> Option<Vec<String>> {
         ids.push(format!("{job}_{k}"));
     }
     for id in ids {
-        let Ok(o) = std::process::Command::new("scontrol").args(["write", "batch_script", &id, "-"]).stdin(std::process::Stdio::null()).output() else {
+        let Ok(o) = std::process::Command::new("scontrol")
+            .args(["write", "batch_script", &id, "-"])
+            .stdin(std::process::Stdio::null())
+            .output()
+        else {
             continue;
         };
         if !o.status.success() {
@@ -241,9 +268,17 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
     if !g.in_flight.is_empty() {
         let mut jobs: Vec<&str> = g.in_flight.iter().map(|(_, id)| id.split('_').next().unwrap_or(id)).collect();
         jobs.dedup();
-        writeln!(s, "# {} more node(s) are already queued or running in live job(s) {} (reused, not submitted again).", g.in_flight.len(), jobs.join(", "))?;
+        writeln!(
+            s,
+            "# {} more node(s) are already queued or running in live job(s) {} (reused, not submitted again).",
+            g.in_flight.len(),
+            jobs.join(", ")
+        )?;
     }
-    writeln!(s, "# A job whose identity (--comment) matches one of this user's pending or running jobs is not submitted again:")?;
+    writeln!(
+        s,
+        "# A job whose identity (--comment) matches one of this user's pending or running jobs is not submitted again:"
+    )?;
     writeln!(s, "# the live job's id stands in for it.")?;
     writeln!(s, "#")?;
     writeln!(s, "# job name -> node(s) (array task i runs the i-th):")?;
@@ -252,7 +287,13 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
         if gr.nodes.len() == 1 {
             writeln!(s, "#   {:<32} {first}", gr.name)?;
         } else {
-            writeln!(s, "#   {:<32} {first} … {} ({} tasks)", gr.name, g.nodes[*gr.nodes.last().unwrap()].name, gr.nodes.len())?;
+            writeln!(
+                s,
+                "#   {:<32} {first} … {} ({} tasks)",
+                gr.name,
+                g.nodes[*gr.nodes.last().unwrap()].name,
+                gr.nodes.len()
+            )?;
         }
     }
     writeln!(s, "set -euo pipefail")?;
@@ -260,14 +301,26 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
         if g.in_flight.is_empty() {
             writeln!(s, "echo \"nothing to submit: all {} node(s) are cached\"", g.total)?;
         } else {
-            writeln!(s, "echo \"nothing to submit: {} node(s) cached, {} already queued\"", g.cached, g.in_flight.len())?;
+            writeln!(
+                s,
+                "echo \"nothing to submit: {} node(s) cached, {} already queued\"",
+                g.cached,
+                g.in_flight.len()
+            )?;
         }
         return Ok(s);
     }
-    writeln!(s, "command -v sbatch >/dev/null || {{ echo 'error: sbatch is not on PATH (run this on a Slurm login node)' >&2; exit 3; }}")?;
+    writeln!(
+        s,
+        "command -v sbatch >/dev/null || {{ echo 'error: sbatch is not on PATH (run this on a Slurm login node)' >&2; exit 3; }}"
+    )?;
     let logs = a.logs.clone().unwrap_or_else(|| ctx.run.workdir.join(".rmdistill/slurm"));
     let logs = if logs.is_absolute() { logs } else { ctx.run.workdir.join(logs) };
-    writeln!(s, "LOGS=\"${{RMDISTILL_SLURM_LOGS:-{}}}\"", logs.display().to_string().replace(['"', '$', '`', '\\'], "_"))?;
+    writeln!(
+        s,
+        "LOGS=\"${{RMDISTILL_SLURM_LOGS:-{}}}\"",
+        logs.display().to_string().replace(['"', '$', '`', '\\'], "_")
+    )?;
     writeln!(s, "mkdir -p \"$LOGS\"")?;
     let mut common: Vec<String> = vec![format!("--chdir={}", ctx.run.workdir.display())];
     if let Some(p) = &a.partition {
@@ -291,10 +344,19 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
     writeln!(s, "    command -v squeue >/dev/null || return 0")?;
     writeln!(s, "    local q")?;
     writeln!(s, "    q=$(squeue -h -u \"$(id -un)\" -t {LIVE_STATES} -o '%F|%r|%k' 2>/dev/null) || return 0")?;
-    writeln!(s, "    awk -F'|' -v c=\"$1\" '$3 == c && $2 != \"DependencyNeverSatisfied\" {{ print $1; exit }}' <<<\"$q\"")?;
+    writeln!(
+        s,
+        "    awk -F'|' -v c=\"$1\" '$3 == c && $2 != \"DependencyNeverSatisfied\" {{ print $1; exit }}' <<<\"$q\""
+    )?;
     writeln!(s, "}}")?;
-    writeln!(s, "# submit NAME IDENTITY MAY-REUSE SBATCH-OPTION... <<SCRIPT : submits, or where MAY-REUSE is 1 (every job it")?;
-    writeln!(s, "# waits on was reused too) finds the live job with that identity; prints `job ID NAME` (or `reuse ID NAME`),")?;
+    writeln!(
+        s,
+        "# submit NAME IDENTITY MAY-REUSE SBATCH-OPTION... <<SCRIPT : submits, or where MAY-REUSE is 1 (every job it"
+    )?;
+    writeln!(
+        s,
+        "# waits on was reused too) finds the live job with that identity; prints `job ID NAME` (or `reuse ID NAME`),"
+    )?;
     writeln!(s, "# sets JOB and REUSED")?;
     writeln!(s, "submit() {{")?;
     writeln!(s, "    local name=$1 ident=$2 may=$3; shift 3")?;
@@ -310,7 +372,11 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
     for (gi, gr) in groups.iter().enumerate() {
         let node0 = &g.nodes[gr.nodes[0]];
         let req = Req::of(&node0.resources)?;
-        let mut opts = vec![format!("--cpus-per-task={}", req.cpus), format!("--mem={}M", req.mem_mib), format!("--time={}", slurm_time(req.seconds))];
+        let mut opts = vec![
+            format!("--cpus-per-task={}", req.cpus),
+            format!("--mem={}M", req.mem_mib),
+            format!("--time={}", slurm_time(req.seconds)),
+        ];
         if req.gpus > 0 {
             opts.push(format!("--gres=gpu:{}", req.gpus));
         }
@@ -327,7 +393,9 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
         for d in &gr.deps {
             match *d {
                 DepRef::Whole(u) => after.push(format!("$J{u}")),
-                DepRef::Task(u, k) => after.push(if groups[u].nodes.len() > 1 { format!("${{J{u}}}_{k}") } else { format!("$J{u}") }),
+                DepRef::Task(u, k) => {
+                    after.push(if groups[u].nodes.len() > 1 { format!("${{J{u}}}_{k}") } else { format!("$J{u}") })
+                }
                 DepRef::Corr(u) => corr.push(format!("$J{u}")),
             }
         }
@@ -400,7 +468,9 @@ fn submit(ctx: &Ctx, groups: &[Group], a: &Args, script: &str, live: &Live) -> a
     // (id, name, reused) per group, in order: `job ID NAME` submitted, `reuse ID NAME` a live job with its identity.
     let ids: Vec<(String, String, bool)> = stdout
         .lines()
-        .filter_map(|l| l.strip_prefix("job ").map(|r| (r, false)).or_else(|| l.strip_prefix("reuse ").map(|r| (r, true))))
+        .filter_map(|l| {
+            l.strip_prefix("job ").map(|r| (r, false)).or_else(|| l.strip_prefix("reuse ").map(|r| (r, true)))
+        })
         .filter_map(|(l, reused)| l.split_once(' ').map(|(id, name)| (id.to_string(), name.to_string(), reused)))
         .collect();
     if !out.status.success() {
@@ -417,7 +487,13 @@ fn submit(ctx: &Ctx, groups: &[Group], a: &Args, script: &str, live: &Live) -> a
     // found queued.
     let mut reused: Vec<(String, String, Vec<String>)> = Vec::new();
     for (job, (name, _)) in &live.jobs {
-        let nodes: Vec<String> = ctx.graph.in_flight.iter().filter(|(_, id)| id == job || id.starts_with(&format!("{job}_"))).map(|(n, _)| n.clone()).collect();
+        let nodes: Vec<String> = ctx
+            .graph
+            .in_flight
+            .iter()
+            .filter(|(_, id)| id == job || id.starts_with(&format!("{job}_")))
+            .map(|(n, _)| n.clone())
+            .collect();
         if !nodes.is_empty() {
             reused.push((job.clone(), name.clone(), nodes));
         }
@@ -435,11 +511,16 @@ fn submit(ctx: &Ctx, groups: &[Group], a: &Args, script: &str, live: &Live) -> a
                 serde_json::json!({"id": id, "name": name, "stage": gr.stage, "array": gr.nodes.len() > 1, "reused": r, "nodes": names(gr)})
             })
             .collect();
-        let reused: Vec<serde_json::Value> = reused.iter().map(|(id, name, nodes)| serde_json::json!({"id": id, "name": name, "nodes": nodes})).collect();
+        let reused: Vec<serde_json::Value> = reused
+            .iter()
+            .map(|(id, name, nodes)| serde_json::json!({"id": id, "name": name, "nodes": nodes}))
+            .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"total": ctx.graph.total, "cached": ctx.graph.cached, "submitted": submitted,
-                "in_flight": in_flight, "jobs": jobs, "reused": reused}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"total": ctx.graph.total, "cached": ctx.graph.cached, "submitted": submitted,
+                "in_flight": in_flight, "jobs": jobs, "reused": reused})
+            )?
         );
     } else {
         for (id, name, nodes) in &reused {

@@ -9,7 +9,7 @@
 //! selection core alone (`classify` + `plan` + `draw` on columns already in memory).
 use rmdistill_stages::port::{self, Stage};
 use rmdistill_stages::{generate, subsample, table};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -28,8 +28,8 @@ fn main() {
     println!("threads: {threads}");
 
     let pairs = dir.join("pairs.parquet");
-    let reuse = pairs.exists()
-        && table::read_kv(&pairs).unwrap().contains(&("rmdistill.pairs".to_string(), n.to_string()));
+    let reuse =
+        pairs.exists() && table::read_kv(&pairs).unwrap().contains(&("rmdistill.pairs".to_string(), n.to_string()));
     if !reuse {
         let t = Instant::now();
         let ctx = LocalCtx::new(
@@ -67,7 +67,11 @@ fn main() {
         );
     }
 
-    let sel: Vec<u32> = (0..30_000u32).map(|i| (i as u64 * 333 % n) as u32).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let sel: Vec<u32> = (0..30_000u32)
+        .map(|i| (i as u64 * 333 % n) as u32)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let t = Instant::now();
     let b = table::read_rows(&pairs, &sel).unwrap();
     println!("read_rows {} spread rows: {:.3} s", b.num_rows(), t.elapsed().as_secs_f64());

@@ -6,7 +6,7 @@
 
 use crate::port::*;
 use crate::table::local_ctx::LocalCtx;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -51,7 +51,13 @@ fn chain_synth_sft_pairs_label() {
     let tmp = tempfile::tempdir().unwrap();
     let d = |n: &str| tmp.path().join(n);
     let n_docs = if full { 3000 } else { 600 };
-    let synth = run_stage(&crate::synth::Synth, &d("synth"), with_env(json!({"n_docs": n_docs, "seed": 1}), "RMDISTILL_SYNTH_PARAMS"), &[]).unwrap();
+    let synth = run_stage(
+        &crate::synth::Synth,
+        &d("synth"),
+        with_env(json!({"n_docs": n_docs, "seed": 1}), "RMDISTILL_SYNTH_PARAMS"),
+        &[],
+    )
+    .unwrap();
     eprintln!("synth {:.2}s {}", synth.secs, synth.summary);
     let steps = if full { 300 } else { 60 };
     let sft = run_stage(
@@ -70,7 +76,9 @@ fn chain_synth_sft_pairs_label() {
     )
     .unwrap();
     eprintln!("sample_pairs {:.2}s {}", pairs.secs, pairs.summary);
-    let label = run_stage(&crate::label::Label, &d("label"), json!({"oracle": "synthetic"}), &[("pairs", pairs.out("pairs"))]).unwrap();
+    let label =
+        run_stage(&crate::label::Label, &d("label"), json!({"oracle": "synthetic"}), &[("pairs", pairs.out("pairs"))])
+            .unwrap();
     eprintln!("label {:.2}s {}", label.secs, label.summary);
     check_rest(&tmp, &synth, &sft, &pairs, &label, full);
     if full {
@@ -94,13 +102,18 @@ fn tiny_model_learns_to_copy() {
     let codec = crate::data_io::Codec::new(tok, "t").unwrap();
     let arch = crate::sft::ArchParams::default();
     let model = rmdistill_ml::LanguageModel::new(crate::sft::build_config(&arch, &codec), tch::Device::Cpu);
-    let mut tr = rmdistill_ml::Trainer::new(&model.vs, rmdistill_ml::OptimConfig { lr: 3e-3, total_steps: 800, warmup_steps: 20, ..Default::default() }).unwrap();
+    let mut tr = rmdistill_ml::Trainer::new(
+        &model.vs,
+        rmdistill_ml::OptimConfig { lr: 3e-3, total_steps: 800, warmup_steps: 20, ..Default::default() },
+    )
+    .unwrap();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
     for step in 0..800 {
         let mut ps = vec![];
         let mut rs = vec![];
         for _ in 0..32 {
-            let w: Vec<String> = (0..6).map(|_| names[crate::table::uniform_below(&mut rng, 300) as usize].clone()).collect();
+            let w: Vec<String> =
+                (0..6).map(|_| names[crate::table::uniform_below(&mut rng, 300) as usize].clone()).collect();
             ps.push(codec.prompt(&format!("{} tldr", w.join(" "))).unwrap());
             rs.push(codec.response(&w.join(" ")).unwrap());
         }
@@ -122,29 +135,64 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     // sharded labelling + merge = unsharded labelling
     let mut parts = vec![];
     for k in 0..3 {
-        let s = run_stage(&crate::label::Label, &d(&format!("label{k}")), json!({"oracle": "synthetic", "shard": k, "shards": 3}), &[("pairs", pairs.out("pairs"))]).unwrap();
+        let s = run_stage(
+            &crate::label::Label,
+            &d(&format!("label{k}")),
+            json!({"oracle": "synthetic", "shard": k, "shards": 3}),
+            &[("pairs", pairs.out("pairs"))],
+        )
+        .unwrap();
         parts.push(("parts", s.out("labelled")));
     }
     parts.swap(0, 2);
     let merged = run_stage(&crate::merge::Merge, &d("merge"), json!({}), &parts).unwrap();
-    assert_eq!(table::read_table(&merged.out("merged"), None).unwrap(), table::read_table(&label.out("labelled"), None).unwrap());
+    assert_eq!(
+        table::read_table(&merged.out("merged"), None).unwrap(),
+        table::read_table(&label.out("labelled"), None).unwrap()
+    );
     let e = run_stage(&crate::merge::Merge, &d("merge_bad"), json!({}), &parts[..2]).unwrap_err().to_string();
     assert!(e.contains("missing"), "{e}");
     // D_rho and two members
     let (size, member_size) = if full { (1200, 300) } else { (120, 40) };
     let t0 = Instant::now();
-    let drho = run_stage(&crate::subsample::Subsample, &d("drho"), json!({"rho": 0.3, "size": size, "seed": 0}), &[("pairs", label.out("labelled"))]).unwrap();
+    let drho = run_stage(
+        &crate::subsample::Subsample,
+        &d("drho"),
+        json!({"rho": 0.3, "size": size, "seed": 0}),
+        &[("pairs", label.out("labelled"))],
+    )
+    .unwrap();
     let mut members = vec![];
     for (k, r) in [0.2, 0.8].into_iter().enumerate() {
-        members.push(run_stage(&crate::subsample::Subsample, &d(&format!("m{k}")), json!({"rho": r, "size": member_size, "seed": 0}), &[("pairs", drho.out("dataset"))]).unwrap());
+        members.push(
+            run_stage(
+                &crate::subsample::Subsample,
+                &d(&format!("m{k}")),
+                json!({"rho": r, "size": member_size, "seed": 0}),
+                &[("pairs", drho.out("dataset"))],
+            )
+            .unwrap(),
+        );
     }
     eprintln!("subsample ×3 {:.2}s", t0.elapsed().as_secs_f64());
     let rm_params = json!({"seed": 0});
-    let rm = run_stage(&crate::train_rm::TrainRm, &d("rm"), rm_params.clone(), &[("data", drho.out("dataset")), ("base", sft.out("model"))]).unwrap();
+    let rm = run_stage(
+        &crate::train_rm::TrainRm,
+        &d("rm"),
+        rm_params.clone(),
+        &[("data", drho.out("dataset")), ("base", sft.out("model"))],
+    )
+    .unwrap();
     eprintln!("train_rm (D_rho, {size}) {:.2}s {}", rm.secs, rm.summary);
     let mut rms = vec![];
     for (k, m) in members.iter().enumerate() {
-        let r = run_stage(&crate::train_rm::TrainRm, &d(&format!("rm{k}")), rm_params.clone(), &[("data", m.out("dataset")), ("base", sft.out("model"))]).unwrap();
+        let r = run_stage(
+            &crate::train_rm::TrainRm,
+            &d(&format!("rm{k}")),
+            rm_params.clone(),
+            &[("data", m.out("dataset")), ("base", sft.out("model"))],
+        )
+        .unwrap();
         eprintln!("train_rm (member {k}, {member_size}) {:.2}s {}", r.secs, r.summary);
         rms.push(r);
     }
@@ -152,8 +200,17 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     assert!((0.0..=1.0).contains(&acc));
     assert!(rm.out("model").join("model.safetensors").exists() && rm.out("model").join("tokenizer.json").exists());
     // determinism: same inputs → same bytes
-    let rm2 = run_stage(&crate::train_rm::TrainRm, &d("rm_again"), rm_params, &[("data", drho.out("dataset")), ("base", sft.out("model"))]).unwrap();
-    assert_eq!(std::fs::read(rm.out("model").join("model.safetensors")).unwrap(), std::fs::read(rm2.out("model").join("model.safetensors")).unwrap());
+    let rm2 = run_stage(
+        &crate::train_rm::TrainRm,
+        &d("rm_again"),
+        rm_params,
+        &[("data", drho.out("dataset")), ("base", sft.out("model"))],
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(rm.out("model").join("model.safetensors")).unwrap(),
+        std::fs::read(rm2.out("model").join("model.safetensors")).unwrap()
+    );
     assert_eq!(std::fs::read(rm.out("metrics")).unwrap(), std::fs::read(rm2.out("metrics")).unwrap());
     // precompute with two members (bound in reverse order: ordered by coords)
     let mut ctx_inputs = vec![("pairs", drho.out("dataset")), ("reference", sft.out("model"))];
@@ -180,7 +237,13 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     let kv = table::read_kv(&ctx.out("rewards")).unwrap();
     assert!(kv.iter().any(|(k, v)| k == "rmdistill.members" && v.contains("member=0.2")));
     let samples = table::read_table(&ctx.out("ref_samples"), None).unwrap();
-    let ids = crate::data_io::strings(&table::read_table(&drho.out("dataset"), Some(&["prompt"])).unwrap(), "prompt", Path::new("x"), true).unwrap();
+    let ids = crate::data_io::strings(
+        &table::read_table(&drho.out("dataset"), Some(&["prompt"])).unwrap(),
+        "prompt",
+        Path::new("x"),
+        true,
+    )
+    .unwrap();
     let distinct: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(samples.num_rows(), distinct.len());
     // reference log-probs agree with the member order-independent reference: the sum over tokens is negative
@@ -211,20 +274,58 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     let (x, y) = (crate::data_io::f64s_for_test(&a, "ref_logp_b"), crate::data_io::f64s_for_test(&b, "ref_logp_b"));
     assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-4), "sharding changes only batch composition");
     assert!(table::read_kv(&mr.out("merged")).unwrap().iter().any(|(k, _)| k == "rmdistill.members"));
-    assert_eq!(table::read_table(&ms.out("merged"), None).unwrap().num_rows(), samples.num_rows() * 0 + {
-        // with sample_batch 16 the prompts are blocked differently from the unsharded default (256): same count
-        distinct.len()
-    });
+    assert_eq!(
+        table::read_table(&ms.out("merged"), None).unwrap().num_rows(),
+        samples.num_rows() * 0 + {
+            // with sample_batch 16 the prompts are blocked differently from the unsharded default (256): same count
+            distinct.len()
+        }
+    );
     // errors users can act on
-    let e = run_stage(&crate::train_rm::TrainRm, &d("bad1"), json!({"label_column": "nope"}), &[("data", drho.out("dataset")), ("base", sft.out("model"))]).unwrap_err().to_string();
+    let e = run_stage(
+        &crate::train_rm::TrainRm,
+        &d("bad1"),
+        json!({"label_column": "nope"}),
+        &[("data", drho.out("dataset")), ("base", sft.out("model"))],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.starts_with("nope:") && e.contains("missing label column"), "{e}");
-    let e = run_stage(&crate::train_rm::TrainRm, &d("bad2"), json!({}), &[("data", pairs.out("pairs")), ("base", sft.out("model"))]).unwrap_err().to_string();
+    let e = run_stage(
+        &crate::train_rm::TrainRm,
+        &d("bad2"),
+        json!({}),
+        &[("data", pairs.out("pairs")), ("base", sft.out("model"))],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.starts_with("label:") && e.contains("unlabelled"), "{e}");
-    let e = run_stage(&crate::precompute::Precompute, &d("bad3"), json!({}), &[("pairs", drho.out("dataset")), ("reference", sft.out("model"))]).unwrap_err().to_string();
+    let e = run_stage(
+        &crate::precompute::Precompute,
+        &d("bad3"),
+        json!({}),
+        &[("pairs", drho.out("dataset")), ("reference", sft.out("model"))],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("zero members"), "{e}");
-    let e = run_stage(&crate::precompute::Precompute, &d("bad4"), json!({}), &[("pairs", drho.out("dataset")), ("reference", sft.out("model")), ("reward_models", sft.out("model"))]).unwrap_err().to_string();
+    let e = run_stage(
+        &crate::precompute::Precompute,
+        &d("bad4"),
+        json!({}),
+        &[("pairs", drho.out("dataset")), ("reference", sft.out("model")), ("reward_models", sft.out("model"))],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.starts_with("reward_models:") && e.contains("not a reward model"), "{e}");
-    let e = run_stage(&crate::label::Label, &d("bad5"), json!({"oracle": "reward_model"}), &[("pairs", pairs.out("pairs"))]).unwrap_err().to_string();
+    let e = run_stage(
+        &crate::label::Label,
+        &d("bad5"),
+        json!({"oracle": "reward_model"}),
+        &[("pairs", pairs.out("pairs"))],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.starts_with("oracle:"), "{e}");
     let _ = full;
 }

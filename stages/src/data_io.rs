@@ -9,9 +9,9 @@
 //! finished sample gives back the sampled ids. A reward model reads `prompt ++ response` (with the EOS) at its last
 //! token.
 
-use rmdistill_ml::tch;
 use crate::port::{Ctx, Device, InputArtifact, StageError, StageResult};
 use arrow::array::{Array, AsArray, RecordBatch};
+use rmdistill_ml::tch;
 use rmdistill_ml::{PairBatch, Tokenizer};
 use std::path::Path;
 
@@ -95,7 +95,9 @@ impl Codec {
         if v > model_vocab {
             return Err(StageError::invalid(
                 slot,
-                format!("tokenizer has {v} tokens but the model's vocabulary has {model_vocab}: model/tokenizer mismatch"),
+                format!(
+                    "tokenizer has {v} tokens but the model's vocabulary has {model_vocab}: model/tokenizer mismatch"
+                ),
             ));
         }
         Ok(())
@@ -147,7 +149,10 @@ pub fn sampling_context(prompt: &[i64], max_len: usize, max_new_tokens: usize) -
 /// A checkpoint directory input must hold `config.json`; an error names the slot.
 pub fn check_checkpoint(dir: &Path, slot: &str) -> StageResult<()> {
     if !dir.is_dir() || !dir.join("config.json").exists() {
-        return Err(StageError::invalid(slot, format!("{}: not a checkpoint directory (no config.json)", dir.display())));
+        return Err(StageError::invalid(
+            slot,
+            format!("{}: not a checkpoint directory (no config.json)", dir.display()),
+        ));
     }
     Ok(())
 }
@@ -179,7 +184,10 @@ pub fn opt_i64s(batch: &RecordBatch, col: &str, file: &Path) -> StageResult<Vec<
         .column_by_name(col)
         .ok_or_else(|| StageError::invalid(col, format!("{}: missing column `{col}`", file.display())))?;
     if !a.data_type().is_integer() {
-        return Err(StageError::invalid(col, format!("{}: column `{col}` must be an integer column, found {}", file.display(), a.data_type())));
+        return Err(StageError::invalid(
+            col,
+            format!("{}: column `{col}` must be an integer column, found {}", file.display(), a.data_type()),
+        ));
     }
     let cast = arrow::compute::cast(a, &arrow::datatypes::DataType::Int64)?;
     let v = cast.as_primitive::<arrow::datatypes::Int64Type>();
@@ -195,7 +203,9 @@ pub fn labels(batch: &RecordBatch, col: &str, file: &Path) -> StageResult<Vec<u8
             Some(0) => Ok(0),
             Some(1) => Ok(1),
             None => Err(StageError::invalid(col, format!("{}: row {i} is unlabelled (null `{col}`)", file.display()))),
-            Some(x) => Err(StageError::invalid(col, format!("{}: row {i} has `{col}` = {x}, expected 0 or 1", file.display()))),
+            Some(x) => {
+                Err(StageError::invalid(col, format!("{}: row {i} has `{col}` = {x}, expected 0 or 1", file.display())))
+            }
         })
         .collect()
 }
@@ -217,15 +227,18 @@ pub fn chunks(n: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usi
 
 /// f64 values of a tensor.
 pub fn to_f64s(t: &tch::Tensor) -> StageResult<Vec<f64>> {
-    Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu)).map_err(|e| StageError::failed(e.to_string()))
+    Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
+        .map_err(|e| StageError::failed(e.to_string()))
 }
 
 /// Writes a small JSON-lines-free metrics table: rows of named f64 columns (NaN for missing → null).
 pub fn write_metrics(path: &Path, columns: &[(&str, Vec<Option<f64>>)], kv: &[(String, String)]) -> StageResult<()> {
     use arrow::datatypes::{DataType, Field, Schema};
     let fields: Vec<Field> = columns.iter().map(|(n, _)| Field::new(*n, DataType::Float64, true)).collect();
-    let arrays: Vec<arrow::array::ArrayRef> =
-        columns.iter().map(|(_, v)| std::sync::Arc::new(arrow::array::Float64Array::from(v.clone())) as arrow::array::ArrayRef).collect();
+    let arrays: Vec<arrow::array::ArrayRef> = columns
+        .iter()
+        .map(|(_, v)| std::sync::Arc::new(arrow::array::Float64Array::from(v.clone())) as arrow::array::ArrayRef)
+        .collect();
     let batch = RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), arrays)?;
     crate::table::write_table(path, &batch, kv)
 }

@@ -28,13 +28,13 @@
 //! (`merge_eval`) concatenating the shards' `samples` gives back the unsharded table row for row, and its summary the
 //! unsharded summary.
 
-use rmdistill_ml::tch;
 use crate::lm_io::{self, Codec};
 use crate::port::*;
 use crate::stats;
 use crate::table;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
+use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, Reduction, RewardModel, SampleConfig, generate, with_autocast};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -111,7 +111,12 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     if !(p.top_p > 0.0 && p.top_p <= 1.0) {
         return Err(StageError::invalid("top_p", format!("must be in (0, 1], got {}", p.top_p)));
     }
-    for (f, v) in [("samples_per_prompt", p.samples_per_prompt), ("max_new_tokens", p.max_new_tokens), ("batch_size", p.batch_size), ("shards", p.shards)] {
+    for (f, v) in [
+        ("samples_per_prompt", p.samples_per_prompt),
+        ("max_new_tokens", p.max_new_tokens),
+        ("batch_size", p.batch_size),
+        ("shards", p.shards),
+    ] {
         if v == 0 {
             return Err(StageError::invalid(f, "must be >= 1"));
         }
@@ -187,7 +192,11 @@ fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
     if out.is_empty() {
         return Err(StageError::invalid(
             "split",
-            format!("{}: no prompts to evaluate for split {:?} (rows per split: {available:?})", path.display(), p.split),
+            format!(
+                "{}: no prompts to evaluate for split {:?} (rows per split: {available:?})",
+                path.display(),
+                p.split
+            ),
         ));
     }
     Ok(out)
@@ -231,7 +240,13 @@ pub fn summarize(s: &SampleRows) -> Summary {
         let e = per_prompt.entry(s.prompt_idx[i]).or_default();
         e.0 += d;
         e.1 += 1;
-        wins += if d > 0.0 { 1.0 } else if d == 0.0 { 0.5 } else { 0.0 };
+        wins += if d > 0.0 {
+            1.0
+        } else if d == 0.0 {
+            0.5
+        } else {
+            0.0
+        };
     }
     let diffs: Vec<f64> = per_prompt.values().map(|(sum, c)| sum / *c as f64).collect();
     let mean_u = |v: &[u32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
@@ -288,7 +303,10 @@ impl RmOracle {
             let rr: Vec<&[i64]> = ri.iter().map(|v| v.as_slice()).collect();
             let b = self.codec.batch(&pr, &rr, dev)?;
             let r = tch::no_grad(|| with_autocast(dev, || self.model.rewards(&b)));
-            out.extend(Vec::<f64>::try_from(r.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)?);
+            out.extend(
+                Vec::<f64>::try_from(r.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
+                    .map_err(anyhow::Error::from)?,
+            );
         }
         Ok(out)
     }
@@ -327,7 +345,19 @@ fn samples_table(s: &SampleRows) -> StageResult<RecordBatch> {
 
 /// The summary table's columns, in order.
 pub const SUMMARY_COLUMNS: [&str; 13] = [
-    "advantage", "ci_low", "ci_high", "se", "n_prompts", "win_rate", "mean_len", "ref_mean_len", "kl", "policy_mean", "ref_mean", "beta", "tau",
+    "advantage",
+    "ci_low",
+    "ci_high",
+    "se",
+    "n_prompts",
+    "win_rate",
+    "mean_len",
+    "ref_mean_len",
+    "kl",
+    "policy_mean",
+    "ref_mean",
+    "beta",
+    "tau",
 ];
 
 fn summary_table(s: &Summary, info: &Value, split: Option<&str>) -> StageResult<RecordBatch> {
@@ -360,7 +390,14 @@ fn summary_table(s: &Summary, info: &Value, split: Option<&str>) -> StageResult<
 
 /// What both tables' metadata and the node's summary record (the shard numbers and the policy's info let
 /// `merge_eval` rebuild the unsharded summary).
-fn summary_json(sum: &Summary, samples: usize, split: Option<&str>, info: &Value, shard: usize, shards: usize) -> Value {
+fn summary_json(
+    sum: &Summary,
+    samples: usize,
+    split: Option<&str>,
+    info: &Value,
+    shard: usize,
+    shards: usize,
+) -> Value {
     json!({
         "advantage": sum.advantage.mean,
         "ci_low": sum.advantage.ci_low,
@@ -383,7 +420,10 @@ fn summary_json(sum: &Summary, samples: usize, split: Option<&str>, info: &Value
 }
 
 fn read_info(dir: &Path) -> Value {
-    std::fs::read_to_string(dir.join(lm_io::POLICY_INFO_FILE)).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null)
+    std::fs::read_to_string(dir.join(lm_io::POLICY_INFO_FILE))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null)
 }
 
 /// The policy to evaluate: the one bound, or, with a `selection`, the candidate it chose for this method and ρ.
@@ -397,25 +437,43 @@ fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
             1 => Ok(cands.into_iter().next().unwrap()),
             n => Err(StageError::invalid(
                 "policy",
-                format!("{n} policies are bound ({}); bind `selection` (a select stage's output) to choose one, or sweep this stage over their axes", names(&cands)),
+                format!(
+                    "{n} policies are bound ({}); bind `selection` (a select stage's output) to choose one, or sweep this stage over their axes",
+                    names(&cands)
+                ),
             )),
         };
     };
     let choices = crate::select::read_selection(&sel.path)?;
-    let num = |a: &InputArtifact, info: &Value, k: &str| info.get(k).and_then(Value::as_f64).or_else(|| crate::data_io::coord_f64(&a.coords, k));
+    let num = |a: &InputArtifact, info: &Value, k: &str| {
+        info.get(k).and_then(Value::as_f64).or_else(|| crate::data_io::coord_f64(&a.coords, k))
+    };
     let mut chosen = vec![];
     let mut wanted = None;
     for (a, info) in &cands {
-        let method = info.get("method").and_then(Value::as_str).map(str::to_string).or_else(|| a.coords.get("method").and_then(Value::as_str).map(str::to_string));
+        let method = info
+            .get("method")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| a.coords.get("method").and_then(Value::as_str).map(str::to_string));
         let Some(method) = method else {
-            return Err(StageError::invalid("policy", format!("{}: no `method` in its {}: not a policy checkpoint", a.node, lm_io::POLICY_INFO_FILE)));
+            return Err(StageError::invalid(
+                "policy",
+                format!("{}: no `method` in its {}: not a policy checkpoint", a.node, lm_io::POLICY_INFO_FILE),
+            ));
         };
         let rho = num(a, info, "rho");
         let Some(c) = crate::select::choice_for(&choices, &method, rho) else {
             let have: Vec<String> = choices.iter().map(|c| format!("{} at ρ = {:?}", c.method, c.rho)).collect();
             return Err(StageError::invalid(
                 "selection",
-                format!("{} ({}): the selection ({}) has no choice for {method} at ρ = {rho:?}; it covers {}", a.node, method, sel.node, have.join(", ")),
+                format!(
+                    "{} ({}): the selection ({}) has no choice for {method} at ρ = {rho:?}; it covers {}",
+                    a.node,
+                    method,
+                    sel.node,
+                    have.join(", ")
+                ),
             ));
         };
         if c.is_value(num(a, info, &c.param)) {
@@ -428,11 +486,23 @@ fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
         1 => Ok(chosen.pop().unwrap()),
         0 => Err(StageError::invalid(
             "policy",
-            format!("the selection chose {} = {} for {} at ρ = {:?}, but no bound policy was trained with it (bound: {})", w.param, w.value, w.method, w.rho, names(&cands)),
+            format!(
+                "the selection chose {} = {} for {} at ρ = {:?}, but no bound policy was trained with it (bound: {})",
+                w.param,
+                w.value,
+                w.method,
+                w.rho,
+                names(&cands)
+            ),
         )),
         n => Err(StageError::invalid(
             "policy",
-            format!("{n} bound policies match the selection's {} = {} ({}); sweep this stage over the axes that tell them apart", w.param, w.value, names(&chosen)),
+            format!(
+                "{n} bound policies match the selection's {} = {} ({}); sweep this stage over the axes that tell them apart",
+                w.param,
+                w.value,
+                names(&chosen)
+            ),
         )),
     }
 }
@@ -446,17 +516,45 @@ impl Stage for Evaluate {
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[
-            InputSpec { name: "policy", required: true, many: true, doc: "policy checkpoint (Dir); the candidates of a β/τ sweep with `selection`" },
-            InputSpec { name: "selection", required: false, many: false, doc: "select.selection: which candidate policy to evaluate" },
+            InputSpec {
+                name: "policy",
+                required: true,
+                many: true,
+                doc: "policy checkpoint (Dir); the candidates of a β/τ sweep with `selection`",
+            },
+            InputSpec {
+                name: "selection",
+                required: false,
+                many: false,
+                doc: "select.selection: which candidate policy to evaluate",
+            },
             InputSpec { name: "reference", required: true, many: false, doc: "reference policy checkpoint (Dir)" },
-            InputSpec { name: "prompts", required: true, many: false, doc: "table with `prompt` (and optional `split`)" },
-            InputSpec { name: "oracle", required: false, many: false, doc: "reward-model oracle checkpoint (oracle = \"reward_model\")" },
+            InputSpec {
+                name: "prompts",
+                required: true,
+                many: false,
+                doc: "table with `prompt` (and optional `split`)",
+            },
+            InputSpec {
+                name: "oracle",
+                required: false,
+                many: false,
+                doc: "reward-model oracle checkpoint (oracle = \"reward_model\")",
+            },
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[
-            OutputSpec { name: "samples", kind: ArtifactKind::File, doc: "per prompt and sample: responses, oracle scores, lengths, log-probs" },
-            OutputSpec { name: "summary", kind: ArtifactKind::File, doc: "one row: advantage, ci_low, ci_high, win_rate, mean_len, ref_mean_len, kl, ..." },
+            OutputSpec {
+                name: "samples",
+                kind: ArtifactKind::File,
+                doc: "per prompt and sample: responses, oracle scores, lengths, log-probs",
+            },
+            OutputSpec {
+                name: "summary",
+                kind: ArtifactKind::File,
+                doc: "one row: advantage, ci_low, ci_high, win_rate, mean_len, ref_mean_len, kl, ...",
+            },
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
@@ -476,7 +574,10 @@ impl Stage for Evaluate {
         let prompts_in = lm_io::one_input(ctx, "prompts")?;
         let oracle_in = lm_io::opt_input(ctx, "oracle")?;
         if p.oracle == OracleKind::RewardModel && oracle_in.is_none() {
-            return Err(StageError::invalid("oracle", "oracle = \"reward_model\" needs a reward-model checkpoint bound to the `oracle` input"));
+            return Err(StageError::invalid(
+                "oracle",
+                "oracle = \"reward_model\" needs a reward-model checkpoint bound to the `oracle` input",
+            ));
         }
         if p.oracle == OracleKind::Synthetic {
             // fail before sampling when the synthetic oracle is unavailable or its knobs are wrong
@@ -491,14 +592,17 @@ impl Stage for Evaluate {
         if pcodec.tok.vocab_size() != codec.tok.vocab_size() || pcodec.eos != codec.eos {
             return Err(StageError::invalid("policy", "the policy's tokenizer differs from the reference's"));
         }
-        let load = |dir: &Path, slot: &str| LanguageModel::load(dir, device).map_err(|e| StageError::invalid(slot, format!("{e:#}")));
+        let load = |dir: &Path, slot: &str| {
+            LanguageModel::load(dir, device).map_err(|e| StageError::invalid(slot, format!("{e:#}")))
+        };
         let (mut policy, mut reference) = (load(&pol_in.path, "policy")?, load(&ref_in.path, "reference")?);
         policy.freeze();
         reference.freeze();
         codec.check_vocab(reference.net().vocab_size(), "reference")?;
         let rm = match (p.oracle, oracle_in) {
             (OracleKind::RewardModel, Some(o)) => {
-                let mut model = RewardModel::load(&o.path, device, false).map_err(|e| StageError::invalid("oracle", format!("{e:#}")))?;
+                let mut model = RewardModel::load(&o.path, device, false)
+                    .map_err(|e| StageError::invalid("oracle", format!("{e:#}")))?;
                 model.freeze();
                 let c = Codec::load(&o.path, "oracle")?.with_max_len(p.max_len);
                 c.check_vocab(model.config.vocab_size(), "oracle")?;
@@ -518,16 +622,25 @@ impl Stage for Evaluate {
         if mine.is_empty() {
             return Err(StageError::invalid(
                 "shards",
-                format!("shard {} of {} has no work: {} rows make only {n_batches} batches of {}; use fewer shards or a smaller batch_size", p.shard, p.shards, rows.len(), p.batch_size),
+                format!(
+                    "shard {} of {} has no work: {} rows make only {n_batches} batches of {}; use fewer shards or a smaller batch_size",
+                    p.shard,
+                    p.shards,
+                    rows.len(),
+                    p.batch_size
+                ),
             ));
         }
         let prompt_ids: Vec<Vec<i64>> = prompts.iter().map(|s| codec.prompt(s)).collect::<StageResult<_>>()?;
         let mut s = SampleRows::default();
         let total = mine.len() as u64;
-        let batches: Vec<(usize, &[(u32, u32)])> = rows.chunks(p.batch_size).enumerate().filter(|(bi, _)| mine.contains(bi)).collect();
+        let batches: Vec<(usize, &[(u32, u32)])> =
+            rows.chunks(p.batch_size).enumerate().filter(|(bi, _)| mine.contains(bi)).collect();
         for (done, (bi, chunk)) in batches.into_iter().enumerate() {
-            let ps: Vec<&[i64]> =
-                chunk.iter().map(|(i, _)| crate::data_io::sampling_context(&prompt_ids[*i as usize], p.max_len, p.max_new_tokens)).collect();
+            let ps: Vec<&[i64]> = chunk
+                .iter()
+                .map(|(i, _)| crate::data_io::sampling_context(&prompt_ids[*i as usize], p.max_len, p.max_new_tokens))
+                .collect();
             let cfg = SampleConfig {
                 max_new_tokens: p.max_new_tokens,
                 temperature: p.temperature,
@@ -540,7 +653,8 @@ impl Stage for Evaluate {
             let gr = with_autocast(device, || generate(&reference, &ps, codec.pad, &cfg))?;
             let strip = |t: &Vec<i64>| -> Vec<i64> { t.iter().copied().filter(|&x| x != codec.eos).collect() };
             // the policy's sample with EOS when it stopped, scored under both models (for the KL estimate)
-            let scored: Vec<Vec<i64>> = gp.tokens.iter().map(|t| if t.is_empty() { vec![codec.eos] } else { t.clone() }).collect();
+            let scored: Vec<Vec<i64>> =
+                gp.tokens.iter().map(|t| if t.is_empty() { vec![codec.eos] } else { t.clone() }).collect();
             let sr: Vec<&[i64]> = scored.iter().map(|v| v.as_slice()).collect();
             let lp_pol = lm_io::logprobs_nograd(&policy, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?;
             let lp_ref = lm_io::logprobs_nograd(&reference, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?;
@@ -634,14 +748,24 @@ impl Stage for MergeEval {
         // every shard evaluated the same policy on the same split
         let meta = |(k, kv): &(usize, Vec<(String, String)>), key: &str| {
             kv.iter().find(|(x, _)| x == &format!("rmdistill.{key}")).map(|(_, v)| v.clone()).ok_or_else(|| {
-                StageError::invalid("parts", format!("{} ({}): no `rmdistill.{key}` metadata: not an evaluate.samples table", parts[*k].node, parts[*k].path.display()))
+                StageError::invalid(
+                    "parts",
+                    format!(
+                        "{} ({}): no `rmdistill.{key}` metadata: not an evaluate.samples table",
+                        parts[*k].node,
+                        parts[*k].path.display()
+                    ),
+                )
             })
         };
         let first = &by_shard[&0];
         let (info, split) = (meta(first, "policy_info")?, meta(first, "split")?);
         for part in by_shard.values() {
             if meta(part, "policy_info")? != info || meta(part, "split")? != split {
-                return Err(StageError::invalid("parts", format!("{} evaluated another policy or split than {}", parts[part.0].node, parts[first.0].node)));
+                return Err(StageError::invalid(
+                    "parts",
+                    format!("{} evaluated another policy or split than {}", parts[part.0].node, parts[first.0].node),
+                ));
             }
         }
         let s = samples_from(&merged, &parts[0].path)?;
@@ -652,7 +776,13 @@ impl Stage for MergeEval {
         let kv = table::summary_kv("merge_eval", &summary);
         table::write_table(&ctx.output_path("samples"), &merged, &kv)?;
         table::write_table(&ctx.output_path("summary"), &summary_table(&sum, &info, split.as_deref())?, &kv)?;
-        ctx.log(&format!("merged {shards} shards: {} rows, advantage {:+.4} [{:+.4}, {:+.4}]", s.prompt.len(), sum.advantage.mean, sum.advantage.ci_low, sum.advantage.ci_high));
+        ctx.log(&format!(
+            "merged {shards} shards: {} rows, advantage {:+.4} [{:+.4}, {:+.4}]",
+            s.prompt.len(),
+            sum.advantage.mean,
+            sum.advantage.ci_low,
+            sum.advantage.ci_high
+        ));
         Ok(summary)
     }
 }

@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 pub struct Generate;
 
@@ -52,7 +52,10 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     }
     for (name, [lo, hi]) in [("prompt_words", p.prompt_words), ("response_words", p.response_words)] {
         if lo == 0 || lo > hi {
-            return Err(StageError::invalid(name, format!("must be [min, max] with 1 <= min <= max, got [{lo}, {hi}]")));
+            return Err(StageError::invalid(
+                name,
+                format!("must be [min, max] with 1 <= min <= max, got [{lo}, {hi}]"),
+            ));
         }
     }
     Ok(p)

@@ -34,7 +34,7 @@ use crate::table::{self, PairRow, PairsBuilder};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufRead, Read};
@@ -134,11 +134,7 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn nonempty(w: &Where, field: &str, s: &str) -> StageResult<()> {
-    if s.trim().is_empty() {
-        Err(w.err(field, "is an empty string; expected non-empty text"))
-    } else {
-        Ok(())
-    }
+    if s.trim().is_empty() { Err(w.err(field, "is an empty string; expected non-empty text")) } else { Ok(()) }
 }
 
 fn field<'v>(w: &Where, rec: &'v Map<String, Value>, name: &str, expected: &str) -> StageResult<&'v Value> {
@@ -171,18 +167,36 @@ fn role_name(role: &str) -> String {
 /// A message: `{role, content}` (TRL/OpenAI) or `{from, value}` (ShareGPT). Returns (role, content).
 fn message(w: &Where, path: &str, v: &Value) -> StageResult<(String, String)> {
     let Value::Object(m) = v else {
-        return Err(w.err(path, format!("is {}; expected a message object {{role, content}} or {{from, value}}", type_name(v))));
+        return Err(w.err(
+            path,
+            format!("is {}; expected a message object {{role, content}} or {{from, value}}", type_name(v)),
+        ));
     };
-    let (rk, ck) = if m.contains_key("from") || m.contains_key("value") { ("from", "value") } else { ("role", "content") };
+    let (rk, ck) =
+        if m.contains_key("from") || m.contains_key("value") { ("from", "value") } else { ("role", "content") };
     let role = match m.get(rk) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(other) => return Err(w.err(&format!("{path}.{rk}"), format!("is {}; expected a role string", type_name(other)))),
-        None => return Err(w.err(&format!("{path}.{rk}"), format!("is missing; expected a role string (the message has: {})", keys(m)))),
+        Some(other) => {
+            return Err(w.err(&format!("{path}.{rk}"), format!("is {}; expected a role string", type_name(other))));
+        }
+        None => {
+            return Err(w.err(
+                &format!("{path}.{rk}"),
+                format!("is missing; expected a role string (the message has: {})", keys(m)),
+            ));
+        }
     };
     let content = match m.get(ck) {
         Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(w.err(&format!("{path}.{ck}"), format!("is {}; expected a string", type_name(other)))),
-        None => return Err(w.err(&format!("{path}.{ck}"), format!("is missing; expected a string (the message has: {})", keys(m)))),
+        Some(other) => {
+            return Err(w.err(&format!("{path}.{ck}"), format!("is {}; expected a string", type_name(other))));
+        }
+        None => {
+            return Err(w.err(
+                &format!("{path}.{ck}"),
+                format!("is missing; expected a string (the message has: {})", keys(m)),
+            ));
+        }
     };
     nonempty(w, &format!("{path}.{ck}"), &content)?;
     Ok((role, content))
@@ -233,7 +247,9 @@ fn text(w: &Where, rec: &Map<String, Value>, name: &str, is_prompt: bool) -> Sta
             let msgs = messages(w, name, list)?;
             Ok(if is_prompt { render_prompt(&msgs) } else { render_response(&msgs) })
         }
-        other => Err(w.err(name, format!("is {}; expected a non-empty string or a list of messages", type_name(other)))),
+        other => {
+            Err(w.err(name, format!("is {}; expected a non-empty string or a list of messages", type_name(other))))
+        }
     }
 }
 
@@ -241,8 +257,11 @@ const HH_TAG: &str = "\n\nAssistant:";
 
 /// (prompt, chosen response, rejected response) from HH dialogue strings.
 fn split_hh(w: &Where, chosen: &str, rejected: &str) -> StageResult<(String, String, String)> {
-    let ic = chosen.rfind(HH_TAG).ok_or_else(|| w.err("chosen", "has no \"\\n\\nAssistant:\"; expected an HH dialogue"))?;
-    let ir = rejected.rfind(HH_TAG).ok_or_else(|| w.err("rejected", "has no \"\\n\\nAssistant:\"; expected an HH dialogue"))?;
+    let ic =
+        chosen.rfind(HH_TAG).ok_or_else(|| w.err("chosen", "has no \"\\n\\nAssistant:\"; expected an HH dialogue"))?;
+    let ir = rejected
+        .rfind(HH_TAG)
+        .ok_or_else(|| w.err("rejected", "has no \"\\n\\nAssistant:\"; expected an HH dialogue"))?;
     let (pc, pr) = (&chosen[..ic + HH_TAG.len()], &rejected[..ir + HH_TAG.len()]);
     if pc != pr {
         let common = pc.chars().zip(pr.chars()).take_while(|(a, b)| a == b).count();
@@ -254,14 +273,20 @@ fn split_hh(w: &Where, chosen: &str, rejected: &str) -> StageResult<(String, Str
         ));
     }
     let (rc, rr) = (&chosen[ic + HH_TAG.len()..], &rejected[ir + HH_TAG.len()..]);
-    nonempty(w, "chosen", rc).map_err(|_| w.err("chosen", "has an empty response after the last \"\\n\\nAssistant:\""))?;
-    nonempty(w, "rejected", rr).map_err(|_| w.err("rejected", "has an empty response after the last \"\\n\\nAssistant:\""))?;
+    nonempty(w, "chosen", rc)
+        .map_err(|_| w.err("chosen", "has an empty response after the last \"\\n\\nAssistant:\""))?;
+    nonempty(w, "rejected", rr)
+        .map_err(|_| w.err("rejected", "has an empty response after the last \"\\n\\nAssistant:\""))?;
     Ok((pc.to_string(), rc.to_string(), rr.to_string()))
 }
 
 /// (prompt, chosen, rejected) from two full conversations given as message lists: the shared leading messages are
 /// the prompt.
-fn split_messages(w: &Where, chosen: &[(String, String)], rejected: &[(String, String)]) -> StageResult<(String, String, String)> {
+fn split_messages(
+    w: &Where,
+    chosen: &[(String, String)],
+    rejected: &[(String, String)],
+) -> StageResult<(String, String, String)> {
     let shared = chosen.iter().zip(rejected).take_while(|(a, b)| a == b).count();
     if shared == 0 {
         return Err(w.err("rejected", "shares no leading message with `chosen`; expected the same prompt messages"));
@@ -325,12 +350,20 @@ fn extract(format: Format, w: &Where, rec: &Map<String, Value>) -> StageResult<E
             let r = field(w, rec, "rejected", "an HH dialogue string or a list of messages")?;
             let (prompt, first, second) = match (c, r) {
                 (Value::String(c), Value::String(r)) => split_hh(w, c, r)?,
-                (Value::Array(c), Value::Array(r)) => split_messages(w, &messages(w, "chosen", c)?, &messages(w, "rejected", r)?)?,
+                (Value::Array(c), Value::Array(r)) => {
+                    split_messages(w, &messages(w, "chosen", c)?, &messages(w, "rejected", r)?)?
+                }
                 (Value::String(_) | Value::Array(_), other) => {
-                    return Err(w.err("rejected", format!("is {}; expected the same kind as `chosen` ({})", type_name(other), type_name(c))))
+                    return Err(w.err(
+                        "rejected",
+                        format!("is {}; expected the same kind as `chosen` ({})", type_name(other), type_name(c)),
+                    ));
                 }
                 (other, _) => {
-                    return Err(w.err("chosen", format!("is {}; expected an HH dialogue string or a list of messages", type_name(other))))
+                    return Err(w.err(
+                        "chosen",
+                        format!("is {}; expected an HH dialogue string or a list of messages", type_name(other)),
+                    ));
                 }
             };
             Ok(Extracted { prompt, first, second, labelled: true })
@@ -338,7 +371,12 @@ fn extract(format: Format, w: &Where, rec: &Map<String, Value>) -> StageResult<E
         Format::Sharegpt => {
             let conv = match field(w, rec, "conversations", "a list of {from, value} messages")? {
                 Value::Array(list) => messages(w, "conversations", list)?,
-                other => return Err(w.err("conversations", format!("is {}; expected a list of {{from, value}} messages", type_name(other)))),
+                other => {
+                    return Err(w.err(
+                        "conversations",
+                        format!("is {}; expected a list of {{from, value}} messages", type_name(other)),
+                    ));
+                }
             };
             let mut msgs = Vec::with_capacity(conv.len() + 1);
             match rec.get("system") {
@@ -355,10 +393,17 @@ fn extract(format: Format, w: &Where, rec: &Map<String, Value>) -> StageResult<E
                         nonempty(w, name, s)?;
                         Ok(format!(" {s}"))
                     }
-                    other => Err(w.err(name, format!("is {}; expected a message object {{from, value}}", type_name(other)))),
+                    other => {
+                        Err(w.err(name, format!("is {}; expected a message object {{from, value}}", type_name(other))))
+                    }
                 }
             };
-            Ok(Extracted { prompt: render_prompt(&msgs), first: resp("chosen")?, second: resp("rejected")?, labelled: true })
+            Ok(Extracted {
+                prompt: render_prompt(&msgs),
+                first: resp("chosen")?,
+                second: resp("rejected")?,
+                labelled: true,
+            })
         }
         Format::Auto => unreachable!("format is detected before extraction"),
     }
@@ -383,7 +428,8 @@ impl FileKind {
 
 fn file_kind(path: &Path, shown: &str) -> StageResult<FileKind> {
     let mut head = vec![0u8; 4096];
-    let mut f = std::fs::File::open(path).map_err(|e| StageError::invalid("path", format!("{shown}: cannot open: {e}")))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| StageError::invalid("path", format!("{shown}: cannot open: {e}")))?;
     let n = f.read(&mut head).map_err(|e| StageError::invalid("path", format!("{shown}: cannot read: {e}")))?;
     head.truncate(n);
     if head.starts_with(b"PAR1") {
@@ -413,11 +459,15 @@ fn for_each_record(
     mut f: impl FnMut(Loc, Option<u64>, &Map<String, Value>) -> StageResult<()>,
 ) -> StageResult<FileKind> {
     let kind = file_kind(path, shown)?;
-    let open = || std::fs::File::open(path).map_err(|e| StageError::invalid("path", format!("{shown}: cannot open: {e}")));
+    let open =
+        || std::fs::File::open(path).map_err(|e| StageError::invalid("path", format!("{shown}: cannot open: {e}")));
     let as_object = |loc: Loc, v: Value| -> StageResult<Map<String, Value>> {
         match v {
             Value::Object(m) => Ok(m),
-            other => Err(StageError::invalid("path", format!("{shown} {loc}: expected a JSON object, found {}", type_name(&other)))),
+            other => Err(StageError::invalid(
+                "path",
+                format!("{shown} {loc}: expected a JSON object, found {}", type_name(&other)),
+            )),
         }
     };
     let mut seen = 0u64;
@@ -442,7 +492,9 @@ fn for_each_record(
         }
         FileKind::JsonArray => {
             let mut s = String::new();
-            open()?.read_to_string(&mut s).map_err(|e| StageError::invalid("path", format!("{shown}: cannot read: {e}")))?;
+            open()?
+                .read_to_string(&mut s)
+                .map_err(|e| StageError::invalid("path", format!("{shown}: cannot read: {e}")))?;
             let v: Value = serde_json::from_str(s.trim_start_matches('\u{feff}'))
                 .map_err(|e| StageError::invalid("path", format!("{shown}: malformed JSON: {e}")))?;
             let Value::Array(items) = v else {
@@ -465,19 +517,22 @@ fn for_each_record(
                 .map_err(|e| StageError::invalid("path", format!("{shown}: {e}")))?;
             let mut row = 0usize;
             for batch in reader {
-                let batch = batch.map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: cannot decode: {e}")))?;
+                let batch = batch
+                    .map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: cannot decode: {e}")))?;
                 let mut buf = Vec::new();
                 {
                     let mut wr = arrow::json::WriterBuilder::new()
                         .with_explicit_nulls(true)
                         .build::<_, arrow::json::writer::JsonArray>(&mut buf);
-                    wr.write(&batch).map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: {e}")))?;
+                    wr.write(&batch)
+                        .map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: {e}")))?;
                     wr.finish().map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: {e}")))?;
                 }
                 let recs: Vec<Map<String, Value>> = if batch.num_rows() == 0 {
                     Vec::new()
                 } else {
-                    serde_json::from_slice(&buf).map_err(|e| StageError::failed(format!("{shown} near row {row}: {e}")))?
+                    serde_json::from_slice(&buf)
+                        .map_err(|e| StageError::failed(format!("{shown} near row {row}: {e}")))?
                 };
                 for rec in recs {
                     f(Loc::Row(row), Some(total), &rec)?;
@@ -552,13 +607,12 @@ impl Stage for Import {
         let tokenizer = match &p.tokenizer {
             None => None,
             Some(t) => {
-                let tp = ctx
-                    .external("tokenizer")
-                    .ok_or_else(|| StageError::invalid("tokenizer", format!("{t}: the runner did not resolve this file")))?;
-                Some(
-                    tokenizers::Tokenizer::from_file(tp)
-                        .map_err(|e| StageError::invalid("tokenizer", format!("{t}: not a readable tokenizer.json: {e}")))?,
-                )
+                let tp = ctx.external("tokenizer").ok_or_else(|| {
+                    StageError::invalid("tokenizer", format!("{t}: the runner did not resolve this file"))
+                })?;
+                Some(tokenizers::Tokenizer::from_file(tp).map_err(|e| {
+                    StageError::invalid("tokenizer", format!("{t}: not a readable tokenizer.json: {e}"))
+                })?)
             }
         };
 
@@ -567,61 +621,66 @@ impl Stage for Import {
         let mut first_seen: HashMap<[u8; 32], usize> = HashMap::new();
         let (mut records, mut duplicates, mut conflicting) = (0u64, 0u64, 0u64);
         let mut skipped = 0u64;
-        let kind = for_each_record(path, shown, p.limit.map_or(u64::MAX, |l| l.saturating_add(p.skip)), |loc, total, rec| {
-            if skipped < p.skip {
-                skipped += 1;
-                return Ok(());
-            }
-            let w = Where { file: shown, loc };
-            if format == Format::Auto {
-                format = detect(rec, &w)?;
-                ctx.log(&format!("{shown}: detected format `{}`", format.name()));
-            }
-            let e = extract(format, &w, rec)?;
-            let source_row = u32::try_from(records + p.skip).map_err(|_| StageError::invalid("path", format!("{shown}: more than 2^32 records")))?;
-            records += 1;
-            if records % 10_000 == 0 {
-                ctx.progress(records, total.unwrap_or(0));
-            }
-            let hash = table::pair_hash(&e.prompt, &e.first, &e.second);
-            let (a, b, label) = if !e.labelled {
-                (e.first, e.second, None)
-            } else if hash.as_bytes()[31] & 1 == 0 {
-                (e.first, e.second, Some(0i8))
-            } else {
-                (e.second, e.first, Some(1i8))
-            };
-            match first_seen.entry(*hash.as_bytes()) {
-                std::collections::hash_map::Entry::Occupied(o) => {
-                    duplicates += 1;
-                    let kept = &rows[*o.get()];
-                    let preferred = |a: &str, b: &str, l: Option<i8>| l.map(|l| if l == 0 { a.to_string() } else { b.to_string() });
-                    if preferred(&kept.a, &kept.b, kept.label) != preferred(&a, &b, label) {
-                        conflicting += 1;
+        let kind =
+            for_each_record(path, shown, p.limit.map_or(u64::MAX, |l| l.saturating_add(p.skip)), |loc, total, rec| {
+                if skipped < p.skip {
+                    skipped += 1;
+                    return Ok(());
+                }
+                let w = Where { file: shown, loc };
+                if format == Format::Auto {
+                    format = detect(rec, &w)?;
+                    ctx.log(&format!("{shown}: detected format `{}`", format.name()));
+                }
+                let e = extract(format, &w, rec)?;
+                let source_row = u32::try_from(records + p.skip)
+                    .map_err(|_| StageError::invalid("path", format!("{shown}: more than 2^32 records")))?;
+                records += 1;
+                if records % 10_000 == 0 {
+                    ctx.progress(records, total.unwrap_or(0));
+                }
+                let hash = table::pair_hash(&e.prompt, &e.first, &e.second);
+                let (a, b, label) = if !e.labelled {
+                    (e.first, e.second, None)
+                } else if hash.as_bytes()[31] & 1 == 0 {
+                    (e.first, e.second, Some(0i8))
+                } else {
+                    (e.second, e.first, Some(1i8))
+                };
+                match first_seen.entry(*hash.as_bytes()) {
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        duplicates += 1;
+                        let kept = &rows[*o.get()];
+                        let preferred = |a: &str, b: &str, l: Option<i8>| {
+                            l.map(|l| if l == 0 { a.to_string() } else { b.to_string() })
+                        };
+                        if preferred(&kept.a, &kept.b, kept.label) != preferred(&a, &b, label) {
+                            conflicting += 1;
+                        }
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(rows.len());
+                        rows.push(Row { hash, prompt: e.prompt, a, b, label, source_row });
                     }
                 }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(rows.len());
-                    rows.push(Row { hash, prompt: e.prompt, a, b, label, source_row });
-                }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
         if records == 0 {
             return Err(StageError::invalid("path", format!("{shown}: empty dataset (no records)")));
         }
         ctx.progress(records, records);
 
-        let words: Vec<(u32, u32)> = rows.par_iter().map(|r| (table::word_count(&r.a), table::word_count(&r.b))).collect();
+        let words: Vec<(u32, u32)> =
+            rows.par_iter().map(|r| (table::word_count(&r.a), table::word_count(&r.b))).collect();
         let tokens: Option<Vec<(u32, u32)>> = match &tokenizer {
             None => None,
             Some(tok) => Some(
                 rows.par_iter()
                     .map(|r| {
                         let n = |s: &str| {
-                            tok.encode_fast(s, false)
-                                .map(|e| e.len() as u32)
-                                .map_err(|e| StageError::failed(format!("tokenizer failed on source row {}: {e}", r.source_row)))
+                            tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
+                                StageError::failed(format!("tokenizer failed on source row {}: {e}", r.source_row))
+                            })
                         };
                         Ok((n(&r.a)?, n(&r.b)?))
                     })
@@ -676,7 +735,7 @@ impl Stage for Import {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::local_ctx::{shared_data, LocalCtx};
+    use crate::table::local_ctx::{LocalCtx, shared_data};
     use arrow::array::{Array, Int8Array, StringArray, UInt32Array};
     use std::path::PathBuf;
 
@@ -736,7 +795,8 @@ mod tests {
         eprintln!("tldr: {s}");
         assert!((0.5..0.66).contains(&share), "README says about 58%: {share}");
         // the chosen summary of the first record is the preferred response of row 0
-        let first: Value = serde_json::from_str(std::fs::read_to_string(tldr()).unwrap().lines().next().unwrap()).unwrap();
+        let first: Value =
+            serde_json::from_str(std::fs::read_to_string(tldr()).unwrap().lines().next().unwrap()).unwrap();
         let (a, b) = (strings(&t, "response_a"), strings(&t, "response_b"));
         let preferred = if l[0] == Some(0) { &a[0] } else { &b[0] };
         assert_eq!(preferred, first["chosen"].as_str().unwrap());
@@ -806,7 +866,11 @@ mod tests {
         let t = table::read_table(&out, None).unwrap();
         let prompts = strings(&t, "prompt");
         assert!(prompts.iter().all(|p| p.starts_with("\n\n") && p.ends_with("\n\nAssistant:")));
-        assert!(prompts[0].starts_with("\n\nHuman: Hi! I'd like to create a new language game"), "{:?}", &prompts[0][..60]);
+        assert!(
+            prompts[0].starts_with("\n\nHuman: Hi! I'd like to create a new language game"),
+            "{:?}",
+            &prompts[0][..60]
+        );
         assert!(prompts.iter().any(|p| p.contains("\n\nSystem: ")), "system turns rendered");
         let a = strings(&t, "response_a");
         assert!(a.iter().all(|r| r.starts_with(' ')));
@@ -837,10 +901,24 @@ mod tests {
         assert_eq!(words.value(0), if l[0] == Some(0) { 2 } else { 1 });
 
         // prompts that differ, and a dialogue without an assistant turn
-        let bad = write(dir.path(), "bad.jsonl", &json!({"chosen": "\n\nHuman: A\n\nAssistant: x", "rejected": "\n\nHuman: B\n\nAssistant: y"}).to_string());
+        let bad = write(
+            dir.path(),
+            "bad.jsonl",
+            &json!({"chosen": "\n\nHuman: A\n\nAssistant: x", "rejected": "\n\nHuman: B\n\nAssistant: y"}).to_string(),
+        );
         let e = import(&dir.path().join("b"), &bad, json!({})).unwrap_err();
-        assert!(e.starts_with("rejected:") && e.contains("line 1") && e.contains("bad.jsonl") && e.contains("differ from character 9"), "{e}");
-        let bad = write(dir.path(), "bad2.jsonl", &json!({"chosen": "just text", "rejected": "\n\nAssistant: y"}).to_string());
+        assert!(
+            e.starts_with("rejected:")
+                && e.contains("line 1")
+                && e.contains("bad.jsonl")
+                && e.contains("differ from character 9"),
+            "{e}"
+        );
+        let bad = write(
+            dir.path(),
+            "bad2.jsonl",
+            &json!({"chosen": "just text", "rejected": "\n\nAssistant: y"}).to_string(),
+        );
         let e = import(&dir.path().join("c"), &bad, json!({"format": "hh"})).unwrap_err();
         assert!(e.starts_with("chosen:") && e.contains("line 1") && e.contains("Assistant"), "{e}");
     }
@@ -856,7 +934,10 @@ mod tests {
         ];
         let f = write(dir.path(), "u.jsonl", &format!("{}\n\n{}\n{}\n", recs[0], recs[1], recs[2]));
         let (s, out) = import(&dir.path().join("o"), &f, json!({})).unwrap();
-        assert_eq!((s["format"].as_str(), s["pairs"].as_u64(), s["duplicates"].as_u64()), (Some("unlabeled"), Some(2), Some(1)));
+        assert_eq!(
+            (s["format"].as_str(), s["pairs"].as_u64(), s["duplicates"].as_u64()),
+            (Some("unlabeled"), Some(2), Some(1))
+        );
         let t = table::read_table(&out, None).unwrap();
         assert_eq!(labels(&t), vec![None, None]);
         assert_eq!(strings(&t, "response_a"), vec!["first", "x"], "unlabelled pairs keep their order");
@@ -872,7 +953,10 @@ mod tests {
         ];
         let f = write(dir.path(), "t.json", &serde_json::to_string_pretty(&trl).unwrap());
         let (s, out) = import(&dir.path().join("t"), &f, json!({})).unwrap();
-        assert_eq!((s["pairs"].as_u64(), s["duplicates"].as_u64(), s["conflicting_duplicates"].as_u64()), (Some(2), Some(2), Some(1)));
+        assert_eq!(
+            (s["pairs"].as_u64(), s["duplicates"].as_u64(), s["conflicting_duplicates"].as_u64()),
+            (Some(2), Some(2), Some(1))
+        );
         let t = table::read_table(&out, None).unwrap();
         assert_eq!(strings(&t, "prompt")[0], "\n\nSystem: Be brief.\n\nHuman: Capital of France?\n\nAssistant:");
         let (a, b) = (strings(&t, "response_a"), strings(&t, "response_b"));
@@ -886,7 +970,14 @@ mod tests {
         let (s, out) = import(&dir.path().join("r"), &f, json!({"skip": 1, "limit": 1})).unwrap();
         assert_eq!(s["records"], 1);
         let t = table::read_table(&out, None).unwrap();
-        let rows = t.column_by_name("source_row").unwrap().as_any().downcast_ref::<arrow::array::UInt32Array>().unwrap().values().to_vec();
+        let rows = t
+            .column_by_name("source_row")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::UInt32Array>()
+            .unwrap()
+            .values()
+            .to_vec();
         assert_eq!(rows, vec![1]);
     }
 
@@ -897,15 +988,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = std::fs::read_to_string(tldr()).unwrap();
         let recs: Vec<Value> = text.lines().take(50).map(|l| serde_json::from_str(l).unwrap()).collect();
-        let col = |k: &str| -> ArrayRef { Arc::new(StringArray::from(recs.iter().map(|r| r[k].as_str().unwrap().to_string()).collect::<Vec<_>>())) };
-        let batch = RecordBatch::try_from_iter([("prompt", col("prompt")), ("chosen", col("chosen")), ("rejected", col("rejected"))]).unwrap();
+        let col = |k: &str| -> ArrayRef {
+            Arc::new(StringArray::from(recs.iter().map(|r| r[k].as_str().unwrap().to_string()).collect::<Vec<_>>()))
+        };
+        let batch = RecordBatch::try_from_iter([
+            ("prompt", col("prompt")),
+            ("chosen", col("chosen")),
+            ("rejected", col("rejected")),
+        ])
+        .unwrap();
         let pq = dir.path().join("in.parquet");
         table::write_table(&pq, &batch, &[]).unwrap();
         let jl = write(dir.path(), "in.jsonl", &text.lines().take(50).collect::<Vec<_>>().join("\n"));
         let (s1, o1) = import(&dir.path().join("1"), &pq, json!({})).unwrap();
         let (_, o2) = import(&dir.path().join("2"), &jl, json!({})).unwrap();
         assert_eq!(s1["file_kind"], "parquet");
-        assert_eq!(table::read_table(&o1, None).unwrap(), table::read_table(&o2, None).unwrap(), "same data, same table");
+        assert_eq!(
+            table::read_table(&o1, None).unwrap(),
+            table::read_table(&o2, None).unwrap(),
+            "same data, same table"
+        );
 
         // a missing column in Parquet names the row and the field
         let batch = RecordBatch::try_from_iter([("prompt", col("prompt")), ("chosen", col("chosen"))]).unwrap();
@@ -922,7 +1024,11 @@ mod tests {
             "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
             "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1}, "unk_token": "[UNK]"}});
         let tp = write(dir.path(), "tokenizer.json", &tok.to_string());
-        let f = write(dir.path(), "u.jsonl", &json!({"prompt": "p", "response_a": "a b, c", "response_b": "a"}).to_string());
+        let f = write(
+            dir.path(),
+            "u.jsonl",
+            &json!({"prompt": "p", "response_a": "a b, c", "response_b": "a"}).to_string(),
+        );
         let (s, out) = import(&dir.path().join("o"), &f, json!({"tokenizer": tp.to_string_lossy()})).unwrap();
         assert_eq!(s["tokenizer"], true);
         let t = table::read_table(&out, None).unwrap();
@@ -938,19 +1044,88 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = json!({"prompt": "p", "chosen": "c", "rejected": "r"}).to_string();
         let cases: Vec<(&str, String, Value, &str, Vec<&str>)> = vec![
-            ("malformed.jsonl", format!("{good}\n{good}\n{{\"prompt\": \"p\", \"chosen\": \n"), json!({}), "path", vec!["line 3", "malformed JSON"]),
-            ("missing.jsonl", format!("{good}\n{}", json!({"prompt": "p", "chosen": "c"})), json!({}), "rejected", vec!["line 2", "`rejected` is missing"]),
-            ("null.jsonl", format!("{}", json!({"prompt": null, "chosen": "c", "rejected": "r"})), json!({}), "prompt", vec!["line 1", "is null"]),
-            ("empty_str.jsonl", format!("{good}\n\n{}", json!({"prompt": "p", "chosen": "", "rejected": "r"})), json!({}), "chosen", vec!["line 3", "empty string"]),
-            ("wrong_type.jsonl", format!("{}", json!({"prompt": "p", "chosen": 3, "rejected": "r"})), json!({}), "chosen", vec!["line 1", "is a number"]),
-            ("not_object.jsonl", format!("{good}\n[1, 2]"), json!({}), "path", vec!["line 2", "expected a JSON object"]),
+            (
+                "malformed.jsonl",
+                format!("{good}\n{good}\n{{\"prompt\": \"p\", \"chosen\": \n"),
+                json!({}),
+                "path",
+                vec!["line 3", "malformed JSON"],
+            ),
+            (
+                "missing.jsonl",
+                format!("{good}\n{}", json!({"prompt": "p", "chosen": "c"})),
+                json!({}),
+                "rejected",
+                vec!["line 2", "`rejected` is missing"],
+            ),
+            (
+                "null.jsonl",
+                format!("{}", json!({"prompt": null, "chosen": "c", "rejected": "r"})),
+                json!({}),
+                "prompt",
+                vec!["line 1", "is null"],
+            ),
+            (
+                "empty_str.jsonl",
+                format!("{good}\n\n{}", json!({"prompt": "p", "chosen": "", "rejected": "r"})),
+                json!({}),
+                "chosen",
+                vec!["line 3", "empty string"],
+            ),
+            (
+                "wrong_type.jsonl",
+                format!("{}", json!({"prompt": "p", "chosen": 3, "rejected": "r"})),
+                json!({}),
+                "chosen",
+                vec!["line 1", "is a number"],
+            ),
+            (
+                "not_object.jsonl",
+                format!("{good}\n[1, 2]"),
+                json!({}),
+                "path",
+                vec!["line 2", "expected a JSON object"],
+            ),
             ("empty.jsonl", "\n  \n".to_string(), json!({}), "path", vec!["empty dataset"]),
-            ("forced_format.jsonl", format!("{good}"), json!({"format": "unlabeled"}), "response_a", vec!["line 1", "missing"]),
-            ("unknown_keys.jsonl", format!("{}", json!({"question": "q", "answer": "a"})), json!({}), "format", vec!["line 1", "cannot detect", "question, answer"]),
-            ("array.json", format!("[{good}, {}]", json!({"prompt": "p", "chosen": "c", "rejected": ["x"]})), json!({}), "rejected[0]", vec!["index 1", "expected a message object"]),
+            (
+                "forced_format.jsonl",
+                format!("{good}"),
+                json!({"format": "unlabeled"}),
+                "response_a",
+                vec!["line 1", "missing"],
+            ),
+            (
+                "unknown_keys.jsonl",
+                format!("{}", json!({"question": "q", "answer": "a"})),
+                json!({}),
+                "format",
+                vec!["line 1", "cannot detect", "question, answer"],
+            ),
+            (
+                "array.json",
+                format!("[{good}, {}]", json!({"prompt": "p", "chosen": "c", "rejected": ["x"]})),
+                json!({}),
+                "rejected[0]",
+                vec!["index 1", "expected a message object"],
+            ),
             ("array_empty.json", "[]".to_string(), json!({}), "path", vec!["empty dataset"]),
-            ("msg.jsonl", format!("{}", json!({"prompt": [{"role": "user"}], "chosen": "c", "rejected": "r"})), json!({}), "prompt[0].content", vec!["line 1", "missing"]),
-            ("sharegpt.jsonl", format!("{}", json!({"conversations": [{"from": "human", "value": "hi"}], "chosen": {"from": "gpt", "value": ""}, "rejected": {"from": "gpt", "value": "x"}})), json!({}), "chosen.value", vec!["line 1", "empty"]),
+            (
+                "msg.jsonl",
+                format!("{}", json!({"prompt": [{"role": "user"}], "chosen": "c", "rejected": "r"})),
+                json!({}),
+                "prompt[0].content",
+                vec!["line 1", "missing"],
+            ),
+            (
+                "sharegpt.jsonl",
+                format!(
+                    "{}",
+                    json!({"conversations": [{"from": "human", "value": "hi"}], "chosen": {"from": "gpt", "value": ""}, "rejected": {"from": "gpt", "value": "x"}})
+                ),
+                json!({}),
+                "chosen.value",
+                vec!["line 1", "empty"],
+            ),
             ("garbage.txt", "hello".to_string(), json!({}), "path", vec!["not JSONL"]),
             ("fake.parquet", "hello".to_string(), json!({}), "path", vec!["not a Parquet file"]),
         ];

@@ -45,7 +45,8 @@ impl Stage for ImportModel {
         let src = ctx.external("path").ok_or_else(|| StageError::invalid("path", "no file"))?;
         let out = ctx.output_path("model");
         ctx.log(&format!("converting {}", src.display()));
-        let m = rmdistill_ml::gguf::import_gguf(src, &out).map_err(|e| StageError::invalid("path", format!("{}: {e:#}", src.display())))?;
+        let m = rmdistill_ml::gguf::import_gguf(src, &out)
+            .map_err(|e| StageError::invalid("path", format!("{}: {e:#}", src.display())))?;
         if !out.join("tokenizer.json").is_file() {
             return Err(StageError::invalid("path", format!("{}: the GGUF file carries no tokenizer", src.display())));
         }

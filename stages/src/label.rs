@@ -19,16 +19,16 @@
 //!
 //! Summary: pairs, ties, the share of length-differing pairs whose longer response the oracle prefers
 //! (`longer_preferred_share`, the paper's ~61%), agreement with the human labels when there are any.
-use rmdistill_ml::tch;
 use crate::data_io::{self, Codec};
 use crate::port::*;
-use crate::synth::{oracle_score, OracleParams};
+use crate::synth::{OracleParams, oracle_score};
 use crate::table;
 use arrow::array::{ArrayRef, Float64Array, Int8Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use rmdistill_ml::RewardModel;
+use rmdistill_ml::tch;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -110,7 +110,13 @@ pub fn longer(a: u32, b: u32, margin: f64) -> Option<i8> {
 }
 
 /// Rewards of (prompt, response) rows under a reward model, batched, as f64.
-pub fn rm_scores(model: &RewardModel, codec: &Codec, prompts: &[Vec<i64>], responses: &[Vec<i64>], batch: usize) -> StageResult<Vec<f64>> {
+pub fn rm_scores(
+    model: &RewardModel,
+    codec: &Codec,
+    prompts: &[Vec<i64>],
+    responses: &[Vec<i64>],
+    batch: usize,
+) -> StageResult<Vec<f64>> {
     let mut out = Vec::with_capacity(prompts.len());
     for r in data_io::chunks(prompts.len(), batch) {
         let ps: Vec<&[i64]> = prompts[r.clone()].iter().map(|x| x.as_slice()).collect();
@@ -128,7 +134,13 @@ pub fn load_rm(dir: &Path, slot: &str, device: tch::Device) -> StageResult<(Rewa
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
         .map_err(|e| StageError::invalid(slot, format!("{}: config.json: {e}", dir.display())))?;
     if rmdistill_ml::ModelConfig::head_from_json(&cfg) != rmdistill_ml::Head::Score {
-        return Err(StageError::invalid(slot, format!("{}: not a reward model (config.json architectures is not *ForSequenceClassification)", dir.display())));
+        return Err(StageError::invalid(
+            slot,
+            format!(
+                "{}: not a reward model (config.json architectures is not *ForSequenceClassification)",
+                dir.display()
+            ),
+        ));
     }
     let codec = Codec::load(dir, slot)?;
     let m = RewardModel::load(dir, device, false).map_err(|e| StageError::invalid(slot, format!("{e:#}")))?;
@@ -146,11 +158,20 @@ impl Stage for Label {
     fn inputs(&self) -> &'static [InputSpec] {
         &[
             InputSpec { name: "pairs", required: true, many: false, doc: "normalised pairs table" },
-            InputSpec { name: "oracle", required: false, many: false, doc: "oracle reward-model checkpoint (oracle = \"reward_model\")" },
+            InputSpec {
+                name: "oracle",
+                required: false,
+                many: false,
+                doc: "oracle reward-model checkpoint (oracle = \"reward_model\")",
+            },
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
-        &[OutputSpec { name: "labelled", kind: ArtifactKind::File, doc: "pairs + human_label, oracle_a, oracle_b, longer; label = oracle label" }]
+        &[OutputSpec {
+            name: "labelled",
+            kind: ArtifactKind::File,
+            doc: "pairs + human_label, oracle_a, oracle_b, longer; label = oracle label",
+        }]
     }
     fn path_params(&self) -> &'static [&'static str] {
         &["oracle_path"]
@@ -173,20 +194,33 @@ impl Stage for Label {
         let rm = match p.oracle {
             OracleKind::Synthetic => {
                 if !ctx.inputs("oracle").is_empty() {
-                    return Err(StageError::invalid("oracle", "the synthetic oracle takes no `oracle` input; use oracle = \"reward_model\""));
+                    return Err(StageError::invalid(
+                        "oracle",
+                        "the synthetic oracle takes no `oracle` input; use oracle = \"reward_model\"",
+                    ));
                 }
                 None
             }
             OracleKind::RewardModel => {
                 let dir: PathBuf = match (data_io::opt_input(ctx, "oracle")?, p.oracle_path.as_ref()) {
-                    (Some(_), Some(_)) => return Err(StageError::invalid("oracle_path", "give the oracle either as the `oracle` input or as oracle_path, not both")),
+                    (Some(_), Some(_)) => {
+                        return Err(StageError::invalid(
+                            "oracle_path",
+                            "give the oracle either as the `oracle` input or as oracle_path, not both",
+                        ));
+                    }
                     (Some(i), None) => i.path.clone(),
                     (None, Some(_)) => {
-                        let f = ctx.external("oracle_path").ok_or_else(|| StageError::invalid("oracle_path", "not resolved by the runner"))?;
+                        let f = ctx
+                            .external("oracle_path")
+                            .ok_or_else(|| StageError::invalid("oracle_path", "not resolved by the runner"))?;
                         f.parent().map(Path::to_path_buf).unwrap_or_default()
                     }
                     (None, None) => {
-                        return Err(StageError::invalid("oracle", "oracle = \"reward_model\" needs the `oracle` input or the oracle_path param"))
+                        return Err(StageError::invalid(
+                            "oracle",
+                            "oracle = \"reward_model\" needs the `oracle` input or the oracle_path param",
+                        ));
                     }
                 };
                 Some(load_rm(&dir, "oracle", device)?)
@@ -202,8 +236,13 @@ impl Stage for Label {
         let rb = data_io::strings(&t, table::RESPONSE_B, path, true)?;
         let ids = data_io::strings(&t, table::PAIR_ID, path, true)?;
         let human = data_io::opt_i64s(&t, table::LABEL, path)?;
-        if let Some((i, x)) = human.iter().enumerate().find_map(|(i, h)| h.filter(|x| *x != 0 && *x != 1).map(|x| (i, x))) {
-            return Err(StageError::invalid("label", format!("{}: row {} has label {x}, expected 0, 1 or null", path.display(), range.start + i)));
+        if let Some((i, x)) =
+            human.iter().enumerate().find_map(|(i, h)| h.filter(|x| *x != 0 && *x != 1).map(|x| (i, x)))
+        {
+            return Err(StageError::invalid(
+                "label",
+                format!("{}: row {} has label {x}, expected 0, 1 or null", path.display(), range.start + i),
+            ));
         }
         let tok_a = data_io::opt_i64s(&t, table::TOKENS_A, path)?;
         let tok_b = data_io::opt_i64s(&t, table::TOKENS_B, path)?;
@@ -263,9 +302,15 @@ impl Stage for Label {
         let mut cols: Vec<ArrayRef> = vec![];
         for (f, c) in schema.fields().iter().zip(t.columns()) {
             let (f, c): (Field, ArrayRef) = match f.name().as_str() {
-                table::LABEL => (Field::new(table::LABEL, DataType::Int8, true), Arc::new(Int8Array::from(labels.clone()))),
-                table::TOKENS_A => (Field::new(table::TOKENS_A, DataType::UInt32, true), Arc::new(UInt32Array::from(ta.clone()))),
-                table::TOKENS_B => (Field::new(table::TOKENS_B, DataType::UInt32, true), Arc::new(UInt32Array::from(tb.clone()))),
+                table::LABEL => {
+                    (Field::new(table::LABEL, DataType::Int8, true), Arc::new(Int8Array::from(labels.clone())))
+                }
+                table::TOKENS_A => {
+                    (Field::new(table::TOKENS_A, DataType::UInt32, true), Arc::new(UInt32Array::from(ta.clone())))
+                }
+                table::TOKENS_B => {
+                    (Field::new(table::TOKENS_B, DataType::UInt32, true), Arc::new(UInt32Array::from(tb.clone())))
+                }
                 "human_label" | "oracle_a" | "oracle_b" | "longer" => continue, // relabelling a labelled table
                 _ => (f.as_ref().clone(), c.clone()),
             };

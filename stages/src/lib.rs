@@ -1,29 +1,29 @@
 //! What each rmdistill stage computes. Every stage is pure computation behind the port in [`port`]: read input
 //! artifacts, write output artifacts, report progress. Storage, caching and scheduling belong to the engine.
 
-pub mod port;
-pub mod table;
-pub mod import;
-pub mod import_model;
-pub mod subsample;
-pub mod generate;
-pub mod losses;
-pub mod lm_io;
-pub mod stats;
-pub mod policy;
-pub mod evaluate;
-pub mod report;
-pub mod select;
-pub mod data_io;
-pub mod synth;
-pub mod sft;
-pub mod sample_pairs;
-pub mod label;
-pub mod merge;
-pub mod train_rm;
-pub mod precompute;
 #[cfg(test)]
 mod data_chain_tests;
+pub mod data_io;
+pub mod evaluate;
+pub mod generate;
+pub mod import;
+pub mod import_model;
+pub mod label;
+pub mod lm_io;
+pub mod losses;
+pub mod merge;
+pub mod policy;
+pub mod port;
+pub mod precompute;
+pub mod report;
+pub mod sample_pairs;
+pub mod select;
+pub mod sft;
+pub mod stats;
+pub mod subsample;
+pub mod synth;
+pub mod table;
+pub mod train_rm;
 
 pub use port::{ArtifactKind, Ctx, Device, InputArtifact, InputSpec, OutputSpec, Stage, StageError, StageResult};
 

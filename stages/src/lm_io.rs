@@ -7,8 +7,8 @@
 //! GPT-2 does). Sampled responses are decoded without their EOS (special tokens skipped), so re-encoding a sample
 //! gives back the sampled ids.
 
-use rmdistill_ml::tch;
 use crate::port::{StageError, StageResult};
+use rmdistill_ml::tch;
 use rmdistill_ml::{Reduction, sequence_logprobs};
 
 pub use crate::data_io::{Codec, one_input, opt_input, tch_device};
@@ -32,8 +32,12 @@ pub fn logprobs_nograd(
     let dev = model.device();
     for (p, r) in prompts.chunks(batch_size.max(1)).zip(responses.chunks(batch_size.max(1))) {
         let b = codec.batch(p, r, dev)?;
-        let lp: Tensor = tch::no_grad(|| rmdistill_ml::with_autocast(dev, || sequence_logprobs(model.net(), &b, reduction)));
-        out.extend(Vec::<f64>::try_from(lp.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)?);
+        let lp: Tensor =
+            tch::no_grad(|| rmdistill_ml::with_autocast(dev, || sequence_logprobs(model.net(), &b, reduction)));
+        out.extend(
+            Vec::<f64>::try_from(lp.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
+                .map_err(anyhow::Error::from)?,
+        );
     }
     Ok(out)
 }

@@ -97,7 +97,15 @@ pub fn ipo(pi_w: &Tensor, pi_l: &Tensor, ref_w: &Tensor, ref_l: &Tensor, tau: f6
 /// Distillation (d-DPO, eq. 7) per example: `((r_1 − r_2) − β·(logr_1 − logr_2))²`. Symmetric in (y_1, y_2); no
 /// preference label is used. `r_1`, `r_2` are `[batch]` (one reward model) or `[batch, members]` (broadcast: one
 /// column per member, giving `[batch, members]`).
-pub fn distill(pi_1: &Tensor, pi_2: &Tensor, ref_1: &Tensor, ref_2: &Tensor, r_1: &Tensor, r_2: &Tensor, beta: f64) -> Tensor {
+pub fn distill(
+    pi_1: &Tensor,
+    pi_2: &Tensor,
+    ref_1: &Tensor,
+    ref_2: &Tensor,
+    r_1: &Tensor,
+    r_2: &Tensor,
+    beta: f64,
+) -> Tensor {
     let implicit = (log_ratio(pi_1, ref_1) - log_ratio(pi_2, ref_2)) * beta;
     let implicit = if r_1.dim() == 2 { implicit.unsqueeze(1) } else { implicit };
     ((r_1 - r_2) - implicit).square()
@@ -128,11 +136,20 @@ pub struct EnsembleOut {
 
 /// e-DPO's `min_{r∈S} L_distill(r)` with the min taken per mini-batch: the per-member mean losses are compared and
 /// only the smallest is returned as the loss. `r_1`, `r_2`: `[batch, members]`.
-pub fn ensemble_distill(pi_1: &Tensor, pi_2: &Tensor, ref_1: &Tensor, ref_2: &Tensor, r_1: &Tensor, r_2: &Tensor, beta: f64) -> EnsembleOut {
+pub fn ensemble_distill(
+    pi_1: &Tensor,
+    pi_2: &Tensor,
+    ref_1: &Tensor,
+    ref_2: &Tensor,
+    r_1: &Tensor,
+    r_2: &Tensor,
+    beta: f64,
+) -> EnsembleOut {
     assert_eq!(r_1.dim(), 2, "ensemble rewards are [batch, members]");
     let per = distill(pi_1, pi_2, ref_1, ref_2, r_1, r_2, beta); // [batch, members]
     let means = per.mean_dim(0, false, Kind::Float); // [members]
-    let member_losses = Vec::<f64>::try_from(means.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or_default();
+    let member_losses =
+        Vec::<f64>::try_from(means.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or_default();
     let mut chosen = 0;
     for (m, &l) in member_losses.iter().enumerate() {
         if l < member_losses[chosen] {
@@ -149,7 +166,10 @@ pub fn ensemble_distill(pi_1: &Tensor, pi_2: &Tensor, ref_1: &Tensor, ref_2: &Te
 pub enum GammaSchedule {
     Constant(f64),
     /// Linear from `start` at the first optimizer step to `end` at the last.
-    Linear { start: f64, end: f64 },
+    Linear {
+        start: f64,
+        end: f64,
+    },
 }
 
 impl GammaSchedule {
@@ -383,8 +403,24 @@ mod tests {
         let got = vec(&distill(&t(&[-1.0]), &t(&[-3.5]), &t(&[-2.0]), &t(&[-3.0]), &t(&[0.5]), &t(&[-0.5]), 2.0));
         close(&got, &[4.0], 1e-6);
         // swapping y1 and y2 leaves the loss unchanged
-        let a = vec(&distill(&t(&PC), &t(&PR), &t(&RC), &t(&RR), &t(&[1.0, 2.0, 3.0, 4.0]), &t(&[0.0, 5.0, 1.0, -1.0]), 0.3));
-        let b = vec(&distill(&t(&PR), &t(&PC), &t(&RR), &t(&RC), &t(&[0.0, 5.0, 1.0, -1.0]), &t(&[1.0, 2.0, 3.0, 4.0]), 0.3));
+        let a = vec(&distill(
+            &t(&PC),
+            &t(&PR),
+            &t(&RC),
+            &t(&RR),
+            &t(&[1.0, 2.0, 3.0, 4.0]),
+            &t(&[0.0, 5.0, 1.0, -1.0]),
+            0.3,
+        ));
+        let b = vec(&distill(
+            &t(&PR),
+            &t(&PC),
+            &t(&RR),
+            &t(&RC),
+            &t(&[0.0, 5.0, 1.0, -1.0]),
+            &t(&[1.0, 2.0, 3.0, 4.0]),
+            0.3,
+        ));
         close(&a, &b, 1e-6);
         // the minimiser: implicit reward difference equals the reward difference
         let got = vec(&distill(&t(&[0.5]), &t(&[0.0]), &t(&[0.0]), &t(&[0.0]), &t(&[1.0]), &t(&[0.0]), 2.0));
@@ -445,7 +481,14 @@ mod tests {
         let h = Hyper { beta: 0.5, tau: 0.1, gamma: 0.2 };
         let r = Tensor::from_slice(&[1.0f32, 2.0]).view([2, 1]);
         let r0 = Tensor::zeros([2, 1], (Kind::Float, tch::Device::Cpu));
-        let terms = BatchTerms { pi_1: &z, pi_2: &z, ref_1: &z, ref_2: &z, rewards: Some((&r, &r0)), kl: Some((&pi_s, &ref_s)) };
+        let terms = BatchTerms {
+            pi_1: &z,
+            pi_2: &z,
+            ref_1: &z,
+            ref_2: &z,
+            rewards: Some((&r, &r0)),
+            kl: Some((&pi_s, &ref_s)),
+        };
         let nll = 2.5;
         let o = objective(Method::PDpo, &terms, h).unwrap();
         close(&[f64::try_from(&o.loss).unwrap()], &[2f64.ln() + 0.2 * nll], 1e-6);
@@ -483,11 +526,17 @@ mod tests {
         assert_eq!(l.at(0, 1), 1.0);
         assert_eq!(serde_json::to_value(l).unwrap(), serde_json::json!({"start": 1.0, "end": 0.0}));
         assert_eq!(serde_json::to_value(c).unwrap(), serde_json::json!(0.3));
-        let l2: GammaSchedule = serde_json::from_value(serde_json::json!({"schedule": "linear", "start": 0.0, "end": 2.0})).unwrap();
+        let l2: GammaSchedule =
+            serde_json::from_value(serde_json::json!({"schedule": "linear", "start": 0.0, "end": 2.0})).unwrap();
         assert_eq!(l2.at(3, 4), 2.0);
-        let c2: GammaSchedule = serde_json::from_value(serde_json::json!({"schedule": "constant", "value": 0.5})).unwrap();
+        let c2: GammaSchedule =
+            serde_json::from_value(serde_json::json!({"schedule": "constant", "value": 0.5})).unwrap();
         assert_eq!(c2, GammaSchedule::Constant(0.5));
-        for bad in [serde_json::json!({"start": 1.0}), serde_json::json!({"schedule": "cosine", "start": 1.0, "end": 0.0}), serde_json::json!("x")] {
+        for bad in [
+            serde_json::json!({"start": 1.0}),
+            serde_json::json!({"schedule": "cosine", "start": 1.0, "end": 0.0}),
+            serde_json::json!("x"),
+        ] {
             assert!(serde_json::from_value::<GammaSchedule>(bad).is_err());
         }
     }

@@ -10,7 +10,7 @@ use crate::data_io;
 use crate::port::*;
 use crate::table;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet};
 
 pub struct Merge;
@@ -38,14 +38,23 @@ pub fn concat_shards(ctx: &dyn Ctx, parts: &[InputArtifact]) -> StageResult<Shar
     for (k, part) in parts.iter().enumerate() {
         let kv = table::read_kv(&part.path)?;
         let get = |key: &str| -> StageResult<usize> {
-            kv.iter()
-                .find(|(k, _)| k == key)
-                .and_then(|(_, v)| v.parse::<usize>().ok())
-                .ok_or_else(|| StageError::invalid("parts", format!("{} (from {}): no `{key}` metadata: not the output of a sharded stage", part.path.display(), part.node)))
+            kv.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse::<usize>().ok()).ok_or_else(|| {
+                StageError::invalid(
+                    "parts",
+                    format!(
+                        "{} (from {}): no `{key}` metadata: not the output of a sharded stage",
+                        part.path.display(),
+                        part.node
+                    ),
+                )
+            })
         };
         let (shard, shards) = (get("rmdistill.shard")?, get("rmdistill.shards")?);
         if *shards_seen.get_or_insert(shards) != shards {
-            return Err(StageError::invalid("parts", format!("{} says shards = {shards}, another part says {}", part.node, shards_seen.unwrap())));
+            return Err(StageError::invalid(
+                "parts",
+                format!("{} says shards = {shards}, another part says {}", part.node, shards_seen.unwrap()),
+            ));
         }
         if shard >= shards {
             return Err(StageError::invalid("parts", format!("{}: shard {shard} of {shards}", part.node)));
@@ -66,7 +75,10 @@ pub fn concat_shards(ctx: &dyn Ctx, parts: &[InputArtifact]) -> StageResult<Shar
         match &schema {
             None => schema = Some(t.schema()),
             Some(s) if *s != t.schema() => {
-                return Err(StageError::invalid("parts", format!("shard {shard} ({}) has a different schema from shard 0", parts[*k].node)));
+                return Err(StageError::invalid(
+                    "parts",
+                    format!("shard {shard} ({}) has a different schema from shard 0", parts[*k].node),
+                ));
             }
             _ => {}
         }
@@ -85,7 +97,12 @@ impl Stage for Merge {
         "concatenates the shard tables of a sharded stage in shard order"
     }
     fn inputs(&self) -> &'static [InputSpec] {
-        &[InputSpec { name: "parts", required: true, many: true, doc: "the shard tables (rmdistill.shard/shards metadata)" }]
+        &[InputSpec {
+            name: "parts",
+            required: true,
+            many: true,
+            doc: "the shard tables (rmdistill.shard/shards metadata)",
+        }]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[OutputSpec { name: "merged", kind: ArtifactKind::File, doc: "the concatenated table (Parquet)" }]
@@ -117,8 +134,13 @@ impl Stage for Merge {
             .collect();
         let stage = first.iter().find(|(k, _)| k == "rmdistill.stage").map(|(_, v)| v.clone()).unwrap_or_default();
         let summary = json!({"parts": shards, "rows": merged.num_rows(), "stage": stage});
-        let mut kv = table::summary_kv("merge", &json!({"parts": shards, "rows": merged.num_rows(), "merged_stage": stage}));
-        kv.extend(common.into_iter().filter(|(k, _)| !matches!(k.as_str(), "rmdistill.parts" | "rmdistill.rows" | "rmdistill.merged_stage")));
+        let mut kv =
+            table::summary_kv("merge", &json!({"parts": shards, "rows": merged.num_rows(), "merged_stage": stage}));
+        kv.extend(
+            common.into_iter().filter(|(k, _)| {
+                !matches!(k.as_str(), "rmdistill.parts" | "rmdistill.rows" | "rmdistill.merged_stage")
+            }),
+        );
         table::write_table(&ctx.output_path("merged"), &merged, &kv)?;
         ctx.log(&format!("merged {shards} shards of `{stage}`: {} rows", merged.num_rows()));
         Ok(summary)

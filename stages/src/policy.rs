@@ -19,15 +19,15 @@
 //!
 //! Deterministic on CPU for a given seed and thread count (seeded shuffles and KL-sample draws, libtorch seeded).
 
-use rmdistill_ml::tch;
-use crate::losses::{BatchTerms, GammaSchedule, Hyper, Method, objective};
 use crate::lm_io::{self, Codec};
+use crate::losses::{BatchTerms, GammaSchedule, Hyper, Method, objective};
 use crate::port::*;
 use crate::table;
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, OptimConfig, Reduction, Schedule, Trainer, sequence_logprobs, with_autocast};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -119,7 +119,11 @@ fn d_true() -> bool {
 }
 
 fn positive(field: &str, v: f64) -> StageResult<()> {
-    if v > 0.0 && v.is_finite() { Ok(()) } else { Err(StageError::invalid(field, format!("must be a finite number > 0, got {v}"))) }
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(StageError::invalid(field, format!("must be a finite number > 0, got {v}")))
+    }
 }
 
 fn parse(params: &Map<String, Value>) -> StageResult<Params> {
@@ -137,7 +141,10 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     if p.method.pessimistic() && p.gamma.is_none() {
         return Err(StageError::invalid(
             "gamma",
-            format!("{} has a forward-KL term: set its weight gamma (a number, or {{ start = .., end = .. }})", p.method),
+            format!(
+                "{} has a forward-KL term: set its weight gamma (a number, or {{ start = .., end = .. }})",
+                p.method
+            ),
         ));
     }
     if p.batch_size == 0 {
@@ -169,7 +176,10 @@ struct Pairs {
 }
 
 fn read_pairs(path: &Path) -> StageResult<Pairs> {
-    let t = table::read_table(path, Some(&[table::PAIR_ID, table::PROMPT, table::RESPONSE_A, table::RESPONSE_B, table::LABEL]))?;
+    let t = table::read_table(
+        path,
+        Some(&[table::PAIR_ID, table::PROMPT, table::RESPONSE_A, table::RESPONSE_B, table::LABEL]),
+    )?;
     if t.num_rows() == 0 {
         return Err(StageError::invalid("pairs", format!("{}: the pairs table is empty", path.display())));
     }
@@ -211,7 +221,12 @@ fn list_f64(batch: &RecordBatch, col: &str, path: &Path) -> StageResult<Vec<Vec<
         .ok_or_else(|| StageError::invalid(col, format!("{}: missing column `{col}`", path.display())))?;
     let l = match a.data_type() {
         DataType::List(_) => a.as_list::<i32>(),
-        other => return Err(StageError::invalid(col, format!("{}: `{col}` must be List<Float64>, found {other}", path.display()))),
+        other => {
+            return Err(StageError::invalid(
+                col,
+                format!("{}: `{col}` must be List<Float64>, found {other}", path.display()),
+            ));
+        }
     };
     (0..l.len())
         .map(|i| {
@@ -221,7 +236,10 @@ fn list_f64(batch: &RecordBatch, col: &str, path: &Path) -> StageResult<Vec<Vec<
             let v = arrow::compute::cast(&l.value(i), &DataType::Float64)?;
             let v = v.as_primitive::<arrow::datatypes::Float64Type>();
             if v.null_count() > 0 {
-                return Err(StageError::invalid(col, format!("{}: `{col}` has a null score at row {i}", path.display())));
+                return Err(StageError::invalid(
+                    col,
+                    format!("{}: `{col}` has a null score at row {i}", path.display()),
+                ));
             }
             Ok(v.values().to_vec())
         })
@@ -238,10 +256,21 @@ fn read_rewards(path: &Path, pairs: &Pairs) -> StageResult<Rewards> {
     let mut out = Rewards { ref_a: vec![], ref_b: vec![], r_a: vec![], r_b: vec![], members, member_names: vec![] };
     for (k, id) in pairs.ids.iter().enumerate() {
         let &i = index.get(id.as_str()).ok_or_else(|| {
-            StageError::invalid("rewards", format!("{}: no row for pair_id {id} (pairs row {k}): precompute ran on other pairs", path.display()))
+            StageError::invalid(
+                "rewards",
+                format!("{}: no row for pair_id {id} (pairs row {k}): precompute ran on other pairs", path.display()),
+            )
         })?;
         if wa[i].len() != members || wb[i].len() != members {
-            return Err(StageError::invalid("rewards", format!("{}: row {i} has {} / {} member scores, expected {members}", path.display(), wa[i].len(), wb[i].len())));
+            return Err(StageError::invalid(
+                "rewards",
+                format!(
+                    "{}: row {i} has {} / {} member scores, expected {members}",
+                    path.display(),
+                    wa[i].len(),
+                    wb[i].len()
+                ),
+            ));
         }
         out.ref_a.push(ra[i]);
         out.ref_b.push(rb[i]);
@@ -251,7 +280,8 @@ fn read_rewards(path: &Path, pairs: &Pairs) -> StageResult<Rewards> {
     let kv = table::read_kv(path)?;
     if let Some((_, v)) = kv.iter().find(|(k, _)| k == "rmdistill.members") {
         if let Ok(Value::Array(a)) = serde_json::from_str::<Value>(v) {
-            out.member_names = a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect();
+            out.member_names =
+                a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect();
         }
     }
     if out.member_names.len() != members {
@@ -301,7 +331,8 @@ pub fn write_metrics(path: &Path, history: &[rmdistill_ml::StepMetrics], kv: &[(
     extra.dedup();
     keys.extend(extra);
     let mut fields = vec![Field::new("step", DataType::UInt32, false)];
-    let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt32Array::from(history.iter().map(|h| h.step as u32).collect::<Vec<_>>()))];
+    let mut cols: Vec<ArrayRef> =
+        vec![Arc::new(UInt32Array::from(history.iter().map(|h| h.step as u32).collect::<Vec<_>>()))];
     for k in &keys {
         let v: Vec<Option<f64>> = history
             .iter()
@@ -330,8 +361,18 @@ impl Stage for Policy {
         &[
             InputSpec { name: "pairs", required: true, many: false, doc: "D_rho (pairs table with label)" },
             InputSpec { name: "reference", required: true, many: false, doc: "reference policy checkpoint (Dir)" },
-            InputSpec { name: "rewards", required: false, many: false, doc: "precompute.rewards: reference log-probs and member rewards" },
-            InputSpec { name: "ref_samples", required: false, many: false, doc: "precompute.ref_samples: samples from pi_ref for the KL term" },
+            InputSpec {
+                name: "rewards",
+                required: false,
+                many: false,
+                doc: "precompute.rewards: reference log-probs and member rewards",
+            },
+            InputSpec {
+                name: "ref_samples",
+                required: false,
+                many: false,
+                doc: "precompute.ref_samples: samples from pi_ref for the KL term",
+            },
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
@@ -359,16 +400,24 @@ impl Stage for Policy {
         let rewards_in = lm_io::opt_input(ctx, "rewards")?;
         let samples_in = lm_io::opt_input(ctx, "ref_samples")?;
         if method.uses_rewards() && rewards_in.is_none() {
-            return Err(StageError::invalid("rewards", format!("{method} distils reward models: bind precompute.rewards to `rewards`")));
+            return Err(StageError::invalid(
+                "rewards",
+                format!("{method} distils reward models: bind precompute.rewards to `rewards`"),
+            ));
         }
         if method.pessimistic() && p.kl_source == KlSource::RefSamples && samples_in.is_none() {
             return Err(StageError::invalid(
                 "ref_samples",
-                format!("{method} with kl_source = \"ref_samples\" needs precompute.ref_samples bound to `ref_samples` (or kl_source = \"pairs\")"),
+                format!(
+                    "{method} with kl_source = \"ref_samples\" needs precompute.ref_samples bound to `ref_samples` (or kl_source = \"pairs\")"
+                ),
             ));
         }
         if method.pessimistic() && p.kl_source == KlSource::Pairs && rewards_in.is_none() {
-            return Err(StageError::invalid("rewards", "kl_source = \"pairs\" needs the pairs' reference log-probs: bind precompute.rewards"));
+            return Err(StageError::invalid(
+                "rewards",
+                "kl_source = \"pairs\" needs the pairs' reference log-probs: bind precompute.rewards",
+            ));
         }
         let pairs = read_pairs(&pairs_in.path)?;
         let n = pairs.ids.len();
@@ -377,7 +426,10 @@ impl Stage for Policy {
             if unlabelled > 0 {
                 return Err(StageError::invalid(
                     "pairs",
-                    format!("{method} needs a preference label on every pair; {unlabelled} of {n} rows of {} have none", pairs_in.path.display()),
+                    format!(
+                        "{method} needs a preference label on every pair; {unlabelled} of {n} rows of {} have none",
+                        pairs_in.path.display()
+                    ),
                 ));
             }
         }
@@ -387,11 +439,18 @@ impl Stage for Policy {
                 Method::DDpo | Method::DpDpo if r.members != 1 => {
                     return Err(StageError::invalid(
                         "rewards",
-                        format!("{method} distils exactly one reward model, but the rewards table has {} members ({})", r.members, r.member_names.join(", ")),
+                        format!(
+                            "{method} distils exactly one reward model, but the rewards table has {} members ({})",
+                            r.members,
+                            r.member_names.join(", ")
+                        ),
                     ));
                 }
                 Method::EDpo if r.members == 0 => {
-                    return Err(StageError::invalid("rewards", "e-dpo needs an ensemble of at least one reward model; the rewards table has 0 members"));
+                    return Err(StageError::invalid(
+                        "rewards",
+                        "e-dpo needs an ensemble of at least one reward model; the rewards table has 0 members",
+                    ));
                 }
                 _ => {}
             }
@@ -400,7 +459,8 @@ impl Stage for Policy {
         tch::set_num_threads(ctx.threads().max(1) as i32);
         rmdistill_ml::train::deterministic_cpu(p.seed, ctx.threads().max(1) as i32);
         let codec = Codec::load(&ref_in.path, "reference")?.with_max_len(p.max_len);
-        let mut reference = LanguageModel::load(&ref_in.path, device).map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
+        let mut reference = LanguageModel::load(&ref_in.path, device)
+            .map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
         codec.check_vocab(reference.net().vocab_size(), "reference")?;
         reference.freeze();
         let policy = reference.try_clone()?;
@@ -480,21 +540,27 @@ impl Stage for Policy {
             }
             let batch = codec.batch(&ps, &rs, device)?;
             // KL samples
-            let kl_rows: Vec<(Vec<i64>, Vec<i64>, f64)> = match (&samples, method.pessimistic() && p.kl_source == KlSource::Pairs) {
-                (_, true) => {
-                    let r = rewards.as_ref().unwrap();
-                    idx.iter()
-                        .flat_map(|&i| [(prompts[i].clone(), resp_a[i].clone(), r.ref_a[i]), (prompts[i].clone(), resp_b[i].clone(), r.ref_b[i])])
-                        .collect()
-                }
-                (Some(s), false) => (0..kl_bs)
-                    .map(|_| {
-                        let j = table::uniform_below(&mut rng, s.prompt.len() as u64) as usize;
-                        (s.prompt[j].clone(), s.response[j].clone(), s.ref_logp[j])
-                    })
-                    .collect(),
-                (None, false) => vec![],
-            };
+            let kl_rows: Vec<(Vec<i64>, Vec<i64>, f64)> =
+                match (&samples, method.pessimistic() && p.kl_source == KlSource::Pairs) {
+                    (_, true) => {
+                        let r = rewards.as_ref().unwrap();
+                        idx.iter()
+                            .flat_map(|&i| {
+                                [
+                                    (prompts[i].clone(), resp_a[i].clone(), r.ref_a[i]),
+                                    (prompts[i].clone(), resp_b[i].clone(), r.ref_b[i]),
+                                ]
+                            })
+                            .collect()
+                    }
+                    (Some(s), false) => (0..kl_bs)
+                        .map(|_| {
+                            let j = table::uniform_below(&mut rng, s.prompt.len() as u64) as usize;
+                            (s.prompt[j].clone(), s.response[j].clone(), s.ref_logp[j])
+                        })
+                        .collect(),
+                    (None, false) => vec![],
+                };
             let kl_batch = if kl_rows.is_empty() {
                 None
             } else {
@@ -543,17 +609,26 @@ impl Stage for Policy {
                     kl: kl_t.as_ref().map(|(a, b)| (a, b)),
                 };
                 let o = objective(method, &terms, Hyper { beta: p.beta, tau: p.tau, gamma: g })?;
-                let mut extra: Vec<(String, f64)> = vec![("base_loss".into(), o.base_loss), ("gamma".into(), if method.pessimistic() { g } else { 0.0 })];
+                let mut extra: Vec<(String, f64)> = vec![
+                    ("base_loss".into(), o.base_loss),
+                    ("gamma".into(), if method.pessimistic() { g } else { 0.0 }),
+                ];
                 if let Some(k) = o.kl_estimate {
                     extra.push(("kl".into(), k));
                 }
                 // chosen/rejected metrics where labels exist (oriented by label for every method)
-                let lp1 = Vec::<f64>::try_from(pi_1.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)?;
-                let lp2 = Vec::<f64>::try_from(pi_2.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)?;
+                let lp1 = Vec::<f64>::try_from(pi_1.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))
+                    .map_err(anyhow::Error::from)?;
+                let lp2 = Vec::<f64>::try_from(pi_2.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))
+                    .map_err(anyhow::Error::from)?;
                 let (mut cw, mut cl, mut margin, mut acc, mut nl) = (0.0, 0.0, 0.0, 0.0, 0usize);
                 for k in 0..b {
-                    let Some(first_is_chosen) = (if method.uses_labels() { Some(true) } else { label_orient[k] }) else { continue };
-                    let (w, l, rw, rl) = if first_is_chosen { (lp1[k], lp2[k], r1[k], r2[k]) } else { (lp2[k], lp1[k], r2[k], r1[k]) };
+                    let Some(first_is_chosen) = (if method.uses_labels() { Some(true) } else { label_orient[k] })
+                    else {
+                        continue;
+                    };
+                    let (w, l, rw, rl) =
+                        if first_is_chosen { (lp1[k], lp2[k], r1[k], r2[k]) } else { (lp2[k], lp1[k], r2[k], r1[k]) };
                     let m = p.beta * ((w - rw) - (l - rl));
                     cw += w;
                     cl += l;
@@ -563,7 +638,12 @@ impl Stage for Policy {
                 }
                 if nl > 0 {
                     let d = nl as f64;
-                    extra.extend([("logp_chosen".into(), cw / d), ("logp_rejected".into(), cl / d), ("margin".into(), margin / d), ("accuracy".into(), acc / d)]);
+                    extra.extend([
+                        ("logp_chosen".into(), cw / d),
+                        ("logp_rejected".into(), cl / d),
+                        ("margin".into(), margin / d),
+                        ("accuracy".into(), acc / d),
+                    ]);
                 }
                 if let Some(e) = &o.ensemble {
                     extra.push(("chosen_member".into(), e.chosen as f64));
@@ -587,7 +667,10 @@ impl Stage for Policy {
         let model_dir = ctx.output_path("model");
         std::fs::create_dir_all(&model_dir)?;
         policy.save(&model_dir, Some(&ref_in.path))?;
-        let rho = table::read_kv(&pairs_in.path)?.into_iter().find(|(k, _)| k == "rmdistill.rho").and_then(|(_, v)| v.parse::<f64>().ok());
+        let rho = table::read_kv(&pairs_in.path)?
+            .into_iter()
+            .find(|(k, _)| k == "rmdistill.rho")
+            .and_then(|(_, v)| v.parse::<f64>().ok());
         let info = json!({
             "method": method.name(),
             "beta": p.beta,
@@ -600,7 +683,10 @@ impl Stage for Policy {
             "rho": rho,
             "members": rewards.as_ref().map(|r| r.member_names.clone()),
         });
-        std::fs::write(model_dir.join(POLICY_INFO_FILE), serde_json::to_string_pretty(&info).map_err(anyhow::Error::from)? + "\n")?;
+        std::fs::write(
+            model_dir.join(POLICY_INFO_FILE),
+            serde_json::to_string_pretty(&info).map_err(anyhow::Error::from)? + "\n",
+        )?;
         let h = &trainer.history;
         let last = h.last().unwrap();
         let first_row = h.first().unwrap();
@@ -622,13 +708,23 @@ impl Stage for Policy {
         if !member_chosen.is_empty() && method == Method::EDpo {
             let names = &rewards.as_ref().unwrap().member_names;
             let total_best: u64 = member_best.iter().sum();
-            summary["member_chosen_steps"] = json!(names.iter().cloned().zip(member_chosen.iter().copied()).collect::<BTreeMap<String, u64>>());
-            summary["member_best_share"] =
-                json!(names.iter().cloned().zip(member_best.iter().map(|&c| c as f64 / total_best.max(1) as f64)).collect::<BTreeMap<String, f64>>());
+            summary["member_chosen_steps"] =
+                json!(names.iter().cloned().zip(member_chosen.iter().copied()).collect::<BTreeMap<String, u64>>());
+            summary["member_best_share"] = json!(
+                names
+                    .iter()
+                    .cloned()
+                    .zip(member_best.iter().map(|&c| c as f64 / total_best.max(1) as f64))
+                    .collect::<BTreeMap<String, f64>>()
+            );
         }
         write_metrics(&ctx.output_path("metrics"), h, &table::summary_kv("policy", &summary))?;
         summary["seconds"] = json!(t0.elapsed().as_secs_f64());
-        ctx.log(&format!("{method}: {total} steps in {:.2} s, final loss {:.4}", t0.elapsed().as_secs_f64(), last.loss));
+        ctx.log(&format!(
+            "{method}: {total} steps in {:.2} s, final loss {:.4}",
+            t0.elapsed().as_secs_f64(),
+            last.loss
+        ));
         Ok(summary)
     }
 }

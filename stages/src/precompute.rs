@@ -27,15 +27,17 @@
 //! contiguous run of prompt blocks (each block's samples scored on their own); `merge` concatenates each output's
 //! shards back into the unsharded table, bit for bit: every batch, hence its padding and the kernels' rounding on
 //! that shape, is the one the unsharded stage runs. A shard may be empty (more shards than batches).
-use rmdistill_ml::tch;
 use crate::data_io::{self, Codec};
 use crate::port::*;
 use crate::table;
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, Float64Builder, ListBuilder, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Float64Builder, ListBuilder, RecordBatch, StringArray, UInt32Array,
+};
 use arrow::datatypes::{DataType, Field, Schema};
+use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, RewardModel, SampleConfig};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -101,7 +103,10 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
         return Err(StageError::invalid("max_len", "must be at least 2"));
     }
     if p.batch_size == 0 || p.sample_batch == 0 {
-        return Err(StageError::invalid(if p.batch_size == 0 { "batch_size" } else { "sample_batch" }, "must be at least 1"));
+        return Err(StageError::invalid(
+            if p.batch_size == 0 { "batch_size" } else { "sample_batch" },
+            "must be at least 1",
+        ));
     }
     Ok(p)
 }
@@ -118,7 +123,8 @@ pub fn member_order(members: &[InputArtifact]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..members.len()).collect();
     idx.sort_by(|&i, &j| {
         let (a, b) = (&members[i], &members[j]);
-        let keys: Vec<&String> = a.coords.keys().chain(b.coords.keys()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let keys: Vec<&String> =
+            a.coords.keys().chain(b.coords.keys()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         for k in keys {
             let o = match (a.coords.get(k), b.coords.get(k)) {
                 (Some(x), Some(y)) => cmp_value(x, y),
@@ -136,13 +142,23 @@ pub fn member_order(members: &[InputArtifact]) -> Vec<usize> {
 }
 
 /// Summed `log π(y|x)` (EOS included) of rows, batched.
-pub fn ref_logprobs(model: &LanguageModel, codec: &Codec, prompts: &[Vec<i64>], responses: &[Vec<i64>], batch: usize) -> StageResult<Vec<f64>> {
+pub fn ref_logprobs(
+    model: &LanguageModel,
+    codec: &Codec,
+    prompts: &[Vec<i64>],
+    responses: &[Vec<i64>],
+    batch: usize,
+) -> StageResult<Vec<f64>> {
     let mut out = Vec::with_capacity(prompts.len());
     for r in data_io::chunks(prompts.len(), batch) {
         let ps: Vec<&[i64]> = prompts[r.clone()].iter().map(|x| x.as_slice()).collect();
         let rs: Vec<&[i64]> = responses[r.clone()].iter().map(|x| x.as_slice()).collect();
         let b = codec.batch(&ps, &rs, model.device())?;
-        let lp = tch::no_grad(|| rmdistill_ml::with_autocast(model.device(), || rmdistill_ml::sequence_logprobs(model.net(), &b, rmdistill_ml::Reduction::Sum)));
+        let lp = tch::no_grad(|| {
+            rmdistill_ml::with_autocast(model.device(), || {
+                rmdistill_ml::sequence_logprobs(model.net(), &b, rmdistill_ml::Reduction::Sum)
+            })
+        });
         out.extend(data_io::to_f64s(&lp)?);
     }
     Ok(out)
@@ -158,14 +174,32 @@ impl Stage for Precompute {
     fn inputs(&self) -> &'static [InputSpec] {
         &[
             InputSpec { name: "pairs", required: true, many: false, doc: "the training set D_rho" },
-            InputSpec { name: "reference", required: true, many: false, doc: "reference policy (causal-LM checkpoint with tokenizer)" },
-            InputSpec { name: "reward_models", required: true, many: true, doc: "reward-model checkpoints (members, ordered by coords)" },
+            InputSpec {
+                name: "reference",
+                required: true,
+                many: false,
+                doc: "reference policy (causal-LM checkpoint with tokenizer)",
+            },
+            InputSpec {
+                name: "reward_models",
+                required: true,
+                many: true,
+                doc: "reward-model checkpoints (members, ordered by coords)",
+            },
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[
-            OutputSpec { name: "rewards", kind: ArtifactKind::File, doc: "pair_id, ref_logp_a/b, len_a/b, reward_a/b (list per member)" },
-            OutputSpec { name: "ref_samples", kind: ArtifactKind::File, doc: "prompt, response, ref_logp, finished: samples of pi_ref" },
+            OutputSpec {
+                name: "rewards",
+                kind: ArtifactKind::File,
+                doc: "pair_id, ref_logp_a/b, len_a/b, reward_a/b (list per member)",
+            },
+            OutputSpec {
+                name: "ref_samples",
+                kind: ArtifactKind::File,
+                doc: "prompt, response, ref_logp, finished: samples of pi_ref",
+            },
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
@@ -185,19 +219,27 @@ impl Stage for Precompute {
         let reference = data_io::one_input(ctx, "reference")?;
         data_io::check_checkpoint(&reference.path, "reference")?;
         let mut codec = Codec::load(&reference.path, "reference")?;
-        let model = LanguageModel::load(&reference.path, device).map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
+        let model = LanguageModel::load(&reference.path, device)
+            .map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
         codec.check_vocab(model.config.vocab_size(), "reference")?;
         codec.max_len = model.config.max_positions().map(|m| m as usize);
         let codec = codec.with_max_len(p.max_len);
         let members_in = ctx.inputs("reward_models");
         if members_in.is_empty() {
-            return Err(StageError::invalid("reward_models", "an ensemble of zero members: bind at least one reward model"));
+            return Err(StageError::invalid(
+                "reward_models",
+                "an ensemble of zero members: bind at least one reward model",
+            ));
         }
         let order = member_order(members_in);
         let mut members: Vec<(RewardModel, Codec)> = vec![];
         for &i in &order {
-            let (m, mut c) = crate::label::load_rm(&members_in[i].path, "reward_models", device)
-                .map_err(|e| StageError::invalid("reward_models", format!("{} ({}): {e}", members_in[i].node, members_in[i].path.display())))?;
+            let (m, mut c) = crate::label::load_rm(&members_in[i].path, "reward_models", device).map_err(|e| {
+                StageError::invalid(
+                    "reward_models",
+                    format!("{} ({}): {e}", members_in[i].node, members_in[i].path.display()),
+                )
+            })?;
             c.max_len = m.config.max_positions().map(|x| x as usize);
             members.push((m, c.with_max_len(p.max_len)));
         }
@@ -205,11 +247,16 @@ impl Stage for Precompute {
         let coords: Vec<BTreeMap<String, Value>> = order.iter().map(|&i| members_in[i].coords.clone()).collect();
         let pairs = data_io::one_input(ctx, "pairs")?;
         let path = &pairs.path;
-        let all = data_io::read_nonempty(path, "pairs", Some(&[table::PAIR_ID, table::PROMPT, table::RESPONSE_A, table::RESPONSE_B]))?;
+        let all = data_io::read_nonempty(
+            path,
+            "pairs",
+            Some(&[table::PAIR_ID, table::PROMPT, table::RESPONSE_A, table::RESPONSE_B]),
+        )?;
         let all_prompts = data_io::strings(&all, table::PROMPT, path, true)?;
         // Whole batches, so that the shards' batches are the unsharded stage's (see the module doc).
         let batches = data_io::shard_range(all.num_rows().div_ceil(p.batch_size), p.shard, p.shards);
-        let range = (batches.start * p.batch_size).min(all.num_rows())..(batches.end * p.batch_size).min(all.num_rows());
+        let range =
+            (batches.start * p.batch_size).min(all.num_rows())..(batches.end * p.batch_size).min(all.num_rows());
         let t = all.slice(range.start, range.len());
         let n = t.num_rows();
         let ids = data_io::strings(&t, table::PAIR_ID, path, true)?;
@@ -233,7 +280,9 @@ impl Stage for Precompute {
             let (pe, ae, be) = if c.tok.inner().get_vocab(true) == codec.tok.inner().get_vocab(true) {
                 (pe.clone(), ae.clone(), be.clone())
             } else {
-                let enc = |v: &[String], f: &dyn Fn(&str) -> StageResult<Vec<i64>>| v.iter().map(|x| f(x)).collect::<StageResult<Vec<_>>>();
+                let enc = |v: &[String], f: &dyn Fn(&str) -> StageResult<Vec<i64>>| {
+                    v.iter().map(|x| f(x)).collect::<StageResult<Vec<_>>>()
+                };
                 (enc(prompts, &|x| c.prompt(x))?, enc(&ra, &|x| c.response(x))?, enc(&rb, &|x| c.response(x))?)
             };
             let sa = crate::label::rm_scores(m, c, &pe, &ae, p.batch_size)?;
@@ -248,7 +297,11 @@ impl Stage for Precompute {
             ctx.progress(done, work);
         }
         let list = |v: &[Vec<f64>]| -> ArrayRef {
-            let mut b = ListBuilder::new(Float64Builder::new()).with_field(Arc::new(Field::new("item", DataType::Float64, false)));
+            let mut b = ListBuilder::new(Float64Builder::new()).with_field(Arc::new(Field::new(
+                "item",
+                DataType::Float64,
+                false,
+            )));
             for row in v {
                 b.values().append_slice(row);
                 b.append(true);
@@ -308,8 +361,10 @@ impl Stage for Precompute {
                     s_fin.push(s.finished[j]);
                 }
                 // scored block by block, so that the batches do not depend on sharding
-                let pe: Vec<Vec<i64>> = s_prompt[first..].iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
-                let re: Vec<Vec<i64>> = s_resp[first..].iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
+                let pe: Vec<Vec<i64>> =
+                    s_prompt[first..].iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
+                let re: Vec<Vec<i64>> =
+                    s_resp[first..].iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
                 s_lp.extend(ref_logprobs(&model, &codec, &pe, &re, p.batch_size)?);
             }
         }
@@ -341,7 +396,8 @@ impl Stage for Precompute {
             "mean_ref_sample_logp": mean(&s_lp),
         });
         let kv = |stage_out: &str| {
-            let mut kv = table::summary_kv("precompute", &json!({"shard": p.shard, "shards": p.shards, "output": stage_out}));
+            let mut kv =
+                table::summary_kv("precompute", &json!({"shard": p.shard, "shards": p.shards, "output": stage_out}));
             kv.push(("rmdistill.members".into(), serde_json::to_string(&names).expect("json")));
             kv.push(("rmdistill.member_coords".into(), serde_json::to_string(&coords).expect("json")));
             kv

@@ -105,9 +105,15 @@ fn opt_str(t: &arrow::array::RecordBatch, col: &str) -> Option<String> {
 pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
     let t = table::read_table(&a.path, None)?;
     if t.num_rows() != 1 {
-        return Err(StageError::invalid("evals", format!("{} ({}): a summary has one row, found {}", a.node, a.path.display(), t.num_rows())));
+        return Err(StageError::invalid(
+            "evals",
+            format!("{} ({}): a summary has one row, found {}", a.node, a.path.display(), t.num_rows()),
+        ));
     }
-    let need = |c: &str| opt_f64(&t, c).ok_or_else(|| StageError::invalid("evals", format!("{} ({}): missing `{c}`", a.node, a.path.display())));
+    let need = |c: &str| {
+        opt_f64(&t, c)
+            .ok_or_else(|| StageError::invalid("evals", format!("{} ({}): missing `{c}`", a.node, a.path.display())))
+    };
     let method = coord_str(&a.coords, "method").or_else(|| opt_str(&t, "method")).unwrap_or_else(|| a.node.clone());
     let se = need("se")?;
     Ok(EvalRow {
@@ -115,7 +121,13 @@ pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
         method,
         rho: data_io::coord_f64(&a.coords, "rho").or_else(|| opt_f64(&t, "rho")),
         seed: data_io::coord_f64(&a.coords, "seed").map(|s| s as i64),
-        advantage: Estimate { mean: need("advantage")?, se, n: need("n_prompts")? as usize, ci_low: need("ci_low")?, ci_high: need("ci_high")? },
+        advantage: Estimate {
+            mean: need("advantage")?,
+            se,
+            n: need("n_prompts")? as usize,
+            ci_low: need("ci_low")?,
+            ci_high: need("ci_high")?,
+        },
         win_rate: need("win_rate")?,
         mean_len: need("mean_len")?,
         ref_mean_len: need("ref_mean_len")?,
@@ -156,7 +168,8 @@ fn label_rows(rows: &mut [EvalRow]) {
 /// Whether a training run used the value the selection chose for its method and ρ (true when nothing was chosen
 /// for it).
 fn is_chosen(chosen: &[crate::select::Choice], t: &Trajectory) -> bool {
-    crate::select::choice_for(chosen, &t.method, t.rho).is_none_or(|c| c.is_value(if c.param == "tau" { t.tau } else { t.beta }))
+    crate::select::choice_for(chosen, &t.method, t.rho)
+        .is_none_or(|c| c.is_value(if c.param == "tau" { t.tau } else { t.beta }))
 }
 
 /// Aggregates seeds per (label, ρ).
@@ -168,7 +181,11 @@ pub fn aggregate(rows: &[EvalRow]) -> Vec<Cell> {
     groups
         .into_values()
         .map(|g| {
-            let adv = if g.len() >= 2 { stats::estimate(&g.iter().map(|r| r.advantage.mean).collect::<Vec<_>>()) } else { g[0].advantage };
+            let adv = if g.len() >= 2 {
+                stats::estimate(&g.iter().map(|r| r.advantage.mean).collect::<Vec<_>>())
+            } else {
+                g[0].advantage
+            };
             let m = |f: fn(&EvalRow) -> f64| stats::mean(&g.iter().map(|r| f(r)).collect::<Vec<_>>());
             Cell {
                 label: g[0].label.clone(),
@@ -205,7 +222,10 @@ fn read_metrics(a: &InputArtifact) -> StageResult<Trajectory> {
         .or_else(|| kv.iter().find(|(k, _)| k == "rmdistill.method").map(|(_, v)| v.trim_matches('"').to_string()))
         .unwrap_or_else(|| a.node.clone());
     let kl = data_io::opt_f64s(&t, "kl");
-    let num = |k: &str| data_io::coord_f64(&a.coords, k).or_else(|| kv.iter().find(|(x, _)| x == &format!("rmdistill.{k}")).and_then(|(_, v)| v.parse().ok()));
+    let num = |k: &str| {
+        data_io::coord_f64(&a.coords, k)
+            .or_else(|| kv.iter().find(|(x, _)| x == &format!("rmdistill.{k}")).and_then(|(_, v)| v.parse().ok()))
+    };
     Ok(Trajectory {
         beta: num("beta"),
         tau: num("tau"),
@@ -351,7 +371,9 @@ fn plot_trajectories(path: &Path, trajs: &[Trajectory], rho: Option<f64>, method
     let panels = root.split_evenly((1, 2));
     let (x0, x1) = range(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)));
     let (y0, y1) = range(series.iter().flat_map(|s| s.1.iter().chain(s.2.iter()).map(|p| p.1)));
-    for (pi, (panel, name)) in panels.iter().zip(["log π_θ(y_w | x) (chosen)", "log π_θ(y_l | x) (rejected)"]).enumerate() {
+    for (pi, (panel, name)) in
+        panels.iter().zip(["log π_θ(y_w | x) (chosen)", "log π_θ(y_l | x) (rejected)"]).enumerate()
+    {
         let mut chart = ChartBuilder::on(panel)
             .caption(name, ("sans-serif", 18))
             .margin(10)
@@ -400,7 +422,9 @@ fn member_usage(trajs: &[Trajectory]) -> BTreeMap<i64, (Option<f64>, Vec<f64>)> 
     out.into_iter()
         .map(|(k, (rho, runs))| {
             let m = runs.iter().map(|r| r.len()).max().unwrap_or(0);
-            let avg = (0..m).map(|j| stats::mean(&runs.iter().map(|r| r.get(j).copied().unwrap_or(0.0)).collect::<Vec<_>>())).collect();
+            let avg = (0..m)
+                .map(|j| stats::mean(&runs.iter().map(|r| r.get(j).copied().unwrap_or(0.0)).collect::<Vec<_>>()))
+                .collect();
             (k, (rho, avg))
         })
         .collect()
@@ -422,10 +446,17 @@ fn plot_members(path: &Path, usage: &BTreeMap<i64, (Option<f64>, Vec<f64>)>) -> 
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1, 0.0..1.05)
         .map_err(plot_err)?;
-    chart.configure_mesh().x_desc("ρ").y_desc("share of optimizer steps").label_style(("sans-serif", 15)).draw().map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("ρ")
+        .y_desc("share of optimizer steps")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(plot_err)?;
     for m in 0..members {
         let color = PALETTE[m % PALETTE.len()];
-        let pts: Vec<(f64, f64)> = usage.values().map(|u| (u.0.unwrap_or(0.5), u.1.get(m).copied().unwrap_or(0.0))).collect();
+        let pts: Vec<(f64, f64)> =
+            usage.values().map(|u| (u.0.unwrap_or(0.5), u.1.get(m).copied().unwrap_or(0.0))).collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(plot_err)?
@@ -473,10 +504,25 @@ impl Stage for Report {
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[
-            InputSpec { name: "evals", required: true, many: true, doc: "evaluate.summary of every policy (coords rho, method, seed)" },
-            InputSpec { name: "metrics", required: false, many: true, doc: "policy.metrics of every policy (coords rho, method, seed)" },
+            InputSpec {
+                name: "evals",
+                required: true,
+                many: true,
+                doc: "evaluate.summary of every policy (coords rho, method, seed)",
+            },
+            InputSpec {
+                name: "metrics",
+                required: false,
+                many: true,
+                doc: "policy.metrics of every policy (coords rho, method, seed)",
+            },
             InputSpec { name: "rm_metrics", required: false, many: true, doc: "reward-model training metrics" },
-            InputSpec { name: "selection", required: false, many: true, doc: "select.selection: β/τ chosen by validation (tabulated; trajectories of other values dropped)" },
+            InputSpec {
+                name: "selection",
+                required: false,
+                many: true,
+                doc: "select.selection: β/τ chosen by validation (tabulated; trajectories of other values dropped)",
+            },
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
@@ -505,8 +551,11 @@ impl Stage for Report {
         trajs.retain(|t| is_chosen(&chosen, t));
         let cells = aggregate(&rows);
         // method order: as METHOD.md lists them, then any others
-        let mut labels: Vec<String> = cells.iter().map(|c| c.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-        let order = |l: &String| crate::losses::Method::ALL.iter().position(|m| l.split(' ').next() == Some(m.name())).unwrap_or(99);
+        let mut labels: Vec<String> =
+            cells.iter().map(|c| c.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let order = |l: &String| {
+            crate::losses::Method::ALL.iter().position(|m| l.split(' ').next() == Some(m.name())).unwrap_or(99)
+        };
         labels.sort_by_key(|l| (order(l), l.clone()));
         let rhos: Vec<Option<f64>> = {
             let mut v: Vec<Option<f64>> = cells.iter().map(|c| c.rho).collect();
@@ -518,7 +567,8 @@ impl Stage for Report {
         std::fs::create_dir_all(&out)?;
         plot_advantage(&out.join("advantage_vs_rho.png"), &cells, &labels)?;
         let traj_methods: Vec<String> = {
-            let mut m: Vec<String> = trajs.iter().map(|t| t.method.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+            let mut m: Vec<String> =
+                trajs.iter().map(|t| t.method.clone()).collect::<BTreeSet<_>>().into_iter().collect();
             m.sort_by_key(|l| (order(l), l.clone()));
             m
         };
@@ -574,7 +624,11 @@ impl Stage for Report {
         }
         let _ = writeln!(md, "\n![advantage vs rho](advantage_vs_rho.png)\n");
         let _ = writeln!(md, "## Best method per ρ\n");
-        let _ = writeln!(md, "| ρ | best | runner-up | difference | Wald z | p | significant (p < {}) |\n|---|---|---|---|---|---|---|", p.alpha);
+        let _ = writeln!(
+            md,
+            "| ρ | best | runner-up | difference | Wald z | p | significant (p < {}) |\n|---|---|---|---|---|---|---|",
+            p.alpha
+        );
         let mut best_json = vec![];
         for (rho, label, second) in &best {
             match second {
@@ -597,7 +651,10 @@ impl Stage for Report {
             }
         }
         let _ = writeln!(md, "\n## Win rate, length and KL\n");
-        let _ = writeln!(md, "| method | ρ | seeds | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| method | ρ | seeds | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n|---|---|---|---|---|---|---|"
+        );
         for l in &labels {
             for r in &rhos {
                 if let Some(c) = cells.iter().find(|c| &c.label == l && rho_key(c.rho) == rho_key(*r)) {
@@ -625,7 +682,10 @@ impl Stage for Report {
             );
         }
         if has_members {
-            let _ = writeln!(md, "\n## e-DPO ensemble-member usage (Fig. B.3)\n\n| ρ | share of steps per member |\n|---|---|");
+            let _ = writeln!(
+                md,
+                "\n## e-DPO ensemble-member usage (Fig. B.3)\n\n| ρ | share of steps per member |\n|---|---|"
+            );
             for (rho, u) in usage.values() {
                 let s: Vec<String> = u.iter().enumerate().map(|(m, v)| format!("m{m}: {v:.2}")).collect();
                 let _ = writeln!(md, "| {} | {} |", fmt_rho(*rho), s.join(", "));
@@ -640,7 +700,16 @@ impl Stage for Report {
                  | method | ρ | parameter | chosen | validation advantage | candidates |\n|---|---|---|---|---|---|"
             );
             for c in &chosen {
-                let _ = writeln!(md, "| {} | {} | {} | {} | {:+.4} | {} |", c.method, fmt_rho(c.rho), c.param, c.value, c.advantage, c.candidates);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {:+.4} | {} |",
+                    c.method,
+                    fmt_rho(c.rho),
+                    c.param,
+                    c.value,
+                    c.advantage,
+                    c.candidates
+                );
             }
         }
         let rm = ctx.inputs("rm_metrics");
@@ -663,8 +732,16 @@ impl Stage for Report {
             "member_usage": usage.values().map(|(r, u)| json!({"rho": r, "share": u})).collect::<Vec<_>>(),
             "training": trajs.iter().map(|t| json!({"method": t.method, "rho": t.rho, "final_kl": t.final_kl})).collect::<Vec<_>>(),
         });
-        std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results).map_err(anyhow::Error::from)? + "\n")?;
-        ctx.log(&format!("report: {} evaluations, {} cells, figures written to {}", rows.len(), cells.len(), out.display()));
+        std::fs::write(
+            out.join("results.json"),
+            serde_json::to_string_pretty(&results).map_err(anyhow::Error::from)? + "\n",
+        )?;
+        ctx.log(&format!(
+            "report: {} evaluations, {} cells, figures written to {}",
+            rows.len(),
+            cells.len(),
+            out.display()
+        ));
         Ok(json!({"evaluations": rows.len(), "cells": cells.len(), "best": best_json}))
     }
 }

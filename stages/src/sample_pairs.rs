@@ -18,7 +18,7 @@ use crate::port::*;
 use crate::table::{self, PairRow, PairsBuilder};
 use rmdistill_ml::{LanguageModel, SampleConfig};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::collections::HashSet;
 
 pub struct SamplePairs;
@@ -68,7 +68,10 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
         return Err(StageError::invalid("pairs_per_prompt", "must be at least 1"));
     }
     if !(p.temperature > 0.0 && p.temperature.is_finite()) {
-        return Err(StageError::invalid("temperature", format!("must be positive (pairs need two distinct samples), got {}", p.temperature)));
+        return Err(StageError::invalid(
+            "temperature",
+            format!("must be positive (pairs need two distinct samples), got {}", p.temperature),
+        ));
     }
     if !(p.top_p > 0.0 && p.top_p <= 1.0) {
         return Err(StageError::invalid("top_p", format!("must be in (0, 1], got {}", p.top_p)));
@@ -89,7 +92,10 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
 pub fn read_prompts(path: &std::path::Path, split: &str, slot: &str) -> StageResult<Vec<(String, u32)>> {
     let schema = table::read_schema(path)?;
     if schema.index_of("prompt").is_err() {
-        return Err(StageError::invalid("prompt", format!("{}: missing column `prompt` in input `{slot}`", path.display())));
+        return Err(StageError::invalid(
+            "prompt",
+            format!("{}: missing column `prompt` in input `{slot}`", path.display()),
+        ));
     }
     let has_split = schema.index_of("split").is_ok();
     let cols: Vec<&str> = if has_split { vec!["prompt", "split"] } else { vec!["prompt"] };
@@ -148,7 +154,8 @@ impl Stage for SamplePairs {
         let pol = data_io::one_input(ctx, "policy")?;
         data_io::check_checkpoint(&pol.path, "policy")?;
         let codec = Codec::load(&pol.path, "policy")?;
-        let model = LanguageModel::load(&pol.path, device).map_err(|e| StageError::invalid("policy", format!("{e:#}")))?;
+        let model =
+            LanguageModel::load(&pol.path, device).map_err(|e| StageError::invalid("policy", format!("{e:#}")))?;
         codec.check_vocab(model.config.vocab_size(), "policy")?;
         let prompts_in = data_io::one_input(ctx, "prompts")?;
         let mut prompts = read_prompts(&prompts_in.path, &p.split, "prompts")?;
@@ -161,7 +168,10 @@ impl Stage for SamplePairs {
             if p.max_new_tokens as i64 >= maxp {
                 return Err(StageError::invalid(
                     "max_new_tokens",
-                    format!("max_new_tokens {} leaves no room for a prompt in the model's {maxp} positions", p.max_new_tokens),
+                    format!(
+                        "max_new_tokens {} leaves no room for a prompt in the model's {maxp} positions",
+                        p.max_new_tokens
+                    ),
                 ));
             }
         }
@@ -226,7 +236,10 @@ impl Stage for SamplePairs {
         if kept == 0 {
             return Err(StageError::invalid(
                 "policy",
-                format!("no usable pair: of {} sampled pairs, {identical} were identical and {empty} had an empty response", total * p.pairs_per_prompt),
+                format!(
+                    "no usable pair: of {} sampled pairs, {identical} were identical and {empty} had an empty response",
+                    total * p.pairs_per_prompt
+                ),
             ));
         }
         let batch = b.finish();

@@ -101,7 +101,9 @@ pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
                 method: methods[i].clone(),
                 rho: rho[i],
                 param: params[i].clone(),
-                value: value[i].ok_or_else(|| StageError::invalid("selection", format!("{}: row {i}: null `value`", path.display())))?,
+                value: value[i].ok_or_else(|| {
+                    StageError::invalid("selection", format!("{}: row {i}: null `value`", path.display()))
+                })?,
                 advantage: adv[i].unwrap_or(f64::NAN),
                 seeds: seeds[i].unwrap_or(0.0) as usize,
                 candidates: cands[i].unwrap_or(0.0) as usize,
@@ -118,7 +120,12 @@ impl Stage for Select {
         "pick beta (tau for IPO) per method and rho by validation advantage"
     }
     fn inputs(&self) -> &'static [InputSpec] {
-        &[InputSpec { name: "evals", required: true, many: true, doc: "evaluate.summary on the validation split (coords method, rho, beta|tau, seed)" }]
+        &[InputSpec {
+            name: "evals",
+            required: true,
+            many: true,
+            doc: "evaluate.summary on the validation split (coords method, rho, beta|tau, seed)",
+        }]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[OutputSpec { name: "selection", kind: ArtifactKind::File, doc: "chosen value per method and rho (Parquet)" }]
@@ -141,7 +148,10 @@ impl Stage for Select {
             let param = if p.tau_methods.contains(&r.method) { "tau" } else { "beta" };
             let v = if param == "tau" { r.tau } else { r.beta };
             let v = v.ok_or_else(|| {
-                StageError::invalid("evals", format!("{}: no `{param}` in its coordinates or summary: nothing to select over", a.node))
+                StageError::invalid(
+                    "evals",
+                    format!("{}: no `{param}` in its coordinates or summary: nothing to select over", a.node),
+                )
             })?;
             rows.push((r.method, r.rho, param.to_string(), v, r.advantage.mean));
         }
@@ -166,7 +176,11 @@ impl Stage for Select {
         ];
         let batch = RecordBatch::try_new(Arc::new(schema), cols)?;
         let summary = json!({ "chosen": chosen });
-        table::write_table(&ctx.output_path("selection"), &batch, &table::summary_kv("select", &json!({"choices": chosen.len()})))?;
+        table::write_table(
+            &ctx.output_path("selection"),
+            &batch,
+            &table::summary_kv("select", &json!({"choices": chosen.len()})),
+        )?;
         Ok(summary)
     }
 }

@@ -15,19 +15,19 @@
 //! Outputs: `model` (Dir: a Hugging Face causal-LM checkpoint with its tokenizer) and `metrics` (Parquet: step, loss,
 //! lr, grad_norm, eval_loss — eval_loss at every `eval_every` steps and the last). Same inputs, params and thread
 //! count → byte-identical outputs on CPU.
-use rmdistill_ml::tch;
 use crate::data_io::{self, Codec};
 use crate::port::*;
 use crate::table;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rmdistill_ml::{
-    Gpt2Config, LanguageModel, LlamaConfig, ModelConfig, OptimConfig, Reduction, Schedule, Tokenizer, TokenizerSpec, Trainer,
-    sequence_logprobs,
-};
 use rmdistill_ml::logprobs::lm_loss;
+use rmdistill_ml::tch;
+use rmdistill_ml::{
+    Gpt2Config, LanguageModel, LlamaConfig, ModelConfig, OptimConfig, Reduction, Schedule, Tokenizer, TokenizerSpec,
+    Trainer, sequence_logprobs,
+};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::path::Path;
 
 pub struct Sft;
@@ -76,7 +76,14 @@ fn d_pos() -> i64 {
 }
 impl Default for ArchParams {
     fn default() -> Self {
-        ArchParams { kind: d_arch(), d_model: d_dim(), n_layer: d_layers(), n_head: d_heads(), d_ff: d_ff(), max_positions: d_pos() }
+        ArchParams {
+            kind: d_arch(),
+            d_model: d_dim(),
+            n_layer: d_layers(),
+            n_head: d_heads(),
+            d_ff: d_ff(),
+            max_positions: d_pos(),
+        }
     }
 }
 
@@ -176,13 +183,22 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
 }
 
 pub fn check_arch(a: &ArchParams) -> StageResult<()> {
-    for (n, v) in [("arch.d_model", a.d_model), ("arch.n_layer", a.n_layer), ("arch.n_head", a.n_head), ("arch.d_ff", a.d_ff), ("arch.max_positions", a.max_positions)] {
+    for (n, v) in [
+        ("arch.d_model", a.d_model),
+        ("arch.n_layer", a.n_layer),
+        ("arch.n_head", a.n_head),
+        ("arch.d_ff", a.d_ff),
+        ("arch.max_positions", a.max_positions),
+    ] {
         if v <= 0 {
             return Err(StageError::invalid(n, format!("must be positive, got {v}")));
         }
     }
     if a.d_model % a.n_head != 0 {
-        return Err(StageError::invalid("arch.n_head", format!("must divide d_model ({}), got {}", a.d_model, a.n_head)));
+        return Err(StageError::invalid(
+            "arch.n_head",
+            format!("must divide d_model ({}), got {}", a.d_model, a.n_head),
+        ));
     }
     Ok(())
 }
@@ -238,11 +254,19 @@ fn demonstrations(path: &Path) -> StageResult<(Vec<(String, String)>, Vec<(Strin
                 Some(0) => train.push((prompts[i].clone(), a[i].clone())),
                 Some(1) => train.push((prompts[i].clone(), b[i].clone())),
                 None => {}
-                Some(x) => return Err(StageError::invalid("label", format!("{}: row {i} has label {x}, expected 0 or 1", path.display()))),
+                Some(x) => {
+                    return Err(StageError::invalid(
+                        "label",
+                        format!("{}: row {i} has label {x}, expected 0 or 1", path.display()),
+                    ));
+                }
             }
         }
         if train.is_empty() {
-            return Err(StageError::invalid("label", format!("{}: no labelled pair to take a chosen response from", path.display())));
+            return Err(StageError::invalid(
+                "label",
+                format!("{}: no labelled pair to take a chosen response from", path.display()),
+            ));
         }
         return Ok((train, vec![], "chosen responses"));
     }
@@ -286,15 +310,29 @@ impl Stage for Sft {
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[
-            InputSpec { name: "data", required: true, many: false, doc: "demonstrations (prompt, summary[, split]) or labelled pairs" },
+            InputSpec {
+                name: "data",
+                required: true,
+                many: false,
+                doc: "demonstrations (prompt, summary[, split]) or labelled pairs",
+            },
             InputSpec { name: "base", required: false, many: false, doc: "a causal-LM checkpoint to start from" },
-            InputSpec { name: "tokenizer", required: false, many: false, doc: "a directory with tokenizer.json (model built from scratch)" },
+            InputSpec {
+                name: "tokenizer",
+                required: false,
+                many: false,
+                doc: "a directory with tokenizer.json (model built from scratch)",
+            },
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[
             OutputSpec { name: "model", kind: ArtifactKind::Dir, doc: "causal-LM checkpoint with tokenizer" },
-            OutputSpec { name: "metrics", kind: ArtifactKind::File, doc: "step, loss, lr, grad_norm, eval_loss (Parquet)" },
+            OutputSpec {
+                name: "metrics",
+                kind: ArtifactKind::File,
+                doc: "step, loss, lr, grad_norm, eval_loss (Parquet)",
+            },
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
@@ -314,7 +352,10 @@ impl Stage for Sft {
         let data = data_io::one_input(ctx, "data")?;
         let (mut train, mut eval, source) = demonstrations(&data.path)?;
         if train.is_empty() {
-            return Err(StageError::invalid("data", format!("{}: no training rows (split = \"train\")", data.path.display())));
+            return Err(StageError::invalid(
+                "data",
+                format!("{}: no training rows (split = \"train\")", data.path.display()),
+            ));
         }
         let base = data_io::opt_input(ctx, "base")?;
         let tok_in = data_io::opt_input(ctx, "tokenizer")?;
@@ -327,7 +368,8 @@ impl Stage for Sft {
                     Some(t) => Codec::load(&t.path, "tokenizer")?,
                     None => Codec::load(&b.path, "base")?,
                 };
-                let m = LanguageModel::load(&b.path, device).map_err(|e| StageError::invalid("base", format!("{e:#}")))?;
+                let m =
+                    LanguageModel::load(&b.path, device).map_err(|e| StageError::invalid("base", format!("{e:#}")))?;
                 codec.check_vocab(m.config.vocab_size(), "base")?;
                 (codec, m, "base")
             }
@@ -395,7 +437,8 @@ impl Stage for Sft {
                     -lp.sum(tch::Kind::Float) / n_tok as f64
                 }
                 TrainOn::All => {
-                    let (nll, n) = rmdistill_ml::with_autocast(device, || lm_loss(model.net(), &b.input_ids, &b.attention_mask));
+                    let (nll, n) =
+                        rmdistill_ml::with_autocast(device, || lm_loss(model.net(), &b.input_ids, &b.attention_mask));
                     nll / n
                 }
             };
@@ -439,7 +482,12 @@ impl Stage for Sft {
         )?;
         ctx.log(&format!(
             "{} parameters, {} steps: loss {:.3} → {:.3}, eval loss {:?} → {:?}",
-            summary["parameters"], p.steps, summary["first_loss"], summary["final_loss"], eval_before, summary["eval_loss"]
+            summary["parameters"],
+            p.steps,
+            summary["first_loss"],
+            summary["final_loss"],
+            eval_before,
+            summary["eval_loss"]
         ));
         Ok(summary)
     }

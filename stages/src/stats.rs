@@ -47,7 +47,10 @@ fn erf(x: f64) -> f64 {
     let s = x.signum();
     let x = x.abs();
     let t = 1.0 / (1.0 + 0.3275911 * x);
-    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * (-x * x).exp();
+    let y = 1.0
+        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592)
+            * t
+            * (-x * x).exp();
     s * y
 }
 
@@ -161,7 +164,13 @@ pub struct Test {
 pub fn wald(a: &Estimate, b: &Estimate) -> Test {
     let diff = a.mean - b.mean;
     let se = (a.se.powi(2) + b.se.powi(2)).sqrt();
-    let stat = if se > 0.0 { diff / se } else if diff == 0.0 { 0.0 } else { f64::INFINITY * diff.signum() };
+    let stat = if se > 0.0 {
+        diff / se
+    } else if diff == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY * diff.signum()
+    };
     Test { diff, se, stat, p_value: 2.0 * (1.0 - normal_cdf(stat.abs())) }
 }
 
@@ -170,7 +179,13 @@ pub fn paired(a: &[f64], b: &[f64]) -> Test {
     assert_eq!(a.len(), b.len(), "paired test needs matched values");
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
     let e = estimate(&d);
-    let stat = if e.se > 0.0 { e.mean / e.se } else if e.mean == 0.0 { 0.0 } else { f64::INFINITY * e.mean.signum() };
+    let stat = if e.se > 0.0 {
+        e.mean / e.se
+    } else if e.mean == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY * e.mean.signum()
+    };
     let df = (d.len().max(2) - 1) as f64;
     Test { diff: e.mean, se: e.se, stat, p_value: 2.0 * (1.0 - t_cdf(stat.abs(), df)) }
 }
@@ -198,7 +213,10 @@ mod tests {
         let one = estimate(&[3.0]);
         assert_eq!((one.ci_low, one.ci_high, one.se), (3.0, 3.0, 0.0));
         // Wald: Δ = 1, se = √(0.3² + 0.4²) = 0.5 → z = 2, p = 0.0455
-        let w = wald(&Estimate { mean: 1.5, se: 0.3, n: 9, ci_low: 0.0, ci_high: 0.0 }, &Estimate { mean: 0.5, se: 0.4, n: 9, ci_low: 0.0, ci_high: 0.0 });
+        let w = wald(
+            &Estimate { mean: 1.5, se: 0.3, n: 9, ci_low: 0.0, ci_high: 0.0 },
+            &Estimate { mean: 0.5, se: 0.4, n: 9, ci_low: 0.0, ci_high: 0.0 },
+        );
         assert!((w.stat - 2.0).abs() < 1e-12 && (w.p_value - 0.0455).abs() < 1e-3, "{w:?}");
         // paired: differences [1, 2, 3] → mean 2, se 1/√3, t = 3.464, df 2 → p = 0.0742
         let p = paired(&[2.0, 4.0, 6.0], &[1.0, 2.0, 3.0]);

@@ -20,7 +20,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Deserializer};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 pub struct Subsample;
@@ -41,7 +41,11 @@ impl<'de> Deserialize<'de> for Size {
                 f.write_str("a positive integer or the string \"max\"")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Size, E> {
-                if v == 0 { Err(E::custom("size must be a positive integer or \"max\", got 0")) } else { Ok(Size::Exact(v)) }
+                if v == 0 {
+                    Err(E::custom("size must be a positive integer or \"max\", got 0"))
+                } else {
+                    Ok(Size::Exact(v))
+                }
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
                 if v <= 0 {
@@ -123,7 +127,13 @@ impl Classes {
 
 /// Sorts every labelled row into longer-preferred, shorter-preferred or within the margin. `label` 0 prefers a,
 /// 1 prefers b; any other value is an error naming the row.
-pub fn classify(len_a: &[u32], len_b: &[u32], label: &Int8Array, margin: f64, label_column: &str) -> StageResult<Classes> {
+pub fn classify(
+    len_a: &[u32],
+    len_b: &[u32],
+    label: &Int8Array,
+    margin: f64,
+    label_column: &str,
+) -> StageResult<Classes> {
     assert!(len_a.len() == len_b.len() && len_a.len() == label.len());
     let factor = 1.0 + margin;
     let mut c = Classes::default();
@@ -256,22 +266,33 @@ fn read_selection_input(path: &std::path::Path, p: &Params) -> StageResult<Selec
     match p.length {
         LengthKind::Words => cols.extend([table::WORDS_A, table::WORDS_B]),
         LengthKind::Tokens => cols.extend([table::TOKENS_A, table::TOKENS_B]),
-        LengthKind::Auto if has_tokens => cols.extend([table::TOKENS_A, table::TOKENS_B, table::WORDS_A, table::WORDS_B]),
+        LengthKind::Auto if has_tokens => {
+            cols.extend([table::TOKENS_A, table::TOKENS_B, table::WORDS_A, table::WORDS_B])
+        }
         LengthKind::Auto => cols.extend([table::WORDS_A, table::WORDS_B]),
     }
     let batch = table::read_table(path, Some(&cols))?;
     let label_arr = batch.column_by_name(&p.label_column).expect("projected");
     let label: Int8Array = match label_arr.data_type() {
         DataType::Int8 => label_arr.as_any().downcast_ref::<Int8Array>().expect("Int8").clone(),
-        DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32
-        | DataType::UInt64 | DataType::Boolean => {
+        DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Boolean => {
             let c = arrow::compute::cast_with_options(
                 label_arr,
                 &DataType::Int8,
                 &arrow::compute::CastOptions { safe: false, ..Default::default() },
             )
             .map_err(|e| {
-                StageError::invalid(&p.label_column, format!("{}: label values must be 0, 1 or null: {e}", path.display()))
+                StageError::invalid(
+                    &p.label_column,
+                    format!("{}: label values must be 0, 1 or null: {e}", path.display()),
+                )
             })?;
             c.as_any().downcast_ref::<Int8Array>().expect("Int8").clone()
         }
@@ -279,11 +300,12 @@ fn read_selection_input(path: &std::path::Path, p: &Params) -> StageResult<Selec
             return Err(StageError::invalid(
                 &p.label_column,
                 format!("{}: column `{}` must be an integer (0/1/null), found {other}", path.display(), p.label_column),
-            ))
+            ));
         }
     };
     let tokens_complete = |b: &RecordBatch| -> StageResult<bool> {
-        Ok(table::u32_values(b, table::TOKENS_A)?.null_count() == 0 && table::u32_values(b, table::TOKENS_B)?.null_count() == 0)
+        Ok(table::u32_values(b, table::TOKENS_A)?.null_count() == 0
+            && table::u32_values(b, table::TOKENS_B)?.null_count() == 0)
     };
     let use_tokens = match p.length {
         LengthKind::Words => false,
@@ -301,13 +323,19 @@ fn read_selection_input(path: &std::path::Path, p: &Params) -> StageResult<Selec
         }
         LengthKind::Auto => has_tokens && tokens_complete(&batch)?,
     };
-    let (ca, cb, length) =
-        if use_tokens { (table::TOKENS_A, table::TOKENS_B, "tokens") } else { (table::WORDS_A, table::WORDS_B, "words") };
+    let (ca, cb, length) = if use_tokens {
+        (table::TOKENS_A, table::TOKENS_B, "tokens")
+    } else {
+        (table::WORDS_A, table::WORDS_B, "words")
+    };
     let len_a = table::u32_values(&batch, ca)?.clone();
     let len_b = table::u32_values(&batch, cb)?.clone();
     for (name, a) in [(ca, &len_a), (cb, &len_b)] {
         if a.null_count() > 0 {
-            return Err(StageError::invalid(name, format!("{}: column `{name}` has {} nulls", path.display(), a.null_count())));
+            return Err(StageError::invalid(
+                name,
+                format!("{}: column `{name}` has {} nulls", path.display(), a.null_count()),
+            ));
         }
     }
     Ok(SelectionInput { label, len_a, len_b, length })
@@ -430,7 +458,7 @@ impl Stage for Subsample {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::local_ctx::{shared_data, LocalCtx};
+    use crate::table::local_ctx::{LocalCtx, shared_data};
     use arrow::array::{AsArray, StringArray};
     use std::collections::HashSet;
     use std::path::{Path, PathBuf};
@@ -487,7 +515,9 @@ mod tests {
     fn exact_rho_on_tldr() {
         let dir = tempfile::tempdir().unwrap();
         for (k, rho) in [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8].into_iter().enumerate() {
-            let (s, out) = run(tldr_pairs(), &dir.path().join(k.to_string()), json!({"rho": rho, "size": 500, "seed": 1})).unwrap();
+            let (s, out) =
+                run(tldr_pairs(), &dir.path().join(k.to_string()), json!({"rho": rho, "size": 500, "seed": 1}))
+                    .unwrap();
             let n_long = (rho * 500.0_f64).round() as usize;
             assert_eq!(s["longer_preferred"], n_long);
             assert_eq!(s["rho_achieved"].as_f64().unwrap(), n_long as f64 / 500.0);
@@ -529,9 +559,11 @@ mod tests {
     fn size_max_is_the_largest_feasible() {
         let dir = tempfile::tempdir().unwrap();
         for (k, rho) in [0.0, 0.2, 0.5, 0.65, 1.0].into_iter().enumerate() {
-            let (s, out) = run(tldr_pairs(), &dir.path().join(k.to_string()), json!({"rho": rho, "size": "max"})).unwrap();
+            let (s, out) =
+                run(tldr_pairs(), &dir.path().join(k.to_string()), json!({"rho": rho, "size": "max"})).unwrap();
             let size = s["size"].as_u64().unwrap();
-            let (l, sh) = (s["longer_preferred_available"].as_u64().unwrap(), s["shorter_preferred_available"].as_u64().unwrap());
+            let (l, sh) =
+                (s["longer_preferred_available"].as_u64().unwrap(), s["shorter_preferred_available"].as_u64().unwrap());
             check(tldr_pairs(), &out, size as usize, s["longer_preferred"].as_u64().unwrap() as usize);
             // one more is infeasible
             let nl = (rho * (size + 1) as f64).round() as u64;
@@ -552,7 +584,8 @@ mod tests {
         let d_schema = table::read_schema(&d).unwrap();
         let mut prev: Option<Vec<u8>> = None;
         for (k, rho) in [0.2, 0.35, 0.5, 0.65, 0.8].into_iter().enumerate() {
-            let (s, sub) = run(&d, &dir.path().join(format!("e{k}")), json!({"rho": rho, "size": 400, "seed": k})).unwrap();
+            let (s, sub) =
+                run(&d, &dir.path().join(format!("e{k}")), json!({"rho": rho, "size": 400, "seed": k})).unwrap();
             assert_eq!(s["rows_in"], 800);
             check(&d, &sub, 400, (rho * 400.0_f64).round() as usize);
             assert_eq!(table::read_schema(&sub).unwrap(), d_schema, "input schema = output schema");
@@ -624,7 +657,8 @@ mod tests {
         }
         let e = run(tldr_pairs(), dir.path(), json!({"rho": 0.5, "size": 10, "length": "tokens"})).unwrap_err();
         assert!(e.starts_with("length:") && e.contains("null token counts"), "{e}");
-        let e = run(tldr_pairs(), dir.path(), json!({"rho": 0.5, "size": 10, "label_column": "oracle_label"})).unwrap_err();
+        let e =
+            run(tldr_pairs(), dir.path(), json!({"rho": 0.5, "size": 10, "label_column": "oracle_label"})).unwrap_err();
         assert!(e.starts_with("oracle_label:") && e.contains("missing column"), "{e}");
         let e = run(tldr_pairs(), dir.path(), json!({"rho": 0.5, "size": 10, "label_column": "prompt"})).unwrap_err();
         assert!(e.starts_with("prompt:") && e.contains("must be an integer"), "{e}");
@@ -657,7 +691,8 @@ mod tests {
         let t = table::read_table(&out, Some(&["label", "source_row"])).unwrap();
         assert_eq!(t.column(0).null_count(), 0);
         assert!(table::u32_values(&t, "source_row").unwrap().values().iter().all(|r| r % 2 == 1));
-        let (sw, _) = run(&input, &dir.path().join("w"), json!({"rho": 0.5, "size": "max", "length": "words"})).unwrap();
+        let (sw, _) =
+            run(&input, &dir.path().join("w"), json!({"rho": 0.5, "size": "max", "length": "words"})).unwrap();
         assert_eq!(sw["longer_preferred_available"], s["shorter_preferred_available"], "tokens are the words swapped");
     }
 }

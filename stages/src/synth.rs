@@ -56,7 +56,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -78,7 +78,13 @@ pub struct OracleParams {
 
 impl Default for OracleParams {
     fn default() -> Self {
-        OracleParams { coverage_weight: 1.0, invent_penalty: 0.1, repeat_penalty: 0.25, length_bonus: 0.1, length_cap: 10 }
+        OracleParams {
+            coverage_weight: 1.0,
+            invent_penalty: 0.1,
+            repeat_penalty: 0.25,
+            length_bonus: 0.1,
+            length_cap: 10,
+        }
     }
 }
 
@@ -102,7 +108,10 @@ impl OracleParams {
             ("length_bonus", self.length_bonus),
         ] {
             if !v.is_finite() || v < 0.0 {
-                return Err(StageError::invalid(format!("{field}.{n}"), format!("must be a finite number ≥ 0, got {v}")));
+                return Err(StageError::invalid(
+                    format!("{field}.{n}"),
+                    format!("must be a finite number ≥ 0, got {v}"),
+                ));
             }
         }
         Ok(())
@@ -248,7 +257,10 @@ fn parse(params: &Map<String, Value>) -> StageResult<(Params, OracleParams)> {
     }
     let range = |name: &str, [lo, hi]: [u32; 2], min: u32| -> StageResult<()> {
         if lo < min || lo > hi {
-            return Err(StageError::invalid(name, format!("must be [min, max] with {min} <= min <= max, got [{lo}, {hi}]")));
+            return Err(StageError::invalid(
+                name,
+                format!("must be [min, max] with {min} <= min <= max, got [{lo}, {hi}]"),
+            ));
         }
         Ok(())
     };
@@ -270,11 +282,18 @@ fn parse(params: &Map<String, Value>) -> StageResult<(Params, OracleParams)> {
     if p.vocab_size > MAX_VOCAB || p.vocab_size < p.doc_len[1] + 1 {
         return Err(StageError::invalid(
             "vocab_size",
-            format!("must be in {}..={MAX_VOCAB} (more words than the longest document), got {}", p.doc_len[1] + 1, p.vocab_size),
+            format!(
+                "must be in {}..={MAX_VOCAB} (more words than the longest document), got {}",
+                p.doc_len[1] + 1,
+                p.vocab_size
+            ),
         ));
     }
     if p.topic_words == 0 || p.topic_words > p.vocab_size {
-        return Err(StageError::invalid("topic_words", format!("must be in 1..={} (vocab_size), got {}", p.vocab_size, p.topic_words)));
+        return Err(StageError::invalid(
+            "topic_words",
+            format!("must be in 1..={} (vocab_size), got {}", p.vocab_size, p.topic_words),
+        ));
     }
     for (n, v) in [
         ("background", p.background),
@@ -506,10 +525,16 @@ pub fn task_tokenizer(names: &[String]) -> StageResult<rmdistill_ml::Tokenizer> 
     let mut vocab: Vec<String> = vec![EOS_TOKEN.into(), PAD_TOKEN.into(), UNK_TOKEN.into(), SEP.into()];
     vocab.extend(names.iter().cloned());
     let map: HashMap<String, u32> = vocab.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
-    let model = WordLevel::builder().vocab(map.into_iter().collect()).unk_token(UNK_TOKEN.into()).build().map_err(|e| StageError::failed(e.to_string()))?;
+    let model = WordLevel::builder()
+        .vocab(map.into_iter().collect())
+        .unk_token(UNK_TOKEN.into())
+        .build()
+        .map_err(|e| StageError::failed(e.to_string()))?;
     let mut tok = tokenizers::Tokenizer::new(model);
     tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::WhitespaceSplit));
-    tok.with_decoder(Some(tokenizers::decoders::DecoderWrapper::WordPiece(tokenizers::decoders::wordpiece::WordPiece::new("##".into(), false))));
+    tok.with_decoder(Some(tokenizers::decoders::DecoderWrapper::WordPiece(
+        tokenizers::decoders::wordpiece::WordPiece::new("##".into(), false),
+    )));
     let _ = tok.add_special_tokens(vec![
         tokenizers::AddedToken::from(EOS_TOKEN, true),
         tokenizers::AddedToken::from(PAD_TOKEN, true),
@@ -530,8 +555,16 @@ impl Stage for Synth {
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[
-            OutputSpec { name: "corpus", kind: ArtifactKind::File, doc: "doc_id, topic, split, prompt, summary, salient (Parquet)" },
-            OutputSpec { name: "tokenizer", kind: ArtifactKind::Dir, doc: "word-level tokenizer.json over the task vocabulary" },
+            OutputSpec {
+                name: "corpus",
+                kind: ArtifactKind::File,
+                doc: "doc_id, topic, split, prompt, summary, salient (Parquet)",
+            },
+            OutputSpec {
+                name: "tokenizer",
+                kind: ArtifactKind::Dir,
+                doc: "word-level tokenizer.json over the task vocabulary",
+            },
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
@@ -550,7 +583,11 @@ impl Stage for Synth {
         ctx.progress(batch.num_rows() as u64, batch.num_rows() as u64);
         ctx.log(&format!(
             "{} documents, {} words each on average, {:.2} salient; demonstrations: {:.2} words, oracle {:.3}",
-            summary["docs"], summary["mean_doc_len"], summary["mean_salient"], summary["mean_summary_len"], summary["mean_summary_oracle"]
+            summary["docs"],
+            summary["mean_doc_len"],
+            summary["mean_salient"],
+            summary["mean_summary_len"],
+            summary["mean_summary_oracle"]
         ));
         Ok(summary)
     }

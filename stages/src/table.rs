@@ -29,9 +29,7 @@
 //! as `table::local_ctx` under `cfg(test)`.
 
 use crate::port::{StageError, StageResult};
-use arrow::array::{
-    Array, ArrayRef, Int8Builder, RecordBatch, StringBuilder, UInt32Builder,
-};
+use arrow::array::{Array, ArrayRef, Int8Builder, RecordBatch, StringBuilder, UInt32Builder};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{
@@ -201,9 +199,7 @@ pub fn writer_properties(kv: &[(String, String)]) -> WriterProperties {
         .set_created_by("rmdistill-stages".to_string())
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_key_value_metadata(Some(
-            kv.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect(),
-        ))
+        .set_key_value_metadata(Some(kv.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect()))
         .build()
 }
 
@@ -214,8 +210,13 @@ pub fn write_table(path: &Path, batch: &RecordBatch, kv: &[(String, String)]) ->
     write_table_in_groups(path, batch, kv, ROW_GROUP_ROWS)
 }
 
-fn write_table_in_groups(path: &Path, batch: &RecordBatch, kv: &[(String, String)], group_rows: usize) -> StageResult<()> {
-    use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk};
+fn write_table_in_groups(
+    path: &Path,
+    batch: &RecordBatch,
+    kv: &[(String, String)],
+    group_rows: usize,
+) -> StageResult<()> {
+    use parquet::arrow::arrow_writer::{ArrowColumnChunk, compute_leaves};
     let file = File::create(path).map_err(|e| io_err(path, e))?;
     let sink = std::io::BufWriter::with_capacity(1 << 20, file);
     let schema = batch.schema();
@@ -292,7 +293,11 @@ pub fn read_kv(path: &Path) -> StageResult<Vec<(String, String)>> {
 
 /// The projection mask for `columns` and the Arrow schema it yields (file order, without the file's key-value
 /// metadata, which [`read_kv`] returns).
-fn projection(path: &Path, meta: &ArrowReaderMetadata, columns: Option<&[&str]>) -> StageResult<(ProjectionMask, SchemaRef)> {
+fn projection(
+    path: &Path,
+    meta: &ArrowReaderMetadata,
+    columns: Option<&[&str]>,
+) -> StageResult<(ProjectionMask, SchemaRef)> {
     let schema = meta.schema();
     let Some(cols) = columns else { return Ok((ProjectionMask::all(), plain(schema))) };
     let mut idx = Vec::with_capacity(cols.len());
@@ -320,10 +325,11 @@ fn plain(schema: &SchemaRef) -> SchemaRef {
 }
 
 /// Decodes one reader's batches into a single batch of `schema`.
-fn collect(reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader, schema: &SchemaRef) -> StageResult<RecordBatch> {
-    let batches = reader
-        .map(|b| b.and_then(|b| b.with_schema(schema.clone())))
-        .collect::<Result<Vec<_>, _>>()?;
+fn collect(
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    schema: &SchemaRef,
+) -> StageResult<RecordBatch> {
+    let batches = reader.map(|b| b.and_then(|b| b.with_schema(schema.clone()))).collect::<Result<Vec<_>, _>>()?;
     Ok(concat_batches(schema, &batches)?)
 }
 
@@ -383,7 +389,8 @@ pub fn read_rows_parts(path: &Path, rows: &[u32]) -> StageResult<Vec<(RecordBatc
     groups
         .into_par_iter()
         .map(|(rg, local, n)| {
-            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(open(path)?, meta.clone()).with_row_groups(vec![rg]);
+            let builder =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(open(path)?, meta.clone()).with_row_groups(vec![rg]);
             // Measured on 10M short-text pairs: skipping wins below about a quarter of the rows.
             if local.len() * 4 < n {
                 let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
@@ -422,9 +429,7 @@ pub fn read_rows(path: &Path, rows: &[u32]) -> StageResult<RecordBatch> {
 
 /// The values of a UInt32 column with no nulls (after `read_table`), or an error naming the column.
 pub fn u32_values<'a>(batch: &'a RecordBatch, col: &str) -> StageResult<&'a arrow::array::UInt32Array> {
-    let a = batch
-        .column_by_name(col)
-        .ok_or_else(|| StageError::invalid(col, format!("missing column `{col}`")))?;
+    let a = batch.column_by_name(col).ok_or_else(|| StageError::invalid(col, format!("missing column `{col}`")))?;
     a.as_any()
         .downcast_ref::<arrow::array::UInt32Array>()
         .ok_or_else(|| StageError::invalid(col, format!("column `{col}` must be UInt32, found {}", a.data_type())))
@@ -490,7 +495,8 @@ mod tests {
     #[test]
     fn parallel_write_is_thread_independent_and_rows_read_across_groups() {
         let dir = tempfile::tempdir().unwrap();
-        let (batch, _) = crate::generate::generate(serde_json::json!({"n": 1000, "seed": 2}).as_object().unwrap()).unwrap();
+        let (batch, _) =
+            crate::generate::generate(serde_json::json!({"n": 1000, "seed": 2}).as_object().unwrap()).unwrap();
         let write = |threads: usize, name: &str| {
             let p = dir.path().join(name);
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

@@ -18,16 +18,16 @@
 //!
 //! Outputs: `model` (Dir: a `*ForSequenceClassification` checkpoint with its tokenizer) and `metrics` (Parquet:
 //! step, loss, lr, grad_norm, accuracy, margin per optimizer step).
-use rmdistill_ml::tch;
 use crate::data_io::{self, Codec};
 use crate::label::longer;
 use crate::port::*;
 use crate::table;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rmdistill_ml::tch;
 use rmdistill_ml::{OptimConfig, RewardModel, Schedule, Trainer};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::path::Path;
 use tch::Tensor;
 
@@ -116,7 +116,10 @@ fn load_pairs(path: &Path, slot: &str, label_col: &str, codec: &Codec) -> StageR
     let t = data_io::read_nonempty(path, slot, None)?;
     if t.schema().index_of(label_col).is_err() {
         let have: Vec<String> = t.schema().fields().iter().map(|f| f.name().clone()).collect();
-        return Err(StageError::invalid(label_col, format!("{}: missing label column `{label_col}` (the table has: {})", path.display(), have.join(", "))));
+        return Err(StageError::invalid(
+            label_col,
+            format!("{}: missing label column `{label_col}` (the table has: {})", path.display(), have.join(", ")),
+        ));
     }
     let prompts = data_io::strings(&t, table::PROMPT, path, true)?;
     let a = data_io::strings(&t, table::RESPONSE_A, path, true)?;
@@ -139,7 +142,8 @@ fn margins(model: &RewardModel, codec: &Codec, d: &Pairs, rows: &[usize], batch:
     for r in data_io::chunks(rows.len(), batch) {
         let idx = &rows[r];
         let ps: Vec<&[i64]> = idx.iter().chain(idx).map(|&i| d.prompt[i].as_slice()).collect();
-        let rs: Vec<&[i64]> = idx.iter().map(|&i| d.chosen[i].as_slice()).chain(idx.iter().map(|&i| d.rejected[i].as_slice())).collect();
+        let rs: Vec<&[i64]> =
+            idx.iter().map(|&i| d.chosen[i].as_slice()).chain(idx.iter().map(|&i| d.rejected[i].as_slice())).collect();
         let b = codec.batch(&ps, &rs, model.device())?;
         let s = tch::no_grad(|| rmdistill_ml::with_autocast(model.device(), || model.rewards(&b)));
         let v = data_io::to_f64s(&s)?;
@@ -150,7 +154,13 @@ fn margins(model: &RewardModel, codec: &Codec, d: &Pairs, rows: &[usize], batch:
 }
 
 /// (accuracy, length sensitivity, length-differing pairs) of a model on rows of `d`.
-fn evaluate(model: &RewardModel, codec: &Codec, d: &Pairs, rows: &[usize], margin: f64) -> StageResult<(Option<f64>, Option<f64>, usize)> {
+fn evaluate(
+    model: &RewardModel,
+    codec: &Codec,
+    d: &Pairs,
+    rows: &[usize],
+    margin: f64,
+) -> StageResult<(Option<f64>, Option<f64>, usize)> {
     if rows.is_empty() {
         return Ok((None, None, 0));
     }
@@ -187,14 +197,23 @@ impl Stage for TrainRm {
     fn inputs(&self) -> &'static [InputSpec] {
         &[
             InputSpec { name: "data", required: true, many: false, doc: "labelled pairs table" },
-            InputSpec { name: "base", required: true, many: false, doc: "causal-LM or reward-model checkpoint with tokenizer" },
+            InputSpec {
+                name: "base",
+                required: true,
+                many: false,
+                doc: "causal-LM or reward-model checkpoint with tokenizer",
+            },
             InputSpec { name: "eval", required: false, many: false, doc: "a labelled table to score after training" },
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[
             OutputSpec { name: "model", kind: ArtifactKind::Dir, doc: "reward-model checkpoint with tokenizer" },
-            OutputSpec { name: "metrics", kind: ArtifactKind::File, doc: "step, loss, lr, grad_norm, accuracy, margin (Parquet)" },
+            OutputSpec {
+                name: "metrics",
+                kind: ArtifactKind::File,
+                doc: "step, loss, lr, grad_norm, accuracy, margin (Parquet)",
+            },
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
@@ -214,7 +233,8 @@ impl Stage for TrainRm {
         let base = data_io::one_input(ctx, "base")?;
         data_io::check_checkpoint(&base.path, "base")?;
         let mut codec = Codec::load(&base.path, "base")?;
-        let model = RewardModel::load(&base.path, device, true).map_err(|e| StageError::invalid("base", format!("{e:#}")))?;
+        let model =
+            RewardModel::load(&base.path, device, true).map_err(|e| StageError::invalid("base", format!("{e:#}")))?;
         codec.check_vocab(model.config.vocab_size(), "base")?;
         codec.max_len = p.max_len.or(model.config.max_positions().map(|m| m as usize));
         let data = data_io::one_input(ctx, "data")?;
@@ -228,7 +248,10 @@ impl Stage for TrainRm {
             }
         }
         if train.is_empty() {
-            return Err(StageError::invalid("held_out", format!("all {} rows were held out: nothing to train on", d.ids.len())));
+            return Err(StageError::invalid(
+                "held_out",
+                format!("all {} rows were held out: nothing to train on", d.ids.len()),
+            ));
         }
         let data_longer = {
             let (mut differ, mut lp) = (0usize, 0usize);
@@ -267,13 +290,18 @@ impl Stage for TrainRm {
                 pos += 1;
             }
             let ps: Vec<&[i64]> = idx.iter().chain(&idx).map(|&i| d.prompt[i].as_slice()).collect();
-            let rs: Vec<&[i64]> = idx.iter().map(|&i| d.chosen[i].as_slice()).chain(idx.iter().map(|&i| d.rejected[i].as_slice())).collect();
+            let rs: Vec<&[i64]> = idx
+                .iter()
+                .map(|&i| d.chosen[i].as_slice())
+                .chain(idx.iter().map(|&i| d.rejected[i].as_slice()))
+                .collect();
             let b = codec.batch(&ps, &rs, device)?;
             let r = rmdistill_ml::with_autocast(device, || model.rewards(&b));
             let n = idx.len() as i64;
             let m: Tensor = r.narrow(0, 0, n) - r.narrow(0, n, n);
             let loss = -m.log_sigmoid().mean(tch::Kind::Float);
-            let acc = f64::try_from(m.gt(0.0).to_kind(tch::Kind::Float).mean(tch::Kind::Float)).map_err(anyhow::Error::from)?;
+            let acc = f64::try_from(m.gt(0.0).to_kind(tch::Kind::Float).mean(tch::Kind::Float))
+                .map_err(anyhow::Error::from)?;
             let mm = f64::try_from(m.detach().mean(tch::Kind::Float)).map_err(anyhow::Error::from)?;
             trainer.backward(&loss, &[("accuracy", acc), ("margin", mm)])?;
             ctx.progress(step as u64 + 1, steps as u64);

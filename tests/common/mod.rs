@@ -44,7 +44,13 @@ impl Work {
     /// Runs and expects success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "rmdistill {args:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}", o.status.code(), s(&o.stdout), s(&o.stderr));
+        assert!(
+            o.status.success(),
+            "rmdistill {args:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+            o.status.code(),
+            s(&o.stdout),
+            s(&o.stderr)
+        );
         s(&o.stdout)
     }
     /// `run --json` summary.
@@ -83,7 +89,12 @@ pub fn output_hashes(summary: &Value) -> BTreeMap<String, BTreeMap<String, Strin
         .unwrap()
         .iter()
         .map(|n| {
-            let outs = n["outputs"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v["hash"].as_str().unwrap().to_string())).collect();
+            let outs = n["outputs"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v["hash"].as_str().unwrap().to_string()))
+                .collect();
             (n["node"].as_str().unwrap().to_string(), outs)
         })
         .collect()
@@ -117,7 +128,11 @@ pub fn assert_store_consistent(store: &Path) {
     let names: std::collections::HashSet<&String> = blobs.iter().map(|(n, _)| n).collect();
     for e in entries(store) {
         for o in e["outputs"].as_object().unwrap().values() {
-            assert!(names.contains(&o["hash"].as_str().unwrap().to_string()), "entry {} names a missing blob", e["key"]);
+            assert!(
+                names.contains(&o["hash"].as_str().unwrap().to_string()),
+                "entry {} names a missing blob",
+                e["key"]
+            );
         }
     }
 }

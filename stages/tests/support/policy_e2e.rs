@@ -2,7 +2,6 @@
 //! tokenizer and hand-made tables in the contract's schemas (pairs, precompute.rewards, precompute.ref_samples).
 //! Compiled into the crate's unit tests (see lib.rs) so that the synthetic oracle can be stubbed.
 
-use rmdistill_ml::tch;
 use crate::evaluate::{Evaluate, test_oracle};
 use crate::lm_io::{self, Codec};
 use crate::policy::Policy;
@@ -12,6 +11,7 @@ use crate::select::Select;
 use crate::table;
 use arrow::array::{Array, ArrayRef, Float64Array, Float64Builder, ListBuilder, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use rmdistill_ml::tch;
 use rmdistill_ml::{Gpt2Config, LanguageModel, ModelConfig, Reduction, RewardModel, Tokenizer, TokenizerSpec};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -31,7 +31,13 @@ impl TestCtx {
     fn new(dir: &Path, params: Value, dirs: &[&'static str]) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let Value::Object(params) = params else { panic!() };
-        TestCtx { params, inputs: BTreeMap::new(), dir: dir.to_path_buf(), dirs: dirs.to_vec(), logs: Mutex::new(vec![]) }
+        TestCtx {
+            params,
+            inputs: BTreeMap::new(),
+            dir: dir.to_path_buf(),
+            dirs: dirs.to_vec(),
+            logs: Mutex::new(vec![]),
+        }
     }
     fn input(mut self, slot: &str, path: &Path, coords: Value) -> Self {
         let coords = coords.as_object().cloned().unwrap_or_default().into_iter().collect();
@@ -71,7 +77,8 @@ impl Ctx for TestCtx {
     }
 }
 
-const WORDS: [&str; 12] = ["red", "blue", "green", "cat", "dog", "fish", "runs", "sits", "eats", "big", "small", "fast"];
+const WORDS: [&str; 12] =
+    ["red", "blue", "green", "cat", "dog", "fish", "runs", "sits", "eats", "big", "small", "fast"];
 
 /// Everything the stages read, built once per test binary.
 struct Fixture {
@@ -126,8 +133,12 @@ fn rewards_table(path: &Path, ids: &[String], ra: &[f64], rb: &[f64], members: &
     ];
     let m = members.first().map_or(0, |v| v.len());
     let names: Vec<String> = (0..m).map(|k| format!("rm@member={k}")).collect();
-    table::write_table(path, &RecordBatch::try_new(Arc::new(schema), cols).unwrap(), &[("rmdistill.members".into(), serde_json::to_string(&names).unwrap())])
-        .unwrap();
+    table::write_table(
+        path,
+        &RecordBatch::try_new(Arc::new(schema), cols).unwrap(),
+        &[("rmdistill.members".into(), serde_json::to_string(&names).unwrap())],
+    )
+    .unwrap();
 }
 
 fn fixture() -> &'static Fixture {
@@ -138,7 +149,8 @@ fn fixture() -> &'static Fixture {
         let root = dir.path().to_path_buf();
         let mut rng = 7u64;
         let corpus: Vec<String> = (0..200).map(|i| text(&mut rng, 3 + i % 6)).collect();
-        let tok = Tokenizer::train(TokenizerSpec::WordLevel { vocab_size: 64, min_frequency: 1 }, corpus.iter()).unwrap();
+        let tok =
+            Tokenizer::train(TokenizerSpec::WordLevel { vocab_size: 64, min_frequency: 1 }, corpus.iter()).unwrap();
         let vocab = tok.vocab_size() as i64;
         tch::manual_seed(3);
         let mut cfg = Gpt2Config::new(vocab, 64, 32, 2, 2);
@@ -162,7 +174,16 @@ fn fixture() -> &'static Fixture {
             let bb = text(&mut rng, 5 + (i as usize % 2));
             let id = table::pair_id(&table::pair_hash(&p, &a, &bb));
             let label = if i % 3 == 0 { 0 } else { 1 };
-            b.push(table::PairRow { pair_id: &id, prompt: &p, a: &a, b: &bb, label: Some(label), words: (table::word_count(&a), table::word_count(&bb)), tokens: None, source_row: i });
+            b.push(table::PairRow {
+                pair_id: &id,
+                prompt: &p,
+                a: &a,
+                b: &bb,
+                label: Some(label),
+                words: (table::word_count(&a), table::word_count(&bb)),
+                tokens: None,
+                source_row: i,
+            });
             ids.push(id);
             pa.push(a);
             pb.push(bb);
@@ -183,12 +204,13 @@ fn fixture() -> &'static Fixture {
         let ref_b = lm_io::logprobs_nograd(&lm, &codec, &sl(&prom), &sl(&rb_ids), Reduction::Sum, 8).unwrap();
         let len = |s: &String| table::word_count(s) as f64;
         let member = |w: f64| -> Vec<(f64, f64)> { (0..24).map(|i| (w * len(&pa[i]), w * len(&pb[i]))).collect() };
-        let ms: Vec<Vec<(f64, f64)>> = [member(0.3), member(-0.2), member(0.05)].into_iter().fold(vec![vec![]; 24], |mut acc, m| {
-            for (i, x) in m.into_iter().enumerate() {
-                acc[i].push(x);
-            }
-            acc
-        });
+        let ms: Vec<Vec<(f64, f64)>> =
+            [member(0.3), member(-0.2), member(0.05)].into_iter().fold(vec![vec![]; 24], |mut acc, m| {
+                for (i, x) in m.into_iter().enumerate() {
+                    acc[i].push(x);
+                }
+                acc
+            });
         let rewards3 = root.join("rewards3.parquet");
         rewards_table(&rewards3, &ids, &ref_a, &ref_b, &ms);
         let rewards1 = root.join("rewards1.parquet");
@@ -196,7 +218,14 @@ fn fixture() -> &'static Fixture {
         let rewards0 = root.join("rewards0.parquet");
         rewards_table(&rewards0, &ids, &ref_a, &ref_b, &vec![vec![]; 24]);
         // precompute.ref_samples: two samples per distinct prompt from the reference
-        let cfgs = rmdistill_ml::SampleConfig { max_new_tokens: 8, temperature: 1.0, top_p: 1.0, seed: 1, eos_ids: vec![codec.eos], use_cache: true };
+        let cfgs = rmdistill_ml::SampleConfig {
+            max_new_tokens: 8,
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 1,
+            eos_ids: vec![codec.eos],
+            use_cache: true,
+        };
         let pr2: Vec<&[i64]> = prom.iter().chain(prom.iter()).map(|v| v.as_slice()).collect();
         let s = rmdistill_ml::generate(&lm, &pr2, codec.pad, &cfgs).unwrap();
         let texts: Vec<String> = s.tokens.iter().map(|t| codec.decode_sample(t).unwrap()).collect();
@@ -212,13 +241,15 @@ fn fixture() -> &'static Fixture {
             Field::new("ref_logp", DataType::Float64, false),
         ]);
         let ref_samples = root.join("ref_samples.parquet");
-        let cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(sp)), Arc::new(StringArray::from(st)), Arc::new(Float64Array::from(slp))];
+        let cols: Vec<ArrayRef> =
+            vec![Arc::new(StringArray::from(sp)), Arc::new(StringArray::from(st)), Arc::new(Float64Array::from(slp))];
         table::write_table(&ref_samples, &RecordBatch::try_new(Arc::new(schema), cols).unwrap(), &[]).unwrap();
         // held-out prompts with a split column
         let prompts = root.join("prompts.parquet");
         let ptexts: Vec<String> = (0..12).map(|_| text(&mut rng, 4)).collect();
         let splits: Vec<&str> = (0..12).map(|i| if i < 6 { "eval" } else { "test" }).collect();
-        let schema = Schema::new(vec![Field::new("prompt", DataType::Utf8, false), Field::new("split", DataType::Utf8, false)]);
+        let schema =
+            Schema::new(vec![Field::new("prompt", DataType::Utf8, false), Field::new("split", DataType::Utf8, false)]);
         let cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(ptexts)), Arc::new(StringArray::from(splits))];
         table::write_table(&prompts, &RecordBatch::try_new(Arc::new(schema), cols).unwrap(), &[]).unwrap();
         Fixture { _dir: dir, root, reference, oracle, pairs, rewards1, rewards3, rewards0, ref_samples, prompts }
@@ -229,7 +260,11 @@ fn train(name: &str, params: Value, rewards: Option<&Path>) -> Result<(Value, Pa
     let f = fixture();
     let out = f.root.join("runs").join(name);
     let _ = std::fs::remove_dir_all(&out);
-    let mut ctx = TestCtx::new(&out, params, &["model"]).input("pairs", &f.pairs, json!({})).input("reference", &f.reference, json!({}));
+    let mut ctx = TestCtx::new(&out, params, &["model"]).input("pairs", &f.pairs, json!({})).input(
+        "reference",
+        &f.reference,
+        json!({}),
+    );
     if let Some(r) = rewards {
         ctx = ctx.input("rewards", r, json!({}));
     }
@@ -287,7 +322,8 @@ fn every_method_trains_and_logs_its_metrics() {
         if m == "ipo" {
             assert!((col(&t, "loss")[0] - 1.0).abs() < 1e-3, "(1/(2·0.5))² = 1");
         }
-        let info: Value = serde_json::from_str(&std::fs::read_to_string(out.join("model/rmdistill_policy.json")).unwrap()).unwrap();
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("model/rmdistill_policy.json")).unwrap()).unwrap();
         assert_eq!(info["method"], m);
         assert_eq!(info["rho"], 0.6);
         assert!(out.join("model/model.safetensors").exists() && out.join("model/tokenizer.json").exists());
@@ -299,15 +335,26 @@ fn dpo_moves_the_margin_and_is_deterministic() {
     let p = json!({"method": "dpo", "beta": 1.0, "steps": 15, "batch_size": 8, "lr": 3e-3, "seed": 4});
     let (_, a) = train("det-a", p.clone(), None).unwrap();
     let (_, b) = train("det-b", p, None).unwrap();
-    assert_eq!(std::fs::read(a.join("model/model.safetensors")).unwrap(), std::fs::read(b.join("model/model.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("model/model.safetensors")).unwrap(),
+        std::fs::read(b.join("model/model.safetensors")).unwrap()
+    );
     assert_eq!(std::fs::read(a.join("metrics.parquet")).unwrap(), std::fs::read(b.join("metrics.parquet")).unwrap());
     let t = metrics(&a);
     let (l, m) = (col(&t, "loss"), col(&t, "margin"));
     let k = l.len();
     assert!(l[k - 3..].iter().sum::<f64>() / 3.0 < l[..3].iter().sum::<f64>() / 3.0, "loss decreases: {l:?}");
     assert!(m[k - 1] > m[0], "margin grows: {m:?}");
-    let (_, c) = train("det-c", json!({"method": "dpo", "beta": 1.0, "steps": 15, "batch_size": 8, "lr": 3e-3, "seed": 5}), None).unwrap();
-    assert_ne!(std::fs::read(a.join("model/model.safetensors")).unwrap(), std::fs::read(c.join("model/model.safetensors")).unwrap());
+    let (_, c) = train(
+        "det-c",
+        json!({"method": "dpo", "beta": 1.0, "steps": 15, "batch_size": 8, "lr": 3e-3, "seed": 5}),
+        None,
+    )
+    .unwrap();
+    assert_ne!(
+        std::fs::read(a.join("model/model.safetensors")).unwrap(),
+        std::fs::read(c.join("model/model.safetensors")).unwrap()
+    );
 }
 
 #[test]
@@ -332,12 +379,24 @@ fn bad_requests_fail_before_work_with_clear_errors() {
         (json!({"method": "kto"}), None, "unknown variant `kto`"),
         (json!({"method": "p-dpo", "gamma": -0.5}), None, "gamma: must be finite and >= 0"),
         (json!({"method": "p-dpo"}), None, "gamma: p-dpo has a forward-KL term"),
-        (json!({"method": "e-dpo", "gamma": {"start": 1.0, "end": -1.0}}), None, "gamma: must be finite and >= 0, got -1"),
+        (
+            json!({"method": "e-dpo", "gamma": {"start": 1.0, "end": -1.0}}),
+            None,
+            "gamma: must be finite and >= 0, got -1",
+        ),
         (json!({"method": "dpo", "bogus": 1}), None, "unknown field `bogus`"),
         (json!({"method": "d-dpo"}), None, "rewards: d-dpo distils reward models"),
-        (json!({"method": "d-dpo"}), Some(&f.rewards3), "d-dpo distils exactly one reward model, but the rewards table has 3 members"),
+        (
+            json!({"method": "d-dpo"}),
+            Some(&f.rewards3),
+            "d-dpo distils exactly one reward model, but the rewards table has 3 members",
+        ),
         (json!({"method": "dp-dpo", "gamma": 0.1}), Some(&f.rewards3), "dp-dpo distils exactly one reward model"),
-        (json!({"method": "e-dpo", "gamma": 0.1}), Some(&f.rewards0), "e-dpo needs an ensemble of at least one reward model"),
+        (
+            json!({"method": "e-dpo", "gamma": 0.1}),
+            Some(&f.rewards0),
+            "e-dpo needs an ensemble of at least one reward model",
+        ),
     ];
     for (p, r, want) in cases {
         let e = train("bad", p.clone(), r).unwrap_err();
@@ -384,7 +443,13 @@ fn stub_oracle(prompt: &str, response: &str, _: &Map<String, Value>) -> f64 {
 fn evaluate_reference_against_itself_and_a_trained_policy() {
     let f = fixture();
     // the reference against itself: identical samples (common random numbers) → advantage 0, win rate ½, KL 0
-    let (s, out) = evaluate("self", &f.reference, json!({"oracle": "reward_model", "split": "test", "samples_per_prompt": 2, "max_new_tokens": 8}), true).unwrap();
+    let (s, out) = evaluate(
+        "self",
+        &f.reference,
+        json!({"oracle": "reward_model", "split": "test", "samples_per_prompt": 2, "max_new_tokens": 8}),
+        true,
+    )
+    .unwrap();
     assert_eq!(s["n_prompts"], 6);
     assert_eq!(s["samples"], 12);
     assert_eq!(s["advantage"], 0.0);
@@ -397,15 +462,25 @@ fn evaluate_reference_against_itself_and_a_trained_policy() {
     }
     // a trained policy with the stubbed synthetic oracle, on the eval split
     test_oracle::set(stub_oracle);
-    let (_, pol) = train("eval-pol", json!({"method": "dpo", "beta": 1.0, "steps": 10, "batch_size": 8, "lr": 5e-3, "seed": 1}), None).unwrap();
+    let (_, pol) = train(
+        "eval-pol",
+        json!({"method": "dpo", "beta": 1.0, "steps": 10, "batch_size": 8, "lr": 5e-3, "seed": 1}),
+        None,
+    )
+    .unwrap();
     let p = json!({"oracle": "synthetic", "split": "eval", "samples_per_prompt": 3, "max_new_tokens": 8, "temperature": 0.8, "seed": 3});
     let (s1, o1) = evaluate("pol", &pol.join("model"), p.clone(), false).unwrap();
     let (s2, o2) = evaluate("pol2", &pol.join("model"), p, false).unwrap();
-    assert_eq!(std::fs::read(o1.join("samples.parquet")).unwrap(), std::fs::read(o2.join("samples.parquet")).unwrap(), "seeded");
+    assert_eq!(
+        std::fs::read(o1.join("samples.parquet")).unwrap(),
+        std::fs::read(o2.join("samples.parquet")).unwrap(),
+        "seeded"
+    );
     assert_eq!(std::fs::read(o1.join("summary.parquet")).unwrap(), std::fs::read(o2.join("summary.parquet")).unwrap());
     assert_eq!(s1["advantage"], s2["advantage"]);
     assert_eq!(s1["method"], "dpo");
-    let (lo, hi, a) = (s1["ci_low"].as_f64().unwrap(), s1["ci_high"].as_f64().unwrap(), s1["advantage"].as_f64().unwrap());
+    let (lo, hi, a) =
+        (s1["ci_low"].as_f64().unwrap(), s1["ci_high"].as_f64().unwrap(), s1["advantage"].as_f64().unwrap());
     assert!(lo <= a && a <= hi);
     assert!(s1["kl"].as_f64().unwrap() > 0.0, "the trained policy differs: {s1}");
     // re-scoring the samples with the stub reproduces the summary
@@ -444,7 +519,13 @@ fn report_and_select_from_a_small_sweep() {
                     _ => Some(f.rewards1.as_path()),
                 };
                 let (_, pol) = train(&name, p, r).unwrap();
-                let (_, ev) = evaluate(&name, &pol.join("model"), json!({"oracle": "synthetic", "split": "eval", "max_new_tokens": 6, "seed": seed}), false).unwrap();
+                let (_, ev) = evaluate(
+                    &name,
+                    &pol.join("model"),
+                    json!({"oracle": "synthetic", "split": "eval", "max_new_tokens": 6, "seed": seed}),
+                    false,
+                )
+                .unwrap();
                 let coords = json!({"rho": rho, "method": method, "seed": seed});
                 evals.push((ev.join("summary.parquet"), coords.clone()));
                 mets.push((pol.join("metrics.parquet"), coords));
@@ -503,6 +584,11 @@ fn kl_from_pairs_linear_gamma_and_mean_reduction() {
     let e = train("klpairs-bad", json!({"method": "p-dpo", "kl_source": "pairs", "gamma": 0.1}), None).unwrap_err();
     assert!(e.contains("kl_source = \"pairs\" needs"), "{e}");
     // per-token mean log-probs (TRL's IPO): the reference's are computed here, the loss at the reference is (1/(2τ))²
-    let (_, out) = train("ipo-mean", json!({"method": "ipo", "tau": 0.25, "reduction": "mean", "steps": 2, "batch_size": 8}), Some(&f.rewards1)).unwrap();
+    let (_, out) = train(
+        "ipo-mean",
+        json!({"method": "ipo", "tau": 0.25, "reduction": "mean", "steps": 2, "batch_size": 8}),
+        Some(&f.rewards1),
+    )
+    .unwrap();
     assert!((col(&metrics(&out), "loss")[0] - 4.0).abs() < 1e-3);
 }
