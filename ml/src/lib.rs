@@ -17,6 +17,7 @@
 //!
 //! Determinism: call [`train::deterministic_cpu`] (seed + intra-op thread count) before building models.
 
+pub mod batched;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
@@ -25,10 +26,13 @@ pub mod gpt2;
 pub mod llama;
 pub mod logprobs;
 pub mod model;
+pub mod nets;
+pub mod optim;
 pub mod sampling;
 pub mod tokenizer;
 pub mod train;
 
+pub use batched::{BatchedCausalLm, BatchedRewardModel, BatchedTrainer};
 pub use checkpoint::{LanguageModel, RewardModel};
 pub use config::{Gpt2Config, Head, LlamaConfig, ModelConfig};
 pub use device::{DeviceChoice, seed_everything, with_autocast};

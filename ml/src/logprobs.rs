@@ -1,9 +1,18 @@
 //! Batched sequence log-probabilities `log π(y|x)` of responses given prompts: the quantity every loss in
 //! METHOD.md is built from. Sequences are right-padded; only response tokens count (prompt and padding are
 //! masked); the default reduction is the sum over response tokens, the per-token mean is offered for IPO-style losses.
+//!
+//! Shared prompts are computed once. Preference data comes in pairs — every prompt has two responses, and DPO, the
+//! distillation losses, the reward model and the offline precompute all score both — so when a prompt occurs in
+//! several rows of a [`PairBatch`] the model sees one *packed* sequence `prompt ++ response_1 ++ response_2 ++ …`
+//! in which each response attends to the prompt and to itself only and restarts its positions where the prompt
+//! ends. Every response token then has exactly the context and position it has in its own row, so the results are
+//! those of the unpacked batch up to float rounding, while the prompt's tokens are computed once instead of once per
+//! response (on a 48-token prompt with two 16-token responses, 80 positions instead of 128).
 
-use crate::model::CausalLm;
+use crate::model::{Backbone, CausalLm};
 use anyhow::{Result, bail};
+use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 /// How per-token log-probs of a response are combined.
@@ -29,6 +38,37 @@ pub struct PairBatch {
     /// Prompt and response lengths after truncation.
     pub prompt_lens: Vec<usize>,
     pub response_lens: Vec<usize>,
+    /// Where the model reads what it scores (precomputed here, so a forward pass issues no index computations).
+    plan: Plan,
+}
+
+/// The packed layout of a batch whose rows share prompts (see the module doc).
+#[derive(Debug)]
+struct Packed {
+    /// `[groups, len]`: each distinct prompt followed by its responses, right-padded.
+    input_ids: Tensor,
+    /// `[groups, len]`: every response's positions restart where its prompt ends.
+    position_ids: Tensor,
+    /// `[groups, 1, len, len]`, true = may attend: causal, and a response sees only its prompt and itself.
+    mask: Tensor,
+    /// Largest position id used (GPT-2's learned positions are a hard limit).
+    max_position: i64,
+}
+
+/// Flat indices into the model's hidden states `[rows, len, hidden]` viewed as `[rows·len, hidden]`.
+#[derive(Debug)]
+struct Plan {
+    packed: Option<Packed>,
+    /// Positions whose next token is a response token, row by row.
+    pred: Tensor,
+    /// That next token.
+    targets: Tensor,
+    /// The batch row each of them belongs to.
+    rows: Tensor,
+    /// Each row's last real token (where a reward head reads).
+    last: Tensor,
+    /// Response lengths as floats, for [`Reduction::Mean`].
+    lens: Tensor,
 }
 
 impl PairBatch {
@@ -81,6 +121,7 @@ impl PairBatch {
                 resp[i * t + j] = (j >= p.len()) as i64;
             }
         }
+        let plan = Plan::new(&rows, t, true, device);
         let mk = |v: Vec<i64>| Tensor::from_slice(&v).view([b as i64, t as i64]).to_device(device);
         Ok(PairBatch {
             input_ids: mk(ids),
@@ -88,7 +129,78 @@ impl PairBatch {
             response_mask: mk(resp),
             prompt_lens: plens,
             response_lens: rlens,
+            plan,
         })
+    }
+
+    /// The same batch without prompt sharing: every row is its own sequence (for tests and benchmarks).
+    pub fn without_packing(mut self) -> Self {
+        if self.plan.packed.is_some() {
+            let ids = Vec::<Vec<i64>>::try_from(&self.input_ids.to_device(Device::Cpu)).unwrap_or_default();
+            let rows: Vec<(&[i64], &[i64])> = ids
+                .iter()
+                .zip(self.prompt_lens.iter().zip(&self.response_lens))
+                .map(|(row, (&p, &r))| (&row[..p], &row[p..p + r]))
+                .collect();
+            self.plan = Plan::new(&rows, self.input_ids.size()[1] as usize, false, self.input_ids.device());
+        }
+        self
+    }
+
+    /// Whether shared prompts are computed once (some prompt occurs in more than one row).
+    pub fn is_packed(&self) -> bool {
+        self.plan.packed.is_some()
+    }
+
+    /// Number of positions the model computes for this batch (packed or not).
+    pub fn num_positions(&self) -> usize {
+        match &self.plan.packed {
+            Some(p) => p.input_ids.numel(),
+            None => self.input_ids.numel(),
+        }
+    }
+
+    /// Final hidden states `[rows, len, hidden]` of the sequences the model sees for this batch (the packed ones
+    /// when prompts are shared), to be read through the batch's plan.
+    pub(crate) fn hidden(&self, model: &dyn Backbone) -> Tensor {
+        match &self.plan.packed {
+            Some(p) => {
+                if let Some(maxp) = model.max_positions() {
+                    assert!(
+                        p.max_position < maxp,
+                        "sequence of {} tokens exceeds the model's {maxp} positions (truncate, e.g. PairBatch max_len)",
+                        p.max_position + 1
+                    );
+                }
+                model.forward_packed(&p.input_ids, &p.position_ids, &p.mask)
+            }
+            // Right padding: plain causal attention is exact for every real token, so no mask is passed and SDPA
+            // can take its fused causal path (flash attention on GPU).
+            None => model.forward_hidden(&self.input_ids, None, None),
+        }
+    }
+
+    /// The packed layout, if prompts are shared: ids and position ids `[groups, len]`, the attention mask
+    /// `[groups, 1, len, len]` and the largest position id.
+    pub(crate) fn packed_inputs(&self) -> Option<(&Tensor, &Tensor, &Tensor, i64)> {
+        self.plan.packed.as_ref().map(|p| (&p.input_ids, &p.position_ids, &p.mask, p.max_position))
+    }
+
+    /// Flat hidden-state indices of the positions that predict response tokens, those tokens, the row of each,
+    /// and the response lengths (floats).
+    pub(crate) fn score_plan(&self) -> (&Tensor, &Tensor, &Tensor, &Tensor) {
+        (&self.plan.pred, &self.plan.targets, &self.plan.rows, &self.plan.lens)
+    }
+
+    /// Flat hidden-state index of each row's last real token.
+    pub(crate) fn last_index(&self) -> &Tensor {
+        &self.plan.last
+    }
+
+    /// Hidden states `[rows_of_batch, hidden]` at each row's last real token (a reward head's read-out).
+    pub(crate) fn last_hidden(&self, hidden: &Tensor) -> Tensor {
+        let d = *hidden.size().last().unwrap();
+        hidden.reshape([-1, d]).index_select(0, &self.plan.last)
     }
 
     pub fn len(&self) -> usize {
@@ -100,6 +212,112 @@ impl PairBatch {
     /// Number of real tokens in the batch (for throughput figures).
     pub fn num_tokens(&self) -> usize {
         self.prompt_lens.iter().zip(&self.response_lens).map(|(p, r)| p + r).sum()
+    }
+}
+
+impl Plan {
+    /// `rows` are (prompt, response) after truncation; `t` is the unpacked batch's length. Packs when `pack` is set
+    /// and some prompt occurs more than once.
+    fn new(rows: &[(&[i64], &[i64])], t: usize, pack: bool, device: Device) -> Plan {
+        let mut groups: Vec<(&[i64], Vec<usize>)> = vec![];
+        if pack {
+            let mut seen: HashMap<&[i64], usize> = HashMap::new();
+            for (i, (p, _)) in rows.iter().enumerate() {
+                let g = *seen.entry(p).or_insert_with(|| {
+                    groups.push((p, vec![]));
+                    groups.len() - 1
+                });
+                groups[g].1.push(i);
+            }
+        }
+        let n_pred: usize = rows.iter().map(|(_, r)| r.len()).sum();
+        let (mut pred, mut targets, mut row_of) =
+            (Vec::with_capacity(n_pred), Vec::with_capacity(n_pred), Vec::with_capacity(n_pred));
+        let mut last = vec![0i64; rows.len()];
+        let lens: Vec<f32> = rows.iter().map(|(_, r)| r.len() as f32).collect();
+        let t64 = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
+        let packed = if pack && groups.len() < rows.len() {
+            // response j of group g starts at start[i] inside the group's sequence
+            let len = groups.iter().map(|(p, rs)| p.len() + rs.iter().map(|&i| rows[i].1.len()).sum::<usize>()).max();
+            let (g_n, l) = (groups.len(), len.unwrap_or(0));
+            let mut ids = vec![0i64; g_n * l];
+            let mut pos = vec![0i64; g_n * l];
+            // segment of each position: 0 prompt, 1.. response, -1 padding
+            let mut seg = vec![-1i32; g_n * l];
+            let mut start = vec![0usize; rows.len()];
+            let mut max_position = 0i64;
+            for (g, (p, members)) in groups.iter().enumerate() {
+                let base = g * l;
+                for (j, &tok) in p.iter().enumerate() {
+                    ids[base + j] = tok;
+                    pos[base + j] = j as i64;
+                    seg[base + j] = 0;
+                }
+                let mut at = p.len();
+                for (m, &i) in members.iter().enumerate() {
+                    start[i] = at;
+                    for (j, &tok) in rows[i].1.iter().enumerate() {
+                        ids[base + at + j] = tok;
+                        pos[base + at + j] = (p.len() + j) as i64;
+                        seg[base + at + j] = m as i32 + 1;
+                    }
+                    max_position = max_position.max((p.len() + rows[i].1.len()) as i64 - 1);
+                    at += rows[i].1.len();
+                }
+            }
+            let mut mask = vec![false; g_n * l * l];
+            for g in 0..g_n {
+                for q in 0..l {
+                    let sq = seg[g * l + q];
+                    let m = &mut mask[(g * l + q) * l..(g * l + q + 1) * l];
+                    m[q] = true; // a padding query sees itself, so attention never divides by zero
+                    if sq < 0 {
+                        continue;
+                    }
+                    for (k, allowed) in m.iter_mut().enumerate().take(q) {
+                        let sk = seg[g * l + k];
+                        *allowed = sk == 0 || sk == sq;
+                    }
+                }
+            }
+            let group_of: HashMap<usize, usize> =
+                groups.iter().enumerate().flat_map(|(g, (_, ms))| ms.iter().map(move |&i| (i, g))).collect();
+            for (i, (p, r)) in rows.iter().enumerate() {
+                let base = group_of[&i] * l;
+                for j in 0..r.len() {
+                    // token j of the response is predicted by the prompt's last position (j = 0) or by token j-1
+                    pred.push((base + if j == 0 { p.len() - 1 } else { start[i] + j - 1 }) as i64);
+                    targets.push(r[j]);
+                    row_of.push(i as i64);
+                }
+                last[i] = (base + start[i] + r.len() - 1) as i64;
+            }
+            let shape = [g_n as i64, l as i64];
+            Some(Packed {
+                input_ids: Tensor::from_slice(&ids).view(shape).to_device(device),
+                position_ids: Tensor::from_slice(&pos).view(shape).to_device(device),
+                mask: Tensor::from_slice(&mask).view([g_n as i64, 1, l as i64, l as i64]).to_device(device),
+                max_position,
+            })
+        } else {
+            for (i, (p, r)) in rows.iter().enumerate() {
+                for j in 0..r.len() {
+                    pred.push((i * t + p.len() + j - 1) as i64);
+                    targets.push(r[j]);
+                    row_of.push(i as i64);
+                }
+                last[i] = (i * t + p.len() + r.len() - 1) as i64;
+            }
+            None
+        };
+        Plan {
+            packed,
+            pred: t64(pred),
+            targets: t64(targets),
+            rows: t64(row_of),
+            last: t64(last),
+            lens: Tensor::from_slice(&lens).to_device(device),
+        }
     }
 }
 
@@ -128,29 +346,22 @@ pub fn sequence_logprobs_from_logits(logits: &Tensor, batch: &PairBatch, reducti
 /// Per-sequence log-probs `[batch]` of each response given its prompt under `model` (differentiable; wrap in
 /// `tch::no_grad` for frozen reference models).
 ///
-/// Two savings over "logits → log-softmax → gather": the LM head and its log-sum-exp run only on the positions that
-/// predict a response token (prompts are usually much longer than responses, and the head is the widest layer), and
-/// no padding mask is passed: the batch is right-padded, so plain causal attention is exact for every real token and
-/// SDPA can take its fused causal path (flash attention on GPU).
+/// Savings over "logits → log-softmax → gather" on one row per response: a prompt shared by several rows is
+/// computed once (the module doc); the LM head and its log-sum-exp run only on the positions that predict a response
+/// token (prompts are usually much longer than responses, and the head is the widest layer), through indices
+/// computed when the batch was built; and without shared prompts no padding mask is passed: the batch is
+/// right-padded, so plain causal attention is exact for every real token and SDPA takes its fused causal path.
 pub fn sequence_logprobs(model: &dyn CausalLm, batch: &PairBatch, reduction: Reduction) -> Tensor {
-    let hidden = model.forward_hidden(&batch.input_ids, None, None);
-    let (b, t, h) = hidden.size3().unwrap();
-    // Position i predicts token i+1: keep positions whose next token is a response token.
-    let pred = batch.response_mask.narrow(1, 1, t - 1).reshape([-1]);
-    let flat = pred.nonzero().squeeze_dim(-1);
-    let hs = hidden.narrow(1, 0, t - 1).reshape([-1, h]).index_select(0, &flat);
-    let targets = batch.input_ids.narrow(1, 1, t - 1).reshape([-1]).index_select(0, &flat);
+    let hidden = batch.hidden(model);
+    let h = hidden.size()[2];
+    let plan = &batch.plan;
+    let hs = hidden.reshape([-1, h]).index_select(0, &plan.pred);
     let logits = model.lm_head(&hs).to_kind(Kind::Float); // [n, vocab]
-    let lp = logits.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1) - logits.logsumexp([-1], false);
-    let rows = flat.divide_scalar_mode(t - 1, "floor");
-    let sum = Tensor::zeros([b], (Kind::Float, hidden.device())).index_add(0, &rows, &lp);
+    let lp = logits.gather(1, &plan.targets.unsqueeze(1), false).squeeze_dim(1) - logits.logsumexp([-1], false);
+    let sum = Tensor::zeros([batch.len() as i64], (Kind::Float, hidden.device())).index_add(0, &plan.rows, &lp);
     match reduction {
         Reduction::Sum => sum,
-        Reduction::Mean => {
-            let n = Tensor::from_slice(&batch.response_lens.iter().map(|&n| n as f32).collect::<Vec<_>>())
-                .to_device(hidden.device());
-            sum / n
-        }
+        Reduction::Mean => sum / &plan.lens,
     }
 }
 

@@ -1,0 +1,431 @@
+//! K models of one architecture trained and evaluated as one: the β candidates of a method, the members of a
+//! reward-model ensemble. Every parameter is stacked with a leading dimension of K, every matrix product is a
+//! batched one (`baddbmm`/`bmm`), and one forward pass, one backward pass and one optimizer step serve all K, so
+//! the per-operation overhead that dominates tiny models is paid once instead of K times.
+//!
+//! Each model computes exactly what it would compute alone: model k reads only its own parameters, its losses are
+//! its own (`[K]`, summed for the backward pass, which gives every model the gradient of its own loss), it is
+//! clipped by its own gradient norm ([`BatchedTrainer`]), and it is saved as its own Hugging Face checkpoint. The
+//! results equal training the models one by one up to float rounding (tested in `ml/tests/batched.rs`).
+//!
+//! - [`BatchedCausalLm`]: `from_checkpoints`, `replicate`, `sequence_logprobs` → `[K, batch]`, `save_model`,
+//!   `to_model`; sampling over all K at once is [`crate::sampling::generate_batched`].
+//! - [`BatchedRewardModel`]: the same for Bradley–Terry reward models (`rewards` → `[K, batch]`).
+//! - [`BatchedTrainer`]: AdamW over all K with per-model clipping and one metrics row per model and step.
+//!
+//! Inputs are shared by all K models (a [`PairBatch`] built once); only sampling feeds each model its own tokens.
+
+use crate::checkpoint::{LanguageModel, RewardModel};
+use crate::config::ModelConfig;
+use crate::logprobs::{PairBatch, Reduction};
+use crate::model::{KvCache, NO_DECAY_GROUP, attention_mask_4d, position_ids};
+use crate::nets::{Gpt2Net, Inputs, LlamaNet, Net, head_logits, rope_inv_freq};
+use crate::optim::{FlatAdamW, FlatParam};
+use crate::train::{OptimConfig, StepMetrics, adamw_config, check_config, clip_and_step};
+use anyhow::{Context, Result, bail};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor, nn};
+
+/// Stacked parameters `[K, ...]` by their Hugging Face names, with their weight-decay flag.
+struct Stack {
+    k: i64,
+    config: ModelConfig,
+    params: BTreeMap<String, (Tensor, bool)>,
+}
+
+impl Stack {
+    /// Stacks the named variables of `stores` (one per model, same config), as trainable leaves.
+    fn new(config: &ModelConfig, stores: &[&nn::VarStore]) -> Result<Stack> {
+        if stores.is_empty() {
+            bail!("a batched model needs at least one model");
+        }
+        let device = stores[0].device();
+        let decay: HashMap<usize, bool> = {
+            let vars = stores[0].variables_.lock().unwrap();
+            vars.trainable_variables.iter().map(|v| (v.tensor.data_ptr() as usize, v.group != NO_DECAY_GROUP)).collect()
+        };
+        let first = stores[0].variables();
+        let all: Vec<HashMap<String, Tensor>> = stores.iter().map(|s| s.variables()).collect();
+        let mut params = BTreeMap::new();
+        tch::no_grad(|| -> Result<()> {
+            for (name, t0) in &first {
+                let mut parts = Vec::with_capacity(all.len());
+                for (i, vars) in all.iter().enumerate() {
+                    let t = vars.get(name).with_context(|| format!("model {i} has no parameter {name}"))?;
+                    if t.size() != t0.size() {
+                        bail!("parameter {name}: model {i} has shape {:?}, model 0 {:?}", t.size(), t0.size());
+                    }
+                    parts.push(t.detach().to_device(device));
+                }
+                let stacked = Tensor::stack(&parts, 0).set_requires_grad(true);
+                params.insert(name.clone(), (stacked, *decay.get(&(t0.data_ptr() as usize)).unwrap_or(&true)));
+            }
+            Ok(())
+        })?;
+        Ok(Stack { k: stores.len() as i64, config: config.clone(), params })
+    }
+
+    fn p(&self, name: &str) -> Tensor {
+        match self.params.get(name) {
+            Some((t, _)) => t.shallow_clone(),
+            None => panic!("batched model: no parameter {name}"),
+        }
+    }
+
+    fn flat_params(&self) -> Vec<FlatParam> {
+        self.params
+            .iter()
+            .map(|(n, (t, decay))| FlatParam { name: n.clone(), tensor: t.shallow_clone(), decay: *decay })
+            .collect()
+    }
+
+    /// Copies model `k`'s parameters into `vs` (same names).
+    fn copy_into(&self, k: i64, vs: &nn::VarStore) -> Result<()> {
+        let vars = vs.variables();
+        tch::no_grad(|| -> Result<()> {
+            for (name, (t, _)) in &self.params {
+                let mut v =
+                    vars.get(name).with_context(|| format!("target model has no parameter {name}"))?.shallow_clone();
+                v.copy_(&t.get(k).to_device(v.device()));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The shared arithmetic over a stack's parameters, and how a shared [`PairBatch`] enters it.
+fn make_net(s: &Stack, device: Device) -> Net {
+    let p = |n: &str| s.params.get(n).map(|(t, _)| t.shallow_clone());
+    match &s.config {
+        ModelConfig::Gpt2(c) => Net::Gpt2(Gpt2Net::new(&p, c)),
+        ModelConfig::Llama(c) => Net::Llama(LlamaNet::new(&p, c, &rope_inv_freq(c, device))),
+    }
+}
+
+/// Final hidden states `[K, rows, len, d]` of the sequences the models see for a shared `batch` (packed when
+/// prompts are shared, as in [`crate::sequence_logprobs`]).
+fn batch_hidden(net: &Net, k: i64, batch: &PairBatch) -> Tensor {
+    match batch.packed_inputs() {
+        Some((ids, pos, mask, max_position)) => {
+            if let Some(maxp) = net.max_positions() {
+                assert!(
+                    max_position < maxp,
+                    "sequence of {} tokens exceeds the model's {maxp} positions",
+                    max_position + 1
+                );
+            }
+            let (g, l) = ids.size2().unwrap();
+            let mask = mask.unsqueeze(0).expand([k, g, 1, l, l], false).reshape([k * g, 1, l, l]);
+            let inp =
+                Inputs { ids: &ids.expand([k, g, l], false), pos: &pos.expand([k, g, l], false), mask: Some(&mask) };
+            net.run(&inp, None)
+        }
+        None => {
+            let (b, t) = batch.input_ids.size2().unwrap();
+            if let Some(maxp) = net.max_positions() {
+                assert!(t <= maxp, "sequence of {t} tokens exceeds the model's {maxp} positions");
+            }
+            let pos =
+                Tensor::arange(t, (Kind::Int64, batch.input_ids.device())).view([1, 1, t]).expand([k, b, t], false);
+            let inp = Inputs { ids: &batch.input_ids.expand([k, b, t], false), pos: &pos, mask: None };
+            net.run(&inp, None)
+        }
+    }
+}
+
+/// K causal language models (policies) as one; see the module doc.
+pub struct BatchedCausalLm {
+    stack: Stack,
+    net: Net,
+    device: Device,
+}
+
+impl std::fmt::Debug for BatchedCausalLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BatchedCausalLm({} × {}, {} layers)",
+            self.stack.k,
+            self.stack.config.model_type(),
+            self.net.num_layers()
+        )
+    }
+}
+
+impl BatchedCausalLm {
+    /// Stacks copies of the given models' parameters (same architecture and shapes), on the first model's device.
+    pub fn from_models(models: &[&LanguageModel]) -> Result<Self> {
+        let Some(first) = models.first() else { bail!("a batched model needs at least one model") };
+        for (i, m) in models.iter().enumerate() {
+            if m.config != first.config {
+                bail!("model {i}'s config differs from model 0's: a batched model needs one architecture");
+            }
+        }
+        let stores: Vec<&nn::VarStore> = models.iter().map(|m| &m.vs).collect();
+        let stack = Stack::new(&first.config, &stores)?;
+        let device = first.device();
+        Ok(BatchedCausalLm { net: make_net(&stack, device), stack, device })
+    }
+
+    /// Loads K checkpoint directories (e.g. K policies to evaluate).
+    pub fn from_checkpoints(dirs: &[&Path], device: Device) -> Result<Self> {
+        let models = dirs.iter().map(|d| LanguageModel::load(d, device)).collect::<Result<Vec<_>>>()?;
+        Self::from_models(&models.iter().collect::<Vec<_>>())
+    }
+
+    /// K copies of one model (e.g. K policies that all start from π_ref).
+    pub fn replicate(model: &LanguageModel, k: usize) -> Result<Self> {
+        Self::from_models(&vec![model; k])
+    }
+
+    pub fn num_models(&self) -> usize {
+        self.stack.k as usize
+    }
+    pub fn config(&self) -> &ModelConfig {
+        &self.stack.config
+    }
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    pub fn num_layers(&self) -> usize {
+        self.net.num_layers()
+    }
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.net.num_layers())
+    }
+    /// Trainable parameters for [`BatchedTrainer`] (each `[K, ...]`).
+    pub fn trainable(&self) -> Vec<FlatParam> {
+        self.stack.flat_params()
+    }
+
+    /// Model `k` as a standalone [`LanguageModel`] (a copy).
+    pub fn to_model(&self, k: usize) -> Result<LanguageModel> {
+        let m = LanguageModel::new(self.stack.config.clone(), self.device);
+        self.stack.copy_into(k as i64, &m.vs)?;
+        Ok(m)
+    }
+
+    /// Writes model `k` as a Hugging Face checkpoint directory (as [`LanguageModel::save`]).
+    pub fn save_model(&self, k: usize, dir: &Path, tokenizer_dir: Option<&Path>) -> Result<()> {
+        self.to_model(k)?.save(dir, tokenizer_dir)
+    }
+
+    /// Per-model sequence log-probs `[K, batch]` of each response given its prompt (differentiable; the batched
+    /// counterpart of [`crate::sequence_logprobs`], with the same packing of shared prompts and the LM head only on
+    /// response positions).
+    pub fn sequence_logprobs(&self, batch: &PairBatch, reduction: Reduction) -> Tensor {
+        let k = self.stack.k;
+        let hidden = batch_hidden(&self.net, k, batch);
+        let d = *hidden.size().last().unwrap();
+        let (pred, targets, rows, lens) = batch.score_plan();
+        let hs = hidden.reshape([k, -1, d]).index_select(1, pred);
+        let n = hs.size()[1];
+        let logits = self.logits(&hs); // [K, n, vocab]
+        let lp = logits.gather(2, &targets.view([1, n, 1]).expand([k, n, 1], false), false).squeeze_dim(2)
+            - logits.logsumexp([-1], false);
+        let sum = Tensor::zeros([k, batch.len() as i64], (Kind::Float, hidden.device())).index_add(1, rows, &lp);
+        match reduction {
+            Reduction::Sum => sum,
+            Reduction::Mean => sum / lens.unsqueeze(0),
+        }
+    }
+
+    /// Logits `[K, rows, vocab]` in fp32 of hidden states `[K, rows, d]` (fp32 even under autocast, as the
+    /// single-model head).
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        head_logits(hidden, self.net.head_weight())
+    }
+
+    /// Hidden states `[K, B, T, d]` of per-model token ids `[K, B, T]` with a per-model padding mask
+    /// `[K, B, past + T]` (1 = real token) and an optional cache over all `K·B` rows: sampling's forward pass.
+    pub fn forward_hidden(&self, ids: &Tensor, attention_mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Tensor {
+        let (k, b, t) = ids.size3().unwrap();
+        let past = cache.as_ref().map_or(0, |c| c.seq_len());
+        if let Some(maxp) = self.net.max_positions() {
+            assert!(past + t <= maxp, "GPT-2 sequence of {} tokens exceeds n_positions = {maxp}", past + t);
+        }
+        let flat_mask = attention_mask.map(|m| m.reshape([k * b, -1]));
+        let pos = position_ids(flat_mask.as_ref(), k * b, t, past, ids.device()).view([k, b, t]);
+        let mask = attention_mask_4d(flat_mask.as_ref(), t, past, ids.device());
+        self.net.run(&Inputs { ids, pos: &pos, mask: mask.as_ref() }, cache)
+    }
+}
+
+/// K Bradley–Terry reward models as one (an ensemble); see the module doc and [`RewardModel`].
+pub struct BatchedRewardModel {
+    stack: Stack,
+    net: Net,
+    score: Tensor,
+    device: Device,
+}
+
+impl BatchedRewardModel {
+    pub fn from_models(models: &[&RewardModel]) -> Result<Self> {
+        let Some(first) = models.first() else { bail!("a batched model needs at least one model") };
+        for (i, m) in models.iter().enumerate() {
+            if m.config != first.config {
+                bail!("reward model {i}'s config differs from model 0's: a batched model needs one architecture");
+            }
+        }
+        let stores: Vec<&nn::VarStore> = models.iter().map(|m| &m.vs).collect();
+        let stack = Stack::new(&first.config, &stores)?;
+        let device = first.device();
+        Ok(BatchedRewardModel { net: make_net(&stack, device), score: stack.p("score.weight"), stack, device })
+    }
+
+    /// Loads K reward-model checkpoints (or, with `init_head_if_missing`, causal-LM checkpoints as backbones).
+    pub fn from_checkpoints(dirs: &[&Path], device: Device, init_head_if_missing: bool) -> Result<Self> {
+        let models =
+            dirs.iter().map(|d| RewardModel::load(d, device, init_head_if_missing)).collect::<Result<Vec<_>>>()?;
+        Self::from_models(&models.iter().collect::<Vec<_>>())
+    }
+
+    pub fn replicate(model: &RewardModel, k: usize) -> Result<Self> {
+        Self::from_models(&vec![model; k])
+    }
+    pub fn num_models(&self) -> usize {
+        self.stack.k as usize
+    }
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    pub fn trainable(&self) -> Vec<FlatParam> {
+        self.stack.flat_params()
+    }
+    pub fn to_model(&self, k: usize) -> Result<RewardModel> {
+        let m = RewardModel::new(self.stack.config.clone(), self.device);
+        self.stack.copy_into(k as i64, &m.vs)?;
+        Ok(m)
+    }
+    pub fn save_model(&self, k: usize, dir: &Path, tokenizer_dir: Option<&Path>) -> Result<()> {
+        self.to_model(k)?.save(dir, tokenizer_dir)
+    }
+
+    /// Rewards `[K, batch]` of each `prompt ++ response` row under each model (as [`RewardModel::rewards`]).
+    pub fn rewards(&self, batch: &PairBatch) -> Tensor {
+        let k = self.stack.k;
+        let hidden = batch_hidden(&self.net, k, batch);
+        let d = *hidden.size().last().unwrap();
+        let sel = hidden.reshape([k, -1, d]).index_select(1, batch.last_index());
+        head_logits(&sel, &self.score).squeeze_dim(-1)
+    }
+}
+
+/// AdamW over the K models of a batched model, with each model's loss, clipping and metrics its own.
+pub struct BatchedTrainer {
+    opt: FlatAdamW,
+    cfg: OptimConfig,
+    k: usize,
+    step: usize,
+    micro: usize,
+    loss_sum: Vec<f64>,
+    extra_sum: Vec<BTreeMap<String, f64>>,
+    started: Instant,
+    /// `history[k]`: model k's metrics rows, one per optimizer step.
+    pub history: Vec<Vec<StepMetrics>>,
+}
+
+impl BatchedTrainer {
+    /// `params` from [`BatchedCausalLm::trainable`] or [`BatchedRewardModel::trainable`]; all K models share the
+    /// optimizer settings and schedule.
+    pub fn new(params: Vec<FlatParam>, cfg: OptimConfig) -> Result<Self> {
+        check_config(&cfg)?;
+        let k = params.first().map_or(0, |p| p.tensor.size()[0]);
+        let opt = FlatAdamW::new(params, Some(k), adamw_config(&cfg))?;
+        let k = k as usize;
+        Ok(BatchedTrainer {
+            opt,
+            cfg,
+            k,
+            step: 0,
+            micro: 0,
+            loss_sum: vec![0.0; k],
+            extra_sum: vec![BTreeMap::new(); k],
+            started: Instant::now(),
+            history: vec![vec![]; k],
+        })
+    }
+    pub fn step(&self) -> usize {
+        self.step
+    }
+    pub fn config(&self) -> &OptimConfig {
+        &self.cfg
+    }
+    pub fn is_done(&self) -> bool {
+        self.step >= self.cfg.total_steps
+    }
+
+    /// Back-propagates the K models' micro-batch losses `[K]` (each model gets the gradient of its own loss), with
+    /// per-model extra metrics (`values[k]` for model k); after `grad_accum` micro-batches takes one optimizer step
+    /// for all K and returns their rows. A non-finite loss or gradient of any model is an error naming it.
+    pub fn backward(&mut self, losses: &Tensor, extra: &[(&str, &[f64])]) -> Result<Option<Vec<StepMetrics>>> {
+        if losses.size() != [self.k as i64] {
+            bail!("expected one loss per model ([{}]), got shape {:?}", self.k, losses.size());
+        }
+        let values = Vec::<f64>::try_from(losses.detach().to_kind(Kind::Double).to_device(Device::Cpu))?;
+        if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "non-finite loss ({}) of model {k} at optimizer step {}, micro-batch {}",
+                values[k],
+                self.step + 1,
+                self.micro + 1
+            );
+        }
+        for (name, v) in extra {
+            if v.len() != self.k {
+                bail!("metric {name}: {} values for {} models", v.len(), self.k);
+            }
+        }
+        if self.micro == 0 {
+            self.opt.zero_grad();
+        }
+        let total = losses.sum(Kind::Float);
+        if self.cfg.grad_accum == 1 {
+            total.backward()
+        } else {
+            (total / self.cfg.grad_accum as f64).backward()
+        }
+        for k in 0..self.k {
+            self.loss_sum[k] += values[k];
+            for (name, v) in extra {
+                *self.extra_sum[k].entry((*name).to_string()).or_default() += v[k];
+            }
+        }
+        self.micro += 1;
+        if self.micro < self.cfg.grad_accum {
+            return Ok(None);
+        }
+        let lr = self.cfg.lr_at(self.step);
+        let norms = clip_and_step(&mut self.opt, &self.cfg, lr, self.step)?;
+        self.step += 1;
+        let n = self.micro as f64;
+        let seconds = self.started.elapsed().as_secs_f64();
+        let rows: Vec<StepMetrics> = (0..self.k)
+            .map(|k| StepMetrics {
+                step: self.step,
+                lr,
+                loss: self.loss_sum[k] / n,
+                grad_norm: norms[k],
+                seconds,
+                extra: std::mem::take(&mut self.extra_sum[k]).into_iter().map(|(name, v)| (name, v / n)).collect(),
+            })
+            .collect();
+        self.micro = 0;
+        self.loss_sum.iter_mut().for_each(|l| *l = 0.0);
+        for (h, r) in self.history.iter_mut().zip(&rows) {
+            h.push(r.clone());
+        }
+        Ok(Some(rows))
+    }
+
+    /// Attaches validation metrics to each model's latest row (`values[k]` for model k).
+    pub fn log_eval(&mut self, metrics: &[(&str, &[f64])]) {
+        for (k, h) in self.history.iter_mut().enumerate() {
+            if let Some(row) = h.last_mut() {
+                row.extra.extend(metrics.iter().filter_map(|(n, v)| v.get(k).map(|x| ((*n).to_string(), *x))));
+            }
+        }
+    }
+}
