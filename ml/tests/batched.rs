@@ -8,7 +8,7 @@ use rmdistill_ml::logprobs::{PairBatch, Reduction, sequence_logprobs};
 use rmdistill_ml::train::deterministic_cpu;
 use rmdistill_ml::{
     BatchedCausalLm, BatchedRewardModel, BatchedTrainer, Gpt2Config, LanguageModel, LlamaConfig, ModelConfig,
-    OptimConfig, RewardModel, Schedule, Trainer,
+    OptimConfig, RewardModel, SampleConfig, Schedule, Trainer, generate, generate_batched,
 };
 use tch::{Device, Kind, Tensor, nn::OptimizerConfig};
 
@@ -253,5 +253,43 @@ fn flat_adamw_equals_libtorch_adamw() {
         assert!(moved > 1e-3, "{n} did not move");
         let d = max_abs_diff(&v, &plain.vs.variables()[&n]);
         assert!(d < 1e-6, "{n}: flat AdamW and libtorch AdamW differ by {d}");
+    }
+}
+
+/// Sampling from K models at once gives each model's own samples: the same tokens (rows finishing at different
+/// steps in different models) and the same log-probs (to float32 rounding of the logits) as sampling from each model alone.
+#[test]
+fn batched_sampling_equals_sampling_each_model() {
+    let prompts: [&[i64]; 4] = [&[5, 17, 33], &[9], &[40, 41, 42, 43, 44, 45, 46], &[7, 8]];
+    for name in ["gpt2-tiny", "llama-tiny"] {
+        let models = family(name, 3);
+        let bm = BatchedCausalLm::from_models(&models.iter().collect::<Vec<_>>()).unwrap();
+        for (temperature, top_p, use_cache) in [(1.0, 0.9, true), (0.0, 1.0, true), (1.0, 1.0, false)] {
+            // EOS ids common enough that rows stop at different steps
+            let cfg = SampleConfig {
+                max_new_tokens: 12,
+                temperature,
+                top_p,
+                seed: 5,
+                eos_ids: vec![3, 7, 11, 19],
+                use_cache,
+            };
+            let all = generate_batched(&bm, &prompts, 0, &cfg).unwrap();
+            let mut lengths = std::collections::BTreeSet::new();
+            for (k, m) in models.iter().enumerate() {
+                let one = generate(m, &prompts, 0, &cfg).unwrap();
+                assert_eq!(all[k].tokens, one.tokens, "{name} model {k} (T={temperature}, cache={use_cache})");
+                assert_eq!(all[k].finished, one.finished, "{name} model {k}");
+                for (a, b) in all[k].logprobs.iter().flatten().zip(one.logprobs.iter().flatten()) {
+                    // rows finish at different steps, so a model's batch holds other rows than alone, and the matrix
+                    // products round differently in the last bits of the logits
+                    assert!((a - b).abs() <= 1e-5, "{name} model {k}: log-prob {a} vs {b}");
+                }
+                lengths.extend(one.tokens.iter().map(|t| t.len()));
+            }
+            if temperature > 0.0 {
+                assert!(lengths.len() > 2, "{name}: rows should finish at different steps ({lengths:?})");
+            }
+        }
     }
 }
