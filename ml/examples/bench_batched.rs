@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
     let layers: i64 = a.get(8).map_or(2, |s| s.parse().unwrap());
     let arch = a.get(9).map_or("gpt2", |s| s.as_str());
     tch::set_num_threads(threads as i32);
+    rmdistill_ml::tune_allocator();
     tch::manual_seed(0);
     let vocab = 400;
     let config = match arch {

@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
     let unpacked = a.iter().any(|s| s == "--unpacked");
     anyhow::ensure!(matches!(loss_kind, "dpo" | "distill"), "LOSS must be dpo or distill");
     tch::set_num_threads(threads as i32);
+    rmdistill_ml::tune_allocator();
     tch::manual_seed(0);
     let m = LanguageModel::load(std::path::Path::new(&a[1]), Device::Cpu)?;
     let v = m.config.vocab_size();

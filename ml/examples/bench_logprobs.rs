@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(matches!(layout, "pairs" | "distinct"), "LAYOUT must be pairs or distinct");
     anyhow::ensure!(layout == "distinct" || b % 2 == 0, "pairs need an even BATCH");
     tch::set_num_threads(threads as i32);
+    rmdistill_ml::tune_allocator();
     let m = LanguageModel::load(dir, Device::Cpu)?;
     let v = m.config.vocab_size();
     let prompt_of = |i: usize| if layout == "pairs" { i % (b / 2) } else { i };

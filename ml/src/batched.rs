@@ -17,9 +17,9 @@
 
 use crate::checkpoint::{LanguageModel, RewardModel};
 use crate::config::ModelConfig;
-use crate::logprobs::{PairBatch, Reduction};
+use crate::logprobs::{PairBatch, Read, Reduction};
 use crate::model::{KvCache, NO_DECAY_GROUP, attention_mask_4d, position_ids};
-use crate::nets::{Gpt2Net, Inputs, LlamaNet, Net, head_logits, rope_inv_freq};
+use crate::nets::{Gpt2Net, Inputs, LlamaNet, Net, Tail, head_logits, rope_inv_freq};
 use crate::optim::{FlatAdamW, FlatParam};
 use crate::train::{OptimConfig, StepMetrics, adamw_config, check_config, clip_and_step};
 use anyhow::{Context, Result, bail};
@@ -104,35 +104,22 @@ fn make_net(s: &Stack, device: Device) -> Net {
     }
 }
 
-/// Final hidden states `[K, rows, len, d]` of the sequences the models see for a shared `batch` (packed when
-/// prompts are shared, as in [`crate::sequence_logprobs`]).
-fn batch_hidden(net: &Net, k: i64, batch: &PairBatch) -> Tensor {
-    match batch.packed_inputs() {
-        Some((ids, pos, mask, max_position)) => {
-            if let Some(maxp) = net.max_positions() {
-                assert!(
-                    max_position < maxp,
-                    "sequence of {} tokens exceeds the model's {maxp} positions",
-                    max_position + 1
-                );
-            }
-            let (g, l) = ids.size2().unwrap();
-            let mask = mask.unsqueeze(0).expand([k, g, 1, l, l], false).reshape([k * g, 1, l, l]);
-            let inp =
-                Inputs { ids: &ids.expand([k, g, l], false), pos: &pos.expand([k, g, l], false), mask: Some(&mask) };
-            net.run(&inp, None)
-        }
-        None => {
-            let (b, t) = batch.input_ids.size2().unwrap();
-            if let Some(maxp) = net.max_positions() {
-                assert!(t <= maxp, "sequence of {t} tokens exceeds the model's {maxp} positions");
-            }
-            let pos =
-                Tensor::arange(t, (Kind::Int64, batch.input_ids.device())).view([1, 1, t]).expand([k, b, t], false);
-            let inp = Inputs { ids: &batch.input_ids.expand([k, b, t], false), pos: &pos, mask: None };
-            net.run(&inp, None)
-        }
+/// The final hidden states `[K, n, d]` that `read` needs from a shared `batch`, in its plan's order (packed
+/// sequences when prompts are shared, the last layer only where read: as [`crate::sequence_logprobs`]).
+fn read_hidden(net: &Net, k: i64, batch: &PairBatch, read: Read) -> Tensor {
+    let (ids, pos, mask, max_position) = batch.model_inputs();
+    if let Some(maxp) = net.max_positions() {
+        assert!(max_position < maxp, "sequence of {} tokens exceeds the model's {maxp} positions", max_position + 1);
     }
+    let (s, l) = ids.size2().unwrap();
+    let mask = mask.map(|m| m.unsqueeze(0).expand([k, s, 1, l, l], false).reshape([k * s, 1, l, l]));
+    let (last_layer, flat) = batch.reading(read);
+    let tail = last_layer.map(|t| Tail { index: &t.index, mask: &t.mask, width: t.width });
+    let inp =
+        Inputs { ids: &ids.expand([k, s, l], false), pos: &pos.expand([k, s, l], false), mask: mask.as_ref(), tail };
+    let h = net.run(&inp, None);
+    let d = *h.size().last().unwrap();
+    h.reshape([k, -1, d]).index_select(1, flat)
 }
 
 /// K causal language models (policies) as one; see the module doc.
@@ -217,15 +204,13 @@ impl BatchedCausalLm {
     /// response positions).
     pub fn sequence_logprobs(&self, batch: &PairBatch, reduction: Reduction) -> Tensor {
         let k = self.stack.k;
-        let hidden = batch_hidden(&self.net, k, batch);
-        let d = *hidden.size().last().unwrap();
-        let (pred, targets, rows, lens) = batch.score_plan();
-        let hs = hidden.reshape([k, -1, d]).index_select(1, pred);
+        let hs = read_hidden(&self.net, k, batch, Read::LogProbs); // [K, n, d]
+        let (targets, rows, lens) = batch.score_targets();
         let n = hs.size()[1];
         let logits = self.logits(&hs); // [K, n, vocab]
         let lp = logits.gather(2, &targets.view([1, n, 1]).expand([k, n, 1], false), false).squeeze_dim(2)
             - logits.logsumexp([-1], false);
-        let sum = Tensor::zeros([k, batch.len() as i64], (Kind::Float, hidden.device())).index_add(1, rows, &lp);
+        let sum = Tensor::zeros([k, batch.len() as i64], (Kind::Float, hs.device())).index_add(1, rows, &lp);
         match reduction {
             Reduction::Sum => sum,
             Reduction::Mean => sum / lens.unsqueeze(0),
@@ -249,7 +234,7 @@ impl BatchedCausalLm {
         let flat_mask = attention_mask.map(|m| m.reshape([k * b, -1]));
         let pos = position_ids(flat_mask.as_ref(), k * b, t, past, ids.device()).view([k, b, t]);
         let mask = attention_mask_4d(flat_mask.as_ref(), t, past, ids.device());
-        self.net.run(&Inputs { ids, pos: &pos, mask: mask.as_ref() }, cache)
+        self.net.run(&Inputs { ids, pos: &pos, mask: mask.as_ref(), tail: None }, cache)
     }
 }
 
@@ -305,10 +290,7 @@ impl BatchedRewardModel {
 
     /// Rewards `[K, batch]` of each `prompt ++ response` row under each model (as [`RewardModel::rewards`]).
     pub fn rewards(&self, batch: &PairBatch) -> Tensor {
-        let k = self.stack.k;
-        let hidden = batch_hidden(&self.net, k, batch);
-        let d = *hidden.size().last().unwrap();
-        let sel = hidden.reshape([k, -1, d]).index_select(1, batch.last_index());
+        let sel = read_hidden(&self.net, self.stack.k, batch, Read::Rewards);
         head_logits(&sel, &self.score).squeeze_dim(-1)
     }
 }
@@ -332,6 +314,7 @@ impl BatchedTrainer {
     /// optimizer settings and schedule.
     pub fn new(params: Vec<FlatParam>, cfg: OptimConfig) -> Result<Self> {
         check_config(&cfg)?;
+        crate::device::tune_allocator();
         let k = params.first().map_or(0, |p| p.tensor.size()[0]);
         let opt = FlatAdamW::new(params, Some(k), adamw_config(&cfg))?;
         let k = k as usize;

@@ -161,7 +161,7 @@ impl RewardModel {
     /// every real token under causal attention.
     /// Rows that share a prompt are packed as in `sequence_logprobs` (the prompt is computed once).
     pub fn rewards(&self, batch: &crate::logprobs::PairBatch) -> Tensor {
-        let sel = batch.last_hidden(&batch.hidden(self.backbone.as_ref()));
+        let sel = batch.read_hidden(self.backbone.as_ref(), crate::logprobs::Read::Rewards);
         crate::gpt2::head_logits_any(&sel, &self.score).squeeze_dim(-1)
     }
     pub fn device(&self) -> Device {

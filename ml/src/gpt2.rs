@@ -4,8 +4,9 @@
 //! arithmetic is `nets::Gpt2Net`, shared with the batched models.
 
 use crate::config::Gpt2Config;
+use crate::logprobs::LastLayerRows;
 use crate::model::{Backbone, CausalLm, KvCache, ParamTable, attention_mask_4d, position_ids};
-use crate::nets::{Gpt2Net, Inputs, head_logits};
+use crate::nets::{Gpt2Net, Inputs, Tail, head_logits};
 use tch::{Tensor, nn};
 
 /// `GPT2LMHeadModel`: parameters live under `transformer.*` (plus `lm_head.weight` only when untied).
@@ -53,7 +54,7 @@ impl Gpt2 {
         Gpt2Net::new(&|n| self.params.get_as_batch(n), &self.config)
     }
     fn run(&self, input_ids: &Tensor, pos: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Tensor {
-        let inp = Inputs { ids: &input_ids.unsqueeze(0), pos: &pos.unsqueeze(0), mask };
+        let inp = Inputs { ids: &input_ids.unsqueeze(0), pos: &pos.unsqueeze(0), mask, tail: None };
         self.net().run(&inp, cache).squeeze_dim(0)
     }
 }
@@ -79,8 +80,16 @@ impl Backbone for Gpt2 {
         let mask = attention_mask_4d(attention_mask, t, past, dev);
         self.run(input_ids, &pos, mask.as_ref(), cache)
     }
-    fn forward_packed(&self, input_ids: &Tensor, position_ids: &Tensor, mask: &Tensor) -> Tensor {
-        self.run(input_ids, position_ids, Some(mask), None)
+    fn forward_rows(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: Option<&Tensor>,
+        last_layer: Option<&LastLayerRows>,
+    ) -> Tensor {
+        let tail = last_layer.map(|l| Tail { index: &l.index, mask: &l.mask, width: l.width });
+        let inp = Inputs { ids: &input_ids.unsqueeze(0), pos: &position_ids.unsqueeze(0), mask, tail };
+        self.net().run(&inp, None).squeeze_dim(0)
     }
     fn num_layers(&self) -> usize {
         self.config.n_layer as usize

@@ -5,8 +5,9 @@
 
 use crate::config::LlamaConfig;
 use crate::gpt2::head_logits_any;
+use crate::logprobs::LastLayerRows;
 use crate::model::{Backbone, CausalLm, KvCache, ParamTable, attention_mask_4d, position_ids};
-use crate::nets::{Inputs, LlamaNet, rope_inv_freq};
+use crate::nets::{Inputs, LlamaNet, Tail, rope_inv_freq};
 use tch::{Tensor, nn};
 
 /// `LlamaForCausalLM`: parameters under `model.*`, plus `lm_head.weight` unless tied.
@@ -57,7 +58,7 @@ impl Llama {
         LlamaNet::new(&|n| self.params.get_as_batch(n), &self.config, &self.inv_freq)
     }
     fn run(&self, input_ids: &Tensor, pos: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Tensor {
-        let inp = Inputs { ids: &input_ids.unsqueeze(0), pos: &pos.unsqueeze(0), mask };
+        let inp = Inputs { ids: &input_ids.unsqueeze(0), pos: &pos.unsqueeze(0), mask, tail: None };
         self.net().run(&inp, cache).squeeze_dim(0)
     }
 }
@@ -76,8 +77,16 @@ impl Backbone for Llama {
         let mask = attention_mask_4d(attention_mask, t, past, dev);
         self.run(input_ids, &pos, mask.as_ref(), cache)
     }
-    fn forward_packed(&self, input_ids: &Tensor, position_ids: &Tensor, mask: &Tensor) -> Tensor {
-        self.run(input_ids, position_ids, Some(mask), None)
+    fn forward_rows(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: Option<&Tensor>,
+        last_layer: Option<&LastLayerRows>,
+    ) -> Tensor {
+        let tail = last_layer.map(|l| Tail { index: &l.index, mask: &l.mask, width: l.width });
+        let inp = Inputs { ids: &input_ids.unsqueeze(0), pos: &position_ids.unsqueeze(0), mask, tail };
+        self.net().run(&inp, None).squeeze_dim(0)
     }
     fn num_layers(&self) -> usize {
         self.config.num_hidden_layers as usize

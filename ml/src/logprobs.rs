@@ -55,7 +55,9 @@ struct Packed {
     max_position: i64,
 }
 
-/// Flat indices into the model's hidden states `[rows, len, hidden]` viewed as `[rows·len, hidden]`.
+/// Where the model reads what it scores, computed when the batch is built so that a forward pass issues no index
+/// computations. Flat indices are into the hidden states `[sequences, len, hidden]` viewed as
+/// `[sequences·len, hidden]` (the packed sequences when prompts are shared, else the rows).
 #[derive(Debug)]
 struct Plan {
     packed: Option<Packed>,
@@ -69,6 +71,84 @@ struct Plan {
     last: Tensor,
     /// Response lengths as floats, for [`Reduction::Mean`].
     lens: Tensor,
+    /// The last layer only at `pred`, and only at `last` (see [`LastLayerRows`]).
+    pred_tail: LastLayerRows,
+    last_tail: LastLayerRows,
+    /// Off: the last layer runs at every position (for tests).
+    use_tail: bool,
+}
+
+/// The positions at which the last transformer layer is computed. Only the final hidden states that a head reads
+/// are needed, and the last layer's output at any other position feeds nothing (earlier layers still run at every
+/// position, since their keys and values are attended to): so the last layer's queries, attention output, MLP and
+/// final norm run only at the read positions — for log-probs the positions that predict a response token, for a
+/// reward head each row's last token. Per sequence the read positions are padded to the same `width` (by repeating
+/// one) and `read` maps the plan's flat indices into the result `[sequences·width, hidden]`.
+#[derive(Debug)]
+pub struct LastLayerRows {
+    /// `[sequences·width]` flat indices of the selected positions into `[sequences·len]`.
+    pub(crate) index: Tensor,
+    /// `[sequences, 1, width, len]`, true = may attend: each selected query's row of the attention mask.
+    pub(crate) mask: Tensor,
+    pub(crate) width: i64,
+    /// The read positions as flat indices into `[sequences·width]`.
+    pub(crate) read: Tensor,
+}
+
+impl LastLayerRows {
+    /// `read` are flat indices into `[seqs·len]`; `allowed(s, q, k)` is the attention mask of sequence `s`.
+    fn new(
+        read: &[i64],
+        seqs: usize,
+        len: usize,
+        allowed: &dyn Fn(usize, usize, usize) -> bool,
+        device: Device,
+    ) -> Self {
+        let mut sel: Vec<Vec<usize>> = vec![vec![]; seqs];
+        for &r in read {
+            sel[r as usize / len].push(r as usize % len);
+        }
+        for v in &mut sel {
+            v.sort_unstable();
+            v.dedup();
+        }
+        let width = sel.iter().map(|v| v.len()).max().unwrap_or(0).max(1);
+        let mut index = vec![0i64; seqs * width];
+        let mut mask = vec![false; seqs * width * len];
+        for (s, v) in sel.iter().enumerate() {
+            for j in 0..width {
+                let q = v.get(j).or(v.last()).copied().unwrap_or(0);
+                index[s * width + j] = (s * len + q) as i64;
+                let row = &mut mask[(s * width + j) * len..(s * width + j + 1) * len];
+                for (k, m) in row.iter_mut().enumerate() {
+                    *m = k == q || allowed(s, q, k);
+                }
+            }
+        }
+        let remapped: Vec<i64> = read
+            .iter()
+            .map(|&r| {
+                let (s, q) = (r as usize / len, r as usize % len);
+                (s * width + sel[s].binary_search(&q).unwrap()) as i64
+            })
+            .collect();
+        let (s64, w64, l64) = (seqs as i64, width as i64, len as i64);
+        LastLayerRows {
+            index: Tensor::from_slice(&index).to_device(device),
+            mask: Tensor::from_slice(&mask).view([s64, 1, w64, l64]).to_device(device),
+            width: w64,
+            read: Tensor::from_slice(&remapped).to_device(device),
+        }
+    }
+}
+
+/// What a forward pass over a [`PairBatch`] is for: which positions' final hidden states are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// The positions that predict response tokens.
+    LogProbs,
+    /// Each row's last real token.
+    Rewards,
 }
 
 impl PairBatch {
@@ -142,8 +222,17 @@ impl PairBatch {
                 .zip(self.prompt_lens.iter().zip(&self.response_lens))
                 .map(|(row, (&p, &r))| (&row[..p], &row[p..p + r]))
                 .collect();
+            let use_tail = self.plan.use_tail;
             self.plan = Plan::new(&rows, self.input_ids.size()[1] as usize, false, self.input_ids.device());
+            self.plan.use_tail = use_tail;
         }
+        self
+    }
+
+    /// The same batch with the last layer computed at every position instead of only where it is read (for tests
+    /// and benchmarks; see [`LastLayerRows`]).
+    pub fn with_full_last_layer(mut self) -> Self {
+        self.plan.use_tail = false;
         self
     }
 
@@ -160,10 +249,12 @@ impl PairBatch {
         }
     }
 
-    /// Final hidden states `[rows, len, hidden]` of the sequences the model sees for this batch (the packed ones
-    /// when prompts are shared), to be read through the batch's plan.
-    pub(crate) fn hidden(&self, model: &dyn Backbone) -> Tensor {
-        match &self.plan.packed {
+    /// The final hidden states `[n, hidden]` that `read` needs, in the plan's order (for log-probs the positions
+    /// that predict response tokens, row by row; for rewards each row's last token), computed on the sequences the
+    /// model sees for this batch (the packed ones when prompts are shared) with the last layer only where read.
+    pub(crate) fn read_hidden(&self, model: &dyn Backbone, read: Read) -> Tensor {
+        let (tail, flat) = self.reading(read);
+        let h = match &self.plan.packed {
             Some(p) => {
                 if let Some(maxp) = model.max_positions() {
                     assert!(
@@ -172,35 +263,51 @@ impl PairBatch {
                         p.max_position + 1
                     );
                 }
-                model.forward_packed(&p.input_ids, &p.position_ids, &p.mask)
+                model.forward_rows(&p.input_ids, &p.position_ids, Some(&p.mask), tail)
             }
             // Right padding: plain causal attention is exact for every real token, so no mask is passed and SDPA
             // can take its fused causal path (flash attention on GPU).
-            None => model.forward_hidden(&self.input_ids, None, None),
+            None => {
+                let (b, t) = self.input_ids.size2().unwrap();
+                if let Some(maxp) = model.max_positions() {
+                    assert!(
+                        t <= maxp,
+                        "sequence of {t} tokens exceeds the model's {maxp} positions (truncate, e.g. PairBatch max_len)"
+                    );
+                }
+                let pos = Tensor::arange(t, (Kind::Int64, self.input_ids.device())).unsqueeze(0).expand([b, t], false);
+                model.forward_rows(&self.input_ids, &pos, None, tail)
+            }
+        };
+        let d = *h.size().last().unwrap();
+        h.reshape([-1, d]).index_select(0, flat)
+    }
+
+    /// The model's inputs for this batch: ids and position ids `[sequences, len]` and the attention mask
+    /// `[sequences, 1, len, len]` (`None`: plain causal), plus the largest position id.
+    pub(crate) fn model_inputs(&self) -> (Tensor, Tensor, Option<&Tensor>, i64) {
+        match &self.plan.packed {
+            Some(p) => (p.input_ids.shallow_clone(), p.position_ids.shallow_clone(), Some(&p.mask), p.max_position),
+            None => {
+                let (b, t) = self.input_ids.size2().unwrap();
+                let pos = Tensor::arange(t, (Kind::Int64, self.input_ids.device())).unsqueeze(0).expand([b, t], false);
+                (self.input_ids.shallow_clone(), pos, None, t - 1)
+            }
         }
     }
 
-    /// The packed layout, if prompts are shared: ids and position ids `[groups, len]`, the attention mask
-    /// `[groups, 1, len, len]` and the largest position id.
-    pub(crate) fn packed_inputs(&self) -> Option<(&Tensor, &Tensor, &Tensor, i64)> {
-        self.plan.packed.as_ref().map(|p| (&p.input_ids, &p.position_ids, &p.mask, p.max_position))
+    /// For `read`: the last-layer rows (if used) and the flat indices into the model's output to read.
+    pub(crate) fn reading(&self, read: Read) -> (Option<&LastLayerRows>, &Tensor) {
+        let (tail, flat) = match read {
+            Read::LogProbs => (&self.plan.pred_tail, &self.plan.pred),
+            Read::Rewards => (&self.plan.last_tail, &self.plan.last),
+        };
+        if self.plan.use_tail { (Some(tail), &tail.read) } else { (None, flat) }
     }
 
-    /// Flat hidden-state indices of the positions that predict response tokens, those tokens, the row of each,
-    /// and the response lengths (floats).
-    pub(crate) fn score_plan(&self) -> (&Tensor, &Tensor, &Tensor, &Tensor) {
-        (&self.plan.pred, &self.plan.targets, &self.plan.rows, &self.plan.lens)
-    }
-
-    /// Flat hidden-state index of each row's last real token.
-    pub(crate) fn last_index(&self) -> &Tensor {
-        &self.plan.last
-    }
-
-    /// Hidden states `[rows_of_batch, hidden]` at each row's last real token (a reward head's read-out).
-    pub(crate) fn last_hidden(&self, hidden: &Tensor) -> Tensor {
-        let d = *hidden.size().last().unwrap();
-        hidden.reshape([-1, d]).index_select(0, &self.plan.last)
+    /// The response tokens scored, the batch row of each, and the response lengths (floats).
+    pub(crate) fn score_targets(&self) -> (&Tensor, &Tensor, &Tensor) {
+        (&self.plan.targets, &self.plan.rows, &self.plan.lens)
     }
 
     pub fn len(&self) -> usize {
@@ -236,6 +343,7 @@ impl Plan {
         let mut last = vec![0i64; rows.len()];
         let lens: Vec<f32> = rows.iter().map(|(_, r)| r.len() as f32).collect();
         let t64 = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
+        let tails;
         let packed = if pack && groups.len() < rows.len() {
             // response j of group g starts at start[i] inside the group's sequence
             let len = groups.iter().map(|(p, rs)| p.len() + rs.iter().map(|&i| rows[i].1.len()).sum::<usize>()).max();
@@ -292,6 +400,11 @@ impl Plan {
                 }
                 last[i] = (base + start[i] + r.len() - 1) as i64;
             }
+            let allowed = |s: usize, q: usize, k: usize| mask[(s * l + q) * l + k];
+            tails = Some((
+                LastLayerRows::new(&pred, g_n, l, &allowed, device),
+                LastLayerRows::new(&last, g_n, l, &allowed, device),
+            ));
             let shape = [g_n as i64, l as i64];
             Some(Packed {
                 input_ids: Tensor::from_slice(&ids).view(shape).to_device(device),
@@ -308,8 +421,14 @@ impl Plan {
                 }
                 last[i] = (i * t + p.len() + r.len() - 1) as i64;
             }
+            let causal = |_: usize, q: usize, k: usize| k <= q;
+            tails = Some((
+                LastLayerRows::new(&pred, rows.len(), t, &causal, device),
+                LastLayerRows::new(&last, rows.len(), t, &causal, device),
+            ));
             None
         };
+        let (pred_tail, last_tail) = tails.unwrap();
         Plan {
             packed,
             pred: t64(pred),
@@ -317,6 +436,9 @@ impl Plan {
             rows: t64(row_of),
             last: t64(last),
             lens: Tensor::from_slice(&lens).to_device(device),
+            pred_tail,
+            last_tail,
+            use_tail: true,
         }
     }
 }
@@ -347,18 +469,17 @@ pub fn sequence_logprobs_from_logits(logits: &Tensor, batch: &PairBatch, reducti
 /// `tch::no_grad` for frozen reference models).
 ///
 /// Savings over "logits → log-softmax → gather" on one row per response: a prompt shared by several rows is
-/// computed once (the module doc); the LM head and its log-sum-exp run only on the positions that predict a response
-/// token (prompts are usually much longer than responses, and the head is the widest layer), through indices
-/// computed when the batch was built; and without shared prompts no padding mask is passed: the batch is
-/// right-padded, so plain causal attention is exact for every real token and SDPA takes its fused causal path.
+/// computed once (the module doc); the last layer and the LM head with its log-sum-exp run only on the positions
+/// that predict a response token ([`LastLayerRows`]; prompts are usually much longer than responses, and the head is
+/// the widest layer), through indices computed when the batch was built; and without shared prompts the layers below
+/// the last get no padding mask: the batch is right-padded, so plain causal attention is exact for every real token
+/// and SDPA takes its fused causal path.
 pub fn sequence_logprobs(model: &dyn CausalLm, batch: &PairBatch, reduction: Reduction) -> Tensor {
-    let hidden = batch.hidden(model);
-    let h = hidden.size()[2];
+    let hs = batch.read_hidden(model, Read::LogProbs); // [n, hidden]
     let plan = &batch.plan;
-    let hs = hidden.reshape([-1, h]).index_select(0, &plan.pred);
     let logits = model.lm_head(&hs).to_kind(Kind::Float); // [n, vocab]
     let lp = logits.gather(1, &plan.targets.unsqueeze(1), false).squeeze_dim(1) - logits.logsumexp([-1], false);
-    let sum = Tensor::zeros([batch.len() as i64], (Kind::Float, hidden.device())).index_add(0, &plan.rows, &lp);
+    let sum = Tensor::zeros([batch.len() as i64], (Kind::Float, hs.device())).index_add(0, &plan.rows, &lp);
     match reduction {
         Reduction::Sum => sum,
         Reduction::Mean => sum / &plan.lens,

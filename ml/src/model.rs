@@ -52,8 +52,16 @@ pub trait Backbone {
         cache: Option<&mut KvCache>,
     ) -> Tensor;
     /// Hidden states for explicit `position_ids` `[batch, seq]` and a boolean attention mask `[batch, 1, seq, seq]`
-    /// (true = may attend), without a cache: for packed sequences in which several responses share one prompt.
-    fn forward_packed(&self, input_ids: &Tensor, position_ids: &Tensor, mask: &Tensor) -> Tensor;
+    /// (true = may attend; `None`: plain causal), without a cache: for scoring a [`crate::PairBatch`] (packed
+    /// sequences in which several responses share one prompt, or plain rows). With `last_layer`, the last layer runs
+    /// only at its positions and the result is `[batch, width, hidden]`.
+    fn forward_rows(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: Option<&Tensor>,
+        last_layer: Option<&crate::logprobs::LastLayerRows>,
+    ) -> Tensor;
     fn num_layers(&self) -> usize;
     fn hidden_size(&self) -> i64;
     /// The largest number of positions the model can represent, if it has a hard limit (GPT-2's learned positions).

@@ -52,12 +52,33 @@ pub(crate) fn head_logits(hidden: &Tensor, w: &Tensor) -> Tensor {
     if hidden.device().is_cuda() { tch::autocast(false, f) } else { f() }
 }
 
-/// One forward call: token ids `[K, B, T]`, position ids `[K, B, T]`, and a boolean attention mask
-/// `[K·B, 1, T, past + T]` (true = may attend) or `None` for plain causal attention.
+/// One forward call: token ids `[K, B, T]`, position ids `[K, B, T]`, a boolean attention mask
+/// `[K·B, 1, T, past + T]` (true = may attend) or `None` for plain causal attention, and optionally the positions
+/// at which the last layer runs (`crate::logprobs::LastLayerRows`).
 pub(crate) struct Inputs<'a> {
     pub ids: &'a Tensor,
     pub pos: &'a Tensor,
     pub mask: Option<&'a Tensor>,
+    pub tail: Option<Tail<'a>>,
+}
+
+/// The last layer only at some positions: `index` `[B·width]` flat into `[B·T]` and `mask` `[B, 1, width, T]`,
+/// the same for every model.
+pub(crate) struct Tail<'a> {
+    pub index: &'a Tensor,
+    pub mask: &'a Tensor,
+    pub width: i64,
+}
+
+impl Tail<'_> {
+    /// The mask for `k` models.
+    fn mask_for(&self, k: i64) -> Tensor {
+        let s = self.mask.size();
+        if k == 1 {
+            return self.mask.shallow_clone();
+        }
+        self.mask.unsqueeze(0).expand([k, s[0], s[1], s[2], s[3]], false).reshape([k * s[0], s[1], s[2], s[3]])
+    }
 }
 
 /// A parameter by its Hugging Face name, `[K, ...]`; `None` if the model has no such parameter.
@@ -118,13 +139,33 @@ impl Gpt2Net {
         }
     }
 
-    /// Final hidden states `[K, B, T, d]` (after `ln_f`).
+    /// Final hidden states `[K, B, T, d]` (after `ln_f`), or `[K, B, width, d]` with a tail.
     pub(crate) fn run(&self, inp: &Inputs, mut cache: Option<&mut KvCache>) -> Tensor {
         let (k, b, t) = inp.ids.size3().unwrap();
         let (d, nh) = (self.c.n_embd, self.c.n_head);
         let eps = self.c.layer_norm_epsilon;
         let mut x = embed(&self.wte, &inp.ids.reshape([k, -1])) + embed(&self.wpe, &inp.pos.reshape([k, -1]));
+        let last = self.blocks.len() - 1;
         for (i, blk) in self.blocks.iter().enumerate() {
+            if let (Some(tail), true) = (&inp.tail, i == last) {
+                // keys and values everywhere, the rest of the layer only at the tail's positions
+                let h = layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, eps);
+                let (w, bias) = &blk.c_attn;
+                let kv = conv1d(&h, &w.narrow(2, d, 2 * d), &bias.narrow(1, d, 2 * d)).view([k * b, t, 2 * d]);
+                let q = conv1d(&h.index_select(1, tail.index), &w.narrow(2, 0, d), &bias.narrow(1, 0, d));
+                let width = tail.width;
+                let q = q.view([k * b, width, nh, d / nh]).transpose(1, 2);
+                let parts = kv.split(d, -1);
+                let heads = |u: &Tensor| u.view([k * b, t, nh, d / nh]).transpose(1, 2);
+                let mask = tail.mask_for(k);
+                let y = attention(&q, &heads(&parts[0]), &heads(&parts[1]), Some(&mask), blk.scale);
+                let y = y.transpose(1, 2).contiguous().view([k, b * width, d]);
+                let x = x.index_select(1, tail.index) + conv1d(&y, &blk.attn_proj.0, &blk.attn_proj.1);
+                let h = layer_norm(&x, &blk.ln_2.0, &blk.ln_2.1, eps);
+                let h = activation(&self.c.activation_function, &conv1d(&h, &blk.c_fc.0, &blk.c_fc.1));
+                let x = x + conv1d(&h, &blk.mlp_proj.0, &blk.mlp_proj.1);
+                return layer_norm(&x, &self.ln_f.0, &self.ln_f.1, eps).view([k, b, width, d]);
+            }
             let h = layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, eps);
             let qkv = conv1d(&h, &blk.c_attn.0, &blk.c_attn.1).view([k * b, t, 3 * d]);
             let parts = qkv.split(d, -1);
@@ -212,7 +253,7 @@ impl LlamaNet {
         }
     }
 
-    /// Final hidden states `[K, B, T, d]` (after the last norm).
+    /// Final hidden states `[K, B, T, d]` (after the last norm), or `[K, B, width, d]` with a tail.
     pub(crate) fn run(&self, inp: &Inputs, mut cache: Option<&mut KvCache>) -> Tensor {
         let (k, b, t) = inp.ids.size3().unwrap();
         let c = &self.c;
@@ -225,12 +266,35 @@ impl LlamaNet {
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         let (cos, sin) = (emb.cos().to_kind(x.kind()), emb.sin().to_kind(x.kind()));
         // x·cos + rotate_half(x)·sin, rotate_half swapping the halves of the head dimension (negating one)
-        let rope = |u: &Tensor| {
+        let rope_with = |u: &Tensor, cos: &Tensor, sin: &Tensor| {
             let half = hd / 2;
             let rotated = Tensor::cat(&[u.narrow(3, half, half).neg(), u.narrow(3, 0, half)], 3);
-            u * &cos + rotated * &sin
+            u * cos + rotated * sin
         };
+        let rope = |u: &Tensor| rope_with(u, &cos, &sin);
+        let last = self.layers.len() - 1;
         for (i, l) in self.layers.iter().enumerate() {
+            if let (Some(tail), true) = (&inp.tail, i == last) {
+                // keys and values everywhere, the rest of the layer only at the tail's positions
+                let width = tail.width;
+                let h = rms_norm(&x, &l.input_layernorm, eps);
+                let kv_heads = |p: &Lin| linear(&h, &p.0, p.1.as_ref()).view([k * b, t, nkv, hd]).transpose(1, 2);
+                let (kk, v) = (rope(&kv_heads(&l.k)), kv_heads(&l.v));
+                let hq = h.index_select(1, tail.index);
+                let q = linear(&hq, &l.q.0, l.q.1.as_ref()).view([k * b, width, nh, hd]).transpose(1, 2);
+                let pos_q = inp.pos.reshape([k, -1]).index_select(1, tail.index).reshape([k * b, width]);
+                let fq = pos_q.to_kind(Kind::Float).unsqueeze(-1) * inv.view([1, 1, -1]);
+                let eq = Tensor::cat(&[&fq, &fq], -1).unsqueeze(1);
+                let q = rope_with(&q, &eq.cos().to_kind(x.kind()), &eq.sin().to_kind(x.kind()));
+                let mask = tail.mask_for(k);
+                let y = attention(&q, &kk, &v, Some(&mask), 1.0 / (hd as f64).sqrt());
+                let y = y.transpose(1, 2).contiguous().view([k, b * width, nh * hd]);
+                let x = x.index_select(1, tail.index) + linear(&y, &l.o.0, l.o.1.as_ref());
+                let h = rms_norm(&x, &l.post_attention_layernorm, eps);
+                let g = linear(&h, &l.gate.0, l.gate.1.as_ref()).silu() * linear(&h, &l.up.0, l.up.1.as_ref());
+                let x = x + linear(&g, &l.down.0, l.down.1.as_ref());
+                return rms_norm(&x, &self.norm, eps).view([k, b, width, d]);
+            }
             let h = rms_norm(&x, &l.input_layernorm, eps);
             let heads = |p: &Lin, n: i64| linear(&h, &p.0, p.1.as_ref()).view([k * b, t, n, hd]).transpose(1, 2);
             let q = rope(&heads(&l.q, nh));

@@ -109,6 +109,7 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(vs: &nn::VarStore, cfg: OptimConfig) -> Result<Self> {
         check_config(&cfg)?;
+        crate::device::tune_allocator();
         let params = {
             let vars = vs.variables_.lock().unwrap();
             let names: HashMap<usize, &String> =

@@ -94,6 +94,47 @@ fn packed_shared_prompts_equal_unpacked_rows() {
     }
 }
 
+/// The last layer computed only where a head reads (response-predicting positions for log-probs, each row's last
+/// token for rewards) equals computing it everywhere: values and gradients, packed or not.
+#[test]
+fn last_layer_only_where_read_equals_full_last_layer() {
+    for name in ARCHS {
+        let m = family(name, 1).remove(0);
+        for packed in [true, false] {
+            let mk = || if packed { pair_batch() } else { pair_batch().without_packing() };
+            let (part, full) = (mk(), mk().with_full_last_layer());
+            let grads = |batch: &PairBatch| {
+                m.vs.trainable_variables().iter().for_each(|t| {
+                    let mut t = t.shallow_clone();
+                    t.zero_grad()
+                });
+                let lp = sequence_logprobs(m.net(), batch, Reduction::Sum);
+                let w = Tensor::linspace(-1.0, 1.0, batch.len() as i64, (Kind::Float, Device::Cpu));
+                (&lp * w).sum(Kind::Float).backward();
+                let mut vars: Vec<(String, Tensor)> = m.vs.variables().into_iter().collect();
+                vars.sort_by(|a, b| a.0.cmp(&b.0));
+                (lp.detach(), Tensor::cat(&vars.iter().map(|(_, t)| t.grad().reshape([-1])).collect::<Vec<_>>(), 0))
+            };
+            let ((la, ga), (lb, gb)) = (grads(&part), grads(&full));
+            assert!(
+                max_abs_diff(&la, &lb) < 1e-5,
+                "{name} packed={packed}: log-probs differ by {}",
+                max_abs_diff(&la, &lb)
+            );
+            let scale = f64::try_from(gb.abs().max()).unwrap();
+            assert!(max_abs_diff(&ga, &gb) < 1e-5 * scale.max(1.0), "{name} packed={packed}: gradients differ");
+        }
+    }
+    for name in ["gpt2-tiny-rm", "llama-tiny-rm"] {
+        let rm = RewardModel::load(&fixtures().join(name), Device::Cpu, false).unwrap();
+        for batch in [pair_batch(), pair_batch().without_packing()] {
+            let a = tch::no_grad(|| rm.rewards(&batch));
+            let b = tch::no_grad(|| rm.rewards(&batch.with_full_last_layer()));
+            assert!(max_abs_diff(&a, &b) < 1e-5, "{name}");
+        }
+    }
+}
+
 #[test]
 fn batched_logprobs_and_rewards_equal_one_model_at_a_time() {
     for name in ARCHS {
@@ -101,7 +142,7 @@ fn batched_logprobs_and_rewards_equal_one_model_at_a_time() {
         let refs: Vec<&LanguageModel> = models.iter().collect();
         let bm = BatchedCausalLm::from_models(&refs).unwrap();
         assert_eq!(bm.num_models(), 3);
-        for batch in [pair_batch(), pair_batch().without_packing()] {
+        for batch in [pair_batch(), pair_batch().without_packing(), pair_batch().with_full_last_layer()] {
             for red in [Reduction::Sum, Reduction::Mean] {
                 let all = tch::no_grad(|| bm.sequence_logprobs(&batch, red));
                 assert_eq!(all.size(), [3, batch.len() as i64]);
