@@ -44,10 +44,13 @@ def run():
 
 first = run()
 t, c = time.perf_counter(), time.process_time()
+fastest = float("inf")
 for _ in range(iters):
+    c0 = time.process_time()
     run()
+    fastest = min(fastest, time.process_time() - c0)
 s = (time.perf_counter() - t) / iters
 cpu = (time.process_time() - c) / iters
 print(json.dumps({"impl": "transformers", "layout": layout, "head": head, "seqs_per_s": round(b / s, 2),
                   "tokens_per_s": round(b * (p + r) / s), "sec_per_batch": round(s, 4),
-                  "cpu_sec_per_batch": round(cpu, 4), "first_logprob": round(first[0].item(), 5)}))
+                  "cpu_sec_per_batch": round(cpu, 4), "min_cpu_sec_per_batch": round(fastest, 4), "first_logprob": round(first[0].item(), 5)}))
