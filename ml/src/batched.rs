@@ -19,7 +19,7 @@ use crate::checkpoint::{LanguageModel, RewardModel};
 use crate::config::ModelConfig;
 use crate::logprobs::{PairBatch, Read, Reduction};
 use crate::model::{KvCache, NO_DECAY_GROUP, attention_mask_4d, position_ids};
-use crate::nets::{Gpt2Net, Inputs, LlamaNet, Net, Tail, head_logits, rope_inv_freq};
+use crate::nets::{Gpt2Net, Inputs, LlamaNet, Net, Tail, head_logits, rope_inv_freq, select_rows};
 use crate::optim::{FlatAdamW, FlatParam};
 use crate::train::{OptimConfig, StepMetrics, adamw_config, check_config, clip_and_step};
 use anyhow::{Context, Result, bail};
@@ -122,6 +122,189 @@ fn read_hidden(net: &Net, k: i64, batch: &PairBatch, read: Read) -> Tensor {
     h.reshape([k, -1, d]).index_select(1, flat)
 }
 
+/// One [`PairBatch`] per model, stacked so that K models run as one while each reads only its own rows: the members
+/// of an ensemble trained on different subsets (D_ρ'). Every batch must have the same number of rows; sequences,
+/// lengths and read positions are padded to the largest (the padding is computed and ignored), so the results equal
+/// each model on its own batch up to float rounding, not bit for bit.
+pub struct PerModelBatches {
+    k: i64,
+    rows: i64,
+    ids: Tensor,
+    pos: Tensor,
+    mask: Option<Tensor>,
+    max_position: i64,
+    logprobs: StackedRead,
+    rewards: StackedRead,
+    /// `[K, n]` response tokens scored and their rows (padding: the extra column `rows`).
+    targets: Tensor,
+    token_rows: Tensor,
+    /// `[K, rows]` response lengths.
+    lens: Tensor,
+}
+
+/// Per-model read positions: the last layer's rows (`index` `[K, S·width]`, `mask` `[K·S, 1, width, L]`) when the
+/// batches use them, and `read` `[K, n]` flat into the model's output.
+struct StackedRead {
+    tail: Option<(Tensor, Tensor, i64)>,
+    read: Tensor,
+}
+
+fn to_vec_i64(t: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(t.to_device(Device::Cpu).reshape([-1])).unwrap_or_default()
+}
+
+impl PerModelBatches {
+    /// `batches[k]` is model k's batch (built with [`PairBatch::new`], packed or not).
+    pub fn new(batches: &[PairBatch]) -> Result<Self> {
+        let Some(first) = batches.first() else { bail!("no batches") };
+        let rows = first.len();
+        if let Some((k, b)) = batches.iter().enumerate().find(|(_, b)| b.len() != rows) {
+            bail!(
+                "model {k}'s batch has {} rows, model 0's {rows}: every model needs the same number of rows",
+                b.len()
+            );
+        }
+        let device = first.input_ids.device();
+        let k = batches.len();
+        let inputs: Vec<_> = batches.iter().map(|b| b.model_inputs()).collect();
+        let s_max = inputs.iter().map(|i| i.0.size()[0]).max().unwrap();
+        let l_max = inputs.iter().map(|i| i.0.size()[1]).max().unwrap();
+        let max_position = inputs.iter().map(|i| i.3).max().unwrap();
+        let kk = k as i64;
+        let ids = Tensor::zeros([kk, s_max, l_max], (Kind::Int64, device));
+        let pos = Tensor::zeros([kk, s_max, l_max], (Kind::Int64, device));
+        // causal everywhere is what no mask means; a packed batch's own mask replaces it on its sequences
+        let any_mask = inputs.iter().any(|i| i.2.is_some());
+        let mask = any_mask.then(|| {
+            let q = Tensor::arange(l_max, (Kind::Int64, device));
+            let causal = q.unsqueeze(0).le_tensor(&q.unsqueeze(1)); // [L, L]: key ≤ query
+            causal.view([1, 1, 1, l_max, l_max]).expand([kk, s_max, 1, l_max, l_max], false).contiguous()
+        });
+        tch::no_grad(|| {
+            for (m, (i, p, mk, _)) in inputs.iter().enumerate() {
+                let (s, l) = i.size2().unwrap();
+                ids.get(m as i64).narrow(0, 0, s).narrow(1, 0, l).copy_(i);
+                pos.get(m as i64).narrow(0, 0, s).narrow(1, 0, l).copy_(p);
+                if let (Some(all), Some(own)) = (&mask, mk) {
+                    all.get(m as i64).narrow(0, 0, s).narrow(2, 0, l).narrow(3, 0, l).copy_(own);
+                }
+            }
+        });
+        let stacked = |read: Read| -> StackedRead {
+            let use_tail = batches.iter().all(|b| b.reading(read).0.is_some());
+            let widths: Vec<i64> = batches.iter().map(|b| b.reading(read).0.map_or(1, |t| t.width)).collect();
+            let w_max = *widths.iter().max().unwrap();
+            let n_max = batches.iter().map(|b| b.reading(read).1.numel()).max().unwrap();
+            let (mut index, mut tmask) = (vec![0i64; k * (s_max * w_max) as usize], vec![false; 0]);
+            if use_tail {
+                tmask = vec![false; k * (s_max * w_max * l_max) as usize];
+            }
+            let mut read_all = vec![0i64; k * n_max];
+            for (m, b) in batches.iter().enumerate() {
+                let (s_k, l_k) = inputs[m].0.size2().unwrap();
+                let (tail, flat) = b.reading(read);
+                let flat = to_vec_i64(flat);
+                match tail {
+                    Some(t) => {
+                        let w_k = t.width;
+                        let idx = to_vec_i64(&t.index);
+                        let own =
+                            Vec::<bool>::try_from(t.mask.to_device(Device::Cpu).reshape([-1])).unwrap_or_default();
+                        for s in 0..s_max {
+                            for j in 0..w_max {
+                                let at = m * (s_max * w_max) as usize + (s * w_max + j) as usize;
+                                let row = &mut tmask[at * l_max as usize..(at + 1) * l_max as usize];
+                                if s < s_k {
+                                    let jj = j.min(w_k - 1);
+                                    let q = idx[(s * w_k + jj) as usize] - s * l_k;
+                                    index[at] = s * l_max + q;
+                                    let src =
+                                        &own[((s * w_k + jj) * l_k) as usize..((s * w_k + jj + 1) * l_k) as usize];
+                                    row[..l_k as usize].copy_from_slice(src);
+                                } else {
+                                    index[at] = s * l_max;
+                                    row[0] = true;
+                                }
+                            }
+                        }
+                        for (i, r) in flat.iter().enumerate() {
+                            read_all[m * n_max + i] = (r / w_k) * w_max + r % w_k;
+                        }
+                    }
+                    None => {
+                        for (i, r) in flat.iter().enumerate() {
+                            read_all[m * n_max + i] = (r / l_k) * l_max + r % l_k;
+                        }
+                    }
+                }
+            }
+            let tail = use_tail.then(|| {
+                let index = Tensor::from_slice(&index).view([kk, s_max * w_max]).to_device(device);
+                let tm = Tensor::from_slice(&tmask).view([kk * s_max, 1, w_max, l_max]).to_device(device);
+                (index, tm, w_max)
+            });
+            StackedRead { tail, read: Tensor::from_slice(&read_all).view([kk, n_max as i64]).to_device(device) }
+        };
+        let (logprobs, rewards) = (stacked(Read::LogProbs), stacked(Read::Rewards));
+        let n_max = logprobs.read.size()[1] as usize;
+        let (mut targets, mut token_rows) = (vec![0i64; k * n_max], vec![rows as i64; k * n_max]);
+        let mut lens = Vec::with_capacity(k * rows);
+        for (m, b) in batches.iter().enumerate() {
+            let (t, r, l) = b.score_targets();
+            let (t, r) = (to_vec_i64(t), to_vec_i64(r));
+            targets[m * n_max..m * n_max + t.len()].copy_from_slice(&t);
+            token_rows[m * n_max..m * n_max + r.len()].copy_from_slice(&r);
+            lens.extend(Vec::<f32>::try_from(l.to_device(Device::Cpu))?);
+        }
+        let shape = [kk, n_max as i64];
+        Ok(PerModelBatches {
+            k: kk,
+            rows: rows as i64,
+            ids,
+            pos,
+            mask: mask.map(|m| m.view([kk * s_max, 1, l_max, l_max])),
+            max_position,
+            logprobs,
+            rewards,
+            targets: Tensor::from_slice(&targets).view(shape).to_device(device),
+            token_rows: Tensor::from_slice(&token_rows).view(shape).to_device(device),
+            lens: Tensor::from_slice(&lens).view([kk, rows as i64]).to_device(device),
+        })
+    }
+
+    pub fn num_models(&self) -> usize {
+        self.k as usize
+    }
+    /// Rows per model.
+    pub fn len(&self) -> usize {
+        self.rows as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The final hidden states `[K, n, d]` that `read` needs, model k on its own batch.
+    fn read_hidden(&self, net: &Net, k: i64, read: Read) -> Result<Tensor> {
+        if k != self.k {
+            bail!("{} batches for {k} models", self.k);
+        }
+        if let Some(maxp) = net.max_positions() {
+            if self.max_position >= maxp {
+                bail!("sequence of {} tokens exceeds the model's {maxp} positions", self.max_position + 1);
+            }
+        }
+        let r = match read {
+            Read::LogProbs => &self.logprobs,
+            Read::Rewards => &self.rewards,
+        };
+        let tail = r.tail.as_ref().map(|(index, mask, width)| Tail { index, mask, width: *width });
+        let inp = Inputs { ids: &self.ids, pos: &self.pos, mask: self.mask.as_ref(), tail };
+        let h = net.run(&inp, None);
+        let d = *h.size().last().unwrap();
+        Ok(select_rows(&h.reshape([k, -1, d]), &r.read))
+    }
+}
+
 /// K causal language models (policies) as one; see the module doc.
 pub struct BatchedCausalLm {
     stack: Stack,
@@ -217,6 +400,21 @@ impl BatchedCausalLm {
         }
     }
 
+    /// Per-model sequence log-probs `[K, rows]` with model k scoring its own batch `batches[k]`.
+    pub fn sequence_logprobs_each(&self, batches: &PerModelBatches, reduction: Reduction) -> Result<Tensor> {
+        let k = self.stack.k;
+        let hs = batches.read_hidden(&self.net, k, Read::LogProbs)?; // [K, n, d]
+        let logits = self.logits(&hs);
+        let lp = logits.gather(2, &batches.targets.unsqueeze(2), false).squeeze_dim(2) - logits.logsumexp([-1], false);
+        let sum = Tensor::zeros([k, batches.rows + 1], (Kind::Float, hs.device()))
+            .scatter_add(1, &batches.token_rows, &lp)
+            .narrow(1, 0, batches.rows);
+        Ok(match reduction {
+            Reduction::Sum => sum,
+            Reduction::Mean => sum / &batches.lens,
+        })
+    }
+
     /// Logits `[K, rows, vocab]` in fp32 of hidden states `[K, rows, d]` (fp32 even under autocast, as the
     /// single-model head).
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
@@ -292,6 +490,14 @@ impl BatchedRewardModel {
     pub fn rewards(&self, batch: &PairBatch) -> Tensor {
         let sel = read_hidden(&self.net, self.stack.k, batch, Read::Rewards);
         head_logits(&sel, &self.score).squeeze_dim(-1)
+    }
+}
+
+impl BatchedRewardModel {
+    /// Rewards `[K, rows]` with model k scoring its own batch `batches[k]` (ensemble members on their own subsets).
+    pub fn rewards_each(&self, batches: &PerModelBatches) -> Result<Tensor> {
+        let sel = batches.read_hidden(&self.net, self.stack.k, Read::Rewards)?;
+        Ok(head_logits(&sel, &self.score).squeeze_dim(-1))
     }
 }
 

@@ -62,8 +62,8 @@ pub(crate) struct Inputs<'a> {
     pub tail: Option<Tail<'a>>,
 }
 
-/// The last layer only at some positions: `index` `[B·width]` flat into `[B·T]` and `mask` `[B, 1, width, T]`,
-/// the same for every model.
+/// The last layer only at some positions: `index` flat into `[B·T]` and `mask` `[B, 1, width, T]`, the same for
+/// every model (`index` `[B·width]`); or per model (`index` `[K, B·width]`, `mask` `[K·B, 1, width, T]`).
 pub(crate) struct Tail<'a> {
     pub index: &'a Tensor,
     pub mask: &'a Tensor,
@@ -71,14 +71,36 @@ pub(crate) struct Tail<'a> {
 }
 
 impl Tail<'_> {
+    fn per_model(&self) -> bool {
+        self.index.dim() == 2
+    }
     /// The mask for `k` models.
     fn mask_for(&self, k: i64) -> Tensor {
         let s = self.mask.size();
-        if k == 1 {
+        if k == 1 || self.per_model() {
             return self.mask.shallow_clone();
         }
         self.mask.unsqueeze(0).expand([k, s[0], s[1], s[2], s[3]], false).reshape([k * s[0], s[1], s[2], s[3]])
     }
+    /// The tail's rows of `x` `[K, B·T, ...]` → `[K, B·width, ...]`.
+    fn select(&self, x: &Tensor) -> Tensor {
+        select_rows(x, self.index)
+    }
+}
+
+/// Rows `index` of `x` `[K, n, ...]` along dimension 1: the same rows for every model (`index` `[m]`) or each
+/// model its own (`index` `[K, m]`).
+pub(crate) fn select_rows(x: &Tensor, index: &Tensor) -> Tensor {
+    if index.dim() == 1 {
+        return x.index_select(1, index);
+    }
+    let mut shape = x.size();
+    shape[1] = index.size()[1];
+    let mut idx = index.shallow_clone();
+    for _ in 2..shape.len() {
+        idx = idx.unsqueeze(-1);
+    }
+    x.gather(1, &idx.expand(shape.as_slice(), false), false)
 }
 
 /// A parameter by its Hugging Face name, `[K, ...]`; `None` if the model has no such parameter.
@@ -152,7 +174,7 @@ impl Gpt2Net {
                 let h = layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, eps);
                 let (w, bias) = &blk.c_attn;
                 let kv = conv1d(&h, &w.narrow(2, d, 2 * d), &bias.narrow(1, d, 2 * d)).view([k * b, t, 2 * d]);
-                let q = conv1d(&h.index_select(1, tail.index), &w.narrow(2, 0, d), &bias.narrow(1, 0, d));
+                let q = conv1d(&tail.select(&h), &w.narrow(2, 0, d), &bias.narrow(1, 0, d));
                 let width = tail.width;
                 let q = q.view([k * b, width, nh, d / nh]).transpose(1, 2);
                 let parts = kv.split(d, -1);
@@ -160,7 +182,7 @@ impl Gpt2Net {
                 let mask = tail.mask_for(k);
                 let y = attention(&q, &heads(&parts[0]), &heads(&parts[1]), Some(&mask), blk.scale);
                 let y = y.transpose(1, 2).contiguous().view([k, b * width, d]);
-                let x = x.index_select(1, tail.index) + conv1d(&y, &blk.attn_proj.0, &blk.attn_proj.1);
+                let x = tail.select(&x) + conv1d(&y, &blk.attn_proj.0, &blk.attn_proj.1);
                 let h = layer_norm(&x, &blk.ln_2.0, &blk.ln_2.1, eps);
                 let h = activation(&self.c.activation_function, &conv1d(&h, &blk.c_fc.0, &blk.c_fc.1));
                 let x = x + conv1d(&h, &blk.mlp_proj.0, &blk.mlp_proj.1);
@@ -280,16 +302,16 @@ impl LlamaNet {
                 let h = rms_norm(&x, &l.input_layernorm, eps);
                 let kv_heads = |p: &Lin| linear(&h, &p.0, p.1.as_ref()).view([k * b, t, nkv, hd]).transpose(1, 2);
                 let (kk, v) = (rope(&kv_heads(&l.k)), kv_heads(&l.v));
-                let hq = h.index_select(1, tail.index);
+                let hq = tail.select(&h);
                 let q = linear(&hq, &l.q.0, l.q.1.as_ref()).view([k * b, width, nh, hd]).transpose(1, 2);
-                let pos_q = inp.pos.reshape([k, -1]).index_select(1, tail.index).reshape([k * b, width]);
+                let pos_q = tail.select(&inp.pos.reshape([k, -1])).reshape([k * b, width]);
                 let fq = pos_q.to_kind(Kind::Float).unsqueeze(-1) * inv.view([1, 1, -1]);
                 let eq = Tensor::cat(&[&fq, &fq], -1).unsqueeze(1);
                 let q = rope_with(&q, &eq.cos().to_kind(x.kind()), &eq.sin().to_kind(x.kind()));
                 let mask = tail.mask_for(k);
                 let y = attention(&q, &kk, &v, Some(&mask), 1.0 / (hd as f64).sqrt());
                 let y = y.transpose(1, 2).contiguous().view([k, b * width, nh * hd]);
-                let x = x.index_select(1, tail.index) + linear(&y, &l.o.0, l.o.1.as_ref());
+                let x = tail.select(&x) + linear(&y, &l.o.0, l.o.1.as_ref());
                 let h = rms_norm(&x, &l.post_attention_layernorm, eps);
                 let g = linear(&h, &l.gate.0, l.gate.1.as_ref()).silu() * linear(&h, &l.up.0, l.up.1.as_ref());
                 let x = x + linear(&g, &l.down.0, l.down.1.as_ref());

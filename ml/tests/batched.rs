@@ -8,7 +8,7 @@ use rmdistill_ml::logprobs::{PairBatch, Reduction, sequence_logprobs};
 use rmdistill_ml::train::deterministic_cpu;
 use rmdistill_ml::{
     BatchedCausalLm, BatchedRewardModel, BatchedTrainer, Gpt2Config, LanguageModel, LlamaConfig, ModelConfig,
-    OptimConfig, RewardModel, SampleConfig, Schedule, Trainer, generate, generate_batched,
+    OptimConfig, PerModelBatches, RewardModel, SampleConfig, Schedule, Trainer, generate, generate_batched,
 };
 use tch::{Device, Kind, Tensor, nn::OptimizerConfig};
 
@@ -333,4 +333,78 @@ fn batched_sampling_equals_sampling_each_model() {
             }
         }
     }
+}
+
+/// Batch `m` of a family of batches that differ in prompts, lengths and packing (for per-model data).
+fn own_batch(m: usize) -> PairBatch {
+    let shift = |v: &[i64]| v.iter().map(|&t| (t + 5 * m as i64) % 90 + 3).collect::<Vec<i64>>();
+    let p: Vec<Vec<i64>> =
+        [&[5, 17, 33][..], &[9], &[40, 41, 42, 43, 44, 45, 46][..(3 + m)], &[7, 8]].map(shift).to_vec();
+    let r1: Vec<Vec<i64>> = [&[11, 12][..], &[13, 14, 15, 16], &[20], &[30, 31, 32][..(1 + m)]].map(shift).to_vec();
+    let r2: Vec<Vec<i64>> = [&[50, 51, 52, 53, 54][..(5 - m)], &[60], &[61, 62, 63], &[3, 4]].map(shift).to_vec();
+    let prompts: Vec<&[i64]> = p.iter().chain(p.iter()).map(|v| v.as_slice()).collect();
+    let responses: Vec<&[i64]> = r1.iter().chain(r2.iter()).map(|v| v.as_slice()).collect();
+    let b = PairBatch::new(&prompts, &responses, 0, None, Device::Cpu).unwrap();
+    if m == 1 { b.without_packing() } else { b }
+}
+
+/// Each model on its own batch (ensemble members on their own subsets): log-probs, rewards and a few DPO steps equal
+/// each model alone on its batch, to float rounding (the batches are padded to a common shape).
+#[test]
+fn per_model_batches_equal_each_model_on_its_own_batch() {
+    for name in ["llama-tiny", "gpt2-untied"] {
+        let models = family(name, 3);
+        let bm = BatchedCausalLm::from_models(&models.iter().collect::<Vec<_>>()).unwrap();
+        let own: Vec<PairBatch> = (0..3).map(own_batch).collect();
+        let stacked = PerModelBatches::new(&own).unwrap();
+        for red in [Reduction::Sum, Reduction::Mean] {
+            let all = tch::no_grad(|| bm.sequence_logprobs_each(&stacked, red)).unwrap();
+            for (k, m) in models.iter().enumerate() {
+                let one = tch::no_grad(|| sequence_logprobs(m.net(), &own[k], red));
+                let d = max_abs_diff(&all.get(k as i64), &one);
+                assert!(d < 1e-5, "{name} model {k} {red:?}: {d}");
+            }
+        }
+        // training: per-step losses and the trained models' log-probs
+        let cfg = OptimConfig { lr: 1e-3, total_steps: 4, grad_clip: Some(0.5), ..Default::default() };
+        let refs: Vec<Tensor> =
+            (0..3).map(|k| tch::no_grad(|| sequence_logprobs(models[0].net(), &own[k], Reduction::Sum))).collect();
+        let ref_all = Tensor::stack(&refs, 0);
+        let dpo = |lp: &Tensor, r: &Tensor| {
+            let lr = lp - r;
+            -(lr.narrow(-1, 0, 4) - lr.narrow(-1, 4, 4)).log_sigmoid().mean_dim(-1, false, Kind::Float)
+        };
+        let mut bt = BatchedTrainer::new(bm.trainable(), cfg.clone()).unwrap();
+        while !bt.is_done() {
+            let lp = bm.sequence_logprobs_each(&stacked, Reduction::Sum).unwrap();
+            bt.backward(&dpo(&lp, &ref_all), &[]).unwrap();
+        }
+        for (k, m) in models.iter().enumerate() {
+            let mut tr = Trainer::new(&m.vs, cfg.clone()).unwrap();
+            while !tr.is_done() {
+                tr.backward(&dpo(&sequence_logprobs(m.net(), &own[k], Reduction::Sum), &refs[k]), &[]).unwrap();
+            }
+            for (one, all) in tr.history.iter().zip(&bt.history[k]) {
+                let rel = (one.loss - all.loss).abs() / one.loss.abs();
+                assert!(rel < 1e-5, "{name} model {k} step {}: loss {} vs {}", one.step, one.loss, all.loss);
+            }
+            let a = tch::no_grad(|| sequence_logprobs(bm.to_model(k).unwrap().net(), &own[k], Reduction::Sum));
+            let b = tch::no_grad(|| sequence_logprobs(m.net(), &own[k], Reduction::Sum));
+            assert!(max_abs_diff(&a, &b) < 1e-4, "{name} model {k}: trained models differ by {}", max_abs_diff(&a, &b));
+        }
+    }
+    for name in ["gpt2-tiny-rm", "llama-tiny-rm"] {
+        let base = RewardModel::load(&fixtures().join(name), Device::Cpu, false).unwrap();
+        let members: Vec<RewardModel> = (0..3).map(|_| base.try_clone().unwrap()).collect();
+        let bm = BatchedRewardModel::from_models(&members.iter().collect::<Vec<_>>()).unwrap();
+        let own: Vec<PairBatch> = (0..3).map(own_batch).collect();
+        let all = tch::no_grad(|| bm.rewards_each(&PerModelBatches::new(&own).unwrap())).unwrap();
+        for (k, m) in members.iter().enumerate() {
+            let d = max_abs_diff(&all.get(k as i64), &tch::no_grad(|| m.rewards(&own[k])));
+            assert!(d < 1e-5, "{name} member {k}: {d}");
+        }
+    }
+    let unequal = [own_batch(0), pair_batch()];
+    let err = PerModelBatches::new(&unequal).err().expect("different row counts are refused").to_string();
+    assert!(err.contains("same number of rows"), "{err}");
 }
