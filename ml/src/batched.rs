@@ -288,10 +288,10 @@ impl PerModelBatches {
         if k != self.k {
             bail!("{} batches for {k} models", self.k);
         }
-        if let Some(maxp) = net.max_positions() {
-            if self.max_position >= maxp {
-                bail!("sequence of {} tokens exceeds the model's {maxp} positions", self.max_position + 1);
-            }
+        if let Some(maxp) = net.max_positions()
+            && self.max_position >= maxp
+        {
+            bail!("sequence of {} tokens exceeds the model's {maxp} positions", self.max_position + 1);
         }
         let r = match read {
             Read::LogProbs => &self.logprobs,

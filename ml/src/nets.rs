@@ -162,6 +162,8 @@ impl Gpt2Net {
     }
 
     /// Final hidden states `[K, B, T, d]` (after `ln_f`), or `[K, B, width, d]` with a tail.
+    // `x = x + f(x)`, not `x += f(x)`: an in-place add would overwrite what autograd saved for the backward pass
+    #[allow(clippy::assign_op_pattern)]
     pub(crate) fn run(&self, inp: &Inputs, mut cache: Option<&mut KvCache>) -> Tensor {
         let (k, b, t) = inp.ids.size3().unwrap();
         let (d, nh) = (self.c.n_embd, self.c.n_head);
@@ -276,6 +278,8 @@ impl LlamaNet {
     }
 
     /// Final hidden states `[K, B, T, d]` (after the last norm), or `[K, B, width, d]` with a tail.
+    // `x = x + f(x)`, not `x += f(x)`: an in-place add would overwrite what autograd saved for the backward pass
+    #[allow(clippy::assign_op_pattern)]
     pub(crate) fn run(&self, inp: &Inputs, mut cache: Option<&mut KvCache>) -> Tensor {
         let (k, b, t) = inp.ids.size3().unwrap();
         let c = &self.c;

@@ -231,11 +231,11 @@ pub(crate) fn clip_and_step(opt: &mut FlatAdamW, cfg: &OptimConfig, lr: f64, ste
             bad.iter().take(5).copied().collect::<Vec<_>>().join(", ")
         );
     }
-    if let Some(max) = cfg.grad_clip {
-        if norms.iter().any(|&n| n > max) {
-            let coef: Vec<f64> = norms.iter().map(|&n| if n > max { max / (n + 1e-6) } else { 1.0 }).collect();
-            opt.scale_grads(&coef);
-        }
+    if let Some(max) = cfg.grad_clip
+        && norms.iter().any(|&n| n > max)
+    {
+        let coef: Vec<f64> = norms.iter().map(|&n| if n > max { max / (n + 1e-6) } else { 1.0 }).collect();
+        opt.scale_grads(&coef);
     }
     opt.step(lr);
     Ok(norms)

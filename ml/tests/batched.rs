@@ -243,13 +243,13 @@ fn batched_models_save_as_their_own_checkpoints() {
     let models = family("llama-tiny", 2);
     let bm = BatchedCausalLm::from_models(&models.iter().collect::<Vec<_>>()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for k in 0..2 {
+    for (k, model) in models.iter().enumerate() {
         let d = dir.path().join(format!("m{k}"));
         bm.save_model(k, &d, None).unwrap();
         let loaded = LanguageModel::load(&d, Device::Cpu).unwrap();
         let batch = pair_batch();
         let a = tch::no_grad(|| sequence_logprobs(loaded.net(), &batch, Reduction::Sum));
-        let b = tch::no_grad(|| sequence_logprobs(models[k].net(), &batch, Reduction::Sum));
+        let b = tch::no_grad(|| sequence_logprobs(model.net(), &batch, Reduction::Sum));
         assert_eq!(max_abs_diff(&a, &b), 0.0);
     }
     let again =
