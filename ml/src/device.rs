@@ -59,7 +59,7 @@ pub fn seed_everything(seed: u64) {
 ///
 /// glibc serves allocations above 128 KiB (most activations) with fresh `mmap`s and unmaps them when freed, so every
 /// training step page-faults its whole working set in again: on the tiny GPT-2 DPO step of `ml/BENCH-TRL.md` that
-/// was ~6,000 page faults and ~20 ms of system time per step. Raising the mmap and trim thresholds (the largest
+/// was ~3,700 page faults and ~15 ms of system time per step. Raising the mmap and trim thresholds (the largest
 /// values glibc accepts) lets the heap keep and reuse those blocks. Process-wide and idempotent; called by the
 /// trainers, and by any binary that does ML work at its start.
 pub fn tune_allocator() {
