@@ -1,16 +1,29 @@
-//! One DPO optimizer step (policy log-probs of chosen and rejected, loss against precomputed reference
-//! log-probs, backward, clipping, AdamW), for throughput comparisons with `scripts/ml/bench_dpo_step_hf.py`.
+//! One preference-optimization step (policy log-probs of both responses of each pair, the loss against
+//! precomputed reference log-probs, backward, clipping, AdamW), for side-by-side throughput comparisons with
+//! `scripts/ml/bench_dpo_torch.py` (a hand-written PyTorch loop) and `scripts/ml/bench_dpo_trl.py` (TRL's
+//! `DPOTrainer`) on the same checkpoint, token ids, shapes, optimizer settings and thread count.
 //!
-//! usage: bench_dpo_step CHECKPOINT_DIR PAIRS PROMPT_LEN RESPONSE_LEN ITERS THREADS
+//! LOSS is `dpo` (sigmoid DPO, β = 0.1) or `distill` (d-DPO, METHOD.md eq. 7, β = 0.1, with the same fixed
+//! per-pair reward differences as the Python loop). `--unpacked` scores each (prompt, response) row on its own
+//! instead of computing each pair's shared prompt once.
+//!
+//! usage: bench_dpo_step CHECKPOINT_DIR PAIRS PROMPT_LEN RESPONSE_LEN ITERS THREADS [LOSS] [--unpacked]
+
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
 
 use rmdistill_ml::logprobs::{PairBatch, Reduction, sequence_logprobs};
 use rmdistill_ml::{LanguageModel, OptimConfig, Trainer, tch};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
     let [b, p, r, iters, threads]: [usize; 5] = std::array::from_fn(|i| a[i + 2].parse().unwrap());
+    let loss_kind = a.get(7).map_or("dpo", |s| s.as_str());
+    let unpacked = a.iter().any(|s| s == "--unpacked");
+    anyhow::ensure!(matches!(loss_kind, "dpo" | "distill"), "LOSS must be dpo or distill");
     tch::set_num_threads(threads as i32);
+    rmdistill_ml::tune_allocator();
     tch::manual_seed(0);
     let m = LanguageModel::load(std::path::Path::new(&a[1]), Device::Cpu)?;
     let v = m.config.vocab_size();
@@ -19,8 +32,13 @@ fn main() -> anyhow::Result<()> {
     let responses: Vec<Vec<i64>> = (0..2 * b).map(|i| (0..r).map(|j| tok(i, j, 71)).collect()).collect();
     let pr: Vec<&[i64]> = prompts.iter().map(|x| x.as_slice()).collect();
     let rr: Vec<&[i64]> = responses.iter().map(|x| x.as_slice()).collect();
-    let batch = PairBatch::new(&pr, &rr, 0, None, Device::Cpu)?; // rows 0..b chosen, b..2b rejected
+    let mut batch = PairBatch::new(&pr, &rr, 0, None, Device::Cpu)?; // rows 0..b chosen, b..2b rejected
+    if unpacked {
+        batch = batch.without_packing();
+    }
     let reference = tch::no_grad(|| sequence_logprobs(m.net(), &batch, Reduction::Sum));
+    let reward_diff = Tensor::from_slice(&(0..b).map(|i| ((i * 37) % 11) as f32 / 5.0 - 1.0).collect::<Vec<f32>>())
+        .to_kind(Kind::Float);
     let mut tr = Trainer::new(
         &m.vs,
         OptimConfig {
@@ -31,21 +49,31 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     let beta = 0.1;
+    let bb = b as i64;
     let mut step = || -> anyhow::Result<f64> {
-        let lr = sequence_logprobs(m.net(), &batch, Reduction::Sum) - &reference;
-        let margin = lr.narrow(0, 0, b as i64) - lr.narrow(0, b as i64, b as i64);
-        let loss = -(margin * beta).log_sigmoid().mean(Kind::Float);
+        let logr = sequence_logprobs(m.net(), &batch, Reduction::Sum) - &reference;
+        let delta = logr.narrow(0, 0, bb) - logr.narrow(0, bb, bb);
+        let loss = if loss_kind == "dpo" {
+            -(delta * beta).log_sigmoid().mean(Kind::Float)
+        } else {
+            (&reward_diff - delta * beta).square().mean(Kind::Float)
+        };
         Ok(tr.backward(&loss, &[])?.unwrap().loss)
     };
     step()?;
-    let t = std::time::Instant::now();
+    let (t, c) = (std::time::Instant::now(), cpu_time::now());
     let mut last = 0.0;
+    let mut fastest = f64::INFINITY;
     for _ in 0..iters {
+        let c0 = cpu_time::now();
         last = step()?;
+        fastest = fastest.min(cpu_time::now() - c0);
     }
     let s = t.elapsed().as_secs_f64() / iters as f64;
+    let cpu = (cpu_time::now() - c) / iters as f64;
     println!(
-        "{{\"impl\": \"rmdistill\", \"pairs_per_s\": {:.2}, \"sec_per_step\": {s:.4}, \"last_loss\": {last:.5}}}",
+        "{{\"impl\": \"rmdistill\", \"loss\": \"{loss_kind}\", \"packed\": {}, \"pairs_per_s\": {:.2}, \"sec_per_step\": {s:.4}, \"cpu_sec_per_step\": {cpu:.4}, \"min_cpu_sec_per_step\": {fastest:.4}, \"last_loss\": {last:.5}}}",
+        batch.is_packed(),
         b as f64 / s
     );
     Ok(())

@@ -154,17 +154,15 @@ impl RewardModel {
         };
         let sel = h.gather(1, &last.view([b, 1, 1]).expand([b, 1, d], true), false).squeeze_dim(1);
         // fp32 even under autocast: distillation regresses onto reward *differences*.
-        crate::model::fp32_logits(&sel, &self.score).squeeze_dim(-1)
+        crate::gpt2::head_logits_any(&sel, &self.score).squeeze_dim(-1)
     }
     /// Rewards `[batch]` of each `prompt ++ response` row of a right-padded [`PairBatch`]: the Bradley–Terry
     /// trainer's and the offline precompute's call. No attention mask is needed: right padding is invisible to
     /// every real token under causal attention.
+    /// Rows that share a prompt are packed as in `sequence_logprobs` (the prompt is computed once).
     pub fn rewards(&self, batch: &crate::logprobs::PairBatch) -> Tensor {
-        let h = self.backbone.forward_hidden(&batch.input_ids, None, None);
-        let (b, _, d) = h.size3().unwrap();
-        let last = batch.attention_mask.sum_dim_intlist(-1, false, Kind::Int64) - 1;
-        let sel = h.gather(1, &last.view([b, 1, 1]).expand([b, 1, d], true), false).squeeze_dim(1);
-        crate::model::fp32_logits(&sel, &self.score).squeeze_dim(-1)
+        let sel = batch.read_hidden(self.backbone.as_ref(), crate::logprobs::Read::Rewards);
+        crate::gpt2::head_logits_any(&sel, &self.score).squeeze_dim(-1)
     }
     pub fn device(&self) -> Device {
         self.vs.device()

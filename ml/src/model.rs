@@ -1,6 +1,7 @@
 //! What every architecture shares: the `Backbone`/`CausalLm` traits, the KV cache, padding-aware attention masks
 //! and position ids, and the small layers (linear, norms) written out so parameter names match transformers.
 
+use std::collections::HashMap;
 use tch::{Kind, Tensor, nn};
 
 /// Parameter group for weights that get no weight decay (biases, norms), as is usual for transformers.
@@ -50,8 +51,23 @@ pub trait Backbone {
         attention_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Tensor;
+    /// Hidden states for explicit `position_ids` `[batch, seq]` and a boolean attention mask `[batch, 1, seq, seq]`
+    /// (true = may attend; `None`: plain causal), without a cache: for scoring a [`crate::PairBatch`] (packed
+    /// sequences in which several responses share one prompt, or plain rows). With `last_layer`, the last layer runs
+    /// only at its positions and the result is `[batch, width, hidden]`.
+    fn forward_rows(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: Option<&Tensor>,
+        last_layer: Option<&crate::logprobs::LastLayerRows>,
+    ) -> Tensor;
     fn num_layers(&self) -> usize;
     fn hidden_size(&self) -> i64;
+    /// The largest number of positions the model can represent, if it has a hard limit (GPT-2's learned positions).
+    fn max_positions(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// A backbone with a next-token head.
@@ -116,71 +132,37 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
     Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, is_causal, Some(scale), false)
 }
 
-/// `y = x Wᵀ + b` with transformers' parameter names (`weight` `[out, in]`, `bias`).
-#[derive(Debug)]
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
+/// A model's parameters by their Hugging Face names, created as variables of a `VarStore` (so they are saved,
+/// loaded and trained under those names). Biases and norm weights go to [`NO_DECAY_GROUP`].
+#[derive(Debug, Default)]
+pub struct ParamTable {
+    map: HashMap<String, Tensor>,
 }
 
-impl Linear {
-    pub fn new(p: &nn::Path, in_dim: i64, out_dim: i64, bias: bool, std: f64) -> Self {
-        let weight = p.var("weight", &[out_dim, in_dim], nn::Init::Randn { mean: 0.0, stdev: std });
-        let bias = bias.then(|| p.set_group(NO_DECAY_GROUP).var("bias", &[out_dim], nn::Init::Const(0.0)));
-        Linear { weight, bias }
-    }
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
-    }
-}
-
-/// LayerNorm with `weight`/`bias` (GPT-2).
-#[derive(Debug)]
-pub struct LayerNorm {
-    pub weight: Tensor,
-    pub bias: Tensor,
-    pub eps: f64,
-}
-
-impl LayerNorm {
-    pub fn new(p: &nn::Path, dim: i64, eps: f64) -> Self {
-        let p = p.set_group(NO_DECAY_GROUP);
-        LayerNorm {
-            weight: p.var("weight", &[dim], nn::Init::Const(1.0)),
-            bias: p.var("bias", &[dim], nn::Init::Const(0.0)),
-            eps,
+impl ParamTable {
+    /// Creates the variable `name` (dot-separated, relative to `root`).
+    pub fn add(&mut self, root: &nn::Path, name: &str, shape: &[i64], init: nn::Init, decay: bool) {
+        let (dir, leaf) = name.rsplit_once('.').unwrap_or(("", name));
+        let mut p = root.set_group(0);
+        for part in dir.split('.').filter(|s| !s.is_empty()) {
+            p = &p / part;
         }
+        let p = if decay { p } else { p.set_group(NO_DECAY_GROUP) };
+        self.map.insert(name.to_string(), p.var(leaf, shape, init));
     }
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.weight.size()[0]], Some(&self.weight), Some(&self.bias), self.eps, true)
+    /// LayerNorm `weight` (ones) and `bias` (zeros) under `name`.
+    pub fn layer_norm(&mut self, root: &nn::Path, name: &str, dim: i64) {
+        self.add(root, &format!("{name}.weight"), &[dim], nn::Init::Const(1.0), false);
+        self.add(root, &format!("{name}.bias"), &[dim], nn::Init::Const(0.0), false);
     }
-}
-
-/// RMSNorm computed in fp32 and cast back, as transformers' `LlamaRMSNorm` does.
-#[derive(Debug)]
-pub struct RmsNorm {
-    pub weight: Tensor,
-    pub eps: f64,
-}
-
-impl RmsNorm {
-    pub fn new(p: &nn::Path, dim: i64, eps: f64) -> Self {
-        RmsNorm { weight: p.set_group(NO_DECAY_GROUP).var("weight", &[dim], nn::Init::Const(1.0)), eps }
+    pub fn get(&self, name: &str) -> Option<Tensor> {
+        self.map.get(name).map(|t| t.shallow_clone())
     }
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let kind = x.kind();
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        let y = (xf * (var + self.eps).rsqrt()).to_kind(kind);
-        &self.weight * y
+    /// The parameter with a leading model dimension of one (a view, made at each call: a view made earlier would
+    /// not follow the parameter when an optimizer moves its storage).
+    pub fn get_as_batch(&self, name: &str) -> Option<Tensor> {
+        self.map.get(name).map(|t| t.unsqueeze(0))
     }
-}
-
-/// `hidden · Wᵀ` in fp32 even under bf16 autocast: policy/reference log-ratios are small differences of large
-/// log-probs, and bf16 logits (≈3 significant digits) would drown them.
-pub fn fp32_logits(hidden: &Tensor, weight: &Tensor) -> Tensor {
-    let f = || hidden.to_kind(Kind::Float).matmul(&weight.to_kind(Kind::Float).tr());
-    if hidden.device().is_cuda() { tch::autocast(false, f) } else { f() }
 }
 
 /// Activation by transformers' name.

@@ -3,10 +3,11 @@
 //! metrics row per optimizer step. Deterministic on CPU for a fixed seed and thread count.
 
 use crate::model::NO_DECAY_GROUP;
+use crate::optim::{AdamWConfig, FlatAdamW, FlatParam};
 use anyhow::{Result, bail};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
-use tch::{Kind, Tensor, nn, nn::OptimizerConfig};
+use tch::{Kind, Tensor, nn};
 
 /// Learning-rate decay after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -90,10 +91,12 @@ pub struct StepMetrics {
 }
 
 /// AdamW plus schedule, clipping, accumulation and checks, over the trainable variables of one `VarStore`.
+///
+/// The variables are moved into one flat buffer ([`FlatAdamW`]) when the trainer is built; they stay the same
+/// tensors for the model, the store and checkpoint saving.
 pub struct Trainer {
-    opt: nn::Optimizer,
+    opt: FlatAdamW,
     cfg: OptimConfig,
-    params: Vec<(String, Tensor)>,
     step: usize,
     micro: usize,
     loss_sum: f64,
@@ -105,32 +108,36 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(vs: &nn::VarStore, cfg: OptimConfig) -> Result<Self> {
-        if cfg.grad_accum == 0 || cfg.total_steps == 0 {
-            bail!("grad_accum and total_steps must be positive");
-        }
-        let mut opt =
-            nn::AdamW { beta1: cfg.beta1, beta2: cfg.beta2, wd: cfg.weight_decay, eps: cfg.eps, amsgrad: false }
-                .build(vs, cfg.lr)?;
-        opt.zero_grad(); // registers the parameters and so creates their groups
-        let has_no_decay = vs.variables_.lock().unwrap().trainable_variables.iter().any(|v| v.group == NO_DECAY_GROUP);
-        if has_no_decay {
-            opt.set_weight_decay_group(NO_DECAY_GROUP, 0.0);
-        }
-        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut t = Trainer {
+        check_config(&cfg)?;
+        crate::device::tune_allocator();
+        let params = {
+            let vars = vs.variables_.lock().unwrap();
+            let names: HashMap<usize, &String> =
+                vars.named_variables.iter().map(|(n, t)| (t.data_ptr() as usize, n)).collect();
+            let mut params: Vec<FlatParam> = vars
+                .trainable_variables
+                .iter()
+                .filter(|v| v.tensor.requires_grad())
+                .map(|v| FlatParam {
+                    name: names.get(&(v.tensor.data_ptr() as usize)).map_or_else(|| "?".into(), |n| (*n).clone()),
+                    tensor: v.tensor.shallow_clone(),
+                    decay: v.group != NO_DECAY_GROUP,
+                })
+                .collect();
+            params.sort_by(|a, b| a.name.cmp(&b.name));
+            params
+        };
+        let opt = FlatAdamW::new(params, None, adamw_config(&cfg))?;
+        Ok(Trainer {
             opt,
             cfg,
-            params,
             step: 0,
             micro: 0,
             loss_sum: 0.0,
             extra_sum: BTreeMap::new(),
             started: Instant::now(),
             history: vec![],
-        };
-        t.opt.set_lr(t.cfg.lr_at(0));
-        Ok(t)
+        })
     }
 
     /// Optimizer steps taken so far.
@@ -152,7 +159,14 @@ impl Trainer {
         if !value.is_finite() {
             bail!("non-finite loss ({value}) at optimizer step {}, micro-batch {}", self.step + 1, self.micro + 1);
         }
-        (loss / self.cfg.grad_accum as f64).backward();
+        if self.micro == 0 {
+            self.opt.zero_grad();
+        }
+        if self.cfg.grad_accum == 1 {
+            loss.backward()
+        } else {
+            (loss / self.cfg.grad_accum as f64).backward()
+        }
         self.loss_sum += value;
         for (k, v) in extra {
             *self.extra_sum.entry((*k).to_string()).or_default() += v;
@@ -174,41 +188,7 @@ impl Trainer {
 
     fn optimizer_step(&mut self) -> Result<StepMetrics> {
         let lr = self.cfg.lr_at(self.step);
-        let grad_norm = tch::no_grad(|| -> Result<f64> {
-            let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).filter(|g| g.defined()).collect();
-            if grads.is_empty() {
-                bail!("no gradients at step {}: is the loss connected to the parameters?", self.step + 1);
-            }
-            let sq: Vec<Tensor> =
-                grads.iter().map(|g| g.to_kind(Kind::Float).pow_tensor_scalar(2).sum(Kind::Float)).collect();
-            let norm = f64::try_from(Tensor::stack(&sq, 0).sum(Kind::Float).sqrt())?;
-            if !norm.is_finite() {
-                let bad: Vec<&str> = self
-                    .params
-                    .iter()
-                    .filter(|(_, p)| p.grad().defined() && !bool::try_from(p.grad().isfinite().all()).unwrap_or(false))
-                    .map(|(n, _)| n.as_str())
-                    .take(5)
-                    .collect();
-                bail!(
-                    "non-finite gradient norm at optimizer step {} (first parameters affected: {})",
-                    self.step + 1,
-                    bad.join(", ")
-                );
-            }
-            if let Some(max) = self.cfg.grad_clip {
-                if norm > max {
-                    let c = max / (norm + 1e-6);
-                    for mut g in grads {
-                        let _ = g.g_mul_scalar_(c);
-                    }
-                }
-            }
-            Ok(norm)
-        })?;
-        self.opt.set_lr(lr);
-        self.opt.step();
-        self.opt.zero_grad();
+        let grad_norm = clip_and_step(&mut self.opt, &self.cfg, lr, self.step)?[0];
         self.step += 1;
         let n = self.micro as f64;
         let row = StepMetrics {
@@ -224,6 +204,41 @@ impl Trainer {
         self.history.push(row.clone());
         Ok(row)
     }
+}
+
+pub(crate) fn check_config(cfg: &OptimConfig) -> Result<()> {
+    if cfg.grad_accum == 0 || cfg.total_steps == 0 {
+        bail!("grad_accum and total_steps must be positive");
+    }
+    Ok(())
+}
+
+pub(crate) fn adamw_config(cfg: &OptimConfig) -> AdamWConfig {
+    AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay }
+}
+
+/// The optimizer step every trainer shares: per-model gradient norms (an error naming the model, step and
+/// parameters when one is not finite), per-model clipping to `cfg.grad_clip`, then AdamW at `lr`. Returns the norms
+/// before clipping.
+pub(crate) fn clip_and_step(opt: &mut FlatAdamW, cfg: &OptimConfig, lr: f64, step: usize) -> Result<Vec<f64>> {
+    let norms = opt.grad_norms()?;
+    if let Some(k) = norms.iter().position(|n| !n.is_finite()) {
+        let bad = opt.non_finite_params(k as i64);
+        let which = if norms.len() > 1 { format!(" of model {k}") } else { String::new() };
+        bail!(
+            "non-finite gradient norm{which} at optimizer step {} (first parameters affected: {})",
+            step + 1,
+            bad.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if let Some(max) = cfg.grad_clip
+        && norms.iter().any(|&n| n > max)
+    {
+        let coef: Vec<f64> = norms.iter().map(|&n| if n > max { max / (n + 1e-6) } else { 1.0 }).collect();
+        opt.scale_grads(&coef);
+    }
+    opt.step(lr);
+    Ok(norms)
 }
 
 /// Fixes libtorch's seed and intra-op thread count: together they make CPU training repeatable bit for bit.
