@@ -468,15 +468,15 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    /// Marks `i` done and readies the dependents it was the last upstream of.
+    /// Marks `i` done and readies the waiting dependents it was the last upstream of.
     fn done(&mut self, i: usize) {
         self.nodes[i].state = State::Done;
         for k in 0..self.dependents[i].len() {
             let d = self.dependents[i][k];
             let nd = &mut self.nodes[d];
-            if nd.wanted {
+            if nd.wanted && nd.state == State::Waiting {
                 nd.waiting_on -= 1;
-                if nd.waiting_on == 0 && nd.state == State::Waiting {
+                if nd.waiting_on == 0 {
                     self.ready.push_back(d);
                 }
             }
@@ -523,6 +523,7 @@ impl Runner<'_> {
     fn wait_again(&mut self, i: usize) {
         self.nodes[i].state = State::Waiting;
         self.nodes[i].report.outcome = Outcome::Pending;
+        self.nodes[i].waiting_on = self.deps[i].iter().filter(|&&u| self.nodes[u].state != State::Done).count();
         if self.deps[i].iter().any(|&u| matches!(self.nodes[u].state, State::Failed | State::Skipped)) {
             self.skip(i);
             self.skip_downstream(i);
@@ -669,11 +670,12 @@ impl Runner<'_> {
             np.replace = true;
             np.state = State::Waiting;
             np.report.outcome = Outcome::Pending;
-            // Everything reading p waits for it again; queued readers leave the queue.
+            // Readers of p that have not started wait for it again (queued ones leave the queue); running ones
+            // count again when they come back (`wait_again`), and finished ones keep what they read.
             for k in 0..self.dependents[p].len() {
                 let d = self.dependents[p][k];
                 let nd = &mut self.nodes[d];
-                if nd.wanted && matches!(nd.state, State::Waiting | State::Queued | State::Running) {
+                if nd.wanted && matches!(nd.state, State::Waiting | State::Queued) {
                     nd.waiting_on += 1;
                     if nd.state == State::Queued {
                         nd.state = State::Waiting;
@@ -681,7 +683,7 @@ impl Runner<'_> {
                     }
                 }
             }
-            self.ready.push_back(p);
+            self.wait_again(p);
         }
         self.wait_again(i);
         Ok(())

@@ -1,6 +1,7 @@
 //! The port between a stage and whatever runs it: a stage reads input artifacts as local paths, writes its outputs
 //! under paths it is given, reports progress, and returns a small JSON summary. It never sees storage, cache keys or
-//! scheduling, so the same code runs under the local executor, `node run` on a cluster, or a unit test.
+//! scheduling, so the same code runs in the engine's process (pure stages), in a worker process per node (stages on
+//! libtorch, see [`Runs`] and [`crate::protocol`]), under `node run` on a cluster, or in a unit test.
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};

@@ -7,7 +7,7 @@
 //!
 //! Output `rewards` (Parquet, one row per pair in `pairs` order): `pair_id`; `ref_logp_a`, `ref_logp_b` (Float64:
 //! `log π_ref(y|x)` summed over the response tokens *and the EOS that ends them* — the encoding convention of
-//! [`crate::data_io`]); `len_a`, `len_b` (UInt32: the number of tokens those sums run over, EOS included, for a
+//! the worker's `data_io`); `len_a`, `len_b` (UInt32: the number of tokens those sums run over, EOS included, for a
 //! per-token mean); `reward_a`, `reward_b` (List<Float64>: one reward per member, in member order). Metadata
 //! `rmdistill.members` = JSON list of the members' node names, `rmdistill.member_coords` = their coordinates.
 //!

@@ -6,7 +6,7 @@
 //! For each distinct prompt (first `max_prompts` if set), `pairs_per_prompt` pairs: two independent samples each
 //! (temperature, top-p, `max_new_tokens`). Pairs whose two responses are identical or empty are dropped and counted;
 //! so is a repeat of a pair already drawn. Responses are decoded without their EOS (encoding convention of
-//! [`crate::data_io`]).
+//! the worker's `data_io`).
 //!
 //! Sampling is seeded per batch of prompts (batch `k` of `batch_size` prompts draws with seed `seed + k`, row by row
 //! as `rmdistill_ml::generate` does), so the output depends on the inputs, params and thread count only.

@@ -8,7 +8,7 @@
 //! (`tokenizer_kind` = `word_level` | `byte_bpe`, `tokenizer_vocab`).
 //!
 //! The loss is the mean negative log-likelihood per response token under the encoding convention of
-//! [`crate::data_io`] (`[BOS] prompt` → `response [EOS]`; prompt tokens are not scored). AdamW with warm-up and
+//! the worker's `data_io` (`[BOS] prompt` → `response [EOS]`; prompt tokens are not scored). AdamW with warm-up and
 //! cosine decay; batches are drawn by a seeded shuffle per epoch. Without an eval split, the last `eval_rows`
 //! training examples (after a seeded shuffle) are held out.
 //!

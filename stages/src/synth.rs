@@ -425,7 +425,7 @@ impl Stage for Synth {
         "synth"
     }
     fn doc(&self) -> &'static str {
-        "the embedded synthetic summarisation task: documents with salient (repeated) words, demonstrations, a word-level tokenizer; its oracle is stages::synth::oracle_score"
+        "the embedded synthetic summarisation task: documents with salient (repeated) words, demonstrations, a word-level tokenizer; its oracle is rmdistill_stages::oracle::oracle_score"
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[]

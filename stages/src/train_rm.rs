@@ -8,7 +8,7 @@
 //!
 //! Loss `−log σ(r(x, y_w) − r(x, y_l))`, AdamW with warm-up and linear decay over `steps` (default:
 //! `epochs` passes over the training rows), batches drawn by a seeded shuffle per epoch. `r` reads the score head
-//! at the EOS that ends `[BOS] prompt response [EOS]` (encoding convention of [`crate::data_io`]).
+//! at the EOS that ends `[BOS] prompt response [EOS]` (encoding convention of the worker's `data_io`).
 //!
 //! Held-out split: a row is held out when BLAKE3(`seed` ␀ pair_id) falls in the first `held_out` fraction (so the split
 //! does not depend on row order); held-out rows are never trained on. The summary reports `held_out_accuracy`

@@ -397,7 +397,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
                         format!(
                             "the precomputed reference log-probs differ from the reference model's by up to {diff:.4} on the first batch \
                              (tolerance {tol}): precompute and policy disagree on the reference or on the prompt/response encoding \
-                             (see stages/src/lm_io.rs); set check_ref_logp = false to train anyway"
+                             (see worker/src/data_io.rs); set check_ref_logp = false to train anyway"
                         ),
                     ));
                 }
