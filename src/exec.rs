@@ -841,6 +841,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
 }
 
 /// One node's key as the store determines it now.
+#[allow(clippy::large_enum_variant)] // one per command, never stored in bulk
 pub enum Resolved {
     /// The key record, the key, and the cache hit if there is one.
     Known { record: KeyRecord, key: String, hit: Option<Entry> },

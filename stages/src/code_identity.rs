@@ -277,26 +277,25 @@ impl Workspace {
         let mut i = 0;
         while i < toks.len() {
             // include_str!("x") / include_bytes!("x")
-            if let Tok::Ident(m) = &toks[i] {
-                if (m == "include_str" || m == "include_bytes")
-                    && toks.get(i + 1) == Some(&Tok::Punct('!'))
-                    && toks.get(i + 2) == Some(&Tok::Punct('('))
-                {
-                    if let Some(Tok::Str(p)) = toks.get(i + 3) {
-                        let f = normalize(&file_dir.join(p));
-                        if self.root.join(&f).is_file() {
-                            out.insert(f);
-                        }
-                    }
+            if let Tok::Ident(m) = &toks[i]
+                && (m == "include_str" || m == "include_bytes")
+                && toks.get(i + 1) == Some(&Tok::Punct('!'))
+                && toks.get(i + 2) == Some(&Tok::Punct('('))
+                && let Some(Tok::Str(p)) = toks.get(i + 3)
+            {
+                let f = normalize(&file_dir.join(p));
+                if self.root.join(&f).is_file() {
+                    out.insert(f);
                 }
             }
             // `mod x;` (a non-test child module declared in this file; lib.rs's declarations are not uses)
-            if toks[i] == Tok::id("mod") && !is_root_file {
-                if let (Some(Tok::Ident(name)), Some(Tok::Punct(';'))) = (toks.get(i + 1), toks.get(i + 2)) {
-                    let mut m = own_mod.clone();
-                    m.push(name.clone());
-                    out.extend(self.module_files(own_dir, &m));
-                }
+            if toks[i] == Tok::id("mod")
+                && !is_root_file
+                && let (Some(Tok::Ident(name)), Some(Tok::Punct(';'))) = (toks.get(i + 1), toks.get(i + 2))
+            {
+                let mut m = own_mod.clone();
+                m.push(name.clone());
+                out.extend(self.module_files(own_dir, &m));
             }
             // paths: ROOT :: seg :: seg …  or  ROOT :: { tree, … }
             if let Tok::Ident(head) = &toks[i] {
@@ -359,12 +358,8 @@ impl Workspace {
         // not a module: a re-export of lib.rs, or an item defined there
         let ex = self.reexports.get(krate).cloned().unwrap_or_default();
         if let Some((_, path)) = ex.iter().find(|(n, _)| n == &segs[0]) {
-            let mut out = self.module_files(dir, path);
-            if out.is_empty() && self.root.join(format!("{dir}/lib.rs")).is_file() && !path.is_empty() {
-                // re-export of an external crate (e.g. `pub use tch;`): its version is in the identity's libraries
-                out = vec![];
-            }
-            return out;
+            // (nothing for a re-exported external crate, e.g. `pub use tch;`: its version is among the libraries)
+            return self.module_files(dir, path);
         }
         let globs: Vec<String> =
             ex.iter().filter(|(n, _)| n == "*").flat_map(|(_, p)| self.module_files(dir, p)).collect();
@@ -706,14 +701,14 @@ fn strip_test_items(toks: Vec<Tok>) -> Vec<Tok> {
     let mut out = Vec::with_capacity(toks.len());
     let mut i = 0;
     while i < toks.len() {
-        if toks[i] == Tok::Punct('#') {
-            if let Some((inner, after)) = is_cfg_test(&toks, i) {
-                if inner {
-                    return out; // the whole file (or the rest of it) is test code
-                }
-                i = skip_item(&toks, after);
-                continue;
+        if toks[i] == Tok::Punct('#')
+            && let Some((inner, after)) = is_cfg_test(&toks, i)
+        {
+            if inner {
+                return out; // the whole file (or the rest of it) is test code
             }
+            i = skip_item(&toks, after);
+            continue;
         }
         out.push(toks[i].clone());
         i += 1;

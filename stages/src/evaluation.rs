@@ -247,7 +247,7 @@ fn opt_f64(t: &arrow::array::RecordBatch, col: &str) -> Option<f64> {
     let a = t.column_by_name(col)?;
     let a = arrow::compute::cast(a, &arrow::datatypes::DataType::Float64).ok()?;
     let a = a.as_primitive::<arrow::datatypes::Float64Type>();
-    (a.len() > 0 && a.is_valid(0)).then(|| a.value(0))
+    (!a.is_empty() && a.is_valid(0)).then(|| a.value(0))
 }
 fn opt_str(t: &arrow::array::RecordBatch, col: &str) -> Option<String> {
     use arrow::array::{Array, AsArray};

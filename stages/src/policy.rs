@@ -144,6 +144,7 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     if p.max_len < 2 {
         return Err(StageError::invalid("max_len", "must be >= 2"));
     }
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN is refused too
     if !(p.grad_clip > 0.0) || p.weight_decay < 0.0 {
         return Err(StageError::invalid("grad_clip", "grad_clip must be > 0 and weight_decay >= 0"));
     }

@@ -29,10 +29,13 @@ fn d_tau_methods() -> Vec<String> {
     vec!["ipo".into()]
 }
 
+/// One (method, ρ) group of [`choose`]: ρ, the parameter's name, value bits → (value, advantages over seeds).
+type Group = (Option<f64>, String, BTreeMap<i64, (f64, Vec<f64>)>);
+
 /// (method, ρ, param, value, advantage) rows → the best value per (method, ρ).
 pub fn choose(rows: &[(String, Option<f64>, String, f64, f64)]) -> Vec<Choice> {
     // (method, rho key) → value bits → advantages
-    let mut g: BTreeMap<(String, i64), (Option<f64>, String, BTreeMap<i64, (f64, Vec<f64>)>)> = BTreeMap::new();
+    let mut g: BTreeMap<(String, i64), Group> = BTreeMap::new();
     for (m, rho, param, v, adv) in rows {
         let key = (m.clone(), rho_key(*rho));
         let e = g.entry(key).or_insert((*rho, param.clone(), BTreeMap::new()));
