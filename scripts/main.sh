@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo build --bin rmdistill
+# both binaries: rmdistill and the worker it runs stages on libtorch in (rmdistill-worker, next to it)
+cargo build --bins
 manifest=${1:-manifests/synthetic-default.toml}
 ./target/debug/rmdistill run "$manifest"
 if ./target/debug/rmdistill node list "$manifest" --json | grep -q '"kind": "report"'; then

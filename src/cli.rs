@@ -7,7 +7,6 @@ use crate::progress::Progress;
 use crate::store::Store;
 use crate::{gc, show};
 use clap::{Parser, Subcommand, ValueEnum};
-use rmdistill_stages::Device;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -205,19 +204,11 @@ fn select(plan: &Plan, names: &[String]) -> anyhow::Result<Vec<usize>> {
     Ok(out)
 }
 
-/// `--device` (else the manifest's [execution] device, else auto): CUDA device 0 when usable, else CPU; asking for
-/// cuda where none is usable is an error rather than a silent CPU run.
-fn device(arg: Option<&str>, plan: &Plan) -> anyhow::Result<Device> {
-    let choice: rmdistill_ml::device::DeviceChoice =
-        arg.or(plan.manifest.execution.device.as_deref()).unwrap_or("auto").parse()?;
-    Ok(match choice.resolve()? {
-        tch::Device::Cuda(i) => Device::Cuda(i),
-        _ => Device::Cpu,
-    })
-}
-
-fn gpu_count() -> usize {
-    if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 }
+/// `--device` (else the manifest's [execution] device, else auto). Which CUDA devices exist is the worker's to say,
+/// and only asked when a node that wants a GPU must run; asking for cuda where none is usable is then an error
+/// rather than a silent CPU run.
+fn device(arg: Option<&str>, plan: &Plan) -> anyhow::Result<exec::DeviceRequest> {
+    arg.or(plan.manifest.execution.device.as_deref()).unwrap_or("auto").parse()
 }
 
 fn print_summary(s: &exec::Summary, json: bool) {
@@ -249,7 +240,6 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 targets: select(&plan, &targets)?,
                 upstream_must_be_cached: false,
                 device: device(dev.as_deref(), &plan)?,
-                gpus: gpu_count(),
             };
             let progress = Progress::new(quiet || common.json);
             let s = exec::run(&plan, &store, &opts, &progress)?;
@@ -355,7 +345,6 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 targets: vec![i],
                 upstream_must_be_cached: !with_deps,
                 device: device(dev.as_deref(), &plan)?,
-                gpus: gpu_count(),
             };
             let progress = Progress::new(common.json);
             let s = exec::run(&plan, &store, &opts, &progress)?;
@@ -387,29 +376,22 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             crate::export::export(target)?;
         }
         Command::ImportModel { gguf, out, smollm2, python } => {
-            let src = match (gguf, smollm2) {
-                (Some(g), false) => g,
-                (None, true) => {
-                    let py = python.unwrap_or_else(|| {
-                        let venv = PathBuf::from(".venv/bin/python");
-                        if venv.exists() { venv } else { PathBuf::from("python3") }
-                    });
-                    rmdistill_ml::gguf::locate_smollm2_gguf(&py)?
-                }
+            // The conversion runs on libtorch, so the worker does it (this binary does not link libtorch).
+            let mut c = std::process::Command::new(crate::worker::binary()?);
+            c.arg("import-model").arg("--out").arg(&out);
+            match (gguf, smollm2) {
+                (Some(g), false) => c.arg("--gguf").arg(g),
+                (None, true) => c.arg("--smollm2"),
                 _ => anyhow::bail!("import-model: give a .gguf file or --smollm2 (not both)"),
             };
-            if out.exists() && std::fs::read_dir(&out)?.next().is_some() {
-                anyhow::bail!("import-model: {} exists and is not empty", out.display());
+            if let Some(py) = python {
+                c.arg("--python").arg(py);
             }
-            // Written beside the destination and renamed into place, so a failed import leaves nothing half-done.
-            let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            std::fs::create_dir_all(parent)?;
-            let tmp = tempfile::TempDir::new_in(parent)?;
-            rmdistill_ml::gguf::import_gguf(&src, tmp.path())
-                .map_err(|e| anyhow::anyhow!("import-model {}: {e:#}", src.display()))?;
-            let _ = std::fs::remove_dir(&out);
-            std::fs::rename(tmp.keep(), &out)?;
-            println!("imported {} -> {}", src.display(), out.display());
+            let status = c.status().map_err(|e| anyhow::anyhow!("cannot start rmdistill-worker: {e}"))?;
+            if !status.success() {
+                // the worker said why on stderr; its exit status is the command's
+                std::process::exit(status.code().unwrap_or(crate::error::exit::NODE_FAILED));
+            }
         }
         Command::Stages => {
             for s in rmdistill_stages::registry() {

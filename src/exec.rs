@@ -1,19 +1,25 @@
 //! The local executor and the cache logic every command shares.
 //!
 //! A node is resolved once its upstream nodes have outputs: its key record is built from their content hashes, and
-//! it is a cache hit when an entry for the key exists and every blob it names is present. Otherwise it runs on a
-//! worker (at most `jobs` at once): inputs are materialised and verified, the stage writes into a private scratch
-//! directory, outputs are stored as blobs, and only then is the entry written create-only. A crash at any point
-//! leaves no entry without its blobs, so the next run redoes exactly the unfinished nodes.
+//! it is a cache hit when an entry for the key exists and every blob it names is present. Otherwise it runs (at most
+//! `jobs` at once, plus one per GPU): inputs are materialised and verified, the stage writes into a private scratch
+//! directory — in this process for pure stages, in an `rmdistill-worker` process of its own for stages on libtorch
+//! ([`crate::worker`]) —, outputs are stored as blobs, and only then is the entry written create-only. A crash at any
+//! point leaves no entry without its blobs, so the next run redoes exactly the unfinished nodes.
+//!
+//! [`run`] is a per-node state machine: each node's [`NodeRun`] (state, key record, outputs, attempts, device) is the
+//! one source of truth; a node is resolved when the count of its unfinished upstream nodes reaches zero, so no round
+//! rescans the plan.
 
 use crate::key::{self, InputRef, KEY_VERSION, KeyRecord};
 use crate::plan::{Node, Plan};
 use crate::progress::Progress;
 use crate::store::{Corrupt, Entry, OutputRef, Store};
-use rmdistill_stages::{ArtifactKind, Ctx, Device, InputArtifact, StageError};
+use rmdistill_stages::protocol::{self, Job};
+use rmdistill_stages::{ArtifactKind, Ctx, Device, InputArtifact, Runs, StageError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -71,13 +77,23 @@ pub fn record(
     outputs: &[Option<BTreeMap<String, OutputRef>>],
     ext: &ExternalHashes,
 ) -> anyhow::Result<KeyRecord> {
+    record_with(plan, i, &|u| outputs[u].as_ref(), ext)
+}
+
+/// [`record`] with the upstream outputs looked up by node index.
+fn record_with<'o>(
+    plan: &Plan,
+    i: usize,
+    outputs: &dyn Fn(usize) -> Option<&'o BTreeMap<String, OutputRef>>,
+    ext: &ExternalHashes,
+) -> anyhow::Result<KeyRecord> {
     let n = &plan.nodes[i];
     let mut inputs = BTreeMap::new();
     for (slot, ups) in &n.inputs {
         let refs: Vec<InputRef> = ups
             .iter()
             .map(|u| {
-                let o = outputs[u.node].as_ref().expect("upstream resolved first");
+                let o = outputs(u.node).expect("upstream resolved first");
                 InputRef { hash: o[u.output].hash.clone(), coords: plan.nodes[u.node].coords.clone() }
             })
             .collect();
@@ -90,7 +106,7 @@ pub fn record(
     Ok(KeyRecord {
         v: KEY_VERSION,
         stage_kind: n.kind.kind().to_string(),
-        code: rmdistill_stages::port::code_identity(n.kind),
+        code: rmdistill_stages::port::code_identity(n.kind).to_string(),
         params: n.params.clone(),
         inputs,
         externals,
@@ -143,6 +159,26 @@ pub struct Summary {
     pub nodes: Vec<NodeReport>,
 }
 
+/// Which device torch stages may use: `cpu`, `cuda` (an error where no CUDA device is usable) or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Cpu,
+    Auto,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceRequest {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => DeviceRequest::Auto,
+            "cpu" => DeviceRequest::Cpu,
+            "cuda" | "gpu" => DeviceRequest::Cuda,
+            other => anyhow::bail!("unknown device {other:?} (expected auto, cpu or cuda)"),
+        })
+    }
+}
+
 pub struct RunOptions {
     pub jobs: usize,
     /// Nodes to run even when cached.
@@ -151,10 +187,9 @@ pub struct RunOptions {
     pub targets: Vec<usize>,
     /// Fail instead of running nodes other than the targets (for `node run`).
     pub upstream_must_be_cached: bool,
-    /// `Cuda(_)` when GPUs are to be used: nodes of stages that want one get a GPU slot each.
-    pub device: Device,
-    /// Number of GPUs (GPU slots) when `device` is CUDA.
-    pub gpus: usize,
+    /// Where nodes of stages that want a GPU run. With `auto` or `cuda` the worker is asked once, when the first
+    /// such node must run, how many CUDA devices there are; each GPU is then a slot of its own.
+    pub device: DeviceRequest,
 }
 
 struct NodeCtx<'a> {
@@ -205,40 +240,38 @@ enum ExecError {
     Failed(String),
 }
 
-/// Runs one node's stage and stores its outputs and entry.
-fn execute(
-    plan: &Plan,
-    store: &Store,
+/// What one execution of a node needs, handed to the thread that runs it.
+struct Task {
     i: usize,
-    rec: &KeyRecord,
-    key: &str,
-    outputs: &[Option<BTreeMap<String, OutputRef>>],
-    scratch_root: &Path,
-    progress: &Progress,
-    opts: &RunOptions,
+    record: KeyRecord,
+    key: String,
+    /// Slot → the upstream outputs bound to it, in binding order.
+    inputs: Vec<(String, OutputRef, usize)>,
     replace: bool,
     device: Device,
-) -> Result<Entry, ExecError> {
-    let n = &plan.nodes[i];
+    threads: usize,
+}
+
+/// Runs one node's stage (in this process, or in a worker process for stages on libtorch) and stores its outputs
+/// and entry.
+fn execute(plan: &Plan, store: &Store, t: Task, scratch_root: &Path, progress: &Progress) -> Result<Entry, ExecError> {
+    let n = &plan.nodes[t.i];
     let t0 = Instant::now();
     let fail = |e: anyhow::Error| match e.downcast::<Corrupt>() {
         Ok(c) => ExecError::Corrupt(c),
         Err(e) => ExecError::Failed(format!("{e:#}")),
     };
     let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
-    for (slot, ups) in &n.inputs {
-        for u in ups {
-            let o = &outputs[u.node].as_ref().expect("resolved")[u.output];
-            let path = store.materialize(o).map_err(fail)?;
-            inputs.entry(slot.clone()).or_default().push(InputArtifact {
-                path,
-                hash: o.hash.clone(),
-                node: plan.nodes[u.node].name.clone(),
-                coords: plan.nodes[u.node].coords.clone(),
-            });
-        }
+    for (slot, o, up) in &t.inputs {
+        let path = store.materialize(o).map_err(fail)?;
+        inputs.entry(slot.clone()).or_default().push(InputArtifact {
+            path,
+            hash: o.hash.clone(),
+            node: plan.nodes[*up].name.clone(),
+            coords: plan.nodes[*up].coords.clone(),
+        });
     }
-    let scratch = scratch_root.join(format!("{i}-{}", &key[..12]));
+    let scratch = scratch_root.join(format!("{}-{}", t.i, &t.key[..12]));
     let _ = std::fs::remove_dir_all(&scratch);
     let mut out_paths = BTreeMap::new();
     for spec in n.kind.outputs() {
@@ -250,42 +283,60 @@ fn execute(
         .map_err(|e| ExecError::Failed(format!("cannot create scratch space {}: {e}", scratch.display())))?;
         out_paths.insert(spec.name.to_string(), p);
     }
-    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / opts.jobs.max(1)).max(1);
-    let ctx = NodeCtx {
-        node: n,
-        params: &n.params,
-        inputs,
-        outputs: out_paths.clone(),
-        progress,
-        device,
-        threads,
-        empty: Vec::new(),
-    };
-    // Grad mode is thread-local in libtorch and `tch::no_grad` does not restore it when its closure panics, so a
-    // stage that panicked could leave it off for the next stage on this worker: every stage starts with it on.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tch::with_grad(|| n.kind.run(&ctx))));
-    let summary = match result {
-        Ok(Ok(s)) => s,
-        Ok(Err(StageError::Invalid { field, message })) => {
-            let _ = std::fs::remove_dir_all(&scratch);
-            return Err(ExecError::Failed(if field.is_empty() {
-                message
-            } else {
-                format!("param `{field}`: {message}")
-            }));
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| ExecError::Failed(format!("cannot create scratch space {}: {e}", scratch.display())))?;
+    let result = match n.kind.runs() {
+        Runs::InProcess(run) => {
+            let ctx = NodeCtx {
+                node: n,
+                params: &n.params,
+                inputs,
+                outputs: out_paths.clone(),
+                progress,
+                device: t.device,
+                threads: t.threads,
+                empty: Vec::new(),
+            };
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&ctx))) {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(StageError::Invalid { field, message })) => {
+                    Err(if field.is_empty() { message } else { format!("param `{field}`: {message}") })
+                }
+                Ok(Err(StageError::Failed(m))) => Err(m),
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Err(format!("stage `{}` panicked (a bug in rmdistill): {msg}", n.kind.kind()))
+                }
+            }
         }
-        Ok(Err(StageError::Failed(m))) => {
+        Runs::Worker => {
+            let job = Job {
+                v: protocol::VERSION,
+                node: n.name.clone(),
+                kind: n.kind.kind().to_string(),
+                code: t.record.code.clone(),
+                params: n.params.clone(),
+                inputs,
+                externals: n.externals.clone(),
+                outputs: out_paths.clone(),
+                device: t.device,
+                threads: t.threads,
+                interop_threads: 1,
+            };
+            crate::worker::binary()
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|bin| crate::worker::run_job(&bin, &job, &scratch, progress))
+        }
+    };
+    let summary = match result {
+        Ok(s) => s,
+        Err(m) => {
             let _ = std::fs::remove_dir_all(&scratch);
             return Err(ExecError::Failed(m));
-        }
-        Err(panic) => {
-            let _ = std::fs::remove_dir_all(&scratch);
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            return Err(ExecError::Failed(format!("stage `{}` panicked (a bug in rmdistill): {msg}", n.kind.kind())));
         }
     };
     let mut outs = BTreeMap::new();
@@ -308,30 +359,54 @@ fn execute(
     let _ = std::fs::remove_dir_all(&scratch);
     let entry = Entry {
         v: KEY_VERSION,
-        key: key.to_string(),
+        key: t.key,
         node: n.name.clone(),
-        record: rec.clone(),
+        record: t.record,
         outputs: outs,
         summary,
         created: chrono::Utc::now().to_rfc3339(),
         seconds: t0.elapsed().as_secs_f64(),
     };
-    store.put_entry(&entry, replace).map_err(fail)
+    store.put_entry(&entry, t.replace).map_err(fail)
 }
 
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Removes scratch directories left by runs that were killed.
-fn clean_stale_scratch(tmp: &Path) {
+/// This machine's host name, as scratch directories are named with it (`_` for characters other than letters,
+/// digits, `.` and `-`).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let raw = if ok {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).to_string()
+    } else {
+        String::new()
+    };
+    let name: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    if name.is_empty() { "localhost".into() } else { name }
+}
+
+/// A run's scratch directory name: `HOST@PID@RUN_ID`. Runs on other hosts may share the working directory (jobs of
+/// one Slurm submission), so a directory is only ever judged by the host that made it.
+pub fn scratch_name(host: &str, pid: u32, run_id: &str) -> String {
+    format!("{host}@{pid}@{run_id}")
+}
+
+/// Removes scratch directories left by killed runs of this host (those whose process is gone); directories of other
+/// hosts, and of live processes, are left alone.
+pub fn clean_stale_scratch(tmp: &Path, host: &str) {
     if let Ok(rd) = std::fs::read_dir(tmp) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) {
-                if !pid_alive(pid) {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+            let mut parts = name.splitn(3, '@');
+            let (Some(h), Some(pid), Some(_)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            if h == host && pid.parse::<u32>().is_ok_and(|p| !pid_alive(p)) {
+                let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
@@ -341,13 +416,278 @@ pub fn new_run_id() -> String {
     format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id())
 }
 
+/// Where a node is in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
+    /// Some upstream node is not done yet (or it is in the ready list, about to be resolved).
     Waiting,
+    /// Not cached: waiting for a slot.
     Queued,
     Running,
     Done,
     Failed,
     Skipped,
+}
+
+/// One node's part in a run: the single source of truth the executor works from.
+struct NodeRun {
+    wanted: bool,
+    state: State,
+    /// Distinct upstream nodes that are not done.
+    waiting_on: usize,
+    force: bool,
+    /// Replace an existing entry (its blobs were found missing or corrupt).
+    replace: bool,
+    attempts: u32,
+    record: Option<KeyRecord>,
+    outputs: Option<BTreeMap<String, OutputRef>>,
+    device: Device,
+    report: NodeReport,
+}
+
+/// The executor's state: every node's [`NodeRun`], the nodes ready to be resolved, the queue of nodes waiting for a
+/// slot, and the slots.
+struct Runner<'a> {
+    plan: &'a Plan,
+    store: &'a Store,
+    opts: &'a RunOptions,
+    progress: &'a Progress,
+    ext: &'a ExternalHashes,
+    scope: String,
+    nodes: Vec<NodeRun>,
+    deps: Vec<Vec<usize>>,
+    dependents: Vec<Vec<usize>>,
+    /// Nodes whose upstream is done, to resolve (cache hit or queue), in the order they became ready.
+    ready: VecDeque<usize>,
+    queue: VecDeque<usize>,
+    recomputing: HashSet<String>,
+    running: usize,
+    cpu_running: usize,
+    /// One flag per GPU (busy), once the worker was asked how many there are.
+    gpus: Option<Vec<bool>>,
+}
+
+impl Runner<'_> {
+    /// Marks `i` done and readies the waiting dependents it was the last upstream of.
+    fn done(&mut self, i: usize) {
+        self.nodes[i].state = State::Done;
+        for k in 0..self.dependents[i].len() {
+            let d = self.dependents[i][k];
+            let nd = &mut self.nodes[d];
+            if nd.wanted && nd.state == State::Waiting {
+                nd.waiting_on -= 1;
+                if nd.waiting_on == 0 {
+                    self.ready.push_back(d);
+                }
+            }
+        }
+    }
+
+    /// Marks `i` failed and skips every waiting node downstream of it.
+    fn failed(&mut self, i: usize, msg: String) {
+        self.nodes[i].state = State::Failed;
+        self.nodes[i].report.outcome = Outcome::Failed;
+        self.progress.finished(&self.plan.nodes[i].name, "failed", &msg);
+        self.nodes[i].report.error = Some(msg);
+        self.skip_downstream(i);
+    }
+
+    fn skip_downstream(&mut self, i: usize) {
+        let mut stack = vec![i];
+        while let Some(u) = stack.pop() {
+            for k in 0..self.dependents[u].len() {
+                let d = self.dependents[u][k];
+                if self.nodes[d].wanted && self.nodes[d].state == State::Waiting {
+                    self.skip(d);
+                    stack.push(d);
+                }
+            }
+        }
+    }
+
+    fn skip(&mut self, d: usize) {
+        let failed: Vec<&str> = self.deps[d]
+            .iter()
+            .filter(|&&u| matches!(self.nodes[u].state, State::Failed | State::Skipped))
+            .map(|&u| self.plan.nodes[u].name.as_str())
+            .collect();
+        let failed = failed.join(", ");
+        let nd = &mut self.nodes[d];
+        nd.state = State::Skipped;
+        nd.report.outcome = Outcome::Skipped;
+        nd.report.error = Some(format!("upstream failed: {failed}"));
+        self.progress.finished(&self.plan.nodes[d].name, "skipped", &format!("(upstream {failed} failed)"));
+    }
+
+    /// A node set back to waiting: skipped if an upstream failed meanwhile, resolved again once its upstream is done.
+    fn wait_again(&mut self, i: usize) {
+        self.nodes[i].state = State::Waiting;
+        self.nodes[i].report.outcome = Outcome::Pending;
+        self.nodes[i].waiting_on = self.deps[i].iter().filter(|&&u| self.nodes[u].state != State::Done).count();
+        if self.deps[i].iter().any(|&u| matches!(self.nodes[u].state, State::Failed | State::Skipped)) {
+            self.skip(i);
+            self.skip_downstream(i);
+        } else if self.nodes[i].waiting_on == 0 {
+            self.ready.push_back(i);
+        }
+    }
+
+    /// A ready node: its key from its upstream outputs, then a cache hit, or a place in the queue.
+    fn resolve(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.nodes[i].state != State::Waiting || self.nodes[i].waiting_on > 0 {
+            return Ok(()); // resolved already, or an upstream node is running again
+        }
+        let (plan, nodes) = (self.plan, &self.nodes);
+        let rec = match record_with(plan, i, &|u| nodes[u].outputs.as_ref(), self.ext) {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed(i, format!("{e:#}"));
+                return Ok(());
+            }
+        };
+        let key = rec.key();
+        self.nodes[i].report.key = Some(key.clone());
+        let hit = if self.nodes[i].force { None } else { lookup(self.store, &key)? };
+        let name = &self.plan.nodes[i].name;
+        if let Some(e) = hit {
+            if self.store.last_key(&self.scope, name)?.as_deref() != Some(key.as_str()) {
+                self.store.set_last_key(&self.scope, name, &key)?;
+            }
+            let nd = &mut self.nodes[i];
+            nd.outputs = Some(e.outputs.clone());
+            nd.report.outputs = e.outputs;
+            nd.report.outcome = Outcome::Cached;
+            self.progress.finished(name, "cached", "");
+            self.done(i);
+        } else if self.opts.upstream_must_be_cached && !self.opts.targets.contains(&i) {
+            return Err(crate::error::NotReady(format!(
+                "upstream node {name} is not in the store yet (run it first; a scheduler orders this by dependencies)"
+            ))
+            .into());
+        } else {
+            // An entry whose blobs are gone or corrupt is replaced rather than trusted.
+            let exists = self.store.get_entry(&key)?.is_some();
+            let nd = &mut self.nodes[i];
+            nd.replace = nd.replace || exists;
+            nd.record = Some(rec);
+            nd.state = State::Queued;
+            self.queue.push_back(i);
+        }
+        Ok(())
+    }
+
+    /// The GPU slots, asking the worker how many GPUs there are the first time.
+    fn gpu_slots(&mut self) -> anyhow::Result<&mut Vec<bool>> {
+        if self.gpus.is_none() {
+            let n = match self.opts.device {
+                DeviceRequest::Cpu => 0,
+                DeviceRequest::Auto => {
+                    crate::worker::binary().and_then(|b| crate::worker::cuda_devices(&b)).unwrap_or(0)
+                }
+                DeviceRequest::Cuda => {
+                    let n = crate::worker::cuda_devices(&crate::worker::binary()?)?;
+                    if n == 0 {
+                        anyhow::bail!(
+                            "--device cuda was requested but libtorch sees no CUDA device (is rmdistill-worker built with the `cuda` feature?)"
+                        );
+                    }
+                    n
+                }
+            };
+            self.gpus = Some(vec![false; n]);
+        }
+        Ok(self.gpus.as_mut().expect("set above"))
+    }
+
+    /// The next queued node that has a slot, with its device: a free GPU for a node that wants one (CPU when every
+    /// GPU is busy and a CPU slot is free), else a CPU slot.
+    fn next_task(&mut self) -> anyhow::Result<Option<(usize, Device)>> {
+        let mut k = 0;
+        while k < self.queue.len() {
+            let i = self.queue[k];
+            let kind = self.plan.nodes[i].kind;
+            let gpu = if kind.wants_gpu() && matches!(kind.runs(), Runs::Worker) {
+                self.gpu_slots()?.iter().position(|b| !b)
+            } else {
+                None
+            };
+            let device = match gpu {
+                Some(g) => Device::Cuda(g),
+                None if self.cpu_running < self.opts.jobs.max(1) => Device::Cpu,
+                None => {
+                    k += 1;
+                    continue;
+                }
+            };
+            self.queue.remove(k);
+            match device {
+                Device::Cuda(g) => self.gpus.as_mut().expect("probed")[g] = true,
+                Device::Cpu => self.cpu_running += 1,
+            }
+            self.nodes[i].device = device;
+            self.nodes[i].state = State::Running;
+            self.running += 1;
+            return Ok(Some((i, device)));
+        }
+        Ok(None)
+    }
+
+    /// Frees the slot of a node that came back.
+    fn release(&mut self, i: usize) {
+        self.running -= 1;
+        match self.nodes[i].device {
+            Device::Cuda(g) => self.gpus.as_mut().expect("probed")[g] = false,
+            Device::Cpu => self.cpu_running -= 1,
+        }
+    }
+
+    /// A node came back with an input blob that is corrupt or missing: the nodes that produced it run again (and
+    /// every node waiting on them waits again), then this one.
+    fn corrupt_input(&mut self, i: usize, c: Corrupt) -> anyhow::Result<()> {
+        self.nodes[i].attempts += 1;
+        self.nodes[i].state = State::Waiting;
+        if !self.store.discard_if_corrupt(&c.hash)? {
+            // Already replaced by a recomputation: read it again.
+            self.wait_again(i);
+            return Ok(());
+        }
+        self.progress.message(&format!("warning: {c}; discarding it and recomputing what produced it"));
+        let producers: Vec<usize> = (0..self.nodes.len())
+            .filter(|&p| {
+                self.nodes[p].state == State::Done
+                    && self.nodes[p].outputs.as_ref().is_some_and(|o| o.values().any(|r| r.hash == c.hash))
+            })
+            .collect();
+        if (producers.is_empty() && !self.recomputing.contains(&c.hash)) || self.nodes[i].attempts > 3 {
+            self.failed(i, c.to_string());
+            return Ok(());
+        }
+        self.recomputing.insert(c.hash.clone());
+        for p in producers {
+            let np = &mut self.nodes[p];
+            np.outputs = None;
+            np.force = true;
+            np.replace = true;
+            np.state = State::Waiting;
+            np.report.outcome = Outcome::Pending;
+            // Readers of p that have not started wait for it again (queued ones leave the queue); running ones
+            // count again when they come back (`wait_again`), and finished ones keep what they read.
+            for k in 0..self.dependents[p].len() {
+                let d = self.dependents[p][k];
+                let nd = &mut self.nodes[d];
+                if nd.wanted && matches!(nd.state, State::Waiting | State::Queued) {
+                    nd.waiting_on += 1;
+                    if nd.state == State::Queued {
+                        nd.state = State::Waiting;
+                        self.queue.retain(|&q| q != d);
+                    }
+                }
+            }
+            self.wait_again(p);
+        }
+        self.wait_again(i);
+        Ok(())
+    }
 }
 
 /// Executes a plan against a store.
@@ -356,251 +696,134 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
     let run_id = new_run_id();
     let n = plan.nodes.len();
     let tmp = store.local_dir().join("tmp");
-    clean_stale_scratch(&tmp);
-    let scratch_root = tmp.join(format!("{}-{run_id}", std::process::id()));
+    let host = hostname();
+    clean_stale_scratch(&tmp, &host);
+    let scratch_root = tmp.join(scratch_name(&host, std::process::id(), &run_id));
     let ext = ExternalHashes::open(store.local_dir());
-    let scope = scope(plan);
-
-    let wanted: Vec<bool> = if opts.targets.is_empty() {
-        vec![true; n]
-    } else {
-        let mut w = vec![false; n];
-        for &t in &opts.targets {
-            for a in plan.ancestors_and_self(t) {
-                w[a] = true;
-            }
-        }
-        w
-    };
-    let mut force = vec![false; n];
-    for &f in &opts.force {
-        force[f] = true;
-    }
     let dependents = plan.dependents();
-    let mut state: Vec<State> = (0..n).map(|_| State::Waiting).collect();
-    let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; n];
-    let mut reports: Vec<NodeReport> = plan
+    let mut deps = vec![Vec::new(); n];
+    for (u, ds) in dependents.iter().enumerate() {
+        for &d in ds {
+            deps[d].push(u);
+        }
+    }
+    let mut wanted = vec![opts.targets.is_empty(); n];
+    for &t in &opts.targets {
+        for a in plan.ancestors_and_self(t) {
+            wanted[a] = true;
+        }
+    }
+    let nodes: Vec<NodeRun> = plan
         .nodes
         .iter()
-        .map(|nd| NodeReport {
-            node: nd.name.clone(),
-            outcome: Outcome::Pending,
-            key: None,
-            seconds: 0.0,
-            outputs: BTreeMap::new(),
-            error: None,
+        .enumerate()
+        .map(|(i, nd)| NodeRun {
+            wanted: wanted[i],
+            state: State::Waiting,
+            waiting_on: deps[i].len(),
+            force: opts.force.contains(&i),
+            replace: false,
+            attempts: 0,
+            record: None,
+            outputs: None,
+            device: Device::Cpu,
+            report: NodeReport {
+                node: nd.name.clone(),
+                outcome: Outcome::Pending,
+                key: None,
+                seconds: 0.0,
+                outputs: BTreeMap::new(),
+                error: None,
+            },
         })
         .collect();
-    let mut records: Vec<Option<KeyRecord>> = vec![None; n];
-    let mut replace = vec![false; n];
-    let mut attempts = vec![0u32; n];
-    let mut recomputing: std::collections::HashSet<String> = Default::default();
-    let mut queue: std::collections::VecDeque<usize> = Default::default();
-    let mut running = 0usize;
-    let mut cpu_running = 0usize;
-    let mut gpu_busy = vec![false; if let Device::Cuda(_) = opts.device { opts.gpus.max(1) } else { 0 }];
-    let mut on_device = vec![Device::Cpu; n];
-    let journal = |status: &str, reports: &[NodeReport]| {
+    let ready = (0..n).filter(|&i| wanted[i] && deps[i].is_empty()).collect();
+    let mut r = Runner {
+        plan,
+        store,
+        opts,
+        progress,
+        ext: &ext,
+        scope: scope(plan),
+        nodes,
+        deps,
+        dependents,
+        ready,
+        queue: VecDeque::new(),
+        recomputing: HashSet::new(),
+        running: 0,
+        cpu_running: 0,
+        gpus: None,
+    };
+    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / opts.jobs.max(1)).max(1);
+    let journal = |status: &str, reports: &[&NodeReport]| {
         let j = json!({
             "run_id": run_id, "manifest": plan.manifest.path().display().to_string(), "status": status,
-            "host": std::env::var("HOSTNAME").unwrap_or_default(), "pid": std::process::id(),
+            "host": host, "pid": std::process::id(),
             "updated": chrono::Utc::now().to_rfc3339(),
             "nodes": reports.iter().filter(|r| r.outcome != Outcome::Pending).collect::<Vec<_>>(),
         });
         store.put_journal(&run_id, &j)
     };
-    let mut fatal: Option<anyhow::Error> = None;
 
-    std::thread::scope(|s| -> anyhow::Result<()> {
-        type Job = (usize, KeyRecord, String, Vec<Option<BTreeMap<String, OutputRef>>>, bool, Device);
-        let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
-        let job_rx = std::sync::Arc::new(Mutex::new(job_rx));
+    let result = std::thread::scope(|s| -> anyhow::Result<()> {
         let (res_tx, res_rx) = std::sync::mpsc::channel::<(usize, Result<Entry, ExecError>)>();
-        for _ in 0..opts.jobs.max(1) + gpu_busy.len() {
-            let job_rx = job_rx.clone();
-            let res_tx = res_tx.clone();
-            let scratch_root = &scratch_root;
-            s.spawn(move || {
-                loop {
-                    let job = job_rx.lock().unwrap().recv();
-                    let Ok((i, rec, key, outs, replace, device)) = job else { break };
-                    let r = execute(plan, store, i, &rec, &key, &outs, scratch_root, progress, opts, replace, device);
-                    if res_tx.send((i, r)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(res_tx);
         let mut journaled = false;
-
         loop {
-            // Resolve every node whose upstream is known: cache hit, or queue it.
-            let mut changed = true;
-            while changed {
-                changed = false;
-                for i in 0..n {
-                    if !wanted[i] || !matches!(state[i], State::Waiting) {
-                        continue;
-                    }
-                    let deps: Vec<usize> = plan.nodes[i].deps().collect();
-                    if deps.iter().any(|&d| matches!(state[d], State::Failed | State::Skipped)) {
-                        state[i] = State::Skipped;
-                        reports[i].outcome = Outcome::Skipped;
-                        let failed: Vec<&str> = deps.iter().filter(|&&d| matches!(state[d], State::Failed | State::Skipped)).map(|&d| plan.nodes[d].name.as_str()).collect();
-                        reports[i].error = Some(format!("upstream failed: {}", failed.join(", ")));
-                        progress.finished(&plan.nodes[i].name, "skipped", &format!("(upstream {} failed)", failed.join(", ")));
-                        changed = true;
-                        continue;
-                    }
-                    if !deps.iter().all(|&d| matches!(state[d], State::Done)) {
-                        continue;
-                    }
-                    changed = true;
-                    let rec = match record(plan, i, &outputs, &ext) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            state[i] = State::Failed;
-                            reports[i].outcome = Outcome::Failed;
-                            reports[i].error = Some(format!("{e:#}"));
-                            progress.finished(&plan.nodes[i].name, "failed", &format!("{e:#}"));
-                            continue;
-                        }
-                    };
-                    let key = rec.key();
-                    reports[i].key = Some(key.clone());
-                    let hit = if force[i] { None } else { lookup(store, &key)? };
-                    if let Some(e) = hit {
-                        if store.last_key(&scope, &plan.nodes[i].name)?.as_deref() != Some(key.as_str()) {
-                            store.set_last_key(&scope, &plan.nodes[i].name, &key)?;
-                        }
-                        outputs[i] = Some(e.outputs.clone());
-                        reports[i].outputs = e.outputs;
-                        reports[i].outcome = Outcome::Cached;
-                        state[i] = State::Done;
-                        progress.finished(&plan.nodes[i].name, "cached", "");
-                    } else if opts.upstream_must_be_cached && !opts.targets.contains(&i) {
-                        return Err(crate::error::NotReady(format!(
-                            "upstream node {} is not in the store yet (run it first; a scheduler orders this by dependencies)",
-                            plan.nodes[i].name
-                        ))
-                        .into());
-                    } else {
-                        // An entry whose blobs are gone or corrupt is replaced rather than trusted.
-                        replace[i] = replace[i] || store.get_entry(&key)?.is_some();
-                        records[i] = Some(rec);
-                        state[i] = State::Queued;
-                        queue.push_back(i);
-                    }
-                }
+            while let Some(i) = r.ready.pop_front() {
+                r.resolve(i)?;
             }
-            if !journaled && !queue.is_empty() {
-                journal("running", &reports)?;
+            if !journaled && !r.queue.is_empty() {
+                journal("running", &r.nodes.iter().map(|nd| &nd.report).collect::<Vec<_>>())?;
                 journaled = true;
             }
-            // CPU nodes share `jobs` slots; nodes of GPU stages take a free GPU each when there are GPUs.
-            let mut k = 0;
-            while k < queue.len() {
-                let i = queue[k];
-                let gpu = if plan.nodes[i].kind.wants_gpu() { gpu_busy.iter().position(|b| !b) } else { None };
-                let device = match gpu {
-                    Some(g) => Device::Cuda(g),
-                    None if cpu_running < opts.jobs.max(1) => Device::Cpu,
-                    None => {
-                        k += 1;
-                        continue;
+            while let Some((i, device)) = r.next_task()? {
+                let nd = &r.nodes[i];
+                let record = nd.record.clone().expect("queued nodes have records");
+                let mut inputs = vec![];
+                for (slot, ups) in &plan.nodes[i].inputs {
+                    for u in ups {
+                        let o = &r.nodes[u.node].outputs.as_ref().expect("upstream done")[u.output];
+                        inputs.push((slot.clone(), o.clone(), u.node));
                     }
-                };
-                queue.remove(k);
-                match gpu {
-                    Some(g) => gpu_busy[g] = true,
-                    None => cpu_running += 1,
                 }
-                on_device[i] = device;
-                let rec = records[i].clone().expect("queued nodes have records");
-                let key = rec.key();
+                let task = Task { i, key: record.key(), record, inputs, replace: nd.replace, device, threads };
                 progress.started(&plan.nodes[i].name);
-                state[i] = State::Running;
-                running += 1;
-                job_tx.send((i, rec, key, outputs.clone(), replace[i], device)).expect("workers alive");
+                let res_tx = res_tx.clone();
+                let scratch_root = &scratch_root;
+                s.spawn(move || {
+                    let res = execute(plan, store, task, scratch_root, progress);
+                    let _ = res_tx.send((i, res));
+                });
             }
-            if running == 0 {
+            if r.running == 0 {
                 break;
             }
-            let (i, res) = res_rx.recv().expect("a worker answers");
-            running -= 1;
-            match on_device[i] {
-                Device::Cuda(g) => gpu_busy[g] = false,
-                Device::Cpu => cpu_running -= 1,
-            }
+            let (i, res) = res_rx.recv().expect("a running node answers");
+            r.release(i);
             match res {
                 Ok(e) => {
                     let secs = e.seconds;
-                    store.set_last_key(&scope, &plan.nodes[i].name, &e.key)?;
-                    outputs[i] = Some(e.outputs.clone());
-                    reports[i].outputs = e.outputs;
-                    reports[i].outcome = Outcome::Ran;
-                    reports[i].seconds = secs;
-                    state[i] = State::Done;
+                    store.set_last_key(&r.scope, &plan.nodes[i].name, &e.key)?;
+                    let nd = &mut r.nodes[i];
+                    nd.outputs = Some(e.outputs.clone());
+                    nd.report.outputs = e.outputs;
+                    nd.report.outcome = Outcome::Ran;
+                    nd.report.seconds = secs;
                     progress.finished(&plan.nodes[i].name, "done", &format!("{secs:.2}s"));
+                    r.done(i);
                 }
-                Err(ExecError::Corrupt(c)) => {
-                    attempts[i] += 1;
-                    if !store.discard_if_corrupt(&c.hash)? {
-                        // Already replaced by a recomputation: read it again.
-                        state[i] = State::Waiting;
-                        reports[i].outcome = Outcome::Pending;
-                        continue;
-                    }
-                    progress.message(&format!("warning: {c}; discarding it and recomputing what produced it"));
-                    // Every finished node that produced this blob runs again; the reader waits for it. A reader
-                    // that hits a blob already being recomputed just waits too.
-                    let producers: Vec<usize> = (0..n)
-                        .filter(|&p| outputs[p].as_ref().is_some_and(|o| o.values().any(|r| r.hash == c.hash)))
-                        .collect();
-                    if (producers.is_empty() && !recomputing.contains(&c.hash)) || attempts[i] > 3 {
-                        state[i] = State::Failed;
-                        reports[i].outcome = Outcome::Failed;
-                        reports[i].error = Some(c.to_string());
-                        progress.finished(&plan.nodes[i].name, "failed", &c.to_string());
-                    } else {
-                        recomputing.insert(c.hash.clone());
-                        for p in producers {
-                            outputs[p] = None;
-                            force[p] = true;
-                            replace[p] = true;
-                            state[p] = State::Waiting;
-                            reports[p].outcome = Outcome::Pending;
-                            // Queued readers of the discarded blob wait for the producer again.
-                            for &d in &dependents[p] {
-                                if matches!(state[d], State::Queued) {
-                                    queue.retain(|&q| q != d);
-                                    state[d] = State::Waiting;
-                                }
-                            }
-                        }
-                        state[i] = State::Waiting;
-                        reports[i].outcome = Outcome::Pending;
-                    }
-                }
-                Err(ExecError::Failed(msg)) => {
-                    state[i] = State::Failed;
-                    reports[i].outcome = Outcome::Failed;
-                    reports[i].error = Some(msg.clone());
-                    progress.finished(&plan.nodes[i].name, "failed", &msg);
-                }
+                Err(ExecError::Corrupt(c)) => r.corrupt_input(i, c)?,
+                Err(ExecError::Failed(msg)) => r.failed(i, msg),
             }
         }
-        drop(job_tx);
         Ok(())
-    })
-    .unwrap_or_else(|e| fatal = Some(e));
+    });
     ext.save();
     let _ = std::fs::remove_dir_all(&scratch_root);
-    if let Some(e) = fatal {
-        return Err(e);
-    }
+    result?;
 
+    let reports: Vec<NodeReport> = r.nodes.into_iter().filter(|nd| nd.wanted).map(|nd| nd.report).collect();
     let count = |o: Outcome| reports.iter().filter(|r| r.outcome == o).count();
     let summary = Summary {
         run_id: run_id.clone(),
@@ -609,15 +832,16 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         failed: count(Outcome::Failed),
         skipped: count(Outcome::Skipped),
         seconds: t0.elapsed().as_secs_f64(),
-        nodes: reports.into_iter().enumerate().filter(|(i, _)| wanted[*i]).map(|(_, r)| r).collect(),
+        nodes: reports,
     };
     if summary.ran + summary.failed > 0 {
-        journal(if summary.failed > 0 { "failed" } else { "succeeded" }, &summary.nodes)?;
+        journal(if summary.failed > 0 { "failed" } else { "succeeded" }, &summary.nodes.iter().collect::<Vec<_>>())?;
     }
     Ok(summary)
 }
 
 /// One node's key as the store determines it now.
+#[allow(clippy::large_enum_variant)] // one per command, never stored in bulk
 pub enum Resolved {
     /// The key record, the key, and the cache hit if there is one.
     Known { record: KeyRecord, key: String, hit: Option<Entry> },

@@ -7,7 +7,7 @@
 //! (default: a temporary directory; an existing file there is reused), then times, for a few requests:
 //! the stage's `run` end to end (read the label and length columns, select, read the selected rows, write), and the
 //! selection core alone (`classify` + `plan` + `draw` on columns already in memory).
-use rmdistill_stages::port::{self, Stage};
+use rmdistill_stages::port;
 use rmdistill_stages::{generate, subsample, table};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ fn main() {
             &dir,
             json!({"n": n, "seed": 1, "prompt_words": [3, 8], "response_words": [1, 12], "longer_preferred": 0.6}),
         );
-        let s = generate::Generate.run(&ctx).unwrap();
+        let s = generate::run(&ctx).unwrap();
         println!("generate {n} pairs: {:.2} s ({s})", t.elapsed().as_secs_f64());
     }
     let bytes = std::fs::metadata(&pairs).unwrap().len();
@@ -92,7 +92,7 @@ fn main() {
             std::fs::create_dir_all(&out).unwrap();
             let ctx = LocalCtx::new(&out, params.clone()).input("pairs", &pairs);
             let (t, cpu0) = (Instant::now(), cpu_seconds());
-            let s = subsample::Subsample.run(&ctx).unwrap();
+            let s = subsample::run(&ctx).unwrap();
             let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
             if secs < best {
                 best = secs;

@@ -1,108 +1,10 @@
-//! What the data/reward-side stages (`synth`, `sft`, `sample_pairs`, `label`, `merge`, `train_rm`, `precompute`)
-//! share: the device, input-slot lookups, typed column reads with errors that name the column, and how a prompt and
-//! a response become token ids.
-//!
-//! **Encoding convention** (identical to the policy side's `lm_io`; every stage that scores `log π(y|x)` must use
-//! it, or log-probs computed in different stages do not agree): prompt ids = `[BOS] ++ encode(prompt)`; response ids
-//! = `encode(response) ++ [EOS]`, so `log π(y|x)` includes the probability of stopping. BOS is the tokenizer's BOS
-//! (its EOS when it has none, as GPT-2 does). Sampled responses are decoded without their EOS, so re-encoding a
-//! finished sample gives back the sampled ids. A reward model reads `prompt ++ response` (with the EOS) at its last
-//! token.
+//! What the stages share about reading and writing tables: input-slot lookups, typed column reads with errors that
+//! name the column, sweep coordinates of inputs, sharding, and small metrics tables. No tensors here: the worker's
+//! `data_io` adds the device, the tokenizer codec and tensor values on top of this module.
 
-use crate::port::{Ctx, Device, InputArtifact, StageError, StageResult};
+use crate::port::{Ctx, InputArtifact, StageError, StageResult};
 use arrow::array::{Array, AsArray, RecordBatch};
-use rmdistill_ml::tch;
-use rmdistill_ml::{PairBatch, Tokenizer};
 use std::path::Path;
-
-/// The tch device a stage should use.
-pub fn tch_device(ctx: &dyn Ctx) -> tch::Device {
-    match ctx.device() {
-        Device::Cpu => tch::Device::Cpu,
-        Device::Cuda(i) => tch::Device::Cuda(i),
-    }
-}
-
-/// Deterministic libtorch settings for a stage: its thread budget and a seed.
-pub fn torch_setup(ctx: &dyn Ctx, seed: u64) {
-    rmdistill_ml::train::deterministic_cpu(seed, ctx.threads().max(1) as i32);
-}
-
-/// A tokenizer with the encoding convention of this module.
-#[derive(Clone, Debug)]
-pub struct Codec {
-    pub tok: Tokenizer,
-    pub bos: i64,
-    pub eos: i64,
-    pub pad: i64,
-    /// Truncation of `prompt ++ response` (see [`PairBatch::new`]).
-    pub max_len: Option<usize>,
-}
-
-impl Codec {
-    pub fn new(tok: Tokenizer, field: &str) -> StageResult<Codec> {
-        let eos = tok.eos_id.ok_or_else(|| StageError::invalid(field, "tokenizer has no EOS token"))?;
-        let bos = tok.bos_id.unwrap_or(eos);
-        let pad = tok.pad_id.unwrap_or(eos);
-        Ok(Codec { tok, bos, eos, pad, max_len: None })
-    }
-    /// The tokenizer of a directory (`tokenizer.json`), or an error naming the input slot. When the directory is a
-    /// checkpoint, sequences are truncated to the positions its model can place (`n_positions` /
-    /// `max_position_embeddings`).
-    pub fn load(dir: &Path, slot: &str) -> StageResult<Codec> {
-        if !dir.join("tokenizer.json").exists() {
-            return Err(StageError::invalid(slot, format!("{}: no tokenizer.json in this directory", dir.display())));
-        }
-        let tok = Tokenizer::load(dir).map_err(|e| StageError::invalid(slot, format!("{e:#}")))?;
-        let mut codec = Codec::new(tok, slot)?;
-        codec.max_len = std::fs::read(dir.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|c| c.get("n_positions").or_else(|| c.get("max_position_embeddings")).and_then(|v| v.as_u64()))
-            .map(|n| n as usize);
-        Ok(codec)
-    }
-    /// Truncates sequences to `max_len` tokens, never beyond what the model can place.
-    pub fn with_max_len(mut self, max_len: usize) -> Codec {
-        self.max_len = Some(self.max_len.map_or(max_len, |m| m.min(max_len)));
-        self
-    }
-    pub fn prompt(&self, text: &str) -> StageResult<Vec<i64>> {
-        let mut ids = vec![self.bos];
-        ids.extend(self.tok.encode(text)?);
-        Ok(ids)
-    }
-    pub fn response(&self, text: &str) -> StageResult<Vec<i64>> {
-        let mut ids = self.tok.encode(text)?;
-        ids.push(self.eos);
-        Ok(ids)
-    }
-    /// Tokens of a text without BOS/EOS (the `tokens_a/b` length of a response).
-    pub fn count(&self, text: &str) -> StageResult<u32> {
-        Ok(self.tok.encode(text)?.len() as u32)
-    }
-    /// A sampled response (without its EOS) as text.
-    pub fn decode_sample(&self, ids: &[i64]) -> StageResult<String> {
-        let ids: Vec<i64> = ids.iter().copied().filter(|&i| i != self.eos).collect();
-        Ok(self.tok.decode(&ids, true)?)
-    }
-    pub fn batch(&self, prompts: &[&[i64]], responses: &[&[i64]], device: tch::Device) -> StageResult<PairBatch> {
-        Ok(PairBatch::new(prompts, responses, self.pad, self.max_len, device)?)
-    }
-    /// The model's vocabulary must cover the tokenizer's ids.
-    pub fn check_vocab(&self, model_vocab: i64, slot: &str) -> StageResult<()> {
-        let v = self.tok.vocab_size() as i64;
-        if v > model_vocab {
-            return Err(StageError::invalid(
-                slot,
-                format!(
-                    "tokenizer has {v} tokens but the model's vocabulary has {model_vocab}: model/tokenizer mismatch"
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// The single artifact bound to a slot, or an error naming the slot.
 pub fn one_input<'a>(ctx: &'a dyn Ctx, slot: &str) -> StageResult<&'a InputArtifact> {
@@ -125,6 +27,11 @@ pub fn opt_input<'a>(ctx: &'a dyn Ctx, slot: &str) -> StageResult<Option<&'a Inp
 /// A numeric sweep coordinate of an input (a number, or a string holding one).
 pub fn coord_f64(coords: &std::collections::BTreeMap<String, serde_json::Value>, k: &str) -> Option<f64> {
     coords.get(k).and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+}
+
+/// A sweep coordinate of an input as text (a string as it is, anything else as JSON).
+pub fn coord_str(c: &std::collections::BTreeMap<String, serde_json::Value>, k: &str) -> Option<String> {
+    c.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
 }
 
 /// A numeric column as f64 per row (null → None; a missing column → all None).
@@ -225,12 +132,6 @@ pub fn chunks(n: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usi
     (0..n.div_ceil(size)).map(move |c| c * size..((c + 1) * size).min(n))
 }
 
-/// f64 values of a tensor.
-pub fn to_f64s(t: &tch::Tensor) -> StageResult<Vec<f64>> {
-    Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
-        .map_err(|e| StageError::failed(e.to_string()))
-}
-
 /// Writes a small JSON-lines-free metrics table: rows of named f64 columns (NaN for missing → null).
 pub fn write_metrics(path: &Path, columns: &[(&str, Vec<Option<f64>>)], kv: &[(String, String)]) -> StageResult<()> {
     use arrow::datatypes::{DataType, Field, Schema};
@@ -257,6 +158,26 @@ pub fn check_shards(shard: usize, shards: usize) -> StageResult<()> {
         return Err(StageError::invalid("shard", format!("must be below shards ({shards}), got {shard}")));
     }
     Ok(())
+}
+
+/// A numeric column as f64 (nulls are an error naming the column and row).
+pub fn f64s(batch: &arrow::array::RecordBatch, col: &str, file: &Path) -> StageResult<Vec<f64>> {
+    use arrow::array::{Array, AsArray};
+    let a = batch
+        .column_by_name(col)
+        .ok_or_else(|| StageError::invalid(col, format!("{}: missing column `{col}`", file.display())))?;
+    let cast = arrow::compute::cast(a, &arrow::datatypes::DataType::Float64)
+        .map_err(|e| StageError::invalid(col, format!("{}: column `{col}` is not numeric: {e}", file.display())))?;
+    let v = cast.as_primitive::<arrow::datatypes::Float64Type>();
+    (0..v.len())
+        .map(|i| {
+            if v.is_null(i) {
+                Err(StageError::invalid(col, format!("{}: column `{col}` is null at row {i}", file.display())))
+            } else {
+                Ok(v.value(i))
+            }
+        })
+        .collect()
 }
 
 /// A Float64 column's values (tests).

@@ -160,18 +160,19 @@ impl Stage for Generate {
     fn outputs(&self) -> &'static [OutputSpec] {
         &[OutputSpec { name: "pairs", kind: ArtifactKind::File, doc: "normalised pairs (Parquet)" }]
     }
-    fn code_files(&self) -> &'static [&'static str] {
-        &["generate.rs", "table.rs"]
-    }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
     }
-    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
-        let (batch, summary) = generate(ctx.params())?;
-        ctx.progress(batch.num_rows() as u64, batch.num_rows() as u64);
-        table::write_table(&ctx.output_path("pairs"), &batch, &table::summary_kv("generate", &summary))?;
-        Ok(summary)
+    fn runs(&self) -> Runs {
+        Runs::InProcess(run)
     }
+}
+
+pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
+    let (batch, summary) = generate(ctx.params())?;
+    ctx.progress(batch.num_rows() as u64, batch.num_rows() as u64);
+    table::write_table(&ctx.output_path("pairs"), &batch, &table::summary_kv("generate", &summary))?;
+    Ok(summary)
 }
 
 #[cfg(test)]
@@ -185,10 +186,10 @@ mod tests {
         let params = json!({"n": 70_000, "seed": 3, "response_words": [1, 5]});
         let c1 = LocalCtx::new(&dir.path().join("1"), params.clone());
         std::fs::create_dir_all(&c1.out_dir).unwrap();
-        let s = Generate.run(&c1).unwrap();
+        let s = run(&c1).unwrap();
         let c2 = LocalCtx::new(&dir.path().join("2"), params);
         std::fs::create_dir_all(&c2.out_dir).unwrap();
-        Generate.run(&c2).unwrap();
+        run(&c2).unwrap();
         let (b1, b2) = (std::fs::read(c1.out("pairs")).unwrap(), std::fs::read(c2.out("pairs")).unwrap());
         assert_eq!(b1, b2);
         let share = s["longer_preferred_share"].as_f64().unwrap();

@@ -592,19 +592,22 @@ impl Stage for Import {
     fn path_params(&self) -> &'static [&'static str] {
         &["path", "tokenizer"]
     }
-    fn code_files(&self) -> &'static [&'static str] {
-        &["import.rs", "table.rs"]
-    }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
     }
-    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
-        let p = parse(ctx.params())?;
-        let shown = p.path.as_str();
-        let path = ctx
-            .external("path")
-            .ok_or_else(|| StageError::invalid("path", format!("{shown}: the runner did not resolve this file")))?;
-        let tokenizer = match &p.tokenizer {
+    fn runs(&self) -> Runs {
+        Runs::InProcess(run)
+    }
+}
+
+pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
+    let p = parse(ctx.params())?;
+    let shown = p.path.as_str();
+    let path = ctx
+        .external("path")
+        .ok_or_else(|| StageError::invalid("path", format!("{shown}: the runner did not resolve this file")))?;
+    let tokenizer =
+        match &p.tokenizer {
             None => None,
             Some(t) => {
                 let tp = ctx.external("tokenizer").ok_or_else(|| {
@@ -616,120 +619,117 @@ impl Stage for Import {
             }
         };
 
-        let mut format = p.format;
-        let mut rows: Vec<Row> = Vec::new();
-        let mut first_seen: HashMap<[u8; 32], usize> = HashMap::new();
-        let (mut records, mut duplicates, mut conflicting) = (0u64, 0u64, 0u64);
-        let mut skipped = 0u64;
-        let kind =
-            for_each_record(path, shown, p.limit.map_or(u64::MAX, |l| l.saturating_add(p.skip)), |loc, total, rec| {
-                if skipped < p.skip {
-                    skipped += 1;
-                    return Ok(());
-                }
-                let w = Where { file: shown, loc };
-                if format == Format::Auto {
-                    format = detect(rec, &w)?;
-                    ctx.log(&format!("{shown}: detected format `{}`", format.name()));
-                }
-                let e = extract(format, &w, rec)?;
-                let source_row = u32::try_from(records + p.skip)
-                    .map_err(|_| StageError::invalid("path", format!("{shown}: more than 2^32 records")))?;
-                records += 1;
-                if records % 10_000 == 0 {
-                    ctx.progress(records, total.unwrap_or(0));
-                }
-                let hash = table::pair_hash(&e.prompt, &e.first, &e.second);
-                let (a, b, label) = if !e.labelled {
-                    (e.first, e.second, None)
-                } else if hash.as_bytes()[31] & 1 == 0 {
-                    (e.first, e.second, Some(0i8))
-                } else {
-                    (e.second, e.first, Some(1i8))
-                };
-                match first_seen.entry(*hash.as_bytes()) {
-                    std::collections::hash_map::Entry::Occupied(o) => {
-                        duplicates += 1;
-                        let kept = &rows[*o.get()];
-                        let preferred = |a: &str, b: &str, l: Option<i8>| {
-                            l.map(|l| if l == 0 { a.to_string() } else { b.to_string() })
-                        };
-                        if preferred(&kept.a, &kept.b, kept.label) != preferred(&a, &b, label) {
-                            conflicting += 1;
-                        }
-                    }
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(rows.len());
-                        rows.push(Row { hash, prompt: e.prompt, a, b, label, source_row });
+    let mut format = p.format;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut first_seen: HashMap<[u8; 32], usize> = HashMap::new();
+    let (mut records, mut duplicates, mut conflicting) = (0u64, 0u64, 0u64);
+    let mut skipped = 0u64;
+    let kind =
+        for_each_record(path, shown, p.limit.map_or(u64::MAX, |l| l.saturating_add(p.skip)), |loc, total, rec| {
+            if skipped < p.skip {
+                skipped += 1;
+                return Ok(());
+            }
+            let w = Where { file: shown, loc };
+            if format == Format::Auto {
+                format = detect(rec, &w)?;
+                ctx.log(&format!("{shown}: detected format `{}`", format.name()));
+            }
+            let e = extract(format, &w, rec)?;
+            let source_row = u32::try_from(records + p.skip)
+                .map_err(|_| StageError::invalid("path", format!("{shown}: more than 2^32 records")))?;
+            records += 1;
+            if records % 10_000 == 0 {
+                ctx.progress(records, total.unwrap_or(0));
+            }
+            let hash = table::pair_hash(&e.prompt, &e.first, &e.second);
+            let (a, b, label) = if !e.labelled {
+                (e.first, e.second, None)
+            } else if hash.as_bytes()[31] & 1 == 0 {
+                (e.first, e.second, Some(0i8))
+            } else {
+                (e.second, e.first, Some(1i8))
+            };
+            match first_seen.entry(*hash.as_bytes()) {
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    duplicates += 1;
+                    let kept = &rows[*o.get()];
+                    let preferred =
+                        |a: &str, b: &str, l: Option<i8>| l.map(|l| if l == 0 { a.to_string() } else { b.to_string() });
+                    if preferred(&kept.a, &kept.b, kept.label) != preferred(&a, &b, label) {
+                        conflicting += 1;
                     }
                 }
-                Ok(())
-            })?;
-        if records == 0 {
-            return Err(StageError::invalid("path", format!("{shown}: empty dataset (no records)")));
-        }
-        ctx.progress(records, records);
-
-        let words: Vec<(u32, u32)> =
-            rows.par_iter().map(|r| (table::word_count(&r.a), table::word_count(&r.b))).collect();
-        let tokens: Option<Vec<(u32, u32)>> = match &tokenizer {
-            None => None,
-            Some(tok) => Some(
-                rows.par_iter()
-                    .map(|r| {
-                        let n = |s: &str| {
-                            tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
-                                StageError::failed(format!("tokenizer failed on source row {}: {e}", r.source_row))
-                            })
-                        };
-                        Ok((n(&r.a)?, n(&r.b)?))
-                    })
-                    .collect::<StageResult<_>>()?,
-            ),
-        };
-
-        let text_bytes: usize = rows.iter().map(|r| r.prompt.len() + r.a.len() + r.b.len()).sum();
-        let mut builder = PairsBuilder::with_capacity(rows.len(), text_bytes);
-        for (i, r) in rows.iter().enumerate() {
-            let id = table::pair_id(&r.hash);
-            builder.push(PairRow {
-                pair_id: &id,
-                prompt: &r.prompt,
-                a: &r.a,
-                b: &r.b,
-                label: r.label,
-                words: words[i],
-                tokens: tokens.as_ref().map(|t| t[i]),
-                source_row: r.source_row,
-            });
-        }
-        let batch = builder.finish();
-
-        let labelled = rows.iter().filter(|r| r.label.is_some()).count() as u64;
-        let mut summary = json!({
-            "format": format.name(),
-            "file_kind": kind.name(),
-            "records": records,
-            "pairs": rows.len(),
-            "duplicates": duplicates,
-            "conflicting_duplicates": conflicting,
-            "labelled": labelled,
-            "unlabelled": rows.len() as u64 - labelled,
-            "label_b_preferred": rows.iter().filter(|r| r.label == Some(1)).count(),
-            "identical_responses": rows.iter().filter(|r| r.a == r.b).count(),
-            "tokenizer": tokenizer.is_some(),
-            "mean_words_response": if rows.is_empty() { 0.0 } else {
-                words.iter().map(|w| (w.0 + w.1) as f64).sum::<f64>() / (2 * rows.len()) as f64
-            },
-            "length_bias_words": length_bias(&rows, &words, "words"),
-        });
-        if let Some(t) = &tokens {
-            summary["length_bias_tokens"] = length_bias(&rows, t, "tokens");
-        }
-        table::write_table(&ctx.output_path("pairs"), &batch, &table::summary_kv("import", &summary))?;
-        ctx.log(&format!("{shown}: {records} records → {} pairs ({duplicates} duplicates dropped)", rows.len()));
-        Ok(summary)
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(rows.len());
+                    rows.push(Row { hash, prompt: e.prompt, a, b, label, source_row });
+                }
+            }
+            Ok(())
+        })?;
+    if records == 0 {
+        return Err(StageError::invalid("path", format!("{shown}: empty dataset (no records)")));
     }
+    ctx.progress(records, records);
+
+    let words: Vec<(u32, u32)> = rows.par_iter().map(|r| (table::word_count(&r.a), table::word_count(&r.b))).collect();
+    let tokens: Option<Vec<(u32, u32)>> = match &tokenizer {
+        None => None,
+        Some(tok) => Some(
+            rows.par_iter()
+                .map(|r| {
+                    let n = |s: &str| {
+                        tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
+                            StageError::failed(format!("tokenizer failed on source row {}: {e}", r.source_row))
+                        })
+                    };
+                    Ok((n(&r.a)?, n(&r.b)?))
+                })
+                .collect::<StageResult<_>>()?,
+        ),
+    };
+
+    let text_bytes: usize = rows.iter().map(|r| r.prompt.len() + r.a.len() + r.b.len()).sum();
+    let mut builder = PairsBuilder::with_capacity(rows.len(), text_bytes);
+    for (i, r) in rows.iter().enumerate() {
+        let id = table::pair_id(&r.hash);
+        builder.push(PairRow {
+            pair_id: &id,
+            prompt: &r.prompt,
+            a: &r.a,
+            b: &r.b,
+            label: r.label,
+            words: words[i],
+            tokens: tokens.as_ref().map(|t| t[i]),
+            source_row: r.source_row,
+        });
+    }
+    let batch = builder.finish();
+
+    let labelled = rows.iter().filter(|r| r.label.is_some()).count() as u64;
+    let mut summary = json!({
+        "format": format.name(),
+        "file_kind": kind.name(),
+        "records": records,
+        "pairs": rows.len(),
+        "duplicates": duplicates,
+        "conflicting_duplicates": conflicting,
+        "labelled": labelled,
+        "unlabelled": rows.len() as u64 - labelled,
+        "label_b_preferred": rows.iter().filter(|r| r.label == Some(1)).count(),
+        "identical_responses": rows.iter().filter(|r| r.a == r.b).count(),
+        "tokenizer": tokenizer.is_some(),
+        "mean_words_response": if rows.is_empty() { 0.0 } else {
+            words.iter().map(|w| (w.0 + w.1) as f64).sum::<f64>() / (2 * rows.len()) as f64
+        },
+        "length_bias_words": length_bias(&rows, &words, "words"),
+    });
+    if let Some(t) = &tokens {
+        summary["length_bias_tokens"] = length_bias(&rows, t, "tokens");
+    }
+    table::write_table(&ctx.output_path("pairs"), &batch, &table::summary_kv("import", &summary))?;
+    ctx.log(&format!("{shown}: {records} records → {} pairs ({duplicates} duplicates dropped)", rows.len()));
+    Ok(summary)
 }
 
 #[cfg(test)]
@@ -756,7 +756,7 @@ mod tests {
         }
         std::fs::create_dir_all(dir).unwrap();
         Import.validate(ctx.params()).map_err(|e| e.to_string())?;
-        let summary = Import.run(&ctx).map_err(|e| e.to_string())?;
+        let summary = run(&ctx).map_err(|e| e.to_string())?;
         Ok((summary, ctx.out("pairs")))
     }
 

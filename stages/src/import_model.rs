@@ -4,13 +4,13 @@
 
 use crate::port::*;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 pub struct ImportModel;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// The .gguf file (relative to the manifest).
     path: String,
 }
@@ -31,9 +31,6 @@ impl Stage for ImportModel {
     fn path_params(&self) -> &'static [&'static str] {
         &["path"]
     }
-    fn code_files(&self) -> &'static [&'static str] {
-        &["import_model.rs"]
-    }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         let p: Params = parse_params(params)?;
         if !p.path.ends_with(".gguf") {
@@ -41,15 +38,7 @@ impl Stage for ImportModel {
         }
         Ok(())
     }
-    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
-        let src = ctx.external("path").ok_or_else(|| StageError::invalid("path", "no file"))?;
-        let out = ctx.output_path("model");
-        ctx.log(&format!("converting {}", src.display()));
-        let m = rmdistill_ml::gguf::import_gguf(src, &out)
-            .map_err(|e| StageError::invalid("path", format!("{}: {e:#}", src.display())))?;
-        if !out.join("tokenizer.json").is_file() {
-            return Err(StageError::invalid("path", format!("{}: the GGUF file carries no tokenizer", src.display())));
-        }
-        Ok(json!({ "vocab_size": m.config.vocab_size() }))
+    fn runs(&self) -> Runs {
+        Runs::Worker
     }
 }

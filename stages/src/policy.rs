@@ -1,5 +1,5 @@
 //! `policy`: trains π_θ from the reference policy on `D_ρ` with one method of METHOD.md (DPO, IPO, d-DPO, p-DPO,
-//! dp-DPO, e-DPO); the losses are in [`crate::losses`].
+//! dp-DPO, e-DPO); the losses are in the worker's `losses` module.
 //!
 //! Inputs: `pairs` (D_ρ: pair_id, prompt, response_a, response_b, label), `reference` (Dir checkpoint, π_ref and the
 //! start of π_θ), `rewards` (precompute.rewards: pair_id, ref_logp_a/b, reward_a/b as List<Float64> per member),
@@ -18,27 +18,12 @@
 //! recording method and hyper-parameters) and `metrics` (Parquet, one row per optimizer step).
 //!
 //! Deterministic on CPU for a given seed and thread count (seeded shuffles and KL-sample draws, libtorch seeded).
-
-use crate::lm_io::{self, Codec};
-use crate::losses::{BatchTerms, GammaSchedule, Hyper, Method, objective};
+use crate::method::{GammaSchedule, LrSchedule, Method, Reduction};
 use crate::port::*;
-use crate::table;
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rmdistill_ml::tch;
-use rmdistill_ml::{LanguageModel, OptimConfig, Reduction, Schedule, Trainer, sequence_logprobs, with_autocast};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::sync::Arc;
-use tch::{Kind, Tensor};
+use serde_json::{Map, Value};
 
 pub struct Policy;
-
-pub use crate::lm_io::POLICY_INFO_FILE;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,46 +37,46 @@ pub enum KlSource {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
-    method: Method,
+pub struct Params {
+    pub method: Method,
     #[serde(default = "d_beta")]
-    beta: f64,
+    pub beta: f64,
     #[serde(default = "d_tau")]
-    tau: f64,
+    pub tau: f64,
     #[serde(default)]
-    gamma: Option<GammaSchedule>,
+    pub gamma: Option<GammaSchedule>,
     #[serde(default)]
-    kl_source: KlSource,
+    pub kl_source: KlSource,
     /// Optimizer steps; default: `epochs` passes over D_ρ.
     #[serde(default)]
-    steps: Option<usize>,
+    pub steps: Option<usize>,
     #[serde(default = "d_epochs")]
-    epochs: usize,
+    pub epochs: usize,
     #[serde(default = "d_lr")]
-    lr: f64,
+    pub lr: f64,
     #[serde(default = "d_batch")]
-    batch_size: usize,
+    pub batch_size: usize,
     /// KL samples per step (default: batch_size).
     #[serde(default)]
-    kl_batch_size: Option<usize>,
+    pub kl_batch_size: Option<usize>,
     #[serde(default)]
-    warmup_steps: usize,
+    pub warmup_steps: usize,
     #[serde(default = "d_clip")]
-    grad_clip: f64,
+    pub grad_clip: f64,
     #[serde(default)]
-    weight_decay: f64,
+    pub weight_decay: f64,
     #[serde(default)]
-    lr_schedule: Option<Schedule>,
+    pub lr_schedule: Option<LrSchedule>,
     /// Sum over response tokens (paper) or per-token mean (TRL's IPO).
     #[serde(default)]
-    reduction: Reduction,
+    pub reduction: Reduction,
     #[serde(default = "d_max_len")]
-    max_len: usize,
+    pub max_len: usize,
     #[serde(default)]
-    seed: u64,
+    pub seed: u64,
     /// Fail when the precomputed reference log-probs do not match the reference model on the first batch.
     #[serde(default = "d_true")]
-    check_ref_logp: bool,
+    pub check_ref_logp: bool,
 }
 fn d_beta() -> f64 {
     0.1
@@ -126,7 +111,7 @@ fn positive(field: &str, v: f64) -> StageResult<()> {
     }
 }
 
-fn parse(params: &Map<String, Value>) -> StageResult<Params> {
+pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     let p: Params = parse_params(params)?;
     positive("beta", p.beta)?;
     positive("tau", p.tau)?;
@@ -159,195 +144,11 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     if p.max_len < 2 {
         return Err(StageError::invalid("max_len", "must be >= 2"));
     }
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN is refused too
     if !(p.grad_clip > 0.0) || p.weight_decay < 0.0 {
         return Err(StageError::invalid("grad_clip", "grad_clip must be > 0 and weight_decay >= 0"));
     }
     Ok(p)
-}
-
-/// D_ρ as the policy needs it.
-struct Pairs {
-    ids: Vec<String>,
-    prompt: Vec<String>,
-    a: Vec<String>,
-    b: Vec<String>,
-    /// 0: a preferred, 1: b preferred; None: unlabelled.
-    label: Vec<Option<i8>>,
-}
-
-fn read_pairs(path: &Path) -> StageResult<Pairs> {
-    let t = table::read_table(
-        path,
-        Some(&[table::PAIR_ID, table::PROMPT, table::RESPONSE_A, table::RESPONSE_B, table::LABEL]),
-    )?;
-    if t.num_rows() == 0 {
-        return Err(StageError::invalid("pairs", format!("{}: the pairs table is empty", path.display())));
-    }
-    let lab = arrow::compute::cast(t.column_by_name(table::LABEL).unwrap(), &DataType::Int8)?;
-    let lab = lab.as_primitive::<arrow::datatypes::Int8Type>();
-    let label: Vec<Option<i8>> = (0..lab.len()).map(|i| lab.is_valid(i).then(|| lab.value(i))).collect();
-    if let Some(i) = label.iter().position(|l| l.is_some_and(|v| v != 0 && v != 1)) {
-        return Err(StageError::invalid("label", format!("{}: row {i}: label must be 0, 1 or null", path.display())));
-    }
-    let p = Pairs {
-        ids: lm_io::strings(&t, table::PAIR_ID, path)?,
-        prompt: lm_io::strings(&t, table::PROMPT, path)?,
-        a: lm_io::strings(&t, table::RESPONSE_A, path)?,
-        b: lm_io::strings(&t, table::RESPONSE_B, path)?,
-        label,
-    };
-    for (col, v) in [(table::PROMPT, &p.prompt), (table::RESPONSE_A, &p.a), (table::RESPONSE_B, &p.b)] {
-        if let Some(i) = v.iter().position(|s| s.trim().is_empty()) {
-            return Err(StageError::invalid(col, format!("{}: row {i}: `{col}` is empty", path.display())));
-        }
-    }
-    Ok(p)
-}
-
-/// precompute.rewards, aligned to the pairs' order.
-struct Rewards {
-    ref_a: Vec<f64>,
-    ref_b: Vec<f64>,
-    /// [pair][member]
-    r_a: Vec<Vec<f64>>,
-    r_b: Vec<Vec<f64>>,
-    members: usize,
-    member_names: Vec<String>,
-}
-
-fn list_f64(batch: &RecordBatch, col: &str, path: &Path) -> StageResult<Vec<Vec<f64>>> {
-    let a = batch
-        .column_by_name(col)
-        .ok_or_else(|| StageError::invalid(col, format!("{}: missing column `{col}`", path.display())))?;
-    let l = match a.data_type() {
-        DataType::List(_) => a.as_list::<i32>(),
-        other => {
-            return Err(StageError::invalid(
-                col,
-                format!("{}: `{col}` must be List<Float64>, found {other}", path.display()),
-            ));
-        }
-    };
-    (0..l.len())
-        .map(|i| {
-            if l.is_null(i) {
-                return Err(StageError::invalid(col, format!("{}: `{col}` is null at row {i}", path.display())));
-            }
-            let v = arrow::compute::cast(&l.value(i), &DataType::Float64)?;
-            let v = v.as_primitive::<arrow::datatypes::Float64Type>();
-            if v.null_count() > 0 {
-                return Err(StageError::invalid(
-                    col,
-                    format!("{}: `{col}` has a null score at row {i}", path.display()),
-                ));
-            }
-            Ok(v.values().to_vec())
-        })
-        .collect()
-}
-
-fn read_rewards(path: &Path, pairs: &Pairs) -> StageResult<Rewards> {
-    let t = table::read_table(path, Some(&[table::PAIR_ID, "ref_logp_a", "ref_logp_b", "reward_a", "reward_b"]))?;
-    let ids = lm_io::strings(&t, table::PAIR_ID, path)?;
-    let (ra, rb) = (lm_io::f64s(&t, "ref_logp_a", path)?, lm_io::f64s(&t, "ref_logp_b", path)?);
-    let (wa, wb) = (list_f64(&t, "reward_a", path)?, list_f64(&t, "reward_b", path)?);
-    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
-    let members = wa.first().map_or(0, |v| v.len());
-    let mut out = Rewards { ref_a: vec![], ref_b: vec![], r_a: vec![], r_b: vec![], members, member_names: vec![] };
-    for (k, id) in pairs.ids.iter().enumerate() {
-        let &i = index.get(id.as_str()).ok_or_else(|| {
-            StageError::invalid(
-                "rewards",
-                format!("{}: no row for pair_id {id} (pairs row {k}): precompute ran on other pairs", path.display()),
-            )
-        })?;
-        if wa[i].len() != members || wb[i].len() != members {
-            return Err(StageError::invalid(
-                "rewards",
-                format!(
-                    "{}: row {i} has {} / {} member scores, expected {members}",
-                    path.display(),
-                    wa[i].len(),
-                    wb[i].len()
-                ),
-            ));
-        }
-        out.ref_a.push(ra[i]);
-        out.ref_b.push(rb[i]);
-        out.r_a.push(wa[i].clone());
-        out.r_b.push(wb[i].clone());
-    }
-    let kv = table::read_kv(path)?;
-    if let Some((_, v)) = kv.iter().find(|(k, _)| k == "rmdistill.members") {
-        if let Ok(Value::Array(a)) = serde_json::from_str::<Value>(v) {
-            out.member_names =
-                a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect();
-        }
-    }
-    if out.member_names.len() != members {
-        out.member_names = (0..members).map(|m| format!("member{m}")).collect();
-    }
-    Ok(out)
-}
-
-struct RefSamples {
-    prompt: Vec<Vec<i64>>,
-    response: Vec<Vec<i64>>,
-    ref_logp: Vec<f64>,
-}
-
-fn read_ref_samples(path: &Path, codec: &Codec) -> StageResult<RefSamples> {
-    let t = table::read_table(path, Some(&[table::PROMPT, "response", "ref_logp"]))?;
-    if t.num_rows() == 0 {
-        return Err(StageError::invalid("ref_samples", format!("{}: no reference samples", path.display())));
-    }
-    let p = lm_io::strings(&t, table::PROMPT, path)?;
-    let r = lm_io::strings(&t, "response", path)?;
-    Ok(RefSamples {
-        prompt: p.iter().map(|s| codec.prompt(s)).collect::<StageResult<_>>()?,
-        response: r.iter().map(|s| codec.response(s)).collect::<StageResult<_>>()?,
-        ref_logp: lm_io::f64s(&t, "ref_logp", path)?,
-    })
-}
-
-fn tensor(v: &[f64], dev: tch::Device) -> Tensor {
-    Tensor::from_slice(v).to_kind(Kind::Float).to_device(dev)
-}
-fn tensor2(rows: &[&Vec<f64>], dev: tch::Device) -> Tensor {
-    let m = rows.first().map_or(0, |r| r.len()) as i64;
-    let flat: Vec<f64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-    Tensor::from_slice(&flat).to_kind(Kind::Float).view([rows.len() as i64, m]).to_device(dev)
-}
-fn scalar(t: &Tensor) -> f64 {
-    f64::try_from(t.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or(f64::NAN)
-}
-
-/// Writes per-step metrics: `step` then every other column (Float64, null where a step lacks it), sorted by name.
-pub fn write_metrics(path: &Path, history: &[rmdistill_ml::StepMetrics], kv: &[(String, String)]) -> StageResult<()> {
-    // no wall-clock column: the same run must give the same bytes
-    let mut keys: Vec<String> = vec!["lr".into(), "loss".into(), "grad_norm".into()];
-    let mut extra: Vec<String> = history.iter().flat_map(|h| h.extra.keys().cloned()).collect();
-    extra.sort();
-    extra.dedup();
-    keys.extend(extra);
-    let mut fields = vec![Field::new("step", DataType::UInt32, false)];
-    let mut cols: Vec<ArrayRef> =
-        vec![Arc::new(UInt32Array::from(history.iter().map(|h| h.step as u32).collect::<Vec<_>>()))];
-    for k in &keys {
-        let v: Vec<Option<f64>> = history
-            .iter()
-            .map(|h| match k.as_str() {
-                "lr" => Some(h.lr),
-                "loss" => Some(h.loss),
-                "grad_norm" => Some(h.grad_norm),
-                other => h.extra.get(other).copied(),
-            })
-            .collect();
-        fields.push(Field::new(k, DataType::Float64, true));
-        cols.push(Arc::new(Float64Array::from(v)));
-    }
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
-    table::write_table(path, &batch, kv)
 }
 
 impl Stage for Policy {
@@ -381,350 +182,13 @@ impl Stage for Policy {
             OutputSpec { name: "metrics", kind: ArtifactKind::File, doc: "per-step training metrics (Parquet)" },
         ]
     }
-    fn code_files(&self) -> &'static [&'static str] {
-        &["policy.rs", "losses.rs", "lm_io.rs", "data_io.rs", "table.rs"]
-    }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
     }
     fn wants_gpu(&self) -> bool {
         true
     }
-    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
-        let p = parse(ctx.params())?;
-        let t0 = std::time::Instant::now();
-        let method = p.method;
-        // ---- inputs and their checks, before any training
-        let pairs_in = lm_io::one_input(ctx, "pairs")?;
-        let ref_in = lm_io::one_input(ctx, "reference")?;
-        let rewards_in = lm_io::opt_input(ctx, "rewards")?;
-        let samples_in = lm_io::opt_input(ctx, "ref_samples")?;
-        if method.uses_rewards() && rewards_in.is_none() {
-            return Err(StageError::invalid(
-                "rewards",
-                format!("{method} distils reward models: bind precompute.rewards to `rewards`"),
-            ));
-        }
-        if method.pessimistic() && p.kl_source == KlSource::RefSamples && samples_in.is_none() {
-            return Err(StageError::invalid(
-                "ref_samples",
-                format!(
-                    "{method} with kl_source = \"ref_samples\" needs precompute.ref_samples bound to `ref_samples` (or kl_source = \"pairs\")"
-                ),
-            ));
-        }
-        if method.pessimistic() && p.kl_source == KlSource::Pairs && rewards_in.is_none() {
-            return Err(StageError::invalid(
-                "rewards",
-                "kl_source = \"pairs\" needs the pairs' reference log-probs: bind precompute.rewards",
-            ));
-        }
-        let pairs = read_pairs(&pairs_in.path)?;
-        let n = pairs.ids.len();
-        if method.uses_labels() {
-            let unlabelled = pairs.label.iter().filter(|l| l.is_none()).count();
-            if unlabelled > 0 {
-                return Err(StageError::invalid(
-                    "pairs",
-                    format!(
-                        "{method} needs a preference label on every pair; {unlabelled} of {n} rows of {} have none",
-                        pairs_in.path.display()
-                    ),
-                ));
-            }
-        }
-        let rewards = rewards_in.map(|r| read_rewards(&r.path, &pairs)).transpose()?;
-        if let Some(r) = &rewards {
-            match method {
-                Method::DDpo | Method::DpDpo if r.members != 1 => {
-                    return Err(StageError::invalid(
-                        "rewards",
-                        format!(
-                            "{method} distils exactly one reward model, but the rewards table has {} members ({})",
-                            r.members,
-                            r.member_names.join(", ")
-                        ),
-                    ));
-                }
-                Method::EDpo if r.members == 0 => {
-                    return Err(StageError::invalid(
-                        "rewards",
-                        "e-dpo needs an ensemble of at least one reward model; the rewards table has 0 members",
-                    ));
-                }
-                _ => {}
-            }
-        }
-        let device = lm_io::tch_device(ctx);
-        tch::set_num_threads(ctx.threads().max(1) as i32);
-        rmdistill_ml::train::deterministic_cpu(p.seed, ctx.threads().max(1) as i32);
-        let codec = Codec::load(&ref_in.path, "reference")?.with_max_len(p.max_len);
-        let mut reference = LanguageModel::load(&ref_in.path, device)
-            .map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
-        codec.check_vocab(reference.net().vocab_size(), "reference")?;
-        reference.freeze();
-        let policy = reference.try_clone()?;
-        let samples = match (samples_in, method.pessimistic() && p.kl_source == KlSource::Pairs) {
-            (Some(s), false) => Some(read_ref_samples(&s.path, &codec)?),
-            _ => None,
-        };
-        // ---- tokenise once
-        let prompts: Vec<Vec<i64>> = pairs.prompt.iter().map(|s| codec.prompt(s)).collect::<StageResult<_>>()?;
-        let resp_a: Vec<Vec<i64>> = pairs.a.iter().map(|s| codec.response(s)).collect::<StageResult<_>>()?;
-        let resp_b: Vec<Vec<i64>> = pairs.b.iter().map(|s| codec.response(s)).collect::<StageResult<_>>()?;
-        // reference log-probs: precomputed (sum) or computed here
-        let (ref_a, ref_b, ref_source) = match (&rewards, p.reduction) {
-            (Some(r), Reduction::Sum) => (r.ref_a.clone(), r.ref_b.clone(), "rewards table"),
-            _ => {
-                let pr: Vec<&[i64]> = prompts.iter().map(|v| v.as_slice()).collect();
-                let ra: Vec<&[i64]> = resp_a.iter().map(|v| v.as_slice()).collect();
-                let rb: Vec<&[i64]> = resp_b.iter().map(|v| v.as_slice()).collect();
-                let bs = p.batch_size.max(32);
-                (
-                    lm_io::logprobs_nograd(&reference, &codec, &pr, &ra, p.reduction, bs)?,
-                    lm_io::logprobs_nograd(&reference, &codec, &pr, &rb, p.reduction, bs)?,
-                    "reference model",
-                )
-            }
-        };
-        let batch_size = p.batch_size.min(n);
-        let per_epoch = n.div_ceil(batch_size);
-        let total = p.steps.unwrap_or(per_epoch * p.epochs);
-        let gamma = p.gamma.unwrap_or(GammaSchedule::Constant(0.0));
-        let optim = OptimConfig {
-            lr: p.lr,
-            weight_decay: p.weight_decay,
-            warmup_steps: p.warmup_steps,
-            total_steps: total,
-            schedule: p.lr_schedule.unwrap_or(Schedule::Constant),
-            grad_clip: Some(p.grad_clip),
-            ..OptimConfig::default()
-        };
-        let mut trainer = Trainer::new(&policy.vs, optim)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x5eed_0001);
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        let kl_bs = p.kl_batch_size.unwrap_or(batch_size);
-        let mut member_chosen = vec![0u64; rewards.as_ref().map_or(0, |r| r.members)];
-        let mut member_best = vec![0u64; member_chosen.len()];
-        ctx.log(&format!(
-            "{method}: {n} pairs, {total} steps of {batch_size}, beta {}, tau {}, gamma {:?}, reference log-probs from the {ref_source}",
-            p.beta, p.tau, gamma
-        ));
-        let mut pos = n; // position in the current shuffled order; n forces a reshuffle
-        let mut first = true;
-        while !trainer.is_done() {
-            let step = trainer.step();
-            if pos >= n {
-                table::partial_shuffle(&mut rng, &mut order, n);
-                pos = 0;
-            }
-            let idx: Vec<usize> = order[pos..(pos + batch_size).min(n)].iter().map(|&i| i as usize).collect();
-            pos += batch_size;
-            let b = idx.len();
-            // (y_1, y_2) and whether y_1 is the chosen response
-            let label_orient: Vec<Option<bool>> = idx.iter().map(|&i| pairs.label[i].map(|l| l == 0)).collect();
-            // label methods train on (y_w, y_l): flip the pairs whose label prefers response_b
-            let flip: Vec<bool> = label_orient.iter().map(|o| method.uses_labels() && *o == Some(false)).collect();
-            let mut ps: Vec<&[i64]> = Vec::with_capacity(2 * b);
-            let mut rs: Vec<&[i64]> = Vec::with_capacity(2 * b);
-            let (mut r1, mut r2) = (Vec::with_capacity(b), Vec::with_capacity(b));
-            for (k, &i) in idx.iter().enumerate() {
-                ps.push(&prompts[i]);
-                rs.push(if flip[k] { &resp_b[i] } else { &resp_a[i] });
-                r1.push(if flip[k] { ref_b[i] } else { ref_a[i] });
-                r2.push(if flip[k] { ref_a[i] } else { ref_b[i] });
-            }
-            for (k, &i) in idx.iter().enumerate() {
-                ps.push(&prompts[i]);
-                rs.push(if flip[k] { &resp_a[i] } else { &resp_b[i] });
-            }
-            let batch = codec.batch(&ps, &rs, device)?;
-            // KL samples
-            let kl_rows: Vec<(Vec<i64>, Vec<i64>, f64)> =
-                match (&samples, method.pessimistic() && p.kl_source == KlSource::Pairs) {
-                    (_, true) => {
-                        let r = rewards.as_ref().unwrap();
-                        idx.iter()
-                            .flat_map(|&i| {
-                                [
-                                    (prompts[i].clone(), resp_a[i].clone(), r.ref_a[i]),
-                                    (prompts[i].clone(), resp_b[i].clone(), r.ref_b[i]),
-                                ]
-                            })
-                            .collect()
-                    }
-                    (Some(s), false) => (0..kl_bs)
-                        .map(|_| {
-                            let j = table::uniform_below(&mut rng, s.prompt.len() as u64) as usize;
-                            (s.prompt[j].clone(), s.response[j].clone(), s.ref_logp[j])
-                        })
-                        .collect(),
-                    (None, false) => vec![],
-                };
-            let kl_batch = if kl_rows.is_empty() {
-                None
-            } else {
-                let kp: Vec<&[i64]> = kl_rows.iter().map(|r| r.0.as_slice()).collect();
-                let kr: Vec<&[i64]> = kl_rows.iter().map(|r| r.1.as_slice()).collect();
-                Some((codec.batch(&kp, &kr, device)?, kl_rows.iter().map(|r| r.2).collect::<Vec<f64>>()))
-            };
-            let g = gamma.at(step, total);
-            let (loss, mut extra) = with_autocast(device, || -> StageResult<(Tensor, Vec<(String, f64)>)> {
-                let lp = sequence_logprobs(policy.net(), &batch, p.reduction);
-                let (pi_1, pi_2) = (lp.narrow(0, 0, b as i64), lp.narrow(0, b as i64, b as i64));
-                let (ref_1, ref_2) = (tensor(&r1, device), tensor(&r2, device));
-                if first && p.check_ref_logp && p.reduction == Reduction::Sum && ref_source == "rewards table" {
-                    let diff = scalar(&(&pi_1 - &ref_1).abs().max().maximum(&(&pi_2 - &ref_2).abs().max()));
-                    let tol = if device.is_cuda() { 0.5 } else { 1e-2 };
-                    if !(diff <= tol) {
-                        return Err(StageError::invalid(
-                            "rewards",
-                            format!(
-                                "the precomputed reference log-probs differ from the reference model's by up to {diff:.4} on the first batch \
-                                 (tolerance {tol}): precompute and policy disagree on the reference or on the prompt/response encoding \
-                                 (see stages/src/lm_io.rs); set check_ref_logp = false to train anyway"
-                            ),
-                        ));
-                    }
-                }
-                let rew = rewards.as_ref().filter(|_| method.uses_rewards()).map(|r| {
-                    let a: Vec<&Vec<f64>> = idx.iter().map(|&i| &r.r_a[i]).collect();
-                    let bb: Vec<&Vec<f64>> = idx.iter().map(|&i| &r.r_b[i]).collect();
-                    (tensor2(&a, device), tensor2(&bb, device))
-                });
-                let kl_t = kl_batch.as_ref().map(|(kb, refs)| {
-                    let lp = if method.pessimistic() {
-                        sequence_logprobs(policy.net(), kb, p.reduction)
-                    } else {
-                        tch::no_grad(|| sequence_logprobs(policy.net(), kb, p.reduction))
-                    };
-                    (lp, tensor(refs, device))
-                });
-                let terms = BatchTerms {
-                    pi_1: &pi_1,
-                    pi_2: &pi_2,
-                    ref_1: &ref_1,
-                    ref_2: &ref_2,
-                    rewards: rew.as_ref().map(|(a, b)| (a, b)),
-                    kl: kl_t.as_ref().map(|(a, b)| (a, b)),
-                };
-                let o = objective(method, &terms, Hyper { beta: p.beta, tau: p.tau, gamma: g })?;
-                let mut extra: Vec<(String, f64)> = vec![
-                    ("base_loss".into(), o.base_loss),
-                    ("gamma".into(), if method.pessimistic() { g } else { 0.0 }),
-                ];
-                if let Some(k) = o.kl_estimate {
-                    extra.push(("kl".into(), k));
-                }
-                // chosen/rejected metrics where labels exist (oriented by label for every method)
-                let lp1 = Vec::<f64>::try_from(pi_1.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))
-                    .map_err(anyhow::Error::from)?;
-                let lp2 = Vec::<f64>::try_from(pi_2.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))
-                    .map_err(anyhow::Error::from)?;
-                let (mut cw, mut cl, mut margin, mut acc, mut nl) = (0.0, 0.0, 0.0, 0.0, 0usize);
-                for k in 0..b {
-                    let Some(first_is_chosen) = (if method.uses_labels() { Some(true) } else { label_orient[k] })
-                    else {
-                        continue;
-                    };
-                    let (w, l, rw, rl) =
-                        if first_is_chosen { (lp1[k], lp2[k], r1[k], r2[k]) } else { (lp2[k], lp1[k], r2[k], r1[k]) };
-                    let m = p.beta * ((w - rw) - (l - rl));
-                    cw += w;
-                    cl += l;
-                    margin += m;
-                    acc += (m > 0.0) as u8 as f64;
-                    nl += 1;
-                }
-                if nl > 0 {
-                    let d = nl as f64;
-                    extra.extend([
-                        ("logp_chosen".into(), cw / d),
-                        ("logp_rejected".into(), cl / d),
-                        ("margin".into(), margin / d),
-                        ("accuracy".into(), acc / d),
-                    ]);
-                }
-                if let Some(e) = &o.ensemble {
-                    extra.push(("chosen_member".into(), e.chosen as f64));
-                    member_chosen[e.chosen] += 1;
-                    for (m, l) in e.member_losses.iter().enumerate() {
-                        extra.push((format!("member_loss_{m}"), *l));
-                        let share = e.best_per_example.iter().filter(|&&x| x == m).count();
-                        member_best[m] += share as u64;
-                        extra.push((format!("best_member_{m}"), share as f64 / b as f64));
-                    }
-                }
-                Ok((o.loss, extra))
-            })?;
-            first = false;
-            extra.sort_by(|a, b| a.0.cmp(&b.0));
-            let refs: Vec<(&str, f64)> = extra.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            trainer.backward(&loss, &refs).map_err(|e| StageError::failed(format!("{method} training: {e:#}")))?;
-            ctx.progress(trainer.step() as u64, total as u64);
-        }
-        // ---- outputs
-        let model_dir = ctx.output_path("model");
-        std::fs::create_dir_all(&model_dir)?;
-        policy.save(&model_dir, Some(&ref_in.path))?;
-        let rho = table::read_kv(&pairs_in.path)?
-            .into_iter()
-            .find(|(k, _)| k == "rmdistill.rho")
-            .and_then(|(_, v)| v.parse::<f64>().ok());
-        let info = json!({
-            "method": method.name(),
-            "beta": p.beta,
-            "tau": p.tau,
-            "gamma": if method.pessimistic() { json!(gamma) } else { Value::Null },
-            "kl_source": p.kl_source,
-            "reduction": p.reduction,
-            "steps": total,
-            "seed": p.seed,
-            "rho": rho,
-            "members": rewards.as_ref().map(|r| r.member_names.clone()),
-        });
-        std::fs::write(
-            model_dir.join(POLICY_INFO_FILE),
-            serde_json::to_string_pretty(&info).map_err(anyhow::Error::from)? + "\n",
-        )?;
-        let h = &trainer.history;
-        let last = h.last().unwrap();
-        let first_row = h.first().unwrap();
-        let get = |r: &rmdistill_ml::StepMetrics, k: &str| r.extra.get(k).copied();
-        let mut summary = json!({
-            "method": method.name(),
-            "beta": p.beta,
-            "tau": p.tau,
-            "gamma": if method.pessimistic() { json!(gamma) } else { Value::Null },
-            "pairs": n,
-            "steps": total,
-            "final_loss": last.loss,
-            "final_kl": get(last, "kl"),
-            "logp_chosen_start": get(first_row, "logp_chosen"),
-            "logp_chosen_end": get(last, "logp_chosen"),
-            "logp_rejected_start": get(first_row, "logp_rejected"),
-            "logp_rejected_end": get(last, "logp_rejected"),
-        });
-        if !member_chosen.is_empty() && method == Method::EDpo {
-            let names = &rewards.as_ref().unwrap().member_names;
-            let total_best: u64 = member_best.iter().sum();
-            summary["member_chosen_steps"] =
-                json!(names.iter().cloned().zip(member_chosen.iter().copied()).collect::<BTreeMap<String, u64>>());
-            summary["member_best_share"] = json!(
-                names
-                    .iter()
-                    .cloned()
-                    .zip(member_best.iter().map(|&c| c as f64 / total_best.max(1) as f64))
-                    .collect::<BTreeMap<String, f64>>()
-            );
-        }
-        write_metrics(&ctx.output_path("metrics"), h, &table::summary_kv("policy", &summary))?;
-        summary["seconds"] = json!(t0.elapsed().as_secs_f64());
-        ctx.log(&format!(
-            "{method}: {total} steps in {:.2} s, final loss {:.4}",
-            t0.elapsed().as_secs_f64(),
-            last.loss
-        ));
-        Ok(summary)
+    fn runs(&self) -> Runs {
+        Runs::Worker
     }
 }

@@ -1,6 +1,7 @@
 //! The port between a stage and whatever runs it: a stage reads input artifacts as local paths, writes its outputs
 //! under paths it is given, reports progress, and returns a small JSON summary. It never sees storage, cache keys or
-//! scheduling, so the same code runs under the local executor, `node run` on a cluster, or a unit test.
+//! scheduling, so the same code runs in the engine's process (pure stages), in a worker process per node (stages on
+//! libtorch, see [`Runs`] and [`crate::protocol`]), under `node run` on a cluster, or in a unit test.
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -75,7 +76,7 @@ impl From<parquet::errors::ParquetError> for StageError {
 pub type StageResult<T> = Result<T, StageError>;
 
 /// An input artifact as the stage sees it: a local, hash-verified path, and where it came from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct InputArtifact {
     pub path: PathBuf,
     /// Content hash of the artifact (BLAKE3 hex).
@@ -87,7 +88,8 @@ pub struct InputArtifact {
 }
 
 /// Which device a stage should compute on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Device {
     Cpu,
     Cuda(usize),
@@ -112,9 +114,11 @@ pub trait Ctx {
     fn threads(&self) -> usize;
 }
 
-/// A stage kind: a pure computation from input artifacts and parameters to output artifacts.
+/// A stage kind's declaration: its name, inputs, outputs and parameters, checked before any work, and where its
+/// computation runs. Declarations never link libtorch, so the engine knows every stage without loading it.
 pub trait Stage: Send + Sync {
-    /// Name used in manifests (`kind = "subsample"`).
+    /// Name used in manifests (`kind = "subsample"`); also the stem of the file that declares it
+    /// (`stages/src/<kind>.rs`) and, for a worker stage, of the file that computes it (`worker/src/<kind>.rs`).
     fn kind(&self) -> &'static str;
     fn doc(&self) -> &'static str;
     fn inputs(&self) -> &'static [InputSpec];
@@ -124,21 +128,28 @@ pub trait Stage: Send + Sync {
     fn path_params(&self) -> &'static [&'static str] {
         &[]
     }
-    /// Source files (under `stages/src/`) whose bytes define this stage's behaviour. Changing any of them changes
-    /// the stage's code identity; files of other stages do not.
-    fn code_files(&self) -> &'static [&'static str];
-    /// Bump to invalidate cached results when behaviour changes without a source change here (e.g. a new model).
-    fn version(&self) -> u32 {
-        1
-    }
     /// Checks parameters before any work starts (types, ranges, unknown keys).
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()>;
     /// Whether the stage wants a GPU slot when one exists.
     fn wants_gpu(&self) -> bool {
         false
     }
-    /// Runs the computation. Returns a small JSON summary (counts, metrics) kept in the cache entry.
-    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value>;
+    /// Where the computation runs.
+    fn runs(&self) -> Runs;
+}
+
+/// A stage's computation: reads its inputs, writes its outputs, and returns a small JSON summary (counts, metrics)
+/// kept in the cache entry.
+pub type RunFn = fn(&dyn Ctx) -> StageResult<Value>;
+
+/// Where a stage's computation runs.
+#[derive(Clone, Copy)]
+pub enum Runs {
+    /// Pure computation (no libtorch), in the engine's own process.
+    InProcess(RunFn),
+    /// Computation on libtorch, in one `rmdistill-worker` process per node (`worker/src/<kind>.rs`): a crash, its
+    /// thread count and its GPU memory stay with that node.
+    Worker,
 }
 
 /// Parses a stage's parameters into its typed struct; an error names the offending field path.
@@ -151,23 +162,28 @@ pub fn parse_params<T: DeserializeOwned>(params: &Map<String, Value>) -> StageRe
     })
 }
 
-include!(concat!(env!("OUT_DIR"), "/code_hashes.rs"));
-
-/// The code identity of a stage: BLAKE3 over its declared source files' hashes, its version and the artifact
-/// libraries' versions. Panics on a misdeclared file name, which is a bug caught by the registry test.
-pub fn code_identity(stage: &dyn Stage) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(format!("stage={};version={};libs={}\n", stage.kind(), stage.version(), ARTIFACT_LIBS).as_bytes());
-    let mut files: Vec<&str> = stage.code_files().to_vec();
-    files.push("port.rs");
-    files.sort();
-    files.dedup();
-    for f in files {
-        let (_, hash) = SOURCE_FILES
-            .iter()
-            .find(|(p, _)| *p == f)
-            .unwrap_or_else(|| panic!("stage {} declares unknown source file {f}", stage.kind()));
-        h.update(format!("{f}={hash}\n").as_bytes());
-    }
-    h.finalize().to_hex()[..32].to_string()
+mod derived {
+    include!(concat!(env!("OUT_DIR"), "/code_identity.rs"));
 }
+
+/// The code identity of a stage kind (32 hex digits), derived at build time by [`crate::code_identity`] from every
+/// source file its computation can reach and the versions of the libraries that shape its outputs. Panics for a kind
+/// without a declaration file of its name, which the registry test rules out.
+pub fn code_identity(stage: &dyn Stage) -> &'static str {
+    stage_code(stage.kind())
+        .unwrap_or_else(|| panic!("stage kind {} has no stages/src/{}.rs", stage.kind(), stage.kind()))
+        .0
+}
+
+/// A stage kind's code identity and the workspace-relative source files it covers, as compiled in.
+pub fn stage_code(kind: &str) -> Option<(&'static str, &'static [&'static str])> {
+    derived::STAGE_CODE.iter().find(|(k, ..)| *k == kind).map(|(_, id, files)| (*id, *files))
+}
+
+/// The stage kinds whose declaration files the build found (`stages/src/<kind>.rs` implementing `Stage`).
+pub fn derived_kinds() -> Vec<&'static str> {
+    derived::STAGE_CODE.iter().map(|(k, ..)| *k).collect()
+}
+
+/// The library versions the identities cover (`name=version;…`).
+pub const LIBRARY_VERSIONS: &str = derived::LIBS;

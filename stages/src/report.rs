@@ -17,8 +17,9 @@
 //! Text in the PNGs uses DejaVu Sans embedded from the `dejavu` crate: no system fonts are needed.
 
 use crate::data_io;
+use crate::evaluation::{EvalRow, read_eval};
 use crate::port::*;
-use crate::select::rho_key;
+use crate::selection::rho_key;
 use crate::stats::{self, Estimate};
 use crate::table;
 use plotters::prelude::*;
@@ -54,22 +55,6 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     Ok(p)
 }
 
-/// One evaluation summary with where it came from.
-#[derive(Debug, Clone)]
-pub struct EvalRow {
-    pub label: String,
-    pub method: String,
-    pub rho: Option<f64>,
-    pub seed: Option<i64>,
-    pub advantage: Estimate,
-    pub win_rate: f64,
-    pub mean_len: f64,
-    pub ref_mean_len: f64,
-    pub kl: f64,
-    pub beta: Option<f64>,
-    pub tau: Option<f64>,
-}
-
 /// Aggregate over seeds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Cell {
@@ -81,60 +66,6 @@ pub struct Cell {
     pub mean_len: f64,
     pub ref_mean_len: f64,
     pub kl: f64,
-}
-
-fn coord_str(c: &BTreeMap<String, Value>, k: &str) -> Option<String> {
-    c.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
-}
-
-fn opt_f64(t: &arrow::array::RecordBatch, col: &str) -> Option<f64> {
-    use arrow::array::{Array, AsArray};
-    let a = t.column_by_name(col)?;
-    let a = arrow::compute::cast(a, &arrow::datatypes::DataType::Float64).ok()?;
-    let a = a.as_primitive::<arrow::datatypes::Float64Type>();
-    (a.len() > 0 && a.is_valid(0)).then(|| a.value(0))
-}
-fn opt_str(t: &arrow::array::RecordBatch, col: &str) -> Option<String> {
-    use arrow::array::{Array, AsArray};
-    let a = t.column_by_name(col)?;
-    let a = a.as_string_opt::<i32>()?;
-    (a.len() > 0 && a.is_valid(0)).then(|| a.value(0).to_string())
-}
-
-/// Reads one evaluate summary (first row) with its node coordinates.
-pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
-    let t = table::read_table(&a.path, None)?;
-    if t.num_rows() != 1 {
-        return Err(StageError::invalid(
-            "evals",
-            format!("{} ({}): a summary has one row, found {}", a.node, a.path.display(), t.num_rows()),
-        ));
-    }
-    let need = |c: &str| {
-        opt_f64(&t, c)
-            .ok_or_else(|| StageError::invalid("evals", format!("{} ({}): missing `{c}`", a.node, a.path.display())))
-    };
-    let method = coord_str(&a.coords, "method").or_else(|| opt_str(&t, "method")).unwrap_or_else(|| a.node.clone());
-    let se = need("se")?;
-    Ok(EvalRow {
-        label: method.clone(),
-        method,
-        rho: data_io::coord_f64(&a.coords, "rho").or_else(|| opt_f64(&t, "rho")),
-        seed: data_io::coord_f64(&a.coords, "seed").map(|s| s as i64),
-        advantage: Estimate {
-            mean: need("advantage")?,
-            se,
-            n: need("n_prompts")? as usize,
-            ci_low: need("ci_low")?,
-            ci_high: need("ci_high")?,
-        },
-        win_rate: need("win_rate")?,
-        mean_len: need("mean_len")?,
-        ref_mean_len: need("ref_mean_len")?,
-        kl: need("kl")?,
-        beta: data_io::coord_f64(&a.coords, "beta").or_else(|| opt_f64(&t, "beta")),
-        tau: data_io::coord_f64(&a.coords, "tau").or_else(|| opt_f64(&t, "tau")),
-    })
 }
 
 /// Distinguishes a method's β/τ values in labels when several were evaluated for the same ρ and seed (a sweep
@@ -167,8 +98,8 @@ fn label_rows(rows: &mut [EvalRow]) {
 
 /// Whether a training run used the value the selection chose for its method and ρ (true when nothing was chosen
 /// for it).
-fn is_chosen(chosen: &[crate::select::Choice], t: &Trajectory) -> bool {
-    crate::select::choice_for(chosen, &t.method, t.rho)
+fn is_chosen(chosen: &[crate::selection::Choice], t: &Trajectory) -> bool {
+    crate::selection::choice_for(chosen, &t.method, t.rho)
         .is_none_or(|c| c.is_value(if c.param == "tau" { t.tau } else { t.beta }))
 }
 
@@ -218,7 +149,7 @@ pub struct Trajectory {
 fn read_metrics(a: &InputArtifact) -> StageResult<Trajectory> {
     let t = table::read_table(&a.path, None)?;
     let kv = table::read_kv(&a.path)?;
-    let method = coord_str(&a.coords, "method")
+    let method = data_io::coord_str(&a.coords, "method")
         .or_else(|| kv.iter().find(|(k, _)| k == "rmdistill.method").map(|(_, v)| v.trim_matches('"').to_string()))
         .unwrap_or_else(|| a.node.clone());
     let kl = data_io::opt_f64s(&t, "kl");
@@ -528,220 +459,219 @@ impl Stage for Report {
     fn outputs(&self) -> &'static [OutputSpec] {
         &[OutputSpec { name: "report", kind: ArtifactKind::Dir, doc: "report.md, results.json and PNG figures" }]
     }
-    fn code_files(&self) -> &'static [&'static str] {
-        &["report.rs", "select.rs", "data_io.rs", "stats.rs", "losses.rs", "table.rs"]
-    }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
     }
-    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
-        let p = parse(ctx.params())?;
-        register_font();
-        let evals = ctx.inputs("evals");
-        if evals.is_empty() {
-            return Err(StageError::invalid("evals", "no evaluation summaries are bound to `evals`"));
-        }
-        let mut rows: Vec<EvalRow> = evals.iter().map(read_eval).collect::<StageResult<_>>()?;
-        label_rows(&mut rows);
-        let mut trajs: Vec<Trajectory> = ctx.inputs("metrics").iter().map(read_metrics).collect::<StageResult<_>>()?;
-        let mut chosen: Vec<crate::select::Choice> = vec![];
-        for a in ctx.inputs("selection") {
-            chosen.extend(crate::select::read_selection(&a.path)?);
-        }
-        trajs.retain(|t| is_chosen(&chosen, t));
-        let cells = aggregate(&rows);
-        // method order: as METHOD.md lists them, then any others
-        let mut labels: Vec<String> =
-            cells.iter().map(|c| c.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-        let order = |l: &String| {
-            crate::losses::Method::ALL.iter().position(|m| l.split(' ').next() == Some(m.name())).unwrap_or(99)
-        };
-        labels.sort_by_key(|l| (order(l), l.clone()));
-        let rhos: Vec<Option<f64>> = {
-            let mut v: Vec<Option<f64>> = cells.iter().map(|c| c.rho).collect();
-            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            v.dedup_by(|a, b| rho_key(*a) == rho_key(*b));
-            v
-        };
-        let out = ctx.output_path("report");
-        std::fs::create_dir_all(&out)?;
-        plot_advantage(&out.join("advantage_vs_rho.png"), &cells, &labels)?;
-        let traj_methods: Vec<String> = {
-            let mut m: Vec<String> =
-                trajs.iter().map(|t| t.method.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-            m.sort_by_key(|l| (order(l), l.clone()));
-            m
-        };
-        let traj_rho = trajs.iter().map(|t| t.rho).min_by(|a, b| a.partial_cmp(b).unwrap()).flatten();
-        let has_traj = plot_trajectories(&out.join("logp_trajectories.png"), &trajs, traj_rho, &traj_methods)?;
-        let usage = member_usage(&trajs);
-        let has_members = plot_members(&out.join("member_usage.png"), &usage)?;
-        // ---- report.md
-        let mut md = String::new();
-        let seeds = rows.iter().filter_map(|r| r.seed).collect::<BTreeSet<_>>().len().max(1);
-        let _ = writeln!(md, "# {}\n", p.title);
-        let _ = writeln!(
-            md,
-            "{} evaluations: {} method configurations × {} values of ρ × {} seed(s). Advantage = mean oracle reward of the policy \
-             minus that of π_ref on held-out prompts (paired by prompt); ± is the half-width of the 95% interval (across seeds when \
-             there are ≥ 2, else the run's own paired interval).\n",
-            rows.len(),
-            labels.len(),
-            rhos.len(),
-            seeds
-        );
-        let _ = writeln!(md, "## Advantage over π_ref\n");
-        let _ = write!(md, "| ρ |");
+    fn runs(&self) -> Runs {
+        Runs::InProcess(run)
+    }
+}
+
+pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
+    let p = parse(ctx.params())?;
+    register_font();
+    let evals = ctx.inputs("evals");
+    if evals.is_empty() {
+        return Err(StageError::invalid("evals", "no evaluation summaries are bound to `evals`"));
+    }
+    let mut rows: Vec<EvalRow> = evals.iter().map(read_eval).collect::<StageResult<_>>()?;
+    label_rows(&mut rows);
+    let mut trajs: Vec<Trajectory> = ctx.inputs("metrics").iter().map(read_metrics).collect::<StageResult<_>>()?;
+    let mut chosen: Vec<crate::selection::Choice> = vec![];
+    for a in ctx.inputs("selection") {
+        chosen.extend(crate::selection::read_selection(&a.path)?);
+    }
+    trajs.retain(|t| is_chosen(&chosen, t));
+    let cells = aggregate(&rows);
+    // method order: as METHOD.md lists them, then any others
+    let mut labels: Vec<String> = cells.iter().map(|c| c.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let order = |l: &String| {
+        crate::method::Method::ALL.iter().position(|m| l.split(' ').next() == Some(m.name())).unwrap_or(99)
+    };
+    labels.sort_by_key(|l| (order(l), l.clone()));
+    let rhos: Vec<Option<f64>> = {
+        let mut v: Vec<Option<f64>> = cells.iter().map(|c| c.rho).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.dedup_by(|a, b| rho_key(*a) == rho_key(*b));
+        v
+    };
+    let out = ctx.output_path("report");
+    std::fs::create_dir_all(&out)?;
+    plot_advantage(&out.join("advantage_vs_rho.png"), &cells, &labels)?;
+    let traj_methods: Vec<String> = {
+        let mut m: Vec<String> = trajs.iter().map(|t| t.method.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        m.sort_by_key(|l| (order(l), l.clone()));
+        m
+    };
+    let traj_rho = trajs.iter().map(|t| t.rho).min_by(|a, b| a.partial_cmp(b).unwrap()).flatten();
+    let has_traj = plot_trajectories(&out.join("logp_trajectories.png"), &trajs, traj_rho, &traj_methods)?;
+    let usage = member_usage(&trajs);
+    let has_members = plot_members(&out.join("member_usage.png"), &usage)?;
+    // ---- report.md
+    let mut md = String::new();
+    let seeds = rows.iter().filter_map(|r| r.seed).collect::<BTreeSet<_>>().len().max(1);
+    let _ = writeln!(md, "# {}\n", p.title);
+    let _ = writeln!(
+        md,
+        "{} evaluations: {} method configurations × {} values of ρ × {} seed(s). Advantage = mean oracle reward of the policy \
+         minus that of π_ref on held-out prompts (paired by prompt); ± is the half-width of the 95% interval (across seeds when \
+         there are ≥ 2, else the run's own paired interval).\n",
+        rows.len(),
+        labels.len(),
+        rhos.len(),
+        seeds
+    );
+    let _ = writeln!(md, "## Advantage over π_ref\n");
+    let _ = write!(md, "| ρ |");
+    for l in &labels {
+        let _ = write!(md, " {l} |");
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in &labels {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    let best = best_per_rho(&cells);
+    for r in &rhos {
+        let _ = write!(md, "| {} |", fmt_rho(*r));
+        let best_label = best.iter().find(|b| rho_key(b.0) == rho_key(*r)).map(|b| b.1.clone());
         for l in &labels {
-            let _ = write!(md, " {l} |");
-        }
-        let _ = write!(md, "\n|---|");
-        for _ in &labels {
-            let _ = write!(md, "---|");
-        }
-        md.push('\n');
-        let best = best_per_rho(&cells);
-        for r in &rhos {
-            let _ = write!(md, "| {} |", fmt_rho(*r));
-            let best_label = best.iter().find(|b| rho_key(b.0) == rho_key(*r)).map(|b| b.1.clone());
-            for l in &labels {
-                match cells.iter().find(|c| &c.label == l && rho_key(c.rho) == rho_key(*r)) {
-                    Some(c) => {
-                        let h = (c.advantage.ci_high - c.advantage.ci_low) / 2.0;
-                        let s = format!("{:+.4} ± {:.4}", c.advantage.mean, h);
-                        if best_label.as_ref() == Some(l) {
-                            let _ = write!(md, " **{s}** |");
-                        } else {
-                            let _ = write!(md, " {s} |");
-                        }
+            match cells.iter().find(|c| &c.label == l && rho_key(c.rho) == rho_key(*r)) {
+                Some(c) => {
+                    let h = (c.advantage.ci_high - c.advantage.ci_low) / 2.0;
+                    let s = format!("{:+.4} ± {:.4}", c.advantage.mean, h);
+                    if best_label.as_ref() == Some(l) {
+                        let _ = write!(md, " **{s}** |");
+                    } else {
+                        let _ = write!(md, " {s} |");
                     }
-                    None => {
-                        let _ = write!(md, " – |");
-                    }
-                }
-            }
-            md.push('\n');
-        }
-        let _ = writeln!(md, "\n![advantage vs rho](advantage_vs_rho.png)\n");
-        let _ = writeln!(md, "## Best method per ρ\n");
-        let _ = writeln!(
-            md,
-            "| ρ | best | runner-up | difference | Wald z | p | significant (p < {}) |\n|---|---|---|---|---|---|---|",
-            p.alpha
-        );
-        let mut best_json = vec![];
-        for (rho, label, second) in &best {
-            match second {
-                Some((l2, t)) => {
-                    let _ = writeln!(
-                        md,
-                        "| {} | {label} | {l2} | {:+.4} | {:.2} | {:.3} | {} |",
-                        fmt_rho(*rho),
-                        t.diff,
-                        t.stat,
-                        t.p_value,
-                        if t.p_value < p.alpha { "yes" } else { "no" }
-                    );
-                    best_json.push(json!({"rho": rho, "best": label, "runner_up": l2, "test": t, "significant": t.p_value < p.alpha}));
                 }
                 None => {
-                    let _ = writeln!(md, "| {} | {label} | – | | | | |", fmt_rho(*rho));
-                    best_json.push(json!({"rho": rho, "best": label}));
+                    let _ = write!(md, " – |");
                 }
             }
         }
-        let _ = writeln!(md, "\n## Win rate, length and KL\n");
-        let _ = writeln!(
-            md,
-            "| method | ρ | seeds | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n|---|---|---|---|---|---|---|"
-        );
-        for l in &labels {
-            for r in &rhos {
-                if let Some(c) = cells.iter().find(|c| &c.label == l && rho_key(c.rho) == rho_key(*r)) {
-                    let _ = writeln!(
-                        md,
-                        "| {l} | {} | {} | {:.3} | {:.1} | {:.1} | {:.3} |",
-                        fmt_rho(*r),
-                        c.seeds,
-                        c.win_rate,
-                        c.mean_len,
-                        c.ref_mean_len,
-                        c.kl
-                    );
-                }
-            }
-        }
-        if has_traj {
-            let _ = writeln!(
-                md,
-                "\n## Likelihood of the training responses (Fig. B.1)\n\nMean log π_θ of the chosen (y_w) and rejected (y_l) responses \
-                 of each training mini-batch, at ρ = {}, averaged over seeds (each point is one mini-batch, so the curves are \
-                 noisy). The paper reports that DPO pushes both down (likelihood collapse) while distillation and pessimism keep \
-                 them near π_ref: compare with the curves measured here.\n\n![log-prob trajectories](logp_trajectories.png)\n",
-                fmt_rho(traj_rho)
-            );
-        }
-        if has_members {
-            let _ = writeln!(
-                md,
-                "\n## e-DPO ensemble-member usage (Fig. B.3)\n\n| ρ | share of steps per member |\n|---|---|"
-            );
-            for (rho, u) in usage.values() {
-                let s: Vec<String> = u.iter().enumerate().map(|(m, v)| format!("m{m}: {v:.2}")).collect();
-                let _ = writeln!(md, "| {} | {} |", fmt_rho(*rho), s.join(", "));
-            }
-            let _ = writeln!(md, "\n![member usage](member_usage.png)\n");
-        }
-        if !chosen.is_empty() {
-            let _ = writeln!(
-                md,
-                "\n## β/τ chosen by validation\n\nPer method and ρ, the value with the highest mean oracle advantage over π_ref on the \
-                 validation prompts (mean over seeds); the tables above evaluate that policy on the test prompts.\n\n\
-                 | method | ρ | parameter | chosen | validation advantage | candidates |\n|---|---|---|---|---|---|"
-            );
-            for c in &chosen {
+        md.push('\n');
+    }
+    let _ = writeln!(md, "\n![advantage vs rho](advantage_vs_rho.png)\n");
+    let _ = writeln!(md, "## Best method per ρ\n");
+    let _ = writeln!(
+        md,
+        "| ρ | best | runner-up | difference | Wald z | p | significant (p < {}) |\n|---|---|---|---|---|---|---|",
+        p.alpha
+    );
+    let mut best_json = vec![];
+    for (rho, label, second) in &best {
+        match second {
+            Some((l2, t)) => {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {:+.4} | {} |",
-                    c.method,
-                    fmt_rho(c.rho),
-                    c.param,
-                    c.value,
-                    c.advantage,
-                    c.candidates
+                    "| {} | {label} | {l2} | {:+.4} | {:.2} | {:.3} | {} |",
+                    fmt_rho(*rho),
+                    t.diff,
+                    t.stat,
+                    t.p_value,
+                    if t.p_value < p.alpha { "yes" } else { "no" }
+                );
+                best_json.push(
+                    json!({"rho": rho, "best": label, "runner_up": l2, "test": t, "significant": t.p_value < p.alpha}),
+                );
+            }
+            None => {
+                let _ = writeln!(md, "| {} | {label} | – | | | | |", fmt_rho(*rho));
+                best_json.push(json!({"rho": rho, "best": label}));
+            }
+        }
+    }
+    let _ = writeln!(md, "\n## Win rate, length and KL\n");
+    let _ = writeln!(
+        md,
+        "| method | ρ | seeds | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n|---|---|---|---|---|---|---|"
+    );
+    for l in &labels {
+        for r in &rhos {
+            if let Some(c) = cells.iter().find(|c| &c.label == l && rho_key(c.rho) == rho_key(*r)) {
+                let _ = writeln!(
+                    md,
+                    "| {l} | {} | {} | {:.3} | {:.1} | {:.1} | {:.3} |",
+                    fmt_rho(*r),
+                    c.seeds,
+                    c.win_rate,
+                    c.mean_len,
+                    c.ref_mean_len,
+                    c.kl
                 );
             }
         }
-        let rm = ctx.inputs("rm_metrics");
-        if !rm.is_empty() {
-            let _ = writeln!(md, "\n## Reward models\n\n| node | metrics |\n|---|---|");
-            for a in rm {
-                let kv = if a.path.is_file() { table::read_kv(&a.path).unwrap_or_default() } else { vec![] };
-                let s: Vec<String> = kv
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("rmdistill.") && k != "rmdistill.stage")
-                    .map(|(k, v)| format!("{}={}", k.trim_start_matches("rmdistill."), v))
-                    .collect();
-                let _ = writeln!(md, "| {} | {} |", a.node, s.join(", "));
-            }
-        }
-        std::fs::write(out.join("report.md"), &md)?;
-        let results = json!({
-            "cells": cells,
-            "best": best_json,
-            "member_usage": usage.values().map(|(r, u)| json!({"rho": r, "share": u})).collect::<Vec<_>>(),
-            "training": trajs.iter().map(|t| json!({"method": t.method, "rho": t.rho, "final_kl": t.final_kl})).collect::<Vec<_>>(),
-        });
-        std::fs::write(
-            out.join("results.json"),
-            serde_json::to_string_pretty(&results).map_err(anyhow::Error::from)? + "\n",
-        )?;
-        ctx.log(&format!(
-            "report: {} evaluations, {} cells, figures written to {}",
-            rows.len(),
-            cells.len(),
-            out.display()
-        ));
-        Ok(json!({"evaluations": rows.len(), "cells": cells.len(), "best": best_json}))
     }
+    if has_traj {
+        let _ = writeln!(
+            md,
+            "\n## Likelihood of the training responses (Fig. B.1)\n\nMean log π_θ of the chosen (y_w) and rejected (y_l) responses \
+             of each training mini-batch, at ρ = {}, averaged over seeds (each point is one mini-batch, so the curves are \
+             noisy). The paper reports that DPO pushes both down (likelihood collapse) while distillation and pessimism keep \
+             them near π_ref: compare with the curves measured here.\n\n![log-prob trajectories](logp_trajectories.png)\n",
+            fmt_rho(traj_rho)
+        );
+    }
+    if has_members {
+        let _ =
+            writeln!(md, "\n## e-DPO ensemble-member usage (Fig. B.3)\n\n| ρ | share of steps per member |\n|---|---|");
+        for (rho, u) in usage.values() {
+            let s: Vec<String> = u.iter().enumerate().map(|(m, v)| format!("m{m}: {v:.2}")).collect();
+            let _ = writeln!(md, "| {} | {} |", fmt_rho(*rho), s.join(", "));
+        }
+        let _ = writeln!(md, "\n![member usage](member_usage.png)\n");
+    }
+    if !chosen.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## β/τ chosen by validation\n\nPer method and ρ, the value with the highest mean oracle advantage over π_ref on the \
+             validation prompts (mean over seeds); the tables above evaluate that policy on the test prompts.\n\n\
+             | method | ρ | parameter | chosen | validation advantage | candidates |\n|---|---|---|---|---|---|"
+        );
+        for c in &chosen {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:+.4} | {} |",
+                c.method,
+                fmt_rho(c.rho),
+                c.param,
+                c.value,
+                c.advantage,
+                c.candidates
+            );
+        }
+    }
+    let rm = ctx.inputs("rm_metrics");
+    if !rm.is_empty() {
+        let _ = writeln!(md, "\n## Reward models\n\n| node | metrics |\n|---|---|");
+        for a in rm {
+            let kv = if a.path.is_file() { table::read_kv(&a.path).unwrap_or_default() } else { vec![] };
+            let s: Vec<String> = kv
+                .iter()
+                .filter(|(k, _)| k.starts_with("rmdistill.") && k != "rmdistill.stage")
+                .map(|(k, v)| format!("{}={}", k.trim_start_matches("rmdistill."), v))
+                .collect();
+            let _ = writeln!(md, "| {} | {} |", a.node, s.join(", "));
+        }
+    }
+    std::fs::write(out.join("report.md"), &md)?;
+    let results = json!({
+        "cells": cells,
+        "best": best_json,
+        "member_usage": usage.values().map(|(r, u)| json!({"rho": r, "share": u})).collect::<Vec<_>>(),
+        "training": trajs.iter().map(|t| json!({"method": t.method, "rho": t.rho, "final_kl": t.final_kl})).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results).map_err(anyhow::Error::from)? + "\n",
+    )?;
+    ctx.log(&format!(
+        "report: {} evaluations, {} cells, figures written to {}",
+        rows.len(),
+        cells.len(),
+        out.display()
+    ));
+    Ok(json!({"evaluations": rows.len(), "cells": cells.len(), "best": best_json}))
 }

@@ -6,8 +6,9 @@
 //! (ties: the smaller value). Output `selection` (Parquet): method, rho, param ("beta" | "tau"), value, advantage
 //! (mean over seeds), seeds, candidates.
 
+use crate::evaluation::read_eval;
 use crate::port::*;
-use crate::report::read_eval;
+use crate::selection::{Choice, rho_key};
 use crate::table;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -28,40 +29,13 @@ fn d_tau_methods() -> Vec<String> {
     vec!["ipo".into()]
 }
 
-/// One chosen hyper-parameter.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Choice {
-    pub method: String,
-    pub rho: Option<f64>,
-    pub param: String,
-    pub value: f64,
-    pub advantage: f64,
-    pub seeds: usize,
-    pub candidates: usize,
-}
-
-/// ρ as a grouping key (values equal to 6 decimals are one ρ; none is its own key).
-pub fn rho_key(rho: Option<f64>) -> i64 {
-    rho.map_or(i64::MIN, |r| (r * 1e6).round() as i64)
-}
-
-impl Choice {
-    /// Whether a run trained with `value` of this choice's parameter used the chosen value.
-    pub fn is_value(&self, value: Option<f64>) -> bool {
-        value.is_some_and(|v| (v - self.value).abs() <= 1e-9 * v.abs().max(self.value.abs()).max(1.0))
-    }
-}
-
-/// The choice made for `method` at `rho` (a choice made without ρ covers every ρ); ρ values match as [`choose`]
-/// groups them.
-pub fn choice_for<'a>(chosen: &'a [Choice], method: &str, rho: Option<f64>) -> Option<&'a Choice> {
-    chosen.iter().find(|c| c.method == method && (c.rho.is_none() || rho_key(c.rho) == rho_key(rho)))
-}
+/// One (method, ρ) group of [`choose`]: ρ, the parameter's name, value bits → (value, advantages over seeds).
+type Group = (Option<f64>, String, BTreeMap<i64, (f64, Vec<f64>)>);
 
 /// (method, ρ, param, value, advantage) rows → the best value per (method, ρ).
 pub fn choose(rows: &[(String, Option<f64>, String, f64, f64)]) -> Vec<Choice> {
     // (method, rho key) → value bits → advantages
-    let mut g: BTreeMap<(String, i64), (Option<f64>, String, BTreeMap<i64, (f64, Vec<f64>)>)> = BTreeMap::new();
+    let mut g: BTreeMap<(String, i64), Group> = BTreeMap::new();
     for (m, rho, param, v, adv) in rows {
         let key = (m.clone(), rho_key(*rho));
         let e = g.entry(key).or_insert((*rho, param.clone(), BTreeMap::new()));
@@ -79,35 +53,6 @@ pub fn choose(rows: &[(String, Option<f64>, String, f64, f64)]) -> Vec<Choice> {
             }
             let (value, advantage, seeds) = best.unwrap();
             Choice { method, rho, param, value, advantage, seeds, candidates }
-        })
-        .collect()
-}
-
-/// Reads a `selection` table back (what `evaluate` uses to pick the chosen candidate policy).
-pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
-    let t = table::read_table(path, None)?;
-    let methods = crate::data_io::strings(&t, "method", path, true)?;
-    let params = crate::data_io::strings(&t, "param", path, true)?;
-    let f = |c: &str| -> StageResult<Vec<Option<f64>>> {
-        if t.column_by_name(c).is_none() {
-            return Err(StageError::invalid("selection", format!("{}: missing column `{c}`", path.display())));
-        }
-        Ok(crate::data_io::opt_f64s(&t, c))
-    };
-    let (rho, value, adv, seeds, cands) = (f("rho")?, f("value")?, f("advantage")?, f("seeds")?, f("candidates")?);
-    (0..t.num_rows())
-        .map(|i| {
-            Ok(Choice {
-                method: methods[i].clone(),
-                rho: rho[i],
-                param: params[i].clone(),
-                value: value[i].ok_or_else(|| {
-                    StageError::invalid("selection", format!("{}: row {i}: null `value`", path.display()))
-                })?,
-                advantage: adv[i].unwrap_or(f64::NAN),
-                seeds: seeds[i].unwrap_or(0.0) as usize,
-                candidates: cands[i].unwrap_or(0.0) as usize,
-            })
         })
         .collect()
 }
@@ -130,59 +75,60 @@ impl Stage for Select {
     fn outputs(&self) -> &'static [OutputSpec] {
         &[OutputSpec { name: "selection", kind: ArtifactKind::File, doc: "chosen value per method and rho (Parquet)" }]
     }
-    fn code_files(&self) -> &'static [&'static str] {
-        &["select.rs", "report.rs", "data_io.rs", "stats.rs", "table.rs"]
-    }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse_params::<Params>(params).map(|_| ())
     }
-    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
-        let p: Params = parse_params(ctx.params())?;
-        let evals = ctx.inputs("evals");
-        if evals.is_empty() {
-            return Err(StageError::invalid("evals", "no evaluation summaries are bound to `evals`"));
-        }
-        let mut rows = vec![];
-        for a in evals {
-            let r = read_eval(a)?;
-            let param = if p.tau_methods.contains(&r.method) { "tau" } else { "beta" };
-            let v = if param == "tau" { r.tau } else { r.beta };
-            let v = v.ok_or_else(|| {
-                StageError::invalid(
-                    "evals",
-                    format!("{}: no `{param}` in its coordinates or summary: nothing to select over", a.node),
-                )
-            })?;
-            rows.push((r.method, r.rho, param.to_string(), v, r.advantage.mean));
-        }
-        let chosen = choose(&rows);
-        let schema = Schema::new(vec![
-            Field::new("method", DataType::Utf8, false),
-            Field::new("rho", DataType::Float64, true),
-            Field::new("param", DataType::Utf8, false),
-            Field::new("value", DataType::Float64, false),
-            Field::new("advantage", DataType::Float64, false),
-            Field::new("seeds", DataType::UInt32, false),
-            Field::new("candidates", DataType::UInt32, false),
-        ]);
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(chosen.iter().map(|c| c.method.clone()).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(chosen.iter().map(|c| c.rho).collect::<Vec<_>>())),
-            Arc::new(StringArray::from(chosen.iter().map(|c| c.param.clone()).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(chosen.iter().map(|c| c.value).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(chosen.iter().map(|c| c.advantage).collect::<Vec<_>>())),
-            Arc::new(UInt32Array::from(chosen.iter().map(|c| c.seeds as u32).collect::<Vec<_>>())),
-            Arc::new(UInt32Array::from(chosen.iter().map(|c| c.candidates as u32).collect::<Vec<_>>())),
-        ];
-        let batch = RecordBatch::try_new(Arc::new(schema), cols)?;
-        let summary = json!({ "chosen": chosen });
-        table::write_table(
-            &ctx.output_path("selection"),
-            &batch,
-            &table::summary_kv("select", &json!({"choices": chosen.len()})),
-        )?;
-        Ok(summary)
+    fn runs(&self) -> Runs {
+        Runs::InProcess(run)
     }
+}
+
+pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
+    let p: Params = parse_params(ctx.params())?;
+    let evals = ctx.inputs("evals");
+    if evals.is_empty() {
+        return Err(StageError::invalid("evals", "no evaluation summaries are bound to `evals`"));
+    }
+    let mut rows = vec![];
+    for a in evals {
+        let r = read_eval(a)?;
+        let param = if p.tau_methods.contains(&r.method) { "tau" } else { "beta" };
+        let v = if param == "tau" { r.tau } else { r.beta };
+        let v = v.ok_or_else(|| {
+            StageError::invalid(
+                "evals",
+                format!("{}: no `{param}` in its coordinates or summary: nothing to select over", a.node),
+            )
+        })?;
+        rows.push((r.method, r.rho, param.to_string(), v, r.advantage.mean));
+    }
+    let chosen = choose(&rows);
+    let schema = Schema::new(vec![
+        Field::new("method", DataType::Utf8, false),
+        Field::new("rho", DataType::Float64, true),
+        Field::new("param", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("advantage", DataType::Float64, false),
+        Field::new("seeds", DataType::UInt32, false),
+        Field::new("candidates", DataType::UInt32, false),
+    ]);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(chosen.iter().map(|c| c.method.clone()).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from(chosen.iter().map(|c| c.rho).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(chosen.iter().map(|c| c.param.clone()).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from(chosen.iter().map(|c| c.value).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from(chosen.iter().map(|c| c.advantage).collect::<Vec<_>>())),
+        Arc::new(UInt32Array::from(chosen.iter().map(|c| c.seeds as u32).collect::<Vec<_>>())),
+        Arc::new(UInt32Array::from(chosen.iter().map(|c| c.candidates as u32).collect::<Vec<_>>())),
+    ];
+    let batch = RecordBatch::try_new(Arc::new(schema), cols)?;
+    let summary = json!({ "chosen": chosen });
+    table::write_table(
+        &ctx.output_path("selection"),
+        &batch,
+        &table::summary_kv("select", &json!({"choices": chosen.len()})),
+    )?;
+    Ok(summary)
 }
 
 #[cfg(test)]

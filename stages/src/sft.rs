@@ -8,27 +8,16 @@
 //! (`tokenizer_kind` = `word_level` | `byte_bpe`, `tokenizer_vocab`).
 //!
 //! The loss is the mean negative log-likelihood per response token under the encoding convention of
-//! [`crate::data_io`] (`[BOS] prompt` → `response [EOS]`; prompt tokens are not scored). AdamW with warm-up and
+//! the worker's `data_io` (`[BOS] prompt` → `response [EOS]`; prompt tokens are not scored). AdamW with warm-up and
 //! cosine decay; batches are drawn by a seeded shuffle per epoch. Without an eval split, the last `eval_rows`
 //! training examples (after a seeded shuffle) are held out.
 //!
 //! Outputs: `model` (Dir: a Hugging Face causal-LM checkpoint with its tokenizer) and `metrics` (Parquet: step, loss,
 //! lr, grad_norm, eval_loss — eval_loss at every `eval_every` steps and the last). Same inputs, params and thread
 //! count → byte-identical outputs on CPU.
-use crate::data_io::{self, Codec};
 use crate::port::*;
-use crate::table;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rmdistill_ml::logprobs::lm_loss;
-use rmdistill_ml::tch;
-use rmdistill_ml::{
-    Gpt2Config, LanguageModel, LlamaConfig, ModelConfig, OptimConfig, Reduction, Schedule, Tokenizer, TokenizerSpec,
-    Trainer, sequence_logprobs,
-};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
-use std::path::Path;
+use serde_json::{Map, Value};
 
 pub struct Sft;
 
@@ -89,47 +78,47 @@ impl Default for ArchParams {
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-enum TokKind {
+pub enum TokKind {
     WordLevel,
     ByteBpe,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     #[serde(default)]
-    arch: ArchParams,
+    pub arch: ArchParams,
     #[serde(default = "d_steps")]
-    steps: usize,
+    pub steps: usize,
     #[serde(default = "d_bs")]
-    batch_size: usize,
+    pub batch_size: usize,
     #[serde(default = "d_lr")]
-    lr: f64,
+    pub lr: f64,
     #[serde(default = "d_warmup")]
-    warmup_steps: usize,
+    pub warmup_steps: usize,
     #[serde(default = "d_wd")]
-    weight_decay: f64,
+    pub weight_decay: f64,
     #[serde(default)]
-    seed: u64,
+    pub seed: u64,
     #[serde(default)]
-    max_len: Option<usize>,
+    pub max_len: Option<usize>,
     #[serde(default = "d_eval_every")]
-    eval_every: usize,
+    pub eval_every: usize,
     #[serde(default = "d_eval_rows")]
-    eval_rows: usize,
+    pub eval_rows: usize,
     #[serde(default = "d_tok_kind")]
-    tokenizer_kind: TokKind,
+    pub tokenizer_kind: TokKind,
     #[serde(default = "d_tok_vocab")]
-    tokenizer_vocab: usize,
+    pub tokenizer_vocab: usize,
     /// Which tokens the loss scores: the response only (the usual SFT loss), or every token of prompt and response
     /// (language modelling of the prompts too, which teaches a tiny model from scratch to read its context).
     #[serde(default = "d_train_on")]
-    train_on: TrainOn,
+    pub train_on: TrainOn,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-enum TrainOn {
+pub enum TrainOn {
     Response,
     All,
 }
@@ -164,7 +153,7 @@ fn d_tok_vocab() -> usize {
     1024
 }
 
-fn parse(params: &Map<String, Value>) -> StageResult<Params> {
+pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     let p: Params = parse_params(params)?;
     if p.steps == 0 {
         return Err(StageError::invalid("steps", "must be at least 1"));
@@ -203,104 +192,6 @@ pub fn check_arch(a: &ArchParams) -> StageResult<()> {
     Ok(())
 }
 
-/// A fresh model config for a tokenizer.
-pub fn build_config(a: &ArchParams, tok: &Codec) -> ModelConfig {
-    let vocab = tok.tok.vocab_size() as i64;
-    let mut c = match a.kind {
-        Arch::Gpt2 => {
-            let mut c = Gpt2Config::new(vocab, a.max_positions, a.d_model, a.n_layer, a.n_head);
-            c.n_inner = Some(a.d_ff);
-            ModelConfig::Gpt2(c)
-        }
-        Arch::Llama => {
-            let mut c = LlamaConfig::new(vocab, a.d_model, a.d_ff, a.n_layer, a.n_head, a.n_head);
-            c.max_position_embeddings = Some(a.max_positions);
-            ModelConfig::Llama(c)
-        }
-    };
-    c.set_special_ids(Some(tok.bos), Some(tok.eos), Some(tok.pad));
-    c
-}
-
-/// Demonstrations (prompt, response) split into (train, eval) from a corpus or labelled pairs table.
-fn demonstrations(path: &Path) -> StageResult<(Vec<(String, String)>, Vec<(String, String)>, &'static str)> {
-    let schema = table::read_schema(path)?;
-    let has = |c: &str| schema.index_of(c).is_ok();
-    if has("prompt") && has("summary") {
-        let t = data_io::read_nonempty(path, "data", None)?;
-        let prompts = data_io::strings(&t, "prompt", path, true)?;
-        let summaries = data_io::strings(&t, "summary", path, true)?;
-        let splits = if has("split") { Some(data_io::strings(&t, "split", path, false)?) } else { None };
-        let (mut train, mut eval) = (vec![], vec![]);
-        for i in 0..t.num_rows() {
-            let row = (prompts[i].clone(), summaries[i].clone());
-            match splits.as_ref().map(|s| s[i].as_str()) {
-                None | Some("train") => train.push(row),
-                Some("eval") => eval.push(row),
-                _ => {}
-            }
-        }
-        return Ok((train, eval, "demonstrations"));
-    }
-    if has("prompt") && has("response_a") && has("response_b") && has("label") {
-        let t = data_io::read_nonempty(path, "data", Some(&["prompt", "response_a", "response_b", "label"]))?;
-        let prompts = data_io::strings(&t, "prompt", path, true)?;
-        let a = data_io::strings(&t, "response_a", path, true)?;
-        let b = data_io::strings(&t, "response_b", path, true)?;
-        let label = data_io::opt_i64s(&t, "label", path)?;
-        let mut train = vec![];
-        for i in 0..t.num_rows() {
-            match label[i] {
-                Some(0) => train.push((prompts[i].clone(), a[i].clone())),
-                Some(1) => train.push((prompts[i].clone(), b[i].clone())),
-                None => {}
-                Some(x) => {
-                    return Err(StageError::invalid(
-                        "label",
-                        format!("{}: row {i} has label {x}, expected 0 or 1", path.display()),
-                    ));
-                }
-            }
-        }
-        if train.is_empty() {
-            return Err(StageError::invalid(
-                "label",
-                format!("{}: no labelled pair to take a chosen response from", path.display()),
-            ));
-        }
-        return Ok((train, vec![], "chosen responses"));
-    }
-    let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    Err(StageError::invalid(
-        "data",
-        format!(
-            "{}: expected demonstrations (prompt, summary) or labelled pairs (prompt, response_a, response_b, label); the table has: {}",
-            path.display(),
-            have.join(", ")
-        ),
-    ))
-}
-
-type Encoded = Vec<(Vec<i64>, Vec<i64>)>;
-
-fn encode(codec: &Codec, rows: &[(String, String)]) -> StageResult<Encoded> {
-    rows.iter().map(|(p, r)| Ok((codec.prompt(p)?, codec.response(r)?))).collect()
-}
-
-/// Mean NLL per response token of `rows` under `model` (no gradients).
-pub fn mean_nll(model: &LanguageModel, codec: &Codec, rows: &Encoded, batch: usize) -> StageResult<f64> {
-    let (mut sum, mut n) = (0.0, 0usize);
-    for r in data_io::chunks(rows.len(), batch) {
-        let ps: Vec<&[i64]> = rows[r.clone()].iter().map(|x| x.0.as_slice()).collect();
-        let rs: Vec<&[i64]> = rows[r.clone()].iter().map(|x| x.1.as_slice()).collect();
-        let b = codec.batch(&ps, &rs, model.device())?;
-        let lp = tch::no_grad(|| sequence_logprobs(model.net(), &b, Reduction::Sum));
-        sum -= data_io::to_f64s(&lp)?.iter().sum::<f64>();
-        n += b.response_lens.iter().sum::<usize>();
-    }
-    Ok(sum / n.max(1) as f64)
-}
-
 impl Stage for Sft {
     fn kind(&self) -> &'static str {
         "sft"
@@ -335,160 +226,13 @@ impl Stage for Sft {
             },
         ]
     }
-    fn code_files(&self) -> &'static [&'static str] {
-        &["sft.rs", "data_io.rs", "table.rs"]
-    }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
     }
     fn wants_gpu(&self) -> bool {
         true
     }
-    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
-        let p = parse(ctx.params())?;
-        let t0 = std::time::Instant::now();
-        data_io::torch_setup(ctx, p.seed);
-        let device = data_io::tch_device(ctx);
-        let data = data_io::one_input(ctx, "data")?;
-        let (mut train, mut eval, source) = demonstrations(&data.path)?;
-        if train.is_empty() {
-            return Err(StageError::invalid(
-                "data",
-                format!("{}: no training rows (split = \"train\")", data.path.display()),
-            ));
-        }
-        let base = data_io::opt_input(ctx, "base")?;
-        let tok_in = data_io::opt_input(ctx, "tokenizer")?;
-        let out_dir = ctx.output_path("model");
-        std::fs::create_dir_all(&out_dir)?;
-        let (mut codec, model, tok_source) = match (base, tok_in) {
-            (Some(b), _) => {
-                data_io::check_checkpoint(&b.path, "base")?;
-                let codec = match tok_in {
-                    Some(t) => Codec::load(&t.path, "tokenizer")?,
-                    None => Codec::load(&b.path, "base")?,
-                };
-                let m =
-                    LanguageModel::load(&b.path, device).map_err(|e| StageError::invalid("base", format!("{e:#}")))?;
-                codec.check_vocab(m.config.vocab_size(), "base")?;
-                (codec, m, "base")
-            }
-            (None, Some(t)) => {
-                let codec = Codec::load(&t.path, "tokenizer")?;
-                (codec.clone(), LanguageModel::new(build_config(&p.arch, &codec), device), "tokenizer input")
-            }
-            (None, None) => {
-                let spec = match p.tokenizer_kind {
-                    TokKind::WordLevel => TokenizerSpec::WordLevel { vocab_size: p.tokenizer_vocab, min_frequency: 1 },
-                    TokKind::ByteBpe => TokenizerSpec::ByteBpe { vocab_size: p.tokenizer_vocab, min_frequency: 2 },
-                };
-                let texts = train.iter().flat_map(|(a, b)| [a.as_str(), b.as_str()]);
-                let tok = Tokenizer::train(spec, texts)?;
-                let codec = Codec::new(tok, "tokenizer_kind")?;
-                (codec.clone(), LanguageModel::new(build_config(&p.arch, &codec), device), "trained here")
-            }
-        };
-        codec.max_len = p.max_len.or(model.config.max_positions().map(|m| m as usize));
-        codec.tok.save(&out_dir)?;
-        if eval.is_empty() {
-            // hold out a seeded sample of the training rows
-            let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x5f7);
-            let n = train.len();
-            let k = p.eval_rows.min(n / 10);
-            table::partial_shuffle(&mut rng, &mut train, n);
-            eval = train.split_off(n - k);
-        }
-        eval.truncate(p.eval_rows);
-        let train_ids = encode(&codec, &train)?;
-        let eval_ids = encode(&codec, &eval)?;
-        let cfg = OptimConfig {
-            lr: p.lr,
-            weight_decay: p.weight_decay,
-            warmup_steps: p.warmup_steps.min(p.steps / 2),
-            total_steps: p.steps,
-            schedule: Schedule::Cosine,
-            min_lr_ratio: 0.1,
-            ..Default::default()
-        };
-        let mut trainer = Trainer::new(&model.vs, cfg)?;
-        let eval_before = if eval_ids.is_empty() { None } else { Some(mean_nll(&model, &codec, &eval_ids, 256)?) };
-        let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-        let mut order: Vec<usize> = (0..train_ids.len()).collect();
-        let mut pos = order.len();
-        let mut eval_loss: Vec<Option<f64>> = vec![];
-        for step in 0..p.steps {
-            let mut idx = Vec::with_capacity(p.batch_size);
-            while idx.len() < p.batch_size.min(train_ids.len()) {
-                if pos == order.len() {
-                    let n = order.len();
-                    table::partial_shuffle(&mut rng, &mut order, n);
-                    pos = 0;
-                }
-                idx.push(order[pos]);
-                pos += 1;
-            }
-            let ps: Vec<&[i64]> = idx.iter().map(|&i| train_ids[i].0.as_slice()).collect();
-            let rs: Vec<&[i64]> = idx.iter().map(|&i| train_ids[i].1.as_slice()).collect();
-            let b = codec.batch(&ps, &rs, device)?;
-            let loss = match p.train_on {
-                TrainOn::Response => {
-                    let n_tok: usize = b.response_lens.iter().sum();
-                    let lp = rmdistill_ml::with_autocast(device, || sequence_logprobs(model.net(), &b, Reduction::Sum));
-                    -lp.sum(tch::Kind::Float) / n_tok as f64
-                }
-                TrainOn::All => {
-                    let (nll, n) =
-                        rmdistill_ml::with_autocast(device, || lm_loss(model.net(), &b.input_ids, &b.attention_mask));
-                    nll / n
-                }
-            };
-            trainer.backward(&loss, &[])?;
-            let last = step + 1 == p.steps;
-            if !eval_ids.is_empty() && ((step + 1) % p.eval_every == 0 || last) {
-                let l = mean_nll(&model, &codec, &eval_ids, 256)?;
-                eval_loss.push(Some(l));
-            } else {
-                eval_loss.push(None);
-            }
-            ctx.progress(step as u64 + 1, p.steps as u64);
-        }
-        model.save(&out_dir, None)?;
-        let h = &trainer.history;
-        let summary = json!({
-            "source": source,
-            "tokenizer": tok_source,
-            "train_rows": train_ids.len(),
-            "eval_rows": eval_ids.len(),
-            "parameters": model.num_parameters(),
-            "model_type": model.config.model_type(),
-            "vocab_size": model.config.vocab_size(),
-            "steps": p.steps,
-            "first_loss": h.first().map(|r| r.loss),
-            "final_loss": h.last().map(|r| r.loss),
-            "eval_loss_before": eval_before,
-            "eval_loss": eval_loss.iter().rev().flatten().next().copied(),
-            "seconds": t0.elapsed().as_secs_f64(),
-        });
-        data_io::write_metrics(
-            &ctx.output_path("metrics"),
-            &[
-                ("step", h.iter().map(|r| Some(r.step as f64)).collect()),
-                ("loss", h.iter().map(|r| Some(r.loss)).collect()),
-                ("lr", h.iter().map(|r| Some(r.lr)).collect()),
-                ("grad_norm", h.iter().map(|r| Some(r.grad_norm)).collect()),
-                ("eval_loss", eval_loss),
-            ],
-            &table::summary_kv("sft", &json!({"parameters": summary["parameters"], "eval_loss": summary["eval_loss"]})),
-        )?;
-        ctx.log(&format!(
-            "{} parameters, {} steps: loss {:.3} → {:.3}, eval loss {:?} → {:?}",
-            summary["parameters"],
-            p.steps,
-            summary["first_loss"],
-            summary["final_loss"],
-            eval_before,
-            summary["eval_loss"]
-        ));
-        Ok(summary)
+    fn runs(&self) -> Runs {
+        Runs::Worker
     }
 }

@@ -391,68 +391,69 @@ impl Stage for Subsample {
     fn outputs(&self) -> &'static [OutputSpec] {
         &[OutputSpec { name: "dataset", kind: ArtifactKind::File, doc: "D_rho (Parquet)" }]
     }
-    fn code_files(&self) -> &'static [&'static str] {
-        &["subsample.rs", "table.rs"]
-    }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
     }
-    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
-        let p = parse(ctx.params())?;
-        let input = match ctx.inputs("pairs") {
-            [one] => one,
-            [] => return Err(StageError::invalid("pairs", "no input table is bound to slot `pairs`")),
-            many => return Err(StageError::invalid("pairs", format!("expects one input table, got {}", many.len()))),
-        };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(ctx.threads().max(1))
-            .build()
-            .map_err(|e| StageError::failed(e.to_string()))?;
-        let path = input.path.as_path();
-        let t0 = std::time::Instant::now();
-        ctx.progress(0, 3);
-        let sel = pool.install(|| read_selection_input(path, &p))?;
-        let rows_in = sel.label.len() as u64;
-        let t_read = t0.elapsed().as_secs_f64();
-        let classes = classify(sel.len_a.values(), sel.len_b.values(), &sel.label, p.margin, &p.label_column)?;
-        let (size, n_long, n_short) = plan(&classes, p.rho, p.size, p.margin, sel.length)?;
-        let (l, s) = (classes.longer.len() as u64, classes.shorter.len() as u64);
-        let summary = json!({
-            "rows_in": rows_in,
-            "labelled": classes.labelled(),
-            "unlabelled": classes.unlabelled,
-            "within_margin": classes.within_margin,
-            "longer_preferred_available": l,
-            "shorter_preferred_available": s,
-            "input_longer_preferred_share": if l + s > 0 { l as f64 / (l + s) as f64 } else { 0.0 },
-            "length": sel.length,
-            "margin": p.margin,
-            "rho": p.rho,
-            "size": size,
-            "longer_preferred": n_long,
-            "shorter_preferred": n_short,
-            "rho_achieved": n_long as f64 / size as f64,
-            "seed": p.seed,
-        });
-        ctx.progress(1, 3);
-        let order = draw(classes, n_long, n_short, p.seed);
-        let t_select = t0.elapsed().as_secs_f64();
-        let out = pool.install(|| take_selected(path, &order))?;
-        let t_take = t0.elapsed().as_secs_f64();
-        ctx.progress(2, 3);
-        table::write_table(&ctx.output_path("dataset"), &out, &table::summary_kv("subsample", &summary))?;
-        ctx.progress(3, 3);
-        let t_write = t0.elapsed().as_secs_f64();
-        ctx.log(&format!(
-            "selected {size} pairs: {n_long} longer-preferred, {n_short} shorter-preferred (rho {}); \
-             read columns {t_read:.2} s, select {:.2} s, read selected rows {:.2} s, write {:.2} s",
-            n_long as f64 / size as f64,
-            t_select - t_read,
-            t_take - t_select,
-            t_write - t_take
-        ));
-        Ok(summary)
+    fn runs(&self) -> Runs {
+        Runs::InProcess(run)
     }
+}
+
+pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
+    let p = parse(ctx.params())?;
+    let input = match ctx.inputs("pairs") {
+        [one] => one,
+        [] => return Err(StageError::invalid("pairs", "no input table is bound to slot `pairs`")),
+        many => return Err(StageError::invalid("pairs", format!("expects one input table, got {}", many.len()))),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(ctx.threads().max(1))
+        .build()
+        .map_err(|e| StageError::failed(e.to_string()))?;
+    let path = input.path.as_path();
+    let t0 = std::time::Instant::now();
+    ctx.progress(0, 3);
+    let sel = pool.install(|| read_selection_input(path, &p))?;
+    let rows_in = sel.label.len() as u64;
+    let t_read = t0.elapsed().as_secs_f64();
+    let classes = classify(sel.len_a.values(), sel.len_b.values(), &sel.label, p.margin, &p.label_column)?;
+    let (size, n_long, n_short) = plan(&classes, p.rho, p.size, p.margin, sel.length)?;
+    let (l, s) = (classes.longer.len() as u64, classes.shorter.len() as u64);
+    let summary = json!({
+        "rows_in": rows_in,
+        "labelled": classes.labelled(),
+        "unlabelled": classes.unlabelled,
+        "within_margin": classes.within_margin,
+        "longer_preferred_available": l,
+        "shorter_preferred_available": s,
+        "input_longer_preferred_share": if l + s > 0 { l as f64 / (l + s) as f64 } else { 0.0 },
+        "length": sel.length,
+        "margin": p.margin,
+        "rho": p.rho,
+        "size": size,
+        "longer_preferred": n_long,
+        "shorter_preferred": n_short,
+        "rho_achieved": n_long as f64 / size as f64,
+        "seed": p.seed,
+    });
+    ctx.progress(1, 3);
+    let order = draw(classes, n_long, n_short, p.seed);
+    let t_select = t0.elapsed().as_secs_f64();
+    let out = pool.install(|| take_selected(path, &order))?;
+    let t_take = t0.elapsed().as_secs_f64();
+    ctx.progress(2, 3);
+    table::write_table(&ctx.output_path("dataset"), &out, &table::summary_kv("subsample", &summary))?;
+    ctx.progress(3, 3);
+    let t_write = t0.elapsed().as_secs_f64();
+    ctx.log(&format!(
+        "selected {size} pairs: {n_long} longer-preferred, {n_short} shorter-preferred (rho {}); \
+         read columns {t_read:.2} s, select {:.2} s, read selected rows {:.2} s, write {:.2} s",
+        n_long as f64 / size as f64,
+        t_select - t_read,
+        t_take - t_select,
+        t_write - t_take
+    ));
+    Ok(summary)
 }
 
 #[cfg(test)]
@@ -471,7 +472,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let file = shared_data().join("tldr-2k/train.jsonl");
             let ctx = LocalCtx::new(dir.path(), json!({"path": file.to_string_lossy()})).external("path", &file);
-            crate::import::Import.run(&ctx).unwrap();
+            crate::import::run(&ctx).unwrap();
             let out = ctx.out("pairs");
             (dir, out)
         })
@@ -482,7 +483,7 @@ mod tests {
         std::fs::create_dir_all(out_dir).unwrap();
         let ctx = LocalCtx::new(out_dir, params).input("pairs", input);
         Subsample.validate(ctx.params()).map_err(|e| e.to_string())?;
-        let s = Subsample.run(&ctx).map_err(|e| e.to_string())?;
+        let s = super::run(&ctx).map_err(|e| e.to_string())?;
         Ok((s, ctx.out("dataset")))
     }
 

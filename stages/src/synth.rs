@@ -28,20 +28,8 @@
 //! copy from its context at all — held-out loss 4.2 nats/token, no better than the topic's word frequencies — while on
 //! 12–20-word documents it starts to copy salient words, 3.4 nats/token).
 //!
-//! # The oracle ([`oracle_score`], knobs [`OracleParams`])
-//! For a prompt (document words; `tldr` ignored) and a response (whitespace-separated words):
-//!
-//! `score = coverage_weight · |S ∩ R| / |S| − invent_penalty · #invented − repeat_penalty · #repeated
-//!          + length_bonus · min(|R|, length_cap)`
-//!
-//! where `S` is the set of salient words (those the document contains at least twice; the coverage term is 0 when it
-//! has none), `R` the response's words (`|R|` counts repeats), `#invented` the number of response words (with
-//! repeats) that do not occur in the document, `#repeated = |R| − |distinct(R)|`. The length bonus is the mild,
-//! real preference for longer summaries the experiment needs: with the defaults, over pairs sampled from the SFT
-//! policy the longer response (≥ 10% more tokens) is the oracle's choice in roughly 60% of pairs (measured in
-//! `sample_pairs`/`label` summaries and in the tests). Longer is not always better: a longer summary that invents or
-//! repeats words loses, and one that only adds non-salient words gains only the bonus — so a policy that learns
-//! "shorter is better" from a biased `D_ρ` drops salient words and loses oracle reward.
+//! # The oracle
+//! [`crate::oracle`]: the programmatic oracle `label` and `evaluate` score with (knobs `oracle_params`).
 //!
 //! # Outputs
 //! - `corpus` (Parquet): `doc_id` UInt32, `topic` UInt32, `split` Utf8, `prompt` Utf8, `summary` Utf8, `salient` Utf8
@@ -49,108 +37,22 @@
 //!   oracle score and length.
 //! - `tokenizer` (Dir): a word-level `tokenizer.json` (+ `tokenizer_config.json`) over exactly the task vocabulary:
 //!   `<|endoftext|>` (BOS/EOS), `<|pad|>`, `<|unk|>`, `tldr`, then the words.
+//!
+//! This file declares the stage and generates the corpus (pure); the worker's `synth.rs` builds the tokenizer with the
+//! ML core's `Tokenizer` and writes both outputs.
+use crate::oracle::{OracleParams, SEP, oracle_score};
 use crate::port::*;
 use crate::table;
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Schema};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 pub struct Synth;
-
-/// The word that ends every synthetic prompt.
-pub const SEP: &str = "tldr";
-
-/// The oracle's knobs (the same names in every stage that takes `oracle_params`). All have defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OracleParams {
-    pub coverage_weight: f64,
-    pub invent_penalty: f64,
-    pub repeat_penalty: f64,
-    pub length_bonus: f64,
-    pub length_cap: u32,
-}
-
-impl Default for OracleParams {
-    fn default() -> Self {
-        OracleParams {
-            coverage_weight: 1.0,
-            invent_penalty: 0.1,
-            repeat_penalty: 0.25,
-            length_bonus: 0.1,
-            length_cap: 10,
-        }
-    }
-}
-
-impl OracleParams {
-    /// Parses knobs from a JSON object (e.g. a stage's `oracle_params`); errors name the field under `field`.
-    pub fn from_map(m: &Map<String, Value>, field: &str) -> StageResult<Self> {
-        let p: OracleParams = parse_params(m).map_err(|e| match e {
-            StageError::Invalid { field: f, message } => {
-                StageError::invalid(if f.is_empty() { field.to_string() } else { format!("{field}.{f}") }, message)
-            }
-            other => other,
-        })?;
-        p.check(field)?;
-        Ok(p)
-    }
-    pub fn check(&self, field: &str) -> StageResult<()> {
-        for (n, v) in [
-            ("coverage_weight", self.coverage_weight),
-            ("invent_penalty", self.invent_penalty),
-            ("repeat_penalty", self.repeat_penalty),
-            ("length_bonus", self.length_bonus),
-        ] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(StageError::invalid(
-                    format!("{field}.{n}"),
-                    format!("must be a finite number ≥ 0, got {v}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The parts of a score, for analysis and tests.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OracleBreakdown {
-    pub salient: usize,
-    pub covered: usize,
-    pub invented: usize,
-    pub repeated: usize,
-    pub length: usize,
-    pub score: f64,
-}
-
-/// The oracle with its parts (see the module docs).
-pub fn oracle_breakdown(prompt: &str, response: &str, p: &OracleParams) -> OracleBreakdown {
-    let mut counts: HashMap<&str, u32> = HashMap::new();
-    for w in prompt.split_whitespace().filter(|w| *w != SEP) {
-        *counts.entry(w).or_default() += 1;
-    }
-    let words: Vec<&str> = response.split_whitespace().collect();
-    let distinct: HashSet<&str> = words.iter().copied().collect();
-    let salient = counts.values().filter(|&&c| c >= 2).count();
-    let covered = distinct.iter().filter(|w| counts.get(*w).is_some_and(|&c| c >= 2)).count();
-    let invented = words.iter().filter(|w| !counts.contains_key(*w)).count();
-    let repeated = words.len() - distinct.len();
-    let coverage = if salient > 0 { covered as f64 / salient as f64 } else { 0.0 };
-    let score = p.coverage_weight * coverage - p.invent_penalty * invented as f64 - p.repeat_penalty * repeated as f64
-        + p.length_bonus * words.len().min(p.length_cap as usize) as f64;
-    OracleBreakdown { salient, covered, invented, repeated, length: words.len(), score }
-}
-
-/// The programmatic oracle: a pure function of the prompt, the response and the knobs (see the module docs).
-pub fn oracle_score(prompt: &str, response: &str, p: &OracleParams) -> f64 {
-    oracle_breakdown(prompt, response, p).score
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -518,37 +420,12 @@ pub fn generate_corpus(params: &Map<String, Value>) -> StageResult<(RecordBatch,
     Ok((batch, summary, names))
 }
 
-/// The word-level tokenizer over exactly the task's vocabulary (ids: specials, `tldr`, then the words in order).
-pub fn task_tokenizer(names: &[String]) -> StageResult<rmdistill_ml::Tokenizer> {
-    use rmdistill_ml::tokenizer::{EOS_TOKEN, PAD_TOKEN, UNK_TOKEN};
-    use tokenizers::models::wordlevel::WordLevel;
-    let mut vocab: Vec<String> = vec![EOS_TOKEN.into(), PAD_TOKEN.into(), UNK_TOKEN.into(), SEP.into()];
-    vocab.extend(names.iter().cloned());
-    let map: HashMap<String, u32> = vocab.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
-    let model = WordLevel::builder()
-        .vocab(map.into_iter().collect())
-        .unk_token(UNK_TOKEN.into())
-        .build()
-        .map_err(|e| StageError::failed(e.to_string()))?;
-    let mut tok = tokenizers::Tokenizer::new(model);
-    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::WhitespaceSplit));
-    tok.with_decoder(Some(tokenizers::decoders::DecoderWrapper::WordPiece(
-        tokenizers::decoders::wordpiece::WordPiece::new("##".into(), false),
-    )));
-    let _ = tok.add_special_tokens(vec![
-        tokenizers::AddedToken::from(EOS_TOKEN, true),
-        tokenizers::AddedToken::from(PAD_TOKEN, true),
-        tokenizers::AddedToken::from(UNK_TOKEN, true),
-    ]);
-    Ok(rmdistill_ml::Tokenizer::from_inner(tok))
-}
-
 impl Stage for Synth {
     fn kind(&self) -> &'static str {
         "synth"
     }
     fn doc(&self) -> &'static str {
-        "the embedded synthetic summarisation task: documents with salient (repeated) words, demonstrations, a word-level tokenizer; its oracle is stages::synth::oracle_score"
+        "the embedded synthetic summarisation task: documents with salient (repeated) words, demonstrations, a word-level tokenizer; its oracle is rmdistill_stages::oracle::oracle_score"
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[]
@@ -567,56 +444,17 @@ impl Stage for Synth {
             },
         ]
     }
-    fn code_files(&self) -> &'static [&'static str] {
-        &["synth.rs", "table.rs"]
-    }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
     }
-    fn run(&self, ctx: &dyn Ctx) -> StageResult<Value> {
-        let (batch, summary, names) = generate_corpus(ctx.params())?;
-        let tok = task_tokenizer(&names)?;
-        let dir = ctx.output_path("tokenizer");
-        std::fs::create_dir_all(&dir)?;
-        tok.save(&dir)?;
-        table::write_table(&ctx.output_path("corpus"), &batch, &table::summary_kv("synth", &summary))?;
-        ctx.progress(batch.num_rows() as u64, batch.num_rows() as u64);
-        ctx.log(&format!(
-            "{} documents, {} words each on average, {:.2} salient; demonstrations: {:.2} words, oracle {:.3}",
-            summary["docs"],
-            summary["mean_doc_len"],
-            summary["mean_salient"],
-            summary["mean_summary_len"],
-            summary["mean_summary_oracle"]
-        ));
-        Ok(summary)
+    fn runs(&self) -> Runs {
+        Runs::Worker
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn oracle_closed_form() {
-        let p = OracleParams::default();
-        // salient: aa (2), bb (3); cc once
-        let prompt = "aa bb cc aa bb bb tldr";
-        let b = oracle_breakdown(prompt, "aa cc", &p);
-        assert_eq!((b.salient, b.covered, b.invented, b.repeated, b.length), (2, 1, 0, 0, 2));
-        assert!((b.score - (0.5 + 2.0 * p.length_bonus)).abs() < 1e-12);
-        let b = oracle_breakdown(prompt, "aa bb zz aa", &p);
-        assert_eq!((b.covered, b.invented, b.repeated, b.length), (2, 1, 1, 4));
-        let want = 1.0 - p.invent_penalty - p.repeat_penalty + 4.0 * p.length_bonus;
-        assert!((b.score - want).abs() < 1e-12);
-        // tldr in a response is invented; the length bonus is capped
-        let long: String = std::iter::repeat_n("cc", 40).collect::<Vec<_>>().join(" ");
-        let b = oracle_breakdown(prompt, &long, &p);
-        assert_eq!(b.repeated, 39);
-        assert!((b.score - (-(39.0) * p.repeat_penalty + p.length_cap as f64 * p.length_bonus)).abs() < 1e-9);
-        assert_eq!(oracle_breakdown(prompt, "tldr", &p).invented, 1);
-        assert_eq!(oracle_score("x y", "", &p), 0.0);
-    }
 
     #[test]
     fn corpus_is_deterministic_and_salient_means_repeated() {
@@ -646,13 +484,7 @@ mod tests {
             assert!(!su.is_empty());
         }
         assert!(s1["mean_summary_oracle"].as_f64().unwrap() > 0.5, "{s1}");
-        let tok = task_tokenizer(&names).unwrap();
-        assert_eq!(tok.vocab_size(), 304);
-        let ids = tok.encode(&prompts[0]).unwrap();
-        assert!(ids.iter().all(|&i| i >= 3), "no unknown words");
-        assert_eq!(tok.decode(&ids, true).unwrap(), prompts[0]);
-        assert_eq!(tok.eos_id, Some(0));
-        assert_eq!(tok.pad_id, Some(1));
+        assert_eq!(names.len(), 300);
     }
 
     #[test]

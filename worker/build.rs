@@ -1,6 +1,6 @@
-//! Bakes libtorch's directory into the rmdistill binary and its tests as an rpath (the stages link libtorch through
-//! the ML core), so nothing needs LD_LIBRARY_PATH. The `cuda` feature forces libtorch_cuda to be linked although no
-//! symbol of it is referenced directly (rustc links with --as-needed).
+//! Bakes libtorch's directory into the worker binary and its tests as an rpath, so nothing needs LD_LIBRARY_PATH.
+//! With the `cuda` feature, forces libtorch (and so libtorch_cuda) to be linked even though no symbol of it is
+//! referenced directly (rustc links with --as-needed).
 fn main() {
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");

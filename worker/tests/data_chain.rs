@@ -2,10 +2,8 @@
 //! → subsample → train_rm → precompute, at a small size; checks the contract's artifacts and determinism.
 //! `RMDISTILL_DATA_CHAIN_DEFAULT=1` runs the default sizes of pipelines/robust-distill.toml instead and prints
 //! each stage's time (the numbers quoted in the stage docs).
-#![cfg(test)]
 
-use crate::port::*;
-use crate::table::local_ctx::LocalCtx;
+use rmdistill_stages::port::{self, StageResult};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,16 +21,22 @@ impl Step {
     }
 }
 
-pub fn run_stage(stage: &dyn Stage, dir: &Path, params: Value, inputs: &[(&str, PathBuf)]) -> StageResult<Step> {
+#[path = "../../stages/tests/support/local_ctx.rs"]
+mod local_ctx;
+use local_ctx::LocalCtx;
+
+/// Validates and runs a stage kind as the worker does (its implementation here, or its declaration's in-process one).
+pub fn run_stage(kind: &str, dir: &Path, params: Value, inputs: &[(&str, PathBuf)]) -> StageResult<Step> {
     std::fs::create_dir_all(dir).unwrap();
-    stage.validate(params.as_object().unwrap())?;
+    rmdistill_stages::stage(kind).unwrap().validate(params.as_object().unwrap())?;
+    let run = rmdistill_worker::implementation(kind).unwrap();
     let mut ctx = LocalCtx::new(dir, params);
     ctx.threads = 1;
     for (slot, p) in inputs {
         ctx = ctx.input(slot, p.clone());
     }
     let t0 = Instant::now();
-    let summary = stage.run(&ctx)?;
+    let summary = run(&ctx)?;
     Ok(Step { dir: dir.to_path_buf(), summary, secs: t0.elapsed().as_secs_f64() })
 }
 
@@ -51,17 +55,13 @@ fn chain_synth_sft_pairs_label() {
     let tmp = tempfile::tempdir().unwrap();
     let d = |n: &str| tmp.path().join(n);
     let n_docs = if full { 3000 } else { 600 };
-    let synth = run_stage(
-        &crate::synth::Synth,
-        &d("synth"),
-        with_env(json!({"n_docs": n_docs, "seed": 1}), "RMDISTILL_SYNTH_PARAMS"),
-        &[],
-    )
-    .unwrap();
+    let synth =
+        run_stage("synth", &d("synth"), with_env(json!({"n_docs": n_docs, "seed": 1}), "RMDISTILL_SYNTH_PARAMS"), &[])
+            .unwrap();
     eprintln!("synth {:.2}s {}", synth.secs, synth.summary);
     let steps = if full { 300 } else { 60 };
     let sft = run_stage(
-        &crate::sft::Sft,
+        "sft",
         &d("sft"),
         with_env(json!({"steps": steps, "seed": 1}), "RMDISTILL_SFT_PARAMS"),
         &[("data", synth.out("corpus")), ("tokenizer", synth.out("tokenizer"))],
@@ -69,7 +69,7 @@ fn chain_synth_sft_pairs_label() {
     .unwrap();
     eprintln!("sft {:.2}s {}", sft.secs, sft.summary);
     let pairs = run_stage(
-        &crate::sample_pairs::SamplePairs,
+        "sample_pairs",
         &d("pairs"),
         with_env(json!({"seed": 1, "pairs_per_prompt": if full { 2 } else { 1 }}), "RMDISTILL_PAIRS_PARAMS"),
         &[("policy", sft.out("model")), ("prompts", synth.out("corpus"))],
@@ -77,13 +77,12 @@ fn chain_synth_sft_pairs_label() {
     .unwrap();
     eprintln!("sample_pairs {:.2}s {}", pairs.secs, pairs.summary);
     let label =
-        run_stage(&crate::label::Label, &d("label"), json!({"oracle": "synthetic"}), &[("pairs", pairs.out("pairs"))])
-            .unwrap();
+        run_stage("label", &d("label"), json!({"oracle": "synthetic"}), &[("pairs", pairs.out("pairs"))]).unwrap();
     eprintln!("label {:.2}s {}", label.secs, label.summary);
     check_rest(&tmp, &synth, &sft, &pairs, &label, full);
     if full {
-        let t = crate::table::read_table(&label.out("labelled"), None).unwrap();
-        let f = |c: &str| crate::data_io::strings(&t, c, Path::new("x"), false).unwrap();
+        let t = rmdistill_stages::table::read_table(&label.out("labelled"), None).unwrap();
+        let f = |c: &str| rmdistill_stages::data_io::strings(&t, c, Path::new("x"), false).unwrap();
         let (p, a, b) = (f("prompt"), f("response_a"), f("response_b"));
         for i in 0..4 {
             eprintln!("P: {}\n  A: {}\n  B: {}", p[i], a[i], b[i]);
@@ -97,11 +96,11 @@ fn chain_synth_sft_pairs_label() {
 fn tiny_model_learns_to_copy() {
     use rmdistill_ml::tch;
     rmdistill_ml::train::deterministic_cpu(0, 1);
-    let names: Vec<String> = (0..300).map(crate::synth::word).collect();
-    let tok = crate::synth::task_tokenizer(&names).unwrap();
-    let codec = crate::data_io::Codec::new(tok, "t").unwrap();
-    let arch = crate::sft::ArchParams::default();
-    let model = rmdistill_ml::LanguageModel::new(crate::sft::build_config(&arch, &codec), tch::Device::Cpu);
+    let names: Vec<String> = (0..300).map(rmdistill_stages::synth::word).collect();
+    let tok = rmdistill_worker::synth::task_tokenizer(&names).unwrap();
+    let codec = rmdistill_worker::data_io::Codec::new(tok, "t").unwrap();
+    let arch = rmdistill_stages::sft::ArchParams::default();
+    let model = rmdistill_ml::LanguageModel::new(rmdistill_worker::sft::build_config(&arch, &codec), tch::Device::Cpu);
     let mut tr = rmdistill_ml::Trainer::new(
         &model.vs,
         rmdistill_ml::OptimConfig { lr: 3e-3, total_steps: 800, warmup_steps: 20, ..Default::default() },
@@ -113,7 +112,7 @@ fn tiny_model_learns_to_copy() {
         let mut rs = vec![];
         for _ in 0..32 {
             let w: Vec<String> =
-                (0..6).map(|_| names[crate::table::uniform_below(&mut rng, 300) as usize].clone()).collect();
+                (0..6).map(|_| names[rmdistill_stages::table::uniform_below(&mut rng, 300) as usize].clone()).collect();
             ps.push(codec.prompt(&format!("{} tldr", w.join(" "))).unwrap());
             rs.push(codec.response(&w.join(" ")).unwrap());
         }
@@ -130,13 +129,13 @@ fn tiny_model_learns_to_copy() {
 }
 
 fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, label: &Step, full: bool) {
-    use crate::table;
+    use rmdistill_stages::table;
     let d = |n: &str| tmp.path().join(n);
     // sharded labelling + merge = unsharded labelling
     let mut parts = vec![];
     for k in 0..3 {
         let s = run_stage(
-            &crate::label::Label,
+            "label",
             &d(&format!("label{k}")),
             json!({"oracle": "synthetic", "shard": k, "shards": 3}),
             &[("pairs", pairs.out("pairs"))],
@@ -145,18 +144,18 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
         parts.push(("parts", s.out("labelled")));
     }
     parts.swap(0, 2);
-    let merged = run_stage(&crate::merge::Merge, &d("merge"), json!({}), &parts).unwrap();
+    let merged = run_stage("merge", &d("merge"), json!({}), &parts).unwrap();
     assert_eq!(
         table::read_table(&merged.out("merged"), None).unwrap(),
         table::read_table(&label.out("labelled"), None).unwrap()
     );
-    let e = run_stage(&crate::merge::Merge, &d("merge_bad"), json!({}), &parts[..2]).unwrap_err().to_string();
+    let e = run_stage("merge", &d("merge_bad"), json!({}), &parts[..2]).unwrap_err().to_string();
     assert!(e.contains("missing"), "{e}");
     // D_rho and two members
     let (size, member_size) = if full { (1200, 300) } else { (120, 40) };
     let t0 = Instant::now();
     let drho = run_stage(
-        &crate::subsample::Subsample,
+        "subsample",
         &d("drho"),
         json!({"rho": 0.3, "size": size, "seed": 0}),
         &[("pairs", label.out("labelled"))],
@@ -166,7 +165,7 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     for (k, r) in [0.2, 0.8].into_iter().enumerate() {
         members.push(
             run_stage(
-                &crate::subsample::Subsample,
+                "subsample",
                 &d(&format!("m{k}")),
                 json!({"rho": r, "size": member_size, "seed": 0}),
                 &[("pairs", drho.out("dataset"))],
@@ -177,7 +176,7 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     eprintln!("subsample ×3 {:.2}s", t0.elapsed().as_secs_f64());
     let rm_params = json!({"seed": 0});
     let rm = run_stage(
-        &crate::train_rm::TrainRm,
+        "train_rm",
         &d("rm"),
         rm_params.clone(),
         &[("data", drho.out("dataset")), ("base", sft.out("model"))],
@@ -187,7 +186,7 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     let mut rms = vec![];
     for (k, m) in members.iter().enumerate() {
         let r = run_stage(
-            &crate::train_rm::TrainRm,
+            "train_rm",
             &d(&format!("rm{k}")),
             rm_params.clone(),
             &[("data", m.out("dataset")), ("base", sft.out("model"))],
@@ -200,13 +199,9 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     assert!((0.0..=1.0).contains(&acc));
     assert!(rm.out("model").join("model.safetensors").exists() && rm.out("model").join("tokenizer.json").exists());
     // determinism: same inputs → same bytes
-    let rm2 = run_stage(
-        &crate::train_rm::TrainRm,
-        &d("rm_again"),
-        rm_params,
-        &[("data", drho.out("dataset")), ("base", sft.out("model"))],
-    )
-    .unwrap();
+    let rm2 =
+        run_stage("train_rm", &d("rm_again"), rm_params, &[("data", drho.out("dataset")), ("base", sft.out("model"))])
+            .unwrap();
     assert_eq!(
         std::fs::read(rm.out("model").join("model.safetensors")).unwrap(),
         std::fs::read(rm2.out("model").join("model.safetensors")).unwrap()
@@ -229,7 +224,7 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
         a.node = format!("rm_member@member={member}");
     }
     let t0 = Instant::now();
-    let pre = crate::precompute::Precompute.run(&ctx).unwrap();
+    let pre = rmdistill_worker::precompute::run(&ctx).unwrap();
     eprintln!("precompute (2 members) {:.2}s {pre}", t0.elapsed().as_secs_f64());
     assert_eq!(pre["members"], json!(["rm_member@member=0.2", "rm_member@member=0.8"]));
     let rw = table::read_table(&ctx.out("rewards"), None).unwrap();
@@ -237,7 +232,7 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     let kv = table::read_kv(&ctx.out("rewards")).unwrap();
     assert!(kv.iter().any(|(k, v)| k == "rmdistill.members" && v.contains("member=0.2")));
     let samples = table::read_table(&ctx.out("ref_samples"), None).unwrap();
-    let ids = crate::data_io::strings(
+    let ids = rmdistill_stages::data_io::strings(
         &table::read_table(&drho.out("dataset"), Some(&["prompt"])).unwrap(),
         "prompt",
         Path::new("x"),
@@ -247,7 +242,7 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     let distinct: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(samples.num_rows(), distinct.len());
     // reference log-probs agree with the member order-independent reference: the sum over tokens is negative
-    let lp = crate::data_io::f64s_for_test(&rw, "ref_logp_a");
+    let lp = f64s(&rw, "ref_logp_a");
     assert!(lp.iter().all(|x| *x < 0.0));
     // rewards agree with the members' own scoring (member 0 = the 0.2 model = rms[0])
     let _ = synth;
@@ -260,18 +255,18 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
         let mut c = LocalCtx::new(&dir, json!({"seed": 0, "shard": k, "shards": 2, "sample_batch": 16}));
         c.threads = 1;
         c.inputs = ctx.inputs.clone();
-        crate::precompute::Precompute.run(&c).unwrap();
+        rmdistill_worker::precompute::run(&c).unwrap();
         parts_r.push(("parts", c.out("rewards")));
         parts_s.push(("parts", c.out("ref_samples")));
     }
-    let mr = run_stage(&crate::merge::Merge, &d("mr"), json!({}), &parts_r).unwrap();
-    let ms = run_stage(&crate::merge::Merge, &d("ms"), json!({}), &parts_s).unwrap();
+    let mr = run_stage("merge", &d("mr"), json!({}), &parts_r).unwrap();
+    let ms = run_stage("merge", &d("ms"), json!({}), &parts_s).unwrap();
     let (a, b) = (table::read_table(&mr.out("merged"), None).unwrap(), rw);
     assert_eq!(a.num_rows(), b.num_rows());
     for c in ["pair_id", "len_a", "len_b"] {
         assert_eq!(a.column_by_name(c), b.column_by_name(c));
     }
-    let (x, y) = (crate::data_io::f64s_for_test(&a, "ref_logp_b"), crate::data_io::f64s_for_test(&b, "ref_logp_b"));
+    let (x, y) = (f64s(&a, "ref_logp_b"), f64s(&b, "ref_logp_b"));
     assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-4), "sharding changes only batch composition");
     assert!(table::read_kv(&mr.out("merged")).unwrap().iter().any(|(k, _)| k == "rmdistill.members"));
     assert_eq!(
@@ -283,7 +278,7 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     );
     // errors users can act on
     let e = run_stage(
-        &crate::train_rm::TrainRm,
+        "train_rm",
         &d("bad1"),
         json!({"label_column": "nope"}),
         &[("data", drho.out("dataset")), ("base", sft.out("model"))],
@@ -291,17 +286,12 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     .unwrap_err()
     .to_string();
     assert!(e.starts_with("nope:") && e.contains("missing label column"), "{e}");
-    let e = run_stage(
-        &crate::train_rm::TrainRm,
-        &d("bad2"),
-        json!({}),
-        &[("data", pairs.out("pairs")), ("base", sft.out("model"))],
-    )
-    .unwrap_err()
-    .to_string();
+    let e = run_stage("train_rm", &d("bad2"), json!({}), &[("data", pairs.out("pairs")), ("base", sft.out("model"))])
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("label:") && e.contains("unlabelled"), "{e}");
     let e = run_stage(
-        &crate::precompute::Precompute,
+        "precompute",
         &d("bad3"),
         json!({}),
         &[("pairs", drho.out("dataset")), ("reference", sft.out("model"))],
@@ -310,7 +300,7 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     .to_string();
     assert!(e.contains("zero members"), "{e}");
     let e = run_stage(
-        &crate::precompute::Precompute,
+        "precompute",
         &d("bad4"),
         json!({}),
         &[("pairs", drho.out("dataset")), ("reference", sft.out("model")), ("reward_models", sft.out("model"))],
@@ -318,14 +308,14 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     .unwrap_err()
     .to_string();
     assert!(e.starts_with("reward_models:") && e.contains("not a reward model"), "{e}");
-    let e = run_stage(
-        &crate::label::Label,
-        &d("bad5"),
-        json!({"oracle": "reward_model"}),
-        &[("pairs", pairs.out("pairs"))],
-    )
-    .unwrap_err()
-    .to_string();
+    let e = run_stage("label", &d("bad5"), json!({"oracle": "reward_model"}), &[("pairs", pairs.out("pairs"))])
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("oracle:"), "{e}");
     let _ = full;
+}
+
+/// A Float64 column's values.
+fn f64s(batch: &arrow::array::RecordBatch, col: &str) -> Vec<f64> {
+    rmdistill_stages::data_io::f64s(batch, col, Path::new("test")).unwrap()
 }

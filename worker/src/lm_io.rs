@@ -7,11 +7,11 @@
 //! GPT-2 does). Sampled responses are decoded without their EOS (special tokens skipped), so re-encoding a sample
 //! gives back the sampled ids.
 
-use crate::port::{StageError, StageResult};
 use rmdistill_ml::tch;
 use rmdistill_ml::{Reduction, sequence_logprobs};
+use rmdistill_stages::port::StageResult;
 
-pub use crate::data_io::{Codec, one_input, opt_input, tch_device};
+pub use crate::data_io::{Codec, f64s, one_input, opt_input, tch_device};
 use std::path::Path;
 use tch::Tensor;
 
@@ -47,27 +47,24 @@ pub fn strings(batch: &arrow::array::RecordBatch, col: &str, file: &Path) -> Sta
     crate::data_io::strings(batch, col, file, false)
 }
 
-/// A numeric column as f64 (nulls are an error naming the column and row).
-pub fn f64s(batch: &arrow::array::RecordBatch, col: &str, file: &Path) -> StageResult<Vec<f64>> {
-    use arrow::array::{Array, AsArray};
-    let a = batch
-        .column_by_name(col)
-        .ok_or_else(|| StageError::invalid(col, format!("{}: missing column `{col}`", file.display())))?;
-    let cast = arrow::compute::cast(a, &arrow::datatypes::DataType::Float64)
-        .map_err(|e| StageError::invalid(col, format!("{}: column `{col}` is not numeric: {e}", file.display())))?;
-    let v = cast.as_primitive::<arrow::datatypes::Float64Type>();
-    (0..v.len())
-        .map(|i| {
-            if v.is_null(i) {
-                Err(StageError::invalid(col, format!("{}: column `{col}` is null at row {i}", file.display())))
-            } else {
-                Ok(v.value(i))
-            }
-        })
-        .collect()
-}
-
 /// Builds a Parquet-ready batch from named f64 columns (plus leading string/u32 columns made by the caller).
 pub fn f64_column(v: Vec<f64>) -> arrow::array::ArrayRef {
     std::sync::Arc::new(arrow::array::Float64Array::from(v))
+}
+
+/// The ML core's reduction for a stage parameter's.
+pub fn reduction(r: rmdistill_stages::method::Reduction) -> Reduction {
+    match r {
+        rmdistill_stages::method::Reduction::Sum => Reduction::Sum,
+        rmdistill_stages::method::Reduction::Mean => Reduction::Mean,
+    }
+}
+
+/// The ML core's learning-rate schedule for a stage parameter's.
+pub fn lr_schedule(s: rmdistill_stages::method::LrSchedule) -> rmdistill_ml::Schedule {
+    match s {
+        rmdistill_stages::method::LrSchedule::Constant => rmdistill_ml::Schedule::Constant,
+        rmdistill_stages::method::LrSchedule::Linear => rmdistill_ml::Schedule::Linear,
+        rmdistill_stages::method::LrSchedule::Cosine => rmdistill_ml::Schedule::Cosine,
+    }
 }

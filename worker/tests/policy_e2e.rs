@@ -1,18 +1,17 @@
 //! The policy-side stages (policy, evaluate, report, select) end to end on a tiny random GPT-2 with a word-level
 //! tokenizer and hand-made tables in the contract's schemas (pairs, precompute.rewards, precompute.ref_samples).
-//! Compiled into the crate's unit tests (see lib.rs) so that the synthetic oracle can be stubbed.
+//! The synthetic oracle scores are the real oracle's (`rmdistill_stages::oracle`).
 
-use crate::evaluate::{Evaluate, test_oracle};
-use crate::lm_io::{self, Codec};
-use crate::policy::Policy;
-use crate::port::{Ctx, Device, InputArtifact, Stage};
-use crate::report::Report;
-use crate::select::Select;
-use crate::table;
 use arrow::array::{Array, ArrayRef, Float64Array, Float64Builder, ListBuilder, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use rmdistill_ml::tch;
 use rmdistill_ml::{Gpt2Config, LanguageModel, ModelConfig, Reduction, RewardModel, Tokenizer, TokenizerSpec};
+use rmdistill_stages::evaluate::Evaluate;
+use rmdistill_stages::oracle::{OracleParams, oracle_score};
+use rmdistill_stages::policy::Policy;
+use rmdistill_stages::port::{Ctx, Device, InputArtifact, Stage};
+use rmdistill_stages::table;
+use rmdistill_worker::lm_io::{self, Codec};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -270,7 +269,7 @@ fn train(name: &str, params: Value, rewards: Option<&Path>) -> Result<(Value, Pa
     }
     ctx = ctx.input("ref_samples", &f.ref_samples, json!({}));
     Policy.validate(ctx.params()).map_err(|e| e.to_string())?;
-    let s = Policy.run(&ctx).map_err(|e| e.to_string())?;
+    let s = rmdistill_worker::policy::run(&ctx).map_err(|e| e.to_string())?;
     Ok((s, out))
 }
 
@@ -430,13 +429,13 @@ fn evaluate(name: &str, policy: &Path, params: Value, oracle: bool) -> Result<(V
         ctx = ctx.input("oracle", &f.oracle, json!({}));
     }
     Evaluate.validate(ctx.params()).map_err(|e| e.to_string())?;
-    let s = Evaluate.run(&ctx).map_err(|e| e.to_string())?;
+    let s = rmdistill_worker::evaluate::run(&ctx).map_err(|e| e.to_string())?;
     Ok((s, out))
 }
 
-/// The synthetic stub: one point per response word that also appears in the prompt, minus ½ per other word.
-fn stub_oracle(prompt: &str, response: &str, _: &Map<String, Value>) -> f64 {
-    response.split_whitespace().map(|w| if prompt.split_whitespace().any(|p| p == w) { 1.0 } else { -0.5 }).sum()
+/// The synthetic task's oracle with its default knobs (what `oracle = "synthetic"` without `oracle_params` scores).
+fn synthetic(prompt: &str, response: &str) -> f64 {
+    oracle_score(prompt, response, &OracleParams::default())
 }
 
 #[test]
@@ -460,8 +459,7 @@ fn evaluate_reference_against_itself_and_a_trained_policy() {
     for c in ["advantage", "ci_low", "ci_high", "win_rate", "mean_len", "ref_mean_len", "kl"] {
         assert!(sum.column_by_name(c).is_some(), "{c}");
     }
-    // a trained policy with the stubbed synthetic oracle, on the eval split
-    test_oracle::set(stub_oracle);
+    // a trained policy with the synthetic oracle, on the eval split
     let (_, pol) = train(
         "eval-pol",
         json!({"method": "dpo", "beta": 1.0, "steps": 10, "batch_size": 8, "lr": 5e-3, "seed": 1}),
@@ -483,12 +481,13 @@ fn evaluate_reference_against_itself_and_a_trained_policy() {
         (s1["ci_low"].as_f64().unwrap(), s1["ci_high"].as_f64().unwrap(), s1["advantage"].as_f64().unwrap());
     assert!(lo <= a && a <= hi);
     assert!(s1["kl"].as_f64().unwrap() > 0.0, "the trained policy differs: {s1}");
-    // re-scoring the samples with the stub reproduces the summary
-    let rows = crate::evaluate::read_samples(&o1.join("samples.parquet")).unwrap();
+    // re-scoring the samples with the oracle reproduces the summary
+    let rows = rmdistill_stages::evaluation::read_samples(&o1.join("samples.parquet")).unwrap();
     for i in 0..rows.prompt.len() {
-        assert_eq!(rows.policy_oracle[i], stub_oracle(&rows.prompt[i], &rows.policy_response[i], &Map::new()));
+        assert_eq!(rows.policy_oracle[i], synthetic(&rows.prompt[i], &rows.policy_response[i]));
+        assert_eq!(rows.ref_oracle[i], synthetic(&rows.prompt[i], &rows.ref_response[i]));
     }
-    assert!((crate::evaluate::summarize(&rows).advantage.mean - a).abs() < 1e-12);
+    assert!((rmdistill_stages::evaluation::summarize(&rows).advantage.mean - a).abs() < 1e-12);
     // bad requests
     let e = evaluate("bad", &f.reference, json!({"oracle": "reward_model"}), false).unwrap_err();
     assert!(e.contains("needs a reward-model checkpoint"), "{e}");
@@ -501,7 +500,6 @@ fn evaluate_reference_against_itself_and_a_trained_policy() {
 #[test]
 fn report_and_select_from_a_small_sweep() {
     let f = fixture();
-    test_oracle::set(stub_oracle);
     let out = f.root.join("sweep");
     let mut evals = vec![];
     let mut mets = vec![];
@@ -540,7 +538,7 @@ fn report_and_select_from_a_small_sweep() {
         ctx = ctx.input("metrics", p, c.clone());
     }
     let t0 = std::time::Instant::now();
-    let s = Report.run(&ctx).unwrap();
+    let s = rmdistill_stages::report::run(&ctx).unwrap();
     eprintln!("report in {:.2} s: {s}", t0.elapsed().as_secs_f64());
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
     assert!(md.contains("| ρ | dpo | d-dpo | e-dpo |"), "{md}");
@@ -567,7 +565,7 @@ fn report_and_select_from_a_small_sweep() {
         c["beta"] = json!(if i % 2 == 0 { 0.1 } else { 1.0 });
         sctx = sctx.input("evals", p, c);
     }
-    let s = Select.run(&sctx).unwrap();
+    let s = rmdistill_stages::select::run(&sctx).unwrap();
     assert_eq!(s["chosen"].as_array().unwrap().len(), 6, "{s}");
     let t = table::read_table(&f.root.join("select/selection.parquet"), None).unwrap();
     assert_eq!(t.num_rows(), 6);

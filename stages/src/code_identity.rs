@@ -1,0 +1,786 @@
+//! Code identity, derived from the code itself (DESIGN.md, "Cache and storage"): for every stage kind, the transitive
+//! closure of the source files its computation can reach, plus the versions of the libraries that shape its output
+//! bytes. A node's cache key contains its stage's identity, so editing any file a stage reaches re-runs exactly that
+//! stage's nodes, and editing a file it does not reach leaves them cached.
+//!
+//! - **Roots.** A stage kind `K` is declared in `stages/src/K.rs` (the file that implements the `Stage` trait for it;
+//!   the file stem is the kind); when it runs in the worker, its computation is in `worker/src/K.rs`. Those two files
+//!   are the only per-stage fact, and both follow from the kind's name.
+//! - **References** followed from a file (comments, string literals and `#[cfg(test)]` items are ignored):
+//!   `crate::x`, `super::x`, `self::x`, `rmdistill_stages::x`, `rmdistill_worker::x`, `rmdistill_ml::x` (also inside
+//!   `use a::{b, c::d}` groups), `mod x;` declarations, and `include_str!`/`include_bytes!` of a literal path. A name
+//!   that is not a module resolves through the `pub use` re-exports of its crate's `lib.rs` to the module that defines
+//!   it; a name defined in `lib.rs` itself brings in `lib.rs` (whose own `mod` declarations are not followed: declaring
+//!   a module is not using it).
+//! - **Libraries.** Of the libraries that shape output bytes ([`LIBS`]: arrow, parquet, polars, rand, rand_chacha,
+//!   tokenizers, safetensors, tch, plotters, dejavu), those a file of the closure names in a path (`parquet::…`), at
+//!   their versions in `Cargo.lock`; `tch` brings torch-sys and libtorch's own version (its `version.py`) with it.
+//!
+//! The identity is BLAKE3 over the kind, the library versions and the sorted (workspace-relative path, BLAKE3 of the
+//! bytes) of the closure, so it does not depend on where the tree lives: a copy of the workspace derives the same
+//! identities, which is how the tests check which kinds an edit affects. `stages/build.rs` includes this file with
+//! `#[path]` and compiles [`derive`]'s result into the crate (see `port::code_identity`); it depends on std and blake3
+//! only.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The crates whose sources stage code can reach: (name in paths, source directory relative to the workspace).
+pub const CRATES: [(&str, &str); 3] =
+    [("rmdistill_stages", "stages/src"), ("rmdistill_worker", "worker/src"), ("rmdistill_ml", "ml/src")];
+
+/// Libraries whose versions can change what a stage writes (Cargo.lock names).
+pub const LIBS: [&str; 10] =
+    ["arrow", "parquet", "polars", "rand", "rand_chacha", "tokenizers", "safetensors", "tch", "plotters", "dejavu"];
+
+/// One stage kind's derived identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageCode {
+    pub kind: String,
+    /// 32 hex digits.
+    pub identity: String,
+    /// Workspace-relative paths of every source file the identity covers, sorted.
+    pub files: Vec<String>,
+    /// The library versions it covers (`name=version;…`).
+    pub libs: String,
+}
+
+/// Everything [`derive`] found.
+#[derive(Clone, Debug)]
+pub struct Derived {
+    pub stages: Vec<StageCode>,
+    /// Every source file read, for the build script's rerun rules.
+    pub files_read: Vec<PathBuf>,
+    /// For each stage root file (declaration or implementation), the other stage kinds' root files it references
+    /// directly. Stages share code through modules of their own, never through each other's files, so this is empty.
+    pub cross_stage_references: Vec<(String, Vec<String>)>,
+}
+
+/// Derives every stage's code identity from the workspace at `root`. `libtorch` is the libtorch version the worker
+/// links (from `$LIBTORCH/version.py`).
+pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
+    let mut ws = Workspace::new(root)?;
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    let versions = lock_versions(&lock);
+    let roots = ws.stage_roots()?;
+    let mut stages = vec![];
+    let mut cross = vec![];
+    let root_files: BTreeMap<String, String> =
+        roots.iter().flat_map(|(k, files)| files.iter().map(move |f| (f.clone(), k.clone()))).collect();
+    for (kind, files) in &roots {
+        let closure = ws.closure(files)?;
+        for f in files {
+            let direct: Vec<String> =
+                ws.references(f)?.into_iter().filter(|r| root_files.get(r).is_some_and(|k| k != kind)).collect();
+            if !direct.is_empty() {
+                cross.push((f.clone(), direct));
+            }
+        }
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        for f in &closure {
+            used.extend(ws.crates(f)?);
+        }
+        let mut libs = String::new();
+        for lib in LIBS {
+            if !used.contains(&lib.replace('-', "_")) {
+                continue;
+            }
+            if lib == "tch" {
+                libs.push_str(&format!("libtorch={libtorch};"));
+                if let Some(v) = versions.get("torch-sys") {
+                    libs.push_str(&format!("torch-sys={};", v.join(",")));
+                }
+            }
+            if let Some(v) = versions.get(lib) {
+                libs.push_str(&format!("{lib}={};", v.join(",")));
+            }
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(format!("rmdistill code identity v1\nkind={kind}\nlibs={libs}\n").as_bytes());
+        for f in &closure {
+            h.update(format!("{f} {}\n", ws.hash(f)?).as_bytes());
+        }
+        stages.push(StageCode {
+            kind: kind.clone(),
+            identity: h.finalize().to_hex()[..32].to_string(),
+            files: closure.into_iter().collect(),
+            libs,
+        });
+    }
+    Ok(Derived { stages, files_read: ws.read_paths(), cross_stage_references: cross })
+}
+
+/// `name = "x"` / `version = "y"` pairs of a Cargo.lock, every version of each package (sorted).
+fn lock_versions(lock: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut name = String::new();
+    for line in lock.lines() {
+        if let Some(n) = line.strip_prefix("name = ") {
+            name = n.trim_matches('"').to_string();
+        } else if let Some(v) = line.strip_prefix("version = ") {
+            out.entry(name.clone()).or_default().push(v.trim_matches('"').to_string());
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    out
+}
+
+/// The libtorch version of a libtorch directory (`version.py`'s `__version__`), or "unknown".
+pub fn libtorch_version(dir: Option<&Path>) -> String {
+    dir.and_then(|d| std::fs::read_to_string(d.join("version.py")).ok())
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("__version__ = ").map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// A parsed source file: its non-test references (workspace-relative paths), the crates it names at the head of a
+/// path, and its content hash.
+struct FileInfo {
+    hash: String,
+    refs: BTreeSet<String>,
+    crates: BTreeSet<String>,
+    defines_stage: bool,
+}
+
+struct Workspace {
+    root: PathBuf,
+    files: HashMap<String, FileInfo>,
+    /// Per crate: exported name → the module path it is re-exported from (lib.rs `pub use`); glob re-exports under "*".
+    reexports: HashMap<&'static str, Vec<(String, Vec<String>)>>,
+}
+
+impl Workspace {
+    fn new(root: &Path) -> Result<Workspace, String> {
+        let mut ws = Workspace { root: root.to_path_buf(), files: HashMap::new(), reexports: HashMap::new() };
+        for (name, dir) in CRATES {
+            let lib = format!("{dir}/lib.rs");
+            let text = match std::fs::read_to_string(root.join(&lib)) {
+                Ok(t) => t,
+                Err(_) => continue, // a crate that is not there has nothing to reach
+            };
+            let toks = strip_test_items(lex(&text));
+            ws.reexports.insert(name, pub_uses(&toks));
+        }
+        Ok(ws)
+    }
+
+    fn read_paths(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.files.keys().map(|f| self.root.join(f)).collect();
+        v.sort();
+        v
+    }
+
+    /// Stage kind → its root files (declaration, and implementation when there is one).
+    fn stage_roots(&mut self) -> Result<BTreeMap<String, Vec<String>>, String> {
+        let dir = self.root.join("stages/src");
+        let mut entries: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".rs") && n != "lib.rs")
+            .collect();
+        entries.sort();
+        let mut out = BTreeMap::new();
+        for name in entries {
+            let decl = format!("stages/src/{name}");
+            if !self.info(&decl)?.defines_stage {
+                continue;
+            }
+            let kind = name.trim_end_matches(".rs").to_string();
+            let mut files = vec![decl];
+            let imp = format!("worker/src/{kind}.rs");
+            if self.root.join(&imp).is_file() {
+                files.push(imp);
+            }
+            out.insert(kind, files);
+        }
+        Ok(out)
+    }
+
+    fn hash(&mut self, file: &str) -> Result<String, String> {
+        Ok(self.info(file)?.hash.clone())
+    }
+
+    fn references(&mut self, file: &str) -> Result<BTreeSet<String>, String> {
+        Ok(self.info(file)?.refs.clone())
+    }
+
+    fn crates(&mut self, file: &str) -> Result<BTreeSet<String>, String> {
+        Ok(self.info(file)?.crates.clone())
+    }
+
+    fn closure(&mut self, roots: &[String]) -> Result<BTreeSet<String>, String> {
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut todo: Vec<String> = roots.to_vec();
+        while let Some(f) = todo.pop() {
+            if !seen.insert(f.clone()) {
+                continue;
+            }
+            if f.ends_with(".rs") {
+                todo.extend(self.references(&f)?);
+            } else {
+                self.info(&f)?; // included data files are hashed, not scanned
+            }
+        }
+        Ok(seen)
+    }
+
+    fn info(&mut self, file: &str) -> Result<&FileInfo, String> {
+        if !self.files.contains_key(file) {
+            let bytes = std::fs::read(self.root.join(file)).map_err(|e| format!("{file}: {e}"))?;
+            let hash = blake3::hash(&bytes).to_hex().to_string();
+            let (refs, crates, defines_stage) = if file.ends_with(".rs") {
+                let text = String::from_utf8_lossy(&bytes);
+                let toks = strip_test_items(lex(&text));
+                let defines_stage = toks.windows(2).any(|w| w[0] == Tok::id("Stage") && w[1] == Tok::id("for"));
+                let crates = toks
+                    .windows(2)
+                    .enumerate()
+                    .filter(|(i, w)| w[1] == Tok::PathSep && (*i == 0 || toks[i - 1] != Tok::PathSep))
+                    .filter_map(|(_, w)| match &w[0] {
+                        Tok::Ident(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                (self.scan(file, &toks), crates, defines_stage)
+            } else {
+                (BTreeSet::new(), BTreeSet::new(), false)
+            };
+            self.files.insert(file.to_string(), FileInfo { hash, refs, crates, defines_stage });
+        }
+        Ok(&self.files[file])
+    }
+
+    /// The crate a file belongs to and its module path within it.
+    fn locate(file: &str) -> Option<(&'static str, &'static str, Vec<String>)> {
+        let (name, dir) = CRATES.iter().find(|(_, d)| file.starts_with(&format!("{d}/")))?;
+        let rel = &file[dir.len() + 1..];
+        let rel = rel.strip_suffix(".rs")?;
+        let mut segs: Vec<String> = rel.split('/').map(str::to_string).collect();
+        if segs.last().is_some_and(|s| s == "mod" || s == "lib" || s == "main") {
+            segs.pop();
+        }
+        Some((name, dir, segs))
+    }
+
+    fn scan(&self, file: &str, toks: &[Tok]) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let Some((own_crate, own_dir, own_mod)) = Self::locate(file) else { return out };
+        let is_root_file = own_mod.is_empty();
+        let file_dir = Path::new(file).parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut i = 0;
+        while i < toks.len() {
+            // include_str!("x") / include_bytes!("x")
+            if let Tok::Ident(m) = &toks[i]
+                && (m == "include_str" || m == "include_bytes")
+                && toks.get(i + 1) == Some(&Tok::Punct('!'))
+                && toks.get(i + 2) == Some(&Tok::Punct('('))
+                && let Some(Tok::Str(p)) = toks.get(i + 3)
+            {
+                let f = normalize(&file_dir.join(p));
+                if self.root.join(&f).is_file() {
+                    out.insert(f);
+                }
+            }
+            // `mod x;` (a non-test child module declared in this file; lib.rs's declarations are not uses)
+            if toks[i] == Tok::id("mod")
+                && !is_root_file
+                && let (Some(Tok::Ident(name)), Some(Tok::Punct(';'))) = (toks.get(i + 1), toks.get(i + 2))
+            {
+                let mut m = own_mod.clone();
+                m.push(name.clone());
+                out.extend(self.module_files(own_dir, &m));
+            }
+            // paths: ROOT :: seg :: seg …  or  ROOT :: { tree, … }
+            if let Tok::Ident(head) = &toks[i] {
+                let prev_is_sep = i > 0 && toks[i - 1] == Tok::PathSep;
+                if !prev_is_sep && toks.get(i + 1) == Some(&Tok::PathSep) {
+                    let base: Option<(&'static str, &'static str, Vec<String>)> = match head.as_str() {
+                        "crate" => Some((own_crate, own_dir, vec![])),
+                        "self" => Some((own_crate, own_dir, own_mod.clone())),
+                        "super" => {
+                            let mut m = own_mod.clone();
+                            m.pop();
+                            Some((own_crate, own_dir, m))
+                        }
+                        other => CRATES.iter().find(|(n, _)| *n == other).map(|(n, d)| (*n, *d, vec![])),
+                    };
+                    if let Some((krate, dir, prefix)) = base {
+                        let mut paths = vec![];
+                        use_tree(toks, i + 2, &mut vec![], &mut paths);
+                        for p in paths {
+                            let mut full = prefix.clone();
+                            full.extend(p);
+                            out.extend(self.resolve(krate, dir, &full, head == "super" || head == "self"));
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+        out.remove(file);
+        out
+    }
+
+    /// The files of module `m` (and its ancestors' files, which declare it) in the crate at `dir`, if it is one.
+    fn module_files(&self, dir: &str, m: &[String]) -> Vec<String> {
+        let mut out = vec![];
+        for k in 1..=m.len() {
+            let p = m[..k].join("/");
+            let a = format!("{dir}/{p}.rs");
+            let b = format!("{dir}/{p}/mod.rs");
+            if self.root.join(&a).is_file() {
+                out.push(a);
+            } else if self.root.join(&b).is_file() {
+                out.push(b);
+            } else {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The files a path `segs` (from the crate root) reaches.
+    fn resolve(&self, krate: &'static str, dir: &str, segs: &[String], relative: bool) -> Vec<String> {
+        if segs.is_empty() {
+            return vec![];
+        }
+        let files = self.module_files(dir, segs);
+        if !files.is_empty() {
+            return files;
+        }
+        // not a module: a re-export of lib.rs, or an item defined there
+        let ex = self.reexports.get(krate).cloned().unwrap_or_default();
+        if let Some((_, path)) = ex.iter().find(|(n, _)| n == &segs[0]) {
+            // (nothing for a re-exported external crate, e.g. `pub use tch;`: its version is among the libraries)
+            return self.module_files(dir, path);
+        }
+        let globs: Vec<String> =
+            ex.iter().filter(|(n, _)| n == "*").flat_map(|(_, p)| self.module_files(dir, p)).collect();
+        if !globs.is_empty() {
+            return globs;
+        }
+        if relative {
+            return vec![]; // `super::X` for an item of an inline parent module: the file itself
+        }
+        let lib = format!("{dir}/lib.rs");
+        if self.root.join(&lib).is_file() { vec![lib] } else { vec![] }
+    }
+}
+
+/// Lexically normalised relative path with `/` separators.
+fn normalize(p: &Path) -> String {
+    let mut out: Vec<String> = vec![];
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(s) => out.push(s.to_string_lossy().to_string()),
+            _ => {}
+        }
+    }
+    out.join("/")
+}
+
+/// The module paths a use-tree starting at `toks[i]` names (each path cut at its first non-identifier).
+fn use_tree(toks: &[Tok], mut i: usize, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) -> usize {
+    let start_len = prefix.len();
+    loop {
+        match toks.get(i) {
+            Some(Tok::Ident(s)) if s != "self" => {
+                prefix.push(s.clone());
+                i += 1;
+                if toks.get(i) == Some(&Tok::PathSep) {
+                    i += 1;
+                    continue;
+                }
+                out.push(prefix.clone());
+                break;
+            }
+            Some(Tok::Punct('{')) => {
+                i += 1;
+                loop {
+                    match toks.get(i) {
+                        None => break,
+                        Some(Tok::Punct('}')) => {
+                            i += 1;
+                            break;
+                        }
+                        Some(Tok::Punct(',')) => i += 1,
+                        Some(_) => {
+                            let before = i;
+                            i = use_tree(toks, i, prefix, out);
+                            // skip the rest of this entry (`as x`, generics, …) up to `,` or `}` at this depth
+                            let mut depth = 0i32;
+                            while let Some(t) = toks.get(i) {
+                                match t {
+                                    Tok::Punct('{') | Tok::Punct('(') | Tok::Punct('[') => depth += 1,
+                                    Tok::Punct('}') | Tok::Punct(')') | Tok::Punct(']') if depth > 0 => depth -= 1,
+                                    Tok::Punct(',') | Tok::Punct('}') if depth == 0 => break,
+                                    _ => {}
+                                }
+                                i += 1;
+                            }
+                            if i == before {
+                                i += 1;
+                            }
+                        }
+                    }
+                }
+                break;
+            }
+            _ => {
+                // `self`, `*`, or anything else: the prefix itself is the module used
+                if !prefix.is_empty() {
+                    out.push(prefix.clone());
+                }
+                break;
+            }
+        }
+    }
+    prefix.truncate(start_len);
+    i
+}
+
+/// `pub use a::b::{C, D as E};` items of a token stream: (exported name, module path), globs as ("*", path).
+fn pub_uses(toks: &[Tok]) -> Vec<(String, Vec<String>)> {
+    let mut out = vec![];
+    for i in 0..toks.len() {
+        if toks[i] == Tok::id("pub") && toks.get(i + 1) == Some(&Tok::id("use")) {
+            let mut j = i + 2;
+            let mut entries = vec![];
+            collect_exports(toks, &mut j, &mut vec![], &mut entries);
+            out.extend(entries);
+        }
+    }
+    out
+}
+
+fn collect_exports(toks: &[Tok], i: &mut usize, prefix: &mut Vec<String>, out: &mut Vec<(String, Vec<String>)>) {
+    let start = prefix.len();
+    loop {
+        match toks.get(*i) {
+            Some(Tok::Ident(s)) => {
+                let s = s.clone();
+                *i += 1;
+                if toks.get(*i) == Some(&Tok::PathSep) {
+                    prefix.push(s);
+                    *i += 1;
+                    continue;
+                }
+                let name = if toks.get(*i) == Some(&Tok::id("as")) {
+                    *i += 1;
+                    match toks.get(*i) {
+                        Some(Tok::Ident(a)) => {
+                            *i += 1;
+                            a.clone()
+                        }
+                        _ => s.clone(),
+                    }
+                } else {
+                    s.clone()
+                };
+                if s == "self" {
+                    out.push((prefix.last().cloned().unwrap_or_default(), prefix.clone()));
+                } else {
+                    // `pub use x;` re-exports a module or crate x; `pub use m::Item;` an item of module m
+                    let mut path = prefix.clone();
+                    if prefix.is_empty() {
+                        path.push(s);
+                    }
+                    out.push((name, path));
+                }
+                break;
+            }
+            Some(Tok::Punct('*')) => {
+                *i += 1;
+                out.push(("*".into(), prefix.clone()));
+                break;
+            }
+            Some(Tok::Punct('{')) => {
+                *i += 1;
+                loop {
+                    match toks.get(*i) {
+                        None => break,
+                        Some(Tok::Punct('}')) => {
+                            *i += 1;
+                            break;
+                        }
+                        Some(Tok::Punct(',')) => *i += 1,
+                        Some(_) => {
+                            let before = *i;
+                            collect_exports(toks, i, prefix, out);
+                            if *i == before {
+                                *i += 1;
+                            }
+                        }
+                    }
+                }
+                break;
+            }
+            _ => break,
+        }
+    }
+    prefix.truncate(start);
+}
+
+/// The tokens that matter here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tok {
+    Ident(String),
+    /// A string literal's contents (escapes left as written).
+    Str(String),
+    PathSep,
+    Punct(char),
+}
+
+impl Tok {
+    fn id(s: &str) -> Tok {
+        Tok::Ident(s.to_string())
+    }
+}
+
+/// A small Rust lexer: identifiers, string literals, `::` and punctuation; comments, numbers, characters and
+/// lifetimes are dropped.
+fn lex(src: &str) -> Vec<Tok> {
+    let c: Vec<char> = src.chars().collect();
+    let n = c.len();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < n {
+        let ch = c[i];
+        if ch.is_whitespace() {
+            i += 1;
+        } else if ch == '/' && i + 1 < n && c[i + 1] == '/' {
+            while i < n && c[i] != '\n' {
+                i += 1;
+            }
+        } else if ch == '/' && i + 1 < n && c[i + 1] == '*' {
+            let mut depth = 0;
+            while i < n {
+                if c[i] == '/' && i + 1 < n && c[i + 1] == '*' {
+                    depth += 1;
+                    i += 2;
+                } else if c[i] == '*' && i + 1 < n && c[i + 1] == '/' {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if ch == '"' {
+            let (s, next) = quoted(&c, i + 1);
+            out.push(Tok::Str(s));
+            i = next;
+        } else if (ch == 'r' || ch == 'b' || ch == 'c') && raw_or_prefixed_string(&c, i).is_some() {
+            let (s, next) = raw_or_prefixed_string(&c, i).unwrap();
+            out.push(Tok::Str(s));
+            i = next;
+        } else if ch == '\'' {
+            // a character literal ('x', '\n', '\u{..}') or a lifetime ('a)
+            if i + 2 < n && c[i + 1] == '\\' {
+                i += 2;
+                while i < n && c[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+            } else if i + 2 < n && c[i + 2] == '\'' {
+                i += 3;
+            } else {
+                i += 1;
+                while i < n && (c[i].is_alphanumeric() || c[i] == '_') {
+                    i += 1;
+                }
+            }
+        } else if ch.is_alphabetic() || ch == '_' {
+            let s = i;
+            while i < n && (c[i].is_alphanumeric() || c[i] == '_') {
+                i += 1;
+            }
+            let mut word: String = c[s..i].iter().collect();
+            if word == "r" && i < n && c[i] == '#' {
+                // raw identifier r#name
+                let s2 = i + 1;
+                i += 1;
+                while i < n && (c[i].is_alphanumeric() || c[i] == '_') {
+                    i += 1;
+                }
+                word = c[s2..i].iter().collect();
+            }
+            out.push(Tok::Ident(word));
+        } else if ch.is_ascii_digit() {
+            while i < n
+                && (c[i].is_alphanumeric() || c[i] == '_' || (c[i] == '.' && i + 1 < n && c[i + 1].is_ascii_digit()))
+            {
+                i += 1;
+            }
+        } else if ch == ':' && i + 1 < n && c[i + 1] == ':' {
+            out.push(Tok::PathSep);
+            i += 2;
+        } else {
+            out.push(Tok::Punct(ch));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The contents of a `"…"` literal whose opening quote precedes `i`, and the index after its closing quote.
+fn quoted(c: &[char], mut i: usize) -> (String, usize) {
+    let s = i;
+    while i < c.len() && c[i] != '"' {
+        if c[i] == '\\' {
+            i += 1;
+        }
+        i += 1;
+    }
+    let end = i.min(c.len());
+    (c[s..end].iter().collect(), (i + 1).min(c.len()))
+}
+
+/// `r"…"`, `r#"…"#`, `b"…"`, `br#"…"#`, `c"…"` literals starting at `i`: (contents, index after), or None.
+fn raw_or_prefixed_string(c: &[char], i: usize) -> Option<(String, usize)> {
+    let n = c.len();
+    if i > 0 && (c[i - 1].is_alphanumeric() || c[i - 1] == '_') {
+        return None; // the middle of an identifier
+    }
+    let mut j = i;
+    if c[j] == 'b' || c[j] == 'c' {
+        j += 1;
+    }
+    let raw = j < n && c[j] == 'r';
+    if raw {
+        j += 1;
+    }
+    let mut hashes = 0;
+    while raw && j < n && c[j] == '#' {
+        hashes += 1;
+        j += 1;
+    }
+    if j >= n || c[j] != '"' || (j == i) {
+        return None;
+    }
+    if !raw {
+        let (s, next) = quoted(c, j + 1);
+        return Some((s, next));
+    }
+    let s = j + 1;
+    let mut k = s;
+    while k < n {
+        if c[k] == '"' && (0..hashes).all(|h| k + 1 + h < n && c[k + 1 + h] == '#') {
+            return Some((c[s..k].iter().collect(), k + 1 + hashes));
+        }
+        k += 1;
+    }
+    Some((c[s..].iter().collect(), n))
+}
+
+/// Removes `#[cfg(test)]` items (and everything after `#![cfg(test)]`): test code is not part of a computation.
+fn strip_test_items(toks: Vec<Tok>) -> Vec<Tok> {
+    let is_cfg_test = |t: &[Tok], at: usize| -> Option<(bool, usize)> {
+        // # [!]? [ cfg ( test ) ]
+        let mut k = at + 1;
+        let inner = t.get(k) == Some(&Tok::Punct('!'));
+        if inner {
+            k += 1;
+        }
+        let want =
+            [Tok::Punct('['), Tok::id("cfg"), Tok::Punct('('), Tok::id("test"), Tok::Punct(')'), Tok::Punct(']')];
+        if t.len() >= k + want.len() && t[k..k + want.len()] == want { Some((inner, k + want.len())) } else { None }
+    };
+    let mut out = Vec::with_capacity(toks.len());
+    let mut i = 0;
+    while i < toks.len() {
+        if toks[i] == Tok::Punct('#')
+            && let Some((inner, after)) = is_cfg_test(&toks, i)
+        {
+            if inner {
+                return out; // the whole file (or the rest of it) is test code
+            }
+            i = skip_item(&toks, after);
+            continue;
+        }
+        out.push(toks[i].clone());
+        i += 1;
+    }
+    out
+}
+
+/// The index after the item starting at `i` (its further attributes, then up to a `;` or a `{…}` block at depth 0).
+fn skip_item(t: &[Tok], mut i: usize) -> usize {
+    let mut depth = 0i32;
+    while i < t.len() {
+        match &t[i] {
+            Tok::Punct('(') | Tok::Punct('[') => depth += 1,
+            Tok::Punct(')') | Tok::Punct(']') => depth -= 1,
+            Tok::Punct(';') if depth == 0 => return i + 1,
+            Tok::Punct('{') if depth == 0 => {
+                let mut d = 0i32;
+                while i < t.len() {
+                    match t[i] {
+                        Tok::Punct('{') => d += 1,
+                        Tok::Punct('}') => {
+                            d -= 1;
+                            if d == 0 {
+                                return i + 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                return i;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(src: &str) -> Vec<Tok> {
+        strip_test_items(lex(src))
+    }
+
+    #[test]
+    fn lexer_drops_comments_strings_and_test_items() {
+        let t = ids("//! see [`crate::a`]\nuse crate::b; /* crate::c /* nested */ crate::d */ let s = \"crate::e\"; \
+             let r = r#\"crate::f\"#; let ch = '\"'; fn f<'a>(x: &'a str) {}\n\
+             #[cfg(test)]\nmod tests { use crate::g; }\n#[cfg(test)] use crate::h;\nuse crate::i;");
+        let text: String = t.iter().map(|t| format!("{t:?}")).collect();
+        for gone in ["\"a\"", "\"c\"", "\"d\"", "\"g\"", "\"h\""] {
+            assert!(!text.contains(&format!("Ident({gone})")), "{gone} in {text}");
+        }
+        assert!(text.contains("Ident(\"b\")") && text.contains("Ident(\"i\")"), "{text}");
+        assert!(t.contains(&Tok::Str("crate::e".into())) && t.contains(&Tok::Str("crate::f".into())));
+    }
+
+    #[test]
+    fn use_trees_name_their_modules() {
+        let t = ids("crate::{data_io::{self, Codec}, port::*, table}");
+        let mut out = vec![];
+        use_tree(&t, 2, &mut vec![], &mut out);
+        let names: Vec<String> = out.iter().map(|p| p.join("::")).collect();
+        assert_eq!(names, ["data_io", "data_io::Codec", "port", "table"]);
+        let t = ids("pub use port::{ArtifactKind, Ctx as C}; pub use tch; pub use x::*;");
+        let ex = pub_uses(&t);
+        assert!(ex.contains(&("ArtifactKind".into(), vec!["port".into()])), "{ex:?}");
+        assert!(ex.contains(&("C".into(), vec!["port".into()])), "{ex:?}");
+        assert!(ex.contains(&("tch".into(), vec!["tch".into()])), "{ex:?}");
+        assert!(ex.contains(&("*".into(), vec!["x".into()])), "{ex:?}");
+    }
+}

@@ -1,0 +1,340 @@
+//! The evaluation summary that `evaluate` computes from its samples and `merge_eval` recomputes from merged shards:
+//! per (prompt, sample) rows, the paired advantage with its interval, win rate, lengths and KL, the two tables they
+//! are written as, and reading them back (`select` and `report` read summaries; the report compares samples).
+
+use crate::data_io;
+use crate::port::*;
+use crate::stats::{self, Estimate};
+use crate::table;
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Per (prompt, sample) results of one evaluation.
+#[derive(Debug, Default, Clone)]
+pub struct SampleRows {
+    pub prompt_idx: Vec<u32>,
+    pub sample: Vec<u32>,
+    pub prompt: Vec<String>,
+    pub policy_response: Vec<String>,
+    pub ref_response: Vec<String>,
+    pub policy_oracle: Vec<f64>,
+    pub ref_oracle: Vec<f64>,
+    pub policy_len: Vec<u32>,
+    pub ref_len: Vec<u32>,
+    pub policy_logp: Vec<f64>,
+    pub policy_logp_ref: Vec<f64>,
+}
+
+/// The summary numbers of an evaluation (see the module docs).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub advantage: stats::Estimate,
+    pub win_rate: f64,
+    pub mean_len: f64,
+    pub ref_mean_len: f64,
+    pub kl: f64,
+    pub policy_mean: f64,
+    pub ref_mean: f64,
+}
+
+/// Summarises sample rows: per-prompt mean differences give the paired advantage estimate.
+pub fn summarize(s: &SampleRows) -> Summary {
+    let n = s.prompt_idx.len();
+    let mut per_prompt: std::collections::BTreeMap<u32, (f64, usize)> = Default::default();
+    let mut wins = 0.0;
+    for i in 0..n {
+        let d = s.policy_oracle[i] - s.ref_oracle[i];
+        let e = per_prompt.entry(s.prompt_idx[i]).or_default();
+        e.0 += d;
+        e.1 += 1;
+        wins += if d > 0.0 {
+            1.0
+        } else if d == 0.0 {
+            0.5
+        } else {
+            0.0
+        };
+    }
+    let diffs: Vec<f64> = per_prompt.values().map(|(sum, c)| sum / *c as f64).collect();
+    let mean_u = |v: &[u32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
+    let kl: Vec<f64> = s.policy_logp.iter().zip(&s.policy_logp_ref).map(|(a, b)| a - b).collect();
+    Summary {
+        advantage: stats::estimate(&diffs),
+        win_rate: wins / n.max(1) as f64,
+        mean_len: mean_u(&s.policy_len),
+        ref_mean_len: mean_u(&s.ref_len),
+        kl: stats::mean(&kl),
+        policy_mean: stats::mean(&s.policy_oracle),
+        ref_mean: stats::mean(&s.ref_oracle),
+    }
+}
+
+/// The pairwise test the report uses between two methods' evaluations: a paired t-test over the prompts both
+/// evaluated (matched by prompt text) when their sample tables are at hand, else the Wald test on the summaries.
+pub fn compare(a: &SampleRows, b: &SampleRows) -> stats::Test {
+    use std::collections::HashMap;
+    fn per(s: &SampleRows) -> HashMap<&str, (f64, usize)> {
+        let mut m: HashMap<&str, (f64, usize)> = HashMap::new();
+        for i in 0..s.prompt.len() {
+            let e = m.entry(s.prompt[i].as_str()).or_default();
+            e.0 += s.policy_oracle[i];
+            e.1 += 1;
+        }
+        m
+    }
+    let (pa, pb) = (per(a), per(b));
+    let mut keys: Vec<&&str> = pa.keys().filter(|k| pb.contains_key(**k)).collect();
+    keys.sort();
+    if keys.len() < 2 {
+        return stats::wald(&summarize(a).advantage, &summarize(b).advantage);
+    }
+    let va: Vec<f64> = keys.iter().map(|k| pa[**k].0 / pa[**k].1 as f64).collect();
+    let vb: Vec<f64> = keys.iter().map(|k| pb[**k].0 / pb[**k].1 as f64).collect();
+    stats::paired(&va, &vb)
+}
+
+pub fn samples_table(s: &SampleRows) -> StageResult<RecordBatch> {
+    let f = |n: &str, t: DataType| Field::new(n, t, false);
+    let schema = Schema::new(vec![
+        f("prompt_idx", DataType::UInt32),
+        f("sample", DataType::UInt32),
+        f("prompt", DataType::Utf8),
+        f("policy_response", DataType::Utf8),
+        f("ref_response", DataType::Utf8),
+        f("policy_oracle", DataType::Float64),
+        f("ref_oracle", DataType::Float64),
+        f("policy_len", DataType::UInt32),
+        f("ref_len", DataType::UInt32),
+        f("policy_logp", DataType::Float64),
+        f("policy_logp_ref", DataType::Float64),
+    ]);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from(s.prompt_idx.clone())),
+        Arc::new(UInt32Array::from(s.sample.clone())),
+        Arc::new(StringArray::from(s.prompt.clone())),
+        Arc::new(StringArray::from(s.policy_response.clone())),
+        Arc::new(StringArray::from(s.ref_response.clone())),
+        Arc::new(Float64Array::from(s.policy_oracle.clone())),
+        Arc::new(Float64Array::from(s.ref_oracle.clone())),
+        Arc::new(UInt32Array::from(s.policy_len.clone())),
+        Arc::new(UInt32Array::from(s.ref_len.clone())),
+        Arc::new(Float64Array::from(s.policy_logp.clone())),
+        Arc::new(Float64Array::from(s.policy_logp_ref.clone())),
+    ];
+    Ok(RecordBatch::try_new(Arc::new(schema), cols)?)
+}
+
+/// The summary table's columns, in order.
+pub const SUMMARY_COLUMNS: [&str; 13] = [
+    "advantage",
+    "ci_low",
+    "ci_high",
+    "se",
+    "n_prompts",
+    "win_rate",
+    "mean_len",
+    "ref_mean_len",
+    "kl",
+    "policy_mean",
+    "ref_mean",
+    "beta",
+    "tau",
+];
+
+pub fn summary_table(s: &Summary, info: &Value, split: Option<&str>) -> StageResult<RecordBatch> {
+    let num = |k: &str| info.get(k).and_then(Value::as_f64);
+    let vals: Vec<Option<f64>> = vec![
+        Some(s.advantage.mean),
+        Some(s.advantage.ci_low),
+        Some(s.advantage.ci_high),
+        Some(s.advantage.se),
+        Some(s.advantage.n as f64),
+        Some(s.win_rate),
+        Some(s.mean_len),
+        Some(s.ref_mean_len),
+        Some(s.kl),
+        Some(s.policy_mean),
+        Some(s.ref_mean),
+        num("beta"),
+        num("tau"),
+    ];
+    let mut fields: Vec<Field> = SUMMARY_COLUMNS.iter().map(|c| Field::new(*c, DataType::Float64, true)).collect();
+    let mut cols: Vec<ArrayRef> = vals.into_iter().map(|v| Arc::new(Float64Array::from(vec![v])) as ArrayRef).collect();
+    fields.push(Field::new("rho", DataType::Float64, true));
+    cols.push(Arc::new(Float64Array::from(vec![num("rho")])));
+    fields.push(Field::new("method", DataType::Utf8, true));
+    cols.push(Arc::new(StringArray::from(vec![info.get("method").and_then(Value::as_str).map(str::to_string)])));
+    fields.push(Field::new("split", DataType::Utf8, true));
+    cols.push(Arc::new(StringArray::from(vec![split.map(str::to_string)])));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+/// What both tables' metadata and the node's summary record (the shard numbers and the policy's info let
+/// `merge_eval` rebuild the unsharded summary).
+pub fn summary_json(
+    sum: &Summary,
+    samples: usize,
+    split: Option<&str>,
+    info: &Value,
+    shard: usize,
+    shards: usize,
+) -> Value {
+    json!({
+        "advantage": sum.advantage.mean,
+        "ci_low": sum.advantage.ci_low,
+        "ci_high": sum.advantage.ci_high,
+        "se": sum.advantage.se,
+        "n_prompts": sum.advantage.n,
+        "samples": samples,
+        "win_rate": sum.win_rate,
+        "mean_len": sum.mean_len,
+        "ref_mean_len": sum.ref_mean_len,
+        "kl": sum.kl,
+        "policy_mean": sum.policy_mean,
+        "ref_mean": sum.ref_mean,
+        "split": split,
+        "method": info.get("method"),
+        "shard": shard,
+        "shards": shards,
+        "policy_info": info.to_string(),
+    })
+}
+
+/// Reads an evaluate `samples` table back (for the report's paired comparisons).
+pub fn read_samples(path: &Path) -> StageResult<SampleRows> {
+    samples_from(&table::read_table(path, None)?, path)
+}
+
+pub fn samples_from(t: &RecordBatch, path: &Path) -> StageResult<SampleRows> {
+    let t = t.clone();
+    let u = |c: &str| -> StageResult<Vec<u32>> { Ok(table::u32_values(&t, c)?.values().to_vec()) };
+    Ok(SampleRows {
+        prompt_idx: u("prompt_idx")?,
+        sample: u("sample")?,
+        prompt: data_io::strings(&t, "prompt", path, false)?,
+        policy_response: data_io::strings(&t, "policy_response", path, false)?,
+        ref_response: data_io::strings(&t, "ref_response", path, false)?,
+        policy_oracle: data_io::f64s(&t, "policy_oracle", path)?,
+        ref_oracle: data_io::f64s(&t, "ref_oracle", path)?,
+        policy_len: u("policy_len")?,
+        ref_len: u("ref_len")?,
+        policy_logp: data_io::f64s(&t, "policy_logp", path)?,
+        policy_logp_ref: data_io::f64s(&t, "policy_logp_ref", path)?,
+    })
+}
+
+/// One evaluation summary with where it came from.
+#[derive(Debug, Clone)]
+pub struct EvalRow {
+    pub label: String,
+    pub method: String,
+    pub rho: Option<f64>,
+    pub seed: Option<i64>,
+    pub advantage: Estimate,
+    pub win_rate: f64,
+    pub mean_len: f64,
+    pub ref_mean_len: f64,
+    pub kl: f64,
+    pub beta: Option<f64>,
+    pub tau: Option<f64>,
+}
+
+fn opt_f64(t: &arrow::array::RecordBatch, col: &str) -> Option<f64> {
+    use arrow::array::{Array, AsArray};
+    let a = t.column_by_name(col)?;
+    let a = arrow::compute::cast(a, &arrow::datatypes::DataType::Float64).ok()?;
+    let a = a.as_primitive::<arrow::datatypes::Float64Type>();
+    (!a.is_empty() && a.is_valid(0)).then(|| a.value(0))
+}
+fn opt_str(t: &arrow::array::RecordBatch, col: &str) -> Option<String> {
+    use arrow::array::{Array, AsArray};
+    let a = t.column_by_name(col)?;
+    let a = a.as_string_opt::<i32>()?;
+    (a.len() > 0 && a.is_valid(0)).then(|| a.value(0).to_string())
+}
+
+/// Reads one evaluate summary (first row) with its node coordinates.
+pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
+    let t = table::read_table(&a.path, None)?;
+    if t.num_rows() != 1 {
+        return Err(StageError::invalid(
+            "evals",
+            format!("{} ({}): a summary has one row, found {}", a.node, a.path.display(), t.num_rows()),
+        ));
+    }
+    let need = |c: &str| {
+        opt_f64(&t, c)
+            .ok_or_else(|| StageError::invalid("evals", format!("{} ({}): missing `{c}`", a.node, a.path.display())))
+    };
+    let method =
+        data_io::coord_str(&a.coords, "method").or_else(|| opt_str(&t, "method")).unwrap_or_else(|| a.node.clone());
+    let se = need("se")?;
+    Ok(EvalRow {
+        label: method.clone(),
+        method,
+        rho: data_io::coord_f64(&a.coords, "rho").or_else(|| opt_f64(&t, "rho")),
+        seed: data_io::coord_f64(&a.coords, "seed").map(|s| s as i64),
+        advantage: Estimate {
+            mean: need("advantage")?,
+            se,
+            n: need("n_prompts")? as usize,
+            ci_low: need("ci_low")?,
+            ci_high: need("ci_high")?,
+        },
+        win_rate: need("win_rate")?,
+        mean_len: need("mean_len")?,
+        ref_mean_len: need("ref_mean_len")?,
+        kl: need("kl")?,
+        beta: data_io::coord_f64(&a.coords, "beta").or_else(|| opt_f64(&t, "beta")),
+        tau: data_io::coord_f64(&a.coords, "tau").or_else(|| opt_f64(&t, "tau")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(pol: &[f64], rf: &[f64], prompts: &[u32]) -> SampleRows {
+        let n = pol.len();
+        SampleRows {
+            prompt_idx: prompts.to_vec(),
+            sample: vec![0; n],
+            prompt: prompts.iter().map(|i| format!("p{i}")).collect(),
+            policy_response: vec!["x".into(); n],
+            ref_response: vec!["y".into(); n],
+            policy_oracle: pol.to_vec(),
+            ref_oracle: rf.to_vec(),
+            policy_len: vec![4; n],
+            ref_len: vec![2; n],
+            policy_logp: vec![-1.0; n],
+            policy_logp_ref: vec![-1.5; n],
+        }
+    }
+
+    #[test]
+    fn summary_is_paired_by_prompt() {
+        // two samples per prompt for prompts 0 and 1; per-prompt diffs: p0 = (1 + 0)/2 = 0.5, p1 = (2 + 2)/2 = 2
+        let s = rows(&[1.0, 0.5, 3.0, 3.0], &[0.0, 0.5, 1.0, 1.0], &[0, 0, 1, 1]);
+        let m = summarize(&s);
+        assert_eq!(m.advantage.n, 2);
+        assert!((m.advantage.mean - 1.25).abs() < 1e-12);
+        assert!((m.advantage.se - 0.75).abs() < 1e-12);
+        // wins: 1, tie (½), 1, 1 → 3.5/4
+        assert!((m.win_rate - 0.875).abs() < 1e-12);
+        assert_eq!((m.mean_len, m.ref_mean_len), (4.0, 2.0));
+        assert!((m.kl - 0.5).abs() < 1e-12);
+        assert!((m.policy_mean - m.ref_mean - 1.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn compare_pairs_prompts() {
+        let a = rows(&[1.0, 2.0, 3.0], &[0.0; 3], &[0, 1, 2]);
+        let b = rows(&[0.0, 0.5, 1.0], &[0.0; 3], &[0, 1, 2]);
+        let t = compare(&a, &b);
+        assert!((t.diff - 1.5).abs() < 1e-12);
+        assert!(t.p_value < 0.05, "{t:?}");
+    }
+}

@@ -1,0 +1,83 @@
+//! `merge_eval`: an evaluation's shards back into one: the `samples` tables concatenated in shard order (the
+//! unsharded table, row for row) and the summary recomputed from them ([`crate::evaluation`]), which equals the
+//! unsharded evaluation's.
+
+use crate::evaluation::{samples_from, summarize, summary_json, summary_table};
+use crate::port::*;
+use crate::table;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+pub struct MergeEval;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeParams {}
+
+impl Stage for MergeEval {
+    fn kind(&self) -> &'static str {
+        "merge_eval"
+    }
+    fn doc(&self) -> &'static str {
+        "joins a sharded evaluate's samples in shard order and recomputes its summary (= the unsharded evaluation)"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        &[InputSpec { name: "parts", required: true, many: true, doc: "evaluate.samples of every shard" }]
+    }
+    fn outputs(&self) -> &'static [OutputSpec] {
+        &[
+            OutputSpec { name: "samples", kind: ArtifactKind::File, doc: "the shards' samples in shard order" },
+            OutputSpec { name: "summary", kind: ArtifactKind::File, doc: "one row, as evaluate's summary" },
+        ]
+    }
+    fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
+        parse_params::<MergeParams>(params).map(|_| ())
+    }
+    fn runs(&self) -> Runs {
+        Runs::InProcess(run)
+    }
+}
+
+pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
+    let parts = ctx.inputs("parts");
+    let crate::shards::Shards { shards, by_shard, merged } = crate::shards::concat_shards(ctx, parts)?;
+    // every shard evaluated the same policy on the same split
+    let meta = |(k, kv): &(usize, Vec<(String, String)>), key: &str| {
+        kv.iter().find(|(x, _)| x == &format!("rmdistill.{key}")).map(|(_, v)| v.clone()).ok_or_else(|| {
+            StageError::invalid(
+                "parts",
+                format!(
+                    "{} ({}): no `rmdistill.{key}` metadata: not an evaluate.samples table",
+                    parts[*k].node,
+                    parts[*k].path.display()
+                ),
+            )
+        })
+    };
+    let first = &by_shard[&0];
+    let (info, split) = (meta(first, "policy_info")?, meta(first, "split")?);
+    for part in by_shard.values() {
+        if meta(part, "policy_info")? != info || meta(part, "split")? != split {
+            return Err(StageError::invalid(
+                "parts",
+                format!("{} evaluated another policy or split than {}", parts[part.0].node, parts[first.0].node),
+            ));
+        }
+    }
+    let s = samples_from(&merged, &parts[0].path)?;
+    let sum = summarize(&s);
+    let info: Value = serde_json::from_str(&info).unwrap_or(Value::Null);
+    let split = (split != "null").then_some(split);
+    let summary = summary_json(&sum, s.prompt.len(), split.as_deref(), &info, 0, 1);
+    let kv = table::summary_kv("merge_eval", &summary);
+    table::write_table(&ctx.output_path("samples"), &merged, &kv)?;
+    table::write_table(&ctx.output_path("summary"), &summary_table(&sum, &info, split.as_deref())?, &kv)?;
+    ctx.log(&format!(
+        "merged {shards} shards: {} rows, advantage {:+.4} [{:+.4}, {:+.4}]",
+        s.prompt.len(),
+        sum.advantage.mean,
+        sum.advantage.ci_low,
+        sum.advantage.ci_high
+    ));
+    Ok(summary)
+}

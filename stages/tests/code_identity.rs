@@ -1,0 +1,168 @@
+//! Code identity derived from the code: the build's identities are what `code_identity::derive` computes from the
+//! workspace, and editing a file in a copy of the tree changes exactly the identities of the stage kinds that reach
+//! it. Stage files never reference one another.
+
+use rmdistill_stages::code_identity::{self, Derived};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The libtorch version the build saw (from the compiled-in library list).
+fn built_libtorch() -> String {
+    rmdistill_stages::port::LIBRARY_VERSIONS
+        .split(';')
+        .find_map(|l| l.strip_prefix("libtorch="))
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A copy of the sources identities are derived from.
+fn copy_tree() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    let ws = workspace();
+    std::fs::copy(ws.join("Cargo.lock"), t.path().join("Cargo.lock")).unwrap();
+    for (_, dir) in code_identity::CRATES {
+        copy_dir(&ws.join(dir), &t.path().join(dir));
+    }
+    t
+}
+
+fn ids(d: &Derived) -> BTreeMap<String, String> {
+    d.stages.iter().map(|s| (s.kind.clone(), s.identity.clone())).collect()
+}
+
+fn derive(root: &Path) -> Derived {
+    code_identity::derive(root, &built_libtorch()).unwrap()
+}
+
+/// The kinds whose identity differs between two derivations.
+fn changed(a: &Derived, b: &Derived) -> Vec<String> {
+    let (a, b) = (ids(a), ids(b));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter().filter(|(k, v)| b[*k] != **v).map(|(k, _)| k.clone()).collect()
+}
+
+fn append(root: &Path, file: &str, text: &str) {
+    let p = root.join(file);
+    let mut s = std::fs::read_to_string(&p).unwrap();
+    s.push_str(text);
+    std::fs::write(p, s).unwrap();
+}
+
+#[test]
+fn the_build_compiled_in_what_derive_computes() {
+    let d = derive(&workspace());
+    for s in &d.stages {
+        let (id, files) = rmdistill_stages::port::stage_code(&s.kind).unwrap();
+        assert_eq!(id, s.identity, "{}: rebuilt since the sources changed?", s.kind);
+        assert_eq!(files, s.files.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), "{}", s.kind);
+    }
+    // a copy elsewhere derives the same identities: nothing depends on where the tree lives
+    let t = copy_tree();
+    assert_eq!(ids(&derive(t.path())), ids(&d));
+}
+
+#[test]
+fn an_edit_changes_exactly_the_kinds_that_reach_the_file() {
+    let t = copy_tree();
+    let base = derive(t.path());
+    // the ML core's sampling: the stages that sample from a model
+    append(t.path(), "ml/src/sampling.rs", "\n// an edit\n");
+    let after_ml = derive(t.path());
+    assert_eq!(changed(&base, &after_ml), ["evaluate", "precompute", "sample_pairs"]);
+    // a module shared by stages: the β/τ selection
+    append(t.path(), "stages/src/selection.rs", "\n// an edit\n");
+    let after_sel = derive(t.path());
+    assert_eq!(changed(&after_ml, &after_sel), ["evaluate", "report", "select"]);
+    // a stage's own file: that stage only (editing select does not invalidate every evaluation)
+    append(t.path(), "stages/src/select.rs", "\n// an edit\n");
+    let after_select = derive(t.path());
+    assert_eq!(changed(&after_sel, &after_select), ["select"]);
+    // reward-model scoring, in the worker
+    append(t.path(), "worker/src/rm_scoring.rs", "\n// an edit\n");
+    assert_eq!(changed(&after_select, &derive(t.path())), ["label", "precompute"]);
+    // the port every stage is written against: every stage
+    let before = derive(t.path());
+    append(t.path(), "stages/src/port.rs", "\n// an edit\n");
+    assert_eq!(changed(&before, &derive(t.path())).len(), before.stages.len());
+}
+
+#[test]
+fn test_code_and_comments_do_not_create_dependencies() {
+    let t = copy_tree();
+    let base = derive(t.path());
+    append(
+        t.path(),
+        "stages/src/merge.rs",
+        "\n/// [`crate::selection`] and \"crate::method\"\n#[cfg(test)]\nmod more_tests {\n    use crate::report::run;\n}\n",
+    );
+    let d = derive(t.path());
+    let merge = d.stages.iter().find(|s| s.kind == "merge").unwrap();
+    assert!(
+        !merge
+            .files
+            .iter()
+            .any(|f| f.ends_with("selection.rs") || f.ends_with("report.rs") || f.ends_with("method.rs"))
+    );
+    assert_eq!(changed(&base, &d), ["merge"], "its bytes changed, its dependencies did not");
+    assert!(d.cross_stage_references.is_empty());
+}
+
+#[test]
+fn stage_files_do_not_reference_each_other() {
+    let d = derive(&workspace());
+    assert!(d.cross_stage_references.is_empty(), "{:?}", d.cross_stage_references);
+    // and the check sees one when it is there
+    let t = copy_tree();
+    append(t.path(), "stages/src/select.rs", "\npub use crate::report::run as report_run;\n");
+    append(t.path(), "worker/src/label.rs", "\nuse rmdistill_stages::synth as _;\n");
+    let d = derive(t.path());
+    let found: BTreeMap<String, Vec<String>> = d.cross_stage_references.into_iter().collect();
+    assert_eq!(found["stages/src/select.rs"], ["stages/src/report.rs"]);
+    assert_eq!(found["worker/src/label.rs"], ["stages/src/synth.rs"]);
+}
+
+#[test]
+fn library_versions_are_covered() {
+    let d = derive(&workspace());
+    let get = |k: &str| d.stages.iter().find(|s| s.kind == k).unwrap().libs.clone();
+    for lib in ["arrow=", "parquet=", "rand_chacha="] {
+        assert!(get("subsample").contains(lib) && get("policy").contains(lib), "{lib}");
+    }
+    for lib in ["libtorch=", "tch=", "torch-sys=", "safetensors=", "tokenizers="] {
+        assert!(get("policy").contains(lib), "{lib}: {}", get("policy"));
+        assert!(!get("subsample").contains(lib), "{lib}: a pure stage does not depend on it");
+    }
+    // a version bump in Cargo.lock changes the identities of the stages that use the library
+    let t = copy_tree();
+    let base = derive(t.path());
+    let lock = std::fs::read_to_string(t.path().join("Cargo.lock")).unwrap();
+    let bumped = lock.replacen("name = \"safetensors\"\nversion = \"", "name = \"safetensors\"\nversion = \"99.", 1);
+    assert_ne!(lock, bumped);
+    std::fs::write(t.path().join("Cargo.lock"), bumped).unwrap();
+    let d = derive(t.path());
+    let with = |lib: &str| -> Vec<String> {
+        base.stages.iter().filter(|s| s.libs.contains(lib)).map(|s| s.kind.clone()).collect()
+    };
+    assert!(!with("safetensors=").is_empty());
+    assert_eq!(changed(&base, &d), with("safetensors="));
+    // and libtorch's own version: the stages that compute with tch
+    let other = code_identity::derive(t.path(), "0.0.0-test").unwrap();
+    assert_eq!(changed(&d, &other), with("tch="));
+    assert!(with("tch=").contains(&"policy".to_string()) && !with("tch=").contains(&"report".to_string()));
+}

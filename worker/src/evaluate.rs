@@ -1,0 +1,315 @@
+//! `evaluate` (declared in `rmdistill_stages::evaluate`): samples the policy and π_ref, scores them with the oracle
+//! and writes the summary of [`rmdistill_stages::evaluation`].
+
+use crate::lm_io::{self, Codec};
+use rmdistill_ml::tch;
+use rmdistill_ml::{LanguageModel, Reduction, RewardModel, SampleConfig, generate, with_autocast};
+use rmdistill_stages::evaluate::{OracleKind, Params, parse};
+use rmdistill_stages::evaluation::{SampleRows, samples_table, summarize, summary_json, summary_table};
+use rmdistill_stages::oracle::synthetic_oracle;
+use rmdistill_stages::port::*;
+use rmdistill_stages::table;
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// The evaluation prompts: distinct, in table order, filtered by split, capped, sharded.
+fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
+    let schema = table::read_schema(path)?;
+    let has_split = schema.index_of("split").is_ok();
+    let cols: Vec<&str> = if has_split { vec![table::PROMPT, "split"] } else { vec![table::PROMPT] };
+    let t = table::read_table(path, Some(&cols))?;
+    let prompts = lm_io::strings(&t, table::PROMPT, path)?;
+    let splits = if has_split { Some(lm_io::strings(&t, "split", path)?) } else { None };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = vec![];
+    let mut available = std::collections::BTreeMap::<String, usize>::new();
+    for (i, pr) in prompts.into_iter().enumerate() {
+        if let Some(s) = &splits {
+            *available.entry(s[i].clone()).or_default() += 1;
+            if p.split.as_ref().is_some_and(|want| &s[i] != want) {
+                continue;
+            }
+        }
+        if pr.trim().is_empty() {
+            return Err(StageError::invalid("prompts", format!("{}: row {i}: empty prompt", path.display())));
+        }
+        if seen.insert(pr.clone()) {
+            out.push(pr);
+        }
+    }
+    if let Some(n) = p.n_prompts {
+        out.truncate(n);
+    }
+    if out.is_empty() {
+        return Err(StageError::invalid(
+            "split",
+            format!(
+                "{}: no prompts to evaluate for split {:?} (rows per split: {available:?})",
+                path.display(),
+                p.split
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Scores (prompt, response) texts with a reward-model oracle.
+struct RmOracle {
+    model: RewardModel,
+    codec: Codec,
+}
+
+impl RmOracle {
+    fn score(&self, prompts: &[String], responses: &[String], batch_size: usize) -> StageResult<Vec<f64>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        let dev = self.model.device();
+        for (ps, rs) in prompts.chunks(batch_size).zip(responses.chunks(batch_size)) {
+            let pi: Vec<Vec<i64>> = ps.iter().map(|s| self.codec.prompt(s)).collect::<StageResult<_>>()?;
+            let ri: Vec<Vec<i64>> = rs.iter().map(|s| self.codec.response(s)).collect::<StageResult<_>>()?;
+            let pr: Vec<&[i64]> = pi.iter().map(|v| v.as_slice()).collect();
+            let rr: Vec<&[i64]> = ri.iter().map(|v| v.as_slice()).collect();
+            let b = self.codec.batch(&pr, &rr, dev)?;
+            let r = tch::no_grad(|| with_autocast(dev, || self.model.rewards(&b)));
+            out.extend(
+                Vec::<f64>::try_from(r.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
+                    .map_err(anyhow::Error::from)?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn read_info(dir: &Path) -> Value {
+    std::fs::read_to_string(dir.join(lm_io::POLICY_INFO_FILE))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The policy to evaluate: the one bound, or, with a `selection`, the candidate it chose for this method and ρ.
+fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
+    let cands: Vec<(&InputArtifact, Value)> = ctx.inputs("policy").iter().map(|a| (a, read_info(&a.path))).collect();
+    let names = |c: &[(&InputArtifact, Value)]| c.iter().map(|(a, _)| a.node.as_str()).collect::<Vec<_>>().join(", ");
+    let sel = lm_io::opt_input(ctx, "selection")?;
+    let Some(sel) = sel else {
+        return match cands.len() {
+            0 => Err(StageError::invalid("policy", "no policy checkpoint is bound")),
+            1 => Ok(cands.into_iter().next().unwrap()),
+            n => Err(StageError::invalid(
+                "policy",
+                format!(
+                    "{n} policies are bound ({}); bind `selection` (a select stage's output) to choose one, or sweep this stage over their axes",
+                    names(&cands)
+                ),
+            )),
+        };
+    };
+    let choices = rmdistill_stages::selection::read_selection(&sel.path)?;
+    let num = |a: &InputArtifact, info: &Value, k: &str| {
+        info.get(k).and_then(Value::as_f64).or_else(|| rmdistill_stages::data_io::coord_f64(&a.coords, k))
+    };
+    let mut chosen = vec![];
+    let mut wanted = None;
+    for (a, info) in &cands {
+        let method = info
+            .get("method")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| a.coords.get("method").and_then(Value::as_str).map(str::to_string));
+        let Some(method) = method else {
+            return Err(StageError::invalid(
+                "policy",
+                format!("{}: no `method` in its {}: not a policy checkpoint", a.node, lm_io::POLICY_INFO_FILE),
+            ));
+        };
+        let rho = num(a, info, "rho");
+        let Some(c) = rmdistill_stages::selection::choice_for(&choices, &method, rho) else {
+            let have: Vec<String> = choices.iter().map(|c| format!("{} at ρ = {:?}", c.method, c.rho)).collect();
+            return Err(StageError::invalid(
+                "selection",
+                format!(
+                    "{} ({}): the selection ({}) has no choice for {method} at ρ = {rho:?}; it covers {}",
+                    a.node,
+                    method,
+                    sel.node,
+                    have.join(", ")
+                ),
+            ));
+        };
+        if c.is_value(num(a, info, &c.param)) {
+            chosen.push((*a, info.clone()));
+        }
+        wanted = Some(c.clone());
+    }
+    let w = wanted.ok_or_else(|| StageError::invalid("policy", "no policy checkpoint is bound"))?;
+    match chosen.len() {
+        1 => Ok(chosen.pop().unwrap()),
+        0 => Err(StageError::invalid(
+            "policy",
+            format!(
+                "the selection chose {} = {} for {} at ρ = {:?}, but no bound policy was trained with it (bound: {})",
+                w.param,
+                w.value,
+                w.method,
+                w.rho,
+                names(&cands)
+            ),
+        )),
+        n => Err(StageError::invalid(
+            "policy",
+            format!(
+                "{n} bound policies match the selection's {} = {} ({}); sweep this stage over the axes that tell them apart",
+                w.param,
+                w.value,
+                names(&chosen)
+            ),
+        )),
+    }
+}
+
+pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
+    let p = parse(ctx.params())?;
+    let t0 = std::time::Instant::now();
+    let (pol_in, info) = pick_policy(ctx)?;
+    let ref_in = lm_io::one_input(ctx, "reference")?;
+    let prompts_in = lm_io::one_input(ctx, "prompts")?;
+    let oracle_in = lm_io::opt_input(ctx, "oracle")?;
+    if p.oracle == OracleKind::RewardModel && oracle_in.is_none() {
+        return Err(StageError::invalid(
+            "oracle",
+            "oracle = \"reward_model\" needs a reward-model checkpoint bound to the `oracle` input",
+        ));
+    }
+    if p.oracle == OracleKind::Synthetic {
+        // fail before sampling when the synthetic oracle is unavailable or its knobs are wrong
+        synthetic_oracle("probe", "probe", &p.oracle_params)?;
+    }
+    let prompts = read_prompts(&prompts_in.path, &p)?;
+    let device = lm_io::tch_device(ctx);
+    tch::set_num_threads(ctx.threads().max(1) as i32);
+    rmdistill_ml::seed_everything(p.seed);
+    let codec = Codec::load(&ref_in.path, "reference")?.with_max_len(p.max_len);
+    let pcodec = Codec::load(&pol_in.path, "policy")?.with_max_len(p.max_len);
+    if pcodec.tok.vocab_size() != codec.tok.vocab_size() || pcodec.eos != codec.eos {
+        return Err(StageError::invalid("policy", "the policy's tokenizer differs from the reference's"));
+    }
+    let load = |dir: &Path, slot: &str| {
+        LanguageModel::load(dir, device).map_err(|e| StageError::invalid(slot, format!("{e:#}")))
+    };
+    let (mut policy, mut reference) = (load(&pol_in.path, "policy")?, load(&ref_in.path, "reference")?);
+    policy.freeze();
+    reference.freeze();
+    codec.check_vocab(reference.net().vocab_size(), "reference")?;
+    let rm = match (p.oracle, oracle_in) {
+        (OracleKind::RewardModel, Some(o)) => {
+            let mut model = RewardModel::load(&o.path, device, false)
+                .map_err(|e| StageError::invalid("oracle", format!("{e:#}")))?;
+            model.freeze();
+            let c = Codec::load(&o.path, "oracle")?.with_max_len(p.max_len);
+            c.check_vocab(model.config.vocab_size(), "oracle")?;
+            Some(RmOracle { model, codec: c })
+        }
+        _ => None,
+    };
+    // ---- sample: rows are (prompt, sample index), batched; a shard takes a contiguous block of batches
+    let mut rows: Vec<(u32, u32)> = vec![];
+    for i in 0..prompts.len() as u32 {
+        for k in 0..p.samples_per_prompt as u32 {
+            rows.push((i, k));
+        }
+    }
+    let n_batches = rows.len().div_ceil(p.batch_size);
+    let mine = rmdistill_stages::data_io::shard_range(n_batches, p.shard, p.shards);
+    if mine.is_empty() {
+        return Err(StageError::invalid(
+            "shards",
+            format!(
+                "shard {} of {} has no work: {} rows make only {n_batches} batches of {}; use fewer shards or a smaller batch_size",
+                p.shard,
+                p.shards,
+                rows.len(),
+                p.batch_size
+            ),
+        ));
+    }
+    let prompt_ids: Vec<Vec<i64>> = prompts.iter().map(|s| codec.prompt(s)).collect::<StageResult<_>>()?;
+    let mut s = SampleRows::default();
+    let total = mine.len() as u64;
+    let batches: Vec<(usize, &[(u32, u32)])> =
+        rows.chunks(p.batch_size).enumerate().filter(|(bi, _)| mine.contains(bi)).collect();
+    for (done, (bi, chunk)) in batches.into_iter().enumerate() {
+        let ps: Vec<&[i64]> = chunk
+            .iter()
+            .map(|(i, _)| {
+                rmdistill_stages::data_io::sampling_context(&prompt_ids[*i as usize], p.max_len, p.max_new_tokens)
+            })
+            .collect();
+        let cfg = SampleConfig {
+            max_new_tokens: p.max_new_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            seed: p.seed.wrapping_add(bi as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            eos_ids: vec![codec.eos],
+            use_cache: true,
+        };
+        let gp = with_autocast(device, || generate(&policy, &ps, codec.pad, &cfg))?;
+        let gr = with_autocast(device, || generate(&reference, &ps, codec.pad, &cfg))?;
+        let strip = |t: &Vec<i64>| -> Vec<i64> { t.iter().copied().filter(|&x| x != codec.eos).collect() };
+        // the policy's sample with EOS when it stopped, scored under both models (for the KL estimate)
+        let scored: Vec<Vec<i64>> =
+            gp.tokens.iter().map(|t| if t.is_empty() { vec![codec.eos] } else { t.clone() }).collect();
+        let sr: Vec<&[i64]> = scored.iter().map(|v| v.as_slice()).collect();
+        let lp_pol = lm_io::logprobs_nograd(&policy, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?;
+        let lp_ref = lm_io::logprobs_nograd(&reference, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?;
+        for (j, (i, k)) in chunk.iter().enumerate() {
+            let (tp, tr) = (strip(&gp.tokens[j]), strip(&gr.tokens[j]));
+            s.prompt_idx.push(*i);
+            s.sample.push(*k);
+            s.prompt.push(prompts[*i as usize].clone());
+            s.policy_response.push(codec.decode_sample(&tp)?);
+            s.ref_response.push(codec.decode_sample(&tr)?);
+            s.policy_len.push(tp.len() as u32);
+            s.ref_len.push(tr.len() as u32);
+            s.policy_logp.push(lp_pol[j]);
+            s.policy_logp_ref.push(lp_ref[j]);
+        }
+        ctx.progress(done as u64 + 1, total + 1);
+    }
+    // ---- oracle
+    match &rm {
+        Some(o) => {
+            s.policy_oracle = o.score(&s.prompt, &s.policy_response, p.batch_size)?;
+            s.ref_oracle = o.score(&s.prompt, &s.ref_response, p.batch_size)?;
+        }
+        None => {
+            for i in 0..s.prompt.len() {
+                s.policy_oracle.push(synthetic_oracle(&s.prompt[i], &s.policy_response[i], &p.oracle_params)?);
+                s.ref_oracle.push(synthetic_oracle(&s.prompt[i], &s.ref_response[i], &p.oracle_params)?);
+            }
+        }
+    }
+    let sum = summarize(&s);
+    let summary = summary_json(&sum, s.prompt.len(), p.split.as_deref(), &info, p.shard, p.shards);
+    // artifact bytes are deterministic: wall time goes only into the returned summary
+    let kv = table::summary_kv("evaluate", &summary);
+    let mut summary = summary;
+    summary["seconds"] = json!(t0.elapsed().as_secs_f64());
+    table::write_table(&ctx.output_path("samples"), &samples_table(&s)?, &kv)?;
+    table::write_table(&ctx.output_path("summary"), &summary_table(&sum, &info, p.split.as_deref())?, &kv)?;
+    ctx.progress(total + 1, total + 1);
+    ctx.log(&format!(
+        "{} rows of {} prompts × {}: advantage {:+.4} [{:+.4}, {:+.4}], win rate {:.3}, length {:.1} vs {:.1}, KL {:.3} ({:.1} s)",
+        s.prompt.len(),
+        prompts.len(),
+        p.samples_per_prompt,
+        sum.advantage.mean,
+        sum.advantage.ci_low,
+        sum.advantage.ci_high,
+        sum.win_rate,
+        sum.mean_len,
+        sum.ref_mean_len,
+        sum.kl,
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(summary)
+}

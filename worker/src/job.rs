@@ -1,0 +1,115 @@
+//! One job in the worker process (the protocol is `rmdistill_stages::protocol`): the job is checked (format version,
+//! known kind, and the engine's code identity of the kind against this binary's own), libtorch's thread pools are
+//! sized as the engine asked, the stage runs behind a [`Ctx`] whose progress and log lines become protocol messages,
+//! and the outcome is the last message.
+
+use rmdistill_stages::port::{self, Ctx, Device, InputArtifact, StageError};
+use rmdistill_stages::protocol::{EXIT_REFUSED, Job, Message, VERSION};
+use serde_json::{Map, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Where protocol messages go: one line each, flushed at once (the engine reads them as they come).
+pub struct Channel {
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl Channel {
+    pub fn new(out: Box<dyn Write + Send>) -> Channel {
+        Channel { out: Mutex::new(out) }
+    }
+
+    pub fn send(&self, m: &Message) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        // A closed pipe means the engine is gone; the job's result has nowhere to go, so errors are ignored.
+        let _ = writeln!(out, "{}", m.line());
+        let _ = out.flush();
+    }
+}
+
+struct JobCtx<'a> {
+    job: &'a Job,
+    channel: &'a Channel,
+    empty: Vec<InputArtifact>,
+}
+
+impl Ctx for JobCtx<'_> {
+    fn params(&self) -> &Map<String, Value> {
+        &self.job.params
+    }
+    fn inputs(&self, slot: &str) -> &[InputArtifact] {
+        self.job.inputs.get(slot).unwrap_or(&self.empty)
+    }
+    fn external(&self, param: &str) -> Option<&Path> {
+        self.job.externals.get(param).map(PathBuf::as_path)
+    }
+    fn output_path(&self, name: &str) -> PathBuf {
+        self.job.outputs.get(name).cloned().unwrap_or_else(|| panic!("stage {} has no output {name}", self.job.kind))
+    }
+    fn progress(&self, done: u64, total: u64) {
+        self.channel.send(&Message::Progress { done, total });
+    }
+    fn log(&self, message: &str) {
+        self.channel.send(&Message::Log { message: message.to_string() });
+    }
+    fn device(&self) -> Device {
+        self.job.device
+    }
+    fn threads(&self) -> usize {
+        self.job.threads
+    }
+}
+
+/// Why a job is not run at all.
+pub fn refusal(job: &Job) -> Option<String> {
+    if job.v != VERSION {
+        return Some(format!(
+            "job format version {} is not this worker's ({VERSION}): rmdistill and rmdistill-worker were built from different sources; rebuild both (`cargo build`)",
+            job.v
+        ));
+    }
+    let Some(stage) = rmdistill_stages::stage(&job.kind) else {
+        return Some(format!("unknown stage kind `{}`", job.kind));
+    };
+    let own = port::code_identity(stage);
+    if job.code != own {
+        return Some(format!(
+            "rmdistill and rmdistill-worker were built from different sources; rebuild both (`cargo build`): the code identity of stage kind `{}` is {} in rmdistill and {own} in this worker",
+            job.kind, job.code
+        ));
+    }
+    if crate::implementation(&job.kind).is_none() {
+        return Some(format!("stage kind `{}` has no implementation in this worker", job.kind));
+    }
+    None
+}
+
+/// Runs a job and reports its outcome on `channel`; returns the process's exit status.
+pub fn run(job: &Job, channel: &Channel) -> i32 {
+    if let Some(why) = refusal(job) {
+        channel.send(&Message::Failed { message: why });
+        return EXIT_REFUSED;
+    }
+    let run = crate::implementation(&job.kind).expect("checked by refusal");
+    // Set before any tensor work: libtorch sizes its pools once. jobs × threads ≤ cores is the engine's to keep.
+    rmdistill_ml::tch::set_num_threads(job.threads.max(1) as i32);
+    rmdistill_ml::tch::set_num_interop_threads(job.interop_threads.max(1) as i32);
+    let ctx = JobCtx { job, channel, empty: Vec::new() };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&ctx)));
+    let (msg, code) = match result {
+        Ok(Ok(summary)) => (Message::Done { summary }, 0),
+        Ok(Err(StageError::Invalid { field, message })) => (Message::Invalid { field, message }, 1),
+        Ok(Err(StageError::Failed(message))) => (Message::Failed { message }, 1),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            (Message::Failed { message: format!("stage `{}` panicked (a bug in rmdistill): {msg}", job.kind) }, 1)
+        }
+    };
+    channel.send(&msg);
+    code
+}
