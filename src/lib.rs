@@ -14,3 +14,4 @@ pub mod remote;
 pub mod render;
 pub mod show;
 pub mod store;
+pub mod units;
