@@ -4,7 +4,10 @@
 //!
 //! The shared part lives here: the graph of nodes still to run (cached nodes are resolved against the store before
 //! anything is emitted, and dependencies on them are dropped), grouping of a stage's nodes into array jobs, names that
-//! schedulers accept, and resource parsing. Each scheduler's rendering lives in its own file under `export/`.
+//! schedulers accept, and resource requests (parsed by [`crate::units`]). Each scheduler's rendering lives in its own
+//! file under `export/`. Exporters take plain requests ([`Source`] and each one's `Request`); only `cli.rs` knows how
+//! they are spelt on the command line. Every value they write into a script or document is quoted for what reads it,
+//! or refused where the scheduler offers no quoting (see `tests/export_injection.rs`).
 
 pub mod argo;
 pub mod aws;

@@ -1224,9 +1224,11 @@ mod tests {
                 "out".to_string(),
                 OutputRef { hash: hash.into(), kind: ArtifactKind::File, size: 5 },
             )]),
-            summary: serde_json::json!({"b": 1.5, "a": [0.1, 1e-7, 12345678901234567890u64]}),
+            // Floats that need 17 digits: their text must parse back to the same bits (serde_json's
+            // `float_roundtrip`), or the entry's check and its record's key would not match after a read.
+            summary: serde_json::json!({"b": 1.5, "a": [0.1, 1e-7, 12345678901234567890u64, 1.5778092959999999]}),
             created: "now".into(),
-            seconds: 0.123456789,
+            seconds: 1.5778092959999999,
         }
     }
 
@@ -1235,7 +1237,10 @@ mod tests {
             v: KEY_VERSION,
             stage_kind: "generate".into(),
             code: "c".into(),
-            params: serde_json::json!({"n": 3, "x": 0.30000000000000004}).as_object().unwrap().clone(),
+            params: serde_json::json!({"n": 3, "x": 0.30000000000000004, "y": 2.2250738585072014e-308, "z": 0.1 + 0.7})
+                .as_object()
+                .unwrap()
+                .clone(),
             inputs: BTreeMap::from([("i".into(), vec![InputRef { hash: "h".into(), coords: BTreeMap::new() }])]),
             externals: BTreeMap::new(),
         }
@@ -1274,6 +1279,24 @@ mod tests {
         std::fs::write(&path, "garbage").unwrap();
         store.put_entry(&e, false).unwrap();
         assert!(store.get_entry(&e.key).unwrap().is_some());
+    }
+
+    #[test]
+    fn entries_with_long_floats_read_back_as_written() {
+        // Every f64 printed by serde_json must parse back to itself; spot-check many that need 17 digits.
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("file://{}", d.path().join("s").display()), &d.path().join("l")).unwrap();
+        let hash = store.put_bytes(b"hello".to_vec()).unwrap();
+        let mut x: f64 = 1.0;
+        for i in 0..200 {
+            x = x * 1.000_000_123_456_789 + 1e-9 * i as f64;
+            let mut r = record();
+            r.params.insert("x".into(), serde_json::json!(x / 3.0));
+            let mut e = entry(&r, &hash);
+            e.seconds = x / 7.0;
+            store.put_entry(&e, false).unwrap();
+            assert!(store.get_entry(&e.key).unwrap().is_some(), "entry with {} did not read back", x / 3.0);
+        }
     }
 
     #[test]
