@@ -58,9 +58,15 @@ bind() { # bind SRC DEST-inside-root
     mount --bind "$1" "$root$2"
     mounted+=("$root$2")
 }
+rbind() { # rbind DIR: the host's DIR with every mount below it (/sys/fs/cgroup, which slurmd needs; /dev/pts)
+    mkdir -p "$root$1"
+    mount --rbind "$1" "$root$1"
+    mount --make-rslave "$root$1"
+    mounted+=("$root$1")
+}
 cleanup() {
     local i
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[i]}" 2>/dev/null || true; done
+    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -R -l "${mounted[i]}" 2>/dev/null || true; done
     # Bind mounts of the host's own file system (the toolchain, the repository) must be gone before anything under
     # ROOTFS is deleted: rm's --one-file-system cannot tell them apart.
     if grep -q " $root/" /proc/mounts; then
@@ -72,9 +78,8 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$root/proc" "$root/sys" "$root/dev"
 mount -t proc proc "$root/proc"; mounted+=("$root/proc")
-bind /sys /sys
-bind /dev /dev
-bind /dev/pts /dev/pts
+rbind /sys
+rbind /dev
 bind /root/.cargo /root/.cargo
 bind /root/.rustup /root/.rustup
 
@@ -84,7 +89,12 @@ in_root() { chroot "$root" /usr/bin/env -i HOME=/root PATH=/root/.cargo/bin:/usr
 log "the chroot has no Slurm: $(in_root bash -c 'command -v sbatch slurmd munged || echo none')"
 
 if [[ $mode == slurm ]]; then
-    bind "$(dirname "$here")" "$(dirname "$here")"
+    # The top directory holding the repository (its target/, and libtorch where the test binaries' rpath points
+    # through the .deps/torch link, which may lead to a sibling checkout), at the same paths.
+    top=/$(cut -d/ -f2 <<<"$here")
+    bind "$top" "$top"
+    torch=$(readlink -f "$here/.deps/torch" || true)
+    if [[ -n $torch && $torch != "$top"/* ]]; then bind "$torch" "$torch"; fi
     bin=$(ls -t "$here"/target/debug/deps/export_slurm-* 2>/dev/null | grep -v '\.d$' | head -n 1)
     [[ -x $bin ]] || { echo "build the tests first: cargo test --test export_slurm --no-run" >&2; exit 2; }
     log "running both real-Slurm tests at once in the chroot ($bin)"
