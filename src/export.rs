@@ -97,12 +97,12 @@ impl Graph {
         let mut nodes = Vec::new();
         let mut in_flight = self.in_flight.clone();
         for (i, n) in self.nodes.iter().enumerate() {
-            if let Some(id) = live.get(&n.name) {
-                if n.deps.iter().all(|&d| flying[d]) {
-                    flying[i] = true;
-                    in_flight.push((n.name.clone(), id.clone()));
-                    continue;
-                }
+            if let Some(id) = live.get(&n.name)
+                && n.deps.iter().all(|&d| flying[d])
+            {
+                flying[i] = true;
+                in_flight.push((n.name.clone(), id.clone()));
+                continue;
             }
             let mut after: BTreeSet<String> = n.after.iter().cloned().collect();
             let mut deps = Vec::new();

@@ -435,26 +435,26 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
     let execution = match doc.execution.map(Spanned::into_inner) {
         None => ExecutionDecl::default(),
         Some(ExecutionDoc { jobs, device }) => {
-            if let Some(j) = &jobs {
-                if !(1..=MAX_JOBS).contains(j.get_ref()) {
-                    return Err(sources[0]
-                        .error(j.span(), format!("[execution] jobs = {}: expected 1 to {MAX_JOBS}", j.get_ref()))
-                        .into());
-                }
+            if let Some(j) = &jobs
+                && !(1..=MAX_JOBS).contains(j.get_ref())
+            {
+                return Err(sources[0]
+                    .error(j.span(), format!("[execution] jobs = {}: expected 1 to {MAX_JOBS}", j.get_ref()))
+                    .into());
             }
-            if let Some(d) = &device {
-                if !DEVICES.contains(&d.get_ref().to_ascii_lowercase().as_str()) {
-                    return Err(sources[0]
-                        .error(
-                            d.span(),
-                            format!(
-                                "[execution] device = \"{}\": expected one of {}",
-                                d.get_ref().escape_debug(),
-                                DEVICES.join(", ")
-                            ),
-                        )
-                        .into());
-                }
+            if let Some(d) = &device
+                && !DEVICES.contains(&d.get_ref().to_ascii_lowercase().as_str())
+            {
+                return Err(sources[0]
+                    .error(
+                        d.span(),
+                        format!(
+                            "[execution] device = \"{}\": expected one of {}",
+                            d.get_ref().escape_debug(),
+                            DEVICES.join(", ")
+                        ),
+                    )
+                    .into());
             }
             let device_at = device.as_ref().map(|d| {
                 let (l, c) = crate::error::line_col(&sources[0].text, d.span().start);

@@ -229,10 +229,10 @@ fn entry_check(v: &serde_json::Value) -> String {
 
 /// Why an entry read from `cache/…/KEY.json` cannot be trusted for `key`, if it cannot.
 fn entry_mismatch(key: &str, v: &serde_json::Value, e: &Entry) -> Option<String> {
-    if let Some(check) = v.get("check") {
-        if check.as_str() != Some(entry_check(v).as_str()) {
-            return Some("its contents do not match its `check` hash (edited or damaged)".into());
-        }
+    if let Some(check) = v.get("check")
+        && check.as_str() != Some(entry_check(v).as_str())
+    {
+        return Some("its contents do not match its `check` hash (edited or damaged)".into());
     }
     if e.key != key {
         return Some(format!("it is stored under key {} but names key {}", key::short(key), key::short(&e.key)));
@@ -332,10 +332,10 @@ impl StateDb {
         }
         if let Some(dir) = self.file.parent() {
             let _ = std::fs::create_dir_all(dir);
-            if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
-                if tmp.write_all(text.as_bytes()).is_ok() {
-                    let _ = tmp.persist(&self.file);
-                }
+            if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir)
+                && tmp.write_all(text.as_bytes()).is_ok()
+            {
+                let _ = tmp.persist(&self.file);
             }
         }
     }
@@ -541,10 +541,11 @@ impl Store {
             return Ok(Check::Corrupt(format!("the blob is intact ({n} bytes) but the entry records {s} bytes")));
         }
         // Remember it only if the file did not change while it was hashed, and not too recently.
-        if let Ok(after) = std::fs::metadata(&path) {
-            if file_sig(&after) == sig && !racy(&after) {
-                self.state.lock().unwrap().put(hash, sig);
-            }
+        if let Ok(after) = std::fs::metadata(&path)
+            && file_sig(&after) == sig
+            && !racy(&after)
+        {
+            self.state.lock().unwrap().put(hash, sig);
         }
         Ok(Check::Ok)
     }
@@ -606,10 +607,10 @@ impl Store {
     }
 
     fn remember_remote(&self, hash: &str, size: u64, e_tag: Option<String>) {
-        if self.local_root.is_none() {
-            if let Some(t) = e_tag {
-                self.state.lock().unwrap().put(hash, format!("{size} {t}"));
-            }
+        if self.local_root.is_none()
+            && let Some(t) = e_tag
+        {
+            self.state.lock().unwrap().put(hash, format!("{size} {t}"));
         }
     }
 

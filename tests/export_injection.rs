@@ -257,15 +257,10 @@ fn k8s_expand(s: &str) -> String {
     let mut out = String::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == '$' && i + 1 < b.len() {
-            match b[i + 1] {
-                '$' => {
-                    out.push('$');
-                    i += 2;
-                    continue;
-                }
-                _ => {}
-            }
+        if b[i] == '$' && i + 1 < b.len() && b[i + 1] == '$' {
+            out.push('$');
+            i += 2;
+            continue;
         }
         out.push(b[i]);
         i += 1;
