@@ -218,28 +218,55 @@ fn is_not_found(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound
 }
 
-/// The hash of an entry's JSON without its `check` field: what `check` holds.
-fn entry_check(v: &serde_json::Value) -> String {
-    let mut v = v.clone();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("check");
-    }
-    blake3::hash(key::canonical(&v).as_bytes()).to_hex().to_string()
+/// How an entry file ends: its last field is `check`, the BLAKE3 of the file's bytes as they would be without it
+/// (`…\n}`). Hashing bytes, not a re-serialisation, makes the check exact and cheap on every lookup.
+const CHECK_OPEN: &[u8] = b",\n  \"check\": \"";
+const CHECK_CLOSE: &[u8] = b"\"\n}";
+
+/// The bytes of an entry file: `body` (pretty JSON of the entry, ending `\n}`) with `check` added as its last field.
+fn with_check(body: &[u8]) -> Vec<u8> {
+    let check = blake3::hash(body).to_hex();
+    let open = body.strip_suffix(b"\n}").expect("pretty JSON of a struct ends with a closing brace");
+    let mut out = Vec::with_capacity(body.len() + 90);
+    out.extend_from_slice(open);
+    out.extend_from_slice(CHECK_OPEN);
+    out.extend_from_slice(check.as_bytes());
+    out.extend_from_slice(CHECK_CLOSE);
+    out
 }
 
-/// Why an entry read from `cache/…/KEY.json` cannot be trusted for `key`, if it cannot.
-fn entry_mismatch(key: &str, v: &serde_json::Value, e: &Entry) -> Option<String> {
-    if let Some(check) = v.get("check")
-        && check.as_str() != Some(entry_check(v).as_str())
-    {
+/// What an entry file's `check` says: `Some(true)` it matches, `Some(false)` it does not (or a `check` field was
+/// edited out of its place), `None` the entry has none (written before checks existed).
+fn check_matches(bytes: &[u8]) -> Option<bool> {
+    let t = bytes.trim_ascii_end();
+    let hex_at = t.len().checked_sub(CHECK_CLOSE.len() + 64)?;
+    let tail_ok = t.ends_with(CHECK_CLOSE) && t[..hex_at].ends_with(CHECK_OPEN);
+    if !tail_ok {
+        let near_end = &t[t.len().saturating_sub(200)..];
+        return near_end.windows(8).any(|w| w == b"\"check\"").then_some(false);
+    }
+    let open = &t[..hex_at - CHECK_OPEN.len()];
+    let mut h = blake3::Hasher::new();
+    h.update(open);
+    h.update(b"\n}");
+    Some(h.finalize().to_hex().as_bytes() == &t[hex_at..hex_at + 64])
+}
+
+/// Why an entry read from `cache/…/KEY.json` cannot be trusted for `key`, if it cannot. An entry with a matching
+/// `check` is exactly as [`Store::put_entry`] wrote it, and that checked its record against its key; an older entry
+/// without one has its record hashed again here.
+fn entry_mismatch(key: &str, checked: Option<bool>, e: &Entry) -> Option<String> {
+    if checked == Some(false) {
         return Some("its contents do not match its `check` hash (edited or damaged)".into());
     }
     if e.key != key {
         return Some(format!("it is stored under key {} but names key {}", key::short(key), key::short(&e.key)));
     }
-    let rk = e.record.key();
-    if rk != key {
-        return Some(format!("its key record hashes to {}, not to its key {}", key::short(&rk), key::short(key)));
+    if checked.is_none() {
+        let rk = e.record.key();
+        if rk != key {
+            return Some(format!("its key record hashes to {}, not to its key {}", key::short(&rk), key::short(key)));
+        }
     }
     for (name, o) in &e.outputs {
         if !is_hash(&o.hash) {
@@ -910,8 +937,8 @@ impl Store {
         }
     }
 
-    /// The cache entry for `key`, if one is stored and can be trusted: it parses, it names this key, its record
-    /// hashes to this key, and its `check` matches. An entry that fails any of these is set aside (see the module
+    /// The cache entry for `key`, if one is stored and can be trusted: it parses, its `check` matches (or, for an
+    /// entry written before checks existed, its record hashes to this key), and it names this key. An entry that fails any of these is set aside (see the module
     /// documentation) with a warning, and reads as absent, so that its node runs again.
     pub fn get_entry(&self, key: &str) -> anyhow::Result<Option<Entry>> {
         let rel = Self::entry_rel(key);
@@ -924,16 +951,11 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let parsed = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|v| match serde_json::from_value::<Entry>(v.clone()) {
-                Ok(e) => Ok((v, e)),
-                Err(e) => Err(format!("not a cache entry: {e}")),
-            });
-        let why = match &parsed {
-            Err(why) => why.clone(),
-            Ok((v, e)) => match entry_mismatch(key, v, e) {
-                None => return Ok(parsed.ok().map(|(_, e)| e)),
+        let why = match serde_json::from_slice::<Entry>(&bytes) {
+            Err(e) if e.is_syntax() || e.is_eof() => format!("not JSON: {e}"),
+            Err(e) => format!("not a cache entry: {e}"),
+            Ok(e) => match entry_mismatch(key, check_matches(&bytes), &e) {
+                None => return Ok(Some(e)),
                 Some(why) => why,
             },
         };
@@ -1027,10 +1049,15 @@ impl Store {
     pub fn put_entry(&self, e: &Entry, replace: bool) -> anyhow::Result<Entry> {
         let rel = Self::entry_rel(&e.key);
         let p = self.p(&rel);
-        let mut v = serde_json::to_value(e)?;
-        let check = entry_check(&v);
-        v.as_object_mut().expect("an entry is an object").insert("check".into(), check.into());
-        let data = serde_json::to_vec_pretty(&v)?;
+        let rk = e.record.key();
+        if rk != e.key {
+            return Err(StoreError(format!(
+                "internal error: refusing to store an entry for key {} whose record hashes to {}",
+                e.key, rk
+            ))
+            .into());
+        }
+        let data = with_check(&serde_json::to_vec_pretty(e)?);
         let mode = if replace { PutMode::Overwrite } else { PutMode::Create };
         for _ in 0..3 {
             let res = self.block_on(self.os.put_opts(
@@ -1297,6 +1324,11 @@ mod tests {
             e.seconds = x / 7.0;
             store.put_entry(&e, false).unwrap();
             assert!(store.get_entry(&e.key).unwrap().is_some(), "entry with {} did not read back", x / 3.0);
+            // As an entry written before checks existed: its record is parsed and hashed again.
+            let path = d.path().join("s").join(Store::entry_rel(&e.key));
+            std::fs::write(&path, serde_json::to_vec_pretty(&e).unwrap()).unwrap();
+            assert_eq!(check_matches(&std::fs::read(&path).unwrap()), None);
+            assert!(store.get_entry(&e.key).unwrap().is_some(), "old entry with {} did not read back", x / 3.0);
         }
     }
 
