@@ -255,14 +255,14 @@ fn check_matches(bytes: &[u8]) -> Option<bool> {
 /// Why an entry read from `cache/…/KEY.json` cannot be trusted for `key`, if it cannot. An entry with a matching
 /// `check` is exactly as [`Store::put_entry`] wrote it, and that checked its record against its key; an older entry
 /// without one has its record hashed again here.
-fn entry_mismatch(key: &str, checked: Option<bool>, e: &Entry) -> Option<String> {
+fn entry_mismatch(key: &str, checked: Option<bool>, record_known_good: bool, e: &Entry) -> Option<String> {
     if checked == Some(false) {
         return Some("its contents do not match its `check` hash (edited or damaged)".into());
     }
     if e.key != key {
         return Some(format!("it is stored under key {} but names key {}", key::short(key), key::short(&e.key)));
     }
-    if checked.is_none() {
+    if checked.is_none() && !record_known_good {
         let rk = e.record.key();
         if rk != key {
             return Some(format!("its key record hashes to {}, not to its key {}", key::short(&rk), key::short(key)));
@@ -942,8 +942,13 @@ impl Store {
     /// documentation) with a warning, and reads as absent, so that its node runs again.
     pub fn get_entry(&self, key: &str) -> anyhow::Result<Option<Entry>> {
         let rel = Self::entry_rel(key);
-        let bytes = match self.read(&rel) {
-            Ok(Some(b)) => b,
+        let read = match &self.local_root {
+            // The file's signature with its bytes (one open file), for the state database below.
+            Some(root) => read_with_meta(&root.join(&rel)).map(|r| r.map(|(b, m)| (b, Some(m)))),
+            None => self.read(&rel).map(|r| r.map(|b| (b, None))),
+        };
+        let (bytes, meta) = match read {
+            Ok(Some(x)) => x,
             Ok(None) => return Ok(None),
             Err(e) if e.downcast_ref::<Unreadable>().is_some() => {
                 self.reject_entry(&rel, &e.to_string(), None)?;
@@ -951,11 +956,27 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
+        let checked = check_matches(&bytes);
+        // An entry from before checks existed has its record hashed again, once: a `file://` store remembers the
+        // entry file's signature once it has passed, like a blob's.
+        let state_key = format!("entry:{key}");
+        let sig = meta.as_ref().map(file_sig);
+        let known_good =
+            checked.is_none() && sig.as_ref().is_some_and(|s| self.state.lock().unwrap().get(&state_key) == Some(s));
         let why = match serde_json::from_slice::<Entry>(&bytes) {
             Err(e) if e.is_syntax() || e.is_eof() => format!("not JSON: {e}"),
             Err(e) => format!("not a cache entry: {e}"),
-            Ok(e) => match entry_mismatch(key, check_matches(&bytes), &e) {
-                None => return Ok(Some(e)),
+            Ok(e) => match entry_mismatch(key, checked, known_good, &e) {
+                None => {
+                    if checked.is_none()
+                        && !known_good
+                        && let (Some(sig), Some(meta)) = (sig, &meta)
+                        && !racy(meta)
+                    {
+                        self.state.lock().unwrap().put(&state_key, sig);
+                    }
+                    return Ok(Some(e));
+                }
                 Some(why) => why,
             },
         };
@@ -1215,6 +1236,36 @@ impl Store {
             Err(e) => Err(store_err(&format!("cannot delete {p}"), e)),
         }
     }
+}
+
+/// A local file's bytes and the metadata of the same open file; `None` when there is none.
+fn read_with_meta(path: &Path) -> anyhow::Result<Option<(Vec<u8>, std::fs::Metadata)>> {
+    use std::io::Read;
+    let fail = |e: std::io::Error| -> anyhow::Result<Option<(Vec<u8>, std::fs::Metadata)>> {
+        if is_not_found(&e) {
+            Ok(None)
+        } else if e.kind() == std::io::ErrorKind::IsADirectory {
+            Err(Unreadable(format!("{} is a directory", path.display())).into())
+        } else {
+            Err(store_err(&format!("cannot read {}", path.display()), e))
+        }
+    };
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let meta = match f.metadata() {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    if meta.is_dir() {
+        return Err(Unreadable(format!("{} is a directory", path.display())).into());
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    if let Err(e) = f.read_to_end(&mut buf) {
+        return fail(e);
+    }
+    Ok(Some((buf, meta)))
 }
 
 /// An object that exists but cannot be read as a file (e.g. a directory in its place).
