@@ -301,7 +301,8 @@ fn racy(meta: &std::fs::Metadata) -> bool {
 /// inode) or object (remote: size and ETag) when its bytes were last found intact. One tab-separated file per store
 /// in the local directory, loaded on first use and merged back when the store is dropped.
 struct StateDb {
-    file: PathBuf,
+    /// None for `memory://` stores, which live no longer than the process.
+    file: Option<PathBuf>,
     map: Option<HashMap<String, String>>,
     added: HashMap<String, String>,
 }
@@ -311,8 +312,8 @@ const STATE_HEADER: &str = "rmdistill-verified-v1";
 const STATE_MAX_LINES: usize = 1_000_000;
 
 impl StateDb {
-    fn read(file: &Path) -> HashMap<String, String> {
-        let Ok(text) = std::fs::read_to_string(file) else { return HashMap::new() };
+    fn read(file: Option<&Path>) -> HashMap<String, String> {
+        let Some(Ok(text)) = file.map(std::fs::read_to_string) else { return HashMap::new() };
         let mut lines = text.lines();
         if lines.next() != Some(STATE_HEADER) {
             return HashMap::new();
@@ -320,7 +321,7 @@ impl StateDb {
         lines.filter_map(|l| l.split_once('\t')).map(|(h, s)| (h.to_string(), s.to_string())).collect()
     }
     fn get(&mut self, hash: &str) -> Option<&String> {
-        let file = &self.file;
+        let file = self.file.as_deref();
         self.map.get_or_insert_with(|| Self::read(file)).get(hash)
     }
     fn put(&mut self, hash: &str, sig: String) {
@@ -340,10 +341,8 @@ impl StateDb {
     }
     /// Merges what this process learnt into the file (others may have written it meanwhile).
     fn save(&mut self) {
-        if self.added.is_empty() {
-            return;
-        }
-        let mut all = Self::read(&self.file);
+        let Some(file) = self.file.clone().filter(|_| !self.added.is_empty()) else { return };
+        let mut all = Self::read(Some(&file));
         if all.len() > STATE_MAX_LINES {
             all.clear();
         }
@@ -357,12 +356,12 @@ impl StateDb {
             text.push_str(s);
             text.push('\n');
         }
-        if let Some(dir) = self.file.parent() {
+        if let Some(dir) = file.parent() {
             let _ = std::fs::create_dir_all(dir);
             if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir)
                 && tmp.write_all(text.as_bytes()).is_ok()
             {
-                let _ = tmp.persist(&self.file);
+                let _ = tmp.persist(&file);
             }
         }
     }
@@ -409,8 +408,9 @@ impl Store {
             Some(d) => format!("file://{}", d.display()),
             None => url.to_string(),
         };
-        let state_file =
-            local_dir.join("verified").join(format!("{}.tsv", &blake3::hash(identity.as_bytes()).to_hex()[..24]));
+        let state_file = (!url.starts_with("memory://")).then(|| {
+            local_dir.join("verified").join(format!("{}.tsv", &blake3::hash(identity.as_bytes()).to_hex()[..24]))
+        });
         Ok(Store {
             os,
             prefix,
