@@ -3,9 +3,31 @@
 #  - .venv: PyTorch 2.11.0 (the libtorch that tch 0.24 links against, from its PyPI wheel), transformers for the
 #    parity tests, moto's S3 server for the object-store tests, Hera (Argo Workflows' models) and kubernetes-validate
 #    (Kubernetes' JSON schemas) for the strict checks of `export argo` / `export k8s` (scripts/validate_k8s.py);
-#  - .deps/torch: a stable link to the wheel's libtorch, which .cargo/config.toml hands to torch-sys.
+#  - .deps/torch: a stable link to the wheel's libtorch, which .cargo/config.toml hands to torch-sys;
+#  - with --tests (scripts/test.sh passes it): the Debian packages the integration tests use, slurm-wlm and munge for
+#    tests/export_slurm.rs's one-node cluster, installed once, here, before any test starts (as root with apt-get;
+#    elsewhere the real-Slurm tests are skipped, or fail where CI is set). The installation runs under the lock every
+#    installer of rmdistill's takes (scripts/lib/install-lock.sh), so it never races scripts/slurm/start-local.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tests=0
+for a in "$@"; do
+  case "$a" in
+    --tests) tests=1 ;;
+    *) echo "usage: $0 [--tests]" >&2; exit 2 ;;
+  esac
+done
+if (( tests )); then
+  # shellcheck source=lib/install-lock.sh
+  source scripts/lib/install-lock.sh
+  if slurm_installed; then
+    :
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt_install slurm-wlm munge
+  else
+    echo "setup: slurm-wlm is not installed and cannot be installed here (needs root and apt-get); the real-Slurm tests will be skipped (or fail, where CI is set)" >&2
+  fi
+fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

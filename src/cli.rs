@@ -1,7 +1,9 @@
-//! The command line: `run`, `status`, `explain`, `dag`, `show`, `gc`, `node run`, `stages`.
+//! The command line: `run`, `status`, `explain`, `dag`, `show`, `gc`, `node run`, `export`, `stages`. Only this
+//! module knows how arguments are spelt (clap); the commands behind it take plain values and requests.
 
 use crate::error::RunFailed;
 use crate::exec::{self, RunOptions};
+use crate::export;
 use crate::plan::{self, Plan};
 use crate::progress::Progress;
 use crate::store::Store;
@@ -43,8 +45,8 @@ pub enum Command {
         common: Common,
         /// Only these nodes or stages (and what they need).
         targets: Vec<String>,
-        /// Nodes that run at once (default: the manifest's [execution] jobs, else the number of cores).
-        #[arg(long, short)]
+        /// Nodes that run at once, 1 to 256 (default: the manifest's [execution] jobs, else the number of cores).
+        #[arg(long, short, value_parser = parse_jobs)]
         jobs: Option<usize>,
         /// Run these nodes or stages even when cached.
         #[arg(long)]
@@ -72,7 +74,7 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
         #[arg(long, value_enum, default_value = "text")]
-        format: DagFormat,
+        format: DagFormatArg,
         /// One vertex per stage instead of per node.
         #[arg(long)]
         stages: bool,
@@ -100,9 +102,10 @@ pub enum Command {
     Gc {
         #[command(flatten)]
         common: Common,
-        /// Keep blobs younger than this (e.g. 24h, 30m, 0s), so runs in flight are never robbed.
-        #[arg(long, default_value = "24h")]
-        grace: String,
+        /// Keep blobs younger than this (a number with a unit: 24h, 30m, 90s, 7d, 0s; at most 3650d), so runs in
+        /// flight are never robbed.
+        #[arg(long, default_value = "24h", value_parser = parse_grace)]
+        grace: std::time::Duration,
         #[arg(long)]
         dry_run: bool,
     },
@@ -114,7 +117,7 @@ pub enum Command {
     /// Turn the manifest's DAG into a batch scheduler's jobs (each job is `rmdistill node run`).
     Export {
         #[command(subcommand)]
-        target: crate::export::Target,
+        target: Target,
     },
     /// List the stage kinds, their inputs, outputs and documentation.
     Stages,
@@ -156,29 +159,238 @@ pub enum NodeCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum DagFormat {
+pub enum DagFormatArg {
     Text,
     Dot,
     Mermaid,
 }
 
+impl From<DagFormatArg> for crate::render::DagFormat {
+    fn from(f: DagFormatArg) -> Self {
+        match f {
+            DagFormatArg::Text => Self::Text,
+            DagFormatArg::Dot => Self::Dot,
+            DagFormatArg::Mermaid => Self::Mermaid,
+        }
+    }
+}
+
+/// `-j`: 1 to [`crate::manifest::MAX_JOBS`] (each job is a thread of the runner; 0 would run nothing).
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    let max = crate::manifest::MAX_JOBS;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of nodes to run at once, 1 to {max}")),
+    }
+}
+
+/// `gc --grace`, through the one duration parser.
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    crate::units::parse_duration(s)
+}
+
 /// The local working area: read cache, scratch space, remembered hashes of data files.
 pub fn local_dir() -> PathBuf {
-    std::env::var_os("RMDISTILL_LOCAL_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".rmdistill/local"))
+    crate::store::default_local_dir()
 }
 
 /// The store URL in force: `--store`, else RMDISTILL_STORE, else the manifest's [store] url, else the default.
-pub fn store_url(plan: &Plan, common: &Common) -> String {
-    common
-        .store
-        .clone()
-        .or_else(|| std::env::var("RMDISTILL_STORE").ok())
-        .or_else(|| plan.manifest.store_url.clone())
-        .unwrap_or_else(|| "file://.rmdistill/store".to_string())
+pub fn store_url(plan: &Plan, common: &Common) -> anyhow::Result<String> {
+    Ok(crate::store::resolve_url(common.store.as_deref(), plan.manifest.store_url.as_deref())?)
 }
 
 pub fn open_store(plan: &Plan, common: &Common) -> anyhow::Result<Store> {
-    Store::open(&store_url(plan, common), &local_dir())
+    Store::open(&store_url(plan, common)?, &local_dir())
+}
+
+impl Common {
+    fn source(&self) -> export::Source {
+        export::Source {
+            manifest: self.manifest.clone(),
+            sets: self.set.clone(),
+            store: self.store.clone(),
+            json: self.json,
+        }
+    }
+}
+
+/// `export TARGET`: the arguments of each exporter.
+#[derive(Subcommand, Clone)]
+pub enum Target {
+    /// Slurm: a bash script of `sbatch --parsable` jobs chained with --dependency=afterok, sweeps as job arrays.
+    Slurm(SlurmArgs),
+    /// Argo Workflows: a Workflow (JSON) with one DAG template; fan-out groups as `withItems` tasks.
+    Argo(ArgoArgs),
+    /// Kubernetes without Argo: a List of batch/v1 Jobs (JSON), one per node, in topological order.
+    K8s(K8sArgs),
+    /// AWS Batch: a job definition and the job submissions (JSON), dependsOn ≤ 20 parents, array jobs for fan-out.
+    AwsBatch(AwsArgs),
+}
+
+#[derive(clap::Args, Clone)]
+pub struct SlurmArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Submit now (runs the script with the sbatch on PATH) and print the job ids.
+    #[arg(long)]
+    pub submit: bool,
+    /// Largest job array to submit; bigger groups are split (keep it within the cluster's MaxArraySize).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub max_array: usize,
+    /// At most this many tasks of one array run at once (`--array=0-K%LIMIT`).
+    #[arg(long, value_name = "LIMIT")]
+    pub array_limit: Option<usize>,
+    #[arg(long, short = 'p')]
+    pub partition: Option<String>,
+    #[arg(long, short = 'A')]
+    pub account: Option<String>,
+    /// An extra sbatch option for every job, e.g. --sbatch-arg=--qos=low. Repeatable.
+    #[arg(long = "sbatch-arg", value_name = "OPTION", allow_hyphen_values = true)]
+    pub sbatch_args: Vec<String>,
+    /// Cancel jobs whose dependency can never be satisfied (a failed upstream) instead of leaving them pending.
+    #[arg(long)]
+    pub kill_on_invalid_dep: bool,
+    /// Directory for the jobs' output files (default: .rmdistill/slurm in the working directory).
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
+    /// The rmdistill binary as compute nodes see it (default: this binary's absolute path).
+    #[arg(long)]
+    pub bin: Option<String>,
+    /// Write the script here (made executable) instead of printing it.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ContainerArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The container image with rmdistill in it.
+    #[arg(long)]
+    pub image: String,
+    /// The rmdistill binary inside the image.
+    #[arg(long)]
+    pub bin: Option<String>,
+    /// The manifest's path inside the container (default: its absolute path here; mount or bake it there).
+    #[arg(long)]
+    pub manifest_path: Option<String>,
+    /// Kubernetes namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Prefix of the generated names (default: the manifest's file stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub service_account: Option<String>,
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ArgoArgs {
+    #[command(flatten)]
+    pub c: ContainerArgs,
+    /// Pods of this workflow running at once (spec.parallelism).
+    #[arg(long)]
+    pub parallelism: Option<u32>,
+    /// Retries of a failed node (node run checks the cache first, so a retry redoes only what is missing).
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct K8sArgs {
+    #[command(flatten)]
+    pub c: ContainerArgs,
+    /// Failed pods before a Job gives up (waiting for upstream does not count).
+    #[arg(long, default_value_t = 2)]
+    pub backoff_limit: u32,
+    /// Seconds between checks while a node waits for its upstream.
+    #[arg(long, default_value_t = 30)]
+    pub poll: u32,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct AwsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The container image with rmdistill in it.
+    #[arg(long)]
+    pub image: String,
+    /// The job queue to submit to.
+    #[arg(long, default_value = "rmdistill")]
+    pub job_queue: String,
+    /// The job definition's name.
+    #[arg(long, default_value = "rmdistill")]
+    pub job_definition: String,
+    /// The rmdistill binary inside the image.
+    #[arg(long)]
+    pub bin: Option<String>,
+    /// The manifest's path inside the container (default: its absolute path here).
+    #[arg(long)]
+    pub manifest_path: Option<String>,
+    /// Attempts per job (a job that AWS stops, e.g. on a Spot reclaim, is retried; node run checks the cache first).
+    #[arg(long, default_value_t = 2)]
+    pub attempts: u32,
+    /// Largest array job (AWS allows up to 10000).
+    #[arg(long, default_value_t = export::aws::MAX_ARRAY, value_name = "N")]
+    pub max_array: usize,
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
+impl ContainerArgs {
+    fn request(self) -> export::argo::ContainerRequest {
+        export::argo::ContainerRequest {
+            source: self.common.source(),
+            image: self.image,
+            bin: self.bin,
+            manifest_path: self.manifest_path,
+            namespace: self.namespace,
+            name: self.name,
+            service_account: self.service_account,
+            output: self.output,
+        }
+    }
+}
+
+fn export(target: Target) -> anyhow::Result<()> {
+    match target {
+        Target::Slurm(a) => export::slurm::run(export::slurm::Request {
+            source: a.common.source(),
+            submit: a.submit,
+            max_array: a.max_array,
+            array_limit: a.array_limit,
+            partition: a.partition,
+            account: a.account,
+            sbatch_args: a.sbatch_args,
+            kill_on_invalid_dep: a.kill_on_invalid_dep,
+            logs: a.logs,
+            bin: a.bin,
+            output: a.output,
+        }),
+        Target::Argo(a) => export::argo::run_argo(export::argo::ArgoRequest {
+            c: a.c.request(),
+            parallelism: a.parallelism,
+            retries: a.retries,
+        }),
+        Target::K8s(a) => export::argo::run_k8s(export::argo::K8sRequest {
+            c: a.c.request(),
+            backoff_limit: a.backoff_limit,
+            poll: a.poll,
+        }),
+        Target::AwsBatch(a) => export::aws::run(export::aws::Request {
+            source: a.common.source(),
+            image: a.image,
+            job_queue: a.job_queue,
+            job_definition: a.job_definition,
+            bin: a.bin,
+            manifest_path: a.manifest_path,
+            attempts: a.attempts,
+            max_array: a.max_array,
+            output: a.output,
+        }),
+    }
 }
 
 fn load(common: &Common) -> anyhow::Result<Plan> {
@@ -208,7 +420,13 @@ fn select(plan: &Plan, names: &[String]) -> anyhow::Result<Vec<usize>> {
 /// and only asked when a node that wants a GPU must run; asking for cuda where none is usable is then an error
 /// rather than a silent CPU run.
 fn device(arg: Option<&str>, plan: &Plan) -> anyhow::Result<exec::DeviceRequest> {
-    arg.or(plan.manifest.execution.device.as_deref()).unwrap_or("auto").parse()
+    let parsed: anyhow::Result<exec::DeviceRequest> =
+        arg.or(plan.manifest.execution.device.as_deref()).unwrap_or("auto").parse();
+    // Where a manifest asked for the device, say so (`--device` names itself).
+    parsed.map_err(|e| match (&plan.manifest.execution.device_at, arg) {
+        (Some(at), None) => anyhow::anyhow!("{at}: [execution] device: {e:#}"),
+        _ => e,
+    })
 }
 
 fn print_summary(s: &exec::Summary, json: bool) {
@@ -272,7 +490,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Explain { common, node } => explain(&common, &node)?,
         Command::Dag { common, format, stages } => {
             let plan = load(&common)?;
-            print!("{}", crate::render::dag(&plan, format, stages));
+            print!("{}", crate::render::dag(&plan, format.into(), stages));
         }
         Command::Show { common, what, rows } => {
             let plan = load(&common)?;
@@ -299,7 +517,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let i = plan.find(&name).ok_or_else(|| anyhow::anyhow!("no node named `{name}`"))?;
-            let entry = exec::stored_entry(&plan, &store, i)?;
+            let entry = show::stored_entry(&plan, &store, i)?;
             let art = entry.outputs.values().next().ok_or_else(|| anyhow::anyhow!("{name} has no output"))?;
             let dir = store.materialize(art)?;
             std::fs::create_dir_all(&out)?;
@@ -314,18 +532,22 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Gc { common, grace, dry_run } => {
             let plan = load(&common)?;
             let store = open_store(&plan, &common)?;
-            let grace = gc::parse_duration(&grace)?;
             let r = gc::gc(&store, grace, dry_run)?;
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
+                let mut kept = format!("kept {} referenced, {} within the grace period", r.referenced, r.recent);
+                if r.held > 0 {
+                    kept += &format!(", {} unreferenced (held back, see the warning)", r.held);
+                }
+                if !r.skipped.is_empty() {
+                    kept += &format!("; skipped {} file(s) it could not use", r.skipped.len());
+                }
                 println!(
-                    "{} {} blob(s) ({} bytes); kept {} referenced, {} within the grace period",
+                    "{} {} blob(s) ({} bytes); {kept}",
                     if dry_run { "would remove" } else { "removed" },
                     r.removed,
                     r.removed_bytes,
-                    r.referenced,
-                    r.recent
                 );
             }
         }
@@ -372,9 +594,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Export { target } => {
-            crate::export::export(target)?;
-        }
+        Command::Export { target } => export(target)?,
         Command::ImportModel { gguf, out, smollm2, python } => {
             // The conversion runs on libtorch, so the worker does it (this binary does not link libtorch).
             let mut c = std::process::Command::new(crate::worker::binary()?);

@@ -48,12 +48,17 @@ pub struct StoreError(pub String);
 #[error("{0}")]
 pub struct NotReady(pub String);
 
+/// An invalid command-line argument or setting that is not located in a manifest (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
 /// One or more nodes failed; their messages were already reported.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct RunFailed(pub String);
 
-/// Maps an error to its exit code.
+/// Maps an error to its exit code; anything not typed as one of the others is a usage problem (2).
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<ManifestError>().is_some() || e.downcast_ref::<clap::Error>().is_some() {
         exit::INVALID
@@ -61,7 +66,10 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         exit::NODE_FAILED
     } else if e.downcast_ref::<NotReady>().is_some() {
         exit::NOT_READY
-    } else if e.downcast_ref::<StoreError>().is_some() {
+    } else if e.downcast_ref::<StoreError>().is_some()
+        || e.downcast_ref::<crate::store::Corrupt>().is_some()
+        || e.downcast_ref::<crate::store::Unreadable>().is_some()
+    {
         exit::STORE
     } else {
         exit::INVALID

@@ -113,10 +113,11 @@ fn record_with<'o>(
     })
 }
 
-/// Scope under which node pointers are kept: the manifest's file name, so two manifests sharing a store keep
-/// separate histories.
+/// Scope under which node pointers are kept: the manifest's canonical path (not its contents, so that after an
+/// edit `status` can still say what changed), so two manifests sharing a store keep separate histories.
 pub fn scope(plan: &Plan) -> String {
-    plan.manifest.path().file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()
+    let p = plan.manifest.path();
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf()).display().to_string()
 }
 
 /// A cache hit: the entry for `key`, if it and every blob it names exist.
@@ -939,8 +940,8 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
 
 /// Why a node whose key has no complete entry must run.
 pub fn why_run(store: &Store, scope: &str, node: &str, rec: &KeyRecord, key: &str) -> anyhow::Result<Vec<String>> {
-    if store.get_entry(key)?.is_some() {
-        return Ok(vec!["its cache entry exists but some of its output blobs are missing".into()]);
+    if let Some(why) = store.incomplete_reason(key) {
+        return Ok(vec![why]);
     }
     let Some(last) = store.last_key(scope, node)? else {
         return Ok(vec!["never run with this store".into()]);

@@ -4,38 +4,31 @@
 //!
 //! The shared part lives here: the graph of nodes still to run (cached nodes are resolved against the store before
 //! anything is emitted, and dependencies on them are dropped), grouping of a stage's nodes into array jobs, names that
-//! schedulers accept, and resource parsing. Each scheduler's rendering lives in its own file under `export/`.
+//! schedulers accept, and resource requests (parsed by [`crate::units`]). Each scheduler's rendering lives in its own
+//! file under `export/`. Exporters take plain requests ([`Source`] and each one's `Request`); only `cli.rs` knows how
+//! they are spelt on the command line. Every value they write into a script or document is quoted for what reads it,
+//! or refused where the scheduler offers no quoting (see `tests/export_injection.rs`).
 
 pub mod argo;
 pub mod aws;
 pub mod slurm;
 
-use crate::cli::Common;
 use crate::manifest::Resources;
 use crate::plan::Plan;
 use crate::store::Store;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-#[derive(clap::Subcommand, Clone)]
-pub enum Target {
-    /// Slurm: a bash script of `sbatch --parsable` jobs chained with --dependency=afterok, sweeps as job arrays.
-    Slurm(slurm::Args),
-    /// Argo Workflows: a Workflow (JSON) with one DAG template; fan-out groups as `withItems` tasks.
-    Argo(argo::ArgoArgs),
-    /// Kubernetes without Argo: a List of batch/v1 Jobs (JSON), one per node, in topological order.
-    K8s(argo::K8sArgs),
-    /// AWS Batch: a job definition and the job submissions (JSON), dependsOn ≤ 20 parents, array jobs for fan-out.
-    AwsBatch(aws::Args),
-}
-
-pub fn export(target: Target) -> anyhow::Result<()> {
-    match target {
-        Target::Slurm(a) => slurm::run(a),
-        Target::Argo(a) => argo::run_argo(a),
-        Target::K8s(a) => argo::run_k8s(a),
-        Target::AwsBatch(a) => aws::run(a),
-    }
+/// What every export reads: the manifest, `--set` overrides and the store URL, as `run` takes them. Exporters take
+/// plain requests like this one; only the command line knows how they were spelt.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub manifest: PathBuf,
+    pub sets: Vec<String>,
+    /// `--store`, overriding RMDISTILL_STORE and the manifest's `[store] url`.
+    pub store: Option<String>,
+    /// Machine-readable output where the exporter prints a report (`export slurm --submit`).
+    pub json: bool,
 }
 
 /// One node still to run.
@@ -104,12 +97,12 @@ impl Graph {
         let mut nodes = Vec::new();
         let mut in_flight = self.in_flight.clone();
         for (i, n) in self.nodes.iter().enumerate() {
-            if let Some(id) = live.get(&n.name) {
-                if n.deps.iter().all(|&d| flying[d]) {
-                    flying[i] = true;
-                    in_flight.push((n.name.clone(), id.clone()));
-                    continue;
-                }
+            if let Some(id) = live.get(&n.name)
+                && n.deps.iter().all(|&d| flying[d])
+            {
+                flying[i] = true;
+                in_flight.push((n.name.clone(), id.clone()));
+                continue;
             }
             let mut after: BTreeSet<String> = n.after.iter().cloned().collect();
             let mut deps = Vec::new();
@@ -125,6 +118,30 @@ impl Graph {
         }
         Graph { nodes, total: self.total, cached: self.cached, in_flight }
     }
+}
+
+/// Refuses to export a value the target scheduler would read as its own syntax (`marker`: Argo's `{{`, AWS Batch's
+/// `Ref::`), which it offers no way to escape: passed on, it would change what a job runs.
+pub fn refuse_marker(ctx: &Ctx, extra: &[(&str, &str)], marker: &str, scheduler: &str) -> anyhow::Result<()> {
+    let mut fields: Vec<(String, &str)> = vec![
+        ("the rmdistill binary (--bin)".into(), ctx.run.bin.as_str()),
+        ("the manifest path".into(), ctx.run.manifest.as_str()),
+        ("the store url".into(), ctx.run.store.as_str()),
+    ];
+    fields.extend(ctx.run.sets.iter().map(|x| ("--set".to_string(), x.as_str())));
+    fields.extend(ctx.graph.nodes.iter().map(|n| ("node name".to_string(), n.name.as_str())));
+    fields.extend(extra.iter().map(|(f, v)| (f.to_string(), *v)));
+    for (field, v) in fields {
+        if v.contains(marker) {
+            return Err(crate::error::Invalid(format!(
+                "{field} \"{}\" contains `{marker}`, which {scheduler} would replace with something else; it cannot \
+                 be escaped there, so rename it",
+                v.escape_debug()
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {
@@ -386,63 +403,21 @@ pub struct Req {
 }
 
 impl Req {
+    /// The request of a node's resources (checked when the manifest loaded; checked again here for resources built
+    /// any other way).
     pub fn of(r: &Resources) -> anyhow::Result<Req> {
         if r.cpus == 0 {
             anyhow::bail!("resources.cpus = 0: a node needs at least one CPU");
         }
-        Ok(Req { cpus: r.cpus, mem_mib: memory_mib(&r.memory)?, gpus: r.gpus, seconds: duration_seconds(&r.time)? })
-    }
-}
-
-/// "4G", "512M", "4Gi", "2GB", "1T", "1024" (MiB) → MiB, rounded up.
-pub fn memory_mib(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || anyhow::anyhow!("resources.memory = \"{s}\": expected a size such as 512M, 4G or 1T");
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let factor = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
-        "" | "M" => 1.0,
-        "K" => 1.0 / 1024.0,
-        "G" => 1024.0,
-        "T" => 1024.0 * 1024.0,
-        _ => return Err(bad()),
-    };
-    let mib = (n * factor).ceil();
-    if mib.is_nan() || mib < 1.0 {
-        anyhow::bail!("resources.memory = \"{s}\": must be at least 1M");
-    }
-    Ok(mib as u64)
-}
-
-/// "2h", "30m", "1h30m", "90s", "1d", "45" (minutes) → seconds.
-pub fn duration_seconds(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let bad = || anyhow::anyhow!("resources.time = \"{s}\": expected a duration such as 30m, 2h, 1h30m or 1d");
-    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
-        return Ok(t.parse::<u64>().map_err(|_| bad())? * 60);
-    }
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
+        let mem_mib =
+            crate::units::parse_memory_mib(&r.memory).map_err(|e| anyhow::anyhow!("resources.memory: {e}"))?;
+        let seconds =
+            crate::units::parse_duration(&r.time).map_err(|e| anyhow::anyhow!("resources.time: {e}"))?.as_secs();
+        if seconds == 0 {
+            anyhow::bail!("resources.time: must be more than 0s");
         }
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        total += n * match c {
-            'd' => 86400,
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(bad()),
-        };
+        Ok(Req { cpus: r.cpus, mem_mib, gpus: r.gpus, seconds })
     }
-    if !num.is_empty() || total == 0 {
-        return Err(bad());
-    }
-    Ok(total)
 }
 
 /// How a job calls `node run`, the same way this command sees the manifest.
@@ -488,15 +463,11 @@ pub struct Ctx {
 impl Ctx {
     /// Loads the plan, resolves cache hits and the paths jobs will use. `container`: the jobs run in images, where
     /// the binary is `rmdistill` on the PATH unless told, and a `file://` store is shared only through a volume.
-    pub fn load(
-        common: &Common,
-        bin: Option<&str>,
-        manifest_path: Option<&str>,
-        container: bool,
-    ) -> anyhow::Result<Ctx> {
-        let plan = crate::plan::load(&common.manifest, &common.set)?;
-        let store = crate::cli::open_store(&plan, common)?;
-        let store_url = shared_store_url(&crate::cli::store_url(&plan, common), container)?;
+    pub fn load(src: &Source, bin: Option<&str>, manifest_path: Option<&str>, container: bool) -> anyhow::Result<Ctx> {
+        let plan = crate::plan::load(&src.manifest, &src.sets)?;
+        let url = crate::store::resolve_url(src.store.as_deref(), plan.manifest.store_url.as_deref())?;
+        let store = Store::open(&url, &crate::store::default_local_dir())?;
+        let store_url = shared_store_url(&url, container)?;
         let graph = Graph::from_plan(&plan, &store)?;
         let bin = match bin {
             Some(b) => b.to_string(),
@@ -509,15 +480,15 @@ impl Ctx {
         };
         let manifest = match manifest_path {
             Some(m) => m.to_string(),
-            None => common
+            None => src
                 .manifest
                 .canonicalize()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", common.manifest.display()))?
+                .map_err(|e| anyhow::anyhow!("{}: {e}", src.manifest.display()))?
                 .display()
                 .to_string(),
         };
         let workdir = std::env::current_dir()?;
-        Ok(Ctx { plan, graph, run: RunSpec { bin, manifest, store: store_url, sets: common.set.clone(), workdir } })
+        Ok(Ctx { plan, graph, run: RunSpec { bin, manifest, store: store_url, sets: src.sets.clone(), workdir } })
     }
 
     pub fn manifest_file(&self) -> &Path {
@@ -597,13 +568,14 @@ mod tests {
 
     #[test]
     fn parses_resources() {
-        assert_eq!(memory_mib("4G").unwrap(), 4096);
-        assert_eq!(memory_mib("512Mi").unwrap(), 512);
-        assert_eq!(memory_mib("1.5GB").unwrap(), 1536);
-        assert!(memory_mib("lots").is_err());
-        assert_eq!(duration_seconds("1h30m").unwrap(), 5400);
-        assert_eq!(duration_seconds("45").unwrap(), 2700);
-        assert!(duration_seconds("2 weeks").is_err());
+        let r = |memory: &str, time: &str| {
+            Req::of(&Resources { memory: memory.into(), time: time.into(), ..Default::default() })
+        };
+        assert_eq!(r("1.5GB", "1h30m").unwrap(), Req { cpus: 1, mem_mib: 1536, gpus: 0, seconds: 5400 });
+        assert!(r("lots", "1h").unwrap_err().to_string().contains("resources.memory"));
+        assert!(r("4G", "45").unwrap_err().to_string().contains("no unit"));
+        assert!(r("4G", "99999999999999999d").unwrap_err().to_string().contains("longer than the limit"));
+        assert!(r("4G", "0s").is_err());
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! `gc`: removes blobs that no cache entry and no recent run journal references. Blobs younger than the grace
 //! period are kept whatever refers to them, so a run that has uploaded outputs but not yet written their entry is
 //! never robbed.
+//!
+//! It errs on the side of keeping: a file under `cache/` or `runs/` that cannot be parsed is skipped and reported
+//! (its blobs are not known, so they may be collected; an entry that cannot be parsed is never served anyway); any
+//! output hash an entry names counts as live even when the rest of the entry is damaged; a file under `blobs/`
+//! whose name is not a blob address is left alone; and when the listing of a live directory artifact cannot be
+//! read, nothing is removed at all, because its files cannot be told apart from garbage.
 
-use crate::store::{Entry, Store};
-use rmdistill_stages::ArtifactKind;
+use crate::store::{Store, is_hash};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -14,64 +19,126 @@ pub struct GcReport {
     pub removed_bytes: u64,
     pub referenced: usize,
     pub recent: usize,
+    /// Unreferenced blobs kept because of `held_back`.
+    pub held: usize,
+    /// Files gc could not use and left alone (each was reported on stderr).
+    pub skipped: Vec<String>,
+    /// Why nothing was removed, when gc could not tell live blobs from garbage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<String>,
 }
 
-/// Parses `90s`, `30m`, `24h`, `7d`.
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("--grace {s}: expected a number and a unit, e.g. 24h"))?;
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => anyhow::bail!("--grace {s}: unknown unit `{unit}` (s, m, h, d)"),
-    };
-    Ok(Duration::from_secs(secs))
+/// Output hashes (and their kinds) named by a cache entry or a journal's node, read leniently.
+fn outputs(v: &serde_json::Value) -> Vec<(String, bool)> {
+    v["outputs"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|o| Some((o["hash"].as_str()?.to_string(), o["kind"] == "dir")))
+        .collect()
 }
 
 pub fn gc(store: &Store, grace: Duration, dry_run: bool) -> anyhow::Result<GcReport> {
     let now = chrono::Utc::now();
     let cutoff = now - chrono::Duration::from_std(grace)?;
     let mut live: HashSet<String> = HashSet::new();
-    let add_output = |hash: &str, kind: &ArtifactKind, live: &mut HashSet<String>| -> anyhow::Result<()> {
-        live.insert(hash.to_string());
-        if *kind == ArtifactKind::Dir {
-            if let Ok(t) = store.tree(hash) {
-                live.extend(t.files.into_iter().map(|f| f.hash));
-            }
-        }
-        Ok(())
+    let mut dirs: Vec<(String, String)> = Vec::new(); // (listing hash, who names it)
+    let mut skipped = Vec::new();
+    let mut skip = |path: &str, why: String| {
+        eprintln!("warning: gc skipped {path}: {why}");
+        skipped.push(path.to_string());
     };
+    let parse = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string());
+
     for (path, _, _) in store.list("cache")? {
-        if let Some(e) = store.get_path_json::<Entry>(&path)? {
-            for o in e.outputs.values() {
-                add_output(&o.hash, &o.kind, &mut live)?;
+        if !path.ends_with(".json") {
+            skip(&path, "not a cache entry (entries are cache/XX/KEY.json)".into());
+            continue;
+        }
+        let v = match store.read(&path).map(|b| b.map(|b| parse(&b))) {
+            Ok(Some(Ok(v))) => v,
+            Ok(Some(Err(e))) => {
+                skip(&path, format!("not JSON ({e})"));
+                continue;
             }
+            Ok(None) => continue, // removed meanwhile
+            Err(e) if e.downcast_ref::<crate::store::Unreadable>().is_some() => {
+                skip(&path, e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for (h, dir) in outputs(&v) {
+            if dir {
+                dirs.push((h.clone(), path.clone()));
+            }
+            live.insert(h);
         }
     }
     for (path, _, modified) in store.list("runs")? {
         if modified < cutoff {
             continue;
         }
-        if let Some(j) = store.get_path_json::<serde_json::Value>(&path)? {
-            for n in j["nodes"].as_array().into_iter().flatten() {
-                for o in n["outputs"].as_object().into_iter().flat_map(|m| m.values()) {
-                    let kind = if o["kind"] == "dir" { ArtifactKind::Dir } else { ArtifactKind::File };
-                    if let Some(h) = o["hash"].as_str() {
-                        add_output(h, &kind, &mut live)?;
-                    }
+        let v = match store.read(&path).map(|b| b.map(|b| parse(&b))) {
+            Ok(Some(Ok(v))) => v,
+            Ok(Some(Err(e))) => {
+                skip(&path, format!("not a run journal ({e})"));
+                continue;
+            }
+            Ok(None) => continue,
+            Err(e) if e.downcast_ref::<crate::store::Unreadable>().is_some() => {
+                skip(&path, e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for n in v["nodes"].as_array().into_iter().flatten() {
+            for (h, dir) in outputs(n) {
+                if dir {
+                    dirs.push((h.clone(), path.clone()));
                 }
+                live.insert(h);
             }
         }
     }
-    let mut r = GcReport { removed: 0, removed_bytes: 0, referenced: 0, recent: 0 };
+    let mut held_back = None;
+    let mut seen = HashSet::new();
+    for (h, by) in dirs {
+        if !seen.insert(h.clone()) {
+            continue;
+        }
+        match store.tree(&h) {
+            Ok(t) => live.extend(t.files.into_iter().map(|f| f.hash)),
+            Err(e) if e.downcast_ref::<crate::store::Corrupt>().is_some() => {
+                // A missing listing names no files; an unreadable one names files we cannot know.
+                let missing = !is_hash(&h) || !store.has_blob(&h)?;
+                if !missing && held_back.is_none() {
+                    held_back = Some(format!(
+                        "the listing of directory artifact {h} (named by {by}) cannot be read ({e}); its files cannot be \
+                         told from garbage, so nothing is removed (run the manifest that produced it to repair it, or \
+                         move {by} out of cache/)"
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut r = GcReport { removed: 0, removed_bytes: 0, referenced: 0, recent: 0, held: 0, skipped, held_back };
+    if let Some(why) = &r.held_back {
+        eprintln!("warning: gc: {why}");
+    }
     for (path, size, modified) in store.list("blobs")? {
         let hash = path.rsplit('/').next().unwrap_or("");
-        if live.contains(hash) {
+        let well_formed = is_hash(hash) && path == format!("blobs/{}/{hash}", &hash[..2]);
+        if !well_formed {
+            eprintln!("warning: gc skipped {path}: not a blob (blobs are blobs/XX/HASH); left alone");
+            r.skipped.push(path);
+        } else if live.contains(hash) {
             r.referenced += 1;
         } else if modified >= cutoff {
             r.recent += 1;
+        } else if r.held_back.is_some() {
+            r.held += 1;
         } else {
             r.removed += 1;
             r.removed_bytes += size;
@@ -81,14 +148,4 @@ pub fn gc(store: &Store, grace: Duration, dry_run: bool) -> anyhow::Result<GcRep
         }
     }
     Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations() {
-        assert_eq!(super::parse_duration("24h").unwrap().as_secs(), 86400);
-        assert_eq!(super::parse_duration("0s").unwrap().as_secs(), 0);
-        assert!(super::parse_duration("5x").is_err());
-    }
 }

@@ -16,4 +16,5 @@ pub mod remote;
 pub mod render;
 pub mod show;
 pub mod store;
+pub mod units;
 pub mod worker;

@@ -35,7 +35,7 @@ struct FileDoc {
     #[serde(default)]
     stages: BTreeMap<Spanned<String>, Spanned<StageDecl>>,
     store: Option<Spanned<StoreDecl>>,
-    execution: Option<Spanned<ExecutionDecl>>,
+    execution: Option<Spanned<ExecutionDoc>>,
 }
 
 /// One stage of a pipeline as written.
@@ -56,16 +56,44 @@ pub struct StageDecl {
     pub resources: Resources,
 }
 
-/// What one node of a stage needs from a machine; exporters turn it into scheduler requests.
+/// What one node of a stage needs from a machine; exporters turn it into scheduler requests. Checked when the
+/// manifest loads (so a mistake is reported at its line and column): at least one CPU, memory and time as
+/// [`crate::units`] parses them.
 #[derive(Debug, Deserialize, Clone, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Resources {
+    #[serde(deserialize_with = "de_cpus")]
     pub cpus: u32,
-    /// Memory, e.g. "4G".
+    /// Memory, e.g. "4G" (a unit is required: K, M, G, T).
+    #[serde(deserialize_with = "de_memory")]
     pub memory: String,
     pub gpus: u32,
-    /// Wall-time limit, e.g. "2h" or "30m".
+    /// Wall-time limit, e.g. "2h", "30m" or "1h30m" (a unit is required: s, m, h, d).
+    #[serde(deserialize_with = "de_time")]
     pub time: String,
+}
+
+fn de_cpus<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom("resources.cpus = 0: a node needs at least one CPU"));
+    }
+    Ok(n)
+}
+
+fn de_memory<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::units::parse_memory_mib(&s).map_err(|e| serde::de::Error::custom(format!("resources.memory: {e}")))?;
+    Ok(s)
+}
+
+fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    match crate::units::parse_duration(&s) {
+        Ok(t) if t.is_zero() => Err(serde::de::Error::custom("resources.time: must be more than 0s")),
+        Ok(_) => Ok(s),
+        Err(e) => Err(serde::de::Error::custom(format!("resources.time: {e}"))),
+    }
 }
 
 impl Default for Resources {
@@ -78,17 +106,32 @@ impl Default for Resources {
 #[serde(deny_unknown_fields)]
 pub struct StoreDecl {
     /// An object_store URL: `file://…` (relative paths are relative to the working directory), `memory://`,
-    /// `s3://bucket/prefix`, `gs://…`, `az://…`.
-    pub url: Option<String>,
+    /// `s3://bucket/prefix`, `gs://…`, `az://…` (see [`crate::store::check_url`]).
+    pub url: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize, Clone, Default)]
+/// `[execution]` as written, with positions for errors.
+#[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct ExecutionDoc {
+    jobs: Option<Spanned<usize>>,
+    device: Option<Spanned<String>>,
+}
+
+/// The most nodes that may run at once (`[execution] jobs`, `run -j`): each is a thread of the runner.
+pub const MAX_JOBS: usize = 256;
+
+/// The devices `[execution] device` and `--device` name.
+pub const DEVICES: &[&str] = &["auto", "cpu", "cuda", "gpu"];
+
+#[derive(Debug, Clone, Default)]
 pub struct ExecutionDecl {
-    /// Nodes run at once on CPU.
+    /// Nodes run at once on CPU (1 to [`MAX_JOBS`]).
     pub jobs: Option<usize>,
-    /// `auto`, `cpu` or `cuda`.
+    /// `auto`, `cpu` or `cuda` (`gpu` is a synonym).
     pub device: Option<String>,
+    /// `FILE:LINE:COL` of `device`, so that a later error about it (no CUDA device) can say where it was asked for.
+    pub device_at: Option<String>,
 }
 
 /// A stage with the file it was declared in.
@@ -133,16 +176,126 @@ impl Manifest {
 }
 
 fn read_source(path: &Path) -> anyhow::Result<Source> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let before = String::from_utf8_lossy(&e.as_bytes()[..valid]).to_string();
+        let bad = e.as_bytes()[valid];
+        ManifestError::at(
+            path,
+            &before,
+            valid,
+            format!("byte 0x{bad:02x} is not UTF-8: a manifest is TOML, which is UTF-8 text (re-save it as UTF-8)"),
+        )
+    })?;
     Ok(Source { path: path.to_path_buf(), text })
+}
+
+/// Deepest dotted key or table header nesting a manifest may use; TOML parsers stop far deeper, at an error
+/// without a position.
+const MAX_KEY_DEPTH: usize = 32;
+
+/// Where a parse error without a position comes from when it is TOML's recursion limit: the first line whose table
+/// header or dotted key nests deeper than [`MAX_KEY_DEPTH`] (byte offset and depth). Used only after the parser
+/// failed, so a long line of dots in a string of a valid manifest can never be mistaken for one.
+fn too_deep(text: &str) -> Option<(usize, usize)> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        let start = offset + (line.len() - t.len());
+        offset += line.len();
+        // Dots outside quotes in a header (up to its first `]`) or a key (up to `=`).
+        let header = t.starts_with('[');
+        let mut depth = 1;
+        let mut quote: Option<char> = None;
+        for c in t.chars() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '"' || c == '\'' => quote = Some(c),
+                None if c == '.' => depth += 1,
+                None if (header && c == ']') || c == '=' || c == '#' => break,
+                None => {}
+            }
+        }
+        if depth > MAX_KEY_DEPTH {
+            return Some((start, depth));
+        }
+    }
+    None
 }
 
 fn parse_doc(src: &Source) -> Result<FileDoc, ManifestError> {
     toml::from_str::<FileDoc>(&src.text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        src.error(span, e.message().trim().to_string())
+        let message = e.message().trim().to_string();
+        match e.span() {
+            Some(span) if span != (0..0) => src.error(span, message),
+            _ => match too_deep(&src.text) {
+                Some((at, depth)) if message.contains("recurs") => src.error(
+                    at..at,
+                    format!(
+                        "{message}: keys nest {depth} levels deep here; a manifest nests at most {MAX_KEY_DEPTH} \
+                         (e.g. [stages.NAME])"
+                    ),
+                ),
+                _ => src.error(0..0, message),
+            },
+        }
     })
+}
+
+/// The first non-finite float in a TOML value.
+fn non_finite(v: &toml::Value) -> Option<f64> {
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some(*f),
+        toml::Value::Array(a) => a.iter().find_map(non_finite),
+        toml::Value::Table(t) => t.values().find_map(non_finite),
+        _ => None,
+    }
+}
+
+/// Where in `span` of `text` the first `nan` or `inf` literal is (outside strings); the span's start otherwise.
+fn locate_non_finite(text: &str, span: &Range<usize>) -> usize {
+    let s = &text[span.start.min(text.len())..span.end.min(text.len())];
+    let b = s.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == b'"' || c == b'\'' => quote = Some(c),
+            None => {
+                let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+                let sign = usize::from(c == b'+' || c == b'-');
+                let rest = &s[i + sign..];
+                if word_start && (rest.starts_with("nan") || rest.starts_with("inf")) {
+                    let end = i + sign + 3;
+                    if end >= b.len() || !(b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                        return span.start + i;
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    span.start
+}
+
+/// Rejects NaN and infinity: parameters become JSON in cache keys and stage inputs, where neither exists, so they
+/// would silently turn into `null`.
+fn check_finite(src: &Source, what: &str, v: &Spanned<toml::Value>) -> Result<(), ManifestError> {
+    match non_finite(v.get_ref()) {
+        None => Ok(()),
+        Some(f) => Err(src.error(
+            {
+                let at = locate_non_finite(&src.text, &v.span());
+                at..at
+            },
+            format!("{what}: expected a finite number, got {f} (NaN and infinity are not allowed in a manifest)"),
+        )),
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -235,6 +388,24 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
             .into());
     }
 
+    for (name, var) in &vars {
+        let src = &sources[var.source];
+        let spanned = Spanned::new(var.span.clone(), var.value.clone());
+        check_finite(src, &format!("variable `{name}`"), &spanned)?;
+    }
+    for st in &stages {
+        let src = &sources[st.source];
+        for (k, v) in &st.decl.params {
+            check_finite(src, &format!("stage `{}`: param `{}`", st.name, k.get_ref()), v)?;
+        }
+        for (k, v) in &st.decl.sweep {
+            check_finite(src, &format!("stage `{}`: sweep `{}`", st.name, k.get_ref()), v)?;
+        }
+        for (k, v) in &st.decl.inputs {
+            check_finite(src, &format!("stage `{}`: input `{}`", st.name, k.get_ref()), v)?;
+        }
+    }
+
     for set in sets {
         let (k, v) = set.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {set}: expected NAME=VALUE"))?;
         let Some(var) = vars.get_mut(k) else {
@@ -248,19 +419,56 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(v.to_string()));
+        if let Some(f) = non_finite(&var.value) {
+            anyhow::bail!("--set {set}: expected a finite number, got {f} (NaN and infinity are not allowed)");
+        }
     }
 
-    Ok(Manifest {
-        store_url: doc.store.and_then(|s| s.into_inner().url),
-        execution: doc.execution.map(|e| e.into_inner()).unwrap_or_default(),
-        description: doc.description,
-        sources,
-        vars,
-        stages,
-    })
+    let store_url = match doc.store.and_then(|s| s.into_inner().url) {
+        Some(u) => {
+            crate::store::check_url(u.get_ref())
+                .map_err(|e| sources[0].error(u.span(), format!("[store] url: {e}")))?;
+            Some(u.into_inner())
+        }
+        None => None,
+    };
+    let execution = match doc.execution.map(Spanned::into_inner) {
+        None => ExecutionDecl::default(),
+        Some(ExecutionDoc { jobs, device }) => {
+            if let Some(j) = &jobs
+                && !(1..=MAX_JOBS).contains(j.get_ref())
+            {
+                return Err(sources[0]
+                    .error(j.span(), format!("[execution] jobs = {}: expected 1 to {MAX_JOBS}", j.get_ref()))
+                    .into());
+            }
+            if let Some(d) = &device
+                && !DEVICES.contains(&d.get_ref().to_ascii_lowercase().as_str())
+            {
+                return Err(sources[0]
+                    .error(
+                        d.span(),
+                        format!(
+                            "[execution] device = \"{}\": expected one of {}",
+                            d.get_ref().escape_debug(),
+                            DEVICES.join(", ")
+                        ),
+                    )
+                    .into());
+            }
+            let device_at = device.as_ref().map(|d| {
+                let (l, c) = crate::error::line_col(&sources[0].text, d.span().start);
+                format!("{}:{l}:{c}", sources[0].path.display())
+            });
+            ExecutionDecl { jobs: jobs.map(Spanned::into_inner), device: device.map(Spanned::into_inner), device_at }
+        }
+    };
+
+    Ok(Manifest { store_url, execution, description: doc.description, sources, vars, stages })
 }
 
-/// TOML value → JSON value (datetimes become strings).
+/// TOML value → JSON value (datetimes become strings). Non-finite floats have no JSON form; [`load`] rejects them,
+/// so the `null` here is never reached from a manifest.
 pub fn to_json(v: &toml::Value) -> serde_json::Value {
     use serde_json::Value as J;
     match v {

@@ -338,8 +338,23 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                         axis.get_ref()
                     )));
                 }
-                if seen.contains(x) {
-                    return Err(e(format!("sweep `{}` lists {x} twice", axis.get_ref())));
+                // Values become node names: two that render alike ("1" and 1) would name two nodes the same.
+                if let Some(prev) = seen.iter().find(|p| coord_str(p) == coord_str(x)) {
+                    return Err(e(if prev == x {
+                        format!("sweep `{}` lists {x} twice", axis.get_ref())
+                    } else {
+                        format!(
+                            "sweep `{}` lists {prev} and {x}, which name the same node `{}`; write both with one type",
+                            axis.get_ref(),
+                            coord_str(x)
+                        )
+                    }));
+                }
+                if coord_str(x).chars().any(char::is_control) {
+                    return Err(e(format!(
+                        "sweep `{}` value {x} has a control character; sweep values become node names, which are one line",
+                        axis.get_ref()
+                    )));
                 }
                 seen.push(x.clone());
             }
@@ -450,6 +465,18 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                     .entry(slot.clone())
                     .or_default()
                     .extend(matches.into_iter().map(|node| Upstream { node, output: out }));
+            }
+            // Unique by construction: a value containing `,` or `=` could still spell another point's name.
+            if let Some(other) = by_stage.get(&s.name).and_then(|ix| ix.iter().find(|&&j| nodes[j].name == name)) {
+                return Err(err(
+                    s,
+                    s.decl.sweep.values().next().map_or(s.span.clone(), |v| v.span()),
+                    format!(
+                        "two points of the sweep are both named `{name}` ({} and {}); avoid `,` and `=` in sweep values",
+                        Value::Object(nodes[*other].coords.clone().into_iter().collect()),
+                        Value::Object(coords.clone().into_iter().collect())
+                    ),
+                ));
             }
             by_stage.entry(s.name.clone()).or_default().push(nodes.len());
             nodes.push(Node {

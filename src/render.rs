@@ -1,9 +1,19 @@
 //! `dag`: the graph as indented text, Graphviz DOT or Mermaid.
 
-use crate::cli::DagFormat;
 use crate::plan::Plan;
 use std::collections::BTreeSet;
 use std::fmt::Write;
+
+/// How `dag` draws the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DagFormat {
+    /// Indented text: each vertex with its inputs.
+    Text,
+    /// Graphviz DOT.
+    Dot,
+    /// A Mermaid flowchart.
+    Mermaid,
+}
 
 /// Edges as (from, to, label) over node or stage names.
 fn edges(plan: &Plan, stages: bool) -> (Vec<String>, BTreeSet<(String, String, String)>) {

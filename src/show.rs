@@ -1,9 +1,10 @@
 //! `show`: previews a node's output — a Parquet table (schema, row count, first rows), a JSON document, or a
 //! directory artifact's listing — by node name or by hash.
 
+use crate::error::{NotReady, StoreError};
 use crate::exec;
 use crate::plan::Plan;
-use crate::store::{OutputRef, Store};
+use crate::store::{Entry, OutputRef, Store};
 use arrow::util::pretty::pretty_format_batches;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rmdistill_stages::ArtifactKind;
@@ -31,7 +32,7 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
         },
     };
     let i = plan.find(node).expect("checked");
-    let entry = exec::stored_entry(plan, store, i)?;
+    let entry = stored_entry(plan, store, i)?;
     let name = match output {
         Some(o) => o.to_string(),
         None if entry.outputs.len() == 1 => entry.outputs.keys().next().unwrap().clone(),
@@ -42,6 +43,28 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
     };
     let out = entry.outputs.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("{node} has no output `{name}`"))?;
     Ok((format!("{node}.{name}"), out))
+}
+
+/// The stored entry of a node for the current manifest (verified like every cache hit). Not stored yet is exit 4
+/// (run it first); stored but corrupt or missing blobs is a store error, exit 3 (a run recomputes it).
+pub fn stored_entry(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<Entry> {
+    let node = &plan.nodes[target].name;
+    let m = plan.manifest.path().display();
+    match exec::resolve_node(plan, store, target)? {
+        exec::Resolved::Known { hit: Some(e), .. } => Ok(e),
+        exec::Resolved::Known { key, .. } => match store.incomplete_reason(&key) {
+            Some(why) => Err(StoreError(format!("{node}: {why}; `rmdistill run {m}` recomputes it")).into()),
+            None => Err(NotReady(format!(
+                "{node} has no stored result for the current manifest; run it first (`rmdistill status {m}` says why)"
+            ))
+            .into()),
+        },
+        exec::Resolved::Undetermined { missing } => Err(NotReady(format!(
+            "{node} has no stored result for the current manifest: its upstream {} is not stored; run it first",
+            missing.join(", ")
+        ))
+        .into()),
+    }
 }
 
 pub fn show(plan: &Plan, store: &Store, what: &str, rows: usize, json: bool) -> anyhow::Result<()> {

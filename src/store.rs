@@ -4,21 +4,33 @@
 //! Layout under the prefix:
 //! - `blobs/ab/abcdef…` — artifact bytes, addressed by BLAKE3; a directory artifact is a blob holding its canonical
 //!   listing, whose files are blobs too.
-//! - `cache/ab/KEY.json` — cache entry: the full key record and the output hashes. Written create-only, after
-//!   every blob it names is stored, so a visible entry never names a missing or partial blob.
+//! - `cache/ab/KEY.json` — cache entry: the full key record, the output hashes and sizes, and `check`, a hash of
+//!   the rest of the entry. Written create-only, after every blob it names is stored, so a visible entry never names
+//!   a missing or partial blob.
 //! - `nodes/ID.json` — the last key each node name had, so `status` and `explain` can say what changed.
 //! - `runs/RUN.json` — run journals: which outputs a run produced (kept by `gc` within the grace period).
+//! - `cache-corrupt/`, `nodes-corrupt/` — entries and pointers that could not be read or did not match their
+//!   record, set aside (never deleted) so that they no longer block the store.
 //!
-//! Every read is verified against its hash; a mismatch is reported as [`Corrupt`] and never handed to a stage.
+//! Nothing is served unverified. A cache hit ([`Store::get_entry`] + [`Store::entry_complete`]) checks the entry
+//! against its own key and `check`, and every blob it names for presence, size and hash. Hashing every output on
+//! every lookup would make a no-op run read the whole store, so for `file://` stores a blob's hash is remembered
+//! with its (size, mtime, ctime, inode) in the local directory (as DVC's state database and git's index do); any
+//! write to the file changes ctime, so the remembered hash is used only for bytes that were hashed before. Files
+//! changed less than [`RACY_SECS`] before they were hashed are not remembered (a write within the file system's
+//! timestamp granularity could go unseen). Remote stores check presence and size by HEAD on lookup and the hash on
+//! download. Reading a blob's bytes ([`Store::materialize`], [`Store::get_bytes`]) always hashes them once per
+//! process; a mismatch is reported as [`Corrupt`] and never handed to a stage. Storing a blob that is present but
+//! corrupt replaces it (an atomic put), so a re-run or `--force` repairs the store.
 
-use crate::error::StoreError;
+use crate::error::{Invalid, StoreError};
 use crate::key::{self, KeyRecord, Tree};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, path::Path as ObjPath};
 use rmdistill_stages::ArtifactKind;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -55,18 +67,124 @@ pub struct Corrupt {
     pub detail: String,
 }
 
+/// Files changed this recently (seconds) before being hashed are not remembered as verified.
+pub const RACY_SECS: i64 = 2;
+
+/// Whether `s` is a blob address: 64 lower-case hex digits (so it is safe in a path, too).
+pub fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Checks the form of a store URL: `file://PATH`, `memory://`, `s3://BUCKET/PREFIX` (also `s3a`), `gs://BUCKET/…`,
+/// `az://CONTAINER/…` (also `azure`, `abfs`, `abfss`), or a plain directory path. Something that looks like a URL
+/// but is none of these (`s3:/bucket`, `http://…`) is refused rather than taken as a directory name.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Err("the store url is empty".into());
+    }
+    if let Some(c) = url.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "store url \"{}\" contains the control character {c:?}; a store url is a path or a URL on one line",
+            url.escape_debug()
+        ));
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        if rest.is_empty() {
+            return Err(
+                "store url `file://` names no directory (e.g. file://.rmdistill/store or file:///abs/dir)".into()
+            );
+        }
+        return Ok(());
+    }
+    if url == "memory://" {
+        return Ok(());
+    }
+    const REMOTE: &[&str] = &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
+    if let Some((scheme, _)) = url.split_once("://") {
+        if !REMOTE.contains(&scheme) {
+            return Err(format!(
+                "store url `{url}`: unsupported scheme `{scheme}` (use file://, memory://, s3://, gs:// or az://)"
+            ));
+        }
+        let parsed = url::Url::parse(url).map_err(|e| format!("store url `{url}`: {e}"))?;
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(format!("store url `{url}` names no bucket (e.g. {scheme}://bucket/prefix)"));
+        }
+        return Ok(());
+    }
+    // A plain path; but `s3:/bucket` or `s3:bucket` is a mistyped URL, not a directory named `s3:`.
+    if let Some((scheme, rest)) = url.split_once(':') {
+        let looks_like_scheme = scheme.len() > 1
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c));
+        if looks_like_scheme {
+            let hint = if REMOTE.contains(&scheme) || scheme == "file" || scheme == "memory" {
+                format!("; did you mean `{scheme}://{}`?", rest.trim_start_matches('/'))
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "store url `{url}` is neither a supported URL (file://, memory://, s3://, gs://, az://) nor a plain \
+                 directory path{hint} (a directory whose name has a colon: write ./{url} or file://{url})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The store used when nothing names one: a directory in the working directory.
+pub const DEFAULT_URL: &str = "file://.rmdistill/store";
+
+/// The store URL in force: `flag` (`--store`), else RMDISTILL_STORE (when set and not empty), else the manifest's
+/// `[store] url` (checked when it loaded), else [`DEFAULT_URL`]. A malformed URL is an error naming where it came from.
+pub fn resolve_url(flag: Option<&str>, manifest: Option<&str>) -> Result<String, Invalid> {
+    if let Some(u) = flag {
+        check_url(u).map_err(|e| Invalid(format!("--store: {e}")))?;
+        return Ok(u.to_string());
+    }
+    if let Some(u) = std::env::var("RMDISTILL_STORE").ok().filter(|u| !u.is_empty()) {
+        check_url(&u).map_err(|e| Invalid(format!("RMDISTILL_STORE: {e}")))?;
+        return Ok(u);
+    }
+    Ok(manifest.unwrap_or(DEFAULT_URL).to_string())
+}
+
+/// The local working area (read cache, scratch space, remembered hashes): RMDISTILL_LOCAL_DIR, else
+/// `.rmdistill/local` in the working directory.
+pub fn default_local_dir() -> PathBuf {
+    std::env::var_os("RMDISTILL_LOCAL_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".rmdistill/local"))
+}
+
 pub struct Store {
     os: Arc<dyn ObjectStore>,
     prefix: ObjPath,
-    /// For `file://` stores: the directory, so verified blobs can be read in place.
+    /// For `file://` stores: the directory, so blobs and entries are read in place.
     local_root: Option<PathBuf>,
     /// Local working area: read cache, assembled directory artifacts, scratch space.
     local_dir: PathBuf,
     rt: tokio::runtime::Runtime,
+    /// Blobs whose bytes this process has hashed and found intact.
     verified: Mutex<HashSet<String>>,
     /// One lock per directory artifact being assembled in this process.
-    dir_locks: Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
+    dir_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Hashes remembered across processes (see the module documentation).
+    state: Mutex<StateDb>,
+    /// Key → why its entry is not a cache hit, as found by the last [`Store::entry_complete`].
+    incomplete: Mutex<HashMap<String, String>>,
+    /// Warnings already printed (each is printed once per process).
+    warned: Mutex<HashSet<String>>,
     pub url: String,
+}
+
+/// What a check of one blob found.
+#[derive(Debug, PartialEq)]
+enum Check {
+    Ok,
+    Missing,
+    Corrupt(String),
 }
 
 /// Whether a local directory holds exactly the files of `tree` with their bytes.
@@ -96,10 +214,172 @@ fn store_err(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
     }
 }
 
+fn is_not_found(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+}
+
+/// How an entry file ends: its last field is `check`, the BLAKE3 of the file's bytes as they would be without it
+/// (`…\n}`). Hashing bytes, not a re-serialisation, makes the check exact and cheap on every lookup.
+const CHECK_OPEN: &[u8] = b",\n  \"check\": \"";
+const CHECK_CLOSE: &[u8] = b"\"\n}";
+
+/// The bytes of an entry file: `body` (pretty JSON of the entry, ending `\n}`) with `check` added as its last field.
+fn with_check(body: &[u8]) -> Vec<u8> {
+    let check = blake3::hash(body).to_hex();
+    let open = body.strip_suffix(b"\n}").expect("pretty JSON of a struct ends with a closing brace");
+    let mut out = Vec::with_capacity(body.len() + 90);
+    out.extend_from_slice(open);
+    out.extend_from_slice(CHECK_OPEN);
+    out.extend_from_slice(check.as_bytes());
+    out.extend_from_slice(CHECK_CLOSE);
+    out
+}
+
+/// What an entry file's `check` says: `Some(true)` it matches, `Some(false)` it does not (or a `check` field was
+/// edited out of its place), `None` the entry has none (written before checks existed).
+fn check_matches(bytes: &[u8]) -> Option<bool> {
+    let t = bytes.trim_ascii_end();
+    let hex_at = t.len().checked_sub(CHECK_CLOSE.len() + 64)?;
+    let tail_ok = t.ends_with(CHECK_CLOSE) && t[..hex_at].ends_with(CHECK_OPEN);
+    if !tail_ok {
+        let near_end = &t[t.len().saturating_sub(200)..];
+        return near_end.windows(8).any(|w| w == b"\"check\"").then_some(false);
+    }
+    let open = &t[..hex_at - CHECK_OPEN.len()];
+    let mut h = blake3::Hasher::new();
+    h.update(open);
+    h.update(b"\n}");
+    Some(h.finalize().to_hex().as_bytes() == &t[hex_at..hex_at + 64])
+}
+
+/// Why an entry read from `cache/…/KEY.json` cannot be trusted for `key`, if it cannot. An entry with a matching
+/// `check` is exactly as [`Store::put_entry`] wrote it, and that checked its record against its key; an older entry
+/// without one has its record hashed again here.
+fn entry_mismatch(key: &str, checked: Option<bool>, record_known_good: bool, e: &Entry) -> Option<String> {
+    if checked == Some(false) {
+        return Some("its contents do not match its `check` hash (edited or damaged)".into());
+    }
+    if e.key != key {
+        return Some(format!("it is stored under key {} but names key {}", key::short(key), key::short(&e.key)));
+    }
+    if checked.is_none() && !record_known_good {
+        let rk = e.record.key();
+        if rk != key {
+            return Some(format!("its key record hashes to {}, not to its key {}", key::short(&rk), key::short(key)));
+        }
+    }
+    for (name, o) in &e.outputs {
+        if !is_hash(&o.hash) {
+            return Some(format!("output `{name}` names `{}`, which is not a blob address", o.hash.escape_debug()));
+        }
+    }
+    None
+}
+
+/// A file's identity for the state database: size, mtime, ctime, inode. Any write changes ctime.
+fn file_sig(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{} {}.{} {}.{} {}",
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+        meta.ino()
+    )
+}
+
+/// Whether a file changed so recently that a later write could share its timestamps.
+fn racy(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let now = chrono::Utc::now().timestamp();
+    now - meta.mtime().max(meta.ctime()) < RACY_SECS
+}
+
+/// Hashes remembered across processes: blob hash → signature of the store's file (`file://`: size, mtime, ctime,
+/// inode) or object (remote: size and ETag) when its bytes were last found intact. One tab-separated file per store
+/// in the local directory, loaded on first use and merged back when the store is dropped.
+struct StateDb {
+    /// None for `memory://` stores, which live no longer than the process.
+    file: Option<PathBuf>,
+    map: Option<HashMap<String, String>>,
+    added: HashMap<String, String>,
+}
+
+const STATE_HEADER: &str = "rmdistill-verified-v1";
+/// A state file bigger than this is started afresh (stale lines of collected blobs accumulate otherwise).
+const STATE_MAX_LINES: usize = 1_000_000;
+
+impl StateDb {
+    fn read(file: Option<&Path>) -> HashMap<String, String> {
+        let Some(Ok(text)) = file.map(std::fs::read_to_string) else { return HashMap::new() };
+        let mut lines = text.lines();
+        if lines.next() != Some(STATE_HEADER) {
+            return HashMap::new();
+        }
+        lines.filter_map(|l| l.split_once('\t')).map(|(h, s)| (h.to_string(), s.to_string())).collect()
+    }
+    fn get(&mut self, hash: &str) -> Option<&String> {
+        let file = self.file.as_deref();
+        self.map.get_or_insert_with(|| Self::read(file)).get(hash)
+    }
+    fn put(&mut self, hash: &str, sig: String) {
+        if sig.contains(['\t', '\n']) {
+            return;
+        }
+        if self.get(hash) != Some(&sig) {
+            self.map.as_mut().expect("loaded by get").insert(hash.to_string(), sig.clone());
+            self.added.insert(hash.to_string(), sig);
+        }
+    }
+    fn forget(&mut self, hash: &str) {
+        if let Some(m) = self.map.as_mut() {
+            m.remove(hash);
+        }
+        self.added.remove(hash);
+    }
+    /// Merges what this process learnt into the file (others may have written it meanwhile).
+    fn save(&mut self) {
+        let Some(file) = self.file.clone().filter(|_| !self.added.is_empty()) else { return };
+        let mut all = Self::read(Some(&file));
+        if all.len() > STATE_MAX_LINES {
+            all.clear();
+        }
+        all.extend(self.added.drain());
+        let mut text = String::with_capacity(all.len() * 120);
+        text.push_str(STATE_HEADER);
+        text.push('\n');
+        for (h, s) in &all {
+            text.push_str(h);
+            text.push('\t');
+            text.push_str(s);
+            text.push('\n');
+        }
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+            if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir)
+                && tmp.write_all(text.as_bytes()).is_ok()
+            {
+                let _ = tmp.persist(&file);
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.save();
+        }
+    }
+}
+
 impl Store {
-    /// Opens the store at `url`. A URL without a scheme, or `file://` with a relative path, is a directory relative
-    /// to the working directory. `local_dir` holds the read cache and scratch files.
+    /// Opens the store at `url` (see [`check_url`]). A URL without a scheme, or `file://` with a relative path, is
+    /// a directory relative to the working directory. `local_dir` holds the read cache and scratch files.
     pub fn open(url: &str, local_dir: &Path) -> anyhow::Result<Store> {
+        check_url(url).map_err(Invalid)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -107,22 +387,30 @@ impl Store {
             .map_err(|e| store_err("cannot start the I/O runtime", e))?;
         std::fs::create_dir_all(local_dir)
             .map_err(|e| store_err(&format!("cannot create {}", local_dir.display()), e))?;
-        let local_dir = local_dir.canonicalize()?;
+        let local_dir =
+            local_dir.canonicalize().map_err(|e| store_err(&format!("cannot open {}", local_dir.display()), e))?;
         let (os, prefix, local_root): (Arc<dyn ObjectStore>, ObjPath, Option<PathBuf>) =
             if let Some(rest) = url.strip_prefix("file://").or_else(|| (!url.contains("://")).then_some(url)) {
                 let dir = PathBuf::from(rest);
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| store_err(&format!("cannot create store directory {}", dir.display()), e))?;
-                let dir = dir.canonicalize()?;
+                let dir = dir.canonicalize().map_err(|e| store_err(&format!("cannot open {}", dir.display()), e))?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| store_err(url, e))?;
                 (Arc::new(fs), ObjPath::default(), Some(dir))
             } else if url.starts_with("memory://") {
                 (Arc::new(object_store::memory::InMemory::new()), ObjPath::default(), None)
             } else {
-                let parsed = url::Url::parse(url).map_err(|e| store_err(&format!("store url `{url}`"), e))?;
+                let parsed = url::Url::parse(url).map_err(|e| Invalid(format!("store url `{url}`: {e}")))?;
                 let (os, prefix) = crate::remote::open(&parsed)?;
                 (os, prefix, None)
             };
+        let identity = match &local_root {
+            Some(d) => format!("file://{}", d.display()),
+            None => url.to_string(),
+        };
+        let state_file = (!url.starts_with("memory://")).then(|| {
+            local_dir.join("verified").join(format!("{}.tsv", &blake3::hash(identity.as_bytes()).to_hex()[..24]))
+        });
         Ok(Store {
             os,
             prefix,
@@ -131,6 +419,9 @@ impl Store {
             rt,
             verified: Mutex::new(HashSet::new()),
             dir_locks: Mutex::new(Default::default()),
+            state: Mutex::new(StateDb { file: state_file, map: None, added: HashMap::new() }),
+            incomplete: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashSet::new()),
             url: url.to_string(),
         })
     }
@@ -142,11 +433,14 @@ impl Store {
             ObjPath::from(format!("{}/{rel}", self.prefix))
         }
     }
-    fn blob_path(&self, hash: &str) -> ObjPath {
-        self.p(&format!("blobs/{}/{hash}", &hash[..2]))
+    fn blob_rel(hash: &str) -> String {
+        format!("blobs/{}/{hash}", hash.get(..2).unwrap_or("__"))
     }
-    fn entry_path(&self, key: &str) -> ObjPath {
-        self.p(&format!("cache/{}/{key}.json", &key[..2]))
+    fn blob_path(&self, hash: &str) -> ObjPath {
+        self.p(&Self::blob_rel(hash))
+    }
+    fn entry_rel(key: &str) -> String {
+        format!("cache/{}/{key}.json", key.get(..2).unwrap_or("__"))
     }
 
     pub fn local_dir(&self) -> &Path {
@@ -157,88 +451,270 @@ impl Store {
         self.rt.block_on(f)
     }
 
-    /// Whether a blob is present (not whether it is intact: reads check that).
-    pub fn has_blob(&self, hash: &str) -> anyhow::Result<bool> {
-        self.exists(&self.blob_path(hash))
+    /// Prints a warning once per process.
+    fn warn(&self, msg: String) {
+        if self.warned.lock().unwrap().insert(msg.clone()) {
+            eprintln!("warning: {msg}");
+        }
     }
 
-    fn exists(&self, p: &ObjPath) -> anyhow::Result<bool> {
-        match self.block_on(self.os.head(p)) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+    /// Why the entry for `key` was not a cache hit at its last [`Store::entry_complete`], if it was not.
+    pub fn incomplete_reason(&self, key: &str) -> Option<String> {
+        self.incomplete.lock().unwrap().get(key).cloned()
+    }
+
+    /// The bytes of an object under the prefix; `None` when there is none. `file://` stores read the file directly.
+    /// A directory where a file should be counts as unreadable, not as absent.
+    pub fn read(&self, rel: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Some(root) = &self.local_root {
+            let path = root.join(rel);
+            return match std::fs::read(&path) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
+                    Err(Unreadable(format!("{rel} is a directory")).into())
+                }
+                Err(e) => Err(store_err(&format!("cannot read {}", path.display()), e)),
+            };
+        }
+        let p = self.p(rel);
+        match self.block_on(async { self.os.get(&p).await?.bytes().await }) {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_err(&format!("cannot read {p}"), e)),
         }
     }
 
-    /// Stores the bytes of a local file as a blob (skipped when already present); returns (hash, size).
+    /// Moves an unreadable object out of the way: `area/NAME` (with a number added if that is taken). Skipped when
+    /// the object changed since `seen` was read (another process has replaced it meanwhile). Returns where it went.
+    fn set_aside(&self, rel: &str, area: &str, seen: Option<&[u8]>) -> anyhow::Result<Option<String>> {
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        if let Some(root) = &self.local_root {
+            let from = root.join(rel);
+            if let Some(seen) = seen {
+                match std::fs::read(&from) {
+                    Ok(now) if now != seen => return Ok(None),
+                    Err(e) if is_not_found(&e) => return Ok(None),
+                    _ => {}
+                }
+            }
+            let dir = root.join(area);
+            std::fs::create_dir_all(&dir).map_err(|e| store_err(&format!("cannot create {}", dir.display()), e))?;
+            let mut dest = name.to_string();
+            let mut k = 1;
+            while dir.join(&dest).exists() {
+                dest = format!("{name}.{k}");
+                k += 1;
+            }
+            return match std::fs::rename(&from, dir.join(&dest)) {
+                Ok(()) => Ok(Some(format!("{area}/{dest}"))),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(store_err(&format!("cannot move {} aside", from.display()), e)),
+            };
+        }
+        let dest = format!("{area}/{name}.{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"));
+        match self.block_on(self.os.rename(&self.p(rel), &self.p(&dest))) {
+            Ok(()) => Ok(Some(dest)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err(&format!("cannot move {rel} aside"), e)),
+        }
+    }
+
+    /// Whether a blob is present (not whether it is intact: reads check that).
+    pub fn has_blob(&self, hash: &str) -> anyhow::Result<bool> {
+        if let Some(root) = &self.local_root {
+            return match std::fs::metadata(root.join(Self::blob_rel(hash))) {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(store_err(&format!("cannot read blob {hash}"), e)),
+            };
+        }
+        match self.block_on(self.os.head(&self.blob_path(hash))) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_err(&format!("cannot read blob {hash}"), e)),
+        }
+    }
+
+    /// Checks one blob of a `file://` store: present, a regular file, `size` bytes (when given), and its bytes hash
+    /// to its name — by the state database when the file is unchanged since it was last hashed, else by hashing it.
+    fn check_local_blob(&self, root: &Path, hash: &str, size: Option<u64>) -> anyhow::Result<Check> {
+        if !is_hash(hash) {
+            return Ok(Check::Corrupt(format!("`{}` is not a blob address", hash.escape_debug())));
+        }
+        let path = root.join(Self::blob_rel(hash));
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if is_not_found(&e) => return Ok(Check::Missing),
+            Err(e) => return Err(store_err(&format!("cannot read {}", path.display()), e)),
+        };
+        if !meta.is_file() {
+            return Ok(Check::Corrupt("not a regular file".into()));
+        }
+        let sig = file_sig(&meta);
+        if size.is_none_or(|s| s == meta.len()) && self.state.lock().unwrap().get(hash) == Some(&sig) {
+            return Ok(Check::Ok);
+        }
+        let (got, n) = match key::hash_file(&path) {
+            Ok(x) => x,
+            Err(e) if is_not_found(&e) => return Ok(Check::Missing),
+            Err(e) => return Err(store_err(&format!("cannot read {}", path.display()), e)),
+        };
+        if got != hash {
+            self.state.lock().unwrap().forget(hash);
+            return Ok(Check::Corrupt(format!("its {n} bytes hash to {}", key::short(&got))));
+        }
+        if let Some(s) = size.filter(|&s| s != n) {
+            return Ok(Check::Corrupt(format!("the blob is intact ({n} bytes) but the entry records {s} bytes")));
+        }
+        // Remember it only if the file did not change while it was hashed, and not too recently.
+        if let Ok(after) = std::fs::metadata(&path)
+            && file_sig(&after) == sig
+            && !racy(&after)
+        {
+            self.state.lock().unwrap().put(hash, sig);
+        }
+        Ok(Check::Ok)
+    }
+
+    /// Checks blobs of a remote store concurrently: present and of the expected size (hashes are checked when the
+    /// bytes are downloaded).
+    fn check_remote_blobs(&self, blobs: &[(&str, Option<u64>)]) -> anyhow::Result<Vec<Check>> {
+        self.block_on(async {
+            let heads = futures::stream::iter(blobs.iter().map(|(h, size)| async move {
+                if !is_hash(h) {
+                    return Ok(Check::Corrupt(format!("`{}` is not a blob address", h.escape_debug())));
+                }
+                match self.os.head(&self.blob_path(h)).await {
+                    Ok(m) => Ok(match size {
+                        Some(s) if *s != m.size => Check::Corrupt(format!("it has {} bytes, expected {s}", m.size)),
+                        _ => Check::Ok,
+                    }),
+                    Err(object_store::Error::NotFound { .. }) => Ok(Check::Missing),
+                    Err(e) => Err(store_err(&format!("cannot read blob {h}"), e)),
+                }
+            }))
+            .buffered(16)
+            .collect::<Vec<anyhow::Result<Check>>>()
+            .await;
+            heads.into_iter().collect()
+        })
+    }
+
+    fn check_blobs(&self, blobs: &[(&str, Option<u64>)]) -> anyhow::Result<Vec<Check>> {
+        match &self.local_root {
+            Some(root) => blobs.iter().map(|(h, s)| self.check_local_blob(root, h, *s)).collect(),
+            None => self.check_remote_blobs(blobs),
+        }
+    }
+
+    /// Whether a blob in the store holds exactly these bytes, so that storing them again can be skipped. A present
+    /// blob that is corrupt is reported, and then replaced by the caller.
+    fn blob_intact(&self, hash: &str, size: u64) -> anyhow::Result<bool> {
+        if let Some(root) = &self.local_root {
+            return Ok(match self.check_local_blob(root, hash, Some(size))? {
+                Check::Ok => true,
+                Check::Missing => false,
+                Check::Corrupt(d) => {
+                    self.warn(format!("blob {hash} in the store is corrupt ({d}); replacing it with the new bytes"));
+                    false
+                }
+            });
+        }
+        // Remote: skip only what this machine has seen intact with the same ETag (a download that hashed right, or
+        // its own upload); anything else is uploaded again, which is an atomic overwrite.
+        match self.block_on(self.os.head(&self.blob_path(hash))) {
+            Ok(m) => {
+                let sig = format!("{} {}", m.size, m.e_tag.unwrap_or_default());
+                Ok(m.size == size && self.state.lock().unwrap().get(hash) == Some(&sig))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_err(&format!("cannot read blob {hash}"), e)),
+        }
+    }
+
+    fn remember_remote(&self, hash: &str, size: u64, e_tag: Option<String>) {
+        if self.local_root.is_none()
+            && let Some(t) = e_tag
+        {
+            self.state.lock().unwrap().put(hash, format!("{size} {t}"));
+        }
+    }
+
+    /// Stores the bytes of a local file as a blob (skipped when an intact copy is present); returns (hash, size).
     pub fn put_file(&self, path: &Path) -> anyhow::Result<(String, u64)> {
         let (hash, size) = key::hash_file(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        if !self.has_blob(&hash)? {
-            self.upload(path, &self.blob_path(&hash))?;
+        if !self.blob_intact(&hash, size)? {
+            self.upload(path, &self.blob_path(&hash), &hash, size)?;
         }
         Ok((hash, size))
     }
 
     /// Uploads a file; small ones in one atomic put, large ones as a multipart upload that becomes visible only
-    /// when complete.
-    fn upload(&self, path: &Path, dest: &ObjPath) -> anyhow::Result<()> {
-        let size = std::fs::metadata(path)?.len();
+    /// when complete. Either replaces what was there atomically.
+    fn upload(&self, path: &Path, dest: &ObjPath, hash: &str, size: u64) -> anyhow::Result<()> {
         const PART: usize = 16 << 20;
-        self.block_on(async {
+        let e_tag = self.block_on(async {
             if size <= PART as u64 {
                 let data = tokio::fs::read(path).await?;
-                self.os
+                let r = self
+                    .os
                     .put(dest, PutPayload::from(data))
                     .await
                     .map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
-            } else {
-                let mut up =
-                    self.os.put_multipart(dest).await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
-                let mut f = tokio::fs::File::open(path).await?;
-                use tokio::io::AsyncReadExt;
-                let mut pending = Vec::new();
-                loop {
-                    let mut buf = vec![0u8; PART];
-                    let mut filled = 0;
-                    while filled < PART {
-                        let n = f.read(&mut buf[filled..]).await?;
-                        if n == 0 {
-                            break;
-                        }
-                        filled += n;
-                    }
-                    if filled == 0 {
-                        break;
-                    }
-                    buf.truncate(filled);
-                    pending.push(up.put_part(PutPayload::from(buf)));
-                    if pending.len() >= 4 {
-                        for p in pending.drain(..) {
-                            p.await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
-                        }
-                    }
-                    if filled < PART {
-                        break;
-                    }
-                }
-                for p in pending {
-                    if let Err(e) = p.await {
-                        let _ = up.abort().await;
-                        return Err(store_err(&format!("cannot write {dest}"), e));
-                    }
-                }
-                up.complete().await.map_err(|e| store_err(&format!("cannot complete {dest}"), e))?;
+                return Ok::<_, anyhow::Error>(r.e_tag);
             }
-            Ok::<_, anyhow::Error>(())
-        })
+            let mut up =
+                self.os.put_multipart(dest).await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
+            let mut f = tokio::fs::File::open(path).await?;
+            use tokio::io::AsyncReadExt;
+            let mut pending = Vec::new();
+            loop {
+                let mut buf = vec![0u8; PART];
+                let mut filled = 0;
+                while filled < PART {
+                    let n = f.read(&mut buf[filled..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    break;
+                }
+                buf.truncate(filled);
+                pending.push(up.put_part(PutPayload::from(buf)));
+                if pending.len() >= 4 {
+                    for p in pending.drain(..) {
+                        p.await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
+                    }
+                }
+                if filled < PART {
+                    break;
+                }
+            }
+            for p in pending {
+                if let Err(e) = p.await {
+                    let _ = up.abort().await;
+                    return Err(store_err(&format!("cannot write {dest}"), e));
+                }
+            }
+            let r = up.complete().await.map_err(|e| store_err(&format!("cannot complete {dest}"), e))?;
+            Ok(r.e_tag)
+        })?;
+        self.remember_remote(hash, size, e_tag);
+        Ok(())
     }
 
     pub fn put_bytes(&self, data: Vec<u8>) -> anyhow::Result<String> {
         let hash = blake3::hash(&data).to_hex().to_string();
-        if !self.has_blob(&hash)? {
+        let size = data.len() as u64;
+        if !self.blob_intact(&hash, size)? {
             let dest = self.blob_path(&hash);
-            self.block_on(self.os.put(&dest, PutPayload::from(data)))
+            let r = self
+                .block_on(self.os.put(&dest, PutPayload::from(data)))
                 .map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
+            self.remember_remote(&hash, size, r.e_tag);
         }
         Ok(hash)
     }
@@ -247,8 +723,8 @@ impl Store {
     pub fn put_tree(&self, dir: &Path) -> anyhow::Result<(String, u64)> {
         let tree = key::hash_tree(dir)?;
         for f in &tree.files {
-            if !self.has_blob(&f.hash)? {
-                self.upload(&dir.join(&f.path), &self.blob_path(&f.hash))?;
+            if !self.blob_intact(&f.hash, f.size)? {
+                self.upload(&dir.join(&f.path), &self.blob_path(&f.hash), &f.hash, f.size)?;
             }
         }
         let size = tree.files.iter().map(|f| f.size).sum();
@@ -266,13 +742,27 @@ impl Store {
 
     /// Reads a whole blob, verified.
     pub fn get_bytes(&self, hash: &str) -> anyhow::Result<Bytes> {
-        let p = self.blob_path(hash);
-        let data = self.block_on(async { self.os.get(&p).await?.bytes().await }).map_err(|e| match e {
-            object_store::Error::NotFound { .. } => {
-                anyhow::Error::new(Corrupt { hash: hash.into(), detail: "missing from the store".into() })
+        if !is_hash(hash) {
+            return Err(Corrupt { hash: hash.into(), detail: "not a blob address".into() }.into());
+        }
+        let data: Bytes = if self.local_root.is_some() {
+            match self.read(&Self::blob_rel(hash)) {
+                Ok(Some(b)) => b.into(),
+                Ok(None) => return Err(Corrupt { hash: hash.into(), detail: "missing from the store".into() }.into()),
+                Err(e) if e.downcast_ref::<Unreadable>().is_some() => {
+                    return Err(Corrupt { hash: hash.into(), detail: "not a regular file".into() }.into());
+                }
+                Err(e) => return Err(e),
             }
-            e => store_err(&format!("cannot read {p}"), e),
-        })?;
+        } else {
+            let p = self.blob_path(hash);
+            self.block_on(async { self.os.get(&p).await?.bytes().await }).map_err(|e| match e {
+                object_store::Error::NotFound { .. } => {
+                    anyhow::Error::new(Corrupt { hash: hash.into(), detail: "missing from the store".into() })
+                }
+                e => store_err(&format!("cannot read {p}"), e),
+            })?
+        };
         let got = blake3::hash(&data).to_hex().to_string();
         if got != hash {
             return Err(Corrupt {
@@ -286,12 +776,15 @@ impl Store {
 
     /// A local path holding the verified bytes of a file blob.
     pub fn materialize_file(&self, hash: &str) -> anyhow::Result<PathBuf> {
+        if !is_hash(hash) {
+            return Err(Corrupt { hash: hash.into(), detail: "not a blob address".into() }.into());
+        }
         if let Some(root) = &self.local_root {
-            let path = root.join("blobs").join(&hash[..2]).join(hash);
+            let path = root.join(Self::blob_rel(hash));
             if !self.verified.lock().unwrap().contains(hash) {
                 let (got, size) = match key::hash_file(&path) {
                     Ok(x) => x,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(e) if is_not_found(&e) => {
                         return Err(Corrupt { hash: hash.into(), detail: "missing from the store".into() }.into());
                     }
                     Err(e) => return Err(store_err(&format!("cannot read {}", path.display()), e)),
@@ -321,7 +814,9 @@ impl Store {
         let tmp = tempfile::NamedTempFile::new_in(cached.parent().unwrap())?;
         let p = self.blob_path(hash);
         let got = self.block_on(async {
-            let mut stream = self.os.get(&p).await?.into_stream();
+            let res = self.os.get(&p).await?;
+            let meta = res.meta.clone();
+            let mut stream = res.into_stream();
             let mut hasher = blake3::Hasher::new();
             let mut f = std::io::BufWriter::new(tmp.as_file());
             while let Some(chunk) = stream.next().await {
@@ -331,9 +826,9 @@ impl Store {
                     .map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })?;
             }
             f.flush().map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })?;
-            Ok::<_, object_store::Error>(hasher.finalize().to_hex().to_string())
+            Ok::<_, object_store::Error>((hasher.finalize().to_hex().to_string(), meta))
         });
-        let got = match got {
+        let (got, meta) = match got {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(Corrupt { hash: hash.into(), detail: "missing from the store".into() }.into());
@@ -343,16 +838,28 @@ impl Store {
         if got != hash {
             return Err(Corrupt { hash: hash.into(), detail: format!("its bytes hash to {got}") }.into());
         }
+        self.remember_remote(hash, meta.size, meta.e_tag);
         tmp.persist(&cached).map_err(|e| e.error)?;
         self.verified.lock().unwrap().insert(hash.to_string());
         Ok(cached)
     }
 
-    /// Reads and parses a directory artifact's listing.
+    /// Reads and parses a directory artifact's listing (every path relative and inside the directory, every hash a
+    /// blob address).
     pub fn tree(&self, hash: &str) -> anyhow::Result<Tree> {
         let data = self.get_bytes(hash)?;
-        serde_json::from_slice(&data)
-            .map_err(|e| Corrupt { hash: hash.into(), detail: format!("not a directory listing: {e}") }.into())
+        let bad = |detail: String| anyhow::Error::new(Corrupt { hash: hash.into(), detail });
+        let tree: Tree = serde_json::from_slice(&data).map_err(|e| bad(format!("not a directory listing: {e}")))?;
+        for f in &tree.files {
+            let p = Path::new(&f.path);
+            let inside = !f.path.is_empty()
+                && p.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+                && !f.path.contains('\\');
+            if !inside || !is_hash(&f.hash) {
+                return Err(bad(format!("not a directory listing: bad file entry `{}`", f.path.escape_debug())));
+            }
+        }
+        Ok(tree)
     }
 
     /// A local directory holding a verified copy of a directory artifact. Assembled in a private temporary
@@ -414,11 +921,15 @@ impl Store {
     /// recomputation has already replaced it.
     pub fn discard_if_corrupt(&self, hash: &str) -> anyhow::Result<bool> {
         self.verified.lock().unwrap().remove(hash);
+        self.state.lock().unwrap().forget(hash);
         let _ = std::fs::remove_file(self.local_dir.join("blobs").join(hash));
         match self.get_bytes(hash) {
             Ok(_) => return Ok(false),
             Err(e) if e.downcast_ref::<Corrupt>().is_some() => {}
             Err(e) => return Err(e),
+        }
+        if !is_hash(hash) {
+            return Ok(true);
         }
         match self.block_on(self.os.delete(&self.blob_path(hash))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
@@ -426,87 +937,231 @@ impl Store {
         }
     }
 
+    /// The cache entry for `key`, if one is stored and can be trusted: it parses, its `check` matches (or, for an
+    /// entry written before checks existed, its record hashes to this key), and it names this key. An entry that fails any of these is set aside (see the module
+    /// documentation) with a warning, and reads as absent, so that its node runs again.
     pub fn get_entry(&self, key: &str) -> anyhow::Result<Option<Entry>> {
-        self.get_json(&self.entry_path(key))
+        let rel = Self::entry_rel(key);
+        let read = match &self.local_root {
+            // The file's signature with its bytes (one open file), for the state database below.
+            Some(root) => read_with_meta(&root.join(&rel)).map(|r| r.map(|(b, m)| (b, Some(m)))),
+            None => self.read(&rel).map(|r| r.map(|b| (b, None))),
+        };
+        let (bytes, meta) = match read {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(None),
+            Err(e) if e.downcast_ref::<Unreadable>().is_some() => {
+                self.reject_entry(&rel, &e.to_string(), None)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let checked = check_matches(&bytes);
+        // An entry from before checks existed has its record hashed again, once: a `file://` store remembers the
+        // entry file's signature once it has passed, like a blob's.
+        let state_key = format!("entry:{key}");
+        let sig = meta.as_ref().map(file_sig);
+        let known_good =
+            checked.is_none() && sig.as_ref().is_some_and(|s| self.state.lock().unwrap().get(&state_key) == Some(s));
+        let why = match serde_json::from_slice::<Entry>(&bytes) {
+            Err(e) if e.is_syntax() || e.is_eof() => format!("not JSON: {e}"),
+            Err(e) => format!("not a cache entry: {e}"),
+            Ok(e) => match entry_mismatch(key, checked, known_good, &e) {
+                None => {
+                    if checked.is_none()
+                        && !known_good
+                        && let (Some(sig), Some(meta)) = (sig, &meta)
+                        && !racy(meta)
+                    {
+                        self.state.lock().unwrap().put(&state_key, sig);
+                    }
+                    return Ok(Some(e));
+                }
+                Some(why) => why,
+            },
+        };
+        self.reject_entry(&rel, &why, Some(&bytes))?;
+        Ok(None)
     }
 
-    fn get_json<T: serde::de::DeserializeOwned>(&self, p: &ObjPath) -> anyhow::Result<Option<T>> {
-        match self.block_on(async { self.os.get(p).await?.bytes().await }) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| store_err(&format!("{p} is not valid"), e))?)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(store_err(&format!("cannot read {p}"), e)),
+    fn reject_entry(&self, rel: &str, why: &str, seen: Option<&[u8]>) -> anyhow::Result<()> {
+        if let Some(dest) = self.set_aside(rel, "cache-corrupt", seen)? {
+            self.warn(format!(
+                "cache entry {rel} cannot be used ({why}); set aside as {dest}, and its node is recomputed"
+            ));
+            let key = rel.rsplit('/').next().unwrap_or(rel).trim_end_matches(".json");
+            self.incomplete.lock().unwrap().insert(
+                key.to_string(),
+                format!("its cache entry could not be used ({why}) and was set aside as {dest}"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether every blob an entry names (and every file of its directory outputs) is present, of the recorded size
+    /// and intact (see the module documentation for how much is hashed). When not, the reason is kept for
+    /// [`Store::incomplete_reason`], a warning is printed, and the caller runs the node again.
+    pub fn entry_complete(&self, e: &Entry) -> anyhow::Result<bool> {
+        match self.entry_problem(e)? {
+            None => {
+                self.incomplete.lock().unwrap().remove(&e.key);
+                Ok(true)
+            }
+            Some(why) => {
+                self.warn(format!("{why}; not served, so the node runs again"));
+                self.incomplete.lock().unwrap().insert(e.key.clone(), why);
+                Ok(false)
+            }
         }
     }
 
-    /// Whether every blob an entry names (and every file of its directory outputs) is present.
-    pub fn entry_complete(&self, e: &Entry) -> anyhow::Result<bool> {
-        for o in e.outputs.values() {
-            if !self.has_blob(&o.hash)? {
-                return Ok(false);
+    fn entry_problem(&self, e: &Entry) -> anyhow::Result<Option<String>> {
+        let describe = |what: &str, hash: &str, c: &Check| match c {
+            Check::Ok => None,
+            Check::Missing => Some(format!("missing blob {hash} ({what}): not in the store")),
+            Check::Corrupt(d) => Some(format!("corrupt blob {hash} ({what}): {d}")),
+        };
+        let files: Vec<(&str, Option<u64>)> =
+            e.outputs.values().map(|o| (o.hash.as_str(), (o.kind == ArtifactKind::File).then_some(o.size))).collect();
+        let checks = self.check_blobs(&files)?;
+        for ((name, o), c) in e.outputs.iter().zip(&checks) {
+            let what = match o.kind {
+                ArtifactKind::File => format!("output `{name}` of {}", e.node),
+                ArtifactKind::Dir => format!("the listing of directory output `{name}` of {}", e.node),
+            };
+            if let Some(why) = describe(&what, &o.hash, c) {
+                return Ok(Some(why));
             }
-            if o.kind == ArtifactKind::Dir {
-                let tree = match self.tree(&o.hash) {
-                    Ok(t) => t,
-                    Err(e) if e.downcast_ref::<Corrupt>().is_some() => return Ok(false),
-                    Err(e) => return Err(e),
-                };
-                for f in &tree.files {
-                    if !self.has_blob(&f.hash)? {
-                        return Ok(false);
+        }
+        for (name, o) in e.outputs.iter().filter(|(_, o)| o.kind == ArtifactKind::Dir) {
+            let tree = match self.tree(&o.hash) {
+                Ok(t) => t,
+                Err(err) => match err.downcast::<Corrupt>() {
+                    Ok(c) => {
+                        return Ok(Some(format!(
+                            "corrupt blob {} (the listing of directory output `{name}` of {}): {}",
+                            c.hash, e.node, c.detail
+                        )));
                     }
+                    Err(err) => return Err(err),
+                },
+            };
+            let total: u64 = tree.files.iter().map(|f| f.size).sum();
+            if total != o.size {
+                return Ok(Some(format!(
+                    "directory output `{name}` of {} lists {total} bytes but its entry records {}",
+                    e.node, o.size
+                )));
+            }
+            let files: Vec<(&str, Option<u64>)> = tree.files.iter().map(|f| (f.hash.as_str(), Some(f.size))).collect();
+            for (f, c) in tree.files.iter().zip(self.check_blobs(&files)?) {
+                if let Some(why) = describe(&format!("file `{}` of output `{name}` of {}", f.path, e.node), &f.hash, &c)
+                {
+                    return Ok(Some(why));
                 }
             }
         }
-        Ok(true)
+        Ok(None)
     }
 
     /// Writes an entry create-only. If another runner wrote one first, returns theirs (which wins, so that every
     /// reader sees one result per key); `replace` overwrites an entry whose blobs were found missing or corrupt.
+    /// An unusable entry in the way is set aside by the read and the write is tried again.
     pub fn put_entry(&self, e: &Entry, replace: bool) -> anyhow::Result<Entry> {
-        let p = self.entry_path(&e.key);
-        let data = serde_json::to_vec_pretty(e)?;
-        let mode = if replace { PutMode::Overwrite } else { PutMode::Create };
-        let res = self.block_on(self.os.put_opts(
-            &p,
-            PutPayload::from(data.clone()),
-            PutOptions { mode, ..Default::default() },
-        ));
-        match res {
-            Ok(_) => Ok(e.clone()),
-            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
-                Ok(self.get_entry(&e.key)?.unwrap_or_else(|| e.clone()))
-            }
-            Err(object_store::Error::NotImplemented { .. }) => {
-                // Stores without conditional writes: check, then write (a race leaves two identical-key entries
-                // with equal content for deterministic stages).
-                if let Some(old) = self.get_entry(&e.key)?.filter(|_| !replace) {
-                    return Ok(old);
-                }
-                self.block_on(self.os.put(&p, PutPayload::from(data)))
-                    .map_err(|err| store_err(&format!("cannot write {p}"), err))?;
-                Ok(e.clone())
-            }
-            Err(err) => Err(store_err(&format!("cannot write {p}"), err)),
+        let rel = Self::entry_rel(&e.key);
+        let p = self.p(&rel);
+        let rk = e.record.key();
+        if rk != e.key {
+            return Err(StoreError(format!(
+                "internal error: refusing to store an entry for key {} whose record hashes to {}",
+                e.key, rk
+            ))
+            .into());
         }
+        let data = with_check(&serde_json::to_vec_pretty(e)?);
+        let mode = if replace { PutMode::Overwrite } else { PutMode::Create };
+        for _ in 0..3 {
+            let res = self.block_on(self.os.put_opts(
+                &p,
+                PutPayload::from(data.clone()),
+                PutOptions { mode: mode.clone(), ..Default::default() },
+            ));
+            match res {
+                Ok(_) => return Ok(e.clone()),
+                Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                    if let Some(theirs) = self.get_entry(&e.key)? {
+                        return Ok(theirs);
+                    }
+                    // Theirs was unusable and is set aside now (or vanished): try again.
+                }
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    // Stores without conditional writes: check, then write (a race leaves two identical-key entries
+                    // with equal content for deterministic stages).
+                    if let Some(old) = self.get_entry(&e.key)?.filter(|_| !replace) {
+                        return Ok(old);
+                    }
+                    self.block_on(self.os.put(&p, PutPayload::from(data)))
+                        .map_err(|err| store_err(&format!("cannot write {p}"), err))?;
+                    return Ok(e.clone());
+                }
+                Err(err) => return Err(store_err(&format!("cannot write {p}"), err)),
+            }
+        }
+        Err(StoreError(format!("cannot write {p}: another process keeps writing unusable entries there")).into())
     }
 
-    fn node_pointer(&self, scope: &str, node: &str) -> ObjPath {
+    fn node_pointer(scope: &str, node: &str) -> String {
         let id = blake3::hash(format!("{scope}\0{node}").as_bytes()).to_hex();
-        self.p(&format!("nodes/{}.json", &id[..32]))
+        format!("nodes/{}.json", &id[..32])
     }
 
     /// Remembers the key a node had at its last run (for `status`/`explain`); `scope` separates manifests.
     pub fn set_last_key(&self, scope: &str, node: &str, key: &str) -> anyhow::Result<()> {
-        let p = self.node_pointer(scope, node);
+        let p = self.p(&Self::node_pointer(scope, node));
         let v = serde_json::json!({"node": node, "key": key});
         self.block_on(self.os.put(&p, PutPayload::from(serde_json::to_vec(&v)?)))
             .map_err(|e| store_err(&format!("cannot write {p}"), e))?;
         Ok(())
     }
 
+    /// The key a node had at its last run. A pointer that cannot be read is set aside with a warning and reads as
+    /// absent (it only ever explains what changed; it never decides a cache hit).
     pub fn last_key(&self, scope: &str, node: &str) -> anyhow::Result<Option<String>> {
-        let v: Option<serde_json::Value> = self.get_json(&self.node_pointer(scope, node))?;
-        Ok(v.and_then(|v| v.get("key").and_then(|k| k.as_str()).map(String::from)))
+        let rel = Self::node_pointer(scope, node);
+        let bytes = match self.read(&rel) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(e) if e.downcast_ref::<Unreadable>().is_some() => {
+                self.reject_pointer(&rel, node, &e.to_string(), None)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let key =
+            serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| format!("not JSON: {e}")).and_then(|v| {
+                match (v.get("node").and_then(|n| n.as_str()), v.get("key").and_then(|k| k.as_str())) {
+                    (Some(n), Some(k)) if n == node && is_hash(k) => Ok(k.to_string()),
+                    (Some(n), Some(_)) if n != node => Err(format!("it is the pointer of node `{}`", n.escape_debug())),
+                    _ => Err("expected {\"node\": NAME, \"key\": HASH}".to_string()),
+                }
+            });
+        match key {
+            Ok(k) => Ok(Some(k)),
+            Err(why) => {
+                self.reject_pointer(&rel, node, &why, Some(&bytes))?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn reject_pointer(&self, rel: &str, node: &str, why: &str, seen: Option<&[u8]>) -> anyhow::Result<()> {
+        if let Some(dest) = self.set_aside(rel, "nodes-corrupt", seen)? {
+            self.warn(format!(
+                "the last-run pointer of {node} ({rel}) cannot be used ({why}); set aside as {dest} (status cannot say \
+                 what changed for this node until it runs again)"
+            ));
+        }
+        Ok(())
     }
 
     pub fn put_journal(&self, run_id: &str, journal: &serde_json::Value) -> anyhow::Result<()> {
@@ -516,8 +1171,16 @@ impl Store {
         Ok(())
     }
 
-    /// Every object under a folder of the store: (path relative to the prefix, size, last modified).
+    /// Every object under a folder of the store: (path relative to the prefix, size, last modified). `file://`
+    /// stores are walked directly; names that are not UTF-8 are left out with a warning, and files being written
+    /// by `object_store` (`NAME#N`) are left out.
     pub fn list(&self, folder: &str) -> anyhow::Result<Vec<(String, u64, chrono::DateTime<chrono::Utc>)>> {
+        if let Some(root) = &self.local_root {
+            let mut out = Vec::new();
+            self.walk(root, &root.join(folder), &mut out)?;
+            out.sort();
+            return Ok(out);
+        }
         let base = self.p(folder);
         let prefix_len = self.prefix.parts().count();
         self.block_on(async {
@@ -532,8 +1195,38 @@ impl Store {
         })
     }
 
-    pub fn get_path_json<T: serde::de::DeserializeOwned>(&self, rel: &str) -> anyhow::Result<Option<T>> {
-        self.get_json(&self.p(rel))
+    fn walk(
+        &self,
+        root: &Path,
+        dir: &Path,
+        out: &mut Vec<(String, u64, chrono::DateTime<chrono::Utc>)>,
+    ) -> anyhow::Result<()> {
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                self.warn(format!("{} is a file where the store expects a folder; left alone", dir.display()));
+                return Ok(());
+            }
+            Err(e) => return Err(store_err(&format!("cannot list {}", dir.display()), e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(|e| store_err(&format!("cannot list {}", dir.display()), e))?;
+            let path = ent.path();
+            let Ok(rel) = path.strip_prefix(root).map(|r| r.to_string_lossy().to_string()) else { continue };
+            if ent.file_name().to_str().is_none() {
+                self.warn(format!("{} has a name that is not UTF-8; left alone", path.display()));
+                continue;
+            }
+            let meta = ent.metadata().map_err(|e| store_err(&format!("cannot read {}", path.display()), e))?;
+            if meta.is_dir() {
+                self.walk(root, &path, out)?;
+            } else if meta.is_file() && !rel.contains('#') {
+                let modified = meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default();
+                out.push((rel, meta.len(), modified));
+            }
+        }
+        Ok(())
     }
 
     pub fn delete(&self, rel: &str) -> anyhow::Result<()> {
@@ -542,5 +1235,201 @@ impl Store {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(store_err(&format!("cannot delete {p}"), e)),
         }
+    }
+}
+
+/// A local file's bytes and the metadata of the same open file; `None` when there is none.
+fn read_with_meta(path: &Path) -> anyhow::Result<Option<(Vec<u8>, std::fs::Metadata)>> {
+    use std::io::Read;
+    let fail = |e: std::io::Error| -> anyhow::Result<Option<(Vec<u8>, std::fs::Metadata)>> {
+        if is_not_found(&e) {
+            Ok(None)
+        } else if e.kind() == std::io::ErrorKind::IsADirectory {
+            Err(Unreadable(format!("{} is a directory", path.display())).into())
+        } else {
+            Err(store_err(&format!("cannot read {}", path.display()), e))
+        }
+    };
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let meta = match f.metadata() {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    if meta.is_dir() {
+        return Err(Unreadable(format!("{} is a directory", path.display())).into());
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    if let Err(e) = f.read_to_end(&mut buf) {
+        return fail(e);
+    }
+    Ok(Some((buf, meta)))
+}
+
+/// An object that exists but cannot be read as a file (e.g. a directory in its place).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreadable(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{InputRef, KEY_VERSION};
+
+    #[test]
+    fn store_urls_are_checked() {
+        for ok in
+            ["file://.rmdistill/store", "file:///abs", "memory://", "s3://b/x", "gs://b", "az://c/p", "dir", "/a/b"]
+        {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        let err = check_url("s3:/bucket/x").unwrap_err();
+        assert!(err.contains("did you mean `s3://bucket/x`"), "{err}");
+        for bad in ["", "file://", "http://host/x", "s3://", "x\ny", "ftp:x", "memory://x"] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_url("./a:b").is_ok());
+    }
+
+    fn entry(key_record: &KeyRecord, hash: &str) -> Entry {
+        Entry {
+            v: KEY_VERSION,
+            key: key_record.key(),
+            node: "n".into(),
+            record: key_record.clone(),
+            outputs: BTreeMap::from([(
+                "out".to_string(),
+                OutputRef { hash: hash.into(), kind: ArtifactKind::File, size: 5 },
+            )]),
+            // Floats that need 17 digits: their text must parse back to the same bits (serde_json's
+            // `float_roundtrip`), or the entry's check and its record's key would not match after a read.
+            summary: serde_json::json!({"b": 1.5, "a": [0.1, 1e-7, 12345678901234567890u64, 1.5778092959999999]}),
+            created: "now".into(),
+            seconds: 1.5778092959999999,
+        }
+    }
+
+    fn record() -> KeyRecord {
+        KeyRecord {
+            v: KEY_VERSION,
+            stage_kind: "generate".into(),
+            code: "c".into(),
+            params: serde_json::json!({"n": 3, "x": 0.30000000000000004, "y": 2.2250738585072014e-308, "z": 0.1 + 0.7})
+                .as_object()
+                .unwrap()
+                .clone(),
+            inputs: BTreeMap::from([("i".into(), vec![InputRef { hash: "h".into(), coords: BTreeMap::new() }])]),
+            externals: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn entries_are_checked_against_their_key_and_check_hash() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("file://{}", d.path().join("s").display()), &d.path().join("l")).unwrap();
+        let hash = store.put_bytes(b"hello".to_vec()).unwrap();
+        let e = entry(&record(), &hash);
+        store.put_entry(&e, false).unwrap();
+        let got = store.get_entry(&e.key).unwrap().expect("a good entry reads back");
+        assert!(store.entry_complete(&got).unwrap());
+        let path = d.path().join("s").join(Store::entry_rel(&e.key));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"check\""), "{text}");
+
+        // Another valid blob of the same size put in place of the output: the check hash no longer matches.
+        let other = store.put_bytes(b"world".to_vec()).unwrap();
+        std::fs::write(&path, text.replace(&hash, &other)).unwrap();
+        assert!(store.get_entry(&e.key).unwrap().is_none());
+        assert!(!path.exists() && d.path().join("s/cache-corrupt").join(format!("{}.json", e.key)).exists());
+
+        // Garbage, and an entry filed under another key.
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(store.get_entry(&e.key).unwrap().is_none());
+        assert!(d.path().join("s/cache-corrupt").join(format!("{}.json.1", e.key)).exists());
+        let mut r2 = record();
+        r2.code = "d".into();
+        let e2 = entry(&r2, &hash);
+        store.put_entry(&e2, false).unwrap();
+        std::fs::copy(d.path().join("s").join(Store::entry_rel(&e2.key)), &path).unwrap();
+        assert!(store.get_entry(&e.key).unwrap().is_none());
+        // A put over a garbage entry succeeds (the garbage is set aside first).
+        std::fs::write(&path, "garbage").unwrap();
+        store.put_entry(&e, false).unwrap();
+        assert!(store.get_entry(&e.key).unwrap().is_some());
+    }
+
+    #[test]
+    fn entries_with_long_floats_read_back_as_written() {
+        // Every f64 printed by serde_json must parse back to itself; spot-check many that need 17 digits.
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("file://{}", d.path().join("s").display()), &d.path().join("l")).unwrap();
+        let hash = store.put_bytes(b"hello".to_vec()).unwrap();
+        let mut x: f64 = 1.0;
+        for i in 0..200 {
+            x = x * 1.000_000_123_456_789 + 1e-9 * i as f64;
+            let mut r = record();
+            r.params.insert("x".into(), serde_json::json!(x / 3.0));
+            let mut e = entry(&r, &hash);
+            e.seconds = x / 7.0;
+            store.put_entry(&e, false).unwrap();
+            assert!(store.get_entry(&e.key).unwrap().is_some(), "entry with {} did not read back", x / 3.0);
+            // As an entry written before checks existed: its record is parsed and hashed again.
+            let path = d.path().join("s").join(Store::entry_rel(&e.key));
+            std::fs::write(&path, serde_json::to_vec_pretty(&e).unwrap()).unwrap();
+            assert_eq!(check_matches(&std::fs::read(&path).unwrap()), None);
+            assert!(store.get_entry(&e.key).unwrap().is_some(), "old entry with {} did not read back", x / 3.0);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_blob_is_not_complete_and_a_put_replaces_it() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("file://{}", d.path().join("s").display()), &d.path().join("l")).unwrap();
+        let src = d.path().join("f");
+        std::fs::write(&src, b"hello").unwrap();
+        let (hash, _) = store.put_file(&src).unwrap();
+        let e = entry(&record(), &hash);
+        assert!(store.entry_complete(&e).unwrap());
+        let blob = d.path().join("s").join(Store::blob_rel(&hash));
+        std::fs::write(&blob, b"hellO").unwrap();
+        assert!(!store.entry_complete(&e).unwrap());
+        assert!(store.incomplete_reason(&e.key).unwrap().contains("(output `out` of n): its 5 bytes hash to"));
+        std::fs::write(&blob, b"hell").unwrap();
+        assert!(!store.entry_complete(&e).unwrap());
+        store.put_file(&src).unwrap();
+        assert_eq!(std::fs::read(&blob).unwrap(), b"hello");
+        assert!(store.entry_complete(&e).unwrap());
+        std::fs::remove_file(&blob).unwrap();
+        assert!(!store.entry_complete(&e).unwrap());
+        assert!(store.incomplete_reason(&e.key).unwrap().contains("missing"));
+    }
+
+    #[test]
+    fn the_state_database_remembers_only_settled_files() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", d.path().join("s").display());
+        let store = Store::open(&url, &d.path().join("l")).unwrap();
+        let hash = store.put_bytes(b"settled".to_vec()).unwrap();
+        let blob = d.path().join("s").join(Store::blob_rel(&hash));
+        let root = d.path().join("s").canonicalize().unwrap();
+        // Just written: checked by hashing, not remembered.
+        assert_eq!(store.check_local_blob(&root, &hash, Some(7)).unwrap(), Check::Ok);
+        assert!(store.state.lock().unwrap().get(&hash).is_none());
+        // Old enough: remembered, and saved for the next process.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&blob).unwrap().set_modified(old).unwrap();
+        // ctime is now; wait until it is settled too.
+        std::thread::sleep(std::time::Duration::from_secs(RACY_SECS as u64 + 1));
+        assert_eq!(store.check_local_blob(&root, &hash, Some(7)).unwrap(), Check::Ok);
+        assert!(store.state.lock().unwrap().get(&hash).is_some());
+        drop(store);
+        let store = Store::open(&url, &d.path().join("l")).unwrap();
+        assert!(store.state.lock().unwrap().get(&hash).is_some());
+        // Any write changes ctime, even one that restores mtime: hashed again, and found corrupt.
+        std::fs::write(&blob, b"unsettl").unwrap();
+        std::fs::File::options().write(true).open(&blob).unwrap().set_modified(old).unwrap();
+        assert!(matches!(store.check_local_blob(&root, &hash, Some(7)).unwrap(), Check::Corrupt(_)));
     }
 }

@@ -430,7 +430,8 @@ fn argo_and_k8s_documents_pass_the_upstream_schemas_strictly() {
     // The validators have teeth: a misspelt field, a wrong type and a missing required field are each caught.
     let tpl = argo["spec"]["templates"].as_array().unwrap().iter().position(|t| t.get("container").is_some()).unwrap();
     let dag = argo["spec"]["templates"].as_array().unwrap().iter().position(|t| t.get("dag").is_some()).unwrap();
-    let breaks: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Break = (&'static str, Box<dyn Fn(&mut Value)>, &'static str);
+    let breaks: Vec<Break> = vec![
         (
             "argo",
             Box::new(move |v: &mut Value| v["spec"]["templates"][tpl]["retrystrategy"] = json!({})),

@@ -242,7 +242,8 @@ fn slurm_export_rejects_what_it_cannot_honour() {
     );
     let o = w.run(&["export", "slurm", "m.toml"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(s(&o.stderr).contains("stage `sub`: resources.memory = \"lots\""), "{}", s(&o.stderr));
+    // Reported where it is written, when the manifest loads.
+    assert!(s(&o.stderr).contains("m.toml:15:24: resources.memory: \"lots\": expected a size"), "{}", s(&o.stderr));
     w.write("n.toml", &gen_manifest(5000));
     let o = w.run(&["export", "slurm", "n.toml", "--store", "memory://"]);
     assert!(!o.status.success() && s(&o.stderr).contains("cannot share it"), "{}", s(&o.stderr));

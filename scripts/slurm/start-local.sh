@@ -9,6 +9,10 @@
 #
 # Prints `SLURM_CONF=DIR/slurm.conf` on its last line of stdout once `sinfo` shows the node idle.
 # Exit codes: 0 up; 2 usage; 3 not root or no apt-get where slurm-wlm is missing (the caller may skip); 1 any other failure.
+#
+# Safe to call several times at once (tests do): the package installation runs under the lock every rmdistill
+# installer takes (scripts/lib/install-lock.sh) and waits for dpkg's own lock, and the start-up (choosing free ports
+# through the node being idle) runs under a lock of its own, so two clusters never pick the same ports.
 set -euo pipefail
 
 if [[ $# -gt 1 || ${1:-} == -* ]]; then
@@ -21,21 +25,21 @@ if [[ $(id -u) != 0 ]]; then
     exit 3
 fi
 
-need_install=0
-for b in munged slurmctld slurmd sbatch squeue sinfo scancel; do
-    command -v "$b" >/dev/null 2>&1 || need_install=1
-done
-if (( need_install )); then
+PATH=$PATH:/usr/sbin:/sbin
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib/install-lock.sh
+source "$here/../lib/install-lock.sh"
+if ! slurm_installed; then
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "start-local.sh: slurm-wlm/munge are not installed and apt-get is not available" >&2
         exit 3
     fi
-    echo "start-local.sh: installing slurm-wlm and munge with apt-get" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends slurm-wlm munge >&2
+    apt_install slurm-wlm munge
 fi
-PATH=$PATH:/usr/sbin:/sbin
+
+# One start-up at a time (free ports are chosen below and taken only once the daemons listen).
+exec 8>"$(lock_dir)/rmdistill-slurm-start.lock"
+flock 8
 
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
@@ -55,8 +59,9 @@ if [[ ! -s $dir/munge/munge.key ]]; then
     chmod 0400 "$dir/munge/munge.key"
 fi
 sock=$dir/munge/munge.socket
+# Daemons must not inherit the start-up lock (fd 8), or it would stay held as long as they run.
 munged --force --key-file="$dir/munge/munge.key" --socket="$sock" --pid-file="$dir/run/munged.pid" \
-    --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed" --num-threads=2
+    --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed" --num-threads=2 8>&-
 for _ in $(seq 50); do [[ -S $sock ]] && break; sleep 0.1; done
 if ! munge -S "$sock" -n </dev/null | unmunge -S "$sock" >/dev/null; then
     echo "start-local.sh: munged does not answer on $sock (see $dir/log/munged.log)" >&2
@@ -112,8 +117,8 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 export SLURM_CONF=$dir/slurm.conf
 
-slurmctld -f "$SLURM_CONF" -i
-slurmd -f "$SLURM_CONF"
+slurmctld -f "$SLURM_CONF" -i 8>&-
+slurmd -f "$SLURM_CONF" 8>&-
 
 ok=0
 for _ in $(seq 150); do

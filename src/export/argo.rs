@@ -8,59 +8,89 @@
 //! does not order Jobs; each pod runs `node run` in a loop that waits while it exits 4 (upstream not stored yet), so
 //! creating them all at once is safe, and `backoffLimit` covers real failures.
 
-use super::{Ctx, Graph, Req, RunSpec};
-use crate::cli::Common;
+use super::{Ctx, Graph, Req, RunSpec, Source};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-#[derive(clap::Args, Clone)]
-pub struct ContainerArgs {
-    #[command(flatten)]
-    pub common: Common,
+/// What both `export argo` and `export k8s` are asked for.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerRequest {
+    pub source: Source,
     /// The container image with rmdistill in it.
-    #[arg(long)]
     pub image: String,
     /// The rmdistill binary inside the image.
-    #[arg(long)]
     pub bin: Option<String>,
-    /// The manifest's path inside the container (default: its absolute path here; mount or bake it there).
-    #[arg(long)]
+    /// The manifest's path inside the container (default: its absolute path here).
     pub manifest_path: Option<String>,
-    /// Kubernetes namespace.
-    #[arg(long)]
     pub namespace: Option<String>,
     /// Prefix of the generated names (default: the manifest's file stem).
-    #[arg(long)]
     pub name: Option<String>,
-    #[arg(long)]
     pub service_account: Option<String>,
-    #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
 }
 
-#[derive(clap::Args, Clone)]
-pub struct ArgoArgs {
-    #[command(flatten)]
-    pub c: ContainerArgs,
+/// `export argo`.
+#[derive(Debug, Clone, Default)]
+pub struct ArgoRequest {
+    pub c: ContainerRequest,
     /// Pods of this workflow running at once (spec.parallelism).
-    #[arg(long)]
     pub parallelism: Option<u32>,
-    /// Retries of a failed node (node run checks the cache first, so a retry redoes only what is missing).
-    #[arg(long, default_value_t = 2)]
+    /// Retries of a failed node.
     pub retries: u32,
 }
 
-#[derive(clap::Args, Clone)]
-pub struct K8sArgs {
-    #[command(flatten)]
-    pub c: ContainerArgs,
+/// `export k8s`.
+#[derive(Debug, Clone, Default)]
+pub struct K8sRequest {
+    pub c: ContainerRequest,
     /// Failed pods before a Job gives up (waiting for upstream does not count).
-    #[arg(long, default_value_t = 2)]
     pub backoff_limit: u32,
     /// Seconds between checks while a node waits for its upstream.
-    #[arg(long, default_value_t = 30)]
     pub poll: u32,
+}
+
+/// A string as Kubernetes passes it to a container's command or args: Kubernetes expands `$(VAR)` there and reads
+/// `$$` as `$`, so each `$` that starts one of those is doubled.
+pub fn k8s_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        out.push(c);
+        if c == '$' && matches!(it.peek(), Some('(') | Some('$')) {
+            out.push('$');
+        }
+    }
+    out
+}
+
+/// Checks what the pods carry: the image, namespace and service account (Kubernetes names), and no control
+/// characters anywhere.
+fn check_container(c: &ContainerRequest) -> anyhow::Result<()> {
+    if c.image.is_empty() || c.image.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+        return Err(crate::error::Invalid(format!(
+            "--image \"{}\": expected an image reference (no spaces or control characters)",
+            c.image.escape_debug()
+        ))
+        .into());
+    }
+    for (flag, v) in [("--namespace", &c.namespace), ("--service-account", &c.service_account)] {
+        if let Some(v) = v {
+            let ok = !v.is_empty()
+                && v.len() <= 253
+                && v.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '.')
+                && v.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+                && v.ends_with(|ch: char| ch.is_ascii_alphanumeric());
+            if !ok {
+                return Err(crate::error::Invalid(format!(
+                    "{flag} \"{}\": expected a Kubernetes name (lower-case letters, digits, `-` and `.`)",
+                    v.escape_debug()
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Options for the Kubernetes-side objects.
@@ -76,7 +106,7 @@ pub struct Opts {
     pub poll: u32,
 }
 
-fn opts(c: &ContainerArgs, ctx: &Ctx) -> Opts {
+fn opts(c: &ContainerRequest, ctx: &Ctx) -> Opts {
     let stem =
         ctx.manifest_file().file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "rmdistill".into());
     let prefix = super::sanitize(c.name.as_deref().unwrap_or(&stem), 20);
@@ -89,18 +119,22 @@ fn opts(c: &ContainerArgs, ctx: &Ctx) -> Opts {
     }
 }
 
-pub fn run_argo(a: ArgoArgs) -> anyhow::Result<()> {
-    let ctx = Ctx::load(&a.c.common, a.c.bin.as_deref(), a.c.manifest_path.as_deref(), true)?;
+pub fn run_argo(a: ArgoRequest) -> anyhow::Result<()> {
+    check_container(&a.c)?;
+    let ctx = Ctx::load(&a.c.source, a.c.bin.as_deref(), a.c.manifest_path.as_deref(), true)?;
+    // Argo substitutes `{{…}}` in task arguments and container args, with no way to escape it.
+    super::refuse_marker(&ctx, &[("--image", &a.c.image)], "{{", "Argo Workflows")?;
     let o = Opts { parallelism: a.parallelism, retries: a.retries, ..opts(&a.c, &ctx) };
     let doc = workflow(&ctx.graph, &ctx.run, &o)?;
     super::emit(&(serde_json::to_string_pretty(&doc)? + "\n"), a.c.output.as_deref())
 }
 
-pub fn run_k8s(a: K8sArgs) -> anyhow::Result<()> {
+pub fn run_k8s(a: K8sRequest) -> anyhow::Result<()> {
     if a.poll == 0 {
         anyhow::bail!("--poll 0: give the seconds between checks for upstream results");
     }
-    let ctx = Ctx::load(&a.c.common, a.c.bin.as_deref(), a.c.manifest_path.as_deref(), true)?;
+    check_container(&a.c)?;
+    let ctx = Ctx::load(&a.c.source, a.c.bin.as_deref(), a.c.manifest_path.as_deref(), true)?;
     let o = Opts { backoff_limit: a.backoff_limit, poll: a.poll, ..opts(&a.c, &ctx) };
     let doc = jobs(&ctx.graph, &ctx.run, &o)?;
     super::emit(&(serde_json::to_string_pretty(&doc)? + "\n"), a.c.output.as_deref())
@@ -141,7 +175,7 @@ pub fn workflow(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
         } else {
             let t = format!("node-{}", stage_names[stages.iter().position(|s| *s == gr.stage).unwrap()]);
             let req = Req::of(&g.nodes[gr.nodes[0]].resources)?;
-            let mut args = run.argv("{{inputs.parameters.node}}");
+            let mut args: Vec<String> = run.argv("{{inputs.parameters.node}}").iter().map(|a| k8s_literal(a)).collect();
             let command = vec![args.remove(0)];
             templates.push(json!({
                 "name": t,
@@ -157,11 +191,13 @@ pub fn workflow(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
         };
         let deps: BTreeSet<String> = gr.deps.iter().map(|d| groups[d.group()].name.clone()).collect();
         let mut task = json!({"name": gr.name, "template": tname});
+        // The node name ends up in the container's args, where Kubernetes expands `$(…)`.
         if gr.nodes.len() == 1 {
-            task["arguments"] = json!({"parameters": [{"name": "node", "value": g.nodes[gr.nodes[0]].name}]});
+            task["arguments"] =
+                json!({"parameters": [{"name": "node", "value": k8s_literal(&g.nodes[gr.nodes[0]].name)}]});
         } else {
             task["arguments"] = json!({"parameters": [{"name": "node", "value": "{{item}}"}]});
-            task["withItems"] = json!(gr.nodes.iter().map(|&n| g.nodes[n].name.clone()).collect::<Vec<_>>());
+            task["withItems"] = json!(gr.nodes.iter().map(|&n| k8s_literal(&g.nodes[n].name)).collect::<Vec<_>>());
         }
         if !deps.is_empty() {
             task["dependencies"] = json!(deps);
@@ -208,8 +244,10 @@ pub fn jobs(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
         let req = Req::of(&n.resources)?;
         let name = format!("{}-{}", o.prefix, names[i]);
         let deps: Vec<&str> = n.deps.iter().map(|&d| g.nodes[d].name.as_str()).collect();
+        // The node's command is passed to the loop as arguments ("$@"), never pasted into its text.
         let mut command = vec!["sh".to_string(), "-c".into(), wait_loop(o.poll), "rmdistill-node".into()];
         command.extend(run.argv(&n.name));
+        let command: Vec<String> = command.iter().map(|a| k8s_literal(a)).collect();
         let mut pod = json!({
             "restartPolicy": "Never",
             "containers": [{"name": "node", "image": o.image, "command": command, "resources": resources(&req)}],

@@ -7,9 +7,8 @@
 //! Job ids exist only once submitted: `dependsOn[].jobId` holds `${REF}`, where REF is an earlier job's `ref`;
 //! a submitter replaces it with the jobId that SubmitJob returned for REF.
 
-use super::slurm::q;
-use super::{Ctx, DepRef, Graph, Req, RunSpec};
-use crate::cli::Common;
+use super::slurm::q_sh;
+use super::{Ctx, DepRef, Graph, Req, RunSpec, Source};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -20,33 +19,37 @@ pub const MAX_ARRAY: usize = 10_000;
 /// Bytes of node names one SubmitJob request may carry (AWS caps a request's payload at 30 KiB).
 const NAMES_BUDGET: usize = 20 * 1024;
 
-#[derive(clap::Args, Clone)]
-pub struct Args {
-    #[command(flatten)]
-    pub common: Common,
+/// What `export aws-batch` is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub source: Source,
     /// The container image with rmdistill in it.
-    #[arg(long)]
     pub image: String,
     /// The job queue to submit to.
-    #[arg(long, default_value = "rmdistill")]
     pub job_queue: String,
     /// The job definition's name.
-    #[arg(long, default_value = "rmdistill")]
     pub job_definition: String,
     /// The rmdistill binary inside the image.
-    #[arg(long)]
     pub bin: Option<String>,
     /// The manifest's path inside the container (default: its absolute path here).
-    #[arg(long)]
     pub manifest_path: Option<String>,
-    /// Attempts per job (a job that AWS stops, e.g. on a Spot reclaim, is retried; node run checks the cache first).
-    #[arg(long, default_value_t = 2)]
+    /// Attempts per job (1 to 10).
     pub attempts: u32,
-    /// Largest array job (AWS allows up to 10000).
-    #[arg(long, default_value_t = MAX_ARRAY, value_name = "N")]
+    /// Largest array job (2 to 10000).
     pub max_array: usize,
-    #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+}
+
+/// An AWS Batch name (job queue, job definition): letters, digits, `-` and `_`, at most 128 characters.
+fn aws_name(flag: &str, v: &str) -> anyhow::Result<()> {
+    if v.is_empty() || v.len() > 128 || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(crate::error::Invalid(format!(
+            "{flag} \"{}\": expected letters, digits, `-` and `_` (at most 128)",
+            v.escape_debug()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// What the document needs beyond the graph.
@@ -59,14 +62,25 @@ pub struct Opts {
     pub max_array: usize,
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+pub fn run(a: Request) -> anyhow::Result<()> {
     if a.max_array < 2 || a.max_array > MAX_ARRAY {
         anyhow::bail!("--max-array {}: AWS Batch arrays hold 2 to {MAX_ARRAY} child jobs", a.max_array);
     }
     if a.attempts == 0 || a.attempts > 10 {
         anyhow::bail!("--attempts {}: AWS Batch allows 1 to 10", a.attempts);
     }
-    let ctx = Ctx::load(&a.common, a.bin.as_deref(), a.manifest_path.as_deref(), true)?;
+    aws_name("--job-queue", &a.job_queue)?;
+    aws_name("--job-definition", &a.job_definition)?;
+    if a.image.is_empty() || a.image.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(crate::error::Invalid(format!(
+            "--image \"{}\": expected an image reference (no spaces or control characters)",
+            a.image.escape_debug()
+        ))
+        .into());
+    }
+    let ctx = Ctx::load(&a.source, a.bin.as_deref(), a.manifest_path.as_deref(), true)?;
+    // AWS Batch substitutes `Ref::NAME` in a job's command with a parameter, with no way to escape it.
+    super::refuse_marker(&ctx, &[("--image", &a.image)], "Ref::", "AWS Batch")?;
     let opts = Opts {
         image: a.image,
         job_queue: a.job_queue,
@@ -80,11 +94,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 /// The shell line every job runs: task i of an array runs the i-th node argument; a single job its only one.
 fn script(run: &RunSpec) -> String {
-    let tail: Vec<String> = run.tail_args().iter().map(|x| q(x)).collect();
+    let tail: Vec<String> = run.tail_args().iter().map(|x| q_sh(x)).collect();
     format!(
         "shift \"${{AWS_BATCH_JOB_ARRAY_INDEX:-0}}\"; exec {} node run {} \"$1\" {}",
-        q(&run.bin),
-        q(&run.manifest),
+        q_sh(&run.bin),
+        q_sh(&run.manifest),
         tail.join(" ")
     )
 }

@@ -10,47 +10,36 @@
 //! (`export slurm` without `--submit`, run later, maybe twice) checks `squeue` per job before each `sbatch` and reuses a
 //! live job with the same identity.
 
-use super::{Ctx, DepRef, Group, Req};
-use crate::cli::Common;
+use super::{Ctx, DepRef, Group, Req, Source};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-#[derive(clap::Args, Clone)]
-pub struct Args {
-    #[command(flatten)]
-    pub common: Common,
+/// What `export slurm` is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub source: Source,
     /// Submit now (runs the script with the sbatch on PATH) and print the job ids.
-    #[arg(long)]
     pub submit: bool,
-    /// Largest job array to submit; bigger groups are split (keep it within the cluster's MaxArraySize).
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    /// Largest job array to submit; bigger groups are split.
     pub max_array: usize,
     /// At most this many tasks of one array run at once (`--array=0-K%LIMIT`).
-    #[arg(long, value_name = "LIMIT")]
     pub array_limit: Option<usize>,
-    #[arg(long, short = 'p')]
     pub partition: Option<String>,
-    #[arg(long, short = 'A')]
     pub account: Option<String>,
-    /// An extra sbatch option for every job, e.g. --sbatch-arg=--qos=low. Repeatable.
-    #[arg(long = "sbatch-arg", value_name = "OPTION", allow_hyphen_values = true)]
+    /// Extra sbatch options for every job.
     pub sbatch_args: Vec<String>,
-    /// Cancel jobs whose dependency can never be satisfied (a failed upstream) instead of leaving them pending.
-    #[arg(long)]
+    /// Cancel jobs whose dependency can never be satisfied instead of leaving them pending.
     pub kill_on_invalid_dep: bool,
     /// Directory for the jobs' output files (default: .rmdistill/slurm in the working directory).
-    #[arg(long)]
     pub logs: Option<PathBuf>,
     /// The rmdistill binary as compute nodes see it (default: this binary's absolute path).
-    #[arg(long)]
     pub bin: Option<String>,
     /// Write the script here (made executable) instead of printing it.
-    #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+pub fn run(a: Request) -> anyhow::Result<()> {
     if a.max_array == 0 {
         anyhow::bail!("--max-array 0: an array holds at least one task");
     }
@@ -60,7 +49,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // Ask Slurm what is queued before looking at the store: a job that finishes in between is then seen as cached
     // rather than as neither queued nor cached (which would submit it again).
     let rows = if a.submit { queued_rows() } else { Vec::new() };
-    let mut ctx = Ctx::load(&a.common, a.bin.as_deref(), None, false)?;
+    let mut ctx = Ctx::load(&a.source, a.bin.as_deref(), None, false)?;
     let ident = identity(&ctx)?;
     let live = live_nodes(&rows, &ident);
     if !live.nodes.is_empty() {
@@ -232,12 +221,49 @@ fn make_executable(p: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Single-quotes a word for bash.
+/// Whether a word needs no quoting in a shell.
+fn plain_word(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c))
+}
+
+/// Quotes a word for bash, always on one line: single quotes, or ANSI-C `$'…'` quoting with `\xHH` escapes where
+/// the word holds control characters (a raw newline could end a here-document or a comment early).
 pub fn q(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c)) {
+    if plain_word(s) {
+        return s.to_string();
+    }
+    if !s.chars().any(char::is_control) {
+        return format!("'{}'", s.replace('\'', r"'\''"));
+    }
+    let mut out = String::from("$'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Quotes a word for POSIX `sh` (dash, busybox), which has no `$'…'`: single quotes, which may span lines.
+pub fn q_sh(s: &str) -> String {
+    if plain_word(s) {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Text for a `#` comment line: control characters escaped, so that it stays one line.
+fn comment(s: &str) -> String {
+    s.chars().flat_map(|c| if c.is_control() { c.escape_debug().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
 /// Slurm's `D-HH:MM:SS`.
@@ -248,10 +274,10 @@ fn slurm_time(secs: u64) -> String {
 
 const EOF_MARK: &str = "RMDISTILL_JOB_SCRIPT";
 
-fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<String> {
+fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Result<String> {
     let g = &ctx.graph;
     let mut s = String::new();
-    let manifest = ctx.manifest_file().display().to_string();
+    let manifest = comment(&ctx.manifest_file().display().to_string());
     writeln!(s, "#!/usr/bin/env bash")?;
     writeln!(s, "# Written by `rmdistill export slurm` for {manifest}.")?;
     writeln!(
@@ -259,7 +285,7 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
         "# {} node(s): {} cached in {} (not submitted), {} to run as {} sbatch job(s).",
         g.total,
         g.cached,
-        ctx.run.store,
+        comment(&ctx.run.store),
         g.nodes.len(),
         groups.len()
     )?;
@@ -283,15 +309,15 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
     writeln!(s, "#")?;
     writeln!(s, "# job name -> node(s) (array task i runs the i-th):")?;
     for gr in groups {
-        let first = &g.nodes[gr.nodes[0]].name;
+        let first = comment(&g.nodes[gr.nodes[0]].name);
         if gr.nodes.len() == 1 {
-            writeln!(s, "#   {:<32} {first}", gr.name)?;
+            writeln!(s, "#   {:<32} {first}", comment(&gr.name))?;
         } else {
             writeln!(
                 s,
                 "#   {:<32} {first} … {} ({} tasks)",
-                gr.name,
-                g.nodes[*gr.nodes.last().unwrap()].name,
+                comment(&gr.name),
+                comment(&g.nodes[*gr.nodes.last().unwrap()].name),
                 gr.nodes.len()
             )?;
         }
@@ -316,11 +342,8 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
     )?;
     let logs = a.logs.clone().unwrap_or_else(|| ctx.run.workdir.join(".rmdistill/slurm"));
     let logs = if logs.is_absolute() { logs } else { ctx.run.workdir.join(logs) };
-    writeln!(
-        s,
-        "LOGS=\"${{RMDISTILL_SLURM_LOGS:-{}}}\"",
-        logs.display().to_string().replace(['"', '$', '`', '\\'], "_")
-    )?;
+    writeln!(s, "LOGS=${{RMDISTILL_SLURM_LOGS:-}}")?;
+    writeln!(s, "[[ -n $LOGS ]] || LOGS={}", q(&logs.display().to_string()))?;
     writeln!(s, "mkdir -p \"$LOGS\"")?;
     let mut common: Vec<String> = vec![format!("--chdir={}", ctx.run.workdir.display())];
     if let Some(p) = &a.partition {
@@ -425,27 +448,34 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Args, ident: &str) -> anyhow::Result<
             format!("\"$(( {} ))\"", ups.iter().map(|u| format!("R{u}")).collect::<Vec<_>>().join(" * "))
         };
         writeln!(s, "submit {} {} {may} {} <<'{EOF_MARK}'", q(&gr.name), job_comment(ident, &names), opts.join(" "))?;
-        writeln!(s, "#!/bin/bash")?;
-        writeln!(s, "{TASKS_MARK}{}", serde_json::to_string(&names)?)?;
-        writeln!(s, "set -eu")?;
+        // The job script, as a quoted here-document: nothing in it is expanded by the submitting shell.
+        let mut body = String::new();
+        writeln!(body, "#!/bin/bash")?;
+        writeln!(body, "{TASKS_MARK}{}", serde_json::to_string(&names)?)?;
+        writeln!(body, "set -eu")?;
         let node_arg = if array {
-            writeln!(s, "nodes=(")?;
+            writeln!(body, "nodes=(")?;
             for &n in &gr.nodes {
-                writeln!(s, "  {}", q(&g.nodes[n].name))?;
+                writeln!(body, "  {}", q(&g.nodes[n].name))?;
             }
-            writeln!(s, ")")?;
+            writeln!(body, ")")?;
             "\"${nodes[$SLURM_ARRAY_TASK_ID]}\"".to_string()
         } else {
             q(&node0.name)
         };
-        writeln!(s, "exec {} node run {} {node_arg} {}", q(&ctx.run.bin), q(&ctx.run.manifest), tail.join(" "))?;
+        writeln!(body, "exec {} node run {} {node_arg} {}", q(&ctx.run.bin), q(&ctx.run.manifest), tail.join(" "))?;
+        // Every word is quoted onto one line, so no line can be the end marker; checked all the same.
+        if body.lines().any(|l| l == EOF_MARK) {
+            anyhow::bail!("internal error: a job script line equals the here-document marker {EOF_MARK}");
+        }
+        s.push_str(&body);
         writeln!(s, "{EOF_MARK}")?;
         writeln!(s, "J{gi}=$JOB R{gi}=$REUSED")?;
     }
     Ok(s)
 }
 
-fn submit(ctx: &Ctx, groups: &[Group], a: &Args, script: &str, live: &Live) -> anyhow::Result<()> {
+fn submit(ctx: &Ctx, groups: &[Group], a: &Request, script: &str, live: &Live) -> anyhow::Result<()> {
     let (path, _keep) = match &a.output {
         Some(p) => {
             super::emit(script, Some(p))?;
@@ -503,7 +533,7 @@ fn submit(ctx: &Ctx, groups: &[Group], a: &Args, script: &str, live: &Live) -> a
     }
     let submitted: usize = ids.iter().zip(groups).filter(|((_, _, r), _)| !r).map(|(_, gr)| gr.nodes.len()).sum();
     let in_flight: usize = reused.iter().map(|r| r.2.len()).sum();
-    if a.common.json {
+    if a.source.json {
         let jobs: Vec<serde_json::Value> = groups
             .iter()
             .zip(&ids)

@@ -18,6 +18,8 @@ use serde_json::{Map, Value, json};
 pub struct Generate;
 
 const CHUNK: u64 = 1 << 16;
+/// The longest prompt or response, in words (each at most 5 bytes with its space).
+const MAX_WORDS: u32 = 10_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,10 +53,10 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
         return Err(StageError::invalid("longer_preferred", format!("must be in [0, 1], got {}", p.longer_preferred)));
     }
     for (name, [lo, hi]) in [("prompt_words", p.prompt_words), ("response_words", p.response_words)] {
-        if lo == 0 || lo > hi {
+        if lo == 0 || lo > hi || hi > MAX_WORDS {
             return Err(StageError::invalid(
                 name,
-                format!("must be [min, max] with 1 <= min <= max, got [{lo}, {hi}]"),
+                format!("must be [min, max] with 1 <= min <= max <= {MAX_WORDS}, got [{lo}, {hi}]"),
             ));
         }
     }
@@ -94,8 +96,10 @@ fn chunk(p: &Params, c: u64) -> (RecordBatch, u64, u64) {
     let start = c * CHUNK;
     let end = (start + CHUNK).min(p.n);
     let rows = (end - start) as usize;
-    let avg = |[lo, hi]: [u32; 2]| (lo + hi) as usize / 2 * 5;
-    let mut b = PairsBuilder::with_capacity(rows, rows * (avg(p.prompt_words) + 2 * avg(p.response_words)) * 2);
+    // A capacity hint only (bounded, so that long texts grow the buffer instead of reserving it all at once).
+    let avg = |[lo, hi]: [u32; 2]| (lo as usize + hi as usize) / 2 * 5;
+    let hint = rows.saturating_mul(avg(p.prompt_words) + 2 * avg(p.response_words)).saturating_mul(2);
+    let mut b = PairsBuilder::with_capacity(rows, hint.min(1 << 28));
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     rng.set_stream(c);
     let (mut prompt, mut ra, mut rb) = (String::new(), String::new(), String::new());

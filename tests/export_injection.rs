@@ -1,0 +1,394 @@
+//! Nothing from a manifest or the command line reaches a shell unquoted: every exporter is given hostile values in
+//! every field that ends up in what it writes (node names from sweep values, the manifest's path, the store URL,
+//! `--set` values, the binary's path, partition, account, extra sbatch options, the log directory, image) — newlines,
+//! single and double quotes, `$()`, backticks, semicolons, `$VAR` — and the generated scripts and commands are then
+//! *executed* with stand-ins (`sbatch`, `squeue`, and an `rmdistill` that records its arguments): every value must
+//! arrive byte for byte, and none of the injected commands may run. Values a scheduler would rewrite itself and that
+//! cannot be escaped (Argo's `{{`, AWS Batch's `Ref::`), and control characters in node names and store URLs, are
+//! refused with exit code 2.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Each of these, if any injected command ran, leaves a file named PWNED… in the directory the scripts run in.
+const SWEEP_VALUES: &[&str] = &[
+    "it's",
+    "say \"hi\"",
+    "$(touch PWNED_subst)",
+    "`touch PWNED_tick`",
+    "a;touch PWNED_semi",
+    "$HOME and $PATH",
+    "x' ; touch PWNED_q1 ; '",
+    "x\" ; touch PWNED_q2 ; \"",
+    "$(VAR) $$(VAR)",
+    "back\\slash",
+    "RMDISTILL_JOB_SCRIPT",
+];
+
+/// A directory name with a newline, quotes, `$()`, backticks and a semicolon.
+const DIR: &str = "w'e\"i $(touch PWNED_d1) `touch PWNED_d2`; touch PWNED_d3\ntouch PWNED_d4 &";
+
+const SET: &str = "note=it's \"$(touch PWNED_set1)\" `touch PWNED_set2`; touch PWNED_set3\ntouch PWNED_set4";
+
+fn manifest() -> String {
+    let values: Vec<String> = SWEEP_VALUES.iter().map(|v| toml_str(v)).collect();
+    format!(
+        r#"[vars]
+note = "plain"
+
+[stages.gen]
+kind = "generate"
+params = {{ n = 500, seed = 1 }}
+
+[stages.sub]
+kind = "subsample"
+inputs = {{ pairs = "gen.pairs" }}
+sweep = {{ tag = [{}] }}
+params = {{ rho = 0.5, size = 20, seed = 0 }}
+"#,
+        values.join(", ")
+    )
+}
+
+fn toml_str(v: &str) -> String {
+    serde_json::to_string(v).unwrap() // a JSON string is a TOML basic string
+}
+
+fn node_names() -> BTreeSet<String> {
+    let mut n: BTreeSet<String> = SWEEP_VALUES.iter().map(|v| format!("sub@tag={v}")).collect();
+    n.insert("gen".into());
+    n
+}
+
+fn write_exe(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A stand-in `rmdistill` that appends its arguments (NUL-separated, one file per call) to `rec`.
+fn recorder(dir: &Path, rec: &Path) -> PathBuf {
+    std::fs::create_dir_all(rec).unwrap();
+    let p = dir.join("bin dir $(touch PWNED_bin)").join("rmdistill");
+    write_exe(&p, &format!("#!/bin/sh\nprintf '%s\\0' \"$@\" > \"{}/call.$$.$(date +%s%N)\"\n", rec.display()));
+    p
+}
+
+/// The calls the recorder saw, each as its argument list.
+fn calls(rec: &Path) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for f in std::fs::read_dir(rec).unwrap().flatten() {
+        let b = std::fs::read(f.path()).unwrap();
+        let args: Vec<String> =
+            b.split(|&c| c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8(a.to_vec()).unwrap()).collect();
+        out.push(args);
+    }
+    out
+}
+
+/// Files named PWNED* anywhere under `dir`.
+fn pwned(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with("PWNED") {
+                out.push(p.clone());
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+struct Setup {
+    w: Work,
+    manifest: PathBuf,
+    store: String,
+    rec: PathBuf,
+    bin: PathBuf,
+}
+
+fn setup() -> Setup {
+    let w = Work::new();
+    let dir = w.path().join(DIR);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m'$(touch PWNED_m).toml");
+    std::fs::write(&path, manifest()).unwrap();
+    let store_dir = w.path().join("st'o\"re $(touch PWNED_s1) `touch PWNED_s2`; touch PWNED_s3");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = format!("file://{}", store_dir.display());
+    let rec = w.path().join("rec");
+    let bin = recorder(w.path(), &rec);
+    Setup { w, manifest: path, store, rec, bin }
+}
+
+impl Setup {
+    fn expected_calls(&self) -> BTreeSet<Vec<String>> {
+        let m = self.manifest.canonicalize().unwrap().display().to_string();
+        let store = format!(
+            "file://{}",
+            Path::new(self.store.strip_prefix("file://").unwrap()).canonicalize().unwrap().display()
+        );
+        node_names()
+            .into_iter()
+            .map(|n| ["node", "run", &m, &n, "--store", &store, "--set", SET].iter().map(|s| s.to_string()).collect())
+            .collect()
+    }
+    fn check_calls_and_nothing_ran(&self) {
+        let got: BTreeSet<Vec<String>> = calls(&self.rec).into_iter().collect();
+        assert_eq!(got, self.expected_calls(), "the jobs did not receive the values byte for byte");
+        assert_eq!(pwned(self.w.path()), Vec::<PathBuf>::new(), "an injected command ran");
+        std::fs::remove_dir_all(&self.rec).unwrap();
+        std::fs::create_dir_all(&self.rec).unwrap();
+    }
+}
+
+#[test]
+fn slurm_script_quotes_every_value_and_runs_nothing_injected() {
+    let st = setup();
+    let w = &st.w;
+    let logs = w.path().join("lo'gs $(touch PWNED_l1) `touch PWNED_l2`");
+    let m = st.manifest.to_str().unwrap();
+    let script = w.ok(&[
+        "export",
+        "slurm",
+        m,
+        "--store",
+        &st.store,
+        "--set",
+        SET,
+        "--bin",
+        st.bin.to_str().unwrap(),
+        "--partition",
+        "gpu'; touch PWNED_p",
+        "--account",
+        "$(touch PWNED_a)\n`touch PWNED_a2`",
+        "--sbatch-arg=--qos=\"low\"; touch PWNED_x",
+        "--logs",
+        logs.to_str().unwrap(),
+    ]);
+    // Comment lines stay comments: no line of the script starts with an injected command.
+    for l in script.lines() {
+        assert!(!l.trim_start().starts_with("touch"), "a value broke out onto its own line: {l}");
+    }
+    let path = w.write("submit.sh", &script);
+
+    // Stand-ins: sbatch records its options and the job script; squeue knows no jobs.
+    let fake = w.path().join("fakebin");
+    let log = w.path().join("sbatch-log");
+    std::fs::create_dir_all(&log).unwrap();
+    write_exe(
+        &fake.join("sbatch"),
+        &format!(
+            "#!/bin/bash\nn=$(( $(ls {log} | wc -l) / 2 + 100 ))\nprintf '%s\\0' \"$@\" > {log}/$n.args\ncat > {log}/$n.script\necho \"$n;cluster\"\n",
+            log = log.display()
+        ),
+    );
+    write_exe(&fake.join("squeue"), "#!/bin/sh\nexit 0\n");
+    let path_env = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let o = Command::new("bash").arg(&path).current_dir(w.path()).env("PATH", &path_env).output().unwrap();
+    assert!(o.status.success(), "submit.sh: {}\n{}", s(&o.stderr), s(&o.stdout));
+
+    // Every sbatch received the options as given.
+    let mut ids: Vec<u32> = std::fs::read_dir(&log)
+        .unwrap()
+        .flatten()
+        .filter_map(|f| f.file_name().to_str()?.strip_suffix(".args")?.parse().ok())
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 2, "gen and one array of sub");
+    for id in &ids {
+        let args: Vec<String> = std::fs::read(log.join(format!("{id}.args")))
+            .unwrap()
+            .split(|&c| c == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8(a.to_vec()).unwrap())
+            .collect();
+        for want in [
+            "--partition=gpu'; touch PWNED_p".to_string(),
+            "--account=$(touch PWNED_a)\n`touch PWNED_a2`".to_string(),
+            "--qos=\"low\"; touch PWNED_x".to_string(),
+        ] {
+            assert!(args.contains(&want), "{want:?} not among {args:?}");
+        }
+        let out = args.iter().find(|a| a.starts_with("--output=")).unwrap();
+        assert!(out.starts_with(&format!("--output={}/", logs.display())), "{out}");
+        // Each job script, as Slurm would run it: every array task.
+        let job = log.join(format!("{id}.script"));
+        let tasks = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--array=0-"))
+            .map_or(1, |n| n.split('%').next().unwrap().parse::<usize>().unwrap() + 1);
+        for t in 0..tasks {
+            let o = Command::new("bash")
+                .arg(&job)
+                .current_dir(w.path())
+                .env("SLURM_ARRAY_TASK_ID", t.to_string())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "job {id} task {t}: {}", s(&o.stderr));
+        }
+    }
+    st.check_calls_and_nothing_ran();
+
+    // The script run through `--submit` too.
+    let o = w
+        .cmd(&["export", "slurm", m, "--store", &st.store, "--set", SET, "--bin", st.bin.to_str().unwrap(), "--submit"])
+        .env("PATH", &path_env)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert_eq!(pwned(w.path()), Vec::<PathBuf>::new(), "an injected command ran");
+}
+
+/// Kubernetes' expansion of a container's command and args: `$$` is `$`, `$(NAME)` a variable (none are set
+/// here, so it stays as written), any other `$` itself.
+fn k8s_expand(s: &str) -> String {
+    let b: Vec<char> = s.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == '$' && i + 1 < b.len() && b[i + 1] == '$' {
+            out.push('$');
+            i += 2;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn k8s_and_argo_commands_carry_every_value_unchanged() {
+    let st = setup();
+    let w = &st.w;
+    let m = st.manifest.to_str().unwrap();
+    let base = ["--store", &st.store, "--set", SET, "--bin", st.bin.to_str().unwrap(), "--image", "reg/img:1"];
+
+    // k8s: each Job's command, expanded as Kubernetes does and run by sh (dash here), calls the binary with exactly
+    // the values given.
+    let mut args = vec!["export", "k8s", m];
+    args.extend(base);
+    let doc: Value = serde_json::from_str(&w.ok(&args)).unwrap();
+    for item in doc["items"].as_array().unwrap() {
+        let cmd: Vec<String> =
+            strs(&item["spec"]["template"]["spec"]["containers"][0]["command"]).iter().map(|a| k8s_expand(a)).collect();
+        assert_eq!(&cmd[..2], ["sh", "-c"]);
+        let o = Command::new(&cmd[0]).args(&cmd[1..]).current_dir(w.path()).output().unwrap();
+        assert!(o.status.success(), "{cmd:?}: {}", s(&o.stderr));
+    }
+    st.check_calls_and_nothing_ran();
+
+    // Argo: the template's args with each task's node name put in, as Argo then Kubernetes do.
+    let mut args = vec!["export", "argo", m];
+    args.extend(base);
+    let wf: Value = serde_json::from_str(&w.ok(&args)).unwrap();
+    let templates = wf["spec"]["templates"].as_array().unwrap();
+    let mut ran = 0;
+    for task in templates[0]["dag"]["tasks"].as_array().unwrap() {
+        let t = templates.iter().find(|t| t["name"] == task["template"]).unwrap();
+        let nodes = match task.get("withItems") {
+            Some(items) => strs(items),
+            None => vec![task["arguments"]["parameters"][0]["value"].as_str().unwrap().to_string()],
+        };
+        for node in nodes {
+            let mut argv = strs(&t["container"]["command"]);
+            argv.extend(strs(&t["container"]["args"]));
+            let argv: Vec<String> =
+                argv.iter().map(|a| k8s_expand(&a.replace("{{inputs.parameters.node}}", &node))).collect();
+            let o = Command::new(&argv[0]).args(&argv[1..]).current_dir(w.path()).output().unwrap();
+            assert!(o.status.success(), "{argv:?}: {}", s(&o.stderr));
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, node_names().len());
+    st.check_calls_and_nothing_ran();
+
+    // What Argo would substitute, and what a pod spec cannot carry, is refused.
+    let brace = w.write("brace.toml", &manifest().replace("\"it's\"", "\"{{workflow.name}}\""));
+    let mut args = vec!["export", "argo", brace.to_str().unwrap()];
+    args.extend(base);
+    let o = w.run(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("node name \"sub@tag={{workflow.name}}\" contains `{{`"), "{}", s(&o.stderr));
+    let o = w.run(&["export", "k8s", m, "--store", &st.store, "--image", "img; touch PWNED_i"]);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    let o = w.run(&["export", "k8s", m, "--store", &st.store, "--image", "img", "--namespace", "a;b"]);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    assert!(pwned(w.path()).is_empty());
+}
+
+#[test]
+fn aws_batch_commands_carry_every_value_unchanged() {
+    let st = setup();
+    let w = &st.w;
+    let m = st.manifest.to_str().unwrap();
+    let base = ["--store", &st.store, "--set", SET, "--bin", st.bin.to_str().unwrap(), "--image", "reg/img:1"];
+    let mut args = vec!["export", "aws-batch", m];
+    args.extend(base);
+    let doc: Value = serde_json::from_str(&w.ok(&args)).unwrap();
+    for job in doc["jobs"].as_array().unwrap() {
+        let sj = &job["submitJob"];
+        let cmd = strs(&sj["containerOverrides"]["command"]);
+        let size = sj["arrayProperties"]["size"].as_u64();
+        for i in 0..size.unwrap_or(1) {
+            let mut c = Command::new(&cmd[0]);
+            c.args(&cmd[1..]).current_dir(w.path());
+            if size.is_some() {
+                c.env("AWS_BATCH_JOB_ARRAY_INDEX", i.to_string());
+            }
+            let o = c.output().unwrap();
+            assert!(o.status.success(), "{cmd:?} [{i}]: {}", s(&o.stderr));
+        }
+    }
+    st.check_calls_and_nothing_ran();
+
+    let reff = w.write("ref.toml", &manifest().replace("\"it's\"", "\"Ref::node\""));
+    let mut args = vec!["export", "aws-batch", reff.to_str().unwrap()];
+    args.extend(base);
+    let o = w.run(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("contains `Ref::`"), "{}", s(&o.stderr));
+    let o =
+        w.run(&["export", "aws-batch", m, "--store", &st.store, "--image", "img", "--job-queue", "q'; touch PWNED"]);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    assert!(pwned(w.path()).is_empty());
+}
+
+#[test]
+fn control_characters_in_node_names_and_store_urls_are_refused() {
+    let w = Work::new();
+    w.write("m.toml", &manifest().replace("\"it's\"", "\"line\\nbreak\""));
+    let o = w.run(&["export", "slurm", "m.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    let err = s(&o.stderr);
+    assert!(err.contains("m.toml:11:") && err.contains("control character"), "{err}");
+    w.write("n.toml", &manifest());
+    let o = w.run(&["export", "slurm", "n.toml", "--store", "file:///tmp/x\ntouch PWNED"]);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("control character"), "{}", s(&o.stderr));
+    w.write("u.toml", &format!("[store]\nurl = \"file:///tmp/x\\n$(touch PWNED)\"\n{}", manifest()));
+    let o = w.run(&["export", "slurm", "u.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("u.toml:2:7: [store] url"), "{}", s(&o.stderr));
+    // Stage names are plain words.
+    w.write("s.toml", "[stages.\"a;b\"]\nkind = \"generate\"\nparams = { n = 10 }\n");
+    let o = w.run(&["export", "slurm", "s.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("s.toml:1:9: stage name `a;b` may use only"), "{}", s(&o.stderr));
+    assert!(pwned(w.path()).is_empty());
+}
