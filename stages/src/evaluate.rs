@@ -228,6 +228,8 @@ pub struct Summary {
     pub kl: f64,
     pub policy_mean: f64,
     pub ref_mean: f64,
+    /// Length-controlled advantage and the power estimate's figures.
+    pub seed: crate::eval_stats::SeedStats,
 }
 
 /// Summarises sample rows: per-prompt mean differences give the paired advantage estimate.
@@ -251,7 +253,10 @@ pub fn summarize(s: &SampleRows) -> Summary {
     let diffs: Vec<f64> = per_prompt.values().map(|(sum, c)| sum / *c as f64).collect();
     let mean_u = |v: &[u32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
     let kl: Vec<f64> = s.policy_logp.iter().zip(&s.policy_logp_ref).map(|(a, b)| a - b).collect();
+    let d: Vec<f64> = s.policy_oracle.iter().zip(&s.ref_oracle).map(|(a, b)| a - b).collect();
+    let len_diff: Vec<f64> = s.policy_len.iter().zip(&s.ref_len).map(|(a, b)| *a as f64 - *b as f64).collect();
     Summary {
+        seed: crate::eval_stats::seed_stats(&s.prompt_idx, &d, &len_diff),
         advantage: stats::estimate(&diffs),
         win_rate: wins / n.max(1) as f64,
         mean_len: mean_u(&s.policy_len),
@@ -260,30 +265,6 @@ pub fn summarize(s: &SampleRows) -> Summary {
         policy_mean: stats::mean(&s.policy_oracle),
         ref_mean: stats::mean(&s.ref_oracle),
     }
-}
-
-/// The pairwise test the report uses between two methods' evaluations: a paired t-test over the prompts both
-/// evaluated (matched by prompt text) when their sample tables are at hand, else the Wald test on the summaries.
-pub fn compare(a: &SampleRows, b: &SampleRows) -> stats::Test {
-    use std::collections::HashMap;
-    fn per(s: &SampleRows) -> HashMap<&str, (f64, usize)> {
-        let mut m: HashMap<&str, (f64, usize)> = HashMap::new();
-        for i in 0..s.prompt.len() {
-            let e = m.entry(s.prompt[i].as_str()).or_default();
-            e.0 += s.policy_oracle[i];
-            e.1 += 1;
-        }
-        m
-    }
-    let (pa, pb) = (per(a), per(b));
-    let mut keys: Vec<&&str> = pa.keys().filter(|k| pb.contains_key(**k)).collect();
-    keys.sort();
-    if keys.len() < 2 {
-        return stats::wald(&summarize(a).advantage, &summarize(b).advantage);
-    }
-    let va: Vec<f64> = keys.iter().map(|k| pa[**k].0 / pa[**k].1 as f64).collect();
-    let vb: Vec<f64> = keys.iter().map(|k| pb[**k].0 / pb[**k].1 as f64).collect();
-    stats::paired(&va, &vb)
 }
 
 /// Scores (prompt, response) texts with a reward-model oracle.
@@ -379,6 +360,10 @@ fn summary_table(s: &Summary, info: &Value, split: Option<&str>) -> StageResult<
     ];
     let mut fields: Vec<Field> = SUMMARY_COLUMNS.iter().map(|c| Field::new(*c, DataType::Float64, true)).collect();
     let mut cols: Vec<ArrayRef> = vals.into_iter().map(|v| Arc::new(Float64Array::from(vec![v])) as ArrayRef).collect();
+    for (c, v) in crate::eval_stats::COLUMNS.iter().zip(s.seed.values()) {
+        fields.push(Field::new(*c, DataType::Float64, true));
+        cols.push(Arc::new(Float64Array::from(vec![v])));
+    }
     fields.push(Field::new("rho", DataType::Float64, true));
     cols.push(Arc::new(Float64Array::from(vec![num("rho")])));
     fields.push(Field::new("method", DataType::Utf8, true));
@@ -411,6 +396,7 @@ fn summary_json(
         "kl": sum.kl,
         "policy_mean": sum.policy_mean,
         "ref_mean": sum.ref_mean,
+        "lc_advantage": sum.seed.lc.map(|l| l.intercept),
         "split": split,
         "method": info.get("method"),
         "shard": shard,
@@ -558,7 +544,7 @@ impl Stage for Evaluate {
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
-        &["evaluate.rs", "select.rs", "lm_io.rs", "data_io.rs", "synth.rs", "stats.rs", "table.rs"]
+        &["evaluate.rs", "select.rs", "lm_io.rs", "data_io.rs", "synth.rs", "stats.rs", "eval_stats.rs", "table.rs"]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
@@ -737,7 +723,7 @@ impl Stage for MergeEval {
         ]
     }
     fn code_files(&self) -> &'static [&'static str] {
-        &["evaluate.rs", "merge.rs", "lm_io.rs", "data_io.rs", "stats.rs", "table.rs"]
+        &["evaluate.rs", "merge.rs", "lm_io.rs", "data_io.rs", "stats.rs", "eval_stats.rs", "table.rs"]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse_params::<MergeParams>(params).map(|_| ())
@@ -844,14 +830,5 @@ mod tests {
         assert_eq!((m.mean_len, m.ref_mean_len), (4.0, 2.0));
         assert!((m.kl - 0.5).abs() < 1e-12);
         assert!((m.policy_mean - m.ref_mean - 1.25).abs() < 1e-12);
-    }
-
-    #[test]
-    fn compare_pairs_prompts() {
-        let a = rows(&[1.0, 2.0, 3.0], &[0.0; 3], &[0, 1, 2]);
-        let b = rows(&[0.0, 0.5, 1.0], &[0.0; 3], &[0, 1, 2]);
-        let t = compare(&a, &b);
-        assert!((t.diff - 1.5).abs() < 1e-12);
-        assert!(t.p_value < 0.05, "{t:?}");
     }
 }

@@ -4,6 +4,7 @@
 #[cfg(test)]
 mod data_chain_tests;
 pub mod data_io;
+pub mod eval_stats;
 pub mod evaluate;
 pub mod generate;
 pub mod import;
@@ -12,6 +13,8 @@ pub mod label;
 pub mod lm_io;
 pub mod losses;
 pub mod merge;
+pub mod paper;
+pub mod plots;
 pub mod policy;
 pub mod port;
 pub mod precompute;

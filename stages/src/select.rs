@@ -131,7 +131,7 @@ impl Stage for Select {
         &[OutputSpec { name: "selection", kind: ArtifactKind::File, doc: "chosen value per method and rho (Parquet)" }]
     }
     fn code_files(&self) -> &'static [&'static str] {
-        &["select.rs", "report.rs", "data_io.rs", "stats.rs", "table.rs"]
+        &["select.rs", "report.rs", "plots.rs", "paper.rs", "eval_stats.rs", "data_io.rs", "stats.rs", "table.rs"]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse_params::<Params>(params).map(|_| ())
