@@ -97,7 +97,7 @@ impl SeedStats {
             let a = t.column_by_name(c)?;
             let a = arrow::compute::cast(a, &arrow::datatypes::DataType::Float64).ok()?;
             let a = a.as_primitive::<arrow::datatypes::Float64Type>();
-            (a.len() > 0 && a.is_valid(0)).then(|| a.value(0))
+            (!a.is_empty() && a.is_valid(0)).then(|| a.value(0))
         };
         t.column_by_name("prompt_sd")?;
         let prompts = get("n_prompts").unwrap_or(0.0) as usize;

@@ -130,10 +130,13 @@ fn mean_series(runs: &[&[Option<f64>]], steps: &[&[f64]]) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// A method's mean curves of log π_θ(y_w) and log π_θ(y_l): (label, chosen, rejected).
+type Series = (String, Vec<(f64, f64)>, Vec<(f64, f64)>);
+
 /// Fig. B.1: log π_θ(y_w) (left) and log π_θ(y_l) (right) over training per method (the runs of one ρ, averaged
 /// over seeds per label); false when there is nothing to draw.
 pub fn plot_trajectories(path: &Path, at: &[Run], rho: Option<f64>, methods: &[String]) -> StageResult<bool> {
-    let series: Vec<(String, Vec<(f64, f64)>, Vec<(f64, f64)>)> = methods
+    let series: Vec<Series> = methods
         .iter()
         .filter_map(|m| {
             let runs: Vec<&Run> = at.iter().filter(|t| t.label == m.as_str()).collect();
@@ -218,7 +221,8 @@ pub fn plot_members(path: &Path, usage: &[MemberUsage]) -> StageResult<bool> {
     let root = root.titled("e-DPO ensemble members vs ρ (Fig. B.3)", ("sans-serif", 22)).map_err(plot_err)?;
     let panels = root.split_evenly((1, 2));
     let (x0, x1) = range(usage.iter().map(|u| u.rho.unwrap_or(0.5)));
-    let panel_data: [(&str, fn(&MemberUsage) -> &Vec<f64>); 2] = [
+    type Column = fn(&MemberUsage) -> &Vec<f64>;
+    let panel_data: [(&str, Column); 2] = [
         ("share of examples best matched by the member", |u| &u.best_per_example),
         ("share of mini-batches whose minimum is the member", |u| &u.chosen_per_batch),
     ];

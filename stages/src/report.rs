@@ -183,7 +183,9 @@ pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
 /// Distinguishes a method's β/τ values in labels when several were evaluated for the same ρ and seed (a sweep
 /// without selection). Values chosen per ρ by validation differ across ρ but stay one method.
 fn label_rows(rows: &mut [EvalRow]) {
-    let mut values: BTreeMap<(String, i64, Option<i64>), (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    // (method, ρ, seed) → the β and τ values evaluated there
+    type Values = (BTreeSet<String>, BTreeSet<String>);
+    let mut values: BTreeMap<(String, i64, Option<i64>), Values> = BTreeMap::new();
     for r in rows.iter() {
         let e = values.entry((r.method.clone(), rho_key(r.rho), r.seed)).or_default();
         e.0.insert(format!("{:?}", r.beta));
@@ -1008,13 +1010,17 @@ fn power_md(md: &mut String, a: &Analysis) {
         );
         return;
     };
+    let within = if c.within_prompt.is_nan() {
+        String::new()
+    } else {
+        format!(" + within prompt {:.3e}/(n·m)", c.within_prompt)
+    };
     let _ = writeln!(
         md,
-        "Variance of one seed's difference = between seeds {:.3e} + between prompts {:.3e}/n + within prompt {}/(n·m) \
-         (measured: sampling variance {:.3e} of {:.3e} in all). ",
+        "Variance of one seed's difference = between seeds {:.3e} + between prompts {:.3e}/n{within}, for n prompts × m \
+         samples per prompt (measured: sampling variance {:.3e} of {:.3e} in all). ",
         c.between_seed,
         c.between_prompt,
-        if c.within_prompt.is_nan() { "n/a".to_string() } else { format!("{:.3e}", c.within_prompt) },
         w.sampling_var.unwrap_or(f64::NAN),
         w.seed_var
     );
@@ -1052,7 +1058,11 @@ fn power_md(md: &mut String, a: &Analysis) {
         100.0 * p.power,
         w.seeds,
         plan_text(&w.plan_prompts, &format!("at α = {}, one sample per prompt", p.alpha)),
-        plan_text(&w.plan_samples, &format!("at α = {}, with the current number of prompts", p.alpha)),
+        if c.within_prompt.is_nan() {
+            "more samples per prompt: unknown with one sample per prompt".to_string()
+        } else {
+            plan_text(&w.plan_samples, &format!("at α = {}, with the current number of prompts", p.alpha))
+        },
         plan_text(&w.plan_prompts_holm, &format!("at Holm's first step (α/{}), one sample per prompt", w.family)),
     );
 }
