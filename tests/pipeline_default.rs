@@ -55,13 +55,19 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
         "Advantage over π_ref",
         "| 0.2 |",
         "| 0.8 |",
-        "e-dpo",
-        "d-dpo",
-        "p-dpo",
-        "dp-dpo",
-        "ipo",
-        "dpo",
-        "β/τ chosen by validation",
+        "e-DPO",
+        "d-DPO",
+        "p-DPO",
+        "dp-DPO",
+        "IPO",
+        "DPO",
+        "Findings of the paper, measured here",
+        "Contrasts fixed in advance",
+        "LC advantage",
+        "Power of this design",
+        "Hyper-parameters of the evaluated policies",
+        "chosen by validation",
+        "Reward models",
     ] {
         assert!(md.contains(needle), "report lacks {needle}:\n{md}");
     }
@@ -70,7 +76,7 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     let ran = nodes_with(&first, "ran");
     assert_eq!(ran.iter().filter(|n| n.starts_with("dpo@")).count(), 6);
     assert_eq!(ran.iter().filter(|n| n.starts_with("val_ipo@")).count(), 6);
-    assert!(!md.contains("dpo β="), "a chosen β must not split DPO into several columns:\n{md}");
+    assert!(!md.contains("DPO β="), "a chosen β must not split DPO into several columns:\n{md}");
     let sel: serde_json::Value = serde_json::from_str(&w.ok(&args(&["show", m, "select_dpo", "--json"], &[]))).unwrap();
     let rows = sel["preview"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{sel}");

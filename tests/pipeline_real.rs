@@ -99,7 +99,9 @@ fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
     ]);
     assert!(out.contains("report.md"));
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
-    assert!(md.contains("TL;DR") && md.contains("e-dpo"), "{md}");
+    assert!(md.contains("TL;DR") && md.contains("e-DPO"), "{md}");
+    // the oracle's agreement with the held-out human labels is stated at the top
+    assert!(md.contains("**Ground truth.** The oracle agrees with held-out human labels"), "{md}");
 }
 
 /// A file of a directory artifact in a `file://` store: the tree blob lists the files' blobs.
@@ -191,5 +193,6 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
     let out = w.ok(&with(&["report", m, "-o", "rep"]).iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert!(out.contains("report.md"));
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
-    assert!(md.contains("SmolLM2") && md.contains("e-dpo"), "{md}");
+    assert!(md.contains("SmolLM2") && md.contains("e-DPO"), "{md}");
+    assert!(md.contains("**Ground truth.** The oracle agrees with held-out human labels"), "{md}");
 }

@@ -38,6 +38,8 @@ pub struct Summary {
     pub kl: f64,
     pub policy_mean: f64,
     pub ref_mean: f64,
+    /// Length-controlled advantage and the power estimate's figures.
+    pub seed: crate::eval_stats::SeedStats,
 }
 
 /// Summarises sample rows: per-prompt mean differences give the paired advantage estimate.
@@ -61,7 +63,10 @@ pub fn summarize(s: &SampleRows) -> Summary {
     let diffs: Vec<f64> = per_prompt.values().map(|(sum, c)| sum / *c as f64).collect();
     let mean_u = |v: &[u32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
     let kl: Vec<f64> = s.policy_logp.iter().zip(&s.policy_logp_ref).map(|(a, b)| a - b).collect();
+    let d: Vec<f64> = s.policy_oracle.iter().zip(&s.ref_oracle).map(|(a, b)| a - b).collect();
+    let len_diff: Vec<f64> = s.policy_len.iter().zip(&s.ref_len).map(|(a, b)| *a as f64 - *b as f64).collect();
     Summary {
+        seed: crate::eval_stats::seed_stats(&s.prompt_idx, &d, &len_diff),
         advantage: stats::estimate(&diffs),
         win_rate: wins / n.max(1) as f64,
         mean_len: mean_u(&s.policy_len),
@@ -70,30 +75,6 @@ pub fn summarize(s: &SampleRows) -> Summary {
         policy_mean: stats::mean(&s.policy_oracle),
         ref_mean: stats::mean(&s.ref_oracle),
     }
-}
-
-/// The pairwise test the report uses between two methods' evaluations: a paired t-test over the prompts both
-/// evaluated (matched by prompt text) when their sample tables are at hand, else the Wald test on the summaries.
-pub fn compare(a: &SampleRows, b: &SampleRows) -> stats::Test {
-    use std::collections::HashMap;
-    fn per(s: &SampleRows) -> HashMap<&str, (f64, usize)> {
-        let mut m: HashMap<&str, (f64, usize)> = HashMap::new();
-        for i in 0..s.prompt.len() {
-            let e = m.entry(s.prompt[i].as_str()).or_default();
-            e.0 += s.policy_oracle[i];
-            e.1 += 1;
-        }
-        m
-    }
-    let (pa, pb) = (per(a), per(b));
-    let mut keys: Vec<&&str> = pa.keys().filter(|k| pb.contains_key(**k)).collect();
-    keys.sort();
-    if keys.len() < 2 {
-        return stats::wald(&summarize(a).advantage, &summarize(b).advantage);
-    }
-    let va: Vec<f64> = keys.iter().map(|k| pa[**k].0 / pa[**k].1 as f64).collect();
-    let vb: Vec<f64> = keys.iter().map(|k| pb[**k].0 / pb[**k].1 as f64).collect();
-    stats::paired(&va, &vb)
 }
 
 pub fn samples_table(s: &SampleRows) -> StageResult<RecordBatch> {
@@ -163,6 +144,10 @@ pub fn summary_table(s: &Summary, info: &Value, split: Option<&str>) -> StageRes
     ];
     let mut fields: Vec<Field> = SUMMARY_COLUMNS.iter().map(|c| Field::new(*c, DataType::Float64, true)).collect();
     let mut cols: Vec<ArrayRef> = vals.into_iter().map(|v| Arc::new(Float64Array::from(vec![v])) as ArrayRef).collect();
+    for (c, v) in crate::eval_stats::COLUMNS.iter().zip(s.seed.values()) {
+        fields.push(Field::new(*c, DataType::Float64, true));
+        cols.push(Arc::new(Float64Array::from(vec![v])));
+    }
     fields.push(Field::new("rho", DataType::Float64, true));
     cols.push(Arc::new(Float64Array::from(vec![num("rho")])));
     fields.push(Field::new("method", DataType::Utf8, true));
@@ -195,6 +180,7 @@ pub fn summary_json(
         "kl": sum.kl,
         "policy_mean": sum.policy_mean,
         "ref_mean": sum.ref_mean,
+        "lc_advantage": sum.seed.lc.map(|l| l.intercept),
         "split": split,
         "method": info.get("method"),
         "shard": shard,
@@ -229,6 +215,7 @@ pub fn samples_from(t: &RecordBatch, path: &Path) -> StageResult<SampleRows> {
 /// One evaluation summary with where it came from.
 #[derive(Debug, Clone)]
 pub struct EvalRow {
+    pub node: String,
     pub label: String,
     pub method: String,
     pub rho: Option<f64>,
@@ -240,20 +227,24 @@ pub struct EvalRow {
     pub kl: f64,
     pub beta: Option<f64>,
     pub tau: Option<f64>,
+    pub gamma: Option<f64>,
+    /// The length-controlled advantage and variance figures (None for summaries written before they existed).
+    pub stats: Option<crate::eval_stats::SeedStats>,
 }
 
 fn opt_f64(t: &arrow::array::RecordBatch, col: &str) -> Option<f64> {
-    use arrow::array::{Array, AsArray};
-    let a = t.column_by_name(col)?;
-    let a = arrow::compute::cast(a, &arrow::datatypes::DataType::Float64).ok()?;
-    let a = a.as_primitive::<arrow::datatypes::Float64Type>();
-    (!a.is_empty() && a.is_valid(0)).then(|| a.value(0))
+    data_io::opt_f64s(t, col).first().copied().flatten()
 }
+
 fn opt_str(t: &arrow::array::RecordBatch, col: &str) -> Option<String> {
     use arrow::array::{Array, AsArray};
     let a = t.column_by_name(col)?;
     let a = a.as_string_opt::<i32>()?;
     (a.len() > 0 && a.is_valid(0)).then(|| a.value(0).to_string())
+}
+
+pub fn kv_get<'a>(kv: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    kv.iter().find(|(k, _)| k.strip_prefix("rmdistill.") == Some(key)).map(|(_, v)| v.as_str())
 }
 
 /// Reads one evaluate summary (first row) with its node coordinates.
@@ -269,17 +260,21 @@ pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
         opt_f64(&t, c)
             .ok_or_else(|| StageError::invalid("evals", format!("{} ({}): missing `{c}`", a.node, a.path.display())))
     };
-    let method =
-        data_io::coord_str(&a.coords, "method").or_else(|| opt_str(&t, "method")).unwrap_or_else(|| a.node.clone());
-    let se = need("se")?;
+    let method = data_io::coord_str(&a.coords, "method").or_else(|| opt_str(&t, "method")).unwrap_or_else(|| a.node.clone());
+    // γ is recorded only in the policy's info (the summary's metadata)
+    let info: Value = table::read_kv(&a.path)
+        .ok()
+        .and_then(|kv| kv_get(&kv, "policy_info").and_then(|s| serde_json::from_str(s).ok()))
+        .unwrap_or(Value::Null);
     Ok(EvalRow {
+        node: a.node.clone(),
         label: method.clone(),
         method,
         rho: data_io::coord_f64(&a.coords, "rho").or_else(|| opt_f64(&t, "rho")),
         seed: data_io::coord_f64(&a.coords, "seed").map(|s| s as i64),
         advantage: Estimate {
             mean: need("advantage")?,
-            se,
+            se: need("se")?,
             n: need("n_prompts")? as usize,
             ci_low: need("ci_low")?,
             ci_high: need("ci_high")?,
@@ -290,6 +285,8 @@ pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
         kl: need("kl")?,
         beta: data_io::coord_f64(&a.coords, "beta").or_else(|| opt_f64(&t, "beta")),
         tau: data_io::coord_f64(&a.coords, "tau").or_else(|| opt_f64(&t, "tau")),
+        gamma: data_io::coord_f64(&a.coords, "gamma").or_else(|| info.get("gamma").and_then(Value::as_f64)),
+        stats: crate::eval_stats::SeedStats::read(&t),
     })
 }
 
@@ -327,14 +324,5 @@ mod tests {
         assert_eq!((m.mean_len, m.ref_mean_len), (4.0, 2.0));
         assert!((m.kl - 0.5).abs() < 1e-12);
         assert!((m.policy_mean - m.ref_mean - 1.25).abs() < 1e-12);
-    }
-
-    #[test]
-    fn compare_pairs_prompts() {
-        let a = rows(&[1.0, 2.0, 3.0], &[0.0; 3], &[0, 1, 2]);
-        let b = rows(&[0.0, 0.5, 1.0], &[0.0; 3], &[0, 1, 2]);
-        let t = compare(&a, &b);
-        assert!((t.diff - 1.5).abs() < 1e-12);
-        assert!(t.p_value < 0.05, "{t:?}");
     }
 }

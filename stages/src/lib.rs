@@ -10,6 +10,7 @@
 
 pub mod code_identity;
 pub mod data_io;
+pub mod eval_stats;
 pub mod evaluate;
 pub mod evaluation;
 pub mod generate;
@@ -21,6 +22,8 @@ pub mod merge;
 pub mod merge_eval;
 pub mod method;
 pub mod oracle;
+pub mod paper;
+pub mod plots;
 pub mod policy;
 pub mod port;
 pub mod precompute;

@@ -1,44 +1,65 @@
 //! `report`: the experiment's Markdown report and figures, from any run's evaluation summaries and training
-//! metrics.
+//! metrics, with the statistics of METHOD.md "Evaluation statistics".
 //!
 //! Inputs: `evals` (many evaluate.summary; their node coordinates give `rho`, `method`, `seed` and, in a sweep
-//! without selection, `beta`/`tau`; the summary's own `rho`/`method` columns fill in what coordinates lack),
-//! `metrics` (many policy.metrics, same coordinates), optional `rm_metrics` (many train_rm.metrics: their key-value
-//! metadata is tabulated).
+//! without selection, `beta`/`tau`; the summary's own columns fill in what coordinates lack), optional `samples`
+//! (the same evaluations' evaluate.samples, matched by node: the within-seed variance of paired differences for the
+//! power estimate), `metrics` (many policy.metrics), `rm_metrics` (many train_rm.metrics), `selection` (many
+//! select.selection) and `oracle_agreement` (one label.labelled table of held-out pairs that carry human labels: on
+//! real data, the oracle's agreement with them).
 //!
-//! Seeds are aggregated per (method, ρ): with ≥ 2 seeds the mean advantage over seeds with a Student-t 95% interval
-//! across seeds; with one seed that run's own paired interval. The best method per ρ is compared with the runner-up
-//! by a Wald test (significant at p < 0.05). A method evaluated at several β/τ values without selection appears
-//! once per value.
+//! What it computes ([`analyse`]):
+//! - per method and ρ, the advantage over π_ref across seeds (mean of per-seed advantages, Student-t 95% interval on
+//!   seeds − 1 df; with one seed, that run's own interval over prompts) and the length-controlled advantage (the
+//!   per-seed least-squares intercept `a` of `d_i = a + b·Δlen_i`, aggregated the same way) with its slope `b`;
+//! - the contrasts fixed in advance ([`crate::paper`]): per ρ, paired differences of per-seed advantages (same
+//!   prompts, same π_ref samples, same seed), a t-test on seeds − 1 df, Holm's correction within the family of
+//!   contrasts at that ρ;
+//! - the verdict of each finding of the paper (holds / contradicted / inconclusive / not tested) with its evidence;
+//! - a power estimate: the smallest difference the design detects at 80% power (α, and Holm's first-step α/m), from
+//!   the contrasts' variance over seeds, and — with `samples` bound — the split of that variance into between-seed
+//!   and within-seed parts and the numbers of test prompts and samples per prompt a target difference needs;
+//! - on real data, the oracle's agreement with held-out human labels (Wilson 95% interval), with a warning at the
+//!   top of the report when the interval includes 0.5.
 //!
-//! Output `report` (Dir): `report.md`, `advantage_vs_rho.png` (paper Fig. 2), `logp_trajectories.png` (Fig. B.1:
-//! mean `log π_θ(y_w)` and `log π_θ(y_l)` over training per method, at the smallest ρ), `member_usage.png`
-//! (Fig. B.3: share of e-DPO steps choosing each ensemble member, vs ρ) and `results.json` (the aggregated numbers).
-//! Text in the PNGs uses DejaVu Sans embedded from the `dejavu` crate: no system fonts are needed.
+//! Output `report` (Dir): `report.md`, `advantage_vs_rho.png` (Fig. 2), `logp_trajectories.png` (Fig. B.1 at the
+//! smallest ρ), `member_usage.png` (Fig. B.3: per example and per mini-batch) and `results.json` (every number).
+//!
+//! Fig. B.3 reads, from e-DPO's policy metrics, the per-step columns `best_member_<m>` (share of the mini-batch's
+//! examples whose implicit reward member m matches best) and `chosen_member` (the member whose distillation loss
+//! was the minimum), and the member names from the `rmdistill.member_chosen_steps` metadata.
 
 use crate::data_io;
-use crate::evaluation::{EvalRow, read_eval};
+use crate::eval_stats::{self, ContrastVariance, Scores};
+use crate::paper::{self, Assessment, Contrast};
+use crate::plots::{self, AdvantagePoint, MemberUsage, Run};
 use crate::port::*;
-use crate::selection::rho_key;
-use crate::stats::{self, Estimate};
+use crate::evaluation::{EvalRow, kv_get, read_eval};
+use crate::selection::{Choice, rho_key};
+use crate::stats::{self, Components, Design, Estimate, Plan, Proportion};
 use crate::table;
-use plotters::prelude::*;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::path::Path;
 
 pub struct Report;
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// Title of the report.
     #[serde(default = "d_title")]
-    title: String,
-    /// Significance level for "best method" claims.
+    pub title: String,
+    /// Family-wise significance level of the contrasts (two-sided).
     #[serde(default = "d_alpha")]
-    alpha: f64,
+    pub alpha: f64,
+    /// The smallest advantage difference that matters, in oracle-reward units: the power estimate's target and the
+    /// equivalence bound of "p-DPO alone gives no clear gain over DPO".
+    #[serde(default = "d_min_difference")]
+    pub min_difference: f64,
+    /// The power the design should have at `min_difference`.
+    #[serde(default = "d_power")]
+    pub power: f64,
 }
 fn d_title() -> String {
     "Robust preference optimization through reward-model distillation".into()
@@ -46,32 +67,44 @@ fn d_title() -> String {
 fn d_alpha() -> f64 {
     0.05
 }
+fn d_min_difference() -> f64 {
+    0.02
+}
+fn d_power() -> f64 {
+    0.8
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { title: d_title(), alpha: d_alpha(), min_difference: d_min_difference(), power: d_power() }
+    }
+}
 
 fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     let p: Params = parse_params(params)?;
-    if !(p.alpha > 0.0 && p.alpha < 1.0) {
-        return Err(StageError::invalid("alpha", format!("must be in (0, 1), got {}", p.alpha)));
+    for (f, v) in [("alpha", p.alpha), ("power", p.power)] {
+        if !(v > 0.0 && v < 1.0) {
+            return Err(StageError::invalid(f, format!("must be in (0, 1), got {v}")));
+        }
+    }
+    if !(p.min_difference > 0.0 && p.min_difference.is_finite()) {
+        return Err(StageError::invalid(
+            "min_difference",
+            format!("must be a positive number, got {}", p.min_difference),
+        ));
     }
     Ok(p)
 }
 
-/// Aggregate over seeds.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Cell {
-    pub label: String,
-    pub rho: Option<f64>,
-    pub seeds: usize,
-    pub advantage: Estimate,
-    pub win_rate: f64,
-    pub mean_len: f64,
-    pub ref_mean_len: f64,
-    pub kl: f64,
-}
+// ---------------------------------------------------------------------------------------------------------------
+// Reading
 
 /// Distinguishes a method's β/τ values in labels when several were evaluated for the same ρ and seed (a sweep
 /// without selection). Values chosen per ρ by validation differ across ρ but stay one method.
 fn label_rows(rows: &mut [EvalRow]) {
-    let mut values: BTreeMap<(String, i64, Option<i64>), (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    // (method, ρ, seed) → the β and τ values evaluated there
+    type Values = (BTreeSet<String>, BTreeSet<String>);
+    let mut values: BTreeMap<(String, i64, Option<i64>), Values> = BTreeMap::new();
     for r in rows.iter() {
         let e = values.entry((r.method.clone(), rho_key(r.rho), r.seed)).or_default();
         e.0.insert(format!("{:?}", r.beta));
@@ -96,11 +129,217 @@ fn label_rows(rows: &mut [EvalRow]) {
     }
 }
 
-/// Whether a training run used the value the selection chose for its method and ρ (true when nothing was chosen
-/// for it).
-fn is_chosen(chosen: &[crate::selection::Choice], t: &Trajectory) -> bool {
-    crate::selection::choice_for(chosen, &t.method, t.rho)
-        .is_none_or(|c| c.is_value(if c.param == "tau" { t.tau } else { t.beta }))
+/// Per-step training metrics of one policy run.
+#[derive(Debug, Clone)]
+pub struct Trajectory {
+    pub method: String,
+    pub rho: Option<f64>,
+    pub step: Vec<f64>,
+    pub logp_chosen: Vec<Option<f64>>,
+    pub logp_rejected: Vec<Option<f64>>,
+    pub chosen_member: Vec<Option<f64>>,
+    /// Per member m, the per-step share of examples it matches best (`best_member_<m>`).
+    pub best_member: Vec<Vec<Option<f64>>>,
+    /// Ensemble member names in index order (from the metadata), when known.
+    pub member_names: Vec<String>,
+    pub final_kl: Option<f64>,
+    pub beta: Option<f64>,
+    pub tau: Option<f64>,
+}
+
+/// Member node names ordered as precompute orders members: by their coordinates (numbers numerically), then name.
+fn member_names(kv: &[(String, String)]) -> Vec<String> {
+    let Some(map) = kv_get(kv, "member_chosen_steps").and_then(|s| serde_json::from_str::<Map<String, Value>>(s).ok())
+    else {
+        return vec![];
+    };
+    let coords = |n: &str| -> Vec<(String, Option<f64>, String)> {
+        n.split_once('@')
+            .map(|(_, c)| {
+                c.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.parse().ok(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut names: Vec<String> = map.keys().cloned().collect();
+    names.sort_by(|a, b| {
+        let (ca, cb) = (coords(a), coords(b));
+        for (x, y) in ca.iter().zip(&cb) {
+            let o = x.0.cmp(&y.0).then(match (x.1, y.1) {
+                (Some(p), Some(q)) => p.total_cmp(&q),
+                _ => x.2.cmp(&y.2),
+            });
+            if o.is_ne() {
+                return o;
+            }
+        }
+        a.cmp(b)
+    });
+    names
+}
+
+/// "ρ′ = 0.2" from a member node name with a `member` coordinate, else the name.
+fn member_label(name: &str) -> String {
+    name.split_once('@')
+        .and_then(|(_, c)| c.split(',').find_map(|kv| kv.strip_prefix("member=")))
+        .map_or_else(|| name.to_string(), |v| format!("ρ′ = {v}"))
+}
+
+fn read_metrics(a: &InputArtifact) -> StageResult<Trajectory> {
+    let t = table::read_table(&a.path, None)?;
+    let kv = table::read_kv(&a.path)?;
+    let method = data_io::coord_str(&a.coords, "method")
+        .or_else(|| kv_get(&kv, "method").map(|v| v.trim_matches('"').to_string()))
+        .unwrap_or_else(|| a.node.clone());
+    let kl = data_io::opt_f64s(&t, "kl");
+    let num = |k: &str| data_io::coord_f64(&a.coords, k).or_else(|| kv_get(&kv, k).and_then(|v| v.parse().ok()));
+    let mut best_member = vec![];
+    while t.column_by_name(&format!("best_member_{}", best_member.len())).is_some() {
+        best_member.push(data_io::opt_f64s(&t, &format!("best_member_{}", best_member.len())));
+    }
+    Ok(Trajectory {
+        beta: num("beta"),
+        tau: num("tau"),
+        method,
+        rho: data_io::coord_f64(&a.coords, "rho"),
+        step: data_io::opt_f64s(&t, "step").into_iter().map(|v| v.unwrap_or(0.0)).collect(),
+        logp_chosen: data_io::opt_f64s(&t, "logp_chosen"),
+        logp_rejected: data_io::opt_f64s(&t, "logp_rejected"),
+        chosen_member: data_io::opt_f64s(&t, "chosen_member"),
+        best_member,
+        member_names: member_names(&kv),
+        final_kl: kl.iter().rev().flatten().next().copied(),
+    })
+}
+
+/// One reward model's figures (train_rm.metrics metadata).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RmRow {
+    /// The stage that trained it (e.g. `rm`, `rm_member`, `oracle`).
+    pub stage: String,
+    pub rho: Option<f64>,
+    pub member: Option<f64>,
+    /// Accuracy against the oracle's labels on held-out labelled pairs (`eval_accuracy`).
+    pub eval_accuracy: Option<f64>,
+    /// The same on pairs whose lengths differ by less than the margin (`eval_accuracy_within_margin`).
+    pub eval_within_margin: Option<f64>,
+    /// Share of length-differing held-out labelled pairs where it prefers the longer (`eval_length_sensitivity`).
+    pub eval_length_sensitivity: Option<f64>,
+    /// Agreement with its own training table's labels on rows held out of training (`held_out_accuracy`).
+    pub held_out_accuracy: Option<f64>,
+    /// Length sensitivity on those rows (`length_sensitivity`).
+    pub length_sensitivity: Option<f64>,
+}
+
+fn read_rm(a: &InputArtifact) -> StageResult<RmRow> {
+    let kv = table::read_kv(&a.path)?;
+    let num = |k: &str| kv_get(&kv, k).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
+    Ok(RmRow {
+        stage: a.node.split('@').next().unwrap_or(&a.node).to_string(),
+        rho: data_io::coord_f64(&a.coords, "rho"),
+        member: data_io::coord_f64(&a.coords, "member"),
+        eval_accuracy: num("eval_accuracy"),
+        eval_within_margin: num("eval_accuracy_within_margin"),
+        eval_length_sensitivity: num("eval_length_sensitivity"),
+        held_out_accuracy: num("held_out_accuracy"),
+        length_sensitivity: num("length_sensitivity"),
+    })
+}
+
+/// The oracle's agreement with the human labels of a labelled table (`label` = the oracle's, `human_label` = the
+/// human's; rows without a human label are skipped), with a Wilson 95% interval.
+pub fn read_agreement(a: &InputArtifact) -> StageResult<Proportion> {
+    let t = table::read_table(&a.path, Some(&[table::LABEL, "human_label"])).map_err(|e| {
+        StageError::invalid(
+            "oracle_agreement",
+            format!("{} ({}): {e}: bind a `label` output of pairs with human labels", a.node, a.path.display()),
+        )
+    })?;
+    let oracle = data_io::opt_i64s(&t, table::LABEL, &a.path)?;
+    let human = data_io::opt_i64s(&t, "human_label", &a.path)?;
+    let (mut k, mut n) = (0u64, 0u64);
+    for (o, h) in oracle.iter().zip(&human) {
+        if let (Some(o), Some(h)) = (o, h) {
+            n += 1;
+            k += (o == h) as u64;
+        }
+    }
+    if n == 0 {
+        return Err(StageError::invalid(
+            "oracle_agreement",
+            format!("{} ({}): no row has a human label to compare the oracle with", a.node, a.path.display()),
+        ));
+    }
+    Ok(stats::wilson(k, n, 0.95))
+}
+
+/// Everything the report reads.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub evals: Vec<EvalRow>,
+    /// Evaluation node → its samples' oracle-reward differences.
+    pub samples: HashMap<String, Scores>,
+    pub trajectories: Vec<Trajectory>,
+    pub chosen: Vec<Choice>,
+    pub reward_models: Vec<RmRow>,
+    pub oracle_agreement: Option<Proportion>,
+}
+
+fn read_inputs(ctx: &dyn Ctx) -> StageResult<Inputs> {
+    let evals = ctx.inputs("evals");
+    if evals.is_empty() {
+        return Err(StageError::invalid("evals", "no evaluation summaries are bound to `evals`"));
+    }
+    let mut chosen = vec![];
+    for a in ctx.inputs("selection") {
+        chosen.extend(crate::selection::read_selection(&a.path)?);
+    }
+    let mut samples = HashMap::new();
+    for a in ctx.inputs("samples") {
+        samples.insert(a.node.clone(), eval_stats::read_scores(&a.path)?);
+    }
+    let oracle_agreement = match ctx.inputs("oracle_agreement") {
+        [] => None,
+        [one] => Some(read_agreement(one)?),
+        many => {
+            return Err(StageError::invalid("oracle_agreement", format!("expects one table, got {}", many.len())));
+        }
+    };
+    Ok(Inputs {
+        evals: evals.iter().map(read_eval).collect::<StageResult<_>>()?,
+        samples,
+        trajectories: ctx.inputs("metrics").iter().map(read_metrics).collect::<StageResult<_>>()?,
+        chosen,
+        reward_models: ctx
+            .inputs("rm_metrics")
+            .iter()
+            .filter(|a| a.path.is_file())
+            .map(read_rm)
+            .collect::<StageResult<_>>()?,
+        oracle_agreement,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Computing
+
+/// One method configuration at one ρ, over seeds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Cell {
+    pub label: String,
+    pub rho: Option<f64>,
+    pub seeds: usize,
+    pub advantage: Estimate,
+    /// Length-controlled advantage (the advantage at equal length), aggregated like `advantage`.
+    pub lc_advantage: Option<Estimate>,
+    /// Mean over seeds of the reward per token of length difference.
+    pub lc_slope: Option<f64>,
+    pub win_rate: f64,
+    pub mean_len: f64,
+    pub ref_mean_len: f64,
+    pub kl: f64,
 }
 
 /// Aggregates seeds per (label, ρ).
@@ -117,12 +356,31 @@ pub fn aggregate(rows: &[EvalRow]) -> Vec<Cell> {
             } else {
                 g[0].advantage
             };
+            let lcs: Vec<stats::Line> = g.iter().filter_map(|r| r.stats.and_then(|s| s.lc)).collect();
+            let lc_advantage = if lcs.len() != g.len() || lcs.is_empty() {
+                None
+            } else if lcs.len() >= 2 {
+                Some(stats::estimate(&lcs.iter().map(|l| l.intercept).collect::<Vec<_>>()))
+            } else {
+                // one seed: the regression's own interval (n − 2 df)
+                let l = lcs[0];
+                let h = if l.n > 2 { stats::t_quantile(0.975, (l.n - 2) as f64) * l.se_intercept } else { f64::NAN };
+                Some(Estimate {
+                    mean: l.intercept,
+                    se: l.se_intercept,
+                    n: l.n,
+                    ci_low: l.intercept - h,
+                    ci_high: l.intercept + h,
+                })
+            };
             let m = |f: fn(&EvalRow) -> f64| stats::mean(&g.iter().map(|r| f(r)).collect::<Vec<_>>());
             Cell {
                 label: g[0].label.clone(),
                 rho: g[0].rho,
                 seeds: g.len(),
                 advantage: adv,
+                lc_advantage,
+                lc_slope: (!lcs.is_empty()).then(|| stats::mean(&lcs.iter().map(|l| l.slope).collect::<Vec<_>>())),
                 win_rate: m(|r| r.win_rate),
                 mean_len: m(|r| r.mean_len),
                 ref_mean_len: m(|r| r.ref_mean_len),
@@ -132,298 +390,768 @@ pub fn aggregate(rows: &[EvalRow]) -> Vec<Cell> {
         .collect()
 }
 
-/// Per-step training metrics of one policy run.
-#[derive(Debug, Clone)]
-pub struct Trajectory {
-    pub method: String,
-    pub rho: Option<f64>,
-    pub step: Vec<f64>,
-    pub logp_chosen: Vec<Option<f64>>,
-    pub logp_rejected: Vec<Option<f64>>,
-    pub chosen_member: Vec<Option<f64>>,
-    pub final_kl: Option<f64>,
-    pub beta: Option<f64>,
-    pub tau: Option<f64>,
+/// The distinct ρ values, ascending (no ρ first).
+fn distinct_rhos(rows: &[EvalRow]) -> Vec<Option<f64>> {
+    let mut v: Vec<Option<f64>> = rows.iter().map(|r| r.rho).collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.dedup_by(|a, b| rho_key(*a) == rho_key(*b));
+    v
 }
 
-fn read_metrics(a: &InputArtifact) -> StageResult<Trajectory> {
-    let t = table::read_table(&a.path, None)?;
-    let kv = table::read_kv(&a.path)?;
-    let method = data_io::coord_str(&a.coords, "method")
-        .or_else(|| kv.iter().find(|(k, _)| k == "rmdistill.method").map(|(_, v)| v.trim_matches('"').to_string()))
-        .unwrap_or_else(|| a.node.clone());
-    let kl = data_io::opt_f64s(&t, "kl");
-    let num = |k: &str| {
-        data_io::coord_f64(&a.coords, k)
-            .or_else(|| kv.iter().find(|(x, _)| x == &format!("rmdistill.{k}")).and_then(|(_, v)| v.parse().ok()))
+/// The contrasts of every family (one per ρ), Holm-adjusted within it, and each contrast's variance figures.
+pub fn contrasts(rows: &[EvalRow], samples: &HashMap<String, Scores>) -> (Vec<Contrast>, Vec<ContrastVariance>) {
+    let rhos = distinct_rhos(rows);
+    let (mut out, mut vars) = (vec![], vec![]);
+    for &rho in &rhos {
+        // only labels that are a plain method (a method swept without selection has no single configuration)
+        let at: Vec<&EvalRow> = rows.iter().filter(|r| rho_key(r.rho) == rho_key(rho) && r.label == r.method).collect();
+        let methods: BTreeSet<String> = at.iter().map(|r| r.method.clone()).collect();
+        let family = paper::family(rho, &rhos, &methods);
+        let mut tested = vec![];
+        for (a, b) in &family {
+            let by_seed = |m: &str| -> BTreeMap<Option<i64>, &EvalRow> {
+                at.iter().filter(|r| r.method == m).map(|r| (r.seed, *r)).collect()
+            };
+            let (ra, rb) = (by_seed(a), by_seed(b));
+            let common: Vec<(&EvalRow, &EvalRow)> =
+                ra.iter().filter_map(|(s, x)| rb.get(s).map(|y| (*x, *y))).collect();
+            let diffs: Vec<f64> = common.iter().map(|(x, y)| x.advantage.mean - y.advantage.mean).collect();
+            let within: Vec<eval_stats::Within> = common
+                .iter()
+                .filter_map(|(x, y)| eval_stats::paired_within(samples.get(&x.node)?, samples.get(&y.node)?))
+                .collect();
+            if diffs.len() >= 2 {
+                vars.push(eval_stats::contrast_variance(
+                    &diffs,
+                    if within.len() == diffs.len() { &within } else { &[] },
+                ));
+            }
+            tested.push(Contrast {
+                rho,
+                first: a.to_string(),
+                second: b.to_string(),
+                seeds: diffs.len(),
+                test: stats::t_test(&diffs),
+                p_holm: f64::NAN,
+                family: 0,
+            });
+        }
+        let adj = stats::holm(&tested.iter().map(|c| c.test.p_value).collect::<Vec<_>>());
+        let m = adj.iter().filter(|p| !p.is_nan()).count();
+        for (c, p) in tested.iter_mut().zip(adj) {
+            c.p_holm = p;
+            c.family = m;
+        }
+        out.extend(tested);
+    }
+    (out, vars)
+}
+
+/// The power estimate (see the module docs).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Power {
+    /// Contrasts with ≥ 2 seeds whose variance was pooled.
+    pub contrasts: usize,
+    pub seeds: usize,
+    pub prompts: Option<f64>,
+    pub samples_per_prompt: Option<f64>,
+    /// The largest family (Holm's first step tests at α/m).
+    pub family: usize,
+    /// Pooled variance over seeds of the per-seed paired differences.
+    pub seed_var: f64,
+    /// The smallest difference detected at the chosen power with α, and with α/m (Holm's first step).
+    pub detectable: f64,
+    pub detectable_holm: f64,
+    /// With `samples` bound: the split of the per-seed variance, and plans for the target difference.
+    pub components: Option<Components>,
+    pub sampling_var: Option<f64>,
+    /// Prompts needed with one sample each (no limit on prompts).
+    pub plan_prompts: Option<Plan>,
+    /// Samples per prompt needed at the current number of prompts.
+    pub plan_samples: Option<Plan>,
+    /// The same two at Holm's first-step α.
+    pub plan_prompts_holm: Option<Plan>,
+}
+
+pub fn power(vars: &[ContrastVariance], family: usize, p: &Params) -> Option<Power> {
+    let seed_var = stats::mean(&vars.iter().map(|v| v.seed_var).collect::<Vec<_>>());
+    if vars.is_empty() || seed_var.is_nan() {
+        return None;
+    }
+    let seeds = vars.iter().map(|v| v.seeds).min().unwrap_or(0);
+    let holm_alpha = p.alpha / family.max(1) as f64;
+    let detectable = stats::minimum_detectable(seed_var.sqrt(), seeds, p.alpha, p.power);
+    let detectable_holm = stats::minimum_detectable(seed_var.sqrt(), seeds, holm_alpha, p.power);
+    let split = eval_stats::pool(vars);
+    let (components, pooled) = match split {
+        Some((c, pooled)) => (Some(c), Some(pooled)),
+        None => (None, None),
     };
-    Ok(Trajectory {
-        beta: num("beta"),
-        tau: num("tau"),
-        method,
-        rho: data_io::coord_f64(&a.coords, "rho"),
-        step: data_io::opt_f64s(&t, "step").into_iter().map(|v| v.unwrap_or(0.0)).collect(),
-        logp_chosen: data_io::opt_f64s(&t, "logp_chosen"),
-        logp_rejected: data_io::opt_f64s(&t, "logp_rejected"),
-        chosen_member: data_io::opt_f64s(&t, "chosen_member"),
-        final_kl: kl.iter().rev().flatten().next().copied(),
+    let n_now = pooled.map(|v| v.prompts.round().max(1.0) as usize);
+    let plan = |max_prompts: usize, max_samples: usize, alpha: f64| {
+        components.map(|c| stats::plan_design(&c, p.min_difference, seeds, max_prompts, max_samples, alpha, p.power))
+    };
+    Some(Power {
+        contrasts: vars.len(),
+        seeds,
+        prompts: pooled.map(|v| v.prompts),
+        samples_per_prompt: pooled.map(|v| v.samples_per_prompt),
+        family,
+        seed_var,
+        detectable,
+        detectable_holm,
+        components,
+        sampling_var: pooled.map(|v| v.sampling_var),
+        plan_prompts: plan(MAX_PROMPTS, 1, p.alpha),
+        plan_samples: n_now.and_then(|n| plan(n, MAX_SAMPLES, p.alpha)),
+        plan_prompts_holm: plan(MAX_PROMPTS, 1, holm_alpha),
     })
 }
 
-const PALETTE: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-];
+/// The most prompts and samples per prompt a plan considers.
+const MAX_PROMPTS: usize = 10_000_000;
+const MAX_SAMPLES: usize = 64;
 
-fn register_font() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold());
-    });
+/// The hyper-parameters of the evaluated policies, per method and ρ, with how they were set.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HyperRow {
+    pub label: String,
+    pub rho: Option<f64>,
+    pub beta: Vec<f64>,
+    pub tau: Vec<f64>,
+    pub gamma: Vec<f64>,
+    /// The selection's choices for this method and ρ (parameter, value, validation advantage, candidates, seeds).
+    pub chosen: Vec<Choice>,
 }
 
-fn plot_err<E: std::fmt::Debug>(e: E) -> StageError {
-    StageError::failed(format!("plotting: {e:?}"))
-}
-
-fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for v in vals.filter(|v| v.is_finite()) {
-        lo = lo.min(v);
-        hi = hi.max(v);
+fn hyper_rows(rows: &[EvalRow], chosen: &[Choice]) -> Vec<HyperRow> {
+    let mut g: BTreeMap<(usize, String, i64), HyperRow> = BTreeMap::new();
+    for r in rows {
+        let e = g.entry((paper::order(&r.label), r.label.clone(), rho_key(r.rho))).or_insert_with(|| HyperRow {
+            label: r.label.clone(),
+            rho: r.rho,
+            beta: vec![],
+            tau: vec![],
+            gamma: vec![],
+            chosen: chosen
+                .iter()
+                .filter(|c| c.method == r.method && (c.rho.is_none() || rho_key(c.rho) == rho_key(r.rho)))
+                .cloned()
+                .collect(),
+        });
+        // a policy records every parameter; show the one its loss uses (τ for IPO, β otherwise)
+        let (beta, tau) = if paper::uses_tau(&r.method) { (None, r.tau) } else { (r.beta, None) };
+        for (v, list) in [(beta, &mut e.beta), (tau, &mut e.tau), (r.gamma, &mut e.gamma)] {
+            if let Some(v) = v.filter(|v| !list.iter().any(|x: &f64| (x - v).abs() < 1e-12)) {
+                list.push(v);
+            }
+        }
     }
-    if !lo.is_finite() {
-        return (0.0, 1.0);
+    g.into_values().collect()
+}
+
+/// Fig. B.3's data per ρ from e-DPO's training metrics (averaged over seeds).
+fn member_usage(trajs: &[Trajectory]) -> Vec<MemberUsage> {
+    let mut by: BTreeMap<i64, (Option<f64>, Vec<&Trajectory>)> = BTreeMap::new();
+    for t in trajs.iter().filter(|t| t.method == "e-dpo") {
+        by.entry(rho_key(t.rho)).or_insert((t.rho, vec![])).1.push(t);
     }
-    let pad = ((hi - lo) * 0.08).max(1e-3);
-    (lo - pad, hi + pad)
-}
-
-/// Fig. 2: advantage vs ρ per method, with 95% intervals.
-fn plot_advantage(path: &Path, cells: &[Cell], labels: &[String]) -> StageResult<()> {
-    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
-    let rhos: Vec<f64> = cells.iter().map(|c| c.rho.unwrap_or(0.5)).collect();
-    let (x0, x1) = range(rhos.iter().copied());
-    let (y0, y1) = range(cells.iter().flat_map(|c| [c.advantage.ci_low, c.advantage.ci_high]).chain([0.0]));
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Oracle advantage over π_ref vs ρ (95% CI)", ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("ρ (share of training pairs preferring the longer response)")
-        .y_desc("advantage (oracle reward)")
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(plot_err)?;
-    chart.draw_series(LineSeries::new([(x0, 0.0), (x1, 0.0)], BLACK.mix(0.4))).map_err(plot_err)?;
-    let n = labels.len().max(1) as f64;
-    let jitter = (x1 - x0) * 0.006;
-    for (k, label) in labels.iter().enumerate() {
-        let color = PALETTE[k % PALETTE.len()];
-        let mut pts: Vec<&Cell> = cells.iter().filter(|c| &c.label == label).collect();
-        pts.sort_by(|a, b| a.rho.partial_cmp(&b.rho).unwrap_or(std::cmp::Ordering::Equal));
-        let dx = (k as f64 - (n - 1.0) / 2.0) * jitter;
-        let xy: Vec<(f64, f64)> = pts.iter().map(|c| (c.rho.unwrap_or(0.5) + dx, c.advantage.mean)).collect();
-        chart
-            .draw_series(LineSeries::new(xy.clone(), color.stroke_width(2)))
-            .map_err(plot_err)?
-            .label(label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
-        chart.draw_series(xy.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(plot_err)?;
-        chart
-            .draw_series(pts.iter().map(|c| {
-                let x = c.rho.unwrap_or(0.5) + dx;
-                PathElement::new(vec![(x, c.advantage.ci_low), (x, c.advantage.ci_high)], color.stroke_width(1))
-            }))
-            .map_err(plot_err)?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(plot_err)?;
-    root.present().map_err(plot_err)?;
-    Ok(())
-}
-
-/// Mean over runs of a per-step series (runs may differ in length: each step averages the runs that have it).
-fn mean_series(runs: &[&Vec<Option<f64>>], steps: &[&Vec<f64>]) -> Vec<(f64, f64)> {
-    let len = runs.iter().map(|r| r.len()).max().unwrap_or(0);
-    (0..len)
-        .filter_map(|i| {
-            let v: Vec<f64> = runs.iter().filter_map(|r| r.get(i).copied().flatten()).collect();
-            let s = steps.iter().find_map(|s| s.get(i).copied())?;
-            (!v.is_empty()).then(|| (s, stats::mean(&v)))
-        })
-        .collect()
-}
-
-/// Fig. B.1: log π_θ(y_w) (left) and log π_θ(y_l) (right) over training per method at one ρ.
-fn plot_trajectories(path: &Path, trajs: &[Trajectory], rho: Option<f64>, methods: &[String]) -> StageResult<bool> {
-    let at: Vec<&Trajectory> = trajs.iter().filter(|t| rho_key(t.rho) == rho_key(rho)).collect();
-    let series: Vec<(String, Vec<(f64, f64)>, Vec<(f64, f64)>)> = methods
-        .iter()
-        .filter_map(|m| {
-            let runs: Vec<&Trajectory> = at.iter().copied().filter(|t| &t.method == m).collect();
-            if runs.is_empty() {
+    let avg = |runs: &[Vec<f64>]| -> Vec<f64> {
+        let m = runs.iter().map(|r| r.len()).max().unwrap_or(0);
+        (0..m)
+            .map(|j| stats::mean(&runs.iter().map(|r| r.get(j).copied().unwrap_or(0.0)).collect::<Vec<_>>()))
+            .collect()
+    };
+    by.into_values()
+        .filter_map(|(rho, runs)| {
+            let chosen: Vec<Vec<f64>> = runs
+                .iter()
+                .filter_map(|t| {
+                    let c: Vec<usize> = t.chosen_member.iter().flatten().map(|&m| m as usize).collect();
+                    let n = (c.iter().max()? + 1).max(t.best_member.len());
+                    let mut share = vec![0.0; n];
+                    for m in &c {
+                        share[*m] += 1.0 / c.len() as f64;
+                    }
+                    Some(share)
+                })
+                .collect();
+            let best: Vec<Vec<f64>> = runs
+                .iter()
+                .filter(|t| !t.best_member.is_empty())
+                .map(|t| {
+                    t.best_member
+                        .iter()
+                        .map(|col| stats::mean(&col.iter().flatten().copied().collect::<Vec<_>>()))
+                        .collect()
+                })
+                .collect();
+            if chosen.is_empty() && best.is_empty() {
                 return None;
             }
-            let steps: Vec<&Vec<f64>> = runs.iter().map(|t| &t.step).collect();
-            let w = mean_series(&runs.iter().map(|t| &t.logp_chosen).collect::<Vec<_>>(), &steps);
-            let l = mean_series(&runs.iter().map(|t| &t.logp_rejected).collect::<Vec<_>>(), &steps);
-            (!w.is_empty()).then(|| (m.clone(), w, l))
-        })
-        .collect();
-    if series.is_empty() {
-        return Ok(false);
-    }
-    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
-    let title = match rho {
-        Some(r) => format!("Policy log-likelihood of training responses during training (ρ = {r})"),
-        None => "Policy log-likelihood of training responses during training".to_string(),
-    };
-    let root = root.titled(&title, ("sans-serif", 22)).map_err(plot_err)?;
-    let panels = root.split_evenly((1, 2));
-    let (x0, x1) = range(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)));
-    let (y0, y1) = range(series.iter().flat_map(|s| s.1.iter().chain(s.2.iter()).map(|p| p.1)));
-    for (pi, (panel, name)) in
-        panels.iter().zip(["log π_θ(y_w | x) (chosen)", "log π_θ(y_l | x) (rejected)"]).enumerate()
-    {
-        let mut chart = ChartBuilder::on(panel)
-            .caption(name, ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0.max(0.0)..x1, y0..y1)
-            .map_err(plot_err)?;
-        chart.configure_mesh().x_desc("optimizer step").label_style(("sans-serif", 14)).draw().map_err(plot_err)?;
-        for (k, (m, w, l)) in series.iter().enumerate() {
-            let color = PALETTE[methods.iter().position(|x| x == m).unwrap_or(k) % PALETTE.len()];
-            let pts = if pi == 0 { w.clone() } else { l.clone() };
-            chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                .map_err(plot_err)?
-                .label(m.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .position(SeriesLabelPosition::LowerLeft)
-            .draw()
-            .map_err(plot_err)?;
-    }
-    root.present().map_err(plot_err)?;
-    Ok(true)
-}
-
-/// Share of e-DPO steps that chose each member, per ρ (averaged over seeds).
-fn member_usage(trajs: &[Trajectory]) -> BTreeMap<i64, (Option<f64>, Vec<f64>)> {
-    let mut out: BTreeMap<i64, (Option<f64>, Vec<Vec<f64>>)> = BTreeMap::new();
-    for t in trajs.iter().filter(|t| t.method == "e-dpo") {
-        let chosen: Vec<usize> = t.chosen_member.iter().flatten().map(|&m| m as usize).collect();
-        if chosen.is_empty() {
-            continue;
-        }
-        let m = chosen.iter().max().unwrap() + 1;
-        let mut share = vec![0.0; m];
-        for c in &chosen {
-            share[*c] += 1.0 / chosen.len() as f64;
-        }
-        out.entry(rho_key(t.rho)).or_insert((t.rho, vec![])).1.push(share);
-    }
-    out.into_iter()
-        .map(|(k, (rho, runs))| {
-            let m = runs.iter().map(|r| r.len()).max().unwrap_or(0);
-            let avg = (0..m)
-                .map(|j| stats::mean(&runs.iter().map(|r| r.get(j).copied().unwrap_or(0.0)).collect::<Vec<_>>()))
+            let names = runs.iter().map(|t| &t.member_names).find(|n| !n.is_empty());
+            let n = chosen.iter().chain(&best).map(|v| v.len()).max().unwrap_or(0);
+            let members = (0..n)
+                .map(|m| names.and_then(|n| n.get(m)).map_or_else(|| format!("member {m}"), |s| member_label(s)))
                 .collect();
-            (k, (rho, avg))
+            Some(MemberUsage { rho, members, best_per_example: avg(&best), chosen_per_batch: avg(&chosen) })
         })
         .collect()
 }
 
-/// Fig. B.3: e-DPO ensemble-member usage vs ρ.
-fn plot_members(path: &Path, usage: &BTreeMap<i64, (Option<f64>, Vec<f64>)>) -> StageResult<bool> {
-    if usage.is_empty() {
-        return Ok(false);
-    }
-    let members = usage.values().map(|u| u.1.len()).max().unwrap_or(0);
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
-    let (x0, x1) = range(usage.values().map(|u| u.0.unwrap_or(0.5)));
-    let mut chart = ChartBuilder::on(&root)
-        .caption("e-DPO: share of steps whose min-loss member is m, vs ρ", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(x0..x1, 0.0..1.05)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("ρ")
-        .y_desc("share of optimizer steps")
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(plot_err)?;
-    for m in 0..members {
-        let color = PALETTE[m % PALETTE.len()];
-        let pts: Vec<(f64, f64)> =
-            usage.values().map(|u| (u.0.unwrap_or(0.5), u.1.get(m).copied().unwrap_or(0.0))).collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(plot_err)?
-            .label(format!("member {m}"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(plot_err)?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(plot_err)?;
-    root.present().map_err(plot_err)?;
-    Ok(true)
+/// Whether a training run used the value the selection chose for its method and ρ (true when nothing was chosen
+/// for it).
+fn is_chosen(chosen: &[Choice], t: &Trajectory) -> bool {
+    crate::selection::choice_for(chosen, &t.method, t.rho)
+        .is_none_or(|c| c.is_value(if c.param == "tau" { t.tau } else { t.beta }))
 }
+
+/// Everything the report states.
+#[derive(Debug)]
+pub struct Analysis {
+    pub params: Params,
+    pub evaluations: usize,
+    pub seeds: usize,
+    pub labels: Vec<String>,
+    pub rhos: Vec<Option<f64>>,
+    pub cells: Vec<Cell>,
+    pub contrasts: Vec<Contrast>,
+    pub findings: Vec<Assessment>,
+    pub power: Option<Power>,
+    pub hyper: Vec<HyperRow>,
+    pub reward_models: Vec<RmRow>,
+    pub members: Vec<MemberUsage>,
+    pub oracle_agreement: Option<Proportion>,
+    /// Training runs drawn in Fig. B.1 (the chosen β/τ only).
+    pub trajectories: Vec<Trajectory>,
+}
+
+pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
+    label_rows(&mut inputs.evals);
+    let rows = &inputs.evals;
+    let cells = aggregate(rows);
+    let mut labels: Vec<String> = cells.iter().map(|c| c.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    labels.sort_by_key(|l| (paper::order(l), l.clone()));
+    let rhos = distinct_rhos(rows);
+    let (contrasts, vars) = contrasts(rows, &inputs.samples);
+    let findings = paper::FINDINGS
+        .iter()
+        .map(|f| paper::assess(f, &contrasts, &rhos, params.alpha, params.min_difference))
+        .collect();
+    let family = contrasts.iter().map(|c| c.family).max().unwrap_or(0);
+    let power = power(&vars, family, &params);
+    let chosen = inputs.chosen.clone();
+    inputs.trajectories.retain(|t| is_chosen(&chosen, t));
+    Analysis {
+        evaluations: rows.len(),
+        seeds: rows.iter().filter_map(|r| r.seed).collect::<BTreeSet<_>>().len().max(1),
+        hyper: hyper_rows(rows, &chosen),
+        members: member_usage(&inputs.trajectories),
+        labels,
+        rhos,
+        cells,
+        contrasts,
+        findings,
+        power,
+        reward_models: inputs.reward_models,
+        oracle_agreement: inputs.oracle_agreement,
+        trajectories: inputs.trajectories,
+        params,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Writing
 
 fn fmt_rho(r: Option<f64>) -> String {
     r.map_or("–".into(), |v| format!("{v}"))
 }
 
-/// The best label per ρ and its Wald test against the runner-up.
-pub fn best_per_rho(cells: &[Cell]) -> Vec<(Option<f64>, String, Option<(String, stats::Test)>)> {
-    let mut by: BTreeMap<i64, Vec<&Cell>> = BTreeMap::new();
-    for c in cells {
-        by.entry(rho_key(c.rho)).or_default().push(c);
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.filter(|v| v.is_finite()).map_or("n/a".into(), |v| format!("{v:.digits$}"))
+}
+
+fn fmt_p(p: f64) -> String {
+    if p.is_nan() {
+        "–".into()
+    } else if p < 1e-4 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
     }
-    by.into_values()
-        .map(|mut v| {
-            v.sort_by(|a, b| b.advantage.mean.partial_cmp(&a.advantage.mean).unwrap_or(std::cmp::Ordering::Equal));
-            let second = v.get(1).map(|s| (s.label.clone(), stats::wald(&v[0].advantage, &s.advantage)));
-            (v[0].rho, v[0].label.clone(), second)
+}
+
+fn fmt_est(e: &Estimate) -> String {
+    let h = (e.ci_high - e.ci_low) / 2.0;
+    if h.is_finite() { format!("{:+.4} ± {:.4}", e.mean, h) } else { format!("{:+.4}", e.mean) }
+}
+
+/// The plain-words warning of a chance-level oracle (None when its interval excludes 0.5).
+pub fn oracle_warning(p: &Proportion) -> Option<String> {
+    p.includes_chance().then(|| {
+        format!(
+            "**Warning: the ground truth is no better than a coin.** The oracle agrees with held-out human labels on {:.1}% \
+             of {} pairs (95% interval {:.1}%–{:.1}%), an interval that includes 50%. Every advantage, contrast and verdict \
+             below is measured against this oracle, so none of them says anything about what humans prefer.",
+            100.0 * p.rate,
+            p.n,
+            100.0 * p.ci_low,
+            100.0 * p.ci_high
+        )
+    })
+}
+
+/// The report's Markdown.
+pub fn markdown(a: &Analysis, figures: &Figures) -> String {
+    let p = &a.params;
+    let mut md = String::new();
+    let _ = writeln!(md, "# {}\n", p.title);
+    if let Some(o) = &a.oracle_agreement {
+        let _ = writeln!(
+            md,
+            "**Ground truth.** The oracle agrees with held-out human labels on {:.1}% of {} pairs (Wilson 95% interval \
+             {:.1}%–{:.1}%).\n",
+            100.0 * o.rate,
+            o.n,
+            100.0 * o.ci_low,
+            100.0 * o.ci_high
+        );
+        if let Some(w) = oracle_warning(o) {
+            let _ = writeln!(md, "> {w}\n");
+        }
+    }
+    let _ = writeln!(
+        md,
+        "{} evaluations: {} method configurations × {} values of ρ × {} seed(s). **Advantage** = mean over held-out prompts of \
+         r*(x, y^θ) − r*(x, y^ref) (oracle reward of the policy's response minus π_ref's on the same prompt; a prompt's samples \
+         averaged first); ± is the half-width of the 95% Student-t interval across seeds (seeds − 1 df), or with one seed the \
+         run's own interval over prompts. Seeds vary the data (corpus, π_ref, pairs) as well as training. Significance is at \
+         family-wise α = {} (Holm within each ρ).\n",
+        a.evaluations,
+        a.labels.len(),
+        a.rhos.len(),
+        a.seeds,
+        p.alpha
+    );
+    findings_md(&mut md, a);
+    let _ = writeln!(md, "## Advantage over π_ref (Fig. 2)\n");
+    let _ = write!(md, "| ρ |");
+    for l in &a.labels {
+        let _ = write!(md, " {} |", paper::label(l));
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in &a.labels {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    for r in &a.rhos {
+        let _ = write!(md, "| {} |", fmt_rho(*r));
+        for l in &a.labels {
+            match a.cells.iter().find(|c| &c.label == l && rho_key(c.rho) == rho_key(*r)) {
+                Some(c) => {
+                    let _ = write!(md, " {} |", fmt_est(&c.advantage));
+                }
+                None => {
+                    let _ = write!(md, " – |");
+                }
+            }
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(md, "\n![advantage vs rho](advantage_vs_rho.png)\n");
+    let _ = writeln!(
+        md,
+        "## Per method: raw and length-controlled advantage, win rate, length, KL\n\n\
+         The length-controlled (LC) advantage is the intercept a of the least-squares fit d_i = a + b·(len(y_i^θ) − len(y_i^ref)) \
+         over prompts, per seed (the advantage at equal length, as AlpacaEval's length-controlled win rate zeroes its length \
+         term), aggregated over seeds like the advantage; b is the oracle reward per token of length difference, so a − raw \
+         is how much of the raw advantage is length. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples.\n\n\
+         | method | ρ | seeds | advantage | LC advantage | b (per token) | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
+    );
+    for l in &a.labels {
+        for r in &a.rhos {
+            if let Some(c) = a.cells.iter().find(|c| &c.label == l && rho_key(c.rho) == rho_key(*r)) {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {:.3} | {:.1} | {:.1} | {:.3} |",
+                    paper::label(l),
+                    fmt_rho(*r),
+                    c.seeds,
+                    fmt_est(&c.advantage),
+                    c.lc_advantage.as_ref().map_or("n/a".into(), fmt_est),
+                    c.lc_slope.map_or("n/a".into(), |b| format!("{b:+.4}")),
+                    c.win_rate,
+                    c.mean_len,
+                    c.ref_mean_len,
+                    c.kl
+                );
+            }
+        }
+    }
+    contrasts_md(&mut md, a);
+    power_md(&mut md, a);
+    hyper_md(&mut md, a);
+    rm_md(&mut md, a);
+    if figures.trajectories {
+        let rho = a.trajectories.iter().map(|t| t.rho).min_by(|x, y| x.partial_cmp(y).unwrap()).flatten();
+        let _ = writeln!(
+            md,
+            "\n## Likelihood of the training responses (Fig. B.1)\n\nMean log π_θ of the chosen (y_w) and rejected (y_l) responses \
+             of each training mini-batch, at ρ = {}, averaged over seeds (each point is one mini-batch, so the curves are \
+             noisy). The paper reports that DPO pushes both down (likelihood collapse) while distillation and pessimism keep \
+             them near π_ref: compare with the curves measured here.\n\n![log-prob trajectories](logp_trajectories.png)\n",
+            fmt_rho(rho)
+        );
+    }
+    if figures.members {
+        members_md(&mut md, a);
+    }
+    md
+}
+
+fn findings_md(md: &mut String, a: &Analysis) {
+    let _ = writeln!(
+        md,
+        "## Findings of the paper, measured here\n\nEach finding of the paper (§6.2) against the contrasts it needs: *holds* when \
+         every one is significant in its direction (Holm-adjusted p < {}), *contradicted* when one is significant the other \
+         way, *inconclusive* otherwise, *not tested* when none could be measured (a method not run, or fewer than two \
+         seeds). Evidence: difference of advantages [95% interval], Holm-adjusted p.\n\n| finding | verdict | evidence |\n|---|---|---|",
+        a.params.alpha
+    );
+    for f in &a.findings {
+        let mut ev: Vec<String> = f
+            .evidence
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} − {} at {}: {:+.4} [{:+.4}, {:+.4}], p̃ = {}",
+                    paper::name(&c.first),
+                    paper::name(&c.second),
+                    paper::rho_text(c.rho),
+                    c.test.diff,
+                    c.test.ci_low,
+                    c.test.ci_high,
+                    fmt_p(c.p_holm)
+                )
+            })
+            .collect();
+        if !f.missing.is_empty() {
+            ev.push(format!("not measured: {}", f.missing.join("; ")));
+        }
+        if f.id == "p-dpo-no-clear-gain" {
+            ev.push(format!(
+                "holds only if every interval lies below +{} (the smallest difference that matters)",
+                a.params.min_difference
+            ));
+        }
+        let _ = writeln!(md, "| {} | **{}** | {} |", f.text, f.verdict.as_str(), ev.join("<br>"));
+    }
+    md.push('\n');
+}
+
+fn contrasts_md(md: &mut String, a: &Analysis) {
+    if a.contrasts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Contrasts fixed in advance\n\nPer ρ, the paper's seven contrasts (d-DPO, dp-DPO, e-DPO each against DPO and IPO; \
+         p-DPO against DPO) plus those a finding needs there (e-DPO against the other methods at ρ ≤ {}; d-DPO against \
+         the others at ρ > 0.5). Each is the mean over seeds of the paired difference of the two methods' advantages (same \
+         prompts, same π_ref samples, same seed), tested with Student's t on seeds − 1 df. **Family**: all contrasts at one \
+         ρ (each ρ is its own experiment — its own D_ρ, reward models and policies); Holm's step-down correction within it \
+         controls the family-wise error at α = {}. A finding over several ρ needs every contrast to hold, which keeps its \
+         level without a further correction.\n\n| ρ | contrast | seeds | difference | 95% interval | p | Holm p | family | at α |\n\
+         |---|---|---|---|---|---|---|---|---|",
+        paper::HARDEST_RHO,
+        a.params.alpha
+    );
+    for c in &a.contrasts {
+        let _ = writeln!(
+            md,
+            "| {} | {} − {} | {} | {:+.4} | {} | {} | {} | {} | {} |",
+            fmt_rho(c.rho),
+            paper::name(&c.first),
+            paper::name(&c.second),
+            c.seeds,
+            c.test.diff,
+            if c.test.ci_low.is_nan() {
+                "–".into()
+            } else {
+                format!("[{:+.4}, {:+.4}]", c.test.ci_low, c.test.ci_high)
+            },
+            fmt_p(c.test.p_value),
+            fmt_p(c.p_holm),
+            c.family,
+            if c.test.p_value.is_nan() { "untestable (< 2 seeds)" } else { c.direction(a.params.alpha) }
+        );
+    }
+}
+
+fn power_md(md: &mut String, a: &Analysis) {
+    let p = &a.params;
+    let _ = writeln!(md, "\n## Power of this design\n");
+    let Some(w) = &a.power else {
+        let _ = writeln!(
+            md,
+            "Not estimable: no contrast was measured on two or more seeds, so the variance between seeds is unknown.\n"
+        );
+        return;
+    };
+    let design = match (w.prompts, w.samples_per_prompt) {
+        (Some(n), Some(m)) => format!("{} seeds × {:.0} test prompts × {:.0} sample(s) per prompt", w.seeds, n, m),
+        _ => format!("{} seeds", w.seeds),
+    };
+    let _ = writeln!(
+        md,
+        "Design: {design}. Over {} contrasts, the paired differences vary between seeds with sd {:.4} (pooled; {} df each, \
+         so this is itself uncertain). With a two-sided paired t-test on {} df, the smallest advantage difference detected \
+         with {:.0}% power is **{:.4}** at α = {} and **{:.4}** at Holm's first step (α/{} = {:.4}, the conservative case). \
+         Target: {} (`min_difference`).\n",
+        w.contrasts,
+        w.seed_var.sqrt(),
+        w.seeds.saturating_sub(1),
+        w.seeds.saturating_sub(1),
+        100.0 * p.power,
+        w.detectable,
+        p.alpha,
+        w.detectable_holm,
+        w.family,
+        p.alpha / w.family.max(1) as f64,
+        p.min_difference
+    );
+    let Some(c) = &w.components else {
+        let _ = writeln!(
+            md,
+            "Bind the evaluations' `samples` to the report to split this variance into its between-seed and within-seed parts \
+             and to plan the numbers of prompts and samples per prompt.\n"
+        );
+        return;
+    };
+    let within = if c.within_prompt.is_nan() {
+        String::new()
+    } else {
+        format!(" + within prompt {:.3e}/(n·m)", c.within_prompt)
+    };
+    let _ = writeln!(
+        md,
+        "Variance of one seed's difference = between seeds {:.3e} + between prompts {:.3e}/n{within}, for n prompts × m \
+         samples per prompt (measured: sampling variance {:.3e} of {:.3e} in all). ",
+        c.between_seed,
+        c.between_prompt,
+        w.sampling_var.unwrap_or(f64::NAN),
+        w.seed_var
+    );
+    if c.within_prompt.is_nan() {
+        let _ = writeln!(
+            md,
+            "With one sample per prompt the within-prompt part cannot be told from the between-prompt part; it is counted \
+             with the prompts (more samples per prompt are assumed not to help: draw ≥ 2 per prompt to measure it). "
+        );
+    }
+    let plan_text = |pl: &Option<Plan>, what: &str| -> String {
+        match pl {
+            Some(Plan { design: Some(Design { prompts, samples_per_prompt, .. }), detectable, .. }) => format!(
+                "{what}: **{prompts} prompts × {samples_per_prompt} sample(s)** per seed detect {detectable:.4}."
+            ),
+            Some(pl) => format!(
+                "{what}: no number of prompts or samples reaches {} with {} seeds (the floor from the between-seed variance alone \
+                 is {:.4}); {}.",
+                p.min_difference,
+                w.seeds,
+                pl.floor,
+                match pl.seeds_needed {
+                    Some(s) => format!("**{s} seeds** would lower the floor below it"),
+                    None => format!("not even {} seeds would", stats::MAX_SEEDS),
+                }
+            ),
+            None => String::new(),
+        }
+    };
+    let _ = writeln!(
+        md,
+        "\nTo detect {} with {:.0}% power at {} seeds:\n\n- {}\n- {}\n- {}\n\n(`stats::plan_design` computes these for other \
+         targets; a seed adds a whole training run, a prompt or sample only an evaluation.)\n",
+        p.min_difference,
+        100.0 * p.power,
+        w.seeds,
+        plan_text(&w.plan_prompts, &format!("at α = {}, one sample per prompt", p.alpha)),
+        if c.within_prompt.is_nan() {
+            "more samples per prompt: unknown with one sample per prompt".to_string()
+        } else {
+            plan_text(&w.plan_samples, &format!("at α = {}, with the current number of prompts", p.alpha))
+        },
+        plan_text(&w.plan_prompts_holm, &format!("at Holm's first step (α/{}), one sample per prompt", w.family)),
+    );
+}
+
+fn hyper_md(md: &mut String, a: &Analysis) {
+    let _ = writeln!(
+        md,
+        "\n## Hyper-parameters of the evaluated policies\n\nβ, τ and γ of each policy evaluated above; where a selection \
+         stage chose a value by validation (mean validation advantage over seeds), the choice with its validation advantage \
+         and the number of candidates.\n\n| method | ρ | β | τ | γ | chosen by validation |\n|---|---|---|---|---|---|"
+    );
+    let list = |v: &[f64]| {
+        if v.is_empty() { "–".to_string() } else { v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ") }
+    };
+    for h in &a.hyper {
+        let chosen = if h.chosen.is_empty() {
+            "fixed".to_string()
+        } else {
+            h.chosen
+                .iter()
+                .map(|c| {
+                    let sym = match c.param.as_str() {
+                        "beta" => "β",
+                        "tau" => "τ",
+                        "gamma" => "γ",
+                        other => other,
+                    };
+                    format!(
+                        "{sym} = {} (validation {:+.4}, {} candidates, {} seeds)",
+                        c.value, c.advantage, c.candidates, c.seeds
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            paper::label(&h.label),
+            fmt_rho(h.rho),
+            list(&h.beta),
+            list(&h.tau),
+            list(&h.gamma),
+            chosen
+        );
+    }
+}
+
+fn rm_md(md: &mut String, a: &Analysis) {
+    if a.reward_models.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Reward models\n\nAgainst the oracle on held-out labelled pairs (`eval`): accuracy overall, on pairs whose lengths \
+         differ by less than the margin, and length sensitivity (share of length-differing pairs where the model prefers the \
+         longer response); then agreement with its own training table's labels on rows held out of training. Means over \
+         seeds; n/a where the metrics do not carry the figure.\n\n\
+         | reward model | ρ | ρ′ | seeds | accuracy vs oracle | within margin | length sensitivity | held-out accuracy (own labels) | held-out length sensitivity |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    let mut g: BTreeMap<(String, i64, i64), Vec<&RmRow>> = BTreeMap::new();
+    for r in &a.reward_models {
+        g.entry((r.stage.clone(), rho_key(r.rho), rho_key(r.member))).or_default().push(r);
+    }
+    for rows in g.values() {
+        let m = |f: fn(&RmRow) -> Option<f64>| {
+            let v: Vec<f64> = rows.iter().filter_map(|r| f(r)).collect();
+            (!v.is_empty()).then(|| stats::mean(&v))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            rows[0].stage,
+            fmt_rho(rows[0].rho),
+            fmt_rho(rows[0].member),
+            rows.len(),
+            fmt_opt(m(|r| r.eval_accuracy), 3),
+            fmt_opt(m(|r| r.eval_within_margin), 3),
+            fmt_opt(m(|r| r.eval_length_sensitivity), 3),
+            fmt_opt(m(|r| r.held_out_accuracy), 3),
+            fmt_opt(m(|r| r.length_sensitivity), 3)
+        );
+    }
+}
+
+fn members_md(md: &mut String, a: &Analysis) {
+    let _ = writeln!(
+        md,
+        "\n## e-DPO ensemble members (Fig. B.3)\n\nLeft, as the paper draws it: per ρ, the share of training examples whose \
+         policy implicit reward each member matches best. Right: the share of mini-batches whose minimum distillation loss — \
+         the member e-DPO trains on — was each member. Means over steps and seeds.\n\n| ρ | best match per example | chosen per mini-batch |\n|---|---|---|"
+    );
+    let fmt = |names: &[String], v: &[f64]| {
+        if v.is_empty() {
+            "n/a (no `best_member_<m>` columns)".to_string()
+        } else {
+            v.iter()
+                .enumerate()
+                .map(|(m, x)| format!("{}: {x:.2}", names.get(m).map_or("?", |s| s.as_str())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    for u in &a.members {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            fmt_rho(u.rho),
+            fmt(&u.members, &u.best_per_example),
+            fmt(&u.members, &u.chosen_per_batch)
+        );
+    }
+    let _ = writeln!(md, "\n![member usage](member_usage.png)\n");
+}
+
+/// Which figures were drawn.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Figures {
+    pub trajectories: bool,
+    pub members: bool,
+}
+
+fn draw(a: &Analysis, out: &std::path::Path) -> StageResult<Figures> {
+    plots::register_font();
+    let points: Vec<AdvantagePoint> = a
+        .cells
+        .iter()
+        .map(|c| AdvantagePoint {
+            label: paper::label(&c.label),
+            rho: c.rho,
+            mean: c.advantage.mean,
+            ci_low: c.advantage.ci_low,
+            ci_high: c.advantage.ci_high,
         })
-        .collect()
+        .collect();
+    let labels: Vec<String> = a.labels.iter().map(|l| paper::label(l)).collect();
+    plots::plot_advantage(&out.join("advantage_vs_rho.png"), &points, &labels)?;
+    let rho = a.trajectories.iter().map(|t| t.rho).min_by(|x, y| x.partial_cmp(y).unwrap()).flatten();
+    let names: Vec<String> = a.trajectories.iter().map(|t| paper::name(&t.method)).collect();
+    let runs: Vec<Run> = a
+        .trajectories
+        .iter()
+        .zip(&names)
+        .filter(|(t, _)| rho_key(t.rho) == rho_key(rho))
+        .map(|(t, n)| Run { label: n, step: &t.step, logp_chosen: &t.logp_chosen, logp_rejected: &t.logp_rejected })
+        .collect();
+    let mut methods: Vec<String> = names.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    methods.sort_by_key(|l| (paper::METHODS.iter().position(|m| m.1 == l).unwrap_or(99), l.clone()));
+    Ok(Figures {
+        trajectories: plots::plot_trajectories(&out.join("logp_trajectories.png"), &runs, rho, &methods)?,
+        members: plots::plot_members(&out.join("member_usage.png"), &a.members)?,
+    })
+}
+
+fn results_json(a: &Analysis) -> Value {
+    json!({
+        "alpha": a.params.alpha,
+        "min_difference": a.params.min_difference,
+        "oracle_agreement": a.oracle_agreement,
+        "oracle_at_chance": a.oracle_agreement.map(|o| o.includes_chance()),
+        "cells": a.cells,
+        "findings": a.findings,
+        "contrasts": a.contrasts,
+        "power": a.power,
+        "hyper_parameters": a.hyper,
+        "reward_models": a.reward_models,
+        "member_usage": a.members,
+        "training": a.trajectories.iter().map(|t| json!({"method": t.method, "rho": t.rho, "final_kl": t.final_kl})).collect::<Vec<_>>(),
+    })
 }
 
 impl Stage for Report {
@@ -431,7 +1159,7 @@ impl Stage for Report {
         "report"
     }
     fn doc(&self) -> &'static str {
-        "report.md and PNG figures: advantage vs rho per method with CIs (Fig. 2), log-prob trajectories (Fig. B.1), e-DPO member usage (Fig. B.3)"
+        "report.md and PNG figures: findings of the paper with verdicts, advantage and length-controlled advantage per method and rho (Fig. 2), Holm-corrected paired contrasts, a power estimate, reward models, Fig. B.1 and B.3"
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[
@@ -442,17 +1170,29 @@ impl Stage for Report {
                 doc: "evaluate.summary of every policy (coords rho, method, seed)",
             },
             InputSpec {
+                name: "samples",
+                required: false,
+                many: true,
+                doc: "evaluate.samples of the same evaluations (matched by node): within-seed variance for the power estimate",
+            },
+            InputSpec {
                 name: "metrics",
                 required: false,
                 many: true,
                 doc: "policy.metrics of every policy (coords rho, method, seed)",
             },
-            InputSpec { name: "rm_metrics", required: false, many: true, doc: "reward-model training metrics" },
+            InputSpec { name: "rm_metrics", required: false, many: true, doc: "train_rm.metrics of the reward models" },
             InputSpec {
                 name: "selection",
                 required: false,
                 many: true,
-                doc: "select.selection: β/τ chosen by validation (tabulated; trajectories of other values dropped)",
+                doc: "select.selection: values chosen by validation (tabulated; trajectories of other values dropped)",
+            },
+            InputSpec {
+                name: "oracle_agreement",
+                required: false,
+                many: false,
+                doc: "label.labelled of held-out pairs with human labels: the oracle's agreement with them (real data)",
             },
         ]
     }
@@ -468,210 +1208,173 @@ impl Stage for Report {
 }
 
 pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
-    let p = parse(ctx.params())?;
-    register_font();
-    let evals = ctx.inputs("evals");
-    if evals.is_empty() {
-        return Err(StageError::invalid("evals", "no evaluation summaries are bound to `evals`"));
-    }
-    let mut rows: Vec<EvalRow> = evals.iter().map(read_eval).collect::<StageResult<_>>()?;
-    label_rows(&mut rows);
-    let mut trajs: Vec<Trajectory> = ctx.inputs("metrics").iter().map(read_metrics).collect::<StageResult<_>>()?;
-    let mut chosen: Vec<crate::selection::Choice> = vec![];
-    for a in ctx.inputs("selection") {
-        chosen.extend(crate::selection::read_selection(&a.path)?);
-    }
-    trajs.retain(|t| is_chosen(&chosen, t));
-    let cells = aggregate(&rows);
-    // method order: as METHOD.md lists them, then any others
-    let mut labels: Vec<String> = cells.iter().map(|c| c.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-    let order = |l: &String| {
-        crate::method::Method::ALL.iter().position(|m| l.split(' ').next() == Some(m.name())).unwrap_or(99)
-    };
-    labels.sort_by_key(|l| (order(l), l.clone()));
-    let rhos: Vec<Option<f64>> = {
-        let mut v: Vec<Option<f64>> = cells.iter().map(|c| c.rho).collect();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v.dedup_by(|a, b| rho_key(*a) == rho_key(*b));
-        v
-    };
+    let params = parse(ctx.params())?;
+    // read
+    let inputs = read_inputs(ctx)?;
+    // compute
+    let a = analyse(inputs, params);
+    // write
     let out = ctx.output_path("report");
     std::fs::create_dir_all(&out)?;
-    plot_advantage(&out.join("advantage_vs_rho.png"), &cells, &labels)?;
-    let traj_methods: Vec<String> = {
-        let mut m: Vec<String> = trajs.iter().map(|t| t.method.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-        m.sort_by_key(|l| (order(l), l.clone()));
-        m
-    };
-    let traj_rho = trajs.iter().map(|t| t.rho).min_by(|a, b| a.partial_cmp(b).unwrap()).flatten();
-    let has_traj = plot_trajectories(&out.join("logp_trajectories.png"), &trajs, traj_rho, &traj_methods)?;
-    let usage = member_usage(&trajs);
-    let has_members = plot_members(&out.join("member_usage.png"), &usage)?;
-    // ---- report.md
-    let mut md = String::new();
-    let seeds = rows.iter().filter_map(|r| r.seed).collect::<BTreeSet<_>>().len().max(1);
-    let _ = writeln!(md, "# {}\n", p.title);
-    let _ = writeln!(
-        md,
-        "{} evaluations: {} method configurations × {} values of ρ × {} seed(s). Advantage = mean oracle reward of the policy \
-         minus that of π_ref on held-out prompts (paired by prompt); ± is the half-width of the 95% interval (across seeds when \
-         there are ≥ 2, else the run's own paired interval).\n",
-        rows.len(),
-        labels.len(),
-        rhos.len(),
-        seeds
-    );
-    let _ = writeln!(md, "## Advantage over π_ref\n");
-    let _ = write!(md, "| ρ |");
-    for l in &labels {
-        let _ = write!(md, " {l} |");
-    }
-    let _ = write!(md, "\n|---|");
-    for _ in &labels {
-        let _ = write!(md, "---|");
-    }
-    md.push('\n');
-    let best = best_per_rho(&cells);
-    for r in &rhos {
-        let _ = write!(md, "| {} |", fmt_rho(*r));
-        let best_label = best.iter().find(|b| rho_key(b.0) == rho_key(*r)).map(|b| b.1.clone());
-        for l in &labels {
-            match cells.iter().find(|c| &c.label == l && rho_key(c.rho) == rho_key(*r)) {
-                Some(c) => {
-                    let h = (c.advantage.ci_high - c.advantage.ci_low) / 2.0;
-                    let s = format!("{:+.4} ± {:.4}", c.advantage.mean, h);
-                    if best_label.as_ref() == Some(l) {
-                        let _ = write!(md, " **{s}** |");
-                    } else {
-                        let _ = write!(md, " {s} |");
-                    }
-                }
-                None => {
-                    let _ = write!(md, " – |");
-                }
-            }
-        }
-        md.push('\n');
-    }
-    let _ = writeln!(md, "\n![advantage vs rho](advantage_vs_rho.png)\n");
-    let _ = writeln!(md, "## Best method per ρ\n");
-    let _ = writeln!(
-        md,
-        "| ρ | best | runner-up | difference | Wald z | p | significant (p < {}) |\n|---|---|---|---|---|---|---|",
-        p.alpha
-    );
-    let mut best_json = vec![];
-    for (rho, label, second) in &best {
-        match second {
-            Some((l2, t)) => {
-                let _ = writeln!(
-                    md,
-                    "| {} | {label} | {l2} | {:+.4} | {:.2} | {:.3} | {} |",
-                    fmt_rho(*rho),
-                    t.diff,
-                    t.stat,
-                    t.p_value,
-                    if t.p_value < p.alpha { "yes" } else { "no" }
-                );
-                best_json.push(
-                    json!({"rho": rho, "best": label, "runner_up": l2, "test": t, "significant": t.p_value < p.alpha}),
-                );
-            }
-            None => {
-                let _ = writeln!(md, "| {} | {label} | – | | | | |", fmt_rho(*rho));
-                best_json.push(json!({"rho": rho, "best": label}));
-            }
-        }
-    }
-    let _ = writeln!(md, "\n## Win rate, length and KL\n");
-    let _ = writeln!(
-        md,
-        "| method | ρ | seeds | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n|---|---|---|---|---|---|---|"
-    );
-    for l in &labels {
-        for r in &rhos {
-            if let Some(c) = cells.iter().find(|c| &c.label == l && rho_key(c.rho) == rho_key(*r)) {
-                let _ = writeln!(
-                    md,
-                    "| {l} | {} | {} | {:.3} | {:.1} | {:.1} | {:.3} |",
-                    fmt_rho(*r),
-                    c.seeds,
-                    c.win_rate,
-                    c.mean_len,
-                    c.ref_mean_len,
-                    c.kl
-                );
-            }
-        }
-    }
-    if has_traj {
-        let _ = writeln!(
-            md,
-            "\n## Likelihood of the training responses (Fig. B.1)\n\nMean log π_θ of the chosen (y_w) and rejected (y_l) responses \
-             of each training mini-batch, at ρ = {}, averaged over seeds (each point is one mini-batch, so the curves are \
-             noisy). The paper reports that DPO pushes both down (likelihood collapse) while distillation and pessimism keep \
-             them near π_ref: compare with the curves measured here.\n\n![log-prob trajectories](logp_trajectories.png)\n",
-            fmt_rho(traj_rho)
-        );
-    }
-    if has_members {
-        let _ =
-            writeln!(md, "\n## e-DPO ensemble-member usage (Fig. B.3)\n\n| ρ | share of steps per member |\n|---|---|");
-        for (rho, u) in usage.values() {
-            let s: Vec<String> = u.iter().enumerate().map(|(m, v)| format!("m{m}: {v:.2}")).collect();
-            let _ = writeln!(md, "| {} | {} |", fmt_rho(*rho), s.join(", "));
-        }
-        let _ = writeln!(md, "\n![member usage](member_usage.png)\n");
-    }
-    if !chosen.is_empty() {
-        let _ = writeln!(
-            md,
-            "\n## β/τ chosen by validation\n\nPer method and ρ, the value with the highest mean oracle advantage over π_ref on the \
-             validation prompts (mean over seeds); the tables above evaluate that policy on the test prompts.\n\n\
-             | method | ρ | parameter | chosen | validation advantage | candidates |\n|---|---|---|---|---|---|"
-        );
-        for c in &chosen {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {:+.4} | {} |",
-                c.method,
-                fmt_rho(c.rho),
-                c.param,
-                c.value,
-                c.advantage,
-                c.candidates
-            );
-        }
-    }
-    let rm = ctx.inputs("rm_metrics");
-    if !rm.is_empty() {
-        let _ = writeln!(md, "\n## Reward models\n\n| node | metrics |\n|---|---|");
-        for a in rm {
-            let kv = if a.path.is_file() { table::read_kv(&a.path).unwrap_or_default() } else { vec![] };
-            let s: Vec<String> = kv
-                .iter()
-                .filter(|(k, _)| k.starts_with("rmdistill.") && k != "rmdistill.stage")
-                .map(|(k, v)| format!("{}={}", k.trim_start_matches("rmdistill."), v))
-                .collect();
-            let _ = writeln!(md, "| {} | {} |", a.node, s.join(", "));
-        }
-    }
-    std::fs::write(out.join("report.md"), &md)?;
-    let results = json!({
-        "cells": cells,
-        "best": best_json,
-        "member_usage": usage.values().map(|(r, u)| json!({"rho": r, "share": u})).collect::<Vec<_>>(),
-        "training": trajs.iter().map(|t| json!({"method": t.method, "rho": t.rho, "final_kl": t.final_kl})).collect::<Vec<_>>(),
-    });
+    let figures = draw(&a, &out)?;
+    std::fs::write(out.join("report.md"), markdown(&a, &figures))?;
+    let results = results_json(&a);
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results).map_err(anyhow::Error::from)? + "\n",
     )?;
     ctx.log(&format!(
-        "report: {} evaluations, {} cells, figures written to {}",
-        rows.len(),
-        cells.len(),
+        "report: {} evaluations, {} cells, written to {}",
+        a.evaluations,
+        a.cells.len(),
         out.display()
     ));
-    Ok(json!({"evaluations": rows.len(), "cells": cells.len(), "best": best_json}))
+    Ok(json!({
+        "evaluations": a.evaluations,
+        "cells": a.cells.len(),
+        "findings": a.findings.iter().map(|f| json!({"id": f.id, "verdict": f.verdict})).collect::<Vec<_>>(),
+        "oracle_at_chance": a.oracle_agreement.map(|o| o.includes_chance()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paper::Verdict;
+    use arrow::array::{ArrayRef, Int8Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn row(method: &str, rho: f64, seed: i64, adv: f64) -> EvalRow {
+        EvalRow {
+            node: format!("eval_{method}@rho={rho},seed={seed}"),
+            label: method.into(),
+            method: method.into(),
+            rho: Some(rho),
+            seed: Some(seed),
+            advantage: Estimate { mean: adv, se: 0.01, n: 200, ci_low: adv - 0.02, ci_high: adv + 0.02 },
+            win_rate: 0.5,
+            mean_len: 10.0,
+            ref_mean_len: 9.0,
+            kl: 1.0,
+            beta: Some(0.1),
+            tau: None,
+            gamma: None,
+            stats: None,
+        }
+    }
+
+    #[test]
+    fn contrasts_are_paired_over_seeds_and_holm_corrected_per_rho() {
+        // ρ = 0.4 with DPO, IPO and d-DPO: the family is {d-DPO − DPO, d-DPO − IPO} (m = 2).
+        // d-DPO − DPO per seed: (0.10, 0.04, 0.14) → t = 3.2118 on 2 df, p = 0.084791 (worked in stats.rs).
+        // d-DPO − IPO per seed: (0.05, 0.06, 0.07): mean 0.06, sd 0.01, se 0.0057735, t = 10.3923 on 2 df;
+        // F(t) = ½ + t/(2√(2 + t²)) = 0.5 + 10.3923/(2·√110) = 0.995433, p = 0.009134.
+        // Holm: 0.009134·2 = 0.018268 (d-DPO − IPO), then max(0.018268, 0.084791·1) = 0.084791 (d-DPO − DPO).
+        let mut rows = vec![];
+        for (s, (d, dpo, ipo)) in [(0.30, 0.20, 0.25), (0.25, 0.21, 0.19), (0.41, 0.27, 0.34)].into_iter().enumerate() {
+            rows.push(row("d-dpo", 0.4, s as i64, d));
+            rows.push(row("dpo", 0.4, s as i64, dpo));
+            rows.push(row("ipo", 0.4, s as i64, ipo));
+        }
+        let (c, vars) = contrasts(&rows, &HashMap::new());
+        assert_eq!(c.len(), 2);
+        let dd = c.iter().find(|c| c.second == "dpo").unwrap();
+        let di = c.iter().find(|c| c.second == "ipo").unwrap();
+        assert!((dd.test.p_value - 0.084791).abs() < 2e-6 && (dd.p_holm - 0.084791).abs() < 2e-6, "{dd:?}");
+        assert!((di.test.stat - 10.3923).abs() < 1e-3, "{di:?}");
+        assert!((di.test.p_value - 0.009134).abs() < 2e-6 && (di.p_holm - 0.018268).abs() < 4e-6, "{di:?}");
+        assert_eq!((dd.family, dd.seeds), (2, 3));
+        assert_eq!(di.direction(0.05), "better");
+        assert_eq!(dd.direction(0.05), "n.s.");
+        // variance over seeds without samples tables: no split
+        assert_eq!(vars.len(), 2);
+        assert!(vars.iter().all(|v| v.sampling_var.is_nan()));
+        let p = power(&vars, 2, &Params::default()).unwrap();
+        assert!(p.components.is_none() && p.detectable > 0.0 && p.detectable_holm > p.detectable);
+    }
+
+    fn six_methods(rho: f64, gain: [f64; 3]) -> Vec<EvalRow> {
+        // DPO and IPO near each other; d-DPO, dp-DPO, e-DPO at DPO + gain (per method) ± 0.001 over 3 seeds
+        let mut rows = vec![];
+        for s in 0..3 {
+            let base = 0.1 * s as f64;
+            let e = [0.001, -0.001, 0.0][s as usize];
+            rows.push(row("dpo", rho, s, base));
+            rows.push(row("ipo", rho, s, base + 0.01 + e));
+            rows.push(row("p-dpo", rho, s, base + 0.02 - e));
+            rows.push(row("d-dpo", rho, s, base + gain[0] + e));
+            rows.push(row("dp-dpo", rho, s, base + gain[1] - e));
+            rows.push(row("e-dpo", rho, s, base + gain[2] + 2.0 * e));
+        }
+        rows
+    }
+
+    #[test]
+    fn findings_from_constructed_evaluations() {
+        let inputs = |rows| Inputs { evals: rows, ..Default::default() };
+        // ρ = 0.4: every distillation method 0.5 above DPO and IPO, consistently over seeds → holds
+        let a = analyse(inputs(six_methods(0.4, [0.5, 0.5, 0.5])), Params::default());
+        assert_eq!(a.findings[0].verdict, Verdict::Holds, "{:?}", a.findings[0]);
+        // no ρ ≤ 0.3 or > 0.5 was run: those findings are not tested
+        assert_eq!(a.findings[1].verdict, Verdict::NotTested);
+        assert_eq!(a.findings[2].verdict, Verdict::NotTested);
+        // e-DPO 0.5 below: contradicted
+        let a = analyse(inputs(six_methods(0.4, [0.5, 0.5, -0.5])), Params::default());
+        assert_eq!(a.findings[0].verdict, Verdict::Contradicted);
+        // noisy gains: inconclusive
+        let mut rows = six_methods(0.4, [0.5, 0.5, 0.5]);
+        for r in rows.iter_mut().filter(|r| r.method == "d-dpo") {
+            r.advantage.mean = [0.9, -0.4, 0.3][r.seed.unwrap() as usize];
+        }
+        let a = analyse(inputs(rows), Params::default());
+        assert_eq!(a.findings[0].verdict, Verdict::Inconclusive);
+        let md = markdown(&a, &Figures::default());
+        for needle in
+            ["| **inconclusive** |", "d-DPO − DPO", "e-DPO", "dp-DPO", "p-DPO", "IPO", "Holm p", "Power of this design"]
+        {
+            assert!(md.contains(needle), "report lacks {needle}:\n{md}");
+        }
+        // the pipeline's lower-case strings never reach a table or legend
+        for raw in ["| dpo", "| e-dpo", "| d-dpo"] {
+            assert!(!md.contains(raw), "{raw} in:\n{md}");
+        }
+    }
+
+    fn labelled(dir: &std::path::Path, agree: usize, n: usize) -> InputArtifact {
+        // oracle label 0 everywhere; human label 0 on `agree` rows, 1 on the rest
+        let human: Vec<Option<i8>> = (0..n).map(|i| Some(if i < agree { 0 } else { 1 })).collect();
+        let schema = Schema::new(vec![
+            Field::new("label", DataType::Int8, true),
+            Field::new("human_label", DataType::Int8, true),
+        ]);
+        let cols: Vec<ArrayRef> = vec![Arc::new(Int8Array::from(vec![Some(0i8); n])), Arc::new(Int8Array::from(human))];
+        let path = dir.join(format!("labelled-{agree}-{n}.parquet"));
+        table::write_table(&path, &RecordBatch::try_new(Arc::new(schema), cols).unwrap(), &[]).unwrap();
+        InputArtifact { path, hash: String::new(), node: "label_eval".into(), coords: BTreeMap::new() }
+    }
+
+    #[test]
+    fn a_chance_level_oracle_is_flagged_at_the_top() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = |agree, n| {
+            let o = read_agreement(&labelled(dir.path(), agree, n)).unwrap();
+            let a = analyse(
+                Inputs { evals: six_methods(0.5, [0.1, 0.1, 0.1]), oracle_agreement: Some(o), ..Default::default() },
+                Params::default(),
+            );
+            markdown(&a, &Figures::default())
+        };
+        // 52 of 100: Wilson [0.423, 0.615] includes 0.5 → warned, before any table
+        let md = report(52, 100);
+        let warn = md.find("the ground truth is no better than a coin").expect("warning");
+        assert!(warn < md.find("## Findings").unwrap(), "{md}");
+        assert!(md.contains("52.0% of 100 pairs"), "{md}");
+        // 320 of 400 (0.80): Wilson [0.758, 0.836] → stated, not warned
+        let md = report(320, 400);
+        assert!(md.contains("80.0% of 400 pairs") && !md.contains("no better than a coin"), "{md}");
+        // a table without human labels is an error naming the slot
+        let none = labelled(dir.path(), 0, 0);
+        assert!(matches!(read_agreement(&none), Err(StageError::Invalid { field, .. }) if field == "oracle_agreement"));
+    }
 }
