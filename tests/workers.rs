@@ -68,10 +68,8 @@ fn workers_under(dir: &Path) -> Vec<(i32, String)> {
         if !job.starts_with(dir) || !alive(pid) {
             continue;
         }
-        if let Ok(j) = std::fs::read(&job).map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
-            if let Ok(j) = j {
-                out.push((pid, j["node"].as_str().unwrap_or_default().to_string()));
-            }
+        if let Ok(Ok(j)) = std::fs::read(&job).map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
+            out.push((pid, j["node"].as_str().unwrap_or_default().to_string()));
         }
     }
     out

@@ -260,7 +260,8 @@ pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
         opt_f64(&t, c)
             .ok_or_else(|| StageError::invalid("evals", format!("{} ({}): missing `{c}`", a.node, a.path.display())))
     };
-    let method = data_io::coord_str(&a.coords, "method").or_else(|| opt_str(&t, "method")).unwrap_or_else(|| a.node.clone());
+    let method =
+        data_io::coord_str(&a.coords, "method").or_else(|| opt_str(&t, "method")).unwrap_or_else(|| a.node.clone());
     // γ is recorded only in the policy's info (the summary's metadata)
     let info: Value = table::read_kv(&a.path)
         .ok()

@@ -1089,7 +1089,7 @@ mod tests {
             ("empty.jsonl", "\n  \n".to_string(), json!({}), "path", vec!["empty dataset"]),
             (
                 "forced_format.jsonl",
-                format!("{good}"),
+                good.to_string(),
                 json!({"format": "unlabeled"}),
                 "response_a",
                 vec!["line 1", "missing"],

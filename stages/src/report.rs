@@ -31,10 +31,10 @@
 
 use crate::data_io;
 use crate::eval_stats::{self, ContrastVariance, Scores};
+use crate::evaluation::{EvalRow, kv_get, read_eval};
 use crate::paper::{self, Assessment, Contrast};
 use crate::plots::{self, AdvantagePoint, MemberUsage, Run};
 use crate::port::*;
-use crate::evaluation::{EvalRow, kv_get, read_eval};
 use crate::selection::{Choice, rho_key};
 use crate::stats::{self, Components, Design, Estimate, Plan, Proportion};
 use crate::table;
@@ -1223,12 +1223,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         out.join("results.json"),
         serde_json::to_string_pretty(&results).map_err(anyhow::Error::from)? + "\n",
     )?;
-    ctx.log(&format!(
-        "report: {} evaluations, {} cells, written to {}",
-        a.evaluations,
-        a.cells.len(),
-        out.display()
-    ));
+    ctx.log(&format!("report: {} evaluations, {} cells, written to {}", a.evaluations, a.cells.len(), out.display()));
     Ok(json!({
         "evaluations": a.evaluations,
         "cells": a.cells.len(),

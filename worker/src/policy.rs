@@ -132,11 +132,10 @@ fn read_rewards(path: &Path, pairs: &Pairs) -> StageResult<Rewards> {
         out.r_b.push(wb[i].clone());
     }
     let kv = table::read_kv(path)?;
-    if let Some((_, v)) = kv.iter().find(|(k, _)| k == "rmdistill.members") {
-        if let Ok(Value::Array(a)) = serde_json::from_str::<Value>(v) {
-            out.member_names =
-                a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect();
-        }
+    if let Some((_, v)) = kv.iter().find(|(k, _)| k == "rmdistill.members")
+        && let Ok(Value::Array(a)) = serde_json::from_str::<Value>(v)
+    {
+        out.member_names = a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect();
     }
     if out.member_names.len() != members {
         out.member_names = (0..members).map(|m| format!("member{m}")).collect();
@@ -391,7 +390,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             if first && p.check_ref_logp && reduction == Reduction::Sum && ref_source == "rewards table" {
                 let diff = scalar(&(&pi_1 - &ref_1).abs().max().maximum(&(&pi_2 - &ref_2).abs().max()));
                 let tol = if device.is_cuda() { 0.5 } else { 1e-2 };
-                if !(diff <= tol) {
+                if diff.is_nan() || diff > tol {
                     return Err(StageError::invalid(
                         "rewards",
                         format!(

@@ -188,6 +188,8 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let blocks = distinct.len().div_ceil(p.sample_batch);
     let my_blocks = data_io::shard_range(blocks, p.shard, p.shards);
     let (mut s_prompt, mut s_resp, mut s_lp, mut s_fin) = (vec![], vec![], vec![], vec![]);
+    // (a loop over no samples when samples_per_prompt = 0)
+    #[allow(clippy::manual_checked_ops)]
     if p.samples_per_prompt > 0 {
         for k in my_blocks.clone() {
             let block = &distinct[k * p.sample_batch..((k + 1) * p.sample_batch).min(distinct.len())];

@@ -24,12 +24,11 @@ pub fn read_prompts(path: &std::path::Path, split: &str, slot: &str) -> StageRes
     let mut seen = HashSet::new();
     let mut out = vec![];
     for (i, pr) in prompts.into_iter().enumerate() {
-        if split != "all" {
-            if let Some(s) = &splits {
-                if s[i] != split {
-                    continue;
-                }
-            }
+        if split != "all"
+            && let Some(s) = &splits
+            && s[i] != split
+        {
+            continue;
         }
         if seen.insert(pr.clone()) {
             out.push((pr, i as u32));

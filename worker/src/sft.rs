@@ -34,8 +34,11 @@ pub fn build_config(a: &ArchParams, tok: &Codec) -> ModelConfig {
     c
 }
 
+/// (prompt, response) pairs.
+type Demos = Vec<(String, String)>;
+
 /// Demonstrations (prompt, response) split into (train, eval) from a corpus or labelled pairs table.
-fn demonstrations(path: &Path) -> StageResult<(Vec<(String, String)>, Vec<(String, String)>, &'static str)> {
+fn demonstrations(path: &Path) -> StageResult<(Demos, Demos, &'static str)> {
     let schema = table::read_schema(path)?;
     let has = |c: &str| schema.index_of(c).is_ok();
     if has("prompt") && has("summary") {

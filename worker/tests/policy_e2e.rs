@@ -106,8 +106,8 @@ fn text(rng: &mut u64, n: usize) -> String {
 fn rewards_table(path: &Path, ids: &[String], ra: &[f64], rb: &[f64], members: &[Vec<(f64, f64)>]) {
     let mut la = ListBuilder::new(Float64Builder::new());
     let mut lb = ListBuilder::new(Float64Builder::new());
-    for i in 0..ids.len() {
-        for m in &members[i] {
+    for row in &members[..ids.len()] {
+        for m in row {
             la.values().append_value(m.0);
             lb.values().append_value(m.1);
         }
