@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[test]
 fn run_rerun_and_change_one_sweep_value() {
@@ -20,12 +20,10 @@ fn run_rerun_and_change_one_sweep_value() {
     assert!(err.contains("] cached  gen"), "{err}");
     assert!(s(&o.stdout).contains("12 ran, 25 cached, 0 failed, 0 skipped in"), "{}", s(&o.stdout));
 
-    // A second run does nothing, says so, and is quick.
-    let t = Instant::now();
+    // A second run does nothing and says so (its speed is measured in scripts/bench, not asserted here).
     let out = w.ok(&["run", "m.toml"]);
     assert!(out.contains("nothing to do: all 25 nodes cached"), "{out}");
     assert!(w.ok(&["run", "m.toml", "--set", "seeds=[0, 1, 2]"]).contains("nothing to do: all 37 nodes cached"));
-    assert!(t.elapsed() < Duration::from_secs(2), "no-op run took {:?}", t.elapsed());
 
     // One sweep value changes: exactly the nodes at that value run, nothing else.
     let changed = w.run_json(&["m.toml", "--set", "rhos=[0.2, 0.5, 0.7]"]);
