@@ -26,12 +26,15 @@ fn out_of_range_settings_are_refused_before_work_starts() {
         "rhos=[0.2, 1.5]",
         &["robust-distill.toml:", "d_rho@rho=1.5,seed=0: param `rho`: must be in [0, 1], got 1.5"],
     );
-    refused("beta_e_dpo=0", &["e_dpo@rho=0.2,seed=0: param `beta`: must be a finite number > 0, got 0"]);
+    refused(
+        "betas_e_dpo=[0]",
+        &["cand_e_dpo@beta=0,gamma=0.01,rho=0.2,seed=0: ", "param `beta`: must be a finite number > 0, got 0"],
+    );
     refused("betas_dpo=[0.1, -1]", &["param `beta`: must be a finite number > 0, got -1"]);
     refused("taus_ipo=[0]", &["param `tau`: must be a finite number > 0, got 0"]);
     refused("members=[]", &["sweep `member` is empty"]);
     refused("size=0", &["param `size`"]);
-    refused("gamma=-1", &["param `gamma`: must be finite and >= 0, got -1"]);
-    refused("val_prompts=0", &["val_dpo@", "param `n_prompts`: must be >= 1"]);
+    refused("gammas=[-1]", &["param `gamma`: must be finite and >= 0, got -1"]);
+    refused("val_prompts=0", &["val_d_dpo@beta=0.1,rho=0.2,seed=0", "param `n_prompts`: must be >= 1"]);
     refused("no_such_var=1", &["declares no variable `no_such_var`"]);
 }

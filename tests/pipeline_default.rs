@@ -1,6 +1,7 @@
 //! The paper's experiment end to end through the binary, on the embedded synthetic task at a small size: every
-//! stage from synth to the report (DPO's β and IPO's τ chosen by validation), a cached re-run, one method's β
-//! changed, the DPO candidates changed, and a sharded evaluation merged back equal to the unsharded one.
+//! stage from synth to the report (every method's β — τ for IPO — and the pessimistic methods' γ chosen by
+//! validation), a cached re-run, one method's grid changed, the DPO candidates changed, and a sharded evaluation
+//! merged back equal to the unsharded one.
 
 mod common;
 use common::*;
@@ -28,6 +29,19 @@ const SMALL: &[&str] = &[
     "eval_prompts=40",
     "--set",
     "val_prompts=40",
+    // two candidates per grid (γ: two as well), so that every method's selection is exercised at a small size
+    "--set",
+    "betas_dpo=[0.1, 1.0]",
+    "--set",
+    "taus_ipo=[0.1, 1.0]",
+    "--set",
+    "betas_p_dpo=[0.1, 1.0]",
+    "--set",
+    "betas_d_dpo=[0.1, 1.0]",
+    "--set",
+    "betas_dp_dpo=[0.1, 1.0]",
+    "--set",
+    "betas_e_dpo=[0.1, 1.0]",
 ];
 
 fn args<'a>(head: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
@@ -71,11 +85,17 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     ] {
         assert!(md.contains(needle), "report lacks {needle}:\n{md}");
     }
-    // Selection: 3 β (τ) candidates per ρ were trained and validated; the report lists DPO and IPO once each
-    // (the chosen value), and the test evaluation read the chosen candidate.
+    // Selection: every method's candidates (2 β or τ; × 2 γ for the pessimistic methods) were trained and validated
+    // per ρ on seed 0; the report lists each method once (the chosen values), and the final policies were trained
+    // with the chosen values.
     let ran = nodes_with(&first, "ran");
-    assert_eq!(ran.iter().filter(|n| n.starts_with("dpo@")).count(), 6);
-    assert_eq!(ran.iter().filter(|n| n.starts_with("val_ipo@")).count(), 6);
+    let count = |prefix: &str| ran.iter().filter(|n| n.starts_with(prefix)).count();
+    for (stage, per_rho) in [("dpo", 2), ("ipo", 2), ("p_dpo", 4), ("d_dpo", 2), ("dp_dpo", 4), ("e_dpo", 4)] {
+        assert_eq!(count(&format!("cand_{stage}@")), 2 * per_rho, "{stage}");
+        assert_eq!(count(&format!("val_{stage}@")), 2 * per_rho, "{stage}");
+        assert_eq!(count(&format!("{stage}@")), 2, "{stage}");
+        assert_eq!(count(&format!("select_{stage}")), 1, "{stage}");
+    }
     assert!(!md.contains("DPO β="), "a chosen β must not split DPO into several columns:\n{md}");
     let sel: serde_json::Value = serde_json::from_str(&w.ok(&args(&["show", m, "select_dpo", "--json"], &[]))).unwrap();
     let rows = sel["preview"].as_array().unwrap();
@@ -90,6 +110,14 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
         assert_eq!(eval["preview"][0]["beta"].as_f64(), Some(chosen), "{eval}");
         assert_eq!(eval["preview"][0]["split"], "test");
     }
+    // e-DPO's β and γ are chosen together, from its 4 candidates per ρ
+    let sel: serde_json::Value =
+        serde_json::from_str(&w.ok(&args(&["show", m, "select_e_dpo", "--json"], &[]))).unwrap();
+    for r in sel["preview"].as_array().unwrap() {
+        assert_eq!(r["candidates"].as_u64(), Some(4), "{sel}");
+        assert!([0.01, 0.1].contains(&r["gamma"].as_f64().unwrap()), "{sel}");
+        assert!([0.1, 1.0].contains(&r["value"].as_f64().unwrap()), "{sel}");
+    }
     for png in ["advantage_vs_rho.png", "logp_trajectories.png", "member_usage.png"] {
         let bytes = std::fs::read(w.path().join("rep").join(png)).unwrap();
         assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{png}");
@@ -97,22 +125,45 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
 
     assert_eq!(w.run_json(&args(&[m], &[]))["ran"], 0);
 
-    // Changing e-DPO's β re-runs e-DPO, its evaluations and the report — nothing else.
-    let changed = w.run_json(&args(&[m], &["--set", "beta_e_dpo=0.3"]));
+    // A third β for e-DPO trains and validates only the new candidates (2 ρ × 2 γ), then e-DPO's selection, its
+    // final policies and their evaluations, and the report — nothing else.
+    let grid = "betas_e_dpo=[0.1, 1.0, 3.0]";
+    let changed = w.run_json(&args(&[m], &["--set", grid]));
     let ran = nodes_with(&changed, "ran");
-    let mut expected = vec!["report".to_string()];
-    for rho in ["0.2", "0.8"] {
-        expected.push(format!("e_dpo@rho={rho},seed=0"));
-        expected.push(format!("eval_e_dpo@rho={rho},seed=0"));
-    }
-    expected.sort();
-    assert_eq!(ran, expected);
+    let new_cands: Vec<&String> = ran.iter().filter(|n| n.starts_with("cand_e_dpo@")).collect();
+    assert_eq!(new_cands.len(), 4, "{ran:?}");
+    assert!(new_cands.iter().all(|n| n.contains("beta=3")), "{ran:?}");
+    assert_eq!(ran.iter().filter(|n| n.starts_with("val_e_dpo@")).count(), 4, "{ran:?}");
+    let rest: Vec<&String> =
+        ran.iter().filter(|n| !n.starts_with("cand_e_dpo@") && !n.starts_with("val_e_dpo@")).collect();
+    assert_eq!(
+        rest,
+        [
+            "e_dpo@rho=0.2,seed=0",
+            "e_dpo@rho=0.8,seed=0",
+            "eval_e_dpo@rho=0.2,seed=0",
+            "eval_e_dpo@rho=0.8,seed=0",
+            "report",
+            "select_e_dpo"
+        ]
+        .iter()
+        .collect::<Vec<_>>(),
+        "{ran:?}"
+    );
 
-    // Dropping one DPO candidate: every policy is cached; the selection, DPO's test evaluations and the report re-run.
-    let fewer = w.run_json(&args(&[m], &["--set", "beta_e_dpo=0.3", "--set", "betas_dpo=[0.1, 1.0]"]));
+    // Dropping one DPO candidate: every candidate is cached; DPO's selection, its final policies (they read the
+    // selection) and their evaluations, and the report re-run.
+    let fewer = w.run_json(&args(&[m], &["--set", grid, "--set", "betas_dpo=[0.1]"]));
     assert_eq!(
         nodes_with(&fewer, "ran"),
-        vec!["eval_dpo@rho=0.2,seed=0", "eval_dpo@rho=0.8,seed=0", "report", "select_dpo"],
+        vec![
+            "dpo@rho=0.2,seed=0",
+            "dpo@rho=0.8,seed=0",
+            "eval_dpo@rho=0.2,seed=0",
+            "eval_dpo@rho=0.8,seed=0",
+            "report",
+            "select_dpo"
+        ],
         "{fewer}"
     );
 
@@ -171,7 +222,7 @@ sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
 
 [stages.unselected]
 kind = "evaluate"
-inputs = {{ policy = "dpo.model", reference = "sft.model", prompts = "synth.corpus" }}
+inputs = {{ policy = "cand_dpo.model", reference = "sft.model", prompts = "synth.corpus" }}
 sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
 params = {{ oracle = "synthetic", seed = "${{seed}}" }}
 "#,
@@ -181,5 +232,5 @@ params = {{ oracle = "synthetic", seed = "${{seed}}" }}
     let o = w.run(&args(&["run", bad.to_str().unwrap(), "unselected@rho=0.2,seed=0"], &[]));
     assert_eq!(o.status.code(), Some(1));
     let err = s(&o.stdout) + &s(&o.stderr);
-    assert!(err.contains("3 policies are bound") && err.contains("selection"), "{err}");
+    assert!(err.contains("2 policies are bound") && err.contains("selection"), "{err}");
 }

@@ -14,6 +14,9 @@
 //! (mean `log π_θ` of y_w / y_l), kl (estimate), gamma, and for e-DPO chosen_member, member_loss_<m> and
 //! best_member_<m> (share of the batch's examples best matched by member m).
 //!
+//! With `selection` bound (a `select` stage's output), the node trains with the β (τ for IPO) and, where chosen, γ
+//! that validation chose for its method and ρ (ρ from the `pairs` input); the parameters must then not set them.
+//!
 //! Outputs: `model` (Dir: a Hugging Face checkpoint with the reference's tokenizer, plus `rmdistill_policy.json`
 //! recording method and hyper-parameters) and `metrics` (Parquet, one row per optimizer step).
 //!
@@ -111,6 +114,14 @@ fn positive(field: &str, v: f64) -> StageResult<()> {
     }
 }
 
+/// The checks made before any work. γ may be missing here: a bound `selection` can choose it (the run checks again
+/// with the choice applied, and says what is missing then).
+pub fn validate(params: &Map<String, Value>) -> StageResult<()> {
+    let mut p = params.clone();
+    p.entry("gamma").or_insert(Value::from(0.0));
+    parse(&p).map(|_| ())
+}
+
 pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     let p: Params = parse_params(params)?;
     positive("beta", p.beta)?;
@@ -174,6 +185,12 @@ impl Stage for Policy {
                 many: false,
                 doc: "precompute.ref_samples: samples from pi_ref for the KL term",
             },
+            InputSpec {
+                name: "selection",
+                required: false,
+                many: false,
+                doc: "select.selection: train with the beta/tau (and gamma) chosen by validation for this method and rho",
+            },
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
@@ -183,7 +200,7 @@ impl Stage for Policy {
         ]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
-        parse(params).map(|_| ())
+        validate(params)
     }
     fn wants_gpu(&self) -> bool {
         true

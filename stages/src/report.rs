@@ -990,8 +990,9 @@ fn hyper_md(md: &mut String, a: &Analysis) {
     let _ = writeln!(
         md,
         "\n## Hyper-parameters of the evaluated policies\n\nβ, τ and γ of each policy evaluated above; where a selection \
-         stage chose a value by validation (mean validation advantage over seeds), the choice with its validation advantage \
-         and the number of candidates.\n\n| method | ρ | β | τ | γ | chosen by validation |\n|---|---|---|---|---|---|"
+         stage chose a value by validation (mean validation advantage over seeds), the choice with its validation advantage, \
+         the number of candidates and the number of seeds the candidates were trained on (candidates may be trained on \
+         fewer seeds than the comparison; the final policies are trained with the chosen values on every seed).\n\n| method | ρ | β | τ | γ | chosen by validation |\n|---|---|---|---|---|---|"
     );
     let list = |v: &[f64]| {
         if v.is_empty() { "–".to_string() } else { v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ") }
@@ -1009,9 +1010,14 @@ fn hyper_md(md: &mut String, a: &Analysis) {
                         "gamma" => "γ",
                         other => other,
                     };
+                    let gamma = c.gamma.map(|g| format!(", γ = {g}")).unwrap_or_default();
                     format!(
-                        "{sym} = {} (validation {:+.4}, {} candidates, {} seeds)",
-                        c.value, c.advantage, c.candidates, c.seeds
+                        "{sym} = {}{gamma} (validation {:+.4}, {} candidates, {} seed{})",
+                        c.value,
+                        c.advantage,
+                        c.candidates,
+                        c.seeds,
+                        if c.seeds == 1 { "" } else { "s" }
                     )
                 })
                 .collect::<Vec<_>>()

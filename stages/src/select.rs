@@ -29,30 +29,42 @@ fn d_tau_methods() -> Vec<String> {
     vec!["ipo".into()]
 }
 
-/// One (method, ρ) group of [`choose`]: ρ, the parameter's name, value bits → (value, advantages over seeds).
-type Group = (Option<f64>, String, BTreeMap<i64, (f64, Vec<f64>)>);
+/// One validation result: method, ρ, the swept parameter's name and value, γ where candidates differ in it, and the
+/// validation advantage.
+pub struct Candidate {
+    pub method: String,
+    pub rho: Option<f64>,
+    pub param: String,
+    pub value: f64,
+    pub gamma: Option<f64>,
+    pub advantage: f64,
+}
 
-/// (method, ρ, param, value, advantage) rows → the best value per (method, ρ).
-pub fn choose(rows: &[(String, Option<f64>, String, f64, f64)]) -> Vec<Choice> {
-    // (method, rho key) → value bits → advantages
+/// One (method, ρ) group of [`choose`]: ρ, the parameter's name, (value, γ) bits → (value, γ, advantages over seeds).
+type Group = (Option<f64>, String, BTreeMap<(i64, i64), (f64, Option<f64>, Vec<f64>)>);
+
+/// Validation results → the best (value, γ) per (method, ρ): the highest mean advantage over seeds (ties: the
+/// smaller value, then the smaller γ).
+pub fn choose(rows: &[Candidate]) -> Vec<Choice> {
+    let bits = |v: f64| (v * 1e9).round() as i64;
     let mut g: BTreeMap<(String, i64), Group> = BTreeMap::new();
-    for (m, rho, param, v, adv) in rows {
-        let key = (m.clone(), rho_key(*rho));
-        let e = g.entry(key).or_insert((*rho, param.clone(), BTreeMap::new()));
-        e.2.entry((v * 1e9).round() as i64).or_insert((*v, vec![])).1.push(*adv);
+    for r in rows {
+        let e = g.entry((r.method.clone(), rho_key(r.rho))).or_insert((r.rho, r.param.clone(), BTreeMap::new()));
+        let key = (bits(r.value), r.gamma.map_or(i64::MIN, bits));
+        e.2.entry(key).or_insert((r.value, r.gamma, vec![])).2.push(r.advantage);
     }
     g.into_iter()
         .map(|((method, _), (rho, param, vals))| {
             let candidates = vals.len();
-            let mut best: Option<(f64, f64, usize)> = None;
-            for (v, advs) in vals.into_values() {
+            let mut best: Option<(f64, Option<f64>, f64, usize)> = None;
+            for (v, gamma, advs) in vals.into_values() {
                 let a = crate::stats::mean(&advs);
-                if best.is_none_or(|b| a > b.1) {
-                    best = Some((v, a, advs.len()));
+                if best.is_none_or(|b| a > b.2) {
+                    best = Some((v, gamma, a, advs.len()));
                 }
             }
-            let (value, advantage, seeds) = best.unwrap();
-            Choice { method, rho, param, value, advantage, seeds, candidates }
+            let (value, gamma, advantage, seeds) = best.unwrap();
+            Choice { method, rho, param, value, gamma, advantage, seeds, candidates }
         })
         .collect()
 }
@@ -100,7 +112,14 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
                 format!("{}: no `{param}` in its coordinates or summary: nothing to select over", a.node),
             )
         })?;
-        rows.push((r.method, r.rho, param.to_string(), v, r.advantage.mean));
+        rows.push(Candidate {
+            method: r.method,
+            rho: r.rho,
+            param: param.to_string(),
+            value: v,
+            gamma: r.gamma,
+            advantage: r.advantage.mean,
+        });
     }
     let chosen = choose(&rows);
     let schema = Schema::new(vec![
@@ -108,6 +127,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         Field::new("rho", DataType::Float64, true),
         Field::new("param", DataType::Utf8, false),
         Field::new("value", DataType::Float64, false),
+        Field::new("gamma", DataType::Float64, true),
         Field::new("advantage", DataType::Float64, false),
         Field::new("seeds", DataType::UInt32, false),
         Field::new("candidates", DataType::UInt32, false),
@@ -117,6 +137,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         Arc::new(Float64Array::from(chosen.iter().map(|c| c.rho).collect::<Vec<_>>())),
         Arc::new(StringArray::from(chosen.iter().map(|c| c.param.clone()).collect::<Vec<_>>())),
         Arc::new(Float64Array::from(chosen.iter().map(|c| c.value).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from(chosen.iter().map(|c| c.gamma).collect::<Vec<_>>())),
         Arc::new(Float64Array::from(chosen.iter().map(|c| c.advantage).collect::<Vec<_>>())),
         Arc::new(UInt32Array::from(chosen.iter().map(|c| c.seeds as u32).collect::<Vec<_>>())),
         Arc::new(UInt32Array::from(chosen.iter().map(|c| c.candidates as u32).collect::<Vec<_>>())),
@@ -135,9 +156,13 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
 mod tests {
     use super::*;
 
+    fn c(m: &str, rho: f64, param: &str, value: f64, gamma: Option<f64>, advantage: f64) -> Candidate {
+        Candidate { method: m.into(), rho: Some(rho), param: param.into(), value, gamma, advantage }
+    }
+
     #[test]
     fn picks_best_mean_over_seeds() {
-        let r = |m: &str, rho: f64, v: f64, a: f64| (m.to_string(), Some(rho), "beta".to_string(), v, a);
+        let r = |m: &str, rho: f64, v: f64, a: f64| c(m, rho, "beta", v, None, a);
         let rows = vec![
             r("dpo", 0.2, 0.1, 0.5),
             r("dpo", 0.2, 0.1, 0.1), // mean 0.3
@@ -145,12 +170,33 @@ mod tests {
             r("dpo", 0.2, 1.0, 0.4), // mean 0.4 → chosen
             r("dpo", 0.8, 0.1, 0.9),
             r("dpo", 0.8, 1.0, 0.2),
-            ("ipo".to_string(), Some(0.2), "tau".to_string(), 3.0, 0.0),
+            c("ipo", 0.2, "tau", 3.0, None, 0.0),
         ];
-        let c = choose(&rows);
-        assert_eq!(c.len(), 3);
-        assert_eq!((c[0].value, c[0].seeds, c[0].candidates), (1.0, 2, 2));
-        assert_eq!(c[1].value, 0.1);
-        assert_eq!((c[2].param.as_str(), c[2].value), ("tau", 3.0));
+        let ch = choose(&rows);
+        assert_eq!(ch.len(), 3);
+        assert_eq!((ch[0].value, ch[0].seeds, ch[0].candidates, ch[0].gamma), (1.0, 2, 2, None));
+        assert_eq!(ch[1].value, 0.1);
+        assert_eq!((ch[2].param.as_str(), ch[2].value), ("tau", 3.0));
+    }
+
+    #[test]
+    fn chooses_beta_and_gamma_together() {
+        // e-DPO's 2 β × 2 γ grid: the best pair wins, not the best β and the best γ separately
+        let rows = vec![
+            c("e-dpo", 0.5, "beta", 0.1, Some(0.01), 0.30),
+            c("e-dpo", 0.5, "beta", 0.1, Some(0.1), 0.10),
+            c("e-dpo", 0.5, "beta", 1.0, Some(0.01), 0.20),
+            c("e-dpo", 0.5, "beta", 1.0, Some(0.1), 0.35),
+        ];
+        let ch = choose(&rows);
+        assert_eq!((ch[0].value, ch[0].gamma, ch[0].candidates), (1.0, Some(0.1), 4));
+        assert!((ch[0].advantage - 0.35).abs() < 1e-12);
+        // ties: the smaller β, then the smaller γ
+        let tie = vec![
+            c("p-dpo", 0.5, "beta", 1.0, Some(0.01), 0.2),
+            c("p-dpo", 0.5, "beta", 0.1, Some(0.1), 0.2),
+            c("p-dpo", 0.5, "beta", 0.1, Some(0.01), 0.2),
+        ];
+        assert_eq!(choose(&tie).iter().map(|x| (x.value, x.gamma)).collect::<Vec<_>>(), vec![(0.1, Some(0.01))]);
     }
 }

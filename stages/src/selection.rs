@@ -1,6 +1,7 @@
-//! The β/τ selection as the stages that use it read it: a chosen value per (method, ρ) ([`Choice`]), how ρ values are
-//! matched ([`rho_key`]), the lookup of the choice for a run ([`choice_for`]), and reading a `select` stage's
-//! `selection` table back (`evaluate` picks the chosen candidate policy with it; `report` marks the chosen runs).
+//! The β/τ(/γ) selection as the stages that use it read it: a chosen value per (method, ρ) ([`Choice`]), how ρ values
+//! are matched ([`rho_key`]), the lookup of the choice for a run ([`choice_for`]), reading a `select` stage's
+//! `selection` table back, and applying a choice to a policy's parameters ([`apply_choice`]): `policy` trains with the
+//! chosen values, `evaluate` picks the chosen candidate policy, `report` marks the chosen runs.
 
 use crate::port::*;
 use crate::table;
@@ -12,6 +13,8 @@ pub struct Choice {
     pub rho: Option<f64>,
     pub param: String,
     pub value: f64,
+    /// γ chosen with it (pessimistic methods whose candidates swept γ too).
+    pub gamma: Option<f64>,
     pub advantage: f64,
     pub seeds: usize,
     pub candidates: usize,
@@ -25,8 +28,17 @@ pub fn rho_key(rho: Option<f64>) -> i64 {
 impl Choice {
     /// Whether a run trained with `value` of this choice's parameter used the chosen value.
     pub fn is_value(&self, value: Option<f64>) -> bool {
-        value.is_some_and(|v| (v - self.value).abs() <= 1e-9 * v.abs().max(self.value.abs()).max(1.0))
+        value.is_some_and(|v| same(v, self.value))
     }
+
+    /// Whether a run trained with `value` and `gamma` used this choice (γ is compared only when it was chosen).
+    pub fn is_config(&self, value: Option<f64>, gamma: Option<f64>) -> bool {
+        self.is_value(value) && self.gamma.is_none_or(|g| gamma.is_some_and(|x| same(x, g)))
+    }
+}
+
+fn same(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
 /// The choice made for `method` at `rho` (a choice made without ρ covers every ρ); ρ values match as `select`
@@ -47,6 +59,8 @@ pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
         Ok(crate::data_io::opt_f64s(&t, c))
     };
     let (rho, value, adv, seeds, cands) = (f("rho")?, f("value")?, f("advantage")?, f("seeds")?, f("candidates")?);
+    // written since γ can be selected; older selections have none
+    let gamma = t.column_by_name("gamma").map(|_| crate::data_io::opt_f64s(&t, "gamma"));
     (0..t.num_rows())
         .map(|i| {
             Ok(Choice {
@@ -56,10 +70,85 @@ pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
                 value: value[i].ok_or_else(|| {
                     StageError::invalid("selection", format!("{}: row {i}: null `value`", path.display()))
                 })?,
+                gamma: gamma.as_ref().and_then(|g| g[i]),
                 advantage: adv[i].unwrap_or(f64::NAN),
                 seeds: seeds[i].unwrap_or(0.0) as usize,
                 candidates: cands[i].unwrap_or(0.0) as usize,
             })
         })
         .collect()
+}
+
+/// A policy's parameters with the choice for its method and ρ applied: the chosen β (or τ) and, when chosen, γ.
+/// Refuses parameters that also set a chosen value themselves, so that no manifest value is silently replaced.
+pub fn apply_choice(
+    params: &serde_json::Map<String, serde_json::Value>,
+    chosen: &[Choice],
+    method: &str,
+    rho: Option<f64>,
+) -> StageResult<(serde_json::Map<String, serde_json::Value>, Choice)> {
+    let Some(c) = choice_for(chosen, method, rho) else {
+        let have: Vec<String> = chosen.iter().map(|c| format!("{} at ρ = {:?}", c.method, c.rho)).collect();
+        return Err(StageError::invalid(
+            "selection",
+            format!("the selection has no choice for {method} at ρ = {rho:?}; it covers {}", have.join(", ")),
+        ));
+    };
+    let mut out = params.clone();
+    let mut set = |k: &str, v: f64| {
+        if out.contains_key(k) {
+            return Err(StageError::invalid(
+                k,
+                format!("{k} is both set here and chosen by the bound selection ({k} = {v}); remove one"),
+            ));
+        }
+        out.insert(k.to_string(), serde_json::json!(v));
+        Ok(())
+    };
+    set(&c.param, c.value)?;
+    if let Some(g) = c.gamma {
+        set("gamma", g)?;
+    }
+    Ok((out, c.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn choice(method: &str, rho: f64, param: &str, value: f64, gamma: Option<f64>) -> Choice {
+        Choice {
+            method: method.into(),
+            rho: Some(rho),
+            param: param.into(),
+            value,
+            gamma,
+            advantage: 0.1,
+            seeds: 1,
+            candidates: 6,
+        }
+    }
+
+    #[test]
+    fn applies_the_choice_for_the_method_and_rho() {
+        let chosen = vec![
+            choice("e-dpo", 0.2, "beta", 1.0, Some(0.01)),
+            choice("e-dpo", 0.5, "beta", 10.0, Some(0.1)),
+            choice("ipo", 0.2, "tau", 3.0, None),
+        ];
+        let params = json!({"method": "e-dpo", "epochs": 2}).as_object().unwrap().clone();
+        let (p, c) = apply_choice(&params, &chosen, "e-dpo", Some(0.5)).unwrap();
+        assert_eq!((p["beta"].as_f64(), p["gamma"].as_f64(), p["epochs"].as_i64()), (Some(10.0), Some(0.1), Some(2)));
+        assert!(c.is_config(Some(10.0), Some(0.1)) && !c.is_config(Some(10.0), Some(0.01)));
+        let ipo = json!({"method": "ipo"}).as_object().unwrap().clone();
+        let (p, _) = apply_choice(&ipo, &chosen, "ipo", Some(0.2)).unwrap();
+        assert_eq!((p["tau"].as_f64(), p.get("gamma")), (Some(3.0), None));
+        // a value set twice, or no choice for this ρ, is an error that names it
+        let twice = json!({"method": "e-dpo", "gamma": 0.5}).as_object().unwrap().clone();
+        let e = apply_choice(&twice, &chosen, "e-dpo", Some(0.2)).unwrap_err().to_string();
+        assert!(e.contains("gamma is both set here and chosen"), "{e}");
+        let e = apply_choice(&params, &chosen, "e-dpo", Some(0.8)).unwrap_err().to_string();
+        assert!(e.contains("no choice for e-dpo at ρ = Some(0.8)"), "{e}");
+    }
 }

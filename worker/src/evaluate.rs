@@ -136,7 +136,7 @@ fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
                 ),
             ));
         };
-        if c.is_value(num(a, info, &c.param)) {
+        if c.is_config(num(a, info, &c.param), num(a, info, "gamma")) {
             chosen.push((*a, info.clone()));
         }
         wanted = Some(c.clone());

@@ -10,7 +10,8 @@ use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, OptimConfig, Reduction, Schedule, Trainer, sequence_logprobs, with_autocast};
 use rmdistill_stages::policy::{KlSource, parse};
 use rmdistill_stages::port::*;
-use rmdistill_stages::table;
+use rmdistill_stages::selection::{self, Choice};
+use rmdistill_stages::{data_io, table};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -203,8 +204,25 @@ pub fn write_metrics(path: &Path, history: &[rmdistill_ml::StepMetrics], kv: &[(
     table::write_table(path, &batch, kv)
 }
 
+/// The node's parameters, with the choice of a bound `selection` applied (and that choice).
+fn selected_params(ctx: &dyn Ctx) -> StageResult<(serde_json::Map<String, Value>, Option<Choice>)> {
+    let Some(sel) = lm_io::opt_input(ctx, "selection")? else {
+        return Ok((ctx.params().clone(), None));
+    };
+    let method: Method = serde_json::from_value(ctx.params().get("method").cloned().unwrap_or(Value::Null))
+        .map_err(|e| StageError::invalid("method", e.to_string()))?;
+    let pairs = lm_io::one_input(ctx, "pairs")?;
+    let rho = data_io::coord_f64(&pairs.coords, "rho")
+        .or_else(|| table::read_kv(&pairs.path).ok()?.into_iter().find(|(k, _)| k == "rmdistill.rho")?.1.parse().ok());
+    let chosen = selection::read_selection(&sel.path)?;
+    let (params, c) = selection::apply_choice(ctx.params(), &chosen, method.name(), rho)
+        .map_err(|e| StageError::invalid("selection", format!("{} ({}): {e}", sel.node, sel.path.display())))?;
+    Ok((params, Some(c)))
+}
+
 pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
-    let p = parse(ctx.params())?;
+    let (params, choice) = selected_params(ctx)?;
+    let p = parse(&params)?;
     let reduction = lm_io::reduction(p.reduction);
     let t0 = std::time::Instant::now();
     let method = p.method;
@@ -493,6 +511,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         "seed": p.seed,
         "rho": rho,
         "members": rewards.as_ref().map(|r| r.member_names.clone()),
+        "selected": choice,
     });
     std::fs::write(
         model_dir.join(POLICY_INFO_FILE),
