@@ -76,16 +76,18 @@ fn sharded_labelling_merges_back() {
 [vars]
 n_docs = 200
 sft_steps = 10
+seeds = [0]
 
 [stages.label_shard]
 kind = "label"
 inputs = {{ pairs = "pairs.pairs" }}
-sweep = {{ shard = [0, 1, 2] }}
+sweep = {{ seed = "${{seeds}}", shard = [0, 1, 2] }}
 params = {{ oracle = "synthetic", shard = "${{shard}}", shards = 3 }}
 
 [stages.label_merged]
 kind = "merge"
 inputs = {{ parts = "label_shard.labelled" }}
+sweep = {{ seed = "${{seeds}}" }}
 "#,
             pipeline.display()
         ),
@@ -95,7 +97,7 @@ inputs = {{ parts = "label_shard.labelled" }}
     assert!(nodes_with(&s, "failed").is_empty());
     let h = output_hashes(&s);
     let show = |node: &str| -> Value { serde_json::from_str(&w.ok(&["show", m, node, "--json"])).unwrap() };
-    let (a, b) = (show("label.labelled"), show("label_merged.merged"));
+    let (a, b) = (show("label@seed=0.labelled"), show("label_merged@seed=0.merged"));
     assert_eq!(a["rows"], b["rows"], "{a}\n{b}");
-    assert!(h.contains_key("label_merged"));
+    assert!(h.contains_key("label_merged@seed=0"), "{h:?}");
 }
