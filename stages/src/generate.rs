@@ -21,7 +21,7 @@ const CHUNK: u64 = 1 << 16;
 /// The longest prompt or response, in words (each at most 5 bytes with its space).
 const MAX_WORDS: u32 = 10_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     n: u64,
@@ -166,6 +166,9 @@ impl Stage for Generate {
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::InProcess(run)

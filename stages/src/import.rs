@@ -42,7 +42,7 @@ use std::path::Path;
 
 pub struct Import;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum Format {
     #[default]
@@ -66,7 +66,7 @@ impl Format {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     path: String,
@@ -594,6 +594,9 @@ impl Stage for Import {
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::InProcess(run)

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 pub struct ImportModel;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// The .gguf file (relative to the manifest).
@@ -37,6 +37,9 @@ impl Stage for ImportModel {
             return Err(StageError::invalid("path", format!("expected a .gguf file, got {}", p.path)));
         }
         Ok(())
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::Worker

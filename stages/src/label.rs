@@ -27,14 +27,14 @@ use serde_json::{Map, Value};
 
 pub struct Label;
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OracleKind {
     Synthetic,
     RewardModel,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     pub oracle: OracleKind,
@@ -123,6 +123,9 @@ impl Stage for Label {
     }
     fn wants_gpu(&self) -> bool {
         true
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::Worker

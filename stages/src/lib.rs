@@ -23,6 +23,7 @@ pub mod merge_eval;
 pub mod method;
 pub mod oracle;
 pub mod paper;
+pub mod param_docs;
 pub mod plots;
 pub mod policy;
 pub mod port;

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 pub struct Merge;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {}
 
@@ -40,6 +40,9 @@ impl Stage for Merge {
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse_params::<Params>(params).map(|_| ())
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::InProcess(run)

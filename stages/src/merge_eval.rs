@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 pub struct MergeEval;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct MergeParams {}
 
@@ -32,6 +32,9 @@ impl Stage for MergeEval {
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse_params::<MergeParams>(params).map(|_| ())
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(MergeParams)
     }
     fn runs(&self) -> Runs {
         Runs::InProcess(run)

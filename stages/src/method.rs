@@ -6,7 +6,9 @@
 use serde::{Deserialize, Deserializer};
 
 /// Preference-optimization methods (manifest names in parentheses).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum Method {
     #[serde(rename = "dpo")]
     Dpo,
@@ -110,6 +112,21 @@ impl serde::Serialize for GammaSchedule {
 
 /// Manifest forms: `gamma = 0.1`, or `gamma = { start = 1.0, end = 0.0 }` (linear anneal; `schedule = "linear"`
 /// may be given, and `{ schedule = "constant", value = 0.1 }` is also accepted).
+impl schemars::JsonSchema for GammaSchedule {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "GammaSchedule".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "anyOf": [
+            { "type": "number", "minimum": 0 },
+            { "type": "object", "description": "{ start, end }: linear over training" }
+        ] })
+    }
+}
+
 impl<'de> Deserialize<'de> for GammaSchedule {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -150,7 +167,7 @@ impl<'de> Deserialize<'de> for GammaSchedule {
 }
 
 /// How per-token log-probs of a response are combined (the ML core's `Reduction`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Reduction {
     /// `Σ_t log π(y_t | x, y_<t)`, the paper's sequence log-probability.
@@ -161,7 +178,7 @@ pub enum Reduction {
 }
 
 /// Learning-rate decay after warm-up (the ML core's `Schedule`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
     Constant,

@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 pub const SEP: &str = "tldr";
 
 /// The oracle's knobs (the same names in every stage that takes `oracle_params`). All have defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OracleParams {
     pub coverage_weight: f64,

@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 
 pub struct Policy;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KlSource {
     /// Responses sampled once from π_ref per training prompt (precompute.ref_samples).
@@ -38,7 +38,7 @@ pub enum KlSource {
     Pairs,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     pub method: Method,
@@ -204,6 +204,9 @@ impl Stage for Policy {
     }
     fn wants_gpu(&self) -> bool {
         true
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::Worker

@@ -134,6 +134,9 @@ pub trait Stage: Send + Sync {
     fn wants_gpu(&self) -> bool {
         false
     }
+    /// The parameters as JSON Schema, derived from the stage's Params struct (names, types, defaults and the doc
+    /// comments as descriptions): what `rmdistill stages KIND` prints.
+    fn params_schema(&self) -> schemars::Schema;
     /// Where the computation runs.
     fn runs(&self) -> Runs;
 }

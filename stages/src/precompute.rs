@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 
 pub struct Precompute;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     #[serde(default)]
@@ -144,6 +144,9 @@ impl Stage for Precompute {
     }
     fn wants_gpu(&self) -> bool {
         true
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::Worker

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 pub struct SamplePairs;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     #[serde(default = "d_split")]
@@ -105,6 +105,9 @@ impl Stage for SamplePairs {
     }
     fn wants_gpu(&self) -> bool {
         true
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::Worker

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub struct Select;
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// Methods whose swept parameter is τ rather than β.
@@ -89,6 +89,9 @@ impl Stage for Select {
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse_params::<Params>(params).map(|_| ())
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::InProcess(run)

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 pub struct Sft;
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     Gpt2,
@@ -29,7 +29,7 @@ pub enum Arch {
 }
 
 /// The shape of a model built from scratch.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArchParams {
     #[serde(default = "d_arch")]
@@ -76,14 +76,14 @@ impl Default for ArchParams {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokKind {
     WordLevel,
     ByteBpe,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     #[serde(default)]
@@ -116,7 +116,7 @@ pub struct Params {
     pub train_on: TrainOn,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TrainOn {
     Response,
@@ -231,6 +231,9 @@ impl Stage for Sft {
     }
     fn wants_gpu(&self) -> bool {
         true
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::Worker

@@ -32,6 +32,18 @@ pub enum Size {
     Max,
 }
 
+impl schemars::JsonSchema for Size {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "anyOf": [{ "type": "integer", "minimum": 1 }, { "const": "max" }] })
+    }
+}
+
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -66,7 +78,7 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LengthKind {
     #[default]
@@ -75,7 +87,7 @@ pub enum LengthKind {
     Words,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     rho: f64,
@@ -393,6 +405,9 @@ impl Stage for Subsample {
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
     fn runs(&self) -> Runs {
         Runs::InProcess(run)
