@@ -79,6 +79,21 @@ struct Params {
     /// Records to skip at the start of the file (with `limit`, a row range: e.g. a held-out tail of the file).
     #[serde(default)]
     skip: u64,
+    /// What an invalid record does: "error" stops the import naming it; "skip" leaves it out and the summary says
+    /// how many were skipped, why, and where the first ones are.
+    #[serde(default)]
+    on_invalid: OnInvalid,
+}
+
+/// What an invalid record does (`on_invalid`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum OnInvalid {
+    /// Stop the import with an error naming the record, the field and what was expected.
+    #[default]
+    Error,
+    /// Leave the record out; count it, with the reason and place of the first ones, in the summary.
+    Skip,
 }
 
 fn parse(params: &Map<String, Value>) -> StageResult<Params> {
@@ -339,12 +354,20 @@ fn extract(format: Format, w: &Where, rec: &Map<String, Value>) -> StageResult<E
             second: text(w, rec, "rejected", false)?,
             labelled: true,
         }),
-        Format::Unlabeled => Ok(Extracted {
-            prompt: text(w, rec, "prompt", true)?,
-            first: text(w, rec, "response_a", false)?,
-            second: text(w, rec, "response_b", false)?,
-            labelled: false,
-        }),
+        Format::Unlabeled => {
+            let (prompt, a, b) =
+                (text(w, rec, "prompt", true)?, text(w, rec, "response_a", false)?, text(w, rec, "response_b", false)?);
+            // a `label` column (rmdistill's own pairs table: 0 = response_a preferred, 1 = response_b) is kept
+            match rec.get("label") {
+                None | Some(Value::Null) => Ok(Extracted { prompt, first: a, second: b, labelled: false }),
+                Some(v) if v.as_i64() == Some(0) => Ok(Extracted { prompt, first: a, second: b, labelled: true }),
+                Some(v) if v.as_i64() == Some(1) => Ok(Extracted { prompt, first: b, second: a, labelled: true }),
+                Some(other) => Err(w.err(
+                    "label",
+                    format!("is {other}; expected 0 (response_a preferred), 1 (response_b preferred) or null"),
+                )),
+            }
+        }
         Format::Hh => {
             let c = field(w, rec, "chosen", "an HH dialogue string or a list of messages")?;
             let r = field(w, rec, "rejected", "an HH dialogue string or a list of messages")?;
@@ -451,12 +474,13 @@ fn file_kind(path: &Path, shown: &str) -> StageResult<FileKind> {
     }
 }
 
-/// Calls `f` with every record of the file, in order, up to `limit`. Returns the file kind.
+/// Calls `f` with every record of the file, in order, up to `limit`: the record, or why this one is not a record
+/// (malformed JSON, not an object) — the caller decides whether that stops the import. Returns the file kind.
 fn for_each_record(
     path: &Path,
     shown: &str,
     limit: u64,
-    mut f: impl FnMut(Loc, Option<u64>, &Map<String, Value>) -> StageResult<()>,
+    mut f: impl FnMut(Loc, Option<u64>, StageResult<&Map<String, Value>>) -> StageResult<()>,
 ) -> StageResult<FileKind> {
     let kind = file_kind(path, shown)?;
     let open =
@@ -484,9 +508,25 @@ fn for_each_record(
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: Value = serde_json::from_str(line)
-                    .map_err(|e| StageError::invalid("path", format!("{shown} {loc}: malformed JSON: {e}")))?;
-                f(loc, None, &as_object(loc, v)?)?;
+                match serde_json::from_str::<Value>(line) {
+                    Ok(v) => match as_object(loc, v) {
+                        Ok(rec) => f(loc, None, Ok(&rec))?,
+                        Err(e) => f(loc, None, Err(e))?,
+                    },
+                    Err(e) if seen == 0 && line.trim() == "{" => {
+                        // a file that starts with a lone `{` is more likely one pretty-printed object than JSONL
+                        return Err(StageError::invalid(
+                            "path",
+                            format!(
+                                "{shown}: line {} starts a JSON object that spans several lines ({e}); expected JSONL (one object per line) or a JSON array of objects",
+                                i + 1
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        f(loc, None, Err(StageError::invalid("path", format!("{shown} {loc}: malformed JSON: {e}"))))?
+                    }
+                }
                 seen += 1;
             }
         }
@@ -503,7 +543,10 @@ fn for_each_record(
             let total = (items.len() as u64).min(limit);
             for (i, item) in items.into_iter().take(total as usize).enumerate() {
                 let loc = Loc::Index(i);
-                f(loc, Some(total), &as_object(loc, item)?)?;
+                match as_object(loc, item) {
+                    Ok(rec) => f(loc, Some(total), Ok(&rec))?,
+                    Err(e) => f(loc, Some(total), Err(e))?,
+                }
             }
         }
         FileKind::Parquet => {
@@ -519,6 +562,8 @@ fn for_each_record(
             for batch in reader {
                 let batch = batch
                     .map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: cannot decode: {e}")))?;
+                let batch = utf8_strings(batch)
+                    .map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: {e}")))?;
                 let mut buf = Vec::new();
                 {
                     let mut wr = arrow::json::WriterBuilder::new()
@@ -535,13 +580,74 @@ fn for_each_record(
                         .map_err(|e| StageError::failed(format!("{shown} near row {row}: {e}")))?
                 };
                 for rec in recs {
-                    f(Loc::Row(row), Some(total), &rec)?;
+                    f(Loc::Row(row), Some(total), Ok(&rec))?;
                     row += 1;
                 }
             }
         }
     }
     Ok(kind)
+}
+
+/// Binary columns (how some writers store strings) as UTF-8 text, so that they import as the text they hold rather
+/// than as the JSON writer's hex; a value that is not UTF-8 is an error naming the column.
+fn utf8_strings(batch: arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch, String> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = batch.schema();
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Binary | DataType::LargeBinary | DataType::BinaryView))
+    {
+        return Ok(batch);
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        let to = match f.data_type() {
+            DataType::Binary | DataType::BinaryView => Some(DataType::Utf8),
+            DataType::LargeBinary => Some(DataType::LargeUtf8),
+            _ => None,
+        };
+        match to {
+            Some(to) => {
+                let opts = arrow::compute::CastOptions { safe: false, ..Default::default() };
+                let cast = arrow::compute::cast_with_options(c, &to, &opts).map_err(|e| {
+                    format!("column `{}` holds bytes that are not UTF-8 text ({e}); expected strings", f.name())
+                })?;
+                fields.push(Field::new(f.name(), to, f.is_nullable()));
+                cols.push(cast);
+            }
+            None => {
+                fields.push(f.as_ref().clone());
+                cols.push(c.clone());
+            }
+        }
+    }
+    arrow::array::RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), cols).map_err(|e| e.to_string())
+}
+
+/// Records left out with `on_invalid = "skip"`: how many, why (per field), and where the first ones are.
+#[derive(Default)]
+struct Skipped {
+    count: u64,
+    by_field: std::collections::BTreeMap<String, u64>,
+    first: Vec<String>,
+}
+
+impl Skipped {
+    const SHOWN: usize = 10;
+    fn add(&mut self, e: &StageError) {
+        self.count += 1;
+        let field = match e {
+            StageError::Invalid { field, .. } => field.clone(),
+            _ => "record".to_string(),
+        };
+        *self.by_field.entry(field).or_default() += 1;
+        if self.first.len() < Self::SHOWN {
+            self.first.push(e.to_string());
+        }
+    }
 }
 
 struct Row {
@@ -627,6 +733,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let mut first_seen: HashMap<[u8; 32], usize> = HashMap::new();
     let (mut records, mut duplicates, mut conflicting) = (0u64, 0u64, 0u64);
     let mut skipped = 0u64;
+    let mut invalid = Skipped::default();
     let kind =
         for_each_record(path, shown, p.limit.map_or(u64::MAX, |l| l.saturating_add(p.skip)), |loc, total, rec| {
             if skipped < p.skip {
@@ -634,12 +741,22 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
                 return Ok(());
             }
             let w = Where { file: shown, loc };
-            if format == Format::Auto {
-                format = detect(rec, &w)?;
-                ctx.log(&format!("{shown}: detected format `{}`", format.name()));
-            }
-            let e = extract(format, &w, rec)?;
-            let source_row = u32::try_from(records + p.skip)
+            let extracted = rec.and_then(|rec| {
+                if format == Format::Auto {
+                    format = detect(rec, &w)?;
+                    ctx.log(&format!("{shown}: detected format `{}`", format.name()));
+                }
+                extract(format, &w, rec)
+            });
+            let e = match (extracted, p.on_invalid) {
+                (Ok(e), _) => e,
+                (Err(e), OnInvalid::Error) => return Err(e),
+                (Err(e), OnInvalid::Skip) => {
+                    invalid.add(&e);
+                    return Ok(());
+                }
+            };
+            let source_row = u32::try_from(records + invalid.count + p.skip)
                 .map_err(|_| StageError::invalid("path", format!("{shown}: more than 2^32 records")))?;
             records += 1;
             if records % 10_000 == 0 {
@@ -671,7 +788,25 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             Ok(())
         })?;
     if records == 0 {
-        return Err(StageError::invalid("path", format!("{shown}: empty dataset (no records)")));
+        let why = if invalid.count > 0 {
+            format!("all {} records were invalid and skipped; the first: {}", invalid.count, invalid.first.join("; "))
+        } else if p.skip > 0 {
+            format!("skip = {} passes the end of the file, which has {skipped} records", p.skip)
+        } else {
+            "empty dataset (no records)".to_string()
+        };
+        return Err(StageError::invalid(
+            if p.skip > 0 && invalid.count == 0 { "skip" } else { "path" },
+            format!("{shown}: {why}"),
+        ));
+    }
+    if invalid.count > 0 {
+        ctx.log(&format!(
+            "{shown}: skipped {} invalid records ({}); the first: {}",
+            invalid.count,
+            invalid.by_field.iter().map(|(f, n)| format!("{n} on `{f}`")).collect::<Vec<_>>().join(", "),
+            invalid.first.first().map(String::as_str).unwrap_or("")
+        ));
     }
     ctx.progress(records, records);
 
@@ -726,6 +861,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             words.iter().map(|w| (w.0 + w.1) as f64).sum::<f64>() / (2 * rows.len()) as f64
         },
         "length_bias_words": length_bias(&rows, &words, "words"),
+        "invalid_skipped": invalid.count,
+        "invalid_by_field": invalid.by_field,
+        "invalid_first": invalid.first,
     });
     if let Some(t) = &tokens {
         summary["length_bias_tokens"] = length_bias(&rows, t, "tokens");
@@ -741,6 +879,7 @@ mod tests {
     use crate::table::local_ctx::{LocalCtx, shared_data};
     use arrow::array::{Array, Int8Array, StringArray, UInt32Array};
     use std::path::PathBuf;
+    use std::sync::Arc;
 
     fn tldr() -> PathBuf {
         shared_data().join("tldr-2k/train.jsonl")
@@ -1149,5 +1288,129 @@ mod tests {
         assert!(e.starts_with("format:") && e.contains("unknown variant"), "{e}");
         let e = import(&dir.path().join("p2"), &f, json!({"lmit": 3})).unwrap_err();
         assert!(e.contains("unknown field `lmit`"), "{e}");
+    }
+
+    /// HH records as in Anthropic's HH-RLHF: the third has an empty last assistant turn (as line 87 of the
+    /// harmless-base test split does), the fifth is not JSON.
+    fn hh_with_invalid() -> String {
+        let rec = |c: &str, r: &str| {
+            json!({"chosen": format!("\n\nHuman: q?\n\nAssistant:{c}"), "rejected": format!("\n\nHuman: q?\n\nAssistant:{r}")}).to_string()
+        };
+        [rec(" yes", " no"), rec(" a", " b"), rec("", " b"), rec(" c", " d"), "{not json".to_string(), rec(" e", " f")]
+            .join("\n")
+    }
+
+    #[test]
+    fn on_invalid_skip_leaves_out_invalid_records_and_says_which() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "hh.jsonl", &hh_with_invalid());
+        // by default the first invalid record stops the import, naming its line and field
+        let e = import(&dir.path().join("e"), &f, json!({})).unwrap_err();
+        assert!(e.contains("hh.jsonl line 3") && e.contains("chosen"), "{e}");
+        let (s, out) = import(&dir.path().join("s"), &f, json!({"on_invalid": "skip"})).unwrap();
+        assert_eq!((s["records"].as_u64(), s["invalid_skipped"].as_u64()), (Some(4), Some(2)), "{s}");
+        let first: Vec<String> = serde_json::from_value(s["invalid_first"].clone()).unwrap();
+        assert!(
+            first[0].contains("line 3") && first[1].contains("line 5") && first[1].contains("malformed JSON"),
+            "{first:?}"
+        );
+        assert_eq!(s["invalid_by_field"]["path"], 1, "{s}");
+        let t = table::read_table(&out, None).unwrap();
+        assert_eq!(t.num_rows(), 4);
+        // source rows keep pointing at the file's records (0-based), the skipped ones counted
+        let src = t.column_by_name("source_row").unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+        let mut rows: Vec<u32> = src.values().to_vec();
+        rows.sort();
+        assert_eq!(rows, vec![0, 1, 3, 5]);
+        // a file of invalid records only: the error says so
+        let bad = write(dir.path(), "bad.jsonl", "{not json\n[1]\n");
+        let e = import(&dir.path().join("b"), &bad, json!({"on_invalid": "skip"})).unwrap_err();
+        assert!(e.contains("all 2 records were invalid"), "{e}");
+        let e = import(&dir.path().join("x"), &f, json!({"on_invalid": "ignore"})).unwrap_err();
+        assert!(e.starts_with("on_invalid:"), "{e}");
+    }
+
+    #[test]
+    fn rmdistills_own_pairs_table_imports_with_its_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, out) = import(&dir.path().join("1"), &tldr(), json!({"limit": 300})).unwrap();
+        let (s, again) = import(&dir.path().join("2"), &out, json!({})).unwrap();
+        assert_eq!(s["format"], "unlabeled");
+        assert_eq!((s["labelled"].as_u64(), s["unlabelled"].as_u64()), (first["pairs"].as_u64(), Some(0)), "{s}");
+        let (a, b) = (table::read_table(&out, None).unwrap(), table::read_table(&again, None).unwrap());
+        let preferred = |t: &arrow::array::RecordBatch| {
+            let (ra, rb) = (strings(t, "response_a"), strings(t, "response_b"));
+            let mut v: Vec<(String, String)> = strings(t, "pair_id")
+                .into_iter()
+                .zip(labels(t))
+                .enumerate()
+                .map(|(i, (id, l))| (id, if l == Some(0) { ra[i].clone() } else { rb[i].clone() }))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(preferred(&a), preferred(&b), "same pairs, same preferred response");
+        // a label that is neither 0, 1 nor null is an error naming it
+        let f = write(
+            dir.path(),
+            "l.jsonl",
+            &json!({"prompt": "p", "response_a": "a", "response_b": "b", "label": 2}).to_string(),
+        );
+        let e = import(&dir.path().join("3"), &f, json!({})).unwrap_err();
+        assert!(e.starts_with("label:") && e.contains("line 1") && e.contains("expected 0"), "{e}");
+    }
+
+    #[test]
+    fn binary_string_columns_import_as_text() {
+        use arrow::array::{ArrayRef, BinaryArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let dir = tempfile::tempdir().unwrap();
+        let col =
+            |v: &[&str]| Arc::new(BinaryArray::from(v.iter().map(|s| s.as_bytes()).collect::<Vec<_>>())) as ArrayRef;
+        let schema =
+            Schema::new(["prompt", "chosen", "rejected"].map(|n| Field::new(n, DataType::Binary, false)).to_vec());
+        let batch = arrow::array::RecordBatch::try_new(
+            Arc::new(schema),
+            vec![col(&["Say hi", "Bye?"]), col(&["héllo", "bye"]), col(&["no", "later"])],
+        )
+        .unwrap();
+        let f = dir.path().join("bin.parquet");
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&f).unwrap(), batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let (s, out) = import(&dir.path().join("o"), &f, json!({})).unwrap();
+        assert_eq!(s["format"], "trl");
+        let t = table::read_table(&out, None).unwrap();
+        let all: Vec<String> = [strings(&t, "prompt"), strings(&t, "response_a"), strings(&t, "response_b")].concat();
+        assert!(all.contains(&"héllo".to_string()) && all.contains(&"Say hi".to_string()), "{all:?}");
+        // bytes that are not UTF-8 are an error naming the column
+        let bad = arrow::array::RecordBatch::try_new(
+            batch.schema(),
+            vec![col(&["a", "b"]), Arc::new(BinaryArray::from(vec![&b"\xff\xfe"[..], b"x"])), col(&["c", "d"])],
+        )
+        .unwrap();
+        let f = dir.path().join("bad.parquet");
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&f).unwrap(), bad.schema(), None).unwrap();
+        w.write(&bad).unwrap();
+        w.close().unwrap();
+        let e = import(&dir.path().join("b"), &f, json!({})).unwrap_err();
+        assert!(e.contains("column `chosen`") && e.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn skip_past_the_end_and_pretty_printed_json_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "two.jsonl", &hh_with_invalid().lines().take(2).collect::<Vec<_>>().join("\n"));
+        let e = import(&dir.path().join("1"), &f, json!({"skip": 5})).unwrap_err();
+        assert!(
+            e.starts_with("skip:") && e.contains("skip = 5 passes the end of the file, which has 2 records"),
+            "{e}"
+        );
+        let pretty = serde_json::to_string_pretty(&json!({"prompt": "p", "chosen": "a", "rejected": "b"})).unwrap();
+        let f = write(dir.path(), "pretty.json", &pretty);
+        let e = import(&dir.path().join("2"), &f, json!({})).unwrap_err();
+        assert!(e.contains("spans several lines") && e.contains("JSON array of objects"), "{e}");
     }
 }
