@@ -43,6 +43,7 @@ pub enum OracleKind {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// "synthetic": the embedded task's programmatic oracle; "reward_model": the checkpoint bound to `oracle`.
     pub oracle: OracleKind,
     /// The synthetic oracle's knobs (as `synth`'s OracleParams).
     #[serde(default)]
@@ -50,24 +51,34 @@ pub struct Params {
     /// Rows of `prompts` to evaluate on, by their `split` column; `null`/absent column: every row.
     #[serde(default = "d_split")]
     pub split: Option<String>,
+    /// Evaluate only the first N distinct prompts of the split (table order); none: all of them.
     #[serde(default)]
     pub n_prompts: Option<usize>,
+    /// Responses sampled per prompt from the policy, and as many from π_ref.
     #[serde(default = "d_one")]
     pub samples_per_prompt: usize,
+    /// Sampling temperature (> 0); `kl` is exact in expectation only at 1.
     #[serde(default = "d_temp")]
     pub temperature: f64,
+    /// Nucleus sampling: the smallest token set with this probability mass, in (0, 1] (1: all tokens).
     #[serde(default = "d_top_p")]
     pub top_p: f64,
+    /// Most tokens sampled per response (EOS ends it earlier).
     #[serde(default = "d_max_new")]
     pub max_new_tokens: usize,
+    /// (prompt, sample) rows per batch; each batch has its own sampling seed, and shards are whole batches.
     #[serde(default = "d_bs")]
     pub batch_size: usize,
+    /// Truncation of prompt + response in tokens; samples continue the last max_len − max_new_tokens prompt tokens.
     #[serde(default = "d_max_len")]
     pub max_len: usize,
+    /// Base seed: batch b samples with a seed derived from (seed, b), the same for the policy and π_ref.
     #[serde(default)]
     pub seed: u64,
+    /// Which contiguous block of batches this node evaluates, 0-based (< shards); `merge_eval` joins them.
     #[serde(default)]
     pub shard: usize,
+    /// Number of blocks the batches are cut into (1: unsharded).
     #[serde(default = "d_one")]
     pub shards: usize,
 }

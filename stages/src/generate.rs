@@ -24,13 +24,18 @@ const MAX_WORDS: u32 = 10_000;
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Number of pairs to generate (1 ..= 4294967295).
     n: u64,
+    /// Seed: rows are made in chunks of 65,536, chunk c from ChaCha8(seed, stream c).
     #[serde(default)]
     seed: u64,
+    /// Probability that the longer response is preferred when word counts differ (equal: a fair coin).
     #[serde(default = "default_longer_preferred")]
     longer_preferred: f64,
+    /// [min, max] words per prompt, uniform (1 ≤ min ≤ max ≤ 10000).
     #[serde(default = "default_prompt_words")]
     prompt_words: [u32; 2],
+    /// [min, max] words per response, uniform (1 ≤ min ≤ max ≤ 10000).
     #[serde(default = "default_response_words")]
     response_words: [u32; 2],
 }

@@ -69,11 +69,15 @@ impl Format {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// The dataset file (JSONL, JSON array or Parquet), relative to the manifest; its content enters the cache key.
     path: String,
+    /// Record keys: trl prompt/chosen/rejected, unlabeled prompt/response_a/b, hh, sharegpt; auto (default): detected.
     #[serde(default)]
     format: Format,
+    /// A tokenizer.json (relative to the manifest) that fills tokens_a/b with response token counts; none: null.
     #[serde(default)]
     tokenizer: Option<String>,
+    /// Read at most this many records (after `skip`); none: every record.
     #[serde(default)]
     limit: Option<u64>,
     /// Records to skip at the start of the file (with `limit`, a row range: e.g. a held-out tail of the file).

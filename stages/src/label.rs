@@ -37,17 +37,24 @@ pub enum OracleKind {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// "synthetic": the embedded task's programmatic oracle; "reward_model": the `oracle` input or oracle_path.
     pub oracle: OracleKind,
+    /// Synthetic oracle knobs (coverage_weight, invent_penalty, repeat_penalty, length_bonus, length_cap).
     #[serde(default)]
     pub oracle_params: Map<String, Value>,
+    /// A reward model's model.safetensors, config.json and tokenizer.json beside it (instead of `oracle`).
     #[serde(default)]
     pub oracle_path: Option<String>,
+    /// Which block of rows this node labels, 0-based (< shards); `merge` concatenates the blocks.
     #[serde(default)]
     pub shard: usize,
+    /// Number of contiguous row blocks the table is cut into (1: unsharded).
     #[serde(default = "d_shards")]
     pub shards: usize,
+    /// "Longer" (the `longer` column) = at least (1 + margin) × the other's tokens and strictly more.
     #[serde(default = "d_margin")]
     pub margin: f64,
+    /// Pairs per reward-model forward pass (oracle = "reward_model").
     #[serde(default = "d_bs")]
     pub batch_size: usize,
     /// Truncation of `prompt ++ response` when a reward model labels (as `train_rm`'s `max_len`); default: the

@@ -41,40 +41,54 @@ pub enum KlSource {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// The loss π_θ is trained with: DPO, IPO, d-DPO, p-DPO, dp-DPO or e-DPO (METHOD.md).
     pub method: Method,
+    /// β: scale of the implicit reward β·(log π_θ − log π_ref) in DPO, d-DPO, p-DPO, dp-DPO and e-DPO (IPO uses τ).
     #[serde(default = "d_beta")]
     pub beta: f64,
+    /// τ of IPO: the log-ratio difference is regressed onto 1/(2τ); unused by the other methods.
     #[serde(default = "d_tau")]
     pub tau: f64,
+    /// γ: weight of the forward-KL term γ·KL(π_ref‖π_θ), required by p-DPO, dp-DPO and e-DPO; unused by the others.
     #[serde(default)]
     pub gamma: Option<GammaSchedule>,
+    /// Samples for the KL term: "ref_samples" (precompute.ref_samples) or "pairs" (D_ρ's own responses).
     #[serde(default)]
     pub kl_source: KlSource,
     /// Optimizer steps; default: `epochs` passes over D_ρ.
     #[serde(default)]
     pub steps: Option<usize>,
+    /// Passes over D_ρ when `steps` is not set.
     #[serde(default = "d_epochs")]
     pub epochs: usize,
+    /// Peak AdamW learning rate (> 0), reached after warm-up.
     #[serde(default = "d_lr")]
     pub lr: f64,
+    /// Pairs per optimizer step (at most the number of pairs in D_ρ).
     #[serde(default = "d_batch")]
     pub batch_size: usize,
     /// KL samples per step (default: batch_size).
     #[serde(default)]
     pub kl_batch_size: Option<usize>,
+    /// Steps of linear learning-rate warm-up at the start (0: none).
     #[serde(default)]
     pub warmup_steps: usize,
+    /// Global L2 norm the gradients are clipped to (> 0).
     #[serde(default = "d_clip")]
     pub grad_clip: f64,
+    /// AdamW decoupled weight decay (≥ 0; weight matrices and embeddings only).
     #[serde(default)]
     pub weight_decay: f64,
+    /// Learning-rate decay after warm-up: "linear" or "cosine" to 0 at the last step; "constant" (the default): none.
     #[serde(default)]
     pub lr_schedule: Option<LrSchedule>,
     /// Sum over response tokens (paper) or per-token mean (TRL's IPO).
     #[serde(default)]
     pub reduction: Reduction,
+    /// Tokens of prompt + response kept per sequence (the prompt loses its start first; at most the model's positions).
     #[serde(default = "d_max_len")]
     pub max_len: usize,
+    /// Seed of libtorch, the batch shuffles and the KL-sample draws.
     #[serde(default)]
     pub seed: u64,
     /// Fail when the precomputed reference log-probs do not match the reference model on the first batch.

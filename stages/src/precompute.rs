@@ -37,20 +37,28 @@ pub struct Precompute;
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// Which shard this node computes, 0-based (< shards): the k-th run of pair batches and of prompt blocks.
     #[serde(default)]
     pub shard: usize,
+    /// Number of shards (1: unsharded); `merge` concatenates them into the unsharded tables, bit for bit.
     #[serde(default = "d_shards")]
     pub shards: usize,
+    /// π_ref samples per distinct prompt in ref_samples (0: an empty table).
     #[serde(default = "d_spp")]
     pub samples_per_prompt: usize,
+    /// Most tokens sampled per π_ref response (EOS ends it earlier; `finished` says which did).
     #[serde(default = "d_max_new")]
     pub max_new_tokens: usize,
+    /// Sampling temperature of π_ref's samples (keep 1: the KL estimate needs samples of π_ref itself).
     #[serde(default = "d_temp")]
     pub temperature: f64,
+    /// Base seed: prompt block k samples with seed + k.
     #[serde(default)]
     pub seed: u64,
+    /// Pairs per forward pass for the reference log-probs and rewards; shards are whole batches.
     #[serde(default = "d_bs")]
     pub batch_size: usize,
+    /// Distinct prompts per sampling block (block k samples with seed + k); shards are whole blocks.
     #[serde(default = "d_sample_batch")]
     pub sample_batch: usize,
     /// Truncation of `prompt ++ response` (never beyond the model's positions). Must equal the `policy` stage's

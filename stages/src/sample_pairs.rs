@@ -22,20 +22,28 @@ pub struct SamplePairs;
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// Use the rows of `prompts` whose `split` equals this; "all" (or no `split` column): every row.
     #[serde(default = "d_split")]
     pub split: String,
+    /// Pairs drawn per distinct prompt (two independent samples each).
     #[serde(default = "d_ppp")]
     pub pairs_per_prompt: usize,
+    /// Use only the first N distinct prompts (table order); none: all.
     #[serde(default)]
     pub max_prompts: Option<usize>,
+    /// Sampling temperature (> 0).
     #[serde(default = "d_temp")]
     pub temperature: f64,
+    /// Nucleus sampling: the smallest token set with this probability mass, in (0, 1] (1: all tokens).
     #[serde(default = "d_top_p")]
     pub top_p: f64,
+    /// Most tokens sampled per response (EOS ends it earlier; samples without EOS count as truncated).
     #[serde(default = "d_max_new")]
     pub max_new_tokens: usize,
+    /// Base seed: prompt batch k samples with seed + k.
     #[serde(default)]
     pub seed: u64,
+    /// Prompts per sampling batch (each gives 2 × pairs_per_prompt samples).
     #[serde(default = "d_bs")]
     pub batch_size: usize,
 }

@@ -32,16 +32,22 @@ pub enum Arch {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArchParams {
+    /// "gpt2" (default; GPT2LMHeadModel) or "llama" (LlamaForCausalLM, as many key/value heads as heads).
     #[serde(default = "d_arch")]
     pub kind: Arch,
+    /// Hidden size (width of the embeddings); a multiple of n_head.
     #[serde(default = "d_dim")]
     pub d_model: i64,
+    /// Number of transformer blocks.
     #[serde(default = "d_layers")]
     pub n_layer: i64,
+    /// Attention heads per block (must divide d_model).
     #[serde(default = "d_heads")]
     pub n_head: i64,
+    /// Inner width of each block's feed-forward layer (GPT-2's n_inner, Llama's intermediate_size).
     #[serde(default = "d_ff")]
     pub d_ff: i64,
+    /// Longest sequence the model can place, in tokens (n_positions / max_position_embeddings).
     #[serde(default = "d_pos")]
     pub max_positions: i64,
 }
@@ -86,28 +92,40 @@ pub enum TokKind {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// Shape of the model built from scratch (without `base`; ignored when `base` is bound).
     #[serde(default)]
     pub arch: ArchParams,
+    /// Optimizer steps (≥ 1).
     #[serde(default = "d_steps")]
     pub steps: usize,
+    /// Demonstrations per optimizer step.
     #[serde(default = "d_bs")]
     pub batch_size: usize,
+    /// Peak AdamW learning rate, cosine-decayed to 0.1 × lr after warm-up.
     #[serde(default = "d_lr")]
     pub lr: f64,
+    /// Steps of linear learning-rate warm-up (at most half of `steps`).
     #[serde(default = "d_warmup")]
     pub warmup_steps: usize,
+    /// AdamW decoupled weight decay (weight matrices and embeddings only).
     #[serde(default = "d_wd")]
     pub weight_decay: f64,
+    /// Seed of libtorch (the initialisation), the held-out draw and the batch shuffles.
     #[serde(default)]
     pub seed: u64,
+    /// Truncation of prompt + response in tokens; default: the positions the model can place.
     #[serde(default)]
     pub max_len: Option<usize>,
+    /// Measure eval_loss every this many steps (and at the last).
     #[serde(default = "d_eval_every")]
     pub eval_every: usize,
+    /// Most held-out examples for eval_loss (without an eval split, up to 10% of the training rows are held out).
     #[serde(default = "d_eval_rows")]
     pub eval_rows: usize,
+    /// Tokenizer trained on the data when neither `base` nor `tokenizer` is bound: byte_bpe (default) or word_level.
     #[serde(default = "d_tok_kind")]
     pub tokenizer_kind: TokKind,
+    /// Vocabulary size (at most) of the tokenizer trained here.
     #[serde(default = "d_tok_vocab")]
     pub tokenizer_vocab: usize,
     /// Which tokens the loss scores: the response only (the usual SFT loss), or every token of prompt and response

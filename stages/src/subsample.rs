@@ -90,14 +90,20 @@ pub enum LengthKind {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// ρ: the share of the selected pairs whose preferred response is the longer one, in [0, 1].
     rho: f64,
+    /// Pairs to select (≥ 1), or "max": the largest size the table's longer/shorter-preferred pairs allow at this ρ.
     size: Size,
+    /// "Longer" = at least (1 + margin) × the other's length and strictly more; pairs within it are never selected.
     #[serde(default = "default_margin")]
     margin: f64,
+    /// Length: tokens (tokens_a/b), words (words_a/b); auto (default): tokens if both have no nulls, else words.
     #[serde(default)]
     length: LengthKind,
+    /// Column with the preference (0: response_a, 1: response_b); rows where it is null are never selected.
     #[serde(default = "default_label_column")]
     label_column: String,
+    /// Seed of the ChaCha8 draw: which rows are selected and their order.
     #[serde(default)]
     seed: u64,
 }

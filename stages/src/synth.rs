@@ -57,36 +57,52 @@ pub struct Synth;
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
+    /// Seed of the corpus: document i is drawn from ChaCha8(seed, stream i), so it does not depend on n_docs.
     #[serde(default)]
     seed: u64,
+    /// Documents to generate (≥ 1), across the train, eval and test splits.
     #[serde(default = "d_n_docs")]
     n_docs: u32,
+    /// Pseudo-words in the vocabulary besides `tldr` (more than the longest document, at most 4900).
     #[serde(default = "d_vocab")]
     vocab_size: u32,
+    /// Number of topics (word distributions); each document draws one uniformly.
     #[serde(default = "d_topics")]
     topics: u32,
+    /// Core words per topic (≤ vocab_size), drawn with weight ∝ 1/(rank+1).
     #[serde(default = "d_topic_words")]
     topic_words: u32,
+    /// Probability that a word is drawn uniformly from the whole vocabulary rather than the topic's core.
     #[serde(default = "d_background")]
     background: f64,
+    /// [min, max] document length in words, uniform (2 ≤ min, max ≤ 1000); the prompt adds `tldr`.
     #[serde(default = "d_doc_len")]
     doc_len: [u32; 2],
+    /// [min, max] distinct salient words (the words it repeats) per document, uniform (min ≥ 1).
     #[serde(default = "d_salient")]
     salient: [u32; 2],
+    /// [min, max] occurrences of each salient word in its document, uniform (min ≥ 2).
     #[serde(default = "d_repeats")]
     repeats: [u32; 2],
+    /// Probability that a document is in the `eval` split (eval_frac + test_frac < 1).
     #[serde(default = "d_frac")]
     eval_frac: f64,
+    /// Probability that a document is in the `test` split; the rest are `train`.
     #[serde(default = "d_frac")]
     test_frac: f64,
+    /// Probability that a demonstration keeps each salient word of its document.
     #[serde(default = "d_keep")]
     demo_keep: f64,
+    /// Probability that a demonstration keeps each non-salient word of its document.
     #[serde(default = "d_extra")]
     demo_extra: f64,
+    /// Probability that a demonstration gets one word absent from its document.
     #[serde(default = "d_invent")]
     demo_invent: f64,
+    /// Probability that a demonstration repeats one of its kept words.
     #[serde(default = "d_repeat")]
     demo_repeat: f64,
+    /// Synthetic oracle knobs (coverage_weight, invent_penalty, repeat_penalty, length_bonus, length_cap).
     #[serde(default)]
     oracle_params: Map<String, Value>,
 }

@@ -27,26 +27,37 @@ pub struct TrainRm;
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// Optimizer steps; default: ⌈epochs × training rows / batch_size⌉.
     #[serde(default)]
     pub steps: Option<usize>,
+    /// Passes over the training rows when `steps` is not set (> 0, may be fractional).
     #[serde(default = "d_epochs")]
     pub epochs: f64,
+    /// Pairs per optimizer step (at most the number of training rows).
     #[serde(default = "d_bs")]
     pub batch_size: usize,
+    /// Peak AdamW learning rate, decayed linearly to 0 after warm-up.
     #[serde(default = "d_lr")]
     pub lr: f64,
+    /// Steps of linear learning-rate warm-up (at most half of the steps).
     #[serde(default = "d_warmup")]
     pub warmup_steps: usize,
+    /// AdamW decoupled weight decay (weight matrices and embeddings only).
     #[serde(default)]
     pub weight_decay: f64,
+    /// Seed of the held-out split, the batch shuffles and libtorch (the score head's initialisation).
     #[serde(default)]
     pub seed: u64,
+    /// Fraction of rows held out of training (by a hash of seed and pair_id), in [0, 1).
     #[serde(default = "d_held_out")]
     pub held_out: f64,
+    /// "Longer" (for length_sensitivity) = at least (1 + margin) × the other's tokens and strictly more.
     #[serde(default = "d_margin")]
     pub margin: f64,
+    /// Column of `data` with the preference (0: response_a, 1: response_b); `eval` always uses `label`.
     #[serde(default = "d_label")]
     pub label_column: String,
+    /// Truncation of prompt + response in tokens; default: the positions the model can place.
     #[serde(default)]
     pub max_len: Option<usize>,
 }
