@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 
 pub struct Evaluate;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OracleKind {
     Synthetic,

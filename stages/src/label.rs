@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 
 pub struct Label;
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, serde::Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OracleKind {
     Synthetic,
