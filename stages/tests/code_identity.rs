@@ -85,10 +85,10 @@ fn an_edit_changes_exactly_the_kinds_that_reach_the_file() {
     append(t.path(), "ml/src/sampling.rs", "\n// an edit\n");
     let after_ml = derive(t.path());
     assert_eq!(changed(&base, &after_ml), ["evaluate", "precompute", "sample_pairs"]);
-    // a module shared by stages: the β/τ selection
+    // a module shared by stages: the β/τ/γ selection (a policy trains with a bound selection's values)
     append(t.path(), "stages/src/selection.rs", "\n// an edit\n");
     let after_sel = derive(t.path());
-    assert_eq!(changed(&after_ml, &after_sel), ["evaluate", "report", "select"]);
+    assert_eq!(changed(&after_ml, &after_sel), ["evaluate", "policy", "report", "select"]);
     // a stage's own file: that stage only (editing select does not invalidate every evaluation)
     append(t.path(), "stages/src/select.rs", "\n// an edit\n");
     let after_select = derive(t.path());
