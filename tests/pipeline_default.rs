@@ -118,6 +118,15 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
         assert!([0.01, 0.1].contains(&r["gamma"].as_f64().unwrap()), "{sel}");
         assert!([0.1, 1.0].contains(&r["value"].as_f64().unwrap()), "{sel}");
     }
+    // the reward-model table has every figure: accuracy against the oracle overall and within the margin, and
+    // length sensitivity
+    let rm_rows: Vec<&str> =
+        md.lines().filter(|l| l.starts_with("| rm | ") || l.starts_with("| rm_member | ")).collect();
+    assert_eq!(rm_rows.len(), 2 + 4, "{md}");
+    for l in &rm_rows {
+        let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+        assert!(cells[5..8].iter().all(|c| c.parse::<f64>().is_ok()), "{l}");
+    }
     for png in ["advantage_vs_rho.png", "logp_trajectories.png", "member_usage.png"] {
         let bytes = std::fs::read(w.path().join("rep").join(png)).unwrap();
         assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{png}");

@@ -4,7 +4,9 @@
 //! `label` by default; every row must be labelled), `base` (a causal-LM checkpoint, whose backbone starts the reward
 //! model with a fresh score head, or a reward-model checkpoint to continue from; its `tokenizer.json` is used), and
 //! optionally `eval` (another labelled table, e.g. oracle-labelled pairs the reward model never saw, scored after
-//! training: `eval_accuracy`, `eval_length_sensitivity`).
+//! training: `eval_accuracy`, `eval_accuracy_within_margin` — on pairs whose lengths differ by less than the margin, which
+//! length alone cannot decide — and `eval_length_sensitivity`, in the summary and the metrics table's metadata, where the
+//! report reads them).
 //!
 //! Loss `−log σ(r(x, y_w) − r(x, y_l))`, AdamW with warm-up and linear decay over `steps` (default:
 //! `epochs` passes over the training rows), batches drawn by a seeded shuffle per epoch. `r` reads the score head

@@ -61,32 +61,50 @@ fn margins(model: &RewardModel, codec: &Codec, d: &Pairs, rows: &[usize], batch:
     Ok(out)
 }
 
-/// (accuracy, length sensitivity, length-differing pairs) of a model on rows of `d`.
-fn evaluate(
-    model: &RewardModel,
-    codec: &Codec,
-    d: &Pairs,
-    rows: &[usize],
-    margin: f64,
-) -> StageResult<(Option<f64>, Option<f64>, usize)> {
+/// How a reward model agrees with the labels of some rows.
+#[derive(Debug, Clone, Copy, Default)]
+struct Agreement {
+    /// Share of rows where the model prefers the labelled-chosen response.
+    accuracy: Option<f64>,
+    /// The same on rows whose lengths differ by less than the margin (length alone cannot decide them).
+    within_margin_accuracy: Option<f64>,
+    within_margin: usize,
+    /// Share of length-differing rows where the model prefers the longer response.
+    length_sensitivity: Option<f64>,
+    length_differing: usize,
+}
+
+/// Agreement of a model with the labels on rows of `d`.
+fn evaluate(model: &RewardModel, codec: &Codec, d: &Pairs, rows: &[usize], margin: f64) -> StageResult<Agreement> {
     if rows.is_empty() {
-        return Ok((None, None, 0));
+        return Ok(Agreement::default());
     }
     let m = margins(model, codec, d, rows, 128)?;
-    let acc = m.iter().filter(|&&x| x > 0.0).count() as f64 / m.len() as f64;
-    let (mut differ, mut longer_pref) = (0usize, 0usize);
+    let share = |hits: usize, n: usize| (n > 0).then(|| hits as f64 / n as f64);
+    let acc = m.iter().filter(|&&x| x > 0.0).count();
+    let (mut differ, mut longer_pref, mut within, mut within_hit) = (0usize, 0usize, 0usize, 0usize);
     for (k, &i) in rows.iter().enumerate() {
-        // lengths without the EOS
+        // lengths without the EOS; the model prefers the chosen one when m > 0
         let (lw, ll) = (d.chosen[i].len() as u32 - 1, d.rejected[i].len() as u32 - 1);
-        if let Some(x) = longer(lw, ll, margin) {
-            differ += 1;
-            // x = 0: the chosen one is longer; the model prefers the chosen one when m > 0
-            let prefers_chosen = m[k] > 0.0;
-            longer_pref += ((x == 0) == prefers_chosen) as usize;
+        match longer(lw, ll, margin) {
+            // x = 0: the chosen one is longer
+            Some(x) => {
+                differ += 1;
+                longer_pref += ((x == 0) == (m[k] > 0.0)) as usize;
+            }
+            None => {
+                within += 1;
+                within_hit += (m[k] > 0.0) as usize;
+            }
         }
     }
-    let sens = if differ > 0 { Some(longer_pref as f64 / differ as f64) } else { None };
-    Ok((Some(acc), sens, differ))
+    Ok(Agreement {
+        accuracy: share(acc, m.len()),
+        within_margin_accuracy: share(within_hit, within),
+        within_margin: within,
+        length_sensitivity: share(longer_pref, differ),
+        length_differing: differ,
+    })
 }
 
 fn held_out(id: &str, seed: u64, frac: f64) -> bool {
@@ -176,18 +194,20 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let out_dir = ctx.output_path("model");
     std::fs::create_dir_all(&out_dir)?;
     model.save(&out_dir, Some(&base.path))?;
-    let (held_acc, sens, held_differ) = evaluate(&model, &codec, &d, &held, p.margin)?;
+    let held_agreement = evaluate(&model, &codec, &d, &held, p.margin)?;
+    let (held_acc, sens, held_differ) =
+        (held_agreement.accuracy, held_agreement.length_sensitivity, held_agreement.length_differing);
     let sample: Vec<usize> = train.iter().copied().take(512).collect();
-    let (train_acc, _, _) = evaluate(&model, &codec, &d, &sample, p.margin)?;
-    let (eval_acc, eval_sens, eval_n) = match data_io::opt_input(ctx, "eval")? {
+    let train_acc = evaluate(&model, &codec, &d, &sample, p.margin)?.accuracy;
+    let (ev, eval_n) = match data_io::opt_input(ctx, "eval")? {
         Some(e) => {
             let ed = load_pairs(&e.path, "eval", "label", &codec)?;
             let rows: Vec<usize> = (0..ed.ids.len()).collect();
-            let (a, s, _) = evaluate(&model, &codec, &ed, &rows, p.margin)?;
-            (a, s, rows.len())
+            (evaluate(&model, &codec, &ed, &rows, p.margin)?, rows.len())
         }
-        None => (None, None, 0),
+        None => (Agreement::default(), 0),
     };
+    let (eval_acc, eval_sens) = (ev.accuracy, ev.length_sensitivity);
     let h = &trainer.history;
     let summary = json!({
         "train_pairs": train.len(),
@@ -203,7 +223,11 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         "data_longer_preferred_share": data_longer,
         "eval_pairs": eval_n,
         "eval_accuracy": eval_acc,
+        "eval_accuracy_within_margin": ev.within_margin_accuracy,
+        "eval_within_margin_pairs": ev.within_margin,
         "eval_length_sensitivity": eval_sens,
+        "eval_length_differing_pairs": ev.length_differing,
+        "held_out_accuracy_within_margin": held_agreement.within_margin_accuracy,
         "seconds": t0.elapsed().as_secs_f64(),
     });
     let col = |f: &dyn Fn(&rmdistill_ml::StepMetrics) -> f64| h.iter().map(|r| Some(f(r))).collect::<Vec<_>>();
@@ -219,7 +243,15 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ],
         &table::summary_kv(
             "train_rm",
-            &json!({"held_out_accuracy": held_acc, "length_sensitivity": sens, "eval_accuracy": eval_acc, "train_pairs": train.len()}),
+            // what the report's reward-model table reads
+            &json!({
+                "held_out_accuracy": held_acc,
+                "length_sensitivity": sens,
+                "eval_accuracy": eval_acc,
+                "eval_accuracy_within_margin": ev.within_margin_accuracy,
+                "eval_length_sensitivity": eval_sens,
+                "train_pairs": train.len()
+            }),
         ),
     )?;
     ctx.log(&format!(
