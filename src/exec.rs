@@ -128,6 +128,14 @@ pub fn lookup(store: &Store, key: &str) -> anyhow::Result<Option<Entry>> {
     }
 }
 
+/// [`lookup`] for a runner that needs only the outputs of a hit (the no-op path: no key record or summary parsed).
+pub fn lookup_outputs(store: &Store, key: &str) -> anyhow::Result<Option<BTreeMap<String, OutputRef>>> {
+    match store.get_entry_head(key)? {
+        Some(h) if store.outputs_complete(&h.key, &h.node, &h.outputs)? => Ok(Some(h.outputs)),
+        _ => Ok(None),
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
@@ -446,6 +454,23 @@ struct NodeRun {
     report: NodeReport,
 }
 
+/// What the store holds for a ready node, found by [`Runner::look_up`].
+#[allow(clippy::large_enum_variant)] // one per ready node, consumed at once
+enum Lookup {
+    /// Its key could not be built (an external file is unreadable).
+    Failed(String),
+    /// A cache hit; `pointer_current` when the node's last-run pointer already names this key.
+    Hit {
+        key: String,
+        outputs: BTreeMap<String, OutputRef>,
+        pointer_current: bool,
+    },
+    Miss {
+        key: String,
+        rec: KeyRecord,
+    },
+}
+
 /// The executor's state: every node's [`NodeRun`], the nodes ready to be resolved, the queue of nodes waiting for a
 /// slot, and the slots.
 struct Runner<'a> {
@@ -533,46 +558,82 @@ impl Runner<'_> {
         }
     }
 
-    /// A ready node: its key from its upstream outputs, then a cache hit, or a place in the queue.
-    fn resolve(&mut self, i: usize) -> anyhow::Result<()> {
-        if self.nodes[i].state != State::Waiting || self.nodes[i].waiting_on > 0 {
-            return Ok(()); // resolved already, or an upstream node is running again
-        }
-        let (plan, nodes) = (self.plan, &self.nodes);
-        let rec = match record_with(plan, i, &|u| nodes[u].outputs.as_ref(), self.ext) {
-            Ok(r) => r,
-            Err(e) => {
-                self.failed(i, format!("{e:#}"));
-                return Ok(());
+    /// Resolves every ready node: the keys and store lookups of the batch concurrently (they read only the store and
+    /// the outputs of nodes already done), then each outcome in order. A no-op run is mostly these lookups.
+    fn resolve_ready(&mut self) -> anyhow::Result<()> {
+        use rayon::prelude::*;
+        while !self.ready.is_empty() {
+            let batch: Vec<usize> = self.ready.drain(..).collect();
+            let looked: Vec<anyhow::Result<Option<Lookup>>> = batch.par_iter().map(|&i| self.look_up(i)).collect();
+            for (i, l) in batch.into_iter().zip(looked) {
+                if let Some(l) = l? {
+                    self.resolve(i, l)?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// A ready node's key from its upstream outputs and what the store holds for it (`None` when it was resolved
+    /// already, or an upstream node is running again).
+    fn look_up(&self, i: usize) -> anyhow::Result<Option<Lookup>> {
+        let nd = &self.nodes[i];
+        if nd.state != State::Waiting || nd.waiting_on > 0 {
+            return Ok(None);
+        }
+        let nodes = &self.nodes;
+        let rec = match record_with(self.plan, i, &|u| nodes[u].outputs.as_ref(), self.ext) {
+            Ok(r) => r,
+            Err(e) => return Ok(Some(Lookup::Failed(format!("{e:#}")))),
         };
         let key = rec.key();
-        self.nodes[i].report.key = Some(key.clone());
-        let hit = if self.nodes[i].force { None } else { lookup(self.store, &key)? };
-        let name = &self.plan.nodes[i].name;
-        if let Some(e) = hit {
-            if self.store.last_key(&self.scope, name)?.as_deref() != Some(key.as_str()) {
-                self.store.set_last_key(&self.scope, name, &key)?;
+        let hit = if nd.force { None } else { lookup_outputs(self.store, &key)? };
+        Ok(Some(match hit {
+            Some(outputs) => {
+                let pointer_current =
+                    self.store.last_key(&self.scope, &self.plan.nodes[i].name)?.as_deref() == Some(key.as_str());
+                Lookup::Hit { key, outputs, pointer_current }
             }
-            let nd = &mut self.nodes[i];
-            nd.outputs = Some(e.outputs.clone());
-            nd.report.outputs = e.outputs;
-            nd.report.outcome = Outcome::Cached;
-            self.progress.finished(name, "cached", "");
-            self.done(i);
-        } else if self.opts.upstream_must_be_cached && !self.opts.targets.contains(&i) {
-            return Err(crate::error::NotReady(format!(
-                "upstream node {name} is not in the store yet (run it first; a scheduler orders this by dependencies)"
-            ))
-            .into());
-        } else {
-            // An entry whose blobs are gone or corrupt is replaced rather than trusted.
-            let exists = self.store.get_entry(&key)?.is_some();
-            let nd = &mut self.nodes[i];
-            nd.replace = nd.replace || exists;
-            nd.record = Some(rec);
-            nd.state = State::Queued;
-            self.queue.push_back(i);
+            None => Lookup::Miss { key, rec },
+        }))
+    }
+
+    /// A looked-up node: a cache hit, or a place in the queue.
+    fn resolve(&mut self, i: usize, l: Lookup) -> anyhow::Result<()> {
+        if self.nodes[i].state != State::Waiting || self.nodes[i].waiting_on > 0 {
+            return Ok(());
+        }
+        let name = &self.plan.nodes[i].name;
+        match l {
+            Lookup::Failed(msg) => self.failed(i, msg),
+            Lookup::Hit { key, outputs, pointer_current } => {
+                if !pointer_current {
+                    self.store.set_last_key(&self.scope, name, &key)?;
+                }
+                let nd = &mut self.nodes[i];
+                nd.report.key = Some(key);
+                nd.outputs = Some(outputs.clone());
+                nd.report.outputs = outputs;
+                nd.report.outcome = Outcome::Cached;
+                self.progress.finished(name, "cached", "");
+                self.done(i);
+            }
+            Lookup::Miss { .. } if self.opts.upstream_must_be_cached && !self.opts.targets.contains(&i) => {
+                return Err(crate::error::NotReady(format!(
+                    "upstream node {name} is not in the store yet (run it first; a scheduler orders this by dependencies)"
+                ))
+                .into());
+            }
+            Lookup::Miss { key, rec } => {
+                // An entry whose blobs are gone or corrupt is replaced rather than trusted.
+                let exists = self.store.get_entry(&key)?.is_some();
+                let nd = &mut self.nodes[i];
+                nd.report.key = Some(key);
+                nd.replace = nd.replace || exists;
+                nd.record = Some(rec);
+                nd.state = State::Queued;
+                self.queue.push_back(i);
+            }
         }
         Ok(())
     }
@@ -771,9 +832,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         let (res_tx, res_rx) = std::sync::mpsc::channel::<(usize, Result<Entry, ExecError>)>();
         let mut journaled = false;
         loop {
-            while let Some(i) = r.ready.pop_front() {
-                r.resolve(i)?;
-            }
+            r.resolve_ready()?;
             if !journaled && !r.queue.is_empty() {
                 journal("running", &r.nodes.iter().map(|nd| &nd.report).collect::<Vec<_>>())?;
                 journaled = true;
@@ -926,8 +985,8 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
         }
         let rec = record(plan, i, &outputs, &ext)?;
         let key = rec.key();
-        if let Some(e) = lookup(store, &key)? {
-            outputs[i] = Some(e.outputs);
+        if let Some(o) = lookup_outputs(store, &key)? {
+            outputs[i] = Some(o);
             out.push(NodeStatus { node: n.name.clone(), state: "cached".into(), key: Some(key), reasons: vec![] });
             continue;
         }

@@ -16,17 +16,41 @@ pub const KEY_VERSION: u32 = 1;
 
 /// JSON with object keys sorted at every level, no whitespace: the bytes that get hashed.
 pub fn canonical(v: &Value) -> String {
-    fn sort(v: &Value) -> Value {
-        match v {
-            Value::Object(o) => {
-                let sorted: BTreeMap<&String, Value> = o.iter().map(|(k, v)| (k, sort(v))).collect();
-                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+    let mut out = Vec::new();
+    write_canonical(v, &mut out).expect("writing to memory cannot fail");
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// Writes [`canonical`]'s bytes without building a sorted copy of the value (keys are hashed for every node of
+/// every run, so this is on the no-op path).
+fn write_canonical(v: &Value, w: &mut impl std::io::Write) -> std::io::Result<()> {
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<(&String, &Value)> = o.iter().collect();
+            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            w.write_all(b"{")?;
+            for (n, (k, v)) in keys.into_iter().enumerate() {
+                if n > 0 {
+                    w.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *w, k)?;
+                w.write_all(b":")?;
+                write_canonical(v, w)?;
             }
-            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
-            other => other.clone(),
+            w.write_all(b"}")
         }
+        Value::Array(a) => {
+            w.write_all(b"[")?;
+            for (n, v) in a.iter().enumerate() {
+                if n > 0 {
+                    w.write_all(b",")?;
+                }
+                write_canonical(v, w)?;
+            }
+            w.write_all(b"]")
+        }
+        scalar => Ok(serde_json::to_writer(w, scalar)?),
     }
-    serde_json::to_string(&sort(v)).expect("JSON values serialise")
 }
 
 /// One input artifact as recorded in a key: its content hash and the producing node's sweep coordinates (which a
@@ -52,8 +76,60 @@ pub struct KeyRecord {
 
 impl KeyRecord {
     pub fn key(&self) -> String {
-        let v = serde_json::to_value(self).expect("record serialises");
-        blake3::hash(canonical(&v).as_bytes()).to_hex().to_string()
+        let mut h = blake3::Hasher::new();
+        self.write_canonical(&mut h).expect("hashing cannot fail");
+        h.finalize().to_hex().to_string()
+    }
+
+    /// The record's [`canonical`] bytes, written field by field in sorted order without first converting the
+    /// record to a JSON value (a test checks both give the same bytes).
+    fn write_canonical(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let KeyRecord { v, stage_kind, code, params, inputs, externals } = self;
+        w.write_all(b"{\"code\":")?;
+        serde_json::to_writer(&mut *w, code)?;
+        w.write_all(b",\"externals\":")?;
+        serde_json::to_writer(&mut *w, externals)?; // a BTreeMap of strings: sorted already
+        w.write_all(b",\"inputs\":{")?;
+        for (n, (slot, refs)) in inputs.iter().enumerate() {
+            if n > 0 {
+                w.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *w, slot)?;
+            w.write_all(b":[")?;
+            for (m, r) in refs.iter().enumerate() {
+                if m > 0 {
+                    w.write_all(b",")?;
+                }
+                w.write_all(b"{\"coords\":{")?;
+                for (k, (name, value)) in r.coords.iter().enumerate() {
+                    if k > 0 {
+                        w.write_all(b",")?;
+                    }
+                    serde_json::to_writer(&mut *w, name)?;
+                    w.write_all(b":")?;
+                    write_canonical(value, w)?;
+                }
+                w.write_all(b"},\"hash\":")?;
+                serde_json::to_writer(&mut *w, &r.hash)?;
+                w.write_all(b"}")?;
+            }
+            w.write_all(b"]")?;
+        }
+        w.write_all(b"},\"params\":")?;
+        let mut keys: Vec<(&String, &Value)> = params.iter().collect();
+        keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        w.write_all(b"{")?;
+        for (n, (k, value)) in keys.into_iter().enumerate() {
+            if n > 0 {
+                w.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *w, k)?;
+            w.write_all(b":")?;
+            write_canonical(value, w)?;
+        }
+        w.write_all(b"},\"stage_kind\":")?;
+        serde_json::to_writer(&mut *w, stage_kind)?;
+        write!(w, ",\"v\":{v}}}")
     }
 
     /// Field-by-field differences against an older record, as human-readable lines.
@@ -194,6 +270,40 @@ mod tests {
             inputs: BTreeMap::from([("pairs".into(), vec![InputRef { hash: "h1".into(), coords: BTreeMap::new() }])]),
             externals: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn the_record_is_written_as_its_canonical_json() {
+        let r = KeyRecord {
+            v: KEY_VERSION,
+            stage_kind: "policy".into(),
+            code: "c0de\"q".into(),
+            params: json!({"z": [1, {"b": 2.5, "a": null}], "method": "e-DPO", "β": 0.1, "Beta": true})
+                .as_object()
+                .unwrap()
+                .clone(),
+            inputs: BTreeMap::from([
+                (
+                    "rm".into(),
+                    vec![
+                        InputRef { hash: "h2".into(), coords: BTreeMap::from([("rho".into(), json!(0.2))]) },
+                        InputRef {
+                            hash: "h3".into(),
+                            coords: BTreeMap::from([("seed".into(), json!(1)), ("m".into(), json!("x"))]),
+                        },
+                    ],
+                ),
+                ("base".into(), vec![InputRef { hash: "h1".into(), coords: BTreeMap::new() }]),
+            ]),
+            externals: BTreeMap::from([("path".into(), "e1".into()), ("a\nb".into(), "e2".into())]),
+        };
+        let mut direct = Vec::new();
+        r.write_canonical(&mut direct).unwrap();
+        assert_eq!(String::from_utf8(direct).unwrap(), canonical(&serde_json::to_value(&r).unwrap()));
+        let empty = KeyRecord { params: Map::new(), inputs: BTreeMap::new(), ..rec() };
+        let mut direct = Vec::new();
+        empty.write_canonical(&mut direct).unwrap();
+        assert_eq!(String::from_utf8(direct).unwrap(), canonical(&serde_json::to_value(&empty).unwrap()));
     }
 
     #[test]

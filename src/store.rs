@@ -59,6 +59,15 @@ pub struct Entry {
     pub seconds: f64,
 }
 
+/// What a cache hit needs of an entry; parsing it skips the key record and the stage's summary, which a no-op run
+/// does not read (the entry's `check` still covers them).
+#[derive(Clone, Debug, Deserialize)]
+pub struct EntryHead {
+    pub key: String,
+    pub node: String,
+    pub outputs: BTreeMap<String, OutputRef>,
+}
+
 /// A blob whose bytes do not match its address (or that cannot be parsed as what it claims to be).
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt blob {hash}: {detail}")]
@@ -984,6 +993,21 @@ impl Store {
         Ok(None)
     }
 
+    /// [`Store::get_entry`] reading only what a cache hit needs. An entry whose `check` matches is parsed as an
+    /// [`EntryHead`]; any other (damaged, or written before checks existed) takes the full path.
+    pub fn get_entry_head(&self, key: &str) -> anyhow::Result<Option<EntryHead>> {
+        if let Some(root) = &self.local_root
+            && let Ok(bytes) = std::fs::read(root.join(Self::entry_rel(key)))
+            && check_matches(&bytes) == Some(true)
+            && let Ok(h) = serde_json::from_slice::<EntryHead>(&bytes)
+            && h.key == key
+            && h.outputs.values().all(|o| is_hash(&o.hash))
+        {
+            return Ok(Some(h));
+        }
+        Ok(self.get_entry(key)?.map(|e| EntryHead { key: e.key, node: e.node, outputs: e.outputs }))
+    }
+
     fn reject_entry(&self, rel: &str, why: &str, seen: Option<&[u8]>) -> anyhow::Result<()> {
         if let Some(dest) = self.set_aside(rel, "cache-corrupt", seen)? {
             self.warn(format!(
@@ -1002,45 +1026,55 @@ impl Store {
     /// and intact (see the module documentation for how much is hashed). When not, the reason is kept for
     /// [`Store::incomplete_reason`], a warning is printed, and the caller runs the node again.
     pub fn entry_complete(&self, e: &Entry) -> anyhow::Result<bool> {
-        match self.entry_problem(e)? {
+        self.outputs_complete(&e.key, &e.node, &e.outputs)
+    }
+
+    /// [`Store::entry_complete`] for the parts of an entry it checks.
+    pub fn outputs_complete(
+        &self,
+        key: &str,
+        node: &str,
+        outputs: &BTreeMap<String, OutputRef>,
+    ) -> anyhow::Result<bool> {
+        match self.entry_problem(node, outputs)? {
             None => {
-                self.incomplete.lock().unwrap().remove(&e.key);
+                self.incomplete.lock().unwrap().remove(key);
                 Ok(true)
             }
             Some(why) => {
                 self.warn(format!("{why}; not served, so the node runs again"));
-                self.incomplete.lock().unwrap().insert(e.key.clone(), why);
+                self.incomplete.lock().unwrap().insert(key.to_string(), why);
                 Ok(false)
             }
         }
     }
 
-    fn entry_problem(&self, e: &Entry) -> anyhow::Result<Option<String>> {
+    fn entry_problem(&self, node: &str, outputs: &BTreeMap<String, OutputRef>) -> anyhow::Result<Option<String>> {
         let describe = |what: &str, hash: &str, c: &Check| match c {
             Check::Ok => None,
             Check::Missing => Some(format!("missing blob {hash} ({what}): not in the store")),
             Check::Corrupt(d) => Some(format!("corrupt blob {hash} ({what}): {d}")),
         };
         let files: Vec<(&str, Option<u64>)> =
-            e.outputs.values().map(|o| (o.hash.as_str(), (o.kind == ArtifactKind::File).then_some(o.size))).collect();
+            outputs.values().map(|o| (o.hash.as_str(), (o.kind == ArtifactKind::File).then_some(o.size))).collect();
         let checks = self.check_blobs(&files)?;
-        for ((name, o), c) in e.outputs.iter().zip(&checks) {
+        for ((name, o), c) in outputs.iter().zip(&checks) {
             let what = match o.kind {
-                ArtifactKind::File => format!("output `{name}` of {}", e.node),
-                ArtifactKind::Dir => format!("the listing of directory output `{name}` of {}", e.node),
+                ArtifactKind::File => format!("output `{name}` of {}", node),
+                ArtifactKind::Dir => format!("the listing of directory output `{name}` of {}", node),
             };
             if let Some(why) = describe(&what, &o.hash, c) {
                 return Ok(Some(why));
             }
         }
-        for (name, o) in e.outputs.iter().filter(|(_, o)| o.kind == ArtifactKind::Dir) {
+        for (name, o) in outputs.iter().filter(|(_, o)| o.kind == ArtifactKind::Dir) {
             let tree = match self.tree(&o.hash) {
                 Ok(t) => t,
                 Err(err) => match err.downcast::<Corrupt>() {
                     Ok(c) => {
                         return Ok(Some(format!(
                             "corrupt blob {} (the listing of directory output `{name}` of {}): {}",
-                            c.hash, e.node, c.detail
+                            c.hash, node, c.detail
                         )));
                     }
                     Err(err) => return Err(err),
@@ -1050,13 +1084,12 @@ impl Store {
             if total != o.size {
                 return Ok(Some(format!(
                     "directory output `{name}` of {} lists {total} bytes but its entry records {}",
-                    e.node, o.size
+                    node, o.size
                 )));
             }
             let files: Vec<(&str, Option<u64>)> = tree.files.iter().map(|f| (f.hash.as_str(), Some(f.size))).collect();
             for (f, c) in tree.files.iter().zip(self.check_blobs(&files)?) {
-                if let Some(why) = describe(&format!("file `{}` of output `{name}` of {}", f.path, e.node), &f.hash, &c)
-                {
+                if let Some(why) = describe(&format!("file `{}` of output `{name}` of {}", f.path, node), &f.hash, &c) {
                     return Ok(Some(why));
                 }
             }
