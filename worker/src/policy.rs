@@ -220,13 +220,18 @@ fn selected_params(ctx: &dyn Ctx) -> StageResult<(serde_json::Map<String, Value>
     Ok((params, Some(c)))
 }
 
-pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
-    let (params, choice) = selected_params(ctx)?;
-    let p = parse(&params)?;
-    let reduction = lm_io::reduction(p.reduction);
-    let t0 = std::time::Instant::now();
+/// The policy's inputs, read and checked against the method before any training.
+struct Inputs {
+    pairs: Pairs,
+    reference_path: std::path::PathBuf,
+    rewards: Option<Rewards>,
+    ref_samples_path: Option<std::path::PathBuf>,
+    /// ρ of D_ρ, as `subsample` recorded it.
+    rho: Option<f64>,
+}
+
+fn read_inputs(ctx: &dyn Ctx, p: &rmdistill_stages::policy::Params) -> StageResult<Inputs> {
     let method = p.method;
-    // ---- inputs and their checks, before any training
     let pairs_in = lm_io::one_input(ctx, "pairs")?;
     let ref_in = lm_io::one_input(ctx, "reference")?;
     let rewards_in = lm_io::opt_input(ctx, "rewards")?;
@@ -287,41 +292,242 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             _ => {}
         }
     }
-    let device = lm_io::tch_device(ctx);
-    tch::set_num_threads(ctx.threads().max(1) as i32);
-    rmdistill_ml::train::deterministic_cpu(p.seed, ctx.threads().max(1) as i32);
-    let codec = Codec::load(&ref_in.path, "reference")?.with_max_len(p.max_len);
-    let mut reference =
-        LanguageModel::load(&ref_in.path, device).map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
-    codec.check_vocab(reference.net().vocab_size(), "reference")?;
-    reference.freeze();
-    let policy = reference.try_clone()?;
-    let samples = match (samples_in, method.pessimistic() && p.kl_source == KlSource::Pairs) {
-        (Some(s), false) => Some(read_ref_samples(&s.path, &codec)?),
-        _ => None,
-    };
-    // ---- tokenise once
-    let prompts: Vec<Vec<i64>> = pairs.prompt.iter().map(|s| codec.prompt(s)).collect::<StageResult<_>>()?;
-    let resp_a: Vec<Vec<i64>> = pairs.a.iter().map(|s| codec.response(s)).collect::<StageResult<_>>()?;
-    let resp_b: Vec<Vec<i64>> = pairs.b.iter().map(|s| codec.response(s)).collect::<StageResult<_>>()?;
-    // reference log-probs: precomputed (sum) or computed here
-    let (ref_a, ref_b, ref_source) = match (&rewards, reduction) {
-        (Some(r), Reduction::Sum) => (r.ref_a.clone(), r.ref_b.clone(), "rewards table"),
-        _ => {
-            let pr: Vec<&[i64]> = prompts.iter().map(|v| v.as_slice()).collect();
-            let ra: Vec<&[i64]> = resp_a.iter().map(|v| v.as_slice()).collect();
-            let rb: Vec<&[i64]> = resp_b.iter().map(|v| v.as_slice()).collect();
-            let bs = p.batch_size.max(32);
-            (
-                lm_io::logprobs_nograd(&reference, &codec, &pr, &ra, reduction, bs)?,
-                lm_io::logprobs_nograd(&reference, &codec, &pr, &rb, reduction, bs)?,
-                "reference model",
-            )
+    let rho = table::read_kv(&pairs_in.path)?
+        .into_iter()
+        .find(|(k, _)| k == "rmdistill.rho")
+        .and_then(|(_, v)| v.parse::<f64>().ok());
+    // With kl_source = "pairs" the KL term uses the pairs themselves, so bound samples are not read.
+    let ref_samples_path =
+        samples_in.filter(|_| !(method.pessimistic() && p.kl_source == KlSource::Pairs)).map(|s| s.path.clone());
+    Ok(Inputs { pairs, reference_path: ref_in.path.clone(), rewards, ref_samples_path, rho })
+}
+
+/// The pairs' prompts and responses as token ids, encoded once.
+struct Tokens {
+    prompts: Vec<Vec<i64>>,
+    resp_a: Vec<Vec<i64>>,
+    resp_b: Vec<Vec<i64>>,
+}
+
+fn encode(codec: &Codec, pairs: &Pairs) -> StageResult<Tokens> {
+    Ok(Tokens {
+        prompts: pairs.prompt.iter().map(|s| codec.prompt(s)).collect::<StageResult<_>>()?,
+        resp_a: pairs.a.iter().map(|s| codec.response(s)).collect::<StageResult<_>>()?,
+        resp_b: pairs.b.iter().map(|s| codec.response(s)).collect::<StageResult<_>>()?,
+    })
+}
+
+/// Where the reference log-probs log π_ref(y|x) of the pairs came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RefSource {
+    /// `precompute.rewards` (summed log-probs, checked against the reference model on the first batch).
+    RewardsTable,
+    /// Computed here from the reference model (no rewards table, or a reduction other than the sum).
+    ReferenceModel,
+}
+
+impl std::fmt::Display for RefSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefSource::RewardsTable => "rewards table",
+            RefSource::ReferenceModel => "reference model",
+        })
+    }
+}
+
+/// log π_ref(y_a|x) and log π_ref(y_b|x) of every pair.
+fn reference_logprobs(
+    rewards: Option<&Rewards>,
+    reference: &LanguageModel,
+    codec: &Codec,
+    tokens: &Tokens,
+    reduction: Reduction,
+    batch_size: usize,
+) -> StageResult<(Vec<f64>, Vec<f64>, RefSource)> {
+    if let (Some(r), Reduction::Sum) = (rewards, reduction) {
+        return Ok((r.ref_a.clone(), r.ref_b.clone(), RefSource::RewardsTable));
+    }
+    let pr: Vec<&[i64]> = tokens.prompts.iter().map(|v| v.as_slice()).collect();
+    let ra: Vec<&[i64]> = tokens.resp_a.iter().map(|v| v.as_slice()).collect();
+    let rb: Vec<&[i64]> = tokens.resp_b.iter().map(|v| v.as_slice()).collect();
+    let bs = batch_size.max(32);
+    Ok((
+        lm_io::logprobs_nograd(reference, codec, &pr, &ra, reduction, bs)?,
+        lm_io::logprobs_nograd(reference, codec, &pr, &rb, reduction, bs)?,
+        RefSource::ReferenceModel,
+    ))
+}
+
+/// One mini-batch as the loss sees it: the pairs `idx` as (y_1, y_2) — (y_w, y_l) for the label methods — with the
+/// reference log-probs in the same orientation.
+struct MiniBatch {
+    idx: Vec<usize>,
+    /// Whether y_1 is the labelled-chosen response (None: unlabelled pair).
+    first_is_chosen: Vec<Option<bool>>,
+    ref_1: Vec<f64>,
+    ref_2: Vec<f64>,
+    /// The 2b sequences: the b y_1 rows, then the b y_2 rows.
+    tokens: rmdistill_ml::PairBatch,
+}
+
+fn mini_batch(
+    idx: Vec<usize>,
+    method: Method,
+    inputs: &Inputs,
+    t: &Tokens,
+    refs: (&[f64], &[f64]),
+    codec: &Codec,
+    device: tch::Device,
+) -> StageResult<MiniBatch> {
+    let b = idx.len();
+    let first_is_chosen: Vec<Option<bool>> = idx.iter().map(|&i| inputs.pairs.label[i].map(|l| l == 0)).collect();
+    // label methods train on (y_w, y_l): flip the pairs whose label prefers response_b
+    let flip: Vec<bool> = first_is_chosen.iter().map(|o| method.uses_labels() && *o == Some(false)).collect();
+    let mut ps: Vec<&[i64]> = Vec::with_capacity(2 * b);
+    let mut rs: Vec<&[i64]> = Vec::with_capacity(2 * b);
+    let (mut ref_1, mut ref_2) = (Vec::with_capacity(b), Vec::with_capacity(b));
+    for (k, &i) in idx.iter().enumerate() {
+        ps.push(&t.prompts[i]);
+        rs.push(if flip[k] { &t.resp_b[i] } else { &t.resp_a[i] });
+        ref_1.push(if flip[k] { refs.1[i] } else { refs.0[i] });
+        ref_2.push(if flip[k] { refs.0[i] } else { refs.1[i] });
+    }
+    for (k, &i) in idx.iter().enumerate() {
+        ps.push(&t.prompts[i]);
+        rs.push(if flip[k] { &t.resp_a[i] } else { &t.resp_b[i] });
+    }
+    let tokens = codec.batch(&ps, &rs, device)?;
+    Ok(MiniBatch { idx, first_is_chosen, ref_1, ref_2, tokens })
+}
+
+/// The sequences the KL term of the pessimistic methods is estimated on, with their reference log-probs: the batch's
+/// own pairs (kl_source = "pairs"), or `kl_bs` samples of π_ref drawn with `rng`; none for the other methods.
+#[allow(clippy::too_many_arguments)]
+fn kl_batch(
+    pb: &MiniBatch,
+    method: Method,
+    p: &rmdistill_stages::policy::Params,
+    inputs: &Inputs,
+    t: &Tokens,
+    samples: Option<&RefSamples>,
+    kl_bs: usize,
+    rng: &mut ChaCha8Rng,
+    codec: &Codec,
+    device: tch::Device,
+) -> StageResult<Option<(rmdistill_ml::PairBatch, Vec<f64>)>> {
+    let rows: Vec<(&[i64], &[i64], f64)> = match (samples, method.pessimistic() && p.kl_source == KlSource::Pairs) {
+        (_, true) => {
+            let r = inputs.rewards.as_ref().expect("kl_source = \"pairs\" was checked to have rewards");
+            pb.idx
+                .iter()
+                .flat_map(|&i| {
+                    [
+                        (&t.prompts[i][..], &t.resp_a[i][..], r.ref_a[i]),
+                        (&t.prompts[i][..], &t.resp_b[i][..], r.ref_b[i]),
+                    ]
+                })
+                .collect()
         }
+        (Some(s), false) => (0..kl_bs)
+            .map(|_| {
+                let j = table::uniform_below(rng, s.prompt.len() as u64) as usize;
+                (&s.prompt[j][..], &s.response[j][..], s.ref_logp[j])
+            })
+            .collect(),
+        (None, false) => return Ok(None),
     };
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let kp: Vec<&[i64]> = rows.iter().map(|r| r.0).collect();
+    let kr: Vec<&[i64]> = rows.iter().map(|r| r.1).collect();
+    Ok(Some((codec.batch(&kp, &kr, device)?, rows.iter().map(|r| r.2).collect())))
+}
+
+/// Fails when the precomputed reference log-probs disagree with the reference model's on the first batch (the
+/// policy starts as π_ref, so π_θ's log-probs there are π_ref's).
+fn check_reference(pi: (&Tensor, &Tensor), reference: (&Tensor, &Tensor), device: tch::Device) -> StageResult<()> {
+    let diff = scalar(&(pi.0 - reference.0).abs().max().maximum(&(pi.1 - reference.1).abs().max()));
+    let tol = if device.is_cuda() { 0.5 } else { 1e-2 };
+    if diff.is_nan() || diff > tol {
+        return Err(StageError::invalid(
+            "rewards",
+            format!(
+                "the precomputed reference log-probs differ from the reference model's by up to {diff:.4} on the first batch \
+                 (tolerance {tol}): precompute and policy disagree on the reference or on the prompt/response encoding \
+                 (see worker/src/data_io.rs); set check_ref_logp = false to train anyway"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The step's chosen/rejected figures, over the pairs that have a label (oriented by the label for every method):
+/// mean log π_θ of the chosen and of the rejected response, the implicit reward margin β·Δ and its accuracy.
+fn label_metrics(
+    pb: &MiniBatch,
+    method: Method,
+    beta: f64,
+    pi_1: &Tensor,
+    pi_2: &Tensor,
+) -> StageResult<Vec<(String, f64)>> {
+    let to_vec = |t: &Tensor| {
+        Vec::<f64>::try_from(t.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)
+    };
+    let (lp1, lp2) = (to_vec(pi_1)?, to_vec(pi_2)?);
+    let (mut cw, mut cl, mut margin, mut acc, mut nl) = (0.0, 0.0, 0.0, 0.0, 0usize);
+    for k in 0..pb.idx.len() {
+        let Some(first_is_chosen) = (if method.uses_labels() { Some(true) } else { pb.first_is_chosen[k] }) else {
+            continue;
+        };
+        let (r1, r2) = (pb.ref_1[k], pb.ref_2[k]);
+        let (w, l, rw, rl) = if first_is_chosen { (lp1[k], lp2[k], r1, r2) } else { (lp2[k], lp1[k], r2, r1) };
+        let m = beta * ((w - rw) - (l - rl));
+        cw += w;
+        cl += l;
+        margin += m;
+        acc += (m > 0.0) as u8 as f64;
+        nl += 1;
+    }
+    if nl == 0 {
+        return Ok(vec![]);
+    }
+    let d = nl as f64;
+    Ok(vec![
+        ("logp_chosen".into(), cw / d),
+        ("logp_rejected".into(), cl / d),
+        ("margin".into(), margin / d),
+        ("accuracy".into(), acc / d),
+    ])
+}
+
+/// What training leaves besides the policy's weights: the step metrics and, for e-DPO, how often each member was
+/// the pessimistic choice (per step) and the best match (per example).
+struct Training {
+    history: Vec<rmdistill_ml::StepMetrics>,
+    steps: usize,
+    member_chosen: Vec<u64>,
+    member_best: Vec<u64>,
+}
+
+/// Trains π_θ (which starts as π_ref) with the method's objective, one mini-batch per optimizer step.
+#[allow(clippy::too_many_arguments)]
+fn train(
+    ctx: &dyn Ctx,
+    p: &rmdistill_stages::policy::Params,
+    inputs: &Inputs,
+    policy: &LanguageModel,
+    codec: &Codec,
+    tokens: &Tokens,
+    refs: (&[f64], &[f64], RefSource),
+    samples: Option<&RefSamples>,
+    device: tch::Device,
+) -> StageResult<Training> {
+    let method = p.method;
+    let reduction = lm_io::reduction(p.reduction);
+    let n = inputs.pairs.ids.len();
     let batch_size = p.batch_size.min(n);
-    let per_epoch = n.div_ceil(batch_size);
-    let total = p.steps.unwrap_or(per_epoch * p.epochs);
+    let total = p.steps.unwrap_or(n.div_ceil(batch_size) * p.epochs);
     let gamma = p.gamma.unwrap_or(GammaSchedule::Constant(0.0));
     let optim = OptimConfig {
         lr: p.lr,
@@ -336,11 +542,11 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x5eed_0001);
     let mut order: Vec<u32> = (0..n as u32).collect();
     let kl_bs = p.kl_batch_size.unwrap_or(batch_size);
-    let mut member_chosen = vec![0u64; rewards.as_ref().map_or(0, |r| r.members)];
-    let mut member_best = vec![0u64; member_chosen.len()];
+    let members = inputs.rewards.as_ref().map_or(0, |r| r.members);
+    let (mut member_chosen, mut member_best) = (vec![0u64; members], vec![0u64; members]);
     ctx.log(&format!(
-        "{method}: {n} pairs, {total} steps of {batch_size}, beta {}, tau {}, gamma {:?}, reference log-probs from the {ref_source}",
-        p.beta, p.tau, gamma
+        "{method}: {n} pairs, {total} steps of {batch_size}, beta {}, tau {}, gamma {gamma:?}, reference log-probs from the {}",
+        p.beta, p.tau, refs.2
     ));
     let mut pos = n; // position in the current shuffled order; n forces a reshuffle
     let mut first = true;
@@ -353,78 +559,22 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         let idx: Vec<usize> = order[pos..(pos + batch_size).min(n)].iter().map(|&i| i as usize).collect();
         pos += batch_size;
         let b = idx.len();
-        // (y_1, y_2) and whether y_1 is the chosen response
-        let label_orient: Vec<Option<bool>> = idx.iter().map(|&i| pairs.label[i].map(|l| l == 0)).collect();
-        // label methods train on (y_w, y_l): flip the pairs whose label prefers response_b
-        let flip: Vec<bool> = label_orient.iter().map(|o| method.uses_labels() && *o == Some(false)).collect();
-        let mut ps: Vec<&[i64]> = Vec::with_capacity(2 * b);
-        let mut rs: Vec<&[i64]> = Vec::with_capacity(2 * b);
-        let (mut r1, mut r2) = (Vec::with_capacity(b), Vec::with_capacity(b));
-        for (k, &i) in idx.iter().enumerate() {
-            ps.push(&prompts[i]);
-            rs.push(if flip[k] { &resp_b[i] } else { &resp_a[i] });
-            r1.push(if flip[k] { ref_b[i] } else { ref_a[i] });
-            r2.push(if flip[k] { ref_a[i] } else { ref_b[i] });
-        }
-        for (k, &i) in idx.iter().enumerate() {
-            ps.push(&prompts[i]);
-            rs.push(if flip[k] { &resp_a[i] } else { &resp_b[i] });
-        }
-        let batch = codec.batch(&ps, &rs, device)?;
-        // KL samples
-        let kl_rows: Vec<(Vec<i64>, Vec<i64>, f64)> =
-            match (&samples, method.pessimistic() && p.kl_source == KlSource::Pairs) {
-                (_, true) => {
-                    let r = rewards.as_ref().unwrap();
-                    idx.iter()
-                        .flat_map(|&i| {
-                            [
-                                (prompts[i].clone(), resp_a[i].clone(), r.ref_a[i]),
-                                (prompts[i].clone(), resp_b[i].clone(), r.ref_b[i]),
-                            ]
-                        })
-                        .collect()
-                }
-                (Some(s), false) => (0..kl_bs)
-                    .map(|_| {
-                        let j = table::uniform_below(&mut rng, s.prompt.len() as u64) as usize;
-                        (s.prompt[j].clone(), s.response[j].clone(), s.ref_logp[j])
-                    })
-                    .collect(),
-                (None, false) => vec![],
-            };
-        let kl_batch = if kl_rows.is_empty() {
-            None
-        } else {
-            let kp: Vec<&[i64]> = kl_rows.iter().map(|r| r.0.as_slice()).collect();
-            let kr: Vec<&[i64]> = kl_rows.iter().map(|r| r.1.as_slice()).collect();
-            Some((codec.batch(&kp, &kr, device)?, kl_rows.iter().map(|r| r.2).collect::<Vec<f64>>()))
-        };
+        let pb = mini_batch(idx, method, inputs, tokens, (refs.0, refs.1), codec, device)?;
+        let kl = kl_batch(&pb, method, p, inputs, tokens, samples, kl_bs, &mut rng, codec, device)?;
         let g = gamma.at(step, total);
         let (loss, mut extra) = with_autocast(device, || -> StageResult<(Tensor, Vec<(String, f64)>)> {
-            let lp = sequence_logprobs(policy.net(), &batch, reduction);
+            let lp = sequence_logprobs(policy.net(), &pb.tokens, reduction);
             let (pi_1, pi_2) = (lp.narrow(0, 0, b as i64), lp.narrow(0, b as i64, b as i64));
-            let (ref_1, ref_2) = (tensor(&r1, device), tensor(&r2, device));
-            if first && p.check_ref_logp && reduction == Reduction::Sum && ref_source == "rewards table" {
-                let diff = scalar(&(&pi_1 - &ref_1).abs().max().maximum(&(&pi_2 - &ref_2).abs().max()));
-                let tol = if device.is_cuda() { 0.5 } else { 1e-2 };
-                if diff.is_nan() || diff > tol {
-                    return Err(StageError::invalid(
-                        "rewards",
-                        format!(
-                            "the precomputed reference log-probs differ from the reference model's by up to {diff:.4} on the first batch \
-                             (tolerance {tol}): precompute and policy disagree on the reference or on the prompt/response encoding \
-                             (see worker/src/data_io.rs); set check_ref_logp = false to train anyway"
-                        ),
-                    ));
-                }
+            let (ref_1, ref_2) = (tensor(&pb.ref_1, device), tensor(&pb.ref_2, device));
+            if first && p.check_ref_logp && reduction == Reduction::Sum && refs.2 == RefSource::RewardsTable {
+                check_reference((&pi_1, &pi_2), (&ref_1, &ref_2), device)?;
             }
-            let rew = rewards.as_ref().filter(|_| method.uses_rewards()).map(|r| {
-                let a: Vec<&Vec<f64>> = idx.iter().map(|&i| &r.r_a[i]).collect();
-                let bb: Vec<&Vec<f64>> = idx.iter().map(|&i| &r.r_b[i]).collect();
+            let rew = inputs.rewards.as_ref().filter(|_| method.uses_rewards()).map(|r| {
+                let a: Vec<&Vec<f64>> = pb.idx.iter().map(|&i| &r.r_a[i]).collect();
+                let bb: Vec<&Vec<f64>> = pb.idx.iter().map(|&i| &r.r_b[i]).collect();
                 (tensor2(&a, device), tensor2(&bb, device))
             });
-            let kl_t = kl_batch.as_ref().map(|(kb, refs)| {
+            let kl_t = kl.as_ref().map(|(kb, refs)| {
                 let lp = if method.pessimistic() {
                     sequence_logprobs(policy.net(), kb, reduction)
                 } else {
@@ -446,34 +596,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             if let Some(k) = o.kl_estimate {
                 extra.push(("kl".into(), k));
             }
-            // chosen/rejected metrics where labels exist (oriented by label for every method)
-            let lp1 = Vec::<f64>::try_from(pi_1.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))
-                .map_err(anyhow::Error::from)?;
-            let lp2 = Vec::<f64>::try_from(pi_2.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))
-                .map_err(anyhow::Error::from)?;
-            let (mut cw, mut cl, mut margin, mut acc, mut nl) = (0.0, 0.0, 0.0, 0.0, 0usize);
-            for k in 0..b {
-                let Some(first_is_chosen) = (if method.uses_labels() { Some(true) } else { label_orient[k] }) else {
-                    continue;
-                };
-                let (w, l, rw, rl) =
-                    if first_is_chosen { (lp1[k], lp2[k], r1[k], r2[k]) } else { (lp2[k], lp1[k], r2[k], r1[k]) };
-                let m = p.beta * ((w - rw) - (l - rl));
-                cw += w;
-                cl += l;
-                margin += m;
-                acc += (m > 0.0) as u8 as f64;
-                nl += 1;
-            }
-            if nl > 0 {
-                let d = nl as f64;
-                extra.extend([
-                    ("logp_chosen".into(), cw / d),
-                    ("logp_rejected".into(), cl / d),
-                    ("margin".into(), margin / d),
-                    ("accuracy".into(), acc / d),
-                ]);
-            }
+            extra.extend(label_metrics(&pb, method, p.beta, &pi_1, &pi_2)?);
             if let Some(e) = &o.ensemble {
                 extra.push(("chosen_member".into(), e.chosen as f64));
                 member_chosen[e.chosen] += 1;
@@ -488,68 +611,111 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         })?;
         first = false;
         extra.sort_by(|a, b| a.0.cmp(&b.0));
-        let refs: Vec<(&str, f64)> = extra.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        trainer.backward(&loss, &refs).map_err(|e| StageError::failed(format!("{method} training: {e:#}")))?;
+        let named: Vec<(&str, f64)> = extra.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        trainer.backward(&loss, &named).map_err(|e| StageError::failed(format!("{method} training: {e:#}")))?;
         ctx.progress(trainer.step() as u64, total as u64);
     }
-    // ---- outputs
-    let model_dir = ctx.output_path("model");
-    std::fs::create_dir_all(&model_dir)?;
-    policy.save(&model_dir, Some(&ref_in.path))?;
-    let rho = table::read_kv(&pairs_in.path)?
-        .into_iter()
-        .find(|(k, _)| k == "rmdistill.rho")
-        .and_then(|(_, v)| v.parse::<f64>().ok());
+    Ok(Training { history: trainer.history, steps: total, member_chosen, member_best })
+}
+
+/// What the policy records of itself beside its weights, and the stage's summary.
+fn describe(
+    p: &rmdistill_stages::policy::Params,
+    inputs: &Inputs,
+    t: &Training,
+    choice: Option<Choice>,
+) -> (Value, Value) {
+    let method = p.method;
+    let gamma = p.gamma.unwrap_or(GammaSchedule::Constant(0.0));
+    let gamma = if method.pessimistic() { json!(gamma) } else { Value::Null };
     let info = json!({
         "method": method.name(),
         "beta": p.beta,
         "tau": p.tau,
-        "gamma": if method.pessimistic() { json!(gamma) } else { Value::Null },
+        "gamma": gamma,
         "kl_source": p.kl_source,
-        "reduction": reduction,
-        "steps": total,
+        "reduction": lm_io::reduction(p.reduction),
+        "steps": t.steps,
         "seed": p.seed,
-        "rho": rho,
-        "members": rewards.as_ref().map(|r| r.member_names.clone()),
+        "rho": inputs.rho,
+        "members": inputs.rewards.as_ref().map(|r| r.member_names.clone()),
         "selected": choice,
     });
-    std::fs::write(
-        model_dir.join(POLICY_INFO_FILE),
-        serde_json::to_string_pretty(&info).map_err(anyhow::Error::from)? + "\n",
-    )?;
-    let h = &trainer.history;
-    let last = h.last().unwrap();
-    let first_row = h.first().unwrap();
+    let (first, last) = (t.history.first().unwrap(), t.history.last().unwrap());
     let get = |r: &rmdistill_ml::StepMetrics, k: &str| r.extra.get(k).copied();
     let mut summary = json!({
         "method": method.name(),
         "beta": p.beta,
         "tau": p.tau,
-        "gamma": if method.pessimistic() { json!(gamma) } else { Value::Null },
-        "pairs": n,
-        "steps": total,
+        "gamma": gamma,
+        "pairs": inputs.pairs.ids.len(),
+        "steps": t.steps,
         "final_loss": last.loss,
         "final_kl": get(last, "kl"),
-        "logp_chosen_start": get(first_row, "logp_chosen"),
+        "logp_chosen_start": get(first, "logp_chosen"),
         "logp_chosen_end": get(last, "logp_chosen"),
-        "logp_rejected_start": get(first_row, "logp_rejected"),
+        "logp_rejected_start": get(first, "logp_rejected"),
         "logp_rejected_end": get(last, "logp_rejected"),
     });
-    if !member_chosen.is_empty() && method == Method::EDpo {
-        let names = &rewards.as_ref().unwrap().member_names;
-        let total_best: u64 = member_best.iter().sum();
+    if !t.member_chosen.is_empty() && method == Method::EDpo {
+        let names = &inputs.rewards.as_ref().unwrap().member_names;
+        let total_best: u64 = t.member_best.iter().sum();
         summary["member_chosen_steps"] =
-            json!(names.iter().cloned().zip(member_chosen.iter().copied()).collect::<BTreeMap<String, u64>>());
+            json!(names.iter().cloned().zip(t.member_chosen.iter().copied()).collect::<BTreeMap<String, u64>>());
         summary["member_best_share"] = json!(
             names
                 .iter()
                 .cloned()
-                .zip(member_best.iter().map(|&c| c as f64 / total_best.max(1) as f64))
+                .zip(t.member_best.iter().map(|&c| c as f64 / total_best.max(1) as f64))
                 .collect::<BTreeMap<String, f64>>()
         );
     }
-    write_metrics(&ctx.output_path("metrics"), h, &table::summary_kv("policy", &summary))?;
+    (info, summary)
+}
+
+pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
+    let t0 = std::time::Instant::now();
+    let (params, choice) = selected_params(ctx)?;
+    let p = parse(&params)?;
+    let method = p.method;
+
+    // ---- read: the inputs, checked against the method; π_ref; the samples of π_ref for the KL term
+    let inputs = read_inputs(ctx, &p)?;
+    let device = lm_io::tch_device(ctx);
+    tch::set_num_threads(ctx.threads().max(1) as i32);
+    rmdistill_ml::train::deterministic_cpu(p.seed, ctx.threads().max(1) as i32);
+    let codec = Codec::load(&inputs.reference_path, "reference")?.with_max_len(p.max_len);
+    let mut reference = LanguageModel::load(&inputs.reference_path, device)
+        .map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
+    codec.check_vocab(reference.net().vocab_size(), "reference")?;
+    reference.freeze();
+    let samples = inputs.ref_samples_path.as_deref().map(|s| read_ref_samples(s, &codec)).transpose()?;
+
+    // ---- compute: tokens and log π_ref once, then π_θ trained from π_ref
+    let tokens = encode(&codec, &inputs.pairs)?;
+    let reduction = lm_io::reduction(p.reduction);
+    let (ref_a, ref_b, ref_source) =
+        reference_logprobs(inputs.rewards.as_ref(), &reference, &codec, &tokens, reduction, p.batch_size)?;
+    let policy = reference.try_clone()?;
+    let training =
+        train(ctx, &p, &inputs, &policy, &codec, &tokens, (&ref_a, &ref_b, ref_source), samples.as_ref(), device)?;
+    let (info, mut summary) = describe(&p, &inputs, &training, choice);
+
+    // ---- write: the model (with its info), the step metrics
+    let model_dir = ctx.output_path("model");
+    std::fs::create_dir_all(&model_dir)?;
+    policy.save(&model_dir, Some(&inputs.reference_path))?;
+    std::fs::write(
+        model_dir.join(POLICY_INFO_FILE),
+        serde_json::to_string_pretty(&info).map_err(anyhow::Error::from)? + "\n",
+    )?;
+    write_metrics(&ctx.output_path("metrics"), &training.history, &table::summary_kv("policy", &summary))?;
+    let final_loss = training.history.last().unwrap().loss;
     summary["seconds"] = json!(t0.elapsed().as_secs_f64());
-    ctx.log(&format!("{method}: {total} steps in {:.2} s, final loss {:.4}", t0.elapsed().as_secs_f64(), last.loss));
+    ctx.log(&format!(
+        "{method}: {} steps in {:.2} s, final loss {final_loss:.4}",
+        training.steps,
+        t0.elapsed().as_secs_f64()
+    ));
     Ok(summary)
 }
