@@ -47,6 +47,14 @@ pub fn choice_for<'a>(chosen: &'a [Choice], method: &str, rho: Option<f64>) -> O
     chosen.iter().find(|c| c.method == method && (c.rho.is_none() || rho_key(c.rho) == rho_key(rho)))
 }
 
+/// [`choice_for`], or what the selection covers instead (the message `policy` and `evaluate` both report).
+pub fn require_choice<'a>(chosen: &'a [Choice], method: &str, rho: Option<f64>) -> Result<&'a Choice, String> {
+    choice_for(chosen, method, rho).ok_or_else(|| {
+        let have: Vec<String> = chosen.iter().map(|c| format!("{} at ρ = {:?}", c.method, c.rho)).collect();
+        format!("the selection has no choice for {method} at ρ = {rho:?}; it covers {}", have.join(", "))
+    })
+}
+
 /// Reads a `selection` table back (what `evaluate` uses to pick the chosen candidate policy).
 pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
     let t = table::read_table(path, None)?;
@@ -87,13 +95,7 @@ pub fn apply_choice(
     method: &str,
     rho: Option<f64>,
 ) -> StageResult<(serde_json::Map<String, serde_json::Value>, Choice)> {
-    let Some(c) = choice_for(chosen, method, rho) else {
-        let have: Vec<String> = chosen.iter().map(|c| format!("{} at ρ = {:?}", c.method, c.rho)).collect();
-        return Err(StageError::invalid(
-            "selection",
-            format!("the selection has no choice for {method} at ρ = {rho:?}; it covers {}", have.join(", ")),
-        ));
-    };
+    let c = require_choice(chosen, method, rho).map_err(|e| StageError::invalid("selection", e))?;
     let mut out = params.clone();
     let mut set = |k: &str, v: f64| {
         if out.contains_key(k) {

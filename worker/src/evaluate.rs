@@ -123,19 +123,9 @@ fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
             ));
         };
         let rho = num(a, info, "rho");
-        let Some(c) = rmdistill_stages::selection::choice_for(&choices, &method, rho) else {
-            let have: Vec<String> = choices.iter().map(|c| format!("{} at ρ = {:?}", c.method, c.rho)).collect();
-            return Err(StageError::invalid(
-                "selection",
-                format!(
-                    "{} ({}): the selection ({}) has no choice for {method} at ρ = {rho:?}; it covers {}",
-                    a.node,
-                    method,
-                    sel.node,
-                    have.join(", ")
-                ),
-            ));
-        };
+        let c = rmdistill_stages::selection::require_choice(&choices, &method, rho).map_err(|e| {
+            StageError::invalid("selection", format!("{} ({method}): {e} (selection {})", a.node, sel.node))
+        })?;
         if c.is_config(num(a, info, &c.param), num(a, info, "gamma")) {
             chosen.push((*a, info.clone()));
         }
