@@ -143,8 +143,16 @@ else
     GGUF=$WORK/model/$SIZE.gguf
     LAYOUT=$WORK/model/$SIZE.layout.json
     mkdir -p "$WORK/model"
-    log "writing the $SIZE skeleton GGUF from $SRC"
-    "$PY" "$REPO/scripts/gpu/skeleton_gguf.py" "$SRC" "$GGUF" "$LAYOUT" --tiny >&2 || die "skeleton_gguf.py failed"
+    # Kept in the target dir (writing it takes a minute): rewritten when the source or skeleton_gguf.py is newer.
+    CACHE=${CARGO_TARGET_DIR:-$REPO/target}/gpu-skeleton
+    mkdir -p "$CACHE"
+    if [ ! "$CACHE/$SIZE.layout.json" -nt "$SRC" ] || [ ! "$CACHE/$SIZE.layout.json" -nt "$REPO/scripts/gpu/skeleton_gguf.py" ]; then
+        log "writing the $SIZE skeleton GGUF from $SRC"
+        "$PY" "$REPO/scripts/gpu/skeleton_gguf.py" "$SRC" "$CACHE/$SIZE.gguf" "$CACHE/$SIZE.layout.tmp" --tiny >&2 ||
+            die "skeleton_gguf.py failed"
+        mv "$CACHE/$SIZE.layout.tmp" "$CACHE/$SIZE.layout.json"
+    fi
+    cp "$CACHE/$SIZE.gguf" "$GGUF" && cp "$CACHE/$SIZE.layout.json" "$LAYOUT" || die "cannot copy the skeleton"
 fi
 [ -f "$GGUF" ] && [ -f "$LAYOUT" ] || die "$GGUF or its layout is missing"
 "$PY" "$REPO/scripts/gpu/fill_random_gguf.py" "$GGUF" "$LAYOUT" 0 >&2 || die "fill_random_gguf.py failed"

@@ -80,9 +80,19 @@ echo "$GLIBC" >"$STAGE/pack/GLIBC"
     echo "$(rustc --version); libtorch $("$PY" -c 'import torch;print(torch.__version__)'); needs $GLIBC"
 } >"$STAGE/pack/BUILD"
 cp "$DATA" "$STAGE/pack/data/train.jsonl"
-log "skeleton GGUFs from $SRC_GGUF"
-"$PY" scripts/gpu/skeleton_gguf.py "$SRC_GGUF" "$STAGE/pack/model/smollm2.gguf" "$STAGE/pack/model/smollm2.layout.json"
-"$PY" scripts/gpu/skeleton_gguf.py "$SRC_GGUF" "$STAGE/pack/model/tiny.gguf" "$STAGE/pack/model/tiny.layout.json" --tiny
+# The skeletons take minutes to write (gguf-py parses the 49,152-token vocabulary slowly): kept in the target dir,
+# rewritten when the source GGUF or skeleton_gguf.py is newer.
+CACHE=$CARGO_TARGET_DIR/gpu-skeleton
+mkdir -p "$CACHE"
+for size in smollm2 tiny; do
+    if [ ! "$CACHE/$size.layout.json" -nt "$SRC_GGUF" ] || [ ! "$CACHE/$size.layout.json" -nt scripts/gpu/skeleton_gguf.py ]; then
+        log "skeleton GGUF ($size) from $SRC_GGUF"
+        "$PY" scripts/gpu/skeleton_gguf.py "$SRC_GGUF" "$CACHE/$size.gguf" "$CACHE/$size.layout.tmp" \
+            $([ $size = tiny ] && echo --tiny)
+        mv "$CACHE/$size.layout.tmp" "$CACHE/$size.layout.json"
+    fi
+    cp "$CACHE/$size.gguf" "$CACHE/$size.layout.json" "$STAGE/pack/model/"
+done
 ls -la "$STAGE"/pack/bin "$STAGE"/pack/model >&2
 
 log "compressing (xz -9)"
