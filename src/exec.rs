@@ -168,6 +168,18 @@ pub struct Summary {
     pub nodes: Vec<NodeReport>,
 }
 
+/// Where a queued node runs: a free GPU for a node that wants one, else a free CPU slot, else nothing yet. Under
+/// `--device cuda` a node that wants a GPU waits for one instead of taking a CPU slot: the user sized its models for
+/// a GPU (SmolLM2 training steps take seconds on a GPU and minutes on a CPU).
+fn pick_slot(wants_gpu: bool, free_gpu: Option<usize>, cpu_free: bool, request: DeviceRequest) -> Option<Device> {
+    match free_gpu {
+        Some(g) => Some(Device::Cuda(g)),
+        None if wants_gpu && request == DeviceRequest::Cuda => None,
+        None if cpu_free => Some(Device::Cpu),
+        None => None,
+    }
+}
+
 /// Which device torch stages may use: `cpu`, `cuda` (an error where no CUDA device is usable) or `auto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceRequest {
@@ -668,18 +680,12 @@ impl Runner<'_> {
         while k < self.queue.len() {
             let i = self.queue[k];
             let kind = self.plan.nodes[i].kind;
-            let gpu = if kind.wants_gpu() && matches!(kind.runs(), Runs::Worker) {
-                self.gpu_slots()?.iter().position(|b| !b)
-            } else {
-                None
-            };
-            let device = match gpu {
-                Some(g) => Device::Cuda(g),
-                None if self.cpu_running < self.opts.jobs.max(1) => Device::Cpu,
-                None => {
-                    k += 1;
-                    continue;
-                }
+            let wants_gpu = kind.wants_gpu() && matches!(kind.runs(), Runs::Worker);
+            let gpu = if wants_gpu { self.gpu_slots()?.iter().position(|b| !b) } else { None };
+            let cpu_free = self.cpu_running < self.opts.jobs.max(1);
+            let Some(device) = pick_slot(wants_gpu, gpu, cpu_free, self.opts.device) else {
+                k += 1;
+                continue;
             };
             self.queue.remove(k);
             match device {
@@ -1017,4 +1023,22 @@ pub fn why_run(store: &Store, scope: &str, node: &str, rec: &KeyRecord, key: &st
 /// Rows of a node table for `--json` consumers and the text views.
 pub fn node_map(plan: &Plan) -> HashMap<&str, usize> {
     plan.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_wants_a_gpu_waits_for_one_under_device_cuda() {
+        use DeviceRequest::*;
+        // a free GPU is taken whatever was asked
+        assert!(matches!(pick_slot(true, Some(0), true, Cuda), Some(Device::Cuda(0))));
+        // every GPU busy: under --device cuda the node waits, under auto it takes a free CPU slot
+        assert!(pick_slot(true, None, true, Cuda).is_none());
+        assert!(matches!(pick_slot(true, None, true, Auto), Some(Device::Cpu)));
+        // nodes that want no GPU take CPU slots, and wait when none is free
+        assert!(matches!(pick_slot(false, None, true, Cuda), Some(Device::Cpu)));
+        assert!(pick_slot(false, None, false, Auto).is_none());
+    }
 }

@@ -44,7 +44,43 @@ impl DeviceChoice {
 
 /// Runs `f` under bf16 autocast on a GPU and plainly (fp32) on CPU: CPU bf16 is slow and hurts parity.
 pub fn with_autocast<T>(device: Device, f: impl FnOnce() -> T) -> T {
-    if device.is_cuda() { tch::autocast(true, f) } else { f() }
+    if device.is_cuda() {
+        autocast_dtype::use_bf16_on_cuda();
+        tch::autocast(true, f)
+    } else {
+        f()
+    }
+}
+
+/// libtorch's autocast casts CUDA matrix products to float16 unless told otherwise (its default, per thread), and tch
+/// binds no setter; float16 without loss scaling lets small gradients underflow. These are libtorch's own exported
+/// functions (`at::autocast::{set,get}_autocast_dtype`, ATen/autocast_mode.h): `c10::DeviceType` and
+/// `c10::ScalarType` are 8-bit enums, passed and returned as such.
+pub mod autocast_dtype {
+    unsafe extern "C" {
+        #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
+        fn at_set_autocast_dtype(device_type: i8, dtype: i8);
+        #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
+        fn at_get_autocast_dtype(device_type: i8) -> i8;
+    }
+    /// `c10::DeviceType::CUDA`.
+    const CUDA: i8 = 1;
+    /// `c10::ScalarType::BFloat16`.
+    pub const BFLOAT16: i8 = 15;
+    /// `c10::ScalarType::Half`.
+    pub const HALF: i8 = 5;
+
+    /// Makes CUDA autocast use bfloat16 in this thread (the setting is thread-local in libtorch).
+    pub fn use_bf16_on_cuda() {
+        // SAFETY: writes one thread-local value; both arguments are valid enumerators.
+        unsafe { at_set_autocast_dtype(CUDA, BFLOAT16) }
+    }
+
+    /// The dtype CUDA autocast uses in this thread, as a `c10::ScalarType` code.
+    pub fn cuda() -> i8 {
+        // SAFETY: reads one thread-local value.
+        unsafe { at_get_autocast_dtype(CUDA) }
+    }
 }
 
 /// Fixes every seed libtorch uses, so CPU runs are bit-for-bit repeatable for a given thread count.
@@ -73,4 +109,22 @@ pub fn tune_allocator() {
             libc::mallopt(libc::M_TOP_PAD, 64 << 20);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libtorch's default for CUDA autocast is float16; `with_autocast` must switch it to bfloat16 (checkable
+    /// without a GPU: the setting is a per-thread value).
+    #[test]
+    fn cuda_autocast_is_bf16() {
+        std::thread::spawn(|| {
+            assert_eq!(autocast_dtype::cuda(), autocast_dtype::HALF, "libtorch's default changed");
+            autocast_dtype::use_bf16_on_cuda();
+            assert_eq!(autocast_dtype::cuda(), autocast_dtype::BFLOAT16);
+        })
+        .join()
+        .unwrap();
+    }
 }

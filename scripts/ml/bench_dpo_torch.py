@@ -14,8 +14,11 @@ bench. The reference log-probs are precomputed once, before timing. What makes i
 LOSS is `dpo` (sigmoid DPO, -log σ(β·Δ)) or `distill` (d-DPO, METHOD.md eq. 7: ((r_1 − r_2) − β·Δ)², with fixed
 per-pair reward differences standing in for the reward models' precomputed scores).
 
-usage: bench_dpo_torch.py CHECKPOINT_DIR PAIRS PROMPT_LEN RESPONSE_LEN ITERS THREADS [LOSS]
+`--device=cuda` runs it on the GPU under bf16 autocast (torch.autocast, the LM head included), for scripts/gpu/check.sh.
+
+usage: bench_dpo_torch.py CHECKPOINT_DIR PAIRS PROMPT_LEN RESPONSE_LEN ITERS THREADS [LOSS] [--device=cpu|cuda]
 """
+import contextlib
 import json
 import sys
 import time
@@ -23,29 +26,34 @@ import time
 import torch
 import torch.nn.functional as F
 
-d, b, p, r, iters, threads = sys.argv[1], *map(int, sys.argv[2:7])
-loss_kind = sys.argv[7] if len(sys.argv) > 7 else "dpo"
+device = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--device=")), "cpu")
+argv = [a for a in sys.argv if not a.startswith("--")]
+d, b, p, r, iters, threads = argv[1], *map(int, argv[2:7])
+loss_kind = argv[7] if len(argv) > 7 else "dpo"
 assert loss_kind in ("dpo", "distill"), loss_kind
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(device)
 model.eval()  # dropout off, as TRL's disable_dropout; gradients still flow
 v = model.config.vocab_size
 tok = lambda i, j, k: ((i * k + j * 17) % (v - 3)) + 3  # noqa: E731  the Rust bench's formula
 # rows 0..b: prompt i + chosen response; rows b..2b: prompt i + rejected response
 ids = torch.tensor([[tok(i % b, j, 131) for j in range(p)] + [tok(i, j, 71) for j in range(r)] for i in range(2 * b)])
+ids = ids.to(device)
 targets = ids[:, p:].reshape(-1)
 beta = 0.1
 # d-DPO's target reward differences (the Rust bench uses the same formula)
-reward_diff = torch.tensor([((i * 37) % 11 - 5) / 5.0 for i in range(b)])
+reward_diff = torch.tensor([((i * 37) % 11 - 5) / 5.0 for i in range(b)], device=device)
+autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda" else contextlib.nullcontext
 
 
 def logps():
     # logits of the last r + 1 positions; the last one predicts nothing and is dropped
-    logits = model(input_ids=ids, logits_to_keep=r + 1).logits[:, :-1]
+    with autocast():
+        logits = model(input_ids=ids, logits_to_keep=r + 1).logits[:, :-1]
     nll = F.cross_entropy(logits.reshape(-1, v).float(), targets, reduction="none")
     return -nll.view(2 * b, r).sum(-1)
 
@@ -71,6 +79,9 @@ def step():
 
 
 step()
+if device == "cuda":
+    step()  # a second warm-up, as the Rust bench does on CUDA
+    torch.cuda.synchronize()
 t, c = time.perf_counter(), time.process_time()
 fastest = float("inf")
 for _ in range(iters):
@@ -82,4 +93,5 @@ s = (time.perf_counter() - t) / iters
 cpu = (time.process_time() - c) / iters
 print(json.dumps({"impl": "torch-loop", "loss": loss_kind, "pairs_per_s": round(b / s, 2), "sec_per_step": round(s, 4),
                   "cpu_sec_per_step": round(cpu, 4), "min_cpu_sec_per_step": round(fastest, 4),
-                  "last_loss": round(last, 5), "threads": torch.get_num_threads(), "torch": torch.__version__}))
+                  "last_loss": round(last, 5), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                  "device": device, "positions_per_s": round(ids.numel() / s, 1)}))

@@ -12,11 +12,28 @@ pub fn one_thread() {
 
 pub fn fixtures() -> PathBuf {
     one_thread();
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+    repo_root().join("ml/tests/fixtures")
 }
 
+/// `RMDISTILL_REPO` (a test binary run away from its checkout, e.g. by scripts/gpu/check.sh on a GPU machine), else
+/// the checkout it was built from.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    std::env::var_os("RMDISTILL_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")))
+}
+
+/// The device the device-independent checks run on: `RMDISTILL_TEST_DEVICE=cuda` (scripts/gpu/check.sh on a GPU
+/// machine), else the CPU. Asking for CUDA where libtorch sees none fails rather than testing the CPU instead.
+pub fn test_device() -> tch::Device {
+    match std::env::var("RMDISTILL_TEST_DEVICE").as_deref() {
+        Ok("cuda") => {
+            assert!(tch::Cuda::is_available(), "RMDISTILL_TEST_DEVICE=cuda but libtorch sees no CUDA device");
+            tch::Device::Cuda(0)
+        }
+        Ok("cpu") | Err(_) => tch::Device::Cpu,
+        Ok(other) => panic!("RMDISTILL_TEST_DEVICE={other:?}: expected cpu or cuda"),
+    }
 }
 
 /// `RMDISTILL_PYTHON`, else `<repo>/.venv/bin/python`; `None` (the test then skips, saying why) if absent.
@@ -39,8 +56,8 @@ pub fn read_tensors(path: &std::path::Path) -> HashMap<String, Tensor> {
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_kind(tch::Kind::Double);
-    let b = b.to_kind(tch::Kind::Double);
+    let a = a.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double);
+    let b = b.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double);
     assert_eq!(a.size(), b.size(), "shape mismatch");
     f64::try_from((a - b).abs().max()).unwrap()
 }
