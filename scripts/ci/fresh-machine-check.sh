@@ -50,6 +50,19 @@ if [[ ! -f $root/etc/debian_version ]]; then
         || { tail -n 30 "$root.debootstrap.log" >&2; exit 1; }
 fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The machine's own certificate trust (machines of this kind reach the registries through a proxy with its own CA):
+# the host's CA files and pip's certificate setting, and below the certificate variables of its environment. These
+# belong to the machine, not to the project, so a fresh machine of this kind has them too.
+if [[ -d /usr/local/share/ca-certificates ]]; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+if [[ -f /etc/pip.conf ]]; then cp /etc/pip.conf "$root/etc/pip.conf"; fi
+cert_env=()
+for v in SSL_CERT_FILE SSL_CERT_DIR PIP_CERT REQUESTS_CA_BUNDLE CURL_CA_BUNDLE GIT_SSL_CAINFO; do
+    if [[ -n ${!v:-} ]]; then cert_env+=("$v=${!v}"); fi
+done
 echo "deb http://deb.debian.org/debian bookworm main" >"$root/etc/apt/sources.list"
 
 mounted=()
@@ -84,7 +97,7 @@ bind /root/.cargo /root/.cargo
 bind /root/.rustup /root/.rustup
 
 in_root() { chroot "$root" /usr/bin/env -i HOME=/root PATH=/root/.cargo/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
-    TERM=dumb LANG=C.UTF-8 "$@"; }
+    TERM=dumb LANG=C.UTF-8 "${cert_env[@]}" "$@"; }
 
 log "the chroot has no Slurm: $(in_root bash -c 'command -v sbatch slurmd munged || echo none')"
 
