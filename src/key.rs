@@ -25,20 +25,7 @@ pub fn canonical(v: &Value) -> String {
 /// every run, so this is on the no-op path).
 fn write_canonical(v: &Value, w: &mut impl std::io::Write) -> std::io::Result<()> {
     match v {
-        Value::Object(o) => {
-            let mut keys: Vec<(&String, &Value)> = o.iter().collect();
-            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            w.write_all(b"{")?;
-            for (n, (k, v)) in keys.into_iter().enumerate() {
-                if n > 0 {
-                    w.write_all(b",")?;
-                }
-                serde_json::to_writer(&mut *w, k)?;
-                w.write_all(b":")?;
-                write_canonical(v, w)?;
-            }
-            w.write_all(b"}")
-        }
+        Value::Object(o) => write_object(o, w),
         Value::Array(a) => {
             w.write_all(b"[")?;
             for (n, v) in a.iter().enumerate() {
@@ -51,6 +38,25 @@ fn write_canonical(v: &Value, w: &mut impl std::io::Write) -> std::io::Result<()
         }
         scalar => Ok(serde_json::to_writer(w, scalar)?),
     }
+}
+
+/// A JSON object of these members with its keys sorted, each value written canonically.
+fn write_object<'a>(
+    members: impl IntoIterator<Item = (&'a String, &'a Value)>,
+    w: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let mut members: Vec<(&String, &Value)> = members.into_iter().collect();
+    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    w.write_all(b"{")?;
+    for (n, (k, v)) in members.into_iter().enumerate() {
+        if n > 0 {
+            w.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *w, k)?;
+        w.write_all(b":")?;
+        write_canonical(v, w)?;
+    }
+    w.write_all(b"}")
 }
 
 /// One input artifact as recorded in a key: its content hash and the producing node's sweep coordinates (which a
@@ -100,34 +106,17 @@ impl KeyRecord {
                 if m > 0 {
                     w.write_all(b",")?;
                 }
-                w.write_all(b"{\"coords\":{")?;
-                for (k, (name, value)) in r.coords.iter().enumerate() {
-                    if k > 0 {
-                        w.write_all(b",")?;
-                    }
-                    serde_json::to_writer(&mut *w, name)?;
-                    w.write_all(b":")?;
-                    write_canonical(value, w)?;
-                }
-                w.write_all(b"},\"hash\":")?;
+                w.write_all(b"{\"coords\":")?;
+                write_object(&r.coords, w)?;
+                w.write_all(b",\"hash\":")?;
                 serde_json::to_writer(&mut *w, &r.hash)?;
                 w.write_all(b"}")?;
             }
             w.write_all(b"]")?;
         }
         w.write_all(b"},\"params\":")?;
-        let mut keys: Vec<(&String, &Value)> = params.iter().collect();
-        keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        w.write_all(b"{")?;
-        for (n, (k, value)) in keys.into_iter().enumerate() {
-            if n > 0 {
-                w.write_all(b",")?;
-            }
-            serde_json::to_writer(&mut *w, k)?;
-            w.write_all(b":")?;
-            write_canonical(value, w)?;
-        }
-        w.write_all(b"},\"stage_kind\":")?;
+        write_object(params, w)?;
+        w.write_all(b",\"stage_kind\":")?;
         serde_json::to_writer(&mut *w, stage_kind)?;
         write!(w, ",\"v\":{v}}}")
     }
