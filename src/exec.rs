@@ -16,7 +16,7 @@ use crate::plan::{Node, Plan};
 use crate::progress::Progress;
 use crate::store::{Corrupt, Entry, OutputRef, Store};
 use rmdistill_stages::protocol::{self, Job};
-use rmdistill_stages::{ArtifactKind, Ctx, Device, InputArtifact, Runs, StageError};
+use rmdistill_stages::{ArtifactKind, BindInputs, Ctx, Device, InputArtifact, Runs, StageError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -73,16 +73,20 @@ impl ExternalHashes {
 /// Builds a node's key record from its upstream outputs (all of which must be known).
 pub fn record(
     plan: &Plan,
+    store: &Store,
     i: usize,
     outputs: &[Option<BTreeMap<String, OutputRef>>],
     ext: &ExternalHashes,
 ) -> anyhow::Result<KeyRecord> {
-    record_with(plan, i, &|u| outputs[u].as_ref(), ext)
+    record_with(plan, store, i, &|u| outputs[u].as_ref(), ext)
 }
 
-/// [`record`] with the upstream outputs looked up by node index.
+/// [`record`] with the upstream outputs looked up by node index. A node that binds one of its stage's binding
+/// slots (`policy`'s `selection`) is keyed by the parameters the stage binds from it, without the slot
+/// ([`rmdistill_stages::Stage::bind`]); it then runs with exactly what its key records.
 fn record_with<'o>(
     plan: &Plan,
+    store: &Store,
     i: usize,
     outputs: &dyn Fn(usize) -> Option<&'o BTreeMap<String, OutputRef>>,
     ext: &ExternalHashes,
@@ -103,14 +107,57 @@ fn record_with<'o>(
     for (p, path) in &n.externals {
         externals.insert(p.clone(), ext.hash(path)?);
     }
+    let binding: Vec<&str> = n.kind.binding_slots().iter().copied().filter(|s| n.inputs.contains_key(*s)).collect();
+    let params = if binding.is_empty() {
+        n.params.clone()
+    } else {
+        let bound = n.kind.bind(&n.params, &Binding { plan, store, i, outputs }).map_err(|e| match e {
+            StageError::Invalid { field, message } => anyhow::anyhow!("param `{field}`: {message}"),
+            StageError::Failed(m) => anyhow::anyhow!("binding parameters from {}: {m}", binding.join(", ")),
+        })?;
+        for slot in binding {
+            inputs.remove(slot);
+        }
+        bound
+    };
     Ok(KeyRecord {
         v: KEY_VERSION,
         stage_kind: n.kind.kind().to_string(),
         code: rmdistill_stages::port::code_identity(n.kind).to_string(),
-        params: n.params.clone(),
+        params,
         inputs,
         externals,
     })
+}
+
+/// A node's inputs as [`rmdistill_stages::Stage::bind`] reads them: coordinates from the plan, artifacts from the
+/// store only when asked for.
+struct Binding<'a, 'o> {
+    plan: &'a Plan,
+    store: &'a Store,
+    i: usize,
+    outputs: &'a dyn Fn(usize) -> Option<&'o BTreeMap<String, OutputRef>>,
+}
+
+impl BindInputs for Binding<'_, '_> {
+    fn coords(&self, slot: &str) -> Vec<&BTreeMap<String, Value>> {
+        let ups = self.plan.nodes[self.i].inputs.get(slot).map(Vec::as_slice).unwrap_or_default();
+        ups.iter().map(|u| &self.plan.nodes[u.node].coords).collect()
+    }
+    fn open(&self, slot: &str) -> Result<Vec<InputArtifact>, StageError> {
+        let ups = self.plan.nodes[self.i].inputs.get(slot).map(Vec::as_slice).unwrap_or_default();
+        ups.iter()
+            .map(|u| {
+                let o = &(self.outputs)(u.node).expect("upstream resolved first")[u.output];
+                Ok(InputArtifact {
+                    path: self.store.materialize(o)?,
+                    hash: o.hash.clone(),
+                    node: self.plan.nodes[u.node].name.clone(),
+                    coords: self.plan.nodes[u.node].coords.clone(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Scope under which node pointers are kept: the manifest's canonical path (not its contents, so that after an
@@ -310,7 +357,7 @@ fn execute(plan: &Plan, store: &Store, t: Task, scratch_root: &Path, progress: &
         Runs::InProcess(run) => {
             let ctx = NodeCtx {
                 node: n,
-                params: &n.params,
+                params: &t.record.params,
                 inputs,
                 outputs: out_paths.clone(),
                 progress,
@@ -340,7 +387,7 @@ fn execute(plan: &Plan, store: &Store, t: Task, scratch_root: &Path, progress: &
                 node: n.name.clone(),
                 kind: n.kind.kind().to_string(),
                 code: t.record.code.clone(),
-                params: n.params.clone(),
+                params: t.record.params.clone(),
                 inputs,
                 externals: n.externals.clone(),
                 outputs: out_paths.clone(),
@@ -594,7 +641,7 @@ impl Runner<'_> {
             return Ok(None);
         }
         let nodes = &self.nodes;
-        let rec = match record_with(self.plan, i, &|u| nodes[u].outputs.as_ref(), self.ext) {
+        let rec = match record_with(self.plan, self.store, i, &|u| nodes[u].outputs.as_ref(), self.ext) {
             Ok(r) => r,
             Err(e) => return Ok(Some(Lookup::Failed(format!("{e:#}")))),
         };
@@ -847,7 +894,8 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                 let nd = &r.nodes[i];
                 let record = nd.record.clone().expect("queued nodes have records");
                 let mut inputs = vec![];
-                for (slot, ups) in &plan.nodes[i].inputs {
+                // the slots the key records: a binding slot was read into the parameters instead
+                for (slot, ups) in plan.nodes[i].inputs.iter().filter(|(s, _)| record.inputs.contains_key(*s)) {
                     for u in ups {
                         let o = &r.nodes[u.node].outputs.as_ref().expect("upstream done")[u.output];
                         inputs.push((slot.clone(), o.clone(), u.node));
@@ -929,7 +977,7 @@ pub fn resolve_node(plan: &Plan, store: &Store, target: usize) -> anyhow::Result
             }
             continue;
         }
-        let record = record(plan, i, &outputs, &ext)?;
+        let record = record(plan, store, i, &outputs, &ext)?;
         let key = record.key();
         let hit = lookup(store, &key)?;
         if i == target {
@@ -989,7 +1037,7 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
             });
             continue;
         }
-        let rec = record(plan, i, &outputs, &ext)?;
+        let rec = record(plan, store, i, &outputs, &ext)?;
         let key = rec.key();
         if let Some(o) = lookup_outputs(store, &key)? {
             outputs[i] = Some(o);

@@ -51,6 +51,17 @@ fn args<'a>(head: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// ρ → (chosen β or τ, chosen γ) of a method's selection.
+fn chosen(w: &Work, m: &str, stage: &str, extra: &[&str]) -> std::collections::BTreeMap<String, (f64, Option<f64>)> {
+    let sel: serde_json::Value =
+        serde_json::from_str(&w.ok(&args(&["show", m, &format!("select_{stage}"), "--json"], extra))).unwrap();
+    let rows = sel["preview"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{sel}");
+    // numbers as node names write them (`beta=1.0`)
+    let num = |v: &serde_json::Value| serde_json::json!(v.as_f64().unwrap()).to_string();
+    rows.iter().map(|r| (num(&r["rho"]), (r["value"].as_f64().unwrap(), r["gamma"].as_f64()))).collect()
+}
+
 #[test]
 fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_affects() {
     let w = Work::new();
@@ -59,7 +70,13 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     let first = w.run_json(&args(&[m, "--jobs", "2"], &[]));
     assert_eq!(first["failed"], 0, "{first}");
     let nodes = first["nodes"].as_array().unwrap().len();
-    assert_eq!(first["ran"].as_u64().unwrap() as usize, nodes);
+    // Everything ran but the final policies: seed 0 is the candidates' seed, so each final policy, keyed by the
+    // values its selection chose, is the chosen candidate's cache entry (checked below).
+    let finals = ["dpo", "ipo", "p_dpo", "d_dpo", "dp_dpo", "e_dpo"];
+    let cached = nodes_with(&first, "cached");
+    assert_eq!(cached.len(), finals.len() * 2, "{cached:?}");
+    assert!(cached.iter().all(|n| finals.iter().any(|f| n.starts_with(&format!("{f}@")))), "{cached:?}");
+    assert_eq!(first["ran"].as_u64().unwrap() as usize, nodes - cached.len());
 
     // The report: markdown with the advantage table and the three figures.
     let out = w.ok(&args(&["report", m, "-o", "rep"], &[]));
@@ -86,15 +103,30 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
         assert!(md.contains(needle), "report lacks {needle}:\n{md}");
     }
     // Selection: every method's candidates (2 β or τ; × 2 γ for the pessimistic methods) were trained and validated
-    // per ρ on seed 0; the report lists each method once (the chosen values), and the final policies were trained
-    // with the chosen values.
+    // per ρ on seed 0; the report lists each method once (the chosen values), and the final policies are the
+    // chosen candidates (the same model bytes).
     let ran = nodes_with(&first, "ran");
     let count = |prefix: &str| ran.iter().filter(|n| n.starts_with(prefix)).count();
     for (stage, per_rho) in [("dpo", 2), ("ipo", 2), ("p_dpo", 4), ("d_dpo", 2), ("dp_dpo", 4), ("e_dpo", 4)] {
         assert_eq!(count(&format!("cand_{stage}@")), 2 * per_rho, "{stage}");
         assert_eq!(count(&format!("val_{stage}@")), 2 * per_rho, "{stage}");
-        assert_eq!(count(&format!("{stage}@")), 2, "{stage}");
+        assert_eq!(count(&format!("eval_{stage}@")), 2, "{stage}");
         assert_eq!(count(&format!("select_{stage}")), 1, "{stage}");
+    }
+    let hashes = output_hashes(&first);
+    for stage in finals {
+        for (rho, (value, gamma)) in chosen(&w, m, stage, &[]) {
+            // axes sorted by name, as node names write them
+            let (value, gamma) = (serde_json::json!(value), gamma.map(|g| format!(",gamma={}", serde_json::json!(g))));
+            let cand = if stage == "ipo" {
+                format!("cand_ipo@rho={rho},seed=0,tau={value}")
+            } else {
+                format!("cand_{stage}@beta={value}{},rho={rho},seed=0", gamma.unwrap_or_default())
+            };
+            let fin = format!("{stage}@rho={rho},seed=0");
+            assert!(hashes.contains_key(&cand), "no candidate {cand}: {:?}", hashes.keys());
+            assert_eq!(hashes[&fin], hashes[&cand], "{fin} is not its chosen candidate {cand}");
+        }
     }
     assert!(!md.contains("DPO β="), "a chosen β must not split DPO into several columns:\n{md}");
     let sel: serde_json::Value = serde_json::from_str(&w.ok(&args(&["show", m, "select_dpo", "--json"], &[]))).unwrap();
@@ -134,10 +166,13 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
 
     assert_eq!(w.run_json(&args(&[m], &[]))["ran"], 0);
 
-    // A third β for e-DPO trains and validates only the new candidates (2 ρ × 2 γ), then e-DPO's selection, its
-    // final policies and their evaluations, and the report — nothing else.
+    // A third β for e-DPO trains and validates only the new candidates (2 ρ × 2 γ), then e-DPO's selection and the
+    // report; a final policy is never trained again (seed 0's is a candidate), and its evaluation re-runs only
+    // where the choice changed.
+    let before = chosen(&w, m, "e_dpo", &[]);
     let grid = "betas_e_dpo=[0.1, 1.0, 3.0]";
     let changed = w.run_json(&args(&[m], &["--set", grid]));
+    let after = chosen(&w, m, "e_dpo", &["--set", grid]);
     let ran = nodes_with(&changed, "ran");
     let new_cands: Vec<&String> = ran.iter().filter(|n| n.starts_with("cand_e_dpo@")).collect();
     assert_eq!(new_cands.len(), 4, "{ran:?}");
@@ -145,36 +180,25 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     assert_eq!(ran.iter().filter(|n| n.starts_with("val_e_dpo@")).count(), 4, "{ran:?}");
     let rest: Vec<&String> =
         ran.iter().filter(|n| !n.starts_with("cand_e_dpo@") && !n.starts_with("val_e_dpo@")).collect();
-    assert_eq!(
-        rest,
-        [
-            "e_dpo@rho=0.2,seed=0",
-            "e_dpo@rho=0.8,seed=0",
-            "eval_e_dpo@rho=0.2,seed=0",
-            "eval_e_dpo@rho=0.8,seed=0",
-            "report",
-            "select_e_dpo"
-        ]
+    let mut want: Vec<String> = after
         .iter()
-        .collect::<Vec<_>>(),
-        "{ran:?}"
-    );
+        .filter(|(rho, c)| before.get(*rho) != Some(c))
+        .map(|(rho, _)| format!("eval_e_dpo@rho={rho},seed=0"))
+        .collect();
+    want.extend(["report".to_string(), "select_e_dpo".to_string()]);
+    assert_eq!(rest, want.iter().collect::<Vec<_>>(), "choices {before:?} → {after:?}");
 
-    // Dropping one DPO candidate: every candidate is cached; DPO's selection, its final policies (they read the
-    // selection) and their evaluations, and the report re-run.
+    // Dropping one DPO candidate: every candidate is cached; DPO's selection, the report, and the evaluations of the
+    // ρ whose choice changed (the final policy is then the other candidate, cached) re-run.
+    let before = chosen(&w, m, "dpo", &["--set", grid]);
     let fewer = w.run_json(&args(&[m], &["--set", grid, "--set", "betas_dpo=[0.1]"]));
-    assert_eq!(
-        nodes_with(&fewer, "ran"),
-        vec![
-            "dpo@rho=0.2,seed=0",
-            "dpo@rho=0.8,seed=0",
-            "eval_dpo@rho=0.2,seed=0",
-            "eval_dpo@rho=0.8,seed=0",
-            "report",
-            "select_dpo"
-        ],
-        "{fewer}"
-    );
+    let mut want: Vec<String> = before
+        .iter()
+        .filter(|(_, (value, _))| *value != 0.1)
+        .map(|(rho, _)| format!("eval_dpo@rho={rho},seed=0"))
+        .collect();
+    want.extend(["report".to_string(), "select_dpo".to_string()]);
+    assert_eq!(nodes_with(&fewer, "ran"), want, "{fewer}");
 
     // A sharded evaluation (3 shards + merge_eval) equals the unsharded one with the same batches, row for row.
     let pipeline = repo().join("pipelines/robust-distill.toml");

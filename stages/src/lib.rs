@@ -42,7 +42,8 @@ pub mod table;
 pub mod train_rm;
 
 pub use port::{
-    ArtifactKind, Ctx, Device, InputArtifact, InputSpec, OutputSpec, RunFn, Runs, Stage, StageError, StageResult,
+    ArtifactKind, BindInputs, Ctx, Device, InputArtifact, InputSpec, OutputSpec, RunFn, Runs, Stage, StageError,
+    StageResult,
 };
 
 /// Every stage kind a manifest may name.

@@ -16,6 +16,9 @@
 //!
 //! With `selection` bound (a `select` stage's output), the node trains with the β (τ for IPO) and, where chosen, γ
 //! that validation chose for its method and ρ (ρ from the `pairs` input); the parameters must then not set them.
+//! The runner applies the choice before keying the node ([`Stage::bind`]), so the key holds the chosen values and
+//! not the selection: the final policy of a seed the candidates were trained on is the chosen candidate's cache
+//! entry, not a second training of it, and a new selection that chooses the same values re-runs nothing.
 //!
 //! Outputs: `model` (Dir: a Hugging Face checkpoint with the reference's tokenizer, plus `rmdistill_policy.json`
 //! recording method and hyper-parameters) and `metrics` (Parquet, one row per optimizer step).
@@ -128,6 +131,29 @@ fn positive(field: &str, v: f64) -> StageResult<()> {
     }
 }
 
+/// The parameters with the bound selection's choice for this method and ρ applied (ρ from the `pairs` input's
+/// coordinates, else from what `subsample` recorded in the file).
+fn bind_selection(params: &Map<String, Value>, inputs: &dyn BindInputs) -> StageResult<Map<String, Value>> {
+    let method: Method = serde_json::from_value(params.get("method").cloned().unwrap_or(Value::Null))
+        .map_err(|e| StageError::invalid("method", e.to_string()))?;
+    let rho = match inputs.coords("pairs").first().and_then(|c| crate::data_io::coord_f64(c, "rho")) {
+        Some(r) => Some(r),
+        None => match inputs.open("pairs")?.first() {
+            Some(p) => crate::table::read_kv(&p.path)?
+                .into_iter()
+                .find(|(k, _)| k == "rmdistill.rho")
+                .and_then(|(_, v)| v.parse().ok()),
+            None => None,
+        },
+    };
+    let sel = inputs.open("selection")?;
+    let sel = sel.first().ok_or_else(|| StageError::invalid("selection", "bound to nothing"))?;
+    let chosen = crate::selection::read_selection_memo(&sel.hash, &sel.path)?;
+    let (params, _) = crate::selection::apply_choice(params, &chosen, method.name(), rho)
+        .map_err(|e| StageError::invalid("selection", format!("{} ({}): {e}", sel.node, sel.path.display())))?;
+    Ok(params)
+}
+
 /// The checks made before any work. γ may be missing here: a bound `selection` can choose it (the run checks again
 /// with the choice applied, and says what is missing then).
 pub fn validate(params: &Map<String, Value>) -> StageResult<()> {
@@ -206,6 +232,12 @@ impl Stage for Policy {
                 doc: "select.selection: train with the beta/tau (and gamma) chosen by validation for this method and rho",
             },
         ]
+    }
+    fn binding_slots(&self) -> &'static [&'static str] {
+        &["selection"]
+    }
+    fn bind(&self, params: &Map<String, Value>, inputs: &dyn BindInputs) -> StageResult<Map<String, Value>> {
+        bind_selection(params, inputs)
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[

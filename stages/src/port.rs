@@ -139,6 +139,28 @@ pub trait Stage: Send + Sync {
     fn params_schema(&self) -> schemars::Schema;
     /// Where the computation runs.
     fn runs(&self) -> Runs;
+    /// Input slots whose content decides some of the node's parameters rather than entering its computation
+    /// (`policy`'s `selection`). Before keying a node that binds one, the runner applies [`Stage::bind`] and keys
+    /// the decided values instead of the slot, and the stage then runs with those parameters and without the slot:
+    /// a policy trained with the β a selection chose is the same computation — and the same cache entry — as the
+    /// candidate trained with that β written in the manifest.
+    fn binding_slots(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// The node's parameters with what its bound [`Stage::binding_slots`] decide applied (called only when at
+    /// least one of them is bound).
+    fn bind(&self, params: &Map<String, Value>, _inputs: &dyn BindInputs) -> StageResult<Map<String, Value>> {
+        Ok(params.clone())
+    }
+}
+
+/// What [`Stage::bind`] may read of a node's inputs: every slot's producing coordinates, and any slot's artifacts
+/// materialised on demand (the runner keys nodes on the no-op path, so nothing is fetched unless asked for).
+pub trait BindInputs {
+    /// The producing nodes' sweep coordinates of the artifacts bound to `slot` (empty when unbound).
+    fn coords(&self, slot: &str) -> Vec<&BTreeMap<String, Value>>;
+    /// The artifacts bound to `slot` as local, hash-verified paths.
+    fn open(&self, slot: &str) -> StageResult<Vec<InputArtifact>>;
 }
 
 /// A stage's computation: reads its inputs, writes its outputs, and returns a small JSON summary (counts, metrics)

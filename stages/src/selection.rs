@@ -55,6 +55,21 @@ pub fn require_choice<'a>(chosen: &'a [Choice], method: &str, rho: Option<f64>) 
     })
 }
 
+/// [`read_selection`] once per content hash in this process: the runner binds every selection-bound policy's
+/// parameters when it keys the node, on the no-op path too, and dozens of nodes share one selection.
+pub fn read_selection_memo(hash: &str, path: &std::path::Path) -> StageResult<std::sync::Arc<Vec<Choice>>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static READ: OnceLock<Mutex<HashMap<String, Arc<Vec<Choice>>>>> = OnceLock::new();
+    let memo = READ.get_or_init(Default::default);
+    if let Some(c) = memo.lock().unwrap().get(hash) {
+        return Ok(c.clone());
+    }
+    let chosen = Arc::new(read_selection(path)?);
+    memo.lock().unwrap().insert(hash.to_string(), chosen.clone());
+    Ok(chosen)
+}
+
 /// Reads a `selection` table back (what `evaluate` uses to pick the chosen candidate policy).
 pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
     let t = table::read_table(path, None)?;

@@ -10,8 +10,7 @@ use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, OptimConfig, Reduction, Schedule, Trainer, sequence_logprobs, with_autocast};
 use rmdistill_stages::policy::{KlSource, parse};
 use rmdistill_stages::port::*;
-use rmdistill_stages::selection::{self, Choice};
-use rmdistill_stages::{data_io, table};
+use rmdistill_stages::table;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -202,22 +201,6 @@ pub fn write_metrics(path: &Path, history: &[rmdistill_ml::StepMetrics], kv: &[(
     }
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
     table::write_table(path, &batch, kv)
-}
-
-/// The node's parameters, with the choice of a bound `selection` applied (and that choice).
-fn selected_params(ctx: &dyn Ctx) -> StageResult<(serde_json::Map<String, Value>, Option<Choice>)> {
-    let Some(sel) = lm_io::opt_input(ctx, "selection")? else {
-        return Ok((ctx.params().clone(), None));
-    };
-    let method: Method = serde_json::from_value(ctx.params().get("method").cloned().unwrap_or(Value::Null))
-        .map_err(|e| StageError::invalid("method", e.to_string()))?;
-    let pairs = lm_io::one_input(ctx, "pairs")?;
-    let rho = data_io::coord_f64(&pairs.coords, "rho")
-        .or_else(|| table::read_kv(&pairs.path).ok()?.into_iter().find(|(k, _)| k == "rmdistill.rho")?.1.parse().ok());
-    let chosen = selection::read_selection(&sel.path)?;
-    let (params, c) = selection::apply_choice(ctx.params(), &chosen, method.name(), rho)
-        .map_err(|e| StageError::invalid("selection", format!("{} ({}): {e}", sel.node, sel.path.display())))?;
-    Ok((params, Some(c)))
 }
 
 /// The policy's inputs, read and checked against the method before any training.
@@ -619,12 +602,7 @@ fn train(
 }
 
 /// What the policy records of itself beside its weights, and the stage's summary.
-fn describe(
-    p: &rmdistill_stages::policy::Params,
-    inputs: &Inputs,
-    t: &Training,
-    choice: Option<Choice>,
-) -> (Value, Value) {
+fn describe(p: &rmdistill_stages::policy::Params, inputs: &Inputs, t: &Training) -> (Value, Value) {
     let method = p.method;
     let gamma = p.gamma.unwrap_or(GammaSchedule::Constant(0.0));
     let gamma = if method.pessimistic() { json!(gamma) } else { Value::Null };
@@ -639,7 +617,6 @@ fn describe(
         "seed": p.seed,
         "rho": inputs.rho,
         "members": inputs.rewards.as_ref().map(|r| r.member_names.clone()),
-        "selected": choice,
     });
     let (first, last) = (t.history.first().unwrap(), t.history.last().unwrap());
     let get = |r: &rmdistill_ml::StepMetrics, k: &str| r.extra.get(k).copied();
@@ -675,8 +652,8 @@ fn describe(
 
 pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let t0 = std::time::Instant::now();
-    let (params, choice) = selected_params(ctx)?;
-    let p = parse(&params)?;
+    // a bound `selection` was applied to the parameters by the runner (the stage's `bind`)
+    let p = parse(ctx.params())?;
     let method = p.method;
 
     // ---- read: the inputs, checked against the method; π_ref; the samples of π_ref for the KL term
@@ -699,7 +676,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let policy = reference.try_clone()?;
     let training =
         train(ctx, &p, &inputs, &policy, &codec, &tokens, (&ref_a, &ref_b, ref_source), samples.as_ref(), device)?;
-    let (info, mut summary) = describe(&p, &inputs, &training, choice);
+    let (info, mut summary) = describe(&p, &inputs, &training);
 
     // ---- write: the model (with its info), the step metrics
     let model_dir = ctx.output_path("model");
