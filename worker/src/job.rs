@@ -28,6 +28,42 @@ impl Channel {
     }
 }
 
+/// The protocol channel: the original standard output, after file descriptor 1 is pointed at standard error, so
+/// that a stray `println!` (ours or a library's) lands in the log instead of corrupting the protocol.
+pub fn protocol_channel() -> Channel {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain descriptor duplication at start-up, before any other thread exists.
+    let fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 || unsafe { libc::dup2(2, 1) } < 0 {
+        eprintln!("rmdistill-worker: cannot set up the protocol descriptor: {}", std::io::Error::last_os_error());
+        std::process::exit(EXIT_REFUSED);
+    }
+    // SAFETY: `fd` is a descriptor this process owns from here on.
+    Channel::new(Box::new(unsafe { std::fs::File::from_raw_fd(fd) }))
+}
+
+/// Runs the job in `file` with its messages on standard output; returns the exit status (`run JOB`, and each child
+/// of `serve`).
+pub fn run_file(file: &Path) -> i32 {
+    let channel = protocol_channel();
+    let parsed =
+        std::fs::read(file).map_err(|e| format!("cannot read job file {}: {e}", file.display())).and_then(|b| {
+            serde_json::from_slice::<Job>(&b).map_err(|e| {
+                format!(
+                    "job file {}: {e} (rmdistill and rmdistill-worker built from different sources? rebuild both)",
+                    file.display()
+                )
+            })
+        });
+    match parsed {
+        Ok(j) => run(&j, &channel),
+        Err(message) => {
+            channel.send(&Message::Failed { message });
+            EXIT_REFUSED
+        }
+    }
+}
+
 struct JobCtx<'a> {
     job: &'a Job,
     channel: &'a Channel,

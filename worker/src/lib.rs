@@ -19,6 +19,7 @@ pub mod policy;
 pub mod precompute;
 pub mod rm_scoring;
 pub mod sample_pairs;
+pub mod serve;
 pub mod sft;
 pub mod synth;
 pub mod train_rm;

@@ -1,12 +1,11 @@
 //! `rmdistill-worker`: the process the engine starts for each node of a stage on libtorch (`run JOB`), asks how many
-//! CUDA devices there are (`devices`), and delegates `rmdistill import-model` to (`import-model`). Protocol:
+//! CUDA devices there are (`devices`), forks jobs from once started (`serve`), and delegates `rmdistill import-model` to (`import-model`). Protocol:
 //! `rmdistill_stages::protocol`. Not meant to be run by hand, though it can be (`run` on a job file left in scratch).
 
 use clap::{Parser, Subcommand};
-use rmdistill_stages::protocol::{EXIT_REFUSED, Job, Message};
-use rmdistill_worker::job::{self, Channel};
+use rmdistill_stages::protocol::Message;
+use rmdistill_worker::job;
 use std::io::Write;
-use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -20,6 +19,10 @@ struct Cli {
 enum Command {
     /// Run the job in JOB (JSON, written by the engine); protocol messages on standard output.
     Run { job: PathBuf },
+    /// Fork a child per job the engine sends on standard input (a socket), so that no job pays libtorch's
+    /// start-up (see the `serve` module).
+    #[command(hide = true)]
+    Serve,
     /// Report how many CUDA devices libtorch can use.
     Devices,
     /// Convert a GGUF model into a Hugging Face checkpoint directory (what `rmdistill import-model` runs).
@@ -35,45 +38,13 @@ enum Command {
     },
 }
 
-/// The protocol channel: the original standard output, after file descriptor 1 is pointed at standard error, so
-/// that a stray `println!` (ours or a library's) lands in the log instead of corrupting the protocol.
-fn protocol_channel() -> Channel {
-    // SAFETY: plain descriptor duplication at start-up, before any other thread exists.
-    let fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
-    if fd < 0 || unsafe { libc::dup2(2, 1) } < 0 {
-        eprintln!("rmdistill-worker: cannot set up the protocol descriptor: {}", std::io::Error::last_os_error());
-        std::process::exit(EXIT_REFUSED);
-    }
-    // SAFETY: `fd` is a descriptor this process owns from here on.
-    Channel::new(Box::new(unsafe { std::fs::File::from_raw_fd(fd) }))
-}
-
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { job } => {
-            let channel = protocol_channel();
-            let parsed = std::fs::read(&job)
-                .map_err(|e| format!("cannot read job file {}: {e}", job.display()))
-                .and_then(|b| {
-                    serde_json::from_slice::<Job>(&b).map_err(|e| {
-                        format!(
-                            "job file {}: {e} (rmdistill and rmdistill-worker built from different sources? rebuild both)",
-                            job.display()
-                        )
-                    })
-                });
-            let code = match parsed {
-                Ok(j) => job::run(&j, &channel),
-                Err(message) => {
-                    channel.send(&Message::Failed { message });
-                    EXIT_REFUSED
-                }
-            };
-            std::process::exit(code);
-        }
+        Command::Run { job } => std::process::exit(job::run_file(&job)),
+        Command::Serve => std::process::exit(rmdistill_worker::serve::serve()),
         Command::Devices => {
-            let channel = protocol_channel();
+            let channel = job::protocol_channel();
             let tch = rmdistill_ml::tch::Cuda::is_available();
             let cuda = if tch { rmdistill_ml::tch::Cuda::device_count().max(0) as usize } else { 0 };
             channel.send(&Message::Devices { cuda });
