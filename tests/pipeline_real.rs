@@ -13,98 +13,77 @@ fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
     let m = manifest.to_str().unwrap();
     let data = shared_data().join("tldr-2k/train.jsonl");
     let data_set = format!("data={:?}", data.to_str().unwrap());
-    let s = w.run_json(&[
-        m,
-        "--jobs",
-        "2",
-        "-S",
-        &data_set,
-        "-S",
+    // Small: 2 rho, 1 seed, 2 members; selection as in the default pipeline with two DPO candidates and one value for
+    // the other methods (their validation still runs); 40 held-out records: 20 validation prompts, then 20 test ones.
+    let sets = [
+        data_set.as_str(),
         "rhos=[0.2, 0.8]",
-        "-S",
         "seeds=[0]",
-        "-S",
         "members=[0.2, 0.8]",
-        "-S",
         "size=100",
-        "-S",
         "member_size=25",
-        "-S",
         "sft_steps=50",
-        "-S",
         "train_records=400",
-        "-S",
         "test_records=40",
-        "-S",
+        "val_prompts=20",
         "eval_prompts=20",
-        "-S",
         "policy_epochs=1",
-        "-S",
         "rm_epochs=1.0",
-        "-S",
         "oracle_epochs=1.0",
-    ]);
+        "betas_dpo=[0.1, 1.0]",
+        "taus_ipo=[1.0]",
+        "betas_p_dpo=[0.1]",
+        "betas_d_dpo=[0.1]",
+        "betas_dp_dpo=[0.1]",
+        "betas_e_dpo=[0.1]",
+        "gammas=[0.1]",
+    ];
+    let with = |head: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
+        for s in sets {
+            v.extend(["-S".to_string(), s.to_string()]);
+        }
+        v
+    };
+    let run_args = with(&[m, "--jobs", "2"]);
+    let s = w.run_json(&run_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(s["failed"], 0, "{s}");
-    assert_eq!(s["ran"], 47);
+    // 22 data and reward-model nodes, 14 candidates + 14 validations + 6 selections, 12 test evaluations, the
+    // report; the 12 final policies of seed 0 are their chosen candidates (cached).
+    assert_eq!(s["ran"], 69, "{s}");
+    let cached = nodes_with(&s, "cached");
+    assert_eq!(cached.len(), 12, "{cached:?}");
     // The oracle relabelled the training pairs; evaluation used held-out records (the file's tail).
     let label = s["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "label").unwrap();
     assert!(label["outputs"]["labelled"]["size"].as_u64().unwrap() > 0);
-    let shown: serde_json::Value = serde_json::from_str(&w.ok(&[
-        "show",
-        m,
-        "test_data",
-        "--json",
-        "--rows",
-        "1",
-        "-S",
-        &data_set,
-        "-S",
-        "train_records=400",
-        "-S",
-        "test_records=40",
-    ]))
-    .unwrap();
+    let show = |what: &str, rows: &str| -> serde_json::Value {
+        let a = with(&["show", m, what, "--json", "--rows", rows]);
+        serde_json::from_str(&w.ok(&a.iter().map(String::as_str).collect::<Vec<_>>())).unwrap()
+    };
+    let shown = show("test_data", "1");
     assert_eq!(shown["preview"][0]["source_row"].as_u64().map(|r| r >= 400), Some(true), "{shown}");
-    let out = w.ok(&[
-        "report",
-        m,
-        "-o",
-        "rep",
-        "-S",
-        &data_set,
-        "-S",
-        "rhos=[0.2, 0.8]",
-        "-S",
-        "seeds=[0]",
-        "-S",
-        "members=[0.2, 0.8]",
-        "-S",
-        "size=100",
-        "-S",
-        "member_size=25",
-        "-S",
-        "sft_steps=50",
-        "-S",
-        "train_records=400",
-        "-S",
-        "test_records=40",
-        "-S",
-        "eval_prompts=20",
-        "-S",
-        "policy_epochs=1",
-        "-S",
-        "rm_epochs=1.0",
-        "-S",
-        "oracle_epochs=1.0",
-    ]);
+    // validation and test prompts are disjoint held-out prompts
+    let prompts = |what: &str| -> std::collections::BTreeSet<String> {
+        show(what, "100")["preview"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["prompt"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (val, test) = (prompts("val_dpo@beta=0.1,rho=0.2,seed=0.samples"), prompts("eval_dpo@rho=0.2,seed=0.samples"));
+    assert!(!val.is_empty() && !test.is_empty());
+    assert!(val.is_disjoint(&test), "validation and test prompts overlap");
+    let out_args = with(&["report", m, "-o", "rep"]);
+    let out = w.ok(&out_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains("report.md"));
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
     assert!(md.contains("TL;DR") && md.contains("e-DPO"), "{md}");
+    assert!(md.contains("chosen by validation"), "{md}");
     // the oracle's agreement with the held-out human labels is stated at the top
     assert!(md.contains("**Ground truth.** The oracle agrees with held-out human labels"), "{md}");
 }
 
-/// A file of a directory artifact in a `file://` store: the tree blob lists the files' blobs.
 fn tree_file(store: &std::path::Path, dir_hash: &str, file: &str) -> Vec<u8> {
     let blob = |h: &str| std::fs::read(store.join("blobs").join(&h[..2]).join(h)).unwrap();
     let tree: serde_json::Value = serde_json::from_slice(&blob(dir_hash)).unwrap();
@@ -132,7 +111,7 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
     // continue the prompt's last max_len − new-tokens tokens).
     let data = shared_data().join("tldr-2k/train.jsonl");
     let data_set = format!("data={:?}", data.to_str().unwrap());
-    // Small: 40 training records, |D_rho| = 8, 8 held-out prompts, one rho and seed, two members, a step or two per model, 32
+    // Small: 40 training records, |D_rho| = 8, 4 validation and 8 test prompts, one rho and seed, two members, a step or two per model, 32
     // tokens per sequence, 16 new tokens per sample. Every model is still the full 135M-parameter SmolLM2.
     let sets = [
         data_set.as_str(),
@@ -142,8 +121,18 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
         "size=8",
         "member_size=2",
         "train_records=40",
-        "test_records=8",
+        "test_records=12",
+        "val_prompts=4",
         "eval_prompts=8",
+        // one value per grid: selection runs (4 validation prompts per candidate), the final policies of seed 0 are
+        // their candidates
+        "betas_dpo=[0.1]",
+        "taus_ipo=[1.0]",
+        "betas_p_dpo=[0.1]",
+        "betas_d_dpo=[0.1]",
+        "betas_dp_dpo=[0.1]",
+        "betas_e_dpo=[0.1]",
+        "gammas=[0.1]",
         "sft_steps=2",
         "sft_batch=4",
         "oracle_epochs=0.2",
@@ -171,9 +160,10 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
     let s = w.run_json(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     eprintln!("SmolLM2 pipeline: {:.1} s", t0.elapsed().as_secs_f64());
     assert_eq!(s["failed"], 0, "{s}");
-    // 3 imports + sft + oracle + 2 labels + d_rho + 2 members + rm + 2 rm_members + 2 precomputes + 6 policies
-    // + 6 evaluations + report
-    assert_eq!(s["ran"], 28, "{s}");
+    // 3 imports + sft + oracle + 2 labels + d_rho + 2 members + rm + 2 rm_members + 2 precomputes + 6 candidates
+    // + 6 validations + 6 selections + 6 test evaluations + report; the 6 final policies are their candidates
+    assert_eq!(s["ran"], 40, "{s}");
+    assert_eq!(s["cached"], 6, "{s}");
     let node = |name: &str| {
         s["nodes"].as_array().unwrap().iter().find(|n| n["node"] == name).unwrap_or_else(|| panic!("no {name}")).clone()
     };

@@ -266,20 +266,25 @@ fi
 if [ "$DEV" = cuda ]; then
     TIMEOUT=${MANIFEST_TIMEOUT:-300}
     JOBS=${MANIFEST_JOBS:-4}
-    # 28 nodes (~20 on the GPU, one at a time) of SmolLM2-135M size: 400 training records, one ρ and seed, two
-    # members, 128-token sequences. Each worker node pays its process start, CUDA's initialisation and a 540 MB
+    # 46 nodes (40 run: ~30 on the GPU, one at a time; the 6 final policies are their selected candidates) of
+    # SmolLM2-135M size: 400 training records, one ρ and seed, two members, one value per β/τ/γ grid (selection runs
+    # on 32 validation prompts), 128-token sequences. Each worker node pays CUDA's initialisation and a 540 MB
     # checkpoint load and save: a few seconds before any compute.
     SETS=(rhos="[0.5]" seeds="[0]" members="[0.5, 1.0]" size=160 member_size=40 train_records=400
-        test_records=64 eval_prompts=64 sft_steps=40 sft_batch=32 oracle_epochs=1.0 rm_epochs=1.0 rm_batch=32
-        policy_epochs=1 policy_batch=16 max_len=128 sample_tokens=32 eval_tokens=32 eval_batch=64 label_batch=64
-        precompute_batch=64)
+        test_records=96 val_prompts=32 eval_prompts=64 sft_steps=40 sft_batch=32 oracle_epochs=1.0 rm_epochs=1.0
+        rm_batch=32 policy_epochs=1 policy_batch=16 max_len=128 sample_tokens=32 eval_tokens=32 eval_batch=64
+        label_batch=64 precompute_batch=64)
 else
-    TIMEOUT=${MANIFEST_TIMEOUT:-240}
+    TIMEOUT=${MANIFEST_TIMEOUT:-420}
     JOBS=${MANIFEST_JOBS:-2}
-    SETS=(rhos="[0.5]" seeds="[0]" members="[0.5, 1.0]" size=8 member_size=2 train_records=40 test_records=8
-        eval_prompts=8 sft_steps=2 sft_batch=4 oracle_epochs=0.2 rm_epochs=0.25 rm_batch=4 policy_epochs=1
-        policy_batch=8 max_len=32 sample_tokens=8 eval_tokens=8 eval_batch=8 label_batch=16 precompute_batch=16)
+    SETS=(rhos="[0.5]" seeds="[0]" members="[0.5, 1.0]" size=8 member_size=2 train_records=40 test_records=12
+        val_prompts=4 eval_prompts=8 sft_steps=2 sft_batch=4 oracle_epochs=0.2 rm_epochs=0.25 rm_batch=4
+        policy_epochs=1 policy_batch=8 max_len=32 sample_tokens=8 eval_tokens=8 eval_batch=8 label_batch=16
+        precompute_batch=16)
 fi
+# one value per grid: the selection path runs (validation, select, selection-bound final policies) at the least cost
+SETS+=(betas_dpo="[0.1]" taus_ipo="[1.0]" betas_p_dpo="[0.1]" betas_d_dpo="[0.1]" betas_dp_dpo="[0.1]"
+    betas_e_dpo="[0.1]" gammas="[0.1]")
 read -r -a EXTRA <<<"${MANIFEST_SETS:-}"
 ARGS=(run "$REPO/manifests/tldr-smollm2.toml" --store "file://$WORK/store" --device "$DEV" --jobs "$JOBS" --json --quiet
     -S "data=\"$DATA\"" -S "base_gguf=\"$GGUF\"" -S "title=\"TL;DR, $SIZE (random init), GPU check\"")

@@ -2,7 +2,7 @@
 //!
 //! Samples `samples_per_prompt` responses from the policy and from π_ref for each held-out prompt of `prompts`
 //! (rows whose `split` equals the `split` param when the table has that column; distinct prompts in table order;
-//! `n_prompts` caps them). Both models sample with the same per-batch seeds (common random numbers). Each response
+//! `skip_prompts` leaves out the first ones, `n_prompts` caps the rest). Both models sample with the same per-batch seeds (common random numbers). Each response
 //! is scored by the oracle:
 //! - `oracle = "synthetic"`: the embedded task's programmatic oracle ([`crate::oracle`]) with the
 //!   knobs in `oracle_params`;
@@ -51,9 +51,13 @@ pub struct Params {
     /// Rows of `prompts` to evaluate on, by their `split` column; `null`/absent column: every row.
     #[serde(default = "d_split")]
     pub split: Option<String>,
-    /// Evaluate only the first N distinct prompts of the split (table order); none: all of them.
+    /// Evaluate only the first N distinct prompts of the split (table order, after `skip_prompts`); none: all.
     #[serde(default)]
     pub n_prompts: Option<usize>,
+    /// Leave out the first N distinct prompts of the split: a table of held-out prompts serves as validation prompts
+    /// (the first N, `n_prompts = N`) and as test prompts (`skip_prompts = N`), never the same prompt twice.
+    #[serde(default)]
+    pub skip_prompts: usize,
     /// Responses sampled per prompt from the policy, and as many from π_ref.
     #[serde(default = "d_one")]
     pub samples_per_prompt: usize,

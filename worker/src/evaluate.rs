@@ -12,7 +12,7 @@ use rmdistill_stages::table;
 use serde_json::{Value, json};
 use std::path::Path;
 
-/// The evaluation prompts: distinct, in table order, filtered by split, capped, sharded.
+/// The evaluation prompts: distinct, in table order, filtered by split, the first `skip_prompts` left out, capped.
 fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
     let schema = table::read_schema(path)?;
     let has_split = schema.index_of("split").is_ok();
@@ -37,8 +37,21 @@ fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
             out.push(pr);
         }
     }
+    let distinct = out.len();
+    out.drain(..p.skip_prompts.min(distinct));
     if let Some(n) = p.n_prompts {
         out.truncate(n);
+    }
+    if out.is_empty() && p.skip_prompts > 0 && distinct > 0 {
+        return Err(StageError::invalid(
+            "skip_prompts",
+            format!(
+                "{}: skipping {} prompts leaves none of the {distinct} distinct prompts of split {:?}",
+                path.display(),
+                p.skip_prompts,
+                p.split
+            ),
+        ));
     }
     if out.is_empty() {
         return Err(StageError::invalid(
