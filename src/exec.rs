@@ -934,6 +934,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         Ok(())
     });
     ext.save();
+    crate::worker::shutdown_fork_servers();
     let _ = std::fs::remove_dir_all(&scratch_root);
     result?;
 

@@ -229,18 +229,38 @@ struct ForkServer {
     sock: OwnedFd,
     waiting: Mutex<Waiting>,
     next: std::sync::atomic::AtomicU64,
+    /// The thread that started the server and waits for it.
+    keeper: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The fork server for `bin` and `threads` (started the first time; `None` when it is disabled or cannot serve,
 /// and then every job gets a process of its own).
 fn fork_server(bin: &Path, threads: usize) -> Option<Arc<ForkServer>> {
-    type Servers = Mutex<HashMap<(PathBuf, usize), Option<Arc<ForkServer>>>>;
-    static SERVERS: OnceLock<Servers> = OnceLock::new();
     if std::env::var(FORK_SERVER_VAR).is_ok_and(|v| v == "0") {
         return None;
     }
     let mut servers = SERVERS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     servers.entry((bin.to_path_buf(), threads)).or_insert_with(|| ForkServer::start_server(bin, threads)).clone()
+}
+
+/// This process's fork servers by worker binary and thread count (`None`: it could not serve).
+type Servers = Mutex<HashMap<(PathBuf, usize), Option<Arc<ForkServer>>>>;
+static SERVERS: OnceLock<Servers> = OnceLock::new();
+
+/// Ends this process's fork servers once no node runs (the end of a run): each exits when its socket closes, after
+/// reaping its children, and is waited for — so the workers' CPU time is counted as the run's (`time rmdistill run`),
+/// as it was when each worker was this process's own child.
+pub fn shutdown_fork_servers() {
+    let Some(servers) = SERVERS.get() else { return };
+    let drained: Vec<Arc<ForkServer>> =
+        servers.lock().unwrap_or_else(|e| e.into_inner()).drain().filter_map(|(_, s)| s).collect();
+    for server in drained {
+        // SAFETY: shutting down a socket this process owns; the server reads end of file.
+        unsafe { libc::shutdown(server.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(keeper) = server.keeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = keeper.join();
+        }
+    }
 }
 
 impl ForkServer {
@@ -257,7 +277,7 @@ impl ForkServer {
             .env("OMP_NUM_THREADS", &threads)
             .env("MKL_NUM_THREADS", &threads);
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let keeper = std::thread::spawn(move || {
             let spawned = cmd.spawn();
             drop(cmd); // it held the server's end of the socket: only the server may, or its exit goes unseen
             match spawned {
@@ -276,7 +296,12 @@ impl ForkServer {
         if packet(&ours).ok()? != "ready" {
             return None;
         }
-        let server = Arc::new(ForkServer { sock: ours, waiting: Mutex::default(), next: Default::default() });
+        let server = Arc::new(ForkServer {
+            sock: ours,
+            waiting: Mutex::default(),
+            next: Default::default(),
+            keeper: Mutex::new(Some(keeper)),
+        });
         let reader = server.clone();
         std::thread::spawn(move || reader.dispatch());
         Some(server)

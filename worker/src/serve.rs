@@ -40,7 +40,13 @@ pub fn serve() -> i32 {
         }
         match receive() {
             Some((text, fds)) => start(me, &text, &fds),
-            None => return 0, // the engine is gone: a child still running dies with this process
+            None => {
+                // the engine is done (or gone): wait for the children, so that their CPU time is counted in ours
+                // when the engine waits for this process; a child of an engine that died is killed by our exit
+                // only, so do not wait for running ones then
+                reap();
+                return 0;
+            }
         }
     }
 }
