@@ -25,7 +25,7 @@
 #   DPO_CONFIGS       "PAIRS:PROMPT:RESPONSE ..." DPO-step shapes (GPU default "16:256:256 64:256:256 128:384:128")
 #   DPO_ITERS         timed steps per shape (GPU 10, CPU 2)
 #   MANIFEST_SETS     extra -S overrides for the manifest, space-separated NAME=VALUE (appended to the sizing below)
-#   MANIFEST_TIMEOUT  seconds before the manifest run is stopped and reported as such (GPU 300, CPU 240)
+#   MANIFEST_TIMEOUT  seconds before the manifest run is stopped and reported as such (GPU 300, CPU 420)
 #   MANIFEST_JOBS     nodes at once (GPU 4, CPU 2)
 set -uo pipefail
 
