@@ -139,25 +139,35 @@ struct Binding<'a, 'o> {
     outputs: &'a dyn Fn(usize) -> Option<&'o BTreeMap<String, OutputRef>>,
 }
 
+impl Binding<'_, '_> {
+    fn ups(&self, slot: &str) -> &[crate::plan::Upstream] {
+        self.plan.nodes[self.i].inputs.get(slot).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
 impl BindInputs for Binding<'_, '_> {
     fn coords(&self, slot: &str) -> Vec<&BTreeMap<String, Value>> {
-        let ups = self.plan.nodes[self.i].inputs.get(slot).map(Vec::as_slice).unwrap_or_default();
-        ups.iter().map(|u| &self.plan.nodes[u.node].coords).collect()
+        self.ups(slot).iter().map(|u| &self.plan.nodes[u.node].coords).collect()
     }
     fn open(&self, slot: &str) -> Result<Vec<InputArtifact>, StageError> {
-        let ups = self.plan.nodes[self.i].inputs.get(slot).map(Vec::as_slice).unwrap_or_default();
-        ups.iter()
+        self.ups(slot)
+            .iter()
             .map(|u| {
                 let o = &(self.outputs)(u.node).expect("upstream resolved first")[u.output];
-                Ok(InputArtifact {
-                    path: self.store.materialize(o)?,
-                    hash: o.hash.clone(),
-                    node: self.plan.nodes[u.node].name.clone(),
-                    coords: self.plan.nodes[u.node].coords.clone(),
-                })
+                Ok(input_artifact(self.plan, self.store, o, u.node)?)
             })
             .collect()
     }
+}
+
+/// An upstream output as a stage reads it: materialised locally (hash-verified), with where it came from.
+fn input_artifact(plan: &Plan, store: &Store, o: &OutputRef, up: usize) -> anyhow::Result<InputArtifact> {
+    Ok(InputArtifact {
+        path: store.materialize(o)?,
+        hash: o.hash.clone(),
+        node: plan.nodes[up].name.clone(),
+        coords: plan.nodes[up].coords.clone(),
+    })
 }
 
 /// Scope under which node pointers are kept: the manifest's canonical path (not its contents, so that after an
@@ -331,13 +341,7 @@ fn execute(plan: &Plan, store: &Store, t: Task, scratch_root: &Path, progress: &
     };
     let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
     for (slot, o, up) in &t.inputs {
-        let path = store.materialize(o).map_err(fail)?;
-        inputs.entry(slot.clone()).or_default().push(InputArtifact {
-            path,
-            hash: o.hash.clone(),
-            node: plan.nodes[*up].name.clone(),
-            coords: plan.nodes[*up].coords.clone(),
-        });
+        inputs.entry(slot.clone()).or_default().push(input_artifact(plan, store, o, *up).map_err(fail)?);
     }
     let scratch = scratch_root.join(format!("{}-{}", t.i, &t.key[..12]));
     let _ = std::fs::remove_dir_all(&scratch);

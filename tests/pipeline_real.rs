@@ -6,6 +6,15 @@
 mod common;
 use common::*;
 
+/// `head`, then `-S NAME=VALUE` for each of `sets`.
+fn with_sets(head: &[&str], sets: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
+    for s in sets {
+        v.extend(["-S".to_string(), s.to_string()]);
+    }
+    v
+}
+
 #[test]
 fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
     let w = Work::new();
@@ -38,13 +47,7 @@ fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
         "betas_e_dpo=[0.1]",
         "gammas=[0.1]",
     ];
-    let with = |head: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
-        for s in sets {
-            v.extend(["-S".to_string(), s.to_string()]);
-        }
-        v
-    };
+    let with = |head: &[&str]| with_sets(head, &sets);
     let run_args = with(&[m, "--jobs", "2"]);
     let s = w.run_json(&run_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(s["failed"], 0, "{s}");
@@ -147,14 +150,7 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
         "label_batch=16",
         "precompute_batch=16",
     ];
-    let with = |args: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        for s in sets {
-            v.push("-S".into());
-            v.push(s.into());
-        }
-        v
-    };
+    let with = |head: &[&str]| with_sets(head, &sets);
     let t0 = std::time::Instant::now();
     let args = with(&[m, "--jobs", "2"]);
     let s = w.run_json(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());

@@ -139,10 +139,7 @@ fn bind_selection(params: &Map<String, Value>, inputs: &dyn BindInputs) -> Stage
     let rho = match inputs.coords("pairs").first().and_then(|c| crate::data_io::coord_f64(c, "rho")) {
         Some(r) => Some(r),
         None => match inputs.open("pairs")?.first() {
-            Some(p) => crate::table::read_kv(&p.path)?
-                .into_iter()
-                .find(|(k, _)| k == "rmdistill.rho")
-                .and_then(|(_, v)| v.parse().ok()),
+            Some(p) => recorded_rho(&p.path)?,
             None => None,
         },
     };
@@ -152,6 +149,11 @@ fn bind_selection(params: &Map<String, Value>, inputs: &dyn BindInputs) -> Stage
     let (params, _) = crate::selection::apply_choice(params, &chosen, method.name(), rho)
         .map_err(|e| StageError::invalid("selection", format!("{} ({}): {e}", sel.node, sel.path.display())))?;
     Ok(params)
+}
+
+/// ρ of a `D_ρ` table as `subsample` recorded it in the file's metadata (`None` for pairs from elsewhere).
+pub fn recorded_rho(pairs: &std::path::Path) -> StageResult<Option<f64>> {
+    Ok(crate::table::read_kv(pairs)?.into_iter().find(|(k, _)| k == "rmdistill.rho").and_then(|(_, v)| v.parse().ok()))
 }
 
 /// The checks made before any work. γ may be missing here: a bound `selection` can choose it (the run checks again

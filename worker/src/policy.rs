@@ -275,10 +275,7 @@ fn read_inputs(ctx: &dyn Ctx, p: &rmdistill_stages::policy::Params) -> StageResu
             _ => {}
         }
     }
-    let rho = table::read_kv(&pairs_in.path)?
-        .into_iter()
-        .find(|(k, _)| k == "rmdistill.rho")
-        .and_then(|(_, v)| v.parse::<f64>().ok());
+    let rho = rmdistill_stages::policy::recorded_rho(&pairs_in.path)?;
     // With kl_source = "pairs" the KL term uses the pairs themselves, so bound samples are not read.
     let ref_samples_path =
         samples_in.filter(|_| !(method.pessimistic() && p.kl_source == KlSource::Pairs)).map(|s| s.path.clone());
