@@ -28,7 +28,7 @@ fn out_of_range_settings_are_refused_before_work_starts() {
     );
     refused(
         "betas_e_dpo=[0]",
-        &["cand_e_dpo@beta=0,gamma=0.01,rho=0.2,seed=0: ", "param `beta`: must be a finite number > 0, got 0"],
+        &["cand_e_dpo@beta=0,gamma=0.1,rho=0.2,seed=0: ", "param `beta`: must be a finite number > 0, got 0"],
     );
     refused("betas_dpo=[0.1, -1]", &["param `beta`: must be a finite number > 0, got -1"]);
     refused("taus_ipo=[0]", &["param `tau`: must be a finite number > 0, got 0"]);

@@ -42,6 +42,9 @@ const SMALL: &[&str] = &[
     "betas_dp_dpo=[0.1, 1.0]",
     "--set",
     "betas_e_dpo=[0.1, 1.0]",
+    // γ is fixed in the default pipeline; selecting it with β is tested here
+    "--set",
+    "gammas=[0.01, 0.1]",
 ];
 
 fn args<'a>(head: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {

@@ -42,6 +42,17 @@ pub fn protocol_channel() -> Channel {
     Channel::new(Box::new(unsafe { std::fs::File::from_raw_fd(fd) }))
 }
 
+/// Ends the worker process once its job has reported: standard output and error flushed, then `_exit`, skipping the
+/// C++ static destructors libtorch registers at start-up — they took ~150 ms per process (strace of a forked
+/// evaluation child: "done" sent, 150 ms of user time, then exit), paid by every node because the engine waits for
+/// the worker's exit. Nothing of the job's depends on them: its files are written and closed before it reports.
+pub fn exit_now(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: terminates the process; nothing runs after this call.
+    unsafe { libc::_exit(code) }
+}
+
 /// Runs the job in `file` with its messages on standard output; returns the exit status (`run JOB`, and each child
 /// of `serve`).
 pub fn run_file(file: &Path) -> i32 {

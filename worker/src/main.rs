@@ -41,7 +41,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { job } => std::process::exit(job::run_file(&job)),
+        Command::Run { job } => job::exit_now(job::run_file(&job)),
         Command::Serve => std::process::exit(rmdistill_worker::serve::serve()),
         Command::Devices => {
             let channel = job::protocol_channel();

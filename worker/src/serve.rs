@@ -128,7 +128,7 @@ fn start(me: libc::pid_t, text: &str, fds: &[RawFd]) {
             close();
             send(&format!("refused {id} fork: {}", std::io::Error::last_os_error()))
         }
-        0 => std::process::exit(child(me, out, err, Path::new(file))),
+        0 => crate::job::exit_now(child(me, out, err, Path::new(file))),
         pid => {
             close();
             send(&format!("started {id} {pid}"));
