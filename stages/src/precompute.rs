@@ -1,7 +1,8 @@
 //! `precompute`: the offline tables the policy stage trains from (METHOD.md, experiment step 4), shardable.
 //!
 //! Inputs: `pairs` (the training set `D_ρ`), `reference` (the frozen reference policy `π_ref`, a causal-LM checkpoint
-//! with its tokenizer), `reward_models` (many: reward-model checkpoints, at least one). Members are ordered by their
+//! with its tokenizer), `reward_models` (many: reward-model checkpoints; none gives a table of reference log-probs
+//! only, with empty reward lists — what DPO and IPO read so as not to score D_ρ themselves). Members are ordered by their
 //! upstream sweep coordinates (numbers compared as numbers, then by node name), so `rm_member@member=0.2` comes before
 //! `…member=0.35`; each member encodes text with its own tokenizer.
 //!
@@ -127,9 +128,9 @@ impl Stage for Precompute {
             },
             InputSpec {
                 name: "reward_models",
-                required: true,
+                required: false,
                 many: true,
-                doc: "reward-model checkpoints (members, ordered by coords)",
+                doc: "reward-model checkpoints (members, ordered by coords; none: reference log-probs only)",
             },
         ]
     }

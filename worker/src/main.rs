@@ -48,6 +48,7 @@ fn main() {
             let tch = rmdistill_ml::tch::Cuda::is_available();
             let cuda = if tch { rmdistill_ml::tch::Cuda::device_count().max(0) as usize } else { 0 };
             channel.send(&Message::Devices { cuda });
+            job::exit_now(0)
         }
         Command::ImportModel { gguf, smollm2, python, out } => {
             if let Err(e) = import_model(gguf, smollm2, python, &out) {

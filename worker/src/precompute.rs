@@ -80,13 +80,8 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     codec.check_vocab(model.config.vocab_size(), "reference")?;
     codec.max_len = model.config.max_positions().map(|m| m as usize);
     let codec = codec.with_max_len(p.max_len);
+    // no members: a table of reference log-probs only (empty reward lists), for the methods that distil nothing
     let members_in = ctx.inputs("reward_models");
-    if members_in.is_empty() {
-        return Err(StageError::invalid(
-            "reward_models",
-            "an ensemble of zero members: bind at least one reward model",
-        ));
-    }
     let order = member_order(members_in);
     let mut members: Vec<(RewardModel, Codec)> = vec![];
     for &i in &order {

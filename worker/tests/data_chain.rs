@@ -3,6 +3,7 @@
 //! `RMDISTILL_DATA_CHAIN_DEFAULT=1` runs the default sizes of pipelines/robust-distill.toml instead and prints
 //! each stage's time (the numbers quoted in the stage docs).
 
+use arrow::array::{Array, AsArray};
 use rmdistill_stages::port::{self, StageResult};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -288,15 +289,20 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("label:") && e.contains("unlabelled"), "{e}");
-    let e = run_stage(
+    // no reward models: the same reference log-probs, empty reward lists, no samples when none are asked for
+    let refs = run_stage(
         "precompute",
-        &d("bad3"),
-        json!({}),
+        &d("ref_only"),
+        json!({"seed": 0, "samples_per_prompt": 0}),
         &[("pairs", drho.out("dataset")), ("reference", sft.out("model"))],
     )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("zero members"), "{e}");
+    .unwrap();
+    let only = table::read_table(&refs.out("rewards"), None).unwrap();
+    assert_eq!(f64s(&only, "ref_logp_a"), f64s(&b, "ref_logp_a"));
+    assert_eq!(f64s(&only, "ref_logp_b"), f64s(&b, "ref_logp_b"));
+    let lists = only.column_by_name("reward_a").unwrap().as_list::<i32>();
+    assert!((0..lists.len()).all(|i| lists.value(i).is_empty()));
+    assert_eq!(table::read_table(&refs.out("ref_samples"), None).unwrap().num_rows(), 0);
     let e = run_stage(
         "precompute",
         &d("bad4"),
