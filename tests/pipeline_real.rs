@@ -6,6 +6,16 @@
 mod common;
 use common::*;
 
+/// One value for every method's grid but DPO's (whose β each test sets): their selection runs on one candidate.
+const ONE_VALUE_GRIDS: [&str; 6] = [
+    "taus_ipo=[1.0]",
+    "betas_p_dpo=[0.1]",
+    "betas_d_dpo=[0.1]",
+    "betas_dp_dpo=[0.1]",
+    "betas_e_dpo=[0.1]",
+    "gammas=[0.1]",
+];
+
 /// `head`, then `-S NAME=VALUE` for each of `sets`.
 fn with_sets(head: &[&str], sets: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
@@ -40,13 +50,10 @@ fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
         "rm_epochs=1.0",
         "oracle_epochs=1.0",
         "betas_dpo=[0.1, 1.0]",
-        "taus_ipo=[1.0]",
-        "betas_p_dpo=[0.1]",
-        "betas_d_dpo=[0.1]",
-        "betas_dp_dpo=[0.1]",
-        "betas_e_dpo=[0.1]",
-        "gammas=[0.1]",
-    ];
+    ]
+    .into_iter()
+    .chain(ONE_VALUE_GRIDS)
+    .collect::<Vec<_>>();
     let with = |head: &[&str]| with_sets(head, &sets);
     let run_args = with(&[m, "--jobs", "2"]);
     let s = w.run_json(&run_args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -87,6 +94,7 @@ fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
     assert!(md.contains("**Ground truth.** The oracle agrees with held-out human labels"), "{md}");
 }
 
+/// A file of a directory artifact in a `file://` store: the tree blob lists the files' blobs.
 fn tree_file(store: &std::path::Path, dir_hash: &str, file: &str) -> Vec<u8> {
     let blob = |h: &str| std::fs::read(store.join("blobs").join(&h[..2]).join(h)).unwrap();
     let tree: serde_json::Value = serde_json::from_slice(&blob(dir_hash)).unwrap();
@@ -127,15 +135,9 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
         "test_records=12",
         "val_prompts=4",
         "eval_prompts=8",
-        // one value per grid: selection runs (4 validation prompts per candidate), the final policies of seed 0 are
-        // their candidates
+        // one value per grid (with ONE_VALUE_GRIDS): selection runs (4 validation prompts per candidate), the final
+        // policies of seed 0 are their candidates
         "betas_dpo=[0.1]",
-        "taus_ipo=[1.0]",
-        "betas_p_dpo=[0.1]",
-        "betas_d_dpo=[0.1]",
-        "betas_dp_dpo=[0.1]",
-        "betas_e_dpo=[0.1]",
-        "gammas=[0.1]",
         "sft_steps=2",
         "sft_batch=4",
         "oracle_epochs=0.2",
@@ -149,7 +151,10 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
         "eval_batch=8",
         "label_batch=16",
         "precompute_batch=16",
-    ];
+    ]
+    .into_iter()
+    .chain(ONE_VALUE_GRIDS)
+    .collect::<Vec<_>>();
     let with = |head: &[&str]| with_sets(head, &sets);
     let t0 = std::time::Instant::now();
     let args = with(&[m, "--jobs", "2"]);

@@ -112,8 +112,8 @@ ds = load_dataset("json", data_files=data, split="train", cache_dir=cache)
 assert len(ds) == len(t["prompt"]), (len(ds), len(t["prompt"]))
 chosen = [a if l == 0 else b for a, b, l in zip(t["response_a"], t["response_b"], t["label"])]
 rejected = [b if l == 0 else a for a, b, l in zip(t["response_a"], t["response_b"], t["label"])]
-bad = sum(1 for i, r in enumerate(ds.to_dict()["prompt"]) if r != t["prompt"][i])
 col = ds.to_dict()
+bad = sum(x != y for x, y in zip(col["prompt"], t["prompt"]))
 bad += sum(x != y for x, y in zip(col["chosen"], chosen)) + sum(x != y for x, y in zip(col["rejected"], rejected))
 print(f"rows: {len(ds)} on both sides; differing fields: {bad}")
 sys.exit(1 if bad else 0)

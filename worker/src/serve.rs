@@ -41,9 +41,9 @@ pub fn serve() -> i32 {
         match receive() {
             Some((text, fds)) => start(me, &text, &fds),
             None => {
-                // the engine is done (or gone): wait for the children, so that their CPU time is counted in ours
-                // when the engine waits for this process; a child of an engine that died is killed by our exit
-                // only, so do not wait for running ones then
+                // the engine is done (or gone): reap the children that have exited (at the end of a run, every
+                // one has), so that their CPU time is counted in ours when the engine waits for this process;
+                // running ones (an engine that died) are not waited for: our exit kills them
                 reap();
                 return 0;
             }
