@@ -52,12 +52,10 @@ pub fn summarize(s: &SampleRows) -> Summary {
         let e = per_prompt.entry(s.prompt_idx[i]).or_default();
         e.0 += d;
         e.1 += 1;
-        wins += if d > 0.0 {
-            1.0
-        } else if d == 0.0 {
-            0.5
-        } else {
-            0.0
+        wins += match crate::oracle::compare(s.policy_oracle[i], s.ref_oracle[i]) {
+            std::cmp::Ordering::Greater => 1.0,
+            std::cmp::Ordering::Equal => 0.5,
+            std::cmp::Ordering::Less => 0.0,
         };
     }
     let diffs: Vec<f64> = per_prompt.values().map(|(sum, c)| sum / *c as f64).collect();

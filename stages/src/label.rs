@@ -7,8 +7,9 @@
 //! task's programmatic oracle [`crate::oracle::oracle_score`] and its `oracle_params`.
 //!
 //! Every row gets both oracle scores and the oracle's preference. Output `labelled`: the input's columns, with
-//! `label` replaced by the oracle label (0: `response_a`, 1: `response_b`; exact ties are broken by a bit of the
-//! pair's hash, so they are a fair, reproducible coin), `tokens_a/b` filled where null (the oracle model's tokenizer,
+//! `label` replaced by the oracle label (0: `response_a`, 1: `response_b`; ties — scores equal within
+//! [`crate::oracle::TIE_TOLERANCE`], so that rounding never decides — are broken by a bit of the pair's hash, a fair,
+//! reproducible coin; with `ties = "drop"` they are left out of the table and its summary figures), `tokens_a/b` filled where null (the oracle model's tokenizer,
 //! or word counts for the synthetic oracle), then `human_label` (the input's label, Int8, null when unlabelled),
 //! `oracle_a`, `oracle_b` (Float64) and `longer` (Int8: 0 when `response_a` is longer by the margin — at least
 //! (1 + `margin`) × the other's tokens and strictly more —, 1 when `response_b` is, null within the margin).
@@ -34,6 +35,18 @@ pub enum OracleKind {
     RewardModel,
 }
 
+/// What `label` does with a pair the oracle scores as a tie.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ties {
+    /// Keep it, labelled by a fair, reproducible coin (a bit of the pair's hash): what a rater without a preference
+    /// does.
+    #[default]
+    Coin,
+    /// Leave it out of the table: every label then is the oracle's own preference.
+    Drop,
+}
+
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -51,6 +64,9 @@ pub struct Params {
     /// Number of contiguous row blocks the table is cut into (1: unsharded).
     #[serde(default = "d_shards")]
     pub shards: usize,
+    /// Pairs the oracle scores as a tie: "coin" keeps them with a coin-flip label, "drop" leaves them out.
+    #[serde(default)]
+    pub ties: Ties,
     /// "Longer" (the `longer` column) = at least (1 + margin) × the other's tokens and strictly more.
     #[serde(default = "d_margin")]
     pub margin: f64,

@@ -1042,7 +1042,8 @@ fn rm_md(md: &mut String, a: &Analysis) {
     }
     let _ = writeln!(
         md,
-        "\n## Reward models\n\nAgainst the oracle on held-out labelled pairs (`eval`): accuracy overall, on pairs whose lengths \
+        "\n## Reward models\n\nAgainst the oracle on held-out labelled pairs (`eval`; pairs the oracle scores as a tie left \
+         out): accuracy overall, on pairs whose lengths \
          differ by less than the margin, and length sensitivity (share of length-differing pairs where the model prefers the \
          longer response); then agreement with its own training table's labels on rows held out of training. Means over \
          seeds; n/a where the metrics do not carry the figure.\n\n\

@@ -11,6 +11,12 @@
 //!   *salient* words drawn from the topic, each repeated a number of times uniform in `repeats`; the remaining
 //!   positions are distinct non-salient words of the topic (each appears once); the positions are shuffled. So the
 //!   salient words of a document are exactly **the words it repeats**. The prompt is the document followed by `tldr`.
+//! - **Key words** (`key_words`, 0 by default: off): with k > 0 only the first k core words of each topic may be
+//!   salient, and no document uses a key word of any topic as a non-salient word, so salience becomes a property of
+//!   the word itself rather than of its count in the document. Tried 2026-12-01 to make the task's content learnable
+//!   by the tiny reward models (issue 9): with k = 12 the reward model trained on D_0.5 agreed with the oracle on
+//!   0.564 of decided held-out pairs (0.537 within the margin; 3 seeds) against 0.541 (0.556) without — no
+//!   measurable gain, so the default task is unchanged (BENCHMARKS.md, "Ties and key words").
 //! - **Demonstrations** (`summary`, what `sft` learns from): the document's words in order of first appearance,
 //!   keeping each salient word with probability `demo_keep` and each non-salient word with probability
 //!   `demo_extra`; then, with probability `demo_invent`, one word absent from the document is inserted at a random
@@ -72,6 +78,12 @@ struct Params {
     /// Core words per topic (≤ vocab_size), drawn with weight ∝ 1/(rank+1).
     #[serde(default = "d_topic_words")]
     topic_words: u32,
+    /// Key words per topic: the first `key_words` of its core (by rank) are the only words a document may repeat
+    /// (its salient words), and no document uses a key word of any topic as a non-salient word, so salience is a
+    /// property of the word a reader can learn from a few thousand pairs. 0: any core word may be salient (the task
+    /// before 2026-12-01, where salience could only be read by counting a word's occurrences in the document).
+    #[serde(default = "d_key_words")]
+    key_words: u32,
     /// Probability that a word is drawn uniformly from the whole vocabulary rather than the topic's core.
     #[serde(default = "d_background")]
     background: f64,
@@ -117,6 +129,9 @@ fn d_topics() -> u32 {
 }
 fn d_topic_words() -> u32 {
     60
+}
+fn d_key_words() -> u32 {
+    0
 }
 fn d_background() -> f64 {
     0.15
@@ -213,6 +228,25 @@ fn parse(params: &Map<String, Value>) -> StageResult<(Params, OracleParams)> {
             format!("must be in 1..={} (vocab_size), got {}", p.vocab_size, p.topic_words),
         ));
     }
+    if p.key_words > 0 && (p.key_words < p.salient[1] || p.key_words > p.topic_words) {
+        return Err(StageError::invalid(
+            "key_words",
+            format!(
+                "must be 0 or in {}..={} (at least salient's max, at most topic_words), got {}",
+                p.salient[1], p.topic_words, p.key_words
+            ),
+        ));
+    }
+    if p.key_words > 0 && p.vocab_size < p.topics * p.key_words + p.doc_len[1] {
+        return Err(StageError::invalid(
+            "key_words",
+            format!(
+                "{} topics × {} key words leave fewer non-key words than the longest document ({} words) in a \
+                 vocabulary of {}",
+                p.topics, p.key_words, p.doc_len[1], p.vocab_size
+            ),
+        ));
+    }
     for (n, v) in [
         ("background", p.background),
         ("eval_frac", p.eval_frac),
@@ -258,6 +292,19 @@ fn topics(p: &Params) -> Vec<Topic> {
         .collect()
 }
 
+/// Every topic's key words (empty when `key_words` is 0): the words that may be salient, and only salient.
+fn key_set(p: &Params, topics: &[Topic]) -> HashSet<u32> {
+    topics.iter().flat_map(|t| t.core[..p.key_words as usize].iter().copied()).collect()
+}
+
+/// A key word of topic `t`, with the same 1/(rank+1) weights as the core (no background draws: salient words are
+/// always the topic's).
+fn draw_key(rng: &mut ChaCha8Rng, p: &Params, t: &Topic) -> u32 {
+    let k = p.key_words as usize;
+    let u = table::uniform_f64(rng) * t.cdf[k - 1];
+    t.core[t.cdf[..k].partition_point(|&c| c <= u).min(k - 1)]
+}
+
 fn draw(rng: &mut ChaCha8Rng, p: &Params, t: &Topic) -> u32 {
     if table::uniform_f64(rng) < p.background {
         return table::uniform_below(rng, p.vocab_size as u64) as u32;
@@ -280,7 +327,7 @@ struct Doc {
     summary: Vec<u32>,
 }
 
-fn doc(p: &Params, topics: &[Topic], i: u32) -> Doc {
+fn doc(p: &Params, topics: &[Topic], keys: &HashSet<u32>, i: u32) -> Doc {
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     rng.set_stream(i as u64);
     let u = table::uniform_f64(&mut rng);
@@ -296,17 +343,19 @@ fn doc(p: &Params, topics: &[Topic], i: u32) -> Doc {
     let len = in_range(&mut rng, p.doc_len) as usize;
     let n_sal = in_range(&mut rng, p.salient) as usize;
     let mut used: HashSet<u32> = HashSet::new();
-    // distinct words from the topic (falling back to uniform draws if the topic keeps repeating itself)
-    let fresh = |rng: &mut ChaCha8Rng, used: &mut HashSet<u32>| -> u32 {
+    // distinct words from the topic (falling back to uniform draws if the topic keeps repeating itself); with key
+    // words, salient words are drawn among them and non-salient words never are
+    let fresh = |rng: &mut ChaCha8Rng, used: &mut HashSet<u32>, salient: bool| -> u32 {
+        let fits = |w: u32| keys.is_empty() || keys.contains(&w) == salient;
         for _ in 0..64 {
-            let w = draw(rng, p, t);
-            if used.insert(w) {
+            let w = if salient && !keys.is_empty() { draw_key(rng, p, t) } else { draw(rng, p, t) };
+            if fits(w) && used.insert(w) {
                 return w;
             }
         }
         loop {
             let w = table::uniform_below(rng, p.vocab_size as u64) as u32;
-            if used.insert(w) {
+            if fits(w) && used.insert(w) {
                 return w;
             }
         }
@@ -314,14 +363,14 @@ fn doc(p: &Params, topics: &[Topic], i: u32) -> Doc {
     let mut words = Vec::with_capacity(len);
     let mut salient_set = Vec::with_capacity(n_sal);
     for _ in 0..n_sal {
-        let w = fresh(&mut rng, &mut used);
+        let w = fresh(&mut rng, &mut used, true);
         salient_set.push(w);
         let r = in_range(&mut rng, p.repeats) as usize;
         words.extend(std::iter::repeat_n(w, r));
     }
     words.truncate(len);
     while words.len() < len {
-        let w = fresh(&mut rng, &mut used);
+        let w = fresh(&mut rng, &mut used, false);
         words.push(w);
     }
     let n = words.len();
@@ -378,7 +427,8 @@ pub fn generate_corpus(params: &Map<String, Value>) -> StageResult<(RecordBatch,
     let (p, oracle) = parse(params)?;
     let names: Vec<String> = (0..p.vocab_size).map(word).collect();
     let ts = topics(&p);
-    let docs: Vec<Doc> = (0..p.n_docs).map(|i| doc(&p, &ts, i)).collect();
+    let keys = key_set(&p, &ts);
+    let docs: Vec<Doc> = (0..p.n_docs).map(|i| doc(&p, &ts, &keys, i)).collect();
     let mut ids = UInt32Builder::new();
     let mut topic = UInt32Builder::new();
     let mut split = StringBuilder::new();
@@ -507,6 +557,26 @@ mod tests {
     }
 
     #[test]
+    fn key_words_make_salience_a_property_of_the_word() {
+        let params = json!({"n_docs": 300, "seed": 5, "key_words": 6});
+        let (b, _, _) = generate_corpus(params.as_object().unwrap()).unwrap();
+        let sal = crate::data_io::strings(&b, "salient", std::path::Path::new("t"), true).unwrap();
+        let prompts = crate::data_io::strings(&b, "prompt", std::path::Path::new("t"), true).unwrap();
+        let keys: HashSet<&str> = sal.iter().flat_map(|s| s.split_whitespace()).collect();
+        // 4 topics × 6 key words at most, and a key word never appears once (as a non-salient word)
+        assert!(keys.len() <= 24 && keys.len() >= 6, "{}", keys.len());
+        for p in &prompts {
+            let mut c: HashMap<&str, usize> = HashMap::new();
+            for w in p.split_whitespace().filter(|w| *w != SEP) {
+                *c.entry(w).or_default() += 1;
+            }
+            for (w, n) in c {
+                assert_eq!(keys.contains(w), n >= 2, "{w} ×{n} in {p}");
+            }
+        }
+    }
+
+    #[test]
     fn bad_params_name_the_field() {
         let cases = [
             (json!({"n_docs": 0}), "n_docs"),
@@ -515,6 +585,9 @@ mod tests {
             (json!({"salient": [3, 9], "repeats": [2, 3]}), "salient"),
             (json!({"doc_len": [1, 3]}), "doc_len"),
             (json!({"demo_keep": 1.5}), "demo_keep"),
+            (json!({"key_words": 3}), "key_words"),
+            (json!({"key_words": 61}), "key_words"),
+            (json!({"key_words": 60, "topics": 5}), "key_words"),
             (json!({"oracle_params": {"length_bonus": -1.0}}), "oracle_params.length_bonus"),
             (json!({"oracle_params": {"lenght_bonus": 1.0}}), "oracle_params"),
             (json!({"nope": 1}), "nope"),

@@ -6,7 +6,8 @@
 //! optionally `eval` (another labelled table, e.g. oracle-labelled pairs the reward model never saw, scored after
 //! training: `eval_accuracy`, `eval_accuracy_within_margin` — on pairs whose lengths differ by less than the margin, which
 //! length alone cannot decide — and `eval_length_sensitivity`, in the summary and the metrics table's metadata, where the
-//! report reads them).
+//! report reads them). Where `eval` carries the oracle's scores (`oracle_a`, `oracle_b`, as `label` writes them), the
+//! pairs the oracle scores as a tie are left out of these figures (`eval_ties_left_out`): their label is a coin.
 //!
 //! Loss `−log σ(r(x, y_w) − r(x, y_l))`, AdamW with warm-up and linear decay over `steps` (default:
 //! `epochs` passes over the training rows), batches drawn by a seeded shuffle per epoch. `r` reads the score head

@@ -3,8 +3,9 @@ use crate::data_io;
 use crate::rm_scoring::{load_rm, rm_scores};
 use arrow::array::{ArrayRef, Float64Array, Int8Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use rmdistill_stages::label::{OracleKind, parse};
+use rmdistill_stages::label::{OracleKind, Ties, parse};
 use rmdistill_stages::longer::longer;
+use rmdistill_stages::oracle;
 use rmdistill_stages::oracle::oracle_score;
 use rmdistill_stages::port::*;
 use rmdistill_stages::table;
@@ -100,22 +101,28 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let (mut differ, mut longer_wins, mut agree, mut human_n) = (0u64, 0u64, 0u64, 0u64);
     let mut labels = Vec::with_capacity(n);
     let mut longer_col = Vec::with_capacity(n);
+    let mut keep = Vec::with_capacity(n);
     for i in 0..n {
-        let l: i8 = if oa[i] > ob[i] {
-            0
-        } else if ob[i] > oa[i] {
-            1
-        } else {
-            ties += 1;
-            (u8::from_str_radix(&ids[i][..2], 16).unwrap_or(0) & 1) as i8
+        let l: i8 = match oracle::compare(oa[i], ob[i]) {
+            std::cmp::Ordering::Greater => 0,
+            std::cmp::Ordering::Less => 1,
+            std::cmp::Ordering::Equal => {
+                ties += 1;
+                (u8::from_str_radix(&ids[i][..2], 16).unwrap_or(0) & 1) as i8
+            }
         };
         labels.push(Some(l));
         let lg = longer(ta[i], tb[i], p.margin);
+        longer_col.push(lg);
+        let kept = p.ties == Ties::Coin || oracle::compare(oa[i], ob[i]).is_ne();
+        keep.push(kept);
+        if !kept {
+            continue;
+        }
         if let Some(x) = lg {
             differ += 1;
             longer_wins += (x == l) as u64;
         }
-        longer_col.push(lg);
         if let Some(h) = human[i] {
             human_n += 1;
             agree += (h as i8 == l) as u64;
@@ -157,14 +164,17 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     fields.push(Field::new("longer", DataType::Int8, true));
     cols.push(Arc::new(Int8Array::from(longer_col)));
     let out = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
+    let out = arrow::compute::filter_record_batch(&out, &arrow::array::BooleanArray::from(keep))?;
+    let kept = out.num_rows();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let summary = json!({
         "oracle": match p.oracle { OracleKind::Synthetic => "synthetic", OracleKind::RewardModel => "reward_model" },
         "shard": p.shard,
         "shards": p.shards,
         "rows_in": all.num_rows(),
-        "pairs": n,
+        "pairs": kept,
         "ties": ties,
+        "ties_dropped": n - kept,
         "margin": p.margin,
         "length_differing": differ,
         "longer_preferred": longer_wins,
@@ -176,10 +186,12 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     table::write_table(&ctx.output_path("labelled"), &out, &table::summary_kv("label", &summary))?;
     ctx.progress(2 * n as u64, 2 * n as u64);
     ctx.log(&format!(
-        "labelled {n} pairs (shard {}/{}): longer preferred in {:.1}% of {differ} length-differing pairs, {ties} ties",
+        "labelled {n} pairs (shard {}/{}): longer preferred in {:.1}% of {differ} length-differing pairs, {ties} ties \
+         ({} dropped)",
         p.shard,
         p.shards,
-        100.0 * summary["longer_preferred_share"].as_f64().unwrap_or(0.0)
+        100.0 * summary["longer_preferred_share"].as_f64().unwrap_or(0.0),
+        n - kept
     ));
     Ok(summary)
 }

@@ -5,6 +5,7 @@ use rand_chacha::ChaCha8Rng;
 use rmdistill_ml::tch;
 use rmdistill_ml::{OptimConfig, RewardModel, Schedule, Trainer};
 use rmdistill_stages::longer::longer;
+use rmdistill_stages::oracle;
 use rmdistill_stages::port::*;
 use rmdistill_stages::table;
 use rmdistill_stages::train_rm::parse;
@@ -12,12 +13,14 @@ use serde_json::{Value, json};
 use std::path::Path;
 use tch::Tensor;
 
-/// Encoded labelled pairs: (prompt, chosen, rejected) ids and (chosen, rejected) token lengths without EOS.
+/// Encoded labelled pairs: (prompt, chosen, rejected) ids, and whether the oracle scored the pair a tie (its label a
+/// coin; false where the table has no `oracle_a`/`oracle_b`).
 struct Pairs {
     ids: Vec<String>,
     prompt: Vec<Vec<i64>>,
     chosen: Vec<Vec<i64>>,
     rejected: Vec<Vec<i64>>,
+    oracle_tie: Vec<bool>,
 }
 
 fn load_pairs(path: &Path, slot: &str, label_col: &str, codec: &Codec) -> StageResult<Pairs> {
@@ -34,7 +37,13 @@ fn load_pairs(path: &Path, slot: &str, label_col: &str, codec: &Codec) -> StageR
     let b = data_io::strings(&t, table::RESPONSE_B, path, true)?;
     let ids = data_io::strings(&t, table::PAIR_ID, path, true)?;
     let labels = data_io::labels(&t, label_col, path)?;
-    let mut out = Pairs { ids, prompt: vec![], chosen: vec![], rejected: vec![] };
+    let (oa, ob) = (data_io::opt_f64s(&t, "oracle_a"), data_io::opt_f64s(&t, "oracle_b"));
+    let oracle_tie = oa
+        .iter()
+        .zip(&ob)
+        .map(|(a, b)| matches!((a, b), (Some(a), Some(b)) if oracle::compare(*a, *b).is_eq()))
+        .collect();
+    let mut out = Pairs { ids, prompt: vec![], chosen: vec![], rejected: vec![], oracle_tie };
     for i in 0..t.num_rows() {
         let (w, l) = if labels[i] == 0 { (&a[i], &b[i]) } else { (&b[i], &a[i]) };
         out.prompt.push(codec.prompt(&prompts[i])?);
@@ -199,14 +208,16 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         (held_agreement.accuracy, held_agreement.length_sensitivity, held_agreement.length_differing);
     let sample: Vec<usize> = train.iter().copied().take(512).collect();
     let train_acc = evaluate(&model, &codec, &d, &sample, p.margin)?.accuracy;
-    let (ev, eval_n) = match data_io::opt_input(ctx, "eval")? {
+    let (ev, eval_n, eval_ties) = match data_io::opt_input(ctx, "eval")? {
         Some(e) => {
             let ed = load_pairs(&e.path, "eval", "label", &codec)?;
-            let rows: Vec<usize> = (0..ed.ids.len()).collect();
-            (evaluate(&model, &codec, &ed, &rows, p.margin)?, rows.len())
+            // against the oracle: only the pairs it decides (a tie's label is a coin no model can be scored on)
+            let rows: Vec<usize> = (0..ed.ids.len()).filter(|&i| !ed.oracle_tie[i]).collect();
+            (evaluate(&model, &codec, &ed, &rows, p.margin)?, rows.len(), ed.ids.len() - rows.len())
         }
-        None => (Agreement::default(), 0),
+        None => (Agreement::default(), 0, 0),
     };
+
     let (eval_acc, eval_sens) = (ev.accuracy, ev.length_sensitivity);
     let h = &trainer.history;
     let summary = json!({
@@ -222,6 +233,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         "length_sensitivity": sens,
         "data_longer_preferred_share": data_longer,
         "eval_pairs": eval_n,
+        "eval_ties_left_out": eval_ties,
         "eval_accuracy": eval_acc,
         "eval_accuracy_within_margin": ev.within_margin_accuracy,
         "eval_within_margin_pairs": ev.within_margin,

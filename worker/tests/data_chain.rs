@@ -152,6 +152,42 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     );
     let e = run_stage("merge", &d("merge_bad"), json!({}), &parts[..2]).unwrap_err().to_string();
     assert!(e.contains("missing"), "{e}");
+    // ties: "coin" keeps them (label = a bit of the pair id), "drop" leaves exactly them out; neither lets rounding
+    // decide (scores equal within the oracle's tolerance are ties)
+    let dropped = run_stage(
+        "label",
+        &d("label_drop"),
+        json!({"oracle": "synthetic", "ties": "drop"}),
+        &[("pairs", pairs.out("pairs"))],
+    )
+    .unwrap();
+    let (coin_t, drop_t) = (
+        table::read_table(&label.out("labelled"), None).unwrap(),
+        table::read_table(&dropped.out("labelled"), None).unwrap(),
+    );
+    let cols = |t: &arrow::array::RecordBatch| {
+        let f = |c: &str| rmdistill_stages::data_io::f64s(t, c, Path::new("x")).unwrap();
+        let ids = rmdistill_stages::data_io::strings(t, "pair_id", Path::new("x"), true).unwrap();
+        let l = rmdistill_stages::data_io::opt_i64s(t, "label", Path::new("x")).unwrap();
+        (ids, f("oracle_a"), f("oracle_b"), l)
+    };
+    let (ids, oa, ob, l) = cols(&coin_t);
+    let tie = |i: usize| rmdistill_stages::oracle::compare(oa[i], ob[i]).is_eq();
+    let ties = (0..ids.len()).filter(|&i| tie(i)).count();
+    assert!(ties > 0, "the synthetic oracle's ties are common; none in {} pairs", ids.len());
+    assert!((0..ids.len()).any(|i| tie(i) && oa[i] != ob[i]), "no rounding-level tie to guard against");
+    for i in 0..ids.len() {
+        let want =
+            if tie(i) { (u8::from_str_radix(&ids[i][..2], 16).unwrap() & 1) as i64 } else { (ob[i] > oa[i]) as i64 };
+        assert_eq!(l[i], Some(want), "row {i}: {} vs {}", oa[i], ob[i]);
+    }
+    assert_eq!(label.summary["ties"].as_u64(), Some(ties as u64));
+    let kept: Vec<&String> = (0..ids.len()).filter(|&i| !tie(i)).map(|i| &ids[i]).collect();
+    let (d_ids, d_oa, d_ob, _) = cols(&drop_t);
+    assert_eq!(d_ids.iter().collect::<Vec<_>>(), kept);
+    assert!(d_oa.iter().zip(&d_ob).all(|(a, b)| rmdistill_stages::oracle::compare(*a, *b).is_ne()));
+    assert_eq!(dropped.summary["pairs"].as_u64(), Some(kept.len() as u64));
+    assert_eq!(dropped.summary["ties_dropped"].as_u64(), Some(ties as u64));
     // D_rho and two members
     let (size, member_size) = if full { (1200, 300) } else { (120, 40) };
     let t0 = Instant::now();
