@@ -462,6 +462,12 @@ pub struct Power {
     /// The smallest difference detected at the chosen power with α, and with α/m (Holm's first step).
     pub detectable: f64,
     pub detectable_holm: f64,
+    /// The median contrast's variance over seeds and what it would detect at α: the pooled mean is what the design
+    /// gives on average, but one unstable cell (a policy that diverged on one seed) can dominate it.
+    pub median_seed_var: f64,
+    pub detectable_median: f64,
+    /// The share of the pooled variance (the sum over contrasts) that the most variable contrast carries.
+    pub largest_share: f64,
     /// With `samples` bound: the split of the per-seed variance, and plans for the target difference.
     pub components: Option<Components>,
     pub sampling_var: Option<f64>,
@@ -482,6 +488,12 @@ pub fn power(vars: &[ContrastVariance], family: usize, p: &Params) -> Option<Pow
     let holm_alpha = p.alpha / family.max(1) as f64;
     let detectable = stats::minimum_detectable(seed_var.sqrt(), seeds, p.alpha, p.power);
     let detectable_holm = stats::minimum_detectable(seed_var.sqrt(), seeds, holm_alpha, p.power);
+    let mut sorted: Vec<f64> = vars.iter().map(|v| v.seed_var).filter(|x| !x.is_nan()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let k = sorted.len();
+    let median_seed_var = if k % 2 == 1 { sorted[k / 2] } else { (sorted[k / 2 - 1] + sorted[k / 2]) / 2.0 };
+    let total: f64 = sorted.iter().sum();
+    let largest_share = if total > 0.0 { sorted[k - 1] / total } else { 0.0 };
     let split = eval_stats::pool(vars);
     let (components, pooled) = match split {
         Some((c, pooled)) => (Some(c), Some(pooled)),
@@ -500,6 +512,9 @@ pub fn power(vars: &[ContrastVariance], family: usize, p: &Params) -> Option<Pow
         seed_var,
         detectable,
         detectable_holm,
+        median_seed_var,
+        detectable_median: stats::minimum_detectable(median_seed_var.sqrt(), seeds, p.alpha, p.power),
+        largest_share,
         components,
         sampling_var: pooled.map(|v| v.sampling_var),
         plan_prompts: plan(MAX_PROMPTS, 1, p.alpha),
@@ -921,6 +936,17 @@ fn power_md(md: &mut String, a: &Analysis) {
         p.alpha / w.family.max(1) as f64,
         p.min_difference
     );
+    let _ = writeln!(
+        md,
+        "The contrasts are not alike: the median one varies between seeds with sd {:.4} (it alone would detect **{:.4}** \
+         at α = {}), and the most variable one carries {:.0}% of the pooled variance — where that share is large, a few \
+         unstable cells (a policy that diverged on one seed: see the ± of the per-method table) set the pooled figure, \
+         and the plans below, which use it, are pessimistic for the rest.\n",
+        w.median_seed_var.sqrt(),
+        w.detectable_median,
+        p.alpha,
+        100.0 * w.largest_share
+    );
     let Some(c) = &w.components else {
         let _ = writeln!(
             md,
@@ -1297,6 +1323,17 @@ mod tests {
         assert!(vars.iter().all(|v| v.sampling_var.is_nan()));
         let p = power(&vars, 2, &Params::default()).unwrap();
         assert!(p.components.is_none() && p.detectable > 0.0 && p.detectable_holm > p.detectable);
+        // by hand: per-seed differences (0.10, 0.04, 0.14) and (0.05, 0.06, 0.07) have variances 0.0025333 and 0.0001;
+        // the median of two is their mean, and the larger carries 0.0025333 / 0.0026333 of the sum
+        assert!((p.median_seed_var - 0.00131667).abs() < 1e-7, "{p:?}");
+        assert!((p.median_seed_var - p.seed_var).abs() < 1e-12);
+        assert!((p.largest_share - 0.962025).abs() < 1e-5, "{p:?}");
+        // three contrasts, one unstable: the median is the middle one, not the mean
+        let mut three = vars.clone();
+        three.push(ContrastVariance { seed_var: 0.09, ..vars[1] });
+        let q = power(&three, 3, &Params::default()).unwrap();
+        assert!((q.median_seed_var - 0.0025333).abs() < 1e-6 && q.seed_var > 0.03, "{q:?}");
+        assert!(q.detectable_median < q.detectable && (q.largest_share - 0.09 / 0.0926333).abs() < 1e-5, "{q:?}");
     }
 
     fn six_methods(rho: f64, gain: [f64; 3]) -> Vec<EvalRow> {
