@@ -82,7 +82,7 @@ seeds = [0]
 kind = "label"
 inputs = {{ pairs = "pairs.pairs" }}
 sweep = {{ seed = "${{seeds}}", shard = [0, 1, 2] }}
-params = {{ oracle = "synthetic", shard = "${{shard}}", shards = 3 }}
+params = {{ oracle = "synthetic", shard = "${{shard}}", shards = 3, ties = "${{ties}}" }}
 
 [stages.label_merged]
 kind = "merge"
