@@ -360,40 +360,67 @@ fn read_selection_input(path: &std::path::Path, p: &Params) -> StageResult<Selec
 }
 
 /// Reads the selected rows and puts them in output order, with `longer_preferred` added or replaced.
-fn take_selected(path: &std::path::Path, order: &[(u32, bool)]) -> StageResult<RecordBatch> {
+/// The selected rows, every input column plus `longer_preferred`, in the output order: one batch per output row group
+/// ([`table::ROW_GROUP_ROWS`] rows), which [`table::write_tables`] writes without another copy.
+fn take_selected(path: &std::path::Path, order: &[(u32, bool)]) -> StageResult<Vec<RecordBatch>> {
+    use rayon::prelude::*;
     // by_row[k] = the output position of the k-th smallest selected row
     let mut by_row: Vec<u32> = (0..order.len() as u32).collect();
     by_row.sort_unstable_by_key(|&j| order[j as usize].0);
     let sorted_rows: Vec<u32> = by_row.iter().map(|&j| order[j as usize].0).collect();
+    // The selected rows in table order first: each part's rows gathered on its own (in parallel, nearly sequential)
     let parts = table::read_rows_parts(path, &sorted_rows)?;
-    // where each output row is: (part, row within the part)
-    let mut at = vec![(0usize, 0usize); order.len()];
-    let mut k = 0usize;
-    for (p, (_, positions)) in parts.iter().enumerate() {
-        for &r in positions {
-            at[by_row[k] as usize] = (p, r as usize);
-            k += 1;
-        }
+    let schema = match parts.first() {
+        Some((b, _)) => b.schema(),
+        None => table::read_schema(path)?,
+    };
+    let in_order: Vec<RecordBatch> = parts
+        .into_par_iter()
+        .map(|(b, pos)| {
+            let identity = pos.len() == b.num_rows() && pos.iter().enumerate().all(|(i, &p)| p as usize == i);
+            Ok(if identity { b } else { arrow::compute::take_record_batch(&b, &UInt32Array::from(pos))? })
+        })
+        .collect::<StageResult<_>>()?;
+    let in_order = arrow::compute::concat_batches(&schema, &in_order)?;
+    // Then into the output order: output row j is in-order row rank[j]. A random gather within the selected rows only
+    // (one interleave across the decoded row groups took 7.2 s for 4.5M of 10M rows), one task per output row group
+    // and column so that both cores share it.
+    let mut rank = vec![0u32; order.len()];
+    for (k, &j) in by_row.iter().enumerate() {
+        rank[j as usize] = k as u32;
     }
-    assert_eq!(k, order.len());
-    let refs: Vec<&RecordBatch> = parts.iter().map(|(b, _)| b).collect();
-    let batch = arrow::compute::interleave_record_batch(&refs, &at)?;
-    let lp: ArrayRef = Arc::new(BooleanArray::from(order.iter().map(|x| x.1).collect::<Vec<bool>>()));
-    let schema = batch.schema();
+    let groups: Vec<UInt32Array> = rank.chunks(table::ROW_GROUP_ROWS).map(|c| UInt32Array::from(c.to_vec())).collect();
+    let tasks: Vec<(usize, usize)> =
+        (0..groups.len()).flat_map(|g| (0..in_order.num_columns()).map(move |c| (g, c))).collect();
+    let mut columns: Vec<ArrayRef> = tasks
+        .par_iter()
+        .map(|&(g, c)| Ok(arrow::compute::take(in_order.column(c), &groups[g], None)?))
+        .collect::<StageResult<_>>()?;
+    // longer_preferred added, or replacing the input's own
     let lp_field = Arc::new(Field::new(table::LONGER_PREFERRED, DataType::Boolean, false));
     let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
-    let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
-    match schema.index_of(table::LONGER_PREFERRED) {
-        Ok(i) => {
-            fields[i] = lp_field;
-            cols[i] = lp;
-        }
-        Err(_) => {
-            fields.push(lp_field);
-            cols.push(lp);
-        }
+    let lp_at = schema.index_of(table::LONGER_PREFERRED).ok();
+    match lp_at {
+        Some(i) => fields[i] = lp_field,
+        None => fields.push(lp_field),
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+    let out_schema = Arc::new(Schema::new(fields));
+    let n_cols = in_order.num_columns();
+    let mut out = Vec::with_capacity(groups.len());
+    for (g, rows) in order.chunks(table::ROW_GROUP_ROWS).enumerate() {
+        let mut cols: Vec<ArrayRef> = columns.drain(..n_cols).collect();
+        let lp: ArrayRef = Arc::new(BooleanArray::from(rows.iter().map(|x| x.1).collect::<Vec<bool>>()));
+        match lp_at {
+            Some(i) => cols[i] = lp,
+            None => cols.push(lp),
+        }
+        debug_assert_eq!(cols[0].len(), groups[g].len());
+        out.push(RecordBatch::try_new(out_schema.clone(), cols)?);
+    }
+    if out.is_empty() {
+        out.push(RecordBatch::new_empty(out_schema)); // nothing selected: the columns, no rows
+    }
+    Ok(out)
 }
 
 impl Stage for Subsample {
@@ -463,7 +490,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let out = pool.install(|| take_selected(path, &order))?;
     let t_take = t0.elapsed().as_secs_f64();
     ctx.progress(2, 3);
-    table::write_table(&ctx.output_path("dataset"), &out, &table::summary_kv("subsample", &summary))?;
+    table::write_tables(&ctx.output_path("dataset"), &out, &table::summary_kv("subsample", &summary))?;
     ctx.progress(3, 3);
     let t_write = t0.elapsed().as_secs_f64();
     ctx.log(&format!(

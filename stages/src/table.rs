@@ -207,27 +207,44 @@ pub fn writer_properties(kv: &[(String, String)]) -> WriterProperties {
 /// Column chunks are encoded and compressed in parallel (every row group × column at once), then appended in order,
 /// so the bytes do not depend on the number of threads.
 pub fn write_table(path: &Path, batch: &RecordBatch, kv: &[(String, String)]) -> StageResult<()> {
-    write_table_in_groups(path, batch, kv, ROW_GROUP_ROWS)
+    write_table_in_groups(path, std::slice::from_ref(batch), kv, ROW_GROUP_ROWS)
+}
+
+/// [`write_table`] of the concatenation of `batches` (one schema), without concatenating them: each batch is cut
+/// into row groups of [`ROW_GROUP_ROWS`] on its own, so batches of exactly that many rows (the last one shorter)
+/// give the same bytes as `write_table` of their concatenation.
+pub fn write_tables(path: &Path, batches: &[RecordBatch], kv: &[(String, String)]) -> StageResult<()> {
+    write_table_in_groups(path, batches, kv, ROW_GROUP_ROWS)
 }
 
 fn write_table_in_groups(
     path: &Path,
-    batch: &RecordBatch,
+    batches: &[RecordBatch],
     kv: &[(String, String)],
     group_rows: usize,
 ) -> StageResult<()> {
     use parquet::arrow::arrow_writer::{ArrowColumnChunk, compute_leaves};
+    let Some(first) = batches.first() else {
+        return Err(StageError::failed(format!("{}: no batch to write", path.display())));
+    };
     let file = File::create(path).map_err(|e| io_err(path, e))?;
     let sink = std::io::BufWriter::with_capacity(1 << 20, file);
-    let schema = batch.schema();
+    let schema = first.schema();
     let writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties(kv)))?;
     let (mut file_writer, factory) = writer.into_serialized_writer()?;
-    let rows = batch.num_rows();
-    let groups: Vec<(usize, usize)> = (0..rows.div_ceil(group_rows)).map(|g| (g, g * group_rows)).collect();
+    // every row group's rows (an empty table has none)
+    let mut slices: Vec<RecordBatch> = Vec::new();
+    for b in batches {
+        let rows = b.num_rows();
+        slices.extend(
+            (0..rows.div_ceil(group_rows)).map(|g| b.slice(g * group_rows, group_rows.min(rows - g * group_rows))),
+        );
+    }
+    let groups: Vec<(usize, RecordBatch)> = slices.into_iter().enumerate().collect();
     // (row group, its column writers paired with their leaf columns)
     let mut tasks = Vec::new();
-    for &(g, start) in &groups {
-        let slice = batch.slice(start, group_rows.min(rows - start));
+    for (g, slice) in &groups {
+        let g = *g;
         let writers = factory.create_column_writers(g)?;
         let mut leaves = Vec::with_capacity(writers.len());
         for (field, col) in schema.fields().iter().zip(slice.columns()) {
@@ -500,11 +517,18 @@ mod tests {
         let write = |threads: usize, name: &str| {
             let p = dir.path().join(name);
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| write_table_in_groups(&p, &batch, &[("a".into(), "b".into())], 128)).unwrap();
+            pool.install(|| write_table_in_groups(&p, std::slice::from_ref(&batch), &[("a".into(), "b".into())], 128))
+                .unwrap();
             p
         };
         let (p1, p3) = (write(1, "1.parquet"), write(3, "3.parquet"));
         assert_eq!(std::fs::read(&p1).unwrap(), std::fs::read(&p3).unwrap());
+        // the same rows given as batches of whole row groups (the last one shorter): the same bytes
+        let parts: Vec<RecordBatch> =
+            [0, 256, 768].iter().zip([256, 512, 232]).map(|(&o, n)| batch.slice(o, n)).collect();
+        let pp = dir.path().join("parts.parquet");
+        write_table_in_groups(&pp, &parts, &[("a".into(), "b".into())], 128).unwrap();
+        assert_eq!(std::fs::read(&pp).unwrap(), std::fs::read(&p1).unwrap());
         assert_eq!(load_meta(&p1, false).unwrap().metadata().num_row_groups(), 8);
         assert_eq!(read_table(&p1, None).unwrap(), batch);
         // sparse (selectors) in some groups, dense (mask) in others, and whole groups skipped
