@@ -9,8 +9,9 @@
 //! Every row gets both oracle scores and the oracle's preference. Output `labelled`: the input's columns, with
 //! `label` replaced by the oracle label (0: `response_a`, 1: `response_b`; ties — scores equal within
 //! [`crate::oracle::TIE_TOLERANCE`], so that rounding never decides — are broken by a bit of the pair's hash, a fair,
-//! reproducible coin; with `ties = "drop"` they are left out of the table and its summary figures), `tokens_a/b` filled where null (the oracle model's tokenizer,
-//! or word counts for the synthetic oracle), then `human_label` (the input's label, Int8, null when unlabelled),
+//! reproducible coin; with `ties = "drop"` they are left out of the table and its summary figures), `tokens_a/b`
+//! filled where null (the oracle model's tokenizer, or word counts for the synthetic oracle), then `human_label` (the
+//! input's label, Int8, null when unlabelled),
 //! `oracle_a`, `oracle_b` (Float64) and `longer` (Int8: 0 when `response_a` is longer by the margin — at least
 //! (1 + `margin`) × the other's tokens and strictly more —, 1 when `response_b` is, null within the margin).
 //!

@@ -359,7 +359,6 @@ fn read_selection_input(path: &std::path::Path, p: &Params) -> StageResult<Selec
     Ok(SelectionInput { label, len_a, len_b, length })
 }
 
-/// Reads the selected rows and puts them in output order, with `longer_preferred` added or replaced.
 /// The selected rows, every input column plus `longer_preferred`, in the output order: one batch per output row group
 /// ([`table::ROW_GROUP_ROWS`] rows), which [`table::write_tables`] writes without another copy.
 fn take_selected(path: &std::path::Path, order: &[(u32, bool)]) -> StageResult<Vec<RecordBatch>> {

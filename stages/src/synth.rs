@@ -16,7 +16,7 @@
 //!   the word itself rather than of its count in the document. Tried 2026-12-01 to make the task's content learnable
 //!   by the tiny reward models (issue 9): with k = 12 the reward model trained on D_0.5 agreed with the oracle on
 //!   0.564 of decided held-out pairs (0.537 within the margin; 3 seeds) against 0.541 (0.556) without — no
-//!   measurable gain, so the default task is unchanged (BENCHMARKS.md, "Ties and key words").
+//!   measurable gain, so the default task is unchanged (BENCHMARKS.md, "Ties, rounding and key words").
 //! - **Demonstrations** (`summary`, what `sft` learns from): the document's words in order of first appearance,
 //!   keeping each salient word with probability `demo_keep` and each non-salient word with probability
 //!   `demo_extra`; then, with probability `demo_invent`, one word absent from the document is inserted at a random
@@ -80,8 +80,8 @@ struct Params {
     topic_words: u32,
     /// Key words per topic: the first `key_words` of its core (by rank) are the only words a document may repeat
     /// (its salient words), and no document uses a key word of any topic as a non-salient word, so salience is a
-    /// property of the word a reader can learn from a few thousand pairs. 0: any core word may be salient (the task
-    /// before 2026-12-01, where salience could only be read by counting a word's occurrences in the document).
+    /// property of the word a reader can learn from a few thousand pairs. 0: any core word may be salient (the default
+    /// task, where salience can only be read by counting a word's occurrences in the document).
     #[serde(default = "d_key_words")]
     key_words: u32,
     /// Probability that a word is drawn uniformly from the whole vocabulary rather than the topic's core.

@@ -103,7 +103,8 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let mut longer_col = Vec::with_capacity(n);
     let mut keep = Vec::with_capacity(n);
     for i in 0..n {
-        let l: i8 = match oracle::compare(oa[i], ob[i]) {
+        let preference = oracle::compare(oa[i], ob[i]);
+        let l: i8 = match preference {
             std::cmp::Ordering::Greater => 0,
             std::cmp::Ordering::Less => 1,
             std::cmp::Ordering::Equal => {
@@ -114,10 +115,10 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         labels.push(Some(l));
         let lg = longer(ta[i], tb[i], p.margin);
         longer_col.push(lg);
-        let kept = p.ties == Ties::Coin || oracle::compare(oa[i], ob[i]).is_ne();
-        keep.push(kept);
-        if !kept {
-            continue;
+        let keep_row = p.ties == Ties::Coin || preference.is_ne();
+        keep.push(keep_row);
+        if !keep_row {
+            continue; // a dropped tie counts in no figure but `ties`
         }
         if let Some(x) = lg {
             differ += 1;
