@@ -7,7 +7,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, RewardModel, SampleConfig};
 use rmdistill_stages::port::*;
-use rmdistill_stages::precompute::parse;
+use rmdistill_stages::precompute::{Params, parse};
 use rmdistill_stages::table;
 use serde_json::{Value, json};
 use std::cmp::Ordering;
@@ -67,11 +67,38 @@ pub fn ref_logprobs(
     Ok(out)
 }
 
-pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
-    let p = parse(ctx.params())?;
-    data_io::torch_setup(ctx, p.seed);
-    let device = data_io::tch_device(ctx);
-    // everything is loaded and checked before any work
+/// π_ref as this stage scores with it: the model and its codec, cut to `max_len`.
+struct Reference {
+    model: LanguageModel,
+    codec: Codec,
+}
+
+/// The reward models, in the order their rewards are listed (`member_order`).
+struct Members {
+    models: Vec<(RewardModel, Codec)>,
+    names: Vec<String>,
+    coords: Vec<BTreeMap<String, Value>>,
+}
+
+/// This shard's rows of the `pairs` table, and the distinct prompts of the whole table (π_ref samples).
+struct Pairs {
+    ids: Vec<String>,
+    prompts: Vec<String>,
+    response_a: Vec<String>,
+    response_b: Vec<String>,
+    distinct_prompts: Vec<String>,
+}
+
+/// π_ref's samples of the distinct prompts, with their log-probs.
+#[derive(Default)]
+struct Samples {
+    prompt: Vec<String>,
+    response: Vec<String>,
+    logp: Vec<f64>,
+    finished: Vec<bool>,
+}
+
+fn read_reference(ctx: &dyn Ctx, max_len: usize, device: tch::Device) -> StageResult<Reference> {
     let reference = data_io::one_input(ctx, "reference")?;
     data_io::check_checkpoint(&reference.path, "reference")?;
     let mut codec = Codec::load(&reference.path, "reference")?;
@@ -79,23 +106,30 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         LanguageModel::load(&reference.path, device).map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
     codec.check_vocab(model.config.vocab_size(), "reference")?;
     codec.max_len = model.config.max_positions().map(|m| m as usize);
-    let codec = codec.with_max_len(p.max_len);
-    // no members: a table of reference log-probs only (empty reward lists), for the methods that distil nothing
-    let members_in = ctx.inputs("reward_models");
-    let order = member_order(members_in);
-    let mut members: Vec<(RewardModel, Codec)> = vec![];
+    Ok(Reference { model, codec: codec.with_max_len(max_len) })
+}
+
+/// No members is allowed: the table then holds reference log-probs only (empty reward lists), for the methods that
+/// distil nothing.
+fn read_members(ctx: &dyn Ctx, max_len: usize, device: tch::Device) -> StageResult<Members> {
+    let inputs = ctx.inputs("reward_models");
+    let order = member_order(inputs);
+    let mut models = vec![];
     for &i in &order {
-        let (m, mut c) = crate::rm_scoring::load_rm(&members_in[i].path, "reward_models", device).map_err(|e| {
-            StageError::invalid(
-                "reward_models",
-                format!("{} ({}): {e}", members_in[i].node, members_in[i].path.display()),
-            )
+        let (m, mut c) = crate::rm_scoring::load_rm(&inputs[i].path, "reward_models", device).map_err(|e| {
+            StageError::invalid("reward_models", format!("{} ({}): {e}", inputs[i].node, inputs[i].path.display()))
         })?;
         c.max_len = m.config.max_positions().map(|x| x as usize);
-        members.push((m, c.with_max_len(p.max_len)));
+        models.push((m, c.with_max_len(max_len)));
     }
-    let names: Vec<String> = order.iter().map(|&i| members_in[i].node.clone()).collect();
-    let coords: Vec<BTreeMap<String, Value>> = order.iter().map(|&i| members_in[i].coords.clone()).collect();
+    Ok(Members {
+        models,
+        names: order.iter().map(|&i| inputs[i].node.clone()).collect(),
+        coords: order.iter().map(|&i| inputs[i].coords.clone()).collect(),
+    })
+}
+
+fn read_pairs(ctx: &dyn Ctx, p: &Params) -> StageResult<Pairs> {
     let pairs = data_io::one_input(ctx, "pairs")?;
     let path = &pairs.path;
     let all = data_io::read_nonempty(
@@ -108,44 +142,122 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let batches = data_io::shard_range(all.num_rows().div_ceil(p.batch_size), p.shard, p.shards);
     let range = (batches.start * p.batch_size).min(all.num_rows())..(batches.end * p.batch_size).min(all.num_rows());
     let t = all.slice(range.start, range.len());
-    let n = t.num_rows();
-    let ids = data_io::strings(&t, table::PAIR_ID, path, true)?;
-    let prompts = &all_prompts[range.clone()];
-    let ra = data_io::strings(&t, table::RESPONSE_A, path, true)?;
-    let rb = data_io::strings(&t, table::RESPONSE_B, path, true)?;
-    let work = (2 * n * (1 + members.len())) as u64 + 1;
-    // reference log-probs
-    let pe: Vec<Vec<i64>> = prompts.iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
-    let ae: Vec<Vec<i64>> = ra.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
-    let be: Vec<Vec<i64>> = rb.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
-    let lp_a = ref_logprobs(&model, &codec, &pe, &ae, p.batch_size)?;
-    let lp_b = ref_logprobs(&model, &codec, &pe, &be, p.batch_size)?;
-    let mut done = 2 * n as u64;
-    ctx.progress(done, work);
-    // member rewards
-    let mut rew_a = vec![Vec::with_capacity(members.len()); n];
-    let mut rew_b = vec![Vec::with_capacity(members.len()); n];
-    let mut member_stats = vec![];
-    for (k, (m, c)) in members.iter().enumerate() {
-        let (pe, ae, be) = if c.tok.inner().get_vocab(true) == codec.tok.inner().get_vocab(true) {
-            (pe.clone(), ae.clone(), be.clone())
+    let mut seen = HashSet::new();
+    let distinct_prompts = all_prompts.iter().filter(|x| seen.insert(x.as_str())).cloned().collect();
+    Ok(Pairs {
+        ids: data_io::strings(&t, table::PAIR_ID, path, true)?,
+        prompts: all_prompts[range].to_vec(),
+        response_a: data_io::strings(&t, table::RESPONSE_A, path, true)?,
+        response_b: data_io::strings(&t, table::RESPONSE_B, path, true)?,
+        distinct_prompts,
+    })
+}
+
+/// Prompts and both responses as token ids of `codec`.
+type Tokens = (Vec<Vec<i64>>, Vec<Vec<i64>>, Vec<Vec<i64>>);
+
+fn encode(codec: &Codec, pairs: &Pairs) -> StageResult<Tokens> {
+    let enc = |v: &[String], f: &dyn Fn(&str) -> StageResult<Vec<i64>>| {
+        v.iter().map(|x| f(x)).collect::<StageResult<Vec<_>>>()
+    };
+    Ok((
+        enc(&pairs.prompts, &|x| codec.prompt(x))?,
+        enc(&pairs.response_a, &|x| codec.response(x))?,
+        enc(&pairs.response_b, &|x| codec.response(x))?,
+    ))
+}
+
+/// Every member's rewards of both responses (`[row][member]`), and each member's mean |r(a) − r(b)|.
+struct MemberRewards {
+    a: Vec<Vec<f64>>,
+    b: Vec<Vec<f64>>,
+    stats: Vec<Value>,
+}
+
+fn member_rewards(
+    ctx: &dyn Ctx,
+    members: &Members,
+    reference: &Reference,
+    pairs: &Pairs,
+    tokens: &Tokens,
+    batch: usize,
+    work: (u64, u64),
+) -> StageResult<MemberRewards> {
+    let n = pairs.ids.len();
+    let (mut done, total) = work;
+    let mut rew_a = vec![Vec::with_capacity(members.models.len()); n];
+    let mut rew_b = vec![Vec::with_capacity(members.models.len()); n];
+    let mut stats = vec![];
+    for (k, (m, c)) in members.models.iter().enumerate() {
+        // a member with π_ref's vocabulary reads π_ref's tokens
+        let own;
+        let (pe, ae, be) = if c.tok.inner().get_vocab(true) == reference.codec.tok.inner().get_vocab(true) {
+            tokens
         } else {
-            let enc = |v: &[String], f: &dyn Fn(&str) -> StageResult<Vec<i64>>| {
-                v.iter().map(|x| f(x)).collect::<StageResult<Vec<_>>>()
-            };
-            (enc(prompts, &|x| c.prompt(x))?, enc(&ra, &|x| c.response(x))?, enc(&rb, &|x| c.response(x))?)
+            own = encode(c, pairs)?;
+            &own
         };
-        let sa = crate::rm_scoring::rm_scores(m, c, &pe, &ae, p.batch_size)?;
-        let sb = crate::rm_scoring::rm_scores(m, c, &pe, &be, p.batch_size)?;
+        let sa = crate::rm_scoring::rm_scores(m, c, pe, ae, batch)?;
+        let sb = crate::rm_scoring::rm_scores(m, c, pe, be, batch)?;
         let mean_diff = sa.iter().zip(&sb).map(|(a, b)| (a - b).abs()).sum::<f64>() / n.max(1) as f64;
-        member_stats.push(json!({"member": names[k], "mean_abs_reward_diff": mean_diff}));
+        stats.push(json!({"member": members.names[k], "mean_abs_reward_diff": mean_diff}));
         for i in 0..n {
             rew_a[i].push(sa[i]);
             rew_b[i].push(sb[i]);
         }
         done += 2 * n as u64;
-        ctx.progress(done, work);
+        ctx.progress(done, total);
     }
+    Ok(MemberRewards { a: rew_a, b: rew_b, stats })
+}
+
+/// `samples_per_prompt` samples of π_ref per distinct prompt, in fixed blocks of `sample_batch` prompts (this shard's
+/// blocks), each scored by π_ref block by block, so that the batches do not depend on sharding.
+fn reference_samples(reference: &Reference, pairs: &Pairs, p: &Params, device: tch::Device) -> StageResult<Samples> {
+    let (model, codec) = (&reference.model, &reference.codec);
+    let distinct = &pairs.distinct_prompts;
+    let mut s = Samples::default();
+    if p.samples_per_prompt == 0 {
+        return Ok(s);
+    }
+    let blocks = distinct.len().div_ceil(p.sample_batch);
+    for k in data_io::shard_range(blocks, p.shard, p.shards) {
+        let block = &distinct[k * p.sample_batch..((k + 1) * p.sample_batch).min(distinct.len())];
+        let enc: Vec<Vec<i64>> = block.iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
+        let rows: Vec<&[i64]> = enc
+            .iter()
+            .map(|e| data_io::sampling_context(e, p.max_len, p.max_new_tokens))
+            .flat_map(|e| std::iter::repeat_n(e, p.samples_per_prompt))
+            .collect();
+        let cfg = SampleConfig {
+            max_new_tokens: p.max_new_tokens,
+            temperature: p.temperature,
+            top_p: 1.0,
+            seed: p.seed.wrapping_add(k as u64),
+            eos_ids: vec![codec.eos],
+            use_cache: true,
+        };
+        let out = rmdistill_ml::with_autocast(device, || rmdistill_ml::generate(model, &rows, codec.pad, &cfg))?;
+        let first = s.prompt.len();
+        for (j, toks) in out.tokens.iter().enumerate() {
+            s.prompt.push(block[j / p.samples_per_prompt].clone());
+            s.response.push(codec.decode_sample(toks)?);
+            s.finished.push(out.finished[j]);
+        }
+        let pe: Vec<Vec<i64>> = s.prompt[first..].iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
+        let re: Vec<Vec<i64>> = s.response[first..].iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
+        s.logp.extend(ref_logprobs(model, codec, &pe, &re, p.batch_size)?);
+    }
+    Ok(s)
+}
+
+/// The `rewards` table: one row per pair, rewards listed in member order.
+fn rewards_table(
+    ids: &[String],
+    logp: (&[f64], &[f64]),
+    tokens: &Tokens,
+    rewards: (&[Vec<f64>], &[Vec<f64>]),
+) -> StageResult<RecordBatch> {
     let list = |v: &[Vec<f64>]| -> ArrayRef {
         let mut b =
             ListBuilder::new(Float64Builder::new()).with_field(Arc::new(Field::new("item", DataType::Float64, false)));
@@ -155,6 +267,8 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         }
         Arc::new(b.finish())
     };
+    let lengths =
+        |v: &[Vec<i64>]| -> ArrayRef { Arc::new(UInt32Array::from_iter_values(v.iter().map(|x| x.len() as u32))) };
     let item = Arc::new(Field::new("item", DataType::Float64, false));
     let schema = Arc::new(Schema::new(vec![
         Field::new(table::PAIR_ID, DataType::Utf8, false),
@@ -165,57 +279,22 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         Field::new("reward_a", DataType::List(item.clone()), false),
         Field::new("reward_b", DataType::List(item), false),
     ]));
-    let rewards = RecordBatch::try_new(
+    Ok(RecordBatch::try_new(
         schema,
         vec![
-            Arc::new(StringArray::from(ids.clone())),
-            Arc::new(Float64Array::from(lp_a.clone())),
-            Arc::new(Float64Array::from(lp_b.clone())),
-            Arc::new(UInt32Array::from(ae.iter().map(|x| x.len() as u32).collect::<Vec<_>>())),
-            Arc::new(UInt32Array::from(be.iter().map(|x| x.len() as u32).collect::<Vec<_>>())),
-            list(&rew_a),
-            list(&rew_b),
+            Arc::new(StringArray::from_iter_values(ids)),
+            Arc::new(Float64Array::from(logp.0.to_vec())),
+            Arc::new(Float64Array::from(logp.1.to_vec())),
+            lengths(&tokens.1),
+            lengths(&tokens.2),
+            list(rewards.0),
+            list(rewards.1),
         ],
-    )?;
-    // reference samples: distinct prompts of the whole table, in fixed blocks
-    let mut seen = HashSet::new();
-    let distinct: Vec<&String> = all_prompts.iter().filter(|x| seen.insert(x.as_str())).collect();
-    let blocks = distinct.len().div_ceil(p.sample_batch);
-    let my_blocks = data_io::shard_range(blocks, p.shard, p.shards);
-    let (mut s_prompt, mut s_resp, mut s_lp, mut s_fin) = (vec![], vec![], vec![], vec![]);
-    // (a loop over no samples when samples_per_prompt = 0)
-    #[allow(clippy::manual_checked_ops)]
-    if p.samples_per_prompt > 0 {
-        for k in my_blocks.clone() {
-            let block = &distinct[k * p.sample_batch..((k + 1) * p.sample_batch).min(distinct.len())];
-            let enc: Vec<Vec<i64>> = block.iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
-            let rows: Vec<&[i64]> = enc
-                .iter()
-                .map(|e| data_io::sampling_context(e, p.max_len, p.max_new_tokens))
-                .flat_map(|e| std::iter::repeat_n(e, p.samples_per_prompt))
-                .collect();
-            let cfg = SampleConfig {
-                max_new_tokens: p.max_new_tokens,
-                temperature: p.temperature,
-                top_p: 1.0,
-                seed: p.seed.wrapping_add(k as u64),
-                eos_ids: vec![codec.eos],
-                use_cache: true,
-            };
-            let s = rmdistill_ml::with_autocast(device, || rmdistill_ml::generate(&model, &rows, codec.pad, &cfg))?;
-            let first = s_prompt.len();
-            for (j, toks) in s.tokens.iter().enumerate() {
-                s_prompt.push(block[j / p.samples_per_prompt].clone());
-                s_resp.push(codec.decode_sample(toks)?);
-                s_fin.push(s.finished[j]);
-            }
-            // scored block by block, so that the batches do not depend on sharding
-            let pe: Vec<Vec<i64>> = s_prompt[first..].iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
-            let re: Vec<Vec<i64>> = s_resp[first..].iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
-            s_lp.extend(ref_logprobs(&model, &codec, &pe, &re, p.batch_size)?);
-        }
-    }
-    let samples = RecordBatch::try_new(
+    )?)
+}
+
+fn samples_table(s: &Samples) -> StageResult<RecordBatch> {
+    Ok(RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("prompt", DataType::Utf8, false),
             Field::new("response", DataType::Utf8, false),
@@ -223,35 +302,59 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             Field::new("finished", DataType::Boolean, false),
         ])),
         vec![
-            Arc::new(StringArray::from(s_prompt.clone())),
-            Arc::new(StringArray::from(s_resp.clone())),
-            Arc::new(Float64Array::from(s_lp.clone())),
-            Arc::new(BooleanArray::from(s_fin.clone())),
+            Arc::new(StringArray::from_iter_values(&s.prompt)),
+            Arc::new(StringArray::from_iter_values(&s.response)),
+            Arc::new(Float64Array::from(s.logp.clone())),
+            Arc::new(BooleanArray::from(s.finished.clone())),
         ],
-    )?;
-    let mean = |v: &[f64]| if v.is_empty() { None } else { Some(v.iter().sum::<f64>() / v.len() as f64) };
-    let summary = json!({
-        "shard": p.shard,
-        "shards": p.shards,
-        "pairs": n,
-        "members": names,
-        "member_coords": coords,
-        "member_stats": member_stats,
-        "mean_ref_logp": mean(&[lp_a.as_slice(), lp_b.as_slice()].concat()),
-        "ref_samples": s_resp.len(),
-        "ref_samples_unfinished": s_fin.iter().filter(|f| !**f).count(),
-        "mean_ref_sample_logp": mean(&s_lp),
-    });
+    )?)
+}
+
+pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
+    let p = parse(ctx.params())?;
+    data_io::torch_setup(ctx, p.seed);
+    let device = data_io::tch_device(ctx);
+
+    // ---- read: π_ref, the reward models, this shard's pairs (everything loaded and checked before any work)
+    let reference = read_reference(ctx, p.max_len, device)?;
+    let members = read_members(ctx, p.max_len, device)?;
+    let pairs = read_pairs(ctx, &p)?;
+
+    // ---- compute: log π_ref of both responses, every member's rewards, π_ref's samples
+    let n = pairs.ids.len();
+    let work = (2 * n * (1 + members.models.len())) as u64 + 1;
+    let tokens = encode(&reference.codec, &pairs)?;
+    let (pe, ae, be) = &tokens;
+    let lp_a = ref_logprobs(&reference.model, &reference.codec, pe, ae, p.batch_size)?;
+    let lp_b = ref_logprobs(&reference.model, &reference.codec, pe, be, p.batch_size)?;
+    ctx.progress(2 * n as u64, work);
+    let rewards = member_rewards(ctx, &members, &reference, &pairs, &tokens, p.batch_size, (2 * n as u64, work))?;
+    let samples = reference_samples(&reference, &pairs, &p, device)?;
+
+    // ---- write: the two tables, each carrying the member list in its metadata
+    let rewards_out = rewards_table(&pairs.ids, (&lp_a, &lp_b), &tokens, (&rewards.a, &rewards.b))?;
     let kv = |stage_out: &str| {
         let mut kv =
             table::summary_kv("precompute", &json!({"shard": p.shard, "shards": p.shards, "output": stage_out}));
-        kv.push(("rmdistill.members".into(), serde_json::to_string(&names).expect("json")));
-        kv.push(("rmdistill.member_coords".into(), serde_json::to_string(&coords).expect("json")));
+        kv.push(("rmdistill.members".into(), serde_json::to_string(&members.names).expect("json")));
+        kv.push(("rmdistill.member_coords".into(), serde_json::to_string(&members.coords).expect("json")));
         kv
     };
-    table::write_table(&ctx.output_path("rewards"), &rewards, &kv("rewards"))?;
-    table::write_table(&ctx.output_path("ref_samples"), &samples, &kv("ref_samples"))?;
+    table::write_table(&ctx.output_path("rewards"), &rewards_out, &kv("rewards"))?;
+    table::write_table(&ctx.output_path("ref_samples"), &samples_table(&samples)?, &kv("ref_samples"))?;
     ctx.progress(work, work);
-    ctx.log(&format!("{n} pairs × {} members; {} reference samples", names.len(), s_resp.len()));
-    Ok(summary)
+    ctx.log(&format!("{n} pairs × {} members; {} reference samples", members.names.len(), samples.response.len()));
+    let mean = |v: &[f64]| if v.is_empty() { None } else { Some(v.iter().sum::<f64>() / v.len() as f64) };
+    Ok(json!({
+        "shard": p.shard,
+        "shards": p.shards,
+        "pairs": n,
+        "members": members.names,
+        "member_coords": members.coords,
+        "member_stats": rewards.stats,
+        "mean_ref_logp": mean(&[lp_a.as_slice(), lp_b.as_slice()].concat()),
+        "ref_samples": samples.response.len(),
+        "ref_samples_unfinished": samples.finished.iter().filter(|f| !**f).count(),
+        "mean_ref_sample_logp": mean(&samples.logp),
+    }))
 }
