@@ -297,21 +297,23 @@ fn key_set(p: &Params, topics: &[Topic]) -> HashSet<u32> {
     topics.iter().flat_map(|t| t.core[..p.key_words as usize].iter().copied()).collect()
 }
 
-/// A key word of topic `t`, with the same 1/(rank+1) weights as the core (no background draws: salient words are
-/// always the topic's).
-fn draw_key(rng: &mut ChaCha8Rng, p: &Params, t: &Topic) -> u32 {
-    let k = p.key_words as usize;
+/// One of the first `k` core words of topic `t`, with weight ∝ 1/(rank+1).
+fn draw_core(rng: &mut ChaCha8Rng, t: &Topic, k: usize) -> u32 {
     let u = table::uniform_f64(rng) * t.cdf[k - 1];
     t.core[t.cdf[..k].partition_point(|&c| c <= u).min(k - 1)]
+}
+
+/// A key word of topic `t`, with the same weights as the core (no background draws: salient words are always the
+/// topic's).
+fn draw_key(rng: &mut ChaCha8Rng, p: &Params, t: &Topic) -> u32 {
+    draw_core(rng, t, p.key_words as usize)
 }
 
 fn draw(rng: &mut ChaCha8Rng, p: &Params, t: &Topic) -> u32 {
     if table::uniform_f64(rng) < p.background {
         return table::uniform_below(rng, p.vocab_size as u64) as u32;
     }
-    let u = table::uniform_f64(rng) * t.cdf[t.cdf.len() - 1];
-    let k = t.cdf.partition_point(|&c| c <= u).min(t.core.len() - 1);
-    t.core[k]
+    draw_core(rng, t, t.core.len())
 }
 
 fn in_range(rng: &mut ChaCha8Rng, [lo, hi]: [u32; 2]) -> u32 {

@@ -188,10 +188,11 @@ fn member_rewards(
     let mut rew_a = vec![Vec::with_capacity(members.models.len()); n];
     let mut rew_b = vec![Vec::with_capacity(members.models.len()); n];
     let mut stats = vec![];
+    let reference_vocab = reference.codec.tok.inner().get_vocab(true);
     for (k, (m, c)) in members.models.iter().enumerate() {
         // a member with π_ref's vocabulary reads π_ref's tokens
         let own;
-        let (pe, ae, be) = if c.tok.inner().get_vocab(true) == reference.codec.tok.inner().get_vocab(true) {
+        let (pe, ae, be) = if c.tok.inner().get_vocab(true) == reference_vocab {
             tokens
         } else {
             own = encode(c, pairs)?;
@@ -244,7 +245,8 @@ fn reference_samples(reference: &Reference, pairs: &Pairs, p: &Params, device: t
             s.response.push(codec.decode_sample(toks)?);
             s.finished.push(out.finished[j]);
         }
-        let pe: Vec<Vec<i64>> = s.prompt[first..].iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
+        // scored on the whole prompt (the block's encoding, not the sampling context cut to fit)
+        let pe: Vec<Vec<i64>> = (0..out.tokens.len()).map(|j| enc[j / p.samples_per_prompt].clone()).collect();
         let re: Vec<Vec<i64>> = s.response[first..].iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
         s.logp.extend(ref_logprobs(model, codec, &pe, &re, p.batch_size)?);
     }

@@ -217,7 +217,6 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         }
         None => (Agreement::default(), 0, 0),
     };
-
     let (eval_acc, eval_sens) = (ev.accuracy, ev.length_sensitivity);
     let h = &trainer.history;
     let summary = json!({
