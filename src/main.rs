@@ -1,3 +1,8 @@
+// mimalloc: stages running in this process (import, subsample) allocate from both cores at once; glibc's malloc
+// made import's parallel JSON parsing 2.5× slower (BENCHMARKS.md, import).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 fn main() {

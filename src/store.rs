@@ -728,25 +728,50 @@ impl Store {
         Ok(hash)
     }
 
-    /// Stores a directory artifact: every file, then its listing. Returns (listing hash, total size).
-    pub fn put_tree(&self, dir: &Path) -> anyhow::Result<(String, u64)> {
+    /// Stores a directory artifact that the caller gives up (see [`Store::take_file`]): every file, then its
+    /// listing. Returns (listing hash, total size).
+    fn put_tree(&self, dir: &Path) -> anyhow::Result<(String, u64)> {
         let tree = key::hash_tree(dir)?;
         for f in &tree.files {
             if !self.blob_intact(&f.hash, f.size)? {
-                self.upload(&dir.join(&f.path), &self.blob_path(&f.hash), &f.hash, f.size)?;
+                self.take_file(&dir.join(&f.path), &f.hash, f.size)?;
             }
         }
         let size = tree.files.iter().map(|f| f.size).sum();
         Ok((self.put_bytes(tree.bytes())?, size))
     }
 
-    /// Stores a node's output (file or directory).
+    /// Stores a node's output (file or directory) from its scratch space, which the caller then removes: a
+    /// `file://` store takes the files by renaming them (no copy).
     pub fn put_output(&self, path: &Path, kind: ArtifactKind) -> anyhow::Result<OutputRef> {
         let (hash, size) = match kind {
-            ArtifactKind::File => self.put_file(path)?,
+            ArtifactKind::File => {
+                let (hash, size) =
+                    key::hash_file(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                if !self.blob_intact(&hash, size)? {
+                    self.take_file(path, &hash, size)?;
+                }
+                (hash, size)
+            }
             ArtifactKind::Dir => self.put_tree(path)?,
         };
         Ok(OutputRef { hash, kind, size })
+    }
+
+    /// Stores a file its caller gives up as the blob `hash`: a `file://` store renames it into place when it is on
+    /// the same file system (atomic, like an upload; a node's scratch space is inside the store's local directory),
+    /// anything else uploads it.
+    fn take_file(&self, path: &Path, hash: &str, size: u64) -> anyhow::Result<()> {
+        if let Some(root) = &self.local_root {
+            let dest = root.join(Self::blob_rel(hash));
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| store_err(&format!("cannot create {}", dir.display()), e))?;
+            }
+            if std::fs::rename(path, &dest).is_ok() {
+                return Ok(());
+            }
+        }
+        self.upload(path, &self.blob_path(hash), hash, size)
     }
 
     /// Reads a whole blob, verified.

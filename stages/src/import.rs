@@ -37,7 +37,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::path::Path;
 
 pub struct Import;
@@ -256,11 +256,13 @@ fn render_response(msgs: &[(String, String)]) -> String {
 }
 
 /// A prompt or response: a string, or a list of messages rendered with the template.
-fn text(w: &Where, rec: &Map<String, Value>, name: &str, is_prompt: bool) -> StageResult<String> {
-    match field(w, rec, name, "a non-empty string or a list of messages")? {
+/// A string is taken out of the record (not copied): the record is not read again once extracted.
+fn text(w: &Where, rec: &mut Map<String, Value>, name: &str, is_prompt: bool) -> StageResult<String> {
+    field(w, rec, name, "a non-empty string or a list of messages")?;
+    match rec.get_mut(name).expect("field checked it is present") {
         Value::String(s) => {
             nonempty(w, name, s)?;
-            Ok(s.clone())
+            Ok(std::mem::take(s))
         }
         Value::Array(list) => {
             let msgs = messages(w, name, list)?;
@@ -350,7 +352,7 @@ fn detect(rec: &Map<String, Value>, w: &Where) -> StageResult<Format> {
     })
 }
 
-fn extract(format: Format, w: &Where, rec: &Map<String, Value>) -> StageResult<Extracted> {
+fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResult<Extracted> {
     match format {
         Format::Trl => Ok(Extracted {
             prompt: text(w, rec, "prompt", true)?,
@@ -478,62 +480,150 @@ fn file_kind(path: &Path, shown: &str) -> StageResult<FileKind> {
     }
 }
 
-/// Calls `f` with every record of the file, in order, up to `limit`: the record, or why this one is not a record
-/// (malformed JSON, not an object) — the caller decides whether that stops the import. Returns the file kind.
-fn for_each_record(
+/// One place of the file, in order: its record, or why it holds none (malformed JSON, not an object) — the caller
+/// decides whether that stops the import.
+struct Item {
+    loc: Loc,
+    rec: StageResult<Map<String, Value>>,
+}
+
+/// Bytes of JSONL read at once; their lines are parsed in parallel.
+const JSONL_BLOCK: usize = 8 << 20;
+/// Rows per row group of the pairs table: a million-pair import is written as 8 groups × 10 columns compressed in
+/// parallel rather than one group whose longest column (the prompts) takes one core.
+const GROUP_ROWS: usize = 1 << 17;
+/// Records of a JSON array or a Parquet file handed on at once.
+const BATCH: usize = 8192;
+
+/// Whether a JSONL line holds nothing but whitespace (as `str::trim` sees it), without decoding the usual line.
+fn is_blank(line: &[u8]) -> bool {
+    match line.iter().find(|&&b| !(b.is_ascii_whitespace() || b == 0x0b)) {
+        None => true,
+        Some(&b) if b < 0x80 => false,
+        Some(_) => std::str::from_utf8(line).is_ok_and(|s| s.trim().is_empty()),
+    }
+}
+
+/// A parsed value as a record: a JSON object, or the error naming what it is instead.
+fn as_object(shown: &str, loc: Loc, v: Value) -> StageResult<Map<String, Value>> {
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(StageError::invalid(
+            "path",
+            format!("{shown} {loc}: expected a JSON object, found {}", type_name(&other)),
+        )),
+    }
+}
+
+/// The JSONL arm of [`for_each_batch`], reading `block` bytes at a time (a parameter so that tests can cut lines
+/// across blocks).
+fn jsonl_batches(
+    mut file: impl Read,
+    shown: &str,
+    limit: u64,
+    block_bytes: usize,
+    mut f: impl FnMut(Vec<Item>, Option<u64>) -> StageResult<()>,
+) -> StageResult<()> {
+    let mut block: Vec<u8> = Vec::new();
+    let (mut line_no, mut seen, mut eof) = (0usize, 0u64, false);
+    while !eof && seen < limit {
+        // fill the block after the unfinished line carried over from the last one
+        let start = block.len();
+        block.resize(start + block_bytes, 0);
+        let mut filled = start;
+        while filled < block.len() {
+            let n = file
+                .read(&mut block[filled..])
+                .map_err(|e| StageError::invalid("path", format!("{shown} line {}: cannot read: {e}", line_no + 1)))?;
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            filled += n;
+        }
+        block.truncate(filled);
+        // whole lines end at the last newline; at the end of the file the rest is a line too
+        let whole = if eof { block.len() } else { memchr::memrchr(b'\n', &block).map_or(0, |i| i + 1) };
+        let mut lines: Vec<(usize, &[u8])> = Vec::new();
+        let mut rest = &block[..whole];
+        while !rest.is_empty() && seen < limit {
+            let (mut line, next) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            rest = next;
+            line_no += 1;
+            if let Some(l) = line.strip_suffix(b"\r") {
+                line = l;
+            }
+            if line_no == 1 {
+                while let Some(l) = line.strip_prefix(b"\xEF\xBB\xBF".as_slice()) {
+                    line = l;
+                }
+            }
+            if is_blank(line) {
+                continue;
+            }
+            if seen == 0 && line.trim_ascii() == b"{" {
+                // a file that starts with a lone `{` is more likely one pretty-printed object than JSONL
+                let e = serde_json::from_slice::<Value>(line).err().map(|e| e.to_string()).unwrap_or_default();
+                return Err(StageError::invalid(
+                    "path",
+                    format!(
+                        "{shown}: line {line_no} starts a JSON object that spans several lines ({e}); expected JSONL (one object per line) or a JSON array of objects"
+                    ),
+                ));
+            }
+            lines.push((line_no, line));
+            seen += 1;
+        }
+        let parsed: Vec<StageResult<Item>> = lines
+            .par_iter()
+            .map(|&(n, line)| {
+                let loc = Loc::Line(n);
+                let text = std::str::from_utf8(line)
+                    .map_err(|e| StageError::invalid("path", format!("{shown} {loc}: cannot read: {e}")))?;
+                let rec = match serde_json::from_str::<Value>(text) {
+                    Ok(v) => as_object(shown, loc, v),
+                    Err(e) => Err(StageError::invalid("path", format!("{shown} {loc}: malformed JSON: {e}"))),
+                };
+                Ok(Item { loc, rec })
+            })
+            .collect();
+        let mut items = Vec::with_capacity(parsed.len());
+        let mut fatal = None;
+        for p in parsed {
+            match p {
+                Ok(item) => items.push(item),
+                Err(e) => {
+                    fatal = Some(e);
+                    break;
+                }
+            }
+        }
+        f(items, None)?;
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        block.drain(..whole);
+    }
+    Ok(())
+}
+
+/// Calls `f` with the file's records, in order, in batches, up to `limit` records, and with the number of records
+/// when the file says it (JSON array, Parquet). JSONL is read in blocks whose lines are parsed in parallel; a line
+/// that is not UTF-8 stops the import there, after the records before it. Returns the file kind.
+fn for_each_batch(
     path: &Path,
     shown: &str,
     limit: u64,
-    mut f: impl FnMut(Loc, Option<u64>, StageResult<&Map<String, Value>>) -> StageResult<()>,
+    mut f: impl FnMut(Vec<Item>, Option<u64>) -> StageResult<()>,
 ) -> StageResult<FileKind> {
     let kind = file_kind(path, shown)?;
     let open =
         || std::fs::File::open(path).map_err(|e| StageError::invalid("path", format!("{shown}: cannot open: {e}")));
-    let as_object = |loc: Loc, v: Value| -> StageResult<Map<String, Value>> {
-        match v {
-            Value::Object(m) => Ok(m),
-            other => Err(StageError::invalid(
-                "path",
-                format!("{shown} {loc}: expected a JSON object, found {}", type_name(&other)),
-            )),
-        }
-    };
-    let mut seen = 0u64;
     match kind {
-        FileKind::Jsonl => {
-            let reader = std::io::BufReader::with_capacity(1 << 20, open()?);
-            for (i, line) in reader.lines().enumerate() {
-                if seen >= limit {
-                    break;
-                }
-                let loc = Loc::Line(i + 1);
-                let line = line.map_err(|e| StageError::invalid("path", format!("{shown} {loc}: cannot read: {e}")))?;
-                let line = if i == 0 { line.trim_start_matches('\u{feff}') } else { &line };
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<Value>(line) {
-                    Ok(v) => match as_object(loc, v) {
-                        Ok(rec) => f(loc, None, Ok(&rec))?,
-                        Err(e) => f(loc, None, Err(e))?,
-                    },
-                    Err(e) if seen == 0 && line.trim() == "{" => {
-                        // a file that starts with a lone `{` is more likely one pretty-printed object than JSONL
-                        return Err(StageError::invalid(
-                            "path",
-                            format!(
-                                "{shown}: line {} starts a JSON object that spans several lines ({e}); expected JSONL (one object per line) or a JSON array of objects",
-                                i + 1
-                            ),
-                        ));
-                    }
-                    Err(e) => {
-                        f(loc, None, Err(StageError::invalid("path", format!("{shown} {loc}: malformed JSON: {e}"))))?
-                    }
-                }
-                seen += 1;
-            }
-        }
+        FileKind::Jsonl => jsonl_batches(open()?, shown, limit, JSONL_BLOCK, f)?,
         FileKind::JsonArray => {
             let mut s = String::new();
             open()?
@@ -545,12 +635,14 @@ fn for_each_record(
                 return Err(StageError::invalid("path", format!("{shown}: expected a JSON array of records")));
             };
             let total = (items.len() as u64).min(limit);
-            for (i, item) in items.into_iter().take(total as usize).enumerate() {
-                let loc = Loc::Index(i);
-                match as_object(loc, item) {
-                    Ok(rec) => f(loc, Some(total), Ok(&rec))?,
-                    Err(e) => f(loc, Some(total), Err(e))?,
-                }
+            let mut items = items.into_iter().take(total as usize).enumerate().peekable();
+            while items.peek().is_some() {
+                let batch = items
+                    .by_ref()
+                    .take(BATCH)
+                    .map(|(i, item)| Item { loc: Loc::Index(i), rec: as_object(shown, Loc::Index(i), item) })
+                    .collect();
+                f(batch, Some(total))?;
             }
         }
         FileKind::Parquet => {
@@ -558,7 +650,7 @@ fn for_each_record(
                 .map_err(|e| StageError::invalid("path", format!("{shown}: not a readable Parquet file: {e}")))?;
             let total = (builder.metadata().file_metadata().num_rows() as u64).min(limit);
             let reader = builder
-                .with_batch_size(4096)
+                .with_batch_size(BATCH)
                 .with_limit(total as usize)
                 .build()
                 .map_err(|e| StageError::invalid("path", format!("{shown}: {e}")))?;
@@ -583,10 +675,13 @@ fn for_each_record(
                     serde_json::from_slice(&buf)
                         .map_err(|e| StageError::failed(format!("{shown} near row {row}: {e}")))?
                 };
-                for rec in recs {
-                    f(Loc::Row(row), Some(total), Ok(&rec))?;
-                    row += 1;
-                }
+                let items = recs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, rec)| Item { loc: Loc::Row(row + i), rec: Ok(rec) })
+                    .collect::<Vec<_>>();
+                row += items.len();
+                f(items, Some(total))?;
             }
         }
     }
@@ -663,6 +758,75 @@ struct Row {
     source_row: u32,
 }
 
+/// A record's pair, oriented by its hash: chosen becomes `a` (label 0) or `b` (label 1) by one bit of the hash.
+struct Pair {
+    hash: blake3::Hash,
+    prompt: String,
+    a: String,
+    b: String,
+    label: Option<i8>,
+}
+
+impl Pair {
+    fn of(e: Extracted) -> Pair {
+        let hash = table::pair_hash(&e.prompt, &e.first, &e.second);
+        let (a, b, label) = if !e.labelled {
+            (e.first, e.second, None)
+        } else if hash.as_bytes()[31] & 1 == 0 {
+            (e.first, e.second, Some(0i8))
+        } else {
+            (e.second, e.first, Some(1i8))
+        };
+        Pair { hash, prompt: e.prompt, a, b, label }
+    }
+}
+
+/// The records in file order: the pairs kept (the first occurrence of each), the duplicates, the invalid ones.
+#[derive(Default)]
+struct Collected {
+    rows: Vec<Row>,
+    first_seen: HashMap<[u8; 32], usize>,
+    records: u64,
+    duplicates: u64,
+    conflicting: u64,
+    invalid: Skipped,
+}
+
+impl Collected {
+    /// The next record: kept, counted as a duplicate (conflicting when it prefers the other response), or, when
+    /// invalid, the error that stops the import or a skipped record.
+    fn add(&mut self, pair: StageResult<Pair>, on_invalid: OnInvalid, skip: u64, shown: &str) -> StageResult<()> {
+        let pair = match (pair, on_invalid) {
+            (Ok(pair), _) => pair,
+            (Err(e), OnInvalid::Error) => return Err(e),
+            (Err(e), OnInvalid::Skip) => {
+                self.invalid.add(&e);
+                return Ok(());
+            }
+        };
+        let source_row = u32::try_from(self.records + self.invalid.count + skip)
+            .map_err(|_| StageError::invalid("path", format!("{shown}: more than 2^32 records")))?;
+        self.records += 1;
+        match self.first_seen.entry(*pair.hash.as_bytes()) {
+            std::collections::hash_map::Entry::Occupied(o) => {
+                self.duplicates += 1;
+                let kept = &self.rows[*o.get()];
+                let preferred =
+                    |a: &str, b: &str, l: Option<i8>| l.map(|l| if l == 0 { a.to_string() } else { b.to_string() });
+                if preferred(&kept.a, &kept.b, kept.label) != preferred(&pair.a, &pair.b, pair.label) {
+                    self.conflicting += 1;
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(self.rows.len());
+                let Pair { hash, prompt, a, b, label } = pair;
+                self.rows.push(Row { hash, prompt, a, b, label, source_row });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Counts, for labelled rows, how often the longer response (≥ 10% longer) is preferred.
 fn length_bias(rows: &[Row], lens: &[(u32, u32)], length: &str) -> Value {
     let (mut longer, mut shorter, mut within) = (0u64, 0u64, 0u64);
@@ -733,64 +897,41 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         };
 
     let mut format = p.format;
-    let mut rows: Vec<Row> = Vec::new();
-    let mut first_seen: HashMap<[u8; 32], usize> = HashMap::new();
-    let (mut records, mut duplicates, mut conflicting) = (0u64, 0u64, 0u64);
+    let mut c = Collected::default();
     let mut skipped = 0u64;
-    let mut invalid = Skipped::default();
-    let kind =
-        for_each_record(path, shown, p.limit.map_or(u64::MAX, |l| l.saturating_add(p.skip)), |loc, total, rec| {
-            if skipped < p.skip {
-                skipped += 1;
-                return Ok(());
-            }
-            let w = Where { file: shown, loc };
-            let extracted = rec.and_then(|rec| {
-                if format == Format::Auto {
-                    format = detect(rec, &w)?;
-                    ctx.log(&format!("{shown}: detected format `{}`", format.name()));
-                }
-                extract(format, &w, rec)
+    let kind = for_each_batch(path, shown, p.limit.map_or(u64::MAX, |l| l.saturating_add(p.skip)), |items, total| {
+        let mut items = items.into_iter().skip_while(|_| {
+            let skip = skipped < p.skip;
+            skipped += skip as u64;
+            skip
+        });
+        // one record at a time until the format is known: the first valid record decides it
+        while format == Format::Auto {
+            let Some(item) = items.next() else { return Ok(()) };
+            let w = Where { file: shown, loc: item.loc };
+            let pair = item.rec.and_then(|mut rec| {
+                format = detect(&rec, &w)?;
+                ctx.log(&format!("{shown}: detected format `{}`", format.name()));
+                extract(format, &w, &mut rec).map(Pair::of)
             });
-            let e = match (extracted, p.on_invalid) {
-                (Ok(e), _) => e,
-                (Err(e), OnInvalid::Error) => return Err(e),
-                (Err(e), OnInvalid::Skip) => {
-                    invalid.add(&e);
-                    return Ok(());
-                }
-            };
-            let source_row = u32::try_from(records + invalid.count + p.skip)
-                .map_err(|_| StageError::invalid("path", format!("{shown}: more than 2^32 records")))?;
-            records += 1;
-            if records % 10_000 == 0 {
-                ctx.progress(records, total.unwrap_or(0));
-            }
-            let hash = table::pair_hash(&e.prompt, &e.first, &e.second);
-            let (a, b, label) = if !e.labelled {
-                (e.first, e.second, None)
-            } else if hash.as_bytes()[31] & 1 == 0 {
-                (e.first, e.second, Some(0i8))
-            } else {
-                (e.second, e.first, Some(1i8))
-            };
-            match first_seen.entry(*hash.as_bytes()) {
-                std::collections::hash_map::Entry::Occupied(o) => {
-                    duplicates += 1;
-                    let kept = &rows[*o.get()];
-                    let preferred =
-                        |a: &str, b: &str, l: Option<i8>| l.map(|l| if l == 0 { a.to_string() } else { b.to_string() });
-                    if preferred(&kept.a, &kept.b, kept.label) != preferred(&a, &b, label) {
-                        conflicting += 1;
-                    }
-                }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(rows.len());
-                    rows.push(Row { hash, prompt: e.prompt, a, b, label, source_row });
-                }
-            }
-            Ok(())
-        })?;
+            c.add(pair, p.on_invalid, p.skip, shown)?;
+        }
+        let pairs: Vec<StageResult<Pair>> = items
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|item| {
+                item.rec
+                    .and_then(|mut rec| extract(format, &Where { file: shown, loc: item.loc }, &mut rec))
+                    .map(Pair::of)
+            })
+            .collect();
+        for pair in pairs {
+            c.add(pair, p.on_invalid, p.skip, shown)?;
+        }
+        ctx.progress(c.records, total.unwrap_or(0));
+        Ok(())
+    })?;
+    let Collected { rows, records, duplicates, conflicting, invalid, .. } = c;
     if records == 0 {
         let why = if invalid.count > 0 {
             format!("all {} records were invalid and skipped; the first: {}", invalid.count, invalid.first.join("; "))
@@ -831,22 +972,30 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ),
     };
 
-    let text_bytes: usize = rows.iter().map(|r| r.prompt.len() + r.a.len() + r.b.len()).sum();
-    let mut builder = PairsBuilder::with_capacity(rows.len(), text_bytes);
-    for (i, r) in rows.iter().enumerate() {
-        let id = table::pair_id(&r.hash);
-        builder.push(PairRow {
-            pair_id: &id,
-            prompt: &r.prompt,
-            a: &r.a,
-            b: &r.b,
-            label: r.label,
-            words: words[i],
-            tokens: tokens.as_ref().map(|t| t[i]),
-            source_row: r.source_row,
-        });
-    }
-    let batch = builder.finish();
+    // one batch per row group, built in parallel; written as one table
+    let batches: Vec<arrow::array::RecordBatch> = rows
+        .par_chunks(GROUP_ROWS)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let text_bytes: usize = chunk.iter().map(|r| r.prompt.len() + r.a.len() + r.b.len()).sum();
+            let mut builder = PairsBuilder::with_capacity(chunk.len(), text_bytes);
+            for (k, r) in chunk.iter().enumerate() {
+                let i = c * GROUP_ROWS + k;
+                let id = table::pair_id(&r.hash);
+                builder.push(PairRow {
+                    pair_id: &id,
+                    prompt: &r.prompt,
+                    a: &r.a,
+                    b: &r.b,
+                    label: r.label,
+                    words: words[i],
+                    tokens: tokens.as_ref().map(|t| t[i]),
+                    source_row: r.source_row,
+                });
+            }
+            builder.finish()
+        })
+        .collect();
 
     let labelled = rows.iter().filter(|r| r.label.is_some()).count() as u64;
     let mut summary = json!({
@@ -872,7 +1021,12 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     if let Some(t) = &tokens {
         summary["length_bias_tokens"] = length_bias(&rows, t, "tokens");
     }
-    table::write_table(&ctx.output_path("pairs"), &batch, &table::summary_kv("import", &summary))?;
+    table::write_table_in_groups(
+        &ctx.output_path("pairs"),
+        &batches,
+        &table::summary_kv("import", &summary),
+        GROUP_ROWS,
+    )?;
     ctx.log(&format!("{shown}: {records} records → {} pairs ({duplicates} duplicates dropped)", rows.len()));
     Ok(summary)
 }
@@ -1416,5 +1570,49 @@ mod tests {
         let f = write(dir.path(), "pretty.json", &pretty);
         let e = import(&dir.path().join("2"), &f, json!({})).unwrap_err();
         assert!(e.contains("spans several lines") && e.contains("JSON array of objects"), "{e}");
+    }
+
+    /// Every place of a JSONL text as `jsonl_batches` hands it on: (location, record or error), and how it ended.
+    fn jsonl_places(text: &[u8], limit: u64, block: usize) -> (Vec<(String, String)>, Result<(), String>) {
+        let mut out = Vec::new();
+        let end = jsonl_batches(text, "f.jsonl", limit, block, |items, _| {
+            for it in items {
+                out.push((it.loc.to_string(), it.rec.map_or_else(|e| e.to_string(), |r| Value::Object(r).to_string())));
+            }
+            Ok(())
+        });
+        (out, end.map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn jsonl_lines_cut_across_blocks_read_as_whole_lines() {
+        let long = format!("{{\"prompt\": \"{}\", \"x\": 1}}", "w ".repeat(40));
+        let text = format!(
+            "\u{feff}{{\"a\": 1}}\r\n\n   \n{long}\n{{\"b\": [1, 2]}}\nnot json\n[1]\n\u{a0}\n\x0b\n{{\"c\": \"é\"}}\r\n{{\"d\": 4}}"
+        );
+        let whole = jsonl_places(text.as_bytes(), u64::MAX, JSONL_BLOCK);
+        let locs: Vec<&str> = whole.0.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(locs, ["line 1", "line 4", "line 5", "line 6", "line 7", "line 10", "line 11"], "{whole:?}");
+        assert_eq!(whole.0[0].1, r#"{"a":1}"#);
+        assert!(whole.0[3].1.contains("line 6: malformed JSON"), "{whole:?}");
+        assert!(whole.0[4].1.contains("line 7: expected a JSON object, found a list"), "{whole:?}");
+        assert_eq!(whole.0[6].1, r#"{"d":4}"#, "the last line needs no newline");
+        assert!(whole.1.is_ok());
+        for block in [1, 2, 3, 7, 16, 61, 1000] {
+            assert_eq!(jsonl_places(text.as_bytes(), u64::MAX, block), whole, "block of {block} bytes");
+        }
+        // the limit counts records (and invalid lines), not blank lines
+        let first3 = jsonl_places(text.as_bytes(), 3, 5);
+        assert_eq!(first3.0, whole.0[..3]);
+        // a line that is not UTF-8 stops the import there, after the records before it
+        let mut bad = b"{\"a\": 1}\n{\"b\": 2}\n{\"c\": \"\xff\"}\n{\"d\": 3}\n".to_vec();
+        for block in [4, JSONL_BLOCK] {
+            let (places, end) = jsonl_places(&bad, u64::MAX, block);
+            assert_eq!(places.len(), 2, "block {block}: {places:?}");
+            let e = end.unwrap_err();
+            assert!(e.contains("f.jsonl line 3: cannot read") && e.contains("utf-8"), "{e}");
+        }
+        bad.truncate(0);
+        assert_eq!(jsonl_places(&bad, u64::MAX, 4), (vec![], Ok(())));
     }
 }

@@ -97,9 +97,19 @@ pub fn pair_id(hash: &blake3::Hash) -> String {
     hash.to_hex()[..16].to_string()
 }
 
-/// Whitespace-separated words.
+/// Whitespace-separated words (`str::split_whitespace`); ASCII text, the usual case, is counted a byte at a time.
 pub fn word_count(s: &str) -> u32 {
-    s.split_whitespace().count() as u32
+    if !s.is_ascii() {
+        return s.split_whitespace().count() as u32;
+    }
+    let (mut n, mut in_word) = (0u32, false);
+    for &b in s.as_bytes() {
+        // the ASCII characters `char::is_whitespace` accepts
+        let space = matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+        n += (!space && !in_word) as u32;
+        in_word = !space;
+    }
+    n
 }
 
 /// Appends rows of the normalised pairs table.
@@ -217,7 +227,9 @@ pub fn write_tables(path: &Path, batches: &[RecordBatch], kv: &[(String, String)
     write_table_in_groups(path, batches, kv, ROW_GROUP_ROWS)
 }
 
-fn write_table_in_groups(
+/// [`write_tables`] with row groups of `group_rows` rows (at most [`ROW_GROUP_ROWS`]): smaller groups give more
+/// column chunks to compress at once, for a table written once and read whole (`import`'s).
+pub fn write_table_in_groups(
     path: &Path,
     batches: &[RecordBatch],
     kv: &[(String, String)],
@@ -491,6 +503,27 @@ pub(crate) mod local_ctx;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_count_agrees_with_split_whitespace() {
+        for s in [
+            "",
+            " ",
+            "one",
+            " two  words ",
+            "a\tb\nc\x0bd\x0ce\rf",
+            "x\x1cy\x1fz",
+            "caf\u{e9} au lait",
+            "no\u{a0}break\u{2003}em\u{3000}ideographic",
+            "\u{85}next line",
+        ] {
+            assert_eq!(word_count(s), s.split_whitespace().count() as u32, "{s:?}");
+        }
+        for b in 0u8..128 {
+            let s = format!("a{}b", b as char);
+            assert_eq!(word_count(&s), s.split_whitespace().count() as u32, "byte {b:#x}");
+        }
+    }
 
     #[test]
     fn uniform_below_is_in_range_and_roughly_uniform() {
