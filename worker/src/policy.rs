@@ -346,16 +346,18 @@ struct MiniBatch {
     first_is_chosen: Vec<Option<bool>>,
     ref_1: Vec<f64>,
     ref_2: Vec<f64>,
-    /// The 2b sequences: the b y_1 rows, then the b y_2 rows.
+    /// The 2b sequences: the b y_1 rows, then the b y_2 rows; then any extra rows (the KL term's, see [`KlRows`]).
     tokens: rmdistill_ml::PairBatch,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn mini_batch(
     idx: Vec<usize>,
     method: Method,
     inputs: &Inputs,
     t: &Tokens,
     refs: (&[f64], &[f64]),
+    extra: &[(&[i64], &[i64])],
     codec: &Codec,
     device: tch::Device,
 ) -> StageResult<MiniBatch> {
@@ -376,30 +378,34 @@ fn mini_batch(
         ps.push(&t.prompts[i]);
         rs.push(if flip[k] { &t.resp_a[i] } else { &t.resp_b[i] });
     }
+    for &(prompt, response) in extra {
+        ps.push(prompt);
+        rs.push(response);
+    }
     let tokens = codec.batch(&ps, &rs, device)?;
     Ok(MiniBatch { idx, first_is_chosen, ref_1, ref_2, tokens })
 }
 
+/// The (prompt, response) rows the KL term is estimated on, with their reference log-probs.
+type KlRows<'a> = (Vec<(&'a [i64], &'a [i64])>, Vec<f64>);
+
 /// The sequences the KL term of the pessimistic methods is estimated on, with their reference log-probs: the batch's
 /// own pairs (kl_source = "pairs"), or `kl_bs` samples of π_ref drawn with `rng`; none for the other methods.
 #[allow(clippy::too_many_arguments)]
-fn kl_batch(
-    pb: &MiniBatch,
+fn kl_rows<'a>(
+    idx: &[usize],
     method: Method,
     p: &rmdistill_stages::policy::Params,
     inputs: &Inputs,
-    t: &Tokens,
-    samples: Option<&RefSamples>,
+    t: &'a Tokens,
+    samples: Option<&'a RefSamples>,
     kl_bs: usize,
     rng: &mut ChaCha8Rng,
-    codec: &Codec,
-    device: tch::Device,
-) -> StageResult<Option<(rmdistill_ml::PairBatch, Vec<f64>)>> {
+) -> Option<KlRows<'a>> {
     let rows: Vec<(&[i64], &[i64], f64)> = match (samples, method.pessimistic() && p.kl_source == KlSource::Pairs) {
         (_, true) => {
             let r = inputs.rewards.as_ref().expect("kl_source = \"pairs\" was checked to have rewards");
-            pb.idx
-                .iter()
+            idx.iter()
                 .flat_map(|&i| {
                     [
                         (&t.prompts[i][..], &t.resp_a[i][..], r.ref_a[i]),
@@ -414,14 +420,12 @@ fn kl_batch(
                 (&s.prompt[j][..], &s.response[j][..], s.ref_logp[j])
             })
             .collect(),
-        (None, false) => return Ok(None),
+        (None, false) => return None,
     };
     if rows.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let kp: Vec<&[i64]> = rows.iter().map(|r| r.0).collect();
-    let kr: Vec<&[i64]> = rows.iter().map(|r| r.1).collect();
-    Ok(Some((codec.batch(&kp, &kr, device)?, rows.iter().map(|r| r.2).collect())))
+    Some((rows.iter().map(|r| (r.0, r.1)).collect(), rows.iter().map(|r| r.2).collect()))
 }
 
 /// Fails when the precomputed reference log-probs disagree with the reference model's on the first batch (the
@@ -539,8 +543,18 @@ fn train(
         let idx: Vec<usize> = order[pos..(pos + batch_size).min(n)].iter().map(|&i| i as usize).collect();
         pos += batch_size;
         let b = idx.len();
-        let pb = mini_batch(idx, method, inputs, tokens, (refs.0, refs.1), codec, device)?;
-        let kl = kl_batch(&pb, method, p, inputs, tokens, samples, kl_bs, &mut rng, codec, device)?;
+        let kl = kl_rows(&idx, method, p, inputs, tokens, samples, kl_bs, &mut rng);
+        // the pessimistic methods' KL rows join the pairs' forward and backward pass: one pass over the model per
+        // step instead of two (the tiny models' steps are dominated by per-op overhead)
+        let joined = kl.as_ref().filter(|_| method.pessimistic()).map_or(&[][..], |k| &k.0[..]);
+        let pb = mini_batch(idx, method, inputs, tokens, (refs.0, refs.1), joined, codec, device)?;
+        let kl_apart = match &kl {
+            Some((rows, _)) if !method.pessimistic() => {
+                let (kp, kr): (Vec<&[i64]>, Vec<&[i64]>) = rows.iter().copied().unzip();
+                Some(codec.batch(&kp, &kr, device)?)
+            }
+            _ => None,
+        };
         let g = gamma.at(step, total);
         let (loss, mut extra) = with_autocast(device, || -> StageResult<(Tensor, Vec<(String, f64)>)> {
             let lp = sequence_logprobs(policy.net(), &pb.tokens, reduction);
@@ -554,11 +568,10 @@ fn train(
                 let bb: Vec<&Vec<f64>> = pb.idx.iter().map(|&i| &r.r_b[i]).collect();
                 (tensor2(&a, device), tensor2(&bb, device))
             });
-            let kl_t = kl.as_ref().map(|(kb, refs)| {
-                let lp = if method.pessimistic() {
-                    sequence_logprobs(policy.net(), kb, reduction)
-                } else {
-                    tch::no_grad(|| sequence_logprobs(policy.net(), kb, reduction))
+            let kl_t = kl.as_ref().map(|(rows, refs)| {
+                let lp = match &kl_apart {
+                    Some(kb) => tch::no_grad(|| sequence_logprobs(policy.net(), kb, reduction)),
+                    None => lp.narrow(0, 2 * b as i64, rows.len() as i64),
                 };
                 (lp, tensor(refs, device))
             });
