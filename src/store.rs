@@ -652,10 +652,13 @@ impl Store {
 
     /// Stores the bytes of a local file as a blob (skipped when an intact copy is present); returns (hash, size).
     pub fn put_file(&self, path: &Path) -> anyhow::Result<(String, u64)> {
+        self.store_file(path, false)
+    }
+
+    /// [`Store::put_file`]; with `take`, the caller gives the file up (see [`Store::store_blob`]).
+    fn store_file(&self, path: &Path, take: bool) -> anyhow::Result<(String, u64)> {
         let (hash, size) = key::hash_file(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        if !self.blob_intact(&hash, size)? {
-            self.upload(path, &self.blob_path(&hash), &hash, size)?;
-        }
+        self.store_blob(path, &hash, size, take)?;
         Ok((hash, size))
     }
 
@@ -728,14 +731,12 @@ impl Store {
         Ok(hash)
     }
 
-    /// Stores a directory artifact that the caller gives up (see [`Store::take_file`]): every file, then its
+    /// Stores a directory artifact that the caller gives up (see [`Store::store_blob`]): every file, then its
     /// listing. Returns (listing hash, total size).
     fn put_tree(&self, dir: &Path) -> anyhow::Result<(String, u64)> {
         let tree = key::hash_tree(dir)?;
         for f in &tree.files {
-            if !self.blob_intact(&f.hash, f.size)? {
-                self.take_file(&dir.join(&f.path), &f.hash, f.size)?;
-            }
+            self.store_blob(&dir.join(&f.path), &f.hash, f.size, true)?;
         }
         let size = tree.files.iter().map(|f| f.size).sum();
         Ok((self.put_bytes(tree.bytes())?, size))
@@ -745,24 +746,20 @@ impl Store {
     /// `file://` store takes the files by renaming them (no copy).
     pub fn put_output(&self, path: &Path, kind: ArtifactKind) -> anyhow::Result<OutputRef> {
         let (hash, size) = match kind {
-            ArtifactKind::File => {
-                let (hash, size) =
-                    key::hash_file(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-                if !self.blob_intact(&hash, size)? {
-                    self.take_file(path, &hash, size)?;
-                }
-                (hash, size)
-            }
+            ArtifactKind::File => self.store_file(path, true)?,
             ArtifactKind::Dir => self.put_tree(path)?,
         };
         Ok(OutputRef { hash, kind, size })
     }
 
-    /// Stores a file its caller gives up as the blob `hash`: a `file://` store renames it into place when it is on
-    /// the same file system (atomic, like an upload; a node's scratch space is inside the store's local directory),
-    /// anything else uploads it.
-    fn take_file(&self, path: &Path, hash: &str, size: u64) -> anyhow::Result<()> {
-        if let Some(root) = &self.local_root {
+    /// Stores the file `path` as the blob `hash` unless an intact copy is present. With `take` (the caller gives the
+    /// file up), a `file://` store renames it into place when it is on the same file system (atomic, like an upload;
+    /// a node's scratch space is inside the store's local directory); otherwise it is uploaded.
+    fn store_blob(&self, path: &Path, hash: &str, size: u64, take: bool) -> anyhow::Result<()> {
+        if self.blob_intact(hash, size)? {
+            return Ok(());
+        }
+        if take && let Some(root) = &self.local_root {
             let dest = root.join(Self::blob_rel(hash));
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| store_err(&format!("cannot create {}", dir.display()), e))?;

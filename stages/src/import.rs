@@ -749,15 +749,6 @@ impl Skipped {
     }
 }
 
-struct Row {
-    hash: blake3::Hash,
-    prompt: String,
-    a: String,
-    b: String,
-    label: Option<i8>,
-    source_row: u32,
-}
-
 /// A record's pair, oriented by its hash: chosen becomes `a` (label 0) or `b` (label 1) by one bit of the hash.
 struct Pair {
     hash: blake3::Hash,
@@ -779,6 +770,17 @@ impl Pair {
         };
         Pair { hash, prompt: e.prompt, a, b, label }
     }
+
+    /// The preferred response; none when unlabelled.
+    fn preferred(&self) -> Option<&str> {
+        self.label.map(|l| if l == 0 { self.a.as_str() } else { self.b.as_str() })
+    }
+}
+
+/// A pair kept, and the record it came from (0-based, counting skipped and invalid records).
+struct Row {
+    pair: Pair,
+    source_row: u32,
 }
 
 /// The records in file order: the pairs kept (the first occurrence of each), the duplicates, the invalid ones.
@@ -810,17 +812,13 @@ impl Collected {
         match self.first_seen.entry(*pair.hash.as_bytes()) {
             std::collections::hash_map::Entry::Occupied(o) => {
                 self.duplicates += 1;
-                let kept = &self.rows[*o.get()];
-                let preferred =
-                    |a: &str, b: &str, l: Option<i8>| l.map(|l| if l == 0 { a.to_string() } else { b.to_string() });
-                if preferred(&kept.a, &kept.b, kept.label) != preferred(&pair.a, &pair.b, pair.label) {
+                if self.rows[*o.get()].pair.preferred() != pair.preferred() {
                     self.conflicting += 1;
                 }
             }
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(self.rows.len());
-                let Pair { hash, prompt, a, b, label } = pair;
-                self.rows.push(Row { hash, prompt, a, b, label, source_row });
+                self.rows.push(Row { pair, source_row });
             }
         }
         Ok(())
@@ -831,7 +829,7 @@ impl Collected {
 fn length_bias(rows: &[Row], lens: &[(u32, u32)], length: &str) -> Value {
     let (mut longer, mut shorter, mut within) = (0u64, 0u64, 0u64);
     for (r, &(a, b)) in rows.iter().zip(lens) {
-        let Some(l) = r.label else { continue };
+        let Some(l) = r.pair.label else { continue };
         let a_longer = a > b && a as f64 >= 1.1 * b as f64;
         let b_longer = b > a && b as f64 >= 1.1 * a as f64;
         if a_longer || b_longer {
@@ -955,7 +953,8 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     }
     ctx.progress(records, records);
 
-    let words: Vec<(u32, u32)> = rows.par_iter().map(|r| (table::word_count(&r.a), table::word_count(&r.b))).collect();
+    let words: Vec<(u32, u32)> =
+        rows.par_iter().map(|r| (table::word_count(&r.pair.a), table::word_count(&r.pair.b))).collect();
     let tokens: Option<Vec<(u32, u32)>> = match &tokenizer {
         None => None,
         Some(tok) => Some(
@@ -966,7 +965,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
                             StageError::failed(format!("tokenizer failed on source row {}: {e}", r.source_row))
                         })
                     };
-                    Ok((n(&r.a)?, n(&r.b)?))
+                    Ok((n(&r.pair.a)?, n(&r.pair.b)?))
                 })
                 .collect::<StageResult<_>>()?,
         ),
@@ -977,17 +976,17 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         .par_chunks(GROUP_ROWS)
         .enumerate()
         .map(|(c, chunk)| {
-            let text_bytes: usize = chunk.iter().map(|r| r.prompt.len() + r.a.len() + r.b.len()).sum();
+            let text_bytes: usize = chunk.iter().map(|r| r.pair.prompt.len() + r.pair.a.len() + r.pair.b.len()).sum();
             let mut builder = PairsBuilder::with_capacity(chunk.len(), text_bytes);
             for (k, r) in chunk.iter().enumerate() {
                 let i = c * GROUP_ROWS + k;
-                let id = table::pair_id(&r.hash);
+                let id = table::pair_id(&r.pair.hash);
                 builder.push(PairRow {
                     pair_id: &id,
-                    prompt: &r.prompt,
-                    a: &r.a,
-                    b: &r.b,
-                    label: r.label,
+                    prompt: &r.pair.prompt,
+                    a: &r.pair.a,
+                    b: &r.pair.b,
+                    label: r.pair.label,
                     words: words[i],
                     tokens: tokens.as_ref().map(|t| t[i]),
                     source_row: r.source_row,
@@ -997,7 +996,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         })
         .collect();
 
-    let labelled = rows.iter().filter(|r| r.label.is_some()).count() as u64;
+    let labelled = rows.iter().filter(|r| r.pair.label.is_some()).count() as u64;
     let mut summary = json!({
         "format": format.name(),
         "file_kind": kind.name(),
@@ -1007,8 +1006,8 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         "conflicting_duplicates": conflicting,
         "labelled": labelled,
         "unlabelled": rows.len() as u64 - labelled,
-        "label_b_preferred": rows.iter().filter(|r| r.label == Some(1)).count(),
-        "identical_responses": rows.iter().filter(|r| r.a == r.b).count(),
+        "label_b_preferred": rows.iter().filter(|r| r.pair.label == Some(1)).count(),
+        "identical_responses": rows.iter().filter(|r| r.pair.a == r.pair.b).count(),
         "tokenizer": tokenizer.is_some(),
         "mean_words_response": if rows.is_empty() { 0.0 } else {
             words.iter().map(|w| (w.0 + w.1) as f64).sum::<f64>() / (2 * rows.len()) as f64
