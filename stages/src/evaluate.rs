@@ -23,6 +23,14 @@
 //! `selection` bound, `policy` may bind every candidate of a β/τ sweep (one per value, for this node's ρ and seed):
 //! the one the selection chose for its method and ρ is evaluated, the others only enter the cache key.
 //!
+//! π_ref's samples do not depend on the policy: every evaluation of one seed with the same prompts, oracle and
+//! sampling parameters draws the same π_ref responses. Bind `reference_samples` to the `samples` of one evaluation
+//! of π_ref itself (`policy` = `reference`, which samples once) and its π_ref responses and their oracle scores are
+//! read instead of drawn again. The `samples` table records what its π_ref side depends on ([`SAMPLING_KEY`]: the
+//! reference's and the prompts' content hashes, the oracle, every sampling parameter, the shard); a bound table whose
+//! record differs from this node's is refused, naming the fields, and so is one whose rows are not this node's
+//! (prompt, sample) rows in order. Reused or drawn, the outputs are the same bytes.
+//!
 //! Sharding (`shard`/`shards`): the (prompt, sample) rows are cut into batches of `batch_size` exactly as unsharded,
 //! and shard k of N evaluates the k-th contiguous block of batches with the same per-batch seeds, so `merge_eval`
 //! concatenating the shards' `samples` gives back the unsharded table row for row, and its summary the
@@ -138,6 +146,54 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     Ok(p)
 }
 
+/// The key, in the `samples` table's metadata, of what its π_ref side depends on ([`sampling_record`]).
+pub const SAMPLING_KEY: &str = "rmdistill.reference_sampling";
+
+/// What π_ref's responses and their oracle scores depend on: the content hashes of the reference, the prompts table
+/// and the oracle checkpoint, and every parameter that chooses the rows, draws the samples or scores them.
+pub fn sampling_record(p: &Params, reference: &str, prompts: &str, oracle_model: Option<&str>) -> Value {
+    serde_json::json!({
+        "reference": reference,
+        "prompts": prompts,
+        "oracle": p.oracle,
+        "oracle_model": oracle_model,
+        "oracle_params": p.oracle_params,
+        "split": p.split,
+        "skip_prompts": p.skip_prompts,
+        "n_prompts": p.n_prompts,
+        "samples_per_prompt": p.samples_per_prompt,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "max_new_tokens": p.max_new_tokens,
+        "batch_size": p.batch_size,
+        "max_len": p.max_len,
+        "seed": p.seed,
+        "shard": p.shard,
+        "shards": p.shards,
+    })
+}
+
+/// The fields where a bound table's record (`theirs`, `None` when the table has none) differs from this node's, as
+/// `field: theirs → ours`; empty when the π_ref samples can be reused.
+pub fn record_mismatch(ours: &Value, theirs: Option<&Value>) -> Vec<String> {
+    let Some(theirs) = theirs else {
+        return vec!["the table records no reference sampling (not written by `evaluate`)".into()];
+    };
+    let (Value::Object(a), Value::Object(b)) = (ours, theirs) else {
+        return vec![format!("malformed record {theirs}")];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&Value>| v.map_or_else(|| "absent".to_string(), |v| v.to_string());
+            format!("{k}: {} there, {} here", show(b.get(k)), show(a.get(k)))
+        })
+        .collect()
+}
+
 impl Stage for Evaluate {
     fn kind(&self) -> &'static str {
         "evaluate"
@@ -172,6 +228,12 @@ impl Stage for Evaluate {
                 many: false,
                 doc: "reward-model oracle checkpoint (oracle = \"reward_model\")",
             },
+            InputSpec {
+                name: "reference_samples",
+                required: false,
+                many: false,
+                doc: "`samples` of an evaluation with the same reference, prompts, oracle and sampling parameters: its π_ref responses are reused, not drawn again",
+            },
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
@@ -199,5 +261,45 @@ impl Stage for Evaluate {
     }
     fn runs(&self) -> Runs {
         Runs::Worker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn params(v: Value) -> Params {
+        parse(v.as_object().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_record_reuses_only_what_this_node_would_draw() {
+        let p = params(json!({"oracle": "synthetic", "split": "test", "seed": 3}));
+        let ours = sampling_record(&p, "ref-hash", "prompts-hash", None);
+        assert!(record_mismatch(&ours, Some(&ours.clone())).is_empty());
+        // one sampling parameter, the reference, or the oracle's knobs apart: refused, naming each field
+        let other = sampling_record(
+            &params(json!({"oracle": "synthetic", "split": "test", "seed": 3, "batch_size": 32})),
+            "ref-hash",
+            "prompts-hash",
+            None,
+        );
+        assert_eq!(record_mismatch(&ours, Some(&other)), vec!["batch_size: 32 there, 64 here"]);
+        let other = sampling_record(&p, "another-ref", "prompts-hash", None);
+        assert_eq!(record_mismatch(&ours, Some(&other)), vec!["reference: \"another-ref\" there, \"ref-hash\" here"]);
+        let other = sampling_record(
+            &params(json!({"oracle": "synthetic", "oracle_params": {"length_bonus": 0.2}, "split": "test", "seed": 3})),
+            "ref-hash",
+            "prompts-hash",
+            None,
+        );
+        assert_eq!(record_mismatch(&ours, Some(&other)).len(), 1);
+        assert!(record_mismatch(&ours, Some(&other))[0].starts_with("oracle_params:"));
+        // a field only one side has, and no record at all
+        let mut extra = ours.clone();
+        extra["new_knob"] = json!(1);
+        assert_eq!(record_mismatch(&ours, Some(&extra)), vec!["new_knob: 1 there, absent here"]);
+        assert_eq!(record_mismatch(&ours, None).len(), 1);
     }
 }

@@ -4,8 +4,8 @@
 use crate::lm_io::{self, Codec};
 use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, Reduction, RewardModel, SampleConfig, generate, with_autocast};
-use rmdistill_stages::evaluate::{OracleKind, Params, parse};
-use rmdistill_stages::evaluation::{SampleRows, samples_table, summarize, summary_json, summary_table};
+use rmdistill_stages::evaluate::{OracleKind, Params, SAMPLING_KEY, parse, record_mismatch, sampling_record};
+use rmdistill_stages::evaluation::{SampleRows, samples_from, samples_table, summarize, summary_json, summary_table};
 use rmdistill_stages::oracle::synthetic_oracle;
 use rmdistill_stages::port::*;
 use rmdistill_stages::table;
@@ -170,6 +170,47 @@ fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
     }
 }
 
+/// π_ref's responses, lengths and oracle scores for this node's rows, from a bound `reference_samples` table: only
+/// when its record equals this node's (same reference, prompts, oracle, sampling parameters and shard) and its rows
+/// are this node's (prompt, sample) rows in order, so that the result is what sampling π_ref here would give.
+fn reuse_reference_samples(
+    bound: &InputArtifact,
+    record: &Value,
+    rows: &[(u32, u32)],
+    prompts: &[String],
+) -> StageResult<SampleRows> {
+    let path = &bound.path;
+    let refuse = |why: String| {
+        StageError::invalid(
+            "reference_samples",
+            format!(
+                "{} ({}): {why}; bind the `samples` of an `evaluate` node with the same reference, prompts, oracle and sampling parameters",
+                bound.node,
+                path.display()
+            ),
+        )
+    };
+    let kv = table::read_kv(path)?;
+    let theirs = kv.iter().find(|(k, _)| k == SAMPLING_KEY).and_then(|(_, v)| serde_json::from_str::<Value>(v).ok());
+    let differ = record_mismatch(record, theirs.as_ref());
+    if !differ.is_empty() {
+        return Err(refuse(format!("drawn otherwise ({})", differ.join("; "))));
+    }
+    let t = samples_from(&table::read_table(path, None)?, path)?;
+    if t.prompt.len() != rows.len() {
+        return Err(refuse(format!("{} rows, this node has {}", t.prompt.len(), rows.len())));
+    }
+    for (j, &(i, k)) in rows.iter().enumerate() {
+        if (t.prompt_idx[j], t.sample[j]) != (i, k) || t.prompt[j] != prompts[i as usize] {
+            return Err(refuse(format!(
+                "row {j} is prompt {} sample {}, this node's is prompt {i} sample {k}",
+                t.prompt_idx[j], t.sample[j]
+            )));
+        }
+    }
+    Ok(t)
+}
+
 pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let p = parse(ctx.params())?;
     let t0 = std::time::Instant::now();
@@ -188,6 +229,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         synthetic_oracle("probe", "probe", &p.oracle_params)?;
     }
     let prompts = read_prompts(&prompts_in.path, &p)?;
+    let record = sampling_record(&p, &ref_in.hash, &prompts_in.hash, oracle_in.map(|o| o.hash.as_str()));
+    // π_ref evaluated against itself samples once: its samples are the reference's, draw for draw
+    let same_model = pol_in.path == ref_in.path || (!pol_in.hash.is_empty() && pol_in.hash == ref_in.hash);
     let device = lm_io::tch_device(ctx);
     tch::set_num_threads(ctx.threads().max(1) as i32);
     rmdistill_ml::seed_everything(p.seed);
@@ -240,6 +284,10 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let total = mine.len() as u64;
     let batches: Vec<(usize, &[(u32, u32)])> =
         rows.chunks(p.batch_size).enumerate().filter(|(bi, _)| mine.contains(bi)).collect();
+    let my_rows: Vec<(u32, u32)> = batches.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+    let reused = lm_io::opt_input(ctx, "reference_samples")?
+        .map(|b| reuse_reference_samples(b, &record, &my_rows, &prompts))
+        .transpose()?;
     for (done, (bi, chunk)) in batches.into_iter().enumerate() {
         let ps: Vec<&[i64]> = chunk
             .iter()
@@ -256,23 +304,39 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             use_cache: true,
         };
         let gp = with_autocast(device, || generate(&policy, &ps, codec.pad, &cfg))?;
-        let gr = with_autocast(device, || generate(&reference, &ps, codec.pad, &cfg))?;
+        // π_ref's samples: read (reused), the policy's own (same model), or drawn
+        let gr = match (&reused, same_model) {
+            (None, false) => Some(with_autocast(device, || generate(&reference, &ps, codec.pad, &cfg))?),
+            _ => None,
+        };
         let strip = |t: &Vec<i64>| -> Vec<i64> { t.iter().copied().filter(|&x| x != codec.eos).collect() };
         // the policy's sample with EOS when it stopped, scored under both models (for the KL estimate)
         let scored: Vec<Vec<i64>> =
             gp.tokens.iter().map(|t| if t.is_empty() { vec![codec.eos] } else { t.clone() }).collect();
         let sr: Vec<&[i64]> = scored.iter().map(|v| v.as_slice()).collect();
         let lp_pol = lm_io::logprobs_nograd(&policy, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?;
-        let lp_ref = lm_io::logprobs_nograd(&reference, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?;
+        let lp_ref = if same_model {
+            lp_pol.clone()
+        } else {
+            lm_io::logprobs_nograd(&reference, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?
+        };
         for (j, (i, k)) in chunk.iter().enumerate() {
-            let (tp, tr) = (strip(&gp.tokens[j]), strip(&gr.tokens[j]));
+            let tp = strip(&gp.tokens[j]);
+            let (ref_response, ref_len) = match (&reused, &gr) {
+                (Some(r), _) => (r.ref_response[s.prompt.len()].clone(), r.ref_len[s.prompt.len()]),
+                (None, Some(g)) => {
+                    let tr = strip(&g.tokens[j]);
+                    (codec.decode_sample(&tr)?, tr.len() as u32)
+                }
+                (None, None) => (codec.decode_sample(&tp)?, tp.len() as u32),
+            };
             s.prompt_idx.push(*i);
             s.sample.push(*k);
             s.prompt.push(prompts[*i as usize].clone());
             s.policy_response.push(codec.decode_sample(&tp)?);
-            s.ref_response.push(codec.decode_sample(&tr)?);
+            s.ref_response.push(ref_response);
             s.policy_len.push(tp.len() as u32);
-            s.ref_len.push(tr.len() as u32);
+            s.ref_len.push(ref_len);
             s.policy_logp.push(lp_pol[j]);
             s.policy_logp_ref.push(lp_ref[j]);
         }
@@ -280,24 +344,30 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     }
     // ---- oracle
     match &rm {
-        Some(o) => {
-            s.policy_oracle = o.score(&s.prompt, &s.policy_response, p.batch_size)?;
-            s.ref_oracle = o.score(&s.prompt, &s.ref_response, p.batch_size)?;
-        }
+        Some(o) => s.policy_oracle = o.score(&s.prompt, &s.policy_response, p.batch_size)?,
         None => {
             for i in 0..s.prompt.len() {
                 s.policy_oracle.push(synthetic_oracle(&s.prompt[i], &s.policy_response[i], &p.oracle_params)?);
-                s.ref_oracle.push(synthetic_oracle(&s.prompt[i], &s.ref_response[i], &p.oracle_params)?);
             }
         }
     }
+    s.ref_oracle = match (&reused, &rm) {
+        (Some(r), _) => r.ref_oracle.clone(),
+        (None, _) if same_model => s.policy_oracle.clone(),
+        (None, Some(o)) => o.score(&s.prompt, &s.ref_response, p.batch_size)?,
+        (None, None) => (0..s.prompt.len())
+            .map(|i| synthetic_oracle(&s.prompt[i], &s.ref_response[i], &p.oracle_params))
+            .collect::<StageResult<_>>()?,
+    };
     let sum = summarize(&s);
     let summary = summary_json(&sum, s.prompt.len(), p.split.as_deref(), &info, p.shard, p.shards);
     // artifact bytes are deterministic: wall time goes only into the returned summary
     let kv = table::summary_kv("evaluate", &summary);
     let mut summary = summary;
     summary["seconds"] = json!(t0.elapsed().as_secs_f64());
-    table::write_table(&ctx.output_path("samples"), &samples_table(&s)?, &kv)?;
+    // the samples carry what their π_ref side depends on, so that another evaluation can reuse it
+    let samples_kv = [kv.clone(), vec![(SAMPLING_KEY.to_string(), record.to_string())]].concat();
+    table::write_table(&ctx.output_path("samples"), &samples_table(&s)?, &samples_kv)?;
     table::write_table(&ctx.output_path("summary"), &summary_table(&sum, &info, p.split.as_deref())?, &kv)?;
     ctx.progress(total + 1, total + 1);
     ctx.log(&format!(

@@ -418,6 +418,17 @@ fn mismatched_reference_logprobs_are_caught() {
 }
 
 fn evaluate(name: &str, policy: &Path, params: Value, oracle: bool) -> Result<(Value, PathBuf), String> {
+    evaluate_reusing(name, policy, params, oracle, None)
+}
+
+/// `evaluate`, with `reference_samples` bound when given.
+fn evaluate_reusing(
+    name: &str,
+    policy: &Path,
+    params: Value,
+    oracle: bool,
+    reference_samples: Option<&Path>,
+) -> Result<(Value, PathBuf), String> {
     let f = fixture();
     let out = f.root.join("evals").join(name);
     let _ = std::fs::remove_dir_all(&out);
@@ -427,6 +438,9 @@ fn evaluate(name: &str, policy: &Path, params: Value, oracle: bool) -> Result<(V
         .input("prompts", &f.prompts, json!({}));
     if oracle {
         ctx = ctx.input("oracle", &f.oracle, json!({}));
+    }
+    if let Some(r) = reference_samples {
+        ctx = ctx.input("reference_samples", r, json!({}));
     }
     Evaluate.validate(ctx.params()).map_err(|e| e.to_string())?;
     let s = rmdistill_worker::evaluate::run(&ctx).map_err(|e| e.to_string())?;
@@ -591,4 +605,53 @@ fn kl_from_pairs_linear_gamma_and_mean_reduction() {
     )
     .unwrap();
     assert!((col(&metrics(&out), "loss")[0] - 4.0).abs() < 1e-3);
+}
+
+#[test]
+fn reused_reference_samples_give_the_same_evaluation_and_wrong_ones_are_refused() {
+    let f = fixture();
+    let (_, pol) = train(
+        "reuse-pol",
+        json!({"method": "dpo", "beta": 1.0, "steps": 6, "batch_size": 8, "lr": 5e-3, "seed": 2}),
+        None,
+    )
+    .unwrap();
+    let pol = pol.join("model");
+    for (oracle, p) in [
+        (
+            false,
+            json!({"oracle": "synthetic", "split": "eval", "samples_per_prompt": 3, "max_new_tokens": 8, "batch_size": 4, "seed": 5}),
+        ),
+        (
+            true,
+            json!({"oracle": "reward_model", "split": "test", "samples_per_prompt": 2, "max_new_tokens": 8, "seed": 1}),
+        ),
+    ] {
+        // π_ref against itself samples once; its samples are what a policy's evaluation draws for π_ref
+        let (s, own) = evaluate_reusing("reuse-ref", &f.reference, p.clone(), oracle, None).unwrap();
+        assert_eq!(s["advantage"], 0.0);
+        let own = own.join("samples.parquet");
+        let (_, drawn) = evaluate_reusing("reuse-drawn", &pol, p.clone(), oracle, None).unwrap();
+        let (_, reused) = evaluate_reusing("reuse-read", &pol, p.clone(), oracle, Some(&own)).unwrap();
+        for t in ["samples.parquet", "summary.parquet"] {
+            assert_eq!(std::fs::read(drawn.join(t)).unwrap(), std::fs::read(reused.join(t)).unwrap(), "{t}, {p}");
+        }
+        // drawn with another parameter, or by a table that is not an evaluation's: refused, naming why
+        let mut other = p.clone();
+        other["temperature"] = json!(0.7);
+        let e = evaluate_reusing("reuse-bad", &pol, other, oracle, Some(&own)).unwrap_err();
+        assert!(e.contains("reference_samples") && e.contains("temperature: 1.0 there, 0.7 here"), "{e}");
+        let e = evaluate_reusing("reuse-bad", &pol, p.clone(), oracle, Some(&f.prompts)).unwrap_err();
+        assert!(e.contains("records no reference sampling"), "{e}");
+    }
+    // the same record but other rows (a table edited after the fact): refused
+    let p = json!({"oracle": "synthetic", "split": "eval", "max_new_tokens": 8, "seed": 5});
+    let (_, own) = evaluate_reusing("reuse-ref2", &f.reference, p.clone(), false, None).unwrap();
+    let own = own.join("samples.parquet");
+    let t = table::read_table(&own, None).unwrap();
+    let kv = table::read_kv(&own).unwrap();
+    let edited = f.root.join("evals").join("reuse-edited.parquet");
+    table::write_table(&edited, &t.slice(1, t.num_rows() - 1), &kv).unwrap();
+    let e = evaluate_reusing("reuse-bad", &pol, p, false, Some(&edited)).unwrap_err();
+    assert!(e.contains(&format!("{} rows, this node has {}", t.num_rows() - 1, t.num_rows())), "{e}");
 }
