@@ -173,27 +173,6 @@ pub fn sampling_record(p: &Params, reference: &str, prompts: &str, oracle_model:
     })
 }
 
-/// The fields where a bound table's record (`theirs`, `None` when the table has none) differs from this node's, as
-/// `field: theirs → ours`; empty when the π_ref samples can be reused.
-pub fn record_mismatch(ours: &Value, theirs: Option<&Value>) -> Vec<String> {
-    let Some(theirs) = theirs else {
-        return vec!["the table records no reference sampling (not written by `evaluate`)".into()];
-    };
-    let (Value::Object(a), Value::Object(b)) = (ours, theirs) else {
-        return vec![format!("malformed record {theirs}")];
-    };
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            let show = |v: Option<&Value>| v.map_or_else(|| "absent".to_string(), |v| v.to_string());
-            format!("{k}: {} there, {} here", show(b.get(k)), show(a.get(k)))
-        })
-        .collect()
-}
-
 impl Stage for Evaluate {
     fn kind(&self) -> &'static str {
         "evaluate"
@@ -267,6 +246,7 @@ impl Stage for Evaluate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reuse::record_mismatch;
     use serde_json::json;
 
     fn params(v: Value) -> Params {

@@ -30,6 +30,7 @@ pub mod port;
 pub mod precompute;
 pub mod protocol;
 pub mod report;
+pub mod reuse;
 pub mod sample_pairs;
 pub mod select;
 pub mod selection;

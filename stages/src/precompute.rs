@@ -24,6 +24,13 @@
 //! reference log-probs of long pairs differ from the policy stage's and its first-batch check fails). `π_ref` samples
 //! are drawn from the last `max_len − max_new_tokens` prompt tokens, the context their log-probs are scored with.
 //!
+//! Reference log-probs computed once: `reference_logprobs` may bind the `rewards` of another precompute node of the
+//! same `pairs` and `reference` (in the default pipeline `precompute_ref`, which computes nothing else); its
+//! `ref_logp_a`/`ref_logp_b` are then read instead of computed again. The `rewards` table records what those columns
+//! depend on ([`SCORING_KEY`]: the reference's and the pairs' content hashes, `max_len`, `batch_size` and the shard);
+//! a bound table whose record or pair ids differ from this node's is refused, naming the difference. Read or computed,
+//! the outputs are the same bytes.
+//!
 //! Sharding: shard k of N covers the k-th contiguous run of whole `batch_size` batches of pairs and the k-th
 //! contiguous run of prompt blocks (each block's samples scored on their own); `merge` concatenates each output's
 //! shards back into the unsharded table, bit for bit: every batch, hence its padding and the kernels' rounding on
@@ -110,6 +117,22 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     Ok(p)
 }
 
+/// The key, in the `rewards` table's metadata, of what its reference log-probs depend on ([`scoring_record`]).
+pub const SCORING_KEY: &str = "rmdistill.reference_scoring";
+
+/// What `ref_logp_a`/`ref_logp_b` depend on: the content hashes of the reference and the pairs, and the parameters
+/// that cut and batch the sequences (padding and batch shape change the kernels' rounding) and choose the rows.
+pub fn scoring_record(p: &Params, reference: &str, pairs: &str) -> Value {
+    serde_json::json!({
+        "reference": reference,
+        "pairs": pairs,
+        "max_len": p.max_len,
+        "batch_size": p.batch_size,
+        "shard": p.shard,
+        "shards": p.shards,
+    })
+}
+
 impl Stage for Precompute {
     fn kind(&self) -> &'static str {
         "precompute"
@@ -131,6 +154,12 @@ impl Stage for Precompute {
                 required: false,
                 many: true,
                 doc: "reward-model checkpoints (members, ordered by coords; none: reference log-probs only)",
+            },
+            InputSpec {
+                name: "reference_logprobs",
+                required: false,
+                many: false,
+                doc: "`rewards` of a precompute node with the same pairs, reference, max_len, batch_size and shard: its reference log-probs are read, not computed again",
             },
         ]
     }

@@ -4,10 +4,11 @@
 use crate::lm_io::{self, Codec};
 use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, Reduction, RewardModel, SampleConfig, generate, with_autocast};
-use rmdistill_stages::evaluate::{OracleKind, Params, SAMPLING_KEY, parse, record_mismatch, sampling_record};
+use rmdistill_stages::evaluate::{OracleKind, Params, SAMPLING_KEY, parse, sampling_record};
 use rmdistill_stages::evaluation::{SampleRows, samples_from, samples_table, summarize, summary_json, summary_table};
 use rmdistill_stages::oracle::synthetic_oracle;
 use rmdistill_stages::port::*;
+use rmdistill_stages::reuse::{read_record, record_mismatch};
 use rmdistill_stages::table;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -190,9 +191,7 @@ fn reuse_reference_samples(
             ),
         )
     };
-    let kv = table::read_kv(path)?;
-    let theirs = kv.iter().find(|(k, _)| k == SAMPLING_KEY).and_then(|(_, v)| serde_json::from_str::<Value>(v).ok());
-    let differ = record_mismatch(record, theirs.as_ref());
+    let differ = record_mismatch(record, read_record(path, SAMPLING_KEY)?.as_ref());
     if !differ.is_empty() {
         return Err(refuse(format!("drawn otherwise ({})", differ.join("; "))));
     }

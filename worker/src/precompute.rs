@@ -7,7 +7,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, RewardModel, SampleConfig};
 use rmdistill_stages::port::*;
-use rmdistill_stages::precompute::{Params, parse};
+use rmdistill_stages::precompute::{Params, SCORING_KEY, parse, scoring_record};
+use rmdistill_stages::reuse::{read_record, record_mismatch};
 use rmdistill_stages::table;
 use serde_json::{Value, json};
 use std::cmp::Ordering;
@@ -65,6 +66,40 @@ pub fn ref_logprobs(
         out.extend(data_io::to_f64s(&lp)?);
     }
     Ok(out)
+}
+
+/// log π_ref of both responses of this shard's pairs from a bound `reference_logprobs` table: only when its record
+/// equals this node's (same reference, pairs, `max_len`, `batch_size` and shard) and its pair ids are this node's, in
+/// order, so that the values are the ones computing them here would give.
+fn reuse_reference_logprobs(
+    bound: &InputArtifact,
+    record: &Value,
+    ids: &[String],
+) -> StageResult<(Vec<f64>, Vec<f64>)> {
+    let path = &bound.path;
+    let refuse = |why: String| {
+        StageError::invalid(
+            "reference_logprobs",
+            format!(
+                "{} ({}): {why}; bind the `rewards` of a precompute node with the same pairs, reference, max_len, batch_size and shard",
+                bound.node,
+                path.display()
+            ),
+        )
+    };
+    let differ = record_mismatch(record, read_record(path, SCORING_KEY)?.as_ref());
+    if !differ.is_empty() {
+        return Err(refuse(format!("computed otherwise ({})", differ.join("; "))));
+    }
+    let t = table::read_table(path, Some(&[table::PAIR_ID, "ref_logp_a", "ref_logp_b"]))?;
+    let theirs = data_io::strings(&t, table::PAIR_ID, path, true)?;
+    if theirs.len() != ids.len() {
+        return Err(refuse(format!("{} rows, this node has {}", theirs.len(), ids.len())));
+    }
+    if let Some(i) = (0..ids.len()).find(|&i| theirs[i] != ids[i]) {
+        return Err(refuse(format!("row {i} is pair {}, this node's is {}", theirs[i], ids[i])));
+    }
+    Ok((data_io::f64s(&t, "ref_logp_a", path)?, data_io::f64s(&t, "ref_logp_b", path)?))
 }
 
 /// π_ref as this stage scores with it: the model and its codec, cut to `max_len`.
@@ -327,8 +362,15 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let work = (2 * n * (1 + members.models.len())) as u64 + 1;
     let tokens = encode(&reference.codec, &pairs)?;
     let (pe, ae, be) = &tokens;
-    let lp_a = ref_logprobs(&reference.model, &reference.codec, pe, ae, p.batch_size)?;
-    let lp_b = ref_logprobs(&reference.model, &reference.codec, pe, be, p.batch_size)?;
+    let record =
+        scoring_record(&p, &data_io::one_input(ctx, "reference")?.hash, &data_io::one_input(ctx, "pairs")?.hash);
+    let (lp_a, lp_b) = match data_io::opt_input(ctx, "reference_logprobs")? {
+        Some(bound) => reuse_reference_logprobs(bound, &record, &pairs.ids)?,
+        None => (
+            ref_logprobs(&reference.model, &reference.codec, pe, ae, p.batch_size)?,
+            ref_logprobs(&reference.model, &reference.codec, pe, be, p.batch_size)?,
+        ),
+    };
     ctx.progress(2 * n as u64, work);
     let rewards = member_rewards(ctx, &members, &reference, &pairs, &tokens, p.batch_size, (2 * n as u64, work))?;
     let samples = reference_samples(&reference, &pairs, &p, device)?;
@@ -342,7 +384,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         kv.push(("rmdistill.member_coords".into(), serde_json::to_string(&members.coords).expect("json")));
         kv
     };
-    table::write_table(&ctx.output_path("rewards"), &rewards_out, &kv("rewards"))?;
+    // the rewards table carries what its reference log-probs depend on, so that another precompute can reuse them
+    let rewards_kv = [kv("rewards"), vec![(SCORING_KEY.to_string(), record.to_string())]].concat();
+    table::write_table(&ctx.output_path("rewards"), &rewards_out, &rewards_kv)?;
     table::write_table(&ctx.output_path("ref_samples"), &samples_table(&samples)?, &kv("ref_samples"))?;
     ctx.progress(work, work);
     ctx.log(&format!("{n} pairs × {} members; {} reference samples", members.names.len(), samples.response.len()));

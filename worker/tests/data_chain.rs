@@ -339,6 +339,25 @@ fn check_rest(tmp: &tempfile::TempDir, synth: &Step, sft: &Step, pairs: &Step, l
     let lists = only.column_by_name("reward_a").unwrap().as_list::<i32>();
     assert!((0..lists.len()).all(|i| lists.value(i).is_empty()));
     assert_eq!(table::read_table(&refs.out("ref_samples"), None).unwrap().num_rows(), 0);
+    // the ensemble's precompute reading those log-probs instead of computing them: the same tables, byte for byte
+    let reuse = |name: &str, params: Value, bound: &Path| {
+        let dir = d(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = LocalCtx::new(&dir, params);
+        c.threads = 1;
+        c.inputs = ctx.inputs.clone();
+        let c = c.input("reference_logprobs", bound);
+        rmdistill_worker::precompute::run(&c).map(|_| dir).map_err(|e| e.to_string())
+    };
+    let dir = reuse("pre_reuse", json!({"seed": 0}), &refs.out("rewards")).unwrap();
+    for t in ["rewards.parquet", "ref_samples.parquet"] {
+        assert_eq!(std::fs::read(dir.join(t)).unwrap(), std::fs::read(pre_dir.join(t)).unwrap(), "{t}");
+    }
+    // log-probs computed with another batch size, or of another shard: refused, naming the difference
+    let e = reuse("pre_reuse_bad", json!({"seed": 0, "batch_size": 7}), &refs.out("rewards")).unwrap_err();
+    assert!(e.starts_with("reference_logprobs:") && e.contains("batch_size: 128 there, 7 here"), "{e}");
+    let e = reuse("pre_reuse_bad", json!({"seed": 0}), &parts_r[0].1).unwrap_err();
+    assert!(e.contains("shards: 2 there, 1 here"), "{e}");
     let e = run_stage(
         "precompute",
         &d("bad4"),

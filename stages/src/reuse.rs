@@ -1,0 +1,55 @@
+//! Reusing another node's computation: a stage that could compute something itself (π_ref's samples in `evaluate`,
+//! π_ref's log-probs in `precompute`) may instead read it from a bound upstream table, but only when that table
+//! records it was computed from the same inputs (content hashes) with the same parameters. The record is a JSON
+//! object stored in the table's metadata; [`record_mismatch`] names what differs, so the node fails saying why
+//! instead of silently using something it would not have computed.
+use serde_json::Value;
+use std::path::Path;
+
+/// The fields where a bound table's record (`theirs`, `None` when the table has none) differs from this node's, as
+/// `field: … there, … here`; empty when what the table holds can be reused.
+pub fn record_mismatch(ours: &Value, theirs: Option<&Value>) -> Vec<String> {
+    let Some(theirs) = theirs else {
+        return vec![
+            "the table has no record of how it was computed (not an output of the stage that makes it)".into(),
+        ];
+    };
+    let (Value::Object(a), Value::Object(b)) = (ours, theirs) else {
+        return vec![format!("malformed record {theirs}")];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&Value>| v.map_or_else(|| "absent".to_string(), |v| v.to_string());
+            format!("{k}: {} there, {} here", show(b.get(k)), show(a.get(k)))
+        })
+        .collect()
+}
+
+/// The record stored under `key` in a Parquet file's metadata, if any (None when absent or not JSON).
+pub fn read_record(path: &Path, key: &str) -> crate::port::StageResult<Option<Value>> {
+    let kv = crate::table::read_kv(path)?;
+    Ok(kv.iter().find(|(k, _)| k == key).and_then(|(_, v)| serde_json::from_str::<Value>(v).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn mismatches_name_each_field_both_ways() {
+        let ours = json!({"a": 1, "b": "x", "c": null});
+        assert!(record_mismatch(&ours, Some(&ours.clone())).is_empty());
+        assert_eq!(
+            record_mismatch(&ours, Some(&json!({"a": 2, "b": "x", "c": null, "d": true}))),
+            vec!["a: 2 there, 1 here", "d: true there, absent here"]
+        );
+        assert_eq!(record_mismatch(&ours, Some(&json!({"a": 1, "b": "x"}))), vec!["c: absent there, null here"]);
+        assert_eq!(record_mismatch(&ours, None).len(), 1);
+        assert_eq!(record_mismatch(&ours, Some(&json!([1]))), vec!["malformed record [1]"]);
+    }
+}
