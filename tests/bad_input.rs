@@ -35,6 +35,6 @@ fn out_of_range_settings_are_refused_before_work_starts() {
     refused("members=[]", &["sweep `member` is empty"]);
     refused("size=0", &["param `size`"]);
     refused("gammas=[-1]", &["param `gamma`: must be finite and >= 0, got -1"]);
-    refused("val_prompts=0", &["val_d_dpo@beta=0.1,rho=0.2,seed=0", "param `n_prompts`: must be >= 1"]);
+    refused("val_prompts=0", &["ref_val@seed=0: param `n_prompts`: must be >= 1"]);
     refused("no_such_var=1", &["declares no variable `no_such_var`"]);
 }

@@ -40,8 +40,9 @@ fn data_half_runs_caches_and_reproduces() {
     let secs = t0.elapsed().as_secs_f64();
     let ran = nodes_with(&s, "ran");
     eprintln!("first run: {} nodes in {secs:.1}s", ran.len());
-    // synth, sft, pairs, label, pairs_eval, label_eval, 2 d_rho, 4 members, 2 rm, 4 rm_member, 2 precompute, 2 precompute_rm
-    assert_eq!(ran.len(), 22, "{ran:?}");
+    // synth, sft, pairs, label, pairs_eval, label_eval, 2 d_rho, 4 members, 2 rm, 4 rm_member, 2 precompute,
+    // 2 precompute_rm, and the 2 precompute_ref whose reference log-probs both read
+    assert_eq!(ran.len(), 24, "{ran:?}");
     assert!(nodes_with(&s, "failed").is_empty());
     for n in ["precompute@rho=0.3,seed=0", "precompute_rm@rho=0.7,seed=0", "rm_member@member=0.8,rho=0.3,seed=0"] {
         assert!(ran.contains(&n.to_string()), "{n} not in {ran:?}");

@@ -27,8 +27,8 @@
 //! sampling parameters draws the same π_ref responses. Bind `reference_samples` to the `samples` of one evaluation
 //! of π_ref itself (`policy` = `reference`, which samples once) and its π_ref responses and their oracle scores are
 //! read instead of drawn again. The `samples` table records what its π_ref side depends on ([`SAMPLING_KEY`]: the
-//! reference's and the prompts' content hashes, the oracle, every sampling parameter, the shard); a bound table whose
-//! record differs from this node's is refused, naming the fields, and so is one whose rows are not this node's
+//! reference's and the prompts' content hashes, the oracle, every sampling parameter); a bound table whose record
+//! differs from this node's is refused, naming the fields, and so is one whose rows are not this node's (shard's)
 //! (prompt, sample) rows in order. Reused or drawn, the outputs are the same bytes.
 //!
 //! Sharding (`shard`/`shards`): the (prompt, sample) rows are cut into batches of `batch_size` exactly as unsharded,
@@ -150,7 +150,9 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
 pub const SAMPLING_KEY: &str = "rmdistill.reference_sampling";
 
 /// What π_ref's responses and their oracle scores depend on: the content hashes of the reference, the prompts table
-/// and the oracle checkpoint, and every parameter that chooses the rows, draws the samples or scores them.
+/// and the oracle checkpoint, and every parameter that chooses the rows, draws the samples or scores them. Not the
+/// shard: shards are whole batches with the unsharded seeds (merged shards are the unsharded table), and the reader
+/// checks the rows.
 pub fn sampling_record(p: &Params, reference: &str, prompts: &str, oracle_model: Option<&str>) -> Value {
     serde_json::json!({
         "reference": reference,
@@ -168,8 +170,6 @@ pub fn sampling_record(p: &Params, reference: &str, prompts: &str, oracle_model:
         "batch_size": p.batch_size,
         "max_len": p.max_len,
         "seed": p.seed,
-        "shard": p.shard,
-        "shards": p.shards,
     })
 }
 

@@ -14,6 +14,11 @@
 //! (mean `log π_θ` of y_w / y_l), kl (estimate), gamma, and for e-DPO chosen_member, member_loss_<m> and
 //! best_member_<m> (share of the batch's examples best matched by member m).
 //!
+//! The `kl` metric is `mean(log π_ref − log π_θ)` on the π_ref samples the KL term trains on (METHOD.md), so it is an
+//! in-sample figure: after the first epoch the pessimistic methods have raised π_θ's likelihood of exactly those
+//! samples, and it can fall below 0 (e.g. −0.30 at the end of a p-DPO candidate of the default run), which a KL's
+//! expectation on fresh samples cannot. The KL the report compares methods by is `evaluate`'s, on fresh samples of π_θ.
+//!
 //! With `selection` bound (a `select` stage's output), the node trains with the β (τ for IPO) and, where chosen, γ
 //! that validation chose for its method and ρ (ρ from the `pairs` input); the parameters must then not set them.
 //! The runner applies the choice before keying the node ([`Stage::bind`]), so the key holds the chosen values and

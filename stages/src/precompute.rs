@@ -27,8 +27,9 @@
 //! Reference log-probs computed once: `reference_logprobs` may bind the `rewards` of another precompute node of the
 //! same `pairs` and `reference` (in the default pipeline `precompute_ref`, which computes nothing else); its
 //! `ref_logp_a`/`ref_logp_b` are then read instead of computed again. The `rewards` table records what those columns
-//! depend on ([`SCORING_KEY`]: the reference's and the pairs' content hashes, `max_len`, `batch_size` and the shard);
-//! a bound table whose record or pair ids differ from this node's is refused, naming the difference. Read or computed,
+//! depend on ([`SCORING_KEY`]: the reference's and the pairs' content hashes, `max_len` and `batch_size`); a bound
+//! table whose record differs from this node's, or whose pair ids are not this node's (shard's) in order, is refused,
+//! naming the difference. Read or computed,
 //! the outputs are the same bytes.
 //!
 //! Sharding: shard k of N covers the k-th contiguous run of whole `batch_size` batches of pairs and the k-th
@@ -121,15 +122,14 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
 pub const SCORING_KEY: &str = "rmdistill.reference_scoring";
 
 /// What `ref_logp_a`/`ref_logp_b` depend on: the content hashes of the reference and the pairs, and the parameters
-/// that cut and batch the sequences (padding and batch shape change the kernels' rounding) and choose the rows.
+/// that cut and batch the sequences (padding and batch shape change the kernels' rounding). Not the shard: a shard's
+/// rows are whole batches of the unsharded table (so merged shards are that table), and the reader checks the rows.
 pub fn scoring_record(p: &Params, reference: &str, pairs: &str) -> Value {
     serde_json::json!({
         "reference": reference,
         "pairs": pairs,
         "max_len": p.max_len,
         "batch_size": p.batch_size,
-        "shard": p.shard,
-        "shards": p.shards,
     })
 }
 
