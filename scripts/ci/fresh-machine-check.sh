@@ -41,6 +41,17 @@ command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y 
 
 log() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
 
+# A check cut off before its cleanup (a session that ended mid-run) leaves its mounts, and its root is no longer a
+# fresh machine: undo the mounts (lazily, innermost first) and start from a new root, rather than fail on a stale one.
+if grep -q " $root/" /proc/mounts; then
+    log "an earlier check left mounts under $root: unmounting them and starting from a new root"
+    grep " $root/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    if grep -q " $root/" /proc/mounts; then
+        echo "fresh-machine-check: cannot unmount what an earlier check left under $root; see /proc/mounts" >&2
+        exit 2
+    fi
+    rm -rf --one-file-system "$root"
+fi
 if [[ ! -f $root/etc/debian_version ]]; then
     log "debootstrap bookworm into $root"
     mkdir -p "$root"
