@@ -58,9 +58,10 @@ fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
     let run_args = with(&[m, "--jobs", "2"]);
     let s = w.run_json(&run_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(s["failed"], 0, "{s}");
-    // 22 data and reward-model nodes, 14 candidates + 14 validations + 6 selections, 12 test evaluations, the
-    // report; the 12 final policies of seed 0 are their chosen candidates (cached).
-    assert_eq!(s["ran"], 69, "{s}");
+    // 22 data and reward-model nodes, π_ref's validation and test samples (ref_val, ref_test), 14 candidates + 14
+    // validations + 6 selections, 12 test evaluations, the report; the 12 final policies of seed 0 are their chosen
+    // candidates (cached).
+    assert_eq!(s["ran"], 71, "{s}");
     let cached = nodes_with(&s, "cached");
     assert_eq!(cached.len(), 12, "{cached:?}");
     // The oracle relabelled the training pairs; evaluation used held-out records (the file's tail).
@@ -161,9 +162,10 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
     let s = w.run_json(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     eprintln!("SmolLM2 pipeline: {:.1} s", t0.elapsed().as_secs_f64());
     assert_eq!(s["failed"], 0, "{s}");
-    // 3 imports + sft + oracle + 2 labels + d_rho + 2 members + rm + 2 rm_members + 2 precomputes + 6 candidates
-    // + 6 validations + 6 selections + 6 test evaluations + report; the 6 final policies are their candidates
-    assert_eq!(s["ran"], 40, "{s}");
+    // 3 imports + sft + oracle + 2 labels + d_rho + 2 members + rm + 2 rm_members + 2 precomputes + ref_val and
+    // ref_test + 6 candidates + 6 validations + 6 selections + 6 test evaluations + report; the 6 final policies are
+    // their candidates
+    assert_eq!(s["ran"], 42, "{s}");
     assert_eq!(s["cached"], 6, "{s}");
     let node = |name: &str| {
         s["nodes"].as_array().unwrap().iter().find(|n| n["node"] == name).unwrap_or_else(|| panic!("no {name}")).clone()
