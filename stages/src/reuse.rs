@@ -3,8 +3,38 @@
 //! records it was computed from the same inputs (content hashes) with the same parameters. The record is a JSON
 //! object stored in the table's metadata; [`record_mismatch`] names what differs, so the node fails saying why
 //! instead of silently using something it would not have computed.
+use crate::port::{InputArtifact, StageError, StageResult};
 use serde_json::Value;
 use std::path::Path;
+
+/// A table bound to `slot` for reuse, and what a usable one is (for the error that refuses it).
+pub struct Offered<'a> {
+    pub slot: &'static str,
+    pub bound: &'a InputArtifact,
+    /// What to bind instead, e.g. "the `rewards` of a precompute node with the same pairs, …".
+    pub wanted: &'static str,
+}
+
+impl Offered<'_> {
+    /// The error refusing the table: which one, why, and what to bind instead.
+    pub fn refuse(&self, why: impl std::fmt::Display) -> StageError {
+        StageError::invalid(
+            self.slot,
+            format!("{} ({}): {why}; bind {}", self.bound.node, self.bound.path.display(), self.wanted),
+        )
+    }
+
+    /// Fails unless the table's record under `key` equals `ours`; `how` names the computation ("drawn otherwise …").
+    pub fn check_record(&self, key: &str, ours: &Value, how: &str) -> StageResult<()> {
+        let differ = record_mismatch(ours, read_record(&self.bound.path, key)?.as_ref());
+        if differ.is_empty() { Ok(()) } else { Err(self.refuse(format!("{how} otherwise ({})", differ.join("; ")))) }
+    }
+
+    /// Fails unless the table has as many rows as this node.
+    pub fn check_rows(&self, theirs: usize, ours: usize) -> StageResult<()> {
+        if theirs == ours { Ok(()) } else { Err(self.refuse(format!("{theirs} rows, this node has {ours}"))) }
+    }
+}
 
 /// The fields where a bound table's record (`theirs`, `None` when the table has none) differs from this node's, as
 /// `field: … there, … here`; empty when what the table holds can be reused.
@@ -30,7 +60,7 @@ pub fn record_mismatch(ours: &Value, theirs: Option<&Value>) -> Vec<String> {
 }
 
 /// The record stored under `key` in a Parquet file's metadata, if any (None when absent or not JSON).
-pub fn read_record(path: &Path, key: &str) -> crate::port::StageResult<Option<Value>> {
+pub fn read_record(path: &Path, key: &str) -> StageResult<Option<Value>> {
     let kv = crate::table::read_kv(path)?;
     Ok(kv.iter().find(|(k, _)| k == key).and_then(|(_, v)| serde_json::from_str::<Value>(v).ok()))
 }

@@ -8,7 +8,7 @@ use rmdistill_stages::evaluate::{OracleKind, Params, SAMPLING_KEY, parse, sampli
 use rmdistill_stages::evaluation::{SampleRows, samples_from, samples_table, summarize, summary_json, summary_table};
 use rmdistill_stages::oracle::synthetic_oracle;
 use rmdistill_stages::port::*;
-use rmdistill_stages::reuse::{read_record, record_mismatch};
+use rmdistill_stages::reuse::Offered;
 use rmdistill_stages::table;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -172,36 +172,25 @@ fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
 }
 
 /// π_ref's responses, lengths and oracle scores for this node's rows, from a bound `reference_samples` table: only
-/// when its record equals this node's (same reference, prompts, oracle, sampling parameters and shard) and its rows
-/// are this node's (prompt, sample) rows in order, so that the result is what sampling π_ref here would give.
+/// when its record equals this node's (same reference, prompts, oracle and sampling parameters) and its rows are this
+/// node's (shard's) (prompt, sample) rows in order, so that the result is what sampling π_ref here would give.
 fn reuse_reference_samples(
     bound: &InputArtifact,
     record: &Value,
     rows: &[(u32, u32)],
     prompts: &[String],
 ) -> StageResult<SampleRows> {
-    let path = &bound.path;
-    let refuse = |why: String| {
-        StageError::invalid(
-            "reference_samples",
-            format!(
-                "{} ({}): {why}; bind the `samples` of an `evaluate` node with the same reference, prompts, oracle and sampling parameters",
-                bound.node,
-                path.display()
-            ),
-        )
+    let offered = Offered {
+        slot: "reference_samples",
+        bound,
+        wanted: "the `samples` of an `evaluate` node with the same reference, prompts, oracle and sampling parameters",
     };
-    let differ = record_mismatch(record, read_record(path, SAMPLING_KEY)?.as_ref());
-    if !differ.is_empty() {
-        return Err(refuse(format!("drawn otherwise ({})", differ.join("; "))));
-    }
-    let t = samples_from(&table::read_table(path, None)?, path)?;
-    if t.prompt.len() != rows.len() {
-        return Err(refuse(format!("{} rows, this node has {}", t.prompt.len(), rows.len())));
-    }
+    offered.check_record(SAMPLING_KEY, record, "drawn")?;
+    let t = samples_from(&table::read_table(&bound.path, None)?, &bound.path)?;
+    offered.check_rows(t.prompt.len(), rows.len())?;
     for (j, &(i, k)) in rows.iter().enumerate() {
         if (t.prompt_idx[j], t.sample[j]) != (i, k) || t.prompt[j] != prompts[i as usize] {
-            return Err(refuse(format!(
+            return Err(offered.refuse(format!(
                 "row {j} is prompt {} sample {}, this node's is prompt {i} sample {k}",
                 t.prompt_idx[j], t.sample[j]
             )));

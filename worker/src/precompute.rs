@@ -8,7 +8,7 @@ use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, RewardModel, SampleConfig};
 use rmdistill_stages::port::*;
 use rmdistill_stages::precompute::{Params, SCORING_KEY, parse, scoring_record};
-use rmdistill_stages::reuse::{read_record, record_mismatch};
+use rmdistill_stages::reuse::Offered;
 use rmdistill_stages::table;
 use serde_json::{Value, json};
 use std::cmp::Ordering;
@@ -69,35 +69,25 @@ pub fn ref_logprobs(
 }
 
 /// log π_ref of both responses of this shard's pairs from a bound `reference_logprobs` table: only when its record
-/// equals this node's (same reference, pairs, `max_len`, `batch_size` and shard) and its pair ids are this node's, in
-/// order, so that the values are the ones computing them here would give.
+/// equals this node's (same reference, pairs, `max_len` and `batch_size`) and its pair ids are this node's (shard's),
+/// in order, so that the values are the ones computing them here would give.
 fn reuse_reference_logprobs(
     bound: &InputArtifact,
     record: &Value,
     ids: &[String],
 ) -> StageResult<(Vec<f64>, Vec<f64>)> {
     let path = &bound.path;
-    let refuse = |why: String| {
-        StageError::invalid(
-            "reference_logprobs",
-            format!(
-                "{} ({}): {why}; bind the `rewards` of a precompute node with the same pairs, reference, max_len, batch_size and shard",
-                bound.node,
-                path.display()
-            ),
-        )
+    let offered = Offered {
+        slot: "reference_logprobs",
+        bound,
+        wanted: "the `rewards` of a precompute node with the same pairs, reference, max_len, batch_size and shard",
     };
-    let differ = record_mismatch(record, read_record(path, SCORING_KEY)?.as_ref());
-    if !differ.is_empty() {
-        return Err(refuse(format!("computed otherwise ({})", differ.join("; "))));
-    }
+    offered.check_record(SCORING_KEY, record, "computed")?;
     let t = table::read_table(path, Some(&[table::PAIR_ID, "ref_logp_a", "ref_logp_b"]))?;
     let theirs = data_io::strings(&t, table::PAIR_ID, path, true)?;
-    if theirs.len() != ids.len() {
-        return Err(refuse(format!("{} rows, this node has {}", theirs.len(), ids.len())));
-    }
+    offered.check_rows(theirs.len(), ids.len())?;
     if let Some(i) = (0..ids.len()).find(|&i| theirs[i] != ids[i]) {
-        return Err(refuse(format!("row {i} is pair {}, this node's is {}", theirs[i], ids[i])));
+        return Err(offered.refuse(format!("row {i} is pair {}, this node's is {}", theirs[i], ids[i])));
     }
     Ok((data_io::f64s(&t, "ref_logp_a", path)?, data_io::f64s(&t, "ref_logp_b", path)?))
 }
