@@ -825,22 +825,23 @@ impl Collected {
     }
 }
 
-/// Counts, for labelled rows, how often the longer response (≥ 10% longer) is preferred.
+/// The margin of the import summary's length bias ("longer" = at least 10% longer).
+const BIAS_MARGIN: f64 = 0.1;
+
+/// Counts, for labelled rows, how often the longer response (longer by [`BIAS_MARGIN`]) is preferred.
 fn length_bias(rows: &[Row], lens: &[(u32, u32)], length: &str) -> Value {
     let (mut longer, mut shorter, mut within) = (0u64, 0u64, 0u64);
     for (r, &(a, b)) in rows.iter().zip(lens) {
         let Some(l) = r.pair.label else { continue };
-        let a_longer = a > b && a as f64 >= 1.1 * b as f64;
-        let b_longer = b > a && b as f64 >= 1.1 * a as f64;
-        if a_longer || b_longer {
-            if (l == 1) == b_longer { longer += 1 } else { shorter += 1 }
-        } else {
-            within += 1;
+        match crate::longer::longer(a, b, BIAS_MARGIN) {
+            Some(side) if side == l => longer += 1,
+            Some(_) => shorter += 1,
+            None => within += 1,
         }
     }
     json!({
         "length": length,
-        "margin": 0.1,
+        "margin": BIAS_MARGIN,
         "longer_preferred": longer,
         "shorter_preferred": shorter,
         "within_margin": within,

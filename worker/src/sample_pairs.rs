@@ -106,8 +106,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
                 }
                 let (ta, tb) = (codec.count(&ra)?, codec.count(&rb)?);
                 len_sum += (ta + tb) as u64;
-                let (lo, hi) = (ta.min(tb) as f64, ta.max(tb) as f64);
-                if hi > lo && hi >= 1.1 * lo {
+                if rmdistill_stages::longer::longer(ta, tb, 0.1).is_some() {
                     differ += 1;
                 }
                 kept += 1;
