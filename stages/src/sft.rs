@@ -50,6 +50,9 @@ pub struct ArchParams {
     /// Longest sequence the model can place, in tokens (n_positions / max_position_embeddings).
     #[serde(default = "d_pos")]
     pub max_positions: i64,
+    /// Standard deviation of the normal initialisation of the weights (transformers' `initializer_range`, > 0).
+    #[serde(default = "d_init_std")]
+    pub init_std: f64,
 }
 fn d_arch() -> Arch {
     Arch::Gpt2
@@ -69,6 +72,9 @@ fn d_ff() -> i64 {
 fn d_pos() -> i64 {
     128
 }
+fn d_init_std() -> f64 {
+    0.02
+}
 impl Default for ArchParams {
     fn default() -> Self {
         ArchParams {
@@ -78,6 +84,7 @@ impl Default for ArchParams {
             n_head: d_heads(),
             d_ff: d_ff(),
             max_positions: d_pos(),
+            init_std: d_init_std(),
         }
     }
 }
@@ -201,6 +208,9 @@ pub fn check_arch(a: &ArchParams) -> StageResult<()> {
             return Err(StageError::invalid(n, format!("must be positive, got {v}")));
         }
     }
+    if !(a.init_std > 0.0 && a.init_std.is_finite()) {
+        return Err(StageError::invalid("arch.init_std", format!("must be a positive number, got {}", a.init_std)));
+    }
     if a.d_model % a.n_head != 0 {
         return Err(StageError::invalid(
             "arch.n_head",
@@ -255,5 +265,28 @@ impl Stage for Sft {
     }
     fn runs(&self) -> Runs {
         Runs::Worker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn init_std_defaults_to_transformers_and_must_be_positive() {
+        let p = parse(json!({}).as_object().unwrap()).unwrap();
+        assert_eq!(p.arch.init_std, 0.02);
+        let p = parse(json!({"arch": {"init_std": 0.1}}).as_object().unwrap()).unwrap();
+        assert_eq!(p.arch.init_std, 0.1);
+        for bad in [0.0, -0.1] {
+            match parse(json!({"arch": {"init_std": bad}}).as_object().unwrap()) {
+                Err(StageError::Invalid { field, message }) => {
+                    assert_eq!(field, "arch.init_std");
+                    assert!(message.contains("positive"), "{message}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }

@@ -11,12 +11,18 @@
 //!   *salient* words drawn from the topic, each repeated a number of times uniform in `repeats`; the remaining
 //!   positions are distinct non-salient words of the topic (each appears once); the positions are shuffled. So the
 //!   salient words of a document are exactly **the words it repeats**. The prompt is the document followed by `tldr`.
-//! - **Key words** (`key_words`, 0 by default: off): with k > 0 only the first k core words of each topic may be
-//!   salient, and no document uses a key word of any topic as a non-salient word, so salience becomes a property of
-//!   the word itself rather than of its count in the document. Tried 2026-12-01 to make the task's content learnable
-//!   by the tiny reward models (issue 9): with k = 12 the reward model trained on D_0.5 agreed with the oracle on
-//!   0.564 of decided held-out pairs (0.537 within the margin; 3 seeds) against 0.541 (0.556) without — no
-//!   measurable gain, so the default task is unchanged (BENCHMARKS.md, "Ties, rounding and key words").
+//! - **Key words** (`key_words`, 0 by default here; **6 in the default pipeline**): with k > 0 only the first k core
+//!   words of each topic may be salient, and no document uses a key word of any topic as a non-salient word, so
+//!   salience becomes a property of the word itself (as a name or a number is in a real summary) rather than only of
+//!   its count in the document. The oracle is unchanged: coverage still counts the document's own salient words, and
+//!   a key word the document does not contain is still invented. Why the default pipeline uses k = 6 (issue 9,
+//!   measured 2026-12-01 with `scripts/bench/rm-oracle.sh`, 3 seeds, BENCHMARKS.md "Reward models that learn the
+//!   task"): the tiny reward models learn from ~1,080 pairs of D_ρ what a word is worth, but not to match a word
+//!   against the document — with k = 0 the model trained on D_0.5 agreed with the oracle on 0.53 of decided held-out
+//!   pairs (0.56 within the length margin), 0.61 with a π_ref that reads better (`init_std` 0.1, 40,000 documents);
+//!   with that π_ref and k = 12 / 8 / 6: 0.71 / 0.76 / 0.78 (within the margin 0.71 / 0.76 / 0.80), while the length
+//!   bias stays learnable (length sensitivity of the D_0.2 and D_0.8 models 0.46 → 0.82 at k = 6). With the old
+//!   π_ref, k = 12 gained nothing (0.56): the two changes work together.
 //! - **Demonstrations** (`summary`, what `sft` learns from): the document's words in order of first appearance,
 //!   keeping each salient word with probability `demo_keep` and each non-salient word with probability
 //!   `demo_extra`; then, with probability `demo_invent`, one word absent from the document is inserted at a random

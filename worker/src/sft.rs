@@ -22,11 +22,13 @@ pub fn build_config(a: &ArchParams, tok: &Codec) -> ModelConfig {
         Arch::Gpt2 => {
             let mut c = Gpt2Config::new(vocab, a.max_positions, a.d_model, a.n_layer, a.n_head);
             c.n_inner = Some(a.d_ff);
+            c.initializer_range = a.init_std;
             ModelConfig::Gpt2(c)
         }
         Arch::Llama => {
             let mut c = LlamaConfig::new(vocab, a.d_model, a.d_ff, a.n_layer, a.n_head, a.n_head);
             c.max_position_embeddings = Some(a.max_positions);
+            c.initializer_range = a.init_std;
             ModelConfig::Llama(c)
         }
     };
