@@ -12,7 +12,7 @@
 #   BIN    the engine binary (default target/debug/rmdistill, what the README builds)
 #   STORE  store URL (default: the manifest's own, so after ./scripts/main.sh nothing is trained again)
 #   SEEDS  TOML list of seeds (default [0, 1, 2])
-# Trains what the store lacks (synth → SFT → pairs → labels → D_ρ → reward models; ~2 minutes per seed on 2 cores),
+# Trains what the store lacks (synth → SFT → pairs → labels → D_ρ → reward models; about a minute for 3 seeds on 2 cores),
 # then reads each model's metrics with `rmdistill show --json`. Prints a markdown table; exits 0 whether or not the
 # targets are met (the table says which are).
 set -euo pipefail

@@ -86,8 +86,8 @@ struct Params {
     topic_words: u32,
     /// Key words per topic: the first `key_words` of its core (by rank) are the only words a document may repeat
     /// (its salient words), and no document uses a key word of any topic as a non-salient word, so salience is a
-    /// property of the word a reader can learn from a few thousand pairs. 0: any core word may be salient (the default
-    /// task, where salience can only be read by counting a word's occurrences in the document).
+    /// property of the word a reader can learn from a thousand pairs (the default pipeline uses 6). 0: any core word
+    /// may be salient, and salience can only be read by counting a word's occurrences in the document.
     #[serde(default = "d_key_words")]
     key_words: u32,
     /// Probability that a word is drawn uniformly from the whole vocabulary rather than the topic's core.
