@@ -259,3 +259,29 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     ));
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmdistill_stages::sft::ArchParams;
+
+    #[test]
+    fn init_std_sets_the_spread_of_a_fresh_model() {
+        let words = "aa bb cc dd ee ff gg hh ii jj kk ll mm nn oo pp";
+        let spec = TokenizerSpec::WordLevel { vocab_size: 100, min_frequency: 1 };
+        let codec = Codec::new(Tokenizer::train(spec, std::iter::once(words)).unwrap(), "tokenizer").unwrap();
+        for (kind, std, name) in [
+            (Arch::Gpt2, 0.02, "transformer.wte.weight"),
+            (Arch::Gpt2, 0.1, "transformer.wte.weight"),
+            (Arch::Llama, 0.1, "model.embed_tokens.weight"),
+        ] {
+            tch::manual_seed(0);
+            let a = ArchParams { kind, init_std: std, ..ArchParams::default() };
+            let m = LanguageModel::new(build_config(&a, &codec), tch::Device::Cpu);
+            let (_, w) = m.vs.variables().into_iter().find(|(k, _)| k == name).expect(name);
+            // ~19 × 64 normal draws: the sample std is within a few percent of the configured one
+            let s = w.std(true).double_value(&[]);
+            assert!((s - std).abs() < 0.1 * std, "{kind:?}: std {s}, configured {std}");
+        }
+    }
+}
