@@ -29,6 +29,7 @@
 //!
 //! Every bad record is an [`StageError::Invalid`] naming the field, with a message naming the file, the place
 //! (JSONL `line N`, 1-based; JSON array `index N` and Parquet `row N`, 0-based) and what was expected.
+use crate::longer::SUMMARY_MARGIN;
 use crate::port::*;
 use crate::table::{self, PairRow, PairsBuilder};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -825,15 +826,12 @@ impl Collected {
     }
 }
 
-/// The margin of the import summary's length bias ("longer" = at least 10% longer).
-const BIAS_MARGIN: f64 = 0.1;
-
-/// Counts, for labelled rows, how often the longer response (longer by [`BIAS_MARGIN`]) is preferred.
+/// Counts, for labelled rows, how often the longer response (longer by [`SUMMARY_MARGIN`]) is preferred.
 fn length_bias(rows: &[Row], lens: &[(u32, u32)], length: &str) -> Value {
     let (mut longer, mut shorter, mut within) = (0u64, 0u64, 0u64);
     for (r, &(a, b)) in rows.iter().zip(lens) {
         let Some(l) = r.pair.label else { continue };
-        match crate::longer::longer(a, b, BIAS_MARGIN) {
+        match crate::longer::longer(a, b, SUMMARY_MARGIN) {
             Some(side) if side == l => longer += 1,
             Some(_) => shorter += 1,
             None => within += 1,
@@ -841,7 +839,7 @@ fn length_bias(rows: &[Row], lens: &[(u32, u32)], length: &str) -> Value {
     }
     json!({
         "length": length,
-        "margin": BIAS_MARGIN,
+        "margin": SUMMARY_MARGIN,
         "longer_preferred": longer,
         "shorter_preferred": shorter,
         "within_margin": within,

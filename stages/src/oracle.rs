@@ -12,9 +12,10 @@
 //! repeats) that do not occur in the document, `#repeated = |R| − |distinct(R)|`. The length bonus is the mild,
 //! real preference for longer summaries the experiment needs: over pairs sampled from the SFT policy the longer
 //! response (≥ 10% more tokens) is the oracle's choice in roughly 60% of the length-differing pairs with the stage
-//! defaults and 73% in the default pipeline (key words; `label`'s `longer_preferred_share`). Longer is not always better: a longer summary that invents or
-//! repeats words loses, and one that only adds non-salient words gains only the bonus — so a policy that learns
-//! "shorter is better" from a biased `D_ρ` drops salient words and loses oracle reward.
+//! defaults and 73% in the default pipeline (key words; `label`'s `longer_preferred_share`). Longer is not always
+//! better: a longer summary that invents or repeats words loses, and one that only adds non-salient words gains only
+//! the bonus — so a policy that learns "shorter is better" from a biased `D_ρ` drops salient words and loses oracle
+//! reward.
 
 use crate::port::{StageError, StageResult, parse_params};
 use serde::{Deserialize, Serialize};

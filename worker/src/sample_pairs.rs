@@ -1,6 +1,7 @@
 //! `sample_pairs` (declared in `rmdistill_stages::sample_pairs`): samples the pairs from the policy.
 use crate::data_io::{self, Codec};
 use rmdistill_ml::{LanguageModel, SampleConfig};
+use rmdistill_stages::longer::{SUMMARY_MARGIN, longer};
 use rmdistill_stages::port::*;
 use rmdistill_stages::sample_pairs::parse;
 use rmdistill_stages::table::{self, PairRow, PairsBuilder};
@@ -106,7 +107,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
                 }
                 let (ta, tb) = (codec.count(&ra)?, codec.count(&rb)?);
                 len_sum += (ta + tb) as u64;
-                if rmdistill_stages::longer::longer(ta, tb, 0.1).is_some() {
+                if longer(ta, tb, SUMMARY_MARGIN).is_some() {
                     differ += 1;
                 }
                 kept += 1;
