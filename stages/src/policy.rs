@@ -39,9 +39,14 @@ pub struct Policy;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KlSource {
-    /// Responses sampled once from π_ref per training prompt (precompute.ref_samples).
+    /// Responses sampled once from π_ref per training prompt (precompute.ref_samples), for the prompts of the step's
+    /// own pairs: one sample per pair (drawn among its prompt's samples when there are several). Sharing the pairs'
+    /// prompts, these rows pack into the pairs' sequences (`prompt ++ y_1 ++ y_2 ++ y_ref`), so the KL term costs
+    /// its response tokens only, not a second pass over the prompts.
     #[default]
     RefSamples,
+    /// `kl_batch_size` of the same samples per step, drawn uniformly over all prompts (rows of their own).
+    RefSamplesUniform,
     /// The pair data's own responses (valid when they were sampled from π_ref).
     Pairs,
 }
@@ -60,7 +65,8 @@ pub struct Params {
     /// γ: weight of the forward-KL term γ·KL(π_ref‖π_θ), required by p-DPO, dp-DPO and e-DPO; unused by the others.
     #[serde(default)]
     pub gamma: Option<GammaSchedule>,
-    /// Samples for the KL term: "ref_samples" (precompute.ref_samples) or "pairs" (D_ρ's own responses).
+    /// Samples for the KL term: "ref_samples" (precompute.ref_samples of the step's own prompts),
+    /// "ref_samples_uniform" (`kl_batch_size` of them drawn over all prompts) or "pairs" (D_ρ's own responses).
     #[serde(default)]
     pub kl_source: KlSource,
     /// Optimizer steps; default: `epochs` passes over D_ρ.
@@ -75,7 +81,7 @@ pub struct Params {
     /// Pairs per optimizer step (at most the number of pairs in D_ρ).
     #[serde(default = "d_batch")]
     pub batch_size: usize,
-    /// KL samples per step (default: batch_size).
+    /// KL samples per step with kl_source = "ref_samples_uniform" (default: batch_size).
     #[serde(default)]
     pub kl_batch_size: Option<usize>,
     /// Steps of linear learning-rate warm-up at the start (0: none).
@@ -195,6 +201,13 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     }
     if p.kl_batch_size == Some(0) {
         return Err(StageError::invalid("kl_batch_size", "must be >= 1"));
+    }
+    if p.kl_batch_size.is_some() && p.kl_source != KlSource::RefSamplesUniform {
+        return Err(StageError::invalid(
+            "kl_batch_size",
+            "applies to kl_source = \"ref_samples_uniform\" only: with \"ref_samples\" (the default) the KL term \
+             takes one π_ref sample per pair of the step, with \"pairs\" the step's own responses",
+        ));
     }
     if p.steps == Some(0) || p.epochs == 0 {
         return Err(StageError::invalid(if p.steps == Some(0) { "steps" } else { "epochs" }, "must be >= 1"));

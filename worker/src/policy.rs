@@ -147,19 +147,46 @@ struct RefSamples {
     prompt: Vec<Vec<i64>>,
     response: Vec<Vec<i64>>,
     ref_logp: Vec<f64>,
+    /// For each pair, the samples of its prompt (kl_source = "ref_samples"; empty otherwise).
+    of_pair: Vec<Vec<u32>>,
 }
 
-fn read_ref_samples(path: &Path, codec: &Codec) -> StageResult<RefSamples> {
+/// Reads precompute.ref_samples; with `pairs` (kl_source = "ref_samples") also finds each pair's samples, and fails
+/// when a pair's prompt has none.
+fn read_ref_samples(path: &Path, codec: &Codec, pairs: Option<&Pairs>) -> StageResult<RefSamples> {
     let t = table::read_table(path, Some(&[table::PROMPT, "response", "ref_logp"]))?;
     if t.num_rows() == 0 {
         return Err(StageError::invalid("ref_samples", format!("{}: no reference samples", path.display())));
     }
     let p = lm_io::strings(&t, table::PROMPT, path)?;
     let r = lm_io::strings(&t, "response", path)?;
+    let mut of_prompt: HashMap<&str, Vec<u32>> = HashMap::new();
+    for (j, x) in p.iter().enumerate() {
+        of_prompt.entry(x.as_str()).or_default().push(j as u32);
+    }
+    let of_pair = match pairs {
+        None => vec![],
+        Some(pairs) => (pairs.prompt.iter().enumerate())
+            .map(|(k, x)| {
+                of_prompt.get(x.as_str()).cloned().ok_or_else(|| {
+                    StageError::invalid(
+                        "ref_samples",
+                        format!(
+                            "{}: no π_ref sample for the prompt of pair {} (pairs row {k}): the samples were drawn for \
+                             other prompts; bind the precompute of this D_ρ, or set kl_source = \"ref_samples_uniform\"",
+                            path.display(),
+                            pairs.ids[k]
+                        ),
+                    )
+                })
+            })
+            .collect::<StageResult<_>>()?,
+    };
     Ok(RefSamples {
         prompt: p.iter().map(|s| codec.prompt(s)).collect::<StageResult<_>>()?,
         response: r.iter().map(|s| codec.response(s)).collect::<StageResult<_>>()?,
         ref_logp: lm_io::f64s(&t, "ref_logp", path)?,
+        of_pair,
     })
 }
 
@@ -225,11 +252,12 @@ fn read_inputs(ctx: &dyn Ctx, p: &rmdistill_stages::policy::Params) -> StageResu
             format!("{method} distils reward models: bind precompute.rewards to `rewards`"),
         ));
     }
-    if method.pessimistic() && p.kl_source == KlSource::RefSamples && samples_in.is_none() {
+    if method.pessimistic() && p.kl_source != KlSource::Pairs && samples_in.is_none() {
         return Err(StageError::invalid(
             "ref_samples",
             format!(
-                "{method} with kl_source = \"ref_samples\" needs precompute.ref_samples bound to `ref_samples` (or kl_source = \"pairs\")"
+                "{method} with kl_source = \"{}\" needs precompute.ref_samples bound to `ref_samples` (or kl_source = \"pairs\")",
+                serde_json::to_value(p.kl_source).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
             ),
         ));
     }
@@ -389,8 +417,10 @@ fn mini_batch(
 /// The (prompt, response) rows the KL term is estimated on, with their reference log-probs.
 type KlRows<'a> = (Vec<(&'a [i64], &'a [i64])>, Vec<f64>);
 
-/// The sequences the KL term of the pessimistic methods is estimated on, with their reference log-probs: the batch's
-/// own pairs (kl_source = "pairs"), or `kl_bs` samples of π_ref drawn with `rng`; none for the other methods.
+/// The sequences the KL term is estimated on (the pessimistic methods train on it, the others only report it), with
+/// their reference log-probs: the batch's own pairs (kl_source = "pairs"), one π_ref sample of each pair's prompt
+/// ("ref_samples"), or `kl_bs` samples of π_ref drawn over all prompts ("ref_samples_uniform"); `rng` draws the
+/// samples; none without samples.
 #[allow(clippy::too_many_arguments)]
 fn kl_rows<'a>(
     idx: &[usize],
@@ -402,6 +432,7 @@ fn kl_rows<'a>(
     kl_bs: usize,
     rng: &mut ChaCha8Rng,
 ) -> Option<KlRows<'a>> {
+    let sample = |s: &'a RefSamples, j: usize| (&s.prompt[j][..], &s.response[j][..], s.ref_logp[j]);
     let rows: Vec<(&[i64], &[i64], f64)> = match (samples, method.pessimistic() && p.kl_source == KlSource::Pairs) {
         (_, true) => {
             let r = inputs.rewards.as_ref().expect("kl_source = \"pairs\" was checked to have rewards");
@@ -414,10 +445,16 @@ fn kl_rows<'a>(
                 })
                 .collect()
         }
-        (Some(s), false) => (0..kl_bs)
-            .map(|_| {
-                let j = table::uniform_below(rng, s.prompt.len() as u64) as usize;
-                (&s.prompt[j][..], &s.response[j][..], s.ref_logp[j])
+        (Some(s), false) if p.kl_source == KlSource::RefSamplesUniform => {
+            (0..kl_bs).map(|_| sample(s, table::uniform_below(rng, s.prompt.len() as u64) as usize)).collect()
+        }
+        (Some(s), false) => idx
+            .iter()
+            .map(|&i| {
+                let of = &s.of_pair[i];
+                // one sample per prompt (the pipelines' default) draws nothing, so the shuffles stay as they were
+                let k = if of.len() == 1 { 0 } else { table::uniform_below(rng, of.len() as u64) as usize };
+                sample(s, of[k] as usize)
             })
             .collect(),
         (None, false) => return None,
@@ -676,7 +713,8 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         .map_err(|e| StageError::invalid("reference", format!("{e:#}")))?;
     codec.check_vocab(reference.net().vocab_size(), "reference")?;
     reference.freeze();
-    let samples = inputs.ref_samples_path.as_deref().map(|s| read_ref_samples(s, &codec)).transpose()?;
+    let per_pair = (p.kl_source != KlSource::RefSamplesUniform).then_some(&inputs.pairs);
+    let samples = inputs.ref_samples_path.as_deref().map(|s| read_ref_samples(s, &codec, per_pair)).transpose()?;
 
     // ---- compute: tokens and log π_ref once, then π_θ trained from π_ref
     let tokens = encode(&codec, &inputs.pairs)?;

@@ -256,6 +256,10 @@ fn fixture() -> &'static Fixture {
 }
 
 fn train(name: &str, params: Value, rewards: Option<&Path>) -> Result<(Value, PathBuf), String> {
+    train_with(name, params, rewards, &fixture().ref_samples)
+}
+
+fn train_with(name: &str, params: Value, rewards: Option<&Path>, samples: &Path) -> Result<(Value, PathBuf), String> {
     let f = fixture();
     let out = f.root.join("runs").join(name);
     let _ = std::fs::remove_dir_all(&out);
@@ -267,7 +271,7 @@ fn train(name: &str, params: Value, rewards: Option<&Path>) -> Result<(Value, Pa
     if let Some(r) = rewards {
         ctx = ctx.input("rewards", r, json!({}));
     }
-    ctx = ctx.input("ref_samples", &f.ref_samples, json!({}));
+    ctx = ctx.input("ref_samples", samples, json!({}));
     Policy.validate(ctx.params()).map_err(|e| e.to_string())?;
     let s = rmdistill_worker::policy::run(&ctx).map_err(|e| e.to_string())?;
     Ok((s, out))
@@ -605,6 +609,45 @@ fn kl_from_pairs_linear_gamma_and_mean_reduction() {
     )
     .unwrap();
     assert!((col(&metrics(&out), "loss")[0] - 4.0).abs() < 1e-3);
+}
+
+#[test]
+fn kl_on_the_batch_prompts_samples_uniform_draws_and_missing_samples_refused() {
+    let f = fixture();
+    // at the first step π_θ = π_ref, so the KL estimate is 0 exactly when every row's precomputed log π_ref belongs
+    // to the sample scored: for the batch's own prompts (the default) and for uniform draws over all prompts
+    let base = json!({"method": "p-dpo", "gamma": 0.1, "steps": 3, "batch_size": 8, "lr": 1e-3, "seed": 4});
+    let (_, out) = train("kl-batch", base.clone(), None).unwrap();
+    let kl = col(&metrics(&out), "kl");
+    assert!(kl[0].abs() < 1e-3, "{kl:?}");
+    let (_, again) = train("kl-batch2", base.clone(), None).unwrap();
+    assert_eq!(kl, col(&metrics(&again), "kl"), "deterministic");
+    let mut uni = base.clone();
+    uni["kl_source"] = json!("ref_samples_uniform");
+    uni["kl_batch_size"] = json!(5);
+    let (_, out) = train("kl-uniform", uni, None).unwrap();
+    let ku = col(&metrics(&out), "kl");
+    assert!(ku[0].abs() < 1e-3, "{ku:?}");
+    assert_ne!(ku, kl, "other samples, other estimates");
+    // kl_batch_size means nothing to the per-pair samples: refused, not ignored
+    let mut bad = base.clone();
+    bad["kl_batch_size"] = json!(5);
+    let e = train("kl-bad", bad, None).unwrap_err();
+    assert!(e.contains("kl_batch_size: applies to kl_source = \"ref_samples_uniform\""), "{e}");
+    // samples drawn for other prompts: the first pair's prompt has none
+    let t = table::read_table(&f.ref_samples, None).unwrap();
+    let pairs = table::read_table(&f.pairs, None).unwrap();
+    let first = lm_io::strings(&pairs, "prompt", &f.pairs).unwrap()[0].clone();
+    let keep: Vec<bool> = lm_io::strings(&t, "prompt", &f.ref_samples).unwrap().iter().map(|p| *p != first).collect();
+    let t = arrow::compute::filter_record_batch(&t, &arrow::array::BooleanArray::from(keep)).unwrap();
+    let other = f.root.join("ref_samples_other.parquet");
+    table::write_table(&other, &t, &[]).unwrap();
+    let e = train_with("kl-missing", base.clone(), None, &other).unwrap_err();
+    assert!(e.contains("no π_ref sample for the prompt of pair") && e.contains("pairs row 0"), "{e}");
+    assert!(!f.root.join("runs/kl-missing/metrics.parquet").exists());
+    let mut uni = base;
+    uni["kl_source"] = json!("ref_samples_uniform");
+    train_with("kl-missing-uniform", uni, None, &other).unwrap();
 }
 
 #[test]
