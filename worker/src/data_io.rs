@@ -109,3 +109,60 @@ pub fn to_f64s(t: &tch::Tensor) -> StageResult<Vec<f64>> {
     Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
         .map_err(|e| StageError::failed(e.to_string()))
 }
+
+/// Scores both responses of every pair `(prompts[i], a[i], b[i])` with `score` (one value per row of a batch), in
+/// batches of `batch` rows that hold a pair's two rows together: rows sharing a prompt are packed
+/// (`prompt ++ a ++ b`, see `rmdistill_ml::logprobs`), so the prompt is computed once for both responses instead of
+/// once per response. Returns the values of the `a` rows and of the `b` rows, in pair order.
+pub fn score_pairs(
+    prompts: &[Vec<i64>],
+    a: &[Vec<i64>],
+    b: &[Vec<i64>],
+    batch: usize,
+    mut score: impl FnMut(&[&[i64]], &[&[i64]]) -> StageResult<Vec<f64>>,
+) -> StageResult<(Vec<f64>, Vec<f64>)> {
+    let n = prompts.len();
+    let (mut out_a, mut out_b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for r in chunks(n, (batch / 2).max(1)) {
+        let k = r.len();
+        let ps: Vec<&[i64]> = prompts[r.clone()].iter().chain(&prompts[r.clone()]).map(|x| x.as_slice()).collect();
+        let rs: Vec<&[i64]> = a[r.clone()].iter().chain(&b[r.clone()]).map(|x| x.as_slice()).collect();
+        let v = score(&ps, &rs)?;
+        if v.len() != 2 * k {
+            return Err(StageError::failed(format!("scored {} rows of a batch of {}", v.len(), 2 * k)));
+        }
+        out_a.extend_from_slice(&v[..k]);
+        out_b.extend_from_slice(&v[k..]);
+    }
+    Ok((out_a, out_b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_pairs_keeps_a_pairs_rows_together_and_returns_them_in_order() {
+        // row value: prompt id × 100 + response id, so a misplaced row shows
+        let n = 5;
+        let prompts: Vec<Vec<i64>> = (0..n).map(|i| vec![i]).collect();
+        let a: Vec<Vec<i64>> = (0..n).map(|i| vec![10 + i]).collect();
+        let b: Vec<Vec<i64>> = (0..n).map(|i| vec![50 + i]).collect();
+        for batch in [1, 2, 3, 4, 7, 10, 64] {
+            let mut sizes = vec![];
+            let (va, vb) = score_pairs(&prompts, &a, &b, batch, |ps, rs| {
+                sizes.push(ps.len());
+                let k = ps.len() / 2;
+                // each batch holds whole pairs: row j and row j + k share their prompt
+                assert!((0..k).all(|j| ps[j] == ps[j + k]), "batch {batch}");
+                Ok(ps.iter().zip(rs).map(|(p, r)| (p[0] * 100 + r[0]) as f64).collect())
+            })
+            .unwrap();
+            assert_eq!(va, (0..n).map(|i| (i * 100 + 10 + i) as f64).collect::<Vec<_>>(), "batch {batch}");
+            assert_eq!(vb, (0..n).map(|i| (i * 100 + 50 + i) as f64).collect::<Vec<_>>(), "batch {batch}");
+            assert!(sizes.iter().all(|&s| s <= batch.max(2)), "batch {batch}: {sizes:?}");
+        }
+        let e = score_pairs(&prompts, &a, &b, 4, |ps, _| Ok(vec![0.0; ps.len() - 1])).unwrap_err();
+        assert!(e.to_string().contains("scored 3 rows of a batch of 4"), "{e}");
+    }
+}

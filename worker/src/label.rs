@@ -1,6 +1,6 @@
 //! `label` (declared in `rmdistill_stages::label`): scores every pair with the oracle and labels it.
 use crate::data_io;
-use crate::rm_scoring::{load_rm, rm_scores};
+use crate::rm_scoring::{load_rm, rm_pair_scores};
 use arrow::array::{ArrayRef, Float64Array, Int8Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use rmdistill_stages::label::{OracleKind, Ties, parse};
@@ -89,9 +89,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             let pe: Vec<Vec<i64>> = prompts.iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
             let ae: Vec<Vec<i64>> = ra.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
             let be: Vec<Vec<i64>> = rb.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
-            let oa = rm_scores(model, &codec, &pe, &ae, p.batch_size)?;
-            ctx.progress(n as u64, 2 * n as u64);
-            let ob = rm_scores(model, &codec, &pe, &be, p.batch_size)?;
+            let (oa, ob) = rm_pair_scores(model, &codec, &pe, &ae, &be, p.batch_size)?;
             let ta = (0..n).map(|i| tok_a[i].map_or(ae[i].len() as u32 - 1, |x| x as u32)).collect();
             let tb = (0..n).map(|i| tok_b[i].map_or(be[i].len() as u32 - 1, |x| x as u32)).collect();
             (oa, ob, ta, tb)

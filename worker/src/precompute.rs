@@ -57,15 +57,32 @@ pub fn ref_logprobs(
     for r in data_io::chunks(prompts.len(), batch) {
         let ps: Vec<&[i64]> = prompts[r.clone()].iter().map(|x| x.as_slice()).collect();
         let rs: Vec<&[i64]> = responses[r.clone()].iter().map(|x| x.as_slice()).collect();
-        let b = codec.batch(&ps, &rs, model.device())?;
-        let lp = tch::no_grad(|| {
-            rmdistill_ml::with_autocast(model.device(), || {
-                rmdistill_ml::sequence_logprobs(model.net(), &b, rmdistill_ml::Reduction::Sum)
-            })
-        });
-        out.extend(data_io::to_f64s(&lp)?);
+        out.extend(batch_logprobs(model, codec, &ps, &rs)?);
     }
     Ok(out)
+}
+
+/// Summed `log π(y|x)` of both responses of every pair, a pair's two rows in one batch (its prompt computed once:
+/// [`data_io::score_pairs`]); `batch` rows per batch.
+pub fn ref_pair_logprobs(
+    model: &LanguageModel,
+    codec: &Codec,
+    prompts: &[Vec<i64>],
+    a: &[Vec<i64>],
+    b: &[Vec<i64>],
+    batch: usize,
+) -> StageResult<(Vec<f64>, Vec<f64>)> {
+    data_io::score_pairs(prompts, a, b, batch, |ps, rs| batch_logprobs(model, codec, ps, rs))
+}
+
+fn batch_logprobs(model: &LanguageModel, codec: &Codec, ps: &[&[i64]], rs: &[&[i64]]) -> StageResult<Vec<f64>> {
+    let b = codec.batch(ps, rs, model.device())?;
+    let lp = tch::no_grad(|| {
+        rmdistill_ml::with_autocast(model.device(), || {
+            rmdistill_ml::sequence_logprobs(model.net(), &b, rmdistill_ml::Reduction::Sum)
+        })
+    });
+    data_io::to_f64s(&lp)
 }
 
 /// log π_ref of both responses of this shard's pairs from a bound `reference_logprobs` table: only when its record
@@ -223,8 +240,7 @@ fn member_rewards(
             own = encode(c, pairs)?;
             &own
         };
-        let sa = crate::rm_scoring::rm_scores(m, c, pe, ae, batch)?;
-        let sb = crate::rm_scoring::rm_scores(m, c, pe, be, batch)?;
+        let (sa, sb) = crate::rm_scoring::rm_pair_scores(m, c, pe, ae, be, batch)?;
         let mean_diff = sa.iter().zip(&sb).map(|(a, b)| (a - b).abs()).sum::<f64>() / n.max(1) as f64;
         stats.push(json!({"member": members.names[k], "mean_abs_reward_diff": mean_diff}));
         for i in 0..n {
@@ -356,10 +372,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         scoring_record(&p, &data_io::one_input(ctx, "reference")?.hash, &data_io::one_input(ctx, "pairs")?.hash);
     let (lp_a, lp_b) = match data_io::opt_input(ctx, "reference_logprobs")? {
         Some(bound) => reuse_reference_logprobs(bound, &record, &pairs.ids)?,
-        None => (
-            ref_logprobs(&reference.model, &reference.codec, pe, ae, p.batch_size)?,
-            ref_logprobs(&reference.model, &reference.codec, pe, be, p.batch_size)?,
-        ),
+        None => ref_pair_logprobs(&reference.model, &reference.codec, pe, ae, be, p.batch_size)?,
     };
     ctx.progress(2 * n as u64, work);
     let rewards = member_rewards(ctx, &members, &reference, &pairs, &tokens, p.batch_size, (2 * n as u64, work))?;

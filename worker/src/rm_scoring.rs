@@ -1,5 +1,5 @@
 //! Reward-model scoring, shared by `label` (a reward-model oracle) and `precompute` (the ensemble members' rewards):
-//! loading a reward-model checkpoint with its tokenizer, and batched rewards of encoded rows.
+//! loading a reward-model checkpoint with its tokenizer, and batched rewards of encoded pairs.
 
 use crate::data_io::{self, Codec};
 use rmdistill_ml::RewardModel;
@@ -8,23 +8,23 @@ use rmdistill_stages::port::{StageError, StageResult};
 use serde_json::Value;
 use std::path::Path;
 
-/// Rewards of (prompt, response) rows under a reward model, batched, as f64.
-pub fn rm_scores(
+/// Rewards of both responses of every pair, a pair's two rows in one batch (its prompt computed once:
+/// [`data_io::score_pairs`]); `batch` rows per batch.
+pub fn rm_pair_scores(
     model: &RewardModel,
     codec: &Codec,
     prompts: &[Vec<i64>],
-    responses: &[Vec<i64>],
+    a: &[Vec<i64>],
+    b: &[Vec<i64>],
     batch: usize,
-) -> StageResult<Vec<f64>> {
-    let mut out = Vec::with_capacity(prompts.len());
-    for r in data_io::chunks(prompts.len(), batch) {
-        let ps: Vec<&[i64]> = prompts[r.clone()].iter().map(|x| x.as_slice()).collect();
-        let rs: Vec<&[i64]> = responses[r.clone()].iter().map(|x| x.as_slice()).collect();
-        let b = codec.batch(&ps, &rs, model.device())?;
-        let s = tch::no_grad(|| rmdistill_ml::with_autocast(model.device(), || model.rewards(&b)));
-        out.extend(data_io::to_f64s(&s)?);
-    }
-    Ok(out)
+) -> StageResult<(Vec<f64>, Vec<f64>)> {
+    data_io::score_pairs(prompts, a, b, batch, |ps, rs| batch_rewards(model, codec, ps, rs))
+}
+
+fn batch_rewards(model: &RewardModel, codec: &Codec, ps: &[&[i64]], rs: &[&[i64]]) -> StageResult<Vec<f64>> {
+    let b = codec.batch(ps, rs, model.device())?;
+    let s = tch::no_grad(|| rmdistill_ml::with_autocast(model.device(), || model.rewards(&b)));
+    data_io::to_f64s(&s)
 }
 
 /// Loads a reward model (not a causal LM: a labelling oracle needs a trained score head) and its tokenizer.
