@@ -63,6 +63,14 @@ fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// A tick label with as many decimals as ticks about a tenth of `span` apart need; never "-0.0" (plotters' own
+/// formatter prints a tick computed as −1e-17 so).
+fn tick_label(v: f64, span: f64) -> String {
+    let decimals = if span > 0.0 { (-(span / 10.0).log10().floor()).clamp(0.0, 6.0) as usize } else { 2 };
+    let s = format!("{v:.decimals$}");
+    if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') { s[1..].to_string() } else { s }
+}
+
 /// Fig. 2: advantage vs ρ per method, with 95% intervals.
 pub fn plot_advantage(path: &Path, cells: &[AdvantagePoint], labels: &[String]) -> StageResult<()> {
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
@@ -81,6 +89,7 @@ pub fn plot_advantage(path: &Path, cells: &[AdvantagePoint], labels: &[String]) 
         .configure_mesh()
         .x_desc("ρ (share of training pairs preferring the longer response)")
         .y_desc("advantage (oracle reward)")
+        .y_label_formatter(&|v| tick_label(*v, y1 - y0))
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(plot_err)?;
@@ -263,4 +272,21 @@ pub fn plot_members(path: &Path, usage: &[MemberUsage]) -> StageResult<bool> {
     }
     root.present().map_err(plot_err)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick_label;
+
+    #[test]
+    fn tick_labels_fit_the_span_and_zero_has_no_sign() {
+        assert_eq!(tick_label(-1e-17, 0.9), "0.00");
+        assert_eq!(tick_label(-0.0, 0.9), "0.00");
+        assert_eq!(tick_label(-0.1, 0.9), "-0.10");
+        assert_eq!(tick_label(0.25, 0.9), "0.25");
+        assert_eq!(tick_label(0.005, 0.02), "0.005");
+        assert_eq!(tick_label(-3e-19, 0.02), "0.000");
+        assert_eq!(tick_label(20.0, 150.0), "20");
+        assert_eq!(tick_label(0.5, 0.0), "0.50");
+    }
 }
