@@ -152,7 +152,11 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
         assert_eq!(r["candidates"].as_u64(), Some(4), "{sel}");
         assert!([0.01, 0.1].contains(&r["gamma"].as_f64().unwrap()), "{sel}");
         assert!([0.1, 1.0].contains(&r["value"].as_f64().unwrap()), "{sel}");
+        // the runner-up, the margin it lost by and that margin's standard error, paired over the validation prompts
+        assert!(r["runner_up"].as_f64().is_some(), "{sel}");
+        assert!(r["margin"].as_f64().unwrap() >= 0.0 && r["margin_se"].as_f64().unwrap() > 0.0, "{sel}");
     }
+    assert!(md.contains("; runner-up β = ") && md.contains("choices beat their runner-up by less than 1.96"), "{md}");
     // the reward-model table has every figure: accuracy against the oracle overall and within the margin, and
     // length sensitivity
     let rm_rows: Vec<&str> =

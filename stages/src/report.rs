@@ -1023,6 +1023,27 @@ fn hyper_md(md: &mut String, a: &Analysis) {
     let list = |v: &[f64]| {
         if v.is_empty() { "–".to_string() } else { v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ") }
     };
+    let choices: Vec<&Choice> = a.hyper.iter().flat_map(|h| &h.chosen).collect();
+    let measured = choices.iter().filter(|c| c.runner_up.as_ref().is_some_and(|r| r.margin_se.is_some())).count();
+    let ties = choices.iter().filter(|c| c.runner_up.as_ref().and_then(|r| r.within_noise()) == Some(true)).count();
+    if measured > 0 {
+        let _ = writeln!(
+            md,
+            "\nThe runner-up of each choice, and the margin it lost by ± its standard error over the validation prompts \
+             (paired: both candidates met the same prompts and π_ref samples). **{ties} of {measured}** choices beat \
+             their runner-up by less than 1.96 standard errors (*a tie within noise*): validation cannot tell those \
+             candidates apart, and a change as small as float rounding may choose the other one. Their final policies \
+             are what this run chose, not what the method would choose with a larger validation set."
+        );
+    }
+    fn sym(param: &str) -> &str {
+        match param {
+            "beta" => "β",
+            "tau" => "τ",
+            "gamma" => "γ",
+            other => other,
+        }
+    }
     for h in &a.hyper {
         let chosen = if h.chosen.is_empty() {
             "fixed".to_string()
@@ -1030,16 +1051,21 @@ fn hyper_md(md: &mut String, a: &Analysis) {
             h.chosen
                 .iter()
                 .map(|c| {
-                    let sym = match c.param.as_str() {
-                        "beta" => "β",
-                        "tau" => "τ",
-                        "gamma" => "γ",
-                        other => other,
-                    };
-                    let gamma = c.gamma.map(|g| format!(", γ = {g}")).unwrap_or_default();
+                    let sym = sym(&c.param);
+                    let gamma = |g: Option<f64>| g.map(|g| format!(", γ = {g}")).unwrap_or_default();
+                    let runner_up = c
+                        .runner_up
+                        .as_ref()
+                        .map(|r| {
+                            let se = r.margin_se.map(|se| format!(" ± {se:.4}")).unwrap_or_default();
+                            let tie = if r.within_noise() == Some(true) { ", *a tie within noise*" } else { "" };
+                            format!("; runner-up {sym} = {}{} by {:.4}{se}{tie}", r.value, gamma(r.gamma), r.margin)
+                        })
+                        .unwrap_or_default();
                     format!(
-                        "{sym} = {}{gamma} (validation {:+.4}, {} candidates, {} seed{})",
+                        "{sym} = {}{} (validation {:+.4}, {} candidates, {} seed{}{runner_up})",
                         c.value,
+                        gamma(c.gamma),
                         c.advantage,
                         c.candidates,
                         c.seeds,

@@ -4,16 +4,19 @@
 //! (optional), `seed` (optional) and the swept hyper-parameter (`beta` or `tau`; the summary's own `beta`/`tau`
 //! columns fill in). For every (method, ρ) the value with the highest mean validation advantage over seeds wins
 //! (ties: the smaller value). Output `selection` (Parquet): method, rho, param ("beta" | "tau"), value, advantage
-//! (mean over seeds), seeds, candidates.
+//! (mean over seeds), seeds, candidates, and the runner-up: its value (and γ), the margin it lost by and, with the
+//! evaluations' `samples` bound, the margin's standard error paired over the validation prompts — with one seed of
+//! 200 prompts, candidates often differ by less than their noise, and the report says which choices are such ties.
 
+use crate::eval_stats::{Scores, paired_within, read_scores};
 use crate::evaluation::read_eval;
 use crate::port::*;
-use crate::selection::{Choice, rho_key};
+use crate::selection::{Choice, RunnerUp, rho_key};
 use crate::table;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub struct Select;
@@ -29,8 +32,8 @@ fn d_tau_methods() -> Vec<String> {
     vec!["ipo".into()]
 }
 
-/// One validation result: method, ρ, the swept parameter's name and value, γ where candidates differ in it, and the
-/// validation advantage.
+/// One validation result: method, ρ, the swept parameter's name and value, γ where candidates differ in it, the
+/// validation advantage, the seed and, when `samples` are bound, the per-(prompt, sample) oracle differences.
 pub struct Candidate {
     pub method: String,
     pub rho: Option<f64>,
@@ -38,35 +41,58 @@ pub struct Candidate {
     pub value: f64,
     pub gamma: Option<f64>,
     pub advantage: f64,
+    pub seed: Option<i64>,
+    pub scores: Option<Arc<Scores>>,
 }
 
-/// One (method, ρ) group of [`choose`]: ρ, the parameter's name, (value, γ) bits → (value, γ, advantages over seeds).
-type Group = (Option<f64>, String, BTreeMap<(i64, i64), (f64, Option<f64>, Vec<f64>)>);
+/// One validation run of a configuration: seed, advantage, scores.
+type Run = (Option<i64>, f64, Option<Arc<Scores>>);
+/// One candidate configuration of a group: value, γ, and its runs.
+type Config = (f64, Option<f64>, Vec<Run>);
+/// One (method, ρ) group of [`choose`]: ρ, the parameter's name, (value, γ) bits → its configuration.
+type Group = (Option<f64>, String, BTreeMap<(i64, i64), Config>);
 
 /// Validation results → the best (value, γ) per (method, ρ): the highest mean advantage over seeds (ties: the
-/// smaller value, then the smaller γ).
+/// smaller value, then the smaller γ), with the runner-up and the margin between them.
 pub fn choose(rows: &[Candidate]) -> Vec<Choice> {
     let bits = |v: f64| (v * 1e9).round() as i64;
     let mut g: BTreeMap<(String, i64), Group> = BTreeMap::new();
     for r in rows {
         let e = g.entry((r.method.clone(), rho_key(r.rho))).or_insert((r.rho, r.param.clone(), BTreeMap::new()));
         let key = (bits(r.value), r.gamma.map_or(i64::MIN, bits));
-        e.2.entry(key).or_insert((r.value, r.gamma, vec![])).2.push(r.advantage);
+        e.2.entry(key).or_insert((r.value, r.gamma, vec![])).2.push((r.seed, r.advantage, r.scores.clone()));
     }
     g.into_iter()
-        .map(|((method, _), (rho, param, vals))| {
-            let candidates = vals.len();
-            let mut best: Option<(f64, Option<f64>, f64, usize)> = None;
-            for (v, gamma, advs) in vals.into_values() {
-                let a = crate::stats::mean(&advs);
-                if best.is_none_or(|b| a > b.2) {
-                    best = Some((v, gamma, a, advs.len()));
-                }
-            }
-            let (value, gamma, advantage, seeds) = best.unwrap();
-            Choice { method, rho, param, value, gamma, advantage, seeds, candidates }
+        .map(|((method, _), (rho, param, configs))| {
+            let candidates = configs.len();
+            let mean = |c: &Config| crate::stats::mean(&c.2.iter().map(|r| r.1).collect::<Vec<_>>());
+            // best first; the sort is stable, so ties keep the map's order (smaller value, then smaller γ)
+            let mut ranked: Vec<(f64, Config)> = configs.into_values().map(|c| (mean(&c), c)).collect();
+            ranked.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+            let runner_up = ranked.get(1).map(|(a, c)| RunnerUp {
+                value: c.0,
+                gamma: c.1,
+                margin: ranked[0].0 - a,
+                margin_se: paired_se(&ranked[0].1.2, &c.2),
+            });
+            let (advantage, (value, gamma, runs)) = ranked.swap_remove(0);
+            Choice { method, rho, param, value, gamma, advantage, seeds: runs.len(), candidates, runner_up }
         })
         .collect()
+}
+
+/// Standard error of the difference of two configurations' mean advantages over seeds, paired within each seed over
+/// the validation prompts (METHOD.md, "Evaluation statistics"): each seed's paired difference has variance
+/// s²_prompts / n_prompts, and the mean of S seeds' differences (S_e² summed) / S². None unless every seed of `a`
+/// has a run of `b` and both have scores.
+fn paired_se(a: &[Run], b: &[Run]) -> Option<f64> {
+    let mut var = 0.0;
+    for (seed, _, sa) in a {
+        let sb = b.iter().find(|r| r.0 == *seed)?.2.as_ref()?;
+        let w = paired_within(sa.as_ref()?, sb)?;
+        var += w.prompt_var / w.prompts as f64;
+    }
+    (!a.is_empty()).then(|| var.sqrt() / a.len() as f64)
 }
 
 impl Stage for Select {
@@ -77,12 +103,20 @@ impl Stage for Select {
         "pick beta (tau for IPO) per method and rho by validation advantage"
     }
     fn inputs(&self) -> &'static [InputSpec] {
-        &[InputSpec {
-            name: "evals",
-            required: true,
-            many: true,
-            doc: "evaluate.summary on the validation split (coords method, rho, beta|tau, seed)",
-        }]
+        &[
+            InputSpec {
+                name: "evals",
+                required: true,
+                many: true,
+                doc: "evaluate.summary on the validation split (coords method, rho, beta|tau, seed)",
+            },
+            InputSpec {
+                name: "samples",
+                required: false,
+                many: true,
+                doc: "the same evaluations' samples (evaluate.samples): the runner-up's margin gets a paired standard error",
+            },
+        ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[OutputSpec { name: "selection", kind: ArtifactKind::File, doc: "chosen value per method and rho (Parquet)" }]
@@ -104,8 +138,22 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     if evals.is_empty() {
         return Err(StageError::invalid("evals", "no evaluation summaries are bound to `evals`"));
     }
+    // samples are matched to summaries by the node that wrote both
+    let mut samples: HashMap<&str, &InputArtifact> =
+        ctx.inputs("samples").iter().map(|a| (a.node.as_str(), a)).collect();
+    let with_samples = !samples.is_empty();
     let mut rows = vec![];
     for a in evals {
+        let scores = match samples.remove(a.node.as_str()) {
+            Some(s) => Some(Arc::new(read_scores(&s.path)?)),
+            None if with_samples => {
+                return Err(StageError::invalid(
+                    "samples",
+                    format!("no samples of {} are bound: bind every evaluation's samples, or none", a.node),
+                ));
+            }
+            None => None,
+        };
         let r = read_eval(a)?;
         let param = if p.tau_methods.contains(&r.method) { "tau" } else { "beta" };
         let v = if param == "tau" { r.tau } else { r.beta };
@@ -122,9 +170,20 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             value: v,
             gamma: r.gamma,
             advantage: r.advantage.mean,
+            seed: r.seed,
+            scores,
         });
     }
+    if let Some(extra) = samples.keys().next() {
+        return Err(StageError::invalid(
+            "samples",
+            format!("samples of {extra} are bound, but not its summary (`evals`): bind both for every evaluation"),
+        ));
+    }
     let chosen = choose(&rows);
+    let ru = |f: fn(&RunnerUp) -> Option<f64>| -> ArrayRef {
+        Arc::new(Float64Array::from(chosen.iter().map(|c| c.runner_up.as_ref().and_then(f)).collect::<Vec<_>>()))
+    };
     let schema = Schema::new(vec![
         Field::new("method", DataType::Utf8, false),
         Field::new("rho", DataType::Float64, true),
@@ -134,6 +193,10 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         Field::new("advantage", DataType::Float64, false),
         Field::new("seeds", DataType::UInt32, false),
         Field::new("candidates", DataType::UInt32, false),
+        Field::new("runner_up", DataType::Float64, true),
+        Field::new("runner_up_gamma", DataType::Float64, true),
+        Field::new("margin", DataType::Float64, true),
+        Field::new("margin_se", DataType::Float64, true),
     ]);
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(chosen.iter().map(|c| c.method.clone()).collect::<Vec<_>>())),
@@ -144,6 +207,10 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         Arc::new(Float64Array::from(chosen.iter().map(|c| c.advantage).collect::<Vec<_>>())),
         Arc::new(UInt32Array::from(chosen.iter().map(|c| c.seeds as u32).collect::<Vec<_>>())),
         Arc::new(UInt32Array::from(chosen.iter().map(|c| c.candidates as u32).collect::<Vec<_>>())),
+        ru(|r| Some(r.value)),
+        ru(|r| r.gamma),
+        ru(|r| Some(r.margin)),
+        ru(|r| r.margin_se),
     ];
     let batch = RecordBatch::try_new(Arc::new(schema), cols)?;
     let summary = json!({ "chosen": chosen });
@@ -160,7 +227,16 @@ mod tests {
     use super::*;
 
     fn c(m: &str, rho: f64, param: &str, value: f64, gamma: Option<f64>, advantage: f64) -> Candidate {
-        Candidate { method: m.into(), rho: Some(rho), param: param.into(), value, gamma, advantage }
+        Candidate {
+            method: m.into(),
+            rho: Some(rho),
+            param: param.into(),
+            value,
+            gamma,
+            advantage,
+            seed: None,
+            scores: None,
+        }
     }
 
     #[test]
@@ -180,6 +256,46 @@ mod tests {
         assert_eq!((ch[0].value, ch[0].seeds, ch[0].candidates, ch[0].gamma), (1.0, 2, 2, None));
         assert_eq!(ch[1].value, 0.1);
         assert_eq!((ch[2].param.as_str(), ch[2].value), ("tau", 3.0));
+    }
+
+    fn scored(value: f64, seed: i64, d: &[f64]) -> Candidate {
+        let scores = Scores { d: d.iter().enumerate().map(|(i, &x)| ((format!("p{i}"), 0), x)).collect() };
+        let advantage = d.iter().sum::<f64>() / d.len() as f64;
+        Candidate { seed: Some(seed), scores: Some(Arc::new(scores)), ..c("dpo", 0.5, "beta", value, None, advantage) }
+    }
+
+    #[test]
+    fn the_runner_up_and_its_paired_margin_worked_by_hand() {
+        // seed 0, 4 prompts: β = 1 has d = (0.3, 0.1, 0.2, 0.4), mean 0.25; β = 10 (0.1, 0.2, 0.0, 0.3), mean 0.15;
+        // β = 0.1 mean 0.05. Paired differences (0.2, −0.1, 0.2, 0.1): mean 0.1, deviations (0.1, −0.2, 0.1, 0),
+        // s² = 0.06 / 3 = 0.02, SE = √(0.02 / 4) = 0.070711
+        let rows = vec![
+            scored(1.0, 0, &[0.3, 0.1, 0.2, 0.4]),
+            scored(10.0, 0, &[0.1, 0.2, 0.0, 0.3]),
+            scored(0.1, 0, &[0.0, 0.1, 0.0, 0.1]),
+        ];
+        let ch = choose(&rows);
+        let ru = ch[0].runner_up.as_ref().unwrap();
+        assert_eq!((ch[0].value, ru.value, ch[0].candidates), (1.0, 10.0, 3));
+        assert!((ru.margin - 0.1).abs() < 1e-12, "{ru:?}");
+        assert!((ru.margin_se.unwrap() - 0.070_710_678).abs() < 1e-8, "{ru:?}");
+        assert_eq!(ru.within_noise(), Some(true), "0.1 < 1.96 × 0.0707");
+        // a second seed: the margin is the mean of the seeds' differences, its SE √(SE₀² + SE₁²) / 2; seed 1's
+        // differences (0.5, 0.5, 0.4, 0.6): mean 0.5, s² = 0.02 / 3, SE₁² = 0.02 / 12
+        let mut two = rows;
+        two.push(scored(1.0, 1, &[0.6, 0.6, 0.5, 0.7]));
+        two.push(scored(10.0, 1, &[0.1, 0.1, 0.1, 0.1]));
+        two.push(scored(0.1, 1, &[0.0, 0.0, 0.0, 0.0]));
+        let ru = choose(&two)[0].runner_up.clone().unwrap();
+        assert!((ru.margin - 0.3).abs() < 1e-12, "{ru:?}");
+        let want = (0.02 / 4.0 + 0.02 / 12.0f64).sqrt() / 2.0;
+        assert!((ru.margin_se.unwrap() - want).abs() < 1e-12, "{ru:?} vs {want}");
+        assert_eq!(ru.within_noise(), Some(false));
+        // without scores there is a margin but no SE; a single candidate has no runner-up
+        let plain = vec![c("dpo", 0.5, "beta", 1.0, None, 0.3), c("dpo", 0.5, "beta", 10.0, None, 0.2)];
+        let ru = choose(&plain)[0].runner_up.clone().unwrap();
+        assert!((ru.margin - 0.1).abs() < 1e-12 && ru.margin_se.is_none() && ru.within_noise().is_none());
+        assert!(choose(&plain[..1])[0].runner_up.is_none());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The β/τ(/γ) selection as the stages that use it read it: a chosen value per (method, ρ) ([`Choice`]), how ρ values
 //! are matched ([`rho_key`]), the lookup of the choice for a run ([`choice_for`]), reading a `select` stage's
-//! `selection` table back, and applying a choice to a policy's parameters ([`apply_choice`]): `policy` trains with the
+//! `selection` table back (with the runner-up and the margin it lost by, [`RunnerUp`]), and applying a choice to a policy's parameters ([`apply_choice`]): `policy` trains with the
 //! chosen values, `evaluate` picks the chosen candidate policy, `report` marks the chosen runs.
 
 use crate::port::*;
@@ -18,6 +18,28 @@ pub struct Choice {
     pub advantage: f64,
     pub seeds: usize,
     pub candidates: usize,
+    /// The best of the other candidates (None with a single candidate).
+    pub runner_up: Option<RunnerUp>,
+}
+
+/// The runner-up of a selection, and by how much the chosen candidate beat it on the validation prompts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunnerUp {
+    pub value: f64,
+    pub gamma: Option<f64>,
+    /// Chosen minus runner-up mean validation advantage (≥ 0).
+    pub margin: f64,
+    /// Standard error of `margin` over the validation prompts, paired (both candidates were evaluated on the same
+    /// prompts against the same π_ref samples); None when `select` was not given the candidates' samples.
+    pub margin_se: Option<f64>,
+}
+
+impl RunnerUp {
+    /// Whether the margin is inside the validation's own noise (below 1.96 standard errors): the two candidates are
+    /// a tie that the measurement cannot break, and anything (float rounding included) may decide between them.
+    pub fn within_noise(&self) -> Option<bool> {
+        self.margin_se.map(|se| self.margin < 1.96 * se)
+    }
 }
 
 /// ρ as a grouping key (values equal to 6 decimals are one ρ; none is its own key).
@@ -82,8 +104,11 @@ pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
         Ok(crate::data_io::opt_f64s(&t, c))
     };
     let (rho, value, adv, seeds, cands) = (f("rho")?, f("value")?, f("advantage")?, f("seeds")?, f("candidates")?);
-    // written since γ can be selected; older selections have none
-    let gamma = t.column_by_name("gamma").map(|_| crate::data_io::opt_f64s(&t, "gamma"));
+    // written since γ can be selected, and since the runner-up is recorded; older selections have none
+    let opt = |c: &str| t.column_by_name(c).map(|_| crate::data_io::opt_f64s(&t, c));
+    let gamma = opt("gamma");
+    let (ru, ru_gamma, margin, margin_se) = (opt("runner_up"), opt("runner_up_gamma"), opt("margin"), opt("margin_se"));
+    let at = |c: &Option<Vec<Option<f64>>>, i: usize| c.as_ref().and_then(|v| v[i]);
     (0..t.num_rows())
         .map(|i| {
             Ok(Choice {
@@ -97,6 +122,12 @@ pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
                 advantage: adv[i].unwrap_or(f64::NAN),
                 seeds: seeds[i].unwrap_or(0.0) as usize,
                 candidates: cands[i].unwrap_or(0.0) as usize,
+                runner_up: at(&ru, i).map(|value| RunnerUp {
+                    value,
+                    gamma: at(&ru_gamma, i),
+                    margin: at(&margin, i).unwrap_or(f64::NAN),
+                    margin_se: at(&margin_se, i),
+                }),
             })
         })
         .collect()
@@ -144,6 +175,7 @@ mod tests {
             advantage: 0.1,
             seeds: 1,
             candidates: 6,
+            runner_up: None,
         }
     }
 
