@@ -83,7 +83,7 @@ pub fn choose(rows: &[Candidate]) -> Vec<Choice> {
 
 /// Standard error of the difference of two configurations' mean advantages over seeds, paired within each seed over
 /// the validation prompts (METHOD.md, "Evaluation statistics"): each seed's paired difference has variance
-/// s²_prompts / n_prompts, and the mean of S seeds' differences (S_e² summed) / S². None unless every seed of `a`
+/// SE_s² = s²_prompts / n_prompts, and the mean of S seeds' differences Σ SE_s² / S². None unless every seed of `a`
 /// has a run of `b` and both have scores.
 fn paired_se(a: &[Run], b: &[Run]) -> Option<f64> {
     let mut var = 0.0;

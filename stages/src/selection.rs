@@ -1,7 +1,8 @@
 //! The β/τ(/γ) selection as the stages that use it read it: a chosen value per (method, ρ) ([`Choice`]), how ρ values
 //! are matched ([`rho_key`]), the lookup of the choice for a run ([`choice_for`]), reading a `select` stage's
-//! `selection` table back (with the runner-up and the margin it lost by, [`RunnerUp`]), and applying a choice to a policy's parameters ([`apply_choice`]): `policy` trains with the
-//! chosen values, `evaluate` picks the chosen candidate policy, `report` marks the chosen runs.
+//! `selection` table back (with the runner-up and the margin it lost by, [`RunnerUp`]), and applying a choice to a
+//! policy's parameters ([`apply_choice`]): `policy` trains with the chosen values, `evaluate` picks the chosen
+//! candidate policy, `report` marks the chosen runs.
 
 use crate::port::*;
 use crate::table;

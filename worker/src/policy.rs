@@ -452,7 +452,7 @@ fn kl_rows<'a>(
             .iter()
             .map(|&i| {
                 let of = &s.of_pair[i];
-                // one sample per prompt (the pipelines' default) draws nothing, so the shuffles stay as they were
+                // one sample per prompt (the pipelines' default) takes nothing from `rng`, which the shuffles share
                 let k = if of.len() == 1 { 0 } else { table::uniform_below(rng, of.len() as u64) as usize };
                 sample(s, of[k] as usize)
             })
