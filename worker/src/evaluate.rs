@@ -302,7 +302,14 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         let scored: Vec<Vec<i64>> =
             gp.tokens.iter().map(|t| if t.is_empty() { vec![codec.eos] } else { t.clone() }).collect();
         let sr: Vec<&[i64]> = scored.iter().map(|v| v.as_slice()).collect();
-        let lp_pol = lm_io::logprobs_nograd(&policy, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?;
+        // the sampler already has log π_θ of every token it drew (untempered, on the same context): a second pass
+        // over the policy is needed only where a context was cut further to fit the model or a sample is empty
+        let fits = |c: &[i64]| policy.config.max_positions().is_none_or(|m| c.len() + p.max_new_tokens <= m as usize);
+        let lp_pol = if ps.iter().all(|c| fits(c)) && gp.tokens.iter().all(|t| !t.is_empty()) {
+            gp.logprobs.iter().map(|v| v.iter().sum()).collect()
+        } else {
+            lm_io::logprobs_nograd(&policy, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?
+        };
         let lp_ref = if same_model {
             lp_pol.clone()
         } else {
