@@ -89,7 +89,11 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             let pe: Vec<Vec<i64>> = prompts.iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
             let ae: Vec<Vec<i64>> = ra.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
             let be: Vec<Vec<i64>> = rb.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
-            let (oa, ob) = rm_pair_scores(model, &codec, &pe, &ae, &be, p.batch_size)?;
+            let mut done = 0u64;
+            let (oa, ob) = rm_pair_scores(model, &codec, &pe, &ae, &be, p.batch_size, |k| {
+                done += 2 * k as u64;
+                ctx.progress(done, 2 * n as u64);
+            })?;
             let ta = (0..n).map(|i| tok_a[i].map_or(ae[i].len() as u32 - 1, |x| x as u32)).collect();
             let tb = (0..n).map(|i| tok_b[i].map_or(be[i].len() as u32 - 1, |x| x as u32)).collect();
             (oa, ob, ta, tb)

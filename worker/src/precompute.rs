@@ -240,15 +240,16 @@ fn member_rewards(
             own = encode(c, pairs)?;
             &own
         };
-        let (sa, sb) = crate::rm_scoring::rm_pair_scores(m, c, pe, ae, be, batch)?;
+        let (sa, sb) = crate::rm_scoring::rm_pair_scores(m, c, pe, ae, be, batch, |k| {
+            done += 2 * k as u64;
+            ctx.progress(done, total);
+        })?;
         let mean_diff = sa.iter().zip(&sb).map(|(a, b)| (a - b).abs()).sum::<f64>() / n.max(1) as f64;
         stats.push(json!({"member": members.names[k], "mean_abs_reward_diff": mean_diff}));
         for i in 0..n {
             rew_a[i].push(sa[i]);
             rew_b[i].push(sb[i]);
         }
-        done += 2 * n as u64;
-        ctx.progress(done, total);
     }
     Ok(MemberRewards { a: rew_a, b: rew_b, stats })
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 use std::path::Path;
 
 /// Rewards of both responses of every pair, a pair's two rows in one batch (its prompt computed once:
-/// [`data_io::score_pairs`]); `batch` rows per batch.
+/// [`data_io::score_pairs`]); `batch` rows per batch. `scored(k)` is told after each batch that k more pairs are
+/// done, so that a long labelling run shows its progress.
 pub fn rm_pair_scores(
     model: &RewardModel,
     codec: &Codec,
@@ -17,8 +18,13 @@ pub fn rm_pair_scores(
     a: &[Vec<i64>],
     b: &[Vec<i64>],
     batch: usize,
+    mut scored: impl FnMut(usize),
 ) -> StageResult<(Vec<f64>, Vec<f64>)> {
-    data_io::score_pairs(prompts, a, b, batch, |ps, rs| batch_rewards(model, codec, ps, rs))
+    data_io::score_pairs(prompts, a, b, batch, |ps, rs| {
+        let v = batch_rewards(model, codec, ps, rs)?;
+        scored(ps.len() / 2);
+        Ok(v)
+    })
 }
 
 fn batch_rewards(model: &RewardModel, codec: &Codec, ps: &[&[i64]], rs: &[&[i64]]) -> StageResult<Vec<f64>> {
