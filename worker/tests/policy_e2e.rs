@@ -506,6 +506,29 @@ fn evaluate_reference_against_itself_and_a_trained_policy() {
         assert_eq!(rows.ref_oracle[i], synthetic(&rows.prompt[i], &rows.ref_response[i]));
     }
     assert!((rmdistill_stages::evaluation::summarize(&rows).advantage.mean - a).abs() < 1e-12);
+    // the KL's log-probs are those of each sample scored afresh: log π_θ (the sampler's own, untempered although it
+    // drew at temperature 0.8) and log π_ref
+    let codec = Codec::load(&pol.join("model"), "policy").unwrap();
+    let policy = LanguageModel::load(&pol.join("model"), tch::Device::Cpu).unwrap();
+    let reference = LanguageModel::load(&f.reference, tch::Device::Cpu).unwrap();
+    let mut checked = 0;
+    for i in 0..rows.prompt.len() {
+        let mut r = codec.response(&rows.policy_response[i]).unwrap();
+        if r.len() - 1 != rows.policy_len[i] as usize {
+            continue; // a special token the text does not keep: its ids cannot be rebuilt from the table
+        }
+        if rows.policy_len[i] == 8 {
+            r.pop(); // cut at max_new_tokens: no EOS was drawn
+        }
+        let p = codec.prompt(&rows.prompt[i]).unwrap();
+        let lp = |m: &LanguageModel| lm_io::logprobs_nograd(m, &codec, &[&p], &[&r], Reduction::Sum, 1).unwrap()[0];
+        let (got, want) = (rows.policy_logp[i], lp(&policy));
+        assert!((got - want).abs() < 1e-4, "row {i}: log π_θ {got} recorded, {want} scored");
+        let (got, want) = (rows.policy_logp_ref[i], lp(&reference));
+        assert!((got - want).abs() < 1e-4, "row {i}: log π_ref {got} recorded, {want} scored");
+        checked += 1;
+    }
+    assert!(3 * checked >= rows.prompt.len(), "only {checked} of {} samples could be re-scored", rows.prompt.len());
     // bad requests
     let e = evaluate("bad", &f.reference, json!({"oracle": "reward_model"}), false).unwrap_err();
     assert!(e.contains("needs a reward-model checkpoint"), "{e}");
