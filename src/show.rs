@@ -60,10 +60,25 @@ pub fn stored_entry(plan: &Plan, store: &Store, target: usize) -> anyhow::Result
             .into()),
         },
         exec::Resolved::Undetermined { missing } => Err(NotReady(format!(
-            "{node} has no stored result for the current manifest: its upstream {} is not stored; run it first",
-            missing.join(", ")
+            "{node} has no stored result for the current manifest: {}; run it first (`rmdistill status {m}` says why)",
+            not_stored(&missing)
         ))
         .into()),
+    }
+}
+
+/// "its upstream A is not stored", or a few of many upstream nodes and how many more (a report can wait on hundreds).
+fn not_stored(missing: &[String]) -> String {
+    const SHOWN: usize = 8;
+    match missing {
+        [one] => format!("its upstream {one} is not stored"),
+        _ if missing.len() <= SHOWN => format!("its upstream {} are not stored", missing.join(", ")),
+        _ => format!(
+            "{} of its upstream nodes are not stored ({}, and {} more)",
+            missing.len(),
+            missing[..SHOWN].join(", "),
+            missing.len() - SHOWN
+        ),
     }
 }
 
@@ -170,4 +185,20 @@ fn truncate_strings(b: &arrow::record_batch::RecordBatch) -> anyhow::Result<arro
         let _ = c.len();
     }
     Ok(arrow::record_batch::RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::not_stored;
+
+    #[test]
+    fn a_long_list_of_missing_upstream_nodes_is_cut_with_a_count() {
+        let names = |n: usize| (0..n).map(|i| format!("n{i}")).collect::<Vec<_>>();
+        assert_eq!(not_stored(&names(1)), "its upstream n0 is not stored");
+        assert_eq!(not_stored(&names(3)), "its upstream n0, n1, n2 are not stored");
+        assert_eq!(
+            not_stored(&names(500)),
+            "500 of its upstream nodes are not stored (n0, n1, n2, n3, n4, n5, n6, n7, and 492 more)"
+        );
+    }
 }
