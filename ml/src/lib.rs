@@ -44,7 +44,7 @@ pub use config::{Gpt2Config, Head, LlamaConfig, ModelConfig};
 pub use device::{DeviceChoice, seed_everything, tune_allocator, with_autocast};
 pub use logprobs::{PairBatch, Reduction, sequence_logprobs};
 pub use model::{Backbone, CausalLm, KvCache};
-pub use sampling::{SampleConfig, Samples, generate, generate_batched};
+pub use sampling::{SampleConfig, Samples, generate, generate_batched, prompt_room};
 pub use tch;
 pub use tokenizer::{Tokenizer, TokenizerSpec};
 pub use train::{OptimConfig, Schedule, StepMetrics, Trainer};

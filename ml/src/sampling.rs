@@ -135,12 +135,17 @@ fn truncate_prompts<'a>(
         Some(maxp) if maxp as usize <= cfg.max_new_tokens => {
             bail!("max_new_tokens ({}) leaves no room for a prompt in the model's {maxp} positions", cfg.max_new_tokens)
         }
-        Some(maxp) => {
-            let room = maxp as usize - cfg.max_new_tokens;
-            Ok(prompts.iter().map(|p| if p.len() > room { &p[p.len() - room..] } else { *p }).collect())
-        }
-        None => Ok(prompts.to_vec()),
+        _ => match prompt_room(max_positions, cfg.max_new_tokens) {
+            Some(room) => Ok(prompts.iter().map(|p| if p.len() > room { &p[p.len() - room..] } else { *p }).collect()),
+            None => Ok(prompts.to_vec()),
+        },
     }
+}
+
+/// How many prompt tokens sampling keeps when a model of `max_positions` (None: unbounded) is to draw
+/// `max_new_tokens` more; a longer prompt keeps its last ones. None: the whole prompt.
+pub fn prompt_room(max_positions: Option<i64>, max_new_tokens: usize) -> Option<usize> {
+    max_positions.map(|m| (m as usize).saturating_sub(max_new_tokens))
 }
 
 /// Row `i`'s random stream.

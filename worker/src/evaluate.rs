@@ -303,9 +303,10 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             gp.tokens.iter().map(|t| if t.is_empty() { vec![codec.eos] } else { t.clone() }).collect();
         let sr: Vec<&[i64]> = scored.iter().map(|v| v.as_slice()).collect();
         // the sampler already has log π_θ of every token it drew (untempered, on the same context): a second pass
-        // over the policy is needed only where a context was cut further to fit the model or a sample is empty
-        let fits = |c: &[i64]| policy.config.max_positions().is_none_or(|m| c.len() + p.max_new_tokens <= m as usize);
-        let lp_pol = if ps.iter().all(|c| fits(c)) && gp.tokens.iter().all(|t| !t.is_empty()) {
+        // over the policy is needed only where the sampler cut a context further to fit the model or a sample is empty
+        let room = rmdistill_ml::prompt_room(policy.config.max_positions(), p.max_new_tokens);
+        let whole = |c: &[i64]| room.is_none_or(|r| c.len() <= r);
+        let lp_pol = if ps.iter().all(|c| whole(c)) && gp.tokens.iter().all(|t| !t.is_empty()) {
             gp.logprobs.iter().map(|v| v.iter().sum()).collect()
         } else {
             lm_io::logprobs_nograd(&policy, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?
