@@ -51,9 +51,13 @@ pub enum Command {
         /// Run these nodes or stages even when cached.
         #[arg(long)]
         force: Vec<String>,
-        /// No progress output.
+        /// No progress output (a node that fails is still named at once, on stderr).
         #[arg(long, short)]
         quiet: bool,
+        /// Start no new node once one has failed (the running ones finish and are stored); by default every node
+        /// that does not depend on the failure still runs.
+        #[arg(long)]
+        fail_fast: bool,
         /// auto, cpu or cuda.
         #[arg(long)]
         device: Option<String>,
@@ -453,7 +457,7 @@ fn print_summary(s: &exec::Summary, json: bool) {
 
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { common, targets, jobs, force, quiet, device: dev } => {
+        Command::Run { common, targets, jobs, force, quiet, fail_fast, device: dev } => {
             let plan = load(&common)?;
             let store = open_store(&plan, &common)?;
             let jobs = jobs
@@ -464,6 +468,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 force: select(&plan, &force)?,
                 targets: select(&plan, &targets)?,
                 upstream_must_be_cached: false,
+                fail_fast,
                 device: device(dev.as_deref(), &plan)?,
             };
             let progress = Progress::new(quiet || common.json);
@@ -573,6 +578,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 force: vec![],
                 targets: vec![i],
                 upstream_must_be_cached: !with_deps,
+                fail_fast: false,
                 device: device(dev.as_deref(), &plan)?,
             };
             let progress = Progress::new(common.json);

@@ -265,6 +265,8 @@ pub struct RunOptions {
     pub targets: Vec<usize>,
     /// Fail instead of running nodes other than the targets (for `node run`).
     pub upstream_must_be_cached: bool,
+    /// Start no node after the first failure (`run --fail-fast`): the nodes not started are reported as skipped.
+    pub fail_fast: bool,
     /// Where nodes of stages that want a GPU run. With `auto` or `cuda` the worker is asked once, when the first
     /// such node must run, how many CUDA devices there are; each GPU is then a slot of its own.
     pub device: DeviceRequest,
@@ -554,6 +556,8 @@ struct Runner<'a> {
     cpu_running: usize,
     /// One flag per GPU (busy), once the worker was asked how many there are.
     gpus: Option<Vec<bool>>,
+    /// Under `--fail-fast`, the first node that failed: no node starts after it.
+    stopped_by: Option<usize>,
 }
 
 impl Runner<'_> {
@@ -579,6 +583,24 @@ impl Runner<'_> {
         self.progress.finished(&self.plan.nodes[i].name, "failed", &msg);
         self.nodes[i].report.error = Some(msg);
         self.skip_downstream(i);
+        if self.opts.fail_fast && self.stopped_by.is_none() {
+            self.stopped_by = Some(i);
+        }
+    }
+
+    /// Under `--fail-fast`, after the running nodes came back: every wanted node that did not start is skipped, with
+    /// the failure that stopped the run as the reason.
+    fn skip_not_started(&mut self) {
+        let Some(f) = self.stopped_by else { return };
+        let why = format!("not started: the run stopped after {} failed (--fail-fast)", self.plan.nodes[f].name);
+        for (i, nd) in self.nodes.iter_mut().enumerate() {
+            if nd.wanted && matches!(nd.state, State::Waiting | State::Queued) {
+                nd.state = State::Skipped;
+                nd.report.outcome = Outcome::Skipped;
+                nd.report.error = Some(why.clone());
+                self.progress.finished(&self.plan.nodes[i].name, "skipped", "(--fail-fast)");
+            }
+        }
     }
 
     fn skip_downstream(&mut self, i: usize) {
@@ -727,6 +749,9 @@ impl Runner<'_> {
     /// The next queued node that has a slot, with its device: a free GPU for a node that wants one (CPU when every
     /// GPU is busy and a CPU slot is free), else a CPU slot.
     fn next_task(&mut self) -> anyhow::Result<Option<(usize, Device)>> {
+        if self.stopped_by.is_some() {
+            return Ok(None);
+        }
         let mut k = 0;
         while k < self.queue.len() {
             let i = self.queue[k];
@@ -873,6 +898,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         running: 0,
         cpu_running: 0,
         gpus: None,
+        stopped_by: None,
     };
     let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / opts.jobs.max(1)).max(1);
     let journal = |status: &str, reports: &[&NodeReport]| {
@@ -915,6 +941,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                 });
             }
             if r.running == 0 {
+                r.skip_not_started();
                 break;
             }
             let (i, res) = res_rx.recv().expect("a running node answers");
@@ -1037,7 +1064,7 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
                 key: None,
                 reasons: vec![format!(
                     "waits on upstream {} (runs again only if their outputs change)",
-                    pending.join(", ")
+                    some_names(&pending)
                 )],
             });
             continue;
@@ -1055,6 +1082,20 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
     ext.save();
     Ok(out)
 }
+
+/// Names joined by commas, or the first eight and how many more: a report can wait on hundreds of nodes, and a line
+/// that lists them all hides everything else.
+pub fn some_names<S: AsRef<str>>(names: &[S]) -> String {
+    let join = |ns: &[S]| ns.iter().map(|n| n.as_ref()).collect::<Vec<_>>().join(", ");
+    if names.len() <= NAMES_SHOWN {
+        join(names)
+    } else {
+        format!("{}, and {} more", join(&names[..NAMES_SHOWN]), names.len() - NAMES_SHOWN)
+    }
+}
+
+/// How many names [`some_names`] shows.
+pub const NAMES_SHOWN: usize = 8;
 
 /// Why a node whose key has no complete entry must run.
 pub fn why_run(store: &Store, scope: &str, node: &str, rec: &KeyRecord, key: &str) -> anyhow::Result<Vec<String>> {
@@ -1081,6 +1122,14 @@ pub fn node_map(plan: &Plan) -> HashMap<&str, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_list_of_names_shows_eight_and_a_count() {
+        let names = |n: usize| (0..n).map(|i| format!("n{i}")).collect::<Vec<_>>();
+        assert_eq!(some_names(&names(2)), "n0, n1");
+        assert_eq!(some_names(&names(8)), "n0, n1, n2, n3, n4, n5, n6, n7");
+        assert_eq!(some_names(&names(9)), "n0, n1, n2, n3, n4, n5, n6, n7, and 1 more");
+    }
 
     #[test]
     fn a_node_that_wants_a_gpu_waits_for_one_under_device_cuda() {

@@ -1,5 +1,5 @@
 //! What a run shows while it works: one `indicatif` bar per running node on a terminal, plain timestamped lines
-//! otherwise (logs, CI, schedulers), nothing with `--quiet`.
+//! otherwise (logs, CI, schedulers), with `--quiet` only the failures, as they happen.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
@@ -88,6 +88,11 @@ impl Progress {
         }
         if what == "cached" && matches!(self.mode, Mode::Bars) {
             return; // a screen full of cache hits hides the work; the summary counts them
+        }
+        if what == "failed" && matches!(self.mode, Mode::Quiet) {
+            // A long quiet run must not hide a failure until its end (the summary names it again).
+            eprintln!("error: {node} failed: {detail}");
+            return;
         }
         self.line(&format!("{what:<7} {node}{}{detail}", if detail.is_empty() { "" } else { "  " }));
     }

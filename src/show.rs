@@ -69,16 +69,10 @@ pub fn stored_entry(plan: &Plan, store: &Store, target: usize) -> anyhow::Result
 
 /// "its upstream A is not stored", or a few of many upstream nodes and how many more (a report can wait on hundreds).
 fn not_stored(missing: &[String]) -> String {
-    const SHOWN: usize = 8;
     match missing {
         [one] => format!("its upstream {one} is not stored"),
-        _ if missing.len() <= SHOWN => format!("its upstream {} are not stored", missing.join(", ")),
-        _ => format!(
-            "{} of its upstream nodes are not stored ({}, and {} more)",
-            missing.len(),
-            missing[..SHOWN].join(", "),
-            missing.len() - SHOWN
-        ),
+        _ if missing.len() <= exec::NAMES_SHOWN => format!("its upstream {} are not stored", missing.join(", ")),
+        _ => format!("{} of its upstream nodes are not stored ({})", missing.len(), exec::some_names(missing)),
     }
 }
 

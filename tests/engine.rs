@@ -282,6 +282,40 @@ fn memory_store_runs_within_one_process() {
 }
 
 #[test]
+fn fail_fast_starts_nothing_after_the_first_failure_and_a_quiet_run_names_it_at_once() {
+    let w = Work::new();
+    // rho = 0 of 1200 needs more shorter-preferred pairs than 2000 generated pairs hold; it comes first in the plan.
+    w.write("m.toml", &gen_manifest(2000).replace("rhos = [0.2, 0.5, 0.8]", "rhos = [0.0, 0.5]"));
+    let o = w.run(&["run", "m.toml", "--json", "--set", "size=1200", "--jobs", "1", "--fail-fast"]);
+    assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(nodes_with(&summary, "ran"), vec!["gen".to_string()], "{summary}");
+    assert_eq!(nodes_with(&summary, "failed"), vec!["sub@rho=0.0,seed=0".to_string()]);
+    assert_eq!(summary["skipped"], 15, "{summary}");
+    let reason = |n: &str| {
+        summary["nodes"].as_array().unwrap().iter().find(|x| x["node"] == n).unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(reason("member@member=0.2,rho=0.0,seed=0"), "upstream failed: sub@rho=0.0,seed=0");
+    for n in ["sub@rho=0.0,seed=1", "sub@rho=0.5,seed=1", "member@member=0.8,rho=0.5,seed=0"] {
+        assert_eq!(reason(n), "not started: the run stopped after sub@rho=0.0,seed=0 failed (--fail-fast)", "{n}");
+    }
+    // --json is quiet, and a quiet run still names the failure on stderr when it happens.
+    let err = s(&o.stderr);
+    assert!(err.contains("error: sub@rho=0.0,seed=0 failed: param `size`"), "{err}");
+
+    // Without --fail-fast every node that does not depend on a failure runs.
+    let again = w.run(&["run", "m.toml", "--json", "--set", "size=1200", "--jobs", "1"]);
+    let summary: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(summary["cached"], 1, "{summary}");
+    assert_eq!(summary["ran"], 8, "{summary}");
+    assert_eq!(summary["failed"], 2, "{summary}");
+    assert_eq!(summary["skipped"], 6, "{summary}");
+}
+
+#[test]
 fn a_failing_node_stops_its_dependents_and_the_run_exits_1() {
     let w = Work::new();
     // rho = 0 of 1200 needs more shorter-preferred pairs than 2000 generated pairs hold.
