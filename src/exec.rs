@@ -593,14 +593,20 @@ impl Runner<'_> {
     fn skip_not_started(&mut self) {
         let Some(f) = self.stopped_by else { return };
         let why = format!("not started: the run stopped after {} failed (--fail-fast)", self.plan.nodes[f].name);
-        for (i, nd) in self.nodes.iter_mut().enumerate() {
-            if nd.wanted && matches!(nd.state, State::Waiting | State::Queued) {
-                nd.state = State::Skipped;
-                nd.report.outcome = Outcome::Skipped;
-                nd.report.error = Some(why.clone());
-                self.progress.finished(&self.plan.nodes[i].name, "skipped", "(--fail-fast)");
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].wanted && matches!(self.nodes[i].state, State::Waiting | State::Queued) {
+                self.mark_skipped(i, why.clone(), "(--fail-fast)");
             }
         }
+    }
+
+    /// Reports `i` as skipped: `error` in the summary, `detail` on its progress line.
+    fn mark_skipped(&mut self, i: usize, error: String, detail: &str) {
+        let nd = &mut self.nodes[i];
+        nd.state = State::Skipped;
+        nd.report.outcome = Outcome::Skipped;
+        nd.report.error = Some(error);
+        self.progress.finished(&self.plan.nodes[i].name, "skipped", detail);
     }
 
     fn skip_downstream(&mut self, i: usize) {
@@ -623,11 +629,7 @@ impl Runner<'_> {
             .map(|&u| self.plan.nodes[u].name.as_str())
             .collect();
         let failed = failed.join(", ");
-        let nd = &mut self.nodes[d];
-        nd.state = State::Skipped;
-        nd.report.outcome = Outcome::Skipped;
-        nd.report.error = Some(format!("upstream failed: {failed}"));
-        self.progress.finished(&self.plan.nodes[d].name, "skipped", &format!("(upstream {failed} failed)"));
+        self.mark_skipped(d, format!("upstream failed: {failed}"), &format!("(upstream {failed} failed)"));
     }
 
     /// A node set back to waiting: skipped if an upstream failed meanwhile, resolved again once its upstream is done.
