@@ -784,11 +784,30 @@ struct Row {
     source_row: u32,
 }
 
+/// Hashes a BLAKE3 hash by taking its bits: they are uniform already, so SipHash over them (std's default) only
+/// costs time, on the one thread that keeps the records in file order.
+#[derive(Default)]
+struct HashBits(u64);
+
+impl std::hash::Hasher for HashBits {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]` hashes as its length (a constant), then its bytes: mixing in each write's first 8 bytes keeps
+        // the hash's own bits
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(17) ^ u64::from_le_bytes(b);
+    }
+}
+
 /// The records in file order: the pairs kept (the first occurrence of each), the duplicates, the invalid ones.
 #[derive(Default)]
 struct Collected {
     rows: Vec<Row>,
-    first_seen: HashMap<[u8; 32], usize>,
+    first_seen: HashMap<[u8; 32], usize, std::hash::BuildHasherDefault<HashBits>>,
     records: u64,
     duplicates: u64,
     conflicting: u64,
