@@ -1,0 +1,224 @@
+//! `import` fed damaged files: real preference data (TL;DR JSONL, a LLaMA-Factory JSON array, a Parquet pairs table)
+//! cut, flipped, spliced and retyped by a seeded generator. Whatever the damage, `import` must return (never panic),
+//! and an error must name the file; a file it accepts must give a readable pairs table.
+use rand::{Rng, SeedableRng};
+use rmdistill_stages::port;
+use rmdistill_stages::port::Stage;
+use rmdistill_stages::{import, table};
+use serde_json::{Value, json};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+#[path = "support/local_ctx.rs"]
+mod local_ctx;
+use local_ctx::{LocalCtx, shared_data};
+
+/// What one import of `file` did: `Ok(pairs)`, `Err(message)`, or a panic (the test's failure).
+fn import_once(dir: &Path, file: &Path, extra: &Value) -> Result<Result<usize, String>, String> {
+    let mut params = json!({"path": file.file_name().unwrap().to_string_lossy()});
+    for (k, v) in extra.as_object().unwrap() {
+        params[k] = v.clone();
+    }
+    let ctx = LocalCtx::new(dir, params).external("path", file);
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        import::Import.validate(port::Ctx::params(&ctx))?;
+        import::run(&ctx)?;
+        let t = table::read_table(&ctx.out("pairs"), None)?;
+        Ok::<usize, port::StageError>(t.num_rows())
+    }));
+    match outcome {
+        Ok(r) => Ok(r.map_err(|e| e.to_string())),
+        Err(p) => Err(p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()),
+    }
+}
+
+/// One damage of `bytes`, chosen by `rng`; the name says what was done, for a failure's message.
+fn damage(rng: &mut impl Rng, bytes: &[u8]) -> (String, Vec<u8>) {
+    let mut b = bytes.to_vec();
+    let at = |rng: &mut dyn FnMut(usize) -> usize, n: usize| rng(n.max(1));
+    let mut pick = |n: usize| rng.random_range(0..n.max(1));
+    match pick(8) {
+        0 => {
+            let n = at(&mut pick, b.len());
+            b.truncate(n);
+            (format!("cut at byte {n}"), b)
+        }
+        1 => {
+            let mut what = Vec::new();
+            for _ in 0..1 + pick(8) {
+                let i = at(&mut pick, b.len());
+                if i < b.len() {
+                    b[i] ^= 1 << pick(8);
+                    what.push(i);
+                }
+            }
+            (format!("bits flipped at bytes {what:?}"), b)
+        }
+        2 => {
+            let i = at(&mut pick, b.len());
+            let n = 1 + pick(64).min(b.len().saturating_sub(i));
+            b.drain(i..(i + n).min(b.len()));
+            (format!("{n} bytes deleted at {i}"), b)
+        }
+        3 => {
+            const BITS: [&[u8]; 14] = [
+                b"\"",
+                b"\\",
+                b"{",
+                b"}",
+                b"[",
+                b"]",
+                b",",
+                b":",
+                b"\n",
+                b"null",
+                b"\\ud800",
+                b"\xff\xfe",
+                b"\x00",
+                b"1e999",
+            ];
+            let i = at(&mut pick, b.len());
+            let s = BITS[pick(BITS.len())];
+            b.splice(i..i, s.iter().copied());
+            (format!("{:?} inserted at {i}", String::from_utf8_lossy(s)), b)
+        }
+        4 => {
+            // a field's value replaced by another JSON type
+            const VALUES: [&str; 9] = ["null", "1", "-0.5", "true", "[]", "{}", "[\"x\", 2]", "{\"role\": 3}", "\"\""];
+            let v = VALUES[pick(VALUES.len())];
+            let text = String::from_utf8_lossy(&b).into_owned();
+            let starts: Vec<usize> = text.match_indices("\": ").map(|(i, _)| i + 3).collect();
+            if starts.is_empty() {
+                return ("unchanged".into(), b);
+            }
+            let s = starts[pick(starts.len())];
+            let end = value_end(text.as_bytes(), s);
+            let out = format!("{}{v}{}", &text[..s], &text[end..]);
+            (format!("value at {s} replaced by {v}"), out.into_bytes())
+        }
+        5 => {
+            // a line doubled, another removed: duplicates and gaps
+            let mut lines: Vec<&[u8]> = bytes.split(|&c| c == b'\n').collect();
+            let i = pick(lines.len());
+            let l = lines[i];
+            lines.insert(pick(lines.len()), l);
+            let j = pick(lines.len());
+            lines.remove(j);
+            (format!("line {i} doubled, line {j} removed"), lines.join(&b'\n'))
+        }
+        6 => {
+            let i = at(&mut pick, b.len());
+            let n = pick(4096).min(b.len() - i.min(b.len()));
+            let chunk = b[i..i + n].to_vec();
+            let j = at(&mut pick, b.len());
+            b.splice(j..j, chunk);
+            (format!("{n} bytes from {i} copied to {j}"), b)
+        }
+        _ => {
+            let i = at(&mut pick, b.len());
+            let n = pick(16).min(b.len() - i.min(b.len()));
+            for x in &mut b[i..i + n] {
+                *x = pick(256) as u8;
+            }
+            (format!("{n} random bytes at {i}"), b)
+        }
+    }
+}
+
+/// The end of the JSON value that starts at `s` (a string, or a scalar up to the next `,` or `}`).
+fn value_end(t: &[u8], s: usize) -> usize {
+    if t.get(s) == Some(&b'"') {
+        let mut i = s + 1;
+        while i < t.len() {
+            match t[i] {
+                b'\\' => i += 2,
+                b'"' => return i + 1,
+                _ => i += 1,
+            }
+        }
+        return t.len();
+    }
+    let mut i = s;
+    while i < t.len() && !matches!(t[i], b',' | b'}' | b']' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
+fn first_lines(path: &Path, n: usize) -> Vec<u8> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out: String = text.lines().take(n).collect::<Vec<_>>().join("\n");
+    out.push('\n');
+    out.into_bytes()
+}
+
+/// Imports `cases` damaged copies of `original` (named `name`) with each of `settings`; returns the panics.
+fn damaged_imports(seed: u64, name: &str, original: &[u8], cases: usize, settings: &[Value]) -> Vec<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut panics = Vec::new();
+    let (mut ok, mut refused) = (0, 0);
+    // the damage's panics are the test's output, not the default hook's noise
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    for case in 0..cases {
+        let (what, bytes) = damage(&mut rng, original);
+        let dir = tmp.path().join(format!("{case}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file: PathBuf = dir.join(name);
+        std::fs::write(&file, &bytes).unwrap();
+        for extra in settings {
+            match import_once(&dir, &file, extra) {
+                Ok(Ok(_)) => ok += 1,
+                Ok(Err(e)) => {
+                    refused += 1;
+                    if !e.contains(name) {
+                        panics.push(format!("case {case} ({what}, {extra}): the error does not name {name}: {e}"));
+                    }
+                }
+                Err(p) => panics.push(format!("case {case} ({what}, {extra}): panicked: {p}")),
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    eprintln!("{name}: {cases} damaged copies × {} settings: {ok} imported, {refused} refused", settings.len());
+    assert!(ok > 0 && refused > 0, "the damage should leave some files readable and make others unreadable");
+    panics
+}
+
+#[test]
+fn damaged_tldr_jsonl_never_panics_and_errors_name_the_file() {
+    let original = first_lines(&shared_data().join("tldr-2k/train.jsonl"), 40);
+    let settings = [json!({}), json!({"on_invalid": "skip"}), json!({"format": "trl", "skip": 3, "limit": 20})];
+    let panics = damaged_imports(11, "train.jsonl", &original, 150, &settings);
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+}
+
+#[test]
+fn damaged_llama_factory_json_never_panics_and_errors_name_the_file() {
+    let original = std::fs::read(shared_data().join("preference-formats/llama-factory-dpo_en_demo.json")).unwrap();
+    // a shorter array keeps each case fast: the first 12 records
+    let v: Vec<Value> = serde_json::from_slice(&original).unwrap();
+    let short = serde_json::to_vec_pretty(&v[..12]).unwrap();
+    let settings = [json!({}), json!({"on_invalid": "skip"})];
+    let panics = damaged_imports(12, "dpo_en_demo.json", &short, 150, &settings);
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+}
+
+#[test]
+fn damaged_parquet_never_panics_and_errors_name_the_file() {
+    // a Parquet file `import` reads: its own pairs table of 40 TL;DR records
+    let tmp = tempfile::tempdir().unwrap();
+    let jsonl = tmp.path().join("train.jsonl");
+    std::fs::write(&jsonl, first_lines(&shared_data().join("tldr-2k/train.jsonl"), 40)).unwrap();
+    let ctx = LocalCtx::new(tmp.path(), json!({"path": "train.jsonl"})).external("path", &jsonl);
+    import::run(&ctx).unwrap();
+    let original = std::fs::read(ctx.out("pairs")).unwrap();
+    let settings = [json!({}), json!({"on_invalid": "skip"})];
+    let panics = damaged_imports(13, "pairs.parquet", &original, 200, &settings);
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+}
