@@ -179,7 +179,7 @@ impl LlamaConfig {
             .and_then(Value::as_f64)
             .unwrap_or_else(default_rope_theta)
     }
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let scaling = self.extra.get("rope_scaling").or_else(|| self.extra.get("rope_parameters"));
         if let Some(s) = scaling {
             let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str);
@@ -190,8 +190,65 @@ impl LlamaConfig {
         if self.hidden_act != "silu" {
             bail!("llama hidden_act {:?} is not supported (only silu)", self.hidden_act);
         }
+        positive(&[
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+        ])?;
+        if let Some(p) = self.max_position_embeddings {
+            positive(&[("max_position_embeddings", p)])?;
+        }
         if self.num_attention_heads % self.kv_heads() != 0 {
             bail!("num_attention_heads must be a multiple of num_key_value_heads");
+        }
+        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+            bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {} (and no head_dim is given)",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        let hd = self.head_dim();
+        if hd <= 0 || hd % 2 != 0 {
+            bail!("head_dim must be positive and even (rotary embeddings rotate pairs); it is {hd}");
+        }
+        Ok(())
+    }
+}
+
+/// Every named size must be at least 1: a zero or negative size is a damaged or hand-edited config, and the model
+/// built from it would fail deep inside libtorch (or divide by zero) instead of saying which field is wrong.
+fn positive(sizes: &[(&str, i64)]) -> Result<()> {
+    for &(name, v) in sizes {
+        if v <= 0 {
+            bail!("{name} must be at least 1; it is {v}");
+        }
+    }
+    Ok(())
+}
+
+impl Gpt2Config {
+    pub(crate) fn check(&self) -> Result<()> {
+        positive(&[
+            ("vocab_size", self.vocab_size),
+            ("n_positions", self.n_positions),
+            ("n_embd", self.n_embd),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_inner", self.inner_dim()),
+        ])?;
+        if self.n_embd % self.n_head != 0 {
+            bail!("n_embd {} is not a multiple of n_head {}", self.n_embd, self.n_head);
+        }
+        if !crate::model::ACTIVATIONS.contains(&self.activation_function.as_str()) {
+            bail!(
+                "activation_function {:?} is not supported (supported: {})",
+                self.activation_function,
+                crate::model::ACTIVATIONS.join(", ")
+            );
         }
         Ok(())
     }
@@ -214,7 +271,11 @@ impl ModelConfig {
             o.remove("model_type");
         }
         Ok(match mt {
-            "gpt2" => ModelConfig::Gpt2(serde_json::from_value(v).context("gpt2 config.json")?),
+            "gpt2" => {
+                let c: Gpt2Config = serde_json::from_value(v).context("gpt2 config.json")?;
+                c.check()?;
+                ModelConfig::Gpt2(c)
+            }
             "llama" => {
                 let c: LlamaConfig = serde_json::from_value(v).context("llama config.json")?;
                 c.check()?;
@@ -228,6 +289,32 @@ impl ModelConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         Self::from_json(&v).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Refuses sizes no model can have (zero, negative, heads that do not divide) and what this crate cannot run.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            ModelConfig::Gpt2(c) => c.check(),
+            ModelConfig::Llama(c) => c.check(),
+        }
+    }
+
+    /// At least this many parameters (the embeddings and every layer's weight matrices; norms and biases left
+    /// out), computed without building the model: a config whose size its weights file cannot hold is refused
+    /// before libtorch is asked for the memory.
+    pub fn min_parameters(&self) -> u128 {
+        let u = |v: i64| v.max(0) as u128;
+        match self {
+            ModelConfig::Gpt2(c) => {
+                let (d, i) = (u(c.n_embd), u(c.inner_dim()));
+                u(c.vocab_size) * d + u(c.n_positions) * d + u(c.n_layer) * (4 * d * d + 2 * d * i)
+            }
+            ModelConfig::Llama(c) => {
+                let (d, i, hd) = (u(c.hidden_size), u(c.intermediate_size), u(c.head_dim()));
+                let (q, kv) = (u(c.num_attention_heads) * hd, u(c.kv_heads()) * hd);
+                u(c.vocab_size) * d + u(c.num_hidden_layers) * (2 * d * q + 2 * d * kv + 3 * d * i)
+            }
+        }
     }
 
     pub fn model_type(&self) -> &'static str {

@@ -97,6 +97,7 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// The number of elements (checked when the file is parsed: at least 1 per dimension, in all at most i64::MAX).
     pub fn numel(&self) -> usize {
         self.dims.iter().product::<u64>() as usize
     }
@@ -120,6 +121,12 @@ struct Reader<'a> {
     pos: usize,
 }
 
+/// Arrays nest at most this deep in metadata (llama.cpp writes one level); a damaged file could otherwise nest
+/// arrays until the parser's stack overflows.
+const MAX_NESTING: usize = 8;
+/// ggml's GGML_MAX_DIMS.
+const MAX_DIMS: usize = 4;
+
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8]> {
         let end = self
@@ -141,7 +148,7 @@ impl Reader<'_> {
         let n = self.u64()? as usize;
         Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
     }
-    fn value(&mut self, ty: u32) -> Result<MetaValue> {
+    fn value(&mut self, ty: u32, depth: usize) -> Result<MetaValue> {
         Ok(match ty {
             0 => MetaValue::UInt(self.take(1)?[0] as u64),
             1 => MetaValue::Int(self.take(1)?[0] as i8 as i64),
@@ -153,11 +160,14 @@ impl Reader<'_> {
             7 => MetaValue::Bool(self.take(1)?[0] != 0),
             8 => MetaValue::Str(self.string()?),
             9 => {
+                if depth >= MAX_NESTING {
+                    bail!("metadata arrays nested deeper than {MAX_NESTING} at byte {}", self.pos);
+                }
                 let ety = self.u32()?;
                 let n = self.u64()? as usize;
                 let mut v = Vec::with_capacity(n.min(1 << 20));
                 for _ in 0..n {
-                    v.push(self.value(ety)?);
+                    v.push(self.value(ety, depth + 1)?);
                 }
                 MetaValue::Array(v)
             }
@@ -190,19 +200,34 @@ impl GgufFile {
         for _ in 0..n_kv {
             let key = r.string()?;
             let ty = r.u32()?;
-            metadata.insert(key, r.value(ty)?);
+            metadata.insert(key, r.value(ty, 0)?);
         }
-        let mut tensors = Vec::with_capacity(n_tensors);
+        // the count comes from the file: reserve no more than its bytes could describe
+        let mut tensors = Vec::with_capacity(n_tensors.min(bytes.len() / 24));
         for _ in 0..n_tensors {
             let name = r.string()?;
             let nd = r.u32()? as usize;
+            if nd > MAX_DIMS {
+                bail!("tensor {name}: {nd} dimensions (GGUF tensors have at most {MAX_DIMS})");
+            }
             let dims = (0..nd).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
+            let numel = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d).filter(|&n| n <= i64::MAX as u64));
+            if dims.contains(&0) || numel.is_none() {
+                bail!("tensor {name}: dimensions {dims:?} (each must be at least 1, their product at most 2^63 - 1)");
+            }
             let ty_id = r.u32()?;
             let offset = r.u64()?;
             let ty = GgmlType::from_id(ty_id).with_context(|| format!("tensor {name}"))?;
             tensors.push(TensorInfo { name, dims, ty, ty_id, offset });
         }
-        let align = metadata.get("general.alignment").and_then(MetaValue::as_u64).unwrap_or(32) as usize;
+        let align = match metadata.get("general.alignment") {
+            None => 32,
+            Some(a) => {
+                a.as_u64()
+                    .filter(|a| a.is_power_of_two() && *a <= 1 << 30)
+                    .ok_or_else(|| anyhow!("general.alignment {a:?} is not a power of two"))? as usize
+            }
+        };
         let data_start = r.pos.div_ceil(align) * align;
         let f = GgufFile { version, metadata, tensors, bytes, data_start };
         for t in &f.tensors {
@@ -224,9 +249,10 @@ impl GgufFile {
         if !n.is_multiple_of(bs) {
             bail!("tensor {}: {n} elements is not a multiple of the {:?} block size {bs}", t.name, t.ty);
         }
-        let start = self.data_start + t.offset as usize;
-        let end = start + n / bs * bb;
-        self.bytes.get(start..end).ok_or_else(|| anyhow!("tensor {} lies outside the file", t.name))
+        let outside = || anyhow!("tensor {} lies outside the file", t.name);
+        let start = usize::try_from(t.offset).ok().and_then(|o| o.checked_add(self.data_start)).ok_or_else(outside)?;
+        let end = (n / bs).checked_mul(bb).and_then(|len| len.checked_add(start)).ok_or_else(outside)?;
+        self.bytes.get(start..end).ok_or_else(outside)
     }
 
     /// The tensor dequantised to fp32, in PyTorch shape.
@@ -281,7 +307,8 @@ pub fn unpermute_qk(w: &Tensor, n_head: i64) -> Tensor {
 
 fn meta_u(f: &GgufFile, arch: &str, key: &str) -> Result<i64> {
     let k = format!("{arch}.{key}");
-    f.get(&k).and_then(MetaValue::as_u64).map(|v| v as i64).ok_or_else(|| anyhow!("GGUF lacks {k}"))
+    let v = f.get(&k).ok_or_else(|| anyhow!("GGUF lacks {k}"))?;
+    v.as_u64().and_then(|v| i64::try_from(v).ok()).ok_or_else(|| anyhow!("GGUF {k} is {v:?}, not a size"))
 }
 
 /// The Llama configuration a GGUF file describes.
@@ -294,7 +321,10 @@ pub fn llama_config(f: &GgufFile) -> Result<LlamaConfig> {
     let heads = meta_u(f, arch, "attention.head_count")?;
     let vocab = match f.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array) {
         Some(t) => t.len() as i64,
-        None => f.tensor_info("token_embd.weight").ok_or_else(|| anyhow!("no token_embd.weight"))?.dims[1] as i64,
+        None => {
+            let t = f.tensor_info("token_embd.weight").ok_or_else(|| anyhow!("no token_embd.weight"))?;
+            *t.dims.get(1).ok_or_else(|| anyhow!("token_embd.weight has dimensions {:?}, not 2", t.dims))? as i64
+        }
     };
     let mut c = LlamaConfig::new(
         vocab,
@@ -304,6 +334,9 @@ pub fn llama_config(f: &GgufFile) -> Result<LlamaConfig> {
         heads,
         meta_u(f, arch, "attention.head_count_kv").unwrap_or(heads),
     );
+    if heads <= 0 {
+        bail!("{arch}.attention.head_count must be at least 1; it is {heads}");
+    }
     let hd = meta_u(f, arch, "attention.key_length")
         .or_else(|_| meta_u(f, arch, "rope.dimension_count"))
         .unwrap_or(hidden / heads);
@@ -321,6 +354,14 @@ pub fn llama_config(f: &GgufFile) -> Result<LlamaConfig> {
     c.bos_token_id = id("bos_token_id");
     c.eos_token_id = id("eos_token_id");
     c.pad_token_id = id("padding_token_id");
+    let config = ModelConfig::Llama(c);
+    config.check()?;
+    // the model is allocated before its tensors are read: a config its tensors cannot fill is refused first
+    let held: u128 = f.tensors.iter().map(|t| t.numel() as u128).sum();
+    if config.min_parameters() > held {
+        bail!("GGUF metadata describes at least {} parameters; its tensors hold {held}", config.min_parameters());
+    }
+    let ModelConfig::Llama(c) = config else { unreachable!() };
     Ok(c)
 }
 
@@ -366,18 +407,19 @@ pub fn load_llama(f: &GgufFile, device: Device) -> Result<LanguageModel> {
                 }
                 continue;
             };
+            let mut v = vars
+                .get(&name)
+                .ok_or_else(|| anyhow!("GGUF tensor {} maps to unknown parameter {name}", t.name))?
+                .shallow_clone();
+            // the shape is checked before un-permuting, which reshapes by the config's head count
+            if v.size() != t.shape() {
+                bail!("GGUF tensor {} has shape {:?}, the config implies {:?}", t.name, t.shape(), v.size());
+            }
             let mut w = f.dequantize(&t.name)?;
             if t.name.ends_with("attn_q.weight") {
                 w = unpermute_qk(&w, nh);
             } else if t.name.ends_with("attn_k.weight") {
                 w = unpermute_qk(&w, nkv);
-            }
-            let mut v = vars
-                .get(&name)
-                .ok_or_else(|| anyhow!("GGUF tensor {} maps to unknown parameter {name}", t.name))?
-                .shallow_clone();
-            if v.size() != w.size() {
-                bail!("GGUF tensor {} has shape {:?}, the config implies {:?}", t.name, w.size(), v.size());
             }
             v.copy_(&w);
             seen += 1;

@@ -166,6 +166,9 @@ impl ParamTable {
 }
 
 /// Activation by transformers' name.
+/// The activation names [`activation`] understands (a config naming another is refused when it is read).
+pub const ACTIVATIONS: [&str; 7] = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu", "silu", "swish"];
+
 pub fn activation(name: &str, x: &Tensor) -> Tensor {
     match name {
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => x.gelu("tanh"),

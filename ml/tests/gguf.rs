@@ -7,6 +7,7 @@ use common::*;
 use rmdistill_ml::gguf::{GgufFile, import_gguf, locate_smollm2_gguf, tokenizer};
 use rmdistill_ml::logprobs::lm_loss;
 use rmdistill_ml::{LanguageModel, ModelConfig, SampleConfig, Tokenizer, generate};
+use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -183,4 +184,92 @@ fn smollm2_imports_generates_and_has_low_perplexity() {
     let random = ppl(&LanguageModel::new(m.config.clone(), Device::Cpu));
     println!("perplexity, random model of the same shape: {random:.1}");
     assert!(real < random / 50.0, "SmolLM2 {real} vs random {random}");
+}
+
+/// A GGUF file damaged in seeded ways (cut, bits flipped, a count, size, offset or type id overwritten with an extreme
+/// value) is imported or refused with an error — never a panic, a division by zero, or a model of absurd size
+/// allocated from its metadata. (`rmdistill import-model` on such files panicked before: dimensions whose product
+/// overflowed, a zero head count, a shape libtorch refused to reshape.)
+#[test]
+fn damaged_gguf_files_are_refused_never_a_panic() {
+    use rand::{Rng, SeedableRng};
+    one_thread();
+    let original = std::fs::read(fixtures().join("llama-tiny.gguf")).unwrap();
+    // the metadata and the tensor directory: the part of the file whose damage changes what is parsed
+    let head = GgufFile::parse(original.clone()).map(|_| 3000.min(original.len())).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let (mut imported, mut refused, mut panics) = (0, 0, Vec::new());
+    for case in 0..300 {
+        let mut b = original.clone();
+        let at = rng.random_range(0..head);
+        let what = match case % 4 {
+            0 => {
+                b.truncate(at);
+                format!("cut at {at}")
+            }
+            1 => {
+                b[at] ^= 1 << rng.random_range(0..8);
+                format!("bit flipped at {at}")
+            }
+            2 => {
+                let v =
+                    [0u64, 1, 3, 1 << 31, u32::MAX as u64, 1 << 40, i64::MAX as u64, u64::MAX][rng.random_range(0..8)];
+                b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+                format!("u64 {v} at {at}")
+            }
+            _ => {
+                let v = [0u32, 1, 2, 9, 13, 31, 100, u32::MAX][rng.random_range(0..8)];
+                b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                format!("u32 {v} at {at}")
+            }
+        };
+        let outcome = std::panic::catch_unwind(|| -> anyhow::Result<()> {
+            let f = GgufFile::parse(b)?;
+            rmdistill_ml::gguf::load_llama(&f, Device::Cpu)?;
+            Ok(())
+        });
+        match outcome {
+            Ok(Ok(())) => imported += 1,
+            Ok(Err(_)) => refused += 1,
+            Err(p) => {
+                let msg =
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                panics.push(format!("case {case} ({what}): {}", msg.unwrap_or_default()));
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    println!("{imported} imported, {refused} refused, {} panicked", panics.len());
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+    assert!(imported > 0 && refused > 0, "imported {imported}, refused {refused}");
+}
+
+/// A `config.json` with an impossible size is refused naming the field, and one that describes a model larger than
+/// its weights file is refused before the model is allocated.
+#[test]
+fn impossible_configs_are_refused_before_the_model_is_built() {
+    one_thread();
+    let src = fixtures().join("gpt2-tiny");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    for (field, value, expected) in [
+        ("n_head", json!(0), "n_head must be at least 1; it is 0"),
+        ("n_embd", json!(-32), "n_embd must be at least 1; it is -32"),
+        ("n_head", json!(5), "n_embd 32 is not a multiple of n_head 5"),
+        ("activation_function", json!("mish"), "activation_function \"mish\" is not supported"),
+        ("n_embd", json!(1i64 << 40), "holds only"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(&src).unwrap().flatten() {
+            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+        }
+        let mut c = config.clone();
+        c[field] = value.clone();
+        std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+        let e = LanguageModel::load(dir.path(), Device::Cpu).err().map(|e| format!("{e:#}"));
+        let e = e.unwrap_or_else(|| panic!("{field} = {value} was accepted"));
+        assert!(e.contains(expected), "{field} = {value}: {e}");
+        assert!(e.contains("config.json"), "{field} = {value}: the error names no file: {e}");
+    }
 }
