@@ -6,6 +6,7 @@ use common::*;
 use rmdistill_ml::config::Head;
 use rmdistill_ml::logprobs::{PairBatch, Reduction, sequence_logprobs, sequence_logprobs_from_logits};
 use rmdistill_ml::{DeviceChoice, LanguageModel, ModelConfig, OptimConfig, RewardModel, Trainer};
+use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -128,4 +129,90 @@ fn response_only_head_gives_the_same_gradients() {
     let (a, b) = (grad(true), grad(false));
     assert!(f64::try_from(a.abs().max()).unwrap() > 1e-4);
     assert!(max_abs_diff(&a, &b) < 1e-5, "{}", max_abs_diff(&a, &b));
+}
+
+/// A `config.json` with an impossible size is refused naming the field, and one that describes a model larger than
+/// its weights file is refused before the model is allocated.
+#[test]
+fn impossible_configs_are_refused_before_the_model_is_built() {
+    one_thread();
+    let src = fixtures().join("gpt2-tiny");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    for (field, value, expected) in [
+        ("n_head", json!(0), "n_head must be at least 1; it is 0"),
+        ("n_embd", json!(-32), "n_embd must be at least 1; it is -32"),
+        ("n_head", json!(5), "n_embd 32 is not a multiple of n_head 5"),
+        ("activation_function", json!("mish"), "activation_function \"mish\" is not supported"),
+        ("n_embd", json!(1i64 << 40), "holds only"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(&src).unwrap().flatten() {
+            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+        }
+        let mut c = config.clone();
+        c[field] = value.clone();
+        std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+        let e = LanguageModel::load(dir.path(), Device::Cpu).err().map(|e| format!("{e:#}"));
+        let e = e.unwrap_or_else(|| panic!("{field} = {value} was accepted"));
+        assert!(e.contains(expected), "{field} = {value}: {e}");
+        assert!(e.contains("config.json"), "{field} = {value}: the error names no file: {e}");
+    }
+}
+
+/// A `model.safetensors` damaged in seeded ways (cut, bits flipped in its header or data, the header's length
+/// overwritten) loads or is refused with an error naming the file — never a panic.
+#[test]
+fn damaged_safetensors_are_refused_never_a_panic() {
+    use rand::{Rng, SeedableRng};
+    one_thread();
+    let src = fixtures().join("gpt2-tiny");
+    let original = std::fs::read(src.join("model.safetensors")).unwrap();
+    let header = 8 + u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let (mut loaded, mut refused, mut panics) = (0, 0, Vec::new());
+    for case in 0..200 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+        let mut b = original.clone();
+        // most damage in the JSON header, where it changes what is parsed; some in the data
+        let at = if case % 5 == 4 { rng.random_range(header..b.len()) } else { rng.random_range(0..header) };
+        let what = match case % 3 {
+            0 => {
+                b.truncate(at);
+                format!("cut at {at}")
+            }
+            1 => {
+                b[at] ^= 1 << rng.random_range(0..8);
+                format!("bit flipped at {at}")
+            }
+            _ => {
+                let v = [0u64, 2, 1 << 20, u32::MAX as u64, u64::MAX][rng.random_range(0..5)];
+                b[..8].copy_from_slice(&v.to_le_bytes());
+                format!("header length {v}")
+            }
+        };
+        std::fs::write(dir.path().join("model.safetensors"), &b).unwrap();
+        let outcome = std::panic::catch_unwind(|| LanguageModel::load(dir.path(), Device::Cpu).map(|_| ()));
+        match outcome {
+            Ok(Ok(())) => loaded += 1,
+            Ok(Err(e)) => {
+                refused += 1;
+                let e = format!("{e:#}");
+                if !e.contains("model.safetensors") && !e.contains("config.json") {
+                    panics.push(format!("case {case} ({what}): the error names no file: {e}"));
+                }
+            }
+            Err(p) => {
+                let msg =
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                panics.push(format!("case {case} ({what}): panicked: {}", msg.unwrap_or_default()));
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    println!("{loaded} loaded, {refused} refused, {} failed", panics.len());
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+    assert!(loaded > 0 && refused > 0, "loaded {loaded}, refused {refused}");
 }
