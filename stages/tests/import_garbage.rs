@@ -162,9 +162,6 @@ fn damaged_imports(seed: u64, name: &str, original: &[u8], cases: usize, setting
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut panics = Vec::new();
     let (mut ok, mut refused) = (0, 0);
-    // the damage's panics are the test's output, not the default hook's noise
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     for case in 0..cases {
         let (what, bytes) = damage(&mut rng, original);
         let dir = tmp.path().join(format!("{case}"));
@@ -184,7 +181,6 @@ fn damaged_imports(seed: u64, name: &str, original: &[u8], cases: usize, setting
             }
         }
     }
-    std::panic::set_hook(hook);
     eprintln!("{name}: {cases} damaged copies × {} settings: {ok} imported, {refused} refused", settings.len());
     assert!(ok > 0 && refused > 0, "the damage should leave some files readable and make others unreadable");
     panics

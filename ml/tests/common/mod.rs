@@ -65,3 +65,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub fn to_vec2(t: &Tensor) -> Vec<Vec<i64>> {
     Vec::<Vec<i64>>::try_from(t).unwrap()
 }
+
+/// The message a caught panic carried (`panic!` with a literal or a formatted string), for a test's failure report.
+pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+}
