@@ -1002,8 +1002,13 @@ pub fn resolve_node(plan: &Plan, store: &Store, target: usize) -> anyhow::Result
     let ext = ExternalHashes::open(store.local_dir());
     let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; plan.nodes.len()];
     for i in plan.ancestors_and_self(target) {
-        let missing: Vec<String> =
-            plan.nodes[i].deps().filter(|&d| outputs[d].is_none()).map(|d| plan.nodes[d].name.clone()).collect();
+        // a node bound to one upstream by several inputs names it once
+        let mut missing: Vec<String> = Vec::new();
+        for d in plan.nodes[i].deps().filter(|&d| outputs[d].is_none()) {
+            if !missing.contains(&plan.nodes[d].name) {
+                missing.push(plan.nodes[d].name.clone());
+            }
+        }
         if !missing.is_empty() {
             if i == target {
                 ext.save();

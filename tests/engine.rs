@@ -245,6 +245,13 @@ fn status_explain_dag_show_and_gc() {
     assert!(g.contains("removed 1 blob(s) (6 bytes)"), "{g}");
     assert_eq!(blob_files(&w.store()).len(), before - 1);
     assert_eq!(w.run_json(&["m.toml"])["ran"], 0);
+
+    // explain of a node whose upstream is not stored names that upstream once, even when two inputs bind it (the
+    // default pipeline's `sft` reads `synth` twice)
+    let manifest = repo().join("manifests/synthetic-default.toml");
+    let empty = format!("file://{}", w.path().join("empty").display());
+    let ex = w.ok(&["explain", manifest.to_str().unwrap(), "sft@seed=0", "--store", &empty]);
+    assert_eq!(ex.trim(), "sft@seed=0: its key is not determined yet: upstream synth@seed=0 not in the store");
 }
 
 #[test]
