@@ -443,7 +443,8 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                         s,
                         span,
                         format!(
-                            "{name}: input `{slot}` matches no node of stage `{up}` (no node agrees on the shared sweep axes)"
+                            "{name}: input `{slot}` matches no node of stage `{up}` (no node agrees on the shared sweep axes{})",
+                            missing_values(&coords, by_stage[*up].iter().map(|&j| &nodes[j].coords), up)
                         ),
                     ));
                 }
@@ -492,6 +493,35 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
         }
     }
     Ok(Plan { manifest, nodes, by_stage })
+}
+
+/// For an input that matches no upstream node: each shared sweep axis on which this node's value is not among the
+/// upstream stage's, as "; `seed` = 5 here, `d_rho` has 0, 1, 2" (empty when every value appears upstream, i.e. only
+/// their combination is missing).
+fn missing_values<'a>(
+    coords: &BTreeMap<String, Value>,
+    upstream: impl Iterator<Item = &'a BTreeMap<String, Value>>,
+    up: &str,
+) -> String {
+    let mut seen: BTreeMap<&str, Vec<&'a Value>> = BTreeMap::new();
+    for c in upstream {
+        for (a, v) in c {
+            if coords.contains_key(a) {
+                let vs = seen.entry(a.as_str()).or_default();
+                if !vs.contains(&v) {
+                    vs.push(v);
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    for (a, vs) in seen {
+        if !vs.contains(&&coords[a]) {
+            let have: Vec<String> = vs.iter().map(|v| coord_str(v)).collect();
+            out += &format!("; `{a}` = {} here, `{up}` has {}", coord_str(&coords[a]), have.join(", "));
+        }
+    }
+    out
 }
 
 fn valid_name(s: &str) -> bool {

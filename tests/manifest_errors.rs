@@ -82,6 +82,14 @@ fn dangling_inputs() {
         "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\", extra = \"gen.pairs\" }}\nparams = {{ rho = 0.5, size = 10 }}\n"
     );
     expect_error(&m, "stage kind `subsample` has no input `extra` (its inputs: pairs)");
+    // a sweep value the upstream stage lacks is named, with the values it has
+    let m = format!(
+        "{GEN}\n[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nsweep = {{ seed = [0, 1] }}\nparams = {{ rho = 0.5, size = 10, seed = \"${{seed}}\" }}\n\n[stages.member]\nkind = \"subsample\"\ninputs = {{ pairs = \"sub.dataset\" }}\nsweep = {{ seed = [1, 5] }}\nparams = {{ rho = 0.5, size = 5, seed = \"${{seed}}\" }}\n"
+    );
+    expect_error(
+        &m,
+        "member@seed=5: input `pairs` matches no node of stage `sub` (no node agrees on the shared sweep axes; `seed` = 5 here, `sub` has 0, 1)",
+    );
 }
 
 #[test]
