@@ -1038,13 +1038,17 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     if let Some(t) = &tokens {
         summary["length_bias_tokens"] = length_bias(&rows, t, "tokens");
     }
+    // the batches hold every string now: free the parsed records before the writer encodes the batches (a third
+    // less peak memory; 3.3 GB for a 970 MB file before)
+    let pairs = rows.len();
+    drop(rows);
     table::write_table_in_groups(
         &ctx.output_path("pairs"),
         &batches,
         &table::summary_kv("import", &summary),
         GROUP_ROWS,
     )?;
-    ctx.log(&format!("{shown}: {records} records → {} pairs ({duplicates} duplicates dropped)", rows.len()));
+    ctx.log(&format!("{shown}: {records} records → {pairs} pairs ({duplicates} duplicates dropped)"));
     Ok(summary)
 }
 
