@@ -227,9 +227,16 @@ fn too_deep(text: &str) -> Option<(usize, usize)> {
 
 fn parse_doc(src: &Source) -> Result<FileDoc, ManifestError> {
     toml::from_str::<FileDoc>(&src.text).map_err(|e| {
-        let message = e.message().trim().to_string();
+        let mut message = e.message().trim().to_string();
         match e.span() {
-            Some(span) if span != (0..0) => src.error(span, message),
+            Some(span) if span != (0..0) => {
+                // toml says "duplicate key" without the key; the span covers it
+                let key = src.text.get(span.clone()).map(str::trim).unwrap_or("");
+                if message == "duplicate key" && !key.is_empty() && !key.contains('\n') {
+                    message = format!("duplicate key `{key}` (set earlier in the same table)");
+                }
+                src.error(span, message)
+            }
             _ => match too_deep(&src.text) {
                 Some((at, depth)) if message.contains("recurs") => src.error(
                     at..at,

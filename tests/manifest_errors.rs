@@ -96,6 +96,11 @@ fn dangling_inputs() {
 fn duplicate_names() {
     // Within one file TOML itself refuses the duplicate table.
     expect_error(&format!("{GEN}{GEN}"), "m.toml:4:");
+    // A key set twice in one table is named.
+    expect_error(
+        "[stages.gen]\nkind = \"generate\"\nparams = { n = 100 }\nkind = \"generate\"\n",
+        "m.toml:4:1: duplicate key `kind` (set earlier in the same table)",
+    );
     // Between a manifest and its pipeline.
     let w = Work::new();
     w.write("p.toml", GEN);
