@@ -411,11 +411,16 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                     };
                     let path = base.join(rel);
                     if !path.is_file() && !path.is_dir() {
+                        let what = if path.exists() {
+                            "not a regular file or directory (a device, socket or pipe cannot be hashed for the cache key)"
+                        } else {
+                            "no such file or directory"
+                        };
                         return Err(err(
                             s,
                             param_span(p),
                             format!(
-                                "{name}: param `{p}`: no such file or directory {} (paths are relative to the manifest's directory)",
+                                "{name}: param `{p}`: {what}: {} (paths are relative to the manifest's directory)",
                                 path.display()
                             ),
                         ));

@@ -144,6 +144,10 @@ fn unknown_stage_kinds_and_bad_values() {
         "[stages.i]\nkind = \"import\"\nparams = { path = \"missing.jsonl\" }\n",
         "m.toml:3:19: i: param `path`: no such file or directory",
     );
+    expect_error(
+        "[stages.i]\nkind = \"import\"\nparams = { path = \"/dev/null\" }\n",
+        "m.toml:3:19: i: param `path`: not a regular file or directory",
+    );
     expect_error("description = \"nothing\"\n", "declares no stages");
 }
 
