@@ -53,7 +53,7 @@ impl LanguageModel {
     /// Loads a checkpoint directory (`config.json` + `model.safetensors`).
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join(CONFIG_FILE))?;
-        weights_can_hold(&config, &dir.join(WEIGHTS_FILE))?;
+        weights_can_hold(&config, dir)?;
         let mut m = Self::new(config, device);
         load_safetensors(&mut m.vs, &dir.join(WEIGHTS_FILE), &[])?;
         Ok(m)
@@ -132,7 +132,7 @@ impl RewardModel {
     /// initialises the reward model (its LM head is ignored and `score` is fresh): the usual start from the SFT model.
     pub fn load(dir: &Path, device: Device, init_head_if_missing: bool) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join(CONFIG_FILE))?;
-        weights_can_hold(&config, &dir.join(WEIGHTS_FILE))?;
+        weights_can_hold(&config, dir)?;
         let mut m = Self::new(config, device);
         let optional: &[&str] = if init_head_if_missing { &["score.weight"] } else { &[] };
         load_safetensors(&mut m.vs, &dir.join(WEIGHTS_FILE), optional)?;
@@ -179,15 +179,16 @@ impl RewardModel {
     }
 }
 
-/// Refuses a config whose model the weights file cannot hold (at least a byte per parameter), before the model is
-/// allocated: a damaged `config.json` must not ask libtorch for terabytes.
-fn weights_can_hold(config: &ModelConfig, weights: &Path) -> Result<()> {
-    let bytes = std::fs::metadata(weights).with_context(|| format!("reading {}", weights.display()))?.len();
+/// Refuses a checkpoint whose `config.json` describes a model its weights file cannot hold (at least a byte per
+/// parameter), before the model is allocated: a damaged config must not ask libtorch for terabytes.
+fn weights_can_hold(config: &ModelConfig, dir: &Path) -> Result<()> {
+    let weights = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::metadata(&weights).with_context(|| format!("reading {}", weights.display()))?.len();
     let need = config.min_parameters();
     if need > bytes as u128 {
         bail!(
             "{}: the config describes a model of at least {need} parameters, but {} holds only {bytes} bytes",
-            weights.parent().unwrap_or(weights).join(CONFIG_FILE).display(),
+            dir.join(CONFIG_FILE).display(),
             weights.display()
         );
     }

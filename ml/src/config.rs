@@ -231,7 +231,7 @@ fn positive(sizes: &[(&str, i64)]) -> Result<()> {
 }
 
 impl Gpt2Config {
-    pub(crate) fn check(&self) -> Result<()> {
+    fn check(&self) -> Result<()> {
         positive(&[
             ("vocab_size", self.vocab_size),
             ("n_positions", self.n_positions),
@@ -243,11 +243,12 @@ impl Gpt2Config {
         if self.n_embd % self.n_head != 0 {
             bail!("n_embd {} is not a multiple of n_head {}", self.n_embd, self.n_head);
         }
-        if !crate::model::ACTIVATIONS.contains(&self.activation_function.as_str()) {
+        let known = crate::model::ACTIVATIONS.map(|(name, _)| name);
+        if !known.contains(&self.activation_function.as_str()) {
             bail!(
                 "activation_function {:?} is not supported (supported: {})",
                 self.activation_function,
-                crate::model::ACTIVATIONS.join(", ")
+                known.join(", ")
             );
         }
         Ok(())
@@ -270,19 +271,13 @@ impl ModelConfig {
             // Written back by to_json; keeping them in `extra` would duplicate them.
             o.remove("model_type");
         }
-        Ok(match mt {
-            "gpt2" => {
-                let c: Gpt2Config = serde_json::from_value(v).context("gpt2 config.json")?;
-                c.check()?;
-                ModelConfig::Gpt2(c)
-            }
-            "llama" => {
-                let c: LlamaConfig = serde_json::from_value(v).context("llama config.json")?;
-                c.check()?;
-                ModelConfig::Llama(c)
-            }
+        let config = match mt {
+            "gpt2" => ModelConfig::Gpt2(serde_json::from_value(v).context("gpt2 config.json")?),
+            "llama" => ModelConfig::Llama(serde_json::from_value(v).context("llama config.json")?),
             other => bail!("unsupported model_type {other:?} (supported: gpt2, llama)"),
-        })
+        };
+        config.check()?;
+        Ok(config)
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {

@@ -354,14 +354,7 @@ pub fn llama_config(f: &GgufFile) -> Result<LlamaConfig> {
     c.bos_token_id = id("bos_token_id");
     c.eos_token_id = id("eos_token_id");
     c.pad_token_id = id("padding_token_id");
-    let config = ModelConfig::Llama(c);
-    config.check()?;
-    // the model is allocated before its tensors are read: a config its tensors cannot fill is refused first
-    let held: u128 = f.tensors.iter().map(|t| t.numel() as u128).sum();
-    if config.min_parameters() > held {
-        bail!("GGUF metadata describes at least {} parameters; its tensors hold {held}", config.min_parameters());
-    }
-    let ModelConfig::Llama(c) = config else { unreachable!() };
+    c.check()?;
     Ok(c)
 }
 
@@ -396,7 +389,13 @@ fn hf_name(gguf: &str) -> Option<String> {
 pub fn load_llama(f: &GgufFile, device: Device) -> Result<LanguageModel> {
     let c = llama_config(f)?;
     let (nh, nkv) = (c.num_attention_heads, c.kv_heads());
-    let m = LanguageModel::new(ModelConfig::Llama(c), device);
+    let config = ModelConfig::Llama(c);
+    // the model is allocated before its tensors are read: a config its tensors cannot fill is refused first
+    let held: u128 = f.tensors.iter().map(|t| t.numel() as u128).sum();
+    if config.min_parameters() > held {
+        bail!("GGUF metadata describes at least {} parameters; its tensors hold {held}", config.min_parameters());
+    }
+    let m = LanguageModel::new(config, device);
     let vars = m.vs.variables();
     let mut seen = 0;
     tch::no_grad(|| -> Result<()> {

@@ -165,16 +165,25 @@ impl ParamTable {
     }
 }
 
-/// Activation by transformers' name.
-/// The activation names [`activation`] understands (a config naming another is refused when it is read).
-pub const ACTIVATIONS: [&str; 7] = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu", "silu", "swish"];
+/// An activation function, applied elementwise.
+pub type Activation = fn(&Tensor) -> Tensor;
 
+/// The activations by transformers' name: [`activation`] applies them, and a config naming another is refused
+/// when it is read (`Gpt2Config::check`).
+pub const ACTIVATIONS: [(&str, Activation); 7] = [
+    ("gelu_new", |x| x.gelu("tanh")),
+    ("gelu_pytorch_tanh", |x| x.gelu("tanh")),
+    ("gelu_fast", |x| x.gelu("tanh")),
+    ("gelu", |x| x.gelu("none")),
+    ("relu", |x| x.relu()),
+    ("silu", |x| x.silu()),
+    ("swish", |x| x.silu()),
+];
+
+/// Activation by transformers' name (one of [`ACTIVATIONS`]; configs are checked when read).
 pub fn activation(name: &str, x: &Tensor) -> Tensor {
-    match name {
-        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => x.gelu("tanh"),
-        "gelu" => x.gelu("none"),
-        "relu" => x.relu(),
-        "silu" | "swish" => x.silu(),
-        other => panic!("unsupported activation {other:?}"),
+    match ACTIVATIONS.iter().find(|(n, _)| *n == name) {
+        Some((_, f)) => f(x),
+        None => panic!("unsupported activation {name:?}"),
     }
 }
