@@ -866,6 +866,19 @@ fn length_bias(rows: &[Row], lens: &[(u32, u32)], length: &str) -> Value {
     })
 }
 
+/// `rows` cut into owned chunks of `n` (the last shorter), so that each chunk can be consumed and freed on its own.
+fn owned_chunks(rows: Vec<Row>, n: usize) -> Vec<Vec<Row>> {
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(n));
+    let mut rows = rows.into_iter();
+    loop {
+        let chunk: Vec<Row> = rows.by_ref().take(n).collect();
+        if chunk.is_empty() {
+            return chunks;
+        }
+        chunks.push(chunk);
+    }
+}
+
 impl Stage for Import {
     fn kind(&self) -> &'static str {
         "import"
@@ -989,31 +1002,6 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ),
     };
 
-    // one batch per row group, built in parallel; written as one table
-    let batches: Vec<arrow::array::RecordBatch> = rows
-        .par_chunks(GROUP_ROWS)
-        .enumerate()
-        .map(|(c, chunk)| {
-            let text_bytes: usize = chunk.iter().map(|r| r.pair.prompt.len() + r.pair.a.len() + r.pair.b.len()).sum();
-            let mut builder = PairsBuilder::with_capacity(chunk.len(), text_bytes);
-            for (k, r) in chunk.iter().enumerate() {
-                let i = c * GROUP_ROWS + k;
-                let id = table::pair_id(&r.pair.hash);
-                builder.push(PairRow {
-                    pair_id: &id,
-                    prompt: &r.pair.prompt,
-                    a: &r.pair.a,
-                    b: &r.pair.b,
-                    label: r.pair.label,
-                    words: words[i],
-                    tokens: tokens.as_ref().map(|t| t[i]),
-                    source_row: r.source_row,
-                });
-            }
-            builder.finish()
-        })
-        .collect();
-
     let labelled = rows.iter().filter(|r| r.pair.label.is_some()).count() as u64;
     let mut summary = json!({
         "format": format.name(),
@@ -1038,13 +1026,36 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     if let Some(t) = &tokens {
         summary["length_bias_tokens"] = length_bias(&rows, t, "tokens");
     }
-    // the batches hold every string now: free the parsed records before the writer encodes the batches (a third
-    // less peak memory; 3.3 GB for a 970 MB file before)
+
+    // one batch per row group, built in parallel, each group's parsed records freed as its batch takes their
+    // strings: records and batches never both hold the whole file (peak 2.4 GB for a 970 MB file when they did)
     let pairs = rows.len();
-    drop(rows);
-    table::write_table_in_groups(
+    let batches: Vec<arrow::array::RecordBatch> = owned_chunks(rows, GROUP_ROWS)
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, chunk)| {
+            let text_bytes: usize = chunk.iter().map(|r| r.pair.prompt.len() + r.pair.a.len() + r.pair.b.len()).sum();
+            let mut builder = PairsBuilder::with_capacity(chunk.len(), text_bytes);
+            for (k, r) in chunk.iter().enumerate() {
+                let i = c * GROUP_ROWS + k;
+                let id = table::pair_id(&r.pair.hash);
+                builder.push(PairRow {
+                    pair_id: &id,
+                    prompt: &r.pair.prompt,
+                    a: &r.pair.a,
+                    b: &r.pair.b,
+                    label: r.pair.label,
+                    words: words[i],
+                    tokens: tokens.as_ref().map(|t| t[i]),
+                    source_row: r.source_row,
+                });
+            }
+            builder.finish()
+        })
+        .collect();
+    table::write_owned_in_groups(
         &ctx.output_path("pairs"),
-        &batches,
+        batches,
         &table::summary_kv("import", &summary),
         GROUP_ROWS,
     )?;
@@ -1635,5 +1646,24 @@ mod tests {
         }
         bad.truncate(0);
         assert_eq!(jsonl_places(&bad, u64::MAX, 4), (vec![], Ok(())));
+    }
+
+    #[test]
+    fn owned_chunks_keep_row_order_and_cut_at_the_group_size() {
+        let row = |i: u32| Row {
+            pair: Pair::of(Extracted {
+                prompt: format!("p{i}"),
+                first: "a".into(),
+                second: "b".into(),
+                labelled: true,
+            }),
+            source_row: i,
+        };
+        for (n, size, want) in [(0, 3, vec![]), (6, 3, vec![3, 3]), (7, 3, vec![3, 3, 1]), (2, 3, vec![2])] {
+            let chunks = owned_chunks((0..n).map(row).collect(), size);
+            assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), want, "{n} rows in chunks of {size}");
+            let order: Vec<u32> = chunks.iter().flatten().map(|r| r.source_row).collect();
+            assert_eq!(order, (0..n).collect::<Vec<_>>());
+        }
     }
 }

@@ -235,6 +235,19 @@ pub fn write_table_in_groups(
     kv: &[(String, String)],
     group_rows: usize,
 ) -> StageResult<()> {
+    write_owned_in_groups(path, batches.to_vec(), kv, group_rows)
+}
+
+/// [`write_table_in_groups`] that takes the batches and lets each go once its rows are written: a batch of whole
+/// row groups is freed as the file grows, so the table and its compressed pages are never all in memory at once.
+/// Row groups are encoded a few at a time (every column of each in parallel) and appended in order, so the bytes
+/// do not depend on the number of threads.
+pub fn write_owned_in_groups(
+    path: &Path,
+    batches: Vec<RecordBatch>,
+    kv: &[(String, String)],
+    group_rows: usize,
+) -> StageResult<()> {
     use parquet::arrow::arrow_writer::{ArrowColumnChunk, compute_leaves};
     let Some(first) = batches.first() else {
         return Err(StageError::failed(format!("{}: no batch to write", path.display())));
@@ -244,41 +257,48 @@ pub fn write_table_in_groups(
     let schema = first.schema();
     let writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties(kv)))?;
     let (mut file_writer, factory) = writer.into_serialized_writer()?;
-    // every row group's rows (an empty table has none)
-    let mut slices: Vec<RecordBatch> = Vec::new();
-    for b in batches {
-        let rows = b.num_rows();
-        slices.extend(
-            (0..rows.div_ceil(group_rows)).map(|g| b.slice(g * group_rows, group_rows.min(rows - g * group_rows))),
-        );
-    }
-    let groups: Vec<(usize, RecordBatch)> = slices.into_iter().enumerate().collect();
-    // (row group, its column writers paired with their leaf columns)
-    let mut tasks = Vec::new();
-    for (g, slice) in &groups {
-        let g = *g;
-        let writers = factory.create_column_writers(g)?;
-        let mut leaves = Vec::with_capacity(writers.len());
-        for (field, col) in schema.fields().iter().zip(slice.columns()) {
-            leaves.extend(compute_leaves(field, col)?);
-        }
-        assert_eq!(writers.len(), leaves.len());
-        tasks.extend(writers.into_iter().zip(leaves).map(|(w, l)| (g, w, l)));
-    }
-    let chunks: Vec<(usize, ArrowColumnChunk)> = tasks
-        .into_par_iter()
-        .map(|(g, mut w, leaf)| {
-            w.write(&leaf)?;
-            Ok((g, w.close()?))
+    // every row group's rows in order (an empty table has none), each batch cut into its own groups
+    let mut groups = batches
+        .into_iter()
+        .flat_map(|b| {
+            let rows = b.num_rows();
+            (0..rows.div_ceil(group_rows))
+                .map(|g| b.slice(g * group_rows, group_rows.min(rows - g * group_rows)))
+                .collect::<Vec<_>>()
         })
-        .collect::<parquet::errors::Result<_>>()?;
-    let mut chunks = chunks.into_iter().peekable();
-    for &(g, _) in &groups {
-        let mut rg = file_writer.next_row_group()?;
-        while let Some((_, chunk)) = chunks.next_if(|(cg, _)| *cg == g) {
-            chunk.append_to_row_group(&mut rg)?;
+        .enumerate()
+        .peekable();
+    // two groups per thread at once: enough columns to keep every thread busy (a group's prompt column takes
+    // longer than its other columns together)
+    let window = 2 * rayon::current_num_threads();
+    while groups.peek().is_some() {
+        let mut tasks = Vec::new();
+        let mut in_window = Vec::with_capacity(window);
+        for (g, slice) in groups.by_ref().take(window) {
+            let writers = factory.create_column_writers(g)?;
+            let mut leaves = Vec::with_capacity(writers.len());
+            for (field, col) in schema.fields().iter().zip(slice.columns()) {
+                leaves.extend(compute_leaves(field, col)?);
+            }
+            assert_eq!(writers.len(), leaves.len());
+            tasks.extend(writers.into_iter().zip(leaves).map(|(w, l)| (g, w, l)));
+            in_window.push(g);
         }
-        rg.close()?;
+        let chunks: Vec<(usize, ArrowColumnChunk)> = tasks
+            .into_par_iter()
+            .map(|(g, mut w, leaf)| {
+                w.write(&leaf)?;
+                Ok((g, w.close()?))
+            })
+            .collect::<parquet::errors::Result<_>>()?;
+        let mut chunks = chunks.into_iter().peekable();
+        for g in in_window {
+            let mut rg = file_writer.next_row_group()?;
+            while let Some((_, chunk)) = chunks.next_if(|(cg, _)| *cg == g) {
+                chunk.append_to_row_group(&mut rg)?;
+            }
+            rg.close()?;
+        }
     }
     let sink = file_writer.into_inner()?;
     sink.into_inner().map_err(|e| io_err(path, e.into_error()))?.sync_all().map_err(|e| io_err(path, e))?;
