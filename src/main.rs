@@ -11,7 +11,7 @@ use clap::Parser;
 fn main() {
     // Freed memory goes back to the system after 10 ms, not mimalloc v3's default of 1 s: `import` frees each row
     // group's parsed records as it builds the group's columns, and with the 1 s delay both stayed resident (peak
-    // 2.0 GB for a 970 MB file against 1.55 GB; BENCHMARKS.md, import).
+    // 2.0 GB for a 970 MB file against 1.6 GB; BENCHMARKS.md, import).
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10);
     }

@@ -866,19 +866,6 @@ fn length_bias(rows: &[Row], lens: &[(u32, u32)], length: &str) -> Value {
     })
 }
 
-/// `rows` cut into owned chunks of `n` (the last shorter), so that each chunk can be consumed and freed on its own.
-fn owned_chunks(rows: Vec<Row>, n: usize) -> Vec<Vec<Row>> {
-    let mut chunks = Vec::with_capacity(rows.len().div_ceil(n));
-    let mut rows = rows.into_iter();
-    loop {
-        let chunk: Vec<Row> = rows.by_ref().take(n).collect();
-        if chunk.is_empty() {
-            return chunks;
-        }
-        chunks.push(chunk);
-    }
-}
-
 impl Stage for Import {
     fn kind(&self) -> &'static str {
         "import"
@@ -1030,8 +1017,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     // one batch per row group, built in parallel, each group's parsed records freed as its batch takes their
     // strings: records and batches never both hold the whole file (peak 2.4 GB for a 970 MB file when they did)
     let pairs = rows.len();
-    let batches: Vec<arrow::array::RecordBatch> = owned_chunks(rows, GROUP_ROWS)
+    let batches: Vec<arrow::array::RecordBatch> = rows
         .into_par_iter()
+        .chunks(GROUP_ROWS)
         .enumerate()
         .map(|(c, chunk)| {
             let text_bytes: usize = chunk.iter().map(|r| r.pair.prompt.len() + r.pair.a.len() + r.pair.b.len()).sum();
@@ -1646,24 +1634,5 @@ mod tests {
         }
         bad.truncate(0);
         assert_eq!(jsonl_places(&bad, u64::MAX, 4), (vec![], Ok(())));
-    }
-
-    #[test]
-    fn owned_chunks_keep_row_order_and_cut_at_the_group_size() {
-        let row = |i: u32| Row {
-            pair: Pair::of(Extracted {
-                prompt: format!("p{i}"),
-                first: "a".into(),
-                second: "b".into(),
-                labelled: true,
-            }),
-            source_row: i,
-        };
-        for (n, size, want) in [(0, 3, vec![]), (6, 3, vec![3, 3]), (7, 3, vec![3, 3, 1]), (2, 3, vec![2])] {
-            let chunks = owned_chunks((0..n).map(row).collect(), size);
-            assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), want, "{n} rows in chunks of {size}");
-            let order: Vec<u32> = chunks.iter().flatten().map(|r| r.source_row).collect();
-            assert_eq!(order, (0..n).collect::<Vec<_>>());
-        }
     }
 }
