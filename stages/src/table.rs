@@ -240,23 +240,16 @@ pub fn write_table_in_groups(
 
 /// [`write_table_in_groups`] that takes the batches and lets each go once its rows are written: a batch of whole
 /// row groups is freed as the file grows, so the table and its compressed pages are never all in memory at once.
-/// Row groups are encoded a few at a time (every column of each in parallel) and appended in order, so the bytes
-/// do not depend on the number of threads.
 pub fn write_owned_in_groups(
     path: &Path,
     batches: Vec<RecordBatch>,
     kv: &[(String, String)],
     group_rows: usize,
 ) -> StageResult<()> {
-    use parquet::arrow::arrow_writer::{ArrowColumnChunk, compute_leaves};
     let Some(first) = batches.first() else {
         return Err(StageError::failed(format!("{}: no batch to write", path.display())));
     };
-    let file = File::create(path).map_err(|e| io_err(path, e))?;
-    let sink = std::io::BufWriter::with_capacity(1 << 20, file);
-    let schema = first.schema();
-    let writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties(kv)))?;
-    let (mut file_writer, factory) = writer.into_serialized_writer()?;
+    let mut w = GroupWriter::create(path, first.schema())?;
     // every row group's rows in order (an empty table has none), each batch cut into its own groups
     let mut groups = batches
         .into_iter()
@@ -266,43 +259,101 @@ pub fn write_owned_in_groups(
                 .map(|g| b.slice(g * group_rows, group_rows.min(rows - g * group_rows)))
                 .collect::<Vec<_>>()
         })
-        .enumerate()
         .peekable();
     // two groups per thread at once: enough columns to keep every thread busy (a group's prompt column takes
     // longer than its other columns together)
     let window = 2 * rayon::current_num_threads();
     while groups.peek().is_some() {
+        w.write_groups(groups.by_ref().take(window).collect())?;
+    }
+    w.finish(kv)
+}
+
+/// A Parquet file with [`writer_properties`] written a few row groups at a time, its key-value metadata given at
+/// the end: a stage that streams its input (`import`) writes each group as it is complete and its counts once it
+/// has seen everything. The bytes are those of [`write_table_in_groups`] of the same groups and `kv` (that function
+/// writes through this), whatever the number of threads and however the groups are handed over.
+pub struct GroupWriter {
+    path: std::path::PathBuf,
+    file: parquet::file::writer::SerializedFileWriter<std::io::BufWriter<File>>,
+    factory: parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    /// `ARROW:schema`, which the footer lists after the stage's own key-value pairs, as `ArrowWriter` puts it
+    arrow_schema: KeyValue,
+    groups: usize,
+}
+
+impl GroupWriter {
+    pub fn create(path: &Path, schema: SchemaRef) -> StageResult<GroupWriter> {
+        use parquet::arrow::arrow_writer::ArrowWriterOptions;
+        let file = File::create(path).map_err(|e| io_err(path, e))?;
+        let sink = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut scratch = WriterProperties::builder().build();
+        parquet::arrow::add_encoded_arrow_schema_to_metadata(&schema, &mut scratch);
+        let arrow_schema = scratch
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|k| k.key == parquet::arrow::ARROW_SCHEMA_META_KEY))
+            .cloned()
+            .ok_or_else(|| StageError::failed(format!("{}: the Arrow schema did not encode", path.display())))?;
+        let options = ArrowWriterOptions::new().with_properties(writer_properties(&[])).with_skip_arrow_metadata(true);
+        let writer = ArrowWriter::try_new_with_options(sink, schema.clone(), options)?;
+        let (file, factory) = writer.into_serialized_writer()?;
+        Ok(GroupWriter { path: path.to_path_buf(), file, factory, schema, arrow_schema, groups: 0 })
+    }
+
+    /// Appends one row group per batch, in order; every column of every group is encoded at once on rayon's
+    /// threads. The batches are freed as their groups are written.
+    pub fn write_groups(&mut self, batches: Vec<RecordBatch>) -> StageResult<()> {
+        use parquet::arrow::arrow_writer::{ArrowColumnChunk, compute_leaves};
+        let first = self.groups;
         let mut tasks = Vec::new();
-        let mut in_window = Vec::with_capacity(window);
-        for (g, slice) in groups.by_ref().take(window) {
-            let writers = factory.create_column_writers(g)?;
+        for (k, batch) in batches.iter().enumerate() {
+            let writers = self.factory.create_column_writers(first + k)?;
             let mut leaves = Vec::with_capacity(writers.len());
-            for (field, col) in schema.fields().iter().zip(slice.columns()) {
+            for (field, col) in self.schema.fields().iter().zip(batch.columns()) {
                 leaves.extend(compute_leaves(field, col)?);
             }
-            assert_eq!(writers.len(), leaves.len());
-            tasks.extend(writers.into_iter().zip(leaves).map(|(w, l)| (g, w, l)));
-            in_window.push(g);
+            if writers.len() != leaves.len() {
+                return Err(StageError::failed(format!(
+                    "{}: a batch does not have the file's schema ({} columns for {})",
+                    self.path.display(),
+                    leaves.len(),
+                    writers.len()
+                )));
+            }
+            tasks.extend(writers.into_iter().zip(leaves).map(|(w, l)| (k, w, l)));
         }
+        drop(batches);
         let chunks: Vec<(usize, ArrowColumnChunk)> = tasks
             .into_par_iter()
-            .map(|(g, mut w, leaf)| {
+            .map(|(k, mut w, leaf)| {
                 w.write(&leaf)?;
-                Ok((g, w.close()?))
+                Ok((k, w.close()?))
             })
             .collect::<parquet::errors::Result<_>>()?;
         let mut chunks = chunks.into_iter().peekable();
-        for g in in_window {
-            let mut rg = file_writer.next_row_group()?;
-            while let Some((_, chunk)) = chunks.next_if(|(cg, _)| *cg == g) {
+        while let Some(&(k, _)) = chunks.peek() {
+            let mut rg = self.file.next_row_group()?;
+            while let Some((_, chunk)) = chunks.next_if(|(ck, _)| *ck == k) {
                 chunk.append_to_row_group(&mut rg)?;
             }
             rg.close()?;
+            self.groups += 1;
         }
+        Ok(())
     }
-    let sink = file_writer.into_inner()?;
-    sink.into_inner().map_err(|e| io_err(path, e.into_error()))?.sync_all().map_err(|e| io_err(path, e))?;
-    Ok(())
+
+    /// Writes the footer with `kv` (then `ARROW:schema`) and syncs the file.
+    pub fn finish(mut self, kv: &[(String, String)]) -> StageResult<()> {
+        for (k, v) in kv {
+            self.file.append_key_value_metadata(KeyValue::new(k.clone(), v.clone()));
+        }
+        self.file.append_key_value_metadata(self.arrow_schema);
+        let sink = self.file.into_inner()?;
+        let path = self.path;
+        sink.into_inner().map_err(|e| io_err(&path, e.into_error()))?.sync_all().map_err(|e| io_err(&path, e))?;
+        Ok(())
+    }
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StageError {
