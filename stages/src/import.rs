@@ -772,9 +772,11 @@ impl Pair {
         Pair { hash, prompt: e.prompt, a, b, label }
     }
 
-    /// The preferred response; none when unlabelled.
-    fn preferred(&self) -> Option<&str> {
-        self.label.map(|l| if l == 0 { self.a.as_str() } else { self.b.as_str() })
+    /// Which response is preferred, the same value for every occurrence of the pair whichever order its record
+    /// gives the responses in (one bit of the hash puts the chosen one in `a` or `b`): whether the preferred one
+    /// sorts first. None when unlabelled.
+    fn preference(&self) -> Option<bool> {
+        self.label.map(|l| if l == 0 { self.a <= self.b } else { self.b <= self.a })
     }
 }
 
@@ -803,11 +805,14 @@ impl std::hash::Hasher for HashBits {
     }
 }
 
-/// The records in file order: the pairs kept (the first occurrence of each), the duplicates, the invalid ones.
+/// The records in file order: the pairs kept since the last write (the first occurrence of each), the duplicates,
+/// the invalid ones. A duplicate is known by its hash alone, so nothing of a written pair stays in memory but its
+/// hash and which response it prefers.
 #[derive(Default)]
 struct Collected {
-    rows: Vec<Row>,
-    first_seen: HashMap<[u8; 32], usize, std::hash::BuildHasherDefault<HashBits>>,
+    pending: Vec<Row>,
+    /// the [`Pair::preference`] of each pair's first occurrence
+    first_seen: HashMap<[u8; 32], Option<bool>, std::hash::BuildHasherDefault<HashBits>>,
     records: u64,
     duplicates: u64,
     conflicting: u64,
@@ -832,38 +837,141 @@ impl Collected {
         match self.first_seen.entry(*pair.hash.as_bytes()) {
             std::collections::hash_map::Entry::Occupied(o) => {
                 self.duplicates += 1;
-                if self.rows[*o.get()].pair.preferred() != pair.preferred() {
+                if *o.get() != pair.preference() {
                     self.conflicting += 1;
                 }
             }
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(self.rows.len());
-                self.rows.push(Row { pair, source_row });
+                v.insert(pair.preference());
+                self.pending.push(Row { pair, source_row });
             }
         }
         Ok(())
     }
+
+    /// The pending rows that fill whole row groups (all of them at the end of the file), leaving the rest pending.
+    fn take_groups(&mut self, group_rows: usize, at_end: bool) -> Vec<Row> {
+        let whole = if at_end { self.pending.len() } else { self.pending.len() / group_rows * group_rows };
+        let rest = self.pending.split_off(whole);
+        std::mem::replace(&mut self.pending, rest)
+    }
 }
 
-/// Counts, for labelled rows, how often the longer response (longer by [`SUMMARY_MARGIN`]) is preferred.
-fn length_bias(rows: &[Row], lens: &[(u32, u32)], length: &str) -> Value {
-    let (mut longer, mut shorter, mut within) = (0u64, 0u64, 0u64);
-    for (r, &(a, b)) in rows.iter().zip(lens) {
-        let Some(l) = r.pair.label else { continue };
+/// How often the longer response (longer by [`SUMMARY_MARGIN`]) is preferred, counted over labelled rows.
+#[derive(Default)]
+struct LengthBias {
+    longer: u64,
+    shorter: u64,
+    within: u64,
+}
+
+impl LengthBias {
+    fn add(&mut self, label: Option<i8>, (a, b): (u32, u32)) {
+        let Some(l) = label else { return };
         match crate::longer::longer(a, b, SUMMARY_MARGIN) {
-            Some(side) if side == l => longer += 1,
-            Some(_) => shorter += 1,
-            None => within += 1,
+            Some(side) if side == l => self.longer += 1,
+            Some(_) => self.shorter += 1,
+            None => self.within += 1,
         }
     }
-    json!({
-        "length": length,
-        "margin": SUMMARY_MARGIN,
-        "longer_preferred": longer,
-        "shorter_preferred": shorter,
-        "within_margin": within,
-        "longer_preferred_share": if longer + shorter > 0 { longer as f64 / (longer + shorter) as f64 } else { 0.0 },
-    })
+
+    fn summary(&self, length: &str) -> Value {
+        let (longer, shorter) = (self.longer, self.shorter);
+        json!({
+            "length": length,
+            "margin": SUMMARY_MARGIN,
+            "longer_preferred": longer,
+            "shorter_preferred": shorter,
+            "within_margin": self.within,
+            "longer_preferred_share": if longer + shorter > 0 { longer as f64 / (longer + shorter) as f64 } else { 0.0 },
+        })
+    }
+}
+
+/// The summary's counts over the pairs written, added up group by group.
+#[derive(Default)]
+struct Counts {
+    pairs: u64,
+    labelled: u64,
+    label_b_preferred: u64,
+    identical_responses: u64,
+    words: u64,
+    bias_words: LengthBias,
+    bias_tokens: LengthBias,
+}
+
+/// Writes `rows` (whole row groups of `group_rows`, the last one of the file maybe shorter) to the pairs table,
+/// opening it with the first rows, and adds them to `counts`. The rows' strings move into the groups' batches, each
+/// group's rows freed as its batch is built.
+fn write_rows(
+    rows: Vec<Row>,
+    group_rows: usize,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+    out: &mut Option<table::GroupWriter>,
+    path: &Path,
+    counts: &mut Counts,
+) -> StageResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let words: Vec<(u32, u32)> =
+        rows.par_iter().map(|r| (table::word_count(&r.pair.a), table::word_count(&r.pair.b))).collect();
+    let tokens: Option<Vec<(u32, u32)>> = match tokenizer {
+        None => None,
+        Some(tok) => Some(
+            rows.par_iter()
+                .map(|r| {
+                    let n = |s: &str| {
+                        tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
+                            StageError::failed(format!("tokenizer failed on source row {}: {e}", r.source_row))
+                        })
+                    };
+                    Ok((n(&r.pair.a)?, n(&r.pair.b)?))
+                })
+                .collect::<StageResult<_>>()?,
+        ),
+    };
+    for (i, r) in rows.iter().enumerate() {
+        let label = r.pair.label;
+        counts.pairs += 1;
+        counts.labelled += label.is_some() as u64;
+        counts.label_b_preferred += (label == Some(1)) as u64;
+        counts.identical_responses += (r.pair.a == r.pair.b) as u64;
+        counts.words += (words[i].0 + words[i].1) as u64;
+        counts.bias_words.add(label, words[i]);
+        if let Some(t) = &tokens {
+            counts.bias_tokens.add(label, t[i]);
+        }
+    }
+    let batches: Vec<arrow::array::RecordBatch> = rows
+        .into_par_iter()
+        .chunks(group_rows)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let text_bytes: usize = chunk.iter().map(|r| r.pair.prompt.len() + r.pair.a.len() + r.pair.b.len()).sum();
+            let mut builder = PairsBuilder::with_capacity(chunk.len(), text_bytes);
+            for (k, r) in chunk.iter().enumerate() {
+                let i = c * group_rows + k;
+                let id = table::pair_id(&r.pair.hash);
+                builder.push(PairRow {
+                    pair_id: &id,
+                    prompt: &r.pair.prompt,
+                    a: &r.pair.a,
+                    b: &r.pair.b,
+                    label: r.pair.label,
+                    words: words[i],
+                    tokens: tokens.as_ref().map(|t| t[i]),
+                    source_row: r.source_row,
+                });
+            }
+            builder.finish()
+        })
+        .collect();
+    let w = match out {
+        Some(w) => w,
+        None => out.insert(table::GroupWriter::create(path, batches[0].schema())?),
+    };
+    w.write_groups(batches)
 }
 
 impl Stage for Import {
@@ -894,6 +1002,11 @@ impl Stage for Import {
 }
 
 pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
+    import_in_groups(ctx, GROUP_ROWS)
+}
+
+/// [`run`] with row groups of `group_rows` rows (a parameter so that tests can write many groups from a small file).
+fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
     let p = parse(ctx.params())?;
     let shown = p.path.as_str();
     let path = ctx
@@ -914,6 +1027,11 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
 
     let mut format = p.format;
     let mut c = Collected::default();
+    let mut counts = Counts::default();
+    let mut out: Option<table::GroupWriter> = None;
+    let out_path = ctx.output_path("pairs");
+    // rows are written as soon as they fill a group per thread: memory holds a few groups, whatever the file's size
+    let flush_rows = group_rows * rayon::current_num_threads().max(1);
     let mut skipped = 0u64;
     let kind = for_each_batch(path, shown, p.limit.map_or(u64::MAX, |l| l.saturating_add(p.skip)), |items, total| {
         let mut items = items.into_iter().skip_while(|_| {
@@ -944,10 +1062,21 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         for pair in pairs {
             c.add(pair, p.on_invalid, p.skip, shown)?;
         }
+        if c.pending.len() >= flush_rows {
+            write_rows(
+                c.take_groups(group_rows, false),
+                group_rows,
+                tokenizer.as_ref(),
+                &mut out,
+                &out_path,
+                &mut counts,
+            )?;
+        }
         ctx.progress(c.records, total.unwrap_or(0));
         Ok(())
     })?;
-    let Collected { rows, records, duplicates, conflicting, invalid, .. } = c;
+    write_rows(c.take_groups(group_rows, true), group_rows, tokenizer.as_ref(), &mut out, &out_path, &mut counts)?;
+    let Collected { records, duplicates, conflicting, invalid, .. } = c;
     if records == 0 {
         let why = if invalid.count > 0 {
             format!("all {} records were invalid and skipped; the first: {}", invalid.count, invalid.first.join("; "))
@@ -971,82 +1100,30 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     }
     ctx.progress(records, records);
 
-    let words: Vec<(u32, u32)> =
-        rows.par_iter().map(|r| (table::word_count(&r.pair.a), table::word_count(&r.pair.b))).collect();
-    let tokens: Option<Vec<(u32, u32)>> = match &tokenizer {
-        None => None,
-        Some(tok) => Some(
-            rows.par_iter()
-                .map(|r| {
-                    let n = |s: &str| {
-                        tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
-                            StageError::failed(format!("tokenizer failed on source row {}: {e}", r.source_row))
-                        })
-                    };
-                    Ok((n(&r.pair.a)?, n(&r.pair.b)?))
-                })
-                .collect::<StageResult<_>>()?,
-        ),
-    };
-
-    let labelled = rows.iter().filter(|r| r.pair.label.is_some()).count() as u64;
+    let pairs = counts.pairs;
     let mut summary = json!({
         "format": format.name(),
         "file_kind": kind.name(),
         "records": records,
-        "pairs": rows.len(),
+        "pairs": pairs,
         "duplicates": duplicates,
         "conflicting_duplicates": conflicting,
-        "labelled": labelled,
-        "unlabelled": rows.len() as u64 - labelled,
-        "label_b_preferred": rows.iter().filter(|r| r.pair.label == Some(1)).count(),
-        "identical_responses": rows.iter().filter(|r| r.pair.a == r.pair.b).count(),
+        "labelled": counts.labelled,
+        "unlabelled": pairs - counts.labelled,
+        "label_b_preferred": counts.label_b_preferred,
+        "identical_responses": counts.identical_responses,
         "tokenizer": tokenizer.is_some(),
-        "mean_words_response": if rows.is_empty() { 0.0 } else {
-            words.iter().map(|w| (w.0 + w.1) as f64).sum::<f64>() / (2 * rows.len()) as f64
-        },
-        "length_bias_words": length_bias(&rows, &words, "words"),
+        "mean_words_response": if pairs == 0 { 0.0 } else { counts.words as f64 / (2 * pairs) as f64 },
+        "length_bias_words": counts.bias_words.summary("words"),
         "invalid_skipped": invalid.count,
         "invalid_by_field": invalid.by_field,
         "invalid_first": invalid.first,
     });
-    if let Some(t) = &tokens {
-        summary["length_bias_tokens"] = length_bias(&rows, t, "tokens");
+    if tokenizer.is_some() {
+        summary["length_bias_tokens"] = counts.bias_tokens.summary("tokens");
     }
-
-    // one batch per row group, built in parallel, each group's parsed records freed as its batch takes their
-    // strings: records and batches never both hold the whole file (peak 2.4 GB for a 970 MB file when they did)
-    let pairs = rows.len();
-    let batches: Vec<arrow::array::RecordBatch> = rows
-        .into_par_iter()
-        .chunks(GROUP_ROWS)
-        .enumerate()
-        .map(|(c, chunk)| {
-            let text_bytes: usize = chunk.iter().map(|r| r.pair.prompt.len() + r.pair.a.len() + r.pair.b.len()).sum();
-            let mut builder = PairsBuilder::with_capacity(chunk.len(), text_bytes);
-            for (k, r) in chunk.iter().enumerate() {
-                let i = c * GROUP_ROWS + k;
-                let id = table::pair_id(&r.pair.hash);
-                builder.push(PairRow {
-                    pair_id: &id,
-                    prompt: &r.pair.prompt,
-                    a: &r.pair.a,
-                    b: &r.pair.b,
-                    label: r.pair.label,
-                    words: words[i],
-                    tokens: tokens.as_ref().map(|t| t[i]),
-                    source_row: r.source_row,
-                });
-            }
-            builder.finish()
-        })
-        .collect();
-    table::write_owned_in_groups(
-        &ctx.output_path("pairs"),
-        batches,
-        &table::summary_kv("import", &summary),
-        GROUP_ROWS,
-    )?;
+    let out = out.ok_or_else(|| StageError::failed(format!("{shown}: no pair to write")))?;
+    out.finish(&table::summary_kv("import", &summary))?;
     ctx.log(&format!("{shown}: {records} records → {pairs} pairs ({duplicates} duplicates dropped)"));
     Ok(summary)
 }
@@ -1065,6 +1142,10 @@ mod tests {
 
     /// Runs `import` on `file` with extra params; returns (summary, output path, ctx) or the error text.
     fn import(dir: &Path, file: &Path, extra: Value) -> Result<(Value, PathBuf), String> {
+        import_grouped(dir, file, extra, GROUP_ROWS)
+    }
+
+    fn import_grouped(dir: &Path, file: &Path, extra: Value, group_rows: usize) -> Result<(Value, PathBuf), String> {
         let mut params = json!({"path": file.to_string_lossy()});
         for (k, v) in extra.as_object().unwrap() {
             params[k] = v.clone();
@@ -1076,7 +1157,7 @@ mod tests {
         }
         std::fs::create_dir_all(dir).unwrap();
         Import.validate(ctx.params()).map_err(|e| e.to_string())?;
-        let summary = run(&ctx).map_err(|e| e.to_string())?;
+        let summary = import_in_groups(&ctx, group_rows).map_err(|e| e.to_string())?;
         Ok((summary, ctx.out("pairs")))
     }
 
@@ -1133,6 +1214,43 @@ mod tests {
         let (_, o1) = import(&dir.path().join("1"), &tldr(), json!({})).unwrap();
         let (_, o2) = import(&dir.path().join("2"), &tldr(), json!({})).unwrap();
         assert_eq!(std::fs::read(o1).unwrap(), std::fs::read(o2).unwrap());
+    }
+
+    #[test]
+    fn rows_written_group_by_group_are_the_rows_of_one_write() {
+        // 2,000 TL;DR records, then 700 of them again (half with chosen and rejected swapped: conflicting), read
+        // in groups of 64 rows — ~40 writes, duplicates of rows written long before — and in one group
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(tldr()).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        for (i, l) in text.lines().take(700).enumerate() {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            if i % 2 == 1 {
+                let c = v["chosen"].take();
+                v["chosen"] = std::mem::replace(&mut v["rejected"], c);
+            }
+            lines.push(v.to_string());
+        }
+        let f = write(dir.path(), "d.jsonl", &lines.join("\n"));
+        let (small, o1) = import_grouped(&dir.path().join("64"), &f, json!({}), 64).unwrap();
+        let (whole, o2) = import_grouped(&dir.path().join("all"), &f, json!({}), 1 << 20).unwrap();
+        assert_eq!(small, whole);
+        assert_eq!(small["records"], 2700);
+        let dups = whole["duplicates"].as_u64().unwrap();
+        assert!(dups >= 700, "{whole}");
+        assert!(whole["conflicting_duplicates"].as_u64().unwrap() >= 350, "{whole}");
+        let (t1, t2) = (table::read_table(&o1, None).unwrap(), table::read_table(&o2, None).unwrap());
+        assert_eq!(t1, t2);
+        assert_eq!(t1.num_rows() as u64, 2700 - dups);
+        let groups = |p: &Path| {
+            parquet::file::reader::SerializedFileReader::new(std::fs::File::open(p).unwrap())
+                .unwrap()
+                .metadata()
+                .num_row_groups()
+        };
+        use parquet::file::reader::FileReader;
+        assert_eq!((groups(&o1), groups(&o2)), (t1.num_rows().div_ceil(64), 1));
+        assert_eq!(table::read_kv(&o1).unwrap(), table::read_kv(&o2).unwrap());
     }
 
     #[test]
