@@ -9,11 +9,15 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 use clap::Parser;
 
 fn main() {
-    // Freed memory goes back to the system after 10 ms, not mimalloc v3's default of 1 s: `import` frees each row
-    // group's parsed records as it builds the group's columns, and with the 1 s delay both stayed resident (peak
-    // 2.0 GB for a 970 MB file against 1.6 GB; BENCHMARKS.md, import).
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10);
+    // Freed memory goes back to the system after 250 ms, not mimalloc v3's default of 1 s: `import` allocates and
+    // frees each few row groups' records and batches in turn, and with 1 s the freed ones stayed resident beside the
+    // next (peak 1.15 GB for a 970 MB file against 0.80–0.89 GB). Shorter delays keep less but give pages back
+    // that the next group faults in again, which costs more system time than it saves (BENCHMARKS.md, import).
+    // `MIMALLOC_PURGE_DELAY` in the environment overrides this, as it does mimalloc's own default.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 250);
+        }
     }
     // Piped into `head` and the like, a command line tool ends quietly when the reader goes away (Rust ignores
     // SIGPIPE by default, which turns it into a panic on the next print).
