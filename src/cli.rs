@@ -529,7 +529,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let i = plan.find(&name).ok_or_else(|| anyhow::anyhow!("no node named `{name}`"))?;
-            let entry = show::stored_entry(&plan, &store, i)?;
+            let (entry, upstream) = show::stored_entry_with_upstream(&plan, &store, i)?;
             let art = entry.outputs.values().next().ok_or_else(|| anyhow::anyhow!("{name} has no output"))?;
             let dir = store.materialize(art)?;
             std::fs::create_dir_all(&out)?;
@@ -540,6 +540,13 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 std::fs::copy(dir.join(&f.path), &to)?;
             }
             println!("{}", out.join("report.md").display());
+            let (line, mixed) =
+                show::provenance(std::iter::once(&entry).chain(&upstream).map(|e| e.machine.as_deref()));
+            if mixed {
+                eprintln!("warning: {line}");
+            } else {
+                eprintln!("{line}");
+            }
         }
         Command::Gc { common, grace, dry_run } => {
             let plan = load(&common)?;

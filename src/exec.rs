@@ -440,6 +440,7 @@ fn execute(plan: &Plan, store: &Store, t: Task, scratch_root: &Path, progress: &
         summary,
         created: chrono::Utc::now().to_rfc3339(),
         seconds: t0.elapsed().as_secs_f64(),
+        machine: Some(crate::store::machine()),
     };
     store.put_entry(&entry, t.replace).map_err(fail)
 }
@@ -999,6 +1000,18 @@ pub enum Resolved {
 
 /// Resolves one node's key against the store, reading only the nodes it depends on (not the whole plan).
 pub fn resolve_node(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<Resolved> {
+    resolve_seeing(plan, store, target, &mut |_| ())
+}
+
+/// [`resolve_node`], and the stored entries of the nodes it depends on (those resolved and stored), e.g. to say
+/// on which machines the results behind a report were produced.
+pub fn resolve_with_upstream(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<(Resolved, Vec<Entry>)> {
+    let mut upstream = Vec::new();
+    let r = resolve_seeing(plan, store, target, &mut |e| upstream.push(e.clone()))?;
+    Ok((r, upstream))
+}
+
+fn resolve_seeing(plan: &Plan, store: &Store, target: usize, seen: &mut dyn FnMut(&Entry)) -> anyhow::Result<Resolved> {
     let ext = ExternalHashes::open(store.local_dir());
     let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; plan.nodes.len()];
     for i in plan.ancestors_and_self(target) {
@@ -1023,7 +1036,10 @@ pub fn resolve_node(plan: &Plan, store: &Store, target: usize) -> anyhow::Result
             ext.save();
             return Ok(Resolved::Known { record, key, hit });
         }
-        outputs[i] = hit.map(|e| e.outputs);
+        outputs[i] = hit.map(|e| {
+            seen(&e);
+            e.outputs
+        });
     }
     unreachable!("a node is among its own ancestors")
 }

@@ -8,6 +8,7 @@ use crate::store::{Entry, OutputRef, Store};
 use arrow::util::pretty::pretty_format_batches;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rmdistill_stages::ArtifactKind;
+use std::collections::BTreeMap;
 
 fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, OutputRef)> {
     let (node, output) = match plan.find(what) {
@@ -48,10 +49,16 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
 /// The stored entry of a node for the current manifest (verified like every cache hit). Not stored yet is exit 4
 /// (run it first); stored but corrupt or missing blobs is a store error, exit 3 (a run recomputes it).
 pub fn stored_entry(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<Entry> {
+    stored_entry_with_upstream(plan, store, target).map(|(e, _)| e)
+}
+
+/// [`stored_entry`] and the stored entries of every node it depends on.
+pub fn stored_entry_with_upstream(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<(Entry, Vec<Entry>)> {
     let node = &plan.nodes[target].name;
     let m = plan.manifest.path().display();
-    match exec::resolve_node(plan, store, target)? {
-        exec::Resolved::Known { hit: Some(e), .. } => Ok(e),
+    let (resolved, upstream) = exec::resolve_with_upstream(plan, store, target)?;
+    match resolved {
+        exec::Resolved::Known { hit: Some(e), .. } => Ok((e, upstream)),
         exec::Resolved::Known { key, .. } => match store.incomplete_reason(&key) {
             Some(why) => Err(StoreError(format!("{node}: {why}; `rmdistill run {m}` recomputes it")).into()),
             None => Err(NotReady(format!(
@@ -64,6 +71,38 @@ pub fn stored_entry(plan: &Plan, store: &Store, target: usize) -> anyhow::Result
             not_stored(&missing)
         ))
         .into()),
+    }
+}
+
+/// Where the results of entries were produced (each entry's `machine`), as one line, and whether on more than one kind of machine: libtorch's
+/// numbers differ in their last bits between kinds of CPU, so results from a mix are reproduced by no one machine
+/// (each kind reproduces its own exactly). E.g. "built from 848 stored results, all produced on AMD EPYC (x86_64)".
+pub fn provenance<'a>(machines: impl IntoIterator<Item = Option<&'a str>>) -> (String, bool) {
+    let (mut by, mut unrecorded, mut n) = (BTreeMap::<&str, usize>::new(), 0usize, 0usize);
+    for machine in machines {
+        n += 1;
+        match machine {
+            Some(m) => *by.entry(m).or_default() += 1,
+            None => unrecorded += 1,
+        }
+    }
+    let mut parts: Vec<String> = by.iter().map(|(m, c)| format!("{c} on {m}")).collect();
+    if unrecorded > 0 {
+        parts.push(format!("{unrecorded} on a machine not recorded (stored before machines were)"));
+    }
+    match (by.len(), unrecorded) {
+        (0, 0) => ("built from no stored result".to_string(), false),
+        (1, 0) => (format!("built from {n} stored results, all produced on {}", by.keys().next().unwrap()), false),
+        (0 | 1, _) => (format!("built from {n} stored results: {}", parts.join(", ")), false),
+        (kinds, _) => (
+            format!(
+                "built from {n} stored results produced on {kinds} kinds of machine: {}. libtorch's numbers differ \
+                 in their last bits between kinds of CPU, so no single machine reproduces these results exactly; \
+                 run the pipeline into a store of its own on one kind for a report its machines reproduce",
+                parts.join(", ")
+            ),
+            true,
+        ),
     }
 }
 
@@ -183,7 +222,35 @@ fn truncate_strings(b: &arrow::record_batch::RecordBatch) -> anyhow::Result<arro
 
 #[cfg(test)]
 mod tests {
-    use super::not_stored;
+    use super::{not_stored, provenance};
+
+    #[test]
+    fn provenance_names_the_machines_and_warns_on_a_mix() {
+        let (amd, xeon) = ("AMD EPYC (x86_64)", "Intel(R) Xeon(R) Processor (x86_64)");
+        assert_eq!(
+            provenance([Some(amd), Some(amd)]),
+            ("built from 2 stored results, all produced on AMD EPYC (x86_64)".to_string(), false)
+        );
+        assert_eq!(
+            provenance([Some(amd), None]),
+            (
+                "built from 2 stored results: 1 on AMD EPYC (x86_64), 1 on a machine not recorded (stored before \
+                 machines were)"
+                    .to_string(),
+                false
+            )
+        );
+        let (line, mixed) = provenance([Some(xeon), Some(amd), Some(amd), None]);
+        assert!(mixed);
+        assert!(
+            line.starts_with(
+                "built from 4 stored results produced on 2 kinds of machine: 2 on AMD EPYC (x86_64), 1 on Intel(R) \
+                 Xeon(R) Processor (x86_64), 1 on a machine not recorded"
+            ),
+            "{line}"
+        );
+        assert_eq!(provenance([]), ("built from no stored result".to_string(), false));
+    }
 
     #[test]
     fn a_long_list_of_missing_upstream_nodes_is_cut_with_a_count() {

@@ -57,6 +57,33 @@ pub struct Entry {
     pub summary: serde_json::Value,
     pub created: String,
     pub seconds: f64,
+    /// The kind of machine that ran the node ([`machine`]): libtorch's results differ in their last bits from one
+    /// kind of CPU to another, so a store filled from several kinds holds results no single machine reproduces.
+    /// Absent in entries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+}
+
+/// This machine as the entries record it: the CPU's model name (`/proc/cpuinfo`) and the architecture, e.g.
+/// "AMD EPYC (x86_64)"; the architecture alone where the model name cannot be read.
+pub fn machine() -> String {
+    static MACHINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MACHINE
+        .get_or_init(|| {
+            let arch = std::env::consts::ARCH;
+            let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+                t.lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| matches!(k.trim(), "model name" | "Model" | "cpu model"))
+                    .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .filter(|v| !v.is_empty())
+            });
+            match model {
+                Some(m) => format!("{m} ({arch})"),
+                None => arch.to_string(),
+            }
+        })
+        .clone()
 }
 
 /// What a cache hit needs of an entry; parsing it skips the key record and the stage's summary, which a no-op run
@@ -1363,6 +1390,7 @@ mod tests {
             summary: serde_json::json!({"b": 1.5, "a": [0.1, 1e-7, 12345678901234567890u64, 1.5778092959999999]}),
             created: "now".into(),
             seconds: 1.5778092959999999,
+            machine: Some(machine()),
         }
     }
 
