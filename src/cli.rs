@@ -453,6 +453,9 @@ fn print_summary(s: &exec::Summary, json: bool) {
     } else {
         println!("{} ran, {} cached, {} failed, {} skipped in {:.2}s", s.ran, s.cached, s.failed, s.skipped, s.seconds);
     }
+    if let Some(note) = s.other_machines_note() {
+        eprintln!("note: {note}");
+    }
 }
 
 pub fn main(cli: Cli) -> anyhow::Result<()> {
@@ -540,8 +543,14 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 std::fs::copy(dir.join(&f.path), &to)?;
             }
             println!("{}", out.join("report.md").display());
-            let (line, mixed) =
-                show::provenance(std::iter::once(&entry).chain(&upstream).map(|e| e.machine.as_deref()));
+            // only libtorch stages: the others compute the same bits on every machine
+            let torch = |j: usize| matches!(plan.nodes[j].kind.runs(), rmdistill_stages::Runs::Worker);
+            let (line, mixed) = show::provenance(
+                std::iter::once((i, &entry))
+                    .chain(upstream.iter().map(|(j, e)| (*j, e)))
+                    .filter(|(j, _)| torch(*j))
+                    .map(|(_, e)| e.machine.as_deref()),
+            );
             if mixed {
                 eprintln!("warning: {line}");
             } else {

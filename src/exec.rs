@@ -187,8 +187,13 @@ pub fn lookup(store: &Store, key: &str) -> anyhow::Result<Option<Entry>> {
 
 /// [`lookup`] for a runner that needs only the outputs of a hit (the no-op path: no key record or summary parsed).
 pub fn lookup_outputs(store: &Store, key: &str) -> anyhow::Result<Option<BTreeMap<String, OutputRef>>> {
+    Ok(lookup_head(store, key)?.map(|h| h.outputs))
+}
+
+/// [`lookup_outputs`] with the rest of the entry's head (the machine that produced it).
+fn lookup_head(store: &Store, key: &str) -> anyhow::Result<Option<crate::store::EntryHead>> {
     match store.get_entry_head(key)? {
-        Some(h) if store.outputs_complete(&h.key, &h.node, &h.outputs)? => Ok(Some(h.outputs)),
+        Some(h) if store.outputs_complete(&h.key, &h.node, &h.outputs)? => Ok(Some(h)),
         _ => Ok(None),
     }
 }
@@ -212,6 +217,31 @@ pub struct NodeReport {
     pub outputs: BTreeMap<String, OutputRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For a cached node of a libtorch stage, the machine its stored result was produced on, when another than
+    /// this one ([`crate::store::machine`]): its numbers differ from this machine's in their last bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_machine: Option<String>,
+}
+
+impl Summary {
+    /// A note on cached libtorch results produced on other kinds of machine, if any: how many, and where.
+    pub fn other_machines_note(&self) -> Option<String> {
+        let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+        for m in self.nodes.iter().filter_map(|n| n.other_machine.as_deref()) {
+            *by.entry(m).or_default() += 1;
+        }
+        let n: usize = by.values().sum();
+        (n > 0).then(|| {
+            let list: Vec<String> = by.iter().map(|(m, c)| format!("{c} on {m}")).collect();
+            format!(
+                "{n} cached result(s) of libtorch stages were produced on another kind of machine than this one ({}): \
+                 {}. Their numbers differ from what this machine computes in the last bits; a store of this \
+                 machine's own results reproduces here exactly",
+                crate::store::machine(),
+                list.join(", ")
+            )
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -530,6 +560,7 @@ enum Lookup {
         key: String,
         outputs: BTreeMap<String, OutputRef>,
         pointer_current: bool,
+        other_machine: Option<String>,
     },
     Miss {
         key: String,
@@ -675,12 +706,14 @@ impl Runner<'_> {
             Err(e) => return Ok(Some(Lookup::Failed(format!("{e:#}")))),
         };
         let key = rec.key();
-        let hit = if nd.force { None } else { lookup_outputs(self.store, &key)? };
+        let hit = if nd.force { None } else { lookup_head(self.store, &key)? };
         Ok(Some(match hit {
-            Some(outputs) => {
+            Some(h) => {
                 let pointer_current =
                     self.store.last_key(&self.scope, &self.plan.nodes[i].name)?.as_deref() == Some(key.as_str());
-                Lookup::Hit { key, outputs, pointer_current }
+                let torch = matches!(self.plan.nodes[i].kind.runs(), Runs::Worker);
+                let other_machine = h.machine.filter(|m| torch && *m != crate::store::machine());
+                Lookup::Hit { key, outputs: h.outputs, pointer_current, other_machine }
             }
             None => Lookup::Miss { key, rec },
         }))
@@ -694,12 +727,13 @@ impl Runner<'_> {
         let name = &self.plan.nodes[i].name;
         match l {
             Lookup::Failed(msg) => self.failed(i, msg),
-            Lookup::Hit { key, outputs, pointer_current } => {
+            Lookup::Hit { key, outputs, pointer_current, other_machine } => {
                 if !pointer_current {
                     self.store.set_last_key(&self.scope, name, &key)?;
                 }
                 let nd = &mut self.nodes[i];
                 nd.report.key = Some(key);
+                nd.report.other_machine = other_machine;
                 nd.outputs = Some(outputs.clone());
                 nd.report.outputs = outputs;
                 nd.report.outcome = Outcome::Cached;
@@ -881,6 +915,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                 seconds: 0.0,
                 outputs: BTreeMap::new(),
                 error: None,
+                other_machine: None,
             },
         })
         .collect();
@@ -1000,18 +1035,27 @@ pub enum Resolved {
 
 /// Resolves one node's key against the store, reading only the nodes it depends on (not the whole plan).
 pub fn resolve_node(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<Resolved> {
-    resolve_seeing(plan, store, target, &mut |_| ())
+    resolve_seeing(plan, store, target, &mut |_, _| ())
 }
 
-/// [`resolve_node`], and the stored entries of the nodes it depends on (those resolved and stored), e.g. to say
-/// on which machines the results behind a report were produced.
-pub fn resolve_with_upstream(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<(Resolved, Vec<Entry>)> {
+/// [`resolve_node`], and the stored entries of the nodes it depends on (those resolved and stored) with their
+/// indices in the plan, e.g. to say on which machines the results behind a report were produced.
+pub fn resolve_with_upstream(
+    plan: &Plan,
+    store: &Store,
+    target: usize,
+) -> anyhow::Result<(Resolved, Vec<(usize, Entry)>)> {
     let mut upstream = Vec::new();
-    let r = resolve_seeing(plan, store, target, &mut |e| upstream.push(e.clone()))?;
+    let r = resolve_seeing(plan, store, target, &mut |i, e| upstream.push((i, e.clone())))?;
     Ok((r, upstream))
 }
 
-fn resolve_seeing(plan: &Plan, store: &Store, target: usize, seen: &mut dyn FnMut(&Entry)) -> anyhow::Result<Resolved> {
+fn resolve_seeing(
+    plan: &Plan,
+    store: &Store,
+    target: usize,
+    seen: &mut dyn FnMut(usize, &Entry),
+) -> anyhow::Result<Resolved> {
     let ext = ExternalHashes::open(store.local_dir());
     let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; plan.nodes.len()];
     for i in plan.ancestors_and_self(target) {
@@ -1037,7 +1081,7 @@ fn resolve_seeing(plan: &Plan, store: &Store, target: usize, seen: &mut dyn FnMu
             return Ok(Resolved::Known { record, key, hit });
         }
         outputs[i] = hit.map(|e| {
-            seen(&e);
+            seen(i, &e);
             e.outputs
         });
     }

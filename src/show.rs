@@ -52,8 +52,12 @@ pub fn stored_entry(plan: &Plan, store: &Store, target: usize) -> anyhow::Result
     stored_entry_with_upstream(plan, store, target).map(|(e, _)| e)
 }
 
-/// [`stored_entry`] and the stored entries of every node it depends on.
-pub fn stored_entry_with_upstream(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<(Entry, Vec<Entry>)> {
+/// [`stored_entry`] and the stored entries of every node it depends on, with their indices in the plan.
+pub fn stored_entry_with_upstream(
+    plan: &Plan,
+    store: &Store,
+    target: usize,
+) -> anyhow::Result<(Entry, Vec<(usize, Entry)>)> {
     let node = &plan.nodes[target].name;
     let m = plan.manifest.path().display();
     let (resolved, upstream) = exec::resolve_with_upstream(plan, store, target)?;
@@ -74,9 +78,10 @@ pub fn stored_entry_with_upstream(plan: &Plan, store: &Store, target: usize) -> 
     }
 }
 
-/// Where the results of entries were produced (each entry's `machine`), as one line, and whether on more than one kind of machine: libtorch's
-/// numbers differ in their last bits between kinds of CPU, so results from a mix are reproduced by no one machine
-/// (each kind reproduces its own exactly). E.g. "built from 848 stored results, all produced on AMD EPYC (x86_64)".
+/// Where the results of libtorch stages were produced (each entry's `machine`), as one line, and whether on more than
+/// one kind of machine: libtorch's numbers differ in their last bits between kinds of CPU, so results from a mix are
+/// reproduced by no one machine (each kind reproduces its own exactly; the other stages' results are the same
+/// everywhere). E.g. "built from 700 stored results of libtorch stages, all produced on AMD EPYC (x86_64)".
 pub fn provenance<'a>(machines: impl IntoIterator<Item = Option<&'a str>>) -> (String, bool) {
     let (mut by, mut unrecorded, mut n) = (BTreeMap::<&str, usize>::new(), 0usize, 0usize);
     for machine in machines {
@@ -91,12 +96,15 @@ pub fn provenance<'a>(machines: impl IntoIterator<Item = Option<&'a str>>) -> (S
         parts.push(format!("{unrecorded} on a machine not recorded (stored before machines were)"));
     }
     match (by.len(), unrecorded) {
-        (0, 0) => ("built from no stored result".to_string(), false),
-        (1, 0) => (format!("built from {n} stored results, all produced on {}", by.keys().next().unwrap()), false),
-        (0 | 1, _) => (format!("built from {n} stored results: {}", parts.join(", ")), false),
+        (0, 0) => ("built from no stored result of a libtorch stage".to_string(), false),
+        (1, 0) => (
+            format!("built from {n} stored results of libtorch stages, all produced on {}", by.keys().next().unwrap()),
+            false,
+        ),
+        (0 | 1, _) => (format!("built from {n} stored results of libtorch stages: {}", parts.join(", ")), false),
         (kinds, _) => (
             format!(
-                "built from {n} stored results produced on {kinds} kinds of machine: {}. libtorch's numbers differ \
+                "built from {n} stored results of libtorch stages produced on {kinds} kinds of machine: {}. libtorch's numbers differ \
                  in their last bits between kinds of CPU, so no single machine reproduces these results exactly; \
                  run the pipeline into a store of its own on one kind for a report its machines reproduce",
                 parts.join(", ")
@@ -229,13 +237,13 @@ mod tests {
         let (amd, xeon) = ("AMD EPYC (x86_64)", "Intel(R) Xeon(R) Processor (x86_64)");
         assert_eq!(
             provenance([Some(amd), Some(amd)]),
-            ("built from 2 stored results, all produced on AMD EPYC (x86_64)".to_string(), false)
+            ("built from 2 stored results of libtorch stages, all produced on AMD EPYC (x86_64)".to_string(), false)
         );
         assert_eq!(
             provenance([Some(amd), None]),
             (
-                "built from 2 stored results: 1 on AMD EPYC (x86_64), 1 on a machine not recorded (stored before \
-                 machines were)"
+                "built from 2 stored results of libtorch stages: 1 on AMD EPYC (x86_64), 1 on a machine not \
+                 recorded (stored before machines were)"
                     .to_string(),
                 false
             )
@@ -244,12 +252,12 @@ mod tests {
         assert!(mixed);
         assert!(
             line.starts_with(
-                "built from 4 stored results produced on 2 kinds of machine: 2 on AMD EPYC (x86_64), 1 on Intel(R) \
-                 Xeon(R) Processor (x86_64), 1 on a machine not recorded"
+                "built from 4 stored results of libtorch stages produced on 2 kinds of machine: 2 on AMD EPYC \
+                 (x86_64), 1 on Intel(R) Xeon(R) Processor (x86_64), 1 on a machine not recorded"
             ),
             "{line}"
         );
-        assert_eq!(provenance([]), ("built from no stored result".to_string(), false));
+        assert_eq!(provenance([]), ("built from no stored result of a libtorch stage".to_string(), false));
     }
 
     #[test]

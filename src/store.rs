@@ -93,6 +93,8 @@ pub struct EntryHead {
     pub key: String,
     pub node: String,
     pub outputs: BTreeMap<String, OutputRef>,
+    #[serde(default)]
+    pub machine: Option<String>,
 }
 
 /// A blob whose bytes do not match its address (or that cannot be parsed as what it claims to be).
@@ -1054,7 +1056,7 @@ impl Store {
         {
             return Ok(Some(h));
         }
-        Ok(self.get_entry(key)?.map(|e| EntryHead { key: e.key, node: e.node, outputs: e.outputs }))
+        Ok(self.get_entry(key)?.map(|e| EntryHead { key: e.key, node: e.node, outputs: e.outputs, machine: e.machine }))
     }
 
     fn reject_entry(&self, rel: &str, why: &str, seen: Option<&[u8]>) -> anyhow::Result<()> {

@@ -90,7 +90,7 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
         .unwrap()
         .lines()
         .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == "model name").map(|(_, v)| v.trim().to_string()));
-    assert!(err.contains("stored results, all produced on "), "{err}");
+    assert!(err.contains("stored results of libtorch stages, all produced on "), "{err}");
     if let Some(model) = model {
         assert!(
             err.contains(&format!("all produced on {}", model.split_whitespace().collect::<Vec<_>>().join(" "))),
