@@ -75,7 +75,7 @@ impl Tokenizer {
     pub fn load(path: &Path) -> Result<Self> {
         let (file, dir) =
             if path.is_dir() { (path.join("tokenizer.json"), Some(path)) } else { (path.to_path_buf(), path.parent()) };
-        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| anyhow!("loading {}: {e}", file.display()))?;
+        let inner = read_tokenizer(&file).map_err(|e| anyhow!("loading {}: {e}", file.display()))?;
         let mut t = Self::from_inner(inner);
         if let Some(cfg) = dir.map(|d| d.join("tokenizer_config.json")).filter(|p| p.exists()) {
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg)?)
@@ -195,5 +195,17 @@ impl Tokenizer {
     }
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+}
+
+/// A tokenizer.json, checked to be JSON before the tokenizers crate reads it: its decoder deserialiser (0.23)
+/// panics (`expect("Helper")`) on JSON cut or broken inside the `decoder` object, which the check turns into an
+/// error with a line and column; any other panic in it is caught and reported as the file's error.
+fn read_tokenizer(path: &Path) -> std::result::Result<tokenizers::Tokenizer, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes)) {
+        Ok(t) => t.map_err(|e| e.to_string()),
+        Err(_) => Err("the tokenizers crate could not read it (it panicked)".to_string()),
     }
 }

@@ -805,6 +805,18 @@ impl std::hash::Hasher for HashBits {
     }
 }
 
+/// A tokenizer.json, checked to be JSON before the tokenizers crate reads it: its decoder deserialiser (0.23)
+/// panics (`expect("Helper")`) on JSON cut or broken inside the `decoder` object, which the check turns into an
+/// error with a line and column; any other panic in it is caught and reported as the file's error.
+fn read_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes)) {
+        Ok(t) => t.map_err(|e| e.to_string()),
+        Err(_) => Err("the tokenizers crate could not read it (it panicked)".to_string()),
+    }
+}
+
 /// The records in file order: the pairs kept since the last write (the first occurrence of each), the duplicates,
 /// the invalid ones. A duplicate is known by its hash alone, so nothing of a written pair stays in memory but its
 /// hash and which response it prefers.
@@ -906,7 +918,7 @@ struct Counts {
 fn write_rows(
     rows: Vec<Row>,
     group_rows: usize,
-    tokenizer: Option<&tokenizers::Tokenizer>,
+    tokenizer: Option<(&tokenizers::Tokenizer, &str)>,
     out: &mut Option<table::GroupWriter>,
     path: &Path,
     counts: &mut Counts,
@@ -918,12 +930,15 @@ fn write_rows(
         rows.par_iter().map(|r| (table::word_count(&r.pair.a), table::word_count(&r.pair.b))).collect();
     let tokens: Option<Vec<(u32, u32)>> = match tokenizer {
         None => None,
-        Some(tok) => Some(
+        Some((tok, shown)) => Some(
             rows.par_iter()
                 .map(|r| {
                     let n = |s: &str| {
                         tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
-                            StageError::failed(format!("tokenizer failed on source row {}: {e}", r.source_row))
+                            StageError::invalid(
+                                "tokenizer",
+                                format!("{shown}: cannot tokenize the responses of source row {}: {e}", r.source_row),
+                            )
                         })
                     };
                     Ok((n(&r.pair.a)?, n(&r.pair.b)?))
@@ -1019,7 +1034,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
                 let tp = ctx.external("tokenizer").ok_or_else(|| {
                     StageError::invalid("tokenizer", format!("{t}: the runner did not resolve this file"))
                 })?;
-                Some(tokenizers::Tokenizer::from_file(tp).map_err(|e| {
+                Some(read_tokenizer(tp).map_err(|e| {
                     StageError::invalid("tokenizer", format!("{t}: not a readable tokenizer.json: {e}"))
                 })?)
             }
@@ -1066,7 +1081,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
             write_rows(
                 c.take_groups(group_rows, false),
                 group_rows,
-                tokenizer.as_ref(),
+                tokenizer.as_ref().zip(p.tokenizer.as_deref()),
                 &mut out,
                 &out_path,
                 &mut counts,
@@ -1075,7 +1090,14 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
         ctx.progress(c.records, total.unwrap_or(0));
         Ok(())
     })?;
-    write_rows(c.take_groups(group_rows, true), group_rows, tokenizer.as_ref(), &mut out, &out_path, &mut counts)?;
+    write_rows(
+        c.take_groups(group_rows, true),
+        group_rows,
+        tokenizer.as_ref().zip(p.tokenizer.as_deref()),
+        &mut out,
+        &out_path,
+        &mut counts,
+    )?;
     let Collected { records, duplicates, conflicting, invalid, .. } = c;
     if records == 0 {
         let why = if invalid.count > 0 {

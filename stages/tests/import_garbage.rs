@@ -218,3 +218,79 @@ fn damaged_parquet_never_panics_and_errors_name_the_file() {
     let panics = damaged_imports(13, "pairs.parquet", &original, 200, &settings);
     assert!(panics.is_empty(), "{}", panics.join("\n"));
 }
+
+/// A byte-level BPE tokenizer.json written as GPT-2's and SmolLM2's are (their model, pre-tokenizer, post-processor
+/// and decoder types), with the 256 byte symbols and a few merges: small enough to damage many times.
+fn bpe_tokenizer_json() -> Vec<u8> {
+    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
+    alphabet.sort();
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("<|endoftext|>".into(), json!(0));
+    for c in alphabet {
+        let id = vocab.len();
+        vocab.insert(c.to_string(), json!(id));
+    }
+    let merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")];
+    for (a, b) in merges {
+        let id = vocab.len();
+        vocab.entry(format!("{a}{b}")).or_insert(json!(id));
+    }
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let t = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": false, "lstrip": false, "rstrip": false,
+                          "normalized": false, "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": byte_level,
+        "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab,
+                  "merges": merges.iter().map(|(a, b)| format!("{a} {b}")).collect::<Vec<_>>()},
+    });
+    serde_json::to_vec_pretty(&t).unwrap()
+}
+
+#[test]
+fn damaged_tokenizer_json_never_panics_and_errors_name_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.jsonl");
+    std::fs::write(&data, first_lines(&shared_data().join("tldr-2k/train.jsonl"), 20)).unwrap();
+    let original = bpe_tokenizer_json();
+    let run = |case: usize, bytes: &[u8]| {
+        let dir = tmp.path().join(format!("{case}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tok = dir.join("tok.json");
+        std::fs::write(&tok, bytes).unwrap();
+        let ctx = LocalCtx::new(&dir, json!({"path": "train.jsonl", "tokenizer": "tok.json"}))
+            .external("path", &data)
+            .external("tokenizer", &tok);
+        catch_unwind(AssertUnwindSafe(|| {
+            import::Import.validate(port::Ctx::params(&ctx))?;
+            let summary = import::run(&ctx)?;
+            let t = table::read_table(&ctx.out("pairs"), None)?;
+            Ok::<(Value, usize), port::StageError>((summary, t.column_by_name("tokens_a").unwrap().null_count()))
+        }))
+        .map(|r| r.map_err(|e| e.to_string()))
+    };
+    // undamaged, it counts every response's tokens
+    let (summary, nulls) = run(usize::MAX, &original).expect("no panic").expect("the tokenizer loads");
+    assert_eq!((summary["tokenizer"].as_bool(), nulls), (Some(true), 0), "{summary}");
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+    let (mut ok, mut refused, mut panics) = (0, 0, Vec::new());
+    for case in 0..150 {
+        let (what, bytes) = damage(&mut rng, &original);
+        match run(case, &bytes) {
+            Ok(Ok(_)) => ok += 1,
+            Ok(Err(e)) if e.contains("tok.json") => refused += 1,
+            Ok(Err(e)) => panics.push(format!("case {case} ({what}): the error does not name tok.json: {e}")),
+            Err(_) => panics.push(format!("case {case} ({what}): panicked")),
+        }
+    }
+    eprintln!("tok.json: 150 damaged copies: {ok} imported, {refused} refused");
+    assert!(ok > 0 && refused > 0, "the damage should leave some tokenizers readable and make others unreadable");
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+}
