@@ -470,7 +470,7 @@ fn execute(plan: &Plan, store: &Store, t: Task, scratch_root: &Path, progress: &
         summary,
         created: chrono::Utc::now().to_rfc3339(),
         seconds: t0.elapsed().as_secs_f64(),
-        machine: Some(crate::store::machine()),
+        machine: Some(crate::store::machine().to_string()),
     };
     store.put_entry(&entry, t.replace).map_err(fail)
 }

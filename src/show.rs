@@ -49,7 +49,7 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
 /// The stored entry of a node for the current manifest (verified like every cache hit). Not stored yet is exit 4
 /// (run it first); stored but corrupt or missing blobs is a store error, exit 3 (a run recomputes it).
 pub fn stored_entry(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<Entry> {
-    stored_entry_with_upstream(plan, store, target).map(|(e, _)| e)
+    known_entry(plan, store, target, exec::resolve_node(plan, store, target)?)
 }
 
 /// [`stored_entry`] and the stored entries of every node it depends on, with their indices in the plan.
@@ -58,11 +58,16 @@ pub fn stored_entry_with_upstream(
     store: &Store,
     target: usize,
 ) -> anyhow::Result<(Entry, Vec<(usize, Entry)>)> {
+    let (resolved, upstream) = exec::resolve_with_upstream(plan, store, target)?;
+    Ok((known_entry(plan, store, target, resolved)?, upstream))
+}
+
+/// The entry a resolution found, or the error saying why there is none.
+fn known_entry(plan: &Plan, store: &Store, target: usize, resolved: exec::Resolved) -> anyhow::Result<Entry> {
     let node = &plan.nodes[target].name;
     let m = plan.manifest.path().display();
-    let (resolved, upstream) = exec::resolve_with_upstream(plan, store, target)?;
     match resolved {
-        exec::Resolved::Known { hit: Some(e), .. } => Ok((e, upstream)),
+        exec::Resolved::Known { hit: Some(e), .. } => Ok(e),
         exec::Resolved::Known { key, .. } => match store.incomplete_reason(&key) {
             Some(why) => Err(StoreError(format!("{node}: {why}; `rmdistill run {m}` recomputes it")).into()),
             None => Err(NotReady(format!(

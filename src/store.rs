@@ -66,24 +66,22 @@ pub struct Entry {
 
 /// This machine as the entries record it: the CPU's model name (`/proc/cpuinfo`) and the architecture, e.g.
 /// "AMD EPYC (x86_64)"; the architecture alone where the model name cannot be read.
-pub fn machine() -> String {
+pub fn machine() -> &'static str {
     static MACHINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    MACHINE
-        .get_or_init(|| {
-            let arch = std::env::consts::ARCH;
-            let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
-                t.lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| matches!(k.trim(), "model name" | "Model" | "cpu model"))
-                    .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
-                    .filter(|v| !v.is_empty())
-            });
-            match model {
-                Some(m) => format!("{m} ({arch})"),
-                None => arch.to_string(),
-            }
-        })
-        .clone()
+    MACHINE.get_or_init(|| {
+        let arch = std::env::consts::ARCH;
+        let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+            t.lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| matches!(k.trim(), "model name" | "Model" | "cpu model"))
+                .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|v| !v.is_empty())
+        });
+        match model {
+            Some(m) => format!("{m} ({arch})"),
+            None => arch.to_string(),
+        }
+    })
 }
 
 /// What a cache hit needs of an entry; parsing it skips the key record and the stage's summary, which a no-op run
@@ -1392,7 +1390,7 @@ mod tests {
             summary: serde_json::json!({"b": 1.5, "a": [0.1, 1e-7, 12345678901234567890u64, 1.5778092959999999]}),
             created: "now".into(),
             seconds: 1.5778092959999999,
-            machine: Some(machine()),
+            machine: Some(machine().to_string()),
         }
     }
 

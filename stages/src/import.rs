@@ -912,81 +912,96 @@ struct Counts {
     bias_tokens: LengthBias,
 }
 
-/// Writes `rows` (whole row groups of `group_rows`, the last one of the file maybe shorter) to the pairs table,
-/// opening it with the first rows, and adds them to `counts`. The rows' strings move into the groups' batches, each
-/// group's rows freed as its batch is built.
-fn write_rows(
-    rows: Vec<Row>,
+/// The pairs table as it is written: opened with the first rows, then group by group, and the summary's counts of
+/// what it holds.
+struct PairsOut<'a> {
+    path: &'a Path,
     group_rows: usize,
-    tokenizer: Option<(&tokenizers::Tokenizer, &str)>,
-    out: &mut Option<table::GroupWriter>,
-    path: &Path,
-    counts: &mut Counts,
-) -> StageResult<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let words: Vec<(u32, u32)> =
-        rows.par_iter().map(|r| (table::word_count(&r.pair.a), table::word_count(&r.pair.b))).collect();
-    let tokens: Option<Vec<(u32, u32)>> = match tokenizer {
-        None => None,
-        Some((tok, shown)) => Some(
-            rows.par_iter()
-                .map(|r| {
-                    let n = |s: &str| {
-                        tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
-                            StageError::invalid(
-                                "tokenizer",
-                                format!("{shown}: cannot tokenize the responses of source row {}: {e}", r.source_row),
-                            )
-                        })
-                    };
-                    Ok((n(&r.pair.a)?, n(&r.pair.b)?))
-                })
-                .collect::<StageResult<_>>()?,
-        ),
-    };
-    for (i, r) in rows.iter().enumerate() {
-        let label = r.pair.label;
-        counts.pairs += 1;
-        counts.labelled += label.is_some() as u64;
-        counts.label_b_preferred += (label == Some(1)) as u64;
-        counts.identical_responses += (r.pair.a == r.pair.b) as u64;
-        counts.words += (words[i].0 + words[i].1) as u64;
-        counts.bias_words.add(label, words[i]);
-        if let Some(t) = &tokens {
-            counts.bias_tokens.add(label, t[i]);
+    /// the tokenizer and the name its param gives it, for token counts
+    tokenizer: Option<(&'a tokenizers::Tokenizer, &'a str)>,
+    out: Option<table::GroupWriter>,
+    counts: Counts,
+}
+
+impl PairsOut<'_> {
+    /// Writes `rows` (whole row groups, the last one of the file maybe shorter) and adds them to the counts. The
+    /// rows' strings move into the groups' batches, each group's rows freed as its batch is built.
+    fn write(&mut self, rows: Vec<Row>) -> StageResult<()> {
+        if rows.is_empty() {
+            return Ok(());
         }
-    }
-    let batches: Vec<arrow::array::RecordBatch> = rows
-        .into_par_iter()
-        .chunks(group_rows)
-        .enumerate()
-        .map(|(c, chunk)| {
-            let text_bytes: usize = chunk.iter().map(|r| r.pair.prompt.len() + r.pair.a.len() + r.pair.b.len()).sum();
-            let mut builder = PairsBuilder::with_capacity(chunk.len(), text_bytes);
-            for (k, r) in chunk.iter().enumerate() {
-                let i = c * group_rows + k;
-                let id = table::pair_id(&r.pair.hash);
-                builder.push(PairRow {
-                    pair_id: &id,
-                    prompt: &r.pair.prompt,
-                    a: &r.pair.a,
-                    b: &r.pair.b,
-                    label: r.pair.label,
-                    words: words[i],
-                    tokens: tokens.as_ref().map(|t| t[i]),
-                    source_row: r.source_row,
-                });
+        let words: Vec<(u32, u32)> =
+            rows.par_iter().map(|r| (table::word_count(&r.pair.a), table::word_count(&r.pair.b))).collect();
+        let tokens: Option<Vec<(u32, u32)>> = match self.tokenizer {
+            None => None,
+            Some((tok, shown)) => Some(
+                rows.par_iter()
+                    .map(|r| {
+                        let n = |s: &str| {
+                            tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
+                                StageError::invalid(
+                                    "tokenizer",
+                                    format!(
+                                        "{shown}: cannot tokenize the responses of source row {}: {e}",
+                                        r.source_row
+                                    ),
+                                )
+                            })
+                        };
+                        Ok((n(&r.pair.a)?, n(&r.pair.b)?))
+                    })
+                    .collect::<StageResult<_>>()?,
+            ),
+        };
+        for (i, r) in rows.iter().enumerate() {
+            let label = r.pair.label;
+            self.counts.pairs += 1;
+            self.counts.labelled += label.is_some() as u64;
+            self.counts.label_b_preferred += (label == Some(1)) as u64;
+            self.counts.identical_responses += (r.pair.a == r.pair.b) as u64;
+            self.counts.words += (words[i].0 + words[i].1) as u64;
+            self.counts.bias_words.add(label, words[i]);
+            if let Some(t) = &tokens {
+                self.counts.bias_tokens.add(label, t[i]);
             }
-            builder.finish()
-        })
-        .collect();
-    let w = match out {
-        Some(w) => w,
-        None => out.insert(table::GroupWriter::create(path, batches[0].schema())?),
-    };
-    w.write_groups(batches)
+        }
+        let batches: Vec<arrow::array::RecordBatch> = rows
+            .into_par_iter()
+            .chunks(self.group_rows)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let text_bytes: usize =
+                    chunk.iter().map(|r| r.pair.prompt.len() + r.pair.a.len() + r.pair.b.len()).sum();
+                let mut builder = PairsBuilder::with_capacity(chunk.len(), text_bytes);
+                for (k, r) in chunk.iter().enumerate() {
+                    let i = c * self.group_rows + k;
+                    let id = table::pair_id(&r.pair.hash);
+                    builder.push(PairRow {
+                        pair_id: &id,
+                        prompt: &r.pair.prompt,
+                        a: &r.pair.a,
+                        b: &r.pair.b,
+                        label: r.pair.label,
+                        words: words[i],
+                        tokens: tokens.as_ref().map(|t| t[i]),
+                        source_row: r.source_row,
+                    });
+                }
+                builder.finish()
+            })
+            .collect();
+        let w = match &mut self.out {
+            Some(w) => w,
+            None => self.out.insert(table::GroupWriter::create(self.path, batches[0].schema())?),
+        };
+        w.write_groups(batches)
+    }
+
+    /// Writes the footer with `kv`; an error when no row was ever written.
+    fn finish(self, shown: &str, kv: &[(String, String)]) -> StageResult<()> {
+        let out = self.out.ok_or_else(|| StageError::failed(format!("{shown}: no pair to write")))?;
+        out.finish(kv)
+    }
 }
 
 impl Stage for Import {
@@ -1042,9 +1057,14 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
 
     let mut format = p.format;
     let mut c = Collected::default();
-    let mut counts = Counts::default();
-    let mut out: Option<table::GroupWriter> = None;
     let out_path = ctx.output_path("pairs");
+    let mut out = PairsOut {
+        path: &out_path,
+        group_rows,
+        tokenizer: tokenizer.as_ref().zip(p.tokenizer.as_deref()),
+        out: None,
+        counts: Counts::default(),
+    };
     // rows are written as soon as they fill a group per thread: memory holds a few groups, whatever the file's size
     let flush_rows = group_rows * rayon::current_num_threads().max(1);
     let mut skipped = 0u64;
@@ -1078,26 +1098,12 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
             c.add(pair, p.on_invalid, p.skip, shown)?;
         }
         if c.pending.len() >= flush_rows {
-            write_rows(
-                c.take_groups(group_rows, false),
-                group_rows,
-                tokenizer.as_ref().zip(p.tokenizer.as_deref()),
-                &mut out,
-                &out_path,
-                &mut counts,
-            )?;
+            out.write(c.take_groups(group_rows, false))?;
         }
         ctx.progress(c.records, total.unwrap_or(0));
         Ok(())
     })?;
-    write_rows(
-        c.take_groups(group_rows, true),
-        group_rows,
-        tokenizer.as_ref().zip(p.tokenizer.as_deref()),
-        &mut out,
-        &out_path,
-        &mut counts,
-    )?;
+    out.write(c.take_groups(group_rows, true))?;
     let Collected { records, duplicates, conflicting, invalid, .. } = c;
     if records == 0 {
         let why = if invalid.count > 0 {
@@ -1122,6 +1128,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
     }
     ctx.progress(records, records);
 
+    let counts = &out.counts;
     let pairs = counts.pairs;
     let mut summary = json!({
         "format": format.name(),
@@ -1144,8 +1151,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
     if tokenizer.is_some() {
         summary["length_bias_tokens"] = counts.bias_tokens.summary("tokens");
     }
-    let out = out.ok_or_else(|| StageError::failed(format!("{shown}: no pair to write")))?;
-    out.finish(&table::summary_kv("import", &summary))?;
+    out.finish(shown, &table::summary_kv("import", &summary))?;
     ctx.log(&format!("{shown}: {records} records → {pairs} pairs ({duplicates} duplicates dropped)"));
     Ok(summary)
 }
