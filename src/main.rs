@@ -3,20 +3,31 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc.h's `mi_option_purge_delay` (the same index in its v2 and v3; libmimalloc-sys does not name it).
+/// mimalloc.h's `mi_option_purge_delay` and `mi_option_purge_decommits` (mimalloc v3, which libmimalloc-sys builds
+/// by default; it does not name them).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const MI_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
 
 use clap::Parser;
 
 fn main() {
-    // Freed memory goes back to the system after 250 ms, not mimalloc v3's default of 1 s: `import` allocates and
-    // frees each few row groups' records and batches in turn, and with 1 s the freed ones stayed resident beside the
-    // next (peak 1.15 GB for a 970 MB file against 0.80–0.89 GB). Shorter delays keep less but give pages back
-    // that the next group faults in again, which costs more system time than it saves (BENCHMARKS.md, import).
-    // `MIMALLOC_PURGE_DELAY` in the environment overrides this, as it does mimalloc's own default.
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        unsafe {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 250);
+    // How freed memory goes back to the system. mimalloc is built without transparent huge pages (`no_thp`): it
+    // reserves 1 GiB arenas and asked for them with MADV_HUGEPAGE, so each page it had given back came back as a
+    // 2 MiB page zeroed — or compacted for — on the spot (`clear_page_erms` a fifth of an import's samples). And a
+    // purge marks pages free (MADV_FREE) instead of dropping them (MADV_DONTNEED): the kernel takes them only under
+    // memory pressure, so pages freed by one row group and written by the next are not faulted in and zeroed again.
+    // Freed memory goes back after 250 ms, not mimalloc v3's default of 1 s, so that the kernel may take it early.
+    // Measured together (BENCHMARKS.md, "mimalloc without huge pages"): `import` of 1M records and `generate` +
+    // `subsample` over 10M pairs 1.2–1.6× faster, system time a third. `MIMALLOC_PURGE_DELAY` and
+    // `MIMALLOC_PURGE_DECOMMITS` in the environment override these, as they do mimalloc's own defaults.
+    for (var, option, value) in [
+        ("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, 250),
+        ("MIMALLOC_PURGE_DECOMMITS", MI_OPTION_PURGE_DECOMMITS, 0),
+    ] {
+        if std::env::var_os(var).is_none() {
+            unsafe {
+                libmimalloc_sys::mi_option_set(option, value);
+            }
         }
     }
     // Piped into `head` and the like, a command line tool ends quietly when the reader goes away (Rust ignores
@@ -41,10 +52,19 @@ fn main() {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_purge_delay_index_names_mimallocs_purge_delay() {
-        // main() has not run here, so the option holds mimalloc v3's default for the purge delay, 1000 ms — a value
-        // no neighbouring option has by default; a wrong index (or another mimalloc) reads something else
-        let got = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert_eq!(got, 1000, "option {} is not mimalloc's purge delay", super::MI_OPTION_PURGE_DELAY);
+    fn the_option_indices_name_mimallocs_purge_options() {
+        // main() has not run here, so the options hold mimalloc v3's defaults: a purge delay of 1000 ms — a value no
+        // neighbouring option has by default — and purges that decommit (1, where the option before it, arena eager
+        // commit, holds 2); a wrong index (or another mimalloc) reads something else
+        let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(delay, 1000, "option {} is not mimalloc's purge delay", super::MI_OPTION_PURGE_DELAY);
+        let decommits = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DECOMMITS) };
+        let before = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DECOMMITS - 1) };
+        assert_eq!(
+            (before, decommits),
+            (2, 1),
+            "option {} is not mimalloc's purge_decommits",
+            super::MI_OPTION_PURGE_DECOMMITS
+        );
     }
 }
