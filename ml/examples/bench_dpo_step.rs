@@ -8,6 +8,9 @@
 //! instead of computing each pair's shared prompt once. `--device=cuda` runs it on the GPU, under bf16 autocast
 //! as the stages do there (`--fp32` for plain float32); scripts/gpu/check.sh turns the printed figures into MFU.
 //!
+//! `last_loss_exact` and `weights_fingerprint` (a hash of every parameter's bits after the last step) tell whether two
+//! runs — two machines, or two settings of `ATEN_CPU_CAPABILITY` / `MKL_CBWR` — computed the very same numbers.
+//!
 //! Besides the times it prints `positions_per_step` (the token positions the model computes per step: with shared
 //! prompts each pair's prompt once, plus padding) and `non_embedding_params` (N, without token and position
 //! embeddings), so that FLOPs can be counted as 6·N per position for the forward and backward pass.
@@ -112,8 +115,9 @@ fn main() -> anyhow::Result<()> {
     let s = t.elapsed().as_secs_f64() / iters as f64;
     let cpu = (cpu_time::now() - c) / iters as f64;
     let positions = batch.num_positions();
+    let fingerprint = weights_fingerprint(&m.vs)?;
     println!(
-        "{{\"impl\": \"rmdistill\", \"loss\": \"{loss_kind}\", \"packed\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"pairs\": {b}, \"prompt_len\": {p}, \"response_len\": {r}, \"pairs_per_s\": {:.2}, \"sec_per_step\": {s:.4}, \"cpu_sec_per_step\": {cpu:.4}, \"min_cpu_sec_per_step\": {fastest:.4}, \"last_loss\": {last:.5}, \"positions_per_step\": {positions}, \"positions_per_s\": {:.1}, \"non_embedding_params\": {non_embedding}}}",
+        "{{\"impl\": \"rmdistill\", \"loss\": \"{loss_kind}\", \"packed\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"pairs\": {b}, \"prompt_len\": {p}, \"response_len\": {r}, \"pairs_per_s\": {:.2}, \"sec_per_step\": {s:.4}, \"cpu_sec_per_step\": {cpu:.4}, \"min_cpu_sec_per_step\": {fastest:.4}, \"last_loss\": {last:.5}, \"last_loss_exact\": \"{last:?}\", \"weights_fingerprint\": \"{fingerprint:016x}\", \"positions_per_step\": {positions}, \"positions_per_s\": {:.1}, \"non_embedding_params\": {non_embedding}}}",
         batch.is_packed(),
         if device.is_cuda() { "cuda" } else { "cpu" },
         if bf16 { "bf16-autocast" } else { "fp32" },
@@ -121,4 +125,19 @@ fn main() -> anyhow::Result<()> {
         positions as f64 / s
     );
     Ok(())
+}
+
+/// A hash of every parameter's f32 bits, by name: equal exactly when the weights are bit for bit the same.
+fn weights_fingerprint(vs: &tch::nn::VarStore) -> anyhow::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    // DefaultHasher::new() is SipHash with fixed keys: the same on every machine for one build
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (name, t) in vars {
+        name.hash(&mut h);
+        let values = Vec::<f32>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))?;
+        values.iter().for_each(|x| x.to_bits().hash(&mut h));
+    }
+    Ok(h.finish())
 }
