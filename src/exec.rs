@@ -1088,18 +1088,6 @@ fn resolve_seeing(
     unreachable!("a node is among its own ancestors")
 }
 
-/// The stored entry of a node for the current manifest, or an error saying to run it first.
-pub fn stored_entry(plan: &Plan, store: &Store, target: usize) -> anyhow::Result<Entry> {
-    match resolve_node(plan, store, target)? {
-        Resolved::Known { hit: Some(e), .. } => Ok(e),
-        _ => anyhow::bail!(
-            "{} has no stored result for the current manifest; run it first (`rmdistill status {}` says why)",
-            plan.nodes[target].name,
-            plan.manifest.path().display()
-        ),
-    }
-}
-
 /// What `status` says of one node.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStatus {
