@@ -16,9 +16,9 @@ fn main() {
     // 2 MiB page zeroed — or compacted for — on the spot (`clear_page_erms` a fifth of an import's samples). And a
     // purge marks pages free (MADV_FREE) instead of dropping them (MADV_DONTNEED): the kernel takes them only under
     // memory pressure, so pages freed by one row group and written by the next are not faulted in and zeroed again.
-    // Freed memory goes back after 250 ms, not mimalloc v3's default of 1 s, so that the kernel may take it early.
-    // Measured together (BENCHMARKS.md, "mimalloc without huge pages"): `import` of 1M records and `generate` +
-    // `subsample` over 10M pairs 1.2–1.6× faster, system time a third. `MIMALLOC_PURGE_DELAY` and
+    // Freed memory is marked so after 250 ms, not mimalloc v3's default of 1 s, so that the kernel may take it early.
+    // Measured together (BENCHMARKS.md, "mimalloc without huge pages"): `import` of 1M records 1.14× faster (median),
+    // `generate` + `subsample` over 10M pairs 1.3–1.45×, system time a third to a half. `MIMALLOC_PURGE_DELAY` and
     // `MIMALLOC_PURGE_DECOMMITS` in the environment override these, as they do mimalloc's own defaults.
     for (var, option, value) in [
         ("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, 250),
