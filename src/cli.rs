@@ -544,11 +544,10 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{}", out.join("report.md").display());
             // only libtorch stages: the others compute the same bits on every machine
-            let torch = |j: usize| matches!(plan.nodes[j].kind.runs(), rmdistill_stages::Runs::Worker);
             let (line, mixed) = show::provenance(
                 std::iter::once((i, &entry))
                     .chain(upstream.iter().map(|(j, e)| (*j, e)))
-                    .filter(|(j, _)| torch(*j))
+                    .filter(|(j, _)| plan.nodes[*j].runs_on_libtorch())
                     .map(|(_, e)| e.machine.as_deref()),
             );
             if mixed {

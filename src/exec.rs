@@ -226,13 +226,10 @@ pub struct NodeReport {
 impl Summary {
     /// A note on cached libtorch results produced on other kinds of machine, if any: how many, and where.
     pub fn other_machines_note(&self) -> Option<String> {
-        let mut by: BTreeMap<&str, usize> = BTreeMap::new();
-        for m in self.nodes.iter().filter_map(|n| n.other_machine.as_deref()) {
-            *by.entry(m).or_default() += 1;
-        }
-        let n: usize = by.values().sum();
+        let by = crate::store::count_machines(self.nodes.iter().filter_map(|n| n.other_machine.as_deref()));
+        let n: usize = by.iter().map(|(_, c)| c).sum();
         (n > 0).then(|| {
-            let list: Vec<String> = by.iter().map(|(m, c)| format!("{c} on {m}")).collect();
+            let list = crate::store::machines_listed(&by);
             format!(
                 "{n} cached result(s) of libtorch stages were produced on another kind of machine than this one ({}): \
                  {}. Their numbers differ from what this machine computes in the last bits; a store of this \
@@ -711,7 +708,7 @@ impl Runner<'_> {
             Some(h) => {
                 let pointer_current =
                     self.store.last_key(&self.scope, &self.plan.nodes[i].name)?.as_deref() == Some(key.as_str());
-                let torch = matches!(self.plan.nodes[i].kind.runs(), Runs::Worker);
+                let torch = self.plan.nodes[i].runs_on_libtorch();
                 let other_machine = h.machine.filter(|m| torch && *m != crate::store::machine());
                 Lookup::Hit { key, outputs: h.outputs, pointer_current, other_machine }
             }
@@ -792,8 +789,8 @@ impl Runner<'_> {
         let mut k = 0;
         while k < self.queue.len() {
             let i = self.queue[k];
-            let kind = self.plan.nodes[i].kind;
-            let wants_gpu = kind.wants_gpu() && matches!(kind.runs(), Runs::Worker);
+            let node = &self.plan.nodes[i];
+            let wants_gpu = node.kind.wants_gpu() && node.runs_on_libtorch();
             let gpu = if wants_gpu { self.gpu_slots()?.iter().position(|b| !b) } else { None };
             let cpu_free = self.cpu_running < self.opts.jobs.max(1);
             let Some(device) = pick_slot(wants_gpu, gpu, cpu_free, self.opts.device) else {

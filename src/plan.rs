@@ -44,6 +44,12 @@ impl Node {
     pub fn deps(&self) -> impl Iterator<Item = usize> + '_ {
         self.inputs.values().flatten().map(|u| u.node)
     }
+
+    /// Whether its stage computes on libtorch (in a worker process): the only results whose bits depend on the
+    /// kind of CPU, and the only nodes that may take a GPU.
+    pub fn runs_on_libtorch(&self) -> bool {
+        matches!(self.kind.runs(), rmdistill_stages::Runs::Worker)
+    }
 }
 
 /// The expanded DAG, nodes in topological order.

@@ -8,7 +8,6 @@ use crate::store::{Entry, OutputRef, Store};
 use arrow::util::pretty::pretty_format_batches;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rmdistill_stages::ArtifactKind;
-use std::collections::BTreeMap;
 
 fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, OutputRef)> {
     let (node, output) = match plan.find(what) {
@@ -88,24 +87,17 @@ fn known_entry(plan: &Plan, store: &Store, target: usize, resolved: exec::Resolv
 /// reproduced by no one machine (each kind reproduces its own exactly; the other stages' results are the same
 /// everywhere). E.g. "built from 700 stored results of libtorch stages, all produced on AMD EPYC (x86_64)".
 pub fn provenance<'a>(machines: impl IntoIterator<Item = Option<&'a str>>) -> (String, bool) {
-    let (mut by, mut unrecorded, mut n) = (BTreeMap::<&str, usize>::new(), 0usize, 0usize);
-    for machine in machines {
-        n += 1;
-        match machine {
-            Some(m) => *by.entry(m).or_default() += 1,
-            None => unrecorded += 1,
-        }
-    }
-    let mut parts: Vec<String> = by.iter().map(|(m, c)| format!("{c} on {m}")).collect();
+    let machines: Vec<Option<&str>> = machines.into_iter().collect();
+    let n = machines.len();
+    let by = crate::store::count_machines(machines.iter().flatten().copied());
+    let unrecorded = n - by.iter().map(|(_, c)| c).sum::<usize>();
+    let mut parts = crate::store::machines_listed(&by);
     if unrecorded > 0 {
         parts.push(format!("{unrecorded} on a machine not recorded (stored before machines were)"));
     }
     match (by.len(), unrecorded) {
         (0, 0) => ("built from no stored result of a libtorch stage".to_string(), false),
-        (1, 0) => (
-            format!("built from {n} stored results of libtorch stages, all produced on {}", by.keys().next().unwrap()),
-            false,
-        ),
+        (1, 0) => (format!("built from {n} stored results of libtorch stages, all produced on {}", by[0].0), false),
         (0 | 1, _) => (format!("built from {n} stored results of libtorch stages: {}", parts.join(", ")), false),
         (kinds, _) => (
             format!(

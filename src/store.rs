@@ -84,6 +84,21 @@ pub fn machine() -> &'static str {
     })
 }
 
+/// How many of `machines` name each machine, sorted by machine (counted for `run`'s note
+/// and `report`'s provenance line).
+pub fn count_machines<'a>(machines: impl IntoIterator<Item = &'a str>) -> Vec<(&'a str, usize)> {
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in machines {
+        *by.entry(m).or_default() += 1;
+    }
+    by.into_iter().collect()
+}
+
+/// "2 on AMD EPYC (x86_64)", one per counted machine.
+pub fn machines_listed(counts: &[(&str, usize)]) -> Vec<String> {
+    counts.iter().map(|(m, c)| format!("{c} on {m}")).collect()
+}
+
 /// What a cache hit needs of an entry; parsing it skips the key record and the stage's summary, which a no-op run
 /// does not read (the entry's `check` still covers them).
 #[derive(Clone, Debug, Deserialize)]
