@@ -86,16 +86,9 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     let (out, err) = (s(&o.stdout), s(&o.stderr));
     assert!(o.status.success() && out.trim().ends_with("rep/report.md"), "{out}\n{err}");
     // where the results behind it were produced: every node ran here, so one kind of machine, named as lscpu does
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == "model name").map(|(_, v)| v.trim().to_string()));
     assert!(err.contains("stored results of libtorch stages, all produced on "), "{err}");
-    if let Some(model) = model {
-        assert!(
-            err.contains(&format!("all produced on {}", model.split_whitespace().collect::<Vec<_>>().join(" "))),
-            "{err}"
-        );
+    if let Some(model) = cpu_model_name() {
+        assert!(err.contains(&format!("all produced on {model}")), "{err}");
     }
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
     for needle in [

@@ -69,6 +69,15 @@ pub fn s(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
+/// This machine's CPU model name as `lscpu` prints it (from /proc/cpuinfo, runs of spaces as one), if there is one.
+pub fn cpu_model_name() -> Option<String> {
+    std::fs::read_to_string("/proc/cpuinfo").ok()?.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.trim() == "model name")
+            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+    })
+}
+
 /// Node names with a given outcome in a run summary.
 pub fn nodes_with(summary: &Value, outcome: &str) -> Vec<String> {
     let mut v: Vec<String> = summary["nodes"]
