@@ -224,17 +224,18 @@ pub struct NodeReport {
 }
 
 impl Summary {
-    /// A note on cached libtorch results produced on other kinds of machine, if any: how many, and where.
+    /// A note on cached libtorch results computed on other kinds of machine or with other settings, if any: how
+    /// many, and where.
     pub fn other_machines_note(&self) -> Option<String> {
         let by = crate::store::count_machines(self.nodes.iter().filter_map(|n| n.other_machine.as_deref()));
         let n: usize = by.iter().map(|(_, c)| c).sum();
         (n > 0).then(|| {
             let list = crate::store::machines_listed(&by);
             format!(
-                "{n} cached result(s) of libtorch stages were produced on another kind of machine than this one ({}): \
-                 {}. Their numbers differ from what this machine computes in the last bits; a store of this \
-                 machine's own results reproduces here exactly",
-                crate::store::machine(),
+                "{n} cached result(s) of libtorch stages were produced on another kind of machine or with other \
+                 settings than this run's ({}): {}. Their numbers differ from what this run computes in the last \
+                 bits; a store of results computed here, this way, reproduces exactly",
+                self.computed_on,
                 list.join(", ")
             )
         })
@@ -249,6 +250,10 @@ pub struct Summary {
     pub failed: usize,
     pub skipped: usize,
     pub seconds: f64,
+    /// How this run's libtorch nodes compute on the CPU ([`crate::store::computed_on`]): the machine, and the
+    /// threads per node and kernel pins where they are not the default.
+    #[serde(default)]
+    pub computed_on: String,
     pub nodes: Vec<NodeReport>,
 }
 
@@ -467,7 +472,11 @@ fn execute(plan: &Plan, store: &Store, t: Task, scratch_root: &Path, progress: &
         summary,
         created: chrono::Utc::now().to_rfc3339(),
         seconds: t0.elapsed().as_secs_f64(),
-        machine: Some(crate::store::machine().to_string()),
+        machine: Some(if n.runs_on_libtorch() {
+            crate::store::computed_on(matches!(t.device, Device::Cuda(_)), t.threads)
+        } else {
+            crate::store::machine().to_string()
+        }),
     };
     store.put_entry(&entry, t.replace).map_err(fail)
 }
@@ -587,6 +596,8 @@ struct Runner<'a> {
     gpus: Option<Vec<bool>>,
     /// Under `--fail-fast`, the first node that failed: no node starts after it.
     stopped_by: Option<usize>,
+    /// libtorch threads per CPU node: the cores shared among the slots.
+    threads: usize,
 }
 
 impl Runner<'_> {
@@ -708,8 +719,12 @@ impl Runner<'_> {
             Some(h) => {
                 let pointer_current =
                     self.store.last_key(&self.scope, &self.plan.nodes[i].name)?.as_deref() == Some(key.as_str());
-                let torch = self.plan.nodes[i].runs_on_libtorch();
-                let other_machine = h.machine.filter(|m| torch && *m != crate::store::machine());
+                let node = &self.plan.nodes[i];
+                // compared with how this run would compute it: on a GPU only where --device cuda makes it wait
+                // for one
+                let cuda = node.kind.wants_gpu() && self.opts.device == DeviceRequest::Cuda;
+                let here = crate::store::computed_on(cuda, self.threads);
+                let other_machine = h.machine.filter(|m| node.runs_on_libtorch() && *m != here);
                 Lookup::Hit { key, outputs: h.outputs, pointer_current, other_machine }
             }
             None => Lookup::Miss { key, rec },
@@ -934,8 +949,9 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         cpu_running: 0,
         gpus: None,
         stopped_by: None,
+        threads: (std::thread::available_parallelism().map_or(1, |n| n.get()) / opts.jobs.max(1)).max(1),
     };
-    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / opts.jobs.max(1)).max(1);
+    let threads = r.threads;
     let journal = |status: &str, reports: &[&NodeReport]| {
         let j = json!({
             "run_id": run_id, "manifest": plan.manifest.path().display().to_string(), "status": status,
@@ -1013,6 +1029,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         failed: count(Outcome::Failed),
         skipped: count(Outcome::Skipped),
         seconds: t0.elapsed().as_secs_f64(),
+        computed_on: crate::store::computed_on(false, threads),
         nodes: reports,
     };
     if summary.ran + summary.failed > 0 {

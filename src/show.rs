@@ -82,10 +82,10 @@ fn known_entry(plan: &Plan, store: &Store, target: usize, resolved: exec::Resolv
     }
 }
 
-/// Where the results of libtorch stages were produced (each entry's `machine`), as one line, and whether on more than
-/// one kind of machine: libtorch's numbers differ in their last bits between kinds of CPU, so results from a mix are
-/// reproduced by no one machine (each kind reproduces its own exactly; the other stages' results are the same
-/// everywhere). E.g. "built from 700 stored results of libtorch stages, all produced on AMD EPYC (x86_64)".
+/// Where and how the results of libtorch stages were produced (each entry's `machine`: [`crate::store::computed_on`]),
+/// as one line, and whether more than one way: libtorch's numbers differ in their last bits between kinds of CPU,
+/// thread counts, devices and kernel pins, so results from a mix are reproduced by no one machine and setting (each
+/// reproduces its own exactly; the other stages' results are the same everywhere). E.g. "built from 700 stored results of libtorch stages, all produced on AMD EPYC (x86_64)".
 pub fn provenance<'a>(machines: impl IntoIterator<Item = Option<&'a str>>) -> (String, bool) {
     let machines: Vec<Option<&str>> = machines.into_iter().collect();
     let n = machines.len();
@@ -101,9 +101,10 @@ pub fn provenance<'a>(machines: impl IntoIterator<Item = Option<&'a str>>) -> (S
         (0 | 1, _) => (format!("built from {n} stored results of libtorch stages: {}", parts.join(", ")), false),
         (kinds, _) => (
             format!(
-                "built from {n} stored results of libtorch stages produced on {kinds} kinds of machine: {}. libtorch's numbers differ \
-                 in their last bits between kinds of CPU, so no single machine reproduces these results exactly; \
-                 run the pipeline into a store of its own on one kind for a report its machines reproduce",
+                "built from {n} stored results of libtorch stages produced on {kinds} kinds of machine or settings: {}. \
+                 libtorch's numbers differ in their last bits between kinds of CPU, thread counts and kernel pins, so \
+                 no single machine and setting reproduces these results exactly; run the pipeline into a store of its \
+                 own on one kind, with one setting, for a report it reproduces",
                 parts.join(", ")
             ),
             true,
@@ -249,7 +250,7 @@ mod tests {
         assert!(mixed);
         assert!(
             line.starts_with(
-                "built from 4 stored results of libtorch stages produced on 2 kinds of machine: 2 on AMD EPYC \
+                "built from 4 stored results of libtorch stages produced on 2 kinds of machine or settings: 2 on AMD EPYC \
                  (x86_64), 1 on Intel(R) Xeon(R) Processor (x86_64), 1 on a machine not recorded"
             ),
             "{line}"

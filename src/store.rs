@@ -57,8 +57,9 @@ pub struct Entry {
     pub summary: serde_json::Value,
     pub created: String,
     pub seconds: f64,
-    /// The kind of machine that ran the node ([`machine`]): libtorch's results differ in their last bits from one
-    /// kind of CPU to another, so a store filled from several kinds holds results no single machine reproduces.
+    /// The kind of machine that ran the node and how ([`computed_on`]): libtorch's results differ in their last bits
+    /// from one kind of CPU to another, and with the thread count, the device and kernel pins, so a store filled
+    /// from several holds results no single machine and setting reproduces.
     /// Absent in entries written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
@@ -82,6 +83,33 @@ pub fn machine() -> &'static str {
             None => arch.to_string(),
         }
     })
+}
+
+/// Environment variables that choose which kernels libtorch, MKL and oneDNN run, and so a result's last bits: a
+/// Xeon with `ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2` computes another DPO step than the same Xeon unpinned
+/// (BENCHMARKS.md, "Can pinning instruction sets…").
+pub const KERNEL_PINS: [&str; 5] =
+    ["ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"];
+
+/// How a libtorch node computed here, as its entry records it: [`machine`], then what else changes libtorch's last
+/// bits on it — a CUDA device, more than one CPU thread (libtorch splits its reductions by thread: 1 and 2 threads
+/// give different weights after one DPO step), a kernel pin ([`KERNEL_PINS`]). The default — one CPU thread per node,
+/// nothing pinned — is the machine alone, as entries recorded it before the settings were.
+pub fn computed_on(cuda: bool, threads: usize) -> String {
+    let pins: Vec<(&str, String)> =
+        KERNEL_PINS.iter().filter_map(|&v| std::env::var(v).ok().filter(|x| !x.is_empty()).map(|x| (v, x))).collect();
+    describe_computation(machine(), cuda, threads, &pins)
+}
+
+fn describe_computation(machine: &str, cuda: bool, threads: usize, pins: &[(&str, String)]) -> String {
+    let mut with = Vec::new();
+    if cuda {
+        with.push("CUDA".to_string());
+    } else if threads != 1 {
+        with.push(format!("{threads} threads"));
+    }
+    with.extend(pins.iter().map(|(v, x)| format!("{v}={x}")));
+    if with.is_empty() { machine.to_string() } else { format!("{machine} with {}", with.join(", ")) }
 }
 
 /// How many of `machines` name each machine, sorted by machine (counted for `run`'s note
@@ -1374,6 +1402,24 @@ pub struct Unreadable(pub String);
 mod tests {
     use super::*;
     use crate::key::{InputRef, KEY_VERSION};
+
+    #[test]
+    fn a_computation_names_what_changes_libtorchs_bits_beyond_the_default() {
+        let m = "AMD EPYC (x86_64)";
+        // one CPU thread and no pin: the machine alone, as entries recorded it before the settings were
+        assert_eq!(describe_computation(m, false, 1, &[]), m);
+        assert_eq!(describe_computation(m, false, 2, &[]), "AMD EPYC (x86_64) with 2 threads");
+        assert_eq!(describe_computation(m, true, 8, &[]), "AMD EPYC (x86_64) with CUDA");
+        let pins = [("ATEN_CPU_CAPABILITY", "avx2".to_string()), ("MKL_CBWR", "AVX2".to_string())];
+        assert_eq!(
+            describe_computation(m, false, 1, &pins),
+            "AMD EPYC (x86_64) with ATEN_CPU_CAPABILITY=avx2, MKL_CBWR=AVX2"
+        );
+        assert_eq!(
+            describe_computation(m, false, 4, &pins[..1]),
+            "AMD EPYC (x86_64) with 4 threads, ATEN_CPU_CAPABILITY=avx2"
+        );
+    }
 
     #[test]
     fn store_urls_are_checked() {

@@ -1,5 +1,6 @@
 //! Where stored results were produced: every entry records its machine, and a run that takes a libtorch stage's
-//! result from another kind of machine says so (its numbers differ from this machine's in the last bits).
+//! result from another kind of machine, or computed with other threads or kernel pins, says so (its numbers differ
+//! from this run's in the last bits).
 
 mod common;
 use common::*;
@@ -61,7 +62,7 @@ fn entries_record_their_machine_and_a_run_names_results_from_another() {
     }
     // Nothing from elsewhere: no note.
     let o = w.run(&["run", "m.toml"]);
-    assert!(o.status.success() && !s(&o.stderr).contains("another kind of machine"), "{}", s(&o.stderr));
+    assert!(o.status.success() && !s(&o.stderr).contains("cached result(s) of libtorch"), "{}", s(&o.stderr));
 
     // The same store as another machine would leave it: the entries still verify, every node is cached, and the
     // libtorch node's result (not the pure one's, the same bits everywhere) is named.
@@ -72,7 +73,8 @@ fn entries_record_their_machine_and_a_run_names_results_from_another() {
     assert!(o.status.success() && out.contains("nothing to do: all 3 nodes cached"), "{out}\n{err}");
     assert!(
         err.contains(
-            "note: 1 cached result(s) of libtorch stages were produced on another kind of machine than this one"
+            "note: 1 cached result(s) of libtorch stages were produced on another kind of machine or with other \
+             settings than this run's"
         ) && err.contains("1 on Some Other CPU (x86_64)"),
         "{err}"
     );
@@ -84,5 +86,48 @@ fn entries_record_their_machine_and_a_run_names_results_from_another() {
         .filter_map(|n| Some((n["node"].as_str()?, n.get("other_machine")?.as_str()?)))
         .collect();
     assert_eq!(other, vec![("sft", "Some Other CPU (x86_64)")]);
+    assert_store_consistent(&w.store());
+}
+
+/// libtorch's bits also change with the threads per node and with kernel pins (BENCHMARKS.md: a DPO step's weights
+/// differ between 1 and 2 threads, and between a Xeon pinned to AVX2 and unpinned), so both are recorded beside the
+/// machine and a cached result computed otherwise is named like one from another machine.
+#[test]
+fn threads_and_kernel_pins_are_recorded_and_a_run_computing_otherwise_names_them() {
+    let w = Work::new();
+    w.write("m.toml", M);
+    let o = w.cmd(&["run", "m.toml", "--json"]).env("ATEN_CPU_CAPABILITY", "default").output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let machine = |node: &str| -> String {
+        let e = entries(&w.store()).into_iter().find(|e| e["node"] == node).unwrap();
+        e["machine"].as_str().unwrap().to_string()
+    };
+    let here = machine("gen");
+    assert!(
+        here.ends_with(&format!("({})", std::env::consts::ARCH)),
+        "the pure node's entry names the machine alone: {here}"
+    );
+    assert_eq!(machine("sft"), format!("{here} with ATEN_CPU_CAPABILITY=default"));
+
+    // Unpinned, the pinned results are cached but named (sft's, and synth's: it runs in the worker too); the pure
+    // node's is not.
+    let o = w.run(&["run", "m.toml"]);
+    let err = s(&o.stderr);
+    assert!(o.status.success() && s(&o.stdout).contains("all 3 nodes cached"), "{err}");
+    assert!(
+        err.contains(&format!("settings than this run's ({here}): 2 on {here} with ATEN_CPU_CAPABILITY=default")),
+        "{err}"
+    );
+
+    // Fewer jobs than cores: each libtorch node gets more threads, which the entry records.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= 2 {
+        let j = w.run_json(&["m.toml", "-j", "1", "--force", "sft"]);
+        assert_eq!(j["computed_on"], format!("{here} with {cores} threads"), "{j}");
+        assert_eq!(machine("sft"), format!("{here} with {cores} threads"));
+        let j = w.run_json(&["m.toml"]);
+        let sft = j["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "sft").unwrap().clone();
+        assert_eq!(sft["other_machine"], format!("{here} with {cores} threads"), "{j}");
+    }
     assert_store_consistent(&w.store());
 }
