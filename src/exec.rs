@@ -596,8 +596,10 @@ struct Runner<'a> {
     gpus: Option<Vec<bool>>,
     /// Under `--fail-fast`, the first node that failed: no node starts after it.
     stopped_by: Option<usize>,
-    /// libtorch threads per CPU node: the cores shared among the slots.
-    threads: usize,
+    /// How this run computes a libtorch node on the CPU and on a GPU ([`crate::store::computed_on`]), what a cached
+    /// entry's `machine` is compared with; worked out once, not per cache hit.
+    computed_on_cpu: String,
+    computed_on_cuda: String,
 }
 
 impl Runner<'_> {
@@ -723,8 +725,8 @@ impl Runner<'_> {
                 // compared with how this run would compute it: on a GPU only where --device cuda makes it wait
                 // for one
                 let cuda = node.kind.wants_gpu() && self.opts.device == DeviceRequest::Cuda;
-                let here = crate::store::computed_on(cuda, self.threads);
-                let other_machine = h.machine.filter(|m| node.runs_on_libtorch() && *m != here);
+                let here = if cuda { &self.computed_on_cuda } else { &self.computed_on_cpu };
+                let other_machine = h.machine.filter(|m| node.runs_on_libtorch() && m != here);
                 Lookup::Hit { key, outputs: h.outputs, pointer_current, other_machine }
             }
             None => Lookup::Miss { key, rec },
@@ -932,6 +934,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         })
         .collect();
     let ready = (0..n).filter(|&i| wanted[i] && deps[i].is_empty()).collect();
+    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / opts.jobs.max(1)).max(1);
     let mut r = Runner {
         plan,
         store,
@@ -949,9 +952,9 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         cpu_running: 0,
         gpus: None,
         stopped_by: None,
-        threads: (std::thread::available_parallelism().map_or(1, |n| n.get()) / opts.jobs.max(1)).max(1),
+        computed_on_cpu: crate::store::computed_on(false, threads),
+        computed_on_cuda: crate::store::computed_on(true, threads),
     };
-    let threads = r.threads;
     let journal = |status: &str, reports: &[&NodeReport]| {
         let j = json!({
             "run_id": run_id, "manifest": plan.manifest.path().display().to_string(), "status": status,
@@ -1029,7 +1032,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         failed: count(Outcome::Failed),
         skipped: count(Outcome::Skipped),
         seconds: t0.elapsed().as_secs_f64(),
-        computed_on: crate::store::computed_on(false, threads),
+        computed_on: r.computed_on_cpu,
         nodes: reports,
     };
     if summary.ran + summary.failed > 0 {

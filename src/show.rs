@@ -85,7 +85,8 @@ fn known_entry(plan: &Plan, store: &Store, target: usize, resolved: exec::Resolv
 /// Where and how the results of libtorch stages were produced (each entry's `machine`: [`crate::store::computed_on`]),
 /// as one line, and whether more than one way: libtorch's numbers differ in their last bits between kinds of CPU,
 /// thread counts, devices and kernel pins, so results from a mix are reproduced by no one machine and setting (each
-/// reproduces its own exactly; the other stages' results are the same everywhere). E.g. "built from 700 stored results of libtorch stages, all produced on AMD EPYC (x86_64)".
+/// reproduces its own exactly; the other stages' results are the same everywhere). E.g. "built from 700 stored
+/// results of libtorch stages, all produced on AMD EPYC (x86_64)".
 pub fn provenance<'a>(machines: impl IntoIterator<Item = Option<&'a str>>) -> (String, bool) {
     let machines: Vec<Option<&str>> = machines.into_iter().collect();
     let n = machines.len();

@@ -87,7 +87,7 @@ pub fn machine() -> &'static str {
 
 /// Environment variables that choose which kernels libtorch, MKL and oneDNN run, and so a result's last bits: a
 /// Xeon with `ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2` computes another DPO step than the same Xeon unpinned
-/// (BENCHMARKS.md, "Can pinning instruction sets…").
+/// (BENCHMARKS.md, "Pinning on a real Xeon").
 pub const KERNEL_PINS: [&str; 5] =
     ["ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"];
 
