@@ -108,7 +108,8 @@ fn describe_computation(machine: &str, cuda: bool, threads: usize, pins: &[(&str
     } else if threads != 1 {
         with.push(format!("{threads} threads"));
     }
-    with.extend(pins.iter().map(|(v, x)| format!("{v}={x}")));
+    // escaped: a value is the user's environment, and the note and the report print it on one line
+    with.extend(pins.iter().map(|(v, x)| format!("{v}={}", x.escape_debug())));
     if with.is_empty() { machine.to_string() } else { format!("{machine} with {}", with.join(", ")) }
 }
 
@@ -1419,6 +1420,8 @@ mod tests {
             describe_computation(m, false, 4, &pins[..1]),
             "AMD EPYC (x86_64) with 4 threads, ATEN_CPU_CAPABILITY=avx2"
         );
+        let odd = [("MKL_CBWR", "AVX2\n$(x)".to_string())];
+        assert_eq!(describe_computation(m, false, 1, &odd), "AMD EPYC (x86_64) with MKL_CBWR=AVX2\\n$(x)");
     }
 
     #[test]
