@@ -38,3 +38,28 @@ fn out_of_range_settings_are_refused_before_work_starts() {
     refused("val_prompts=0", &["ref_val@seed=0: param `n_prompts`: must be >= 1"]);
     refused("no_such_var=1", &["declares no variable `no_such_var`"]);
 }
+
+/// A model too large for the machine is refused by its node before libtorch is asked for the memory (libtorch's
+/// failed allocation is a panic inside tch, which read as "a bug in rmdistill"): the node fails naming `arch`,
+/// the shape and the memory, nothing of it is stored, and a re-run tries it again rather than serving anything.
+#[test]
+fn a_model_too_large_for_the_machine_fails_its_node_naming_arch_never_a_panic() {
+    let w = Work::new();
+    let manifest = repo().join("manifests/synthetic-default.toml");
+    let args =
+        ["run", manifest.to_str().unwrap(), "sft@seed=0", "-S", "sft_arch={d_model=100000}", "-S", "sft_steps=3"];
+    for attempt in 0..2 {
+        let o = w.run(&args);
+        let err = s(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "attempt {attempt}: {err}");
+        for n in ["sft@seed=0 failed: param `arch`", "d_model = 100000", "parameters", "GB", "make `arch` smaller"] {
+            assert!(err.contains(n), "attempt {attempt}: expected `{n}` in:\n{err}");
+        }
+        assert!(!err.contains("panicked") && !err.contains("frame #"), "{err}");
+        let status =
+            w.run(&["status", manifest.to_str().unwrap(), "-S", "sft_arch={d_model=100000}", "-S", "sft_steps=3"]);
+        let out = s(&status.stdout);
+        let line = out.lines().find(|l| l.trim_end().ends_with(" sft@seed=0")).unwrap_or_default();
+        assert!(line.starts_with("run "), "sft@seed=0 must still be to run, not stored: {line:?} in\n{out}");
+    }
+}

@@ -111,6 +111,22 @@ pub fn tune_allocator() {
     });
 }
 
+/// The most memory this machine can give a process, in bytes: physical memory plus swap (`/proc/meminfo`'s
+/// `MemTotal` + `SwapTotal`); `None` where that file is missing or unreadable. A bound, not what is free now: a
+/// model that needs more than this cannot be trained here whatever else runs, so it is refused before libtorch is
+/// asked (libtorch's failed allocation surfaces as a panic deep inside tch).
+pub fn machine_memory_bytes() -> Option<u64> {
+    parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_meminfo(text: &str) -> Option<u64> {
+    let kib = |key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    };
+    Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)) * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +142,16 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn meminfo_gives_memory_plus_swap() {
+        let text = "MemTotal:       24568120 kB\nMemFree:        20000000 kB\nSwapTotal:       1048576 kB\n";
+        assert_eq!(parse_meminfo(text), Some((24568120 + 1048576) * 1024));
+        assert_eq!(parse_meminfo("MemTotal: 1000 kB\n"), Some(1000 * 1024), "no swap line: swap 0");
+        assert_eq!(parse_meminfo("MemFree: 1000 kB\n"), None);
+        assert_eq!(parse_meminfo("MemTotal: lots kB\n"), None);
+        #[cfg(target_os = "linux")]
+        assert!(machine_memory_bytes().is_some_and(|b| b > 1 << 20));
     }
 }

@@ -36,6 +36,42 @@ pub fn build_config(a: &ArchParams, tok: &Codec) -> ModelConfig {
     c
 }
 
+/// A fresh model of `arch`, refused before libtorch allocates it when training it cannot fit in this machine's
+/// memory at all (libtorch's failed allocation is a panic inside tch, which would read as a bug).
+fn new_model(a: &ArchParams, codec: &Codec, device: tch::Device) -> StageResult<LanguageModel> {
+    let config = build_config(a, codec);
+    if device == tch::Device::Cpu
+        && let Some(have) = rmdistill_ml::machine_memory_bytes()
+    {
+        check_fits(config.min_parameters(), a, config.vocab_size(), have)?;
+    }
+    Ok(LanguageModel::new(config, device))
+}
+
+/// fp32 weights, their gradients and AdamW's two moments: 16 bytes per parameter, before any activation.
+const TRAINING_BYTES_PER_PARAMETER: u128 = 16;
+
+fn check_fits(parameters: u128, a: &ArchParams, vocab: i64, have: u64) -> StageResult<()> {
+    let need = parameters.saturating_mul(TRAINING_BYTES_PER_PARAMETER);
+    if need <= have as u128 {
+        return Ok(());
+    }
+    let gb = |b: u128| b as f64 / 1e9;
+    Err(StageError::invalid(
+        "arch",
+        format!(
+            "the model as configured (d_model = {}, n_layer = {}, d_ff = {}, vocabulary {vocab}) has at least {parameters} \
+             parameters; training it needs at least {:.1} GB (fp32 weights, gradients and AdamW's two moments) and this \
+             machine has {:.1} GB of memory and swap in all: make `arch` smaller",
+            a.d_model,
+            a.n_layer,
+            a.d_ff,
+            gb(need),
+            gb(have as u128)
+        ),
+    ))
+}
+
 /// (prompt, response) pairs.
 type Demos = Vec<(String, String)>;
 
@@ -148,7 +184,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         }
         (None, Some(t)) => {
             let codec = Codec::load(&t.path, "tokenizer")?;
-            (codec.clone(), LanguageModel::new(build_config(&p.arch, &codec), device), "tokenizer input")
+            (codec.clone(), new_model(&p.arch, &codec, device)?, "tokenizer input")
         }
         (None, None) => {
             let spec = match p.tokenizer_kind {
@@ -158,7 +194,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             let texts = train.iter().flat_map(|(a, b)| [a.as_str(), b.as_str()]);
             let tok = Tokenizer::train(spec, texts)?;
             let codec = Codec::new(tok, "tokenizer_kind")?;
-            (codec.clone(), LanguageModel::new(build_config(&p.arch, &codec), device), "trained here")
+            (codec.clone(), new_model(&p.arch, &codec, device)?, "trained here")
         }
     };
     codec.max_len = p.max_len.or(model.config.max_positions().map(|m| m as usize));
@@ -283,5 +319,18 @@ mod tests {
             let s = w.std(true).double_value(&[]);
             assert!((s - std).abs() < 0.1 * std, "{kind:?}: std {s}, configured {std}");
         }
+    }
+
+    #[test]
+    fn a_model_that_cannot_fit_is_refused_with_its_shape_and_the_memory() {
+        let a = ArchParams { d_model: 100_000, ..ArchParams::default() };
+        // the default tiny model fits in a megabyte's worth of "memory"; the wide one's 16 bytes per parameter do not
+        assert!(check_fits(120_000, &ArchParams::default(), 400, 2_000_000).is_ok());
+        let err = check_fits(80_000_000_000, &a, 400, 24_000_000_000).unwrap_err().to_string();
+        for needle in ["arch", "d_model = 100000", "at least 80000000000 parameters", "1280.0 GB", "24.0 GB", "smaller"]
+        {
+            assert!(err.contains(needle), "`{needle}` in {err}");
+        }
+        assert!(check_fits(u128::MAX, &a, 400, u64::MAX).is_err(), "no overflow");
     }
 }
