@@ -45,6 +45,22 @@ pub fn opt_f64s(t: &RecordBatch, col: &str) -> Vec<Option<f64>> {
     }
 }
 
+/// A sampling stage's `max_len` must leave room for a prompt beside `max_new_tokens` of response: with less, every
+/// sample would continue a prompt cut to its last token ([`sampling_context`] keeps at least one), a silently
+/// different evaluation.
+pub fn check_prompt_room(max_len: usize, max_new_tokens: usize) -> StageResult<()> {
+    if max_len <= max_new_tokens {
+        return Err(StageError::invalid(
+            "max_len",
+            format!(
+                "must exceed max_new_tokens ({max_new_tokens}): prompt + response are truncated to max_len tokens, so \
+                 max_len = {max_len} leaves no room for the prompt; raise max_len or lower max_new_tokens"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The prompt tokens a sample continues: the last `max_len − max_new_tokens` (at least one), so that the prompt and
 /// the sample together fit the `max_len` context their log-probs are scored with (`Codec::batch` truncates on the
 /// left).

@@ -137,6 +137,7 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     if p.n_prompts == Some(0) {
         return Err(StageError::invalid("n_prompts", "must be >= 1"));
     }
+    crate::data_io::check_prompt_room(p.max_len, p.max_new_tokens)?;
     if p.shard >= p.shards {
         return Err(StageError::invalid("shard", format!("must be < shards ({}), got {}", p.shards, p.shard)));
     }
@@ -251,6 +252,23 @@ mod tests {
 
     fn params(v: Value) -> Params {
         parse(v.as_object().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn max_len_must_leave_room_for_a_prompt_beside_the_response() {
+        let with = |max_len: u64| {
+            parse(json!({"oracle": "synthetic", "max_new_tokens": 64, "max_len": max_len}).as_object().unwrap())
+        };
+        for bad in [0, 1, 64] {
+            match with(bad) {
+                Err(StageError::Invalid { field, message }) => {
+                    assert_eq!(field, "max_len");
+                    assert!(message.contains("must exceed max_new_tokens (64)"), "{message}");
+                }
+                other => panic!("max_len = {bad}: {other:?}"),
+            }
+        }
+        assert!(with(65).is_ok());
     }
 
     #[test]

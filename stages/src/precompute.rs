@@ -109,6 +109,9 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     if p.max_len < 2 {
         return Err(StageError::invalid("max_len", "must be at least 2"));
     }
+    if p.samples_per_prompt > 0 {
+        data_io::check_prompt_room(p.max_len, p.max_new_tokens)?;
+    }
     if p.batch_size == 0 || p.sample_batch == 0 {
         return Err(StageError::invalid(
             if p.batch_size == 0 { "batch_size" } else { "sample_batch" },
@@ -188,5 +191,25 @@ impl Stage for Precompute {
     }
     fn runs(&self) -> Runs {
         Runs::Worker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Sampling π_ref needs room for a prompt beside max_new_tokens; scoring alone (samples_per_prompt = 0) does not.
+    #[test]
+    fn max_len_leaves_room_for_a_prompt_only_where_samples_are_drawn() {
+        let with = |spp: u64, max_len: u64| {
+            parse(json!({"samples_per_prompt": spp, "max_new_tokens": 32, "max_len": max_len}).as_object().unwrap())
+        };
+        match with(1, 32) {
+            Err(StageError::Invalid { field, .. }) => assert_eq!(field, "max_len"),
+            other => panic!("{other:?}"),
+        }
+        assert!(with(1, 33).is_ok());
+        assert!(with(0, 16).is_ok(), "no samples: max_len only truncates the scored pairs");
     }
 }
