@@ -82,6 +82,11 @@ fn signal_name(sig: i32) -> String {
     format!("{name} ({sig})")
 }
 
+/// The line Rust's default handler writes before it aborts on a failed allocation.
+fn is_alloc_failure(line: &str) -> bool {
+    line.starts_with("memory allocation of ") && line.ends_with(" failed")
+}
+
 /// What a death by this signal most likely means.
 fn signal_hint(sig: i32) -> &'static str {
     match sig {
@@ -123,11 +128,17 @@ pub fn run_job(bin: &Path, job: &Job, dir: &Path, progress: &Progress) -> Result
     let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
     let stderr = started.stderr;
     let tail_w = tail.clone();
+    // Rust's handler for a failed allocation says so in one line, then aborts (a backtrace may push that line out
+    // of the tail): kept apart, so that the abort is said as out of memory
     let stderr_reader = std::thread::spawn(move || {
         let mut r = BufReader::new(stderr);
         let mut buf = Vec::new();
+        let mut alloc_failure = None;
         while r.read_until(b'\n', &mut buf).map(|n| n > 0).unwrap_or(false) {
             let mut line = String::from_utf8_lossy(&buf).trim_end().to_string();
+            if alloc_failure.is_none() && is_alloc_failure(&line) {
+                alloc_failure = Some(line.clone());
+            }
             if line.len() > 500 {
                 let cut = (0..=500).rev().find(|&i| line.is_char_boundary(i)).unwrap_or(0);
                 line.truncate(cut);
@@ -140,6 +151,7 @@ pub fn run_job(bin: &Path, job: &Job, dir: &Path, progress: &Progress) -> Result
             t.push_back(line);
             buf.clear();
         }
+        alloc_failure
     });
     let (mut summary, mut error) = (None, None);
     let mut noise = 0usize;
@@ -161,7 +173,7 @@ pub fn run_job(bin: &Path, job: &Job, dir: &Path, progress: &Progress) -> Result
     let mut rest = Vec::new();
     let _ = out.read_to_end(&mut rest);
     let status = (started.wait)().map_err(|e| format!("{node}: waiting for worker pid {pid}: {e}"))?;
-    let _ = stderr_reader.join();
+    let alloc_failure = stderr_reader.join().ok().flatten();
     let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect::<Vec<_>>();
     let quoted = || {
         if tail.is_empty() {
@@ -171,7 +183,14 @@ pub fn run_job(bin: &Path, job: &Job, dir: &Path, progress: &Progress) -> Result
         }
     };
     if let Some(sig) = status.signal() {
-        return Err(format!("{node}: worker pid {pid} killed by {}{}{}", signal_name(sig), signal_hint(sig), quoted()));
+        let hint = match (&alloc_failure, sig) {
+            (Some(line), libc::SIGABRT) => format!(
+                ": out of memory ({line}): the node needs more memory than it is given; smaller settings, fewer \
+                 nodes at once (`--jobs`), or a machine with more memory"
+            ),
+            _ => signal_hint(sig).to_string(),
+        };
+        return Err(format!("{node}: worker pid {pid} killed by {}{hint}{}", signal_name(sig), quoted()));
     }
     match (status.code(), summary, error) {
         (Some(0), Some(s), None) => Ok(s),
@@ -453,6 +472,13 @@ pub fn cuda_devices(bin: &Path) -> anyhow::Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rust_s_allocation_failure_line_is_recognised() {
+        assert!(super::is_alloc_failure("memory allocation of 400000000000000004 bytes failed"));
+        assert!(!super::is_alloc_failure("thread 'main' panicked: memory allocation of 4 bytes failed in a test"));
+        assert!(!super::is_alloc_failure("memory allocation of 4 bytes failed, retrying"));
+    }
+
     #[test]
     fn signals_are_named() {
         assert_eq!(super::signal_name(libc::SIGKILL), "SIGKILL (9)");

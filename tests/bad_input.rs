@@ -63,3 +63,36 @@ fn a_model_too_large_for_the_machine_fails_its_node_naming_arch_never_a_panic() 
         assert!(line.starts_with("run "), "sft@seed=0 must still be to run, not stored: {line:?} in\n{out}");
     }
 }
+
+/// A setting whose memory no machine has (10^16 pairs per prompt) ends its node with the allocation failure said as
+/// out of memory, naming the size — not "aborted (a failed assertion in native code?)" — and nothing is stored.
+/// 4·10^17 bytes exceed the 48-bit address space, so the allocation fails whatever the machine's overcommit setting.
+#[test]
+fn an_allocation_no_machine_can_give_is_said_as_out_of_memory() {
+    let w = Work::new();
+    let m = w.write(
+        "m.toml",
+        r#"
+[stages.synth]
+kind = "synth"
+params = { seed = 0, n_docs = 200 }
+[stages.sft]
+kind = "sft"
+inputs = { data = "synth.corpus", tokenizer = "synth.tokenizer" }
+params = { steps = 3, seed = 0 }
+[stages.pairs]
+kind = "sample_pairs"
+inputs = { policy = "sft.model", prompts = "synth.corpus" }
+params = { split = "train", pairs_per_prompt = 10000000000000000, seed = 0, max_prompts = 10 }
+"#,
+    );
+    let o = w.run(&["run", m.to_str().unwrap(), "-j", "1"]);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("pairs failed: pairs: worker pid"), "{err}");
+    assert!(err.contains("killed by SIGABRT (6): out of memory (memory allocation of "), "{err}");
+    assert!(err.contains(" bytes failed): the node needs more memory than it is given"), "{err}");
+    assert!(!err.contains("failed assertion"), "{err}");
+    let status = s(&w.run(&["status", m.to_str().unwrap()]).stdout);
+    assert!(status.lines().any(|l| l.starts_with("run ") && l.trim_end().ends_with(" pairs")), "{status}");
+}

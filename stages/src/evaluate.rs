@@ -138,6 +138,13 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
         return Err(StageError::invalid("n_prompts", "must be >= 1"));
     }
     crate::data_io::check_prompt_room(p.max_len, p.max_new_tokens)?;
+    // samples are numbered in 32 bits (the samples table's `sample` column and the row index)
+    if p.samples_per_prompt > u32::MAX as usize {
+        return Err(StageError::invalid(
+            "samples_per_prompt",
+            format!("must be at most {}, got {}", u32::MAX, p.samples_per_prompt),
+        ));
+    }
     if p.shard >= p.shards {
         return Err(StageError::invalid("shard", format!("must be < shards ({}), got {}", p.shards, p.shard)));
     }
@@ -269,6 +276,11 @@ mod tests {
             }
         }
         assert!(with(65).is_ok());
+        let many = parse(json!({"oracle": "synthetic", "samples_per_prompt": 100_000_000_000u64}).as_object().unwrap());
+        assert!(
+            matches!(&many, Err(StageError::Invalid { field, .. }) if field == "samples_per_prompt"),
+            "was silently taken modulo 2^32: {many:?}"
+        );
     }
 
     #[test]
