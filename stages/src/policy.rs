@@ -215,9 +215,14 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     if p.max_len < 2 {
         return Err(StageError::invalid("max_len", "must be >= 2"));
     }
-    #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN is refused too
-    if !(p.grad_clip > 0.0) || p.weight_decay < 0.0 {
-        return Err(StageError::invalid("grad_clip", "grad_clip must be > 0 and weight_decay >= 0"));
+    if !(p.grad_clip > 0.0 && p.grad_clip.is_finite()) {
+        return Err(StageError::invalid("grad_clip", format!("must be a finite number > 0, got {}", p.grad_clip)));
+    }
+    if !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()) {
+        return Err(StageError::invalid(
+            "weight_decay",
+            format!("must be a finite number >= 0, got {}", p.weight_decay),
+        ));
     }
     Ok(p)
 }
@@ -276,5 +281,28 @@ impl Stage for Policy {
     }
     fn runs(&self) -> Runs {
         Runs::Worker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Each optimiser setting out of range is refused under its own name.
+    #[test]
+    fn grad_clip_and_weight_decay_are_refused_by_name() {
+        let field = |extra: Value| {
+            let mut v = json!({"method": "dpo"});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            match parse(v.as_object().unwrap()) {
+                Err(StageError::Invalid { field, .. }) => Some(field),
+                _ => None,
+            }
+        };
+        assert_eq!(field(json!({"grad_clip": 0.0})), Some("grad_clip".to_string()));
+        assert_eq!(field(json!({"grad_clip": -1.0})), Some("grad_clip".to_string()));
+        assert_eq!(field(json!({"weight_decay": -0.1})), Some("weight_decay".to_string()));
+        assert_eq!(field(json!({"grad_clip": 0.5, "weight_decay": 0.01})), None);
     }
 }
