@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn a_model_that_cannot_fit_is_refused_with_its_shape_and_the_memory() {
         let a = ArchParams { d_model: 100_000, ..ArchParams::default() };
-        // the default tiny model fits in a megabyte's worth of "memory"; the wide one's 16 bytes per parameter do not
+        // 120k parameters × 16 B fit in 2 MB; 80 G parameters × 16 B do not fit in 24 GB
         assert!(check_fits(120_000, &ArchParams::default(), 400, 2_000_000).is_ok());
         let err = check_fits(80_000_000_000, &a, 400, 24_000_000_000).unwrap_err().to_string();
         for needle in ["arch", "d_model = 100000", "at least 80000000000 parameters", "1280.0 GB", "24.0 GB", "smaller"]
