@@ -5,7 +5,7 @@
 //! processes from a fork server (`rmdistill-worker serve`) that has paid libtorch's start-up once.
 
 use crate::progress::Progress;
-use rmdistill_stages::protocol::{EXIT_REFUSED, JOB_FILE, Job, Message};
+use rmdistill_stages::protocol::{EXIT_REFUSED, JOB_FILE, Job, Message, OUT_OF_MEMORY_ADVICE};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -184,10 +184,7 @@ pub fn run_job(bin: &Path, job: &Job, dir: &Path, progress: &Progress) -> Result
     };
     if let Some(sig) = status.signal() {
         let hint = match (&alloc_failure, sig) {
-            (Some(line), libc::SIGABRT) => format!(
-                ": out of memory ({line}): the node needs more memory than it is given; smaller settings, fewer \
-                 nodes at once (`--jobs`), or a machine with more memory"
-            ),
+            (Some(line), libc::SIGABRT) => format!(": out of memory ({line}): {OUT_OF_MEMORY_ADVICE}"),
             _ => signal_hint(sig).to_string(),
         };
         return Err(format!("{node}: worker pid {pid} killed by {}{hint}{}", signal_name(sig), quoted()));

@@ -20,6 +20,13 @@ fn refused(set: &str, needles: &[&str]) {
     );
 }
 
+/// `status` of the manifest (and overrides) in `args` lists `node` as to run: a failed node left nothing stored.
+fn assert_still_to_run(w: &Work, args: &[&str], node: &str) {
+    let out = s(&w.run(&[&["status"], args].concat()).stdout);
+    let line = out.lines().find(|l| l.trim_end().ends_with(&format!(" {node}"))).unwrap_or_default();
+    assert!(line.starts_with("run "), "{node} must still be to run, not stored: {line:?} in\n{out}");
+}
+
 #[test]
 fn out_of_range_settings_are_refused_before_work_starts() {
     refused(
@@ -56,11 +63,8 @@ fn a_model_too_large_for_the_machine_fails_its_node_naming_arch_never_a_panic() 
             assert!(err.contains(n), "attempt {attempt}: expected `{n}` in:\n{err}");
         }
         assert!(!err.contains("panicked") && !err.contains("frame #"), "{err}");
-        let status =
-            w.run(&["status", manifest.to_str().unwrap(), "-S", "sft_arch={d_model=100000}", "-S", "sft_steps=3"]);
-        let out = s(&status.stdout);
-        let line = out.lines().find(|l| l.trim_end().ends_with(" sft@seed=0")).unwrap_or_default();
-        assert!(line.starts_with("run "), "sft@seed=0 must still be to run, not stored: {line:?} in\n{out}");
+        let m = manifest.to_str().unwrap();
+        assert_still_to_run(&w, &[m, "-S", "sft_arch={d_model=100000}", "-S", "sft_steps=3"], "sft@seed=0");
     }
 }
 
@@ -93,6 +97,5 @@ params = { split = "train", pairs_per_prompt = 10000000000000000, seed = 0, max_
     assert!(err.contains("killed by SIGABRT (6): out of memory (memory allocation of "), "{err}");
     assert!(err.contains(" bytes failed): the node needs more memory than it is given"), "{err}");
     assert!(!err.contains("failed assertion"), "{err}");
-    let status = s(&w.run(&["status", m.to_str().unwrap()]).stdout);
-    assert!(status.lines().any(|l| l.starts_with("run ") && l.trim_end().ends_with(" pairs")), "{status}");
+    assert_still_to_run(&w, &[m.to_str().unwrap()], "pairs");
 }

@@ -29,6 +29,11 @@ pub const JOB_FILE: &str = "job.json";
 /// Exit status of a worker that refused its job (bad job file, another protocol version or code identity).
 pub const EXIT_REFUSED: i32 = 3;
 
+/// What to do about a node that ran out of memory: said alike whether libtorch's allocation failed inside the
+/// worker (the worker reports it) or Rust's did and aborted the worker (the engine sees the abort).
+pub const OUT_OF_MEMORY_ADVICE: &str = "the node needs more memory than it is given; a smaller model, batch or \
+                                        sequence length, fewer nodes at once (`--jobs`), or a machine with more memory";
+
 /// One node for a worker to compute.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

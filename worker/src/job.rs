@@ -4,7 +4,7 @@
 //! and the outcome is the last message.
 
 use rmdistill_stages::port::{self, Ctx, Device, InputArtifact, StageError};
-use rmdistill_stages::protocol::{EXIT_REFUSED, Job, Message, VERSION};
+use rmdistill_stages::protocol::{EXIT_REFUSED, Job, Message, OUT_OF_MEMORY_ADVICE, VERSION};
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -184,10 +184,7 @@ fn out_of_memory(msg: &str) -> Option<String> {
         })
         .unwrap_or_default();
     let device = if msg.contains("CUDA") { "the GPU" } else { "this machine" };
-    Some(format!(
-        "out of memory: libtorch could not allocate{size} on {device}: this node needs more memory than it is given; \
-         a smaller model, batch or sequence length, fewer nodes at once (`--jobs`), or a machine with more memory"
-    ))
+    Some(format!("out of memory: libtorch could not allocate{size} on {device}: {OUT_OF_MEMORY_ADVICE}"))
 }
 
 #[cfg(test)]
