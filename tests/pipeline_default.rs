@@ -91,6 +91,7 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
         assert!(err.contains(&format!("all produced on {model}")), "{err}");
     }
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
+    assert_tables_render(&md);
     for needle in [
         "Advantage over π_ref",
         "| 0.2 |",

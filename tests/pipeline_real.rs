@@ -89,6 +89,7 @@ fn tldr_with_an_oracle_reward_model_runs_end_to_end() {
     let out = w.ok(&out_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains("report.md"));
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
+    assert_tables_render(&md);
     assert!(md.contains("TL;DR") && md.contains("e-DPO"), "{md}");
     assert!(md.contains("chosen by validation"), "{md}");
     // the oracle's agreement with the held-out human labels is stated at the top
@@ -186,6 +187,7 @@ fn tldr_with_smollm2_runs_end_to_end_on_cpu() {
     let out = w.ok(&with(&["report", m, "-o", "rep"]).iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert!(out.contains("report.md"));
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
+    assert_tables_render(&md);
     assert!(md.contains("SmolLM2") && md.contains("e-DPO"), "{md}");
     assert!(md.contains("**Ground truth.** The oracle agrees with held-out human labels"), "{md}");
 }

@@ -1018,7 +1018,7 @@ fn hyper_md(md: &mut String, a: &Analysis) {
         "\n## Hyper-parameters of the evaluated policies\n\nβ, τ and γ of each policy evaluated above; where a selection \
          stage chose a value by validation (mean validation advantage over seeds), the choice with its validation advantage, \
          the number of candidates and the number of seeds the candidates were trained on (candidates may be trained on \
-         fewer seeds than the comparison; the final policies are trained with the chosen values on every seed).\n\n| method | ρ | β | τ | γ | chosen by validation |\n|---|---|---|---|---|---|"
+         fewer seeds than the comparison; the final policies are trained with the chosen values on every seed)."
     );
     let list = |v: &[f64]| {
         if v.is_empty() { "–".to_string() } else { v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ") }
@@ -1036,6 +1036,8 @@ fn hyper_md(md: &mut String, a: &Analysis) {
              are what this run chose, not what the method would choose with a larger validation set."
         );
     }
+    // the header after every paragraph: a table's rows must follow its header, or Markdown renders them as text
+    let _ = writeln!(md, "\n| method | ρ | β | τ | γ | chosen by validation |\n|---|---|---|---|---|---|");
     fn sym(param: &str) -> &str {
         match param {
             "beta" => "β",

@@ -78,6 +78,48 @@ pub fn cpu_model_name() -> Option<String> {
     })
 }
 
+/// Fails unless every Markdown table of `md` renders as one: a blank line (or the start) before it, its header
+/// followed at once by the `|---|` row, and its rows contiguous with as many cells as the header — else a renderer
+/// shows them as text, or as a table without the rows that a paragraph cut off from it.
+pub fn assert_tables_render(md: &str) {
+    let lines: Vec<&str> = md.lines().collect();
+    let cells = |l: &str| l.trim().trim_matches('|').split(" | ").count();
+    let mut i = 0;
+    while i < lines.len() {
+        if !lines[i].starts_with('|') {
+            i += 1;
+            continue;
+        }
+        let at = i + 1;
+        assert!(i == 0 || lines[i - 1].trim().is_empty(), "report line {at}: a table without a blank line before it");
+        let sep = lines.get(i + 1).copied().unwrap_or("");
+        assert!(
+            sep.starts_with("|---") || sep.starts_with("| ---"),
+            "report line {at}: a table row without a header: {}",
+            lines[i]
+        );
+        let width = cells(lines[i]);
+        assert_eq!(
+            sep.matches("---").count(),
+            width,
+            "report line {}: the separator does not match the header",
+            at + 1
+        );
+        i += 2;
+        while i < lines.len() && lines[i].starts_with('|') {
+            assert_eq!(
+                cells(lines[i]),
+                width,
+                "report line {}: {} cells, the header has {width}: {}",
+                i + 1,
+                cells(lines[i]),
+                lines[i]
+            );
+            i += 1;
+        }
+    }
+}
+
 /// Node names with a given outcome in a run summary.
 pub fn nodes_with(summary: &Value, outcome: &str) -> Vec<String> {
     let mut v: Vec<String> = summary["nodes"]
