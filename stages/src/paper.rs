@@ -70,7 +70,8 @@ pub enum Rhos {
 }
 
 /// What a finding says of its contrasts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// first − second > 0 for every contrast.
     Better,
@@ -236,6 +237,7 @@ impl Verdict {
 pub struct Assessment {
     pub id: &'static str,
     pub text: &'static str,
+    pub kind: Kind,
     pub verdict: Verdict,
     /// The contrasts the finding needs that were measured.
     pub evidence: Vec<Contrast>,
@@ -291,7 +293,35 @@ pub fn assess(
             }
         }
     };
-    Assessment { id: f.id, text: f.text, verdict, evidence, missing }
+    Assessment { id: f.id, text: f.text, kind: f.kind, verdict, evidence, missing }
+}
+
+impl Assessment {
+    /// Where the point estimates lean, whatever the verdict (an *inconclusive* finding whose every estimate points
+    /// the other way reads differently from one split down the middle): for a "beats" finding, how many differences
+    /// lie in the paper's direction and how many are significant (Holm) each way; for the "no clear gain" finding,
+    /// how many are ≤ 0 and how many intervals lie below the smallest difference that matters (`margin`).
+    pub fn lean(&self, alpha: f64, margin: f64) -> Option<String> {
+        let n = self.evidence.len();
+        if n == 0 {
+            return None;
+        }
+        let count = |pred: &dyn Fn(&Contrast) -> bool| self.evidence.iter().filter(|c| pred(c)).count();
+        Some(match self.kind {
+            Kind::Better => format!(
+                "point estimates in the paper's direction: {} of {n}; significant in it: {}, against it: {}",
+                count(&|c| c.test.diff > 0.0),
+                count(&|c| c.significant(alpha) && c.test.diff > 0.0),
+                count(&|c| c.significant(alpha) && c.test.diff < 0.0),
+            ),
+            Kind::NoClearGain => format!(
+                "point estimates ≤ 0 (no gain): {} of {n}; intervals below +{margin}: {} of {n}; significant gains: {}",
+                count(&|c| c.test.diff <= 0.0),
+                count(&|c| c.test.ci_high < margin),
+                count(&|c| c.significant(alpha) && c.test.diff > 0.0),
+            ),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -365,6 +395,39 @@ mod tests {
         let mut one = c(0.2, "d-dpo", "dpo", 0.1, f64::NAN, f64::NAN);
         one.test.p_value = f64::NAN;
         assert_eq!(assess(f, &[one], &rhos, 0.05, 0.02).verdict, Verdict::NotTested);
+    }
+
+    #[test]
+    fn the_lean_of_the_estimates_is_counted_whatever_the_verdict() {
+        let rhos = [Some(0.2), Some(0.5)];
+        let f = &FINDINGS[4]; // e-DPO beats DPO at ρ = 0.5 only
+        let v = [c(0.5, "e-dpo", "dpo", -0.07, 0.4, 0.06)];
+        let a = assess(f, &v, &rhos, 0.05, 0.02);
+        assert_eq!(a.verdict, Verdict::Inconclusive);
+        assert_eq!(
+            a.lean(0.05, 0.02).unwrap(),
+            "point estimates in the paper's direction: 0 of 1; significant in it: 0, against it: 0"
+        );
+        let f = &FINDINGS[0];
+        let mut all = vec![];
+        for (k, (a, b)) in f.contrasts.iter().enumerate() {
+            // 0.2: two estimates in the paper's direction (one significant), four against (one significant)
+            let (diff, p) = [(0.05, 0.01), (0.01, 0.5), (-0.02, 0.3), (-0.03, 0.3), (-0.04, 0.2), (-0.09, 0.01)][k];
+            all.push(c(0.2, a, b, diff, p, diff + 0.05));
+        }
+        let a = assess(f, &all, &rhos, 0.05, 0.02);
+        // ρ = 0.5 not measured: 6 contrasts counted
+        assert_eq!(
+            a.lean(0.05, 0.02).unwrap(),
+            "point estimates in the paper's direction: 2 of 6; significant in it: 1, against it: 1"
+        );
+        let f = &FINDINGS[3];
+        let v = [c(0.2, "p-dpo", "dpo", -0.01, 0.6, 0.015), c(0.5, "p-dpo", "dpo", 0.01, 0.6, 0.09)];
+        assert_eq!(
+            assess(f, &v, &rhos, 0.05, 0.02).lean(0.05, 0.02).unwrap(),
+            "point estimates ≤ 0 (no gain): 1 of 2; intervals below +0.02: 1 of 2; significant gains: 0"
+        );
+        assert_eq!(assess(f, &[], &rhos, 0.05, 0.02).lean(0.05, 0.02), None);
     }
 
     #[test]

@@ -831,7 +831,8 @@ fn findings_md(md: &mut String, a: &Analysis) {
         "## Findings of the paper, measured here\n\nEach finding of the paper (§6.2) against the contrasts it needs: *holds* when \
          every one is significant in its direction (Holm-adjusted p < {}), *contradicted* when one is significant the other \
          way, *inconclusive* otherwise, *not tested* when none could be measured (a method not run, or fewer than two \
-         seeds). Evidence: difference of advantages [95% interval], Holm-adjusted p.\n\n| finding | verdict | evidence |\n|---|---|---|",
+         seeds). Evidence: first where the point estimates lean (in italics), then each difference of advantages [95% \
+         interval], Holm-adjusted p.\n\n| finding | verdict | evidence |\n|---|---|---|",
         a.params.alpha
     );
     for f in &a.findings {
@@ -859,6 +860,10 @@ fn findings_md(md: &mut String, a: &Analysis) {
                 "holds only if every interval lies below +{} (the smallest difference that matters)",
                 a.params.min_difference
             ));
+        }
+        // first: where the estimates lean, which the verdict alone does not say
+        if let Some(lean) = f.lean(a.params.alpha, a.params.min_difference) {
+            ev.insert(0, format!("*{lean}*"));
         }
         let _ = writeln!(md, "| {} | **{}** | {} |", f.text, f.verdict.as_str(), ev.join("<br>"));
     }
