@@ -130,7 +130,7 @@ fn label_rows(rows: &mut [EvalRow]) {
 }
 
 /// Per-step training metrics of one policy run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Trajectory {
     pub method: String,
     pub rho: Option<f64>,
@@ -675,6 +675,47 @@ pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
     }
 }
 
+/// One method's mean log π_θ of the chosen and rejected responses over the first and the last tenth of training.
+struct LikelihoodChange {
+    method: String,
+    runs: usize,
+    /// (first tenth, last tenth), means over the runs.
+    chosen: (f64, f64),
+    rejected: (f64, f64),
+}
+
+/// Fig. B.1 as numbers: per method at `rho`, in the paper's order, the runs that logged both log-probs.
+fn likelihood_change(trajectories: &[Trajectory], rho: Option<f64>) -> Vec<LikelihoodChange> {
+    // the mean of the logged values among the first (or last) tenth of a run's steps
+    fn tenth(v: &[Option<f64>], last: bool) -> Option<f64> {
+        let k = v.len().div_ceil(10);
+        let part = if last { &v[v.len() - k..] } else { &v[..k] };
+        let vals: Vec<f64> = part.iter().flatten().copied().filter(|x| x.is_finite()).collect();
+        (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+    }
+    let mut by_method: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
+    for t in trajectories.iter().filter(|t| rho_key(t.rho) == rho_key(rho) && !t.logp_chosen.is_empty()) {
+        let four = [
+            tenth(&t.logp_chosen, false),
+            tenth(&t.logp_chosen, true),
+            tenth(&t.logp_rejected, false),
+            tenth(&t.logp_rejected, true),
+        ];
+        if let [Some(a), Some(b), Some(c), Some(d)] = four {
+            by_method.entry(t.method.clone()).or_default().push([a, b, c, d]);
+        }
+    }
+    let mut rows: Vec<LikelihoodChange> = by_method
+        .into_iter()
+        .map(|(method, runs)| {
+            let mean = |i: usize| runs.iter().map(|r| r[i]).sum::<f64>() / runs.len() as f64;
+            LikelihoodChange { method, runs: runs.len(), chosen: (mean(0), mean(1)), rejected: (mean(2), mean(3)) }
+        })
+        .collect();
+    rows.sort_by_key(|r| paper::order(&r.method));
+    rows
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Writing
 
@@ -815,9 +856,32 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
             "\n## Likelihood of the training responses (Fig. B.1)\n\nMean log π_θ of the chosen (y_w) and rejected (y_l) responses \
              of each training mini-batch, at ρ = {}, averaged over seeds (each point is one mini-batch, so the curves are \
              noisy). The paper reports that DPO pushes both down (likelihood collapse) while distillation and pessimism keep \
-             them near π_ref: compare with the curves measured here.\n\n![log-prob trajectories](logp_trajectories.png)\n",
+             them near π_ref. Measured here, the table gives each method's mean over its first and its last tenth of the \
+             training steps (nats per response; means over the runs).\n\n![log-prob trajectories](logp_trajectories.png)\n",
             fmt_rho(rho)
         );
+        let rows = likelihood_change(&a.trajectories, rho);
+        if !rows.is_empty() {
+            let _ = writeln!(
+                md,
+                "| method | runs | log π_θ(y_w), first → last tenth | change | log π_θ(y_l), first → last tenth | change |\n\
+                 |---|---|---|---|---|---|"
+            );
+            for r in rows {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.2} → {:.2} | {:+.2} | {:.2} → {:.2} | {:+.2} |",
+                    paper::name(&r.method),
+                    r.runs,
+                    r.chosen.0,
+                    r.chosen.1,
+                    r.chosen.1 - r.chosen.0,
+                    r.rejected.0,
+                    r.rejected.1,
+                    r.rejected.1 - r.rejected.0
+                );
+            }
+        }
     }
     if figures.members {
         members_md(&mut md, a);
@@ -1383,6 +1447,41 @@ mod tests {
             rows.push(row("e-dpo", rho, s, base + gain[2] + 2.0 * e));
         }
         rows
+    }
+
+    #[test]
+    fn likelihood_change_averages_the_first_and_last_tenth_of_each_run() {
+        let run = |method: &str, rho: f64, chosen: Vec<Option<f64>>, rejected: Vec<Option<f64>>| Trajectory {
+            method: method.into(),
+            rho: Some(rho),
+            step: (0..chosen.len()).map(|i| i as f64).collect(),
+            logp_chosen: chosen,
+            logp_rejected: rejected,
+            ..Default::default()
+        };
+        // 20 steps: the tenths are steps 0–1 and 18–19; a missing value is skipped
+        let line = |a: f64, b: f64| (0..20).map(|i| Some(a + (b - a) * i as f64 / 19.0)).collect::<Vec<_>>();
+        let mut gap = line(-10.0, -29.0);
+        gap[19] = None; // last tenth: step 18 alone, -28
+        let t = vec![
+            run("e-dpo", 0.2, line(-10.0, -10.0), line(-12.0, -12.0)),
+            run("dpo", 0.2, line(-10.0, -29.0), line(-12.0, -31.0)),
+            run("dpo", 0.2, gap, line(-12.0, -12.0)),
+            run("dpo", 0.8, line(0.0, 0.0), line(0.0, 0.0)),
+        ];
+        let rows = likelihood_change(&t, Some(0.2));
+        assert_eq!(rows.iter().map(|r| (r.method.as_str(), r.runs)).collect::<Vec<_>>(), [("dpo", 2), ("e-dpo", 1)]);
+        // DPO, chosen: first tenth (-10 + -11) / 2 = -10.5 in both runs; last (-28 + -29) / 2 = -28.5 and -28
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(
+            close(rows[0].chosen.0, -10.5) && close(rows[0].chosen.1, (-28.5 - 28.0) / 2.0),
+            "{:?}",
+            rows[0].chosen
+        );
+        // rejected: -12.5 → -30.5 in one run, -12 throughout in the other
+        assert!(close(rows[0].rejected.0, (-12.5 - 12.0) / 2.0) && close(rows[0].rejected.1, (-30.5 - 12.0) / 2.0));
+        assert!(close(rows[1].chosen.0, -10.0) && close(rows[1].chosen.1, -10.0));
+        assert!(likelihood_change(&t, Some(0.5)).is_empty());
     }
 
     #[test]
