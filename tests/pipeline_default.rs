@@ -139,6 +139,11 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
         }
     }
     assert!(!md.contains("DPO β="), "a chosen β must not split DPO into several columns:\n{md}");
+    // with two values per grid every choice lies at an end of it, and the report says so of each
+    let choices = md.lines().filter(|l| l.contains("(validation ")).count();
+    assert!(choices > 0, "{md}");
+    assert!(md.contains(&format!("**{choices} of {choices}** choices lie at an end of their grid")), "{md}");
+    assert_eq!(md.lines().filter(|l| l.contains(" tried*")).count(), choices, "{md}");
     let sel: serde_json::Value = serde_json::from_str(&w.ok(&args(&["show", m, "select_dpo", "--json"], &[]))).unwrap();
     let rows = sel["preview"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{sel}");

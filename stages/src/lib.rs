@@ -14,6 +14,7 @@ pub mod eval_stats;
 pub mod evaluate;
 pub mod evaluation;
 pub mod generate;
+pub mod grid;
 pub mod import;
 pub mod import_model;
 pub mod label;

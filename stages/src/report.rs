@@ -32,6 +32,7 @@
 use crate::data_io;
 use crate::eval_stats::{self, ContrastVariance, Scores};
 use crate::evaluation::{EvalRow, kv_get, read_eval};
+use crate::grid::{Edge, Grid, at_edges};
 use crate::paper::{self, Assessment, Contrast};
 use crate::plots::{self, AdvantagePoint, MemberUsage, Run};
 use crate::port::*;
@@ -283,6 +284,8 @@ pub struct Inputs {
     pub samples: HashMap<String, Scores>,
     pub trajectories: Vec<Trajectory>,
     pub chosen: Vec<Choice>,
+    /// The ends of each selection group's grid, by (method, ρ key).
+    pub grids: BTreeMap<(String, i64), Grid>,
     pub reward_models: Vec<RmRow>,
     pub oracle_agreement: Option<Proportion>,
 }
@@ -292,9 +295,10 @@ fn read_inputs(ctx: &dyn Ctx) -> StageResult<Inputs> {
     if evals.is_empty() {
         return Err(StageError::invalid("evals", "no evaluation summaries are bound to `evals`"));
     }
-    let mut chosen = vec![];
+    let (mut chosen, mut grids) = (vec![], BTreeMap::new());
     for a in ctx.inputs("selection") {
         chosen.extend(crate::selection::read_selection(&a.path)?);
+        grids.extend(crate::grid::read_grids(&a.path)?);
     }
     let mut samples = HashMap::new();
     for a in ctx.inputs("samples") {
@@ -312,6 +316,7 @@ fn read_inputs(ctx: &dyn Ctx) -> StageResult<Inputs> {
         samples,
         trajectories: ctx.inputs("metrics").iter().map(read_metrics).collect::<StageResult<_>>()?,
         chosen,
+        grids,
         reward_models: ctx
             .inputs("rm_metrics")
             .iter()
@@ -537,22 +542,29 @@ pub struct HyperRow {
     pub gamma: Vec<f64>,
     /// The selection's choices for this method and ρ (parameter, value, validation advantage, candidates, seeds).
     pub chosen: Vec<Choice>,
+    /// For each choice, the ends of its grid it lies at.
+    pub edges: Vec<Vec<Edge>>,
 }
 
-fn hyper_rows(rows: &[EvalRow], chosen: &[Choice]) -> Vec<HyperRow> {
+fn hyper_rows(rows: &[EvalRow], chosen: &[Choice], grids: &BTreeMap<(String, i64), Grid>) -> Vec<HyperRow> {
+    let edges = |c: &Choice| grids.get(&(c.method.clone(), rho_key(c.rho))).map_or(vec![], |g| at_edges(c, g));
     let mut g: BTreeMap<(usize, String, i64), HyperRow> = BTreeMap::new();
     for r in rows {
-        let e = g.entry((paper::order(&r.label), r.label.clone(), rho_key(r.rho))).or_insert_with(|| HyperRow {
-            label: r.label.clone(),
-            rho: r.rho,
-            beta: vec![],
-            tau: vec![],
-            gamma: vec![],
-            chosen: chosen
+        let e = g.entry((paper::order(&r.label), r.label.clone(), rho_key(r.rho))).or_insert_with(|| {
+            let chosen: Vec<Choice> = chosen
                 .iter()
                 .filter(|c| c.method == r.method && (c.rho.is_none() || rho_key(c.rho) == rho_key(r.rho)))
                 .cloned()
-                .collect(),
+                .collect();
+            HyperRow {
+                label: r.label.clone(),
+                rho: r.rho,
+                beta: vec![],
+                tau: vec![],
+                gamma: vec![],
+                edges: chosen.iter().map(edges).collect(),
+                chosen,
+            }
         });
         // a policy records every parameter; show the one its loss uses (τ for IPO, β otherwise)
         let (beta, tau) = if paper::uses_tau(&r.method) { (None, r.tau) } else { (r.beta, None) };
@@ -660,7 +672,7 @@ pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
     Analysis {
         evaluations: rows.len(),
         seeds: rows.iter().filter_map(|r| r.seed).collect::<BTreeSet<_>>().len().max(1),
-        hyper: hyper_rows(rows, &chosen),
+        hyper: hyper_rows(rows, &chosen, &inputs.grids),
         members: member_usage(&inputs.trajectories),
         labels,
         rhos,
@@ -1105,6 +1117,17 @@ fn hyper_md(md: &mut String, a: &Analysis) {
              are what this run chose, not what the method would choose with a larger validation set."
         );
     }
+    let edges = a.hyper.iter().flat_map(|h| &h.edges).filter(|e| !e.is_empty()).count();
+    if edges > 0 {
+        let _ = writeln!(
+            md,
+            "\n**{edges} of {}** choices lie at an end of their grid (*the lowest* or *the highest* value tried, marked \
+             below): the best value may lie beyond the grid, where validation did not look, and the method may be \
+             under-tuned against the others. Widen that method's grid on that side (`--set` of its grid variable) to \
+             compare every method at its best.",
+            choices.len()
+        );
+    }
     // the header after every paragraph: a table's rows must follow its header, or Markdown renders them as text
     let _ = writeln!(md, "\n| method | ρ | β | τ | γ | chosen by validation |\n|---|---|---|---|---|---|");
     fn sym(param: &str) -> &str {
@@ -1121,7 +1144,14 @@ fn hyper_md(md: &mut String, a: &Analysis) {
         } else {
             h.chosen
                 .iter()
-                .map(|c| {
+                .zip(&h.edges)
+                .map(|(c, edges)| {
+                    let edges: Vec<String> = edges
+                        .iter()
+                        .map(|(param, low)| {
+                            format!("*the {} {} tried*", if *low { "lowest" } else { "highest" }, sym(param))
+                        })
+                        .collect();
                     let sym = sym(&c.param);
                     let gamma = |g: Option<f64>| g.map(|g| format!(", γ = {g}")).unwrap_or_default();
                     let runner_up = c
@@ -1133,8 +1163,9 @@ fn hyper_md(md: &mut String, a: &Analysis) {
                             format!("; runner-up {sym} = {}{} by {:.4}{se}{tie}", r.value, gamma(r.gamma), r.margin)
                         })
                         .unwrap_or_default();
+                    let edges = if edges.is_empty() { String::new() } else { format!("; {}", edges.join(", ")) };
                     format!(
-                        "{sym} = {}{} (validation {:+.4}, {} candidates, {} seed{}{runner_up})",
+                        "{sym} = {}{} (validation {:+.4}, {} candidates, {} seed{}{runner_up}{edges})",
                         c.value,
                         gamma(c.gamma),
                         c.advantage,

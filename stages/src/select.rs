@@ -6,10 +6,13 @@
 //! (ties: the smaller value). Output `selection` (Parquet): method, rho, param ("beta" | "tau"), value, advantage
 //! (mean over seeds), seeds, candidates, and the runner-up: its value (and γ), the margin it lost by and, with the
 //! evaluations' `samples` bound, the margin's standard error paired over the validation prompts — with one seed of
-//! 200 prompts, candidates often differ by less than their noise, and the report says which choices are such ties.
+//! 200 prompts, candidates often differ by less than their noise, and the report says which choices are such ties —
+//! and the ends of each group's grid (`grid_min`/`grid_max`, `gamma_grid_min`/`gamma_grid_max`; see `grid`), from
+//! which the report tells a choice at an end of its grid.
 
 use crate::eval_stats::{Scores, paired_within, read_scores};
 use crate::evaluation::read_eval;
+use crate::grid::{self, Grid};
 use crate::port::*;
 use crate::selection::{Choice, RunnerUp, rho_key};
 use crate::table;
@@ -197,7 +200,17 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         Field::new("runner_up_gamma", DataType::Float64, true),
         Field::new("margin", DataType::Float64, true),
         Field::new("margin_se", DataType::Float64, true),
+        Field::new(grid::COLUMNS[0], DataType::Float64, true),
+        Field::new(grid::COLUMNS[1], DataType::Float64, true),
+        Field::new(grid::COLUMNS[2], DataType::Float64, true),
+        Field::new(grid::COLUMNS[3], DataType::Float64, true),
     ]);
+    // the ends of each choice's grid, for the reader (the report marks a choice at an end)
+    let grids = grid::grids(rows.iter().map(|r| (r.method.as_str(), r.rho, r.value, r.gamma)));
+    let of = |c: &Choice| grids.get(&(c.method.clone(), rho_key(c.rho))).copied().unwrap_or_default();
+    let end = |f: fn(Grid) -> Option<f64>| -> ArrayRef {
+        Arc::new(Float64Array::from(chosen.iter().map(|c| f(of(c))).collect::<Vec<_>>()))
+    };
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(chosen.iter().map(|c| c.method.clone()).collect::<Vec<_>>())),
         Arc::new(Float64Array::from(chosen.iter().map(|c| c.rho).collect::<Vec<_>>())),
@@ -211,6 +224,10 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ru(|r| r.gamma),
         ru(|r| Some(r.margin)),
         ru(|r| r.margin_se),
+        end(|g| g.value.map(|v| v.0)),
+        end(|g| g.value.map(|v| v.1)),
+        end(|g| g.gamma.map(|v| v.0)),
+        end(|g| g.gamma.map(|v| v.1)),
     ];
     let batch = RecordBatch::try_new(Arc::new(schema), cols)?;
     let summary = json!({ "chosen": chosen });
