@@ -398,7 +398,7 @@ pub fn aggregate(rows: &[EvalRow]) -> Vec<Cell> {
 /// The distinct ρ values, ascending (no ρ first).
 fn distinct_rhos(rows: &[EvalRow]) -> Vec<Option<f64>> {
     let mut v: Vec<Option<f64>> = rows.iter().map(|r| r.rho).collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.sort_by_key(|r| rho_key(*r));
     v.dedup_by(|a, b| rho_key(*a) == rho_key(*b));
     v
 }
@@ -862,7 +862,7 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
     hyper_md(&mut md, a);
     rm_md(&mut md, a);
     if figures.trajectories {
-        let rho = a.trajectories.iter().map(|t| t.rho).min_by(|x, y| x.partial_cmp(y).unwrap()).flatten();
+        let rho = a.trajectories.iter().map(|t| t.rho).min_by_key(|r| rho_key(*r)).flatten();
         let _ = writeln!(
             md,
             "\n## Likelihood of the training responses (Fig. B.1)\n\nMean log π_θ of the chosen (y_w) and rejected (y_l) responses \
@@ -1281,7 +1281,7 @@ fn draw(a: &Analysis, out: &std::path::Path) -> StageResult<Figures> {
         .collect();
     let labels: Vec<String> = a.labels.iter().map(|l| paper::label(l)).collect();
     plots::plot_advantage(&out.join("advantage_vs_rho.png"), &points, &labels)?;
-    let rho = a.trajectories.iter().map(|t| t.rho).min_by(|x, y| x.partial_cmp(y).unwrap()).flatten();
+    let rho = a.trajectories.iter().map(|t| t.rho).min_by_key(|r| rho_key(*r)).flatten();
     let names: Vec<String> = a.trajectories.iter().map(|t| paper::name(&t.method)).collect();
     let runs: Vec<Run> = a
         .trajectories

@@ -71,7 +71,10 @@ pub fn choose(rows: &[Candidate]) -> Vec<Choice> {
             let mean = |c: &Config| crate::stats::mean(&c.2.iter().map(|r| r.1).collect::<Vec<_>>());
             // best first; the sort is stable, so ties keep the map's order (smaller value, then smaller γ)
             let mut ranked: Vec<(f64, Config)> = configs.into_values().map(|c| (mean(&c), c)).collect();
-            ranked.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+            // a mean that is not finite (a diverged candidate) ranks last: it is no evidence of being best, and a
+            // NaN compared as "equal" would leave the sort's order to chance
+            let rank = |m: f64| if m.is_finite() { m } else { f64::NEG_INFINITY };
+            ranked.sort_by(|a, b| rank(b.0).total_cmp(&rank(a.0)));
             let runner_up = ranked.get(1).map(|(a, c)| RunnerUp {
                 value: c.0,
                 gamma: c.1,
@@ -181,6 +184,12 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         return Err(StageError::invalid(
             "samples",
             format!("samples of {extra} are bound, but not its summary (`evals`): bind both for every evaluation"),
+        ));
+    }
+    for r in rows.iter().filter(|r| !r.advantage.is_finite()) {
+        ctx.log(&format!(
+            "{} at ρ = {:?}, {} = {}: validation advantage {} is not finite; ranked last",
+            r.method, r.rho, r.param, r.value, r.advantage
         ));
     }
     let chosen = choose(&rows);
@@ -313,6 +322,25 @@ mod tests {
         let ru = choose(&plain)[0].runner_up.clone().unwrap();
         assert!((ru.margin - 0.1).abs() < 1e-12 && ru.margin_se.is_none() && ru.within_noise().is_none());
         assert!(choose(&plain[..1])[0].runner_up.is_none());
+    }
+
+    #[test]
+    fn a_candidate_without_a_finite_advantage_is_never_chosen() {
+        // a diverged candidate whose validation advantage is NaN (or ±∞) ranks last, whatever its place in the grid
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            for at in 0..3 {
+                let mut rows: Vec<Candidate> =
+                    [0.1, 1.0, 10.0].iter().map(|&v| c("dpo", 0.5, "beta", v, None, v / 100.0)).collect();
+                rows[at].advantage = bad;
+                let ch = choose(&rows);
+                let want = if at == 2 { 1.0 } else { 10.0 };
+                assert_eq!(ch[0].value, want, "{bad} at {at}: {ch:?}");
+                assert!(ch[0].advantage.is_finite() && ch[0].runner_up.as_ref().unwrap().margin.is_finite(), "{ch:?}");
+            }
+        }
+        // every candidate non-finite: the choice says so rather than pretending
+        let rows = vec![c("dpo", 0.5, "beta", 0.1, None, f64::NAN), c("dpo", 0.5, "beta", 1.0, None, f64::NAN)];
+        assert!(choose(&rows)[0].advantage.is_nan());
     }
 
     #[test]
