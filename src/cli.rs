@@ -535,12 +535,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let (entry, upstream) = show::stored_entry_with_upstream(&plan, &store, i)?;
             let art = entry.outputs.values().next().ok_or_else(|| anyhow::anyhow!("{name} has no output"))?;
             let dir = store.materialize(art)?;
-            std::fs::create_dir_all(&out)?;
+            use anyhow::Context;
+            std::fs::create_dir_all(&out).with_context(|| format!("cannot create the directory {}", out.display()))?;
             for f in store.tree(&art.hash)?.files {
                 let to = out.join(&f.path);
-                std::fs::create_dir_all(to.parent().unwrap())?;
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create the directory {}", parent.display()))?;
+                }
                 let _ = std::fs::remove_file(&to);
-                std::fs::copy(dir.join(&f.path), &to)?;
+                std::fs::copy(dir.join(&f.path), &to).with_context(|| format!("cannot write {}", to.display()))?;
             }
             println!("{}", out.join("report.md").display());
             // only libtorch stages: the others compute the same bits on every machine

@@ -92,6 +92,10 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     }
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
     assert_tables_render(&md);
+    // a directory that cannot be made is named, not only the OS error
+    let o = w.run(&args(&["report", m, "-o", "/proc/self/no/such"], &[]));
+    let err = s(&o.stderr);
+    assert!(!o.status.success() && err.contains("cannot create the directory /proc/self/no/such"), "{err}");
     for needle in [
         "Advantage over π_ref",
         "| 0.2 |",
