@@ -84,10 +84,10 @@ impl RmOracle {
             let rr: Vec<&[i64]> = ri.iter().map(|v| v.as_slice()).collect();
             let b = self.codec.batch(&pr, &rr, dev)?;
             let r = tch::no_grad(|| with_autocast(dev, || self.model.rewards(&b)));
-            out.extend(
+            out.extend(crate::rm_scoring::finite_rewards(
                 Vec::<f64>::try_from(r.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
                     .map_err(anyhow::Error::from)?,
-            );
+            )?);
         }
         Ok(out)
     }

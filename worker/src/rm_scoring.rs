@@ -1,5 +1,6 @@
 //! Reward-model scoring, shared by `label` (a reward-model oracle) and `precompute` (the ensemble members' rewards):
-//! loading a reward-model checkpoint with its tokenizer, and batched rewards of encoded pairs.
+//! loading a reward-model checkpoint with its tokenizer, and batched rewards of encoded pairs — finite ones only
+//! ([`finite_rewards`], which `evaluate`'s reward-model oracle applies too).
 
 use crate::data_io::{self, Codec};
 use rmdistill_ml::RewardModel;
@@ -30,7 +31,32 @@ pub fn rm_pair_scores(
 fn batch_rewards(model: &RewardModel, codec: &Codec, ps: &[&[i64]], rs: &[&[i64]]) -> StageResult<Vec<f64>> {
     let b = codec.batch(ps, rs, model.device())?;
     let s = tch::no_grad(|| rmdistill_ml::with_autocast(model.device(), || model.rewards(&b)));
-    data_io::to_f64s(&s)
+    finite_rewards(data_io::to_f64s(&s)?)
+}
+
+/// A reward that is not finite would label a pair by a comparison that is always false, or make a distillation
+/// target of NaN: refused rather than stored.
+pub fn finite_rewards(v: Vec<f64>) -> StageResult<Vec<f64>> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(v),
+        Some(i) => Err(StageError::failed(format!(
+            "the reward model produced a non-finite reward ({}) for row {i} of a batch: its weights or its inputs \
+             overflow; nothing was stored",
+            v[i]
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_non_finite_reward_is_refused() {
+        assert_eq!(super::finite_rewards(vec![0.5, -2.0]).unwrap(), vec![0.5, -2.0]);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let e = super::finite_rewards(vec![0.5, bad]).unwrap_err().to_string();
+            assert!(e.contains("non-finite reward") && e.contains("row 1"), "{e}");
+        }
+    }
 }
 
 /// Loads a reward model (not a causal LM: a labelling oracle needs a trained score head) and its tokenizer.
