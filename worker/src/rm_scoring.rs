@@ -47,18 +47,6 @@ pub fn finite_rewards(v: Vec<f64>) -> StageResult<Vec<f64>> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_non_finite_reward_is_refused() {
-        assert_eq!(super::finite_rewards(vec![0.5, -2.0]).unwrap(), vec![0.5, -2.0]);
-        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            let e = super::finite_rewards(vec![0.5, bad]).unwrap_err().to_string();
-            assert!(e.contains("non-finite reward") && e.contains("row 1"), "{e}");
-        }
-    }
-}
-
 /// Loads a reward model (not a causal LM: a labelling oracle needs a trained score head) and its tokenizer.
 pub fn load_rm(dir: &Path, slot: &str, device: tch::Device) -> StageResult<(RewardModel, Codec)> {
     data_io::check_checkpoint(dir, slot)?;
@@ -77,4 +65,16 @@ pub fn load_rm(dir: &Path, slot: &str, device: tch::Device) -> StageResult<(Rewa
     let m = RewardModel::load(dir, device, false).map_err(|e| StageError::invalid(slot, format!("{e:#}")))?;
     codec.check_vocab(m.config.vocab_size(), slot)?;
     Ok((m, codec))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_non_finite_reward_is_refused() {
+        assert_eq!(super::finite_rewards(vec![0.5, -2.0]).unwrap(), vec![0.5, -2.0]);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let e = super::finite_rewards(vec![0.5, bad]).unwrap_err().to_string();
+            assert!(e.contains("non-finite reward") && e.contains("row 1"), "{e}");
+        }
+    }
 }
