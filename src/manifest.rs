@@ -374,9 +374,13 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
                     .error(
                         v.span(),
                         format!(
-                            "pipeline {} declares no variable `{k}` (it declares: {})",
+                            "pipeline {}: declares no variable `{k}` ({})",
                             sources[1].path.display(),
-                            known.join(", ")
+                            if known.is_empty() {
+                                "it declares none".to_string()
+                            } else {
+                                format!("it declares: {}", known.join(", "))
+                            }
                         ),
                     )
                     .into());
@@ -390,9 +394,16 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
     }
     add_stages(&mut stages, &sources, doc.stages, 0)?;
     if stages.is_empty() {
-        return Err(sources[0]
-            .error(0..0, "the manifest declares no stages (add [stages.NAME] or a `pipeline = \"…\"`)")
-            .into());
+        // with a pipeline, that is the file that lost its stages (a truncated or damaged pipeline)
+        let err = match sources.get(1) {
+            Some(pipeline) => {
+                pipeline.error(0..0, "the pipeline declares no stages, nor does the manifest (add [stages.NAME])")
+            }
+            None => {
+                sources[0].error(0..0, "the manifest declares no stages (add [stages.NAME] or a `pipeline = \"…\"`)")
+            }
+        };
+        return Err(err.into());
     }
 
     for (name, var) in &vars {

@@ -93,9 +93,9 @@ fn an_edit_changes_exactly_the_kinds_that_reach_the_file() {
     append(t.path(), "stages/src/select.rs", "\n// an edit\n");
     let after_select = derive(t.path());
     assert_eq!(changed(&after_sel, &after_select), ["select"]);
-    // reward-model scoring, in the worker
+    // reward-model scoring, in the worker (evaluate checks its reward-model oracle with it)
     append(t.path(), "worker/src/rm_scoring.rs", "\n// an edit\n");
-    assert_eq!(changed(&after_select, &derive(t.path())), ["label", "precompute"]);
+    assert_eq!(changed(&after_select, &derive(t.path())), ["evaluate", "label", "precompute"]);
     // the port every stage is written against: every stage
     let before = derive(t.path());
     append(t.path(), "stages/src/port.rs", "\n// an edit\n");
