@@ -703,7 +703,7 @@ fn likelihood_change(trajectories: &[Trajectory], rho: Option<f64>) -> Vec<Likel
         let k = v.len().div_ceil(10);
         let part = if last { &v[v.len() - k..] } else { &v[..k] };
         let vals: Vec<f64> = part.iter().flatten().copied().filter(|x| x.is_finite()).collect();
-        (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+        (!vals.is_empty()).then(|| crate::stats::mean(&vals))
     }
     let mut by_method: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
     for t in trajectories.iter().filter(|t| rho_key(t.rho) == rho_key(rho) && !t.logp_chosen.is_empty()) {
@@ -720,7 +720,7 @@ fn likelihood_change(trajectories: &[Trajectory], rho: Option<f64>) -> Vec<Likel
     let mut rows: Vec<LikelihoodChange> = by_method
         .into_iter()
         .map(|(method, runs)| {
-            let mean = |i: usize| runs.iter().map(|r| r[i]).sum::<f64>() / runs.len() as f64;
+            let mean = |i: usize| crate::stats::mean(&runs.iter().map(|r| r[i]).collect::<Vec<_>>());
             LikelihoodChange { method, runs: runs.len(), chosen: (mean(0), mean(1)), rejected: (mean(2), mean(3)) }
         })
         .collect();

@@ -76,18 +76,12 @@ struct RmOracle {
 impl RmOracle {
     fn score(&self, prompts: &[String], responses: &[String], batch_size: usize) -> StageResult<Vec<f64>> {
         let mut out = Vec::with_capacity(prompts.len());
-        let dev = self.model.device();
         for (ps, rs) in prompts.chunks(batch_size).zip(responses.chunks(batch_size)) {
             let pi: Vec<Vec<i64>> = ps.iter().map(|s| self.codec.prompt(s)).collect::<StageResult<_>>()?;
             let ri: Vec<Vec<i64>> = rs.iter().map(|s| self.codec.response(s)).collect::<StageResult<_>>()?;
             let pr: Vec<&[i64]> = pi.iter().map(|v| v.as_slice()).collect();
             let rr: Vec<&[i64]> = ri.iter().map(|v| v.as_slice()).collect();
-            let b = self.codec.batch(&pr, &rr, dev)?;
-            let r = tch::no_grad(|| with_autocast(dev, || self.model.rewards(&b)));
-            out.extend(crate::rm_scoring::finite_rewards(
-                Vec::<f64>::try_from(r.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
-                    .map_err(anyhow::Error::from)?,
-            )?);
+            out.extend(crate::rm_scoring::batch_rewards(&self.model, &self.codec, &pr, &rr)?);
         }
         Ok(out)
     }

@@ -1,6 +1,6 @@
 //! Reward-model scoring, shared by `label` (a reward-model oracle) and `precompute` (the ensemble members' rewards):
 //! loading a reward-model checkpoint with its tokenizer, and batched rewards of encoded pairs — finite ones only
-//! ([`finite_rewards`], which `evaluate`'s reward-model oracle applies too).
+//! ([`batch_rewards`], which `evaluate`'s reward-model oracle calls too).
 
 use crate::data_io::{self, Codec};
 use rmdistill_ml::RewardModel;
@@ -28,7 +28,8 @@ pub fn rm_pair_scores(
     })
 }
 
-fn batch_rewards(model: &RewardModel, codec: &Codec, ps: &[&[i64]], rs: &[&[i64]]) -> StageResult<Vec<f64>> {
+/// The rewards of one batch of (prompt, response) rows, finite ones only.
+pub fn batch_rewards(model: &RewardModel, codec: &Codec, ps: &[&[i64]], rs: &[&[i64]]) -> StageResult<Vec<f64>> {
     let b = codec.batch(ps, rs, model.device())?;
     let s = tch::no_grad(|| rmdistill_ml::with_autocast(model.device(), || model.rewards(&b)));
     finite_rewards(data_io::to_f64s(&s)?)
@@ -36,7 +37,7 @@ fn batch_rewards(model: &RewardModel, codec: &Codec, ps: &[&[i64]], rs: &[&[i64]
 
 /// A reward that is not finite would label a pair by a comparison that is always false, or make a distillation
 /// target of NaN: refused rather than stored.
-pub fn finite_rewards(v: Vec<f64>) -> StageResult<Vec<f64>> {
+fn finite_rewards(v: Vec<f64>) -> StageResult<Vec<f64>> {
     match v.iter().position(|x| !x.is_finite()) {
         None => Ok(v),
         Some(i) => Err(StageError::failed(format!(
