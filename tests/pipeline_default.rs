@@ -80,6 +80,11 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     assert_eq!(cached.len(), finals.len() * 2, "{cached:?}");
     assert!(cached.iter().all(|n| finals.iter().any(|f| n.starts_with(&format!("{f}@")))), "{cached:?}");
     assert_eq!(first["ran"].as_u64().unwrap() as usize, nodes - cached.len());
+    // The 10-seed manifest is this one with more seeds: under the same overrides (`seeds` among them) every node is
+    // a cache hit, so after the default run it trains only the seeds the default did not.
+    let ten = repo().join("manifests/synthetic-10-seeds.toml");
+    let st = w.ok(&args(&["status", ten.to_str().unwrap()], &[]));
+    assert!(st.trim_end().ends_with(&format!("{nodes} cached, 0 would run, 0 wait on upstream")), "{st}");
 
     // The report: markdown with the advantage table and the three figures.
     let o = w.run(&args(&["report", m, "-o", "rep"], &[]));
