@@ -11,8 +11,11 @@
 //! significant to hold (an intersection–union test, which keeps the level α without a further correction).
 //!
 //! **Verdicts**: a finding *holds* when every contrast it needs was measured and is significant in its direction
-//! (Holm-adjusted p < α); it is *contradicted* when one of them is significant the other way; otherwise it is
-//! *inconclusive* (and *not tested* when none of its contrasts could be measured). The one negative finding,
+//! (Holm-adjusted p < α within its ρ); it is *contradicted* when one of them is significant the other way both within
+//! its ρ and among the finding's own contrasts (Holm over all of them, across the ρ the finding spans: "some contrast
+//! goes the other way" is a union over those ρ, and each ρ's family guards only its own, so a finding over seven ρ
+//! would otherwise be contradicted by chance up to seven times as often as α says); otherwise it is *inconclusive*
+//! (and *not tested* when none of its contrasts could be measured). The one negative finding,
 //! "p-DPO alone gives no clear gain over DPO", is contradicted by a significant gain and holds when every 95%
 //! interval of p-DPO − DPO lies below the smallest difference that matters (an equivalence bound: absence of a
 //! significant gain alone is not evidence of no gain).
@@ -241,6 +244,9 @@ pub struct Assessment {
     pub verdict: Verdict,
     /// The contrasts the finding needs that were measured.
     pub evidence: Vec<Contrast>,
+    /// Per contrast of `evidence`, its p-value Holm-adjusted among the finding's own contrasts (the second
+    /// adjustment a contradiction must pass; see the module docs).
+    pub p_finding: Vec<f64>,
     /// The contrasts it needs that could not be measured ("e-DPO − p-DPO at ρ = 0.2": a method not run there, or
     /// fewer than two seeds).
     pub missing: Vec<String>,
@@ -269,37 +275,44 @@ pub fn assess(
             }
         }
     }
-    let verdict = if evidence.is_empty() {
+    let p_finding = crate::stats::holm(&evidence.iter().map(|c| c.test.p_value).collect::<Vec<_>>());
+    let mut a =
+        Assessment { id: f.id, text: f.text, kind: f.kind, verdict: Verdict::NotTested, evidence, p_finding, missing };
+    a.verdict = if a.evidence.is_empty() {
         Verdict::NotTested
+    } else if a.against(alpha) > 0 {
+        Verdict::Contradicted
+    } else if !a.missing.is_empty() {
+        Verdict::Inconclusive
     } else {
-        match f.kind {
-            Kind::Better => {
-                if evidence.iter().any(|c| c.significant(alpha) && c.test.diff < 0.0) {
-                    Verdict::Contradicted
-                } else if missing.is_empty() && evidence.iter().all(|c| c.significant(alpha) && c.test.diff > 0.0) {
-                    Verdict::Holds
-                } else {
-                    Verdict::Inconclusive
-                }
-            }
-            Kind::NoClearGain => {
-                if evidence.iter().any(|c| c.significant(alpha) && c.test.diff > 0.0) {
-                    Verdict::Contradicted
-                } else if missing.is_empty() && evidence.iter().all(|c| c.test.ci_high < margin) {
-                    Verdict::Holds
-                } else {
-                    Verdict::Inconclusive
-                }
-            }
-        }
+        let holds = match f.kind {
+            Kind::Better => a.evidence.iter().all(|c| c.significant(alpha) && c.test.diff > 0.0),
+            Kind::NoClearGain => a.evidence.iter().all(|c| c.test.ci_high < margin),
+        };
+        if holds { Verdict::Holds } else { Verdict::Inconclusive }
     };
-    Assessment { id: f.id, text: f.text, kind: f.kind, verdict, evidence, missing }
+    a
 }
 
 impl Assessment {
+    /// How many contrasts are significant against the finding (a loss for "beats", a gain for "no clear gain"):
+    /// within their ρ and among the finding's contrasts.
+    pub fn against(&self, alpha: f64) -> usize {
+        let wrong_way = |c: &Contrast| match self.kind {
+            Kind::Better => c.test.diff < 0.0,
+            Kind::NoClearGain => c.test.diff > 0.0,
+        };
+        self.evidence
+            .iter()
+            .zip(&self.p_finding)
+            .filter(|(c, p)| wrong_way(c) && c.significant(alpha) && **p < alpha)
+            .count()
+    }
+
     /// Where the point estimates lean, whatever the verdict (an *inconclusive* finding whose every estimate points
     /// the other way reads differently from one split down the middle): for a "beats" finding, how many differences
-    /// lie in the paper's direction and how many are significant (Holm) each way; for the "no clear gain" finding,
+    /// lie in the paper's direction and how many are significant each way (against it: as the verdict counts them,
+    /// within their ρ and among the finding's contrasts); for the "no clear gain" finding,
     /// how many are ≤ 0 and how many intervals lie below the smallest difference that matters (`margin`).
     pub fn lean(&self, alpha: f64, margin: f64) -> Option<String> {
         let n = self.evidence.len();
@@ -312,13 +325,13 @@ impl Assessment {
                 "point estimates in the paper's direction: {} of {n}; significant in it: {}, against it: {}",
                 count(&|c| c.test.diff > 0.0),
                 count(&|c| c.significant(alpha) && c.test.diff > 0.0),
-                count(&|c| c.significant(alpha) && c.test.diff < 0.0),
+                self.against(alpha),
             ),
             Kind::NoClearGain => format!(
                 "point estimates ≤ 0 (no gain): {} of {n}; intervals below +{margin}: {} of {n}; significant gains: {}",
                 count(&|c| c.test.diff <= 0.0),
                 count(&|c| c.test.ci_high < margin),
-                count(&|c| c.significant(alpha) && c.test.diff > 0.0),
+                self.against(alpha),
             ),
         })
     }
@@ -443,6 +456,47 @@ mod tests {
         // a significant gain: contradicted
         let v = [c(0.2, "p-dpo", "dpo", 0.03, 0.01, 0.05), c(0.8, "p-dpo", "dpo", 0.0, 0.6, 0.01)];
         assert_eq!(assess(f, &v, &rhos, 0.05, 0.02).verdict, Verdict::Contradicted);
+    }
+
+    /// A contradiction must survive Holm over the finding's own contrasts too. Worked by hand: p-DPO − DPO at 7 ρ,
+    /// raw p-values 0.004 (a gain), 0.02 (a loss), 0.3 × 5; Holm multiplies the i-th smallest by 7 − i + 1 and keeps
+    /// the running maximum: 0.028, 0.12, then 0.3 × 5 = 1.5 capped at 1. The gain (Holm within its ρ 0.03) contradicts "no
+    /// clear gain" (0.028 < 0.05); at raw 0.01 instead it would be 0.07 and the finding inconclusive, although its
+    /// Holm p within its ρ (0.03) is below α.
+    #[test]
+    fn a_contradiction_needs_holm_over_the_findings_contrasts_too() {
+        let rhos: Vec<Option<f64>> = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8].into_iter().map(Some).collect();
+        let f = &FINDINGS[3];
+        // a gain at ρ = 0.6 (raw p `gain_p`, Holm within its ρ 0.03), a loss at ρ = 0.3 (raw 0.02), the rest 0.3
+        let mk = |gain_p: f64| -> Vec<Contrast> {
+            rhos.iter()
+                .enumerate()
+                .map(|(k, r)| {
+                    let mut x = c(r.unwrap(), "p-dpo", "dpo", -0.01, 0.9, 0.03);
+                    x.test.p_value = match k {
+                        4 => gain_p,
+                        1 => 0.02,
+                        _ => 0.3,
+                    };
+                    if k == 4 {
+                        x.test.diff = 0.03;
+                        x.p_holm = 0.03;
+                    }
+                    x
+                })
+                .collect()
+        };
+        let a = assess(f, &mk(0.004), &rhos, 0.05, 0.02);
+        let want = [1.0, 0.12, 1.0, 1.0, 0.028, 1.0, 1.0];
+        assert_eq!(a.p_finding.len(), want.len());
+        for (got, want) in a.p_finding.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{:?}", a.p_finding);
+        }
+        assert_eq!((a.verdict, a.against(0.05)), (Verdict::Contradicted, 1));
+        let a = assess(f, &mk(0.01), &rhos, 0.05, 0.02);
+        assert!((a.p_finding[4] - 0.07).abs() < 1e-12, "{:?}", a.p_finding);
+        assert_eq!((a.verdict, a.against(0.05)), (Verdict::Inconclusive, 0));
+        assert!(a.lean(0.05, 0.02).unwrap().ends_with("significant gains: 0"));
     }
 
     #[test]

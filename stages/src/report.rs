@@ -905,26 +905,31 @@ fn findings_md(md: &mut String, a: &Analysis) {
     let _ = writeln!(
         md,
         "## Findings of the paper, measured here\n\nEach finding of the paper (§6.2) against the contrasts it needs: *holds* when \
-         every one is significant in its direction (Holm-adjusted p < {}), *contradicted* when one is significant the other \
-         way, *inconclusive* otherwise, *not tested* when none could be measured (a method not run, or fewer than two \
-         seeds). Evidence: first where the point estimates lean (in italics), then each difference of advantages [95% \
-         interval], Holm-adjusted p.\n\n| finding | verdict | evidence |\n|---|---|---|",
-        a.params.alpha
+         every one is significant in its direction (p̃ < {alpha}: Holm-adjusted within its ρ, see the contrasts below), \
+         *contradicted* when one is significant the other way both within its ρ and among the finding's own contrasts \
+         (p̃ and p̃_f < {alpha}; p̃_f is Holm-adjusted over all the contrasts of the finding, across its ρ: a finding that \
+         spans seven ρ would otherwise be contradicted by chance up to seven times as often as α), *inconclusive* \
+         otherwise, *not tested* when none could be measured (a method not run, or fewer than two seeds). Evidence: \
+         first where the point estimates lean (in italics; \"against it\" counted as the verdict counts it), then each \
+         difference of advantages [95% interval], p̃, p̃_f.\n\n| finding | verdict | evidence |\n|---|---|---|",
+        alpha = a.params.alpha
     );
     for f in &a.findings {
         let mut ev: Vec<String> = f
             .evidence
             .iter()
-            .map(|c| {
+            .zip(&f.p_finding)
+            .map(|(c, p_f)| {
                 format!(
-                    "{} − {} at {}: {:+.4} [{:+.4}, {:+.4}], p̃ = {}",
+                    "{} − {} at {}: {:+.4} [{:+.4}, {:+.4}], p̃ = {}, p̃_f = {}",
                     paper::name(&c.first),
                     paper::name(&c.second),
                     paper::rho_text(c.rho),
                     c.test.diff,
                     c.test.ci_low,
                     c.test.ci_high,
-                    fmt_p(c.p_holm)
+                    fmt_p(c.p_holm),
+                    fmt_p(*p_f)
                 )
             })
             .collect();
@@ -957,8 +962,9 @@ fn contrasts_md(md: &mut String, a: &Analysis) {
          the others at ρ > 0.5). Each is the mean over seeds of the paired difference of the two methods' advantages (same \
          prompts, same π_ref samples, same seed), tested with Student's t on seeds − 1 df. **Family**: all contrasts at one \
          ρ (each ρ is its own experiment — its own D_ρ, reward models and policies); Holm's step-down correction within it \
-         controls the family-wise error at α = {}. A finding over several ρ needs every contrast to hold, which keeps its \
-         level without a further correction.\n\n| ρ | contrast | seeds | difference | 95% interval | p | Holm p | family | at α |\n\
+         controls the family-wise error at α = {}. A finding over several ρ holds only if every contrast does (which keeps \
+         its level without a further correction); a contradiction must also pass Holm over the finding's own contrasts \
+         (the findings above).\n\n| ρ | contrast | seeds | difference | 95% interval | p | Holm p | family | at α |\n\
          |---|---|---|---|---|---|---|---|---|",
         paper::HARDEST_RHO,
         a.params.alpha
