@@ -2,7 +2,8 @@
 //! binary: the merged tables equal the unsharded ones row for row, value for value (floats bit for bit), for both
 //! `rewards` and `ref_samples`, with `batch_size = 8` (40 pairs: 5 batches over 3 shards) and with the pipeline's own
 //! settings (batch 128 > 40 pairs: two shards are empty). Shards are whole batches; were they cut mid-batch, the
-//! float32 kernels would round differently on the other padded shapes.
+//! float32 kernels would round differently on the other padded shapes. And `oracle_rewards`: the pairs' own oracle
+//! scores as the last member, after the reward models or alone, sharded and merged.
 
 mod common;
 use common::*;
@@ -49,6 +50,31 @@ params = {{ seed = "${{seed}}", samples_per_prompt = {spp}, shard = "${{shard}}"
             );
         }
     }
+    // the oracle's own scores as a member (`oracle_rewards`): after the reward models, alone, and alone in shards
+    m += r#"
+[stages.oracle_members]
+kind = "precompute"
+inputs = { pairs = "d_rho.dataset", reference = "sft.model", reward_models = "rm_member.model" }
+sweep = { rho = "${rhos}", seed = "${seeds}" }
+params = { seed = "${seed}", samples_per_prompt = 0, oracle_rewards = true }
+
+[stages.oracle_only]
+kind = "precompute"
+inputs = { pairs = "d_rho.dataset", reference = "sft.model" }
+sweep = { rho = "${rhos}", seed = "${seeds}" }
+params = { seed = "${seed}", samples_per_prompt = 0, oracle_rewards = true, batch_size = 8 }
+
+[stages.oracle_shard]
+kind = "precompute"
+inputs = { pairs = "d_rho.dataset", reference = "sft.model" }
+sweep = { rho = "${rhos}", seed = "${seeds}", shard = [0, 1, 2] }
+params = { seed = "${seed}", samples_per_prompt = 0, oracle_rewards = true, batch_size = 8, shard = "${shard}", shards = 3 }
+
+[stages.oracle_shard_rewards]
+kind = "merge"
+inputs = { parts = "oracle_shard.rewards" }
+sweep = { rho = "${rhos}", seed = "${seeds}" }
+"#;
     w.write("sharded.toml", &m);
     "sharded.toml".to_string()
 }
@@ -59,8 +85,10 @@ fn sharded_precompute_merges_back_to_the_unsharded_tables() {
     let w = Work::new();
     let m = manifest(&w);
     let merged = ["shard_bs8_rewards", "shard_bs8_ref_samples", "shard_rewards", "shard_ref_samples"];
+    let oracle = ["oracle_members", "oracle_only", "oracle_shard_rewards", "d_rho"];
     let mut targets = vec![m.as_str(), "precompute", "whole_bs8"];
     targets.extend(merged);
+    targets.extend(oracle);
     // On the CPU, as the other pipeline tests.
     targets.extend(["-j", "2", "--device", "cpu"]);
     let s = w.run_json(&targets);
@@ -107,5 +135,25 @@ fn sharded_precompute_merges_back_to_the_unsharded_tables() {
         );
         same_meta(&a, &b, out);
     }
+    // `oracle_rewards`: the pairs' own oracle scores are the last member, named `oracle`, row for row; in shards too
+    let pairs = table("d_rho", "dataset");
+    let rows = |t: &Value| t["preview"].as_array().unwrap().clone();
+    let (with_rms, alone, merged) =
+        (table("oracle_members", "rewards"), table("oracle_only", "rewards"), table("oracle_shard_rewards", "merged"));
+    let rm_only = table("precompute", "rewards");
+    assert_eq!(with_rms["metadata"]["rmdistill.members"].as_str().map(|m| m.ends_with(",\"oracle\"]")), Some(true));
+    assert_eq!(alone["metadata"]["rmdistill.members"], "[\"oracle\"]");
+    assert_eq!(rows(&pairs).len(), rows(&alone).len());
+    for (i, p) in rows(&pairs).iter().enumerate() {
+        let (w, a, r) = (&rows(&with_rms)[i], &rows(&alone)[i], &rows(&rm_only)[i]);
+        assert_eq!((&a["pair_id"], &w["pair_id"]), (&p["pair_id"], &p["pair_id"]));
+        for (col, oracle_col) in [("reward_a", "oracle_a"), ("reward_b", "oracle_b")] {
+            assert_eq!(a[col], serde_json::json!([p[oracle_col]]), "row {i}");
+            let mut want = r[col].as_array().unwrap().clone();
+            want.push(p[oracle_col].clone());
+            assert_eq!(w[col], Value::Array(want), "row {i}");
+        }
+    }
+    assert_eq!(rows(&alone), rows(&merged), "the oracle member in shards, merged, differs from the unsharded table");
     eprintln!("sharded precompute test: {:.1}s", t0.elapsed().as_secs_f64());
 }

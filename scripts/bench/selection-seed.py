@@ -9,15 +9,17 @@ selection seed, each with Holm's correction over the finding's 24 contrasts, as 
 
     python3 scripts/bench/selection-seed.py [MANIFEST] [SEEDS]   # default: manifests/synthetic-10-seeds.toml 10
 
-Needs scipy (`pip install scipy`) and a store where MANIFEST has run; run from the repository root.
+Needs scipy (`pip install scipy`) and a store where MANIFEST has run; run from the repository root (the binary:
+$RMDISTILL, default target/debug/rmdistill).
 """
 import json
+import os
 import subprocess
 import sys
 
 from scipy import stats
 
-BIN = "target/debug/rmdistill"
+BIN = os.environ.get("RMDISTILL", "target/debug/rmdistill")
 MANIFEST = sys.argv[1] if len(sys.argv) > 1 else "manifests/synthetic-10-seeds.toml"
 SEEDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 SELECT_SEED = 0

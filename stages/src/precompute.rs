@@ -6,6 +6,9 @@
 //! upstream sweep coordinates (numbers compared as numbers, then by node name), so `rm_member@member=0.2` comes before
 //! `…member=0.35`; each member encodes text with its own tokenizer.
 //!
+//! With `oracle_rewards`, the pairs table's own oracle scores (`oracle_a`, `oracle_b` from `label`) are one more member,
+//! named `oracle`, after the reward models (or the only one): the ablation "d-DPO from the true reward".
+//!
 //! Output `rewards` (Parquet, one row per pair in `pairs` order): `pair_id`; `ref_logp_a`, `ref_logp_b` (Float64:
 //! `log π_ref(y|x)` summed over the response tokens *and the EOS that ends them* — the encoding convention of
 //! the worker's `data_io`); `len_a`, `len_b` (UInt32: the number of tokens those sums run over, EOS included, for a
@@ -74,6 +77,11 @@ pub struct Params {
     /// `max_len` (same default), or the precomputed reference log-probs of long pairs do not match the policy's.
     #[serde(default = "d_max_len")]
     pub max_len: usize,
+    /// Add the oracle's own scores of the pairs (the `oracle_a`, `oracle_b` columns `label` writes) as one more member,
+    /// named `oracle`, after the reward models: d-DPO distilled from the true reward r* instead of a learned one, the
+    /// ablation that tells what distillation does from what its reward models' errors do.
+    #[serde(default)]
+    pub oracle_rewards: bool,
 }
 fn d_max_len() -> usize {
     512

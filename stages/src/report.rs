@@ -1145,8 +1145,9 @@ fn hyper_md(md: &mut String, a: &Analysis) {
         }
     }
     for h in &a.hyper {
+        // no selection among the report's inputs: set in the manifest, or chosen by a selection not given to it
         let chosen = if h.chosen.is_empty() {
-            "fixed".to_string()
+            "not by a selection given to this report".to_string()
         } else {
             h.chosen
                 .iter()

@@ -129,7 +129,12 @@ struct Pairs {
     response_a: Vec<String>,
     response_b: Vec<String>,
     distinct_prompts: Vec<String>,
+    /// The oracle's scores of both responses (`oracle_a`, `oracle_b`), read only with `oracle_rewards`.
+    oracle: Option<(Vec<f64>, Vec<f64>)>,
 }
+
+/// The member name of the oracle's own scores (`oracle_rewards`).
+const ORACLE_MEMBER: &str = "oracle";
 
 /// π_ref's samples of the distinct prompts, with their log-probs.
 #[derive(Default)]
@@ -186,12 +191,27 @@ fn read_pairs(ctx: &dyn Ctx, p: &Params) -> StageResult<Pairs> {
     let t = all.slice(range.start, range.len());
     let mut seen = HashSet::new();
     let distinct_prompts = all_prompts.iter().filter(|x| seen.insert(x.as_str())).cloned().collect();
+    let oracle = if p.oracle_rewards {
+        // the whole table was read with four columns; the oracle's two are read for this shard's rows only
+        let o = table::read_table(path, Some(&["oracle_a", "oracle_b"]))?.slice(range.start, range.len());
+        let (a, b) = (data_io::f64s(&o, "oracle_a", path)?, data_io::f64s(&o, "oracle_b", path)?);
+        if let Some(i) = a.iter().chain(&b).position(|x| !x.is_finite()) {
+            return Err(StageError::invalid(
+                "pairs",
+                format!("{}: oracle score of row {} is not finite", path.display(), range.start + i % a.len().max(1)),
+            ));
+        }
+        Some((a, b))
+    } else {
+        None
+    };
     Ok(Pairs {
         ids: data_io::strings(&t, table::PAIR_ID, path, true)?,
         prompts: all_prompts[range].to_vec(),
         response_a: data_io::strings(&t, table::RESPONSE_A, path, true)?,
         response_b: data_io::strings(&t, table::RESPONSE_B, path, true)?,
         distinct_prompts,
+        oracle,
     })
 }
 
@@ -246,6 +266,14 @@ fn member_rewards(
         })?;
         let mean_diff = sa.iter().zip(&sb).map(|(a, b)| (a - b).abs()).sum::<f64>() / n.max(1) as f64;
         stats.push(json!({"member": members.names[k], "mean_abs_reward_diff": mean_diff}));
+        for i in 0..n {
+            rew_a[i].push(sa[i]);
+            rew_b[i].push(sb[i]);
+        }
+    }
+    if let Some((sa, sb)) = &pairs.oracle {
+        let mean_diff = sa.iter().zip(sb).map(|(a, b)| (a - b).abs()).sum::<f64>() / n.max(1) as f64;
+        stats.push(json!({"member": ORACLE_MEMBER, "mean_abs_reward_diff": mean_diff}));
         for i in 0..n {
             rew_a[i].push(sa[i]);
             rew_b[i].push(sb[i]);
@@ -361,8 +389,12 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
 
     // ---- read: π_ref, the reward models, this shard's pairs (everything loaded and checked before any work)
     let reference = read_reference(ctx, p.max_len, device)?;
-    let members = read_members(ctx, p.max_len, device)?;
+    let mut members = read_members(ctx, p.max_len, device)?;
     let pairs = read_pairs(ctx, &p)?;
+    if pairs.oracle.is_some() {
+        members.names.push(ORACLE_MEMBER.to_string());
+        members.coords.push(BTreeMap::new());
+    }
 
     // ---- compute: log π_ref of both responses, every member's rewards, π_ref's samples
     let n = pairs.ids.len();
