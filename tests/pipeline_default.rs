@@ -85,6 +85,22 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     let ten = repo().join("manifests/synthetic-10-seeds.toml");
     let st = w.ok(&args(&["status", ten.to_str().unwrap()], &[]));
     assert!(st.trim_end().ends_with(&format!("{nodes} cached, 0 would run, 0 wait on upstream")), "{st}");
+    // The ablation d-DPO from the oracle's reward: its own stages on top of the default's cached ones, and a report
+    // with it beside the six methods.
+    let ablation = repo().join("manifests/synthetic-oracle-distillation.toml");
+    let ab = ablation.to_str().unwrap();
+    let o = w.run_json(&args(&[ab, "report_oracle", "--jobs", "2"], &[]));
+    assert_eq!(o["failed"], 0, "{o}");
+    let ran = nodes_with(&o, "ran");
+    assert!(ran.iter().all(|n| n.contains("oracle")), "only the ablation's nodes run: {ran:?}");
+    for n in ["precompute_oracle@rho=0.2,seed=0", "eval_d_dpo_oracle@method=d-dpo-oracle,rho=0.8,seed=0"] {
+        assert!(ran.contains(&n.to_string()), "{n} did not run: {ran:?}");
+    }
+    let o = w.run(&args(&["report", ab, "--node", "report_oracle", "-o", "rep_oracle"], &[]));
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let md = std::fs::read_to_string(w.path().join("rep_oracle/report.md")).unwrap();
+    assert_tables_render(&md);
+    assert!(md.contains("| ρ | DPO | IPO | d-DPO | p-DPO | dp-DPO | e-DPO | d-dpo-oracle |"), "{md}");
 
     // The report: markdown with the advantage table and the three figures.
     let o = w.run(&args(&["report", m, "-o", "rep"], &[]));
