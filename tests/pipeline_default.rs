@@ -100,7 +100,7 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     assert!(o.status.success(), "{}", s(&o.stderr));
     let md = std::fs::read_to_string(w.path().join("rep_oracle/report.md")).unwrap();
     assert_tables_render(&md);
-    assert!(md.contains("| ρ | DPO | IPO | d-DPO | p-DPO | dp-DPO | e-DPO | d-dpo-oracle |"), "{md}");
+    assert!(md.contains("| ρ | DPO | IPO | d-DPO | p-DPO | dp-DPO | e-DPO | d-DPO from r* |"), "{md}");
 
     // The report: markdown with the advantage table and the three figures.
     let o = w.run(&args(&["report", m, "-o", "rep"], &[]));

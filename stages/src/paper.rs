@@ -27,9 +27,17 @@ use std::collections::BTreeSet;
 pub const METHODS: [(&str, &str); 6] =
     [("dpo", "DPO"), ("ipo", "IPO"), ("d-dpo", "d-DPO"), ("p-dpo", "p-DPO"), ("dp-dpo", "dp-DPO"), ("e-dpo", "e-DPO")];
 
-/// The paper's name of a method string ("e-dpo" → "e-DPO"); other strings unchanged.
+/// The suffix that marks a method distilled from the oracle's own reward r* instead of a learned reward model (the
+/// label `manifests/synthetic-oracle-distillation.toml` gives its evaluations: "d-dpo-oracle").
+pub const FROM_ORACLE: &str = "-oracle";
+
+/// The paper's name of a method string ("e-dpo" → "e-DPO", "d-dpo-oracle" → "d-DPO from r*"); other strings
+/// unchanged.
 pub fn name(method: &str) -> String {
-    METHODS.iter().find(|(k, _)| *k == method).map_or_else(|| method.to_string(), |(_, n)| n.to_string())
+    let known = |m: &str| METHODS.iter().find(|(k, _)| *k == m).map(|(_, n)| n.to_string());
+    known(method)
+        .or_else(|| method.strip_suffix(FROM_ORACLE).and_then(known).map(|n| format!("{n} from r*")))
+        .unwrap_or_else(|| method.to_string())
 }
 
 /// A label whose first word is a method ("dpo β=0.1") with the paper's name ("DPO β=0.1").
@@ -358,6 +366,8 @@ mod tests {
         assert_eq!(name("e-dpo"), "e-DPO");
         assert_eq!(name("dp-dpo"), "dp-DPO");
         assert_eq!(name("simpo"), "simpo");
+        assert_eq!(name("d-dpo-oracle"), "d-DPO from r*");
+        assert_eq!(name("simpo-oracle"), "simpo-oracle");
         assert_eq!(label("dpo β=0.1"), "DPO β=0.1");
         assert!(order("dpo") < order("ipo") && order("ipo") < order("e-dpo β=1") && order("e-dpo") < order("x"));
     }
