@@ -101,6 +101,11 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     let md = std::fs::read_to_string(w.path().join("rep_oracle/report.md")).unwrap();
     assert_tables_render(&md);
     assert!(md.contains("| ρ | DPO | IPO | d-DPO | p-DPO | dp-DPO | e-DPO | d-DPO from r* |"), "{md}");
+    // the ablation's own contrasts, one family over every ρ: 3 contrasts × the ρ the test runs
+    let further = &md[md.find("## Further contrasts fixed in advance").expect("the ablation's contrasts")..];
+    for c in ["d-DPO from r* − DPO", "d-DPO from r* − IPO", "d-DPO from r* − d-DPO"] {
+        assert!(further.contains(&format!("| 0.2 | {c} |")), "{c}: {further}");
+    }
 
     // The report: markdown with the advantage table and the three figures.
     let o = w.run(&args(&["report", m, "-o", "rep"], &[]));

@@ -8,17 +8,17 @@ seeds − 1 df and Holm's correction over all of them (BENCHMARKS.md, "d-DPO fro
 
     python3 scripts/bench/oracle-distillation.py [MANIFEST] [SEEDS]
 
-Needs scipy (`pip install scipy`) and a store where MANIFEST has run; run from the repository root (the binary:
-$RMDISTILL, default target/debug/rmdistill).
+The report of the manifest's `report_oracle` node states the same contrasts (its section "Further contrasts fixed in
+advance", computed by the tool's own statistics); this script recomputes them with scipy and statsmodels.
+
+Needs scipy and statsmodels (`pip install scipy statsmodels`) and a store where MANIFEST has run; run from the
+repository root (the binary: $RMDISTILL, default target/debug/rmdistill).
 """
 import json
-import os
-import subprocess
 import sys
 
-from scipy import stats
+from store_stats import holm, metadata, paired
 
-BIN = os.environ.get("RMDISTILL", "target/debug/rmdistill")
 MANIFEST = sys.argv[1] if len(sys.argv) > 1 else "manifests/synthetic-oracle-distillation.toml"
 SEEDS = range(int(sys.argv[2]) if len(sys.argv) > 2 else 10)
 RHOS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
@@ -28,27 +28,7 @@ OTHERS = [("dpo", "DPO"), ("ipo", "IPO"), ("d_dpo", "d-DPO")]
 
 def summary(stage: str, rho: float, seed: int) -> dict:
     coords = f"method=d-dpo-oracle,rho={rho},seed={seed}" if stage == ORACLE else f"rho={rho},seed={seed}"
-    out = subprocess.run(
-        [BIN, "show", MANIFEST, f"eval_{stage}@{coords}.summary", "--json"], capture_output=True, text=True, check=True
-    ).stdout
-    return json.loads(out)["metadata"]
-
-
-def holm(ps):
-    order = sorted(range(len(ps)), key=lambda i: ps[i])
-    out, running = [0.0] * len(ps), 0.0
-    for j, i in enumerate(order):
-        running = max(running, min(1.0, (len(ps) - j) * ps[i]))
-        out[i] = running
-    return out
-
-
-def interval(d):
-    n = len(d)
-    mean = sum(d) / n
-    se = (sum((x - mean) ** 2 for x in d) / (n - 1) / n) ** 0.5
-    half = stats.t.ppf(0.975, n - 1) * se
-    return mean, half
+    return metadata(MANIFEST, f"eval_{stage}@{coords}.summary")
 
 
 stages = [ORACLE] + [s for s, _ in OTHERS]
@@ -58,14 +38,13 @@ rows = []
 for r in RHOS:
     for s, name in OTHERS:
         d = [adv[(ORACLE, r, k)] - adv[(s, r, k)] for k in SEEDS]
-        mean, half = interval(d)
-        rows.append((r, name, mean, half, stats.ttest_1samp(d, 0.0).pvalue))
+        rows.append((r, name, *paired(d)))
 adj = holm([row[4] for row in rows])
 print(f"{len(list(SEEDS))} seeds; Holm over the {len(rows)} contrasts")
 print("| ρ | d-DPO(r*) advantage | KL | " + " | ".join(f"d-DPO(r*) − {n}" for _, n in OTHERS) + " |")
 print("|---" * (3 + len(OTHERS)) + "|")
 for i, r in enumerate(RHOS):
-    mean, half = interval([adv[(ORACLE, r, k)] for k in SEEDS])
+    mean, half, _ = paired([adv[(ORACLE, r, k)] for k in SEEDS])
     kl = sum(float(meta[(ORACLE, r, k)]["rmdistill.kl"]) for k in SEEDS) / len(list(SEEDS))
     cells = []
     for j in range(len(OTHERS)):

@@ -9,17 +9,13 @@ selection seed, each with Holm's correction over the finding's 24 contrasts, as 
 
     python3 scripts/bench/selection-seed.py [MANIFEST] [SEEDS]   # default: manifests/synthetic-10-seeds.toml 10
 
-Needs scipy (`pip install scipy`) and a store where MANIFEST has run; run from the repository root (the binary:
-$RMDISTILL, default target/debug/rmdistill).
+Needs scipy and statsmodels (`pip install scipy statsmodels`) and a store where MANIFEST has run; run from the
+repository root (the binary: $RMDISTILL, default target/debug/rmdistill).
 """
-import json
-import os
-import subprocess
 import sys
 
-from scipy import stats
+from store_stats import holm, metadata, paired
 
-BIN = os.environ.get("RMDISTILL", "target/debug/rmdistill")
 MANIFEST = sys.argv[1] if len(sys.argv) > 1 else "manifests/synthetic-10-seeds.toml"
 SEEDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 SELECT_SEED = 0
@@ -28,18 +24,7 @@ CONTRASTS = [("d_dpo", "dpo"), ("d_dpo", "ipo"), ("dp_dpo", "dpo"), ("dp_dpo", "
 
 
 def advantage(stage: str, rho: float, seed: int) -> float:
-    node = f"{stage}@rho={rho},seed={seed}.summary"
-    out = subprocess.run([BIN, "show", MANIFEST, node, "--json"], capture_output=True, text=True, check=True).stdout
-    return float(json.loads(out)["metadata"]["rmdistill.advantage"])
-
-
-def holm(ps):
-    order = sorted(range(len(ps)), key=lambda i: ps[i])
-    out, running = [0.0] * len(ps), 0.0
-    for j, i in enumerate(order):
-        running = max(running, min(1.0, (len(ps) - j) * ps[i]))
-        out[i] = running
-    return out
+    return float(metadata(MANIFEST, f"{stage}@rho={rho},seed={seed}.summary")["rmdistill.advantage"])
 
 
 methods = sorted({m for pair in CONTRASTS for m in pair})
@@ -49,7 +34,8 @@ for label, seeds in [("all seeds", list(range(SEEDS))), (f"without seed {SELECT_
     for r in RHOS:
         for a, b in CONTRASTS:
             d = [adv[(a, r, s)] - adv[(b, r, s)] for s in seeds]
-            rows.append((sum(d) / len(d), stats.ttest_1samp(d, 0.0).pvalue))
+            mean, _, p = paired(d)
+            rows.append((mean, p))
     adj = holm([p for _, p in rows])
     print(
         f"{label} ({len(seeds)}): differences {min(m for m, _ in rows):+.4f} to {max(m for m, _ in rows):+.4f}, "

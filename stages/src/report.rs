@@ -61,6 +61,11 @@ pub struct Params {
     /// The power the design should have at `min_difference`.
     #[serde(default = "d_power")]
     pub power: f64,
+    /// Further contrasts fixed in advance, each `[first, second]` by method string (e.g. an ablation's
+    /// `["d-dpo-oracle", "d-dpo"]`): tested at every ρ where both were evaluated, as one family of their own over
+    /// all of them and every ρ, Holm-corrected within it. The paper's families and verdicts are unchanged by them.
+    #[serde(default)]
+    pub contrasts: Vec<[String; 2]>,
 }
 fn d_title() -> String {
     "Robust preference optimization through reward-model distillation".into()
@@ -77,7 +82,13 @@ fn d_power() -> f64 {
 
 impl Default for Params {
     fn default() -> Self {
-        Params { title: d_title(), alpha: d_alpha(), min_difference: d_min_difference(), power: d_power() }
+        Params {
+            title: d_title(),
+            alpha: d_alpha(),
+            min_difference: d_min_difference(),
+            power: d_power(),
+            contrasts: vec![],
+        }
     }
 }
 
@@ -93,6 +104,14 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
             "min_difference",
             format!("must be a positive number, got {}", p.min_difference),
         ));
+    }
+    for (i, [a, b]) in p.contrasts.iter().enumerate() {
+        if a.is_empty() || b.is_empty() || a == b {
+            return Err(StageError::invalid(
+                format!("contrasts[{i}]"),
+                format!("must name two different methods, got [{a:?}, {b:?}]"),
+            ));
+        }
     }
     Ok(p)
 }
@@ -403,53 +422,103 @@ fn distinct_rhos(rows: &[EvalRow]) -> Vec<Option<f64>> {
     v
 }
 
+/// The evaluations at one ρ that are a plain method (a method swept without selection has no single configuration).
+fn plain_at(rows: &[EvalRow], rho: Option<f64>) -> Vec<&EvalRow> {
+    rows.iter().filter(|r| rho_key(r.rho) == rho_key(rho) && r.label == r.method).collect()
+}
+
+/// first − second at one ρ over the seeds both have (not yet Holm-adjusted), and its variance figures when it has
+/// at least two seeds.
+fn paired_contrast(
+    at: &[&EvalRow],
+    rho: Option<f64>,
+    (a, b): (&str, &str),
+    samples: &HashMap<String, Scores>,
+) -> (Contrast, Option<ContrastVariance>) {
+    let by_seed = |m: &str| -> BTreeMap<Option<i64>, &EvalRow> {
+        at.iter().filter(|r| r.method == m).map(|r| (r.seed, *r)).collect()
+    };
+    let (ra, rb) = (by_seed(a), by_seed(b));
+    let common: Vec<(&EvalRow, &EvalRow)> = ra.iter().filter_map(|(s, x)| rb.get(s).map(|y| (*x, *y))).collect();
+    let diffs: Vec<f64> = common.iter().map(|(x, y)| x.advantage.mean - y.advantage.mean).collect();
+    let within: Vec<eval_stats::Within> = common
+        .iter()
+        .filter_map(|(x, y)| eval_stats::paired_within(samples.get(&x.node)?, samples.get(&y.node)?))
+        .collect();
+    let var = (diffs.len() >= 2)
+        .then(|| eval_stats::contrast_variance(&diffs, if within.len() == diffs.len() { &within } else { &[] }));
+    let c = Contrast {
+        rho,
+        first: a.to_string(),
+        second: b.to_string(),
+        seeds: diffs.len(),
+        test: stats::t_test(&diffs),
+        p_holm: f64::NAN,
+        family: 0,
+    };
+    (c, var)
+}
+
+/// Holm's correction over one family: each contrast's adjusted p and the family's size (testable contrasts only).
+fn holm_within(family: &mut [Contrast]) {
+    let adj = stats::holm(&family.iter().map(|c| c.test.p_value).collect::<Vec<_>>());
+    let m = adj.iter().filter(|p| !p.is_nan()).count();
+    for (c, p) in family.iter_mut().zip(adj) {
+        c.p_holm = p;
+        c.family = m;
+    }
+}
+
 /// The contrasts of every family (one per ρ), Holm-adjusted within it, and each contrast's variance figures.
 pub fn contrasts(rows: &[EvalRow], samples: &HashMap<String, Scores>) -> (Vec<Contrast>, Vec<ContrastVariance>) {
     let rhos = distinct_rhos(rows);
     let (mut out, mut vars) = (vec![], vec![]);
     for &rho in &rhos {
-        // only labels that are a plain method (a method swept without selection has no single configuration)
-        let at: Vec<&EvalRow> = rows.iter().filter(|r| rho_key(r.rho) == rho_key(rho) && r.label == r.method).collect();
+        let at = plain_at(rows, rho);
         let methods: BTreeSet<String> = at.iter().map(|r| r.method.clone()).collect();
-        let family = paper::family(rho, &rhos, &methods);
         let mut tested = vec![];
-        for (a, b) in &family {
-            let by_seed = |m: &str| -> BTreeMap<Option<i64>, &EvalRow> {
-                at.iter().filter(|r| r.method == m).map(|r| (r.seed, *r)).collect()
-            };
-            let (ra, rb) = (by_seed(a), by_seed(b));
-            let common: Vec<(&EvalRow, &EvalRow)> =
-                ra.iter().filter_map(|(s, x)| rb.get(s).map(|y| (*x, *y))).collect();
-            let diffs: Vec<f64> = common.iter().map(|(x, y)| x.advantage.mean - y.advantage.mean).collect();
-            let within: Vec<eval_stats::Within> = common
-                .iter()
-                .filter_map(|(x, y)| eval_stats::paired_within(samples.get(&x.node)?, samples.get(&y.node)?))
-                .collect();
-            if diffs.len() >= 2 {
-                vars.push(eval_stats::contrast_variance(
-                    &diffs,
-                    if within.len() == diffs.len() { &within } else { &[] },
-                ));
-            }
-            tested.push(Contrast {
-                rho,
-                first: a.to_string(),
-                second: b.to_string(),
-                seeds: diffs.len(),
-                test: stats::t_test(&diffs),
-                p_holm: f64::NAN,
-                family: 0,
-            });
+        for pair in paper::family(rho, &rhos, &methods) {
+            let (c, var) = paired_contrast(&at, rho, pair, samples);
+            tested.push(c);
+            vars.extend(var);
         }
-        let adj = stats::holm(&tested.iter().map(|c| c.test.p_value).collect::<Vec<_>>());
-        let m = adj.iter().filter(|p| !p.is_nan()).count();
-        for (c, p) in tested.iter_mut().zip(adj) {
-            c.p_holm = p;
-            c.family = m;
-        }
+        holm_within(&mut tested);
         out.extend(tested);
     }
     (out, vars)
+}
+
+/// The further contrasts a user fixed in advance (`params.contrasts`): each at every ρ where both methods were
+/// evaluated, all of them one family, Holm-adjusted within it.
+pub fn further_contrasts(rows: &[EvalRow], pairs: &[[String; 2]]) -> Vec<Contrast> {
+    let mut out = vec![];
+    for rho in distinct_rhos(rows) {
+        let at = plain_at(rows, rho);
+        for [a, b] in pairs {
+            if at.iter().any(|r| &r.method == a) && at.iter().any(|r| &r.method == b) {
+                out.push(paired_contrast(&at, rho, (a, b), &HashMap::new()).0);
+            }
+        }
+    }
+    holm_within(&mut out);
+    out
+}
+
+/// A further contrast naming a method that no evaluation has is a mistake in the manifest, not an empty table.
+fn check_contrasts(rows: &[EvalRow], pairs: &[[String; 2]]) -> StageResult<()> {
+    let evaluated: BTreeSet<&str> = rows.iter().map(|r| r.method.as_str()).collect();
+    for (i, pair) in pairs.iter().enumerate() {
+        if let Some(m) = pair.iter().find(|m| !evaluated.contains(m.as_str())) {
+            return Err(StageError::invalid(
+                format!("contrasts[{i}]"),
+                format!(
+                    "method {m:?} has no evaluation among the report's inputs (evaluated: {})",
+                    evaluated.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The power estimate (see the module docs).
@@ -643,6 +712,8 @@ pub struct Analysis {
     pub rhos: Vec<Option<f64>>,
     pub cells: Vec<Cell>,
     pub contrasts: Vec<Contrast>,
+    /// The user's further contrasts (`params.contrasts`), one family.
+    pub further: Vec<Contrast>,
     pub findings: Vec<Assessment>,
     pub power: Option<Power>,
     pub hyper: Vec<HyperRow>,
@@ -661,6 +732,7 @@ pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
     labels.sort_by_key(|l| (paper::order(l), l.clone()));
     let rhos = distinct_rhos(rows);
     let (contrasts, vars) = contrasts(rows, &inputs.samples);
+    let further = further_contrasts(rows, &params.contrasts);
     let findings = paper::FINDINGS
         .iter()
         .map(|f| paper::assess(f, &contrasts, &rhos, params.alpha, params.min_difference))
@@ -678,6 +750,7 @@ pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
         rhos,
         cells,
         contrasts,
+        further,
         findings,
         power,
         reward_models: inputs.reward_models,
@@ -858,6 +931,7 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
         }
     }
     contrasts_md(&mut md, a);
+    further_md(&mut md, a);
     power_md(&mut md, a);
     hyper_md(&mut md, a);
     rm_md(&mut md, a);
@@ -978,17 +1052,59 @@ fn contrasts_md(md: &mut String, a: &Analysis) {
             paper::name(&c.second),
             c.seeds,
             c.test.diff,
-            if c.test.ci_low.is_nan() {
-                "–".into()
-            } else {
-                format!("[{:+.4}, {:+.4}]", c.test.ci_low, c.test.ci_high)
-            },
+            fmt_interval(&c.test),
             fmt_p(c.test.p_value),
             fmt_p(c.p_holm),
             c.family,
             if c.test.p_value.is_nan() { "untestable (< 2 seeds)" } else { c.direction(a.params.alpha) }
         );
     }
+}
+
+fn further_md(md: &mut String, a: &Analysis) {
+    if a.params.contrasts.is_empty() {
+        return;
+    }
+    let asked: Vec<String> =
+        a.params.contrasts.iter().map(|[x, y]| format!("{} − {}", paper::name(x), paper::name(y))).collect();
+    let _ = writeln!(
+        md,
+        "\n## Further contrasts fixed in advance\n\nThe contrasts this report was asked for besides the paper's ({}), at \
+         every ρ where both methods were evaluated, paired and tested as above. **Family**: all of them at every ρ \
+         together ({} contrasts); Holm's correction within it controls the family-wise error at α = {}. They leave the \
+         paper's families and the findings above unchanged.\n",
+        asked.join("; "),
+        a.further.first().map_or(0, |c| c.family),
+        a.params.alpha
+    );
+    if a.further.is_empty() {
+        let _ = writeln!(md, "No ρ has an evaluation of both methods of any of them as one configuration.");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "| ρ | contrast | seeds | difference | 95% interval | p | Holm p | at α |\n|---|---|---|---|---|---|---|---|"
+    );
+    for c in &a.further {
+        let _ = writeln!(
+            md,
+            "| {} | {} − {} | {} | {:+.4} | {} | {} | {} | {} |",
+            fmt_rho(c.rho),
+            paper::name(&c.first),
+            paper::name(&c.second),
+            c.seeds,
+            c.test.diff,
+            fmt_interval(&c.test),
+            fmt_p(c.test.p_value),
+            fmt_p(c.p_holm),
+            if c.test.p_value.is_nan() { "untestable (< 2 seeds)" } else { c.direction(a.params.alpha) }
+        );
+    }
+}
+
+/// A contrast's 95% interval, or "–" where it has fewer than two seeds.
+fn fmt_interval(t: &stats::Test) -> String {
+    if t.ci_low.is_nan() { "–".into() } else { format!("[{:+.4}, {:+.4}]", t.ci_low, t.ci_high) }
 }
 
 fn power_md(md: &mut String, a: &Analysis) {
@@ -1314,6 +1430,7 @@ fn results_json(a: &Analysis) -> Value {
         "cells": a.cells,
         "findings": a.findings,
         "contrasts": a.contrasts,
+        "further_contrasts": a.further,
         "power": a.power,
         "hyper_parameters": a.hyper,
         "reward_models": a.reward_models,
@@ -1382,6 +1499,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let params = parse(ctx.params())?;
     // read
     let inputs = read_inputs(ctx)?;
+    check_contrasts(&inputs.evals, &params.contrasts)?;
     // compute
     let a = analyse(inputs, params);
     // write
@@ -1469,6 +1587,51 @@ mod tests {
         let q = power(&three, 3, &Params::default()).unwrap();
         assert!((q.median_seed_var - 0.0025333).abs() < 1e-6 && q.seed_var > 0.03, "{q:?}");
         assert!(q.detectable_median < q.detectable && (q.largest_share - 0.09 / 0.0926333).abs() < 1e-5, "{q:?}");
+    }
+
+    #[test]
+    fn further_contrasts_are_one_family_over_every_rho() {
+        // ρ = 0.4 as in the test above; ρ = 0.6 has DPO and d-DPO only, d-DPO − DPO per seed (0.05, 0.06, 0.07):
+        // p = 0.009134 (above). Asked for d-DPO − DPO and d-DPO − IPO: three contrasts exist (IPO is missing at
+        // 0.6), one family. Holm over p = (0.084791, 0.009134, 0.009134): 3·0.009134 = 0.027402, then
+        // max(0.027402, 2·0.009134) = 0.027402, then max(0.027402, 0.084791) = 0.084791.
+        let mut rows = vec![];
+        for (s, (d, dpo, ipo)) in [(0.30, 0.20, 0.25), (0.25, 0.21, 0.19), (0.41, 0.27, 0.34)].into_iter().enumerate() {
+            rows.push(row("d-dpo", 0.4, s as i64, d));
+            rows.push(row("dpo", 0.4, s as i64, dpo));
+            rows.push(row("ipo", 0.4, s as i64, ipo));
+        }
+        for (s, d) in [0.05, 0.06, 0.07].into_iter().enumerate() {
+            rows.push(row("d-dpo", 0.6, s as i64, 0.2 + d));
+            rows.push(row("dpo", 0.6, s as i64, 0.2));
+        }
+        let asked = [["d-dpo".to_string(), "dpo".to_string()], ["d-dpo".to_string(), "ipo".to_string()]];
+        let f = further_contrasts(&rows, &asked);
+        let at = |rho: f64, b: &str| f.iter().find(|c| c.rho == Some(rho) && c.second == b).unwrap();
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(f.iter().all(|c| c.family == 3 && c.seeds == 3));
+        assert!((at(0.4, "dpo").p_holm - 0.084791).abs() < 2e-6);
+        assert!((at(0.4, "ipo").p_holm - 0.027402).abs() < 6e-6, "{f:?}");
+        assert!((at(0.6, "dpo").p_holm - 0.027402).abs() < 6e-6, "{f:?}");
+        assert!((at(0.6, "dpo").test.diff - 0.06).abs() < 1e-12);
+        // the paper's own family at ρ = 0.4 is not changed by them (m = 2: 0.018268)
+        let (c, _) = contrasts(&rows, &HashMap::new());
+        let di = c.iter().find(|c| c.rho == Some(0.4) && c.second == "ipo").unwrap();
+        assert!((di.p_holm - 0.018268).abs() < 4e-6 && di.family == 2, "{di:?}");
+        // the report states them in their own section, under the paper's names
+        let params = Params { contrasts: asked.to_vec(), ..Params::default() };
+        let a = analyse(Inputs { evals: rows.clone(), ..Inputs::default() }, params);
+        let md = markdown(&a, &Figures::default());
+        let sec = &md[md.find("## Further contrasts fixed in advance").expect("section")..];
+        assert!(sec.contains("| 0.6 | d-DPO − DPO | 3 | +0.0600 |"), "{sec}");
+        // a method no evaluation has is named, not an empty table
+        let typo = [["d-dpo-orcle".to_string(), "dpo".to_string()]];
+        let e = check_contrasts(&rows, &typo).unwrap_err().to_string();
+        assert!(e.contains("contrasts[0]") && e.contains("d-dpo-orcle") && e.contains("d-dpo, dpo, ipo"), "{e}");
+        assert!(check_contrasts(&rows, &asked).is_ok());
+        // and the same method twice is refused when the parameters are read
+        let e = parse(json!({"contrasts": [["dpo", "dpo"]]}).as_object().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("contrasts[0]") && e.contains("two different methods"), "{e}");
     }
 
     fn six_methods(rho: f64, gain: [f64; 3]) -> Vec<EvalRow> {
