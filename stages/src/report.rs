@@ -1044,20 +1044,7 @@ fn contrasts_md(md: &mut String, a: &Analysis) {
         a.params.alpha
     );
     for c in &a.contrasts {
-        let _ = writeln!(
-            md,
-            "| {} | {} − {} | {} | {:+.4} | {} | {} | {} | {} | {} |",
-            fmt_rho(c.rho),
-            paper::name(&c.first),
-            paper::name(&c.second),
-            c.seeds,
-            c.test.diff,
-            fmt_interval(&c.test),
-            fmt_p(c.test.p_value),
-            fmt_p(c.p_holm),
-            c.family,
-            if c.test.p_value.is_nan() { "untestable (< 2 seeds)" } else { c.direction(a.params.alpha) }
-        );
+        let _ = writeln!(md, "{}", contrast_row(c, a.params.alpha, true));
     }
 }
 
@@ -1086,25 +1073,28 @@ fn further_md(md: &mut String, a: &Analysis) {
         "| ρ | contrast | seeds | difference | 95% interval | p | Holm p | at α |\n|---|---|---|---|---|---|---|---|"
     );
     for c in &a.further {
-        let _ = writeln!(
-            md,
-            "| {} | {} − {} | {} | {:+.4} | {} | {} | {} | {} |",
-            fmt_rho(c.rho),
-            paper::name(&c.first),
-            paper::name(&c.second),
-            c.seeds,
-            c.test.diff,
-            fmt_interval(&c.test),
-            fmt_p(c.test.p_value),
-            fmt_p(c.p_holm),
-            if c.test.p_value.is_nan() { "untestable (< 2 seeds)" } else { c.direction(a.params.alpha) }
-        );
+        let _ = writeln!(md, "{}", contrast_row(c, a.params.alpha, false));
     }
 }
 
-/// A contrast's 95% interval, or "–" where it has fewer than two seeds.
-fn fmt_interval(t: &stats::Test) -> String {
-    if t.ci_low.is_nan() { "–".into() } else { format!("[{:+.4}, {:+.4}]", t.ci_low, t.ci_high) }
+/// One contrast as a table row: ρ, contrast, seeds, difference, 95% interval ("–" with fewer than two seeds), p,
+/// Holm p, the family's size where the table has that column (each ρ its own family), and the verdict at α.
+fn contrast_row(c: &Contrast, alpha: f64, with_family: bool) -> String {
+    let t = &c.test;
+    let interval = if t.ci_low.is_nan() { "–".into() } else { format!("[{:+.4}, {:+.4}]", t.ci_low, t.ci_high) };
+    let family = if with_family { format!(" {} |", c.family) } else { String::new() };
+    format!(
+        "| {} | {} − {} | {} | {:+.4} | {} | {} | {} |{family} {} |",
+        fmt_rho(c.rho),
+        paper::name(&c.first),
+        paper::name(&c.second),
+        c.seeds,
+        t.diff,
+        interval,
+        fmt_p(t.p_value),
+        fmt_p(c.p_holm),
+        if t.p_value.is_nan() { "untestable (< 2 seeds)" } else { c.direction(alpha) }
+    )
 }
 
 fn power_md(md: &mut String, a: &Analysis) {
