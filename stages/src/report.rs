@@ -241,6 +241,8 @@ pub struct RmRow {
     pub stage: String,
     pub rho: Option<f64>,
     pub member: Option<f64>,
+    /// The seed it was trained on (its node's `seed` coordinate), which pairs reward models across ρ.
+    pub seed: Option<i64>,
     /// Accuracy against the oracle's labels on held-out labelled pairs (`eval_accuracy`).
     pub eval_accuracy: Option<f64>,
     /// The same on pairs whose lengths differ by less than the margin (`eval_accuracy_within_margin`).
@@ -260,6 +262,7 @@ fn read_rm(a: &InputArtifact) -> StageResult<RmRow> {
         stage: a.node.split('@').next().unwrap_or(&a.node).to_string(),
         rho: data_io::coord_f64(&a.coords, "rho"),
         member: data_io::coord_f64(&a.coords, "member"),
+        seed: data_io::coord_f64(&a.coords, "seed").map(|s| s as i64),
         eval_accuracy: num("eval_accuracy"),
         eval_within_margin: num("eval_accuracy_within_margin"),
         eval_length_sensitivity: num("eval_length_sensitivity"),
@@ -1313,7 +1316,8 @@ fn rm_md(md: &mut String, a: &Analysis) {
          out): accuracy overall, on pairs whose lengths \
          differ by less than the margin, and length sensitivity (share of length-differing pairs where the model prefers the \
          longer response); then agreement with its own training table's labels on rows held out of training. Means over \
-         seeds; n/a where the metrics do not carry the figure.\n\n\
+         seeds, the first three ± the half-width of their 95% Student-t interval across seeds (seeds − 1 df; seeds vary the \
+         data the model is trained and measured on); n/a where the metrics do not carry the figure.\n\n\
          | reward model | ρ | ρ′ | seeds | accuracy vs oracle | within margin | length sensitivity | held-out accuracy (own labels) | held-out length sensitivity |\n\
          |---|---|---|---|---|---|---|---|---|"
     );
@@ -1322,9 +1326,21 @@ fn rm_md(md: &mut String, a: &Analysis) {
         g.entry((r.stage.clone(), rho_key(r.rho), rho_key(r.member))).or_default().push(r);
     }
     for rows in g.values() {
+        let values = |f: fn(&RmRow) -> Option<f64>| -> Vec<f64> { rows.iter().filter_map(|r| f(r)).collect() };
         let m = |f: fn(&RmRow) -> Option<f64>| {
-            let v: Vec<f64> = rows.iter().filter_map(|r| f(r)).collect();
+            let v = values(f);
             (!v.is_empty()).then(|| stats::mean(&v))
+        };
+        let with_ci = |f: fn(&RmRow) -> Option<f64>| {
+            let v = values(f);
+            match v.len() {
+                0 => "n/a".to_string(),
+                1 => format!("{:.3}", v[0]),
+                _ => {
+                    let e = stats::estimate(&v);
+                    format!("{:.3} ± {:.3}", e.mean, (e.ci_high - e.ci_low) / 2.0)
+                }
+            }
         };
         let _ = writeln!(
             md,
@@ -1333,13 +1349,76 @@ fn rm_md(md: &mut String, a: &Analysis) {
             fmt_rho(rows[0].rho),
             fmt_rho(rows[0].member),
             rows.len(),
-            fmt_opt(m(|r| r.eval_accuracy), 3),
-            fmt_opt(m(|r| r.eval_within_margin), 3),
-            fmt_opt(m(|r| r.eval_length_sensitivity), 3),
+            with_ci(|r| r.eval_accuracy),
+            with_ci(|r| r.eval_within_margin),
+            with_ci(|r| r.eval_length_sensitivity),
             fmt_opt(m(|r| r.held_out_accuracy), 3),
             fmt_opt(m(|r| r.length_sensitivity), 3)
         );
     }
+    let shifts = length_bias_learned(&a.reward_models);
+    if !shifts.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nThe length bias the reward models learned from their data: each stage's length sensitivity against the \
+             oracle at its highest ρ minus at its lowest, paired by seed (Student's t on seeds − 1 df). A difference near \
+             0 would mean the reward models did not pick up the bias of D_ρ, so the comparison across ρ could not show \
+             what distillation does with a biased reward model.\n"
+        );
+        for s in &shifts {
+            let ci = if s.test.ci_low.is_finite() {
+                format!(" [{:+.3}, {:+.3}], p = {}", s.test.ci_low, s.test.ci_high, fmt_p(s.test.p_value))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                md,
+                "- `{}`: ρ = {} − ρ = {}: {:+.3}{ci} ({} seed(s))",
+                s.stage, s.high, s.low, s.test.diff, s.seeds
+            );
+        }
+    }
+}
+
+/// One stage's learned length bias: length sensitivity against the oracle at its highest ρ minus at its lowest.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LengthBias {
+    pub stage: String,
+    pub low: f64,
+    pub high: f64,
+    pub seeds: usize,
+    pub test: stats::Test,
+}
+
+/// For every stage of single reward models (no ρ′) trained at two or more ρ, the per-seed difference of their length
+/// sensitivity against the oracle between the highest and the lowest ρ, tested over the seeds that have both.
+pub fn length_bias_learned(rows: &[RmRow]) -> Vec<LengthBias> {
+    let mut by_stage: BTreeMap<&str, Vec<&RmRow>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.member.is_none() && r.rho.is_some() && r.eval_length_sensitivity.is_some()) {
+        by_stage.entry(r.stage.as_str()).or_default().push(r);
+    }
+    let mut out = vec![];
+    for (stage, rs) in by_stage {
+        let rhos: Vec<f64> = rs.iter().filter_map(|r| r.rho).collect();
+        let low = rhos.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = rhos.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if rho_key(Some(low)) == rho_key(Some(high)) {
+            continue;
+        }
+        let at = |rho: f64| -> BTreeMap<Option<i64>, f64> {
+            rs.iter()
+                .filter(|r| rho_key(r.rho) == rho_key(Some(rho)))
+                .filter_map(|r| Some((r.seed, r.eval_length_sensitivity?)))
+                .collect()
+        };
+        let (lo, hi) = (at(low), at(high));
+        let diffs: Vec<f64> = hi.iter().filter_map(|(s, h)| lo.get(s).map(|l| h - l)).collect();
+        if diffs.is_empty() {
+            continue;
+        }
+        out.push(LengthBias { stage: stage.to_string(), low, high, seeds: diffs.len(), test: stats::t_test(&diffs) });
+    }
+    out
 }
 
 fn members_md(md: &mut String, a: &Analysis) {
@@ -1424,6 +1503,7 @@ fn results_json(a: &Analysis) -> Value {
         "power": a.power,
         "hyper_parameters": a.hyper,
         "reward_models": a.reward_models,
+        "length_bias_learned": length_bias_learned(&a.reward_models),
         "member_usage": a.members,
         "training": a.trajectories.iter().map(|t| json!({"method": t.method, "rho": t.rho, "final_kl": t.final_kl})).collect::<Vec<_>>(),
     })
@@ -1741,5 +1821,49 @@ mod tests {
         // a table without human labels is an error naming the slot
         let none = labelled(dir.path(), 0, 0);
         assert!(matches!(read_agreement(&none), Err(StageError::Invalid { field, .. }) if field == "oracle_agreement"));
+    }
+
+    fn rm(stage: &str, rho: f64, member: Option<f64>, seed: i64, sens: f64, acc: f64) -> RmRow {
+        RmRow {
+            stage: stage.into(),
+            rho: Some(rho),
+            member,
+            seed: Some(seed),
+            eval_accuracy: Some(acc),
+            eval_within_margin: Some(acc),
+            eval_length_sensitivity: Some(sens),
+            held_out_accuracy: None,
+            length_sensitivity: None,
+        }
+    }
+
+    #[test]
+    fn reward_models_state_their_spread_over_seeds_and_the_length_bias_they_learned() {
+        let mut rows = vec![];
+        for (seed, (lo, hi)) in [(0.40, 0.80), (0.45, 0.84), (0.50, 0.91)].into_iter().enumerate() {
+            rows.push(rm("rm", 0.2, None, seed as i64, lo, 0.70 + 0.01 * seed as f64));
+            rows.push(rm("rm", 0.8, None, seed as i64, hi, 0.80));
+            // an ensemble member is not a single reward model of D_ρ: left out of the length-bias test
+            rows.push(rm("rm_member", 0.2, Some(0.8), seed as i64, 0.0, 0.7));
+        }
+        // a seed trained at one ρ only has nothing to pair with
+        rows.push(rm("rm", 0.8, None, 7, 0.99, 0.80));
+        // per seed 0.80 − 0.40, 0.84 − 0.45, 0.91 − 0.50 = 0.40, 0.39, 0.41: mean 0.40, sd 0.01, se 0.0057735;
+        // t = 69.282 on 2 df, two-sided p = 1 − t/√(t² + 2) = 0.000208; half-width 4.302653 · se = 0.024841.
+        let shifts = length_bias_learned(&rows);
+        assert_eq!(shifts.len(), 1, "{shifts:?}");
+        let s = &shifts[0];
+        assert_eq!((s.stage.as_str(), s.low, s.high, s.seeds), ("rm", 0.2, 0.8, 3));
+        assert!((s.test.diff - 0.40).abs() < 1e-12);
+        assert!((s.test.p_value - 0.000208).abs() < 1e-6, "{}", s.test.p_value);
+        assert!((s.test.ci_low - 0.375159).abs() < 1e-5 && (s.test.ci_high - 0.424841).abs() < 1e-5, "{:?}", s.test);
+        let a = analyse(
+            Inputs { evals: six_methods(0.5, [0.1, 0.1, 0.1]), reward_models: rows, ..Default::default() },
+            Params::default(),
+        );
+        let md = markdown(&a, &Figures::default());
+        // accuracy 0.70, 0.71, 0.72: mean 0.71, se 0.0057735, half-width 0.0248
+        assert!(md.contains("| rm | 0.2 | – | 3 | 0.710 ± 0.025 |"), "{md}");
+        assert!(md.contains("- `rm`: ρ = 0.8 − ρ = 0.2: +0.400 [+0.375, +0.425], p = 0.0002 (3 seed(s))"), "{md}");
     }
 }
