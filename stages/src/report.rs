@@ -430,27 +430,19 @@ fn plain_at(rows: &[EvalRow], rho: Option<f64>) -> Vec<&EvalRow> {
     rows.iter().filter(|r| rho_key(r.rho) == rho_key(rho) && r.label == r.method).collect()
 }
 
-/// first − second at one ρ over the seeds both have (not yet Holm-adjusted), and its variance figures when it has
-/// at least two seeds.
-fn paired_contrast(
-    at: &[&EvalRow],
-    rho: Option<f64>,
-    (a, b): (&str, &str),
-    samples: &HashMap<String, Scores>,
-) -> (Contrast, Option<ContrastVariance>) {
-    let by_seed = |m: &str| -> BTreeMap<Option<i64>, &EvalRow> {
+/// The seeds on which both `a` and `b` were evaluated at one ρ: each seed's pair of evaluations.
+fn common_seeds<'r>(at: &[&'r EvalRow], (a, b): (&str, &str)) -> Vec<(&'r EvalRow, &'r EvalRow)> {
+    let by_seed = |m: &str| -> BTreeMap<Option<i64>, &'r EvalRow> {
         at.iter().filter(|r| r.method == m).map(|r| (r.seed, *r)).collect()
     };
     let (ra, rb) = (by_seed(a), by_seed(b));
-    let common: Vec<(&EvalRow, &EvalRow)> = ra.iter().filter_map(|(s, x)| rb.get(s).map(|y| (*x, *y))).collect();
-    let diffs: Vec<f64> = common.iter().map(|(x, y)| x.advantage.mean - y.advantage.mean).collect();
-    let within: Vec<eval_stats::Within> = common
-        .iter()
-        .filter_map(|(x, y)| eval_stats::paired_within(samples.get(&x.node)?, samples.get(&y.node)?))
-        .collect();
-    let var = (diffs.len() >= 2)
-        .then(|| eval_stats::contrast_variance(&diffs, if within.len() == diffs.len() { &within } else { &[] }));
-    let c = Contrast {
+    ra.iter().filter_map(|(s, x)| rb.get(s).map(|y| (*x, *y))).collect()
+}
+
+/// first − second at one ρ over the seeds both have, paired by seed (not yet Holm-adjusted).
+fn paired_contrast(at: &[&EvalRow], rho: Option<f64>, (a, b): (&str, &str)) -> Contrast {
+    let diffs: Vec<f64> = common_seeds(at, (a, b)).iter().map(|(x, y)| x.advantage.mean - y.advantage.mean).collect();
+    Contrast {
         rho,
         first: a.to_string(),
         second: b.to_string(),
@@ -458,8 +450,23 @@ fn paired_contrast(
         test: stats::t_test(&diffs),
         p_holm: f64::NAN,
         family: 0,
-    };
-    (c, var)
+    }
+}
+
+/// The variance figures of first − second at one ρ (for the power estimate), when it has at least two seeds.
+fn contrast_variance(
+    at: &[&EvalRow],
+    pair: (&str, &str),
+    samples: &HashMap<String, Scores>,
+) -> Option<ContrastVariance> {
+    let common = common_seeds(at, pair);
+    let diffs: Vec<f64> = common.iter().map(|(x, y)| x.advantage.mean - y.advantage.mean).collect();
+    let within: Vec<eval_stats::Within> = common
+        .iter()
+        .filter_map(|(x, y)| eval_stats::paired_within(samples.get(&x.node)?, samples.get(&y.node)?))
+        .collect();
+    (diffs.len() >= 2)
+        .then(|| eval_stats::contrast_variance(&diffs, if within.len() == diffs.len() { &within } else { &[] }))
 }
 
 /// Holm's correction over one family: each contrast's adjusted p and the family's size (testable contrasts only).
@@ -481,9 +488,8 @@ pub fn contrasts(rows: &[EvalRow], samples: &HashMap<String, Scores>) -> (Vec<Co
         let methods: BTreeSet<String> = at.iter().map(|r| r.method.clone()).collect();
         let mut tested = vec![];
         for pair in paper::family(rho, &rhos, &methods) {
-            let (c, var) = paired_contrast(&at, rho, pair, samples);
-            tested.push(c);
-            vars.extend(var);
+            tested.push(paired_contrast(&at, rho, pair));
+            vars.extend(contrast_variance(&at, pair, samples));
         }
         holm_within(&mut tested);
         out.extend(tested);
@@ -499,7 +505,7 @@ pub fn further_contrasts(rows: &[EvalRow], pairs: &[[String; 2]]) -> Vec<Contras
         let at = plain_at(rows, rho);
         for [a, b] in pairs {
             if at.iter().any(|r| &r.method == a) && at.iter().any(|r| &r.method == b) {
-                out.push(paired_contrast(&at, rho, (a, b), &HashMap::new()).0);
+                out.push(paired_contrast(&at, rho, (a, b)));
             }
         }
     }
