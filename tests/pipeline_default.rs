@@ -139,6 +139,8 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
         "Hyper-parameters of the evaluated policies",
         "chosen by validation",
         "Reward models",
+        // the single reward models of ρ = 0.8 against those of ρ = 0.2 (one seed here: no interval)
+        "- `rm`: ρ = 0.8 − ρ = 0.2: ",
     ] {
         assert!(md.contains(needle), "report lacks {needle}:\n{md}");
     }
