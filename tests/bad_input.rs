@@ -99,3 +99,92 @@ params = { split = "train", pairs_per_prompt = 10000000000000000, seed = 0, max_
     assert!(!err.contains("failed assertion"), "{err}");
     assert_still_to_run(&w, &[m.to_str().unwrap()], "pairs");
 }
+
+/// A tiny DPO sweep (2 seeds × 2 β at one ρ) with a `select` and a `report` whose bindings the caller writes.
+fn tiny_sweep(sel: &str, rep: &str) -> String {
+    format!(
+        r#"[stages.synth]
+kind = "synth"
+sweep = {{ seed = [0, 1] }}
+params = {{ seed = "${{seed}}", n_docs = 300 }}
+[stages.sft]
+kind = "sft"
+inputs = {{ data = "synth.corpus", tokenizer = "synth.tokenizer" }}
+sweep = {{ seed = [0, 1] }}
+params = {{ steps = 5, seed = "${{seed}}", batch_size = 8 }}
+[stages.pairs]
+kind = "sample_pairs"
+inputs = {{ policy = "sft.model", prompts = "synth.corpus" }}
+sweep = {{ seed = [0, 1] }}
+params = {{ split = "train", pairs_per_prompt = 1, seed = "${{seed}}", max_prompts = 150 }}
+[stages.label]
+kind = "label"
+inputs = {{ pairs = "pairs.pairs" }}
+sweep = {{ seed = [0, 1] }}
+params = {{ oracle = "synthetic" }}
+[stages.d_rho]
+kind = "subsample"
+inputs = {{ pairs = "label.labelled" }}
+sweep = {{ rho = [0.5], seed = [0, 1] }}
+params = {{ rho = "${{rho}}", size = 12, seed = "${{seed}}", margin = 0.0 }}
+[stages.pol]
+kind = "policy"
+inputs = {{ pairs = "d_rho.dataset", reference = "sft.model" }}
+sweep = {{ rho = [0.5], seed = [0, 1], beta = [0.1, 1.0], method = ["dpo"] }}
+params = {{ method = "${{method}}", beta = "${{beta}}", epochs = 1, batch_size = 8, seed = "${{seed}}" }}
+[stages.ev]
+kind = "evaluate"
+inputs = {{ policy = "pol.model", reference = "sft.model", prompts = "synth.corpus" }}
+sweep = {{ rho = [0.5], seed = [0, 1], beta = [0.1, 1.0], method = ["dpo"] }}
+params = {{ oracle = "synthetic", split = "eval", n_prompts = 8, seed = "${{seed}}" }}
+[stages.sel]
+kind = "select"
+{sel}
+[stages.rep]
+kind = "report"
+{rep}
+"#
+    )
+}
+
+/// One seed's evaluation bound twice would count that seed twice (a mean weighing one run double, an interval over
+/// seeds seven times too narrow, found by an input sweep); so would `select` told that DPO's parameter is τ, which
+/// merges its β candidates. Both are refused naming the evaluations, and nothing of those nodes is stored.
+#[test]
+fn an_evaluation_counted_twice_is_refused_by_select_and_report() {
+    let w = Work::new();
+    let twice = r#"inputs = { evals = ["ev.summary", "ev.summary"] }"#;
+    let m = w.write("twice.toml", &tiny_sweep(twice, twice));
+    let o = w.run(&["run", m.to_str().unwrap(), "-j", "2"]);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for node in ["sel", "rep"] {
+        assert!(
+            err.contains(&format!(
+                "{node} failed: param `evals`: ev@beta=0.1,method=dpo,rho=0.5,seed=0 is bound twice"
+            )),
+            "{node}: {err}"
+        );
+        assert_still_to_run(&w, &[m.to_str().unwrap()], node);
+    }
+    assert!(!err.contains("panicked"), "{err}");
+
+    // the same store: only sel and rep differ, so the sweep's 18 nodes are cached
+    let tau = r#"inputs = { evals = "ev.summary", samples = "ev.samples" }
+params = { tau_methods = ["dpo"] }"#;
+    let m = w.write("tau.toml", &tiny_sweep(tau, r#"inputs = { evals = "ev.summary" }"#));
+    let o = w.run(&["run", m.to_str().unwrap(), "sel"]);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "ev@beta=0.1,method=dpo,rho=0.5,seed=0 and ev@beta=1.0,method=dpo,rho=0.5,seed=0 have the same method, ρ, \
+             selected value and γ and seed"
+        ) && err.contains("`tau_methods` (now [\"dpo\"])"),
+        "{err}"
+    );
+    // bound once, with DPO's parameter β, both run
+    let once = r#"inputs = { evals = "ev.summary", samples = "ev.samples" }"#;
+    let m = w.write("once.toml", &tiny_sweep(once, once));
+    w.ok(&["run", m.to_str().unwrap()]);
+}

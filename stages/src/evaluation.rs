@@ -210,6 +210,30 @@ pub fn samples_from(t: &RecordBatch, path: &Path) -> StageResult<SampleRows> {
     })
 }
 
+/// Refuses two evaluations of one configuration on one seed — the same summary bound twice, or two nodes alike in
+/// everything `alike` names — since either would count that seed twice: a mean weighing one run double, an interval
+/// over seeds narrower than the data allow. A mistake in the manifest, not data; `hint` says what to check.
+pub fn refuse_repeats<'a, K: Ord>(
+    slot: &str,
+    alike: &str,
+    hint: &str,
+    rows: impl IntoIterator<Item = (K, &'a String)>,
+) -> StageResult<()> {
+    let mut seen: std::collections::BTreeMap<K, &String> = std::collections::BTreeMap::new();
+    for (key, node) in rows {
+        if let Some(first) = seen.get(&key) {
+            let message = if *first == node {
+                format!("{node} is bound twice: each evaluation counts once")
+            } else {
+                format!("{first} and {node} have the same {alike} and seed: one seed would count twice; {hint}")
+            };
+            return Err(StageError::invalid(slot, message));
+        }
+        seen.insert(key, node);
+    }
+    Ok(())
+}
+
 /// One evaluation summary with where it came from.
 #[derive(Debug, Clone)]
 pub struct EvalRow {

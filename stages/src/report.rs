@@ -31,7 +31,7 @@
 
 use crate::data_io;
 use crate::eval_stats::{self, ContrastVariance, Scores};
-use crate::evaluation::{EvalRow, kv_get, read_eval};
+use crate::evaluation::{self, EvalRow, kv_get, read_eval};
 use crate::grid::{Edge, Grid, at_edges};
 use crate::paper::{self, Assessment, Contrast};
 use crate::plots::{self, AdvantagePoint, MemberUsage, Run};
@@ -110,6 +110,13 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
             return Err(StageError::invalid(
                 format!("contrasts[{i}]"),
                 format!("must name two different methods, got [{a:?}, {b:?}]"),
+            ));
+        }
+        // the same contrast twice (either way round) would be tested twice and enlarge Holm's family
+        if let Some(j) = p.contrasts[..i].iter().position(|[x, y]| (x == a && y == b) || (x == b && y == a)) {
+            return Err(StageError::invalid(
+                format!("contrasts[{i}]"),
+                format!("[{a:?}, {b:?}] is contrasts[{j}] again: each contrast is tested once, in one direction"),
             ));
         }
     }
@@ -333,8 +340,18 @@ fn read_inputs(ctx: &dyn Ctx) -> StageResult<Inputs> {
             return Err(StageError::invalid("oracle_agreement", format!("expects one table, got {}", many.len())));
         }
     };
+    let evals: Vec<EvalRow> = evals.iter().map(read_eval).collect::<StageResult<_>>()?;
+    let bits = |v: Option<f64>| v.map(f64::to_bits);
+    evaluation::refuse_repeats(
+        "evals",
+        "method, ρ, β, τ and γ",
+        "bind each evaluation once",
+        evals
+            .iter()
+            .map(|r| ((r.method.clone(), rho_key(r.rho), r.seed, bits(r.beta), bits(r.tau), bits(r.gamma)), &r.node)),
+    )?;
     Ok(Inputs {
-        evals: evals.iter().map(read_eval).collect::<StageResult<_>>()?,
+        evals,
         samples,
         trajectories: ctx.inputs("metrics").iter().map(read_metrics).collect::<StageResult<_>>()?,
         chosen,
@@ -1708,6 +1725,25 @@ mod tests {
         // and the same method twice is refused when the parameters are read
         let e = parse(json!({"contrasts": [["dpo", "dpo"]]}).as_object().unwrap()).unwrap_err().to_string();
         assert!(e.contains("contrasts[0]") && e.contains("two different methods"), "{e}");
+        // and so is a contrast asked twice, either way round: it would be tested twice and enlarge Holm's family
+        for again in
+            [json!([["dpo", "ipo"], ["d-dpo", "dpo"], ["dpo", "ipo"]]), json!([["dpo", "ipo"], ["ipo", "dpo"]])]
+        {
+            let n = again.as_array().unwrap().len() - 1;
+            let e = parse(json!({"contrasts": again}).as_object().unwrap()).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("contrasts[{n}]: ")) && e.contains("is contrasts[0] again"), "{e}");
+        }
+        // one evaluation bound twice, or two alike in every coordinate, would count a seed twice
+        let (a, b) = ("eval_dpo@seed=0".to_string(), "eval_dpo2@seed=0".to_string());
+        let e = evaluation::refuse_repeats("evals", "method and ρ", "check", [(1, &a), (1, &a)]).unwrap_err();
+        assert_eq!(e.to_string(), "evals: eval_dpo@seed=0 is bound twice: each evaluation counts once");
+        let e = evaluation::refuse_repeats("evals", "method and ρ", "check", [(1, &a), (2, &a), (1, &b)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "evals: eval_dpo@seed=0 and eval_dpo2@seed=0 have the same method and ρ and seed: one seed would count \
+             twice; check"
+        );
+        assert!(evaluation::refuse_repeats("evals", "", "", [(1, &a), (2, &b)]).is_ok());
     }
 
     fn six_methods(rho: f64, gain: [f64; 3]) -> Vec<EvalRow> {

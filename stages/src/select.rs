@@ -11,7 +11,7 @@
 //! which the report tells a choice at an end of its grid.
 
 use crate::eval_stats::{Scores, paired_within, read_scores};
-use crate::evaluation::read_eval;
+use crate::evaluation::{self, read_eval};
 use crate::grid::{self, Grid};
 use crate::port::*;
 use crate::selection::{Choice, RunnerUp, rho_key};
@@ -145,10 +145,18 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         return Err(StageError::invalid("evals", "no evaluation summaries are bound to `evals`"));
     }
     // samples are matched to summaries by the node that wrote both
-    let mut samples: HashMap<&str, &InputArtifact> =
-        ctx.inputs("samples").iter().map(|a| (a.node.as_str(), a)).collect();
+    let mut samples: HashMap<&str, &InputArtifact> = HashMap::new();
+    for a in ctx.inputs("samples") {
+        if samples.insert(a.node.as_str(), a).is_some() {
+            return Err(StageError::invalid(
+                "samples",
+                format!("{} is bound twice: bind each evaluation once", a.node),
+            ));
+        }
+    }
     let with_samples = !samples.is_empty();
     let mut rows = vec![];
+    let mut keys = vec![];
     for a in evals {
         let scores = match samples.remove(a.node.as_str()) {
             Some(s) => Some(Arc::new(read_scores(&s.path)?)),
@@ -169,6 +177,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
                 format!("{}: no `{param}` in its coordinates or summary: nothing to select over", a.node),
             )
         })?;
+        // what tells candidates apart is the selected value and γ; β and τ both kept so that a repeat can say which
+        // one differed (a method in `tau_methods` whose candidates differ in β)
+        keys.push(((r.method.clone(), rho_key(r.rho), v.to_bits(), r.gamma.map(f64::to_bits), r.seed), a.node.clone()));
         rows.push(Candidate {
             method: r.method,
             rho: r.rho,
@@ -180,6 +191,16 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             scores,
         });
     }
+    evaluation::refuse_repeats(
+        "evals",
+        "method, ρ, selected value and γ",
+        &format!(
+            "bind each evaluation once; if they differ in β or τ, the one not selected, `tau_methods` (now {:?}) names \
+             the wrong parameter for this method",
+            p.tau_methods
+        ),
+        keys.iter().map(|(k, n)| (k.clone(), n)),
+    )?;
     if let Some(extra) = samples.keys().next() {
         return Err(StageError::invalid(
             "samples",
