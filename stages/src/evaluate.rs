@@ -36,6 +36,7 @@
 //! concatenating the shards' `samples` gives back the unsharded table row for row, and its summary the
 //! unsharded summary.
 use crate::port::*;
+use crate::sampling_params;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -118,12 +119,8 @@ fn d_max_len() -> usize {
 
 pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     let p: Params = parse_params(params)?;
-    if !(p.temperature > 0.0 && p.temperature.is_finite()) {
-        return Err(StageError::invalid("temperature", format!("must be > 0, got {}", p.temperature)));
-    }
-    if !(p.top_p > 0.0 && p.top_p <= 1.0) {
-        return Err(StageError::invalid("top_p", format!("must be in (0, 1], got {}", p.top_p)));
-    }
+    sampling_params::check_temperature(p.temperature, "")?;
+    sampling_params::check_top_p(p.top_p)?;
     for (f, v) in [
         ("samples_per_prompt", p.samples_per_prompt),
         ("max_new_tokens", p.max_new_tokens),

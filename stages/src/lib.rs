@@ -33,6 +33,7 @@ pub mod protocol;
 pub mod report;
 pub mod reuse;
 pub mod sample_pairs;
+pub mod sampling_params;
 pub mod select;
 pub mod selection;
 pub mod sft;

@@ -48,6 +48,9 @@ impl Default for OracleParams {
     }
 }
 
+/// The largest weight an oracle knob may have: scores stay finite for any response a table can hold.
+pub const MAX_KNOB: f64 = 1e6;
+
 impl OracleParams {
     /// Parses knobs from a JSON object (e.g. a stage's `oracle_params`); errors name the field under `field`.
     pub fn from_map(m: &Map<String, Value>, field: &str) -> StageResult<Self> {
@@ -67,10 +70,11 @@ impl OracleParams {
             ("repeat_penalty", self.repeat_penalty),
             ("length_bonus", self.length_bonus),
         ] {
-            if !v.is_finite() || v < 0.0 {
+            // the knobs weigh counts of words; beyond MAX_KNOB a score can overflow to ±∞ (and a tie to NaN)
+            if !(v.is_finite() && (0.0..=MAX_KNOB).contains(&v)) {
                 return Err(StageError::invalid(
                     format!("{field}.{n}"),
-                    format!("must be a finite number ≥ 0, got {v}"),
+                    format!("must be a number in [0, {MAX_KNOB:e}], got {v}"),
                 ));
             }
         }

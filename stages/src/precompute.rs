@@ -41,6 +41,7 @@
 //! that shape, is the one the unsharded stage runs. A shard may be empty (more shards than batches).
 use crate::data_io;
 use crate::port::*;
+use crate::sampling_params;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -108,8 +109,8 @@ fn d_sample_batch() -> usize {
 pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     let p: Params = parse_params(params)?;
     data_io::check_shards(p.shard, p.shards)?;
-    if p.samples_per_prompt > 0 && !(p.temperature > 0.0 && p.temperature.is_finite()) {
-        return Err(StageError::invalid("temperature", format!("must be positive, got {}", p.temperature)));
+    if p.samples_per_prompt > 0 {
+        sampling_params::check_temperature(p.temperature, "")?;
     }
     if p.max_new_tokens == 0 {
         return Err(StageError::invalid("max_new_tokens", "must be at least 1"));

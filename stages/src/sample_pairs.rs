@@ -14,6 +14,7 @@
 //! (without EOS), `source_row` = the prompt's row in `prompts`. Summary: counts, mean lengths, share of pairs
 //! that differ in length by the margin, truncated samples (no EOS within `max_new_tokens`).
 use crate::port::*;
+use crate::sampling_params;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -71,15 +72,8 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     if p.pairs_per_prompt == 0 {
         return Err(StageError::invalid("pairs_per_prompt", "must be at least 1"));
     }
-    if !(p.temperature > 0.0 && p.temperature.is_finite()) {
-        return Err(StageError::invalid(
-            "temperature",
-            format!("must be positive (pairs need two distinct samples), got {}", p.temperature),
-        ));
-    }
-    if !(p.top_p > 0.0 && p.top_p <= 1.0) {
-        return Err(StageError::invalid("top_p", format!("must be in (0, 1], got {}", p.top_p)));
-    }
+    sampling_params::check_temperature(p.temperature, "; pairs need two distinct samples")?;
+    sampling_params::check_top_p(p.top_p)?;
     if p.max_new_tokens == 0 {
         return Err(StageError::invalid("max_new_tokens", "must be at least 1"));
     }

@@ -597,6 +597,12 @@ mod tests {
             (json!({"key_words": 61}), "key_words"),
             (json!({"key_words": 60, "topics": 5}), "key_words"),
             (json!({"oracle_params": {"length_bonus": -1.0}}), "oracle_params.length_bonus"),
+            // finite, but a score weighed by it overflows: refused, not labelled as ties of ±∞
+            (
+                json!({"oracle_params": {"length_bonus": 1e308}}),
+                "oracle_params.length_bonus: must be a number in [0, 1e6]",
+            ),
+            (json!({"oracle_params": {"coverage_weight": 1e7}}), "oracle_params.coverage_weight"),
             (json!({"oracle_params": {"lenght_bonus": 1.0}}), "oracle_params"),
             (json!({"nope": 1}), "nope"),
         ];
