@@ -74,7 +74,7 @@ impl OracleParams {
             if !(v.is_finite() && (0.0..=MAX_KNOB).contains(&v)) {
                 return Err(StageError::invalid(
                     format!("{field}.{n}"),
-                    format!("must be a number in [0, {MAX_KNOB:e}], got {v}"),
+                    format!("must be a number in [0, {MAX_KNOB:e}], got {v:?}"),
                 ));
             }
         }

@@ -16,7 +16,7 @@ pub fn check_temperature(t: f64, why: &str) -> StageResult<()> {
         "temperature",
         format!(
             "must be a finite number ≥ {MIN_TEMPERATURE} (below it fp32 logits / temperature overflow, and sampling \
-             is greedy in all but name){why}, got {t}"
+             is greedy in all but name){why}, got {t:?}"
         ),
     ))
 }
