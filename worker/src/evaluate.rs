@@ -13,6 +13,11 @@ use rmdistill_stages::table;
 use serde_json::{Value, json};
 use std::path::Path;
 
+/// How a message names the split asked for: `split "eval"`, or every split.
+fn split_name(split: Option<&str>) -> String {
+    split.map_or("the table (every split)".to_string(), |s| format!("split {s:?}"))
+}
+
 /// The evaluation prompts: distinct, in table order, filtered by split, the first `skip_prompts` left out, capped.
 fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
     let schema = table::read_schema(path)?;
@@ -47,10 +52,10 @@ fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
         return Err(StageError::invalid(
             "skip_prompts",
             format!(
-                "{}: skipping {} prompts leaves none of the {distinct} distinct prompts of split {:?}",
+                "{}: skipping {} prompts leaves none of the {distinct} distinct prompts of {}",
                 path.display(),
                 p.skip_prompts,
-                p.split
+                split_name(p.split.as_deref())
             ),
         ));
     }
@@ -58,9 +63,9 @@ fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
         return Err(StageError::invalid(
             "split",
             format!(
-                "{}: no prompts to evaluate for split {:?} (rows per split: {available:?})",
+                "{}: no prompts to evaluate for {} (rows per split: {available:?})",
                 path.display(),
-                p.split
+                split_name(p.split.as_deref())
             ),
         ));
     }

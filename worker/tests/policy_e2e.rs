@@ -533,7 +533,7 @@ fn evaluate_reference_against_itself_and_a_trained_policy() {
     let e = evaluate("bad", &f.reference, json!({"oracle": "reward_model"}), false).unwrap_err();
     assert!(e.contains("needs a reward-model checkpoint"), "{e}");
     let e = evaluate("bad", &f.reference, json!({"oracle": "reward_model", "split": "validation"}), true).unwrap_err();
-    assert!(e.contains("no prompts to evaluate for split Some(\"validation\")") && e.contains("\"eval\": 6"), "{e}");
+    assert!(e.contains("no prompts to evaluate for split \"validation\"") && e.contains("\"eval\": 6"), "{e}");
     let e = evaluate("bad", &f.reference, json!({"oracle": "reward_model", "temperature": 0.0}), true).unwrap_err();
     assert!(e.contains("temperature"), "{e}");
 }
