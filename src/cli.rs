@@ -440,12 +440,13 @@ fn device(arg: Option<&str>, plan: &Plan) -> anyhow::Result<exec::DeviceRequest>
     })
 }
 
-fn print_summary(s: &exec::Summary, json: bool) {
+/// `failures_shown`: each failure's error was already written as it happened (`--quiet`), and is not repeated.
+fn print_summary(s: &exec::Summary, json: bool, failures_shown: bool) {
     if json {
         println!("{}", serde_json::to_string_pretty(s).expect("summary serialises"));
         return;
     }
-    for r in s.nodes.iter().filter(|r| r.outcome == exec::Outcome::Failed) {
+    for r in s.nodes.iter().filter(|r| r.outcome == exec::Outcome::Failed && !failures_shown) {
         eprintln!("error: {} failed: {}", r.node, r.error.as_deref().unwrap_or(""));
     }
     if s.ran == 0 && s.failed == 0 && s.skipped == 0 {
@@ -476,7 +477,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             };
             let progress = Progress::new(quiet || common.json);
             let s = exec::run(&plan, &store, &opts, &progress)?;
-            print_summary(&s, common.json);
+            print_summary(&s, common.json, quiet);
             if s.failed > 0 {
                 return Err(RunFailed(format!("{} node(s) failed", s.failed)).into());
             }
@@ -514,24 +515,31 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Report { common, node, out } => {
             let plan = load(&common)?;
-            let store = open_store(&plan, &common)?;
+            let reports: Vec<&str> =
+                plan.nodes.iter().filter(|n| n.kind.kind() == "report").map(|n| n.name.as_str()).collect();
             let name = match node {
                 Some(n) => n,
-                None => {
-                    let reports: Vec<&str> =
-                        plan.nodes.iter().filter(|n| n.kind.kind() == "report").map(|n| n.name.as_str()).collect();
-                    match reports.as_slice() {
-                        [one] => one.to_string(),
-                        [] => anyhow::bail!("{}: no node of kind `report`", common.manifest.display()),
-                        many => anyhow::bail!(
-                            "{}: several report nodes ({}); pick one with --node",
-                            common.manifest.display(),
-                            many.join(", ")
-                        ),
-                    }
-                }
+                None => match reports.as_slice() {
+                    [one] => one.to_string(),
+                    [] => anyhow::bail!("{}: no node of kind `report`", common.manifest.display()),
+                    many => anyhow::bail!(
+                        "{}: several report nodes ({}); pick one with --node",
+                        common.manifest.display(),
+                        many.join(", ")
+                    ),
+                },
             };
             let i = plan.find(&name).ok_or_else(|| anyhow::anyhow!("no node named `{name}`"))?;
+            let kind = plan.nodes[i].kind.kind();
+            if kind != "report" {
+                let these = if reports.is_empty() {
+                    "report nodes in this manifest: none".to_string()
+                } else {
+                    format!("report nodes in this manifest: {}", reports.join(", "))
+                };
+                anyhow::bail!("node `{name}` is a `{kind}` node, not a report; {these}");
+            }
+            let store = open_store(&plan, &common)?;
             let (entry, upstream) = show::stored_entry_with_upstream(&plan, &store, i)?;
             let art = entry.outputs.values().next().ok_or_else(|| anyhow::anyhow!("{name} has no output"))?;
             let dir = store.materialize(art)?;
@@ -602,7 +610,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             };
             let progress = Progress::new(common.json);
             let s = exec::run(&plan, &store, &opts, &progress)?;
-            print_summary(&s, common.json);
+            print_summary(&s, common.json, false);
             if s.failed > 0 {
                 return Err(RunFailed(format!("node {node} failed")).into());
             }
@@ -628,6 +636,12 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Export { target } => export(target)?,
         Command::ImportModel { gguf, out, smollm2, python } => {
+            if out.exists() && !out.is_dir() {
+                anyhow::bail!(
+                    "import-model -o {}: not a directory (the output is a checkpoint directory: absent, or empty)",
+                    out.display()
+                );
+            }
             // The conversion runs on libtorch, so the worker does it (this binary does not link libtorch).
             let mut c = std::process::Command::new(crate::worker::binary()?);
             c.arg("import-model").arg("--out").arg(&out);
@@ -641,6 +655,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             }
             let status = c.status().map_err(|e| anyhow::anyhow!("cannot start rmdistill-worker: {e}"))?;
             if !status.success() {
+                use std::os::unix::process::ExitStatusExt;
+                if let Some(sig) = status.signal() {
+                    // killed, it could not say why: the signal is all there is to tell
+                    return Err(RunFailed(format!(
+                        "rmdistill-worker was killed by {}{}",
+                        crate::worker::signal_name(sig),
+                        crate::worker::signal_hint(sig)
+                    ))
+                    .into());
+                }
                 // the worker said why on stderr; its exit status is the command's
                 std::process::exit(status.code().unwrap_or(crate::error::exit::NODE_FAILED));
             }

@@ -175,8 +175,66 @@ impl Manifest {
     }
 }
 
+/// Largest manifest (or pipeline) read, in bytes: hand-written TOML is kilobytes; anything near this is not one.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// What a file that is not a regular one is, for an error message.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// Reads a manifest's bytes: only a regular file, and at most [`MAX_MANIFEST_BYTES`] of it. Opened without blocking
+/// (a FIFO would wait for a writer) and checked on the open file, so that what is read is what was checked; read
+/// through `take`, so that a file growing meanwhile cannot exceed the limit either.
+fn read_manifest_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot read manifest {}: {e}", path.display());
+    // `stat` first: opening a directory for reading succeeds on Linux, and its error later would say less.
+    let meta = std::fs::metadata(path).map_err(|e| cannot(&e))?;
+    let not_regular =
+        |t: std::fs::FileType| cannot(&format!("not a regular file ({}): a manifest is a TOML file", file_kind(t)));
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| cannot(&e))?;
+    let meta = file.metadata().map_err(|e| cannot(&e))?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let too_big = |n: u64| {
+        cannot(&format!(
+            "{n} bytes is larger than the limit of {} MiB for a manifest (is this the right file?)",
+            MAX_MANIFEST_BYTES >> 20
+        ))
+    };
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).map_err(|e| cannot(&e))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 fn read_source(path: &Path) -> anyhow::Result<Source> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
+    let bytes = read_manifest_bytes(path)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         let before = String::from_utf8_lossy(&e.as_bytes()[..valid]).to_string();

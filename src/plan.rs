@@ -165,6 +165,10 @@ fn unknown_ref(name: &str, scope: &Scope) -> String {
     )
 }
 
+/// Most nodes a plan may have, all stages' sweeps together: far above any real study (each node is a process and a
+/// cache entry), and low enough that a mistyped sweep is an error instead of memory growing without bound.
+pub const MAX_NODES: u64 = 1_000_000;
+
 /// Expands a loaded manifest into its plan.
 pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
     let m = &manifest;
@@ -313,6 +317,7 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
     let mut nodes: Vec<Node> = Vec::new();
     let mut by_stage: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let base = m.base_dir();
+    let mut total_nodes: u64 = 0;
     for &si in &order {
         let s = &m.stages[si];
         let kind = kinds[s.name.as_str()];
@@ -336,7 +341,15 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
             if list.is_empty() {
                 return Err(e(format!("sweep `{}` is empty: a sweep needs at least one value", axis.get_ref())));
             }
-            let mut seen = Vec::new();
+            if list.len() as u64 > MAX_NODES {
+                return Err(e(format!(
+                    "sweep `{}` lists {} values; a plan may have at most {MAX_NODES} nodes",
+                    axis.get_ref(),
+                    list.len()
+                )));
+            }
+            // Rendered value → the value, to find two that name one node without comparing every pair.
+            let mut seen: HashMap<String, &Value> = HashMap::new();
             for x in &list {
                 if matches!(x, Value::Array(_) | Value::Object(_)) {
                     return Err(e(format!(
@@ -345,7 +358,7 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                     )));
                 }
                 // Values become node names: two that render alike ("1" and 1) would name two nodes the same.
-                if let Some(prev) = seen.iter().find(|p| coord_str(p) == coord_str(x)) {
+                if let Some(&prev) = seen.get(&coord_str(x)) {
                     return Err(e(if prev == x {
                         format!("sweep `{}` lists {x} twice", axis.get_ref())
                     } else {
@@ -362,9 +375,36 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                         axis.get_ref()
                     )));
                 }
-                seen.push(x.clone());
+                seen.insert(coord_str(x), x);
             }
+            drop(seen);
             axes.push((axis.get_ref().clone(), list));
+        }
+        // Counted before the points are made: a few long axes multiply into more nodes than memory holds.
+        let count = axes.iter().try_fold(1u64, |n, (_, vals)| n.checked_mul(vals.len() as u64));
+        let before = total_nodes;
+        total_nodes = count.map_or(u64::MAX, |c| total_nodes.saturating_add(c));
+        if total_nodes > MAX_NODES {
+            let span = s.decl.sweep.keys().next().map_or(s.span.clone(), |a| a.span());
+            let lengths: Vec<String> = axes.iter().map(|(a, v)| format!("{} `{a}`", v.len())).collect();
+            let shape = if lengths.is_empty() { String::new() } else { format!(" ({})", lengths.join(" × ")) };
+            let alone = count.is_none_or(|c| c > MAX_NODES);
+            let count = count.map_or_else(|| format!("more than {}", u64::MAX), |c| c.to_string());
+            return Err(err(
+                s,
+                span,
+                if alone {
+                    format!(
+                        "stage `{}`: its sweep expands to {count} nodes{shape}; a plan may have at most {MAX_NODES} nodes",
+                        s.name
+                    )
+                } else {
+                    format!(
+                        "stage `{}`: {count} nodes{shape}, which with the {before} nodes of the stages before it is more than the limit of {MAX_NODES} nodes in a plan",
+                        s.name
+                    )
+                },
+            ));
         }
         let mut points: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
         for (axis, vals) in &axes {

@@ -90,7 +90,7 @@ impl Progress {
             return; // a screen full of cache hits hides the work; the summary counts them
         }
         if what == "failed" && matches!(self.mode, Mode::Quiet) {
-            // A long quiet run must not hide a failure until its end (the summary names it again).
+            // A long quiet run must not hide a failure until its end (so the summary does not repeat it).
             eprintln!("error: {node} failed: {detail}");
             return;
         }

@@ -1,7 +1,7 @@
 //! `dag`: the graph as indented text, Graphviz DOT or Mermaid.
 
 use crate::plan::Plan;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 /// How `dag` draws the graph.
@@ -18,10 +18,11 @@ pub enum DagFormat {
 /// Edges as (from, to, label) over node or stage names.
 fn edges(plan: &Plan, stages: bool) -> (Vec<String>, BTreeSet<(String, String, String)>) {
     let mut vertices = Vec::new();
+    let mut seen = HashSet::new();
     let mut es = BTreeSet::new();
     for n in &plan.nodes {
         let v = if stages { n.stage.clone() } else { n.name.clone() };
-        if !vertices.contains(&v) {
+        if seen.insert(v.clone()) {
             vertices.push(v.clone());
         }
         for (slot, ups) in &n.inputs {
@@ -39,16 +40,20 @@ pub fn dag(plan: &Plan, format: DagFormat, stages: bool) -> String {
     let mut s = String::new();
     match format {
         DagFormat::Text => {
+            // Built once: looked up per vertex, a scan of every node and edge made 20k stages take minutes.
+            let mut kinds: HashMap<&str, &str> = HashMap::new();
+            for n in &plan.nodes {
+                kinds.entry(if stages { n.stage.as_str() } else { n.name.as_str() }).or_insert(n.kind.kind());
+            }
+            let mut into: HashMap<&str, Vec<(&str, &str)>> = HashMap::new(); // in `es` order: by upstream, label
+            for (from, to, label) in &es {
+                into.entry(to.as_str()).or_default().push((from, label));
+            }
             for v in &vs {
-                let kind = plan
-                    .nodes
-                    .iter()
-                    .find(|n| if stages { n.stage == *v } else { n.name == *v })
-                    .map(|n| n.kind.kind())
-                    .unwrap_or("");
+                let kind = kinds.get(v.as_str()).copied().unwrap_or("");
                 let count = if stages { format!(" ({} nodes)", plan.by_stage[v].len()) } else { String::new() };
                 let _ = writeln!(s, "{v} [{kind}]{count}");
-                for (from, _, label) in es.iter().filter(|e| e.1 == *v) {
+                for (from, label) in into.get(v.as_str()).into_iter().flatten() {
                     let _ = writeln!(s, "    <- {from} ({label})");
                 }
             }
@@ -65,7 +70,8 @@ pub fn dag(plan: &Plan, format: DagFormat, stages: bool) -> String {
         }
         DagFormat::Mermaid => {
             s.push_str("flowchart LR\n");
-            let id = |v: &str| format!("n{}", vs.iter().position(|x| x == v).unwrap_or(0));
+            let index: HashMap<&str, usize> = vs.iter().enumerate().map(|(i, v)| (v.as_str(), i)).collect();
+            let id = |v: &str| format!("n{}", index.get(v).copied().unwrap_or(0));
             for v in &vs {
                 let _ = writeln!(s, "  {}[\"{}\"]", id(v), v.replace('"', "'"));
             }

@@ -64,7 +64,7 @@ fn command(bin: &Path) -> Command {
 }
 
 /// The conventional name of a signal.
-fn signal_name(sig: i32) -> String {
+pub(crate) fn signal_name(sig: i32) -> String {
     let name = match sig {
         libc::SIGHUP => "SIGHUP",
         libc::SIGINT => "SIGINT",
@@ -88,7 +88,7 @@ fn is_alloc_failure(line: &str) -> bool {
 }
 
 /// What a death by this signal most likely means.
-fn signal_hint(sig: i32) -> &'static str {
+pub(crate) fn signal_hint(sig: i32) -> &'static str {
     match sig {
         libc::SIGKILL => ": out of memory? see dmesg",
         libc::SIGSEGV | libc::SIGBUS | libc::SIGILL => ": a crash in native code",

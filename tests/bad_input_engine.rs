@@ -11,7 +11,23 @@ const GEN: &str = "[stages.gen]\nkind = \"generate\"\nparams = { n = 100 }\n";
 fn refused(manifest: &[u8], args: &[&str], needles: &[&str]) {
     let w = Work::new();
     std::fs::write(w.path().join("m.toml"), manifest).unwrap();
-    let o = w.run(args);
+    refused_in(&w, args, needles);
+}
+
+/// [`refused`] in a directory the caller prepared; the command is killed after a minute (an input that blocks,
+/// such as a FIFO, fails the test instead of hanging it).
+fn refused_in(w: &Work, args: &[&str], needles: &[&str]) {
+    use std::process::Stdio;
+    let mut child = w.cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?} still running after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
     let err = s(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
     for n in needles {
@@ -185,4 +201,113 @@ fn two_manifests_with_one_file_name_keep_separate_histories() {
     w.ok(&["run", "b/m.toml", "--store", &store, "-q", "sub"]);
     let st = w.ok(&["status", "a/m.toml", "--store", &store, "--set", "size=200"]);
     assert!(st.contains("params.size changed: 300 -> 200"), "{st}");
+}
+
+/// Makes a FIFO at `path` (opening one for reading waits for a writer).
+fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", path.display());
+}
+
+#[test]
+fn a_manifest_that_is_not_a_regular_file() {
+    // /dev/zero would be read forever, a FIFO would block, a directory reads as an error that says less.
+    let w = Work::new();
+    mkfifo(&w.path().join("fifo.toml"));
+    std::fs::create_dir(w.path().join("dir.toml")).unwrap();
+    refused_in(&w, &["status", "/dev/zero"], &["manifest /dev/zero: not a regular file (a character device)"]);
+    refused_in(&w, &["status", "fifo.toml"], &["manifest fifo.toml: not a regular file (a FIFO)"]);
+    refused_in(&w, &["run", "dir.toml"], &["manifest dir.toml: not a regular file (a directory)"]);
+    // A pipeline named by a manifest: the error is located at its `pipeline = ...`.
+    for (p, kind) in [("/dev/zero", "a character device"), ("fifo.toml", "a FIFO"), ("dir.toml", "a directory")] {
+        w.write("m.toml", &format!("pipeline = \"{p}\"\n"));
+        refused_in(&w, &["status", "m.toml"], &["m.toml:1:12:", "not a regular file", kind]);
+    }
+}
+
+#[test]
+fn a_manifest_too_large_to_be_one() {
+    let w = Work::new();
+    let f = std::fs::File::create(w.path().join("big.toml")).unwrap();
+    f.set_len((16 << 20) + 1).unwrap(); // sparse: no disk used
+    refused_in(&w, &["status", "big.toml"], &["manifest big.toml: 16777217 bytes is larger than the limit of 16 MiB"]);
+    w.write("m.toml", "pipeline = \"big.toml\"\n");
+    refused_in(&w, &["status", "m.toml"], &["m.toml:1:12:", "16777217 bytes is larger than the limit of 16 MiB"]);
+}
+
+#[test]
+fn import_model_inputs_that_are_not_files() {
+    // The worker reads the GGUF: /dev/zero would be read until memory runs out, a FIFO would block.
+    let w = Work::new();
+    mkfifo(&w.path().join("fifo.gguf"));
+    refused_in(&w, &["import-model", "/dev/zero", "-o", "o1"], &["/dev/zero: not a regular file"]);
+    refused_in(&w, &["import-model", "fifo.gguf", "-o", "o2"], &["fifo.gguf: not a regular file"]);
+    assert!(!w.path().join("o1").exists() && !w.path().join("o2").exists());
+    // An output that is a file is named, before the worker starts.
+    w.write("out.txt", "x");
+    refused_in(&w, &["import-model", "/dev/zero", "-o", "out.txt"], &["import-model -o out.txt: not a directory"]);
+}
+
+#[test]
+fn import_model_worker_killed_by_a_signal() {
+    // A worker killed (the kernel's OOM killer) writes nothing: the signal is named, and the exit code is 1.
+    let w = Work::new();
+    let worker = w.write("worker.sh", "#!/bin/sh\nkill -9 $$\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = w.cmd(&["import-model", "x.gguf", "-o", "o"]).env("RMDISTILL_WORKER", &worker).output().unwrap();
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("rmdistill-worker was killed by SIGKILL (9): out of memory? see dmesg"), "{err}");
+}
+
+#[test]
+fn report_node_that_is_not_a_report() {
+    refused(
+        GEN.as_bytes(),
+        &["report", "m.toml", "--node", "gen"],
+        &["node `gen` is a `generate` node, not a report; report nodes in this manifest: none"],
+    );
+    let m = format!("{GEN}[stages.rep]\nkind = \"report\"\ninputs = {{ evals = \"gen.pairs\" }}\n");
+    refused(
+        m.as_bytes(),
+        &["report", "m.toml", "--node", "gen", "-o", "x"],
+        &["node `gen` is a `generate` node, not a report; report nodes in this manifest: rep"],
+    );
+}
+
+#[test]
+fn a_sweep_too_large_to_expand() {
+    // 300^3 = 27M nodes: counted before any is made (made, they would take gigabytes).
+    let values: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    let m = format!(
+        "[vars]\na = [{}]\n{GEN}[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nsweep = {{ x = \"${{a}}\", y = \"${{a}}\", z = \"${{a}}\" }}\nparams = {{ rho = 0.5, size = 5, seed = \"${{x}}\" }}\n",
+        values.join(", ")
+    );
+    refused(
+        m.as_bytes(),
+        &["status", "m.toml"],
+        &[
+            "m.toml:9:11: stage `sub`: its sweep expands to 27000000 nodes (300 `x` × 300 `y` × 300 `z`)",
+            "a plan may have at most 1000000 nodes",
+        ],
+    );
+}
+
+#[test]
+fn a_quiet_run_names_each_failure_once() {
+    // Written when it happens; the summary at the end does not repeat it.
+    let w = Work::new();
+    w.write(
+        "m.toml",
+        &format!(
+            "{GEN}[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nparams = {{ rho = 0.0, size = 1000 }}\n"
+        ),
+    );
+    let o = w.run(&["run", "m.toml", "-q", "-j", "1"]);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("error: sub failed:").count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -181,6 +181,11 @@ impl Reader<'_> {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
+        // Only a regular file: /dev/zero would be read until memory runs out, and a FIFO would block.
+        let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{}: not a regular file (a GGUF model is a .gguf file)", path.display());
+        }
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(bytes).with_context(|| format!("parsing GGUF {}", path.display()))
     }
