@@ -744,6 +744,8 @@ pub struct Analysis {
     pub power: Option<Power>,
     pub hyper: Vec<HyperRow>,
     pub reward_models: Vec<RmRow>,
+    /// The length bias the single reward models learned ([`length_bias_learned`]).
+    pub length_bias: Vec<LengthBias>,
     pub members: Vec<MemberUsage>,
     pub oracle_agreement: Option<Proportion>,
     /// Training runs drawn in Fig. B.1 (the chosen β/τ only).
@@ -779,6 +781,7 @@ pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
         further,
         findings,
         power,
+        length_bias: length_bias_learned(&inputs.reward_models),
         reward_models: inputs.reward_models,
         oracle_agreement: inputs.oracle_agreement,
         trajectories: inputs.trajectories,
@@ -1379,8 +1382,7 @@ fn rm_md(md: &mut String, a: &Analysis) {
             fmt_opt(m(|r| r.length_sensitivity), 3)
         );
     }
-    let shifts = length_bias_learned(&a.reward_models);
-    if !shifts.is_empty() {
+    if !a.length_bias.is_empty() {
         let _ = writeln!(
             md,
             "\nThe length bias the reward models learned from their data: each stage's length sensitivity against the \
@@ -1388,7 +1390,7 @@ fn rm_md(md: &mut String, a: &Analysis) {
              0 would mean the reward models did not pick up the bias of D_ρ, so the comparison across ρ could not show \
              what distillation does with a biased reward model.\n"
         );
-        for s in &shifts {
+        for s in &a.length_bias {
             let ci = if s.test.ci_low.is_finite() {
                 format!(" [{:+.3}, {:+.3}], p = {}", s.test.ci_low, s.test.ci_high, fmt_p(s.test.p_value))
             } else {
@@ -1526,7 +1528,7 @@ fn results_json(a: &Analysis) -> Value {
         "power": a.power,
         "hyper_parameters": a.hyper,
         "reward_models": a.reward_models,
-        "length_bias_learned": length_bias_learned(&a.reward_models),
+        "length_bias_learned": a.length_bias,
         "member_usage": a.members,
         "training": a.trajectories.iter().map(|t| json!({"method": t.method, "rho": t.rho, "final_kl": t.final_kl})).collect::<Vec<_>>(),
     })

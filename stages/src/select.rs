@@ -177,9 +177,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
                 format!("{}: no `{param}` in its coordinates or summary: nothing to select over", a.node),
             )
         })?;
-        // what tells candidates apart is the selected value and γ; β and τ both kept so that a repeat can say which
-        // one differed (a method in `tau_methods` whose candidates differ in β)
-        keys.push(((r.method.clone(), rho_key(r.rho), v.to_bits(), r.gamma.map(f64::to_bits), r.seed), a.node.clone()));
+        // what tells candidates apart is the selected value and γ: two alike in both on one seed are a repeat (or a
+        // method in `tau_methods` whose candidates differ in β, which the selection cannot see)
+        keys.push(((r.method.clone(), rho_key(r.rho), v.to_bits(), r.gamma.map(f64::to_bits), r.seed), &a.node));
         rows.push(Candidate {
             method: r.method,
             rho: r.rho,
@@ -199,7 +199,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
              the wrong parameter for this method",
             p.tau_methods
         ),
-        keys.iter().map(|(k, n)| (k.clone(), n)),
+        keys,
     )?;
     if let Some(extra) = samples.keys().next() {
         return Err(StageError::invalid(
