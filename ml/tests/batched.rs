@@ -57,6 +57,7 @@ fn pair_batch() -> PairBatch {
 
 #[test]
 fn packed_shared_prompts_equal_unpacked_rows() {
+    let _rng = rng_lock();
     for name in ARCHS {
         let m = family(name, 1).remove(0);
         let packed = pair_batch();
@@ -98,6 +99,7 @@ fn packed_shared_prompts_equal_unpacked_rows() {
 /// token for rewards) equals computing it everywhere: values and gradients, packed or not.
 #[test]
 fn last_layer_only_where_read_equals_full_last_layer() {
+    let _rng = rng_lock();
     for name in ARCHS {
         let m = family(name, 1).remove(0);
         for packed in [true, false] {
@@ -137,6 +139,7 @@ fn last_layer_only_where_read_equals_full_last_layer() {
 
 #[test]
 fn batched_logprobs_and_rewards_equal_one_model_at_a_time() {
+    let _rng = rng_lock();
     for name in ARCHS {
         let models = family(name, 3);
         let refs: Vec<&LanguageModel> = models.iter().collect();
@@ -187,6 +190,7 @@ fn batched_logprobs_and_rewards_equal_one_model_at_a_time() {
 /// every parameter.
 #[test]
 fn batched_training_equals_training_one_by_one() {
+    let _rng = rng_lock();
     let betas = [0.1, 1.0, 10.0];
     for name in ARCHS {
         let batch = pair_batch();
@@ -240,6 +244,7 @@ fn batched_training_equals_training_one_by_one() {
 
 #[test]
 fn batched_models_save_as_their_own_checkpoints() {
+    let _rng = rng_lock();
     let models = family("llama-tiny", 2);
     let bm = BatchedCausalLm::from_models(&models.iter().collect::<Vec<_>>()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -264,6 +269,7 @@ fn batched_models_save_as_their_own_checkpoints() {
 /// its rounding noise into different learning-rate-sized steps.)
 #[test]
 fn flat_adamw_equals_libtorch_adamw() {
+    let _rng = rng_lock();
     let batch = pair_batch();
     let cfg = OptimConfig {
         lr: 1e-2,
@@ -301,6 +307,7 @@ fn flat_adamw_equals_libtorch_adamw() {
 /// steps in different models) and the same log-probs (to float32 rounding of the logits) as sampling from each model alone.
 #[test]
 fn batched_sampling_equals_sampling_each_model() {
+    let _rng = rng_lock();
     let prompts: [&[i64]; 4] = [&[5, 17, 33], &[9], &[40, 41, 42, 43, 44, 45, 46], &[7, 8]];
     for name in ["gpt2-tiny", "llama-tiny"] {
         let models = family(name, 3);
@@ -352,6 +359,7 @@ fn own_batch(m: usize) -> PairBatch {
 /// each model alone on its batch, to float rounding (the batches are padded to a common shape).
 #[test]
 fn per_model_batches_equal_each_model_on_its_own_batch() {
+    let _rng = rng_lock();
     for name in ["llama-tiny", "gpt2-untied"] {
         let models = family(name, 3);
         let bm = BatchedCausalLm::from_models(&models.iter().collect::<Vec<_>>()).unwrap();

@@ -45,6 +45,7 @@ fn mean_loss(m: &LanguageModel, ids: &Tensor, mask: &Tensor) -> f64 {
 
 #[test]
 fn sft_on_tldr_summaries_lowers_heldout_loss() {
+    let _rng = rng_lock();
     // One intra-op thread: on a shared 2-core machine two torch threads contend and run ~5× slower.
     deterministic_cpu(0, 1);
     let all = summaries();
@@ -108,6 +109,7 @@ fn run_steps(accum: usize, micro_bs: usize, steps: usize) -> (Vec<f64>, Tensor) 
 
 #[test]
 fn training_is_deterministic_and_accumulation_matches_big_batch() {
+    let _rng = rng_lock();
     let (l1, w1) = run_steps(2, 4, 5);
     let (l2, w2) = run_steps(2, 4, 5);
     assert_eq!(l1, l2, "same seed and threads must give identical losses");
@@ -141,6 +143,7 @@ fn schedule_shapes() {
 
 #[test]
 fn non_finite_loss_or_gradient_fails_loudly() {
+    let _rng = rng_lock();
     let m = tiny_gpt2(96);
     let mut tr = Trainer::new(&m.vs, OptimConfig::default()).unwrap();
     let w = m.vs.variables()["transformer.ln_f.weight"].shallow_clone();

@@ -93,6 +93,14 @@ struct Fixture {
     prompts: PathBuf,
 }
 
+/// The jobs of these tests seed libtorch's process-wide generator and run on the test harness's parallel threads; the
+/// tests that compare two runs bit for bit need no other test drawing from it in between, so every test that runs a
+/// job holds this for its whole body.
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn text(rng: &mut u64, n: usize) -> String {
     (0..n)
         .map(|_| {
@@ -287,6 +295,7 @@ fn col(t: &RecordBatch, c: &str) -> Vec<f64> {
 
 #[test]
 fn every_method_trains_and_logs_its_metrics() {
+    let _rng = rng_lock();
     let f = fixture();
     let base = json!({"beta": 0.5, "tau": 0.5, "gamma": 0.1, "steps": 6, "batch_size": 8, "lr": 1e-3, "seed": 1});
     for m in ["dpo", "ipo", "d-dpo", "p-dpo", "dp-dpo", "e-dpo"] {
@@ -335,6 +344,7 @@ fn every_method_trains_and_logs_its_metrics() {
 
 #[test]
 fn dpo_moves_the_margin_and_is_deterministic() {
+    let _rng = rng_lock();
     let p = json!({"method": "dpo", "beta": 1.0, "steps": 15, "batch_size": 8, "lr": 3e-3, "seed": 4});
     let (_, a) = train("det-a", p.clone(), None).unwrap();
     let (_, b) = train("det-b", p, None).unwrap();
@@ -362,6 +372,7 @@ fn dpo_moves_the_margin_and_is_deterministic() {
 
 #[test]
 fn precomputed_rewards_give_the_same_dpo_run() {
+    let _rng = rng_lock();
     let f = fixture();
     let p = json!({"method": "dpo", "beta": 0.5, "steps": 4, "batch_size": 8, "lr": 1e-3, "seed": 2});
     let (_, a) = train("pre-a", p.clone(), None).unwrap();
@@ -374,6 +385,7 @@ fn precomputed_rewards_give_the_same_dpo_run() {
 
 #[test]
 fn bad_requests_fail_before_work_with_clear_errors() {
+    let _rng = rng_lock();
     let f = fixture();
     let cases: Vec<(Value, Option<&Path>, &str)> = vec![
         (json!({"method": "dpo", "beta": 0.0}), None, "beta: must be a finite number > 0, got 0"),
@@ -410,6 +422,7 @@ fn bad_requests_fail_before_work_with_clear_errors() {
 
 #[test]
 fn mismatched_reference_logprobs_are_caught() {
+    let _rng = rng_lock();
     let f = fixture();
     let t = table::read_table(&f.rewards1, None).unwrap();
     let shifted = arrow::compute::kernels::numeric::add(t.column(1), &Float64Array::new_scalar(-0.7)).unwrap();
@@ -458,6 +471,7 @@ fn synthetic(prompt: &str, response: &str) -> f64 {
 
 #[test]
 fn evaluate_reference_against_itself_and_a_trained_policy() {
+    let _rng = rng_lock();
     let f = fixture();
     // the reference against itself: identical samples (common random numbers) → advantage 0, win rate ½, KL 0
     let (s, out) = evaluate(
@@ -540,6 +554,7 @@ fn evaluate_reference_against_itself_and_a_trained_policy() {
 
 #[test]
 fn report_and_select_from_a_small_sweep() {
+    let _rng = rng_lock();
     let f = fixture();
     let out = f.root.join("sweep");
     let mut evals = vec![];
@@ -616,6 +631,7 @@ fn report_and_select_from_a_small_sweep() {
 
 #[test]
 fn kl_from_pairs_linear_gamma_and_mean_reduction() {
+    let _rng = rng_lock();
     let f = fixture();
     let p = json!({"method": "p-dpo", "kl_source": "pairs", "gamma": {"start": 1.0, "end": 0.0}, "steps": 5, "batch_size": 8, "lr": 1e-3});
     let (_, out) = train("klpairs", p, Some(&f.rewards1)).unwrap();
@@ -636,6 +652,7 @@ fn kl_from_pairs_linear_gamma_and_mean_reduction() {
 
 #[test]
 fn kl_on_the_batch_prompts_samples_uniform_draws_and_missing_samples_refused() {
+    let _rng = rng_lock();
     let f = fixture();
     // at the first step π_θ = π_ref, so the KL estimate is 0 exactly when every row's precomputed log π_ref belongs
     // to the sample scored: for the batch's own prompts (the default) and for uniform draws over all prompts
@@ -675,6 +692,7 @@ fn kl_on_the_batch_prompts_samples_uniform_draws_and_missing_samples_refused() {
 
 #[test]
 fn reused_reference_samples_give_the_same_evaluation_and_wrong_ones_are_refused() {
+    let _rng = rng_lock();
     let f = fixture();
     let (_, pol) = train(
         "reuse-pol",

@@ -10,6 +10,17 @@ pub fn one_thread() {
     tch::set_num_threads(1);
 }
 
+/// libtorch's default generator and its intra-op thread count are process-wide, and the tests of one binary run on
+/// parallel threads: a test that seeds the generator and compares two runs (or two ways of computing one thing that
+/// both draw from it) holds this guard for its whole body, so that no test beside it draws between its seed and its
+/// draws. Without it, `training_is_deterministic_and_accumulation_matches_big_batch` failed once in CI (weights 0.14
+/// apart) while the SFT test beside it initialised its model.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it poisons it; the generator is re-seeded by the next holder anyway.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn fixtures() -> PathBuf {
     one_thread();
     repo_root().join("ml/tests/fixtures")
