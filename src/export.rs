@@ -502,7 +502,7 @@ fn shared_store_url(url: &str, container: bool) -> anyhow::Result<String> {
             "store `{url}` lives in one process's memory, so scheduler jobs cannot share it; pass --store with a file:// path on a shared file system, or s3://, gs://, az://"
         );
     }
-    if let Some(rest) = url.strip_prefix("file://").or_else(|| (!url.contains("://")).then_some(url)) {
+    if let Some(rest) = crate::store::local_path(url) {
         let p = Path::new(rest).canonicalize().map_err(|e| anyhow::anyhow!("store `{url}`: {e}"))?;
         if container {
             eprintln!(

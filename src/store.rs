@@ -169,12 +169,22 @@ pub fn check_url(url: &str) -> Result<(), String> {
         ));
     }
     if let Some(rest) = url.strip_prefix("file://") {
-        if rest.is_empty() {
-            return Err(
-                "store url `file://` names no directory (e.g. file://.rmdistill/store or file:///abs/dir)".into()
-            );
+        if rest.is_empty() || rest == "localhost" {
+            return Err(format!(
+                "store url `{url}` names no directory (e.g. file://.rmdistill/store or file:///abs/dir)"
+            ));
         }
-        return Ok(());
+        // file://HOST/PATH: a `.` cannot begin a host name, so `file://.rmdistill/store` stays a relative path
+        let host = rest.split('/').next().unwrap_or_default();
+        if !host.is_empty() && host != "localhost" && !host.starts_with(['.', '~']) {
+            return Err(format!(
+                "store url `{url}` names the host `{host}`, but a file:// store is a directory on this machine: \
+                 the host must be empty or localhost (file:///abs/dir, file://localhost/abs/dir). For the \
+                 directory {rest} under the working directory write ./{rest} or file://./{rest}; for /{rest}, \
+                 file:///{rest}"
+            ));
+        }
+        return check_dir(url, local_path(url).unwrap_or_default());
     }
     if url == "memory://" {
         return Ok(());
@@ -205,11 +215,52 @@ pub fn check_url(url: &str) -> Result<(), String> {
             };
             return Err(format!(
                 "store url `{url}` is neither a supported URL (file://, memory://, s3://, gs://, az://) nor a plain \
-                 directory path{hint} (a directory whose name has a colon: write ./{url} or file://{url})"
+                 directory path{hint} (a directory whose name has a colon: write ./{url} or file://./{url})"
             ));
         }
     }
+    check_dir(url, url)
+}
+
+/// The directory of a `file://` URL or a plain path; `None` for other URLs. `file:///abs` and
+/// `file://localhost/abs` are `/abs`; `file://REL` (whose first segment begins with `.`, such as
+/// `file://.rmdistill/store`) and a plain path are relative to the working directory. For a URL [`check_url`] accepts.
+pub fn local_path(url: &str) -> Option<&str> {
+    match url.strip_prefix("file://") {
+        Some(rest) => Some(rest.strip_prefix("localhost").filter(|p| p.starts_with('/')).unwrap_or(rest)),
+        None => (!url.contains("://")).then_some(url),
+    }
+}
+
+/// Why `dir` (the directory `url` names) cannot be a store, if it cannot: it is the root directory, or it begins
+/// with a `~` that no shell expanded.
+fn check_dir(url: &str, dir: &str) -> Result<(), String> {
+    if dir.starts_with('~') {
+        let home = if dir == "~" || dir.starts_with("~/") {
+            format!("write {}, which the shell expands inside double quotes too", url.replacen('~', "$HOME", 1))
+        } else {
+            "write the absolute path".to_string()
+        };
+        return Err(format!(
+            "store url `{url}` begins with `~`, which only a shell expands into a home directory, and it did not \
+             (it does not inside quotes, after `--store=`, nor in a manifest); rmdistill does not expand it either: \
+             {home} (a directory named `~` is written ./~)"
+        ));
+    }
+    let p = Path::new(dir);
+    if p.has_root() && p.components().all(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err(root_dir_error(url));
+    }
     Ok(())
+}
+
+/// The error for a store whose directory is `/`.
+fn root_dir_error(url: &str) -> String {
+    format!(
+        "store url `{url}` is the root directory `/`: a store keeps its blobs/, cache/, nodes/ and runs/ folders at \
+         the top of its directory, and `gc` deletes from it, so it needs a directory of its own (e.g. \
+         file:///var/lib/rmdistill/store or file://.rmdistill/store)"
+    )
 }
 
 /// The store used when nothing names one: a directory in the working directory.
@@ -470,11 +521,15 @@ impl Store {
         let local_dir =
             local_dir.canonicalize().map_err(|e| store_err(&format!("cannot open {}", local_dir.display()), e))?;
         let (os, prefix, local_root): (Arc<dyn ObjectStore>, ObjPath, Option<PathBuf>) =
-            if let Some(rest) = url.strip_prefix("file://").or_else(|| (!url.contains("://")).then_some(url)) {
+            if let Some(rest) = local_path(url) {
                 let dir = PathBuf::from(rest);
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| store_err(&format!("cannot create store directory {}", dir.display()), e))?;
                 let dir = dir.canonicalize().map_err(|e| store_err(&format!("cannot open {}", dir.display()), e))?;
+                // `..` enough times, or a link, can reach `/` where the URL does not say it
+                if dir.parent().is_none() {
+                    return Err(Invalid(root_dir_error(url)).into());
+                }
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| store_err(url, e))?;
                 (Arc::new(fs), ObjPath::default(), Some(dir))
             } else if url.starts_with("memory://") {
@@ -1437,6 +1492,37 @@ mod tests {
             assert!(check_url(bad).is_err(), "{bad}");
         }
         assert!(check_url("./a:b").is_ok());
+        // the root directory, an unexpanded `~`, a host: refused, each saying why
+        for root in ["/", "//", "/.", "/..", "file:///", "file:////", "file://localhost/", "file:///./.."] {
+            let err = check_url(root).unwrap_err();
+            assert!(
+                err.contains("is the root directory `/`") && err.contains("a directory of its own"),
+                "{root}: {err}"
+            );
+        }
+        for (tilde, hint) in [("~/x", "write $HOME/x"), ("~", "write $HOME"), ("file://~/x", "write file://$HOME/x")] {
+            let err = check_url(tilde).unwrap_err();
+            assert!(err.contains("begins with `~`") && err.contains(hint), "{tilde}: {err}");
+        }
+        assert!(check_url("~bob/x").unwrap_err().contains("write the absolute path"));
+        for host in ["file://host/x", "file://store", "file://a:b", "file://10.0.0.1/x", "file://localhost.x/y"] {
+            let err = check_url(host).unwrap_err();
+            assert!(err.contains("names the host `") && err.contains("empty or localhost"), "{host}: {err}");
+        }
+        assert!(check_url("file://localhost").unwrap_err().contains("names no directory"));
+        for ok in ["file://localhost/abs", "file://./x", "file://../x", "./~", "a~b", "/a/.."] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for (url, dir) in [
+            ("file://.rmdistill/store", Some(".rmdistill/store")),
+            ("file:///abs/d", Some("/abs/d")),
+            ("file://localhost/abs/d", Some("/abs/d")),
+            ("rel/d", Some("rel/d")),
+            ("s3://b/x", None),
+            ("memory://", None),
+        ] {
+            assert_eq!(local_path(url), dir, "{url}");
+        }
     }
 
     fn entry(key_record: &KeyRecord, hash: &str) -> Entry {
