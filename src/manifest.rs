@@ -105,8 +105,8 @@ impl Default for Resources {
 #[derive(Debug, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StoreDecl {
-    /// An object_store URL: `file://…` (relative paths are relative to the working directory), `memory://`,
-    /// `s3://bucket/prefix`, `gs://…`, `az://…` (see [`crate::store::check_url`]).
+    /// An object_store URL: `file://…` (relative paths, which begin with `.`, are relative to the working
+    /// directory), `memory://`, `s3://bucket/prefix`, `gs://…`, `az://…` (see [`crate::store::check_url`]).
     pub url: Option<Spanned<String>>,
 }
 
@@ -293,6 +293,9 @@ fn parse_doc(src: &Source) -> Result<FileDoc, ManifestError> {
                 if message == "duplicate key" && !key.is_empty() && !key.contains('\n') {
                     message = format!("duplicate key `{key}` (set earlier in the same table)");
                 }
+                if let Some(m) = out_of_range(&src.text, &span, &message) {
+                    message = m;
+                }
                 src.error(span, message)
             }
             _ => match too_deep(&src.text) {
@@ -307,6 +310,57 @@ fn parse_doc(src: &Source) -> Result<FileDoc, ManifestError> {
             },
         }
     })
+}
+
+/// toml's error for a number literal it cannot hold ("u64 value was too large", "invalid type: integer `…` as i128",
+/// "integer number overflowed", "floating-point number overflowed"), said as the key it is written for and the range a
+/// manifest's numbers have; `None` for any other error.
+fn out_of_range(text: &str, span: &Range<usize>, message: &str) -> Option<String> {
+    let integer = message == "u64 value was too large"
+        || message == "integer number overflowed"
+        || (message.starts_with("invalid type: integer `") && message.contains("` as i128"));
+    if !integer && message != "floating-point number overflowed" {
+        return None;
+    }
+    let literal = text.get(span.clone())?.trim();
+    if literal.is_empty() || literal.contains('\n') {
+        return None;
+    }
+    let what = match key_of_value(text, span.start) {
+        Some((key, false)) => format!("`{key}` = {literal}"),
+        Some((key, true)) => format!("{literal} (in the list `{key}`)"),
+        None => literal.to_string(),
+    };
+    Some(if integer {
+        format!(
+            "{what}: out of range: integers in a manifest are {} to {} (TOML's 64-bit integers)",
+            i64::MIN,
+            i64::MAX
+        )
+    } else {
+        format!("{what}: out of range: numbers in a manifest are at most {:e} (a 64-bit float)", f64::MAX)
+    })
+}
+
+/// The key whose value starts at byte `at` of `text`, and whether the value is an item of a list: the bare or quoted
+/// key before the last `=` on the value's line, when only `[`, commas and number literals stand between them (a
+/// list's items before it). `None` when the line holds no such key.
+fn key_of_value(text: &str, at: usize) -> Option<(String, bool)> {
+    let line = text.get(..at)?.rsplit('\n').next()?;
+    let eq = line.rfind('=')?;
+    let between = &line[eq + 1..];
+    if !between.chars().all(|c| c.is_whitespace() || c.is_ascii_alphanumeric() || "[,+-._".contains(c)) {
+        return None;
+    }
+    let before = line[..eq].trim_end();
+    let key = if let Some(q) = before.strip_suffix('"') {
+        let open = q.rfind('"')?;
+        q[open + 1..].to_string()
+    } else {
+        let start = before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).map_or(0, |i| i + 1);
+        before[start..].to_string()
+    };
+    (!key.is_empty()).then(|| (key, between.contains('[')))
 }
 
 /// The first non-finite float in a TOML value.

@@ -68,6 +68,40 @@ fn a_model_too_large_for_the_machine_fails_its_node_naming_arch_never_a_panic() 
     }
 }
 
+/// The SFT log says its losses as numbers (it printed `Some(5.74…)` and `Number(5.26…)`), and says when there were
+/// no rows to measure an eval loss on.
+#[test]
+fn the_sft_log_prints_plain_numbers() {
+    let w = Work::new();
+    let three_decimals = |x: &str| x.split_once('.').is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.len() == 3);
+    for eval_rows in ["", ", eval_rows = 0"] {
+        let m = w.write(
+            "m.toml",
+            &format!(
+                "[stages.synth]\nkind = \"synth\"\nparams = {{ seed = 0, n_docs = 200 }}\n[stages.sft]\nkind = \"sft\"\n\
+                 inputs = {{ data = \"synth.corpus\", tokenizer = \"synth.tokenizer\" }}\n\
+                 params = {{ steps = 3, seed = 0{eval_rows} }}\n"
+            ),
+        );
+        let o = w.run(&["run", m.to_str().unwrap()]);
+        let err = s(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        let line = err.lines().find_map(|l| l.split_once("sft: ")).unwrap_or_else(|| panic!("no sft log in:\n{err}")).1;
+        assert!(!line.contains("Some(") && !line.contains("None") && !line.contains("Number("), "{line}");
+        // "127744 parameters, 3 steps: loss 5.730 → 5.363, eval loss 5.741 → 5.267"
+        let (head, rest) = line.split_once(" parameters, 3 steps: loss ").unwrap_or_else(|| panic!("{line}"));
+        assert!(head.parse::<u64>().is_ok(), "{line}");
+        let (losses, eval) = rest.split_once(", ").unwrap_or_else(|| panic!("{line}"));
+        assert!(losses.split(" → ").filter(|l| three_decimals(l)).count() == 2, "{line}");
+        if eval_rows.is_empty() {
+            let eval = eval.strip_prefix("eval loss ").unwrap_or_else(|| panic!("{line}"));
+            assert!(eval.split(" → ").filter(|l| three_decimals(l)).count() == 2, "{line}");
+        } else {
+            assert_eq!(eval, "no eval rows (eval loss not measured)", "{line}");
+        }
+    }
+}
+
 /// A setting whose memory no machine has (10^16 pairs per prompt) ends its node with the allocation failure said as
 /// out of memory, naming the size — not "aborted (a failed assertion in native code?)" — and nothing is stored.
 /// 4·10^17 bytes exceed the 48-bit address space, so the allocation fails whatever the machine's overcommit setting.

@@ -144,6 +144,150 @@ fn malformed_store_urls() {
     assert!(!w.path().join("s3:").exists() && !w.path().join("gs:bucket").exists());
 }
 
+/// `/` as the store would put blobs/, cache/ and runs/ at the top of the file system (and `gc` would delete there),
+/// a quoted `~/x` made a directory named `~`, and `file://host/x` was read as the relative path host/x: each is
+/// refused naming the URL and what was expected. Only `status` is asked of a root store (it writes nothing).
+#[test]
+fn store_urls_naming_the_root_an_unexpanded_home_or_a_host() {
+    for root in ["file:///", "/", "file://localhost/", "//.."] {
+        refused(
+            GEN.as_bytes(),
+            &["status", "m.toml", "--store", root],
+            &[&format!("--store: store url `{root}` is the root directory `/`"), "a directory of its own"],
+        );
+    }
+    // `..` enough times reaches `/` too: refused when the store opens
+    let up = "../".repeat(64);
+    refused(GEN.as_bytes(), &["status", "m.toml", "--store", &up], &["is the root directory `/`"]);
+
+    let w = Work::new();
+    w.write("m.toml", GEN);
+    refused_in(
+        &w,
+        &["run", "m.toml", "--store", "~/x"],
+        &["--store: store url `~/x` begins with `~`", "the shell", "write $HOME/x"],
+    );
+    refused_in(&w, &["run", "m.toml", "--store=file://~/x"], &["`file://~/x` begins with `~`", "write file://$HOME/x"]);
+    w.write("t.toml", &format!("[store]\nurl = \"~/x\"\n{GEN}"));
+    refused_in(&w, &["run", "t.toml"], &["t.toml:2:7: [store] url: store url `~/x` begins with `~`"]);
+    assert!(!w.path().join("~").exists(), "a directory named `~` was made");
+
+    for (url, host) in [("file://host/x", "host"), ("file://store", "store")] {
+        refused_in(
+            &w,
+            &["run", "m.toml", "--store", url],
+            &[
+                &format!("--store: store url `{url}` names the host `{host}`"),
+                "the host must be empty or localhost",
+                "under the working directory write ./",
+            ],
+        );
+    }
+    assert!(!w.path().join("host").exists() && !w.path().join("store").exists());
+
+    // what is meant instead works: a relative path written file://./, and localhost
+    let abs = format!("file://localhost{}", w.path().join("abs-store").display());
+    w.ok(&["run", "m.toml", "-q", "--store", "file://./host/x"]);
+    w.ok(&["run", "m.toml", "-q", "--store", &abs]);
+    assert!(w.path().join("host/x/cache").is_dir() && w.path().join("abs-store/cache").is_dir());
+}
+
+/// A number no TOML integer holds is named by its key and the range, not "u64 value was too large"; `skip` past what
+/// 32-bit record numbers count is refused before work starts, naming the range.
+#[test]
+fn numbers_out_of_range_name_their_key() {
+    let imp =
+        |skip: &str| format!("[stages.imp]\nkind = \"import\"\nparams = {{ path = \"d.jsonl\", skip = {skip} }}\n");
+    for big in ["18446744073709551615", "9223372036854775808", "99999999999999999999999999999999999999999"] {
+        refused(
+            imp(big).as_bytes(),
+            &["run", "m.toml"],
+            &[
+                &format!("m.toml:3:37: `skip` = {big}: out of range"),
+                "integers in a manifest are -9223372036854775808 to 9223372036854775807",
+            ],
+        );
+    }
+    let w = Work::new();
+    w.write("d.jsonl", "{\"prompt\": \"p\", \"chosen\": \"a b\", \"rejected\": \"a\"}\n");
+    w.write("m.toml", &imp("4294967296"));
+    refused_in(
+        &w,
+        &["run", "m.toml"],
+        &["m.toml:3:37: imp: param `skip`: must be 0 to 4294967295 (records are numbered in 32 bits), got 4294967296"],
+    );
+    refused(
+        b"[stages.gen]\nkind = \"generate\"\nparams = { n = 10, prompt_words = [4, 9223372036854775808] }\n",
+        &["run", "m.toml"],
+        &["m.toml:3:39: 9223372036854775808 (in the list `prompt_words`): out of range"],
+    );
+    refused(b"[vars]\nx = -1e400\n", &["status", "m.toml"], &["m.toml:2:5: `x` = -1e400: out of range"]);
+}
+
+/// Runs `m.toml` in `w`; expects the node to fail (exit 1) with every needle in stderr, no panic, no cache entry.
+fn node_fails(w: &Work, needles: &[&str]) {
+    let o = w.run(&["run", "m.toml", "-j", "1"]);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "expected `{n}` in:\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(entries(&w.store()).iter().all(|e| e["node"] != "imp" && e["node"] != "sub"), "the failed node was stored");
+}
+
+/// A record that gives a key twice was imported with the last value (another reader takes the first): refused
+/// naming the file, the line and the key; with `on_invalid = "skip"` it is left out and counted.
+#[test]
+fn an_import_record_with_a_key_twice() {
+    let w = Work::new();
+    w.write(
+        "d.jsonl",
+        "{\"prompt\": \"p\", \"chosen\": \"a b c\", \"rejected\": \"a\"}\n{\"prompt\": \"a\", \"prompt\": \"b\", \"chosen\": \"x y z\", \"rejected\": \"x\"}\n",
+    );
+    w.write("m.toml", "[stages.imp]\nkind = \"import\"\nparams = { path = \"d.jsonl\" }\n");
+    node_fails(&w, &["imp failed: param `prompt`: d.jsonl line 2: `prompt` is given twice", "give each key once"]);
+    w.write("m.toml", "[stages.imp]\nkind = \"import\"\nparams = { path = \"d.jsonl\", on_invalid = \"skip\" }\n");
+    let o = w.run(&["run", "m.toml"]);
+    let err = s(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("d.jsonl: skipped 1 invalid records (1 on `prompt`); the first: prompt: d.jsonl line 2: `prompt` is given twice")
+            && err.contains("d.jsonl: 1 records → 1 pairs"),
+        "{err}"
+    );
+}
+
+/// A `label_column` that is not a column, or not one of labels, is named as the param, with the value given, the
+/// input it was looked for in (by its node, not its path in the store) and the columns there are.
+#[test]
+fn subsample_label_column_that_is_not_a_label_column() {
+    let w = Work::new();
+    let m = |col: &str| {
+        format!(
+            "{GEN}[stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nparams = {{ rho = 0.5, size = 10, label_column = \"{col}\" }}\n"
+        )
+    };
+    w.write("m.toml", &m("oracle_label"));
+    node_fails(
+        &w,
+        &[
+            "sub failed: param `label_column`: \"oracle_label\" is not a column of input `pairs` (from gen); its columns: \
+         pair_id, prompt, response_a, response_b, label, words_a, words_b, tokens_a, tokens_b, source_row",
+        ],
+    );
+    w.write("m.toml", &m("prompt"));
+    node_fails(
+        &w,
+        &[
+            "sub failed: param `label_column`: \"prompt\" is a column of Utf8 values in input `pairs` (from gen), not of labels",
+            "its integer columns: label, words_a, words_b, tokens_a, tokens_b, source_row",
+        ],
+    );
+    let o = w.run(&["run", "m.toml"]);
+    assert!(!s(&o.stderr).contains("/blobs/"), "a path in the store: {}", s(&o.stderr));
+}
+
 #[test]
 fn sweep_values_that_would_name_one_node_twice() {
     let m = format!(

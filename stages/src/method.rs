@@ -94,6 +94,16 @@ impl GammaSchedule {
     }
 }
 
+/// As logs show it: `0.1`, or `0 → 0.1 (linear)`.
+impl std::fmt::Display for GammaSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            GammaSchedule::Constant(g) => write!(f, "{g}"),
+            GammaSchedule::Linear { start, end } => write!(f, "{start} → {end} (linear)"),
+        }
+    }
+}
+
 /// Serialised as written in manifests: a number, or `{ "start": .., "end": .. }`.
 impl serde::Serialize for GammaSchedule {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -144,14 +144,9 @@ impl Classes {
 }
 
 /// Sorts every labelled row into longer-preferred, shorter-preferred or within the margin. `label` 0 prefers a,
-/// 1 prefers b; any other value is an error naming the row.
-pub fn classify(
-    len_a: &[u32],
-    len_b: &[u32],
-    label: &Int8Array,
-    margin: f64,
-    label_column: &str,
-) -> StageResult<Classes> {
+/// 1 prefers b; any other value is an error of param `label_column` naming the row, and the column as `column`
+/// says it (``column `label` of input `pairs` (from NODE)``).
+pub fn classify(len_a: &[u32], len_b: &[u32], label: &Int8Array, margin: f64, column: &str) -> StageResult<Classes> {
     assert!(len_a.len() == len_b.len() && len_a.len() == label.len());
     let factor = 1.0 + margin;
     let mut c = Classes::default();
@@ -168,8 +163,11 @@ pub fn classify(
         let l = values[i];
         if l != 0 && l != 1 {
             return Err(StageError::invalid(
-                label_column,
-                format!("row {i}: label must be 0 (response_a preferred), 1 (response_b preferred) or null, got {l}"),
+                "label_column",
+                format!(
+                    "{column}, row {i}: a label must be 0 (response_a preferred), 1 (response_b preferred) or null, \
+                     got {l}"
+                ),
             ));
         }
         if a_longer || b_longer {
@@ -277,10 +275,45 @@ pub struct SelectionInput {
     pub length: &'static str,
 }
 
-fn read_selection_input(path: &std::path::Path, p: &Params) -> StageResult<SelectionInput> {
+/// Whether a column of this type can hold labels (integers 0, 1 or null; booleans).
+fn label_type(t: &DataType) -> bool {
+    t.is_integer() || *t == DataType::Boolean
+}
+
+/// Reads the label and length columns of the input table at `path`; `from` names the input in errors
+/// (``input `pairs` (from NODE)``), the way the user bound it, rather than its path in the store.
+fn read_selection_input(path: &std::path::Path, from: &str, p: &Params) -> StageResult<SelectionInput> {
     let schema = table::read_schema(path)?;
+    let names = |keep: &dyn Fn(&Field) -> bool| {
+        let v: Vec<&str> = schema.fields().iter().filter(|f| keep(f)).map(|f| f.name().as_str()).collect();
+        if v.is_empty() { "none".to_string() } else { v.join(", ") }
+    };
+    let label_col = &p.label_column;
+    match schema.field_with_name(label_col) {
+        Err(_) => {
+            return Err(StageError::invalid(
+                "label_column",
+                format!(
+                    "{label_col:?} is not a column of {from}; its columns: {} (a label column holds 0, 1 or null)",
+                    names(&|_| true)
+                ),
+            ));
+        }
+        Ok(f) if !label_type(f.data_type()) => {
+            return Err(StageError::invalid(
+                "label_column",
+                format!(
+                    "{label_col:?} is a column of {} values in {from}, not of labels (integers 0 = response_a \
+                     preferred, 1 = response_b preferred, or null); its integer columns: {}",
+                    f.data_type(),
+                    names(&|f| label_type(f.data_type()))
+                ),
+            ));
+        }
+        Ok(_) => {}
+    }
     let has_tokens = schema.index_of(table::TOKENS_A).is_ok() && schema.index_of(table::TOKENS_B).is_ok();
-    let mut cols: Vec<&str> = vec![p.label_column.as_str()];
+    let mut cols: Vec<&str> = vec![label_col.as_str()];
     match p.length {
         LengthKind::Words => cols.extend([table::WORDS_A, table::WORDS_B]),
         LengthKind::Tokens => cols.extend([table::TOKENS_A, table::TOKENS_B]),
@@ -288,6 +321,16 @@ fn read_selection_input(path: &std::path::Path, p: &Params) -> StageResult<Selec
             cols.extend([table::TOKENS_A, table::TOKENS_B, table::WORDS_A, table::WORDS_B])
         }
         LengthKind::Auto => cols.extend([table::WORDS_A, table::WORDS_B]),
+    }
+    if let Some(c) = cols[1..].iter().find(|c| schema.index_of(c).is_err()) {
+        let (field, why) = match p.length {
+            LengthKind::Tokens => ("length", "length = \"tokens\" reads"),
+            _ => ("pairs", "lengths are read from"),
+        };
+        return Err(StageError::invalid(
+            field,
+            format!("{from} has no column `{c}`, which {why}; its columns: {}", names(&|_| true)),
+        ));
     }
     let batch = table::read_table(path, Some(&cols))?;
     let label_arr = batch.column_by_name(&p.label_column).expect("projected");
@@ -308,16 +351,16 @@ fn read_selection_input(path: &std::path::Path, p: &Params) -> StageResult<Selec
             )
             .map_err(|e| {
                 StageError::invalid(
-                    &p.label_column,
-                    format!("{}: label values must be 0, 1 or null: {e}", path.display()),
+                    "label_column",
+                    format!("column `{label_col}` of {from}: a label must be 0, 1 or null: {e}"),
                 )
             })?;
             c.as_any().downcast_ref::<Int8Array>().expect("Int8").clone()
         }
         other => {
             return Err(StageError::invalid(
-                &p.label_column,
-                format!("{}: column `{}` must be an integer (0/1/null), found {other}", path.display(), p.label_column),
+                "label_column",
+                format!("{label_col:?} is a column of {other} values in {from}, not of labels (0, 1 or null)"),
             ));
         }
     };
@@ -332,8 +375,7 @@ fn read_selection_input(path: &std::path::Path, p: &Params) -> StageResult<Selec
                 return Err(StageError::invalid(
                     "length",
                     format!(
-                        "length = \"tokens\" but {} has null token counts (import it with a `tokenizer`, or use length = \"words\" or \"auto\")",
-                        path.display()
+                        "length = \"tokens\" but {from} has null token counts (import it with a `tokenizer`, or use length = \"words\" or \"auto\")"
                     ),
                 ));
             }
@@ -350,10 +392,7 @@ fn read_selection_input(path: &std::path::Path, p: &Params) -> StageResult<Selec
     let len_b = table::u32_values(&batch, cb)?.clone();
     for (name, a) in [(ca, &len_a), (cb, &len_b)] {
         if a.null_count() > 0 {
-            return Err(StageError::invalid(
-                name,
-                format!("{}: column `{name}` has {} nulls", path.display(), a.null_count()),
-            ));
+            return Err(StageError::invalid(name, format!("{from}: column `{name}` has {} nulls", a.null_count())));
         }
     }
     Ok(SelectionInput { label, len_a, len_b, length })
@@ -458,12 +497,14 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         .build()
         .map_err(|e| StageError::failed(e.to_string()))?;
     let path = input.path.as_path();
+    let from = format!("input `pairs` (from {})", input.node);
     let t0 = std::time::Instant::now();
     ctx.progress(0, 3);
-    let sel = pool.install(|| read_selection_input(path, &p))?;
+    let sel = pool.install(|| read_selection_input(path, &from, &p))?;
     let rows_in = sel.label.len() as u64;
     let t_read = t0.elapsed().as_secs_f64();
-    let classes = classify(sel.len_a.values(), sel.len_b.values(), &sel.label, p.margin, &p.label_column)?;
+    let column = format!("column `{}` of {from}", p.label_column);
+    let classes = classify(sel.len_a.values(), sel.len_b.values(), &sel.label, p.margin, &column)?;
     let (size, n_long, n_short) = plan(&classes, p.rho, p.size, p.margin, sel.length)?;
     let (l, s) = (classes.longer.len() as u64, classes.shorter.len() as u64);
     let summary = json!({
@@ -682,8 +723,8 @@ mod tests {
         let c = classify(&a, &b, &label, 0.2, "label").unwrap();
         assert_eq!(c.longer, vec![1, 6], "11 < 1.2·10 is within a 20% margin");
         let bad = Int8Array::from(vec![Some(2)]);
-        let e = classify(&[1], &[2], &bad, 0.1, "lab").unwrap_err().to_string();
-        assert!(e.starts_with("lab: row 0"), "{e}");
+        let e = classify(&[1], &[2], &bad, 0.1, "column `lab`").unwrap_err().to_string();
+        assert!(e.starts_with("label_column: column `lab`, row 0: a label must be 0"), "{e}");
     }
 
     #[test]
@@ -705,11 +746,29 @@ mod tests {
         }
         let e = run(tldr_pairs(), dir.path(), json!({"rho": 0.5, "size": 10, "length": "tokens"})).unwrap_err();
         assert!(e.starts_with("length:") && e.contains("null token counts"), "{e}");
+        // a bad label column is named as the param, with its value, the input and the columns there are
         let e =
             run(tldr_pairs(), dir.path(), json!({"rho": 0.5, "size": 10, "label_column": "oracle_label"})).unwrap_err();
-        assert!(e.starts_with("oracle_label:") && e.contains("missing column"), "{e}");
+        assert!(
+            e.starts_with("label_column: \"oracle_label\" is not a column of input `pairs` (from test-pairs); its columns: pair_id, prompt,"),
+            "{e}"
+        );
         let e = run(tldr_pairs(), dir.path(), json!({"rho": 0.5, "size": 10, "label_column": "prompt"})).unwrap_err();
-        assert!(e.starts_with("prompt:") && e.contains("must be an integer"), "{e}");
+        assert!(
+            e.starts_with(
+                "label_column: \"prompt\" is a column of Utf8 values in input `pairs` (from test-pairs), not of labels"
+            ) && e.contains("its integer columns: label, words_a, words_b, tokens_a, tokens_b, source_row"),
+            "{e}"
+        );
+        assert!(!e.contains(".parquet") && !e.contains("/tmp"), "no path in the store: {e}");
+        // a column of other integers: the row and the value
+        let e = run(tldr_pairs(), dir.path(), json!({"rho": 0.5, "size": 10, "label_column": "words_a"})).unwrap_err();
+        assert!(
+            e.starts_with(
+                "label_column: column `words_a` of input `pairs` (from test-pairs), row 0: a label must be 0"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -566,7 +566,7 @@ fn train(
     let members = inputs.rewards.as_ref().map_or(0, |r| r.members);
     let (mut member_chosen, mut member_best) = (vec![0u64; members], vec![0u64; members]);
     ctx.log(&format!(
-        "{method}: {n} pairs, {total} steps of {batch_size}, beta {}, tau {}, gamma {gamma:?}, reference log-probs from the {}",
+        "{method}: {n} pairs, {total} steps of {batch_size}, beta {}, tau {}, gamma {gamma}, reference log-probs from the {}",
         p.beta, p.tau, refs.2
     ));
     let mut pos = n; // position in the current shuffled order; n forces a reshuffle

@@ -290,10 +290,22 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         &table::summary_kv("sft", &json!({"parameters": summary["parameters"], "eval_loss": summary["eval_loss"]})),
     )?;
     ctx.log(&format!(
-        "{} parameters, {} steps: loss {:.3} → {:.3}, eval loss {:?} → {:?}",
-        summary["parameters"], p.steps, summary["first_loss"], summary["final_loss"], eval_before, summary["eval_loss"]
+        "{} parameters, {} steps: loss {} → {}, {}",
+        summary["parameters"],
+        p.steps,
+        loss(h.first().map(|r| r.loss)),
+        loss(h.last().map(|r| r.loss)),
+        match (eval_before, summary["eval_loss"].as_f64()) {
+            (Some(before), Some(after)) => format!("eval loss {} → {}", loss(Some(before)), loss(Some(after))),
+            _ => "no eval rows (eval loss not measured)".to_string(),
+        }
     ));
     Ok(summary)
+}
+
+/// A loss as the log shows it: three decimals, or `none`.
+fn loss(l: Option<f64>) -> String {
+    l.map_or_else(|| "none".to_string(), |l| format!("{l:.3}"))
 }
 
 #[cfg(test)]

@@ -266,14 +266,19 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ),
     )?;
     ctx.log(&format!(
-        "{} steps on {} pairs: loss {:.3} → {:.3}; held-out accuracy {:?}, length sensitivity {:?}, eval accuracy {:?}",
+        "{} steps on {} pairs: loss {:.3} → {:.3}; held-out accuracy {}, length sensitivity {}, eval accuracy {}",
         steps,
         train.len(),
         summary["first_loss"].as_f64().unwrap_or(f64::NAN),
         summary["final_loss"].as_f64().unwrap_or(f64::NAN),
-        held_acc,
-        sens,
-        eval_acc
+        shown(held_acc),
+        shown(sens),
+        shown(eval_acc)
     ));
     Ok(summary)
+}
+
+/// A figure as the log shows it: three decimals, or `not measured` (no held-out or eval pairs).
+fn shown(x: Option<f64>) -> String {
+    x.map_or_else(|| "not measured".to_string(), |x| format!("{x:.3}"))
 }
