@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Content hashes of external files, remembered by (path, size, mtime) so that a no-op run does not re-read
+/// Content hashes of external files, remembered by (path, size, mtime, device, inode, ctime) so that a no-op run does not re-read
 /// large datasets (as DVC's state database does).
 pub struct ExternalHashes {
     file: PathBuf,
@@ -39,24 +39,30 @@ impl ExternalHashes {
     }
 
     pub fn hash(&self, path: &Path) -> anyhow::Result<String> {
-        if path.is_dir() {
-            // A directory (e.g. a checkpoint) is addressed like a directory artifact: by its canonical listing.
-            let tree = key::hash_tree(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-            return Ok(blake3::hash(&tree.bytes()).to_hex().to_string());
-        }
+        Ok(self.hash_and_identity(path)?.0)
+    }
+
+    /// [`ExternalHashes::hash`], and for a file its stat identity taken before its bytes were hashed (`None` for a
+    /// directory): unchanged later, the file still holds the bytes that were hashed.
+    fn hash_and_identity(&self, path: &Path) -> anyhow::Result<(String, Option<StatId>)> {
         let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        if meta.is_dir() {
+            return Ok((hash_dir(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?, None));
+        }
+        let stat = StatId::of(&meta);
         let mtime =
             meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         let abs = path.canonicalize().unwrap_or(path.to_path_buf());
-        let id = format!("{}\0{}\0{mtime}", abs.display(), meta.len());
+        // inode and ctime too: a file replaced with the same size and mtime (`cp -p`, `rsync -t`) is another file
+        let id = format!("{}\0{}\0{mtime}\0{}\0{}\0{}", abs.display(), meta.len(), stat.dev, stat.ino, stat.ctime_ns);
         if let Some(h) = self.map.lock().unwrap().0.get(&id) {
-            return Ok(h.clone());
+            return Ok((h.clone(), Some(stat)));
         }
         let (h, _) = key::hash_file(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let mut m = self.map.lock().unwrap();
         m.0.insert(id, h.clone());
         m.1 = true;
-        Ok(h)
+        Ok((h, Some(stat)))
     }
 
     pub fn save(&self) {
@@ -70,6 +76,112 @@ impl ExternalHashes {
     }
 }
 
+/// A directory external (e.g. a checkpoint) is addressed like a directory artifact: by its canonical listing.
+fn hash_dir(path: &Path) -> std::io::Result<String> {
+    Ok(blake3::hash(&key::hash_tree(path)?.bytes()).to_hex().to_string())
+}
+
+/// A file's hash read through `read` rather than a memory map: the file is re-hashed because it changed, and a
+/// mapped file cut short under the map would kill this process with SIGBUS.
+fn hash_file_read(path: &Path) -> std::io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path)?)?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// A file as `stat` gives it: device, inode, size, and modification and status-change times in nanoseconds. A write
+/// changes mtime and ctime, a replacement (a rename onto the path, a new download) the inode and ctime, and ctime
+/// cannot be set back by a user, so an unchanged identity means unchanged bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StatId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl StatId {
+    fn of(meta: &std::fs::Metadata) -> StatId {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        StatId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// One external file of a node as its key saw it: the param that names it, its path, the content hash its key
+/// holds, and (for a file) its stat identity when it was hashed. The stage reads the file itself later, so before
+/// the node starts and again before its outputs are stored, [`Watched::check`] makes sure it still holds those bytes:
+/// a file edited or replaced meanwhile would leave the other version's output under this version's key.
+#[derive(Clone, Debug)]
+struct Watched {
+    param: String,
+    path: PathBuf,
+    hash: String,
+    /// `None` for a directory: its listing is hashed again at every check.
+    id: Option<StatId>,
+}
+
+/// When [`Watched::check`] looks: before the node starts, or after it ran and before its outputs are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Moment {
+    Queued,
+    Ran,
+}
+
+impl Watched {
+    /// Ok when the file still holds what the key hashed: its stat identity is unchanged (one `stat`), or it changed
+    /// and its bytes hash as before (then the new identity is kept, for the next check). `Ok(true)` when it was
+    /// hashed again. A directory is hashed again every time. Otherwise the message names the param, the path and
+    /// what changed.
+    fn check(&mut self, moment: Moment) -> Result<bool, String> {
+        let when = match moment {
+            Moment::Queued => "was queued",
+            Moment::Ran => "ran",
+        };
+        let changed = |what: String| {
+            format!(
+                "param `{}`: {} changed while the node {when} ({what}): its output would not match its key, so \
+                 nothing was stored for it — run again",
+                self.param,
+                self.path.display()
+            )
+        };
+        let meta = std::fs::metadata(&self.path).map_err(|e| changed(format!("it cannot be read now: {e}")))?;
+        let now = match (self.id, meta.is_dir()) {
+            (Some(id), false) if StatId::of(&meta) == id => return Ok(false),
+            (Some(_), false) => {
+                let id = StatId::of(&meta);
+                (hash_file_read(&self.path), Some(id))
+            }
+            (None, true) => (hash_dir(&self.path), None),
+            (Some(_), true) => return Err(changed("it is a directory now".into())),
+            (None, false) => return Err(changed("it is not a directory now".into())),
+        };
+        let hash = now.0.map_err(|e| changed(format!("it cannot be read now: {e}")))?;
+        if hash != self.hash {
+            return Err(changed(format!(
+                "its content hashes to {} now, its key holds {}",
+                key::short(&hash),
+                key::short(&self.hash)
+            )));
+        }
+        self.id = now.1;
+        Ok(true)
+    }
+}
+
+/// Checks every external file of a node ([`Watched::check`]); the first that changed fails it.
+fn check_externals(watched: &mut [Watched], moment: Moment) -> Result<(), String> {
+    watched.iter_mut().try_for_each(|w| w.check(moment).map(|_| ()))
+}
+
 /// Builds a node's key record from its upstream outputs (all of which must be known).
 pub fn record(
     plan: &Plan,
@@ -78,11 +190,12 @@ pub fn record(
     outputs: &[Option<BTreeMap<String, OutputRef>>],
     ext: &ExternalHashes,
 ) -> anyhow::Result<KeyRecord> {
-    record_with(plan, store, i, &|u| outputs[u].as_ref(), ext)
+    Ok(record_with(plan, store, i, &|u| outputs[u].as_ref(), ext)?.0)
 }
 
-/// [`record`] with the upstream outputs looked up by node index. A node that binds one of its stage's binding
-/// slots (`policy`'s `selection`) is keyed by the parameters the stage binds from it, without the slot
+/// [`record`] with the upstream outputs looked up by node index, and the node's external files as the key saw them
+/// (to check before its outputs are stored that the stage read those bytes). A node that binds one of its stage's
+/// binding slots (`policy`'s `selection`) is keyed by the parameters the stage binds from it, without the slot
 /// ([`rmdistill_stages::Stage::bind`]); it then runs with exactly what its key records.
 fn record_with<'o>(
     plan: &Plan,
@@ -90,7 +203,7 @@ fn record_with<'o>(
     i: usize,
     outputs: &dyn Fn(usize) -> Option<&'o BTreeMap<String, OutputRef>>,
     ext: &ExternalHashes,
-) -> anyhow::Result<KeyRecord> {
+) -> anyhow::Result<(KeyRecord, Vec<Watched>)> {
     let n = &plan.nodes[i];
     let mut inputs = BTreeMap::new();
     for (slot, ups) in &n.inputs {
@@ -104,8 +217,11 @@ fn record_with<'o>(
         inputs.insert(slot.clone(), refs);
     }
     let mut externals = BTreeMap::new();
+    let mut watched = Vec::new();
     for (p, path) in &n.externals {
-        externals.insert(p.clone(), ext.hash(path)?);
+        let (hash, id) = ext.hash_and_identity(path)?;
+        externals.insert(p.clone(), hash.clone());
+        watched.push(Watched { param: p.clone(), path: path.clone(), hash, id });
     }
     let binding: Vec<&str> = n.kind.binding_slots().iter().copied().filter(|s| n.inputs.contains_key(*s)).collect();
     let params = if binding.is_empty() {
@@ -120,14 +236,15 @@ fn record_with<'o>(
         }
         bound
     };
-    Ok(KeyRecord {
+    let record = KeyRecord {
         v: KEY_VERSION,
         stage_kind: n.kind.kind().to_string(),
         code: rmdistill_stages::port::code_identity(n.kind).to_string(),
         params,
         inputs,
         externals,
-    })
+    };
+    Ok((record, watched))
 }
 
 /// A node's inputs as [`rmdistill_stages::Stage::bind`] reads them: coordinates from the plan, artifacts from the
@@ -362,11 +479,21 @@ struct Task {
     replace: bool,
     device: Device,
     threads: usize,
+    /// The node's external files as its key saw them, checked before it starts and before its outputs are stored.
+    watched: Vec<Watched>,
 }
 
 /// Runs one node's stage (in this process, or in a worker process for stages on libtorch) and stores its outputs
-/// and entry.
-fn execute(plan: &Plan, store: &Store, t: Task, scratch_root: &Path, progress: &Progress) -> Result<Entry, ExecError> {
+/// and entry. The stage reads the node's external files itself, so they are checked against the hashes its key
+/// holds right before it starts and again after it ran, before anything of it is stored: a file edited or replaced
+/// meanwhile fails the node instead of leaving the other version's output under this version's key.
+fn execute(
+    plan: &Plan,
+    store: &Store,
+    mut t: Task,
+    scratch_root: &Path,
+    progress: &Progress,
+) -> Result<Entry, ExecError> {
     let n = &plan.nodes[t.i];
     let t0 = Instant::now();
     let fail = |e: anyhow::Error| match e.downcast::<Corrupt>() {
@@ -391,6 +518,10 @@ fn execute(plan: &Plan, store: &Store, t: Task, scratch_root: &Path, progress: &
     }
     std::fs::create_dir_all(&scratch)
         .map_err(|e| ExecError::Failed(format!("cannot create scratch space {}: {e}", scratch.display())))?;
+    if let Err(m) = check_externals(&mut t.watched, Moment::Queued) {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Err(ExecError::Failed(m));
+    }
     let result = match n.kind.runs() {
         Runs::InProcess(run) => {
             let ctx = NodeCtx {
@@ -438,7 +569,7 @@ fn execute(plan: &Plan, store: &Store, t: Task, scratch_root: &Path, progress: &
                 .and_then(|bin| crate::worker::run_job(&bin, &job, &scratch, progress))
         }
     };
-    let summary = match result {
+    let summary = match result.and_then(|s| check_externals(&mut t.watched, Moment::Ran).map(|()| s)) {
         Ok(s) => s,
         Err(m) => {
             let _ = std::fs::remove_dir_all(&scratch);
@@ -551,6 +682,8 @@ struct NodeRun {
     replace: bool,
     attempts: u32,
     record: Option<KeyRecord>,
+    /// A queued node's external files as its key saw them.
+    watched: Vec<Watched>,
     outputs: Option<BTreeMap<String, OutputRef>>,
     device: Device,
     report: NodeReport,
@@ -571,6 +704,7 @@ enum Lookup {
     Miss {
         key: String,
         rec: KeyRecord,
+        watched: Vec<Watched>,
     },
 }
 
@@ -711,7 +845,7 @@ impl Runner<'_> {
             return Ok(None);
         }
         let nodes = &self.nodes;
-        let rec = match record_with(self.plan, self.store, i, &|u| nodes[u].outputs.as_ref(), self.ext) {
+        let (rec, watched) = match record_with(self.plan, self.store, i, &|u| nodes[u].outputs.as_ref(), self.ext) {
             Ok(r) => r,
             Err(e) => return Ok(Some(Lookup::Failed(format!("{e:#}")))),
         };
@@ -729,7 +863,7 @@ impl Runner<'_> {
                 let other_machine = h.machine.filter(|m| node.runs_on_libtorch() && m != here);
                 Lookup::Hit { key, outputs: h.outputs, pointer_current, other_machine }
             }
-            None => Lookup::Miss { key, rec },
+            None => Lookup::Miss { key, rec, watched },
         }))
     }
 
@@ -760,13 +894,14 @@ impl Runner<'_> {
                 ))
                 .into());
             }
-            Lookup::Miss { key, rec } => {
+            Lookup::Miss { key, rec, watched } => {
                 // An entry whose blobs are gone or corrupt is replaced rather than trusted.
                 let exists = self.store.get_entry(&key)?.is_some();
                 let nd = &mut self.nodes[i];
                 nd.report.key = Some(key);
                 nd.replace = nd.replace || exists;
                 nd.record = Some(rec);
+                nd.watched = watched;
                 nd.state = State::Queued;
                 self.queue.push_back(i);
             }
@@ -920,6 +1055,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
             replace: false,
             attempts: 0,
             record: None,
+            watched: Vec::new(),
             outputs: None,
             device: Device::Cpu,
             report: NodeReport {
@@ -985,7 +1121,8 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                         inputs.push((slot.clone(), o.clone(), u.node));
                     }
                 }
-                let task = Task { i, key: record.key(), record, inputs, replace: nd.replace, device, threads };
+                let watched = nd.watched.clone();
+                let task = Task { i, key: record.key(), record, inputs, replace: nd.replace, device, threads, watched };
                 progress.started(&plan.nodes[i].name);
                 let res_tx = res_tx.clone();
                 let scratch_root = &scratch_root;
@@ -1201,6 +1338,84 @@ mod tests {
         assert_eq!(some_names(&names(2)), "n0, n1");
         assert_eq!(some_names(&names(8)), "n0, n1, n2, n3, n4, n5, n6, n7");
         assert_eq!(some_names(&names(9)), "n0, n1, n2, n3, n4, n5, n6, n7, and 1 more");
+    }
+
+    /// An external file as a node's key sees it.
+    fn watch(dir: &Path, name: &str) -> Watched {
+        let path = dir.join(name);
+        let ext = ExternalHashes::open(dir);
+        let (hash, id) = ext.hash_and_identity(&path).unwrap();
+        Watched { param: "path".into(), path, hash, id }
+    }
+
+    /// Sets a file's mtime (as `touch -d`, `cp -p` or `rsync -t` do).
+    fn set_mtime(path: &Path, t: std::time::SystemTime) {
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn an_external_file_is_hashed_again_only_when_its_stat_identity_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("data.jsonl");
+        std::fs::write(&f, "version A\n").unwrap();
+        let mut w = watch(d.path(), "data.jsonl");
+        assert!(w.id.is_some());
+        // unchanged: one stat, no hashing
+        assert_eq!(w.check(Moment::Queued), Ok(false));
+        assert_eq!(w.check(Moment::Ran), Ok(false));
+        // touched, or rewritten with the same bytes: hashed again, the same, and its new identity kept
+        set_mtime(&f, std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000));
+        assert_eq!(w.check(Moment::Queued), Ok(true));
+        assert_eq!(w.check(Moment::Queued), Ok(false));
+        let tmp = d.path().join("tmp");
+        std::fs::write(&tmp, "version A\n").unwrap();
+        std::fs::rename(&tmp, &f).unwrap();
+        assert_eq!(w.check(Moment::Ran), Ok(true));
+        assert_eq!(w.check(Moment::Ran), Ok(false));
+    }
+
+    #[test]
+    fn an_external_file_replaced_after_keying_fails_the_check_naming_the_param_and_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("data.jsonl");
+        std::fs::write(&f, "version A\n").unwrap();
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        let mut w = watch(d.path(), "data.jsonl");
+        // replaced by rename with other bytes of the same size and the same mtime (as `cp -p` or `rsync -t` leave
+        // it): what (path, size, mtime) alone would not see
+        let tmp = d.path().join("tmp");
+        std::fs::write(&tmp, "version B\n").unwrap();
+        set_mtime(&tmp, mtime);
+        std::fs::rename(&tmp, &f).unwrap();
+        let err = w.check(Moment::Queued).unwrap_err();
+        let path = f.display().to_string();
+        assert!(err.starts_with(&format!("param `path`: {path} changed while the node was queued (")), "{err}");
+        assert!(err.contains("its output would not match its key") && err.ends_with("run again"), "{err}");
+        // and stays failed: the key still holds version A's hash
+        assert!(w.check(Moment::Ran).unwrap_err().contains("changed while the node ran"));
+        // edited in place
+        std::fs::write(&f, "version A\n").unwrap();
+        let mut w = watch(d.path(), "data.jsonl");
+        std::fs::write(&f, "version C, longer\n").unwrap();
+        assert!(w.check(Moment::Ran).unwrap_err().contains("changed while the node ran (its content hashes to"));
+        // gone
+        std::fs::write(&f, "version A\n").unwrap();
+        let mut w = watch(d.path(), "data.jsonl");
+        std::fs::remove_file(&f).unwrap();
+        assert!(w.check(Moment::Queued).unwrap_err().contains("(it cannot be read now: "));
+    }
+
+    #[test]
+    fn an_external_directory_is_hashed_again_at_every_check() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("ckpt")).unwrap();
+        std::fs::write(d.path().join("ckpt/config.json"), "{}").unwrap();
+        let mut w = watch(d.path(), "ckpt");
+        assert!(w.id.is_none());
+        assert_eq!(w.check(Moment::Queued), Ok(true));
+        std::fs::write(d.path().join("ckpt/model.safetensors"), "weights").unwrap();
+        let err = w.check(Moment::Ran).unwrap_err();
+        assert!(err.contains("ckpt changed while the node ran (its content hashes to"), "{err}");
     }
 
     #[test]

@@ -348,3 +348,124 @@ fn a_failing_node_stops_its_dependents_and_the_run_exits_1() {
     // Nothing partial was published for the failed nodes.
     assert_eq!(entries(&w.store()).len(), 1 + 2 + 6);
 }
+
+/// Two independent nodes run one at a time: `a_model` (in a worker process, here a stand-in script that does what
+/// the test asks) first, then `b_small`, an in-process import of `small.jsonl`, and `c_sub` below it. Both keys are
+/// computed before either runs.
+const RACE_MANIFEST: &str = r#"[stages.a_model]
+kind = "import_model"
+params = { path = "m.gguf" }
+
+[stages.b_small]
+kind = "import"
+params = { path = "small.jsonl" }
+
+[stages.c_sub]
+kind = "subsample"
+inputs = { pairs = "b_small.pairs" }
+params = { rho = 0.5, size = 1, seed = 0 }
+
+[execution]
+jobs = 1
+device = "cpu"
+"#;
+
+fn pair_line(v: &str) -> String {
+    format!("{{\"prompt\":\"{v}\",\"chosen\":\"version {v} chosen, longer\",\"rejected\":\"version {v}\"}}\n")
+}
+
+/// A stand-in for `rmdistill-worker run JOB` (one process per node: no fork server) that runs `body` with `$OUT`
+/// the job's output directory `model`.
+fn stand_in_worker(w: &Work, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = w.path().display();
+    let p = w.write(
+        "worker.sh",
+        &format!("#!/bin/sh\n[ \"$1\" = run ] || exit 3\ncd '{dir}' || exit 3\nOUT=$(dirname \"$2\")/model\n{body}\n"),
+    );
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn run_with_worker(w: &Work, worker: &std::path::Path, args: &[&str]) -> std::process::Output {
+    w.cmd(args).env("RMDISTILL_WORKER", worker).env("RMDISTILL_FORK_SERVER", "0").output().unwrap()
+}
+
+fn node_error(summary: &serde_json::Value, node: &str) -> String {
+    let n = summary["nodes"].as_array().unwrap().iter().find(|n| n["node"] == node).unwrap();
+    n["error"].as_str().unwrap_or_default().to_string()
+}
+
+fn status_of(w: &Work, node: &str) -> String {
+    let st: serde_json::Value = serde_json::from_str(&w.ok(&["status", "m.toml", "--json"])).unwrap();
+    st.as_array().unwrap().iter().find(|n| n["node"] == node).unwrap()["state"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn an_external_file_replaced_while_its_node_is_queued_fails_it_and_stores_nothing() {
+    // The finding: the key of b_small holds version A's hash; the file is replaced (renamed over, as a download or
+    // an editor does) by version B while b_small waits behind a_model; b_small then read B and stored B's rows under
+    // A's key, so that after putting A back `status` said cached and `show` served B. Deterministic: the stand-in
+    // worker of a_model replaces the file while b_small is queued.
+    let w = Work::new();
+    w.write("m.toml", RACE_MANIFEST);
+    w.write("m.gguf", "not a model");
+    w.write("small_A.jsonl", &pair_line("A"));
+    w.write("small_B.jsonl", &pair_line("B"));
+    w.write("small.jsonl", &pair_line("A"));
+    let worker = stand_in_worker(&w, "cp small_B.jsonl small.tmp && mv small.tmp small.jsonl\nexit 1");
+    let o = run_with_worker(&w, &worker, &["run", "m.toml", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(nodes_with(&summary, "failed"), vec!["a_model".to_string(), "b_small".to_string()], "{summary}");
+    assert_eq!(nodes_with(&summary, "skipped"), vec!["c_sub".to_string()], "{summary}");
+    let err = node_error(&summary, "b_small");
+    assert!(err.starts_with("param `path`: small.jsonl changed while the node was queued ("), "{err}");
+    assert!(err.contains("its output would not match its key") && err.ends_with("run again"), "{err}");
+    assert!(s(&o.stderr).contains("error: b_small failed: param `path`: small.jsonl changed"), "{}", s(&o.stderr));
+    // Nothing of it stored: no entry, no blob.
+    assert!(entries(&w.store()).is_empty());
+    assert!(blob_files(&w.store()).is_empty());
+
+    // Version A back: not cached, and a run stores A's rows.
+    w.write("small.jsonl", &pair_line("A"));
+    assert_eq!(status_of(&w, "b_small"), "run");
+    let worker = stand_in_worker(&w, "exit 1");
+    let o = run_with_worker(&w, &worker, &["run", "m.toml", "b_small", "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(nodes_with(&summary, "ran"), vec!["b_small".to_string()], "{summary}");
+    let shown = w.ok(&["show", "m.toml", "b_small"]);
+    assert!(shown.contains("version A chosen") && !shown.contains("version B"), "{shown}");
+    assert_store_consistent(&w.store());
+}
+
+#[test]
+fn an_external_file_changed_while_its_node_runs_fails_it_in_run_and_in_node_run() {
+    // The stand-in worker of a_model (a node in a worker process) appends to its GGUF while it runs, then writes
+    // an output and reports success: the check after it ran, before anything is stored, fails it — under `run` and
+    // under `node run`, the unit a batch scheduler executes.
+    let w = Work::new();
+    w.write("m.toml", RACE_MANIFEST);
+    w.write("small.jsonl", &pair_line("A"));
+    let done = r#"mkdir -p "$OUT" && echo '{}' > "$OUT/config.json" && echo '{"done":{"summary":{}}}'"#;
+    let worker = stand_in_worker(&w, &format!("echo more >> m.gguf\n{done}"));
+    for cmd in [&["node", "run", "m.toml", "a_model", "--json"][..], &["run", "m.toml", "a_model", "--json"]] {
+        w.write("m.gguf", "not a model");
+        let o = run_with_worker(&w, &worker, cmd);
+        assert_eq!(o.status.code(), Some(1), "{cmd:?}: {}", s(&o.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let err = node_error(&summary, "a_model");
+        assert!(err.starts_with("param `path`: m.gguf changed while the node ran ("), "{cmd:?}: {err}");
+        assert!(err.contains("its output would not match its key"), "{err}");
+        assert!(entries(&w.store()).is_empty(), "{cmd:?}");
+        assert!(blob_files(&w.store()).is_empty(), "{cmd:?}");
+        assert_eq!(status_of(&w, "a_model"), "run");
+    }
+    // Touched while it ran (its stat identity changes, its bytes do not): hashed again, the same, so it is stored.
+    let worker = stand_in_worker(&w, &format!("touch -d '2001-01-01' m.gguf\n{done}"));
+    w.write("m.gguf", "not a model");
+    let o = run_with_worker(&w, &worker, &["node", "run", "m.toml", "a_model", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", s(&o.stderr));
+    assert_eq!(entries(&w.store()).len(), 1);
+    assert_eq!(status_of(&w, "a_model"), "cached");
+}
