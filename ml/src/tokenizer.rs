@@ -61,7 +61,13 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 }
 
 impl Tokenizer {
-    pub fn from_inner(inner: tokenizers::Tokenizer) -> Self {
+    /// A tokenizer for whole texts: the truncation and padding saved in a tokenizer.json are the settings of its
+    /// use elsewhere (`"truncation": {"max_length": 512}` is common) and would cap or pad every encoding; batches
+    /// are truncated and padded by their builders here, so both are turned off.
+    pub fn from_inner(mut inner: tokenizers::Tokenizer) -> Self {
+        // Truncation(None) cannot fail (the crate checks only a stride against a maximum length).
+        let _ = inner.with_truncation(None);
+        inner.with_padding(None);
         let mut t = Tokenizer { inner, bos_id: None, eos_id: None, pad_id: None, extra_config: Default::default() };
         // Common names, for tokenizer.json files that come without a tokenizer_config.json.
         t.eos_id = ["<|endoftext|>", "</s>", "<|im_end|>", "<eos>", "<|end_of_text|>"].iter().find_map(|s| t.id(s));
@@ -76,6 +82,12 @@ impl Tokenizer {
         let (file, dir) =
             if path.is_dir() { (path.join("tokenizer.json"), Some(path)) } else { (path.to_path_buf(), path.parent()) };
         let inner = read_tokenizer(&file).map_err(|e| anyhow!("loading {}: {e}", file.display()))?;
+        Self::with_config(inner, dir)
+    }
+
+    /// `inner` (read from a tokenizer.json by the caller), with its special tokens from `dir`'s
+    /// `tokenizer_config.json` when there is one, as [`Tokenizer::load`] does.
+    pub fn with_config(inner: tokenizers::Tokenizer, dir: Option<&Path>) -> Result<Self> {
         let mut t = Self::from_inner(inner);
         if let Some(cfg) = dir.map(|d| d.join("tokenizer_config.json")).filter(|p| p.exists()) {
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg)?)

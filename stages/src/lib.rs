@@ -42,6 +42,7 @@ pub mod stats;
 pub mod subsample;
 pub mod synth;
 pub mod table;
+pub mod tokenizer_file;
 pub mod train_rm;
 
 pub use port::{

@@ -53,7 +53,11 @@ impl Codec {
         if !dir.join("tokenizer.json").exists() {
             return Err(StageError::invalid(slot, format!("{}: no tokenizer.json in this directory", dir.display())));
         }
-        let tok = Tokenizer::load(dir).map_err(|e| StageError::invalid(slot, format!("{e:#}")))?;
+        // read as import reads it (rmdistill_stages::tokenizer_file): checked, and deterministic
+        let file = dir.join("tokenizer.json");
+        let inner = rmdistill_stages::tokenizer_file::read(&file)
+            .map_err(|e| StageError::invalid(slot, format!("loading {}: {e}", file.display())))?;
+        let tok = Tokenizer::with_config(inner, Some(dir)).map_err(|e| StageError::invalid(slot, format!("{e:#}")))?;
         let mut codec = Codec::new(tok, slot)?;
         codec.max_len = std::fs::read(dir.join("config.json"))
             .ok()
