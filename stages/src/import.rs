@@ -19,18 +19,25 @@
 //! (`system`), or else the role with its first letter capitalised. A prompt of messages renders as
 //! `"\n\n{Role}: {content}"` per message followed by `"\n\nAssistant:"`; a response of messages as `" {content}"` of
 //! its first message followed by `"\n\n{Role}: {content}"` for any further ones. This is the Anthropic HH layout, so
-//! message data and HH strings import to the same text.
+//! message data and HH strings import to the same text. A response of messages is the assistant's reply: its first
+//! message's role must be the assistant's (`assistant`, `gpt`, `model`, `bot`, or LLaMA-Factory's `function_call`),
+//! in the implicit-prompt form the first message after the shared prompt; a response that repeats the prompt's turns
+//! is a bad record rather than a reply that holds the question.
 //!
 //! # Output
 //! Responses in the normalised table are oriented by one bit of the pair's hash: chosen becomes `response_a`
 //! (label 0) or `response_b` (label 1), deterministically and independently of row order. Exact duplicate pairs
-//! (same prompt, same two responses in any order) keep their first occurrence. Word counts are whitespace-separated
-//! words; token counts (with `tokenizer`) are the tokens of the response text alone, without special tokens.
+//! (same prompt, same two responses in any order) keep their first occurrence and its label; the log says how many of
+//! the dropped ones preferred the other response, and how many pairs have the same text as both responses (kept).
+//! Word counts are whitespace-separated words; token counts (with `tokenizer`) are the tokens of the response text
+//! alone, without special tokens.
 //!
 //! Every bad record is an [`StageError::Invalid`] naming the field, with a message naming the file, the place
 //! (JSONL `line N`, 1-based; JSON array `index N` and Parquet `row N`, 0-based) and what was expected. A record that
 //! gives a key twice, at its top or inside it, is a bad record (JSON readers differ on which value counts), and a
-//! Parquet file whose schema has a column twice is refused.
+//! Parquet file whose schema has a column twice is refused. So is a record that gives both `chosen`/`rejected` and
+//! `response_a`/`response_b`, or a message with keys of both `{from, value}` and `{role, content}`: one of the two
+//! would be dropped silently. A JSONL line that is not UTF-8 is a bad record like one that is not JSON.
 use crate::longer::SUMMARY_MARGIN;
 use crate::port::*;
 use crate::table::{self, PairRow, PairsBuilder};
@@ -163,7 +170,13 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn nonempty(w: &Where, field: &str, s: &str) -> StageResult<()> {
-    if s.trim().is_empty() { Err(w.err(field, "is an empty string; expected non-empty text")) } else { Ok(()) }
+    if s.is_empty() {
+        Err(w.err(field, "is an empty string; expected non-empty text"))
+    } else if s.trim().is_empty() {
+        Err(w.err(field, "is only whitespace; expected non-empty text"))
+    } else {
+        Ok(())
+    }
 }
 
 fn field<'v>(w: &Where, rec: &'v Map<String, Value>, name: &str, expected: &str) -> StageResult<&'v Value> {
@@ -178,10 +191,26 @@ fn keys(rec: &Map<String, Value>) -> String {
     rec.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
 }
 
+/// The roles that name the assistant (any case): rendered `Assistant`.
+const ASSISTANT_ROLES: [&str; 4] = ["assistant", "gpt", "model", "bot"];
+/// The roles that may begin a response: the assistant's, and LLaMA-Factory's `function_call` (the assistant's
+/// tool call, which its ShareGPT converter accepts wherever it accepts `gpt`).
+const REPLY_ROLES: &str = "assistant, gpt, model, bot or function_call";
+
+fn is_assistant(role: &str) -> bool {
+    ASSISTANT_ROLES.iter().any(|r| role.eq_ignore_ascii_case(r))
+}
+
+fn is_reply_role(role: &str) -> bool {
+    is_assistant(role) || role.eq_ignore_ascii_case("function_call")
+}
+
 fn role_name(role: &str) -> String {
+    if is_assistant(role) {
+        return "Assistant".into();
+    }
     match role.to_ascii_lowercase().as_str() {
         "user" | "human" => "Human".into(),
-        "assistant" | "gpt" | "model" | "bot" => "Assistant".into(),
         "system" => "System".into(),
         _ => {
             let mut c = role.chars();
@@ -193,7 +222,20 @@ fn role_name(role: &str) -> String {
     }
 }
 
-/// A message: `{role, content}` (TRL/OpenAI) or `{from, value}` (ShareGPT). Returns (role, content).
+/// A string of the record as an error quotes it: JSON-quoted, cut after 60 characters.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(60) {
+        None => Value::from(s).to_string(),
+        Some((i, _)) => format!("{}…", Value::from(&s[..i])),
+    }
+}
+
+/// The (role, content) keys of a message: ShareGPT's `from`/`value` when it has either, else `role`/`content`.
+fn message_keys(m: &Map<String, Value>) -> (&'static str, &'static str) {
+    if m.contains_key("from") || m.contains_key("value") { ("from", "value") } else { ("role", "content") }
+}
+
+/// A message: `{role, content}` (TRL/OpenAI) or `{from, value}` (ShareGPT), not keys of both. Returns (role, content).
 fn message(w: &Where, path: &str, v: &Value) -> StageResult<(String, String)> {
     let Value::Object(m) = v else {
         return Err(w.err(
@@ -201,10 +243,31 @@ fn message(w: &Where, path: &str, v: &Value) -> StageResult<(String, String)> {
             format!("is {}; expected a message object {{role, content}} or {{from, value}}", type_name(v)),
         ));
     };
-    let (rk, ck) =
-        if m.contains_key("from") || m.contains_key("value") { ("from", "value") } else { ("role", "content") };
-    let role = match m.get(rk) {
+    let (rk, ck) = message_keys(m);
+    let (role, content) = (m.get(rk), m.get(ck));
+    // a message with the two keys of one convention holds none of the other's; else both may be there
+    if !(m.len() == 2 && role.is_some() && content.is_some()) {
+        let (ork, ock) = if rk == "from" { ("role", "content") } else { ("from", "value") };
+        let own = [rk, ck].into_iter().find(|k| m.contains_key(*k));
+        let other = [ork, ock].into_iter().find(|k| m.contains_key(*k));
+        if let (Some(own), Some(other)) = (own, other) {
+            let (sharegpt, openai) = if rk == "from" { (own, other) } else { (other, own) };
+            return Err(w.err(
+                path,
+                format!(
+                    "has both `{sharegpt}` and `{openai}`: keys of a ShareGPT {{from, value}} and of a {{role, content}} message, and readers differ on which pair counts; give one of the two"
+                ),
+            ));
+        }
+    }
+    let role = match role {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) => {
+            return Err(w.err(
+                &format!("{path}.{rk}"),
+                "is an empty string; expected a role string (such as user or assistant)",
+            ));
+        }
         Some(other) => {
             return Err(w.err(&format!("{path}.{rk}"), format!("is {}; expected a role string", type_name(other))));
         }
@@ -215,7 +278,7 @@ fn message(w: &Where, path: &str, v: &Value) -> StageResult<(String, String)> {
             ));
         }
     };
-    let content = match m.get(ck) {
+    let content = match content {
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
             return Err(w.err(&format!("{path}.{ck}"), format!("is {}; expected a string", type_name(other))));
@@ -227,7 +290,9 @@ fn message(w: &Where, path: &str, v: &Value) -> StageResult<(String, String)> {
             ));
         }
     };
-    nonempty(w, &format!("{path}.{ck}"), &content)?;
+    if content.trim().is_empty() {
+        nonempty(w, &format!("{path}.{ck}"), &content)?;
+    }
     Ok((role, content))
 }
 
@@ -237,6 +302,20 @@ fn messages(w: &Where, path: &str, list: &[Value]) -> StageResult<Vec<(String, S
     }
     list.iter().enumerate().map(|(i, m)| message(w, &format!("{path}[{i}]"), m)).collect()
 }
+
+/// The error of a response given as messages whose first message `msg` (at `path`) has a `role` that is not one
+/// of [`REPLY_ROLES`] ([`is_reply_role`]): a response is the assistant's reply. `why` ends it, saying where the turns
+/// before the reply belong.
+fn not_a_reply(w: &Where, path: &str, msg: &Value, role: &str, why: &str) -> StageError {
+    let rk = match msg {
+        Value::Object(m) => message_keys(m).0,
+        _ => "role",
+    };
+    w.err(&format!("{path}.{rk}"), format!("is {}; expected an assistant role ({REPLY_ROLES}): {why}", quoted(role)))
+}
+
+/// The end of the error of a response whose first message is not the assistant's, for a record with a prompt.
+const REPLY_ALONE: &str = "a response is the assistant's reply alone; the turns before it belong in `prompt`";
 
 fn render_prompt(msgs: &[(String, String)]) -> String {
     let mut s = String::new();
@@ -276,7 +355,14 @@ fn text(w: &Where, rec: &mut Map<String, Value>, name: &str, is_prompt: bool) ->
         }
         Value::Array(list) => {
             let msgs = messages(w, name, list)?;
-            Ok(if is_prompt { render_prompt(&msgs) } else { render_response(&msgs) })
+            if is_prompt {
+                Ok(render_prompt(&msgs))
+            } else {
+                if !is_reply_role(&msgs[0].0) {
+                    return Err(not_a_reply(w, &format!("{name}[0]"), &list[0], &msgs[0].0, REPLY_ALONE));
+                }
+                Ok(render_response(&msgs))
+            }
         }
         other => {
             Err(w.err(name, format!("is {}; expected a non-empty string or a list of messages", type_name(other))))
@@ -311,10 +397,11 @@ fn split_hh(w: &Where, chosen: &str, rejected: &str) -> StageResult<(String, Str
     Ok((pc.to_string(), rc.to_string(), rr.to_string()))
 }
 
-/// (prompt, chosen, rejected) from two full conversations given as message lists: the shared leading messages are
-/// the prompt.
+/// (prompt, chosen, rejected) from two full conversations given as message lists (`raw_*` as the record gives
+/// them): the shared leading messages are the prompt, and what follows in each must begin with the assistant.
 fn split_messages(
     w: &Where,
+    (raw_chosen, raw_rejected): (&[Value], &[Value]),
     chosen: &[(String, String)],
     rejected: &[(String, String)],
 ) -> StageResult<(String, String, String)> {
@@ -327,6 +414,19 @@ fn split_messages(
     }
     if shared == rejected.len() {
         return Err(w.err("rejected", "has no message after the prompt it shares with `chosen`"));
+    }
+    for (name, raw, msgs) in [("chosen", raw_chosen, chosen), ("rejected", raw_rejected, rejected)] {
+        if !is_reply_role(&msgs[shared].0) {
+            return Err(not_a_reply(
+                w,
+                &format!("{name}[{shared}]"),
+                &raw[shared],
+                &msgs[shared].0,
+                &format!(
+                    "the messages after the {shared} that `chosen` and `rejected` share (the prompt) are the reply, which begins with the assistant's turn"
+                ),
+            ));
+        }
     }
     Ok((render_prompt(&chosen[..shared]), render_response(&chosen[shared..]), render_response(&rejected[shared..])))
 }
@@ -362,7 +462,22 @@ fn detect(rec: &Map<String, Value>, w: &Where) -> StageResult<Format> {
     })
 }
 
+/// A record that gives both a preference (`chosen`/`rejected`) and a pair (`response_a`/`response_b`) is refused:
+/// a format reads one of the two and would drop the other silently. The error names the key the format would drop.
+fn one_pair_of_responses(format: Format, w: &Where, rec: &Map<String, Value>) -> StageResult<()> {
+    let Some(pref) = ["chosen", "rejected"].into_iter().find(|k| rec.contains_key(*k)) else { return Ok(()) };
+    let Some(pair) = ["response_a", "response_b"].into_iter().find(|k| rec.contains_key(*k)) else { return Ok(()) };
+    let (dropped, read) = if format == Format::Unlabeled { (pref, pair) } else { (pair, pref) };
+    Err(w.err(
+        dropped,
+        format!(
+            "is given beside `{read}`: a record holds chosen/rejected or response_a/response_b, not both (which of the two counts is ambiguous); give one of the two"
+        ),
+    ))
+}
+
 fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResult<Extracted> {
+    one_pair_of_responses(format, w, rec)?;
     match format {
         Format::Trl => Ok(Extracted {
             prompt: text(w, rec, "prompt", true)?,
@@ -390,7 +505,7 @@ fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResu
             let (prompt, first, second) = match (c, r) {
                 (Value::String(c), Value::String(r)) => split_hh(w, c, r)?,
                 (Value::Array(c), Value::Array(r)) => {
-                    split_messages(w, &messages(w, "chosen", c)?, &messages(w, "rejected", r)?)?
+                    split_messages(w, (c, r), &messages(w, "chosen", c)?, &messages(w, "rejected", r)?)?
                 }
                 (Value::String(_) | Value::Array(_), other) => {
                     return Err(w.err(
@@ -427,7 +542,19 @@ fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResu
             msgs.extend(conv);
             let resp = |name: &str| -> StageResult<String> {
                 match field(w, rec, name, "a message object {from, value}")? {
-                    v @ Value::Object(_) => Ok(render_response(&[message(w, name, v)?])),
+                    v @ Value::Object(_) => {
+                        let msg = message(w, name, v)?;
+                        if !is_reply_role(&msg.0) {
+                            return Err(not_a_reply(
+                                w,
+                                name,
+                                v,
+                                &msg.0,
+                                "a response is the assistant's reply alone; the turns before it belong in `conversations`",
+                            ));
+                        }
+                        Ok(render_response(&[msg]))
+                    }
                     Value::String(s) => {
                         nonempty(w, name, s)?;
                         Ok(format!(" {s}"))
@@ -730,6 +857,18 @@ impl<'de> serde::de::Visitor<'de> for StrictRecords {
     }
 }
 
+/// Why a JSONL line that is not JSON may look fine: a byte-order mark at its start (line 1's is skipped), or
+/// carriage returns that end no line (a file with CR line endings is one line to JSONL). Empty when neither.
+fn malformed_hint(line: &[u8]) -> &'static str {
+    if line.starts_with(b"\xEF\xBB\xBF") {
+        " (the line begins with a byte-order mark U+FEFF, as files joined with `cat` have at each file's start: remove it)"
+    } else if memchr::memchr(b'\r', line).is_some() {
+        " (the line holds carriage returns that end no line: the file seems to use CR line endings; convert them to LF)"
+    } else {
+        ""
+    }
+}
+
 /// The JSONL arm of [`for_each_batch`], reading `block` bytes at a time (a parameter so that tests can cut lines
 /// across blocks).
 fn jsonl_batches(
@@ -792,37 +931,32 @@ fn jsonl_batches(
             lines.push((line_no, line));
             seen += 1;
         }
-        let parsed: Vec<StageResult<Item>> = lines
+        let items: Vec<Item> = lines
             .par_iter()
             .map(|&(n, line)| {
                 let loc = Loc::Line(n);
-                let text = std::str::from_utf8(line)
-                    .map_err(|e| StageError::invalid("path", format!("{shown} {loc}: cannot read: {e}")))?;
-                let rec = match parse_strict(text) {
-                    Parsed::Value(v) => as_object(shown, loc, v),
-                    Parsed::Repeated(r) => Err(r.error(&Where { file: shown, loc })),
-                    Parsed::Malformed(e) => {
-                        Err(StageError::invalid("path", format!("{shown} {loc}: malformed JSON: {e}")))
-                    }
+                let rec = match std::str::from_utf8(line) {
+                    Err(e) => Err(StageError::invalid(
+                        "path",
+                        format!(
+                            "{shown} {loc}: byte 0x{:02x} (byte {} of the line) is not UTF-8; expected UTF-8 text (re-save the file as UTF-8)",
+                            line[e.valid_up_to()],
+                            e.valid_up_to() + 1
+                        ),
+                    )),
+                    Ok(text) => match parse_strict(text) {
+                        Parsed::Value(v) => as_object(shown, loc, v),
+                        Parsed::Repeated(r) => Err(r.error(&Where { file: shown, loc })),
+                        Parsed::Malformed(e) => Err(StageError::invalid(
+                            "path",
+                            format!("{shown} {loc}: malformed JSON: {e}{}", malformed_hint(line)),
+                        )),
+                    },
                 };
-                Ok(Item { loc, rec })
+                Item { loc, rec }
             })
             .collect();
-        let mut items = Vec::with_capacity(parsed.len());
-        let mut fatal = None;
-        for p in parsed {
-            match p {
-                Ok(item) => items.push(item),
-                Err(e) => {
-                    fatal = Some(e);
-                    break;
-                }
-            }
-        }
         f(items, None)?;
-        if let Some(e) = fatal {
-            return Err(e);
-        }
         block.drain(..whole);
     }
     Ok(())
@@ -830,7 +964,7 @@ fn jsonl_batches(
 
 /// Calls `f` with the file's records, in order, in batches, up to `limit` records, and with the number of records
 /// when the file says it (JSON array, Parquet). JSONL is read in blocks whose lines are parsed in parallel; a line
-/// that is not UTF-8 stops the import there, after the records before it. Returns the file kind.
+/// that is not UTF-8 is an invalid record like one that is not JSON. Returns the file kind.
 fn for_each_batch(
     path: &Path,
     shown: &str,
@@ -1363,7 +1497,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
     ctx.progress(records, records);
 
     let counts = &out.counts;
-    let pairs = counts.pairs;
+    let (pairs, identical) = (counts.pairs, counts.identical_responses);
     let mut summary = json!({
         "format": format.name(),
         "file_kind": kind.name(),
@@ -1387,6 +1521,16 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
     }
     out.finish(shown, &table::summary_kv("import", &summary))?;
     ctx.log(&format!("{shown}: {records} records → {pairs} pairs ({duplicates} duplicates dropped)"));
+    if conflicting > 0 {
+        ctx.log(&format!(
+            "{shown}: {conflicting} of the {duplicates} duplicates dropped prefer the other response of their pair; each pair keeps the label of its first record (counted in `rmdistill.conflicting_duplicates` of the pairs table's metadata)"
+        ));
+    }
+    if identical > 0 {
+        ctx.log(&format!(
+            "{shown}: {identical} of the {pairs} pairs have the same text as both responses (response_a = response_b): imported as given, they carry no preference (counted in `rmdistill.identical_responses` of the pairs table's metadata)"
+        ));
+    }
     Ok(summary)
 }
 
@@ -2101,15 +2245,288 @@ mod tests {
         // the limit counts records (and invalid lines), not blank lines
         let first3 = jsonl_places(text.as_bytes(), 3, 5);
         assert_eq!(first3.0, whole.0[..3]);
-        // a line that is not UTF-8 stops the import there, after the records before it
+        // a line that is not UTF-8 is that line's error, like one that is not JSON; the lines after it are read
         let mut bad = b"{\"a\": 1}\n{\"b\": 2}\n{\"c\": \"\xff\"}\n{\"d\": 3}\n".to_vec();
         for block in [4, JSONL_BLOCK] {
             let (places, end) = jsonl_places(&bad, u64::MAX, block);
-            assert_eq!(places.len(), 2, "block {block}: {places:?}");
-            let e = end.unwrap_err();
-            assert!(e.contains("f.jsonl line 3: cannot read") && e.contains("utf-8"), "{e}");
+            assert!(end.is_ok(), "block {block}: {end:?}");
+            assert_eq!(places.len(), 4, "block {block}: {places:?}");
+            assert_eq!(places[3].1, r#"{"d":3}"#);
+            assert!(
+                places[2].1.starts_with("path: f.jsonl line 3: byte 0xff (byte 8 of the line) is not UTF-8"),
+                "{places:?}"
+            );
         }
         bad.truncate(0);
         assert_eq!(jsonl_places(&bad, u64::MAX, 4), (vec![], Ok(())));
+    }
+
+    /// [`import`] that also returns the stage's log lines.
+    fn import_logged(dir: &Path, file: &Path, extra: Value) -> (Result<Value, String>, Vec<String>) {
+        let mut params = json!({"path": file.to_string_lossy()});
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        let ctx = LocalCtx::new(dir, params).external("path", file);
+        std::fs::create_dir_all(dir).unwrap();
+        let r = import_in_groups(&ctx, GROUP_ROWS).map_err(|e| e.to_string());
+        let logs = ctx.logs.lock().unwrap().clone();
+        (r, logs)
+    }
+
+    /// Imports each `(name, text)` expecting an error on `field` that contains every needle; then, with
+    /// `on_invalid = "skip"` and a valid record of the same format after it, expects the record skipped and counted
+    /// under `field`. The valid record: a ShareGPT one when the text has `conversations`, an unlabelled one when it
+    /// has `response_a` but no `chosen`, an HH one when it has no `prompt`, else a TRL one.
+    fn refused_and_skipped(dir: &Path, cases: &[(&str, String, &str, &[&str])]) {
+        for (name, text, field, needles) in cases {
+            let good = if text.contains("\"conversations\"") {
+                json!({"conversations": [{"from": "human", "value": "q"}], "chosen": "c", "rejected": "r"})
+            } else if text.contains("\"response_a\"") && !text.contains("\"chosen\"") {
+                json!({"prompt": "p", "response_a": "a", "response_b": "b"})
+            } else if !text.contains("\"prompt\"") {
+                json!({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"})
+            } else {
+                json!({"prompt": "p", "chosen": "c", "rejected": "r"})
+            };
+            let f = write(dir, name, text);
+            let e = import(&dir.join(format!("e-{name}")), &f, json!({})).unwrap_err();
+            assert!(e.starts_with(&format!("{field}: ")), "{name}: field {field}: {e}");
+            for n in *needles {
+                assert!(e.contains(n), "{name}: expected `{n}` in: {e}");
+            }
+            let f = write(dir, &format!("s-{name}"), &format!("{text}\n{good}\n"));
+            let (s, _) = import(&dir.join(format!("o-s-{name}")), &f, json!({"on_invalid": "skip"}))
+                .unwrap_or_else(|e| panic!("{name} skipped: {e}"));
+            assert_eq!((s["invalid_skipped"].as_u64(), s["records"].as_u64()), (Some(1), Some(1)), "{name}: {s}");
+            assert_eq!(s["invalid_by_field"][field], 1, "{name}: {s}");
+        }
+    }
+
+    /// A response given as messages is the assistant's reply: its first message must have an assistant role, in
+    /// TRL and unlabelled records, ShareGPT `chosen`/`rejected` objects, and after the prompt that the two
+    /// conversations of TRL's implicit-prompt form share. Otherwise the record is invalid, naming the role's field,
+    /// its value and what was expected — a prompt repeated in the responses no longer ends up inside them.
+    #[test]
+    fn a_response_must_begin_with_the_assistants_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = |role: &str, c: &str| json!({"role": role, "content": c});
+        let q = "What is the capital of France?";
+        let cases: Vec<(&str, String, &str, &[&str])> = vec![
+            (
+                "repeated_prompt.jsonl",
+                json!({"prompt": [m("user", q)], "chosen": [m("user", q), m("assistant", "Paris.")],
+                       "rejected": [m("user", q), m("assistant", "Lyon, I think.")]})
+                .to_string(),
+                "chosen[0].role",
+                &[
+                    "line 1: `chosen[0].role` is \"user\"; expected an assistant role (assistant, gpt, model, bot or function_call)",
+                    "the turns before it belong in `prompt`",
+                ],
+            ),
+            (
+                "wizard.jsonl",
+                json!({"prompt": "q", "chosen": [m("assistant", "a")], "rejected": [m("wizard", "b")]}).to_string(),
+                "rejected[0].role",
+                &["`rejected[0].role` is \"wizard\"; expected an assistant role"],
+            ),
+            (
+                "unlabelled.jsonl",
+                json!({"prompt": "q", "response_a": [m("gpt", "a")], "response_b": [m("Human", "b")]}).to_string(),
+                "response_b[0].role",
+                &["`response_b[0].role` is \"Human\""],
+            ),
+            (
+                "sharegpt.jsonl",
+                json!({"conversations": [{"from": "human", "value": "q"}],
+                       "chosen": {"from": "human", "value": "a human turn"}, "rejected": {"from": "gpt", "value": "no"}})
+                .to_string(),
+                "chosen.from",
+                &["`chosen.from` is \"human\"; expected an assistant role", "belong in `conversations`"],
+            ),
+            (
+                "implicit.jsonl",
+                json!({"chosen": [m("user", "q"), m("assistant", "Sure."), m("user", "more"), m("assistant", "x")],
+                       "rejected": [m("user", "q"), m("assistant", "Sure."), m("user", "less"), m("assistant", "y")]})
+                .to_string(),
+                "chosen[2].role",
+                &["`chosen[2].role` is \"user\"", "after the 2 that `chosen` and `rejected` share (the prompt)"],
+            ),
+        ];
+        refused_and_skipped(dir.path(), &cases);
+
+        // every assistant role of the vocabularies, in any case; a reply of several messages; the implicit form
+        let recs = [
+            json!({"prompt": [m("user", "q1")], "chosen": [m("Assistant", "a b")], "rejected": [m("model", "c")]}),
+            json!({"prompt": "q2", "chosen": [m("bot", "a"), m("user", "thanks"), m("assistant", "welcome")],
+                   "rejected": [m("GPT", "c")]}),
+            json!({"chosen": [m("user", "q3"), m("assistant", "yes")], "rejected": [m("user", "q3"), m("assistant", "no")]}),
+            json!({"conversations": [{"from": "human", "value": "q4"}], "chosen": {"from": "function_call", "value": "f()"},
+                   "rejected": {"from": "gpt", "value": "no"}}),
+        ];
+        for (i, r) in recs.iter().enumerate() {
+            let f = write(dir.path(), &format!("ok{i}.jsonl"), &r.to_string());
+            let (s, out) = import(&dir.path().join(format!("ok{i}")), &f, json!({})).unwrap();
+            assert_eq!(s["pairs"], 1, "{r}: {s}");
+            let t = table::read_table(&out, None).unwrap();
+            let both = [strings(&t, "response_a"), strings(&t, "response_b")].concat();
+            assert!(both.iter().all(|r| r.starts_with(' ') && !r.contains("q1") && !r.contains("q3")), "{both:?}");
+        }
+    }
+
+    /// A record with both a preference and a pair of responses, or a message with the keys of both conventions,
+    /// would have one of the two read and the other dropped silently: refused, naming both keys.
+    #[test]
+    fn a_record_or_message_that_gives_two_forms_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: Vec<(&str, String, &str, &[&str])> = vec![
+            (
+                "both_pairs.jsonl",
+                json!({"prompt": "p", "chosen": "c c", "rejected": "r", "response_a": "other a", "response_b": "b"})
+                    .to_string(),
+                "response_a",
+                &["line 1: `response_a` is given beside `chosen`", "not both"],
+            ),
+            (
+                "both_message_forms.jsonl",
+                json!({"conversations": [{"from": "human", "value": "q1", "role": "user", "content": "q2"}],
+                       "chosen": {"from": "gpt", "value": "long answer"}, "rejected": {"from": "gpt", "value": "no"}})
+                .to_string(),
+                "conversations[0]",
+                &["`conversations[0]` has both `from` and `role`", "give one of the two"],
+            ),
+            (
+                "content_and_value.jsonl",
+                json!({"prompt": "p", "chosen": [{"role": "assistant", "content": "a", "value": "b"}], "rejected": "r"})
+                    .to_string(),
+                "chosen[0]",
+                &["`chosen[0]` has both `value` and `role`"],
+            ),
+        ];
+        refused_and_skipped(dir.path(), &cases);
+        // forced to read the pair, the preference is the key named
+        let f = write(
+            dir.path(),
+            "u.jsonl",
+            &json!({"prompt": "p", "response_a": "a", "response_b": "b", "rejected": "r"}).to_string(),
+        );
+        let e = import(&dir.path().join("u"), &f, json!({"format": "unlabeled"})).unwrap_err();
+        assert!(e.starts_with("rejected: ") && e.contains("`rejected` is given beside `response_a`"), "{e}");
+        // a message may carry other keys beside one form's two
+        let f = write(
+            dir.path(),
+            "extra.jsonl",
+            &json!({"prompt": [{"role": "user", "content": "q", "name": "x"}], "chosen": [{"role": "assistant", "content": "a", "weight": 1}], "rejected": "r"}).to_string(),
+        );
+        assert!(import(&dir.path().join("extra"), &f, json!({})).is_ok());
+    }
+
+    /// With `on_invalid = "skip"`, a JSONL line that is not UTF-8 is skipped like a line that is not JSON.
+    #[test]
+    fn a_line_that_is_not_utf8_is_an_invalid_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = b"{\"prompt\":\"p\",\"chosen\":\"a b\",\"rejected\":\"c\"}\n{bad json\n".to_vec();
+        text.extend_from_slice(b"{\"prompt\":\"p\xff\",\"chosen\":\"a\",\"rejected\":\"b\"}\n");
+        text.extend_from_slice(b"{\"prompt\":\"q\",\"chosen\":\"d e\",\"rejected\":\"f\"}\n");
+        let f = dir.path().join("d.jsonl");
+        std::fs::write(&f, &text).unwrap();
+        let e = import(&dir.path().join("e"), &f, json!({})).unwrap_err();
+        assert!(e.starts_with("path: ") && e.contains("d.jsonl line 2: malformed JSON"), "{e}");
+        let (s, _) = import(&dir.path().join("s"), &f, json!({"on_invalid": "skip"})).unwrap();
+        assert_eq!((s["records"].as_u64(), s["invalid_skipped"].as_u64()), (Some(2), Some(2)), "{s}");
+        assert_eq!(s["invalid_by_field"]["path"], 2, "{s}");
+        let first = s["invalid_first"][1].as_str().unwrap();
+        assert!(first.contains("d.jsonl line 3: byte 0xff (byte 13 of the line) is not UTF-8"), "{first}");
+    }
+
+    /// Duplicates that prefer the other response, and pairs whose two responses are the same text, are imported as
+    /// before and said in the log with the metadata key that counts them.
+    #[test]
+    fn conflicting_duplicates_and_identical_responses_are_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |c: &str, r: &str| json!({"prompt": "p", "chosen": c, "rejected": r}).to_string();
+        let text = [
+            rec("short", "a much longer reply"),
+            rec("a much longer reply", "short"),
+            rec("a much longer reply", "short"),
+            rec("short", "a much longer reply"),
+            rec("same text", "same text"),
+        ]
+        .join("\n");
+        let f = write(dir.path(), "d.jsonl", &text);
+        let (s, logs) = import_logged(&dir.path().join("o"), &f, json!({}));
+        let s = s.unwrap();
+        assert_eq!(
+            (s["pairs"].as_u64(), s["duplicates"].as_u64(), s["conflicting_duplicates"].as_u64()),
+            (Some(2), Some(3), Some(2))
+        );
+        assert_eq!(s["identical_responses"], 1);
+        let all = logs.join("\n");
+        assert!(all.contains("d.jsonl: 5 records → 2 pairs (3 duplicates dropped)"), "{all}");
+        assert!(
+            all.contains("2 of the 3 duplicates dropped prefer the other response of their pair; each pair keeps the label of its first record (counted in `rmdistill.conflicting_duplicates`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("1 of the 2 pairs have the same text as both responses (response_a = response_b): imported as given, they carry no preference (counted in `rmdistill.identical_responses`"),
+            "{all}"
+        );
+        // none of either: no such line
+        let f = write(dir.path(), "clean.jsonl", &[rec("a", "b"), rec("a", "b")].join("\n"));
+        let (_, logs) = import_logged(&dir.path().join("c"), &f, json!({}));
+        assert!(!logs.join("\n").contains("prefer the other") && !logs.join("\n").contains("same text"), "{logs:?}");
+    }
+
+    /// Messages for causes that are easy to miss: whitespace-only text, an empty role, a byte-order mark at the start
+    /// of a line other than the first, a file with CR line endings.
+    #[test]
+    fn invisible_causes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: Vec<(&str, String, &str, &[&str])> = vec![
+            (
+                "ws.jsonl",
+                json!({"prompt": "p", "chosen": "   \t ", "rejected": "x"}).to_string(),
+                "chosen",
+                &["`chosen` is only whitespace; expected non-empty text"],
+            ),
+            (
+                "ws_content.jsonl",
+                json!({"prompt": [{"role": "user", "content": "\n "}], "chosen": "c", "rejected": "x"}).to_string(),
+                "prompt[0].content",
+                &["`prompt[0].content` is only whitespace"],
+            ),
+            (
+                "empty_role.jsonl",
+                json!({"prompt": "p", "chosen": [{"role": "", "content": "x"}], "rejected": "y"}).to_string(),
+                "chosen[0].role",
+                &["`chosen[0].role` is an empty string; expected a role string"],
+            ),
+        ];
+        refused_and_skipped(dir.path(), &cases);
+        let e = import(
+            &dir.path().join("empty"),
+            &write(dir.path(), "empty.jsonl", &json!({"prompt": "p", "chosen": "", "rejected": "x"}).to_string()),
+            json!({}),
+        )
+        .unwrap_err();
+        assert!(e.contains("`chosen` is an empty string"), "{e}");
+
+        let good = |p: &str| json!({"prompt": p, "chosen": "a", "rejected": "b"}).to_string();
+        let bom = write(dir.path(), "bom.jsonl", &format!("\u{feff}{}\n\u{feff}{}\n", good("p"), good("q")));
+        let e = import(&dir.path().join("bom"), &bom, json!({})).unwrap_err();
+        assert!(
+            e.contains("bom.jsonl line 2: malformed JSON: expected value at line 1 column 1 (the line begins with a byte-order mark U+FEFF"),
+            "{e}"
+        );
+        let cr = write(dir.path(), "cr.jsonl", &format!("{}\r{}\r", good("p"), good("q")));
+        let e = import(&dir.path().join("cr"), &cr, json!({})).unwrap_err();
+        assert!(
+            e.contains("cr.jsonl line 1: malformed JSON: trailing characters")
+                && e.contains("the file seems to use CR line endings; convert them to LF"),
+            "{e}"
+        );
+        // CRLF line endings are read as they were
+        let crlf = write(dir.path(), "crlf.jsonl", &format!("{}\r\n{}\r\n", good("p"), good("q")));
+        assert_eq!(import(&dir.path().join("crlf"), &crlf, json!({})).unwrap().0["pairs"], 2);
     }
 }
