@@ -38,6 +38,10 @@
 //! Parquet file whose schema has a column twice is refused. So is a record that gives both `chosen`/`rejected` and
 //! `response_a`/`response_b`, or a message with keys of both `{from, value}` and `{role, content}`: one of the two
 //! would be dropped silently. A JSONL line that is not UTF-8 is a bad record like one that is not JSON.
+//!
+//! `exclude` (optional, pairs tables) holds prompts out: a record whose prompt is one of theirs is left out and
+//! counted (`held_out_prompt_records`), so that a training table shares no prompt with a held-out one taken from the
+//! same file by position (TL;DR has several comparisons per post).
 use crate::longer::SUMMARY_MARGIN;
 use crate::port::*;
 use crate::table::{self, PairRow, PairsBuilder};
@@ -45,7 +49,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
@@ -1173,18 +1177,6 @@ impl std::hash::Hasher for HashBits {
     }
 }
 
-/// A tokenizer.json, checked to be JSON before the tokenizers crate reads it: its decoder deserialiser (0.23)
-/// panics (`expect("Helper")`) on JSON cut or broken inside the `decoder` object, which the check turns into an
-/// error with a line and column; any other panic in it is caught and reported as the file's error.
-fn read_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes)) {
-        Ok(t) => t.map_err(|e| e.to_string()),
-        Err(_) => Err("the tokenizers crate could not read it (it panicked)".to_string()),
-    }
-}
-
 /// The records in file order: the pairs kept since the last write (the first occurrence of each), the duplicates,
 /// the invalid ones. A duplicate is known by its hash alone, so nothing of a written pair stays in memory but its
 /// hash and which response it prefers.
@@ -1197,6 +1189,9 @@ struct Collected {
     duplicates: u64,
     conflicting: u64,
     invalid: Skipped,
+    /// BLAKE3 of each prompt of the `exclude` tables: records with one of them are left out
+    held_out: HashSet<[u8; 32]>,
+    excluded: u64,
 }
 
 impl Collected {
@@ -1214,6 +1209,10 @@ impl Collected {
         let source_row = u32::try_from(self.records + self.invalid.count + skip)
             .map_err(|_| StageError::invalid("path", format!("{shown}: more than 2^32 records")))?;
         self.records += 1;
+        if !self.held_out.is_empty() && self.held_out.contains(blake3::hash(pair.prompt.as_bytes()).as_bytes()) {
+            self.excluded += 1;
+            return Ok(());
+        }
         match self.first_seen.entry(*pair.hash.as_bytes()) {
             std::collections::hash_map::Entry::Occupied(o) => {
                 self.duplicates += 1;
@@ -1380,7 +1379,12 @@ impl Stage for Import {
         "normalise a preference dataset (JSONL, JSON or Parquet; TRL, unlabelled, HH or ShareGPT) into a pairs table"
     }
     fn inputs(&self) -> &'static [InputSpec] {
-        &[]
+        &[InputSpec {
+            name: "exclude",
+            required: false,
+            many: true,
+            doc: "pairs tables held out from this one: a record whose prompt is one of theirs is left out (counted)",
+        }]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
         &[OutputSpec { name: "pairs", kind: ArtifactKind::File, doc: "normalised pairs (Parquet)" }]
@@ -1417,14 +1421,17 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
                 let tp = ctx.external("tokenizer").ok_or_else(|| {
                     StageError::invalid("tokenizer", format!("{t}: the runner did not resolve this file"))
                 })?;
-                Some(read_tokenizer(tp).map_err(|e| {
+                Some(crate::tokenizer_file::read(tp).map_err(|e| {
                     StageError::invalid("tokenizer", format!("{t}: not a readable tokenizer.json: {e}"))
                 })?)
             }
         };
 
+    let exclude = ctx.inputs("exclude");
+    let held_out = held_out_prompts(exclude)?;
+
     let mut format = p.format;
-    let mut c = Collected::default();
+    let mut c = Collected { held_out, ..Collected::default() };
     let out_path = ctx.output_path("pairs");
     let mut out = PairsOut {
         path: &out_path,
@@ -1472,7 +1479,16 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
         Ok(())
     })?;
     out.write(c.take_groups(group_rows, true))?;
-    let Collected { records, duplicates, conflicting, invalid, .. } = c;
+    let Collected { records, duplicates, conflicting, invalid, excluded, .. } = c;
+    if records > 0 && excluded == records {
+        return Err(StageError::invalid(
+            "exclude",
+            format!(
+                "{shown}: every one of its {records} records has a prompt of `exclude` ({}): nothing is left",
+                nodes(exclude)
+            ),
+        ));
+    }
     if records == 0 {
         let why = if invalid.count > 0 {
             format!("all {} records were invalid and skipped; the first: {}", invalid.count, invalid.first.join("; "))
@@ -1519,8 +1535,17 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
     if tokenizer.is_some() {
         summary["length_bias_tokens"] = counts.bias_tokens.summary("tokens");
     }
+    if !exclude.is_empty() {
+        summary["held_out_prompt_records"] = json!(excluded);
+    }
     out.finish(shown, &table::summary_kv("import", &summary))?;
     ctx.log(&format!("{shown}: {records} records → {pairs} pairs ({duplicates} duplicates dropped)"));
+    if !exclude.is_empty() {
+        ctx.log(&format!(
+            "{shown}: {excluded} records left out: their prompt is held out in `exclude` ({}) (counted in `rmdistill.held_out_prompt_records` of the pairs table's metadata)",
+            nodes(exclude)
+        ));
+    }
     if conflicting > 0 {
         ctx.log(&format!(
             "{shown}: {conflicting} of the {duplicates} duplicates dropped prefer the other response of their pair; each pair keeps the label of its first record (counted in `rmdistill.conflicting_duplicates` of the pairs table's metadata)"
@@ -1532,6 +1557,27 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
         ));
     }
     Ok(summary)
+}
+
+/// BLAKE3 of every prompt of the `exclude` tables: a prompt is held out by its exact text, as import writes it.
+fn held_out_prompts(tables: &[InputArtifact]) -> StageResult<HashSet<[u8; 32]>> {
+    let mut set = HashSet::new();
+    for t in tables {
+        let batch = table::read_table(&t.path, Some(&[table::PROMPT]))?;
+        let col = batch.column(0).as_any().downcast_ref::<arrow::array::StringArray>().ok_or_else(|| {
+            StageError::invalid(
+                "exclude",
+                format!("input `exclude` (from {}): `prompt` is not a string column", t.node),
+            )
+        })?;
+        set.extend(col.iter().flatten().map(|p| *blake3::hash(p.as_bytes()).as_bytes()));
+    }
+    Ok(set)
+}
+
+/// The nodes the `exclude` tables come from, for the log.
+fn nodes(tables: &[InputArtifact]) -> String {
+    tables.iter().map(|t| t.node.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -1565,6 +1611,38 @@ mod tests {
         Import.validate(ctx.params()).map_err(|e| e.to_string())?;
         let summary = import_in_groups(&ctx, group_rows).map_err(|e| e.to_string())?;
         Ok((summary, ctx.out("pairs")))
+    }
+
+    /// The real-data pipelines hold out TL;DR records 1600..2000 and train on the first 1600; 69 posts are on both
+    /// sides (95 training records). With the held-out table bound to `exclude`, none of its prompts is left in the
+    /// training table and every other record is.
+    #[test]
+    fn exclude_leaves_out_the_records_of_held_out_prompts() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, held_path) = import(&d.path().join("held"), &tldr(), json!({"skip": 1600, "limit": 400})).unwrap();
+        let (plain, _) = import(&d.path().join("plain"), &tldr(), json!({"limit": 1600})).unwrap();
+        let dir = d.path().join("train");
+        std::fs::create_dir_all(&dir).unwrap();
+        let params = json!({"path": tldr().to_string_lossy(), "limit": 1600});
+        let ctx = LocalCtx::new(&dir, params).external("path", tldr()).input("exclude", &held_path);
+        let s = import_in_groups(&ctx, GROUP_ROWS).unwrap();
+        let prompts = |p: &Path| -> std::collections::HashSet<String> {
+            strings(&table::read_table(p, Some(&["prompt"])).unwrap(), "prompt").into_iter().collect()
+        };
+        let (train, held) = (prompts(&ctx.out("pairs")), prompts(&held_path));
+        assert_eq!(train.intersection(&held).count(), 0);
+        assert_eq!(s["held_out_prompt_records"], 95, "{s}");
+        assert_eq!(s["records"], plain["records"]);
+        assert!(s["pairs"].as_u64().unwrap() < plain["pairs"].as_u64().unwrap());
+        assert!(held.len() > 300, "the held-out side keeps its {} prompts", held.len());
+        // a table holding out every prompt leaves nothing, and says so
+        let dir = d.path().join("all");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctx = LocalCtx::new(&dir, json!({"path": tldr().to_string_lossy(), "skip": 1600, "limit": 400}))
+            .external("path", tldr())
+            .input("exclude", &held_path);
+        let e = import_in_groups(&ctx, GROUP_ROWS).unwrap_err().to_string();
+        assert!(e.contains("exclude") && e.contains("nothing is left"), "{e}");
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
