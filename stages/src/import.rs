@@ -1305,7 +1305,7 @@ impl PairsOut<'_> {
                 rows.par_iter()
                     .map(|r| {
                         let n = |s: &str| {
-                            tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
+                            let len = tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
                                 StageError::invalid(
                                     "tokenizer",
                                     format!(
@@ -1313,7 +1313,20 @@ impl PairsOut<'_> {
                                         r.source_row
                                     ),
                                 )
-                            })
+                            })?;
+                            // a BPE model without an unknown token drops what its vocabulary lacks: a whole
+                            // response gone would be counted as of length 0
+                            if len == 0 {
+                                return Err(StageError::invalid(
+                                    "tokenizer",
+                                    format!(
+                                        "{shown}: a response of source row {} ({:?}) is no token at all: the tokenizer has no token for its characters and no unknown token to stand for them; use the model's own tokenizer, or one with an unk_token or byte fallback",
+                                        r.source_row,
+                                        s.chars().take(40).collect::<String>()
+                                    ),
+                                ));
+                            }
+                            Ok(len)
                         };
                         Ok((n(&r.pair.a)?, n(&r.pair.b)?))
                     })
@@ -1611,6 +1624,26 @@ mod tests {
         Import.validate(ctx.params()).map_err(|e| e.to_string())?;
         let summary = import_in_groups(&ctx, group_rows).map_err(|e| e.to_string())?;
         Ok((summary, ctx.out("pairs")))
+    }
+
+    /// A BPE tokenizer with no unknown token and no byte fallback drops the characters it has no token for; a
+    /// response made only of them would count 0 tokens, which is refused naming the row.
+    #[test]
+    fn a_response_the_tokenizer_drops_entirely_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let tok = serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": [], "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+                "byte_fallback": false}});
+        let t = write(d.path(), "tokenizer.json", &tok.to_string());
+        let f = write(
+            d.path(),
+            "d.jsonl",
+            "{\"prompt\":\"p\",\"chosen\":\"a b\",\"rejected\":\"b a\"}\n{\"prompt\":\"q\",\"chosen\":\"a\",\"rejected\":\"€ €\"}\n",
+        );
+        let e = import(&d.path().join("o"), &f, json!({"tokenizer": t.to_string_lossy()})).unwrap_err();
+        assert!(e.contains("source row 1") && e.contains("is no token at all"), "{e}");
     }
 
     /// The real-data pipelines hold out TL;DR records 1600..2000 and train on the first 1600; 69 posts are on both
