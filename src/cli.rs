@@ -1,7 +1,7 @@
 //! The command line: `run`, `status`, `explain`, `dag`, `show`, `gc`, `node run`, `export`, `stages`. Only this
 //! module knows how arguments are spelt (clap); the commands behind it take plain values and requests.
 
-use crate::error::RunFailed;
+use crate::error::{RunFailed, quoted};
 use crate::exec::{self, RunOptions};
 use crate::export;
 use crate::plan::{self, Plan};
@@ -418,8 +418,9 @@ fn select(plan: &Plan, names: &[String]) -> anyhow::Result<Vec<usize>> {
             out.extend(ix);
         } else {
             anyhow::bail!(
-                "{}: no node or stage named `{name}` (try `rmdistill dag {}`)",
+                "{}: no node or stage named {} (try `rmdistill dag {}`)",
                 plan.manifest.path().display(),
+                quoted(name),
                 plan.manifest.path().display()
             );
         }
@@ -529,7 +530,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                     ),
                 },
             };
-            let i = plan.find(&name).ok_or_else(|| anyhow::anyhow!("no node named `{name}`"))?;
+            let i = plan.find(&name).ok_or_else(|| anyhow::anyhow!("no node named {}", quoted(&name)))?;
             let kind = plan.nodes[i].kind.kind();
             if kind != "report" {
                 let these = if reports.is_empty() {
@@ -595,8 +596,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&plan, &common)?;
             let Some(i) = plan.find(&node) else {
                 anyhow::bail!(
-                    "{}: no node named `{node}` (see `rmdistill node list {}`)",
+                    "{}: no node named {} (see `rmdistill node list {}`)",
                     common.manifest.display(),
+                    quoted(&node),
                     common.manifest.display()
                 );
             };
@@ -684,7 +686,7 @@ fn stages(kind: Option<&str>, json: bool) -> anyhow::Result<()> {
             Some(s) => vec![s],
             None => {
                 let kinds: Vec<&str> = all.iter().map(|s| s.kind()).collect();
-                anyhow::bail!("no stage kind `{k}`; the kinds are: {}", kinds.join(", "))
+                anyhow::bail!("no stage kind {}; the kinds are: {}", quoted(k), kinds.join(", "))
             }
         },
     };
@@ -744,8 +746,9 @@ fn explain(common: &Common, name: &str) -> anyhow::Result<()> {
     let store = open_store(&plan, common)?;
     let Some(target) = plan.find(name) else {
         anyhow::bail!(
-            "{}: no node named `{name}` (see `rmdistill node list {}`)",
+            "{}: no node named {} (see `rmdistill node list {}`)",
             common.manifest.display(),
+            quoted(name),
             common.manifest.display()
         );
     };

@@ -58,6 +58,45 @@ pub struct Invalid(pub String);
 #[error("{0}")]
 pub struct RunFailed(pub String);
 
+/// The most characters of a user's string (an argument, a name) an error message echoes.
+pub const ECHO_CHARS: usize = 200;
+
+/// A user's string as an error message echoes it: whole up to [`ECHO_CHARS`] characters, else its first
+/// [`ECHO_CHARS`] then "… (N characters)" (a 100 KB argument is not repeated back in full).
+pub fn clip(s: &str) -> String {
+    match s.char_indices().nth(ECHO_CHARS) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}… ({} characters)", &s[..end], s.chars().count()),
+    }
+}
+
+/// [`clip`] in backquotes: "`name`", or "`first characters…` (N characters)".
+pub fn quoted(s: &str) -> String {
+    match s.char_indices().nth(ECHO_CHARS) {
+        None => format!("`{s}`"),
+        Some((end, _)) => format!("`{}…` ({} characters)", &s[..end], s.chars().count()),
+    }
+}
+
+/// `text` (a command-line parser's message, which quotes the argument it refused) with every run of non-blank
+/// characters longer than [`ECHO_CHARS`] shortened by [`clip`]; `None` when none is that long.
+pub fn clip_long_words(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len().min(64 << 10));
+    let mut clipped = false;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let blank = rest.find(|c: char| !c.is_whitespace()).unwrap_or(rest.len());
+        out.push_str(&rest[..blank]);
+        rest = &rest[blank..];
+        let word = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let w = clip(&rest[..word]);
+        clipped |= w.len() != word;
+        out.push_str(&w);
+        rest = &rest[word..];
+    }
+    clipped.then_some(out)
+}
+
 /// Maps an error to its exit code; anything not typed as one of the others is a usage problem (2).
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<ManifestError>().is_some() || e.downcast_ref::<clap::Error>().is_some() {
@@ -84,5 +123,25 @@ mod tests {
         assert_eq!(super::line_col(s, 0), (1, 1));
         assert_eq!(super::line_col(s, 6), (2, 1));
         assert_eq!(super::line_col(s, 9), (2, 4));
+    }
+
+    #[test]
+    fn long_strings_are_clipped_when_echoed() {
+        assert_eq!(super::clip("node"), "node");
+        assert_eq!(super::quoted("node"), "`node`");
+        let exact = "é".repeat(super::ECHO_CHARS);
+        assert_eq!(super::clip(&exact), exact);
+        let long = "é".repeat(100_000);
+        let want = format!("{}… (100000 characters)", "é".repeat(super::ECHO_CHARS));
+        assert_eq!(super::clip(&long), want);
+        assert_eq!(super::quoted(&long), format!("`{}…` (100000 characters)", "é".repeat(super::ECHO_CHARS)));
+    }
+
+    #[test]
+    fn a_parser_message_is_clipped_word_by_word() {
+        assert_eq!(super::clip_long_words("error: unexpected argument 'x'\n"), None);
+        let text = format!("error: unexpected argument '{}' found\n\nUsage: x\n", "x".repeat(1000));
+        let want = format!("error: unexpected argument '{}… (1002 characters) found\n\nUsage: x\n", "x".repeat(199));
+        assert_eq!(super::clip_long_words(&text), Some(want));
     }
 }

@@ -39,7 +39,13 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { rmdistill::error::exit::INVALID } else { 0 };
-            let _ = e.print();
+            // clap's message quotes the argument it refused: a huge one is shortened (and printed without colour).
+            match e.use_stderr().then(|| rmdistill::error::clip_long_words(&e.to_string())).flatten() {
+                Some(text) => eprint!("{text}"),
+                None => {
+                    let _ = e.print();
+                }
+            }
             std::process::exit(code);
         }
     };

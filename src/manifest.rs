@@ -5,7 +5,7 @@
 //! vars, may add stages, and says where the store is (`[store]`) and how to execute (`[execution]`). Both are TOML
 //! and both reject unknown keys. Nothing in a manifest is ever executed by a shell.
 
-use crate::error::ManifestError;
+use crate::error::{ManifestError, clip, quoted};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -537,10 +537,12 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
     }
 
     for set in sets {
-        let (k, v) = set.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {set}: expected NAME=VALUE"))?;
+        let (k, v) = set.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {}: expected NAME=VALUE", clip(set)))?;
         let Some(var) = vars.get_mut(k) else {
             anyhow::bail!(
-                "--set {set}: the manifest declares no variable `{k}` (known: {})",
+                "--set {}: the manifest declares no variable {} (known: {})",
+                clip(set),
+                quoted(k),
                 vars.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         };
@@ -550,7 +552,7 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(v.to_string()));
         if let Some(f) = non_finite(&var.value) {
-            anyhow::bail!("--set {set}: expected a finite number, got {f} (NaN and infinity are not allowed)");
+            anyhow::bail!("--set {}: expected a finite number, got {f} (NaN and infinity are not allowed)", clip(set));
         }
     }
 

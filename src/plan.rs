@@ -8,7 +8,7 @@ use rmdistill_stages::{Stage, StageError};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One upstream output bound to an input slot.
 #[derive(Debug, Clone)]
@@ -456,12 +456,7 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                         ));
                     };
                     let path = base.join(rel);
-                    if !path.is_file() && !path.is_dir() {
-                        let what = if path.exists() {
-                            "not a regular file or directory (a device, socket or pipe cannot be hashed for the cache key)"
-                        } else {
-                            "no such file or directory"
-                        };
+                    if let Some(what) = not_a_file_or_dir(&path) {
                         return Err(err(
                             s,
                             param_span(p),
@@ -544,6 +539,30 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
         }
     }
     Ok(Plan { manifest, nodes, by_stage })
+}
+
+/// Why a path param's `path` cannot be hashed for the cache key, or `None` when it is a file or a directory
+/// (following symbolic links).
+fn not_a_file_or_dir(path: &Path) -> Option<String> {
+    let e = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() || m.is_dir() => return None,
+        Ok(_) => {
+            return Some(
+                "not a regular file or directory (a device, socket or pipe cannot be hashed for the cache key)".into(),
+            );
+        }
+        Err(e) => e,
+    };
+    Some(if e.raw_os_error() == Some(libc::ELOOP) {
+        "a symbolic link that loops (too many levels of symbolic links)".into()
+    } else if e.kind() == std::io::ErrorKind::NotFound {
+        match std::fs::read_link(path) {
+            Ok(target) => format!("a symbolic link to {}, which does not exist", target.display()),
+            Err(_) => "no such file or directory".into(),
+        }
+    } else {
+        format!("cannot be read ({e})")
+    })
 }
 
 /// For an input that matches no upstream node: each shared sweep axis on which this node's value is not among the

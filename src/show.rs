@@ -1,7 +1,7 @@
 //! `show`: previews a node's output — a Parquet table (schema, row count, first rows), a JSON document, or a
 //! directory artifact's listing — by node name or by hash.
 
-use crate::error::{NotReady, StoreError};
+use crate::error::{NotReady, StoreError, quoted};
 use crate::exec;
 use crate::plan::Plan;
 use crate::store::{Entry, OutputRef, Store};
@@ -15,19 +15,26 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
         None => match what.rsplit_once('.') {
             Some((n, o)) if plan.find(n).is_some() => (n, Some(o)),
             _ => {
-                // A hash (or its prefix) of a blob.
+                // A hash (or its prefix) of a blob: hashes are lower-case hex, a prefix is matched in either case.
                 if what.len() >= 8 && what.chars().all(|c| c.is_ascii_hexdigit()) {
-                    let blobs = store.list(&format!("blobs/{}", &what[..2]))?;
-                    let hits: Vec<_> =
-                        blobs.iter().filter(|(p, _, _)| p.rsplit('/').next().unwrap_or("").starts_with(what)).collect();
+                    let prefix = what.to_ascii_lowercase();
+                    let blobs = store.list(&format!("blobs/{}", &prefix[..2]))?;
+                    let hits: Vec<_> = blobs
+                        .iter()
+                        .filter(|(p, _, _)| p.rsplit('/').next().unwrap_or("").starts_with(&prefix))
+                        .collect();
                     if let [(p, size, _)] = hits.as_slice() {
                         let hash = p.rsplit('/').next().unwrap().to_string();
                         let kind = if store.tree(&hash).is_ok() { ArtifactKind::Dir } else { ArtifactKind::File };
                         return Ok((hash.clone(), OutputRef { hash, kind, size: *size }));
                     }
-                    anyhow::bail!("{} blobs match `{what}`", hits.len());
+                    anyhow::bail!("{} blobs match {}", hits.len(), quoted(what));
                 }
-                anyhow::bail!("`{what}` is neither a node, NODE.OUTPUT, nor a blob hash of this store");
+                anyhow::bail!(
+                    "{} is neither a node, NODE.OUTPUT, nor a blob hash of this store{}",
+                    quoted(what),
+                    not_a_hash_prefix(what)
+                );
             }
         },
     };
@@ -41,8 +48,29 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
             entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
         ),
     };
-    let out = entry.outputs.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("{node} has no output `{name}`"))?;
+    let out =
+        entry.outputs.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("{node} has no output {}", quoted(&name)))?;
     Ok((format!("{node}.{name}"), out))
+}
+
+/// Why `what`, when it looks like a blob hash prefix, is not one: the first character that is not a hex digit (8
+/// or more letters and digits, at least half of them hex digits), or too few digits (hex digits only, one a
+/// digit). Empty when it does not look like one (a mistyped node name).
+fn not_a_hash_prefix(what: &str) -> String {
+    if what.is_empty() || !what.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return String::new();
+    }
+    let hex = what.chars().filter(|c| c.is_ascii_hexdigit()).count();
+    match what.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+        Some((i, c)) if what.len() >= 8 && 2 * hex >= what.len() => format!(
+            " (as a blob hash prefix: `{c}`, character {} of it, is not a hex digit; hashes are written with 0-9 and a-f)",
+            i + 1
+        ),
+        None if what.chars().any(|c| c.is_ascii_digit()) => {
+            format!(" (as a blob hash prefix it is too short: give at least 8 hex digits, not {})", what.len())
+        }
+        _ => String::new(),
+    }
 }
 
 /// The stored entry of a node for the current manifest (verified like every cache hit). Not stored yet is exit 4

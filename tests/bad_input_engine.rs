@@ -455,3 +455,79 @@ fn a_quiet_run_names_each_failure_once() {
     assert_eq!(err.matches("error: sub failed:").count(), 1, "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_data_path_that_is_a_symbolic_link_loop() {
+    // ELOOP was reported as "no such file or directory"; a link to a missing target is named as a link.
+    let w = Work::new();
+    std::os::unix::fs::symlink("loop1", w.path().join("loop2")).unwrap();
+    std::os::unix::fs::symlink("loop2", w.path().join("loop1")).unwrap();
+    std::os::unix::fs::symlink("gone.jsonl", w.path().join("dangling.jsonl")).unwrap();
+    w.write("m.toml", "[stages.imp]\nkind = \"import\"\nparams = { path = \"loop1\" }\n");
+    refused_in(
+        &w,
+        &["run", "m.toml"],
+        &["m.toml:3:", "imp: param `path`: a symbolic link that loops (too many levels of symbolic links): loop1"],
+    );
+    w.write("m.toml", "[stages.imp]\nkind = \"import\"\nparams = { path = \"dangling.jsonl\" }\n");
+    refused_in(
+        &w,
+        &["run", "m.toml"],
+        &["imp: param `path`: a symbolic link to gone.jsonl, which does not exist: dangling.jsonl"],
+    );
+}
+
+#[test]
+fn a_huge_argument_is_not_echoed_in_full() {
+    // A 100,000-character node name was repeated back whole in the error (100 KB on stderr).
+    let long = "x".repeat(100_000);
+    let clipped = format!("`{}…` (100000 characters)", "x".repeat(200));
+    let set = format!("{long}=1");
+    let set_clipped =
+        format!("--set {}… (100002 characters): the manifest declares no variable {clipped}", "x".repeat(200));
+    // An argument the command-line parser refuses (`status` takes no node), quoted in its message.
+    let parser_clipped = format!("unexpected argument '{}… (100002 characters)", "x".repeat(199));
+    for (args, needle) in [
+        (vec!["show", "m.toml", long.as_str()], &clipped),
+        (vec!["explain", "m.toml", long.as_str()], &clipped),
+        (vec!["node", "run", "m.toml", long.as_str()], &clipped),
+        (vec!["run", "m.toml", long.as_str()], &clipped),
+        (vec!["run", "m.toml", "--force", long.as_str()], &clipped),
+        (vec!["status", "m.toml", long.as_str()], &parser_clipped),
+        (vec!["report", "m.toml", "--node", long.as_str()], &clipped),
+        (vec!["stages", long.as_str()], &clipped),
+        (vec!["status", "m.toml", "--set", set.as_str()], &set_clipped),
+    ] {
+        let w = Work::new();
+        w.write("m.toml", GEN);
+        let o = w.run(&args);
+        let err = s(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{:?}: {err}", &args[..2]);
+        assert!(err.contains(needle.as_str()) && err.len() < 1000, "{:?}: {} bytes: {err}", &args[..2], err.len());
+    }
+    // A short one is echoed whole, as before.
+    refused(GEN.as_bytes(), &["show", "m.toml", "nope"], &["`nope` is neither a node"]);
+}
+
+#[test]
+fn show_takes_a_blob_hash_prefix_in_either_case() {
+    let w = Work::new();
+    w.write("m.toml", GEN);
+    w.ok(&["run", "m.toml"]);
+    let (hash, _) = blob_files(&w.store()).into_iter().next().expect("a blob");
+    let lower = w.ok(&["show", "m.toml", &hash[..8]]);
+    assert!(lower.starts_with(&hash), "{lower}");
+    // Hashes are lower-case hex: an upper-case prefix matched no blob.
+    assert_eq!(w.ok(&["show", "m.toml", &hash[..8].to_ascii_uppercase()]), lower);
+    assert_eq!(w.ok(&["show", "m.toml", &hash.to_ascii_uppercase()]), lower);
+    // A character that is not a hex digit is named.
+    let bad = format!("{}g", &hash[..8]);
+    let o = w.run(&["show", "m.toml", &bad]);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("`{bad}` is neither a node"))
+            && err.contains("`g`, character 9 of it, is not a hex digit"),
+        "{err}"
+    );
+}
