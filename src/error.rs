@@ -64,18 +64,23 @@ pub const ECHO_CHARS: usize = 200;
 /// A user's string as an error message echoes it: whole up to [`ECHO_CHARS`] characters, else its first
 /// [`ECHO_CHARS`] then "… (N characters)" (a 100 KB argument is not repeated back in full).
 pub fn clip(s: &str) -> String {
-    match s.char_indices().nth(ECHO_CHARS) {
+    match head(s) {
         None => s.to_string(),
-        Some((end, _)) => format!("{}… ({} characters)", &s[..end], s.chars().count()),
+        Some((h, n)) => format!("{h}… ({n} characters)"),
     }
 }
 
 /// [`clip`] in backquotes: "`name`", or "`first characters…` (N characters)".
 pub fn quoted(s: &str) -> String {
-    match s.char_indices().nth(ECHO_CHARS) {
+    match head(s) {
         None => format!("`{s}`"),
-        Some((end, _)) => format!("`{}…` ({} characters)", &s[..end], s.chars().count()),
+        Some((h, n)) => format!("`{h}…` ({n} characters)"),
     }
+}
+
+/// The first [`ECHO_CHARS`] characters of `s` and its length in characters, when it is longer.
+fn head(s: &str) -> Option<(&str, usize)> {
+    s.char_indices().nth(ECHO_CHARS).map(|(end, _)| (&s[..end], s.chars().count()))
 }
 
 /// `text` (a command-line parser's message, which quotes the argument it refused) with every run of non-blank

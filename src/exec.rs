@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Content hashes of external files, remembered by (path, size, mtime, device, inode, ctime) so that a no-op run does not re-read
-/// large datasets (as DVC's state database does).
+/// Content hashes of external files, remembered by their path and stat identity ([`StatId`]) so that a no-op run
+/// does not re-read large datasets (as DVC's state database does).
 pub struct ExternalHashes {
     file: PathBuf,
     map: Mutex<(BTreeMap<String, String>, bool)>,
@@ -38,23 +38,18 @@ impl ExternalHashes {
         ExternalHashes { file, map: Mutex::new((map, false)) }
     }
 
-    pub fn hash(&self, path: &Path) -> anyhow::Result<String> {
-        Ok(self.hash_and_identity(path)?.0)
-    }
-
-    /// [`ExternalHashes::hash`], and for a file its stat identity taken before its bytes were hashed (`None` for a
+    /// The content hash of `path`, and for a file its stat identity taken before its bytes were hashed (`None` for a
     /// directory): unchanged later, the file still holds the bytes that were hashed.
-    fn hash_and_identity(&self, path: &Path) -> anyhow::Result<(String, Option<StatId>)> {
+    fn hash(&self, path: &Path) -> anyhow::Result<(String, Option<StatId>)> {
         let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         if meta.is_dir() {
             return Ok((hash_dir(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?, None));
         }
         let stat = StatId::of(&meta);
-        let mtime =
-            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         let abs = path.canonicalize().unwrap_or(path.to_path_buf());
-        // inode and ctime too: a file replaced with the same size and mtime (`cp -p`, `rsync -t`) is another file
-        let id = format!("{}\0{}\0{mtime}\0{}\0{}\0{}", abs.display(), meta.len(), stat.dev, stat.ino, stat.ctime_ns);
+        // the whole identity: a file replaced with the same size and mtime (`cp -p`, `rsync -t`) is another file
+        let StatId { dev, ino, size, mtime_ns, ctime_ns } = stat;
+        let id = format!("{}\0{size}\0{mtime_ns}\0{dev}\0{ino}\0{ctime_ns}", abs.display());
         if let Some(h) = self.map.lock().unwrap().0.get(&id) {
             return Ok((h.clone(), Some(stat)));
         }
@@ -219,7 +214,7 @@ fn record_with<'o>(
     let mut externals = BTreeMap::new();
     let mut watched = Vec::new();
     for (p, path) in &n.externals {
-        let (hash, id) = ext.hash_and_identity(path)?;
+        let (hash, id) = ext.hash(path)?;
         externals.insert(p.clone(), hash.clone());
         watched.push(Watched { param: p.clone(), path: path.clone(), hash, id });
     }
@@ -1344,7 +1339,7 @@ mod tests {
     fn watch(dir: &Path, name: &str) -> Watched {
         let path = dir.join(name);
         let ext = ExternalHashes::open(dir);
-        let (hash, id) = ext.hash_and_identity(&path).unwrap();
+        let (hash, id) = ext.hash(&path).unwrap();
         Watched { param: "path".into(), path, hash, id }
     }
 

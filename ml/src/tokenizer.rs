@@ -61,13 +61,10 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 }
 
 impl Tokenizer {
-    /// A tokenizer for whole texts: the truncation and padding saved in a tokenizer.json are the settings of its
-    /// use elsewhere (`"truncation": {"max_length": 512}` is common) and would cap or pad every encoding; batches
-    /// are truncated and padded by their builders here, so both are turned off.
-    pub fn from_inner(mut inner: tokenizers::Tokenizer) -> Self {
-        // Truncation(None) cannot fail (the crate checks only a stride against a maximum length).
-        let _ = inner.with_truncation(None);
-        inner.with_padding(None);
+    /// `inner` with its special tokens found by their common names. Give it a tokenizer for whole texts: one read
+    /// from a file by [`Tokenizer::load`] or `rmdistill_stages::tokenizer_file`, which turn the file's saved
+    /// truncation and padding off.
+    pub fn from_inner(inner: tokenizers::Tokenizer) -> Self {
         let mut t = Tokenizer { inner, bos_id: None, eos_id: None, pad_id: None, extra_config: Default::default() };
         // Common names, for tokenizer.json files that come without a tokenizer_config.json.
         t.eos_id = ["<|endoftext|>", "</s>", "<|im_end|>", "<eos>", "<|end_of_text|>"].iter().find_map(|s| t.id(s));
@@ -212,12 +209,18 @@ impl Tokenizer {
 
 /// A tokenizer.json, checked to be JSON before the tokenizers crate reads it: its decoder deserialiser (0.23)
 /// panics (`expect("Helper")`) on JSON cut or broken inside the `decoder` object, which the check turns into an
-/// error with a line and column; any other panic in it is caught and reported as the file's error.
+/// error with a line and column; any other panic in it is caught and reported as the file's error. The truncation
+/// and padding saved in the file are the settings of its use elsewhere (`"truncation": {"max_length": 512}` is
+/// common) and would cap or pad every encoding; batches are truncated and padded by their builders here, so both
+/// are turned off.
 fn read_tokenizer(path: &Path) -> std::result::Result<tokenizers::Tokenizer, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes)) {
-        Ok(t) => t.map_err(|e| e.to_string()),
-        Err(_) => Err("the tokenizers crate could not read it (it panicked)".to_string()),
-    }
+    let mut tok = match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes)) {
+        Ok(t) => t.map_err(|e| e.to_string())?,
+        Err(_) => return Err("the tokenizers crate could not read it (it panicked)".to_string()),
+    };
+    tok.with_truncation(None).map_err(|e| e.to_string())?;
+    tok.with_padding(None);
+    Ok(tok)
 }

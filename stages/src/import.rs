@@ -716,6 +716,19 @@ struct Strict<'a> {
     depth: usize,
 }
 
+impl Repeats {
+    /// The record parsed, or the first key it gave twice, its path outermost first.
+    fn finish(self, v: Value) -> Result<Value, Repeated> {
+        match self.first.into_inner() {
+            Some(mut r) => {
+                r.path.reverse();
+                Err(r)
+            }
+            None => Ok(v),
+        }
+    }
+}
+
 impl Strict<'_> {
     fn child(self) -> Self {
         Strict { seen: self.seen, depth: self.depth + 1 }
@@ -826,12 +839,9 @@ fn parse_strict(text: &str) -> Parsed {
         Ok(v) => v,
         Err(e) => return Parsed::Malformed(e),
     };
-    match seen.first.into_inner() {
-        Some(mut r) => {
-            r.path.reverse();
-            Parsed::Repeated(r)
-        }
-        None => Parsed::Value(v),
+    match seen.finish(v) {
+        Ok(v) => Parsed::Value(v),
+        Err(r) => Parsed::Repeated(r),
     }
 }
 
@@ -849,13 +859,7 @@ impl<'de> serde::de::Visitor<'de> for StrictRecords {
         loop {
             let seen = Repeats::default();
             let Some(v) = seq.next_element_seed(Strict { seen: &seen, depth: 0 })? else { break };
-            out.push(match seen.first.into_inner() {
-                Some(mut r) => {
-                    r.path.reverse();
-                    Err(r)
-                }
-                None => Ok(v),
-            });
+            out.push(seen.finish(v));
         }
         Ok(out)
     }

@@ -71,8 +71,8 @@ fn check_model(json: &Value) -> Result<(), String> {
 }
 
 /// `f`, with a panic inside it caught and returned as its message, and not printed by the panic hook. The hook is
-/// process-wide: it is swapped only around `f`, which runs while a stage loads its tokenizer, before its own threads
-/// start.
+/// process-wide and swapped only around `f` (the reading of one file): a panic on another thread in that moment
+/// goes unprinted too, though its node still fails with it (the runner catches a stage's panic).
 fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
