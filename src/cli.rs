@@ -26,7 +26,8 @@ pub struct Cli {
 pub struct Common {
     /// The manifest (TOML).
     pub manifest: PathBuf,
-    /// Override a manifest variable: NAME=VALUE (VALUE read as TOML, else as a string). Repeatable.
+    /// Override a manifest variable: NAME=VALUE (VALUE read as TOML, else as a string; a number, list, table or
+    /// quoted string that TOML cannot read is an error). Repeatable.
     #[arg(long = "set", short = 'S', value_name = "NAME=VALUE")]
     pub set: Vec<String>,
     /// Store URL, overriding the manifest's [store] url (also RMDISTILL_STORE).
@@ -51,7 +52,7 @@ pub enum Command {
         /// Run these nodes or stages even when cached.
         #[arg(long)]
         force: Vec<String>,
-        /// No progress output (a node that fails is still named at once, on stderr).
+        /// No progress output (a node that fails is still named at once, and stages' warnings are shown, on stderr).
         #[arg(long, short)]
         quiet: bool,
         /// Start no new node once one has failed (the running ones finish and are stored); by default every node
@@ -457,6 +458,14 @@ fn print_summary(s: &exec::Summary, json: bool, failures_shown: bool) {
     }
     if let Some(note) = s.other_machines_note() {
         eprintln!("note: {note}");
+    }
+    let warned: Vec<&str> = s.nodes.iter().filter(|r| !r.warnings.is_empty()).map(|r| r.node.as_str()).collect();
+    if !warned.is_empty() {
+        let n: usize = s.nodes.iter().map(|r| r.warnings.len()).sum();
+        eprintln!(
+            "{n} warning(s) from {}, shown above; `rmdistill show NODE` repeats a node's",
+            crate::error::clip(&warned.join(", "))
+        );
     }
 }
 

@@ -333,6 +333,9 @@ pub struct NodeReport {
     /// this one ([`crate::store::machine`]): its numbers differ from this machine's in their last bits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_machine: Option<String>,
+    /// What the stage warned of while it ran (this run only; a cached node's are in its entry, see `show`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Summary {
@@ -449,6 +452,9 @@ impl Ctx for NodeCtx<'_> {
     fn log(&self, message: &str) {
         self.progress.log(&self.node.name, message);
     }
+    fn warn(&self, message: &str) {
+        self.progress.warning(&self.node.name, message);
+    }
     fn device(&self) -> Device {
         self.device
     }
@@ -517,6 +523,7 @@ fn execute(
         let _ = std::fs::remove_dir_all(&scratch);
         return Err(ExecError::Failed(m));
     }
+    progress.take_warnings(&n.name); // an earlier attempt's are not this one's
     let result = match n.kind.runs() {
         Runs::InProcess(run) => {
             let ctx = NodeCtx {
@@ -564,6 +571,7 @@ fn execute(
                 .and_then(|bin| crate::worker::run_job(&bin, &job, &scratch, progress))
         }
     };
+    let warnings = progress.take_warnings(&n.name);
     let summary = match result.and_then(|s| check_externals(&mut t.watched, Moment::Ran).map(|()| s)) {
         Ok(s) => s,
         Err(m) => {
@@ -596,6 +604,7 @@ fn execute(
         record: t.record,
         outputs: outs,
         summary,
+        warnings,
         created: chrono::Utc::now().to_rfc3339(),
         seconds: t0.elapsed().as_secs_f64(),
         machine: Some(if n.runs_on_libtorch() {
@@ -1061,6 +1070,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                 outputs: BTreeMap::new(),
                 error: None,
                 other_machine: None,
+                warnings: Vec::new(),
             },
         })
         .collect();
@@ -1139,6 +1149,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                     let nd = &mut r.nodes[i];
                     nd.outputs = Some(e.outputs.clone());
                     nd.report.outputs = e.outputs;
+                    nd.report.warnings = e.warnings;
                     nd.report.outcome = Outcome::Ran;
                     nd.report.seconds = secs;
                     progress.finished(&plan.nodes[i].name, "done", &format!("{secs:.2}s"));

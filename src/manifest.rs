@@ -364,6 +364,31 @@ fn key_of_value(text: &str, at: usize) -> Option<(String, bool)> {
 }
 
 /// The first non-finite float in a TOML value.
+/// Whether `--set` text is written as a TOML number, list, table or quoted string (so not meant as plain text).
+fn looks_like_toml(v: &str) -> bool {
+    let t = v.trim();
+    t.starts_with(['[', '{', '"', '\'']) || is_number_shaped(t)
+}
+
+/// Digits in the shape of a TOML integer or float (`-12`, `1_000`, `0.5`, `3e-4`, `0x1F`), whatever their size.
+fn is_number_shaped(v: &str) -> bool {
+    let t = v.trim();
+    let t = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix) || c == '_');
+    if let Some(r) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0o")).or_else(|| t.strip_prefix("0b")) {
+        return digits(r, 16);
+    }
+    let (mantissa, exponent) = match t.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['+', '-']).unwrap_or(e))),
+        None => (t, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((i, f)) => digits(i, 10) && digits(f, 10),
+        None => digits(mantissa, 10),
+    };
+    mantissa_ok && mantissa.starts_with(|c: char| c.is_ascii_digit()) && exponent.is_none_or(|e| digits(e, 10))
+}
+
 fn non_finite(v: &toml::Value) -> Option<f64> {
     match v {
         toml::Value::Float(f) if !f.is_finite() => Some(*f),
@@ -546,11 +571,32 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
                 vars.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         };
-        // A value is read as TOML (numbers, lists, booleans), falling back to a plain string.
-        var.value = toml::from_str::<toml::Table>(&format!("v = {v}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(v.to_string()));
+        // A value is read as TOML (numbers, lists, booleans), falling back to a plain string, but not when it is
+        // written as a number, list, table or quoted string that TOML refuses: as text it would reach the stage as
+        // another type (or, quoted, as other text) than the one the user wrote.
+        var.value = match toml::from_str::<toml::Table>(&format!("v = {v}")).map(|mut t| t.remove("v")) {
+            Ok(Some(value)) => value,
+            Ok(None) | Err(_) if !looks_like_toml(v) => toml::Value::String(v.to_string()),
+            Ok(None) => anyhow::bail!("--set {}: expected NAME=VALUE", clip(set)),
+            Err(e) => {
+                let (what, hint) = match v.trim_start().as_bytes().first() {
+                    Some(b'[') => ("list", ""),
+                    Some(b'{') => ("table", ""),
+                    Some(b'"' | b'\'') => ("string", ""),
+                    _ => (
+                        "number",
+                        " (integers are -9223372036854775808 to 9223372036854775807, floats at most about 1.8e308, \
+                         neither with a leading zero)",
+                    ),
+                };
+                anyhow::bail!(
+                    "--set {}: written as a TOML {what}, but TOML cannot read it: {}{hint}; to pass it as text, quote \
+                     it as a TOML string ('…')",
+                    clip(set),
+                    e.message().trim_end()
+                )
+            }
+        };
         if let Some(f) = non_finite(&var.value) {
             anyhow::bail!("--set {}: expected a finite number, got {f} (NaN and infinity are not allowed)", clip(set));
         }

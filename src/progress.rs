@@ -17,6 +17,8 @@ pub struct Progress {
     mode: Mode,
     multi: MultiProgress,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    /// Each running node's warnings so far, taken into its cache entry when it ends.
+    warnings: Mutex<HashMap<String, Vec<String>>>,
     start: Instant,
 }
 
@@ -33,7 +35,13 @@ impl Progress {
             Mode::Bars => ProgressDrawTarget::stderr(),
             _ => ProgressDrawTarget::hidden(),
         });
-        Progress { mode, multi, bars: Mutex::new(HashMap::new()), start: Instant::now() }
+        Progress {
+            mode,
+            multi,
+            bars: Mutex::new(HashMap::new()),
+            warnings: Mutex::new(HashMap::new()),
+            start: Instant::now(),
+        }
     }
 
     fn line(&self, msg: &str) {
@@ -78,6 +86,22 @@ impl Progress {
         if !matches!(self.mode, Mode::Bars) {
             self.line(&format!("        {node}: {msg}"));
         }
+    }
+
+    /// A stage's warning ([`rmdistill_stages::port::Ctx::warn`]): shown in every mode, `--quiet` and `--json`
+    /// included (on stderr), and kept for the node's entry.
+    pub fn warning(&self, node: &str, msg: &str) {
+        let line = format!("warning: {node}: {msg}");
+        match self.mode {
+            Mode::Quiet => eprintln!("{line}"),
+            _ => self.line(&line),
+        }
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).entry(node.to_string()).or_default().push(msg.into());
+    }
+
+    /// The warnings `node` gave since it started (none are left behind for its next attempt).
+    pub fn take_warnings(&self, node: &str) -> Vec<String> {
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).remove(node).unwrap_or_default()
     }
 
     /// A node's end: `what` is "done", "cached", "failed", "skipped".

@@ -9,7 +9,9 @@ use arrow::util::pretty::pretty_format_batches;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rmdistill_stages::ArtifactKind;
 
-fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, OutputRef)> {
+/// The artifact `what` names: its label, where it is, and the warnings of the node that wrote it (none for a blob
+/// named by hash).
+fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, OutputRef, Vec<String>)> {
     let (node, output) = match plan.find(what) {
         Some(_) => (what, None),
         None => match what.rsplit_once('.') {
@@ -26,7 +28,7 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
                     if let [(p, size, _)] = hits.as_slice() {
                         let hash = p.rsplit('/').next().unwrap().to_string();
                         let kind = if store.tree(&hash).is_ok() { ArtifactKind::Dir } else { ArtifactKind::File };
-                        return Ok((hash.clone(), OutputRef { hash, kind, size: *size }));
+                        return Ok((hash.clone(), OutputRef { hash, kind, size: *size }, Vec::new()));
                     }
                     anyhow::bail!("{} blobs match {}", hits.len(), quoted(what));
                 }
@@ -50,7 +52,7 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
     };
     let out =
         entry.outputs.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("{node} has no output {}", quoted(&name)))?;
-    Ok((format!("{node}.{name}"), out))
+    Ok((format!("{node}.{name}"), out, entry.warnings))
 }
 
 /// Why `what`, when it looks like a blob hash prefix, is not one: the first character that is not a hex digit (8
@@ -151,8 +153,12 @@ fn not_stored(missing: &[String]) -> String {
 }
 
 pub fn show(plan: &Plan, store: &Store, what: &str, rows: usize, json: bool) -> anyhow::Result<()> {
-    let (label, out) = resolve(plan, store, what)?;
+    let (label, out, warnings) = resolve(plan, store, what)?;
     let path = store.materialize(&out)?;
+    // The warnings go to stderr, where `run` gave them: stdout stays the artifact's view (and valid JSON).
+    for w in &warnings {
+        eprintln!("warning: {label}: {w}");
+    }
     if out.kind == ArtifactKind::Dir {
         let tree = store.tree(&out.hash)?;
         println!("{label}: directory {} ({} files, {} bytes)", out.hash, tree.files.len(), out.size);

@@ -55,6 +55,9 @@ pub struct Entry {
     pub outputs: BTreeMap<String, OutputRef>,
     /// The stage's own summary (counts, metrics).
     pub summary: serde_json::Value,
+    /// What the stage warned of while it ran ([`rmdistill_stages::port::Ctx::warn`]); `show` repeats them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub created: String,
     pub seconds: f64,
     /// The kind of machine that ran the node and how ([`computed_on`]): libtorch's results differ in their last bits
@@ -1538,6 +1541,7 @@ mod tests {
             // Floats that need 17 digits: their text must parse back to the same bits (serde_json's
             // `float_roundtrip`), or the entry's check and its record's key would not match after a read.
             summary: serde_json::json!({"b": 1.5, "a": [0.1, 1e-7, 12345678901234567890u64, 1.5778092959999999]}),
+            warnings: vec!["3 of 9 duplicates prefer the other response".into()],
             created: "now".into(),
             seconds: 1.5778092959999999,
             machine: Some(machine().to_string()),

@@ -161,6 +161,7 @@ pub fn run_job(bin: &Path, job: &Job, dir: &Path, progress: &Progress) -> Result
         match serde_json::from_slice::<Message>(&buf) {
             Ok(Message::Progress { done, total }) => progress.progress(node, done, total),
             Ok(Message::Log { message }) => progress.log(node, &message),
+            Ok(Message::Warn { message }) => progress.warning(node, &message),
             Ok(Message::Done { summary: s }) => summary = Some(s),
             Ok(Message::Invalid { field, message }) => {
                 error = Some(if field.is_empty() { message } else { format!("param `{field}`: {message}") })

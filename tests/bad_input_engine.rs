@@ -222,6 +222,29 @@ fn numbers_out_of_range_name_their_key() {
         &["m.toml:3:39: 9223372036854775808 (in the list `prompt_words`): out of range"],
     );
     refused(b"[vars]\nx = -1e400\n", &["status", "m.toml"], &["m.toml:2:5: `x` = -1e400: out of range"]);
+    // `--set` used to take what TOML could not read as text: a number out of range reached the stage as a string
+    // (a type error there, not a range), an unclosed list or quote as other text than was meant
+    let vars = b"[vars]\nx = 1\n[stages.g]\nkind = \"generate\"\nparams = { n = 10 }\n";
+    for (v, needle) in [
+        ("99999999999999999999", "written as a TOML number, but TOML cannot read it"),
+        ("-1e400", "written as a TOML number, but TOML cannot read it: floating-point number overflowed"),
+        ("007", "written as a TOML number, but TOML cannot read it: unexpected leading zero"),
+        ("[0, 1", "written as a TOML list, but TOML cannot read it: unclosed array"),
+        ("\"text", "written as a TOML string"),
+    ] {
+        let set = format!("x={v}");
+        refused(
+            vars,
+            &["status", "m.toml", "--set", &set],
+            &[&format!("--set {set}: {needle}"), "quote it as a TOML string"],
+        );
+    }
+    // text that is not written as one of them is still taken as a string
+    let w = Work::new();
+    w.write("m.toml", std::str::from_utf8(vars).unwrap());
+    for v in ["2024-data.jsonl", "1.5.3", "abc", "0x1F", "1_000"] {
+        w.ok(&["status", "m.toml", "--set", &format!("x={v}")]);
+    }
 }
 
 /// Runs `m.toml` in `w`; expects the node to fail (exit 1) with every needle in stderr, no panic, no cache entry.
@@ -248,14 +271,24 @@ fn an_import_record_with_a_key_twice() {
     w.write("m.toml", "[stages.imp]\nkind = \"import\"\nparams = { path = \"d.jsonl\" }\n");
     node_fails(&w, &["imp failed: param `prompt`: d.jsonl line 2: `prompt` is given twice", "give each key once"]);
     w.write("m.toml", "[stages.imp]\nkind = \"import\"\nparams = { path = \"d.jsonl\", on_invalid = \"skip\" }\n");
-    let o = w.run(&["run", "m.toml"]);
+    // The skip is a warning: shown under `--quiet` too, counted in the summary, and kept with the node's entry
+    let o = w.run(&["run", "m.toml", "-q"]);
     let err = s(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(
-        err.contains("d.jsonl: skipped 1 invalid records (1 on `prompt`); the first: prompt: d.jsonl line 2: `prompt` is given twice")
-            && err.contains("d.jsonl: 1 records → 1 pairs"),
-        "{err}"
-    );
+    let warning = "warning: imp: d.jsonl: skipped 1 invalid records (1 on `prompt`); the first: prompt: d.jsonl line 2: `prompt` is given twice";
+    assert!(err.contains(warning) && err.contains("1 warning(s) from imp, shown above"), "{err}");
+    assert!(!err.contains("records → 1 pairs"), "-q shows no log lines: {err}");
+    let o = w.run(&["run", "m.toml", "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["cached"], 1, "{summary}");
+    let o = w.run(&["show", "m.toml", "imp", "--json"]);
+    assert!(o.status.success() && serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok());
+    assert!(s(&o.stderr).contains("warning: imp.pairs: d.jsonl: skipped 1 invalid records"), "{}", s(&o.stderr));
+    let o = w.run(&["run", "m.toml", "--force", "imp", "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let warnings = &summary["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "imp").unwrap()["warnings"];
+    assert!(warnings[0].as_str().unwrap().starts_with("d.jsonl: skipped 1 invalid records"), "{summary}");
+    assert!(s(&o.stderr).contains(warning), "--json keeps the warning on stderr");
 }
 
 /// A `label_column` that is not a column, or not one of labels, is named as the param, with the value given, the

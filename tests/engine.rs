@@ -469,3 +469,30 @@ fn an_external_file_changed_while_its_node_runs_fails_it_in_run_and_in_node_run(
     assert_eq!(entries(&w.store()).len(), 1);
     assert_eq!(status_of(&w, "a_model"), "cached");
 }
+
+/// A worker's warnings (`{"warn": …}` lines) are shown under `--quiet`, reported in the run's `--json` summary and
+/// kept with the node's entry, where `show` repeats them; a node that fails still shows the warnings it gave.
+#[test]
+fn a_worker_s_warnings_reach_the_user_and_the_entry() {
+    let w = Work::new();
+    w.write("m.toml", "[stages.a_model]\nkind = \"import_model\"\nparams = { path = \"m.gguf\" }\n");
+    w.write("m.gguf", "not a model");
+    let failing = stand_in_worker(&w, "echo '{\"warn\":{\"message\":\"from the failed attempt\"}}'\nexit 1");
+    let o = run_with_worker(&w, &failing, &["run", "m.toml", "-q"]);
+    assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("warning: a_model: from the failed attempt"), "{}", s(&o.stderr));
+    let warn = "echo '{\"warn\":{\"message\":\"the reward model is at chance\"}}'";
+    let worker = stand_in_worker(&w, &format!("{warn}\necho '{{\"done\":{{\"summary\":{{}}}}}}'\nexit 0"));
+    let o = run_with_worker(&w, &worker, &["run", "m.toml", "-q"]);
+    let err = s(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning: a_model: the reward model is at chance"), "{err}");
+    assert!(err.contains("1 warning(s) from a_model, shown above"), "{err}");
+    let o = run_with_worker(&w, &worker, &["run", "m.toml", "--force", "a_model", "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["nodes"][0]["warnings"], serde_json::json!(["the reward model is at chance"]), "{summary}");
+    let o = w.cmd(&["show", "m.toml", "a_model"]).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert_eq!(s(&o.stderr).matches("warning: a_model.model: ").count(), 1, "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("warning: a_model.model: the reward model is at chance"), "{}", s(&o.stderr));
+}

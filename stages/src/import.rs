@@ -1520,7 +1520,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
         ));
     }
     if invalid.count > 0 {
-        ctx.log(&format!(
+        ctx.warn(&format!(
             "{shown}: skipped {} invalid records ({}); the first: {}",
             invalid.count,
             invalid.by_field.iter().map(|(f, n)| format!("{n} on `{f}`")).collect::<Vec<_>>().join(", "),
@@ -1564,12 +1564,12 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
         ));
     }
     if conflicting > 0 {
-        ctx.log(&format!(
+        ctx.warn(&format!(
             "{shown}: {conflicting} of the {duplicates} duplicates dropped prefer the other response of their pair; each pair keeps the label of its first record (counted in `rmdistill.conflicting_duplicates` of the pairs table's metadata)"
         ));
     }
     if identical > 0 {
-        ctx.log(&format!(
+        ctx.warn(&format!(
             "{shown}: {identical} of the {pairs} pairs have the same text as both responses (response_a = response_b): imported as given, they carry no preference (counted in `rmdistill.identical_responses` of the pairs table's metadata)"
         ));
     }
@@ -2376,7 +2376,7 @@ mod tests {
         assert_eq!(jsonl_places(&bad, u64::MAX, 4), (vec![], Ok(())));
     }
 
-    /// [`import`] that also returns the stage's log lines.
+    /// [`import`] that also returns the stage's log lines and warnings (in that order).
     fn import_logged(dir: &Path, file: &Path, extra: Value) -> (Result<Value, String>, Vec<String>) {
         let mut params = json!({"path": file.to_string_lossy()});
         for (k, v) in extra.as_object().unwrap() {
@@ -2385,7 +2385,8 @@ mod tests {
         let ctx = LocalCtx::new(dir, params).external("path", file);
         std::fs::create_dir_all(dir).unwrap();
         let r = import_in_groups(&ctx, GROUP_ROWS).map_err(|e| e.to_string());
-        let logs = ctx.logs.lock().unwrap().clone();
+        let mut logs = ctx.logs.lock().unwrap().clone();
+        logs.extend(ctx.warnings.lock().unwrap().iter().map(|w| format!("warning: {w}")));
         (r, logs)
     }
 
@@ -2579,11 +2580,11 @@ mod tests {
         let all = logs.join("\n");
         assert!(all.contains("d.jsonl: 5 records → 2 pairs (3 duplicates dropped)"), "{all}");
         assert!(
-            all.contains("2 of the 3 duplicates dropped prefer the other response of their pair; each pair keeps the label of its first record (counted in `rmdistill.conflicting_duplicates`"),
+            logs.iter().any(|l| l.starts_with("warning: ") && l.contains("d.jsonl: 2 of the 3 duplicates dropped prefer the other response of their pair; each pair keeps the label of its first record (counted in `rmdistill.conflicting_duplicates`")),
             "{all}"
         );
         assert!(
-            all.contains("1 of the 2 pairs have the same text as both responses (response_a = response_b): imported as given, they carry no preference (counted in `rmdistill.identical_responses`"),
+            logs.iter().any(|l| l.starts_with("warning: ") && l.contains("d.jsonl: 1 of the 2 pairs have the same text as both responses (response_a = response_b): imported as given, they carry no preference (counted in `rmdistill.identical_responses`")),
             "{all}"
         );
         // none of either: no such line

@@ -109,6 +109,10 @@ pub trait Ctx {
     fn progress(&self, done: u64, total: u64);
     /// A line of log for the user.
     fn log(&self, message: &str);
+    /// Something the user must see even under `--quiet`: the output is written and valid, but a figure drawn from it
+    /// may mislead (duplicates that disagree, records skipped). Kept with the node's cache entry, so `show` repeats it
+    /// after the run.
+    fn warn(&self, message: &str);
     fn device(&self) -> Device;
     /// Threads the stage may use for its own parallelism.
     fn threads(&self) -> usize;

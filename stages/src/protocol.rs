@@ -20,8 +20,8 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// Version of the job format; a worker refuses other versions.
-pub const VERSION: u32 = 1;
+/// Version of the job format and of the messages; a worker refuses other versions. 2: `Message::Warn`.
+pub const VERSION: u32 = 2;
 
 /// The file name of a job in its node's scratch directory.
 pub const JOB_FILE: &str = "job.json";
@@ -69,6 +69,8 @@ pub enum Message {
     Progress { done: u64, total: u64 },
     /// A line of log for the user.
     Log { message: String },
+    /// A warning for the user (see `Ctx::warn`), shown in every mode and kept with the cache entry.
+    Warn { message: String },
     /// The outputs are written; the summary goes into the cache entry. The last message of a clean run.
     Done { summary: Value },
     /// A parameter or input the user must fix (`field` names it; empty when none applies).
@@ -95,6 +97,9 @@ mod tests {
         let m = Message::Log { message: "two\nlines".into() };
         assert!(!m.line().contains('\n'));
         assert_eq!(serde_json::from_str::<Message>(&m.line()).unwrap(), m);
+        let w = Message::Warn { message: "w".into() };
+        assert_eq!(w.line(), r#"{"warn":{"message":"w"}}"#);
+        assert_eq!(serde_json::from_str::<Message>(&w.line()).unwrap(), w);
         assert_eq!(Message::Progress { done: 1, total: 2 }.line(), r#"{"progress":{"done":1,"total":2}}"#);
         assert!(serde_json::from_str::<Message>(r#"{"progress":{"done":1}}"#).is_err());
     }

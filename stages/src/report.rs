@@ -1608,6 +1608,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         serde_json::to_string_pretty(&results).map_err(anyhow::Error::from)? + "\n",
     )?;
     ctx.log(&format!("report: {} evaluations, {} cells, written to {}", a.evaluations, a.cells.len(), out.display()));
+    if let Some(w) = a.oracle_agreement.as_ref().and_then(oracle_warning) {
+        ctx.warn(&w.replace("**", "")); // the report's own words, without its Markdown
+    }
     Ok(json!({
         "evaluations": a.evaluations,
         "cells": a.cells.len(),

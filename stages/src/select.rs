@@ -208,7 +208,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ));
     }
     for r in rows.iter().filter(|r| !r.advantage.is_finite()) {
-        ctx.log(&format!(
+        ctx.warn(&format!(
             "{} at ρ = {:?}, {} = {}: validation advantage {} is not finite; ranked last",
             r.method, r.rho, r.param, r.value, r.advantage
         ));

@@ -100,6 +100,9 @@ impl Ctx for JobCtx<'_> {
     fn log(&self, message: &str) {
         self.channel.send(&Message::Log { message: message.to_string() });
     }
+    fn warn(&self, message: &str) {
+        self.channel.send(&Message::Warn { message: message.to_string() });
+    }
     fn device(&self) -> Device {
         self.job.device
     }

@@ -68,6 +68,9 @@ impl Ctx for TestCtx {
     fn log(&self, m: &str) {
         self.logs.lock().unwrap().push(m.to_string());
     }
+    fn warn(&self, m: &str) {
+        self.logs.lock().unwrap().push(format!("warning: {m}"));
+    }
     fn device(&self) -> Device {
         Device::Cpu
     }

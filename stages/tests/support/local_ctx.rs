@@ -16,6 +16,7 @@ pub struct LocalCtx {
     pub out_dir: PathBuf,
     pub progress: Mutex<Vec<(u64, u64)>>,
     pub logs: Mutex<Vec<String>>,
+    pub warnings: Mutex<Vec<String>>,
     pub threads: usize,
 }
 
@@ -30,6 +31,7 @@ impl LocalCtx {
             out_dir: out_dir.to_path_buf(),
             progress: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::new()),
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }
     }
@@ -76,6 +78,9 @@ impl Ctx for LocalCtx {
     }
     fn log(&self, message: &str) {
         self.logs.lock().unwrap().push(message.to_string());
+    }
+    fn warn(&self, message: &str) {
+        self.warnings.lock().unwrap().push(message.to_string());
     }
     fn device(&self) -> Device {
         Device::Cpu
