@@ -1290,6 +1290,9 @@ struct PairsOut<'a> {
     group_rows: usize,
     /// the tokenizer and the name its param gives it, for token counts
     tokenizer: Option<(&'a tokenizers::Tokenizer, &'a str)>,
+    /// whether that tokenizer can drop characters ([`crate::tokenizer_file::may_drop_characters`]): each response is
+    /// then checked for what it drops, and refused with a drop
+    may_drop: bool,
     out: Option<table::GroupWriter>,
     counts: Counts,
 }
@@ -1308,23 +1311,38 @@ impl PairsOut<'_> {
             Some((tok, shown)) => Some(
                 rows.par_iter()
                     .map(|r| {
+                        let cannot = |e: tokenizers::Error| {
+                            StageError::invalid(
+                                "tokenizer",
+                                format!("{shown}: cannot tokenize the responses of source row {}: {e}", r.source_row),
+                            )
+                        };
                         let n = |s: &str| {
-                            let len = tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(|e| {
-                                StageError::invalid(
+                            let len = tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(cannot)?;
+                            // a BPE model without an unknown token drops what its vocabulary lacks, silently: the
+                            // response would be counted short
+                            if self.may_drop
+                                && let Some(d) = crate::tokenizer_file::first_dropped(tok, s).map_err(cannot)?
+                            {
+                                let normalized = if d.normalized == d.chars {
+                                    String::new()
+                                } else {
+                                    format!(" (normalized to {:?})", d.normalized)
+                                };
+                                return Err(StageError::invalid(
                                     "tokenizer",
                                     format!(
-                                        "{shown}: cannot tokenize the responses of source row {}: {e}",
-                                        r.source_row
+                                        "{shown}: a response of source row {} loses {:?}{normalized} (in {:?}): the tokenizer has no token for it and no unknown token or byte fallback to stand for it, so the response would count {len} tokens, too few; use the model's own tokenizer, or one with an unk_token or byte fallback",
+                                        r.source_row, d.chars, d.word
                                     ),
-                                )
-                            })?;
-                            // a BPE model without an unknown token drops what its vocabulary lacks: a whole
-                            // response gone would be counted as of length 0
+                                ));
+                            }
+                            // nothing dropped: the normalizer and pre-tokenizer took out all of a non-blank text
                             if len == 0 {
                                 return Err(StageError::invalid(
                                     "tokenizer",
                                     format!(
-                                        "{shown}: a response of source row {} ({:?}) is no token at all: the tokenizer has no token for its characters and no unknown token to stand for them; use the model's own tokenizer, or one with an unk_token or byte fallback",
+                                        "{shown}: a response of source row {} ({:?}) is no token at all: the tokenizer's normalizer and pre-tokenizer leave none of its text; use the model's own tokenizer",
                                         r.source_row,
                                         s.chars().take(40).collect::<String>()
                                     ),
@@ -1454,6 +1472,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
         path: &out_path,
         group_rows,
         tokenizer: tokenizer.as_ref().zip(p.tokenizer.as_deref()),
+        may_drop: tokenizer.as_ref().is_some_and(crate::tokenizer_file::may_drop_characters),
         out: None,
         counts: Counts::default(),
     };
@@ -1630,24 +1649,120 @@ mod tests {
         Ok((summary, ctx.out("pairs")))
     }
 
-    /// A BPE tokenizer with no unknown token and no byte fallback drops the characters it has no token for; a
-    /// response made only of them would count 0 tokens, which is refused naming the row.
-    #[test]
-    fn a_response_the_tokenizer_drops_entirely_is_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let tok = serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+    /// A tokenizer.json of a BPE model of `vocab` (no merges, no unknown token, no byte fallback) with a
+    /// Whitespace pre-tokenizer, and `set` on top (`"model.unk_token"` sets a field of the model).
+    fn bpe_tokenizer<S: AsRef<str>>(vocab: impl IntoIterator<Item = S>, set: Value) -> Value {
+        let vocab: serde_json::Map<String, Value> =
+            vocab.into_iter().enumerate().map(|(i, t)| (t.as_ref().to_string(), json!(i))).collect();
+        let mut tok = json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
             "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-            "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": [], "dropout": null, "unk_token": null,
+            "model": {"type": "BPE", "vocab": vocab, "merges": [], "dropout": null, "unk_token": null,
                 "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
                 "byte_fallback": false}});
+        for (k, v) in set.as_object().unwrap() {
+            match k.strip_prefix("model.") {
+                Some(m) => tok["model"][m] = v.clone(),
+                None => tok[k] = v.clone(),
+            }
+        }
+        tok
+    }
+
+    /// Imports `(chosen, rejected)` pairs with tokenizer `tok`: each pair's token counts (chosen, rejected, as
+    /// `tokens_a`/`tokens_b` hold them beside `response_a`/`response_b`), or the error.
+    fn token_counts(tok: &Value, pairs: &[(&str, &str)]) -> Result<Vec<(u32, u32)>, String> {
+        let d = tempfile::tempdir().unwrap();
         let t = write(d.path(), "tokenizer.json", &tok.to_string());
-        let f = write(
-            d.path(),
-            "d.jsonl",
-            "{\"prompt\":\"p\",\"chosen\":\"a b\",\"rejected\":\"b a\"}\n{\"prompt\":\"q\",\"chosen\":\"a\",\"rejected\":\"€ €\"}\n",
+        let rows: Vec<String> =
+            pairs.iter().map(|(c, r)| json!({"prompt": "p", "chosen": c, "rejected": r}).to_string()).collect();
+        let f = write(d.path(), "d.jsonl", &rows.join("\n"));
+        let (_, out) = import(&d.path().join("o"), &f, json!({"tokenizer": t.to_string_lossy()}))?;
+        let t = table::read_table(&out, None).unwrap();
+        let col = |c: &str| t.column_by_name(c).unwrap().as_any().downcast_ref::<UInt32Array>().unwrap().clone();
+        let (a, b) = (col("tokens_a"), col("tokens_b"));
+        let chosen_is_a = strings(&t, "response_a").into_iter().zip(pairs).map(|(ra, (c, _))| ra == *c);
+        Ok(chosen_is_a
+            .enumerate()
+            .map(|(i, first)| if first { (a.value(i), b.value(i)) } else { (b.value(i), a.value(i)) })
+            .collect())
+    }
+
+    /// The count of `text` by the crate's own `encode`, for comparison.
+    fn encoded(tok: &Value, text: &str) -> u32 {
+        let t = tokenizers::Tokenizer::from_bytes(tok.to_string().as_bytes()).unwrap();
+        t.encode_fast(text, false).unwrap().len() as u32
+    }
+
+    /// A BPE tokenizer with no unknown token and no byte fallback drops the characters it has no token for, and
+    /// counts the response short: with some of its characters dropped (`ab ac` would count 3), or all of them (0),
+    /// the response is refused naming the row, what is dropped and in which word.
+    #[test]
+    fn a_response_the_tokenizer_drops_characters_of_is_refused() {
+        let tok = bpe_tokenizer(["a", "b"], json!({}));
+        assert_eq!(encoded(&tok, "ab ac"), 3, "the silent drop: `c` counts nothing");
+        assert_eq!(token_counts(&tok, &[("a b", "b a"), ("ab ba", "ba")]), Ok(vec![(2, 2), (4, 2)]));
+        let e = token_counts(&tok, &[("a b", "b a"), ("a", "ab ac")]).unwrap_err();
+        for part in ["tokenizer.json: ", "source row 1", "loses \"c\" (in \"ac\")", "count 3 tokens", "unk_token"] {
+            assert!(e.starts_with("tokenizer:") && e.contains(part), "{part}: {e}");
+        }
+        let e = token_counts(&tok, &[("a b", "b a"), ("a", "€ €")]).unwrap_err();
+        assert!(e.contains("source row 1") && e.contains("loses \"€\"") && e.contains("count 0 tokens"), "{e}");
+        // Whitespace splits punctuation off the words: a comma with no token is a drop too
+        let e = token_counts(&tok, &[("ab, ba", "a")]).unwrap_err();
+        assert!(e.contains("source row 0") && e.contains("loses \",\""), "{e}");
+    }
+
+    /// With an unknown token the same tokenizer counts each missing character as one: nothing is dropped and
+    /// nothing is refused, the counts are the crate's own.
+    #[test]
+    fn a_tokenizer_with_an_unknown_token_counts_as_before() {
+        let tok = bpe_tokenizer(["<unk>", "a", "b"], json!({"model.unk_token": "<unk>"}));
+        let counts = token_counts(&tok, &[("ab ac", "€ €"), ("a", "ca")]).unwrap();
+        assert_eq!(counts, vec![(4, 2), (1, 2)]);
+        assert_eq!(counts[0], (encoded(&tok, "ab ac"), encoded(&tok, "€ €")));
+    }
+
+    /// A byte-level tokenizer (GPT-2's kind, with its 256 byte symbols) has a token for everything: it is not
+    /// checked, and counts what the crate counts.
+    #[test]
+    fn a_byte_level_tokenizer_is_not_checked() {
+        let mut symbols: Vec<String> =
+            tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().map(|c| c.to_string()).collect();
+        symbols.sort();
+        symbols.push("Ġw".to_string());
+        let byte_level =
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let tok = bpe_tokenizer(
+            &symbols,
+            json!({"pre_tokenizer": byte_level, "post_processor": byte_level, "model.merges": [["Ġ", "w"]]}),
         );
-        let e = import(&d.path().join("o"), &f, json!({"tokenizer": t.to_string_lossy()})).unwrap_err();
-        assert!(e.contains("source row 1") && e.contains("is no token at all"), "{e}");
+        let t = tokenizers::Tokenizer::from_bytes(tok.to_string().as_bytes()).unwrap();
+        assert!(!crate::tokenizer_file::may_drop_characters(&t));
+        let (a, b) = ("héllo wörld, € ✓", "a w\u{0}\u{10ffff}");
+        assert_eq!(token_counts(&tok, &[(a, b)]), Ok(vec![(encoded(&tok, a), encoded(&tok, b))]));
+        assert_eq!(encoded(&tok, b), 7, "a, Ġw, one symbol for NUL, four for the bytes of U+10FFFF");
+    }
+
+    /// A normalizer's changes are what the model is given: lowercase letters cover "AB" under Lowercase, and a
+    /// character it still drops is named as the response has it.
+    #[test]
+    fn what_the_normalizer_gives_the_model_is_what_is_checked() {
+        let tok = bpe_tokenizer(["a", "b"], json!({"normalizer": {"type": "Lowercase"}}));
+        assert_eq!(token_counts(&tok, &[("AB", "Ba a")]), Ok(vec![(2, 3)]));
+        let e = token_counts(&tok, &[("AB", "AC")]).unwrap_err();
+        assert!(e.contains("loses \"C\" (normalized to \"c\") (in \"AC\")"), "{e}");
+    }
+
+    /// A response the normalizer and pre-tokenizer take out whole (punctuation removed) is no token at all, with no
+    /// character dropped by the model: refused, saying so.
+    #[test]
+    fn a_response_taken_out_before_the_model_is_refused() {
+        let tok = json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "Punctuation", "behavior": "Removed"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1}, "unk_token": "[UNK]"}});
+        assert_eq!(token_counts(&tok, &[("a!", "b")]), Ok(vec![(1, 1)]));
+        let e = token_counts(&tok, &[("a", "b"), ("a", "!?")]).unwrap_err();
+        assert!(e.contains("source row 1 (\"!?\") is no token at all") && e.contains("normalizer and pre-tokenizer"));
     }
 
     /// The real-data pipelines hold out TL;DR records 1600..2000 and train on the first 1600; 69 posts are on both

@@ -12,8 +12,15 @@
 //!
 //! Any other panic inside the crate is caught and said as the file's error, without the crate's panic message on
 //! stderr.
+//!
+//! A BPE model with no `unk_token` silently drops each character it has no token for (nor byte-fallback tokens):
+//! a text counts fewer tokens than it has, with no error. [`may_drop_characters`] says, once per file, whether a
+//! tokenizer can do that; [`first_dropped`] finds what it drops from one text.
 use serde_json::Value;
+use std::borrow::Cow;
 use std::path::Path;
+use tokenizers::normalizer::Range;
+use tokenizers::{Model, ModelWrapper, NormalizedString, NormalizerWrapper, PreTokenizer, PreTokenizerWrapper};
 
 /// The tokenizer of `path`, or what is wrong with the file (without the path: callers name it).
 pub fn read(path: &Path) -> Result<tokenizers::Tokenizer, String> {
@@ -68,6 +75,151 @@ fn check_model(json: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether `tok` can drop characters of a text without a token, error or unknown token standing for them. Only a
+/// BPE model with no `unk_token` can: WordPiece and WordLevel give their unknown token for what their vocabulary
+/// lacks (or fail when it is missing from the vocabulary), and Unigram gives its `unk_id` (or fails without one).
+/// Such a BPE model still drops nothing when each character the model can be given has a token: with
+/// `byte_fallback` and all 256 `<0xXX>` byte tokens, or when the model only ever sees the 256 symbols of a ByteLevel
+/// pre-tokenizer (or normalizer) and has them all (as GPT-2 and its kin do). Decided from what the model holds, not
+/// from what texts it meets, so `false` is a guarantee and `true` only says that texts need [`first_dropped`].
+pub fn may_drop_characters(tok: &tokenizers::Tokenizer) -> bool {
+    let ModelWrapper::BPE(bpe) = tok.get_model() else { return false };
+    if bpe.unk_token.is_some() {
+        // one not in the vocabulary makes an unknown character an error, not a drop
+        return false;
+    }
+    let has = |t: &str| bpe.token_to_id(t).is_some();
+    if bpe.byte_fallback && (0..=255u8).all(|b| has(&byte_token(b))) {
+        return false;
+    }
+    if !byte_level_input(tok) {
+        return true;
+    }
+    let prefix = bpe.continuing_subword_prefix.as_deref().unwrap_or("");
+    let suffix = bpe.end_of_word_suffix.as_deref().unwrap_or("");
+    // the model looks each character up as is, behind the prefix (not first in its word), before the suffix (last)
+    !tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().all(|c| {
+        [("", ""), (prefix, ""), ("", suffix), (prefix, suffix)].iter().all(|(p, s)| has(&format!("{p}{c}{s}")))
+    })
+}
+
+/// Whether the model of `tok` is given only the 256 symbols a ByteLevel pre-tokenizer or normalizer maps bytes to:
+/// one runs last among the normalizers, or among the pre-tokenizers with no Metaspace after it (which puts `▁` in).
+fn byte_level_input(tok: &tokenizers::Tokenizer) -> bool {
+    fn normalizers(n: &NormalizerWrapper, out: &mut Vec<bool>) {
+        match n {
+            NormalizerWrapper::Sequence(s) => s.as_ref().iter().for_each(|n| normalizers(n, out)),
+            n => out.push(matches!(n, NormalizerWrapper::ByteLevel(_))),
+        }
+    }
+    fn pre_tokenizers(p: &PreTokenizerWrapper, byte_level: &mut bool) {
+        match p {
+            PreTokenizerWrapper::Sequence(s) => s.as_ref().iter().for_each(|p| pre_tokenizers(p, byte_level)),
+            PreTokenizerWrapper::ByteLevel(_) => *byte_level = true,
+            PreTokenizerWrapper::Metaspace(_) => *byte_level = false,
+            // the others split the text (and may leave parts out) but change no character
+            _ => {}
+        }
+    }
+    let mut n = Vec::new();
+    if let Some(norm) = tok.get_normalizer() {
+        normalizers(norm, &mut n);
+    }
+    let mut byte_level = n.last() == Some(&true);
+    if let Some(p) = tok.get_pre_tokenizer() {
+        pre_tokenizers(p, &mut byte_level);
+    }
+    byte_level
+}
+
+/// The byte-fallback token of byte `b`, as the BPE model spells it (`<0x0A>`).
+fn byte_token(b: u8) -> String {
+    format!("<{b:#04X}>")
+}
+
+/// What a tokenizer drops from a text: the first run of dropped characters and the word (pre-tokenizer split) it is
+/// in, both as the text has them (before the normalizer), and the run as the model was given it.
+#[derive(Debug, PartialEq)]
+pub struct Dropped {
+    pub chars: String,
+    pub normalized: String,
+    pub word: String,
+}
+
+/// The first characters `tok` drops from `text` (see [`may_drop_characters`]), or `None`. The text goes through the
+/// tokenizer's added tokens, normalizer and pre-tokenizer as `encode` takes it; what they take out (the spaces
+/// between words, an accent stripped) is not a drop. Each character of each word left is then looked up as the BPE
+/// model looks it up before merging, a character with no token being one it drops. Whitespace is not counted as
+/// dropped, nor a character standing for whitespace of the text (Metaspace's `▁`). The encoding's offsets cannot say
+/// this: the BPE model gives the tokens after a dropped character offsets shifted back by its length.
+pub fn first_dropped(tok: &tokenizers::Tokenizer, text: &str) -> tokenizers::Result<Option<Dropped>> {
+    let ModelWrapper::BPE(bpe) = tok.get_model() else { return Ok(None) };
+    if bpe.unk_token.is_some() {
+        return Ok(None);
+    }
+    let mut pre = tok.get_added_vocabulary().extract_and_normalize(tok.get_normalizer(), text);
+    if let Some(p) = tok.get_pre_tokenizer() {
+        p.pre_tokenize(&mut pre)?;
+    }
+    // `split` hands over each word not yet made a token (an added token is one), and keeps it as it is given back
+    let mut found = None;
+    pre.split(|_, word| {
+        if found.is_none() {
+            found = dropped_in(bpe, &word);
+        }
+        Ok(std::iter::once(word))
+    })?;
+    Ok(found)
+}
+
+/// The first run of characters of one word that `bpe` (with no `unk_token`) drops, as `BPE::merge_word` does.
+fn dropped_in(bpe: &tokenizers::models::bpe::BPE, word: &NormalizedString) -> Option<Dropped> {
+    let s = word.get();
+    if s.is_empty() || (bpe.ignore_merges && bpe.token_to_id(s).is_some()) {
+        return None;
+    }
+    let prefix = bpe.continuing_subword_prefix.as_deref().unwrap_or("");
+    let suffix = bpe.end_of_word_suffix.as_deref().unwrap_or("");
+    let original = |r: std::ops::Range<usize>| word.get_range_original(Range::Normalized(r)).unwrap_or("");
+    let mut run: Option<std::ops::Range<usize>> = None;
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let end = chars.peek().map_or(s.len(), |&(j, _)| j);
+        let (p, x) = (if i > 0 { prefix } else { "" }, if end == s.len() { suffix } else { "" });
+        let unit: Cow<str> = if p.is_empty() && x.is_empty() {
+            Cow::Borrowed(&s[i..end])
+        } else {
+            format!("{p}{}{x}", &s[i..end]).into()
+        };
+        let kept = bpe.token_to_id(&unit).is_some()
+            || (bpe.byte_fallback && unit.bytes().all(|b| bpe.token_to_id(&byte_token(b)).is_some()));
+        let blank = || {
+            let o = original(i..end);
+            c.is_whitespace() || (!o.is_empty() && o.chars().all(char::is_whitespace))
+        };
+        if kept || blank() {
+            if run.is_some() {
+                break;
+            }
+        } else if let Some(r) = &mut run {
+            r.end = end;
+        } else {
+            run = Some(i..end);
+        }
+    }
+    let r = run?;
+    let shown = |t: &str, n: usize| {
+        let mut c: String = t.chars().take(n).collect();
+        if c.len() < t.len() {
+            c.push('…');
+        }
+        c
+    };
+    let normalized = &s[r.clone()];
+    let chars = Some(original(r)).filter(|o| !o.is_empty()).unwrap_or(normalized);
+    Some(Dropped { chars: shown(chars, 20), normalized: shown(normalized, 20), word: shown(word.get_original(), 40) })
 }
 
 /// `f`, with a panic inside it caught and returned as its message, and not printed by the panic hook. The hook is
@@ -126,5 +278,174 @@ mod tests {
             "pad_id": 1, "pad_type_id": 0, "pad_token": "<unk>"});
         let t = read_json(&v).unwrap();
         assert_eq!(t.encode_fast("w w w w w", false).unwrap().len(), 5);
+    }
+
+    /// `{token: id}` of `tokens`, in order.
+    fn vocab<S: AsRef<str>>(tokens: impl IntoIterator<Item = S>) -> Value {
+        Value::Object(tokens.into_iter().enumerate().map(|(i, t)| (t.as_ref().to_string(), json!(i))).collect())
+    }
+
+    /// A BPE tokenizer of single characters, no merges, no unknown token, no byte fallback, with `set` applied.
+    fn chars_tok(chars: &[&str], set: &[(&str, Value)]) -> tokenizers::Tokenizer {
+        let mut v = bpe(vocab(chars), json!([]), json!({}));
+        for (k, x) in set {
+            match k.strip_prefix("model.") {
+                Some(m) => v["model"][m] = x.clone(),
+                None => v[*k] = x.clone(),
+            }
+        }
+        read_json(&v).unwrap()
+    }
+
+    fn dropped(t: &tokenizers::Tokenizer, text: &str) -> Option<(String, String, String)> {
+        first_dropped(t, text).unwrap().map(|d| (d.chars, d.normalized, d.word))
+    }
+
+    fn byte_level_chars() -> Vec<String> {
+        let mut a: Vec<String> =
+            tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().map(|c| c.to_string()).collect();
+        a.sort();
+        a
+    }
+
+    #[test]
+    fn only_a_bpe_model_without_unknown_token_and_without_a_token_for_every_input_may_drop() {
+        let byte_level =
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let all = byte_level_chars();
+        let read_bpe = |chars: Vec<String>, set: &[(&str, Value)]| {
+            chars_tok(&chars.iter().map(String::as_str).collect::<Vec<_>>(), set)
+        };
+        // no unknown token, no fallback, any pre-tokenizer but a byte-level one: it may drop
+        assert!(may_drop_characters(&chars_tok(&["a", "b"], &[])));
+        assert!(!may_drop_characters(&chars_tok(&["a", "<unk>"], &[("model.unk_token", json!("<unk>"))])));
+        // byte fallback covers every character only with all 256 byte tokens
+        let bytes: Vec<String> = (0..=255u8).map(byte_token).collect();
+        assert_eq!(bytes[10], "<0x0A>");
+        assert!(!may_drop_characters(&read_bpe(bytes.clone(), &[("model.byte_fallback", json!(true))])));
+        assert!(may_drop_characters(&read_bpe(bytes[1..].to_vec(), &[("model.byte_fallback", json!(true))])));
+        // byte-level: GPT-2's 256 symbols all in the vocabulary, its pre-tokenizer alone, in a sequence, or a
+        // normalizer; one symbol missing, or a Metaspace after it, and it may drop
+        let bl = [("pre_tokenizer", byte_level.clone())];
+        assert!(!may_drop_characters(&read_bpe(all.clone(), &bl)));
+        let seq =
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]});
+        assert!(!may_drop_characters(&read_bpe(all.clone(), &[("pre_tokenizer", seq.clone())])));
+        let norm = [("normalizer", json!({"type": "ByteLevel"})), ("pre_tokenizer", Value::Null)];
+        assert!(!may_drop_characters(&read_bpe(all.clone(), &norm)));
+        assert!(may_drop_characters(&read_bpe(all[1..].to_vec(), &bl)));
+        let mut then_metaspace = seq;
+        then_metaspace["pretokenizers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true}));
+        assert!(may_drop_characters(&read_bpe(all.clone(), &[("pre_tokenizer", then_metaspace)])));
+        // with a continuing-subword prefix, the prefixed symbols are looked up too
+        let prefixed = [("pre_tokenizer", byte_level), ("model.continuing_subword_prefix", json!("##"))];
+        assert!(may_drop_characters(&read_bpe(all.clone(), &prefixed)));
+        let both = all.iter().cloned().chain(all.iter().map(|c| format!("##{c}"))).collect();
+        assert!(!may_drop_characters(&read_bpe(both, &prefixed)));
+        // the other models give an unknown token or fail; they never drop
+        for model in [
+            json!({"type": "WordLevel", "vocab": vocab(["a"]), "unk_token": "<unk>"}),
+            json!({"type": "WordPiece", "vocab": vocab(["a"]), "unk_token": "<unk>", "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 100}),
+            json!({"type": "Unigram", "vocab": [["a", -1.0]], "unk_id": null, "byte_fallback": false}),
+        ] {
+            let mut v = bpe(vocab(["a"]), json!([]), json!({}));
+            v["model"] = model;
+            let t = read_json(&v).unwrap();
+            assert!(!may_drop_characters(&t), "{:?}", t.get_model());
+            assert!(first_dropped(&t, "a b").unwrap().is_none());
+            let counted = t.encode_fast("b", false).map(|e| e.len());
+            assert!(counted.as_ref().is_ok_and(|&n| n == 1) || counted.is_err(), "{counted:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_run_of_dropped_characters_is_named_with_its_word() {
+        let t = chars_tok(&["a", "b"], &[]);
+        assert_eq!(t.encode_fast("ab ac", false).unwrap().len(), 3, "the drop this is about: `c` counts nothing");
+        assert_eq!(dropped(&t, "ab ac"), Some(("c".into(), "c".into(), "ac".into())));
+        assert_eq!(dropped(&t, "a €€b ab"), Some(("€€".into(), "€€".into(), "€€".into())));
+        assert_eq!(dropped(&t, "ab  ba\n"), None, "the pre-tokenizer takes spaces out");
+        // Whitespace splits punctuation off: a comma with no token is dropped
+        assert_eq!(dropped(&t, "ab, ba"), Some((",".into(), ",".into(), ",".into())));
+        // the model's offsets after a drop are shifted back: they would blame `a`, not `c`
+        assert_eq!(t.encode("ca", false).unwrap().get_offsets(), &[(0, 1)]);
+        assert_eq!(dropped(&t, "ca"), Some(("c".into(), "c".into(), "ca".into())));
+        // no pre-tokenizer: whitespace reaches the model, and is not counted as dropped
+        let t = chars_tok(&["a", "b"], &[("pre_tokenizer", Value::Null)]);
+        assert_eq!(dropped(&t, "a b\ta"), None);
+        assert_eq!(dropped(&t, "a bc"), Some(("c".into(), "c".into(), "a bc".into())));
+    }
+
+    #[test]
+    fn what_the_normalizer_and_pre_tokenizer_change_or_take_out_is_not_a_drop() {
+        // Lowercase: "AB" is given to the model as "ab"; a drop is named as the text has it
+        let lower = chars_tok(&["a", "b"], &[("normalizer", json!({"type": "Lowercase"}))]);
+        assert_eq!(dropped(&lower, "AB Ba"), None);
+        assert_eq!(dropped(&lower, "AB CA"), Some(("C".into(), "c".into(), "CA".into())));
+        // an accent stripped (precomposed or not) and NFKC's ligature split
+        let nfd = json!({"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "StripAccents"}]});
+        let strip = chars_tok(&["e", "f", "i"], &[("normalizer", nfd)]);
+        assert_eq!(dropped(&strip, "e\u{301} \u{e9}fi"), None);
+        let nfkc = chars_tok(&["f", "i"], &[("normalizer", json!({"type": "NFKC"}))]);
+        assert_eq!(dropped(&nfkc, "\u{fb01}"), None);
+        // punctuation the pre-tokenizer removes
+        let removed = json!({"type": "Punctuation", "behavior": "Removed"});
+        assert_eq!(dropped(&chars_tok(&["a"], &[("pre_tokenizer", removed)]), "a!a"), None);
+        // Metaspace's `▁` stands for a space: without a token for it, it is not counted as dropped
+        let meta = json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": true});
+        let m = chars_tok(&["a", "b"], &[("pre_tokenizer", meta)]);
+        assert_eq!(dropped(&m, "a b"), None);
+        assert_eq!(dropped(&m, "a bc"), Some(("c".into(), "c".into(), " bc".into())));
+        // an added token is not the model's to drop
+        let mut v = bpe(vocab(["a"]), json!([]), json!({}));
+        v["added_tokens"] = json!([{"id": 1, "content": "<x>", "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": false, "special": true}]);
+        assert_eq!(dropped(&read_json(&v).unwrap(), "a<x>a"), None);
+    }
+
+    /// The drops [`first_dropped`] finds are the model's: over many words, a word has a drop exactly when the
+    /// model's tokens fall short of its end, with a prefix, a suffix, byte fallback and `ignore_merges`.
+    #[test]
+    fn drops_agree_with_the_model() {
+        let settings: [&[(&str, Value)]; 4] = [
+            &[],
+            &[("model.continuing_subword_prefix", json!("##"))],
+            &[("model.end_of_word_suffix", json!("</w>"))],
+            &[("model.byte_fallback", json!(true))],
+        ];
+        let words: Vec<String> = (0..5u32.pow(4))
+            .map(|mut k| {
+                (0..1 + k % 4)
+                    .map(|_| {
+                        let c = ["a", "b", "c", "é", "€"][(k % 5) as usize];
+                        k /= 5;
+                        c
+                    })
+                    .collect()
+            })
+            .collect();
+        for set in settings {
+            let mut set = set.to_vec();
+            set.push(("pre_tokenizer", Value::Null));
+            // some characters have a token, as is, behind the prefix, before the suffix, as bytes ("é" is C3 A9)
+            let t = chars_tok(&["a", "##a", "##b", "c</w>", "a</w>", "<0xC3>", "<0xA9>", "ab", "abc"], &set);
+            let mut drops = 0;
+            for w in &words {
+                // the model's own offsets (the encoding's are widened to whole characters)
+                let tokens = t.get_model().tokenize(w).unwrap();
+                let end = tokens.last().map_or(0, |t| t.offsets.1);
+                let d = first_dropped(&t, w).unwrap();
+                assert_eq!(d.is_some(), end < w.len(), "{set:?} {w:?}: {d:?}; the model's tokens: {tokens:?}");
+                drops += d.is_some() as usize;
+            }
+            assert!(drops > 0 && drops < words.len(), "{set:?}: {drops}");
+        }
+        // ignore_merges takes a whole word in the vocabulary as one token, whatever its characters
+        let t = chars_tok(&["a", "abc"], &[("model.ignore_merges", json!(true))]);
+        assert_eq!((dropped(&t, "abc"), dropped(&t, "abcb").map(|d| d.0)), (None, Some("bcb".into())));
     }
 }
