@@ -12,9 +12,13 @@
 //!   that is not a module resolves through the `pub use` re-exports of its crate's `lib.rs` to the module that defines
 //!   it; a name defined in `lib.rs` itself brings in `lib.rs` (whose own `mod` declarations are not followed: declaring
 //!   a module is not using it).
-//! - **Libraries.** Of the libraries that shape output bytes ([`LIBS`]: arrow, parquet, polars, rand, rand_chacha,
-//!   tokenizers, safetensors, tch, plotters, dejavu), those a file of the closure names in a path (`parquet::…`), at
-//!   their versions in `Cargo.lock`; `tch` brings torch-sys and libtorch's own version (its `version.py`) with it.
+//! - **Libraries.** Every library of `Cargo.lock` that a file of the closure names in a path (`parquet::…`) and that
+//!   a workspace crate depends on directly, with everything that library depends on in turn (`parquet` brings the
+//!   `zstd` that compresses its pages, `tokenizers` the Unicode tables it normalises with, `statrs` the `num-traits`
+//!   its quantiles compute with), each at its version in `Cargo.lock`: a `cargo update` that changes any of them
+//!   changes the identities of the stages that reach it. Only [`NEUTRAL`] libraries, which shape error messages,
+//!   parameter documentation and temporary files but never an output, are left out. `tch` brings libtorch's own
+//!   version (its `version.py`) with it.
 //!
 //! The identity is BLAKE3 over the kind, the library versions and the sorted (workspace-relative path, BLAKE3 of the
 //! bytes) of the closure, so it does not depend on where the tree lives: a copy of the workspace derives the same
@@ -29,9 +33,9 @@ use std::path::{Path, PathBuf};
 pub const CRATES: [(&str, &str); 3] =
     [("rmdistill_stages", "stages/src"), ("rmdistill_worker", "worker/src"), ("rmdistill_ml", "ml/src")];
 
-/// Libraries whose versions can change what a stage writes (Cargo.lock names).
-pub const LIBS: [&str; 10] =
-    ["arrow", "parquet", "polars", "rand", "rand_chacha", "tokenizers", "safetensors", "tch", "plotters", "dejavu"];
+/// Libraries that cannot change what a stage writes (Cargo.lock names): errors, parameter documentation, temporary
+/// files, the command line. Every other library a stage names is part of its identity, with its dependencies.
+pub const NEUTRAL: [&str; 6] = ["anyhow", "thiserror", "serde_path_to_error", "schemars", "clap", "tempfile"];
 
 /// One stage kind's derived identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +65,7 @@ pub struct Derived {
 pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
     let mut ws = Workspace::new(root)?;
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
-    let versions = lock_versions(&lock);
+    let lock = Lock::parse(&lock);
     let roots = ws.stage_roots()?;
     let mut stages = vec![];
     let mut cross = vec![];
@@ -81,19 +85,12 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
             used.extend(ws.crates(f)?);
         }
         let mut libs = String::new();
-        for lib in LIBS {
-            if !used.contains(&lib.replace('-', "_")) {
-                continue;
-            }
-            if lib == "tch" {
-                libs.push_str(&format!("libtorch={libtorch};"));
-                if let Some(v) = versions.get("torch-sys") {
-                    libs.push_str(&format!("torch-sys={};", v.join(",")));
-                }
-            }
-            if let Some(v) = versions.get(lib) {
-                libs.push_str(&format!("{lib}={};", v.join(",")));
-            }
+        let named = lock.named_by_workspace(&used);
+        if named.iter().any(|(n, _)| n == "tch") {
+            libs.push_str(&format!("libtorch={libtorch};"));
+        }
+        for (name, version) in lock.with_dependencies(named) {
+            libs.push_str(&format!("{name}={version};"));
         }
         let mut h = blake3::Hasher::new();
         h.update(format!("rmdistill code identity v1\nkind={kind}\nlibs={libs}\n").as_bytes());
@@ -110,22 +107,88 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
     Ok(Derived { stages, files_read: ws.read_paths(), cross_stage_references: cross })
 }
 
-/// `name = "x"` / `version = "y"` pairs of a Cargo.lock, every version of each package (sorted).
-fn lock_versions(lock: &str) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut name = String::new();
-    for line in lock.lines() {
-        if let Some(n) = line.strip_prefix("name = ") {
-            name = n.trim_matches('"').to_string();
-        } else if let Some(v) = line.strip_prefix("version = ") {
-            out.entry(name.clone()).or_default().push(v.trim_matches('"').to_string());
+/// The packages of a Cargo.lock and what each depends on.
+struct Lock {
+    /// (name, version) → the (name, version) of each of its dependencies.
+    deps: BTreeMap<(String, String), Vec<(String, String)>>,
+}
+
+/// The workspace's own packages: their code is hashed file by file, not by version.
+const MEMBERS: [&str; 4] = ["rmdistill", "rmdistill-stages", "rmdistill-worker", "rmdistill-ml"];
+
+impl Lock {
+    /// Reads the `[[package]]` tables (`name`, `version`, `dependencies`) of a Cargo.lock (version 3 or 4). A
+    /// dependency is written `"name"` when the lock holds one version of it, else `"name version"` (and a source).
+    fn parse(text: &str) -> Lock {
+        let mut packages: Vec<(String, String, Vec<String>)> = vec![];
+        let mut in_deps = false;
+        for line in text.lines() {
+            let line = line.trim_end();
+            if line == "[[package]]" {
+                packages.push(Default::default());
+                in_deps = false;
+            } else if let Some(p) = packages.last_mut() {
+                if in_deps {
+                    match line.trim() {
+                        "]" => in_deps = false,
+                        d => p.2.push(d.trim_end_matches(',').trim_matches('"').to_string()),
+                    }
+                } else if let Some(n) = line.strip_prefix("name = ") {
+                    p.0 = n.trim_matches('"').to_string();
+                } else if let Some(v) = line.strip_prefix("version = ") {
+                    p.1 = v.trim_matches('"').to_string();
+                } else if line == "dependencies = [" {
+                    in_deps = true;
+                }
+            }
         }
+        let mut versions: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (n, v, _) in &packages {
+            versions.entry(n).or_default().push(v);
+        }
+        let resolve = |d: &str| -> Option<(String, String)> {
+            let mut parts = d.split_whitespace();
+            let name = parts.next()?;
+            let version = match parts.next() {
+                Some(v) => v,
+                None => versions.get(name).and_then(|v| v.first()).copied()?,
+            };
+            Some((name.to_string(), version.to_string()))
+        };
+        let deps = packages
+            .iter()
+            .map(|(n, v, d)| ((n.clone(), v.clone()), d.iter().filter_map(|d| resolve(d)).collect()))
+            .collect();
+        Lock { deps }
     }
-    for v in out.values_mut() {
-        v.sort();
-        v.dedup();
+
+    /// The libraries the workspace's crates depend on directly whose names (`-` written `_`) are among `used`,
+    /// less the [`NEUTRAL`] ones.
+    fn named_by_workspace(&self, used: &BTreeSet<String>) -> BTreeSet<(String, String)> {
+        self.deps
+            .iter()
+            .filter(|((n, _), _)| MEMBERS.contains(&n.as_str()))
+            .flat_map(|(_, d)| d.iter().cloned())
+            .filter(|(n, _)| !MEMBERS.contains(&n.as_str()) && !NEUTRAL.contains(&n.as_str()))
+            .filter(|(n, _)| used.contains(&n.replace('-', "_")))
+            .collect()
     }
-    out
+
+    /// `libs` and everything they depend on, transitively (a library's own dependencies shape its results: the
+    /// compressor of parquet's pages, the tables of a Unicode normaliser), less the [`NEUTRAL`] ones. Cargo.lock
+    /// does not say which dependencies are for other platforms, so those are in too: a bump of one re-runs the
+    /// stages that reach it once, which costs time, never a wrong result.
+    fn with_dependencies(&self, libs: BTreeSet<(String, String)>) -> BTreeSet<(String, String)> {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<(String, String)> = libs.into_iter().collect();
+        while let Some(p) = todo.pop() {
+            if MEMBERS.contains(&p.0.as_str()) || NEUTRAL.contains(&p.0.as_str()) || !seen.insert(p.clone()) {
+                continue;
+            }
+            todo.extend(self.deps.get(&p).into_iter().flatten().cloned());
+        }
+        seen
+    }
 }
 
 /// The libtorch version of a libtorch directory (`version.py`'s `__version__`), or "unknown".

@@ -148,21 +148,51 @@ fn library_versions_are_covered() {
         assert!(get("policy").contains(lib), "{lib}: {}", get("policy"));
         assert!(!get("subsample").contains(lib), "{lib}: a pure stage does not depend on it");
     }
+    // what those libraries depend on in turn (parquet's page compressor; the t quantiles' numerics), and the
+    // libraries that were not listed at first: statrs draws every interval of the report
+    assert!(get("subsample").contains(";zstd=") || get("subsample").starts_with("zstd="), "{}", get("subsample"));
+    for lib in ["statrs=", "num-traits=", "serde_json="] {
+        assert!(get("report").contains(lib), "{lib}: {}", get("report"));
+    }
+    // libraries that only shape errors, documentation or temporary files are not
+    for s in &d.stages {
+        for lib in code_identity::NEUTRAL {
+            assert!(!s.libs.contains(&format!("{lib}=")), "{}: {lib} in {}", s.kind, s.libs);
+        }
+    }
     // a version bump in Cargo.lock changes the identities of the stages that use the library
     let t = copy_tree();
     let base = derive(t.path());
-    let lock = std::fs::read_to_string(t.path().join("Cargo.lock")).unwrap();
-    let bumped = lock.replacen("name = \"safetensors\"\nversion = \"", "name = \"safetensors\"\nversion = \"99.", 1);
-    assert_ne!(lock, bumped);
-    std::fs::write(t.path().join("Cargo.lock"), bumped).unwrap();
+    let v = bump(t.path(), "safetensors");
     let d = derive(t.path());
     let with = |lib: &str| -> Vec<String> {
         base.stages.iter().filter(|s| s.libs.contains(lib)).map(|s| s.kind.clone()).collect()
     };
-    assert!(!with("safetensors=").is_empty());
-    assert_eq!(changed(&base, &d), with("safetensors="));
+    assert!(!with(&format!("safetensors={v};")).is_empty());
+    assert_eq!(changed(&base, &d), with(&format!("safetensors={v};")));
+    // a library's dependency too: `approx` comes in with statrs only, which no stage names directly
+    bump(t.path(), "approx");
+    let with_approx = derive(t.path());
+    assert!(with("approx=").contains(&"report".to_string()), "{:?}", with("approx="));
+    assert_eq!(changed(&d, &with_approx), with("approx="));
     // and libtorch's own version: the stages that compute with tch
     let other = code_identity::derive(t.path(), "0.0.0-test").unwrap();
-    assert_eq!(changed(&d, &other), with("tch="));
+    assert_eq!(changed(&with_approx, &other), with("tch="));
     assert!(with("tch=").contains(&"policy".to_string()) && !with("tch=").contains(&"report".to_string()));
+}
+
+/// Raises the version of the first package `name` in `root`'s Cargo.lock as `cargo update` would write it (the
+/// package's own `version` and every dependency list naming that version); returns the old version.
+fn bump(root: &Path, name: &str) -> String {
+    let path = root.join("Cargo.lock");
+    let lock = std::fs::read_to_string(&path).unwrap();
+    let head = format!("name = \"{name}\"\nversion = \"");
+    let at = lock.find(&head).unwrap_or_else(|| panic!("{name} is not in Cargo.lock")) + head.len();
+    let v = lock[at..].split('"').next().unwrap().to_string();
+    let bumped = lock
+        .replacen(&format!("{head}{v}\""), &format!("{head}99.{v}\""), 1)
+        .replace(&format!("\"{name} {v}\""), &format!("\"{name} 99.{v}\""));
+    assert_ne!(lock, bumped);
+    std::fs::write(&path, bumped).unwrap();
+    v
 }
