@@ -37,6 +37,12 @@ pub struct Codec {
     pub pad: i64,
     /// Truncation of `prompt ++ response` (see [`PairBatch::new`]).
     pub max_len: Option<usize>,
+    /// The input slot (or parameter) the tokenizer came from, named by the errors of its texts.
+    slot: String,
+    /// Whether the tokenizer can drop characters of a text silently
+    /// ([`rmdistill_stages::tokenizer_file::may_drop_characters`]): every text is then checked for what it drops,
+    /// and refused with a drop. Decided once; the tokenizers the pipeline trains cannot drop and are not checked.
+    may_drop: bool,
 }
 
 impl Codec {
@@ -44,7 +50,8 @@ impl Codec {
         let eos = tok.eos_id.ok_or_else(|| StageError::invalid(field, "tokenizer has no EOS token"))?;
         let bos = tok.bos_id.unwrap_or(eos);
         let pad = tok.pad_id.unwrap_or(eos);
-        Ok(Codec { tok, bos, eos, pad, max_len: None })
+        let may_drop = rmdistill_stages::tokenizer_file::may_drop_characters(tok.inner());
+        Ok(Codec { tok, bos, eos, pad, max_len: None, slot: field.to_string(), may_drop })
     }
     /// The tokenizer of a directory (`tokenizer.json`), or an error naming the input slot. When the directory is a
     /// checkpoint, sequences are truncated to the positions its model can place (`n_positions` /
@@ -71,19 +78,54 @@ impl Codec {
         self.max_len = Some(self.max_len.map_or(max_len, |m| m.min(max_len)));
         self
     }
+    /// `[BOS] ++ encode(text)`, or an error naming what the tokenizer would drop of the prompt.
     pub fn prompt(&self, text: &str) -> StageResult<Vec<i64>> {
         let mut ids = vec![self.bos];
-        ids.extend(self.tok.encode(text)?);
+        ids.extend(self.encode(text, "prompt")?);
         Ok(ids)
     }
+    /// `encode(text) ++ [EOS]`, or an error naming what the tokenizer would drop of the response.
     pub fn response(&self, text: &str) -> StageResult<Vec<i64>> {
-        let mut ids = self.tok.encode(text)?;
+        let mut ids = self.encode(text, "response")?;
         ids.push(self.eos);
         Ok(ids)
     }
     /// Tokens of a text without BOS/EOS (the `tokens_a/b` length of a response).
     pub fn count(&self, text: &str) -> StageResult<u32> {
-        Ok(self.tok.encode(text)?.len() as u32)
+        Ok(self.encode(text, "response")?.len() as u32)
+    }
+    /// The ids of `text` (a `what`: prompt or response), refused when the tokenizer drops characters of it: a BPE
+    /// model with no unknown token and no byte fallback leaves out what its vocabulary lacks, and the model would
+    /// be trained on or score a text other than the data's, with no error (as import refuses such a response).
+    fn encode(&self, text: &str, what: &str) -> StageResult<Vec<i64>> {
+        let ids = self.tok.encode(text)?;
+        if !self.may_drop {
+            return Ok(ids);
+        }
+        let shown = || {
+            let mut c: String = text.chars().take(60).collect();
+            if c.len() < text.len() {
+                c.push('…');
+            }
+            c
+        };
+        let found = rmdistill_stages::tokenizer_file::first_dropped(self.tok.inner(), text)
+            .map_err(|e| StageError::failed(format!("encoding a {what} ({:?}): {e}", shown())))?;
+        if let Some(d) = found {
+            let normalized =
+                if d.normalized == d.chars { String::new() } else { format!(" (normalized to {:?})", d.normalized) };
+            return Err(StageError::invalid(
+                &self.slot,
+                format!(
+                    "a {what} loses {:?}{normalized} (in {:?}) of {:?}: the tokenizer has no token for it and no unknown token or byte fallback to stand for it, so the model would be given the {what} without it ({} tokens, too few); use the model's own tokenizer, or one with an unk_token or byte fallback",
+                    d.chars,
+                    d.word,
+                    shown(),
+                    ids.len()
+                ),
+            ));
+        }
+        Ok(ids)
     }
     /// A sampled response (without its EOS) as text.
     pub fn decode_sample(&self, ids: &[i64]) -> StageResult<String> {
@@ -144,6 +186,74 @@ pub fn score_pairs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
+
+    /// The codec of a tokenizer.json holding `model` (Whitespace pre-tokenizer), read as a stage reads an input.
+    fn load(model: Value) -> Codec {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null, "model": model});
+        std::fs::write(dir.path().join("tokenizer.json"), serde_json::to_vec(&tok).unwrap()).unwrap();
+        Codec::load(dir.path(), "tokenizer").unwrap()
+    }
+
+    /// A BPE model with no unknown token drops what its vocabulary lacks ("ab ac" would be `[a, b, a]`): a prompt
+    /// or response with such a character is refused, naming it; one it covers is encoded as before.
+    #[test]
+    fn a_text_the_tokenizer_drops_characters_of_is_refused() {
+        let codec = load(json!({"type": "BPE", "vocab": {"a": 0, "b": 1, "<|endoftext|>": 2}, "merges": [],
+            "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false}));
+        assert_eq!(codec.tok.encode("ab ac").unwrap(), vec![0, 1, 0], "the drop this is about");
+        let e = codec.prompt("ab ac").unwrap_err();
+        assert!(matches!(&e, StageError::Invalid { field, .. } if field == "tokenizer"), "{e:?}");
+        let e = e.to_string();
+        for part in ["a prompt loses \"c\" (in \"ac\") of \"ab ac\"", "no unknown token or byte fallback", "unk_token"]
+        {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        let e = codec.response("ba c").unwrap_err().to_string();
+        assert!(e.contains("a response loses \"c\" (in \"c\")"), "{e}");
+        assert!(codec.count("abc").unwrap_err().to_string().contains("a response loses \"c\""));
+        // the text is shown cut to its first 60 characters
+        let long = format!("{} é", "ab ".repeat(40));
+        let e = codec.prompt(&long).unwrap_err().to_string();
+        assert!(e.contains(&format!("\"é\" (in \"é\") of \"{}…\"", &long[..60])), "{e}");
+        // covered: the ids of `encode`, with BOS / EOS
+        let ids = codec.tok.encode("ab ba").unwrap();
+        assert_eq!(ids, vec![0, 1, 1, 0]);
+        assert_eq!(codec.prompt("ab ba").unwrap(), [&[2][..], &ids].concat());
+        assert_eq!(codec.response("ab ba").unwrap(), [&ids[..], &[2]].concat());
+        assert_eq!(codec.count("ab ba").unwrap(), 4);
+    }
+
+    /// Tokenizers with an unknown token, and those the pipeline trains, cannot drop: they are not checked at all.
+    #[test]
+    fn tokenizers_that_cannot_drop_are_not_checked() {
+        let word_level = load(json!({"type": "WordLevel", "vocab": {"<unk>": 0, "a": 1, "<|endoftext|>": 2},
+            "unk_token": "<unk>"}));
+        let bpe_unk = load(json!({"type": "BPE", "vocab": {"a": 0, "<unk>": 1, "<|endoftext|>": 2}, "merges": [],
+            "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false}));
+        // what the vocabulary lacks becomes the unknown token
+        for (codec, unk) in [(&word_level, 0), (&bpe_unk, 1)] {
+            assert!(!codec.may_drop);
+            assert_eq!(codec.prompt("a b €").unwrap(), vec![2, if unk == 0 { 1 } else { 0 }, unk, unk]);
+            assert_eq!(codec.response("c").unwrap(), vec![unk, 2]);
+            assert_eq!(codec.count("a c").unwrap(), 2);
+        }
+        let texts = ["alpha beta gamma", "delta epsilon"];
+        for spec in [
+            rmdistill_ml::tokenizer::TokenizerSpec::ByteBpe { vocab_size: 300, min_frequency: 1 },
+            rmdistill_ml::tokenizer::TokenizerSpec::WordLevel { vocab_size: 300, min_frequency: 1 },
+        ] {
+            let codec = Codec::new(Tokenizer::train(spec, texts.iter()).unwrap(), "tokenizer_kind").unwrap();
+            assert!(!codec.may_drop, "{:?}", codec.tok);
+            assert!(codec.prompt("zeta € ✓").is_ok());
+        }
+        let names: Vec<String> = (0..10).map(rmdistill_stages::synth::word).collect();
+        assert!(!Codec::new(crate::synth::task_tokenizer(&names).unwrap(), "t").unwrap().may_drop);
+    }
 
     #[test]
     fn score_pairs_keeps_a_pairs_rows_together_and_returns_them_in_order() {
