@@ -86,7 +86,7 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
         }
         let mut libs = String::new();
         let named = lock.named_by_workspace(&used);
-        if named.iter().any(|(n, _)| n == "tch") {
+        if named.iter().any(|&i| lock.packages[i].name == "tch") {
             libs.push_str(&format!("libtorch={libtorch};"));
         }
         for (name, version) in lock.with_dependencies(named) {
@@ -109,83 +109,156 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
 
 /// The packages of a Cargo.lock and what each depends on.
 struct Lock {
-    /// (name, version) → the (name, version) of each of its dependencies.
-    deps: BTreeMap<(String, String), Vec<(String, String)>>,
+    /// Each package: how the identity names it, and its dependencies (indices into `packages`).
+    packages: Vec<Package>,
+}
+
+struct Package {
+    name: String,
+    /// `version`, and for a git source its commit (the version stays while the commit moves), for a package of a
+    /// local path that is not a workspace member `+path` (its code is not hashed: only its version is seen).
+    label: String,
+    deps: Vec<usize>,
 }
 
 /// The workspace's own packages: their code is hashed file by file, not by version.
 const MEMBERS: [&str; 4] = ["rmdistill", "rmdistill-stages", "rmdistill-worker", "rmdistill-ml"];
 
+/// Packages no stage's output can depend on on the platforms the tool runs on, not followed: what builds the code
+/// (procedural macros' parser and quoting, the C compiler driver, build probes), what exists for other platforms
+/// (Windows, WebAssembly, Android, macOS, UEFI), and the async runtime that only parquet's unused async reader
+/// links. Left in, any `cargo update` of them would re-run every stage for nothing. A name ending in `*` is a prefix.
+const NOT_IN_OUTPUTS: [&str; 24] = [
+    "syn",
+    "quote",
+    "proc-macro2",
+    "unicode-ident",
+    "cc",
+    "pkg-config",
+    "autocfg",
+    "version_check",
+    "rustc_version",
+    "semver",
+    "jobserver",
+    "shlex",
+    "find-msvc-tools",
+    "windows*",
+    "wasm-bindgen*",
+    "js-sys",
+    "wasi",
+    "wasip2",
+    "wit-bindgen*",
+    "r-efi",
+    "android_system_properties",
+    "core-foundation-sys",
+    "iana-time-zone-haiku",
+    "tokio*",
+];
+
+/// Whether `name` is a [`NEUTRAL`] or [`NOT_IN_OUTPUTS`] package, or a workspace member.
+fn not_followed(name: &str) -> bool {
+    MEMBERS.contains(&name)
+        || NEUTRAL.contains(&name)
+        || NOT_IN_OUTPUTS.iter().any(|n| n.strip_suffix('*').map_or(*n == name, |prefix| name.starts_with(prefix)))
+}
+
 impl Lock {
-    /// Reads the `[[package]]` tables (`name`, `version`, `dependencies`) of a Cargo.lock (version 3 or 4). A
-    /// dependency is written `"name"` when the lock holds one version of it, else `"name version"` (and a source).
+    /// Reads the `[[package]]` tables (`name`, `version`, `source`, `dependencies`) of a Cargo.lock (version 3 or 4);
+    /// any other table (`[metadata]`, `[[patch.unused]]`) ends a package. A dependency is written `"name"` when the
+    /// lock holds one version of it, else `"name version"`, and `"name version (source)"` when that is ambiguous too.
     fn parse(text: &str) -> Lock {
-        let mut packages: Vec<(String, String, Vec<String>)> = vec![];
+        #[derive(Default)]
+        struct Raw {
+            name: String,
+            version: String,
+            source: Option<String>,
+            deps: Vec<String>,
+        }
+        let mut raw: Vec<Raw> = vec![];
+        let mut current: Option<Raw> = None;
         let mut in_deps = false;
         for line in text.lines() {
             let line = line.trim_end();
-            if line == "[[package]]" {
-                packages.push(Default::default());
-                in_deps = false;
-            } else if let Some(p) = packages.last_mut() {
-                if in_deps {
-                    match line.trim() {
-                        "]" => in_deps = false,
-                        d => p.2.push(d.trim_end_matches(',').trim_matches('"').to_string()),
-                    }
-                } else if let Some(n) = line.strip_prefix("name = ") {
-                    p.0 = n.trim_matches('"').to_string();
-                } else if let Some(v) = line.strip_prefix("version = ") {
-                    p.1 = v.trim_matches('"').to_string();
-                } else if line == "dependencies = [" {
-                    in_deps = true;
+            if line.starts_with('[') && !in_deps {
+                raw.extend(current.take());
+                current = (line == "[[package]]").then(Raw::default);
+                continue;
+            }
+            let Some(p) = current.as_mut() else { continue };
+            let value = |v: &str| v.trim().trim_matches('"').to_string();
+            if in_deps {
+                match line.trim() {
+                    "]" => in_deps = false,
+                    d => p.deps.push(d.trim_end_matches(',').trim_matches('"').to_string()),
                 }
+            } else if let Some(n) = line.strip_prefix("name = ") {
+                p.name = value(n);
+            } else if let Some(v) = line.strip_prefix("version = ") {
+                p.version = value(v);
+            } else if let Some(v) = line.strip_prefix("source = ") {
+                p.source = Some(value(v));
+            } else if line == "dependencies = [" {
+                in_deps = true;
             }
         }
-        let mut versions: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (n, v, _) in &packages {
-            versions.entry(n).or_default().push(v);
-        }
-        let resolve = |d: &str| -> Option<(String, String)> {
-            let mut parts = d.split_whitespace();
-            let name = parts.next()?;
-            let version = match parts.next() {
-                Some(v) => v,
-                None => versions.get(name).and_then(|v| v.first()).copied()?,
+        raw.extend(current);
+        let find = |d: &str| -> Option<usize> {
+            let (spec, source) = match d.split_once(" (") {
+                Some((s, src)) => (s, Some(src.trim_end_matches(')'))),
+                None => (d, None),
             };
-            Some((name.to_string(), version.to_string()))
+            let mut parts = spec.split_whitespace();
+            let (name, version) = (parts.next()?, parts.next());
+            raw.iter().position(|r| {
+                r.name == name
+                    && version.is_none_or(|v| r.version == v)
+                    && source.is_none_or(|s| r.source.as_deref() == Some(s))
+            })
         };
-        let deps = packages
+        let packages = raw
             .iter()
-            .map(|(n, v, d)| ((n.clone(), v.clone()), d.iter().filter_map(|d| resolve(d)).collect()))
+            .map(|r| Package {
+                name: r.name.clone(),
+                label: match &r.source {
+                    Some(s) if s.starts_with("git+") => {
+                        format!("{}#{}", r.version, s.rsplit_once('#').map_or(s.as_str(), |(_, commit)| commit))
+                    }
+                    Some(_) => r.version.clone(),
+                    None if MEMBERS.contains(&r.name.as_str()) => r.version.clone(),
+                    None => format!("{}+path", r.version),
+                },
+                deps: r.deps.iter().filter_map(|d| find(d)).collect(),
+            })
             .collect();
-        Lock { deps }
+        Lock { packages }
     }
 
     /// The libraries the workspace's crates depend on directly whose names (`-` written `_`) are among `used`,
     /// less the [`NEUTRAL`] ones.
-    fn named_by_workspace(&self, used: &BTreeSet<String>) -> BTreeSet<(String, String)> {
-        self.deps
+    fn named_by_workspace(&self, used: &BTreeSet<String>) -> BTreeSet<usize> {
+        self.packages
             .iter()
-            .filter(|((n, _), _)| MEMBERS.contains(&n.as_str()))
-            .flat_map(|(_, d)| d.iter().cloned())
-            .filter(|(n, _)| !MEMBERS.contains(&n.as_str()) && !NEUTRAL.contains(&n.as_str()))
-            .filter(|(n, _)| used.contains(&n.replace('-', "_")))
+            .filter(|p| MEMBERS.contains(&p.name.as_str()))
+            .flat_map(|p| p.deps.iter().copied())
+            .filter(|&d| !not_followed(&self.packages[d].name))
+            .filter(|&d| used.contains(&self.packages[d].name.replace('-', "_")))
             .collect()
     }
 
     /// `libs` and everything they depend on, transitively (a library's own dependencies shape its results: the
-    /// compressor of parquet's pages, the tables of a Unicode normaliser), less the [`NEUTRAL`] ones. Cargo.lock
-    /// does not say which dependencies are for other platforms, so those are in too: a bump of one re-runs the
-    /// stages that reach it once, which costs time, never a wrong result.
-    fn with_dependencies(&self, libs: BTreeSet<(String, String)>) -> BTreeSet<(String, String)> {
+    /// compressor of parquet's pages, the tables of a Unicode normaliser), less what is [`not_followed`], as
+    /// `(name, label)`. Cargo.lock does not say which dependencies are for other platforms or for building only:
+    /// [`NOT_IN_OUTPUTS`] names those the workspace has; one missing there costs a needless re-run after a `cargo
+    /// update` of it, never a wrong result.
+    fn with_dependencies(&self, libs: BTreeSet<usize>) -> BTreeSet<(String, String)> {
         let mut seen = BTreeSet::new();
-        let mut todo: Vec<(String, String)> = libs.into_iter().collect();
-        while let Some(p) = todo.pop() {
-            if MEMBERS.contains(&p.0.as_str()) || NEUTRAL.contains(&p.0.as_str()) || !seen.insert(p.clone()) {
+        let mut todo: Vec<usize> = libs.into_iter().collect();
+        while let Some(i) = todo.pop() {
+            let p = &self.packages[i];
+            if not_followed(&p.name) || !seen.insert((p.name.clone(), p.label.clone())) {
                 continue;
             }
-            todo.extend(self.deps.get(&p).into_iter().flatten().cloned());
+            todo.extend(p.deps.iter().copied());
         }
         seen
     }
@@ -845,5 +918,107 @@ mod tests {
         assert!(ex.contains(&("C".into(), vec!["port".into()])), "{ex:?}");
         assert!(ex.contains(&("tch".into(), vec!["tch".into()])), "{ex:?}");
         assert!(ex.contains(&("*".into(), vec!["x".into()])), "{ex:?}");
+    }
+
+    /// A Cargo.lock as `cargo` writes it: a package at two versions, one of them also from git, a git source, a local
+    /// path, build-only and other-platform packages, and the tables after the packages.
+    const LOCK: &str = r#"version = 4
+
+[[package]]
+name = "rmdistill-stages"
+version = "0.1.0"
+dependencies = [
+ "anyhow",
+ "parquet",
+ "statrs",
+ "local",
+]
+
+[[package]]
+name = "parquet"
+version = "60.1.0"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "aa"
+dependencies = [
+ "zstd 0.14.4",
+ "tokio",
+ "windows-sys",
+ "syn",
+]
+
+[[package]]
+name = "zstd"
+version = "0.14.4"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+
+[[package]]
+name = "zstd"
+version = "0.11.2"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+
+[[package]]
+name = "statrs"
+version = "0.18.0"
+source = "git+https://github.com/statrs-dev/statrs?rev=1111#1111aaaa"
+dependencies = [
+ "approx 0.5.1 (git+https://github.com/x/approx#2222bbbb)",
+]
+
+[[package]]
+name = "approx"
+version = "0.5.1"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+
+[[package]]
+name = "approx"
+version = "0.5.1"
+source = "git+https://github.com/x/approx#2222bbbb"
+
+[[package]]
+name = "local"
+version = "0.2.0"
+
+[[package]]
+name = "anyhow"
+version = "1.0.0"
+
+[[package]]
+name = "tokio"
+version = "1.54.1"
+
+[[package]]
+name = "windows-sys"
+version = "0.61.2"
+
+[[package]]
+name = "syn"
+version = "2.0.0"
+
+[[patch.unused]]
+name = "serde_json"
+version = "1.0.999"
+"#;
+
+    fn libs(lock: &str, used: &[&str]) -> Vec<String> {
+        let l = Lock::parse(lock);
+        let named = l.named_by_workspace(&used.iter().map(|s| s.to_string()).collect());
+        l.with_dependencies(named).into_iter().map(|(n, v)| format!("{n}={v}")).collect()
+    }
+
+    #[test]
+    fn cargo_lock_packages_are_labelled_by_version_and_git_commit() {
+        assert_eq!(
+            libs(LOCK, &["parquet", "statrs", "local", "anyhow"]),
+            ["approx=0.5.1#2222bbbb", "local=0.2.0+path", "parquet=60.1.0", "statrs=0.18.0#1111aaaa", "zstd=0.14.4"]
+        );
+        // only what the stage's files name
+        assert_eq!(libs(LOCK, &["parquet"]), ["parquet=60.1.0", "zstd=0.14.4"]);
+        // a git dependency's commit moves while its version stays: the label changes
+        let moved = LOCK.replace("#1111aaaa", "#3333cccc");
+        assert!(libs(&moved, &["statrs"]).contains(&"statrs=0.18.0#3333cccc".to_string()));
+        // the table after the packages does not rename the last one
+        let l = Lock::parse(LOCK);
+        assert_eq!(l.packages.last().map(|p| p.name.as_str()), Some("syn"));
+        assert_eq!(l.packages.len(), 12);
     }
 }
