@@ -363,32 +363,38 @@ fn key_of_value(text: &str, at: usize) -> Option<(String, bool)> {
     (!key.is_empty()).then(|| (key, between.contains('[')))
 }
 
-/// The first non-finite float in a TOML value.
 /// Whether `--set` text is written as a TOML number, list, table or quoted string (so not meant as plain text).
 fn looks_like_toml(v: &str) -> bool {
     let t = v.trim();
     t.starts_with(['[', '{', '"', '\'']) || is_number_shaped(t)
 }
 
-/// Digits in the shape of a TOML integer or float (`-12`, `1_000`, `0.5`, `3e-4`, `0x1F`), whatever their size.
+/// Digits in the shape of a number (`-12`, `1_000`, `0.5`, `.5`, `5.`, `3e-4`, `0x1F`, `0b101`), whatever their size
+/// and whether or not TOML accepts that spelling.
 fn is_number_shaped(v: &str) -> bool {
     let t = v.trim();
     let t = t.strip_prefix(['+', '-']).unwrap_or(t);
     let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix) || c == '_');
-    if let Some(r) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0o")).or_else(|| t.strip_prefix("0b")) {
-        return digits(r, 16);
+    for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] {
+        if let Some(r) = t.strip_prefix(prefix) {
+            return digits(r, radix);
+        }
     }
     let (mantissa, exponent) = match t.split_once(['e', 'E']) {
         Some((m, e)) => (m, Some(e.strip_prefix(['+', '-']).unwrap_or(e))),
         None => (t, None),
     };
     let mantissa_ok = match mantissa.split_once('.') {
-        Some((i, f)) => digits(i, 10) && digits(f, 10),
+        // one side of the point may be empty (`.5`, `5.`): TOML refuses both, a user means a number
+        Some((i, f)) => (digits(i, 10) || i.is_empty()) && (digits(f, 10) || f.is_empty()) && i.len() + f.len() > 0,
         None => digits(mantissa, 10),
     };
-    mantissa_ok && mantissa.starts_with(|c: char| c.is_ascii_digit()) && exponent.is_none_or(|e| digits(e, 10))
+    mantissa_ok
+        && mantissa.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && exponent.is_none_or(|e| digits(e, 10))
 }
 
+/// The first non-finite float in a TOML value.
 fn non_finite(v: &toml::Value) -> Option<f64> {
     match v {
         toml::Value::Float(f) if !f.is_finite() => Some(*f),
@@ -573,12 +579,12 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
         };
         // A value is read as TOML (numbers, lists, booleans), falling back to a plain string, but not when it is
         // written as a number, list, table or quoted string that TOML refuses: as text it would reach the stage as
-        // another type (or, quoted, as other text) than the one the user wrote.
-        var.value = match toml::from_str::<toml::Table>(&format!("v = {v}")).map(|mut t| t.remove("v")) {
+        // another type (or, quoted, as other text) than the one the user wrote. A variable whose manifest value is
+        // a string takes any text (a title `[WIP] …`, a tag `007`).
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {v}")).map(|mut t| t.remove("v"));
+        var.value = match parsed {
             Ok(Some(value)) => value,
-            Ok(None) | Err(_) if !looks_like_toml(v) => toml::Value::String(v.to_string()),
-            Ok(None) => anyhow::bail!("--set {}: expected NAME=VALUE", clip(set)),
-            Err(e) => {
+            Err(e) if looks_like_toml(v) && !var.value.is_str() => {
                 let (what, hint) = match v.trim_start().as_bytes().first() {
                     Some(b'[') => ("list", ""),
                     Some(b'{') => ("table", ""),
@@ -586,16 +592,17 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
                     _ => (
                         "number",
                         " (integers are -9223372036854775808 to 9223372036854775807, floats at most about 1.8e308, \
-                         neither with a leading zero)",
+                         with digits on both sides of a `.` and no leading zero)",
                     ),
                 };
                 anyhow::bail!(
                     "--set {}: written as a TOML {what}, but TOML cannot read it: {}{hint}; to pass it as text, quote \
-                     it as a TOML string ('…')",
+                     it as a TOML string (\"…\" or '…')",
                     clip(set),
                     e.message().trim_end()
                 )
             }
+            _ => toml::Value::String(v.to_string()),
         };
         if let Some(f) = non_finite(&var.value) {
             anyhow::bail!("--set {}: expected a finite number, got {f} (NaN and infinity are not allowed)", clip(set));

@@ -224,13 +224,15 @@ fn numbers_out_of_range_name_their_key() {
     refused(b"[vars]\nx = -1e400\n", &["status", "m.toml"], &["m.toml:2:5: `x` = -1e400: out of range"]);
     // `--set` used to take what TOML could not read as text: a number out of range reached the stage as a string
     // (a type error there, not a range), an unclosed list or quote as other text than was meant
-    let vars = b"[vars]\nx = 1\n[stages.g]\nkind = \"generate\"\nparams = { n = 10 }\n";
+    let vars = b"[vars]\nx = 1\ntitle = \"t\"\n[stages.g]\nkind = \"generate\"\nparams = { n = 10 }\n";
     for (v, needle) in [
         ("99999999999999999999", "written as a TOML number, but TOML cannot read it"),
         ("-1e400", "written as a TOML number, but TOML cannot read it: floating-point number overflowed"),
         ("007", "written as a TOML number, but TOML cannot read it: unexpected leading zero"),
         ("[0, 1", "written as a TOML list, but TOML cannot read it: unclosed array"),
         ("\"text", "written as a TOML string"),
+        (".5", "written as a TOML number"),
+        ("5.", "written as a TOML number"),
     ] {
         let set = format!("x={v}");
         refused(
@@ -242,8 +244,12 @@ fn numbers_out_of_range_name_their_key() {
     // text that is not written as one of them is still taken as a string
     let w = Work::new();
     w.write("m.toml", std::str::from_utf8(vars).unwrap());
-    for v in ["2024-data.jsonl", "1.5.3", "abc", "0x1F", "1_000"] {
+    for v in ["2024-data.jsonl", "1.5.3", "abc", "0x1F", "1_000", "0b1c2d3", "1e-3", "+1", "12:30"] {
         w.ok(&["status", "m.toml", "--set", &format!("x={v}")]);
+    }
+    // and a variable whose manifest value is a string takes any text
+    for v in ["[WIP] length bias", "{draft}", "007", "\"quoted"] {
+        w.ok(&["status", "m.toml", "--set", &format!("title={v}")]);
     }
 }
 
