@@ -459,12 +459,27 @@ fn print_summary(s: &exec::Summary, json: bool, failures_shown: bool) {
     if let Some(note) = s.other_machines_note() {
         eprintln!("note: {note}");
     }
-    let warned: Vec<&str> = s.nodes.iter().filter(|r| !r.warnings.is_empty()).map(|r| r.node.as_str()).collect();
-    if !warned.is_empty() {
-        let n: usize = s.nodes.iter().map(|r| r.warnings.len()).sum();
+    let warned = |outcome: exec::Outcome| -> (usize, Vec<&str>) {
+        let nodes: Vec<&exec::NodeReport> =
+            s.nodes.iter().filter(|r| r.outcome == outcome && !r.warnings.is_empty()).collect();
+        (nodes.iter().map(|r| r.warnings.len()).sum(), nodes.iter().map(|r| r.node.as_str()).collect())
+    };
+    let (n, ran) = warned(exec::Outcome::Ran);
+    let (m, failed) = warned(exec::Outcome::Failed);
+    if n + m > 0 {
+        let nodes = [ran, failed].concat();
         eprintln!(
-            "{n} warning(s) from {}, shown above; `rmdistill show NODE` repeats a node's",
-            crate::error::clip(&warned.join(", "))
+            "{} warning(s) from {}, shown above; `rmdistill show MANIFEST NODE` repeats a stored node's",
+            n + m,
+            crate::error::clip(&nodes.join(", "))
+        );
+    }
+    let (n, cached) = warned(exec::Outcome::Cached);
+    if n > 0 {
+        eprintln!(
+            "note: {} cached node(s) warned when they ran ({n} warning(s)): {}; `rmdistill show MANIFEST NODE` repeats them",
+            cached.len(),
+            crate::error::clip(&cached.join(", "))
         );
     }
 }

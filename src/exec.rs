@@ -333,7 +333,7 @@ pub struct NodeReport {
     /// this one ([`crate::store::machine`]): its numbers differ from this machine's in their last bits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_machine: Option<String>,
-    /// What the stage warned of while it ran (this run only; a cached node's are in its entry, see `show`).
+    /// What the stage warned of when it ran: in this run, or (a cached node) when its stored result was made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
@@ -571,7 +571,6 @@ fn execute(
                 .and_then(|bin| crate::worker::run_job(&bin, &job, &scratch, progress))
         }
     };
-    let warnings = progress.take_warnings(&n.name);
     let summary = match result.and_then(|s| check_externals(&mut t.watched, Moment::Ran).map(|()| s)) {
         Ok(s) => s,
         Err(m) => {
@@ -604,7 +603,8 @@ fn execute(
         record: t.record,
         outputs: outs,
         summary,
-        warnings,
+        // taken only here: a node that fails leaves them for the runner's report of the failure
+        warnings: progress.take_warnings(&n.name),
         created: chrono::Utc::now().to_rfc3339(),
         seconds: t0.elapsed().as_secs_f64(),
         machine: Some(if n.runs_on_libtorch() {
@@ -704,6 +704,8 @@ enum Lookup {
         outputs: BTreeMap<String, OutputRef>,
         pointer_current: bool,
         other_machine: Option<String>,
+        /// What the stage warned of when it ran.
+        warnings: Vec<String>,
     },
     Miss {
         key: String,
@@ -865,7 +867,7 @@ impl Runner<'_> {
                 let cuda = node.kind.wants_gpu() && self.opts.device == DeviceRequest::Cuda;
                 let here = if cuda { &self.computed_on_cuda } else { &self.computed_on_cpu };
                 let other_machine = h.machine.filter(|m| node.runs_on_libtorch() && m != here);
-                Lookup::Hit { key, outputs: h.outputs, pointer_current, other_machine }
+                Lookup::Hit { key, outputs: h.outputs, pointer_current, other_machine, warnings: h.warnings }
             }
             None => Lookup::Miss { key, rec, watched },
         }))
@@ -879,13 +881,14 @@ impl Runner<'_> {
         let name = &self.plan.nodes[i].name;
         match l {
             Lookup::Failed(msg) => self.failed(i, msg),
-            Lookup::Hit { key, outputs, pointer_current, other_machine } => {
+            Lookup::Hit { key, outputs, pointer_current, other_machine, warnings } => {
                 if !pointer_current {
                     self.store.set_last_key(&self.scope, name, &key)?;
                 }
                 let nd = &mut self.nodes[i];
                 nd.report.key = Some(key);
                 nd.report.other_machine = other_machine;
+                nd.report.warnings = warnings;
                 nd.outputs = Some(outputs.clone());
                 nd.report.outputs = outputs;
                 nd.report.outcome = Outcome::Cached;
@@ -1156,7 +1159,10 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                     r.done(i);
                 }
                 Err(ExecError::Corrupt(c)) => r.corrupt_input(i, c)?,
-                Err(ExecError::Failed(msg)) => r.failed(i, msg),
+                Err(ExecError::Failed(msg)) => {
+                    r.nodes[i].report.warnings = progress.take_warnings(&plan.nodes[i].name);
+                    r.failed(i, msg)
+                }
             }
         }
         Ok(())

@@ -140,6 +140,8 @@ pub struct EntryHead {
     pub outputs: BTreeMap<String, OutputRef>,
     #[serde(default)]
     pub machine: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// A blob whose bytes do not match its address (or that cannot be parsed as what it claims to be).
@@ -1156,7 +1158,13 @@ impl Store {
         {
             return Ok(Some(h));
         }
-        Ok(self.get_entry(key)?.map(|e| EntryHead { key: e.key, node: e.node, outputs: e.outputs, machine: e.machine }))
+        Ok(self.get_entry(key)?.map(|e| EntryHead {
+            key: e.key,
+            node: e.node,
+            outputs: e.outputs,
+            machine: e.machine,
+            warnings: e.warnings,
+        }))
     }
 
     fn reject_entry(&self, rel: &str, why: &str, seen: Option<&[u8]>) -> anyhow::Result<()> {

@@ -471,7 +471,8 @@ fn an_external_file_changed_while_its_node_runs_fails_it_in_run_and_in_node_run(
 }
 
 /// A worker's warnings (`{"warn": …}` lines) are shown under `--quiet`, reported in the run's `--json` summary and
-/// kept with the node's entry, where `show` repeats them; a node that fails still shows the warnings it gave.
+/// kept with the node's entry, where `show` repeats them and a cached rerun notes them; a node that fails still shows
+/// and reports the warnings it gave.
 #[test]
 fn a_worker_s_warnings_reach_the_user_and_the_entry() {
     let w = Work::new();
@@ -481,6 +482,10 @@ fn a_worker_s_warnings_reach_the_user_and_the_entry() {
     let o = run_with_worker(&w, &failing, &["run", "m.toml", "-q"]);
     assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
     assert!(s(&o.stderr).contains("warning: a_model: from the failed attempt"), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("1 warning(s) from a_model, shown above"), "{}", s(&o.stderr));
+    let o = run_with_worker(&w, &failing, &["run", "m.toml", "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["nodes"][0]["warnings"], serde_json::json!(["from the failed attempt"]), "{summary}");
     let warn = "echo '{\"warn\":{\"message\":\"the reward model is at chance\"}}'";
     let worker = stand_in_worker(&w, &format!("{warn}\necho '{{\"done\":{{\"summary\":{{}}}}}}'\nexit 0"));
     let o = run_with_worker(&w, &worker, &["run", "m.toml", "-q"]);
@@ -491,6 +496,14 @@ fn a_worker_s_warnings_reach_the_user_and_the_entry() {
     let o = run_with_worker(&w, &worker, &["run", "m.toml", "--force", "a_model", "--json"]);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["nodes"][0]["warnings"], serde_json::json!(["the reward model is at chance"]), "{summary}");
+    // a cached rerun says that a node warned when it ran
+    let o = run_with_worker(&w, &worker, &["run", "m.toml"]);
+    assert!(s(&o.stdout).contains("nothing to do"), "{}", s(&o.stdout));
+    assert!(
+        s(&o.stderr).contains("note: 1 cached node(s) warned when they ran (1 warning(s)): a_model"),
+        "{}",
+        s(&o.stderr)
+    );
     let o = w.cmd(&["show", "m.toml", "a_model"]).output().unwrap();
     assert!(o.status.success(), "{}", s(&o.stderr));
     assert_eq!(s(&o.stderr).matches("warning: a_model.model: ").count(), 1, "{}", s(&o.stderr));

@@ -207,10 +207,19 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             format!("samples of {extra} are bound, but not its summary (`evals`): bind both for every evaluation"),
         ));
     }
-    for r in rows.iter().filter(|r| !r.advantage.is_finite()) {
+    let non_finite: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.advantage.is_finite())
+        .map(|r| format!("{} at ρ = {:?}, {} = {} ({})", r.method, r.rho, r.param, r.value, r.advantage))
+        .collect();
+    if !non_finite.is_empty() {
+        // one warning for all of them: a diverged sweep would otherwise print a line per candidate
+        let more = non_finite.len().saturating_sub(5);
         ctx.warn(&format!(
-            "{} at ρ = {:?}, {} = {}: validation advantage {} is not finite; ranked last",
-            r.method, r.rho, r.param, r.value, r.advantage
+            "{} candidate(s) have a validation advantage that is not finite, ranked last: {}{}",
+            non_finite.len(),
+            non_finite[..non_finite.len() - more].join("; "),
+            if more > 0 { format!("; and {more} more") } else { String::new() }
         ));
     }
     let chosen = choose(&rows);
