@@ -152,8 +152,10 @@ pub struct Dropped {
 /// tokenizer's added tokens, normalizer and pre-tokenizer as `encode` takes it; what they take out (the spaces
 /// between words, an accent stripped) is not a drop. Each character of each word left is then looked up as the BPE
 /// model looks it up before merging, a character with no token being one it drops. Whitespace is not counted as
-/// dropped, nor a character standing for whitespace of the text (Metaspace's `▁`). The encoding's offsets cannot say
-/// this: the BPE model gives the tokens after a dropped character offsets shifted back by its length.
+/// dropped, nor a character standing for whitespace of the text (Metaspace's `▁`), nor one the tokenizer puts in
+/// that is not in the text (the `▁` a Metaspace with `prepend_scheme` "first" or "always", or a `Prepend`
+/// normalizer, puts before a word: see [`inserted_chars`]). The encoding's offsets cannot say this: the BPE model
+/// gives the tokens after a dropped character offsets shifted back by its length.
 pub fn first_dropped(tok: &tokenizers::Tokenizer, text: &str) -> tokenizers::Result<Option<Dropped>> {
     let ModelWrapper::BPE(bpe) = tok.get_model() else { return Ok(None) };
     if bpe.unk_token.is_some() {
@@ -163,19 +165,59 @@ pub fn first_dropped(tok: &tokenizers::Tokenizer, text: &str) -> tokenizers::Res
     if let Some(p) = tok.get_pre_tokenizer() {
         p.pre_tokenize(&mut pre)?;
     }
+    let inserted = inserted_chars(tok);
     // `split` hands over each word not yet made a token (an added token is one), and keeps it as it is given back
     let mut found = None;
     pre.split(|_, word| {
         if found.is_none() {
-            found = dropped_in(bpe, &word);
+            found = dropped_in(bpe, &word, &inserted);
         }
         Ok(std::iter::once(word))
     })?;
     Ok(found)
 }
 
+/// The characters the normalizer or pre-tokenizer of `tok` may put into a text for its spaces or word starts: the
+/// `replacement` of each Metaspace, the string of each `Prepend` normalizer, and the `content` of each `Replace`
+/// normalizer of a whitespace string. One put before a word (by Metaspace's `prepend_scheme` "first" or "always", or
+/// by `Prepend`) is aligned with the word's first character, so it does not look like whitespace of the text.
+fn inserted_chars(tok: &tokenizers::Tokenizer) -> Vec<char> {
+    fn normalizers(n: &NormalizerWrapper, out: &mut Vec<char>) {
+        match n {
+            NormalizerWrapper::Sequence(s) => s.as_ref().iter().for_each(|n| normalizers(n, out)),
+            NormalizerWrapper::Prepend(p) => out.extend(p.prepend.chars()),
+            NormalizerWrapper::Replace(r) => {
+                // the crate keeps the pattern private; its serialisation is `{"String": " "}` or `{"Regex": …}`
+                let json = serde_json::to_value(r).unwrap_or_default();
+                let pattern = json.get("pattern").and_then(|p| p.get("String")).and_then(Value::as_str);
+                if pattern.is_some_and(|p| !p.is_empty() && p.chars().all(char::is_whitespace)) {
+                    out.extend(r.content.chars());
+                }
+            }
+            _ => {}
+        }
+    }
+    fn pre_tokenizers(p: &PreTokenizerWrapper, out: &mut Vec<char>) {
+        match p {
+            PreTokenizerWrapper::Sequence(s) => s.as_ref().iter().for_each(|p| pre_tokenizers(p, out)),
+            PreTokenizerWrapper::Metaspace(m) => out.push(m.get_replacement()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(n) = tok.get_normalizer() {
+        normalizers(n, &mut out);
+    }
+    if let Some(p) = tok.get_pre_tokenizer() {
+        pre_tokenizers(p, &mut out);
+    }
+    out
+}
+
 /// The first run of characters of one word that `bpe` (with no `unk_token`) drops, as `BPE::merge_word` does.
-fn dropped_in(bpe: &tokenizers::models::bpe::BPE, word: &NormalizedString) -> Option<Dropped> {
+/// Whitespace is not a drop, nor a character standing for whitespace of the text, nor one of `inserted` (see
+/// [`inserted_chars`]) that the text does not have there.
+fn dropped_in(bpe: &tokenizers::models::bpe::BPE, word: &NormalizedString, inserted: &[char]) -> Option<Dropped> {
     let s = word.get();
     if s.is_empty() || (bpe.ignore_merges && bpe.token_to_id(s).is_some()) {
         return None;
@@ -197,7 +239,11 @@ fn dropped_in(bpe: &tokenizers::models::bpe::BPE, word: &NormalizedString) -> Op
             || (bpe.byte_fallback && unit.bytes().all(|b| bpe.token_to_id(&byte_token(b)).is_some()));
         let blank = || {
             let o = original(i..end);
-            c.is_whitespace() || (!o.is_empty() && o.chars().all(char::is_whitespace))
+            // an inserted `▁` is aligned with the character after it: losing it loses nothing of `o`, while a `▁`
+            // of the text itself (aligned with itself) is the text's own
+            c.is_whitespace()
+                || (!o.is_empty() && o.chars().all(char::is_whitespace))
+                || (inserted.contains(&c) && !o.contains(c))
         };
         if kept || blank() {
             if run.is_some() {
@@ -407,6 +453,35 @@ mod tests {
         assert_eq!(dropped(&read_json(&v).unwrap(), "a<x>a"), None);
     }
 
+    /// The `▁` a Metaspace pre-tokenizer (prepend_scheme "first" or "always", as Llama's files have it) or a
+    /// `Prepend` normalizer puts before a word is not the user's: losing it drops nothing, and a drop after it is
+    /// blamed on its own character, never on the word's first one (to which the inserted `▁` is aligned).
+    #[test]
+    fn what_the_tokenizer_inserts_is_not_a_drop() {
+        for scheme in ["first", "always"] {
+            let meta = json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": scheme, "split": true});
+            let m = chars_tok(&["a", "b"], &[("pre_tokenizer", meta)]);
+            assert_eq!(m.encode_fast("ab ba", false).unwrap().len(), 4, "{scheme}: the model drops the `▁`s");
+            assert_eq!(dropped(&m, "ab ba"), None, "{scheme}");
+            assert_eq!(dropped(&m, "a"), None, "{scheme}");
+            let d = dropped(&m, "ab ca").unwrap();
+            assert_eq!((d.0.as_str(), d.1.as_str()), ("c", "c"), "{scheme}: {d:?}");
+            assert!(d.2 == " ca" || d.2 == "ca", "{scheme}: {d:?}");
+            assert_eq!(dropped(&m, "ca"), Some(("c".into(), "c".into(), "ca".into())), "{scheme}");
+            assert_eq!(dropped(&m, "ab ac").map(|d| d.0), Some("c".into()), "{scheme}");
+            // a `▁` the text itself has is its own, and the model drops it
+            assert_eq!(dropped(&m, "a▁b"), Some(("▁".into(), "▁".into(), "▁b".into())), "{scheme}");
+        }
+        // older Llama files: the normalizer prepends `▁` and replaces spaces with it, with no pre-tokenizer
+        let llama = json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+        let l = chars_tok(&["a", "b"], &[("normalizer", llama), ("pre_tokenizer", Value::Null)]);
+        assert_eq!(dropped(&l, "ab ba"), None);
+        assert_eq!(dropped(&l, "b"), None);
+        assert_eq!(dropped(&l, "ab c"), Some(("c".into(), "c".into(), "ab c".into())));
+        assert_eq!(dropped(&l, "cb"), Some(("c".into(), "c".into(), "cb".into())));
+    }
+
     /// The drops [`first_dropped`] finds are the model's: over many words, a word has a drop exactly when the
     /// model's tokens fall short of its end, with a prefix, a suffix, byte fallback and `ignore_merges`.
     #[test]
@@ -443,6 +518,46 @@ mod tests {
                 drops += d.is_some() as usize;
             }
             assert!(drops > 0 && drops < words.len(), "{set:?}: {drops}");
+        }
+        // with a `▁` put before each word (by Metaspace or by the normalizer) and standing for each space: the
+        // model drops every `▁` (none has a token, the texts have none), and a text has a drop exactly when the
+        // model's tokens of some word fall short of its end by more than its `▁`s
+        let metaspace = json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
+        let llama = json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+        let inserting: [&[(&str, Value)]; 4] = [
+            &[("pre_tokenizer", metaspace.clone())],
+            &[("pre_tokenizer", metaspace), ("model.continuing_subword_prefix", json!("##"))],
+            &[("normalizer", llama.clone()), ("pre_tokenizer", Value::Null)],
+            &[("normalizer", llama), ("pre_tokenizer", Value::Null), ("model.byte_fallback", json!(true))],
+        ];
+        let texts: Vec<String> =
+            words.iter().enumerate().map(|(i, w)| format!("{w} {}", words[i * 7 % words.len()])).collect();
+        for set in inserting {
+            let t = chars_tok(&["a", "##a", "##b", "c", "<0xC3>", "<0xA9>", "ab", "abc"], set);
+            let mut drops = 0;
+            for text in words.iter().chain(&texts) {
+                let mut pre = t.get_added_vocabulary().extract_and_normalize(t.get_normalizer(), text);
+                if let Some(p) = t.get_pre_tokenizer() {
+                    p.pre_tokenize(&mut pre).unwrap();
+                }
+                let model_drops = pre
+                    .get_splits(tokenizers::OffsetReferential::Normalized, tokenizers::OffsetType::Byte)
+                    .into_iter()
+                    .any(|(s, _, _)| {
+                        let tokens = t.get_model().tokenize(s).unwrap();
+                        let end = tokens.last().map_or(0, |t| t.offsets.1);
+                        end < s.len() - s.matches('▁').count() * '▁'.len_utf8()
+                    });
+                let d = first_dropped(&t, text).unwrap();
+                assert_eq!(d.is_some(), model_drops, "{set:?} {text:?}: {d:?}");
+                assert!(
+                    d.as_ref().is_none_or(|d| d.normalized != "▁" && !d.chars.starts_with('a')),
+                    "{set:?} {text:?}"
+                );
+                drops += d.is_some() as usize;
+            }
+            assert!(drops > 0 && drops < words.len() + texts.len(), "{set:?}: {drops}");
         }
         // ignore_merges takes a whole word in the vocabulary as one token, whatever its characters
         let t = chars_tok(&["a", "abc"], &[("model.ignore_merges", json!(true))]);
