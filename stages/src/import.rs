@@ -45,6 +45,7 @@
 use crate::longer::SUMMARY_MARGIN;
 use crate::port::*;
 use crate::table::{self, PairRow, PairsBuilder};
+use crate::tokenizer_file::{DROP_CAUSE, DROP_REMEDY};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -1290,9 +1291,9 @@ struct PairsOut<'a> {
     group_rows: usize,
     /// the tokenizer and the name its param gives it, for token counts
     tokenizer: Option<(&'a tokenizers::Tokenizer, &'a str)>,
-    /// whether that tokenizer can drop characters ([`crate::tokenizer_file::may_drop_characters`]): each response is
+    /// when that tokenizer can drop characters, its check ([`crate::tokenizer_file::DropCheck`]): each response is
     /// then checked for what it drops, and refused with a drop
-    may_drop: bool,
+    drops: Option<crate::tokenizer_file::DropCheck>,
     out: Option<table::GroupWriter>,
     counts: Counts,
 }
@@ -1321,19 +1322,15 @@ impl PairsOut<'_> {
                             let len = tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(cannot)?;
                             // a BPE model without an unknown token drops what its vocabulary lacks, silently: the
                             // response would be counted short
-                            if self.may_drop
-                                && let Some(d) = crate::tokenizer_file::first_dropped(tok, s).map_err(cannot)?
+                            if let Some(check) = &self.drops
+                                && let Some(d) = check.first_dropped(tok, s).map_err(cannot)?
                             {
-                                let normalized = if d.normalized == d.chars {
-                                    String::new()
-                                } else {
-                                    format!(" (normalized to {:?})", d.normalized)
-                                };
                                 return Err(StageError::invalid(
                                     "tokenizer",
                                     format!(
-                                        "{shown}: a response of source row {} loses {:?}{normalized} (in {:?}): the tokenizer has no token for it and no unknown token or byte fallback to stand for it, so the response would count {len} tokens, too few; use the model's own tokenizer, or one with an unk_token or byte fallback",
-                                        r.source_row, d.chars, d.word
+                                        "{shown}: a response of source row {} loses {}: {DROP_CAUSE}, so the response would count {len} tokens, too few; {DROP_REMEDY}",
+                                        r.source_row,
+                                        d.described()
                                     ),
                                 ));
                             }
@@ -1472,7 +1469,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
         path: &out_path,
         group_rows,
         tokenizer: tokenizer.as_ref().zip(p.tokenizer.as_deref()),
-        may_drop: tokenizer.as_ref().is_some_and(crate::tokenizer_file::may_drop_characters),
+        drops: tokenizer.as_ref().and_then(crate::tokenizer_file::DropCheck::of),
         out: None,
         counts: Counts::default(),
     };

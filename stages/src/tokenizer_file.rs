@@ -14,8 +14,9 @@
 //! stderr.
 //!
 //! A BPE model with no `unk_token` silently drops each character it has no token for (nor byte-fallback tokens):
-//! a text counts fewer tokens than it has, with no error. [`may_drop_characters`] says, once per file, whether a
-//! tokenizer can do that; [`first_dropped`] finds what it drops from one text.
+//! a text counts fewer tokens than it has, with no error. [`may_drop_characters`] says whether a tokenizer can do
+//! that; [`DropCheck::of`] derives, once per tokenizer, what [`DropCheck::first_dropped`] needs to find what it
+//! drops from one text.
 use serde_json::Value;
 use std::borrow::Cow;
 use std::path::Path;
@@ -83,7 +84,7 @@ fn check_model(json: &Value) -> Result<(), String> {
 /// Such a BPE model still drops nothing when each character the model can be given has a token: with
 /// `byte_fallback` and all 256 `<0xXX>` byte tokens, or when the model only ever sees the 256 symbols of a ByteLevel
 /// pre-tokenizer (or normalizer) and has them all (as GPT-2 and its kin do). Decided from what the model holds, not
-/// from what texts it meets, so `false` is a guarantee and `true` only says that texts need [`first_dropped`].
+/// from what texts it meets, so `false` is a guarantee and `true` only says that texts need checking.
 pub fn may_drop_characters(tok: &tokenizers::Tokenizer) -> bool {
     let ModelWrapper::BPE(bpe) = tok.get_model() else { return false };
     if bpe.unk_token.is_some() {
@@ -105,31 +106,43 @@ pub fn may_drop_characters(tok: &tokenizers::Tokenizer) -> bool {
     })
 }
 
+/// The normalizers of `tok` in the order they run (a Sequence's members in its place).
+fn normalizers(tok: &tokenizers::Tokenizer) -> Vec<&NormalizerWrapper> {
+    fn flat<'a>(n: &'a NormalizerWrapper, out: &mut Vec<&'a NormalizerWrapper>) {
+        match n {
+            NormalizerWrapper::Sequence(s) => s.as_ref().iter().for_each(|n| flat(n, out)),
+            n => out.push(n),
+        }
+    }
+    let mut out = Vec::new();
+    tok.get_normalizer().into_iter().for_each(|n| flat(n, &mut out));
+    out
+}
+
+/// The pre-tokenizers of `tok` in the order they run (a Sequence's members in its place).
+fn pre_tokenizers(tok: &tokenizers::Tokenizer) -> Vec<&PreTokenizerWrapper> {
+    fn flat<'a>(p: &'a PreTokenizerWrapper, out: &mut Vec<&'a PreTokenizerWrapper>) {
+        match p {
+            PreTokenizerWrapper::Sequence(s) => s.as_ref().iter().for_each(|p| flat(p, out)),
+            p => out.push(p),
+        }
+    }
+    let mut out = Vec::new();
+    tok.get_pre_tokenizer().into_iter().for_each(|p| flat(p, &mut out));
+    out
+}
+
 /// Whether the model of `tok` is given only the 256 symbols a ByteLevel pre-tokenizer or normalizer maps bytes to:
 /// one runs last among the normalizers, or among the pre-tokenizers with no Metaspace after it (which puts `▁` in).
 fn byte_level_input(tok: &tokenizers::Tokenizer) -> bool {
-    fn normalizers(n: &NormalizerWrapper, out: &mut Vec<bool>) {
-        match n {
-            NormalizerWrapper::Sequence(s) => s.as_ref().iter().for_each(|n| normalizers(n, out)),
-            n => out.push(matches!(n, NormalizerWrapper::ByteLevel(_))),
-        }
-    }
-    fn pre_tokenizers(p: &PreTokenizerWrapper, byte_level: &mut bool) {
+    let mut byte_level = matches!(normalizers(tok).last(), Some(NormalizerWrapper::ByteLevel(_)));
+    for p in pre_tokenizers(tok) {
         match p {
-            PreTokenizerWrapper::Sequence(s) => s.as_ref().iter().for_each(|p| pre_tokenizers(p, byte_level)),
-            PreTokenizerWrapper::ByteLevel(_) => *byte_level = true,
-            PreTokenizerWrapper::Metaspace(_) => *byte_level = false,
+            PreTokenizerWrapper::ByteLevel(_) => byte_level = true,
+            PreTokenizerWrapper::Metaspace(_) => byte_level = false,
             // the others split the text (and may leave parts out) but change no character
             _ => {}
         }
-    }
-    let mut n = Vec::new();
-    if let Some(norm) = tok.get_normalizer() {
-        normalizers(norm, &mut n);
-    }
-    let mut byte_level = n.last() == Some(&true);
-    if let Some(p) = tok.get_pre_tokenizer() {
-        pre_tokenizers(p, &mut byte_level);
     }
     byte_level
 }
@@ -148,33 +161,71 @@ pub struct Dropped {
     pub word: String,
 }
 
-/// The first characters `tok` drops from `text` (see [`may_drop_characters`]), or `None`. The text goes through the
-/// tokenizer's added tokens, normalizer and pre-tokenizer as `encode` takes it; what they take out (the spaces
-/// between words, an accent stripped) is not a drop. Each character of each word left is then looked up as the BPE
-/// model looks it up before merging, a character with no token being one it drops. Whitespace is not counted as
-/// dropped, nor a character standing for whitespace of the text (Metaspace's `▁`), nor one the tokenizer puts in
-/// that is not in the text (the `▁` a Metaspace with `prepend_scheme` "first" or "always", or a `Prepend`
-/// normalizer, puts before a word: see [`inserted_chars`]). The encoding's offsets cannot say this: the BPE model
-/// gives the tokens after a dropped character offsets shifted back by its length.
-pub fn first_dropped(tok: &tokenizers::Tokenizer, text: &str) -> tokenizers::Result<Option<Dropped>> {
-    let ModelWrapper::BPE(bpe) = tok.get_model() else { return Ok(None) };
-    if bpe.unk_token.is_some() {
-        return Ok(None);
+impl Dropped {
+    /// The dropped characters, as the normalizer gave them to the model where that differs, and their word:
+    /// `"c" (in "ac")`, `"C" (normalized to "c") (in "CA")`.
+    pub fn described(&self) -> String {
+        let normalized = if self.normalized == self.chars {
+            String::new()
+        } else {
+            format!(" (normalized to {:?})", self.normalized)
+        };
+        format!("{:?}{normalized} (in {:?})", self.chars, self.word)
     }
-    let mut pre = tok.get_added_vocabulary().extract_and_normalize(tok.get_normalizer(), text);
-    if let Some(p) = tok.get_pre_tokenizer() {
-        p.pre_tokenize(&mut pre)?;
+}
+
+/// Why a drop is refused, and what to use instead: the words every refusal of a drop says.
+pub const DROP_CAUSE: &str = "the tokenizer has no token for it and no unknown token or byte fallback to stand for it";
+pub const DROP_REMEDY: &str = "use the model's own tokenizer, or one with an unk_token or byte fallback";
+
+/// What finding a tokenizer's drops needs, derived once per tokenizer: the characters it inserts itself.
+#[derive(Clone, Debug)]
+pub struct DropCheck {
+    inserted: Vec<char>,
+}
+
+impl DropCheck {
+    /// The check for `tok`, or `None` when it cannot drop characters ([`may_drop_characters`]): its texts need none.
+    pub fn of(tok: &tokenizers::Tokenizer) -> Option<DropCheck> {
+        may_drop_characters(tok).then(|| DropCheck { inserted: inserted_chars(tok) })
     }
-    let inserted = inserted_chars(tok);
-    // `split` hands over each word not yet made a token (an added token is one), and keeps it as it is given back
-    let mut found = None;
-    pre.split(|_, word| {
-        if found.is_none() {
-            found = dropped_in(bpe, &word, &inserted);
+
+    /// The first characters `tok` drops from `text`, or `None`. The text goes through the tokenizer's added tokens,
+    /// normalizer and pre-tokenizer as `encode` takes it; what they take out (the spaces between words, an accent
+    /// stripped) is not a drop. Each character of each word left is then looked up as the BPE model looks it up
+    /// before merging, a character with no token being one it drops. Whitespace is not counted as dropped, nor a
+    /// character standing for whitespace of the text (Metaspace's `▁`), nor one the tokenizer puts in that is not in
+    /// the text (the `▁` a Metaspace with `prepend_scheme` "first" or "always", or a `Prepend` normalizer, puts
+    /// before a word: see [`inserted_chars`]). The encoding's offsets cannot say this: the BPE model gives the
+    /// tokens after a dropped character offsets shifted back by its length.
+    pub fn first_dropped(&self, tok: &tokenizers::Tokenizer, text: &str) -> tokenizers::Result<Option<Dropped>> {
+        let ModelWrapper::BPE(bpe) = tok.get_model() else { return Ok(None) };
+        if bpe.unk_token.is_some() {
+            return Ok(None);
         }
-        Ok(std::iter::once(word))
-    })?;
-    Ok(found)
+        let mut pre = tok.get_added_vocabulary().extract_and_normalize(tok.get_normalizer(), text);
+        if let Some(p) = tok.get_pre_tokenizer() {
+            p.pre_tokenize(&mut pre)?;
+        }
+        // `split` hands over each word not yet made a token (an added token is one), and keeps it as it is given back
+        let mut found = None;
+        pre.split(|_, word| {
+            if found.is_none() {
+                found = dropped_in(bpe, &word, &self.inserted);
+            }
+            Ok(std::iter::once(word))
+        })?;
+        Ok(found)
+    }
+}
+
+/// `text` cut to its first `n` characters, with `…` where it was cut.
+pub fn preview(text: &str, n: usize) -> String {
+    let mut c: String = text.chars().take(n).collect();
+    if c.len() < text.len() {
+        c.push('…');
+    }
+    c
 }
 
 /// The characters the normalizer or pre-tokenizer of `tok` may put into a text for its spaces or word starts: the
@@ -182,9 +233,9 @@ pub fn first_dropped(tok: &tokenizers::Tokenizer, text: &str) -> tokenizers::Res
 /// normalizer of a whitespace string. One put before a word (by Metaspace's `prepend_scheme` "first" or "always", or
 /// by `Prepend`) is aligned with the word's first character, so it does not look like whitespace of the text.
 fn inserted_chars(tok: &tokenizers::Tokenizer) -> Vec<char> {
-    fn normalizers(n: &NormalizerWrapper, out: &mut Vec<char>) {
+    let mut out = Vec::new();
+    for n in normalizers(tok) {
         match n {
-            NormalizerWrapper::Sequence(s) => s.as_ref().iter().for_each(|n| normalizers(n, out)),
             NormalizerWrapper::Prepend(p) => out.extend(p.prepend.chars()),
             NormalizerWrapper::Replace(r) => {
                 // the crate keeps the pattern private; its serialisation is `{"String": " "}` or `{"Regex": …}`
@@ -197,19 +248,10 @@ fn inserted_chars(tok: &tokenizers::Tokenizer) -> Vec<char> {
             _ => {}
         }
     }
-    fn pre_tokenizers(p: &PreTokenizerWrapper, out: &mut Vec<char>) {
-        match p {
-            PreTokenizerWrapper::Sequence(s) => s.as_ref().iter().for_each(|p| pre_tokenizers(p, out)),
-            PreTokenizerWrapper::Metaspace(m) => out.push(m.get_replacement()),
-            _ => {}
+    for p in pre_tokenizers(tok) {
+        if let PreTokenizerWrapper::Metaspace(m) = p {
+            out.push(m.get_replacement());
         }
-    }
-    let mut out = Vec::new();
-    if let Some(n) = tok.get_normalizer() {
-        normalizers(n, &mut out);
-    }
-    if let Some(p) = tok.get_pre_tokenizer() {
-        pre_tokenizers(p, &mut out);
     }
     out
 }
@@ -256,16 +298,13 @@ fn dropped_in(bpe: &tokenizers::models::bpe::BPE, word: &NormalizedString, inser
         }
     }
     let r = run?;
-    let shown = |t: &str, n: usize| {
-        let mut c: String = t.chars().take(n).collect();
-        if c.len() < t.len() {
-            c.push('…');
-        }
-        c
-    };
     let normalized = &s[r.clone()];
     let chars = Some(original(r)).filter(|o| !o.is_empty()).unwrap_or(normalized);
-    Some(Dropped { chars: shown(chars, 20), normalized: shown(normalized, 20), word: shown(word.get_original(), 40) })
+    Some(Dropped {
+        chars: preview(chars, 20),
+        normalized: preview(normalized, 20),
+        word: preview(word.get_original(), 40),
+    })
 }
 
 /// `f`, with a panic inside it caught and returned as its message, and not printed by the panic hook. The hook is
@@ -341,6 +380,12 @@ mod tests {
             }
         }
         read_json(&v).unwrap()
+    }
+
+    /// [`DropCheck::first_dropped`] of a check made for `t` whether or not `t` may drop (a tokenizer that cannot must
+    /// find nothing).
+    fn first_dropped(t: &tokenizers::Tokenizer, text: &str) -> tokenizers::Result<Option<Dropped>> {
+        DropCheck { inserted: inserted_chars(t) }.first_dropped(t, text)
     }
 
     fn dropped(t: &tokenizers::Tokenizer, text: &str) -> Option<(String, String, String)> {

@@ -13,6 +13,7 @@ use rmdistill_ml::tch;
 use rmdistill_ml::{PairBatch, Tokenizer};
 pub use rmdistill_stages::data_io::*;
 use rmdistill_stages::port::{Ctx, Device, StageError, StageResult};
+use rmdistill_stages::tokenizer_file::{DROP_CAUSE, DROP_REMEDY, DropCheck, preview};
 use std::path::Path;
 
 /// The tch device a stage should use.
@@ -39,10 +40,10 @@ pub struct Codec {
     pub max_len: Option<usize>,
     /// The input slot (or parameter) the tokenizer came from, named by the errors of its texts.
     slot: String,
-    /// Whether the tokenizer can drop characters of a text silently
-    /// ([`rmdistill_stages::tokenizer_file::may_drop_characters`]): every text is then checked for what it drops,
-    /// and refused with a drop. Decided once; the tokenizers the pipeline trains cannot drop and are not checked.
-    may_drop: bool,
+    /// When the tokenizer can drop characters of a text silently, its check
+    /// ([`rmdistill_stages::tokenizer_file::DropCheck`]): every text is then checked for what it drops, and refused
+    /// with a drop. Derived once; the tokenizers the pipeline trains cannot drop and are not checked.
+    drops: Option<DropCheck>,
 }
 
 impl Codec {
@@ -50,8 +51,8 @@ impl Codec {
         let eos = tok.eos_id.ok_or_else(|| StageError::invalid(field, "tokenizer has no EOS token"))?;
         let bos = tok.bos_id.unwrap_or(eos);
         let pad = tok.pad_id.unwrap_or(eos);
-        let may_drop = rmdistill_stages::tokenizer_file::may_drop_characters(tok.inner());
-        Ok(Codec { tok, bos, eos, pad, max_len: None, slot: field.to_string(), may_drop })
+        let drops = DropCheck::of(tok.inner());
+        Ok(Codec { tok, bos, eos, pad, max_len: None, slot: field.to_string(), drops })
     }
     /// The tokenizer of a directory (`tokenizer.json`), or an error naming the input slot. When the directory is a
     /// checkpoint, sequences are truncated to the positions its model can place (`n_positions` /
@@ -99,28 +100,17 @@ impl Codec {
     /// be trained on or score a text other than the data's, with no error (as import refuses such a response).
     fn encode(&self, text: &str, what: &str) -> StageResult<Vec<i64>> {
         let ids = self.tok.encode(text)?;
-        if !self.may_drop {
-            return Ok(ids);
-        }
-        let shown = || {
-            let mut c: String = text.chars().take(60).collect();
-            if c.len() < text.len() {
-                c.push('…');
-            }
-            c
-        };
-        let found = rmdistill_stages::tokenizer_file::first_dropped(self.tok.inner(), text)
-            .map_err(|e| StageError::failed(format!("encoding a {what} ({:?}): {e}", shown())))?;
+        let Some(check) = &self.drops else { return Ok(ids) };
+        let found = check
+            .first_dropped(self.tok.inner(), text)
+            .map_err(|e| StageError::failed(format!("encoding a {what} ({:?}): {e}", preview(text, 60))))?;
         if let Some(d) = found {
-            let normalized =
-                if d.normalized == d.chars { String::new() } else { format!(" (normalized to {:?})", d.normalized) };
             return Err(StageError::invalid(
                 &self.slot,
                 format!(
-                    "a {what} loses {:?}{normalized} (in {:?}) of {:?}: the tokenizer has no token for it and no unknown token or byte fallback to stand for it, so the model would be given the {what} without it ({} tokens, too few); use the model's own tokenizer, or one with an unk_token or byte fallback",
-                    d.chars,
-                    d.word,
-                    shown(),
+                    "a {what} loses {} of {:?}: {DROP_CAUSE}, so the model would be given the {what} without it ({} tokens, too few); {DROP_REMEDY}",
+                    d.described(),
+                    preview(text, 60),
                     ids.len()
                 ),
             ));
@@ -237,7 +227,7 @@ mod tests {
             "fuse_unk": false, "byte_fallback": false}));
         // what the vocabulary lacks becomes the unknown token
         for (codec, unk) in [(&word_level, 0), (&bpe_unk, 1)] {
-            assert!(!codec.may_drop);
+            assert!(codec.drops.is_none());
             assert_eq!(codec.prompt("a b €").unwrap(), vec![2, if unk == 0 { 1 } else { 0 }, unk, unk]);
             assert_eq!(codec.response("c").unwrap(), vec![unk, 2]);
             assert_eq!(codec.count("a c").unwrap(), 2);
@@ -248,11 +238,11 @@ mod tests {
             rmdistill_ml::tokenizer::TokenizerSpec::WordLevel { vocab_size: 300, min_frequency: 1 },
         ] {
             let codec = Codec::new(Tokenizer::train(spec, texts.iter()).unwrap(), "tokenizer_kind").unwrap();
-            assert!(!codec.may_drop, "{:?}", codec.tok);
+            assert!(codec.drops.is_none(), "{:?}", codec.tok);
             assert!(codec.prompt("zeta € ✓").is_ok());
         }
         let names: Vec<String> = (0..10).map(rmdistill_stages::synth::word).collect();
-        assert!(!Codec::new(crate::synth::task_tokenizer(&names).unwrap(), "t").unwrap().may_drop);
+        assert!(Codec::new(crate::synth::task_tokenizer(&names).unwrap(), "t").unwrap().drops.is_none());
     }
 
     #[test]
