@@ -16,9 +16,10 @@
 //!   a workspace crate depends on directly, with everything that library depends on in turn (`parquet` brings the
 //!   `zstd` that compresses its pages, `tokenizers` the Unicode tables it normalises with, `statrs` the `num-traits`
 //!   its quantiles compute with), each at its version in `Cargo.lock`: a `cargo update` that changes any of them
-//!   changes the identities of the stages that reach it. Only [`NEUTRAL`] libraries, which shape error messages,
-//!   parameter documentation and temporary files but never an output, are left out. `tch` brings libtorch's own
-//!   version (its `version.py`) with it.
+//!   changes the identities of the stages that reach it. Left out are the [`NEUTRAL`] libraries, which shape error
+//!   messages, parameter documentation and temporary files but never an output, and the packages [`NOT_IN_OUTPUTS`]
+//!   names (build tools, other platforms, the async runtime). A git dependency is named by its commit. `tch` brings
+//!   libtorch's own version (its `version.py`) with it.
 //!
 //! The identity is BLAKE3 over the kind, the library versions and the sorted (workspace-relative path, BLAKE3 of the
 //! bytes) of the closure, so it does not depend on where the tree lives: a copy of the workspace derives the same
