@@ -38,26 +38,26 @@ impl ExternalHashes {
         ExternalHashes { file, map: Mutex::new((map, false)) }
     }
 
-    /// The content hash of `path`, and for a file its stat identity taken before its bytes were hashed (`None` for a
-    /// directory): unchanged later, the file still holds the bytes that were hashed.
-    fn hash(&self, path: &Path) -> anyhow::Result<(String, Option<StatId>)> {
-        let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        if meta.is_dir() {
-            return Ok((hash_dir(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?, None));
-        }
-        let stat = StatId::of(&meta);
+    /// The content hash of `path`, and its stat identity ([`Ident`]) taken before its bytes were hashed: unchanged
+    /// later, the file (or directory) still holds the bytes that were hashed.
+    fn hash(&self, path: &Path) -> anyhow::Result<(String, Ident)> {
+        let cannot = |e: std::io::Error| anyhow::anyhow!("cannot read {}: {e}", path.display());
+        let stat = match Ident::of(path).map_err(cannot)? {
+            dir @ Ident::Dir(_) => return Ok((hash_dir(path).map_err(cannot)?, dir)),
+            Ident::File(stat) => stat,
+        };
         let abs = path.canonicalize().unwrap_or(path.to_path_buf());
         // the whole identity: a file replaced with the same size and mtime (`cp -p`, `rsync -t`) is another file
         let StatId { dev, ino, size, mtime_ns, ctime_ns } = stat;
         let id = format!("{}\0{size}\0{mtime_ns}\0{dev}\0{ino}\0{ctime_ns}", abs.display());
         if let Some(h) = self.map.lock().unwrap().0.get(&id) {
-            return Ok((h.clone(), Some(stat)));
+            return Ok((h.clone(), Ident::File(stat)));
         }
-        let (h, _) = key::hash_file(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let (h, _) = key::hash_file(path).map_err(cannot)?;
         let mut m = self.map.lock().unwrap();
         m.0.insert(id, h.clone());
         m.1 = true;
-        Ok((h, Some(stat)))
+        Ok((h, Ident::File(stat)))
     }
 
     pub fn save(&self) {
@@ -111,16 +111,53 @@ impl StatId {
 }
 
 /// One external file of a node as its key saw it: the param that names it, its path, the content hash its key
-/// holds, and (for a file) its stat identity when it was hashed. The stage reads the file itself later, so before
-/// the node starts and again before its outputs are stored, [`Watched::check`] makes sure it still holds those bytes:
-/// a file edited or replaced meanwhile would leave the other version's output under this version's key.
+/// holds, and its stat identity when it was hashed. The stage reads the file itself later, so before the node starts
+/// and again before its outputs are stored, [`Watched::check`] makes sure it still holds those bytes: a file edited or
+/// replaced meanwhile would leave the other version's output under this version's key.
 #[derive(Clone, Debug)]
 struct Watched {
     param: String,
     path: PathBuf,
     hash: String,
-    /// `None` for a directory: its listing is hashed again at every check.
-    id: Option<StatId>,
+    id: Ident,
+}
+
+/// What `stat` says of an external: a file's [`StatId`], or every file of a directory (by relative path) with its
+/// own. Taken before the bytes are hashed, so that an unchanged identity later means the bytes hashed are there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ident {
+    File(StatId),
+    Dir(Vec<(String, StatId)>),
+}
+
+impl Ident {
+    fn of(path: &Path) -> std::io::Result<Ident> {
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_dir() {
+            return Ok(Ident::File(StatId::of(&meta)));
+        }
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, StatId)>) -> std::io::Result<()> {
+            for e in std::fs::read_dir(dir)? {
+                let e = e?;
+                let p = e.path();
+                if e.file_type()?.is_dir() {
+                    walk(root, &p, out)?;
+                } else {
+                    let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+                    out.push((rel, StatId::of(&std::fs::symlink_metadata(&p)?)));
+                }
+            }
+            Ok(())
+        }
+        let mut files = Vec::new();
+        walk(path, path, &mut files)?;
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Ident::Dir(files))
+    }
+
+    fn is_dir(&self) -> bool {
+        matches!(self, Ident::Dir(_))
+    }
 }
 
 /// When [`Watched::check`] looks: before the node starts, or after it ran and before its outputs are stored.
@@ -131,10 +168,13 @@ enum Moment {
 }
 
 impl Watched {
-    /// Ok when the file still holds what the key hashed: its stat identity is unchanged (one `stat`), or it changed
-    /// and its bytes hash as before (then the new identity is kept, for the next check). `Ok(true)` when it was
-    /// hashed again. A directory is hashed again every time. Otherwise the message names the param, the path and
-    /// what changed.
+    /// Ok when the file (or directory) still holds what the key hashed. An unchanged stat identity says so with
+    /// `stat` alone (`Ok(false)`). Before the node starts, a changed identity is hashed again, and the same bytes
+    /// pass (`Ok(true)`; the new identity is kept, for the check after the run). After the run, a changed identity
+    /// fails even when the bytes hash as before: it was written while the stage may have been reading it, and a swap
+    /// to other bytes and back (A → B → A) would have fed the stage B under A's key (kernels before 6.13 may stamp
+    /// writes within one clock tick alike, so a swap and back within 1–10 ms can pass there). Otherwise the message
+    /// names the param, the path and what changed.
     fn check(&mut self, moment: Moment) -> Result<bool, String> {
         let when = match moment {
             Moment::Queued => "was queued",
@@ -148,18 +188,17 @@ impl Watched {
                 self.path.display()
             )
         };
-        let meta = std::fs::metadata(&self.path).map_err(|e| changed(format!("it cannot be read now: {e}")))?;
-        let now = match (self.id, meta.is_dir()) {
-            (Some(id), false) if StatId::of(&meta) == id => return Ok(false),
-            (Some(_), false) => {
-                let id = StatId::of(&meta);
-                (hash_file_read(&self.path), Some(id))
-            }
-            (None, true) => (hash_dir(&self.path), None),
-            (Some(_), true) => return Err(changed("it is a directory now".into())),
-            (None, false) => return Err(changed("it is not a directory now".into())),
-        };
-        let hash = now.0.map_err(|e| changed(format!("it cannot be read now: {e}")))?;
+        let id = Ident::of(&self.path).map_err(|e| changed(format!("it cannot be read now: {e}")))?;
+        if id == self.id {
+            return Ok(false);
+        }
+        let hash = match (&id, self.id.is_dir()) {
+            (Ident::File(_), false) => hash_file_read(&self.path),
+            (Ident::Dir(_), true) => hash_dir(&self.path),
+            (Ident::Dir(_), false) => return Err(changed("it is a directory now".into())),
+            (Ident::File(_), true) => return Err(changed("it is not a directory now".into())),
+        }
+        .map_err(|e| changed(format!("it cannot be read now: {e}")))?;
         if hash != self.hash {
             return Err(changed(format!(
                 "its content hashes to {} now, its key holds {}",
@@ -167,7 +206,14 @@ impl Watched {
                 key::short(&self.hash)
             )));
         }
-        self.id = now.1;
+        if moment == Moment::Ran {
+            return Err(changed(
+                "it was written to or replaced, and holds its key's bytes again now, but the stage may have read it \
+                 in between"
+                    .into(),
+            ));
+        }
+        self.id = id;
         Ok(true)
     }
 }
@@ -1371,19 +1417,45 @@ mod tests {
         let f = d.path().join("data.jsonl");
         std::fs::write(&f, "version A\n").unwrap();
         let mut w = watch(d.path(), "data.jsonl");
-        assert!(w.id.is_some());
+        assert!(matches!(w.id, Ident::File(_)));
         // unchanged: one stat, no hashing
         assert_eq!(w.check(Moment::Queued), Ok(false));
         assert_eq!(w.check(Moment::Ran), Ok(false));
-        // touched, or rewritten with the same bytes: hashed again, the same, and its new identity kept
+        // touched, or rewritten with the same bytes, before the node starts: hashed again, the same, and its new
+        // identity kept
         set_mtime(&f, std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000));
         assert_eq!(w.check(Moment::Queued), Ok(true));
         assert_eq!(w.check(Moment::Queued), Ok(false));
         let tmp = d.path().join("tmp");
         std::fs::write(&tmp, "version A\n").unwrap();
         std::fs::rename(&tmp, &f).unwrap();
-        assert_eq!(w.check(Moment::Ran), Ok(true));
+        assert_eq!(w.check(Moment::Queued), Ok(true));
         assert_eq!(w.check(Moment::Ran), Ok(false));
+    }
+
+    /// While the node runs the stage reads the file: a swap to other bytes and back (A → B → A) leaves A's bytes,
+    /// but the stage may have read B. The identity changed, so the node fails; a touch alone fails it too (it
+    /// cannot be told apart).
+    #[test]
+    fn an_external_file_written_while_the_node_ran_fails_it_even_with_its_bytes_back() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("data.jsonl");
+        std::fs::write(&f, "version A\n").unwrap();
+        let mut w = watch(d.path(), "data.jsonl");
+        assert_eq!(w.check(Moment::Queued), Ok(false));
+        // past a coarse clock tick: kernels before 6.13 may stamp writes within one tick (1–10 ms) alike
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, "version B\n").unwrap();
+        std::fs::write(&f, "version A\n").unwrap();
+        let err = w.check(Moment::Ran).unwrap_err();
+        assert!(
+            err.contains("changed while the node ran (it was written to or replaced, and holds its key's bytes again now, but the stage may have read it in between)"),
+            "{err}"
+        );
+        assert!(err.ends_with("run again"), "{err}");
+        let mut w = watch(d.path(), "data.jsonl");
+        set_mtime(&f, std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000));
+        assert!(w.check(Moment::Ran).unwrap_err().contains("holds its key's bytes again now"));
     }
 
     #[test]
@@ -1418,13 +1490,24 @@ mod tests {
     }
 
     #[test]
-    fn an_external_directory_is_hashed_again_at_every_check() {
+    fn an_external_directory_is_hashed_again_when_a_file_of_it_changed() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir(d.path().join("ckpt")).unwrap();
+        std::fs::create_dir_all(d.path().join("ckpt/sub")).unwrap();
         std::fs::write(d.path().join("ckpt/config.json"), "{}").unwrap();
+        std::fs::write(d.path().join("ckpt/sub/tokenizer.json"), "{}").unwrap();
         let mut w = watch(d.path(), "ckpt");
-        assert!(w.id.is_none());
+        assert!(matches!(&w.id, Ident::Dir(files) if files.len() == 2), "{:?}", w.id);
+        assert_eq!(w.check(Moment::Queued), Ok(false));
+        // a file of it rewritten with the same bytes before the node starts: hashed again, the same
+        std::fs::write(d.path().join("ckpt/sub/tokenizer.json"), "{}").unwrap();
         assert_eq!(w.check(Moment::Queued), Ok(true));
+        assert_eq!(w.check(Moment::Ran), Ok(false));
+        // the same while it ran: the stage may have read another version
+        let mut w2 = w.clone();
+        std::fs::write(d.path().join("ckpt/config.json"), "{}").unwrap();
+        assert!(w2.check(Moment::Ran).unwrap_err().contains("ckpt changed while the node ran (it was written to"));
+        // a file added
+        let mut w = watch(d.path(), "ckpt");
         std::fs::write(d.path().join("ckpt/model.safetensors"), "weights").unwrap();
         let err = w.check(Moment::Ran).unwrap_err();
         assert!(err.contains("ckpt changed while the node ran (its content hashes to"), "{err}");

@@ -461,9 +461,18 @@ fn an_external_file_changed_while_its_node_runs_fails_it_in_run_and_in_node_run(
         assert!(blob_files(&w.store()).is_empty(), "{cmd:?}");
         assert_eq!(status_of(&w, "a_model"), "run");
     }
-    // Touched while it ran (its stat identity changes, its bytes do not): hashed again, the same, so it is stored.
-    let worker = stand_in_worker(&w, &format!("touch -d '2001-01-01' m.gguf\n{done}"));
+    // Written to and put back while it ran (A → B → A: its bytes are A's again, its stat identity changed): the
+    // stage may have read B, so it fails too, and nothing is stored.
+    let worker = stand_in_worker(&w, &format!("cp m.gguf m.keep && echo other > m.gguf && cp m.keep m.gguf\n{done}"));
     w.write("m.gguf", "not a model");
+    let o = run_with_worker(&w, &worker, &["node", "run", "m.toml", "a_model", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let err = node_error(&summary, "a_model");
+    assert!(err.contains("m.gguf changed while the node ran (it was written to or replaced, and holds its key's bytes again now, but the stage may have read it in between)"), "{err}");
+    assert!(entries(&w.store()).is_empty());
+    // Left alone while it ran: stored.
+    let worker = stand_in_worker(&w, &done);
     let o = run_with_worker(&w, &worker, &["node", "run", "m.toml", "a_model", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", s(&o.stderr));
     assert_eq!(entries(&w.store()).len(), 1);
