@@ -472,7 +472,7 @@ fn an_external_file_changed_while_its_node_runs_fails_it_in_run_and_in_node_run(
     assert!(err.contains("m.gguf changed while the node ran (it was written to or replaced, and holds its key's bytes again now, but the stage may have read it in between)"), "{err}");
     assert!(entries(&w.store()).is_empty());
     // Left alone while it ran: stored.
-    let worker = stand_in_worker(&w, &done);
+    let worker = stand_in_worker(&w, done);
     let o = run_with_worker(&w, &worker, &["node", "run", "m.toml", "a_model", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", s(&o.stderr));
     assert_eq!(entries(&w.store()).len(), 1);
