@@ -1,7 +1,11 @@
-//! Tokenizers through the `tokenizers` crate: load a Hugging Face `tokenizer.json`, encode/decode, the special ids
-//! a pipeline needs (BOS, EOS, padding), and training a byte-level BPE or word-level tokenizer on a corpus for
-//! models trained from scratch. Saved tokenizers come with a `tokenizer_config.json` so `transformers`'
-//! `AutoTokenizer` loads them as they are.
+//! Tokenizers through the `tokenizers` crate: a Hugging Face `tokenizer.json` with its special tokens,
+//! encode/decode, the special ids a pipeline needs (BOS, EOS, padding), and training a byte-level BPE or word-level
+//! tokenizer on a corpus for models trained from scratch. Saved tokenizers come with a `tokenizer_config.json` so
+//! `transformers`' `AutoTokenizer` loads them as they are.
+//!
+//! A `tokenizer.json` is read by `rmdistill_stages::tokenizer_file::read` (checked where the `tokenizers` crate would
+//! panic or be non-deterministic, with the file's truncation and padding off), then given its special tokens by
+//! [`Tokenizer::with_config`]; this crate has no reader of its own.
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
@@ -62,8 +66,8 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 
 impl Tokenizer {
     /// `inner` with its special tokens found by their common names. Give it a tokenizer for whole texts: one read
-    /// from a file by [`Tokenizer::load`] or `rmdistill_stages::tokenizer_file`, which turn the file's saved
-    /// truncation and padding off.
+    /// from a file by `rmdistill_stages::tokenizer_file::read`, which turns the file's saved truncation and padding
+    /// off.
     pub fn from_inner(inner: tokenizers::Tokenizer) -> Self {
         let mut t = Tokenizer { inner, bos_id: None, eos_id: None, pad_id: None, extra_config: Default::default() };
         // Common names, for tokenizer.json files that come without a tokenizer_config.json.
@@ -73,17 +77,9 @@ impl Tokenizer {
         t
     }
 
-    /// Loads `tokenizer.json` from a file or a checkpoint directory; special tokens come from the directory's
-    /// `tokenizer_config.json` when present.
-    pub fn load(path: &Path) -> Result<Self> {
-        let (file, dir) =
-            if path.is_dir() { (path.join("tokenizer.json"), Some(path)) } else { (path.to_path_buf(), path.parent()) };
-        let inner = read_tokenizer(&file).map_err(|e| anyhow!("loading {}: {e}", file.display()))?;
-        Self::with_config(inner, dir)
-    }
-
-    /// `inner` (read from a tokenizer.json by the caller), with its special tokens from `dir`'s
-    /// `tokenizer_config.json` when there is one, as [`Tokenizer::load`] does.
+    /// `inner` (read from `dir`'s tokenizer.json by `rmdistill_stages::tokenizer_file::read`), with its special
+    /// tokens from `dir`'s `tokenizer_config.json` when there is one, else found by their common names
+    /// ([`Tokenizer::from_inner`]).
     pub fn with_config(inner: tokenizers::Tokenizer, dir: Option<&Path>) -> Result<Self> {
         let mut t = Self::from_inner(inner);
         if let Some(cfg) = dir.map(|d| d.join("tokenizer_config.json")).filter(|p| p.exists()) {
@@ -205,22 +201,4 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
-}
-
-/// A tokenizer.json, checked to be JSON before the tokenizers crate reads it: its decoder deserialiser (0.23)
-/// panics (`expect("Helper")`) on JSON cut or broken inside the `decoder` object, which the check turns into an
-/// error with a line and column; any other panic in it is caught and reported as the file's error. The truncation
-/// and padding saved in the file are the settings of its use elsewhere (`"truncation": {"max_length": 512}` is
-/// common) and would cap or pad every encoding; batches are truncated and padded by their builders here, so both
-/// are turned off.
-fn read_tokenizer(path: &Path) -> std::result::Result<tokenizers::Tokenizer, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-    let mut tok = match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes)) {
-        Ok(t) => t.map_err(|e| e.to_string())?,
-        Err(_) => return Err("the tokenizers crate could not read it (it panicked)".to_string()),
-    };
-    tok.with_truncation(None).map_err(|e| e.to_string())?;
-    tok.with_padding(None);
-    Ok(tok)
 }

@@ -209,26 +209,3 @@ fn damaged_safetensors_are_refused_never_a_panic() {
     assert!(panics.is_empty(), "{}", panics.join("\n"));
     assert!(loaded > 0 && refused > 0, "loaded {loaded}, refused {refused}");
 }
-
-#[test]
-fn a_tokenizer_json_broken_inside_its_decoder_is_refused_never_a_panic() {
-    // tokenizers 0.23 panics (`expect("Helper")`) when the JSON breaks off inside the `decoder` object
-    let dir = tempfile::tempdir().unwrap();
-    let good = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
- "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
- "decoder": {"type": "WordPiece", "prefix": "~~", "cleanup": false},
- "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, "b": 2}, "unk_token": "[UNK]"}}"#;
-    let path = dir.path().join("tokenizer.json");
-    std::fs::write(&path, good).unwrap();
-    let t = rmdistill_ml::Tokenizer::load(&path).expect("the undamaged tokenizer loads");
-    assert_eq!(t.encode("a b a").unwrap(), vec![1, 2, 1]);
-    for cut in ["\"prefix\": \"~~\"", "\"type\": \"WordPiece\","] {
-        let at = good.find(cut).unwrap() + cut.len();
-        std::fs::write(&path, &good[..at]).unwrap();
-        let loaded = std::panic::catch_unwind(|| rmdistill_ml::Tokenizer::load(&path))
-            .unwrap_or_else(|_| panic!("loading a tokenizer.json cut after {cut:?} panicked"));
-        let Err(e) = loaded else { panic!("a tokenizer.json cut after {cut:?} loaded") };
-        let e = e.to_string();
-        assert!(e.contains("tokenizer.json") && e.contains("not valid JSON"), "{e}");
-    }
-}

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use rmdistill_ml::gguf::{GgufFile, import_gguf, locate_smollm2_gguf, tokenizer};
 use rmdistill_ml::logprobs::lm_loss;
-use rmdistill_ml::{LanguageModel, ModelConfig, SampleConfig, Tokenizer, generate};
+use rmdistill_ml::{LanguageModel, ModelConfig, SampleConfig, generate};
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -108,7 +108,7 @@ fn smollm2_imports_generates_and_has_low_perplexity() {
     let m = import_gguf(&path, dir.path()).unwrap();
     println!("imported {} parameters in {:.1}s", m.num_parameters(), t0.elapsed().as_secs_f64());
     let m = LanguageModel::load(dir.path(), Device::Cpu).unwrap();
-    let tok = Tokenizer::load(dir.path()).unwrap();
+    let tok = load_tokenizer(dir.path()).unwrap();
     let prompt =
         "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n";
     let ids = tok.encode(prompt).unwrap();

@@ -1,5 +1,6 @@
-//! Tokenizers trained with the `tokenizers` crate: round trips, special tokens, save/load, and transformers'
-//! AutoTokenizer reading the saved files the same way.
+//! Tokenizers trained with the `tokenizers` crate: round trips, special tokens, save and read back (as the pipeline
+//! reads a tokenizer.json: `rmdistill_stages::tokenizer_file::read`), and transformers' AutoTokenizer reading the
+//! saved files the same way.
 
 mod common;
 use common::*;
@@ -32,7 +33,7 @@ fn byte_bpe_trains_round_trips_and_saves() {
 
     let dir = tempfile::tempdir().unwrap();
     tok.save(dir.path()).unwrap();
-    let back = Tokenizer::load(dir.path()).unwrap();
+    let back = load_tokenizer(dir.path()).unwrap();
     assert_eq!(back.encode(sample).unwrap(), ids);
     assert_eq!((back.eos_id, back.pad_id), (tok.eos_id, tok.pad_id));
 
@@ -56,4 +57,28 @@ fn word_level_maps_unknown_words() {
     assert_eq!(ids[2], tok.id(rmdistill_ml::tokenizer::UNK_TOKEN).unwrap());
     assert_eq!(tok.decode(&ids[..2], false).unwrap(), "beta gamma");
     assert_eq!(tok.vocab_size(), 3 + 5);
+}
+
+#[test]
+fn a_tokenizer_json_broken_inside_its_decoder_is_refused_never_a_panic() {
+    // tokenizers 0.23 panics (`expect("Helper")`) when the JSON breaks off inside the `decoder` object. The reader
+    // is `rmdistill_stages::tokenizer_file::read`, whose own tests have no such file: this is its check.
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+ "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
+ "decoder": {"type": "WordPiece", "prefix": "~~", "cleanup": false},
+ "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, "b": 2}, "unk_token": "[UNK]"}}"#;
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, good).unwrap();
+    let t = load_tokenizer(&path).expect("the undamaged tokenizer loads");
+    assert_eq!(t.encode("a b a").unwrap(), vec![1, 2, 1]);
+    for cut in ["\"prefix\": \"~~\"", "\"type\": \"WordPiece\","] {
+        let at = good.find(cut).unwrap() + cut.len();
+        std::fs::write(&path, &good[..at]).unwrap();
+        let loaded = std::panic::catch_unwind(|| load_tokenizer(&path))
+            .unwrap_or_else(|_| panic!("loading a tokenizer.json cut after {cut:?} panicked"));
+        let Err(e) = loaded else { panic!("a tokenizer.json cut after {cut:?} loaded") };
+        let e = e.to_string();
+        assert!(e.contains("tokenizer.json") && e.contains("not valid JSON"), "{e}");
+    }
 }

@@ -6,14 +6,15 @@
 //! it, or log-probs computed in different stages do not agree): prompt ids = `[BOS] ++ encode(prompt)`; response ids
 //! = `encode(response) ++ [EOS]`, so `log π(y|x)` includes the probability of stopping. BOS is the tokenizer's BOS
 //! (its EOS when it has none, as GPT-2 does). Sampled responses are decoded without their EOS, so re-encoding a
-//! finished sample gives back the sampled ids. A reward model reads `prompt ++ response` (with the EOS) at its last
-//! token.
+//! finished sample gives back the sampled ids; one whose text its tokenizer would drop characters of on encoding it
+//! again is refused as it is decoded ([`Codec::decode_sample`]). A reward model reads `prompt ++ response` (with the
+//! EOS) at its last token.
 
 use rmdistill_ml::tch;
 use rmdistill_ml::{PairBatch, Tokenizer};
 pub use rmdistill_stages::data_io::*;
 use rmdistill_stages::port::{Ctx, Device, StageError, StageResult};
-use rmdistill_stages::tokenizer_file::{DROP_CAUSE, DROP_REMEDY, DropCheck, preview};
+use rmdistill_stages::tokenizer_file::{DROP_CAUSE, DROP_REMEDY, DropCheck, Dropped, preview};
 use std::path::Path;
 
 /// The tch device a stage should use.
@@ -100,11 +101,7 @@ impl Codec {
     /// be trained on or score a text other than the data's, with no error (as import refuses such a response).
     fn encode(&self, text: &str, what: &str) -> StageResult<Vec<i64>> {
         let ids = self.tok.encode(text)?;
-        let Some(check) = &self.drops else { return Ok(ids) };
-        let found = check
-            .first_dropped(self.tok.inner(), text)
-            .map_err(|e| StageError::failed(format!("encoding a {what} ({:?}): {e}", preview(text, 60))))?;
-        if let Some(d) = found {
+        if let Some(d) = self.first_dropped(text, what)? {
             return Err(StageError::invalid(
                 &self.slot,
                 format!(
@@ -117,10 +114,36 @@ impl Codec {
         }
         Ok(ids)
     }
-    /// A sampled response (without its EOS) as text.
+    /// What the tokenizer drops of `text` (a `what`), when it can drop characters at all.
+    fn first_dropped(&self, text: &str, what: &str) -> StageResult<Option<Dropped>> {
+        let Some(check) = &self.drops else { return Ok(None) };
+        check
+            .first_dropped(self.tok.inner(), text)
+            .map_err(|e| StageError::failed(format!("encoding a {what} ({:?}): {e}", preview(text, 60))))
+    }
+    /// A sampled response (without its EOS) as text, refused when the tokenizer would drop characters of that text
+    /// on encoding it again: its decoder can write characters its model has no token for (a vocabulary token
+    /// holding a character that has no token of its own, or the `�` a byte-fallback decoder writes for sampled bytes
+    /// that are not UTF-8). The text is the tokenizer's own output, so [`DROP_REMEDY`] ("use the model's own
+    /// tokenizer") would be wrong for it, and the error says what is. Checked here, the text is one this codec's
+    /// later encodings of it ([`Codec::response`], [`Codec::count`], [`Codec::prompt`]) cannot refuse: the check is
+    /// theirs, of the same text.
     pub fn decode_sample(&self, ids: &[i64]) -> StageResult<String> {
         let ids: Vec<i64> = ids.iter().copied().filter(|&i| i != self.eos).collect();
-        Ok(self.tok.decode(&ids, true)?)
+        let text = self.tok.decode(&ids, true)?;
+        if let Some(d) = self.first_dropped(&text, "sampled response")? {
+            let back = self.tok.decode(&self.tok.encode(&text)?, true)?;
+            return Err(StageError::invalid(
+                &self.slot,
+                format!(
+                    "a sampled response decodes to text its tokenizer cannot read back: encoded again, it loses {} of {:?}, which comes back as {:?}; the tokenizer's decoder writes characters its model has no token for, and it has no unknown token or byte fallback to stand for them; use a tokenizer with an unk_token or byte fallback",
+                    d.described(),
+                    preview(&text, 60),
+                    preview(&back, 60)
+                ),
+            ));
+        }
+        Ok(text)
     }
     pub fn batch(&self, prompts: &[&[i64]], responses: &[&[i64]], device: tch::Device) -> StageResult<PairBatch> {
         Ok(PairBatch::new(prompts, responses, self.pad, self.max_len, device)?)
@@ -215,6 +238,45 @@ mod tests {
         assert_eq!(codec.prompt("ab ba").unwrap(), [&[2][..], &ids].concat());
         assert_eq!(codec.response("ab ba").unwrap(), [&ids[..], &[2]].concat());
         assert_eq!(codec.count("ab ba").unwrap(), 4);
+    }
+
+    /// A sampled response is the tokenizer's own output: when its decoder writes a character the model has no
+    /// token for (here "é", held only by the token "aé", which no merge reaches), encoding the text again drops it,
+    /// and the error says the tokenizer cannot read back its own output, not "use the model's own tokenizer".
+    #[test]
+    fn a_sampled_response_its_tokenizer_cannot_read_back_is_refused_as_such() {
+        let codec = load(json!({"type": "BPE", "vocab": {"a": 0, "b": 1, "aé": 2, "<|endoftext|>": 3},
+            "merges": [], "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false}));
+        assert!(codec.drops.is_some());
+        // the round trip this is about: "b aé" (no decoder: tokens joined by spaces) encodes as `[b, a]`
+        let sampled = [1, 2, 3];
+        let text = codec.tok.decode(&sampled[..2], true).unwrap();
+        assert_eq!(text, "b aé");
+        assert_eq!(codec.tok.encode(&text).unwrap(), vec![1, 0], "the drop this is about");
+        let e = codec.decode_sample(&sampled).unwrap_err();
+        assert!(matches!(&e, StageError::Invalid { field, .. } if field == "tokenizer"), "{e:?}");
+        let e = e.to_string();
+        for part in [
+            "a sampled response decodes to text its tokenizer cannot read back",
+            "encoded again, it loses \"é\" (in \"aé\") of \"b aé\", which comes back as \"b a\";",
+            "the tokenizer's decoder writes characters its model has no token for",
+            "use a tokenizer with an unk_token or byte fallback",
+        ] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        assert!(!e.contains("model's own tokenizer"), "{e}");
+        // the same text given as data (not sampled) keeps the other remedy
+        let e = codec.response(&text).unwrap_err().to_string();
+        assert!(e.contains("a response loses \"é\"") && e.contains("model's own tokenizer"), "{e}");
+        // a sample it reads back is its text, which this codec's encodings then take as they are (EOS or not)
+        for ids in [&[0, 1, 0, 3][..], &[1, 0]] {
+            let text = codec.decode_sample(ids).unwrap();
+            assert_eq!(text, if ids.len() == 4 { "a b a" } else { "b a" });
+            let kept: Vec<i64> = ids.iter().copied().filter(|&i| i != 3).collect();
+            assert_eq!(codec.response(&text).unwrap(), [&kept[..], &[3]].concat());
+            assert_eq!(codec.count(&text).unwrap(), kept.len() as u32);
+        }
     }
 
     /// Tokenizers with an unknown token, and those the pipeline trains, cannot drop: they are not checked at all.

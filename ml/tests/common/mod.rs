@@ -81,3 +81,15 @@ pub fn to_vec2(t: &Tensor) -> Vec<Vec<i64>> {
 pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
 }
+
+/// The tokenizer of a checkpoint directory's `tokenizer.json` (or of a `tokenizer.json` file), with the special
+/// tokens of the `tokenizer_config.json` beside it: read as the pipeline reads one (see `Codec::load` in the
+/// worker), by `rmdistill_stages::tokenizer_file::read` and [`rmdistill_ml::Tokenizer::with_config`]. The error
+/// names the file.
+pub fn load_tokenizer(path: &std::path::Path) -> anyhow::Result<rmdistill_ml::Tokenizer> {
+    let (file, dir) =
+        if path.is_dir() { (path.join("tokenizer.json"), Some(path)) } else { (path.to_path_buf(), path.parent()) };
+    let inner = rmdistill_stages::tokenizer_file::read(&file)
+        .map_err(|e| anyhow::anyhow!("loading {}: {e}", file.display()))?;
+    rmdistill_ml::Tokenizer::with_config(inner, dir)
+}
