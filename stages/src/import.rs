@@ -37,7 +37,11 @@
 //! gives a key twice, at its top or inside it, is a bad record (JSON readers differ on which value counts), and a
 //! Parquet file whose schema has a column twice is refused. So is a record that gives both `chosen`/`rejected` and
 //! `response_a`/`response_b`, or a message with keys of both `{from, value}` and `{role, content}`: one of the two
-//! would be dropped silently. A JSONL line that is not UTF-8 is a bad record like one that is not JSON.
+//! would be dropped silently. A JSONL line that is not UTF-8 is a bad record like one that is not JSON. So is a
+//! record whose prompt or either response is longer than `max_text_bytes` (UTF-8 bytes as imported; default 1 MiB),
+//! on that field, and, with `tokenizer`, one with a response the tokenizer drops characters of or leaves no token
+//! of, on `tokenizer`: both are checked as the record is read, the size first, so that `on_invalid = "skip"` leaves
+//! out that record alone and a huge text is never tokenized.
 //!
 //! `exclude` (optional, pairs tables) holds prompts out: a record whose prompt is one of theirs is left out and
 //! counted (`held_out_prompt_records`), so that a training table shares no prompt with a held-out one taken from the
@@ -102,6 +106,15 @@ struct Params {
     /// how many were skipped, why, and where the first ones are.
     #[serde(default)]
     on_invalid: OnInvalid,
+    /// Longest prompt or response, in UTF-8 bytes as imported (at least 1): a longer one makes its record invalid
+    /// (see `on_invalid`), refused before its tokens are counted, which takes memory in proportion to the text.
+    #[serde(default = "default_max_text_bytes")]
+    max_text_bytes: u64,
+}
+
+/// 1 MiB: longer than the prompt or response of any real preference datum.
+fn default_max_text_bytes() -> u64 {
+    1 << 20
 }
 
 /// What an invalid record does (`on_invalid`).
@@ -122,6 +135,9 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     }
     if p.limit == Some(0) {
         return Err(StageError::invalid("limit", "must be at least 1 when given"));
+    }
+    if p.max_text_bytes == 0 {
+        return Err(StageError::invalid("max_text_bytes", "must be at least 1"));
     }
     // a record's source_row counts the records skipped before it in 32 bits
     if p.skip > u64::from(u32::MAX) {
@@ -442,6 +458,8 @@ struct Extracted {
     first: String,
     second: String,
     labelled: bool,
+    /// the record's fields that `first` and `second` come from, as its errors name them
+    fields: (&'static str, &'static str),
 }
 
 fn detect(rec: &Map<String, Value>, w: &Where) -> StageResult<Format> {
@@ -489,15 +507,21 @@ fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResu
             first: text(w, rec, "chosen", false)?,
             second: text(w, rec, "rejected", false)?,
             labelled: true,
+            fields: ("chosen", "rejected"),
         }),
         Format::Unlabeled => {
             let (prompt, a, b) =
                 (text(w, rec, "prompt", true)?, text(w, rec, "response_a", false)?, text(w, rec, "response_b", false)?);
             // a `label` column (rmdistill's own pairs table: 0 = response_a preferred, 1 = response_b) is kept
+            let ab = ("response_a", "response_b");
             match rec.get("label") {
-                None | Some(Value::Null) => Ok(Extracted { prompt, first: a, second: b, labelled: false }),
-                Some(v) if v.as_i64() == Some(0) => Ok(Extracted { prompt, first: a, second: b, labelled: true }),
-                Some(v) if v.as_i64() == Some(1) => Ok(Extracted { prompt, first: b, second: a, labelled: true }),
+                None | Some(Value::Null) => Ok(Extracted { prompt, first: a, second: b, labelled: false, fields: ab }),
+                Some(v) if v.as_i64() == Some(0) => {
+                    Ok(Extracted { prompt, first: a, second: b, labelled: true, fields: ab })
+                }
+                Some(v) if v.as_i64() == Some(1) => {
+                    Ok(Extracted { prompt, first: b, second: a, labelled: true, fields: (ab.1, ab.0) })
+                }
                 Some(other) => Err(w.err(
                     "label",
                     format!("is {other}; expected 0 (response_a preferred), 1 (response_b preferred) or null"),
@@ -525,7 +549,7 @@ fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResu
                     ));
                 }
             };
-            Ok(Extracted { prompt, first, second, labelled: true })
+            Ok(Extracted { prompt, first, second, labelled: true, fields: ("chosen", "rejected") })
         }
         Format::Sharegpt => {
             let conv = match field(w, rec, "conversations", "a list of {from, value} messages")? {
@@ -574,6 +598,7 @@ fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResu
                 first: resp("chosen")?,
                 second: resp("rejected")?,
                 labelled: true,
+                fields: ("chosen", "rejected"),
             })
         }
         Format::Auto => unreachable!("format is detected before extraction"),
@@ -1127,6 +1152,116 @@ impl Skipped {
     }
 }
 
+/// What a record's texts must pass to make a pair, checked where the record is extracted so that a failure is the
+/// record's error (`on_invalid`): the size limit, then, with a tokenizer, that it counts each response whole.
+struct Checks<'a> {
+    max_text_bytes: u64,
+    /// the tokenizer and the name its param gives it, for token counts
+    tokenizer: Option<(&'a tokenizers::Tokenizer, &'a str)>,
+    /// when that tokenizer can drop characters, its check ([`crate::tokenizer_file::DropCheck`]): each response is
+    /// then checked for what it drops, and refused with a drop
+    drops: Option<crate::tokenizer_file::DropCheck>,
+}
+
+/// A size in bytes, and in KiB or MiB from 1 KiB: `150 bytes`, `102400 bytes (100.0 KiB)`,
+/// `52428800 bytes (50.0 MiB)`.
+fn bytes_shown(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} bytes"),
+        1024..1048576 => format!("{n} bytes ({:.1} KiB)", n as f64 / 1024.0),
+        _ => format!("{n} bytes ({:.1} MiB)", n as f64 / 1048576.0),
+    }
+}
+
+impl Checks<'_> {
+    /// The record's pair, with its responses' token counts when there is a tokenizer, or the record's error.
+    fn pair(&self, format: Format, w: &Where, e: Extracted) -> StageResult<Pair> {
+        // the sizes first: a text's tokens take memory in proportion to it
+        let (first, second) = e.fields;
+        self.size(w, "prompt", &e.prompt, || match format {
+            Format::Hh => "the prompt (what `chosen` and `rejected` share)".to_string(),
+            Format::Sharegpt => "the prompt (`system` and `conversations`)".to_string(),
+            _ => "`prompt`".to_string(),
+        })?;
+        for (field, text) in [(first, &e.first), (second, &e.second)] {
+            self.size(w, field, text, || match format {
+                Format::Hh => format!("the response of `{field}`"),
+                _ => format!("`{field}`"),
+            })?;
+        }
+        let tokens = match self.tokenizer {
+            None => None,
+            Some(tok) => Some((self.tokens(tok, w, first, &e.first)?, self.tokens(tok, w, second, &e.second)?)),
+        };
+        Ok(Pair::of(e, tokens))
+    }
+
+    /// Refuses a text longer than `max_text_bytes`, on `field`; `what` names it in the message.
+    fn size(&self, w: &Where, field: &str, text: &str, what: impl FnOnce() -> String) -> StageResult<()> {
+        let n = text.len() as u64;
+        if n <= self.max_text_bytes {
+            return Ok(());
+        }
+        Err(StageError::invalid(
+            field,
+            format!(
+                "{} {}: {} is {} as imported, over `max_text_bytes` = {}: no real preference datum is that long, and counting its tokens would take memory in proportion; if the text is meant, raise the limit: `max_text_bytes = {n}` (or more) in the node's params, or `--set` the manifest variable they take it from",
+                w.file,
+                w.loc,
+                what(),
+                bytes_shown(n),
+                bytes_shown(self.max_text_bytes),
+            ),
+        ))
+    }
+
+    /// The tokens of response `s` (from `field`), without special tokens; refused, on `tokenizer`, when the
+    /// tokenizer drops some of its characters or leaves none of it.
+    fn tokens(
+        &self,
+        (tok, shown): (&tokenizers::Tokenizer, &str),
+        w: &Where,
+        field: &str,
+        s: &str,
+    ) -> StageResult<u32> {
+        let cannot = |e: tokenizers::Error| {
+            StageError::invalid(
+                "tokenizer",
+                format!("{} {}: cannot tokenize `{field}` with {shown}: {e}", w.file, w.loc),
+            )
+        };
+        let len = tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(cannot)?;
+        // a BPE model without an unknown token drops what its vocabulary lacks, silently: the response would be
+        // counted short
+        if let Some(check) = &self.drops
+            && let Some(d) = check.first_dropped(tok, s).map_err(cannot)?
+        {
+            return Err(StageError::invalid(
+                "tokenizer",
+                format!(
+                    "{} {}: `{field}` loses {} to tokenizer {shown}: {DROP_CAUSE}, so the response would count {len} tokens, too few; {DROP_REMEDY}",
+                    w.file,
+                    w.loc,
+                    d.described()
+                ),
+            ));
+        }
+        // nothing dropped: the normalizer and pre-tokenizer took out all of a non-blank text
+        if len == 0 {
+            return Err(StageError::invalid(
+                "tokenizer",
+                format!(
+                    "{} {}: `{field}` ({:?}) is no token at all to tokenizer {shown}: the tokenizer's normalizer and pre-tokenizer leave none of its text; use the model's own tokenizer",
+                    w.file,
+                    w.loc,
+                    s.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+        Ok(len)
+    }
+}
+
 /// A record's pair, oriented by its hash: chosen becomes `a` (label 0) or `b` (label 1) by one bit of the hash.
 struct Pair {
     hash: blake3::Hash,
@@ -1134,19 +1269,23 @@ struct Pair {
     a: String,
     b: String,
     label: Option<i8>,
+    /// the token counts of `a` and `b`, with a tokenizer
+    tokens: Option<(u32, u32)>,
 }
 
 impl Pair {
-    fn of(e: Extracted) -> Pair {
+    /// The pair of `e`, whose responses (first, second) count `tokens`.
+    fn of(e: Extracted, tokens: Option<(u32, u32)>) -> Pair {
         let hash = table::pair_hash(&e.prompt, &e.first, &e.second);
-        let (a, b, label) = if !e.labelled {
-            (e.first, e.second, None)
+        let swap = |t: Option<(u32, u32)>| t.map(|(x, y)| (y, x));
+        let (a, b, label, tokens) = if !e.labelled {
+            (e.first, e.second, None, tokens)
         } else if hash.as_bytes()[31] & 1 == 0 {
-            (e.first, e.second, Some(0i8))
+            (e.first, e.second, Some(0i8), tokens)
         } else {
-            (e.second, e.first, Some(1i8))
+            (e.second, e.first, Some(1i8), swap(tokens))
         };
-        Pair { hash, prompt: e.prompt, a, b, label }
+        Pair { hash, prompt: e.prompt, a, b, label, tokens }
     }
 
     /// Which response is preferred, the same value for every occurrence of the pair whichever order its record
@@ -1289,11 +1428,6 @@ struct Counts {
 struct PairsOut<'a> {
     path: &'a Path,
     group_rows: usize,
-    /// the tokenizer and the name its param gives it, for token counts
-    tokenizer: Option<(&'a tokenizers::Tokenizer, &'a str)>,
-    /// when that tokenizer can drop characters, its check ([`crate::tokenizer_file::DropCheck`]): each response is
-    /// then checked for what it drops, and refused with a drop
-    drops: Option<crate::tokenizer_file::DropCheck>,
     out: Option<table::GroupWriter>,
     counts: Counts,
 }
@@ -1307,51 +1441,6 @@ impl PairsOut<'_> {
         }
         let words: Vec<(u32, u32)> =
             rows.par_iter().map(|r| (table::word_count(&r.pair.a), table::word_count(&r.pair.b))).collect();
-        let tokens: Option<Vec<(u32, u32)>> = match self.tokenizer {
-            None => None,
-            Some((tok, shown)) => Some(
-                rows.par_iter()
-                    .map(|r| {
-                        let cannot = |e: tokenizers::Error| {
-                            StageError::invalid(
-                                "tokenizer",
-                                format!("{shown}: cannot tokenize the responses of source row {}: {e}", r.source_row),
-                            )
-                        };
-                        let n = |s: &str| {
-                            let len = tok.encode_fast(s, false).map(|e| e.len() as u32).map_err(cannot)?;
-                            // a BPE model without an unknown token drops what its vocabulary lacks, silently: the
-                            // response would be counted short
-                            if let Some(check) = &self.drops
-                                && let Some(d) = check.first_dropped(tok, s).map_err(cannot)?
-                            {
-                                return Err(StageError::invalid(
-                                    "tokenizer",
-                                    format!(
-                                        "{shown}: a response of source row {} loses {}: {DROP_CAUSE}, so the response would count {len} tokens, too few; {DROP_REMEDY}",
-                                        r.source_row,
-                                        d.described()
-                                    ),
-                                ));
-                            }
-                            // nothing dropped: the normalizer and pre-tokenizer took out all of a non-blank text
-                            if len == 0 {
-                                return Err(StageError::invalid(
-                                    "tokenizer",
-                                    format!(
-                                        "{shown}: a response of source row {} ({:?}) is no token at all: the tokenizer's normalizer and pre-tokenizer leave none of its text; use the model's own tokenizer",
-                                        r.source_row,
-                                        s.chars().take(40).collect::<String>()
-                                    ),
-                                ));
-                            }
-                            Ok(len)
-                        };
-                        Ok((n(&r.pair.a)?, n(&r.pair.b)?))
-                    })
-                    .collect::<StageResult<_>>()?,
-            ),
-        };
         for (i, r) in rows.iter().enumerate() {
             let label = r.pair.label;
             self.counts.pairs += 1;
@@ -1360,8 +1449,8 @@ impl PairsOut<'_> {
             self.counts.identical_responses += (r.pair.a == r.pair.b) as u64;
             self.counts.words += (words[i].0 + words[i].1) as u64;
             self.counts.bias_words.add(label, words[i]);
-            if let Some(t) = &tokens {
-                self.counts.bias_tokens.add(label, t[i]);
+            if let Some(t) = r.pair.tokens {
+                self.counts.bias_tokens.add(label, t);
             }
         }
         let batches: Vec<arrow::array::RecordBatch> = rows
@@ -1382,7 +1471,7 @@ impl PairsOut<'_> {
                         b: &r.pair.b,
                         label: r.pair.label,
                         words: words[i],
-                        tokens: tokens.as_ref().map(|t| t[i]),
+                        tokens: r.pair.tokens,
                         source_row: r.source_row,
                     });
                 }
@@ -1465,13 +1554,11 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
     let mut format = p.format;
     let mut c = Collected { held_out, ..Collected::default() };
     let out_path = ctx.output_path("pairs");
-    let mut out = PairsOut {
-        path: &out_path,
-        group_rows,
+    let mut out = PairsOut { path: &out_path, group_rows, out: None, counts: Counts::default() };
+    let checks = Checks {
+        max_text_bytes: p.max_text_bytes,
         tokenizer: tokenizer.as_ref().zip(p.tokenizer.as_deref()),
         drops: tokenizer.as_ref().and_then(crate::tokenizer_file::DropCheck::of),
-        out: None,
-        counts: Counts::default(),
     };
     // rows are written as soon as they fill a group per thread: memory holds a few groups, whatever the file's size
     let flush_rows = group_rows * rayon::current_num_threads().max(1);
@@ -1489,7 +1576,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
             let pair = item.rec.and_then(|mut rec| {
                 format = detect(&rec, &w)?;
                 ctx.log(&format!("{shown}: detected format `{}`", format.name()));
-                extract(format, &w, &mut rec).map(Pair::of)
+                extract(format, &w, &mut rec).and_then(|e| checks.pair(format, &w, e))
             });
             c.add(pair, p.on_invalid, p.skip, shown)?;
         }
@@ -1497,9 +1584,8 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
             .collect::<Vec<_>>()
             .into_par_iter()
             .map(|item| {
-                item.rec
-                    .and_then(|mut rec| extract(format, &Where { file: shown, loc: item.loc }, &mut rec))
-                    .map(Pair::of)
+                let w = Where { file: shown, loc: item.loc };
+                item.rec.and_then(|mut rec| extract(format, &w, &mut rec)).and_then(|e| checks.pair(format, &w, e))
             })
             .collect();
         for pair in pairs {
@@ -1699,14 +1785,192 @@ mod tests {
         assert_eq!(encoded(&tok, "ab ac"), 3, "the silent drop: `c` counts nothing");
         assert_eq!(token_counts(&tok, &[("a b", "b a"), ("ab ba", "ba")]), Ok(vec![(2, 2), (4, 2)]));
         let e = token_counts(&tok, &[("a b", "b a"), ("a", "ab ac")]).unwrap_err();
-        for part in ["tokenizer.json: ", "source row 1", "loses \"c\" (in \"ac\")", "count 3 tokens", "unk_token"] {
+        for part in [
+            "d.jsonl line 2: `rejected` loses \"c\" (in \"ac\") to tokenizer ",
+            "tokenizer.json: ",
+            "count 3 tokens",
+            "unk_token",
+        ] {
             assert!(e.starts_with("tokenizer:") && e.contains(part), "{part}: {e}");
         }
         let e = token_counts(&tok, &[("a b", "b a"), ("a", "€ €")]).unwrap_err();
-        assert!(e.contains("source row 1") && e.contains("loses \"€\"") && e.contains("count 0 tokens"), "{e}");
+        assert!(e.contains("line 2: `rejected` loses \"€\"") && e.contains("count 0 tokens"), "{e}");
         // Whitespace splits punctuation off the words: a comma with no token is a drop too
         let e = token_counts(&tok, &[("ab, ba", "a")]).unwrap_err();
-        assert!(e.contains("source row 0") && e.contains("loses \",\""), "{e}");
+        assert!(e.contains("line 1: `chosen` loses \",\""), "{e}");
+    }
+
+    /// The token counts of the `pairs` table at `out`, checked against the tokenizer's own `encode_fast` of each
+    /// response: (response_a, response_b, tokens_a, tokens_b) per row.
+    fn counted_as_encoded(tok: &Value, out: &Path) -> Vec<(String, String, u32, u32)> {
+        let t = table::read_table(out, None).unwrap();
+        let col = |c: &str| t.column_by_name(c).unwrap().as_any().downcast_ref::<UInt32Array>().unwrap().clone();
+        let (ta, tb) = (col("tokens_a"), col("tokens_b"));
+        let rows: Vec<(String, String, u32, u32)> = strings(&t, "response_a")
+            .into_iter()
+            .zip(strings(&t, "response_b"))
+            .enumerate()
+            .map(|(i, (a, b))| (a, b, ta.value(i), tb.value(i)))
+            .collect();
+        for (a, b, na, nb) in &rows {
+            assert_eq!((*na, *nb), (encoded(tok, a), encoded(tok, b)), "{a:?} / {b:?}");
+        }
+        rows
+    }
+
+    /// A response the tokenizer drops characters of is its record's error, found where the record is read: with
+    /// `on_invalid = "error"` it stops the import naming the place, the field and what is dropped; with "skip" the
+    /// record is left out and counted on `tokenizer`, and the other records import with the tokenizer's counts —
+    /// whether the record is the first one (read while the format is detected) or one of the later ones.
+    #[test]
+    fn a_response_the_tokenizer_drops_characters_of_is_an_invalid_record() {
+        let d = tempfile::tempdir().unwrap();
+        let tok = bpe_tokenizer(["a", "b"], json!({}));
+        let tp = write(d.path(), "tokenizer.json", &tok.to_string());
+        let rec = |c: &str, r: &str| json!({"prompt": "p", "chosen": c, "rejected": r}).to_string();
+        let good = [rec("a b", "b a"), rec("ab ba", "ba"), rec("a a a", "b"), rec("ba", "a b ab")];
+        for (name, at, loc) in [("first", 0, "line 1"), ("later", 2, "line 3")] {
+            let mut lines = good.to_vec();
+            lines.insert(at, rec("ab ac", "a"));
+            let f = write(d.path(), &format!("{name}.jsonl"), &lines.join("\n"));
+            let params = |on_invalid: &str| json!({"tokenizer": tp.to_string_lossy(), "on_invalid": on_invalid});
+            let e = import(&d.path().join(format!("e-{name}")), &f, params("error")).unwrap_err();
+            for part in [
+                &format!("tokenizer: {}", f.display()),
+                &format!("{name}.jsonl {loc}: `chosen` loses \"c\" (in \"ac\") to tokenizer "),
+                "count 3 tokens, too few",
+                DROP_REMEDY,
+            ] {
+                assert!(e.contains(part), "{name}: {part}: {e}");
+            }
+            let (s, logs) = import_logged(&d.path().join(format!("s-{name}")), &f, params("skip"));
+            let s = s.unwrap();
+            assert_eq!((s["records"].as_u64(), s["invalid_skipped"].as_u64()), (Some(4), Some(1)), "{name}: {s}");
+            assert_eq!(s["invalid_by_field"], json!({"tokenizer": 1}), "{name}: {s}");
+            assert!(s["invalid_first"][0].as_str().unwrap().contains(&format!("{loc}: `chosen` loses \"c\"")), "{s}");
+            assert!(
+                logs.iter()
+                    .any(|l| l.starts_with("warning: ") && l.contains("skipped 1 invalid records (1 on `tokenizer`)")),
+                "{name}: {logs:?}"
+            );
+            let rows = counted_as_encoded(&tok, &d.path().join(format!("s-{name}")).join("pairs.parquet"));
+            assert_eq!(rows.len(), 4, "{name}");
+            // the skipped record is counted in the source rows of those after it
+            let t = table::read_table(&d.path().join(format!("s-{name}")).join("pairs.parquet"), None).unwrap();
+            let src = t.column_by_name("source_row").unwrap().as_any().downcast_ref::<UInt32Array>().unwrap();
+            let mut src = src.values().to_vec();
+            src.sort();
+            let want: Vec<u32> = (0..5).filter(|&r| r != at as u32).collect();
+            assert_eq!(src, want, "{name}");
+        }
+        // a JSON array names the record by its index
+        let mut recs: Vec<Value> = good.iter().map(|r| serde_json::from_str(r).unwrap()).collect();
+        recs.insert(1, json!({"prompt": "p", "chosen": "a", "rejected": "b €"}));
+        let f = write(d.path(), "a.json", &Value::Array(recs).to_string());
+        let e = import(&d.path().join("e-array"), &f, json!({"tokenizer": tp.to_string_lossy()})).unwrap_err();
+        assert!(e.contains("a.json index 1: `rejected` loses \"€\" (in \"€\")"), "{e}");
+    }
+
+    /// A prompt or response longer than `max_text_bytes` is an invalid record, refused before its tokens are
+    /// counted: the error names the place, the field, the size and the limit and how to raise it; "skip" leaves the
+    /// record out counted on its field; a higher limit imports it.
+    #[test]
+    fn a_text_over_max_text_bytes_is_an_invalid_record() {
+        let d = tempfile::tempdir().unwrap();
+        let long = "ab ".repeat(50); // 150 bytes
+        let good = json!({"prompt": "p", "chosen": "a", "rejected": "b"}).to_string();
+        let cases: Vec<(&str, String, &str, &str)> = vec![
+            (
+                "chosen.jsonl",
+                json!({"prompt": "p", "chosen": long, "rejected": "b"}).to_string(),
+                "chosen",
+                "line 2: `chosen` is 150 bytes as imported, over `max_text_bytes` = 100 bytes",
+            ),
+            (
+                "prompt.jsonl",
+                json!({"prompt": long, "chosen": "a", "rejected": "b"}).to_string(),
+                "prompt",
+                "line 2: `prompt` is 150 bytes as imported",
+            ),
+            (
+                // response_b is preferred: the record's first response is response_b, named as the record has it
+                "unlabeled.jsonl",
+                json!({"prompt": "p", "response_a": long, "response_b": "b", "label": 1}).to_string(),
+                "response_a",
+                "line 2: `response_a` is 150 bytes",
+            ),
+            (
+                "hh.jsonl",
+                json!({"chosen": format!("\n\nHuman: {long}\n\nAssistant: a"),
+                       "rejected": format!("\n\nHuman: {long}\n\nAssistant: b")})
+                .to_string(),
+                "prompt",
+                "line 2: the prompt (what `chosen` and `rejected` share) is 171 bytes",
+            ),
+        ];
+        for (name, bad, field, needle) in cases {
+            let good = if name.starts_with("hh") {
+                json!({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"})
+                    .to_string()
+            } else if name.starts_with("unlabeled") {
+                json!({"prompt": "p", "response_a": "a", "response_b": "b", "label": 0}).to_string()
+            } else {
+                good.clone()
+            };
+            let f = write(d.path(), name, &format!("{good}\n{bad}\n{good}"));
+            let e = import(&d.path().join(format!("e-{name}")), &f, json!({"max_text_bytes": 100})).unwrap_err();
+            assert!(e.starts_with(&format!("{field}: ")), "{name}: {e}");
+            let size = if name.starts_with("hh") { 171 } else { 150 };
+            let raise =
+                format!("raise the limit: `max_text_bytes = {size}` (or more) in the node's params, or `--set`");
+            for part in [needle, &raise] {
+                assert!(e.contains(part), "{name}: expected `{part}` in: {e}");
+            }
+            let (s, _) =
+                import(&d.path().join(format!("s-{name}")), &f, json!({"max_text_bytes": 100, "on_invalid": "skip"}))
+                    .unwrap();
+            assert_eq!((s["records"].as_u64(), s["invalid_skipped"].as_u64()), (Some(2), Some(1)), "{name}: {s}");
+            assert_eq!(s["invalid_by_field"][field], 1, "{name}: {s}");
+            let (s, _) = import(&d.path().join(format!("o-{name}")), &f, json!({"max_text_bytes": 200})).unwrap();
+            assert_eq!((s["records"].as_u64(), s["invalid_skipped"].as_u64()), (Some(3), Some(0)), "{name}: {s}");
+        }
+        // the size is checked before the tokenizer, which would refuse this response for its `c`
+        let tok = bpe_tokenizer(["a", "b"], json!({}));
+        let tp = write(d.path(), "tokenizer.json", &tok.to_string());
+        let f = write(
+            d.path(),
+            "both.jsonl",
+            &json!({"prompt": "p", "chosen": "a", "rejected": format!("{long}c")}).to_string(),
+        );
+        let e = import(&d.path().join("e-both"), &f, json!({"max_text_bytes": 100, "tokenizer": tp.to_string_lossy()}))
+            .unwrap_err();
+        assert!(e.starts_with("rejected: ") && e.contains("line 1: `rejected` is 151 bytes"), "{e}");
+        let e = import(&d.path().join("e-zero"), &f, json!({"max_text_bytes": 0})).unwrap_err();
+        assert_eq!(e, "max_text_bytes: must be at least 1");
+    }
+
+    /// The default limit, 1 MiB, admits a text of 100 kB, counted by the tokenizer as its `encode_fast` counts it;
+    /// a text of more than 1 MiB is refused, in MiB too.
+    #[test]
+    fn the_default_max_text_bytes_admits_a_long_text() {
+        let d = tempfile::tempdir().unwrap();
+        let tok = bpe_tokenizer(["a", "b", "ab"], json!({"model.merges": [["a", "b"]]}));
+        let tp = write(d.path(), "tokenizer.json", &tok.to_string());
+        let long = "ab a b ".repeat(100_000 / 7);
+        assert!(long.len() > 99_000);
+        let f = write(d.path(), "long.jsonl", &json!({"prompt": long, "chosen": long, "rejected": "a b"}).to_string());
+        let (s, out) = import(&d.path().join("o"), &f, json!({"tokenizer": tp.to_string_lossy()})).unwrap();
+        assert_eq!(s["invalid_skipped"], 0, "{s}");
+        let rows = counted_as_encoded(&tok, &out);
+        let long_count = if rows[0].0 == long { rows[0].2 } else { rows[0].3 };
+        assert_eq!(long_count, 3 * 14_285);
+        let huge = "a".repeat((1 << 20) + 1);
+        let f = write(d.path(), "huge.jsonl", &json!({"prompt": "p", "chosen": "a", "rejected": huge}).to_string());
+        let e = import(&d.path().join("h"), &f, json!({"tokenizer": tp.to_string_lossy()})).unwrap_err();
+        assert!(
+            e.contains("line 1: `rejected` is 1048577 bytes (1.0 MiB) as imported, over `max_text_bytes` = 1048576 bytes (1.0 MiB)"),
+            "{e}"
+        );
     }
 
     /// With an unknown token the same tokenizer counts each missing character as one: nothing is dropped and
@@ -1759,7 +2023,10 @@ mod tests {
             "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1}, "unk_token": "[UNK]"}});
         assert_eq!(token_counts(&tok, &[("a!", "b")]), Ok(vec![(1, 1)]));
         let e = token_counts(&tok, &[("a", "b"), ("a", "!?")]).unwrap_err();
-        assert!(e.contains("source row 1 (\"!?\") is no token at all") && e.contains("normalizer and pre-tokenizer"));
+        assert!(
+            e.contains("line 2: `rejected` (\"!?\") is no token at all") && e.contains("normalizer and pre-tokenizer"),
+            "{e}"
+        );
     }
 
     /// The real-data pipelines hold out TL;DR records 1600..2000 and train on the first 1600; 69 posts are on both
@@ -2494,7 +2761,11 @@ mod tests {
         for (k, v) in extra.as_object().unwrap() {
             params[k] = v.clone();
         }
-        let ctx = LocalCtx::new(dir, params).external("path", file);
+        let tok = params.get("tokenizer").and_then(|t| t.as_str()).map(PathBuf::from);
+        let mut ctx = LocalCtx::new(dir, params).external("path", file);
+        if let Some(t) = tok {
+            ctx = ctx.external("tokenizer", t);
+        }
         std::fs::create_dir_all(dir).unwrap();
         let r = import_in_groups(&ctx, GROUP_ROWS).map_err(|e| e.to_string());
         let mut logs = ctx.logs.lock().unwrap().clone();
