@@ -102,3 +102,43 @@ sweep = {{ seed = "${{seeds}}" }}
     assert_eq!(a["rows"], b["rows"], "{a}\n{b}");
     assert!(h.contains_key("label_merged@seed=0"), "{h:?}");
 }
+
+/// A tokenizer that does not cover the data (here the synthetic task's word-level tokenizer given `generate`'s
+/// texts, whose words it never saw) turns most words into its unknown token: `sft` still trains, but says so, under
+/// `-q` too; a tokenizer made for the data (trained here) gives no warning.
+#[test]
+fn a_tokenizer_that_does_not_cover_the_data_is_warned_about() {
+    let w = Work::new();
+    w.write(
+        "m.toml",
+        r#"[stages.synth]
+kind = "synth"
+params = { n_docs = 40, seed = 1 }
+[stages.gen]
+kind = "generate"
+params = { n = 200 }
+[stages.sft_unk]
+kind = "sft"
+inputs = { data = "gen.pairs", tokenizer = "synth.tokenizer" }
+params = { steps = 2, batch_size = 4 }
+[stages.sft_own]
+kind = "sft"
+inputs = { data = "gen.pairs" }
+params = { steps = 2, batch_size = 4 }
+"#,
+    );
+    let o = w.run(&["run", "m.toml", "-q", "--store", "file://./store"]);
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let err = s(&o.stderr);
+    let warned: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warned.len(), 1, "{err}");
+    let line = warned[0];
+    assert!(line.starts_with("warning: sft_unk: "), "{line}");
+    assert!(
+        line.contains("% of the ") && line.contains(" tokens of the demonstrations are the unknown token \"<|unk|>\""),
+        "{line}"
+    );
+    assert!(line.contains("the tokenizer of `tokenizer` does not cover these texts"), "{line}");
+    let share: f64 = line["warning: sft_unk: ".len()..].split('%').next().unwrap().parse().unwrap();
+    assert!(share > 50.0, "{line}");
+}

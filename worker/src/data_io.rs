@@ -45,6 +45,35 @@ pub struct Codec {
     /// ([`rmdistill_stages::tokenizer_file::DropCheck`]): every text is then checked for what it drops, and refused
     /// with a drop. Derived once; the tokenizers the pipeline trains cannot drop and are not checked.
     drops: Option<DropCheck>,
+    /// The id of the model's unknown token, when it has one, and how many tokens this codec (and its clones) has
+    /// encoded and how many of them were that token, for [`Codec::warn_unknown`].
+    unknown: Option<(i64, std::sync::Arc<UnknownCount>)>,
+}
+
+/// Tokens encoded, and how many were the unknown token.
+#[derive(Debug, Default)]
+struct UnknownCount {
+    tokens: std::sync::atomic::AtomicU64,
+    unknown: std::sync::atomic::AtomicU64,
+}
+
+/// The share of unknown tokens above which [`Codec::warn_unknown`] warns: beyond it the model is trained on (or
+/// scores) texts it mostly cannot see.
+pub const UNKNOWN_WARN_SHARE: f64 = 0.05;
+
+/// The id of `tok`'s unknown token, when its model has one.
+fn unknown_id(tok: &tokenizers::Tokenizer) -> Option<i64> {
+    use tokenizers::models::ModelWrapper;
+    let name = match tok.get_model() {
+        ModelWrapper::WordLevel(m) => Some(m.unk_token.clone()),
+        ModelWrapper::BPE(m) => m.unk_token.clone(),
+        ModelWrapper::WordPiece(m) => Some(m.unk_token.clone()),
+        ModelWrapper::Unigram(m) => {
+            let id = serde_json::to_value(m).ok()?.get("unk_id")?.as_u64()?;
+            return Some(id as i64);
+        }
+    }?;
+    tok.token_to_id(&name).map(i64::from)
 }
 
 impl Codec {
@@ -53,7 +82,8 @@ impl Codec {
         let bos = tok.bos_id.unwrap_or(eos);
         let pad = tok.pad_id.unwrap_or(eos);
         let drops = DropCheck::of(tok.inner());
-        Ok(Codec { tok, bos, eos, pad, max_len: None, slot: field.to_string(), drops })
+        let unknown = unknown_id(tok.inner()).map(|id| (id, Default::default()));
+        Ok(Codec { tok, bos, eos, pad, max_len: None, slot: field.to_string(), drops, unknown })
     }
     /// The tokenizer of a directory (`tokenizer.json`), or an error naming the input slot. When the directory is a
     /// checkpoint, sequences are truncated to the positions its model can place (`n_positions` /
@@ -101,6 +131,11 @@ impl Codec {
     /// be trained on or score a text other than the data's, with no error (as import refuses such a response).
     fn encode(&self, text: &str, what: &str) -> StageResult<Vec<i64>> {
         let ids = self.tok.encode(text)?;
+        if let Some((unk, n)) = &self.unknown {
+            use std::sync::atomic::Ordering::Relaxed;
+            n.tokens.fetch_add(ids.len() as u64, Relaxed);
+            n.unknown.fetch_add(ids.iter().filter(|&&i| i == *unk).count() as u64, Relaxed);
+        }
         if let Some(d) = self.first_dropped(text, what)? {
             return Err(StageError::invalid(
                 &self.slot,
@@ -144,6 +179,31 @@ impl Codec {
             ));
         }
         Ok(text)
+    }
+    /// Warns (through `ctx`) when more than [`UNKNOWN_WARN_SHARE`] of the tokens this codec has encoded so far were
+    /// the unknown token: a tokenizer that does not cover the data turns most of it into one token, and the model
+    /// then learns from (or scores) texts it cannot see, with no error. `what` names the texts (e.g. "the
+    /// training texts").
+    pub fn warn_unknown(&self, ctx: &dyn Ctx, what: &str) {
+        let Some((unk, n)) = &self.unknown else { return };
+        let (tokens, unknown) =
+            (n.tokens.load(std::sync::atomic::Ordering::Relaxed), n.unknown.load(std::sync::atomic::Ordering::Relaxed));
+        if tokens == 0 || (unknown as f64) <= UNKNOWN_WARN_SHARE * tokens as f64 {
+            return;
+        }
+        let name = self.tok.inner().id_to_token(*unk as u32).unwrap_or_default();
+        ctx.warn(&format!(
+            "{:.1}% of the {tokens} tokens of {what} are the unknown token {name:?} ({unknown} tokens): the tokenizer of `{}` does not cover these texts, so the model sees all those words as one token; use a tokenizer made for this data (for `sft`, leave `tokenizer` unset to train one on it, or raise `tokenizer_vocab`)",
+            100.0 * unknown as f64 / tokens as f64,
+            self.slot
+        ));
+    }
+    /// The share of the tokens encoded so far that were the unknown token (0 without one).
+    pub fn unknown_share(&self) -> f64 {
+        self.unknown.as_ref().map_or(0.0, |(_, n)| {
+            let t = n.tokens.load(std::sync::atomic::Ordering::Relaxed);
+            n.unknown.load(std::sync::atomic::Ordering::Relaxed) as f64 / t.max(1) as f64
+        })
     }
     pub fn batch(&self, prompts: &[&[i64]], responses: &[&[i64]], device: tch::Device) -> StageResult<PairBatch> {
         Ok(PairBatch::new(prompts, responses, self.pad, self.max_len, device)?)

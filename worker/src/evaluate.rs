@@ -354,6 +354,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             .map(|i| synthetic_oracle(&s.prompt[i], &s.ref_response[i], &p.oracle_params))
             .collect::<StageResult<_>>()?,
     };
+    if let Some(o) = &rm {
+        o.codec.warn_unknown(ctx, "the samples the oracle scored");
+    }
     let sum = summarize(&s);
     let summary = summary_json(&sum, s.prompt.len(), p.split.as_deref(), &info, p.shard, p.shards);
     // artifact bytes are deterministic: wall time goes only into the returned summary

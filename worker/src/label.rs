@@ -89,6 +89,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             let pe: Vec<Vec<i64>> = prompts.iter().map(|x| codec.prompt(x)).collect::<StageResult<_>>()?;
             let ae: Vec<Vec<i64>> = ra.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
             let be: Vec<Vec<i64>> = rb.iter().map(|x| codec.response(x)).collect::<StageResult<_>>()?;
+            codec.warn_unknown(ctx, "the pairs labelled");
             let mut done = 0u64;
             let (oa, ob) = rm_pair_scores(model, &codec, &pe, &ae, &be, p.batch_size, |k| {
                 done += 2 * k as u64;

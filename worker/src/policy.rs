@@ -718,6 +718,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
 
     // ---- compute: tokens and log π_ref once, then π_θ trained from π_ref
     let tokens = encode(&codec, &inputs.pairs)?;
+    codec.warn_unknown(ctx, "the pairs");
     let reduction = lm_io::reduction(p.reduction);
     let (ref_a, ref_b, ref_source) =
         reference_logprobs(inputs.rewards.as_ref(), &reference, &codec, &tokens, reduction, p.batch_size)?;

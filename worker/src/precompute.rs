@@ -400,6 +400,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let n = pairs.ids.len();
     let work = (2 * n * (1 + members.models.len())) as u64 + 1;
     let tokens = encode(&reference.codec, &pairs)?;
+    reference.codec.warn_unknown(ctx, "the pairs");
     let (pe, ae, be) = &tokens;
     let record =
         scoring_record(&p, &data_io::one_input(ctx, "reference")?.hash, &data_io::one_input(ctx, "pairs")?.hash);

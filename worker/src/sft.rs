@@ -210,6 +210,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     eval.truncate(p.eval_rows);
     let train_ids = encode(&codec, &train)?;
     let eval_ids = encode(&codec, &eval)?;
+    codec.warn_unknown(ctx, "the demonstrations");
     let cfg = OptimConfig {
         lr: p.lr,
         weight_decay: p.weight_decay,

@@ -136,6 +136,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     codec.max_len = p.max_len.or(model.config.max_positions().map(|m| m as usize));
     let data = data_io::one_input(ctx, "data")?;
     let d = load_pairs(&data.path, "data", &p.label_column, &codec)?;
+    codec.warn_unknown(ctx, "the pairs");
     let (mut train, mut held): (Vec<usize>, Vec<usize>) = (vec![], vec![]);
     for i in 0..d.ids.len() {
         if held_out(&d.ids[i], p.seed, p.held_out) {
