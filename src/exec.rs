@@ -704,8 +704,14 @@ pub fn clean_stale_scratch(tmp: &Path, host: &str) {
     }
 }
 
+/// A run's id: its start time (so that ids sort by time), its process id and 32 random bits. Time and pid alone
+/// can repeat: containers of one batch job each run as pid 1 (or a low pid), and two started within the same
+/// millisecond would share one journal in the store, the later one overwriting the other's.
 pub fn new_run_id() -> String {
-    format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id())
+    use std::hash::{BuildHasher, Hasher};
+    // std's RandomState is seeded from the OS's random source once per process
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish() as u32;
+    format!("{}-{}-{random:08x}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id())
 }
 
 /// Where a node is in a run.
@@ -1389,6 +1395,14 @@ pub fn node_map(plan: &Plan) -> HashMap<&str, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_ids_of_one_process_and_millisecond_differ() {
+        let (a, b) = (new_run_id(), new_run_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), b.len(), "{a} {b}");
+        assert!(a.starts_with("20") && a.contains(&format!("Z-{}-", std::process::id())), "{a}");
+    }
 
     #[test]
     fn a_long_list_of_names_shows_eight_and_a_count() {
