@@ -148,9 +148,12 @@ pub struct DeclaredStage {
 /// A variable with where its value was written.
 #[derive(Debug, Clone)]
 pub struct Var {
+    /// The value, with the `${name}` references to other variables it held substituted.
     pub value: toml::Value,
     pub span: Range<usize>,
     pub source: usize,
+    /// The `--set NAME=VALUE` argument that replaced the value written at `span`, if one did.
+    pub set: Option<String>,
 }
 
 /// A manifest merged over its pipeline: everything `plan` needs, with positions.
@@ -448,8 +451,379 @@ fn check_finite(src: &Source, what: &str, v: &Spanned<toml::Value>) -> Result<()
     }
 }
 
-fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+/// Longest stage name, in bytes (its characters are ASCII): stage names become node names, job names, file names and
+/// cloud tags. Exporters shorten them further where a scheduler needs it (a Kubernetes name has at most 63
+/// characters, with a hash where that loses information).
+pub const MAX_STAGE_NAME: usize = 128;
+
+/// Why a stage name is refused, or `None`: letters, digits, `_` and `-` (ASCII), not beginning with `-` (a node name
+/// begins with its stage's name and is passed as a command-line argument, e.g. to `node run`, where a leading `-`
+/// reads as an option), at most [`MAX_STAGE_NAME`] characters.
+fn bad_stage_name(s: &str) -> Option<String> {
+    if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        Some(format!("stage name {} may use only letters, digits, `_` and `-` (ASCII)", quoted(s)))
+    } else if s.starts_with('-') {
+        Some(format!(
+            "stage name {} begins with `-`: a stage name must begin with a letter, a digit or `_` (node names are \
+             passed as command-line arguments, where a leading `-` reads as an option)",
+            quoted(s)
+        ))
+    } else if s.len() > MAX_STAGE_NAME {
+        Some(format!(
+            "stage name {} is {} characters long; a stage name may have at most {MAX_STAGE_NAME} (it names nodes, \
+             jobs and files)",
+            quoted(s),
+            s.len()
+        ))
+    } else {
+        None
+    }
+}
+
+/// `s` with each control character written as an escape (`\n`, `\t`, `\u{1b}`), so that an error echoing it stays one
+/// line and shows what is there.
+fn escape_controls(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
+}
+
+/// A `--set` argument as an error message echoes it: control characters escaped, a long one clipped.
+fn shown(set: &str) -> String {
+    clip(&escape_controls(set))
+}
+
+/// What TOML reads in a `--set` value: `Ok` with the value and the bytes of `text` it spans, or TOML's message.
+fn read_set_value(text: &str) -> Result<(toml::Value, Range<usize>), String> {
+    const KEY: &str = "v = ";
+    let doc = format!("{KEY}{text}");
+    let mut table = toml::from_str::<BTreeMap<String, Spanned<toml::Value>>>(&doc).map_err(|e| {
+        let m = e.message().trim_end();
+        m.strip_suffix('.').unwrap_or(m).to_string()
+    })?;
+    let v = table.remove("v").ok_or("no value")?;
+    let span = v.span().start.saturating_sub(KEY.len())..v.span().end.saturating_sub(KEY.len());
+    Ok((v.into_inner(), span))
+}
+
+/// The kind of control character `c` is, for an error message.
+fn control_name(c: char) -> String {
+    match c {
+        '\n' => "a newline".into(),
+        '\r' => "a carriage return".into(),
+        '\t' => "a tab".into(),
+        _ => format!("the control character U+{:04X}", c as u32),
+    }
+}
+
+/// The value `--set {set}` (`text` after its `=`) gives a variable whose manifest value is `old`.
+///
+/// A variable whose value is a string takes `text` verbatim, unless `text` begins and ends with the same quote: then
+/// it is a TOML string (`"…"`, `'…'`, or `"""…"""` across lines), and gives its content. Any other variable reads
+/// `text` as a TOML value (a number, boolean, list, table or quoted string), and takes text that is not written as one
+/// as a string (the stage then says what it expected), but refuses what is written as a number, list, table or quoted
+/// string that TOML cannot read. Either way the text must be that one value: a control character (a newline that
+/// would start a second `NAME = VALUE`, a `[table]`) is refused outside a TOML string, and so is anything TOML reads
+/// after the value (a `# comment`).
+fn set_value(set: &str, text: &str, old: &toml::Value) -> anyhow::Result<toml::Value> {
+    let control = |inside: Option<Range<usize>>| -> Option<(usize, char)> {
+        text.char_indices().find(|(i, c)| c.is_control() && !inside.as_ref().is_some_and(|r| r.contains(i)))
+    };
+    let refuse_control = |(i, c): (usize, char)| -> anyhow::Error {
+        let before = &text[..i];
+        anyhow::anyhow!(
+            "--set {}: the value has {} (after `{}`): one --set sets one variable (give each its own --set), and a \
+             value with a newline or another control character is written as a TOML string (\"line 1\\nline 2\")",
+            shown(set),
+            control_name(c),
+            clip(&escape_controls(before))
+        )
+    };
+    let trailing = |span: &Range<usize>| -> Option<&str> {
+        let rest = text[span.end.min(text.len())..].trim();
+        (!rest.is_empty()).then_some(rest)
+    };
+    let t = text.trim();
+    if old.is_str() {
+        let quoted = t.len() >= 2 && ['"', '\''].into_iter().any(|q| t.starts_with(q) && t.ends_with(q));
+        if !quoted {
+            if let Some(at) = control(None) {
+                return Err(refuse_control(at));
+            }
+            return Ok(toml::Value::String(text.to_string()));
+        }
+        let why = match read_set_value(text) {
+            Ok((toml::Value::String(s), span)) => match trailing(&span) {
+                None => match control(Some(span)) {
+                    None => return Ok(toml::Value::String(s)),
+                    Some(at) => return Err(refuse_control(at)),
+                },
+                Some(rest) => format!("it reads a string and then `{}`", clip(&escape_controls(rest))),
+            },
+            Ok((other, _)) => format!("it reads {} {other}", type_name(&other)),
+            Err(e) => e,
+        };
+        anyhow::bail!(
+            "--set {}: begins and ends with a quote, so it is read as a TOML string, but TOML cannot read it: {why}; \
+             write the text as a TOML string ('…', or \"…\" with \\\" for a quote and \\\\ for a backslash inside)",
+            shown(set)
+        );
+    }
+    match read_set_value(text) {
+        Ok((value, span)) => {
+            // a control character may only be inside the string the whole text is
+            let inside = value.is_str().then(|| span.clone());
+            if let Some(at) = control(inside) {
+                return Err(refuse_control(at));
+            }
+            if let Some(rest) = trailing(&span) {
+                anyhow::bail!(
+                    "--set {}: TOML reads {} and then `{}`: give the value alone",
+                    shown(set),
+                    clip(&escape_controls(&text[span.clone()])),
+                    clip(&escape_controls(rest))
+                );
+            }
+            Ok(value)
+        }
+        Err(_) if control(None).is_some() => Err(refuse_control(control(None).expect("found"))),
+        Err(e) if looks_like_toml(text) => {
+            let (what, hint) = match t.as_bytes().first() {
+                Some(b'[') => ("list", ""),
+                Some(b'{') => ("table", ""),
+                Some(b'"' | b'\'') => ("string", ""),
+                _ => (
+                    "number",
+                    " (integers are -9223372036854775808 to 9223372036854775807, floats at most about 1.8e308, \
+                     with digits on both sides of a `.` and no leading zero)",
+                ),
+            };
+            anyhow::bail!(
+                "--set {}: written as a TOML {what}, but TOML cannot read it: {e}{hint}; to pass it as text, quote it \
+                 as a TOML string (\"…\" or '…')",
+                shown(set)
+            )
+        }
+        Err(_) => Ok(toml::Value::String(text.to_string())),
+    }
+}
+
+/// A value's TOML type with its article, for messages.
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date-time",
+        toml::Value::Array(_) => "a list",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// The name a string is exactly a reference to (`"${name}"`, which takes the variable's value with its type).
+fn whole_ref(s: &str) -> Option<&str> {
+    s.strip_prefix("${").and_then(|r| r.strip_suffix('}')).filter(|n| !n.contains("${") && !n.contains('}'))
+}
+
+/// A string cut into its text and its `${name}` references, in order; `Err` for a `${` without its `}`.
+fn pieces(s: &str) -> Result<Vec<Result<&str, &str>>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        if i > 0 {
+            out.push(Ok(&rest[..i]));
+        }
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated `${{` in \"{}\"", clip(&s.escape_debug().to_string())))?;
+        out.push(Err(&after[..end]));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Ok(rest));
+    }
+    Ok(out)
+}
+
+/// Every `${name}` a value refers to, in order (repeats included).
+fn refs_of(v: &toml::Value, out: &mut Vec<String>) -> Result<(), String> {
+    match v {
+        toml::Value::String(s) if s.contains("${") => match whole_ref(s) {
+            Some(name) => out.push(name.to_string()),
+            None => out.extend(pieces(s)?.into_iter().filter_map(|p| p.err()).map(str::to_string)),
+        },
+        toml::Value::Array(a) => a.iter().try_for_each(|x| refs_of(x, out))?,
+        toml::Value::Table(t) => t.values().try_for_each(|x| refs_of(x, out))?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Most bytes substituting variables into variables may produce, all of them together: a few variables that each use
+/// the one before twice (`a = "${b}${b}"`) would otherwise double it at every step.
+const MAX_SUBSTITUTED_BYTES: usize = 64 << 20;
+
+/// About how many bytes a value takes (its text, or 24 for a number, boolean or date-time).
+fn value_bytes(v: &toml::Value) -> usize {
+    match v {
+        toml::Value::String(s) => s.len() + 2,
+        toml::Value::Array(a) => a.iter().map(|x| value_bytes(x) + 1).sum::<usize>() + 2,
+        toml::Value::Table(t) => t.iter().map(|(k, x)| k.len() + 3 + value_bytes(x) + 1).sum::<usize>() + 2,
+        _ => 24,
+    }
+}
+
+/// `v` with its `${name}` references replaced by `vars`' (already substituted) values: a string that is exactly one
+/// reference takes the value with its type, references inside longer strings are spliced in as text (as a stage's
+/// params are, see `plan`). `budget` is what may still be produced; `None` when it would be exceeded.
+fn substitute(
+    v: &toml::Value,
+    vars: &BTreeMap<String, Var>,
+    sizes: &BTreeMap<String, usize>,
+    budget: &mut usize,
+) -> Option<toml::Value> {
+    let mut spend = |n: usize| -> Option<()> {
+        *budget = budget.checked_sub(n)?;
+        Some(())
+    };
+    Some(match v {
+        toml::Value::String(s) if s.contains("${") => match whole_ref(s) {
+            Some(name) => {
+                spend(sizes[name])?;
+                vars[name].value.clone()
+            }
+            None => {
+                let mut out = String::new();
+                for p in pieces(s).ok()? {
+                    match p {
+                        Ok(text) => out.push_str(text),
+                        Err(name) => {
+                            spend(sizes[name])?;
+                            let text = crate::plan::coord_str(&to_json(&vars[name].value));
+                            spend(text.len().saturating_sub(sizes[name]))?;
+                            out.push_str(&text);
+                        }
+                    }
+                }
+                toml::Value::String(out)
+            }
+        },
+        toml::Value::Array(a) => {
+            toml::Value::Array(a.iter().map(|x| substitute(x, vars, sizes, budget)).collect::<Option<_>>()?)
+        }
+        toml::Value::Table(t) => toml::Value::Table(
+            t.iter().map(|(k, x)| Some((k.clone(), substitute(x, vars, sizes, budget)?))).collect::<Option<_>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// Substitutes the `${name}` references variables make to other variables (`title = "Study of ${data}"`), after
+/// `--set`, so that an override flows into every variable that uses it. A reference to no variable, a cycle, or a
+/// value that grows past [`MAX_SUBSTITUTED_BYTES`] is an error at the variable (or its `--set`).
+fn resolve_vars(vars: &mut BTreeMap<String, Var>, sources: &[Source], stages: &[DeclaredStage]) -> anyhow::Result<()> {
+    let fail = |vars: &BTreeMap<String, Var>, name: &str, message: String| -> anyhow::Error {
+        let var = &vars[name];
+        match &var.set {
+            Some(set) => anyhow::anyhow!("--set {}: variable `{name}`: {message}", shown(set)),
+            None => sources[var.source].error(var.span.clone(), format!("variable `{name}`: {message}")).into(),
+        }
+    };
+    let mut refs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, var) in vars.iter() {
+        let mut r = Vec::new();
+        refs_of(&var.value, &mut r).map_err(|e| fail(vars, name, e))?;
+        for to in &r {
+            if vars.contains_key(to) {
+                continue;
+            }
+            let axis = stages.iter().find(|s| s.decl.sweep.keys().any(|a| a.get_ref() == to));
+            return Err(fail(
+                vars,
+                name,
+                match axis {
+                    Some(s) => format!(
+                        "`${{{to}}}` is a sweep axis (of stage `{}`), which a variable cannot use: variables are \
+                         substituted before sweeps expand (use `${{{to}}}` in the stage's params instead)",
+                        s.name
+                    ),
+                    None => format!(
+                        "`${{{to}}}` names no variable (variables: {})",
+                        vars.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                },
+            ));
+        }
+        r.sort();
+        r.dedup();
+        refs.insert(name.clone(), r);
+    }
+    // Depth-first, without recursion (a chain of variables may be long): each variable after those it uses.
+    let mut order: Vec<String> = Vec::new();
+    let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 on the path, 2 done
+    for start in refs.keys() {
+        if state.contains_key(start.as_str()) {
+            continue;
+        }
+        let mut path: Vec<(&str, usize)> = vec![(start, 0)];
+        state.insert(start, 1);
+        while let Some((name, next)) = path.last_mut() {
+            let name: &str = name;
+            match refs[name].get(*next) {
+                Some(to) => {
+                    *next += 1;
+                    match state.get(to.as_str()) {
+                        Some(2) => {}
+                        Some(_) => {
+                            let from = path.iter().position(|(n, _)| *n == to).expect("on the path");
+                            let mut cycle: Vec<&str> = path[from..].iter().map(|(n, _)| *n).collect();
+                            cycle.push(to);
+                            // a `--set` that closed the cycle is what to name
+                            let at = cycle.iter().find(|n| vars[**n].set.is_some()).unwrap_or(&cycle[0]);
+                            return Err(fail(
+                                vars,
+                                at,
+                                format!(
+                                    "cycle between variables: {} (a variable's value may use other variables, but not \
+                                     itself through them)",
+                                    cycle.join(" -> ")
+                                ),
+                            ));
+                        }
+                        None => {
+                            state.insert(to, 1);
+                            path.push((to, 0));
+                        }
+                    }
+                }
+                None => {
+                    state.insert(name, 2);
+                    order.push(name.to_string());
+                    path.pop();
+                }
+            }
+        }
+    }
+    let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut budget = MAX_SUBSTITUTED_BYTES;
+    for name in order {
+        if !refs[&name].is_empty() {
+            let value = substitute(&vars[&name].value, vars, &sizes, &mut budget).ok_or_else(|| {
+                fail(
+                    vars,
+                    &name,
+                    format!(
+                        "with the variables it uses substituted, the values of the variables grow past {} MiB (do \
+                         variables use each other many times over?)",
+                        MAX_SUBSTITUTED_BYTES >> 20
+                    ),
+                )
+            })?;
+            vars.get_mut(&name).expect("declared").value = value;
+        }
+        sizes.insert(name.clone(), value_bytes(&vars[&name].value));
+    }
+    Ok(())
 }
 
 /// Reads a manifest (and the pipeline it names), merges them and applies `--set name=value` overrides.
@@ -467,11 +841,8 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
      -> Result<(), ManifestError> {
         for (name, decl) in decls {
             let src = &sources[source];
-            if !valid_name(name.get_ref()) {
-                return Err(src.error(
-                    name.span(),
-                    format!("stage name `{}` may use only letters, digits, `_` and `-`", name.get_ref()),
-                ));
+            if let Some(why) = bad_stage_name(name.get_ref()) {
+                return Err(src.error(name.span(), why));
             }
             if let Some(prev) = stages.iter().find(|s: &&DeclaredStage| s.name == *name.get_ref()) {
                 let (l, c) = crate::error::line_col(&sources[prev.source].text, prev.name_span.start);
@@ -507,7 +878,7 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
         }
         sources.push(psrc);
         for (k, v) in pdoc.vars {
-            vars.insert(k, Var { span: v.span(), value: v.into_inner(), source: 1 });
+            vars.insert(k, Var { span: v.span(), value: v.into_inner(), source: 1, set: None });
         }
         add_stages(&mut stages, &sources, pdoc.stages, 1)?;
         for (k, v) in doc.vars {
@@ -528,11 +899,11 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
                     )
                     .into());
             }
-            vars.insert(k, Var { span: v.span(), value: v.into_inner(), source: 0 });
+            vars.insert(k, Var { span: v.span(), value: v.into_inner(), source: 0, set: None });
         }
     } else {
         for (k, v) in doc.vars {
-            vars.insert(k, Var { span: v.span(), value: v.into_inner(), source: 0 });
+            vars.insert(k, Var { span: v.span(), value: v.into_inner(), source: 0, set: None });
         }
     }
     add_stages(&mut stages, &sources, doc.stages, 0)?;
@@ -568,46 +939,22 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
     }
 
     for set in sets {
-        let (k, v) = set.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {}: expected NAME=VALUE", clip(set)))?;
+        let (k, v) = set.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {}: expected NAME=VALUE", shown(set)))?;
         let Some(var) = vars.get_mut(k) else {
             anyhow::bail!(
                 "--set {}: the manifest declares no variable {} (known: {})",
-                clip(set),
-                quoted(k),
+                shown(set),
+                quoted(&escape_controls(k)),
                 vars.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         };
-        // A value is read as TOML (numbers, lists, booleans), falling back to a plain string, but not when it is
-        // written as a number, list, table or quoted string that TOML refuses: as text it would reach the stage as
-        // another type (or, quoted, as other text) than the one the user wrote. A variable whose manifest value is
-        // a string takes any text (a title `[WIP] …`, a tag `007`).
-        let parsed = toml::from_str::<toml::Table>(&format!("v = {v}")).map(|mut t| t.remove("v"));
-        var.value = match parsed {
-            Ok(Some(value)) => value,
-            Err(e) if looks_like_toml(v) && !var.value.is_str() => {
-                let (what, hint) = match v.trim_start().as_bytes().first() {
-                    Some(b'[') => ("list", ""),
-                    Some(b'{') => ("table", ""),
-                    Some(b'"' | b'\'') => ("string", ""),
-                    _ => (
-                        "number",
-                        " (integers are -9223372036854775808 to 9223372036854775807, floats at most about 1.8e308, \
-                         with digits on both sides of a `.` and no leading zero)",
-                    ),
-                };
-                anyhow::bail!(
-                    "--set {}: written as a TOML {what}, but TOML cannot read it: {}{hint}; to pass it as text, quote \
-                     it as a TOML string (\"…\" or '…')",
-                    clip(set),
-                    e.message().trim_end()
-                )
-            }
-            _ => toml::Value::String(v.to_string()),
-        };
+        var.value = set_value(set, v, &var.value)?;
+        var.set = Some(set.clone());
         if let Some(f) = non_finite(&var.value) {
-            anyhow::bail!("--set {}: expected a finite number, got {f} (NaN and infinity are not allowed)", clip(set));
+            anyhow::bail!("--set {}: expected a finite number, got {f} (NaN and infinity are not allowed)", shown(set));
         }
     }
+    resolve_vars(&mut vars, &sources, &stages)?;
 
     let store_url = match doc.store.and_then(|s| s.into_inner().url) {
         Some(u) => {
@@ -664,5 +1011,196 @@ pub fn to_json(v: &toml::Value) -> serde_json::Value {
         toml::Value::Datetime(d) => J::String(d.to_string()),
         toml::Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
         toml::Value::Table(t) => J::Object(t.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(old: toml::Value, text: &str) -> anyhow::Result<toml::Value> {
+        set_value(&format!("x={text}"), text, &old)
+    }
+    fn s(v: &str) -> toml::Value {
+        toml::Value::String(v.into())
+    }
+
+    #[test]
+    fn a_string_variable_takes_the_text_verbatim() {
+        for text in
+            ["1.10", "0x1F", "1e3", "1_000", "+1", "true", "[WIP] draft", "{x}", "007", "\"quoted", "'a' b", " v1 "]
+        {
+            assert_eq!(set(s("v1.0"), text).unwrap(), s(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_string_variable_takes_the_content_of_a_toml_string() {
+        for (text, want) in [
+            ("\"1.10\"", "1.10"),
+            ("'C:\\dir'", "C:\\dir"),
+            ("\"a\\tb\"", "a\tb"),
+            ("\"\"", ""),
+            ("\"\"\"two\nlines\"\"\"", "two\nlines"),
+            ("'''it's'''", "it's"),
+        ] {
+            assert_eq!(set(s("v1.0"), text).unwrap(), s(want), "{text}");
+        }
+        for (text, needle) in [
+            ("\"C:\\p\"", "begins and ends with a quote, so it is read as a TOML string, but TOML cannot read it"),
+            ("'it's'", "write the text as a TOML string ('…', or \"…\""),
+            ("\"a\" # \"b\"", "it reads a string and then `# \"b\"`"),
+        ] {
+            let e = set(s("v1.0"), text).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--set x={text}: ")) && e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn other_variables_read_toml_as_before() {
+        let n = toml::Value::Integer(1);
+        assert_eq!(set(n.clone(), "0x1F").unwrap(), toml::Value::Integer(31));
+        assert_eq!(set(n.clone(), "[0, 1]").unwrap(), toml::Value::Array(vec![0.into(), 1.into()]));
+        assert_eq!(set(n.clone(), "'text'").unwrap(), s("text"));
+        assert_eq!(set(n.clone(), "abc").unwrap(), s("abc"));
+        let e = set(n.clone(), "007").unwrap_err().to_string();
+        assert!(e.contains("written as a TOML number, but TOML cannot read it"), "{e}");
+        let e = set(n.clone(), "5 # five").unwrap_err().to_string();
+        assert_eq!(e, "--set x=5 # five: TOML reads 5 and then `# five`: give the value alone");
+    }
+
+    #[test]
+    fn control_characters_are_refused_outside_a_toml_string() {
+        for old in [s("v1.0"), toml::Value::Integer(1), toml::Value::Array(vec![])] {
+            for (text, what) in [
+                ("5\nseed=7", "a newline (after `5`)"),
+                ("5\n[x]", "a newline (after `5`)"),
+                ("[1,\n2]", "a newline (after `[1,`)"),
+                ("a\tb", "a tab (after `a`)"),
+                ("ab\r", "a carriage return (after `ab`)"),
+                ("\u{1b}[31m", "the control character U+001B (after ``)"),
+                ("\"a\"\n", "a newline (after `\"a\"`)"),
+            ] {
+                let e = set(old.clone(), text).unwrap_err().to_string();
+                let echoed = escape_controls(text);
+                assert!(
+                    e.starts_with(&format!("--set x={echoed}: the value has {what}: one --set sets one variable")),
+                    "{old}: {e}"
+                );
+                assert!(!e.contains(['\n', '\t', '\r', '\u{1b}']), "{e}");
+            }
+            // inside a TOML string they are the string's
+            assert_eq!(set(old.clone(), "\"\"\"a\nb\"\"\"").unwrap(), s("a\nb"));
+            assert_eq!(set(old.clone(), "\"a\tb\"").unwrap(), s("a\tb"));
+        }
+    }
+
+    #[test]
+    fn stage_names() {
+        for ok in ["a", "_x", "9a-b", "a-", &"a".repeat(MAX_STAGE_NAME)] {
+            assert_eq!(bad_stage_name(ok), None, "{ok}");
+        }
+        assert!(
+            bad_stage_name("--help").unwrap().starts_with(
+                "stage name `--help` begins with `-`: a stage name must begin with a letter, a digit or `_`"
+            )
+        );
+        assert!(bad_stage_name("-").unwrap().contains("begins with `-`"));
+        assert!(
+            bad_stage_name("a;b").unwrap().starts_with("stage name `a;b` may use only letters, digits, `_` and `-`")
+        );
+        assert!(bad_stage_name("ρ").unwrap().contains("may use only"));
+        assert!(bad_stage_name("").unwrap().contains("may use only"));
+        let long = "a".repeat(MAX_STAGE_NAME + 1);
+        assert_eq!(
+            bad_stage_name(&long).unwrap(),
+            format!(
+                "stage name `{long}` is 129 characters long; a stage name may have at most 128 (it names nodes, jobs and files)"
+            )
+        );
+    }
+
+    fn load_text(text: &str, sets: &[&str]) -> anyhow::Result<Manifest> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.toml");
+        std::fs::write(&p, text).unwrap();
+        load(&p, &sets.iter().map(|x| x.to_string()).collect::<Vec<_>>())
+    }
+    const STAGE: &str = "[stages.g]\nkind = \"generate\"\n";
+
+    #[test]
+    fn variables_use_other_variables() {
+        let m = load_text(
+            &format!(
+                "[vars]\ntitle = \"Study of ${{data}} (${{n}})\"\ndata = \"d.jsonl\"\nn = 3\nm = \"${{n}}\"\n\
+                 l = [\"${{m}}\", {{ t = \"${{title}}\" }}]\n{STAGE}"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(m.vars["title"].value, s("Study of d.jsonl (3)"));
+        assert_eq!(m.vars["m"].value, toml::Value::Integer(3));
+        assert_eq!(m.vars["l"].value.to_string(), "[3, { t = \"Study of d.jsonl (3)\" }]");
+        // an override flows into the variables that use it, and may use variables itself
+        let m = load_text(
+            &format!("[vars]\ntitle = \"Study of ${{data}}\"\ndata = \"d.jsonl\"\nn = 3\n{STAGE}"),
+            &["data=other ${n}.jsonl"],
+        )
+        .unwrap();
+        assert_eq!(m.vars["title"].value, s("Study of other 3.jsonl"));
+        // a long chain is fine (no recursion)
+        let mut t = String::from("[vars]\nv0 = 1\n");
+        for i in 1..5000 {
+            t += &format!("v{i} = \"${{v{}}}\"\n", i - 1);
+        }
+        let m = load_text(&format!("{t}{STAGE}"), &[]).unwrap();
+        assert_eq!(m.vars["v4999"].value, toml::Value::Integer(1));
+    }
+
+    #[test]
+    fn bad_references_between_variables() {
+        let err =
+            |vars: &str, sets: &[&str]| load_text(&format!("[vars]\n{vars}{STAGE}"), sets).unwrap_err().to_string();
+        let e = err("a = \"${b}\"\nb = \"x-${c}\"\nc = [\"${a}\"]\n", &[]);
+        assert!(
+            e.ends_with(
+                "/m.toml:2:5: variable `a`: cycle between variables: a -> b -> c -> a (a variable's value may use \
+                 other variables, but not itself through them)"
+            ),
+            "{e}"
+        );
+        assert!(err("a = \"${a}\"\n", &[]).contains(":2:5: variable `a`: cycle between variables: a -> a"));
+        assert!(
+            err("a = \"${b}\"\nb = 1\n", &["b=${a}"])
+                .starts_with("--set b=${a}: variable `b`: cycle between variables: a -> b -> a")
+        );
+        assert!(
+            err("a = \"x ${nope}\"\nb = 1\n", &[])
+                .contains(":2:5: variable `a`: `${nope}` names no variable (variables: a, b)")
+        );
+        assert!(
+            err("a = \"x\"\n", &["a=${nope}"])
+                .starts_with("--set a=${nope}: variable `a`: `${nope}` names no variable")
+        );
+        assert!(err("a = \"x${b\"\n", &[]).contains(":2:5: variable `a`: unterminated `${` in \"x${b\""));
+        let e = load_text("[vars]\na = \"${rho}\"\n[stages.g]\nkind = \"generate\"\nsweep = { rho = [1] }\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":2:5: variable `a`: `${rho}` is a sweep axis (of stage `g`), which a variable cannot use"),
+            "{e}"
+        );
+        // a value that doubles at every step stops at the limit, at the variable where it got there
+        let mut t = String::from("v0 = \"xxxxxxxxxxxxxxxx\"\n");
+        for i in 1..64 {
+            t += &format!("v{i} = \"${{v{}}}${{v{}}}\"\n", i - 1, i - 1);
+        }
+        let e = err(&t, &[]);
+        assert!(
+            e.contains(
+                "variable `v21`: with the variables it uses substituted, the values of the variables grow past 64 MiB"
+            ),
+            "{e}"
+        );
     }
 }

@@ -334,7 +334,8 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                 ));
             }
             let e = |msg: String| err(s, vals.span(), msg);
-            let v = resolve(&manifest::to_json(vals.get_ref()), &scope0, &e)?;
+            let named = |msg: String| e(format!("{}: sweep `{}`: {msg}", s.name, axis.get_ref()));
+            let v = resolve(&manifest::to_json(vals.get_ref()), &scope0, &named)?;
             let Value::Array(list) = v else {
                 return Err(e(format!("sweep `{}` must be a list of values, got {v}", axis.get_ref())));
             };

@@ -234,3 +234,160 @@ fn damaged_pipelines_are_refused_with_a_place_or_accepted_never_a_panic() {
     }
     assert!(accepted > 0 && refused > 0, "accepted {accepted}, refused {refused}");
 }
+
+/// Runs `args` in `w`; expects exit 2 and `needle` in stderr, which stays one line per error (no raw control
+/// character from the command line is echoed).
+fn refused_in(w: &Work, args: &[&str], needle: &str) {
+    let o = w.run(args);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: expected `{needle}` in:\n{err}");
+    assert!(!err.trim_end().contains('\n') && !err.contains("panicked"), "{err}");
+}
+
+/// The node names `dag` prints for `args`.
+fn dag_nodes(w: &Work, args: &[&str]) -> Vec<String> {
+    let out = w.ok(&[&["dag"], args].concat());
+    out.lines().filter(|l| !l.starts_with(' ')).map(|l| l.rsplit_once(" [").map_or(l, |(n, _)| n).to_string()).collect()
+}
+
+/// `--set` on a variable whose manifest value is a string takes the text as written: `1.10` was read as the TOML
+/// float 1.1 (and `0x1F` as 31, `1e3` as 1000.0, `1_000` as 1000), then spliced into the text as such. A TOML string
+/// (`"…"`, `'…'`) gives its content.
+#[test]
+fn set_on_a_string_variable_keeps_the_text() {
+    let w = Work::new();
+    w.write("m.toml", "[vars]\ntag = \"v1.0\"\n[stages.g]\nkind = \"generate\"\nparams = { n = 10 }\nsweep = { t = [\"run-${tag}\"] }\n");
+    for (text, node) in [
+        ("1.10", "g@t=run-1.10"),
+        ("0x1F", "g@t=run-0x1F"),
+        ("1e3", "g@t=run-1e3"),
+        ("1_000", "g@t=run-1_000"),
+        ("true", "g@t=run-true"),
+        ("[WIP]", "g@t=run-[WIP]"),
+        ("\"1.10\"", "g@t=run-1.10"),
+        ("'v2'", "g@t=run-v2"),
+        ("\"a b\"", "g@t=run-a b"),
+    ] {
+        assert_eq!(dag_nodes(&w, &["m.toml", "--set", &format!("tag={text}")]), [node], "{text}");
+    }
+    refused_in(
+        &w,
+        &["dag", "m.toml", "--set", "tag=\"C:\\new\"x\""],
+        "--set tag=\"C:\\new\"x\": begins and ends with a quote, so it is read as a TOML string, but TOML cannot read it",
+    );
+}
+
+/// `--set` text is one value: `x=5\nseed=7` set x to 5 and dropped the rest without a word (it was read as the TOML
+/// document `v = 5\nseed=7`); a table header or a comment after the value slipped through the same way.
+#[test]
+fn set_is_one_value_of_one_variable() {
+    let w = Work::new();
+    w.write(
+        "m.toml",
+        "[vars]\nx = 1\nseed = 0\ntag = \"t\"\n[stages.g]\nkind = \"generate\"\nparams = { n = \"${x}\", seed = \"${seed}\" }\n",
+    );
+    for name in ["x", "tag"] {
+        for (text, echoed, what) in [
+            ("5\nseed=7", "5\\nseed=7", "a newline (after `5`)"),
+            ("5\n[x]", "5\\n[x]", "a newline (after `5`)"),
+            ("5\r", "5\\r", "a carriage return (after `5`)"),
+            ("a\u{1b}[2J", "a\\u{1b}[2J", "the control character U+001B (after `a`)"),
+        ] {
+            refused_in(
+                &w,
+                &["status", "m.toml", "--set", &format!("{name}={text}")],
+                &format!(
+                    "--set {name}={echoed}: the value has {what}: one --set sets one variable (give each its own \
+                     --set), and a value with a newline or another control character is written as a TOML string"
+                ),
+            );
+        }
+    }
+    refused_in(&w, &["status", "m.toml", "--set", "x=5 # five"], "--set x=5 # five: TOML reads 5 and then `# five`");
+    refused_in(&w, &["status", "m.toml", "--set", "x=[1,\n2]"], "the value has a newline (after `[1,`)");
+    // inside a TOML string, a newline is the string's
+    w.ok(&["status", "m.toml", "--set", "tag=\"\"\"two\nlines\"\"\""]);
+    w.ok(&["status", "m.toml", "--set", "tag=\"two\\nlines\""]);
+}
+
+/// A variable may use other variables: `title = "Study of ${data}"` reached the stage as the literal text, and a typed
+/// one (`t = "${u}"`) failed as `invalid type: string "${u}"` at the param. An override flows into the variables that
+/// use it.
+#[test]
+fn variables_use_other_variables() {
+    let w = Work::new();
+    let m = "[vars]\ndata = \"d.jsonl\"\ntitle = \"Study of ${data}\"\ntitles = [\"${title}\"]\nt = \"${u}\"\nu = 5\n\
+             [stages.g]\nkind = \"generate\"\nparams = { n = \"${t}\" }\nsweep = { title = \"${titles}\" }\n";
+    w.write("m.toml", m);
+    assert_eq!(dag_nodes(&w, &["m.toml"]), ["g@title=Study of d.jsonl"]);
+    assert_eq!(
+        dag_nodes(&w, &["m.toml", "--set", "data=other.jsonl", "--set", "u=7"]),
+        ["g@title=Study of other.jsonl"]
+    );
+    assert_eq!(dag_nodes(&w, &["m.toml", "--set", "data=${u} files"]), ["g@title=Study of 5 files"]);
+    // the typed value reaches the stage's check with its type
+    refused_in(&w, &["dag", "m.toml", "--set", "u=0"], "g@title=Study of d.jsonl: param `n`");
+
+    expect_error(
+        "[vars]\na = \"${b}\"\nb = \"x-${a}\"\n[stages.g]\nkind = \"generate\"\nparams = { n = \"${a}\" }\n",
+        "m.toml:2:5: variable `a`: cycle between variables: a -> b -> a",
+    );
+    refused_in(
+        &w,
+        &["dag", "m.toml", "--set", "data=${title}"],
+        "--set data=${title}: variable `data`: cycle between variables: data -> title -> data",
+    );
+    expect_error(
+        "[vars]\ntitle = \"Study of ${dta}\"\ndata = \"d\"\n[stages.g]\nkind = \"generate\"\nparams = { n = 5 }\n",
+        "m.toml:2:9: variable `title`: `${dta}` names no variable (variables: data, title)",
+    );
+    expect_error(
+        "[vars]\nname = \"at ${rho}\"\n[stages.g]\nkind = \"generate\"\nsweep = { rho = [1] }\nparams = { n = 5 }\n",
+        "m.toml:2:8: variable `name`: `${rho}` is a sweep axis (of stage `g`), which a variable cannot use",
+    );
+    refused_in(
+        &w,
+        &["dag", "m.toml", "--set", "data=${nope}"],
+        "--set data=${nope}: variable `data`: `${nope}` names no variable",
+    );
+}
+
+/// A `${name}` that names nothing is refused naming it, the node or stage, and the param or sweep.
+#[test]
+fn references_to_nothing_name_where_they_are() {
+    expect_error(
+        "[stages.g]\nkind = \"generate\"\nparams = { n = \"${count}\" }\n",
+        "m.toml:3:16: g: param `n`: `${count}` names no variable or sweep axis (known: none)",
+    );
+    expect_error(
+        "[vars]\nn = 5\n[stages.g]\nkind = \"generate\"\nsweep = { s = \"${seeds}\" }\nparams = { n = \"${n}\" }\n",
+        "m.toml:5:15: g: sweep `s`: `${seeds}` names no variable or sweep axis (known: n)",
+    );
+}
+
+/// A stage named `--help` made node names a command line reads as options (`node run m.toml --help` printed the help
+/// and exited 0); names are also refused past 128 characters.
+#[test]
+fn stage_names_that_begin_with_a_dash_or_are_too_long() {
+    let stage = |name: &str| format!("[stages.{name}]\nkind = \"generate\"\nparams = {{ n = 10 }}\n");
+    for name in ["\"--help\"", "-q", "-"] {
+        expect_error(
+            &stage(name),
+            &format!(
+                "m.toml:1:9: stage name `{}` begins with `-`: a stage name must begin with a letter, a digit or `_`",
+                name.trim_matches('"')
+            ),
+        );
+    }
+    let long = "s".repeat(129);
+    expect_error(
+        &stage(&long),
+        &format!("m.toml:1:9: stage name `{long}` is 129 characters long; a stage name may have at most 128"),
+    );
+    // what is allowed still is
+    let w = Work::new();
+    let ok = "s".repeat(128);
+    w.write("m.toml", &format!("{}{}", stage(&ok), stage("_a-1")));
+    assert_eq!(dag_nodes(&w, &["m.toml"]).len(), 2);
+}
