@@ -202,14 +202,14 @@ fn file_kind(t: std::fs::FileType) -> &'static str {
 /// Reads a manifest's bytes: only a regular file, and at most [`MAX_MANIFEST_BYTES`] of it. Opened without blocking
 /// (a FIFO would wait for a writer) and checked on the open file, so that what is read is what was checked; read
 /// through `take`, so that a file growing meanwhile cannot exceed the limit either.
-fn read_manifest_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
+fn read_manifest_bytes(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot read manifest {}: {e}", path.display());
+    let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot read {what} {}: {e}", path.display());
     // `stat` first: opening a directory for reading succeeds on Linux, and its error later would say less.
     let meta = std::fs::metadata(path).map_err(|e| cannot(&e))?;
     let not_regular =
-        |t: std::fs::FileType| cannot(&format!("not a regular file ({}): a manifest is a TOML file", file_kind(t)));
+        |t: std::fs::FileType| cannot(&format!("not a regular file ({}): a {what} is a TOML file", file_kind(t)));
     if !meta.is_file() {
         return Err(not_regular(meta.file_type()));
     }
@@ -221,7 +221,7 @@ fn read_manifest_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
     }
     let too_big = |n: u64| {
         cannot(&format!(
-            "{n} bytes is larger than the limit of {} MiB for a manifest (is this the right file?)",
+            "{n} bytes is larger than the limit of {} MiB for a {what} (is this the right file?)",
             MAX_MANIFEST_BYTES >> 20
         ))
     };
@@ -236,8 +236,9 @@ fn read_manifest_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn read_source(path: &Path) -> anyhow::Result<Source> {
-    let bytes = read_manifest_bytes(path)?;
+/// A manifest's or pipeline's text (`what` names which, for the errors).
+fn read_source(path: &Path, what: &str) -> anyhow::Result<Source> {
+    let bytes = read_manifest_bytes(path, what)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         let before = String::from_utf8_lossy(&e.as_bytes()[..valid]).to_string();
@@ -246,7 +247,7 @@ fn read_source(path: &Path) -> anyhow::Result<Source> {
             path,
             &before,
             valid,
-            format!("byte 0x{bad:02x} is not UTF-8: a manifest is TOML, which is UTF-8 text (re-save it as UTF-8)"),
+            format!("byte 0x{bad:02x} is not UTF-8: a {what} is TOML, which is UTF-8 text (re-save it as UTF-8)"),
         )
     })?;
     Ok(Source { path: path.to_path_buf(), text })
@@ -828,7 +829,7 @@ fn resolve_vars(vars: &mut BTreeMap<String, Var>, sources: &[Source], stages: &[
 
 /// Reads a manifest (and the pipeline it names), merges them and applies `--set name=value` overrides.
 pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
-    let top = read_source(path)?;
+    let top = read_source(path, "manifest")?;
     let doc = parse_doc(&top)?;
     let mut sources = vec![top];
     let mut vars = BTreeMap::new();
@@ -867,8 +868,18 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
     };
 
     if let Some(p) = &doc.pipeline {
+        if p.get_ref().is_empty() {
+            return Err(sources[0]
+                .error(
+                    p.span(),
+                    "`pipeline` is empty: name a pipeline file (e.g. \"../pipelines/robust-distill.toml\")",
+                )
+                .into());
+        }
         let ppath = sources[0].path.parent().unwrap_or(Path::new(".")).join(p.get_ref());
-        let psrc = read_source(&ppath).map_err(|e| sources[0].error(p.span(), format!("{e}")))?;
+        let psrc = read_source(&ppath, "pipeline").map_err(|e| {
+            sources[0].error(p.span(), format!("{e} (`pipeline` is a path relative to the manifest's directory)"))
+        })?;
         let pdoc = parse_doc(&psrc)?;
         if let Some(pp) = &pdoc.pipeline {
             return Err(psrc.error(pp.span(), "a pipeline cannot name another pipeline").into());

@@ -391,3 +391,16 @@ fn stage_names_that_begin_with_a_dash_or_are_too_long() {
     w.write("m.toml", &format!("{}{}", stage(&ok), stage("_a-1")));
     assert_eq!(dag_nodes(&w, &["m.toml"]).len(), 2);
 }
+
+#[test]
+fn a_pipeline_path_that_names_no_pipeline_file_is_called_a_pipeline() {
+    expect_error(
+        "pipeline = \"nope.toml\"\n",
+        "m.toml:1:12: cannot read pipeline nope.toml: No such file or directory (os error 2) (`pipeline` is a path relative to the manifest's directory)",
+    );
+    expect_error(
+        "pipeline = \".\"\n",
+        "m.toml:1:12: cannot read pipeline .: not a regular file (a directory): a pipeline is a TOML file",
+    );
+    expect_error("pipeline = \"\"\n", "m.toml:1:12: `pipeline` is empty: name a pipeline file");
+}
