@@ -314,7 +314,8 @@ pub struct ArgoArgs {
 pub struct K8sArgs {
     #[command(flatten)]
     pub c: ContainerArgs,
-    /// Failed pods before a Job gives up (waiting for upstream does not count).
+    /// Failed pods before a Job gives up (a pod waiting for its upstream has not failed; one that gives up waiting, past
+    /// the upstream Jobs' deadlines, has).
     #[arg(long, default_value_t = 2)]
     pub backoff_limit: u32,
     /// Seconds between checks while a node waits for its upstream.

@@ -7,7 +7,8 @@
 //! schedulers accept, and resource requests (parsed by [`crate::units`]). Each scheduler's rendering lives in its own
 //! file under `export/`. Exporters take plain requests ([`Source`] and each one's `Request`); only `cli.rs` knows how
 //! they are spelt on the command line. Every value they write into a script or document is quoted for what reads it,
-//! or refused where the scheduler offers no quoting (see `tests/export_injection.rs`).
+//! or refused where the scheduler offers no quoting, and every command ends `node run`'s options with `--` before
+//! the manifest and the node, so that no name is read as an option (see `tests/export_injection.rs`).
 
 pub mod argo;
 pub mod aws;
@@ -436,19 +437,21 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    /// The `node run` arguments after the node name.
-    pub fn tail_args(&self) -> Vec<String> {
-        let mut v = vec!["--store".to_string(), self.store.clone()];
-        for s in &self.sets {
-            v.push("--set".into());
-            v.push(s.clone());
-        }
+    /// The `node run` arguments before the node name: `node run`, its options (each one `--name=value` word, so that
+    /// no value can be read as an option), `--`, and the manifest. After `--` nothing is an option: a node named
+    /// `--help` or a manifest path beginning with `-` is read as NODE or MANIFEST, never as a flag.
+    pub fn args_before_node(&self) -> Vec<String> {
+        let mut v = vec!["node".to_string(), "run".into(), format!("--store={}", self.store)];
+        v.extend(self.sets.iter().map(|s| format!("--set={s}")));
+        v.push("--".into());
+        v.push(self.manifest.clone());
         v
     }
     /// The full command for one node.
     pub fn argv(&self, node: &str) -> Vec<String> {
-        let mut v = vec![self.bin.clone(), "node".into(), "run".into(), self.manifest.clone(), node.to_string()];
-        v.extend(self.tail_args());
+        let mut v = vec![self.bin.clone()];
+        v.extend(self.args_before_node());
+        v.push(node.to_string());
         v
     }
 }
@@ -470,6 +473,15 @@ impl Ctx {
         let store_url = shared_store_url(&url, container)?;
         let graph = Graph::from_plan(&plan, &store)?;
         let bin = match bin {
+            Some(b) if b.is_empty() || b.starts_with('-') => {
+                return Err(crate::error::Invalid(format!(
+                    "--bin {}: a command that begins with `-` (or is empty) would be read as an option by the shell \
+                     that starts it; give its path (e.g. ./{})",
+                    crate::error::quoted(b),
+                    b.escape_debug()
+                ))
+                .into());
+            }
             Some(b) => b.to_string(),
             None if container => "rmdistill".to_string(),
             None => std::env::current_exe()
@@ -610,6 +622,37 @@ mod tests {
         assert_eq!(gs.iter().filter(|x| x.stage == "b").count(), 4);
         assert_eq!(gs[1].name, "a");
         assert_eq!(gs[2].name, "a-i-3");
+    }
+
+    #[test]
+    fn k8s_deadlines_follow_the_longest_upstream_chain() {
+        // gen (1h); a (2h) and b (30m) read gen; c (10m) reads both. Two attempts each, checks every 10s.
+        let timed = |name: &str, time: &str, deps: &[usize]| GNode {
+            resources: Resources { time: time.into(), ..Default::default() },
+            ..node(name, name, deps)
+        };
+        let nodes =
+            vec![timed("gen", "1h", &[]), timed("a", "2h", &[0]), timed("b", "30m", &[0]), timed("c", "10m", &[1, 2])];
+        let g = Graph { total: 4, cached: 0, nodes, in_flight: vec![] };
+        let d = argo::deadlines(&g, 1, 10).unwrap();
+        let got: Vec<(u64, u64, u64)> = d.iter().map(|d| (d.wait, d.pod, d.job)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 3600, 7200),
+                (7200, 7210 + 7200, 7210 + 2 * 7200),
+                (7200, 7210 + 1800, 7210 + 2 * 1800),
+                (21610, 21620 + 600, 21620 + 2 * 600),
+            ]
+        );
+        // Sums past Kubernetes' int64 are capped, not wrapped: a chain of the longest limits, retried 2^32 times.
+        let nodes: Vec<GNode> = (0..10)
+            .map(|i| GNode { deps: (0..i).rev().take(1).collect(), ..timed(&format!("x{i}"), "3650d", &[]) })
+            .collect();
+        let chain = Graph { total: 10, cached: 0, nodes, in_flight: vec![] };
+        let d = argo::deadlines(&chain, u32::MAX, 10).unwrap();
+        assert_eq!(d[9].job, i64::MAX as u64);
+        assert!(d.iter().all(|d| d.pod <= d.job && d.wait <= d.job) && d.windows(2).all(|w| w[0].job <= w[1].job));
     }
 
     #[test]

@@ -187,8 +187,11 @@ fn argo_workflow_follows_the_dag_with_per_stage_resources() {
     assert_eq!(sub_t["container"]["resources"]["requests"]["memory"], "2048Mi");
     assert_eq!(sub_t["activeDeadlineSeconds"], "5400");
     let args: Vec<&str> = sub_t["container"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    // Options first, then `--`: the manifest and the node name are never read as options.
     assert_eq!(&args[..2], &["node", "run"]);
-    assert_eq!(args[3], "{{inputs.parameters.node}}");
+    let manifest = w.path().join("m.toml").canonicalize().unwrap().display().to_string();
+    assert_eq!(&args[args.len() - 3..], &["--", manifest.as_str(), "{{inputs.parameters.node}}"]);
+    assert!(args[2..args.len() - 3].iter().all(|a| a.starts_with("--") && a.contains('=')), "{args:?}");
     assert_eq!(sub_t["container"]["command"][0], "rmdistill");
 
     // Cached nodes are left out, and so are dependencies on them.
@@ -260,11 +263,99 @@ fn k8s_jobs_one_per_node_in_topological_order() {
             pod["containers"][0]["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         assert_eq!(&cmd[..2], &["sh", "-c"]);
         assert!(cmd[2].contains("-ne 4"), "waits while upstream is missing: {}", cmd[2]);
+        let store = format!("--store=file://{}", w.path().join(".rmdistill/store").canonicalize().unwrap().display());
         assert_eq!(
-            &cmd[4..9],
-            &["rmdistill", "node", "run", w.path().join("m.toml").canonicalize().unwrap().to_str().unwrap(), node]
+            &cmd[4..],
+            &[
+                "rmdistill",
+                "node",
+                "run",
+                &store,
+                "--",
+                w.path().join("m.toml").canonicalize().unwrap().to_str().unwrap(),
+                node
+            ]
         );
+        // Deadlines (default time limit 1h, --backoff-limit 2: 3 attempts, --poll 30): a node waits until the Jobs
+        // upstream of it have passed their deadlines, then has its own limit per attempt.
+        let (wait, pod_limit, job_limit) = match node.split('@').next().unwrap() {
+            "gen" => (0, 3600, 3 * 3600),
+            "sub" => (10800, 10800 + 30 + 3600, 10800 + 30 + 3 * 3600),
+            _ => (21630, 21630 + 30 + 3600, 21630 + 30 + 3 * 3600),
+        };
+        assert_eq!(j["spec"]["activeDeadlineSeconds"], job_limit, "{node}");
+        assert_eq!(pod["activeDeadlineSeconds"], pod_limit, "{node}");
+        assert!(cmd[2].contains(&format!("-ge {wait} ]")), "{node} waits at most {wait}s: {}", cmd[2]);
     }
+}
+
+/// A Job's command as its container runs it: Kubernetes turns `$$` into `$` (no `$(VAR)` is set here).
+fn k8s_command(job: &Value) -> Vec<String> {
+    job["spec"]["template"]["spec"]["containers"][0]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().replace("$$", "$"))
+        .collect()
+}
+
+#[test]
+fn k8s_a_dependent_stops_waiting_once_its_upstream_jobs_deadlines_pass() {
+    let w = Work::new();
+    w.write(
+        "m.toml",
+        "[stages.gen]\nkind = \"generate\"\nparams = { n = 50, seed = 1 }\nresources = { time = \"1s\" }\n\n\
+         [stages.sub]\nkind = \"subsample\"\ninputs = { pairs = \"gen.pairs\" }\nparams = { rho = 0.5, size = 10, seed = 0 }\n",
+    );
+    let bin = env!("CARGO_BIN_EXE_rmdistill");
+    let args = ["export", "k8s", "m.toml", "--image", "img", "--bin", bin, "--poll", "1", "--backoff-limit", "0"];
+    let v: Value = serde_json::from_str(&w.ok(&args)).unwrap();
+    let items = v["items"].as_array().unwrap();
+    let job = |node: &str| items.iter().find(|j| j["metadata"]["annotations"]["rmdistill.dev/node"] == node).unwrap();
+    // gen: 1s, one attempt. sub waits for gen's Job to end (1s), then one more check, then its own hour.
+    assert_eq!(job("gen")["spec"]["activeDeadlineSeconds"], 1);
+    assert_eq!(job("gen")["spec"]["template"]["spec"]["activeDeadlineSeconds"], 1);
+    assert_eq!(job("sub")["spec"]["activeDeadlineSeconds"], 1 + 1 + 3600);
+    assert_eq!(job("sub")["spec"]["template"]["spec"]["activeDeadlineSeconds"], 1 + 1 + 3600);
+
+    // gen's Job failed, so gen is never stored: sub's pod checks, waits, checks again, then gives up saying why
+    // (it used to wait forever).
+    let sub = k8s_command(job("sub"));
+    let t = std::time::Instant::now();
+    let o = std::process::Command::new(&sub[0]).args(&sub[1..]).current_dir(w.path()).output().unwrap();
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(t.elapsed() >= std::time::Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(err.contains("upstream not stored yet; checking again in 1s"), "{err}");
+    assert!(
+        err.contains(
+            "rmdistill: giving up: upstream results still not stored after waiting 1s, past the deadlines (1s)"
+        ),
+        "{err}"
+    );
+
+    // With gen run, the same command runs sub.
+    let upstream = k8s_command(job("gen"));
+    let o = std::process::Command::new(&upstream[0]).args(&upstream[1..]).current_dir(w.path()).output().unwrap();
+    assert!(o.status.success(), "{upstream:?}: {}", s(&o.stderr));
+    // (Exported now, sub reads only cached results: it does not wait, and has its hour.)
+    let again: Value = serde_json::from_str(&w.ok(&args)).unwrap();
+    let only: Vec<&Value> = again["items"].as_array().unwrap().iter().collect();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0]["spec"]["activeDeadlineSeconds"], 3600);
+    assert_eq!(only[0]["spec"]["template"]["spec"]["activeDeadlineSeconds"], 3600);
+    let o = std::process::Command::new(&sub[0]).args(&sub[1..]).current_dir(w.path()).output().unwrap();
+    assert!(o.status.success(), "{sub:?}: {}", s(&o.stderr));
+    let st: Value = serde_json::from_str(&w.ok(&["status", "m.toml", "--json"])).unwrap();
+    assert!(st.as_array().unwrap().iter().all(|n| n["state"] == "cached"), "{st}");
+
+    // A node whose upstream was stored when exported but is gone from the store gives up at once.
+    std::fs::remove_dir_all(w.store()).unwrap();
+    std::fs::create_dir_all(w.store()).unwrap();
+    let late = k8s_command(only[0]);
+    let o = std::process::Command::new(&late[0]).args(&late[1..]).current_dir(w.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("were stored when this Job was exported but are not now"), "{}", s(&o.stderr));
 }
 
 /// Checks a document against a definition of Argo's published JSON schema (api/jsonschema/schema.json of

@@ -350,3 +350,61 @@ fn aws_batch_document_is_accepted_by_moto() {
     assert_eq!(doc["barriers"], 23);
     submit_to_moto(&py, &w, &doc);
 }
+
+/// AWS Batch refuses a SubmitJob request over 30 KiB and a tag value over 256 characters: a 10,000-character stage
+/// name is tagged by its beginning and a hash of the whole (stages still told apart), arrays of long node names are cut
+/// to fit, and a node whose name cannot fit even alone is refused, naming it and the limit.
+#[test]
+fn aws_batch_long_names_fit_requests_and_tags_or_are_refused() {
+    let node = |name: String, stage: &str, deps: Vec<usize>| GNode {
+        name,
+        stage: stage.into(),
+        resources: Resources::default(),
+        deps,
+        after: vec![],
+    };
+    // Two stages whose 10,000-character names differ only at the end (manifests may refuse such names; the exporter
+    // does not rely on it).
+    let a = "s".repeat(10_000);
+    let b = "s".repeat(9_999) + "t";
+    let nodes = vec![node(a.clone(), &a, vec![]), node(b.clone(), &b, vec![0])];
+    let g = Graph { total: 2, cached: 0, nodes, in_flight: vec![] };
+    let doc = aws::document(&g, &spec(), &opts()).unwrap();
+    let jobs = validate(&doc);
+    assert_eq!(jobs.len(), 2);
+    let tags: Vec<String> = doc["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["submitJob"]["tags"]["rmdistill-stage"].as_str().unwrap().to_string())
+        .collect();
+    for t in &tags {
+        assert!(t.chars().count() <= aws::MAX_TAG_VALUE && t.starts_with(&"s".repeat(200)), "{t}");
+        assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{t}");
+    }
+    assert_ne!(tags[0], tags[1]);
+    assert_eq!(aws::tag_value("sub"), "sub");
+
+    // 200 nodes with 1,000-character names: arrays cut so that every request fits (validate checks < 30 KiB).
+    let mut nodes = vec![node("gen".into(), "gen", vec![])];
+    nodes.extend((0..200).map(|i| node(format!("sub@t={}{i}", "x".repeat(1000)), "sub", vec![0])));
+    let g = Graph { total: nodes.len(), cached: 0, nodes, in_flight: vec![] };
+    let jobs = validate(&aws::document(&g, &spec(), &opts()).unwrap());
+    assert_eq!(jobs.values().map(|(n, _, _)| n.len()).sum::<usize>(), 201);
+    assert!(jobs.len() > 9, "{} jobs", jobs.len());
+
+    // Through the command line: a sweep value of 10,000 characters fits alone; one of 16,000 cannot.
+    let w = Work::new();
+    let m = |v: &str| {
+        format!("[stages.gen]\nkind = \"generate\"\nparams = {{ n = 10 }}\nsweep = {{ t = [\"{v}\", \"short\"] }}\n")
+    };
+    w.write("ok.toml", &m(&"x".repeat(10_000)));
+    let doc: Value = serde_json::from_str(&w.ok(&["export", "aws-batch", "ok.toml", "--image", "img"])).unwrap();
+    assert_eq!(validate(&doc).len(), 2);
+    w.write("long.toml", &m(&"y".repeat(16_000)));
+    let o = w.run(&["export", "aws-batch", "long.toml", "--image", "img"]);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    let err = s(&o.stderr);
+    assert!(err.contains("node `gen@t=yyyy") && err.contains("(16006 characters)"), "{err}");
+    assert!(err.contains("30720 bytes (30 KiB)") && err.contains("shorten the stage name or the sweep value"), "{err}");
+}

@@ -33,7 +33,10 @@ const SWEEP_VALUES: &[&str] = &[
 /// A directory name with a newline, quotes, `$()`, backticks and a semicolon.
 const DIR: &str = "w'e\"i $(touch PWNED_d1) `touch PWNED_d2`; touch PWNED_d3\ntouch PWNED_d4 &";
 
-const SET: &str = "note=it's \"$(touch PWNED_set1)\" `touch PWNED_set2`; touch PWNED_set3\ntouch PWNED_set4";
+/// A `--set` value with quotes, `$()`, backticks, `;`, `&&`, `#` and option-like words (a newline is refused by
+/// `--set` itself, which asks for a TOML string instead).
+const SET: &str =
+    "note=it's \"$(touch PWNED_set1)\" `touch PWNED_set2`; touch PWNED_set3 && touch PWNED_set4 # --help -q";
 
 fn manifest() -> String {
     let values: Vec<String> = SWEEP_VALUES.iter().map(|v| toml_str(v)).collect();
@@ -140,7 +143,10 @@ impl Setup {
         );
         node_names()
             .into_iter()
-            .map(|n| ["node", "run", &m, &n, "--store", &store, "--set", SET].iter().map(|s| s.to_string()).collect())
+            .map(|n| {
+                let (store, set) = (format!("--store={store}"), format!("--set={SET}"));
+                ["node", "run", &store, &set, "--", &m, &n].iter().map(|s| s.to_string()).collect()
+            })
             .collect()
     }
     fn check_calls_and_nothing_ran(&self) {
@@ -391,4 +397,223 @@ fn control_characters_in_node_names_and_store_urls_are_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
     assert!(s(&o.stderr).contains("s.toml:1:9: stage name `a;b` may use only"), "{}", s(&o.stderr));
     assert!(pwned(w.path()).is_empty());
+}
+
+// ---- option-like node names and manifest paths ----
+
+/// The argv a k8s Job's container runs (Kubernetes' `$$` → `$`), an Argo task's for one node, an AWS Batch job's
+/// for one array index: what each exporter would start, ready to run here.
+fn k8s_argvs(doc: &Value) -> Vec<Vec<String>> {
+    doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            strs(&j["spec"]["template"]["spec"]["containers"][0]["command"]).iter().map(|a| k8s_expand(a)).collect()
+        })
+        .collect()
+}
+
+fn argo_argvs(wf: &Value) -> Vec<Vec<String>> {
+    let templates = wf["spec"]["templates"].as_array().unwrap();
+    let mut out = Vec::new();
+    for task in templates[0]["dag"]["tasks"].as_array().unwrap() {
+        let t = templates.iter().find(|t| t["name"] == task["template"]).unwrap();
+        let nodes = match task.get("withItems") {
+            Some(items) => strs(items),
+            None => vec![task["arguments"]["parameters"][0]["value"].as_str().unwrap().to_string()],
+        };
+        for node in nodes {
+            let mut argv = strs(&t["container"]["command"]);
+            argv.extend(strs(&t["container"]["args"]));
+            out.push(argv.iter().map(|a| k8s_expand(&a.replace("{{inputs.parameters.node}}", &node))).collect());
+        }
+    }
+    out
+}
+
+/// (argv, AWS_BATCH_JOB_ARRAY_INDEX) per array task, barriers left out.
+fn aws_argvs(doc: &Value) -> Vec<(Vec<String>, Option<u64>)> {
+    let mut out = Vec::new();
+    for job in doc["jobs"].as_array().unwrap().iter().filter(|j| j["barrier"] != true) {
+        let sj = &job["submitJob"];
+        let cmd = strs(&sj["containerOverrides"]["command"]);
+        match sj["arrayProperties"]["size"].as_u64() {
+            Some(n) => out.extend((0..n).map(|i| (cmd.clone(), Some(i)))),
+            None => out.push((cmd, None)),
+        }
+    }
+    out
+}
+
+/// A command to run, and the one environment variable it needs (the array index), if any.
+type Run = (Vec<String>, Option<(&'static str, String)>);
+
+fn run_argv(argv: &[String], env: Option<(&str, String)>, dir: &Path) -> std::process::Output {
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]).current_dir(dir).env_remove("RMDISTILL_STORE");
+    if let Some((k, v)) = env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// A stage named `--help` made every exported job exit 0 without running its node: the commands put the node name
+/// where `node run` read it as its `--help` flag (help printed, exit 0, so Slurm's afterok, the k8s loop and AWS Batch
+/// all counted the node as done). Now every command ends `node run`'s options with `--`: run with the real binary,
+/// each option-like node name is looked up as a node. (Manifests may refuse such stage names themselves; the
+/// exporters do not rely on it, so the graph is built here directly.)
+#[test]
+fn option_like_node_names_are_never_read_as_options() {
+    use rmdistill::export::{GNode, Graph, RunSpec, argo, aws, slurm};
+    use rmdistill::manifest::Resources;
+    let w = Work::new();
+    let m = w.write("m.toml", &gen_manifest(500));
+    std::fs::create_dir_all(w.store()).unwrap();
+    let run = RunSpec {
+        bin: env!("CARGO_BIN_EXE_rmdistill").into(),
+        manifest: m.display().to_string(),
+        store: format!("file://{}", w.store().canonicalize().unwrap().display()),
+        sets: vec!["size=20".into()],
+        workdir: w.path().to_path_buf(),
+    };
+    // `--help` alone; an array of `-q`, `-h`, `--version`, `-V`, `--with-deps` after it.
+    let names = ["--help", "-q", "-h", "--version", "-V", "--with-deps"];
+    let nodes: Vec<GNode> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| GNode {
+            name: n.to_string(),
+            stage: if i == 0 { "--help".into() } else { "-q".into() },
+            resources: Resources::default(),
+            deps: if i == 0 { vec![] } else { vec![0] },
+            after: vec![],
+        })
+        .collect();
+    let g = Graph { total: nodes.len(), cached: 0, nodes, in_flight: vec![] };
+
+    // Each command, run: `node run` takes the name as NODE, finds no such node in the manifest and says so (exit 2);
+    // before, it printed its help and exited 0.
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut check = |what: &str, o: std::process::Output| {
+        let (out, err) = (s(&o.stdout), s(&o.stderr));
+        assert!(!out.contains("Usage:") && !err.contains("Usage:"), "{what}: read as an option:\n{out}{err}");
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        let node = names
+            .iter()
+            .find(|n| err.contains(&format!("no node named `{n}`")))
+            .unwrap_or_else(|| panic!("{what}: {err}"));
+        seen.insert(format!("{what} {node}"));
+    };
+    let kopts = argo::Opts { image: "img".into(), prefix: "p".into(), poll: 1, ..Default::default() };
+    for argv in k8s_argvs(&argo::jobs(&g, &run, &kopts).unwrap()) {
+        assert_eq!(&argv[argv.len() - 3..argv.len() - 1], ["--", run.manifest.as_str()], "{argv:?}");
+        check("k8s", run_argv(&argv, None, w.path()));
+    }
+    for argv in argo_argvs(&argo::workflow(&g, &run, &kopts).unwrap()) {
+        assert_eq!(&argv[argv.len() - 3..argv.len() - 1], ["--", run.manifest.as_str()], "{argv:?}");
+        check("argo", run_argv(&argv, None, w.path()));
+    }
+    let aopts = aws::Opts {
+        image: "img".into(),
+        job_queue: "q".into(),
+        job_definition: "d".into(),
+        attempts: 1,
+        max_array: 10_000,
+    };
+    for (argv, index) in aws_argvs(&aws::document(&g, &run, &aopts).unwrap()) {
+        check("aws", run_argv(&argv, index.map(|i| ("AWS_BATCH_JOB_ARRAY_INDEX", i.to_string())), w.path()));
+    }
+    for group in [&names[..1], &names[1..]] {
+        let script = w.write("job.sh", &slurm::job_script(&run, group).unwrap());
+        for t in 0..group.len() {
+            let argv = vec!["bash".to_string(), script.display().to_string()];
+            check("slurm", run_argv(&argv, Some(("SLURM_ARRAY_TASK_ID", t.to_string())), w.path()));
+        }
+    }
+    let want: BTreeSet<String> =
+        ["k8s", "argo", "aws", "slurm"].iter().flat_map(|x| names.iter().map(move |n| format!("{x} {n}"))).collect();
+    assert_eq!(seen, want);
+}
+
+/// End to end with the real binary: the commands every exporter writes, run in order, run the nodes, with a
+/// manifest path that begins with `-` (k8s, Argo and AWS Batch take it as given, `--manifest-path`).
+#[test]
+fn exported_commands_run_the_nodes_with_an_option_like_manifest_path() {
+    let w = Work::new();
+    let manifest = "[stages.gen]\nkind = \"generate\"\nparams = { n = 200, seed = 1 }\n\n[stages.sub]\nkind = \"subsample\"\n\
+                    inputs = { pairs = \"gen.pairs\" }\nsweep = { rho = [0.3, 0.5] }\nparams = { rho = \"${rho}\", size = 20, seed = 0 }\n";
+    w.write("-m/m.toml", manifest);
+    w.write("m.toml", manifest);
+    let bin = env!("CARGO_BIN_EXE_rmdistill");
+    let all_cached = |store: &Path| {
+        let url = format!("file://{}", store.display());
+        let st: Value = serde_json::from_str(&w.ok(&["status", "m.toml", "--store", &url, "--json"])).unwrap();
+        let states: Vec<&str> = st.as_array().unwrap().iter().map(|n| n["state"].as_str().unwrap()).collect();
+        assert_eq!(states, ["cached"; 3], "{st}");
+    };
+    for exporter in ["k8s", "argo", "aws-batch", "slurm"] {
+        let store = w.path().join(format!("store-{exporter}"));
+        std::fs::create_dir_all(&store).unwrap();
+        let url = format!("file://{}", store.display());
+        let mut args = vec!["export", exporter, "m.toml", "--store", &url, "--bin", bin];
+        if exporter != "slurm" {
+            args.extend(["--image", "img", "--manifest-path=-m/m.toml"]);
+        }
+        let out = w.ok(&args);
+        let runs: Vec<Run> = match exporter {
+            "k8s" => k8s_argvs(&serde_json::from_str(&out).unwrap()).into_iter().map(|a| (a, None)).collect(),
+            "argo" => argo_argvs(&serde_json::from_str(&out).unwrap()).into_iter().map(|a| (a, None)).collect(),
+            "aws-batch" => aws_argvs(&serde_json::from_str(&out).unwrap())
+                .into_iter()
+                .map(|(a, i)| (a, i.map(|i| ("AWS_BATCH_JOB_ARRAY_INDEX", i.to_string()))))
+                .collect(),
+            _ => {
+                // The job scripts the submission script hands to sbatch (a stand-in that keeps them), as Slurm runs
+                // them: every array task.
+                let fake = w.path().join("fakebin");
+                let log = w.path().join("sbatch-log");
+                std::fs::create_dir_all(&log).unwrap();
+                write_exe(
+                    &fake.join("sbatch"),
+                    &format!(
+                        "#!/bin/bash\nn=$(( $(ls {log} | wc -l) / 2 + 100 ))\nprintf '%s\\n' \"$@\" > {log}/$n.args\ncat > {log}/$n.script\necho \"$n;cluster\"\n",
+                        log = log.display()
+                    ),
+                );
+                write_exe(&fake.join("squeue"), "#!/bin/sh\nexit 0\n");
+                let script = w.write("submit.sh", &out);
+                let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+                let o = Command::new("bash").arg(&script).current_dir(w.path()).env("PATH", &path).output().unwrap();
+                assert!(o.status.success(), "{}", s(&o.stderr));
+                let mut runs = Vec::new();
+                for id in 100..102 {
+                    let args = std::fs::read_to_string(log.join(format!("{id}.args"))).unwrap();
+                    let tasks = args
+                        .lines()
+                        .find_map(|a| a.strip_prefix("--array=0-"))
+                        .map_or(1, |n| n.parse::<usize>().unwrap() + 1);
+                    let job = log.join(format!("{id}.script")).display().to_string();
+                    runs.extend((0..tasks).map(|t| {
+                        (vec!["bash".to_string(), job.clone()], Some(("SLURM_ARRAY_TASK_ID", t.to_string())))
+                    }));
+                }
+                runs
+            }
+        };
+        assert_eq!(runs.len(), 3, "{exporter}");
+        for (argv, env) in runs {
+            let o = run_argv(&argv, env, w.path());
+            assert!(o.status.success(), "{exporter}: {argv:?}: {}", s(&o.stderr));
+        }
+        all_cached(&store);
+    }
+    // A binary that begins with `-` would be an option to the shell's `exec`: refused.
+    for args in
+        [&["export", "k8s", "m.toml", "--bin=-x", "--image", "img"][..], &["export", "slurm", "m.toml", "--bin=-x"]]
+    {
+        let o = w.run(args);
+        assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+        assert!(s(&o.stderr).contains("--bin `-x`: a command that begins with `-`"), "{}", s(&o.stderr));
+    }
 }

@@ -131,20 +131,26 @@ fn slurm_script_maps_the_dag_to_sbatch_arrays_and_dependencies() {
     let bin = Path::new(env!("CARGO_BIN_EXE_rmdistill")).canonicalize().unwrap();
     let manifest = w.path().join("m.toml").canonicalize().unwrap();
     assert!(script.contains("  sub@rho=0.2,seed=0\n  sub@rho=0.2,seed=1\n"), "{script}");
+    // `node run`'s options come first and `--` ends them: the manifest and the node are never read as options.
+    let store = w.store().canonicalize().unwrap();
     assert!(
         script.contains(&format!(
-            "exec {} node run {} \"${{nodes[$SLURM_ARRAY_TASK_ID]}}\" --store file://",
+            "exec {} node run --store=file://{} -- {} \"${{nodes[$SLURM_ARRAY_TASK_ID]}}\"\n",
             bin.display(),
+            store.display(),
             manifest.display()
         )),
         "{script}"
     );
-    assert!(script.contains(&format!(
-        "exec {} node run {} gen --store file://{}",
-        bin.display(),
-        manifest.display(),
-        w.store().canonicalize().unwrap().display()
-    )));
+    assert!(
+        script.contains(&format!(
+            "exec {} node run --store=file://{} -- {} gen\n",
+            bin.display(),
+            store.display(),
+            manifest.display()
+        )),
+        "{script}"
+    );
 
     // A stage whose node i reads node i of an array waits element-wise: aftercorr.
     let pick = "\n[stages.pick]\nkind = \"subsample\"\ninputs = { pairs = \"sub.dataset\" }\nsweep = { rho = \"${rhos}\", seed = \"${seeds}\" }\nparams = { rho = 0.5, size = 40, seed = \"${seed}\" }\n";
@@ -157,7 +163,7 @@ fn slurm_script_maps_the_dag_to_sbatch_arrays_and_dependencies() {
     w.ok(&["run", "m.toml", "gen", "-q"]);
     let script = w.ok(&["export", "slurm", "m.toml", "--max-array", "4"]);
     let submits: Vec<&str> = script.lines().filter(|l| l.starts_with("submit ")).collect();
-    assert!(!script.contains(" gen --store"), "gen is cached:\n{script}");
+    assert!(!script.contains(&format!("-- {} gen\n", manifest.display())), "gen is cached:\n{script}");
     assert!(submits[0].contains("--array=0-3 ") && !submits[0].contains("--dependency"), "{}", submits[0]);
     assert!(submits[1].contains("--array=0-1 ") && !submits[1].contains("--dependency"), "{}", submits[1]);
     assert!(script.contains("# 25 node(s): 1 cached"), "{script}");
@@ -624,4 +630,144 @@ fn real_slurm_resubmission_while_queued_reuses_the_live_jobs() {
         ran.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// Job identity covers the pipeline file a manifest names, not only the manifest: live jobs of the pipeline's
+/// previous version are not reused after it is edited (they would run, or wait for, the old version's nodes).
+#[test]
+fn slurm_identity_changes_with_the_pipeline_file() {
+    let w = Work::new();
+    let pipeline = |n: u32| {
+        format!(
+            "[vars]\nsize = 20\n\n[stages.gen]\nkind = \"generate\"\nparams = {{ n = {n}, seed = 1 }}\n\n\
+             [stages.sub]\nkind = \"subsample\"\ninputs = {{ pairs = \"gen.pairs\" }}\nsweep = {{ rho = [0.3, 0.5] }}\n\
+             params = {{ rho = \"${{rho}}\", size = \"${{size}}\", seed = 0 }}\n"
+        )
+    };
+    w.write("p.toml", &pipeline(200));
+    w.write("m.toml", "pipeline = \"p.toml\"\n");
+    let ident = || {
+        let script = w.ok(&["export", "slurm", "m.toml"]);
+        let ids: BTreeSet<String> = script
+            .lines()
+            .filter(|l| l.starts_with("submit "))
+            .map(|l| l.split(' ').nth(2).unwrap().rsplit_once(':').unwrap().0.to_string())
+            .collect();
+        assert_eq!(ids.len(), 1, "{script}");
+        ids.into_iter().next().unwrap()
+    };
+    let first = ident();
+    assert!(first.starts_with("rmdistill:"), "{first}");
+    assert_eq!(ident(), first, "the same files give the same identity");
+
+    // Submitted, and all of it still queued: submitting again reuses every job.
+    let fake = fake_sbatch(w.path());
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let submit = || {
+        let o = w.cmd(&["export", "slurm", "m.toml", "--submit", "--json"]).env("PATH", &path).output().unwrap();
+        assert!(o.status.success(), "{}", s(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    assert_eq!(submit()["submitted"], 3);
+    w.write("squeue-rows", &queued_rows(w.path(), &[], &[]));
+    let v = submit();
+    assert_eq!((v["submitted"].as_u64(), v["in_flight"].as_u64()), (Some(0), Some(3)), "{v}");
+
+    // The pipeline edited (same node names, another gen): a new identity, and nothing of the old jobs reused.
+    w.write("p.toml", &pipeline(300));
+    let second = ident();
+    assert_ne!(second, first);
+    let v = submit();
+    assert_eq!((v["submitted"].as_u64(), v["in_flight"].as_u64()), (Some(3), Some(0)), "{v}");
+    // A `--set` that changes what the pipeline resolves to changes it too.
+    let o = w.ok(&["export", "slurm", "m.toml", "--set", "size=30"]);
+    assert!(!o.contains(&format!("{second}:")), "{o}");
+}
+
+/// sbatch reads `%` in `--output` as the start of a pattern (`%j`, `%x`, …) and `%%` as `%`: a log directory with
+/// `%` in its name is written with `%%`, so the output lands in that directory. A backslash, which makes sbatch
+/// expand nothing and drop it, is refused.
+#[test]
+fn slurm_log_directory_percent_signs_are_escaped() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(500));
+    let fake = fake_sbatch(w.path());
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let logs = w.path().join("logs 100%j %x %%");
+    let script = w.path().join("submit.sh");
+    w.ok(&["export", "slurm", "m.toml", "--logs", logs.to_str().unwrap(), "-o", script.to_str().unwrap()]);
+    let o = Command::new("bash").arg(&script).current_dir(w.path()).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(logs.is_dir(), "the log directory is made as named");
+    let escaped = logs.display().to_string().replace('%', "%%");
+    let args = std::fs::read_to_string(w.path().join("sbatch-log/100.args")).unwrap();
+    assert!(args.lines().any(|l| l == format!("--output={escaped}/%x-%j.out")), "{args}");
+    let args = std::fs::read_to_string(w.path().join("sbatch-log/101.args")).unwrap();
+    assert!(args.lines().any(|l| l == format!("--output={escaped}/%x-%A_%a.out")), "{args}");
+
+    // The directory given when the script runs (RMDISTILL_SLURM_LOGS) too.
+    let env_logs = w.path().join("env%logs");
+    let o = Command::new("bash")
+        .arg(&script)
+        .current_dir(w.path())
+        .env("PATH", &path)
+        .env("RMDISTILL_SLURM_LOGS", &env_logs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let escaped = env_logs.display().to_string().replace('%', "%%");
+    let args = std::fs::read_to_string(w.path().join("sbatch-log/108.args")).unwrap();
+    assert!(args.lines().any(|l| l == format!("--output={escaped}/%x-%j.out")), "{args}");
+
+    // A backslash: refused when exporting, and by the script when it comes from RMDISTILL_SLURM_LOGS.
+    let o = w.run(&["export", "slurm", "m.toml", "--logs", "lo\\gs"]);
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("backslash"), "{}", s(&o.stderr));
+    let o = Command::new("bash")
+        .arg(&script)
+        .current_dir(w.path())
+        .env("PATH", &path)
+        .env("RMDISTILL_SLURM_LOGS", w.path().join("a\\b"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("has a backslash"), "{}", s(&o.stderr));
+}
+
+/// With a real sbatch: jobs submitted from a directory whose name holds `%` patterns (so `--chdir` and the default
+/// log directory hold them too) run there, and their output files land in that log directory under the names asked
+/// for (`%x-%j.out`, `%x-%A_%a.out`), not in a directory sbatch made up by expanding the `%`.
+#[test]
+fn real_slurm_logs_land_in_a_directory_with_percent_signs() {
+    let Some(cl) = start_cluster() else { return };
+    let w = Work::new();
+    let dir = w.path().join("run %j %x 100%%");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("m.toml"),
+        "[stages.gen]\nkind = \"generate\"\nparams = { n = 200, seed = 1 }\nresources = { memory = \"512M\", time = \"10m\" }\n\n\
+         [stages.sub]\nkind = \"subsample\"\ninputs = { pairs = \"gen.pairs\" }\nsweep = { rho = [0.3, 0.5] }\n\
+         params = { rho = \"${rho}\", size = 20, seed = 0 }\nresources = { memory = \"512M\", time = \"10m\" }\n",
+    )
+    .unwrap();
+    let o = w
+        .cmd(&["export", "slurm", "m.toml", "--submit", "--json"])
+        .current_dir(&dir)
+        .env("SLURM_CONF", &cl.conf)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "export --submit failed: {}\n{}", s(&o.stderr), cl.log_tail());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<String> =
+        v["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 2, "{v}");
+    let q = wait_settled(&cl, &ids, Duration::from_secs(90));
+    assert!(q.iter().all(|(_, st, _)| st == "COMPLETED"), "{q:?}\n{}", cl.log_tail());
+    assert_eq!(entries(&dir.join(".rmdistill/store")).len(), 3, "the jobs ran in the submitting directory");
+    let logs = dir.join(".rmdistill/slurm");
+    let mut got: Vec<String> =
+        std::fs::read_dir(&logs).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    got.sort();
+    let want = vec![format!("gen-{}.out", ids[0]), format!("sub-{}_0.out", ids[1]), format!("sub-{}_1.out", ids[1])];
+    assert_eq!(got, want, "in {}", logs.display());
 }

@@ -6,7 +6,9 @@
 //!
 //! `export k8s`: where Argo is absent, a `List` of plain `batch/v1` Jobs, one per node, in topological order. Kubernetes
 //! does not order Jobs; each pod runs `node run` in a loop that waits while it exits 4 (upstream not stored yet), so
-//! creating them all at once is safe, and `backoffLimit` covers real failures.
+//! creating them all at once is safe, and `backoffLimit` covers real failures. Each Job has an `activeDeadlineSeconds`
+//! built from the time limits (`resources.time`) of its node and of the nodes upstream of it ([`Deadline`]), so a node
+//! that runs too long is stopped and one whose upstream Job failed or was stopped gives up waiting, saying so.
 
 use super::{Ctx, Graph, Req, RunSpec, Source};
 use serde_json::{Value, json};
@@ -228,28 +230,82 @@ pub fn workflow(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
     Ok(json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": metadata, "spec": spec}))
 }
 
-/// The shell loop a Kubernetes Job runs: `node run` until it stops answering 4 (upstream not stored yet).
-fn wait_loop(poll: u32) -> String {
+/// The shell loop a Kubernetes Job runs: `node run` until it stops answering 4 (upstream not stored yet), checking
+/// every `poll` seconds for at most `wait` seconds (counted as the sleeps between checks); then it gives up, saying why.
+fn wait_loop(poll: u32, wait: u64, has_upstream: bool) -> String {
+    let why = if has_upstream {
+        format!(
+            "upstream results still not stored after waiting ${{waited}}s, past the deadlines ({wait}s) of the Jobs that \
+             produce them (annotation rmdistill.dev/depends-on): one of them failed or ran out of time"
+        )
+    } else {
+        "its upstream results were stored when this Job was exported but are not now (removed from the store?); \
+         export again"
+            .to_string()
+    };
     format!(
-        "while :; do \"$@\"; rc=$?; if [ \"$rc\" -ne 4 ]; then exit \"$rc\"; fi; echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll}; done"
+        "waited=0; while :; do \"$@\"; rc=$?; if [ \"$rc\" -ne 4 ]; then exit \"$rc\"; fi; \
+         if [ \"$waited\" -ge {wait} ]; then echo \"rmdistill: giving up: {why}\" >&2; exit 4; fi; \
+         echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll}; \
+         waited=$((waited + {poll})); done"
     )
 }
 
-/// A `List` of batch/v1 Jobs, one per node, in topological order.
+/// Kubernetes' largest `activeDeadlineSeconds` (an int64).
+const MAX_DEADLINE: u64 = i64::MAX as u64;
+
+/// Time bounds of one node's Job, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// How long its pod waits for upstream results: the latest Job deadline among the nodes it reads from (0 for
+    /// a node whose upstream is all stored). The Jobs are created together, so by then each of those Jobs has
+    /// stored its result or stopped.
+    pub wait: u64,
+    /// One pod's limit (`template.spec.activeDeadlineSeconds`): the wait, one more check, and the node's time limit.
+    pub pod: u64,
+    /// The Job's limit (`spec.activeDeadlineSeconds`, counted from when the Job starts): the wait, one more check,
+    /// and the node's time limit once per attempt (`backoffLimit` + 1).
+    pub job: u64,
+}
+
+/// Each node's [`Deadline`], in the graph's (topological) order.
+pub fn deadlines(g: &Graph, backoff_limit: u32, poll: u32) -> anyhow::Result<Vec<Deadline>> {
+    let attempts = u64::from(backoff_limit) + 1;
+    let mut out: Vec<Deadline> = Vec::with_capacity(g.nodes.len());
+    for n in &g.nodes {
+        let limit = Req::of(&n.resources)?.seconds;
+        let wait = n.deps.iter().map(|&d| out[d].job).max().unwrap_or(0);
+        let start = if n.deps.is_empty() { 0 } else { wait.saturating_add(u64::from(poll)) };
+        let job = start.saturating_add(limit.saturating_mul(attempts)).min(MAX_DEADLINE);
+        out.push(Deadline { wait, pod: start.saturating_add(limit).min(job), job });
+    }
+    Ok(out)
+}
+
+/// A `List` of batch/v1 Jobs, one per node, in topological order. Every Job has a deadline (see [`Deadline`]): a
+/// node that runs past its time limit is stopped, and a node whose upstream Job failed stops waiting for it.
 pub fn jobs(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
     let raw: Vec<String> = g.nodes.iter().map(|n| n.name.clone()).collect();
     let names = super::unique_names(&raw, 62 - o.prefix.len() - 7);
+    let limits = deadlines(g, o.backoff_limit, o.poll)?;
     let mut items = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let req = Req::of(&n.resources)?;
+        let dl = limits[i];
         let name = format!("{}-{}", o.prefix, names[i]);
         let deps: Vec<&str> = n.deps.iter().map(|&d| g.nodes[d].name.as_str()).collect();
         // The node's command is passed to the loop as arguments ("$@"), never pasted into its text.
-        let mut command = vec!["sh".to_string(), "-c".into(), wait_loop(o.poll), "rmdistill-node".into()];
+        let mut command = vec![
+            "sh".to_string(),
+            "-c".into(),
+            wait_loop(o.poll, dl.wait, !n.deps.is_empty()),
+            "rmdistill-node".into(),
+        ];
         command.extend(run.argv(&n.name));
         let command: Vec<String> = command.iter().map(|a| k8s_literal(a)).collect();
         let mut pod = json!({
             "restartPolicy": "Never",
+            "activeDeadlineSeconds": dl.pod,
             "containers": [{"name": "node", "image": o.image, "command": command, "resources": resources(&req)}],
         });
         if let Some(sa) = &o.service_account {
@@ -268,7 +324,8 @@ pub fn jobs(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
             "apiVersion": "batch/v1",
             "kind": "Job",
             "metadata": metadata,
-            "spec": {"backoffLimit": o.backoff_limit, "template": {"metadata": {"labels": labels(Some(n.stage.as_str()))}, "spec": pod}},
+            "spec": {"backoffLimit": o.backoff_limit, "activeDeadlineSeconds": dl.job,
+                "template": {"metadata": {"labels": labels(Some(n.stage.as_str()))}, "spec": pod}},
         }));
     }
     Ok(json!({"apiVersion": "v1", "kind": "List", "items": items}))

@@ -4,6 +4,9 @@
 //! another array of the same size depends on it `N_TO_N`. AWS Batch takes at most 20 `dependsOn` entries per job, so
 //! beyond that barrier jobs (which run `true`) collect up to 20 parents each, in a tree as deep as needed.
 //!
+//! Every SubmitJob request stays within AWS's 30 KiB (arrays are cut to fit; a node whose name cannot fit is
+//! refused), and tag values within 256 characters (a longer stage name is cut and ends in a hash of the whole).
+//!
 //! Job ids exist only once submitted: `dependsOn[].jobId` holds `${REF}`, where REF is an earlier job's `ref`;
 //! a submitter replaces it with the jobId that SubmitJob returned for REF.
 
@@ -16,8 +19,14 @@ use std::path::PathBuf;
 pub const MAX_PARENTS: usize = 20;
 /// AWS Batch's largest array job.
 pub const MAX_ARRAY: usize = 10_000;
-/// Bytes of node names one SubmitJob request may carry (AWS caps a request's payload at 30 KiB).
-const NAMES_BUDGET: usize = 20 * 1024;
+/// AWS Batch's largest SubmitJob request payload, in bytes.
+pub const MAX_REQUEST: usize = 30 * 1024;
+/// AWS's longest tag value, in characters.
+pub const MAX_TAG_VALUE: usize = 256;
+/// Room in a SubmitJob request for all but the command: job name, queue and definition (at most 128 characters
+/// each), up to 20 `dependsOn` entries, resources, timeout, tags (at most 256 characters) and array size. About
+/// 3 KiB at most; twice that is kept free.
+const OVERHEAD: usize = 6 * 1024;
 
 /// What `export aws-batch` is asked for.
 #[derive(Debug, Clone, Default)]
@@ -94,13 +103,25 @@ pub fn run(a: Request) -> anyhow::Result<()> {
 
 /// The shell line every job runs: task i of an array runs the i-th node argument; a single job its only one.
 fn script(run: &RunSpec) -> String {
-    let tail: Vec<String> = run.tail_args().iter().map(|x| q_sh(x)).collect();
-    format!(
-        "shift \"${{AWS_BATCH_JOB_ARRAY_INDEX:-0}}\"; exec {} node run {} \"$1\" {}",
-        q_sh(&run.bin),
-        q_sh(&run.manifest),
-        tail.join(" ")
-    )
+    // `node run`'s options, then `--`, then the manifest and the node: nothing from the manifest is read as an option.
+    let head: Vec<String> = run.args_before_node().iter().map(|x| q_sh(x)).collect();
+    format!("shift \"${{AWS_BATCH_JOB_ARRAY_INDEX:-0}}\"; exec {} {} \"$1\"", q_sh(&run.bin), head.join(" "))
+}
+
+/// Bytes a string takes in a JSON request (quoted and escaped).
+fn json_len(s: &str) -> usize {
+    serde_json::to_string(s).map_or(s.len(), |j| j.len())
+}
+
+/// A tag value AWS accepts (at most [`MAX_TAG_VALUE`] characters): the value itself, or where longer its beginning
+/// and a hash of the whole, so that it still tells stages apart and names them recognisably.
+pub fn tag_value(v: &str) -> String {
+    if v.chars().count() <= MAX_TAG_VALUE {
+        return v.to_string();
+    }
+    let hash = &blake3::hash(v.as_bytes()).to_hex()[..12];
+    let head: String = v.chars().take(MAX_TAG_VALUE - hash.len() - 1).collect();
+    format!("{head}-{hash}")
 }
 
 fn requirements(r: &Req) -> Value {
@@ -117,10 +138,37 @@ fn requirements(r: &Req) -> Value {
 /// The document: `jobDefinition` (a RegisterJobDefinition request) and `jobs` in submission order, each with its
 /// `ref`, the nodes it runs, and its SubmitJob request.
 pub fn document(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
-    let longest = g.nodes.iter().map(|n| n.name.len() + 3).max().unwrap_or(1);
-    let max_array = o.max_array.min(MAX_ARRAY).min((NAMES_BUDGET / longest).max(2));
-    let groups = super::group(g, max_array, true, false);
     let sh = script(run);
+    // A job's request carries its script and its nodes' names (each in the command, the first also as the `node`
+    // parameter): arrays are cut so that every request stays under AWS's limit, and a name that cannot fit even
+    // alone is refused.
+    let fixed = json_len(&sh) + OVERHEAD;
+    if fixed >= MAX_REQUEST {
+        return Err(crate::error::Invalid(format!(
+            "the command every AWS Batch job runs (binary, manifest path, store URL and --set values) takes {} bytes, \
+             and AWS takes SubmitJob requests of at most {MAX_REQUEST} bytes (30 KiB) with room for the rest; \
+             shorten them",
+            json_len(&sh)
+        ))
+        .into());
+    }
+    let budget = MAX_REQUEST - fixed;
+    let mut max_array = o.max_array.min(MAX_ARRAY);
+    if let Some(n) = g.nodes.iter().max_by_key(|n| json_len(&n.name)) {
+        let longest = json_len(&n.name) + 1;
+        if 2 * longest > budget {
+            return Err(crate::error::Invalid(format!(
+                "node {}: its name takes {} bytes and appears twice in its job's SubmitJob request (in the command \
+                 and as the `node` parameter), which AWS Batch takes up to {MAX_REQUEST} bytes (30 KiB), {budget} of \
+                 them left for node names; shorten the stage name or the sweep value",
+                crate::error::quoted(&n.name),
+                longest - 1
+            ))
+            .into());
+        }
+        max_array = max_array.min((budget - longest) / longest).max(1);
+    }
+    let groups = super::group(g, max_array, true, false);
     let default_req = Req::of(&Default::default())?;
     let definition = json!({
         "jobDefinitionName": o.job_definition,
@@ -196,13 +244,23 @@ pub fn document(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
             "parameters": {"node": names[0]},
             "containerOverrides": {"command": command, "resourceRequirements": requirements(&req)},
             "timeout": {"attemptDurationSeconds": req.seconds.max(60)},
-            "tags": {"rmdistill-stage": gr.stage},
+            "tags": {"rmdistill-stage": tag_value(&gr.stage)},
         });
         if !depends.is_empty() {
             submit["dependsOn"] = Value::Array(depends);
         }
         if array {
             submit["arrayProperties"] = json!({"size": gr.nodes.len()});
+        }
+        let size = serde_json::to_string(&submit)?.len();
+        if size > MAX_REQUEST {
+            return Err(crate::error::Invalid(format!(
+                "job {} (node {}): its SubmitJob request takes {size} bytes, over AWS's {MAX_REQUEST} (30 KiB); \
+                 shorten the node names, the manifest path, the store URL or the --set values",
+                gr.name,
+                crate::error::quoted(&names[0])
+            ))
+            .into());
         }
         jobs.push(json!({"ref": gr.name, "stage": gr.stage, "nodes": names, "submitJob": submit}));
     }

@@ -3,14 +3,14 @@
 //! one job array whose tasks pick their node from a generated list.
 //!
 //! Re-submission while earlier jobs are still queued does not duplicate them. Every job carries an identity in its
-//! `--comment`: `rmdistill:C:G`, C a hash of what its nodes mean (binary, manifest path and contents, `--set`, store),
-//! G a hash of its node list, which the job script also lists (`# rmdistill-tasks: [...]`). `--submit` asks `squeue`
-//! for this user's pending/running jobs with the same C, reads their node lists (`scontrol write batch_script`), and
-//! leaves out every node that a live job will run, waiting on that job (or array task) instead; the script itself
-//! (`export slurm` without `--submit`, run later, maybe twice) checks `squeue` per job before each `sbatch` and reuses a
-//! live job with the same identity.
+//! `--comment`: `rmdistill:C:G`, C a hash of what its nodes mean (binary, manifest path, the text of the manifest and
+//! of its pipeline, the nodes they resolve to, `--set`, store), G a hash of its node list, which the job script also
+//! lists (`# rmdistill-tasks: [...]`). `--submit` asks `squeue` for this user's pending/running jobs with the same C,
+//! reads their node lists (`scontrol write batch_script`), and leaves out every node that a live job will run, waiting
+//! on that job (or array task) instead; the script itself (`export slurm` without `--submit`, run later, maybe twice)
+//! checks `squeue` per job before each `sbatch` and reuses a live job with the same identity.
 
-use super::{Ctx, DepRef, Group, Req, Source};
+use super::{Ctx, DepRef, Group, Req, RunSpec, Source};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -50,7 +50,7 @@ pub fn run(a: Request) -> anyhow::Result<()> {
     // rather than as neither queued nor cached (which would submit it again).
     let rows = if a.submit { queued_rows() } else { Vec::new() };
     let mut ctx = Ctx::load(&a.source, a.bin.as_deref(), None, false)?;
-    let ident = identity(&ctx)?;
+    let ident = identity(&ctx);
     let live = live_nodes(&rows, &ident);
     if !live.nodes.is_empty() {
         ctx.graph = ctx.graph.without_in_flight(&live.nodes);
@@ -76,22 +76,52 @@ pub fn run(a: Request) -> anyhow::Result<()> {
     submit(&ctx, &groups, &a, &script, &live)
 }
 
-/// The identity of what this export's jobs compute: the binary, the manifest (path and contents), `--set` and the
-/// store. Jobs of another manifest, version of it, or store are never reused.
-fn identity(ctx: &Ctx) -> anyhow::Result<String> {
-    let text =
-        std::fs::read(ctx.manifest_file()).map_err(|e| anyhow::anyhow!("{}: {e}", ctx.manifest_file().display()))?;
+/// The identity of what this export's jobs compute: the binary, the manifest's path, the text of every file the
+/// manifest was read from (the manifest and the pipeline it names), what they resolve to (every node's stage, kind,
+/// parameters, inputs and resources), `--set` and the store. Jobs of another manifest, version of it or of its
+/// pipeline, or store are never reused.
+fn identity(ctx: &Ctx) -> String {
     let mut h = blake3::Hasher::new();
-    h.update(b"rmdistill-slurm-v1\0");
-    for part in [ctx.run.bin.as_bytes(), ctx.run.manifest.as_bytes(), &text, ctx.run.store.as_bytes()] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
+    let mut part = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    part(b"rmdistill-slurm-v2");
+    part(ctx.run.bin.as_bytes());
+    part(ctx.run.manifest.as_bytes());
+    part(ctx.run.store.as_bytes());
+    part(&(ctx.run.sets.len() as u64).to_le_bytes());
     for x in &ctx.run.sets {
-        h.update(&(x.len() as u64).to_le_bytes());
-        h.update(x.as_bytes());
+        part(x.as_bytes());
     }
-    Ok(h.finalize().to_hex()[..12].to_string())
+    // The files as they were read and parsed for this export (not read again: what was planned is what is hashed).
+    let sources = &ctx.plan.manifest.sources;
+    part(&(sources.len() as u64).to_le_bytes());
+    for src in sources {
+        part(src.path.as_os_str().as_encoded_bytes());
+        part(src.text.as_bytes());
+    }
+    let plan = &ctx.plan;
+    part(&(plan.nodes.len() as u64).to_le_bytes());
+    for n in &plan.nodes {
+        let inputs: serde_json::Map<String, serde_json::Value> = n
+            .inputs
+            .iter()
+            .map(|(slot, ups)| {
+                let ups: Vec<String> =
+                    ups.iter().map(|u| format!("{}.{}", plan.nodes[u.node].name, u.output)).collect();
+                (slot.clone(), serde_json::json!(ups))
+            })
+            .collect();
+        let r = &n.resources;
+        let v = serde_json::json!({
+            "name": n.name, "stage": n.stage, "kind": n.kind.kind(), "params": n.params, "inputs": inputs,
+            "externals": n.externals.iter().map(|(k, p)| (k.clone(), p.display().to_string())).collect::<BTreeMap<_, _>>(),
+            "resources": [r.cpus.to_string(), r.memory.clone(), r.gpus.to_string(), r.time.clone()],
+        });
+        part(crate::key::canonical(&v).as_bytes());
+    }
+    h.finalize().to_hex()[..12].to_string()
 }
 
 /// A job's `--comment`: the export's identity and a hash of the job's node list (in task order).
@@ -342,9 +372,24 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
     )?;
     let logs = a.logs.clone().unwrap_or_else(|| ctx.run.workdir.join(".rmdistill/slurm"));
     let logs = if logs.is_absolute() { logs } else { ctx.run.workdir.join(logs) };
+    let logs = logs.display().to_string();
+    if logs.contains('\\') {
+        return Err(crate::error::Invalid(format!(
+            "log directory {}: sbatch reads a backslash in --output as \"expand nothing\" and drops it, so the \
+             jobs' output would land elsewhere; choose a directory without `\\` (--logs)",
+            crate::error::quoted(&logs)
+        ))
+        .into());
+    }
     writeln!(s, "LOGS=${{RMDISTILL_SLURM_LOGS:-}}")?;
-    writeln!(s, "[[ -n $LOGS ]] || LOGS={}", q(&logs.display().to_string()))?;
-    writeln!(s, "mkdir -p \"$LOGS\"")?;
+    writeln!(s, "[[ -n $LOGS ]] || LOGS={}", q(&logs))?;
+    writeln!(
+        s,
+        "[[ $LOGS != *\\\\* ]] || {{ echo \"error: log directory $LOGS has a backslash, which sbatch's --output cannot carry; choose another (RMDISTILL_SLURM_LOGS or --logs)\" >&2; exit 3; }}"
+    )?;
+    writeln!(s, "mkdir -p -- \"$LOGS\"")?;
+    writeln!(s, "# --output is a pattern for sbatch (%j, %x, …): the directory's own `%` are written `%%`")?;
+    writeln!(s, "OUT=${{LOGS//[%]/%%}}")?;
     let mut common: Vec<String> = vec![format!("--chdir={}", ctx.run.workdir.display())];
     if let Some(p) = &a.partition {
         common.push(format!("--partition={p}"));
@@ -391,7 +436,6 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
     writeln!(s, "    SUBMITTED+=(\"$JOB\")")?;
     writeln!(s, "    echo \"job $JOB $name\"")?;
     writeln!(s, "}}")?;
-    let tail: Vec<String> = ctx.run.tail_args().iter().map(|x| q(x)).collect();
     for (gi, gr) in groups.iter().enumerate() {
         let node0 = &g.nodes[gr.nodes[0]];
         let req = Req::of(&node0.resources)?;
@@ -407,9 +451,9 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
         if array {
             let limit = a.array_limit.map(|l| format!("%{l}")).unwrap_or_default();
             opts.push(format!("--array=0-{}{limit}", gr.nodes.len() - 1));
-            opts.push("--output=\"$LOGS/%x-%A_%a.out\"".into());
+            opts.push("--output=\"$OUT/%x-%A_%a.out\"".into());
         } else {
-            opts.push("--output=\"$LOGS/%x-%j.out\"".into());
+            opts.push("--output=\"$OUT/%x-%j.out\"".into());
         }
         let mut after: Vec<String> = gr.after.clone();
         let mut corr: Vec<String> = Vec::new();
@@ -449,21 +493,7 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
         };
         writeln!(s, "submit {} {} {may} {} <<'{EOF_MARK}'", q(&gr.name), job_comment(ident, &names), opts.join(" "))?;
         // The job script, as a quoted here-document: nothing in it is expanded by the submitting shell.
-        let mut body = String::new();
-        writeln!(body, "#!/bin/bash")?;
-        writeln!(body, "{TASKS_MARK}{}", serde_json::to_string(&names)?)?;
-        writeln!(body, "set -eu")?;
-        let node_arg = if array {
-            writeln!(body, "nodes=(")?;
-            for &n in &gr.nodes {
-                writeln!(body, "  {}", q(&g.nodes[n].name))?;
-            }
-            writeln!(body, ")")?;
-            "\"${nodes[$SLURM_ARRAY_TASK_ID]}\"".to_string()
-        } else {
-            q(&node0.name)
-        };
-        writeln!(body, "exec {} node run {} {node_arg} {}", q(&ctx.run.bin), q(&ctx.run.manifest), tail.join(" "))?;
+        let body = job_script(&ctx.run, &names)?;
         // Every word is quoted onto one line, so no line can be the end marker; checked all the same.
         if body.lines().any(|l| l == EOF_MARK) {
             anyhow::bail!("internal error: a job script line equals the here-document marker {EOF_MARK}");
@@ -473,6 +503,30 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
         writeln!(s, "J{gi}=$JOB R{gi}=$REUSED")?;
     }
     Ok(s)
+}
+
+/// The script of the job that runs `names`: `node run` for the node, or for an array job (more than one node) for the
+/// `SLURM_ARRAY_TASK_ID`-th of them. Every word is quoted for bash onto one line.
+pub fn job_script(run: &RunSpec, names: &[&str]) -> anyhow::Result<String> {
+    let mut body = String::new();
+    writeln!(body, "#!/bin/bash")?;
+    writeln!(body, "{TASKS_MARK}{}", serde_json::to_string(names)?)?;
+    writeln!(body, "set -eu")?;
+    let node_arg = match names {
+        [one] => q(one),
+        _ => {
+            writeln!(body, "nodes=(")?;
+            for n in names {
+                writeln!(body, "  {}", q(n))?;
+            }
+            writeln!(body, ")")?;
+            "\"${nodes[$SLURM_ARRAY_TASK_ID]}\"".to_string()
+        }
+    };
+    // `node run`'s options, then `--`, then the manifest and the node: nothing from the manifest is read as an option.
+    let head: Vec<String> = run.args_before_node().iter().map(|x| q(x)).collect();
+    writeln!(body, "exec {} {} {node_arg}", q(&run.bin), head.join(" "))?;
+    Ok(body)
 }
 
 fn submit(ctx: &Ctx, groups: &[Group], a: &Request, script: &str, live: &Live) -> anyhow::Result<()> {
