@@ -4,6 +4,12 @@
 //! JSONL (one object per line; blank lines are skipped), a JSON array of objects, or Parquet (one row per record),
 //! recognised by the first bytes (`PAR1`, `[`, `{`) and, for Parquet, the extension `.parquet`/`.pq`.
 //!
+//! A record's keys other than those its format reads are not read, and a Parquet file's other columns are not
+//! decoded (a column of a type import cannot show, such as a timestamp in a named time zone, is then no matter);
+//! the format is detected from the columns' names as from a record's keys. A Parquet row is the JSON object of its
+//! columns, structs as objects and maps as objects of their entries; binary values (how some writers store strings),
+//! at any depth, are the UTF-8 text they hold, and a row with one that is not UTF-8 is a bad record on its column.
+//!
 //! # Formats (`format`, default `"auto"`: detected from the first record's keys)
 //! - `trl`: `prompt`, `chosen`, `rejected`. Each is a string, or (TRL's conversational form) a list of messages
 //!   `[{role, content}]`, rendered with the template below.
@@ -34,8 +40,9 @@
 //!
 //! Every bad record is an [`StageError::Invalid`] naming the field, with a message naming the file, the place
 //! (JSONL `line N`, 1-based; JSON array `index N` and Parquet `row N`, 0-based) and what was expected. A record that
-//! gives a key twice, at its top or inside it, is a bad record (JSON readers differ on which value counts), and a
-//! Parquet file whose schema has a column twice is refused. So is a record that gives both `chosen`/`rejected` and
+//! gives a key twice, at its top or inside it, is a bad record (JSON readers differ on which value counts), as is a
+//! Parquet row whose map holds a key twice; a Parquet file whose schema has a column twice, or a struct with a field
+//! twice in a column it reads, is refused. So is a record that gives both `chosen`/`rejected` and
 //! `response_a`/`response_b`, or a message with keys of both `{from, value}` and `{role, content}`: one of the two
 //! would be dropped silently. A JSONL line that is not UTF-8 is a bad record like one that is not JSON. So is a
 //! record whose prompt or either response is longer than `max_text_bytes` (UTF-8 bytes as imported; default 1 MiB),
@@ -106,7 +113,7 @@ struct Params {
     /// how many were skipped, why, and where the first ones are.
     #[serde(default)]
     on_invalid: OnInvalid,
-    /// Longest prompt or response, in UTF-8 bytes as imported (at least 1): a longer one makes its record invalid
+    /// Longest prompt or response, in UTF-8 bytes as imported (1 to 1 GiB): a longer one makes its record invalid
     /// (see `on_invalid`), refused before its tokens are counted, which takes memory in proportion to the text.
     #[serde(default = "default_max_text_bytes")]
     max_text_bytes: u64,
@@ -136,8 +143,19 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     if p.limit == Some(0) {
         return Err(StageError::invalid("limit", "must be at least 1 when given"));
     }
+    // a text is one value of a string column of the pairs table, whose row groups hold at most GROUP_BYTES of
+    // text per column (2 GiB would overflow its 32-bit offsets)
     if p.max_text_bytes == 0 {
         return Err(StageError::invalid("max_text_bytes", "must be at least 1"));
+    }
+    if p.max_text_bytes > GROUP_BYTES as u64 {
+        return Err(StageError::invalid(
+            "max_text_bytes",
+            format!(
+                "must be at most {GROUP_BYTES} (1 GiB: a text is one value of a string column of the pairs table, whose 32-bit offsets hold 2 GiB per row group), got {}",
+                p.max_text_bytes
+            ),
+        ));
     }
     // a record's source_row counts the records skipped before it in 32 bits
     if p.skip > u64::from(u32::MAX) {
@@ -171,11 +189,19 @@ impl fmt::Display for Loc {
 struct Where<'a> {
     file: &'a str,
     loc: Loc,
+    /// the record's keys as its file gives them, listed ([`keys`]), when the record holds only the ones import
+    /// reads: a Parquet row's are the file's columns, of which import reads only those of the format
+    file_keys: Option<&'a str>,
 }
 
 impl Where<'_> {
     fn err(&self, field: &str, msg: impl fmt::Display) -> StageError {
         StageError::invalid(field, format!("{} {}: `{field}` {msg}", self.file, self.loc))
+    }
+
+    /// The keys of record `rec` as its errors list them: those its file gives.
+    fn keys(&self, rec: &Map<String, Value>) -> String {
+        self.file_keys.map_or_else(|| keys(rec), str::to_string)
     }
 }
 
@@ -202,14 +228,23 @@ fn nonempty(w: &Where, field: &str, s: &str) -> StageResult<()> {
 
 fn field<'v>(w: &Where, rec: &'v Map<String, Value>, name: &str, expected: &str) -> StageResult<&'v Value> {
     match rec.get(name) {
-        None => Err(w.err(name, format!("is missing; expected {expected} (the record has: {})", keys(rec)))),
+        None => Err(w.err(name, format!("is missing; expected {expected} (the record has: {})", w.keys(rec)))),
         Some(Value::Null) => Err(w.err(name, format!("is null; expected {expected}"))),
         Some(v) => Ok(v),
     }
 }
 
+/// The keys of an object, as errors list them: each as [`key_shown`] shows it.
 fn keys(rec: &Map<String, Value>) -> String {
-    rec.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+    rec.keys().map(|k| key_shown(k)).collect::<Vec<_>>().join(", ")
+}
+
+/// A key of the file (a record's, a message's, a Parquet column's name) as an error names it: as it is when it is
+/// plain (ASCII letters, digits, `_`, `-` and `.`, at most 60), else [`quoted`], so that no control character of
+/// the file reaches a terminal and a key with a space or a comma reads as one key.
+fn key_shown(k: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if !k.is_empty() && k.len() <= 60 && k.chars().all(plain) { k.to_string() } else { quoted(k) }
 }
 
 /// The roles that name the assistant (any case): rendered `Assistant`.
@@ -243,12 +278,26 @@ fn role_name(role: &str) -> String {
     }
 }
 
-/// A string of the record as an error quotes it: JSON-quoted, cut after 60 characters.
+/// A string of the record as an error quotes it: JSON-quoted, cut after 60 characters. Every control character is
+/// escaped (JSON escapes those below U+0020; DEL and the C1 controls, such as U+009B, a terminal's one-character
+/// CSI, are escaped here too), and so are the bidirectional overrides, which reorder what a terminal shows.
 fn quoted(s: &str) -> String {
-    match s.char_indices().nth(60) {
-        None => Value::from(s).to_string(),
-        Some((i, _)) => format!("{}…", Value::from(&s[..i])),
+    let (s, cut) = match s.char_indices().nth(60) {
+        None => (s, ""),
+        Some((i, _)) => (&s[..i], "…"),
+    };
+    let json = Value::from(s).to_string();
+    let hidden = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let mut out = String::with_capacity(json.len() + cut.len());
+    for c in json.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
     }
+    out.push_str(cut);
+    out
 }
 
 /// The (role, content) keys of a message: ShareGPT's `from`/`value` when it has either, else `role`/`content`.
@@ -462,9 +511,9 @@ struct Extracted {
     fields: (&'static str, &'static str),
 }
 
-fn detect(rec: &Map<String, Value>, w: &Where) -> StageResult<Format> {
-    let has = |k: &str| rec.contains_key(k);
-    Ok(if has("conversations") && has("chosen") && has("rejected") {
+/// The format of a record with the keys that `has`, or none.
+fn detected(has: impl Fn(&str) -> bool) -> Option<Format> {
+    Some(if has("conversations") && has("chosen") && has("rejected") {
         Format::Sharegpt
     } else if has("prompt") && has("chosen") && has("rejected") {
         Format::Trl
@@ -473,16 +522,39 @@ fn detect(rec: &Map<String, Value>, w: &Where) -> StageResult<Format> {
     } else if has("chosen") && has("rejected") {
         Format::Hh
     } else {
-        return Err(StageError::invalid(
+        return None;
+    })
+}
+
+fn detect(rec: &Map<String, Value>, w: &Where) -> StageResult<Format> {
+    detected(|k| rec.contains_key(k)).ok_or_else(|| {
+        StageError::invalid(
             "format",
             format!(
                 "{} {}: cannot detect the format from the record's keys ({}); expected prompt/chosen/rejected (trl), prompt/response_a/response_b (unlabeled), chosen/rejected (hh) or conversations/chosen/rejected (sharegpt), or set `format`",
                 w.file,
                 w.loc,
-                keys(rec)
+                w.keys(rec)
             ),
-        ));
+        )
     })
+}
+
+/// The keys of a record that `format` reads: its own, and those of the other pair of responses, which make the
+/// record ambiguous ([`one_pair_of_responses`]). A Parquet file's other columns are not read: a record's other
+/// keys are not read either. `Auto` reads those of the format detected from `has` (the file's columns), or every
+/// key any format reads.
+fn read_keys(format: Format, has: impl Fn(&str) -> bool) -> &'static [&'static str] {
+    let format = if format == Format::Auto { detected(has).unwrap_or(Format::Auto) } else { format };
+    match format {
+        Format::Trl => &["prompt", "chosen", "rejected", "response_a", "response_b"],
+        Format::Unlabeled => &["prompt", "response_a", "response_b", "label", "chosen", "rejected"],
+        Format::Hh => &["chosen", "rejected", "response_a", "response_b"],
+        Format::Sharegpt => &["conversations", "system", "chosen", "rejected", "response_a", "response_b"],
+        Format::Auto => {
+            &["prompt", "chosen", "rejected", "response_a", "response_b", "label", "conversations", "system"]
+        }
+    }
 }
 
 /// A record that gives both a preference (`chosen`/`rejected`) and a pair (`response_a`/`response_b`) is refused:
@@ -652,6 +724,8 @@ fn file_kind(path: &Path, shown: &str) -> StageResult<FileKind> {
 struct Item {
     loc: Loc,
     rec: StageResult<Map<String, Value>>,
+    /// the record's keys as its file gives them, when it holds only those import reads ([`Where::file_keys`])
+    file_keys: Option<std::sync::Arc<str>>,
 }
 
 /// Bytes of JSONL read at once; their lines are parsed in parallel.
@@ -659,6 +733,11 @@ const JSONL_BLOCK: usize = 8 << 20;
 /// Rows per row group of the pairs table: a million-pair import is written as 8 groups × 10 columns compressed in
 /// parallel rather than one group whose longest column (the prompts) takes one core.
 const GROUP_ROWS: usize = 1 << 17;
+/// Text bytes of one string column (prompt, response_a, response_b) of one row group, at most: a group of long
+/// texts is cut before the row that would pass it, since a string column's 32-bit offsets hold 2 GiB per group
+/// (131,072 rows of texts of up to `max_text_bytes` could pass that). Ordinary data never comes near it: its groups
+/// are cut by [`GROUP_ROWS`] alone.
+const GROUP_BYTES: usize = 1 << 30;
 /// Records of a JSON array or a Parquet file handed on at once.
 const BATCH: usize = 8192;
 
@@ -703,10 +782,10 @@ impl Repeated {
         let mut s = String::new();
         for seg in self.path.iter().chain(std::iter::once(&Seg::Key(self.key.clone()))) {
             match seg {
-                Seg::Key(k) if s.is_empty() => s.push_str(k),
+                Seg::Key(k) if s.is_empty() => s.push_str(&key_shown(k)),
                 Seg::Key(k) => {
                     s.push('.');
-                    s.push_str(k)
+                    s.push_str(&key_shown(k))
                 }
                 Seg::Index(i) => s.push_str(&format!("[{i}]")),
             }
@@ -718,6 +797,14 @@ impl Repeated {
         w.err(
             &self.field(),
             "is given twice; JSON readers differ on which of the two values counts: give each key once",
+        )
+    }
+
+    /// The error of a key that a map of a Parquet column gives twice in one row.
+    fn parquet_error(&self, w: &Where) -> StageError {
+        w.err(
+            &self.field(),
+            "is given twice (a map of the Parquet column holds the key twice); readers differ on which of the two values counts: give each key once",
         )
     }
 }
@@ -980,14 +1067,14 @@ fn jsonl_batches(
                     )),
                     Ok(text) => match parse_strict(text) {
                         Parsed::Value(v) => as_object(shown, loc, v),
-                        Parsed::Repeated(r) => Err(r.error(&Where { file: shown, loc })),
+                        Parsed::Repeated(r) => Err(r.error(&Where { file: shown, loc, file_keys: None })),
                         Parsed::Malformed(e) => Err(StageError::invalid(
                             "path",
                             format!("{shown} {loc}: malformed JSON: {e}{}", malformed_hint(line)),
                         )),
                     },
                 };
-                Item { loc, rec }
+                Item { loc, rec, file_keys: None }
             })
             .collect();
         f(items, None)?;
@@ -1003,6 +1090,7 @@ fn for_each_batch(
     path: &Path,
     shown: &str,
     limit: u64,
+    format: Format,
     mut f: impl FnMut(Vec<Item>, Option<u64>) -> StageResult<()>,
 ) -> StageResult<FileKind> {
     let kind = file_kind(path, shown)?;
@@ -1029,104 +1117,311 @@ fn for_each_batch(
                         let loc = Loc::Index(i);
                         let rec = match item {
                             Ok(v) => as_object(shown, loc, v),
-                            Err(r) => Err(r.error(&Where { file: shown, loc })),
+                            Err(r) => Err(r.error(&Where { file: shown, loc, file_keys: None })),
                         };
-                        Item { loc, rec }
+                        Item { loc, rec, file_keys: None }
                     })
                     .collect();
                 f(batch, Some(total))?;
             }
         }
-        FileKind::Parquet => {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(open()?)
-                .map_err(|e| StageError::invalid("path", format!("{shown}: not a readable Parquet file: {e}")))?;
-            // each row is read as a JSON object of its columns: two columns of one name would be one key twice
-            let mut names = std::collections::HashSet::new();
-            if let Some(f) = builder.schema().fields().iter().find(|f| !names.insert(f.name())) {
-                return Err(StageError::invalid(
-                    "path",
-                    format!(
-                        "{shown}: column `{}` appears twice in the file's schema; which one a reader takes differs: give each column once",
-                        f.name()
-                    ),
-                ));
-            }
-            let total = (builder.metadata().file_metadata().num_rows() as u64).min(limit);
-            let reader = builder
-                .with_batch_size(BATCH)
-                .with_limit(total as usize)
-                .build()
-                .map_err(|e| StageError::invalid("path", format!("{shown}: {e}")))?;
-            let mut row = 0usize;
-            for batch in reader {
-                let batch = batch
-                    .map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: cannot decode: {e}")))?;
-                let batch = utf8_strings(batch)
-                    .map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: {e}")))?;
-                let mut buf = Vec::new();
-                {
-                    let mut wr = arrow::json::WriterBuilder::new()
-                        .with_explicit_nulls(true)
-                        .build::<_, arrow::json::writer::JsonArray>(&mut buf);
-                    wr.write(&batch)
-                        .map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: {e}")))?;
-                    wr.finish().map_err(|e| StageError::invalid("path", format!("{shown} near row {row}: {e}")))?;
-                }
-                let recs: Vec<Map<String, Value>> = if batch.num_rows() == 0 {
-                    Vec::new()
-                } else {
-                    serde_json::from_slice(&buf)
-                        .map_err(|e| StageError::failed(format!("{shown} near row {row}: {e}")))?
-                };
-                let items = recs
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, rec)| Item { loc: Loc::Row(row + i), rec: Ok(rec) })
-                    .collect::<Vec<_>>();
-                row += items.len();
-                f(items, Some(total))?;
-            }
-        }
+        FileKind::Parquet => parquet_batches(path, shown, limit, format, f)?,
     }
     Ok(kind)
 }
 
-/// Binary columns (how some writers store strings) as UTF-8 text, so that they import as the text they hold rather
-/// than as the JSON writer's hex; a value that is not UTF-8 is an error naming the column.
-fn utf8_strings(batch: arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch, String> {
-    use arrow::datatypes::{DataType, Field, Schema};
-    let schema = batch.schema();
-    if !schema
-        .fields()
-        .iter()
-        .any(|f| matches!(f.data_type(), DataType::Binary | DataType::LargeBinary | DataType::BinaryView))
-    {
-        return Ok(batch);
+/// Rows of a Parquet batch made into records on one thread.
+const PARQUET_CHUNK: usize = 512;
+
+/// The Parquet arm of [`for_each_batch`]. Only the columns that `format` reads ([`read_keys`]) are read: the others
+/// are not decoded (a column of a type the reader cannot show, such as a timestamp in a named time zone, does not
+/// stop the import), as a JSON record's other keys are not read. Each row is made the JSON record of its columns
+/// (by arrow's JSON encoders; bytes as UTF-8 text, at any depth: [`BytesAsText`]) and parsed by [`Strict`], so that
+/// a map that gives a key twice is that record's error, as a JSON object that does; a struct type with a field
+/// twice (every row's) and a column twice are the file's. Errors name the column.
+fn parquet_batches(
+    path: &Path,
+    shown: &str,
+    limit: u64,
+    format: Format,
+    mut f: impl FnMut(Vec<Item>, Option<u64>) -> StageResult<()>,
+) -> StageResult<()> {
+    let open =
+        || std::fs::File::open(path).map_err(|e| StageError::invalid("path", format!("{shown}: cannot open: {e}")));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open()?)
+        .map_err(|e| StageError::invalid("path", format!("{shown}: not a readable Parquet file: {e}")))?;
+    let schema = builder.schema().clone();
+    // each row is read as a JSON object of its columns: two columns of one name would be one key twice
+    let mut names = HashSet::new();
+    if let Some(f) = schema.fields().iter().find(|f| !names.insert(f.name())) {
+        return Err(StageError::invalid(
+            "path",
+            format!(
+                "{shown}: column `{}` appears twice in the file's schema; which one a reader takes differs: give each column once",
+                key_shown(f.name())
+            ),
+        ));
     }
-    let mut fields = Vec::with_capacity(schema.fields().len());
-    let mut cols = Vec::with_capacity(schema.fields().len());
-    for (f, c) in schema.fields().iter().zip(batch.columns()) {
-        let to = match f.data_type() {
-            DataType::Binary | DataType::BinaryView => Some(DataType::Utf8),
-            DataType::LargeBinary => Some(DataType::LargeUtf8),
-            _ => None,
-        };
-        match to {
-            Some(to) => {
-                let opts = arrow::compute::CastOptions { safe: false, ..Default::default() };
-                let cast = arrow::compute::cast_with_options(c, &to, &opts).map_err(|e| {
-                    format!("column `{}` holds bytes that are not UTF-8 text ({e}); expected strings", f.name())
-                })?;
-                fields.push(Field::new(f.name(), to, f.is_nullable()));
-                cols.push(cast);
+    let wanted = read_keys(format, |k| schema.fields().iter().any(|f| f.name() == k));
+    let read: Vec<usize> =
+        (0..schema.fields().len()).filter(|&i| wanted.contains(&schema.field(i).name().as_str())).collect();
+    for &i in &read {
+        let column = schema.field(i);
+        if let Some((path, name)) = repeated_field(column.data_type()) {
+            return Err(StageError::invalid(
+                "path",
+                format!(
+                    "{shown}: column `{c}` holds a struct with two fields named `{name}` (`{c}{path}` of each row); which of the two a reader takes differs: give each field once",
+                    c = key_shown(column.name()),
+                    name = key_shown(&name),
+                ),
+            ));
+        }
+    }
+    let file_keys: std::sync::Arc<str> =
+        schema.fields().iter().map(|f| key_shown(f.name())).collect::<Vec<_>>().join(", ").into();
+    let total = (builder.metadata().file_metadata().num_rows() as u64).min(limit);
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), read.iter().copied());
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(BATCH)
+        .with_limit(total as usize)
+        .build()
+        .map_err(|e| StageError::invalid("path", format!("{shown}: {e}")))?;
+    let mut row = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| decode_error(path, shown, &read, row, e))?;
+        let n = batch.num_rows();
+        let starts: Vec<usize> = (0..n).step_by(PARQUET_CHUNK).collect();
+        let chunks: Vec<StageResult<Vec<Item>>> = starts
+            .par_iter()
+            .map(|&s| parquet_records(&batch.slice(s, PARQUET_CHUNK.min(n - s)), shown, row + s, &file_keys))
+            .collect();
+        let mut items = Vec::with_capacity(n);
+        for chunk in chunks {
+            items.extend(chunk?);
+        }
+        row += n;
+        f(items, Some(total))?;
+    }
+    Ok(())
+}
+
+/// The first field name that a struct of a column of type `t` gives twice, and the path to it below the column
+/// (`[]` for a list's items, `.name` for a struct's field, `{}` for a map's values; ending with `.name` of it).
+fn repeated_field(t: &arrow::datatypes::DataType) -> Option<(String, String)> {
+    use arrow::datatypes::DataType;
+    let below = |t: &DataType, seg: &str| repeated_field(t).map(|(p, n)| (format!("{seg}{p}"), n));
+    match t {
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f) => below(f.data_type(), "[]"),
+        DataType::Struct(fields) => {
+            let mut names = HashSet::new();
+            if let Some(f) = fields.iter().find(|f| !names.insert(f.name())) {
+                return Some((format!(".{}", key_shown(f.name())), f.name().clone()));
             }
-            None => {
-                fields.push(f.as_ref().clone());
-                cols.push(c.clone());
+            fields.iter().find_map(|f| below(f.data_type(), &format!(".{}", key_shown(f.name()))))
+        }
+        DataType::Map(entries, _) => match entries.data_type() {
+            DataType::Struct(kv) if kv.len() == 2 => below(kv[1].data_type(), "{}"),
+            other => below(other, "{}"),
+        },
+        DataType::Dictionary(_, v) => repeated_field(v),
+        DataType::RunEndEncoded(_, v) => repeated_field(v.data_type()),
+        _ => None,
+    }
+}
+
+/// The error of a batch the Parquet reader could not decode at `row`, naming the column whose values fail (each of
+/// the columns read, `read`, is read again alone over the batch's rows).
+fn decode_error(path: &Path, shown: &str, read: &[usize], row: usize, e: arrow::error::ArrowError) -> StageError {
+    let fails = |i: usize| -> Option<String> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).ok()?).ok()?;
+        let name = builder.schema().field(i).name().clone();
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [i]);
+        let fails =
+            match builder.with_projection(mask).with_offset(row).with_limit(BATCH).with_batch_size(BATCH).build() {
+                Ok(mut reader) => reader.any(|b| b.is_err()),
+                Err(_) => true,
+            };
+        fails.then_some(name)
+    };
+    match read.iter().find_map(|&i| fails(i)) {
+        Some(c) => StageError::invalid(
+            "path",
+            format!("{shown} near row {row}: column `{}` cannot be decoded: {e}", key_shown(&c)),
+        ),
+        None => StageError::invalid("path", format!("{shown} near row {row}: cannot decode: {e}")),
+    }
+}
+
+/// The records of rows `batch` of a Parquet file, the first of them row `first`: each row the JSON object of its
+/// columns, parsed by [`Strict`]. A column that cannot be shown as JSON is the file's error, naming it; a row whose
+/// binary values hold bytes that are not UTF-8, or whose map gives a key twice, is that record's error.
+fn parquet_records(
+    batch: &arrow::array::RecordBatch,
+    shown: &str,
+    first: usize,
+    file_keys: &std::sync::Arc<str>,
+) -> StageResult<Vec<Item>> {
+    use arrow::json::writer::{EncoderOptions, make_encoder};
+    let options =
+        EncoderOptions::default().with_explicit_nulls(true).with_encoder_factory(std::sync::Arc::new(BytesAsText));
+    let schema = batch.schema();
+    let mut encoders = Vec::with_capacity(batch.num_columns());
+    for (field, col) in schema.fields().iter().zip(batch.columns()) {
+        let enc = make_encoder(field, col.as_ref(), &options).map_err(|e| {
+            StageError::invalid(
+                "path",
+                format!(
+                    "{shown}: column `{}` (of type {}) cannot be read: {e}",
+                    key_shown(field.name()),
+                    field.data_type()
+                ),
+            )
+        })?;
+        let mut name = serde_json::to_vec(field.name()).expect("a string serialises");
+        name.push(b':');
+        encoders.push((name, enc));
+    }
+    let mut text = Vec::new();
+    let mut ends = Vec::with_capacity(encoders.len());
+    let mut items = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        text.clear();
+        ends.clear();
+        text.push(b'{');
+        for (k, (name, enc)) in encoders.iter_mut().enumerate() {
+            if k > 0 {
+                text.push(b',');
+            }
+            text.extend_from_slice(name);
+            if enc.is_null(i) {
+                text.extend_from_slice(b"null");
+            } else {
+                enc.encode(i, &mut text);
+            }
+            ends.push(text.len());
+        }
+        text.push(b'}');
+        let loc = Loc::Row(first + i);
+        let w = Where { file: shown, loc, file_keys: Some(file_keys) };
+        let rec = match std::str::from_utf8(&text) {
+            // every encoder writes UTF-8 but that of bytes that are not UTF-8 text (left as they are): the column
+            // is the one whose value holds the first byte that is not
+            Err(e) => {
+                let at = e.valid_up_to();
+                let column = schema.field(ends.partition_point(|&end| end <= at).min(ends.len() - 1)).name();
+                Err(w.err(
+                    column,
+                    format!(
+                        "holds bytes that are not UTF-8 text (byte 0x{:02x}, in a binary value of column `{}`); expected UTF-8 strings: re-write the column as UTF-8 text",
+                        text[at],
+                        key_shown(column)
+                    ),
+                ))
+            }
+            Ok(t) => match parse_strict(t) {
+                Parsed::Value(Value::Object(m)) => Ok(m),
+                Parsed::Repeated(r) => Err(r.parquet_error(&w)),
+                // the encoders write an object of JSON values: a row reads as one
+                Parsed::Value(_) | Parsed::Malformed(_) => Err(StageError::invalid(
+                    "path",
+                    format!("{shown} {loc}: the row does not read as a JSON object of its columns"),
+                )),
+            },
+        };
+        items.push(Item { loc, rec, file_keys: Some(file_keys.clone()) });
+    }
+    Ok(items)
+}
+
+/// Shows the values of binary columns, at any depth (in lists, structs, maps and dictionaries, and as map keys), as
+/// the text they hold rather than as the JSON encoder's hex: some writers store strings as bytes. Bytes that are not
+/// UTF-8 are written as they are, so that the row's text is not UTF-8 and [`parquet_records`] makes it the record's
+/// error, naming the column.
+#[derive(Debug)]
+struct BytesAsText;
+
+fn is_binary(t: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType;
+    matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_))
+}
+
+impl arrow::json::writer::EncoderFactory for BytesAsText {
+    fn make_default_encoder<'a>(
+        &self,
+        field: &'a arrow::datatypes::FieldRef,
+        array: &'a dyn arrow::array::Array,
+        options: &'a arrow::json::writer::EncoderOptions,
+    ) -> Result<Option<arrow::json::writer::NullableEncoder<'a>>, arrow::error::ArrowError> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::DataType;
+        use arrow::json::writer::{Encoder, NullableEncoder, make_encoder};
+        let encoder: Box<dyn Encoder + 'a> = match array.data_type() {
+            DataType::Binary => Box::new(Text(array.as_binary::<i32>())),
+            DataType::LargeBinary => Box::new(Text(array.as_binary::<i64>())),
+            DataType::BinaryView => Box::new(Text(array.as_binary_view())),
+            DataType::FixedSizeBinary(_) => Box::new(Text(array.as_fixed_size_binary())),
+            // arrow's map encoder takes string keys only
+            DataType::Map(..) if is_binary(array.as_map().key_type()) => {
+                let map = array.as_map();
+                Box::new(MapOfBytes {
+                    offsets: map.offsets().clone(),
+                    keys: make_encoder(field, map.keys(), options)?,
+                    values: make_encoder(field, map.values(), options)?,
+                })
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(NullableEncoder::new(encoder, array.nulls().cloned())))
+    }
+}
+
+/// Binary values as JSON strings of the text they hold (bytes that are not UTF-8 as they are: see [`BytesAsText`]).
+struct Text<A>(A);
+
+impl<'a, A: arrow::array::ArrayAccessor<Item = &'a [u8]>> arrow::json::writer::Encoder for Text<A> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        let bytes = self.0.value(idx);
+        match std::str::from_utf8(bytes) {
+            Ok(s) => serde_json::to_writer(&mut *out, s).expect("writing to a Vec does not fail"),
+            Err(_) => {
+                out.push(b'"');
+                out.extend_from_slice(bytes);
+                out.push(b'"');
             }
         }
     }
-    arrow::array::RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), cols).map_err(|e| e.to_string())
+}
+
+/// A map whose keys are bytes, as a JSON object (keys by [`Text`]), every entry written (a key given twice too).
+struct MapOfBytes<'a> {
+    offsets: arrow::buffer::OffsetBuffer<i32>,
+    keys: arrow::json::writer::NullableEncoder<'a>,
+    values: arrow::json::writer::NullableEncoder<'a>,
+}
+
+impl arrow::json::writer::Encoder for MapOfBytes<'_> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (k, i) in (self.offsets[idx] as usize..self.offsets[idx + 1] as usize).enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            self.keys.encode(i, out);
+            out.push(b':');
+            if self.values.is_null(i) {
+                out.extend_from_slice(b"null");
+            } else {
+                self.values.encode(i, out);
+            }
+        }
+        out.push(b'}');
+    }
 }
 
 /// Records left out with `on_invalid = "skip"`: how many, why (per field), and where the first ones are.
@@ -1202,10 +1497,17 @@ impl Checks<'_> {
         if n <= self.max_text_bytes {
             return Ok(());
         }
+        let remedy = if n <= GROUP_BYTES as u64 {
+            format!(
+                "if the text is meant, raise the limit: `max_text_bytes = {n}` (or more) in the node's params, or `--set` the manifest variable they take it from"
+            )
+        } else {
+            format!("the pairs table holds texts of at most {}", bytes_shown(GROUP_BYTES as u64))
+        };
         Err(StageError::invalid(
             field,
             format!(
-                "{} {}: {} is {} as imported, over `max_text_bytes` = {}: no real preference datum is that long, and counting its tokens would take memory in proportion; if the text is meant, raise the limit: `max_text_bytes = {n}` (or more) in the node's params, or `--set` the manifest variable they take it from",
+                "{} {}: {} is {} as imported, over `max_text_bytes` = {}: no real preference datum is that long, and counting its tokens would take memory in proportion; {remedy}",
                 w.file,
                 w.loc,
                 what(),
@@ -1327,6 +1629,8 @@ impl std::hash::Hasher for HashBits {
 #[derive(Default)]
 struct Collected {
     pending: Vec<Row>,
+    /// the text bytes (prompt and responses) of `pending`
+    pending_bytes: usize,
     /// the [`Pair::preference`] of each pair's first occurrence
     first_seen: HashMap<[u8; 32], Option<bool>, std::hash::BuildHasherDefault<HashBits>>,
     records: u64,
@@ -1366,17 +1670,41 @@ impl Collected {
             }
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(pair.preference());
+                self.pending_bytes += pair.prompt.len() + pair.a.len() + pair.b.len();
                 self.pending.push(Row { pair, source_row });
             }
         }
         Ok(())
     }
 
-    /// The pending rows that fill whole row groups (all of them at the end of the file), leaving the rest pending.
-    fn take_groups(&mut self, group_rows: usize, at_end: bool) -> Vec<Row> {
-        let whole = if at_end { self.pending.len() } else { self.pending.len() / group_rows * group_rows };
-        let rest = self.pending.split_off(whole);
-        std::mem::replace(&mut self.pending, rest)
+    /// The pending rows that fill whole row groups, group by group (at the end of the file, all of them), leaving
+    /// the rest pending. A group is `group_rows` rows, or fewer when the next row would take the text bytes of one
+    /// of its string columns past `group_bytes` (a row alone is a group whatever its size). The groups written
+    /// before depend on the rows alone, not on when they were taken: the file's groups are those of one take.
+    fn take_groups(&mut self, group_rows: usize, group_bytes: usize, at_end: bool) -> Vec<Vec<Row>> {
+        let mut sizes = Vec::new();
+        let (mut rows, mut bytes) = (0usize, [0usize; 3]);
+        for r in &self.pending {
+            let row = [r.pair.prompt.len(), r.pair.a.len(), r.pair.b.len()];
+            if rows > 0 && bytes.iter().zip(row).any(|(b, n)| b + n > group_bytes) {
+                sizes.push(rows);
+                (rows, bytes) = (0, [0; 3]);
+            }
+            rows += 1;
+            bytes.iter_mut().zip(row).for_each(|(b, n)| *b += n);
+            if rows == group_rows {
+                sizes.push(rows);
+                (rows, bytes) = (0, [0; 3]);
+            }
+        }
+        if at_end && rows > 0 {
+            sizes.push(rows);
+        }
+        let taken: usize = sizes.iter().sum();
+        let rest = self.pending.split_off(taken);
+        let mut rows = std::mem::replace(&mut self.pending, rest).into_iter();
+        self.pending_bytes = self.pending.iter().map(|r| r.pair.prompt.len() + r.pair.a.len() + r.pair.b.len()).sum();
+        sizes.into_iter().map(|n| rows.by_ref().take(n).collect()).collect()
     }
 }
 
@@ -1427,18 +1755,18 @@ struct Counts {
 /// what it holds.
 struct PairsOut<'a> {
     path: &'a Path,
-    group_rows: usize,
     out: Option<table::GroupWriter>,
     counts: Counts,
 }
 
 impl PairsOut<'_> {
-    /// Writes `rows` (whole row groups, the last one of the file maybe shorter) and adds them to the counts. The
-    /// rows' strings move into the groups' batches, each group's rows freed as its batch is built.
-    fn write(&mut self, rows: Vec<Row>) -> StageResult<()> {
-        if rows.is_empty() {
+    /// Writes `groups` (row groups, from [`Collected::take_groups`]) and adds them to the counts. The rows' strings
+    /// move into the groups' batches, each group's rows freed as its batch is built.
+    fn write(&mut self, groups: Vec<Vec<Row>>) -> StageResult<()> {
+        if groups.is_empty() {
             return Ok(());
         }
+        let rows: Vec<&Row> = groups.iter().flatten().collect();
         let words: Vec<(u32, u32)> =
             rows.par_iter().map(|r| (table::word_count(&r.pair.a), table::word_count(&r.pair.b))).collect();
         for (i, r) in rows.iter().enumerate() {
@@ -1453,16 +1781,24 @@ impl PairsOut<'_> {
                 self.counts.bias_tokens.add(label, t);
             }
         }
-        let batches: Vec<arrow::array::RecordBatch> = rows
+        drop(rows);
+        // each group's first row among all the rows, for its words
+        let firsts: Vec<usize> = groups
+            .iter()
+            .scan(0, |n, g| {
+                *n += g.len();
+                Some(*n - g.len())
+            })
+            .collect();
+        let batches: Vec<arrow::array::RecordBatch> = groups
             .into_par_iter()
-            .chunks(self.group_rows)
-            .enumerate()
-            .map(|(c, chunk)| {
+            .zip(firsts)
+            .map(|(chunk, first)| {
                 let text_bytes: usize =
                     chunk.iter().map(|r| r.pair.prompt.len() + r.pair.a.len() + r.pair.b.len()).sum();
                 let mut builder = PairsBuilder::with_capacity(chunk.len(), text_bytes);
                 for (k, r) in chunk.iter().enumerate() {
-                    let i = c * self.group_rows + k;
+                    let i = first + k;
                     let id = table::pair_id(&r.pair.hash);
                     builder.push(PairRow {
                         pair_id: &id,
@@ -1525,11 +1861,12 @@ impl Stage for Import {
 }
 
 pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
-    import_in_groups(ctx, GROUP_ROWS)
+    import_in_groups(ctx, GROUP_ROWS, GROUP_BYTES)
 }
 
-/// [`run`] with row groups of `group_rows` rows (a parameter so that tests can write many groups from a small file).
-fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
+/// [`run`] with row groups of `group_rows` rows, cut before `group_bytes` text bytes of a column (parameters so
+/// that tests can write many groups from a small file: [`Collected::take_groups`]).
+fn import_in_groups(ctx: &dyn Ctx, group_rows: usize, group_bytes: usize) -> StageResult<Value> {
     let p = parse(ctx.params())?;
     let shown = p.path.as_str();
     let path = ctx
@@ -1554,16 +1891,19 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
     let mut format = p.format;
     let mut c = Collected { held_out, ..Collected::default() };
     let out_path = ctx.output_path("pairs");
-    let mut out = PairsOut { path: &out_path, group_rows, out: None, counts: Counts::default() };
+    let mut out = PairsOut { path: &out_path, out: None, counts: Counts::default() };
     let checks = Checks {
         max_text_bytes: p.max_text_bytes,
         tokenizer: tokenizer.as_ref().zip(p.tokenizer.as_deref()),
         drops: tokenizer.as_ref().and_then(crate::tokenizer_file::DropCheck::of),
     };
     // rows are written as soon as they fill a group per thread: memory holds a few groups, whatever the file's size
-    let flush_rows = group_rows * rayon::current_num_threads().max(1);
+    // (past `flush_bytes`, one of the three text columns holds a group's bytes per thread: some groups are whole)
+    let threads = rayon::current_num_threads().max(1);
+    let (flush_rows, flush_bytes) = (group_rows * threads, group_bytes.saturating_mul(3 * threads));
     let mut skipped = 0u64;
-    let kind = for_each_batch(path, shown, p.limit.map_or(u64::MAX, |l| l.saturating_add(p.skip)), |items, total| {
+    let limit = p.limit.map_or(u64::MAX, |l| l.saturating_add(p.skip));
+    let kind = for_each_batch(path, shown, limit, p.format, |items, total| {
         let mut items = items.into_iter().skip_while(|_| {
             let skip = skipped < p.skip;
             skipped += skip as u64;
@@ -1572,7 +1912,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
         // one record at a time until the format is known: the first valid record decides it
         while format == Format::Auto {
             let Some(item) = items.next() else { return Ok(()) };
-            let w = Where { file: shown, loc: item.loc };
+            let w = Where { file: shown, loc: item.loc, file_keys: item.file_keys.as_deref() };
             let pair = item.rec.and_then(|mut rec| {
                 format = detect(&rec, &w)?;
                 ctx.log(&format!("{shown}: detected format `{}`", format.name()));
@@ -1584,20 +1924,20 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize) -> StageResult<Value> {
             .collect::<Vec<_>>()
             .into_par_iter()
             .map(|item| {
-                let w = Where { file: shown, loc: item.loc };
+                let w = Where { file: shown, loc: item.loc, file_keys: item.file_keys.as_deref() };
                 item.rec.and_then(|mut rec| extract(format, &w, &mut rec)).and_then(|e| checks.pair(format, &w, e))
             })
             .collect();
         for pair in pairs {
             c.add(pair, p.on_invalid, p.skip, shown)?;
         }
-        if c.pending.len() >= flush_rows {
-            out.write(c.take_groups(group_rows, false))?;
+        if c.pending.len() >= flush_rows || c.pending_bytes > flush_bytes {
+            out.write(c.take_groups(group_rows, group_bytes, false))?;
         }
         ctx.progress(c.records, total.unwrap_or(0));
         Ok(())
     })?;
-    out.write(c.take_groups(group_rows, true))?;
+    out.write(c.take_groups(group_rows, group_bytes, true))?;
     let Collected { records, duplicates, conflicting, invalid, excluded, .. } = c;
     if records > 0 && excluded == records {
         return Err(StageError::invalid(
@@ -1717,6 +2057,17 @@ mod tests {
     }
 
     fn import_grouped(dir: &Path, file: &Path, extra: Value, group_rows: usize) -> Result<(Value, PathBuf), String> {
+        import_bounded(dir, file, extra, group_rows, GROUP_BYTES)
+    }
+
+    /// [`import_grouped`] with groups cut before `group_bytes` text bytes of a column.
+    fn import_bounded(
+        dir: &Path,
+        file: &Path,
+        extra: Value,
+        group_rows: usize,
+        group_bytes: usize,
+    ) -> Result<(Value, PathBuf), String> {
         let mut params = json!({"path": file.to_string_lossy()});
         for (k, v) in extra.as_object().unwrap() {
             params[k] = v.clone();
@@ -1728,7 +2079,7 @@ mod tests {
         }
         std::fs::create_dir_all(dir).unwrap();
         Import.validate(ctx.params()).map_err(|e| e.to_string())?;
-        let summary = import_in_groups(&ctx, group_rows).map_err(|e| e.to_string())?;
+        let summary = import_in_groups(&ctx, group_rows, group_bytes).map_err(|e| e.to_string())?;
         Ok((summary, ctx.out("pairs")))
     }
 
@@ -2041,7 +2392,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let params = json!({"path": tldr().to_string_lossy(), "limit": 1600});
         let ctx = LocalCtx::new(&dir, params).external("path", tldr()).input("exclude", &held_path);
-        let s = import_in_groups(&ctx, GROUP_ROWS).unwrap();
+        let s = import_in_groups(&ctx, GROUP_ROWS, GROUP_BYTES).unwrap();
         let prompts = |p: &Path| -> std::collections::HashSet<String> {
             strings(&table::read_table(p, Some(&["prompt"])).unwrap(), "prompt").into_iter().collect()
         };
@@ -2057,7 +2408,7 @@ mod tests {
         let ctx = LocalCtx::new(&dir, json!({"path": tldr().to_string_lossy(), "skip": 1600, "limit": 400}))
             .external("path", tldr())
             .input("exclude", &held_path);
-        let e = import_in_groups(&ctx, GROUP_ROWS).unwrap_err().to_string();
+        let e = import_in_groups(&ctx, GROUP_ROWS, GROUP_BYTES).unwrap_err().to_string();
         assert!(e.contains("exclude") && e.contains("nothing is left"), "{e}");
     }
 
@@ -2767,7 +3118,7 @@ mod tests {
             ctx = ctx.external("tokenizer", t);
         }
         std::fs::create_dir_all(dir).unwrap();
-        let r = import_in_groups(&ctx, GROUP_ROWS).map_err(|e| e.to_string());
+        let r = import_in_groups(&ctx, GROUP_ROWS, GROUP_BYTES).map_err(|e| e.to_string());
         let mut logs = ctx.logs.lock().unwrap().clone();
         logs.extend(ctx.warnings.lock().unwrap().iter().map(|w| format!("warning: {w}")));
         (r, logs)
@@ -3027,5 +3378,508 @@ mod tests {
         // CRLF line endings are read as they were
         let crlf = write(dir.path(), "crlf.jsonl", &format!("{}\r\n{}\r\n", good("p"), good("q")));
         assert_eq!(import(&dir.path().join("crlf"), &crlf, json!({})).unwrap().0["pairs"], 2);
+    }
+
+    /// Writes `batch` to Parquet file `name` of `dir` with arrow's own writer (its types as they are).
+    fn parquet(dir: &Path, name: &str, batch: &arrow::array::RecordBatch) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let f = dir.join(name);
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&f).unwrap(), batch.schema(), None).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+        f
+    }
+
+    fn batch_of(cols: Vec<(&str, arrow::array::ArrayRef)>) -> arrow::array::RecordBatch {
+        arrow::array::RecordBatch::try_from_iter(cols).unwrap()
+    }
+
+    /// A list array of `values`, `lens` of them per row.
+    fn list_of(values: arrow::array::ArrayRef, lens: &[usize]) -> arrow::array::ArrayRef {
+        let field = Arc::new(arrow::datatypes::Field::new("item", values.data_type().clone(), true));
+        let offsets = arrow::buffer::OffsetBuffer::from_lengths(lens.iter().copied());
+        Arc::new(arrow::array::ListArray::new(field, offsets, values, None))
+    }
+
+    /// A struct array of messages: `role` and `content` arrays, one value per message.
+    fn messages_of(role: arrow::array::ArrayRef, content: arrow::array::ArrayRef) -> arrow::array::ArrayRef {
+        use arrow::datatypes::Field;
+        Arc::new(arrow::array::StructArray::from(vec![
+            (Arc::new(Field::new("role", role.data_type().clone(), true)), role),
+            (Arc::new(Field::new("content", content.data_type().clone(), true)), content),
+        ]))
+    }
+
+    fn binary(v: &[&[u8]]) -> arrow::array::ArrayRef {
+        Arc::new(arrow::array::BinaryArray::from(v.to_vec()))
+    }
+
+    /// Three records of messages (prompt, chosen, rejected), as JSONL, and as the (role, content) lists of each
+    /// column, row by row.
+    type Conversation = Vec<(&'static str, &'static str)>;
+    fn three_conversations() -> (String, [Vec<Conversation>; 3]) {
+        let prompts: Vec<Conversation> =
+            vec![vec![("user", "héllo")], vec![("system", "be brief"), ("user", "2+2?")], vec![("user", "why")]];
+        let chosen: Vec<Conversation> =
+            vec![vec![("assistant", "good")], vec![("assistant", "4")], vec![("assistant", "because")]];
+        let rejected: Vec<Conversation> =
+            vec![vec![("assistant", "bad")], vec![("assistant", "5")], vec![("assistant", "no")]];
+        let msgs = |c: &Conversation| c.iter().map(|(r, t)| json!({"role": r, "content": t})).collect::<Vec<_>>();
+        let jsonl = (0..3)
+            .map(|i| json!({"prompt": msgs(&prompts[i]), "chosen": msgs(&chosen[i]), "rejected": msgs(&rejected[i])}))
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        (jsonl, [prompts, chosen, rejected])
+    }
+
+    /// Strings stored as bytes import as the text they hold at any depth — in lists, large and fixed-size lists,
+    /// structs, maps (keys too) and dictionaries, as Binary, LargeBinary, BinaryView and FixedSizeBinary — as the
+    /// same records in JSONL do, not as hex. Bytes that are not UTF-8 are that record's error, naming the column.
+    #[test]
+    fn binary_at_any_depth_imports_as_text() {
+        use arrow::array::{
+            ArrayRef, BinaryViewArray, DictionaryArray, FixedSizeBinaryArray, FixedSizeListArray, Int32Array,
+            LargeBinaryArray, LargeListArray, MapBuilder,
+        };
+        use arrow::datatypes::{Field, Int32Type};
+        let dir = tempfile::tempdir().unwrap();
+        let (jsonl, [prompts, chosen, rejected]) = three_conversations();
+        let jl = write(dir.path(), "msgs.jsonl", &jsonl);
+        let (_, want) = import(&dir.path().join("jl"), &jl, json!({})).unwrap();
+        let want = table::read_table(&want, None).unwrap();
+        let lens = |c: &[Conversation]| c.iter().map(Vec::len).collect::<Vec<_>>();
+        let each = |c: &[Conversation], k: usize| -> Vec<&'static [u8]> {
+            c.iter().flatten().map(|m| if k == 0 { m.0.as_bytes() } else { m.1.as_bytes() }).collect()
+        };
+        // list<struct<role: binary, content: binary>>
+        let binary_messages =
+            |c: &[Conversation]| list_of(messages_of(binary(&each(c, 0)), binary(&each(c, 1))), &lens(c));
+        let all_binary = batch_of(vec![
+            ("prompt", binary_messages(&prompts)),
+            ("chosen", binary_messages(&chosen)),
+            ("rejected", binary_messages(&rejected)),
+        ]);
+        // large_list<struct<role: string, content: large_binary>>
+        let large = {
+            let role: ArrayRef = Arc::new(StringArray::from(
+                each(&prompts, 0).iter().map(|b| std::str::from_utf8(b).unwrap()).collect::<Vec<_>>(),
+            ));
+            let content: ArrayRef = Arc::new(LargeBinaryArray::from(each(&prompts, 1)));
+            let values = messages_of(role, content);
+            let field = Arc::new(Field::new("item", values.data_type().clone(), true));
+            let offsets = arrow::buffer::OffsetBuffer::<i64>::from_lengths(lens(&prompts));
+            Arc::new(LargeListArray::new(field, offsets, values, None)) as ArrayRef
+        };
+        // list<map<binary, binary>>
+        let maps = {
+            let mut b = MapBuilder::new(None, arrow::array::BinaryBuilder::new(), arrow::array::BinaryBuilder::new());
+            for (role, content) in chosen.iter().flatten() {
+                b.keys().append_value("role");
+                b.values().append_value(role);
+                b.keys().append_value("content");
+                b.values().append_value(content);
+                b.append(true).unwrap();
+            }
+            list_of(Arc::new(b.finish()), &lens(&chosen))
+        };
+        // fixed_size_list<struct<role: dictionary<int32, binary>, content: binary_view>, 1>
+        let fixed = {
+            let keys = Int32Array::from((0..3).collect::<Vec<i32>>());
+            let role: ArrayRef =
+                Arc::new(DictionaryArray::<Int32Type>::try_new(keys, binary(&each(&rejected, 0))).unwrap());
+            let content: ArrayRef = Arc::new(BinaryViewArray::from(each(&rejected, 1)));
+            let values = messages_of(role, content);
+            let field = Arc::new(Field::new("item", values.data_type().clone(), true));
+            Arc::new(FixedSizeListArray::new(field, 1, values, None)) as ArrayRef
+        };
+        let mixed = batch_of(vec![("prompt", large), ("chosen", maps), ("rejected", fixed)]);
+        for (name, batch) in [("binary.parquet", &all_binary), ("mixed.parquet", &mixed)] {
+            let f = parquet(dir.path(), name, batch);
+            let (s, out) = import(&dir.path().join(format!("o-{name}")), &f, json!({})).unwrap();
+            assert_eq!(s["records"], 3, "{name}: {s}");
+            assert_eq!(table::read_table(&out, None).unwrap(), want, "{name}: the records of the JSONL");
+        }
+
+        // fixed-size binary strings
+        let fsb = |v: &[&str]| {
+            Arc::new(FixedSizeBinaryArray::try_from_iter(v.iter().map(|s| s.as_bytes())).unwrap()) as ArrayRef
+        };
+        let strings = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+        let f = parquet(
+            dir.path(),
+            "fsb.parquet",
+            &batch_of(vec![
+                ("prompt", fsb(&["p1", "p2"])),
+                ("chosen", strings(&["a", "b"])),
+                ("rejected", fsb(&["xy", "zw"])),
+            ]),
+        );
+        let jl = write(
+            dir.path(),
+            "fsb.jsonl",
+            &format!(
+                "{}\n{}",
+                json!({"prompt": "p1", "chosen": "a", "rejected": "xy"}),
+                json!({"prompt": "p2", "chosen": "b", "rejected": "zw"})
+            ),
+        );
+        let (_, o1) = import(&dir.path().join("fsb"), &f, json!({})).unwrap();
+        let (_, o2) = import(&dir.path().join("fsb-jl"), &jl, json!({})).unwrap();
+        assert_eq!(table::read_table(&o1, None).unwrap(), table::read_table(&o2, None).unwrap());
+
+        // a role given as bytes is named as its text
+        let wizard: Vec<Conversation> = vec![vec![("assistant", "a")], vec![("wizard", "b")], vec![("assistant", "c")]];
+        let f = parquet(
+            dir.path(),
+            "wizard.parquet",
+            &batch_of(vec![
+                ("prompt", binary_messages(&prompts)),
+                ("chosen", binary_messages(&chosen)),
+                ("rejected", binary_messages(&wizard)),
+            ]),
+        );
+        let e = import(&dir.path().join("wizard"), &f, json!({})).unwrap_err();
+        assert!(
+            e.contains("wizard.parquet row 1: `rejected[0].role` is \"wizard\"; expected an assistant role"),
+            "{e}"
+        );
+
+        // bytes that are not UTF-8, deep in a row, are that record's error, naming the column and the byte
+        let bad = list_of(
+            messages_of(
+                binary(&[b"assistant", b"assistant", b"assistant"]),
+                binary(&[b"good", b"\xe2\x82 \xff", b"fine"]),
+            ),
+            &[1, 1, 1],
+        );
+        let f = parquet(
+            dir.path(),
+            "bad.parquet",
+            &batch_of(vec![
+                ("prompt", binary_messages(&prompts)),
+                ("chosen", bad),
+                ("rejected", binary_messages(&rejected)),
+            ]),
+        );
+        let e = import(&dir.path().join("bad"), &f, json!({})).unwrap_err();
+        assert!(
+            e.starts_with("chosen: ")
+                && e.contains("bad.parquet row 1: `chosen` holds bytes that are not UTF-8 text (byte 0xe2, in a binary value of column `chosen`)"),
+            "{e}"
+        );
+        let (s, _) = import(&dir.path().join("bad-skip"), &f, json!({"on_invalid": "skip"})).unwrap();
+        assert_eq!((s["records"].as_u64(), s["invalid_skipped"].as_u64()), (Some(2), Some(1)), "{s}");
+        assert_eq!(s["invalid_by_field"]["chosen"], 1, "{s}");
+    }
+
+    /// A key that a Parquet value gives twice is refused, as in JSON: a struct type with a field twice (every row
+    /// has it) is the file's error, a map that holds a key twice is its record's; both name the column and the key.
+    #[test]
+    fn a_key_given_twice_inside_a_parquet_value_is_refused() {
+        use arrow::array::{ArrayRef, MapBuilder, StringBuilder, StructArray};
+        use arrow::datatypes::{DataType, Field, Fields};
+        let dir = tempfile::tempdir().unwrap();
+        let strings = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+        let fields: Fields =
+            ["role", "content", "content"].map(|n| Field::new(n, DataType::Utf8, true)).to_vec().into();
+        let twice = StructArray::try_new(
+            fields,
+            vec![strings(&["assistant", "assistant"]), strings(&["FIRST", "FIRST"]), strings(&["SECOND", "SECOND"])],
+            None,
+        )
+        .unwrap();
+        let f = parquet(
+            dir.path(),
+            "struct.parquet",
+            &batch_of(vec![
+                ("prompt", strings(&["q1", "q2"])),
+                ("chosen", list_of(Arc::new(twice), &[1, 1])),
+                ("rejected", strings(&["no", "nope"])),
+            ]),
+        );
+        let e = import(&dir.path().join("struct"), &f, json!({"on_invalid": "skip"})).unwrap_err();
+        assert!(
+            e.starts_with("path: ")
+                && e.contains("struct.parquet: column `chosen` holds a struct with two fields named `content` (`chosen[].content` of each row)")
+                && e.contains("give each field once"),
+            "{e}"
+        );
+
+        // maps of messages, the second row's chosen with `content` twice, the third's rejected (bytes) too
+        let mut chosen = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        let mut rejected =
+            MapBuilder::new(None, arrow::array::BinaryBuilder::new(), arrow::array::BinaryBuilder::new());
+        for row in 0..3 {
+            let r = format!("R{row}");
+            for (k, v, w) in [("role", "assistant", "assistant"), ("content", "A1", r.as_str())] {
+                chosen.keys().append_value(k);
+                chosen.values().append_value(v);
+                rejected.keys().append_value(k);
+                rejected.values().append_value(w);
+            }
+            if row == 1 {
+                chosen.keys().append_value("content");
+                chosen.values().append_value("A2");
+            }
+            if row == 2 {
+                rejected.keys().append_value("content");
+                rejected.values().append_value("R2");
+            }
+            chosen.append(true).unwrap();
+            rejected.append(true).unwrap();
+        }
+        let f = parquet(
+            dir.path(),
+            "map.parquet",
+            &batch_of(vec![
+                ("prompt", strings(&["q0", "q1", "q2"])),
+                ("chosen", list_of(Arc::new(chosen.finish()), &[1, 1, 1])),
+                ("rejected", list_of(Arc::new(rejected.finish()), &[1, 1, 1])),
+            ]),
+        );
+        let e = import(&dir.path().join("map"), &f, json!({})).unwrap_err();
+        assert!(
+            e.starts_with("chosen[0].content: ")
+                && e.contains("map.parquet row 1: `chosen[0].content` is given twice (a map of the Parquet column holds the key twice)")
+                && e.contains("give each key once"),
+            "{e}"
+        );
+        let (s, _) = import(&dir.path().join("map-skip"), &f, json!({"on_invalid": "skip"})).unwrap();
+        assert_eq!((s["records"].as_u64(), s["invalid_skipped"].as_u64()), (Some(1), Some(2)), "{s}");
+        assert_eq!(s["invalid_by_field"], json!({"chosen[0].content": 1, "rejected[0].content": 1}), "{s}");
+    }
+
+    /// Only the columns the format reads are read: a column of a type the reader cannot show (a timestamp in a named
+    /// time zone) or with a struct that has a field twice does not matter unless it is one of them, and then the
+    /// error names it. The errors that list a record's keys list the file's columns.
+    #[test]
+    fn only_the_columns_a_format_reads_are_read() {
+        use arrow::array::{ArrayRef, FixedSizeBinaryArray, StructArray, TimestampNanosecondArray};
+        use arrow::datatypes::{DataType, Field, Fields};
+        let dir = tempfile::tempdir().unwrap();
+        let strings = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+        let ts = Arc::new(TimestampNanosecondArray::from(vec![Some(1), None]).with_timezone("UTC")) as ArrayRef;
+        let fields: Fields = ["a", "a"].map(|n| Field::new(n, DataType::Utf8, true)).to_vec().into();
+        let meta =
+            Arc::new(StructArray::try_new(fields, vec![strings(&["x", "y"]), strings(&["z", "w"])], None).unwrap());
+        let blob = Arc::new(FixedSizeBinaryArray::try_from_iter([b"\xff\x00", b"\xfe\x01"].into_iter()).unwrap());
+        let base = vec![
+            ("prompt", strings(&["p1", "p2"])),
+            ("chosen", strings(&["a", "b"])),
+            ("rejected", strings(&["x", "y"])),
+        ];
+        let plain = parquet(dir.path(), "plain.parquet", &batch_of(base.clone()));
+        let mut cols = base.clone();
+        cols.extend([("ts", ts.clone()), ("meta", meta as ArrayRef), ("blob", blob as ArrayRef)]);
+        let wide = parquet(dir.path(), "wide.parquet", &batch_of(cols));
+        let (_, o1) = import(&dir.path().join("plain"), &plain, json!({})).unwrap();
+        for extra in [json!({}), json!({"format": "trl"}), json!({"format": "hh"})] {
+            let r = import(&dir.path().join(format!("wide-{extra}")), &wide, extra.clone());
+            if extra["format"] == "hh" {
+                // hh reads chosen and rejected alone: these are no HH dialogues (the columns did read)
+                assert!(r.unwrap_err().contains("has no \"\\n\\nAssistant:\""));
+                continue;
+            }
+            let (_, o2) = r.unwrap();
+            assert_eq!(table::read_table(&o1, None).unwrap(), table::read_table(&o2, None).unwrap(), "{extra}");
+        }
+        // a column read that the reader cannot show is named
+        let f = parquet(
+            dir.path(),
+            "label.parquet",
+            &batch_of(vec![
+                ("prompt", strings(&["p1", "p2"])),
+                ("response_a", strings(&["a", "b"])),
+                ("response_b", strings(&["x", "y"])),
+                ("label", ts),
+            ]),
+        );
+        let e = import(&dir.path().join("label"), &f, json!({})).unwrap_err();
+        assert!(
+            e.starts_with("path: ")
+                && e.contains("label.parquet: column `label` (of type Timestamp(ns, \"UTC\")) cannot be read"),
+            "{e}"
+        );
+        // the keys of a record are the file's columns, read or not
+        let f = parquet(
+            dir.path(),
+            "missing.parquet",
+            &batch_of(vec![("prompt", strings(&["p"])), ("chosen", strings(&["a"])), ("note", strings(&["n"]))]),
+        );
+        let e = import(&dir.path().join("missing"), &f, json!({"format": "trl"})).unwrap_err();
+        assert!(
+            e.contains("row 0: `rejected` is missing") && e.contains("(the record has: prompt, chosen, note)"),
+            "{e}"
+        );
+        // none of the columns is read: every record is still there, and says which keys it has
+        let f = parquet(
+            dir.path(),
+            "unknown.parquet",
+            &batch_of(vec![("question", strings(&["q", "r"])), ("answer", strings(&["a", "b"]))]),
+        );
+        let e = import(&dir.path().join("unknown"), &f, json!({})).unwrap_err();
+        assert!(
+            e.starts_with("format: ")
+                && e.contains(
+                    "unknown.parquet row 0: cannot detect the format from the record's keys (question, answer)"
+                ),
+            "{e}"
+        );
+        let e =
+            import(&dir.path().join("unknown-skip"), &f, json!({"on_invalid": "skip", "format": "trl"})).unwrap_err();
+        assert!(
+            e.contains("all 2 records were invalid and skipped") && e.contains("(the record has: question, answer)"),
+            "{e}"
+        );
+    }
+
+    /// Keys are named as the file gives them when plain, and JSON-quoted otherwise: no control character of the
+    /// file reaches a terminal through an error.
+    #[test]
+    fn keys_with_control_characters_are_escaped_in_errors() {
+        use arrow::array::ArrayRef;
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "detect.jsonl",
+                r#"{"\u001b[31mfoo\u001b]0;T\u0007": "p", "chosen": "a"}"#,
+                r#"cannot detect the format from the record's keys ("\u001b[31mfoo\u001b]0;T\u0007", chosen)"#,
+            ),
+            (
+                "missing.jsonl",
+                r#"{"prompt": "p", "chosen": "a", "a b": 1, "\u001b[2J": 2, "x\u202ey\u007f": 3}"#,
+                r#"(the record has: prompt, chosen, "a b", "\u001b[2J", "x\u202ey\u007f")"#,
+            ),
+            (
+                "twice.jsonl",
+                r#"{"prompt": "p", "chosen": [{"role": "assistant", "\u001b[2J": 1, "\u001b[2J": 2}], "rejected": "r"}"#,
+                r#"`chosen[0]."\u001b[2J"` is given twice"#,
+            ),
+            (
+                "message.jsonl",
+                r#"{"prompt": [{"role": "user", "\u009b31m": "x"}], "chosen": "a", "rejected": "r"}"#,
+                r#"(the message has: role, "\u009b31m")"#,
+            ),
+        ];
+        for (name, text, want) in cases {
+            let f = write(dir.path(), name, text);
+            let extra = if name == "missing.jsonl" { json!({"format": "trl"}) } else { json!({}) };
+            let e = import(&dir.path().join(format!("o-{name}")), &f, extra).unwrap_err();
+            assert!(e.contains(want), "{name}: {e}");
+            assert!(!e.contains(['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}', '\u{7f}']), "{name}: {e:?}");
+        }
+        let col = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+        let batch = arrow::array::RecordBatch::try_new(
+            Arc::new(arrow::datatypes::Schema::new(
+                ["prompt", "chosen", "rejected", "\u{1b}[2J", "\u{1b}[2J"]
+                    .map(|n| arrow::datatypes::Field::new(n, arrow::datatypes::DataType::Utf8, false))
+                    .to_vec(),
+            )),
+            vec![col("p"), col("a"), col("r"), col("x"), col("y")],
+        )
+        .unwrap();
+        let f = parquet(dir.path(), "twice.parquet", &batch);
+        let e = import(&dir.path().join("pq"), &f, json!({})).unwrap_err();
+        assert!(e.contains(r#"column `"\u001b[2J"` appears twice"#) && !e.contains('\u{1b}'), "{e:?}");
+    }
+
+    /// A Parquet file whose `chosen` pages are damaged: the error names the column.
+    #[test]
+    fn a_column_that_does_not_decode_is_named() {
+        use arrow::array::ArrayRef;
+        use parquet::file::reader::FileReader;
+        let dir = tempfile::tempdir().unwrap();
+        let n = 2000;
+        let strings = |k: &str| {
+            Arc::new(StringArray::from(
+                (0..n).map(|i| format!("{k} {i} {}", "text ".repeat(i % 17))).collect::<Vec<_>>(),
+            )) as ArrayRef
+        };
+        let batch = batch_of(vec![("prompt", strings("p")), ("chosen", strings("c")), ("rejected", strings("r"))]);
+        let f = dir.path().join("d.parquet");
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .set_dictionary_enabled(false)
+            .build();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&f).unwrap(), batch.schema(), Some(props))
+                .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let (start, len) = {
+            let r = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&f).unwrap()).unwrap();
+            r.metadata().row_group(0).column(1).byte_range()
+        };
+        let mut bytes = std::fs::read(&f).unwrap();
+        // the middle of the column chunk: its compressed page data
+        for b in &mut bytes[(start + len / 3) as usize..(start + 2 * len / 3) as usize] {
+            *b = 0x5a;
+        }
+        std::fs::write(&f, &bytes).unwrap();
+        let e = import(&dir.path().join("o"), &f, json!({})).unwrap_err();
+        assert!(
+            e.starts_with("path: ") && e.contains("d.parquet near row 0: column `chosen` cannot be decoded"),
+            "{e}"
+        );
+    }
+
+    /// Row groups are cut by rows, and before a row that would take the text bytes of one column of its group past
+    /// the bound (a row alone is a group whatever its size); the rows are those of one group.
+    #[test]
+    fn a_group_is_cut_before_its_text_bytes_pass_the_bound() {
+        use parquet::file::reader::FileReader;
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = [100, 100, 100, 300, 10, 10, 10, 10, 10, 10];
+        let text = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| json!({"prompt": format!("{i}{}", "p".repeat(n - 1)), "chosen": format!("a{i}"), "rejected": format!("b{i}")}).to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let f = write(dir.path(), "d.jsonl", &text);
+        let (s1, o1) = import_bounded(&dir.path().join("cut"), &f, json!({}), 4, 250).unwrap();
+        let (s2, o2) = import(&dir.path().join("one"), &f, json!({})).unwrap();
+        assert_eq!(s1, s2);
+        assert_eq!(table::read_table(&o1, None).unwrap(), table::read_table(&o2, None).unwrap());
+        let groups = |p: &Path| {
+            let r = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(p).unwrap()).unwrap();
+            (0..r.metadata().num_row_groups()).map(|g| r.metadata().row_group(g).num_rows()).collect::<Vec<_>>()
+        };
+        // 100+100 (a third 100 passes 250); 100 (300 passes it); 300 alone; 4 rows; the last 2
+        assert_eq!(groups(&o1), vec![2, 1, 1, 4, 2]);
+        assert_eq!(groups(&o2), vec![10]);
+    }
+
+    /// The groups taken row by row as the rows come are those of one take at the end: the file does not depend on
+    /// when rows are written.
+    #[test]
+    fn groups_do_not_depend_on_when_they_are_taken() {
+        let row = |i: usize| {
+            let n = [3, 90, 40, 200, 7, 120, 60, 61, 5, 250, 1, 1][i % 12];
+            let e = Extracted {
+                prompt: format!("{i} {}", "x".repeat(n)),
+                first: format!("a{i}{}", "y".repeat(i % 5 * 30)),
+                second: format!("b{i}"),
+                labelled: true,
+                fields: ("chosen", "rejected"),
+            };
+            Row { pair: Pair::of(e, None), source_row: i as u32 }
+        };
+        let (group_rows, group_bytes) = (5, 200);
+        let sizes = |groups: Vec<Vec<Row>>| groups.iter().map(|g| g.iter().map(|r| r.source_row).collect()).collect();
+        let mut once = Collected { pending: (0..100).map(row).collect(), ..Collected::default() };
+        let once: Vec<Vec<u32>> = sizes(once.take_groups(group_rows, group_bytes, true));
+        let mut each = Collected::default();
+        let mut taken: Vec<Vec<u32>> = Vec::new();
+        for i in 0..100 {
+            each.pending.push(row(i));
+            taken.extend(sizes(each.take_groups(group_rows, group_bytes, false)));
+        }
+        taken.extend(sizes(each.take_groups(group_rows, group_bytes, true)));
+        assert_eq!(taken, once);
+        assert!(once.iter().any(|g| g.len() < group_rows) && once.iter().any(|g| g.len() == group_rows), "{once:?}");
+        assert_eq!(once.concat(), (0..100).collect::<Vec<u32>>());
     }
 }

@@ -219,6 +219,60 @@ fn damaged_parquet_never_panics_and_errors_name_the_file() {
     assert!(panics.is_empty(), "{}", panics.join("\n"));
 }
 
+#[test]
+fn damaged_nested_binary_parquet_never_panics_and_errors_name_the_file() {
+    // 40 TL;DR records as TRL messages whose roles and contents are bytes (list<struct<role: binary, content:
+    // binary>>), `chosen` as maps of bytes, beside a column import does not read (a timestamp in a named time zone)
+    use arrow::array::{ArrayRef, BinaryArray, ListArray, MapBuilder, StructArray, TimestampNanosecondArray};
+    use arrow::datatypes::Field;
+    use std::sync::Arc;
+    let text = String::from_utf8(first_lines(&shared_data().join("tldr-2k/train.jsonl"), 40)).unwrap();
+    let recs: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let field = |k: &str| recs.iter().map(|r| r[k].as_str().unwrap().as_bytes()).collect::<Vec<_>>();
+    let one_each = |values: ArrayRef| -> ArrayRef {
+        let item = Arc::new(Field::new("item", values.data_type().clone(), true));
+        let offsets = arrow::buffer::OffsetBuffer::from_lengths(std::iter::repeat_n(1, recs.len()));
+        Arc::new(ListArray::new(item, offsets, values, None))
+    };
+    let messages = |role: &[u8], k: &str| -> ArrayRef {
+        let roles: ArrayRef = Arc::new(BinaryArray::from(vec![role; recs.len()]));
+        let contents: ArrayRef = Arc::new(BinaryArray::from(field(k)));
+        one_each(Arc::new(StructArray::from(vec![
+            (Arc::new(Field::new("role", roles.data_type().clone(), true)), roles),
+            (Arc::new(Field::new("content", contents.data_type().clone(), true)), contents),
+        ])))
+    };
+    let mut chosen = MapBuilder::new(None, arrow::array::BinaryBuilder::new(), arrow::array::BinaryBuilder::new());
+    for c in field("chosen") {
+        chosen.keys().append_value("role");
+        chosen.values().append_value("assistant");
+        chosen.keys().append_value("content");
+        chosen.values().append_value(c);
+        chosen.append(true).unwrap();
+    }
+    let ts: ArrayRef =
+        Arc::new(TimestampNanosecondArray::from((0..recs.len() as i64).collect::<Vec<_>>()).with_timezone("UTC"));
+    let batch = arrow::array::RecordBatch::try_from_iter([
+        ("prompt", messages(b"user", "prompt")),
+        ("chosen", one_each(Arc::new(chosen.finish()))),
+        ("rejected", messages(b"assistant", "rejected")),
+        ("ts", ts),
+    ])
+    .unwrap();
+    let mut original = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut original, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    // undamaged, every record imports
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("nested.parquet");
+    std::fs::write(&file, &original).unwrap();
+    assert_eq!(import_once(tmp.path(), &file, &json!({})), Ok(Ok(40)));
+    let settings = [json!({}), json!({"on_invalid": "skip"})];
+    let panics = damaged_imports(14, "nested.parquet", &original, 200, &settings);
+    assert!(panics.is_empty(), "{}", panics.join("\n"));
+}
+
 /// A byte-level BPE tokenizer.json written as GPT-2's and SmolLM2's are (their model, pre-tokenizer, post-processor
 /// and decoder types), with the 256 byte symbols and a few merges: small enough to damage many times.
 fn bpe_tokenizer_json() -> Vec<u8> {
