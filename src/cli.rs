@@ -89,6 +89,7 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
         what: String,
+        /// Table rows shown (of a text file, 5 × N lines)
         #[arg(long, default_value_t = 10)]
         rows: usize,
     },

@@ -2,6 +2,7 @@
 //! (`AWS_*`, `GOOGLE_*`, `AZURE_*`; never printed), bounded retries with backoff, and request timeouts.
 
 use crate::error::StoreError;
+use crate::store::RemoteUrl;
 use object_store::{ClientOptions, ObjectStore, RetryConfig, path::Path as ObjPath};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,9 @@ fn env_secs(name: &str, default: u64) -> Duration {
     Duration::from_secs(std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
 }
 
-/// Opens a remote store; the URL's path (after the bucket) is the prefix everything lives under.
-pub fn open(url: &url::Url) -> anyhow::Result<(Arc<dyn ObjectStore>, ObjPath)> {
+/// Opens the remote store at `url`, taken apart by [`crate::store::remote_parts`] as `parts`; the prefix everything
+/// lives under is exactly `parts.prefix` (that function refused whatever a URL parser would rewrite).
+pub fn open(url: &str, parts: &RemoteUrl) -> anyhow::Result<(Arc<dyn ObjectStore>, ObjPath)> {
     let retry = RetryConfig {
         max_retries: std::env::var("RMDISTILL_STORE_RETRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(5),
         retry_timeout: env_secs("RMDISTILL_STORE_RETRY_TIMEOUT", 120),
@@ -27,10 +29,10 @@ pub fn open(url: &url::Url) -> anyhow::Result<(Arc<dyn ObjectStore>, ObjPath)> {
         .with_timeout(env_secs("RMDISTILL_STORE_TIMEOUT", 60))
         .with_connect_timeout(env_secs("RMDISTILL_STORE_CONNECT_TIMEOUT", 10));
     let fail = |e: object_store::Error| StoreError(format!("cannot open store {url}: {e}"));
-    let os: Arc<dyn ObjectStore> = match url.scheme() {
+    let os: Arc<dyn ObjectStore> = match parts.scheme {
         "s3" | "s3a" => Arc::new(
             object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
+                .with_url(url)
                 .with_retry(retry)
                 .with_client_options(client)
                 .build()
@@ -38,7 +40,7 @@ pub fn open(url: &url::Url) -> anyhow::Result<(Arc<dyn ObjectStore>, ObjPath)> {
         ),
         "gs" => Arc::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
+                .with_url(url)
                 .with_retry(retry)
                 .with_client_options(client)
                 .build()
@@ -46,7 +48,7 @@ pub fn open(url: &url::Url) -> anyhow::Result<(Arc<dyn ObjectStore>, ObjPath)> {
         ),
         "az" | "azure" | "abfs" | "abfss" => Arc::new(
             object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
+                .with_url(url)
                 .with_retry(retry)
                 .with_client_options(client)
                 .build()
@@ -59,6 +61,5 @@ pub fn open(url: &url::Url) -> anyhow::Result<(Arc<dyn ObjectStore>, ObjPath)> {
             .into());
         }
     };
-    let prefix = ObjPath::from(url.path().trim_matches('/'));
-    Ok((os, prefix))
+    Ok((os, parts.prefix.iter().copied().collect()))
 }

@@ -4,10 +4,14 @@
 use crate::error::{NotReady, StoreError, quoted};
 use crate::exec;
 use crate::plan::Plan;
+use crate::render::{is_unsafe_char, visible};
 use crate::store::{Entry, OutputRef, Store};
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::pretty::pretty_format_batches;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rmdistill_stages::ArtifactKind;
+use std::sync::Arc;
 
 /// The artifact `what` names: its label, where it is, and the warnings of the node that wrote it (none for a blob
 /// named by hash).
@@ -30,11 +34,11 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
                         let kind = if store.tree(&hash).is_ok() { ArtifactKind::Dir } else { ArtifactKind::File };
                         return Ok((hash.clone(), OutputRef { hash, kind, size: *size }, Vec::new()));
                     }
-                    anyhow::bail!("{} blobs match {}", hits.len(), quoted(what));
+                    anyhow::bail!("{} blobs match {}", hits.len(), quoted(&visible(what, &[])));
                 }
                 anyhow::bail!(
                     "{} is neither a node, NODE.OUTPUT, nor a blob hash of this store{}",
-                    quoted(what),
+                    quoted(&visible(what, &[])),
                     not_a_hash_prefix(what)
                 );
             }
@@ -50,8 +54,11 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
             entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
         ),
     };
-    let out =
-        entry.outputs.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("{node} has no output {}", quoted(&name)))?;
+    let out = entry
+        .outputs
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("{node} has no output {}", quoted(&visible(&name, &[]))))?;
     Ok((format!("{node}.{name}"), out, entry.warnings))
 }
 
@@ -152,18 +159,41 @@ fn not_stored(missing: &[String]) -> String {
     }
 }
 
+/// Prints the artifact `what` names: a table's schema, key-value metadata and first `rows` rows (`--rows 0`: none,
+/// and a line saying so), the first `5 × rows` lines of a text file, or a directory's listing with the total size of
+/// its files. Human-readable output writes every character of the data that a terminal could act on visibly (see
+/// [`crate::render::visible`]). With `json`, one JSON document on stdout for every kind; in a table's `preview`,
+/// a null is left out of its row (as before) and a floating-point NaN or infinity, which JSON has no number for, is
+/// the string "NaN", "inf" or "-inf" (never null). Characters a terminal could act on are escaped (`\u001b`,
+/// `\u202e`), as JSON allows.
 pub fn show(plan: &Plan, store: &Store, what: &str, rows: usize, json: bool) -> anyhow::Result<()> {
     let (label, out, warnings) = resolve(plan, store, what)?;
     let path = store.materialize(&out)?;
+    let shown_label = visible(&label, &[]);
     // The warnings go to stderr, where `run` gave them: stdout stays the artifact's view (and valid JSON).
     for w in &warnings {
-        eprintln!("warning: {label}: {w}");
+        eprintln!("warning: {shown_label}: {}", visible(w, &['\n', '\t']));
     }
     if out.kind == ArtifactKind::Dir {
         let tree = store.tree(&out.hash)?;
-        println!("{label}: directory {} ({} files, {} bytes)", out.hash, tree.files.len(), out.size);
+        // the files' bytes (a listing named by its hash has its own size in the store, not its files')
+        let total: u64 = tree.files.iter().map(|f| f.size).sum();
+        if json {
+            let files: Vec<_> = tree
+                .files
+                .iter()
+                .map(|f| serde_json::json!({"path": f.path, "size": f.size, "hash": f.hash}))
+                .collect();
+            let doc = serde_json::json!({
+                "artifact": label, "hash": out.hash, "kind": "dir", "files": tree.files.len(), "bytes": total,
+                "listing": files,
+            });
+            println!("{}", json_text(&doc)?);
+            return Ok(());
+        }
+        println!("{shown_label}: directory {} ({} files, {total} bytes)", out.hash, tree.files.len());
         for f in tree.files {
-            println!("  {:>12}  {}  {}", f.size, crate::key::short(&f.hash), f.path);
+            println!("  {:>12}  {}  {}", f.size, crate::key::short(&f.hash), visible(&f.path, &[]));
         }
         return Ok(());
     }
@@ -185,85 +215,317 @@ pub fn show(plan: &Plan, store: &Store, what: &str, rows: usize, json: bool) -> 
             })
             .unwrap_or_default();
         let schema = b.schema().clone();
-        let reader = b.with_batch_size(rows.max(1)).with_limit(rows).build()?;
+        let reader = b.with_batch_size(rows.clamp(1, 8192)).with_limit(rows).build()?;
         let batches: Vec<_> = reader.collect::<Result<_, _>>()?;
         if json {
-            let mut buf = Vec::new();
-            {
-                let mut w = arrow::json::ArrayWriter::new(&mut buf);
-                for batch in &batches {
-                    w.write(batch)?;
-                }
-                w.finish()?;
-            }
-            let rows: serde_json::Value = serde_json::from_slice(&buf).unwrap_or(serde_json::json!([]));
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"artifact": label, "hash": out.hash, "rows": total, "metadata": kv.into_iter().collect::<std::collections::BTreeMap<_,_>>(), "preview": rows})
-                )?
-            );
+            let preview = preview_json(&batches)?;
+            let doc = serde_json::json!({
+                "artifact": label, "hash": out.hash, "kind": "table", "rows": total,
+                "metadata": kv.into_iter().collect::<std::collections::BTreeMap<_, _>>(), "preview": preview,
+            });
+            println!("{}", json_text(&doc)?);
             return Ok(());
         }
-        println!("{label}: table {} ({total} rows, {} bytes)", out.hash, out.size);
+        println!("{shown_label}: table {} ({total} rows, {} bytes)", out.hash, out.size);
         for f in schema.fields() {
-            println!("  {:<16} {}{}", f.name(), f.data_type(), if f.is_nullable() { " (nullable)" } else { "" });
+            let line =
+                format!("{:<16} {}{}", f.name(), f.data_type(), if f.is_nullable() { " (nullable)" } else { "" });
+            println!("  {}", visible(&line, &[]));
         }
         for (k, v) in kv {
-            println!("  meta {k} = {v}");
+            println!("  meta {} = {}", visible(&k, &[]), visible(&v, &[]));
         }
-        // Long strings are cut so a preview stays a preview.
-        let cut: Vec<_> = batches.iter().map(truncate_strings).collect::<Result<_, _>>()?;
-        println!("{}", pretty_format_batches(&cut)?);
+        let shown: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if shown == 0 {
+            println!("{}", if total == 0 { "(the table has no rows)" } else { "(no rows shown: --rows 0)" });
+            return Ok(());
+        }
+        println!("{}", pretty_format_batches(&[preview_text(&batches)?])?);
     } else {
         let data = std::fs::read(&path)?;
-        match std::str::from_utf8(&data) {
-            Ok(text) => {
-                println!("{label}: file {} ({} bytes)", out.hash, out.size);
-                for line in text.lines().take(rows.max(1) * 5) {
-                    println!("{line}");
+        let text = std::str::from_utf8(&data).ok();
+        if json {
+            let mut doc = serde_json::json!({
+                "artifact": label, "hash": out.hash, "kind": "file", "bytes": out.size, "binary": text.is_none(),
+            });
+            if let Some(text) = text {
+                doc["preview"] = text.lines().take(rows.saturating_mul(5)).collect();
+            }
+            println!("{}", json_text(&doc)?);
+            return Ok(());
+        }
+        match text {
+            Some(text) => {
+                println!("{shown_label}: file {} ({} bytes)", out.hash, out.size);
+                for line in text.lines().take(rows.saturating_mul(5)) {
+                    println!("{}", visible(line, &['\t']));
                 }
             }
-            Err(_) => println!("{label}: binary file {} ({} bytes)", out.hash, out.size),
+            None => println!("{shown_label}: binary file {} ({} bytes)", out.hash, out.size),
         }
     }
     Ok(())
 }
 
-fn truncate_strings(b: &arrow::record_batch::RecordBatch) -> anyhow::Result<arrow::record_batch::RecordBatch> {
-    use arrow::array::{Array, ArrayRef, StringArray};
-    use std::sync::Arc;
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    let mut fields = Vec::new();
-    for (f, c) in b.schema().fields().iter().zip(b.columns()) {
-        if let Some(s) = c.as_any().downcast_ref::<StringArray>() {
-            let t: StringArray = s
-                .iter()
-                .map(|v| {
-                    v.map(|v| {
-                        let one_line = v.replace('\n', " ");
-                        if one_line.chars().count() > 60 {
-                            format!("{}…", one_line.chars().take(59).collect::<String>())
-                        } else {
-                            one_line
-                        }
-                    })
-                })
-                .collect();
-            cols.push(Arc::new(t));
-            fields.push(arrow::datatypes::Field::new(f.name(), arrow::datatypes::DataType::Utf8, true));
-        } else {
-            cols.push(c.clone());
-            fields.push(f.as_ref().clone());
-        }
-        let _ = c.len();
+/// Pretty JSON of `doc`, with every character a terminal could act on that JSON allows raw (DEL, C1 controls,
+/// bidi marks; serde already escapes C0 controls) written as a `\uXXXX` escape: the same document, safe on a
+/// terminal. Apart from the line breaks between values, such characters occur only inside strings, where the
+/// escape means the character itself.
+fn json_text(doc: &serde_json::Value) -> anyhow::Result<String> {
+    let text = serde_json::to_string_pretty(doc)?;
+    let escape = |c: char| c != '\n' && is_unsafe_char(c);
+    if !text.chars().any(escape) {
+        return Ok(text);
     }
-    Ok(arrow::record_batch::RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols)?)
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escape(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// The rows of `batches` as JSON objects (a null is left out of its row), with NaN and ±infinity, which the JSON
+/// writer turns into null, written as "NaN", "inf" and "-inf", at any depth of lists and structs.
+fn preview_json(batches: &[RecordBatch]) -> anyhow::Result<serde_json::Value> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::ArrayWriter::new(&mut buf);
+        for batch in batches {
+            w.write(batch)?;
+        }
+        w.finish()?;
+    }
+    let mut rows: serde_json::Value = if buf.is_empty() {
+        serde_json::json!([])
+    } else {
+        serde_json::from_slice(&buf).map_err(|e| anyhow::anyhow!("cannot write the rows as JSON: {e}"))?
+    };
+    let Some(list) = rows.as_array_mut() else { anyhow::bail!("cannot write the rows as JSON: not an array") };
+    let mut at = 0;
+    for batch in batches {
+        let float_cols: Vec<_> = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .filter(|(f, _)| holds_floats(f.data_type()))
+            .map(|(f, c)| (f.name().clone(), c.clone()))
+            .collect();
+        for i in 0..batch.num_rows() {
+            if let Some(obj) = list.get_mut(at + i).and_then(|r| r.as_object_mut()) {
+                for (name, col) in &float_cols {
+                    if let Some(v) = obj.get_mut(name) {
+                        non_finite_as_strings(col.as_ref(), i, v);
+                    }
+                }
+            }
+        }
+        at += batch.num_rows();
+    }
+    Ok(rows)
+}
+
+/// Whether values of this type can hold a floating-point number (at any depth).
+fn holds_floats(t: &DataType) -> bool {
+    match t {
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => true,
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => holds_floats(f.data_type()),
+        DataType::Struct(fs) => fs.iter().any(|f| holds_floats(f.data_type())),
+        _ => false,
+    }
+}
+
+/// The name of a float that JSON has no number for: "NaN", "inf" or "-inf" (as the table preview writes them).
+fn non_finite_name(x: f64) -> Option<&'static str> {
+    match x {
+        x if x.is_nan() => Some("NaN"),
+        f64::INFINITY => Some("inf"),
+        f64::NEG_INFINITY => Some("-inf"),
+        _ => None,
+    }
+}
+
+/// Replaces, in `v` (the JSON the writer made of row `i` of `col`), each NaN or infinity by its name.
+fn non_finite_as_strings(col: &dyn Array, i: usize, v: &mut serde_json::Value) {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float16Type, Float32Type, Float64Type};
+    if col.is_null(i) {
+        return;
+    }
+    let float = match col.data_type() {
+        DataType::Float16 => Some(col.as_primitive::<Float16Type>().value(i).to_f64()),
+        DataType::Float32 => Some(col.as_primitive::<Float32Type>().value(i) as f64),
+        DataType::Float64 => Some(col.as_primitive::<Float64Type>().value(i)),
+        _ => None,
+    };
+    if let Some(x) = float {
+        if let Some(name) = non_finite_name(x) {
+            *v = serde_json::Value::String(name.to_string());
+        }
+        return;
+    }
+    let items = match col.data_type() {
+        DataType::List(_) => Some(col.as_list::<i32>().value(i)),
+        DataType::LargeList(_) => Some(col.as_list::<i64>().value(i)),
+        DataType::FixedSizeList(..) => Some(col.as_fixed_size_list().value(i)),
+        _ => None,
+    };
+    if let Some(items) = items {
+        if let Some(vs) = v.as_array_mut() {
+            for (k, item) in vs.iter_mut().enumerate().take(items.len()) {
+                non_finite_as_strings(items.as_ref(), k, item);
+            }
+        }
+        return;
+    }
+    if let DataType::Struct(fields) = col.data_type()
+        && let Some(obj) = v.as_object_mut()
+    {
+        let st = col.as_struct();
+        for (f, child) in fields.iter().zip(st.columns()) {
+            if holds_floats(f.data_type())
+                && let Some(x) = obj.get_mut(f.name())
+            {
+                non_finite_as_strings(child.as_ref(), i, x);
+            }
+        }
+    }
+}
+
+/// The longest cell of the text preview, in characters of the data; a longer one is cut, ending in `…`.
+const CELL_CHARS: usize = 60;
+
+/// The text of one cell: line breaks as spaces (one line per row), every other character a terminal could act on
+/// written visibly (`\u{1b}`, `\t`), cut after [`CELL_CHARS`] characters of the data.
+fn cell_text(v: &str) -> String {
+    let long = v.chars().nth(CELL_CHARS).is_some();
+    let take = if long { CELL_CHARS - 1 } else { CELL_CHARS };
+    let mut out = String::with_capacity(v.len().min(4 * CELL_CHARS));
+    for c in v.chars().take(take) {
+        match c {
+            '\n' => out.push(' '),
+            c if is_unsafe_char(c) => out.push_str(&visible(c.encode_utf8(&mut [0; 4]), &[])),
+            c => out.push(c),
+        }
+    }
+    if long {
+        out.push('…');
+    }
+    out
+}
+
+/// The rows of `batches` as one batch of text columns, as the table preview prints them: every value formatted as
+/// Arrow formats it (a null is empty) and then made a cell by [`cell_text`], headers made visible too. Long values
+/// are cut so a preview stays a preview.
+fn preview_text(batches: &[RecordBatch]) -> anyhow::Result<RecordBatch> {
+    use arrow::array::{ArrayRef, StringBuilder};
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let schema = batches.first().map(|b| b.schema()).ok_or_else(|| anyhow::anyhow!("no rows to preview"))?;
+    let options = FormatOptions::default().with_display_error(true);
+    let mut cols: Vec<StringBuilder> = schema.fields().iter().map(|_| StringBuilder::new()).collect();
+    for batch in batches {
+        for (col, b) in batch.columns().iter().zip(cols.iter_mut()) {
+            let fmt = ArrayFormatter::try_new(col.as_ref(), &options)?;
+            for i in 0..col.len() {
+                if col.is_null(i) {
+                    b.append_null();
+                } else {
+                    b.append_value(cell_text(&fmt.value(i).to_string()));
+                }
+            }
+        }
+    }
+    let fields: Vec<Field> =
+        schema.fields().iter().map(|f| Field::new(visible(f.name(), &[]), DataType::Utf8, true)).collect();
+    let arrays: Vec<ArrayRef> = cols.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{not_stored, provenance};
+    use super::{cell_text, json_text, not_stored, preview_json, preview_text, provenance};
+    use arrow::array::{ArrayRef, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, StructArray};
+    use arrow::datatypes::{DataType, Field, Float64Type};
+    use std::sync::Arc;
+
+    fn batch(cols: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(cols).unwrap()
+    }
+
+    #[test]
+    fn nan_and_infinities_are_named_in_json_and_nulls_left_out() {
+        let f64s: ArrayRef = Arc::new(Float64Array::from(vec![
+            Some(1.5),
+            Some(f64::NAN),
+            Some(f64::INFINITY),
+            Some(f64::NEG_INFINITY),
+            None,
+        ]));
+        let f32s: ArrayRef =
+            Arc::new(Float32Array::from(vec![Some(f32::NAN), None, Some(0.25), Some(f32::NEG_INFINITY), Some(2.0)]));
+        let lists: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(vec![
+            Some(vec![Some(f64::NAN), Some(1.0), None]),
+            None,
+            Some(vec![]),
+            Some(vec![Some(f64::INFINITY)]),
+            Some(vec![Some(-0.5)]),
+        ]));
+        let inner: ArrayRef =
+            Arc::new(Float64Array::from(vec![Some(f64::NEG_INFINITY), Some(2.0), None, Some(f64::NAN), Some(3.0)]));
+        let structs: ArrayRef =
+            Arc::new(StructArray::from(vec![(Arc::new(Field::new("x", DataType::Float64, true)), inner)]));
+        let text: ArrayRef = Arc::new(StringArray::from(vec!["NaN", "inf", "a", "b", "c"]));
+        let b = batch(vec![("f", f64s), ("g", f32s), ("l", lists), ("s", structs), ("t", text)]);
+        // split in two batches, as the reader hands them over
+        let rows = preview_json(&[b.slice(0, 2), b.slice(2, 3)]).unwrap();
+        assert_eq!(
+            rows,
+            serde_json::json!([
+                {"f": 1.5, "g": "NaN", "l": ["NaN", 1.0, null], "s": {"x": "-inf"}, "t": "NaN"},
+                {"f": "NaN", "s": {"x": 2.0}, "t": "inf"},
+                {"f": "inf", "g": 0.25, "l": [], "s": {}, "t": "a"},
+                {"f": "-inf", "g": "-inf", "l": ["inf"], "s": {"x": "NaN"}, "t": "b"},
+                {"g": 2.0, "l": [-0.5], "s": {"x": 3.0}, "t": "c"},
+            ])
+        );
+        assert_eq!(preview_json(&[]).unwrap(), serde_json::json!([]));
+    }
+
+    #[test]
+    fn text_previews_show_what_a_terminal_would_act_on() {
+        assert_eq!(cell_text("a\u{1b}]0;T\u{7}b\nc\td\u{202e}"), "a\\u{1b}]0;T\\u{7}b c\\td\\u{202e}");
+        // cut after 60 characters of the data, whatever their escapes' length
+        let long = "\u{1b}".repeat(100);
+        assert_eq!(cell_text(&long), format!("{}…", "\\u{1b}".repeat(59)));
+        assert_eq!(cell_text(&"x".repeat(60)), "x".repeat(60));
+        assert_eq!(cell_text(&"x".repeat(61)), format!("{}…", "x".repeat(59)));
+        // headers, strings inside lists and numbers alike
+        let lists: ArrayRef =
+            Arc::new(arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int32Type, _, _>(vec![
+                Some(vec![Some(1), Some(2)]),
+                None,
+            ]));
+        let text: ArrayRef = Arc::new(StringArray::from(vec![Some("\u{1b}[2J"), None]));
+        let nan: ArrayRef = Arc::new(Float64Array::from(vec![f64::NAN, f64::NEG_INFINITY]));
+        let b = batch(vec![("col\u{9b}1", text), ("l", lists), ("x", nan)]);
+        let shown = arrow::util::pretty::pretty_format_batches(&[preview_text(&[b]).unwrap()]).unwrap().to_string();
+        assert!(!shown.chars().any(|c| c != '\n' && crate::render::is_unsafe_char(c)), "{shown}");
+        assert!(shown.contains("col\\u{9b}1") && shown.contains("\\u{1b}[2J") && shown.contains("[1, 2]"), "{shown}");
+        assert!(shown.contains("| NaN ") && shown.contains("| -inf "), "{shown}");
+    }
+
+    #[test]
+    fn json_is_the_same_document_with_terminal_controls_escaped() {
+        let doc = serde_json::json!({"a": "x\u{1b}y\u{7f}z\u{9b}w\u{202e}v\u{2066}\n", "b": [1, "ok ☕"]});
+        let text = json_text(&doc).unwrap();
+        assert!(!text.chars().any(|c| c != '\n' && crate::render::is_unsafe_char(c)), "{text}");
+        assert!(text.contains(r#""x\u001by\u007fz\u009bw\u202ev\u2066\n""#), "{text}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), doc);
+    }
 
     #[test]
     fn provenance_names_the_machines_and_warns_on_a_mix() {
