@@ -10,7 +10,8 @@
 //! - `nodes/ID.json` — the last key each node name had, so `status` and `explain` can say what changed.
 //! - `runs/RUN.json` — run journals: which outputs a run produced (kept by `gc` within the grace period).
 //! - `cache-corrupt/`, `nodes-corrupt/` — entries and pointers that could not be read or did not match their
-//!   record, set aside (never deleted) so that they no longer block the store.
+//!   record, set aside (never deleted) so that they no longer block the store; `blobs-corrupt/` — whatever stood in
+//!   a blob's place but was not a file (a directory), set aside when the blob was stored again.
 //!
 //! Nothing is served unverified. A cache hit ([`Store::get_entry`] + [`Store::entry_complete`]) checks the entry
 //! against its own key and `check`, and every blob it names for presence, size and hash. Hashing every output on
@@ -194,18 +195,13 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if url == "memory://" {
         return Ok(());
     }
-    const REMOTE: &[&str] = &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
     if let Some((scheme, _)) = url.split_once("://") {
         if !REMOTE.contains(&scheme) {
             return Err(format!(
                 "store url `{url}`: unsupported scheme `{scheme}` (use file://, memory://, s3://, gs:// or az://)"
             ));
         }
-        let parsed = url::Url::parse(url).map_err(|e| format!("store url `{url}`: {e}"))?;
-        if parsed.host_str().is_none_or(str::is_empty) {
-            return Err(format!("store url `{url}` names no bucket (e.g. {scheme}://bucket/prefix)"));
-        }
-        return Ok(());
+        return remote_parts(url).map(|_| ());
     }
     // A plain path; but `s3:/bucket` or `s3:bucket` is a mistyped URL, not a directory named `s3:`.
     if let Some((scheme, rest)) = url.split_once(':') {
@@ -225,6 +221,117 @@ pub fn check_url(url: &str) -> Result<(), String> {
         }
     }
     check_dir(url, url)
+}
+
+/// The schemes of object stores (`s3a` is `s3`; `azure`, `abfs` and `abfss` are `az`).
+const REMOTE: &[&str] = &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
+
+/// An object-store URL taken apart by [`remote_parts`].
+#[derive(Debug, PartialEq)]
+pub struct RemoteUrl<'a> {
+    pub scheme: &'a str,
+    /// The bucket (container; for `abfs[s]://`, also `CONTAINER@ACCOUNT.dfs.core.windows.net`).
+    pub bucket: &'a str,
+    /// The prefix everything lives under, segment by segment (empty: the bucket's top).
+    pub prefix: Vec<&'a str>,
+}
+
+/// What a prefix segment may hold, for error messages.
+const SEGMENT_CHARS: &str = "ASCII letters, digits, `-`, `_` and `.`";
+
+/// Whether `c` may appear in a segment of an object-store prefix. Everything else is refused rather than encoded:
+/// URL parsers and object stores rewrite or escape other characters differently (`gs://b/my prefix` stored its
+/// objects under `my%252520prefix/`), so a prefix holds exactly the characters written.
+fn segment_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// `c` as an error message names it: a space or another invisible character by its name or code point.
+fn char_named(c: char) -> String {
+    match c {
+        ' ' => "a space".to_string(),
+        c if c.is_ascii_graphic() => format!("`{c}`"),
+        c if c.is_alphanumeric() => format!("`{c}` (U+{:04X})", c as u32),
+        c => format!("U+{:04X}", c as u32),
+    }
+}
+
+/// Takes an object-store URL (`s3://BUCKET/PREFIX`, `gs://…`, `az://…`) apart, strictly: the prefix is exactly the
+/// segments written, so a URL that a URL parser or an object store would rewrite is refused, saying which part and
+/// what is expected: a `.` or `..` segment (`gs://b/a/../x` would be the prefix `x`), an empty segment (`a//b`
+/// would be `a/b`), a query or fragment (`x?y=1` and `x#f` would be `x`), a percent-escape (`%2e%2e` would be
+/// `..`), or a character other than ASCII letters, digits, `-`, `_` and `.` (see [`segment_char`]). One trailing
+/// `/` is allowed (`s3://b/x/` is `s3://b/x`).
+pub fn remote_parts(url: &str) -> Result<RemoteUrl<'_>, String> {
+    let Some((scheme, rest)) = url.split_once("://").filter(|(s, _)| REMOTE.contains(s)) else {
+        return Err(format!("store url `{url}` is not an object-store url (s3://, gs:// or az://BUCKET/PREFIX)"));
+    };
+    let form = format!("{scheme}://BUCKET/PREFIX");
+    if let Some(i) = rest.find(['?', '#']) {
+        let what = if rest[i..].starts_with('?') { "a query" } else { "a fragment" };
+        return Err(format!(
+            "store url `{url}` has {what} (`{}`): a store url is {form}, without a query or fragment, which URL \
+             parsers would drop from the prefix",
+            &rest[i..]
+        ));
+    }
+    if let Some(i) = rest.find('%') {
+        let esc: String = rest[i..].chars().take(3).collect();
+        return Err(format!(
+            "store url `{url}` has the percent-escape `{esc}`: escapes are not decoded in a store url (nor written \
+             as they are); write the prefix with {SEGMENT_CHARS} only"
+        ));
+    }
+    let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!("store url `{url}` names no bucket (e.g. {scheme}://bucket/prefix)"));
+    }
+    // abfs[s]://CONTAINER@ACCOUNT.dfs.core.windows.net/… names an Azure account; elsewhere `@` would be a user name
+    let azure = matches!(scheme, "az" | "azure" | "abfs" | "abfss");
+    let at_ok = |c: char| c == '@' && azure && bucket.matches('@').count() == 1;
+    if let Some(c) = bucket.chars().find(|&c| !segment_char(c) && !at_ok(c)) {
+        let port = if c == ':' { " (a port or password has no place in a store url)" } else { "" };
+        return Err(format!(
+            "store url `{url}`: the bucket `{bucket}` holds {}{port}; a bucket name holds {SEGMENT_CHARS} only{}",
+            char_named(c),
+            if azure { " (and `@` in CONTAINER@ACCOUNT.dfs.core.windows.net)" } else { "" }
+        ));
+    }
+    // one trailing slash is allowed (`s3://b/x/`), not an empty segment before it (`s3://b//`, `s3://b/x//`)
+    let path = match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() && !p.ends_with('/') => p,
+        _ => path,
+    };
+    let mut prefix = Vec::new();
+    if !path.is_empty() {
+        for seg in path.split('/') {
+            match seg {
+                "" => {
+                    return Err(format!(
+                        "store url `{url}` has an empty segment (`//`) in its prefix `{path}`: object stores keep \
+                         it and URL parsers drop it; a store url is {form}, segments separated by single slashes"
+                    ));
+                }
+                "." | ".." => {
+                    return Err(format!(
+                        "store url `{url}` has the segment `{seg}` in its prefix `{path}`: URL parsers resolve it \
+                         (gs://b/a/../x is the prefix x) and object stores do not; name the prefix itself, without \
+                         `.` or `..` segments"
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(c) = seg.chars().find(|&c| !segment_char(c)) {
+                return Err(format!(
+                    "store url `{url}`: the prefix segment `{seg}` holds {}, which object stores or URL parsers \
+                     treat specially; a prefix segment holds {SEGMENT_CHARS} only",
+                    char_named(c)
+                ));
+            }
+            prefix.push(seg);
+        }
+    }
+    Ok(RemoteUrl { scheme, bucket, prefix })
 }
 
 /// The directory of a `file://` URL or a plain path; `None` for other URLs. `file:///abs` and
@@ -540,8 +647,8 @@ impl Store {
             } else if url.starts_with("memory://") {
                 (Arc::new(object_store::memory::InMemory::new()), ObjPath::default(), None)
             } else {
-                let parsed = url::Url::parse(url).map_err(|e| Invalid(format!("store url `{url}`: {e}")))?;
-                let (os, prefix) = crate::remote::open(&parsed)?;
+                let parts = remote_parts(url).map_err(Invalid)?;
+                let (os, prefix) = crate::remote::open(url, &parts)?;
                 (os, prefix, None)
             };
         let identity = match &local_root {
@@ -756,7 +863,18 @@ impl Store {
                 Check::Ok => true,
                 Check::Missing => false,
                 Check::Corrupt(d) => {
-                    self.warn(format!("blob {hash} in the store is corrupt ({d}); replacing it with the new bytes"));
+                    // A file is replaced by renaming the new bytes over it; a directory (or another thing that is
+                    // not a regular file) cannot be, so it is set aside first, like a corrupt entry.
+                    let rel = Self::blob_rel(hash);
+                    let regular = std::fs::metadata(root.join(&rel)).map_or(true, |m| m.is_file());
+                    match (!regular).then(|| self.set_aside(&rel, "blobs-corrupt", None)).transpose()? {
+                        Some(Some(dest)) => self.warn(format!(
+                            "blob {hash} in the store is corrupt ({d}); moved it to {dest} and storing the new bytes"
+                        )),
+                        _ => self.warn(format!(
+                            "blob {hash} in the store is corrupt ({d}); replacing it with the new bytes"
+                        )),
+                    }
                     false
                 }
             });
@@ -888,6 +1006,16 @@ impl Store {
     /// a node's scratch space is inside the store's local directory); otherwise it is uploaded.
     fn store_blob(&self, path: &Path, hash: &str, size: u64, take: bool) -> anyhow::Result<()> {
         if self.blob_intact(hash, size)? {
+            // `gc` keeps an unreferenced blob while it is younger than the grace period: a blob stored long ago and
+            // now stored again (an output that reproduces old bytes) would otherwise look old and unreferenced until
+            // this run writes its entry, and a `gc` meanwhile would delete it under the entry. Its mtime is made
+            // now, as an upload's would be. (Remote stores cannot set a time without uploading again; there the
+            // grace period must exceed the longest run.) Best effort: a blob owned by another user of a shared
+            // store cannot have its time set, which leaves that race, not a reason to fail the node.
+            if let Some(root) = &self.local_root {
+                let blob = root.join(Self::blob_rel(hash));
+                let _ = std::fs::File::open(&blob).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            }
             return Ok(());
         }
         if take && let Some(root) = &self.local_root {
@@ -1533,6 +1661,66 @@ mod tests {
             ("memory://", None),
         ] {
             assert_eq!(local_path(url), dir, "{url}");
+        }
+    }
+
+    #[test]
+    fn object_store_urls_are_parsed_strictly() {
+        // what is written is the prefix, segment by segment
+        for (url, scheme, bucket, prefix) in [
+            ("s3://b/x", "s3", "b", vec!["x"]),
+            ("s3://b", "s3", "b", vec![]),
+            ("s3://b/", "s3", "b", vec![]),
+            ("gs://my-bucket.example/team_1/exp-2/", "gs", "my-bucket.example", vec!["team_1", "exp-2"]),
+            ("az://c/p.v1/..x", "az", "c", vec!["p.v1", "..x"]),
+            ("s3a://b/a/b/c", "s3a", "b", vec!["a", "b", "c"]),
+            ("abfss://fs@acct.dfs.core.windows.net/p", "abfss", "fs@acct.dfs.core.windows.net", vec!["p"]),
+        ] {
+            assert_eq!(remote_parts(url), Ok(RemoteUrl { scheme, bucket, prefix }), "{url}");
+            assert!(check_url(url).is_ok(), "{url}");
+        }
+        // what a URL parser or an object store would rewrite is refused, naming the part and what is expected
+        for scheme in ["s3", "gs", "az"] {
+            for (tail, needles) in [
+                ("a/../../../etc", &["the segment `..` in its prefix `a/../../../etc`", "without `.` or `..`"][..]),
+                ("a/./b", &["the segment `.` in its prefix `a/./b`"]),
+                ("..", &["the segment `..`"]),
+                ("a//b", &["an empty segment (`//`) in its prefix `a//b`", "separated by single slashes"]),
+                ("/", &["an empty segment"]),
+                ("x//", &["an empty segment"]),
+                ("/x", &["an empty segment"]),
+                ("%2e%2e/x", &["the percent-escape `%2e`", "escapes are not decoded"]),
+                ("my%20prefix", &["the percent-escape `%20`"]),
+                ("x?y=1", &["has a query (`?y=1`)", "without a query or fragment"]),
+                ("x#frag", &["has a fragment (`#frag`)"]),
+                ("x/?", &["has a query (`?`)"]),
+                (
+                    "my prefix",
+                    &["the prefix segment `my prefix` holds a space", "ASCII letters, digits, `-`, `_` and `.` only"],
+                ),
+                ("a/b\\c", &["the prefix segment `b\\c` holds `\\`"]),
+                ("a*", &["holds `*`"]),
+                ("café", &["holds `é` (U+00E9)"]),
+                ("a\u{202e}b", &["holds U+202E"]),
+            ] {
+                let url = format!("{scheme}://b/{tail}");
+                let err = check_url(&url).unwrap_err();
+                assert!(err.contains(&format!("store url `{url}`")), "{url}: {err}");
+                for n in needles {
+                    assert!(err.contains(n), "{url}: {err}\n  lacks: {n}");
+                }
+            }
+        }
+        for (url, needle) in [
+            ("s3://user:pw@b/x", "the bucket `user:pw@b` holds `:` (a port or password has no place in a store url)"),
+            ("gs://b:9000/x", "the bucket `b:9000` holds `:`"),
+            ("s3://u@b/x", "the bucket `u@b` holds `@`"),
+            ("az://a@b@c/x", "holds `@`"),
+            ("s3:///x", "names no bucket"),
+            ("gs://?x", "has a query"),
+        ] {
+            let err = check_url(url).unwrap_err();
+            assert!(err.contains(needle), "{url}: {err}");
         }
     }
 

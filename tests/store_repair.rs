@@ -98,6 +98,52 @@ fn a_leaf_blob_flipped_or_truncated_is_detected_and_repaired() {
 }
 
 #[test]
+fn a_blob_replaced_by_a_directory_is_set_aside_and_repaired() {
+    // A directory in a blob's place cannot be renamed over: the repair moves it to blobs-corrupt/ (never deleted,
+    // like corrupt entries) and then stores the bytes.
+    let w = Work::new();
+    w.write("m.toml", M);
+    w.ok(&["run", "m.toml", "-q"]);
+    let (h, p) = leaf_blob(&w);
+    std::fs::remove_file(&p).unwrap();
+    std::fs::create_dir(&p).unwrap();
+    std::fs::write(p.join("inside"), "kept").unwrap();
+    let r = w.run(&["run", "m.toml", "--json"]);
+    assert!(r.status.success(), "{}", s(&r.stderr));
+    let aside = w.store().join("blobs-corrupt").join(&h);
+    assert!(
+        s(&r.stderr).contains(&format!(
+            "blob {h} in the store is corrupt (not a regular file); moved it to blobs-corrupt/{h} and storing the new \
+             bytes"
+        )),
+        "{}",
+        s(&r.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(nodes_with(&summary, "ran"), vec![LEAF.to_string()], "{summary}");
+    assert_eq!(hash_of(&p), h, "the blob was not repaired");
+    assert_eq!(std::fs::read_to_string(aside.join("inside")).unwrap(), "kept", "the directory was not set aside");
+    assert!(w.ok(&["status", "m.toml"]).contains("3 cached, 0 would run"));
+    assert_store_consistent(&w.store());
+
+    // The same under --force, for a blob that is an input of others, and again (the name set aside is taken).
+    let (_, e) = entry_of(&w.store(), "gen");
+    let g = e["outputs"]["pairs"]["hash"].as_str().unwrap().to_string();
+    let gp = blob(&w.store(), &g);
+    for round in 0..2 {
+        std::fs::remove_file(&gp).unwrap();
+        std::fs::create_dir(&gp).unwrap();
+        let o = w.run(&["run", "m.toml", "--force", "gen", "--json"]);
+        assert!(o.status.success(), "{}", s(&o.stderr));
+        let dest = if round == 0 { g.clone() } else { format!("{g}.1") };
+        assert!(s(&o.stderr).contains(&format!("moved it to blobs-corrupt/{dest} and storing")), "{}", s(&o.stderr));
+        assert_eq!(hash_of(&gp), g);
+    }
+    assert_store_consistent(&w.store());
+    assert_eq!(w.run_json(&["m.toml"])["ran"], 0);
+}
+
+#[test]
 fn a_bit_flip_is_found_after_the_verified_state_was_remembered() {
     // The fast path (a remembered hash for an unchanged file) must not hide a write: any write changes ctime, even
     // one that puts the old mtime back.
@@ -298,4 +344,24 @@ fn exit_codes_of_show_and_report_say_what_is_wrong() {
     // Unknown node: 2.
     let o = w.run(&["show", "m.toml", "nope"]);
     assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+}
+
+/// An output that reproduces bytes already in the store, from long ago and no longer referenced, gets the blob's
+/// time made now: `gc` spares an unreferenced blob only while it is younger than the grace period, and before the
+/// run writes the entry that references it again the blob would look old and unreferenced.
+#[test]
+fn a_blob_stored_again_is_made_young_for_gc() {
+    let w = Work::new();
+    w.write("m.toml", M);
+    w.run_json(&["m.toml"]);
+    let (hash, path) = leaf_blob(&w);
+    let (entry, _) = entry_of(&w.store(), LEAF);
+    std::fs::remove_file(entry).unwrap();
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    std::fs::File::open(&path).unwrap().set_modified(day_ago).unwrap();
+    let summary = w.run_json(&["m.toml"]);
+    assert_eq!(nodes_with(&summary, "ran"), vec![LEAF.to_string()], "{summary}");
+    assert_eq!(hash_of(&path), hash);
+    let age = std::fs::metadata(&path).unwrap().modified().unwrap().elapsed().unwrap_or_default();
+    assert!(age < std::time::Duration::from_secs(600), "the blob stored again is {age:?} old");
 }
