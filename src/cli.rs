@@ -26,8 +26,9 @@ pub struct Cli {
 pub struct Common {
     /// The manifest (TOML).
     pub manifest: PathBuf,
-    /// Override a manifest variable: NAME=VALUE (VALUE read as TOML, else as a string; a number, list, table or
-    /// quoted string that TOML cannot read is an error). Repeatable.
+    /// Override a manifest variable: NAME=VALUE. A string variable takes VALUE as written (or the content of a quoted
+    /// TOML string); any other reads it as TOML, else as a string (a number, list, table or quoted string that TOML
+    /// cannot read is an error). One value, no newline. Repeatable.
     #[arg(long = "set", short = 'S', value_name = "NAME=VALUE")]
     pub set: Vec<String>,
     /// Store URL, overriding the manifest's [store] url (also RMDISTILL_STORE).
@@ -315,13 +316,19 @@ pub struct ArgoArgs {
 pub struct K8sArgs {
     #[command(flatten)]
     pub c: ContainerArgs,
-    /// Failed pods before a Job gives up (a pod waiting for its upstream has not failed; one that gives up waiting, past
-    /// the upstream Jobs' deadlines, has).
+    /// Failed pods before a Job gives up (a pod waiting for its upstream has not failed; one that gives up waiting
+    /// under --all-at-once has).
     #[arg(long, default_value_t = 2)]
     pub backoff_limit: u32,
     /// Seconds between checks while a node waits for its upstream.
     #[arg(long, default_value_t = 30)]
     pub poll: u32,
+    /// The cluster runs every Job as soon as it is created (no queueing): give each Job a deadline from the time
+    /// limits of its node and of the nodes upstream of it, counted from its creation, so that a node whose upstream
+    /// Job failed gives up waiting. Without it a Job queued behind others would be killed before it ran, so only
+    /// the pods that wait for nothing have a deadline (their node's time limit) and waiting is not bounded.
+    #[arg(long)]
+    pub all_at_once: bool,
 }
 
 #[derive(clap::Args, Clone)]
@@ -392,6 +399,7 @@ fn export(target: Target) -> anyhow::Result<()> {
             c: a.c.request(),
             backoff_limit: a.backoff_limit,
             poll: a.poll,
+            all_at_once: a.all_at_once,
         }),
         Target::AwsBatch(a) => export::aws::run(export::aws::Request {
             source: a.common.source(),

@@ -6,9 +6,11 @@
 //!
 //! `export k8s`: where Argo is absent, a `List` of plain `batch/v1` Jobs, one per node, in topological order. Kubernetes
 //! does not order Jobs; each pod runs `node run` in a loop that waits while it exits 4 (upstream not stored yet), so
-//! creating them all at once is safe, and `backoffLimit` covers real failures. Each Job has an `activeDeadlineSeconds`
-//! built from the time limits (`resources.time`) of its node and of the nodes upstream of it ([`Deadline`]), so a node
-//! that runs too long is stopped and one whose upstream Job failed or was stopped gives up waiting, saying so.
+//! creating them all at once is safe, and `backoffLimit` covers real failures. A pod that waits for nothing has its
+//! node's time limit (`resources.time`) as its `activeDeadlineSeconds`. A Job's own deadline counts from its creation,
+//! queueing included, so only with `--all-at-once` (a cluster that runs every Job at once) does each Job get one,
+//! built from the limits of its node and of the nodes upstream of it ([`Deadline`]): then a node that runs too long is
+//! stopped, and one whose upstream Job failed or was stopped gives up waiting, saying so.
 
 use super::{Ctx, Graph, Req, RunSpec, Source};
 use serde_json::{Value, json};
@@ -46,10 +48,12 @@ pub struct ArgoRequest {
 #[derive(Debug, Clone, Default)]
 pub struct K8sRequest {
     pub c: ContainerRequest,
-    /// Failed pods before a Job gives up (waiting for upstream does not count).
+    /// Failed pods before a Job gives up (a pod still waiting for its upstream has not failed).
     pub backoff_limit: u32,
     /// Seconds between checks while a node waits for its upstream.
     pub poll: u32,
+    /// Every Job runs as soon as it is created: deadlines counted from creation bound the waits ([`Deadline`]).
+    pub all_at_once: bool,
 }
 
 /// A string as Kubernetes passes it to a container's command or args: Kubernetes expands `$(VAR)` there and reads
@@ -106,6 +110,7 @@ pub struct Opts {
     pub retries: u32,
     pub backoff_limit: u32,
     pub poll: u32,
+    pub all_at_once: bool,
 }
 
 fn opts(c: &ContainerRequest, ctx: &Ctx) -> Opts {
@@ -137,7 +142,7 @@ pub fn run_k8s(a: K8sRequest) -> anyhow::Result<()> {
     }
     check_container(&a.c)?;
     let ctx = Ctx::load(&a.c.source, a.c.bin.as_deref(), a.c.manifest_path.as_deref(), true)?;
-    let o = Opts { backoff_limit: a.backoff_limit, poll: a.poll, ..opts(&a.c, &ctx) };
+    let o = Opts { backoff_limit: a.backoff_limit, poll: a.poll, all_at_once: a.all_at_once, ..opts(&a.c, &ctx) };
     let doc = jobs(&ctx.graph, &ctx.run, &o)?;
     super::emit(&(serde_json::to_string_pretty(&doc)? + "\n"), a.c.output.as_deref())
 }
@@ -231,8 +236,15 @@ pub fn workflow(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
 }
 
 /// The shell loop a Kubernetes Job runs: `node run` until it stops answering 4 (upstream not stored yet), checking
-/// every `poll` seconds for at most `wait` seconds (counted as the sleeps between checks); then it gives up, saying why.
-fn wait_loop(poll: u32, wait: u64, has_upstream: bool) -> String {
+/// every `poll` seconds, for at most `wait` seconds when given (counted as the sleeps between checks); then it gives
+/// up, saying why.
+fn wait_loop(poll: u32, wait: Option<u64>, has_upstream: bool) -> String {
+    let Some(wait) = wait else {
+        return format!(
+            "while :; do \"$@\"; rc=$?; if [ \"$rc\" -ne 4 ]; then exit \"$rc\"; fi; \
+             echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll}; done"
+        );
+    };
     let why = if has_upstream {
         format!(
             "upstream results still not stored after waiting ${{waited}}s, past the deadlines ({wait}s) of the Jobs that \
@@ -291,23 +303,32 @@ pub fn jobs(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
     let mut items = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let req = Req::of(&n.resources)?;
-        let dl = limits[i];
+        // Without --all-at-once a Job may queue behind others, and a deadline counted from its creation would kill
+        // it before it ran: only a pod that waits for nothing gets one (its node's limit), and waiting is unbounded.
+        let dl = match (o.all_at_once, n.deps.is_empty()) {
+            (true, _) => limits[i],
+            (false, true) => Deadline { wait: 0, pod: req.seconds, job: 0 },
+            (false, false) => Deadline { wait: 0, pod: 0, job: 0 },
+        };
+        let bounded = o.all_at_once || n.deps.is_empty();
         let name = format!("{}-{}", o.prefix, names[i]);
         let deps: Vec<&str> = n.deps.iter().map(|&d| g.nodes[d].name.as_str()).collect();
         // The node's command is passed to the loop as arguments ("$@"), never pasted into its text.
         let mut command = vec![
             "sh".to_string(),
             "-c".into(),
-            wait_loop(o.poll, dl.wait, !n.deps.is_empty()),
+            wait_loop(o.poll, bounded.then_some(dl.wait), !n.deps.is_empty()),
             "rmdistill-node".into(),
         ];
         command.extend(run.argv(&n.name));
         let command: Vec<String> = command.iter().map(|a| k8s_literal(a)).collect();
         let mut pod = json!({
             "restartPolicy": "Never",
-            "activeDeadlineSeconds": dl.pod,
             "containers": [{"name": "node", "image": o.image, "command": command, "resources": resources(&req)}],
         });
+        if bounded {
+            pod["activeDeadlineSeconds"] = json!(dl.pod);
+        }
         if let Some(sa) = &o.service_account {
             pod["serviceAccountName"] = json!(sa);
         }
@@ -320,13 +341,12 @@ pub fn jobs(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
         if let Some(ns) = &o.namespace {
             metadata["namespace"] = json!(ns);
         }
-        items.push(json!({
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": metadata,
-            "spec": {"backoffLimit": o.backoff_limit, "activeDeadlineSeconds": dl.job,
-                "template": {"metadata": {"labels": labels(Some(n.stage.as_str()))}, "spec": pod}},
-        }));
+        let mut spec = json!({"backoffLimit": o.backoff_limit,
+            "template": {"metadata": {"labels": labels(Some(n.stage.as_str()))}, "spec": pod}});
+        if o.all_at_once {
+            spec["activeDeadlineSeconds"] = json!(dl.job);
+        }
+        items.push(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}));
     }
     Ok(json!({"apiVersion": "v1", "kind": "List", "items": items}))
 }
