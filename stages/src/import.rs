@@ -8,7 +8,9 @@
 //! decoded (a column of a type import cannot show, such as a timestamp in a named time zone, is then no matter);
 //! the format is detected from the columns' names as from a record's keys. A Parquet row is the JSON object of its
 //! columns, structs as objects and maps as objects of their entries; binary values (how some writers store strings),
-//! at any depth, are the UTF-8 text they hold, and a row with one that is not UTF-8 is a bad record on its column.
+//! at any depth, are the UTF-8 text they hold. A row whose column import reads is binary bytes that are not UTF-8 is a
+//! bad record on that column; such bytes inside a column (a struct's field, a list's item) are a bad record only
+//! where import reads them as text (a message's `content`, say), not in a key it does not read (a message's UUID).
 //!
 //! # Formats (`format`, default `"auto"`: detected from the first record's keys)
 //! - `trl`: `prompt`, `chosen`, `rejected`. Each is a string, or (TRL's conversational form) a list of messages
@@ -46,13 +48,14 @@
 //! `response_a`/`response_b`, or a message with keys of both `{from, value}` and `{role, content}`: one of the two
 //! would be dropped silently. A JSONL line that is not UTF-8 is a bad record like one that is not JSON. So is a
 //! record whose prompt or either response is longer than `max_text_bytes` (UTF-8 bytes as imported; default 1 MiB),
-//! on that field, and, with `tokenizer`, one with a response the tokenizer drops characters of or leaves no token
+//! on that field (a prompt of HH on `chosen`, of ShareGPT on `conversations`), and, with `tokenizer`, one with a response the tokenizer drops characters of or leaves no token
 //! of, on `tokenizer`: both are checked as the record is read, the size first, so that `on_invalid = "skip"` leaves
 //! out that record alone and a huge text is never tokenized.
 //!
 //! `exclude` (optional, pairs tables) holds prompts out: a record whose prompt is one of theirs is left out and
 //! counted (`held_out_prompt_records`), so that a training table shares no prompt with a held-out one taken from the
-//! same file by position (TL;DR has several comparisons per post).
+//! same file by position (TL;DR has several comparisons per post). It is left out unchecked: its texts are not held
+//! to `max_text_bytes` or the tokenizer.
 use crate::longer::SUMMARY_MARGIN;
 use crate::port::*;
 use crate::table::{self, PairRow, PairsBuilder};
@@ -207,6 +210,7 @@ impl Where<'_> {
 
 fn type_name(v: &Value) -> &'static str {
     match v {
+        Value::Object(m) if is_not_utf8(m) => NOT_UTF8_SHOWN,
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
@@ -214,6 +218,18 @@ fn type_name(v: &Value) -> &'static str {
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
     }
+}
+
+/// The key of the object that stands for a binary value, inside a Parquet column, whose bytes are not UTF-8 text
+/// ([`Text`]): `{"binary (not UTF-8)": <its length in bytes>}`. Not a string, it is a type error wherever import
+/// reads text, and no matter in a key import does not read (a UUID's bytes beside a message's `content`).
+const NOT_UTF8: &str = "binary (not UTF-8)";
+/// How an error names the type of that object ([`type_name`]).
+const NOT_UTF8_SHOWN: &str = "binary bytes that are not UTF-8 text (in the Parquet file: re-write it as UTF-8 strings)";
+
+/// Whether `m` is the object of [`NOT_UTF8`].
+fn is_not_utf8(m: &Map<String, Value>) -> bool {
+    m.len() == 1 && m.get(NOT_UTF8).is_some_and(Value::is_u64)
 }
 
 fn nonempty(w: &Where, field: &str, s: &str) -> StageResult<()> {
@@ -307,11 +323,14 @@ fn message_keys(m: &Map<String, Value>) -> (&'static str, &'static str) {
 
 /// A message: `{role, content}` (TRL/OpenAI) or `{from, value}` (ShareGPT), not keys of both. Returns (role, content).
 fn message(w: &Where, path: &str, v: &Value) -> StageResult<(String, String)> {
-    let Value::Object(m) = v else {
-        return Err(w.err(
-            path,
-            format!("is {}; expected a message object {{role, content}} or {{from, value}}", type_name(v)),
-        ));
+    let m = match v {
+        Value::Object(m) if !is_not_utf8(m) => m,
+        _ => {
+            return Err(w.err(
+                path,
+                format!("is {}; expected a message object {{role, content}} or {{from, value}}", type_name(v)),
+            ));
+        }
     };
     let (rk, ck) = message_keys(m);
     let (role, content) = (m.get(rk), m.get(ck));
@@ -1268,9 +1287,10 @@ fn parquet_records(
     file_keys: &std::sync::Arc<str>,
 ) -> StageResult<Vec<Item>> {
     use arrow::json::writer::{EncoderOptions, make_encoder};
-    let options =
-        EncoderOptions::default().with_explicit_nulls(true).with_encoder_factory(std::sync::Arc::new(BytesAsText));
     let schema = batch.schema();
+    let options = EncoderOptions::default()
+        .with_explicit_nulls(true)
+        .with_encoder_factory(std::sync::Arc::new(BytesAsText::of(schema.fields())));
     let mut encoders = Vec::with_capacity(batch.num_columns());
     for (field, col) in schema.fields().iter().zip(batch.columns()) {
         let enc = make_encoder(field, col.as_ref(), &options).map_err(|e| {
@@ -1341,14 +1361,61 @@ fn parquet_records(
 
 /// Shows the values of binary columns, at any depth (in lists, structs, maps and dictionaries, and as map keys), as
 /// the text they hold rather than as the JSON encoder's hex: some writers store strings as bytes. Bytes that are not
-/// UTF-8 are written as they are, so that the row's text is not UTF-8 and [`parquet_records`] makes it the record's
-/// error, naming the column.
+/// UTF-8 are, in a column of binary values (`columns`: the addresses of those columns' fields), written as they are,
+/// so that the row's text is not UTF-8 and [`parquet_records`] makes it the record's error, naming the column (only
+/// the columns import reads are decoded); inside a column, the object of [`NOT_UTF8`], an error only where import
+/// reads it as text (it may be a key no format reads, such as a message's UUID), and as a map key the string
+/// `binary (not UTF-8) 0x<hex>`.
 #[derive(Debug)]
-struct BytesAsText;
+struct BytesAsText {
+    columns: Vec<usize>,
+}
 
 fn is_binary(t: &arrow::datatypes::DataType) -> bool {
     use arrow::datatypes::DataType;
     matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_))
+}
+
+impl BytesAsText {
+    /// For the columns `fields`: those whose values are binary (dictionaries of them too, whose values the encoder
+    /// makes with the column's field) write bytes that are not UTF-8 as they are.
+    fn of(fields: &arrow::datatypes::Fields) -> BytesAsText {
+        use arrow::datatypes::DataType;
+        let values = |t: &DataType| match t {
+            DataType::Dictionary(_, v) => is_binary(v),
+            DataType::RunEndEncoded(_, v) => is_binary(v.data_type()),
+            t => is_binary(t),
+        };
+        let columns = fields.iter().filter(|f| values(f.data_type())).map(|f| std::sync::Arc::as_ptr(f) as usize);
+        BytesAsText { columns: columns.collect() }
+    }
+}
+
+/// What [`Text`] writes for bytes that are not UTF-8.
+#[derive(Clone, Copy)]
+enum NotUtf8 {
+    /// the bytes as they are (a column's own values)
+    Raw,
+    /// the object of [`NOT_UTF8`] (a value inside a column)
+    Marked,
+    /// a string naming them (a map key)
+    Key,
+}
+
+/// The encoder of `array`'s values when it holds binary values, by [`Text`].
+fn text_encoder<'a>(
+    array: &'a dyn arrow::array::Array,
+    bad: NotUtf8,
+) -> Option<Box<dyn arrow::json::writer::Encoder + 'a>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::DataType;
+    Some(match array.data_type() {
+        DataType::Binary => Box::new(Text(array.as_binary::<i32>(), bad)),
+        DataType::LargeBinary => Box::new(Text(array.as_binary::<i64>(), bad)),
+        DataType::BinaryView => Box::new(Text(array.as_binary_view(), bad)),
+        DataType::FixedSizeBinary(_) => Box::new(Text(array.as_fixed_size_binary(), bad)),
+        _ => return None,
+    })
 }
 
 impl arrow::json::writer::EncoderFactory for BytesAsText {
@@ -1360,48 +1427,62 @@ impl arrow::json::writer::EncoderFactory for BytesAsText {
     ) -> Result<Option<arrow::json::writer::NullableEncoder<'a>>, arrow::error::ArrowError> {
         use arrow::array::AsArray;
         use arrow::datatypes::DataType;
-        use arrow::json::writer::{Encoder, NullableEncoder, make_encoder};
-        let encoder: Box<dyn Encoder + 'a> = match array.data_type() {
-            DataType::Binary => Box::new(Text(array.as_binary::<i32>())),
-            DataType::LargeBinary => Box::new(Text(array.as_binary::<i64>())),
-            DataType::BinaryView => Box::new(Text(array.as_binary_view())),
-            DataType::FixedSizeBinary(_) => Box::new(Text(array.as_fixed_size_binary())),
+        use arrow::json::writer::{NullableEncoder, make_encoder};
+        // a list's, a map's and a dictionary's values are made with the field of the list, map or dictionary: a
+        // column's field is that of its own values only when its values are binary
+        let bad = if self.columns.contains(&(std::sync::Arc::as_ptr(field) as usize)) {
+            NotUtf8::Raw
+        } else {
+            NotUtf8::Marked
+        };
+        let encoder = match array.data_type() {
             // arrow's map encoder takes string keys only
             DataType::Map(..) if is_binary(array.as_map().key_type()) => {
                 let map = array.as_map();
                 Box::new(MapOfBytes {
                     offsets: map.offsets().clone(),
-                    keys: make_encoder(field, map.keys(), options)?,
+                    keys: text_encoder(map.keys(), NotUtf8::Key).expect("the keys are binary"),
                     values: make_encoder(field, map.values(), options)?,
                 })
             }
-            _ => return Ok(None),
+            _ => match text_encoder(array, bad) {
+                Some(e) => e,
+                None => return Ok(None),
+            },
         };
         Ok(Some(NullableEncoder::new(encoder, array.nulls().cloned())))
     }
 }
 
-/// Binary values as JSON strings of the text they hold (bytes that are not UTF-8 as they are: see [`BytesAsText`]).
-struct Text<A>(A);
+/// Binary values as JSON strings of the text they hold; bytes that are not UTF-8 as [`NotUtf8`] says (see
+/// [`BytesAsText`]).
+struct Text<A>(A, NotUtf8);
 
 impl<'a, A: arrow::array::ArrayAccessor<Item = &'a [u8]>> arrow::json::writer::Encoder for Text<A> {
     fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
         let bytes = self.0.value(idx);
-        match std::str::from_utf8(bytes) {
-            Ok(s) => serde_json::to_writer(&mut *out, s).expect("writing to a Vec does not fail"),
-            Err(_) => {
+        let written = match (std::str::from_utf8(bytes), self.1) {
+            (Ok(s), _) => serde_json::to_writer(&mut *out, s),
+            (Err(_), NotUtf8::Raw) => {
                 out.push(b'"');
                 out.extend_from_slice(bytes);
                 out.push(b'"');
+                Ok(())
             }
-        }
+            (Err(_), NotUtf8::Marked) => serde_json::to_writer(&mut *out, &json!({ NOT_UTF8: bytes.len() })),
+            (Err(_), NotUtf8::Key) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                serde_json::to_writer(&mut *out, &format!("{NOT_UTF8} 0x{hex}"))
+            }
+        };
+        written.expect("writing to a Vec does not fail");
     }
 }
 
 /// A map whose keys are bytes, as a JSON object (keys by [`Text`]), every entry written (a key given twice too).
 struct MapOfBytes<'a> {
     offsets: arrow::buffer::OffsetBuffer<i32>,
-    keys: arrow::json::writer::NullableEncoder<'a>,
+    keys: Box<dyn arrow::json::writer::Encoder + 'a>,
     values: arrow::json::writer::NullableEncoder<'a>,
 }
 
@@ -1473,7 +1554,13 @@ impl Checks<'_> {
     fn pair(&self, format: Format, w: &Where, e: Extracted) -> StageResult<Pair> {
         // the sizes first: a text's tokens take memory in proportion to it
         let (first, second) = e.fields;
-        self.size(w, "prompt", &e.prompt, || match format {
+        // the key the prompt is read from: HH's is in `chosen` (and `rejected`), ShareGPT's in `conversations`
+        let prompt = match format {
+            Format::Hh => "chosen",
+            Format::Sharegpt => "conversations",
+            _ => "prompt",
+        };
+        self.size(w, prompt, &e.prompt, || match format {
             Format::Hh => "the prompt (what `chosen` and `rejected` share)".to_string(),
             Format::Sharegpt => "the prompt (`system` and `conversations`)".to_string(),
             _ => "`prompt`".to_string(),
@@ -1637,15 +1724,36 @@ struct Collected {
     duplicates: u64,
     conflicting: u64,
     invalid: Skipped,
-    /// BLAKE3 of each prompt of the `exclude` tables: records with one of them are left out
-    held_out: HashSet<[u8; 32]>,
+    /// the records left out as their prompt is held out ([`held_out_or_pair`])
     excluded: u64,
 }
 
+/// The pair of record `e`, or None when its prompt is one of `held_out` (BLAKE3 of each prompt of the `exclude`
+/// tables), a record left out unchecked: only the others must pass `checks`.
+fn held_out_or_pair(
+    held_out: &HashSet<[u8; 32]>,
+    checks: &Checks,
+    format: Format,
+    w: &Where,
+    e: Extracted,
+) -> StageResult<Option<Pair>> {
+    if !held_out.is_empty() && held_out.contains(blake3::hash(e.prompt.as_bytes()).as_bytes()) {
+        return Ok(None);
+    }
+    checks.pair(format, w, e).map(Some)
+}
+
 impl Collected {
-    /// The next record: kept, counted as a duplicate (conflicting when it prefers the other response), or, when
-    /// invalid, the error that stops the import or a skipped record.
-    fn add(&mut self, pair: StageResult<Pair>, on_invalid: OnInvalid, skip: u64, shown: &str) -> StageResult<()> {
+    /// The next record: kept, counted as a duplicate (conflicting when it prefers the other response) or, when
+    /// None, as held out ([`held_out_or_pair`]), or, when invalid, the error that stops the import or a skipped
+    /// record.
+    fn add(
+        &mut self,
+        pair: StageResult<Option<Pair>>,
+        on_invalid: OnInvalid,
+        skip: u64,
+        shown: &str,
+    ) -> StageResult<()> {
         let pair = match (pair, on_invalid) {
             (Ok(pair), _) => pair,
             (Err(e), OnInvalid::Error) => return Err(e),
@@ -1657,10 +1765,10 @@ impl Collected {
         let source_row = u32::try_from(self.records + self.invalid.count + skip)
             .map_err(|_| StageError::invalid("path", format!("{shown}: more than 2^32 records")))?;
         self.records += 1;
-        if !self.held_out.is_empty() && self.held_out.contains(blake3::hash(pair.prompt.as_bytes()).as_bytes()) {
+        let Some(pair) = pair else {
             self.excluded += 1;
             return Ok(());
-        }
+        };
         match self.first_seen.entry(*pair.hash.as_bytes()) {
             std::collections::hash_map::Entry::Occupied(o) => {
                 self.duplicates += 1;
@@ -1889,7 +1997,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize, group_bytes: usize) -> Sta
     let held_out = held_out_prompts(exclude)?;
 
     let mut format = p.format;
-    let mut c = Collected { held_out, ..Collected::default() };
+    let mut c = Collected::default();
     let out_path = ctx.output_path("pairs");
     let mut out = PairsOut { path: &out_path, out: None, counts: Counts::default() };
     let checks = Checks {
@@ -1916,16 +2024,17 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize, group_bytes: usize) -> Sta
             let pair = item.rec.and_then(|mut rec| {
                 format = detect(&rec, &w)?;
                 ctx.log(&format!("{shown}: detected format `{}`", format.name()));
-                extract(format, &w, &mut rec).and_then(|e| checks.pair(format, &w, e))
+                extract(format, &w, &mut rec).and_then(|e| held_out_or_pair(&held_out, &checks, format, &w, e))
             });
             c.add(pair, p.on_invalid, p.skip, shown)?;
         }
-        let pairs: Vec<StageResult<Pair>> = items
+        let pairs: Vec<StageResult<Option<Pair>>> = items
             .collect::<Vec<_>>()
             .into_par_iter()
             .map(|item| {
                 let w = Where { file: shown, loc: item.loc, file_keys: item.file_keys.as_deref() };
-                item.rec.and_then(|mut rec| extract(format, &w, &mut rec)).and_then(|e| checks.pair(format, &w, e))
+                let e = item.rec.and_then(|mut rec| extract(format, &w, &mut rec));
+                e.and_then(|e| held_out_or_pair(&held_out, &checks, format, &w, e))
             })
             .collect();
         for pair in pairs {
@@ -2255,12 +2364,24 @@ mod tests {
                 json!({"chosen": format!("\n\nHuman: {long}\n\nAssistant: a"),
                        "rejected": format!("\n\nHuman: {long}\n\nAssistant: b")})
                 .to_string(),
-                "prompt",
+                "chosen",
                 "line 2: the prompt (what `chosen` and `rejected` share) is 171 bytes",
+            ),
+            (
+                "sharegpt.jsonl",
+                json!({"conversations": [{"from": "human", "value": long}],
+                       "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}})
+                .to_string(),
+                "conversations",
+                "line 2: the prompt (`system` and `conversations`) is 171 bytes",
             ),
         ];
         for (name, bad, field, needle) in cases {
-            let good = if name.starts_with("hh") {
+            let good = if name.starts_with("sharegpt") {
+                json!({"conversations": [{"from": "human", "value": "q"}],
+                       "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}})
+                .to_string()
+            } else if name.starts_with("hh") {
                 json!({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"})
                     .to_string()
             } else if name.starts_with("unlabeled") {
@@ -2271,7 +2392,7 @@ mod tests {
             let f = write(d.path(), name, &format!("{good}\n{bad}\n{good}"));
             let e = import(&d.path().join(format!("e-{name}")), &f, json!({"max_text_bytes": 100})).unwrap_err();
             assert!(e.starts_with(&format!("{field}: ")), "{name}: {e}");
-            let size = if name.starts_with("hh") { 171 } else { 150 };
+            let size = if name.starts_with("hh") || name.starts_with("sharegpt") { 171 } else { 150 };
             let raise =
                 format!("raise the limit: `max_text_bytes = {size}` (or more) in the node's params, or `--set`");
             for part in [needle, &raise] {
@@ -2410,6 +2531,52 @@ mod tests {
             .input("exclude", &held_path);
         let e = import_in_groups(&ctx, GROUP_ROWS, GROUP_BYTES).unwrap_err().to_string();
         assert!(e.contains("exclude") && e.contains("nothing is left"), "{e}");
+    }
+
+    /// A record whose prompt is held out is left out unchecked: a text of it over `max_text_bytes`, or one the
+    /// tokenizer drops characters of, neither fails the import nor counts as invalid, whether it is the first record
+    /// (read alone, to detect the format) or not.
+    #[test]
+    fn a_held_out_record_is_left_out_unchecked() {
+        let d = tempfile::tempdir().unwrap();
+        let held = write(d.path(), "held.jsonl", &json!({"prompt": "p1", "chosen": "a", "rejected": "b"}).to_string());
+        let (_, held_path) = import(&d.path().join("held"), &held, json!({})).unwrap();
+        let tok = bpe_tokenizer(["a", "b"], json!({}));
+        let tp = write(d.path(), "tokenizer.json", &tok.to_string());
+        let long = json!({"prompt": "p1", "chosen": "a".repeat(200), "rejected": "b"}).to_string();
+        let dropped = json!({"prompt": "p1", "chosen": "a c", "rejected": "b"}).to_string();
+        let ordinary = json!({"prompt": "p2", "chosen": "a", "rejected": "b b"}).to_string();
+        let cases = [
+            ("long", &long, json!({"max_text_bytes": 100})),
+            ("dropped", &dropped, json!({"tokenizer": tp.to_string_lossy()})),
+        ];
+        for (what, held_out, params) in cases {
+            for first in [true, false] {
+                let text = if first { format!("{held_out}\n{ordinary}") } else { format!("{ordinary}\n{held_out}") };
+                let f = write(d.path(), &format!("{what}-{first}.jsonl"), &text);
+                for on_invalid in ["error", "skip"] {
+                    let case = format!("{what}, held out first: {first}, on_invalid {on_invalid}");
+                    let dir = d.path().join(format!("o-{what}-{first}-{on_invalid}"));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let mut p = params.clone();
+                    p["path"] = json!(f.to_string_lossy());
+                    p["on_invalid"] = json!(on_invalid);
+                    let tok = p.get("tokenizer").is_some();
+                    let mut ctx = LocalCtx::new(&dir, p).external("path", &f).input("exclude", &held_path);
+                    if tok {
+                        ctx = ctx.external("tokenizer", &tp);
+                    }
+                    let s = import_in_groups(&ctx, GROUP_ROWS, GROUP_BYTES).unwrap_or_else(|e| panic!("{case}: {e}"));
+                    assert_eq!(s["held_out_prompt_records"], 1, "{case}: {s}");
+                    assert_eq!((s["records"].as_u64(), s["pairs"].as_u64()), (Some(2), Some(1)), "{case}: {s}");
+                    assert_eq!(s["invalid_skipped"], 0, "{case}: {s}");
+                    let rows = table::read_table(&ctx.out("pairs"), None).unwrap();
+                    let source_row = rows.column_by_name("source_row").unwrap();
+                    let source_row = source_row.as_any().downcast_ref::<UInt32Array>().unwrap();
+                    assert_eq!(source_row.value(0), if first { 1 } else { 0 }, "{case}");
+                }
+            }
+        }
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -3546,7 +3713,8 @@ mod tests {
             "{e}"
         );
 
-        // bytes that are not UTF-8, deep in a row, are that record's error, naming the column and the byte
+        // bytes that are not UTF-8, deep in a row where import reads them as text, are that record's error, naming
+        // the path to them
         let bad = list_of(
             messages_of(
                 binary(&[b"assistant", b"assistant", b"assistant"]),
@@ -3565,13 +3733,83 @@ mod tests {
         );
         let e = import(&dir.path().join("bad"), &f, json!({})).unwrap_err();
         assert!(
-            e.starts_with("chosen: ")
-                && e.contains("bad.parquet row 1: `chosen` holds bytes that are not UTF-8 text (byte 0xe2, in a binary value of column `chosen`)"),
+            e.starts_with("chosen[0].content: ")
+                && e.contains("bad.parquet row 1: `chosen[0].content` is binary bytes that are not UTF-8 text"),
             "{e}"
         );
         let (s, _) = import(&dir.path().join("bad-skip"), &f, json!({"on_invalid": "skip"})).unwrap();
         assert_eq!((s["records"].as_u64(), s["invalid_skipped"].as_u64()), (Some(2), Some(1)), "{s}");
-        assert_eq!(s["invalid_by_field"]["chosen"], 1, "{s}");
+        assert_eq!(s["invalid_by_field"]["chosen[0].content"], 1, "{s}");
+    }
+
+    /// Binary bytes that are not UTF-8 inside a column are no matter in a key import does not read (a message's UUID,
+    /// a map key), and a clear error, naming the path to them, in one it reads as text.
+    #[test]
+    fn bytes_that_are_not_utf8_matter_only_where_import_reads_them() {
+        use arrow::array::{ArrayRef, FixedSizeBinaryArray, MapBuilder};
+        use arrow::datatypes::Field;
+        let dir = tempfile::tempdir().unwrap();
+        let strings = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+        // list<struct<role: utf8, content: <content>, id: fixed_size_binary(16), tags: map<binary, utf8>>>, one
+        // message per row
+        let messages = |role: &[&str], content: ArrayRef| {
+            let id: ArrayRef =
+                Arc::new(FixedSizeBinaryArray::try_from_iter(role.iter().map(|_| [0xffu8; 16])).unwrap());
+            let mut tags =
+                MapBuilder::new(None, arrow::array::BinaryBuilder::new(), arrow::array::StringBuilder::new());
+            for _ in role {
+                tags.keys().append_value(b"\xfe\x00");
+                tags.values().append_value("t");
+                tags.append(true).unwrap();
+            }
+            let tags: ArrayRef = Arc::new(tags.finish());
+            let role = strings(role);
+            let values: ArrayRef = Arc::new(arrow::array::StructArray::from(vec![
+                (Arc::new(Field::new("role", role.data_type().clone(), true)), role),
+                (Arc::new(Field::new("content", content.data_type().clone(), true)), content),
+                (Arc::new(Field::new("id", id.data_type().clone(), true)), id),
+                (Arc::new(Field::new("tags", tags.data_type().clone(), true)), tags),
+            ]));
+            list_of(values, &[1, 1])
+        };
+        let batch = |prompt: ArrayRef| {
+            batch_of(vec![
+                ("prompt", messages(&["user", "user"], prompt)),
+                ("chosen", messages(&["assistant", "assistant"], strings(&["good", "yes"]))),
+                ("rejected", messages(&["assistant", "assistant"], strings(&["bad", "no"]))),
+            ])
+        };
+        let f = parquet(dir.path(), "uuid.parquet", &batch(strings(&["hi", "why"])));
+        let (s, _) = import(&dir.path().join("uuid"), &f, json!({})).unwrap();
+        assert_eq!((s["records"].as_u64(), s["pairs"].as_u64()), (Some(2), Some(2)), "{s}");
+        // the same, with contents as bytes (UTF-8 text)
+        let f = parquet(dir.path(), "uuid-bytes.parquet", &batch(binary(&[b"hi", b"why"])));
+        assert_eq!(import(&dir.path().join("uuid-bytes"), &f, json!({})).unwrap().0["pairs"], 2);
+        // a content that is not UTF-8 is read: refused, naming where it is
+        let f = parquet(dir.path(), "content.parquet", &batch(binary(&[b"hi", b"\xffwhy"])));
+        let e = import(&dir.path().join("content"), &f, json!({})).unwrap_err();
+        assert!(
+            e.starts_with("prompt[0].content: ")
+                && e.contains(
+                    "content.parquet row 1: `prompt[0].content` is binary bytes that are not UTF-8 text (in the Parquet file: re-write it as UTF-8 strings); expected a string"
+                ),
+            "{e}"
+        );
+        let (s, _) = import(&dir.path().join("content-skip"), &f, json!({"on_invalid": "skip"})).unwrap();
+        assert_eq!((s["records"].as_u64(), s["invalid_skipped"].as_u64()), (Some(1), Some(1)), "{s}");
+        assert_eq!(s["invalid_by_field"]["prompt[0].content"], 1, "{s}");
+        // a list of byte strings where messages are expected
+        let f = parquet(
+            dir.path(),
+            "list.parquet",
+            &batch_of(vec![
+                ("prompt", list_of(binary(&[b"\xff"]), &[1])),
+                ("chosen", strings(&["a"])),
+                ("rejected", strings(&["b"])),
+            ]),
+        );
+        let e = import(&dir.path().join("list"), &f, json!({})).unwrap_err();
+        assert!(e.contains("row 0: `prompt[0]` is binary bytes that are not UTF-8 text"), "{e}");
     }
 
     /// A key that a Parquet value gives twice is refused, as in JSON: a struct type with a field twice (every row
