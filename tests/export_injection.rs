@@ -186,23 +186,7 @@ fn slurm_script_quotes_every_value_and_runs_nothing_injected() {
     for l in script.lines() {
         assert!(!l.trim_start().starts_with("touch"), "a value broke out onto its own line: {l}");
     }
-    let path = w.write("submit.sh", &script);
-
-    // Stand-ins: sbatch records its options and the job script; squeue knows no jobs.
-    let fake = w.path().join("fakebin");
-    let log = w.path().join("sbatch-log");
-    std::fs::create_dir_all(&log).unwrap();
-    write_exe(
-        &fake.join("sbatch"),
-        &format!(
-            "#!/bin/bash\nn=$(( $(ls {log} | wc -l) / 2 + 100 ))\nprintf '%s\\0' \"$@\" > {log}/$n.args\ncat > {log}/$n.script\necho \"$n;cluster\"\n",
-            log = log.display()
-        ),
-    );
-    write_exe(&fake.join("squeue"), "#!/bin/sh\nexit 0\n");
-    let path_env = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
-    let o = Command::new("bash").arg(&path).current_dir(w.path()).env("PATH", &path_env).output().unwrap();
-    assert!(o.status.success(), "submit.sh: {}\n{}", s(&o.stderr), s(&o.stdout));
+    let (log, path_env) = submit_to_stand_in_sbatch(w, &script);
 
     // Every sbatch received the options as given.
     let mut ids: Vec<u32> = std::fs::read_dir(&log)
@@ -213,12 +197,7 @@ fn slurm_script_quotes_every_value_and_runs_nothing_injected() {
     ids.sort();
     assert_eq!(ids.len(), 2, "gen and one array of sub");
     for id in &ids {
-        let args: Vec<String> = std::fs::read(log.join(format!("{id}.args")))
-            .unwrap()
-            .split(|&c| c == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8(a.to_vec()).unwrap())
-            .collect();
+        let args = sbatch_args(&log, *id);
         for want in [
             "--partition=gpu'; touch PWNED_p".to_string(),
             "--account=$(touch PWNED_a)\n`touch PWNED_a2`".to_string(),
@@ -571,26 +550,11 @@ fn exported_commands_run_the_nodes_with_an_option_like_manifest_path() {
             _ => {
                 // The job scripts the submission script hands to sbatch (a stand-in that keeps them), as Slurm runs
                 // them: every array task.
-                let fake = w.path().join("fakebin");
-                let log = w.path().join("sbatch-log");
-                std::fs::create_dir_all(&log).unwrap();
-                write_exe(
-                    &fake.join("sbatch"),
-                    &format!(
-                        "#!/bin/bash\nn=$(( $(ls {log} | wc -l) / 2 + 100 ))\nprintf '%s\\n' \"$@\" > {log}/$n.args\ncat > {log}/$n.script\necho \"$n;cluster\"\n",
-                        log = log.display()
-                    ),
-                );
-                write_exe(&fake.join("squeue"), "#!/bin/sh\nexit 0\n");
-                let script = w.write("submit.sh", &out);
-                let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
-                let o = Command::new("bash").arg(&script).current_dir(w.path()).env("PATH", &path).output().unwrap();
-                assert!(o.status.success(), "{}", s(&o.stderr));
+                let (log, _) = submit_to_stand_in_sbatch(&w, &out);
                 let mut runs = Vec::new();
                 for id in 100..102 {
-                    let args = std::fs::read_to_string(log.join(format!("{id}.args"))).unwrap();
-                    let tasks = args
-                        .lines()
+                    let tasks = sbatch_args(&log, id)
+                        .iter()
                         .find_map(|a| a.strip_prefix("--array=0-"))
                         .map_or(1, |n| n.parse::<usize>().unwrap() + 1);
                     let job = log.join(format!("{id}.script")).display().to_string();
@@ -616,4 +580,36 @@ fn exported_commands_run_the_nodes_with_an_option_like_manifest_path() {
         assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
         assert!(s(&o.stderr).contains("--bin `-x`: a command that begins with `-`"), "{}", s(&o.stderr));
     }
+}
+
+/// Runs a Slurm submission script with stand-ins on `PATH`: `sbatch` keeps each call's options (NUL-separated) and
+/// job script in the returned directory as `N.args` and `N.script`, numbering the jobs from 100; `squeue` knows no
+/// jobs. Also returns that `PATH`.
+fn submit_to_stand_in_sbatch(w: &Work, script: &str) -> (std::path::PathBuf, String) {
+    let fake = w.path().join("fakebin");
+    let log = w.path().join("sbatch-log");
+    std::fs::create_dir_all(&log).unwrap();
+    write_exe(
+        &fake.join("sbatch"),
+        &format!(
+            "#!/bin/bash\nn=$(( $(ls {log} | wc -l) / 2 + 100 ))\nprintf '%s\\0' \"$@\" > {log}/$n.args\ncat > {log}/$n.script\necho \"$n;cluster\"\n",
+            log = log.display()
+        ),
+    );
+    write_exe(&fake.join("squeue"), "#!/bin/sh\nexit 0\n");
+    let path = w.write("submit.sh", script);
+    let path_env = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let o = Command::new("bash").arg(&path).current_dir(w.path()).env("PATH", &path_env).output().unwrap();
+    assert!(o.status.success(), "submit.sh: {}\n{}", s(&o.stderr), s(&o.stdout));
+    (log, path_env)
+}
+
+/// The options stand-in `sbatch` call `id` was given.
+fn sbatch_args(log: &std::path::Path, id: u32) -> Vec<String> {
+    std::fs::read(log.join(format!("{id}.args")))
+        .unwrap()
+        .split(|&c| c == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8(a.to_vec()).unwrap())
+        .collect()
 }
