@@ -198,13 +198,6 @@ impl Codec {
             self.slot
         ));
     }
-    /// The share of the tokens encoded so far that were the unknown token (0 without one).
-    pub fn unknown_share(&self) -> f64 {
-        self.unknown.as_ref().map_or(0.0, |(_, n)| {
-            let t = n.tokens.load(std::sync::atomic::Ordering::Relaxed);
-            n.unknown.load(std::sync::atomic::Ordering::Relaxed) as f64 / t.max(1) as f64
-        })
-    }
     pub fn batch(&self, prompts: &[&[i64]], responses: &[&[i64]], device: tch::Device) -> StageResult<PairBatch> {
         Ok(PairBatch::new(prompts, responses, self.pad, self.max_len, device)?)
     }
