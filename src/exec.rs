@@ -136,22 +136,11 @@ impl Ident {
         if !meta.is_dir() {
             return Ok(Ident::File(StatId::of(&meta)));
         }
-        fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, StatId)>) -> std::io::Result<()> {
-            for e in std::fs::read_dir(dir)? {
-                let e = e?;
-                let p = e.path();
-                if e.file_type()?.is_dir() {
-                    walk(root, &p, out)?;
-                } else {
-                    let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
-                    out.push((rel, StatId::of(&std::fs::symlink_metadata(&p)?)));
-                }
-            }
-            Ok(())
-        }
-        let mut files = Vec::new();
-        walk(path, path, &mut files)?;
-        files.sort_by(|a, b| a.0.cmp(&b.0));
+        // the files `hash_dir` hashes, each with its identity
+        let files = key::tree_files(path)?
+            .into_iter()
+            .map(|(rel, p)| Ok((rel, StatId::of(&std::fs::symlink_metadata(&p)?))))
+            .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Ident::Dir(files))
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Version of the key record layout; bumping it invalidates every cache entry.
 pub const KEY_VERSION: u32 = 1;
@@ -213,7 +213,18 @@ impl Tree {
 /// Lists and hashes every file under `dir` (sorted by relative path; symlinks and empty directories are rejected
 /// rather than silently dropped).
 pub fn hash_tree(dir: &Path) -> std::io::Result<Tree> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<TreeFile>) -> std::io::Result<()> {
+    let mut files = Vec::new();
+    for (path, p) in tree_files(dir)? {
+        let (hash, size) = hash_file(&p)?;
+        files.push(TreeFile { path, size, hash });
+    }
+    Ok(Tree { rmdistill_tree: 1, files })
+}
+
+/// Every regular file under `dir`, by its relative path (`/`-separated) and its path, sorted by the relative path;
+/// anything else that is not a directory (a symlink, a socket) is an error.
+pub fn tree_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
         for e in std::fs::read_dir(dir)? {
             let e = e?;
             let ft = e.file_type()?;
@@ -222,8 +233,7 @@ pub fn hash_tree(dir: &Path) -> std::io::Result<Tree> {
                 walk(root, &p, out)?;
             } else if ft.is_file() {
                 let rel = p.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
-                let (hash, size) = hash_file(&p)?;
-                out.push(TreeFile { path: rel, size, hash });
+                out.push((rel, p));
             } else {
                 return Err(std::io::Error::other(format!(
                     "{}: only regular files may be in an artifact directory",
@@ -235,8 +245,8 @@ pub fn hash_tree(dir: &Path) -> std::io::Result<Tree> {
     }
     let mut files = Vec::new();
     walk(dir, dir, &mut files)?;
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Tree { rmdistill_tree: 1, files })
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(files)
 }
 
 #[cfg(test)]
