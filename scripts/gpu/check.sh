@@ -294,24 +294,39 @@ t=$(date +%s)
 (cd "$WORK" && timeout "$TIMEOUT" "$BIN/rmdistill" "${ARGS[@]}") >"$WORK/manifest.json" 2>"$WORK/manifest.err"
 MRC=$?
 secs=$(($(date +%s) - t))
-"$PY" - "$WORK/manifest.json" "$MRC" "$secs" "$TIMEOUT" "${SETS[*]} ${EXTRA[*]}" >>"$RESULTS" <<'EOF'
-import json, sys
-path, rc, secs, timeout, sets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+"$PY" - "$WORK/manifest.json" "$MRC" "$secs" "$TIMEOUT" "${SETS[*]} ${EXTRA[*]}" "$WORK/store" >>"$RESULTS" <<'EOF'
+import glob, json, sys
+path, rc, secs, timeout, sets, store = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 r = lambda item, value, note="": print(json.dumps({"section": "3. manifest", "item": item, "value": value, "note": note}))
 try:
     s = json.load(open(path))
 except Exception:
     s = None
+nodes = (s or {}).get("nodes", [])
+if s is None:
+    # stopped or failed before its summary: the store's cache entries (one per node that ended) say how far it got
+    for f in glob.glob(f"{store}/cache/*/*"):
+        try:
+            e = json.load(open(f))
+            nodes.append({"node": e["node"], "seconds": e["seconds"], "outcome": "ran"})
+        except Exception:
+            pass
+    r("nodes stored before the stop", str(len(nodes)), "from the store's cache entries")
 if rc == 124:
     r("tldr-smollm2.toml", f"TIMED OUT after {secs} s", f"stopped at {timeout} s; size it down with MANIFEST_SETS")
 elif s is None:
     r("tldr-smollm2.toml", f"FAILED (exit {rc}) after {secs} s", "see manifest.err")
 else:
     r("tldr-smollm2.toml", f"{s.get('ran')} nodes ran, {s.get('failed')} failed, in {secs} s", f"-S {sets}")
-    nodes = s.get("nodes", [])
-    slow = sorted((n for n in nodes if isinstance(n.get("seconds"), (int, float))), key=lambda n: -n["seconds"])[:3]
+if nodes:
+    timed = [n for n in nodes if isinstance(n.get("seconds"), (int, float))]
+    slow = sorted(timed, key=lambda n: -n["seconds"])[:3]
     if slow:
         r("slowest nodes", ", ".join(f'{n["node"]} {n["seconds"]:.1f} s' for n in slow))
+    by_stage = {}
+    for n in timed:
+        by_stage.setdefault(n["node"].split("@")[0], []).append(n["seconds"])
+    r("node-seconds by stage", ", ".join(f"{k} {sum(v):.0f} s ({len(v)})" for k, v in sorted(by_stage.items(), key=lambda kv: -sum(kv[1]))[:8]))
     for n in [n for n in nodes if n.get("outcome") == "failed"][:3]:
         r(f'failed: {n["node"]}', "FAILED", (n.get("error") or "")[:200])
 EOF
@@ -338,5 +353,7 @@ FAILED=0
 [ $PARITY_RC -eq 0 ] || FAILED=1
 [ $MRC -eq 0 ] || FAILED=1
 grep -q '"FAILED' "$RESULTS" && FAILED=1
-if [ -n "${OUT:-}" ]; then cp "$WORK/parity.log" "$WORK/manifest.err" "$OUT/" 2>/dev/null; fi
+if [ -n "${OUT:-}" ]; then
+    cp "$WORK/parity.log" "$WORK/manifest.err" "$OUT/" 2>/dev/null
+fi
 exit $FAILED
