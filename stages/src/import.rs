@@ -713,6 +713,27 @@ impl FileKind {
     }
 }
 
+/// The encoding of a file's first bytes when it is UTF-16 or UTF-32 rather than UTF-8: by its byte-order mark, or,
+/// without one, by the NUL bytes that ASCII text has beside each character in them (`{` is `7B 00` in UTF-16LE).
+fn wide_encoding(head: &[u8]) -> Option<&'static str> {
+    const MARKS: [(&[u8], &str); 4] = [
+        (b"\x00\x00\xFE\xFF", "UTF-32BE (byte-order mark 00 00 FE FF)"),
+        (b"\xFF\xFE\x00\x00", "UTF-32LE (byte-order mark FF FE 00 00)"),
+        (b"\xFE\xFF", "UTF-16BE (byte-order mark FE FF)"),
+        (b"\xFF\xFE", "UTF-16LE (byte-order mark FF FE)"),
+    ];
+    if let Some((_, name)) = MARKS.iter().find(|(mark, _)| head.starts_with(mark)) {
+        return Some(name);
+    }
+    match head {
+        [a, 0, 0, 0, ..] if a.is_ascii() && *a != 0 => Some("UTF-32LE"),
+        [0, 0, 0, a, ..] if a.is_ascii() && *a != 0 => Some("UTF-32BE"),
+        [a, 0, b, 0, ..] if a.is_ascii() && b.is_ascii() && *a != 0 && *b != 0 => Some("UTF-16LE"),
+        [0, a, 0, b, ..] if a.is_ascii() && b.is_ascii() && *a != 0 && *b != 0 => Some("UTF-16BE"),
+        _ => None,
+    }
+}
+
 fn file_kind(path: &Path, shown: &str) -> StageResult<FileKind> {
     let mut head = vec![0u8; 4096];
     let mut f =
@@ -725,6 +746,15 @@ fn file_kind(path: &Path, shown: &str) -> StageResult<FileKind> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if ext == "parquet" || ext == "pq" {
         return Err(StageError::invalid("path", format!("{shown}: not a Parquet file (no PAR1 magic)")));
+    }
+    if let Some(encoding) = wide_encoding(&head) {
+        return Err(StageError::invalid(
+            "path",
+            format!(
+                "{shown}: the file is {encoding} text; expected UTF-8 (re-save it as UTF-8, e.g. `iconv -f {} -t UTF-8`)",
+                encoding.split(' ').next().unwrap_or(encoding)
+            ),
+        ));
     }
     let body = head.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(&head);
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -997,13 +1027,20 @@ impl<'de> serde::de::Visitor<'de> for StrictRecords {
     }
 }
 
-/// Why a JSONL line that is not JSON may look fine: a byte-order mark at its start (line 1's is skipped), or
-/// carriage returns that end no line (a file with CR line endings is one line to JSONL). Empty when neither.
+/// Why a JSONL line that is not JSON may look fine: a byte-order mark at its start (line 1's is skipped),
+/// carriage returns that end no line (a file with CR line endings is one line to JSONL), or NUL bytes, which a
+/// terminal does not show. Empty when none.
 fn malformed_hint(line: &[u8]) -> &'static str {
     if line.starts_with(b"\xEF\xBB\xBF") {
         " (the line begins with a byte-order mark U+FEFF, as files joined with `cat` have at each file's start: remove it)"
     } else if memchr::memchr(b'\r', line).is_some() {
         " (the line holds carriage returns that end no line: the file seems to use CR line endings; convert them to LF)"
+    } else if let Some(i) = memchr::memchr(0, line) {
+        if i == 0 {
+            " (the line begins with a NUL byte 0x00: a binary file, or one padded with NULs? expected UTF-8 JSON text)"
+        } else {
+            " (the line holds a NUL byte 0x00: a binary file, or text in UTF-16? expected UTF-8 JSON text)"
+        }
     } else {
         ""
     }
@@ -3545,6 +3582,28 @@ mod tests {
         // CRLF line endings are read as they were
         let crlf = write(dir.path(), "crlf.jsonl", &format!("{}\r\n{}\r\n", good("p"), good("q")));
         assert_eq!(import(&dir.path().join("crlf"), &crlf, json!({})).unwrap().0["pairs"], 2);
+
+        // a line of NULs (a file cut short and padded, say): named, not only "expected value"
+        let nul = write(dir.path(), "nul.jsonl", &format!("{}\n\0\0\0\n", good("p")));
+        let e = import(&dir.path().join("nul"), &nul, json!({})).unwrap_err();
+        assert!(e.contains("nul.jsonl line 2: malformed JSON") && e.contains("begins with a NUL byte 0x00"), "{e}");
+        // UTF-16 and UTF-32, with a byte-order mark or without: the encoding is named, whatever the first record
+        let text = format!("{}\n{}\n", good("p"), good("q"));
+        let utf16le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let utf16be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let utf32le: Vec<u8> = text.chars().flat_map(|c| (c as u32).to_le_bytes()).collect();
+        let cases: [(&str, Vec<u8>, &str); 5] = [
+            ("le_bom.jsonl", [b"\xFF\xFE".as_slice(), &utf16le].concat(), "UTF-16LE (byte-order mark FF FE)"),
+            ("be_bom.jsonl", [b"\xFE\xFF".as_slice(), &utf16be].concat(), "UTF-16BE (byte-order mark FE FF)"),
+            ("le.jsonl", utf16le, "is UTF-16LE text; expected UTF-8"),
+            ("be.jsonl", utf16be, "is UTF-16BE text; expected UTF-8"),
+            ("le32.jsonl", utf32le, "is UTF-32LE text; expected UTF-8"),
+        ];
+        for (name, bytes, want) in cases {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+            let e = import(&dir.path().join(format!("{name}.out")), &dir.path().join(name), json!({})).unwrap_err();
+            assert!(e.contains(name) && e.contains(want) && e.contains("iconv -f UTF-"), "{name}: {e}");
+        }
     }
 
     /// Writes `batch` to Parquet file `name` of `dir` with arrow's own writer (its types as they are).
