@@ -835,17 +835,19 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
     let mut vars = BTreeMap::new();
     let mut stages = Vec::new();
 
-    let add_stages = |stages: &mut Vec<DeclaredStage>,
-                      sources: &[Source],
-                      decls: BTreeMap<Spanned<String>, Spanned<StageDecl>>,
-                      source: usize|
+    // names → index into `stages`: a manifest may declare thousands of stages
+    let mut declared: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut add_stages = |stages: &mut Vec<DeclaredStage>,
+                          sources: &[Source],
+                          decls: BTreeMap<Spanned<String>, Spanned<StageDecl>>,
+                          source: usize|
      -> Result<(), ManifestError> {
         for (name, decl) in decls {
             let src = &sources[source];
             if let Some(why) = bad_stage_name(name.get_ref()) {
                 return Err(src.error(name.span(), why));
             }
-            if let Some(prev) = stages.iter().find(|s: &&DeclaredStage| s.name == *name.get_ref()) {
+            if let Some(prev) = declared.get(name.get_ref()).map(|&i| &stages[i]) {
                 let (l, c) = crate::error::line_col(&sources[prev.source].text, prev.name_span.start);
                 return Err(src.error(
                     name.span(),
@@ -856,6 +858,7 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Manifest> {
                     ),
                 ));
             }
+            declared.insert(name.get_ref().clone(), stages.len());
             stages.push(DeclaredStage {
                 name: name.get_ref().clone(),
                 name_span: name.span(),

@@ -259,7 +259,7 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                         ),
                     )
                 })?;
-                let up: &str = m.stages.iter().find(|x| x.name == up).map(|x| x.name.as_str()).expect("declared");
+                let up: &str = kinds.get_key_value(up).map(|(name, _)| *name).expect("declared");
                 es.push((slot.get_ref().clone(), up, out_spec.name));
             }
         }
@@ -275,42 +275,44 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
         edges.insert(&s.name, es);
     }
 
-    // Topological order of stages; a cycle is reported with its path.
+    // Topological order of stages, depth-first without recursion (a chain of stages may be long); a cycle is
+    // reported with its path.
+    let index: HashMap<&str, usize> = m.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let ups: Vec<Vec<usize>> =
+        m.stages.iter().map(|s| edges[s.name.as_str()].iter().map(|(_, up, _)| index[up]).collect()).collect();
     let mut order: Vec<usize> = Vec::new();
-    let mut state = vec![0u8; m.stages.len()]; // 0 new, 1 on stack, 2 done
-    fn visit(
-        i: usize,
-        m: &Manifest,
-        edges: &HashMap<&str, Vec<(String, &str, &'static str)>>,
-        state: &mut Vec<u8>,
-        order: &mut Vec<usize>,
-        stack: &mut Vec<usize>,
-    ) -> Result<(), ManifestError> {
-        match state[i] {
-            2 => return Ok(()),
-            1 => {
-                let start = stack.iter().position(|&j| j == i).unwrap_or(0);
-                let mut names: Vec<&str> = stack[start..].iter().map(|&j| m.stages[j].name.as_str()).collect();
-                names.push(&m.stages[i].name);
-                let s = &m.stages[i];
-                return Err(m.sources[s.source]
-                    .error(s.name_span.clone(), format!("cycle between stages: {}", names.join(" -> "))));
+    let mut state = vec![0u8; m.stages.len()]; // 0 new, 1 on the path, 2 done
+    for root in 0..m.stages.len() {
+        if state[root] == 2 {
+            continue;
+        }
+        // the path from `root`, each stage with the next of its upstream stages to visit
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        state[root] = 1;
+        while let Some(&mut (i, ref mut next)) = path.last_mut() {
+            let Some(&j) = ups[i].get(*next) else {
+                state[i] = 2;
+                order.push(i);
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            match state[j] {
+                2 => {}
+                1 => {
+                    let start = path.iter().position(|&(k, _)| k == j).unwrap_or(0);
+                    let mut names: Vec<&str> = path[start..].iter().map(|&(k, _)| m.stages[k].name.as_str()).collect();
+                    names.push(&m.stages[j].name);
+                    let s = &m.stages[j];
+                    return Err(m.sources[s.source]
+                        .error(s.name_span.clone(), format!("cycle between stages: {}", names.join(" -> "))));
+                }
+                _ => {
+                    state[j] = 1;
+                    path.push((j, 0));
+                }
             }
-            _ => {}
         }
-        state[i] = 1;
-        stack.push(i);
-        for (_, up, _) in &edges[m.stages[i].name.as_str()] {
-            let j = m.stages.iter().position(|s| s.name == *up).expect("checked above");
-            visit(j, m, edges, state, order, stack)?;
-        }
-        stack.pop();
-        state[i] = 2;
-        order.push(i);
-        Ok(())
-    }
-    for i in 0..m.stages.len() {
-        visit(i, m, &edges, &mut state, &mut order, &mut Vec::new())?;
     }
 
     // Nodes.

@@ -58,6 +58,37 @@ params = { rho = 0.5, size = 10 }
     expect_error(m, "m.toml:2:9:");
 }
 
+/// A chain of thousands of stages, each reading the next (so that the first one's upstream is the whole chain), is
+/// ordered without recursion; closed into a loop, the cycle is named from end to end.
+#[test]
+fn long_chains_and_long_cycles() {
+    const N: usize = 20_000;
+    let chain = |closed: bool| {
+        let mut m = String::new();
+        for i in 0..N {
+            let up = if i + 1 < N {
+                format!("s{:05}.dataset", i + 1)
+            } else if closed {
+                "s00000.dataset".into()
+            } else {
+                "gen.pairs".into()
+            };
+            m += &format!(
+                "[stages.s{i:05}]\nkind = \"subsample\"\ninputs = {{ pairs = \"{up}\" }}\nparams = {{ rho = 0.5, size = 10 }}\n"
+            );
+        }
+        m + GEN
+    };
+    let w = Work::new();
+    w.write("m.toml", &chain(false));
+    let o = w.run(&["status", "m.toml"]);
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(s(&o.stdout).contains(&format!("{N} wait on upstream")), "{}", s(&o.stdout));
+    let m = chain(true);
+    expect_error(&m, "cycle between stages: s00000 -> s00001 -> s00002");
+    expect_error(&m, "s19998 -> s19999 -> s00000");
+}
+
 #[test]
 fn dangling_inputs() {
     let m = format!(
