@@ -621,22 +621,34 @@ fn type_name(v: &toml::Value) -> &'static str {
 }
 
 /// The name a string is exactly a reference to (`"${name}"`, which takes the variable's value with its type).
-fn whole_ref(s: &str) -> Option<&str> {
+pub(crate) fn whole_ref(s: &str) -> Option<&str> {
     s.strip_prefix("${").and_then(|r| r.strip_suffix('}')).filter(|n| !n.contains("${") && !n.contains('}'))
 }
 
-/// A string cut into its text and its `${name}` references, in order; `Err` for a `${` without its `}`.
-fn pieces(s: &str) -> Result<Vec<Result<&str, &str>>, String> {
+/// A string cut into its text and its `${name}` references, in order; `$${` is a literal `${` (a text piece), and a
+/// `${` without its `}` is an error.
+pub(crate) fn pieces(s: &str) -> Result<Vec<Result<&str, &str>>, String> {
     let mut out = Vec::new();
     let mut rest = s;
     while let Some(i) = rest.find("${") {
+        if i > 0 && rest.as_bytes()[i - 1] == b'$' {
+            if i > 1 {
+                out.push(Ok(&rest[..i - 1]));
+            }
+            out.push(Ok("${"));
+            rest = &rest[i + 2..];
+            continue;
+        }
         if i > 0 {
             out.push(Ok(&rest[..i]));
         }
         let after = &rest[i + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unterminated `${{` in \"{}\"", clip(&s.escape_debug().to_string())))?;
+        let end = after.find('}').ok_or_else(|| {
+            format!(
+                "unterminated `${{` in \"{}\" (write `$${{` for a literal `${{`)",
+                clip(&s.escape_debug().to_string())
+            )
+        })?;
         out.push(Err(&after[..end]));
         rest = &after[end + 1..];
     }
@@ -658,6 +670,16 @@ fn refs_of(v: &toml::Value, out: &mut Vec<String>) -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// Every string inside a value (list items and table values included).
+fn value_strings(v: &toml::Value) -> Box<dyn Iterator<Item = &str> + '_> {
+    match v {
+        toml::Value::String(s) => Box::new(std::iter::once(s.as_str())),
+        toml::Value::Array(a) => Box::new(a.iter().flat_map(value_strings)),
+        toml::Value::Table(t) => Box::new(t.values().flat_map(value_strings)),
+        _ => Box::new(std::iter::empty()),
+    }
 }
 
 /// Most bytes substituting variables into variables may produce, all of them together: a few variables that each use
@@ -807,8 +829,11 @@ fn resolve_vars(vars: &mut BTreeMap<String, Var>, sources: &[Source], stages: &[
     }
     let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
     let mut budget = MAX_SUBSTITUTED_BYTES;
+    // every variable with a reference or a `$${` in it: the escape must read the same whether or not the value
+    // also uses a variable
+    let mentions = |v: &toml::Value| value_strings(v).any(|s| s.contains("${"));
     for name in order {
-        if !refs[&name].is_empty() {
+        if !refs[&name].is_empty() || mentions(&vars[&name].value) {
             let value = substitute(&vars[&name].value, vars, &sizes, &mut budget).ok_or_else(|| {
                 fail(
                     vars,
@@ -1197,6 +1222,21 @@ mod tests {
                 .starts_with("--set a=${nope}: variable `a`: `${nope}` names no variable")
         );
         assert!(err("a = \"x${b\"\n", &[]).contains(":2:5: variable `a`: unterminated `${` in \"x${b\""));
+        assert!(err("a = \"x${b\"\n", &[]).contains("(write `$${` for a literal `${`)"));
+        // `$${` is a literal `${`, in a variable that uses others or not, in lists, and through `--set`
+        let m = load_text(
+            "[vars]\nb = \"$${x}\"\nc = \"p-$${y}-${b}\"\nd = [\"$${z\", \"$$ and $\"]\ne = \"t\"\n[stages.g]\nkind = \"generate\"\n",
+            &["e=$${e}"],
+        )
+        .unwrap();
+        let var = |n: &str| m.vars[n].value.clone();
+        assert_eq!(var("b").as_str(), Some("${x}"));
+        assert_eq!(var("c").as_str(), Some("p-${y}-${x}"));
+        assert_eq!(
+            var("d").as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect::<Vec<_>>(),
+            ["${z", "$$ and $"]
+        );
+        assert_eq!(var("e").as_str(), Some("${e}"));
         let e = load_text("[vars]\na = \"${rho}\"\n[stages.g]\nkind = \"generate\"\nsweep = { rho = [1] }\n", &[])
             .unwrap_err()
             .to_string();

@@ -122,27 +122,23 @@ impl Scope<'_> {
 }
 
 /// Substitutes `${name}` references: a string that is exactly one reference takes the referenced value with its
-/// type; references inside longer strings are spliced in as text.
+/// type; references inside longer strings are spliced in as text, and `$${` is a literal `${`.
 fn resolve(v: &Value, scope: &Scope, err: &dyn Fn(String) -> ManifestError) -> Result<Value, ManifestError> {
     Ok(match v {
         Value::String(s) => {
-            if let Some(name) =
-                s.strip_prefix("${").and_then(|r| r.strip_suffix('}')).filter(|n| !n.contains("${") && !n.contains('}'))
-            {
+            if let Some(name) = manifest::whole_ref(s) {
                 scope.lookup(name).ok_or_else(|| err(unknown_ref(name, scope)))?
             } else if s.contains("${") {
                 let mut out = String::new();
-                let mut rest = s.as_str();
-                while let Some(i) = rest.find("${") {
-                    out.push_str(&rest[..i]);
-                    let after = &rest[i + 2..];
-                    let end = after.find('}').ok_or_else(|| err(format!("unterminated `${{` in \"{s}\"")))?;
-                    let name = &after[..end];
-                    let val = scope.lookup(name).ok_or_else(|| err(unknown_ref(name, scope)))?;
-                    out.push_str(&coord_str(&val));
-                    rest = &after[end + 1..];
+                for piece in manifest::pieces(s).map_err(err)? {
+                    match piece {
+                        Ok(text) => out.push_str(text),
+                        Err(name) => {
+                            let val = scope.lookup(name).ok_or_else(|| err(unknown_ref(name, scope)))?;
+                            out.push_str(&coord_str(&val));
+                        }
+                    }
                 }
-                out.push_str(rest);
                 Value::String(out)
             } else {
                 v.clone()

@@ -89,6 +89,21 @@ fn long_chains_and_long_cycles() {
     expect_error(&m, "s19998 -> s19999 -> s00000");
 }
 
+/// `$${` writes a literal `${` in a stage's params (here a file whose name has one); a lone `${` says so.
+#[test]
+fn a_literal_dollar_brace_is_written_doubled() {
+    let m = "[stages.imp]\nkind = \"import\"\nparams = { path = \"${x.jsonl\", format = \"trl\" }\n";
+    expect_error(
+        m,
+        "m.toml:3:19: imp: param `path`: unterminated `${` in \"${x.jsonl\" (write `$${` for a literal `${`)",
+    );
+    let w = Work::new();
+    w.write("${x}.jsonl", "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n");
+    w.write("m.toml", &m.replace("${x.jsonl", "$${x}.jsonl"));
+    let o = w.run(&["run", "m.toml"]);
+    assert!(o.status.success() && s(&o.stderr).contains("${x}.jsonl: 1 records"), "{}", s(&o.stderr));
+}
+
 #[test]
 fn dangling_inputs() {
     let m = format!(
