@@ -59,11 +59,42 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     };
     let first = &by_shard[&0];
     let (info, split) = (meta(first, "policy_info")?, meta(first, "split")?);
+    // the evaluation itself: the reference, the prompts, the oracle and every sampling parameter but the shard
+    let sampling_key = crate::evaluate::SAMPLING_KEY.trim_start_matches("rmdistill.");
+    let sampling = meta(first, sampling_key)?;
     for part in by_shard.values() {
         if meta(part, "policy_info")? != info || meta(part, "split")? != split {
             return Err(StageError::invalid(
                 "parts",
                 format!("{} evaluated another policy or split than {}", parts[part.0].node, parts[first.0].node),
+            ));
+        }
+        let theirs = meta(part, sampling_key)?;
+        if theirs != sampling {
+            let (a, b): (Value, Value) = (
+                serde_json::from_str(&sampling).unwrap_or(Value::Null),
+                serde_json::from_str(&theirs).unwrap_or(Value::Null),
+            );
+            let differ: Vec<String> = match (a.as_object(), b.as_object()) {
+                (Some(a), Some(b)) => a
+                    .keys()
+                    .chain(b.keys().filter(|k| !a.contains_key(*k)))
+                    .filter(|k| a.get(*k) != b.get(*k))
+                    .map(|k| {
+                        let show = |v: Option<&Value>| v.map_or("none".to_string(), |v| v.to_string());
+                        format!("{k} {} against {}", show(b.get(k)), show(a.get(k)))
+                    })
+                    .collect(),
+                _ => vec!["its record of what was sampled".into()],
+            };
+            return Err(StageError::invalid(
+                "parts",
+                format!(
+                    "{} is a shard of another evaluation than {} ({}): bind the shards of one evaluate stage",
+                    parts[part.0].node,
+                    parts[first.0].node,
+                    differ.join("; ")
+                ),
             ));
         }
     }

@@ -255,8 +255,8 @@ pub struct Assessment {
     /// Per contrast of `evidence`, its p-value Holm-adjusted among the finding's own contrasts (the second
     /// adjustment a contradiction must pass; see the module docs).
     pub p_finding: Vec<f64>,
-    /// The contrasts it needs that could not be measured ("e-DPO − p-DPO at ρ = 0.2": a method not run there, or
-    /// fewer than two seeds).
+    /// The contrasts it needs that could not be measured ("e-DPO − p-DPO at ρ = 0.2": a method not run there,
+    /// fewer than two seeds, or the same difference on every seed, which a t-test cannot weigh).
     pub missing: Vec<String>,
 }
 
@@ -277,9 +277,14 @@ pub fn assess(
     let (mut evidence, mut missing) = (vec![], vec![]);
     for &rho in rhos.iter().filter(|r| f.applies(**r, rhos)) {
         for (a, b) in f.contrasts {
+            let what = format!("{} − {} at {}", name(a), name(b), rho_text(rho));
             match contrasts.iter().find(|c| same(c.rho, rho) && c.first == *a && c.second == *b) {
                 Some(c) if !c.test.p_value.is_nan() => evidence.push(c.clone()),
-                _ => missing.push(format!("{} − {} at {}", name(a), name(b), rho_text(rho))),
+                Some(c) if c.seeds >= 2 => {
+                    missing.push(format!("{what} (the same difference on all {} seeds)", c.seeds))
+                }
+                Some(_) => missing.push(format!("{what} (fewer than two seeds)")),
+                None => missing.push(what),
             }
         }
     }

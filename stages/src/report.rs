@@ -99,6 +99,22 @@ fn parse(params: &Map<String, Value>) -> StageResult<Params> {
             return Err(StageError::invalid(f, format!("must be in (0, 1), got {v}")));
         }
     }
+    if p.alpha < 1e-9 {
+        return Err(StageError::invalid(
+            "alpha",
+            format!("must be at least 1e-9 (a level no experiment of seeds can reach), got {}", p.alpha),
+        ));
+    }
+    if p.power <= p.alpha {
+        return Err(StageError::invalid(
+            "power",
+            format!(
+                "must exceed alpha ({}), got {}: a test has power alpha against a difference of 0, so no difference is \
+                 needed for less",
+                p.alpha, p.power
+            ),
+        ));
+    }
     if !(p.min_difference > 0.0 && p.min_difference.is_finite()) {
         return Err(StageError::invalid(
             "min_difference",
@@ -341,6 +357,27 @@ fn read_inputs(ctx: &dyn Ctx) -> StageResult<Inputs> {
         }
     };
     let evals: Vec<EvalRow> = evals.iter().map(read_eval).collect::<StageResult<_>>()?;
+    // samples are matched to evaluations by node: one that matches none would be ignored, and samples for some
+    // evaluations only would pool contrasts measured two ways into one variance (as `select` refuses both)
+    if let Some(extra) = samples.keys().find(|n| !evals.iter().any(|e| &e.node == *n)) {
+        return Err(StageError::invalid(
+            "samples",
+            format!("samples of {extra} are bound, but not its summary (`evals`): bind both for every evaluation"),
+        ));
+    }
+    let without: Vec<&str> = evals.iter().filter(|e| !samples.contains_key(&e.node)).map(|e| e.node.as_str()).collect();
+    if !samples.is_empty() && !without.is_empty() {
+        return Err(StageError::invalid(
+            "samples",
+            format!(
+                "{} of {} evaluations have no samples bound ({}{}): bind the samples of every evaluation, or of none",
+                without.len(),
+                evals.len(),
+                without.iter().take(3).copied().collect::<Vec<_>>().join(", "),
+                if without.len() > 3 { ", …" } else { "" }
+            ),
+        ));
+    }
     let bits = |v: Option<f64>| v.map(f64::to_bits);
     evaluation::refuse_repeats(
         "evals",
@@ -581,7 +618,9 @@ pub struct Power {
 
 pub fn power(vars: &[ContrastVariance], family: usize, p: &Params) -> Option<Power> {
     let seed_var = stats::mean(&vars.iter().map(|v| v.seed_var).collect::<Vec<_>>());
-    if vars.is_empty() || seed_var.is_nan() {
+    // no variation at all between seeds (every contrast the same on every seed): nothing to scale a plan by; a
+    // design "detecting 0" would be no estimate
+    if vars.is_empty() || seed_var.is_nan() || seed_var <= 0.0 {
         return None;
     }
     let seeds = vars.iter().map(|v| v.seeds).min().unwrap_or(0);
@@ -1037,7 +1076,7 @@ fn findings_md(md: &mut String, a: &Analysis) {
             })
             .collect();
         if !f.missing.is_empty() {
-            ev.push(format!("not measured: {}", f.missing.join("; ")));
+            ev.push(format!("not measured or untestable: {}", f.missing.join("; ")));
         }
         if f.id == "p-dpo-no-clear-gain" {
             ev.push(format!(
@@ -1122,7 +1161,11 @@ fn contrast_row(c: &Contrast, alpha: f64, with_family: bool) -> String {
         interval,
         fmt_p(t.p_value),
         fmt_p(c.p_holm),
-        if t.p_value.is_nan() { "untestable (< 2 seeds)" } else { c.direction(alpha) }
+        if t.p_value.is_nan() {
+            if c.seeds < 2 { "untestable (< 2 seeds)" } else { "untestable (the same difference on every seed)" }
+        } else {
+            c.direction(alpha)
+        }
     )
 }
 
@@ -1132,7 +1175,8 @@ fn power_md(md: &mut String, a: &Analysis) {
     let Some(w) = &a.power else {
         let _ = writeln!(
             md,
-            "Not estimable: no contrast was measured on two or more seeds, so the variance between seeds is unknown.\n"
+            "Not estimable: no contrast was measured on two or more seeds with any variation between them, so the \
+             variance between seeds is unknown.\n"
         );
         return;
     };
@@ -1185,12 +1229,22 @@ fn power_md(md: &mut String, a: &Analysis) {
     let _ = writeln!(
         md,
         "Variance of one seed's difference = between seeds {:.3e} + between prompts {:.3e}/n{within}, for n prompts × m \
-         samples per prompt (measured: sampling variance {:.3e} of {:.3e} in all). ",
+         samples per prompt (measured: the differences vary over seeds with variance {:.3e}, of which the evaluations' \
+         sampling error predicts {:.3e}). ",
         c.between_seed,
         c.between_prompt,
-        w.sampling_var.unwrap_or(f64::NAN),
-        w.seed_var
+        w.seed_var,
+        w.sampling_var.unwrap_or(f64::NAN)
     );
+    if w.sampling_var.is_some_and(|sv| sv >= w.seed_var) {
+        let _ = writeln!(
+            md,
+            "The seeds' differences vary less than their sampling error alone predicts, so the between-seed part is \
+             estimated at 0: on {} df that is chance, not evidence that seeds do not matter, and the plans below, which \
+             assume it, are optimistic (more prompts cannot remove a between-seed variance that is there). ",
+            w.seeds.saturating_sub(1)
+        );
+    }
     if c.within_prompt.is_nan() {
         let _ = writeln!(
             md,
@@ -1687,6 +1741,47 @@ mod tests {
         assert!(q.detectable_median < q.detectable && (q.largest_share - 0.09 / 0.0926333).abs() < 1e-5, "{q:?}");
     }
 
+    /// Two seeds with the same difference (a coarse oracle on few prompts gives that often) test nothing: before,
+    /// se = 0 made p = 0 and the contrast "significant", and a finding *contradicted*.
+    #[test]
+    fn a_contrast_without_spread_between_seeds_is_untestable_not_significant() {
+        let mut rows = vec![];
+        for s in 0..2 {
+            rows.push(row("d-dpo", 0.2, s, 0.1));
+            rows.push(row("dpo", 0.2, s, 0.5333));
+            rows.push(row("ipo", 0.2, s, 0.2 + 0.1 * s as f64));
+        }
+        let (c, vars) = contrasts(&rows, &HashMap::new());
+        let dd = c.iter().find(|c| c.first == "d-dpo" && c.second == "dpo").unwrap();
+        assert!(dd.test.p_value.is_nan() && dd.p_holm.is_nan() && !dd.significant(0.05), "{dd:?}");
+        assert!(contrast_row(dd, 0.05, false).contains("untestable (the same difference on every seed)"));
+        // the other contrast of the family is tested, and alone in it
+        let di = c.iter().find(|c| c.first == "d-dpo" && c.second == "ipo").unwrap();
+        assert!(!di.test.p_value.is_nan() && di.family == 1, "{di:?}");
+        let f = paper::FINDINGS.iter().find(|f| f.contrasts.contains(&("d-dpo", "dpo"))).unwrap();
+        let a = paper::assess(f, &c, &[Some(0.2)], 0.05, 0.02);
+        assert_ne!(a.verdict, Verdict::Contradicted);
+        assert!(
+            a.missing.iter().any(|m| m.contains("d-DPO − DPO at ρ = 0.2 (the same difference on all 2 seeds)")),
+            "{:?}",
+            a.missing
+        );
+        // every contrast without spread: no power estimate (it would "detect 0")
+        let flat: Vec<EvalRow> = rows.iter().filter(|r| r.method != "ipo").cloned().collect();
+        let (_, vars_flat) = contrasts(&flat, &HashMap::new());
+        assert!(power(&vars_flat, 1, &Params::default()).is_none());
+        assert!(power(&vars, 2, &Params::default()).is_some());
+    }
+
+    #[test]
+    fn alpha_and_power_must_make_a_test() {
+        let e = |v: serde_json::Value| parse(v.as_object().unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e(serde_json::json!({"alpha": 1e-17})).contains("must be at least 1e-9"));
+        assert!(e(serde_json::json!({"alpha": 0.9, "power": 0.5})).contains("must exceed alpha (0.9)"));
+        assert!(e(serde_json::json!({"alpha": 0.5, "power": 0.5})).contains("must exceed alpha"));
+        assert_eq!(e(serde_json::json!({"alpha": 0.01, "power": 0.9})), "");
+    }
+
     #[test]
     fn further_contrasts_are_one_family_over_every_rho() {
         // ρ = 0.4 as in the test above; ρ = 0.6 has DPO and d-DPO only, d-DPO − DPO per seed (0.05, 0.06, 0.07):
@@ -1752,7 +1847,8 @@ mod tests {
     }
 
     fn six_methods(rho: f64, gain: [f64; 3]) -> Vec<EvalRow> {
-        // DPO and IPO near each other; d-DPO, dp-DPO, e-DPO at DPO + gain (per method) ± 0.001 over 3 seeds
+        // DPO and IPO near each other; d-DPO, dp-DPO, e-DPO at DPO + gain (per method) ± a few 0.001 over 3 seeds,
+        // no two methods apart by the same difference on every seed (that would be untestable)
         let mut rows = vec![];
         for s in 0..3 {
             let base = 0.1 * s as f64;
@@ -1760,8 +1856,8 @@ mod tests {
             rows.push(row("dpo", rho, s, base));
             rows.push(row("ipo", rho, s, base + 0.01 + e));
             rows.push(row("p-dpo", rho, s, base + 0.02 - e));
-            rows.push(row("d-dpo", rho, s, base + gain[0] + e));
-            rows.push(row("dp-dpo", rho, s, base + gain[1] - e));
+            rows.push(row("d-dpo", rho, s, base + gain[0] + 3.0 * e));
+            rows.push(row("dp-dpo", rho, s, base + gain[1] - 2.0 * e));
             rows.push(row("e-dpo", rho, s, base + gain[2] + 2.0 * e));
         }
         rows

@@ -58,7 +58,11 @@ type Group = (Option<f64>, String, BTreeMap<(i64, i64), Config>);
 /// Validation results → the best (value, γ) per (method, ρ): the highest mean advantage over seeds (ties: the
 /// smaller value, then the smaller γ), with the runner-up and the margin between them.
 pub fn choose(rows: &[Candidate]) -> Vec<Choice> {
-    let bits = |v: f64| (v * 1e9).round() as i64;
+    // exact values, in numeric order (β = 1e-10 and 3e-10 are two candidates; −0 is 0)
+    let bits = |v: f64| {
+        let b = (v + 0.0).to_bits() as i64;
+        if b < 0 { b ^ i64::MAX } else { b }
+    };
     let mut g: BTreeMap<(String, i64), Group> = BTreeMap::new();
     for r in rows {
         let e = g.entry((r.method.clone(), rho_key(r.rho))).or_insert((r.rho, r.param.clone(), BTreeMap::new()));
@@ -85,6 +89,51 @@ pub fn choose(rows: &[Candidate]) -> Vec<Choice> {
             Choice { method, rho, param, value, gamma, advantage, seeds: runs.len(), candidates, runner_up }
         })
         .collect()
+}
+
+/// Candidates of one method and ρ are compared by their mean over seeds, paired seed by seed: each must have been
+/// evaluated on the same seeds, or a candidate could win by the seeds it lacks.
+fn refuse_unequal_seeds(rows: &[Candidate]) -> StageResult<()> {
+    type Seeds = std::collections::BTreeSet<Option<i64>>;
+    /// One candidate: value, γ, the seeds it was evaluated on.
+    type Evaluated = (f64, Option<f64>, Seeds);
+    /// (method, ρ) → (value, γ) bits → the candidate.
+    type Groups = BTreeMap<(String, i64), BTreeMap<(u64, Option<u64>), Evaluated>>;
+    let mut g = Groups::new();
+    for r in rows {
+        g.entry((r.method.clone(), rho_key(r.rho)))
+            .or_default()
+            .entry(((r.value + 0.0).to_bits(), r.gamma.map(|x| (x + 0.0).to_bits())))
+            .or_insert((r.value, r.gamma, Seeds::new()))
+            .2
+            .insert(r.seed);
+    }
+    let seeds = |s: &Seeds| s.iter().map(|x| x.map_or("none".into(), |x| x.to_string())).collect::<Vec<_>>().join(", ");
+    for ((method, _), configs) in &g {
+        let mut it = configs.values();
+        let Some(first) = it.next() else { continue };
+        if let Some(other) = it.find(|c| c.2 != first.2) {
+            let row = rows.iter().find(|r| r.method == *method).expect("a group has rows");
+            let rho = row.rho;
+            let name = |c: &Evaluated| match c.1 {
+                Some(gm) => format!("{} = {}, γ = {gm}", row.param, c.0),
+                None => format!("{} = {}", row.param, c.0),
+            };
+            return Err(StageError::invalid(
+                "evals",
+                format!(
+                    "the candidates of {method}{} were evaluated on different seeds: {} on seeds [{}], {} on seeds [{}]; \
+                     bind every candidate's evaluation on the same seeds (a mean over other seeds is no comparison)",
+                    rho.map_or(String::new(), |r| format!(" at ρ = {r}")),
+                    name(first),
+                    seeds(&first.2),
+                    name(other),
+                    seeds(&other.2)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Standard error of the difference of two configurations' mean advantages over seeds, paired within each seed over
@@ -222,6 +271,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             if more > 0 { format!("; and {more} more") } else { String::new() }
         ));
     }
+    refuse_unequal_seeds(&rows)?;
     let chosen = choose(&rows);
     let ru = |f: fn(&RunnerUp) -> Option<f64>| -> ArrayRef {
         Arc::new(Float64Array::from(chosen.iter().map(|c| c.runner_up.as_ref().and_then(f)).collect::<Vec<_>>()))
@@ -392,5 +442,47 @@ mod tests {
             c("p-dpo", 0.5, "beta", 0.1, Some(0.01), 0.2),
         ];
         assert_eq!(choose(&tie).iter().map(|x| (x.value, x.gamma)).collect::<Vec<_>>(), vec![(0.1, Some(0.01))]);
+    }
+
+    /// Values are told apart exactly, at any scale: β = 1e-10 and 3e-10 used to be one candidate (rounded to 1e-9),
+    /// and 1e10 and 1e11 another (the rounding saturated), their advantages averaged.
+    #[test]
+    fn distinct_values_are_distinct_candidates_at_any_scale() {
+        for (small, large) in [(1e-10, 3e-10), (1e10, 1e11), (0.1, 0.1 + 1e-15)] {
+            let ch = choose(&[c("dpo", 0.5, "beta", small, None, -0.178), c("dpo", 0.5, "beta", large, None, 0.0)]);
+            assert_eq!((ch[0].value, ch[0].candidates, ch[0].advantage), (large, 2, 0.0), "{small} vs {large}");
+            assert_eq!(ch[0].runner_up.as_ref().map(|r| r.value), Some(small));
+            // a tie still goes to the smaller value, in numeric order
+            let tie = choose(&[c("dpo", 0.5, "beta", large, None, 0.0), c("dpo", 0.5, "beta", small, None, 0.0)]);
+            assert_eq!(tie[0].value, small);
+        }
+        // −0 and 0 are one value
+        assert_eq!(
+            choose(&[c("dpo", 0.5, "beta", 0.0, None, 0.1), c("dpo", 0.5, "beta", -0.0, None, 0.3)])[0].candidates,
+            1
+        );
+    }
+
+    /// Identical candidates (the same advantages on the same prompts: margin 0 ± 0) are a tie, not a win.
+    #[test]
+    fn an_exact_tie_is_a_tie_within_noise() {
+        let d = [0.3, 0.1, 0.2];
+        let ch = choose(&[scored(1.0, 0, &d), scored(10.0, 0, &d)]);
+        let ru = ch[0].runner_up.as_ref().unwrap();
+        assert_eq!((ru.margin, ru.margin_se), (0.0, Some(0.0)));
+        assert_eq!(ru.within_noise(), Some(true));
+    }
+
+    /// Candidates compared by their means over seeds must share their seeds.
+    #[test]
+    fn candidates_on_different_seeds_are_refused() {
+        let on = |v: f64, seed: i64, a: f64| Candidate { seed: Some(seed), ..c("dpo", 0.5, "beta", v, None, a) };
+        let same = [on(0.5, 0, 0.1), on(0.5, 1, 0.2), on(0.7, 0, 0.3), on(0.7, 1, 0.0)];
+        assert!(refuse_unequal_seeds(&same).is_ok());
+        let e = refuse_unequal_seeds(&[on(0.5, 0, 0.1), on(0.5, 1, 0.2), on(0.7, 0, 0.3)]).unwrap_err().to_string();
+        assert!(
+            e.contains("the candidates of dpo at ρ = 0.5 were evaluated on different seeds: beta = 0.5 on seeds [0, 1], beta = 0.7 on seeds [0]"),
+            "{e}"
+        );
     }
 }

@@ -36,10 +36,11 @@ pub struct RunnerUp {
 }
 
 impl RunnerUp {
-    /// Whether the margin is inside the validation's own noise (below 1.96 standard errors): the two candidates are
-    /// a tie that the measurement cannot break, and anything (float rounding included) may decide between them.
+    /// Whether the margin is inside the validation's own noise (not above 1.96 standard errors, so an exact tie
+    /// with no spread counts too): the two candidates are a tie that the measurement cannot break, and anything
+    /// (float rounding included) may decide between them.
     pub fn within_noise(&self) -> Option<bool> {
-        self.margin_se.map(|se| self.margin < 1.96 * se)
+        self.margin_se.map(|se| self.margin <= 1.96 * se)
     }
 }
 

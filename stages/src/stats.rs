@@ -71,12 +71,13 @@ pub fn normal_quantile(p: f64) -> f64 {
     std_normal().inverse_cdf(p)
 }
 
-/// Mean ± t_{0.975, n−1}·sd/√n.
+/// Mean ± t_{0.975, n−1}·sd/√n. With fewer than two values the spread is unknown: se and the interval are NaN (not
+/// 0, which would read as certainty).
 pub fn estimate(v: &[f64]) -> Estimate {
     let n = v.len();
     let m = mean(v);
     if n < 2 {
-        return Estimate { mean: m, se: 0.0, n, ci_low: m, ci_high: m };
+        return Estimate { mean: m, se: f64::NAN, n, ci_low: f64::NAN, ci_high: f64::NAN };
     }
     let se = sd(v) / (n as f64).sqrt();
     let h = t_quantile(0.975, (n - 1) as f64) * se;
@@ -91,39 +92,60 @@ pub struct Test {
     pub se: f64,
     /// Degrees of freedom (n − 1).
     pub df: f64,
-    /// t statistic (±∞ when every value is the same non-zero number; NaN with fewer than two values).
+    /// t statistic (NaN when nothing can be tested: fewer than two values, or no spread between them).
     pub stat: f64,
-    /// Two-sided p-value (NaN with fewer than two values).
+    /// Two-sided p-value (NaN when nothing can be tested, as for `stat`).
     pub p_value: f64,
     pub ci_low: f64,
     pub ci_high: f64,
 }
 
+/// Why a [`t_test`] tested nothing, if it did not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Untestable {
+    /// Fewer than two values.
+    TooFew,
+    /// Every value the same (to float rounding): the t-test's variance estimate is 0, and t = ±∞ with p = 0
+    /// would claim certainty from what is more likely a coarse measurement (an oracle whose rewards come in steps,
+    /// one prompt per evaluation) than a difference known exactly.
+    NoSpread,
+}
+
+/// Relative spread below which values count as all the same: float rounding of a difference of sums leaves ~1e-16.
+const NO_SPREAD: f64 = 1e-12;
+
 /// One-sample t-test of `mean(v) = 0` on n − 1 degrees of freedom (e.g. the per-seed paired differences of two
-/// methods). With fewer than two values nothing can be tested: stat and p are NaN, the interval is the value itself.
+/// methods). Nothing is tested ([`untestable`]) with fewer than two values or when they do not vary: then stat, p
+/// and the interval are NaN, and `diff` is their mean.
 pub fn t_test(v: &[f64]) -> Test {
     let e = estimate(v);
-    if v.len() < 2 {
+    let df = v.len().saturating_sub(1) as f64;
+    if untestable(v).is_some() {
         return Test {
             diff: e.mean,
             se: f64::NAN,
-            df: 0.0,
+            df,
             stat: f64::NAN,
             p_value: f64::NAN,
             ci_low: f64::NAN,
             ci_high: f64::NAN,
         };
     }
-    let df = (v.len() - 1) as f64;
-    let stat = if e.se > 0.0 {
-        e.mean / e.se
-    } else if e.mean == 0.0 {
-        0.0
-    } else {
-        f64::INFINITY * e.mean.signum()
-    };
-    let p_value = if stat == 0.0 { 1.0 } else { 2.0 * t_cdf(-stat.abs(), df) };
+    let stat = e.mean / e.se;
+    let p_value = 2.0 * t_cdf(-stat.abs(), df);
     Test { diff: e.mean, se: e.se, df, stat, p_value, ci_low: e.ci_low, ci_high: e.ci_high }
+}
+
+/// Why [`t_test`] of `v` tests nothing: fewer than two values, or a standard error that is zero or float rounding
+/// (at most 1e-12 of the largest |value|).
+pub fn untestable(v: &[f64]) -> Option<Untestable> {
+    if v.len() < 2 {
+        return Some(Untestable::TooFew);
+    }
+    let scale = v.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+    let se = sd(v) / (v.len() as f64).sqrt();
+    // NaN (an infinite value) counts as no usable spread too
+    (se.is_nan() || se <= NO_SPREAD * scale).then_some(Untestable::NoSpread)
 }
 
 /// Paired t-test of `mean(a − b) = 0` over matched values (same seed, same prompts, same π_ref samples).
@@ -235,7 +257,8 @@ fn chi2_nodes(df: f64) -> Vec<f64> {
 /// Power on precomputed nodes (see [`t_power`]).
 fn power_on(nodes: &[f64], delta: f64, sd: f64, seeds: usize, alpha: f64) -> f64 {
     let df = (seeds - 1) as f64;
-    let c = t_quantile(1.0 - alpha / 2.0, df);
+    // the lower tail, negated: 1 − α/2 rounds to 1 for α below ~1e-16, the lower tail keeps every digit
+    let c = -t_quantile(alpha / 2.0, df);
     let lam = delta.abs() * (seeds as f64).sqrt() / sd;
     let acc: f64 = nodes
         .iter()
@@ -266,6 +289,11 @@ pub fn t_power(delta: f64, sd: f64, seeds: usize, alpha: f64) -> f64 {
 /// below two seeds.
 pub fn minimum_detectable(sd: f64, seeds: usize, alpha: f64, power: f64) -> f64 {
     if seeds < 2 || sd.is_nan() || !(power > alpha && power < 1.0) || !(alpha > 0.0 && alpha < 1.0) {
+        return f64::NAN;
+    }
+    // a critical value the quantile function cannot give would make every comparison below false and the
+    // bisection end at 0: "detects any difference"
+    if !t_quantile(alpha / 2.0, (seeds - 1) as f64).is_finite() {
         return f64::NAN;
     }
     if sd <= 0.0 {
@@ -431,10 +459,18 @@ mod tests {
         // one seed: nothing to test
         let one = t_test(&[0.1]);
         assert!(one.p_value.is_nan() && one.stat.is_nan());
-        // identical non-zero differences: a certain sign, p ≈ 0 (exactly 0 when the sd is exactly 0)
-        assert!(t_test(&[0.1, 0.1, 0.1]).p_value < 1e-12);
-        assert_eq!(t_test(&[0.5, 0.5]).p_value, 0.0);
-        assert_eq!(t_test(&[0.0, 0.0]).p_value, 1.0);
+        assert_eq!(untestable(&[0.1]), Some(Untestable::TooFew));
+        // values that do not vary, exactly or to float rounding (0.1 + 0.2 − 0.3 ≠ 0): nothing to test, not p = 0
+        // (which made two seeds with the same coarse difference "contradict" a finding) nor p = 1
+        for same in [vec![0.1, 0.1, 0.1], vec![0.5, 0.5], vec![0.0, 0.0], vec![-0.4333, -0.4333 + 1e-16]] {
+            let t = t_test(&same);
+            assert!(t.p_value.is_nan() && t.stat.is_nan() && t.ci_low.is_nan(), "{same:?}: {t:?}");
+            assert_eq!(untestable(&same), Some(Untestable::NoSpread), "{same:?}");
+        }
+        assert!(t_test(&[0.1 + 0.2, 0.3]).p_value.is_nan());
+        // a real spread, however small the values, is tested
+        let small = t_test(&[1e-9, 2e-9, 3e-9]);
+        assert!(small.p_value > 0.0 && small.p_value < 1.0, "{small:?}");
     }
 
     #[test]
@@ -444,8 +480,9 @@ mod tests {
         let se = (5.0f64 / 3.0).sqrt() / 2.0;
         assert!(close(e.se, se, 1e-12));
         assert!(close(e.ci_high, 2.5 + 3.182446 * se, 1e-5));
+        // one value: its spread is unknown, not zero
         let one = estimate(&[3.0]);
-        assert_eq!((one.ci_low, one.ci_high, one.se), (3.0, 3.0, 0.0));
+        assert!(one.mean == 3.0 && one.ci_low.is_nan() && one.ci_high.is_nan() && one.se.is_nan(), "{one:?}");
     }
 
     #[test]
@@ -524,6 +561,12 @@ mod tests {
         // scale: the detectable difference is proportional to sd
         assert!(close(minimum_detectable(0.02, 10, 0.05, 0.8), 0.02 * 0.99600, 1e-4));
         assert!(minimum_detectable(1.0, 1, 0.05, 0.8).is_nan());
+        // a tiny α is a huge difference (or unknown), never 0: 1 − α/2 rounding to 1 made it 0
+        let tiny = minimum_detectable(1.0, 10, 1e-17, 0.8);
+        assert!(tiny.is_nan() || tiny > 5.0, "{tiny}");
+        assert!(minimum_detectable(1.0, 10, 1e-9, 0.8) > minimum_detectable(1.0, 10, 1e-6, 0.8));
+        // power at or below α needs no difference at all: not a design
+        assert!(minimum_detectable(1.0, 10, 0.5, 0.5).is_nan() && minimum_detectable(1.0, 10, 0.9, 0.5).is_nan());
     }
 
     #[test]
