@@ -554,6 +554,8 @@ fn execute(
     }
     std::fs::create_dir_all(&scratch)
         .map_err(|e| ExecError::Failed(format!("cannot create scratch space {}: {e}", scratch.display())))?;
+    let marker = JobMarker::create(&scratch)
+        .map_err(|e| ExecError::Failed(format!("cannot create scratch space {}: {e}", scratch.display())))?;
     if let Err(m) = check_externals(&mut t.watched, Moment::Queued) {
         let _ = std::fs::remove_dir_all(&scratch);
         return Err(ExecError::Failed(m));
@@ -613,6 +615,10 @@ fn execute(
             return Err(ExecError::Failed(m));
         }
     };
+    if let Err(m) = marker.check() {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Err(ExecError::Failed(m));
+    }
     let mut outs = BTreeMap::new();
     for spec in n.kind.outputs() {
         let p = &out_paths[spec.name];
@@ -629,6 +635,12 @@ fn execute(
             )));
         }
         outs.insert(spec.name.to_string(), store.put_output(p, spec.kind).map_err(fail)?);
+    }
+    // again after storing: a removal while a directory was being read could have left it listed in part (the
+    // blobs stored are unreferenced then, and `gc` takes them)
+    if let Err(m) = marker.check() {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Err(ExecError::Failed(m));
     }
     let _ = std::fs::remove_dir_all(&scratch);
     let entry = Entry {
@@ -655,6 +667,69 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// A file in a node's scratch directory, made before the stage runs and looked for (same device and inode) before
+/// its outputs are stored: if the directory was removed while the node ran (a hand `rm`, a clean-up), a stage that
+/// recreates its output directory would leave only what it wrote after that, and a partial model would be stored
+/// as the node's result.
+struct JobMarker {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl JobMarker {
+    const NAME: &'static str = ".rmdistill-job";
+
+    fn create(scratch: &Path) -> std::io::Result<JobMarker> {
+        use std::os::unix::fs::MetadataExt;
+        let path = scratch.join(Self::NAME);
+        let m = std::fs::File::create(&path)?.metadata()?;
+        Ok(JobMarker { path, id: (m.dev(), m.ino()) })
+    }
+
+    fn check(&self) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.id => Ok(()),
+            _ => Err(format!(
+                "the node's scratch directory {} was removed or replaced while it ran (by hand, or by a clean-up of \
+                 `.rmdistill`): its outputs may be incomplete and are not stored; run again",
+                self.path.parent().unwrap_or(&self.path).display()
+            )),
+        }
+    }
+}
+
+/// The lock a run holds on its scratch directory while it runs (`.lock`, flock(2)): another run's clean-up tells a
+/// live run's directory from a killed one's by it, also where it cannot see the other run's process (another pid
+/// namespace: containers sharing a host name and a working directory).
+pub struct ScratchLock {
+    _file: std::fs::File,
+}
+
+const SCRATCH_LOCK: &str = ".lock";
+
+impl ScratchLock {
+    /// Creates `dir` and takes its lock (best effort: a directory that cannot be made fails its nodes later, with
+    /// the reason).
+    pub fn take(dir: &Path) -> Option<ScratchLock> {
+        use std::os::unix::io::AsRawFd;
+        std::fs::create_dir_all(dir).ok()?;
+        let file =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(SCRATCH_LOCK)).ok()?;
+        // SAFETY: flock on a descriptor this function owns.
+        let ok = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        ok.then_some(ScratchLock { _file: file })
+    }
+
+    /// Whether a live process holds `dir`'s lock: None when it has no lock file.
+    fn held(dir: &Path) -> Option<bool> {
+        use std::os::unix::io::AsRawFd;
+        let file = std::fs::File::open(dir.join(SCRATCH_LOCK)).ok()?;
+        // SAFETY: as above; the lock, if taken, is released when `file` closes.
+        Some(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0)
+    }
+}
+
 /// This machine's host name, as scratch directories are named with it (`_` for characters other than letters,
 /// digits, `.` and `-`).
 pub fn hostname() -> String {
@@ -678,15 +753,30 @@ pub fn scratch_name(host: &str, pid: u32, run_id: &str) -> String {
     format!("{host}@{pid}@{run_id}")
 }
 
-/// Removes scratch directories left by killed runs of this host (those whose process is gone); directories of other
-/// hosts, and of live processes, are left alone.
+/// Removes scratch directories left by killed runs of this host; directories of other hosts, and of live runs, are
+/// left alone. A run is live while it holds its directory's lock ([`ScratchLock`]); a directory without a lock file
+/// (made by an older version, or in the instant before its lock) is judged by its process, and only once it is a
+/// minute old.
 pub fn clean_stale_scratch(tmp: &Path, host: &str) {
     if let Ok(rd) = std::fs::read_dir(tmp) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             let mut parts = name.splitn(3, '@');
             let (Some(h), Some(pid), Some(_)) = (parts.next(), parts.next(), parts.next()) else { continue };
-            if h == host && pid.parse::<u32>().is_ok_and(|p| !pid_alive(p)) {
+            if h != host {
+                continue;
+            }
+            let stale = match ScratchLock::held(&e.path()) {
+                Some(held) => !held,
+                None => {
+                    let old = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > std::time::Duration::from_secs(60)));
+                    old && pid.parse::<u32>().is_ok_and(|p| !pid_alive(p))
+                }
+            };
+            if stale {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -1077,6 +1167,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
     let host = hostname();
     clean_stale_scratch(&tmp, &host);
     let scratch_root = tmp.join(scratch_name(&host, std::process::id(), &run_id));
+    let scratch_lock = ScratchLock::take(&scratch_root);
     let ext = ExternalHashes::open(store.local_dir());
     let dependents = plan.dependents();
     let mut deps = vec![Vec::new(); n];
@@ -1211,6 +1302,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
     ext.save();
     crate::worker::shutdown_fork_servers();
     let _ = std::fs::remove_dir_all(&scratch_root);
+    drop(scratch_lock);
     result?;
 
     let reports: Vec<NodeReport> = r.nodes.into_iter().filter(|nd| nd.wanted).map(|nd| nd.report).collect();
@@ -1226,7 +1318,11 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         nodes: reports,
     };
     if summary.ran + summary.failed > 0 {
-        journal(if summary.failed > 0 { "failed" } else { "succeeded" }, &summary.nodes.iter().collect::<Vec<_>>())?;
+        // the run is over: a store that cannot take its journal now (full, read-only) must not hide what ran
+        let status = if summary.failed > 0 { "failed" } else { "succeeded" };
+        if let Err(e) = journal(status, &summary.nodes.iter().collect::<Vec<_>>()) {
+            progress.message(&format!("warning: the run journal could not be stored (it says \"running\"): {e:#}"));
+        }
     }
     Ok(summary)
 }
@@ -1399,6 +1495,51 @@ mod tests {
         assert_eq!(some_names(&names(2)), "n0, n1");
         assert_eq!(some_names(&names(8)), "n0, n1, n2, n3, n4, n5, n6, n7");
         assert_eq!(some_names(&names(9)), "n0, n1, n2, n3, n4, n5, n6, n7, and 1 more");
+    }
+
+    /// A run's scratch directory is live while its lock is held, whatever its process id says (another pid
+    /// namespace cannot see it); one without a lock file is judged by its pid, once a minute old.
+    #[test]
+    fn stale_scratch_is_told_by_its_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let dead = 999_999_999u32; // no such pid
+        let dir = |name: String| {
+            let p = d.path().join(name);
+            std::fs::create_dir_all(p.join("0-abc")).unwrap();
+            p
+        };
+        let held = dir(scratch_name("h", dead, "r1"));
+        let _lock = ScratchLock::take(&held).unwrap();
+        let released = dir(scratch_name("h", dead, "r2"));
+        drop(ScratchLock::take(&released).unwrap());
+        let young = dir(scratch_name("h", dead, "r3"));
+        let old = dir(scratch_name("h", dead, "r4"));
+        let ours = dir(scratch_name("h", std::process::id(), "r5"));
+        let other_host = dir(scratch_name("g", dead, "r6"));
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in [&old, &ours] {
+            std::fs::File::open(p).unwrap().set_modified(long_ago).unwrap();
+        }
+        clean_stale_scratch(d.path(), "h");
+        for (p, kept) in
+            [(&held, true), (&released, false), (&young, true), (&old, false), (&ours, true), (&other_host, true)]
+        {
+            assert_eq!(p.exists(), kept, "{}", p.display());
+        }
+        // a second lock on a held directory is refused: two runs never share one
+        assert!(ScratchLock::take(&held).is_none());
+    }
+
+    #[test]
+    fn a_job_marker_sees_its_scratch_directory_removed_or_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let scratch = d.path().join("0-abc");
+        std::fs::create_dir_all(&scratch).unwrap();
+        let m = JobMarker::create(&scratch).unwrap();
+        assert_eq!(m.check(), Ok(()));
+        std::fs::remove_dir_all(&scratch).unwrap();
+        std::fs::create_dir_all(scratch.join("model")).unwrap();
+        assert!(m.check().unwrap_err().contains("was removed or replaced while it ran"));
     }
 
     /// An external file as a node's key sees it.

@@ -1164,6 +1164,15 @@ impl Store {
             return Ok(dest);
         }
         let tree = self.tree(hash)?;
+        // anything else in its place (a file, a link): set aside like a damaged tree, never in the way for good
+        if dest.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+            let aside = trees.join(format!(
+                "{hash}.damaged.{}.{}",
+                std::process::id(),
+                chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+            ));
+            let _ = std::fs::rename(&dest, &aside);
+        }
         if dest.is_dir() {
             if tree_intact(&dest, &tree) {
                 self.verified.lock().unwrap().insert(hash.to_string());

@@ -479,6 +479,31 @@ fn an_external_file_changed_while_its_node_runs_fails_it_in_run_and_in_node_run(
     assert_eq!(status_of(&w, "a_model"), "cached");
 }
 
+/// The node's scratch directory removed while it runs (a hand `rm -rf .rmdistill`, another run's clean-up) and its
+/// output directory made again by the stage, holding only what was written after: before, that partial model was
+/// stored and served from the cache for good. Now the node fails and nothing is stored.
+#[test]
+fn a_scratch_directory_removed_while_its_node_runs_fails_it_and_stores_nothing() {
+    let w = Work::new();
+    w.write("m.toml", RACE_MANIFEST);
+    w.write("m.gguf", "not a model");
+    w.write("small.jsonl", &pair_line("A"));
+    let done = r#"mkdir -p "$OUT" && echo '{}' > "$OUT/config.json" && echo '{"done":{"summary":{}}}'"#;
+    let worker = stand_in_worker(&w, &format!("rm -rf \"$(dirname \"$2\")\"\n{done}"));
+    for cmd in [&["node", "run", "m.toml", "a_model", "--json"][..], &["run", "m.toml", "a_model", "--json"]] {
+        let o = run_with_worker(&w, &worker, cmd);
+        assert_eq!(o.status.code(), Some(1), "{cmd:?}: {}", s(&o.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let err = node_error(&summary, "a_model");
+        assert!(err.contains("scratch directory") && err.contains("was removed or replaced while it ran"), "{err}");
+        assert!(entries(&w.store()).is_empty(), "{cmd:?}");
+        assert_eq!(status_of(&w, "a_model"), "run");
+    }
+    let o = run_with_worker(&w, &stand_in_worker(&w, done), &["run", "m.toml", "a_model", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", s(&o.stderr));
+    assert_eq!(status_of(&w, "a_model"), "cached");
+}
+
 /// A worker's warnings (`{"warn": …}` lines) are shown under `--quiet`, reported in the run's `--json` summary and
 /// kept with the node's entry, where `show` repeats them and a cached rerun notes them; a node that fails still shows
 /// and reports the warnings it gave.

@@ -365,3 +365,29 @@ fn a_blob_stored_again_is_made_young_for_gc() {
     let age = std::fs::metadata(&path).unwrap().modified().unwrap().elapsed().unwrap_or_default();
     assert!(age < std::time::Duration::from_secs(600), "the blob stored again is {age:?} old");
 }
+
+/// The local copy of a directory artifact (`.rmdistill/local/trees/HASH`) replaced by a file is set aside and
+/// made again, as a damaged copy is; before, every node reading the directory failed with "Not a directory".
+#[test]
+fn a_local_tree_replaced_by_a_file_is_set_aside_and_made_again() {
+    let w = Work::new();
+    w.write("m.toml", "[stages.synth]\nkind = \"synth\"\nparams = { n_docs = 20 }\n");
+    w.run_json(&["m.toml"]);
+    let (_, e) = entry_of(&w.store(), "synth");
+    let hash = e["outputs"]["tokenizer"]["hash"].as_str().unwrap().to_string();
+    let trees = w.path().join(".rmdistill/local/trees");
+    w.ok(&["show", "m.toml", "synth.tokenizer"]);
+    let tree = trees.join(&hash);
+    assert!(tree.is_dir(), "{}", tree.display());
+    std::fs::remove_dir_all(&tree).unwrap();
+    std::fs::write(&tree, "not a directory").unwrap();
+    let shown = w.ok(&["show", "m.toml", "synth.tokenizer"]);
+    assert!(shown.contains("tokenizer.json"), "{shown}");
+    assert!(tree.is_dir());
+    let aside = std::fs::read_dir(&trees)
+        .unwrap()
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().contains(".damaged."))
+        .count();
+    assert_eq!(aside, 1);
+}
