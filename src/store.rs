@@ -478,15 +478,17 @@ fn with_check(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What an entry file's `check` says: `Some(true)` it matches, `Some(false)` it does not (or a `check` field was
-/// edited out of its place), `None` the entry has none (written before checks existed).
+/// What an entry file's `check` says: `Some(true)` it matches, `Some(false)` it does not (or a `check` field is
+/// there but not where `put_entry` puts it: the file was re-serialised, by an editor or `jq`), `None` the entry has
+/// none (edited out, or written before checks existed). Only `Some(true)` is trusted ([`entry_mismatch`]).
 fn check_matches(bytes: &[u8]) -> Option<bool> {
+    const FIELD: &[u8] = b"\"check\"";
     let t = bytes.trim_ascii_end();
-    let hex_at = t.len().checked_sub(CHECK_CLOSE.len() + 64)?;
+    let moved = || t.windows(FIELD.len()).any(|w| w == FIELD).then_some(false);
+    let Some(hex_at) = t.len().checked_sub(CHECK_CLOSE.len() + 64) else { return moved() };
     let tail_ok = t.ends_with(CHECK_CLOSE) && t[..hex_at].ends_with(CHECK_OPEN);
     if !tail_ok {
-        let near_end = &t[t.len().saturating_sub(200)..];
-        return near_end.windows(8).any(|w| w == b"\"check\"").then_some(false);
+        return moved();
     }
     let open = &t[..hex_at - CHECK_OPEN.len()];
     let mut h = blake3::Hasher::new();
@@ -495,21 +497,22 @@ fn check_matches(bytes: &[u8]) -> Option<bool> {
     Some(h.finalize().to_hex().as_bytes() == &t[hex_at..hex_at + 64])
 }
 
-/// Why an entry read from `cache/…/KEY.json` cannot be trusted for `key`, if it cannot. An entry with a matching
-/// `check` is exactly as [`Store::put_entry`] wrote it, and that checked its record against its key; an older entry
-/// without one has its record hashed again here.
-fn entry_mismatch(key: &str, checked: Option<bool>, record_known_good: bool, e: &Entry) -> Option<String> {
-    if checked == Some(false) {
-        return Some("its contents do not match its `check` hash (edited or damaged)".into());
+/// Why an entry read from `cache/…/KEY.json` cannot be trusted for `key`, if it cannot. Only an entry whose `check`
+/// matches is exactly as [`Store::put_entry`] wrote it (which checked its record against its key): its outputs are
+/// not part of its key, so an entry without that check could name any blobs. Entries written before checks existed
+/// are refused too (their stage identities have changed since, so none would be looked up anyway).
+fn entry_mismatch(key: &str, checked: Option<bool>, e: &Entry) -> Option<String> {
+    match checked {
+        Some(true) => {}
+        Some(false) => return Some("its contents do not match its `check` hash (edited or damaged)".into()),
+        None => {
+            return Some(
+                "it has no `check` hash (edited by hand, or written before rmdistill checked its entries)".into(),
+            );
+        }
     }
     if e.key != key {
         return Some(format!("it is stored under key {} but names key {}", key::short(key), key::short(&e.key)));
-    }
-    if checked.is_none() && !record_known_good {
-        let rk = e.record.key();
-        if rk != key {
-            return Some(format!("its key record hashes to {}, not to its key {}", key::short(&rk), key::short(key)));
-        }
     }
     for (name, o) in &e.outputs {
         if !is_hash(&o.hash) {
@@ -824,8 +827,10 @@ impl Store {
         Ok(Check::Ok)
     }
 
-    /// Checks blobs of a remote store concurrently: present and of the expected size (hashes are checked when the
-    /// bytes are downloaded).
+    /// Checks blobs of a remote store concurrently: present and of the expected size, and, where this machine has
+    /// seen the blob intact (its upload, or a download that hashed right), with the ETag it had then: an object
+    /// written again since, even with as many bytes, is not served as a hit. Hashes are checked when the bytes are
+    /// downloaded.
     fn check_remote_blobs(&self, blobs: &[(&str, Option<u64>)]) -> anyhow::Result<Vec<Check>> {
         self.block_on(async {
             let heads = futures::stream::iter(blobs.iter().map(|(h, size)| async move {
@@ -835,7 +840,17 @@ impl Store {
                 match self.os.head(&self.blob_path(h)).await {
                     Ok(m) => Ok(match size {
                         Some(s) if *s != m.size => Check::Corrupt(format!("it has {} bytes, expected {s}", m.size)),
-                        _ => Check::Ok,
+                        _ => {
+                            let seen = self.state.lock().unwrap().get(h).cloned();
+                            let now = format!("{} {}", m.size, m.e_tag.clone().unwrap_or_default());
+                            match seen {
+                                Some(seen) if m.e_tag.is_some() && seen != now => Check::Corrupt(format!(
+                                    "it was written again since this machine saw it intact (ETag and size `{seen}` \
+                                     then, `{now}` now)"
+                                )),
+                                _ => Check::Ok,
+                            }
+                        }
                     }),
                     Err(object_store::Error::NotFound { .. }) => Ok(Check::Missing),
                     Err(e) => Err(store_err(&format!("cannot read blob {h}"), e)),
@@ -1236,17 +1251,16 @@ impl Store {
         }
     }
 
-    /// The cache entry for `key`, if one is stored and can be trusted: it parses, its `check` matches (or, for an
-    /// entry written before checks existed, its record hashes to this key), and it names this key. An entry that fails any of these is set aside (see the module
-    /// documentation) with a warning, and reads as absent, so that its node runs again.
+    /// The cache entry for `key`, if one is stored and can be trusted: it parses, its `check` matches, and it names
+    /// this key. An entry that fails any of these is set aside (see the module documentation) with a warning, and
+    /// reads as absent, so that its node runs again.
     pub fn get_entry(&self, key: &str) -> anyhow::Result<Option<Entry>> {
         let rel = Self::entry_rel(key);
         let read = match &self.local_root {
-            // The file's signature with its bytes (one open file), for the state database below.
-            Some(root) => read_with_meta(&root.join(&rel)).map(|r| r.map(|(b, m)| (b, Some(m)))),
-            None => self.read(&rel).map(|r| r.map(|b| (b, None))),
+            Some(root) => read_with_meta(&root.join(&rel)).map(|r| r.map(|(b, _)| b)),
+            None => self.read(&rel),
         };
-        let (bytes, meta) = match read {
+        let bytes = match read {
             Ok(Some(x)) => x,
             Ok(None) => return Ok(None),
             Err(e) if e.downcast_ref::<Unreadable>().is_some() => {
@@ -1256,26 +1270,11 @@ impl Store {
             Err(e) => return Err(e),
         };
         let checked = check_matches(&bytes);
-        // An entry from before checks existed has its record hashed again, once: a `file://` store remembers the
-        // entry file's signature once it has passed, like a blob's.
-        let state_key = format!("entry:{key}");
-        let sig = meta.as_ref().map(file_sig);
-        let known_good =
-            checked.is_none() && sig.as_ref().is_some_and(|s| self.state.lock().unwrap().get(&state_key) == Some(s));
         let why = match serde_json::from_slice::<Entry>(&bytes) {
             Err(e) if e.is_syntax() || e.is_eof() => format!("not JSON: {e}"),
             Err(e) => format!("not a cache entry: {e}"),
-            Ok(e) => match entry_mismatch(key, checked, known_good, &e) {
-                None => {
-                    if checked.is_none()
-                        && !known_good
-                        && let (Some(sig), Some(meta)) = (sig, &meta)
-                        && !racy(meta)
-                    {
-                        self.state.lock().unwrap().put(&state_key, sig);
-                    }
-                    return Ok(Some(e));
-                }
+            Ok(e) => match entry_mismatch(key, checked, &e) {
+                None => return Ok(Some(e)),
                 Some(why) => why,
             },
         };
@@ -1817,12 +1816,35 @@ mod tests {
             e.seconds = x / 7.0;
             store.put_entry(&e, false).unwrap();
             assert!(store.get_entry(&e.key).unwrap().is_some(), "entry with {} did not read back", x / 3.0);
-            // As an entry written before checks existed: its record is parsed and hashed again.
+            // Without its check (as entries before checks were, or one edited by hand): refused, since its outputs
+            // could name any blobs.
             let path = d.path().join("s").join(Store::entry_rel(&e.key));
             std::fs::write(&path, serde_json::to_vec_pretty(&e).unwrap()).unwrap();
             assert_eq!(check_matches(&std::fs::read(&path).unwrap()), None);
-            assert!(store.get_entry(&e.key).unwrap().is_some(), "old entry with {} did not read back", x / 3.0);
+            assert!(store.get_entry(&e.key).unwrap().is_none(), "an entry without a check was served");
         }
+    }
+
+    /// An entry re-serialised by another tool (its `check` kept, but no longer where `put_entry` writes it) is
+    /// refused: the seven-byte `"check"` was looked for in eight-byte windows, never found, and the entry was taken
+    /// for one written before checks, whose outputs nothing verifies.
+    #[test]
+    fn a_re_serialised_entry_is_refused_whatever_its_outputs() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("file://{}", d.path().join("s").display()), &d.path().join("l")).unwrap();
+        let (a, b) = (store.put_bytes(b"rho 0.2".to_vec()).unwrap(), store.put_bytes(b"rho 0.8".to_vec()).unwrap());
+        let e = entry(&record(), &a);
+        store.put_entry(&e, false).unwrap();
+        let path = d.path().join("s").join(Store::entry_rel(&e.key));
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v["outputs"]["out"]["hash"] = serde_json::json!(b);
+        let mut text = String::new();
+        for (i, line) in serde_json::to_string_pretty(&v).unwrap().lines().enumerate() {
+            text += &format!("{}{}\r\n", if i == 0 { "" } else { " " }, line.trim_start());
+        }
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(check_matches(text.as_bytes()), Some(false));
+        assert!(store.get_entry(&e.key).unwrap().is_none(), "a re-serialised entry naming other blobs was served");
     }
 
     #[test]

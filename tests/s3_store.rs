@@ -138,6 +138,32 @@ fn a_pipeline_on_s3_caches_resumes_and_detects_corruption() {
     let st = s3_cmd(&fresh, port, &["status", "m.toml", "--store", url, "--set", "size=250"]).output().unwrap();
     assert!(s(&st.stdout).contains("25 cached, 0 would run"), "{}", s(&st.stdout));
 
+    // A leaf's blob written again with as many bytes: a machine that saw it intact (the one that uploaded it)
+    // notices its ETag changed and runs the node again instead of counting a hit; before, every run said cached.
+    let node =
+        first["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "member@member=0.2,rho=0.2,seed=0").unwrap();
+    let (leaf, size) =
+        (node["outputs"]["dataset"]["hash"].as_str().unwrap(), node["outputs"]["dataset"]["size"].as_u64().unwrap());
+    let key = format!("team/exp1/blobs/{}/{leaf}", &leaf[..2]);
+    let put = Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", &format!(
+            "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').put_object(Bucket='rmd-test', Key='{key}', Body=b'x' * {size})"
+        )])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", s(&put.stderr));
+    let st = s3_cmd(&w, port, &["status", "m.toml", "--store", url]).output().unwrap();
+    assert!(
+        s(&st.stdout).contains("run      member@member=0.2,rho=0.2,seed=0"),
+        "{}\n{}",
+        s(&st.stdout),
+        s(&st.stderr)
+    );
+    assert!(s(&st.stdout).contains("was written again since this machine saw it intact"), "{}", s(&st.stdout));
+    let again = json_ok(s3_cmd(&w, port, &["run", "m.toml", "--store", url, "--json"]));
+    assert_eq!(nodes_with(&again, "ran"), ["member@member=0.2,rho=0.2,seed=0"]);
+    assert_eq!(output_hashes(&again), output_hashes(&first));
+
     // A bucket that does not exist is a clear store error (exit 3), not a panic.
     let o = s3_cmd(&fresh, port, &["run", "m.toml", "--store", "s3://no-such-bucket/x"]).output().unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", s(&o.stderr));

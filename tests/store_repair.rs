@@ -268,21 +268,29 @@ fn an_entry_pointing_at_another_valid_blob_or_another_key_is_rejected() {
     assert!(s(&o.stderr).contains("it is stored under key"), "{}", s(&o.stderr));
     assert_eq!(output_hashes(&serde_json::from_slice(&o.stdout).unwrap())[LEAF], hashes[LEAF]);
 
-    // A record that does not hash to its key (an entry written without a check hash, as older versions did).
+    // An entry without a check hash (edited out, or as versions before checks wrote them), even one that is
+    // otherwise right: refused, since its outputs are in no key (they could name any blobs), and recomputed.
     let (path, mut e) = entry_of(&store, LEAF);
     e.as_object_mut().unwrap().remove("check");
-    e["record"]["params"]["size"] = 99.into();
     std::fs::write(&path, serde_json::to_vec_pretty(&e).unwrap()).unwrap();
     let o = w.run(&["run", "m.toml", "--json"]);
     assert!(o.status.success(), "{}", s(&o.stderr));
-    assert!(s(&o.stderr).contains("its key record hashes to"), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("it has no `check` hash"), "{}", s(&o.stderr));
     assert_eq!(nodes_with(&serde_json::from_slice(&o.stdout).unwrap(), "ran"), vec![LEAF.to_string()]);
 
-    // An older entry without a check hash but otherwise right is still served.
+    // Re-serialised by another tool (one-space indent) with another node's outputs, its check kept: refused.
+    // Before, the check was looked for and not found, and the entry served the other node's data.
     let (path, mut e) = entry_of(&store, LEAF);
-    e.as_object_mut().unwrap().remove("check");
-    std::fs::write(&path, serde_json::to_vec_pretty(&e).unwrap()).unwrap();
-    assert_eq!(w.run_json(&["m.toml"])["ran"], 0);
+    let (_, other) = entry_of(&store, "sub@rho=0.5");
+    e["outputs"] = other["outputs"].clone();
+    let text = serde_json::to_string_pretty(&e).unwrap().replace("\n  ", "\n ");
+    std::fs::write(&path, text).unwrap();
+    let o = w.run(&["run", "m.toml", "--json"]);
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("do not match its `check` hash"), "{}", s(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(nodes_with(&r, "ran"), vec![LEAF.to_string()]);
+    assert_eq!(output_hashes(&r)[LEAF], hashes[LEAF]);
     assert_store_consistent(&store);
 }
 
