@@ -710,23 +710,31 @@ const SCRATCH_LOCK: &str = ".lock";
 
 impl ScratchLock {
     /// Creates `dir` and takes its lock (best effort: a directory that cannot be made fails its nodes later, with
-    /// the reason).
+    /// the reason). The lock file is locked under a private name and then linked into place, so that a clean-up's
+    /// probe never finds it unlocked (a probe that took the lock for an instant would otherwise make this take fail).
     pub fn take(dir: &Path) -> Option<ScratchLock> {
         use std::os::unix::io::AsRawFd;
         std::fs::create_dir_all(dir).ok()?;
-        let file =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(SCRATCH_LOCK)).ok()?;
+        let private = dir.join(format!("{SCRATCH_LOCK}.{}", std::process::id()));
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&private).ok()?;
         // SAFETY: flock on a descriptor this function owns.
-        let ok = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        ok.then_some(ScratchLock { _file: file })
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        // a link, not a rename: it never replaces a lock file that is there already
+        let placed = locked && std::fs::hard_link(&private, dir.join(SCRATCH_LOCK)).is_ok();
+        let _ = std::fs::remove_file(&private);
+        placed.then_some(ScratchLock { _file: file })
     }
 
-    /// Whether a live process holds `dir`'s lock: None when it has no lock file.
+    /// Whether a live process holds `dir`'s lock: None when it has no lock file, or the lock cannot be asked
+    /// (a file system without flock), so that the caller judges the directory otherwise.
     fn held(dir: &Path) -> Option<bool> {
         use std::os::unix::io::AsRawFd;
         let file = std::fs::File::open(dir.join(SCRATCH_LOCK)).ok()?;
         // SAFETY: as above; the lock, if taken, is released when `file` closes.
-        Some(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0)
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Some(false);
+        }
+        (std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)).then_some(true)
     }
 }
 
@@ -1528,6 +1536,12 @@ mod tests {
         }
         // a second lock on a held directory is refused: two runs never share one
         assert!(ScratchLock::take(&held).is_none());
+        // the lock file only ever appears locked: a probe finds none (then the directory is judged by its pid and
+        // age) or a held one, never a free one it could take for an instant and make the run's take fail
+        let fresh = d.path().join(scratch_name("h", dead, "r7"));
+        let _taken = ScratchLock::take(&fresh).unwrap();
+        assert_eq!(ScratchLock::held(&fresh), Some(true));
+        assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 1, "only `.lock` is left in place");
     }
 
     #[test]

@@ -280,10 +280,10 @@ pub fn assess(
             let what = format!("{} − {} at {}", name(a), name(b), rho_text(rho));
             match contrasts.iter().find(|c| same(c.rho, rho) && c.first == *a && c.second == *b) {
                 Some(c) if !c.test.p_value.is_nan() => evidence.push(c.clone()),
-                Some(c) if c.seeds >= 2 => {
-                    missing.push(format!("{what} (the same difference on all {} seeds)", c.seeds))
-                }
-                Some(_) => missing.push(format!("{what} (fewer than two seeds)")),
+                Some(c) => missing.push(format!(
+                    "{what} ({})",
+                    c.test.untestable.map_or("untestable", crate::stats::Untestable::reason)
+                )),
                 None => missing.push(what),
             }
         }
@@ -360,7 +360,16 @@ mod tests {
             first: a.into(),
             second: b.into(),
             seeds: 3,
-            test: Test { diff, se: 0.01, df: 2.0, stat: 0.0, p_value: p_holm / 2.0, ci_low: diff - 0.05, ci_high },
+            test: Test {
+                diff,
+                se: 0.01,
+                df: 2.0,
+                stat: 0.0,
+                p_value: p_holm / 2.0,
+                ci_low: diff - 0.05,
+                ci_high,
+                untestable: None,
+            },
             p_holm,
             family: 7,
         }

@@ -495,13 +495,14 @@ fn common_seeds<'r>(at: &[&'r EvalRow], (a, b): (&str, &str)) -> Vec<(&'r EvalRo
 
 /// first − second at one ρ over the seeds both have, paired by seed (not yet Holm-adjusted).
 fn paired_contrast(at: &[&EvalRow], rho: Option<f64>, (a, b): (&str, &str)) -> Contrast {
-    let diffs: Vec<f64> = common_seeds(at, (a, b)).iter().map(|(x, y)| x.advantage.mean - y.advantage.mean).collect();
+    let (xs, ys): (Vec<f64>, Vec<f64>) =
+        common_seeds(at, (a, b)).iter().map(|(x, y)| (x.advantage.mean, y.advantage.mean)).unzip();
     Contrast {
         rho,
         first: a.to_string(),
         second: b.to_string(),
-        seeds: diffs.len(),
-        test: stats::t_test(&diffs),
+        seeds: xs.len(),
+        test: stats::paired(&xs, &ys),
         p_holm: f64::NAN,
         family: 0,
     }
@@ -1162,9 +1163,9 @@ fn contrast_row(c: &Contrast, alpha: f64, with_family: bool) -> String {
         fmt_p(t.p_value),
         fmt_p(c.p_holm),
         if t.p_value.is_nan() {
-            if c.seeds < 2 { "untestable (< 2 seeds)" } else { "untestable (the same difference on every seed)" }
+            format!("untestable ({})", t.untestable.map_or("no test", crate::stats::Untestable::reason))
         } else {
-            c.direction(alpha)
+            c.direction(alpha).to_string()
         }
     )
 }
@@ -1762,7 +1763,7 @@ mod tests {
         let a = paper::assess(f, &c, &[Some(0.2)], 0.05, 0.02);
         assert_ne!(a.verdict, Verdict::Contradicted);
         assert!(
-            a.missing.iter().any(|m| m.contains("d-DPO − DPO at ρ = 0.2 (the same difference on all 2 seeds)")),
+            a.missing.iter().any(|m| m.contains("d-DPO − DPO at ρ = 0.2 (the same difference on every seed)")),
             "{:?}",
             a.missing
         );

@@ -109,11 +109,11 @@ fn refuse_unequal_seeds(rows: &[Candidate]) -> StageResult<()> {
             .insert(r.seed);
     }
     let seeds = |s: &Seeds| s.iter().map(|x| x.map_or("none".into(), |x| x.to_string())).collect::<Vec<_>>().join(", ");
-    for ((method, _), configs) in &g {
+    for ((method, rho_k), configs) in &g {
         let mut it = configs.values();
         let Some(first) = it.next() else { continue };
         if let Some(other) = it.find(|c| c.2 != first.2) {
-            let row = rows.iter().find(|r| r.method == *method).expect("a group has rows");
+            let row = rows.iter().find(|r| r.method == *method && rho_key(r.rho) == *rho_k).expect("a group has rows");
             let rho = row.rho;
             let name = |c: &Evaluated| match c.1 {
                 Some(gm) => format!("{} = {}, γ = {gm}", row.param, c.0),
@@ -456,6 +456,9 @@ mod tests {
             let tie = choose(&[c("dpo", 0.5, "beta", large, None, 0.0), c("dpo", 0.5, "beta", small, None, 0.0)]);
             assert_eq!(tie[0].value, small);
         }
+        // and whoever reads the choice tells them apart too (the report's chosen runs, Fig. B.1)
+        let ch = choose(&[c("dpo", 0.5, "beta", 1e-10, None, 0.1), c("dpo", 0.5, "beta", 3e-10, None, 0.0)]);
+        assert!(ch[0].is_value(Some(1e-10)) && !ch[0].is_value(Some(3e-10)));
         // −0 and 0 are one value
         assert_eq!(
             choose(&[c("dpo", 0.5, "beta", 0.0, None, 0.1), c("dpo", 0.5, "beta", -0.0, None, 0.3)])[0].candidates,
@@ -479,7 +482,10 @@ mod tests {
         let on = |v: f64, seed: i64, a: f64| Candidate { seed: Some(seed), ..c("dpo", 0.5, "beta", v, None, a) };
         let same = [on(0.5, 0, 0.1), on(0.5, 1, 0.2), on(0.7, 0, 0.3), on(0.7, 1, 0.0)];
         assert!(refuse_unequal_seeds(&same).is_ok());
-        let e = refuse_unequal_seeds(&[on(0.5, 0, 0.1), on(0.5, 1, 0.2), on(0.7, 0, 0.3)]).unwrap_err().to_string();
+        // another ρ of the same method first: the message names the group that differs
+        let at_02 = Candidate { rho: Some(0.2), ..on(0.5, 0, 0.1) };
+        let e =
+            refuse_unequal_seeds(&[at_02, on(0.5, 0, 0.1), on(0.5, 1, 0.2), on(0.7, 0, 0.3)]).unwrap_err().to_string();
         assert!(
             e.contains("the candidates of dpo at ρ = 0.5 were evaluated on different seeds: beta = 0.5 on seeds [0, 1], beta = 0.7 on seeds [0]"),
             "{e}"

@@ -62,7 +62,8 @@ impl Choice {
 }
 
 fn same(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+    // relative only: `select` tells 1e-10 from 3e-10 (it compares exact values), so must whoever reads its choice
+    (a - b).abs() <= 1e-12 * a.abs().max(b.abs())
 }
 
 /// The choice made for `method` at `rho` (a choice made without ρ covers every ρ); ρ values match as `select`

@@ -98,13 +98,18 @@ pub struct Test {
     pub p_value: f64,
     pub ci_low: f64,
     pub ci_high: f64,
+    /// Why nothing was tested, if it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub untestable: Option<Untestable>,
 }
 
 /// Why a [`t_test`] tested nothing, if it did not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Untestable {
     /// Fewer than two values.
     TooFew,
+    /// A value that is NaN or infinite (a diverged run).
+    NotFinite,
     /// Every value the same (to float rounding): the t-test's variance estimate is 0, and t = ±∞ with p = 0
     /// would claim certainty from what is more likely a coarse measurement (an oracle whose rewards come in steps,
     /// one prompt per evaluation) than a difference known exactly.
@@ -118,9 +123,18 @@ const NO_SPREAD: f64 = 1e-12;
 /// methods). Nothing is tested ([`untestable`]) with fewer than two values or when they do not vary: then stat, p
 /// and the interval are NaN, and `diff` is their mean.
 pub fn t_test(v: &[f64]) -> Test {
+    t_test_at(v, max_abs(v))
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0f64, |a, x| a.max(x.abs()))
+}
+
+/// [`t_test`] with the magnitude that float rounding is relative to (that of the values the differences came from).
+fn t_test_at(v: &[f64], scale: f64) -> Test {
     let e = estimate(v);
     let df = v.len().saturating_sub(1) as f64;
-    if untestable(v).is_some() {
+    if let Some(why) = untestable_at(v, scale) {
         return Test {
             diff: e.mean,
             se: f64::NAN,
@@ -129,30 +143,48 @@ pub fn t_test(v: &[f64]) -> Test {
             p_value: f64::NAN,
             ci_low: f64::NAN,
             ci_high: f64::NAN,
+            untestable: Some(why),
         };
     }
     let stat = e.mean / e.se;
     let p_value = 2.0 * t_cdf(-stat.abs(), df);
-    Test { diff: e.mean, se: e.se, df, stat, p_value, ci_low: e.ci_low, ci_high: e.ci_high }
+    Test { diff: e.mean, se: e.se, df, stat, p_value, ci_low: e.ci_low, ci_high: e.ci_high, untestable: None }
 }
 
-/// Why [`t_test`] of `v` tests nothing: fewer than two values, or a standard error that is zero or float rounding
-/// (at most 1e-12 of the largest |value|).
+/// Why [`t_test`] of `v` tests nothing: fewer than two values, a value that is not finite, or a standard error that
+/// is zero or float rounding (at most 1e-12 of the largest |value|).
 pub fn untestable(v: &[f64]) -> Option<Untestable> {
+    untestable_at(v, max_abs(v))
+}
+
+fn untestable_at(v: &[f64], scale: f64) -> Option<Untestable> {
     if v.len() < 2 {
         return Some(Untestable::TooFew);
     }
-    let scale = v.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+    if v.iter().any(|x| !x.is_finite()) {
+        return Some(Untestable::NotFinite);
+    }
     let se = sd(v) / (v.len() as f64).sqrt();
-    // NaN (an infinite value) counts as no usable spread too
-    (se.is_nan() || se <= NO_SPREAD * scale).then_some(Untestable::NoSpread)
+    (se <= NO_SPREAD * scale).then_some(Untestable::NoSpread)
+}
+
+impl Untestable {
+    /// Why, in a report's words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Untestable::TooFew => "fewer than two seeds",
+            Untestable::NotFinite => "a value that is not finite (a diverged run)",
+            Untestable::NoSpread => "the same difference on every seed",
+        }
+    }
 }
 
 /// Paired t-test of `mean(a − b) = 0` over matched values (same seed, same prompts, same π_ref samples).
+/// Differences that vary only by float rounding of the values themselves (0.1 + 0.2 against 0.3) are no spread.
 pub fn paired(a: &[f64], b: &[f64]) -> Test {
     assert_eq!(a.len(), b.len(), "paired test needs matched values");
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-    t_test(&d)
+    t_test_at(&d, max_abs(a).max(max_abs(b)).max(max_abs(&d)))
 }
 
 /// Holm's step-down adjusted p-values, in the input order: sort ascending, p̃_(i) = max_{j ≤ i} min(1, (m − j + 1)·p_(j)).
@@ -468,6 +500,12 @@ mod tests {
             assert_eq!(untestable(&same), Some(Untestable::NoSpread), "{same:?}");
         }
         assert!(t_test(&[0.1 + 0.2, 0.3]).p_value.is_nan());
+        // rounding noise of the values compared, around a difference of 0: no spread either
+        let a = [0.1 + 0.2, 0.1 + 0.2, 0.1 + 0.2, 0.1 + 0.2, 0.3];
+        assert_eq!(paired(&a, &[0.3; 5]).untestable, Some(Untestable::NoSpread));
+        // a diverged value is named as such, not as "no spread"
+        assert_eq!(untestable(&[f64::NAN, 0.1]), Some(Untestable::NotFinite));
+        assert_eq!(t_test(&[f64::INFINITY, 0.1]).untestable, Some(Untestable::NotFinite));
         // a real spread, however small the values, is tested
         let small = t_test(&[1e-9, 2e-9, 3e-9]);
         assert!(small.p_value > 0.0 && small.p_value < 1.0, "{small:?}");
