@@ -109,8 +109,9 @@ pub enum Command {
     Gc {
         #[command(flatten)]
         common: Common,
-        /// Keep blobs younger than this (a number with a unit: 24h, 30m, 90s, 7d, 0s; at most 3650d), so runs in
-        /// flight are never robbed.
+        /// Keep blobs younger than this (a number with a unit: 24h, 30m, 90s, 7d, 0s; at most 3650d). This is what
+        /// protects a run in flight, whose outputs no entry names yet: keep it longer than the longest run that may
+        /// use the store meanwhile (0s only for a store no run is using).
         #[arg(long, default_value = "24h", value_parser = parse_grace)]
         grace: std::time::Duration,
         #[arg(long)]

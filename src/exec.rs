@@ -1034,11 +1034,18 @@ impl Runner<'_> {
                 self.progress.finished(name, "cached", "");
                 self.done(i);
             }
-            Lookup::Miss { .. } if self.opts.upstream_must_be_cached && !self.opts.targets.contains(&i) => {
-                return Err(crate::error::NotReady(format!(
-                    "upstream node {name} is not in the store yet (run it first; a scheduler orders this by dependencies)"
-                ))
-                .into());
+            Lookup::Miss { key, .. } if self.opts.upstream_must_be_cached && !self.opts.targets.contains(&i) => {
+                // stored once, but found damaged (its entry or a blob, set aside or removed just now): not "not
+                // yet", which under a scheduler that ran it already would send the user looking elsewhere
+                let msg = match self.store.incomplete_reason(&key) {
+                    Some(why) => format!(
+                        "upstream node {name} was stored, but its result is damaged ({why}) and was set aside: run                          `node run` for {name} again"
+                    ),
+                    None => format!(
+                        "upstream node {name} is not in the store yet (run it first; a scheduler orders this by                          dependencies)"
+                    ),
+                };
+                return Err(crate::error::NotReady(msg).into());
             }
             Lookup::Miss { key, rec, watched } => {
                 // An entry whose blobs are gone or corrupt is replaced rather than trusted.

@@ -168,7 +168,23 @@ fn not_stored(missing: &[String]) -> String {
 /// `\u202e`), as JSON allows.
 pub fn show(plan: &Plan, store: &Store, what: &str, rows: usize, json: bool) -> anyhow::Result<()> {
     let (label, out, warnings) = resolve(plan, store, what)?;
-    let path = store.materialize(&out)?;
+    let path = match store.materialize(&out) {
+        Ok(p) => p,
+        // damaged in the store: removed, so that the next `run` computes it again (a remote store checks only
+        // sizes on lookup, and would otherwise count it a hit for good)
+        Err(e) => match e.downcast::<crate::store::Corrupt>() {
+            Ok(c) => {
+                let remedy = if store.discard_if_corrupt(&c.hash).unwrap_or(false) {
+                    "removed from the store: `rmdistill run` recomputes it"
+                } else {
+                    "`rmdistill run --force NODE` recomputes it"
+                };
+                let detail = format!("{}; {remedy}", c.detail);
+                return Err(crate::store::Corrupt { hash: c.hash, detail }.into());
+            }
+            Err(e) => return Err(e),
+        },
+    };
     let shown_label = visible(&label, &[]);
     // The warnings go to stderr, where `run` gave them: stdout stays the artifact's view (and valid JSON).
     for w in &warnings {

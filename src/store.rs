@@ -457,6 +457,20 @@ fn store_err(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
     }
 }
 
+/// `message` with the password of a `scheme://user:password@…` url masked: a refused url is printed back, and
+/// must not put a secret in a CI log.
+fn redact_password(message: &str, url: &str) -> String {
+    let Some((_, rest)) = url.split_once("://") else { return message.to_string() };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority
+        .rsplit_once('@')
+        .and_then(|(user_info, _)| user_info.split_once(':').map(|(u, p)| (user_info, u, p)))
+    {
+        Some((user_info, user, password)) if !password.is_empty() => message.replace(user_info, &format!("{user}:***")),
+        _ => message.to_string(),
+    }
+}
+
 fn is_not_found(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound
 }
@@ -625,7 +639,7 @@ impl Store {
     /// Opens the store at `url` (see [`check_url`]). A URL without a scheme, or `file://` with a relative path, is
     /// a directory relative to the working directory. `local_dir` holds the read cache and scratch files.
     pub fn open(url: &str, local_dir: &Path) -> anyhow::Result<Store> {
-        check_url(url).map_err(Invalid)?;
+        check_url(url).map_err(|m| Invalid(redact_password(&m, url)))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -650,8 +664,16 @@ impl Store {
             } else if url.starts_with("memory://") {
                 (Arc::new(object_store::memory::InMemory::new()), ObjPath::default(), None)
             } else {
-                let parts = remote_parts(url).map_err(Invalid)?;
+                let parts = remote_parts(url).map_err(|m| Invalid(redact_password(&m, url)))?;
                 let (os, prefix) = crate::remote::open(url, &parts)?;
+                // A missing bucket answers every read "not found", which would read as an empty store ("0 cached",
+                // "never run"): one listing tells it apart. Any other failure of the listing is left to the reads
+                // (credentials may allow reading objects but not listing them).
+                if let Err(e) = rt.block_on(os.list_with_delimiter(Some(&prefix)))
+                    && format!("{e:?}").contains("NoSuchBucket")
+                {
+                    return Err(store_err(url, e));
+                }
                 (os, prefix, None)
             };
         let identity = match &local_root {
@@ -942,38 +964,45 @@ impl Store {
             }
             let mut up =
                 self.os.put_multipart(dest).await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
-            let mut f = tokio::fs::File::open(path).await?;
-            use tokio::io::AsyncReadExt;
-            let mut pending = Vec::new();
-            loop {
-                let mut buf = vec![0u8; PART];
-                let mut filled = 0;
-                while filled < PART {
-                    let n = f.read(&mut buf[filled..]).await?;
-                    if n == 0 {
+            // every part, or none: an upload that fails part-way is aborted, so that no unfinished multipart upload
+            // is left for the bucket to keep (and bill) until a lifecycle rule removes it
+            let parts = async {
+                let mut f = tokio::fs::File::open(path).await?;
+                use tokio::io::AsyncReadExt;
+                let mut pending = Vec::new();
+                loop {
+                    let mut buf = vec![0u8; PART];
+                    let mut filled = 0;
+                    while filled < PART {
+                        let n = f.read(&mut buf[filled..]).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                    if filled == 0 {
                         break;
                     }
-                    filled += n;
-                }
-                if filled == 0 {
-                    break;
-                }
-                buf.truncate(filled);
-                pending.push(up.put_part(PutPayload::from(buf)));
-                if pending.len() >= 4 {
-                    for p in pending.drain(..) {
-                        p.await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
+                    buf.truncate(filled);
+                    pending.push(up.put_part(PutPayload::from(buf)));
+                    if pending.len() >= 4 {
+                        for p in pending.drain(..) {
+                            p.await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
+                        }
+                    }
+                    if filled < PART {
+                        break;
                     }
                 }
-                if filled < PART {
-                    break;
+                for p in pending {
+                    p.await.map_err(|e| store_err(&format!("cannot write {dest}"), e))?;
                 }
+                Ok::<_, anyhow::Error>(())
             }
-            for p in pending {
-                if let Err(e) = p.await {
-                    let _ = up.abort().await;
-                    return Err(store_err(&format!("cannot write {dest}"), e));
-                }
+            .await;
+            if let Err(e) = parts {
+                let _ = up.abort().await;
+                return Err(e);
             }
             let r = up.complete().await.map_err(|e| store_err(&format!("cannot complete {dest}"), e))?;
             Ok(r.e_tag)
@@ -1823,6 +1852,14 @@ mod tests {
             assert_eq!(check_matches(&std::fs::read(&path).unwrap()), None);
             assert!(store.get_entry(&e.key).unwrap().is_none(), "an entry without a check was served");
         }
+    }
+
+    #[test]
+    fn a_password_in_a_refused_url_is_not_printed() {
+        let url = "s3://AKIA1:s3cret@bucket/p";
+        let e = Store::open(url, tempfile::tempdir().unwrap().path()).err().unwrap().to_string();
+        assert!(!e.contains("s3cret") && e.contains("AKIA1:***@bucket"), "{e}");
+        assert_eq!(redact_password("x", "s3://bucket/p"), "x");
     }
 
     /// An entry re-serialised by another tool (its `check` kept, but no longer where `put_entry` writes it) is

@@ -160,8 +160,14 @@ fn a_pipeline_on_s3_caches_resumes_and_detects_corruption() {
         s(&st.stderr)
     );
     assert!(s(&st.stdout).contains("was written again since this machine saw it intact"), "{}", s(&st.stdout));
+    // a machine that never saw it checks sizes only, and counts a hit; `show` downloads and hashes it, refuses it
+    // and removes it, so that the next run computes it again
+    let leaf_node = "member@member=0.2,rho=0.2,seed=0";
+    let o = s3_cmd(&fresh, port, &["show", "m.toml", leaf_node, "--store", url]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("removed from the store: `rmdistill run` recomputes it"), "{}", s(&o.stderr));
     let again = json_ok(s3_cmd(&w, port, &["run", "m.toml", "--store", url, "--json"]));
-    assert_eq!(nodes_with(&again, "ran"), ["member@member=0.2,rho=0.2,seed=0"]);
+    assert_eq!(nodes_with(&again, "ran"), [leaf_node]);
     assert_eq!(output_hashes(&again), output_hashes(&first));
 
     // A bucket that does not exist is a clear store error (exit 3), not a panic.
@@ -169,6 +175,13 @@ fn a_pipeline_on_s3_caches_resumes_and_detects_corruption() {
     assert_eq!(o.status.code(), Some(3), "{}", s(&o.stderr));
     assert!(s(&o.stderr).contains("no-such-bucket"), "{}", s(&o.stderr));
     assert!(!s(&o.stderr).contains("testing"), "credentials must never be printed: {}", s(&o.stderr));
+    // … for the commands that only read, too: before, `status` said "0 cached, 25 would run" and `show` "no stored
+    // result … run it first", as if the bucket were an empty store
+    for args in [&["status", "m.toml"][..], &["show", "m.toml", "gen"], &["explain", "m.toml", "gen"]] {
+        let o = s3_cmd(&fresh, port, &[args, &["--store", "s3://no-such-bucket/x"]].concat()).output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", s(&o.stderr));
+        assert!(s(&o.stderr).contains("the bucket does not exist"), "{args:?}: {}", s(&o.stderr));
+    }
 }
 
 /// A TCP proxy in front of the S3 server that answers every `fail_every`-th connection with 503 and closes it.
