@@ -78,6 +78,17 @@ fn json_ok(mut c: Command) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// Writes object `key` of bucket `rmd-test` behind the store's back (boto3), its body a Python bytes expression.
+fn put_object(port: u16, key: &str, body: &str) {
+    let put = Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", &format!(
+            "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').put_object(Bucket='rmd-test', Key='{key}', Body={body})"
+        )])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", s(&put.stderr));
+}
+
 #[test]
 fn a_pipeline_on_s3_caches_resumes_and_detects_corruption() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -121,13 +132,7 @@ fn a_pipeline_on_s3_caches_resumes_and_detects_corruption() {
     // Overwrite gen's output blob in the bucket with other bytes: the next reader notices and gen runs again.
     let gen_hash = output_hashes(&first)["gen"]["pairs"].clone();
     let key = format!("team/exp1/blobs/{}/{gen_hash}", &gen_hash[..2]);
-    let put = Command::new(repo().join(".venv/bin/python"))
-        .args(["-c", &format!(
-            "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').put_object(Bucket='rmd-test', Key='{key}', Body=b'not the bytes you are looking for')"
-        )])
-        .output()
-        .unwrap();
-    assert!(put.status.success(), "{}", s(&put.stderr));
+    put_object(port, &key, "b'not the bytes you are looking for'");
     let fresh = Work::new();
     fresh.write("m.toml", &gen_manifest(3000));
     let o = s3_cmd(&fresh, port, &["run", "m.toml", "--store", url, "--json", "--set", "size=250"]).output().unwrap();
@@ -145,13 +150,7 @@ fn a_pipeline_on_s3_caches_resumes_and_detects_corruption() {
     let (leaf, size) =
         (node["outputs"]["dataset"]["hash"].as_str().unwrap(), node["outputs"]["dataset"]["size"].as_u64().unwrap());
     let key = format!("team/exp1/blobs/{}/{leaf}", &leaf[..2]);
-    let put = Command::new(repo().join(".venv/bin/python"))
-        .args(["-c", &format!(
-            "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').put_object(Bucket='rmd-test', Key='{key}', Body=b'x' * {size})"
-        )])
-        .output()
-        .unwrap();
-    assert!(put.status.success(), "{}", s(&put.stderr));
+    put_object(port, &key, &format!("b'x' * {size}"));
     let st = s3_cmd(&w, port, &["status", "m.toml", "--store", url]).output().unwrap();
     assert!(
         s(&st.stdout).contains("run      member@member=0.2,rho=0.2,seed=0"),
