@@ -151,8 +151,7 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     Ok(p)
 }
 
-/// The key, in the `samples` table's metadata, of what its π_ref side depends on ([`sampling_record`]).
-pub const SAMPLING_KEY: &str = "rmdistill.reference_sampling";
+pub use crate::evaluation::SAMPLING_KEY;
 
 /// What π_ref's responses and their oracle scores depend on: the content hashes of the reference, the prompts table
 /// and the oracle checkpoint, and every parameter that chooses the rows, draws the samples or scores them. Not the

@@ -106,6 +106,10 @@ pub fn samples_table(s: &SampleRows) -> StageResult<RecordBatch> {
     Ok(RecordBatch::try_new(Arc::new(schema), cols)?)
 }
 
+/// The key, in an evaluation's `samples` table metadata, of what its π_ref side depends on (`evaluate`'s
+/// `sampling_record`): `evaluate` checks a reused table by it, `merge_eval` that its shards are one evaluation's.
+pub const SAMPLING_KEY: &str = "rmdistill.reference_sampling";
+
 /// The summary table's columns, in order.
 pub const SUMMARY_COLUMNS: [&str; 13] = [
     "advantage",

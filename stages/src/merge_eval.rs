@@ -60,7 +60,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let first = &by_shard[&0];
     let (info, split) = (meta(first, "policy_info")?, meta(first, "split")?);
     // the evaluation itself: the reference, the prompts, the oracle and every sampling parameter but the shard
-    let sampling_key = crate::evaluate::SAMPLING_KEY.trim_start_matches("rmdistill.");
+    let sampling_key = crate::evaluation::SAMPLING_KEY.trim_start_matches("rmdistill.");
     let sampling = meta(first, sampling_key)?;
     for part in by_shard.values() {
         if meta(part, "policy_info")? != info || meta(part, "split")? != split {

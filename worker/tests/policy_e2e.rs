@@ -619,15 +619,27 @@ fn report_and_select_from_a_small_sweep() {
             std::fs::copy(e.path(), keep.join(e.file_name())).unwrap();
         }
     }
-    // select over a β sweep (coords carry beta)
+    // select over a β sweep (coords carry beta): each evaluation stands for both candidates, so that every
+    // candidate has the same seeds (select refuses candidates compared over different seeds)
     let mut sctx = TestCtx::new(&f.root.join("select"), json!({}), &[]);
-    for (i, (p, c)) in evals.iter().enumerate() {
-        let mut c = c.clone();
-        c["beta"] = json!(if i % 2 == 0 { 0.1 } else { 1.0 });
-        sctx = sctx.input("evals", p, c);
+    for (p, c) in &evals {
+        for beta in [0.1, 1.0] {
+            let mut c = c.clone();
+            c["beta"] = json!(beta);
+            sctx = sctx.input("evals", p, c);
+        }
     }
     let s = rmdistill_stages::select::run(&sctx).unwrap();
     assert_eq!(s["chosen"].as_array().unwrap().len(), 6, "{s}");
+    // and with each β on other seeds, refused, naming the seeds
+    let mut uneven = TestCtx::new(&f.root.join("select_uneven"), json!({}), &[]);
+    for (i, (p, c)) in evals.iter().enumerate() {
+        let mut c = c.clone();
+        c["beta"] = json!(if i % 2 == 0 { 0.1 } else { 1.0 });
+        uneven = uneven.input("evals", p, c);
+    }
+    let e = rmdistill_stages::select::run(&uneven).unwrap_err().to_string();
+    assert!(e.contains("were evaluated on different seeds"), "{e}");
     let t = table::read_table(&f.root.join("select/selection.parquet"), None).unwrap();
     assert_eq!(t.num_rows(), 6);
 }
