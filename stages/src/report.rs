@@ -782,6 +782,8 @@ pub struct Analysis {
     pub further: Vec<Contrast>,
     pub findings: Vec<Assessment>,
     pub power: Option<Power>,
+    /// Whether the evaluations' `samples` were bound (the power estimate's split needs them).
+    pub samples_bound: bool,
     pub hyper: Vec<HyperRow>,
     pub reward_models: Vec<RmRow>,
     /// The length bias the single reward models learned ([`length_bias_learned`]).
@@ -821,6 +823,7 @@ pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
         further,
         findings,
         power,
+        samples_bound: !inputs.samples.is_empty(),
         length_bias: length_bias_learned(&inputs.reward_models),
         reward_models: inputs.reward_models,
         oracle_agreement: inputs.oracle_agreement,
@@ -1217,8 +1220,15 @@ fn power_md(md: &mut String, a: &Analysis) {
     let Some(c) = &w.components else {
         let _ = writeln!(
             md,
-            "Bind the evaluations' `samples` to the report to split this variance into its between-seed and within-seed parts \
-             and to plan the numbers of prompts and samples per prompt.\n"
+            "{}",
+            if a.samples_bound {
+                "The evaluations' `samples` are bound, but splitting this variance into its between-seed and \
+                 within-seed parts (and planning the numbers of prompts and samples per prompt) needs at least two \
+                 prompts in every evaluation.\n"
+            } else {
+                "Bind the evaluations' `samples` to the report to split this variance into its between-seed and \
+                 within-seed parts and to plan the numbers of prompts and samples per prompt.\n"
+            }
         );
         return;
     };
