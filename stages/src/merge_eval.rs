@@ -71,26 +71,13 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         }
         let theirs = meta(part, sampling_key)?;
         if theirs != sampling {
-            let (a, b): (Value, Value) = (
-                serde_json::from_str(&sampling).unwrap_or(Value::Null),
-                serde_json::from_str(&theirs).unwrap_or(Value::Null),
-            );
-            let differ: Vec<String> = match (a.as_object(), b.as_object()) {
-                (Some(a), Some(b)) => a
-                    .keys()
-                    .chain(b.keys().filter(|k| !a.contains_key(*k)))
-                    .filter(|k| a.get(*k) != b.get(*k))
-                    .map(|k| {
-                        let show = |v: Option<&Value>| v.map_or("none".to_string(), |v| v.to_string());
-                        format!("{k} {} against {}", show(b.get(k)), show(a.get(k)))
-                    })
-                    .collect(),
-                _ => vec!["its record of what was sampled".into()],
-            };
+            let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap_or(Value::Null);
+            let differ = crate::reuse::record_mismatch(&parse(&sampling), Some(&parse(&theirs)));
             return Err(StageError::invalid(
                 "parts",
                 format!(
-                    "{} is a shard of another evaluation than {} ({}): bind the shards of one evaluate stage",
+                    "{} is a shard of another evaluation than {} ({}; there = {0}, here = {1}): bind the shards of one \
+                     evaluate stage",
                     parts[part.0].node,
                     parts[first.0].node,
                     differ.join("; ")
