@@ -1208,27 +1208,22 @@ impl Store {
             return Ok(dest);
         }
         let tree = self.tree(hash)?;
-        // anything else in its place (a file, a link): set aside like a damaged tree, never in the way for good
-        if dest.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
-            let aside = trees.join(format!(
-                "{hash}.damaged.{}.{}",
-                std::process::id(),
-                chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-            ));
-            let _ = std::fs::rename(&dest, &aside);
-        }
-        if dest.is_dir() {
-            if tree_intact(&dest, &tree) {
-                self.verified.lock().unwrap().insert(hash.to_string());
-                return Ok(dest);
+        // Damaged locally (not in the store), or not a directory at all (a file, a link): moved aside rather than
+        // deleted under a reader's feet, and never in the way for good.
+        let set_aside = || {
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+            let _ = std::fs::rename(&dest, trees.join(format!("{hash}.damaged.{}.{now}", std::process::id())));
+        };
+        match dest.symlink_metadata() {
+            Ok(m) if m.is_dir() => {
+                if tree_intact(&dest, &tree) {
+                    self.verified.lock().unwrap().insert(hash.to_string());
+                    return Ok(dest);
+                }
+                set_aside();
             }
-            // Damaged locally (not in the store): move it aside rather than delete it under a reader's feet.
-            let aside = trees.join(format!(
-                "{hash}.damaged.{}.{}",
-                std::process::id(),
-                chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-            ));
-            let _ = std::fs::rename(&dest, &aside);
+            Ok(_) => set_aside(),
+            Err(_) => {}
         }
         std::fs::create_dir_all(&trees)?;
         let tmp = tempfile::TempDir::new_in(&trees)?;
