@@ -298,6 +298,32 @@ sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
         let part0 = get(&format!("part@rho={rho},seed=0,shard=0.samples"));
         assert!(part0.as_array().unwrap().len() < 37);
     }
+    // Shards of different evaluations (here each shard sampled with its own seed) are refused, naming what differs,
+    // instead of being joined into one table that no single evaluation would have written.
+    let mixed = w.write(
+        "mixed.toml",
+        &format!(
+            r#"pipeline = {:?}
+
+[stages.part]
+kind = "evaluate"
+inputs = {{ policy = "e_dpo.model", reference = "sft.model", prompts = "synth.corpus" }}
+sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}", shard = [0, 1] }}
+params = {{ oracle = "synthetic", split = "test", n_prompts = 16, batch_size = 8, seed = "${{shard}}", shard = "${{shard}}", shards = 2 }}
+
+[stages.merged]
+kind = "merge_eval"
+inputs = {{ parts = "part.samples" }}
+sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
+"#,
+            pipeline.to_str().unwrap()
+        ),
+    );
+    let o = w.run(&args(&["run", mixed.to_str().unwrap(), "merged@rho=0.2,seed=0"], &[]));
+    assert_eq!(o.status.code(), Some(1));
+    let err = s(&o.stdout) + &s(&o.stderr);
+    assert!(err.contains("a shard of another evaluation") && err.contains("seed: 1 there, 0 here"), "{err}");
+
     // Several candidate policies and no selection: the node fails naming them, and publishes nothing.
     let bad = w.write(
         "bad.toml",
