@@ -175,6 +175,8 @@ fn label_rows(rows: &mut [EvalRow]) {
 /// Per-step training metrics of one policy run.
 #[derive(Debug, Clone, Default)]
 pub struct Trajectory {
+    /// The policy node that logged it.
+    pub node: String,
     pub method: String,
     pub rho: Option<f64>,
     pub step: Vec<f64>,
@@ -185,7 +187,8 @@ pub struct Trajectory {
     pub best_member: Vec<Vec<Option<f64>>>,
     /// Ensemble member names in index order (from the metadata), when known.
     pub member_names: Vec<String>,
-    pub final_kl: Option<f64>,
+    /// Per step, the forward KL(π_ref ‖ π_θ) estimated on the mini-batch's π_ref samples (the pessimistic methods).
+    pub kl: Vec<Option<f64>>,
     pub beta: Option<f64>,
     pub tau: Option<f64>,
 }
@@ -243,6 +246,7 @@ fn read_metrics(a: &InputArtifact) -> StageResult<Trajectory> {
         best_member.push(data_io::opt_f64s(&t, &format!("best_member_{}", best_member.len())));
     }
     Ok(Trajectory {
+        node: a.node.clone(),
         beta: num("beta"),
         tau: num("tau"),
         method,
@@ -253,7 +257,7 @@ fn read_metrics(a: &InputArtifact) -> StageResult<Trajectory> {
         chosen_member: data_io::opt_f64s(&t, "chosen_member"),
         best_member,
         member_names: member_names(&kv),
-        final_kl: kl.iter().rev().flatten().next().copied(),
+        kl,
     })
 }
 
@@ -839,18 +843,23 @@ struct LikelihoodChange {
     /// (first tenth, last tenth), means over the runs.
     chosen: (f64, f64),
     rejected: (f64, f64),
+    /// The forward KL(π_ref ‖ π_θ) over the last tenth, mean over the runs that estimate it (the pessimistic methods).
+    kl_last: Option<f64>,
+}
+
+/// The mean of the logged values among the first (or last) tenth of a run's steps.
+fn tenth(v: &[Option<f64>], last: bool) -> Option<f64> {
+    let k = v.len().div_ceil(10);
+    let part = if last { &v[v.len() - k..] } else { &v[..k] };
+    let vals: Vec<f64> = part.iter().flatten().copied().filter(|x| x.is_finite()).collect();
+    (!vals.is_empty()).then(|| crate::stats::mean(&vals))
 }
 
 /// Fig. B.1 as numbers: per method at `rho`, in the paper's order, the runs that logged both log-probs.
 fn likelihood_change(trajectories: &[Trajectory], rho: Option<f64>) -> Vec<LikelihoodChange> {
-    // the mean of the logged values among the first (or last) tenth of a run's steps
-    fn tenth(v: &[Option<f64>], last: bool) -> Option<f64> {
-        let k = v.len().div_ceil(10);
-        let part = if last { &v[v.len() - k..] } else { &v[..k] };
-        let vals: Vec<f64> = part.iter().flatten().copied().filter(|x| x.is_finite()).collect();
-        (!vals.is_empty()).then(|| crate::stats::mean(&vals))
-    }
-    let mut by_method: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
+    /// One run: log π_θ(y_w) and log π_θ(y_l) over the first and last tenth, and its last tenth's KL if it has one.
+    type Run = ([f64; 4], Option<f64>);
+    let mut by_method: BTreeMap<String, Vec<Run>> = BTreeMap::new();
     for t in trajectories.iter().filter(|t| rho_key(t.rho) == rho_key(rho) && !t.logp_chosen.is_empty()) {
         let four = [
             tenth(&t.logp_chosen, false),
@@ -859,14 +868,21 @@ fn likelihood_change(trajectories: &[Trajectory], rho: Option<f64>) -> Vec<Likel
             tenth(&t.logp_rejected, true),
         ];
         if let [Some(a), Some(b), Some(c), Some(d)] = four {
-            by_method.entry(t.method.clone()).or_default().push([a, b, c, d]);
+            by_method.entry(t.method.clone()).or_default().push(([a, b, c, d], tenth(&t.kl, true)));
         }
     }
     let mut rows: Vec<LikelihoodChange> = by_method
         .into_iter()
         .map(|(method, runs)| {
-            let mean = |i: usize| crate::stats::mean(&runs.iter().map(|r| r[i]).collect::<Vec<_>>());
-            LikelihoodChange { method, runs: runs.len(), chosen: (mean(0), mean(1)), rejected: (mean(2), mean(3)) }
+            let mean = |i: usize| crate::stats::mean(&runs.iter().map(|r| r.0[i]).collect::<Vec<_>>());
+            let kl: Vec<f64> = runs.iter().filter_map(|r| r.1).collect();
+            LikelihoodChange {
+                method,
+                runs: runs.len(),
+                chosen: (mean(0), mean(1)),
+                rejected: (mean(2), mean(3)),
+                kl_last: (!kl.is_empty()).then(|| crate::stats::mean(&kl)),
+            }
         })
         .collect();
     rows.sort_by_key(|r| paper::order(&r.method));
@@ -977,8 +993,8 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
         "## Per method: raw and length-controlled advantage, win rate, length, KL\n\n\
          The length-controlled (LC) advantage is the intercept a of the least-squares fit d_i = a + b·(len(y_i^θ) − len(y_i^ref)) \
          over prompts, per seed (the advantage at equal length, as AlpacaEval's length-controlled win rate zeroes its length \
-         term), aggregated over seeds like the advantage; b is the oracle reward per token of length difference, so a − raw \
-         is how much of the raw advantage is length. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples.\n\n\
+         term), aggregated over seeds like the advantage; b is the oracle reward per token of length difference, so raw − a \
+         (b times the mean length difference) is how much of the raw advantage is length. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples.\n\n\
          | method | ρ | seeds | advantage | LC advantage | b (per token) | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n\
          |---|---|---|---|---|---|---|---|---|---|"
     );
@@ -1015,20 +1031,22 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
              of each training mini-batch, at ρ = {}, averaged over seeds (each point is one mini-batch, so the curves are \
              noisy). The paper reports that DPO pushes both down (likelihood collapse) while distillation and pessimism keep \
              them near π_ref. Measured here, the table gives each method's mean over its first and its last tenth of the \
-             training steps (nats per response; means over the runs).\n\n![log-prob trajectories](logp_trajectories.png)\n",
+             training steps (nats per response; means over the runs), and for the pessimistic methods the forward KL(π_ref‖π_θ) \
+             they regularise, estimated on each mini-batch's samples of π_ref as mean(log π_ref − log π_θ) (METHOD.md; the \
+             other methods do not compute it), over the last tenth.\n\n![log-prob trajectories](logp_trajectories.png)\n",
             fmt_rho(rho)
         );
         let rows = likelihood_change(&a.trajectories, rho);
         if !rows.is_empty() {
             let _ = writeln!(
                 md,
-                "| method | runs | log π_θ(y_w), first → last tenth | change | log π_θ(y_l), first → last tenth | change |\n\
-                 |---|---|---|---|---|---|"
+                "| method | runs | log π_θ(y_w), first → last tenth | change | log π_θ(y_l), first → last tenth | change | \
+                 KL(π_ref‖π_θ), last tenth |\n|---|---|---|---|---|---|---|"
             );
             for r in rows {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.2} → {:.2} | {:+.2} | {:.2} → {:.2} | {:+.2} |",
+                    "| {} | {} | {:.2} → {:.2} | {:+.2} | {:.2} → {:.2} | {:+.2} | {} |",
                     paper::name(&r.method),
                     r.runs,
                     r.chosen.0,
@@ -1036,7 +1054,8 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
                     r.chosen.1 - r.chosen.0,
                     r.rejected.0,
                     r.rejected.1,
-                    r.rejected.1 - r.rejected.0
+                    r.rejected.1 - r.rejected.0,
+                    r.kl_last.map_or("–".into(), |k| format!("{k:.3}"))
                 );
             }
         }
@@ -1595,7 +1614,7 @@ fn results_json(a: &Analysis) -> Value {
         "reward_models": a.reward_models,
         "length_bias_learned": a.length_bias,
         "member_usage": a.members,
-        "training": a.trajectories.iter().map(|t| json!({"method": t.method, "rho": t.rho, "final_kl": t.final_kl})).collect::<Vec<_>>(),
+        "training": a.trajectories.iter().map(|t| json!({"node": t.node, "method": t.method, "rho": t.rho, "kl_last_tenth": tenth(&t.kl, true)})).collect::<Vec<_>>(),
     })
 }
 
@@ -1888,8 +1907,13 @@ mod tests {
         let line = |a: f64, b: f64| (0..20).map(|i| Some(a + (b - a) * i as f64 / 19.0)).collect::<Vec<_>>();
         let mut gap = line(-10.0, -29.0);
         gap[19] = None; // last tenth: step 18 alone, -28
+        // e-DPO logs its forward KL: 0.0 … 1.9 over 20 steps, so the last tenth is (1.8 + 1.9) / 2
+        let e_dpo = Trajectory {
+            kl: (0..20).map(|i| Some(i as f64 / 10.0)).collect(),
+            ..run("e-dpo", 0.2, line(-10.0, -10.0), line(-12.0, -12.0))
+        };
         let t = vec![
-            run("e-dpo", 0.2, line(-10.0, -10.0), line(-12.0, -12.0)),
+            e_dpo,
             run("dpo", 0.2, line(-10.0, -29.0), line(-12.0, -31.0)),
             run("dpo", 0.2, gap, line(-12.0, -12.0)),
             run("dpo", 0.8, line(0.0, 0.0), line(0.0, 0.0)),
@@ -1906,6 +1930,9 @@ mod tests {
         // rejected: -12.5 → -30.5 in one run, -12 throughout in the other
         assert!(close(rows[0].rejected.0, (-12.5 - 12.0) / 2.0) && close(rows[0].rejected.1, (-30.5 - 12.0) / 2.0));
         assert!(close(rows[1].chosen.0, -10.0) && close(rows[1].chosen.1, -10.0));
+        // DPO estimates no KL; e-DPO's is its own run's last tenth
+        assert_eq!(rows[0].kl_last, None);
+        assert!(close(rows[1].kl_last.unwrap(), 1.85), "{:?}", rows[1].kl_last);
         assert!(likelihood_change(&t, Some(0.5)).is_empty());
     }
 
