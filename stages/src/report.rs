@@ -994,7 +994,8 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
          The length-controlled (LC) advantage is the intercept a of the least-squares fit d_i = a + b·(len(y_i^θ) − len(y_i^ref)) \
          over prompts, per seed (the advantage at equal length, as AlpacaEval's length-controlled win rate zeroes its length \
          term), aggregated over seeds like the advantage; b is the oracle reward per token of length difference, so raw − a \
-         (b times the mean length difference) is how much of the raw advantage is length. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples.\n\n\
+         (b times the mean length difference) is how much of the raw advantage is length. The win rate counts a tie with \
+         π_ref's sample (oracle scores within a relative 1e-9, as `label` decides ties) as half a win. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples.\n\n\
          | method | ρ | seeds | advantage | LC advantage | b (per token) | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n\
          |---|---|---|---|---|---|---|---|---|---|"
     );
