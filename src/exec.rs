@@ -12,13 +12,13 @@
 //! rescans the plan.
 
 use crate::key::{self, InputRef, KEY_VERSION, KeyRecord};
-use crate::plan::{Node, Plan};
+use crate::node_ctx;
+use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::store::{Corrupt, Entry, OutputRef, Store};
-use rmdistill_stages::protocol::{self, Job};
-use rmdistill_stages::{ArtifactKind, BindInputs, Ctx, Device, InputArtifact, Runs, StageError};
+use rmdistill_stages::{ArtifactKind, BindInputs, Device, InputArtifact, Runs, StageError};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -241,7 +241,8 @@ fn record_with<'o>(
             .iter()
             .map(|u| {
                 let o = outputs(u.node).expect("upstream resolved first");
-                InputRef { hash: o[u.output].hash.clone(), coords: plan.nodes[u.node].coords.clone() }
+                let up = &plan.nodes[u.node];
+                InputRef { hash: o[u.output].hash.clone(), node: up.name.clone(), coords: up.coords.clone() }
             })
             .collect();
         inputs.insert(slot.clone(), refs);
@@ -301,20 +302,10 @@ impl BindInputs for Binding<'_, '_> {
             .iter()
             .map(|u| {
                 let o = &(self.outputs)(u.node).expect("upstream resolved first")[u.output];
-                Ok(input_artifact(self.plan, self.store, o, u.node)?)
+                Ok(node_ctx::input_artifact(self.plan, self.store, o, u.node)?)
             })
             .collect()
     }
-}
-
-/// An upstream output as a stage reads it: materialised locally (hash-verified), with where it came from.
-fn input_artifact(plan: &Plan, store: &Store, o: &OutputRef, up: usize) -> anyhow::Result<InputArtifact> {
-    Ok(InputArtifact {
-        path: store.materialize(o)?,
-        hash: o.hash.clone(),
-        node: plan.nodes[up].name.clone(),
-        coords: plan.nodes[up].coords.clone(),
-    })
 }
 
 /// Scope under which node pointers are kept: the manifest's canonical path (not its contents, so that after an
@@ -454,50 +445,6 @@ pub struct RunOptions {
     pub device: DeviceRequest,
 }
 
-struct NodeCtx<'a> {
-    node: &'a Node,
-    params: &'a Map<String, Value>,
-    inputs: BTreeMap<String, Vec<InputArtifact>>,
-    outputs: BTreeMap<String, PathBuf>,
-    progress: &'a Progress,
-    device: Device,
-    threads: usize,
-    empty: Vec<InputArtifact>,
-}
-
-impl Ctx for NodeCtx<'_> {
-    fn params(&self) -> &Map<String, Value> {
-        self.params
-    }
-    fn inputs(&self, slot: &str) -> &[InputArtifact] {
-        self.inputs.get(slot).unwrap_or(&self.empty)
-    }
-    fn external(&self, param: &str) -> Option<&Path> {
-        self.node.externals.get(param).map(PathBuf::as_path)
-    }
-    fn output_path(&self, name: &str) -> PathBuf {
-        self.outputs
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| panic!("stage {} has no output {name}", self.node.kind.kind()))
-    }
-    fn progress(&self, done: u64, total: u64) {
-        self.progress.progress(&self.node.name, done, total);
-    }
-    fn log(&self, message: &str) {
-        self.progress.log(&self.node.name, message);
-    }
-    fn warn(&self, message: &str) {
-        self.progress.warning(&self.node.name, message);
-    }
-    fn device(&self) -> Device {
-        self.device
-    }
-    fn threads(&self) -> usize {
-        self.threads
-    }
-}
-
 /// Why a node execution did not produce an entry.
 enum ExecError {
     /// An input blob is corrupt or missing: its producer must run again.
@@ -538,7 +485,7 @@ fn execute(
     };
     let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
     for (slot, o, up) in &t.inputs {
-        inputs.entry(slot.clone()).or_default().push(input_artifact(plan, store, o, *up).map_err(fail)?);
+        inputs.entry(slot.clone()).or_default().push(node_ctx::input_artifact(plan, store, o, *up).map_err(fail)?);
     }
     let scratch = scratch_root.join(format!("{}-{}", t.i, &t.key[..12]));
     let _ = std::fs::remove_dir_all(&scratch);
@@ -563,7 +510,7 @@ fn execute(
     progress.take_warnings(&n.name); // an earlier attempt's are not this one's
     let result = match n.kind.runs() {
         Runs::InProcess(run) => {
-            let ctx = NodeCtx {
+            let ctx = node_ctx::NodeCtx {
                 node: n,
                 params: &t.record.params,
                 inputs,
@@ -590,19 +537,7 @@ fn execute(
             }
         }
         Runs::Worker => {
-            let job = Job {
-                v: protocol::VERSION,
-                node: n.name.clone(),
-                kind: n.kind.kind().to_string(),
-                code: t.record.code.clone(),
-                params: t.record.params.clone(),
-                inputs,
-                externals: n.externals.clone(),
-                outputs: out_paths.clone(),
-                device: t.device,
-                threads: t.threads,
-                interop_threads: 1,
-            };
+            let job = node_ctx::job(n, &t.record, inputs, out_paths.clone(), t.device, t.threads);
             crate::worker::binary()
                 .map_err(|e| format!("{e:#}"))
                 .and_then(|bin| crate::worker::run_job(&bin, &job, &scratch, progress))

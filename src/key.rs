@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Version of the key record layout; bumping it invalidates every cache entry.
-pub const KEY_VERSION: u32 = 1;
+pub const KEY_VERSION: u32 = 2;
 
 /// JSON with object keys sorted at every level, no whitespace: the bytes that get hashed.
 pub fn canonical(v: &Value) -> String {
@@ -36,6 +36,15 @@ fn write_canonical(v: &Value, w: &mut impl std::io::Write) -> std::io::Result<()
             }
             w.write_all(b"]")
         }
+        // an integral float is written as the integer it equals: `epochs = 1` and `epochs = 1.0` are one value to
+        // every stage (each parses its parameters into typed fields; an integer field refuses 1.0 before any key is
+        // made), and `select` hands a chosen β = 1 over as 1.0, which must find the candidate trained with β = 1
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 && !(f == 0.0 && f.is_sign_negative()) => {
+                write!(w, "{}", f as i64)
+            }
+            _ => Ok(serde_json::to_writer(w, v)?),
+        },
         scalar => Ok(serde_json::to_writer(w, scalar)?),
     }
 }
@@ -59,11 +68,16 @@ fn write_object<'a>(
     w.write_all(b"}")
 }
 
-/// One input artifact as recorded in a key: its content hash and the producing node's sweep coordinates (which a
-/// fan-in stage may use, e.g. to label a plot by ρ).
+/// One input artifact as recorded in a key: its content hash, and the producing node's name and sweep coordinates.
+/// A stage sees both (a fan-in stage labels a plot by ρ, the report a row by its stage, `precompute` orders and names
+/// its members by them), so both are keyed: renaming an upstream stage re-runs what reads its name (key v2; v1 keyed
+/// the hash and coordinates only, and served the old names).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct InputRef {
     pub hash: String,
+    /// Absent in records of key v1.
+    #[serde(default)]
+    pub node: String,
     pub coords: BTreeMap<String, Value>,
 }
 
@@ -110,6 +124,8 @@ impl KeyRecord {
                 write_object(&r.coords, w)?;
                 w.write_all(b",\"hash\":")?;
                 serde_json::to_writer(&mut *w, &r.hash)?;
+                w.write_all(b",\"node\":")?;
+                serde_json::to_writer(&mut *w, &r.node)?;
                 w.write_all(b"}")?;
             }
             w.write_all(b"]")?;
@@ -136,7 +152,7 @@ impl KeyRecord {
         let keys: std::collections::BTreeSet<&String> = self.params.keys().chain(old.params.keys()).collect();
         for k in keys {
             match (old.params.get(k), self.params.get(k)) {
-                (Some(a), Some(b)) if a != b => {
+                (Some(a), Some(b)) if canonical(a) != canonical(b) => {
                     out.push(format!("params.{k} changed: {} -> {}", canonical(a), canonical(b)))
                 }
                 (None, Some(b)) => out.push(format!("params.{k} added: {}", canonical(b))),
@@ -148,10 +164,19 @@ impl KeyRecord {
         for s in slots {
             let (a, b) = (old.inputs.get(s), self.inputs.get(s));
             if a != b {
-                let show = |x: Option<&Vec<InputRef>>| {
-                    x.map_or("none".to_string(), |v| v.iter().map(|r| short(&r.hash)).collect::<Vec<_>>().join(","))
+                let show = |x: Option<&Vec<InputRef>>, node: bool| {
+                    x.map_or("none".to_string(), |v| {
+                        v.iter()
+                            .map(|r| if node { r.node.clone() } else { short(&r.hash) })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
                 };
-                out.push(format!("inputs.{s} changed: {} -> {}", show(a), show(b)));
+                if show(a, false) == show(b, false) && show(a, true) != show(b, true) {
+                    out.push(format!("inputs.{s} come from other nodes: {} -> {}", show(a, true), show(b, true)));
+                } else {
+                    out.push(format!("inputs.{s} changed: {} -> {}", show(a, false), show(b, false)));
+                }
             }
         }
         let ext: std::collections::BTreeSet<&String> = self.externals.keys().chain(old.externals.keys()).collect();
@@ -266,7 +291,10 @@ mod tests {
             stage_kind: "subsample".into(),
             code: "abc".into(),
             params: json!({"rho": 0.2, "size": 10}).as_object().unwrap().clone(),
-            inputs: BTreeMap::from([("pairs".into(), vec![InputRef { hash: "h1".into(), coords: BTreeMap::new() }])]),
+            inputs: BTreeMap::from([(
+                "pairs".into(),
+                vec![InputRef { hash: "h1".into(), node: "a".into(), coords: BTreeMap::new() }],
+            )]),
             externals: BTreeMap::new(),
         }
     }
@@ -285,14 +313,19 @@ mod tests {
                 (
                     "rm".into(),
                     vec![
-                        InputRef { hash: "h2".into(), coords: BTreeMap::from([("rho".into(), json!(0.2))]) },
+                        InputRef {
+                            hash: "h2".into(),
+                            node: "b".into(),
+                            coords: BTreeMap::from([("rho".into(), json!(0.2))]),
+                        },
                         InputRef {
                             hash: "h3".into(),
+                            node: "c@seed=1".into(),
                             coords: BTreeMap::from([("seed".into(), json!(1)), ("m".into(), json!("x"))]),
                         },
                     ],
                 ),
-                ("base".into(), vec![InputRef { hash: "h1".into(), coords: BTreeMap::new() }]),
+                ("base".into(), vec![InputRef { hash: "h1".into(), node: "a".into(), coords: BTreeMap::new() }]),
             ]),
             externals: BTreeMap::from([("path".into(), "e1".into()), ("a\nb".into(), "e2".into())]),
         };
@@ -303,6 +336,21 @@ mod tests {
         let mut direct = Vec::new();
         empty.write_canonical(&mut direct).unwrap();
         assert_eq!(String::from_utf8(direct).unwrap(), canonical(&serde_json::to_value(&empty).unwrap()));
+    }
+
+    #[test]
+    fn an_integral_float_keys_as_its_integer() {
+        let mut a = rec();
+        a.params.insert("beta".into(), json!(1));
+        let mut b = a.clone();
+        b.params.insert("beta".into(), json!(1.0));
+        assert_eq!(a.key(), b.key());
+        assert!(b.diff(&a).is_empty());
+        for other in [json!(1.5), json!(-0.0), json!(1e300), json!(2)] {
+            b.params.insert("beta".into(), other.clone());
+            assert_ne!(a.key(), b.key(), "{other}");
+        }
+        assert_eq!(canonical(&json!([1.0, -3.0, 0.0, -0.0, 0.25, 1e20])), "[1,-3,0,-0.0,0.25,1e+20]");
     }
 
     #[test]

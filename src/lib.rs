@@ -10,6 +10,7 @@ pub mod export;
 pub mod gc;
 pub mod key;
 pub mod manifest;
+pub mod node_ctx;
 pub mod plan;
 pub mod progress;
 pub mod remote;

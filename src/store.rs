@@ -1785,7 +1785,10 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone(),
-            inputs: BTreeMap::from([("i".into(), vec![InputRef { hash: "h".into(), coords: BTreeMap::new() }])]),
+            inputs: BTreeMap::from([(
+                "i".into(),
+                vec![InputRef { hash: "h".into(), node: "n".into(), coords: BTreeMap::new() }],
+            )]),
             externals: BTreeMap::new(),
         }
     }

@@ -17,6 +17,9 @@ fn main() {
     for (_, dir) in code_identity::CRATES {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
+    for f in code_identity::HARNESS.iter().chain(&code_identity::MANIFESTS) {
+        println!("cargo:rerun-if-changed={}", root.join(f).display());
+    }
     println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     if let Some(dir) = &libtorch_dir {

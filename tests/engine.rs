@@ -86,6 +86,96 @@ params = { rho = "${rho}", size = 60, length = "words" }
 }
 
 #[test]
+fn renaming_an_upstream_stage_reruns_what_reads_its_name_and_says_why() {
+    // A stage sees its inputs' node names (the report labels rows by them, precompute orders and names its members
+    // by them), so they are keyed: a rename that leaves every byte the same still re-runs the readers, never serves
+    // outputs that carry the old name.
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(2000));
+    assert_eq!(w.run_json(&["m.toml"])["failed"], 0);
+    w.write(
+        "m.toml",
+        &gen_manifest(2000).replace("[stages.gen]", "[stages.made]").replace("\"gen.pairs\"", "\"made.pairs\""),
+    );
+    let st = w.ok(&["status", "m.toml"]);
+    assert!(st.contains("inputs.pairs come from other nodes: gen -> made"), "{st}");
+    let again = w.run_json(&["m.toml"]);
+    // `made` is `gen`'s key (a node's own name is not in its key), the subsets read its name
+    assert_eq!(nodes_with(&again, "cached").iter().filter(|n| !n.starts_with("member")).collect::<Vec<_>>(), ["made"]);
+    assert_eq!(nodes_with(&again, "ran").len(), 6, "{again}");
+}
+
+#[test]
+fn an_oracle_checkpoint_directory_is_keyed_whole() {
+    // `label`'s oracle_path names a reward-model checkpoint's directory: its config and tokenizer label as much as
+    // its weights, so an edit of config.json re-runs the node (a reviewer's finding: only model.safetensors was
+    // keyed, and a changed config.json was served the old labels).
+    let w = Work::new();
+    let base = r#"
+[stages.synth]
+kind = "synth"
+params = { n_docs = 200, seed = 0 }
+[stages.sft]
+kind = "sft"
+inputs = { data = "synth.corpus", tokenizer = "synth.tokenizer" }
+params = { steps = 5, batch_size = 8, seed = 0 }
+[stages.pairs]
+kind = "sample_pairs"
+inputs = { policy = "sft.model", prompts = "synth.corpus" }
+params = { split = "train", max_prompts = 60, max_new_tokens = 8, seed = 0 }
+[stages.label]
+kind = "label"
+inputs = { pairs = "pairs.pairs" }
+params = { oracle = "synthetic", ties = "coin" }
+[stages.rm]
+kind = "train_rm"
+inputs = { data = "label.labelled", base = "sft.model" }
+params = { epochs = 1.0, seed = 1 }
+"#;
+    w.write("m.toml", base);
+    assert_eq!(w.run_json(&["m.toml"])["failed"], 0);
+    // the reward model as a checkpoint directory of the user's, from the store's blobs
+    let show: serde_json::Value = serde_json::from_str(&w.ok(&["show", "m.toml", "rm.model", "--json"])).unwrap();
+    for f in show["listing"].as_array().unwrap() {
+        let h = f["hash"].as_str().unwrap();
+        let to = w.path().join("oracle").join(f["path"].as_str().unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(w.store().join("blobs").join(&h[..2]).join(h), to).unwrap();
+    }
+    let with = |path: &str| {
+        format!(
+            "{base}[stages.relabel]\nkind = \"label\"\ninputs = {{ pairs = \"pairs.pairs\" }}\n\
+             params = {{ oracle = \"reward_model\", oracle_path = \"{path}\", ties = \"coin\" }}\n"
+        )
+    };
+    // a file in the directory is refused, naming what to give
+    w.write("m.toml", &with("oracle/model.safetensors"));
+    let o = w.run(&["run", "m.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        s(&o.stdout).contains("name the oracle checkpoint's directory")
+            || s(&o.stderr).contains("name the oracle checkpoint's directory"),
+        "{}{}",
+        s(&o.stdout),
+        s(&o.stderr)
+    );
+    w.write("m.toml", &with("oracle"));
+    let first = w.run_json(&["m.toml"]);
+    assert_eq!(nodes_with(&first, "ran"), ["relabel"], "{first}");
+    let cfg = w.path().join("oracle/config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let eps = "\"layer_norm_epsilon\": 0.00001";
+    assert!(text.contains(eps), "{text}");
+    std::fs::write(&cfg, text.replace(eps, "\"layer_norm_epsilon\": 0.5")).unwrap();
+    let st = w.ok(&["status", "m.toml"]);
+    assert!(st.contains("content of the file named by params.oracle_path changed"), "{st}");
+    let again = w.run_json(&["m.toml"]);
+    assert_eq!(nodes_with(&again, "ran"), ["relabel"], "{again}");
+    let labelled = |v: &serde_json::Value| output_hashes(v)["relabel"]["labelled"].clone();
+    assert_ne!(labelled(&first), labelled(&again), "another config labels otherwise");
+}
+
+#[test]
 fn kill_9_at_random_points_then_resume_gives_identical_artifacts() {
     let manifest = gen_manifest(120_000);
     let reference = Work::new();

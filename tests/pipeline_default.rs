@@ -221,7 +221,8 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     // report; a final policy is never trained again (seed 0's is a candidate), and its evaluation re-runs only
     // where the choice changed.
     let before = chosen(&w, m, "e_dpo", &[]);
-    let grid = "betas_e_dpo=[0.1, 1.0, 3.0]";
+    // 3 written as an integer: chosen, it reaches the final policy as a float (3.0), which must key as the candidate
+    let grid = "betas_e_dpo=[0.1, 1.0, 3]";
     let changed = w.run_json(&args(&[m], &["--set", grid]));
     let after = chosen(&w, m, "e_dpo", &["--set", grid]);
     let ran = nodes_with(&changed, "ran");
@@ -250,6 +251,13 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
         .collect();
     want.extend(["report".to_string(), "select_dpo".to_string()]);
     assert_eq!(nodes_with(&fewer, "ran"), want, "{fewer}");
+
+    // A grid written in integers: the chosen β reaches the final policy as a float (3.0) and keys as the candidate
+    // (3), so seed 0's final policy is the candidate's cache entry, not trained again.
+    let int = w.run_json(&args(&[m], &["--set", grid, "--set", "betas_dpo=[3]"]));
+    let ran = nodes_with(&int, "ran");
+    assert!(ran.iter().any(|n| n.starts_with("cand_dpo@beta=3")), "{ran:?}");
+    assert!(!ran.iter().any(|n| n.starts_with("dpo@")), "{ran:?}");
 
     // A sharded evaluation (3 shards + merge_eval) equals the unsharded one with the same batches, row for row.
     let pipeline = repo().join("pipelines/robust-distill.toml");

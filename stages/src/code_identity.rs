@@ -34,6 +34,22 @@ use std::path::{Path, PathBuf};
 pub const CRATES: [(&str, &str); 3] =
     [("rmdistill_stages", "stages/src"), ("rmdistill_worker", "worker/src"), ("rmdistill_ml", "ml/src")];
 
+/// The files a node's job passes through on its way to its stage, part of every stage's identity with what they
+/// reference (stage files aside): the port and its registry, the protocol to the worker, and the engine's side of
+/// the hand-over (`src/node_ctx.rs`: parameters, inputs, threads; hashed as bytes, since the engine crate is not
+/// followed). A stage's own files do not reach these: a stage implements the port, it does not name what calls it.
+pub const HARNESS: [&str; 3] = ["stages/src/lib.rs", "stages/src/protocol.rs", "src/node_ctx.rs"];
+
+/// The same for a stage that runs in the worker: its dispatch, the context it hands a stage (parameters, inputs, the
+/// threads it sets), its fork server.
+pub const WORKER_HARNESS: [&str; 4] =
+    ["worker/src/lib.rs", "worker/src/main.rs", "worker/src/job.rs", "worker/src/serve.rs"];
+
+/// The workspace's manifests: the features they enable shape what a library computes (serde_json's
+/// `float_roundtrip` parses floats exactly; without it some parameters come out one ulp off), and Cargo.lock does not
+/// record features. Their dependency and feature tables are part of every stage's identity ([`declared`]).
+pub const MANIFESTS: [&str; 4] = ["Cargo.toml", "stages/Cargo.toml", "worker/Cargo.toml", "ml/Cargo.toml"];
+
 /// Libraries that cannot change what a stage writes (Cargo.lock names): errors, parameter documentation, temporary
 /// files, the command line. Every other library a stage names is part of its identity, with its dependencies.
 pub const NEUTRAL: [&str; 6] = ["anyhow", "thiserror", "serde_path_to_error", "schemars", "clap", "tempfile"];
@@ -67,13 +83,26 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
     let mut ws = Workspace::new(root)?;
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
     let lock = Lock::parse(&lock);
+    let mut manifests = String::new();
+    for m in MANIFESTS {
+        let text = std::fs::read_to_string(root.join(m)).map_err(|e| format!("{m}: {e}"))?;
+        manifests.push_str(&format!("{m}\n{}", declared(&text)));
+    }
+    let manifests = &blake3::hash(manifests.as_bytes()).to_hex()[..16];
     let roots = ws.stage_roots()?;
     let mut stages = vec![];
     let mut cross = vec![];
     let root_files: BTreeMap<String, String> =
         roots.iter().flat_map(|(k, files)| files.iter().map(move |f| (f.clone(), k.clone()))).collect();
+    let in_process: Vec<String> = HARNESS.iter().map(|f| f.to_string()).collect();
+    let in_worker: Vec<String> =
+        in_process.iter().cloned().chain(WORKER_HARNESS.iter().map(|f| f.to_string())).collect();
+    let (in_process, in_worker) =
+        (ws.closure_without(&in_process, &root_files)?, ws.closure_without(&in_worker, &root_files)?);
     for (kind, files) in &roots {
-        let closure = ws.closure(files)?;
+        let mut closure = ws.closure(files)?;
+        // a kind runs in the worker when it has an implementation there (`stage_roots`)
+        closure.extend(if files.len() > 1 { &in_worker } else { &in_process }.iter().cloned());
         for f in files {
             let direct: Vec<String> =
                 ws.references(f)?.into_iter().filter(|r| root_files.get(r).is_some_and(|k| k != kind)).collect();
@@ -93,6 +122,7 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
         for (name, version) in lock.with_dependencies(named) {
             libs.push_str(&format!("{name}={version};"));
         }
+        libs.push_str(&format!("features={manifests};"));
         let mut h = blake3::Hasher::new();
         h.update(format!("rmdistill code identity v1\nkind={kind}\nlibs={libs}\n").as_bytes());
         for f in &closure {
@@ -106,6 +136,29 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
         });
     }
     Ok(Derived { stages, files_read: ws.read_paths(), cross_stage_references: cross })
+}
+
+/// The lines of a Cargo.toml's dependency and feature tables (`[dependencies]`, `[workspace.dependencies]`,
+/// `[build-dependencies]`, `[features]`, `[dependencies.x]`, …), trimmed, comments and blank lines left out: what
+/// decides which features each library is built with. Dev-dependencies are left out: tests only (but Cargo unifies
+/// their features into the test build, never into the binaries that run stages).
+pub fn declared(toml: &str) -> String {
+    let mut out = String::new();
+    let mut keep = false;
+    for line in toml.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            keep = (line.contains("dependencies") && !line.contains("dev-dependencies")) || line == "[features]";
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The packages of a Cargo.lock and what each depends on.
@@ -353,10 +406,19 @@ impl Workspace {
     }
 
     fn closure(&mut self, roots: &[String]) -> Result<BTreeSet<String>, String> {
+        self.closure_without(roots, &BTreeMap::new())
+    }
+
+    /// The closure of `roots` that neither includes nor follows the files of `without`.
+    fn closure_without(
+        &mut self,
+        roots: &[String],
+        without: &BTreeMap<String, String>,
+    ) -> Result<BTreeSet<String>, String> {
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut todo: Vec<String> = roots.to_vec();
         while let Some(f) = todo.pop() {
-            if !seen.insert(f.clone()) {
+            if without.contains_key(&f) || !seen.insert(f.clone()) {
                 continue;
             }
             if f.ends_with(".rs") {

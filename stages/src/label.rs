@@ -2,8 +2,8 @@
 //!
 //! Input `pairs` (the normalised pairs table, labelled or not) and, for `oracle = "reward_model"`, the oracle reward
 //! model: the `oracle` input (a reward-model checkpoint, e.g. `train_rm` on the human labels) or the path parameter
-//! `oracle_path` naming a given checkpoint's `model.safetensors` (its directory must hold `config.json` and
-//! `tokenizer.json`; only that file's content enters the cache key). `oracle = "synthetic"` scores with the embedded
+//! `oracle_path` naming a given checkpoint's directory (`model.safetensors`, `config.json`, `tokenizer.json`;
+//! the whole directory's content enters the cache key, and a change to any file of it while the node runs fails it). `oracle = "synthetic"` scores with the embedded
 //! task's programmatic oracle [`crate::oracle::oracle_score`] and its `oracle_params`.
 //!
 //! Every row gets both oracle scores and the oracle's preference. Output `labelled`: the input's columns, with
@@ -56,7 +56,7 @@ pub struct Params {
     /// Synthetic oracle knobs (coverage_weight, invent_penalty, repeat_penalty, length_bonus, length_cap).
     #[serde(default)]
     pub oracle_params: Map<String, Value>,
-    /// A reward model's model.safetensors, config.json and tokenizer.json beside it (instead of `oracle`).
+    /// A reward-model checkpoint directory (model.safetensors, config.json, tokenizer.json), instead of `oracle`.
     #[serde(default)]
     pub oracle_path: Option<String>,
     /// Which block of rows this node labels, 0-based (< shards); `merge` concatenates the blocks.

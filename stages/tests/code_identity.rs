@@ -39,6 +39,11 @@ fn copy_tree() -> tempfile::TempDir {
     for (_, dir) in code_identity::CRATES {
         copy_dir(&ws.join(dir), &t.path().join(dir));
     }
+    // the manifests and the engine's side of the hand-over (outside the crates followed)
+    for f in code_identity::MANIFESTS.iter().chain(&code_identity::HARNESS) {
+        std::fs::create_dir_all(t.path().join(f).parent().unwrap()).unwrap();
+        std::fs::copy(ws.join(f), t.path().join(f)).unwrap();
+    }
     t
 }
 
@@ -100,6 +105,39 @@ fn an_edit_changes_exactly_the_kinds_that_reach_the_file() {
     let before = derive(t.path());
     append(t.path(), "stages/src/port.rs", "\n// an edit\n");
     assert_eq!(changed(&before, &derive(t.path())).len(), before.stages.len());
+}
+
+/// What hands a node's job to its stage is part of every identity it can reach: the worker's context (its threads)
+/// for the kinds that run in the worker, the engine's side for every kind; and so are the features the manifests
+/// enable, which Cargo.lock does not record. A reviewer's finding: an edit of `JobCtx::threads` and a feature removed
+/// from serde_json each changed a stage's bytes under the same key.
+#[test]
+fn the_hand_over_to_a_stage_and_the_enabled_features_are_covered() {
+    let t = copy_tree();
+    let base = derive(t.path());
+    let in_worker: Vec<String> = base
+        .stages
+        .iter()
+        .filter(|s| s.files.iter().any(|f| f == &format!("worker/src/{}.rs", s.kind)))
+        .map(|s| s.kind.clone())
+        .collect();
+    assert!(in_worker.contains(&"policy".to_string()) && !in_worker.contains(&"subsample".to_string()));
+    append(t.path(), "worker/src/job.rs", "\n// an edit\n");
+    let after_job = derive(t.path());
+    assert_eq!(changed(&base, &after_job), in_worker);
+    append(t.path(), "src/node_ctx.rs", "\n// an edit\n");
+    let after_ctx = derive(t.path());
+    assert_eq!(changed(&after_job, &after_ctx).len(), base.stages.len());
+    // a feature removed from a library's declaration: every kind
+    let cargo = t.path().join("Cargo.toml");
+    let text = std::fs::read_to_string(&cargo).unwrap();
+    assert!(text.contains(r#""preserve_order", "float_roundtrip""#));
+    std::fs::write(&cargo, text.replace(r#""preserve_order", "float_roundtrip""#, r#""preserve_order""#)).unwrap();
+    let after_features = derive(t.path());
+    assert_eq!(changed(&after_ctx, &after_features).len(), base.stages.len());
+    // a comment, or a test-only dependency: none
+    append(t.path(), "Cargo.toml", "\n# a comment\n[dev-dependencies]\nproptest = \"1\"\n");
+    assert!(changed(&after_features, &derive(t.path())).is_empty());
 }
 
 #[test]

@@ -10,7 +10,7 @@ use rmdistill_stages::oracle::oracle_score;
 use rmdistill_stages::port::*;
 use rmdistill_stages::table;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
@@ -39,10 +39,23 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
                 }
                 (Some(i), None) => i.path.clone(),
                 (None, Some(_)) => {
-                    let f = ctx
+                    let d = ctx
                         .external("oracle_path")
                         .ok_or_else(|| StageError::invalid("oracle_path", "not resolved by the runner"))?;
-                    f.parent().map(Path::to_path_buf).unwrap_or_default()
+                    // the whole checkpoint labels (its config and tokenizer too), so the whole directory is keyed:
+                    // a file in it would key that file alone
+                    if !d.is_dir() {
+                        return Err(StageError::invalid(
+                            "oracle_path",
+                            format!(
+                                "{}: name the oracle checkpoint's directory (model.safetensors, config.json, \
+                                 tokenizer.json), not a file in it: the whole directory is what labels, and what the \
+                                 cache key holds",
+                                d.display()
+                            ),
+                        ));
+                    }
+                    d.to_path_buf()
                 }
                 (None, None) => {
                     return Err(StageError::invalid(
