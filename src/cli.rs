@@ -630,8 +630,10 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let plan = load(&common)?;
             let store = open_store(&plan, &common)?;
             let Some(i) = plan.find(&node) else {
+                // `node run` is what exported jobs call: a node they name that the manifest lacks was removed since
                 anyhow::bail!(
-                    "{}: no node named {} (see `rmdistill node list {}`)",
+                    "{}: no node named {} (see `rmdistill node list {}`; a job exported before the manifest changed \
+                     names nodes it no longer has: export again)",
                     common.manifest.display(),
                     quoted(&node),
                     common.manifest.display()

@@ -974,10 +974,13 @@ impl Runner<'_> {
                 // yet", which under a scheduler that ran it already would send the user looking elsewhere
                 let msg = match self.store.incomplete_reason(&key) {
                     Some(why) => format!(
-                        "upstream node {name} was stored, but its result is damaged ({why}) and was set aside: run                          `node run` for {name} again"
+                        "upstream node {name} was stored, but its result is damaged ({why}) and was set aside: run \
+                         `node run` for {name} again"
                     ),
                     None => format!(
-                        "upstream node {name} is not in the store yet (run it first; a scheduler orders this by                          dependencies)"
+                        "upstream node {name} is not in the store yet (run it first; a scheduler orders this by \
+                         dependencies; if a scheduler ran it already, the manifest, its data or the code may have \
+                         changed since the export, giving it another key: export again)"
                     ),
                 };
                 return Err(crate::error::NotReady(msg).into());

@@ -522,7 +522,15 @@ fn shared_store_url(url: &str, container: bool) -> anyhow::Result<String> {
                 p.display()
             );
         }
-        return Ok(format!("file://{}", p.display()));
+        // the resolved path is what every job is handed: a control character in the working directory's name would
+        // make each job refuse it, long after the export said nothing
+        let resolved = format!("file://{}", p.display());
+        crate::store::check_url(&resolved).map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (the store directory as the jobs would be given it); use a directory whose path has none"
+            )
+        })?;
+        return Ok(resolved);
     }
     Ok(url.to_string())
 }

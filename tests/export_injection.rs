@@ -370,6 +370,20 @@ fn control_characters_in_node_names_and_store_urls_are_refused() {
     let o = w.run(&["export", "slurm", "u.toml"]);
     assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
     assert!(s(&o.stderr).contains("u.toml:2:7: [store] url"), "{}", s(&o.stderr));
+    // A relative store resolved in a directory whose path has a newline: refused at export, as each job would
+    // refuse it (a reviewer's finding on a real Slurm: the export said nothing and every job failed).
+    let nl = w.path().join("a\nb");
+    std::fs::create_dir_all(&nl).unwrap();
+    std::fs::write(nl.join("m.toml"), manifest()).unwrap();
+    for store in [vec!["--store", "./st"], vec![]] {
+        let mut args = vec!["export", "slurm", "m.toml"];
+        args.extend(store.iter().copied());
+        std::fs::create_dir_all(nl.join("st")).unwrap();
+        let o = w.cmd(&args).current_dir(&nl).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", s(&o.stderr));
+        let err = s(&o.stderr);
+        assert!(err.contains("control character") && err.contains("as the jobs would be given it"), "{err}");
+    }
     // Stage names are plain words.
     w.write("s.toml", "[stages.\"a;b\"]\nkind = \"generate\"\nparams = { n = 10 }\n");
     let o = w.run(&["export", "slurm", "s.toml"]);

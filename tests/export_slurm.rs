@@ -32,13 +32,13 @@ echo "$n;cluster"
 "#,
         log = log.display()
     );
-    // squeue answers with the rows in DIR/squeue-rows (`%F|%K|%T|%r|%j|%k`), cut to the fields asked for when the
-    // script asks for `%F|%r|%k`; scontrol prints a recorded job script.
+    // squeue answers with the rows in DIR/squeue-rows (`%F|%K|%T|%r|%E|%j|%k`), cut to the fields asked for when the
+    // script asks for `%F|%r|%k|%E`; scontrol prints a recorded job script.
     let squeue = format!(
         r#"#!/bin/bash
 fmt=""; while [[ $# -gt 0 ]]; do [[ $1 == -o ]] && fmt=$2; shift; done
 touch {dir}/squeue-rows
-if [[ $fmt == '%F|%r|%k' ]]; then awk -F'|' -v OFS='|' '{{ print $1, $4, $6 }}' {dir}/squeue-rows; else cat {dir}/squeue-rows; fi
+if [[ $fmt == '%F|%r|%k|%E' ]]; then awk -F'|' -v OFS='|' '{{ print $1, $4, $7, $5 }}' {dir}/squeue-rows; else cat {dir}/squeue-rows; fi
 "#,
         dir = dir.display()
     );
@@ -55,8 +55,8 @@ if [[ $fmt == '%F|%r|%k' ]]; then awk -F'|' -v OFS='|' '{{ print $1, $4, $6 }}' 
     bin
 }
 
-/// squeue rows for every job the stand-in sbatch recorded, all pending (one row per array task); `skip` drops
-/// (job, task) rows, `never` marks them DependencyNeverSatisfied.
+/// squeue rows for every job the stand-in sbatch recorded, all pending (one row per array task) on the dependencies
+/// it was submitted with; `skip` drops (job, task) rows, `never` marks them DependencyNeverSatisfied.
 fn queued_rows(dir: &Path, skip: &[(u32, Option<u32>)], never: &[(u32, Option<u32>)]) -> String {
     let mut out = String::new();
     let log = dir.join("sbatch-log");
@@ -70,6 +70,7 @@ fn queued_rows(dir: &Path, skip: &[(u32, Option<u32>)], never: &[(u32, Option<u3
         let args = std::fs::read_to_string(log.join(format!("{id}.args"))).unwrap();
         let get = |k: &str| args.lines().find_map(|l| l.strip_prefix(k)).map(str::to_string);
         let (name, comment) = (get("--job-name=").unwrap(), get("--comment=").unwrap());
+        let deps = get("--dependency=").map(|d| d + "(unfulfilled)").unwrap_or_default();
         let tasks: Vec<Option<u32>> = match get("--array=0-") {
             Some(n) => (0..=n.split('%').next().unwrap().parse::<u32>().unwrap()).map(Some).collect(),
             None => vec![None],
@@ -80,7 +81,7 @@ fn queued_rows(dir: &Path, skip: &[(u32, Option<u32>)], never: &[(u32, Option<u3
             }
             let reason = if never.contains(&(id, t)) { "DependencyNeverSatisfied" } else { "Dependency" };
             let k = t.map_or("N/A".to_string(), |t| t.to_string());
-            out += &format!("{id}|{k}|PENDING|{reason}|{name}|{comment}\n");
+            out += &format!("{id}|{k}|PENDING|{reason}|{deps}|{name}|{comment}\n");
         }
     }
     out
@@ -229,6 +230,26 @@ fn slurm_submit_runs_the_script_and_reports_job_ids() {
     }
     let first_new = std::fs::read_to_string(w.path().join("sbatch-log/108.args")).unwrap();
     assert!(first_new.lines().any(|l| l == "--dependency=afterok:100"), "{first_new}");
+
+    // Slurm marks only a failed job's direct dependents DependencyNeverSatisfied; the jobs below them stay pending
+    // on plain `Dependency` for good. With gen gone (failed), sub's job never to run and sub's nodes since run
+    // here, the members' live jobs wait on sub's and will never run: they are submitted again, not reused (a
+    // reviewer's finding on a real Slurm: reused, they hung the submission).
+    w.ok(&["run", "m.toml", "gen", "sub"]);
+    let sub_tasks: Vec<(u32, Option<u32>)> = (0..6).map(|t| (101, Some(t))).collect();
+    let mut gone = vec![(100, None)];
+    gone.extend((108..=115).flat_map(|j| [(j, None), (j, Some(0)), (j, Some(1)), (j, Some(2))]));
+    w.write("squeue-rows", &queued_rows(w.path(), &gone, &sub_tasks));
+    let o = w.cmd(&["export", "slurm", "m.toml", "--submit", "--json"]).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["submitted"].as_u64(), v["in_flight"].as_u64()), (Some(18), Some(0)), "{v}");
+    // the script decides alike
+    let script = w.path().join("submit2.sh");
+    w.ok(&["export", "slurm", "m.toml", "-o", script.to_str().unwrap()]);
+    let o = Command::new("bash").arg(&script).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(!s(&o.stdout).lines().any(|l| l.starts_with("reuse ")), "{}", s(&o.stdout));
 
     // No sbatch: a clear error.
     let nobin = w.path().join("nobin");
@@ -684,6 +705,33 @@ fn slurm_identity_changes_with_the_pipeline_file() {
     assert!(!o.contains(&format!("{second}:")), "{o}");
 }
 
+/// A submission stopped part-way names the jobs it submitted so far, to cancel them (the ERR trap: without `set -E`
+/// it did not fire inside the function that calls sbatch, and the user learnt nothing of the jobs left queued).
+#[test]
+fn slurm_script_names_the_jobs_submitted_before_it_stopped() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(500));
+    let fake = fake_sbatch(w.path());
+    let sbatch = fake.join("sbatch");
+    let log = w.path().join("sbatch-log");
+    let text = std::fs::read_to_string(&sbatch).unwrap().replacen(
+        "\n",
+        &format!(
+            "\n[ -e {}/100.args ] && {{ echo 'sbatch: error: Invalid generic resource (gres) specification' >&2; exit 1; }}\n",
+            log.display()
+        ),
+        1,
+    );
+    std::fs::write(&sbatch, text).unwrap();
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let script = w.path().join("submit.sh");
+    w.ok(&["export", "slurm", "m.toml", "-o", script.to_str().unwrap()]);
+    let o = Command::new("bash").arg(&script).current_dir(w.path()).env("PATH", &path).output().unwrap();
+    assert!(!o.status.success());
+    let err = s(&o.stderr);
+    assert!(err.contains("submission stopped; submitted so far: 100 (scancel them"), "{err}");
+}
+
 /// sbatch reads `%` in `--output` as the start of a pattern (`%j`, `%x`, …) and `%%` as `%`: a log directory with
 /// `%` in its name is written with `%%`, so the output lands in that directory. A backslash, which makes sbatch
 /// expand nothing and drop it, is refused.
@@ -718,6 +766,23 @@ fn slurm_log_directory_percent_signs_are_escaped() {
     let escaped = env_logs.display().to_string().replace('%', "%%");
     let args = std::fs::read_to_string(w.path().join("sbatch-log/108.args")).unwrap();
     assert!(args.lines().any(|l| l == format!("--output={escaped}/%x-%j.out")), "{args}");
+
+    // A relative RMDISTILL_SLURM_LOGS, the script run from elsewhere: taken against the jobs' --chdir, where sbatch
+    // resolves --output (made in the caller's directory, the jobs failed to start and left no log).
+    let elsewhere = w.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let o = Command::new("bash")
+        .arg(&script)
+        .current_dir(&elsewhere)
+        .env("PATH", &path)
+        .env("RMDISTILL_SLURM_LOGS", "rel")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let rel = w.path().canonicalize().unwrap().join("rel");
+    assert!(rel.is_dir() && !elsewhere.join("rel").exists());
+    let args = std::fs::read_to_string(w.path().join("sbatch-log/116.args")).unwrap();
+    assert!(args.lines().any(|l| l == format!("--output={}/%x-%j.out", rel.display())), "{args}");
 
     // A backslash: refused when exporting, and by the script when it comes from RMDISTILL_SLURM_LOGS.
     let o = w.run(&["export", "slurm", "m.toml", "--logs", "lo\\gs"]);

@@ -11,7 +11,7 @@
 //! checks `squeue` per job before each `sbatch` and reuses a live job with the same identity.
 
 use super::{Ctx, DepRef, Group, Req, RunSpec, Source};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -133,8 +133,9 @@ fn job_comment(ident: &str, nodes: &[&str]) -> String {
 /// States in which a job will still run (or is running): its nodes need not be submitted again.
 const LIVE_STATES: &str = "PENDING,RUNNING,CONFIGURING,SUSPENDED";
 
-/// One line of `squeue -r`: (array job id or job id, array task id, state, reason, name, comment).
-type Row = (String, Option<u32>, String, String, String, String);
+/// One line of `squeue -r`: (array job id or job id, array task id, state, reason, name, comment, the dependencies it
+/// still waits on).
+type Row = (String, Option<u32>, String, String, String, String, String);
 
 /// This user's live rmdistill jobs, one row per (array) task; empty, with a warning, where squeue is absent or fails.
 fn queued_rows() -> Vec<Row> {
@@ -144,7 +145,7 @@ fn queued_rows() -> Vec<Row> {
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_default();
     let mut c = std::process::Command::new("squeue");
-    c.args(["-h", "-r", "-t", LIVE_STATES, "-o", "%F|%K|%T|%r|%j|%k"]);
+    c.args(["-h", "-r", "-t", LIVE_STATES, "-o", "%F|%K|%T|%r|%E|%j|%k"]);
     if !user.is_empty() {
         c.args(["-u", &user]);
     }
@@ -167,8 +168,8 @@ fn queued_rows() -> Vec<Row> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
-            let p: Vec<&str> = l.trim().splitn(6, '|').collect();
-            if p.len() != 6 || !p[5].starts_with("rmdistill:") {
+            let p: Vec<&str> = l.trim().splitn(7, '|').collect();
+            if p.len() != 7 || !p[6].starts_with("rmdistill:") {
                 return None;
             }
             Some((
@@ -176,8 +177,9 @@ fn queued_rows() -> Vec<Row> {
                 p[1].parse().ok(),
                 p[2].to_string(),
                 p[3].to_string(),
-                p[4].to_string(),
                 p[5].to_string(),
+                p[6].to_string(),
+                p[4].to_string(),
             ))
         })
         .collect()
@@ -195,12 +197,14 @@ pub struct Live {
 fn live_nodes(rows: &[Row], ident: &str) -> Live {
     let mut live = Live::default();
     let prefix = format!("rmdistill:{ident}:");
-    // A task pending because an upstream failed will never run: its node is not in flight.
+    // A task pending because an upstream failed will never run: its node is not in flight; nor is one that waits
+    // on such a job (Slurm says DependencyNeverSatisfied only of the failed job's direct dependents).
+    let doomed = doomed_tasks(rows);
     let mut rows: Vec<&Row> =
-        rows.iter().filter(|r| r.5.starts_with(&prefix) && r.3 != "DependencyNeverSatisfied").collect();
+        rows.iter().filter(|r| r.5.starts_with(&prefix) && !doomed.contains(&task_id(r))).collect();
     rows.sort_by_key(|r| (r.0.parse::<u64>().unwrap_or(u64::MAX), r.0.clone(), r.1));
     let mut tasks_of: HashMap<String, Option<Vec<String>>> = HashMap::new();
-    for (job, task, _, _, name, _) in rows {
+    for (job, task, _, _, name, _, _) in rows {
         let tasks = tasks_of.entry(job.clone()).or_insert_with(|| job_tasks(job, *task));
         let Some(tasks) = tasks else { continue };
         let Some(node) = tasks.get(task.unwrap_or(0) as usize) else { continue };
@@ -214,6 +218,46 @@ fn live_nodes(rows: &[Row], ident: &str) -> Live {
         }
     }
     live
+}
+
+/// A row's job or array task id (`12`, `13_4`).
+fn task_id(r: &Row) -> String {
+    r.1.map_or_else(|| r.0.clone(), |t| format!("{}_{t}", r.0))
+}
+
+/// The tasks that will never run: pending on a dependency never to be satisfied, or on a task that will never run
+/// itself (Slurm says DependencyNeverSatisfied only of a failed job's direct dependents).
+fn doomed_tasks(rows: &[Row]) -> HashSet<String> {
+    let mut doomed: HashSet<String> = rows.iter().filter(|r| r.3 == "DependencyNeverSatisfied").map(task_id).collect();
+    // `12_3` names one task, `12` or `12_*` every task of job 12
+    let is_doomed = |doomed: &HashSet<String>, dep: &str| match dep.split_once('_') {
+        Some((job, t)) if t != "*" => doomed.contains(dep) || doomed.contains(job),
+        _ => {
+            let job = dep.split('_').next().unwrap_or(dep);
+            doomed.iter().any(|d| d == job || d.strip_prefix(job).is_some_and(|t| t.starts_with('_')))
+        }
+    };
+    loop {
+        let more: Vec<String> = rows
+            .iter()
+            .filter(|r| !doomed.contains(&task_id(r)) && dependency_tasks(&r.6).iter().any(|d| is_doomed(&doomed, d)))
+            .map(task_id)
+            .collect();
+        if more.is_empty() {
+            return doomed;
+        }
+        doomed.extend(more);
+    }
+}
+
+/// The jobs and tasks a dependency list names, as squeue's `%E` writes it
+/// (`afterok:12(unfulfilled),aftercorr:13_*(unfulfilled),afterok:14_2` → 12, 13_*, 14_2).
+fn dependency_tasks(e: &str) -> Vec<String> {
+    e.split(':')
+        .skip(1)
+        .map(|p| p.chars().take_while(|c| c.is_ascii_digit() || *c == '_' || *c == '*').collect::<String>())
+        .filter(|j| j.starts_with(|c: char| c.is_ascii_digit()))
+        .collect()
 }
 
 /// The node list of a live job, from its batch script (`# rmdistill-tasks: [...]`).
@@ -319,8 +363,18 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
         g.nodes.len(),
         groups.len()
     )?;
-    writeln!(s, "# Every job runs `rmdistill node run`, which checks the store's cache first: re-running this script")?;
-    writeln!(s, "# (or `rmdistill export slurm --submit` again) submits only what is still missing.")?;
+    writeln!(
+        s,
+        "# Every job runs `rmdistill node run`, which checks the store's cache first, so a job whose nodes are"
+    )?;
+    writeln!(
+        s,
+        "# stored meanwhile ends at once. This script is fixed at export: run again, it submits its jobs again"
+    )?;
+    writeln!(
+        s,
+        "# (less those still queued); `rmdistill export slurm --submit` again submits only what is still missing."
+    )?;
     if !g.in_flight.is_empty() {
         let mut jobs: Vec<&str> = g.in_flight.iter().map(|(_, id)| id.split('_').next().unwrap_or(id)).collect();
         jobs.dedup();
@@ -352,7 +406,8 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
             )?;
         }
     }
-    writeln!(s, "set -euo pipefail")?;
+    // -E: the ERR trap that names the jobs submitted so far fires inside `submit` too
+    writeln!(s, "set -Eeuo pipefail")?;
     if groups.is_empty() {
         if g.in_flight.is_empty() {
             writeln!(s, "echo \"nothing to submit: all {} node(s) are cached\"", g.total)?;
@@ -387,6 +442,9 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
         s,
         "[[ $LOGS != *\\\\* ]] || {{ echo \"error: log directory $LOGS has a backslash, which sbatch's --output cannot carry; choose another (RMDISTILL_SLURM_LOGS or --logs)\" >&2; exit 3; }}"
     )?;
+    // a relative RMDISTILL_SLURM_LOGS is taken against the jobs' --chdir, as sbatch takes --output (made here, the
+    // directory would be missing there and the jobs would fail to start, leaving no log)
+    writeln!(s, "[[ $LOGS == /* ]] || LOGS={}/$LOGS", q(&ctx.run.workdir.display().to_string()))?;
     writeln!(s, "mkdir -p -- \"$LOGS\"")?;
     writeln!(s, "# --output is a pattern for sbatch (%j, %x, …): the directory's own `%` are written `%%`")?;
     writeln!(s, "OUT=${{LOGS//[%]/%%}}")?;
@@ -411,11 +469,27 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
     writeln!(s, "live_job() {{")?;
     writeln!(s, "    command -v squeue >/dev/null || return 0")?;
     writeln!(s, "    local q")?;
-    writeln!(s, "    q=$(squeue -h -u \"$(id -un)\" -t {LIVE_STATES} -o '%F|%r|%k' 2>/dev/null) || return 0")?;
+    writeln!(s, "    q=$(squeue -h -u \"$(id -un)\" -t {LIVE_STATES} -o '%F|%r|%k|%E' 2>/dev/null) || return 0")?;
+    // not a job that waits on one that will never run (Slurm marks only the failed job's direct dependents)
+    writeln!(s, "    awk -F'|' -v c=\"$1\" '")?;
     writeln!(
         s,
-        "    awk -F'|' -v c=\"$1\" '$3 == c && $2 != \"DependencyNeverSatisfied\" {{ print $1; exit }}' <<<\"$q\""
+        "        {{ id[NR] = $1; k[NR] = $3; e[NR] = $4; if ($2 == \"DependencyNeverSatisfied\") doomed[$1] = 1 }}"
     )?;
+    writeln!(s, "        function waits_on_doomed(d,   j) {{")?;
+    writeln!(
+        s,
+        "            while (match(d, /:[0-9]+/)) {{ j = substr(d, RSTART + 1, RLENGTH - 1); if (j in doomed) return 1; d = substr(d, RSTART + RLENGTH) }}"
+    )?;
+    writeln!(s, "            return 0")?;
+    writeln!(s, "        }}")?;
+    writeln!(s, "        END {{")?;
+    writeln!(
+        s,
+        "            do {{ more = 0; for (i = 1; i <= NR; i++) if (!(id[i] in doomed) && waits_on_doomed(e[i])) {{ doomed[id[i]] = 1; more = 1 }} }} while (more)"
+    )?;
+    writeln!(s, "            for (i = 1; i <= NR; i++) if (k[i] == c && !(id[i] in doomed)) {{ print id[i]; exit }}")?;
+    writeln!(s, "        }}' <<<\"$q\"")?;
     writeln!(s, "}}")?;
     writeln!(
         s,
