@@ -884,7 +884,8 @@ fn raw_or_prefixed_string(c: &[char], i: usize) -> Option<(String, usize)> {
     Some((c[s..].iter().collect(), n))
 }
 
-/// Removes `#[cfg(test)]` items (and everything after `#![cfg(test)]`): test code is not part of a computation.
+/// Removes `#[cfg(test)]` items, and the rest of the block an inner `#![cfg(test)]` opens (the whole file at its
+/// top, an inline `mod x { #![cfg(test)] … }` inside it): test code is not part of a computation.
 fn strip_test_items(toks: Vec<Tok>) -> Vec<Tok> {
     let is_cfg_test = |t: &[Tok], at: usize| -> Option<(bool, usize)> {
         // # [!]? [ cfg ( test ) ]
@@ -899,15 +900,37 @@ fn strip_test_items(toks: Vec<Tok>) -> Vec<Tok> {
     };
     let mut out = Vec::with_capacity(toks.len());
     let mut i = 0;
+    // braces open in what is kept (skipped items are balanced)
+    let mut depth = 0usize;
     while i < toks.len() {
         if toks[i] == Tok::Punct('#')
             && let Some((inner, after)) = is_cfg_test(&toks, i)
         {
-            if inner {
-                return out; // the whole file (or the rest of it) is test code
+            if !inner {
+                i = skip_item(&toks, after);
+                continue;
             }
-            i = skip_item(&toks, after);
+            if depth == 0 {
+                return out; // the whole file is test code
+            }
+            // the rest of the enclosing block, up to its closing brace (kept)
+            let mut d = 0usize;
+            i = after;
+            while i < toks.len() {
+                match toks[i] {
+                    Tok::Punct('{') => d += 1,
+                    Tok::Punct('}') if d == 0 => break,
+                    Tok::Punct('}') => d -= 1,
+                    _ => {}
+                }
+                i += 1;
+            }
             continue;
+        }
+        match toks[i] {
+            Tok::Punct('{') => depth += 1,
+            Tok::Punct('}') => depth = depth.saturating_sub(1),
+            _ => {}
         }
         out.push(toks[i].clone());
         i += 1;
@@ -966,6 +989,20 @@ mod tests {
         }
         assert!(text.contains("Ident(\"b\")") && text.contains("Ident(\"i\")"), "{text}");
         assert!(t.contains(&Tok::Str("crate::e".into())) && t.contains(&Tok::Str("crate::f".into())));
+    }
+
+    /// An inner `#![cfg(test)]` makes test code of the block it opens, not of the rest of the file (a reviewer's
+    /// finding: one inside an inline module dropped every item after it, the `impl Stage for` included).
+    #[test]
+    fn an_inner_cfg_test_drops_its_own_block() {
+        let text = |src: &str| ids(src).iter().map(|t| format!("{t:?}")).collect::<String>();
+        let t =
+            text("use crate::a;\nmod helpers { #![cfg(test)] use crate::b; fn f() { crate::c::g() } }\nuse crate::d;");
+        assert!(t.contains("Ident(\"a\")") && t.contains("Ident(\"d\")"), "{t}");
+        assert!(!t.contains("Ident(\"b\")") && !t.contains("Ident(\"c\")"), "{t}");
+        // at the top of a file: all of it
+        let t = text("#![cfg(test)]\nuse crate::a;\nmod m { use crate::b; }");
+        assert!(!t.contains("Ident(\"a\")") && !t.contains("Ident(\"b\")"), "{t}");
     }
 
     #[test]
