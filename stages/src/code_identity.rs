@@ -101,6 +101,14 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
         (ws.closure_without(&in_process, &root_files)?, ws.closure_without(&in_worker, &root_files)?);
     for (kind, files) in &roots {
         let mut closure = ws.closure(files)?;
+        for f in &closure {
+            if let Some(what) = ws.info(f)?.unfollowable.clone() {
+                return Err(format!(
+                    "{f}: {what}, which the code identity cannot follow (an edit of the code it brings in would re-run \
+                     no stage); write it as a function or module reached by path (stages/src/code_identity.rs)"
+                ));
+            }
+        }
         // a kind runs in the worker when it has an implementation there (`stage_roots`)
         closure.extend(if files.len() > 1 { &in_worker } else { &in_process }.iter().cloned());
         for f in files {
@@ -336,6 +344,8 @@ struct FileInfo {
     refs: BTreeSet<String>,
     crates: BTreeSet<String>,
     defines_stage: bool,
+    /// Constructs whose code the references above cannot follow ([`unfollowable`]).
+    unfollowable: Option<String>,
 }
 
 struct Workspace {
@@ -434,6 +444,7 @@ impl Workspace {
         if !self.files.contains_key(file) {
             let bytes = std::fs::read(self.root.join(file)).map_err(|e| format!("{file}: {e}"))?;
             let hash = blake3::hash(&bytes).to_hex().to_string();
+            let mut unfollowable = None;
             let (refs, crates, defines_stage) = if file.ends_with(".rs") {
                 let text = String::from_utf8_lossy(&bytes);
                 let toks = strip_test_items(lex(&text));
@@ -447,11 +458,12 @@ impl Workspace {
                         _ => None,
                     })
                     .collect();
+                unfollowable = self::unfollowable(&toks);
                 (self.scan(file, &toks), crates, defines_stage)
             } else {
                 (BTreeSet::new(), BTreeSet::new(), false)
             };
-            self.files.insert(file.to_string(), FileInfo { hash, refs, crates, defines_stage });
+            self.files.insert(file.to_string(), FileInfo { hash, refs, crates, defines_stage, unfollowable });
         }
         Ok(&self.files[file])
     }
@@ -884,6 +896,34 @@ fn raw_or_prefixed_string(c: &[char], i: usize) -> Option<(String, usize)> {
     Some((c[s..].iter().collect(), n))
 }
 
+/// A construct outside test code whose code the references cannot follow, so that an edit of it would change no
+/// identity: a macro (`macro_rules!`: its uses name the crate root, not the file defining it), `include!` of source,
+/// a `#[path]` module, a workspace crate renamed by `as` (its paths would not be recognised). None is used today; the
+/// build refuses one rather than derive an identity that misses it.
+fn unfollowable(toks: &[Tok]) -> Option<String> {
+    let crates: Vec<Tok> = CRATES.iter().map(|(name, _)| Tok::id(name)).collect();
+    // what a build script generated (`include!(concat!(env!("OUT_DIR"), …))`) is not workspace source
+    let generated =
+        [Tok::id("concat"), Tok::Punct('!'), Tok::Punct('('), Tok::id("env"), Tok::Punct('!'), Tok::Punct('(')];
+    toks.windows(4).enumerate().find_map(|(i, w)| match w {
+        [Tok::Ident(m), Tok::Punct('!'), ..] if m == "macro_rules" => Some("a `macro_rules!` macro".to_string()),
+        [Tok::Ident(m), Tok::Punct('!'), Tok::Punct('('), ..]
+            if m == "include"
+                && !(toks.get(i + 3..i + 9) == Some(&generated[..])
+                    && toks.get(i + 9) == Some(&Tok::Str("OUT_DIR".into()))) =>
+        {
+            Some("`include!`".to_string())
+        }
+        [Tok::Punct('#'), Tok::Punct('['), Tok::Ident(p), Tok::Punct('=')] if p == "path" => {
+            Some("a `#[path]` module".to_string())
+        }
+        [Tok::Ident(u), c, Tok::Ident(a), _] if (u == "use" || u == "crate") && a == "as" && crates.contains(c) => {
+            Some(format!("a workspace crate renamed (`{c:?} as …`)"))
+        }
+        _ => None,
+    })
+}
+
 /// Removes `#[cfg(test)]` items, and the rest of the block an inner `#![cfg(test)]` opens (the whole file at its
 /// top, an inline `mod x { #![cfg(test)] … }` inside it): test code is not part of a computation.
 fn strip_test_items(toks: Vec<Tok>) -> Vec<Tok> {
@@ -1003,6 +1043,20 @@ mod tests {
         // at the top of a file: all of it
         let t = text("#![cfg(test)]\nuse crate::a;\nmod m { use crate::b; }");
         assert!(!t.contains("Ident(\"a\")") && !t.contains("Ident(\"b\")"), "{t}");
+    }
+
+    #[test]
+    fn constructs_the_identity_cannot_follow_are_named() {
+        let of = |src: &str| unfollowable(&ids(src));
+        assert_eq!(of("use crate::a; fn f() { g!(x) }"), None);
+        assert!(of("macro_rules! bump { () => {} }").unwrap().contains("macro_rules"));
+        assert!(of("include!(\"gen.rs\");").unwrap().contains("include!"));
+        assert_eq!(of("include!(concat!(env!(\"OUT_DIR\"), \"/code_identity.rs\"));"), None);
+        assert!(of("#[path = \"x.rs\"] mod x;").unwrap().contains("#[path]"));
+        assert!(of("use rmdistill_ml as ml;").unwrap().contains("renamed"));
+        assert_eq!(of("use rmdistill_ml::gguf as g; let s = include_str!(\"a\");"), None);
+        // in test code they do not count
+        assert_eq!(of("#[cfg(test)]\nmod t { macro_rules! m { () => {} } }"), None);
     }
 
     #[test]
