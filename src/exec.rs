@@ -73,7 +73,7 @@ impl ExternalHashes {
 
 /// A directory external (e.g. a checkpoint) is addressed like a directory artifact: by its canonical listing.
 fn hash_dir(path: &Path) -> std::io::Result<String> {
-    Ok(blake3::hash(&key::hash_tree(path)?.bytes()).to_hex().to_string())
+    Ok(blake3::hash(&key::hash_external_tree(path)?.bytes()).to_hex().to_string())
 }
 
 /// A file's hash read through `read` rather than a memory map: the file is re-hashed because it changed, and a
@@ -137,9 +137,11 @@ impl Ident {
             return Ok(Ident::File(StatId::of(&meta)));
         }
         // the files `hash_dir` hashes, each with its identity
-        let files = key::tree_files(path)?
+        // a link to a file counts as the file (`hash_external_tree`): its target's identity, which re-pointing the
+        // link changes too
+        let files = key::tree_files_with(path, true)?
             .into_iter()
-            .map(|(rel, p)| Ok((rel, StatId::of(&std::fs::symlink_metadata(&p)?))))
+            .map(|(rel, p)| Ok((rel, StatId::of(&std::fs::metadata(&p)?))))
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Ident::Dir(files))
     }

@@ -172,7 +172,9 @@ impl KeyRecord {
                             .join(",")
                     })
                 };
-                if show(a, false) == show(b, false) && show(a, true) != show(b, true) {
+                if show(a, false) == show(b, false) && old.v < 2 {
+                    // a v1 record names no upstream node: "key format changed" says all there is
+                } else if show(a, false) == show(b, false) && show(a, true) != show(b, true) {
                     out.push(format!("inputs.{s} come from other nodes: {} -> {}", show(a, true), show(b, true)));
                 } else {
                     out.push(format!("inputs.{s} changed: {} -> {}", show(a, false), show(b, false)));
@@ -184,7 +186,7 @@ impl KeyRecord {
             let (a, b) = (old.externals.get(e), self.externals.get(e));
             if a != b {
                 out.push(format!(
-                    "content of the file named by params.{e} changed: {} -> {}",
+                    "content of the file or directory named by params.{e} changed: {} -> {}",
                     a.map_or("none".into(), |h| short(h)),
                     b.map_or("none".into(), |h| short(h))
                 ));
@@ -238,8 +240,18 @@ impl Tree {
 /// Lists and hashes every file under `dir` (sorted by relative path; symlinks and empty directories are rejected
 /// rather than silently dropped).
 pub fn hash_tree(dir: &Path) -> std::io::Result<Tree> {
+    hash_tree_with(dir, false)
+}
+
+/// [`hash_tree`] of a directory of the user's (a data file param naming a directory), where a link to a regular file
+/// counts as that file: a Hugging Face cache snapshot is made of links into its blobs.
+pub fn hash_external_tree(dir: &Path) -> std::io::Result<Tree> {
+    hash_tree_with(dir, true)
+}
+
+fn hash_tree_with(dir: &Path, file_links: bool) -> std::io::Result<Tree> {
     let mut files = Vec::new();
-    for (path, p) in tree_files(dir)? {
+    for (path, p) in tree_files_with(dir, file_links)? {
         let (hash, size) = hash_file(&p)?;
         files.push(TreeFile { path, size, hash });
     }
@@ -249,27 +261,38 @@ pub fn hash_tree(dir: &Path) -> std::io::Result<Tree> {
 /// Every regular file under `dir`, by its relative path (`/`-separated) and its path, sorted by the relative path;
 /// anything else that is not a directory (a symlink, a socket) is an error.
 pub fn tree_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
+    tree_files_with(dir, false)
+}
+
+/// [`tree_files`], where with `file_links` a link to a regular file counts as that file (a link to a directory, or to
+/// nothing, is still an error: no walk follows a link out of the directory or round in a loop).
+pub fn tree_files_with(dir: &Path, file_links: bool) -> std::io::Result<Vec<(String, PathBuf)>> {
+    fn walk(root: &Path, dir: &Path, file_links: bool, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
         for e in std::fs::read_dir(dir)? {
             let e = e?;
             let ft = e.file_type()?;
             let p = e.path();
+            let to_file = || file_links && ft.is_symlink() && std::fs::metadata(&p).is_ok_and(|m| m.is_file());
             if ft.is_dir() {
-                walk(root, &p, out)?;
-            } else if ft.is_file() {
+                walk(root, &p, file_links, out)?;
+            } else if ft.is_file() || to_file() {
                 let rel = p.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
                 out.push((rel, p));
             } else {
-                return Err(std::io::Error::other(format!(
-                    "{}: only regular files may be in an artifact directory",
-                    p.display()
-                )));
+                return Err(std::io::Error::other(if file_links {
+                    format!(
+                        "{}: only regular files, or links to them, may be in a directory given as data",
+                        p.display()
+                    )
+                } else {
+                    format!("{}: only regular files may be in an artifact directory", p.display())
+                }));
             }
         }
         Ok(())
     }
     let mut files = Vec::new();
-    walk(dir, dir, &mut files)?;
+    walk(dir, dir, file_links, &mut files)?;
     files.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(files)
 }
@@ -336,6 +359,23 @@ mod tests {
         let mut direct = Vec::new();
         empty.write_canonical(&mut direct).unwrap();
         assert_eq!(String::from_utf8(direct).unwrap(), canonical(&serde_json::to_value(&empty).unwrap()));
+    }
+
+    /// A record of key v1 names no upstream node; what differs from it is the key's format, not where inputs come from.
+    #[test]
+    fn a_v1_record_differs_by_its_format_not_by_its_inputs_nodes() {
+        let new = rec();
+        let mut old = rec();
+        old.v = 1;
+        for refs in old.inputs.values_mut() {
+            for r in refs {
+                r.node.clear();
+            }
+        }
+        assert_eq!(new.diff(&old), ["key format changed: v1 -> v2"]);
+        let mut renamed = rec();
+        renamed.inputs.get_mut("pairs").unwrap()[0].node = "z".into();
+        assert_eq!(renamed.diff(&new), ["inputs.pairs come from other nodes: a -> z"]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What a node's stage is handed, in this process ([`NodeCtx`]) or in a worker ([`job`]): its parameters as its key
+//! What a node's stage is handed, in this process ([`NodeCtx`]) or in a worker ([`job`], [`worker_env`]): its parameters as its key
 //! records them, its inputs (hash-verified local copies, with the producing node's name and coordinates), its
 //! external files, where to write its outputs, its device and its threads. Every byte of this file can change what a
 //! stage writes, so it is part of every stage's code identity (`stages/src/code_identity.rs`, `HARNESS`), with the
@@ -92,4 +92,10 @@ pub fn job(
         threads,
         interop_threads: 1,
     }
+}
+
+/// The environment a worker process starts with for `threads` threads per node: libtorch's OpenMP pool and MKL are
+/// sized at start-up from these, before the worker can call `set_num_threads` ([`job`] hands it the same count).
+pub fn worker_env(threads: &str) -> [(&'static str, &str); 2] {
+    [("OMP_NUM_THREADS", threads), ("MKL_NUM_THREADS", threads)]
 }

@@ -212,9 +212,7 @@ fn spawn(bin: &Path, file: &Path, threads: usize) -> Result<Started, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // libtorch's OpenMP pool is sized at start-up from these, before the worker can call set_num_threads.
-        .env("OMP_NUM_THREADS", &threads)
-        .env("MKL_NUM_THREADS", &threads)
+        .envs(crate::node_ctx::worker_env(&threads))
         .spawn()
         .map_err(|e| format!("cannot start the worker {}: {e}", bin.display()))?;
     Ok(Started {
@@ -291,8 +289,7 @@ impl ForkServer {
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .env("OMP_NUM_THREADS", &threads)
-            .env("MKL_NUM_THREADS", &threads);
+            .envs(crate::node_ctx::worker_env(&threads));
         let (tx, rx) = std::sync::mpsc::channel();
         let keeper = std::thread::spawn(move || {
             let spawned = cmd.spawn();

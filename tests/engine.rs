@@ -79,7 +79,7 @@ params = { rho = "${rho}", size = 60, length = "words" }
         .collect();
     w.write("data.jsonl", &(reformatted.join("\n") + "\n"));
     let st = w.ok(&["status", "m.toml"]);
-    assert!(st.contains("content of the file named by params.path changed"), "{st}");
+    assert!(st.contains("content of the file or directory named by params.path changed"), "{st}");
     let again = w.run_json(&["m.toml"]);
     assert_eq!(nodes_with(&again, "ran"), vec!["import".to_string()]);
     assert_eq!(nodes_with(&again, "cached"), vec!["sub@rho=0.3".to_string(), "sub@rho=0.5".to_string()]);
@@ -88,8 +88,9 @@ params = { rho = "${rho}", size = 60, length = "words" }
 #[test]
 fn renaming_an_upstream_stage_reruns_what_reads_its_name_and_says_why() {
     // A stage sees its inputs' node names (the report labels rows by them, precompute orders and names its members
-    // by them), so they are keyed: a rename that leaves every byte the same still re-runs the readers, never serves
-    // outputs that carry the old name.
+    // by them), so they are keyed: a rename that leaves every byte the same re-runs every node that reads the renamed
+    // stage's outputs (subsample, here, whether or not it uses the name: the key cannot tell), never serves outputs
+    // that carry the old name. Below them, identical outputs keep everything cached.
     let w = Work::new();
     w.write("m.toml", &gen_manifest(2000));
     assert_eq!(w.run_json(&["m.toml"])["failed"], 0);
@@ -168,11 +169,26 @@ params = { epochs = 1.0, seed = 1 }
     assert!(text.contains(eps), "{text}");
     std::fs::write(&cfg, text.replace(eps, "\"layer_norm_epsilon\": 0.5")).unwrap();
     let st = w.ok(&["status", "m.toml"]);
-    assert!(st.contains("content of the file named by params.oracle_path changed"), "{st}");
+    assert!(st.contains("content of the file or directory named by params.oracle_path changed"), "{st}");
     let again = w.run_json(&["m.toml"]);
     assert_eq!(nodes_with(&again, "ran"), ["relabel"], "{again}");
     let labelled = |v: &serde_json::Value| output_hashes(v)["relabel"]["labelled"].clone();
     assert_ne!(labelled(&first), labelled(&again), "another config labels otherwise");
+    // a Hugging Face cache snapshot: links into its blobs, read (and keyed) as the files they point at: the same
+    // checkpoint labels alike, and an edit of a file a link points at is seen
+    std::fs::create_dir_all(w.path().join("snap")).unwrap();
+    for f in std::fs::read_dir(w.path().join("oracle")).unwrap().flatten() {
+        let blob = w.path().join("blobs").join(f.file_name());
+        std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        std::fs::copy(f.path(), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, w.path().join("snap").join(f.file_name())).unwrap();
+    }
+    w.write("m.toml", &with("snap"));
+    let linked = w.run_json(&["m.toml"]);
+    assert_eq!(labelled(&linked), labelled(&again), "{linked}");
+    std::fs::write(w.path().join("blobs/config.json"), text).unwrap();
+    let st = w.ok(&["status", "m.toml"]);
+    assert!(st.contains("params.oracle_path changed"), "{st}");
 }
 
 #[test]

@@ -229,20 +229,21 @@ fn task_id(r: &Row) -> String {
 /// itself (Slurm says DependencyNeverSatisfied only of a failed job's direct dependents).
 fn doomed_tasks(rows: &[Row]) -> HashSet<String> {
     let mut doomed: HashSet<String> = rows.iter().filter(|r| r.3 == "DependencyNeverSatisfied").map(task_id).collect();
-    // `12_3` names one task, `12` or `12_*` every task of job 12
-    let is_doomed = |doomed: &HashSet<String>, dep: &str| match dep.split_once('_') {
-        Some((job, t)) if t != "*" => doomed.contains(dep) || doomed.contains(job),
-        _ => {
-            let job = dep.split('_').next().unwrap_or(dep);
-            doomed.iter().any(|d| d == job || d.strip_prefix(job).is_some_and(|t| t.starts_with('_')))
-        }
+    // what a row waits on, by its dependencies: `12_3` one task; `12` or `12_*` every task of job 12, but under
+    // `aftercorr` only the task of the row's own index
+    let waits_on_doomed = |doomed: &HashSet<String>, r: &Row| {
+        dependency_tasks(&r.6).iter().any(|(kind, dep)| {
+            let (job, task) = dep.split_once('_').unwrap_or((dep.as_str(), "*"));
+            match (task, kind.as_str(), r.1) {
+                (t, _, _) if t != "*" => doomed.contains(dep) || doomed.contains(job),
+                (_, "aftercorr", Some(t)) => doomed.contains(&format!("{job}_{t}")) || doomed.contains(job),
+                _ => doomed.iter().any(|d| d == job || d.strip_prefix(job).is_some_and(|t| t.starts_with('_'))),
+            }
+        })
     };
     loop {
-        let more: Vec<String> = rows
-            .iter()
-            .filter(|r| !doomed.contains(&task_id(r)) && dependency_tasks(&r.6).iter().any(|d| is_doomed(&doomed, d)))
-            .map(task_id)
-            .collect();
+        let more: Vec<String> =
+            rows.iter().filter(|r| !doomed.contains(&task_id(r)) && waits_on_doomed(&doomed, r)).map(task_id).collect();
         if more.is_empty() {
             return doomed;
         }
@@ -250,14 +251,22 @@ fn doomed_tasks(rows: &[Row]) -> HashSet<String> {
     }
 }
 
-/// The jobs and tasks a dependency list names, as squeue's `%E` writes it
-/// (`afterok:12(unfulfilled),aftercorr:13_*(unfulfilled),afterok:14_2` → 12, 13_*, 14_2).
-fn dependency_tasks(e: &str) -> Vec<String> {
-    e.split(':')
-        .skip(1)
-        .map(|p| p.chars().take_while(|c| c.is_ascii_digit() || *c == '_' || *c == '*').collect::<String>())
-        .filter(|j| j.starts_with(|c: char| c.is_ascii_digit()))
-        .collect()
+/// The (dependency type, job or task) pairs of a dependency list as squeue's `%E` writes it
+/// (`afterok:12(unfulfilled),aftercorr:13_*(unfulfilled),afterok:14_2:15` → (afterok, 12), (aftercorr, 13_*),
+/// (afterok, 14_2), (afterok, 15)).
+fn dependency_tasks(e: &str) -> Vec<(String, String)> {
+    let mut out = vec![];
+    for part in e.split(',') {
+        let mut it = part.split(':');
+        let kind = it.next().unwrap_or_default().trim_start_matches(['?', '&']).to_string();
+        for id in it {
+            let id: String = id.chars().take_while(|c| c.is_ascii_digit() || *c == '_' || *c == '*').collect();
+            if id.starts_with(|c: char| c.is_ascii_digit()) {
+                out.push((kind.clone(), id));
+            }
+        }
+    }
+    out
 }
 
 /// The node list of a live job, from its batch script (`# rmdistill-tasks: [...]`).
@@ -438,13 +447,13 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
     }
     writeln!(s, "LOGS=${{RMDISTILL_SLURM_LOGS:-}}")?;
     writeln!(s, "[[ -n $LOGS ]] || LOGS={}", q(&logs))?;
+    // a relative RMDISTILL_SLURM_LOGS is taken against the jobs' --chdir, as sbatch takes --output (made here, the
+    // directory would be missing there and the jobs would fail to start, leaving no log)
+    writeln!(s, "[[ $LOGS == /* ]] || LOGS={}/$LOGS", q(&ctx.run.workdir.display().to_string()))?;
     writeln!(
         s,
         "[[ $LOGS != *\\\\* ]] || {{ echo \"error: log directory $LOGS has a backslash, which sbatch's --output cannot carry; choose another (RMDISTILL_SLURM_LOGS or --logs)\" >&2; exit 3; }}"
     )?;
-    // a relative RMDISTILL_SLURM_LOGS is taken against the jobs' --chdir, as sbatch takes --output (made here, the
-    // directory would be missing there and the jobs would fail to start, leaving no log)
-    writeln!(s, "[[ $LOGS == /* ]] || LOGS={}/$LOGS", q(&ctx.run.workdir.display().to_string()))?;
     writeln!(s, "mkdir -p -- \"$LOGS\"")?;
     writeln!(s, "# --output is a pattern for sbatch (%j, %x, …): the directory's own `%` are written `%%`")?;
     writeln!(s, "OUT=${{LOGS//[%]/%%}}")?;
@@ -463,7 +472,7 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
     writeln!(s, "SUBMITTED=()")?;
     writeln!(
         s,
-        "trap 'echo \"error: submission stopped; submitted so far: ${{SUBMITTED[*]:-none}} (scancel them, fix the cause, and submit again)\" >&2' ERR"
+        "trap '[[ $BASHPID == \"$$\" ]] && echo \"error: submission stopped; submitted so far: ${{SUBMITTED[*]:-none}} (scancel them, fix the cause, and submit again)\" >&2' ERR"
     )?;
     writeln!(s, "# live_job IDENTITY: the id of this user's pending or running job with that --comment, if any")?;
     writeln!(s, "live_job() {{")?;
@@ -699,4 +708,39 @@ fn submit(ctx: &Ctx, groups: &[Group], a: &Request, script: &str, live: &Live) -
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(job: &str, task: Option<u32>, reason: &str, deps: &str) -> Row {
+        (job.into(), task, "PENDING".into(), reason.into(), "n".into(), "rmdistill:x:y".into(), deps.into())
+    }
+
+    /// Slurm marks only a failed job's direct dependents DependencyNeverSatisfied: what waits on them is doomed too,
+    /// task by task where the dependency names a task or is element-wise (`aftercorr`).
+    #[test]
+    fn tasks_waiting_on_a_task_that_will_never_run_will_never_run() {
+        let rows = vec![
+            row("100", Some(0), "Dependency", "afterok:99(unfulfilled)"),
+            row("100", Some(1), "DependencyNeverSatisfied", "afterok:99_1(failed)"),
+            // element-wise on 100: only task 1 is doomed
+            row("101", Some(0), "Dependency", "aftercorr:100_*(unfulfilled)"),
+            row("101", Some(1), "Dependency", "aftercorr:100_*(unfulfilled)"),
+            // on one task of 101, on all of 101, and on 102's doomed task 0 through a chain
+            row("102", None, "Dependency", "afterok:101_0(unfulfilled)"),
+            row("103", None, "Dependency", "afterok:101(unfulfilled)"),
+            row("104", None, "Dependency", "afterok:103(unfulfilled),afterok:98"),
+        ];
+        let doomed = doomed_tasks(&rows);
+        let mut got: Vec<&str> = doomed.iter().map(String::as_str).collect();
+        got.sort();
+        assert_eq!(got, ["100_1", "101_1", "103", "104"]);
+        assert_eq!(
+            dependency_tasks("afterok:12(unfulfilled),aftercorr:13_*(unfulfilled),afterok:14_2:15"),
+            [("afterok", "12"), ("aftercorr", "13_*"), ("afterok", "14_2"), ("afterok", "15")]
+                .map(|(k, j)| (k.to_string(), j.to_string()))
+        );
+    }
 }

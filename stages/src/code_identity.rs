@@ -41,9 +41,10 @@ pub const CRATES: [(&str, &str); 3] =
 pub const HARNESS: [&str; 3] = ["stages/src/lib.rs", "stages/src/protocol.rs", "src/node_ctx.rs"];
 
 /// The same for a stage that runs in the worker: its dispatch, the context it hands a stage (parameters, inputs, the
-/// threads it sets), its fork server.
-pub const WORKER_HARNESS: [&str; 4] =
-    ["worker/src/lib.rs", "worker/src/main.rs", "worker/src/job.rs", "worker/src/serve.rs"];
+/// threads it sets), its fork server. Not `worker/src/main.rs`: it only parses the command line and calls
+/// `job::run_file` (a job) or `serve::serve`, and following it would bring `import-model`'s GGUF converter into every
+/// worker stage's identity.
+pub const WORKER_HARNESS: [&str; 3] = ["worker/src/lib.rs", "worker/src/job.rs", "worker/src/serve.rs"];
 
 /// The workspace's manifests: the features they enable shape what a library computes (serde_json's
 /// `float_roundtrip` parses floats exactly; without it some parameters come out one ulp off), and Cargo.lock does not
@@ -83,12 +84,11 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
     let mut ws = Workspace::new(root)?;
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
     let lock = Lock::parse(&lock);
-    let mut manifests = String::new();
+    let mut declarations: Vec<(String, String)> = vec![];
     for m in MANIFESTS {
         let text = std::fs::read_to_string(root.join(m)).map_err(|e| format!("{m}: {e}"))?;
-        manifests.push_str(&format!("{m}\n{}", declared(&text)));
+        declarations.extend(declared(&text).into_iter().map(|(name, text)| (name, format!("{m}: {text}"))));
     }
-    let manifests = &blake3::hash(manifests.as_bytes()).to_hex()[..16];
     let roots = ws.stage_roots()?;
     let mut stages = vec![];
     let mut cross = vec![];
@@ -101,6 +101,8 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
         (ws.closure_without(&in_process, &root_files)?, ws.closure_without(&in_worker, &root_files)?);
     for (kind, files) in &roots {
         let mut closure = ws.closure(files)?;
+        // a kind runs in the worker when it has an implementation there (`stage_roots`)
+        closure.extend(if files.len() > 1 { &in_worker } else { &in_process }.iter().cloned());
         for f in &closure {
             if let Some(what) = ws.info(f)?.unfollowable.clone() {
                 return Err(format!(
@@ -109,8 +111,6 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
                 ));
             }
         }
-        // a kind runs in the worker when it has an implementation there (`stage_roots`)
-        closure.extend(if files.len() > 1 { &in_worker } else { &in_process }.iter().cloned());
         for f in files {
             let direct: Vec<String> =
                 ws.references(f)?.into_iter().filter(|r| root_files.get(r).is_some_and(|k| k != kind)).collect();
@@ -127,10 +127,18 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
         if named.iter().any(|&i| lock.packages[i].name == "tch") {
             libs.push_str(&format!("libtorch={libtorch};"));
         }
+        let mut names: BTreeSet<String> = BTreeSet::new();
         for (name, version) in lock.with_dependencies(named) {
             libs.push_str(&format!("{name}={version};"));
+            names.insert(name);
         }
-        libs.push_str(&format!("features={manifests};"));
+        // how the manifests declare those libraries (their features), and what applies to all
+        let declared: String = declarations
+            .iter()
+            .filter(|(name, _)| name.is_empty() || names.contains(name))
+            .map(|(_, text)| format!("{text}\n"))
+            .collect();
+        libs.push_str(&format!("features={};", &blake3::hash(declared.as_bytes()).to_hex()[..16]));
         let mut h = blake3::Hasher::new();
         h.update(format!("rmdistill code identity v1\nkind={kind}\nlibs={libs}\n").as_bytes());
         for f in &closure {
@@ -146,24 +154,83 @@ pub fn derive(root: &Path, libtorch: &str) -> Result<Derived, String> {
     Ok(Derived { stages, files_read: ws.read_paths(), cross_stage_references: cross })
 }
 
-/// The lines of a Cargo.toml's dependency and feature tables (`[dependencies]`, `[workspace.dependencies]`,
-/// `[build-dependencies]`, `[features]`, `[dependencies.x]`, …), trimmed, comments and blank lines left out: what
-/// decides which features each library is built with. Dev-dependencies are left out: tests only (but Cargo unifies
-/// their features into the test build, never into the binaries that run stages).
-pub fn declared(toml: &str) -> String {
-    let mut out = String::new();
-    let mut keep = false;
+/// The declarations of a Cargo.toml that decide how a library is built, as (library name, declaration), comments and
+/// blank lines left out: each entry of a dependency table (`[dependencies]`, `[workspace.dependencies]`,
+/// `[build-dependencies]`, `[target.….dependencies]`; an entry may span lines) or a `[dependencies.x]` table under its
+/// library's name, and under the name "" (for every library) the `[features]` tables and the feature `resolver`.
+/// Dev-dependencies are left out: their features are unified only into test builds.
+pub fn declared(toml: &str) -> Vec<(String, String)> {
+    /// A line without its `#` comment (a `#` inside a string is kept).
+    fn uncommented(line: &str) -> &str {
+        let mut quote: Option<char> = None;
+        for (i, c) in line.char_indices() {
+            match (c, quote) {
+                ('"' | '\'', None) => quote = Some(c),
+                (c, Some(q)) if c == q => quote = None,
+                ('#', None) => return line[..i].trim_end(),
+                _ => {}
+            }
+        }
+        line
+    }
+    #[derive(PartialEq)]
+    enum Section {
+        Other,
+        Features,
+        /// A table of dependencies, one per entry.
+        Deps,
+        /// `[dependencies.x]`: the whole table is x's.
+        Dep(String),
+    }
+    let mut out: Vec<(String, String)> = vec![];
+    let mut section = Section::Other;
+    // an entry still open (its brackets not yet closed): its name, text and depth
+    let mut open: Option<(String, String, i32)> = None;
     for line in toml.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        let line = uncommented(line.trim());
+        if line.is_empty() {
+            continue;
+        }
+        if let Some((name, text, depth)) = open.as_mut() {
+            text.push(' ');
+            text.push_str(line);
+            *depth += line.matches(['[', '{']).count() as i32 - line.matches([']', '}']).count() as i32;
+            if *depth <= 0 {
+                out.push((std::mem::take(name), std::mem::take(text)));
+                open = None;
+            }
             continue;
         }
         if line.starts_with('[') {
-            keep = (line.contains("dependencies") && !line.contains("dev-dependencies")) || line == "[features]";
+            let header: String = line.trim_matches(['[', ']']).chars().filter(|c| !c.is_whitespace()).collect();
+            let parts: Vec<&str> = header.split('.').collect();
+            section = match parts.iter().rposition(|p| p.ends_with("dependencies")) {
+                _ if header == "features" => Section::Features,
+                Some(i) if !parts[i].starts_with("dev-") && i + 1 == parts.len() => Section::Deps,
+                Some(i) if !parts[i].starts_with("dev-") && i + 2 == parts.len() => {
+                    Section::Dep(parts[i + 1].trim_matches('"').to_string())
+                }
+                _ => Section::Other,
+            };
+            if let Section::Dep(name) = &section {
+                out.push((name.clone(), line.to_string()));
+            }
+            continue;
         }
-        if keep {
-            out.push_str(line);
-            out.push('\n');
+        let key = line.split(['=', '.']).next().unwrap_or_default().trim().trim_matches('"').to_string();
+        match &section {
+            Section::Features => out.push((String::new(), line.to_string())),
+            Section::Dep(name) => out.push((name.clone(), line.to_string())),
+            Section::Deps => {
+                let depth = line.matches(['[', '{']).count() as i32 - line.matches([']', '}']).count() as i32;
+                if depth > 0 {
+                    open = Some((key, line.to_string(), depth));
+                } else {
+                    out.push((key, line.to_string()));
+                }
+            }
+            Section::Other if key == "resolver" => out.push((String::new(), line.to_string())),
+            Section::Other => {}
         }
     }
     out
@@ -1057,6 +1124,23 @@ mod tests {
         assert_eq!(of("use rmdistill_ml::gguf as g; let s = include_str!(\"a\");"), None);
         // in test code they do not count
         assert_eq!(of("#[cfg(test)]\nmod t { macro_rules! m { () => {} } }"), None);
+    }
+
+    #[test]
+    fn manifests_declare_each_library_s_features() {
+        let d = declared(
+            "[package]\nname = \"x\" # not a dependency\n\n[workspace]\nresolver = \"3\"\n\n\
+             [workspace.dependencies]\nserde_json = { version = \"1\", features = [\"float_roundtrip\"] } # exact floats\n\
+             arrow = { version = \"60\", features = [\n  \"json\", # the reader\n  \"prettyprint\",\n] }\n\
+             [dependencies]\nanyhow.workspace = true\n\n[ features ] # for GPUs\ncuda = [\"ml/cuda\"]\n\n\
+             [target.'cfg(unix)'.dependencies]\nlibc = \"0.2\"\n\n[dependencies.tch]\nversion = \"0.24\"\n\n\
+             [dev-dependencies]\nproptest = \"1\"\n[profile.dev]\nopt-level = 1\n",
+        );
+        let names: Vec<&str> = d.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["", "serde_json", "arrow", "anyhow", "", "libc", "tch", "tch"], "{d:?}");
+        assert_eq!(d[1].1, "serde_json = { version = \"1\", features = [\"float_roundtrip\"] }");
+        assert_eq!(d[2].1, "arrow = { version = \"60\", features = [ \"json\", \"prettyprint\", ] }");
+        assert_eq!(d[4].1, "cuda = [\"ml/cuda\"]");
     }
 
     #[test]

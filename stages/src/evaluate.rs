@@ -158,12 +158,21 @@ pub use crate::evaluation::SAMPLING_KEY;
 /// shard: shards are whole batches with the unsharded seeds (merged shards are the unsharded table), and the reader
 /// checks the rows.
 pub fn sampling_record(p: &Params, reference: &str, prompts: &str, oracle_model: Option<&str>) -> Value {
+    // the knobs as the oracle reads them, not as written: `1` and `1.0` (which key alike) or a default left out are
+    // one oracle, and a record written with either must match the other's
+    let knobs = match p.oracle {
+        OracleKind::Synthetic => crate::oracle::OracleParams::from_map(&p.oracle_params, "oracle_params")
+            .ok()
+            .and_then(|k| serde_json::to_value(k).ok())
+            .unwrap_or_else(|| Value::Object(p.oracle_params.clone())),
+        OracleKind::RewardModel => Value::Object(p.oracle_params.clone()),
+    };
     serde_json::json!({
         "reference": reference,
         "prompts": prompts,
         "oracle": p.oracle,
         "oracle_model": oracle_model,
-        "oracle_params": p.oracle_params,
+        "oracle_params": knobs,
         "split": p.split,
         "skip_prompts": p.skip_prompts,
         "n_prompts": p.n_prompts,
@@ -302,6 +311,19 @@ mod tests {
         );
         assert_eq!(record_mismatch(&ours, Some(&other)).len(), 1);
         assert!(record_mismatch(&ours, Some(&other))[0].starts_with("oracle_params:"));
+        // the knobs as the oracle reads them: 1 and 1.0, or a default written out, are one oracle (a reviewer's
+        // finding: 1 and 1.0 key alike, so a cached shard's record said 1.0 and a fresh one's 1, and merge_eval
+        // refused the pair for good)
+        let with = |knobs: Value| {
+            sampling_record(
+                &params(json!({"oracle": "synthetic", "oracle_params": knobs, "split": "test", "seed": 3})),
+                "ref-hash",
+                "prompts-hash",
+                None,
+            )
+        };
+        assert_eq!(with(json!({"coverage_weight": 1})), with(json!({"coverage_weight": 1.0})));
+        assert_eq!(with(json!({})), with(json!({"coverage_weight": 1.0, "length_cap": 10})));
         // a field only one side has, and no record at all
         let mut extra = ours.clone();
         extra["new_knob"] = json!(1);

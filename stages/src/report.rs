@@ -995,7 +995,7 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
          over prompts, per seed (the advantage at equal length, as AlpacaEval's length-controlled win rate zeroes its length \
          term), aggregated over seeds like the advantage; b is the oracle reward per token of length difference, so raw − a \
          (b times the mean length difference) is how much of the raw advantage is length. The win rate counts a tie with \
-         π_ref's sample (oracle scores within a relative 1e-9, as `label` decides ties) as half a win. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples.\n\n\
+         π_ref's sample (oracle scores within 1e-9 times the larger magnitude, or 1e-9 below 1, as `label` decides ties) as half a win. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples.\n\n\
          | method | ρ | seeds | advantage | LC advantage | b (per token) | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n\
          |---|---|---|---|---|---|---|---|---|---|"
     );
@@ -1033,8 +1033,8 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
              noisy). The paper reports that DPO pushes both down (likelihood collapse) while distillation and pessimism keep \
              them near π_ref. Measured here, the table gives each method's mean over its first and its last tenth of the \
              training steps (nats per response; means over the runs), and for the pessimistic methods the forward KL(π_ref‖π_θ) \
-             they regularise, estimated on each mini-batch's samples of π_ref as mean(log π_ref − log π_θ) (METHOD.md; the \
-             other methods do not compute it), over the last tenth.\n\n![log-prob trajectories](logp_trajectories.png)\n",
+             they regularise, estimated on each mini-batch's samples of π_ref as mean(log π_ref − log π_θ) (METHOD.md; \
+             another method estimates it only when π_ref's samples are bound to it), over the last tenth.\n\n![log-prob trajectories](logp_trajectories.png)\n",
             fmt_rho(rho)
         );
         let rows = likelihood_change(&a.trajectories, rho);

@@ -128,15 +128,29 @@ fn the_hand_over_to_a_stage_and_the_enabled_features_are_covered() {
     append(t.path(), "src/node_ctx.rs", "\n// an edit\n");
     let after_ctx = derive(t.path());
     assert_eq!(changed(&after_job, &after_ctx).len(), base.stages.len());
-    // a feature removed from a library's declaration: every kind
+    // the worker's command line is not the hand-over: `import-model`'s GGUF converter stays import_model's alone
+    append(t.path(), "ml/src/gguf.rs", "\n// an edit\n");
+    let after_gguf = derive(t.path());
+    assert_eq!(changed(&after_ctx, &after_gguf), ["import_model"]);
+    // a feature removed from a library's declaration: the kinds that reach that library
+    let with_serde_json: Vec<String> =
+        base.stages.iter().filter(|s| s.libs.contains("serde_json=")).map(|s| s.kind.clone()).collect();
+    assert!(!with_serde_json.is_empty());
     let cargo = t.path().join("Cargo.toml");
     let text = std::fs::read_to_string(&cargo).unwrap();
     assert!(text.contains(r#""preserve_order", "float_roundtrip""#));
     std::fs::write(&cargo, text.replace(r#""preserve_order", "float_roundtrip""#, r#""preserve_order""#)).unwrap();
     let after_features = derive(t.path());
-    assert_eq!(changed(&after_ctx, &after_features).len(), base.stages.len());
-    // a comment, or a test-only dependency: none
+    assert_eq!(changed(&after_gguf, &after_features), with_serde_json);
+    // a comment, a test-only dependency, or a library no stage reaches (the engine's progress bars): none
     append(t.path(), "Cargo.toml", "\n# a comment\n[dev-dependencies]\nproptest = \"1\"\n");
+    let text = std::fs::read_to_string(&cargo).unwrap();
+    assert!(text.contains("indicatif = \"0.18\""));
+    std::fs::write(
+        &cargo,
+        text.replace("indicatif = \"0.18\"", "indicatif = { version = \"0.18\", features = [\"rayon\"] }"),
+    )
+    .unwrap();
     assert!(changed(&after_features, &derive(t.path())).is_empty());
 }
 
