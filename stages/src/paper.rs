@@ -341,10 +341,12 @@ impl Assessment {
                 self.against(alpha),
             ),
             Kind::NoClearGain => format!(
-                "point estimates ≤ 0 (no gain): {} of {n}; intervals below +{margin}: {} of {n}; significant gains: {}",
+                "point estimates ≤ 0 (no gain): {} of {n}; intervals below +{margin}: {} of {n}; significant gains: {}; \
+                 significant losses: {}",
                 count(&|c| c.test.diff <= 0.0),
                 count(&|c| c.test.ci_high < margin),
                 self.against(alpha),
+                count(&|c| c.significant(alpha) && c.test.diff < 0.0),
             ),
         })
     }
@@ -462,7 +464,7 @@ mod tests {
         let v = [c(0.2, "p-dpo", "dpo", -0.01, 0.6, 0.015), c(0.5, "p-dpo", "dpo", 0.01, 0.6, 0.09)];
         assert_eq!(
             assess(f, &v, &rhos, 0.05, 0.02).lean(0.05, 0.02).unwrap(),
-            "point estimates ≤ 0 (no gain): 1 of 2; intervals below +0.02: 1 of 2; significant gains: 0"
+            "point estimates ≤ 0 (no gain): 1 of 2; intervals below +0.02: 1 of 2; significant gains: 0; significant losses: 0"
         );
         assert_eq!(assess(f, &[], &rhos, 0.05, 0.02).lean(0.05, 0.02), None);
     }
@@ -520,7 +522,7 @@ mod tests {
         let a = assess(f, &mk(0.01), &rhos, 0.05, 0.02);
         assert!((a.p_finding[4] - 0.07).abs() < 1e-12, "{:?}", a.p_finding);
         assert_eq!((a.verdict, a.against(0.05)), (Verdict::Inconclusive, 0));
-        assert!(a.lean(0.05, 0.02).unwrap().ends_with("significant gains: 0"));
+        assert!(a.lean(0.05, 0.02).unwrap().ends_with("significant gains: 0; significant losses: 0"));
     }
 
     #[test]

@@ -935,6 +935,14 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
     let p = &a.params;
     let mut md = String::new();
     let _ = writeln!(md, "# {}\n", p.title);
+    if a.oracle_agreement.is_none() {
+        let _ = writeln!(
+            md,
+            "**Ground truth.** No agreement of the oracle with human labels was bound: with the embedded task's \
+             programmatic oracle the scores are the ground truth itself (`stages/src/oracle.rs` defines it), so no \
+             interval applies to it; with a learned oracle, bind `oracle_agreement` to state it.\n"
+        );
+    }
     if let Some(o) = &a.oracle_agreement {
         let _ = writeln!(
             md,
@@ -987,7 +995,11 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
         }
         md.push('\n');
     }
-    let _ = writeln!(md, "\n![advantage vs rho](advantage_vs_rho.png)\n");
+    let _ = writeln!(
+        md,
+        "\n![advantage vs rho](advantage_vs_rho.png)\n\n(Fig. 2: each method's mean advantage ± its 95% t-interval \
+         over seeds; the methods are drawn slightly apart around each ρ so that their bars do not overlap.)\n"
+    );
     let _ = writeln!(
         md,
         "## Per method: raw and length-controlled advantage, win rate, length, KL\n\n\
@@ -995,7 +1007,9 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
          over prompts, per seed (the advantage at equal length, as AlpacaEval's length-controlled win rate zeroes its length \
          term), aggregated over seeds like the advantage; b is the oracle reward per token of length difference, so raw − a \
          (b times the mean length difference) is how much of the raw advantage is length. The win rate counts a tie with \
-         π_ref's sample (oracle scores within 1e-9 times the larger magnitude, or 1e-9 below 1, as `label` decides ties) as half a win. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples.\n\n\
+         π_ref's sample (oracle scores within 1e-9 times the larger magnitude, or 1e-9 below 1, as `label` decides ties) as half a win. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples: the reverse KL on the \
+         test prompts, not the forward KL(π_ref‖π_θ) on π_ref's samples that the Fig. B.1 table gives for training. b, \
+         the win rate, the lengths and KL are means over seeds, without an interval.\n\n\
          | method | ρ | seeds | advantage | LC advantage | b (per token) | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n\
          |---|---|---|---|---|---|---|---|---|---|"
     );
@@ -1031,7 +1045,7 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
             "\n## Likelihood of the training responses (Fig. B.1)\n\nMean log π_θ of the chosen (y_w) and rejected (y_l) responses \
              of each training mini-batch, at ρ = {}, averaged over seeds (each point is one mini-batch, so the curves are \
              noisy). The paper reports that DPO pushes both down (likelihood collapse) while distillation and pessimism keep \
-             them near π_ref. Measured here, the table gives each method's mean over its first and its last tenth of the \
+             them near π_ref; the table checks that claim rather than assume it. Measured here, the table gives each method's mean over its first and its last tenth of the \
              training steps (nats per response; means over the runs), and for the pessimistic methods the forward KL(π_ref‖π_θ) \
              they regularise, estimated on each mini-batch's samples of π_ref as mean(log π_ref − log π_θ) (METHOD.md; \
              another method estimates it only when π_ref's samples are bound to it), over the last tenth.\n\n![log-prob trajectories](logp_trajectories.png)\n",
@@ -1074,8 +1088,10 @@ fn findings_md(md: &mut String, a: &Analysis) {
          every one is significant in its direction (p̃ < {alpha}: Holm-adjusted within its ρ, see the contrasts below), \
          *contradicted* when one is significant the other way both within its ρ and among the finding's own contrasts \
          (p̃ and p̃_f < {alpha}; p̃_f is Holm-adjusted over all the contrasts of the finding, across its ρ: a finding that \
-         spans seven ρ would otherwise be contradicted by chance up to seven times as often as α), *inconclusive* \
-         otherwise, *not tested* when none could be measured (a method not run, or fewer than two seeds). Evidence: \
+         spans seven ρ would otherwise be contradicted by chance up to seven times as often as α; the two families \
+         differ in size, so either adjusted p may be the larger, and a contradiction needs both — stricter than \
+         METHOD.md's rule, which asks for one contrast significant the other way), *inconclusive* otherwise \
+         (with few seeds that includes evidence leaning wholly one way: read the counts in italics), *not tested* when none could be measured (a method not run, or fewer than two seeds). Evidence: \
          first where the point estimates lean (in italics; \"against it\" counted as the verdict counts it), then each \
          difference of advantages [95% interval], p̃, p̃_f.\n\n| finding | verdict | evidence |\n|---|---|---|",
         alpha = a.params.alpha
@@ -1325,7 +1341,11 @@ fn hyper_md(md: &mut String, a: &Analysis) {
         "\n## Hyper-parameters of the evaluated policies\n\nβ, τ and γ of each policy evaluated above; where a selection \
          stage chose a value by validation (mean validation advantage over seeds), the choice with its validation advantage, \
          the number of candidates and the number of seeds the candidates were trained on (candidates may be trained on \
-         fewer seeds than the comparison; the final policies are trained with the chosen values on every seed)."
+         fewer seeds than the comparison; the final policies are trained with the chosen values on every seed). Where the \
+         candidates were trained on one of the comparison's seeds, that seed's final policy is the chosen candidate: \
+         its test prompts are held out from the validation prompts, but its corpus, π_ref and pairs are the ones the \
+         choice was made on, so a choice that won by noise favours its method on that seed. A γ with one candidate \
+         value was not selected here but set by the manifest."
     );
     let list = |v: &[f64]| {
         if v.is_empty() { "–".to_string() } else { v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ") }
