@@ -139,7 +139,7 @@ impl Ident {
         // the files `hash_dir` hashes, each with its identity
         // a link to a file counts as the file (`hash_external_tree`): its target's identity, which re-pointing the
         // link changes too
-        let files = key::tree_files_with(path, true)?
+        let files = key::tree_files(path, true)?
             .into_iter()
             .map(|(rel, p)| Ok((rel, StatId::of(&std::fs::metadata(&p)?))))
             .collect::<std::io::Result<Vec<_>>>()?;
@@ -520,7 +520,6 @@ fn execute(
                 progress,
                 device: t.device,
                 threads: t.threads,
-                empty: Vec::new(),
             };
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&ctx))) {
                 Ok(Ok(s)) => Ok(s),

@@ -172,12 +172,13 @@ impl KeyRecord {
                             .join(",")
                     })
                 };
-                if show(a, false) == show(b, false) && old.v < 2 {
+                let (hashes, nodes) = ((show(a, false), show(b, false)), (show(a, true), show(b, true)));
+                if hashes.0 == hashes.1 && old.v < 2 {
                     // a v1 record names no upstream node: "key format changed" says all there is
-                } else if show(a, false) == show(b, false) && show(a, true) != show(b, true) {
-                    out.push(format!("inputs.{s} come from other nodes: {} -> {}", show(a, true), show(b, true)));
+                } else if hashes.0 == hashes.1 && nodes.0 != nodes.1 {
+                    out.push(format!("inputs.{s} come from other nodes: {} -> {}", nodes.0, nodes.1));
                 } else {
-                    out.push(format!("inputs.{s} changed: {} -> {}", show(a, false), show(b, false)));
+                    out.push(format!("inputs.{s} changed: {} -> {}", hashes.0, hashes.1));
                 }
             }
         }
@@ -251,7 +252,7 @@ pub fn hash_external_tree(dir: &Path) -> std::io::Result<Tree> {
 
 fn hash_tree_with(dir: &Path, file_links: bool) -> std::io::Result<Tree> {
     let mut files = Vec::new();
-    for (path, p) in tree_files_with(dir, file_links)? {
+    for (path, p) in tree_files(dir, file_links)? {
         let (hash, size) = hash_file(&p)?;
         files.push(TreeFile { path, size, hash });
     }
@@ -259,14 +260,9 @@ fn hash_tree_with(dir: &Path, file_links: bool) -> std::io::Result<Tree> {
 }
 
 /// Every regular file under `dir`, by its relative path (`/`-separated) and its path, sorted by the relative path;
-/// anything else that is not a directory (a symlink, a socket) is an error.
-pub fn tree_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    tree_files_with(dir, false)
-}
-
-/// [`tree_files`], where with `file_links` a link to a regular file counts as that file (a link to a directory, or to
-/// nothing, is still an error: no walk follows a link out of the directory or round in a loop).
-pub fn tree_files_with(dir: &Path, file_links: bool) -> std::io::Result<Vec<(String, PathBuf)>> {
+/// with `file_links` a link to a regular file counts as that file. Anything else that is not a directory (a socket, any
+/// other link) is an error: no walk follows a link out of the directory or round in a loop.
+pub fn tree_files(dir: &Path, file_links: bool) -> std::io::Result<Vec<(String, PathBuf)>> {
     fn walk(root: &Path, dir: &Path, file_links: bool, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
         for e in std::fs::read_dir(dir)? {
             let e = e?;

@@ -24,7 +24,6 @@ pub struct NodeCtx<'a> {
     pub progress: &'a Progress,
     pub device: Device,
     pub threads: usize,
-    pub empty: Vec<InputArtifact>,
 }
 
 impl Ctx for NodeCtx<'_> {
@@ -32,7 +31,7 @@ impl Ctx for NodeCtx<'_> {
         self.params
     }
     fn inputs(&self, slot: &str) -> &[InputArtifact] {
-        self.inputs.get(slot).unwrap_or(&self.empty)
+        self.inputs.get(slot).map_or(&[], Vec::as_slice)
     }
     fn external(&self, param: &str) -> Option<&Path> {
         self.node.externals.get(param).map(PathBuf::as_path)

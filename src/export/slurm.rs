@@ -137,6 +137,27 @@ const LIVE_STATES: &str = "PENDING,RUNNING,CONFIGURING,SUSPENDED";
 /// still waits on).
 type Row = (String, Option<u32>, String, String, String, String, String);
 
+/// The script's `live_job IDENTITY`: the id of a pending or running job of this user's with that `--comment`, not one
+/// that waits (transitively) on a job that will never run — Slurm marks only a failed job's direct dependents
+/// DependencyNeverSatisfied. The script's side of [`live_nodes`], at whole-job level (squeue without `-r`).
+const LIVE_JOB: &str = r#"# live_job IDENTITY: the id of this user's pending or running job with that --comment, if any
+live_job() {
+    command -v squeue >/dev/null || return 0
+    local q
+    q=$(squeue -h -u "$(id -un)" -t {LIVE_STATES} -o '%F|%r|%k|%E' 2>/dev/null) || return 0
+    awk -F'|' -v c="$1" '
+        { id[NR] = $1; k[NR] = $3; e[NR] = $4; if ($2 == "DependencyNeverSatisfied") doomed[$1] = 1 }
+        function waits_on_doomed(d,   j) {
+            while (match(d, /:[0-9]+/)) { j = substr(d, RSTART + 1, RLENGTH - 1); if (j in doomed) return 1; d = substr(d, RSTART + RLENGTH) }
+            return 0
+        }
+        END {
+            do { more = 0; for (i = 1; i <= NR; i++) if (!(id[i] in doomed) && waits_on_doomed(e[i])) { doomed[id[i]] = 1; more = 1 } } while (more)
+            for (i = 1; i <= NR; i++) if (k[i] == c && !(id[i] in doomed)) { print id[i]; exit }
+        }' <<<"$q"
+}
+"#;
+
 /// This user's live rmdistill jobs, one row per (array) task; empty, with a warning, where squeue is absent or fails.
 fn queued_rows() -> Vec<Row> {
     let user = std::process::Command::new("id").arg("-un").output().ok().filter(|o| o.status.success());
@@ -228,26 +249,39 @@ fn task_id(r: &Row) -> String {
 /// The tasks that will never run: pending on a dependency never to be satisfied, or on a task that will never run
 /// itself (Slurm says DependencyNeverSatisfied only of a failed job's direct dependents).
 fn doomed_tasks(rows: &[Row]) -> HashSet<String> {
-    let mut doomed: HashSet<String> = rows.iter().filter(|r| r.3 == "DependencyNeverSatisfied").map(task_id).collect();
+    let deps: Vec<Vec<(String, String)>> = rows.iter().map(|r| dependency_tasks(&r.6)).collect();
+    // the doomed tasks (`12`, `13_4`), and the jobs that have one
+    let mut doomed: HashSet<String> = HashSet::new();
+    let mut jobs: HashSet<&str> = HashSet::new();
     // what a row waits on, by its dependencies: `12_3` one task; `12` or `12_*` every task of job 12, but under
     // `aftercorr` only the task of the row's own index
-    let waits_on_doomed = |doomed: &HashSet<String>, r: &Row| {
-        dependency_tasks(&r.6).iter().any(|(kind, dep)| {
+    let waits_on_doomed = |doomed: &HashSet<String>, jobs: &HashSet<&str>, r: &Row, deps: &[(String, String)]| {
+        deps.iter().any(|(kind, dep)| {
             let (job, task) = dep.split_once('_').unwrap_or((dep.as_str(), "*"));
             match (task, kind.as_str(), r.1) {
                 (t, _, _) if t != "*" => doomed.contains(dep) || doomed.contains(job),
                 (_, "aftercorr", Some(t)) => doomed.contains(&format!("{job}_{t}")) || doomed.contains(job),
-                _ => doomed.iter().any(|d| d == job || d.strip_prefix(job).is_some_and(|t| t.starts_with('_'))),
+                _ => jobs.contains(job),
             }
         })
     };
     loop {
-        let more: Vec<String> =
-            rows.iter().filter(|r| !doomed.contains(&task_id(r)) && waits_on_doomed(&doomed, r)).map(task_id).collect();
+        let more: Vec<&Row> = rows
+            .iter()
+            .zip(&deps)
+            .filter(|(r, d)| {
+                !doomed.contains(&task_id(r))
+                    && (r.3 == "DependencyNeverSatisfied" || waits_on_doomed(&doomed, &jobs, r, d))
+            })
+            .map(|(r, _)| r)
+            .collect();
         if more.is_empty() {
             return doomed;
         }
-        doomed.extend(more);
+        for r in more {
+            doomed.insert(task_id(r));
+            jobs.insert(&r.0);
+        }
     }
 }
 
@@ -474,32 +508,7 @@ fn render(ctx: &Ctx, groups: &[Group], a: &Request, ident: &str) -> anyhow::Resu
         s,
         "trap '[[ $BASHPID == \"$$\" ]] && echo \"error: submission stopped; submitted so far: ${{SUBMITTED[*]:-none}} (scancel them, fix the cause, and submit again)\" >&2' ERR"
     )?;
-    writeln!(s, "# live_job IDENTITY: the id of this user's pending or running job with that --comment, if any")?;
-    writeln!(s, "live_job() {{")?;
-    writeln!(s, "    command -v squeue >/dev/null || return 0")?;
-    writeln!(s, "    local q")?;
-    writeln!(s, "    q=$(squeue -h -u \"$(id -un)\" -t {LIVE_STATES} -o '%F|%r|%k|%E' 2>/dev/null) || return 0")?;
-    // not a job that waits on one that will never run (Slurm marks only the failed job's direct dependents)
-    writeln!(s, "    awk -F'|' -v c=\"$1\" '")?;
-    writeln!(
-        s,
-        "        {{ id[NR] = $1; k[NR] = $3; e[NR] = $4; if ($2 == \"DependencyNeverSatisfied\") doomed[$1] = 1 }}"
-    )?;
-    writeln!(s, "        function waits_on_doomed(d,   j) {{")?;
-    writeln!(
-        s,
-        "            while (match(d, /:[0-9]+/)) {{ j = substr(d, RSTART + 1, RLENGTH - 1); if (j in doomed) return 1; d = substr(d, RSTART + RLENGTH) }}"
-    )?;
-    writeln!(s, "            return 0")?;
-    writeln!(s, "        }}")?;
-    writeln!(s, "        END {{")?;
-    writeln!(
-        s,
-        "            do {{ more = 0; for (i = 1; i <= NR; i++) if (!(id[i] in doomed) && waits_on_doomed(e[i])) {{ doomed[id[i]] = 1; more = 1 }} }} while (more)"
-    )?;
-    writeln!(s, "            for (i = 1; i <= NR; i++) if (k[i] == c && !(id[i] in doomed)) {{ print id[i]; exit }}")?;
-    writeln!(s, "        }}' <<<\"$q\"")?;
-    writeln!(s, "}}")?;
+    s.push_str(&LIVE_JOB.replace("{LIVE_STATES}", LIVE_STATES));
     writeln!(
         s,
         "# submit NAME IDENTITY MAY-REUSE SBATCH-OPTION... <<SCRIPT : submits, or where MAY-REUSE is 1 (every job it"
@@ -728,7 +737,7 @@ mod tests {
             // element-wise on 100: only task 1 is doomed
             row("101", Some(0), "Dependency", "aftercorr:100_*(unfulfilled)"),
             row("101", Some(1), "Dependency", "aftercorr:100_*(unfulfilled)"),
-            // on one task of 101, on all of 101, and on 102's doomed task 0 through a chain
+            // on 101's healthy task 0 (not doomed), on all of 101 (doomed), and on 103 (doomed through it)
             row("102", None, "Dependency", "afterok:101_0(unfulfilled)"),
             row("103", None, "Dependency", "afterok:101(unfulfilled)"),
             row("104", None, "Dependency", "afterok:103(unfulfilled),afterok:98"),

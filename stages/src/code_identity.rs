@@ -173,7 +173,6 @@ pub fn declared(toml: &str) -> Vec<(String, String)> {
         }
         line
     }
-    #[derive(PartialEq)]
     enum Section {
         Other,
         Features,
@@ -181,6 +180,10 @@ pub fn declared(toml: &str) -> Vec<(String, String)> {
         Deps,
         /// `[dependencies.x]`: the whole table is x's.
         Dep(String),
+    }
+    /// Brackets and braces a line opens, less those it closes.
+    fn opened(line: &str) -> i32 {
+        line.matches(['[', '{']).count() as i32 - line.matches([']', '}']).count() as i32
     }
     let mut out: Vec<(String, String)> = vec![];
     let mut section = Section::Other;
@@ -194,7 +197,7 @@ pub fn declared(toml: &str) -> Vec<(String, String)> {
         if let Some((name, text, depth)) = open.as_mut() {
             text.push(' ');
             text.push_str(line);
-            *depth += line.matches(['[', '{']).count() as i32 - line.matches([']', '}']).count() as i32;
+            *depth += opened(line);
             if *depth <= 0 {
                 out.push((std::mem::take(name), std::mem::take(text)));
                 open = None;
@@ -222,7 +225,7 @@ pub fn declared(toml: &str) -> Vec<(String, String)> {
             Section::Features => out.push((String::new(), line.to_string())),
             Section::Dep(name) => out.push((name.clone(), line.to_string())),
             Section::Deps => {
-                let depth = line.matches(['[', '{']).count() as i32 - line.matches([']', '}']).count() as i32;
+                let depth = opened(line);
                 if depth > 0 {
                     open = Some((key, line.to_string(), depth));
                 } else {

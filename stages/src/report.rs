@@ -1007,7 +1007,8 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
          over prompts, per seed (the advantage at equal length, as AlpacaEval's length-controlled win rate zeroes its length \
          term), aggregated over seeds like the advantage; b is the oracle reward per token of length difference, so raw − a \
          (b times the mean length difference) is how much of the raw advantage is length. The win rate counts a tie with \
-         π_ref's sample (oracle scores within 1e-9 times the larger magnitude, or 1e-9 below 1, as `label` decides ties) as half a win. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples: the reverse KL on the \
+         π_ref's sample (oracle scores within 1e-9 times the larger magnitude, or 1e-9 below 1, as `label` decides \
+         ties) as half a win. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples: the reverse KL on the \
          test prompts, not the forward KL(π_ref‖π_θ) on π_ref's samples that the Fig. B.1 table gives for training. b, \
          the win rate, the lengths and KL are means over seeds, without an interval.\n\n\
          | method | ρ | seeds | advantage | LC advantage | b (per token) | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n\
@@ -1045,10 +1046,12 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
             "\n## Likelihood of the training responses (Fig. B.1)\n\nMean log π_θ of the chosen (y_w) and rejected (y_l) responses \
              of each training mini-batch, at ρ = {}, averaged over seeds (each point is one mini-batch, so the curves are \
              noisy). The paper reports that DPO pushes both down (likelihood collapse) while distillation and pessimism keep \
-             them near π_ref; the table checks that claim rather than assume it. Measured here, the table gives each method's mean over its first and its last tenth of the \
+             them near π_ref; the table checks that claim rather than assume it. Measured here, the table gives each \
+             method's mean over its first and its last tenth of the \
              training steps (nats per response; means over the runs), and for the pessimistic methods the forward KL(π_ref‖π_θ) \
              they regularise, estimated on each mini-batch's samples of π_ref as mean(log π_ref − log π_θ) (METHOD.md; \
-             another method estimates it only when π_ref's samples are bound to it), over the last tenth.\n\n![log-prob trajectories](logp_trajectories.png)\n",
+             another method estimates it only when π_ref's samples are bound to it), over the last tenth.\n\n\
+             ![log-prob trajectories](logp_trajectories.png)\n",
             fmt_rho(rho)
         );
         let rows = likelihood_change(&a.trajectories, rho);
@@ -1091,7 +1094,8 @@ fn findings_md(md: &mut String, a: &Analysis) {
          spans seven ρ would otherwise be contradicted by chance up to seven times as often as α; the two families \
          differ in size, so either adjusted p may be the larger, and a contradiction needs both — stricter than \
          METHOD.md's rule, which asks for one contrast significant the other way), *inconclusive* otherwise \
-         (with few seeds that includes evidence leaning wholly one way: read the counts in italics), *not tested* when none could be measured (a method not run, or fewer than two seeds). Evidence: \
+         (with few seeds that includes evidence leaning wholly one way: read the counts in italics), *not tested* \
+         when none could be measured (a method not run, or fewer than two seeds). Evidence: \
          first where the point estimates lean (in italics; \"against it\" counted as the verdict counts it), then each \
          difference of advantages [95% interval], p̃, p̃_f.\n\n| finding | verdict | evidence |\n|---|---|---|",
         alpha = a.params.alpha
