@@ -259,32 +259,38 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     assert!(ran.iter().any(|n| n.starts_with("cand_dpo@beta=3")), "{ran:?}");
     assert!(!ran.iter().any(|n| n.starts_with("dpo@")), "{ran:?}");
 
-    // A sharded evaluation (3 shards + merge_eval) equals the unsharded one with the same batches, row for row.
+    // Manifests of further stages over the default pipeline.
     let pipeline = repo().join("pipelines/robust-distill.toml");
-    let sharded = w.write(
+    let over_pipeline = |name: &str, stages: &str| w.write(name, &format!("pipeline = {:?}\n{stages}", pipeline));
+    // a node of such a manifest that must fail (exit 1): what it printed
+    let refused = |manifest: &std::path::Path, node: &str| {
+        let o = w.run(&args(&["run", manifest.to_str().unwrap(), node], &[]));
+        assert_eq!(o.status.code(), Some(1));
+        s(&o.stdout) + &s(&o.stderr)
+    };
+
+    // A sharded evaluation (3 shards + merge_eval) equals the unsharded one with the same batches, row for row.
+    let sharded = over_pipeline(
         "sharded.toml",
-        &format!(
-            r#"pipeline = {:?}
+        r#"
 
 [stages.whole]
 kind = "evaluate"
-inputs = {{ policy = "e_dpo.model", reference = "sft.model", prompts = "synth.corpus" }}
-sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
-params = {{ oracle = "synthetic", split = "test", n_prompts = 37, batch_size = 8, seed = "${{seed}}" }}
+inputs = { policy = "e_dpo.model", reference = "sft.model", prompts = "synth.corpus" }
+sweep = { rho = "${rhos}", seed = "${seeds}" }
+params = { oracle = "synthetic", split = "test", n_prompts = 37, batch_size = 8, seed = "${seed}" }
 
 [stages.part]
 kind = "evaluate"
-inputs = {{ policy = "e_dpo.model", reference = "sft.model", prompts = "synth.corpus" }}
-sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}", shard = [0, 1, 2] }}
-params = {{ oracle = "synthetic", split = "test", n_prompts = 37, batch_size = 8, seed = "${{seed}}", shard = "${{shard}}", shards = 3 }}
+inputs = { policy = "e_dpo.model", reference = "sft.model", prompts = "synth.corpus" }
+sweep = { rho = "${rhos}", seed = "${seeds}", shard = [0, 1, 2] }
+params = { oracle = "synthetic", split = "test", n_prompts = 37, batch_size = 8, seed = "${seed}", shard = "${shard}", shards = 3 }
 
 [stages.merged]
 kind = "merge_eval"
-inputs = {{ parts = "part.samples" }}
-sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
+inputs = { parts = "part.samples" }
+sweep = { rho = "${rhos}", seed = "${seeds}" }
 "#,
-            pipeline.to_str().unwrap()
-        ),
     );
     let sm = sharded.to_str().unwrap();
     let run = w.run_json(&args(&[sm, "whole", "merged"], &[]));
@@ -308,47 +314,37 @@ sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
     }
     // Shards of different evaluations (here each shard sampled with its own seed) are refused, naming what differs,
     // instead of being joined into one table that no single evaluation would have written.
-    let mixed = w.write(
+    let mixed = over_pipeline(
         "mixed.toml",
-        &format!(
-            r#"pipeline = {:?}
+        r#"
 
 [stages.part]
 kind = "evaluate"
-inputs = {{ policy = "e_dpo.model", reference = "sft.model", prompts = "synth.corpus" }}
-sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}", shard = [0, 1] }}
-params = {{ oracle = "synthetic", split = "test", n_prompts = 16, batch_size = 8, seed = "${{shard}}", shard = "${{shard}}", shards = 2 }}
+inputs = { policy = "e_dpo.model", reference = "sft.model", prompts = "synth.corpus" }
+sweep = { rho = "${rhos}", seed = "${seeds}", shard = [0, 1] }
+params = { oracle = "synthetic", split = "test", n_prompts = 16, batch_size = 8, seed = "${shard}", shard = "${shard}", shards = 2 }
 
 [stages.merged]
 kind = "merge_eval"
-inputs = {{ parts = "part.samples" }}
-sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
+inputs = { parts = "part.samples" }
+sweep = { rho = "${rhos}", seed = "${seeds}" }
 "#,
-            pipeline.to_str().unwrap()
-        ),
     );
-    let o = w.run(&args(&["run", mixed.to_str().unwrap(), "merged@rho=0.2,seed=0"], &[]));
-    assert_eq!(o.status.code(), Some(1));
-    let err = s(&o.stdout) + &s(&o.stderr);
+    let err = refused(&mixed, "merged@rho=0.2,seed=0");
     assert!(err.contains("a shard of another evaluation") && err.contains("seed: 1 there, 0 here"), "{err}");
 
     // Several candidate policies and no selection: the node fails naming them, and publishes nothing.
-    let bad = w.write(
+    let bad = over_pipeline(
         "bad.toml",
-        &format!(
-            r#"pipeline = {:?}
+        r#"
 
 [stages.unselected]
 kind = "evaluate"
-inputs = {{ policy = "cand_dpo.model", reference = "sft.model", prompts = "synth.corpus" }}
-sweep = {{ rho = "${{rhos}}", seed = "${{seeds}}" }}
-params = {{ oracle = "synthetic", seed = "${{seed}}" }}
+inputs = { policy = "cand_dpo.model", reference = "sft.model", prompts = "synth.corpus" }
+sweep = { rho = "${rhos}", seed = "${seeds}" }
+params = { oracle = "synthetic", seed = "${seed}" }
 "#,
-            pipeline.to_str().unwrap()
-        ),
     );
-    let o = w.run(&args(&["run", bad.to_str().unwrap(), "unselected@rho=0.2,seed=0"], &[]));
-    assert_eq!(o.status.code(), Some(1));
-    let err = s(&o.stdout) + &s(&o.stderr);
+    let err = refused(&bad, "unselected@rho=0.2,seed=0");
     assert!(err.contains("2 policies are bound") && err.contains("selection"), "{err}");
 }
