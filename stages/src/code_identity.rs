@@ -12,6 +12,9 @@
 //!   that is not a module resolves through the `pub use` re-exports of its crate's `lib.rs` to the module that defines
 //!   it; a name defined in `lib.rs` itself brings in `lib.rs` (whose own `mod` declarations are not followed: declaring
 //!   a module is not using it).
+//! - **Impls.** A method call or a trait conversion (`.into()`, `?`, `Display`) reaches an `impl` block without naming
+//!   its file, so a type brings in every file that has an `impl` for it (inherent or of a trait), and a trait the files
+//!   that implement it for a type from outside the workspace or for a generic type ([`Workspace::implementors`]).
 //! - **Libraries.** Every library of `Cargo.lock` that a file of the closure names in a path (`parquet::…`) and that
 //!   a workspace crate depends on directly, with everything that library depends on in turn (`parquet` brings the
 //!   `zstd` that compresses its pages, `tokenizers` the Unicode tables it normalises with, `statrs` the `num-traits`
@@ -414,6 +417,10 @@ struct FileInfo {
     refs: BTreeSet<String>,
     crates: BTreeSet<String>,
     defines_stage: bool,
+    /// The types and traits it defines (`struct`, `enum`, `union`, `trait`, `type` names).
+    defines: BTreeSet<String>,
+    /// Its `impl` blocks as (trait, self type), each by its last path segment.
+    impls: Vec<(Option<String>, String)>,
     /// Constructs whose code the references above cannot follow ([`unfollowable`]).
     unfollowable: Option<String>,
 }
@@ -423,11 +430,18 @@ struct Workspace {
     files: HashMap<String, FileInfo>,
     /// Per crate: exported name → the module path it is re-exported from (lib.rs `pub use`); glob re-exports under "*".
     reexports: HashMap<&'static str, Vec<(String, Vec<String>)>>,
+    /// File defining a type or trait → the other files with an `impl` for it ([`Workspace::implementors`]).
+    implementors: Option<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Workspace {
     fn new(root: &Path) -> Result<Workspace, String> {
-        let mut ws = Workspace { root: root.to_path_buf(), files: HashMap::new(), reexports: HashMap::new() };
+        let mut ws = Workspace {
+            root: root.to_path_buf(),
+            files: HashMap::new(),
+            reexports: HashMap::new(),
+            implementors: None,
+        };
         for (name, dir) in CRATES {
             let lib = format!("{dir}/lib.rs");
             let text = match std::fs::read_to_string(root.join(&lib)) {
@@ -503,6 +517,7 @@ impl Workspace {
             }
             if f.ends_with(".rs") {
                 todo.extend(self.references(&f)?);
+                todo.extend(self.implementors()?.get(&f).into_iter().flatten().cloned());
             } else {
                 self.info(&f)?; // included data files are hashed, not scanned
             }
@@ -510,12 +525,53 @@ impl Workspace {
         Ok(seen)
     }
 
+    /// For each file that defines a type or trait, the other files with an `impl` block for it: the impl's self type
+    /// when the workspace defines it, else its trait (an impl for `Vec<T>`, `Tensor` or a generic `T`). A name resolves
+    /// to the impl file's own definition if it has one, else to the definitions among the files it references, else to
+    /// every file that defines the name (the same name in several files can only make an identity cover too much).
+    fn implementors(&mut self) -> Result<&BTreeMap<String, BTreeSet<String>>, String> {
+        if self.implementors.is_none() {
+            let mut all = vec![];
+            for (_, dir) in CRATES {
+                rust_files(&self.root, Path::new(dir), &mut all);
+            }
+            all.sort();
+            let mut defined_in: HashMap<String, Vec<String>> = HashMap::new();
+            for f in &all {
+                for name in &self.info(f)?.defines {
+                    defined_in.entry(name.clone()).or_default().push(f.clone());
+                }
+            }
+            let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for f in &all {
+                let info = &self.files[f];
+                // Some(files): the workspace defines the name (no files: this file does); None: it does not
+                let resolve = |name: &str| -> Option<Vec<String>> {
+                    if info.defines.contains(name) {
+                        return Some(vec![]);
+                    }
+                    let defs = defined_in.get(name)?;
+                    let referenced: Vec<String> = defs.iter().filter(|d| info.refs.contains(*d)).cloned().collect();
+                    Some(if referenced.is_empty() { defs.clone() } else { referenced })
+                };
+                for (tr, ty) in &info.impls {
+                    let owners = resolve(ty).or_else(|| tr.as_deref().and_then(resolve)).unwrap_or_default();
+                    for o in owners {
+                        map.entry(o).or_default().insert(f.clone());
+                    }
+                }
+            }
+            self.implementors = Some(map);
+        }
+        Ok(self.implementors.as_ref().expect("computed above"))
+    }
+
     fn info(&mut self, file: &str) -> Result<&FileInfo, String> {
         if !self.files.contains_key(file) {
             let bytes = std::fs::read(self.root.join(file)).map_err(|e| format!("{file}: {e}"))?;
             let hash = blake3::hash(&bytes).to_hex().to_string();
             let mut unfollowable = None;
-            let (refs, crates, defines_stage) = if file.ends_with(".rs") {
+            let (refs, crates, defines_stage, defines, impls) = if file.ends_with(".rs") {
                 let text = String::from_utf8_lossy(&bytes);
                 let toks = strip_test_items(lex(&text));
                 let defines_stage = toks.windows(2).any(|w| w[0] == Tok::id("Stage") && w[1] == Tok::id("for"));
@@ -529,11 +585,12 @@ impl Workspace {
                     })
                     .collect();
                 unfollowable = self::unfollowable(&toks);
-                (self.scan(file, &toks), crates, defines_stage)
+                (self.scan(file, &toks), crates, defines_stage, definitions(&toks), impl_headers(&toks))
             } else {
-                (BTreeSet::new(), BTreeSet::new(), false)
+                (BTreeSet::new(), BTreeSet::new(), false, BTreeSet::new(), vec![])
             };
-            self.files.insert(file.to_string(), FileInfo { hash, refs, crates, defines_stage, unfollowable });
+            let info = FileInfo { hash, refs, crates, defines_stage, defines, impls, unfollowable };
+            self.files.insert(file.to_string(), info);
         }
         Ok(&self.files[file])
     }
@@ -653,6 +710,105 @@ impl Workspace {
         let lib = format!("{dir}/lib.rs");
         if self.root.join(&lib).is_file() { vec![lib] } else { vec![] }
     }
+}
+
+/// The `.rs` files under `dir` (workspace-relative), recursively.
+fn rust_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(root.join(dir)) else { return };
+    for e in entries.flatten() {
+        let rel = dir.join(e.file_name());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            rust_files(root, &rel, out);
+        } else if rel.extension().is_some_and(|x| x == "rs") {
+            out.push(normalize(&rel));
+        }
+    }
+}
+
+/// The names a file's items define: `struct`, `enum`, `union`, `trait` and `type` (an associated type too, which
+/// can only add a name).
+fn definitions(toks: &[Tok]) -> BTreeSet<String> {
+    let kinds = ["struct", "enum", "union", "trait", "type"].map(Tok::id);
+    toks.windows(2)
+        .filter(|w| kinds.contains(&w[0]))
+        .filter_map(|w| match &w[1] {
+            Tok::Ident(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every `impl` item as (trait, self type) by their last path segments outside generic arguments: `impl<T> a::Tr<T>
+/// for &b::Ty<T> where …` is (Some("Tr"), "Ty"). An `impl Trait` in a type (after `->`, `:`, `(`, …) is not an item.
+fn impl_headers(toks: &[Tok]) -> Vec<(Option<String>, String)> {
+    let mut out = vec![];
+    for i in 0..toks.len() {
+        let item_start = i == 0
+            || matches!(&toks[i - 1], Tok::Punct('}' | ';' | '{' | ']'))
+            || toks[i - 1] == Tok::id("unsafe")
+            || toks[i - 1] == Tok::id("default");
+        if toks[i] != Tok::id("impl") || !item_start {
+            continue;
+        }
+        let mut j = i + 1;
+        // the impl's own generic parameters
+        if toks.get(j) == Some(&Tok::Punct('<')) {
+            j = after_angles(toks, j);
+        }
+        // the header, up to its block or `where`, split at a `for` outside angle brackets
+        let (mut parts, mut depth): (Vec<Vec<&Tok>>, i32) = (vec![vec![]], 0);
+        while j < toks.len() {
+            match &toks[j] {
+                Tok::Punct('-') if toks.get(j + 1) == Some(&Tok::Punct('>')) => j += 1,
+                Tok::Punct('<') => depth += 1,
+                Tok::Punct('>') => depth -= 1,
+                Tok::Punct('{') | Tok::Punct(';') if depth <= 0 => break,
+                Tok::Ident(w) if depth <= 0 && w == "where" => break,
+                Tok::Ident(w) if depth <= 0 && w == "for" => {
+                    parts.push(vec![]);
+                    j += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            if depth <= 0 {
+                parts.last_mut().expect("one part at least").push(&toks[j]);
+            }
+            j += 1;
+        }
+        let last_ident = |p: &[&Tok]| {
+            p.iter().rev().find_map(|t| match t {
+                Tok::Ident(n) if n != "dyn" && n != "mut" => Some(n.clone()),
+                _ => None,
+            })
+        };
+        match parts.as_slice() {
+            [ty] => out.extend(last_ident(ty).map(|t| (None, t))),
+            [tr, ty, ..] => out.extend(last_ident(ty).map(|t| (last_ident(tr), t))),
+            [] => {}
+        }
+    }
+    out
+}
+
+/// The index after the `<…>` that opens at `i` (a `->` inside does not close it).
+fn after_angles(toks: &[Tok], mut i: usize) -> usize {
+    let mut depth = 0i32;
+    while i < toks.len() {
+        match &toks[i] {
+            Tok::Punct('-') if toks.get(i + 1) == Some(&Tok::Punct('>')) => i += 1,
+            Tok::Punct('<') => depth += 1,
+            Tok::Punct('>') => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    i
 }
 
 /// Lexically normalised relative path with `/` separators.
@@ -1099,6 +1255,24 @@ mod tests {
         }
         assert!(text.contains("Ident(\"b\")") && text.contains("Ident(\"i\")"), "{text}");
         assert!(t.contains(&Tok::Str("crate::e".into())) && t.contains(&Tok::Str("crate::f".into())));
+    }
+
+    #[test]
+    fn impl_headers_name_trait_and_self_type() {
+        let h = |src: &str| impl_headers(&ids(src));
+        let s = |x: &str| x.to_string();
+        assert_eq!(h("impl Foo { fn f() {} }"), [(None, s("Foo"))]);
+        assert_eq!(
+            h("impl<'a, T: Fn() -> u8> a::Tr<T> for &'a mut b::Ty<Vec<T>> where T: Copy { }"),
+            [(Some(s("Tr")), s("Ty"))]
+        );
+        assert_eq!(
+            h("unsafe impl Send for X {}\nimpl<T> From<T> for Box<dyn Y> {}"),
+            [(Some(s("Send")), s("X")), (Some(s("From")), s("Box"))]
+        );
+        // `impl Trait` in a type is not an item
+        assert!(h("fn f(x: impl Read) -> impl Iterator<Item = u8> { x }\nstruct S(Box<impl Tr>);").is_empty());
+        assert_eq!(definitions(&ids("pub struct A; enum B {} trait C {} type D = u8; union E {}")).len(), 5);
     }
 
     /// An inner `#![cfg(test)]` makes test code of the block it opens, not of the rest of the file (a reviewer's

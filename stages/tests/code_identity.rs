@@ -175,6 +175,35 @@ fn test_code_and_comments_do_not_create_dependencies() {
     assert!(d.cross_stage_references.is_empty());
 }
 
+/// A method or a trait conversion reaches an `impl` block without naming its file (a reviewer's finding: an
+/// `impl From<…> for` a shared type, in a file no stage referenced, changed what stages computed under the same
+/// keys). A type brings in the files that implement something for it, and a trait those that implement it for a type
+/// from outside the workspace.
+#[test]
+fn impl_blocks_in_other_files_are_covered() {
+    let t = copy_tree();
+    append(t.path(), "stages/src/lib.rs", "\nmod conv;\n");
+    let conv = "impl From<u8> for crate::selection::RunnerUp {\n    fn from(_: u8) -> Self { todo!() }\n}\n";
+    std::fs::write(t.path().join("stages/src/conv.rs"), conv).unwrap();
+    append(t.path(), "ml/src/lib.rs", "\nmod ext;\n");
+    std::fs::write(t.path().join("ml/src/ext.rs"), "impl crate::logprobs::Read for tch::Tensor {}\n").unwrap();
+    let base = derive(t.path());
+    append(t.path(), "stages/src/conv.rs", "\n// an edit\n");
+    let after = derive(t.path());
+    // the kinds that reach selection.rs (see an_edit_changes_exactly_the_kinds_that_reach_the_file)
+    assert_eq!(changed(&base, &after), ["evaluate", "policy", "report", "select"]);
+    // an impl of the ML core's trait for libtorch's tensor: every kind that reaches the trait
+    append(t.path(), "ml/src/ext.rs", "\n// an edit\n");
+    let reach_logprobs: Vec<String> = after
+        .stages
+        .iter()
+        .filter(|s| s.files.iter().any(|f| f == "ml/src/logprobs.rs"))
+        .map(|s| s.kind.clone())
+        .collect();
+    assert!(reach_logprobs.len() > 3, "{reach_logprobs:?}");
+    assert_eq!(changed(&after, &derive(t.path())), reach_logprobs);
+}
+
 #[test]
 fn stage_files_do_not_reference_each_other() {
     let d = derive(&workspace());
