@@ -598,6 +598,11 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                     .filter(|(j, _)| plan.nodes[*j].runs_on_libtorch())
                     .map(|(_, e)| e.machine.as_deref()),
             );
+            // beside the report, so that a copy of the directory still says where its numbers come from
+            let file = out.join("provenance.txt");
+            let text = format!("{}: {line}\n", out.join("report.md").display());
+            let _ = std::fs::remove_file(&file);
+            std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
             if mixed {
                 eprintln!("warning: {line}");
             } else {

@@ -116,6 +116,12 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     if let Some(model) = cpu_model_name() {
         assert!(err.contains(&format!("all produced on {model}")), "{err}");
     }
+    // and so does the file beside it
+    let prov = std::fs::read_to_string(w.path().join("rep/provenance.txt")).unwrap();
+    assert!(
+        prov.contains("report.md: built from ") && err.contains(prov.trim().rsplit_once(": built").unwrap().1),
+        "{prov}"
+    );
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
     assert_tables_render(&md);
     // a directory that cannot be made is named, not only the OS error
