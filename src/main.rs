@@ -50,7 +50,8 @@ fn main() {
         }
     };
     if let Err(e) = rmdistill::cli::main(cli) {
-        eprintln!("error: {e:#}");
+        // a message can carry text from the manifest or the data: a terminal is never handed its control characters
+        eprintln!("error: {}", rmdistill::render::visible(&format!("{e:#}"), &['\n', '\t']));
         std::process::exit(rmdistill::error::exit_code(&e));
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::error::ManifestError;
 use crate::manifest::{self, DeclaredStage, Manifest, Resources};
+use crate::render::visible;
 use rmdistill_stages::{Stage, StageError};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -461,7 +462,7 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                             param_span(p),
                             format!(
                                 "{name}: param `{p}`: {what}: {} (paths are relative to the manifest's directory)",
-                                path.display()
+                                visible(&path.display().to_string(), &[])
                             ),
                         ));
                     }
@@ -556,7 +557,9 @@ fn not_a_file_or_dir(path: &Path) -> Option<String> {
         "a symbolic link that loops (too many levels of symbolic links)".into()
     } else if e.kind() == std::io::ErrorKind::NotFound {
         match std::fs::read_link(path) {
-            Ok(target) => format!("a symbolic link to {}, which does not exist", target.display()),
+            Ok(target) => {
+                format!("a symbolic link to {}, which does not exist", visible(&target.display().to_string(), &[]))
+            }
             Err(_) => "no such file or directory".into(),
         }
     } else {

@@ -517,6 +517,17 @@ fn a_data_path_that_is_a_symbolic_link_loop() {
 }
 
 #[test]
+fn a_data_path_with_control_characters_is_shown_escaped() {
+    // A path param holding a newline and an escape sequence was echoed raw: the terminal took `ESC[31m` as a colour
+    // and the message broke across lines.
+    let w = Work::new();
+    w.write("m.toml", "[stages.imp]\nkind = \"import\"\nparams = { path = \"no\\nsuch\\u001b[31mRED\" }\n");
+    refused_in(&w, &["run", "m.toml"], &["imp: param `path`: no such file or directory: no\\nsuch\\u{1b}[31mRED"]);
+    let err = s(&w.run(&["run", "m.toml"]).stderr);
+    assert!(!err.contains('\u{1b}') && err.trim_end().lines().count() == 1, "{err:?}");
+}
+
+#[test]
 fn a_huge_argument_is_not_echoed_in_full() {
     // A 100,000-character node name was repeated back whole in the error (100 KB on stderr).
     let long = "x".repeat(100_000);
