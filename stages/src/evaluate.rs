@@ -26,10 +26,10 @@
 //! π_ref's samples do not depend on the policy: every evaluation of one seed with the same prompts, oracle and
 //! sampling parameters draws the same π_ref responses. Bind `reference_samples` to the `samples` of one evaluation
 //! of π_ref itself (`policy` = `reference`, which samples once) and its π_ref responses and their oracle scores are
-//! read instead of drawn again. The `samples` table records what its π_ref side depends on ([`SAMPLING_KEY`]: the
-//! reference's and the prompts' content hashes, the oracle, every sampling parameter); a bound table whose record
-//! differs from this node's is refused, naming the fields, and so is one whose rows are not this node's (shard's)
-//! (prompt, sample) rows in order. Reused or drawn, the outputs are the same bytes.
+//! read instead of drawn again. The `samples` table records what its π_ref side depends on
+//! ([`crate::evaluation::SAMPLING_KEY`]: the reference's and the prompts' content hashes, the oracle, every sampling
+//! parameter); a bound table whose record differs from this node's is refused, naming the fields, and so is one whose
+//! rows are not this node's (shard's) (prompt, sample) rows in order. Reused or drawn, the outputs are the same bytes.
 //!
 //! Sharding (`shard`/`shards`): the (prompt, sample) rows are cut into batches of `batch_size` exactly as unsharded,
 //! and shard k of N evaluates the k-th contiguous block of batches with the same per-batch seeds, so `merge_eval`
@@ -150,8 +150,6 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     }
     Ok(p)
 }
-
-pub use crate::evaluation::SAMPLING_KEY;
 
 /// What π_ref's responses and their oracle scores depend on: the content hashes of the reference, the prompts table
 /// and the oracle checkpoint, and every parameter that chooses the rows, draws the samples or scores them. Not the

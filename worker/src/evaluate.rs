@@ -4,7 +4,8 @@
 use crate::lm_io::{self, Codec};
 use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, Reduction, RewardModel, SampleConfig, generate, with_autocast};
-use rmdistill_stages::evaluate::{OracleKind, Params, SAMPLING_KEY, parse, sampling_record};
+use rmdistill_stages::evaluate::{OracleKind, Params, parse, sampling_record};
+use rmdistill_stages::evaluation::SAMPLING_KEY;
 use rmdistill_stages::evaluation::{SampleRows, samples_from, samples_table, summarize, summary_json, summary_table};
 use rmdistill_stages::oracle::synthetic_oracle;
 use rmdistill_stages::port::*;
