@@ -13,6 +13,7 @@
 //! Output: the selected rows with every input column, plus (or, when the input already has one, replacing)
 //! `longer_preferred` Boolean, so the stage applies to its own output to draw the ensemble subsets `D_ρ′`.
 //! Only the label and length columns are read for the selection; then only the selected rows are read.
+use crate::longer::longer_than;
 use crate::port::*;
 use crate::table;
 use arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, RecordBatch, UInt32Array};
@@ -148,7 +149,6 @@ impl Classes {
 /// says it (``column `label` of input `pairs` (from NODE)``).
 pub fn classify(len_a: &[u32], len_b: &[u32], label: &Int8Array, margin: f64, column: &str) -> StageResult<Classes> {
     assert!(len_a.len() == len_b.len() && len_a.len() == label.len());
-    let factor = 1.0 + margin;
     let mut c = Classes::default();
     let values = label.values();
     let nulls = label.nulls();
@@ -158,8 +158,7 @@ pub fn classify(len_a: &[u32], len_b: &[u32], label: &Int8Array, margin: f64, co
             continue;
         }
         let (a, b) = (len_a[i], len_b[i]);
-        let a_longer = a > b && a as f64 >= factor * b as f64;
-        let b_longer = b > a && b as f64 >= factor * a as f64;
+        let (a_longer, b_longer) = (longer_than(a, b, margin), longer_than(b, a, margin));
         let l = values[i];
         if l != 0 && l != 1 {
             return Err(StageError::invalid(

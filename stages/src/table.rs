@@ -80,10 +80,21 @@ pub fn pairs_schema() -> SchemaRef {
 }
 
 /// BLAKE3 over `prompt ␀ lo ␀ hi`, where (lo, hi) are the two responses in byte order: the same pair hashes the same
-/// whatever the order of its responses or of the rows.
+/// whatever the order of its responses or of the rows. Text may hold U+0000 (JSON's `\u0000`), which would make that
+/// ambiguous (("P␀A", "B") and ("P", "A␀B") hashed alike, and import dropped one as the other's duplicate): a pair
+/// with a NUL in any text is hashed as `␀␀␀` and each text prefixed by its length instead. That input has at least four
+/// NULs and the first exactly two, so the two encodings never meet, and NUL-free pairs keep their ids.
 pub fn pair_hash(prompt: &str, a: &str, b: &str) -> blake3::Hash {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
     let mut h = blake3::Hasher::new();
+    if [prompt, lo, hi].iter().any(|t| t.as_bytes().contains(&0)) {
+        h.update(&[0, 0, 0]);
+        for t in [prompt, lo, hi] {
+            h.update(&(t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        return h.finalize();
+    }
     h.update(prompt.as_bytes());
     h.update(&[0]);
     h.update(lo.as_bytes());
@@ -654,6 +665,13 @@ mod tests {
         // the separator keeps field boundaries: ("ab","c") and ("a","bc") differ
         assert_ne!(pair_hash("p", "ab", "c"), pair_hash("p", "a", "bc"));
         assert_eq!(pair_id(&pair_hash("p", "x", "y")).len(), 16);
+        // a NUL inside a text does not move a field boundary (a red-team finding: import dropped the second record
+        // as a duplicate of the first)
+        assert_ne!(pair_hash("P\0A", "B", "C"), pair_hash("P", "A\0B", "C"));
+        assert_ne!(pair_hash("P", "A\0", "B"), pair_hash("P", "A", "\0B"));
+        assert_eq!(pair_hash("P\0", "x", "y"), pair_hash("P\0", "y", "x"));
+        // pairs without a NUL keep the ids they always had
+        assert_eq!(pair_id(&pair_hash("p", "x", "y")), pair_id(&blake3::hash(b"p\0x\0y")));
     }
 
     #[test]
