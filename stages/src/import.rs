@@ -20,7 +20,13 @@
 //!   including the last `"\n\nAssistant:"`, which both must share; the responses are what follows it. Message lists
 //!   (TRL's implicit-prompt form) work the same way: the shared leading messages are the prompt.
 //! - `sharegpt` (LLaMA-Factory): `conversations` `[{from, value}]`, `chosen`/`rejected` message objects
-//!   `{from, value}` (or strings), optional `system` string.
+//!   `{from, value}` (or strings), optional `system` string. The turns follow LLaMA-Factory's rule: an optional system
+//!   turn first, then the user's (`human`, `observation`) and the assistant's (`gpt`, `function_call`) alternating,
+//!   from the user's to the user's; a `system` string beside a system turn is a bad record (LLaMA-Factory would drop
+//!   the string).
+//!
+//! A prompt of messages, in any format, ends with the user's turn: one that ends with the assistant's (a prefilled
+//! reply) is a bad record. A record whose response begins with its whole prompt is kept and counted, with a warning.
 //!
 //! # Message template
 //! A role is shown as `Human` (`user`, `human`), `Assistant` (`assistant`, `gpt`, `model`, `bot`), `System`
@@ -396,15 +402,67 @@ fn messages(w: &Where, path: &str, list: &[Value]) -> StageResult<Vec<(String, S
 /// of [`REPLY_ROLES`] ([`is_reply_role`]): a response is the assistant's reply. `why` ends it, saying where the turns
 /// before the reply belong.
 fn not_a_reply(w: &Where, path: &str, msg: &Value, role: &str, why: &str) -> StageError {
-    let rk = match msg {
-        Value::Object(m) => message_keys(m).0,
-        _ => "role",
-    };
+    let rk = role_key(msg);
     w.err(&format!("{path}.{rk}"), format!("is {}; expected an assistant role ({REPLY_ROLES}): {why}", quoted(role)))
 }
 
 /// The end of the error of a response whose first message is not the assistant's, for a record with a prompt.
 const REPLY_ALONE: &str = "a response is the assistant's reply alone; the turns before it belong in `prompt`";
+
+/// The role key of a raw message (`from` or `role`), as an error names it.
+fn role_key(msg: &Value) -> &'static str {
+    match msg {
+        Value::Object(m) => message_keys(m).0,
+        _ => "role",
+    }
+}
+
+/// A prompt of messages must end with a turn the reply answers: the template closes it with `"\n\nAssistant:"`, so
+/// a prompt whose last turn is the assistant's (a prefilled reply) would render as two assistant turns in a row and
+/// the reply as a third. `path` names the list the prompt's messages come from (`raw` its items).
+fn prompt_ends_with_a_question(w: &Where, path: &str, raw: &[Value], msgs: &[(String, String)]) -> StageResult<()> {
+    let Some((role, _)) = msgs.last() else { return Ok(()) };
+    let last = msgs.len() - 1;
+    if is_reply_role(role) {
+        return Err(w.err(
+            &format!("{path}[{last}].{}", role_key(&raw[last])),
+            format!(
+                "is {}: the prompt ends with the assistant's turn, so its reply would follow a reply; expected the \
+                 prompt to end with the user's turn (a prefilled reply is not supported)",
+                quoted(role)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// LLaMA-Factory's rule for a ShareGPT conversation (its `SharegptDatasetConverter`): after an optional leading
+/// system turn, turns alternate between the user's (`human`, `user`, `observation`) and the assistant's
+/// ([`REPLY_ROLES`]), beginning and, in a preference record, ending with the user's. LLaMA-Factory skips a record that
+/// breaks it; here it is a bad record, named by its turn.
+fn sharegpt_turns(w: &Where, raw: &[Value], conv: &[(String, String)]) -> StageResult<()> {
+    let start = usize::from(conv.first().is_some_and(|(r, _)| r.eq_ignore_ascii_case("system")));
+    let is_user = |r: &str| ["human", "user", "observation"].iter().any(|u| r.eq_ignore_ascii_case(u));
+    for (i, (role, _)) in conv.iter().enumerate().skip(start) {
+        let user_turn = (i - start) % 2 == 0;
+        if (user_turn && !is_user(role)) || (!user_turn && !is_reply_role(role)) {
+            let (want, after) = if user_turn { ("human", "gpt") } else { ("gpt", "human") };
+            let after = if i == start { "first".to_string() } else { format!("after a {after} turn") };
+            return Err(w.err(
+                &format!("conversations[{i}].{}", role_key(&raw[i])),
+                format!(
+                    "is {} {after}; expected {want}: turns alternate human, gpt, … (a system turn only first) and end \
+                     with human, as LLaMA-Factory reads them",
+                    quoted(role)
+                ),
+            ));
+        }
+    }
+    if conv.len() == start {
+        return Err(w.err("conversations", "holds only a system turn; expected the user's turn the reply answers"));
+    }
+    Ok(())
+}
 
 fn render_prompt(msgs: &[(String, String)]) -> String {
     let mut s = String::new();
@@ -445,6 +503,7 @@ fn text(w: &Where, rec: &mut Map<String, Value>, name: &str, is_prompt: bool) ->
         Value::Array(list) => {
             let msgs = messages(w, name, list)?;
             if is_prompt {
+                prompt_ends_with_a_question(w, name, list, &msgs)?;
                 Ok(render_prompt(&msgs))
             } else {
                 if !is_reply_role(&msgs[0].0) {
@@ -461,13 +520,17 @@ fn text(w: &Where, rec: &mut Map<String, Value>, name: &str, is_prompt: bool) ->
 
 const HH_TAG: &str = "\n\nAssistant:";
 
+/// The end of an error of the `hh` format on a response: it reads `chosen` and `rejected` alone, so a record of
+/// another layout with those two keys (LLaMA-Factory's alpaca form, Orca's `question`) is read as `hh`.
+const HH_ONLY: &str = " (hh reads `chosen` and `rejected` alone, each the whole dialogue; a prompt under another key, such \
+     as `instruction`, `input`, `question` or `messages`, is not read: for records of a prompt and two responses, name \
+     it `prompt` (trl) or convert it to `conversations` (sharegpt))";
+
 /// (prompt, chosen response, rejected response) from HH dialogue strings.
 fn split_hh(w: &Where, chosen: &str, rejected: &str) -> StageResult<(String, String, String)> {
-    let ic =
-        chosen.rfind(HH_TAG).ok_or_else(|| w.err("chosen", "has no \"\\n\\nAssistant:\"; expected an HH dialogue"))?;
-    let ir = rejected
-        .rfind(HH_TAG)
-        .ok_or_else(|| w.err("rejected", "has no \"\\n\\nAssistant:\"; expected an HH dialogue"))?;
+    let no_tag = |f: &str| w.err(f, format!("has no \"\\n\\nAssistant:\"; expected an HH dialogue{HH_ONLY}"));
+    let ic = chosen.rfind(HH_TAG).ok_or_else(|| no_tag("chosen"))?;
+    let ir = rejected.rfind(HH_TAG).ok_or_else(|| no_tag("rejected"))?;
     let (pc, pr) = (&chosen[..ic + HH_TAG.len()], &rejected[..ir + HH_TAG.len()]);
     if pc != pr {
         let common = pc.chars().zip(pr.chars()).take_while(|(a, b)| a == b).count();
@@ -517,6 +580,7 @@ fn split_messages(
             ));
         }
     }
+    prompt_ends_with_a_question(w, "chosen", &raw_chosen[..shared], &chosen[..shared])?;
     Ok((render_prompt(&chosen[..shared]), render_response(&chosen[shared..]), render_response(&rejected[shared..])))
 }
 
@@ -636,7 +700,10 @@ fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResu
                 (other, _) => {
                     return Err(w.err(
                         "chosen",
-                        format!("is {}; expected an HH dialogue string or a list of messages", type_name(other)),
+                        format!(
+                            "is {}; expected an HH dialogue string or a list of messages{HH_ONLY}",
+                            type_name(other)
+                        ),
                     ));
                 }
             };
@@ -644,7 +711,12 @@ fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResu
         }
         Format::Sharegpt => {
             let conv = match field(w, rec, "conversations", "a list of {from, value} messages")? {
-                Value::Array(list) => messages(w, "conversations", list)?,
+                Value::Array(list) => {
+                    let conv = messages(w, "conversations", list)?;
+                    sharegpt_turns(w, list, &conv)?;
+                    prompt_ends_with_a_question(w, "conversations", list, &conv)?;
+                    conv
+                }
                 other => {
                     return Err(w.err(
                         "conversations",
@@ -656,6 +728,14 @@ fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResu
             match rec.get("system") {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) if s.trim().is_empty() => {}
+                // LLaMA-Factory takes a leading system turn over the `system` column and drops the column's text
+                Some(Value::String(_)) if conv[0].0.eq_ignore_ascii_case("system") => {
+                    return Err(w.err(
+                        "system",
+                        "is given, and so is a system turn at `conversations[0]`; LLaMA-Factory would keep the turn \
+                         and drop `system` silently: give one of the two",
+                    ));
+                }
                 Some(Value::String(s)) => msgs.push(("system".to_string(), s.clone())),
                 Some(other) => return Err(w.err("system", format!("is {}; expected a string", type_name(other)))),
             }
@@ -1155,10 +1235,27 @@ fn for_each_batch(
     match kind {
         FileKind::Jsonl => jsonl_batches(open()?, shown, limit, JSONL_BLOCK, f)?,
         FileKind::JsonArray => {
-            let mut s = String::new();
+            let mut bytes = Vec::new();
             open()?
-                .read_to_string(&mut s)
+                .read_to_end(&mut bytes)
                 .map_err(|e| StageError::invalid("path", format!("{shown}: cannot read: {e}")))?;
+            let s = String::from_utf8(bytes).map_err(|e| {
+                // where, as the JSONL reader says it (a JSON array is one document: its bytes are checked as a whole)
+                let at = e.utf8_error().valid_up_to();
+                let bytes = e.as_bytes();
+                let line_start = bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+                StageError::invalid(
+                    "path",
+                    format!(
+                        "{shown} line {line}: byte 0x{:02x} (byte {} of the line, {} of the file) is not UTF-8; \
+                         expected UTF-8 text (re-save the file as UTF-8)",
+                        bytes[at],
+                        at - line_start + 1,
+                        at + 1
+                    ),
+                )
+            })?;
             let mut de = serde_json::Deserializer::from_str(s.trim_start_matches('\u{feff}'));
             let items = serde::Deserializer::deserialize_seq(&mut de, StrictRecords)
                 .and_then(|items| de.end().map(|()| items))
@@ -1884,6 +1981,14 @@ impl LengthBias {
     }
 }
 
+/// Whether `response` begins with the whole `prompt` (of three words or more, spaces at either end aside): a record
+/// whose responses hold the dialogue again, as TRL's implicit-prompt strings do, given with an explicit prompt too.
+/// TRL would read the prompt twice; here the prompt's words count in the response's length. Kept, and warned of.
+fn repeats_prompt(prompt: &str, response: &str) -> bool {
+    let p = prompt.trim();
+    p.split_whitespace().nth(2).is_some() && response.trim_start().starts_with(p)
+}
+
 /// The summary's counts over the pairs written, added up group by group.
 #[derive(Default)]
 struct Counts {
@@ -1891,6 +1996,8 @@ struct Counts {
     labelled: u64,
     label_b_preferred: u64,
     identical_responses: u64,
+    /// pairs with a response that begins with the whole prompt ([`repeats_prompt`])
+    responses_repeating_prompt: u64,
     words: u64,
     bias_words: LengthBias,
     bias_tokens: LengthBias,
@@ -1920,6 +2027,8 @@ impl PairsOut<'_> {
             self.counts.labelled += label.is_some() as u64;
             self.counts.label_b_preferred += (label == Some(1)) as u64;
             self.counts.identical_responses += (r.pair.a == r.pair.b) as u64;
+            self.counts.responses_repeating_prompt +=
+                (repeats_prompt(&r.pair.prompt, &r.pair.a) || repeats_prompt(&r.pair.prompt, &r.pair.b)) as u64;
             self.counts.words += (words[i].0 + words[i].1) as u64;
             self.counts.bias_words.add(label, words[i]);
             if let Some(t) = r.pair.tokens {
@@ -2118,7 +2227,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize, group_bytes: usize) -> Sta
     ctx.progress(records, records);
 
     let counts = &out.counts;
-    let (pairs, identical) = (counts.pairs, counts.identical_responses);
+    let (pairs, identical, repeating) = (counts.pairs, counts.identical_responses, counts.responses_repeating_prompt);
     let mut summary = json!({
         "format": format.name(),
         "file_kind": kind.name(),
@@ -2130,6 +2239,7 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize, group_bytes: usize) -> Sta
         "unlabelled": pairs - counts.labelled,
         "label_b_preferred": counts.label_b_preferred,
         "identical_responses": counts.identical_responses,
+        "responses_repeating_prompt": counts.responses_repeating_prompt,
         "tokenizer": tokenizer.is_some(),
         "mean_words_response": if pairs == 0 { 0.0 } else { counts.words as f64 / (2 * pairs) as f64 },
         "length_bias_words": counts.bias_words.summary("words"),
@@ -2154,6 +2264,15 @@ fn import_in_groups(ctx: &dyn Ctx, group_rows: usize, group_bytes: usize) -> Sta
     if conflicting > 0 {
         ctx.warn(&format!(
             "{shown}: {conflicting} of the {duplicates} duplicates dropped prefer the other response of their pair; each pair keeps the label of its first record (counted in `rmdistill.conflicting_duplicates` of the pairs table's metadata)"
+        ));
+    }
+    if repeating > 0 {
+        ctx.warn(&format!(
+            "{shown}: {} of the {pairs} pairs have a response that begins with the whole prompt: the responses seem to \
+             hold the dialogue again, which TRL would read after the prompt a second time; imported as given, the \
+             prompt's words count in those responses' lengths (counted in `rmdistill.responses_repeating_prompt` of the \
+             pairs table's metadata)",
+            repeating
         ));
     }
     if identical > 0 {
@@ -3274,6 +3393,44 @@ mod tests {
         (out, end.map_err(|e| e.to_string()))
     }
 
+    /// Responses that hold the prompt again are kept, counted and warned of (a red-team finding: imported silently,
+    /// the prompt's words counted in the responses' lengths, while the same data as messages is refused).
+    #[test]
+    fn responses_that_repeat_the_prompt_are_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = "\n\nHuman: What is 2+2?\n\nAssistant:";
+        let recs = [
+            json!({"prompt": p, "chosen": format!("{p} 4"), "rejected": format!("{p} 5")}),
+            json!({"prompt": p, "chosen": " 4", "rejected": " 5"}),
+            // a short prompt that a reply may well begin with is not counted
+            json!({"prompt": "Hi", "chosen": "Hi there!", "rejected": "Hello."}),
+        ];
+        let f = write(dir.path(), "d.jsonl", &recs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n"));
+        let (s, logs) = import_logged(&dir.path().join("o"), &f, json!({}));
+        let s = s.unwrap();
+        assert_eq!((s["pairs"].as_u64(), s["responses_repeating_prompt"].as_u64()), (Some(3), Some(1)), "{s}");
+        assert!(
+            logs.iter().any(|l| l.starts_with("warning: ")
+                && l.contains("1 of the 3 pairs have a response that begins with the whole prompt")),
+            "{logs:?}"
+        );
+    }
+
+    /// A JSON array that is not UTF-8 is named by line and byte, as a JSONL line is (a red-team finding: it said only
+    /// "stream did not contain valid UTF-8").
+    #[test]
+    fn a_json_array_that_is_not_utf8_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lat1.json");
+        std::fs::write(
+            &f,
+            b"[\n{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"},\n{\"prompt\": \"caf\xe9\"}]",
+        )
+        .unwrap();
+        let e = import(&dir.path().join("o"), &f, json!({})).unwrap_err();
+        assert!(e.contains("lat1.json line 3: byte 0xe9 (byte 16 of the line, 67 of the file) is not UTF-8"), "{e}");
+    }
+
     #[test]
     fn jsonl_lines_cut_across_blocks_read_as_whole_lines() {
         let long = format!("{{\"prompt\": \"{}\", \"x\": 1}}", "w ".repeat(40));
@@ -3355,6 +3512,87 @@ mod tests {
             assert_eq!((s["invalid_skipped"].as_u64(), s["records"].as_u64()), (Some(1), Some(1)), "{name}: {s}");
             assert_eq!(s["invalid_by_field"][field], 1, "{name}: {s}");
         }
+    }
+
+    /// A prompt of messages ends with the turn the reply answers, and a ShareGPT conversation follows LLaMA-Factory's
+    /// turn rule (a red-team finding: each of these was flattened into a prompt silently — two assistant turns in a
+    /// row, a conversation opened by the assistant, two human turns, two system texts — where LLaMA-Factory skips
+    /// the record or drops the `system` column).
+    #[test]
+    fn prompts_end_with_the_users_turn_and_sharegpt_turns_alternate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, g, sy) = (
+            |v: &str| json!({"from": "human", "value": v}),
+            |v: &str| json!({"from": "gpt", "value": v}),
+            |v: &str| json!({"from": "system", "value": v}),
+        );
+        let m = |role: &str, c: &str| json!({"role": role, "content": c});
+        let sg = |conv: Value| json!({"conversations": conv, "chosen": g("c"), "rejected": g("r")}).to_string();
+        let cases: Vec<(&str, String, &str, &[&str])> = vec![
+            (
+                "sg_ends_with_gpt.jsonl",
+                sg(json!([h("Hi"), g("Hello!")])),
+                "conversations[1].from",
+                &["`conversations[1].from` is \"gpt\": the prompt ends with the assistant's turn"],
+            ),
+            (
+                "sg_gpt_first.jsonl",
+                sg(json!([g("I start"), h("ok")])),
+                "conversations[0].from",
+                &["`conversations[0].from` is \"gpt\" first; expected human", "as LLaMA-Factory reads them"],
+            ),
+            (
+                "sg_two_humans.jsonl",
+                sg(json!([h("a"), h("b")])),
+                "conversations[1].from",
+                &["`conversations[1].from` is \"human\" after a human turn; expected gpt"],
+            ),
+            (
+                "sg_system_twice.jsonl",
+                json!({"system": "Col sys", "conversations": [sy("Conv sys"), h("q")], "chosen": g("c"), "rejected": g("r")})
+                    .to_string(),
+                "system",
+                &["a system turn at `conversations[0]`", "give one of the two"],
+            ),
+            (
+                "sg_system_late.jsonl",
+                sg(json!([h("q"), sy("late"), h("q2")])),
+                "conversations[1].from",
+                &["`conversations[1].from` is \"system\" after a human turn; expected gpt"],
+            ),
+            (
+                "trl_prefill.jsonl",
+                json!({"prompt": [m("user", "q"), m("assistant", "prefill")], "chosen": [m("assistant", "a")],
+                       "rejected": [m("assistant", "b")]})
+                .to_string(),
+                "prompt[1].role",
+                &["`prompt[1].role` is \"assistant\": the prompt ends with the assistant's turn"],
+            ),
+            (
+                "implicit_prefill.jsonl",
+                json!({"chosen": [m("user", "q"), m("assistant", "So"), m("assistant", "a")],
+                       "rejected": [m("user", "q"), m("assistant", "So"), m("assistant", "b")]})
+                .to_string(),
+                "chosen[1].role",
+                &["`chosen[1].role` is \"assistant\": the prompt ends with the assistant's turn"],
+            ),
+        ];
+        refused_and_skipped(dir.path(), &cases);
+        // what LLaMA-Factory accepts still imports: a system turn first, tool turns, several exchanges
+        let ok = [
+            json!({"conversations": [sy("Be brief."), h("q"), g("a"), h("q2")], "chosen": g("c"), "rejected": g("r")}),
+            json!({"conversations": [h("q"), {"from": "function_call", "value": "f()"}, {"from": "observation", "value": "1"}],
+                   "chosen": g("c"), "rejected": g("r")}),
+            json!({"system": "Be brief.", "conversations": [h("q")], "chosen": g("c"), "rejected": g("r")}),
+        ];
+        let f = write(dir.path(), "ok.jsonl", &ok.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n"));
+        let (s, out) = import(&dir.path().join("ok"), &f, json!({})).unwrap();
+        assert_eq!(s["pairs"], 3, "{s}");
+        let p = strings(&table::read_table(&out, None).unwrap(), "prompt");
+        assert!(
+            p.contains(&"\n\nSystem: Be brief.\n\nHuman: q\n\nAssistant: a\n\nHuman: q2\n\nAssistant:".to_string()),
+            "{p:?}"
+        );
     }
 
     /// A response given as messages is the assistant's reply: its first message must have an assistant role, in
