@@ -1113,7 +1113,32 @@ impl Runner<'_> {
 }
 
 /// Executes a plan against a store.
+/// The signal (SIGINT, SIGTERM) that asked the run to stop, or 0.
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// A second signal ends the process at once, in case the run cannot get to stopping (a store that does not answer).
+extern "C" fn on_interrupt(sig: libc::c_int) {
+    if INTERRUPTED.swap(sig, std::sync::atomic::Ordering::SeqCst) != 0 {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + sig) };
+    }
+}
+
+/// Ctrl-C (SIGINT) and a scheduler's SIGTERM stop the run between two of its checks: [`stop_interrupted`].
+fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic and calls _exit, both async-signal-safe.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_interrupt as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
+}
+
 pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -> anyhow::Result<Summary> {
+    catch_interrupts();
     let t0 = Instant::now();
     let run_id = new_run_id();
     let n = plan.nodes.len();
@@ -1198,7 +1223,20 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
     let result = std::thread::scope(|s| -> anyhow::Result<()> {
         let (res_tx, res_rx) = std::sync::mpsc::channel::<(usize, Result<Entry, ExecError>)>();
         let mut journaled = false;
+        // SIGINT or SIGTERM: what is stored stays, the journal says "interrupted", the process ends
+        let stop = |r: &Runner, sig: i32| -> ! {
+            let reports: Vec<&NodeReport> = r.nodes.iter().map(|nd| &nd.report).collect();
+            let stored = reports.iter().filter(|nd| nd.outcome == Outcome::Ran).count();
+            let journaled = journal("interrupted", &reports);
+            ext.save();
+            let _ = std::fs::remove_dir_all(&scratch_root);
+            stop_interrupted(progress, sig, stored, r.running, journaled.err())
+        };
         loop {
+            match INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                0 => {}
+                sig => stop(&r, sig),
+            }
             r.resolve_ready()?;
             if !journaled && !r.queue.is_empty() {
                 journal("running", &r.nodes.iter().map(|nd| &nd.report).collect::<Vec<_>>())?;
@@ -1229,7 +1267,18 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                 r.skip_not_started();
                 break;
             }
-            let (i, res) = res_rx.recv().expect("a running node answers");
+            // waiting for a node to end, checking ten times a second whether the run was asked to stop; a node that
+            // fails once it was is taken as stopped by the signal too (Ctrl-C reaches the workers as well)
+            let (i, res) = loop {
+                let got = res_rx.recv_timeout(std::time::Duration::from_millis(100));
+                let sig = INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
+                match got {
+                    Ok((_, Err(_))) | Err(_) if sig != 0 => stop(&r, sig),
+                    Ok(got) => break got,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
+                }
+            };
             r.release(i);
             match res {
                 Ok(e) => {
@@ -1279,6 +1328,21 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         }
     }
     Ok(summary)
+}
+
+/// Ends a run that SIGINT or SIGTERM asked to stop: what it stored stays stored (every result is put whole or not at
+/// all), the nodes still running die with their workers, and the same command resumes. Exits 128 + the signal, as
+/// a shell reports it.
+fn stop_interrupted(progress: &Progress, sig: i32, stored: usize, running: usize, journal: Option<anyhow::Error>) -> ! {
+    let name = if sig == libc::SIGINT { "SIGINT (Ctrl-C)" } else { "SIGTERM" };
+    if let Some(e) = journal {
+        progress.message(&format!("warning: the run journal could not be stored (it says \"running\"): {e:#}"));
+    }
+    progress.message(&format!(
+        "interrupted by {name}: {stored} node(s) ran and are stored, {running} running were stopped; the same command \
+         resumes from the store (what is stored is not run again)"
+    ));
+    std::process::exit(128 + sig)
 }
 
 /// One node's key as the store determines it now.

@@ -254,6 +254,58 @@ fn kill_9_at_random_points_then_resume_gives_identical_artifacts() {
     assert!(kills >= 4, "too few runs were killed mid-way to test anything");
 }
 
+/// Ctrl-C and a scheduler's SIGTERM stop a run saying so (a red-team finding: the run ended silently, exit 130 or
+/// 143 from the shell's default, and its journal said "running" with no node), keep what it stored, and the same
+/// command resumes.
+#[test]
+fn sigint_and_sigterm_stop_the_run_saying_so_and_it_resumes() {
+    let manifest = gen_manifest(120_000);
+    let reference = Work::new();
+    reference.write("m.toml", &manifest);
+    let expected = output_hashes(&reference.run_json(&["m.toml", "--jobs", "1"]));
+    let w = Work::new();
+    w.write("m.toml", &manifest);
+    let journals = |w: &Work| -> Vec<serde_json::Value> {
+        let dir = w.store().join("runs");
+        let mut v: Vec<serde_json::Value> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten().map(|f| serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap()).collect()
+            })
+            .unwrap_or_default();
+        v.retain(|j| j["status"] == "interrupted");
+        v
+    };
+    let mut stopped = 0;
+    for (sig, code, name) in [(libc::SIGTERM, 143, "SIGTERM"), (libc::SIGINT, 130, "SIGINT (Ctrl-C)")] {
+        let before = entries(&w.store()).len();
+        let child = w.cmd(&["run", "m.toml", "--jobs", "1"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        // once the run has stored a node more (or, at the start, once it runs), with the rest still to do
+        let t = Instant::now();
+        while entries(&w.store()).len() == before && t.elapsed() < std::time::Duration::from_secs(60) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // SAFETY: signalling a child this test started.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let o = child.wait_with_output().unwrap();
+        let err = s(&o.stderr);
+        if o.status.code() == Some(0) {
+            continue; // it finished first: nothing to stop
+        }
+        stopped += 1;
+        assert_eq!(o.status.code(), Some(code), "{err}");
+        assert!(err.contains(&format!("interrupted by {name}: ")) && err.contains("the same command resumes"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_store_consistent(&w.store());
+        assert_eq!(journals(&w).len(), stopped, "the journal says the run was interrupted");
+    }
+    assert!(stopped > 0, "no run was caught before it finished");
+    // the same command resumes: what was stored is not run again, and the outputs are an uninterrupted run's
+    let stored = entries(&w.store()).len();
+    let resumed = w.run_json(&["m.toml", "--jobs", "1"]);
+    assert_eq!(resumed["ran"].as_u64().unwrap() as usize + stored, 25, "{resumed}");
+    assert_eq!(output_hashes(&resumed), expected);
+}
+
 #[test]
 fn two_runners_at_once_both_succeed_and_write_each_entry_once() {
     let w = Work::new();
