@@ -623,6 +623,14 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 if !r.skipped.is_empty() {
                     kept += &format!("; skipped {} file(s) it could not use", r.skipped.len());
                 }
+                if r.leftovers > 0 {
+                    kept += &format!(
+                        "; {} {} partial file(s) or folder(s) that killed runs left ({} bytes)",
+                        if dry_run { "would remove" } else { "removed" },
+                        r.leftovers,
+                        r.leftover_bytes
+                    );
+                }
                 println!(
                     "{} {} blob(s) ({} bytes); {kept}",
                     if dry_run { "would remove" } else { "removed" },

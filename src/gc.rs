@@ -6,7 +6,9 @@
 //! (its blobs are not known, so they may be collected; an entry that cannot be parsed is never served anyway); any
 //! output hash an entry names counts as live even when the rest of the entry is damaged; a file under `blobs/`
 //! whose name is not a blob address is left alone; and when the listing of a live directory artifact cannot be
-//! read, nothing is removed at all, because its files cannot be told apart from garbage.
+//! read, nothing is removed at all, because its files cannot be told apart from garbage. It also removes what killed
+//! runs left half-written and older than the grace period (a `file://` store's `NAME#N` files, the local area's
+//! half-assembled directory artifacts): nothing reads them, and nothing else would remove them.
 
 use crate::store::{Store, is_hash};
 use serde::Serialize;
@@ -23,6 +25,9 @@ pub struct GcReport {
     pub held: usize,
     /// Files gc could not use and left alone (each was reported on stderr).
     pub skipped: Vec<String>,
+    /// Partial files and directories of killed runs removed ([`Store::leftovers`]), and their bytes.
+    pub leftovers: usize,
+    pub leftover_bytes: u64,
     /// Why nothing was removed, when gc could not tell live blobs from garbage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_back: Option<String>,
@@ -123,7 +128,17 @@ pub fn gc(store: &Store, grace: Duration, dry_run: bool) -> anyhow::Result<GcRep
             Err(e) => return Err(e),
         }
     }
-    let mut r = GcReport { removed: 0, removed_bytes: 0, referenced: 0, recent: 0, held: 0, skipped, held_back };
+    let mut r = GcReport {
+        removed: 0,
+        removed_bytes: 0,
+        referenced: 0,
+        recent: 0,
+        held: 0,
+        skipped,
+        leftovers: 0,
+        leftover_bytes: 0,
+        held_back,
+    };
     if let Some(why) = &r.held_back {
         eprintln!("warning: gc: {why}");
     }
@@ -144,6 +159,18 @@ pub fn gc(store: &Store, grace: Duration, dry_run: bool) -> anyhow::Result<GcRep
             r.removed_bytes += size;
             if !dry_run {
                 store.delete(&path)?;
+            }
+        }
+    }
+    // what killed runs left half-written: never served, but never removed by anything else (older than the grace
+    // period, so a run writing one now is not robbed)
+    for (path, bytes) in store.leftovers(cutoff) {
+        r.leftovers += 1;
+        r.leftover_bytes += bytes;
+        if !dry_run {
+            let gone = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            if let Err(e) = gone {
+                eprintln!("warning: gc could not remove {}: {e}", path.display());
             }
         }
     }

@@ -1581,6 +1581,55 @@ impl Store {
         Ok(())
     }
 
+    /// What killed runs leave behind, last modified before `cutoff`: a `file://` store's `NAME#N` files (written by
+    /// `object_store` and renamed into place: a kill between the two leaves them, never listed or served), and the
+    /// local area's half-assembled directory artifacts (`trees/.tmp…`, holding hard links to blobs) and damaged
+    /// ones set aside (`trees/HASH.damaged.…`). Each as (path, bytes).
+    pub fn leftovers(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Vec<(PathBuf, u64)> {
+        fn size(p: &Path) -> u64 {
+            match p.symlink_metadata() {
+                Ok(m) if m.is_dir() => {
+                    std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| size(&e.path())).sum()
+                }
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            }
+        }
+        fn old(p: &Path, cutoff: chrono::DateTime<chrono::Utc>) -> bool {
+            p.symlink_metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| chrono::DateTime::<chrono::Utc>::from(t) < cutoff)
+        }
+        // (the local area may lie inside the store's folder: its trees hold a user's files, whatever their names)
+        fn staging(dir: &Path, skip: &Path, cutoff: chrono::DateTime<chrono::Utc>, out: &mut Vec<(PathBuf, u64)>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let (p, name) = (e.path(), e.file_name().to_string_lossy().to_string());
+                match e.file_type() {
+                    Ok(t) if t.is_dir() && p != skip => staging(&p, skip, cutoff, out),
+                    Ok(t) if t.is_file() => {
+                        let n = name.rsplit_once('#').map(|(_, n)| n).unwrap_or("");
+                        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && old(&p, cutoff) {
+                            out.push((p.clone(), size(&p)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out = vec![];
+        if let Some(root) = self.local_root.as_ref().and_then(|r| r.canonicalize().ok()) {
+            staging(&root, &self.local_dir, cutoff, &mut out);
+        }
+        for e in std::fs::read_dir(self.local_dir.join("trees")).into_iter().flatten().flatten() {
+            let (p, name) = (e.path(), e.file_name().to_string_lossy().to_string());
+            if (name.starts_with(".tmp") || name.contains(".damaged.")) && old(&p, cutoff) {
+                out.push((p.clone(), size(&p)));
+            }
+        }
+        out.sort();
+        out
+    }
+
     pub fn delete(&self, rel: &str) -> anyhow::Result<()> {
         let p = self.p(rel);
         match self.block_on(self.os.delete(&p)) {
