@@ -1331,8 +1331,9 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
 }
 
 /// Ends a run that SIGINT or SIGTERM asked to stop: what it stored stays stored (every result is put whole or not at
-/// all), the nodes still running die with their workers, and the same command resumes. Exits 128 + the signal, as
-/// a shell reports it.
+/// all), the nodes still running die with their workers, and the same command resumes. The process ends by the
+/// signal itself (default action, raised again), not by exit(128 + signal): a shell stops a script or loop only when
+/// its child was killed by SIGINT, and would go on to the next command after an exit code.
 fn stop_interrupted(progress: &Progress, sig: i32, stored: usize, running: usize, journal: Option<anyhow::Error>) -> ! {
     let name = if sig == libc::SIGINT { "SIGINT (Ctrl-C)" } else { "SIGTERM" };
     if let Some(e) = journal {
@@ -1342,7 +1343,12 @@ fn stop_interrupted(progress: &Progress, sig: i32, stored: usize, running: usize
         "interrupted by {name}: {stored} node(s) ran and are stored, {running} running were stopped; the same command \
          resumes from the store (what is stored is not run again)"
     ));
-    std::process::exit(128 + sig)
+    // SAFETY: restoring the default action and raising the signal in this process.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+    std::process::exit(128 + sig) // not reached: the default action of SIGINT and SIGTERM ends the process
 }
 
 /// One node's key as the store determines it now.

@@ -292,13 +292,40 @@ fn sigint_and_sigterm_stop_the_run_saying_so_and_it_resumes() {
             continue; // it finished first: nothing to stop
         }
         stopped += 1;
-        assert_eq!(o.status.code(), Some(code), "{err}");
+        // ended by the signal itself, so that a shell script or loop around it stops too (a shell reports 128 + it)
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!((o.status.signal(), o.status.code()), (Some(sig), None), "{err}");
+        assert_eq!(128 + sig, code);
         assert!(err.contains(&format!("interrupted by {name}: ")) && err.contains("the same command resumes"), "{err}");
         assert!(!err.contains("panicked"), "{err}");
         assert_store_consistent(&w.store());
         assert_eq!(journals(&w).len(), stopped, "the journal says the run was interrupted");
     }
     assert!(stopped > 0, "no run was caught before it finished");
+    // Ctrl-C in a terminal reaches the whole process group: a shell running the command goes no further (a
+    // reviewer's finding: ended by exit(130), the run let the script around it go on to its next command)
+    let sh = Work::new();
+    sh.write("m.toml", &manifest);
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", "\"$0\" run m.toml --jobs 1 -q; echo the script went on", env!("CARGO_BIN_EXE_rmdistill")])
+        .current_dir(sh.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid in the child before exec, so that the group can be signalled as a terminal would.
+    unsafe { cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }) };
+    let child = cmd.spawn().unwrap();
+    let t = Instant::now();
+    while entries(&sh.store()).is_empty() && t.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: signalling the process group this test started.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    if entries(&sh.store()).len() < 25 {
+        assert!(!s(&o.stdout).contains("the script went on"), "{}{}", s(&o.stdout), s(&o.stderr));
+        assert!(s(&o.stderr).contains("interrupted by SIGINT (Ctrl-C)"), "{}", s(&o.stderr));
+    }
     // the same command resumes: what was stored is not run again, and the outputs are an uninterrupted run's
     let stored = entries(&w.store()).len();
     let resumed = w.run_json(&["m.toml", "--jobs", "1"]);

@@ -22,11 +22,12 @@
 //! - `sharegpt` (LLaMA-Factory): `conversations` `[{from, value}]`, `chosen`/`rejected` message objects
 //!   `{from, value}` (or strings), optional `system` string. The turns follow LLaMA-Factory's rule: an optional system
 //!   turn first, then the user's (`human`, `observation`) and the assistant's (`gpt`, `function_call`) alternating,
-//!   from the user's to the user's; a `system` string beside a system turn is a bad record (LLaMA-Factory would drop
-//!   the string).
+//!   from the user's to the user's; a `system` string beside a system turn with other text is a bad record
+//!   (LLaMA-Factory would drop the string), with the same text it is read once.
 //!
-//! A prompt of messages, in any format, ends with the user's turn: one that ends with the assistant's (a prefilled
-//! reply) is a bad record. A record whose response begins with its whole prompt is kept and counted, with a warning.
+//! A TRL prompt of messages that ends with the assistant's turn is a prefilled reply (TRL's
+//! `continue_final_message`): the responses continue that turn. A record whose response begins with its whole prompt
+//! is kept and counted, with a warning.
 //!
 //! # Message template
 //! A role is shown as `Human` (`user`, `human`), `Assistant` (`assistant`, `gpt`, `model`, `bot`), `System`
@@ -417,25 +418,6 @@ fn role_key(msg: &Value) -> &'static str {
     }
 }
 
-/// A prompt of messages must end with a turn the reply answers: the template closes it with `"\n\nAssistant:"`, so
-/// a prompt whose last turn is the assistant's (a prefilled reply) would render as two assistant turns in a row and
-/// the reply as a third. `path` names the list the prompt's messages come from (`raw` its items).
-fn prompt_ends_with_a_question(w: &Where, path: &str, raw: &[Value], msgs: &[(String, String)]) -> StageResult<()> {
-    let Some((role, _)) = msgs.last() else { return Ok(()) };
-    let last = msgs.len() - 1;
-    if is_reply_role(role) {
-        return Err(w.err(
-            &format!("{path}[{last}].{}", role_key(&raw[last])),
-            format!(
-                "is {}: the prompt ends with the assistant's turn, so its reply would follow a reply; expected the \
-                 prompt to end with the user's turn (a prefilled reply is not supported)",
-                quoted(role)
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// LLaMA-Factory's rule for a ShareGPT conversation (its `SharegptDatasetConverter`): after an optional leading
 /// system turn, turns alternate between the user's (`human`, `user`, `observation`) and the assistant's
 /// ([`REPLY_ROLES`]), beginning and, in a preference record, ending with the user's. LLaMA-Factory skips a record that
@@ -461,9 +443,23 @@ fn sharegpt_turns(w: &Where, raw: &[Value], conv: &[(String, String)]) -> StageR
     if conv.len() == start {
         return Err(w.err("conversations", "holds only a system turn; expected the user's turn the reply answers"));
     }
+    if (conv.len() - start) % 2 == 0 {
+        let last = conv.len() - 1;
+        return Err(w.err(
+            &format!("conversations[{last}].{}", role_key(&raw[last])),
+            format!(
+                "is {}: the conversation ends with the assistant's turn; expected it to end with the user's turn that \
+                 `chosen` and `rejected` answer (LLaMA-Factory skips such a record)",
+                quoted(&conv[last].0)
+            ),
+        ));
+    }
     Ok(())
 }
 
+/// A prompt of messages: each as `"\n\n{Role}: {content}"`, then `"\n\nAssistant:"` for the reply to follow. A prompt
+/// whose last turn is the assistant's is a prefilled reply (TRL's `continue_final_message`): the response continues
+/// that turn, so no new one is opened.
 fn render_prompt(msgs: &[(String, String)]) -> String {
     let mut s = String::new();
     for (role, content) in msgs {
@@ -472,7 +468,9 @@ fn render_prompt(msgs: &[(String, String)]) -> String {
         s.push_str(": ");
         s.push_str(content);
     }
-    s.push_str("\n\nAssistant:");
+    if !msgs.last().is_some_and(|(role, _)| is_reply_role(role)) {
+        s.push_str("\n\nAssistant:");
+    }
     s
 }
 
@@ -503,7 +501,6 @@ fn text(w: &Where, rec: &mut Map<String, Value>, name: &str, is_prompt: bool) ->
         Value::Array(list) => {
             let msgs = messages(w, name, list)?;
             if is_prompt {
-                prompt_ends_with_a_question(w, name, list, &msgs)?;
                 Ok(render_prompt(&msgs))
             } else {
                 if !is_reply_role(&msgs[0].0) {
@@ -580,7 +577,6 @@ fn split_messages(
             ));
         }
     }
-    prompt_ends_with_a_question(w, "chosen", &raw_chosen[..shared], &chosen[..shared])?;
     Ok((render_prompt(&chosen[..shared]), render_response(&chosen[shared..]), render_response(&rejected[shared..])))
 }
 
@@ -714,7 +710,6 @@ fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResu
                 Value::Array(list) => {
                     let conv = messages(w, "conversations", list)?;
                     sharegpt_turns(w, list, &conv)?;
-                    prompt_ends_with_a_question(w, "conversations", list, &conv)?;
                     conv
                 }
                 other => {
@@ -728,13 +723,16 @@ fn extract(format: Format, w: &Where, rec: &mut Map<String, Value>) -> StageResu
             match rec.get("system") {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) if s.trim().is_empty() => {}
-                // LLaMA-Factory takes a leading system turn over the `system` column and drops the column's text
-                Some(Value::String(_)) if conv[0].0.eq_ignore_ascii_case("system") => {
-                    return Err(w.err(
-                        "system",
-                        "is given, and so is a system turn at `conversations[0]`; LLaMA-Factory would keep the turn \
-                         and drop `system` silently: give one of the two",
-                    ));
+                // LLaMA-Factory takes a leading system turn over the `system` column and drops the column's text:
+                // the same text twice is one system prompt; two different ones would lose one silently
+                Some(Value::String(s)) if conv[0].0.eq_ignore_ascii_case("system") => {
+                    if s.trim() != conv[0].1.trim() {
+                        return Err(w.err(
+                            "system",
+                            "differs from the system turn at `conversations[0]`; LLaMA-Factory would keep the turn and \
+                             drop `system` silently: give one of the two",
+                        ));
+                    }
                 }
                 Some(Value::String(s)) => msgs.push(("system".to_string(), s.clone())),
                 Some(other) => return Err(w.err("system", format!("is {}; expected a string", type_name(other)))),
@@ -3514,12 +3512,12 @@ mod tests {
         }
     }
 
-    /// A prompt of messages ends with the turn the reply answers, and a ShareGPT conversation follows LLaMA-Factory's
-    /// turn rule (a red-team finding: each of these was flattened into a prompt silently — two assistant turns in a
-    /// row, a conversation opened by the assistant, two human turns, two system texts — where LLaMA-Factory skips
-    /// the record or drops the `system` column).
+    /// A ShareGPT conversation follows LLaMA-Factory's turn rule, and a TRL prompt that ends with the assistant's
+    /// turn is continued (a red-team finding: each was flattened into a prompt silently — two assistant turns in a
+    /// row, a conversation opened by the assistant, two human turns, two different system texts — where
+    /// LLaMA-Factory skips the record or drops the `system` column, and TRL continues the prefilled turn).
     #[test]
-    fn prompts_end_with_the_users_turn_and_sharegpt_turns_alternate() {
+    fn sharegpt_turns_alternate_as_llama_factory_reads_them_and_prefills_continue() {
         let dir = tempfile::tempdir().unwrap();
         let (h, g, sy) = (
             |v: &str| json!({"from": "human", "value": v}),
@@ -3533,7 +3531,7 @@ mod tests {
                 "sg_ends_with_gpt.jsonl",
                 sg(json!([h("Hi"), g("Hello!")])),
                 "conversations[1].from",
-                &["`conversations[1].from` is \"gpt\": the prompt ends with the assistant's turn"],
+                &["`conversations[1].from` is \"gpt\": the conversation ends with the assistant's turn"],
             ),
             (
                 "sg_gpt_first.jsonl",
@@ -3552,29 +3550,13 @@ mod tests {
                 json!({"system": "Col sys", "conversations": [sy("Conv sys"), h("q")], "chosen": g("c"), "rejected": g("r")})
                     .to_string(),
                 "system",
-                &["a system turn at `conversations[0]`", "give one of the two"],
+                &["`system` differs from the system turn at `conversations[0]`", "give one of the two"],
             ),
             (
                 "sg_system_late.jsonl",
                 sg(json!([h("q"), sy("late"), h("q2")])),
                 "conversations[1].from",
                 &["`conversations[1].from` is \"system\" after a human turn; expected gpt"],
-            ),
-            (
-                "trl_prefill.jsonl",
-                json!({"prompt": [m("user", "q"), m("assistant", "prefill")], "chosen": [m("assistant", "a")],
-                       "rejected": [m("assistant", "b")]})
-                .to_string(),
-                "prompt[1].role",
-                &["`prompt[1].role` is \"assistant\": the prompt ends with the assistant's turn"],
-            ),
-            (
-                "implicit_prefill.jsonl",
-                json!({"chosen": [m("user", "q"), m("assistant", "So"), m("assistant", "a")],
-                       "rejected": [m("user", "q"), m("assistant", "So"), m("assistant", "b")]})
-                .to_string(),
-                "chosen[1].role",
-                &["`chosen[1].role` is \"assistant\": the prompt ends with the assistant's turn"],
             ),
         ];
         refused_and_skipped(dir.path(), &cases);
@@ -3584,15 +3566,40 @@ mod tests {
             json!({"conversations": [h("q"), {"from": "function_call", "value": "f()"}, {"from": "observation", "value": "1"}],
                    "chosen": g("c"), "rejected": g("r")}),
             json!({"system": "Be brief.", "conversations": [h("q")], "chosen": g("c"), "rejected": g("r")}),
+            // the same system text twice is one system prompt (LLaMA-Factory reads the turn)
+            json!({"system": "Be brief.", "conversations": [sy("Be brief."), h("q3")], "chosen": g("c"), "rejected": g("r")}),
         ];
         let f = write(dir.path(), "ok.jsonl", &ok.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n"));
         let (s, out) = import(&dir.path().join("ok"), &f, json!({})).unwrap();
-        assert_eq!(s["pairs"], 3, "{s}");
+        assert_eq!(s["pairs"], 4, "{s}");
         let p = strings(&table::read_table(&out, None).unwrap(), "prompt");
         assert!(
             p.contains(&"\n\nSystem: Be brief.\n\nHuman: q\n\nAssistant: a\n\nHuman: q2\n\nAssistant:".to_string()),
             "{p:?}"
         );
+        assert!(p.contains(&"\n\nSystem: Be brief.\n\nHuman: q3\n\nAssistant:".to_string()), "{p:?}");
+        // a TRL prompt that ends with the assistant's turn is a prefill the responses continue (TRL's
+        // continue_final_message), given as the prompt or shared by the two conversations
+        for (name, rec) in [
+            (
+                "trl_prefill.jsonl",
+                json!({"prompt": [m("user", "q"), m("assistant", "Sure:")], "chosen": [m("assistant", "a")],
+                       "rejected": [m("assistant", "b")]}),
+            ),
+            (
+                "implicit_prefill.jsonl",
+                json!({"chosen": [m("user", "q"), m("assistant", "Sure:"), m("assistant", "a")],
+                       "rejected": [m("user", "q"), m("assistant", "Sure:"), m("assistant", "b")]}),
+            ),
+        ] {
+            let f = write(dir.path(), name, &rec.to_string());
+            let (_, out) = import(&dir.path().join(format!("o-{name}")), &f, json!({})).unwrap();
+            let t = table::read_table(&out, None).unwrap();
+            assert_eq!(strings(&t, "prompt"), ["\n\nHuman: q\n\nAssistant: Sure:"], "{name}");
+            let mut r = [strings(&t, "response_a")[0].clone(), strings(&t, "response_b")[0].clone()];
+            r.sort();
+            assert_eq!(r, [" a", " b"], "{name}");
+        }
     }
 
     /// A response given as messages is the assistant's reply: its first message must have an assistant role, in
