@@ -419,8 +419,8 @@ struct FileInfo {
     defines_stage: bool,
     /// The types and traits it defines (`struct`, `enum`, `union`, `trait`, `type` names).
     defines: BTreeSet<String>,
-    /// Its `impl` blocks as (trait, self type), each by its last path segment.
-    impls: Vec<(Option<String>, String)>,
+    /// Its `impl` blocks.
+    impls: Vec<Impl>,
     /// Constructs whose code the references above cannot follow ([`unfollowable`]).
     unfollowable: Option<String>,
 }
@@ -554,8 +554,16 @@ impl Workspace {
                     let referenced: Vec<String> = defs.iter().filter(|d| info.refs.contains(*d)).cloned().collect();
                     Some(if referenced.is_empty() { defs.clone() } else { referenced })
                 };
-                for (tr, ty) in &info.impls {
-                    let owners = resolve(ty).or_else(|| tr.as_deref().and_then(resolve)).unwrap_or_default();
+                for imp in &info.impls {
+                    // the self type, else the trait, else any workspace name in the header (`impl From<Pair> for
+                    // String`): the impl belongs to what the workspace defines
+                    let owners = resolve(&imp.ty)
+                        .or_else(|| imp.tr.as_deref().and_then(resolve))
+                        .or_else(|| {
+                            let all: Vec<String> = imp.names.iter().filter_map(|n| resolve(n)).flatten().collect();
+                            (!all.is_empty()).then_some(all)
+                        })
+                        .unwrap_or_default();
                     for o in owners {
                         map.entry(o).or_default().insert(f.clone());
                     }
@@ -725,22 +733,45 @@ fn rust_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
-/// The names a file's items define: `struct`, `enum`, `union`, `trait` and `type` (an associated type too, which
-/// can only add a name).
+/// The names a file's module-level items define: `struct`, `enum`, `union`, `trait` and `type`, outside any block
+/// but an inline `mod x { … }` (an associated type such as a serde visitor's `type Value` is no type of the module:
+/// counting it made `impl Tr for serde_json::Value` look like an impl for the visitor's file).
 fn definitions(toks: &[Tok]) -> BTreeSet<String> {
     let kinds = ["struct", "enum", "union", "trait", "type"].map(Tok::id);
-    toks.windows(2)
-        .filter(|w| kinds.contains(&w[0]))
-        .filter_map(|w| match &w[1] {
-            Tok::Ident(n) => Some(n.clone()),
-            _ => None,
-        })
-        .collect()
+    let mut out = BTreeSet::new();
+    // for each open brace: whether it opens an inline module
+    let mut blocks: Vec<bool> = vec![];
+    for (i, t) in toks.iter().enumerate() {
+        match t {
+            Tok::Punct('{') => {
+                blocks.push(i >= 2 && toks[i - 2] == Tok::id("mod") && matches!(toks[i - 1], Tok::Ident(_)))
+            }
+            Tok::Punct('}') => {
+                blocks.pop();
+            }
+            _ if kinds.contains(t) && blocks.iter().all(|&m| m) => {
+                if let Some(Tok::Ident(n)) = toks.get(i + 1) {
+                    out.insert(n.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
-/// Every `impl` item as (trait, self type) by their last path segments outside generic arguments: `impl<T> a::Tr<T>
-/// for &b::Ty<T> where …` is (Some("Tr"), "Ty"). An `impl Trait` in a type (after `->`, `:`, `(`, …) is not an item.
-fn impl_headers(toks: &[Tok]) -> Vec<(Option<String>, String)> {
+/// One `impl` item: its trait and self type by their last path segments outside generic arguments (`impl<T> a::Tr<T>
+/// for &b::Ty<T> where …` has trait "Tr" and self type "Ty"; `impl dyn Tr + Send` self type "Tr"), and every name in
+/// its header, generic arguments included (`impl From<crate::a::Pair> for String` is about `Pair`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Impl {
+    tr: Option<String>,
+    ty: String,
+    names: Vec<String>,
+}
+
+/// Every `impl` item of a file. An `impl Trait` in a type (after `->`, `:`, `(`, …) is not an item.
+fn impl_headers(toks: &[Tok]) -> Vec<Impl> {
     let mut out = vec![];
     for i in 0..toks.len() {
         let item_start = i == 0
@@ -755,23 +786,28 @@ fn impl_headers(toks: &[Tok]) -> Vec<(Option<String>, String)> {
         if toks.get(j) == Some(&Tok::Punct('<')) {
             j = after_angles(toks, j);
         }
-        // the header, up to its block or `where`, split at a `for` outside angle brackets
-        let (mut parts, mut depth): (Vec<Vec<&Tok>>, i32) = (vec![vec![]], 0);
+        // the header, up to its block or `where`, split at a `for` outside angle brackets; a bound after `+` is not
+        // the type
+        let (mut parts, mut depth, mut bound): (Vec<Vec<&Tok>>, i32, bool) = (vec![vec![]], 0, false);
+        let mut names = vec![];
         while j < toks.len() {
             match &toks[j] {
                 Tok::Punct('-') if toks.get(j + 1) == Some(&Tok::Punct('>')) => j += 1,
                 Tok::Punct('<') => depth += 1,
                 Tok::Punct('>') => depth -= 1,
                 Tok::Punct('{') | Tok::Punct(';') if depth <= 0 => break,
+                Tok::Punct('+') if depth <= 0 => bound = true,
                 Tok::Ident(w) if depth <= 0 && w == "where" => break,
                 Tok::Ident(w) if depth <= 0 && w == "for" => {
                     parts.push(vec![]);
+                    bound = false;
                     j += 1;
                     continue;
                 }
+                Tok::Ident(n) => names.push(n.clone()),
                 _ => {}
             }
-            if depth <= 0 {
+            if depth <= 0 && !bound {
                 parts.last_mut().expect("one part at least").push(&toks[j]);
             }
             j += 1;
@@ -782,10 +818,13 @@ fn impl_headers(toks: &[Tok]) -> Vec<(Option<String>, String)> {
                 _ => None,
             })
         };
-        match parts.as_slice() {
-            [ty] => out.extend(last_ident(ty).map(|t| (None, t))),
-            [tr, ty, ..] => out.extend(last_ident(ty).map(|t| (last_ident(tr), t))),
-            [] => {}
+        let (tr, ty) = match parts.as_slice() {
+            [ty] => (None, last_ident(ty)),
+            [tr, ty, ..] => (last_ident(tr), last_ident(ty)),
+            [] => (None, None),
+        };
+        if let Some(ty) = ty {
+            out.push(Impl { tr, ty, names });
         }
     }
     out
@@ -1259,7 +1298,9 @@ mod tests {
 
     #[test]
     fn impl_headers_name_trait_and_self_type() {
-        let h = |src: &str| impl_headers(&ids(src));
+        let h = |src: &str| -> Vec<(Option<String>, String)> {
+            impl_headers(&ids(src)).into_iter().map(|i| (i.tr, i.ty)).collect()
+        };
         let s = |x: &str| x.to_string();
         assert_eq!(h("impl Foo { fn f() {} }"), [(None, s("Foo"))]);
         assert_eq!(
@@ -1270,9 +1311,20 @@ mod tests {
             h("unsafe impl Send for X {}\nimpl<T> From<T> for Box<dyn Y> {}"),
             [(Some(s("Send")), s("X")), (Some(s("From")), s("Box"))]
         );
+        // a bound after `+` is not the type (a reviewer's finding: `impl dyn Stage + Send` read as `Send`)
+        assert_eq!(h("impl dyn Stage + Send { }"), [(None, s("Stage"))]);
+        // the names of the generic arguments are kept for the impls of outside traits on outside types
+        let names = &impl_headers(&ids("impl From<crate::a::Pair> for String { }"))[0].names;
+        assert!(names.contains(&s("Pair")), "{names:?}");
         // `impl Trait` in a type is not an item
         assert!(h("fn f(x: impl Read) -> impl Iterator<Item = u8> { x }\nstruct S(Box<impl Tr>);").is_empty());
         assert_eq!(definitions(&ids("pub struct A; enum B {} trait C {} type D = u8; union E {}")).len(), 5);
+        // associated types and items inside functions define nothing of the module; an inline module's items do
+        let d = definitions(&ids(
+            "impl<'de> Visitor<'de> for V { type Value = u8; }\ntrait T { type Out; }\nfn f() { struct Local; }\n\
+             mod m { pub struct Inner; }",
+        ));
+        assert_eq!(d.into_iter().collect::<Vec<_>>(), ["Inner", "T"]);
     }
 
     /// An inner `#![cfg(test)]` makes test code of the block it opens, not of the rest of the file (a reviewer's

@@ -201,7 +201,22 @@ fn impl_blocks_in_other_files_are_covered() {
         .map(|s| s.kind.clone())
         .collect();
     assert!(reach_logprobs.len() > 3, "{reach_logprobs:?}");
-    assert_eq!(changed(&after, &derive(t.path())), reach_logprobs);
+    let after_ext = derive(t.path());
+    assert_eq!(changed(&after, &after_ext), reach_logprobs);
+    // an outside trait on an outside type, about a workspace type in its generic arguments (`.into()` of it): the
+    // kinds that reach that type; and an outside type whose name is an associated type in the workspace (serde's
+    // visitors' `type Value`) belongs to the trait's file, not the visitor's (a reviewer's findings)
+    append(t.path(), "stages/src/lib.rs", "\nmod conv2;\n");
+    let from = "impl From<crate::selection::Choice> for String {\n    fn from(_: crate::selection::Choice) -> String { todo!() }\n}\n";
+    std::fs::write(t.path().join("stages/src/conv2.rs"), from).unwrap();
+    append(t.path(), "ml/src/lib.rs", "\nmod ext2;\n");
+    std::fs::write(t.path().join("ml/src/ext2.rs"), "impl crate::logprobs::Read for serde_json::Value {}\n").unwrap();
+    let base2 = derive(t.path());
+    append(t.path(), "stages/src/conv2.rs", "\n// an edit\n");
+    let after_conv2 = derive(t.path());
+    assert_eq!(changed(&base2, &after_conv2), ["evaluate", "policy", "report", "select"]);
+    append(t.path(), "ml/src/ext2.rs", "\n// an edit\n");
+    assert_eq!(changed(&after_conv2, &derive(t.path())), reach_logprobs);
 }
 
 #[test]
