@@ -443,7 +443,7 @@ fn sharegpt_turns(w: &Where, raw: &[Value], conv: &[(String, String)]) -> StageR
     if conv.len() == start {
         return Err(w.err("conversations", "holds only a system turn; expected the user's turn the reply answers"));
     }
-    if (conv.len() - start) % 2 == 0 {
+    if (conv.len() - start).is_multiple_of(2) {
         let last = conv.len() - 1;
         return Err(w.err(
             &format!("conversations[{last}].{}", role_key(&raw[last])),
