@@ -598,11 +598,22 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                     .filter(|(j, _)| plan.nodes[*j].runs_on_libtorch())
                     .map(|(_, e)| e.machine.as_deref()),
             );
-            // beside the report, so that a copy of the directory still says where its numbers come from
+            // beside the report, so that a copy of the directory still says what it is and where its numbers come
+            // from (unless the report itself has a file of that name)
             let file = out.join("provenance.txt");
-            let text = format!("{}: {line}\n", out.join("report.md").display());
-            let _ = std::fs::remove_file(&file);
-            std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+            if store.tree(&art.hash)?.files.iter().any(|f| f.path == "provenance.txt") {
+                eprintln!("warning: the report has a provenance.txt of its own; not written");
+            } else {
+                let text = format!(
+                    "report.md: the output of node `{name}` of {} (artifact {}), copied by `rmdistill report` at {}\n\
+                     {line}\n",
+                    plan.manifest.path().display(),
+                    art.hash,
+                    chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+                );
+                let _ = std::fs::remove_file(&file);
+                std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+            }
             if mixed {
                 eprintln!("warning: {line}");
             } else {

@@ -6,7 +6,7 @@
 //! (its blobs are not known, so they may be collected; an entry that cannot be parsed is never served anyway); any
 //! output hash an entry names counts as live even when the rest of the entry is damaged; a file under `blobs/`
 //! whose name is not a blob address is left alone; and when the listing of a live directory artifact cannot be
-//! read, nothing is removed at all, because its files cannot be told apart from garbage. It also removes what killed
+//! read, no blob is removed at all, because its files cannot be told apart from garbage. It also removes what killed
 //! runs left half-written and older than the grace period (a `file://` store's `NAME#N` files, the local area's
 //! half-assembled directory artifacts): nothing reads them, and nothing else would remove them.
 
@@ -165,14 +165,15 @@ pub fn gc(store: &Store, grace: Duration, dry_run: bool) -> anyhow::Result<GcRep
     // what killed runs left half-written: never served, but never removed by anything else (older than the grace
     // period, so a run writing one now is not robbed)
     for (path, bytes) in store.leftovers(cutoff) {
-        r.leftovers += 1;
-        r.leftover_bytes += bytes;
         if !dry_run {
             let gone = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
             if let Err(e) = gone {
                 eprintln!("warning: gc could not remove {}: {e}", path.display());
+                continue;
             }
         }
+        r.leftovers += 1;
+        r.leftover_bytes += bytes;
     }
     Ok(r)
 }

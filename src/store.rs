@@ -1581,49 +1581,64 @@ impl Store {
         Ok(())
     }
 
-    /// What killed runs leave behind, last modified before `cutoff`: a `file://` store's `NAME#N` files (written by
-    /// `object_store` and renamed into place: a kill between the two leaves them, never listed or served), and the
-    /// local area's half-assembled directory artifacts (`trees/.tmp…`, holding hard links to blobs) and damaged
-    /// ones set aside (`trees/HASH.damaged.…`). Each as (path, bytes).
+    /// What killed runs leave behind, unchanged since before `cutoff`: a `file://` store's `NAME#N` files under
+    /// `blobs/`, `cache/`, `nodes/` and `runs/` (written by `object_store` and renamed into place: a kill between the
+    /// two leaves them, never listed or served), and the local area's half-assembled directory artifacts
+    /// (`trees/.tmp…`, holding hard links to blobs) and damaged ones set aside (`trees/HASH.damaged.…`). Each as
+    /// (path, bytes). "Unchanged" is the newest status change (ctime) in the whole subtree: a link added deep in a
+    /// tree being assembled, or the rename that set a tree aside, counts, where modification times would not.
     pub fn leftovers(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Vec<(PathBuf, u64)> {
-        fn size(p: &Path) -> u64 {
-            match p.symlink_metadata() {
-                Ok(m) if m.is_dir() => {
-                    std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| size(&e.path())).sum()
-                }
-                Ok(m) => m.len(),
-                Err(_) => 0,
+        use std::os::unix::fs::MetadataExt;
+        // (bytes, newest ctime in nanoseconds) of a file or a directory's subtree, links not followed
+        fn walk(p: &Path) -> (u64, i128) {
+            let Ok(m) = p.symlink_metadata() else { return (0, i128::MAX) };
+            let ctime = m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128;
+            if !m.is_dir() {
+                return (m.len(), ctime);
             }
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| walk(&e.path()))
+                .fold((0, ctime), |(b, t), (b2, t2)| (b + b2, t.max(t2)))
         }
-        fn old(p: &Path, cutoff: chrono::DateTime<chrono::Utc>) -> bool {
-            p.symlink_metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| chrono::DateTime::<chrono::Utc>::from(t) < cutoff)
-        }
-        // (the local area may lie inside the store's folder: its trees hold a user's files, whatever their names)
-        fn staging(dir: &Path, skip: &Path, cutoff: chrono::DateTime<chrono::Utc>, out: &mut Vec<(PathBuf, u64)>) {
+        let cutoff = cutoff.timestamp() as i128 * 1_000_000_000 + cutoff.timestamp_subsec_nanos() as i128;
+        let mut out = vec![];
+        // object_store's staging names: NAME#N, N digits after the first `#` (as it reads them)
+        let staging = |name: &str| {
+            name.split_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        fn files(dir: &Path, out: &mut Vec<PathBuf>) {
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let (p, name) = (e.path(), e.file_name().to_string_lossy().to_string());
                 match e.file_type() {
-                    Ok(t) if t.is_dir() && p != skip => staging(&p, skip, cutoff, out),
-                    Ok(t) if t.is_file() => {
-                        let n = name.rsplit_once('#').map(|(_, n)| n).unwrap_or("");
-                        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && old(&p, cutoff) {
-                            out.push((p.clone(), size(&p)));
-                        }
-                    }
+                    Ok(t) if t.is_dir() => files(&e.path(), out),
+                    Ok(t) if t.is_file() => out.push(e.path()),
                     _ => {}
                 }
             }
         }
-        let mut out = vec![];
-        if let Some(root) = self.local_root.as_ref().and_then(|r| r.canonicalize().ok()) {
-            staging(&root, &self.local_dir, cutoff, &mut out);
+        if let Some(root) = &self.local_root {
+            let mut all = vec![];
+            for folder in ["blobs", "cache", "nodes", "runs"] {
+                files(&root.join(folder), &mut all);
+            }
+            for p in all {
+                if p.file_name().is_some_and(|n| staging(&n.to_string_lossy())) {
+                    let (bytes, changed) = walk(&p);
+                    if changed < cutoff {
+                        out.push((p, bytes));
+                    }
+                }
+            }
         }
         for e in std::fs::read_dir(self.local_dir.join("trees")).into_iter().flatten().flatten() {
             let (p, name) = (e.path(), e.file_name().to_string_lossy().to_string());
-            if (name.starts_with(".tmp") || name.contains(".damaged.")) && old(&p, cutoff) {
-                out.push((p.clone(), size(&p)));
+            if name.starts_with(".tmp") || name.contains(".damaged.") {
+                let (bytes, changed) = walk(&p);
+                if changed < cutoff {
+                    out.push((p, bytes));
+                }
             }
         }
         out.sort();

@@ -118,10 +118,12 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     }
     // and so does the file beside it
     let prov = std::fs::read_to_string(w.path().join("rep/provenance.txt")).unwrap();
+    let lines: Vec<&str> = prov.lines().collect();
     assert!(
-        prov.contains("report.md: built from ") && err.contains(prov.trim().rsplit_once(": built").unwrap().1),
+        lines[0].starts_with("report.md: the output of node `report` of ") && lines[0].contains("(artifact "),
         "{prov}"
     );
+    assert!(lines[1].starts_with("built from ") && err.contains(lines[1]), "{prov}");
     let md = std::fs::read_to_string(w.path().join("rep/report.md")).unwrap();
     assert_tables_render(&md);
     // a directory that cannot be made is named, not only the OS error

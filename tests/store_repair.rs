@@ -338,8 +338,9 @@ fn stray_files_do_not_break_gc_and_live_blobs_survive() {
 
 /// What a killed run leaves half-written (a red-team finding: never served, but never removed either, and gc said
 /// nothing): object_store's `NAME#N` files in the store, a half-assembled directory artifact in the local area
-/// (hard links that keep deleted blobs' space), a damaged one set aside. gc removes those older than the grace
-/// period and says so; younger ones may be a running run's, and stay.
+/// (hard links that keep deleted blobs' space), a damaged one set aside. gc removes those unchanged for longer than
+/// the grace period and says so; younger ones may be a running run's, and stay. "Unchanged" is the newest status
+/// change anywhere in a folder (a reviewer's finding: a tree being assembled deep down kept its top folder's time).
 #[test]
 fn gc_removes_what_killed_runs_left_half_written() {
     let w = Work::new();
@@ -347,39 +348,39 @@ fn gc_removes_what_killed_runs_left_half_written() {
     w.run_json(&["m.toml"]);
     let store = w.store();
     let local = w.path().join(".rmdistill/local");
-    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    let old = |p: &std::path::Path| std::fs::File::open(p).unwrap().set_modified(hour_ago).unwrap();
     let entry = std::fs::read_dir(store.join("cache")).unwrap().flatten().next().unwrap().path();
     let staged = [entry.join("0123.json#1"), store.join("runs/r.json#12")];
     for f in &staged {
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
         std::fs::write(f, "half").unwrap();
-        old(f);
     }
-    let young = store.join("runs/now.json#3");
-    std::fs::write(&young, "being written").unwrap();
-    let not_staging = store.join("runs/a#b");
-    std::fs::write(&not_staging, "x").unwrap();
-    old(&not_staging);
+    let not_staging = [store.join("runs/a#b"), store.join("runs/a#1#2")];
+    for f in &not_staging {
+        std::fs::write(f, "x").unwrap();
+    }
     let tmp_tree = local.join("trees/.tmpAbC123");
     std::fs::create_dir_all(tmp_tree.join("sub")).unwrap();
     std::fs::write(tmp_tree.join("sub/model.bin"), vec![0u8; 1000]).unwrap();
-    old(&tmp_tree.join("sub/model.bin"));
-    old(&tmp_tree.join("sub"));
-    old(&tmp_tree);
     let damaged = local.join("trees/ab12.damaged.77.123");
     std::fs::create_dir_all(&damaged).unwrap();
-    old(&damaged);
+    // a tree still being assembled: its top folder is old, a file was linked into it deep down just now
+    let busy = local.join("trees/.tmpBusy99");
+    std::fs::create_dir_all(busy.join("a/b")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    std::fs::write(busy.join("a/b/weights.bin"), "w").unwrap();
+    let young = store.join("runs/now.json#3");
+    std::fs::write(&young, "being written").unwrap();
 
-    let dry = w.ok(&["gc", "m.toml", "--grace", "10m", "--dry-run"]);
+    let dry = w.ok(&["gc", "m.toml", "--grace", "2s", "--dry-run"]);
     assert!(dry.contains("would remove 4 partial file(s) or folder(s) that killed runs left (1008 bytes)"), "{dry}");
     assert!(tmp_tree.exists() && staged.iter().all(|f| f.exists()));
-    let o = w.run(&["gc", "m.toml", "--grace", "10m", "--json"]);
+    let o = w.run(&["gc", "m.toml", "--grace", "2s", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", s(&o.stderr));
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((r["leftovers"].as_u64(), r["leftover_bytes"].as_u64()), (Some(4), Some(1008)), "{r}");
     assert!(staged.iter().all(|f| !f.exists()) && !tmp_tree.exists() && !damaged.exists());
-    assert!(young.exists() && not_staging.exists(), "a young staging file and a name that is not one stay");
+    assert!(young.exists() && busy.exists(), "what changed within the grace period stays");
+    assert!(not_staging.iter().all(|f| f.exists()), "names that are not object_store's staging names stay");
     assert_eq!(w.run_json(&["m.toml"])["ran"], 0, "nothing live was touched");
 }
 

@@ -21,7 +21,8 @@ pub fn longer(a: u32, b: u32, margin: f64) -> Option<i8> {
 /// Whether `x` tokens are longer than `y` by the margin: more, by at least `margin × y`. The extra tokens are counted
 /// exactly, and `margin × y` is taken as the decimal it stands for: `1.1 × 50` is 55.000000000000007 in floating
 /// point, which counted 55 against 50 (exactly 10% more) as within a margin of 0.1. A relative 1e-12 below it absorbs
-/// that rounding and no real difference (the next integer is a whole token away).
+/// that rounding; it could absorb a real difference only where `margin × y` exceeds 10^(12 − d) tokens for a margin
+/// of d decimals (10^9 tokens at 3 decimals), far beyond any response.
 pub fn longer_than(x: u32, y: u32, margin: f64) -> bool {
     let need = margin * y as f64;
     x > y && (x - y) as f64 >= need - need.abs() * 1e-12
