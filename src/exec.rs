@@ -1112,7 +1112,6 @@ impl Runner<'_> {
     }
 }
 
-/// Executes a plan against a store.
 /// The signal (SIGINT, SIGTERM) that asked the run to stop, or 0.
 static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
@@ -1137,6 +1136,7 @@ fn catch_interrupts() {
     }
 }
 
+/// Executes a plan against a store.
 pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -> anyhow::Result<Summary> {
     catch_interrupts();
     let t0 = Instant::now();

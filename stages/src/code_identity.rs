@@ -416,7 +416,6 @@ struct FileInfo {
     hash: String,
     refs: BTreeSet<String>,
     crates: BTreeSet<String>,
-    defines_stage: bool,
     /// The types and traits it defines (`struct`, `enum`, `union`, `trait`, `type` names).
     defines: BTreeSet<String>,
     /// Its `impl` blocks.
@@ -473,7 +472,8 @@ impl Workspace {
         let mut out = BTreeMap::new();
         for name in entries {
             let decl = format!("stages/src/{name}");
-            if !self.info(&decl)?.defines_stage {
+            // a file that implements `Stage` declares a kind
+            if !self.info(&decl)?.impls.iter().any(|i| i.tr.as_deref() == Some("Stage")) {
                 continue;
             }
             let kind = name.trim_end_matches(".rs").to_string();
@@ -579,10 +579,9 @@ impl Workspace {
             let bytes = std::fs::read(self.root.join(file)).map_err(|e| format!("{file}: {e}"))?;
             let hash = blake3::hash(&bytes).to_hex().to_string();
             let mut unfollowable = None;
-            let (refs, crates, defines_stage, defines, impls) = if file.ends_with(".rs") {
+            let (refs, crates, defines, impls) = if file.ends_with(".rs") {
                 let text = String::from_utf8_lossy(&bytes);
                 let toks = strip_test_items(lex(&text));
-                let defines_stage = toks.windows(2).any(|w| w[0] == Tok::id("Stage") && w[1] == Tok::id("for"));
                 let crates = toks
                     .windows(2)
                     .enumerate()
@@ -593,11 +592,11 @@ impl Workspace {
                     })
                     .collect();
                 unfollowable = self::unfollowable(&toks);
-                (self.scan(file, &toks), crates, defines_stage, definitions(&toks), impl_headers(&toks))
+                (self.scan(file, &toks), crates, definitions(&toks), impl_headers(&toks))
             } else {
-                (BTreeSet::new(), BTreeSet::new(), false, BTreeSet::new(), vec![])
+                (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), vec![])
             };
-            let info = FileInfo { hash, refs, crates, defines_stage, defines, impls, unfollowable };
+            let info = FileInfo { hash, refs, crates, defines, impls, unfollowable };
             self.files.insert(file.to_string(), info);
         }
         Ok(&self.files[file])

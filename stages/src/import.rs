@@ -1191,14 +1191,7 @@ fn jsonl_batches(
             .map(|&(n, line)| {
                 let loc = Loc::Line(n);
                 let rec = match std::str::from_utf8(line) {
-                    Err(e) => Err(StageError::invalid(
-                        "path",
-                        format!(
-                            "{shown} {loc}: byte 0x{:02x} (byte {} of the line) is not UTF-8; expected UTF-8 text (re-save the file as UTF-8)",
-                            line[e.valid_up_to()],
-                            e.valid_up_to() + 1
-                        ),
-                    )),
+                    Err(e) => Err(not_utf8(shown, loc, line, e.valid_up_to(), None)),
                     Ok(text) => match parse_strict(text) {
                         Parsed::Value(v) => as_object(shown, loc, v),
                         Parsed::Repeated(r) => Err(r.error(&Where { file: shown, loc, file_keys: None })),
@@ -1243,16 +1236,7 @@ fn for_each_batch(
                 let bytes = e.as_bytes();
                 let line_start = bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
                 let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-                StageError::invalid(
-                    "path",
-                    format!(
-                        "{shown} line {line}: byte 0x{:02x} (byte {} of the line, {} of the file) is not UTF-8; \
-                         expected UTF-8 text (re-save the file as UTF-8)",
-                        bytes[at],
-                        at - line_start + 1,
-                        at + 1
-                    ),
-                )
+                not_utf8(shown, Loc::Line(line), &bytes[line_start..], at - line_start, Some(at + 1))
             })?;
             let mut de = serde_json::Deserializer::from_str(s.trim_start_matches('\u{feff}'));
             let items = serde::Deserializer::deserialize_seq(&mut de, StrictRecords)
@@ -1279,6 +1263,21 @@ fn for_each_batch(
         FileKind::Parquet => parquet_batches(path, shown, limit, format, f)?,
     }
     Ok(kind)
+}
+
+/// The error of a byte that is not UTF-8: `line`'s byte at index `bad` (and, for a file read whole, its place in the
+/// file, 1-based).
+fn not_utf8(shown: &str, loc: Loc, line: &[u8], bad: usize, in_file: Option<usize>) -> StageError {
+    let in_file = in_file.map_or(String::new(), |at| format!(", {at} of the file"));
+    StageError::invalid(
+        "path",
+        format!(
+            "{shown} {loc}: byte 0x{:02x} (byte {} of the line{in_file}) is not UTF-8; expected UTF-8 text (re-save \
+             the file as UTF-8)",
+            line[bad],
+            bad + 1
+        ),
+    )
 }
 
 /// Rows of a Parquet batch made into records on one thread.
