@@ -906,7 +906,8 @@ impl Runner<'_> {
     /// the outputs of nodes already done), then each outcome in order. A no-op run is mostly these lookups.
     fn resolve_ready(&mut self) -> anyhow::Result<()> {
         use rayon::prelude::*;
-        while !self.ready.is_empty() {
+        // a run asked to stop resolves no more: a long chain of cache hits must not hold up Ctrl-C
+        while !self.ready.is_empty() && interrupted().is_none() {
             let batch: Vec<usize> = self.ready.drain(..).collect();
             let looked: Vec<anyhow::Result<Option<Lookup>>> = batch.par_iter().map(|&i| self.look_up(i)).collect();
             for (i, l) in batch.into_iter().zip(looked) {
@@ -1115,6 +1116,14 @@ impl Runner<'_> {
 /// The signal (SIGINT, SIGTERM) that asked the run to stop, or 0.
 static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
+/// The signal that asked the run to stop, if one did.
+fn interrupted() -> Option<i32> {
+    match INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}
+
 /// A second signal ends the process at once, in case the run cannot get to stopping (a store that does not answer).
 extern "C" fn on_interrupt(sig: libc::c_int) {
     if INTERRUPTED.swap(sig, std::sync::atomic::Ordering::SeqCst) != 0 {
@@ -1210,6 +1219,11 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         computed_on_cpu: crate::store::computed_on(false, threads),
         computed_on_cuda: crate::store::computed_on(true, threads),
     };
+    // what a run leaves behind however it ends: the input hashes it learned, and no scratch space
+    let clean_up = || {
+        ext.save();
+        let _ = std::fs::remove_dir_all(&scratch_root);
+    };
     let journal = |status: &str, reports: &[&NodeReport]| {
         let j = json!({
             "run_id": run_id, "manifest": plan.manifest.path().display().to_string(), "status": status,
@@ -1228,16 +1242,14 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
             let reports: Vec<&NodeReport> = r.nodes.iter().map(|nd| &nd.report).collect();
             let stored = reports.iter().filter(|nd| nd.outcome == Outcome::Ran).count();
             let journaled = journal("interrupted", &reports);
-            ext.save();
-            let _ = std::fs::remove_dir_all(&scratch_root);
+            clean_up();
             stop_interrupted(progress, sig, stored, r.running, journaled.err())
         };
         loop {
-            match INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
-                0 => {}
-                sig => stop(&r, sig),
-            }
             r.resolve_ready()?;
+            if let Some(sig) = interrupted() {
+                stop(&r, sig)
+            }
             if !journaled && !r.queue.is_empty() {
                 journal("running", &r.nodes.iter().map(|nd| &nd.report).collect::<Vec<_>>())?;
                 journaled = true;
@@ -1271,12 +1283,13 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
             // fails once it was is taken as stopped by the signal too (Ctrl-C reaches the workers as well)
             let (i, res) = loop {
                 let got = res_rx.recv_timeout(std::time::Duration::from_millis(100));
-                let sig = INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
-                match got {
-                    Ok((_, Err(_))) | Err(_) if sig != 0 => stop(&r, sig),
-                    Ok(got) => break got,
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
+                match (got, interrupted()) {
+                    (Ok((_, Err(_))) | Err(_), Some(sig)) => stop(&r, sig),
+                    (Ok(got), _) => break got,
+                    (Err(std::sync::mpsc::RecvTimeoutError::Timeout), _) => {}
+                    (Err(std::sync::mpsc::RecvTimeoutError::Disconnected), _) => {
+                        unreachable!("the loop holds a sender")
+                    }
                 }
             };
             r.release(i);
@@ -1302,9 +1315,8 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         }
         Ok(())
     });
-    ext.save();
+    clean_up();
     crate::worker::shutdown_fork_servers();
-    let _ = std::fs::remove_dir_all(&scratch_root);
     drop(scratch_lock);
     result?;
 

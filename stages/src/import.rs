@@ -18,7 +18,8 @@
 //! - `unlabeled`: `prompt`, `response_a`, `response_b` (strings or message lists); `label` is null and the order kept.
 //! - `hh`: `chosen`, `rejected` full dialogues `"\n\nHuman: …\n\nAssistant: …"`. The prompt is the text up to and
 //!   including the last `"\n\nAssistant:"`, which both must share; the responses are what follows it. Message lists
-//!   (TRL's implicit-prompt form) work the same way: the shared leading messages are the prompt.
+//!   (TRL's implicit-prompt form) work the same way: the shared leading messages are the prompt (of two identical
+//!   conversations, the messages before the last assistant turn, so the pair counts as identical responses).
 //! - `sharegpt` (LLaMA-Factory): `conversations` `[{from, value}]`, `chosen`/`rejected` message objects
 //!   `{from, value}` (or strings), optional `system` string. The turns follow LLaMA-Factory's rule: an optional system
 //!   turn first, then the user's (`human`, `observation`) and the assistant's (`gpt`, `function_call`) alternating,
@@ -554,7 +555,14 @@ fn split_messages(
     chosen: &[(String, String)],
     rejected: &[(String, String)],
 ) -> StageResult<(String, String, String)> {
-    let shared = chosen.iter().zip(rejected).take_while(|(a, b)| a == b).count();
+    let mut shared = chosen.iter().zip(rejected).take_while(|(a, b)| a == b).count();
+    if chosen == rejected {
+        // the same conversation twice: as with HH strings, the reply is the last assistant turn on, and the pair is
+        // counted and warned of as identical responses (a string pair of the same text is, too), not refused
+        if let Some(last) = chosen.iter().rposition(|(role, _)| is_reply_role(role)).filter(|&i| i > 0) {
+            shared = last;
+        }
+    }
     if shared == 0 {
         return Err(w.err("rejected", "shares no leading message with `chosen`; expected the same prompt messages"));
     }
@@ -3758,6 +3766,30 @@ mod tests {
             (s["pairs"].as_u64(), s["duplicates"].as_u64(), s["conflicting_duplicates"].as_u64()),
             (Some(2), Some(3), Some(2))
         );
+        // the same in TRL's implicit-prompt form and as HH strings: the identical pair is counted, not refused
+        let msgs = |reply: &str| json!([{"role": "user", "content": "p"}, {"role": "assistant", "content": reply}]);
+        let hh = |reply: &str| format!("\n\nHuman: p\n\nAssistant: {reply}");
+        for (name, same, differ) in [
+            (
+                "m.jsonl",
+                json!({"chosen": msgs("same"), "rejected": msgs("same")}),
+                json!({"chosen": msgs("a"), "rejected": msgs("b")}),
+            ),
+            (
+                "h.jsonl",
+                json!({"chosen": hh("same"), "rejected": hh("same")}),
+                json!({"chosen": hh("a"), "rejected": hh("b")}),
+            ),
+        ] {
+            let f = write(dir.path(), name, &format!("{same}\n{differ}"));
+            let (s, logs) = import_logged(&dir.path().join(name).with_extension("out"), &f, json!({}));
+            let s = s.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!((s["pairs"].as_u64(), s["identical_responses"].as_u64()), (Some(2), Some(1)), "{name}");
+            assert!(
+                logs.iter().any(|l| l.contains("1 of the 2 pairs have the same text as both responses")),
+                "{logs:?}"
+            );
+        }
         assert_eq!(s["identical_responses"], 1);
         let all = logs.join("\n");
         assert!(all.contains("d.jsonl: 5 records → 2 pairs (3 duplicates dropped)"), "{all}");
