@@ -89,6 +89,7 @@ mod tests {
             gamma,
             advantage: 0.1,
             seeds: 1,
+            seed_list: vec![0],
             candidates: 3,
             runner_up: None,
         }

@@ -15,7 +15,8 @@
 //! - the contrasts fixed in advance ([`crate::paper`]): per ρ, paired differences of per-seed advantages (same
 //!   prompts, same π_ref samples, same seed), a t-test on seeds − 1 df, Holm's correction within the family of
 //!   contrasts at that ρ;
-//! - the verdict of each finding of the paper (holds / contradicted / inconclusive / not tested) with its evidence;
+//! - the verdict of each finding of the paper (holds / contradicted / inconclusive / not tested) with its evidence,
+//!   and again without the seeds a `selection` was made on (where a method's final policy is its chosen candidate);
 //! - a power estimate: the smallest difference the design detects at 80% power (α, and Holm's first-step α/m), from
 //!   the contrasts' variance over seeds, and — with `samples` bound — the split of that variance into between-seed
 //!   and within-seed parts and the numbers of test prompts and samples per prompt a target difference needs;
@@ -785,6 +786,8 @@ pub struct Analysis {
     /// The user's further contrasts (`params.contrasts`), one family.
     pub further: Vec<Contrast>,
     pub findings: Vec<Assessment>,
+    /// The findings again without the seeds the selection was made on, where there were such seeds.
+    pub without_selection_seeds: Option<WithoutSelectionSeeds>,
     pub power: Option<Power>,
     /// Whether the evaluations' `samples` were bound (the power estimate's split needs them).
     pub samples_bound: bool,
@@ -814,6 +817,7 @@ pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
     let family = contrasts.iter().map(|c| c.family).max().unwrap_or(0);
     let power = power(&vars, family, &params);
     let chosen = inputs.chosen.clone();
+    let without_selection_seeds = without_selection_seeds(rows, &chosen, &rhos, &params);
     inputs.trajectories.retain(|t| is_chosen(&chosen, t));
     Analysis {
         evaluations: rows.len(),
@@ -826,6 +830,7 @@ pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
         contrasts,
         further,
         findings,
+        without_selection_seeds,
         power,
         samples_bound: !inputs.samples.is_empty(),
         length_bias: length_bias_learned(&inputs.reward_models),
@@ -834,6 +839,44 @@ pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
         trajectories: inputs.trajectories,
         params,
     }
+}
+
+/// The findings measured on the seeds that no selection was made on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WithoutSelectionSeeds {
+    /// The seeds left out: those the candidates of any selection were trained and chosen on.
+    pub excluded: Vec<i64>,
+    /// How many seeds are left.
+    pub seeds: usize,
+    pub findings: Vec<Assessment>,
+}
+
+/// The findings without the selection's seeds. On such a seed each method's final policy is its chosen candidate,
+/// whose test result keeps the training luck that won the validation; the more candidates a method had, the more
+/// luck it could pick, so these seeds can favour the methods with larger grids. None when no evaluated seed was a
+/// selection seed (or seeds are not coordinates).
+fn without_selection_seeds(
+    rows: &[EvalRow],
+    chosen: &[Choice],
+    rhos: &[Option<f64>],
+    p: &Params,
+) -> Option<WithoutSelectionSeeds> {
+    let excluded: BTreeSet<i64> = chosen.iter().flat_map(|c| c.seed_list.iter().copied()).collect();
+    let is_excluded = |r: &EvalRow| r.seed.is_some_and(|s| excluded.contains(&s));
+    if !rows.iter().any(is_excluded) {
+        return None;
+    }
+    let kept: Vec<EvalRow> = rows.iter().filter(|r| !is_excluded(r)).cloned().collect();
+    // the contrasts as the full analysis computes them, on fewer seeds (no variance split: it only feeds the power)
+    let (contrasts, _) = contrasts(&kept, &HashMap::new());
+    Some(WithoutSelectionSeeds {
+        excluded: excluded.into_iter().collect(),
+        seeds: kept.iter().filter_map(|r| r.seed).collect::<BTreeSet<_>>().len(),
+        findings: paper::FINDINGS
+            .iter()
+            .map(|f| paper::assess(f, &contrasts, rhos, p.alpha, p.min_difference))
+            .collect(),
+    })
 }
 
 /// One method's mean log π_θ of the chosen and rejected responses over the first and the last tenth of training.
@@ -1133,6 +1176,40 @@ fn findings_md(md: &mut String, a: &Analysis) {
             ev.insert(0, format!("*{lean}*"));
         }
         let _ = writeln!(md, "| {} | **{}** | {} |", f.text, f.verdict.as_str(), ev.join("<br>"));
+    }
+    md.push('\n');
+    if let Some(w) = &a.without_selection_seeds {
+        without_selection_seeds_md(md, a, w);
+    }
+}
+
+/// The findings again without the selection's seeds, beside the verdicts on every seed.
+fn without_selection_seeds_md(md: &mut String, a: &Analysis, w: &WithoutSelectionSeeds) {
+    let list = w.excluded.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+    let s = if w.excluded.len() == 1 { "" } else { "s" };
+    let _ = write!(
+        md,
+        "**Without the selection seed{s}.** The β/τ/γ candidates were trained and chosen on seed{s} {list}, where each \
+         method's final policy is its chosen candidate: its test result keeps the training luck that won the \
+         validation, and a method with more candidates had more luck to pick from. The same findings on the other \
+         {} seed(s) only",
+        w.seeds
+    );
+    if w.seeds < 2 {
+        let _ = writeln!(md, ": not testable (a paired t-test needs two seeds).\n");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        " ({} df per contrast, so this check has less power than the table above; what it can show is a verdict \
+         that the selection seed{s} alone carried):\n\n| finding | all {} seeds | without seed{s} {list} | where the estimates lean without \
+         them |\n|---|---|---|---|",
+        w.seeds - 1,
+        a.seeds
+    );
+    for (all, without) in a.findings.iter().zip(&w.findings) {
+        let lean = without.lean(a.params.alpha, a.params.min_difference).unwrap_or_default();
+        let _ = writeln!(md, "| {} | {} | **{}** | {lean} |", all.text, all.verdict.as_str(), without.verdict.as_str());
     }
     md.push('\n');
 }
@@ -1632,6 +1709,7 @@ fn results_json(a: &Analysis) -> Value {
         "oracle_at_chance": a.oracle_agreement.map(|o| o.includes_chance()),
         "cells": a.cells,
         "findings": a.findings,
+        "findings_without_selection_seeds": a.without_selection_seeds,
         "contrasts": a.contrasts,
         "further_contrasts": a.further,
         "power": a.power,
@@ -1990,6 +2068,63 @@ mod tests {
         for raw in ["| dpo", "| e-dpo", "| d-dpo"] {
             assert!(!md.contains(raw), "{raw} in:\n{md}");
         }
+    }
+
+    /// The findings again without the seeds the selection was made on: the same analysis on the other seeds, and
+    /// a verdict that the selection seed alone carried shows as one.
+    #[test]
+    fn findings_are_checked_without_the_selection_seeds() {
+        let choice = |method: &str, seed_list: Vec<i64>| Choice {
+            method: method.into(),
+            rho: Some(0.4),
+            param: "beta".into(),
+            value: 0.1,
+            gamma: None,
+            advantage: 0.0,
+            seeds: seed_list.len(),
+            seed_list,
+            candidates: 3,
+            runner_up: None,
+        };
+        // e-DPO far above DPO and IPO on seed 0 (the selection's), below them on seeds 1 and 2
+        let mut rows = six_methods(0.4, [0.5, 0.5, 0.5]);
+        for r in rows.iter_mut().filter(|r| r.method == "e-dpo" && r.seed != Some(0)) {
+            r.advantage.mean -= 1.0;
+        }
+        let with = |chosen| Inputs { evals: rows.clone(), chosen, ..Default::default() };
+        let a = analyse(with(vec![choice("dpo", vec![0]), choice("e-dpo", vec![0])]), Params::default());
+        assert_eq!(a.findings[0].verdict, Verdict::Inconclusive, "{:?}", a.findings[0]);
+        let w = a.without_selection_seeds.as_ref().expect("seed 0 was a selection seed");
+        assert_eq!((w.excluded.clone(), w.seeds), (vec![0], 2));
+        assert_eq!(w.findings[0].verdict, Verdict::Contradicted, "{:?}", w.findings[0]);
+        // exactly the analysis of seeds 1 and 2 alone
+        let rest = analyse(
+            Inputs { evals: rows.iter().filter(|r| r.seed != Some(0)).cloned().collect(), ..Default::default() },
+            Params::default(),
+        );
+        for (x, y) in w.findings.iter().zip(&rest.findings) {
+            assert_eq!(x.verdict, y.verdict);
+            let diffs = |f: &Assessment| f.evidence.iter().map(|c| (c.test.diff, c.p_holm)).collect::<Vec<_>>();
+            assert_eq!(diffs(x), diffs(y));
+        }
+        let md = markdown(&a, &Figures::default());
+        assert!(
+            md.contains("**Without the selection seed.** The β/τ/γ candidates were trained and chosen on seed 0"),
+            "{md}"
+        );
+        assert!(md.contains("| finding | all 3 seeds | without seed 0 |"), "{md}");
+        assert!(md.contains("| inconclusive | **contradicted** |"), "{md}");
+        // no selection seed among the evaluated ones (or no selection): no such section
+        for chosen in [vec![], vec![choice("dpo", vec![7])]] {
+            let a = analyse(with(chosen), Params::default());
+            assert!(a.without_selection_seeds.is_none());
+            assert!(!markdown(&a, &Figures::default()).contains("Without the selection seed"));
+        }
+        // every evaluated seed a selection seed: said, not tested
+        let a = analyse(with(vec![choice("dpo", vec![0, 1, 2])]), Params::default());
+        assert_eq!(a.without_selection_seeds.as_ref().unwrap().seeds, 0);
+        let md = markdown(&a, &Figures::default());
+        assert!(md.contains("on the other 0 seed(s) only: not testable"), "{md}");
     }
 
     fn labelled(dir: &std::path::Path, agree: usize, n: usize) -> InputArtifact {

@@ -4,7 +4,7 @@
 //! (optional), `seed` (optional) and the swept hyper-parameter (`beta` or `tau`; the summary's own `beta`/`tau`
 //! columns fill in). For every (method, ρ) the value with the highest mean validation advantage over seeds wins
 //! (ties: the smaller value). Output `selection` (Parquet): method, rho, param ("beta" | "tau"), value, advantage
-//! (mean over seeds), seeds, candidates, and the runner-up: its value (and γ), the margin it lost by and, with the
+//! (mean over seeds), seeds, candidates, seed_list (the seeds themselves), and the runner-up: its value (and γ), the margin it lost by and, with the
 //! evaluations' `samples` bound, the margin's standard error paired over the validation prompts — with one seed of
 //! 200 prompts, candidates often differ by less than their noise, and the report says which choices are such ties —
 //! and the ends of each group's grid (`grid_min`/`grid_max`, `gamma_grid_min`/`gamma_grid_max`; see `grid`), from
@@ -16,8 +16,8 @@ use crate::grid::{self, Grid};
 use crate::port::*;
 use crate::selection::{Choice, RunnerUp, rho_key};
 use crate::table;
-use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{ArrayRef, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -86,7 +86,9 @@ pub fn choose(rows: &[Candidate]) -> Vec<Choice> {
                 margin_se: paired_se(&ranked[0].1.2, &c.2),
             });
             let (advantage, (value, gamma, runs)) = ranked.swap_remove(0);
-            Choice { method, rho, param, value, gamma, advantage, seeds: runs.len(), candidates, runner_up }
+            let seed_list = runs.iter().filter_map(|r| r.0).collect::<std::collections::BTreeSet<_>>();
+            let seed_list = seed_list.into_iter().collect();
+            Choice { method, rho, param, value, gamma, advantage, seeds: runs.len(), seed_list, candidates, runner_up }
         })
         .collect()
 }
@@ -273,6 +275,18 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     }
     refuse_unequal_seeds(&rows)?;
     let chosen = choose(&rows);
+    let batch = selection_batch(&chosen, &rows)?;
+    let summary = json!({ "chosen": chosen });
+    table::write_table(
+        &ctx.output_path("selection"),
+        &batch,
+        &table::summary_kv("select", &json!({"choices": chosen.len()})),
+    )?;
+    Ok(summary)
+}
+
+/// The `selection` table: one row per choice, with the ends of its grid (the report marks a choice at an end).
+fn selection_batch(chosen: &[Choice], rows: &[Candidate]) -> StageResult<RecordBatch> {
     let ru = |f: fn(&RunnerUp) -> Option<f64>| -> ArrayRef {
         Arc::new(Float64Array::from(chosen.iter().map(|c| c.runner_up.as_ref().and_then(f)).collect::<Vec<_>>()))
     };
@@ -285,6 +299,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         Field::new("advantage", DataType::Float64, false),
         Field::new("seeds", DataType::UInt32, false),
         Field::new("candidates", DataType::UInt32, false),
+        Field::new("seed_list", DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))), false),
         Field::new("runner_up", DataType::Float64, true),
         Field::new("runner_up_gamma", DataType::Float64, true),
         Field::new("margin", DataType::Float64, true),
@@ -294,7 +309,6 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         Field::new(grid::COLUMNS[2], DataType::Float64, true),
         Field::new(grid::COLUMNS[3], DataType::Float64, true),
     ]);
-    // the ends of each choice's grid, for the reader (the report marks a choice at an end)
     let grids = grid::grids(rows.iter().map(|r| (r.method.as_str(), r.rho, r.value, r.gamma)));
     let of = |c: &Choice| grids.get(&(c.method.clone(), rho_key(c.rho))).copied().unwrap_or_default();
     let end = |f: fn(Grid) -> Option<f64>| -> ArrayRef {
@@ -309,6 +323,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         Arc::new(Float64Array::from(chosen.iter().map(|c| c.advantage).collect::<Vec<_>>())),
         Arc::new(UInt32Array::from(chosen.iter().map(|c| c.seeds as u32).collect::<Vec<_>>())),
         Arc::new(UInt32Array::from(chosen.iter().map(|c| c.candidates as u32).collect::<Vec<_>>())),
+        Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(
+            chosen.iter().map(|c| Some(c.seed_list.iter().map(|&s| Some(s)).collect::<Vec<_>>())),
+        )),
         ru(|r| Some(r.value)),
         ru(|r| r.gamma),
         ru(|r| Some(r.margin)),
@@ -318,14 +335,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         end(|g| g.gamma.map(|v| v.0)),
         end(|g| g.gamma.map(|v| v.1)),
     ];
-    let batch = RecordBatch::try_new(Arc::new(schema), cols)?;
-    let summary = json!({ "chosen": chosen });
-    table::write_table(
-        &ctx.output_path("selection"),
-        &batch,
-        &table::summary_kv("select", &json!({"choices": chosen.len()})),
-    )?;
-    Ok(summary)
+    Ok(RecordBatch::try_new(Arc::new(schema), cols)?)
 }
 
 #[cfg(test)]
@@ -402,6 +412,25 @@ mod tests {
         let ru = choose(&plain)[0].runner_up.clone().unwrap();
         assert!((ru.margin - 0.1).abs() < 1e-12 && ru.margin_se.is_none() && ru.within_noise().is_none());
         assert!(choose(&plain[..1])[0].runner_up.is_none());
+    }
+
+    /// The table as written reads back as chosen, the seeds the candidates ran on included (the report leaves them
+    /// out of its check of the findings).
+    #[test]
+    fn the_selection_table_reads_back_with_its_seeds() {
+        let rows = vec![
+            scored(1.0, 3, &[0.5, 0.5]),
+            scored(10.0, 3, &[0.1, 0.2]),
+            scored(1.0, 0, &[0.4, 0.6]),
+            scored(10.0, 0, &[0.0, 0.1]),
+            Candidate { gamma: Some(0.1), ..c("e-dpo", 0.2, "beta", 0.3, None, 0.2) },
+        ];
+        let chosen = choose(&rows);
+        assert_eq!(chosen.iter().map(|c| c.seed_list.clone()).collect::<Vec<_>>(), vec![vec![0, 3], vec![]]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("selection.parquet");
+        table::write_table(&path, &selection_batch(&chosen, &rows).unwrap(), &[]).unwrap();
+        assert_eq!(crate::selection::read_selection(&path).unwrap(), chosen);
     }
 
     #[test]

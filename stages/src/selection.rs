@@ -18,6 +18,9 @@ pub struct Choice {
     pub gamma: Option<f64>,
     pub advantage: f64,
     pub seeds: usize,
+    /// Those seeds (where seeds are coordinates). On them the final policy is the chosen candidate itself, whose
+    /// test result keeps the luck that won the selection: the report checks its findings without them.
+    pub seed_list: Vec<i64>,
     pub candidates: usize,
     /// The best of the other candidates (None with a single candidate).
     pub runner_up: Option<RunnerUp>,
@@ -112,6 +115,7 @@ pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
     let gamma = opt("gamma");
     let (ru, ru_gamma, margin, margin_se) = (opt("runner_up"), opt("runner_up_gamma"), opt("margin"), opt("margin_se"));
     let at = |c: &Option<Vec<Option<f64>>>, i: usize| c.as_ref().and_then(|v| v[i]);
+    let seed_list = seed_lists(&t, path)?;
     (0..t.num_rows())
         .map(|i| {
             Ok(Choice {
@@ -124,6 +128,7 @@ pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
                 gamma: gamma.as_ref().and_then(|g| g[i]),
                 advantage: adv[i].unwrap_or(f64::NAN),
                 seeds: seeds[i].unwrap_or(0.0) as usize,
+                seed_list: seed_list.as_ref().map_or_else(Vec::new, |l| l[i].clone()),
                 candidates: cands[i].unwrap_or(0.0) as usize,
                 runner_up: at(&ru, i).map(|value| RunnerUp {
                     value,
@@ -134,6 +139,22 @@ pub fn read_selection(path: &std::path::Path) -> StageResult<Vec<Choice>> {
             })
         })
         .collect()
+}
+
+/// The `seed_list` column (a list of seeds per choice), if the table has one: selections written before it have none.
+fn seed_lists(t: &arrow::array::RecordBatch, path: &std::path::Path) -> StageResult<Option<Vec<Vec<i64>>>> {
+    use arrow::array::{Array, Int64Array, ListArray};
+    let Some(col) = t.column_by_name("seed_list") else { return Ok(None) };
+    let bad = || StageError::invalid("selection", format!("{}: `seed_list` is not a list of int64", path.display()));
+    let list = col.as_any().downcast_ref::<ListArray>().ok_or_else(bad)?;
+    (0..list.len())
+        .map(|i| {
+            let v = list.value(i);
+            let v = v.as_any().downcast_ref::<Int64Array>().ok_or_else(bad)?;
+            Ok(v.iter().flatten().collect())
+        })
+        .collect::<StageResult<Vec<_>>>()
+        .map(Some)
 }
 
 /// A policy's parameters with the choice for its method and ρ applied: the chosen β (or τ) and, when chosen, γ.
@@ -177,6 +198,7 @@ mod tests {
             gamma,
             advantage: 0.1,
             seeds: 1,
+            seed_list: vec![0],
             candidates: 6,
             runner_up: None,
         }
