@@ -814,8 +814,29 @@ fn explain(common: &Common, name: &str) -> anyhow::Result<()> {
         );
     };
     let (rec, key, hit) = match exec::resolve_node(&plan, &store, target)? {
-        exec::Resolved::Undetermined { missing } => {
-            println!("{name}: its key is not determined yet: upstream {} not in the store", missing.join(", "));
+        exec::Resolved::Undetermined { missing, own_changes } => {
+            // the upstream's earlier results may be stored: what is missing is one for the manifest as it is now
+            let waits = format!(
+                "its key is not determined yet: upstream {} has no stored result for the manifest as it is now \
+                 (it would run first)",
+                exec::some_names(&missing)
+            );
+            let own = own_changes.unwrap_or_default();
+            if common.json {
+                let v = serde_json::json!({"node": name, "key": null, "cached": false, "state":
+                    if own.is_empty() { "blocked" } else { "run" }, "waits_on": missing, "reasons": own});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("node     {name}");
+                println!("state    {}", if own.is_empty() { "blocked" } else { "would run" });
+                println!("key      {waits}");
+                for r in &own {
+                    println!("why      {r}");
+                }
+                if own.is_empty() {
+                    println!("why      runs again only if the upstream's outputs change");
+                }
+            }
             return Ok(());
         }
         exec::Resolved::Known { record, key, hit } => (record, key, hit),

@@ -1309,6 +1309,10 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                 Err(ExecError::Corrupt(c)) => r.corrupt_input(i, c)?,
                 Err(ExecError::Failed(msg)) => {
                     r.nodes[i].report.warnings = progress.take_warnings(&plan.nodes[i].name);
+                    if let Some(rec) = &r.nodes[i].record {
+                        // for `status`, which would otherwise say the node never ran; it never decides a hit
+                        let _ = store.set_failure(&r.scope, &plan.nodes[i].name, &rec.key(), &run_id, &msg);
+                    }
                     r.failed(i, msg)
                 }
             }
@@ -1369,7 +1373,8 @@ pub enum Resolved {
     /// The key record, the key, and the cache hit if there is one.
     Known { record: KeyRecord, key: String, hit: Option<Entry> },
     /// Upstream nodes whose outputs are not stored yet, so this node's key is not determined.
-    Undetermined { missing: Vec<String> },
+    /// And what changed in the node's own fields since its last run ([`own_changes`]), where that can be told.
+    Undetermined { missing: Vec<String>, own_changes: Option<Vec<String>> },
 }
 
 /// Resolves one node's key against the store, reading only the nodes it depends on (not the whole plan).
@@ -1407,8 +1412,9 @@ fn resolve_seeing(
         }
         if !missing.is_empty() {
             if i == target {
+                let own_changes = own_changes(plan, store, &scope(plan), i, &outputs, &ext)?;
                 ext.save();
-                return Ok(Resolved::Undetermined { missing });
+                return Ok(Resolved::Undetermined { missing, own_changes });
             }
             continue;
         }
@@ -1431,7 +1437,8 @@ fn resolve_seeing(
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStatus {
     pub node: String,
-    /// "cached", "run" (would run), or "blocked" (waits on an upstream that would run).
+    /// "cached", "run" (would run), or "blocked" (waits on an upstream that would run, and runs again only if its
+    /// outputs change). A node below a pending upstream whose own fields changed is "run", without a key.
     pub state: String,
     pub key: Option<String>,
     pub reasons: Vec<String>,
@@ -1452,15 +1459,20 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
             .into_iter()
             .collect();
         if !pending.is_empty() {
-            out.push(NodeStatus {
-                node: n.name.clone(),
-                state: "blocked".into(),
-                key: None,
-                reasons: vec![format!(
-                    "waits on upstream {} (runs again only if their outputs change)",
-                    some_names(&pending)
-                )],
-            });
+            let waits = some_names(&pending);
+            let st = match own_changes(plan, store, &scope, i, &outputs, &ext)? {
+                Some(mut changed) if !changed.is_empty() => {
+                    changed.push(format!("runs after upstream {waits}"));
+                    NodeStatus { node: n.name.clone(), state: "run".into(), key: None, reasons: changed }
+                }
+                _ => NodeStatus {
+                    node: n.name.clone(),
+                    state: "blocked".into(),
+                    key: None,
+                    reasons: vec![format!("waits on upstream {waits} (runs again only if their outputs change)")],
+                },
+            };
+            out.push(st);
             continue;
         }
         let rec = record(plan, store, i, &outputs, &ext)?;
@@ -1475,6 +1487,39 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
     }
     ext.save();
     Ok(out)
+}
+
+/// What changed in a node's own fields (code, params, data files, inputs from stored nodes) since its last run, while
+/// an upstream it reads is not stored yet: its record with each such upstream's last stored outputs in their place,
+/// against its last run's record. An own change makes it run whatever that upstream gives (short of an older result
+/// of exactly the new combination). None when it cannot be told: no last run of it or of that upstream.
+pub fn own_changes(
+    plan: &Plan,
+    store: &Store,
+    scope: &str,
+    i: usize,
+    outputs: &[Option<BTreeMap<String, OutputRef>>],
+    ext: &ExternalHashes,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let last_outputs = |name: &str| -> anyhow::Result<Option<Entry>> {
+        match store.last_key(scope, name)? {
+            Some(k) => store.get_entry(&k),
+            None => Ok(None),
+        }
+    };
+    let Some(old) = last_outputs(&plan.nodes[i].name)? else { return Ok(None) };
+    let mut assumed = outputs.to_vec();
+    for d in plan.nodes[i].deps() {
+        if assumed[d].is_none() {
+            match last_outputs(&plan.nodes[d].name)? {
+                Some(e) => assumed[d] = Some(e.outputs),
+                None => return Ok(None),
+            }
+        }
+    }
+    // a stage that binds parameters from an upstream it cannot read now has no record to compare
+    let Ok(rec) = record(plan, store, i, &assumed, ext) else { return Ok(None) };
+    Ok(Some(if rec.key() == old.key { vec![] } else { rec.diff(&old.record) }))
 }
 
 /// Names joined by commas, or the first eight and how many more: a report can wait on hundreds of nodes, and a line
@@ -1496,16 +1541,22 @@ pub fn why_run(store: &Store, scope: &str, node: &str, rec: &KeyRecord, key: &st
     if let Some(why) = store.incomplete_reason(key) {
         return Ok(vec![why]);
     }
+    let failed = store.failure(scope, node, key)?.map(|f| format!("failed with this key {f}"));
     let Some(last) = store.last_key(scope, node)? else {
-        return Ok(vec!["never run with this store".into()]);
+        // the pointer is per manifest path: a copied or moved manifest has none, whatever the store holds
+        return Ok(vec![failed.unwrap_or_else(|| {
+            "no run of this manifest has stored it yet (history is kept per manifest path)".into()
+        })]);
     };
-    match store.get_entry(&last)? {
+    let mut why = match store.get_entry(&last)? {
         Some(old) => {
             let d = rec.diff(&old.record);
-            Ok(if d.is_empty() { vec!["key record differs from the last run's".into()] } else { d })
+            if d.is_empty() { vec!["key record differs from the last run's".into()] } else { d }
         }
-        None => Ok(vec![format!("the last run's entry ({}) is gone from the store", key::short(&last))]),
-    }
+        None => vec![format!("the last run's entry ({}) is gone from the store", key::short(&last))],
+    };
+    why.extend(failed);
+    Ok(why)
 }
 
 /// Rows of a node table for `--json` consumers and the text views.

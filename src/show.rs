@@ -111,7 +111,7 @@ fn known_entry(plan: &Plan, store: &Store, target: usize, resolved: exec::Resolv
             ))
             .into()),
         },
-        exec::Resolved::Undetermined { missing } => Err(NotReady(format!(
+        exec::Resolved::Undetermined { missing, .. } => Err(NotReady(format!(
             "{node} has no stored result for the current manifest: {}; run it first (`rmdistill status {m}` says why)",
             not_stored(&missing)
         ))

@@ -1506,6 +1506,29 @@ impl Store {
         }
     }
 
+    /// Remembers that a node failed with `key` (for `status`/`explain`, which would otherwise say it never ran): the
+    /// run, when, and the error's first line. Like the last-run pointer it only ever explains, never decides.
+    pub fn set_failure(&self, scope: &str, node: &str, key: &str, run_id: &str, error: &str) -> anyhow::Result<()> {
+        let rel = Self::node_pointer(scope, node).replace(".json", ".failed.json");
+        let first: String = error.lines().next().unwrap_or("").chars().take(300).collect();
+        let v = serde_json::json!({"node": node, "key": key, "run": run_id,
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "error": first});
+        let p = self.p(&rel);
+        self.block_on(self.os.put(&p, PutPayload::from(serde_json::to_vec(&v)?)))
+            .map_err(|e| store_err(&format!("cannot write {p}"), e))?;
+        Ok(())
+    }
+
+    /// The failure [`Store::set_failure`] recorded for this node, if it failed with `key`: "in run RUN (AT): ERROR".
+    /// A record that cannot be read counts as none.
+    pub fn failure(&self, scope: &str, node: &str, key: &str) -> anyhow::Result<Option<String>> {
+        let rel = Self::node_pointer(scope, node).replace(".json", ".failed.json");
+        let Ok(Some(bytes)) = self.read(&rel) else { return Ok(None) };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Ok(None) };
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_string();
+        Ok((s("node") == node && s("key") == key).then(|| format!("in run {} ({}): {}", s("run"), s("at"), s("error"))))
+    }
+
     fn reject_pointer(&self, rel: &str, node: &str, why: &str, seen: Option<&[u8]>) -> anyhow::Result<()> {
         if let Some(dest) = self.set_aside(rel, "nodes-corrupt", seen)? {
             self.warn(format!(

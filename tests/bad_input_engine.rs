@@ -379,7 +379,7 @@ fn two_manifests_with_one_file_name_keep_separate_histories() {
     w.ok(&["run", "a/m.toml", "--store", &store, "-q", "sub"]);
     let st = w.ok(&["status", "b/m.toml", "--store", &store]);
     assert!(!st.contains("params.size changed"), "b/m.toml saw a/m.toml's history:\n{st}");
-    assert!(st.contains("run      sub@rho=0.2,seed=0\n           never run with this store"), "{st}");
+    assert!(st.contains("run      sub@rho=0.2,seed=0\n           no run of this manifest has stored it yet"), "{st}");
     // Each keeps its own: a/m.toml edited says what changed against its own last run.
     w.ok(&["run", "b/m.toml", "--store", &store, "-q", "sub"]);
     let st = w.ok(&["status", "a/m.toml", "--store", &store, "--set", "size=200"]);

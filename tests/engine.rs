@@ -390,7 +390,7 @@ fn status_explain_dag_show_and_gc() {
     let w = Work::new();
     w.write("m.toml", &gen_manifest(2000));
     let st = w.ok(&["status", "m.toml"]);
-    assert!(st.contains("run      gen") && st.contains("never run with this store"), "{st}");
+    assert!(st.contains("run      gen") && st.contains("no run of this manifest has stored it yet"), "{st}");
     assert!(st.contains("blocked  sub@rho=0.2,seed=0"), "{st}");
     w.ok(&["run", "m.toml", "--quiet"]);
     assert!(w.ok(&["status", "m.toml"]).contains("25 cached, 0 would run"));
@@ -441,7 +441,47 @@ fn status_explain_dag_show_and_gc() {
     let manifest = repo().join("manifests/synthetic-default.toml");
     let empty = format!("file://{}", w.path().join("empty").display());
     let ex = w.ok(&["explain", manifest.to_str().unwrap(), "sft@seed=0", "--store", &empty]);
-    assert_eq!(ex.trim(), "sft@seed=0: its key is not determined yet: upstream synth@seed=0 not in the store");
+    assert!(
+        ex.contains(
+            "key      its key is not determined yet: upstream synth@seed=0 has no stored result for the manifest as \
+             it is now (it would run first)\n"
+        ),
+        "{ex}"
+    );
+}
+
+/// A node below an upstream that would run, whose own params changed too, would run whatever that upstream gives:
+/// `status` and `explain` say so and why (a red-team finding: both said only "waits on upstream", `explain` called
+/// the upstream's stored results absent, and `explain --json` printed text).
+#[test]
+fn a_node_changed_below_a_changed_upstream_would_run_and_says_why() {
+    let w = Work::new();
+    w.write("m.toml", &gen_manifest(2000));
+    w.ok(&["run", "m.toml", "--quiet"]);
+    // gen changes (so sub@… waits on it); the members change their own size as well
+    let set = ["--set", "n=2100"];
+    let member = "member@member=0.2,rho=0.2,seed=0";
+    w.write("m.toml", &gen_manifest(2000).replace("size = 60", "size = 50"));
+    let st = w.ok(&[&["status", "m.toml"][..], &set].concat());
+    assert!(st.contains("blocked  sub@rho=0.2,seed=0\n           waits on upstream gen (runs again only if"), "{st}");
+    assert!(
+        st.contains(&format!("run      {member}\n           params.size changed: 60 -> 50\n           runs after upstream sub@rho=0.2,seed=0\n")),
+        "{st}"
+    );
+    assert!(st.contains("0 cached, 19 would run, 6 wait on upstream"), "{st}");
+    let ex = w.ok(&[&["explain", "m.toml", member][..], &set].concat());
+    assert!(ex.contains("state    would run\n") && ex.contains("why      params.size changed: 60 -> 50"), "{ex}");
+    let j: serde_json::Value =
+        serde_json::from_str(&w.ok(&[&["explain", "m.toml", member, "--json"][..], &set].concat())).unwrap();
+    assert_eq!((j["state"].as_str(), j["key"].is_null()), (Some("run"), true), "{j}");
+    assert_eq!(j["reasons"][0], "params.size changed: 60 -> 50", "{j}");
+    let j: serde_json::Value =
+        serde_json::from_str(&w.ok(&[&["explain", "m.toml", "sub@rho=0.2,seed=0", "--json"][..], &set].concat()))
+            .unwrap();
+    assert_eq!((j["state"].as_str(), j["waits_on"][0].as_str()), (Some("blocked"), Some("gen")), "{j}");
+    // and the run does what status said: every member runs (sub reproduces nothing it had: gen's pairs changed)
+    let r = w.run_json(&[&["m.toml"][..], &set].concat());
+    assert_eq!((r["ran"].as_u64(), r["cached"].as_u64()), (Some(25), Some(0)), "{r}");
 }
 
 #[test]
@@ -532,6 +572,17 @@ fn a_failing_node_stops_its_dependents_and_the_run_exits_1() {
     assert!(err.contains("longer-preferred") && err.contains("available"), "{err}");
     // Nothing partial was published for the failed nodes.
     assert_eq!(entries(&w.store()).len(), 1 + 2 + 6);
+    // status says the node failed with this key, not that it never ran (a red-team finding); once the key changes,
+    // the failure of the old key is no longer its reason
+    let st = w.ok(&["status", "m.toml", "--set", "size=1200"]);
+    let run_id = summary["run_id"].as_str().unwrap();
+    assert!(
+        st.contains(&format!("run      sub@rho=0.0,seed=0\n           failed with this key in run {run_id} (")),
+        "{st}"
+    );
+    assert!(st.contains("longer-preferred"), "{st}");
+    let st = w.ok(&["status", "m.toml", "--set", "size=1100"]);
+    assert!(!st.contains("failed with this key"), "{st}");
 }
 
 /// Two independent nodes run one at a time: `a_model` (in a worker process, here a stand-in script that does what
