@@ -106,6 +106,11 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     for c in ["d-DPO from r* − DPO", "d-DPO from r* − IPO", "d-DPO from r* − d-DPO"] {
         assert!(further.contains(&format!("| 0.2 | {c} |")), "{c}: {further}");
     }
+    // its β was chosen by validation, and the report shows that choice (a reviewer's finding: it said "not by a
+    // selection given to this report", the ablation's selection being left out of it)
+    let hyper = &md[md.find("## Hyper-parameters of the evaluated policies").expect("the hyper-parameters")..];
+    let row = hyper.lines().find(|l| l.starts_with("| d-DPO from r* | 0.2 |")).expect("d-DPO from r* at ρ = 0.2");
+    assert!(row.contains("(validation ") && row.contains(" candidates, 1 seed"), "{row}");
 
     // The report: markdown with the advantage table and the three figures.
     let o = w.run(&args(&["report", m, "-o", "rep"], &[]));

@@ -108,6 +108,11 @@ pub struct Params {
     /// Fail when the precomputed reference log-probs do not match the reference model on the first batch.
     #[serde(default = "d_true")]
     pub check_ref_logp: bool,
+    /// With a bound `selection`: the method whose choice applies, as the selection names it (the `method` coordinate
+    /// of the evaluations it chose from, e.g. "d-dpo-oracle" for an ablation of d-DPO); default: `method`. Used to
+    /// bind the choice, then dropped, so it is not part of the cache key.
+    #[serde(default)]
+    pub selection_method: Option<String>,
 }
 fn d_beta() -> f64 {
     0.1
@@ -157,7 +162,13 @@ fn bind_selection(params: &Map<String, Value>, inputs: &dyn BindInputs) -> Stage
     let sel = inputs.open("selection")?;
     let sel = sel.first().ok_or_else(|| StageError::invalid("selection", "bound to nothing"))?;
     let chosen = crate::selection::read_selection_memo(&sel.hash, &sel.path)?;
-    let (params, _) = crate::selection::apply_choice(params, &chosen, method.name(), rho)
+    let mut params = params.clone();
+    let name = match params.remove("selection_method") {
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(StageError::invalid("selection_method", format!("must be a string, got {other}"))),
+        None => method.name().to_string(),
+    };
+    let (params, _) = crate::selection::apply_choice(&params, &chosen, &name, rho)
         .map_err(|e| StageError::invalid("selection", format!("{} ({}): {e}", sel.node, sel.path.display())))?;
     Ok(params)
 }

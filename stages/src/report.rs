@@ -67,6 +67,13 @@ pub struct Params {
     /// all of them and every ρ, Holm-corrected within it. The paper's families and verdicts are unchanged by them.
     #[serde(default)]
     pub contrasts: Vec<[String; 2]>,
+    /// What a seed varies in this pipeline, as the report says it ("Seeds vary …"): the embedded task's seeds
+    /// redraw the data too; a pipeline over a fixed file of pairs with one π_ref varies less, and says so.
+    #[serde(default = "d_seeds_vary")]
+    pub seeds_vary: String,
+}
+fn d_seeds_vary() -> String {
+    "the data (corpus, π_ref, pairs) as well as training".into()
 }
 fn d_title() -> String {
     "Robust preference optimization through reward-model distillation".into()
@@ -89,6 +96,7 @@ impl Default for Params {
             min_difference: d_min_difference(),
             power: d_power(),
             contrasts: vec![],
+            seeds_vary: d_seeds_vary(),
         }
     }
 }
@@ -1005,12 +1013,12 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
         "{} evaluations: {} method configurations × {} values of ρ × {} seed(s). **Advantage** = mean over held-out prompts of \
          r*(x, y^θ) − r*(x, y^ref) (oracle reward of the policy's response minus π_ref's on the same prompt; a prompt's samples \
          averaged first); ± is the half-width of the 95% Student-t interval across seeds (seeds − 1 df), or with one seed the \
-         run's own interval over prompts. Seeds vary the data (corpus, π_ref, pairs) as well as training. Significance is at \
-         family-wise α = {} (Holm within each ρ).\n",
+         run's own interval over prompts. Seeds vary {}. Significance is at family-wise α = {} (Holm within each ρ).\n",
         a.evaluations,
         a.labels.len(),
         a.rhos.len(),
         a.seeds,
+        p.seeds_vary,
         p.alpha
     );
     findings_md(&mut md, a);

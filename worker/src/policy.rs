@@ -701,6 +701,15 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let t0 = std::time::Instant::now();
     // a bound `selection` was applied to the parameters by the runner (the stage's `bind`)
     let p = parse(ctx.params())?;
+    if let Some(m) = &p.selection_method {
+        // binding drops it: still here, no selection was bound to apply it to
+        return Err(StageError::invalid(
+            "selection_method",
+            format!(
+                "names whose choice a bound `selection` applies ({m}), but no selection is bound: bind one or remove it"
+            ),
+        ));
+    }
     let method = p.method;
 
     // ---- read: the inputs, checked against the method; π_ref; the samples of π_ref for the KL term
