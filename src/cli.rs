@@ -480,7 +480,7 @@ fn print_summary(s: &exec::Summary, json: bool, failures_shown: bool) {
     if n + m > 0 {
         let nodes = [ran, failed].concat();
         eprintln!(
-            "{} warning(s) from {}, shown above; `rmdistill show MANIFEST NODE` repeats a stored node's",
+            "{} warning(s) from {}, shown above; `rmdistill show MANIFEST NODE` repeats a stored node's warnings",
             n + m,
             crate::error::clip(&nodes.join(", "))
         );

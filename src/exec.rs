@@ -373,12 +373,14 @@ impl Summary {
         let by = crate::store::count_machines(self.nodes.iter().filter_map(|n| n.other_machine.as_deref()));
         let n: usize = by.iter().map(|(_, c)| c).sum();
         (n > 0).then(|| {
-            let list = crate::store::machines_listed(&by);
+            // one CPU thread is the description's default, left unsaid; here it is what may differ
+            let said = |m: &str| if m.contains(" with ") { m.to_string() } else { format!("{m} with 1 thread") };
+            let list: Vec<String> = by.iter().map(|(m, c)| format!("{c} on {}", said(m))).collect();
             format!(
                 "{n} cached result(s) of libtorch stages were produced on another kind of machine or with other \
                  settings than this run's ({}): {}. Their numbers differ from what this run computes in the last \
                  bits; a store of results computed here, this way, reproduces exactly",
-                self.computed_on,
+                said(&self.computed_on),
                 list.join(", ")
             )
         })

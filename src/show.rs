@@ -46,19 +46,21 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
     };
     let i = plan.find(node).expect("checked");
     let entry = stored_entry(plan, store, i)?;
+    let names = entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ");
     let name = match output {
         Some(o) => o.to_string(),
-        None if entry.outputs.len() == 1 => entry.outputs.keys().next().unwrap().clone(),
-        None => anyhow::bail!(
-            "{node} has several outputs ({}); name one as {node}.OUTPUT",
-            entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
-        ),
+        None => {
+            // the first, said: `run` sends a user here for a node's warnings, whatever its outputs
+            let first = entry.outputs.keys().next().cloned().unwrap_or_default();
+            if entry.outputs.len() > 1 {
+                eprintln!("note: {node} has several outputs ({names}): showing {first}; name one as {node}.OUTPUT");
+            }
+            first
+        }
     };
-    let out = entry
-        .outputs
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("{node} has no output {}", quoted(&visible(&name, &[]))))?;
+    let out = entry.outputs.get(&name).cloned().ok_or_else(|| {
+        anyhow::anyhow!("{node} has no output {}; its outputs: {names}", quoted(&visible(&name, &[])))
+    })?;
     Ok((format!("{node}.{name}"), out, entry.warnings))
 }
 

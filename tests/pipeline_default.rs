@@ -192,6 +192,18 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     let sel: serde_json::Value = serde_json::from_str(&w.ok(&args(&["show", m, "select_dpo", "--json"], &[]))).unwrap();
     let rows = sel["preview"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{sel}");
+    // a node of several outputs shows its first and says so (`run` sends a user to `show NODE` for its warnings);
+    // an output it lacks is named with the ones it has
+    let o = w.run(&args(&["show", m, "synth@seed=0", "--rows", "1"], &[]));
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(s(&o.stderr).contains("note: synth@seed=0 has several outputs (corpus, tokenizer): showing corpus"));
+    assert!(s(&o.stdout).starts_with("synth@seed=0.corpus: table "), "{}", s(&o.stdout));
+    let o = w.run(&args(&["show", m, "synth@seed=0.model"], &[]));
+    assert!(
+        s(&o.stderr).contains("synth@seed=0 has no output `model`; its outputs: corpus, tokenizer"),
+        "{}",
+        s(&o.stderr)
+    );
     for r in rows {
         let rho = r["rho"].as_f64().unwrap();
         let chosen = r["value"].as_f64().unwrap();

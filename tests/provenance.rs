@@ -115,7 +115,9 @@ fn threads_and_kernel_pins_are_recorded_and_a_run_computing_otherwise_names_them
     let err = s(&o.stderr);
     assert!(o.status.success() && s(&o.stdout).contains("all 3 nodes cached"), "{err}");
     assert!(
-        err.contains(&format!("settings than this run's ({here}): 2 on {here} with ATEN_CPU_CAPABILITY=default")),
+        err.contains(&format!(
+            "settings than this run's ({here} with 1 thread): 2 on {here} with ATEN_CPU_CAPABILITY=default"
+        )),
         "{err}"
     );
 
@@ -128,6 +130,11 @@ fn threads_and_kernel_pins_are_recorded_and_a_run_computing_otherwise_names_them
         let j = w.run_json(&["m.toml"]);
         let sft = j["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "sft").unwrap().clone();
         assert_eq!(sft["other_machine"], format!("{here} with {cores} threads"), "{j}");
+        // the note names the one thread this run computes with (a reviewer's finding: "… (AMD EPYC (x86_64) with
+        // 2 threads): 1 on AMD EPYC (x86_64)" hid what differed)
+        let err = s(&w.run(&["run", "m.toml"]).stderr);
+        assert!(err.contains(&format!("this run's ({here} with 1 thread): ")), "{err}");
+        assert!(err.contains(&format!("1 on {here} with {cores} threads")), "{err}");
     }
     assert_store_consistent(&w.store());
 }

@@ -650,13 +650,20 @@ fn submit(ctx: &Ctx, groups: &[Group], a: &Request, script: &str, live: &Live) -
         .filter_map(|(l, reused)| l.split_once(' ').map(|(id, name)| (id.to_string(), name.to_string(), reused)))
         .collect();
     if !out.status.success() {
-        anyhow::bail!(
-            "submission failed (exit {:?}) after {} of {} job(s): {}",
-            out.status.code(),
+        use std::os::unix::process::ExitStatusExt;
+        let how = match (out.status.code(), out.status.signal()) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(s)) => format!("killed by {}", crate::worker::signal_name(s)),
+            _ => "an unknown status".into(),
+        };
+        // the manifest and the options were fine: the scheduler refused (exit 1, as a failed node)
+        return Err(crate::error::RunFailed(format!(
+            "submission failed ({how}) after {} of {} job(s): {}",
             ids.len(),
             groups.len(),
             stderr.trim()
-        );
+        ))
+        .into());
     }
     let names = |gr: &Group| gr.nodes.iter().map(|&n| ctx.graph.nodes[n].name.clone()).collect::<Vec<_>>();
     // Live jobs relied on: those found before rendering (their nodes were left out), then whole groups the script
