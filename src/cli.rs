@@ -542,7 +542,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Explain { common, node } => explain(&common, &node)?,
         Command::Dag { common, format, stages } => {
             let plan = load(&common)?;
-            print!("{}", crate::render::dag(&plan, format.into(), stages));
+            if common.json {
+                // the graph itself: vertices (nodes, or stages with --stages) and the edges between them
+                let (vertices, edges) = crate::render::edges(&plan, stages);
+                let edges: Vec<_> =
+                    edges.iter().map(|(f, t, l)| serde_json::json!({"from": f, "to": t, "label": l})).collect();
+                let v = serde_json::json!({"vertices": vertices, "edges": edges});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", crate::render::dag(&plan, format.into(), stages));
+            }
         }
         Command::Show { common, what, rows } => {
             let plan = load(&common)?;
@@ -565,15 +574,18 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                     ),
                 },
             };
-            let i = plan.find(&name).ok_or_else(|| anyhow::anyhow!("no node named {}", quoted(&name)))?;
+            let these = if reports.is_empty() {
+                "report nodes in this manifest: none".to_string()
+            } else {
+                format!("report nodes in this manifest: {}", reports.join(", "))
+            };
+            let i = plan.find(&name).ok_or_else(|| anyhow::anyhow!("no node named {}; {these}", quoted(&name)))?;
             let kind = plan.nodes[i].kind.kind();
             if kind != "report" {
-                let these = if reports.is_empty() {
-                    "report nodes in this manifest: none".to_string()
-                } else {
-                    format!("report nodes in this manifest: {}", reports.join(", "))
-                };
                 anyhow::bail!("node `{name}` is a `{kind}` node, not a report; {these}");
+            }
+            if out.exists() && !out.is_dir() {
+                anyhow::bail!("report -o {}: not a directory (the report is copied into a directory)", out.display());
             }
             let store = open_store(&plan, &common)?;
             let (entry, upstream) = show::stored_entry_with_upstream(&plan, &store, i)?;
@@ -590,7 +602,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 let _ = std::fs::remove_file(&to);
                 std::fs::copy(dir.join(&f.path), &to).with_context(|| format!("cannot write {}", to.display()))?;
             }
-            println!("{}", out.join("report.md").display());
+            if !common.json {
+                println!("{}", out.join("report.md").display());
+            }
             // only libtorch stages: the others compute the same bits on every machine
             let (line, mixed) = show::provenance(
                 std::iter::once((i, &entry))
@@ -613,6 +627,12 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 );
                 let _ = std::fs::remove_file(&file);
                 std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+            }
+            if common.json {
+                let files: Vec<String> = store.tree(&art.hash)?.files.into_iter().map(|f| f.path).collect();
+                let v = serde_json::json!({"report": out.join("report.md"), "node": name, "artifact": art.hash,
+                    "files": files, "provenance": line, "mixed_machines": mixed});
+                println!("{}", serde_json::to_string_pretty(&v)?);
             }
             if mixed {
                 eprintln!("warning: {line}");

@@ -57,7 +57,7 @@ pub enum DagFormat {
 }
 
 /// Edges as (from, to, label) over node or stage names.
-fn edges(plan: &Plan, stages: bool) -> (Vec<String>, BTreeSet<(String, String, String)>) {
+pub fn edges(plan: &Plan, stages: bool) -> (Vec<String>, BTreeSet<(String, String, String)>) {
     let mut vertices = Vec::new();
     let mut seen = HashSet::new();
     let mut es = BTreeSet::new();

@@ -414,6 +414,9 @@ fn status_explain_dag_show_and_gc() {
     );
     let dot = w.ok(&["dag", "m.toml", "--format", "dot", "--stages"]);
     assert!(dot.contains("\"gen\" -> \"sub\"") && dot.contains("\"sub\" -> \"member\""), "{dot}");
+    let j: serde_json::Value = serde_json::from_str(&w.ok(&["dag", "m.toml", "--stages", "--json"])).unwrap();
+    assert_eq!(j["vertices"], serde_json::json!(["gen", "sub", "member"]), "{j}");
+    assert_eq!(j["edges"][0], serde_json::json!({"from": "gen", "to": "sub", "label": "pairs→pairs"}), "{j}");
     let mermaid = w.ok(&["dag", "m.toml", "--format", "mermaid"]);
     assert!(mermaid.starts_with("flowchart LR") && mermaid.matches("-->").count() == 24, "{mermaid}");
 

@@ -271,6 +271,9 @@ fn slurm_export_rejects_what_it_cannot_honour() {
     assert_eq!(o.status.code(), Some(2));
     // Reported where it is written, when the manifest loads.
     assert!(s(&o.stderr).contains("m.toml:15:24: resources.memory: \"lots\": expected a size"), "{}", s(&o.stderr));
+    // --json without --submit: the output is a script, so the flag is refused rather than ignored
+    let o = w.run(&["export", "slurm", "m.toml", "--json"]);
+    assert!(o.status.code() == Some(2) && s(&o.stderr).contains("--json: without --submit"), "{}", s(&o.stderr));
     w.write("n.toml", &gen_manifest(5000));
     let o = w.run(&["export", "slurm", "n.toml", "--store", "memory://"]);
     assert!(!o.status.success() && s(&o.stderr).contains("cannot share it"), "{}", s(&o.stderr));

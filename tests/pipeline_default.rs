@@ -135,6 +135,19 @@ fn the_default_experiment_runs_end_to_end_and_reruns_only_what_a_beta_change_aff
     let o = w.run(&args(&["report", m, "-o", "/proc/self/no/such"], &[]));
     let err = s(&o.stderr);
     assert!(!o.status.success() && err.contains("cannot create the directory /proc/self/no/such"), "{err}");
+    // --json answers JSON (a reviewer's finding: the path was printed as text); a file where the directory goes and
+    // a node that is not there are named, with the report nodes there are
+    let j: serde_json::Value = serde_json::from_str(&w.ok(&args(&["report", m, "-o", "rep2", "--json"], &[]))).unwrap();
+    assert!(
+        j["report"].as_str().unwrap().ends_with("rep2/report.md") && j["files"].as_array().unwrap().len() >= 4,
+        "{j}"
+    );
+    assert_eq!(j["node"], "report");
+    std::fs::write(w.path().join("afile"), "").unwrap();
+    let err = s(&w.run(&args(&["report", m, "-o", "afile"], &[])).stderr);
+    assert!(err.contains("report -o afile: not a directory"), "{err}");
+    let err = s(&w.run(&args(&["report", m, "--node", "nosuch"], &[])).stderr);
+    assert!(err.contains("no node named `nosuch`; report nodes in this manifest: report"), "{err}");
     for needle in [
         "Advantage over π_ref",
         "| 0.2 |",

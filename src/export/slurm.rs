@@ -40,6 +40,12 @@ pub struct Request {
 }
 
 pub fn run(a: Request) -> anyhow::Result<()> {
+    if a.source.json && !a.submit {
+        anyhow::bail!(
+            "--json: without --submit, export slurm writes a bash script, not JSON; --json is for --submit's report \
+             of the jobs it submitted"
+        );
+    }
     if a.max_array == 0 {
         anyhow::bail!("--max-array 0: an array holds at least one task");
     }
