@@ -60,7 +60,8 @@ pub enum Command {
         /// that does not depend on the failure still runs.
         #[arg(long)]
         fail_fast: bool,
-        /// auto, cpu or cuda.
+        /// Where stages on libtorch run: auto (a CUDA device if libtorch sees one, else the CPU), cpu, or cuda (`gpu` is
+        /// the same); default: the manifest's [execution] device, else auto.
         #[arg(long)]
         device: Option<String>,
     },
@@ -163,6 +164,7 @@ pub enum NodeCommand {
         /// Also run upstream nodes that are not stored yet.
         #[arg(long)]
         with_deps: bool,
+        /// auto, cpu or cuda (`gpu` is the same), as `run --device`.
         #[arg(long)]
         device: Option<String>,
     },

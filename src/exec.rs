@@ -429,7 +429,7 @@ impl std::str::FromStr for DeviceRequest {
             "auto" => DeviceRequest::Auto,
             "cpu" => DeviceRequest::Cpu,
             "cuda" | "gpu" => DeviceRequest::Cuda,
-            other => anyhow::bail!("unknown device {other:?} (expected auto, cpu or cuda)"),
+            other => anyhow::bail!("unknown device {other:?} (expected auto, cpu, or cuda; gpu is the same as cuda)"),
         })
     }
 }
@@ -1016,7 +1016,7 @@ impl Runner<'_> {
                     let n = crate::worker::cuda_devices(&crate::worker::binary()?)?;
                     if n == 0 {
                         anyhow::bail!(
-                            "--device cuda was requested but libtorch sees no CUDA device (is rmdistill-worker built with the `cuda` feature?)"
+                            "device cuda was asked for (--device, or the manifest's [execution] device) but libtorch sees no CUDA device (is rmdistill-worker built with the `cuda` feature?)"
                         );
                     }
                     n
