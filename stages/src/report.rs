@@ -1802,7 +1802,8 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         out.join("results.json"),
         serde_json::to_string_pretty(&results).map_err(anyhow::Error::from)? + "\n",
     )?;
-    ctx.log(&format!("report: {} evaluations, {} cells, written to {}", a.evaluations, a.cells.len(), out.display()));
+    // the directory is the node's scratch space, gone once the output is stored: `rmdistill report` copies it out
+    ctx.log(&format!("{} evaluations, {} cells; `rmdistill report` copies it out", a.evaluations, a.cells.len()));
     if let Some(w) = a.oracle_agreement.as_ref().and_then(oracle_warning) {
         ctx.warn(&w.replace("**", "")); // the report's own words, without its Markdown
     }

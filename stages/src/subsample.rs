@@ -533,7 +533,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     ctx.progress(3, 3);
     let t_write = t0.elapsed().as_secs_f64();
     ctx.log(&format!(
-        "selected {size} pairs: {n_long} longer-preferred, {n_short} shorter-preferred (rho {}); \
+        "selected {size} pairs: {n_long} longer-preferred, {n_short} shorter-preferred (ρ = {}); \
          read columns {t_read:.2} s, select {:.2} s, read selected rows {:.2} s, write {:.2} s",
         n_long as f64 / size as f64,
         t_select - t_read,

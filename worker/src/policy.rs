@@ -565,9 +565,16 @@ fn train(
     let kl_bs = p.kl_batch_size.unwrap_or(batch_size);
     let members = inputs.rewards.as_ref().map_or(0, |r| r.members);
     let (mut member_chosen, mut member_best) = (vec![0u64; members], vec![0u64; members]);
+    // the paper's names, and only the coefficients this method has
+    let coefficients = match method {
+        Method::Ipo => format!("τ {}", p.tau),
+        m if m.pessimistic() => format!("β {}, γ {gamma}", p.beta),
+        _ => format!("β {}", p.beta),
+    };
     ctx.log(&format!(
-        "{method}: {n} pairs, {total} steps of {batch_size}, beta {}, tau {}, gamma {gamma}, reference log-probs from the {}",
-        p.beta, p.tau, refs.2
+        "{}: {n} pairs, {total} steps of {batch_size}, {coefficients}, reference log-probs from the {}",
+        rmdistill_stages::paper::name(method.name()),
+        refs.2
     ));
     let mut pos = n; // position in the current shuffled order; n forces a reshuffle
     let mut first = true;

@@ -42,13 +42,15 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     tok.save(&dir)?;
     table::write_table(&ctx.output_path("corpus"), &batch, &table::summary_kv("synth", &summary))?;
     ctx.progress(batch.num_rows() as u64, batch.num_rows() as u64);
+    // as numbers: a JSON value prints every digit whatever the precision asked
+    let f = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN);
     ctx.log(&format!(
-        "{} documents, {} words each on average, {:.2} salient; demonstrations: {:.2} words, oracle {:.3}",
+        "{} documents, {:.1} words each on average, {:.2} salient; demonstrations: {:.2} words, oracle {:.3}",
         summary["docs"],
-        summary["mean_doc_len"],
-        summary["mean_salient"],
-        summary["mean_summary_len"],
-        summary["mean_summary_oracle"]
+        f("mean_doc_len"),
+        f("mean_salient"),
+        f("mean_summary_len"),
+        f("mean_summary_oracle")
     ));
     Ok(summary)
 }
