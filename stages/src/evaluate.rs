@@ -62,6 +62,7 @@ pub struct Params {
     pub split: Option<String>,
     /// Evaluate only the first N distinct prompts of the split (table order, after `skip_prompts`); none: all.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub n_prompts: Option<usize>,
     /// Leave out the first N distinct prompts of the split: a table of held-out prompts serves as validation prompts
     /// (the first N, `n_prompts = N`) and as test prompts (`skip_prompts = N`), never the same prompt twice.
@@ -69,6 +70,7 @@ pub struct Params {
     pub skip_prompts: usize,
     /// Responses sampled per prompt from the policy, and as many from π_ref.
     #[serde(default = "d_one")]
+    #[schemars(range(min = 1))]
     pub samples_per_prompt: usize,
     /// Sampling temperature (> 0); `kl` is exact in expectation only at 1.
     #[serde(default = "d_temp")]
@@ -78,12 +80,15 @@ pub struct Params {
     pub top_p: f64,
     /// Most tokens sampled per response (EOS ends it earlier).
     #[serde(default = "d_max_new")]
+    #[schemars(range(min = 1))]
     pub max_new_tokens: usize,
     /// (prompt, sample) rows per batch; each batch has its own sampling seed, and shards are whole batches.
     #[serde(default = "d_bs")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// Truncation of prompt + response in tokens; samples continue the last max_len − max_new_tokens prompt tokens.
     #[serde(default = "d_max_len")]
+    #[schemars(range(min = 2))]
     pub max_len: usize,
     /// Base seed: batch b samples with a seed derived from (seed, b), the same for the policy and π_ref.
     #[serde(default)]
@@ -93,6 +98,7 @@ pub struct Params {
     pub shard: usize,
     /// Number of blocks the batches are cut into (1: unsharded).
     #[serde(default = "d_one")]
+    #[schemars(range(min = 1))]
     pub shards: usize,
 }
 fn d_split() -> Option<String> {

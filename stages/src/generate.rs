@@ -51,6 +51,7 @@ const SIZES: Sizes = Sizes { piece: 32 << 20, group: GROUP_BYTES, window: 512 <<
 struct Params {
     /// Number of pairs to generate (1 ..= 4294967295, and at most what keeps every text column within 1.875 GiB:
     /// n × the mean bytes of a prompt or a response, 5 per word less one).
+    #[schemars(range(min = 1))]
     n: u64,
     /// Seed: rows are made in chunks of 65,536, chunk c from ChaCha8(seed, stream c).
     #[serde(default)]

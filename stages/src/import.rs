@@ -116,6 +116,7 @@ struct Params {
     tokenizer: Option<String>,
     /// Read at most this many records (after `skip`); none: every record.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     limit: Option<u64>,
     /// Records to skip at the start of the file (with `limit`, a row range: e.g. a held-out tail of the file).
     #[serde(default)]
@@ -127,6 +128,7 @@ struct Params {
     /// Longest prompt or response, in UTF-8 bytes as imported (1 to 1 GiB): a longer one makes its record invalid
     /// (see `on_invalid`), refused before its tokens are counted, which takes memory in proportion to the text.
     #[serde(default = "default_max_text_bytes")]
+    #[schemars(range(min = 1))]
     max_text_bytes: u64,
 }
 

@@ -64,6 +64,7 @@ pub struct Params {
     pub shard: usize,
     /// Number of contiguous row blocks the table is cut into (1: unsharded).
     #[serde(default = "d_shards")]
+    #[schemars(range(min = 1))]
     pub shards: usize,
     /// Pairs the oracle scores as a tie: "coin" keeps them with a coin-flip label, "drop" leaves them out.
     #[serde(default)]
@@ -73,10 +74,12 @@ pub struct Params {
     pub margin: f64,
     /// Pairs per reward-model forward pass (oracle = "reward_model").
     #[serde(default = "d_bs")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// Truncation of `prompt ++ response` when a reward model labels (as `train_rm`'s `max_len`); default: the
     /// positions the model can place.
     #[serde(default)]
+    #[schemars(range(min = 2))]
     pub max_len: Option<usize>,
 }
 fn d_shards() -> usize {

@@ -105,7 +105,10 @@ fn type_of(v: &Value, defs: Option<&Value>) -> String {
                 None => "list".into(),
             },
             "object" => "table".into(),
-            "integer" if v.get("minimum").and_then(Value::as_f64) == Some(0.0) => "integer ≥ 0".into(),
+            "integer" => match v.get("minimum").and_then(Value::as_f64) {
+                Some(m) => format!("integer ≥ {m}"),
+                None => "integer".into(),
+            },
             other => other.into(),
         }
     };
@@ -144,7 +147,52 @@ mod tests {
         assert!(rows.iter().any(|r| r.name.starts_with("arch.")), "nested tables are listed field by field: {rows:#?}");
         let subsample = crate::registry().into_iter().find(|s| s.kind() == "subsample").unwrap();
         let size = find(&param_docs(&subsample.params_schema()), "size").clone();
-        assert_eq!(size.ty, "integer | \"max\"", "{size:?}");
+        assert_eq!(size.ty, "integer ≥ 1 | \"max\"", "{size:?}");
         assert!(!size.doc.is_empty(), "{size:?}");
+    }
+
+    /// The least value a listing states for an integer is one the stage accepts (a reviewer's finding: "integer ≥ 0"
+    /// was listed for parameters that refuse 0).
+    #[test]
+    fn the_stated_least_integer_is_accepted() {
+        // the fewest parameters each stage needs to validate
+        let base = |kind: &str| -> serde_json::Map<String, Value> {
+            let v = match kind {
+                "import" => serde_json::json!({"path": "x"}),
+                "import_model" => serde_json::json!({"path": "x.gguf"}),
+                "subsample" => serde_json::json!({"rho": 0.5, "size": 10}),
+                "generate" => serde_json::json!({"n": 10}),
+                "policy" => serde_json::json!({"method": "e-dpo", "gamma": 0.1}),
+                "evaluate" | "label" => serde_json::json!({"oracle": "synthetic"}),
+                _ => serde_json::json!({}),
+            };
+            v.as_object().unwrap().clone()
+        };
+        let mut refused = vec![];
+        for s in crate::registry() {
+            let b = base(s.kind());
+            if let Err(e) = s.validate(&b) {
+                panic!("{}: the base parameters do not validate: {e}", s.kind());
+            }
+            for r in param_docs(&s.params_schema()).iter().filter(|r| !r.name.contains('.')) {
+                let Some(least) = r.ty.split(" | ").find_map(|t| t.strip_prefix("integer ≥ ")) else { continue };
+                let mut p = b.clone();
+                // a bound relative to another parameter: that one at its least too
+                let companion = match (s.kind(), r.name.as_str()) {
+                    ("policy", "kl_batch_size") => Some(("kl_source", Value::from("ref_samples_uniform"))),
+                    ("evaluate" | "precompute", "max_len") => Some(("max_new_tokens", Value::from(1))),
+                    ("synth", "vocab_size") => Some(("topic_words", Value::from(1))),
+                    _ => None,
+                };
+                if let Some((k, v)) = companion {
+                    p.insert(k.into(), v);
+                }
+                p.insert(r.name.clone(), Value::from(least.parse::<u64>().unwrap()));
+                if let Err(e) = s.validate(&p) {
+                    refused.push(format!("{}.{} = {least}: {e}", s.kind(), r.name));
+                }
+            }
+        }
+        assert!(refused.is_empty(), "stated least values that are refused: {refused:#?}");
     }
 }

@@ -71,18 +71,22 @@ pub struct Params {
     pub kl_source: KlSource,
     /// Optimizer steps; default: `epochs` passes over D_ρ.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub steps: Option<usize>,
     /// Passes over D_ρ when `steps` is not set.
     #[serde(default = "d_epochs")]
+    #[schemars(range(min = 1))]
     pub epochs: usize,
     /// Peak AdamW learning rate (> 0), reached after warm-up.
     #[serde(default = "d_lr")]
     pub lr: f64,
     /// Pairs per optimizer step (at most the number of pairs in D_ρ).
     #[serde(default = "d_batch")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// KL samples per step with kl_source = "ref_samples_uniform" (default: batch_size).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub kl_batch_size: Option<usize>,
     /// Steps of linear learning-rate warm-up at the start (0: none).
     #[serde(default)]
@@ -101,6 +105,7 @@ pub struct Params {
     pub reduction: Reduction,
     /// Tokens of prompt + response kept per sequence (the prompt loses its start first; at most the model's positions).
     #[serde(default = "d_max_len")]
+    #[schemars(range(min = 2))]
     pub max_len: usize,
     /// Seed of libtorch, the batch shuffles and the KL-sample draws.
     #[serde(default)]

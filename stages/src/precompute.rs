@@ -55,12 +55,14 @@ pub struct Params {
     pub shard: usize,
     /// Number of shards (1: unsharded); `merge` concatenates them into the unsharded tables, bit for bit.
     #[serde(default = "d_shards")]
+    #[schemars(range(min = 1))]
     pub shards: usize,
     /// π_ref samples per distinct prompt in ref_samples (0: an empty table).
     #[serde(default = "d_spp")]
     pub samples_per_prompt: usize,
     /// Most tokens sampled per π_ref response (EOS ends it earlier; `finished` says which did).
     #[serde(default = "d_max_new")]
+    #[schemars(range(min = 1))]
     pub max_new_tokens: usize,
     /// Sampling temperature of π_ref's samples (keep 1: the KL estimate needs samples of π_ref itself).
     #[serde(default = "d_temp")]
@@ -70,13 +72,16 @@ pub struct Params {
     pub seed: u64,
     /// Pairs per forward pass for the reference log-probs and rewards; shards are whole batches.
     #[serde(default = "d_bs")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// Distinct prompts per sampling block (block k samples with seed + k); shards are whole blocks.
     #[serde(default = "d_sample_batch")]
+    #[schemars(range(min = 1))]
     pub sample_batch: usize,
     /// Truncation of `prompt ++ response` (never beyond the model's positions). Must equal the `policy` stage's
     /// `max_len` (same default), or the precomputed reference log-probs of long pairs do not match the policy's.
     #[serde(default = "d_max_len")]
+    #[schemars(range(min = 2))]
     pub max_len: usize,
     /// Add the oracle's own scores of the pairs (the `oracle_a`, `oracle_b` columns `label` writes) as one more member,
     /// named `oracle`, after the reward models: d-DPO distilled from the true reward r* instead of a learned one, the

@@ -28,9 +28,11 @@ pub struct Params {
     pub split: String,
     /// Pairs drawn per distinct prompt (two independent samples each).
     #[serde(default = "d_ppp")]
+    #[schemars(range(min = 1))]
     pub pairs_per_prompt: usize,
     /// Use only the first N distinct prompts (table order); none: all.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_prompts: Option<usize>,
     /// Sampling temperature (> 0).
     #[serde(default = "d_temp")]
@@ -40,12 +42,14 @@ pub struct Params {
     pub top_p: f64,
     /// Most tokens sampled per response (EOS ends it earlier; samples without EOS count as truncated).
     #[serde(default = "d_max_new")]
+    #[schemars(range(min = 1))]
     pub max_new_tokens: usize,
     /// Base seed: prompt batch k samples with seed + k.
     #[serde(default)]
     pub seed: u64,
     /// Prompts per sampling batch (each gives 2 × pairs_per_prompt samples).
     #[serde(default = "d_bs")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
 }
 fn d_split() -> String {

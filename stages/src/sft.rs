@@ -104,9 +104,11 @@ pub struct Params {
     pub arch: ArchParams,
     /// Optimizer steps (≥ 1).
     #[serde(default = "d_steps")]
+    #[schemars(range(min = 1))]
     pub steps: usize,
     /// Demonstrations per optimizer step.
     #[serde(default = "d_bs")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// Peak AdamW learning rate, cosine-decayed to 0.1 × lr after warm-up.
     #[serde(default = "d_lr")]
@@ -125,6 +127,7 @@ pub struct Params {
     pub max_len: Option<usize>,
     /// Measure eval_loss every this many steps (and at the last).
     #[serde(default = "d_eval_every")]
+    #[schemars(range(min = 1))]
     pub eval_every: usize,
     /// Most held-out examples for eval_loss (without an eval split, up to 10% of the training rows are held out).
     #[serde(default = "d_eval_rows")]

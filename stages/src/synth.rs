@@ -74,15 +74,19 @@ struct Params {
     seed: u64,
     /// Documents to generate (≥ 1), across the train, eval and test splits.
     #[serde(default = "d_n_docs")]
+    #[schemars(range(min = 1))]
     n_docs: u32,
     /// Pseudo-words in the vocabulary besides `tldr` (more than the longest document, at most 4900).
     #[serde(default = "d_vocab")]
+    #[schemars(range(min = 21))]
     vocab_size: u32,
     /// Number of topics (word distributions); each document draws one uniformly.
     #[serde(default = "d_topics")]
+    #[schemars(range(min = 1))]
     topics: u32,
     /// Core words per topic (≤ vocab_size), drawn with weight ∝ 1/(rank+1).
     #[serde(default = "d_topic_words")]
+    #[schemars(range(min = 1))]
     topic_words: u32,
     /// Key words per topic: the first `key_words` of its core (by rank) are the only words a document may repeat
     /// (its salient words), and no document uses a key word of any topic as a non-salient word, so salience is a

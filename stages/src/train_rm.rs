@@ -32,12 +32,14 @@ pub struct TrainRm;
 pub struct Params {
     /// Optimizer steps; default: ⌈epochs × training rows / batch_size⌉.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub steps: Option<usize>,
     /// Passes over the training rows when `steps` is not set (> 0, may be fractional).
     #[serde(default = "d_epochs")]
     pub epochs: f64,
     /// Pairs per optimizer step (at most the number of training rows).
     #[serde(default = "d_bs")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// Peak AdamW learning rate, decayed linearly to 0 after warm-up.
     #[serde(default = "d_lr")]
