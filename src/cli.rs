@@ -220,6 +220,22 @@ pub fn open_store(plan: &Plan, common: &Common) -> anyhow::Result<Store> {
     Store::open(&store_url(plan, common)?, &local_dir())
 }
 
+/// The store for a command that only reads it (`status`, `explain`, `show`, `report`, `gc`): a local store that does
+/// not exist is not created (a mistyped `--store` would otherwise become an empty store that says "every node would
+/// run"); the command reads an empty one instead and says so.
+fn open_store_to_read(plan: &Plan, common: &Common) -> anyhow::Result<Store> {
+    let url = store_url(plan, common)?;
+    if let Some(path) = crate::store::local_path(&url).filter(|p| !Path::new(p).exists()) {
+        eprintln!(
+            "note: no store at {} yet: nothing has run with it, so nothing is stored (if you expected one, check \
+             --store, RMDISTILL_STORE and the manifest's [store] url)",
+            crate::render::visible(path, &[])
+        );
+        return Store::open("memory://", &local_dir());
+    }
+    Store::open(&url, &local_dir())
+}
+
 impl Common {
     fn source(&self) -> export::Source {
         export::Source {
@@ -522,7 +538,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { common } => {
             let plan = load(&common)?;
-            let store = open_store(&plan, &common)?;
+            let store = open_store_to_read(&plan, &common)?;
             let st = exec::status(&plan, &store)?;
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
@@ -557,7 +573,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Show { common, what, rows } => {
             let plan = load(&common)?;
-            let store = open_store(&plan, &common)?;
+            let store = open_store_to_read(&plan, &common)?;
             show::show(&plan, &store, &what, rows, common.json)?;
         }
         Command::Report { common, node, out } => {
@@ -589,7 +605,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             if out.exists() && !out.is_dir() {
                 anyhow::bail!("report -o {}: not a directory (the report is copied into a directory)", out.display());
             }
-            let store = open_store(&plan, &common)?;
+            let store = open_store_to_read(&plan, &common)?;
             let (entry, upstream) = show::stored_entry_with_upstream(&plan, &store, i)?;
             let art = entry.outputs.values().next().ok_or_else(|| anyhow::anyhow!("{name} has no output"))?;
             let dir = store.materialize(art)?;
@@ -644,7 +660,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Gc { common, grace, dry_run } => {
             let plan = load(&common)?;
-            let store = open_store(&plan, &common)?;
+            let store = open_store_to_read(&plan, &common)?;
             let r = gc::gc(&store, grace, dry_run)?;
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -826,7 +842,7 @@ fn stages(kind: Option<&str>, json: bool) -> anyhow::Result<()> {
 
 fn explain(common: &Common, name: &str) -> anyhow::Result<()> {
     let plan = load(common)?;
-    let store = open_store(&plan, common)?;
+    let store = open_store_to_read(&plan, common)?;
     let Some(target) = plan.find(name) else {
         anyhow::bail!(
             "{}: no node named {} (see `rmdistill node list {}`)",

@@ -389,6 +389,11 @@ fn a_corrupted_blob_is_detected_and_recomputed() {
 fn status_explain_dag_show_and_gc() {
     let w = Work::new();
     w.write("m.toml", &gen_manifest(2000));
+    // a store that does not exist is read as empty, said, and not created (a red-team finding: a mistyped --store
+    // became a new, empty store)
+    let o = w.run(&["status", "m.toml", "--store", "./stroe"]);
+    assert!(o.status.success() && s(&o.stderr).contains("note: no store at ./stroe yet"), "{}", s(&o.stderr));
+    assert!(!w.path().join("stroe").exists());
     let st = w.ok(&["status", "m.toml"]);
     assert!(st.contains("run      gen") && st.contains("no run of this manifest has stored it yet"), "{st}");
     assert!(st.contains("blocked  sub@rho=0.2,seed=0"), "{st}");

@@ -394,8 +394,8 @@ fn exit_codes_of_show_and_report_say_what_is_wrong() {
     assert!(s(&o.stderr).contains("gen has no stored result for the current manifest; run it first"));
     let o = w.run(&["show", "m.toml", LEAF]);
     assert_eq!(o.status.code(), Some(4), "{}", s(&o.stderr));
-    // A store that cannot be created: 3.
-    let o = w.run(&["status", "m.toml", "--store", "file:///proc/rmdistill-store"]);
+    // A store that cannot be created: 3 (`run` creates it; `status` reads a store that does not exist as empty).
+    let o = w.run(&["run", "m.toml", "--store", "file:///proc/rmdistill-store"]);
     assert_eq!(o.status.code(), Some(3), "{}", s(&o.stderr));
     // Unknown node: 2.
     let o = w.run(&["show", "m.toml", "nope"]);

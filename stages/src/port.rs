@@ -128,7 +128,7 @@ pub trait Stage: Send + Sync {
     fn inputs(&self) -> &'static [InputSpec];
     fn outputs(&self) -> &'static [OutputSpec];
     /// Parameters that name external files; the runner resolves them against the manifest's directory and puts
-    /// their content hash (never the path) into the cache key.
+    /// their content hash into the cache key (the path as written stays a param: renaming re-keys the node).
     fn path_params(&self) -> &'static [&'static str] {
         &[]
     }
