@@ -102,6 +102,26 @@ pub fn clip_long_words(text: &str) -> Option<String> {
     clipped.then_some(out)
 }
 
+/// A message without the OS's error numbers: Rust writes "No such file or directory (os error 2)", and the number
+/// tells a user nothing the words do not.
+pub fn without_os_codes(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(at) = rest.find(" (os error ") {
+        let tail = &rest[at + " (os error ".len()..];
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && tail[digits..].starts_with(')') {
+            out.push_str(&rest[..at]);
+            rest = &tail[digits + 1..];
+        } else {
+            out.push_str(&rest[..at + 1]);
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Maps an error to its exit code; anything not typed as one of the others is a usage problem (2).
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<ManifestError>().is_some() || e.downcast_ref::<clap::Error>().is_some() {
@@ -122,6 +142,19 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn os_error_numbers_are_left_out() {
+        use super::without_os_codes as w;
+        assert_eq!(
+            w("cannot read a.toml: No such file or directory (os error 2)"),
+            "cannot read a.toml: No such file or directory"
+        );
+        assert_eq!(w("x (os error 13) and y (os error 2): z"), "x and y: z");
+        // anything else in brackets stays
+        assert_eq!(w("a (os error x) (os error ) b"), "a (os error x) (os error ) b");
+        assert_eq!(w("(os error 2)"), "(os error 2)");
+    }
+
     #[test]
     fn line_col_counts_from_one() {
         let s = "a = 1\nbb = 2\n";

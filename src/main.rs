@@ -51,7 +51,8 @@ fn main() {
     };
     if let Err(e) = rmdistill::cli::main(cli) {
         // a message can carry text from the manifest or the data: a terminal is never handed its control characters
-        eprintln!("error: {}", rmdistill::render::visible(&format!("{e:#}"), &['\n', '\t']));
+        let msg = rmdistill::error::without_os_codes(&format!("{e:#}"));
+        eprintln!("error: {}", rmdistill::render::visible(&msg, &['\n', '\t']));
         std::process::exit(rmdistill::error::exit_code(&e));
     }
 }

@@ -81,14 +81,25 @@ fn de_cpus<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     Ok(n)
 }
 
+/// A resource written as a string; another type is named with the field and the form expected (serde alone says
+/// "invalid type: integer `60`, expected a string", naming neither).
+fn resource_string<'de, D: serde::Deserializer<'de>>(d: D, field: &str, example: &str) -> Result<String, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(s),
+        other => Err(serde::de::Error::custom(format!(
+            "resources.{field} = {other}: expected a string with a unit, e.g. {example}"
+        ))),
+    }
+}
+
 fn de_memory<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
+    let s = resource_string(d, "memory", "\"8G\" or \"512M\"")?;
     crate::units::parse_memory_mib(&s).map_err(|e| serde::de::Error::custom(format!("resources.memory: {e}")))?;
     Ok(s)
 }
 
 fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
+    let s = resource_string(d, "time", "\"90s\", \"30m\" or \"1h30m\"")?;
     match crate::units::parse_duration(&s) {
         Ok(t) if t.is_zero() => Err(serde::de::Error::custom("resources.time: must be more than 0s")),
         Ok(_) => Ok(s),
@@ -289,7 +300,7 @@ fn too_deep(text: &str) -> Option<(usize, usize)> {
 
 fn parse_doc(src: &Source) -> Result<FileDoc, ManifestError> {
     toml::from_str::<FileDoc>(&src.text).map_err(|e| {
-        let mut message = e.message().trim().to_string();
+        let mut message = rmdistill_stages::port::plain_serde(e.message().trim());
         match e.span() {
             Some(span) if span != (0..0) => {
                 // toml says "duplicate key" without the key; the span covers it

@@ -33,10 +33,23 @@ fn unknown_keys() {
 fn type_errors() {
     expect_error(
         &format!("{GEN}[execution]\njobs = \"two\"\n"),
-        "m.toml:5:8: invalid type: string \"two\", expected usize",
+        "m.toml:5:8: invalid type: string \"two\", expected a whole number ≥ 0",
     );
     expect_error("[stages.gen]\nkind = \"generate\"\nparams = { n = \"many\" }\n", "m.toml:3:16: gen: param `n`:");
     expect_error("[stages.gen]\nkind = 3\n", "m.toml:2:8: invalid type: integer `3`, expected a string");
+    // in the manifest's terms, not Rust's ("expected f64", "expected u64"), with the field and the form expected
+    expect_error(
+        "[stages.gen]\nkind = \"generate\"\nparams = { n = -1 }\n",
+        "integer `-1`, expected a whole number ≥ 0",
+    );
+    expect_error(
+        &format!("{GEN}resources = {{ time = 60 }}\n"),
+        "resources.time = 60: expected a string with a unit, e.g. \"90s\"",
+    );
+    expect_error(
+        &format!("{GEN}resources = {{ memory = 8 }}\n"),
+        "resources.memory = 8: expected a string with a unit",
+    );
     // Syntax errors are located too.
     expect_error("[stages.gen\nkind = \"generate\"\n", "m.toml:1:");
 }
@@ -442,7 +455,7 @@ fn stage_names_that_begin_with_a_dash_or_are_too_long() {
 fn a_pipeline_path_that_names_no_pipeline_file_is_called_a_pipeline() {
     expect_error(
         "pipeline = \"nope.toml\"\n",
-        "m.toml:1:12: cannot read pipeline nope.toml: No such file or directory (os error 2) (`pipeline` is a path relative to the manifest's directory)",
+        "m.toml:1:12: cannot read pipeline nope.toml: No such file or directory (`pipeline` is a path relative to the manifest's directory)",
     );
     expect_error(
         "pipeline = \".\"\n",

@@ -187,8 +187,30 @@ pub fn parse_params<T: DeserializeOwned>(params: &Map<String, Value>) -> StageRe
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
-        StageError::invalid(field, e.into_inner().to_string())
+        StageError::invalid(field, plain_serde(&e.into_inner().to_string()))
     })
+}
+
+/// serde's message in the manifest's terms: "expected u64" means nothing to a user who writes TOML.
+pub fn plain_serde(msg: &str) -> String {
+    let mut m = msg.to_string();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number ≥ 0"),
+        ("expected u64", "expected a whole number ≥ 0"),
+        ("expected u32", "expected a whole number ≥ 0"),
+        ("expected u16", "expected a whole number ≥ 0"),
+        ("expected u8", "expected a whole number ≥ 0"),
+        ("expected isize", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected fewer elements in array", "expected fewer elements in the list"),
+        ("expected more elements in array", "expected more elements in the list"),
+    ] {
+        m = m.replace(rust, plain);
+    }
+    m
 }
 
 mod derived {
