@@ -431,7 +431,8 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                 let top = field.split(['.', '[']).next().unwrap_or("");
                 s.decl.params.iter().find(|(k, _)| k.get_ref() == top).map(|(_, v)| v.span()).unwrap_or(s.span.clone())
             };
-            if let Err(e) = kind.validate(&params) {
+            let bound = |slot: &str| s.decl.inputs.keys().any(|k| k.get_ref() == slot);
+            if let Err(e) = kind.validate(&params).and_then(|_| kind.validate_bound(&params, &bound)) {
                 return Err(match e {
                     StageError::Invalid { field, message } => err(
                         s,

@@ -463,3 +463,32 @@ fn a_pipeline_path_that_names_no_pipeline_file_is_called_a_pipeline() {
     );
     expect_error("pipeline = \"\"\n", "m.toml:1:12: `pipeline` is empty: name a pipeline file");
 }
+
+/// What parameters require of the inputs is checked when the manifest loads, not when the node runs after its
+/// upstream did (a reviewer's finding: each of these failed mid-run with exit 1).
+#[test]
+fn parameters_that_need_an_input_are_checked_at_load() {
+    let policy = |params: &str, inputs: &str| {
+        format!(
+            "{GEN}[stages.p]\nkind = \"policy\"\ninputs = {{ pairs = \"gen.pairs\", reference = \"gen.pairs\"{inputs} }}\n\
+             params = {{ {params} }}\n"
+        )
+    };
+    expect_error(&policy("method = \"p-dpo\"", ""), "p: param `gamma`: p-dpo has a forward-KL term");
+    expect_error(
+        &policy("method = \"d-dpo\", selection_method = \"d-dpo-oracle\"", ""),
+        "p: param `selection_method`: names whose choice a bound `selection` applies, but no `selection` input is bound",
+    );
+    let label = |params: &str| {
+        format!("{GEN}[stages.l]\nkind = \"label\"\ninputs = {{ pairs = \"gen.pairs\" }}\nparams = {{ {params} }}\n")
+    };
+    expect_error(
+        &label("oracle = \"reward_model\""),
+        "l: param `oracle`: oracle = \"reward_model\" needs the `oracle` input or the oracle_path param",
+    );
+    let eval = "[stages.e]\nkind = \"evaluate\"\ninputs = { policy = \"gen.pairs\", reference = \"gen.pairs\", prompts = \"gen.pairs\" }\nparams = { oracle = \"reward_model\" }\n";
+    expect_error(
+        &format!("{GEN}{eval}"),
+        "e: param `oracle`: oracle = \"reward_model\" needs a reward-model checkpoint bound to the `oracle` input",
+    );
+}

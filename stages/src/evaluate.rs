@@ -249,6 +249,15 @@ impl Stage for Evaluate {
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
     }
+    fn validate_bound(&self, params: &Map<String, Value>, bound: &dyn Fn(&str) -> bool) -> StageResult<()> {
+        if parse(params)?.oracle == OracleKind::RewardModel && !bound("oracle") {
+            return Err(StageError::invalid(
+                "oracle",
+                "oracle = \"reward_model\" needs a reward-model checkpoint bound to the `oracle` input",
+            ));
+        }
+        Ok(())
+    }
     fn wants_gpu(&self) -> bool {
         true
     }

@@ -148,6 +148,24 @@ impl Stage for Label {
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())
     }
+    fn validate_bound(&self, params: &Map<String, Value>, bound: &dyn Fn(&str) -> bool) -> StageResult<()> {
+        let (p, _) = parse(params)?;
+        match (p.oracle, bound("oracle"), p.oracle_path.is_some()) {
+            (OracleKind::RewardModel, false, false) => Err(StageError::invalid(
+                "oracle",
+                "oracle = \"reward_model\" needs the `oracle` input or the oracle_path param",
+            )),
+            (OracleKind::RewardModel, true, true) => Err(StageError::invalid(
+                "oracle_path",
+                "give the oracle either as the `oracle` input or as oracle_path, not both",
+            )),
+            (OracleKind::Synthetic, true, _) => Err(StageError::invalid(
+                "oracle",
+                "the synthetic oracle takes no `oracle` input; use oracle = \"reward_model\"",
+            )),
+            _ => Ok(()),
+        }
+    }
     fn wants_gpu(&self) -> bool {
         true
     }

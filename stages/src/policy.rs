@@ -289,6 +289,20 @@ impl Stage for Policy {
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         validate(params)
     }
+    fn validate_bound(&self, params: &Map<String, Value>, bound: &dyn Fn(&str) -> bool) -> StageResult<()> {
+        if bound("selection") {
+            return Ok(());
+        }
+        // nothing can choose γ then, and nothing consumes selection_method
+        if params.contains_key("selection_method") {
+            return Err(StageError::invalid(
+                "selection_method",
+                "names whose choice a bound `selection` applies, but no `selection` input is bound: bind one or \
+                 remove it",
+            ));
+        }
+        parse(params).map(|_| ())
+    }
     fn wants_gpu(&self) -> bool {
         true
     }

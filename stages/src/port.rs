@@ -134,6 +134,11 @@ pub trait Stage: Send + Sync {
     }
     /// Checks parameters before any work starts (types, ranges, unknown keys).
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()>;
+    /// Checks what parameters require of the inputs, knowing which slots the manifest binds (`bound`), also before
+    /// any work starts: what `validate` alone cannot see (an oracle checkpoint that nothing names).
+    fn validate_bound(&self, _params: &Map<String, Value>, _bound: &dyn Fn(&str) -> bool) -> StageResult<()> {
+        Ok(())
+    }
     /// Whether the stage wants a GPU slot when one exists.
     fn wants_gpu(&self) -> bool {
         false
