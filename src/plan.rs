@@ -153,6 +153,31 @@ fn resolve(v: &Value, scope: &Scope, err: &dyn Fn(String) -> ManifestError) -> R
     })
 }
 
+/// The names of the `${name}` references in a value, in order, each once.
+fn var_refs(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |n: &str| {
+        if !out.iter().any(|o| o == n) {
+            out.push(n.to_string());
+        }
+    };
+    match v {
+        Value::String(s) => {
+            if let Some(n) = manifest::whole_ref(s) {
+                add(n);
+            } else if let Ok(pieces) = manifest::pieces(s) {
+                for n in pieces.into_iter().filter_map(Result::err) {
+                    add(n);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().flat_map(var_refs).for_each(|n| add(&n)),
+        Value::Object(o) => o.values().flat_map(var_refs).for_each(|n| add(&n)),
+        _ => {}
+    }
+    out
+}
+
 fn unknown_ref(name: &str, scope: &Scope) -> String {
     let mut known: Vec<String> = scope.coords.keys().cloned().collect();
     known.extend(scope.manifest.vars.keys().cloned());
@@ -431,6 +456,28 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                 let top = field.split(['.', '[']).next().unwrap_or("");
                 s.decl.params.iter().find(|(k, _)| k.get_ref() == top).map(|(_, v)| v.span()).unwrap_or(s.span.clone())
             };
+            // where a param's value came from when it names variables: the error points at the param, often in the
+            // pipeline, while the value a user must fix is a variable's in the manifest, or a --set
+            let origin = |field: &str| -> String {
+                let top = field.split(['.', '[']).next().unwrap_or("");
+                let Some((_, raw)) = s.decl.params.iter().find(|(k, _)| k.get_ref() == top) else {
+                    return String::new();
+                };
+                let said: Vec<String> = var_refs(&manifest::to_json(raw.get_ref()))
+                    .into_iter()
+                    .filter(|n| !coords.contains_key(n))
+                    .filter_map(|n| m.vars.get(&n).map(|v| (n, v)))
+                    .map(|(n, v)| match &v.set {
+                        Some(set) => format!("`${{{n}}}` is `--set {}`", visible(set, &[])),
+                        None => {
+                            let src = &m.sources[v.source];
+                            let (line, col) = crate::error::line_col(&src.text, v.span.start);
+                            format!("`${{{n}}}` is set at {}:{line}:{col}", src.path.display())
+                        }
+                    })
+                    .collect();
+                if said.is_empty() { String::new() } else { format!(" ({})", said.join("; ")) }
+            };
             let bound = |slot: &str| s.decl.inputs.keys().any(|k| k.get_ref() == slot);
             if let Err(e) = kind.validate(&params).and_then(|_| kind.validate_bound(&params, &bound)) {
                 return Err(match e {
@@ -440,7 +487,7 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                         if field.is_empty() {
                             format!("{name}: {message}")
                         } else {
-                            format!("{name}: param `{field}`: {message}")
+                            format!("{name}: param `{field}`: {message}{}", origin(&field))
                         },
                     ),
                     StageError::Failed(message) => err(s, s.span.clone(), format!("{name}: {message}")),
@@ -462,8 +509,9 @@ pub fn expand(manifest: Manifest) -> Result<Plan, ManifestError> {
                             s,
                             param_span(p),
                             format!(
-                                "{name}: param `{p}`: {what}: {} (paths are relative to the manifest's directory)",
-                                visible(&path.display().to_string(), &[])
+                                "{name}: param `{p}`: {what}: {} (paths are relative to the manifest's directory){}",
+                                visible(&path.display().to_string(), &[]),
+                                origin(p)
                             ),
                         ));
                     }

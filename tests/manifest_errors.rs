@@ -492,3 +492,20 @@ fn parameters_that_need_an_input_are_checked_at_load() {
         "e: param `oracle`: oracle = \"reward_model\" needs a reward-model checkpoint bound to the `oracle` input",
     );
 }
+
+/// An error in a param whose value comes from a variable names where the variable was set: the param may sit in a
+/// pipeline the user never edits, and the value to fix is in the manifest or on the command line.
+#[test]
+fn a_bad_value_from_a_variable_names_where_it_was_set() {
+    let w = Work::new();
+    w.write("p.toml", "[vars]\nn = 100\ndata = \"d.jsonl\"\n\n[stages.gen]\nkind = \"generate\"\nparams = { n = \"${n}\" }\n\n[stages.imp]\nkind = \"import\"\nparams = { path = \"${data}\" }\n");
+    w.write("m.toml", "pipeline = \"p.toml\"\n\n[vars]\nn = -1\n");
+    let err = s(&w.run(&["status", "m.toml"]).stderr);
+    assert!(err.contains("p.toml:7:16: gen: param `n`:") && err.contains("(`${n}` is set at m.toml:4:5)"), "{err}");
+    let err = s(&w.run(&["status", "m.toml", "--set", "n=12", "--set", "data=nope.jsonl"]).stderr);
+    assert!(
+        err.contains("imp: param `path`: no such file or directory")
+            && err.contains("(`${data}` is `--set data=nope.jsonl`)"),
+        "{err}"
+    );
+}
