@@ -526,7 +526,7 @@ fn execute(
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&ctx))) {
                 Ok(Ok(s)) => Ok(s),
                 Ok(Err(StageError::Invalid { field, message })) => {
-                    Err(if field.is_empty() { message } else { format!("param `{field}`: {message}") })
+                    Err(rmdistill_stages::port::invalid_message(n.kind.kind(), &field, &message))
                 }
                 Ok(Err(StageError::Failed(m))) => Err(m),
                 Err(panic) => {

@@ -164,7 +164,7 @@ pub fn run_job(bin: &Path, job: &Job, dir: &Path, progress: &Progress) -> Result
             Ok(Message::Warn { message }) => progress.warning(node, &message),
             Ok(Message::Done { summary: s }) => summary = Some(s),
             Ok(Message::Invalid { field, message }) => {
-                error = Some(if field.is_empty() { message } else { format!("param `{field}`: {message}") })
+                error = Some(rmdistill_stages::port::invalid_message(&job.kind, &field, &message))
             }
             Ok(Message::Failed { message }) => error = Some(message),
             Ok(Message::Devices { .. }) | Err(_) => noise += 1,

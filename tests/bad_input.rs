@@ -195,7 +195,7 @@ fn an_evaluation_counted_twice_is_refused_by_select_and_report() {
     for node in ["sel", "rep"] {
         assert!(
             err.contains(&format!(
-                "{node} failed: param `evals`: ev@beta=0.1,method=dpo,rho=0.5,seed=0 is bound twice"
+                "{node} failed: input `evals`: ev@beta=0.1,method=dpo,rho=0.5,seed=0 is bound twice"
             )),
             "{node}: {err}"
         );

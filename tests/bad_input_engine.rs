@@ -275,7 +275,7 @@ fn an_import_record_with_a_key_twice() {
         "{\"prompt\": \"p\", \"chosen\": \"a b c\", \"rejected\": \"a\"}\n{\"prompt\": \"a\", \"prompt\": \"b\", \"chosen\": \"x y z\", \"rejected\": \"x\"}\n",
     );
     w.write("m.toml", "[stages.imp]\nkind = \"import\"\nparams = { path = \"d.jsonl\" }\n");
-    node_fails(&w, &["imp failed: param `prompt`: d.jsonl line 2: `prompt` is given twice", "give each key once"]);
+    node_fails(&w, &["imp failed: `prompt`: d.jsonl line 2: `prompt` is given twice", "give each key once"]);
     w.write("m.toml", "[stages.imp]\nkind = \"import\"\nparams = { path = \"d.jsonl\", on_invalid = \"skip\" }\n");
     // The skip is a warning: shown under `--quiet` too, counted in the summary, and kept with the node's entry
     let o = w.run(&["run", "m.toml", "-q"]);

@@ -196,6 +196,28 @@ pub fn parse_params<T: DeserializeOwned>(params: &Map<String, Value>) -> StageRe
     })
 }
 
+/// A stage's [`StageError::Invalid`] as a user reads it: "param `beta`: …" for a parameter, "input `evals`: …" for
+/// an input slot, and the field alone for anything else (a field of a data record, which is no parameter).
+pub fn invalid_message(kind: &str, field: &str, message: &str) -> String {
+    if field.is_empty() {
+        return message.to_string();
+    }
+    let stage = crate::registry().into_iter().find(|s| s.kind() == kind);
+    let top = field.split(['.', '[']).next().unwrap_or(field);
+    let is_input = stage.is_some_and(|s| s.inputs().iter().any(|i| i.name == top));
+    let is_param = stage.is_none_or(|s| {
+        s.params_schema().as_value().get("properties").and_then(|p| p.get(top)).is_some()
+            || s.path_params().contains(&top)
+    });
+    if is_input && !is_param {
+        format!("input `{field}`: {message}")
+    } else if is_param {
+        format!("param `{field}`: {message}")
+    } else {
+        format!("`{field}`: {message}")
+    }
+}
+
 /// serde's message in the manifest's terms: "expected u64" means nothing to a user who writes TOML.
 pub fn plain_serde(msg: &str) -> String {
     let mut m = msg.to_string();
@@ -243,3 +265,25 @@ pub fn derived_kinds() -> Vec<&'static str> {
 
 /// The library versions the identities cover (`name=version;…`).
 pub const LIBRARY_VERSIONS: &str = derived::LIBS;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_invalid_field_is_named_as_what_it_is() {
+        use super::invalid_message as m;
+        assert_eq!(m("subsample", "size", "too big"), "param `size`: too big");
+        assert_eq!(m("report", "evals", "bound twice"), "input `evals`: bound twice");
+        // a field of a data record is no parameter (a reviewer's finding: "param rejected: bad.jsonl line 2")
+        assert_eq!(m("import", "rejected", "line 2: missing"), "`rejected`: line 2: missing");
+        assert_eq!(m("import", "path", "no such file"), "param `path`: no such file");
+        // both a parameter and an input (label's `oracle`): the parameter
+        assert_eq!(m("label", "oracle", "x"), "param `oracle`: x");
+        assert_eq!(m("sft", "arch.d_model", "x"), "param `arch.d_model`: x");
+        assert_eq!(m("subsample", "", "plain"), "plain");
+        assert_eq!(m("serpent", "x", "y"), "param `x`: y");
+        assert_eq!(
+            super::plain_serde("invalid type: string \"a\", expected f64"),
+            "invalid type: string \"a\", expected a number"
+        );
+    }
+}
