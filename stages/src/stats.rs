@@ -105,6 +105,7 @@ pub struct Test {
 
 /// Why a [`t_test`] tested nothing, if it did not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")] // results.json's spelling: "too_few", not Rust's "TooFew"
 pub enum Untestable {
     /// Fewer than two values.
     TooFew,
