@@ -20,7 +20,7 @@ fn split_name(split: Option<&str>) -> String {
 }
 
 /// The evaluation prompts: distinct, in table order, filtered by split, the first `skip_prompts` left out, capped.
-fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
+fn read_prompts(path: &Path, shown: &str, p: &Params) -> StageResult<Vec<String>> {
     let schema = table::read_schema(path)?;
     let has_split = schema.index_of("split").is_ok();
     let cols: Vec<&str> = if has_split { vec![table::PROMPT, "split"] } else { vec![table::PROMPT] };
@@ -38,7 +38,7 @@ fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
             }
         }
         if pr.trim().is_empty() {
-            return Err(StageError::invalid("prompts", format!("{}: row {i}: empty prompt", path.display())));
+            return Err(StageError::invalid("prompts", format!("{shown}: row {i}: empty prompt")));
         }
         if seen.insert(pr.clone()) {
             out.push(pr);
@@ -53,8 +53,7 @@ fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
         return Err(StageError::invalid(
             "skip_prompts",
             format!(
-                "{}: skipping {} prompts leaves none of the {distinct} distinct prompts of {}",
-                path.display(),
+                "{shown}: skipping {} prompts leaves none of the {distinct} distinct prompts of {}",
                 p.skip_prompts,
                 split_name(p.split.as_deref())
             ),
@@ -64,8 +63,7 @@ fn read_prompts(path: &Path, p: &Params) -> StageResult<Vec<String>> {
         return Err(StageError::invalid(
             "split",
             format!(
-                "{}: no prompts to evaluate for {} (rows per split: {available:?})",
-                path.display(),
+                "{shown}: no prompts to evaluate for {} (rows per split: {available:?})",
                 split_name(p.split.as_deref())
             ),
         ));
@@ -216,7 +214,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         // fail before sampling when the synthetic oracle is unavailable or its knobs are wrong
         synthetic_oracle("probe", "probe", &p.oracle_params)?;
     }
-    let prompts = read_prompts(&prompts_in.path, &p)?;
+    let prompts = read_prompts(&prompts_in.path, &format!("the prompts of {}", prompts_in.node), &p)?;
     let record = sampling_record(&p, &ref_in.hash, &prompts_in.hash, oracle_in.map(|o| o.hash.as_str()));
     // π_ref evaluated against itself samples once: its samples are the reference's, draw for draw
     let same_model = pol_in.path == ref_in.path || (!pol_in.hash.is_empty() && pol_in.hash == ref_in.hash);
