@@ -560,8 +560,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 });
                 for s in st.iter().filter(|s| s.state != "cached") {
                     println!("{:<8} {}", s.state, s.node);
+                    // a reason can quote what the store holds (a recorded error): no control characters
                     for why in &s.reasons {
-                        println!("           {why}");
+                        println!("           {}", crate::render::visible(why, &[]));
                     }
                 }
                 println!("{c} cached, {r} would run, {b} wait on upstream");
@@ -869,20 +870,17 @@ fn explain(common: &Common, name: &str) -> anyhow::Result<()> {
                  (it would run first)",
                 exec::some_names(&missing)
             );
-            let own = own_changes.unwrap_or_default();
+            let (state, reasons) = exec::blocked_status(&own_changes, &exec::some_names(&missing));
             if common.json {
-                let v = serde_json::json!({"node": name, "key": null, "cached": false, "state":
-                    if own.is_empty() { "blocked" } else { "run" }, "waits_on": missing, "reasons": own});
+                let v = serde_json::json!({"node": name, "key": null, "cached": false, "state": state,
+                    "waits_on": missing, "reasons": reasons});
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("node     {name}");
-                println!("state    {}", if own.is_empty() { "blocked" } else { "would run" });
+                println!("state    {}", if state == "run" { "would run" } else { state });
                 println!("key      {waits}");
-                for r in &own {
-                    println!("why      {r}");
-                }
-                if own.is_empty() {
-                    println!("why      runs again only if the upstream's outputs change");
+                for r in &reasons {
+                    println!("why      {}", crate::render::visible(r, &[]));
                 }
             }
             return Ok(());
@@ -895,9 +893,9 @@ fn explain(common: &Common, name: &str) -> anyhow::Result<()> {
     if common.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"node": name, "key": key, "cached": hit.is_some(), "record": rec, "last_key": last, "reasons": reasons, "entry": hit})
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({"node": name, "key": key, "cached": hit.is_some(),
+                    "state": if hit.is_some() { "cached" } else { "run" }, "record": rec, "last_key": last,
+                    "reasons": reasons, "entry": hit}))?
         );
     } else {
         println!("node     {name}");
@@ -911,7 +909,7 @@ fn explain(common: &Common, name: &str) -> anyhow::Result<()> {
             println!("summary  {}", serde_json::to_string(&e.summary)?);
         }
         for r in &reasons {
-            println!("why      {r}");
+            println!("why      {}", crate::render::visible(r, &[]));
         }
     }
     Ok(())

@@ -374,7 +374,8 @@ impl Summary {
         let n: usize = by.iter().map(|(_, c)| c).sum();
         (n > 0).then(|| {
             // one CPU thread is the description's default, left unsaid; here it is what may differ
-            let said = |m: &str| if m.contains(" with ") { m.to_string() } else { format!("{m} with 1 thread") };
+            // what follows the machine's "(arch)" is the settings (a CPU's own name may hold " with ")
+            let said = |m: &str| if m.contains(") with ") { m.to_string() } else { format!("{m} with 1 thread") };
             let list: Vec<String> = by.iter().map(|(m, c)| format!("{c} on {}", said(m))).collect();
             format!(
                 "{n} cached result(s) of libtorch stages were produced on another kind of machine or with other \
@@ -1375,8 +1376,8 @@ pub enum Resolved {
     /// The key record, the key, and the cache hit if there is one.
     Known { record: KeyRecord, key: String, hit: Option<Entry> },
     /// Upstream nodes whose outputs are not stored yet, so this node's key is not determined.
-    /// And what changed in the node's own fields since its last run ([`own_changes`]), where that can be told.
-    Undetermined { missing: Vec<String>, own_changes: Option<Vec<String>> },
+    /// And what its own fields tell of whether it will run ([`own_changes`]).
+    Undetermined { missing: Vec<String>, own_changes: OwnChanges },
 }
 
 /// Resolves one node's key against the store, reading only the nodes it depends on (not the whole plan).
@@ -1414,7 +1415,7 @@ fn resolve_seeing(
         }
         if !missing.is_empty() {
             if i == target {
-                let own_changes = own_changes(plan, store, &scope(plan), i, &outputs, &ext)?;
+                let own_changes = own_changes(plan, store, &scope(plan), i, &outputs, &ext, &LastEntries::default());
                 ext.save();
                 return Ok(Resolved::Undetermined { missing, own_changes });
             }
@@ -1450,6 +1451,7 @@ pub struct NodeStatus {
 pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
     let ext = ExternalHashes::open(store.local_dir());
     let scope = scope(plan);
+    let last = LastEntries::default();
     let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; plan.nodes.len()];
     let mut out = Vec::new();
     for (i, n) in plan.nodes.iter().enumerate() {
@@ -1461,20 +1463,9 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
             .into_iter()
             .collect();
         if !pending.is_empty() {
-            let waits = some_names(&pending);
-            let st = match own_changes(plan, store, &scope, i, &outputs, &ext)? {
-                Some(mut changed) if !changed.is_empty() => {
-                    changed.push(format!("runs after upstream {waits}"));
-                    NodeStatus { node: n.name.clone(), state: "run".into(), key: None, reasons: changed }
-                }
-                _ => NodeStatus {
-                    node: n.name.clone(),
-                    state: "blocked".into(),
-                    key: None,
-                    reasons: vec![format!("waits on upstream {waits} (runs again only if their outputs change)")],
-                },
-            };
-            out.push(st);
+            let own = own_changes(plan, store, &scope, i, &outputs, &ext, &last);
+            let (state, reasons) = blocked_status(&own, &some_names(&pending));
+            out.push(NodeStatus { node: n.name.clone(), state: state.into(), key: None, reasons });
             continue;
         }
         let rec = record(plan, store, i, &outputs, &ext)?;
@@ -1491,10 +1482,29 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
     Ok(out)
 }
 
-/// What changed in a node's own fields (code, params, data files, inputs from stored nodes) since its last run, while
-/// an upstream it reads is not stored yet: its record with each such upstream's last stored outputs in their place,
-/// against its last run's record. An own change makes it run whatever that upstream gives (short of an older result
-/// of exactly the new combination). None when it cannot be told: no last run of it or of that upstream.
+/// What a node whose upstream is not stored yet will do, as far as its own fields tell ([`own_changes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnChanges {
+    /// No run of it is stored for this manifest: it runs after its upstream.
+    NeverRan,
+    /// Not to be told (an upstream that never ran, a selection still to be made, a store that did not answer).
+    Unknown,
+    /// Its own fields are as at its last run, or a stored result matches them with the upstream's last outputs: it
+    /// runs again only if the upstream's outputs change.
+    Unchanged,
+    /// What changed in its own fields (code, params, data files, inputs from stored nodes): it runs whatever the
+    /// upstream gives, short of an older result of exactly the new combination.
+    Changed(Vec<String>),
+}
+
+/// The last stored entry of each node, read once per command (a store read per blocked node and upstream adds up
+/// on S3).
+pub type LastEntries = std::cell::RefCell<HashMap<usize, Option<Entry>>>;
+
+/// [`OwnChanges`] of node `i`, whose upstream `outputs` are partly unknown: its record with each pending upstream's
+/// last stored outputs in their place — a stored result for that record means it may be a cache hit — then, with
+/// the pending slots as at its last run, against its last run's record. Only ever explains: a failure to read
+/// the store is "unknown", never an error.
 pub fn own_changes(
     plan: &Plan,
     store: &Store,
@@ -1502,26 +1512,73 @@ pub fn own_changes(
     i: usize,
     outputs: &[Option<BTreeMap<String, OutputRef>>],
     ext: &ExternalHashes,
-) -> anyhow::Result<Option<Vec<String>>> {
-    let last_outputs = |name: &str| -> anyhow::Result<Option<Entry>> {
-        match store.last_key(scope, name)? {
-            Some(k) => store.get_entry(&k),
-            None => Ok(None),
+    last: &LastEntries,
+) -> OwnChanges {
+    let entry = |j: usize| -> Option<Entry> {
+        if let Some(e) = last.borrow().get(&j) {
+            return e.clone();
         }
+        let e = match store.last_key(scope, &plan.nodes[j].name) {
+            Ok(Some(k)) => store.get_entry(&k).ok().flatten(),
+            _ => None,
+        };
+        last.borrow_mut().insert(j, e.clone());
+        e
     };
-    let Some(old) = last_outputs(&plan.nodes[i].name)? else { return Ok(None) };
+    let n = &plan.nodes[i];
+    let Some(old) = entry(i) else { return OwnChanges::NeverRan };
+    let pending: Vec<&String> =
+        n.inputs.iter().filter(|(_, ups)| ups.iter().any(|u| outputs[u.node].is_none())).map(|(s, _)| s).collect();
+    // a parameter a pending selection decides is the upstream's doing, not the node's
+    if pending.iter().any(|s| n.kind.binding_slots().contains(&s.as_str())) {
+        return OwnChanges::Unknown;
+    }
     let mut assumed = outputs.to_vec();
-    for d in plan.nodes[i].deps() {
+    for d in n.deps() {
         if assumed[d].is_none() {
-            match last_outputs(&plan.nodes[d].name)? {
+            match entry(d) {
                 Some(e) => assumed[d] = Some(e.outputs),
-                None => return Ok(None),
+                None => return OwnChanges::Unknown,
             }
         }
     }
-    // a stage that binds parameters from an upstream it cannot read now has no record to compare
-    let Ok(rec) = record(plan, store, i, &assumed, ext) else { return Ok(None) };
-    Ok(Some(if rec.key() == old.key { vec![] } else { rec.diff(&old.record) }))
+    let Ok(rec) = record(plan, store, i, &assumed, ext) else { return OwnChanges::Unknown };
+    if rec.key() == old.key || lookup_head(store, &rec.key()).ok().flatten().is_some() {
+        return OwnChanges::Unchanged;
+    }
+    // the pending slots as they were: a difference there is the upstream's, and says nothing of the node
+    let mut own = rec;
+    for slot in pending {
+        match old.record.inputs.get(slot) {
+            Some(refs) => own.inputs.insert(slot.clone(), refs.clone()),
+            None => own.inputs.remove(slot),
+        };
+    }
+    match own.diff(&old.record) {
+        d if d.is_empty() || own.key() == old.key => OwnChanges::Unchanged,
+        d => OwnChanges::Changed(d),
+    }
+}
+
+/// A blocked node's state and reasons in `status` (and `explain`): "run" when its own fields changed.
+pub fn blocked_status(own: &OwnChanges, waits: &str) -> (&'static str, Vec<String>) {
+    match own {
+        OwnChanges::Changed(d) => {
+            let mut r = d.clone();
+            r.push(format!("runs after upstream {waits}"));
+            ("run", r)
+        }
+        OwnChanges::NeverRan => (
+            "blocked",
+            vec![format!("waits on upstream {waits}; no run of this manifest has stored it, so it runs then")],
+        ),
+        OwnChanges::Unknown => {
+            ("blocked", vec![format!("waits on upstream {waits} (whether it runs again depends on their outputs)")])
+        }
+        OwnChanges::Unchanged => {
+            ("blocked", vec![format!("waits on upstream {waits} (runs again only if their outputs change)")])
+        }
+    }
 }
 
 /// Names joined by commas, or the first eight and how many more: a report can wait on hundreds of nodes, and a line
@@ -1543,8 +1600,13 @@ pub fn why_run(store: &Store, scope: &str, node: &str, rec: &KeyRecord, key: &st
     if let Some(why) = store.incomplete_reason(key) {
         return Ok(vec![why]);
     }
-    let failed = store.failure(scope, node, key)?.map(|f| format!("failed with this key {f}"));
-    let Some(last) = store.last_key(scope, node)? else {
+    let last = store.last_key(scope, node)?;
+    // a failure with this key that a later run of the same key got past (its entry since lost) is no reason
+    let failed = store
+        .failure(scope, node, key)?
+        .filter(|_| last.as_deref() != Some(key))
+        .map(|f| format!("failed with this key {f}"));
+    let Some(last) = last else {
         // the pointer is per manifest path: a copied or moved manifest has none, whatever the store holds
         return Ok(vec![failed.unwrap_or_else(|| {
             "no run of this manifest has stored it yet (history is kept per manifest path)".into()

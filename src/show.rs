@@ -46,12 +46,16 @@ fn resolve(plan: &Plan, store: &Store, what: &str) -> anyhow::Result<(String, Ou
     };
     let i = plan.find(node).expect("checked");
     let entry = stored_entry(plan, store, i)?;
-    let names = entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ");
+    // in the order the stage declares them (its main output first: a policy's model, an evaluation's summary)
+    let declared: Vec<String> = plan.nodes[i].kind.outputs().iter().map(|o| o.name.to_string()).collect();
+    let mut ordered: Vec<&String> = entry.outputs.keys().collect();
+    ordered.sort_by_key(|o| declared.iter().position(|d| d == *o).unwrap_or(usize::MAX));
+    let names = ordered.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ");
     let name = match output {
         Some(o) => o.to_string(),
         None => {
             // the first, said: `run` sends a user here for a node's warnings, whatever its outputs
-            let first = entry.outputs.keys().next().cloned().unwrap_or_default();
+            let first = ordered.first().map(|o| o.to_string()).unwrap_or_default();
             if entry.outputs.len() > 1 {
                 eprintln!("note: {node} has several outputs ({names}): showing {first}; name one as {node}.OUTPUT");
             }

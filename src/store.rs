@@ -7,7 +7,8 @@
 //! - `cache/ab/KEY.json` — cache entry: the full key record, the output hashes and sizes, and `check`, a hash of
 //!   the rest of the entry. Written create-only, after every blob it names is stored, so a visible entry never names
 //!   a missing or partial blob.
-//! - `nodes/ID.json` — the last key each node name had, so `status` and `explain` can say what changed.
+//! - `nodes/ID.json` — the last key each node name had, so `status` and `explain` can say what changed;
+//!   `nodes/ID.failed.json` — the key, run and error of its last failure, so that they can say it failed.
 //! - `runs/RUN.json` — run journals: which outputs a run produced (kept by `gc` within the grace period).
 //! - `cache-corrupt/`, `nodes-corrupt/` — entries and pointers that could not be read or did not match their
 //!   record, set aside (never deleted) so that they no longer block the store; `blobs-corrupt/` — whatever stood in

@@ -168,7 +168,7 @@ mod tests {
             };
             v.as_object().unwrap().clone()
         };
-        let mut refused = vec![];
+        let (mut refused, mut accepted) = (vec![], vec![]);
         for s in crate::registry() {
             let b = base(s.kind());
             if let Err(e) = s.validate(&b) {
@@ -187,12 +187,21 @@ mod tests {
                 if let Some((k, v)) = companion {
                     p.insert(k.into(), v);
                 }
-                p.insert(r.name.clone(), Value::from(least.parse::<u64>().unwrap()));
+                let least = least.parse::<u64>().unwrap();
+                p.insert(r.name.clone(), Value::from(least));
                 if let Err(e) = s.validate(&p) {
                     refused.push(format!("{}.{} = {least}: {e}", s.kind(), r.name));
+                }
+                // and one less is refused when the manifest loads, not when the node runs
+                if least > 0 {
+                    p.insert(r.name.clone(), Value::from(least - 1));
+                    if s.validate(&p).is_ok() {
+                        accepted.push(format!("{}.{} = {}", s.kind(), r.name, least - 1));
+                    }
                 }
             }
         }
         assert!(refused.is_empty(), "stated least values that are refused: {refused:#?}");
+        assert!(accepted.is_empty(), "values below the stated least that load: {accepted:#?}");
     }
 }

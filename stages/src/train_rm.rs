@@ -64,6 +64,7 @@ pub struct Params {
     pub label_column: String,
     /// Truncation of prompt + response in tokens; default: the positions the model can place.
     #[serde(default)]
+    #[schemars(range(min = 2))]
     pub max_len: Option<usize>,
 }
 fn d_epochs() -> f64 {
@@ -98,6 +99,10 @@ pub fn parse(params: &Map<String, Value>) -> StageResult<Params> {
     }
     if p.batch_size == 0 {
         return Err(StageError::invalid("batch_size", "must be at least 1"));
+    }
+    // a sequence's log-probability needs a token to predict from and one to predict
+    if p.max_len.is_some_and(|m| m < 2) {
+        return Err(StageError::invalid("max_len", "must be at least 2"));
     }
     if !(p.lr > 0.0 && p.lr.is_finite()) {
         return Err(StageError::invalid("lr", format!("must be a positive number, got {}", p.lr)));
