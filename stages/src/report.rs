@@ -1060,8 +1060,9 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
          (b times the mean length difference) is how much of the raw advantage is length. The win rate counts a tie with \
          π_ref's sample (oracle scores within 1e-9 times the larger magnitude, or 1e-9 below 1, as `label` decides \
          ties) as half a win. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples: the reverse KL on the \
-         test prompts, not the forward KL(π_ref‖π_θ) on π_ref's samples that the Fig. B.1 table gives for training. b, \
-         the win rate, the lengths and KL are means over seeds, without an interval.\n\n\
+         test prompts, not the forward KL(π_ref‖π_θ) on π_ref's samples that the Fig. B.1 table gives for training; \
+         a Monte Carlo estimate from a few samples per prompt, so it can come out below 0 for a policy near π_ref, \
+         which the KL itself cannot. b, the win rate, the lengths and KL are means over seeds, without an interval.\n\n\
          | method | ρ | seeds | advantage | LC advantage | b (per token) | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n\
          |---|---|---|---|---|---|---|---|---|---|"
     );
