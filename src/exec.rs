@@ -808,6 +808,9 @@ struct Runner<'a> {
     ready: VecDeque<usize>,
     queue: VecDeque<usize>,
     recomputing: HashSet<String>,
+    /// The keys of the nodes running now: a queued node with one of them (a twin: another node that computes the
+    /// same thing) waits for it and is then looked up again, a cache hit, instead of computing it a second time.
+    in_flight: HashSet<String>,
     running: usize,
     cpu_running: usize,
     /// One flag per GPU (busy), once the worker was asked how many there are.
@@ -833,6 +836,17 @@ impl Runner<'_> {
                     self.ready.push_back(d);
                 }
             }
+        }
+    }
+
+    /// The queued twins of a node that just stored `key` are looked up again: cache hits now.
+    fn look_up_twins_again(&mut self, key: &str) {
+        let (twins, rest): (VecDeque<usize>, VecDeque<usize>) =
+            self.queue.drain(..).partition(|&q| self.nodes[q].report.key.as_deref() == Some(key));
+        self.queue = rest;
+        for t in twins {
+            self.nodes[t].state = State::Waiting;
+            self.ready.push_back(t);
         }
     }
 
@@ -1037,6 +1051,10 @@ impl Runner<'_> {
         let mut k = 0;
         while k < self.queue.len() {
             let i = self.queue[k];
+            if self.nodes[i].report.key.as_ref().is_some_and(|key| self.in_flight.contains(key)) {
+                k += 1;
+                continue;
+            }
             let node = &self.plan.nodes[i];
             let wants_gpu = node.kind.wants_gpu() && node.runs_on_libtorch();
             let gpu = if wants_gpu { self.gpu_slots()?.iter().position(|b| !b) } else { None };
@@ -1052,6 +1070,7 @@ impl Runner<'_> {
             }
             self.nodes[i].device = device;
             self.nodes[i].state = State::Running;
+            self.in_flight.extend(self.nodes[i].report.key.clone());
             self.running += 1;
             return Ok(Some((i, device)));
         }
@@ -1061,6 +1080,9 @@ impl Runner<'_> {
     /// Frees the slot of a node that came back.
     fn release(&mut self, i: usize) {
         self.running -= 1;
+        if let Some(key) = &self.nodes[i].report.key {
+            self.in_flight.remove(key);
+        }
         match self.nodes[i].device {
             Device::Cuda(g) => self.gpus.as_mut().expect("probed")[g] = false,
             Device::Cpu => self.cpu_running -= 1,
@@ -1215,6 +1237,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
         ready,
         queue: VecDeque::new(),
         recomputing: HashSet::new(),
+        in_flight: HashSet::new(),
         running: 0,
         cpu_running: 0,
         gpus: None,
@@ -1308,6 +1331,7 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, progress: &Progress) -
                     nd.report.seconds = secs;
                     progress.finished(&plan.nodes[i].name, "done", &format!("{secs:.2}s"));
                     r.done(i);
+                    r.look_up_twins_again(&e.key);
                 }
                 Err(ExecError::Corrupt(c)) => r.corrupt_input(i, c)?,
                 Err(ExecError::Failed(msg)) => {

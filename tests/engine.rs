@@ -800,3 +800,35 @@ fn a_worker_s_warnings_reach_the_user_and_the_entry() {
     assert_eq!(s(&o.stderr).matches("warning: a_model.model: ").count(), 1, "{}", s(&o.stderr));
     assert!(s(&o.stderr).contains("warning: a_model.model: the reward model is at chance"), "{}", s(&o.stderr));
 }
+
+#[test]
+fn twin_nodes_with_one_key_compute_it_once() {
+    // Two stages that compute the same thing have one key: whichever starts first computes it, the other waits for
+    // it and is a cache hit, with one thread or two.
+    for jobs in ["1", "2"] {
+        let w = Work::new();
+        w.write(
+            "m.toml",
+            r#"
+[stages.gen_a]
+kind = "generate"
+params = { n = 3000, seed = 7 }
+
+[stages.gen_b]
+kind = "generate"
+params = { n = 3000, seed = 7 }
+
+[stages.sub]
+kind = "subsample"
+inputs = { pairs = "gen_b.pairs" }
+params = { rho = 0.5, size = 100, seed = 0 }
+"#,
+        );
+        let out = w.run_json(&["m.toml", "--jobs", jobs]);
+        assert_eq!((out["ran"].as_u64(), out["cached"].as_u64()), (Some(2), Some(1)), "-j {jobs}: {out}");
+        let gens: Vec<String> = ["ran", "cached"].iter().flat_map(|o| nodes_with(&out, o)).collect();
+        assert!(gens.contains(&"gen_a".to_string()) && gens.contains(&"gen_b".to_string()), "{out}");
+        assert_eq!(nodes_with(&out, "ran").iter().filter(|n| n.starts_with("gen")).count(), 1, "{out}");
+        assert_store_consistent(&w.store());
+    }
+}
