@@ -168,6 +168,7 @@ pub fn summary_json(
     info: &Value,
     shard: usize,
     shards: usize,
+    cut: usize,
 ) -> Value {
     json!({
         "advantage": sum.advantage.mean,
@@ -183,12 +184,81 @@ pub fn summary_json(
         "policy_mean": sum.policy_mean,
         "ref_mean": sum.ref_mean,
         "lc_advantage": sum.seed.lc.map(|l| l.intercept),
+        "cut_samples": cut,
         "split": split,
         "method": info.get("method"),
         "shard": shard,
         "shards": shards,
         "policy_info": info.to_string(),
     })
+}
+
+/// How many of an evaluation's policy samples reached `max_new_tokens` without EOS: they are scored as cut, and
+/// their length is capped at it (what the length findings measure).
+pub fn cut_samples(s: &SampleRows, max_new_tokens: usize) -> usize {
+    s.policy_len.iter().filter(|&&l| l as usize >= max_new_tokens).count()
+}
+
+/// The warning for an evaluation whose policy samples were cut at `max_new_tokens` in 1% of its rows or more (a
+/// handful among hundreds is the tail of any sampler; more caps the policy's length and scores unfinished text).
+pub fn cut_warning(cut: usize, rows: usize, max_new_tokens: usize) -> Option<String> {
+    (rows > 0 && cut * 100 >= rows).then(|| {
+        format!(
+            "{cut} of {rows} policy samples ({:.1}%) reached max_new_tokens = {max_new_tokens} without EOS: they are \
+             scored cut, and the policy's length is capped there (raise max_new_tokens)",
+            100.0 * cut as f64 / rows as f64
+        )
+    })
+}
+
+/// The sampling record's fields that belong to one seed: its π_ref, its prompts, its sampling seed, its oracle's
+/// checkpoint. Everything else in the record is the evaluation protocol, the same for every seed.
+const PER_SEED: [&str; 4] = ["reference", "prompts", "seed", "oracle_model"];
+
+/// Evaluations that are compared with one another (a report's paired contrasts, a selection's candidates) must have
+/// been drawn alike: the same protocol everywhere (split, prompts taken, samples per prompt, sampling, `max_len`,
+/// oracle), and within one seed the same π_ref, prompts, sampling seed and oracle too, since the contrasts are paired
+/// on the prompts and π_ref's samples. Summaries written before the record are not checked.
+pub fn check_comparable(rows: &[EvalRow], slot: &str) -> StageResult<()> {
+    type Fields = serde_json::Map<String, Value>;
+    // the fields of one part of the record (PER_SEED, or the protocol) that differ between two evaluations
+    let differ = |a: &EvalRow, am: &Fields, b: &EvalRow, bm: &Fields, per_seed: bool| -> Option<String> {
+        let mut keys: Vec<&String> =
+            am.keys().chain(bm.keys()).filter(|k| PER_SEED.contains(&k.as_str()) == per_seed).collect();
+        keys.sort();
+        keys.dedup();
+        let show = |v: Option<&Value>| v.map_or_else(|| "absent".to_string(), |v| v.to_string());
+        let d: Vec<String> = keys
+            .into_iter()
+            .filter(|k| am.get(*k) != bm.get(*k))
+            .map(|k| format!("{k} {} in {}, {} in {}", show(am.get(k)), a.node, show(bm.get(k)), b.node))
+            .collect();
+        (!d.is_empty()).then(|| d.join("; "))
+    };
+    let refuse = |a: &EvalRow, b: &EvalRow, what: &str, d: String| {
+        StageError::invalid(
+            slot,
+            format!(
+                "{} and {} were evaluated {what} ({d}): comparing them would not be a paired comparison of policies; \
+                 evaluate every policy compared here alike",
+                a.node, b.node
+            ),
+        )
+    };
+    let with: Vec<(&EvalRow, &Fields)> =
+        rows.iter().filter_map(|r| Some((r, r.sampling.as_ref()?.as_object()?))).collect();
+    let Some(&(first, fm)) = with.first() else { return Ok(()) };
+    let mut by_seed: std::collections::BTreeMap<Option<i64>, (&EvalRow, &Fields)> = Default::default();
+    for &(r, m) in &with {
+        if let Some(d) = differ(first, fm, r, m, false) {
+            return Err(refuse(first, r, "under another protocol", d));
+        }
+        let &mut (a, am) = by_seed.entry(r.seed).or_insert((r, m));
+        if let Some(d) = differ(a, am, r, m, true) {
+            return Err(refuse(a, r, "on one seed with other prompts, π_ref or oracle", d));
+        }
+    }
+    Ok(())
 }
 
 /// Reads an evaluate `samples` table back (for the report's paired comparisons).
@@ -256,6 +326,11 @@ pub struct EvalRow {
     pub gamma: Option<f64>,
     /// The length-controlled advantage and variance figures (None for summaries written before they existed).
     pub stats: Option<crate::eval_stats::SeedStats>,
+    /// How it was drawn (`evaluate`'s sampling record; None for summaries written before the summary carried it).
+    pub sampling: Option<Value>,
+    /// Policy samples cut at `max_new_tokens`, and the evaluation's rows (None for summaries written before the cut
+    /// ones were counted).
+    pub cut_samples: Option<(usize, usize)>,
 }
 
 fn opt_f64(t: &arrow::array::RecordBatch, col: &str) -> Option<f64> {
@@ -288,11 +363,10 @@ pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
     };
     let method =
         data_io::coord_str(&a.coords, "method").or_else(|| opt_str(&t, "method")).unwrap_or_else(|| a.node.clone());
-    // γ is recorded only in the policy's info (the summary's metadata)
-    let info: Value = table::read_kv(&a.path)
-        .ok()
-        .and_then(|kv| kv_get(&kv, "policy_info").and_then(|s| serde_json::from_str(s).ok()))
-        .unwrap_or(Value::Null);
+    // γ is recorded only in the policy's info (the summary's metadata), as is how the evaluation was drawn
+    let kv = table::read_kv(&a.path).unwrap_or_default();
+    let json_at = |key: &str| kv_get(&kv, key).and_then(|s| serde_json::from_str::<Value>(s).ok());
+    let info = json_at("policy_info").unwrap_or(Value::Null);
     Ok(EvalRow {
         node: a.node.clone(),
         label: method.clone(),
@@ -314,12 +388,85 @@ pub fn read_eval(a: &InputArtifact) -> StageResult<EvalRow> {
         tau: data_io::coord_f64(&a.coords, "tau").or_else(|| opt_f64(&t, "tau")),
         gamma: data_io::coord_f64(&a.coords, "gamma").or_else(|| info.get("gamma").and_then(Value::as_f64)),
         stats: crate::eval_stats::SeedStats::read(&t),
+        sampling: json_at(SAMPLING_KEY.trim_start_matches("rmdistill.")),
+        cut_samples: json_at("cut_samples")
+            .and_then(|v| v.as_u64())
+            .zip(json_at("samples").and_then(|v| v.as_u64()))
+            .map(|(c, n)| (c as usize, n as usize)),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn eval_row(node: &str, seed: i64, sampling: Value) -> EvalRow {
+        EvalRow {
+            node: node.into(),
+            label: "dpo".into(),
+            method: "dpo".into(),
+            rho: Some(0.5),
+            seed: Some(seed),
+            advantage: Estimate { mean: 0.1, se: 0.01, n: 10, ci_low: 0.08, ci_high: 0.12 },
+            win_rate: 0.5,
+            mean_len: 3.0,
+            ref_mean_len: 3.0,
+            kl: 0.1,
+            beta: Some(0.1),
+            tau: None,
+            gamma: None,
+            stats: None,
+            sampling: Some(sampling),
+            cut_samples: None,
+        }
+    }
+
+    #[test]
+    fn evaluations_compared_must_be_drawn_alike() {
+        let rec = |seed: i64, temperature: f64, reference: &str| {
+            json!({"reference": reference, "prompts": format!("p{seed}"), "seed": seed, "oracle_model": null,
+                   "split": "test", "n_prompts": 30, "temperature": temperature, "max_new_tokens": 64})
+        };
+        // other seeds: their own π_ref, prompts and sampling seed, the same protocol
+        let ok = [
+            eval_row("a@0", 0, rec(0, 1.0, "r0")),
+            eval_row("b@0", 0, rec(0, 1.0, "r0")),
+            eval_row("a@1", 1, rec(1, 1.0, "r1")),
+        ];
+        check_comparable(&ok, "evals").unwrap();
+        // another temperature, even on another seed: another protocol, named with both nodes
+        let hot = [eval_row("a@0", 0, rec(0, 1.0, "r0")), eval_row("b@1", 1, rec(1, 0.3, "r1"))];
+        let e = check_comparable(&hot, "evals").unwrap_err().to_string();
+        assert!(
+            e.contains("a@0 and b@1 were evaluated under another protocol (temperature 1.0 in a@0, 0.3 in b@1)"),
+            "{e}"
+        );
+        // one seed, another π_ref: not paired
+        let unpaired = [eval_row("a@0", 0, rec(0, 1.0, "r0")), eval_row("b@0", 0, rec(0, 1.0, "rX"))];
+        let e = check_comparable(&unpaired, "evals").unwrap_err().to_string();
+        assert!(
+            e.contains("a@0 and b@0 were evaluated on one seed with other prompts, π_ref or oracle")
+                && e.contains("reference \"r0\" in a@0, \"rX\" in b@0"),
+            "{e}"
+        );
+        // summaries written before the record: not checked
+        let mut old = eval_row("c@0", 0, Value::Null);
+        old.sampling = None;
+        check_comparable(&[eval_row("a@0", 0, rec(0, 1.0, "r0")), old], "evals").unwrap();
+    }
+
+    #[test]
+    fn samples_cut_at_max_new_tokens_are_counted_and_warned_of_from_one_percent() {
+        let mut s = rows(&[1.0; 200], &[0.0; 200], &(0..200).collect::<Vec<_>>());
+        s.policy_len[0] = 64;
+        s.policy_len[1] = 70; // a longer cap is cut too
+        assert_eq!(cut_samples(&s, 64), 2);
+        assert_eq!(cut_samples(&s, 65), 1);
+        assert!(cut_warning(1, 200, 64).is_none());
+        let w = cut_warning(2, 200, 64).unwrap();
+        assert!(w.starts_with("2 of 200 policy samples (1.0%) reached max_new_tokens = 64 without EOS"), "{w}");
+        assert!(cut_warning(0, 0, 64).is_none());
+    }
 
     fn rows(pol: &[f64], rf: &[f64], prompts: &[u32]) -> SampleRows {
         let n = pol.len();

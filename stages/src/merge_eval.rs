@@ -2,7 +2,7 @@
 //! unsharded table, row for row) and the summary recomputed from them ([`crate::evaluation`]), which equals the
 //! unsharded evaluation's.
 
-use crate::evaluation::{samples_from, summarize, summary_json, summary_table};
+use crate::evaluation::{cut_samples, cut_warning, samples_from, summarize, summary_json, summary_table};
 use crate::port::*;
 use crate::table;
 use serde::Deserialize;
@@ -89,8 +89,14 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let sum = summarize(&s);
     let info: Value = serde_json::from_str(&info).unwrap_or(Value::Null);
     let split = (split != "null").then_some(split);
-    let summary = summary_json(&sum, s.prompt.len(), split.as_deref(), &info, 0, 1);
-    let kv = table::summary_kv("merge_eval", &summary);
+    let max_new_tokens = serde_json::from_str::<Value>(&sampling)
+        .ok()
+        .and_then(|r| r.get("max_new_tokens").and_then(Value::as_u64))
+        .map_or(usize::MAX, |n| n as usize);
+    let cut = cut_samples(&s, max_new_tokens);
+    let summary = summary_json(&sum, s.prompt.len(), split.as_deref(), &info, 0, 1, cut);
+    let kv = [table::summary_kv("merge_eval", &summary), vec![(crate::evaluation::SAMPLING_KEY.to_string(), sampling)]]
+        .concat();
     table::write_table(&ctx.output_path("samples"), &merged, &kv)?;
     table::write_table(&ctx.output_path("summary"), &summary_table(&sum, &info, split.as_deref())?, &kv)?;
     ctx.log(&format!(
@@ -100,5 +106,8 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         sum.advantage.ci_low,
         sum.advantage.ci_high
     ));
+    if let Some(w) = cut_warning(cut, s.prompt.len(), max_new_tokens) {
+        ctx.warn(&w);
+    }
     Ok(summary)
 }

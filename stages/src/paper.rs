@@ -250,6 +250,9 @@ pub struct Assessment {
     pub text: &'static str,
     pub kind: Kind,
     pub verdict: Verdict,
+    /// The verdict by METHOD.md's own rule, where a contradiction needs one contrast significant the other way within
+    /// its ρ only (without the second adjustment over the finding's contrasts that `verdict` also asks for).
+    pub verdict_within_rho: Verdict,
     /// The contrasts the finding needs that were measured.
     pub evidence: Vec<Contrast>,
     /// Per contrast of `evidence`, its p-value Holm-adjusted among the finding's own contrasts (the second
@@ -289,21 +292,32 @@ pub fn assess(
         }
     }
     let p_finding = crate::stats::holm(&evidence.iter().map(|c| c.test.p_value).collect::<Vec<_>>());
-    let mut a =
-        Assessment { id: f.id, text: f.text, kind: f.kind, verdict: Verdict::NotTested, evidence, p_finding, missing };
-    a.verdict = if a.evidence.is_empty() {
-        Verdict::NotTested
-    } else if a.against(alpha) > 0 {
-        Verdict::Contradicted
-    } else if !a.missing.is_empty() {
-        Verdict::Inconclusive
-    } else {
-        let holds = match f.kind {
-            Kind::Better => a.evidence.iter().all(|c| c.significant(alpha) && c.test.diff > 0.0),
-            Kind::NoClearGain => a.evidence.iter().all(|c| c.test.ci_high < margin),
-        };
-        if holds { Verdict::Holds } else { Verdict::Inconclusive }
+    let mut a = Assessment {
+        id: f.id,
+        text: f.text,
+        kind: f.kind,
+        verdict: Verdict::NotTested,
+        verdict_within_rho: Verdict::NotTested,
+        evidence,
+        p_finding,
+        missing,
     };
+    let verdict = |against: usize| {
+        if a.evidence.is_empty() {
+            Verdict::NotTested
+        } else if against > 0 {
+            Verdict::Contradicted
+        } else if !a.missing.is_empty() {
+            Verdict::Inconclusive
+        } else {
+            let holds = match f.kind {
+                Kind::Better => a.evidence.iter().all(|c| c.significant(alpha) && c.test.diff > 0.0),
+                Kind::NoClearGain => a.evidence.iter().all(|c| c.test.ci_high < margin),
+            };
+            if holds { Verdict::Holds } else { Verdict::Inconclusive }
+        }
+    };
+    (a.verdict, a.verdict_within_rho) = (verdict(a.against(alpha)), verdict(a.against_within_rho(alpha)));
     a
 }
 
@@ -311,15 +325,28 @@ impl Assessment {
     /// How many contrasts are significant against the finding (a loss for "beats", a gain for "no clear gain"):
     /// within their ρ and among the finding's contrasts.
     pub fn against(&self, alpha: f64) -> usize {
-        let wrong_way = |c: &Contrast| match self.kind {
-            Kind::Better => c.test.diff < 0.0,
-            Kind::NoClearGain => c.test.diff > 0.0,
-        };
         self.evidence
             .iter()
             .zip(&self.p_finding)
-            .filter(|(c, p)| wrong_way(c) && c.significant(alpha) && **p < alpha)
+            .filter(|(c, p)| self.wrong_way(c) && c.significant(alpha) && **p < alpha)
             .count()
+    }
+
+    /// How many contrasts are significant against the finding within their ρ alone (METHOD.md's rule).
+    pub fn against_within_rho(&self, alpha: f64) -> usize {
+        self.evidence.iter().filter(|c| self.is_against_within_rho(c, alpha)).count()
+    }
+
+    /// Whether one contrast of the evidence is significant against the finding within its ρ.
+    pub fn is_against_within_rho(&self, c: &Contrast, alpha: f64) -> bool {
+        self.wrong_way(c) && c.significant(alpha)
+    }
+
+    fn wrong_way(&self, c: &Contrast) -> bool {
+        match self.kind {
+            Kind::Better => c.test.diff < 0.0,
+            Kind::NoClearGain => c.test.diff > 0.0,
+        }
     }
 
     /// Where the point estimates lean, whatever the verdict (an *inconclusive* finding whose every estimate points
@@ -434,6 +461,31 @@ mod tests {
         let mut one = c(0.2, "d-dpo", "dpo", 0.1, f64::NAN, f64::NAN);
         one.test.p_value = f64::NAN;
         assert_eq!(assess(f, &[one], &rhos, 0.05, 0.02).verdict, Verdict::NotTested);
+    }
+
+    #[test]
+    fn a_contradiction_within_its_rho_alone_is_the_verdict_by_method_md_s_rule() {
+        // 12 contrasts; one significant the other way within its ρ (p̃ = 0.0495) but not among the finding's own
+        // contrasts (its raw p 0.0074 × 12 = 0.088 > 0.05): inconclusive by the report's rule, contradicted by
+        // METHOD.md's, which asks for one contrast significant the other way
+        let rhos = [Some(0.2), Some(0.4)];
+        let f = &FINDINGS[0];
+        let mut all = vec![];
+        for rho in [0.2, 0.4] {
+            for (a, b) in f.contrasts {
+                all.push(c(rho, a, b, 0.01, 0.9, 0.2));
+            }
+        }
+        all[7] = c(0.4, "d-dpo", "ipo", -0.0763, 0.0495, -0.0655);
+        all[7].test.p_value = 0.00707;
+        let a = assess(f, &all, &rhos, 0.05, 0.02);
+        assert!(a.p_finding[7] > 0.05, "{:?}", a.p_finding);
+        assert_eq!((a.verdict, a.verdict_within_rho), (Verdict::Inconclusive, Verdict::Contradicted));
+        assert_eq!((a.against(0.05), a.against_within_rho(0.05)), (0, 1));
+        // significant among the finding's contrasts too: both rules say contradicted
+        all[7].test.p_value = 0.001;
+        let a = assess(f, &all, &rhos, 0.05, 0.02);
+        assert_eq!((a.verdict, a.verdict_within_rho), (Verdict::Contradicted, Verdict::Contradicted));
     }
 
     #[test]

@@ -807,6 +807,43 @@ pub struct Analysis {
     pub oracle_agreement: Option<Proportion>,
     /// Training runs drawn in Fig. B.1 (the chosen β/τ only).
     pub trajectories: Vec<Trajectory>,
+    /// Evaluations whose policy samples were cut at `max_new_tokens` in 1% of their rows or more.
+    pub cut: Vec<CutSamples>,
+}
+
+/// An evaluation whose policy samples reached `max_new_tokens` without EOS often enough to cap its lengths.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CutSamples {
+    pub node: String,
+    pub cut: usize,
+    pub rows: usize,
+}
+
+fn cut_samples(rows: &[EvalRow]) -> Vec<CutSamples> {
+    let mut cut: Vec<CutSamples> = rows
+        .iter()
+        .filter_map(|r| {
+            let (cut, rows) = r.cut_samples?;
+            (rows > 0 && cut * 100 >= rows).then(|| CutSamples { node: r.node.clone(), cut, rows })
+        })
+        .collect();
+    cut.sort_by(|a, b| (b.cut * a.rows).cmp(&(a.cut * b.rows)).then_with(|| a.node.cmp(&b.node)));
+    cut
+}
+
+/// What the report says of cut samples, in Markdown (None when no evaluation had 1% or more).
+fn cut_note(a: &Analysis) -> Option<String> {
+    let worst = a.cut.first()?;
+    Some(format!(
+        "**Cut samples.** In {} of {} evaluations 1% or more of the policy's samples reached `max_new_tokens` without \
+         EOS (most: {} of {} in {}). Those samples are scored as cut and the policy's length is capped there, which \
+         understates length differences; raise `max_new_tokens` to measure them whole.",
+        a.cut.len(),
+        a.evaluations,
+        worst.cut,
+        worst.rows,
+        worst.node
+    ))
 }
 
 pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
@@ -845,6 +882,7 @@ pub fn analyse(mut inputs: Inputs, params: Params) -> Analysis {
         reward_models: inputs.reward_models,
         oracle_agreement: inputs.oracle_agreement,
         trajectories: inputs.trajectories,
+        cut: cut_samples(rows),
         params,
     }
 }
@@ -1008,6 +1046,9 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
             let _ = writeln!(md, "> {w}\n");
         }
     }
+    if let Some(c) = cut_note(a) {
+        let _ = writeln!(md, "> {c}\n");
+    }
     let _ = writeln!(
         md,
         "{} evaluations: {} method configurations × {} values of ρ × {} seed(s). **Advantage** = mean over held-out prompts of \
@@ -1056,12 +1097,15 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
         "## Per method: raw and length-controlled advantage, win rate, length, KL\n\n\
          The length-controlled (LC) advantage is the intercept a of the least-squares fit d_i = a + b·(len(y_i^θ) − len(y_i^ref)) \
          over prompts, per seed (the advantage at equal length, as AlpacaEval's length-controlled win rate zeroes its length \
-         term), aggregated over seeds like the advantage; b is the oracle reward per token of length difference, so raw − a \
-         (b times the mean length difference) is how much of the raw advantage is length. The win rate counts a tie with \
+         term), aggregated over seeds like the advantage. b is the slope of the advantage on the length difference across \
+         prompts: an association, not the oracle's own length term (whatever else comes with longer responses, such as \
+         repeats, loads onto it), so raw − a (b times the mean length difference, per seed) is the part of the raw \
+         advantage that goes with length, and a is read at equal length — an extrapolation where the policy's \
+         responses are rarely as long as π_ref's. The win rate counts a tie with \
          π_ref's sample (oracle scores within 1e-9 times the larger magnitude, or 1e-9 below 1, as `label` decides \
          ties) as half a win. KL is the mean log π_θ(y) − log π_ref(y) over the policy's samples: the reverse KL on the \
          test prompts, not the forward KL(π_ref‖π_θ) on π_ref's samples that the Fig. B.1 table gives for training; \
-         a Monte Carlo estimate from a few samples per prompt, so it can come out below 0 for a policy near π_ref, \
+         a Monte Carlo estimate over the policy's samples of the test prompts, so it can come out below 0 for a policy near π_ref, \
          which the KL itself cannot. b, the win rate, the lengths and KL are means over seeds, without an interval.\n\n\
          | method | ρ | seeds | advantage | LC advantage | b (per token) | win rate vs π_ref | mean length | π_ref length | KL(π_θ‖π_ref) |\n\
          |---|---|---|---|---|---|---|---|---|---|"
@@ -1153,24 +1197,7 @@ fn findings_md(md: &mut String, a: &Analysis) {
         alpha = a.params.alpha
     );
     for f in &a.findings {
-        let mut ev: Vec<String> = f
-            .evidence
-            .iter()
-            .zip(&f.p_finding)
-            .map(|(c, p_f)| {
-                format!(
-                    "{} − {} at {}: {:+.4} [{:+.4}, {:+.4}], p̃ = {}, p̃_f = {}",
-                    paper::name(&c.first),
-                    paper::name(&c.second),
-                    paper::rho_text(c.rho),
-                    c.test.diff,
-                    c.test.ci_low,
-                    c.test.ci_high,
-                    fmt_p(c.p_holm),
-                    fmt_p(*p_f)
-                )
-            })
-            .collect();
+        let mut ev: Vec<String> = f.evidence.iter().zip(&f.p_finding).map(|(c, p_f)| evidence_text(c, *p_f)).collect();
         if !f.missing.is_empty() {
             ev.push(format!("not measured or untestable: {}", f.missing.join("; ")));
         }
@@ -1184,11 +1211,38 @@ fn findings_md(md: &mut String, a: &Analysis) {
         if let Some(lean) = f.lean(a.params.alpha, a.params.min_difference) {
             ev.insert(0, format!("*{lean}*"));
         }
-        let _ = writeln!(md, "| {} | **{}** | {} |", f.text, f.verdict.as_str(), ev.join("<br>"));
+        let _ = writeln!(md, "| {} | {} | {} |", f.text, verdict_md(f), ev.join("<br>"));
     }
     md.push('\n');
     if let Some(w) = &a.without_selection_seeds {
         without_selection_seeds_md(md, a, w);
+    }
+}
+
+/// One contrast of a finding's evidence: the difference [95% interval], p̃ (Holm within its ρ), p̃_f (Holm among the
+/// finding's contrasts).
+fn evidence_text(c: &Contrast, p_f: f64) -> String {
+    format!(
+        "{} − {} at {}: {:+.4} [{:+.4}, {:+.4}], p̃ = {}, p̃_f = {}",
+        paper::name(&c.first),
+        paper::name(&c.second),
+        paper::rho_text(c.rho),
+        c.test.diff,
+        c.test.ci_low,
+        c.test.ci_high,
+        fmt_p(c.p_holm),
+        fmt_p(p_f)
+    )
+}
+
+/// A finding's verdict in bold, and METHOD.md's rule's beside it where that rule (a contradiction needs one contrast
+/// significant the other way within its ρ, no second adjustment) decides otherwise.
+fn verdict_md(f: &paper::Assessment) -> String {
+    let v = format!("**{}**", f.verdict.as_str());
+    if f.verdict_within_rho == f.verdict {
+        v
+    } else {
+        format!("{v} (by METHOD.md's rule, without p̃_f: {})", f.verdict_within_rho.as_str())
     }
 }
 
@@ -1210,15 +1264,26 @@ fn without_selection_seeds_md(md: &mut String, a: &Analysis, w: &WithoutSelectio
     }
     let _ = writeln!(
         md,
-        " ({} df per contrast, so this check has less power than the table above; what it can show is a verdict \
-         that the selection seed{s} alone carried):\n\n| finding | all {} seeds | without seed{s} {list} | where the estimates lean without \
+        " ({} df per contrast, so this check has less power than the table above; it shows whether a verdict on \
+         every seed rests on the selection seed{s}, and what the other seeds say by themselves, by the rule above):\n\n| finding | all {} seeds | without seed{s} {list} | where the estimates lean without \
          them |\n|---|---|---|---|",
         w.seeds - 1,
         a.seeds
     );
     for (all, without) in a.findings.iter().zip(&w.findings) {
-        let lean = without.lean(a.params.alpha, a.params.min_difference).unwrap_or_default();
-        let _ = writeln!(md, "| {} | {} | **{}** | {lean} |", all.text, all.verdict.as_str(), without.verdict.as_str());
+        let mut lean = without.lean(a.params.alpha, a.params.min_difference).unwrap_or_default();
+        let against: Vec<String> = without
+            .evidence
+            .iter()
+            .zip(&without.p_finding)
+            .filter(|(c, _)| without.is_against_within_rho(c, a.params.alpha))
+            .map(|(c, p_f)| evidence_text(c, *p_f))
+            .collect();
+        if !against.is_empty() {
+            lean += &format!("<br>significant against it within its ρ: {}", against.join("; "));
+        }
+        let _ =
+            writeln!(md, "| {} | {} | {} | {lean} |", all.text, verdict_md(all).replace("**", ""), verdict_md(without));
     }
     md.push('\n');
 }
@@ -1719,6 +1784,7 @@ fn results_json(a: &Analysis) -> Value {
         "cells": a.cells,
         "findings": a.findings,
         "findings_without_selection_seeds": a.without_selection_seeds,
+        "evaluations_with_cut_samples": a.cut,
         "contrasts": a.contrasts,
         "further_contrasts": a.further,
         "power": a.power,
@@ -1791,6 +1857,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     // read
     let inputs = read_inputs(ctx)?;
     check_contrasts(&inputs.evals, &params.contrasts)?;
+    crate::evaluation::check_comparable(&inputs.evals, "evals")?;
     // compute
     let a = analyse(inputs, params);
     // write
@@ -1807,6 +1874,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     ctx.log(&format!("{} evaluations, {} cells; `rmdistill report` copies it out", a.evaluations, a.cells.len()));
     if let Some(w) = a.oracle_agreement.as_ref().and_then(oracle_warning) {
         ctx.warn(&w.replace("**", "")); // the report's own words, without its Markdown
+    }
+    if let Some(c) = cut_note(&a) {
+        ctx.warn(&c.replace("**", "").replace('`', ""));
     }
     Ok(json!({
         "evaluations": a.evaluations,
@@ -1840,6 +1910,8 @@ mod tests {
             tau: None,
             gamma: None,
             stats: None,
+            sampling: None,
+            cut_samples: None,
         }
     }
 
@@ -2135,6 +2207,28 @@ mod tests {
         assert_eq!(a.without_selection_seeds.as_ref().unwrap().seeds, 0);
         let md = markdown(&a, &Figures::default());
         assert!(md.contains("on the other 0 seed(s) only: not testable"), "{md}");
+    }
+
+    #[test]
+    fn a_verdict_that_method_md_s_rule_decides_otherwise_says_so() {
+        let mut f = paper::assess(&paper::FINDINGS[4], &[], &[Some(0.5)], 0.05, 0.02);
+        assert_eq!(verdict_md(&f), "**not tested**");
+        (f.verdict, f.verdict_within_rho) = (Verdict::Inconclusive, Verdict::Contradicted);
+        assert_eq!(verdict_md(&f), "**inconclusive** (by METHOD.md's rule, without p̃_f: contradicted)");
+    }
+
+    #[test]
+    fn evaluations_with_cut_samples_are_named_at_the_top() {
+        let mut evals = six_methods(0.5, [0.1, 0.1, 0.1]);
+        for (k, e) in evals.iter_mut().enumerate().take(6) {
+            e.cut_samples = Some((k, 200)); // 0 … 5 of 200: the last four at 1% or more; the rest not counted
+        }
+        let a = analyse(Inputs { evals, ..Default::default() }, Params::default());
+        assert_eq!(a.cut.iter().map(|c| c.cut).collect::<Vec<_>>(), [5, 4, 3, 2]);
+        let md = markdown(&a, &Figures::default());
+        assert!(md.contains("**Cut samples.** In 4 of 18 evaluations 1% or more"), "{md}");
+        assert!(md.contains(&format!("(most: 5 of 200 in {})", a.cut[0].node)), "{md}");
+        assert_eq!(results_json(&a)["evaluations_with_cut_samples"].as_array().unwrap().len(), 4);
     }
 
     fn labelled(dir: &std::path::Path, agree: usize, n: usize) -> InputArtifact {

@@ -208,6 +208,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let with_samples = !samples.is_empty();
     let mut rows = vec![];
     let mut keys = vec![];
+    let mut read = vec![];
     for a in evals {
         let scores = match samples.remove(a.node.as_str()) {
             Some(s) => Some(Arc::new(read_scores(&s.path)?)),
@@ -220,6 +221,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             None => None,
         };
         let r = read_eval(a)?;
+        read.push(r.clone());
         let param = if p.tau_methods.contains(&r.method) { "tau" } else { "beta" };
         let v = if param == "tau" { r.tau } else { r.beta };
         let v = v.ok_or_else(|| {
@@ -252,6 +254,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ),
         keys,
     )?;
+    evaluation::check_comparable(&read, "evals")?;
     if let Some(extra) = samples.keys().next() {
         return Err(StageError::invalid(
             "samples",

@@ -6,7 +6,9 @@ use rmdistill_ml::tch;
 use rmdistill_ml::{LanguageModel, Reduction, RewardModel, SampleConfig, generate, with_autocast};
 use rmdistill_stages::evaluate::{OracleKind, Params, parse, sampling_record};
 use rmdistill_stages::evaluation::SAMPLING_KEY;
-use rmdistill_stages::evaluation::{SampleRows, samples_from, samples_table, summarize, summary_json, summary_table};
+use rmdistill_stages::evaluation::{
+    SampleRows, cut_samples, cut_warning, samples_from, samples_table, summarize, summary_json, summary_table,
+};
 use rmdistill_stages::oracle::synthetic_oracle;
 use rmdistill_stages::port::*;
 use rmdistill_stages::reuse::Offered;
@@ -215,6 +217,18 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         synthetic_oracle("probe", "probe", &p.oracle_params)?;
     }
     let prompts = read_prompts(&prompts_in.path, &format!("the prompts of {}", prompts_in.node), &p)?;
+    if let Some(n) = p.n_prompts
+        && prompts.len() < n
+    {
+        ctx.warn(&format!(
+            "n_prompts = {n}, but {} of {} holds only {} distinct prompts after skip_prompts = {}: {} are evaluated",
+            split_name(p.split.as_deref()),
+            prompts_in.node,
+            prompts.len(),
+            p.skip_prompts,
+            prompts.len()
+        ));
+    }
     let record = sampling_record(&p, &ref_in.hash, &prompts_in.hash, oracle_in.map(|o| o.hash.as_str()));
     // π_ref evaluated against itself samples once: its samples are the reference's, draw for draw
     let same_model = pol_in.path == ref_in.path || (!pol_in.hash.is_empty() && pol_in.hash == ref_in.hash);
@@ -357,15 +371,19 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         o.codec.warn_unknown(ctx, "the samples the oracle scored");
     }
     let sum = summarize(&s);
-    let summary = summary_json(&sum, s.prompt.len(), p.split.as_deref(), &info, p.shard, p.shards);
-    // artifact bytes are deterministic: wall time goes only into the returned summary
-    let kv = table::summary_kv("evaluate", &summary);
+    let cut = cut_samples(&s, p.max_new_tokens);
+    let summary = summary_json(&sum, s.prompt.len(), p.split.as_deref(), &info, p.shard, p.shards, cut);
+    // the tables carry how they were drawn: another evaluation reuses the samples by it, a report or a selection
+    // checks by it that what it compares was drawn alike (artifact bytes are deterministic: wall time goes only into
+    // the returned summary)
+    let kv = [table::summary_kv("evaluate", &summary), vec![(SAMPLING_KEY.to_string(), record.to_string())]].concat();
     let mut summary = summary;
     summary["seconds"] = json!(t0.elapsed().as_secs_f64());
-    // the samples carry what their π_ref side depends on, so that another evaluation can reuse it
-    let samples_kv = [kv.clone(), vec![(SAMPLING_KEY.to_string(), record.to_string())]].concat();
-    table::write_table(&ctx.output_path("samples"), &samples_table(&s)?, &samples_kv)?;
+    table::write_table(&ctx.output_path("samples"), &samples_table(&s)?, &kv)?;
     table::write_table(&ctx.output_path("summary"), &summary_table(&sum, &info, p.split.as_deref())?, &kv)?;
+    if let Some(w) = cut_warning(cut, s.prompt.len(), p.max_new_tokens) {
+        ctx.warn(&w);
+    }
     ctx.progress(total + 1, total + 1);
     ctx.log(&format!(
         "{} rows of {} prompts × {}: advantage {:+.4} [{:+.4}, {:+.4}], win rate {:.3}, length {:.1} vs {:.1}, KL {:.3} ({:.1} s)",
