@@ -222,3 +222,119 @@ params = { tau_methods = ["dpo"] }"#;
     let m = w.write("once.toml", &tiny_sweep(once, once));
     w.ok(&["run", m.to_str().unwrap()]);
 }
+
+/// A report's contrasts are paired on the prompts and π_ref's samples, and a selection compares its candidates: an
+/// evaluation drawn another way (another temperature, split, number of prompts…) is refused naming both evaluations
+/// and what differs, never compared silently (found by a red-team of silent coercions).
+#[test]
+fn evaluations_drawn_another_way_are_not_compared() {
+    let w = Work::new();
+    let hot = r#"inputs = { evals = ["ev.summary", "ev_hot.summary"] }
+[stages.pol_ipo]
+kind = "policy"
+inputs = { pairs = "d_rho.dataset", reference = "sft.model" }
+sweep = { rho = [0.5], seed = [0, 1], method = ["ipo"] }
+params = { method = "${method}", tau = 0.1, epochs = 1, batch_size = 8, seed = "${seed}" }
+[stages.ev_hot]
+kind = "evaluate"
+inputs = { policy = "pol_ipo.model", reference = "sft.model", prompts = "synth.corpus" }
+sweep = { rho = [0.5], seed = [0, 1], method = ["ipo"] }
+params = { oracle = "synthetic", split = "eval", n_prompts = 8, temperature = 0.5, seed = "${seed}" }"#;
+    let m = w.write("hot.toml", &tiny_sweep(r#"inputs = { evals = "ev.summary" }"#, hot));
+    let o = w.run(&["run", m.to_str().unwrap(), "-j", "2"]);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "rep failed: input `evals`: ev@beta=0.1,method=dpo,rho=0.5,seed=0 and ev_hot@method=ipo,rho=0.5,seed=0 were \
+             evaluated under another protocol (temperature 1.0 in ev@beta=0.1,method=dpo,rho=0.5,seed=0, 0.5 in \
+             ev_hot@method=ipo,rho=0.5,seed=0)"
+        ),
+        "{err}"
+    );
+    assert_still_to_run(&w, &[m.to_str().unwrap()], "rep");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// What a documented limit changed in a value the user set, π_ref's samples drawn at another temperature than the KL
+/// term needs, fewer prompts than asked for, and samples cut at `max_new_tokens` are each said as a warning of the
+/// node that met them (they were silent: found by a red-team of silent coercions). A checkpoint bound to the
+/// synthetic oracle, which would ignore it, is refused before work starts.
+#[test]
+fn documented_limits_fewer_prompts_and_cut_samples_are_warned_of() {
+    let w = Work::new();
+    let m = w.write(
+        "m.toml",
+        r#"[stages.synth]
+kind = "synth"
+params = { seed = 0, n_docs = 300, key_words = 6 }
+[stages.sft]
+kind = "sft"
+inputs = { data = "synth.corpus", tokenizer = "synth.tokenizer" }
+params = { steps = 6, seed = 0, batch_size = 8, eval_every = 5, eval_rows = 8, warmup_steps = 100 }
+[stages.pairs]
+kind = "sample_pairs"
+inputs = { policy = "sft.model", prompts = "synth.corpus" }
+params = { split = "train", max_prompts = 120, max_new_tokens = 16 }
+[stages.label]
+kind = "label"
+inputs = { pairs = "pairs.pairs" }
+params = { oracle = "synthetic", ties = "drop" }
+[stages.d_rho]
+kind = "subsample"
+inputs = { pairs = "label.labelled" }
+params = { rho = 0.1, size = 20, seed = 0 }
+[stages.rm]
+kind = "train_rm"
+inputs = { data = "d_rho.dataset", base = "sft.model" }
+params = { steps = 3, batch_size = 500 }
+[stages.pre]
+kind = "precompute"
+inputs = { pairs = "d_rho.dataset", reference = "sft.model", reward_models = "rm.model" }
+params = { samples_per_prompt = 1, max_new_tokens = 8, temperature = 2.0 }
+[stages.pol]
+kind = "policy"
+inputs = { pairs = "d_rho.dataset", reference = "sft.model", rewards = "pre.rewards", ref_samples = "pre.ref_samples" }
+params = { method = "d-dpo", steps = 3, batch_size = 100, warmup_steps = 50 }
+[stages.ev]
+kind = "evaluate"
+inputs = { policy = "pol.model", reference = "sft.model", prompts = "synth.corpus" }
+params = { oracle = "synthetic", split = "test", n_prompts = 100000, max_new_tokens = 1 }
+"#,
+    );
+    let o = w.run(&["run", m.to_str().unwrap()]);
+    let err = s(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for needle in [
+        "warning: sft: warmup_steps 100 is more than half the 6 steps: 3 are used (at most half)",
+        "warning: rm: batch_size 500 is more than the ",
+        "warning: pre: π_ref's samples are drawn at temperature 2: the KL term of p-DPO, dp-DPO and e-DPO",
+        "warning: pol: batch_size 100 is more than the 20 pairs of D_ρ: each step takes all 20",
+        "warning: pol: warmup_steps 50 is more than the 3 steps: the learning rate never reaches lr = 0.0001",
+        "warning: ev: n_prompts = 100000, but split \"test\" of synth holds only ",
+        "policy samples (",
+        "reached max_new_tokens = 1 without EOS: they are scored cut",
+    ] {
+        assert!(err.contains(needle), "{needle}\n{err}");
+    }
+    // rm's default warmup_steps (5) adapts to its 3 steps without a word
+    assert!(!err.contains("rm: warmup_steps"), "{err}");
+    // show repeats the evaluation's warnings, and its summary counts the cut samples
+    let o = w.run(&["show", m.to_str().unwrap(), "ev.summary", "--json"]);
+    let (out, err) = (s(&o.stdout), s(&o.stderr));
+    assert!(err.contains("warning: ev.summary: ") && err.contains("scored cut"), "{err}");
+    assert!(out.contains("\"rmdistill.cut_samples\": \""), "{out}");
+
+    // a checkpoint bound to the synthetic oracle: refused at load, naming the input
+    let bound = std::fs::read_to_string(&m).unwrap().replace(
+        r#"prompts = "synth.corpus" }
+params = { oracle = "synthetic""#,
+        r#"prompts = "synth.corpus", oracle = "rm.model" }
+params = { oracle = "synthetic""#,
+    );
+    let m2 = w.write("bound.toml", &bound);
+    let o = w.run(&["run", m2.to_str().unwrap()]);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("a checkpoint is bound to the `oracle` input, but the synthetic oracle takes none"), "{err}");
+}

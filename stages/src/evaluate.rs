@@ -250,13 +250,19 @@ impl Stage for Evaluate {
         parse(params).map(|_| ())
     }
     fn validate_bound(&self, params: &Map<String, Value>, bound: &dyn Fn(&str) -> bool) -> StageResult<()> {
-        if parse(params)?.oracle == OracleKind::RewardModel && !bound("oracle") {
-            return Err(StageError::invalid(
+        match (parse(params)?.oracle, bound("oracle")) {
+            (OracleKind::RewardModel, false) => Err(StageError::invalid(
                 "oracle",
                 "oracle = \"reward_model\" needs a reward-model checkpoint bound to the `oracle` input",
-            ));
+            )),
+            // the synthetic oracle would score with its formula and ignore the checkpoint
+            (OracleKind::Synthetic, true) => Err(StageError::invalid(
+                "oracle",
+                "a checkpoint is bound to the `oracle` input, but the synthetic oracle takes none; use oracle = \
+                 \"reward_model\" or remove the binding",
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
     fn wants_gpu(&self) -> bool {
         true

@@ -559,6 +559,20 @@ fn train(
         grad_clip: Some(p.grad_clip),
         ..OptimConfig::default()
     };
+    // what the documented limits changed in a value the user set, said where the run shows it (a default that
+    // adapts to a small input is not news)
+    if p.batch_size > n && ctx.params().contains_key("batch_size") {
+        ctx.warn(&format!("batch_size {} is more than the {n} pairs of D_ρ: each step takes all {n}", p.batch_size));
+    }
+    if p.warmup_steps > total {
+        ctx.warn(&format!(
+            "warmup_steps {} is more than the {total} steps: the learning rate never reaches lr = {} (the last step's \
+             is {:.3e})",
+            p.warmup_steps,
+            p.lr,
+            optim.lr_at(total.saturating_sub(1))
+        ));
+    }
     let mut trainer = Trainer::new(&policy.vs, optim)?;
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x5eed_0001);
     let mut order: Vec<u32> = (0..n as u32).collect();

@@ -410,6 +410,13 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     };
     ctx.progress(2 * n as u64, work);
     let rewards = member_rewards(ctx, &members, &reference, &pairs, &tokens, p.batch_size, (2 * n as u64, work))?;
+    if p.samples_per_prompt > 0 && p.temperature != 1.0 {
+        ctx.warn(&format!(
+            "π_ref's samples are drawn at temperature {}: the KL term of p-DPO, dp-DPO and e-DPO estimates \
+             KL(π_ref‖π_θ) from samples of π_ref itself (temperature 1), so from these it is biased",
+            p.temperature
+        ));
+    }
     let samples = reference_samples(&reference, &pairs, &p, device)?;
 
     // ---- write: the two tables, each carrying the member list in its metadata

@@ -211,6 +211,15 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let train_ids = encode(&codec, &train)?;
     let eval_ids = encode(&codec, &eval)?;
     codec.warn_unknown(ctx, "the demonstrations");
+    if p.warmup_steps > p.steps / 2 && ctx.params().contains_key("warmup_steps") {
+        // the documented limit, said where the run shows it (never silently)
+        ctx.warn(&format!(
+            "warmup_steps {} is more than half the {} steps: {} are used (at most half)",
+            p.warmup_steps,
+            p.steps,
+            p.steps / 2
+        ));
+    }
     let cfg = OptimConfig {
         lr: p.lr,
         weight_decay: p.weight_decay,

@@ -163,6 +163,22 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     };
     let bs = p.batch_size.min(train.len());
     let steps = p.steps.unwrap_or_else(|| ((p.epochs * train.len() as f64) / bs as f64).ceil().max(1.0) as usize);
+    // what the documented limits changed in a value the user set, said where the run shows it (a default that
+    // adapts to a small input is not news)
+    if p.batch_size > train.len() && ctx.params().contains_key("batch_size") {
+        ctx.warn(&format!(
+            "batch_size {} is more than the {} training pairs: each step takes all of them",
+            p.batch_size,
+            train.len()
+        ));
+    }
+    if p.warmup_steps > steps / 2 && ctx.params().contains_key("warmup_steps") {
+        ctx.warn(&format!(
+            "warmup_steps {} is more than half the {steps} steps: {} are used (at most half)",
+            p.warmup_steps,
+            steps / 2
+        ));
+    }
     let cfg = OptimConfig {
         lr: p.lr,
         weight_decay: p.weight_decay,
