@@ -256,12 +256,12 @@ params = { oracle = "synthetic", split = "eval", n_prompts = 8, temperature = 0.
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// What a documented limit changed in a value the user set, π_ref's samples drawn at another temperature than the KL
+/// What a documented limit changed in a value the user set, sequences cut by max_len, π_ref's samples drawn at another temperature than the KL
 /// term needs, fewer prompts than asked for, and samples cut at `max_new_tokens` are each said as a warning of the
 /// node that met them (they were silent: found by a red-team of silent coercions). A checkpoint bound to the
 /// synthetic oracle, which would ignore it, is refused before work starts.
 #[test]
-fn documented_limits_fewer_prompts_and_cut_samples_are_warned_of() {
+fn documented_limits_truncation_fewer_prompts_and_cut_samples_are_warned_of() {
     let w = Work::new();
     let m = w.write(
         "m.toml",
@@ -287,7 +287,7 @@ params = { rho = 0.1, size = 20, seed = 0 }
 [stages.rm]
 kind = "train_rm"
 inputs = { data = "d_rho.dataset", base = "sft.model" }
-params = { steps = 3, batch_size = 500 }
+params = { steps = 3, batch_size = 500, max_len = 6 }
 [stages.pre]
 kind = "precompute"
 inputs = { pairs = "d_rho.dataset", reference = "sft.model", reward_models = "rm.model" }
@@ -308,6 +308,7 @@ params = { oracle = "synthetic", split = "test", n_prompts = 100000, max_new_tok
     for needle in [
         "warning: sft: warmup_steps 100 is more than half the 6 steps: 3 are used (at most half)",
         "warning: rm: batch_size 500 is more than the ",
+        "warning: rm: max_len = 6 tokens cut ",
         "warning: pre: π_ref's samples are drawn at temperature 2: the KL term of p-DPO, dp-DPO and e-DPO",
         "warning: pol: batch_size 100 is more than the 20 pairs of D_ρ: each step takes all 20",
         "warning: pol: warmup_steps 50 is more than the 3 steps: the learning rate never reaches lr = 0.0001",

@@ -42,7 +42,7 @@ pub use batched::{BatchedCausalLm, BatchedRewardModel, BatchedTrainer, PerModelB
 pub use checkpoint::{LanguageModel, RewardModel};
 pub use config::{Gpt2Config, Head, LlamaConfig, ModelConfig};
 pub use device::{DeviceChoice, machine_memory_bytes, seed_everything, tune_allocator, with_autocast};
-pub use logprobs::{PairBatch, Reduction, sequence_logprobs};
+pub use logprobs::{PairBatch, Reduction, fit, sequence_logprobs};
 pub use model::{Backbone, CausalLm, KvCache};
 pub use sampling::{SampleConfig, Samples, generate, generate_batched, prompt_room};
 pub use tch;

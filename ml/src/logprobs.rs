@@ -151,6 +151,16 @@ pub(crate) enum Read {
     Rewards,
 }
 
+/// How much of a prompt (its last tokens) and of its response (its first) [`PairBatch::new`] keeps within `max_len`
+/// (≥ 2): the prompt loses tokens from its start first, keeping at least one, then the response from its end.
+pub fn fit(prompt_len: usize, response_len: usize, max_len: usize) -> (usize, usize) {
+    if prompt_len + response_len <= max_len {
+        return (prompt_len, response_len);
+    }
+    let keep_p = prompt_len.min(max_len.saturating_sub(response_len).max(1));
+    (keep_p, response_len.min(max_len - keep_p))
+}
+
 impl PairBatch {
     /// Concatenates each prompt with its response and right-pads to the longest. When `max_len` is set and a
     /// sequence is longer, the prompt loses tokens from its start first (keeping at least one, which the first response
@@ -179,11 +189,9 @@ impl PairBatch {
                 if m < 2 {
                     bail!("max_len must be at least 2");
                 }
-                if p.len() + r.len() > m {
-                    let keep_p = p.len().min(m.saturating_sub(r.len()).max(1));
-                    p = &p[p.len() - keep_p..];
-                    r = &r[..r.len().min(m - p.len())];
-                }
+                let (keep_p, keep_r) = fit(p.len(), r.len(), m);
+                p = &p[p.len() - keep_p..];
+                r = &r[..keep_r];
             }
             plens.push(p.len());
             rlens.push(r.len());
@@ -496,4 +504,17 @@ pub fn lm_loss(model: &dyn CausalLm, input_ids: &Tensor, attention_mask: &Tensor
     let mask = attention_mask.narrow(1, 1, t - 1).to_kind(Kind::Float);
     let n = mask.sum(Kind::Float);
     (-(lp * &mask).sum(Kind::Float), n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit;
+
+    #[test]
+    fn the_prompt_loses_its_start_first_then_the_response_its_end() {
+        assert_eq!(fit(3, 3, 8), (3, 3)); // fits
+        assert_eq!(fit(10, 5, 8), (3, 5)); // the prompt's last 3 tokens
+        assert_eq!(fit(2, 10, 8), (1, 7)); // one prompt token kept, the response cut
+        assert_eq!(fit(1, 1, 2), (1, 1));
+    }
 }

@@ -48,7 +48,21 @@ pub struct Codec {
     /// The id of the model's unknown token, when it has one, and how many tokens this codec (and its clones) has
     /// encoded and how many of them were that token, for [`Codec::warn_unknown`].
     unknown: Option<(i64, std::sync::Arc<UnknownCount>)>,
+    /// How many rows this codec (and its clones) has put into batches, and how many lost part of their prompt or
+    /// response to `max_len`, for [`Codec::warn_truncated`].
+    cut: std::sync::Arc<CutCount>,
 }
+
+/// Rows put into batches, and how many lost the start of their prompt or the end of their response to `max_len`.
+#[derive(Debug, Default)]
+struct CutCount {
+    rows: std::sync::atomic::AtomicU64,
+    prompts: std::sync::atomic::AtomicU64,
+    responses: std::sync::atomic::AtomicU64,
+}
+
+/// The share of rows cut by `max_len` from which [`Codec::warn_truncated`] warns.
+pub const CUT_WARN_SHARE: f64 = 0.01;
 
 /// Tokens encoded, and how many were the unknown token.
 #[derive(Debug, Default)]
@@ -83,7 +97,17 @@ impl Codec {
         let pad = tok.pad_id.unwrap_or(eos);
         let drops = DropCheck::of(tok.inner());
         let unknown = unknown_id(tok.inner()).map(|id| (id, Default::default()));
-        Ok(Codec { tok, bos, eos, pad, max_len: None, slot: field.to_string(), drops, unknown })
+        Ok(Codec {
+            tok,
+            bos,
+            eos,
+            pad,
+            max_len: None,
+            slot: field.to_string(),
+            drops,
+            unknown,
+            cut: Default::default(),
+        })
     }
     /// The tokenizer of a directory (`tokenizer.json`), or an error naming the input slot. When the directory is a
     /// checkpoint, sequences are truncated to the positions its model can place (`n_positions` /
@@ -199,7 +223,40 @@ impl Codec {
         ));
     }
     pub fn batch(&self, prompts: &[&[i64]], responses: &[&[i64]], device: tch::Device) -> StageResult<PairBatch> {
+        if let Some(m) = self.max_len.filter(|&m| m >= 2) {
+            use std::sync::atomic::Ordering::Relaxed;
+            let (mut p_cut, mut r_cut) = (0, 0);
+            for (p, r) in prompts.iter().zip(responses) {
+                let (kp, kr) = rmdistill_ml::fit(p.len(), r.len(), m);
+                p_cut += u64::from(kp < p.len());
+                r_cut += u64::from(kr < r.len());
+            }
+            self.cut.rows.fetch_add(prompts.len() as u64, Relaxed);
+            self.cut.prompts.fetch_add(p_cut, Relaxed);
+            self.cut.responses.fetch_add(r_cut, Relaxed);
+        }
         Ok(PairBatch::new(prompts, responses, self.pad, self.max_len, device)?)
+    }
+    /// Warns (through `ctx`) when [`CUT_WARN_SHARE`] or more of the rows this codec has put into batches lost the
+    /// start of their prompt or the end of their response to `max_len`: the model is then trained on, or scores,
+    /// texts other than the data's — a response cut loses its EOS and is scored as if it were whole. `what` names the
+    /// texts. Call it once the batches are done.
+    pub fn warn_truncated(&self, ctx: &dyn Ctx, what: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (rows, p, r) =
+            (self.cut.rows.load(Relaxed), self.cut.prompts.load(Relaxed), self.cut.responses.load(Relaxed));
+        let share = |n: u64| n as f64 / rows.max(1) as f64;
+        if rows == 0 || (share(p) < CUT_WARN_SHARE && share(r) < CUT_WARN_SHARE) {
+            return;
+        }
+        ctx.warn(&format!(
+            "max_len = {} tokens cut {:.1}% of the prompt–response sequences of {what} at the start of their prompt \
+             and {:.1}% at the end of their response (a response cut loses its EOS and is scored as if whole): the \
+             model sees texts other than the data's; raise max_len (up to the model's positions) or use shorter texts",
+            self.max_len.unwrap_or_default(),
+            100.0 * share(p),
+            100.0 * share(r)
+        ));
     }
     /// The model's vocabulary must cover the tokenizer's ids.
     pub fn check_vocab(&self, model_vocab: i64, slot: &str) -> StageResult<()> {

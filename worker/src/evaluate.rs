@@ -369,6 +369,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     };
     if let Some(o) = &rm {
         o.codec.warn_unknown(ctx, "the samples the oracle scored");
+        o.codec.warn_truncated(ctx, "the samples the oracle scored");
     }
     let sum = summarize(&s);
     let cut = cut_samples(&s, p.max_new_tokens);

@@ -108,6 +108,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
                 done += 2 * k as u64;
                 ctx.progress(done, 2 * n as u64);
             })?;
+            codec.warn_truncated(ctx, "the pairs labelled");
             let ta = (0..n).map(|i| tok_a[i].map_or(ae[i].len() as u32 - 1, |x| x as u32)).collect();
             let tb = (0..n).map(|i| tok_b[i].map_or(be[i].len() as u32 - 1, |x| x as u32)).collect();
             (oa, ob, ta, tb)

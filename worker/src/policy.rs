@@ -755,6 +755,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let policy = reference.try_clone()?;
     let training =
         train(ctx, &p, &inputs, &policy, &codec, &tokens, (&ref_a, &ref_b, ref_source), samples.as_ref(), device)?;
+    codec.warn_truncated(ctx, "the pairs");
     let (info, mut summary) = describe(&p, &inputs, &training);
 
     // ---- write: the model (with its info), the step metrics

@@ -418,6 +418,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ));
     }
     let samples = reference_samples(&reference, &pairs, &p, device)?;
+    reference.codec.warn_truncated(ctx, "the pairs (π_ref's log-probs)");
 
     // ---- write: the two tables, each carrying the member list in its metadata
     let rewards_out = rewards_table(&pairs.ids, (&lp_a, &lp_b), &tokens, (&rewards.a, &rewards.b))?;

@@ -299,6 +299,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ],
         &table::summary_kv("sft", &json!({"parameters": summary["parameters"], "eval_loss": summary["eval_loss"]})),
     )?;
+    codec.warn_truncated(ctx, "the demonstrations");
     ctx.log(&format!(
         "{} parameters, {} steps: loss {} → {}, {}",
         summary["parameters"],

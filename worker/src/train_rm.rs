@@ -282,6 +282,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             }),
         ),
     )?;
+    codec.warn_truncated(ctx, "the pairs");
     ctx.log(&format!(
         "{} steps on {} pairs: loss {:.3} → {:.3}; held-out accuracy {}, length sensitivity {}, eval accuracy {}",
         steps,
