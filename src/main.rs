@@ -1,5 +1,7 @@
-// mimalloc: stages running in this process (import, subsample) allocate from both cores at once; glibc's malloc
-// made import's parallel JSON parsing 2.5× slower (BENCHMARKS.md, import).
+//! The `rmdistill` binary: the allocator for the stages that run in this process, then the command line (`rmdistill::cli`).
+
+// mimalloc: the stages that run in this process (import, subsample, report, …) allocate from several threads at
+// once; glibc's malloc made import's parallel JSON parsing 2.5× slower (BENCHMARKS.md, import).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

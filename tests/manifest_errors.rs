@@ -474,7 +474,7 @@ fn parameters_that_need_an_input_are_checked_at_load() {
              params = {{ {params} }}\n"
         )
     };
-    expect_error(&policy("method = \"p-dpo\"", ""), "p: param `gamma`: p-dpo has a forward-KL term");
+    expect_error(&policy("method = \"p-dpo\"", ""), "p: param `gamma`: p-DPO has a forward-KL term");
     expect_error(
         &policy("method = \"d-dpo\", selection_method = \"d-dpo-oracle\"", ""),
         "p: param `selection_method`: names whose choice a bound `selection` applies, but no `selection` input is bound",

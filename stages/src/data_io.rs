@@ -195,9 +195,3 @@ pub fn f64s(batch: &arrow::array::RecordBatch, col: &str, file: &Path) -> StageR
         })
         .collect()
 }
-
-/// A Float64 column's values (tests).
-#[cfg(test)]
-pub fn f64s_for_test(batch: &RecordBatch, col: &str) -> Vec<f64> {
-    batch.column_by_name(col).unwrap().as_primitive::<arrow::datatypes::Float64Type>().values().to_vec()
-}

@@ -199,10 +199,16 @@ pub fn cut_samples(s: &SampleRows, max_new_tokens: usize) -> usize {
     s.policy_len.iter().filter(|&&l| l as usize >= max_new_tokens).count()
 }
 
-/// The warning for an evaluation whose policy samples were cut at `max_new_tokens` in 1% of its rows or more (a
-/// handful among hundreds is the tail of any sampler; more caps the policy's length and scores unfinished text).
+/// Whether `cut` of `rows` texts cut short (samples at `max_new_tokens`, sequences at `max_len`) is worth a warning:
+/// 1% or more. A handful among hundreds is the tail of any sampler; more changes what is measured or learned.
+pub fn notable_cut(cut: usize, rows: usize) -> bool {
+    rows > 0 && cut * 100 >= rows
+}
+
+/// The warning for an evaluation whose policy samples were cut at `max_new_tokens` ([`notable_cut`]): it caps the
+/// policy's length and scores unfinished text.
 pub fn cut_warning(cut: usize, rows: usize, max_new_tokens: usize) -> Option<String> {
-    (rows > 0 && cut * 100 >= rows).then(|| {
+    notable_cut(cut, rows).then(|| {
         format!(
             "{cut} of {rows} policy samples ({:.1}%) reached max_new_tokens = {max_new_tokens} without EOS: they are \
              scored cut, and the policy's length is capped there (raise max_new_tokens)",

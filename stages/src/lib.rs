@@ -4,8 +4,10 @@
 //! the `rmdistill-worker` crate, one worker process per node (see [`port::Runs`]). The pure modules stages share live
 //! here too. This crate never links libtorch, so the engine that depends on it starts instantly.
 //!
-//! A stage file never imports another stage file: what two stages share lives in a module of its own
-//! ([`data_io`], [`table`], [`stats`], [`oracle`], [`evaluation`], [`selection`], [`shards`], [`longer`], [`method`]).
+//! A stage file never imports another stage file: what two stages share lives in a module of its own. The stage files
+//! are the kinds [`registry`] lists (`stages/src/<kind>.rs`); every other module here is shared (e.g. [`data_io`],
+//! [`table`], [`stats`], [`eval_stats`], [`oracle`], [`evaluation`], [`selection`], [`paper`], [`reuse`], [`shards`],
+//! [`longer`], [`method`]).
 //! Each stage's code identity is derived from the files it reaches ([`code_identity`]).
 
 pub mod code_identity;

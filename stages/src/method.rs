@@ -41,6 +41,17 @@ impl Method {
             Method::EDpo => "e-dpo",
         }
     }
+    /// The paper's name ("e-DPO"), which everything a user reads says; [`Method::name`] is the manifest's.
+    pub fn paper_name(self) -> &'static str {
+        match self {
+            Method::Dpo => "DPO",
+            Method::Ipo => "IPO",
+            Method::DDpo => "d-DPO",
+            Method::PDpo => "p-DPO",
+            Method::DpDpo => "dp-DPO",
+            Method::EDpo => "e-DPO",
+        }
+    }
     pub fn parse(s: &str) -> Option<Method> {
         Method::ALL.into_iter().find(|m| m.name() == s)
     }
@@ -58,9 +69,10 @@ impl Method {
     }
 }
 
+/// The paper's name: what messages and logs say ("e-DPO needs …"); manifests and artifacts use [`Method::name`].
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.write_str(self.paper_name())
     }
 }
 

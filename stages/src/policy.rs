@@ -248,11 +248,11 @@ impl Stage for Policy {
         "policy"
     }
     fn doc(&self) -> &'static str {
-        "train a policy from the reference on D_rho with DPO, IPO, d-DPO, p-DPO, dp-DPO or e-DPO"
+        "train a policy from π_ref on D_ρ with DPO, IPO, d-DPO, p-DPO, dp-DPO or e-DPO"
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[
-            InputSpec { name: "pairs", required: true, many: false, doc: "D_rho (pairs table with label)" },
+            InputSpec { name: "pairs", required: true, many: false, doc: "D_ρ (pairs table with label)" },
             InputSpec { name: "reference", required: true, many: false, doc: "reference policy checkpoint (Dir)" },
             InputSpec {
                 name: "rewards",
@@ -264,13 +264,13 @@ impl Stage for Policy {
                 name: "ref_samples",
                 required: false,
                 many: false,
-                doc: "precompute.ref_samples: samples from pi_ref for the KL term",
+                doc: "precompute.ref_samples: samples from π_ref for the KL term",
             },
             InputSpec {
                 name: "selection",
                 required: false,
                 many: false,
-                doc: "select.selection: train with the beta/tau (and gamma) chosen by validation for this method and rho",
+                doc: "select.selection: train with the β/τ (and γ) chosen by validation for this method and ρ",
             },
         ]
     }

@@ -159,7 +159,7 @@ impl Stage for Precompute {
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[
-            InputSpec { name: "pairs", required: true, many: false, doc: "the training set D_rho" },
+            InputSpec { name: "pairs", required: true, many: false, doc: "the training set D_ρ" },
             InputSpec {
                 name: "reference",
                 required: true,
@@ -190,7 +190,7 @@ impl Stage for Precompute {
             OutputSpec {
                 name: "ref_samples",
                 kind: ArtifactKind::File,
-                doc: "prompt, response, ref_logp, finished: samples of pi_ref",
+                doc: "prompt, response, ref_logp, finished: samples of π_ref",
             },
         ]
     }

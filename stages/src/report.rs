@@ -824,7 +824,7 @@ fn cut_samples(rows: &[EvalRow]) -> Vec<CutSamples> {
         .iter()
         .filter_map(|r| {
             let (cut, rows) = r.cut_samples?;
-            (rows > 0 && cut * 100 >= rows).then(|| CutSamples { node: r.node.clone(), cut, rows })
+            crate::evaluation::notable_cut(cut, rows).then(|| CutSamples { node: r.node.clone(), cut, rows })
         })
         .collect();
     cut.sort_by(|a, b| (b.cut * a.rows).cmp(&(a.cut * b.rows)).then_with(|| a.node.cmp(&b.node)));
@@ -1089,7 +1089,7 @@ pub fn markdown(a: &Analysis, figures: &Figures) -> String {
     }
     let _ = writeln!(
         md,
-        "\n![advantage vs rho](advantage_vs_rho.png)\n\n(Fig. 2: each method's mean advantage ± its 95% t-interval \
+        "\n![advantage vs ρ](advantage_vs_rho.png)\n\n(Fig. 2: each method's mean advantage ± its 95% t-interval \
          over seeds; the methods are drawn slightly apart around each ρ so that their bars do not overlap.)\n"
     );
     let _ = writeln!(
@@ -1801,7 +1801,7 @@ impl Stage for Report {
         "report"
     }
     fn doc(&self) -> &'static str {
-        "report.md and PNG figures: findings of the paper with verdicts, advantage and length-controlled advantage per method and rho (Fig. 2), Holm-corrected paired contrasts, a power estimate, reward models, Fig. B.1 and B.3"
+        "report.md and PNG figures: findings of the paper with verdicts, advantage and length-controlled advantage per method and ρ (Fig. 2), Holm-corrected paired contrasts, a power estimate, reward models, Fig. B.1 and B.3"
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[

@@ -124,8 +124,9 @@ fn refuse_unequal_seeds(rows: &[Candidate]) -> StageResult<()> {
             return Err(StageError::invalid(
                 "evals",
                 format!(
-                    "the candidates of {method}{} were evaluated on different seeds: {} on seeds [{}], {} on seeds [{}]; \
+                    "the candidates of {}{} were evaluated on different seeds: {} on seeds [{}], {} on seeds [{}]; \
                      bind every candidate's evaluation on the same seeds (a mean over other seeds is no comparison)",
+                    crate::paper::name(method),
                     rho.map_or(String::new(), |r| format!(" at ρ = {r}")),
                     name(first),
                     seeds(&first.2),
@@ -157,7 +158,7 @@ impl Stage for Select {
         "select"
     }
     fn doc(&self) -> &'static str {
-        "pick beta (tau for IPO) per method and rho by validation advantage"
+        "pick β (τ for IPO) per method and ρ by validation advantage"
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[
@@ -176,7 +177,7 @@ impl Stage for Select {
         ]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
-        &[OutputSpec { name: "selection", kind: ArtifactKind::File, doc: "chosen value per method and rho (Parquet)" }]
+        &[OutputSpec { name: "selection", kind: ArtifactKind::File, doc: "chosen value per method and ρ (Parquet)" }]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse_params::<Params>(params).map(|_| ())
@@ -264,7 +265,10 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let non_finite: Vec<String> = rows
         .iter()
         .filter(|r| !r.advantage.is_finite())
-        .map(|r| format!("{} at ρ = {:?}, {} = {} ({})", r.method, r.rho, r.param, r.value, r.advantage))
+        .map(|r| {
+            let (m, rho) = (crate::paper::name(&r.method), crate::paper::rho_text(r.rho));
+            format!("{m} at {rho}, {} = {} ({})", r.param, r.value, r.advantage)
+        })
         .collect();
     if !non_finite.is_empty() {
         // one warning for all of them: a diverged sweep would otherwise print a line per candidate
@@ -519,7 +523,7 @@ mod tests {
         let e =
             refuse_unequal_seeds(&[at_02, on(0.5, 0, 0.1), on(0.5, 1, 0.2), on(0.7, 0, 0.3)]).unwrap_err().to_string();
         assert!(
-            e.contains("the candidates of dpo at ρ = 0.5 were evaluated on different seeds: beta = 0.5 on seeds [0, 1], beta = 0.7 on seeds [0]"),
+            e.contains("the candidates of DPO at ρ = 0.5 were evaluated on different seeds: beta = 0.5 on seeds [0, 1], beta = 0.7 on seeds [0]"),
             "{e}"
         );
     }

@@ -78,8 +78,9 @@ pub fn choice_for<'a>(chosen: &'a [Choice], method: &str, rho: Option<f64>) -> O
 /// [`choice_for`], or what the selection covers instead (the message `policy` and `evaluate` both report).
 pub fn require_choice<'a>(chosen: &'a [Choice], method: &str, rho: Option<f64>) -> Result<&'a Choice, String> {
     choice_for(chosen, method, rho).ok_or_else(|| {
-        let have: Vec<String> = chosen.iter().map(|c| format!("{} at ρ = {:?}", c.method, c.rho)).collect();
-        format!("the selection has no choice for {method} at ρ = {rho:?}; it covers {}", have.join(", "))
+        let at = |m: &str, rho: Option<f64>| format!("{} at {}", crate::paper::name(m), crate::paper::rho_text(rho));
+        let have: Vec<String> = chosen.iter().map(|c| at(&c.method, c.rho)).collect();
+        format!("the selection has no choice for {}; it covers {}", at(method, rho), have.join(", "))
     })
 }
 
@@ -223,6 +224,6 @@ mod tests {
         let e = apply_choice(&twice, &chosen, "e-dpo", Some(0.2)).unwrap_err().to_string();
         assert!(e.contains("gamma is both set here and chosen"), "{e}");
         let e = apply_choice(&params, &chosen, "e-dpo", Some(0.8)).unwrap_err().to_string();
-        assert!(e.contains("no choice for e-dpo at ρ = Some(0.8)"), "{e}");
+        assert!(e.contains("no choice for e-DPO at ρ = 0.8"), "{e}");
     }
 }

@@ -465,13 +465,13 @@ impl Stage for Subsample {
         "subsample"
     }
     fn doc(&self) -> &'static str {
-        "select D_rho with an exact share rho of longer-preferred pairs"
+        "select D_ρ with an exact share ρ of longer-preferred pairs"
     }
     fn inputs(&self) -> &'static [InputSpec] {
         &[InputSpec { name: "pairs", required: true, many: false, doc: "labelled pairs" }]
     }
     fn outputs(&self) -> &'static [OutputSpec] {
-        &[OutputSpec { name: "dataset", kind: ArtifactKind::File, doc: "D_rho (Parquet)" }]
+        &[OutputSpec { name: "dataset", kind: ArtifactKind::File, doc: "D_ρ (Parquet)" }]
     }
     fn validate(&self, params: &Map<String, Value>) -> StageResult<()> {
         parse(params).map(|_| ())

@@ -61,9 +61,6 @@ struct CutCount {
     responses: std::sync::atomic::AtomicU64,
 }
 
-/// The share of rows cut by `max_len` from which [`Codec::warn_truncated`] warns.
-pub const CUT_WARN_SHARE: f64 = 0.01;
-
 /// Tokens encoded, and how many were the unknown token.
 #[derive(Debug, Default)]
 struct UnknownCount {
@@ -237,7 +234,7 @@ impl Codec {
         }
         Ok(PairBatch::new(prompts, responses, self.pad, self.max_len, device)?)
     }
-    /// Warns (through `ctx`) when [`CUT_WARN_SHARE`] or more of the rows this codec has put into batches lost the
+    /// Warns (through `ctx`) when a notable share ([`rmdistill_stages::evaluation::notable_cut`]) of the rows this codec has put into batches lost the
     /// start of their prompt or the end of their response to `max_len`: the model is then trained on, or scores,
     /// texts other than the data's — a response cut loses its EOS and is scored as if it were whole. `what` names the
     /// texts. Call it once the batches are done.
@@ -246,7 +243,8 @@ impl Codec {
         let (rows, p, r) =
             (self.cut.rows.load(Relaxed), self.cut.prompts.load(Relaxed), self.cut.responses.load(Relaxed));
         let share = |n: u64| n as f64 / rows.max(1) as f64;
-        if rows == 0 || (share(p) < CUT_WARN_SHARE && share(r) < CUT_WARN_SHARE) {
+        let notable = |n: u64| rmdistill_stages::evaluation::notable_cut(n as usize, rows as usize);
+        if !notable(p) && !notable(r) {
             return;
         }
         ctx.warn(&format!(

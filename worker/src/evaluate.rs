@@ -138,7 +138,10 @@ fn pick_policy(ctx: &dyn Ctx) -> StageResult<(&InputArtifact, Value)> {
         };
         let rho = num(a, info, "rho");
         let c = rmdistill_stages::selection::require_choice(&choices, &method, rho).map_err(|e| {
-            StageError::invalid("selection", format!("{} ({method}): {e} (selection {})", a.node, sel.node))
+            StageError::invalid(
+                "selection",
+                format!("{} ({}): {e} (selection {})", a.node, rmdistill_stages::paper::name(&method), sel.node),
+            )
         })?;
         if c.is_config(num(a, info, &c.param), num(a, info, "gamma")) {
             chosen.push((*a, info.clone()));

@@ -297,7 +297,7 @@ fn read_inputs(ctx: &dyn Ctx, p: &rmdistill_stages::policy::Params) -> StageResu
             Method::EDpo if r.members == 0 => {
                 return Err(StageError::invalid(
                     "rewards",
-                    "e-dpo needs an ensemble of at least one reward model; the rewards table has 0 members",
+                    "e-DPO needs an ensemble of at least one reward model; the rewards table has 0 members",
                 ));
             }
             _ => {}

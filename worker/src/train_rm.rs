@@ -136,6 +136,8 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     codec.max_len = p.max_len.or(model.config.max_positions().map(|m| m as usize));
     let data = data_io::one_input(ctx, "data")?;
     let d = load_pairs(&data.path, "data", &p.label_column, &codec)?;
+    // read before training: a bad `eval` table fails the node at once, not after the work
+    let eval = data_io::opt_input(ctx, "eval")?.map(|e| load_pairs(&e.path, "eval", "label", &codec)).transpose()?;
     codec.warn_unknown(ctx, "the pairs");
     let (mut train, mut held): (Vec<usize>, Vec<usize>) = (vec![], vec![]);
     for i in 0..d.ids.len() {
@@ -225,12 +227,11 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         (held_agreement.accuracy, held_agreement.length_sensitivity, held_agreement.length_differing);
     let sample: Vec<usize> = train.iter().copied().take(512).collect();
     let train_acc = evaluate(&model, &codec, &d, &sample, p.margin)?.accuracy;
-    let (ev, eval_n, eval_ties) = match data_io::opt_input(ctx, "eval")? {
-        Some(e) => {
-            let ed = load_pairs(&e.path, "eval", "label", &codec)?;
+    let (ev, eval_n, eval_ties) = match &eval {
+        Some(ed) => {
             // against the oracle: only the pairs it decides (a tie's label is a coin no model can be scored on)
             let rows: Vec<usize> = (0..ed.ids.len()).filter(|&i| !ed.oracle_tie[i]).collect();
-            (evaluate(&model, &codec, &ed, &rows, p.margin)?, rows.len(), ed.ids.len() - rows.len())
+            (evaluate(&model, &codec, ed, &rows, p.margin)?, rows.len(), ed.ids.len() - rows.len())
         }
         None => (Agreement::default(), 0, 0),
     };

@@ -396,24 +396,24 @@ fn bad_requests_fail_before_work_with_clear_errors() {
         (json!({"method": "ipo", "tau": 0.0}), None, "tau: must be a finite number > 0"),
         (json!({"method": "kto"}), None, "unknown variant `kto`"),
         (json!({"method": "p-dpo", "gamma": -0.5}), None, "gamma: must be finite and >= 0"),
-        (json!({"method": "p-dpo"}), None, "gamma: p-dpo has a forward-KL term"),
+        (json!({"method": "p-dpo"}), None, "gamma: p-DPO has a forward-KL term"),
         (
             json!({"method": "e-dpo", "gamma": {"start": 1.0, "end": -1.0}}),
             None,
             "gamma: must be finite and >= 0, got -1",
         ),
         (json!({"method": "dpo", "bogus": 1}), None, "unknown field `bogus`"),
-        (json!({"method": "d-dpo"}), None, "rewards: d-dpo distils reward models"),
+        (json!({"method": "d-dpo"}), None, "rewards: d-DPO distils reward models"),
         (
             json!({"method": "d-dpo"}),
             Some(&f.rewards3),
-            "d-dpo distils exactly one reward model, but the rewards table has 3 members",
+            "d-DPO distils exactly one reward model, but the rewards table has 3 members",
         ),
-        (json!({"method": "dp-dpo", "gamma": 0.1}), Some(&f.rewards3), "dp-dpo distils exactly one reward model"),
+        (json!({"method": "dp-dpo", "gamma": 0.1}), Some(&f.rewards3), "dp-DPO distils exactly one reward model"),
         (
             json!({"method": "e-dpo", "gamma": 0.1}),
             Some(&f.rewards0),
-            "e-dpo needs an ensemble of at least one reward model",
+            "e-DPO needs an ensemble of at least one reward model",
         ),
     ];
     for (p, r, want) in cases {
