@@ -1465,7 +1465,8 @@ fn resolve_seeing(
 pub struct NodeStatus {
     pub node: String,
     /// "cached", "run" (would run), or "blocked" (waits on an upstream that would run, and runs again only if its
-    /// outputs change). A node below a pending upstream whose own fields changed is "run", without a key.
+    /// outputs change; or on a twin, a node with the same key that runs first). A node below a pending upstream whose
+    /// own fields changed is "run", without a key.
     pub state: String,
     pub key: Option<String>,
     pub reasons: Vec<String>,
@@ -1478,6 +1479,7 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
     let last = LastEntries::default();
     let mut outputs: Vec<Option<BTreeMap<String, OutputRef>>> = vec![None; plan.nodes.len()];
     let mut out = Vec::new();
+    let mut to_run: HashMap<String, usize> = HashMap::new();
     for (i, n) in plan.nodes.iter().enumerate() {
         let pending: Vec<&str> = n
             .deps()
@@ -1499,6 +1501,14 @@ pub fn status(plan: &Plan, store: &Store) -> anyhow::Result<Vec<NodeStatus>> {
             out.push(NodeStatus { node: n.name.clone(), state: "cached".into(), key: Some(key), reasons: vec![] });
             continue;
         }
+        // a twin (another node with this key, listed before it) computes it: `run` serves this one from its result
+        if let Some(&t) = to_run.get(&key) {
+            let reasons =
+                vec![format!("the same key as {}, which runs first: a cache hit once it has", plan.nodes[t].name)];
+            out.push(NodeStatus { node: n.name.clone(), state: "blocked".into(), key: Some(key), reasons });
+            continue;
+        }
+        to_run.insert(key.clone(), i);
         let reasons = why_run(store, &scope, &n.name, &rec, &key)?;
         out.push(NodeStatus { node: n.name.clone(), state: "run".into(), key: Some(key), reasons });
     }

@@ -824,6 +824,12 @@ inputs = { pairs = "gen_b.pairs" }
 params = { rho = 0.5, size = 100, seed = 0 }
 "#,
         );
+        // status says so beforehand: the second of the two waits on the first
+        let st = w.ok(&["status", "m.toml", "--json"]);
+        let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+        let gen_b = st.as_array().unwrap().iter().find(|n| n["node"] == "gen_b").unwrap();
+        assert_eq!(gen_b["state"], "blocked", "{st}");
+        assert!(gen_b["reasons"][0].as_str().unwrap().contains("the same key as gen_a, which runs first"), "{st}");
         let out = w.run_json(&["m.toml", "--jobs", jobs]);
         assert_eq!((out["ran"].as_u64(), out["cached"].as_u64()), (Some(2), Some(1)), "-j {jobs}: {out}");
         let gens: Vec<String> = ["ran", "cached"].iter().flat_map(|o| nodes_with(&out, o)).collect();
