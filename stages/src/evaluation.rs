@@ -229,14 +229,9 @@ pub fn check_comparable(rows: &[EvalRow], slot: &str) -> StageResult<()> {
     type Fields = serde_json::Map<String, Value>;
     // the fields of one part of the record (PER_SEED, or the protocol) that differ between two evaluations
     let differ = |a: &EvalRow, am: &Fields, b: &EvalRow, bm: &Fields, per_seed: bool| -> Option<String> {
-        let mut keys: Vec<&String> =
-            am.keys().chain(bm.keys()).filter(|k| PER_SEED.contains(&k.as_str()) == per_seed).collect();
-        keys.sort();
-        keys.dedup();
         let show = |v: Option<&Value>| v.map_or_else(|| "absent".to_string(), |v| v.to_string());
-        let d: Vec<String> = keys
+        let d: Vec<String> = crate::reuse::differing_keys(am, bm, |k| PER_SEED.contains(&k) == per_seed)
             .into_iter()
-            .filter(|k| am.get(*k) != bm.get(*k))
             .map(|k| format!("{k} {} in {}, {} in {}", show(am.get(k)), a.node, show(bm.get(k)), b.node))
             .collect();
         (!d.is_empty()).then(|| d.join("; "))

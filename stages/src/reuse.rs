@@ -47,16 +47,26 @@ pub fn record_mismatch(ours: &Value, theirs: Option<&Value>) -> Vec<String> {
     let (Value::Object(a), Value::Object(b)) = (ours, theirs) else {
         return vec![format!("malformed record {theirs}")];
     };
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
+    differing_keys(a, b, |_| true)
+        .into_iter()
         .map(|k| {
             let show = |v: Option<&Value>| v.map_or_else(|| "absent".to_string(), |v| v.to_string());
             format!("{k}: {} there, {} here", show(b.get(k)), show(a.get(k)))
         })
         .collect()
+}
+
+/// The keys, among those `keep` takes, whose values differ between two records (absent on one side counts), sorted.
+pub fn differing_keys<'a>(
+    a: &'a serde_json::Map<String, Value>,
+    b: &'a serde_json::Map<String, Value>,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<&'a String> {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| keep(k)).collect();
+    keys.sort();
+    keys.dedup();
+    keys.retain(|k| a.get(*k) != b.get(*k));
+    keys
 }
 
 /// The record stored under `key` in a Parquet file's metadata, if any (None when absent or not JSON).

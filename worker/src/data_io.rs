@@ -234,10 +234,10 @@ impl Codec {
         }
         Ok(PairBatch::new(prompts, responses, self.pad, self.max_len, device)?)
     }
-    /// Warns (through `ctx`) when a notable share ([`rmdistill_stages::evaluation::notable_cut`]) of the rows this codec has put into batches lost the
-    /// start of their prompt or the end of their response to `max_len`: the model is then trained on, or scores,
-    /// texts other than the data's — a response cut loses its EOS and is scored as if it were whole. `what` names the
-    /// texts. Call it once the batches are done.
+    /// Warns (through `ctx`) when a notable share ([`rmdistill_stages::evaluation::notable_cut`]) of the rows this
+    /// codec has put into batches lost the start of their prompt or the end of their response to `max_len`: the
+    /// model is then trained on, or scores, texts other than the data's — a response cut loses its EOS and is scored
+    /// as if it were whole. `what` names the texts. Call it once the batches are done.
     pub fn warn_truncated(&self, ctx: &dyn Ctx, what: &str) {
         use std::sync::atomic::Ordering::Relaxed;
         let (rows, p, r) =
