@@ -205,6 +205,7 @@ fn reuse_reference_samples(
 pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let p = parse(ctx.params())?;
     let t0 = std::time::Instant::now();
+    // read: the policy (or the one the selection chose), π_ref, the prompts, the oracle
     let (pol_in, info) = pick_policy(ctx)?;
     let ref_in = lm_io::one_input(ctx, "reference")?;
     let prompts_in = lm_io::one_input(ctx, "prompts")?;
@@ -233,11 +234,65 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ));
     }
     let record = sampling_record(&p, &ref_in.hash, &prompts_in.hash, oracle_in.map(|o| o.hash.as_str()));
-    // π_ref evaluated against itself samples once: its samples are the reference's, draw for draw
-    let same_model = pol_in.path == ref_in.path || (!pol_in.hash.is_empty() && pol_in.hash == ref_in.hash);
     let device = lm_io::tch_device(ctx);
     tch::set_num_threads(ctx.threads().max(1) as i32);
     rmdistill_ml::seed_everything(p.seed);
+    let m = load_models(&p, pol_in, ref_in, oracle_in, device)?;
+    // compute: this shard's samples of both models (π_ref's reused when a `reference_samples` table is bound and
+    // drawn alike), then the oracle's scores of both
+    let (mut s, reused, total) = sample(ctx, &p, device, &m, &prompts, &record)?;
+    score(ctx, &p, &m, reused.as_ref(), &mut s)?;
+    let sum = summarize(&s);
+    let cut = cut_samples(&s, p.max_new_tokens);
+    let summary = summary_json(&sum, s.prompt.len(), p.split.as_deref(), &info, p.shard, p.shards, cut);
+    // the tables carry how they were drawn: another evaluation reuses the samples by it, a report or a selection
+    // checks by it that what it compares was drawn alike (artifact bytes are deterministic: wall time goes only into
+    // the returned summary)
+    let kv = [table::summary_kv("evaluate", &summary), vec![(SAMPLING_KEY.to_string(), record.to_string())]].concat();
+    let mut summary = summary;
+    summary["seconds"] = json!(t0.elapsed().as_secs_f64());
+    // write
+    table::write_table(&ctx.output_path("samples"), &samples_table(&s)?, &kv)?;
+    table::write_table(&ctx.output_path("summary"), &summary_table(&sum, &info, p.split.as_deref())?, &kv)?;
+    if let Some(w) = cut_warning(cut, s.prompt.len(), p.max_new_tokens) {
+        ctx.warn(&w);
+    }
+    ctx.progress(total + 1, total + 1);
+    ctx.log(&format!(
+        "{} rows of {} prompts × {}: advantage {:+.4} [{:+.4}, {:+.4}], win rate {:.3}, length {:.1} vs {:.1}, KL {:.3} ({:.1} s)",
+        s.prompt.len(),
+        prompts.len(),
+        p.samples_per_prompt,
+        sum.advantage.mean,
+        sum.advantage.ci_low,
+        sum.advantage.ci_high,
+        sum.win_rate,
+        sum.mean_len,
+        sum.ref_mean_len,
+        sum.kl,
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(summary)
+}
+
+/// The policy, π_ref and the reward-model oracle (when there is one), loaded and frozen, with their tokenizers.
+struct Models {
+    codec: Codec,
+    policy: LanguageModel,
+    reference: LanguageModel,
+    rm: Option<RmOracle>,
+    /// π_ref evaluated against itself: its samples are the reference's, draw for draw
+    same_model: bool,
+}
+
+fn load_models(
+    p: &Params,
+    pol_in: &InputArtifact,
+    ref_in: &InputArtifact,
+    oracle_in: Option<&InputArtifact>,
+    device: tch::Device,
+) -> StageResult<Models> {
+    let same_model = pol_in.path == ref_in.path || (!pol_in.hash.is_empty() && pol_in.hash == ref_in.hash);
     let codec = Codec::load(&ref_in.path, "reference")?.with_max_len(p.max_len);
     let pcodec = Codec::load(&pol_in.path, "policy")?.with_max_len(p.max_len);
     if pcodec.tok.vocab_size() != codec.tok.vocab_size() || pcodec.eos != codec.eos {
@@ -261,6 +316,22 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         }
         _ => None,
     };
+    Ok(Models { codec, policy, reference, rm, same_model })
+}
+
+/// This shard's (prompt, sample) rows: the policy's samples with their log-probabilities under both models, and
+/// π_ref's samples (reused from a bound `reference_samples` table, which is returned too, when it was drawn alike),
+/// and the number of batches sampled.
+fn sample(
+    ctx: &dyn Ctx,
+    p: &Params,
+    device: tch::Device,
+    m: &Models,
+    prompts: &[String],
+    record: &Value,
+) -> StageResult<(SampleRows, Option<SampleRows>, u64)> {
+    let Models { codec, policy, reference, same_model, .. } = m;
+    let same_model = *same_model;
     // ---- sample: rows are (prompt, sample index), batched; a shard takes a contiguous block of batches
     let mut rows: Vec<(u32, u32)> = vec![];
     for i in 0..prompts.len() as u32 {
@@ -289,7 +360,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         rows.chunks(p.batch_size).enumerate().filter(|(bi, _)| mine.contains(bi)).collect();
     let my_rows: Vec<(u32, u32)> = batches.iter().flat_map(|(_, c)| c.iter().copied()).collect();
     let reused = lm_io::opt_input(ctx, "reference_samples")?
-        .map(|b| reuse_reference_samples(b, &record, &my_rows, &prompts))
+        .map(|b| reuse_reference_samples(b, record, &my_rows, prompts))
         .transpose()?;
     for (done, (bi, chunk)) in batches.into_iter().enumerate() {
         let ps: Vec<&[i64]> = chunk
@@ -306,10 +377,10 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             eos_ids: vec![codec.eos],
             use_cache: true,
         };
-        let gp = with_autocast(device, || generate(&policy, &ps, codec.pad, &cfg))?;
+        let gp = with_autocast(device, || generate(policy, &ps, codec.pad, &cfg))?;
         // π_ref's samples: read (reused), the policy's own (same model), or drawn
         let gr = match (&reused, same_model) {
-            (None, false) => Some(with_autocast(device, || generate(&reference, &ps, codec.pad, &cfg))?),
+            (None, false) => Some(with_autocast(device, || generate(reference, &ps, codec.pad, &cfg))?),
             _ => None,
         };
         let strip = |t: &Vec<i64>| -> Vec<i64> { t.iter().copied().filter(|&x| x != codec.eos).collect() };
@@ -324,12 +395,12 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         let lp_pol = if ps.iter().all(|c| whole(c)) && gp.tokens.iter().all(|t| !t.is_empty()) {
             gp.logprobs.iter().map(|v| v.iter().sum()).collect()
         } else {
-            lm_io::logprobs_nograd(&policy, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?
+            lm_io::logprobs_nograd(policy, codec, &ps, &sr, Reduction::Sum, p.batch_size)?
         };
         let lp_ref = if same_model {
             lp_pol.clone()
         } else {
-            lm_io::logprobs_nograd(&reference, &codec, &ps, &sr, Reduction::Sum, p.batch_size)?
+            lm_io::logprobs_nograd(reference, codec, &ps, &sr, Reduction::Sum, p.batch_size)?
         };
         for (j, (i, k)) in chunk.iter().enumerate() {
             let tp = strip(&gp.tokens[j]);
@@ -353,8 +424,13 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         }
         ctx.progress(done as u64 + 1, total + 1);
     }
-    // ---- oracle
-    match &rm {
+    Ok((s, reused, total))
+}
+
+/// The oracle's score of every policy sample and π_ref sample (π_ref's read with its samples when reused).
+fn score(ctx: &dyn Ctx, p: &Params, m: &Models, reused: Option<&SampleRows>, s: &mut SampleRows) -> StageResult<()> {
+    let (rm, same_model) = (&m.rm, m.same_model);
+    match rm {
         Some(o) => s.policy_oracle = o.score(&s.prompt, &s.policy_response, p.batch_size)?,
         None => {
             for i in 0..s.prompt.len() {
@@ -362,7 +438,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             }
         }
     }
-    s.ref_oracle = match (&reused, &rm) {
+    s.ref_oracle = match (reused, rm) {
         (Some(r), _) => r.ref_oracle.clone(),
         (None, _) if same_model => s.policy_oracle.clone(),
         (None, Some(o)) => o.score(&s.prompt, &s.ref_response, p.batch_size)?,
@@ -370,38 +446,9 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             .map(|i| synthetic_oracle(&s.prompt[i], &s.ref_response[i], &p.oracle_params))
             .collect::<StageResult<_>>()?,
     };
-    if let Some(o) = &rm {
+    if let Some(o) = rm {
         o.codec.warn_unknown(ctx, "the samples the oracle scored");
         o.codec.warn_truncated(ctx, "the samples the oracle scored");
     }
-    let sum = summarize(&s);
-    let cut = cut_samples(&s, p.max_new_tokens);
-    let summary = summary_json(&sum, s.prompt.len(), p.split.as_deref(), &info, p.shard, p.shards, cut);
-    // the tables carry how they were drawn: another evaluation reuses the samples by it, a report or a selection
-    // checks by it that what it compares was drawn alike (artifact bytes are deterministic: wall time goes only into
-    // the returned summary)
-    let kv = [table::summary_kv("evaluate", &summary), vec![(SAMPLING_KEY.to_string(), record.to_string())]].concat();
-    let mut summary = summary;
-    summary["seconds"] = json!(t0.elapsed().as_secs_f64());
-    table::write_table(&ctx.output_path("samples"), &samples_table(&s)?, &kv)?;
-    table::write_table(&ctx.output_path("summary"), &summary_table(&sum, &info, p.split.as_deref())?, &kv)?;
-    if let Some(w) = cut_warning(cut, s.prompt.len(), p.max_new_tokens) {
-        ctx.warn(&w);
-    }
-    ctx.progress(total + 1, total + 1);
-    ctx.log(&format!(
-        "{} rows of {} prompts × {}: advantage {:+.4} [{:+.4}, {:+.4}], win rate {:.3}, length {:.1} vs {:.1}, KL {:.3} ({:.1} s)",
-        s.prompt.len(),
-        prompts.len(),
-        p.samples_per_prompt,
-        sum.advantage.mean,
-        sum.advantage.ci_low,
-        sum.advantage.ci_high,
-        sum.win_rate,
-        sum.mean_len,
-        sum.ref_mean_len,
-        sum.kl,
-        t0.elapsed().as_secs_f64()
-    ));
-    Ok(summary)
+    Ok(())
 }

@@ -1,9 +1,10 @@
 //! `sample_pairs` (declared in `rmdistill_stages::sample_pairs`): samples the pairs from the policy.
 use crate::data_io::{self, Codec};
-use rmdistill_ml::{LanguageModel, SampleConfig};
+use arrow::array::RecordBatch;
+use rmdistill_ml::{LanguageModel, SampleConfig, tch};
 use rmdistill_stages::longer::{SUMMARY_MARGIN, longer};
 use rmdistill_stages::port::*;
-use rmdistill_stages::sample_pairs::parse;
+use rmdistill_stages::sample_pairs::{Params, parse};
 use rmdistill_stages::table::{self, PairRow, PairsBuilder};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -45,16 +46,74 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let p = parse(ctx.params())?;
     data_io::torch_setup(ctx, p.seed);
     let device = data_io::tch_device(ctx);
+    // read
+    let (model, codec) = read_policy(ctx, device)?;
+    let prompts = read_sampled_prompts(ctx, &p)?;
+    // compute
+    let enc = encode_prompts(&p, &model, &codec, &prompts)?;
+    let s = sample(ctx, &p, device, &model, &codec, &prompts, &enc)?;
+    let total = prompts.len();
+    if s.kept == 0 {
+        return Err(StageError::invalid(
+            "policy",
+            format!(
+                "no usable pair: of {} sampled pairs, {} were identical and {} had an empty response",
+                total * p.pairs_per_prompt,
+                s.identical,
+                s.empty
+            ),
+        ));
+    }
+    let summary = json!({
+        "prompts": total,
+        "pairs": s.kept,
+        "dropped_identical": s.identical,
+        "dropped_empty": s.empty,
+        "dropped_duplicate": s.duplicate,
+        "truncated_samples": s.truncated,
+        "mean_tokens": s.len_sum as f64 / (2 * s.kept) as f64,
+        "length_differing_share": s.differ as f64 / s.kept as f64,
+    });
+    // write
+    table::write_table(&ctx.output_path("pairs"), &s.pairs, &table::summary_kv("sample_pairs", &summary))?;
+    ctx.log(&format!(
+        "{} pairs from {total} prompts ({} identical, {} empty, {} repeated dropped); mean {:.2} tokens",
+        s.kept,
+        s.identical,
+        s.empty,
+        s.duplicate,
+        summary["mean_tokens"].as_f64().unwrap_or(0.0)
+    ));
+    Ok(summary)
+}
+
+/// The policy that samples (π_ref in the pipelines), with its tokenizer.
+fn read_policy(ctx: &dyn Ctx, device: tch::Device) -> StageResult<(LanguageModel, Codec)> {
     let pol = data_io::one_input(ctx, "policy")?;
     data_io::check_checkpoint(&pol.path, "policy")?;
     let codec = Codec::load(&pol.path, "policy")?;
     let model = LanguageModel::load(&pol.path, device).map_err(|e| StageError::invalid("policy", format!("{e:#}")))?;
     codec.check_vocab(model.config.vocab_size(), "policy")?;
+    Ok((model, codec))
+}
+
+/// The distinct prompts of the split, the first `max_prompts` of them.
+fn read_sampled_prompts(ctx: &dyn Ctx, p: &Params) -> StageResult<Vec<(String, u32)>> {
     let prompts_in = data_io::one_input(ctx, "prompts")?;
     let mut prompts = read_prompts(&prompts_in.path, &p.split, "prompts")?;
     if let Some(m) = p.max_prompts {
         prompts.truncate(m);
     }
+    Ok(prompts)
+}
+
+/// The prompts' tokens; an error when `max_new_tokens` leaves no room for a prompt in the model's positions.
+fn encode_prompts(
+    p: &Params,
+    model: &LanguageModel,
+    codec: &Codec,
+    prompts: &[(String, u32)],
+) -> StageResult<Vec<Vec<i64>>> {
     let enc: Vec<Vec<i64>> = prompts.iter().map(|(pr, _)| codec.prompt(pr)).collect::<StageResult<_>>()?;
     if let Some(maxp) = model.config.max_positions() {
         // Longer prompts keep their end when sampled (see rmdistill_ml::generate); no room at all is an error.
@@ -68,6 +127,32 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             ));
         }
     }
+    Ok(enc)
+}
+
+/// The pairs table sampled, and what was dropped on the way.
+struct Sampled {
+    pairs: RecordBatch,
+    kept: u64,
+    identical: u64,
+    empty: u64,
+    duplicate: u64,
+    truncated: u64,
+    len_sum: u64,
+    differ: u64,
+}
+
+/// `pairs_per_prompt` pairs of two samples per prompt, batch by batch; a pair with an empty response, two identical
+/// responses, or one sampled before (the same pair id) is dropped and counted.
+fn sample(
+    ctx: &dyn Ctx,
+    p: &Params,
+    device: tch::Device,
+    model: &LanguageModel,
+    codec: &Codec,
+    prompts: &[(String, u32)],
+    enc: &[Vec<i64>],
+) -> StageResult<Sampled> {
     let per = 2 * p.pairs_per_prompt;
     let mut b = PairsBuilder::with_capacity(prompts.len() * p.pairs_per_prompt, 0);
     let mut seen = HashSet::new();
@@ -84,7 +169,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             eos_ids: vec![codec.eos],
             use_cache: true,
         };
-        let s = rmdistill_ml::with_autocast(device, || rmdistill_ml::generate(&model, &rows, codec.pad, &cfg))?;
+        let s = rmdistill_ml::with_autocast(device, || rmdistill_ml::generate(model, &rows, codec.pad, &cfg))?;
         truncated += s.finished.iter().filter(|f| !**f).count() as u64;
         for (j, i) in r.clone().enumerate() {
             let (prompt, src) = &prompts[i];
@@ -125,30 +210,5 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         }
         ctx.progress(r.end as u64, total as u64);
     }
-    if kept == 0 {
-        return Err(StageError::invalid(
-            "policy",
-            format!(
-                "no usable pair: of {} sampled pairs, {identical} were identical and {empty} had an empty response",
-                total * p.pairs_per_prompt
-            ),
-        ));
-    }
-    let batch = b.finish();
-    let summary = json!({
-        "prompts": total,
-        "pairs": kept,
-        "dropped_identical": identical,
-        "dropped_empty": empty,
-        "dropped_duplicate": duplicate,
-        "truncated_samples": truncated,
-        "mean_tokens": len_sum as f64 / (2 * kept) as f64,
-        "length_differing_share": differ as f64 / kept as f64,
-    });
-    table::write_table(&ctx.output_path("pairs"), &batch, &table::summary_kv("sample_pairs", &summary))?;
-    ctx.log(&format!(
-        "{kept} pairs from {total} prompts ({identical} identical, {empty} empty, {duplicate} repeated dropped); mean {:.2} tokens",
-        summary["mean_tokens"].as_f64().unwrap_or(0.0)
-    ));
-    Ok(summary)
+    Ok(Sampled { pairs: b.finish(), kept, identical, empty, duplicate, truncated, len_sum, differ })
 }

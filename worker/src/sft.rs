@@ -10,7 +10,7 @@ use rmdistill_ml::{
     Trainer, sequence_logprobs,
 };
 use rmdistill_stages::port::*;
-use rmdistill_stages::sft::{Arch, ArchParams, TokKind, TrainOn, parse};
+use rmdistill_stages::sft::{Arch, ArchParams, Params, TokKind, TrainOn, parse};
 use rmdistill_stages::table;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -159,19 +159,79 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     let t0 = std::time::Instant::now();
     data_io::torch_setup(ctx, p.seed);
     let device = data_io::tch_device(ctx);
+    // read: the demonstrations, and where the model starts (a base checkpoint, a tokenizer, or neither)
     let data = data_io::one_input(ctx, "data")?;
-    let (mut train, mut eval, source) = demonstrations(&data.path)?;
+    let (train, eval, source) = demonstrations(&data.path)?;
     if train.is_empty() {
         return Err(StageError::invalid(
             "data",
             format!("{}: no training rows (split = \"train\")", data.path.display()),
         ));
     }
-    let base = data_io::opt_input(ctx, "base")?;
-    let tok_in = data_io::opt_input(ctx, "tokenizer")?;
+    let (mut codec, model, tok_source) = starting_point(ctx, &p, device, &train)?;
+    codec.max_len = p.max_len.or(model.config.max_positions().map(|m| m as usize));
+    // compute
+    let (train_ids, eval_ids) = encoded_split(ctx, &p, &codec, train, eval)?;
+    let run = fine_tune(ctx, &p, device, &model, &codec, &train_ids, &eval_ids)?;
+    let h = &run.trainer.history;
+    let summary = json!({
+        "source": source,
+        "tokenizer": tok_source,
+        "train_rows": train_ids.len(),
+        "eval_rows": eval_ids.len(),
+        "parameters": model.num_parameters(),
+        "model_type": model.config.model_type(),
+        "vocab_size": model.config.vocab_size(),
+        "steps": p.steps,
+        "first_loss": h.first().map(|r| r.loss),
+        "final_loss": h.last().map(|r| r.loss),
+        "eval_loss_before": run.eval_before,
+        "eval_loss": run.eval_loss.iter().rev().flatten().next().copied(),
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    // write
     let out_dir = ctx.output_path("model");
     std::fs::create_dir_all(&out_dir)?;
-    let (mut codec, model, tok_source) = match (base, tok_in) {
+    codec.tok.save(&out_dir)?;
+    model.save(&out_dir, None)?;
+    data_io::write_metrics(
+        &ctx.output_path("metrics"),
+        &[
+            ("step", h.iter().map(|r| Some(r.step as f64)).collect()),
+            ("loss", h.iter().map(|r| Some(r.loss)).collect()),
+            ("lr", h.iter().map(|r| Some(r.lr)).collect()),
+            ("grad_norm", h.iter().map(|r| Some(r.grad_norm)).collect()),
+            ("eval_loss", run.eval_loss),
+        ],
+        &table::summary_kv("sft", &json!({"parameters": summary["parameters"], "eval_loss": summary["eval_loss"]})),
+    )?;
+    codec.warn_truncated(ctx, "the demonstrations");
+    ctx.log(&format!(
+        "{} parameters, {} steps: loss {} → {}, {}",
+        summary["parameters"],
+        p.steps,
+        loss(h.first().map(|r| r.loss)),
+        loss(h.last().map(|r| r.loss)),
+        match (run.eval_before, summary["eval_loss"].as_f64()) {
+            (Some(before), Some(after)) => format!("eval loss {} → {}", loss(Some(before)), loss(Some(after))),
+            _ => "no eval rows (eval loss not measured)".to_string(),
+        }
+    ));
+    Ok(summary)
+}
+
+/// The tokenizer and the model training starts from, and where the tokenizer came from: a `base` checkpoint (with
+/// the `tokenizer` input's tokenizer when one is bound), a fresh model for the `tokenizer` input, or a tokenizer
+/// trained here on the training demonstrations and a fresh model for it.
+fn starting_point(
+    ctx: &dyn Ctx,
+    p: &Params,
+    device: tch::Device,
+    train: &Demos,
+) -> StageResult<(Codec, LanguageModel, &'static str)> {
+    let base = data_io::opt_input(ctx, "base")?;
+    let tok_in = data_io::opt_input(ctx, "tokenizer")?;
+    Ok(match (base, tok_in) {
         (Some(b), _) => {
             data_io::check_checkpoint(&b.path, "base")?;
             let codec = match tok_in {
@@ -196,9 +256,18 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
             let codec = Codec::new(tok, "tokenizer_kind")?;
             (codec.clone(), new_model(&p.arch, &codec, device)?, "trained here")
         }
-    };
-    codec.max_len = p.max_len.or(model.config.max_positions().map(|m| m as usize));
-    codec.tok.save(&out_dir)?;
+    })
+}
+
+/// The training and eval demonstrations, encoded: without eval rows in the data, a seeded sample of the training
+/// rows is held out; at most `eval_rows` are kept.
+fn encoded_split(
+    ctx: &dyn Ctx,
+    p: &Params,
+    codec: &Codec,
+    mut train: Demos,
+    mut eval: Demos,
+) -> StageResult<(Encoded, Encoded)> {
     if eval.is_empty() {
         // hold out a seeded sample of the training rows
         let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x5f7);
@@ -208,9 +277,31 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         eval = train.split_off(n - k);
     }
     eval.truncate(p.eval_rows);
-    let train_ids = encode(&codec, &train)?;
-    let eval_ids = encode(&codec, &eval)?;
+    let train_ids = encode(codec, &train)?;
+    let eval_ids = encode(codec, &eval)?;
     codec.warn_unknown(ctx, "the demonstrations");
+    Ok((train_ids, eval_ids))
+}
+
+/// What [`fine_tune`] leaves: the optimizer's step history, and the eval loss before training and every `eval_every`
+/// steps (None between).
+struct Run {
+    trainer: Trainer,
+    eval_before: Option<f64>,
+    eval_loss: Vec<Option<f64>>,
+}
+
+/// `steps` optimizer steps of next-token loss on the training demonstrations (the responses' tokens, or all), in
+/// batches drawn without replacement from a seeded order, reshuffled at each pass.
+fn fine_tune(
+    ctx: &dyn Ctx,
+    p: &Params,
+    device: tch::Device,
+    model: &LanguageModel,
+    codec: &Codec,
+    train_ids: &Encoded,
+    eval_ids: &Encoded,
+) -> StageResult<Run> {
     if p.warmup_steps > p.steps / 2 && ctx.params().contains_key("warmup_steps") {
         // the documented limit, said where the run shows it (never silently)
         ctx.warn(&format!(
@@ -230,7 +321,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         ..Default::default()
     };
     let mut trainer = Trainer::new(&model.vs, cfg)?;
-    let eval_before = if eval_ids.is_empty() { None } else { Some(mean_nll(&model, &codec, &eval_ids, 256)?) };
+    let eval_before = if eval_ids.is_empty() { None } else { Some(mean_nll(model, codec, eval_ids, 256)?) };
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     let mut order: Vec<usize> = (0..train_ids.len()).collect();
     let mut pos = order.len();
@@ -264,54 +355,13 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         trainer.backward(&loss, &[])?;
         let last = step + 1 == p.steps;
         if !eval_ids.is_empty() && ((step + 1) % p.eval_every == 0 || last) {
-            let l = mean_nll(&model, &codec, &eval_ids, 256)?;
-            eval_loss.push(Some(l));
+            eval_loss.push(Some(mean_nll(model, codec, eval_ids, 256)?));
         } else {
             eval_loss.push(None);
         }
         ctx.progress(step as u64 + 1, p.steps as u64);
     }
-    model.save(&out_dir, None)?;
-    let h = &trainer.history;
-    let summary = json!({
-        "source": source,
-        "tokenizer": tok_source,
-        "train_rows": train_ids.len(),
-        "eval_rows": eval_ids.len(),
-        "parameters": model.num_parameters(),
-        "model_type": model.config.model_type(),
-        "vocab_size": model.config.vocab_size(),
-        "steps": p.steps,
-        "first_loss": h.first().map(|r| r.loss),
-        "final_loss": h.last().map(|r| r.loss),
-        "eval_loss_before": eval_before,
-        "eval_loss": eval_loss.iter().rev().flatten().next().copied(),
-        "seconds": t0.elapsed().as_secs_f64(),
-    });
-    data_io::write_metrics(
-        &ctx.output_path("metrics"),
-        &[
-            ("step", h.iter().map(|r| Some(r.step as f64)).collect()),
-            ("loss", h.iter().map(|r| Some(r.loss)).collect()),
-            ("lr", h.iter().map(|r| Some(r.lr)).collect()),
-            ("grad_norm", h.iter().map(|r| Some(r.grad_norm)).collect()),
-            ("eval_loss", eval_loss),
-        ],
-        &table::summary_kv("sft", &json!({"parameters": summary["parameters"], "eval_loss": summary["eval_loss"]})),
-    )?;
-    codec.warn_truncated(ctx, "the demonstrations");
-    ctx.log(&format!(
-        "{} parameters, {} steps: loss {} → {}, {}",
-        summary["parameters"],
-        p.steps,
-        loss(h.first().map(|r| r.loss)),
-        loss(h.last().map(|r| r.loss)),
-        match (eval_before, summary["eval_loss"].as_f64()) {
-            (Some(before), Some(after)) => format!("eval loss {} → {}", loss(Some(before)), loss(Some(after))),
-            _ => "no eval rows (eval loss not measured)".to_string(),
-        }
-    ));
-    Ok(summary)
+    Ok(Run { trainer, eval_before, eval_loss })
 }
 
 /// A loss as the log shows it: three decimals, or `none`.
