@@ -332,7 +332,7 @@ fn sample(
 ) -> StageResult<(SampleRows, Option<SampleRows>, u64)> {
     let Models { codec, policy, reference, same_model, .. } = m;
     let same_model = *same_model;
-    // ---- sample: rows are (prompt, sample index), batched; a shard takes a contiguous block of batches
+    // rows are (prompt, sample index), batched; a shard takes a contiguous block of batches
     let mut rows: Vec<(u32, u32)> = vec![];
     for i in 0..prompts.len() as u32 {
         for k in 0..p.samples_per_prompt as u32 {

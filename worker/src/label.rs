@@ -28,21 +28,19 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
         Some((model, codec)) => rm_scores(ctx, &p, model, codec, &pairs)?,
     };
     let labels = Labels::of(&p, &pairs, &scores);
-    let out = labelled_table(&pairs, &scores, &labels)?;
-    let summary = summary(&p, &pairs, &scores, &labels, out.num_rows());
+    let summary = summary(&p, &pairs, &scores, &labels);
+    let (n, differ, ties, kept) = (pairs.len(), labels.differ, labels.ties, labels.kept());
+    let out = labelled_table(&pairs, scores, labels)?;
     // write
     table::write_table(&ctx.output_path("labelled"), &out, &table::summary_kv("label", &summary))?;
-    let n = pairs.len();
     ctx.progress(2 * n as u64, 2 * n as u64);
     ctx.log(&format!(
-        "labelled {n} pairs (shard {}/{}): longer preferred in {:.1}% of {} length-differing pairs, {} ties \
+        "labelled {n} pairs (shard {}/{}): longer preferred in {:.1}% of {differ} length-differing pairs, {ties} ties \
          ({} dropped)",
         p.shard,
         p.shards,
         100.0 * summary["longer_preferred_share"].as_f64().unwrap_or(0.0),
-        labels.differ,
-        labels.ties,
-        n - out.num_rows()
+        n - kept
     ));
     Ok(summary)
 }
@@ -259,26 +257,31 @@ impl Labels {
         }
         l
     }
+
+    /// The rows kept: all but the dropped ties.
+    fn kept(&self) -> usize {
+        self.keep.iter().filter(|k| **k).count()
+    }
 }
 
 /// The input's columns (label replaced, token counts filled) + human_label, oracle_a, oracle_b, longer; the kept
 /// rows only.
-fn labelled_table(pairs: &Pairs, scores: &Scores, labels: &Labels) -> StageResult<RecordBatch> {
+fn labelled_table(pairs: &Pairs, scores: Scores, labels: Labels) -> StageResult<RecordBatch> {
     let t = &pairs.table;
     let schema = t.schema();
     let mut fields: Vec<Field> = vec![];
     let mut cols: Vec<ArrayRef> = vec![];
+    // the replaced columns, built once before the loop that places them
+    let (label, tokens_a, tokens_b): (ArrayRef, ArrayRef, ArrayRef) = (
+        Arc::new(Int8Array::from(labels.labels)),
+        Arc::new(UInt32Array::from(scores.len_a)),
+        Arc::new(UInt32Array::from(scores.len_b)),
+    );
     for (f, c) in schema.fields().iter().zip(t.columns()) {
         let (f, c): (Field, ArrayRef) = match f.name().as_str() {
-            table::LABEL => {
-                (Field::new(table::LABEL, DataType::Int8, true), Arc::new(Int8Array::from(labels.labels.clone())))
-            }
-            table::TOKENS_A => {
-                (Field::new(table::TOKENS_A, DataType::UInt32, true), Arc::new(UInt32Array::from(scores.len_a.clone())))
-            }
-            table::TOKENS_B => {
-                (Field::new(table::TOKENS_B, DataType::UInt32, true), Arc::new(UInt32Array::from(scores.len_b.clone())))
-            }
+            table::LABEL => (Field::new(table::LABEL, DataType::Int8, true), label.clone()),
+            table::TOKENS_A => (Field::new(table::TOKENS_A, DataType::UInt32, true), tokens_a.clone()),
+            table::TOKENS_B => (Field::new(table::TOKENS_B, DataType::UInt32, true), tokens_b.clone()),
             "human_label" | "oracle_a" | "oracle_b" | "longer" => continue, // relabelling a labelled table
             _ => (f.as_ref().clone(), c.clone()),
         };
@@ -295,16 +298,17 @@ fn labelled_table(pairs: &Pairs, scores: &Scores, labels: &Labels) -> StageResul
     fields.push(Field::new("human_label", DataType::Int8, true));
     cols.push(Arc::new(Int8Array::from(human_col)));
     fields.push(Field::new("oracle_a", DataType::Float64, false));
-    cols.push(Arc::new(Float64Array::from(scores.a.clone())));
+    cols.push(Arc::new(Float64Array::from(scores.a)));
     fields.push(Field::new("oracle_b", DataType::Float64, false));
-    cols.push(Arc::new(Float64Array::from(scores.b.clone())));
+    cols.push(Arc::new(Float64Array::from(scores.b)));
     fields.push(Field::new("longer", DataType::Int8, true));
-    cols.push(Arc::new(Int8Array::from(labels.longer.clone())));
+    cols.push(Arc::new(Int8Array::from(labels.longer)));
     let out = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
-    Ok(arrow::compute::filter_record_batch(&out, &arrow::array::BooleanArray::from(labels.keep.clone()))?)
+    Ok(arrow::compute::filter_record_batch(&out, &arrow::array::BooleanArray::from(labels.keep))?)
 }
 
-fn summary(p: &Params, pairs: &Pairs, scores: &Scores, l: &Labels, kept: usize) -> Value {
+fn summary(p: &Params, pairs: &Pairs, scores: &Scores, l: &Labels) -> Value {
+    let kept = l.kept();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     json!({
         "oracle": match p.oracle { OracleKind::Synthetic => "synthetic", OracleKind::RewardModel => "reward_model" },

@@ -6,8 +6,8 @@ use rand_chacha::ChaCha8Rng;
 use rmdistill_ml::logprobs::lm_loss;
 use rmdistill_ml::tch;
 use rmdistill_ml::{
-    Gpt2Config, LanguageModel, LlamaConfig, ModelConfig, OptimConfig, Reduction, Schedule, Tokenizer, TokenizerSpec,
-    Trainer, sequence_logprobs,
+    Gpt2Config, LanguageModel, LlamaConfig, ModelConfig, OptimConfig, Reduction, Schedule, StepMetrics, Tokenizer,
+    TokenizerSpec, Trainer, sequence_logprobs,
 };
 use rmdistill_stages::port::*;
 use rmdistill_stages::sft::{Arch, ArchParams, Params, TokKind, TrainOn, parse};
@@ -173,7 +173,7 @@ pub fn run(ctx: &dyn Ctx) -> StageResult<Value> {
     // compute
     let (train_ids, eval_ids) = encoded_split(ctx, &p, &codec, train, eval)?;
     let run = fine_tune(ctx, &p, device, &model, &codec, &train_ids, &eval_ids)?;
-    let h = &run.trainer.history;
+    let h = &run.history;
     let summary = json!({
         "source": source,
         "tokenizer": tok_source,
@@ -283,10 +283,10 @@ fn encoded_split(
     Ok((train_ids, eval_ids))
 }
 
-/// What [`fine_tune`] leaves: the optimizer's step history, and the eval loss before training and every `eval_every`
-/// steps (None between).
+/// What [`fine_tune`] leaves: the optimizer's step history (the optimizer itself is freed before the model is
+/// written), and the eval loss before training and every `eval_every` steps (None between).
 struct Run {
-    trainer: Trainer,
+    history: Vec<StepMetrics>,
     eval_before: Option<f64>,
     eval_loss: Vec<Option<f64>>,
 }
@@ -361,7 +361,7 @@ fn fine_tune(
         }
         ctx.progress(step as u64 + 1, p.steps as u64);
     }
-    Ok(Run { trainer, eval_before, eval_loss })
+    Ok(Run { history: trainer.history, eval_before, eval_loss })
 }
 
 /// A loss as the log shows it: three decimals, or `none`.
