@@ -172,6 +172,14 @@ pub enum NodeCommand {
         /// auto, cpu or cuda (`gpu` is the same), as `run --device`.
         #[arg(long)]
         device: Option<String>,
+        /// This is one attempt of the node's Job in the exported run RUN (`export k8s` sets it): a failure is
+        /// recorded in the store under RUN, and an upstream node all of whose attempts failed there ends this one
+        /// with exit code 5 instead of 4 (not yet). The attempt's id is $RMDISTILL_ATTEMPT (the pod's name).
+        #[arg(long, value_name = "RUN", requires = "attempts")]
+        run_id: Option<String>,
+        /// With --run-id: the attempts each Job makes (`backoffLimit` + 1).
+        #[arg(long, value_name = "N", requires = "run_id", value_parser = clap::value_parser!(u32).range(1..))]
+        attempts: Option<u32>,
     },
     /// List node names (one per line) in topological order.
     List {
@@ -195,6 +203,18 @@ impl From<DagFormatArg> for crate::render::DagFormat {
             DagFormatArg::Mermaid => Self::Mermaid,
         }
     }
+}
+
+/// `node run --run-id RUN --attempts N`: the run's id checked (it names a folder of the store), and this attempt's
+/// id from $RMDISTILL_ATTEMPT (the pod's name, which `export k8s` passes), else one made up (the process id and the
+/// time), so that a run by hand is an attempt of its own.
+fn attempt(run: String, attempts: u32) -> anyhow::Result<exec::Attempt> {
+    exec::check_run_id(&run)?;
+    let id = std::env::var("RMDISTILL_ATTEMPT").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("pid{}-{}", std::process::id(), t.as_nanos())
+    });
+    Ok(exec::Attempt { run, attempts, id })
 }
 
 /// `-j`: 1 to [`crate::manifest::MAX_JOBS`] (each job is a thread of the runner; 0 would run nothing).
@@ -348,6 +368,11 @@ pub struct K8sArgs {
     /// under --all-at-once has).
     #[arg(long, default_value_t = 2)]
     pub backoff_limit: u32,
+    /// The id under which these Jobs record their failed attempts in the store, so that a Job waiting for a node
+    /// whose Job failed stops (exit code 5) instead of waiting forever (default: the name prefix, the time and a
+    /// random part; each export is a run of its own). Letters, digits, `-`, `_`, `.`; at most 64.
+    #[arg(long, value_name = "RUN")]
+    pub run_id: Option<String>,
     /// Seconds between checks while a node waits for its upstream.
     #[arg(long, default_value_t = 30)]
     pub poll: u32,
@@ -429,6 +454,7 @@ fn export(target: Target) -> anyhow::Result<()> {
             backoff_limit: a.backoff_limit,
             poll: a.poll,
             all_at_once: a.all_at_once,
+            run_id: a.run_id,
         }),
         Target::AwsBatch(a) => export::aws::run(export::aws::Request {
             source: a.common.source(),
@@ -532,6 +558,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 .or(plan.manifest.execution.jobs)
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let opts = RunOptions {
+                attempt: None,
                 jobs,
                 force: select(&plan, &force)?,
                 targets: select(&plan, &targets)?,
@@ -699,7 +726,11 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Node { command: NodeCommand::Run { common, node, with_deps, device: dev } } => {
+        Command::Node { command: NodeCommand::Run { common, node, with_deps, device: dev, run_id, attempts } } => {
+            let attempt = match (run_id, attempts) {
+                (Some(run), Some(attempts)) => Some(attempt(run, attempts)?),
+                _ => None,
+            };
             let plan = load(&common)?;
             let store = open_store(&plan, &common)?;
             let Some(i) = plan.find(&node) else {
@@ -712,6 +743,24 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                     common.manifest.display()
                 );
             };
+            let scope = exec::scope(&plan);
+            let name = plan.nodes[i].name.clone();
+            if let Some(a) = &attempt
+                && let Some(code) = std::env::var("RMDISTILL_RECORD_EXIT").ok().and_then(|c| c.parse::<i32>().ok())
+            {
+                // The Job's wrapper saw this attempt end with `code` without a record of its own (killed: out of
+                // memory, or stopped at its deadline): record it, and pass the code on.
+                let how = match code {
+                    137 => " (SIGKILL: out of memory?)",
+                    143 => " (SIGTERM: stopped at its deadline, or its pod was evicted or deleted)",
+                    101 => " (a panic)",
+                    c if c > 128 => " (killed by a signal)",
+                    _ => "",
+                };
+                let why = format!("the attempt ended with exit code {code}{how}");
+                store.record_attempt(&a.run, &scope, &name, &a.id, false, &why)?;
+                std::process::exit(code);
+            }
             let opts = RunOptions {
                 jobs: 1,
                 force: vec![],
@@ -719,13 +768,32 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 upstream_must_be_cached: !with_deps,
                 fail_fast: false,
                 device: device(dev.as_deref(), &plan)?,
+                attempt: attempt.clone(),
             };
             let progress = Progress::new(common.json);
-            let s = exec::run(&plan, &store, &opts, &progress)?;
-            print_summary(&s, common.json, false);
-            if s.failed > 0 {
-                return Err(RunFailed(format!("node {node} failed")).into());
+            // (the error, what the record of a failed attempt says)
+            let res = exec::run(&plan, &store, &opts, &progress).map_err(|e| {
+                let text = format!("{e:#}");
+                (e, text)
+            });
+            let res = res.and_then(|s| {
+                print_summary(&s, common.json, false);
+                if s.failed == 0 {
+                    return Ok(());
+                }
+                let why = s.nodes.iter().find_map(|r| r.error.clone()).unwrap_or_else(|| "it failed".into());
+                Err((RunFailed(format!("node {node} failed")).into(), why))
+            });
+            if let (Some(a), Err((e, why))) = (&attempt, &res)
+                && e.downcast_ref::<crate::error::NotReady>().is_none()
+            {
+                // Every other end of this attempt fails its pod, which the Job counts: so do the nodes waiting.
+                let given_up = e.downcast_ref::<exec::UpstreamFailed>().is_some();
+                if let Err(w) = store.record_attempt(&a.run, &scope, &name, &a.id, given_up, why) {
+                    eprintln!("warning: could not record this failed attempt in the store: {w:#}");
+                }
             }
+            res.map_err(|(e, _)| e)?
         }
         Command::Node { command: NodeCommand::List { common } } => {
             let plan = load(&common)?;

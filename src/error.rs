@@ -3,12 +3,14 @@
 use std::path::{Path, PathBuf};
 
 /// Exit codes: 0 success; 1 a node failed; 2 the manifest or the command line is invalid; 3 the store failed
-/// (unreachable, permission, corruption that could not be repaired); 4 a node's upstream is not in the store yet.
+/// (unreachable, permission, corruption that could not be repaired); 4 a node's upstream is not in the store yet;
+/// 5 a node's upstream will never be stored in this exported run (every attempt of its Job failed).
 pub mod exit {
     pub const NODE_FAILED: i32 = 1;
     pub const INVALID: i32 = 2;
     pub const STORE: i32 = 3;
     pub const NOT_READY: i32 = 4;
+    pub const UPSTREAM_FAILED: i32 = 5;
 }
 
 /// A problem in a manifest, located at file:line:column.
@@ -130,6 +132,8 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         exit::NODE_FAILED
     } else if e.downcast_ref::<NotReady>().is_some() {
         exit::NOT_READY
+    } else if e.downcast_ref::<crate::exec::UpstreamFailed>().is_some() {
+        exit::UPSTREAM_FAILED
     } else if e.downcast_ref::<StoreError>().is_some()
         || e.downcast_ref::<crate::store::Corrupt>().is_some()
         || e.downcast_ref::<crate::store::Unreadable>().is_some()

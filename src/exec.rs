@@ -310,6 +310,17 @@ impl BindInputs for Binding<'_, '_> {
     }
 }
 
+/// Why an upstream node's result will never come in this run, from its failed attempts: one gave up on its own
+/// upstream, or as many failed as its Job makes. None while it may still come.
+fn never_coming(failed: &[crate::store::FailedAttempt], a: &Attempt) -> Option<String> {
+    if let Some(f) = failed.iter().find(|f| f.given_up) {
+        return Some(format!("its Job gave up ({}): {}", f.at, f.error));
+    }
+    let last = failed.last()?;
+    (failed.len() as u64 >= u64::from(a.attempts))
+        .then(|| format!("all {} attempts of its Job failed (the last at {}: {})", failed.len(), last.at, last.error))
+}
+
 /// Scope under which node pointers are kept: the manifest's canonical path (not its contents, so that after an
 /// edit `status` can still say what changed), so two manifests sharing a store keep separate histories.
 pub fn scope(plan: &Plan) -> String {
@@ -448,7 +459,42 @@ pub struct RunOptions {
     /// Where nodes of stages that want a GPU run. With `auto` or `cuda` the worker is asked once, when the first
     /// such node must run, how many CUDA devices there are; each GPU is then a slot of its own.
     pub device: DeviceRequest,
+    /// `node run` as one attempt of a Job of an exported run with nothing to order its Jobs (`export k8s`): an
+    /// upstream node whose attempts in that run have all failed is reported as never coming ([`UpstreamFailed`]).
+    pub attempt: Option<Attempt>,
 }
+
+/// One attempt (a pod) of a node's Job in an exported run ([`crate::store::Store::record_attempt`]).
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The run's id, fixed when the Jobs were exported.
+    pub run: String,
+    /// Attempts a Job makes before it fails (`backoffLimit` + 1).
+    pub attempts: u32,
+    /// This attempt's id (the pod's name).
+    pub id: String,
+}
+
+/// A run id names a folder of the store: 1 to 64 letters, digits, `-`, `_` or `.`, not starting with `.`.
+pub fn check_run_id(run: &str) -> Result<(), crate::error::Invalid> {
+    let ok = !run.is_empty()
+        && run.len() <= 64
+        && run.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !run.starts_with('.');
+    if ok {
+        return Ok(());
+    }
+    Err(crate::error::Invalid(format!(
+        "--run-id {}: expected 1 to 64 letters, digits, `-`, `_` or `.`, not starting with `.`",
+        crate::error::quoted(run)
+    )))
+}
+
+/// An upstream node of `node run` will never be stored in this exported run: every attempt of its Job failed, or it
+/// gave up on its own upstream (exit code 5).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UpstreamFailed(pub String);
 
 /// Why a node execution did not produce an entry.
 enum ExecError {
@@ -1002,6 +1048,15 @@ impl Runner<'_> {
                          changed since the export, giving it another key: export again)"
                     ),
                 };
+                if let Some(a) = &self.opts.attempt
+                    && let Some(why) = never_coming(&self.store.failed_attempts(&a.run, &self.scope, name)?, a)
+                {
+                    return Err(UpstreamFailed(format!(
+                        "upstream node {name} will not be stored in run {}: {why}",
+                        a.run
+                    ))
+                    .into());
+                }
                 return Err(crate::error::NotReady(msg).into());
             }
             Lookup::Miss { key, rec, watched } => {
@@ -1664,6 +1719,27 @@ pub fn node_map(plan: &Plan) -> HashMap<&str, usize> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_upstream_never_comes_once_its_attempts_are_spent_or_one_gave_up() {
+        let a = Attempt { run: "r".into(), attempts: 2, id: "p".into() };
+        let f = |given_up: bool, at: &str| crate::store::FailedAttempt {
+            node: "n".into(),
+            run: "r".into(),
+            attempt: at.into(),
+            given_up,
+            at: at.into(),
+            error: format!("e{at}"),
+        };
+        assert_eq!(never_coming(&[], &a), None);
+        assert_eq!(never_coming(&[f(false, "1")], &a), None, "1 of 2 attempts failed: the Job retries");
+        assert_eq!(
+            never_coming(&[f(false, "1"), f(false, "2")], &a).as_deref(),
+            Some("all 2 attempts of its Job failed (the last at 2: e2)")
+        );
+        // one that gave up on its own upstream ends its Job (podFailurePolicy): no retry will come
+        assert_eq!(never_coming(&[f(true, "1")], &a).as_deref(), Some("its Job gave up (1): e1"));
+    }
     use super::*;
 
     #[test]

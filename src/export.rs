@@ -449,8 +449,16 @@ impl RunSpec {
     }
     /// The full command for one node.
     pub fn argv(&self, node: &str) -> Vec<String> {
+        self.argv_with(node, &[])
+    }
+    /// The full command for one node, with `node run` options of the scheduler's own (each one `--name=value`
+    /// word) before the `--`.
+    pub fn argv_with(&self, node: &str, options: &[String]) -> Vec<String> {
         let mut v = vec![self.bin.clone()];
-        v.extend(self.args_before_node());
+        let mut args = self.args_before_node();
+        let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
+        args.splice(at..at, options.iter().cloned());
+        v.extend(args);
         v.push(node.to_string());
         v
     }

@@ -10,6 +10,9 @@
 //! - `nodes/ID.json` — the last key each node name had, so `status` and `explain` can say what changed;
 //!   `nodes/ID.failed.json` — the key, run and error of its last failure, so that they can say it failed.
 //! - `runs/RUN.json` — run journals: which outputs a run produced (kept by `gc` within the grace period).
+//! - `attempts/RUN/NODE/ATTEMPT.json` — the failed attempts of a node in one exported run of jobs that have no
+//!   scheduler ordering them (`export k8s`), so that a job waiting for that node's result can tell "not yet" from
+//!   "never" ([`Store::record_attempt`]).
 //! - `cache-corrupt/`, `nodes-corrupt/` — entries and pointers that could not be read or did not match their
 //!   record, set aside (never deleted) so that they no longer block the store; `blobs-corrupt/` — whatever stood in
 //!   a blob's place but was not a file (a directory), set aside when the blob was stored again.
@@ -36,6 +39,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+/// One failed attempt of a node in an exported run ([`Store::record_attempt`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FailedAttempt {
+    pub node: String,
+    pub run: String,
+    pub attempt: String,
+    pub given_up: bool,
+    pub at: String,
+    pub error: String,
+}
 
 /// One output of a cached node.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -1530,6 +1544,63 @@ impl Store {
         Ok((s("node") == node && s("key") == key).then(|| format!("in run {} ({}): {}", s("run"), s("at"), s("error"))))
     }
 
+    fn attempts_folder(run: &str, scope: &str, node: &str) -> String {
+        let id = blake3::hash(format!("{scope}\0{node}").as_bytes()).to_hex();
+        format!("attempts/{run}/{}", &id[..32])
+    }
+
+    /// Records that one attempt (a pod) of `node` in the exported run `run` failed: `given_up` when it stopped
+    /// because an upstream node will never be stored, which ends the node's Job at once. A second record of the same
+    /// attempt is not written (the first, from the node itself, says more than the one its wrapper adds when the
+    /// process was killed).
+    pub fn record_attempt(
+        &self,
+        run: &str,
+        scope: &str,
+        node: &str,
+        attempt: &str,
+        given_up: bool,
+        error: &str,
+    ) -> anyhow::Result<()> {
+        let id = blake3::hash(attempt.as_bytes()).to_hex();
+        let rel = format!("{}/{}.json", Self::attempts_folder(run, scope, node), &id[..32]);
+        let first: String = error.lines().next().unwrap_or("").chars().take(300).collect();
+        let v = serde_json::json!({"node": node, "run": run, "attempt": attempt, "given_up": given_up,
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "error": first});
+        let p = self.p(&rel);
+        let data = PutPayload::from(serde_json::to_vec(&v)?);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.block_on(self.os.put_opts(&p, data.clone(), opts)) {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                Ok(())
+            }
+            // stores without conditional writes: check, then write
+            Err(object_store::Error::NotImplemented { .. }) => {
+                if self.read(&rel)?.is_none() {
+                    self.block_on(self.os.put(&p, data)).map_err(|e| store_err(&format!("cannot write {p}"), e))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(store_err(&format!("cannot write {p}"), e)),
+        }
+    }
+
+    /// The failed attempts of `node` in the exported run `run`, oldest first. A record that cannot be read, or that
+    /// names another node or run, is left out: a missing record only makes a waiting job wait longer.
+    pub fn failed_attempts(&self, run: &str, scope: &str, node: &str) -> anyhow::Result<Vec<FailedAttempt>> {
+        let folder = Self::attempts_folder(run, scope, node);
+        let mut out = vec![];
+        for (rel, _, _) in self.list(&folder)? {
+            let Ok(Some(bytes)) = self.read(&rel) else { continue };
+            let Ok(a) = serde_json::from_slice::<FailedAttempt>(&bytes) else { continue };
+            if a.node == node && a.run == run {
+                out.push(a);
+            }
+        }
+        out.sort_by(|a, b| a.at.cmp(&b.at));
+        Ok(out)
+    }
+
     fn reject_pointer(&self, rel: &str, node: &str, why: &str, seen: Option<&[u8]>) -> anyhow::Result<()> {
         if let Some(dest) = self.set_aside(rel, "nodes-corrupt", seen)? {
             self.warn(format!(
@@ -1644,7 +1715,7 @@ impl Store {
         }
         if let Some(root) = &self.local_root {
             let mut all = vec![];
-            for folder in ["blobs", "cache", "nodes", "runs"] {
+            for folder in ["blobs", "cache", "nodes", "runs", "attempts"] {
                 files(&root.join(folder), &mut all);
             }
             for p in all {

@@ -264,6 +264,8 @@ fn k8s_jobs_one_per_node_in_topological_order() {
         assert_eq!(&cmd[..2], &["sh", "-c"]);
         assert!(cmd[2].contains("-ne 4"), "waits while upstream is missing: {}", cmd[2]);
         let store = format!("--store=file://{}", w.path().join(".rmdistill/store").canonicalize().unwrap().display());
+        let run = j["metadata"]["annotations"]["rmdistill.dev/run"].as_str().unwrap();
+        assert!(run.starts_with("sweep-1-") && run.len() <= 64, "{run}");
         assert_eq!(
             &cmd[4..],
             &[
@@ -271,6 +273,8 @@ fn k8s_jobs_one_per_node_in_topological_order() {
                 "node",
                 "run",
                 &store,
+                &format!("--run-id={run}"),
+                "--attempts=3",
                 "--",
                 w.path().join("m.toml").canonicalize().unwrap().to_str().unwrap(),
                 node
@@ -370,6 +374,133 @@ fn k8s_all_at_once_a_dependent_stops_waiting_once_its_upstream_jobs_deadlines_pa
     let o = std::process::Command::new(&late[0]).args(&late[1..]).current_dir(w.path()).output().unwrap();
     assert_eq!(o.status.code(), Some(4), "{}", s(&o.stderr));
     assert!(s(&o.stderr).contains("were stored when this Job was exported but are not now"), "{}", s(&o.stderr));
+}
+
+/// Runs a Job's command as its pod would, as attempt `pod` (the pod's name, which Kubernetes passes).
+fn start_pod(w: &Work, job: &Value, pod: &str) -> std::process::Child {
+    let c = k8s_command(job);
+    std::process::Command::new(&c[0])
+        .args(&c[1..])
+        .current_dir(w.path())
+        .env("RMDISTILL_ATTEMPT", pod)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits at most `secs` for a pod's command to end: its exit code and stderr, or None while it still runs.
+fn ended_within(child: &mut std::process::Child, secs: u64) -> Option<(Option<i32>, String)> {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(secs) {
+        if child.try_wait().unwrap().is_some() {
+            let o = std::mem::replace(child, std::process::Command::new("true").spawn().unwrap());
+            let out = o.wait_with_output().unwrap();
+            return Some((out.status.code(), s(&out.stderr)));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn k8s_a_waiting_job_stops_once_every_attempt_of_its_upstream_failed_and_passes_it_on() {
+    let w = Work::new();
+    w.write("d.jsonl", "not json\n");
+    w.write(
+        "m.toml",
+        "[stages.imp]\nkind = \"import\"\nparams = { path = \"d.jsonl\" }\n\n\
+         [stages.sub]\nkind = \"subsample\"\ninputs = { pairs = \"imp.pairs\" }\nparams = { rho = 0.5, size = 10, seed = 0 }\n\n\
+         [stages.again]\nkind = \"subsample\"\ninputs = { pairs = \"sub.dataset\" }\nparams = { rho = 0.5, size = 5, seed = 0 }\n",
+    );
+    let bin = env!("CARGO_BIN_EXE_rmdistill");
+    let export = |run: &str| -> Value {
+        let args = [
+            "export",
+            "k8s",
+            "m.toml",
+            "--image",
+            "img",
+            "--bin",
+            bin,
+            "--poll",
+            "1",
+            "--backoff-limit",
+            "1",
+            "--run-id",
+            run,
+        ];
+        serde_json::from_str(&w.ok(&args)).unwrap()
+    };
+    let v = export("r1");
+    let items = v["items"].as_array().unwrap().clone();
+    let job = |node: &str| items.iter().find(|j| j["metadata"]["annotations"]["rmdistill.dev/node"] == node).unwrap();
+    for j in &items {
+        assert_eq!(j["metadata"]["annotations"]["rmdistill.dev/run"], "r1");
+        // exit 5 ends the Job at once; each pod knows its own name
+        assert_eq!(
+            j["spec"]["podFailurePolicy"]["rules"][0],
+            json!({"action": "FailJob", "onExitCodes": {"containerName": "node", "operator": "In", "values": [5]}})
+        );
+        let env = &j["spec"]["template"]["spec"]["containers"][0]["env"][0];
+        assert_eq!(env["name"], "RMDISTILL_ATTEMPT");
+        assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    }
+
+    // sub and again wait; imp's first attempt fails (its data is not JSON): one of its two attempts, so they go on
+    // waiting.
+    let mut sub = start_pod(&w, job("sub"), "m-sub-x1");
+    let mut again = start_pod(&w, job("again"), "m-again-x1");
+    let o = start_pod(&w, job("imp"), "m-imp-a1").wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
+    assert!(ended_within(&mut sub, 3).is_none(), "sub stopped waiting after 1 of 2 attempts");
+
+    // An attempt killed from outside (here a kill -9 of node run, as the out-of-memory killer does) is recorded by
+    // the pod's wrapper: the second of two, so sub gives up, naming imp and its error, with exit code 5.
+    let mut c = k8s_command(job("imp"));
+    c[2] = c[2].replacen("\"$@\" & c=$!", "sh -c 'kill -9 $$' & c=$!", 1);
+    let o = std::process::Command::new(&c[0])
+        .args(&c[1..])
+        .current_dir(w.path())
+        .env("RMDISTILL_ATTEMPT", "m-imp-a2")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(137), "{}", s(&o.stderr));
+    let (code, err) = ended_within(&mut sub, 20).expect("sub still waits after every attempt of imp failed");
+    assert_eq!(code, Some(5), "{err}");
+    assert!(
+        err.contains("upstream node imp will not be stored in run r1: all 2 attempts of its Job failed")
+            && err.contains("exit code 137 (SIGKILL: out of memory?)"),
+        "{err}"
+    );
+    // again (which reads sub, which reads imp) stops too, naming the node at the root of it.
+    let (code, err) = ended_within(&mut again, 20).expect("again still waits after every attempt of imp failed");
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("upstream node imp will not be stored in run r1"), "{err}");
+
+    // A new export is a new run: the old records do not count there, and once imp can run, everything runs.
+    let v = export("r2");
+    let items2 = v["items"].as_array().unwrap().clone();
+    let job2 = |node: &str| items2.iter().find(|j| j["metadata"]["annotations"]["rmdistill.dev/node"] == node).unwrap();
+    let mut sub = start_pod(&w, job2("sub"), "m-sub-y1");
+    assert!(ended_within(&mut sub, 2).is_none(), "sub gave up in a new run on the old run's records");
+    let mut rows = String::new();
+    for i in 0..40 {
+        let (a, b) = if i % 2 == 0 { ("a", "a much longer answer here") } else { ("a much longer answer here", "b") };
+        rows.push_str(&format!("{{\"prompt\": \"p{i}\", \"chosen\": \"{a} {i}\", \"rejected\": \"{b} {i}\"}}\n"));
+    }
+    w.write("d.jsonl", &rows);
+    let o = start_pod(&w, job2("imp"), "m-imp-b1").wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let (code, err) = ended_within(&mut sub, 30).expect("sub still waits with imp stored");
+    assert_eq!(code, Some(0), "{err}");
+
+    // node run's own checks of --run-id: it names a folder of the store
+    let o = w.run(&["node", "run", "--run-id", "../x", "--attempts", "1", "m.toml", "imp"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(s(&o.stderr).contains("--run-id `../x`: expected 1 to 64 letters"), "{}", s(&o.stderr));
+    let o = w.run(&["node", "run", "--run-id", "r", "m.toml", "imp"]);
+    assert_eq!(o.status.code(), Some(2), "--run-id without --attempts: {}", s(&o.stderr));
 }
 
 /// Checks a document against a definition of Argo's published JSON schema (api/jsonschema/schema.json of

@@ -135,7 +135,8 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    fn expected_calls(&self) -> BTreeSet<Vec<String>> {
+    /// The calls every node's job makes, with a scheduler's own `node run` options before the `--`.
+    fn expected_calls_with(&self, extra: &[&str]) -> BTreeSet<Vec<String>> {
         let m = self.manifest.canonicalize().unwrap().display().to_string();
         let store = format!(
             "file://{}",
@@ -145,13 +146,19 @@ impl Setup {
             .into_iter()
             .map(|n| {
                 let (store, set) = (format!("--store={store}"), format!("--set={SET}"));
-                ["node", "run", &store, &set, "--", &m, &n].iter().map(|s| s.to_string()).collect()
+                let mut v: Vec<String> = ["node", "run", &store, &set].iter().map(|s| s.to_string()).collect();
+                v.extend(extra.iter().map(|s| s.to_string()));
+                v.extend(["--", &m, &n].iter().map(|s| s.to_string()));
+                v
             })
             .collect()
     }
     fn check_calls_and_nothing_ran(&self) {
+        self.check_calls_with_and_nothing_ran(&[])
+    }
+    fn check_calls_with_and_nothing_ran(&self, extra: &[&str]) {
         let got: BTreeSet<Vec<String>> = calls(&self.rec).into_iter().collect();
-        assert_eq!(got, self.expected_calls(), "the jobs did not receive the values byte for byte");
+        assert_eq!(got, self.expected_calls_with(extra), "the jobs did not receive the values byte for byte");
         assert_eq!(pwned(self.w.path()), Vec::<PathBuf>::new(), "an injected command ran");
         std::fs::remove_dir_all(&self.rec).unwrap();
         std::fs::create_dir_all(&self.rec).unwrap();
@@ -266,7 +273,7 @@ fn k8s_and_argo_commands_carry_every_value_unchanged() {
 
     // k8s: each Job's command, expanded as Kubernetes does and run by sh (dash here), calls the binary with exactly
     // the values given.
-    let mut args = vec!["export", "k8s", m];
+    let mut args = vec!["export", "k8s", m, "--run-id", "r1"];
     args.extend(base);
     let doc: Value = serde_json::from_str(&w.ok(&args)).unwrap();
     for item in doc["items"].as_array().unwrap() {
@@ -276,7 +283,7 @@ fn k8s_and_argo_commands_carry_every_value_unchanged() {
         let o = Command::new(&cmd[0]).args(&cmd[1..]).current_dir(w.path()).output().unwrap();
         assert!(o.status.success(), "{cmd:?}: {}", s(&o.stderr));
     }
-    st.check_calls_and_nothing_ran();
+    st.check_calls_with_and_nothing_ran(&["--run-id=r1", "--attempts=3"]);
 
     // Argo: the template's args with each task's node name put in, as Argo then Kubernetes do.
     let mut args = vec!["export", "argo", m];
@@ -498,7 +505,8 @@ fn option_like_node_names_are_never_read_as_options() {
             .unwrap_or_else(|| panic!("{what}: {err}"));
         seen.insert(format!("{what} {node}"));
     };
-    let kopts = argo::Opts { image: "img".into(), prefix: "p".into(), poll: 1, ..Default::default() };
+    let kopts =
+        argo::Opts { image: "img".into(), prefix: "p".into(), poll: 1, run_id: "r".into(), ..Default::default() };
     for argv in k8s_argvs(&argo::jobs(&g, &run, &kopts).unwrap()) {
         assert_eq!(&argv[argv.len() - 3..argv.len() - 1], ["--", run.manifest.as_str()], "{argv:?}");
         check("k8s", run_argv(&argv, None, w.path()));

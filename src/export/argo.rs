@@ -54,6 +54,16 @@ pub struct K8sRequest {
     pub poll: u32,
     /// Every Job runs as soon as it is created: deadlines counted from creation bound the waits ([`Deadline`]).
     pub all_at_once: bool,
+    /// The run's id (default: made up, [`new_run_id`]).
+    pub run_id: Option<String>,
+}
+
+/// A run id for one export: the name prefix, the time (UTC) and a random part, so that two exports of the same
+/// manifest, even in the same second, never share their records of failed attempts.
+pub fn new_run_id(prefix: &str) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let noise = blake3::hash(format!("{}\0{}\0{prefix}", t.as_nanos(), std::process::id()).as_bytes()).to_hex();
+    format!("{prefix}-{}-{}", chrono::Utc::now().format("%Y%m%dt%H%M%S"), &noise[..6])
 }
 
 /// A string as Kubernetes passes it to a container's command or args: Kubernetes expands `$(VAR)` there and reads
@@ -111,6 +121,7 @@ pub struct Opts {
     pub backoff_limit: u32,
     pub poll: u32,
     pub all_at_once: bool,
+    pub run_id: String,
 }
 
 fn opts(c: &ContainerRequest, ctx: &Ctx) -> Opts {
@@ -142,7 +153,14 @@ pub fn run_k8s(a: K8sRequest) -> anyhow::Result<()> {
     }
     check_container(&a.c)?;
     let ctx = Ctx::load(&a.c.source, a.c.bin.as_deref(), a.c.manifest_path.as_deref(), true)?;
-    let o = Opts { backoff_limit: a.backoff_limit, poll: a.poll, all_at_once: a.all_at_once, ..opts(&a.c, &ctx) };
+    let mut o = Opts { backoff_limit: a.backoff_limit, poll: a.poll, all_at_once: a.all_at_once, ..opts(&a.c, &ctx) };
+    o.run_id = match a.run_id {
+        Some(r) => {
+            crate::exec::check_run_id(&r)?;
+            r
+        }
+        None => new_run_id(&o.prefix),
+    };
     let doc = jobs(&ctx.graph, &ctx.run, &o)?;
     super::emit(&(serde_json::to_string_pretty(&doc)? + "\n"), a.c.output.as_deref())
 }
@@ -237,12 +255,18 @@ pub fn workflow(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
 
 /// The shell loop a Kubernetes Job runs: `node run` until it stops answering 4 (upstream not stored yet), checking
 /// every `poll` seconds, for at most `wait` seconds when given (counted as the sleeps between checks); then it gives
-/// up, saying why.
+/// up, saying why. `node run` records its own failures in the store; an attempt that ends otherwise (killed when out
+/// of memory, a panic) or is stopped (SIGTERM at a deadline or an eviction; `node run` runs in the background so that
+/// the trap runs at once) is recorded by calling it again with `RMDISTILL_RECORD_EXIT` (a second record of one
+/// attempt is never written). Codes 4 and 5 (an upstream node will never come) need no record of the wrapper's.
 fn wait_loop(poll: u32, wait: Option<u64>, has_upstream: bool) -> String {
+    let trap = "trap 'kill -TERM \"$c\" 2>/dev/null; wait \"$c\"; RMDISTILL_RECORD_EXIT=143 \"$@\"; exit 143' TERM; ";
+    let once = "\"$@\" & c=$!; wait \"$c\"; rc=$?; if [ \"$rc\" -ne 4 ]; then \
+                if [ \"$rc\" -ne 0 ] && [ \"$rc\" -ne 5 ]; then RMDISTILL_RECORD_EXIT=$rc \"$@\"; fi; exit \"$rc\"; fi; ";
     let Some(wait) = wait else {
         return format!(
-            "while :; do \"$@\"; rc=$?; if [ \"$rc\" -ne 4 ]; then exit \"$rc\"; fi; \
-             echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll}; done"
+            "{trap}while :; do {once}\
+             echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll} & c=$!; wait \"$c\"; done"
         );
     };
     let why = if has_upstream {
@@ -256,9 +280,9 @@ fn wait_loop(poll: u32, wait: Option<u64>, has_upstream: bool) -> String {
             .to_string()
     };
     format!(
-        "waited=0; while :; do \"$@\"; rc=$?; if [ \"$rc\" -ne 4 ]; then exit \"$rc\"; fi; \
+        "{trap}waited=0; while :; do {once}\
          if [ \"$waited\" -ge {wait} ]; then echo \"rmdistill: giving up: {why}\" >&2; exit 4; fi; \
-         echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll}; \
+         echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll} & c=$!; wait \"$c\"; \
          waited=$((waited + {poll})); done"
     )
 }
@@ -320,11 +344,15 @@ pub fn jobs(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
             wait_loop(o.poll, bounded.then_some(dl.wait), !n.deps.is_empty()),
             "rmdistill-node".into(),
         ];
-        command.extend(run.argv(&n.name));
+        let attempts = u64::from(o.backoff_limit) + 1;
+        command.extend(run.argv_with(&n.name, &[format!("--run-id={}", o.run_id), format!("--attempts={attempts}")]));
         let command: Vec<String> = command.iter().map(|a| k8s_literal(a)).collect();
+        // Each pod is one attempt, named by the pod's name.
+        let env = json!([{"name": "RMDISTILL_ATTEMPT", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]);
         let mut pod = json!({
             "restartPolicy": "Never",
-            "containers": [{"name": "node", "image": o.image, "command": command, "resources": resources(&req)}],
+            "containers": [{"name": "node", "image": o.image, "command": command, "env": env,
+                "resources": resources(&req)}],
         });
         if bounded {
             pod["activeDeadlineSeconds"] = json!(dl.pod);
@@ -336,12 +364,15 @@ pub fn jobs(g: &Graph, run: &RunSpec, o: &Opts) -> anyhow::Result<Value> {
             "name": name,
             "labels": labels(Some(n.stage.as_str())),
             "annotations": {"rmdistill.dev/node": n.name, "rmdistill.dev/depends-on": deps.join(" "),
-                "rmdistill.dev/time-limit-seconds": req.seconds.to_string()},
+                "rmdistill.dev/time-limit-seconds": req.seconds.to_string(), "rmdistill.dev/run": o.run_id},
         });
         if let Some(ns) = &o.namespace {
             metadata["namespace"] = json!(ns);
         }
-        let mut spec = json!({"backoffLimit": o.backoff_limit,
+        // Exit code 5: an upstream node will never be stored in this run, so no retry can help.
+        let give_up = json!({"rules": [{"action": "FailJob",
+            "onExitCodes": {"containerName": "node", "operator": "In", "values": [crate::error::exit::UPSTREAM_FAILED]}}]});
+        let mut spec = json!({"backoffLimit": o.backoff_limit, "podFailurePolicy": give_up,
             "template": {"metadata": {"labels": labels(Some(n.stage.as_str()))}, "spec": pod}});
         if o.all_at_once {
             spec["activeDeadlineSeconds"] = json!(dl.job);
