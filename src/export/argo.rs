@@ -4,13 +4,15 @@
 //! to a few tasks and the object far under Kubernetes' size limit. Our cache check (`node run`) replaces Argo's
 //! memoisation.
 //!
-//! `export k8s`: where Argo is absent, a `List` of plain `batch/v1` Jobs, one per node, in topological order. Kubernetes
-//! does not order Jobs; each pod runs `node run` in a loop that waits while it exits 4 (upstream not stored yet), so
-//! creating them all at once is safe, and `backoffLimit` covers real failures. A pod that waits for nothing has its
-//! node's time limit (`resources.time`) as its `activeDeadlineSeconds`. A Job's own deadline counts from its creation,
-//! queueing included, so only with `--all-at-once` (a cluster that runs every Job at once) does each Job get one,
-//! built from the limits of its node and of the nodes upstream of it ([`Deadline`]): then a node that runs too long is
-//! stopped, and one whose upstream Job failed or was stopped gives up waiting, saying so.
+//! `export k8s`: where Argo is absent, a `List` of plain `batch/v1` Jobs, one per node, in topological order.
+//! Kubernetes does not order Jobs; each pod runs `node run` in a loop that waits while it exits 4 (upstream not stored
+//! yet), so creating them all at once is safe, and `backoffLimit` covers real failures. Each export is a run
+//! ([`new_run_id`]) whose failed attempts are recorded in the store, so a pod waiting for a node whose Job has spent
+//! its attempts stops with exit code 5, and a `podFailurePolicy` ends its Job at once. A pod that waits for nothing has
+//! its node's time limit (`resources.time`) as its `activeDeadlineSeconds`. A Job's own deadline counts from its
+//! creation, queueing included, so only with `--all-at-once` (a cluster that runs every Job at once) does each Job get
+//! one, built from the limits of its node and of the nodes upstream of it ([`Deadline`]): then a node that runs too
+//! long is stopped, and one whose upstream Job failed or was stopped gives up waiting, saying so.
 
 use super::{Ctx, Graph, Req, RunSpec, Source};
 use serde_json::{Value, json};

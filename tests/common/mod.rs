@@ -11,9 +11,18 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared/data` beside the repository (or RMDISTILL_SHARED_DATA).
+/// The project's real preference data: `../shared/data` beside the repository (the clone's parent must hold
+/// `shared/`), or $RMDISTILL_SHARED_DATA. Missing, the tests that read it stop here saying where they looked.
 pub fn shared_data() -> PathBuf {
-    std::env::var_os("RMDISTILL_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/data"))
+    let dir =
+        std::env::var_os("RMDISTILL_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/data"));
+    assert!(
+        dir.is_dir(),
+        "the shared test data is not at {} (the tests read ../shared/data beside the repository): clone the \
+         repository beside shared/, link shared/ there, or set RMDISTILL_SHARED_DATA",
+        dir.display()
+    );
+    dir
 }
 
 pub struct Work {
