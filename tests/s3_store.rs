@@ -257,3 +257,49 @@ fn a_flaky_server_is_retried_and_large_artifacts_go_up_in_parts() {
     assert_eq!(second["failed"], 0);
     assert_eq!(nodes_with(&second, "cached"), vec!["gen".to_string()]);
 }
+
+#[test]
+fn failed_attempts_of_an_exported_run_are_recorded_on_s3_and_end_a_wait_that_cannot_end() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(moto) = start_moto() else { return };
+    let port = moto.port;
+    assert_eq!(http(port, "PUT", "/rmd-k8s", b"").unwrap(), 200);
+    let url = "s3://rmd-k8s/exp";
+    let w = Work::new();
+    w.write("d.jsonl", "not json\n");
+    w.write(
+        "m.toml",
+        "[stages.imp]\nkind = \"import\"\nparams = { path = \"d.jsonl\" }\n\n\
+         [stages.sub]\nkind = \"subsample\"\ninputs = { pairs = \"imp.pairs\" }\nparams = { rho = 0.5, size = 10, seed = 0 }\n",
+    );
+    // what an exported Job's pod runs (`export k8s --backoff-limit 1 --run-id r1`), as attempt `pod`
+    let node_run = |node: &str, pod: &str| {
+        let mut c =
+            s3_cmd(&w, port, &["node", "run", "--store", url, "--run-id", "r1", "--attempts", "2", "m.toml", node]);
+        c.env("RMDISTILL_ATTEMPT", pod);
+        c
+    };
+    let o = node_run("imp", "imp-1").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
+    let o = node_run("sub", "sub-1").output().unwrap();
+    assert_eq!(o.status.code(), Some(4), "1 of 2 attempts failed: not yet, not never\n{}", s(&o.stderr));
+
+    // The second attempt fails too; its wrapper's record of the same attempt (it saw exit code 1) adds nothing.
+    let o = node_run("imp", "imp-2").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
+    let o = node_run("imp", "imp-2").env("RMDISTILL_RECORD_EXIT", "1").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", s(&o.stderr));
+    let o = node_run("sub", "sub-2").output().unwrap();
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("upstream node imp will not be stored in run r1: all 2 attempts of its Job failed")
+            && err.contains("not JSONL"),
+        "{err}"
+    );
+    // another run of the same manifest and store does not count r1's attempts
+    let mut c =
+        s3_cmd(&w, port, &["node", "run", "--store", url, "--run-id", "r2", "--attempts", "2", "m.toml", "sub"]);
+    let o = c.env("RMDISTILL_ATTEMPT", "sub-3").output().unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", s(&o.stderr));
+}
