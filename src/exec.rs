@@ -1052,7 +1052,8 @@ impl Runner<'_> {
                     && let Some(why) = never_coming(&self.store.failed_attempts(&a.run, &self.scope, name)?, a)
                 {
                     return Err(UpstreamFailed(format!(
-                        "upstream node {name} will not be stored in run {}: {why}",
+                        "upstream node {name} will not be stored in run {}: {why} (if these Jobs were applied again \
+                         from the same export, export again: each export is a run of its own)",
                         a.run
                     ))
                     .into());
@@ -1060,6 +1061,19 @@ impl Runner<'_> {
                 return Err(crate::error::NotReady(msg).into());
             }
             Lookup::Miss { key, rec, watched } => {
+                // A Job makes at most its attempts, and one that gave up is ended: another attempt of a spent Job in
+                // the same run comes from the same exported file applied again, whose dependents would read the
+                // old records and give up on this node while it runs.
+                if let Some(a) = self.opts.attempt.as_ref().filter(|_| self.opts.targets.contains(&i))
+                    && let Some(why) = never_coming(&self.store.failed_attempts(&a.run, &self.scope, name)?, a)
+                {
+                    return Err(crate::error::Invalid(format!(
+                        "node {name} ran out of attempts in run {} already ({why}): these Jobs were applied again \
+                         from the same export; export again for a new run (what is stored stays stored)",
+                        a.run
+                    ))
+                    .into());
+                }
                 // An entry whose blobs are gone or corrupt is replaced rather than trusted.
                 let exists = self.store.get_entry(&key)?.is_some();
                 let nd = &mut self.nodes[i];

@@ -297,6 +297,15 @@ fn failed_attempts_of_an_exported_run_are_recorded_on_s3_and_end_a_wait_that_can
             && err.contains("not JSONL"),
         "{err}"
     );
+    // A third attempt of imp in r1 can only come from the same export applied again: refused, saying so.
+    let o = node_run("imp", "imp-3").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", s(&o.stderr));
+    assert!(
+        s(&o.stderr).contains("node imp ran out of attempts in run r1 already")
+            && s(&o.stderr).contains("export again for a new run"),
+        "{}",
+        s(&o.stderr)
+    );
     // another run of the same manifest and store does not count r1's attempts
     let mut c =
         s3_cmd(&w, port, &["node", "run", "--store", url, "--run-id", "r2", "--attempts", "2", "m.toml", "sub"]);
