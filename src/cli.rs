@@ -771,29 +771,26 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 attempt: attempt.clone(),
             };
             let progress = Progress::new(common.json);
-            // (the error, what the record of a failed attempt says)
-            let res = exec::run(&plan, &store, &opts, &progress).map_err(|e| {
-                let text = format!("{e:#}");
-                (e, text)
-            });
-            let res = res.and_then(|s| {
+            let mut node_error = None; // the node's own message, when it ran and failed
+            let res = exec::run(&plan, &store, &opts, &progress).and_then(|s| {
                 print_summary(&s, common.json, false);
                 if s.failed == 0 {
                     return Ok(());
                 }
-                let why = s.nodes.iter().find_map(|r| r.error.clone()).unwrap_or_else(|| "it failed".into());
-                Err((RunFailed(format!("node {node} failed")).into(), why))
+                node_error = s.nodes.iter().find_map(|r| r.error.clone());
+                Err(RunFailed(format!("node {node} failed")).into())
             });
-            if let (Some(a), Err((e, why))) = (&attempt, &res)
+            if let (Some(a), Err(e)) = (&attempt, &res)
                 && e.downcast_ref::<crate::error::NotReady>().is_none()
             {
                 // Every other end of this attempt fails its pod, which the Job counts: so do the nodes waiting.
                 let given_up = e.downcast_ref::<exec::UpstreamFailed>().is_some();
-                if let Err(w) = store.record_attempt(&a.run, &scope, &name, &a.id, given_up, why) {
+                let why = node_error.unwrap_or_else(|| format!("{e:#}"));
+                if let Err(w) = store.record_attempt(&a.run, &scope, &name, &a.id, given_up, &why) {
                     eprintln!("warning: could not record this failed attempt in the store: {w:#}");
                 }
             }
-            res.map_err(|(e, _)| e)?
+            res?
         }
         Command::Node { command: NodeCommand::List { common } } => {
             let plan = load(&common)?;

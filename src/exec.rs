@@ -1012,6 +1012,12 @@ impl Runner<'_> {
         }))
     }
 
+    /// Under `node run --run-id`: the run, and why `node`'s Job will make no further attempt there, if it will not.
+    fn attempts_spent(&self, node: &str) -> anyhow::Result<Option<(&Attempt, String)>> {
+        let Some(a) = &self.opts.attempt else { return Ok(None) };
+        Ok(never_coming(&self.store.failed_attempts(&a.run, &self.scope, node)?, a).map(|why| (a, why)))
+    }
+
     /// A looked-up node: a cache hit, or a place in the queue.
     fn resolve(&mut self, i: usize, l: Lookup) -> anyhow::Result<()> {
         if self.nodes[i].state != State::Waiting || self.nodes[i].waiting_on > 0 {
@@ -1048,9 +1054,7 @@ impl Runner<'_> {
                          changed since the export, giving it another key: export again)"
                     ),
                 };
-                if let Some(a) = &self.opts.attempt
-                    && let Some(why) = never_coming(&self.store.failed_attempts(&a.run, &self.scope, name)?, a)
-                {
+                if let Some((a, why)) = self.attempts_spent(name)? {
                     return Err(UpstreamFailed(format!(
                         "upstream node {name} will not be stored in run {}: {why} (if these Jobs were applied again \
                          from the same export, export again: each export is a run of its own)",
@@ -1064,8 +1068,8 @@ impl Runner<'_> {
                 // A Job makes at most its attempts, and one that gave up is ended: another attempt of a spent Job in
                 // the same run comes from the same exported file applied again, whose dependents would read the
                 // old records and give up on this node while it runs.
-                if let Some(a) = self.opts.attempt.as_ref().filter(|_| self.opts.targets.contains(&i))
-                    && let Some(why) = never_coming(&self.store.failed_attempts(&a.run, &self.scope, name)?, a)
+                if self.opts.targets.contains(&i)
+                    && let Some((a, why)) = self.attempts_spent(name)?
                 {
                     return Err(crate::error::Invalid(format!(
                         "node {name} ran out of attempts in run {} already ({why}): these Jobs were applied again \

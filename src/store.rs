@@ -1477,9 +1477,18 @@ impl Store {
         Err(StoreError(format!("cannot write {p}: another process keeps writing unusable entries there")).into())
     }
 
+    /// A node's name within its scope (the manifest), as a file name.
+    fn node_id(scope: &str, node: &str) -> String {
+        blake3::hash(format!("{scope}\0{node}").as_bytes()).to_hex()[..32].to_string()
+    }
+
     fn node_pointer(scope: &str, node: &str) -> String {
-        let id = blake3::hash(format!("{scope}\0{node}").as_bytes()).to_hex();
-        format!("nodes/{}.json", &id[..32])
+        format!("nodes/{}.json", Self::node_id(scope, node))
+    }
+
+    /// What a failure record keeps of an error: its first line, at most 300 characters.
+    fn first_line(error: &str) -> String {
+        error.lines().next().unwrap_or("").chars().take(300).collect()
     }
 
     /// Remembers the key a node had at its last run (for `status`/`explain`); `scope` separates manifests.
@@ -1525,9 +1534,8 @@ impl Store {
     /// run, when, and the error's first line. Like the last-run pointer it only ever explains, never decides.
     pub fn set_failure(&self, scope: &str, node: &str, key: &str, run_id: &str, error: &str) -> anyhow::Result<()> {
         let rel = Self::node_pointer(scope, node).replace(".json", ".failed.json");
-        let first: String = error.lines().next().unwrap_or("").chars().take(300).collect();
         let v = serde_json::json!({"node": node, "key": key, "run": run_id,
-            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "error": first});
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "error": Self::first_line(error)});
         let p = self.p(&rel);
         self.block_on(self.os.put(&p, PutPayload::from(serde_json::to_vec(&v)?)))
             .map_err(|e| store_err(&format!("cannot write {p}"), e))?;
@@ -1545,8 +1553,7 @@ impl Store {
     }
 
     fn attempts_folder(run: &str, scope: &str, node: &str) -> String {
-        let id = blake3::hash(format!("{scope}\0{node}").as_bytes()).to_hex();
-        format!("attempts/{run}/{}", &id[..32])
+        format!("attempts/{run}/{}", Self::node_id(scope, node))
     }
 
     /// Records that one attempt (a pod) of `node` in the exported run `run` failed: `given_up` when it stopped
@@ -1564,9 +1571,8 @@ impl Store {
     ) -> anyhow::Result<()> {
         let id = blake3::hash(attempt.as_bytes()).to_hex();
         let rel = format!("{}/{}.json", Self::attempts_folder(run, scope, node), &id[..32]);
-        let first: String = error.lines().next().unwrap_or("").chars().take(300).collect();
         let v = serde_json::json!({"node": node, "run": run, "attempt": attempt, "given_up": given_up,
-            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "error": first});
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "error": Self::first_line(error)});
         let p = self.p(&rel);
         let data = PutPayload::from(serde_json::to_vec(&v)?);
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };

@@ -294,6 +294,16 @@ fn k8s_jobs_one_per_node_in_topological_order() {
     }
 }
 
+/// The Job of `node` in an exported `List`.
+fn job_of<'a>(doc: &'a Value, node: &str) -> &'a Value {
+    doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["metadata"]["annotations"]["rmdistill.dev/node"] == node)
+        .unwrap()
+}
+
 /// A Job's command as its container runs it: Kubernetes turns `$$` into `$` (no `$(VAR)` is set here).
 fn k8s_command(job: &Value) -> Vec<String> {
     job["spec"]["template"]["spec"]["containers"][0]["command"]
@@ -328,8 +338,7 @@ fn k8s_all_at_once_a_dependent_stops_waiting_once_its_upstream_jobs_deadlines_pa
         "--all-at-once",
     ];
     let v: Value = serde_json::from_str(&w.ok(&args)).unwrap();
-    let items = v["items"].as_array().unwrap();
-    let job = |node: &str| items.iter().find(|j| j["metadata"]["annotations"]["rmdistill.dev/node"] == node).unwrap();
+    let job = |node: &str| job_of(&v, node);
     // gen: 1s, one attempt. sub waits for gen's Job to end (1s), then one more check, then its own hour.
     assert_eq!(job("gen")["spec"]["activeDeadlineSeconds"], 1);
     assert_eq!(job("gen")["spec"]["template"]["spec"]["activeDeadlineSeconds"], 1);
@@ -393,10 +402,10 @@ fn start_pod(w: &Work, job: &Value, pod: &str) -> std::process::Child {
 fn ended_within(child: &mut std::process::Child, secs: u64) -> Option<(Option<i32>, String)> {
     let t = std::time::Instant::now();
     while t.elapsed() < std::time::Duration::from_secs(secs) {
-        if child.try_wait().unwrap().is_some() {
-            let o = std::mem::replace(child, std::process::Command::new("true").spawn().unwrap());
-            let out = o.wait_with_output().unwrap();
-            return Some((out.status.code(), s(&out.stderr)));
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return Some((status.code(), err));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -433,9 +442,8 @@ fn k8s_a_waiting_job_stops_once_every_attempt_of_its_upstream_failed_and_passes_
         serde_json::from_str(&w.ok(&args)).unwrap()
     };
     let v = export("r1");
-    let items = v["items"].as_array().unwrap().clone();
-    let job = |node: &str| items.iter().find(|j| j["metadata"]["annotations"]["rmdistill.dev/node"] == node).unwrap();
-    for j in &items {
+    let job = |node: &str| job_of(&v, node);
+    for j in v["items"].as_array().unwrap() {
         assert_eq!(j["metadata"]["annotations"]["rmdistill.dev/run"], "r1");
         // exit 5 ends the Job at once; each pod knows its own name
         assert_eq!(
@@ -479,10 +487,8 @@ fn k8s_a_waiting_job_stops_once_every_attempt_of_its_upstream_failed_and_passes_
     assert!(err.contains("upstream node imp will not be stored in run r1"), "{err}");
 
     // A new export is a new run: the old records do not count there, and once imp can run, everything runs.
-    let v = export("r2");
-    let items2 = v["items"].as_array().unwrap().clone();
-    let job2 = |node: &str| items2.iter().find(|j| j["metadata"]["annotations"]["rmdistill.dev/node"] == node).unwrap();
-    let mut sub = start_pod(&w, job2("sub"), "m-sub-y1");
+    let v2 = export("r2");
+    let mut sub = start_pod(&w, job_of(&v2, "sub"), "m-sub-y1");
     assert!(ended_within(&mut sub, 2).is_none(), "sub gave up in a new run on the old run's records");
     let mut rows = String::new();
     for i in 0..40 {
@@ -490,7 +496,7 @@ fn k8s_a_waiting_job_stops_once_every_attempt_of_its_upstream_failed_and_passes_
         rows.push_str(&format!("{{\"prompt\": \"p{i}\", \"chosen\": \"{a} {i}\", \"rejected\": \"{b} {i}\"}}\n"));
     }
     w.write("d.jsonl", &rows);
-    let o = start_pod(&w, job2("imp"), "m-imp-b1").wait_with_output().unwrap();
+    let o = start_pod(&w, job_of(&v2, "imp"), "m-imp-b1").wait_with_output().unwrap();
     assert!(o.status.success(), "{}", s(&o.stderr));
     let (code, err) = ended_within(&mut sub, 30).expect("sub still waits with imp stored");
     assert_eq!(code, Some(0), "{err}");

@@ -265,11 +265,12 @@ fn wait_loop(poll: u32, wait: Option<u64>, has_upstream: bool) -> String {
     let trap = "trap 'kill -TERM \"$c\" 2>/dev/null; wait \"$c\"; RMDISTILL_RECORD_EXIT=143 \"$@\"; exit 143' TERM; ";
     let once = "\"$@\" & c=$!; wait \"$c\"; rc=$?; if [ \"$rc\" -ne 4 ]; then \
                 if [ \"$rc\" -ne 0 ] && [ \"$rc\" -ne 5 ]; then RMDISTILL_RECORD_EXIT=$rc \"$@\"; fi; exit \"$rc\"; fi; ";
+    // (in the background too, so that a SIGTERM while waiting is recorded at once)
+    let nap = format!(
+        "echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll} & c=$!; wait \"$c\"; "
+    );
     let Some(wait) = wait else {
-        return format!(
-            "{trap}while :; do {once}\
-             echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll} & c=$!; wait \"$c\"; done"
-        );
+        return format!("{trap}while :; do {once}{nap}done");
     };
     let why = if has_upstream {
         format!(
@@ -284,8 +285,7 @@ fn wait_loop(poll: u32, wait: Option<u64>, has_upstream: bool) -> String {
     format!(
         "{trap}waited=0; while :; do {once}\
          if [ \"$waited\" -ge {wait} ]; then echo \"rmdistill: giving up: {why}\" >&2; exit 4; fi; \
-         echo \"rmdistill: upstream not stored yet; checking again in {poll}s\" >&2; sleep {poll} & c=$!; wait \"$c\"; \
-         waited=$((waited + {poll})); done"
+         {nap}waited=$((waited + {poll})); done"
     )
 }
 
